@@ -1,0 +1,116 @@
+/**
+ * One way to call a migd gRPC service: a typed promise client built from a ts-proto service
+ * definition. Every unary call has a deadline (default 10 s); a caller's AbortSignal cancels the
+ * call; errors come back as MigdErrors of the matching class (see status.ts).
+ */
+import { Metadata, makeGenericClientConstructor, type Client, type ServiceDefinition, type ServiceError, type ClientReadableStream } from '@grpc/grpc-js';
+import { CancelledError } from '../errors.js';
+import { fromServiceError } from './status.js';
+import { channelCredentials, type TransportSecurity } from './tls.js';
+
+type AnyMethod = {
+  path: string;
+  requestStream: boolean;
+  responseStream: boolean;
+  requestSerialize: (v: never) => Buffer;
+  responseDeserialize: (b: Buffer) => unknown;
+};
+type Req<M> = M extends { requestSerialize: (v: infer R) => Buffer } ? R : never;
+type Res<M> = M extends { responseDeserialize: (b: Buffer) => infer R } ? R : never;
+
+/** Per-call options. */
+export interface CallOptions {
+  /** Deadline in milliseconds from now. Unary default: the client's default; streams: none. */
+  readonly deadlineMs?: number;
+  /** Cancels the call. */
+  readonly signal?: AbortSignal;
+  /** Extra metadata. */
+  readonly metadata?: Metadata;
+}
+
+/** A typed client: unary methods return promises, server-streaming ones async iterables. */
+export type RpcClient<S> = {
+  [K in keyof S]: S[K] extends { requestStream: false; responseStream: true }
+    ? (request: Req<S[K]>, options?: CallOptions) => AsyncIterable<Res<S[K]>>
+    : S[K] extends { requestStream: false; responseStream: false }
+      ? (request: Req<S[K]>, options?: CallOptions) => Promise<Res<S[K]>>
+      : never;
+} & {
+  /** Closes the channel. */
+  close(): void;
+  /** Resolves when the channel is connected; rejects after `timeoutMs`. */
+  waitForReady(timeoutMs: number): Promise<void>;
+};
+
+export interface ClientOptions {
+  /** Default deadline of unary calls in ms (default 10 000). */
+  readonly defaultDeadlineMs?: number;
+  /** Transport security; the same rules as servers (mTLS, or plain text on loopback). */
+  readonly security: TransportSecurity;
+}
+
+function deadlineOf(ms: number | undefined): Date | undefined {
+  return ms === undefined || ms <= 0 ? undefined : new Date(Date.now() + ms);
+}
+
+/** Creates a typed client for `definition` at `address`. */
+export function createClient<S extends Record<string, AnyMethod>>(serviceName: string, definition: S, address: string, opts: ClientOptions): RpcClient<S> {
+  const Ctor = makeGenericClientConstructor(definition as unknown as ServiceDefinition, serviceName);
+  const { creds, options } = channelCredentials(opts.security, address);
+  const client: Client = new Ctor(address, creds, options);
+  const defaultDeadline = opts.defaultDeadlineMs ?? 10_000;
+  const out: Record<string, unknown> = {
+    close: () => client.close(),
+    waitForReady: (timeoutMs: number) =>
+      new Promise<void>((resolve, reject) => client.waitForReady(Date.now() + timeoutMs, (err) => (err ? reject(err) : resolve()))),
+  };
+  for (const [key, m] of Object.entries(definition)) {
+    const serialize = m.requestSerialize as (v: unknown) => Buffer;
+    const deserialize = m.responseDeserialize;
+    if (m.responseStream) {
+      out[key] = (request: unknown, o: CallOptions = {}) => streamCall(client, m.path, serialize, deserialize, request, o);
+    } else {
+      out[key] = (request: unknown, o: CallOptions = {}) =>
+        new Promise((resolve, reject) => {
+          if (o.signal?.aborted) return reject(new CancelledError(`${m.path}: cancelled before start`, { cause: o.signal.reason }));
+          const deadline = deadlineOf(o.deadlineMs ?? defaultDeadline);
+          const call = client.makeUnaryRequest(m.path, serialize, deserialize, request, o.metadata ?? new Metadata(), deadline ? { deadline } : {}, (err: ServiceError | null, res?: unknown) => {
+            o.signal?.removeEventListener('abort', onAbort);
+            if (err) reject(fromServiceError(err, m.path));
+            else resolve(res);
+          });
+          const onAbort = (): void => call.cancel();
+          o.signal?.addEventListener('abort', onAbort, { once: true });
+        });
+    }
+  }
+  return out as RpcClient<S>;
+}
+
+async function* streamCall(
+  client: Client,
+  path: string,
+  serialize: (v: unknown) => Buffer,
+  deserialize: (b: Buffer) => unknown,
+  request: unknown,
+  o: CallOptions,
+): AsyncGenerator<unknown> {
+  if (o.signal?.aborted) throw new CancelledError(`${path}: cancelled before start`, { cause: o.signal.reason });
+  const deadline = deadlineOf(o.deadlineMs);
+  const call: ClientReadableStream<unknown> = client.makeServerStreamRequest(path, serialize, deserialize, request, o.metadata ?? new Metadata(), deadline ? { deadline } : {});
+  const onAbort = (): void => call.cancel();
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    for await (const msg of call) yield msg;
+  } catch (err) {
+    if (o.signal?.aborted) throw new CancelledError(`${path}: cancelled`, { cause: err });
+    throw isServiceError(err) ? fromServiceError(err, path) : err;
+  } finally {
+    o.signal?.removeEventListener('abort', onAbort);
+    call.cancel();
+  }
+}
+
+function isServiceError(err: unknown): err is ServiceError {
+  return typeof err === 'object' && err !== null && 'code' in err && typeof (err as { code: unknown }).code === 'number' && 'metadata' in err;
+}

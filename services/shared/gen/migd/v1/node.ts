@@ -177,6 +177,8 @@ export interface ConfirmIncomingRequest {
   runId: string;
   /** How long to wait for the guest's first report after the migration, in milliseconds. */
   timeoutMs: number;
+  /** Resume the guest if it arrived paused (the source paused it to force completion). */
+  resume: boolean;
 }
 
 /** ConfirmIncomingResponse reports the guest's health on the destination. */
@@ -1813,7 +1815,7 @@ export const RecoverIncomingResponse: MessageFns<RecoverIncomingResponse> = {
 };
 
 function createBaseConfirmIncomingRequest(): ConfirmIncomingRequest {
-  return { runId: "", timeoutMs: 0 };
+  return { runId: "", timeoutMs: 0, resume: false };
 }
 
 export const ConfirmIncomingRequest: MessageFns<ConfirmIncomingRequest> = {
@@ -1823,6 +1825,9 @@ export const ConfirmIncomingRequest: MessageFns<ConfirmIncomingRequest> = {
     }
     if (message.timeoutMs !== 0) {
       writer.uint32(16).uint32(message.timeoutMs);
+    }
+    if (message.resume !== false) {
+      writer.uint32(24).bool(message.resume);
     }
     return writer;
   },
@@ -1856,6 +1861,14 @@ export const ConfirmIncomingRequest: MessageFns<ConfirmIncomingRequest> = {
             message.timeoutMs = reader.uint32();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.resume = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1880,6 +1893,7 @@ export const ConfirmIncomingRequest: MessageFns<ConfirmIncomingRequest> = {
         : isSet(object.timeout_ms)
         ? globalThis.Number(object.timeout_ms)
         : 0,
+      resume: isSet(object.resume) ? globalThis.Boolean(object.resume) : false,
     };
   },
 
@@ -1891,6 +1905,9 @@ export const ConfirmIncomingRequest: MessageFns<ConfirmIncomingRequest> = {
     if (message.timeoutMs !== 0) {
       obj.timeoutMs = Math.round(message.timeoutMs);
     }
+    if (message.resume !== false) {
+      obj.resume = message.resume;
+    }
     return obj;
   },
 
@@ -1901,6 +1918,7 @@ export const ConfirmIncomingRequest: MessageFns<ConfirmIncomingRequest> = {
     const message = createBaseConfirmIncomingRequest();
     message.runId = object.runId ?? "";
     message.timeoutMs = object.timeoutMs ?? 0;
+    message.resume = object.resume ?? false;
     return message;
   },
 };

@@ -1,0 +1,531 @@
+/**
+ * The source side of one live migration. It prepares the destination through the destination
+ * node daemon, configures and starts QEMU's migration, follows QEMU's MIGRATION / MIGRATION_PASS /
+ * STOP / RESUME events (state changes come only from events; `query-migrate` is polled for progress
+ * figures), switches to post-copy when its policy says so, recovers a stalled post-copy link, and
+ * declares success only after the guest has been seen alive on the destination.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Broadcast } from '../../shared/broadcast.js';
+import { CancelledError, FailedPreconditionError, MigdError, UnavailableError } from '../../shared/errors.js';
+import {
+  MigrationState,
+  PolicyActionKind,
+  type ErrorInfo,
+  type GuestPerfSample,
+  type MigrationPolicy,
+  type MigrationStats,
+  type PolicyAction,
+  type ProgressSample,
+} from '../../shared/gen/migd/v1/common.js';
+import type { MigrationEndpoint, MigrationInfo, StateChange, WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
+import type { Logger } from '../../shared/log.js';
+import type { QmpEvent } from '../qmp/protocol.js';
+import type { MigrationConfig } from './config.js';
+import { StallDetector, finalStats, progressSample, stateFromQemuStatus, type QmpMigrationInfo } from './progress.js';
+import { capabilityList, type MigratableVm, type NodePeer, type VmHost } from './types.js';
+
+export interface SourceOptions {
+  /** query-migrate polling interval for progress figures (ms). Default 250. */
+  readonly progressIntervalMs?: number;
+  /** Post-copy is declared stalled when no byte moved for this long (ms). Default 3000. */
+  readonly postcopyStallMs?: number;
+  /** How long the destination may take to show the guest alive after completion (ms). Default 30 000. */
+  readonly confirmTimeoutMs?: number;
+  /** Give up recovering a paused post-copy migration after this long (ms). Default 600 000. */
+  readonly recoveryTimeoutMs?: number;
+  /** Deadline of calls to the destination node (ms). Default 30 000. */
+  readonly peerDeadlineMs?: number;
+  /** QEMU TLS credentials object id to use for the stream (created by the caller), if any. */
+  readonly tlsCredsId?: string;
+  /** Host name QEMU verifies in the destination's certificate. */
+  readonly tlsHostname?: string;
+}
+
+export interface SourceMigrationParams {
+  readonly runId: string;
+  readonly nodeId: string;
+  readonly vm: MigratableVm;
+  readonly host: VmHost;
+  readonly peer: NodePeer;
+  readonly destination: MigrationEndpoint;
+  readonly policy: MigrationPolicy;
+  readonly config: MigrationConfig;
+  readonly supportedCapabilities: ReadonlySet<string>;
+  readonly log: Logger;
+  readonly options?: SourceOptions;
+  readonly now?: () => number;
+}
+
+const TERMINAL = new Set([MigrationState.MIGRATION_STATE_SUCCEEDED, MigrationState.MIGRATION_STATE_FAILED, MigrationState.MIGRATION_STATE_CANCELLED]);
+
+/** True for SUCCEEDED, FAILED and CANCELLED. */
+export function isTerminal(s: MigrationState): boolean {
+  return TERMINAL.has(s);
+}
+
+export class SourceMigration {
+  readonly runId: string;
+  private state = MigrationState.MIGRATION_STATE_PREPARING;
+  private readonly startedAt: Date;
+  private finishedAt: Date | undefined;
+  private lastProgress: ProgressSample | undefined;
+  private stats: MigrationStats | undefined;
+  private error: ErrorInfo | undefined;
+  private readonly actions: PolicyAction[] = [];
+  private readonly updates = new Broadcast<WatchMigrationResponse>();
+  private readonly stop = new AbortController();
+  private readonly done: Promise<MigrationInfo>;
+  private resolveDone!: (info: MigrationInfo) => void;
+  private downtimeLimitMs: number;
+  private maxBandwidth: number;
+  private pass = 0;
+  private postcopyStarted = false;
+  private pausedGuest = false;
+  private recoveries = 0;
+  private maxThrottle = 0;
+  private destinationCpu = 0;
+  private sourceCpuStart = 0;
+  private destinationCpuStart: number | undefined;
+  private qemuStatus = 'none';
+  private readonly opts: Required<Omit<SourceOptions, 'tlsCredsId' | 'tlsHostname'>> & Pick<SourceOptions, 'tlsCredsId' | 'tlsHostname'>;
+  private readonly now: () => number;
+  private recovering = false;
+
+  constructor(private readonly p: SourceMigrationParams) {
+    this.runId = p.runId;
+    this.now = p.now ?? Date.now;
+    this.startedAt = new Date(this.now());
+    this.downtimeLimitMs = p.config.downtimeLimitMs;
+    this.maxBandwidth = p.config.maxBandwidthBytesPerSec;
+    this.opts = {
+      progressIntervalMs: 250,
+      postcopyStallMs: 3000,
+      confirmTimeoutMs: 30_000,
+      recoveryTimeoutMs: 600_000,
+      peerDeadlineMs: 30_000,
+      ...p.options,
+    };
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+  }
+
+  /** Resolves with the final MigrationInfo once the migration has finished, whatever the outcome. */
+  finished(): Promise<MigrationInfo> {
+    return this.done;
+  }
+
+  get currentState(): MigrationState {
+    return this.state;
+  }
+
+  /** A snapshot of the migration. */
+  info(): MigrationInfo {
+    return {
+      runId: this.runId,
+      vmName: this.p.vm.name,
+      sourceNodeId: this.p.nodeId,
+      destination: this.p.destination,
+      policy: { ...this.p.policy, downtimeLimitMs: this.downtimeLimitMs, maxBandwidthBytesPerSec: this.maxBandwidth },
+      state: this.state,
+      startedAt: this.startedAt,
+      finishedAt: this.finishedAt,
+      lastProgress: this.lastProgress,
+      stats: this.stats,
+      error: this.error,
+      actions: [...this.actions],
+    };
+  }
+
+  /** Updates from now on; a late joiner first gets the current state and last progress sample. */
+  watch(signal?: AbortSignal): AsyncIterable<WatchMigrationResponse> {
+    const initial: WatchMigrationResponse[] = [
+      { update: { $case: 'stateChange', value: { time: new Date(this.now()), from: this.state, to: this.state, reason: 'current state' } } },
+    ];
+    if (this.lastProgress) initial.push({ update: { $case: 'progress', value: this.lastProgress } });
+    if (isTerminal(this.state)) initial.push({ update: { $case: 'result', value: this.info() } });
+    return this.updates.subscribe(initial, signal);
+  }
+
+  /**
+   * Prepares the destination and starts QEMU's migration. Errors before the stream starts are
+   * thrown to the caller, after cleaning up the destination; nothing is left behind.
+   * @throws UnavailableError (destination not answering), InvalidArgumentError, QmpError
+   */
+  async start(): Promise<void> {
+    const { vm, peer, config, log } = this.p;
+    this.p.host.setMigration(vm.name, this.runId);
+    let prepared = false;
+    try {
+      const ready = await peer
+        .prepareIncoming({ runId: this.runId, spec: vm.spec, policy: this.p.policy }, { deadlineMs: this.opts.peerDeadlineMs })
+        .catch((err: unknown) => {
+          if (err instanceof MigdError && (err.code === 'UNAVAILABLE' || err.code === 'DEADLINE_EXCEEDED')) {
+            throw new UnavailableError(`destination node ${this.p.destination.nodeId} at ${this.p.destination.managementAddress} is not answering: ${err.message}`, { cause: err, reason: 'DESTINATION_UNAVAILABLE' });
+          }
+          throw err;
+        });
+      prepared = true;
+      await vm.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(config.capabilities, this.p.supportedCapabilities) });
+      const params: Record<string, unknown> = { ...config.sourceParameters };
+      if (config.tls && this.opts.tlsCredsId) {
+        params['tls-creds'] = this.opts.tlsCredsId;
+        params['tls-hostname'] = this.opts.tlsHostname ?? 'migd-node';
+      } else {
+        params['tls-creds'] = '';
+      }
+      await vm.qmp.execute('migrate-set-parameters', params);
+      this.sourceCpuStart = vm.cpuSeconds();
+      const events = vm.qmp.events({ names: ['MIGRATION', 'MIGRATION_PASS', 'STOP', 'RESUME'] });
+      log.info('migration starting', { uri: ready.uri, capabilities: config.capabilities });
+      await vm.qmp.execute('migrate', { uri: ready.uri });
+      this.transition(MigrationState.MIGRATION_STATE_SETUP, `streaming to ${ready.uri}`);
+      void this.run(events);
+    } catch (err) {
+      this.p.host.setMigration(vm.name, undefined);
+      if (prepared) await peer.abortIncoming({ runId: this.runId }, { deadlineMs: this.opts.peerDeadlineMs }).catch((e: unknown) => log.warn('abort incoming after failed start', { err: e }));
+      this.error = errorInfo(err);
+      this.finish(MigrationState.MIGRATION_STATE_FAILED, `could not start: ${(err as Error).message}`);
+      throw err;
+    }
+  }
+
+  private async run(events: AsyncIterable<QmpEvent> & { close?: () => void }): Promise<void> {
+    const { log } = this.p;
+    const signal = this.stop.signal;
+    void this.pollProgress(signal);
+    void this.forwardGuest(signal);
+    void this.pollDestinationCpu(signal);
+    let timer: NodeJS.Timeout | undefined;
+    if (this.p.config.postcopy.afterMs !== undefined) {
+      timer = setTimeout(() => void this.startPostcopy('policy', `post-copy after ${this.p.config.postcopy.afterMs} ms`).catch(() => undefined), this.p.config.postcopy.afterMs);
+    }
+    try {
+      for await (const ev of events) {
+        if (ev.event === 'MIGRATION_PASS') {
+          this.pass = Number((ev.data as { pass?: number }).pass ?? this.pass);
+          const n = this.p.config.postcopy.afterPasses;
+          // MIGRATION_PASS announces the start of pass `pass`: N passes are complete at N+1.
+          if (n !== undefined && this.pass >= n + 1 && !this.postcopyStarted) {
+            await this.startPostcopy('policy', `post-copy after ${n} pass(es)`).catch((err: unknown) => log.warn('start post-copy failed', { err }));
+          }
+          continue;
+        }
+        if (ev.event === 'STOP' || ev.event === 'RESUME') {
+          log.debug('source runstate event', { event: ev.event });
+          continue;
+        }
+        const status = String((ev.data as { status?: string }).status ?? '');
+        this.qemuStatus = status;
+        if (status === 'completed') {
+          await this.complete();
+          return;
+        }
+        if (status === 'failed') {
+          const info = (await this.p.vm.qmp.execute('query-migrate').catch(() => ({}))) as QmpMigrationInfo;
+          await this.fail(info['error-desc'] ?? 'QEMU reported the migration failed', 'QEMU_MIGRATION_FAILED');
+          return;
+        }
+        if (status === 'cancelled') {
+          await this.cancelled();
+          return;
+        }
+        const st = stateFromQemuStatus(status);
+        if (st !== undefined && st !== this.state && !this.recovering) this.transition(st, `QEMU status ${status}`);
+        if (status === 'postcopy-paused' && !this.recovering) void this.recover('QEMU paused post-copy by itself (connection lost)');
+      }
+      // The event stream ended: QEMU went away or the QMP connection broke.
+      await this.fail('the source QEMU or its QMP connection went away during the migration', 'SOURCE_LOST');
+    } catch (err) {
+      await this.fail(`migration monitor error: ${(err as Error).message}`, 'MONITOR_ERROR');
+    } finally {
+      if (timer) clearTimeout(timer);
+      events.close?.();
+    }
+  }
+
+  private async pollProgress(signal: AbortSignal): Promise<void> {
+    const stall = new StallDetector(this.opts.postcopyStallMs);
+    while (!signal.aborted) {
+      try {
+        const info = (await this.p.vm.qmp.execute('query-migrate', undefined, { signal, timeoutMs: 5000 })) as QmpMigrationInfo;
+        if (signal.aborted) break;
+        if (info.status === 'completed') break;
+        const sample = progressSample(info, {
+          now: new Date(this.now()),
+          startedAt: this.startedAt,
+          state: this.state,
+          downtimeLimitMs: this.downtimeLimitMs,
+          maxBandwidthBytesPerSec: this.maxBandwidth,
+          sourceCpuSeconds: Math.max(0, this.p.vm.cpuSeconds() - this.sourceCpuStart),
+          destinationCpuSeconds: this.destinationCpu,
+        });
+        this.maxThrottle = Math.max(this.maxThrottle, sample.throttlePct);
+        this.lastProgress = sample;
+        this.updates.publish({ update: { $case: 'progress', value: sample } });
+        if (info.status === 'postcopy-active' && !this.recovering) {
+          if (stall.update(sample.transferredBytes, this.now())) {
+            void this.recover(`no post-copy progress for ${this.opts.postcopyStallMs} ms: link presumed down`);
+          }
+        } else {
+          stall.reset(this.now());
+        }
+      } catch (err) {
+        if (signal.aborted) break;
+        this.p.log.debug('query-migrate failed', { err });
+      }
+      await sleep(this.opts.progressIntervalMs, undefined, { signal }).catch(() => undefined);
+    }
+  }
+
+  private async forwardGuest(signal: AbortSignal): Promise<void> {
+    const forward = async (src: AsyncIterable<GuestPerfSample>): Promise<void> => {
+      try {
+        for await (const s of src) this.updates.publish({ update: { $case: 'guest', value: s } });
+      } catch {
+        // the stream ends with the migration or with the VM
+      }
+    };
+    const fromDest = async function* (peer: NodePeer, name: string): AsyncIterable<GuestPerfSample> {
+      for await (const m of peer.watchGuest({ name, includeConsole: false }, { signal })) if (m.item?.$case === 'sample') yield m.item.value;
+    };
+    await Promise.all([forward(this.p.vm.guestSamples(signal)), forward(fromDest(this.p.peer, this.p.vm.name))]);
+  }
+
+  private async pollDestinationCpu(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      const vm = await this.p.peer.getVm({ name: this.p.vm.name }, { deadlineMs: 3000, signal }).catch(() => undefined);
+      if (vm?.vm) {
+        this.destinationCpuStart ??= vm.vm.qemuCpuSeconds;
+        this.destinationCpu = Math.max(0, vm.vm.qemuCpuSeconds - this.destinationCpuStart);
+      }
+      await sleep(1000, undefined, { signal }).catch(() => undefined);
+    }
+  }
+
+  /** Changes limits live. @throws FailedPreconditionError when not running or auto-converge was not armed */
+  async adjust(change: { downtimeLimitMs?: number; maxBandwidthBytesPerSec?: number; enableAutoConverge?: boolean }, actor: string, reason: string): Promise<void> {
+    this.requireRunning('adjust');
+    const params: Record<string, unknown> = {};
+    if (change.downtimeLimitMs !== undefined) params['downtime-limit'] = change.downtimeLimitMs;
+    if (change.maxBandwidthBytesPerSec !== undefined) params['max-bandwidth'] = change.maxBandwidthBytesPerSec || Number.MAX_SAFE_INTEGER;
+    if (change.enableAutoConverge) {
+      const ac = this.p.config.autoConverge;
+      if (!this.p.config.capabilities['auto-converge']) {
+        throw new FailedPreconditionError('auto-converge was not enabled when the migration started, and QEMU cannot enable capabilities during a migration', { reason: 'AUTO_CONVERGE_NOT_ARMED' });
+      }
+      params['cpu-throttle-initial'] = ac.initialPct;
+      params['cpu-throttle-increment'] = ac.incrementPct;
+      params['max-cpu-throttle'] = ac.maxPct;
+    }
+    if (Object.keys(params).length === 0) return;
+    await this.p.vm.qmp.execute('migrate-set-parameters', params);
+    if (change.downtimeLimitMs !== undefined) {
+      this.downtimeLimitMs = change.downtimeLimitMs;
+      this.action(PolicyActionKind.POLICY_ACTION_KIND_SET_DOWNTIME, change.downtimeLimitMs, actor, reason);
+    }
+    if (change.maxBandwidthBytesPerSec !== undefined) {
+      this.maxBandwidth = change.maxBandwidthBytesPerSec;
+      this.action(PolicyActionKind.POLICY_ACTION_KIND_SET_BANDWIDTH, change.maxBandwidthBytesPerSec, actor, reason);
+    }
+    if (change.enableAutoConverge) this.action(PolicyActionKind.POLICY_ACTION_KIND_ENABLE_AUTO_CONVERGE, 0, actor, reason);
+  }
+
+  /** Switches to post-copy now. @throws FailedPreconditionError when post-copy is not enabled */
+  async startPostcopy(actor: string, reason: string): Promise<void> {
+    this.requireRunning('start post-copy');
+    if (!this.p.config.postcopy.enabled) throw new FailedPreconditionError('post-copy is not enabled in this migration\'s policy', { reason: 'POSTCOPY_NOT_ENABLED' });
+    if (this.postcopyStarted) return;
+    this.postcopyStarted = true;
+    await this.p.vm.qmp.execute('migrate-start-postcopy');
+    this.action(PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY, 0, actor, reason);
+  }
+
+  /** Post-copy when enabled, otherwise pauses the guest so the migration completes. */
+  async forceComplete(actor: string, reason: string): Promise<void> {
+    this.requireRunning('force-complete');
+    if (this.p.config.postcopy.enabled) {
+      await this.startPostcopy(actor, reason);
+      return;
+    }
+    if (this.pausedGuest) return;
+    this.pausedGuest = true;
+    await this.p.vm.qmp.execute('stop');
+    this.action(PolicyActionKind.POLICY_ACTION_KIND_PAUSE_GUEST, 0, actor, reason);
+  }
+
+  /** Cancels. @throws FailedPreconditionError in post-copy (the guest already runs on the destination) */
+  async cancel(actor: string, reason: string): Promise<void> {
+    if (isTerminal(this.state)) throw new FailedPreconditionError(`migration ${this.runId} has already finished`, { reason: 'ALREADY_FINISHED' });
+    if (this.postcopyStarted || this.state === MigrationState.MIGRATION_STATE_POSTCOPY || this.state === MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED) {
+      throw new FailedPreconditionError('cannot cancel a migration in post-copy: the guest already runs on the destination', { reason: 'POSTCOPY_NOT_CANCELLABLE' });
+    }
+    this.action(PolicyActionKind.POLICY_ACTION_KIND_ABORT, 0, actor, reason);
+    this.transition(MigrationState.MIGRATION_STATE_CANCELLING, reason || 'cancel requested');
+    await this.p.vm.qmp.execute('migrate_cancel');
+  }
+
+  private requireRunning(what: string): void {
+    if (isTerminal(this.state) || this.state === MigrationState.MIGRATION_STATE_VERIFYING || this.state === MigrationState.MIGRATION_STATE_CANCELLING) {
+      throw new FailedPreconditionError(`cannot ${what}: migration ${this.runId} is ${MigrationState[this.state]}`, { reason: 'NOT_RUNNING' });
+    }
+  }
+
+  /**
+   * Post-copy recovery: pause both ends, then repeatedly ask the destination to listen on a fresh
+   * port (migrate-recover, out-of-band) and resume the source to it, with backoff, until the
+   * stream flows again or recoveryTimeoutMs passes.
+   */
+  private async recover(reason: string): Promise<void> {
+    if (this.recovering || isTerminal(this.state)) return;
+    this.recovering = true;
+    const { vm, peer, log } = this.p;
+    const deadline = this.now() + this.opts.recoveryTimeoutMs;
+    this.action(PolicyActionKind.POLICY_ACTION_KIND_RECOVER, 0, 'node', reason);
+    this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED, reason);
+    try {
+      const status = async (): Promise<string> => String(((await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 })) as QmpMigrationInfo).status);
+      if ((await status()) === 'postcopy-active') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('migrate-pause on source', { err }));
+      let backoff = 500;
+      for (let attempt = 1; !this.stop.signal.aborted; attempt++) {
+        if (this.now() > deadline) throw new Error(`post-copy recovery gave up after ${this.opts.recoveryTimeoutMs} ms`);
+        try {
+          await peer.pauseIncoming({ runId: this.runId }, { deadlineMs: 5000 });
+          const { uri } = await peer.recoverIncoming({ runId: this.runId }, { deadlineMs: 10_000 });
+          // wait for the source to be paused before resuming
+          for (let i = 0; i < 50 && (await status()) !== 'postcopy-paused'; i++) await sleep(100);
+          this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_RECOVERING, `attempt ${attempt}: resuming to ${uri}`);
+          await vm.qmp.execute('migrate', { uri, resume: true });
+          // Did it take? Recovery reaches postcopy-active (or completes); a dead link falls back
+          // to postcopy-paused, or hangs in recover-setup until we pause it again.
+          const until = this.now() + 5000;
+          let s = await status();
+          while (this.now() < until && (s === 'postcopy-recover-setup' || s === 'postcopy-recover')) {
+            await sleep(200);
+            s = await status();
+          }
+          if (s === 'postcopy-active' || s === 'completed') {
+            this.recoveries++;
+            this.transition(MigrationState.MIGRATION_STATE_POSTCOPY, `recovered after ${attempt} attempt(s)`);
+            return;
+          }
+          if (s !== 'postcopy-paused') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch(() => undefined);
+          log.info('post-copy recovery attempt failed; retrying', { attempt, status: s, backoff });
+        } catch (err) {
+          log.info('post-copy recovery attempt failed; retrying', { attempt, err: (err as Error).message, backoff });
+        }
+        this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED, `recovery attempt ${attempt} failed; retrying in ${backoff} ms`);
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, 5000);
+      }
+    } catch (err) {
+      await this.fail(`post-copy recovery failed: ${(err as Error).message}`, 'RECOVERY_FAILED');
+    } finally {
+      this.recovering = false;
+    }
+  }
+
+  private async complete(): Promise<void> {
+    const { vm, peer, log } = this.p;
+    const info = (await vm.qmp.execute('query-migrate').catch(() => ({}))) as QmpMigrationInfo;
+    this.transition(MigrationState.MIGRATION_STATE_VERIFYING, 'QEMU reported completion; checking the guest on the destination');
+    const srcCpu = Math.max(0, vm.cpuSeconds() - this.sourceCpuStart);
+    let confirm;
+    try {
+      confirm = await peer.confirmIncoming({ runId: this.runId, timeoutMs: this.opts.confirmTimeoutMs, resume: this.pausedGuest }, { deadlineMs: this.opts.confirmTimeoutMs + 5000 });
+    } catch (err) {
+      confirm = { alive: false, sample: undefined, pid: 0, err };
+    }
+    const dstVm = await peer.getVm({ name: vm.name }, { deadlineMs: 3000 }).catch(() => undefined);
+    if (dstVm?.vm && this.destinationCpuStart !== undefined) this.destinationCpu = Math.max(0, dstVm.vm.qemuCpuSeconds - this.destinationCpuStart);
+    this.stats = finalStats(info, {
+      sourceCpuSeconds: srcCpu,
+      destinationCpuSeconds: this.destinationCpu,
+      integrityErrors: confirm.sample?.integrityErrors ?? 0,
+      pagesVerifiedAfter: confirm.sample?.pagesVerified ?? 0,
+      maxThrottlePct: this.maxThrottle,
+      recoveries: this.recoveries,
+    });
+    if (!confirm.alive) {
+      // QEMU said "completed" but the guest did not show up: never trust QEMU's word alone. After
+      // pure pre-copy the source still holds the whole guest: resume it there.
+      const reason = 'err' in confirm ? `destination did not confirm: ${(confirm.err as Error).message}` : 'the guest was not seen alive on the destination';
+      if (!this.postcopyStarted) {
+        await peer.abortIncoming({ runId: this.runId }, { deadlineMs: 10_000 }).catch(() => undefined);
+        await vm.qmp.execute('cont').catch((err: unknown) => log.error('could not resume the source guest', { err }));
+        this.p.host.setMigration(vm.name, undefined);
+        this.error = { reason: 'GUEST_NOT_ALIVE_ON_DESTINATION', message: `${reason}; the guest was resumed on the source`, code: 'FAILED_PRECONDITION' };
+      } else {
+        this.error = { reason: 'GUEST_NOT_ALIVE_ON_DESTINATION', message: reason, code: 'INTERNAL' };
+      }
+      this.finish(MigrationState.MIGRATION_STATE_FAILED, this.error.message);
+      return;
+    }
+    if (this.stats.integrityErrors > 0) {
+      this.error = { reason: 'GUEST_MEMORY_CORRUPTED', message: `the guest reported ${this.stats.integrityErrors} integrity error(s) after the migration`, code: 'DATA_LOSS' };
+    }
+    await this.p.host.destroy(vm.name).catch((err: unknown) => log.warn('could not remove the source QEMU', { err }));
+    this.finish(this.error ? MigrationState.MIGRATION_STATE_FAILED : MigrationState.MIGRATION_STATE_SUCCEEDED, this.error ? this.error.message : 'guest alive on the destination; source QEMU removed');
+  }
+
+  private async fail(message: string, reason: string): Promise<void> {
+    if (isTerminal(this.state)) return;
+    const { vm, peer, log } = this.p;
+    log.warn('migration failed', { message });
+    this.error = { reason, message, code: 'ABORTED' };
+    if (!this.postcopyStarted) {
+      await peer.abortIncoming({ runId: this.runId }, { deadlineMs: 10_000 }).catch((err: unknown) => log.warn('abort incoming', { err }));
+      if (this.pausedGuest) await vm.qmp.execute('cont').catch(() => undefined);
+      this.p.host.setMigration(vm.name, undefined);
+    }
+    this.finish(MigrationState.MIGRATION_STATE_FAILED, message);
+  }
+
+  private async cancelled(): Promise<void> {
+    const { vm, peer, log } = this.p;
+    await peer.abortIncoming({ runId: this.runId }, { deadlineMs: 10_000 }).catch((err: unknown) => log.warn('abort incoming', { err }));
+    if (this.pausedGuest) await vm.qmp.execute('cont').catch(() => undefined);
+    this.p.host.setMigration(vm.name, undefined);
+    this.finish(MigrationState.MIGRATION_STATE_CANCELLED, 'cancelled; the guest keeps running on the source');
+  }
+
+  private action(kind: PolicyActionKind, value: number, actor: string, reason: string): void {
+    const a: PolicyAction = { time: new Date(this.now()), elapsedMs: this.now() - this.startedAt.getTime(), kind, value, reason, actor };
+    this.actions.push(a);
+    this.updates.publish({ update: { $case: 'action', value: a } });
+  }
+
+  private transition(to: MigrationState, reason: string): void {
+    if (to === this.state || isTerminal(this.state)) return;
+    const change: StateChange = { time: new Date(this.now()), from: this.state, to, reason };
+    this.p.log.info('migration state', { from: MigrationState[this.state], to: MigrationState[to], reason });
+    this.state = to;
+    this.updates.publish({ update: { $case: 'stateChange', value: change } });
+  }
+
+  private finish(to: MigrationState, reason: string): void {
+    if (isTerminal(this.state)) return;
+    this.transition(to, reason);
+    this.finishedAt = new Date(this.now());
+    this.stop.abort(new CancelledError('migration finished'));
+    const info = this.info();
+    this.updates.publish({ update: { $case: 'result', value: info } });
+    this.updates.close();
+    this.resolveDone(info);
+  }
+
+  /** Stops background work without changing QEMU (node daemon shutdown). */
+  detach(): void {
+    this.stop.abort(new CancelledError('node daemon shutting down'));
+    this.updates.close();
+  }
+
+  /** QEMU's latest migration status string. */
+  get qemuMigrationStatus(): string {
+    return this.qemuStatus;
+  }
+}
+
+function errorInfo(err: unknown): ErrorInfo {
+  if (err instanceof MigdError) return { reason: err.reason ?? err.code, message: err.message, code: err.code };
+  return { reason: 'INTERNAL', message: (err as Error)?.message ?? String(err), code: 'INTERNAL' };
+}

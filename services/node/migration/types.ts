@@ -1,0 +1,74 @@
+/**
+ * The seams the migration drivers depend on: a VM they can drive over QMP, the host that owns the
+ * VMs, and the destination node's API. Narrow on purpose, so the drivers can be read (and tested)
+ * without the whole node daemon.
+ */
+import type { GuestPerfSample, VmSpec } from '../../shared/gen/migd/v1/common.js';
+import type {
+  AbortIncomingRequest,
+  AbortIncomingResponse,
+  ConfirmIncomingRequest,
+  ConfirmIncomingResponse,
+  GetVmRequest,
+  GetVmResponse,
+  PauseIncomingRequest,
+  PauseIncomingResponse,
+  PrepareIncomingRequest,
+  PrepareIncomingResponse,
+  RecoverIncomingRequest,
+  RecoverIncomingResponse,
+  WatchGuestRequest,
+  WatchGuestResponse,
+} from '../../shared/gen/migd/v1/node.js';
+import type { CallOptions } from '../../shared/rpc/client.js';
+import type { QmpClient } from '../qmp/client.js';
+
+/** A running QEMU the drivers can command. */
+export interface MigratableVm {
+  readonly name: string;
+  readonly spec: VmSpec;
+  readonly pid: number;
+  readonly qmp: QmpClient;
+  /** Parsed guest-performance samples from now on, until `signal` fires or the VM goes away. */
+  guestSamples(signal: AbortSignal): AsyncIterable<GuestPerfSample>;
+  /** The most recent sample and the host time (ms) it arrived, if any. */
+  lastGuestSample(): { sample: GuestPerfSample; hostMs: number } | undefined;
+  /** CPU seconds (user + system) the QEMU process has used. */
+  cpuSeconds(): number;
+}
+
+/** What the migration drivers need from the node's VM manager. */
+export interface VmHost {
+  /** The VM, for migrating it. @throws NotFoundError, FailedPreconditionError (not running). */
+  source(name: string): MigratableVm;
+  /** Marks a VM as taking part in a migration (or not, with undefined). */
+  setMigration(name: string, runId: string | undefined): void;
+  /**
+   * Starts an incoming QEMU (`-incoming defer`) with the identical device model.
+   * @throws InvalidArgumentError, AlreadyExistsError, ResourceExhaustedError
+   */
+  createIncoming(spec: VmSpec, runId: string): Promise<MigratableVm>;
+  /** The incoming VM has become the running VM on this node. */
+  adoptIncoming(name: string): void;
+  /** Stops QEMU (quit, then kill) and forgets the VM. */
+  destroy(name: string): Promise<void>;
+}
+
+/** The destination node daemon's incoming-side API (a subset of NodeService). */
+export interface NodePeer {
+  prepareIncoming(req: PrepareIncomingRequest, opts?: CallOptions): Promise<PrepareIncomingResponse>;
+  pauseIncoming(req: PauseIncomingRequest, opts?: CallOptions): Promise<PauseIncomingResponse>;
+  recoverIncoming(req: RecoverIncomingRequest, opts?: CallOptions): Promise<RecoverIncomingResponse>;
+  confirmIncoming(req: ConfirmIncomingRequest, opts?: CallOptions): Promise<ConfirmIncomingResponse>;
+  abortIncoming(req: AbortIncomingRequest, opts?: CallOptions): Promise<AbortIncomingResponse>;
+  getVm(req: GetVmRequest, opts?: CallOptions): Promise<GetVmResponse>;
+  watchGuest(req: WatchGuestRequest, opts?: CallOptions): AsyncIterable<WatchGuestResponse>;
+}
+
+/** Capability names migd manages; each is set explicitly (true or false) on both ends. */
+export const MANAGED_CAPABILITIES = ['auto-converge', 'postcopy-ram', 'postcopy-preempt', 'return-path', 'xbzrle', 'multifd', 'switchover-ack', 'events'] as const;
+
+/** The `migrate-set-capabilities` argument for a resolved capability map. */
+export function capabilityList(caps: Readonly<Record<string, boolean>>, supported: ReadonlySet<string>): { capability: string; state: boolean }[] {
+  return MANAGED_CAPABILITIES.filter((c) => supported.has(c)).map((c) => ({ capability: c, state: caps[c] === true }));
+}

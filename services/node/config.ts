@@ -1,0 +1,155 @@
+/**
+ * Node daemon configuration: parsed once, fully defaulted, frozen. Sources, later ones winning:
+ * a JSON file (`--config FILE` or MIGD_NODE_CONFIG), then environment variables, then flags
+ * (`--node-id a --listen 198.18.0.2:7001 …`). Bad combinations are refused at start-up with a
+ * message naming the option.
+ */
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { ConfigError } from '../shared/errors.js';
+import { identityFiles } from '../shared/pki.js';
+import { cacheDir, certDir } from '../shared/paths.js';
+import { isLoopbackHost, splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
+
+export interface NodeConfig {
+  /** Node id (default: the host name). */
+  readonly nodeId: string;
+  /** gRPC listen address on the management network (default 127.0.0.1:7001). */
+  readonly listen: string;
+  /** Address other components use to reach this daemon (default: `listen`). */
+  readonly advertise: string;
+  /** Address migration streams bind to (dedicated migration network; default: listen's host). */
+  readonly migrationAddress: string;
+  /** Where VMs' sockets, logs and records live (default <repo>/.state/node-<id>). */
+  readonly stateDir: string;
+  /** gRPC transport security (default: mTLS with the development certificates). */
+  readonly security: TransportSecurity;
+  /** Security for calls to other node daemons and the coordinator. */
+  readonly clientSecurity: TransportSecurity;
+  /** Folder with ca.crt and migd-node.{crt,key}, used for QEMU's migration-stream TLS. */
+  readonly migrationTlsDir: string;
+  /** Coordinator to register with and heartbeat (empty: none). */
+  readonly coordinator: string;
+  /** Heartbeat period in ms (default 2000). */
+  readonly heartbeatMs: number;
+  /** QEMU binary (default qemu-system-x86_64 from PATH). */
+  readonly qemuBinary: string;
+  /** Guest image folder (default <cache>/guest). */
+  readonly guestImageDir: string;
+  /** query-migrate polling interval (default 250 ms; at most 250). */
+  readonly progressIntervalMs: number;
+  /** Post-copy stall detection (default 3000 ms). */
+  readonly postcopyStallMs: number;
+  /** Prometheus /metrics address (empty: off). */
+  readonly metricsListen: string;
+}
+
+type Raw = Partial<Record<keyof NodeConfig | 'tlsDir' | 'insecure', unknown>>;
+
+const envMap: Record<string, keyof Raw> = {
+  MIGD_NODE_ID: 'nodeId',
+  MIGD_NODE_LISTEN: 'listen',
+  MIGD_NODE_ADVERTISE: 'advertise',
+  MIGD_NODE_MIGRATION_ADDRESS: 'migrationAddress',
+  MIGD_NODE_STATE_DIR: 'stateDir',
+  MIGD_COORDINATOR: 'coordinator',
+  MIGD_TLS_DIR: 'tlsDir',
+  MIGD_INSECURE: 'insecure',
+  MIGD_QEMU: 'qemuBinary',
+  MIGD_GUEST_IMAGE_DIR: 'guestImageDir',
+  MIGD_NODE_METRICS: 'metricsListen',
+};
+
+function flagName(k: string): string {
+  return k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+}
+
+const keys: (keyof Raw)[] = ['nodeId', 'listen', 'advertise', 'migrationAddress', 'stateDir', 'coordinator', 'heartbeatMs', 'qemuBinary', 'guestImageDir', 'progressIntervalMs', 'postcopyStallMs', 'metricsListen', 'tlsDir', 'insecure', 'migrationTlsDir'];
+
+/** Parses argv (`--key value`) and env into a frozen NodeConfig. @throws ConfigError */
+export function loadNodeConfig(argv: readonly string[] = process.argv.slice(2), env: NodeJS.ProcessEnv = process.env): NodeConfig {
+  const raw: Raw = {};
+  const flags = new Map(keys.map((k) => [flagName(k), k]));
+  let file = env['MIGD_NODE_CONFIG'];
+  const fromFlags: Raw = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (!a.startsWith('--')) throw new ConfigError(a, 'unexpected argument (flags are --name value)');
+    const name = a.slice(2);
+    const value = argv[i + 1];
+    if (name === 'insecure') {
+      fromFlags.insecure = true;
+      continue;
+    }
+    if (value === undefined) throw new ConfigError(name, 'missing value');
+    i++;
+    if (name === 'config') {
+      file = value;
+      continue;
+    }
+    const key = flags.get(name);
+    if (!key) throw new ConfigError(name, `unknown option (known: ${[...flags.keys(), 'config'].join(', ')})`);
+    fromFlags[key] = value;
+  }
+  if (file) {
+    try {
+      Object.assign(raw, JSON.parse(readFileSync(file, 'utf8')) as Raw);
+    } catch (err) {
+      throw new ConfigError('config', `cannot read ${file}: ${(err as Error).message}`);
+    }
+  }
+  for (const [e, k] of Object.entries(envMap)) if (env[e] !== undefined) raw[k] = env[e];
+  Object.assign(raw, fromFlags);
+  return resolveNodeConfig(raw);
+}
+
+function str(raw: Raw, k: keyof Raw, dflt: string): string {
+  const v = raw[k];
+  if (v === undefined || v === '') return dflt;
+  if (typeof v !== 'string') throw new ConfigError(k, 'must be a string');
+  return v;
+}
+
+function int(raw: Raw, k: keyof Raw, dflt: number, min: number, max: number): number {
+  const v = raw[k];
+  if (v === undefined || v === '') return dflt;
+  const n = typeof v === 'number' ? v : Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(k, `must be an integer in ${min}..${max}, got ${String(v)}`);
+  return n;
+}
+
+/** Defaults and validates a raw configuration. @throws ConfigError */
+export function resolveNodeConfig(raw: Raw): NodeConfig {
+  const nodeId = str(raw, 'nodeId', hostname());
+  if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/.test(nodeId)) throw new ConfigError('nodeId', `"${nodeId}" must match [a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}`);
+  const listen = str(raw, 'listen', '127.0.0.1:7001');
+  const { host } = splitHostPort(listen);
+  const advertise = str(raw, 'advertise', listen);
+  splitHostPort(advertise);
+  const migrationAddress = str(raw, 'migrationAddress', host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host);
+  const insecure = raw.insecure === true || raw.insecure === 'true' || raw.insecure === '1';
+  const tlsDir = str(raw, 'tlsDir', certDir());
+  if (insecure && !isLoopbackHost(host)) throw new ConfigError('insecure', `plain-text gRPC is only allowed on loopback, not on ${listen}`);
+  const files = identityFiles(tlsDir, 'migd-node');
+  const security: TransportSecurity = insecure ? { insecure: true } : { tls: files };
+  const clientSecurity: TransportSecurity = insecure ? { insecure: true } : { tls: files, serverName: 'migd-node' };
+  const cfg: NodeConfig = {
+    nodeId,
+    listen,
+    advertise,
+    migrationAddress,
+    stateDir: str(raw, 'stateDir', join(cacheDir(), '..', '.state', `node-${nodeId}`)),
+    security,
+    clientSecurity,
+    migrationTlsDir: str(raw, 'migrationTlsDir', tlsDir),
+    coordinator: str(raw, 'coordinator', ''),
+    heartbeatMs: int(raw, 'heartbeatMs', 2000, 100, 60_000),
+    qemuBinary: str(raw, 'qemuBinary', 'qemu-system-x86_64'),
+    guestImageDir: str(raw, 'guestImageDir', join(cacheDir(), 'guest')),
+    progressIntervalMs: int(raw, 'progressIntervalMs', 250, 20, 250),
+    postcopyStallMs: int(raw, 'postcopyStallMs', 3000, 500, 600_000),
+    metricsListen: str(raw, 'metricsListen', ''),
+  };
+  return Object.freeze(cfg);
+}

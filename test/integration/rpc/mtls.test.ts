@@ -110,7 +110,10 @@ describe('shared RPC layer with mutual TLS', () => {
     try {
       await expect(c.createVm({ spec: undefined })).rejects.toBeInstanceOf(InvalidArgumentError);
       await expect(c.getVm({ name: 'x' })).rejects.toThrow(/unknown VM x/);
-      const e = await c.listVms({}).catch((err: unknown) => err as Error & { code: string });
+      const e = (await c.listVms({}).then(
+        () => new Error('expected an error'),
+        (err: unknown) => err as Error,
+      )) as Error & { code?: string };
       expect(e.code).toBe('INTERNAL');
       expect(e.message).not.toContain('secret');
     } finally {

@@ -1,0 +1,103 @@
+/**
+ * The QEMU command line, built purely from a `VmSpec` and the VM's folder. Everything the guest can
+ * see (machine, CPU, RAM, devices, UUID) comes from the spec alone, so a migration source and its
+ * `-incoming defer` destination built from the same spec have identical device models; only host
+ * paths and the incoming flag differ.
+ */
+import { join } from 'node:path';
+import { InvalidArgumentError } from '../../shared/errors.js';
+import type { VmSpec } from './spec.js';
+
+/** Files of one VM under `<stateDir>/vms/<name>/`. */
+export interface VmPaths {
+  readonly dir: string;
+  readonly qmpSocket: string;
+  readonly serialSocket: string;
+  readonly serialLog: string;
+  readonly pidFile: string;
+  readonly record: string;
+  readonly qemuLog: string;
+  /** Backing file of guest RAM (memoryBackend `file` only). */
+  readonly ramFile: string;
+}
+
+/** Longest unix socket path (sun_path is 108 bytes with the terminating NUL). */
+export const MAX_SOCKET_PATH = 107;
+
+export function vmPaths(stateDir: string, name: string): VmPaths {
+  const dir = join(stateDir, 'vms', name);
+  return {
+    dir,
+    qmpSocket: join(dir, 'qmp.sock'),
+    serialSocket: join(dir, 'serial.sock'),
+    serialLog: join(dir, 'serial.log'),
+    pidFile: join(dir, 'qemu.pid'),
+    record: join(dir, 'vm.json'),
+    qemuLog: join(dir, 'qemu.log'),
+    ramFile: join(dir, 'ram'),
+  };
+}
+
+export interface BuildOptions {
+  /** Start as a migration destination waiting for `migrate-incoming` (`-incoming defer`). */
+  readonly incoming?: boolean;
+  /** Do not start the vCPUs (`-S`): the VM waits for `cont`. */
+  readonly paused?: boolean;
+}
+
+/**
+ * QEMU option values are comma-separated: a literal comma is written twice. The legacy `-qmp unix:`
+ * syntax has no escape at all, so paths with commas are refused outright.
+ */
+function optValue(v: string): string {
+  return v.replaceAll(',', ',,');
+}
+
+/**
+ * The argv (without the binary) for `spec` living in `paths`.
+ * @throws InvalidArgumentError when a path contains a comma or a socket path is too long.
+ */
+export function buildQemuArgs(spec: VmSpec, paths: VmPaths, options: BuildOptions = {}): string[] {
+  if (paths.dir.includes(',')) {
+    throw new InvalidArgumentError(`state path ${paths.dir} contains a comma, which QEMU's -qmp syntax cannot express`);
+  }
+  for (const sock of [paths.qmpSocket, paths.serialSocket]) {
+    if (Buffer.byteLength(sock) > MAX_SOCKET_PATH) {
+      throw new InvalidArgumentError(`socket path ${sock} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter state dir`);
+    }
+  }
+
+  const fileRam = spec.memoryBackend === 'file';
+  const args: string[] = [
+    '-name', spec.name,
+    '-uuid', spec.uuid,
+    '-nodefaults',
+    '-no-user-config',
+    '-display', 'none',
+    '-machine', fileRam ? `${spec.machine},memory-backend=ram0` : spec.machine,
+    '-accel', spec.accel,
+    '-cpu', spec.cpuModel,
+    '-m', `${spec.memoryMiB}M`,
+    '-smp', String(spec.vcpus),
+  ];
+  if (fileRam) {
+    args.push('-object', `memory-backend-file,id=ram0,size=${spec.memoryMiB}M,mem-path=${optValue(paths.ramFile)},share=on`);
+  }
+  if (spec.kernel !== undefined) args.push('-kernel', spec.kernel);
+  if (spec.initrd !== undefined) args.push('-initrd', spec.initrd);
+  if (spec.append !== undefined) args.push('-append', spec.append);
+  args.push(
+    // Serial console: a socket for live readers plus a logfile that keeps every byte even while
+    // no reader is connected (QEMU drops socket output with nobody attached).
+    '-chardev',
+    `socket,id=console0,path=${optValue(paths.serialSocket)},server=on,wait=off,logfile=${optValue(paths.serialLog)},logappend=on`,
+    '-device', 'isa-serial,chardev=console0,id=serial0',
+    '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
+    '-pidfile', paths.pidFile,
+    // Timestamps on QEMU's own stderr lines (qemu.log), for post-mortems.
+    '-msg', 'timestamp=on',
+  );
+  if (options.paused === true) args.push('-S');
+  if (options.incoming === true) args.push('-incoming', 'defer');
+  return args;
+}

@@ -1,0 +1,184 @@
+/**
+ * Pure naming and address planning for a testbed: namespace and interface names, the /24 subnets a
+ * testbed owns and the addresses inside them. No I/O here, so all of it is unit-tested.
+ *
+ * Every address comes from the RFC 2544 benchmarking range 198.18.0.0/15, which no real network
+ * routes: slot S (0..255) owns 198.18.S.0/24 (management) and 198.19.S.0/24 (migration).
+ */
+import { randomBytes } from 'node:crypto';
+import { InvalidArgumentError } from '../shared/errors.js';
+
+/** Default namespace-name prefix; `Testbed.cleanupStale()` looks for it too. */
+export const DEFAULT_PREFIX = 'migd-';
+/** Hosts per testbed; bounded by the address plan (host i gets .10+i) and the queue numbering. */
+export const MAX_HOSTS = 64;
+/** Number of testbeds that can exist at once on one machine (one /24 pair each). */
+export const SLOT_COUNT = 256;
+
+/** Interface names inside a host namespace. Fixed, so node configs can name them. */
+export const MGMT_IF = 'mgmt0';
+export const MIGRATION_IF = 'mig0';
+/** Names inside the switch namespace. */
+export const MGMT_BRIDGE = 'br-mgmt';
+export const MIGRATION_BRIDGE = 'br-mig';
+export const ROOT_PORT = 'mgmt-root';
+/** Host names that would collide with the switch namespace's name. */
+export const RESERVED_HOST_NAMES: ReadonlySet<string> = new Set(['sw']);
+
+// The switch-side ports are `m-<host>` / `g-<host>`: 2 + 12 characters fit IFNAMSIZ (15 + NUL).
+const HOST_RE = /^[a-z][a-z0-9-]{0,11}$/;
+const PREFIX_RE = /^[a-z][a-z0-9-]{0,19}$/;
+const ID_RE = /^[0-9a-f]{6}$/;
+
+/** Which of a host's two networks an operation applies to. */
+export type Network = 'management' | 'migration';
+
+/** Where one host lives: its namespace, interfaces, addresses and switch ports. */
+export interface HostLayout {
+  readonly name: string;
+  readonly index: number;
+  readonly netns: string;
+  readonly mgmtAddress: string;
+  readonly migrationAddress: string;
+  /** Port on br-mgmt in the switch namespace (veth peer of the host's mgmt0). */
+  readonly mgmtPort: string;
+  /** Port on br-mig in the switch namespace (veth peer of the host's mig0). */
+  readonly migrationPort: string;
+}
+
+/** The full plan of one testbed, derived from (prefix, id, slot, hosts) alone. */
+export interface Layout {
+  readonly name: string;
+  readonly prefix: string;
+  readonly id: string;
+  readonly slot: number;
+  readonly switchNs: string;
+  /** Root-namespace end of the veth joining the root namespace to br-mgmt. */
+  readonly rootLink: string;
+  readonly rootAddress: string;
+  readonly mgmtSubnet: string;
+  readonly migrationSubnet: string;
+  readonly hosts: readonly HostLayout[];
+}
+
+/** @throws InvalidArgumentError when the prefix cannot start a namespace name. */
+export function validatePrefix(prefix: string): void {
+  if (!PREFIX_RE.test(prefix)) {
+    throw new InvalidArgumentError(`testbed prefix ${JSON.stringify(prefix)} must match ${PREFIX_RE.source}`);
+  }
+}
+
+/** @throws InvalidArgumentError on an empty, duplicate, reserved, malformed or too long host list. */
+export function validateHostNames(hosts: readonly string[]): void {
+  if (hosts.length === 0) throw new InvalidArgumentError('testbed hosts: at least one host is required');
+  if (hosts.length > MAX_HOSTS) throw new InvalidArgumentError(`testbed hosts: at most ${MAX_HOSTS} hosts, got ${hosts.length}`);
+  const seen = new Set<string>();
+  for (const h of hosts) {
+    if (typeof h !== 'string' || !HOST_RE.test(h)) {
+      throw new InvalidArgumentError(`testbed host name ${JSON.stringify(h)} must match ${HOST_RE.source}`);
+    }
+    if (RESERVED_HOST_NAMES.has(h)) throw new InvalidArgumentError(`testbed host name ${JSON.stringify(h)} is reserved`);
+    if (seen.has(h)) throw new InvalidArgumentError(`testbed host name ${JSON.stringify(h)} is listed twice`);
+    seen.add(h);
+  }
+}
+
+/** A fresh 6-hex-digit testbed id. */
+export function randomId(): string {
+  return randomBytes(3).toString('hex');
+}
+
+/** Testbed name (`<prefix><id>`), also the common prefix of all its namespace names. */
+export function testbedName(prefix: string, id: string): string {
+  return `${prefix}${id}`;
+}
+
+/** Computes every name and address of a testbed. Inputs are validated. */
+export function planLayout(prefix: string, id: string, slot: number, hosts: readonly string[]): Layout {
+  validatePrefix(prefix);
+  validateHostNames(hosts);
+  if (!ID_RE.test(id)) throw new InvalidArgumentError(`testbed id ${JSON.stringify(id)} must be 6 hex digits`);
+  if (!Number.isInteger(slot) || slot < 0 || slot >= SLOT_COUNT) {
+    throw new InvalidArgumentError(`testbed slot ${slot} out of range 0..${SLOT_COUNT - 1}`);
+  }
+  const name = testbedName(prefix, id);
+  return {
+    name,
+    prefix,
+    id,
+    slot,
+    switchNs: `${name}-sw`,
+    rootLink: `mgd${id}`,
+    rootAddress: `198.18.${slot}.1`,
+    mgmtSubnet: `198.18.${slot}.0/24`,
+    migrationSubnet: `198.19.${slot}.0/24`,
+    hosts: hosts.map((h, index) => ({
+      name: h,
+      index,
+      netns: `${name}-${h}`,
+      mgmtAddress: `198.18.${slot}.${10 + index}`,
+      migrationAddress: `198.19.${slot}.${10 + index}`,
+      mgmtPort: `m-${h}`,
+      migrationPort: `g-${h}`,
+    })),
+  };
+}
+
+/** All namespaces a layout creates, switch first. */
+export function layoutNamespaces(layout: Layout): string[] {
+  return [layout.switchNs, ...layout.hosts.map((h) => h.netns)];
+}
+
+/** Matches the namespace names a testbed with this prefix creates (host or switch). */
+export function namespacePattern(prefix: string): RegExp {
+  const esc = prefix.replace(/[.*+?^${}()|[\]\\-]/g, '\\$&');
+  return new RegExp(`^(${esc}[0-9a-f]{6})-([a-z][a-z0-9-]{0,11})$`);
+}
+
+/** An IPv4 prefix as a 32-bit network number and a length. */
+export interface Cidr {
+  readonly net: number;
+  readonly len: number;
+}
+
+/** Parses `a.b.c.d` or `a.b.c.d/len`; returns undefined for anything else (e.g. `default`). */
+export function parseCidr(s: string): Cidr | undefined {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:\/(\d{1,2}))?$/.exec(s);
+  if (!m) return undefined;
+  const octets = [m[1], m[2], m[3], m[4]].map(Number);
+  if (octets.some((o) => o > 255)) return undefined;
+  const len = m[5] === undefined ? 32 : Number(m[5]);
+  if (len > 32) return undefined;
+  const addr = octets.reduce((acc, o) => acc * 256 + o, 0);
+  return { net: (addr & mask(len)) >>> 0, len };
+}
+
+function mask(len: number): number {
+  return len === 0 ? 0 : (~0 << (32 - len)) >>> 0;
+}
+
+/** True when the two prefixes share at least one address. */
+export function overlaps(a: Cidr, b: Cidr): boolean {
+  const len = Math.min(a.len, b.len);
+  return ((a.net & mask(len)) >>> 0) === ((b.net & mask(len)) >>> 0);
+}
+
+/**
+ * The slots whose subnets overlap a route destination already present (e.g. from `ip -j route
+ * show table all`). Prefixes shorter than /8 (the default route, VPN split routes) are ignored:
+ * they overlap everything and say nothing about who uses 198.18/15.
+ */
+export function slotsInUse(routeDestinations: readonly string[]): Set<number> {
+  const used = new Set<number>();
+  const bench = parseCidr('198.18.0.0/15');
+  for (const d of routeDestinations) {
+    const c = parseCidr(d);
+    if (!c || c.len < 8 || !bench || !overlaps(c, bench)) continue;
+    for (let s = 0; s < SLOT_COUNT; s++) {
+      const mgmt = parseCidr(`198.18.${s}.0/24`);
+      const mig = parseCidr(`198.19.${s}.0/24`);
+      if ((mgmt && overlaps(c, mgmt)) || (mig && overlaps(c, mig))) used.add(s);
+    }
+  }
+  return used;
+}

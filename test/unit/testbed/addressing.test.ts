@@ -1,0 +1,116 @@
+import { describe, expect, it } from 'vitest';
+import { InvalidArgumentError } from '../../../services/shared/errors.js';
+import {
+  MAX_HOSTS,
+  layoutNamespaces,
+  namespacePattern,
+  overlaps,
+  parseCidr,
+  planLayout,
+  randomId,
+  slotsInUse,
+  validateHostNames,
+  validatePrefix,
+} from '../../../services/testbed/addressing.js';
+
+describe('planLayout', () => {
+  const L = planLayout('migd-', 'a1b2c3', 7, ['a', 'b', 'node-1']);
+
+  it('names namespaces <prefix><id>-<host> and the switch <name>-sw', () => {
+    expect(L.name).toBe('migd-a1b2c3');
+    expect(L.switchNs).toBe('migd-a1b2c3-sw');
+    expect(L.hosts.map((h) => h.netns)).toEqual(['migd-a1b2c3-a', 'migd-a1b2c3-b', 'migd-a1b2c3-node-1']);
+    expect(layoutNamespaces(L)).toEqual(['migd-a1b2c3-sw', 'migd-a1b2c3-a', 'migd-a1b2c3-b', 'migd-a1b2c3-node-1']);
+  });
+
+  it('puts management on 198.18.S.0/24 and migration on 198.19.S.0/24', () => {
+    expect(L.rootAddress).toBe('198.18.7.1');
+    expect(L.mgmtSubnet).toBe('198.18.7.0/24');
+    expect(L.migrationSubnet).toBe('198.19.7.0/24');
+    expect(L.hosts.map((h) => [h.mgmtAddress, h.migrationAddress])).toEqual([
+      ['198.18.7.10', '198.19.7.10'],
+      ['198.18.7.11', '198.19.7.11'],
+      ['198.18.7.12', '198.19.7.12'],
+    ]);
+  });
+
+  it('keeps every interface name within IFNAMSIZ', () => {
+    const big = planLayout('migd-', 'ffffff', 255, ['abcdefghijkl']);
+    const names = [big.rootLink, ...big.hosts.flatMap((h) => [h.mgmtPort, h.migrationPort])];
+    for (const n of names) expect(n.length).toBeLessThanOrEqual(15);
+    expect(big.rootLink).toBe('mgdffffff');
+  });
+
+  it('rejects bad ids and slots', () => {
+    expect(() => planLayout('migd-', 'xyz', 0, ['a'])).toThrow(InvalidArgumentError);
+    expect(() => planLayout('migd-', 'abcdef', 256, ['a'])).toThrow(InvalidArgumentError);
+    expect(() => planLayout('migd-', 'abcdef', -1, ['a'])).toThrow(InvalidArgumentError);
+  });
+});
+
+describe('validation', () => {
+  it('accepts ordinary host lists', () => {
+    expect(() => validateHostNames(['a', 'b', 'node-2'])).not.toThrow();
+    expect(() => validateHostNames(Array.from({ length: MAX_HOSTS }, (_, i) => `h${i}`))).not.toThrow();
+  });
+
+  it.each([
+    [[], /at least one/],
+    [['a', 'a'], /twice/],
+    [['sw'], /reserved/],
+    [['A'], /must match/],
+    [['1a'], /must match/],
+    [['a b'], /must match/],
+    [['abcdefghijklm'], /must match/],
+    [Array.from({ length: MAX_HOSTS + 1 }, (_, i) => `h${i}`), /at most/],
+  ])('rejects %j', (hosts, msg) => {
+    expect(() => validateHostNames(hosts)).toThrow(msg);
+    expect(() => validateHostNames(hosts)).toThrow(InvalidArgumentError);
+  });
+
+  it('checks prefixes', () => {
+    expect(() => validatePrefix('migd-')).not.toThrow();
+    for (const p of ['', '-x', 'a/b', 'Migd', 'a'.repeat(21)]) expect(() => validatePrefix(p)).toThrow(InvalidArgumentError);
+  });
+
+  it('makes 6-hex ids', () => {
+    expect(randomId()).toMatch(/^[0-9a-f]{6}$/);
+  });
+});
+
+describe('namespacePattern', () => {
+  const re = namespacePattern('migd-');
+  it('matches only this prefix plus a 6-hex id and a host part', () => {
+    expect(re.exec('migd-0a1b2c-a')?.[1]).toBe('migd-0a1b2c');
+    expect(re.exec('migd-0a1b2c-sw')?.[1]).toBe('migd-0a1b2c');
+    expect(re.test('migd-0a1b2-a')).toBe(false);
+    expect(re.test('migd-0a1b2g-a')).toBe(false);
+    expect(re.test('xmigd-0a1b2c-a')).toBe(false);
+    expect(re.test('migd-0a1b2c')).toBe(false);
+  });
+  it('escapes regex characters in the prefix', () => {
+    expect(namespacePattern('m.d-').test('mxd-0a1b2c-a')).toBe(false);
+  });
+});
+
+describe('CIDR helpers', () => {
+  it('parses addresses and prefixes', () => {
+    expect(parseCidr('198.18.3.0/24')).toEqual({ net: ((198 << 24) >>> 0) + (18 << 16) + (3 << 8), len: 24 });
+    expect(parseCidr('10.0.0.1')?.len).toBe(32);
+    expect(parseCidr('10.1.2.3/8')).toEqual(parseCidr('10.0.0.0/8'));
+    for (const bad of ['default', '300.1.1.1', '1.2.3.4/33', 'fe80::1/64']) expect(parseCidr(bad)).toBeUndefined();
+  });
+
+  it('detects overlap', () => {
+    const c = (s: string) => parseCidr(s)!;
+    expect(overlaps(c('198.18.0.0/15'), c('198.19.4.0/24'))).toBe(true);
+    expect(overlaps(c('198.18.4.0/24'), c('198.18.5.0/24'))).toBe(false);
+    expect(overlaps(c('198.18.4.7'), c('198.18.4.0/24'))).toBe(true);
+  });
+
+  it('finds slots taken by existing routes, ignoring the default route and very short prefixes', () => {
+    expect([...slotsInUse(['default', '0.0.0.0/0', '128.0.0.0/1', '192.0.2.0/24'])]).toEqual([]);
+    expect([...slotsInUse(['198.18.5.0/24', '198.19.9.77'])].sort((a, b) => a - b)).toEqual([5, 9]);
+    expect(slotsInUse(['198.18.0.0/16']).size).toBe(256);
+  });
+});

@@ -1,0 +1,430 @@
+/**
+ * Builds (once) and finds (every time after) the test guest: Debian's kernel as an uncompressed
+ * PVH vmlinux, and an initramfs whose only program is the static workload /init.
+ *
+ * Cache layout (default `<repo>/.cache/guest`, or MIGD_CACHE_DIR, or `opts.cacheDir`):
+ *   kernel.json                  which kernel is current: { package, version, file }
+ *   kernel/<package>_<version>/vmlinux
+ *   init/<hash>/init, initrd.cpio  keyed by the C sources, compiler and flags
+ * Every file is written under a temporary name and renamed into place, so concurrent builders
+ * and interrupted builds never leave a half-written image behind.
+ */
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { constants, existsSync } from 'node:fs';
+import { access, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { delimiter, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { DependencyError, throwIfAborted } from '../../services/shared/errors.js';
+import { createLogger, type Logger } from '../../services/shared/log.js';
+import { buildCpio } from './cpio.js';
+import { findXzStreams, inspectVmlinux, xzDecompressTo } from './kernel.js';
+
+export {
+  buildGuestCmdline,
+  resolveGuestWorkload,
+  type GuestCmdlineOptions,
+  type GuestPattern,
+  type GuestWorkload,
+  type ResolvedGuestWorkload,
+} from '../../services/shared/guest/workload.js';
+
+/** Bump when the image layout or build steps change, to invalidate cached initrds. */
+const BUILDER_VERSION = 1;
+const CFLAGS = ['-static', '-O2', '-pthread', '-s', '-Wall', '-Wextra'];
+const C_SOURCES = ['stress.c', 'integrity.c', 'integrity.h'];
+/** The meta-package whose dependency names the current kernel. */
+const KERNEL_META_PACKAGE = 'linux-image-amd64';
+
+export interface GuestImageOptions {
+  /** Cache directory. Default: MIGD_CACHE_DIR, else `<repo>/.cache/guest`. */
+  cacheDir?: string;
+  /** Directory holding stress.c, integrity.c, integrity.h. Default `<repo>/stress/guest`. */
+  sourceDir?: string;
+  /**
+   * Kernel package to use (e.g. `linux-image-6.1.0-56-amd64`). Default: whatever
+   * `linux-image-amd64` depends on, or MIGD_GUEST_KERNEL_PACKAGE.
+   */
+  kernelPackage?: string;
+  /** Re-resolve the kernel package through apt even when a kernel is cached. Default false. */
+  refreshKernel?: boolean;
+  /** Fall back to a static glibc build with `cc` when musl-gcc is missing. Default true. */
+  allowGlibc?: boolean;
+  signal?: AbortSignal;
+  log?: Logger;
+}
+
+export interface GuestImage {
+  /** Uncompressed ELF vmlinux with a PVH entry note, for QEMU's `-kernel`. */
+  kernel: string;
+  /** Uncompressed newc initramfs holding /init, for QEMU's `-initrd`. */
+  initrd: string;
+  /** The static workload binary inside the initrd (useful for debugging). */
+  init: string;
+  kernelPackage: string;
+  kernelVersion: string;
+  /** Content hash of the C sources + compiler + flags that produced the initrd. */
+  initHash: string;
+  /** `musl-gcc` or the glibc compiler used. */
+  compiler: string;
+  cacheDir: string;
+  /** True when nothing had to be built or downloaded. */
+  cached: boolean;
+}
+
+interface KernelManifest {
+  package: string;
+  version: string;
+  /** Relative to the cache dir. */
+  file: string;
+}
+
+/** The repository root: the nearest ancestor of this module holding stress/guest/stress.c. */
+export function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'stress', 'guest', 'stress.c'))) return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new DependencyError('migd repository', `cannot find stress/guest/stress.c above ${fileURLToPath(import.meta.url)}`);
+    dir = up;
+  }
+}
+
+/** MIGD_CACHE_DIR, else `<repo>/.cache/guest`. */
+export function defaultGuestCacheDir(): string {
+  const env = process.env['MIGD_CACHE_DIR'];
+  return env !== undefined && env !== '' ? resolve(env) : join(repoRoot(), '.cache', 'guest');
+}
+
+/**
+ * Ensures the guest kernel and initrd exist in the cache, building what is missing.
+ * Fast (a few ms: hashes three small files and stats two) when both are present.
+ * @throws DependencyError naming the missing tool or the failed step (`musl-gcc`, `xz`,
+ *   `apt-get download`, `dpkg-deb`, the kernel image) — nothing half-built is left behind.
+ */
+export async function ensureGuestImage(opts: GuestImageOptions = {}): Promise<GuestImage> {
+  // The initrd first: it is quick, and its failures (no compiler) are the likelier ones.
+  const init = await ensureGuestInit(opts);
+  const kernel = await ensureGuestKernel(opts);
+  return {
+    kernel: kernel.kernel,
+    initrd: init.initrd,
+    init: init.init,
+    kernelPackage: kernel.kernelPackage,
+    kernelVersion: kernel.kernelVersion,
+    initHash: init.initHash,
+    compiler: init.compiler,
+    cacheDir: init.cacheDir,
+    cached: kernel.cached && init.cached,
+  };
+}
+
+export type GuestKernel = Pick<GuestImage, 'kernel' | 'kernelPackage' | 'kernelVersion' | 'cacheDir' | 'cached'>;
+export type GuestInit = Pick<GuestImage, 'init' | 'initrd' | 'initHash' | 'compiler' | 'cacheDir' | 'cached'>;
+
+/**
+ * The kernel half of {@link ensureGuestImage}: the cached vmlinux, or download + extract it.
+ * @throws DependencyError (apt-cache/apt-get/dpkg-deb/tar/xz missing or failing, no PVH vmlinux).
+ */
+export async function ensureGuestKernel(opts: GuestImageOptions = {}): Promise<GuestKernel> {
+  const log = opts.log ?? createLogger('guest-image');
+  const cacheDir = resolve(opts.cacheDir ?? defaultGuestCacheDir());
+  await mkdir(cacheDir, { recursive: true });
+  const k = await ensureKernel(cacheDir, opts, log);
+  return { kernel: k.path, kernelPackage: k.manifest.package, kernelVersion: k.manifest.version, cacheDir, cached: k.cached };
+}
+
+/**
+ * The initrd half of {@link ensureGuestImage}: compile the workload and pack it, unless an
+ * initrd for the same sources, compiler and flags is cached.
+ * @throws DependencyError (sources missing, musl-gcc/cc missing, compile failure).
+ */
+export async function ensureGuestInit(opts: GuestImageOptions = {}): Promise<GuestInit> {
+  const log = opts.log ?? createLogger('guest-image');
+  const cacheDir = resolve(opts.cacheDir ?? defaultGuestCacheDir());
+  const sourceDir = resolve(opts.sourceDir ?? join(repoRoot(), 'stress', 'guest'));
+  await mkdir(cacheDir, { recursive: true });
+  const i = await ensureInit(cacheDir, sourceDir, opts, log);
+  return { init: i.init, initrd: i.initrd, initHash: i.hash, compiler: i.compiler, cacheDir, cached: i.cached };
+}
+
+// ---------------------------------------------------------------------------------- kernel
+
+async function ensureKernel(cacheDir: string, opts: GuestImageOptions, log: Logger): Promise<{ path: string; manifest: KernelManifest; cached: boolean }> {
+  const manifestPath = join(cacheDir, 'kernel.json');
+  const pinned = opts.kernelPackage ?? (process.env['MIGD_GUEST_KERNEL_PACKAGE'] || undefined);
+  const current = await readManifest(manifestPath);
+  if (current && !opts.refreshKernel && (pinned === undefined || pinned === current.package)) {
+    const path = join(cacheDir, current.file);
+    if (await isFile(path)) return { path, manifest: current, cached: true };
+  }
+
+  const pkg = pinned ?? (await resolveKernelPackage(opts.signal, log));
+  if (current && current.package === pkg && (await isFile(join(cacheDir, current.file)))) {
+    return { path: join(cacheDir, current.file), manifest: current, cached: true };
+  }
+  const work = await mkdtemp(join(cacheDir, '.kernel-'));
+  try {
+    const deb = await downloadPackage(pkg, work, opts.signal, log);
+    const version = debVersion(deb, pkg);
+    const dir = join('kernel', `${pkg}_${version}`);
+    const file = join(dir, 'vmlinux');
+    const path = join(cacheDir, file);
+    const manifest: KernelManifest = { package: pkg, version, file };
+    if (!(await isFile(path))) {
+      await requireTool('dpkg-deb', 'apt-get install dpkg');
+      await requireTool('tar', 'apt-get install tar');
+      const unpack = join(work, 'root');
+      await mkdir(unpack);
+      // Only the bzImage: `dpkg -x` would also unpack ~400 MB of modules.
+      await run('bash', ['-o', 'pipefail', '-c', 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards "./boot/vmlinuz-*"', '_', deb, unpack], {
+        what: 'dpkg-deb --fsys-tarfile | tar (extract /boot/vmlinuz)',
+        signal: opts.signal,
+      });
+      const boot = join(unpack, 'boot');
+      const vmlinuz = (await readdir(boot)).find((f) => f.startsWith('vmlinuz-'));
+      if (vmlinuz === undefined) throw new DependencyError(pkg, 'package holds no /boot/vmlinuz-*');
+      await extractVmlinux(join(boot, vmlinuz), join(work, 'vmlinux'), pkg, opts.signal);
+      await mkdir(join(cacheDir, dir), { recursive: true });
+      await rename(join(work, 'vmlinux'), path);
+      log.info('guest kernel extracted', { package: pkg, version, path });
+    }
+    await writeAtomic(manifestPath, JSON.stringify(manifest, null, 2) + '\n');
+    return { path, manifest, cached: false };
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+async function readManifest(path: string): Promise<KernelManifest | undefined> {
+  try {
+    const m = JSON.parse(await readFile(path, 'utf8')) as Partial<KernelManifest>;
+    if (typeof m.package === 'string' && typeof m.version === 'string' && typeof m.file === 'string') {
+      return { package: m.package, version: m.version, file: m.file };
+    }
+  } catch {
+    // missing or unreadable: rebuild
+  }
+  return undefined;
+}
+
+/** `apt-cache depends linux-image-amd64` → `linux-image-6.1.0-NN-amd64`; `apt-get update` once if lists are missing. */
+async function resolveKernelPackage(signal: AbortSignal | undefined, log: Logger): Promise<string> {
+  await requireTool('apt-cache', 'this builder needs a Debian host');
+  const lookup = async (): Promise<string | undefined> => {
+    const r = await run('apt-cache', ['depends', KERNEL_META_PACKAGE], { what: 'apt-cache depends', signal, allowFailure: true });
+    return /Depends:\s*(linux-image-\d\S*)/.exec(r.stdout)?.[1];
+  };
+  let pkg = await lookup();
+  if (pkg === undefined) {
+    log.info('apt lists do not name a kernel; running apt-get update');
+    await aptUpdate(signal);
+    pkg = await lookup();
+  }
+  if (pkg === undefined) throw new DependencyError(KERNEL_META_PACKAGE, 'apt-cache depends names no linux-image-* package, even after apt-get update');
+  return pkg;
+}
+
+async function aptUpdate(signal: AbortSignal | undefined): Promise<void> {
+  await requireTool('apt-get', 'this builder needs a Debian host');
+  await run('apt-get', ['update', '-qq'], { what: 'apt-get update', signal });
+}
+
+/** `apt-get download` into `dir` (no system install); retries once after `apt-get update`. */
+async function downloadPackage(pkg: string, dir: string, signal: AbortSignal | undefined, log: Logger): Promise<string> {
+  await requireTool('apt-get', 'this builder needs a Debian host');
+  const attempt = () => run('apt-get', ['download', '-q', pkg], { what: `apt-get download ${pkg}`, cwd: dir, signal, allowFailure: true });
+  let r = await attempt();
+  if (r.code !== 0) {
+    log.info('apt-get download failed; running apt-get update and retrying', { package: pkg, stderr: r.stderr.trim().slice(-300) });
+    await aptUpdate(signal);
+    r = await attempt();
+  }
+  const deb = (await readdir(dir)).find((f) => f.startsWith(`${pkg}_`) && f.endsWith('.deb'));
+  if (r.code !== 0 || deb === undefined) {
+    throw new DependencyError('apt-get download', `failed for ${pkg} (exit ${r.code}): ${r.stderr.trim().slice(-500)}`);
+  }
+  log.info('kernel package downloaded', { package: pkg, file: deb });
+  return join(dir, deb);
+}
+
+function debVersion(debPath: string, pkg: string): string {
+  const base = debPath.slice(debPath.lastIndexOf('/') + 1);
+  const m = /^[^_]+_([^_]+)_[^_]+\.deb$/.exec(base);
+  // Debian escapes ':' (epoch) as %3a in file names.
+  return m?.[1] !== undefined ? decodeURIComponent(m[1]) : pkg;
+}
+
+/**
+ * Finds the XZ stream in the bzImage and decompresses it to an ELF vmlinux with a PVH note.
+ * @throws DependencyError when no stream decompresses to such an ELF.
+ */
+export async function extractVmlinux(bzImagePath: string, outFile: string, label: string, signal?: AbortSignal): Promise<void> {
+  await requireTool('xz', 'apt-get install xz-utils');
+  const image = await readFile(bzImagePath);
+  const streams = findXzStreams(image);
+  if (streams.length === 0) throw new DependencyError(label, `${bzImagePath} holds no XZ stream (not an XZ-compressed bzImage)`);
+  const problems: string[] = [];
+  for (const offset of streams.slice(0, 8)) {
+    throwIfAborted(signal);
+    try {
+      await xzDecompressTo(image.subarray(offset), outFile, signal);
+    } catch (err) {
+      if (err instanceof DependencyError) throw err;
+      problems.push(`@${offset}: ${(err as Error).message}`);
+      continue;
+    }
+    const elf = await inspectVmlinux(outFile);
+    if (elf.ok && elf.pvh) return;
+    problems.push(`@${offset}: ${elf.ok ? 'ELF without a PVH entry note (kernel lacks CONFIG_PVH)' : 'not an x86-64 ELF'}`);
+  }
+  await rm(outFile, { force: true });
+  throw new DependencyError(label, `no XZ stream in ${bzImagePath} yields a PVH vmlinux: ${problems.join('; ')}`);
+}
+
+// ------------------------------------------------------------------------------------ init
+
+async function ensureInit(
+  cacheDir: string,
+  sourceDir: string,
+  opts: GuestImageOptions,
+  log: Logger,
+): Promise<{ init: string; initrd: string; hash: string; compiler: string; cached: boolean }> {
+  const compiler = await pickCompiler(opts.allowGlibc ?? true, log);
+  const h = createHash('sha256');
+  h.update(`builder=${BUILDER_VERSION}\0cc=${compiler.name}\0flags=${CFLAGS.join(' ')}\0`);
+  for (const f of C_SOURCES) {
+    let text: Buffer;
+    try {
+      text = await readFile(join(sourceDir, f));
+    } catch (err) {
+      throw new DependencyError(join(sourceDir, f), 'guest workload source missing', { cause: err });
+    }
+    h.update(`${f}\0${text.length}\0`).update(text);
+  }
+  const hash = h.digest('hex').slice(0, 16);
+  const dir = join(cacheDir, 'init', hash);
+  const init = join(dir, 'init');
+  const initrd = join(dir, 'initrd.cpio');
+  if ((await isFile(init)) && (await isFile(initrd))) return { init, initrd, hash, compiler: compiler.name, cached: true };
+
+  await mkdir(dir, { recursive: true });
+  const tmpBin = `${init}.tmp-${randomBytes(4).toString('hex')}`;
+  try {
+    await run(compiler.path, [...compiler.extraFlags, ...CFLAGS, '-o', tmpBin, join(sourceDir, 'stress.c'), join(sourceDir, 'integrity.c')], {
+      what: `${compiler.name} (compiling the guest workload)`,
+      signal: opts.signal,
+    });
+    const binary = await readFile(tmpBin);
+    const cpio = buildCpio([
+      { kind: 'dir', path: 'dev' },
+      { kind: 'chardev', path: 'dev/console', major: 5, minor: 1, mode: 0o600 },
+      { kind: 'dir', path: 'proc', mode: 0o555 },
+      { kind: 'dir', path: 'sys', mode: 0o555 },
+      { kind: 'dir', path: 'tmp', mode: 0o1777 },
+      { kind: 'file', path: 'init', data: binary, mode: 0o755 },
+    ]);
+    await rename(tmpBin, init);
+    await writeAtomic(initrd, cpio);
+  } finally {
+    await rm(tmpBin, { force: true });
+  }
+  log.info('guest initrd built', { hash, compiler: compiler.name, initrd });
+  return { init, initrd, hash, compiler: compiler.name, cached: false };
+}
+
+interface Compiler {
+  name: string;
+  path: string;
+  extraFlags: string[];
+}
+
+async function pickCompiler(allowGlibc: boolean, log: Logger): Promise<Compiler> {
+  const musl = await findExecutable('musl-gcc');
+  if (musl) return { name: 'musl-gcc', path: musl, extraFlags: [] };
+  if (allowGlibc) {
+    for (const name of ['cc', 'gcc']) {
+      const path = await findExecutable(name);
+      if (path) {
+        log.warn('musl-gcc not found (apt-get install musl-tools); building the guest /init with glibc static', { compiler: name });
+        return { name: `${name}-glibc-static`, path, extraFlags: [] };
+      }
+    }
+  }
+  throw new DependencyError('musl-gcc', `not found on PATH (apt-get install musl-tools)${allowGlibc ? ', and no cc/gcc for a static glibc build either' : ''}`);
+}
+
+// --------------------------------------------------------------------------------- helpers
+
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isFile();
+  } catch {
+    return false;
+  }
+}
+
+async function writeAtomic(path: string, data: string | Buffer): Promise<void> {
+  const tmp = `${path}.tmp-${randomBytes(4).toString('hex')}`;
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, path);
+  } finally {
+    await rm(tmp, { force: true });
+  }
+}
+
+async function findExecutable(name: string): Promise<string | undefined> {
+  for (const dir of (process.env['PATH'] ?? '/usr/bin:/bin').split(delimiter)) {
+    if (dir === '') continue;
+    const p = join(dir, name);
+    try {
+      await access(p, constants.X_OK);
+      return p;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+async function requireTool(name: string, hint: string): Promise<void> {
+  if ((await findExecutable(name)) === undefined) throw new DependencyError(name, `not found on PATH (${hint})`);
+}
+
+interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program to completion; a non-zero exit throws DependencyError naming `what`. */
+function run(
+  cmd: string,
+  args: readonly string[],
+  o: { what: string; cwd?: string; signal?: AbortSignal | undefined; allowFailure?: boolean },
+): Promise<RunResult> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(cmd, args, { cwd: o.cwd, signal: o.signal, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => {
+      if (stdout.length < 1 << 20) stdout += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      if (stderr.length < 1 << 16) stderr += d.toString();
+    });
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      reject(err.code === 'ENOENT' ? new DependencyError(cmd, 'not found on PATH', { cause: err }) : err);
+    });
+    child.on('close', (code) => {
+      const r = { code: code ?? -1, stdout, stderr };
+      if (r.code !== 0 && !o.allowFailure) {
+        reject(new DependencyError(o.what, `failed (exit ${r.code}): ${stderr.trim().slice(-800)}`));
+      } else {
+        resolvePromise(r);
+      }
+    });
+  });
+}

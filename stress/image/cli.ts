@@ -1,0 +1,55 @@
+/**
+ * Command-line entry of the guest image builder, for scripts/setup:
+ *
+ *   node dist/stress/image/cli.js [--cache DIR] [--refresh-kernel] [--kernel-package PKG] [--quiet]
+ *
+ * Prints the built image as one JSON object on stdout ({ kernel, initrd, ... }); logs go to
+ * stderr. Exit status 0 on success, 1 on a missing dependency or failed step (message on stderr).
+ */
+import { parseArgs } from 'node:util';
+
+import { MigdError } from '../../services/shared/errors.js';
+import { createLogger } from '../../services/shared/log.js';
+import { ensureGuestImage } from './build.js';
+
+const USAGE = 'usage: cli.js [--cache DIR] [--refresh-kernel] [--kernel-package PKG] [--quiet]';
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      cache: { type: 'string' },
+      'refresh-kernel': { type: 'boolean', default: false },
+      'kernel-package': { type: 'string' },
+      quiet: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const log = createLogger('guest-image', {}, undefined, values.quiet ? 'warn' : undefined);
+  const started = performance.now();
+  const image = await ensureGuestImage({
+    ...(values.cache !== undefined ? { cacheDir: values.cache } : {}),
+    ...(values['kernel-package'] !== undefined ? { kernelPackage: values['kernel-package'] } : {}),
+    refreshKernel: values['refresh-kernel'],
+    log,
+  });
+  log.info('guest image ready', { ms: Math.round(performance.now() - started), cached: image.cached });
+  process.stdout.write(JSON.stringify(image) + '\n');
+  return 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    const usageError = err instanceof Error && 'code' in err && String(err.code).startsWith('ERR_PARSE_ARGS');
+    const msg = err instanceof MigdError || usageError ? (err as Error).message : err instanceof Error ? (err.stack ?? err.message) : String(err);
+    process.stderr.write(`guest image: ${msg}\n${usageError ? `${USAGE}\n` : ''}`);
+    process.exitCode = 1;
+  },
+);

@@ -174,7 +174,7 @@ export class SourceMigration {
         params['tls-creds'] = '';
       }
       await vm.qmp.execute('migrate-set-parameters', params);
-      this.sourceCpuStart = vm.cpuSeconds();
+      this.sourceCpuStart = await vm.cpuSeconds();
       const events = vm.qmp.events({ names: ['MIGRATION', 'MIGRATION_PASS', 'STOP', 'RESUME'] });
       log.info('migration starting', { uri: ready.uri, capabilities: config.capabilities });
       await vm.qmp.execute('migrate', { uri: ready.uri });
@@ -256,7 +256,7 @@ export class SourceMigration {
           state: this.state,
           downtimeLimitMs: this.downtimeLimitMs,
           maxBandwidthBytesPerSec: this.maxBandwidth,
-          sourceCpuSeconds: Math.max(0, this.p.vm.cpuSeconds() - this.sourceCpuStart),
+          sourceCpuSeconds: Math.max(0, (await this.p.vm.cpuSeconds()) - this.sourceCpuStart),
           destinationCpuSeconds: this.destinationCpu,
         });
         this.maxThrottle = Math.max(this.maxThrottle, sample.throttlePct);
@@ -428,7 +428,7 @@ export class SourceMigration {
     const { vm, peer, log } = this.p;
     const info = (await vm.qmp.execute('query-migrate').catch(() => ({}))) as QmpMigrationInfo;
     this.transition(MigrationState.MIGRATION_STATE_VERIFYING, 'QEMU reported completion; checking the guest on the destination');
-    const srcCpu = Math.max(0, vm.cpuSeconds() - this.sourceCpuStart);
+    const srcCpu = Math.max(0, (await vm.cpuSeconds()) - this.sourceCpuStart);
     let confirm;
     try {
       confirm = await peer.confirmIncoming({ runId: this.runId, timeoutMs: this.opts.confirmTimeoutMs, resume: this.pausedGuest }, { deadlineMs: this.opts.confirmTimeoutMs + 5000 });

@@ -33,8 +33,8 @@ export interface MigratableVm {
   guestSamples(signal: AbortSignal): AsyncIterable<GuestPerfSample>;
   /** The most recent sample and the host time (ms) it arrived, if any. */
   lastGuestSample(): { sample: GuestPerfSample; hostMs: number } | undefined;
-  /** CPU seconds (user + system) the QEMU process has used. */
-  cpuSeconds(): number;
+  /** CPU seconds (user + system) the QEMU process has used (0 once it is gone). */
+  cpuSeconds(): Promise<number>;
 }
 
 /** What the migration drivers need from the node's VM manager. */

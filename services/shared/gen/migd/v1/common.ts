@@ -596,6 +596,8 @@ export interface VmSpec {
   labels: { [key: string]: string };
   /** VMs sharing a non-empty anti-affinity group are never placed on the same node. */
   antiAffinityGroup: string;
+  /** SMBIOS UUID. Empty: generated when the VM is created; kept across migrations. */
+  uuid: string;
 }
 
 export interface VmSpec_LabelsEntry {
@@ -1074,6 +1076,7 @@ function createBaseVmSpec(): VmSpec {
     workload: undefined,
     labels: {},
     antiAffinityGroup: "",
+    uuid: "",
   };
 }
 
@@ -1111,6 +1114,9 @@ export const VmSpec: MessageFns<VmSpec> = {
     });
     if (message.antiAffinityGroup !== "") {
       writer.uint32(90).string(message.antiAffinityGroup);
+    }
+    if (message.uuid !== "") {
+      writer.uint32(98).string(message.uuid);
     }
     return writer;
   },
@@ -1219,6 +1225,14 @@ export const VmSpec: MessageFns<VmSpec> = {
             message.antiAffinityGroup = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.uuid = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1281,6 +1295,7 @@ export const VmSpec: MessageFns<VmSpec> = {
         : isSet(object.anti_affinity_group)
         ? globalThis.String(object.anti_affinity_group)
         : "",
+      uuid: isSet(object.uuid) ? globalThis.String(object.uuid) : "",
     };
   },
 
@@ -1325,6 +1340,9 @@ export const VmSpec: MessageFns<VmSpec> = {
     if (message.antiAffinityGroup !== "") {
       obj.antiAffinityGroup = message.antiAffinityGroup;
     }
+    if (message.uuid !== "") {
+      obj.uuid = message.uuid;
+    }
     return obj;
   },
 
@@ -1354,6 +1372,7 @@ export const VmSpec: MessageFns<VmSpec> = {
       {},
     );
     message.antiAffinityGroup = object.antiAffinityGroup ?? "";
+    message.uuid = object.uuid ?? "";
     return message;
   },
 };

@@ -1,0 +1,285 @@
+/**
+ * The node daemon: owns the QEMU processes of its host (through the VmManager), parses each guest's
+ * console, drives migrations (MigrationManager) and serves the NodeService API over gRPC with mTLS,
+ * health and reflection. QEMU outlives the daemon: a restarted daemon reattaches to its VMs.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ensureGuestImage, type GuestImage } from '../../stress/image/build.js';
+import { FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError } from '../shared/errors.js';
+import { Accel, VmState, type HostInfo, type VmInfo as ProtoVmInfo, type VmSpec as ProtoVmSpec, WorkloadPattern } from '../shared/gen/migd/v1/common.js';
+import { NodeServiceService, type MigrationEndpoint } from '../shared/gen/migd/v1/node.js';
+import { buildGuestCmdline, type GuestPattern } from '../shared/guest/workload.js';
+import type { Logger } from '../shared/log.js';
+import { createClient } from '../shared/rpc/client.js';
+import { RpcServer } from '../shared/rpc/server.js';
+import type { NodeConfig } from './config.js';
+import { GuestFeed } from './guest-feed.js';
+import { probeHostCapabilities, type HostCapabilities } from './host/capabilities.js';
+import { readMemInfo } from './host/info.js';
+import { MigrationManager } from './migration/manager.js';
+import { prepareQemuTlsDir } from './migration/tls.js';
+import type { MigratableVm, NodePeer, VmHost } from './migration/types.js';
+import { nodeHandlers } from './rpc/handlers.js';
+import { VmManager, type VmInfo } from './vm/manager.js';
+
+const patternNames: Record<number, GuestPattern> = {
+  [WorkloadPattern.WORKLOAD_PATTERN_UNSPECIFIED]: 'random',
+  [WorkloadPattern.WORKLOAD_PATTERN_RANDOM]: 'random',
+  [WorkloadPattern.WORKLOAD_PATTERN_COMPRESSIBLE]: 'compressible',
+  [WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD]: 'hotcold',
+  [WorkloadPattern.WORKLOAD_PATTERN_IDLE]: 'idle',
+};
+
+export class NodeDaemon {
+  private readonly feeds = new Map<string, GuestFeed>();
+  private readonly specs = new Map<string, ProtoVmSpec>();
+  private readonly migratingVms = new Map<string, string>();
+  private readonly peers = new Map<string, NodePeer & { close(): void }>();
+  readonly migrations: MigrationManager;
+  private server: RpcServer | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
+
+  private constructor(
+    readonly config: NodeConfig,
+    readonly vms: VmManager,
+    readonly caps: HostCapabilities,
+    readonly image: GuestImage | undefined,
+    private readonly log: Logger,
+  ) {
+    const supported = new Set(Object.keys(caps.migration.capabilities));
+    let tlsDir: string | undefined;
+    try {
+      tlsDir = prepareQemuTlsDir(config.migrationTlsDir, config.stateDir);
+    } catch (err) {
+      log.warn('migration TLS unavailable', { err: (err as Error).message });
+    }
+    this.migrations = new MigrationManager({
+      nodeId: config.nodeId,
+      host: this.vmHost(),
+      supportedCapabilities: supported,
+      migrationAddress: config.migrationAddress,
+      peer: (ep) => this.peer(ep),
+      log: log.child({ component: 'migration' }),
+      sourceOptions: { progressIntervalMs: config.progressIntervalMs, postcopyStallMs: config.postcopyStallMs },
+      ...(tlsDir ? { tlsDir } : {}),
+    });
+  }
+
+  /**
+   * Probes the host, reattaches to running VMs and starts serving.
+   * @throws DependencyError (QEMU or guest image missing), ConfigError
+   */
+  static async start(config: NodeConfig, log: Logger): Promise<NodeDaemon> {
+    const caps = await probeHostCapabilities({ qemuBinary: config.qemuBinary });
+    let image: GuestImage | undefined;
+    try {
+      image = await ensureGuestImage({ cacheDir: config.guestImageDir, log });
+    } catch (err) {
+      log.warn('guest image unavailable: VMs need an explicit kernel', { err: (err as Error).message });
+    }
+    const vms = await VmManager.open({ stateDir: config.stateDir, qemu: caps.qemu, logger: log.child({ component: 'vm' }) });
+    const d = new NodeDaemon(config, vms, caps, image, log);
+    for (const vm of vms.list()) {
+      if (vm.status !== 'running') continue;
+      d.loadSpec(vm);
+      d.feed(vm.name);
+      if (vm.role === 'migrating') await vms.setRole(vm.name, 'running'); // the driver did not survive the restart
+    }
+    d.server = new RpcServer({ address: config.listen, security: config.security, log });
+    d.server.addService('migd.v1.NodeService', NodeServiceService, nodeHandlers(d));
+    await d.server.start();
+    log.info('node daemon serving', { nodeId: config.nodeId, listen: config.listen, migrationAddress: config.migrationAddress, qemu: caps.qemu.version, accel: caps.accel.accel, vms: vms.list().length });
+    return d;
+  }
+
+  get port(): number {
+    return this.server?.port ?? 0;
+  }
+
+  private peer(ep: MigrationEndpoint): NodePeer {
+    let p = this.peers.get(ep.managementAddress);
+    if (!p) {
+      p = createClient('migd.v1.NodeService', NodeServiceService, ep.managementAddress, { security: this.config.clientSecurity });
+      this.peers.set(ep.managementAddress, p);
+    }
+    return p;
+  }
+
+  private specFile(name: string): string {
+    return join(this.vms.get(name).paths.dir, 'migd-spec.json');
+  }
+
+  private loadSpec(vm: VmInfo): void {
+    try {
+      this.specs.set(vm.name, JSON.parse(readFileSync(this.specFile(vm.name), 'utf8')) as ProtoVmSpec);
+    } catch {
+      this.specs.set(vm.name, { name: vm.name, memoryMib: vm.spec.memoryMiB, vcpus: vm.spec.vcpus, accel: vm.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG, machineType: vm.spec.machine, kernelPath: vm.spec.kernel ?? '', initrdPath: vm.spec.initrd ?? '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: vm.spec.uuid });
+    }
+  }
+
+  private feed(name: string): GuestFeed {
+    let f = this.feeds.get(name);
+    if (!f) {
+      f = new GuestFeed(name, (signal) => this.vms.serial(name, { signal }), this.log);
+      this.feeds.set(name, f);
+    }
+    return f;
+  }
+
+  /** Guest samples and console of a VM. @throws NotFoundError */
+  guest(name: string): GuestFeed {
+    this.vms.get(name);
+    return this.feed(name);
+  }
+
+  /** Host description for GetHostInfo and the coordinator. */
+  async hostInfo(): Promise<HostInfo> {
+    const mem = await readMemInfo();
+    const reserved = this.vms.list().filter((v) => v.status === 'running').reduce((a, v) => a + v.spec.memoryMiB * 1024 * 1024, 0);
+    return {
+      nodeId: this.config.nodeId,
+      managementAddress: this.config.advertise,
+      migrationAddress: this.config.migrationAddress,
+      memoryTotalBytes: mem.totalBytes,
+      memoryFreeBytes: Math.max(0, Math.min(mem.availableBytes, mem.totalBytes - reserved)),
+      cpus: this.caps.host.cpus,
+      qemuVersion: `${this.caps.qemu.version.major}.${this.caps.qemu.version.minor}.${this.caps.qemu.version.micro}`,
+      resolvedAccel: this.caps.accel.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG,
+      migrationCapabilities: Object.keys(this.caps.migration.capabilities).sort(),
+      labels: {},
+      machineTypes: ['pc-i440fx-10.0'],
+    };
+  }
+
+  /** Proto VmInfo of a VM. */
+  async vmInfo(name: string): Promise<ProtoVmInfo> {
+    const v = this.vms.get(name);
+    const cpu = v.status === 'running' ? await this.vms.cpu(name).catch(() => undefined) : undefined;
+    const state = v.status === 'exited' ? VmState.VM_STATE_STOPPED : v.role === 'incoming' ? VmState.VM_STATE_INCOMING : v.role === 'migrating' ? VmState.VM_STATE_MIGRATING : VmState.VM_STATE_RUNNING;
+    return {
+      spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: Accel.ACCEL_TCG, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid },
+      nodeId: this.config.nodeId,
+      state,
+      pid: v.pid,
+      startedAt: new Date(v.createdAt),
+      migrationRunId: this.migratingVms.get(name) ?? '',
+      lastGuestPerf: this.feeds.get(name)?.latest()?.sample,
+      qemuCpuSeconds: cpu?.totalSeconds ?? 0,
+    };
+  }
+
+  /**
+   * Starts a VM from a proto spec (kernel and initrd default to the guest image; the workload
+   * becomes kernel command-line parameters).
+   * @throws InvalidArgumentError, AlreadyExistsError, ResourceExhaustedError, DependencyError
+   */
+  async createVm(spec: ProtoVmSpec, incoming = false): Promise<ProtoVmInfo> {
+    if (!spec.name) throw new InvalidArgumentError('spec.name is required');
+    if (!spec.memoryMib) throw new InvalidArgumentError('spec.memory_mib is required');
+    const mem = await readMemInfo();
+    if (spec.memoryMib * 1024 * 1024 > mem.availableBytes) {
+      throw new ResourceExhaustedError(`VM ${spec.name} needs ${spec.memoryMib} MiB but this host has ${Math.floor(mem.availableBytes / 1048576)} MiB free`, { reason: 'INSUFFICIENT_MEMORY' });
+    }
+    const kernel = spec.kernelPath || this.image?.kernel;
+    const initrd = spec.initrdPath || (spec.kernelPath ? undefined : this.image?.initrd);
+    if (!kernel) throw new FailedPreconditionError('no guest kernel: set spec.kernel_path or run scripts/setup to build the guest image', { reason: 'NO_KERNEL' });
+    const w = spec.workload;
+    const append = [
+      buildGuestCmdline(
+        {
+          pattern: patternNames[w?.pattern ?? 0] ?? 'random',
+          workers: w?.workers || 1,
+          bytesPerWorker: w?.bytesPerWorker || 32 * 1024 * 1024,
+          rateBytesPerSec: w?.rateBytesPerSec ?? 0,
+          verify: w?.verify ?? true,
+          ...(w?.hotBytes ? { hotBytes: w.hotBytes } : {}),
+        },
+        { guestMemoryBytes: spec.memoryMib * 1024 * 1024 },
+      ),
+      spec.extraCmdline,
+    ]
+      .filter(Boolean)
+      .join(' ');
+    const accel = spec.accel === Accel.ACCEL_KVM ? 'kvm' : spec.accel === Accel.ACCEL_TCG ? 'tcg' : 'auto';
+    const info = await this.vms.create(
+      { name: spec.name, memoryMiB: spec.memoryMib, vcpus: spec.vcpus || 1, machine: spec.machineType || 'pc-i440fx-10.0', accel, kernel, ...(initrd ? { initrd } : {}), append, ...(spec.uuid ? { uuid: spec.uuid } : {}) },
+      { incoming },
+    );
+    const stored: ProtoVmSpec = { ...spec, uuid: info.spec.uuid, accel: info.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG, machineType: info.spec.machine, vcpus: info.spec.vcpus };
+    writeFileSync(this.specFile(info.name), JSON.stringify(stored));
+    this.specs.set(info.name, stored);
+    this.feed(info.name);
+    return this.vmInfo(info.name);
+  }
+
+  /** Stops and forgets a VM. @throws NotFoundError, FailedPreconditionError (migrating) */
+  async destroyVm(name: string): Promise<void> {
+    this.vms.get(name);
+    if (this.migratingVms.has(name) || this.migrations.busy(name)) {
+      throw new FailedPreconditionError(`VM ${name} is taking part in migration ${this.migratingVms.get(name) ?? ''}; cancel it first`, { reason: 'VM_MIGRATING' });
+    }
+    await this.removeVm(name);
+  }
+
+  private async removeVm(name: string): Promise<void> {
+    this.feeds.get(name)?.close();
+    this.feeds.delete(name);
+    this.specs.delete(name);
+    this.migratingVms.delete(name);
+    await this.vms.destroy(name);
+  }
+
+  private migratable(name: string): MigratableVm {
+    const v = this.vms.get(name);
+    const feed = this.feed(name);
+    const vms = this.vms;
+    return {
+      name,
+      spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: 0, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid },
+      pid: v.pid,
+      qmp: vms.qmp(name),
+      guestSamples: (signal) => feed.samples.subscribe([], signal),
+      lastGuestSample: () => feed.latest(),
+      cpuSeconds: async () => (await vms.cpu(name).catch(() => undefined))?.totalSeconds ?? 0,
+    };
+  }
+
+  private vmHost(): VmHost {
+    return {
+      source: (name) => {
+        const v = this.vms.get(name);
+        if (v.status !== 'running') throw new FailedPreconditionError(`VM ${name} is not running`, { reason: 'VM_NOT_RUNNING' });
+        if (v.role === 'incoming') throw new FailedPreconditionError(`VM ${name} is an incoming migration target`, { reason: 'VM_INCOMING' });
+        const run = this.migratingVms.get(name);
+        if (run) throw new FailedPreconditionError(`VM ${name} is already migrating (run ${run})`, { reason: 'VM_ALREADY_MIGRATING' });
+        return this.migratable(name);
+      },
+      setMigration: (name, runId) => {
+        if (runId) this.migratingVms.set(name, runId);
+        else this.migratingVms.delete(name);
+        void this.vms.setRole(name, runId ? 'migrating' : 'running').catch(() => undefined);
+      },
+      createIncoming: async (spec, runId) => {
+        await this.createVm(spec, true);
+        this.migratingVms.set(spec.name, runId);
+        return this.migratable(spec.name);
+      },
+      adoptIncoming: (name) => {
+        this.migratingVms.delete(name);
+        void this.vms.setRole(name, 'running').catch(() => undefined);
+      },
+      destroy: (name) => this.removeVm(name),
+    };
+  }
+
+  /** Stops serving; QEMU processes keep running (a restarted daemon reattaches). */
+  async stop(): Promise<void> {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    await this.server?.stop(1000);
+    this.migrations.close();
+    for (const f of this.feeds.values()) f.close();
+    for (const p of this.peers.values()) p.close();
+    await this.vms.close();
+  }
+}

@@ -1,0 +1,72 @@
+/**
+ * One VM's serial console, parsed: raw bytes and guest-performance samples fanned out to every
+ * watcher (WatchGuest streams, migration drivers), and the latest sample kept for late joiners.
+ */
+import { Broadcast } from '../shared/broadcast.js';
+import type { GuestPerfSample } from '../shared/gen/migd/v1/common.js';
+import { GuestTelemetryParser } from '../shared/guest/telemetry.js';
+import type { Logger } from '../shared/log.js';
+import type { SerialSubscription } from './vm/serial.js';
+
+export class GuestFeed {
+  readonly samples = new Broadcast<GuestPerfSample>({ limit: 1024 });
+  readonly console = new Broadcast<Uint8Array>({ limit: 1024 });
+  private last: { sample: GuestPerfSample; hostMs: number } | undefined;
+  private readonly stop = new AbortController();
+  private passes = new Map<number, number>();
+
+  constructor(
+    readonly vmName: string,
+    private readonly open: (signal: AbortSignal) => SerialSubscription,
+    private readonly log: Logger,
+  ) {
+    void this.run();
+  }
+
+  private async run(): Promise<void> {
+    // The serial subscription ends when QEMU exits; a VM that is only being (re)attached may not
+    // have its console yet, so retry a few times.
+    for (let attempt = 0; attempt < 50 && !this.stop.signal.aborted; attempt++) {
+      const parser = new GuestTelemetryParser();
+      try {
+        for await (const chunk of this.open(this.stop.signal)) {
+          this.console.publish(chunk);
+          for (const ev of parser.push(Buffer.from(chunk))) {
+            if (ev.type === 'pass') this.passes.set(ev.worker, ev.pass);
+            if (ev.type !== 'sample') continue;
+            const s = ev.sample;
+            const sample: GuestPerfSample = {
+              time: new Date(s.hostMs),
+              guestMonoMs: Math.round(s.guestMonoMs),
+              worker: s.worker,
+              msPerGib: s.msPerGib,
+              pass: s.worker >= 0 ? (this.passes.get(s.worker) ?? 0) : Math.max(0, ...this.passes.values()),
+              pagesVerified: s.pagesVerified,
+              integrityErrors: s.integrityErrors,
+              heartbeatGapMs: Math.round(s.heartbeatGapMs),
+              vmName: this.vmName,
+            };
+            this.last = { sample, hostMs: Date.now() };
+            this.samples.publish(sample);
+          }
+        }
+        return;
+      } catch (err) {
+        if (this.stop.signal.aborted) return;
+        this.log.debug('serial console not readable yet', { vm: this.vmName, err: (err as Error).message });
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  }
+
+  /** The latest sample and when it arrived (host ms). */
+  latest(): { sample: GuestPerfSample; hostMs: number } | undefined {
+    return this.last;
+  }
+
+  close(): void {
+    this.stop.abort();
+    this.samples.close();
+    this.console.close();
+  }
+}

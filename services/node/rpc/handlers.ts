@@ -1,0 +1,79 @@
+/**
+ * NodeService handlers: thin translations between the proto API and the daemon. Validation and
+ * errors live in the daemon and the migration manager; the shared RPC layer maps them to statuses.
+ */
+import { InvalidArgumentError } from '../../shared/errors.js';
+import type { NodeServiceService, WatchGuestResponse } from '../../shared/gen/migd/v1/node.js';
+import type { Handlers } from '../../shared/rpc/server.js';
+import type { NodeDaemon } from '../daemon.js';
+
+function required(v: string, name: string): string {
+  if (!v) throw new InvalidArgumentError(`${name} is required`);
+  return v;
+}
+
+export function nodeHandlers(d: NodeDaemon): Handlers<typeof NodeServiceService> {
+  const m = d.migrations;
+  return {
+    getHostInfo: async () => ({ host: await d.hostInfo() }),
+    createVm: async (req) => {
+      if (!req.spec) throw new InvalidArgumentError('spec is required');
+      return { vm: await d.createVm(req.spec) };
+    },
+    listVms: async () => ({ vms: await Promise.all(d.vms.list().map((v) => d.vmInfo(v.name))) }),
+    getVm: async (req) => ({ vm: await d.vmInfo(required(req.name, 'name')) }),
+    destroyVm: async (req) => {
+      await d.destroyVm(required(req.name, 'name'));
+      return {};
+    },
+    watchGuest: async function* (req, ctx): AsyncIterable<WatchGuestResponse> {
+      const feed = d.guest(required(req.name, 'name'));
+      if (!req.includeConsole) {
+        for await (const s of feed.samples.subscribe([], ctx.signal)) yield { item: { $case: 'sample', value: s } };
+        return;
+      }
+      // Interleave console bytes and samples as they come.
+      const queue: WatchGuestResponse[] = [];
+      let wake: (() => void) | undefined;
+      let open = 2;
+      const pump = async <T>(it: AsyncIterable<T>, wrap: (v: T) => WatchGuestResponse): Promise<void> => {
+        try {
+          for await (const v of it) {
+            queue.push(wrap(v));
+            wake?.();
+          }
+        } finally {
+          open--;
+          wake?.();
+        }
+      };
+      void pump(feed.samples.subscribe([], ctx.signal), (s) => ({ item: { $case: 'sample', value: s } }));
+      void pump(feed.console.subscribe([], ctx.signal), (c) => ({ item: { $case: 'console', value: Buffer.from(c) } }));
+      while (open > 0 || queue.length > 0) {
+        const next = queue.shift();
+        if (next) {
+          yield next;
+          continue;
+        }
+        await new Promise<void>((r) => (wake = r));
+        wake = undefined;
+      }
+    },
+    prepareIncoming: async (req) => m.prepareIncoming(req),
+    pauseIncoming: async (req) => ({ qemuStatus: await m.pauseIncoming(required(req.runId, 'run_id')) }),
+    recoverIncoming: async (req) => ({ uri: await m.recoverIncoming(required(req.runId, 'run_id')) }),
+    confirmIncoming: async (req) => m.confirmIncoming({ ...req, runId: required(req.runId, 'run_id') }),
+    abortIncoming: async (req) => {
+      await m.abortIncoming(required(req.runId, 'run_id'));
+      return {};
+    },
+    startMigration: async (req) => ({ migration: await m.start(req) }),
+    watchMigration: (req, ctx) => m.watch(required(req.runId, 'run_id'), ctx.signal),
+    getMigration: async (req) => ({ migration: m.get(required(req.runId, 'run_id')) }),
+    listMigrations: async (req) => ({ migrations: m.list(req.activeOnly) }),
+    adjustMigration: async (req) => ({ migration: await m.adjust({ ...req, runId: required(req.runId, 'run_id') }) }),
+    startPostcopy: async (req) => ({ migration: await m.startPostcopy(required(req.runId, 'run_id'), req.actor, req.reason) }),
+    forceComplete: async (req) => ({ migration: await m.forceComplete(required(req.runId, 'run_id'), req.actor, req.reason) }),
+    cancelMigration: async (req) => ({ migration: await m.cancel(required(req.runId, 'run_id'), req.actor, req.reason) }),
+  };
+}

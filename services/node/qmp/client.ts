@@ -439,7 +439,8 @@ export class QmpClient {
     session.greeting.reject(reason);
     // A failed connect leaves subscriptions alone: they wait for the session a retry may open.
     if (session.established) this.hub.endAll(expected ? undefined : disconnected);
-    if (!expected) this.log.warn('QMP session lost', { error: reason });
+    // Info, not warn: QEMU closing QMP is also how every `quit` and guest poweroff ends.
+    if (!expected) this.log.info('QMP session ended by peer', { error: reason });
     if (this.session === session) {
       this.session = undefined;
       if (this.runstate !== 'connecting') this.runstate = 'idle';

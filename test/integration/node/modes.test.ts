@@ -1,0 +1,143 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { MigrationState, MultifdCompression, PolicyActionKind, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
+import { followMigration, guestSpec, policy, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+
+// Every mode of the node daemon on real QEMU (TCG) between two namespaces. Each case migrates a
+// guest running the verifying workload and asserts it keeps running on the destination with
+// integrity errors = 0.
+describe('node daemons: migration modes', () => {
+  let c: NodeCluster;
+  let n = 0;
+  beforeAll(async () => {
+    c = await startNodeCluster(['a', 'b']);
+  });
+  afterAll(async () => {
+    await c?.close();
+  });
+  afterEach(async () => {
+    await c.tb.unshape('a').catch(() => undefined);
+    // leave no VM behind between cases
+    for (const h of ['a', 'b']) {
+      const { vms } = await c.clients[h]!.listVms({});
+      for (const v of vms) await c.clients[h]!.destroyVm({ name: v.spec!.name }).catch(() => undefined);
+    }
+  });
+
+  const dest = () => ({ nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress });
+
+  async function bootGuest(name: string, spec = guestSpec(name)) {
+    await c.clients['a']!.createVm({ spec });
+    return waitForGuest(c.clients['a']!, name, 2, 30_000, (s) => s.pagesVerified > 0);
+  }
+
+  async function assertOnDestination(name: string, verifiedBefore: number) {
+    const after = await waitForGuest(c.clients['b']!, name, 2, 30_000, (s) => s.pagesVerified > verifiedBefore);
+    expect(after.at(-1)!.integrityErrors).toBe(0);
+    await expect(c.clients['a']!.getVm({ name })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+  }
+
+  it('slow link: pre-copy does not converge at 300 ms, converges after raising the downtime limit live', async () => {
+    const name = `vm${++n}`;
+    // 8 MiB hot set rewritten constantly; 40 Mbit/s ≈ 5 MB/s: the hot set alone needs ~1.7 s of downtime.
+    const before = await bootGuest(name, guestSpec(name, { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, bytesPerWorker: 32 << 20, hotBytes: 8 << 20 }));
+    await c.tb.shape('a', { rateMbit: 40 });
+    const runId = `run-slow-${n}`;
+    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ downtimeLimitMs: 300 }) });
+    let raised = false;
+    let passesAt300 = 0;
+    const trace = await followMigration(c.clients['a']!, runId, async (u) => {
+      if (u.update?.$case !== 'progress' || raised) return;
+      passesAt300 = u.update.value.pass;
+      // several passes without converging at 300 ms: raise the limit live
+      if (u.update.value.pass >= 4) {
+        raised = true;
+        await c.clients['a']!.adjustMigration({ runId, downtimeLimitMs: 5000, actor: 'test', reason: 'not converging' });
+      }
+    });
+    expect(passesAt300).toBeGreaterThanOrEqual(4);
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    expect(trace.result.actions.some((a) => a.kind === PolicyActionKind.POLICY_ACTION_KIND_SET_DOWNTIME && a.value === 5000)).toBe(true);
+    expect(trace.result.stats!.integrityErrors).toBe(0);
+    console.log(`slow link: ${trace.result.stats!.passes} passes, total ${trace.result.stats!.totalTimeMs} ms, downtime ${trace.result.stats!.downtimeMs} ms`);
+    await assertOnDestination(name, before.at(-1)!.pagesVerified);
+  });
+
+  it('auto-converge raises the throttle pass after pass and completes', async () => {
+    const name = `vm${++n}`;
+    const before = await bootGuest(name, guestSpec(name, { rate: 24 << 20 }));
+    await c.tb.shape('a', { rateMbit: 80 });
+    const runId = `run-ac-${n}`;
+    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ autoConverge: { enabled: true, initialPct: 30, incrementPct: 20, maxPct: 99 } }) });
+    const throttles: number[] = [];
+    const trace = await followMigration(c.clients['a']!, runId, (u) => {
+      if (u.update?.$case === 'progress') throttles.push(u.update.value.throttlePct);
+    });
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    const distinct = [...new Set(throttles.filter((t) => t > 0))];
+    expect(distinct.length).toBeGreaterThanOrEqual(2);
+    expect(distinct).toEqual([...distinct].sort((x, y) => x - y));
+    expect(trace.result.stats!.maxThrottlePct).toBeGreaterThanOrEqual(50);
+    console.log(`auto-converge: throttle ${distinct.join('→')} %, total ${trace.result.stats!.totalTimeMs} ms, downtime ${trace.result.stats!.downtimeMs} ms`);
+    await assertOnDestination(name, before.at(-1)!.pagesVerified);
+  });
+
+  it('post-copy with preempt after one pass completes, with downtime and page requests reported', async () => {
+    const name = `vm${++n}`;
+    const before = await bootGuest(name, guestSpec(name, { workers: 2, bytesPerWorker: 32 << 20 }));
+    await c.tb.shape('a', { rateMbit: 400 });
+    const runId = `run-pc-${n}`;
+    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
+    const trace = await followMigration(c.clients['a']!, runId);
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    expect(trace.states).toContain(MigrationState.MIGRATION_STATE_POSTCOPY);
+    expect(trace.result.actions.some((a) => a.kind === PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY)).toBe(true);
+    expect(trace.result.stats!.downtimeMs).toBeGreaterThan(0);
+    expect(trace.result.stats!.postcopyRequests).toBeGreaterThan(0);
+    console.log(`post-copy+preempt: total ${trace.result.stats!.totalTimeMs} ms, downtime ${trace.result.stats!.downtimeMs} ms, page requests ${trace.result.stats!.postcopyRequests}`);
+    await assertOnDestination(name, before.at(-1)!.pagesVerified);
+  });
+
+  it('multifd with zstd completes; multifd with post-copy is refused before any QEMU is touched', async () => {
+    const name = `vm${++n}`;
+    const before = await bootGuest(name, guestSpec(name, { rate: 8 << 20 }));
+    await expect(
+      c.clients['a']!.startMigration({ runId: `run-bad-${n}`, vmName: name, destination: dest(), policy: policy({ multifd: { enabled: true, channels: 2, compression: 0, compressionLevel: 0 }, postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false } }) }),
+    ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/multifd cannot be combined with post-copy/) });
+    expect((await c.clients['b']!.listVms({})).vms).toHaveLength(0);
+    const runId = `run-multifd-${n}`;
+    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ multifd: { enabled: true, channels: 4, compression: MultifdCompression.MULTIFD_COMPRESSION_ZSTD, compressionLevel: 1 } }) });
+    const trace = await followMigration(c.clients['a']!, runId);
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    console.log(`multifd(4, zstd): total ${trace.result.stats!.totalTimeMs} ms, downtime ${trace.result.stats!.downtimeMs} ms`);
+    await assertOnDestination(name, before.at(-1)!.pagesVerified);
+  });
+
+  it('xbzrle completes on a compressible workload', async () => {
+    const name = `vm${++n}`;
+    const before = await bootGuest(name, guestSpec(name, { pattern: WorkloadPattern.WORKLOAD_PATTERN_COMPRESSIBLE, rate: 8 << 20 }));
+    await c.tb.shape('a', { rateMbit: 200 });
+    const runId = `run-xbzrle-${n}`;
+    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ xbzrle: { enabled: true, cacheBytes: 32 << 20 }, downtimeLimitMs: 500 }) });
+    const trace = await followMigration(c.clients['a']!, runId);
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    console.log(`xbzrle: total ${trace.result.stats!.totalTimeMs} ms, downtime ${trace.result.stats!.downtimeMs} ms, passes ${trace.result.stats!.passes}`);
+    await assertOnDestination(name, before.at(-1)!.pagesVerified);
+  });
+
+  it('a cancelled migration leaves the source running and no destination QEMU', async () => {
+    const name = `vm${++n}`;
+    await bootGuest(name);
+    await c.tb.shape('a', { rateMbit: 20 });
+    const runId = `run-cancel-${n}`;
+    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({}) });
+    const trace = await followMigration(c.clients['a']!, runId, async (u) => {
+      if (u.update?.$case === 'progress' && u.update.value.transferredBytes > 0) await c.clients['a']!.cancelMigration({ runId, actor: 'test', reason: 'testing cancel' }).catch(() => undefined);
+    });
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_CANCELLED);
+    expect((await c.clients['b']!.listVms({})).vms).toHaveLength(0);
+    const vm = await c.clients['a']!.getVm({ name });
+    expect(vm.vm?.state).toBe(2); // running
+    const after = await waitForGuest(c.clients['a']!, name, 2);
+    expect(after.at(-1)!.integrityErrors).toBe(0);
+  });
+});

@@ -1,0 +1,17 @@
+/**
+ * The list of schema migrations, for a Kysely `Migrator`. Listed statically (no directory
+ * globbing) so the same code runs from the TypeScript sources and from dist/. Append new
+ * migrations here in name order; names are timestamps so they sort chronologically.
+ */
+import type { Migration, MigrationProvider } from 'kysely';
+import * as m0001 from './2026_11_22_0001_initial.js';
+
+/** Every migration by name, oldest first. */
+export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
+  '2026_11_22_0001_initial': m0001,
+});
+
+/** A `MigrationProvider` serving {@link migrations}. */
+export const migrationProvider: MigrationProvider = {
+  getMigrations: () => Promise.resolve({ ...migrations }),
+};

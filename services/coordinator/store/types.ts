@@ -1,0 +1,253 @@
+/**
+ * The run-history store as the coordinator sees it. Callers depend on {@link HistoryStore} only;
+ * the SQLite implementation (sqlite.ts) sits behind it, and another dialect (Postgres) can be
+ * added without touching callers. Messages are the proto-generated types.
+ *
+ * Every state-changing call writes its row(s) and the matching event in the outbox in ONE
+ * transaction, so an event is published exactly for the changes that committed (see
+ * services/shared/events/relay.ts). Samples are buffered and written in batches.
+ */
+import type {
+  ErrorInfo,
+  GuestPerfSample,
+  HostInfo,
+  MigrationPolicy,
+  MigrationState,
+  MigrationStats,
+  PolicyAction,
+  ProgressSample,
+  VmInfo,
+} from '../../shared/gen/migd/v1/common.js';
+import type {
+  ComparePoliciesResponse,
+  ExportFormat,
+  ExportRunsResponse,
+  GetRunTimelineResponse,
+  HostCpuSample,
+  ListRunsRequest,
+  ListRunsResponse,
+  Node,
+  NodeStatus,
+  Plan,
+  PlannedMigration,
+  PlanState,
+  Run,
+  RunFilter,
+  SubmitPlanRequest,
+} from '../../shared/gen/migd/v1/coordinator.js';
+import type { StateChange } from '../../shared/gen/migd/v1/node.js';
+import type { OutboxSource } from '../../shared/events/outbox.js';
+
+/** Registers or refreshes a node (RegisterNode, Heartbeat). */
+export interface UpsertNodeInput {
+  host: HostInfo;
+  /** Default NODE_STATUS_UP. */
+  status?: NodeStatus;
+  /** Default now. */
+  heartbeatAt?: Date;
+  /** Why the status is what it is (in the NodeStateChanged event). */
+  reason?: string;
+}
+
+/** A run to create. */
+export interface CreateRunInput {
+  /** Default a fresh ULID. */
+  id?: string;
+  /** The plan it belongs to (must exist); empty or absent for none. */
+  planId?: string;
+  vmName: string;
+  sourceNodeId: string;
+  destinationNodeId: string;
+  policy: MigrationPolicy;
+  /**
+   * A label telling variants of one policy kind apart (e.g. a lab scenario name), used by the
+   * `label` filter and the per-policy comparison. Default ''.
+   */
+  policyLabel?: string;
+  memoryMib?: number;
+  priority?: number;
+  /** Default now. */
+  createdAt?: Date;
+  /** The initial state. Default MIGRATION_STATE_QUEUED. */
+  state?: MigrationState;
+  /** Reason of the initial transition. Default "created". */
+  reason?: string;
+}
+
+/** A plan to create. */
+export interface CreatePlanInput {
+  /** Default a fresh ULID. */
+  id?: string;
+  /** Required; a second create with the same key returns the first plan. */
+  idempotencyKey: string;
+  request: SubmitPlanRequest;
+  migrations?: PlannedMigration[];
+  orderingReason?: string;
+  priority?: number;
+  /** Default PLAN_STATE_RUNNING. */
+  state?: PlanState;
+  /** Default now. */
+  createdAt?: Date;
+  /** Runs created in the same transaction (their planId is set to the plan's id). */
+  runs?: Omit<CreateRunInput, 'planId'>[];
+}
+
+/** Result of {@link HistoryStore.createPlan}. */
+export interface CreatePlanResult {
+  plan: Plan;
+  /** True when the idempotency key was known and nothing was created. */
+  existing: boolean;
+}
+
+/** A state change of a run that is not its end. */
+export interface TransitionRunInput {
+  to: MigrationState;
+  reason?: string;
+  /** Default now. */
+  at?: Date;
+  /** When set, the change applies only if the run is currently in this state. */
+  expectedFrom?: MigrationState;
+}
+
+/** The end of a run. */
+export interface FinishRunInput {
+  /** SUCCEEDED, FAILED or CANCELLED. */
+  state: MigrationState;
+  stats?: MigrationStats;
+  error?: ErrorInfo;
+  reason?: string;
+  /** Default now. */
+  at?: Date;
+}
+
+/** Options of {@link HistoryStore.comparePolicies}. */
+export interface CompareOptions {
+  /** Guest samples this long before a run's start count as "before". Default: the store's guestWindowMs. */
+  guestWindowMs?: number;
+}
+
+/** Rows removed by a prune. */
+export interface PruneResult {
+  progress: number;
+  guest: number;
+  hostCpu: number;
+}
+
+/** The coordinator's run history. */
+export interface HistoryStore extends OutboxSource {
+  // --- nodes and VMs -------------------------------------------------------------------------
+
+  /** Creates or refreshes a node; emits NodeStateChanged when it is new or its status changed. */
+  upsertNode(input: UpsertNodeInput): Promise<Node>;
+  /** Sets a node's status; emits NodeStateChanged on a change. @throws NotFoundError */
+  setNodeStatus(nodeId: string, status: NodeStatus, reason?: string): Promise<Node>;
+  /** @throws NotFoundError */
+  getNode(nodeId: string): Promise<Node>;
+  /** Every node, ordered by id. */
+  listNodes(): Promise<Node[]>;
+  /**
+   * Creates or refreshes a VM; emits VmChanged when it is new or moved or changed state.
+   * @throws InvalidArgumentError without `spec.name`.
+   */
+  upsertVm(vm: VmInfo): Promise<void>;
+  /** @throws NotFoundError */
+  getVm(name: string): Promise<VmInfo>;
+  /** VMs ordered by node then name; only those of `nodeId` when given. */
+  listVms(nodeId?: string): Promise<VmInfo[]>;
+
+  // --- plans and runs ------------------------------------------------------------------------
+
+  /**
+   * Creates a plan (and its runs) unless its idempotency key is known, in which case the existing
+   * plan is returned with `existing: true`.
+   * @throws InvalidArgumentError for an empty key or a bad run.
+   */
+  createPlan(input: CreatePlanInput): Promise<CreatePlanResult>;
+  /** @throws NotFoundError */
+  getPlan(planId: string): Promise<Plan>;
+  /** Sets a plan's state; emits PlanStateChanged. @throws NotFoundError */
+  setPlanState(planId: string, state: PlanState): Promise<Plan>;
+  /** The plan's runs, oldest first. @throws NotFoundError for an unknown plan. */
+  listPlanRuns(planId: string): Promise<Run[]>;
+  /**
+   * Creates a run with its initial transition; emits RunStateChanged.
+   * @throws InvalidArgumentError for missing fields; NotFoundError for an unknown plan;
+   *   AlreadyExistsError for a duplicate id.
+   */
+  createRun(input: CreateRunInput): Promise<Run>;
+  /** @throws NotFoundError */
+  getRun(runId: string): Promise<Run>;
+  /**
+   * Appends a transition, updates the run and emits RunStateChanged, in one transaction. Sets
+   * `started_at` when the run leaves QUEUED.
+   * @throws NotFoundError; FailedPreconditionError when the run has finished or is not in
+   *   `expectedFrom`; InvalidArgumentError for UNSPECIFIED or a terminal state (use finishRun).
+   */
+  transitionRun(runId: string, input: TransitionRunInput): Promise<StateChange>;
+  /** Records a policy or user action; emits RunAction. @throws NotFoundError */
+  recordAction(runId: string, action: PolicyAction): Promise<void>;
+  /**
+   * Ends a run: final transition, stats, error; emits RunStateChanged and RunCompleted in one
+   * transaction. Flushes the run's buffered samples first.
+   * @throws NotFoundError; FailedPreconditionError when already finished; InvalidArgumentError
+   *   for a non-terminal state.
+   */
+  finishRun(runId: string, input: FinishRunInput): Promise<Run>;
+  /** Runs that have not finished, highest priority first, then oldest (restart recovery). */
+  listActiveRuns(): Promise<Run[]>;
+  /** Number of runs per state. */
+  countRunsByState(): Promise<Map<MigrationState, number>>;
+
+  // --- samples (buffered) --------------------------------------------------------------------
+
+  /**
+   * Buffers a progress sample. At most one RunProgress event per run per progress interval is
+   * emitted (written together with its sample). @throws InvalidArgumentError for an empty run id;
+   *   FailedPreconditionError after close.
+   */
+  appendProgress(runId: string, sample: ProgressSample): void;
+  /**
+   * Buffers a guest sample of `sample.vmName`, attributed to `runId` when given (RunGuestPerf
+   * events, rate-limited like progress, only then). @throws InvalidArgumentError without vmName;
+   *   FailedPreconditionError after close.
+   */
+  appendGuestSample(sample: GuestPerfSample, runId?: string): void;
+  /** Buffers a host CPU sample. @throws InvalidArgumentError; FailedPreconditionError after close. */
+  appendHostCpu(runId: string, sample: HostCpuSample): void;
+  /** Writes every buffered sample. @throws the write error (the samples stay buffered). */
+  flushSamples(): Promise<void>;
+
+  // --- queries -------------------------------------------------------------------------------
+
+  /**
+   * A page of runs, newest first.
+   * @throws InvalidArgumentError for a bad page token or an inverted time range.
+   */
+  listRuns(request: Partial<ListRunsRequest>): Promise<ListRunsResponse>;
+  /** A run with its transitions, actions and samples. @throws NotFoundError */
+  getRunTimeline(runId: string): Promise<GetRunTimelineResponse>;
+  /**
+   * Per-policy (kind + label) summary of the finished runs the filter selects.
+   * @throws InvalidArgumentError for an inverted time range.
+   */
+  comparePolicies(filter?: Partial<RunFilter>, opts?: CompareOptions): Promise<ComparePoliciesResponse>;
+  /**
+   * The selected runs with their timelines, as JSON (array of timelines) or CSV (one row per
+   * progress sample with the run's columns; a run without samples gets one row).
+   * @throws InvalidArgumentError for an inverted time range; ResourceExhaustedError when the
+   *   filter selects more runs than the export limit.
+   */
+  exportRuns(filter: Partial<RunFilter>, format: ExportFormat): Promise<ExportRunsResponse>;
+
+  // --- maintenance ---------------------------------------------------------------------------
+
+  /**
+   * Deletes samples past retention: progress and host CPU samples of runs finished before
+   * `now - sampleRetentionMs`, guest samples older than that (unless their run is still active).
+   */
+  pruneSamples(now?: Date): Promise<PruneResult>;
+  /** Deletes outbox rows published before `now - outboxRetentionMs`. */
+  pruneOutbox(now?: Date): Promise<number>;
+  /** Flushes samples and closes the database. Idempotent. */
+  close(): Promise<void>;
+}

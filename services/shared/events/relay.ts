@@ -1,0 +1,363 @@
+/**
+ * The outbox relay: publishes a store's outbox to JetStream, in order, at least once.
+ *
+ * - Reads unpublished rows (lowest seq first), publishes each with `msgID` = event id and waits
+ *   for its PubAck before the next one, so the stream keeps the outbox order (and with it each
+ *   run's `run_sequence` order).
+ * - Marks the published rows in one short transaction afterwards; no SQLite transaction is ever
+ *   held across network I/O. A crash between publish and mark re-publishes those rows on the next
+ *   start, and JetStream drops them as duplicates (within the stream's duplicate window).
+ * - While NATS is unreachable it retries with exponential backoff (jittered); rows stay in the
+ *   outbox meanwhile, so nothing is lost. A stream that disappeared (memory storage after a server
+ *   restart) is re-created.
+ * - Wakes as soon as the store reports newly committed rows, with a slow poll as a safety net.
+ *
+ * Give it a connection with `maxReconnectAttempts: -1` so it survives server restarts.
+ */
+import { ErrorCode, Events, type JetStreamClient, type JetStreamManager, type NatsConnection } from 'nats';
+import { CancelledError, ConfigError } from '../errors.js';
+import { createLogger, type Logger } from '../log.js';
+import { eventHeaders } from './codec.js';
+import { ensureEventStream, resolveEventStreamOptions, type EventStreamOptions } from './jetstream.js';
+import type { OutboxRecord, OutboxSource } from './outbox.js';
+
+/** Backlog figures reported to {@link OutboxRelayOptions.onLag}. */
+export interface RelayLag {
+  unpublished: number;
+  /** Age of the oldest unpublished row in milliseconds (0 when none). */
+  oldestAgeMs: number;
+}
+
+/** Options of {@link startOutboxRelay}. */
+export interface OutboxRelayOptions {
+  /** The store's outbox. */
+  source: OutboxSource;
+  /** The NATS connection (owned by the caller: the relay never closes it). */
+  nc: NatsConnection;
+  /** The events stream; ensured at start and again when it turns out to be missing. */
+  stream?: EventStreamOptions;
+  /** Set false to skip creating/updating the stream (someone else manages it). Default true. */
+  manageStream?: boolean;
+  /** Rows read per batch. Default 256. */
+  batchSize?: number;
+  /** How long to wait for one PubAck, in ms. Default 5000. */
+  publishTimeoutMs?: number;
+  /** Poll interval when no wake-up arrives, in ms. Default 1000. */
+  pollIntervalMs?: number;
+  /** First retry delay after a failure, in ms. Default 100. */
+  retryInitialMs?: number;
+  /** Longest retry delay, in ms. Default 5000. */
+  retryMaxMs?: number;
+  /** Minimum interval between two {@link onLag} reports while busy, in ms. Default 1000. */
+  lagIntervalMs?: number;
+  /** Receives the backlog figures (e.g. to set the outbox-lag gauges). */
+  onLag?: (lag: RelayLag) => void;
+  /** Clock in ms since the epoch. Default `Date.now`. */
+  now?: () => number;
+  logger?: Logger;
+}
+
+/** Counters of a relay since it started. */
+export interface RelayStats {
+  /** Events the stream stored. */
+  published: number;
+  /** Events the stream reported as duplicates (already stored earlier). */
+  duplicates: number;
+  /** Failed publish or outbox operations. */
+  failures: number;
+}
+
+/** A running relay. */
+export interface OutboxRelay {
+  /** Counters since start. */
+  stats(): RelayStats;
+  /**
+   * Resolves once the relay has read an empty outbox after this call (waits through outages).
+   * @throws CancelledError when the relay stops first; the signal's reason when it aborts.
+   */
+  idle(signal?: AbortSignal): Promise<void>;
+  /** Stops the loop after the current publish and marks what was published; idempotent. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts publishing `opts.source` to JetStream.
+ * @throws ConfigError for bad options.
+ */
+export function startOutboxRelay(opts: OutboxRelayOptions): OutboxRelay {
+  const relay = new Relay(opts);
+  relay.start();
+  return relay;
+}
+
+class Relay implements OutboxRelay {
+  private readonly source: OutboxSource;
+  private readonly js: JetStreamClient;
+  private readonly nc: NatsConnection;
+  private readonly streamOpts: ReturnType<typeof resolveEventStreamOptions>;
+  private readonly manageStream: boolean;
+  private readonly batchSize: number;
+  private readonly publishTimeoutMs: number;
+  private readonly pollIntervalMs: number;
+  private readonly retryInitialMs: number;
+  private readonly retryMaxMs: number;
+  private readonly lagIntervalMs: number;
+  private readonly onLag: ((lag: RelayLag) => void) | undefined;
+  private readonly now: () => number;
+  private readonly log: Logger;
+
+  private readonly counters: RelayStats = { published: 0, duplicates: 0, failures: 0 };
+  private readonly stopper = new AbortController();
+  private loop: Promise<void> | undefined;
+  private unsubscribe: (() => void) | undefined;
+  /** Set by a wake-up; cleared before each read so no wake-up is lost. */
+  private pending = true;
+  private wakeWaiter: (() => void) | undefined;
+  /** Waiters of idle(); each is resolved only by an empty read that started after it. */
+  private idleWaiters: Array<{ after: number; resolve: () => void; reject: (err: Error) => void }> = [];
+  private readsStarted = 0;
+  private streamReady = false;
+  private jsmPromise: Promise<JetStreamManager> | undefined;
+  private lastLagAt = 0;
+  /** Cuts the current retry delay short (on reconnect). */
+  private retryCut: (() => void) | undefined;
+  private statusWatch: Partial<{ stop(): void }> | undefined;
+
+  constructor(opts: OutboxRelayOptions) {
+    const pos = (name: string, v: number | undefined, dflt: number): number => {
+      const r = v ?? dflt;
+      if (!(Number.isFinite(r) && r > 0)) throw new ConfigError(`relay.${name}`, 'must be a positive number');
+      return r;
+    };
+    this.source = opts.source;
+    this.nc = opts.nc;
+    this.js = opts.nc.jetstream();
+    this.streamOpts = resolveEventStreamOptions(opts.stream);
+    this.manageStream = opts.manageStream ?? true;
+    this.batchSize = Math.floor(pos('batchSize', opts.batchSize, 256));
+    this.publishTimeoutMs = pos('publishTimeoutMs', opts.publishTimeoutMs, 5000);
+    this.pollIntervalMs = pos('pollIntervalMs', opts.pollIntervalMs, 1000);
+    this.retryInitialMs = pos('retryInitialMs', opts.retryInitialMs, 100);
+    this.retryMaxMs = pos('retryMaxMs', opts.retryMaxMs, 5000);
+    this.lagIntervalMs = pos('lagIntervalMs', opts.lagIntervalMs, 1000);
+    if (this.retryMaxMs < this.retryInitialMs) throw new ConfigError('relay.retryMaxMs', 'must be >= relay.retryInitialMs');
+    this.onLag = opts.onLag;
+    this.now = opts.now ?? Date.now;
+    this.log = opts.logger ?? createLogger('outbox-relay');
+  }
+
+  start(): void {
+    this.unsubscribe = this.source.onOutboxEnqueued(() => this.wake());
+    // After a reconnect, retry at once instead of finishing the backoff delay.
+    const status = this.nc.status();
+    // Typed as AsyncIterable, implemented by a queued iterator with stop().
+    this.statusWatch = status as Partial<{ stop(): void }>;
+    void (async () => {
+      for await (const s of status) {
+        if (s.type === Events.Reconnect) {
+          this.retryCut?.();
+          this.wake();
+        }
+      }
+    })().catch(() => undefined);
+    this.loop = this.run().catch((err: unknown) => {
+      this.log.error('outbox relay stopped on an unexpected error', { err });
+    });
+  }
+
+  stats(): RelayStats {
+    return { ...this.counters };
+  }
+
+  idle(signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason as Error);
+      if (this.stopping) return reject(new CancelledError('outbox relay stopped'));
+      const waiter = {
+        reject,
+        after: this.readsStarted,
+        resolve: (): void => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        },
+      };
+      const onAbort = (): void => {
+        this.idleWaiters = this.idleWaiters.filter((w) => w !== waiter);
+        reject(signal?.reason as Error);
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.idleWaiters.push(waiter);
+      this.wake();
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.stopper.abort();
+    this.unsubscribe?.();
+    this.statusWatch?.stop?.();
+    this.wakeWaiter?.();
+    await this.loop;
+    for (const w of this.idleWaiters.splice(0)) w.reject(new CancelledError('outbox relay stopped'));
+  }
+
+  private wake(): void {
+    this.pending = true;
+    const w = this.wakeWaiter;
+    this.wakeWaiter = undefined;
+    w?.();
+  }
+
+  private get stopping(): boolean {
+    return this.stopper.signal.aborted;
+  }
+
+  private async run(): Promise<void> {
+    let failuresInRow = 0;
+    while (!this.stopping) {
+      const failure = await this.cycle();
+      if (this.stopping) break;
+      if (failure === 'idle') {
+        failuresInRow = 0;
+        await this.waitForWork();
+      } else if (failure === 'busy') {
+        failuresInRow = 0;
+      } else {
+        failuresInRow++;
+        this.counters.failures++;
+        const delay = this.backoff(failuresInRow);
+        this.log.warn('outbox relay: publishing failed; will retry', { err: failure, retryInMs: delay, failuresInRow });
+        await this.sleep(delay);
+      }
+    }
+  }
+
+  /** One read-publish-mark round. Returns 'idle', 'busy' (more may follow) or the failure. */
+  private async cycle(): Promise<'idle' | 'busy' | Error> {
+    if (this.manageStream && !this.streamReady) {
+      try {
+        await ensureEventStream(await this.jsm(), this.streamOpts);
+        this.streamReady = true;
+      } catch (err) {
+        return asError(err);
+      }
+    }
+    this.pending = false;
+    const read = ++this.readsStarted;
+    let batch: OutboxRecord[];
+    try {
+      batch = await this.source.readUnpublished(this.batchSize);
+    } catch (err) {
+      return asError(err);
+    }
+    if (batch.length === 0) {
+      await this.reportLag(true);
+      const waiting = this.idleWaiters;
+      this.idleWaiters = waiting.filter((w) => w.after >= read);
+      for (const w of waiting) if (w.after < read) w.resolve();
+      return 'idle';
+    }
+    const done: number[] = [];
+    let failure: Error | undefined;
+    for (const rec of batch) {
+      if (this.stopping) break;
+      try {
+        const ack = await this.js.publish(rec.subject, rec.payload, {
+          msgID: rec.eventId,
+          headers: eventHeaders(rec.eventId),
+          timeout: this.publishTimeoutMs,
+          expect: { streamName: this.streamOpts.name },
+        });
+        if (ack.duplicate) this.counters.duplicates++;
+        else this.counters.published++;
+        done.push(rec.seq);
+      } catch (err) {
+        failure = asError(err);
+        // 503: nobody answers on the subject, i.e. the stream is gone (memory storage and a
+        // restarted server, or deleted): re-create it before the retry.
+        if (isNoResponders(err)) this.streamReady = false;
+        break;
+      }
+    }
+    if (done.length > 0) {
+      try {
+        await this.source.markPublished(done, new Date(this.now()));
+      } catch (err) {
+        // Published but not marked: they go out again and the stream drops the duplicates.
+        failure ??= asError(err);
+      }
+    }
+    await this.reportLag(false);
+    if (failure !== undefined) return failure;
+    this.pending = true;
+    return 'busy';
+  }
+
+  private jsm(): Promise<JetStreamManager> {
+    // A failed lookup (server down) must not stick.
+    this.jsmPromise ??= this.nc.jetstreamManager().catch((err: unknown) => {
+      this.jsmPromise = undefined;
+      throw err;
+    });
+    return this.jsmPromise;
+  }
+
+  private async reportLag(force: boolean): Promise<void> {
+    if (this.onLag === undefined) return;
+    const now = this.now();
+    if (!force && now - this.lastLagAt < this.lagIntervalMs) return;
+    this.lastLagAt = now;
+    try {
+      const lag = await this.source.outboxLag();
+      this.onLag({
+        unpublished: lag.unpublished,
+        oldestAgeMs: lag.oldestCreatedAt === null ? 0 : Math.max(0, now - lag.oldestCreatedAt.getTime()),
+      });
+    } catch (err) {
+      this.log.warn('outbox relay: reading the outbox lag failed', { err });
+    }
+  }
+
+  private backoff(failuresInRow: number): number {
+    const base = Math.min(this.retryMaxMs, this.retryInitialMs * 2 ** Math.min(failuresInRow - 1, 20));
+    return Math.round(base / 2 + (Math.random() * base) / 2);
+  }
+
+  private waitForWork(): Promise<void> {
+    if (this.pending || this.stopping) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.wakeWaiter = undefined;
+        this.pending = true;
+        resolve();
+      }, this.pollIntervalMs);
+      this.wakeWaiter = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  /** Sleeps `ms` unless stopped or reconnected; new rows do not cut a retry delay short. */
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const signal = this.stopper.signal;
+      const done = (): void => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        this.retryCut = undefined;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener('abort', done, { once: true });
+      this.retryCut = done;
+    });
+  }
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+function isNoResponders(err: unknown): boolean {
+  return (err as { code?: unknown } | null)?.code === ErrorCode.NoResponders;
+}

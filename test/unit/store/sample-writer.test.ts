@@ -1,0 +1,120 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { FailedPreconditionError } from '../../../services/shared/errors.js';
+import { createLogger } from '../../../services/shared/log.js';
+import { SampleWriter, type SampleBatch } from '../../../services/coordinator/store/sample-writer.js';
+import type { NewHostCpuRow, NewProgressRow } from '../../../services/coordinator/store/schema.js';
+
+const logger = createLogger('test', {}, () => undefined, 'error');
+const progress = (i: number): NewProgressRow => ({ run_id: 'r', at: i, pass: i }) as NewProgressRow;
+const cpu = (i: number): NewHostCpuRow => ({ run_id: 'r', at: i, source_cpu_seconds: i, destination_cpu_seconds: 0 });
+
+function writer(opts: Partial<ConstructorParameters<typeof SampleWriter>[0]> = {}) {
+  const batches: SampleBatch[] = [];
+  const w = new SampleWriter({
+    persist: async (b) => {
+      batches.push(b);
+    },
+    batchSize: 10,
+    flushIntervalMs: 100,
+    maxBuffered: 50,
+    logger,
+    ...opts,
+  });
+  return { w, batches };
+}
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe('SampleWriter', () => {
+  it('flushes when a batch is full', async () => {
+    vi.useFakeTimers();
+    const { w, batches } = writer();
+    for (let i = 0; i < 10; i++) w.addProgress(progress(i));
+    expect(batches).toHaveLength(0);
+    await vi.advanceTimersToNextTimerAsync(); // the immediate scheduled by the full batch
+    expect(batches).toHaveLength(1);
+    expect(batches[0]!.progress).toHaveLength(10);
+    expect(w.size).toBe(0);
+  });
+
+  it('flushes after the interval when the batch is not full', async () => {
+    vi.useFakeTimers();
+    const { w, batches } = writer();
+    w.addHostCpu(cpu(1));
+    await vi.advanceTimersByTimeAsync(99);
+    expect(batches).toHaveLength(0);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(batches).toHaveLength(1);
+    expect(batches[0]!.hostCpu).toEqual([cpu(1)]);
+  });
+
+  it('writes a sample that carries an event right away, with its event', async () => {
+    vi.useFakeTimers();
+    const { w, batches } = writer();
+    w.addProgress(progress(1));
+    w.addProgress(progress(2), { runId: 'r', time: new Date(0), payload: { $case: 'runProgress', value: { runId: 'r', sample: undefined } } });
+    await vi.advanceTimersToNextTimerAsync();
+    expect(batches).toHaveLength(1);
+    expect(batches[0]!.progress).toHaveLength(2);
+    expect(batches[0]!.events).toHaveLength(1);
+  });
+
+  it('keeps rows in order after a failed write and retries them', async () => {
+    let fail = true;
+    const written: number[] = [];
+    const { w } = writer({
+      persist: async (b) => {
+        if (fail) throw new Error('SQLITE_BUSY');
+        written.push(...b.progress.map((p) => p.pass as number));
+      },
+    });
+    w.addProgress(progress(1));
+    w.addProgress(progress(2));
+    await expect(w.flush()).rejects.toThrow('SQLITE_BUSY');
+    expect(w.size).toBe(2);
+    w.addProgress(progress(3));
+    fail = false;
+    await w.flush();
+    expect(written).toEqual([1, 2, 3]);
+    expect(w.stats()).toEqual({ written: 3, dropped: 0, failedFlushes: 1 });
+    await w.close();
+  });
+
+  it('drops the oldest rows beyond maxBuffered while writes fail', async () => {
+    const { w } = writer({
+      persist: async () => {
+        throw new Error('disk full');
+      },
+      batchSize: 1000,
+      maxBuffered: 5,
+    });
+    for (let i = 0; i < 8; i++) w.addProgress(progress(i));
+    await expect(w.flush()).rejects.toThrow('disk full');
+    expect(w.size).toBe(5);
+    expect(w.stats().dropped).toBe(3);
+    await expect(w.close()).rejects.toThrow('disk full');
+  });
+
+  it('serializes flushes and refuses samples after close', async () => {
+    let active = 0;
+    let maxActive = 0;
+    const { w } = writer({
+      persist: async () => {
+        active++;
+        maxActive = Math.max(maxActive, active);
+        await new Promise((r) => setTimeout(r, 5));
+        active--;
+      },
+    });
+    w.addProgress(progress(1));
+    const a = w.flush();
+    w.addProgress(progress(2));
+    const b = w.flush();
+    await Promise.all([a, b]);
+    expect(maxActive).toBe(1);
+    await w.close();
+    expect(() => w.addProgress(progress(3))).toThrow(FailedPreconditionError);
+  });
+});

@@ -136,17 +136,19 @@ export class IncomingMigration {
     });
   }
 
-  /** migrate-pause, out of band (an in-band command to a stalled post-copy destination can hang). */
+  /**
+   * migrate-pause, out of band: an in-band command to a stalled post-copy destination can hang,
+   * and query-migrate has no out-of-band form, so the status comes from the MIGRATION events this
+   * object follows.
+   */
   async pause(): Promise<string> {
-    const { vm } = this.p;
-    const st = String(((await vm.qmp.execute('query-migrate', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 })) as { status?: string }).status);
-    if (st === 'postcopy-active') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 });
-    for (let i = 0; i < 50; i++) {
-      const s = String(((await vm.qmp.execute('query-migrate', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 })) as { status?: string }).status);
-      if (s !== 'postcopy-active') return s;
-      await sleep(100);
+    const { vm, log } = this.p;
+    if (this.status === 'postcopy-active' || this.status === 'postcopy-recover') {
+      await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('migrate-pause on destination', { err: (err as Error).message }));
     }
-    return 'postcopy-active';
+    const deadline = Date.now() + 5000;
+    while (this.status !== 'postcopy-paused' && !this.exited && Date.now() < deadline) await this.changed(deadline - Date.now());
+    return this.status;
   }
 
   /** migrate-recover on a fresh port, out of band; returns the URI the source resumes to. */

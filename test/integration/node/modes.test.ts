@@ -51,7 +51,7 @@ describe('node daemons: migration modes', () => {
       // several passes without converging at 300 ms: raise the limit live
       if (u.update.value.pass >= 4) {
         raised = true;
-        await c.clients['a']!.adjustMigration({ runId, downtimeLimitMs: 5000, actor: 'test', reason: 'not converging' });
+        await c.clients['a']!.adjustMigration({ runId, downtimeLimitMs: 5000, enableAutoConverge: false, actor: 'test', reason: 'not converging' });
       }
     });
     expect(passesAt300).toBeGreaterThanOrEqual(4);

@@ -1,0 +1,100 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MigrationState, PolicyActionKind } from '../../../services/shared/gen/migd/v1/common.js';
+import { followMigration, guestSpec, policy, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+
+describe('node daemons: post-copy recovery, restart, bad input', () => {
+  let c: NodeCluster;
+  beforeAll(async () => {
+    c = await startNodeCluster(['a', 'b']);
+  });
+  afterAll(async () => {
+    await c?.close();
+  });
+  const dest = () => ({ nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress });
+
+  it('recovers a post-copy migration whose link is cut and restored, and completes', async () => {
+    const a = c.clients['a']!;
+    await a.createVm({ spec: guestSpec('pc1', { memoryMib: 256, workers: 1, bytesPerWorker: 96 << 20 }) });
+    const before = await waitForGuest(a, 'pc1', 2, 30_000, (s) => s.pagesVerified > 0);
+    // slow enough that post-copy takes a while, so the cut lands in the middle of it
+    await c.tb.shape('a', { rateMbit: 80 });
+    const runId = 'run-recover-1';
+    await a.startMigration({ runId, vmName: 'pc1', destination: dest(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
+    let cut = false;
+    let restoredAt = 0;
+    const trace = await followMigration(a, runId, async (u) => {
+      if (!cut && u.update?.$case === 'stateChange' && u.update.value.to === MigrationState.MIGRATION_STATE_POSTCOPY) {
+        cut = true;
+        await new Promise((r) => setTimeout(r, 500));
+        await c.tb.cut('a');
+        setTimeout(() => {
+          restoredAt = Date.now();
+          void c.tb.restore('a');
+        }, 8000);
+      }
+    });
+    expect(cut).toBe(true);
+    expect(restoredAt).toBeGreaterThan(0);
+    expect(trace.states).toContain(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED);
+    expect(trace.result.actions.some((x) => x.kind === PolicyActionKind.POLICY_ACTION_KIND_RECOVER)).toBe(true);
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    expect(trace.result.stats!.recoveries).toBeGreaterThanOrEqual(1);
+    const after = await waitForGuest(c.clients['b']!, 'pc1', 2, 30_000, (s) => s.pagesVerified > before.at(-1)!.pagesVerified);
+    expect(after.at(-1)!.integrityErrors).toBe(0);
+    console.log(`post-copy recovery: total ${trace.result.stats!.totalTimeMs} ms, recoveries ${trace.result.stats!.recoveries}`);
+    await c.tb.unshape('a');
+    await c.clients['b']!.destroyVm({ name: 'pc1' });
+  });
+
+  it('a node daemon killed and restarted reattaches to its running VMs', async () => {
+    const a = c.clients['a']!;
+    await a.createVm({ spec: guestSpec('keep1') });
+    const before = await waitForGuest(a, 'keep1', 2);
+    const pid = (await a.getVm({ name: 'keep1' })).vm!.pid;
+    await c.nodes['a']!.kill();
+    // QEMU outlives its manager
+    expect(() => process.kill(pid, 0)).not.toThrow();
+    await c.restart('a');
+    const a2 = c.clients['a']!;
+    const { vms } = await a2.listVms({});
+    expect(vms.map((v) => v.spec!.name)).toEqual(['keep1']);
+    expect(vms[0]!.pid).toBe(pid);
+    const after = await waitForGuest(a2, 'keep1', 2);
+    expect(after.at(-1)!.guestMonoMs).toBeGreaterThan(before.at(-1)!.guestMonoMs);
+    expect(after.at(-1)!.integrityErrors).toBe(0);
+    await a2.destroyVm({ name: 'keep1' });
+  });
+
+  it('refuses bad input with the right code and changes nothing', async () => {
+    const a = c.clients['a']!;
+    await a.createVm({ spec: guestSpec('bad1') });
+    const d = dest();
+    await expect(a.startMigration({ runId: 'r-unknown', vmName: 'nope', destination: d, policy: policy({}) })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await expect(a.createVm({ spec: guestSpec('../etc') })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await expect(a.createVm({ spec: guestSpec('huge', { memoryMib: 1024 * 1024 }) })).rejects.toMatchObject({ code: 'RESOURCE_EXHAUSTED' });
+    await expect(a.createVm({ spec: guestSpec('bad1') })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+    await expect(
+      a.startMigration({ runId: 'r-combo', vmName: 'bad1', destination: d, policy: policy({ xbzrle: { enabled: true, cacheBytes: 0 }, multifd: { enabled: true, channels: 2, compression: 0, compressionLevel: 0 } }) }),
+    ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    // a destination that does not answer: an address in the host's own subnet where nobody listens
+    await expect(
+      a.startMigration({ runId: 'r-down', vmName: 'bad1', destination: { nodeId: 'ghost', managementAddress: `${c.tb.host('a').mgmtAddress}:7999`, migrationAddress: c.tb.host('b').migrationAddress }, policy: policy({}) }),
+    ).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    // nothing changed: still running, not migrating, nothing on b
+    expect((await a.getVm({ name: 'bad1' })).vm?.state).toBe(2);
+    expect((await c.clients['b']!.listVms({})).vms).toHaveLength(0);
+    // VM already migrating
+    await c.tb.shape('a', { rateMbit: 10 });
+    await a.startMigration({ runId: 'r-first', vmName: 'bad1', destination: d, policy: policy({}) });
+    await expect(a.startMigration({ runId: 'r-second', vmName: 'bad1', destination: d, policy: policy({}) })).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
+    // same run id again is idempotent
+    const again = await a.startMigration({ runId: 'r-first', vmName: 'bad1', destination: d, policy: policy({}) });
+    expect(again.migration?.runId).toBe('r-first');
+    await expect(a.destroyVm({ name: 'bad1' })).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
+    await a.cancelMigration({ runId: 'r-first', actor: 'test', reason: 'cleanup' });
+    const trace = await followMigration(a, 'r-first');
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_CANCELLED);
+    await c.tb.unshape('a');
+    await a.destroyVm({ name: 'bad1' });
+  });
+});

@@ -187,20 +187,28 @@ export class IncomingMigration {
       }
     }
     this.p.host.adoptIncoming(vm.name);
+    // Alive means: the workload reported here after the migration, including a verification of
+    // its memory (verify lines come at least once a second; this console only carries lines the
+    // guest printed on this node).
     const since = this.completedAtMs ?? Date.now();
     const last = vm.lastGuestSample();
-    if (last && last.hostMs > since) return { alive: true, sample: last.sample };
+    if (last && last.hostMs > since && last.sample.pagesVerified > 0) return { alive: true, sample: last.sample };
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(new DeadlineExceededError('guest did not report')), Math.max(1, deadline - Date.now()));
+    let seen: GuestPerfSample | undefined;
     try {
-      for await (const s of vm.guestSamples(ac.signal)) return { alive: true, sample: s };
+      for await (const s of vm.guestSamples(ac.signal)) {
+        seen = s;
+        if (s.pagesVerified > 0) return { alive: true, sample: s };
+      }
     } catch {
       // deadline
     } finally {
       clearTimeout(timer);
       ac.abort();
     }
-    return { alive: false, sample: vm.lastGuestSample()?.sample };
+    // It reported but never verified in time: alive, but say so through the sample.
+    return { alive: seen !== undefined, sample: seen ?? vm.lastGuestSample()?.sample };
   }
 
   /** Removes the incoming QEMU. @throws FailedPreconditionError once the guest runs here */

@@ -441,7 +441,7 @@ export class SourceMigration {
       sourceCpuSeconds: srcCpu,
       destinationCpuSeconds: this.destinationCpu,
       integrityErrors: confirm.sample?.integrityErrors ?? 0,
-      pagesVerifiedAfter: confirm.sample?.pagesVerified ?? 0,
+      pagesVerifiedAfter: Math.max(0, (confirm.sample?.pagesVerified ?? 0) - (vm.lastGuestSample()?.sample.pagesVerified ?? 0)),
       maxThrottlePct: this.maxThrottle,
       recoveries: this.recoveries,
     });

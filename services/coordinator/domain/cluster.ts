@@ -1,0 +1,149 @@
+/**
+ * The cluster as placement, the queue and drain planning see it: plain data, built by the caller
+ * from the node registry and the run store (see {@link clusterFromProto}). Nothing here talks to a
+ * node; a snapshot goes in, a decision comes out.
+ */
+import { VmState, type VmInfo } from '../../shared/gen/migd/v1/common.js';
+import { NodeStatus, type Node } from '../../shared/gen/migd/v1/coordinator.js';
+import { MiB } from './units.js';
+
+/** A hypervisor node. */
+export interface NodeModel {
+  readonly id: string;
+  /** Heart-beating; nothing is placed on a down node and nothing can leave it live. */
+  readonly up: boolean;
+  readonly memoryTotalBytes: number;
+  /** Memory available for new guests as the node last reported it. */
+  readonly memoryFreeBytes: number;
+  /** Migration capabilities the node's QEMU supports (QMP names, e.g. "postcopy-ram"). */
+  readonly capabilities: readonly string[];
+}
+
+/** A VM on a node. */
+export interface VmModel {
+  readonly name: string;
+  readonly nodeId: string;
+  readonly memoryMib: number;
+  /** VMs sharing a non-empty group are never placed on the same node. */
+  readonly antiAffinityGroup?: string | undefined;
+  /** Measured dirty rate in bytes per second (from an earlier migration or a probe), if known. */
+  readonly dirtyRateBytesPerSec?: number | undefined;
+  /** Already the subject of a queued or running migration. */
+  readonly migrating?: boolean | undefined;
+}
+
+/** Measured or configured bandwidth of the migration path from one node to another. */
+export interface LinkEstimate {
+  readonly from: string;
+  readonly to: string;
+  readonly bandwidthBytesPerSec: number;
+}
+
+/**
+ * A migration already planned (queued or running) whose destination memory is not yet visible in
+ * the destination's reported free memory. Placement reserves it, and counts the VM as being on
+ * `to` for anti-affinity.
+ */
+export interface PlannedMove {
+  readonly vmName: string;
+  readonly from: string;
+  readonly to: string;
+  readonly memoryBytes: number;
+}
+
+/** A snapshot of the cluster. */
+export interface ClusterModel {
+  readonly nodes: readonly NodeModel[];
+  readonly vms: readonly VmModel[];
+  readonly links?: readonly LinkEstimate[] | undefined;
+  readonly plannedMoves?: readonly PlannedMove[] | undefined;
+}
+
+export function vmMemoryBytes(vm: VmModel): number {
+  return vm.memoryMib * MiB;
+}
+
+export function findNode(cluster: ClusterModel, id: string): NodeModel | undefined {
+  return cluster.nodes.find((n) => n.id === id);
+}
+
+export function findVm(cluster: ClusterModel, name: string): VmModel | undefined {
+  return cluster.vms.find((v) => v.name === name);
+}
+
+/** The bandwidth estimate of the ordered pair (from, to), if one is known. */
+export function linkBandwidth(cluster: ClusterModel, from: string, to: string): number | undefined {
+  return cluster.links?.find((l) => l.from === from && l.to === to)?.bandwidthBytesPerSec;
+}
+
+/** Every planned move: the cluster's own plus `extra` (e.g. earlier entries of the plan being built). */
+export function allMoves(cluster: ClusterModel, extra: readonly PlannedMove[] = []): readonly PlannedMove[] {
+  return [...(cluster.plannedMoves ?? []), ...extra];
+}
+
+/**
+ * Where each VM is, or will be once the planned moves are done. Anti-affinity is judged against
+ * this, so two VMs of one group planned onto the same node in the same plan are caught too.
+ */
+export function effectiveLocations(cluster: ClusterModel, moves: readonly PlannedMove[]): Map<string, string> {
+  const at = new Map<string, string>();
+  for (const vm of cluster.vms) at.set(vm.name, vm.nodeId);
+  for (const m of moves) at.set(m.vmName, m.to);
+  return at;
+}
+
+/** Memory and count of planned moves into `nodeId`. */
+export function inboundReservations(moves: readonly PlannedMove[], nodeId: string): { bytes: number; count: number } {
+  let bytes = 0;
+  let count = 0;
+  for (const m of moves) {
+    if (m.to !== nodeId) continue;
+    bytes += m.memoryBytes;
+    count++;
+  }
+  return { bytes, count };
+}
+
+/**
+ * Builds the model from the coordinator's proto view of the cluster. The incoming half of a
+ * running migration (a VM_STATE_INCOMING entry on the destination) becomes a {@link PlannedMove}
+ * rather than a second VM of the same name, so its memory is reserved and anti-affinity sees the
+ * VM where it is going.
+ * @param dirtyRates measured dirty rates by VM name (e.g. from the VM's last migration's samples)
+ */
+export function clusterFromProto(
+  nodes: readonly Node[],
+  vms: readonly VmInfo[],
+  opts: { links?: readonly LinkEstimate[]; plannedMoves?: readonly PlannedMove[]; dirtyRates?: ReadonlyMap<string, number> } = {},
+): ClusterModel {
+  const residents = vms.filter((v) => v.state !== VmState.VM_STATE_INCOMING);
+  const moves: PlannedMove[] = [...(opts.plannedMoves ?? [])];
+  for (const v of vms) {
+    const name = v.spec?.name ?? '';
+    if (v.state !== VmState.VM_STATE_INCOMING || moves.some((m) => m.vmName === name)) continue;
+    const from = residents.find((r) => r.spec?.name === name)?.nodeId ?? '';
+    moves.push({ vmName: name, from, to: v.nodeId, memoryBytes: (v.spec?.memoryMib ?? 0) * MiB });
+  }
+  return {
+    nodes: nodes.map((n) => ({
+      id: n.host?.nodeId ?? '',
+      up: n.status === NodeStatus.NODE_STATUS_UP,
+      memoryTotalBytes: n.host?.memoryTotalBytes ?? 0,
+      memoryFreeBytes: n.host?.memoryFreeBytes ?? 0,
+      capabilities: n.host?.migrationCapabilities ?? [],
+    })),
+    vms: residents.map((v) => {
+      const name = v.spec?.name ?? '';
+      return {
+        name,
+        nodeId: v.nodeId,
+        memoryMib: v.spec?.memoryMib ?? 0,
+        antiAffinityGroup: v.spec?.antiAffinityGroup || undefined,
+        dirtyRateBytesPerSec: opts.dirtyRates?.get(name),
+        migrating: v.state === VmState.VM_STATE_MIGRATING || v.migrationRunId !== '' || moves.some((m) => m.vmName === name),
+      };
+    }),
+    links: opts.links,
+    plannedMoves: moves,
+  };
+}

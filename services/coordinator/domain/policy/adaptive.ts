@@ -1,0 +1,322 @@
+/**
+ * migd's adaptive convergence policy. None of the seed studies has one: they compare fixed
+ * strategies. This one watches the samples, predicts early whether pre-copy will converge, and
+ * takes the cheapest step that the prediction says suffices.
+ *
+ * ## Prediction
+ * Pre-copy resends, in each pass, what the guest dirtied during the previous one. With dirty rate
+ * D and throughput B (r = D/B), the backlog found at a pass boundary shrinks by ≈ r per pass
+ * (a geometric series) while r < 1, and stops shrinking once r ≥ 1. QEMU switches over when
+ * backlog / B ≤ downtime limit L; its `expected-downtime` is exactly backlog-at-last-sync / B
+ * (estimated as D × pass time / B when missing). With b the backlog as switch-over time:
+ *  - b ≤ L: converges at the next boundary;
+ *  - r < 1: converges after n = ⌈ln(L/b) / ln r⌉ more passes; "soon" when n ≤ K (5);
+ *  - otherwise it will not converge on its own; the switch-over then needs ≈ b·r^K (r < 1: what
+ *    is left after K more passes) or ≈ b·r (r ≥ 1).
+ * QEMU's dirty-pages-rate counts pages newly dirty at each sync per second, so a guest whose
+ * working set is rewritten faster than a pass shows r ≈ 1 however hard it writes: "dirty rate
+ * above the link" appears as r ≥ 1 with a large backlog, and the backlog, not r, says how far
+ * from converging it is. The rates measured over the first pass are biased low (it spans cold
+ * memory), so a slow-but-shrinking prediction (r < 1) is only acted on once every windowed rate
+ * comes from a later pass; r ≥ 1 is acted on after the first. Every figure is the median of a short window (3 samples) so one
+ * noisy sample decides nothing.
+ *
+ * ## Cost model (guest harm), cheapest first
+ *  1. Raise the downtime limit to L' ≤ max_downtime_ms: one full stop of ≤ L', once. The operator
+ *     declared that much acceptable, the source stays a safe fallback, and nothing slows the
+ *     guest before it. We raise straight to the predicted need (+25 %, rounded up to 50 ms), not
+ *     along a ramp: every ramp step predicted too small costs a whole pass (seconds to minutes of
+ *     dirty tracking and link time) and buys nothing; re-evaluating after two passes and raising
+ *     again if the need grew keeps the value "just enough" without guessing low.
+ *  2. Auto-converge: throttling by t costs ≈ t of the guest's CPU for as long as it lasts —
+ *     several passes, since QEMU ramps it 20 % then +10 points per step (seed 002: a "prolonged
+ *     impact", far worse than post-copy's spike). For the switch-over to fit max_downtime_ms the
+ *     dirtying must fall by need/max, i.e. t* ≈ 1 − max/need. Worth it while t* ≤ 75 %
+ *     (equivalently: dirty rate < throughput × 4·max/backlog); beyond that the ramp alone costs
+ *     more guest CPU than post-copy's brief stall. The node arms the capability at start with the
+ *     throttle capped at 1 % (QEMU cannot add capabilities mid-migration) and lifts the cap when
+ *     asked.
+ *  3. Post-copy with preempt: the guest runs on the destination at once and faults in missing
+ *     pages: harm ≈ the backlog's transfer time (b) of slowed execution (seed 002: 400 → 7000
+ *     ms/GiB for under a second), preempt keeping faults out of the bulk stream's queue. Short,
+ *     but the guest is lost if the link or destination fails before it completes (seed 001), so
+ *     it comes after the steps that keep the source intact. Taken when t* > 75 %, or when
+ *     auto-converge has not shrunk the backlog by 20 % in 4 passes.
+ *  4. Last resort, only without post-copy: once the throttle is at its maximum and switch-over
+ *     still needs more than max_downtime_ms, the timeout action now rather than at the timeout
+ *     (pause: a full stop of b; or abort) — waiting longer only prolongs a 99 % throttle.
+ * The completion and progress timeouts apply on top, as for every policy.
+ *
+ * Hysteresis: after any action the window restarts and nothing more happens for two passes (an
+ * action needs a pass boundary to take effect); auto-converge and post-copy are taken at most once
+ * and the downtime limit only ever goes up.
+ */
+import { PolicyActionKind, PolicyKind, type MigrationPolicy, type ProgressSample } from '../../../shared/gen/migd/v1/common.js';
+import { formatBytes, formatDuration, formatRate } from '../units.js';
+import { completedPasses, dirtyBytesPerSec, isPostcopy, isPrecopy, isStarting, median, throughputBytesPerSec } from './signals.js';
+import { type TimeoutRules, type TimeoutState, checkTimeouts, initialTimeoutState, trackProgress } from './timeouts.js';
+import type { ConvergencePolicy, Decision, PolicyDecision, PolicyRequirements } from './types.js';
+
+/** Tuning knobs; the defaults are argued in the module comment. */
+export interface AdaptiveTuning {
+  /** Samples in the moving window (medians). */
+  readonly windowSamples: number;
+  /** Passes to wait after an action before deciding again. */
+  readonly settlePasses: number;
+  /** "Converges on its own" means within this many more passes (K). */
+  readonly convergeWithinPasses: number;
+  /** Headroom on a raised downtime limit. */
+  readonly downtimeMargin: number;
+  /** Downtime limits are rounded up to a multiple of this. */
+  readonly downtimeQuantumMs: number;
+  /** Auto-converge only while the throttle it needs is at most this (0..1). */
+  readonly autoConvergeMaxThrottle: number;
+  /** Passes auto-converge gets to shrink the backlog before post-copy takes over. */
+  readonly autoConvergeGracePasses: number;
+  /** The shrink it must achieve in that time (fraction of the backlog when it was enabled). */
+  readonly autoConvergeMinShrink: number;
+}
+
+export const DEFAULT_ADAPTIVE_TUNING: AdaptiveTuning = Object.freeze({
+  windowSamples: 3,
+  settlePasses: 2,
+  convergeWithinPasses: 5,
+  downtimeMargin: 1.25,
+  downtimeQuantumMs: 50,
+  autoConvergeMaxThrottle: 0.75,
+  autoConvergeGracePasses: 4,
+  autoConvergeMinShrink: 0.2,
+});
+
+export interface AdaptiveConfig {
+  readonly effective: MigrationPolicy;
+  readonly requirements: PolicyRequirements;
+  readonly timeouts: TimeoutRules;
+  /** Upper bound for raised downtime limits (max_downtime_ms). */
+  readonly maxDowntimeMs: number;
+  /** Why post-copy may not be used, or undefined when it may. */
+  readonly postcopyUnavailable: string | undefined;
+  /** Throttle (percent) at which auto-converge counts as exhausted. */
+  readonly autoConvergeMaxPct: number;
+  /** The step-4 action without post-copy: PAUSE_GUEST (force-complete) or ABORT. */
+  readonly lastResort: PolicyActionKind;
+  readonly tuning?: Partial<AdaptiveTuning> | undefined;
+}
+
+/** One windowed reading. */
+export interface AdaptiveReading {
+  readonly t: number;
+  /** QEMU's pass number (dirty-sync-count) when read. */
+  readonly pass: number;
+  readonly dirty: number;
+  readonly bw: number;
+  /** Backlog at the last pass boundary, as switch-over time in ms. */
+  readonly backlogMs: number;
+}
+
+/** Plain-data state of the {@link AdaptivePolicy}. */
+export interface AdaptiveState {
+  readonly done: boolean;
+  readonly downtimeMs: number;
+  readonly autoConverge: boolean;
+  /** Completed passes and backlog (ms) when auto-converge was enabled; null until measured. */
+  readonly autoConvergeAt: { readonly passes: number; readonly backlogMs: number } | null;
+  /** Completed passes at the last action (-1: none yet). */
+  readonly lastActionPasses: number;
+  readonly window: readonly AdaptiveReading[];
+  /** [pass, first seen at ms] of the last few passes, for pass durations. */
+  readonly passMarks: readonly (readonly [number, number])[];
+  readonly timeouts: TimeoutState;
+}
+
+/** The policy's reading of the window, exposed for tests and the run timeline. */
+export interface AdaptivePrediction {
+  readonly dirtyBytesPerSec: number;
+  readonly throughputBytesPerSec: number;
+  readonly ratio: number;
+  readonly backlogMs: number;
+  /** Downtime limit in force. */
+  readonly limitMs: number;
+  /** More passes needed at the current limit (Infinity: never). */
+  readonly passesToConverge: number;
+  /** Switch-over time needed when it does not converge soon on its own. */
+  readonly needMs: number;
+  readonly convergesSoon: boolean;
+}
+
+const pct = (x: number): string => `${Math.round(x * 100)}%`;
+
+/** See the module comment. */
+export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
+  readonly name = 'adaptive';
+  readonly kind = PolicyKind.POLICY_KIND_ADAPTIVE;
+  readonly effective: MigrationPolicy;
+  readonly requirements: PolicyRequirements;
+  readonly timeouts: TimeoutRules;
+  readonly tuning: AdaptiveTuning;
+  private readonly config: AdaptiveConfig;
+
+  constructor(config: AdaptiveConfig) {
+    this.config = config;
+    this.effective = config.effective;
+    this.requirements = config.requirements;
+    this.timeouts = config.timeouts;
+    this.tuning = { ...DEFAULT_ADAPTIVE_TUNING, ...config.tuning };
+  }
+
+  initialState(): AdaptiveState {
+    return {
+      done: false,
+      downtimeMs: this.effective.downtimeLimitMs,
+      autoConverge: this.requirements.autoConverge === 'on',
+      autoConvergeAt: null,
+      lastActionPasses: -1,
+      window: [],
+      passMarks: [],
+      timeouts: initialTimeoutState(),
+    };
+  }
+
+  /** Median figures of a full window and what they predict. */
+  predict(window: readonly AdaptiveReading[], limitMs: number): AdaptivePrediction {
+    const { convergeWithinPasses: k } = this.tuning;
+    const dirty = median(window.map((r) => r.dirty));
+    const bw = median(window.map((r) => r.bw));
+    const backlogMs = median(window.map((r) => r.backlogMs));
+    const ratio = bw > 0 ? dirty / bw : Infinity;
+    let passesToConverge: number;
+    if (backlogMs <= limitMs) passesToConverge = 0;
+    else if (ratio < 1 && ratio > 0) passesToConverge = Math.ceil(Math.log(limitMs / backlogMs) / Math.log(ratio));
+    else if (ratio === 0) passesToConverge = 1;
+    else passesToConverge = Infinity;
+    const needMs = ratio < 1 ? backlogMs * ratio ** k : backlogMs * ratio;
+    return { dirtyBytesPerSec: dirty, throughputBytesPerSec: bw, ratio, backlogMs, limitMs, passesToConverge, needMs, convergesSoon: passesToConverge <= k };
+  }
+
+  decide(state: AdaptiveState, sample: ProgressSample, nowMs: number): Decision<AdaptiveState> {
+    if (state.done) return { actions: [], state };
+    if (isPostcopy(sample)) return { actions: [], state: { ...state, done: true } };
+    if (!isPrecopy(sample) && !isStarting(sample)) return { actions: [], state };
+
+    const timeouts = trackProgress(state.timeouts, sample);
+    const timeout = checkTimeouts(this.timeouts, timeouts, nowMs);
+    if (timeout) return { actions: [timeout], state: { ...state, timeouts, done: true } };
+    if (!isPrecopy(sample)) return { actions: [], state: { ...state, timeouts } };
+
+    const passMarks = this.markPass(state.passMarks, sample);
+    const window = this.observe(state.window, passMarks, sample);
+    const base: AdaptiveState = { ...state, timeouts, passMarks, window, downtimeMs: Math.max(state.downtimeMs, sample.downtimeLimitMs) };
+
+    const passes = completedPasses(sample);
+    const settled = state.lastActionPasses < 0 || passes - state.lastActionPasses >= this.tuning.settlePasses;
+    if (passes < 1 || window.length < this.tuning.windowSamples || !settled) return { actions: [], state: base };
+
+    const p = this.predict(window, base.downtimeMs);
+    let st = base;
+    if (st.autoConverge && st.autoConvergeAt === null) st = { ...st, autoConvergeAt: { passes, backlogMs: p.backlogMs } };
+    // A shrinking-but-slow prediction needs rates measured over a later pass than the first,
+    // which spans cold memory and biases r low (see module comment).
+    if (p.convergesSoon || (p.ratio < 1 && window.some((r) => r.pass < 3))) return { actions: [], state: st };
+
+    const decision = this.escalate(st, p, sample, nowMs);
+    if (!decision) return { actions: [], state: st };
+    const next: AdaptiveState = { ...st, lastActionPasses: passes, window: [] };
+    switch (decision.kind) {
+      case PolicyActionKind.POLICY_ACTION_KIND_SET_DOWNTIME:
+        return { actions: [decision], state: { ...next, downtimeMs: decision.value } };
+      case PolicyActionKind.POLICY_ACTION_KIND_ENABLE_AUTO_CONVERGE:
+        return { actions: [decision], state: { ...next, autoConverge: true, autoConvergeAt: { passes, backlogMs: p.backlogMs } } };
+      default:
+        return { actions: [decision], state: { ...next, done: true } };
+    }
+  }
+
+  /** The cheapest sufficient step for a migration predicted not to converge soon, if any. */
+  private escalate(st: AdaptiveState, p: AdaptivePrediction, sample: ProgressSample, nowMs: number): PolicyDecision | undefined {
+    const t = this.tuning;
+    const max = this.config.maxDowntimeMs;
+    const figures = `backlog ≈${formatDuration(p.backlogMs)} of transfer, dirty ${formatRate(p.dirtyBytesPerSec)} = ${p.ratio.toFixed(2)}× the ${formatRate(p.throughputBytesPerSec)} link`;
+    const horizon = p.ratio < 1 ? ` even after ${t.convergeWithinPasses} more passes` : '';
+    const verdict = `predicted not to converge at ${p.limitMs} ms (${figures}): switch-over needs ≈${formatDuration(p.needMs)}${horizon}`;
+
+    // 1. A bounded downtime raise, straight to the predicted need.
+    const target = Math.ceil((p.needMs * t.downtimeMargin) / t.downtimeQuantumMs) * t.downtimeQuantumMs;
+    if (target <= max && target > p.limitMs) {
+      return {
+        kind: PolicyActionKind.POLICY_ACTION_KIND_SET_DOWNTIME,
+        value: target,
+        elapsedMs: nowMs,
+        reason: `${verdict}; raising the downtime limit to ${target} ms (need +${pct(t.downtimeMargin - 1)}, within max ${max} ms): one pause of at most ${target} ms is the cheapest step`,
+      };
+    }
+
+    const postcopy = this.config.postcopyUnavailable === undefined;
+    const throttleNeeded = Math.min(0.99, Math.max(0, 1 - max / p.needMs));
+    const throttleWouldDo = throttleNeeded <= t.autoConvergeMaxThrottle;
+    const passes = completedPasses(sample);
+    const acFailing =
+      st.autoConverge &&
+      st.autoConvergeAt !== null &&
+      passes - st.autoConvergeAt.passes >= t.autoConvergeGracePasses &&
+      p.backlogMs > (1 - t.autoConvergeMinShrink) * st.autoConvergeAt.backlogMs;
+    const overMax = `${verdict} > max ${max} ms`;
+
+    // 2. Auto-converge while a moderate throttle suffices (or as the only live option left).
+    if (!st.autoConverge && (throttleWouldDo || !postcopy)) {
+      const why = throttleWouldDo
+        ? `dirtying must fall to ${pct(1 - throttleNeeded)} for the switch-over to fit: a throttle of ≈${pct(throttleNeeded)} (≤ ${pct(t.autoConvergeMaxThrottle)})`
+        : `it would need ≈${pct(throttleNeeded)} throttle, but post-copy is unavailable (${this.config.postcopyUnavailable ?? ''})`;
+      return { kind: PolicyActionKind.POLICY_ACTION_KIND_ENABLE_AUTO_CONVERGE, value: 0, elapsedMs: nowMs, reason: `${overMax}; ${why}: enabling auto-converge` };
+    }
+
+    // 3. Post-copy when throttling would cost too much, or has not worked.
+    if (postcopy && (!throttleWouldDo || acFailing)) {
+      const why = acFailing
+        ? `auto-converge has not shrunk the backlog in ${passes - (st.autoConvergeAt?.passes ?? passes)} passes (≈${formatDuration(st.autoConvergeAt?.backlogMs ?? 0)} → ≈${formatDuration(p.backlogMs)})`
+        : `throttling would need ≈${pct(throttleNeeded)} of the guest's CPU (> ${pct(t.autoConvergeMaxThrottle)}) for the rest of the migration`;
+      const backlogBytes = (p.backlogMs / 1000) * p.throughputBytesPerSec;
+      return {
+        kind: PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY,
+        value: 0,
+        elapsedMs: nowMs,
+        reason: `${overMax}; ${why}; switching to post-copy${this.requirements.postcopyPreempt ? ' with preempt' : ''}: ≈${formatDuration(p.backlogMs)} of page faults for the ≈${formatBytes(backlogBytes)} still dirty`,
+      };
+    }
+
+    // 4. Without post-copy, once the throttle is exhausted.
+    if (!postcopy && st.autoConverge && sample.throttlePct >= this.config.autoConvergeMaxPct) {
+      const what = this.config.lastResort === PolicyActionKind.POLICY_ACTION_KIND_PAUSE_GUEST ? 'pausing the guest to force completion' : 'aborting (timeout action)';
+      return {
+        kind: this.config.lastResort,
+        value: 0,
+        elapsedMs: nowMs,
+        reason: `${overMax}; auto-converge is at ${sample.throttlePct}% and post-copy is unavailable (${this.config.postcopyUnavailable ?? ''}): ${what} now rather than at the timeout`,
+      };
+    }
+    return undefined;
+  }
+
+  /** Remembers when each pass was first seen (for pass durations). */
+  private markPass(marks: AdaptiveState['passMarks'], sample: ProgressSample): AdaptiveState['passMarks'] {
+    const last = marks[marks.length - 1];
+    if (last && last[0] >= sample.pass) return marks;
+    return [...marks, [sample.pass, sample.elapsedMs] as const].slice(-3);
+  }
+
+  /** Adds the sample to the window when it carries the figures the prediction needs. */
+  private observe(window: readonly AdaptiveReading[], marks: AdaptiveState['passMarks'], sample: ProgressSample): readonly AdaptiveReading[] {
+    const bw = throughputBytesPerSec(sample);
+    if (completedPasses(sample) < 1 || bw <= 0) return window;
+    const dirty = dirtyBytesPerSec(sample);
+    let backlogMs = sample.expectedDowntimeMs;
+    if (backlogMs <= 0) {
+      // QEMU's expected-downtime is backlog-at-last-sync / bandwidth; without it, the backlog is
+      // what the guest dirtied during the last full pass.
+      const a = marks[marks.length - 2];
+      const b = marks[marks.length - 1];
+      const passMs = a && b ? b[1] - a[1] : undefined;
+      backlogMs = passMs !== undefined ? (dirty * passMs) / bw : (sample.remainingBytes / bw) * 1000;
+    }
+    return [...window, { t: sample.elapsedMs, pass: sample.pass, dirty, bw, backlogMs }].slice(-this.tuning.windowSamples);
+  }
+}

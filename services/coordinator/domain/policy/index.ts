@@ -1,0 +1,25 @@
+/**
+ * Convergence policies: pure functions from a migration's progress trace to actions. Start with
+ * {@link policyFor} (a request's MigrationPolicy → ConvergencePolicy) or {@link presetPolicy}.
+ */
+export type { ConvergencePolicy, Decision, PolicyDecision, PolicyRequirements, TimeoutRules } from './types.js';
+export { isTerminalAction, toPolicyAction } from './types.js';
+export { type AdaptiveConfig, type AdaptivePrediction, type AdaptiveReading, type AdaptiveState, type AdaptiveTuning, AdaptivePolicy, DEFAULT_ADAPTIVE_TUNING } from './adaptive.js';
+export { type ScheduleConfig, type ScheduleEffect, type ScheduleEntry, type ScheduleTrigger, type ScheduledState, type StepMode, ScheduledPolicy } from './scheduled.js';
+export { type TimeoutState, checkTimeouts, forceCompleteKind, resolveTimeouts, timeoutActionKind, trackProgress } from './timeouts.js';
+export { requirementsOf } from './requirements.js';
+export {
+  ADAPTIVE_DEFAULTS,
+  type FixedStrategy,
+  KUBEVIRT_DEFAULTS,
+  NOVA_DEFAULTS,
+  OVIRT_INITIAL_DOWNTIME_MS,
+  OVIRT_STEPS,
+  OVIRT_SUSPEND_DOWNTIME_MS,
+  QEMU_DOWNTIME_LIMIT_MS,
+  QEMU_THROTTLE,
+  fixedPolicy,
+  novaDowntimeSteps,
+  presetPolicy,
+} from './presets.js';
+export { forceCompleteKindFor, policyFor, policyName } from './factory.js';

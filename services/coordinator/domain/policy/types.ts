@@ -1,0 +1,104 @@
+/**
+ * The shape every convergence policy has: a pure function from (state, progress sample, time) to
+ * (actions, next state). State is plain JSON-serialisable data, so the coordinator can store it
+ * with the run and a restarted coordinator resumes a policy exactly where it stopped; replaying a
+ * recorded trace through `decide` reproduces the actions exactly (that is how the tests work).
+ */
+import {
+  PolicyActionKind,
+  type MigrationPolicy,
+  type PolicyAction,
+  type PolicyKind,
+  type ProgressSample,
+} from '../../../shared/gen/migd/v1/common.js';
+
+/** One step a policy wants taken now. Maps 1:1 onto the proto PolicyAction. */
+export interface PolicyDecision {
+  readonly kind: PolicyActionKind;
+  /** Milliseconds for SET_DOWNTIME, bytes per second for SET_BANDWIDTH, else 0. */
+  readonly value: number;
+  /** Why, in words, with the figures that led to it. */
+  readonly reason: string;
+  /** The migration's elapsed time when decided. */
+  readonly elapsedMs: number;
+}
+
+/** What the node must set up before the migration starts (QEMU cannot add capabilities later). */
+export interface PolicyRequirements {
+  /** Migration capabilities (QMP names) the policy needs on both ends. */
+  readonly capabilities: readonly string[];
+  /** post-copy may be started (by the node's own trigger, a force-complete, or the policy). */
+  readonly postcopy: boolean;
+  readonly postcopyPreempt: boolean;
+  /**
+   * Auto-converge: "on" throttles from the start; "armed" has the capability on with the throttle
+   * capped at 1 % so the policy can raise the cap later (ENABLE_AUTO_CONVERGE); "off" not at all.
+   */
+  readonly autoConverge: 'off' | 'armed' | 'on';
+}
+
+/** A policy's completion and progress timeouts, resolved for one guest (see timeouts.ts). */
+export interface TimeoutRules {
+  /** Undefined: no completion timeout. */
+  readonly completionMs: number | undefined;
+  /** Undefined: no progress timeout. */
+  readonly progressMs: number | undefined;
+  /** ABORT, START_POSTCOPY or PAUSE_GUEST. */
+  readonly onCompletion: PolicyActionKind;
+  readonly onProgress: PolicyActionKind;
+  /** How the completion timeout was computed, for the reason ("150 s/GiB × 0.50 GiB"). */
+  readonly completionBasis: string;
+}
+
+/** The result of one decision. */
+export interface Decision<S> {
+  readonly actions: readonly PolicyDecision[];
+  readonly state: S;
+}
+
+/**
+ * A convergence policy. `S` must be plain data (numbers, strings, booleans, null, arrays, objects)
+ * so that `JSON.parse(JSON.stringify(state))` is the same state.
+ */
+export interface ConvergencePolicy<S = unknown> {
+  /** Short stable name, e.g. "adaptive", "nova", "ovirt-minimal-downtime"; actions say "policy:<name>". */
+  readonly name: string;
+  readonly kind: PolicyKind;
+  /**
+   * The policy message to send to the nodes: the request's policy with this policy's defaults
+   * filled in (e.g. post-copy enabled on demand for oVirt's post-copy schedule).
+   */
+  readonly effective: MigrationPolicy;
+  readonly requirements: PolicyRequirements;
+  readonly timeouts: TimeoutRules;
+  /** State before the first sample. */
+  initialState(): S;
+  /**
+   * Feeds one progress sample.
+   * @param nowMs the migration's elapsed time by the coordinator's (injected) clock. Pass
+   *   `sample.elapsedMs` when replaying a trace; pass the clock when ticking without a new sample
+   *   (a node that stops reporting must still hit its progress timeout).
+   */
+  decide(state: S, sample: ProgressSample, nowMs: number): Decision<S>;
+}
+
+/** Builds the proto action the coordinator records and sends. */
+export function toPolicyAction(decision: PolicyDecision, policyName: string, at: Date): PolicyAction {
+  return {
+    time: at,
+    elapsedMs: decision.elapsedMs,
+    kind: decision.kind,
+    value: decision.value,
+    reason: decision.reason,
+    actor: `policy:${policyName}`,
+  };
+}
+
+/** ABORT, START_POSTCOPY and PAUSE_GUEST end a policy's work: after them it stays silent. */
+export function isTerminalAction(kind: PolicyActionKind): boolean {
+  return (
+    kind === PolicyActionKind.POLICY_ACTION_KIND_ABORT ||
+    kind === PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY ||
+    kind === PolicyActionKind.POLICY_ACTION_KIND_PAUSE_GUEST
+  );
+}

@@ -1,0 +1,236 @@
+/**
+ * The migration queue: which queued migrations may start now without exceeding any concurrency
+ * limit.
+ *
+ * Four limits, all enforced at once:
+ *  - per source host (outbound, default 2) and per cluster (default 5): KubeVirt's defaults
+ *    (parallelOutboundMigrationsPerNode 2, parallelMigrationsPerCluster 5);
+ *  - per destination host (inbound, default 2): an incoming QEMU writes guest memory as fast as the
+ *    stream arrives, so inbound streams compete for the destination's NIC and memory bandwidth;
+ *  - per migration link, the ordered (source, destination) pair (default 1): two migrations on one
+ *    NIC slow each other so much that neither may converge (seed 002: "little point in attempting
+ *    to run migrations in parallel on the same host, unless multiple NICs are available").
+ *
+ * Order: higher priority first, then position in the plan's dispatch order, then first come first
+ * served. Equal-priority plans interleave by plan position, so a second drain at the same priority
+ * is not stuck behind the whole of the first. A queued item that does not fit now does not block
+ * the items behind it (no head-of-line blocking), except that a blocked item reserves the hosts
+ * and link it waits for against strictly lower-priority items: otherwise a stream of low-priority
+ * work on its destination could starve it forever.
+ */
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
+
+/** Concurrency limits. Each must be a positive integer. */
+export interface ConcurrencyLimits {
+  /** Running migrations leaving one host. */
+  readonly perSource: number;
+  /** Running migrations arriving at one host. */
+  readonly perDestination: number;
+  /** Running migrations on one ordered (source, destination) pair. */
+  readonly perLink: number;
+  /** Running migrations in the whole cluster. */
+  readonly perCluster: number;
+}
+
+/** Defaults (see the module comment for where each comes from). */
+export const DEFAULT_LIMITS: ConcurrencyLimits = Object.freeze({ perSource: 2, perDestination: 2, perLink: 1, perCluster: 5 });
+
+/**
+ * Fills and validates limits.
+ * @throws InvalidArgumentError naming the limit that is not a positive integer
+ */
+export function resolveLimits(partial: Partial<ConcurrencyLimits> = {}): ConcurrencyLimits {
+  const limits = { ...DEFAULT_LIMITS, ...partial };
+  for (const [name, value] of Object.entries(limits)) {
+    if (!Number.isInteger(value) || value < 1) throw new InvalidArgumentError(`concurrency limit ${name} must be a positive integer, got ${value}`);
+  }
+  return Object.freeze(limits);
+}
+
+/** One migration waiting for, or holding, a slot. */
+export interface QueueItem {
+  /** Run id. */
+  readonly id: string;
+  readonly source: string;
+  readonly destination: string;
+  /** Higher first (SubmitPlanRequest.priority; default 0). */
+  readonly priority?: number | undefined;
+  /** Position in its plan's dispatch order (PlannedMigration.order; default 0). */
+  readonly order?: number | undefined;
+}
+
+/** Queue depth and slot usage. */
+export interface QueueSnapshot {
+  readonly limits: ConcurrencyLimits;
+  readonly queued: number;
+  readonly running: number;
+  /** Queued ids in dispatch order. */
+  readonly queuedIds: readonly string[];
+  readonly runningIds: readonly string[];
+  readonly outboundByHost: Readonly<Record<string, number>>;
+  readonly inboundByHost: Readonly<Record<string, number>>;
+  /** Keyed "source->destination". */
+  readonly runningByLink: Readonly<Record<string, number>>;
+}
+
+const linkKey = (source: string, destination: string): string => `${source}->${destination}`;
+
+/** Slot counters; `clone` lets nextDispatchable plan without touching the real ones. */
+class Usage {
+  total = 0;
+  readonly out = new Map<string, number>();
+  readonly in = new Map<string, number>();
+  readonly link = new Map<string, number>();
+
+  clone(): Usage {
+    const u = new Usage();
+    u.total = this.total;
+    for (const [k, v] of this.out) u.out.set(k, v);
+    for (const [k, v] of this.in) u.in.set(k, v);
+    for (const [k, v] of this.link) u.link.set(k, v);
+    return u;
+  }
+
+  /** The limit `item` would exceed, or undefined when it fits. */
+  violation(item: QueueItem, limits: ConcurrencyLimits): string | undefined {
+    if (this.total >= limits.perCluster) return `cluster limit ${limits.perCluster}`;
+    if ((this.out.get(item.source) ?? 0) >= limits.perSource) return `outbound limit ${limits.perSource} of ${item.source}`;
+    if ((this.in.get(item.destination) ?? 0) >= limits.perDestination) return `inbound limit ${limits.perDestination} of ${item.destination}`;
+    if ((this.link.get(linkKey(item.source, item.destination)) ?? 0) >= limits.perLink) {
+      return `link limit ${limits.perLink} of ${linkKey(item.source, item.destination)}`;
+    }
+    return undefined;
+  }
+
+  add(item: QueueItem, delta: 1 | -1): void {
+    const bump = (m: Map<string, number>, k: string): void => {
+      const v = (m.get(k) ?? 0) + delta;
+      if (v === 0) m.delete(k);
+      else m.set(k, v);
+    };
+    this.total += delta;
+    bump(this.out, item.source);
+    bump(this.in, item.destination);
+    bump(this.link, linkKey(item.source, item.destination));
+  }
+}
+
+/**
+ * The queue of one coordinator. Not persisted itself: after a restart the coordinator rebuilds it
+ * from the run store (queued runs → enqueue, running runs → enqueue + started).
+ */
+export class MigrationQueue<T extends QueueItem = QueueItem> {
+  readonly limits: ConcurrencyLimits;
+  private readonly queued = new Map<string, { item: T; seq: number }>();
+  private readonly running = new Map<string, T>();
+  private readonly usage = new Usage();
+  private seq = 0;
+
+  /** @throws InvalidArgumentError on a limit that is not a positive integer */
+  constructor(limits: Partial<ConcurrencyLimits> = {}) {
+    this.limits = resolveLimits(limits);
+  }
+
+  /**
+   * Adds a migration to the queue.
+   * @throws AlreadyExistsError when the id is queued or running; InvalidArgumentError when source
+   *   and destination are the same node
+   */
+  enqueue(item: T): void {
+    if (this.queued.has(item.id) || this.running.has(item.id)) throw new AlreadyExistsError(`run ${item.id} is already queued or running`);
+    if (item.source === item.destination) throw new InvalidArgumentError(`run ${item.id}: source and destination are both "${item.source}"`);
+    this.queued.set(item.id, { item, seq: this.seq++ });
+  }
+
+  /** Queued items in dispatch order. */
+  private ordered(): T[] {
+    return [...this.queued.values()]
+      .sort((a, b) => (b.item.priority ?? 0) - (a.item.priority ?? 0) || (a.item.order ?? 0) - (b.item.order ?? 0) || a.seq - b.seq)
+      .map((e) => e.item);
+  }
+
+  /**
+   * Everything that may start now, in dispatch order, such that starting all of them exceeds no
+   * limit. Does not change the queue: call {@link started} for each one actually started.
+   */
+  nextDispatchable(): T[] {
+    const usage = this.usage.clone();
+    // Hosts and links a blocked item waits for, with the highest priority waiting on each.
+    const claims = new Map<string, number>();
+    const claimed = (key: string, priority: number): boolean => (claims.get(key) ?? -Infinity) > priority;
+    const claim = (key: string, priority: number): void => {
+      claims.set(key, Math.max(claims.get(key) ?? -Infinity, priority));
+    };
+    const out: T[] = [];
+    for (const item of this.ordered()) {
+      if (usage.total >= this.limits.perCluster) break;
+      const priority = item.priority ?? 0;
+      const keys = [`out:${item.source}`, `in:${item.destination}`, `link:${linkKey(item.source, item.destination)}`];
+      if (usage.violation(item, this.limits) !== undefined) {
+        for (const k of keys) claim(k, priority);
+        continue;
+      }
+      if (keys.some((k) => claimed(k, priority))) continue;
+      usage.add(item, 1);
+      out.push(item);
+    }
+    return out;
+  }
+
+  /**
+   * Marks a queued migration as running.
+   * @throws NotFoundError when it is not queued; FailedPreconditionError when starting it would
+   *   exceed a limit (the message names which)
+   */
+  started(id: string): T {
+    const entry = this.queued.get(id);
+    if (!entry) throw new NotFoundError(this.running.has(id) ? `run ${id} is already running` : `run ${id} is not queued`);
+    const violation = this.usage.violation(entry.item, this.limits);
+    if (violation !== undefined) throw new FailedPreconditionError(`run ${id} cannot start now: it would exceed the ${violation}`, { reason: 'CONCURRENCY_LIMIT' });
+    this.queued.delete(id);
+    this.running.set(id, entry.item);
+    this.usage.add(entry.item, 1);
+    return entry.item;
+  }
+
+  /**
+   * Releases a running migration's slots (it succeeded, failed or was cancelled).
+   * @throws NotFoundError when it is not running
+   */
+  finished(id: string): T {
+    const item = this.running.get(id);
+    if (!item) throw new NotFoundError(`run ${id} is not running`);
+    this.running.delete(id);
+    this.usage.add(item, -1);
+    return item;
+  }
+
+  /**
+   * Cancels a migration: a queued one leaves the queue ("dequeued"); a running one keeps its slots
+   * until the node reports it cancelled and {@link finished} is called ("running").
+   * @throws NotFoundError when it is neither queued nor running
+   */
+  cancel(id: string): 'dequeued' | 'running' {
+    if (this.queued.delete(id)) return 'dequeued';
+    if (this.running.has(id)) return 'running';
+    throw new NotFoundError(`run ${id} is neither queued nor running`);
+  }
+
+  /** Whether `id` is queued or running. */
+  status(id: string): 'queued' | 'running' | undefined {
+    return this.queued.has(id) ? 'queued' : this.running.has(id) ? 'running' : undefined;
+  }
+
+  snapshot(): QueueSnapshot {
+    return {
+      limits: this.limits,
+      queued: this.queued.size,
+      running: this.running.size,
+      queuedIds: this.ordered().map((i) => i.id),
+      runningIds: [...this.running.keys()],
+      outboundByHost: Object.fromEntries(this.usage.out),
+      inboundByHost: Object.fromEntries(this.usage.in),
+      runningByLink: Object.fromEntries(this.usage.link),
+    };
+  }
+}

@@ -1,0 +1,142 @@
+import { describe, expect, it } from 'vitest';
+import { FailedPreconditionError, NotFoundError, ResourceExhaustedError } from '../../../services/shared/errors.js';
+import { VmInfo, VmState } from '../../../services/shared/gen/migd/v1/common.js';
+import { Node, NodeStatus } from '../../../services/shared/gen/migd/v1/coordinator.js';
+import { type ClusterModel, type NodeModel, clusterFromProto } from '../../../services/coordinator/domain/cluster.js';
+import { placeVm } from '../../../services/coordinator/domain/placement.js';
+import { GiB, MiB } from '../../../services/coordinator/domain/units.js';
+
+const ALL = ['postcopy-ram', 'return-path', 'postcopy-preempt', 'auto-converge', 'xbzrle', 'multifd'];
+const node = (id: string, freeGib: number, extra: Partial<NodeModel> = {}): NodeModel => ({
+  id,
+  up: true,
+  memoryTotalBytes: 64 * GiB,
+  memoryFreeBytes: freeGib * GiB,
+  capabilities: ALL,
+  ...extra,
+});
+
+function cluster(extra: Partial<ClusterModel> = {}): ClusterModel {
+  return {
+    nodes: [node('src', 1), node('a', 8), node('b', 16), node('c', 12)],
+    vms: [
+      { name: 'web-1', nodeId: 'src', memoryMib: 4096, antiAffinityGroup: 'web' },
+      { name: 'web-2', nodeId: 'b', memoryMib: 1024, antiAffinityGroup: 'web' },
+      { name: 'db-1', nodeId: 'src', memoryMib: 2048 },
+      { name: 'db-2', nodeId: 'c', memoryMib: 2048 },
+    ],
+    ...extra,
+  };
+}
+
+describe('placeVm', () => {
+  it('chooses the node with the most free memory, respecting anti-affinity groups', () => {
+    // b has the most free memory but hosts web-2 (group "web"): c wins.
+    const p = placeVm(cluster(), 'web-1');
+    expect(p.destination).toBe('c');
+    expect(p.reason).toContain('most free memory');
+    expect(p.verdicts.find((v) => v.nodeId === 'b')?.problems).toEqual(['would share the node with "web-2" (anti-affinity group "web")']);
+    expect(p.move).toEqual({ vmName: 'web-1', from: 'src', to: 'c', memoryBytes: 4 * GiB });
+  });
+
+  it('keeps apart the VMs a request names, in addition to groups', () => {
+    // db-2 sits on c; keeping db-1 and db-2 apart rules c out, b has the most memory.
+    expect(placeVm(cluster(), 'db-1').destination).toBe('b');
+    const p = placeVm(cluster({ nodes: [node('src', 1), node('a', 8), node('c', 16)] }), 'db-1', { keepApart: ['db-1', 'db-2'] });
+    expect(p.destination).toBe('a');
+  });
+
+  it('reserves memory for planned inbound migrations and sees planned VMs for anti-affinity', () => {
+    const c = cluster({ plannedMoves: [{ vmName: 'other', from: 'x', to: 'c', memoryBytes: 10 * GiB }] });
+    // c: 12 − 10 = 2 GiB left, too little for web-1 (4 GiB); b excluded by web-2; a remains.
+    const p = placeVm(c, 'web-1');
+    expect(p.destination).toBe('a');
+    expect(p.verdicts.find((v) => v.nodeId === 'c')?.problems[0]).toMatch(/needs 4\.0 GiB but has 2\.0 GiB free after 10\.0 GiB reserved by 1 planned migration/);
+    // web-2 planned to move b → a: a is out for web-1 now, and b (which web-2 leaves) is in.
+    const c2 = cluster({ plannedMoves: [{ vmName: 'web-2', from: 'b', to: 'a', memoryBytes: GiB }] });
+    const p2 = placeVm(c2, 'web-1');
+    expect(p2.destination).toBe('b');
+    expect(p2.verdicts.find((v) => v.nodeId === 'a')?.problems).toContain('would share the node with "web-2" (anti-affinity group "web")');
+  });
+
+  it('breaks ties by fewest inbound migrations, then by id', () => {
+    const c: ClusterModel = {
+      nodes: [node('src', 1), node('y', 10), node('x', 12)],
+      vms: [{ name: 'v', nodeId: 'src', memoryMib: 1024 }],
+      plannedMoves: [{ vmName: 'w', from: 'q', to: 'x', memoryBytes: 2 * GiB }],
+    };
+    // Both have 10 GiB available; x has one inbound.
+    const p = placeVm(c, 'v');
+    expect(p.destination).toBe('y');
+    expect(p.reason).toContain('fewer inbound migrations');
+    const even: ClusterModel = { nodes: [node('src', 1), node('n2', 10), node('n1', 10)], vms: c.vms };
+    expect(placeVm(even, 'v').destination).toBe('n1');
+  });
+
+  it('requires the policy’s capabilities on both ends', () => {
+    const c = cluster({ nodes: [node('src', 1), node('a', 8, { capabilities: ['auto-converge'] }), node('c', 6)] });
+    expect(placeVm(c, 'db-1', { requiredCapabilities: ['postcopy-ram'] }).destination).toBe('c');
+    const noSrc = cluster({ nodes: [node('src', 1, { capabilities: [] }), node('a', 8)] });
+    expect(() => placeVm(noSrc, 'db-1', { requiredCapabilities: ['postcopy-ram'] })).toThrow(FailedPreconditionError);
+  });
+
+  it('explains per node why nothing fits', () => {
+    const c: ClusterModel = {
+      nodes: [node('src', 1), node('down', 64, { up: false }), node('small', 1), node('old', 32, { capabilities: [] })],
+      vms: [{ name: 'big', nodeId: 'src', memoryMib: 8192 }],
+    };
+    let err: unknown;
+    try {
+      placeVm(c, 'big', { requiredCapabilities: ['postcopy-ram'] });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ResourceExhaustedError);
+    const msg = (err as Error).message;
+    expect(msg).toContain('no node can take VM "big" (8.0 GiB)');
+    expect(msg).toContain('down is down');
+    expect(msg).toContain('small needs 8.0 GiB but has 1.0 GiB free');
+    expect(msg).toContain('old lacks postcopy-ram');
+  });
+
+  it('checks a requested destination and says what is wrong with it', () => {
+    const c = cluster({ nodes: [node('src', 1), node('a', 2), node('b', 16), node('off', 64, { up: false })] });
+    expect(placeVm(c, 'db-1', { destination: 'b' }).destination).toBe('b');
+    expect(() => placeVm(c, 'db-1', { destination: 'nowhere' })).toThrow(NotFoundError);
+    expect(() => placeVm(c, 'db-1', { destination: 'src' })).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION', reason: 'DESTINATION_IS_SOURCE' }));
+    expect(() => placeVm(c, 'db-1', { destination: 'off' })).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION', reason: 'DESTINATION_DOWN' }));
+    expect(() => placeVm(c, 'web-1', { destination: 'a' })).toThrow(ResourceExhaustedError);
+    expect(() => placeVm(c, 'web-1', { destination: 'b' })).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION', message: expect.stringContaining('anti-affinity group "web"') }));
+  });
+
+  it('refuses unknown and already migrating VMs', () => {
+    expect(() => placeVm(cluster(), 'ghost')).toThrow(NotFoundError);
+    const c = cluster({ vms: [{ name: 'busy', nodeId: 'src', memoryMib: 512, migrating: true }] });
+    expect(() => placeVm(c, 'busy')).toThrow(expect.objectContaining({ reason: 'VM_ALREADY_MIGRATING' }));
+  });
+});
+
+describe('clusterFromProto', () => {
+  it('turns the incoming half of a running migration into a planned move', () => {
+    const host = (nodeId: string, free: number) => Node.fromPartial({ host: { nodeId, memoryFreeBytes: free, migrationCapabilities: ['postcopy-ram'] }, status: NodeStatus.NODE_STATUS_UP });
+    const c = clusterFromProto(
+      [host('a', 8 * GiB), host('b', 8 * GiB), Node.fromPartial({ host: { nodeId: 'c' }, status: NodeStatus.NODE_STATUS_DOWN })],
+      [
+        VmInfo.fromPartial({ spec: { name: 'v1', memoryMib: 1024, antiAffinityGroup: 'g' }, nodeId: 'a', state: VmState.VM_STATE_MIGRATING, migrationRunId: 'r1' }),
+        VmInfo.fromPartial({ spec: { name: 'v1', memoryMib: 1024, antiAffinityGroup: 'g' }, nodeId: 'b', state: VmState.VM_STATE_INCOMING, migrationRunId: 'r1' }),
+        VmInfo.fromPartial({ spec: { name: 'v2', memoryMib: 512 }, nodeId: 'a', state: VmState.VM_STATE_RUNNING }),
+      ],
+      { dirtyRates: new Map([['v2', 5 * MiB]]) },
+    );
+    expect(c.nodes.map((n) => [n.id, n.up])).toEqual([
+      ['a', true],
+      ['b', true],
+      ['c', false],
+    ]);
+    expect(c.vms).toEqual([
+      { name: 'v1', nodeId: 'a', memoryMib: 1024, antiAffinityGroup: 'g', dirtyRateBytesPerSec: undefined, migrating: true },
+      { name: 'v2', nodeId: 'a', memoryMib: 512, antiAffinityGroup: undefined, dirtyRateBytesPerSec: 5 * MiB, migrating: false },
+    ]);
+    expect(c.plannedMoves).toEqual([{ vmName: 'v1', from: 'a', to: 'b', memoryBytes: GiB }]);
+  });
+});

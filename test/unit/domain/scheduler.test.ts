@@ -1,0 +1,223 @@
+import { describe, expect, it } from 'vitest';
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../../services/shared/errors.js';
+import { type ConcurrencyLimits, type QueueItem, DEFAULT_LIMITS, MigrationQueue } from '../../../services/coordinator/domain/scheduler.js';
+
+/** Deterministic PRNG so a failing randomized run can be replayed from its seed. */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const item = (id: string, source: string, destination: string, extra: Partial<QueueItem> = {}): QueueItem => ({ id, source, destination, ...extra });
+
+/** Counts running items per limit from the outside, independently of the queue's own counters. */
+function usageOf(running: readonly QueueItem[]): { total: number; out: Map<string, number>; in: Map<string, number>; link: Map<string, number> } {
+  const out = new Map<string, number>();
+  const inb = new Map<string, number>();
+  const link = new Map<string, number>();
+  for (const r of running) {
+    out.set(r.source, (out.get(r.source) ?? 0) + 1);
+    inb.set(r.destination, (inb.get(r.destination) ?? 0) + 1);
+    const k = `${r.source}->${r.destination}`;
+    link.set(k, (link.get(k) ?? 0) + 1);
+  }
+  return { total: running.length, out, in: inb, link };
+}
+
+function assertWithin(running: readonly QueueItem[], limits: ConcurrencyLimits): void {
+  const u = usageOf(running);
+  expect(u.total).toBeLessThanOrEqual(limits.perCluster);
+  for (const v of u.out.values()) expect(v).toBeLessThanOrEqual(limits.perSource);
+  for (const v of u.in.values()) expect(v).toBeLessThanOrEqual(limits.perDestination);
+  for (const v of u.link.values()) expect(v).toBeLessThanOrEqual(limits.perLink);
+}
+
+describe('MigrationQueue', () => {
+  it('defaults to KubeVirt-like limits: 2 outbound, 2 inbound, 1 per link, 5 per cluster', () => {
+    expect(DEFAULT_LIMITS).toEqual({ perSource: 2, perDestination: 2, perLink: 1, perCluster: 5 });
+    expect(new MigrationQueue().limits).toEqual(DEFAULT_LIMITS);
+  });
+
+  it('rejects limits that are not positive integers', () => {
+    expect(() => new MigrationQueue({ perLink: 0 })).toThrow(InvalidArgumentError);
+    expect(() => new MigrationQueue({ perCluster: 1.5 })).toThrow(/perCluster/);
+  });
+
+  it('dispatches by priority, then plan order, then first come', () => {
+    const q = new MigrationQueue({ perSource: 10, perDestination: 10, perCluster: 10 });
+    q.enqueue(item('late-low', 'a', 'b', { priority: 0, order: 0 }));
+    q.enqueue(item('high-2', 'a', 'c', { priority: 5, order: 2 }));
+    q.enqueue(item('high-1', 'a', 'd', { priority: 5, order: 1 }));
+    q.enqueue(item('low-first', 'a', 'e', { priority: 0, order: 0 }));
+    expect(q.snapshot().queuedIds).toEqual(['high-1', 'high-2', 'late-low', 'low-first']);
+    expect(q.nextDispatchable().map((i) => i.id)).toEqual(['high-1', 'high-2', 'late-low', 'low-first']);
+  });
+
+  it('never puts two migrations on one link, and the source limit caps a drain at two', () => {
+    const q = new MigrationQueue();
+    for (const [i, dst] of ['b', 'b', 'c', 'd'].entries()) q.enqueue(item(`m${i}`, 'a', dst, { order: i }));
+    // m1 shares the a->b link with m0: skipped, m2 goes instead; m3 would be a third outbound.
+    expect(q.nextDispatchable().map((i) => i.id)).toEqual(['m0', 'm2']);
+  });
+
+  it('lets later items past a blocked one (no head-of-line blocking) at equal priority', () => {
+    const q = new MigrationQueue();
+    q.enqueue(item('running', 'a', 'b'));
+    q.started('running');
+    q.enqueue(item('blocked', 'a', 'b'));
+    q.enqueue(item('free', 'c', 'd'));
+    expect(q.nextDispatchable().map((i) => i.id)).toEqual(['free']);
+  });
+
+  it('reserves what a blocked higher-priority item waits for against lower priorities', () => {
+    const q = new MigrationQueue({ perDestination: 1 });
+    q.enqueue(item('r', 'a', 'x'));
+    q.started('r'); // a->x busy (link limit 1)
+    q.enqueue(item('urgent', 'a', 'x', { priority: 9 })); // waits for the a->x link
+    q.enqueue(item('low-to-x', 'c', 'x', { priority: 0 })); // would take x's only inbound slot... after r finishes
+    q.enqueue(item('low-elsewhere', 'c', 'y', { priority: 0 }));
+    q.finished('r');
+    // x's inbound slot is free now: urgent takes it.
+    expect(q.nextDispatchable().map((i) => i.id)).toEqual(['urgent', 'low-elsewhere']);
+    q.enqueue(item('r2', 'a', 'z'));
+    q.started('r2');
+    q.started('urgent');
+    q.finished('urgent');
+    // Without a blocked higher-priority item, lower ones use x freely.
+    expect(q.nextDispatchable().map((i) => i.id)).toContain('low-to-x');
+  });
+
+  it('does not let lower priorities take a blocked higher-priority item’s destination', () => {
+    const q = new MigrationQueue({ perDestination: 2 });
+    q.enqueue(item('busy', 'a', 'x'));
+    q.started('busy');
+    q.enqueue(item('urgent', 'a', 'x', { priority: 1 })); // blocked on the a->x link
+    q.enqueue(item('low', 'c', 'x', { priority: 0 })); // x has a free inbound slot, but urgent claims it
+    expect(q.nextDispatchable().map((i) => i.id)).toEqual([]);
+  });
+
+  it('refuses to start beyond a limit and names the limit', () => {
+    const q = new MigrationQueue();
+    q.enqueue(item('one', 'a', 'b'));
+    q.enqueue(item('two', 'a', 'b'));
+    q.started('one');
+    expect(() => q.started('two')).toThrow(FailedPreconditionError);
+    expect(() => q.started('two')).toThrow(/link limit 1 of a->b/);
+  });
+
+  it('reports unknown, duplicate and cancelled items', () => {
+    const q = new MigrationQueue();
+    q.enqueue(item('x', 'a', 'b'));
+    expect(() => q.enqueue(item('x', 'a', 'c'))).toThrow(AlreadyExistsError);
+    expect(() => q.enqueue(item('self', 'a', 'a'))).toThrow(InvalidArgumentError);
+    expect(() => q.finished('x')).toThrow(NotFoundError);
+    expect(() => q.started('nope')).toThrow(NotFoundError);
+    expect(q.cancel('x')).toBe('dequeued');
+    expect(q.status('x')).toBeUndefined();
+    q.enqueue(item('y', 'a', 'b'));
+    q.started('y');
+    expect(q.cancel('y')).toBe('running'); // keeps its slots until finished()
+    expect(q.snapshot().running).toBe(1);
+    q.finished('y');
+    expect(() => q.cancel('y')).toThrow(NotFoundError);
+  });
+
+  it('snapshots depth and slot usage per host and link', () => {
+    const q = new MigrationQueue();
+    q.enqueue(item('1', 'a', 'b'));
+    q.enqueue(item('2', 'a', 'c'));
+    q.enqueue(item('3', 'a', 'd'));
+    for (const i of q.nextDispatchable()) q.started(i.id);
+    expect(q.snapshot()).toMatchObject({
+      queued: 1,
+      running: 2,
+      queuedIds: ['3'],
+      outboundByHost: { a: 2 },
+      inboundByHost: { b: 1, c: 1 },
+      runningByLink: { 'a->b': 1, 'a->c': 1 },
+    });
+  });
+
+  it('never exceeds any limit under randomized operation sequences, and always drains', () => {
+    const hosts = ['h0', 'h1', 'h2', 'h3', 'h4'];
+    for (let seed = 1; seed <= 100; seed++) {
+      const rnd = mulberry32(seed);
+      const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)] as T;
+      const limits: ConcurrencyLimits = {
+        perSource: 1 + Math.floor(rnd() * 3),
+        perDestination: 1 + Math.floor(rnd() * 3),
+        perLink: 1 + Math.floor(rnd() * 2),
+        perCluster: 1 + Math.floor(rnd() * 6),
+      };
+      const q = new MigrationQueue(limits);
+      const running: QueueItem[] = [];
+      const queued: QueueItem[] = [];
+      let next = 0;
+      const start = (id: string): void => {
+        const it = q.started(id);
+        running.push(it);
+        queued.splice(queued.findIndex((x) => x.id === id), 1);
+      };
+      for (let step = 0; step < 300; step++) {
+        const op = rnd();
+        if (op < 0.4) {
+          const source = pick(hosts);
+          const destination = pick(hosts.filter((h) => h !== source));
+          const it = item(`r${next++}`, source, destination, { priority: Math.floor(rnd() * 3), order: Math.floor(rnd() * 4) });
+          q.enqueue(it);
+          queued.push(it);
+        } else if (op < 0.6) {
+          const batch = q.nextDispatchable();
+          // The batch as a whole fits on top of what runs.
+          assertWithin([...running, ...batch], limits);
+          for (const it of batch) start(it.id);
+        } else if (op < 0.8 && running.length > 0) {
+          const it = pick(running);
+          q.finished(it.id);
+          running.splice(running.indexOf(it), 1);
+        } else if (op < 0.9 && queued.length > 0) {
+          // Start an arbitrary queued item directly: allowed only within the limits.
+          const it = pick(queued);
+          const before = [...running];
+          try {
+            start(it.id);
+          } catch (err) {
+            expect(err).toBeInstanceOf(FailedPreconditionError);
+            const u = usageOf(before);
+            const full =
+              u.total >= limits.perCluster ||
+              (u.out.get(it.source) ?? 0) >= limits.perSource ||
+              (u.in.get(it.destination) ?? 0) >= limits.perDestination ||
+              (u.link.get(`${it.source}->${it.destination}`) ?? 0) >= limits.perLink;
+            expect(full).toBe(true);
+          }
+        } else if (queued.length > 0) {
+          const it = pick(queued);
+          expect(q.cancel(it.id)).toBe('dequeued');
+          queued.splice(queued.indexOf(it), 1);
+        }
+        assertWithin(running, limits);
+        const snap = q.snapshot();
+        expect(snap.running).toBe(running.length);
+        expect(snap.queued).toBe(queued.length);
+      }
+      // Liveness: dispatching and finishing everything empties the queue.
+      for (let guard = 0; (queued.length > 0 || running.length > 0) && guard < 10_000; guard++) {
+        const batch = q.nextDispatchable();
+        if (batch.length === 0) expect(running.length).toBeGreaterThan(0); // no deadlock
+        for (const it of batch) start(it.id);
+        assertWithin(running, limits);
+        const done = running.shift();
+        if (done) q.finished(done.id);
+      }
+      expect(queued).toEqual([]);
+      expect(q.snapshot()).toMatchObject({ queued: 0, running: running.length });
+    }
+  });
+});

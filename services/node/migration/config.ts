@@ -72,7 +72,8 @@ export function resolveMigrationConfig(policy: MigrationPolicy | undefined, supp
   const xbzrle = p.xbzrle?.enabled ?? false;
   const pc = p.postcopy;
   const postcopyRequested = pc?.enabled ?? false;
-  const postcopy = postcopyRequested || (escalates(kind) && !multifd);
+  // An escalating policy may switch to post-copy later, unless the policy turned it off explicitly.
+  const postcopy = postcopyRequested || (escalates(kind) && !multifd && pc === undefined);
   const ac = p.autoConverge;
   const acEnabled = ac?.enabled ?? false;
 

@@ -11,13 +11,13 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { constants, existsSync } from 'node:fs';
+import { constants } from 'node:fs';
 import { access, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { delimiter, dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { delimiter, join, resolve } from 'node:path';
 
 import { DependencyError, throwIfAborted } from '../../services/shared/errors.js';
 import { createLogger, type Logger } from '../../services/shared/log.js';
+import { cacheDir, repoRoot } from '../../services/shared/paths.js';
 import { buildCpio } from './cpio.js';
 import { findXzStreams, inspectVmlinux, xzDecompressTo } from './kernel.js';
 
@@ -81,20 +81,9 @@ interface KernelManifest {
 }
 
 /** The repository root: the nearest ancestor of this module holding stress/guest/stress.c. */
-export function repoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'stress', 'guest', 'stress.c'))) return dir;
-    const up = dirname(dir);
-    if (up === dir) throw new DependencyError('migd repository', `cannot find stress/guest/stress.c above ${fileURLToPath(import.meta.url)}`);
-    dir = up;
-  }
-}
-
-/** MIGD_CACHE_DIR, else `<repo>/.cache/guest`. */
+/** `<cache>/guest`, where the cache is MIGD_CACHE_DIR or `<repo>/.cache` (see services/shared/paths.ts). */
 export function defaultGuestCacheDir(): string {
-  const env = process.env['MIGD_CACHE_DIR'];
-  return env !== undefined && env !== '' ? resolve(env) : join(repoRoot(), '.cache', 'guest');
+  return resolve(cacheDir(), 'guest');
 }
 
 /**

@@ -4,7 +4,7 @@
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { MigrationState, type GuestPerfSample, type MigrationPolicy, type VmSpec, WorkloadPattern } from '../../services/shared/gen/migd/v1/common.js';
+import { type MigrationState, type GuestPerfSample, type MigrationPolicy, type VmSpec, WorkloadPattern } from '../../services/shared/gen/migd/v1/common.js';
 import type { MigrationInfo, NodeServiceService, WatchMigrationResponse } from '../../services/shared/gen/migd/v1/node.js';
 import { ensurePki } from '../../services/shared/pki.js';
 import type { RpcClient } from '../../services/shared/rpc/client.js';

@@ -5,7 +5,6 @@
  * that the guest is alive here (its workload reporting) before the source is told it may go.
  */
 import { createServer } from 'node:net';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { DeadlineExceededError, FailedPreconditionError } from '../../shared/errors.js';
 import type { GuestPerfSample, MigrationPolicy } from '../../shared/gen/migd/v1/common.js';
 import type { Logger } from '../../shared/log.js';

@@ -13,6 +13,8 @@ import { buildGuestCmdline, type GuestPattern } from '../shared/guest/workload.j
 import type { Logger } from '../shared/log.js';
 import { createClient } from '../shared/rpc/client.js';
 import { RpcServer } from '../shared/rpc/server.js';
+import { startMetricsServer, type MetricsServer } from '../shared/metrics/server.js';
+import { splitHostPort } from '../shared/rpc/tls.js';
 import type { NodeConfig } from './config.js';
 import { GuestFeed } from './guest-feed.js';
 import { probeHostCapabilities, type HostCapabilities } from './host/capabilities.js';
@@ -20,6 +22,7 @@ import { readMemInfo } from './host/info.js';
 import { MigrationManager } from './migration/manager.js';
 import { prepareQemuTlsDir } from './migration/tls.js';
 import type { MigratableVm, NodePeer, VmHost } from './migration/types.js';
+import { NodeMetrics } from './metrics.js';
 import { nodeHandlers } from './rpc/handlers.js';
 import { VmManager, type VmInfo } from './vm/manager.js';
 
@@ -38,6 +41,7 @@ export class NodeDaemon {
   private readonly peers = new Map<string, NodePeer & { close(): void }>();
   readonly migrations: MigrationManager;
   private server: RpcServer | undefined;
+  private metricsServer: MetricsServer | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
 
   private constructor(
@@ -46,6 +50,7 @@ export class NodeDaemon {
     readonly caps: HostCapabilities,
     readonly image: GuestImage | undefined,
     private readonly log: Logger,
+    readonly metrics: NodeMetrics,
   ) {
     const supported = new Set(Object.keys(caps.migration.capabilities));
     let tlsDir: string | undefined;
@@ -62,6 +67,7 @@ export class NodeDaemon {
       peer: (ep) => this.peer(ep),
       log: log.child({ component: 'migration' }),
       sourceOptions: { progressIntervalMs: config.progressIntervalMs, postcopyStallMs: config.postcopyStallMs },
+      onFinished: (info) => metrics.migrationFinished(info),
       ...(tlsDir ? { tlsDir } : {}),
     });
   }
@@ -78,8 +84,9 @@ export class NodeDaemon {
     } catch (err) {
       log.warn('guest image unavailable: VMs need an explicit kernel', { err: (err as Error).message });
     }
-    const vms = await VmManager.open({ stateDir: config.stateDir, qemu: caps.qemu, logger: log.child({ component: 'vm' }) });
-    const d = new NodeDaemon(config, vms, caps, image, log);
+    const metrics = new NodeMetrics();
+    const vms = await VmManager.open({ stateDir: config.stateDir, qemu: caps.qemu, logger: log.child({ component: 'vm' }), onQmpCommand: metrics.onQmpCommand });
+    const d = new NodeDaemon(config, vms, caps, image, log, metrics);
     for (const vm of vms.list()) {
       if (vm.status !== 'running') continue;
       d.loadSpec(vm);
@@ -89,6 +96,11 @@ export class NodeDaemon {
     d.server = new RpcServer({ address: config.listen, security: config.security, log });
     d.server.addService('migd.v1.NodeService', NodeServiceService, nodeHandlers(d));
     await d.server.start();
+    if (config.metricsListen) {
+      const { host, port } = splitHostPort(config.metricsListen);
+      d.metricsServer = await startMetricsServer({ registry: metrics.registry, host, port, logger: log });
+    }
+    metrics.vmRoles = () => vms.list().flatMap((v) => (v.status === 'running' ? [v.role] : []));
     log.info('node daemon serving', { nodeId: config.nodeId, listen: config.listen, migrationAddress: config.migrationAddress, qemu: caps.qemu.version, accel: caps.accel.accel, vms: vms.list().length });
     return d;
   }
@@ -277,6 +289,7 @@ export class NodeDaemon {
   async stop(): Promise<void> {
     if (this.heartbeat) clearInterval(this.heartbeat);
     await this.server?.stop(1000);
+    await this.metricsServer?.close();
     this.migrations.close();
     for (const f of this.feeds.values()) f.close();
     for (const p of this.peers.values()) p.close();

@@ -40,7 +40,7 @@ export async function startNodeCluster(hosts: string[] = ['a', 'b']): Promise<No
   try {
     tb = await Testbed.create({ hosts });
     const start = async (h: string): Promise<void> => {
-      nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' } });
+      nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, args: ['--metrics-listen', `${tb!.host(h).mgmtAddress}:9464`] });
       clients[h] = nodes[h].client();
     };
     await Promise.all(hosts.map(start));

@@ -40,6 +40,8 @@ export interface QmpClientOptions {
   readonly maxLineBytes?: number;
   /** Default per-subscription event queue bound; default 1024. */
   readonly eventQueueLimit?: number;
+  /** Called once per command with its latency (seconds) and outcome — for metrics. */
+  readonly onCommand?: (command: string, seconds: number, outcome: 'ok' | 'error' | 'timeout') => void;
 }
 
 export interface QmpConnectOptions {
@@ -131,6 +133,7 @@ export class QmpClient {
   private readonly connectTimeoutMs: number;
   private readonly maxLineBytes: number;
   private readonly eventQueueLimit: number | undefined;
+  private readonly onCommand: QmpClientOptions['onCommand'];
 
   constructor(
     readonly transport: QmpTransport,
@@ -141,6 +144,7 @@ export class QmpClient {
     this.connectTimeoutMs = options.connectTimeoutMs ?? 5_000;
     this.maxLineBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
     this.eventQueueLimit = options.eventQueueLimit;
+    this.onCommand = options.onCommand;
   }
 
   get state(): QmpRunstate {
@@ -263,7 +267,20 @@ export class QmpClient {
         ),
       );
     }
-    return this.send(session, command, args as Record<string, unknown> | undefined, options) as Promise<QmpReturn<C>>;
+    const sent = this.send(session, command, args as Record<string, unknown> | undefined, options) as Promise<QmpReturn<C>>;
+    const observe = this.onCommand;
+    if (!observe) return sent;
+    const t0 = performance.now();
+    return sent.then(
+      (v) => {
+        observe(command, (performance.now() - t0) / 1000, 'ok');
+        return v;
+      },
+      (err: unknown) => {
+        observe(command, (performance.now() - t0) / 1000, err instanceof QmpTimeoutError ? 'timeout' : 'error');
+        throw err;
+      },
+    );
   }
 
   private send(

@@ -109,6 +109,8 @@ export interface VmManagerOptions {
   readonly stopTimeoutMs?: number;
   /** QMP/serial connect deadline when reattaching; default 5 000 ms. */
   readonly reattachTimeoutMs?: number;
+  /** Observes every QMP command's latency (metrics). */
+  readonly onQmpCommand?: (command: string, seconds: number, outcome: 'ok' | 'error' | 'timeout') => void;
 }
 
 export interface CreateVmOptions {
@@ -166,6 +168,7 @@ export class VmManager {
   private readonly startTimeoutMs: number;
   private readonly stopTimeoutMs: number;
   private readonly reattachTimeoutMs: number;
+  private readonly onQmpCommand: VmManagerOptions['onQmpCommand'];
   readonly stateDir: string;
 
   private constructor(options: VmManagerOptions) {
@@ -179,6 +182,7 @@ export class VmManager {
     this.startTimeoutMs = options.startTimeoutMs ?? 15_000;
     this.stopTimeoutMs = options.stopTimeoutMs ?? 10_000;
     this.reattachTimeoutMs = options.reattachTimeoutMs ?? 5_000;
+    this.onQmpCommand = options.onQmpCommand;
     this.qemuBinaryName = options.qemuBinary;
     if (options.qemu !== undefined) this.qemuCache = Promise.resolve(options.qemu);
   }
@@ -399,7 +403,7 @@ export class VmManager {
   }
 
   private newQmp(name: string, paths: VmPaths): QmpClient {
-    return new QmpClient(this.transportFor(paths.qmpSocket), { name, logger: this.log });
+    return new QmpClient(this.transportFor(paths.qmpSocket), { name, logger: this.log, ...(this.onQmpCommand ? { onCommand: this.onQmpCommand } : {}) });
   }
 
   /** Refuses a VM whose RAM does not fit in what the host has left after the VMs already promised RAM. */

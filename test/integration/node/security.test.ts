@@ -1,0 +1,68 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MigrationState, PolicyActionKind, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
+import { followMigration, guestSpec, policy, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+
+describe('node daemons: TLS stream, switchover-ack, force-complete, metrics', () => {
+  let c: NodeCluster;
+  beforeAll(async () => {
+    c = await startNodeCluster(['a', 'b']);
+  });
+  afterAll(async () => {
+    await c?.close();
+  });
+  const dest = () => ({ nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress });
+
+  it('migrates over a TLS-encrypted stream with switchover-ack, and reports its CPU cost', async () => {
+    const a = c.clients['a']!;
+    const b = c.clients['b']!;
+    const results: Record<string, { ms: number; cpu: number }> = {};
+    for (const tls of [false, true]) {
+      const name = tls ? 'tls1' : 'plain1';
+      const [from, to] = tls ? [b, a] : [a, b];
+      await from.createVm({ spec: guestSpec(name, { memoryMib: 256, bytesPerWorker: 96 << 20, rate: 8 << 20 }) });
+      const before = await waitForGuest(from, name, 2, 30_000, (s) => s.pagesVerified > 0);
+      const destination = tls ? { nodeId: 'a', managementAddress: c.nodes['a']!.address, migrationAddress: c.tb.host('a').migrationAddress } : dest();
+      const runId = `run-${name}`;
+      await from.startMigration({ runId, vmName: name, destination, policy: policy({ tls, switchoverAck: tls }) });
+      const trace = await followMigration(from, runId);
+      expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+      expect(trace.result.policy?.tls).toBe(tls);
+      const after = await waitForGuest(to, name, 2, 30_000, (s) => s.pagesVerified > before.at(-1)!.pagesVerified);
+      expect(after.at(-1)!.integrityErrors).toBe(0);
+      results[tls ? 'tls' : 'plain'] = { ms: trace.result.stats!.totalTimeMs, cpu: trace.result.stats!.sourceCpuSeconds + trace.result.stats!.destinationCpuSeconds };
+      await to.destroyVm({ name });
+    }
+    console.log(`TLS cost: plain ${results['plain']!.ms} ms / ${results['plain']!.cpu.toFixed(2)} CPU-s, TLS+switchover-ack ${results['tls']!.ms} ms / ${results['tls']!.cpu.toFixed(2)} CPU-s`);
+  });
+
+  it('force-complete without post-copy pauses the guest, completes, and resumes it on the destination', async () => {
+    const a = c.clients['a']!;
+    await a.createVm({ spec: guestSpec('fc1', { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, bytesPerWorker: 32 << 20, hotBytes: 8 << 20 }) });
+    const before = await waitForGuest(a, 'fc1', 2, 30_000, (s) => s.pagesVerified > 0);
+    await c.tb.shape('a', { rateMbit: 40 });
+    await a.startMigration({ runId: 'run-fc1', vmName: 'fc1', destination: dest(), policy: policy({ downtimeLimitMs: 300 }) });
+    let forced = false;
+    const trace = await followMigration(a, 'run-fc1', async (u) => {
+      if (!forced && u.update?.$case === 'progress' && u.update.value.pass >= 3) {
+        forced = true;
+        await a.forceComplete({ runId: 'run-fc1', actor: 'test', reason: 'maintenance window closing' });
+      }
+    });
+    await c.tb.unshape('a');
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    expect(trace.result.actions.map((x) => x.kind)).toContain(PolicyActionKind.POLICY_ACTION_KIND_PAUSE_GUEST);
+    const after = await waitForGuest(c.clients['b']!, 'fc1', 2, 30_000, (s) => s.pagesVerified > before.at(-1)!.pagesVerified);
+    expect(after.at(-1)!.integrityErrors).toBe(0);
+    console.log(`force-complete (pause): total ${trace.result.stats!.totalTimeMs} ms, downtime ${trace.result.stats!.downtimeMs} ms`);
+    await c.clients['b']!.destroyVm({ name: 'fc1' });
+  });
+
+  it('serves Prometheus metrics with QMP latency and migration outcomes', async () => {
+    const res = await fetch(`http://${c.tb.host('a').mgmtAddress}:9464/metrics`);
+    const text = await res.text();
+    expect(res.status).toBe(200);
+    expect(text).toMatch(/migd_qmp_command_duration_seconds_count\{command="migrate",outcome="ok"\} [1-9]/);
+    expect(text).toMatch(/migd_node_migrations_total\{outcome="succeeded"\} [1-9]/);
+    expect(text).toMatch(/migd_migration_downtime_seconds_count/);
+  });
+});

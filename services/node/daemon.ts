@@ -23,6 +23,7 @@ import { MigrationManager } from './migration/manager.js';
 import { prepareQemuTlsDir } from './migration/tls.js';
 import type { MigratableVm, NodePeer, VmHost } from './migration/types.js';
 import { NodeMetrics } from './metrics.js';
+import { startRegistration, type Registration } from './registration.js';
 import { nodeHandlers } from './rpc/handlers.js';
 import { VmManager, type VmInfo } from './vm/manager.js';
 
@@ -43,6 +44,7 @@ export class NodeDaemon {
   private server: RpcServer | undefined;
   private metricsServer: MetricsServer | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
+  private registration: Registration | undefined;
 
   private constructor(
     readonly config: NodeConfig,
@@ -101,6 +103,10 @@ export class NodeDaemon {
       d.metricsServer = await startMetricsServer({ registry: metrics.registry, host, port, logger: log });
     }
     metrics.vmRoles = () => vms.list().flatMap((v) => (v.status === 'running' ? [v.role] : []));
+    if (config.coordinator) {
+      const vmInfos = async (): Promise<ProtoVmInfo[]> => (await Promise.all(vms.list().map((v) => d.vmInfo(v.name).catch(() => undefined)))).filter((v) => v !== undefined);
+      d.registration = startRegistration({ coordinator: config.coordinator, security: config.clientSecurity, heartbeatMs: config.heartbeatMs, hostInfo: () => d.hostInfo(), vms: vmInfos, log: log.child({ component: 'registration' }) });
+    }
     log.info('node daemon serving', { nodeId: config.nodeId, listen: config.listen, migrationAddress: config.migrationAddress, qemu: caps.qemu.version, accel: caps.accel.accel, vms: vms.list().length });
     return d;
   }
@@ -288,6 +294,7 @@ export class NodeDaemon {
   /** Stops serving; QEMU processes keep running (a restarted daemon reattaches). */
   async stop(): Promise<void> {
     if (this.heartbeat) clearInterval(this.heartbeat);
+    await this.registration?.stop();
     await this.server?.stop(1000);
     await this.metricsServer?.close();
     this.migrations.close();

@@ -408,6 +408,32 @@ export class SqliteHistoryStore implements HistoryStore {
     return { unpublished: Number(r.n), oldestCreatedAt: r.oldest === null ? null : new Date(r.oldest) };
   }
 
+  async readOutbox(opts: { afterSeq?: number; runId?: string; limit: number }): Promise<OutboxRecord[]> {
+    this.checkOpen();
+    let q = this.db
+      .selectFrom('outbox')
+      .select(['seq', 'event_id', 'subject', 'payload', 'created_at'])
+      .where('seq', '>', opts.afterSeq ?? 0)
+      .orderBy('seq')
+      .limit(Math.max(1, Math.floor(opts.limit)));
+    if (opts.runId !== undefined) q = q.where('run_id', '=', opts.runId);
+    const rows = await q.execute();
+    return rows.map((r) => ({ seq: r.seq, eventId: r.event_id, subject: r.subject, payload: r.payload, createdAt: new Date(r.created_at) }));
+  }
+
+  async lastOutboxSeq(): Promise<number> {
+    this.checkOpen();
+    // AUTOINCREMENT keeps the high-water mark in sqlite_sequence even after the rows are pruned.
+    const r = await sql<{ seq: number }>`select seq from sqlite_sequence where name = 'outbox'`.execute(this.db);
+    return Number(r.rows[0]?.seq ?? 0);
+  }
+
+  async findPlanByKey(idempotencyKey: string): Promise<Plan | undefined> {
+    this.checkOpen();
+    const row = await this.db.selectFrom('plans').selectAll().where('idempotency_key', '=', idempotencyKey).executeTakeFirst();
+    return row === undefined ? undefined : planToProto(row);
+  }
+
   onOutboxEnqueued(listener: () => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);

@@ -36,7 +36,7 @@ import type {
   SubmitPlanRequest,
 } from '../../shared/gen/migd/v1/coordinator.js';
 import type { StateChange } from '../../shared/gen/migd/v1/node.js';
-import type { OutboxSource } from '../../shared/events/outbox.js';
+import type { OutboxRecord, OutboxSource } from '../../shared/events/outbox.js';
 
 /** Registers or refreshes a node (RegisterNode, Heartbeat). */
 export interface UpsertNodeInput {
@@ -238,6 +238,19 @@ export interface HistoryStore extends OutboxSource {
    *   filter selects more runs than the export limit.
    */
   exportRuns(filter: Partial<RunFilter>, format: ExportFormat): Promise<ExportRunsResponse>;
+
+  // --- event replay (the coordinator's in-process event bus and Watch) ----------------------------
+
+  /**
+   * Outbox rows, published or not, with `seq` above `afterSeq` (default 0), lowest first, at most
+   * `limit`; only the events of `runId` when given. Published rows are kept for the outbox
+   * retention (see pruneOutbox), so a run's events can be replayed from here while it is young.
+   */
+  readOutbox(opts: { afterSeq?: number; runId?: string; limit: number }): Promise<OutboxRecord[]>;
+  /** The highest outbox `seq` written so far; 0 when the outbox has never held a row. */
+  lastOutboxSeq(): Promise<number>;
+  /** The plan submitted with `idempotencyKey`, or undefined when the key is unknown. */
+  findPlanByKey(idempotencyKey: string): Promise<Plan | undefined>;
 
   // --- maintenance ---------------------------------------------------------------------------
 

@@ -294,6 +294,12 @@ export interface SubmitPlanRequest {
   priority: number;
   /** Anti-affinity: keep these VMs' destinations apart (in addition to their specs' groups). */
   antiAffinityVmNames: string[];
+  /**
+   * A label for the plan's runs (e.g. a lab scenario name), telling variants of one policy kind
+   * apart: RunFilter.label selects by it and ComparePolicies summarises per kind and label.
+   * Empty for none.
+   */
+  label: string;
 }
 
 /** PlannedMigration is one entry of a plan. */
@@ -1692,7 +1698,7 @@ export const DrainHost: MessageFns<DrainHost> = {
 };
 
 function createBaseSubmitPlanRequest(): SubmitPlanRequest {
-  return { idempotencyKey: "", target: undefined, policy: undefined, priority: 0, antiAffinityVmNames: [] };
+  return { idempotencyKey: "", target: undefined, policy: undefined, priority: 0, antiAffinityVmNames: [], label: "" };
 }
 
 export const SubmitPlanRequest: MessageFns<SubmitPlanRequest> = {
@@ -1716,6 +1722,9 @@ export const SubmitPlanRequest: MessageFns<SubmitPlanRequest> = {
     }
     for (const v of message.antiAffinityVmNames) {
       writer.uint32(50).string(v!);
+    }
+    if (message.label !== "") {
+      writer.uint32(58).string(message.label);
     }
     return writer;
   },
@@ -1781,6 +1790,14 @@ export const SubmitPlanRequest: MessageFns<SubmitPlanRequest> = {
             message.antiAffinityVmNames.push(reader.string());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.label = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1812,6 +1829,7 @@ export const SubmitPlanRequest: MessageFns<SubmitPlanRequest> = {
         : globalThis.Array.isArray(object?.anti_affinity_vm_names)
         ? object.anti_affinity_vm_names.map((e: any) => globalThis.String(e))
         : [],
+      label: isSet(object.label) ? globalThis.String(object.label) : "",
     };
   },
 
@@ -1833,6 +1851,9 @@ export const SubmitPlanRequest: MessageFns<SubmitPlanRequest> = {
     }
     if (message.antiAffinityVmNames?.length) {
       obj.antiAffinityVmNames = message.antiAffinityVmNames;
+    }
+    if (message.label !== "") {
+      obj.label = message.label;
     }
     return obj;
   },
@@ -1862,6 +1883,7 @@ export const SubmitPlanRequest: MessageFns<SubmitPlanRequest> = {
       : undefined;
     message.priority = object.priority ?? 0;
     message.antiAffinityVmNames = object.antiAffinityVmNames?.map((e) => e) || [];
+    message.label = object.label ?? "";
     return message;
   },
 };

@@ -1,0 +1,430 @@
+/**
+ * Control-plane benchmarks (not part of `npm test`). Each part measures two things side by side in
+ * one run and prints their ratio:
+ *
+ *   npm run build && node dist/scripts/bench-control-plane.js [--parts a,b,c,d] [--reps 3]
+ *                                                            [--nodes 50,100,500] [--vms-per-node 20]
+ *
+ *  a. control-plane overhead: one migration of the same idle guest through migd (SubmitPlan →
+ *     RunCompleted: plan, dispatch, destination QEMU, capabilities, migration, guest verification,
+ *     source clean-up) vs a bare QMP script doing the least that works (start `-incoming defer`
+ *     QEMU, migrate-incoming, migrate, wait for `completed` and the destination's RESUME);
+ *  b. wire efficiency: an idle guest's migration bytes per second vs the shaped link rate;
+ *  c. drain makespan vs total bytes ÷ link bandwidth (a host with 4 guests drained to another);
+ *  d. control-plane scale: drains of 20 VMs per node over 50/100/500 simulated nodes (real
+ *     coordinator, fake NodeService endpoints at the gRPC seam, see stress/lab/sim-nodes.ts) —
+ *     SubmitPlan cost, plans per second, dispatch throughput against the concurrency bound.
+ *
+ * a–c run a real cluster in network namespaces (root, QEMU, nats-server, built dist/); d needs only
+ * the coordinator and nats-server. Everything started is stopped at the end, also on failure.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { createConnection, createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { createInterface } from 'node:readline';
+import { MigrationPolicy, MigrationState, PolicyKind, WorkloadPattern, type VmSpec } from '../services/shared/gen/migd/v1/common.js';
+import { PlanState } from '../services/shared/gen/migd/v1/coordinator.js';
+import { buildGuestCmdline } from '../services/shared/guest/workload.js';
+import { ensurePki } from '../services/shared/pki.js';
+import { ensureGuestImage } from '../stress/image/build.js';
+import { sleep } from '../stress/lab/backend.js';
+import { coordinatorEntry, startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
+import { CoordinatorBackend } from '../stress/lab/coordinator-backend.js';
+import { quantile } from '../stress/lab/metrics.js';
+import { SimCluster } from '../stress/lab/sim-nodes.js';
+
+const MiB = 1024 * 1024;
+
+function arg(name: string, dflt: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : dflt;
+}
+const PARTS = new Set(arg('parts', 'a,b,c,d').split(','));
+const REPS = Number(arg('reps', '3'));
+const NODES = arg('nodes', '50,100,500').split(',').map(Number);
+const VMS_PER_NODE = Number(arg('vms-per-node', '20'));
+
+const fmt = (v: number, d = 2): string => (Number.isFinite(v) ? v.toFixed(d) : '—');
+const med = (v: number[]): number => quantile(v, 0.5);
+const out = (s: string): void => console.log(s);
+
+const FIXED_PRECOPY = MigrationPolicy.fromPartial({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: 300 });
+
+function idleSpec(name: string, memoryMib: number, bytesPerWorker: number): VmSpec {
+  return {
+    name,
+    memoryMib,
+    vcpus: 1,
+    accel: 0,
+    machineType: '',
+    kernelPath: '',
+    initrdPath: '',
+    extraCmdline: '',
+    workload: { pattern: WorkloadPattern.WORKLOAD_PATTERN_IDLE, workers: 1, bytesPerWorker, rateBytesPerSec: 0, hotBytes: 0, verify: true },
+    labels: {},
+    antiAffinityGroup: '',
+    uuid: '',
+  };
+}
+
+// --------------------------------------------------------------------------------------------
+// A minimal QMP client: greeting, capabilities, commands, events. The bare baseline of part a.
+
+class MiniQmp {
+  private buf = '';
+  private waiters: { match: (m: Record<string, unknown>) => boolean; resolve: (m: Record<string, unknown>) => void }[] = [];
+  private id = 0;
+  private constructor(private readonly sock: Socket) {
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => {
+      this.buf += d;
+      let i;
+      while ((i = this.buf.indexOf('\n')) >= 0) {
+        const line = this.buf.slice(0, i).trim();
+        this.buf = this.buf.slice(i + 1);
+        if (!line) continue;
+        const msg = JSON.parse(line) as Record<string, unknown>;
+        const w = this.waiters.findIndex((x) => x.match(msg));
+        if (w >= 0) this.waiters.splice(w, 1)[0]!.resolve(msg);
+      }
+    });
+  }
+
+  static async connect(path: string, timeoutMs = 30_000): Promise<MiniQmp> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        const sock = await new Promise<Socket>((resolve, reject) => {
+          const s = createConnection(path, () => resolve(s));
+          s.once('error', reject);
+        });
+        const q = new MiniQmp(sock);
+        await q.next((m) => 'QMP' in m);
+        await q.cmd('qmp_capabilities');
+        return q;
+      } catch (err) {
+        if (Date.now() > deadline) throw err;
+        await sleep(20);
+      }
+    }
+  }
+
+  /** Resolves with the next message `match` accepts (an event may already be in flight). */
+  next(match: (m: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
+    return new Promise((resolve) => this.waiters.push({ match, resolve }));
+  }
+
+  async cmd(execute: string, args?: Record<string, unknown>): Promise<unknown> {
+    const id = ++this.id;
+    const reply = this.next((m) => m['id'] === id);
+    this.sock.write(JSON.stringify({ execute, arguments: args, id }) + '\n');
+    const r = await reply;
+    if ('error' in r) throw new Error(`${execute}: ${JSON.stringify(r['error'])}`);
+    return r['return'];
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+async function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const a = srv.address();
+      const port = typeof a === 'object' && a !== null ? a.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** One bare migration a → b of an idle guest; returns ms from starting the destination QEMU to the guest running there. */
+async function bareMigration(cluster: LabCluster, dir: string, memoryMib: number, bytesPerWorker: number): Promise<{ totalMs: number; qemuMs: number; downtimeMs: number }> {
+  const image = await ensureGuestImage();
+  const append = buildGuestCmdline({ pattern: 'idle', workers: 1, bytesPerWorker }, { guestMemoryBytes: memoryMib * MiB });
+  const base = (tag: string): string[] => [
+    '-name', `bare-${tag}`, '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+    '-machine', 'pc-i440fx-10.0', '-accel', 'tcg', '-m', `${memoryMib}M`, '-smp', '1',
+    '-kernel', image.kernel, '-initrd', image.initrd, '-append', append,
+    '-serial', `file:${join(dir, `${tag}.serial`)}`, '-qmp', `unix:${join(dir, `${tag}.qmp`)},server=on,wait=off`,
+  ];
+  const procs: ChildProcess[] = [];
+  const qmps: MiniQmp[] = [];
+  try {
+    const srcProc = cluster.tb.host('a').spawn('qemu-system-x86_64', base('src'), { stdio: 'ignore' });
+    procs.push(srcProc);
+    const src = await MiniQmp.connect(join(dir, 'src.qmp'));
+    qmps.push(src);
+    // Same starting point as the migd run: the guest is up and its workload reporting.
+    const serial = join(dir, 'src.serial');
+    const deadline = Date.now() + 60_000;
+    while (!(existsSync(serial) && readFileSync(serial, 'utf8').includes(' hb '))) {
+      if (Date.now() > deadline) throw new Error('bare source guest did not boot');
+      await sleep(100);
+    }
+    const port = 49000 + Math.floor(Math.random() * 1000);
+    const t0 = performance.now();
+    const dstProc = cluster.tb.host('b').spawn('qemu-system-x86_64', [...base('dst'), '-incoming', 'defer'], { stdio: 'ignore' });
+    procs.push(dstProc);
+    const dst = await MiniQmp.connect(join(dir, 'dst.qmp'));
+    qmps.push(dst);
+    for (const q of [src, dst]) await q.cmd('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+    const addr = cluster.tb.host('b').migrationAddress;
+    await dst.cmd('migrate-incoming', { uri: `tcp:${addr}:${port}` });
+    await src.cmd('migrate-set-parameters', { 'downtime-limit': 300, 'max-bandwidth': 10 * 1024 * MiB });
+    const resumed = dst.next((m) => m['event'] === 'RESUME');
+    const completed = src.next((m) => m['event'] === 'MIGRATION' && (m['data'] as { status?: string }).status === 'completed');
+    await src.cmd('migrate', { uri: `tcp:${addr}:${port}` });
+    await Promise.all([completed, resumed]);
+    const t1 = performance.now();
+    const info = (await src.cmd('query-migrate')) as { 'total-time'?: number; downtime?: number };
+    return { totalMs: t1 - t0, qemuMs: info['total-time'] ?? NaN, downtimeMs: info.downtime ?? NaN };
+  } finally {
+    for (const q of qmps) q.close();
+    for (const p of procs) p.kill('SIGKILL');
+    await Promise.all(procs.map((p) => (p.exitCode === null && p.signalCode === null ? new Promise((r) => p.once('exit', r)) : undefined)));
+  }
+}
+
+/** One migd migration of a fresh idle guest a → b; returns wall ms from SubmitPlan to RunCompleted and the run's stats. */
+async function migdMigration(cb: CoordinatorBackend, name: string, memoryMib: number, bytesPerWorker: number): Promise<{ totalMs: number; qemuMs: number; downtimeMs: number; transferred: number; setupMs: number }> {
+  await cb.createVm(idleSpec(name, memoryMib, bytesPerWorker), 'a');
+  try {
+    await cb.waitGuest(name, { minSamples: 2, minMs: 2000, timeoutMs: 60_000 });
+    const t0 = performance.now();
+    const r = await cb.migrate({ key: `bench.${name}`, vmName: name, memoryMib, sourceNodeId: 'a', destinationNodeId: 'b', policy: FIXED_PRECOPY, label: 'bench', timeLimitMs: 300_000 });
+    const t1 = performance.now();
+    if (r.outcome !== 'succeeded') throw new Error(`migd migration ${name} ${r.outcome}`);
+    const run = (await cb.client.getRun({ runId: r.runId })).run!;
+    const s = run.stats!;
+    return { totalMs: t1 - t0, qemuMs: Number(s.totalTimeMs), downtimeMs: Number(s.downtimeMs), transferred: Number(s.transferredBytes), setupMs: Number(s.setupTimeMs) };
+  } finally {
+    await cb.destroyVm(name).catch(() => undefined);
+  }
+}
+
+async function partA(cluster: LabCluster, cb: CoordinatorBackend): Promise<void> {
+  out('\n== a. control-plane overhead: migd vs a bare QMP script (256 MiB idle guest, 64 MiB written, 1 Gbit/s link)');
+  await cluster.tb.shape('a', { rateMbit: 1000 });
+  await cluster.tb.shape('b', { rateMbit: 1000 });
+  const dir = await mkdtemp(join(tmpdir(), 'migd-bare-'));
+  const migd: number[] = [];
+  const bare: number[] = [];
+  const migdQemu: number[] = [];
+  const bareQemu: number[] = [];
+  try {
+    for (let i = 0; i < REPS; i++) {
+      const m = await migdMigration(cb, `bench-a-${i}-${process.pid}`, 256, 64 * MiB);
+      const b = await bareMigration(cluster, dir, 256, 64 * MiB);
+      migd.push(m.totalMs);
+      bare.push(b.totalMs);
+      migdQemu.push(m.qemuMs);
+      bareQemu.push(b.qemuMs);
+      out(`  rep ${i + 1}: migd ${fmt(m.totalMs, 0)} ms (QEMU ${m.qemuMs} ms, downtime ${m.downtimeMs} ms) · bare ${fmt(b.totalMs, 0)} ms (QEMU ${b.qemuMs} ms, downtime ${b.downtimeMs} ms)`);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  out(`  median: migd ${fmt(med(migd), 0)} ms, bare ${fmt(med(bare), 0)} ms → ratio migd/bare ${fmt(med(migd) / med(bare))}; control-plane overhead ${fmt(med(migd) - med(bare), 0)} ms per migration`);
+  out(`  (QEMU's own total-time: migd ${fmt(med(migdQemu), 0)} ms, bare ${fmt(med(bareQemu), 0)} ms)`);
+}
+
+async function partB(cluster: LabCluster, cb: CoordinatorBackend): Promise<void> {
+  out('\n== b. wire efficiency: idle guest (512 MiB, 256 MiB written) migration bytes/s vs the shaped link');
+  for (const mbit of [100, 300]) {
+    await cluster.tb.shape('a', { rateMbit: mbit });
+    await cluster.tb.shape('b', { rateMbit: mbit });
+    const eff: number[] = [];
+    for (let i = 0; i < Math.max(1, Math.min(REPS, 2)); i++) {
+      const m = await migdMigration(cb, `bench-b-${mbit}-${i}-${process.pid}`, 512, 256 * MiB);
+      const bps = m.transferred / ((m.qemuMs - m.setupMs) / 1000);
+      const link = (mbit * 1e6) / 8;
+      eff.push(bps / link);
+      out(`  ${mbit} Mbit/s rep ${i + 1}: ${fmt(m.transferred / MiB, 1)} MiB in ${m.qemuMs} ms (setup ${m.setupMs} ms) = ${fmt((bps * 8) / 1e6, 1)} Mbit/s → ${fmt(bps / link, 3)} of the link`);
+    }
+    out(`  ${mbit} Mbit/s: median efficiency ${fmt(med(eff), 3)} (migration bytes/s ÷ link bytes/s)`);
+  }
+}
+
+async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void> {
+  const k = 4;
+  const mbit = 300;
+  out(`\n== c. drain makespan vs total bytes ÷ bandwidth (${k} idle guests of 256 MiB, 128 MiB written, ${mbit} Mbit/s)`);
+  await cluster.tb.shape('a', { rateMbit: mbit });
+  await cluster.tb.shape('b', { rateMbit: mbit });
+  const names = Array.from({ length: k }, (_, i) => `bench-c-${i}-${process.pid}`);
+  try {
+    for (const n of names) await cb.createVm(idleSpec(n, 256, 128 * MiB), 'a');
+    for (const n of names) await cb.waitGuest(n, { minSamples: 2, minMs: 2000, timeoutMs: 90_000 });
+    const t0 = performance.now();
+    const { plan } = await cb.client.submitPlan({ idempotencyKey: `bench-c-${process.pid}`, target: { $case: 'drain', value: { nodeId: 'a', destinationNodeIds: ['b'] } }, policy: FIXED_PRECOPY, priority: 0, antiAffinityVmNames: [], label: 'bench-drain' });
+    let state = plan!.state;
+    while (state === PlanState.PLAN_STATE_RUNNING) {
+      await sleep(200);
+      state = (await cb.client.getPlan({ planId: plan!.id })).plan!.state;
+    }
+    const makespan = performance.now() - t0;
+    let bytes = 0;
+    let qemu = 0;
+    for (const m of plan!.migrations) {
+      const run = (await cb.client.getRun({ runId: m.runId })).run!;
+      if (run.state !== MigrationState.MIGRATION_STATE_SUCCEEDED) throw new Error(`drain run ${m.runId} ${MigrationState[run.state]}`);
+      bytes += Number(run.stats?.transferredBytes ?? 0);
+      qemu += Number(run.stats?.totalTimeMs ?? 0);
+    }
+    const bound = (bytes / ((mbit * 1e6) / 8)) * 1000;
+    out(`  ${plan!.migrations.length} migrations (${plan!.orderingReason}); ${fmt(bytes / MiB, 1)} MiB sent`);
+    out(`  makespan ${fmt(makespan / 1000, 2)} s vs bytes÷bandwidth ${fmt(bound / 1000, 2)} s → ratio ${fmt(makespan / bound)} (sum of QEMU migration times ${fmt(qemu / 1000, 2)} s)`);
+  } finally {
+    for (const n of names) await cb.destroyVm(n).catch(() => undefined);
+  }
+}
+
+// --------------------------------------------------------------------------------------------
+// d. scale with simulated nodes
+
+async function startProc(cmd: string, args: string[], ready: (l: string) => boolean, label: string): Promise<ChildProcess> {
+  const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MIGD_LOG_LEVEL: 'error' } });
+  const tail: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${label} not ready:\n${tail.join('\n')}`)), 30_000);
+    const on = (l: string): void => {
+      tail.push(l);
+      if (tail.length > 20) tail.shift();
+      if (ready(l)) {
+        clearTimeout(t);
+        resolve();
+      }
+    };
+    createInterface({ input: p.stdout! }).on('line', on);
+    createInterface({ input: p.stderr! }).on('line', on);
+    p.once('exit', (c) => {
+      clearTimeout(t);
+      reject(new Error(`${label} exited ${c}:\n${tail.join('\n')}`));
+    });
+  });
+  return p;
+}
+
+async function stop(p: ChildProcess | undefined): Promise<void> {
+  if (!p || p.exitCode !== null || p.signalCode !== null) return;
+  const e = new Promise((r) => p.once('exit', r));
+  p.kill('SIGTERM');
+  const t = setTimeout(() => p.kill('SIGKILL'), 5000);
+  await e;
+  clearTimeout(t);
+}
+
+async function partD(): Promise<void> {
+  const entry = coordinatorEntry();
+  if (!entry) throw new Error('coordinator not built');
+  const limits = { cluster: 200, source: 4, destination: 4 };
+  const migrationMs = 1000;
+  out(`\n== d. control-plane scale: drains over simulated nodes (${VMS_PER_NODE} VMs per drained node; simulated migrations of ${migrationMs} ms; limits cluster ${limits.cluster}, per source ${limits.source}, per destination ${limits.destination})`);
+  out('  nodes   VMs  plans  SubmitPlan p50/p99 ms  plans/s  migrations planned/s  makespan s  bound s  bound/makespan  coordinator CPU s');
+  for (const n of NODES) {
+    const work = await mkdtemp(join(tmpdir(), 'migd-scale-'));
+    const certDir = join(work, 'pki');
+    ensurePki(certDir);
+    let nats: ChildProcess | undefined;
+    let coord: ChildProcess | undefined;
+    let sim: SimCluster | undefined;
+    let cb: CoordinatorBackend | undefined;
+    try {
+      await mkdir(join(work, 'nats'));
+      const natsPort = await freePort();
+      const natsBin = existsSync('/usr/sbin/nats-server') ? '/usr/sbin/nats-server' : 'nats-server';
+      nats = await startProc(natsBin, ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', join(work, 'nats')], (l) => l.includes('Server is ready'), 'nats-server');
+      const port = await freePort();
+      const addr = `127.0.0.1:${port}`;
+      coord = await startProc(
+        process.execPath,
+        [entry, '--listen', addr, '--db', join(work, 'history.sqlite'), '--nats', `nats://127.0.0.1:${natsPort}`, '--tls-dir', certDir, '--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination)],
+        (l) => l.includes('"ready":true'),
+        'coordinator',
+      );
+      // Half the nodes hold the VMs (2 × vmsPerNode each), the other half receive them.
+      const old = Math.max(1, Math.floor(n / 2));
+      sim = await SimCluster.start({ nodes: n, populated: old, vmsPerNode: VMS_PER_NODE * 2, vmMemoryMib: 1024, migrationMs, progressMs: 250, coordinator: addr, certDir });
+      cb = new CoordinatorBackend({ address: addr, certDir });
+      await cb.waitForNodes(n, 60_000);
+      // Let the registry settle: every node has heart-beaten its VMs at least once.
+      await sleep(2500);
+      const cpu0 = cpuSeconds(coord.pid!);
+      const newNodes = sim.nodeIds.slice(old);
+      const lat: number[] = [];
+      const planIds: string[] = [];
+      let planned = 0;
+      const t0 = performance.now();
+      for (const id of sim.nodeIds.slice(0, old)) {
+        const s = performance.now();
+        const { plan } = await cb.client.submitPlan({ idempotencyKey: `scale-${n}-${id}`, target: { $case: 'drain', value: { nodeId: id, destinationNodeIds: newNodes } }, policy: FIXED_PRECOPY, priority: 0, antiAffinityVmNames: [], label: 'scale' }, { deadlineMs: 60_000 });
+        lat.push(performance.now() - s);
+        planIds.push(plan!.id);
+        planned += plan!.migrations.length;
+      }
+      const submitMs = performance.now() - t0;
+      const total = sim.vmNode.size;
+      const deadline = Date.now() + 20 * 60_000;
+      while (sim.completed < planned && Date.now() < deadline) await sleep(200);
+      const makespan = sim.lastCompletedAt - (performance.timeOrigin + t0);
+      // The coordinator has recorded every run's end once every plan left RUNNING.
+      let open = planIds.length;
+      while (open > 0 && Date.now() < deadline) {
+        open = 0;
+        for (const id of planIds) if ((await cb.client.getPlan({ planId: id })).plan?.state === PlanState.PLAN_STATE_RUNNING) open++;
+        if (open > 0) await sleep(500);
+      }
+      const cpu = cpuSeconds(coord.pid!) - cpu0;
+      const concurrency = Math.min(limits.cluster, old * limits.source, newNodes.length * limits.destination);
+      const bound = Math.ceil(planned / concurrency) * migrationMs;
+      out(
+        `  ${String(n).padStart(5)} ${String(total).padStart(5)} ${String(planIds.length).padStart(6)}  ${fmt(quantile(lat, 0.5), 1).padStart(10)} / ${fmt(quantile(lat, 0.99), 1).padEnd(9)} ${fmt(planIds.length / (submitMs / 1000), 1).padStart(8)}  ${fmt(planned / (submitMs / 1000), 0).padStart(20)}  ${fmt(makespan / 1000, 1).padStart(10)}  ${fmt(bound / 1000, 1).padStart(7)}  ${fmt(bound / makespan, 3).padStart(14)}  ${fmt(cpu, 1).padStart(17)}`,
+      );
+      if (sim.completed < planned) out(`    (only ${sim.completed}/${planned} migrations completed before the deadline)`);
+    } finally {
+      await cb?.close();
+      await sim?.close();
+      await stop(coord);
+      await stop(nats);
+      await rm(work, { recursive: true, force: true });
+    }
+  }
+}
+
+/** utime + stime of a process, in seconds (Linux /proc). */
+function cpuSeconds(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[11]) + Number(rest[12])) / 100;
+}
+
+async function main(): Promise<void> {
+  out(`migd control-plane benchmarks (parts ${[...PARTS].join(',')}, ${REPS} reps)`);
+  if (PARTS.has('a') || PARTS.has('b') || PARTS.has('c')) {
+    const cluster = await startLabCluster({ mode: 'coordinator' });
+    try {
+      const cb = cluster.backend as CoordinatorBackend;
+      if (PARTS.has('a')) await partA(cluster, cb);
+      if (PARTS.has('b')) await partB(cluster, cb);
+      if (PARTS.has('c')) await partC(cluster, cb);
+    } finally {
+      await cluster.close();
+    }
+  }
+  if (PARTS.has('d')) await partD();
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(`bench: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,192 @@
+/**
+ * The scenario lab (stress/lab/): runs a comparison or one scenario against a migd cluster and
+ * writes a self-contained HTML report (and a PNG of it) next to its results.
+ *
+ *   npm run lab -- <comparison|scenario> [--quick] [--resume] [--out DIR]
+ *                  [--coordinator HOST:PORT [--cert-dir DIR]] [--direct] [--no-png]
+ *   npm run lab -- <comparison|scenario> --report-only [--out DIR]
+ *   npm run lab -- --list
+ *
+ * Without --coordinator it brings up its own cluster: two testbed hosts (network namespaces, the
+ * link shaped per scenario), nats-server, the coordinator and two node daemons (root needed, as
+ * for the integration tests). --direct leaves the coordinator out: the node daemons are driven
+ * directly with the coordinator's policy code in-process. With --coordinator the cluster is
+ * someone else's and links are not shaped (the scenarios' links are only recorded).
+ * Default --out: test-output/lab/<target>[-quick]. Ctrl-C stops after cleaning up; --resume then
+ * continues with the scenario/repetition pairs not yet recorded.
+ */
+import { execFileSync } from 'node:child_process';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { certDir as defaultCertDir, repoRoot } from '../services/shared/paths.js';
+import type { LabBackend } from '../stress/lab/backend.js';
+import { startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
+import { CoordinatorBackend } from '../stress/lab/coordinator-backend.js';
+import { loadResults } from '../stress/lab/results.js';
+import { reportFromResults, runComparison } from '../stress/lab/runner.js';
+import { COMPARISONS, resolveTarget, type LabLink } from '../stress/lab/scenarios.js';
+
+interface Args {
+  target?: string;
+  quick: boolean;
+  resume: boolean;
+  out?: string;
+  coordinator?: string;
+  certDir?: string;
+  direct: boolean;
+  png: boolean;
+  reportOnly: boolean;
+  list: boolean;
+  verbose: boolean;
+}
+
+function parseArgs(argv: readonly string[]): Args {
+  const a: Args = { quick: false, resume: false, direct: false, png: true, reportOnly: false, list: false, verbose: false };
+  for (let i = 0; i < argv.length; i++) {
+    const x = argv[i]!;
+    const value = (): string => {
+      const v = argv[++i];
+      if (v === undefined || v.startsWith('--')) throw new Error(`${x} needs a value`);
+      return v;
+    };
+    if (x === '--quick') a.quick = true;
+    else if (x === '--resume') a.resume = true;
+    else if (x === '--out') a.out = value();
+    else if (x === '--coordinator') a.coordinator = value();
+    else if (x === '--cert-dir') a.certDir = value();
+    else if (x === '--direct') a.direct = true;
+    else if (x === '--no-png') a.png = false;
+    else if (x === '--report-only') a.reportOnly = true;
+    else if (x === '--list') a.list = true;
+    else if (x === '--verbose' || x === '-v') a.verbose = true;
+    else if (x === '--help' || x === '-h') a.list = true;
+    else if (x.startsWith('-')) throw new Error(`unknown option ${x}`);
+    else if (a.target === undefined) a.target = x;
+    else throw new Error(`unexpected argument ${x}`);
+  }
+  return a;
+}
+
+function list(): void {
+  console.log('usage: npm run lab -- <comparison|scenario> [--quick] [--resume] [--out DIR] [--coordinator HOST:PORT [--cert-dir DIR]] [--direct] [--no-png] [--report-only]\n');
+  for (const c of COMPARISONS) {
+    const runs = c.scenarios.reduce((n, s) => n + s.repetitions, 0);
+    console.log(`${c.name}  (${c.scenarios.length} scenarios, ${runs} runs; --quick: ${c.quick?.length ?? c.scenarios.length} runs)\n  ${c.title}`);
+    for (const s of c.scenarios) console.log(`    ${s.name.padEnd(34)} ${s.label}`);
+  }
+}
+
+function qemuVersion(): string {
+  try {
+    return execFileSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).split('\n')[0]!.replace('QEMU emulator version ', '');
+  } catch {
+    return 'unknown';
+  }
+}
+
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  if (args.list || !args.target) {
+    list();
+    return args.target || args.list ? 0 : 2;
+  }
+  const comparison = resolveTarget(args.target, { quick: args.quick });
+  if (!comparison) {
+    console.error(`lab: no comparison or scenario named "${args.target}" (npm run lab -- --list)`);
+    return 2;
+  }
+  const out = args.out ?? join(repoRoot(), 'test-output', 'lab', `${comparison.name}${args.quick ? '-quick' : ''}`);
+  const log = (l: string): void => {
+    if (process.stdout.isTTY) process.stdout.write('\r\x1b[K');
+    console.log(`lab: ${l}`);
+  };
+  const status = (l: string): void => {
+    if (process.stdout.isTTY) process.stdout.write('\r\x1b[K' + l.slice(0, (process.stdout.columns || 160) - 1));
+    else console.log(l);
+  };
+
+  if (args.reportOnly) {
+    const results = await loadResults(out, comparison.name);
+    if (!results) {
+      console.error(`lab: no results in ${out}`);
+      return 1;
+    }
+    const r = await reportFromResults(out, comparison, results, { png: args.png });
+    log(`report: ${r.html}${r.png ? `, ${r.png}` : ''}`);
+    return 0;
+  }
+
+  const ac = new AbortController();
+  let interrupted = 0;
+  const onSignal = (): void => {
+    if (++interrupted > 1) process.exit(130);
+    log('interrupted: stopping after cleaning up (Ctrl-C again to quit at once)');
+    ac.abort(new Error('interrupted'));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  let cluster: LabCluster | undefined;
+  let backend: LabBackend | undefined;
+  let shape: ((host: string, link: LabLink) => Promise<void>) | undefined;
+  let source = 'a';
+  let destination = 'b';
+  try {
+    if (args.coordinator) {
+      const cb = new CoordinatorBackend({ address: args.coordinator, certDir: args.certDir ?? defaultCertDir() });
+      backend = cb;
+      const ids = await cb.nodeIds();
+      if (ids.length < 2) throw new Error(`the coordinator at ${args.coordinator} knows ${ids.length} node(s); the lab needs two`);
+      [source, destination] = ids as [string, string];
+      log(`using the coordinator at ${args.coordinator}: migrating ${source} → ${destination}; links are not shaped`);
+    } else {
+      log(`starting a cluster (${args.direct ? 'node daemons only' : 'coordinator, nats-server, node daemons'} in network namespaces)…`);
+      cluster = await startLabCluster({ ...(args.direct ? { mode: 'direct' as const } : {}), ...(args.verbose ? { onLog: (l: string) => console.error(l) } : {}) });
+      backend = cluster.backend;
+      const tb = cluster.tb;
+      shape = async (host, link) => {
+        const s = { ...(link.rateMbit !== undefined ? { rateMbit: link.rateMbit } : {}), ...(link.delayMs ? { delayMs: link.delayMs } : {}), ...(link.lossPct ? { lossPct: link.lossPct } : {}) };
+        if (Object.keys(s).length === 0) await tb.unshape(host);
+        else await tb.shape(host, s);
+      };
+      log(`cluster up (${cluster.mode}${cluster.coordinatorAddress ? ` at ${cluster.coordinatorAddress}` : ''})`);
+    }
+    const r = await runComparison({
+      comparison,
+      outDir: out,
+      backend,
+      source,
+      destination,
+      ...(shape ? { shape } : {}),
+      resume: args.resume,
+      quick: args.quick,
+      png: args.png,
+      environment: { qemu: qemuVersion(), host: `${cpus().length} CPUs`, node: process.version },
+      log,
+      status,
+      signal: ac.signal,
+    });
+    const done = r.results.runs.length;
+    const want = comparison.scenarios.reduce((n, s) => n + s.repetitions, 0);
+    log(`${r.ran} run(s) this time; ${done}/${want} recorded, ${r.results.errors.length} error(s); results ${join(out, 'results.json')}`);
+    log(`report: ${r.reportHtml}${r.reportPng ? `, ${r.reportPng}` : ''}`);
+    if (args.coordinator === undefined && cluster?.mode === 'coordinator' && done > 0) {
+      // Cross-check: the coordinator's own per-policy summary of the same runs.
+      const cb = backend as CoordinatorBackend;
+      const cmp = await cb.client.comparePolicies({ filter: { runIds: r.results.runs.map((x) => x.runId), vmName: '', nodeId: '', states: [], policyKinds: [], planId: '', label: '' } }).catch(() => undefined);
+      for (const s of cmp?.summaries ?? []) log(`coordinator ComparePolicies: ${s.label || s.kind}: ${s.succeeded}/${s.runs} ok, total p50 ${Math.round(s.totalTimeMsP50)} ms, downtime p50 ${Math.round(s.downtimeMsP50)} ms`);
+    }
+    return ac.signal.aborted ? 130 : r.results.errors.length > 0 && done < want ? 1 : 0;
+  } finally {
+    if (cluster) await cluster.close();
+    else await backend?.close();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    console.error(`lab: ${err instanceof Error ? err.message : String(err)}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,126 @@
+/**
+ * How migctl shows numbers and tables to people: binary byte units, rates both as bytes and as
+ * QEMU's megabits, short durations, progress bars and aligned columns. Pure functions; the
+ * machine-readable output (--json) never goes through here.
+ */
+import { PolicyKind, migrationStateToJSON, type MigrationState } from '../../shared/gen/migd/v1/common.js';
+
+const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'] as const;
+
+/** "0 B", "812 B", "4.0 KiB", "63.9 MiB", "1.50 GiB". */
+export function formatBytes(bytes: number): string {
+  if (!Number.isFinite(bytes)) return '-';
+  let v = Math.abs(bytes);
+  let i = 0;
+  while (v >= 1024 && i < UNITS.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  const sign = bytes < 0 ? '-' : '';
+  if (i === 0) return `${sign}${Math.round(v)} B`;
+  return `${sign}${v.toFixed(i >= 3 ? 2 : 1)} ${UNITS[i]}`;
+}
+
+/** "106.3 MiB/s". */
+export function formatRate(bytesPerSec: number): string {
+  return Number.isFinite(bytesPerSec) ? `${formatBytes(bytesPerSec)}/s` : '-';
+}
+
+/** QEMU reports throughput in megabits (10^6 bits) per second. */
+export function mbpsToBytesPerSec(mbps: number): number {
+  return (mbps * 1_000_000) / 8;
+}
+
+/** "850 ms", "12.3 s", "4m05s", "2h10m". */
+export function formatDuration(ms: number): string {
+  if (!Number.isFinite(ms) || ms < 0) return '-';
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`;
+  const s = Math.round(ms / 1000);
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+/** A number with `digits` decimals, or "-" for NaN/∞ (e.g. a summary with no succeeded runs). */
+export function formatNumber(v: number, digits = 0): string {
+  return Number.isFinite(v) ? v.toFixed(digits) : '-';
+}
+
+/** "97%" from 0.97. */
+export function formatPercent(fraction: number): string {
+  return Number.isFinite(fraction) ? `${Math.round(fraction * 100)}%` : '-';
+}
+
+/** Local "2025-03-01 12:00:05", or "-" when unset. */
+export function formatTime(d: Date | undefined): string {
+  if (d === undefined || Number.isNaN(d.getTime())) return '-';
+  const p = (n: number): string => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+const PARTIAL = ['', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
+
+/**
+ * A progress bar of `width` cells for `fraction` (clamped to 0..1): `[####......]` in ASCII,
+ * or eighth-block characters for a terminal.
+ */
+export function progressBar(fraction: number, width: number, style: 'ascii' | 'unicode' = 'ascii'): string {
+  const f = Number.isFinite(fraction) ? Math.max(0, Math.min(1, fraction)) : 0;
+  if (style === 'ascii') {
+    const n = Math.round(f * width);
+    return `[${'#'.repeat(n)}${'.'.repeat(width - n)}]`;
+  }
+  const eighths = Math.round(f * width * 8);
+  const full = Math.floor(eighths / 8);
+  const part = full < width ? (PARTIAL[eighths % 8] ?? '') : '';
+  return `▕${'█'.repeat(full)}${part}${' '.repeat(width - full - (part ? 1 : 0))}▏`;
+}
+
+/** "precopy", "postcopy-paused" from MIGRATION_STATE_PRECOPY… */
+export function stateName(state: MigrationState): string {
+  try {
+    return migrationStateToJSON(state).replace(/^MIGRATION_STATE_/, '').toLowerCase().replace(/_/g, '-');
+  } catch {
+    return `state-${String(state)}`;
+  }
+}
+
+const POLICY_NAMES: Readonly<Record<PolicyKind, string>> = {
+  [PolicyKind.POLICY_KIND_UNSPECIFIED]: 'fixed',
+  [PolicyKind.POLICY_KIND_FIXED]: 'fixed',
+  [PolicyKind.POLICY_KIND_ADAPTIVE]: 'adaptive',
+  [PolicyKind.POLICY_KIND_NOVA]: 'nova',
+  [PolicyKind.POLICY_KIND_OVIRT_MINIMAL_DOWNTIME]: 'ovirt-minimal',
+  [PolicyKind.POLICY_KIND_OVIRT_SUSPEND_WORKLOAD]: 'ovirt-suspend',
+  [PolicyKind.POLICY_KIND_OVIRT_POSTCOPY]: 'ovirt-postcopy',
+  [PolicyKind.POLICY_KIND_KUBEVIRT]: 'kubevirt',
+};
+
+/** The name migctl's --policy takes for `kind` ("ovirt-minimal"…). */
+export function policyDisplayName(kind: PolicyKind): string {
+  return POLICY_NAMES[kind] ?? `policy-${String(kind)}`;
+}
+
+/** Column alignment: left for text, right for numbers. */
+export type Align = 'left' | 'right';
+
+/** Aligned columns separated by two spaces; a header row first. Trailing spaces trimmed. */
+export function formatTable(headers: readonly string[], rows: readonly (readonly string[])[], align: readonly Align[] = []): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: readonly string[]): string =>
+    headers
+      .map((_, i) => {
+        const c = cells[i] ?? '';
+        const w = widths[i] ?? 0;
+        return align[i] === 'right' ? c.padStart(w) : c.padEnd(w);
+      })
+      .join('  ')
+      .trimEnd();
+  return [line(headers), ...rows.map(line)].join('\n') + '\n';
+}
+
+/** Cuts `s` to `width` characters, ending with "…" when cut. */
+export function truncate(s: string, width: number): string {
+  if (width <= 0) return '';
+  return s.length <= width ? s : `${s.slice(0, Math.max(0, width - 1))}…`;
+}

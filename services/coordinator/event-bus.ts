@@ -1,0 +1,166 @@
+/**
+ * The coordinator's in-process event bus: the same events the outbox relay publishes on NATS,
+ * read back from the store's outbox right after each commit and fanned out to Watch streams. It
+ * needs no NATS, so Watch works while NATS is down or not configured, and a run's Watch replays
+ * the run's events from the outbox (ids and run sequences exactly as on NATS) before going live.
+ */
+import { Broadcast } from '../shared/broadcast.js';
+import { buildEvent, decodeEvent } from '../shared/events/codec.js';
+import { isSampleSubject, parseSubject } from '../shared/events/subjects.js';
+import type { Run } from '../shared/gen/migd/v1/coordinator.js';
+import type { Event } from '../shared/gen/migd/v1/events.js';
+import type { Logger } from '../shared/log.js';
+import type { HistoryStore } from './store/types.js';
+
+const PAGE = 500;
+
+/** The run an event is about, or undefined for plan and node events. */
+export function runIdOf(event: Event): string | undefined {
+  try {
+    const s = parseSubject(event.subject);
+    return s.scope === 'run' ? s.id : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export class EventBus {
+  private readonly live = new Broadcast<Event>({ limit: 16_384 });
+  private cursor = 0;
+  private unsubscribe: (() => void) | undefined;
+  private pumping: Promise<void> | undefined;
+  private again = false;
+
+  constructor(
+    private readonly store: HistoryStore,
+    private readonly log: Logger,
+  ) {}
+
+  /** Starts following the outbox from its current end. */
+  async start(): Promise<void> {
+    this.cursor = await this.store.lastOutboxSeq();
+    this.unsubscribe = this.store.onOutboxEnqueued(() => this.wake());
+  }
+
+  private wake(): void {
+    if (this.pumping) {
+      this.again = true;
+      return;
+    }
+    this.pumping = this.pump()
+      .catch((err: unknown) => this.log.warn('event bus: reading the outbox failed', { err }))
+      .finally(() => {
+        this.pumping = undefined;
+        if (this.again) {
+          this.again = false;
+          this.wake();
+        }
+      });
+  }
+
+  private async pump(): Promise<void> {
+    for (;;) {
+      const rows = await this.store.readOutbox({ afterSeq: this.cursor, limit: PAGE });
+      for (const r of rows) {
+        this.cursor = r.seq;
+        try {
+          this.live.publish(decodeEvent(r.payload));
+        } catch (err) {
+          this.log.warn('event bus: undecodable outbox row', { seq: r.seq, err });
+        }
+      }
+      if (rows.length < PAGE) return;
+    }
+  }
+
+  /** Every event from now on (until `signal` fires or the bus stops). */
+  subscribe(signal?: AbortSignal): AsyncIterableIterator<Event> {
+    return this.live.subscribe([], signal);
+  }
+
+  /** Live events of the whole cluster. */
+  async *watchCluster(opts: { statesOnly?: boolean; signal?: AbortSignal } = {}): AsyncIterable<Event> {
+    for await (const ev of this.subscribe(opts.signal)) {
+      if (opts.statesOnly && isSampleSubject(ev.subject)) continue;
+      yield ev;
+    }
+  }
+
+  /**
+   * One run's events: those already in the outbox, then live ones, ending after its RunCompleted.
+   * When the outbox no longer holds the run's start (pruned), `fallback` supplies the history (the
+   * run's transitions, actions and completion rebuilt from the store) instead.
+   */
+  async *watchRun(runId: string, opts: { statesOnly?: boolean; signal?: AbortSignal; fallback?: (before?: Date) => Promise<Event[]> } = {}): AsyncIterable<Event> {
+    // Subscribe before reading the replay, so nothing committed in between is lost; duplicates
+    // are recognised by their run sequence.
+    const live = this.subscribe(opts.signal);
+    try {
+      const keep = (ev: Event): boolean => !(opts.statesOnly && isSampleSubject(ev.subject));
+      let last = 0;
+      let replayed = 0;
+      let after = 0;
+      for (;;) {
+        const rows = await this.store.readOutbox({ afterSeq: after, runId, limit: PAGE });
+        for (const r of rows) {
+          after = r.seq;
+          const ev = decodeEvent(r.payload);
+          if (replayed === 0 && ev.runSequence > 1 && opts.fallback) {
+            for (const old of await opts.fallback(ev.time)) if (keep(old)) yield old;
+          }
+          replayed++;
+          last = Math.max(last, ev.runSequence);
+          if (keep(ev)) yield ev;
+          if (isCompletion(ev)) return;
+        }
+        if (rows.length < PAGE) break;
+      }
+      if (replayed === 0 && opts.fallback) {
+        for (const old of await opts.fallback()) {
+          if (keep(old)) yield old;
+          if (isCompletion(old)) return;
+        }
+      }
+      for await (const ev of live) {
+        if (runIdOf(ev) !== runId) continue;
+        if (ev.runSequence !== 0 && ev.runSequence <= last) continue;
+        last = Math.max(last, ev.runSequence);
+        if (keep(ev)) yield ev;
+        if (isCompletion(ev)) return;
+      }
+    } finally {
+      await live.return?.();
+    }
+  }
+
+  /** Stops following the outbox and ends every subscription. */
+  async stop(): Promise<void> {
+    this.unsubscribe?.();
+    await this.pumping;
+    this.live.close();
+  }
+}
+
+/** RunCompleted is the last event of a run (written after its final RunStateChanged). */
+function isCompletion(ev: Event): boolean {
+  return ev.payload?.$case === 'runCompleted';
+}
+
+/**
+ * A run's history as events (state changes, actions, completion), oldest first, for a Watch whose
+ * run has left the outbox. They carry run sequence 0 (the originals' numbers are not kept) and
+ * fresh ids; only those before `before` when given.
+ */
+export function eventsFromRun(run: Run, before?: Date): Event[] {
+  const base = { runId: run.id, planId: run.planId, vmName: run.vmName };
+  const items: { t: number; payload: NonNullable<Event['payload']> }[] = [];
+  for (const change of run.transitions) items.push({ t: change.time?.getTime() ?? 0, payload: { $case: 'runState', value: { ...base, change } } });
+  for (const action of run.actions) items.push({ t: action.time?.getTime() ?? 0, payload: { $case: 'runAction', value: { runId: run.id, action } } });
+  if (run.finishedAt) {
+    items.push({ t: run.finishedAt.getTime() + 1, payload: { $case: 'runCompleted', value: { ...base, state: run.state, stats: run.stats, error: run.error } } });
+  }
+  return items
+    .filter((i) => before === undefined || i.t < before.getTime())
+    .sort((a, b) => a.t - b.t)
+    .map((i) => buildEvent(i.payload, { time: new Date(i.t), runSequence: 0 }));
+}

@@ -1,0 +1,163 @@
+/**
+ * Turning requests into work: SubmitPlan (validate, draft with the domain planner, store the plan
+ * and its runs in one transaction, queue the runs) and CreateVm (on a node, or where placement
+ * says). Both read one snapshot of the cluster — the registry's nodes and VMs plus the moves that
+ * active runs will make — and run one at a time, so two requests never plan the same VM or the
+ * same free memory twice.
+ */
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError } from '../shared/errors.js';
+import { createIdFactory } from '../shared/events/ids.js';
+import { MigrationPolicy, VmState, type VmInfo } from '../shared/gen/migd/v1/common.js';
+import type { CoordinatorServiceCreateVmRequest, SubmitPlanRequest, SubmitPlanResponse } from '../shared/gen/migd/v1/coordinator.js';
+import type { Logger } from '../shared/log.js';
+import { type ClusterModel, clusterFromProto, findVm } from './domain/cluster.js';
+import { draftPlan } from './domain/plan.js';
+import { evaluateDestinations } from './domain/placement.js';
+import type { ConcurrencyLimits } from './domain/scheduler.js';
+import { GiB, MiB, formatBytes } from './domain/units.js';
+import { validatePolicy } from './policy-checks.js';
+import type { NodeRegistry } from './registry.js';
+import type { RunManager } from './runs/manager.js';
+import type { CreateRunInput, HistoryStore } from './store/types.js';
+
+const VM_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
+const MAX_KEY = 256;
+
+export interface PlannerOptions {
+  readonly store: HistoryStore;
+  readonly registry: NodeRegistry;
+  readonly runs: RunManager;
+  readonly limits: ConcurrencyLimits;
+  readonly log: Logger;
+  /** Deadline of CreateVm on a node (ms). */
+  readonly createVmDeadlineMs: number;
+  readonly newId?: () => string;
+}
+
+export class Planner {
+  private lock: Promise<unknown> = Promise.resolve();
+  private readonly newId: () => string;
+
+  constructor(private readonly o: PlannerOptions) {
+    this.newId = o.newId ?? createIdFactory();
+  }
+
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.lock.then(fn);
+    this.lock = result.catch(() => undefined);
+    return result;
+  }
+
+  /** The cluster as placement sees it now. */
+  async model(): Promise<ClusterModel> {
+    const [nodes, vms, active] = await Promise.all([this.o.registry.nodes(), this.o.registry.vms(), this.o.store.listActiveRuns()]);
+    const plannedMoves = active.map((r) => ({ vmName: r.vmName, from: r.sourceNodeId, to: r.destinationNodeId, memoryBytes: r.memoryMib * MiB }));
+    return clusterFromProto(nodes, vms, { plannedMoves });
+  }
+
+  /**
+   * Submits a plan; the same idempotency key returns the stored plan (`existing: true`) and
+   * starts nothing.
+   * @throws InvalidArgumentError (no key, no target, contradicting policy), NotFoundError (unknown
+   *   VM or node), FailedPreconditionError (destination is the source or down, VM already
+   *   migrating, source down), ResourceExhaustedError (a VM cannot be placed). Nothing is stored
+   *   when one is raised.
+   */
+  submit(req: SubmitPlanRequest): Promise<SubmitPlanResponse> {
+    const key = req.idempotencyKey;
+    if (!key) throw new InvalidArgumentError('idempotency_key is required', { reason: 'NO_IDEMPOTENCY_KEY' });
+    if (key.length > MAX_KEY) throw new InvalidArgumentError(`idempotency_key is longer than ${MAX_KEY} characters`);
+    return this.exclusive(async () => {
+      const existing = await this.o.store.findPlanByKey(key);
+      if (existing) return { plan: existing, existing: true };
+      const target = req.target;
+      if (!target) throw new InvalidArgumentError('the request names no target: set migrate or drain', { reason: 'NO_TARGET' });
+      const policy = req.policy ?? MigrationPolicy.fromPartial({});
+      // Contradictions are the caller's error whatever the cluster looks like.
+      validatePolicy(policy, GiB);
+      const cluster = await this.model();
+      if (target.$case === 'migrate') {
+        if (!target.value.vmName) throw new InvalidArgumentError('migrate.vm_name is required');
+      } else {
+        if (!target.value.nodeId) throw new InvalidArgumentError('drain.node_id is required');
+        for (const id of target.value.destinationNodeIds) {
+          if (!cluster.nodes.some((n) => n.id === id)) throw new NotFoundError(`unknown destination node "${id}"`, { reason: 'UNKNOWN_NODE' });
+        }
+      }
+      const draft = draftPlan(cluster, req, { limits: this.o.limits });
+      const planId = this.newId();
+      const runs: (Omit<CreateRunInput, 'planId'> & { id: string; order: number })[] = draft.migrations.map((m) => {
+        const memoryMib = findVm(cluster, m.vmName)?.memoryMib ?? 0;
+        return {
+          id: this.newId(),
+          order: m.order,
+          vmName: m.vmName,
+          sourceNodeId: m.sourceNodeId,
+          destinationNodeId: m.destinationNodeId,
+          // The effective policy (preset defaults filled in, e.g. Nova's ramp for this guest) is
+          // what the node is sent and what a restarted coordinator rebuilds the policy from.
+          policy: validatePolicy(policy, Math.max(1, memoryMib) * MiB).effective,
+          policyLabel: req.label,
+          memoryMib,
+          priority: req.priority,
+        };
+      });
+      const created = await this.o.store.createPlan({
+        id: planId,
+        idempotencyKey: key,
+        request: req,
+        migrations: draft.migrations.map((m, i) => ({ ...m, runId: runs[i]?.id ?? '' })),
+        orderingReason: draft.orderingReason,
+        priority: req.priority,
+        runs: runs.map(({ order: _order, ...r }) => r),
+      });
+      if (created.existing) return created;
+      this.o.log.info('plan submitted', { planId, key, target: target.$case, runs: runs.length, order: draft.orderingReason });
+      const stored = await this.o.store.listPlanRuns(planId);
+      for (const r of runs) {
+        const run = stored.find((s) => s.id === r.id);
+        if (run) this.o.runs.enqueue(run, r.order);
+      }
+      if (runs.length === 0) await this.o.runs.updatePlan(planId);
+      return { plan: await this.o.store.getPlan(planId), existing: false };
+    });
+  }
+
+  /**
+   * Starts a VM on `node_id`, or on the up node with the most free memory that keeps the spec's
+   * anti-affinity group apart.
+   * @throws InvalidArgumentError (bad spec), NotFoundError (unknown node), FailedPreconditionError
+   *   (node down), AlreadyExistsError (name in use), ResourceExhaustedError (no node can take it),
+   *   and the node's own errors
+   */
+  createVm(req: CoordinatorServiceCreateVmRequest): Promise<VmInfo> {
+    const spec = req.spec;
+    if (!spec) throw new InvalidArgumentError('spec is required');
+    if (!VM_NAME.test(spec.name)) throw new InvalidArgumentError(`spec.name "${spec.name}" must match ${VM_NAME.source}`);
+    if (!(spec.memoryMib > 0)) throw new InvalidArgumentError('spec.memory_mib is required');
+    return this.exclusive(async () => {
+      const cluster = await this.model();
+      if (findVm(cluster, spec.name) || (await this.o.registry.vms()).some((v) => v.spec?.name === spec.name)) {
+        throw new AlreadyExistsError(`a VM named "${spec.name}" already exists`, { reason: 'VM_EXISTS' });
+      }
+      let nodeId = req.nodeId;
+      if (nodeId) {
+        this.o.registry.host(nodeId);
+        if (!this.o.registry.isUp(nodeId)) throw new FailedPreconditionError(`node "${nodeId}" is down`, { reason: 'NODE_DOWN' });
+      } else {
+        const verdicts = evaluateDestinations(cluster, { name: spec.name, nodeId: '', memoryMib: spec.memoryMib, antiAffinityGroup: spec.antiAffinityGroup || undefined });
+        const best = verdicts.filter((v) => v.eligible).sort((a, b) => b.availableBytes - a.availableBytes || a.inbound - b.inbound || (a.nodeId < b.nodeId ? -1 : 1))[0];
+        if (!best) {
+          const why = verdicts.map((v) => `${v.nodeId} ${v.problems.join(' and ')}`).join('; ') || 'the cluster has no node';
+          throw new ResourceExhaustedError(`no node can take VM "${spec.name}" (${formatBytes(spec.memoryMib * MiB)}): ${why}`, { reason: 'NO_NODE' });
+        }
+        nodeId = best.nodeId;
+      }
+      const res = await this.o.registry.client(nodeId).createVm({ spec }, { deadlineMs: this.o.createVmDeadlineMs });
+      const vm: VmInfo = res.vm ?? { spec, nodeId, state: VmState.VM_STATE_STARTING, pid: 0, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0 };
+      await this.o.registry.vmCreated({ ...vm, nodeId });
+      this.o.log.info('VM created', { vm: spec.name, nodeId });
+      return vm;
+    });
+  }
+}

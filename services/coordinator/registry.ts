@@ -1,0 +1,260 @@
+/**
+ * The node registry: which node daemons exist, whether they are alive, what VMs they run, and a
+ * gRPC client for each. Node daemons register and heartbeat (with their host info and VMs); a
+ * node that misses `misses` heartbeats is marked down. Node and VM changes go to the store, whose
+ * outbox turns them into NodeStateChanged / VmChanged events; the latest heartbeat's VM list is
+ * kept in memory as the live view (ListVms, placement), backed by the store after a restart
+ * until each node has reported again.
+ */
+import { InvalidArgumentError, NotFoundError } from '../shared/errors.js';
+import { VmState, type GuestPerfSample, type HostInfo, type VmInfo } from '../shared/gen/migd/v1/common.js';
+import { NodeStatus, type Node } from '../shared/gen/migd/v1/coordinator.js';
+import { NodeServiceService, type MigrationEndpoint } from '../shared/gen/migd/v1/node.js';
+import type { Logger } from '../shared/log.js';
+import { createClient, type RpcClient } from '../shared/rpc/client.js';
+import { splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
+import type { HistoryStore } from './store/types.js';
+
+export type NodeClient = RpcClient<typeof NodeServiceService>;
+
+const NODE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
+
+export interface NodeRegistryOptions {
+  readonly store: HistoryStore;
+  readonly log: Logger;
+  /** The heartbeat period node daemons are told to keep (ms). */
+  readonly heartbeatMs: number;
+  /** Missed heartbeats before a node is marked down. */
+  readonly misses: number;
+  /** Transport security of calls to node daemons. */
+  readonly security: TransportSecurity;
+  /** Default deadline of calls to node daemons (ms). */
+  readonly callDeadlineMs: number;
+  /** Clock (ms since the epoch). Default Date.now. */
+  readonly now?: () => number;
+  /** Builds a node client (tests inject fakes). Default: a gRPC client. */
+  readonly connect?: (host: HostInfo) => NodeClient;
+}
+
+export class NodeRegistry {
+  private readonly hosts = new Map<string, HostInfo>();
+  private readonly up = new Map<string, boolean>();
+  private readonly lastSeen = new Map<string, number>();
+  /** The VMs each node reported in its latest heartbeat (since this coordinator started). */
+  private readonly reported = new Map<string, VmInfo[]>();
+  /** VM name → "node|state" as last written to the store (to write only changes). */
+  private readonly written = new Map<string, string>();
+  private readonly lastGuestSample = new Map<string, number>();
+  private readonly clients = new Map<string, { address: string; client: NodeClient }>();
+  private timer: NodeJS.Timeout | undefined;
+  private checking = false;
+  private readonly now: () => number;
+
+  constructor(private readonly o: NodeRegistryOptions) {
+    this.now = o.now ?? Date.now;
+  }
+
+  /** Loads the known nodes and VMs from the store; starts down-detection. */
+  async start(): Promise<void> {
+    const now = this.now();
+    for (const n of await this.o.store.listNodes()) {
+      if (!n.host) continue;
+      this.hosts.set(n.host.nodeId, n.host);
+      this.up.set(n.host.nodeId, n.status === NodeStatus.NODE_STATUS_UP);
+      // A restarted coordinator gives every node a full timeout to heartbeat again.
+      this.lastSeen.set(n.host.nodeId, now);
+    }
+    for (const v of await this.o.store.listVms()) this.written.set(v.spec?.name ?? '', `${v.nodeId}|${v.state}`);
+    this.timer = setInterval(() => void this.checkDown(), Math.max(50, Math.floor(this.o.heartbeatMs / 2)));
+    this.timer.unref();
+  }
+
+  get heartbeatMs(): number {
+    return this.o.heartbeatMs;
+  }
+
+  private validateHost(host: HostInfo | undefined): HostInfo {
+    if (!host) throw new InvalidArgumentError('host is required');
+    if (!NODE_ID.test(host.nodeId)) throw new InvalidArgumentError(`host.node_id "${host.nodeId}" must match ${NODE_ID.source}`);
+    try {
+      splitHostPort(host.managementAddress);
+    } catch {
+      throw new InvalidArgumentError(`host.management_address "${host.managementAddress}" is not host:port`);
+    }
+    if (!host.migrationAddress) throw new InvalidArgumentError('host.migration_address is required');
+    return host;
+  }
+
+  /**
+   * A node daemon announces itself (again). @throws InvalidArgumentError for a bad host description
+   */
+  async register(hostIn: HostInfo | undefined): Promise<{ nodeId: string; heartbeatIntervalMs: number }> {
+    const host = this.validateHost(hostIn);
+    const wasUp = this.up.get(host.nodeId);
+    await this.o.store.upsertNode({ host, status: NodeStatus.NODE_STATUS_UP, reason: wasUp === false ? 'registered again' : 'registered' });
+    this.seen(host);
+    this.o.log.info('node registered', { nodeId: host.nodeId, managementAddress: host.managementAddress, migrationAddress: host.migrationAddress });
+    return { nodeId: host.nodeId, heartbeatIntervalMs: this.o.heartbeatMs };
+  }
+
+  /**
+   * A node daemon reports itself alive with its VMs.
+   * @throws InvalidArgumentError for a bad host; NotFoundError when the node never registered
+   *   (the node daemon then registers again)
+   */
+  async heartbeat(hostIn: HostInfo | undefined, vms: readonly VmInfo[]): Promise<void> {
+    const host = this.validateHost(hostIn);
+    if (!this.hosts.has(host.nodeId)) throw new NotFoundError(`node ${host.nodeId} is not registered: call RegisterNode first`, { reason: 'NODE_NOT_REGISTERED' });
+    const wasUp = this.up.get(host.nodeId);
+    await this.o.store.upsertNode({ host, status: NodeStatus.NODE_STATUS_UP, reason: wasUp ? 'heartbeat' : 'heartbeats resumed' });
+    if (!wasUp) this.o.log.info('node is up again', { nodeId: host.nodeId });
+    this.seen(host);
+    await this.syncVms(host.nodeId, vms);
+  }
+
+  private seen(host: HostInfo): void {
+    this.hosts.set(host.nodeId, host);
+    this.up.set(host.nodeId, true);
+    this.lastSeen.set(host.nodeId, this.now());
+  }
+
+  private async syncVms(nodeId: string, vms: readonly VmInfo[]): Promise<void> {
+    const list = vms.map((v) => ({ ...v, nodeId }));
+    this.reported.set(nodeId, list);
+    const names = new Set<string>();
+    for (const v of list) {
+      const name = v.spec?.name ?? '';
+      if (!name) continue;
+      names.add(name);
+      this.recordGuestSample(name, v.lastGuestPerf);
+      // The incoming half of a migration is a transient second VM of the same name: the store
+      // keeps one row per name, the source's, until the run ends.
+      if (v.state === VmState.VM_STATE_INCOMING) continue;
+      await this.write(v);
+    }
+    for (const [name, key] of this.written) {
+      if (names.has(name) || !key.startsWith(`${nodeId}|`) || key === `${nodeId}|${VmState.VM_STATE_STOPPED}`) continue;
+      const stored = await this.o.store.getVm(name).catch(() => undefined);
+      if (stored && stored.nodeId === nodeId) await this.write({ ...stored, state: VmState.VM_STATE_STOPPED, pid: 0, migrationRunId: '' });
+    }
+  }
+
+  private async write(v: VmInfo): Promise<void> {
+    const name = v.spec?.name ?? '';
+    const key = `${v.nodeId}|${v.state}`;
+    if (this.written.get(name) === key) return;
+    await this.o.store.upsertVm(v);
+    this.written.set(name, key);
+  }
+
+  /** Heartbeats carry each VM's latest guest sample: kept as the guest's history outside runs. */
+  private recordGuestSample(name: string, s: GuestPerfSample | undefined): void {
+    const t = s?.time?.getTime();
+    if (!s || t === undefined || t <= (this.lastGuestSample.get(name) ?? 0)) return;
+    this.lastGuestSample.set(name, t);
+    try {
+      this.o.store.appendGuestSample({ ...s, vmName: s.vmName || name });
+    } catch (err) {
+      this.o.log.debug('guest sample not recorded', { vm: name, err });
+    }
+  }
+
+  /**
+   * A run ended: the VM now runs on `nodeId` (its destination after a success, its source
+   * otherwise), outside any migration. Recorded at once rather than at the next heartbeats, so
+   * the VM can be planned again right away.
+   */
+  async vmSettled(name: string, nodeId: string, moved: boolean): Promise<void> {
+    const entries = [...this.reported.entries()].flatMap(([node, list]) => list.filter((v) => v.spec?.name === name && v.state !== VmState.VM_STATE_INCOMING).map((v) => ({ node, v })));
+    const stored = await this.o.store.getVm(name).catch(() => undefined);
+    const here = entries.find((e) => e.node === nodeId)?.v ?? (stored?.nodeId === nodeId ? stored : undefined);
+    const base = here ?? (moved ? (entries[0]?.v ?? stored) : undefined);
+    if (!base) return;
+    for (const [node, list] of this.reported) this.reported.set(node, list.filter((v) => v.spec?.name !== name));
+    const settled: VmInfo = { ...base, nodeId, state: VmState.VM_STATE_RUNNING, migrationRunId: '' };
+    this.reported.get(nodeId)?.push(settled);
+    await this.write(settled);
+  }
+
+  /** A VM was created through the coordinator. */
+  async vmCreated(vm: VmInfo): Promise<void> {
+    const list = this.reported.get(vm.nodeId);
+    if (list && !list.some((v) => v.spec?.name === vm.spec?.name)) list.push(vm);
+    await this.write(vm);
+  }
+
+  private async checkDown(): Promise<void> {
+    if (this.checking) return;
+    this.checking = true;
+    try {
+      const limit = this.o.heartbeatMs * this.o.misses;
+      const now = this.now();
+      for (const [id, seen] of this.lastSeen) {
+        if (!this.up.get(id) || now - seen <= limit) continue;
+        this.up.set(id, false);
+        const reason = `no heartbeat for ${now - seen} ms (${this.o.misses} missed at ${this.o.heartbeatMs} ms)`;
+        this.o.log.warn('node marked down', { nodeId: id, reason });
+        await this.o.store.setNodeStatus(id, NodeStatus.NODE_STATUS_DOWN, reason).catch((err: unknown) => this.o.log.warn('marking a node down failed', { nodeId: id, err }));
+      }
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  /** Whether the node is known and heart-beating. */
+  isUp(nodeId: string): boolean {
+    return this.up.get(nodeId) === true;
+  }
+
+  /** The node's last reported description. @throws NotFoundError */
+  host(nodeId: string): HostInfo {
+    const h = this.hosts.get(nodeId);
+    if (!h) throw new NotFoundError(`unknown node "${nodeId}"`, { reason: 'UNKNOWN_NODE' });
+    return h;
+  }
+
+  /** How a source node reaches `nodeId` for a migration. @throws NotFoundError */
+  endpoint(nodeId: string): MigrationEndpoint {
+    const h = this.host(nodeId);
+    return { nodeId, managementAddress: h.managementAddress, migrationAddress: h.migrationAddress };
+  }
+
+  /** A client of the node daemon (cached per address). @throws NotFoundError for an unknown node */
+  client(nodeId: string): NodeClient {
+    const h = this.host(nodeId);
+    const cached = this.clients.get(nodeId);
+    if (cached && cached.address === h.managementAddress) return cached.client;
+    cached?.client.close();
+    const client = this.o.connect?.(h) ?? createClient('migd.v1.NodeService', NodeServiceService, h.managementAddress, { security: this.o.security, defaultDeadlineMs: this.o.callDeadlineMs });
+    this.clients.set(nodeId, { address: h.managementAddress, client });
+    return client;
+  }
+
+  /** Every node as the store knows it, with VM counts from the live view. */
+  async nodes(): Promise<Node[]> {
+    const nodes = await this.o.store.listNodes();
+    const vms = await this.vms();
+    return nodes.map((n) => ({ ...n, vmCount: vms.filter((v) => v.nodeId === n.host?.nodeId && v.state !== VmState.VM_STATE_INCOMING).length }));
+  }
+
+  /**
+   * VMs across the cluster (or on one node), ordered by node then name: each node's latest
+   * heartbeat, or the store's record for nodes that have not reported since this coordinator
+   * started. Stopped VMs are left out.
+   */
+  async vms(nodeId?: string): Promise<VmInfo[]> {
+    const stored = await this.o.store.listVms(nodeId);
+    const out: VmInfo[] = [];
+    for (const v of stored) if (!this.reported.has(v.nodeId) && v.state !== VmState.VM_STATE_STOPPED) out.push(v);
+    for (const [node, list] of this.reported) if (!nodeId || node === nodeId) out.push(...list.filter((v) => v.state !== VmState.VM_STATE_STOPPED));
+    const key = (v: VmInfo): string => `${v.nodeId}\u0000${v.spec?.name ?? ''}\u0000${v.state === VmState.VM_STATE_INCOMING ? 1 : 0}`;
+    return out.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
+  }
+
+  /** Stops down-detection and closes the node clients. */
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    for (const { client } of this.clients.values()) client.close();
+    this.clients.clear();
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * Who may call what. A caller's identity is the common name of its client certificate; the
+ * configured role map turns it into a role, and each CoordinatorService method names the roles
+ * allowed to call it:
+ *
+ * | role     | methods                                                                         |
+ * | -------- | ------------------------------------------------------------------------------- |
+ * | viewer   | ListNodes, ListVms, GetPlan, GetRun, ListRuns, GetRunTimeline, ComparePolicies, |
+ * |          | ExportRuns, Watch                                                               |
+ * | operator | everything a viewer may, plus SubmitPlan, CreateVm, CancelRun, ForceCompleteRun, |
+ * |          | AdjustRun                                                                       |
+ * | node     | RegisterNode, Heartbeat only                                                    |
+ *
+ * A method missing from the table is refused (fail closed). Pure apart from the log line.
+ */
+import { PermissionDeniedError } from '../shared/errors.js';
+import type { Logger } from '../shared/log.js';
+import type { Authorizer, CallContext } from '../shared/rpc/server.js';
+
+export type Role = 'viewer' | 'operator' | 'node';
+
+const ROLES: readonly Role[] = ['viewer', 'operator', 'node'];
+
+/** The default identity → role map (dev PKI identities). */
+export const DEFAULT_ROLES: ReadonlyMap<string, Role> = new Map<string, Role>([
+  ['operator', 'operator'],
+  ['viewer', 'viewer'],
+  ['migd-node', 'node'],
+  ['migd-coordinator', 'operator'],
+]);
+
+const read: readonly Role[] = ['viewer', 'operator'];
+const write: readonly Role[] = ['operator'];
+const node: readonly Role[] = ['node'];
+
+/** CoordinatorService method name → roles allowed to call it. */
+export const METHOD_ROLES: Readonly<Record<string, readonly Role[]>> = Object.freeze({
+  RegisterNode: node,
+  Heartbeat: node,
+  ListNodes: read,
+  ListVms: read,
+  GetPlan: read,
+  GetRun: read,
+  ListRuns: read,
+  GetRunTimeline: read,
+  ComparePolicies: read,
+  ExportRuns: read,
+  Watch: read,
+  SubmitPlan: write,
+  CreateVm: write,
+  CancelRun: write,
+  ForceCompleteRun: write,
+  AdjustRun: write,
+});
+
+/**
+ * Parses "identity=role,identity=role" (flags, env) or an object {identity: role} (JSON config).
+ * @throws Error naming the bad entry (the caller wraps it into a ConfigError)
+ */
+export function parseRoleMap(raw: unknown): ReadonlyMap<string, Role> {
+  const out = new Map<string, Role>();
+  const add = (identity: string, role: unknown): void => {
+    const id = identity.trim();
+    if (!id) throw new Error('an entry has an empty identity');
+    if (typeof role !== 'string' || !(ROLES as readonly string[]).includes(role.trim())) {
+      throw new Error(`identity "${id}" has role "${String(role)}"; roles are ${ROLES.join(', ')}`);
+    }
+    out.set(id, role.trim() as Role);
+  };
+  if (typeof raw === 'string') {
+    for (const entry of raw.split(',')) {
+      if (!entry.trim()) continue;
+      const eq = entry.indexOf('=');
+      if (eq < 0) throw new Error(`"${entry.trim()}" is not identity=role`);
+      add(entry.slice(0, eq), entry.slice(eq + 1));
+    }
+  } else if (typeof raw === 'object' && raw !== null && !Array.isArray(raw)) {
+    for (const [id, role] of Object.entries(raw)) add(id, role);
+  } else {
+    throw new Error('must be "identity=role,…" or an object {identity: role}');
+  }
+  return out;
+}
+
+/** The method name of a full gRPC path: `/migd.v1.CoordinatorService/SubmitPlan` → `SubmitPlan`. */
+export function methodName(path: string): string {
+  return path.slice(path.lastIndexOf('/') + 1);
+}
+
+/** The decision on one call: allowed, or why not. */
+export type Verdict = { readonly allowed: true; readonly role: Role | 'anonymous' } | { readonly allowed: false; readonly reason: string };
+
+/**
+ * Decides whether `identity` may call `method`. Without an identity (plain-text loopback mode)
+ * a call is allowed only when `anonymousAllowed` (the coordinator's `--insecure` development mode).
+ */
+export function authorizeCall(roles: ReadonlyMap<string, Role>, identity: string | undefined, method: string, anonymousAllowed = false): Verdict {
+  const name = methodName(method);
+  const allowed = METHOD_ROLES[name];
+  if (!allowed) return { allowed: false, reason: `${name} is not a CoordinatorService method` };
+  if (identity === undefined) {
+    return anonymousAllowed ? { allowed: true, role: 'anonymous' } : { allowed: false, reason: `${name} needs a client certificate` };
+  }
+  const role = roles.get(identity);
+  if (!role) return { allowed: false, reason: `identity "${identity}" has no role` };
+  if (!allowed.includes(role)) return { allowed: false, reason: `identity "${identity}" (role ${role}) may not call ${name} (needs ${allowed.join(' or ')})` };
+  return { allowed: true, role };
+}
+
+/**
+ * The RpcServer `authorize` hook.
+ * @throws PermissionDeniedError (PERMISSION_DENIED) when the caller's role does not allow the call;
+ *   a warning is logged with the identity, method and peer
+ */
+export function createAuthorizer(roles: ReadonlyMap<string, Role>, log: Logger, opts: { anonymousAllowed?: boolean } = {}): Authorizer {
+  return (ctx: CallContext) => {
+    const v = authorizeCall(roles, ctx.identity, ctx.method, opts.anonymousAllowed ?? false);
+    if (v.allowed) return;
+    log.warn('permission denied', { identity: ctx.identity ?? null, method: ctx.method, peer: ctx.peer, reason: v.reason });
+    throw new PermissionDeniedError(v.reason, { reason: 'ROLE_NOT_ALLOWED' });
+  };
+}

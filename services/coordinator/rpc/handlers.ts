@@ -1,0 +1,77 @@
+/**
+ * CoordinatorService handlers: thin translations between the proto API and the coordinator's
+ * parts (registry, planner, runs, store, event bus). Validation and errors live in those parts;
+ * the shared RPC layer maps the errors to statuses, and the authorizer (roles.ts) has already
+ * checked the caller's role.
+ */
+import { InvalidArgumentError } from '../../shared/errors.js';
+import type { CoordinatorServiceService, WatchResponse } from '../../shared/gen/migd/v1/coordinator.js';
+import type { Event } from '../../shared/gen/migd/v1/events.js';
+import type { CallContext, Handlers } from '../../shared/rpc/server.js';
+import { eventsFromRun, type EventBus } from '../event-bus.js';
+import type { Planner } from '../planner.js';
+import type { NodeRegistry } from '../registry.js';
+import type { RunManager } from '../runs/manager.js';
+import type { HistoryStore } from '../store/types.js';
+
+export interface CoordinatorParts {
+  readonly store: HistoryStore;
+  readonly registry: NodeRegistry;
+  readonly planner: Planner;
+  readonly runs: RunManager;
+  readonly bus: EventBus;
+}
+
+function required(v: string, name: string): string {
+  if (!v) throw new InvalidArgumentError(`${name} is required`);
+  return v;
+}
+
+/** "user:<identity>" — recorded as the actor of actions a caller asks for. */
+export function actorOf(ctx: CallContext): string {
+  return `user:${ctx.identity ?? 'anonymous'}`;
+}
+
+async function* asWatchResponses(events: AsyncIterable<Event>): AsyncIterable<WatchResponse> {
+  for await (const event of events) yield { event };
+}
+
+export function coordinatorHandlers(p: CoordinatorParts): Handlers<typeof CoordinatorServiceService> {
+  return {
+    registerNode: async (req) => p.registry.register(req.host),
+    heartbeat: async (req) => {
+      await p.registry.heartbeat(req.host, req.vms);
+      return {};
+    },
+    listNodes: async () => ({ nodes: await p.registry.nodes() }),
+    listVms: async (req) => ({ vms: await p.registry.vms(req.nodeId || undefined) }),
+    createVm: async (req) => ({ vm: await p.planner.createVm(req) }),
+
+    submitPlan: async (req) => p.planner.submit(req),
+    getPlan: async (req) => ({ plan: await p.store.getPlan(required(req.planId, 'plan_id')) }),
+    getRun: async (req) => ({ run: await p.store.getRun(required(req.runId, 'run_id')) }),
+    listRuns: async (req) => p.store.listRuns(req),
+    getRunTimeline: async (req) => p.store.getRunTimeline(required(req.runId, 'run_id')),
+    comparePolicies: async (req) => p.store.comparePolicies(req.filter ?? {}),
+    exportRuns: async (req) => p.store.exportRuns(req.filter ?? {}, req.format),
+    watch: (req, ctx) => {
+      const scope = req.scope;
+      if (scope?.$case === 'cluster' && scope.value) {
+        return asWatchResponses(p.bus.watchCluster({ statesOnly: req.statesOnly, signal: ctx.signal }));
+      }
+      if (scope?.$case === 'runId') {
+        const runId = required(scope.value, 'run_id');
+        return (async function* () {
+          await p.store.getRun(runId); // NOT_FOUND before streaming anything
+          const fallback = async (before?: Date): Promise<Event[]> => eventsFromRun(await p.store.getRun(runId), before);
+          yield* asWatchResponses(p.bus.watchRun(runId, { statesOnly: req.statesOnly, signal: ctx.signal, fallback }));
+        })();
+      }
+      throw new InvalidArgumentError('set scope: run_id, or cluster = true');
+    },
+
+    cancelRun: async (req, ctx) => ({ run: await p.runs.cancel(required(req.runId, 'run_id'), actorOf(ctx), req.reason) }),
+    forceCompleteRun: async (req, ctx) => ({ run: await p.runs.forceComplete(required(req.runId, 'run_id'), actorOf(ctx), req.reason) }),
+    adjustRun: async (req, ctx) => ({ run: await p.runs.adjust({ ...req, runId: required(req.runId, 'run_id') }, actorOf(ctx)) }),
+  };
+}

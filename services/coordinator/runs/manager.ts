@@ -1,0 +1,249 @@
+/**
+ * The coordinator's runs: the domain MigrationQueue (concurrency limits), a dispatcher that starts
+ * queued runs as soon as the limits allow, one RunSupervisor per running run, plan states, user
+ * requests on runs (cancel, force-complete, adjust), and restart recovery from the store.
+ *
+ * Slots: a run holds its queue slot from dispatch until its end is recorded in the store, so the
+ * recorded start and finish times are exactly the intervals the limits apply to.
+ */
+import { FailedPreconditionError, InvalidArgumentError } from '../../shared/errors.js';
+import { MigrationState, PolicyActionKind } from '../../shared/gen/migd/v1/common.js';
+import { PlanState, type Run } from '../../shared/gen/migd/v1/coordinator.js';
+import type { Logger } from '../../shared/log.js';
+import { type ConcurrencyLimits, MigrationQueue, type QueueItem } from '../domain/scheduler.js';
+import type { NodeRegistry } from '../registry.js';
+import type { HistoryStore } from '../store/types.js';
+import { RunSupervisor } from './supervisor.js';
+
+export interface RunManagerOptions {
+  readonly store: HistoryStore;
+  readonly registry: NodeRegistry;
+  readonly log: Logger;
+  readonly limits: ConcurrencyLimits;
+  /** Deadline of node calls (ms). */
+  readonly callDeadlineMs: number;
+  /** Policy clock tick of the supervisors (ms). Default 1000. */
+  readonly tickMs?: number;
+  readonly now?: () => number;
+}
+
+const MAX_DOWNTIME_MS = 2_000_000;
+
+export class RunManager {
+  readonly queue: MigrationQueue<QueueItem>;
+  private readonly supervisors = new Map<string, RunSupervisor>();
+  private readonly running = new Set<Promise<unknown>>();
+  /** Runs supervised outside the queue (recovered while over a lowered limit). */
+  private readonly unslotted = new Set<string>();
+  private planChain: Promise<void> = Promise.resolve();
+  private stopped = false;
+  private readonly now: () => number;
+
+  constructor(private readonly o: RunManagerOptions) {
+    this.queue = new MigrationQueue(o.limits);
+    this.now = o.now ?? Date.now;
+  }
+
+  /** Queues a new run (state QUEUED) at `order` in its plan, and dispatches what fits. */
+  enqueue(run: Run, order: number): void {
+    this.queue.enqueue({ id: run.id, source: run.sourceNodeId, destination: run.destinationNodeId, priority: run.priority, order });
+    this.dispatch();
+  }
+
+  /**
+   * Restart recovery: queued runs go back into the queue; runs that had left it take their slots
+   * again and their supervisors re-attach to the source nodes (GetMigration first).
+   */
+  async recover(): Promise<void> {
+    const active = await this.o.store.listActiveRuns();
+    const orders = new Map<string, number>();
+    for (const planId of new Set(active.map((r) => r.planId).filter(Boolean))) {
+      const plan = await this.o.store.getPlan(planId).catch(() => undefined);
+      for (const m of plan?.migrations ?? []) orders.set(m.runId, m.order);
+    }
+    let resumed = 0;
+    for (const run of active) {
+      const item = { id: run.id, source: run.sourceNodeId, destination: run.destinationNodeId, priority: run.priority, order: orders.get(run.id) ?? 0 };
+      if (run.state === MigrationState.MIGRATION_STATE_QUEUED) {
+        this.queue.enqueue(item);
+        continue;
+      }
+      try {
+        this.queue.enqueue(item);
+        this.queue.started(run.id);
+      } catch (err) {
+        this.queue.cancel(run.id);
+        this.unslotted.add(run.id);
+        this.o.log.warn('recovered run exceeds the configured limits; supervising it outside the queue', { runId: run.id, err: (err as Error).message });
+      }
+      this.supervise(run, 'resume');
+      resumed++;
+    }
+    this.o.log.info('runs recovered', { queued: active.length - resumed, running: resumed });
+    this.dispatch();
+  }
+
+  /** Starts every queued run the limits allow now. */
+  dispatch(): void {
+    if (this.stopped) return;
+    for (const item of this.queue.nextDispatchable()) {
+      try {
+        this.queue.started(item.id);
+      } catch {
+        continue; // cancelled meanwhile
+      }
+      const p = this.o.store.getRun(item.id).then(
+        (run) => this.supervise(run, 'start'),
+        (err: unknown) => {
+          this.o.log.error('dispatched run vanished from the store', { runId: item.id, err });
+          this.release(item.id);
+        },
+      );
+      this.track(p);
+    }
+  }
+
+  private track(p: Promise<unknown>): void {
+    this.running.add(p);
+    void p.finally(() => this.running.delete(p));
+  }
+
+  private supervise(run: Run, mode: 'start' | 'resume'): void {
+    let sup: RunSupervisor;
+    try {
+      sup = new RunSupervisor(run, {
+        store: this.o.store,
+        log: this.o.log,
+        client: (id) => this.o.registry.client(id),
+        endpoint: (id) => this.o.registry.endpoint(id),
+        isUp: (id) => this.o.registry.isUp(id),
+        callDeadlineMs: this.o.callDeadlineMs,
+        ...(this.o.tickMs ? { tickMs: this.o.tickMs } : {}),
+        now: this.now,
+      });
+    } catch (err) {
+      this.o.log.error('cannot supervise run', { runId: run.id, err });
+      this.track(
+        this.o.store
+          .finishRun(run.id, { state: MigrationState.MIGRATION_STATE_FAILED, reason: 'cannot supervise', error: { reason: 'INVALID_POLICY', message: (err as Error).message, code: 'INVALID_ARGUMENT' } })
+          .catch(() => undefined)
+          .then(() => this.ended(run)),
+      );
+      return;
+    }
+    this.supervisors.set(run.id, sup);
+    this.track(
+      sup.supervise(mode).then(async (finished) => {
+        this.supervisors.delete(run.id);
+        if (finished) await this.ended(finished);
+      }),
+    );
+  }
+
+  /** A run has ended in the store: free its slot, move its VM, update its plan, dispatch more. */
+  private async ended(run: Run): Promise<void> {
+    this.release(run.id);
+    const moved = run.state === MigrationState.MIGRATION_STATE_SUCCEEDED;
+    await this.o.registry.vmSettled(run.vmName, moved ? run.destinationNodeId : run.sourceNodeId, moved).catch((err: unknown) => this.o.log.warn('recording where the VM runs failed', { err }));
+    if (run.planId) await this.updatePlan(run.planId);
+    this.dispatch();
+  }
+
+  private release(runId: string): void {
+    if (this.unslotted.delete(runId)) return;
+    if (this.queue.status(runId) === 'running') this.queue.finished(runId);
+    else if (this.queue.status(runId) === 'queued') this.queue.cancel(runId);
+  }
+
+  /** Sets a plan's state once all its runs have ended (serialised: one event per change). */
+  updatePlan(planId: string): Promise<void> {
+    const next = this.planChain.then(async () => {
+      const runs = await this.o.store.listPlanRuns(planId);
+      const plan = await this.o.store.getPlan(planId);
+      let state = PlanState.PLAN_STATE_RUNNING;
+      if (runs.every((r) => r.finishedAt !== undefined)) {
+        state = runs.every((r) => r.state === MigrationState.MIGRATION_STATE_SUCCEEDED) ? PlanState.PLAN_STATE_SUCCEEDED : PlanState.PLAN_STATE_FAILED;
+      }
+      if (state !== plan.state) await this.o.store.setPlanState(planId, state);
+    });
+    this.planChain = next.catch((err: unknown) => this.o.log.warn('updating the plan state failed', { planId, err }));
+    return this.planChain;
+  }
+
+  private async activeRun(runId: string): Promise<Run> {
+    if (!runId) throw new InvalidArgumentError('run_id is required');
+    const run = await this.o.store.getRun(runId);
+    if (run.finishedAt) throw new FailedPreconditionError(`run ${runId} has already finished (${MigrationState[run.state]})`, { reason: 'RUN_FINISHED' });
+    return run;
+  }
+
+  private supervisorOf(run: Run, what: string): RunSupervisor {
+    const sup = this.supervisors.get(run.id);
+    if (sup) return sup;
+    if (this.queue.status(run.id) === 'queued') {
+      throw new FailedPreconditionError(`cannot ${what} run ${run.id}: it is queued (waiting for a concurrency slot), not migrating yet`, { reason: 'RUN_QUEUED' });
+    }
+    throw new FailedPreconditionError(`cannot ${what} run ${run.id} right now: it is being dispatched or recovered; retry`, { reason: 'RUN_NOT_SUPERVISED' });
+  }
+
+  /**
+   * Cancels a run: a queued one leaves the queue without touching any node; a running one is
+   * cancelled on its source node (the run ends CANCELLED when the node reports it).
+   * @throws InvalidArgumentError, NotFoundError, FailedPreconditionError (finished; in post-copy)
+   */
+  async cancel(runId: string, actor: string, reason: string): Promise<Run> {
+    const run = await this.activeRun(runId);
+    const why = reason || 'cancel requested';
+    if (this.queue.status(run.id) === 'queued') {
+      this.queue.cancel(run.id);
+      await this.o.store.recordAction(run.id, { time: new Date(this.now()), elapsedMs: 0, kind: PolicyActionKind.POLICY_ACTION_KIND_ABORT, value: 0, reason: why, actor });
+      const ended = await this.o.store.finishRun(run.id, { state: MigrationState.MIGRATION_STATE_CANCELLED, reason: `cancelled while queued: ${why}` });
+      if (ended.planId) await this.updatePlan(ended.planId);
+      this.dispatch();
+      return ended;
+    }
+    await this.supervisorOf(run, 'cancel').cancel(actor, why);
+    return this.o.store.getRun(run.id);
+  }
+
+  /** @throws InvalidArgumentError, NotFoundError, FailedPreconditionError (queued, finished) */
+  async forceComplete(runId: string, actor: string, reason: string): Promise<Run> {
+    const run = await this.activeRun(runId);
+    await this.supervisorOf(run, 'force-complete').forceComplete(actor, reason || 'force-complete requested');
+    return this.o.store.getRun(run.id);
+  }
+
+  /**
+   * Changes a running migration's limits.
+   * @throws InvalidArgumentError (nothing to change, out of range), NotFoundError, FailedPreconditionError
+   */
+  async adjust(req: { runId: string; downtimeLimitMs?: number | undefined; maxBandwidthBytesPerSec?: number | undefined; reason: string }, actor: string): Promise<Run> {
+    if (req.downtimeLimitMs === undefined && req.maxBandwidthBytesPerSec === undefined) {
+      throw new InvalidArgumentError('set downtime_limit_ms and/or max_bandwidth_bytes_per_sec');
+    }
+    if (req.downtimeLimitMs !== undefined && (req.downtimeLimitMs < 1 || req.downtimeLimitMs > MAX_DOWNTIME_MS)) {
+      throw new InvalidArgumentError(`downtime_limit_ms must be 1..${MAX_DOWNTIME_MS}, got ${req.downtimeLimitMs}`);
+    }
+    const run = await this.activeRun(req.runId);
+    const change = {
+      ...(req.downtimeLimitMs !== undefined ? { downtimeLimitMs: req.downtimeLimitMs } : {}),
+      ...(req.maxBandwidthBytesPerSec !== undefined ? { maxBandwidthBytesPerSec: req.maxBandwidthBytesPerSec } : {}),
+    };
+    await this.supervisorOf(run, 'adjust').adjust(change, actor, req.reason || 'adjusted');
+    return this.o.store.getRun(run.id);
+  }
+
+  /** Queued and running counts (metrics). */
+  depth(): number {
+    return this.queue.snapshot().queued;
+  }
+
+  /** Stops dispatching and detaches every supervisor; migrations keep running on their nodes. */
+  async close(): Promise<void> {
+    this.stopped = true;
+    for (const s of this.supervisors.values()) s.detach();
+    await Promise.allSettled([...this.running]);
+    await this.planChain;
+  }
+}
+

@@ -1,0 +1,458 @@
+/**
+ * The run supervisor: carries out one run on its source node and follows it to the end.
+ *
+ * - start: StartMigration on the source node (run id = the run's id, so a retry never starts a
+ *   second migration), then WatchMigration;
+ * - resume (after a coordinator restart): GetMigration first — a finished migration is recorded
+ *   as it ended, a running one is followed again, one the node never heard of is started only if
+ *   the run had not got past PREPARING;
+ * - every update is recorded: state changes, progress samples (and host CPU samples from their
+ *   cpu fields), guest samples, actions (from the node, which records every action taken on the
+ *   migration, whoever asked: that list is the one truth, reconciled again from the final result);
+ * - each progress sample is fed to the run's ConvergencePolicy, and its decisions become node
+ *   calls with actor `policy:<name>`; a clock tick keeps timeouts running when samples stop;
+ * - the final result ends the run in the store (stats, error).
+ *
+ * The policy's state is not stored: after a restart it is rebuilt by replaying the run's recorded
+ * progress samples through the policy, which is deterministic (domain/policy/types.ts).
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CancelledError, FailedPreconditionError, MigdError, NotFoundError, isAbortError } from '../../shared/errors.js';
+import {
+  MigrationState,
+  PolicyActionKind,
+  ProgressSample,
+  migrationStateToJSON,
+  type ErrorInfo,
+  type PolicyAction,
+} from '../../shared/gen/migd/v1/common.js';
+import type { Run } from '../../shared/gen/migd/v1/coordinator.js';
+import type { MigrationInfo, WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
+import type { Logger } from '../../shared/log.js';
+import { policyFor } from '../domain/policy/factory.js';
+import type { ConvergencePolicy, PolicyDecision } from '../domain/policy/types.js';
+import type { NodeClient } from '../registry.js';
+import type { HistoryStore } from '../store/types.js';
+
+const TERMINAL = new Set([MigrationState.MIGRATION_STATE_SUCCEEDED, MigrationState.MIGRATION_STATE_FAILED, MigrationState.MIGRATION_STATE_CANCELLED]);
+const MiB = 1024 * 1024;
+
+/** True for SUCCEEDED, FAILED and CANCELLED. */
+export function isTerminalState(s: MigrationState): boolean {
+  return TERMINAL.has(s);
+}
+
+/** What a supervisor needs from the rest of the coordinator. */
+export interface SupervisorDeps {
+  readonly store: HistoryStore;
+  readonly log: Logger;
+  /** A client of a node daemon. @throws NotFoundError for an unknown node */
+  readonly client: (nodeId: string) => NodeClient;
+  /** How the source reaches the destination. @throws NotFoundError */
+  readonly endpoint: (nodeId: string) => { nodeId: string; managementAddress: string; migrationAddress: string };
+  /** Whether a node is heart-beating. */
+  readonly isUp: (nodeId: string) => boolean;
+  /** Deadline of node calls (ms); StartMigration gets 6×. */
+  readonly callDeadlineMs: number;
+  /** Policy clock tick (ms). Default 1000. */
+  readonly tickMs?: number;
+  readonly now?: () => number;
+}
+
+/** How a run ended, for the caller (queue slot, plan state, VM location). */
+export interface RunOutcome {
+  readonly run: Run;
+}
+
+/** The identity of a recorded action, to recognise it when the node reports it again. */
+function actionKey(a: PolicyAction): string {
+  return `${a.time?.getTime() ?? 0}|${a.kind}|${a.value}|${a.actor}`;
+}
+
+function errorInfo(err: unknown, fallbackReason: string): ErrorInfo {
+  if (err instanceof MigdError) return { reason: err.reason ?? fallbackReason, message: err.message, code: err.code };
+  return { reason: fallbackReason, message: err instanceof Error ? err.message : String(err), code: 'INTERNAL' };
+}
+
+export class RunSupervisor {
+  readonly runId: string;
+  private state: MigrationState;
+  private readonly policy: ConvergencePolicy;
+  private policyState: unknown;
+  private readonly recorded = new Set<string>();
+  private readonly stopper = new AbortController();
+  private chain: Promise<void> = Promise.resolve();
+  private lastSample: ProgressSample | undefined;
+  private lastSampleAt = 0;
+  private startedOnNode = false;
+  private pendingCancel: { actor: string; reason: string } | undefined;
+  private lastReason = '';
+  private startedAtMs: number | undefined;
+  private finished = false;
+  private readonly now: () => number;
+  private readonly log: Logger;
+
+  /** @throws InvalidArgumentError when the run's stored policy is invalid (it was validated at submit) */
+  constructor(
+    private run: Run,
+    private readonly d: SupervisorDeps,
+  ) {
+    this.runId = run.id;
+    this.state = run.state;
+    this.now = d.now ?? Date.now;
+    this.log = d.log.child({ runId: run.id, vm: run.vmName });
+    this.policy = policyFor(run.policy, Math.max(1, run.memoryMib) * MiB);
+    this.policyState = this.policy.initialState();
+    this.startedAtMs = run.startedAt?.getTime();
+    for (const a of run.actions) this.recorded.add(actionKey(a));
+  }
+
+  /** The convergence policy's name ("adaptive", "nova"…). */
+  get policyName(): string {
+    return this.policy.name;
+  }
+
+  get currentState(): MigrationState {
+    return this.state;
+  }
+
+  /**
+   * Carries the run out (`start`) or picks it up again after a restart (`resume`), until it ends
+   * or {@link detach} is called. Never throws; resolves with the finished run, or undefined when
+   * detached before the end.
+   */
+  async supervise(mode: 'start' | 'resume'): Promise<Run | undefined> {
+    const tick = setInterval(() => void this.serially(() => this.tick()), this.d.tickMs ?? 1000);
+    tick.unref();
+    try {
+      const followNow = mode === 'start' ? await this.startOnNode() : await this.reattach();
+      if (followNow) await this.follow();
+    } catch (err) {
+      if (!this.stopper.signal.aborted) {
+        this.log.error('run supervisor failed', { err });
+        await this.fail(errorInfo(err, 'COORDINATOR_ERROR'), `supervisor error: ${(err as Error).message}`);
+      }
+    } finally {
+      clearInterval(tick);
+    }
+    await this.chain;
+    return this.finished ? this.run : undefined;
+  }
+
+  /** Stops following without touching the node (coordinator shutdown). */
+  detach(): void {
+    this.stopper.abort(new CancelledError('coordinator stopping'));
+  }
+
+  private get signal(): AbortSignal {
+    return this.stopper.signal;
+  }
+
+  /** Runs `fn` after everything queued before it (updates, ticks, user requests). */
+  private serially(fn: () => Promise<void>): Promise<void> {
+    const next = this.chain.then(fn).catch((err: unknown) => {
+      if (!isAbortError(err)) this.log.warn('run supervisor step failed', { err });
+    });
+    this.chain = next;
+    return next;
+  }
+
+  // --- starting and re-attaching -------------------------------------------------------------
+
+  /** @returns true when the migration runs on the node and must be followed */
+  private async startOnNode(): Promise<boolean> {
+    const { sourceNodeId: src, destinationNodeId: dst } = this.run;
+    if (!this.d.isUp(src)) return this.failed({ reason: 'SOURCE_DOWN', message: `source node ${src} is down`, code: 'UNAVAILABLE' });
+    if (!this.d.isUp(dst)) return this.failed({ reason: 'DESTINATION_DOWN', message: `destination node ${dst} is down`, code: 'UNAVAILABLE' });
+    await this.transition(MigrationState.MIGRATION_STATE_PREPARING, `dispatched: ${src} → ${dst}`);
+    this.startedAtMs ??= this.now();
+    const client = this.d.client(src);
+    try {
+      const res = await client.startMigration(
+        { runId: this.runId, vmName: this.run.vmName, destination: this.d.endpoint(dst), policy: this.run.policy },
+        { deadlineMs: this.d.callDeadlineMs * 6, signal: this.signal },
+      );
+      this.startedOnNode = true;
+      this.log.info('migration started', { source: src, destination: dst, state: migrationStateToJSON(res.migration?.state ?? 0) });
+    } catch (err) {
+      if (this.signal.aborted) throw err;
+      // The node may have started it before the reply was lost: ask before declaring failure.
+      if (err instanceof MigdError && (err.code === 'UNAVAILABLE' || err.code === 'DEADLINE_EXCEEDED')) {
+        const info = await client.getMigration({ runId: this.runId }, { deadlineMs: this.d.callDeadlineMs, signal: this.signal }).catch(() => undefined);
+        if (info?.migration) {
+          this.startedOnNode = true;
+          return this.handleExisting(info.migration);
+        }
+      }
+      this.log.warn('StartMigration refused', { err });
+      return this.failed(errorInfo(err, 'START_FAILED'), `could not start: ${(err as Error).message}`);
+    }
+    if (this.pendingCancel) {
+      const { actor, reason } = this.pendingCancel;
+      this.pendingCancel = undefined;
+      await client.cancelMigration({ runId: this.runId, actor, reason }, { deadlineMs: this.d.callDeadlineMs }).catch((err: unknown) => this.log.warn('cancel after start failed', { err }));
+    }
+    return true;
+  }
+
+  /** @returns true when the migration still runs on the node and must be followed */
+  private async reattach(): Promise<boolean> {
+    const src = this.run.sourceNodeId;
+    let backoff = 250;
+    for (;;) {
+      try {
+        const { migration } = await this.d.client(src).getMigration({ runId: this.runId }, { deadlineMs: this.d.callDeadlineMs, signal: this.signal });
+        if (!migration) throw new NotFoundError(`node ${src} returned no migration`);
+        this.startedOnNode = true;
+        this.log.info('re-attached to a migration after restart', { state: migrationStateToJSON(migration.state) });
+        return this.handleExisting(migration);
+      } catch (err) {
+        if (this.signal.aborted) throw err;
+        if (err instanceof NotFoundError) {
+          if (this.state === MigrationState.MIGRATION_STATE_PREPARING) {
+            // We stopped between dispatching and the node accepting: start it now (idempotent).
+            this.log.info('source node does not know the run: starting it');
+            return this.startOnNode();
+          }
+          return this.failed(
+            { reason: 'MIGRATION_LOST', message: `source node ${src} no longer knows migration ${this.runId} (its daemon restarted?)`, code: 'ABORTED' },
+            'migration lost by the source node',
+          );
+        }
+        this.log.info('source node not reachable yet; retrying', { err: (err as Error).message, backoff });
+        await sleep(backoff, undefined, { signal: this.signal });
+        backoff = Math.min(backoff * 2, 5000);
+      }
+    }
+  }
+
+  /** A migration the node already has: finished → record it; running → rebuild the policy. */
+  private async handleExisting(info: MigrationInfo): Promise<boolean> {
+    if (isTerminalState(info.state)) {
+      await this.serially(() => this.finish(info));
+      return false;
+    }
+    await this.serially(async () => {
+      await this.rebuildPolicy(info);
+      await this.reconcileActions(info.actions);
+    });
+    return true;
+  }
+
+  /** Replays the run's recorded samples through the policy; takes decisions it missed. */
+  private async rebuildPolicy(info: MigrationInfo): Promise<void> {
+    const { progress } = await this.d.store.getRunTimeline(this.runId);
+    const decided: PolicyDecision[] = [];
+    for (const s of progress) {
+      const d = this.policy.decide(this.policyState, s, s.elapsedMs);
+      this.policyState = d.state;
+      decided.push(...d.actions);
+    }
+    const mine = [...info.actions, ...this.run.actions].filter((a) => a.actor === `policy:${this.policy.name}`);
+    const missed = decided.filter((d) => !mine.some((a) => a.kind === d.kind && a.value === d.value));
+    this.lastSample = info.lastProgress ?? progress.at(-1);
+    this.lastSampleAt = this.now();
+    for (const d of missed) {
+      this.log.info('taking a policy decision missed while the coordinator was down', { kind: d.kind, value: d.value });
+      await this.execute(d);
+    }
+  }
+
+  // --- following -----------------------------------------------------------------------------
+
+  private async follow(): Promise<void> {
+    const src = this.run.sourceNodeId;
+    let backoff = 250;
+    while (!this.finished) {
+      try {
+        for await (const u of this.d.client(src).watchMigration({ runId: this.runId }, { signal: this.signal })) {
+          backoff = 250;
+          await this.serially(() => this.onUpdate(u));
+          if (this.finished) return;
+        }
+      } catch (err) {
+        if (this.signal.aborted) throw err;
+        if (err instanceof NotFoundError) {
+          await this.failed(
+            { reason: 'MIGRATION_LOST', message: `source node ${src} no longer knows migration ${this.runId} (its daemon restarted?)`, code: 'ABORTED' },
+            'migration lost by the source node',
+          );
+          return;
+        }
+        this.log.info('watch of the source node broke; re-attaching', { err: (err as Error).message, backoff });
+      }
+      if (this.finished) return;
+      await sleep(backoff, undefined, { signal: this.signal });
+      backoff = Math.min(backoff * 2, 5000);
+    }
+  }
+
+  private async onUpdate(u: WatchMigrationResponse): Promise<void> {
+    const up = u.update;
+    if (!up || this.finished) return;
+    switch (up.$case) {
+      case 'stateChange': {
+        const c = up.value;
+        if (isTerminalState(c.to)) {
+          this.lastReason = c.reason;
+          return;
+        }
+        await this.transition(c.to, c.from === c.to ? `re-attached: node reports ${migrationStateToJSON(c.to)}` : c.reason, c.from === c.to ? undefined : c.time);
+        return;
+      }
+      case 'progress': {
+        const s = up.value;
+        this.lastSample = s;
+        this.lastSampleAt = this.now();
+        this.d.store.appendProgress(this.runId, s);
+        this.d.store.appendHostCpu(this.runId, { time: s.time, sourceCpuSeconds: s.sourceCpuSeconds, destinationCpuSeconds: s.destinationCpuSeconds });
+        await this.decide(s, s.elapsedMs);
+        return;
+      }
+      case 'guest':
+        this.d.store.appendGuestSample({ ...up.value, vmName: up.value.vmName || this.run.vmName }, this.runId);
+        return;
+      case 'action':
+        await this.reconcileActions([up.value]);
+        return;
+      case 'result':
+        await this.finish(up.value);
+        return;
+    }
+  }
+
+  private async tick(): Promise<void> {
+    if (this.finished || !this.startedOnNode || this.state === MigrationState.MIGRATION_STATE_QUEUED) return;
+    const now = this.now();
+    if (this.lastSample && now - this.lastSampleAt < 1500) return;
+    const startedAt = this.startedAtMs ?? now;
+    const sample = this.lastSample ?? ProgressSample.fromPartial({ state: this.state, elapsedMs: now - startedAt });
+    const nowMs = this.lastSample ? this.lastSample.elapsedMs + (now - this.lastSampleAt) : now - startedAt;
+    await this.decide(sample, nowMs);
+  }
+
+  private async decide(sample: ProgressSample, nowMs: number): Promise<void> {
+    const d = this.policy.decide(this.policyState, sample, nowMs);
+    this.policyState = d.state;
+    for (const a of d.actions) await this.execute(a);
+  }
+
+  /** A policy decision → the node call that carries it out (the node records the action). */
+  private async execute(a: PolicyDecision): Promise<void> {
+    const actor = `policy:${this.policy.name}`;
+    const base = { runId: this.runId, actor, reason: a.reason };
+    const client = this.d.client(this.run.sourceNodeId);
+    const opts = { deadlineMs: this.d.callDeadlineMs };
+    this.log.info('policy decision', { kind: PolicyActionKind[a.kind], value: a.value, reason: a.reason });
+    try {
+      switch (a.kind) {
+        case PolicyActionKind.POLICY_ACTION_KIND_SET_DOWNTIME:
+          await client.adjustMigration({ ...base, downtimeLimitMs: a.value, enableAutoConverge: false }, opts);
+          break;
+        case PolicyActionKind.POLICY_ACTION_KIND_SET_BANDWIDTH:
+          await client.adjustMigration({ ...base, maxBandwidthBytesPerSec: a.value, enableAutoConverge: false }, opts);
+          break;
+        case PolicyActionKind.POLICY_ACTION_KIND_ENABLE_AUTO_CONVERGE:
+          await client.adjustMigration({ ...base, enableAutoConverge: true }, opts);
+          break;
+        case PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY:
+          await client.startPostcopy(base, opts);
+          break;
+        case PolicyActionKind.POLICY_ACTION_KIND_PAUSE_GUEST:
+          await client.forceComplete(base, opts);
+          break;
+        case PolicyActionKind.POLICY_ACTION_KIND_ABORT:
+          await client.cancelMigration(base, opts);
+          break;
+        default:
+          this.log.warn('policy decision of an unknown kind ignored', { kind: a.kind });
+      }
+    } catch (err) {
+      // The migration may have moved on (finished, switched to post-copy): the node says why.
+      this.log.warn('policy action failed on the node', { kind: PolicyActionKind[a.kind], err: (err as Error).message });
+    }
+  }
+
+  private async reconcileActions(actions: readonly PolicyAction[]): Promise<void> {
+    for (const a of actions) {
+      const key = actionKey(a);
+      if (this.recorded.has(key)) continue;
+      this.recorded.add(key);
+      await this.d.store.recordAction(this.runId, a);
+    }
+  }
+
+  // --- recording -----------------------------------------------------------------------------
+
+  private async transition(to: MigrationState, reason: string, at?: Date): Promise<void> {
+    if (this.finished || to === this.state || isTerminalState(to) || to === MigrationState.MIGRATION_STATE_UNSPECIFIED) return;
+    try {
+      await this.d.store.transitionRun(this.runId, { to, reason, ...(at ? { at } : {}) });
+      this.state = to;
+    } catch (err) {
+      if (!(err instanceof FailedPreconditionError)) throw err;
+    }
+  }
+
+  private async finish(info: MigrationInfo): Promise<void> {
+    if (this.finished) return;
+    await this.reconcileActions(info.actions);
+    const state = isTerminalState(info.state) ? info.state : MigrationState.MIGRATION_STATE_FAILED;
+    const reason = this.lastReason || (info.error?.message ?? migrationStateToJSON(state));
+    await this.end(state, { stats: info.stats, error: info.error, reason, at: info.finishedAt });
+  }
+
+  private async failed(error: ErrorInfo, reason?: string): Promise<false> {
+    await this.serially(() => this.fail(error, reason ?? error.message));
+    return false;
+  }
+
+  private async fail(error: ErrorInfo, reason: string): Promise<void> {
+    await this.end(MigrationState.MIGRATION_STATE_FAILED, { error, reason });
+  }
+
+  private async end(state: MigrationState, input: { stats?: MigrationInfo['stats']; error?: ErrorInfo | undefined; reason: string; at?: Date | undefined }): Promise<void> {
+    if (this.finished) return;
+    try {
+      this.run = await this.d.store.finishRun(this.runId, { state, reason: input.reason, ...(input.stats ? { stats: input.stats } : {}), ...(input.error ? { error: input.error } : {}), ...(input.at ? { at: input.at } : {}) });
+    } catch (err) {
+      if (!(err instanceof FailedPreconditionError)) throw err;
+      this.run = await this.d.store.getRun(this.runId);
+    }
+    this.finished = true;
+    this.state = this.run.state;
+    this.log.info('run finished', { state: migrationStateToJSON(this.run.state), totalTimeMs: this.run.stats?.totalTimeMs, downtimeMs: this.run.stats?.downtimeMs, error: this.run.error?.message });
+  }
+
+  // --- user requests -------------------------------------------------------------------------
+
+  /**
+   * Cancels the migration on the node (or as soon as the node has accepted it).
+   * @throws FailedPreconditionError (finished, or in post-copy: the node refuses), UnavailableError
+   */
+  async cancel(actor: string, reason: string): Promise<void> {
+    if (this.finished) throw new FailedPreconditionError(`run ${this.runId} has already finished`, { reason: 'RUN_FINISHED' });
+    if (!this.startedOnNode) {
+      this.pendingCancel = { actor, reason };
+      return;
+    }
+    await this.d.client(this.run.sourceNodeId).cancelMigration({ runId: this.runId, actor, reason }, { deadlineMs: this.d.callDeadlineMs });
+  }
+
+  /** Forces completion on the node. @throws FailedPreconditionError (not started, finished) */
+  async forceComplete(actor: string, reason: string): Promise<void> {
+    this.requireOnNode('force-complete');
+    await this.d.client(this.run.sourceNodeId).forceComplete({ runId: this.runId, actor, reason }, { deadlineMs: this.d.callDeadlineMs });
+  }
+
+  /** Changes limits on the node. @throws FailedPreconditionError (not started, finished), InvalidArgumentError */
+  async adjust(change: { downtimeLimitMs?: number; maxBandwidthBytesPerSec?: number }, actor: string, reason: string): Promise<void> {
+    this.requireOnNode('adjust');
+    await this.d.client(this.run.sourceNodeId).adjustMigration({ runId: this.runId, ...change, enableAutoConverge: false, actor, reason }, { deadlineMs: this.d.callDeadlineMs });
+  }
+
+  private requireOnNode(what: string): void {
+    if (this.finished) throw new FailedPreconditionError(`cannot ${what}: run ${this.runId} has already finished`, { reason: 'RUN_FINISHED' });
+    if (!this.startedOnNode) throw new FailedPreconditionError(`cannot ${what}: run ${this.runId} has not started on its source node yet`, { reason: 'NOT_STARTED' });
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * Node side of the node registry: registers this node daemon with the coordinator and then
+ * heartbeats (host info and VMs) at the interval the coordinator asks for. Unreachable
+ * coordinator → retries with jittered exponential backoff (0.5 s … 10 s), forever; a heartbeat
+ * the coordinator does not recognise (NOT_FOUND: it lost its database, or never saw us) → register
+ * again. Never throws into the daemon: the node works without a coordinator.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { MigdError } from '../shared/errors.js';
+import type { HostInfo, VmInfo } from '../shared/gen/migd/v1/common.js';
+import { CoordinatorServiceService } from '../shared/gen/migd/v1/coordinator.js';
+import type { Logger } from '../shared/log.js';
+import { createClient, type RpcClient } from '../shared/rpc/client.js';
+import type { TransportSecurity } from '../shared/rpc/tls.js';
+
+export interface RegistrationOptions {
+  /** Coordinator address (host:port). */
+  readonly coordinator: string;
+  /** Transport security (this node's identity; the coordinator verified as `migd-coordinator`). */
+  readonly security: TransportSecurity;
+  /** Heartbeat period until the coordinator says otherwise (ms). */
+  readonly heartbeatMs: number;
+  readonly hostInfo: () => Promise<HostInfo>;
+  readonly vms: () => Promise<VmInfo[]>;
+  readonly log: Logger;
+  /** Deadline of each call (ms). Default 5000. */
+  readonly deadlineMs?: number;
+  /** A client of the coordinator (tests inject fakes). Default: a gRPC client. */
+  readonly client?: Pick<RpcClient<typeof CoordinatorServiceService>, 'registerNode' | 'heartbeat' | 'close'>;
+}
+
+/** A running registration loop. */
+export interface Registration {
+  /** Resolves once the coordinator has accepted a registration (for tests and logs). */
+  readonly registered: Promise<void>;
+  /** Stops heartbeating and closes the connection. */
+  stop(): Promise<void>;
+}
+
+/** Starts registering and heartbeating in the background. */
+export function startRegistration(o: RegistrationOptions): Registration {
+  const stopper = new AbortController();
+  const signal = stopper.signal;
+  const client = o.client ?? createClient('migd.v1.CoordinatorService', CoordinatorServiceService, o.coordinator, { security: { ...o.security, serverName: 'migd-coordinator' } });
+  const deadlineMs = o.deadlineMs ?? 5000;
+  let markRegistered!: () => void;
+  const registered = new Promise<void>((resolve) => (markRegistered = resolve));
+  let backoff = 500;
+  const retryDelay = (): number => {
+    const d = backoff * (0.75 + Math.random() * 0.5);
+    backoff = Math.min(backoff * 2, 10_000);
+    return d;
+  };
+  let loggedDown = false;
+  const trouble = (what: string, err: unknown): void => {
+    // One warning per outage, then quiet until it works again.
+    if (!loggedDown) o.log.warn(`coordinator ${what} failed; retrying`, { coordinator: o.coordinator, err: (err as Error).message });
+    else o.log.debug(`coordinator ${what} failed; retrying`, { err: (err as Error).message });
+    loggedDown = true;
+  };
+
+  const loop = async (): Promise<void> => {
+    let interval = o.heartbeatMs;
+    let needRegister = true;
+    while (!signal.aborted) {
+      try {
+        if (needRegister) {
+          const res = await client.registerNode({ host: await o.hostInfo() }, { deadlineMs, signal });
+          interval = res.heartbeatIntervalMs || o.heartbeatMs;
+          needRegister = false;
+          o.log.info('registered with the coordinator', { coordinator: o.coordinator, nodeId: res.nodeId, heartbeatMs: interval });
+          markRegistered();
+        } else {
+          const [host, vms] = await Promise.all([o.hostInfo(), o.vms()]);
+          await client.heartbeat({ host, vms }, { deadlineMs, signal });
+        }
+        if (loggedDown) o.log.info('coordinator reachable again', { coordinator: o.coordinator });
+        loggedDown = false;
+        backoff = 500;
+        await sleep(interval, undefined, { signal });
+      } catch (err) {
+        if (signal.aborted) return;
+        if (err instanceof MigdError && err.code === 'NOT_FOUND') {
+          needRegister = true;
+          continue;
+        }
+        trouble(needRegister ? 'registration' : 'heartbeat', err);
+        await sleep(retryDelay(), undefined, { signal }).catch(() => undefined);
+      }
+    }
+  };
+  const running = loop().catch((err: unknown) => {
+    if (!signal.aborted) o.log.error('registration loop stopped', { err });
+  });
+  return {
+    registered,
+    async stop() {
+      stopper.abort();
+      await running;
+      client.close();
+    },
+  };
+}

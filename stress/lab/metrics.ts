@@ -1,0 +1,396 @@
+/**
+ * The lab's arithmetic, pure: series for the plots, per-run figures (downtime, total time, guest
+ * harm against the baseline before the migration, host CPU) and per-strategy summaries, all from
+ * run timelines (proto GetRunTimelineResponse, as the coordinator's GetRunTimeline returns it).
+ */
+import { MigrationState, type GuestPerfSample, type ProgressSample } from '../../services/shared/gen/migd/v1/common.js';
+import type { GetRunTimelineResponse } from '../../services/shared/gen/migd/v1/coordinator.js';
+
+const MiB = 1024 * 1024;
+
+/** A plot point: seconds since the migration started, value. */
+export interface Point {
+  readonly x: number;
+  readonly y: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+
+/**
+ * The q-quantile (0..1) with linear interpolation between closest ranks (R's type 7, NumPy's
+ * default, the same as the coordinator's ComparePolicies). NaN for an empty list.
+ */
+export function quantile(values: readonly number[], q: number): number {
+  const s = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const pos = (s.length - 1) * Math.min(1, Math.max(0, q));
+  const lo = Math.floor(pos);
+  const hi = Math.ceil(pos);
+  return s[lo]! + (s[hi]! - s[lo]!) * (pos - lo);
+}
+
+/** Arithmetic mean of the finite values; NaN when there are none. */
+export function mean(values: readonly number[]): number {
+  const f = values.filter((v) => Number.isFinite(v));
+  return f.length === 0 ? NaN : f.reduce((a, b) => a + b, 0) / f.length;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The migration's time window
+
+const ms = (d: Date | undefined): number | undefined => (d ? d.getTime() : undefined);
+
+/**
+ * Start and end of the migration in epoch ms: the run's started/finished times, else its first and
+ * last progress samples. `end` is undefined for a run that has not finished and has no samples.
+ */
+export function migrationWindow(t: GetRunTimelineResponse): { start: number; end: number | undefined } {
+  const first = t.progress[0];
+  const last = t.progress[t.progress.length - 1];
+  const start = ms(t.run?.startedAt) ?? (first?.time ? first.time.getTime() - Number(first.elapsedMs) : undefined) ?? ms(t.run?.createdAt) ?? 0;
+  const end = ms(t.run?.finishedAt) ?? ms(last?.time);
+  return { start, end };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guest performance
+
+const COMBINED = -1;
+
+/**
+ * The combined (all workers) ms/GiB series as (epoch ms, ms/GiB), oldest first. Uses the guest's
+ * own combined samples (worker −1); when a timeline has only per-worker samples, combines them the
+ * way the telemetry parser does, 1/Σ(1/msPerGib) over each worker's latest value, once per sample.
+ * Heartbeat-only samples (msPerGib 0) carry no rate and are left out.
+ */
+export function combinedGuestSeries(guest: readonly GuestPerfSample[]): { t: number; v: number }[] {
+  const withTime = guest.filter((g) => g.time && g.msPerGib > 0);
+  const combined = withTime.filter((g) => g.worker === COMBINED);
+  if (combined.length > 0) return combined.map((g) => ({ t: g.time!.getTime(), v: g.msPerGib })).sort((a, b) => a.t - b.t);
+  const latest = new Map<number, number>();
+  const out: { t: number; v: number }[] = [];
+  for (const g of [...withTime].sort((a, b) => a.time!.getTime() - b.time!.getTime())) {
+    latest.set(g.worker, g.msPerGib);
+    let inv = 0;
+    for (const v of latest.values()) inv += 1 / v;
+    out.push({ t: g.time!.getTime(), v: 1 / inv });
+  }
+  return out;
+}
+
+/** Median combined ms/GiB over [start − windowMs, start): the guest's pace before the migration. NaN without samples. */
+export function baselineMsPerGib(series: readonly { t: number; v: number }[], start: number, windowMs = 60_000): number {
+  return quantile(series.filter((p) => p.t < start && p.t >= start - windowMs).map((p) => p.v), 0.5);
+}
+
+/** Longest stretch a sample is taken to stand for (a guest that stops reporting is not extrapolated further). */
+const MAX_HOLD_MS = 2000;
+
+/**
+ * Guest harm over [from, to]: each combined sample stands for the interval since the previous one
+ * (it reports the work of that window), at most MAX_HOLD_MS.
+ * - `extraMsPerGibSec`: ∫ max(0, m(t) − B) dt, in (ms/GiB)·s — the brief's "extra ms/GiB
+ *   integrated over the migration".
+ * - `guestSecondsLost`: ∫ max(0, 1 − B/m(t)) dt, in s — the same loss in wall-clock seconds of
+ *   guest work (half speed for 10 s = 5 s lost), comparable across workloads.
+ * - `meanDuring`: time-weighted mean ms/GiB over the covered part of the window.
+ * NaN figures when B is unknown or no sample falls in the window.
+ */
+export function guestHarm(
+  series: readonly { t: number; v: number }[],
+  baseline: number,
+  from: number,
+  to: number,
+): { extraMsPerGibSec: number; guestSecondsLost: number; meanDuring: number; coveredSec: number } {
+  let extra = 0;
+  let lost = 0;
+  let weighted = 0;
+  let covered = 0;
+  let prev: number | undefined;
+  for (const p of series) {
+    const begin = Math.max(prev ?? p.t - Math.min(MAX_HOLD_MS, 100), p.t - MAX_HOLD_MS, from);
+    const end = Math.min(p.t, to);
+    prev = p.t;
+    if (end <= begin) continue;
+    const dt = (end - begin) / 1000;
+    covered += dt;
+    weighted += p.v * dt;
+    if (Number.isFinite(baseline) && baseline > 0) {
+      extra += Math.max(0, p.v - baseline) * dt;
+      lost += Math.max(0, 1 - baseline / p.v) * dt;
+    }
+  }
+  const known = Number.isFinite(baseline) && baseline > 0 && covered > 0;
+  return {
+    extraMsPerGibSec: known ? extra : NaN,
+    guestSecondsLost: known ? lost : NaN,
+    meanDuring: covered > 0 ? weighted / covered : NaN,
+    coveredSec: covered,
+  };
+}
+
+/** Highest integrity-error count any guest sample of the timeline reported. */
+export function guestIntegrityErrors(guest: readonly GuestPerfSample[]): number {
+  return guest.reduce((m, g) => Math.max(m, Number(g.integrityErrors)), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host CPU
+
+/**
+ * CPU seconds of both QEMU processes as (epoch ms, source, destination), from the timeline's host
+ * CPU samples, else from the progress samples (which carry the same counters).
+ */
+export function hostCpuPoints(t: GetRunTimelineResponse): { t: number; src: number; dst: number }[] {
+  const fromHost = t.hostCpu.filter((h) => h.time).map((h) => ({ t: h.time!.getTime(), src: h.sourceCpuSeconds, dst: h.destinationCpuSeconds }));
+  if (fromHost.length > 0) return fromHost.sort((a, b) => a.t - b.t);
+  return t.progress.filter((p) => p.time).map((p) => ({ t: p.time!.getTime(), src: p.sourceCpuSeconds, dst: p.destinationCpuSeconds }));
+}
+
+/** Per-interval CPU use in cores (CPU seconds per second) of source, destination and both. */
+export function hostCpuRates(points: readonly { t: number; src: number; dst: number }[], start: number): { src: Point[]; dst: Point[]; total: Point[] } {
+  const src: Point[] = [];
+  const dst: Point[] = [];
+  const total: Point[] = [];
+  for (let i = 1; i < points.length; i++) {
+    const a = points[i - 1]!;
+    const b = points[i]!;
+    const dt = (b.t - a.t) / 1000;
+    if (dt <= 0) continue;
+    const x = (b.t - start) / 1000;
+    // Counters restart when the destination QEMU appears; a negative step is not a rate.
+    const s = Math.max(0, (b.src - a.src) / dt);
+    const d = Math.max(0, (b.dst - a.dst) / dt);
+    src.push({ x, y: s });
+    dst.push({ x, y: d });
+    total.push({ x, y: s + d });
+  }
+  return { src, dst, total };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Series for the plots
+
+/** Keeps at most `max` points: per time bucket, the point with the largest value (spikes are the story). */
+export function downsample(points: readonly Point[], max = 600): Point[] {
+  if (points.length <= max) return [...points];
+  const x0 = points[0]!.x;
+  const span = points[points.length - 1]!.x - x0 || 1;
+  const buckets = new Map<number, Point>();
+  for (const p of points) {
+    const k = Math.min(max - 1, Math.floor(((p.x - x0) / span) * max));
+    const cur = buckets.get(k);
+    if (!cur || p.y > cur.y) buckets.set(k, p);
+  }
+  return [...buckets.entries()].sort((a, b) => a[0] - b[0]).map(([, p]) => p);
+}
+
+const round = (v: number, digits = 3): number => Math.round(v * 10 ** digits) / 10 ** digits;
+const pt = (x: number, y: number): Point => ({ x: round(x), y: round(y, 2) });
+
+/** A vertical marker: a state change or a policy action. */
+export interface Marker {
+  readonly x: number;
+  readonly label: string;
+  readonly kind: 'state' | 'action';
+}
+
+/** Everything the plots of one run need, in seconds since the migration started. */
+export interface RunSeries {
+  readonly remainingMiB: Point[];
+  readonly dirtyMiBps: Point[];
+  readonly throughputMiBps: Point[];
+  readonly throttlePct: Point[];
+  /** Per worker (key = worker index) and combined (key -1). */
+  readonly guestMsPerGib: Record<string, Point[]>;
+  readonly cpuSource: Point[];
+  readonly cpuDestination: Point[];
+  readonly cpuTotal: Point[];
+  readonly markers: Marker[];
+  /** Baseline ms/GiB (combined), NaN when unknown. */
+  readonly baseline: number;
+}
+
+const dirtyBps = (p: ProgressSample): number => Number(p.dirtyPagesRate) * (p.pageSize || 4096);
+const stateName = (s: MigrationState): string => (MigrationState[s] ?? String(s)).replace('MIGRATION_STATE_', '').toLowerCase();
+
+/** The series of one run for the report's plots. */
+export function runSeries(t: GetRunTimelineResponse, opts: { maxPoints?: number; baselineWindowMs?: number } = {}): RunSeries {
+  const { start } = migrationWindow(t);
+  const max = opts.maxPoints ?? 600;
+  const x = (time: Date | undefined, elapsedMs?: number): number => (time ? (time.getTime() - start) / 1000 : (elapsedMs ?? 0) / 1000);
+  const progress = t.progress;
+  const ds = (pts: Point[]): Point[] => downsample(pts, max);
+  const guest: Record<string, Point[]> = {};
+  for (const g of t.guest) {
+    if (!g.time || !(g.msPerGib > 0)) continue;
+    (guest[String(g.worker)] ??= []).push(pt(x(g.time), g.msPerGib));
+  }
+  for (const k of Object.keys(guest)) guest[k] = ds(guest[k]!.sort((a, b) => a.x - b.x));
+  const cpu = hostCpuRates(hostCpuPoints(t), start);
+  const markers: Marker[] = [];
+  for (const c of t.run?.transitions ?? []) {
+    if (!c.time || c.from === c.to) continue;
+    const to = c.to;
+    // The states that change what the plots show; the rest would only clutter them.
+    if (to === MigrationState.MIGRATION_STATE_POSTCOPY || to === MigrationState.MIGRATION_STATE_SWITCHOVER || to === MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED || to >= MigrationState.MIGRATION_STATE_SUCCEEDED) {
+      markers.push({ x: round(x(c.time)), label: stateName(to), kind: 'state' });
+    }
+  }
+  for (const a of t.run?.actions ?? []) markers.push({ x: round(a.time ? x(a.time) : Number(a.elapsedMs) / 1000), label: actionLabel(a.kind, Number(a.value)), kind: 'action' });
+  return {
+    remainingMiB: ds(progress.map((p) => pt(x(p.time, Number(p.elapsedMs)), Number(p.remainingBytes) / MiB))),
+    dirtyMiBps: ds(progress.map((p) => pt(x(p.time, Number(p.elapsedMs)), dirtyBps(p) / MiB))),
+    throughputMiBps: ds(progress.map((p) => pt(x(p.time, Number(p.elapsedMs)), (p.throughputMbps * 1e6) / 8 / MiB))),
+    throttlePct: ds(progress.map((p) => pt(x(p.time, Number(p.elapsedMs)), p.throttlePct))),
+    guestMsPerGib: guest,
+    cpuSource: ds(cpu.src.map((p) => pt(p.x, p.y))),
+    cpuDestination: ds(cpu.dst.map((p) => pt(p.x, p.y))),
+    cpuTotal: ds(cpu.total.map((p) => pt(p.x, p.y))),
+    markers: markers.sort((a, b) => a.x - b.x),
+    baseline: baselineMsPerGib(combinedGuestSeries(t.guest), start, opts.baselineWindowMs),
+  };
+}
+
+/** "downtime 500 ms", "post-copy", "throttle on"… for an action marker. */
+export function actionLabel(kind: number, value: number): string {
+  switch (kind) {
+    case 1:
+      return `downtime ${value} ms`;
+    case 2:
+      return `bandwidth ${(value / MiB).toFixed(0)} MiB/s`;
+    case 3:
+      return 'auto-converge on';
+    case 4:
+      return 'post-copy';
+    case 5:
+      return 'pause guest';
+    case 6:
+      return 'abort';
+    case 7:
+      return 'recover';
+    default:
+      return `action ${kind}`;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per run and per strategy
+
+/** How the lab saw a run end; 'timed-out' = the lab's own time limit cancelled it. */
+export type LabOutcome = 'succeeded' | 'failed' | 'cancelled' | 'timed-out';
+
+/** One run's figures. Times in ms, CPU in s; NaN where a figure is unknown. */
+export interface RunFigures {
+  readonly runId: string;
+  readonly state: MigrationState;
+  readonly succeeded: boolean;
+  readonly totalTimeMs: number;
+  readonly downtimeMs: number;
+  readonly passes: number;
+  readonly maxThrottlePct: number;
+  readonly transferredBytes: number;
+  readonly postcopy: boolean;
+  readonly hostCpuSeconds: number;
+  readonly integrityErrors: number;
+  readonly baselineMsPerGib: number;
+  readonly duringMsPerGib: number;
+  readonly extraMsPerGibSec: number;
+  readonly guestSecondsLost: number;
+  readonly actions: number;
+  readonly error: string;
+}
+
+/** The figures of one run from its timeline. */
+export function runFigures(t: GetRunTimelineResponse, opts: { baselineWindowMs?: number } = {}): RunFigures {
+  const run = t.run;
+  const stats = run?.stats;
+  const { start, end } = migrationWindow(t);
+  const state = run?.state ?? MigrationState.MIGRATION_STATE_UNSPECIFIED;
+  const succeeded = state === MigrationState.MIGRATION_STATE_SUCCEEDED;
+  const series = combinedGuestSeries(t.guest);
+  const baseline = baselineMsPerGib(series, start, opts.baselineWindowMs);
+  const harm = guestHarm(series, baseline, start, end ?? start);
+  const cpu = hostCpuPoints(t);
+  const lastCpu = cpu[cpu.length - 1];
+  const statsCpu = stats ? stats.sourceCpuSeconds + stats.destinationCpuSeconds : 0;
+  const lastProgress = t.progress[t.progress.length - 1];
+  const postcopy =
+    (run?.transitions ?? []).some((c) => c.to === MigrationState.MIGRATION_STATE_POSTCOPY) || t.progress.some((p) => p.state === MigrationState.MIGRATION_STATE_POSTCOPY || p.qemuStatus.startsWith('postcopy'));
+  return {
+    runId: run?.id ?? '',
+    state,
+    succeeded,
+    totalTimeMs: stats?.totalTimeMs ? Number(stats.totalTimeMs) : end !== undefined ? end - start : NaN,
+    downtimeMs: succeeded && stats ? Number(stats.downtimeMs) : NaN,
+    passes: stats?.passes ?? Math.max(0, (lastProgress?.pass ?? 1) - 1),
+    maxThrottlePct: Math.max(stats?.maxThrottlePct ?? 0, ...t.progress.map((p) => p.throttlePct)),
+    transferredBytes: Number(stats?.transferredBytes || lastProgress?.transferredBytes || 0),
+    postcopy,
+    hostCpuSeconds: statsCpu > 0 ? statsCpu : lastCpu ? lastCpu.src + lastCpu.dst : NaN,
+    integrityErrors: Math.max(Number(stats?.integrityErrors ?? 0), guestIntegrityErrors(t.guest)),
+    baselineMsPerGib: baseline,
+    duringMsPerGib: harm.meanDuring,
+    extraMsPerGibSec: harm.extraMsPerGibSec,
+    guestSecondsLost: harm.guestSecondsLost,
+    actions: run?.actions.length ?? 0,
+    error: run?.error?.message ?? '',
+  };
+}
+
+/** One strategy's summary (the report's table row; the proto PolicySummary plus harm). */
+export interface StrategySummary {
+  readonly group: string;
+  readonly label: string;
+  readonly runs: number;
+  readonly succeeded: number;
+  readonly completionRate: number;
+  readonly totalTimeMsP50: number;
+  readonly downtimeMsP50: number;
+  readonly downtimeMsP99: number;
+  readonly extraMsPerGibSecP50: number;
+  readonly guestSecondsLostP50: number;
+  readonly baselineMsPerGib: number;
+  readonly duringMsPerGib: number;
+  readonly hostCpuSecondsMean: number;
+  readonly integrityErrors: number;
+}
+
+/**
+ * Summaries per (group, label), in the order the groups and labels first appear. Times and
+ * downtimes are of succeeded runs only (as ComparePolicies does); harm, CPU and integrity count
+ * every run (a failed migration harms the guest too).
+ */
+export function summarize(runs: readonly { group: string; label: string; figures: RunFigures }[]): StrategySummary[] {
+  const order: string[] = [];
+  const by = new Map<string, { group: string; label: string; f: RunFigures[] }>();
+  for (const r of runs) {
+    const key = `${r.group}\u0000${r.label}`;
+    if (!by.has(key)) {
+      by.set(key, { group: r.group, label: r.label, f: [] });
+      order.push(key);
+    }
+    by.get(key)!.f.push(r.figures);
+  }
+  return order.map((k) => {
+    const { group, label, f } = by.get(k)!;
+    const ok = f.filter((x) => x.succeeded);
+    return {
+      group,
+      label,
+      runs: f.length,
+      succeeded: ok.length,
+      completionRate: f.length === 0 ? 0 : ok.length / f.length,
+      totalTimeMsP50: quantile(ok.map((x) => x.totalTimeMs), 0.5),
+      downtimeMsP50: quantile(ok.map((x) => x.downtimeMs), 0.5),
+      downtimeMsP99: quantile(ok.map((x) => x.downtimeMs), 0.99),
+      extraMsPerGibSecP50: quantile(f.map((x) => x.extraMsPerGibSec), 0.5),
+      guestSecondsLostP50: quantile(f.map((x) => x.guestSecondsLost), 0.5),
+      baselineMsPerGib: mean(f.map((x) => x.baselineMsPerGib)),
+      duringMsPerGib: mean(f.map((x) => x.duringMsPerGib)),
+      hostCpuSecondsMean: mean(f.map((x) => x.hostCpuSeconds)),
+      integrityErrors: f.reduce((a, x) => a + x.integrityErrors, 0),
+    };
+  });
+}

@@ -1,0 +1,365 @@
+/**
+ * The lab report: one self-contained HTML file per comparison (Chart.js and the data inlined, so it
+ * opens anywhere without a network), with guestperf-like plots of every run over time and a
+ * summary table per strategy; plus a PNG of it rendered by headless Chromium.
+ *
+ * Input is plain data — run timelines (proto GetRunTimelineResponse, as GetRunTimeline returns
+ * them) and the scenarios' metadata — so the report is built and checked in unit tests from
+ * synthetic timelines, and can be rebuilt from a results folder without a cluster.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { MigrationState } from '../../services/shared/gen/migd/v1/common.js';
+import type { GetRunTimelineResponse } from '../../services/shared/gen/migd/v1/coordinator.js';
+import { policyName } from '../../services/coordinator/domain/policy/index.js';
+import { type LabOutcome, type RunFigures, type RunSeries, type StrategySummary, runFigures, runSeries, summarize } from './metrics.js';
+import type { Scenario } from './scenarios.js';
+
+/** One recorded run as the report takes it. */
+export interface ReportRun {
+  readonly scenario: string;
+  readonly repetition: number;
+  readonly outcome: LabOutcome;
+  readonly timeline: GetRunTimelineResponse;
+  /** E.g. "cancelled by the lab after 240 s". */
+  readonly note?: string;
+}
+
+export interface ReportInput {
+  readonly comparison: { readonly name: string; readonly title: string; readonly description: string };
+  /** Metadata of the scenarios the runs belong to (runs of unknown scenarios are grouped under "other"). */
+  readonly scenarios: readonly Scenario[];
+  readonly runs: readonly ReportRun[];
+  /** Default now. */
+  readonly generatedAt?: Date;
+  /** Shown in the header (e.g. mode, QEMU version, host). */
+  readonly environment?: Readonly<Record<string, string>>;
+}
+
+/** What the page's script gets, JSON-safe (NaN → null). */
+export interface ReportData {
+  readonly comparison: ReportInput['comparison'];
+  readonly generatedAt: string;
+  readonly environment: Readonly<Record<string, string>>;
+  readonly summaries: StrategySummary[];
+  readonly groups: string[];
+  readonly runs: {
+    readonly scenario: string;
+    readonly title: string;
+    readonly group: string;
+    readonly label: string;
+    readonly repetition: number;
+    readonly outcome: LabOutcome;
+    readonly note: string;
+    readonly policy: string;
+    readonly figures: RunFigures;
+    readonly series: RunSeries;
+  }[];
+}
+
+/** Builds the report's data: per-run figures and series, per-strategy summaries. */
+export function buildReportData(input: ReportInput): ReportData {
+  const meta = new Map(input.scenarios.map((s) => [s.name, s]));
+  const order = new Map(input.scenarios.map((s, i) => [s.name, i]));
+  const runs = [...input.runs]
+    .sort((a, b) => (order.get(a.scenario) ?? 1e9) - (order.get(b.scenario) ?? 1e9) || a.repetition - b.repetition)
+    .map((r) => {
+      const s = meta.get(r.scenario);
+      const figures = runFigures(r.timeline, { baselineWindowMs: s?.limits.baselineMs ? Math.max(s.limits.baselineMs, 5000) : undefined });
+      const kind = r.timeline.run?.policy?.kind ?? s?.policy.kind ?? 0;
+      return {
+        scenario: r.scenario,
+        title: s?.title ?? r.scenario,
+        group: s?.group ?? 'other',
+        label: s?.label ?? r.scenario,
+        repetition: r.repetition,
+        outcome: r.outcome,
+        note: r.note ?? '',
+        policy: policyName(kind),
+        figures,
+        series: runSeries(r.timeline, { baselineWindowMs: s?.limits.baselineMs ? Math.max(s.limits.baselineMs, 5000) : undefined }),
+      };
+    });
+  const summaries = summarize(runs.map((r) => ({ group: r.group, label: r.label, figures: r.figures })));
+  const groups = [...new Set(runs.map((r) => r.group))];
+  return {
+    comparison: input.comparison,
+    generatedAt: (input.generatedAt ?? new Date()).toISOString(),
+    environment: input.environment ?? {},
+    summaries,
+    groups,
+    runs,
+  };
+}
+
+/** Path of Chart.js's UMD bundle (the package's exports do not list it, so resolve via its main file). */
+export function chartJsPath(): string {
+  const require = createRequire(import.meta.url);
+  return join(dirname(require.resolve('chart.js')), 'chart.umd.min.js');
+}
+
+/** JSON for a <script> block: NaN/Infinity → null, and nothing that could close the element. */
+export function scriptJson(value: unknown): string {
+  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v))
+    .replace(/</g, '\\u003c')
+    .replace(/\u2028/g, '\\u2028')
+    .replace(/\u2029/g, '\\u2029');
+}
+
+const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
+
+/** "12.3 s", "850 ms", "—". */
+export function fmtMs(v: number): string {
+  if (!Number.isFinite(v)) return '—';
+  return v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : v >= 1000 ? `${(v / 1000).toFixed(2)} s` : `${Math.round(v)} ms`;
+}
+/** Fixed decimals, "—" for NaN; k/M suffixes from 10 000 up (harm figures run into millions). */
+export function fmtNum(v: number, digits = 1): string {
+  if (!Number.isFinite(v)) return '—';
+  if (Math.abs(v) >= 1e6) return `${(v / 1e6).toFixed(2)} M`;
+  if (Math.abs(v) >= 1e4) return `${(v / 1e3).toFixed(1)} k`;
+  return v.toFixed(digits);
+}
+
+function summaryTable(summaries: readonly StrategySummary[], group: string): string {
+  const rows = summaries
+    .filter((s) => s.group === group)
+    .map(
+      (s) => `<tr>
+  <td class="l">${esc(s.label)}</td><td>${s.runs}</td><td>${s.succeeded}/${s.runs} (${Math.round(s.completionRate * 100)} %)</td>
+  <td>${fmtMs(s.totalTimeMsP50)}</td><td>${fmtMs(s.downtimeMsP50)}</td><td>${fmtMs(s.downtimeMsP99)}</td>
+  <td>${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)}</td><td>${fmtNum(s.extraMsPerGibSecP50, 0)}</td><td>${fmtNum(s.guestSecondsLostP50, 2)}</td>
+  <td>${fmtNum(s.hostCpuSecondsMean, 1)}</td><td class="${s.integrityErrors > 0 ? 'bad' : ''}">${s.integrityErrors}</td>
+</tr>`,
+    )
+    .join('\n');
+  return `<table class="summary">
+<thead><tr><th class="l">strategy</th><th>runs</th><th>completed</th><th>total time p50</th><th>downtime p50</th><th>downtime p99</th>
+<th>guest ms/GiB before → during</th><th>harm p50<br><small>extra ms/GiB·s</small></th><th>guest time lost p50<br><small>s</small></th><th>host CPU<br><small>s, mean</small></th><th>integrity errors</th></tr></thead>
+<tbody>
+${rows}
+</tbody></table>`;
+}
+
+function runFacts(r: ReportData['runs'][number]): string {
+  const f = r.figures;
+  const state = (MigrationState[f.state] ?? '').replace('MIGRATION_STATE_', '').toLowerCase();
+  const parts = [
+    `<b class="${r.outcome === 'succeeded' ? 'ok' : 'bad'}">${esc(r.outcome)}</b>${state && state !== r.outcome ? ` (${esc(state)})` : ''}`,
+    `total ${fmtMs(f.totalTimeMs)}`,
+    `downtime ${fmtMs(f.downtimeMs)}`,
+    `${f.passes} passes`,
+    f.postcopy ? 'post-copy' : '',
+    f.maxThrottlePct > 0 ? `throttle ≤ ${f.maxThrottlePct} %` : '',
+    `${fmtNum(f.transferredBytes / 2 ** 20, 0)} MiB sent`,
+    `harm ${fmtNum(f.extraMsPerGibSec, 0)} ms/GiB·s (${fmtNum(f.guestSecondsLost, 2)} s lost)`,
+    `host CPU ${fmtNum(f.hostCpuSeconds, 1)} s`,
+    `<span class="${f.integrityErrors > 0 ? 'bad' : ''}">${f.integrityErrors} integrity errors</span>`,
+    `policy ${esc(r.policy)}`,
+    r.note ? esc(r.note) : '',
+    f.error ? `<span class="bad">${esc(f.error)}</span>` : '',
+  ];
+  return parts.filter((p) => p !== '').join(' · ');
+}
+
+const CSS = `
+body{font:13px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:16px 24px;color:#222;background:#fff}
+h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:22px 0 6px;border-bottom:1px solid #ddd;padding-bottom:3px}
+h3{font-size:14px;margin:14px 0 4px} .desc{color:#555;max-width:1100px} .env{color:#777;font-size:12px}
+table.summary{border-collapse:collapse;margin:6px 0 10px} table.summary th,table.summary td{border:1px solid #ddd;padding:3px 7px;text-align:right}
+table.summary th{background:#f4f6f8;font-weight:600} .l{text-align:left!important} .bad{color:#b00020} .ok{color:#1b7f3a}
+.facts{font-size:12px;color:#333;margin:2px 0 4px} .row{display:grid;grid-template-columns:repeat(3,1fr);gap:10px;margin-bottom:8px}
+.cell{position:relative;height:220px;border:1px solid #eee;border-radius:4px;padding:4px} .sumchart{position:relative;height:230px;max-width:1100px}
+.run{margin:4px 0 14px}
+`;
+
+/** The page script: draws every chart from the inlined data (no network, no animation). */
+const PAGE_SCRIPT = `
+(function(){
+const D = JSON.parse(document.getElementById('lab-data').textContent);
+Chart.defaults.animation = false;
+Chart.defaults.font.size = 11;
+Chart.defaults.maintainAspectRatio = false;
+const COLORS = ['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2','#7f7f7f','#bcbd22','#17becf'];
+const markers = {
+  id: 'labMarkers',
+  afterDatasetsDraw(chart, _args, opts) {
+    const list = opts && opts.list; if (!list || !list.length) return;
+    const {ctx, chartArea, scales} = chart; const xs = scales.x;
+    ctx.save(); ctx.font = '10px sans-serif';
+    for (const m of list) {
+      const px = xs.getPixelForValue(m.x); if (px < chartArea.left || px > chartArea.right) continue;
+      ctx.strokeStyle = m.kind === 'action' ? 'rgba(200,0,0,.55)' : 'rgba(0,0,0,.45)';
+      ctx.setLineDash(m.kind === 'action' ? [4,3] : [2,2]);
+      ctx.beginPath(); ctx.moveTo(px, chartArea.top); ctx.lineTo(px, chartArea.bottom); ctx.stroke();
+      ctx.translate(px + 3, chartArea.top + 2); ctx.rotate(Math.PI / 2);
+      ctx.fillStyle = ctx.strokeStyle; ctx.fillText(m.label, 0, 0); ctx.rotate(-Math.PI / 2); ctx.translate(-(px + 3), -(chartArea.top + 2));
+    }
+    ctx.restore();
+  }
+};
+Chart.register(markers);
+const ds = (label, data, color, axis, extra) => Object.assign({label, data, borderColor: color, backgroundColor: color, yAxisID: axis || 'y', pointRadius: 0, borderWidth: 1.4, parsing: false, normalized: true}, extra || {});
+const lin = (title, extra) => Object.assign({type: 'linear', title: {display: !!title, text: title}}, extra || {});
+function chart(el, title, datasets, scales, list) {
+  return new Chart(el, {type: 'line', data: {datasets}, options: {
+    plugins: {title: {display: true, text: title}, legend: {labels: {boxWidth: 10}}, labMarkers: {list}},
+    scales: Object.assign({x: lin('s since migration start')}, scales), interaction: {mode: 'nearest', intersect: false}}});
+}
+for (const [i, r] of D.runs.entries()) {
+  const s = r.series;
+  const get = (id) => document.getElementById(id + '-' + i);
+  chart(get('mig'), 'migration', [
+    ds('remaining MiB', s.remainingMiB, COLORS[0]),
+    ds('dirty MiB/s', s.dirtyMiBps, COLORS[3], 'y1'),
+    ds('throughput MiB/s', s.throughputMiBps, COLORS[2], 'y1'),
+  ], {y: lin('remaining MiB', {min: 0}), y1: lin('MiB/s', {position: 'right', min: 0, grid: {drawOnChartArea: false}})}, s.markers);
+  const guest = Object.keys(s.guestMsPerGib).sort((a, b) => Number(a) - Number(b)).map((w, k) =>
+    ds(w === '-1' ? 'combined ms/GiB' : 'worker ' + w + ' ms/GiB', s.guestMsPerGib[w], w === '-1' ? '#111' : COLORS[(k + 4) % COLORS.length], 'y', w === '-1' ? {borderWidth: 2} : {}));
+  if (r.figures.baselineMsPerGib !== null && s.guestMsPerGib['-1']) {
+    const pts = s.guestMsPerGib['-1']; const b = r.figures.baselineMsPerGib;
+    guest.push(ds('baseline', [{x: pts[0].x, y: b}, {x: pts[pts.length - 1].x, y: b}], '#999', 'y', {borderDash: [6, 4], borderWidth: 1}));
+  }
+  guest.push(ds('throttle %', s.throttlePct, COLORS[1], 'y1', {stepped: true}));
+  chart(get('guest'), 'guest: time to write 1 GiB', guest,
+    {y: lin('ms/GiB', {type: 'logarithmic'}), y1: lin('throttle %', {position: 'right', min: 0, max: 100, grid: {drawOnChartArea: false}})}, s.markers);
+  chart(get('cpu'), 'QEMU host CPU', [
+    ds('source', s.cpuSource, COLORS[0]), ds('destination', s.cpuDestination, COLORS[1]), ds('both', s.cpuTotal, '#111', 'y', {borderDash: [3, 2]}),
+  ], {y: lin('CPU s per s', {min: 0})}, s.markers);
+}
+for (const [g, name] of D.groups.entries()) {
+  const el = document.getElementById('sum-' + g); if (!el) continue;
+  const rows = D.summaries.filter((s) => s.group === name);
+  new Chart(el, {type: 'bar', data: {labels: rows.map((s) => s.label), datasets: [
+    {label: 'total time p50 (s)', data: rows.map((s) => s.totalTimeMsP50 === null ? null : s.totalTimeMsP50 / 1000), backgroundColor: COLORS[0], yAxisID: 'y'},
+    {label: 'downtime p50 (ms)', data: rows.map((s) => s.downtimeMsP50), backgroundColor: COLORS[1], yAxisID: 'y1'},
+    {label: 'guest time lost p50 (s)', data: rows.map((s) => s.guestSecondsLostP50), backgroundColor: COLORS[3], yAxisID: 'y'},
+    {label: 'completion %', data: rows.map((s) => s.completionRate * 100), backgroundColor: COLORS[2], yAxisID: 'y2'},
+  ]}, options: {plugins: {title: {display: true, text: name}}, scales: {
+    y: {title: {display: true, text: 's'}, min: 0, grace: '8%'}, y1: {position: 'right', title: {display: true, text: 'ms'}, min: 0, grace: '8%', grid: {drawOnChartArea: false}},
+    y2: {position: 'right', min: 0, max: 105, title: {display: true, text: '%'}, grid: {drawOnChartArea: false}}}}});
+}
+document.body.setAttribute('data-charts', String(Object.keys(Chart.instances).length));
+})();
+`;
+
+/**
+ * The report as one HTML document. `chartJs` is the Chart.js UMD source to inline (default: read
+ * from node_modules by {@link writeReport}; the unit tests pass a stub).
+ */
+export function renderReportHtml(data: ReportData, chartJs: string): string {
+  const env = Object.entries(data.environment)
+    .map(([k, v]) => `${esc(k)}: ${esc(v)}`)
+    .join(' · ');
+  const groups = data.groups
+    .map(
+      (g, i) => `<h3>${esc(g)}</h3>
+${summaryTable(data.summaries, g)}
+<div class="sumchart"><canvas id="sum-${i}"></canvas></div>`,
+    )
+    .join('\n');
+  let lastScenario = '';
+  const runs = data.runs
+    .map((r, i) => {
+      const head = r.scenario !== lastScenario ? `<h3 id="sc-${esc(r.scenario)}">${esc(r.title)} <small>(${esc(r.scenario)} · ${esc(r.group)} · ${esc(r.label)})</small></h3>` : '';
+      lastScenario = r.scenario;
+      return `${head}<div class="run" data-run="${esc(r.figures.runId)}">
+<div class="facts">rep ${r.repetition + 1} · run ${esc(r.figures.runId)} · ${runFacts(r)}</div>
+<div class="row"><div class="cell"><canvas id="mig-${i}"></canvas></div><div class="cell"><canvas id="guest-${i}"></canvas></div><div class="cell"><canvas id="cpu-${i}"></canvas></div></div>
+</div>`;
+    })
+    .join('\n');
+  const safeChartJs = chartJs.replace(/<\/script/gi, '<\\/script');
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>migd lab: ${esc(data.comparison.title)}</title>
+<style>${CSS}</style>
+<script>${safeChartJs}</script>
+</head><body>
+<h1>migd lab: ${esc(data.comparison.title)}</h1>
+<p class="desc">${esc(data.comparison.description)}</p>
+<p class="env">comparison ${esc(data.comparison.name)} · ${data.runs.length} runs · generated ${esc(data.generatedAt)}${env ? ' · ' + env : ''}</p>
+<h2>Summary per strategy</h2>
+<p class="desc">Times and downtimes of completed runs; harm = guest ms/GiB above the baseline (median of the samples before the migration) integrated over the migration, and the same as seconds of guest work lost; host CPU = source + destination QEMU during the migration.</p>
+${groups}
+<h2>Runs</h2>
+${runs}
+<script type="application/json" id="lab-data">${scriptJson(data)}</script>
+<script>${PAGE_SCRIPT}</script>
+</body></html>
+`;
+}
+
+/** Writes `<dir>/report.html` (and `report.json`, the data behind it); returns their paths. */
+export async function writeReport(dir: string, input: ReportInput, opts: { chartJs?: string } = {}): Promise<{ html: string; json: string; data: ReportData }> {
+  await mkdir(dir, { recursive: true });
+  const data = buildReportData(input);
+  const chartJs = opts.chartJs ?? (await readFile(chartJsPath(), 'utf8'));
+  const html = join(dir, 'report.html');
+  const json = join(dir, 'report.json');
+  await writeFile(html, renderReportHtml(data, chartJs));
+  await writeFile(json, scriptJson(data));
+  return { html, json, data };
+}
+
+/** The Chromium binary: $CHROMIUM_BIN, else /usr/bin/chromium. Undefined when neither exists. */
+export function chromiumBinary(): string | undefined {
+  const env = process.env['CHROMIUM_BIN'];
+  if (env) return env;
+  return existsSync('/usr/bin/chromium') ? '/usr/bin/chromium' : undefined;
+}
+
+/**
+ * Renders `htmlPath` with headless Chromium into `pngPath` (viewport `width`×`height`). Chromium
+ * gets a fresh profile in a temp dir (removed afterwards) and every background fetch turned off,
+ * so it never reaches the network; a run longer than `timeoutMs` is killed.
+ * @throws Error when Chromium is missing, fails, or produces no PNG.
+ */
+export async function screenshot(htmlPath: string, pngPath: string, opts: { width?: number; height?: number; timeoutMs?: number; binary?: string } = {}): Promise<void> {
+  const bin = opts.binary ?? chromiumBinary();
+  if (!bin) throw new Error('chromium not found: install Debian package "chromium" or set CHROMIUM_BIN');
+  const profile = await mkdtemp(join(tmpdir(), 'migd-chromium-'));
+  const out = resolve(pngPath);
+  await rm(out, { force: true });
+  try {
+    const args = [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--hide-scrollbars',
+      `--user-data-dir=${profile}`,
+      // Let the page's script run to completion before the picture is taken.
+      '--virtual-time-budget=5000',
+      `--screenshot=${out}`,
+      `--window-size=${opts.width ?? 1400},${opts.height ?? 2000}`,
+      pathToFileURL(resolve(htmlPath)).href,
+    ];
+    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let log = '';
+    child.stdout.on('data', (b: Buffer) => (log = (log + b.toString()).slice(-4000)));
+    child.stderr.on('data', (b: Buffer) => (log = (log + b.toString()).slice(-4000)));
+    const code = await new Promise<number | null>((res, rej) => {
+      const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+      child.once('error', (e) => {
+        clearTimeout(timer);
+        rej(e);
+      });
+      child.once('exit', (c, sig) => {
+        clearTimeout(timer);
+        res(sig ? -1 : c);
+      });
+    });
+    if (code !== 0 || !existsSync(out)) throw new Error(`chromium exited with ${code} and ${existsSync(out) ? 'a' : 'no'} screenshot:\n${log}`);
+  } finally {
+    await rm(profile, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,212 @@
+/**
+ * The lab runner: runs a comparison's scenarios against a migd cluster (see backend.ts) and keeps
+ * the results, then writes the report. For each scenario and repetition not yet recorded:
+ *   shape the link → create the VM with the scenario's workload on the source → wait for a
+ *   baseline of guest samples → submit the migration with the scenario's policy and label →
+ *   follow it live (one progress line) → keep the guest's samples a little longer → fetch the
+ *   run's timeline and record scenario → run id → destroy the VM.
+ * The report is rewritten after every run, so a long comparison can be looked at while it runs,
+ * and an interrupted one resumes where it stopped (`resume`).
+ */
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { type GuestPerfSample, type ProgressSample, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
+import { type LabBackend, sleep, stateName } from './backend.js';
+import { type ReportRun, screenshot, writeReport } from './report.js';
+import { type FailedAttempt, type LabResults, isRecorded, loadResults, loadTimeline, newResults, saveResults, saveTimeline } from './results.js';
+import type { Comparison, LabLink, Scenario } from './scenarios.js';
+
+const MiB = 1024 * 1024;
+
+export interface RunLabOptions {
+  readonly comparison: Comparison;
+  readonly outDir: string;
+  readonly backend: LabBackend;
+  readonly source: string;
+  readonly destination: string;
+  /** Applies a link to one host's migration egress; absent = links are not shaped (e.g. a remote coordinator). */
+  readonly shape?: (host: string, link: LabLink) => Promise<void>;
+  /** Keep and extend an existing results file (skip recorded pairs). */
+  readonly resume?: boolean;
+  readonly quick?: boolean;
+  /** Render report.png with Chromium at the end. Default true. */
+  readonly png?: boolean;
+  readonly environment?: Readonly<Record<string, string>>;
+  /** Lines for the log. */
+  readonly log?: (line: string) => void;
+  /** The live progress line (overwritten in place on a terminal). */
+  readonly status?: (line: string) => void;
+  readonly signal?: AbortSignal;
+}
+
+export interface RunLabResult {
+  readonly results: LabResults;
+  readonly reportHtml: string;
+  readonly reportPng?: string;
+  /** Runs made by this call (not the resumed ones). */
+  readonly ran: number;
+}
+
+/** The VM spec of a scenario's guest. */
+export function vmSpecOf(s: Scenario, name: string): VmSpec {
+  return {
+    name,
+    memoryMib: s.guest.memoryMib,
+    vcpus: s.guest.vcpus,
+    accel: 0,
+    machineType: '',
+    kernelPath: '',
+    initrdPath: '',
+    extraCmdline: '',
+    workload: {
+      pattern: s.workload.pattern,
+      workers: s.workload.workers,
+      bytesPerWorker: s.workload.bytesPerWorker,
+      rateBytesPerSec: s.workload.rateBytesPerSec,
+      hotBytes: s.workload.hotBytes ?? 0,
+      verify: true,
+    },
+    labels: { lab: 'true', scenario: s.name },
+    antiAffinityGroup: '',
+    uuid: '',
+  };
+}
+
+/** One progress line: time, state, pass, remaining, throughput, dirty rate, throttle, guest pace. */
+export function progressLine(prefix: string, p: ProgressSample, guest: GuestPerfSample | undefined): string {
+  const dirty = (Number(p.dirtyPagesRate) * (p.pageSize || 4096)) / MiB;
+  return [
+    prefix,
+    `${(Number(p.elapsedMs) / 1000).toFixed(1).padStart(6)}s`,
+    stateName(p.state).padEnd(9),
+    `pass ${String(p.pass).padStart(2)}`,
+    `remaining ${(Number(p.remainingBytes) / MiB).toFixed(0).padStart(4)} MiB`,
+    `${p.throughputMbps.toFixed(0).padStart(5)} Mbit/s`,
+    `dirty ${dirty.toFixed(0).padStart(4)} MiB/s`,
+    `throttle ${String(p.throttlePct).padStart(2)}%`,
+    guest ? `guest ${guest.msPerGib.toFixed(0)} ms/GiB` : '',
+  ].join('  ');
+}
+
+/** Rebuilds the report of a results folder (no cluster needed). */
+export async function reportFromResults(dir: string, comparison: Comparison, results: LabResults, opts: { png?: boolean; environment?: Readonly<Record<string, string>> } = {}): Promise<{ html: string; png?: string }> {
+  const runs: ReportRun[] = [];
+  for (const r of results.runs) {
+    runs.push({ scenario: r.scenario, repetition: r.repetition, outcome: r.outcome, timeline: await loadTimeline(dir, r.timelineFile), ...(r.note ? { note: r.note } : {}) });
+  }
+  const { html } = await writeReport(dir, {
+    comparison,
+    scenarios: comparison.scenarios,
+    runs,
+    environment: { mode: results.mode, ...(results.quick ? { quick: 'yes' } : {}), ...opts.environment },
+  });
+  if (opts.png === false) return { html };
+  const png = join(dir, 'report.png');
+  await screenshot(html, png);
+  return { html, png };
+}
+
+/**
+ * Runs the comparison. Failures of one attempt (a VM that does not boot, a refused plan) are
+ * recorded as errors and the lab goes on; an abort (`signal`) stops after cleaning up.
+ * @throws Error when the results folder holds another comparison, or exists without `resume`
+ */
+export async function runComparison(o: RunLabOptions): Promise<RunLabResult> {
+  const log = o.log ?? (() => undefined);
+  const existing = await loadResults(o.outDir, o.comparison.name);
+  if (existing && !o.resume && existing.runs.length + existing.errors.length > 0) {
+    throw new Error(`${o.outDir} already holds results of "${o.comparison.name}": pass --resume to continue them, or another --out`);
+  }
+  const results = existing ?? newResults(o.comparison.name, o.quick ?? false, o.backend.mode);
+  await saveResults(o.outDir, results);
+  const session = randomBytes(3).toString('hex');
+  const total = o.comparison.scenarios.reduce((n, s) => n + s.repetitions, 0);
+  let ran = 0;
+  let index = 0;
+  for (const s of o.comparison.scenarios) {
+    for (let rep = 0; rep < s.repetitions; rep++) {
+      index++;
+      if (isRecorded(results, s.name, rep)) {
+        log(`[${index}/${total}] ${s.name} #${rep + 1}: recorded already, skipped`);
+        continue;
+      }
+      if (o.signal?.aborted) break;
+      const tag = `[${index}/${total}] ${s.name} #${rep + 1}`;
+      log(`${tag}: ${s.title}; link ${linkText(s.link)}; policy ${s.label}`);
+      try {
+        const recorded = await runOne(o, s, rep, session, tag);
+        results.runs.push(recorded);
+        results.errors = results.errors.filter((e) => !(e.scenario === s.name && e.repetition === rep));
+        ran++;
+        log(`${tag}: ${recorded.outcome}${recorded.note ? ` (${recorded.note})` : ''}, run ${recorded.runId}`);
+      } catch (err) {
+        if (o.signal?.aborted) break;
+        const e: FailedAttempt = { scenario: s.name, repetition: rep, error: err instanceof Error ? err.message : String(err), at: new Date().toISOString() };
+        results.errors.push(e);
+        log(`${tag}: error: ${e.error}`);
+      }
+      await saveResults(o.outDir, results);
+      if (results.runs.length > 0) await reportFromResults(o.outDir, o.comparison, results, { png: false, ...(o.environment ? { environment: o.environment } : {}) });
+    }
+  }
+  await saveResults(o.outDir, results);
+  const rep = await reportFromResults(o.outDir, o.comparison, results, { png: o.png ?? true, ...(o.environment ? { environment: o.environment } : {}) });
+  return { results, reportHtml: rep.html, ...(rep.png ? { reportPng: rep.png } : {}), ran };
+}
+
+function linkText(l: LabLink): string {
+  const parts = [l.rateMbit !== undefined ? `${l.rateMbit} Mbit/s` : 'unshaped', l.delayMs ? `${l.delayMs} ms` : '', l.lossPct ? `${l.lossPct} % loss` : ''];
+  return parts.filter((p) => p !== '').join(', ');
+}
+
+async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: string, tag: string): Promise<LabResults['runs'][number]> {
+  const b = o.backend;
+  if (o.shape) {
+    // Both directions: the stream goes source → destination, acknowledgements and post-copy page
+    // requests come back.
+    await o.shape(o.source, s.link);
+    await o.shape(o.destination, s.link);
+  }
+  const vmName = `lab-${s.name}-${rep}-${session}`.slice(0, 63);
+  await b.createVm(vmSpecOf(s, vmName), o.source);
+  try {
+    await b.waitGuest(vmName, { minSamples: 5, minMs: s.limits.baselineMs, timeoutMs: s.limits.bootMs + s.limits.baselineMs, ...(o.signal ? { signal: o.signal } : {}) });
+    let lastStatus = 0;
+    const result = await b.migrate({
+      key: `lab.${o.comparison.name}.${s.name}.${rep}.${session}`,
+      vmName,
+      memoryMib: s.guest.memoryMib,
+      sourceNodeId: o.source,
+      destinationNodeId: o.destination,
+      policy: s.policy,
+      label: s.label,
+      timeLimitMs: s.limits.migrationMs,
+      onProgress: (p, g) => {
+        const now = Date.now();
+        if (now - lastStatus < 500) return;
+        lastStatus = now;
+        o.status?.(progressLine(tag, p, g));
+      },
+      onEvent: (line) => o.log?.(`${tag}: ${line}`),
+      ...(o.signal ? { signal: o.signal } : {}),
+    });
+    // The guest's samples after the switch-over belong to the run (post-copy and throttle tails).
+    await sleep(s.limits.afterMs, o.signal);
+    const timeline = await b.timeline(result.runId);
+    const file = await saveTimeline(o.outDir, timeline);
+    return {
+      scenario: s.name,
+      repetition: rep,
+      runId: result.runId,
+      label: s.label,
+      outcome: result.outcome,
+      ...(result.note ? { note: result.note } : {}),
+      vmName,
+      timelineFile: file,
+      link: s.link,
+      recordedAt: new Date().toISOString(),
+    };
+  } finally {
+    await b.destroyVm(vmName).catch((err: unknown) => o.log?.(`${tag}: destroying ${vmName} failed: ${err instanceof Error ? err.message : String(err)}`));
+  }
+}

@@ -1,0 +1,518 @@
+/**
+ * The scenario lab's table: scenarios as data, and comparisons as named sets of scenarios that vary
+ * one thing (guestperf's idea: `tests/migration/guestperf/comparison.py` in QEMU, seed 002).
+ *
+ * A scenario fixes the guest (size, vCPUs, workload), the migration link (rate, latency, loss), the
+ * policy (a proto MigrationPolicy plus a human label) and how often and how long to run it. The
+ * runner (runner.ts) turns each into: shape the link, boot the VM, take a baseline of guest samples,
+ * submit a plan, follow it, record the run id, destroy the VM. The report (report.ts) groups runs by
+ * (group, label): a group is one workload/link setting, a label one strategy within it.
+ *
+ * Everything here is pure data plus the scaling arithmetic, so it is unit-tested
+ * (test/unit/lab/scenarios.test.ts): every policy passes the coordinator domain's `policyFor`.
+ */
+import {
+  MigrationPolicy,
+  MultifdCompression,
+  PolicyKind,
+  TimeoutAction,
+  WorkloadPattern,
+} from '../../services/shared/gen/migd/v1/common.js';
+import { fixedPolicy, presetPolicy, QEMU_THROTTLE } from '../../services/coordinator/domain/policy/index.js';
+
+export const KiB = 1024;
+export const MiB = 1024 * KiB;
+export const GiB = 1024 * MiB;
+
+// ---------------------------------------------------------------------------------------------
+// Types
+
+/** The guest workload (migd-stress), as in proto WorkloadSpec. */
+export interface LabWorkload {
+  readonly pattern: WorkloadPattern;
+  /** Worker threads (the seeds' `--vm N`). */
+  readonly workers: number;
+  /** Region each worker rewrites (the seeds' `--vm-bytes`). */
+  readonly bytesPerWorker: number;
+  /** Per-worker write limit in bytes/s; 0 = as fast as the vCPU goes. */
+  readonly rateBytesPerSec: number;
+  /** Hot set for the hotcold pattern; 0 = the guest's default (1/16 of the region). */
+  readonly hotBytes?: number;
+}
+
+/** The migration link between the two hosts (applied to both directions). */
+export interface LabLink {
+  /** Rate in Mbit/s; undefined = unshaped (a veth moves ~1.7 GiB/s here). */
+  readonly rateMbit?: number;
+  /** One-way delay in ms (delay line: this kernel has no netem). */
+  readonly delayMs?: number;
+  /** Random loss in percent. */
+  readonly lossPct?: number;
+}
+
+/** Time limits of one run, in milliseconds. */
+export interface LabLimits {
+  /** VM creation until the first guest sample. */
+  readonly bootMs: number;
+  /** Guest samples taken before the migration starts (the harm baseline). */
+  readonly baselineMs: number;
+  /** The migration itself; past it the lab cancels the run and records it as timed out. */
+  readonly migrationMs: number;
+  /** Guest samples kept after the migration ends (post-copy and throttling tails). */
+  readonly afterMs: number;
+}
+
+export interface Scenario {
+  /** Unique across the table: [a-z0-9][a-z0-9-]*. Used in VM names, results and idempotency keys. */
+  readonly name: string;
+  /** One line for humans. */
+  readonly title: string;
+  /** Workload/link setting the scenario belongs to; the report summarises per (group, label). */
+  readonly group: string;
+  /** The strategy, as shown in the report and stored as the run's policy label. */
+  readonly label: string;
+  readonly guest: { readonly memoryMib: number; readonly vcpus: number };
+  readonly workload: LabWorkload;
+  readonly link: LabLink;
+  /** Sent as SubmitPlanRequest.policy; the coordinator fills the preset's defaults in. */
+  readonly policy: MigrationPolicy;
+  readonly repetitions: number;
+  readonly limits: LabLimits;
+  /** Where it comes from (e.g. "seed 001 #4: --auto-converge --timeout-postcopy --timeout 60"). */
+  readonly source?: string;
+}
+
+export interface Comparison {
+  readonly name: string;
+  readonly title: string;
+  /** What varies, and what the scaling keeps. */
+  readonly description: string;
+  readonly scenarios: readonly Scenario[];
+  /** Scenario names kept by `--quick` (run once each). Default: all. */
+  readonly quick?: readonly string[];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scaling to this machine
+
+/**
+ * Measured here (QEMU 10.0.2 TCG, 1 vCPU, migd-stress random, 1–3 workers, idle host): the
+ * combined write rate is ~560 ms/GiB = 1.8 GiB/s whatever the worker count (the workers time-share
+ * the vCPU). FACTS.md has 0.9–1.5 GiB/s under load; the nominal figure below is what the link
+ * scaling divides by, so a busier host only makes the lab's scenarios a little easier.
+ */
+export const TCG_DIRTY_BYTES_PER_SEC = 1.8 * GiB;
+
+/**
+ * The seeds' guests were KVM guests on Xeons of 2013–2016: 400 ms to write 1 GB on one vCPU
+ * (seed 000, Berrange) = 2.5 GiB/s for seed 001's era; guestperf's own baseline was 200 ms/GB
+ * (seed 002) = 5 GiB/s.
+ */
+export const SEED_001_DIRTY_BYTES_PER_SEC = 2.5 * GiB;
+export const SEED_002_DIRTY_BYTES_PER_SEC = 5 * GiB;
+
+/** How a seed study maps onto this machine. */
+export interface Scale {
+  /** Guest memory and working sets: ours / theirs. */
+  readonly memory: number;
+  /** Dirty rate ours / theirs: the link is scaled by the same factor to keep dirty/link. */
+  readonly link: number;
+  /**
+   * Seconds here per second there for the same amount of transfer (memory / link). Time-based
+   * settings (downtime limits, post-copy timeouts, time limits) are multiplied by it so the
+   * convergence dynamics stay those of the study: e.g. a downtime limit admits the same fraction
+   * of the working set at switch-over.
+   */
+  readonly time: number;
+}
+
+/** The scale for a study with `theirMemoryMib` guests dirtying `theirDirty` bytes/s. */
+export function scaleFor(opts: { theirMemoryMib: number; ourMemoryMib: number; theirDirty: number; ourDirty?: number }): Scale {
+  const memory = opts.ourMemoryMib / opts.theirMemoryMib;
+  const link = (opts.ourDirty ?? TCG_DIRTY_BYTES_PER_SEC) / opts.theirDirty;
+  return Object.freeze({ memory, link, time: memory / link });
+}
+
+/**
+ * Seed 001 (Mirantis, QEMU 2.6): 1 vCPU, 2 GiB guests, `stress --vm 2|3 --vm-bytes 512M` on 1 GbE.
+ * Here: 512 MiB guests (memory ×1/4) with 2|3 workers × 128 MiB (the working set stays 50 % / 75 %
+ * of RAM); the dirty rate drops from ~2.5 to ~1.8 GiB/s (×0.72), so the link drops from 1000 to
+ * 720 Mbit/s and dirty/link stays ~23 (2.5 GiB/s over ~112 MiB/s of 1 GbE goodput). One pass over
+ * the working set takes 256 MiB / ~81 MiB/s = 3.2 s instead of 1 GiB / 112 MiB/s = 9.1 s, i.e.
+ * time ×0.35: the study's `--timeout 60` becomes 21 s, its 300/1000/5000 ms downtime limits
+ * 104/347/1736 ms, its 5-minute plots 104 s.
+ */
+export const SEED_001_SCALE = scaleFor({ theirMemoryMib: 2048, ourMemoryMib: 512, theirDirty: SEED_001_DIRTY_BYTES_PER_SEC });
+
+/**
+ * Seed 002 (guestperf, QEMU 2.6): 1 vCPU, 1 GiB guests with one stress thread over the guest's RAM,
+ * 10 GbE; bandwidth comparisons at 100 Mbit–100 Gbit (12–12 500 MiB/s `migrate_set_speed`).
+ * Here: 512 MiB guests (×1/2) with one worker over 256 MiB; dirty 5 → 1.8 GiB/s (×0.36), so
+ * 10 Gbit becomes 3.6 Gbit and the bandwidth steps 36/108/360/3600 Mbit; time ×1.39.
+ */
+export const SEED_002_SCALE = scaleFor({ theirMemoryMib: 1024, ourMemoryMib: 512, theirDirty: SEED_002_DIRTY_BYTES_PER_SEC });
+
+/** `mbit` of a seed's link, scaled to keep dirty/link; rounded to a whole Mbit/s. */
+export function scaledLinkMbit(mbit: number, scale: Scale): number {
+  return Math.max(1, Math.round(mbit * scale.link));
+}
+
+/** A seed's time (ms) on this machine; rounded to a whole ms. */
+export function scaledMs(ms: number, scale: Scale): number {
+  return Math.max(1, Math.round(ms * scale.time));
+}
+
+/** A seed's byte count on this machine, rounded down to whole MiB (guest regions are page-sized). */
+export function scaledBytes(bytes: number, scale: Scale): number {
+  return Math.max(MiB, Math.floor((bytes * scale.memory) / MiB) * MiB);
+}
+
+/** Guest memory the kernel and the workload's safety margin need beside the workload (see stress/README.md). */
+export const GUEST_RESERVE_BYTES = 96 * MiB;
+
+// ---------------------------------------------------------------------------------------------
+// Building blocks
+
+const DEFAULT_LIMITS: LabLimits = Object.freeze({ bootMs: 60_000, baselineMs: 6_000, migrationMs: 240_000, afterMs: 6_000 });
+
+function limits(l: Partial<LabLimits> = {}): LabLimits {
+  return Object.freeze({ ...DEFAULT_LIMITS, ...l });
+}
+
+function workload(pattern: WorkloadPattern, workers: number, bytesPerWorker: number, rateBytesPerSec = 0, hotBytes?: number): LabWorkload {
+  return Object.freeze({ pattern, workers, bytesPerWorker, rateBytesPerSec, ...(hotBytes !== undefined ? { hotBytes } : {}) });
+}
+
+function policy(p: Parameters<typeof MigrationPolicy.fromPartial>[0]): MigrationPolicy {
+  return MigrationPolicy.fromPartial(p);
+}
+
+function scenario(s: Omit<Scenario, 'limits' | 'repetitions'> & { limits?: Partial<LabLimits>; repetitions?: number }): Scenario {
+  return Object.freeze({ ...s, repetitions: s.repetitions ?? 3, limits: limits(s.limits) });
+}
+
+const MEM_SEED = 512;
+
+/** Seed 001's loads, scaled: A = `--vm 2 --vm-bytes 512M`, B = `--vm 3 --vm-bytes 512M`. */
+const LOAD_A = workload(WorkloadPattern.WORKLOAD_PATTERN_RANDOM, 2, scaledBytes(512 * MiB, SEED_001_SCALE));
+const LOAD_B = workload(WorkloadPattern.WORKLOAD_PATTERN_RANDOM, 3, scaledBytes(512 * MiB, SEED_001_SCALE));
+const LINK_1GBE = Object.freeze({ rateMbit: scaledLinkMbit(1000, SEED_001_SCALE) });
+const T = (ms: number): number => scaledMs(ms, SEED_001_SCALE);
+
+/**
+ * The seed-001 strategies as FIXED policies (the node carries out throttling and the post-copy
+ * trigger). QEMU 2.6 had no postcopy-preempt: preempt stays off to be faithful.
+ */
+function autoConverge(initialPct: number, incrementPct: number, downtimeMs = T(300)): MigrationPolicy {
+  return fixedPolicy({ strategy: 'auto-converge', initialPct, incrementPct, downtimeMs });
+}
+
+// ---------------------------------------------------------------------------------------------
+// seed-001: the eleven scenarios of the post-copy/auto-converge study
+
+const seed001 = (n: number, name: string, title: string, load: 'A' | 'B', p: MigrationPolicy, label: string, source: string): Scenario =>
+  scenario({
+    name: `s001-${String(n).padStart(2, '0')}-${name}`,
+    title: `#${n} ${title}`,
+    group: load === 'A' ? 'load A: 2 workers x 128 MiB' : 'load B: 3 workers x 128 MiB',
+    label,
+    guest: { memoryMib: MEM_SEED, vcpus: 1 },
+    workload: load === 'A' ? LOAD_A : LOAD_B,
+    link: LINK_1GBE,
+    policy: p,
+    source: `seed 001 #${n}: ${source}`,
+  });
+
+export const SEED_001: readonly Scenario[] = Object.freeze([
+  seed001(1, 'ac-default', 'auto-converge, default throttle (20 % + 10 %)', 'A', autoConverge(20, 10), 'ac 20/10', '--auto-converge, x-cpu-throttle-initial 20, increment 10'),
+  seed001(2, 'ac-30-15', 'auto-converge 30 % + 15 %', 'A', autoConverge(30, 15), 'ac 30/15', '--auto-converge, initial 30, increment 15'),
+  seed001(3, 'ac-50-20', 'auto-converge 50 % + 20 %', 'A', autoConverge(50, 20), 'ac 50/20', '--auto-converge, initial 50, increment 20'),
+  seed001(
+    4,
+    'ac-pc-timeout',
+    `auto-converge, post-copy after ${T(60_000) / 1000} s (seed: 60 s)`,
+    'A',
+    policy({
+      kind: PolicyKind.POLICY_KIND_FIXED,
+      downtimeLimitMs: T(300),
+      autoConverge: { enabled: true, ...QEMU_THROTTLE },
+      postcopy: { enabled: true, afterMs: T(60_000), preempt: false },
+    }),
+    'ac + pc after timeout',
+    '--auto-converge --postcopy --timeout-postcopy --timeout 60',
+  ),
+  seed001(5, 'pc-after-1', 'post-copy after the first pass', 'A', fixedPolicy({ strategy: 'postcopy-after-passes', passes: 1, preempt: false }, {}), 'pc after 1 pass', '--postcopy --postcopy-after-precopy'),
+  seed001(
+    6,
+    'pc-xbzrle',
+    'post-copy after the first pass, xbzrle',
+    'A',
+    policy({
+      kind: PolicyKind.POLICY_KIND_FIXED,
+      downtimeLimitMs: T(300),
+      postcopy: { enabled: true, afterPasses: 1, preempt: false },
+      // QEMU's default 64 MiB cache for a 2 GiB guest, scaled.
+      xbzrle: { enabled: true, cacheBytes: scaledBytes(64 * MiB, SEED_001_SCALE) },
+    }),
+    'pc after 1 pass + xbzrle',
+    '--postcopy --postcopy-after-precopy --compressed (xbzrle)',
+  ),
+  seed001(7, 'ac-50-20-b', 'auto-converge 50 % + 20 %, heavier load', 'B', autoConverge(50, 20), 'ac 50/20', '--auto-converge, initial 50, increment 20'),
+  seed001(8, 'pc-after-1-b', 'post-copy after the first pass, heavier load', 'B', fixedPolicy({ strategy: 'postcopy-after-passes', passes: 1, preempt: false }), 'pc after 1 pass', '--postcopy --postcopy-after-precopy'),
+  seed001(9, 'ac-dt300-b', `auto-converge, downtime ${T(300)} ms (seed: 300)`, 'B', autoConverge(20, 10, T(300)), 'ac, downtime 300*', '--auto-converge (max_downtime 300 ms default)'),
+  seed001(10, 'ac-dt1000-b', `auto-converge, downtime ${T(1000)} ms (seed: 1000)`, 'B', autoConverge(20, 10, T(1000)), 'ac, downtime 1000*', '--auto-converge, migrate-setmaxdowntime 1000'),
+  seed001(11, 'ac-dt5000-b', `auto-converge, downtime ${T(5000)} ms (seed: 5000)`, 'B', autoConverge(20, 10, T(5000)), 'ac, downtime 5000*', '--auto-converge, migrate-setmaxdowntime 5000'),
+]);
+
+// ---------------------------------------------------------------------------------------------
+// seed-002: guestperf's comparisons
+
+const MEM_GP = 512;
+const GP_LOAD = workload(WorkloadPattern.WORKLOAD_PATTERN_RANDOM, 1, scaledBytes(512 * MiB, SEED_002_SCALE));
+const GP_LOAD_COMPRESSIBLE = workload(WorkloadPattern.WORKLOAD_PATTERN_COMPRESSIBLE, 1, scaledBytes(512 * MiB, SEED_002_SCALE));
+const GP_LINK = Object.freeze({ rateMbit: scaledLinkMbit(10_000, SEED_002_SCALE) });
+/** guestperf's default downtime limit (500 ms), scaled. */
+const GP_DOWNTIME = scaledMs(500, SEED_002_SCALE);
+/**
+ * guestperf gave up after 300 s or 30 passes. A lab run of that length per failing scenario costs
+ * too much here; a completion timeout of 120 s/GiB (60 s for these 512 MiB guests) aborts a
+ * pre-copy that is not going to finish, and the lab's own limit backs it up.
+ */
+const GP_TIMEOUTS = Object.freeze({ completionTimeoutSecPerGib: 120, timeoutAction: TimeoutAction.TIMEOUT_ACTION_ABORT });
+const GP_LIMITS: Partial<LabLimits> = { migrationMs: 150_000 };
+
+const gp = (name: string, title: string, group: string, label: string, p: MigrationPolicy, extra: { link?: LabLink; workload?: LabWorkload; source?: string } = {}): Scenario =>
+  scenario({
+    name: `gp-${name}`,
+    title,
+    group,
+    label,
+    guest: { memoryMib: MEM_GP, vcpus: 1 },
+    workload: extra.workload ?? GP_LOAD,
+    link: extra.link ?? GP_LINK,
+    policy: p,
+    limits: GP_LIMITS,
+    source: extra.source ?? 'seed 002 (guestperf comparisons)',
+  });
+
+/** Downtime limits 10…5000 ms (guestperf's scenario parameter, seed 001 #9–#11), not scaled here: the threshold is the finding. */
+export const GP_DOWNTIME_SCENARIOS: readonly Scenario[] = [10, 100, 300, 500, 1000, 2000, 5000].map((ms) =>
+  gp(`downtime-${ms}`, `pre-copy, downtime limit ${ms} ms`, 'pre-copy, 1 worker x 256 MiB', `downtime ${ms} ms`, fixedPolicy({ strategy: 'precopy', downtimeMs: ms }, GP_TIMEOUTS)),
+);
+
+/** guestperf "auto-converge-iters": the throttle step (5/10/20 %). */
+export const GP_AC_STEP_SCENARIOS: readonly Scenario[] = [5, 10, 20].map((step) =>
+  gp(`ac-step-${step}`, `auto-converge, step ${step} %`, 'auto-converge', `step ${step} %`, fixedPolicy({ strategy: 'auto-converge', incrementPct: step, downtimeMs: GP_DOWNTIME }, GP_TIMEOUTS)),
+);
+
+/** guestperf "post-copy-iters": post-copy after 0/1/5/20 passes ("0" = 250 ms into the first pass). */
+export const GP_PC_ITERS_SCENARIOS: readonly Scenario[] = [0, 1, 5, 20].map((n) =>
+  gp(
+    `pc-iters-${n}`,
+    n === 0 ? 'post-copy at once (250 ms into pass 1)' : `post-copy after ${n} pass${n === 1 ? '' : 'es'}`,
+    'post-copy',
+    `after ${n} passes`,
+    n === 0
+      ? policy({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: GP_DOWNTIME, postcopy: { enabled: true, afterMs: 250, preempt: true } })
+      : policy({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: GP_DOWNTIME, postcopy: { enabled: true, afterPasses: n, preempt: true } }),
+  ),
+);
+
+/**
+ * Compression: guestperf's xbzrle cache sizes (% of RAM) and, in place of the removed "compress"
+ * (MT) capability, multifd with zlib/zstd; on the worst case (random) and on the compressible
+ * pattern guestperf's author asked for.
+ */
+function compressionSet(load: LabWorkload, tag: string, group: string): Scenario[] {
+  const base = { kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: GP_DOWNTIME, ...GP_TIMEOUTS };
+  const s = (name: string, title: string, label: string, p: MigrationPolicy): Scenario => gp(`compr-${tag}-${name}`, `${title} (${tag})`, group, label, p, { workload: load });
+  return [
+    s('none', 'no compression', 'none', policy(base)),
+    ...[10, 50].map((pct) => s(`xbzrle-${pct}`, `xbzrle, cache ${pct} % of RAM`, `xbzrle ${pct} %`, policy({ ...base, xbzrle: { enabled: true, cacheBytes: Math.floor((MEM_GP * MiB * pct) / 100) } }))),
+    s('multifd', 'multifd, 2 channels', 'multifd', policy({ ...base, multifd: { enabled: true, channels: 2, compression: MultifdCompression.MULTIFD_COMPRESSION_NONE } })),
+    s('zlib', 'multifd zlib, 2 channels', 'multifd zlib', policy({ ...base, multifd: { enabled: true, channels: 2, compression: MultifdCompression.MULTIFD_COMPRESSION_ZLIB } })),
+    s('zstd', 'multifd zstd, 2 channels', 'multifd zstd', policy({ ...base, multifd: { enabled: true, channels: 2, compression: MultifdCompression.MULTIFD_COMPRESSION_ZSTD } })),
+  ];
+}
+export const GP_COMPRESSION_SCENARIOS: readonly Scenario[] = [
+  ...compressionSet(GP_LOAD, 'random', 'random pages'),
+  ...compressionSet(GP_LOAD_COMPRESSIBLE, 'compressible', 'compressible pages'),
+];
+
+/** guestperf "post-copy-bandwidth" and "auto-converge-bandwidth": 100 Mbit … 10 Gbit, scaled. */
+export const GP_BANDWIDTH_SCENARIOS: readonly Scenario[] = [100, 300, 1000, 10_000].flatMap((mbit) => {
+  const link = { rateMbit: scaledLinkMbit(mbit, SEED_002_SCALE) };
+  const tag = mbit >= 1000 ? `${mbit / 1000}gbs` : `${mbit}mbs`;
+  return [
+    gp(`pc-bw-${tag}`, `post-copy after 5 passes, ${link.rateMbit} Mbit/s (seed: ${tag})`, 'post-copy', `${tag}*`, policy({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: GP_DOWNTIME, postcopy: { enabled: true, afterPasses: 5, preempt: true } }), { link }),
+    gp(`ac-bw-${tag}`, `auto-converge, ${link.rateMbit} Mbit/s (seed: ${tag})`, 'auto-converge', `${tag}*`, fixedPolicy({ strategy: 'auto-converge', downtimeMs: GP_DOWNTIME }, GP_TIMEOUTS), { link }),
+  ];
+});
+
+// ---------------------------------------------------------------------------------------------
+// policies: migd's adaptive policy against the platforms' presets and the seed strategies
+
+/** A moderate workload next to the seeds' hard one: dirty ~1.3× the link, so ramps can work. */
+const MODERATE = workload(WorkloadPattern.WORKLOAD_PATTERN_RANDOM, 2, 64 * MiB, 24 * MiB);
+const MODERATE_LINK = Object.freeze({ rateMbit: 300 });
+
+function policySet(tag: string, group: string, load: LabWorkload, link: LabLink): Scenario[] {
+  const s = (name: string, label: string, p: MigrationPolicy, source: string): Scenario =>
+    scenario({
+      name: `pol-${tag}-${name}`,
+      title: `${label} (${group})`,
+      group,
+      label,
+      guest: { memoryMib: MEM_SEED, vcpus: 1 },
+      workload: load,
+      link,
+      policy: p,
+      // KubeVirt's progress timeout (150 s) and Nova's 150 s ramp steps are the slowest verdicts.
+      limits: { migrationMs: 200_000 },
+      source,
+    });
+  return [
+    s('adaptive', 'migd adaptive', presetPolicy(PolicyKind.POLICY_KIND_ADAPTIVE), 'migd ADAPTIVE preset'),
+    s('nova', 'nova', presetPolicy(PolicyKind.POLICY_KIND_NOVA), 'Nova libvirt driver defaults (downtime ramp, 800 s/GiB, abort)'),
+    s('ovirt-min', 'ovirt minimal downtime', presetPolicy(PolicyKind.POLICY_KIND_OVIRT_MINIMAL_DOWNTIME), 'oVirt "minimal downtime" schedule'),
+    s('ovirt-suspend', 'ovirt suspend workload', presetPolicy(PolicyKind.POLICY_KIND_OVIRT_SUSPEND_WORKLOAD), 'oVirt "suspend workload if needed" schedule'),
+    s('ovirt-postcopy', 'ovirt post-copy', presetPolicy(PolicyKind.POLICY_KIND_OVIRT_POSTCOPY), 'oVirt "post-copy" schedule'),
+    s('kubevirt', 'kubevirt', presetPolicy(PolicyKind.POLICY_KIND_KUBEVIRT), 'KubeVirt defaults (150 s/GiB, 150 s progress timeout)'),
+    s('seed-ac', 'seed: auto-converge 20/10', autoConverge(20, 10), 'seed 001 #1'),
+    s('seed-pc', 'seed: post-copy after 1 pass', fixedPolicy({ strategy: 'postcopy-after-passes', passes: 1, preempt: true }), 'seed 001 #5 (with preempt)'),
+    s(
+      'seed-ac-pc',
+      'seed: auto-converge, post-copy after timeout',
+      policy({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: T(300), autoConverge: { enabled: true, ...QEMU_THROTTLE }, postcopy: { enabled: true, afterMs: T(60_000), preempt: true } }),
+      'seed 001 #4 (with preempt)',
+    ),
+  ];
+}
+
+export const POLICY_SCENARIOS: readonly Scenario[] = [
+  ...policySet('a', 'seed 001 load A (dirty/link ~23)', LOAD_A, LINK_1GBE),
+  ...policySet('m', 'moderate: 2 x 64 MiB at 24 MiB/s, 300 Mbit/s', MODERATE, MODERATE_LINK),
+];
+
+// ---------------------------------------------------------------------------------------------
+// smoke: the tiny end-to-end scenario `npm test` runs
+
+export const SMOKE: Scenario = scenario({
+  name: 'smoke',
+  title: 'smoke: 128 MiB guest, 16 MiB written at 4 MiB/s, 1 Gbit/s, adaptive policy',
+  group: 'smoke',
+  label: 'adaptive',
+  guest: { memoryMib: 128, vcpus: 1 },
+  workload: workload(WorkloadPattern.WORKLOAD_PATTERN_RANDOM, 1, 16 * MiB, 4 * MiB),
+  link: { rateMbit: 1000 },
+  policy: presetPolicy(PolicyKind.POLICY_KIND_ADAPTIVE),
+  repetitions: 1,
+  limits: { bootMs: 45_000, baselineMs: 3_000, migrationMs: 60_000, afterMs: 3_000 },
+  source: 'lab smoke test',
+});
+
+// ---------------------------------------------------------------------------------------------
+// Comparisons
+
+export const COMPARISONS: readonly Comparison[] = Object.freeze([
+  {
+    name: 'seed-001',
+    title: 'Seed 001: post-copy and auto-converge (Mirantis, QEMU 2.6), scaled to this machine',
+    description: `The study's eleven scenarios. 512 MiB guests (theirs 2 GiB), workers of 128 MiB (theirs 512 MiB), link ${LINK_1GBE.rateMbit} Mbit/s (theirs 1 GbE) so dirty/link stays ~23; times ×${SEED_001_SCALE.time.toFixed(2)} (labels marked * are scaled seed values).`,
+    scenarios: SEED_001,
+    quick: ['s001-01-ac-default', 's001-05-pc-after-1', 's001-07-ac-50-20-b', 's001-08-pc-after-1-b', 's001-11-ac-dt5000-b'],
+  },
+  {
+    name: 'downtime',
+    title: 'Downtime limit (guestperf scenario parameter; seed 001 #9–#11)',
+    description: `Plain pre-copy of one worker rewriting 256 MiB of a 512 MiB guest over ${GP_LINK.rateMbit} Mbit/s, with downtime limits from 10 ms to 5 s.`,
+    scenarios: GP_DOWNTIME_SCENARIOS,
+    quick: ['gp-downtime-300', 'gp-downtime-1000', 'gp-downtime-5000'],
+  },
+  {
+    name: 'auto-converge-step',
+    title: 'Auto-converge throttle increment (guestperf "auto-converge-iters")',
+    description: 'Auto-converge from 20 % with steps of 5, 10 and 20 %.',
+    scenarios: GP_AC_STEP_SCENARIOS,
+  },
+  {
+    name: 'post-copy-iters',
+    title: 'Post-copy after N pre-copy passes (guestperf "post-copy-iters")',
+    description: 'Post-copy (with preempt) at once, after 1, 5 and 20 passes.',
+    scenarios: GP_PC_ITERS_SCENARIOS,
+    quick: ['gp-pc-iters-0', 'gp-pc-iters-1', 'gp-pc-iters-5'],
+  },
+  {
+    name: 'compression',
+    title: 'Compression: xbzrle and multifd zlib/zstd (guestperf "compr-xbzrle", "compr-mt")',
+    description: 'None, xbzrle (cache 10 % and 50 % of RAM), multifd plain/zlib/zstd; random (incompressible) and compressible pages.',
+    scenarios: GP_COMPRESSION_SCENARIOS,
+    quick: ['gp-compr-random-none', 'gp-compr-random-zstd', 'gp-compr-compressible-none', 'gp-compr-compressible-xbzrle-10', 'gp-compr-compressible-zstd'],
+  },
+  {
+    name: 'bandwidth',
+    title: 'Link bandwidth for post-copy and auto-converge (guestperf "post-copy-bandwidth", "auto-converge-bandwidth")',
+    description: `Seed bandwidths 100 Mbit – 10 Gbit scaled ×${SEED_002_SCALE.link.toFixed(2)} to keep dirty/link.`,
+    scenarios: GP_BANDWIDTH_SCENARIOS,
+    quick: ['gp-pc-bw-300mbs', 'gp-pc-bw-1gbs', 'gp-ac-bw-300mbs', 'gp-ac-bw-1gbs'],
+  },
+  {
+    name: 'policies',
+    title: "Policies: migd's adaptive policy against Nova, oVirt, KubeVirt and the seed strategies",
+    description: 'The same two workloads under every policy: seed 001 load A (no pre-copy converges without help) and a moderate one.',
+    scenarios: POLICY_SCENARIOS,
+    quick: POLICY_SCENARIOS.filter((s) => s.name.startsWith('pol-a-')).map((s) => s.name),
+  },
+  {
+    name: 'smoke',
+    title: 'Smoke: one tiny migration end to end',
+    description: 'What `npm test` runs: a 128 MiB guest migrated once under the adaptive policy.',
+    scenarios: [SMOKE],
+  },
+]);
+
+/** Every scenario of the table, once. */
+export function allScenarios(): Scenario[] {
+  const seen = new Map<string, Scenario>();
+  for (const c of COMPARISONS) for (const s of c.scenarios) seen.set(s.name, s);
+  return [...seen.values()];
+}
+
+/**
+ * The comparison named `name`, or a one-scenario comparison for a scenario name; with `quick`,
+ * only its quick subset, once each. Undefined when nothing has that name.
+ */
+export function resolveTarget(name: string, opts: { quick?: boolean } = {}): Comparison | undefined {
+  let c = COMPARISONS.find((x) => x.name === name);
+  if (!c) {
+    const s = allScenarios().find((x) => x.name === name);
+    if (!s) return undefined;
+    c = { name: s.name, title: s.title, description: s.source ?? '', scenarios: [s] };
+  }
+  if (!opts.quick) return c;
+  const keep = c.quick ? new Set(c.quick) : undefined;
+  return { ...c, name: c.name, scenarios: c.scenarios.filter((s) => !keep || keep.has(s.name)).map((s) => ({ ...s, repetitions: 1 })) };
+}
+
+/** Guest memory the scenario's workload needs, with the kernel's reserve. */
+export function requiredGuestBytes(s: Scenario): number {
+  return s.workload.workers * s.workload.bytesPerWorker + GUEST_RESERVE_BYTES;
+}
+
+/**
+ * Structural checks the type system cannot make (the policy is checked by the domain's
+ * `policyFor` in the unit test and by the coordinator at submission). Returns the problems.
+ */
+export function scenarioProblems(s: Scenario): string[] {
+  const p: string[] = [];
+  if (!/^[a-z0-9][a-z0-9-]{0,40}$/.test(s.name)) p.push(`${s.name}: name must match [a-z0-9][a-z0-9-]{0,40}`);
+  if (s.guest.vcpus < 1) p.push(`${s.name}: needs at least one vCPU`);
+  if (s.workload.workers < 1 || s.workload.workers > 32) p.push(`${s.name}: workers must be 1..32`);
+  if (s.workload.bytesPerWorker % 4096 !== 0) p.push(`${s.name}: bytesPerWorker must be page-aligned`);
+  if (requiredGuestBytes(s) > s.guest.memoryMib * MiB) p.push(`${s.name}: workload needs ${requiredGuestBytes(s) / MiB} MiB but the guest has ${s.guest.memoryMib} MiB`);
+  if (s.repetitions < 1) p.push(`${s.name}: repetitions must be >= 1`);
+  if (s.link.rateMbit !== undefined && !(s.link.rateMbit >= 0.008 && s.link.rateMbit <= 100_000)) p.push(`${s.name}: link rate out of range`);
+  for (const [k, v] of Object.entries(s.limits)) if (!(v > 0)) p.push(`${s.name}: limits.${k} must be > 0`);
+  if (s.label.trim() === '') p.push(`${s.name}: needs a label`);
+  return p;
+}

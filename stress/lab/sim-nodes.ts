@@ -1,0 +1,251 @@
+/**
+ * Simulated node daemons for control-plane benchmarks: many NodeService endpoints served by one
+ * process, each registering and heart-beating with a real coordinator like a node daemon does, and
+ * carrying out StartMigration by streaming timed progress instead of running QEMU. The coordinator
+ * sees the real gRPC interface (mTLS, one channel per node address), so what is measured is its own
+ * cost: planning, queueing, dispatch, supervision and recording.
+ *
+ * One grpc-js server listens on one port per simulated node. A call does not say which port it
+ * arrived on, but every migration call names its run or VM, and the simulation's shared state knows
+ * where each VM is — so one set of handlers serves every node.
+ */
+import { Server, status, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from '@grpc/grpc-js';
+import {
+  HostInfo,
+  MigrationState,
+  ProgressSample,
+  VmState,
+  type MigrationPolicy,
+  type VmInfo,
+} from '../../services/shared/gen/migd/v1/common.js';
+import { CoordinatorServiceService } from '../../services/shared/gen/migd/v1/coordinator.js';
+import {
+  MigrationInfo,
+  NodeServiceService,
+  type StateChange,
+  type WatchMigrationResponse,
+} from '../../services/shared/gen/migd/v1/node.js';
+import { identityFiles } from '../../services/shared/pki.js';
+import { createClient, type RpcClient } from '../../services/shared/rpc/client.js';
+import { serverCredentials } from '../../services/shared/rpc/tls.js';
+
+export interface SimClusterOptions {
+  /** Number of simulated nodes (ids n0000, n0001, …). */
+  readonly nodes: number;
+  /** VMs per node, placed on the first `populated` nodes. */
+  readonly vmsPerNode: number;
+  /** How many nodes hold VMs at the start (default: all). */
+  readonly populated?: number;
+  readonly vmMemoryMib?: number;
+  /** Simulated duration of one migration (default 1000 ms) and progress interval (default 200 ms). */
+  readonly migrationMs?: number;
+  readonly progressMs?: number;
+  /** Coordinator address and the folder with the `migd-node` certificate. */
+  readonly coordinator: string;
+  readonly certDir: string;
+}
+
+interface SimMigration {
+  info: MigrationInfo;
+  updates: WatchMigrationResponse[];
+  listeners: Set<(u: WatchMigrationResponse) => void>;
+  done: boolean;
+}
+
+const MiB = 1024 * 1024;
+
+/** A running simulation. */
+export class SimCluster {
+  readonly nodeIds: string[];
+  /** VM name → node id. */
+  readonly vmNode = new Map<string, string>();
+  private readonly addresses = new Map<string, string>();
+  private readonly migrations = new Map<string, SimMigration>();
+  private readonly server = new Server();
+  private readonly clients: RpcClient<typeof CoordinatorServiceService>[] = [];
+  private timers: NodeJS.Timeout[] = [];
+  private heartbeatMs = 2000;
+  /** Completed migrations and when the last one completed (epoch ms). */
+  completed = 0;
+  lastCompletedAt = 0;
+
+  private constructor(private readonly o: SimClusterOptions) {
+    this.nodeIds = Array.from({ length: o.nodes }, (_, i) => `n${String(i).padStart(4, '0')}`);
+  }
+
+  /** Starts serving, registers every node with the coordinator and starts heart-beating. */
+  static async start(o: SimClusterOptions): Promise<SimCluster> {
+    const c = new SimCluster(o);
+    await c.listen();
+    const populated = o.populated ?? o.nodes;
+    for (let i = 0; i < populated; i++) for (let v = 0; v < o.vmsPerNode; v++) c.vmNode.set(`vm-${c.nodeIds[i]}-${String(v).padStart(3, '0')}`, c.nodeIds[i]!);
+    for (let k = 0; k < 8; k++) {
+      c.clients.push(createClient('migd.v1.CoordinatorService', CoordinatorServiceService, o.coordinator, { security: { tls: identityFiles(o.certDir, 'migd-node'), serverName: 'migd-coordinator' }, defaultDeadlineMs: 30_000 }));
+    }
+    // Register in parallel batches, as a fleet of daemons starting would.
+    const ids = [...c.nodeIds];
+    await Promise.all(
+      c.clients.map(async (client, k) => {
+        for (let i = k; i < ids.length; i += c.clients.length) {
+          const r = await client.registerNode({ host: c.hostInfo(ids[i]!) });
+          c.heartbeatMs = r.heartbeatIntervalMs || c.heartbeatMs;
+          await client.heartbeat({ host: c.hostInfo(ids[i]!), vms: c.vmsOf(ids[i]!) });
+        }
+      }),
+    );
+    // Staggered heartbeats, each node every heartbeatMs.
+    c.nodeIds.forEach((id, i) => {
+      const client = c.clients[i % c.clients.length]!;
+      const start = setTimeout(() => {
+        const t = setInterval(() => void client.heartbeat({ host: c.hostInfo(id), vms: c.vmsOf(id) }).catch(() => undefined), c.heartbeatMs);
+        c.timers.push(t);
+      }, Math.floor((i / c.nodeIds.length) * c.heartbeatMs));
+      c.timers.push(start);
+    });
+    return c;
+  }
+
+  private async listen(): Promise<void> {
+    const creds = serverCredentials({ tls: identityFiles(this.o.certDir, 'migd-node') }, '127.0.0.1:0');
+    this.server.addService(NodeServiceService as never, this.handlers() as never);
+    for (const id of this.nodeIds) {
+      const port = await new Promise<number>((resolve, reject) => this.server.bindAsync('127.0.0.1:0', creds, (err, p) => (err ? reject(err) : resolve(p))));
+      this.addresses.set(id, `127.0.0.1:${port}`);
+    }
+  }
+
+  hostInfo(id: string): HostInfo {
+    return HostInfo.fromPartial({
+      nodeId: id,
+      managementAddress: this.addresses.get(id)!,
+      migrationAddress: `sim-${id}`,
+      memoryTotalBytes: 1024 * 1024 * MiB,
+      memoryFreeBytes: 1024 * 1024 * MiB,
+      cpus: 64,
+      qemuVersion: '10.0.2',
+      resolvedAccel: 2,
+      migrationCapabilities: ['xbzrle', 'auto-converge', 'zero-blocks', 'events', 'postcopy-ram', 'return-path', 'pause-before-switchover', 'multifd', 'postcopy-preempt', 'switchover-ack', 'dirty-limit'],
+      machineTypes: ['pc-i440fx-10.0'],
+    });
+  }
+
+  vmsOf(id: string): VmInfo[] {
+    const out: VmInfo[] = [];
+    for (const [name, node] of this.vmNode) {
+      if (node !== id) continue;
+      out.push({
+        spec: { name, memoryMib: this.o.vmMemoryMib ?? 1024, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: '' },
+        nodeId: id,
+        state: VmState.VM_STATE_RUNNING,
+        pid: 1,
+        startedAt: undefined,
+        migrationRunId: '',
+        lastGuestPerf: undefined,
+        qemuCpuSeconds: 0,
+      });
+    }
+    return out;
+  }
+
+  private publish(m: SimMigration, u: WatchMigrationResponse): void {
+    m.updates.push(u);
+    for (const l of m.listeners) l(u);
+  }
+
+  private simulate(m: SimMigration): void {
+    const total = this.o.migrationMs ?? 1000;
+    const every = this.o.progressMs ?? 200;
+    const start = Date.now();
+    const bytes = (this.o.vmMemoryMib ?? 1024) * MiB;
+    const change = (from: MigrationState, to: MigrationState, reason: string): void => {
+      const c: StateChange = { time: new Date(), from, to, reason };
+      m.info.state = to;
+      this.publish(m, { update: { $case: 'stateChange', value: c } });
+    };
+    change(MigrationState.MIGRATION_STATE_PREPARING, MigrationState.MIGRATION_STATE_PRECOPY, 'simulated');
+    const t = setInterval(() => {
+      const e = Date.now() - start;
+      const f = Math.min(1, e / total);
+      const p = ProgressSample.fromPartial({
+        time: new Date(),
+        elapsedMs: e,
+        state: MigrationState.MIGRATION_STATE_PRECOPY,
+        qemuStatus: 'active',
+        pass: 1,
+        transferredBytes: Math.round(f * bytes),
+        remainingBytes: Math.round((1 - f) * bytes),
+        totalBytes: bytes,
+        throughputMbps: ((bytes / (total / 1000)) * 8) / 1e6,
+        pageSize: 4096,
+        downtimeLimitMs: 300,
+      });
+      m.info.lastProgress = p;
+      this.publish(m, { update: { $case: 'progress', value: p } });
+      if (f >= 1) {
+        clearInterval(t);
+        change(MigrationState.MIGRATION_STATE_PRECOPY, MigrationState.MIGRATION_STATE_SUCCEEDED, 'simulated completion');
+        m.info.finishedAt = new Date();
+        m.info.stats = { totalTimeMs: e, downtimeMs: 20, setupTimeMs: 5, transferredBytes: bytes, passes: 1, postcopyRequests: 0, sourceCpuSeconds: e / 1000, destinationCpuSeconds: e / 4000, integrityErrors: 0, pagesVerifiedAfter: 1, maxThrottlePct: 0, recoveries: 0 };
+        m.done = true;
+        this.vmNode.set(m.info.vmName, m.info.destination?.nodeId ?? '');
+        this.completed++;
+        this.lastCompletedAt = Date.now();
+        this.publish(m, { update: { $case: 'result', value: m.info } });
+      }
+    }, every);
+    this.timers.push(t);
+  }
+
+  private handlers(): Record<string, unknown> {
+    const unimplemented = (_call: unknown, cb: sendUnaryData<unknown>): void => cb({ code: status.UNIMPLEMENTED, details: 'not simulated' } as never, null);
+    const h: Record<string, unknown> = {};
+    for (const k of Object.keys(NodeServiceService)) h[k] = unimplemented;
+    h['watchMigration'] = (call: ServerWritableStream<{ runId: string }, WatchMigrationResponse>): void => {
+      const m = this.migrations.get(call.request.runId);
+      if (!m) return void call.emit('error', { code: status.NOT_FOUND, details: 'unknown run' });
+      for (const u of m.updates) call.write(u);
+      if (m.done) return void call.end();
+      const l = (u: WatchMigrationResponse): void => {
+        call.write(u);
+        if (u.update?.$case === 'result') {
+          m.listeners.delete(l);
+          call.end();
+        }
+      };
+      m.listeners.add(l);
+      call.on('cancelled', () => m.listeners.delete(l));
+    };
+    h['startMigration'] = (call: ServerUnaryCall<{ runId: string; vmName: string; destination?: { nodeId: string; managementAddress: string; migrationAddress: string }; policy?: MigrationPolicy }, unknown>, cb: sendUnaryData<unknown>): void => {
+      const r = call.request;
+      const existing = this.migrations.get(r.runId);
+      if (existing) return cb(null, { migration: existing.info });
+      const src = this.vmNode.get(r.vmName);
+      if (!src) return cb({ code: status.NOT_FOUND, details: `vm ${r.vmName} not found` } as never, null);
+      const info = MigrationInfo.fromPartial({ runId: r.runId, vmName: r.vmName, sourceNodeId: src, destination: r.destination, policy: r.policy, state: MigrationState.MIGRATION_STATE_PREPARING, startedAt: new Date() });
+      const m: SimMigration = { info, updates: [], listeners: new Set(), done: false };
+      this.migrations.set(r.runId, m);
+      this.simulate(m);
+      cb(null, { migration: info });
+    };
+    h['getMigration'] = (call: ServerUnaryCall<{ runId: string }, unknown>, cb: sendUnaryData<unknown>): void => {
+      const m = this.migrations.get(call.request.runId);
+      if (!m) return cb({ code: status.NOT_FOUND, details: 'unknown run' } as never, null);
+      cb(null, { migration: m.info });
+    };
+    const ack = (call: ServerUnaryCall<{ runId: string }, unknown>, cb: sendUnaryData<unknown>): void => {
+      const m = this.migrations.get(call.request.runId);
+      if (!m) return cb({ code: status.NOT_FOUND, details: 'unknown run' } as never, null);
+      cb(null, { migration: m.info });
+    };
+    for (const k of ['adjustMigration', 'startPostcopy', 'forceComplete', 'cancelMigration']) h[k] = ack;
+    h['getHostInfo'] = (_call: unknown, cb: sendUnaryData<unknown>): void => cb(null, { host: this.hostInfo(this.nodeIds[0]!) });
+    return h;
+  }
+
+  async close(): Promise<void> {
+    for (const t of this.timers) clearTimeout(t);
+    this.timers = [];
+    for (const c of this.clients) c.close();
+    await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+  }
+}

@@ -1,0 +1,234 @@
+/**
+ * A whole migd cluster for coordinator integration tests: a real nats-server (JetStream), the
+ * compiled coordinator as a child process (SQLite file in a temp dir) listening on the testbed's
+ * management network, and node daemons in network namespaces that register with it. Everything
+ * is torn down by `close()`, also after failures.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { NatsConnection } from 'nats';
+import { MigrationState, type GuestPerfSample, type MigrationPolicy, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
+import { CoordinatorServiceService, NodeStatus, PlanState, type Plan, type Run, type SubmitPlanRequest } from '../../services/shared/gen/migd/v1/coordinator.js';
+import { repoRoot } from '../../services/shared/paths.js';
+import { ensurePki, identityFiles } from '../../services/shared/pki.js';
+import { createClient, type RpcClient } from '../../services/shared/rpc/client.js';
+import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
+import { Testbed } from '../../services/testbed/testbed.js';
+import { closeConnection, connectTest, freePort, startNatsServer, type TestNatsServer } from './nats-server.js';
+import { waitForGuest, type NodeClient } from './node-cluster.js';
+
+export type CoordinatorClient = RpcClient<typeof CoordinatorServiceService>;
+
+/** The compiled coordinator as a child process. */
+export interface CoordinatorProcess {
+  readonly address: string;
+  readonly process: ChildProcess;
+  /** Recent log lines (stderr). */
+  readonly logs: string[];
+  stop(): Promise<void>;
+  kill(): Promise<void>;
+}
+
+export interface CoordinatorProcessOptions {
+  readonly listen: string;
+  readonly db: string;
+  readonly nats?: string;
+  readonly certDir: string;
+  readonly args?: readonly string[];
+  readonly timeoutMs?: number;
+}
+
+/** Starts `node dist/services/coordinator/main.js` and waits for its ready line. */
+export async function startCoordinatorProcess(o: CoordinatorProcessOptions): Promise<CoordinatorProcess> {
+  const entry = join(repoRoot(), 'dist', 'services', 'coordinator', 'main.js');
+  if (!existsSync(entry)) throw new Error(`${entry} is missing: run 'npm run build'`);
+  const args = [entry, '--listen', o.listen, '--db', o.db, '--tls-dir', o.certDir, ...(o.nats ? ['--nats', o.nats] : []), ...(o.args ?? [])];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'info' } });
+  const logs: string[] = [];
+  createInterface({ input: child.stderr! }).on('line', (l) => {
+    logs.push(l);
+    if (logs.length > 2000) logs.shift();
+    if (process.env['MIGD_TEST_LOGS'] === '1') process.stderr.write(`[coordinator] ${l}\n`);
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`coordinator did not start in time:\n${logs.slice(-10).join('\n')}`)), o.timeoutMs ?? 20_000);
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      if (l.includes('"ready":true')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    void exited.then(() => {
+      clearTimeout(timer);
+      reject(new Error(`coordinator exited during start-up:\n${logs.slice(-10).join('\n')}`));
+    });
+  });
+  const end = async (sig: NodeJS.Signals): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill(sig);
+    await exited;
+  };
+  return { address: o.listen, process: child, logs, stop: () => end('SIGTERM'), kill: () => end('SIGKILL') };
+}
+
+export interface CoordinatorCluster {
+  readonly tb: Testbed;
+  readonly dir: string;
+  readonly certDir: string;
+  readonly nats: TestNatsServer;
+  readonly nc: NatsConnection;
+  readonly coordinator: CoordinatorProcess;
+  readonly nodes: Record<string, NodeProcess>;
+  /** Node clients (identity operator) for checks behind the coordinator's back. */
+  readonly nodeClients: Record<string, NodeClient>;
+  /** A coordinator client authenticated as `identity` (default operator). */
+  client(identity?: string): CoordinatorClient;
+  /** Kills (SIGKILL) or stops the coordinator and starts it again on the same port and database. */
+  restartCoordinator(how: 'kill' | 'stop'): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Coordinator flags the tests use: quick heartbeats so a silent node is down within 1.5 s. */
+export const TEST_COORDINATOR_ARGS = ['--heartbeat-ms', '500', '--heartbeat-misses', '3'];
+
+export async function startCoordinatorCluster(hosts: string[], opts: { coordinatorArgs?: readonly string[] } = {}): Promise<CoordinatorCluster> {
+  const dir = mkdtempSync('/tmp/migd-c-');
+  const certDir = join(dir, 'pki');
+  ensurePki(certDir);
+  let tb: Testbed | undefined;
+  let nats: TestNatsServer | undefined;
+  let nc: NatsConnection | undefined;
+  let coordinator: CoordinatorProcess | undefined;
+  const nodes: Record<string, NodeProcess> = {};
+  const nodeClients: Record<string, NodeClient> = {};
+  const clients: CoordinatorClient[] = [];
+  const close = async (): Promise<void> => {
+    for (const c of clients.splice(0)) c.close();
+    for (const c of Object.values(nodeClients)) c.close();
+    await coordinator?.kill().catch(() => undefined);
+    await Promise.all(Object.values(nodes).map((n) => n.kill().catch(() => undefined)));
+    await closeConnection(nc).catch(() => undefined);
+    await nats?.dispose().catch(() => undefined);
+    await tb?.destroy(); // kills the QEMU processes left in the namespaces
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    nats = await startNatsServer();
+    nc = await connectTest(nats);
+    tb = await Testbed.create({ hosts });
+    const listen = `${tb.rootAddress}:${await freePort()}`;
+    const args = [...TEST_COORDINATOR_ARGS, ...(opts.coordinatorArgs ?? [])];
+    const startCoordinator = (): Promise<CoordinatorProcess> => startCoordinatorProcess({ listen, db: join(dir, 'history.sqlite'), nats: nats!.url, certDir, args });
+    coordinator = await startCoordinator();
+    await Promise.all(
+      hosts.map(async (h) => {
+        nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, coordinator: listen, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' } });
+        nodeClients[h] = nodes[h].client();
+      }),
+    );
+    const cluster: CoordinatorCluster = {
+      tb,
+      dir,
+      certDir,
+      nats,
+      nc,
+      get coordinator() {
+        return coordinator!;
+      },
+      nodes,
+      nodeClients,
+      client(identity = 'operator') {
+        const c = createClient('migd.v1.CoordinatorService', CoordinatorServiceService, listen, { security: { tls: identityFiles(certDir, identity), serverName: 'migd-coordinator' } });
+        clients.push(c);
+        return c;
+      },
+      async restartCoordinator(how) {
+        await (how === 'kill' ? coordinator!.kill() : coordinator!.stop());
+        coordinator = await startCoordinator();
+      },
+      close,
+    };
+    const admin = cluster.client();
+    await waitFor(async () => {
+      const { nodes: list } = await admin.listNodes({});
+      return hosts.every((h) => list.some((n) => n.host?.nodeId === h && n.status === NodeStatus.NODE_STATUS_UP));
+    }, 20_000, 'node daemons registered');
+    return cluster;
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+/** Polls `check` every 200 ms until it returns true. */
+export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < until) {
+    try {
+      if (await check()) return;
+    } catch (err) {
+      last = err;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+}
+
+/** Creates a VM through the coordinator and waits until its guest reports verified pages. */
+export async function createGuest(c: CoordinatorCluster, nodeId: string, spec: VmSpec): Promise<GuestPerfSample[]> {
+  await c.client().createVm({ spec, nodeId });
+  return waitForGuest(c.nodeClients[nodeId]!, spec.name, 2, 40_000, (s) => s.pagesVerified > 0);
+}
+
+/** A SubmitPlanRequest migrating one VM. */
+export function migratePlan(key: string, vmName: string, destinationNodeId: string, policy?: Partial<MigrationPolicy>, extra: Partial<SubmitPlanRequest> = {}): SubmitPlanRequest {
+  return {
+    idempotencyKey: key,
+    target: { $case: 'migrate', value: { vmName, destinationNodeId } },
+    policy: policy ? fullPolicy(policy) : undefined,
+    priority: 0,
+    antiAffinityVmNames: [],
+    label: '',
+    ...extra,
+  };
+}
+
+export function fullPolicy(p: Partial<MigrationPolicy>): MigrationPolicy {
+  return { kind: 0, downtimeLimitMs: 0, maxBandwidthBytesPerSec: 0, autoConverge: undefined, postcopy: undefined, xbzrle: undefined, multifd: undefined, switchoverAck: false, tls: false, completionTimeoutSecPerGib: 0, progressTimeoutSec: 0, timeoutAction: 0, downtimeSteps: [], maxDowntimeMs: 0, ...p };
+}
+
+const TERMINAL = new Set([MigrationState.MIGRATION_STATE_SUCCEEDED, MigrationState.MIGRATION_STATE_FAILED, MigrationState.MIGRATION_STATE_CANCELLED]);
+
+/** Waits until the run has finished; returns it. */
+export async function waitForRun(client: CoordinatorClient, runId: string, timeoutMs = 180_000): Promise<Run> {
+  let run: Run | undefined;
+  await waitFor(async () => {
+    run = (await client.getRun({ runId })).run;
+    return run !== undefined && TERMINAL.has(run.state);
+  }, timeoutMs, `run ${runId} to finish`);
+  return run!;
+}
+
+/** Waits until the run has reached `state` (or finished). */
+export async function waitForRunState(client: CoordinatorClient, runId: string, state: MigrationState, timeoutMs = 60_000): Promise<Run> {
+  let run: Run | undefined;
+  await waitFor(async () => {
+    run = (await client.getRun({ runId })).run;
+    return run !== undefined && (run.state === state || TERMINAL.has(run.state));
+  }, timeoutMs, `run ${runId} to reach ${MigrationState[state]}`);
+  return run!;
+}
+
+/** Waits until the plan is no longer running; returns it. */
+export async function waitForPlan(client: CoordinatorClient, planId: string, timeoutMs = 240_000): Promise<Plan> {
+  let plan: Plan | undefined;
+  await waitFor(async () => {
+    plan = (await client.getPlan({ planId })).plan;
+    return plan !== undefined && plan.state !== PlanState.PLAN_STATE_RUNNING;
+  }, timeoutMs, `plan ${planId} to finish`);
+  return plan!;
+}

@@ -1,0 +1,226 @@
+/**
+ * The run manager, run supervisor and event bus against a real history store (SQLite file in a
+ * temp dir), with scripted node daemons at the gRPC seam: fast checks of what the QEMU tests can
+ * only show once — policy decisions become node calls, actions are recorded exactly once, queued
+ * runs are cancelled without a node call, slots follow the limits, restart recovery asks the node
+ * first and never starts twice, Watch replays then follows.
+ */
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { EventBus, eventsFromRun } from '../../../services/coordinator/event-bus.js';
+import { NodeRegistry } from '../../../services/coordinator/registry.js';
+import { RunManager } from '../../../services/coordinator/runs/manager.js';
+import { openSqliteHistoryStore, type SqliteHistoryStore } from '../../../services/coordinator/store/sqlite.js';
+import { MigrationPolicy, MigrationState as S, PolicyActionKind, PolicyKind, type HostInfo } from '../../../services/shared/gen/migd/v1/common.js';
+import { PlanState, type Run } from '../../../services/shared/gen/migd/v1/coordinator.js';
+import type { Event } from '../../../services/shared/gen/migd/v1/events.js';
+import { createLogger } from '../../../services/shared/log.js';
+import { FakeNode } from '../../helpers/coordinator-fakes.js';
+import { removeDir, tempDir } from '../store/fixtures.js';
+
+const quiet = createLogger('test', {}, () => undefined, 'error');
+const MiB = 1024 * 1024;
+
+function host(id: string): HostInfo {
+  return { nodeId: id, managementAddress: `127.0.0.1:${7000 + id.charCodeAt(0)}`, migrationAddress: '127.0.0.1', memoryTotalBytes: 8 << 30, memoryFreeBytes: 8 << 30, cpus: 2, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: ['postcopy-ram', 'auto-converge', 'return-path', 'postcopy-preempt'], labels: {}, machineTypes: [] };
+}
+
+async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+let dir: string;
+let store: SqliteHistoryStore;
+let registry: NodeRegistry;
+let runs: RunManager | undefined;
+let nodes: Record<string, FakeNode>;
+let plans = 0;
+
+beforeEach(async () => {
+  dir = await tempDir('migd-runs-');
+  store = await openSqliteHistoryStore({ filename: `${dir}/history.sqlite`, logger: quiet, sampleFlushIntervalMs: 10 });
+  nodes = { a: new FakeNode('a'), b: new FakeNode('b') };
+  registry = new NodeRegistry({ store, log: quiet, heartbeatMs: 60_000, misses: 3, security: { insecure: true }, callDeadlineMs: 1000, connect: (h) => nodes[h.nodeId]!.client() });
+  await registry.start();
+  for (const id of ['a', 'b']) await registry.register(host(id));
+});
+
+afterEach(async () => {
+  await runs?.close();
+  runs = undefined;
+  registry.stop();
+  await store.close();
+  await removeDir(dir);
+});
+
+function manager(): RunManager {
+  runs = new RunManager({ store, registry, log: quiet, limits: { perSource: 2, perDestination: 2, perLink: 1, perCluster: 5 }, callDeadlineMs: 1000, tickMs: 20 });
+  return runs;
+}
+
+/** A plan of one run per VM name, a→b, stored (not queued). */
+async function plan(vms: string[], policy: Partial<MigrationPolicy> = {}): Promise<{ planId: string; runs: Run[] }> {
+  const id = `plan-${++plans}`;
+  await store.createPlan({
+    id,
+    idempotencyKey: id,
+    request: {} as never,
+    runs: vms.map((vm, i) => ({ id: `${id}-run-${i}`, vmName: vm, sourceNodeId: 'a', destinationNodeId: 'b', policy: MigrationPolicy.fromPartial({ kind: PolicyKind.POLICY_KIND_FIXED, ...policy }), memoryMib: 192 })),
+  });
+  return { planId: id, runs: await store.listPlanRuns(id) };
+}
+
+const run = async (id: string): Promise<Run> => store.getRun(id);
+
+describe('run supervisor and manager', () => {
+  it('turns a policy decision into a node call and records the action once', async () => {
+    const m = manager();
+    const { planId, runs: [r] } = await plan(['vm1'], { progressTimeoutSec: 1 });
+    // The node carries out a cancel like the real one: action, CANCELLING, then the result.
+    nodes['a']!.onRequest = (method, mig, req) => {
+      if (method !== 'cancelMigration') return;
+      mig.action(PolicyActionKind.POLICY_ACTION_KIND_ABORT, 0, req.actor, req.reason);
+      mig.state(S.MIGRATION_STATE_CANCELLING);
+      setTimeout(() => mig.finish(S.MIGRATION_STATE_CANCELLED, 'cancelled; the guest keeps running on the source'), 20);
+    };
+    m.enqueue(r!, 0);
+    await until(() => nodes['a']!.migrations.has(r!.id), 'StartMigration');
+    const mig = nodes['a']!.migrations.get(r!.id)!;
+    expect(nodes['a']!.calls[0]!.request).toMatchObject({ runId: r!.id, vmName: 'vm1', destination: { nodeId: 'b', managementAddress: host('b').managementAddress } });
+    mig.state(S.MIGRATION_STATE_SETUP);
+    mig.state(S.MIGRATION_STATE_PRECOPY);
+    mig.progress({ elapsedMs: 100, pass: 1, remainingBytes: 100 * MiB, sourceCpuSeconds: 0.5, destinationCpuSeconds: 0.1 });
+    // No more samples: the policy clock must still reach the 1 s progress timeout.
+    await until(async () => (await run(r!.id)).finishedAt !== undefined, 'the run to end');
+    const done = await run(r!.id);
+    expect(done.state).toBe(S.MIGRATION_STATE_CANCELLED);
+    expect(done.transitions.map((t) => t.to)).toEqual([S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_PREPARING, S.MIGRATION_STATE_SETUP, S.MIGRATION_STATE_PRECOPY, S.MIGRATION_STATE_CANCELLING, S.MIGRATION_STATE_CANCELLED]);
+    expect(done.actions).toHaveLength(1);
+    expect(done.actions[0]).toMatchObject({ kind: PolicyActionKind.POLICY_ACTION_KIND_ABORT, actor: 'policy:fixed' });
+    expect(done.actions[0]!.reason).toMatch(/progress timeout/);
+    const cancel = nodes['a']!.calls.find((c) => c.method === 'cancelMigration')!;
+    expect(cancel.request).toMatchObject({ actor: 'policy:fixed' });
+    const tl = await store.getRunTimeline(r!.id);
+    expect(tl.progress).toHaveLength(1);
+    expect(tl.hostCpu[0]).toMatchObject({ sourceCpuSeconds: 0.5, destinationCpuSeconds: 0.1 });
+    await until(async () => (await store.getPlan(planId)).state === PlanState.PLAN_STATE_FAILED, 'the plan state');
+    expect(m.queue.snapshot().running).toBe(0);
+  });
+
+  it('keeps one migration per link, cancels a queued run without a node call, and dispatches the next when a slot frees', async () => {
+    const m = manager();
+    const { planId, runs: rs } = await plan(['vm1', 'vm2', 'vm3']);
+    rs.forEach((r, i) => m.enqueue(r, i));
+    await until(() => nodes['a']!.migrations.size === 1, 'the first start');
+    expect((await run(rs[1]!.id)).state).toBe(S.MIGRATION_STATE_QUEUED);
+    const cancelled = await m.cancel(rs[2]!.id, 'user:operator', 'not needed');
+    expect(cancelled.state).toBe(S.MIGRATION_STATE_CANCELLED);
+    expect(cancelled.actions).toMatchObject([{ kind: PolicyActionKind.POLICY_ACTION_KIND_ABORT, actor: 'user:operator' }]);
+    await expect(m.cancel(rs[2]!.id, 'user:operator', '')).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
+    await expect(m.forceComplete(rs[1]!.id, 'user:operator', '')).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', reason: 'RUN_QUEUED' });
+    expect(nodes['a']!.calls.filter((c) => c.request['runId'] === rs[2]!.id)).toEqual([]);
+
+    const first = nodes['a']!.migrations.get(rs[0]!.id)!;
+    first.state(S.MIGRATION_STATE_PRECOPY);
+    // User requests go to the node with the user as actor.
+    await m.adjust({ runId: rs[0]!.id, downtimeLimitMs: 700, reason: 'more' }, 'user:operator');
+    expect(nodes['a']!.calls.at(-1)).toMatchObject({ method: 'adjustMigration', request: { downtimeLimitMs: 700, actor: 'user:operator' } });
+    first.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(() => nodes['a']!.migrations.has(rs[1]!.id), 'the second start');
+    const one = await run(rs[0]!.id);
+    expect(one).toMatchObject({ state: S.MIGRATION_STATE_SUCCEEDED, stats: { totalTimeMs: 1234, downtimeMs: 12 } });
+    expect((await run(rs[1]!.id)).startedAt!.getTime()).toBeGreaterThanOrEqual(one.finishedAt!.getTime());
+    nodes['a']!.migrations.get(rs[1]!.id)!.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(async () => (await store.getPlan(planId)).state !== PlanState.PLAN_STATE_RUNNING, 'the plan to end');
+    expect((await store.getPlan(planId)).state).toBe(PlanState.PLAN_STATE_FAILED); // one run was cancelled
+    expect(nodes['a']!.methods().filter((x) => x === 'startMigration')).toHaveLength(2);
+  });
+
+  it('after a restart, re-attaches to running migrations (GetMigration first), never starting one twice', async () => {
+    const { runs: [running, preparing, lost, queued] } = await plan(['vm1', 'vm2', 'vm3', 'vm4']);
+    // The previous coordinator's record: one run migrating, one just dispatched, one the node lost.
+    for (const r of [running!, lost!]) {
+      await store.transitionRun(r.id, { to: S.MIGRATION_STATE_PREPARING });
+      await store.transitionRun(r.id, { to: S.MIGRATION_STATE_PRECOPY });
+    }
+    await store.transitionRun(preparing!.id, { to: S.MIGRATION_STATE_PREPARING });
+    const mig = nodes['a']!.adopt({ runId: running!.id, vmName: 'vm1', destination: registry.endpoint('b'), policy: running!.policy });
+    mig.info.state = S.MIGRATION_STATE_PRECOPY;
+    // An action the node took while no coordinator listened.
+    mig.action(PolicyActionKind.POLICY_ACTION_KIND_SET_DOWNTIME, 900, 'user:operator', 'while you were away');
+
+    const m = manager();
+    await m.recover();
+    await until(async () => (await run(lost!.id)).finishedAt !== undefined, 'the lost run to fail');
+    expect(await run(lost!.id)).toMatchObject({ state: S.MIGRATION_STATE_FAILED, error: { reason: 'MIGRATION_LOST' } });
+    await until(() => nodes['a']!.migrations.has(preparing!.id), 'the PREPARING run to be started');
+    await until(async () => (await run(running!.id)).actions.length === 1, 'the missed action to be recorded');
+    mig.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(async () => (await run(running!.id)).finishedAt !== undefined, 'the running run to end');
+    const done = await run(running!.id);
+    expect(done.state).toBe(S.MIGRATION_STATE_SUCCEEDED);
+    expect(done.actions).toHaveLength(1); // reported live and again in the result: recorded once
+    const calls = nodes['a']!.calls;
+    expect(calls.filter((c) => c.method === 'startMigration').map((c) => c.request['runId'])).toEqual([preparing!.id]);
+    expect(calls.filter((c) => c.method === 'getMigration').map((c) => c.request['runId']).sort()).toEqual([running!.id, preparing!.id, lost!.id].sort());
+    // The queued run waited for the link; it is dispatched once the link is free.
+    expect((await run(queued!.id)).state).toBe(S.MIGRATION_STATE_QUEUED);
+    nodes['a']!.migrations.get(preparing!.id)!.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(() => nodes['a']!.migrations.has(queued!.id), 'the queued run to start');
+  });
+});
+
+describe('event bus', () => {
+  it('replays a run from the outbox, then follows it live to its completion', async () => {
+    const bus = new EventBus(store, quiet);
+    await bus.start();
+    try {
+      const { runs: [r] } = await plan(['vm1']);
+      await store.transitionRun(r!.id, { to: S.MIGRATION_STATE_PREPARING });
+      const seen: Event[] = [];
+      const states: Event[] = [];
+      const all = (async () => {
+        for await (const e of bus.watchRun(r!.id)) seen.push(e);
+      })();
+      const statesOnly = (async () => {
+        for await (const e of bus.watchRun(r!.id, { statesOnly: true })) states.push(e);
+      })();
+      const cluster: Event[] = [];
+      const ac = new AbortController();
+      const clusterWatch = (async () => {
+        for await (const e of bus.watchCluster({ signal: ac.signal })) cluster.push(e);
+      })();
+      await until(() => seen.length === 2, 'the replay');
+      await store.transitionRun(r!.id, { to: S.MIGRATION_STATE_PRECOPY });
+      store.appendProgress(r!.id, { elapsedMs: 10, pass: 1 } as never);
+      await store.flushSamples();
+      await store.finishRun(r!.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+      await all;
+      await statesOnly;
+      expect(seen.map((e) => e.payload?.$case)).toEqual(['runState', 'runState', 'runState', 'runProgress', 'runState', 'runCompleted']);
+      expect(seen.map((e) => e.runSequence)).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(states.map((e) => e.runSequence)).toEqual([1, 2, 3, 5, 6]);
+      // Cluster watchers get live events of every kind, from when they joined.
+      await until(() => cluster.some((e) => e.payload?.$case === 'runCompleted'), 'the cluster watch');
+      ac.abort();
+      await clusterWatch;
+      expect(cluster.map((e) => e.payload?.$case)).toEqual(['runState', 'runProgress', 'runState', 'runCompleted']);
+
+      // Once the outbox has been pruned, the run's history comes from the store instead.
+      const rows = await store.readOutbox({ limit: 1000 });
+      await store.markPublished(rows.map((x) => x.seq), new Date());
+      await store.pruneOutbox(new Date(Date.now() + 7 * 24 * 3600_000));
+      expect(await store.readOutbox({ runId: r!.id, limit: 10 })).toEqual([]);
+      expect(await store.lastOutboxSeq()).toBe(rows.at(-1)!.seq);
+      const replay: Event[] = [];
+      for await (const e of bus.watchRun(r!.id, { fallback: async (before) => eventsFromRun(await store.getRun(r!.id), before) })) replay.push(e);
+      expect(replay.map((e) => e.payload?.$case)).toEqual(['runState', 'runState', 'runState', 'runState', 'runCompleted']);
+    } finally {
+      await bus.stop();
+    }
+  });
+});

@@ -1,0 +1,91 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadCoordinatorConfig, resolveCoordinatorConfig } from '../../../services/coordinator/config.js';
+import { DEFAULT_LIMITS } from '../../../services/coordinator/domain/scheduler.js';
+import { ConfigError } from '../../../services/shared/errors.js';
+
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return err as ConfigError;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('coordinator config', () => {
+  it('is fully defaulted and frozen', () => {
+    const c = loadCoordinatorConfig([], {});
+    expect(c.listen).toBe('127.0.0.1:7000');
+    expect(c.advertise).toBe('127.0.0.1:7000');
+    expect(c.identity).toBe('migd-coordinator');
+    expect(c.security.tls?.certFile).toMatch(/migd-coordinator\.crt$/);
+    expect(c.nodeClientSecurity).toMatchObject({ serverName: 'migd-node' });
+    expect(c.db).toMatch(/\.state\/coordinator\/history\.sqlite$/);
+    expect(c.nats).toBe('');
+    expect(c.heartbeatMs).toBe(2000);
+    expect(c.heartbeatMisses).toBe(3);
+    expect(c.limits).toEqual(DEFAULT_LIMITS);
+    expect(c.metricsListen).toBe('');
+    expect([...c.roles]).toEqual([
+      ['operator', 'operator'],
+      ['viewer', 'viewer'],
+      ['migd-node', 'node'],
+      ['migd-coordinator', 'operator'],
+    ]);
+    expect(Object.isFrozen(c)).toBe(true);
+    expect(Object.isFrozen(c.limits)).toBe(true);
+  });
+
+  it('reads flags over environment over a JSON file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'migd-cfg-'));
+    try {
+      const file = join(dir, 'c.json');
+      writeFileSync(file, JSON.stringify({ listen: '127.0.0.1:7100', db: '/file.sqlite', roles: { alice: 'operator' }, limitPerLink: 2, heartbeatMs: 1000 }));
+      const c = loadCoordinatorConfig(['--config', file, '--db', '/flag.sqlite', '--limit-per-cluster', '7', '--nats', 'nats://127.0.0.1:4222'], { MIGD_COORDINATOR_DB: '/env.sqlite', MIGD_COORDINATOR_LISTEN: '127.0.0.1:7200', MIGD_COORDINATOR_ROLES: 'bob=viewer' });
+      expect(c.db).toBe('/flag.sqlite');
+      expect(c.listen).toBe('127.0.0.1:7200');
+      expect(c.limits).toEqual({ ...DEFAULT_LIMITS, perLink: 2, perCluster: 7 });
+      expect(c.heartbeatMs).toBe(1000);
+      expect(c.nats).toBe('nats://127.0.0.1:4222');
+      // The env value replaces the file's map; defaults stay.
+      expect(c.roles.get('bob')).toBe('viewer');
+      expect(c.roles.get('alice')).toBeUndefined();
+      expect(c.roles.get('operator')).toBe('operator');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('lets configured roles override the defaults', () => {
+    const c = resolveCoordinatorConfig({ roles: 'viewer=operator, carol=node' });
+    expect(c.roles.get('viewer')).toBe('operator');
+    expect(c.roles.get('carol')).toBe('node');
+  });
+
+  it('names the option in every error', () => {
+    expect(configError(() => loadCoordinatorConfig(['--nope', '1'], {})).option).toBe('nope');
+    expect(configError(() => loadCoordinatorConfig(['--listen'], {})).option).toBe('listen');
+    expect(configError(() => resolveCoordinatorConfig({ listen: 'nohostport' })).option).toBe('listen');
+    expect(configError(() => resolveCoordinatorConfig({ advertise: 'x' })).option).toBe('advertise');
+    expect(configError(() => resolveCoordinatorConfig({ heartbeatMs: '10' })).option).toBe('heartbeatMs');
+    expect(configError(() => resolveCoordinatorConfig({ heartbeatMisses: '0' })).option).toBe('heartbeatMisses');
+    expect(configError(() => resolveCoordinatorConfig({ limitPerLink: '0' })).option).toBe('limitPerLink');
+    expect(configError(() => resolveCoordinatorConfig({ roles: 'alice=root' })).option).toBe('roles');
+    expect(configError(() => resolveCoordinatorConfig({ roles: 'alice' })).option).toBe('roles');
+    expect(configError(() => resolveCoordinatorConfig({ nats: 'http://x' })).option).toBe('nats');
+    expect(configError(() => resolveCoordinatorConfig({ metricsListen: '9464' })).option).toBe('metricsListen');
+    expect(configError(() => resolveCoordinatorConfig({ insecure: 'maybe' })).option).toBe('insecure');
+    expect(configError(() => resolveCoordinatorConfig({ identity: '../x' })).option).toBe('identity');
+  });
+
+  it('allows plain text only on loopback', () => {
+    expect(resolveCoordinatorConfig({ insecure: true }).security).toEqual({ insecure: true });
+    const e = configError(() => resolveCoordinatorConfig({ insecure: 'true', listen: '198.18.0.1:7000' }));
+    expect(e.option).toBe('insecure');
+    expect(e.message).toMatch(/loopback/);
+  });
+});

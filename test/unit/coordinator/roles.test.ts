@@ -1,0 +1,73 @@
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_ROLES, METHOD_ROLES, authorizeCall, createAuthorizer, methodName, parseRoleMap } from '../../../services/coordinator/roles.js';
+import { PermissionDeniedError } from '../../../services/shared/errors.js';
+import { CoordinatorServiceService } from '../../../services/shared/gen/migd/v1/coordinator.js';
+import { createLogger } from '../../../services/shared/log.js';
+import type { CallContext } from '../../../services/shared/rpc/server.js';
+
+const path = (m: string): string => `/migd.v1.CoordinatorService/${m}`;
+const reads = ['ListNodes', 'ListVms', 'GetPlan', 'GetRun', 'ListRuns', 'GetRunTimeline', 'ComparePolicies', 'ExportRuns', 'Watch'];
+const writes = ['SubmitPlan', 'CreateVm', 'CancelRun', 'ForceCompleteRun', 'AdjustRun'];
+const nodeOnly = ['RegisterNode', 'Heartbeat'];
+
+describe('roles', () => {
+  it('covers every CoordinatorService method, and nothing else', () => {
+    const methods = Object.values(CoordinatorServiceService).map((m) => methodName(m.path)).sort();
+    expect(Object.keys(METHOD_ROLES).sort()).toEqual(methods);
+    expect([...reads, ...writes, ...nodeOnly].sort()).toEqual(methods);
+  });
+
+  it('viewer reads; operator reads and acts; node only registers and heartbeats', () => {
+    const allowed = (id: string, m: string): boolean => authorizeCall(DEFAULT_ROLES, id, path(m)).allowed;
+    for (const m of reads) {
+      expect(allowed('viewer', m), m).toBe(true);
+      expect(allowed('operator', m), m).toBe(true);
+      expect(allowed('migd-coordinator', m), m).toBe(true);
+      expect(allowed('migd-node', m), m).toBe(false);
+    }
+    for (const m of writes) {
+      expect(allowed('viewer', m), m).toBe(false);
+      expect(allowed('operator', m), m).toBe(true);
+      expect(allowed('migd-node', m), m).toBe(false);
+    }
+    for (const m of nodeOnly) {
+      expect(allowed('viewer', m), m).toBe(false);
+      expect(allowed('operator', m), m).toBe(false);
+      expect(allowed('migd-node', m), m).toBe(true);
+    }
+  });
+
+  it('refuses unknown identities, missing certificates and unknown methods', () => {
+    expect(authorizeCall(DEFAULT_ROLES, 'mallory', path('ListRuns'))).toMatchObject({ allowed: false, reason: expect.stringContaining('no role') });
+    expect(authorizeCall(DEFAULT_ROLES, undefined, path('ListRuns'))).toMatchObject({ allowed: false });
+    expect(authorizeCall(DEFAULT_ROLES, undefined, path('ListRuns'), true)).toEqual({ allowed: true, role: 'anonymous' });
+    expect(authorizeCall(DEFAULT_ROLES, 'operator', '/migd.v1.CoordinatorService/DropTables')).toMatchObject({ allowed: false });
+  });
+
+  it('the hook throws PermissionDeniedError and logs the denial', () => {
+    const lines: string[] = [];
+    const authorize = createAuthorizer(DEFAULT_ROLES, createLogger('t', {}, (l) => lines.push(l), 'debug'));
+    const ctx = (identity: string | undefined, m: string): CallContext => ({ identity, method: path(m), peer: 'ipv4:127.0.0.1:1', signal: new AbortController().signal, deadline: undefined, metadata: undefined as never });
+    expect(() => authorize(ctx('operator', 'SubmitPlan'))).not.toThrow();
+    expect(() => authorize(ctx('viewer', 'SubmitPlan'))).toThrow(PermissionDeniedError);
+    try {
+      authorize(ctx('viewer', 'SubmitPlan'));
+    } catch (err) {
+      expect((err as PermissionDeniedError).code).toBe('PERMISSION_DENIED');
+      expect((err as PermissionDeniedError).reason).toBe('ROLE_NOT_ALLOWED');
+    }
+    expect(lines.some((l) => l.includes('permission denied') && l.includes('"identity":"viewer"') && l.includes('SubmitPlan'))).toBe(true);
+  });
+
+  it('parses role maps from strings and objects', () => {
+    expect([...parseRoleMap('alice=operator, bob = viewer,')]).toEqual([
+      ['alice', 'operator'],
+      ['bob', 'viewer'],
+    ]);
+    expect([...parseRoleMap({ n1: 'node' })]).toEqual([['n1', 'node']]);
+    expect(() => parseRoleMap('alice')).toThrow(/identity=role/);
+    expect(() => parseRoleMap('=viewer')).toThrow(/empty identity/);
+    expect(() => parseRoleMap({ a: 'admin' })).toThrow(/roles are/);
+    expect(() => parseRoleMap(['x'])).toThrow();
+  });
+});

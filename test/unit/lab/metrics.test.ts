@@ -1,0 +1,143 @@
+import { describe, expect, it } from 'vitest';
+import { MigrationState, type GuestPerfSample } from '../../../services/shared/gen/migd/v1/common.js';
+import {
+  baselineMsPerGib,
+  combinedGuestSeries,
+  downsample,
+  guestHarm,
+  hostCpuRates,
+  mean,
+  migrationWindow,
+  quantile,
+  runFigures,
+  runSeries,
+  summarize,
+} from '../../../stress/lab/metrics.js';
+import { syntheticTimeline } from './synthetic.js';
+
+describe('percentiles', () => {
+  it('interpolates linearly between closest ranks (type 7)', () => {
+    expect(quantile([1, 2, 3, 4], 0.5)).toBe(2.5);
+    expect(quantile([5], 0.99)).toBe(5);
+    expect(quantile([10, 20], 0.99)).toBeCloseTo(19.9, 10);
+    // p99 of 1..100: position 98.01 → 99.01
+    expect(quantile(Array.from({ length: 100 }, (_, i) => i + 1), 0.99)).toBeCloseTo(99.01, 10);
+    expect(quantile([3, 1, 2], 0)).toBe(1);
+    expect(quantile([3, 1, 2], 1)).toBe(3);
+  });
+
+  it('ignores NaN and returns NaN for nothing', () => {
+    expect(quantile([], 0.5)).toBeNaN();
+    expect(quantile([NaN, 4], 0.5)).toBe(4);
+    expect(mean([NaN])).toBeNaN();
+    expect(mean([1, 2, NaN, 3])).toBe(2);
+  });
+});
+
+const at = (t: number, worker: number, ms: number): GuestPerfSample => ({
+  time: new Date(t), guestMonoMs: t, worker, msPerGib: ms, pass: 1, pagesVerified: 0, integrityErrors: 0, heartbeatGapMs: 0, vmName: 'v',
+});
+
+describe('guest harm', () => {
+  it('integrates the extra ms/GiB over the window, and the seconds of guest work lost', () => {
+    // Baseline 500 ms/GiB; 1000 ms/GiB (half speed) for the 10 s of the migration.
+    const series = [];
+    for (let t = 0; t <= 20_000; t += 100) series.push({ t, v: t > 5000 && t <= 15_000 ? 1000 : 500 });
+    const b = baselineMsPerGib(series, 5000, 5000);
+    expect(b).toBe(500);
+    const h = guestHarm(series, b, 5000, 15_000);
+    expect(h.extraMsPerGibSec).toBeCloseTo(500 * 10, 6);
+    expect(h.guestSecondsLost).toBeCloseTo(5, 6);
+    expect(h.meanDuring).toBeCloseTo(1000, 6);
+    expect(h.coveredSec).toBeCloseTo(10, 6);
+  });
+
+  it('counts no harm for a faster guest and none without a baseline', () => {
+    const series = [{ t: 1000, v: 400 }, { t: 2000, v: 400 }];
+    expect(guestHarm(series, 500, 0, 2000).extraMsPerGibSec).toBe(0);
+    expect(guestHarm(series, NaN, 0, 2000).extraMsPerGibSec).toBeNaN();
+    expect(guestHarm([], 500, 0, 2000).guestSecondsLost).toBeNaN();
+  });
+
+  it('does not stretch a sample over a long silence (the guest was paused or stalled)', () => {
+    const h = guestHarm([{ t: 0, v: 1000 }, { t: 10_000, v: 1000 }], 500, 0, 10_000);
+    expect(h.coveredSec).toBeCloseTo(2, 6);
+  });
+
+  it('combines per-worker samples when the guest sent no combined ones', () => {
+    const s = combinedGuestSeries([at(100, 0, 1000), at(110, 1, 1000), at(200, 0, 500), at(0, 0, 0)]);
+    expect(s.map((p) => p.v)).toEqual([1000, 500, 1000 / 3]);
+    expect(combinedGuestSeries([at(100, 0, 1000), at(100, -1, 480)])).toEqual([{ t: 100, v: 480 }]);
+  });
+});
+
+describe('run figures', () => {
+  it('reads totals, downtime, harm and CPU from a timeline', () => {
+    const t = syntheticTimeline({ id: 'r1', start: 1_000_000, durationMs: 10_000, baseline: 560, during: 1120, downtimeMs: 42, srcCores: 1, dstCores: 0.5, throttle: true });
+    const f = runFigures(t);
+    expect(f.succeeded).toBe(true);
+    expect(f.totalTimeMs).toBe(10_000);
+    expect(f.downtimeMs).toBe(42);
+    expect(f.baselineMsPerGib).toBe(560);
+    expect(f.extraMsPerGibSec).toBeCloseTo(560 * 10, 0);
+    expect(f.guestSecondsLost).toBeCloseTo(5, 1);
+    expect(f.hostCpuSeconds).toBeCloseTo(15, 6);
+    expect(f.maxThrottlePct).toBe(99);
+    expect(migrationWindow(t)).toEqual({ start: 1_000_000, end: 1_010_000 });
+  });
+
+  it('reports a failed run without downtime, and integrity errors from the guest', () => {
+    const t = syntheticTimeline({ id: 'r2', start: 0, durationMs: 4000, state: MigrationState.MIGRATION_STATE_FAILED, integrityErrors: 3 });
+    const f = runFigures(t);
+    expect(f.succeeded).toBe(false);
+    expect(f.downtimeMs).toBeNaN();
+    expect(f.integrityErrors).toBe(3);
+    expect(f.error).toBe('completion timeout');
+  });
+
+  it('builds plot series in seconds since the start, with markers', () => {
+    const t = syntheticTimeline({ id: 'r3', start: 50_000, durationMs: 8000, postcopyAtMs: 3000 });
+    const s = runSeries(t);
+    expect(s.remainingMiB[0]!.x).toBeCloseTo(0.25, 6);
+    expect(Object.keys(s.guestMsPerGib).sort()).toEqual(['-1', '0', '1']);
+    expect(s.guestMsPerGib['-1']![0]!.x).toBeLessThan(0);
+    expect(s.markers.map((m) => m.label)).toEqual(expect.arrayContaining(['postcopy', 'post-copy', 'succeeded']));
+    expect(s.cpuSource.every((p) => Math.abs(p.y - 1) < 1e-6)).toBe(true);
+  });
+
+  it('CPU rates ignore counters that restart', () => {
+    const r = hostCpuRates([{ t: 0, src: 5, dst: 2 }, { t: 1000, src: 6, dst: 0 }], 0);
+    expect(r.src[0]!.y).toBe(1);
+    expect(r.dst[0]!.y).toBe(0);
+  });
+
+  it('downsampling keeps the peaks', () => {
+    const pts = Array.from({ length: 10_000 }, (_, i) => ({ x: i, y: i === 5000 ? 99 : 1 }));
+    const d = downsample(pts, 100);
+    expect(d.length).toBeLessThanOrEqual(100);
+    expect(Math.max(...d.map((p) => p.y))).toBe(99);
+  });
+});
+
+describe('summaries per strategy', () => {
+  it('computes completion, medians and p99 of completed runs, harm of all', () => {
+    const mk = (id: string, durationMs: number, downtimeMs: number, state = MigrationState.MIGRATION_STATE_SUCCEEDED) =>
+      runFigures(syntheticTimeline({ id, start: 0, durationMs, downtimeMs, state }));
+    const rows = summarize([
+      { group: 'g', label: 'ac', figures: mk('1', 10_000, 100) },
+      { group: 'g', label: 'ac', figures: mk('2', 20_000, 300) },
+      { group: 'g', label: 'ac', figures: mk('3', 30_000, 0, MigrationState.MIGRATION_STATE_FAILED) },
+      { group: 'g', label: 'pc', figures: mk('4', 5000, 5) },
+    ]);
+    expect(rows.map((r) => r.label)).toEqual(['ac', 'pc']);
+    const ac = rows[0]!;
+    expect(ac.runs).toBe(3);
+    expect(ac.succeeded).toBe(2);
+    expect(ac.completionRate).toBeCloseTo(2 / 3, 10);
+    expect(ac.totalTimeMsP50).toBe(15_000);
+    expect(ac.downtimeMsP50).toBe(200);
+    expect(ac.downtimeMsP99).toBeCloseTo(298, 6);
+    expect(ac.guestSecondsLostP50).toBeGreaterThan(0);
+    expect(rows[1]!.downtimeMsP99).toBe(5);
+  });
+});

@@ -1,0 +1,77 @@
+import { describe, expect, it } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MigrationState } from '../../../services/shared/gen/migd/v1/common.js';
+import { buildReportData, chartJsPath, renderReportHtml, scriptJson, writeReport, type ReportInput } from '../../../stress/lab/report.js';
+import { SEED_001 } from '../../../stress/lab/scenarios.js';
+import { syntheticTimeline } from './synthetic.js';
+
+const ac = SEED_001[0]!;
+const pc = SEED_001[4]!;
+
+function input(): ReportInput {
+  return {
+    comparison: { name: 'seed-001', title: 'Seed 001 <test>', description: 'synthetic' },
+    scenarios: [ac, pc],
+    generatedAt: new Date('2026-01-01T00:00:00Z'),
+    environment: { mode: 'test' },
+    runs: [
+      { scenario: ac.name, repetition: 0, outcome: 'succeeded', timeline: syntheticTimeline({ id: 'run-ac-0', start: 1e6, durationMs: 40_000, downtimeMs: 120, throttle: true, during: 2000 }) },
+      { scenario: ac.name, repetition: 1, outcome: 'succeeded', timeline: syntheticTimeline({ id: 'run-ac-1', start: 2e6, durationMs: 60_000, downtimeMs: 80, throttle: true, during: 2000 }) },
+      { scenario: pc.name, repetition: 0, outcome: 'succeeded', timeline: syntheticTimeline({ id: 'run-pc-0', start: 3e6, durationMs: 8000, downtimeMs: 4, postcopyAtMs: 3000, during: 900 }) },
+      {
+        scenario: pc.name,
+        repetition: 1,
+        outcome: 'timed-out',
+        note: 'cancelled by the lab after 240 s',
+        timeline: syntheticTimeline({ id: 'run-pc-1', start: 4e6, durationMs: 9000, state: MigrationState.MIGRATION_STATE_CANCELLED }),
+      },
+    ],
+  };
+}
+
+describe('lab report', () => {
+  it('summarises per strategy with the medians and completion rates', () => {
+    const d = buildReportData(input());
+    expect(d.groups).toEqual([ac.group]);
+    const byLabel = Object.fromEntries(d.summaries.map((s) => [s.label, s]));
+    expect(byLabel[ac.label]).toMatchObject({ runs: 2, succeeded: 2, totalTimeMsP50: 50_000, downtimeMsP50: 100 });
+    expect(byLabel[pc.label]).toMatchObject({ runs: 2, succeeded: 1, completionRate: 0.5, totalTimeMsP50: 8000, downtimeMsP50: 4 });
+    expect(d.runs.map((r) => r.figures.runId)).toEqual(['run-ac-0', 'run-ac-1', 'run-pc-0', 'run-pc-1']);
+  });
+
+  it('renders one self-contained page: inlined Chart.js and data, three charts per run, the summary table', () => {
+    const d = buildReportData(input());
+    const html = renderReportHtml(d, '/* chart.js stub */ window.Chart = function(){};');
+    expect(html).toContain('/* chart.js stub */');
+    expect(html).not.toMatch(/<script[^>]+src=/);
+    expect(html).not.toMatch(/https?:\/\//);
+    expect(html).toContain('Seed 001 &lt;test&gt;');
+    for (let i = 0; i < 4; i++) for (const c of ['mig', 'guest', 'cpu']) expect(html).toContain(`id="${c}-${i}"`);
+    expect(html).toContain('id="sum-0"');
+    // Summary row of the post-copy strategy: 1/2 completed, 8.00 s median, 4 ms downtime.
+    const row = html.slice(html.indexOf(`>${pc.label}<`));
+    expect(row).toMatch(/1\/2 \(50 %\)<\/td>\s*<td>8\.00 s<\/td><td>4 ms<\/td><td>4 ms<\/td>/);
+    expect(html).toContain('cancelled by the lab after 240 s');
+    const data = JSON.parse(html.slice(html.indexOf('id="lab-data">') + 'id="lab-data">'.length, html.indexOf('</script>', html.indexOf('id="lab-data">'))));
+    expect(data.runs).toHaveLength(4);
+    expect(data.runs[0].series.remainingMiB.length).toBeGreaterThan(10);
+  });
+
+  it('keeps inlined JSON from closing its script element and maps NaN to null', () => {
+    expect(scriptJson({ a: '</script><b>', n: NaN })).toBe('{"a":"\\u003c/script>\\u003cb>","n":null}');
+  });
+
+  it('writes report.html with the real Chart.js bundle', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'migd-lab-report-'));
+    try {
+      const { html } = await writeReport(dir, input());
+      const page = readFileSync(html, 'utf8');
+      expect(page).toContain('Chart.js v4');
+      expect(page.length).toBeGreaterThan(readFileSync(chartJsPath()).length);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,136 @@
+import { describe, expect, it } from 'vitest';
+import { policyFor } from '../../../services/coordinator/domain/policy/index.js';
+import { PolicyKind, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
+import {
+  COMPARISONS,
+  MiB,
+  SEED_001,
+  SEED_001_SCALE,
+  SEED_002_SCALE,
+  SMOKE,
+  allScenarios,
+  requiredGuestBytes,
+  resolveTarget,
+  scaleFor,
+  scaledBytes,
+  scaledLinkMbit,
+  scaledMs,
+  scenarioProblems,
+} from '../../../stress/lab/scenarios.js';
+
+describe('scenario table', () => {
+  const all = allScenarios();
+
+  it('has unique scenario and comparison names', () => {
+    const names = COMPARISONS.flatMap((c) => c.scenarios.map((s) => s.name));
+    // A scenario may appear in several comparisons, but then it must be the same object.
+    const byName = new Map<string, unknown>();
+    for (const c of COMPARISONS) for (const s of c.scenarios) {
+      if (byName.has(s.name)) expect(byName.get(s.name)).toBe(s);
+      byName.set(s.name, s);
+    }
+    expect(names.length).toBeGreaterThanOrEqual(all.length);
+    expect(new Set(COMPARISONS.map((c) => c.name)).size).toBe(COMPARISONS.length);
+  });
+
+  it.each(all.map((s) => [s.name, s] as const))('%s: structurally valid, and its policy passes policyFor', (_n, s) => {
+    expect(scenarioProblems(s)).toEqual([]);
+    expect(() => policyFor(s.policy, s.guest.memoryMib * MiB)).not.toThrow();
+    expect(requiredGuestBytes(s)).toBeLessThanOrEqual(s.guest.memoryMib * MiB);
+  });
+
+  it('quick subsets name scenarios of their comparison and run them once', () => {
+    for (const c of COMPARISONS) {
+      const names = new Set(c.scenarios.map((s) => s.name));
+      for (const q of c.quick ?? []) expect(names.has(q), `${c.name}: quick names unknown ${q}`).toBe(true);
+      const quick = resolveTarget(c.name, { quick: true })!;
+      expect(quick.scenarios.length).toBe(c.quick?.length ?? c.scenarios.length);
+      expect(quick.scenarios.every((s) => s.repetitions === 1)).toBe(true);
+    }
+  });
+
+  it('resolves a single scenario name to a one-scenario comparison', () => {
+    const t = resolveTarget('s001-05-pc-after-1');
+    expect(t?.scenarios.map((s) => s.name)).toEqual(['s001-05-pc-after-1']);
+    expect(resolveTarget('no-such-thing')).toBeUndefined();
+  });
+
+  it('ships the eleven seed-001 scenarios with their strategies', () => {
+    expect(SEED_001).toHaveLength(11);
+    const ac = (n: number) => SEED_001[n - 1]!.policy.autoConverge;
+    expect([ac(1), ac(2), ac(3)].map((a) => [a?.initialPct, a?.incrementPct])).toEqual([[20, 10], [30, 15], [50, 20]]);
+    expect(SEED_001[3]!.policy.postcopy?.afterMs).toBe(scaledMs(60_000, SEED_001_SCALE));
+    expect(SEED_001[3]!.policy.autoConverge?.enabled).toBe(true);
+    expect(SEED_001[4]!.policy.postcopy).toMatchObject({ enabled: true, afterPasses: 1 });
+    expect(SEED_001[5]!.policy.xbzrle?.enabled).toBe(true);
+    expect(SEED_001.slice(0, 6).every((s) => s.workload.workers === 2)).toBe(true);
+    expect(SEED_001.slice(6).every((s) => s.workload.workers === 3)).toBe(true);
+    expect(SEED_001.slice(8).map((s) => s.policy.downtimeLimitMs)).toEqual([300, 1000, 5000].map((d) => scaledMs(d, SEED_001_SCALE)));
+  });
+
+  it('the policies comparison pits adaptive against every preset on the same workloads', () => {
+    const c = COMPARISONS.find((x) => x.name === 'policies')!;
+    const groups = new Set(c.scenarios.map((s) => s.group));
+    expect(groups.size).toBe(2);
+    for (const g of groups) {
+      const kinds = new Set(c.scenarios.filter((s) => s.group === g).map((s) => s.policy.kind));
+      for (const k of [PolicyKind.POLICY_KIND_ADAPTIVE, PolicyKind.POLICY_KIND_NOVA, PolicyKind.POLICY_KIND_OVIRT_MINIMAL_DOWNTIME, PolicyKind.POLICY_KIND_OVIRT_SUSPEND_WORKLOAD, PolicyKind.POLICY_KIND_OVIRT_POSTCOPY, PolicyKind.POLICY_KIND_KUBEVIRT, PolicyKind.POLICY_KIND_FIXED]) {
+        expect(kinds.has(k), `${g} lacks ${PolicyKind[k]}`).toBe(true);
+      }
+      const ws = c.scenarios.filter((s) => s.group === g).map((s) => JSON.stringify([s.workload, s.link, s.guest]));
+      expect(new Set(ws).size).toBe(1);
+    }
+  });
+
+  it('comparisons vary one thing within a group', () => {
+    for (const name of ['downtime', 'auto-converge-step', 'post-copy-iters', 'bandwidth']) {
+      const c = COMPARISONS.find((x) => x.name === name)!;
+      for (const g of new Set(c.scenarios.map((s) => s.group))) {
+        const inGroup = c.scenarios.filter((s) => s.group === g);
+        expect(new Set(inGroup.map((s) => JSON.stringify(s.guest))).size).toBe(1);
+        expect(new Set(inGroup.map((s) => JSON.stringify(s.workload))).size).toBe(1);
+        expect(new Set(inGroup.map((s) => s.label)).size).toBe(inGroup.length);
+      }
+    }
+    const compr = COMPARISONS.find((x) => x.name === 'compression')!;
+    expect(new Set(compr.scenarios.map((s) => s.workload.pattern))).toEqual(new Set([WorkloadPattern.WORKLOAD_PATTERN_RANDOM, WorkloadPattern.WORKLOAD_PATTERN_COMPRESSIBLE]));
+  });
+
+  it('smoke is tiny', () => {
+    expect(SMOKE.guest.memoryMib).toBe(128);
+    expect(SMOKE.workload.rateBytesPerSec).toBeGreaterThan(0);
+    expect(SMOKE.repetitions).toBe(1);
+  });
+});
+
+describe('scaling to this machine', () => {
+  it('keeps dirty/link: the link shrinks with the dirty rate, time with memory over link', () => {
+    const s = scaleFor({ theirMemoryMib: 2048, ourMemoryMib: 512, theirDirty: 2.5, ourDirty: 1.8 });
+    expect(s.memory).toBe(0.25);
+    expect(s.link).toBeCloseTo(0.72, 10);
+    expect(s.time).toBeCloseTo(0.25 / 0.72, 10);
+    expect(SEED_001_SCALE).toEqual(s);
+    // 1 GbE → 720 Mbit/s; the seed's 60 s post-copy timeout → ~20.8 s; 512 MiB workers → 128 MiB.
+    expect(scaledLinkMbit(1000, SEED_001_SCALE)).toBe(720);
+    expect(scaledMs(60_000, SEED_001_SCALE)).toBe(20_833);
+    expect(scaledBytes(512 * MiB, SEED_001_SCALE)).toBe(128 * MiB);
+    for (const sc of SEED_001) expect(sc.link.rateMbit).toBe(720);
+  });
+
+  it('dirty/link of the scaled seed equals the seed\'s', () => {
+    const seedRatio = 2.5 / (1000 / 8 / 1024); // GiB/s over GiB/s of 1 Gbit
+    const ourRatio = 1.8 / (scaledLinkMbit(1000, SEED_001_SCALE) / 8 / 1024);
+    expect(ourRatio / seedRatio).toBeCloseTo(1, 2);
+  });
+
+  it('scales guestperf (seed 002): 512 MiB for 1 GiB, 5 GiB/s dirty → 1.8', () => {
+    expect(SEED_002_SCALE.memory).toBe(0.5);
+    expect(SEED_002_SCALE.link).toBeCloseTo(0.36, 10);
+    expect([100, 300, 1000, 10_000].map((m) => scaledLinkMbit(m, SEED_002_SCALE))).toEqual([36, 108, 360, 3600]);
+  });
+
+  it('rounds bytes down to whole MiB and never below 1 MiB', () => {
+    expect(scaledBytes(3 * MiB, { memory: 0.5, link: 1, time: 0.5 })).toBe(MiB);
+    expect(scaledBytes(1000, { memory: 0.5, link: 1, time: 0.5 })).toBe(MiB);
+  });
+});

@@ -50,7 +50,8 @@ export class Planner {
 
   /** The cluster as placement sees it now. */
   async model(): Promise<ClusterModel> {
-    const [nodes, vms, active] = await Promise.all([this.o.registry.nodes(), this.o.registry.vms(), this.o.store.listActiveRuns()]);
+    const [vms, active] = await Promise.all([this.o.registry.vms(), this.o.store.listActiveRuns()]);
+    const nodes = await this.o.registry.nodes(vms);
     const plannedMoves = active.map((r) => ({ vmName: r.vmName, from: r.sourceNodeId, to: r.destinationNodeId, memoryBytes: r.memoryMib * MiB }));
     return clusterFromProto(nodes, vms, { plannedMoves });
   }
@@ -63,7 +64,7 @@ export class Planner {
    *   migrating, source down), ResourceExhaustedError (a VM cannot be placed). Nothing is stored
    *   when one is raised.
    */
-  submit(req: SubmitPlanRequest): Promise<SubmitPlanResponse> {
+  async submit(req: SubmitPlanRequest): Promise<SubmitPlanResponse> {
     const key = req.idempotencyKey;
     if (!key) throw new InvalidArgumentError('idempotency_key is required', { reason: 'NO_IDEMPOTENCY_KEY' });
     if (key.length > MAX_KEY) throw new InvalidArgumentError(`idempotency_key is longer than ${MAX_KEY} characters`);
@@ -130,7 +131,7 @@ export class Planner {
    *   (node down), AlreadyExistsError (name in use), ResourceExhaustedError (no node can take it),
    *   and the node's own errors
    */
-  createVm(req: CoordinatorServiceCreateVmRequest): Promise<VmInfo> {
+  async createVm(req: CoordinatorServiceCreateVmRequest): Promise<VmInfo> {
     const spec = req.spec;
     if (!spec) throw new InvalidArgumentError('spec is required');
     if (!VM_NAME.test(spec.name)) throw new InvalidArgumentError(`spec.name "${spec.name}" must match ${VM_NAME.source}`);

@@ -18,6 +18,10 @@ import type { HistoryStore } from './store/types.js';
 export type NodeClient = RpcClient<typeof NodeServiceService>;
 
 const NODE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
+/** A heart-beating node's row is rewritten at most this often (ms). */
+const PERSIST_MS = 10_000;
+/** Guest samples from heartbeats are kept at most this often per VM (ms). */
+const GUEST_SAMPLE_MS = 5000;
 
 export interface NodeRegistryOptions {
   readonly store: HistoryStore;
@@ -40,10 +44,16 @@ export class NodeRegistry {
   private readonly hosts = new Map<string, HostInfo>();
   private readonly up = new Map<string, boolean>();
   private readonly lastSeen = new Map<string, number>();
+  /** When each node last registered or heart-beat (since this coordinator started). */
+  private readonly heartbeatAt = new Map<string, number>();
   /** The VMs each node reported in its latest heartbeat (since this coordinator started). */
   private readonly reported = new Map<string, VmInfo[]>();
-  /** VM name → "node|state" as last written to the store (to write only changes). */
-  private readonly written = new Map<string, string>();
+  /** VM name → where and in what state it was last written to the store (to write only changes). */
+  private readonly written = new Map<string, { node: string; state: VmState }>();
+  /** Node → names of the VMs last written as being on it. */
+  private readonly writtenOn = new Map<string, Set<string>>();
+  /** When each node's row was last written (heartbeats refresh it at most every PERSIST_MS). */
+  private readonly persistedAt = new Map<string, number>();
   private readonly lastGuestSample = new Map<string, number>();
   private readonly clients = new Map<string, { address: string; client: NodeClient }>();
   private timer: NodeJS.Timeout | undefined;
@@ -64,7 +74,7 @@ export class NodeRegistry {
       // A restarted coordinator gives every node a full timeout to heartbeat again.
       this.lastSeen.set(n.host.nodeId, now);
     }
-    for (const v of await this.o.store.listVms()) this.written.set(v.spec?.name ?? '', `${v.nodeId}|${v.state}`);
+    for (const v of await this.o.store.listVms()) this.noteWritten(v);
     this.timer = setInterval(() => void this.checkDown(), Math.max(50, Math.floor(this.o.heartbeatMs / 2)));
     this.timer.unref();
   }
@@ -92,6 +102,7 @@ export class NodeRegistry {
     const host = this.validateHost(hostIn);
     const wasUp = this.up.get(host.nodeId);
     await this.o.store.upsertNode({ host, status: NodeStatus.NODE_STATUS_UP, reason: wasUp === false ? 'registered again' : 'registered' });
+    this.persistedAt.set(host.nodeId, this.now());
     this.seen(host);
     this.o.log.info('node registered', { nodeId: host.nodeId, managementAddress: host.managementAddress, migrationAddress: host.migrationAddress });
     return { nodeId: host.nodeId, heartbeatIntervalMs: this.o.heartbeatMs };
@@ -106,7 +117,12 @@ export class NodeRegistry {
     const host = this.validateHost(hostIn);
     if (!this.hosts.has(host.nodeId)) throw new NotFoundError(`node ${host.nodeId} is not registered: call RegisterNode first`, { reason: 'NODE_NOT_REGISTERED' });
     const wasUp = this.up.get(host.nodeId);
-    await this.o.store.upsertNode({ host, status: NodeStatus.NODE_STATUS_UP, reason: wasUp ? 'heartbeat' : 'heartbeats resumed' });
+    // The row is refreshed on a status change and otherwise at most every PERSIST_MS: the live
+    // figures (free memory, last heartbeat) are served from memory (see nodes()).
+    if (!wasUp || this.now() - (this.persistedAt.get(host.nodeId) ?? 0) >= PERSIST_MS) {
+      await this.o.store.upsertNode({ host, status: NodeStatus.NODE_STATUS_UP, reason: wasUp ? 'heartbeat' : 'heartbeats resumed' });
+      this.persistedAt.set(host.nodeId, this.now());
+    }
     if (!wasUp) this.o.log.info('node is up again', { nodeId: host.nodeId });
     this.seen(host);
     await this.syncVms(host.nodeId, vms);
@@ -116,6 +132,7 @@ export class NodeRegistry {
     this.hosts.set(host.nodeId, host);
     this.up.set(host.nodeId, true);
     this.lastSeen.set(host.nodeId, this.now());
+    this.heartbeatAt.set(host.nodeId, this.now());
   }
 
   private async syncVms(nodeId: string, vms: readonly VmInfo[]): Promise<void> {
@@ -132,25 +149,37 @@ export class NodeRegistry {
       if (v.state === VmState.VM_STATE_INCOMING) continue;
       await this.write(v);
     }
-    for (const [name, key] of this.written) {
-      if (names.has(name) || !key.startsWith(`${nodeId}|`) || key === `${nodeId}|${VmState.VM_STATE_STOPPED}`) continue;
+    for (const name of [...(this.writtenOn.get(nodeId) ?? [])]) {
+      if (names.has(name) || this.written.get(name)?.state === VmState.VM_STATE_STOPPED) continue;
       const stored = await this.o.store.getVm(name).catch(() => undefined);
       if (stored && stored.nodeId === nodeId) await this.write({ ...stored, state: VmState.VM_STATE_STOPPED, pid: 0, migrationRunId: '' });
     }
   }
 
   private async write(v: VmInfo): Promise<void> {
-    const name = v.spec?.name ?? '';
-    const key = `${v.nodeId}|${v.state}`;
-    if (this.written.get(name) === key) return;
+    const w = this.written.get(v.spec?.name ?? '');
+    if (w && w.node === v.nodeId && w.state === v.state) return;
     await this.o.store.upsertVm(v);
-    this.written.set(name, key);
+    this.noteWritten(v);
   }
 
-  /** Heartbeats carry each VM's latest guest sample: kept as the guest's history outside runs. */
+  private noteWritten(v: VmInfo): void {
+    const name = v.spec?.name ?? '';
+    const before = this.written.get(name);
+    if (before) this.writtenOn.get(before.node)?.delete(name);
+    this.written.set(name, { node: v.nodeId, state: v.state });
+    let set = this.writtenOn.get(v.nodeId);
+    if (!set) this.writtenOn.set(v.nodeId, (set = new Set()));
+    set.add(name);
+  }
+
+  /**
+   * Heartbeats carry each VM's latest guest sample: kept (one per GUEST_SAMPLE_MS per VM) as the
+   * guest's history outside runs — the "before" figure of ComparePolicies and of run timelines.
+   */
   private recordGuestSample(name: string, s: GuestPerfSample | undefined): void {
     const t = s?.time?.getTime();
-    if (!s || t === undefined || t <= (this.lastGuestSample.get(name) ?? 0)) return;
+    if (!s || t === undefined || t < (this.lastGuestSample.get(name) ?? 0) + GUEST_SAMPLE_MS) return;
     this.lastGuestSample.set(name, t);
     try {
       this.o.store.appendGuestSample({ ...s, vmName: s.vmName || name });
@@ -230,11 +259,19 @@ export class NodeRegistry {
     return client;
   }
 
-  /** Every node as the store knows it, with VM counts from the live view. */
-  async nodes(): Promise<Node[]> {
+  /**
+   * Every node as the store knows it, with its latest heartbeat's figures and VM count (from
+   * `vms`, default {@link vms}()).
+   */
+  async nodes(vms?: readonly VmInfo[]): Promise<Node[]> {
     const nodes = await this.o.store.listNodes();
-    const vms = await this.vms();
-    return nodes.map((n) => ({ ...n, vmCount: vms.filter((v) => v.nodeId === n.host?.nodeId && v.state !== VmState.VM_STATE_INCOMING).length }));
+    const counts = new Map<string, number>();
+    for (const v of vms ?? (await this.vms())) if (v.state !== VmState.VM_STATE_INCOMING) counts.set(v.nodeId, (counts.get(v.nodeId) ?? 0) + 1);
+    return nodes.map((n) => {
+      const id = n.host?.nodeId ?? '';
+      const seen = this.heartbeatAt.get(id);
+      return { ...n, host: this.hosts.get(id) ?? n.host, lastHeartbeat: seen ? new Date(seen) : n.lastHeartbeat, vmCount: counts.get(id) ?? 0 };
+    });
   }
 
   /**
@@ -243,12 +280,16 @@ export class NodeRegistry {
    * started. Stopped VMs are left out.
    */
   async vms(nodeId?: string): Promise<VmInfo[]> {
-    const stored = await this.o.store.listVms(nodeId);
     const out: VmInfo[] = [];
-    for (const v of stored) if (!this.reported.has(v.nodeId) && v.state !== VmState.VM_STATE_STOPPED) out.push(v);
-    for (const [node, list] of this.reported) if (!nodeId || node === nodeId) out.push(...list.filter((v) => v.state !== VmState.VM_STATE_STOPPED));
-    const key = (v: VmInfo): string => `${v.nodeId}\u0000${v.spec?.name ?? ''}\u0000${v.state === VmState.VM_STATE_INCOMING ? 1 : 0}`;
-    return out.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
+    const unreported = nodeId ? !this.reported.has(nodeId) : [...this.hosts.keys()].some((id) => !this.reported.has(id));
+    if (unreported) {
+      for (const v of await this.o.store.listVms(nodeId)) if (!this.reported.has(v.nodeId) && v.state !== VmState.VM_STATE_STOPPED) out.push(v);
+    }
+    for (const [node, list] of this.reported) if (!nodeId || node === nodeId) for (const v of list) if (v.state !== VmState.VM_STATE_STOPPED) out.push(v);
+    return out
+      .map((v) => ({ v, k: `${v.nodeId}\u0000${v.spec?.name ?? ''}\u0000${v.state === VmState.VM_STATE_INCOMING ? 1 : 0}` }))
+      .sort((a, b) => (a.k < b.k ? -1 : a.k > b.k ? 1 : 0))
+      .map((e) => e.v);
   }
 
   /** Stops down-detection and closes the node clients. */

@@ -25,6 +25,8 @@ export interface RegistrationOptions {
   readonly log: Logger;
   /** Deadline of each call (ms). Default 5000. */
   readonly deadlineMs?: number;
+  /** First retry delay after a failure (ms); doubles up to 10 s. Default 500. */
+  readonly retryInitialMs?: number;
   /** A client of the coordinator (tests inject fakes). Default: a gRPC client. */
   readonly client?: Pick<RpcClient<typeof CoordinatorServiceService>, 'registerNode' | 'heartbeat' | 'close'>;
 }
@@ -45,7 +47,8 @@ export function startRegistration(o: RegistrationOptions): Registration {
   const deadlineMs = o.deadlineMs ?? 5000;
   let markRegistered!: () => void;
   const registered = new Promise<void>((resolve) => (markRegistered = resolve));
-  let backoff = 500;
+  const initialBackoff = o.retryInitialMs ?? 500;
+  let backoff = initialBackoff;
   const retryDelay = (): number => {
     const d = backoff * (0.75 + Math.random() * 0.5);
     backoff = Math.min(backoff * 2, 10_000);
@@ -76,7 +79,7 @@ export function startRegistration(o: RegistrationOptions): Registration {
         }
         if (loggedDown) o.log.info('coordinator reachable again', { coordinator: o.coordinator });
         loggedDown = false;
-        backoff = 500;
+        backoff = initialBackoff;
         await sleep(interval, undefined, { signal });
       } catch (err) {
         if (signal.aborted) return;

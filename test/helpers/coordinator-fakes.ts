@@ -5,7 +5,7 @@
  */
 import { Broadcast } from '../../services/shared/broadcast.js';
 import { NotFoundError } from '../../services/shared/errors.js';
-import { MigrationPolicy, MigrationState, ProgressSample, type PolicyAction, type PolicyActionKind } from '../../services/shared/gen/migd/v1/common.js';
+import { MigrationPolicy, MigrationState, ProgressSample, VmState, type PolicyAction, type PolicyActionKind, type VmInfo, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
 import type { MigrationInfo, StartMigrationRequest, WatchMigrationResponse } from '../../services/shared/gen/migd/v1/node.js';
 import type { NodeClient } from '../../services/coordinator/registry.js';
 
@@ -119,6 +119,11 @@ export class FakeNode {
       startPostcopy: (req: { runId: string; actor: string; reason: string }) => act('startPostcopy', req),
       forceComplete: (req: { runId: string; actor: string; reason: string }) => act('forceComplete', req),
       cancelMigration: (req: { runId: string; actor: string; reason: string }) => act('cancelMigration', req),
+      createVm: async (req: { spec: VmSpec }) => {
+        rec('createVm', req);
+        const vm: VmInfo = { spec: req.spec, nodeId: this.nodeId, state: VmState.VM_STATE_RUNNING, pid: 4242, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0 };
+        return { vm };
+      },
       close: () => undefined,
     };
     return c as unknown as NodeClient;

@@ -33,8 +33,11 @@ export class RunManager {
   readonly queue: MigrationQueue<QueueItem>;
   private readonly supervisors = new Map<string, RunSupervisor>();
   private readonly running = new Set<Promise<unknown>>();
-  /** Runs supervised outside the queue (recovered while over a lowered limit). */
-  private readonly unslotted = new Set<string>();
+  /**
+   * Runs supervised outside the queue (recovered while over a since-lowered limit), by id → link:
+   * nothing else is dispatched on their links until they end.
+   */
+  private readonly unslotted = new Map<string, string>();
   private planChain: Promise<void> = Promise.resolve();
   private stopped = false;
   private readonly now: () => number;
@@ -73,7 +76,7 @@ export class RunManager {
         this.queue.started(run.id);
       } catch (err) {
         this.queue.cancel(run.id);
-        this.unslotted.add(run.id);
+        this.unslotted.set(run.id, `${run.sourceNodeId}->${run.destinationNodeId}`);
         this.o.log.warn('recovered run exceeds the configured limits; supervising it outside the queue', { runId: run.id, err: (err as Error).message });
       }
       this.supervise(run, 'resume');
@@ -86,7 +89,9 @@ export class RunManager {
   /** Starts every queued run the limits allow now. */
   dispatch(): void {
     if (this.stopped) return;
+    const busyLinks = new Set(this.unslotted.values());
     for (const item of this.queue.nextDispatchable()) {
+      if (busyLinks.has(`${item.source}->${item.destination}`)) continue;
       try {
         this.queue.started(item.id);
       } catch {
@@ -133,10 +138,13 @@ export class RunManager {
     }
     this.supervisors.set(run.id, sup);
     this.track(
-      sup.supervise(mode).then(async (finished) => {
-        this.supervisors.delete(run.id);
-        if (finished) await this.ended(finished);
-      }),
+      sup
+        .supervise(mode)
+        .then(async (finished) => {
+          this.supervisors.delete(run.id);
+          if (finished) await this.ended(finished);
+        })
+        .catch((err: unknown) => this.o.log.error('run bookkeeping failed', { runId: run.id, err })),
     );
   }
 

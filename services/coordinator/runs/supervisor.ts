@@ -130,7 +130,7 @@ export class RunSupervisor {
     } catch (err) {
       if (!this.stopper.signal.aborted) {
         this.log.error('run supervisor failed', { err });
-        await this.fail(errorInfo(err, 'COORDINATOR_ERROR'), `supervisor error: ${(err as Error).message}`);
+        await this.fail(errorInfo(err, 'COORDINATOR_ERROR'), `supervisor error: ${(err as Error).message}`).catch((e: unknown) => this.log.error('recording the failure failed', { err: e }));
       }
     } finally {
       clearInterval(tick);

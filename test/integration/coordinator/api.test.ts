@@ -55,7 +55,7 @@ describe('coordinator API', () => {
     const ghost = c.client('migd-node');
     const host = { ...c.tb.host('b') };
     await ghost.registerNode({
-      host: { nodeId: 'ghost', managementAddress: `${host.mgmtAddress.replace(/\.\d+$/, '.250')}:7001`, migrationAddress: '198.19.255.250', memoryTotalBytes: 64 << 30, memoryFreeBytes: 64 << 30, cpus: 2, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: ['postcopy-ram'], labels: {}, machineTypes: [] },
+      host: { nodeId: 'ghost', managementAddress: `${host.mgmtAddress.replace(/\.\d+$/, '.250')}:7001`, migrationAddress: '198.19.255.250', memoryTotalBytes: 64 * 2 ** 30, memoryFreeBytes: 64 * 2 ** 30, cpus: 2, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: ['postcopy-ram'], labels: {}, machineTypes: [] },
     });
     await waitFor(async () => (await op.listNodes({})).nodes.some((n) => n.host?.nodeId === 'ghost' && n.status === NodeStatus.NODE_STATUS_DOWN), 10_000, 'ghost to be marked down');
 
@@ -224,6 +224,9 @@ describe('coordinator API', () => {
       const p2 = (await op.submitPlan(migratePlan('cancel-2', 'vm3', 'b'))).plan!;
       const r2 = p2.migrations[0]!.runId;
       expect((await op.getRun({ runId: r2 })).run!.state).toBe(S.MIGRATION_STATE_QUEUED);
+      // A second plan for a VM that is migrating is refused, and stores nothing.
+      await expect(op.submitPlan(migratePlan('cancel-dup', 'vm2', 'b'))).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', reason: 'VM_ALREADY_MIGRATING' });
+      await expect(op.submitPlan(migratePlan('cancel-dup-2', 'vm3', 'b'))).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', reason: 'VM_ALREADY_MIGRATING' });
       const cancelled = (await op.cancelRun({ runId: r2, reason: 'not needed' })).run!;
       expect(cancelled.state).toBe(S.MIGRATION_STATE_CANCELLED);
       expect(cancelled.transitions.map((t) => t.to)).toEqual([S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_CANCELLED]);

@@ -5052,11 +5052,15 @@ export const AdjustRunResponse: MessageFns<AdjustRunResponse> = {
  * into plans, runs them within the cluster's concurrency limits under a convergence policy, and
  * keeps the history of every run. Callers authenticate with a client certificate whose identity
  * maps to a role: viewer (List*, Get*, Watch*, history queries), operator (also SubmitPlan,
- * CreateVm, CancelRun, ForceCompleteRun, AdjustRun), node (RegisterNode, Heartbeat).
+ * CreateVm, CancelRun, ForceCompleteRun, AdjustRun), node (RegisterNode, Heartbeat). A call outside
+ * the caller's role fails with PERMISSION_DENIED (also for unknown identities).
  */
 export type CoordinatorServiceService = typeof CoordinatorServiceService;
 export const CoordinatorServiceService = {
-  /** A node daemon announces itself. Role: node. Errors: INVALID_ARGUMENT. */
+  /**
+   * A node daemon announces itself (again: registering is idempotent) and learns the heartbeat
+   * interval. Role: node. Errors: INVALID_ARGUMENT (bad node id or addresses).
+   */
   registerNode: {
     path: "/migd.v1.CoordinatorService/RegisterNode" as const,
     requestStream: false as const,
@@ -5068,8 +5072,9 @@ export const CoordinatorServiceService = {
     responseDeserialize: (value: Buffer): RegisterNodeResponse => RegisterNodeResponse.decode(value),
   },
   /**
-   * A node daemon reports that it is alive, with its current host info. A node that misses
-   * heartbeats for the configured period is marked down. Role: node. Errors: NOT_FOUND.
+   * A node daemon reports that it is alive, with its current host info and VMs. A node that misses
+   * heartbeats for the configured period is marked down (NodeStateChanged). Role: node. Errors:
+   * NOT_FOUND (the node is not registered: register again).
    */
   heartbeat: {
     path: "/migd.v1.CoordinatorService/Heartbeat" as const,
@@ -5090,7 +5095,10 @@ export const CoordinatorServiceService = {
     responseSerialize: (value: ListNodesResponse): Buffer => Buffer.from(ListNodesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListNodesResponse => ListNodesResponse.decode(value),
   },
-  /** Lists VMs across the cluster. */
+  /**
+   * Lists VMs across the cluster, as the nodes last reported them (the incoming half of a running
+   * migration appears as a second entry in VM_STATE_INCOMING on the destination).
+   */
   listVms: {
     path: "/migd.v1.CoordinatorService/ListVms" as const,
     requestStream: false as const,
@@ -5105,8 +5113,9 @@ export const CoordinatorServiceService = {
       CoordinatorServiceListVmsResponse.decode(value),
   },
   /**
-   * Starts a VM on a node, or on a node placement chooses. Errors: INVALID_ARGUMENT, NOT_FOUND
-   * (unknown node), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node can take it).
+   * Starts a VM on a node, or on a node placement chooses (most free memory, anti-affinity group
+   * kept apart). Errors: INVALID_ARGUMENT, NOT_FOUND (unknown node), FAILED_PRECONDITION (node
+   * down), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node can take it).
    */
   createVm: {
     path: "/migd.v1.CoordinatorService/CreateVm" as const,
@@ -5123,9 +5132,12 @@ export const CoordinatorServiceService = {
   },
   /**
    * Submits a plan: migrate one VM, or drain a host. The same idempotency key returns the same
-   * plan and never starts a second migration. Errors: INVALID_ARGUMENT (contradicting policy),
-   * NOT_FOUND (unknown VM or node), FAILED_PRECONDITION (destination is the source or is down,
-   * VM already migrating), RESOURCE_EXHAUSTED (a VM cannot be placed).
+   * plan (existing = true, whatever else the request says) and never starts a second migration.
+   * The plan's runs are queued and dispatched as the concurrency limits allow (per source,
+   * destination, link and cluster). Errors: INVALID_ARGUMENT (no key or target, contradicting
+   * policy), NOT_FOUND (unknown VM or node), FAILED_PRECONDITION (destination is the source or is
+   * down, source down, VM already migrating), RESOURCE_EXHAUSTED (a VM cannot be placed). A
+   * refused request stores nothing, its key included.
    */
   submitPlan: {
     path: "/migd.v1.CoordinatorService/SubmitPlan" as const,
@@ -5206,7 +5218,11 @@ export const CoordinatorServiceService = {
     responseSerialize: (value: ExportRunsResponse): Buffer => Buffer.from(ExportRunsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ExportRunsResponse => ExportRunsResponse.decode(value),
   },
-  /** Streams events: of one run (replaying it from the start), or of the whole cluster. */
+  /**
+   * Streams events: of one run (replaying it from the start, then live, ending after its
+   * RunCompleted), or of the whole cluster (live, until the caller cancels). Works without NATS.
+   * Errors: INVALID_ARGUMENT (no scope), NOT_FOUND (unknown run).
+   */
   watch: {
     path: "/migd.v1.CoordinatorService/Watch" as const,
     requestStream: false as const,
@@ -5216,7 +5232,12 @@ export const CoordinatorServiceService = {
     responseSerialize: (value: WatchResponse): Buffer => Buffer.from(WatchResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchResponse => WatchResponse.decode(value),
   },
-  /** Cancels a queued or running run. Errors: NOT_FOUND, FAILED_PRECONDITION (already finished). */
+  /**
+   * Cancels a queued or running run. A queued run ends CANCELLED at once, without touching any
+   * node; a running one is cancelled on its source node and ends CANCELLED when the node reports
+   * it (follow it with Watch or GetRun). Errors: NOT_FOUND, FAILED_PRECONDITION (already finished,
+   * in post-copy: the guest already runs on the destination).
+   */
   cancelRun: {
     path: "/migd.v1.CoordinatorService/CancelRun" as const,
     requestStream: false as const,
@@ -5226,7 +5247,11 @@ export const CoordinatorServiceService = {
     responseSerialize: (value: CancelRunResponse): Buffer => Buffer.from(CancelRunResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CancelRunResponse => CancelRunResponse.decode(value),
   },
-  /** Forces a running migration to complete. Errors: NOT_FOUND, FAILED_PRECONDITION. */
+  /**
+   * Forces a running migration to complete: post-copy when its policy enabled it, otherwise the
+   * guest is paused until the rest is sent. Errors: NOT_FOUND, FAILED_PRECONDITION (queued,
+   * finished).
+   */
   forceCompleteRun: {
     path: "/migd.v1.CoordinatorService/ForceCompleteRun" as const,
     requestStream: false as const,
@@ -5240,7 +5265,8 @@ export const CoordinatorServiceService = {
   },
   /**
    * Changes the downtime or bandwidth limit of a running migration. Errors: NOT_FOUND,
-   * FAILED_PRECONDITION, INVALID_ARGUMENT.
+   * FAILED_PRECONDITION (queued, finished), INVALID_ARGUMENT (nothing to change, downtime out of
+   * 1..2000000 ms).
    */
   adjustRun: {
     path: "/migd.v1.CoordinatorService/AdjustRun" as const,
@@ -5254,27 +5280,38 @@ export const CoordinatorServiceService = {
 } as const;
 
 export interface CoordinatorServiceServer extends UntypedServiceImplementation {
-  /** A node daemon announces itself. Role: node. Errors: INVALID_ARGUMENT. */
+  /**
+   * A node daemon announces itself (again: registering is idempotent) and learns the heartbeat
+   * interval. Role: node. Errors: INVALID_ARGUMENT (bad node id or addresses).
+   */
   registerNode: handleUnaryCall<RegisterNodeRequest, RegisterNodeResponse>;
   /**
-   * A node daemon reports that it is alive, with its current host info. A node that misses
-   * heartbeats for the configured period is marked down. Role: node. Errors: NOT_FOUND.
+   * A node daemon reports that it is alive, with its current host info and VMs. A node that misses
+   * heartbeats for the configured period is marked down (NodeStateChanged). Role: node. Errors:
+   * NOT_FOUND (the node is not registered: register again).
    */
   heartbeat: handleUnaryCall<HeartbeatRequest, HeartbeatResponse>;
   /** Lists the cluster's nodes. */
   listNodes: handleUnaryCall<ListNodesRequest, ListNodesResponse>;
-  /** Lists VMs across the cluster. */
+  /**
+   * Lists VMs across the cluster, as the nodes last reported them (the incoming half of a running
+   * migration appears as a second entry in VM_STATE_INCOMING on the destination).
+   */
   listVms: handleUnaryCall<CoordinatorServiceListVmsRequest, CoordinatorServiceListVmsResponse>;
   /**
-   * Starts a VM on a node, or on a node placement chooses. Errors: INVALID_ARGUMENT, NOT_FOUND
-   * (unknown node), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node can take it).
+   * Starts a VM on a node, or on a node placement chooses (most free memory, anti-affinity group
+   * kept apart). Errors: INVALID_ARGUMENT, NOT_FOUND (unknown node), FAILED_PRECONDITION (node
+   * down), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node can take it).
    */
   createVm: handleUnaryCall<CoordinatorServiceCreateVmRequest, CoordinatorServiceCreateVmResponse>;
   /**
    * Submits a plan: migrate one VM, or drain a host. The same idempotency key returns the same
-   * plan and never starts a second migration. Errors: INVALID_ARGUMENT (contradicting policy),
-   * NOT_FOUND (unknown VM or node), FAILED_PRECONDITION (destination is the source or is down,
-   * VM already migrating), RESOURCE_EXHAUSTED (a VM cannot be placed).
+   * plan (existing = true, whatever else the request says) and never starts a second migration.
+   * The plan's runs are queued and dispatched as the concurrency limits allow (per source,
+   * destination, link and cluster). Errors: INVALID_ARGUMENT (no key or target, contradicting
+   * policy), NOT_FOUND (unknown VM or node), FAILED_PRECONDITION (destination is the source or is
+   * down, source down, VM already migrating), RESOURCE_EXHAUSTED (a VM cannot be placed). A
+   * refused request stores nothing, its key included.
    */
   submitPlan: handleUnaryCall<SubmitPlanRequest, SubmitPlanResponse>;
   /** Describes a plan and its runs. Errors: NOT_FOUND. */
@@ -5295,21 +5332,38 @@ export interface CoordinatorServiceServer extends UntypedServiceImplementation {
   comparePolicies: handleUnaryCall<ComparePoliciesRequest, ComparePoliciesResponse>;
   /** Exports runs with their timelines as JSON or CSV. */
   exportRuns: handleUnaryCall<ExportRunsRequest, ExportRunsResponse>;
-  /** Streams events: of one run (replaying it from the start), or of the whole cluster. */
+  /**
+   * Streams events: of one run (replaying it from the start, then live, ending after its
+   * RunCompleted), or of the whole cluster (live, until the caller cancels). Works without NATS.
+   * Errors: INVALID_ARGUMENT (no scope), NOT_FOUND (unknown run).
+   */
   watch: handleServerStreamingCall<WatchRequest, WatchResponse>;
-  /** Cancels a queued or running run. Errors: NOT_FOUND, FAILED_PRECONDITION (already finished). */
+  /**
+   * Cancels a queued or running run. A queued run ends CANCELLED at once, without touching any
+   * node; a running one is cancelled on its source node and ends CANCELLED when the node reports
+   * it (follow it with Watch or GetRun). Errors: NOT_FOUND, FAILED_PRECONDITION (already finished,
+   * in post-copy: the guest already runs on the destination).
+   */
   cancelRun: handleUnaryCall<CancelRunRequest, CancelRunResponse>;
-  /** Forces a running migration to complete. Errors: NOT_FOUND, FAILED_PRECONDITION. */
+  /**
+   * Forces a running migration to complete: post-copy when its policy enabled it, otherwise the
+   * guest is paused until the rest is sent. Errors: NOT_FOUND, FAILED_PRECONDITION (queued,
+   * finished).
+   */
   forceCompleteRun: handleUnaryCall<ForceCompleteRunRequest, ForceCompleteRunResponse>;
   /**
    * Changes the downtime or bandwidth limit of a running migration. Errors: NOT_FOUND,
-   * FAILED_PRECONDITION, INVALID_ARGUMENT.
+   * FAILED_PRECONDITION (queued, finished), INVALID_ARGUMENT (nothing to change, downtime out of
+   * 1..2000000 ms).
    */
   adjustRun: handleUnaryCall<AdjustRunRequest, AdjustRunResponse>;
 }
 
 export interface CoordinatorServiceClient extends Client {
-  /** A node daemon announces itself. Role: node. Errors: INVALID_ARGUMENT. */
+  /**
+   * A node daemon announces itself (again: registering is idempotent) and learns the heartbeat
+   * interval. Role: node. Errors: INVALID_ARGUMENT (bad node id or addresses).
+   */
   registerNode(
     request: RegisterNodeRequest,
     callback: (error: ServiceError | null, response: RegisterNodeResponse) => void,
@@ -5326,8 +5380,9 @@ export interface CoordinatorServiceClient extends Client {
     callback: (error: ServiceError | null, response: RegisterNodeResponse) => void,
   ): ClientUnaryCall;
   /**
-   * A node daemon reports that it is alive, with its current host info. A node that misses
-   * heartbeats for the configured period is marked down. Role: node. Errors: NOT_FOUND.
+   * A node daemon reports that it is alive, with its current host info and VMs. A node that misses
+   * heartbeats for the configured period is marked down (NodeStateChanged). Role: node. Errors:
+   * NOT_FOUND (the node is not registered: register again).
    */
   heartbeat(
     request: HeartbeatRequest,
@@ -5360,7 +5415,10 @@ export interface CoordinatorServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListNodesResponse) => void,
   ): ClientUnaryCall;
-  /** Lists VMs across the cluster. */
+  /**
+   * Lists VMs across the cluster, as the nodes last reported them (the incoming half of a running
+   * migration appears as a second entry in VM_STATE_INCOMING on the destination).
+   */
   listVms(
     request: CoordinatorServiceListVmsRequest,
     callback: (error: ServiceError | null, response: CoordinatorServiceListVmsResponse) => void,
@@ -5377,8 +5435,9 @@ export interface CoordinatorServiceClient extends Client {
     callback: (error: ServiceError | null, response: CoordinatorServiceListVmsResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Starts a VM on a node, or on a node placement chooses. Errors: INVALID_ARGUMENT, NOT_FOUND
-   * (unknown node), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node can take it).
+   * Starts a VM on a node, or on a node placement chooses (most free memory, anti-affinity group
+   * kept apart). Errors: INVALID_ARGUMENT, NOT_FOUND (unknown node), FAILED_PRECONDITION (node
+   * down), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node can take it).
    */
   createVm(
     request: CoordinatorServiceCreateVmRequest,
@@ -5397,9 +5456,12 @@ export interface CoordinatorServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Submits a plan: migrate one VM, or drain a host. The same idempotency key returns the same
-   * plan and never starts a second migration. Errors: INVALID_ARGUMENT (contradicting policy),
-   * NOT_FOUND (unknown VM or node), FAILED_PRECONDITION (destination is the source or is down,
-   * VM already migrating), RESOURCE_EXHAUSTED (a VM cannot be placed).
+   * plan (existing = true, whatever else the request says) and never starts a second migration.
+   * The plan's runs are queued and dispatched as the concurrency limits allow (per source,
+   * destination, link and cluster). Errors: INVALID_ARGUMENT (no key or target, contradicting
+   * policy), NOT_FOUND (unknown VM or node), FAILED_PRECONDITION (destination is the source or is
+   * down, source down, VM already migrating), RESOURCE_EXHAUSTED (a VM cannot be placed). A
+   * refused request stores nothing, its key included.
    */
   submitPlan(
     request: SubmitPlanRequest,
@@ -5518,14 +5580,23 @@ export interface CoordinatorServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ExportRunsResponse) => void,
   ): ClientUnaryCall;
-  /** Streams events: of one run (replaying it from the start), or of the whole cluster. */
+  /**
+   * Streams events: of one run (replaying it from the start, then live, ending after its
+   * RunCompleted), or of the whole cluster (live, until the caller cancels). Works without NATS.
+   * Errors: INVALID_ARGUMENT (no scope), NOT_FOUND (unknown run).
+   */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchResponse>;
   watch(
     request: WatchRequest,
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchResponse>;
-  /** Cancels a queued or running run. Errors: NOT_FOUND, FAILED_PRECONDITION (already finished). */
+  /**
+   * Cancels a queued or running run. A queued run ends CANCELLED at once, without touching any
+   * node; a running one is cancelled on its source node and ends CANCELLED when the node reports
+   * it (follow it with Watch or GetRun). Errors: NOT_FOUND, FAILED_PRECONDITION (already finished,
+   * in post-copy: the guest already runs on the destination).
+   */
   cancelRun(
     request: CancelRunRequest,
     callback: (error: ServiceError | null, response: CancelRunResponse) => void,
@@ -5541,7 +5612,11 @@ export interface CoordinatorServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CancelRunResponse) => void,
   ): ClientUnaryCall;
-  /** Forces a running migration to complete. Errors: NOT_FOUND, FAILED_PRECONDITION. */
+  /**
+   * Forces a running migration to complete: post-copy when its policy enabled it, otherwise the
+   * guest is paused until the rest is sent. Errors: NOT_FOUND, FAILED_PRECONDITION (queued,
+   * finished).
+   */
   forceCompleteRun(
     request: ForceCompleteRunRequest,
     callback: (error: ServiceError | null, response: ForceCompleteRunResponse) => void,
@@ -5559,7 +5634,8 @@ export interface CoordinatorServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Changes the downtime or bandwidth limit of a running migration. Errors: NOT_FOUND,
-   * FAILED_PRECONDITION, INVALID_ARGUMENT.
+   * FAILED_PRECONDITION (queued, finished), INVALID_ARGUMENT (nothing to change, downtime out of
+   * 1..2000000 ms).
    */
   adjustRun(
     request: AdjustRunRequest,

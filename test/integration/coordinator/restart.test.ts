@@ -53,7 +53,11 @@ describe('coordinator: restart recovery', () => {
     expect(migrations.filter((m) => m.vmName === 'r1')).toHaveLength(1);
     // Tracked after the restart: samples recorded after it, and the re-attach was logged.
     const tl = await op.getRunTimeline({ runId: r1 });
-    expect(tl.progress.some((s) => s.time!.getTime() > killedAt.getTime() + 1000) || run1.finishedAt!.getTime() < killedAt.getTime() + 3000).toBe(true);
+    // (Under load the migration may finish while the coordinator is still restarting: then the
+    // re-attach finds it finished and records the result without new samples.)
+    const sampledAfter = tl.progress.some((s) => s.time!.getTime() > killedAt.getTime() + 1000);
+    const finishedDuringRestart = run1.finishedAt!.getTime() < killedAt.getTime() + 15_000 && c.coordinator.logs.some((l) => l.includes('re-attached to a migration after restart') && /SUCCEEDED|VERIFYING|POSTCOPY/.test(l));
+    expect(sampledAfter || finishedDuringRestart).toBe(true);
     expect(c.coordinator.logs.some((l) => l.includes('re-attached to a migration after restart'))).toBe(true);
     console.log(
       `restart: coordinator killed ${killedAt.getTime() - run1.startedAt!.getTime()} ms into the run; run succeeded in ${run1.stats!.totalTimeMs} ms, downtime ${run1.stats!.downtimeMs} ms; actions: ${run1.actions.map((a) => `${a.actor} kind ${a.kind} at ${a.elapsedMs} ms`).join(', ')}`,

@@ -1,16 +1,16 @@
 /**
  * `npm start`: brings up a local migd cluster — two hypervisor "hosts" as network namespaces with
- * separate management and migration networks, a node daemon in each (mTLS) — boots a guest running
- * the verifying workload on host a and migrates it live to host b over a shaped link, with a live
- * progress display. Then it keeps serving until Ctrl-C (`npm start -- --once` exits instead).
+ * separate management and migration networks, nats-server, the coordinator and a node daemon in
+ * each host, all with mTLS — boots a guest running the verifying workload on host a and migrates it
+ * live to host b through the coordinator's API over a shaped link, with a live progress display.
+ * Then it keeps serving and prints how to use migctl (`npm start -- --once` exits instead).
  */
-import { mkdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { MigrationState, WorkloadPattern, type GuestPerfSample, type ProgressSample } from '../services/shared/gen/migd/v1/common.js';
+import { MigrationState, PolicyKind, WorkloadPattern, type GuestPerfSample, type ProgressSample } from '../services/shared/gen/migd/v1/common.js';
 import { MigdError } from '../services/shared/errors.js';
 import { certDir, repoRoot } from '../services/shared/paths.js';
-import { startNodeDaemon, type NodeProcess } from '../services/testbed/nodes.js';
-import { Testbed } from '../services/testbed/testbed.js';
+import { startLocalCluster } from '../services/testbed/cluster.js';
 
 const once = process.argv.includes('--once');
 const tty = process.stdout.isTTY;
@@ -40,31 +40,24 @@ function line(p: ProgressSample, guest: GuestPerfSample | undefined): string {
 
 async function main(): Promise<void> {
   const root = repoRoot();
-  const stateRoot = join(root, '.state', 'local-cluster');
-  rmSync(stateRoot, { recursive: true, force: true });
-  mkdirSync(stateRoot, { recursive: true });
-  console.log('migd: creating hosts a and b (network namespaces; management and migration networks)…');
-  const tb = await Testbed.create({ hosts: ['a', 'b'] });
-  const nodes: NodeProcess[] = [];
+  const workDir = join(root, '.state', 'local-cluster');
+  rmSync(workDir, { recursive: true, force: true });
+  console.log('migd: starting a local cluster: hosts a and b (network namespaces with management and migration networks), nats-server (JetStream), the coordinator and a node daemon per host, all with mTLS…');
+  const cluster = await startLocalCluster({ workDir, certDir: certDir(), coordinatorPort: 7000, ...(process.env['MIGD_VERBOSE'] ? { onLog: (l: string) => console.error(l) } : {}) });
   let closing = false;
   const close = async (code: number): Promise<never> => {
     if (!closing) {
       closing = true;
-      for (const n of nodes) await n.stop().catch(() => undefined);
-      await tb.destroy();
-      rmSync(stateRoot, { recursive: true, force: true });
+      await cluster.close();
     }
     process.exit(code);
   };
   process.on('SIGINT', () => void close(0));
   process.on('SIGTERM', () => void close(0));
   try {
-    for (const h of ['a', 'b']) {
-      const n = await startNodeDaemon(tb.host(h), { stateDir: join(stateRoot, h), certDir: certDir(), env: { MIGD_LOG_LEVEL: 'warn' }, onLog: (l) => process.env['MIGD_VERBOSE'] && console.error(`[${h}] ${l}`) });
-      nodes.push(n);
-      console.log(`migd: node daemon ${h} serving at ${n.address} (mTLS), migrating over ${tb.host(h).migrationAddress}`);
-    }
-    const [a, b] = nodes.map((n) => n.client()) as [ReturnType<NodeProcess['client']>, ReturnType<NodeProcess['client']>];
+    const { tb } = cluster;
+    console.log(`migd: coordinator at ${cluster.coordinatorAddress}, events on ${cluster.natsUrl}; nodes a (${tb.host('a').mgmtAddress}) and b (${tb.host('b').mgmtAddress}) registered`);
+    const op = cluster.client();
     const spec = {
       name: 'demo',
       memoryMib: 384,
@@ -80,59 +73,72 @@ async function main(): Promise<void> {
       uuid: '',
     };
     console.log('migd: booting guest "demo" on a (384 MiB, workload: 2 workers × 64 MiB random, 10 MiB/s each, verifying every page)…');
-    await a.createVm({ spec });
+    await op.createVm({ spec, nodeId: 'a' });
+    const nodeA = cluster.nodes[0]!.client();
     let guest: GuestPerfSample | undefined;
-    const watchGuest = async (client: typeof a, signal: AbortSignal): Promise<void> => {
-      for await (const m of client.watchGuest({ name: 'demo', includeConsole: false }, { signal })) if (m.item?.$case === 'sample' && m.item.value.worker === -1) guest = m.item.value;
-    };
     const ga = new AbortController();
-    void watchGuest(a, ga.signal).catch(() => undefined);
+    void (async () => {
+      for await (const m of nodeA.watchGuest({ name: 'demo', includeConsole: false }, { signal: ga.signal })) if (m.item?.$case === 'sample' && m.item.value.worker === -1) guest = m.item.value;
+    })().catch(() => undefined);
     while (!guest) await new Promise((r) => setTimeout(r, 200));
+    ga.abort();
     console.log(`migd: guest is up: ${guest.msPerGib.toFixed(0)} ms to write 1 GiB before the migration`);
     await tb.shape('a', { rateMbit: 300 });
-    console.log('migd: migrating demo a → b over a 300 Mbit/s link (pre-copy, downtime limit 500 ms)…');
-    const runId = `demo-${Date.now()}`;
-    const gb = new AbortController();
-    void watchGuest(b, gb.signal).catch(() => undefined);
-    await a.startMigration({
-      runId,
-      vmName: 'demo',
-      destination: { nodeId: 'b', managementAddress: nodes[1]!.address, migrationAddress: tb.host('b').migrationAddress },
-      policy: { kind: 1, downtimeLimitMs: 500, maxBandwidthBytesPerSec: 0, autoConverge: undefined, postcopy: undefined, xbzrle: undefined, multifd: undefined, switchoverAck: false, tls: false, completionTimeoutSecPerGib: 0, progressTimeoutSec: 0, timeoutAction: 0, downtimeSteps: [], maxDowntimeMs: 0 },
+    console.log('migd: submitting a plan to the coordinator: migrate demo a → b over a 300 Mbit/s link, adaptive policy…');
+    const { plan } = await op.submitPlan({
+      idempotencyKey: `npm-start-${Date.now()}`,
+      target: { $case: 'migrate', value: { vmName: 'demo', destinationNodeId: 'b' } },
+      policy: { kind: PolicyKind.POLICY_KIND_ADAPTIVE, downtimeLimitMs: 300, maxBandwidthBytesPerSec: 0, autoConverge: undefined, postcopy: undefined, xbzrle: undefined, multifd: undefined, switchoverAck: false, tls: false, completionTimeoutSecPerGib: 0, progressTimeoutSec: 0, timeoutAction: 0, downtimeSteps: [], maxDowntimeMs: 0 },
+      priority: 0,
+      antiAffinityVmNames: [],
+      label: 'npm-start',
     });
+    const runId = plan!.migrations[0]!.runId;
+    console.log(`migd: plan ${plan!.id}, run ${runId}: ${plan!.migrations[0]!.reason}`);
     let lastPrint = 0;
-    for await (const u of a.watchMigration({ runId })) {
-      if (u.update?.$case === 'progress') {
+    for await (const { event } of op.watch({ scope: { $case: 'runId', value: runId }, statesOnly: false })) {
+      const p = event?.payload;
+      if (p?.$case === 'runGuest' && p.value.sample?.worker === -1) guest = p.value.sample;
+      else if (p?.$case === 'runProgress' && p.value.sample) {
         const now = Date.now();
-        if (tty) process.stdout.write('\r' + line(u.update.value, guest) + '   ');
+        if (tty) process.stdout.write('\r' + line(p.value.sample, guest) + '   ');
         else if (now - lastPrint >= 1000) {
-          console.log(line(u.update.value, guest));
+          console.log(line(p.value.sample, guest));
           lastPrint = now;
         }
-      } else if (u.update?.$case === 'stateChange' && u.update.value.from !== u.update.value.to) {
+      } else if (p?.$case === 'runState' && p.value.change && p.value.change.from !== p.value.change.to) {
         if (tty) process.stdout.write('\n');
-        console.log(`migd: ${MigrationState[u.update.value.to]!.replace('MIGRATION_STATE_', '').toLowerCase()}: ${u.update.value.reason}`);
-      } else if (u.update?.$case === 'result') {
-        const r = u.update.value;
-        const s = r.stats;
-        if (r.state !== MigrationState.MIGRATION_STATE_SUCCEEDED) {
-          console.error(`migd: migration ${MigrationState[r.state]}: ${r.error?.message ?? ''}`);
+        console.log(`migd: ${MigrationState[p.value.change.to]!.replace('MIGRATION_STATE_', '').toLowerCase()}: ${p.value.change.reason}`);
+      } else if (p?.$case === 'runAction' && p.value.action) {
+        if (tty) process.stdout.write('\n');
+        console.log(`migd: policy action by ${p.value.action.actor}: ${p.value.action.reason}`);
+      } else if (p?.$case === 'runCompleted') {
+        const s = p.value.stats;
+        if (p.value.state !== MigrationState.MIGRATION_STATE_SUCCEEDED) {
+          console.error(`migd: migration ${MigrationState[p.value.state]}: ${p.value.error?.message ?? ''}`);
           await close(1);
         }
         console.log(`migd: done in ${s?.totalTimeMs} ms, downtime ${s?.downtimeMs} ms, ${s?.passes} passes, max throttle ${s?.maxThrottlePct}%, host CPU ${((s?.sourceCpuSeconds ?? 0) + (s?.destinationCpuSeconds ?? 0)).toFixed(1)} s; guest verified ${s?.pagesVerifiedAfter} pages on b with ${s?.integrityErrors} integrity errors`);
+        break;
       }
     }
-    ga.abort();
-    if (once) {
-      gb.abort();
-      await close(0);
-    }
-    console.log('migd: the guest now runs on b. Ctrl-C stops the cluster (and its QEMU processes).');
-    setInterval(() => guest && console.log(`migd: guest on b: ${guest.msPerGib.toFixed(0)} ms/GiB, ${guest.pagesVerified} pages verified, ${guest.integrityErrors} integrity errors`), 10_000);
+    if (once) await close(0);
+    const migctl = `node dist/services/coordinator/cli/migctl.js --coordinator ${cluster.coordinatorAddress} --cert-dir ${certDir()}`;
+    console.log(`
+migd: the cluster keeps serving; Ctrl-C stops it (and its QEMU processes). Try, from another shell:
+  ${migctl} nodes
+  ${migctl} vms
+  ${migctl} migrate demo --to a --policy adaptive --watch
+  ${migctl} runs
+  ${migctl} history compare
+  ${migctl} watch --cluster`);
   } catch (err) {
     console.error(`migd: ${err instanceof MigdError ? err.message : (err as Error).stack}`);
     await close(1);
   }
 }
 
-void main();
+void main().catch((err: unknown) => {
+  console.error(`migd: ${err instanceof MigdError ? err.message : (err as Error).stack}`);
+  process.exit(1);
+});

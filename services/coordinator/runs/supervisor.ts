@@ -297,7 +297,7 @@ export class RunSupervisor {
           this.lastReason = c.reason;
           return;
         }
-        await this.transition(c.to, c.from === c.to ? `re-attached: node reports ${migrationStateToJSON(c.to)}` : c.reason, c.from === c.to ? undefined : c.time);
+        await this.transition(c.to, c.from === c.to ? `node reports ${migrationStateToJSON(c.to)}` : c.reason, c.from === c.to ? undefined : c.time);
         return;
       }
       case 'progress': {

@@ -1,0 +1,191 @@
+/**
+ * A whole local migd cluster on this machine: testbed hosts (network namespaces with separate
+ * management and migration networks), a nats-server with JetStream and the coordinator in the
+ * root namespace (listening on the management network), and a node daemon in each host that
+ * registers with the coordinator — all with mutual TLS. Used by `npm start` and the lab.
+ * `close()` stops everything (QEMU processes die with their namespaces), also after a partial
+ * start.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { DependencyError, UnavailableError } from '../shared/errors.js';
+import { CoordinatorServiceService } from '../shared/gen/migd/v1/coordinator.js';
+import { repoRoot } from '../shared/paths.js';
+import { ensurePki, identityFiles } from '../shared/pki.js';
+import { createClient, type RpcClient } from '../shared/rpc/client.js';
+import { startNodeDaemon, type NodeProcess } from './nodes.js';
+import { Testbed } from './testbed.js';
+
+export type CoordinatorClient = RpcClient<typeof CoordinatorServiceService>;
+
+export interface LocalClusterOptions {
+  /** Host names (default a, b). */
+  readonly hosts?: readonly string[];
+  /** Work folder for state, the database and NATS storage (created; removed by close()). */
+  readonly workDir: string;
+  /** Certificates (made when missing). */
+  readonly certDir: string;
+  /** Daemon log lines (default: dropped). */
+  readonly onLog?: (line: string) => void;
+  /** Extra coordinator flags. */
+  readonly coordinatorArgs?: readonly string[];
+  /** Coordinator gRPC port on the management network (default: a free one). */
+  readonly coordinatorPort?: number;
+}
+
+export interface LocalCluster {
+  readonly tb: Testbed;
+  readonly nodes: readonly NodeProcess[];
+  /** host:port of the coordinator (reachable from the root namespace and from every host). */
+  readonly coordinatorAddress: string;
+  /** nats://127.0.0.1:port */
+  readonly natsUrl: string;
+  readonly certDir: string;
+  /** A coordinator client with the given identity (default operator). */
+  client(identity?: string): CoordinatorClient;
+  close(): Promise<void>;
+}
+
+/** The compiled coordinator entry point. @throws DependencyError when not built */
+export function coordinatorEntry(): string {
+  const p = join(repoRoot(), 'dist', 'services', 'coordinator', 'main.js');
+  if (!existsSync(p)) throw new DependencyError('coordinator', `${p} is missing: run 'npm run build' (or scripts/setup)`);
+  return p;
+}
+
+/** The nats-server binary. @throws DependencyError when not installed */
+export function natsServerBinary(): string {
+  const p = process.env['NATS_SERVER_BIN'] ?? ['/usr/sbin/nats-server', '/usr/bin/nats-server', '/usr/local/bin/nats-server'].find((c) => existsSync(c));
+  if (!p) throw new DependencyError('nats-server', 'not installed (apt-get install nats-server, or run scripts/setup)');
+  return p;
+}
+
+/** A free TCP port on `host`. */
+export async function freePortOn(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const a = srv.address();
+      const port = typeof a === 'object' && a !== null ? a.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Spawns a root-namespace service and waits until a line of its output says it is ready. */
+export async function startService(name: string, cmd: string, args: readonly string[], ready: (line: string) => boolean, onLog: (l: string) => void, timeoutMs = 30_000): Promise<ChildProcess> {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' } });
+  const tail: string[] = [];
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new UnavailableError(`${name} not ready within ${timeoutMs} ms:\n${tail.join('\n')}`)), timeoutMs);
+      const onLine = (l: string): void => {
+        tail.push(l);
+        if (tail.length > 30) tail.shift();
+        onLog(`[${name}] ${l}`);
+        if (ready(l)) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      createInterface({ input: child.stdout! }).on('line', onLine);
+      createInterface({ input: child.stderr! }).on('line', onLine);
+      child.once('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new UnavailableError(`${name} exited with ${code} during start-up:\n${tail.join('\n')}`));
+      });
+    });
+  } catch (err) {
+    await stopChild(child);
+    throw err;
+  }
+  return child;
+}
+
+/** SIGTERM, then SIGKILL after 5 s; resolves when the child has exited. */
+export async function stopChild(c: ChildProcess | undefined): Promise<void> {
+  if (!c || c.exitCode !== null || c.signalCode !== null) return;
+  const exited = new Promise<void>((r) => c.once('exit', () => r()));
+  c.kill('SIGTERM');
+  const t = setTimeout(() => c.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(t);
+}
+
+/**
+ * Starts the cluster and waits until every node has registered with the coordinator.
+ * @throws DependencyError, UnavailableError (everything started so far is stopped)
+ */
+export async function startLocalCluster(opts: LocalClusterOptions): Promise<LocalCluster> {
+  const hosts = opts.hosts ?? ['a', 'b'];
+  const onLog = opts.onLog ?? (() => undefined);
+  mkdirSync(opts.workDir, { recursive: true });
+  ensurePki(opts.certDir);
+  let tb: Testbed | undefined;
+  let nats: ChildProcess | undefined;
+  let coordinator: ChildProcess | undefined;
+  const nodes: NodeProcess[] = [];
+  const clients: CoordinatorClient[] = [];
+  const close = async (): Promise<void> => {
+    for (const c of clients.splice(0)) c.close();
+    await Promise.all(nodes.map((n) => n.stop().catch(() => undefined)));
+    await stopChild(coordinator);
+    await stopChild(nats);
+    await tb?.destroy();
+    rmSync(opts.workDir, { recursive: true, force: true });
+  };
+  try {
+    const entry = coordinatorEntry();
+    const natsBin = natsServerBinary();
+    tb = await Testbed.create({ hosts: [...hosts] });
+    const natsPort = await freePortOn('127.0.0.1');
+    const natsDir = join(opts.workDir, 'nats');
+    mkdirSync(natsDir, { recursive: true });
+    nats = await startService('nats', natsBin, ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', natsDir], (l) => l.includes('Server is ready'), onLog);
+    const natsUrl = `nats://127.0.0.1:${natsPort}`;
+    const coordinatorAddress = `${tb.rootAddress}:${opts.coordinatorPort ?? (await freePortOn(tb.rootAddress))}`;
+    coordinator = await startService(
+      'coordinator',
+      process.execPath,
+      [entry, '--listen', coordinatorAddress, '--db', join(opts.workDir, 'history.sqlite'), '--nats', natsUrl, '--tls-dir', opts.certDir, ...(opts.coordinatorArgs ?? [])],
+      (l) => l.includes('"ready":true'),
+      onLog,
+    );
+    for (const h of hosts) {
+      nodes.push(
+        await startNodeDaemon(tb.host(h), {
+          stateDir: join(opts.workDir, h),
+          certDir: opts.certDir,
+          coordinator: coordinatorAddress,
+          env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' },
+          onLog: (l) => onLog(`[node ${h}] ${l}`),
+        }),
+      );
+    }
+    const client = (identity = 'operator'): CoordinatorClient => {
+      const c = createClient('migd.v1.CoordinatorService', CoordinatorServiceService, coordinatorAddress, { security: { tls: identityFiles(opts.certDir, identity), serverName: 'migd-coordinator' } });
+      clients.push(c);
+      return c;
+    };
+    const probe = client();
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const { nodes: registered } = await probe.listNodes({});
+      if (registered.filter((n) => n.status === 1).length >= hosts.length) break;
+      if (Date.now() > deadline) throw new UnavailableError(`only ${registered.length} of ${hosts.length} nodes registered with the coordinator`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    return { tb, nodes, coordinatorAddress, natsUrl, certDir: opts.certDir, client, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}

@@ -19,7 +19,7 @@
  * the coordinator and nats-server. Everything started is stopped at the end, also on failure.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -47,6 +47,10 @@ const PARTS = new Set(arg('parts', 'a,b,c,d').split(','));
 const REPS = Number(arg('reps', '3'));
 const NODES = arg('nodes', '50,100,500').split(',').map(Number);
 const VMS_PER_NODE = Number(arg('vms-per-node', '20'));
+/** Drain plans submitted per cluster size (each drains one node of 2 × vms-per-node VMs); 0 = every populated node. */
+const MAX_PLANS = Number(arg('max-plans', '25'));
+/** The coordinator's --heartbeat-misses (its default is 3 at 2 s). */
+const HEARTBEAT_MISSES = Number(arg('heartbeat-misses', '3'));
 
 const fmt = (v: number, d = 2): string => (Number.isFinite(v) ? v.toFixed(d) : '—');
 const med = (v: number[]): number => quantile(v, 0.5);
@@ -289,12 +293,23 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
 // --------------------------------------------------------------------------------------------
 // d. scale with simulated nodes
 
-async function startProc(cmd: string, args: string[], ready: (l: string) => boolean, label: string): Promise<ChildProcess> {
-  const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MIGD_LOG_LEVEL: 'error' } });
+const started = new Set<ChildProcess>();
+const workDirs = new Set<string>();
+process.once('exit', () => {
+  for (const p of started) p.kill('SIGKILL');
+  for (const d of workDirs) rmSync(d, { recursive: true, force: true });
+});
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
+
+async function startProc(cmd: string, args: string[], ready: (l: string) => boolean, label: string, onLine?: (l: string) => void): Promise<ChildProcess> {
+  const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MIGD_LOG_LEVEL: 'warn' } });
+  started.add(p);
+  p.once('exit', () => started.delete(p));
   const tail: string[] = [];
   await new Promise<void>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`${label} not ready:\n${tail.join('\n')}`)), 30_000);
     const on = (l: string): void => {
+      onLine?.(l);
       tail.push(l);
       if (tail.length > 20) tail.shift();
       if (ready(l)) {
@@ -326,16 +341,20 @@ async function partD(): Promise<void> {
   if (!entry) throw new Error('coordinator not built');
   const limits = { cluster: 200, source: 4, destination: 4 };
   const migrationMs = 1000;
-  out(`\n== d. control-plane scale: drains over simulated nodes (${VMS_PER_NODE} VMs per drained node; simulated migrations of ${migrationMs} ms; limits cluster ${limits.cluster}, per source ${limits.source}, per destination ${limits.destination})`);
+  out(`\n== d. control-plane scale: drains over simulated nodes (${VMS_PER_NODE} VMs per node: ${VMS_PER_NODE * 2} on each of the first half, drained to the second half; simulated migrations of ${migrationMs} ms; limits cluster ${limits.cluster}, per source ${limits.source}, per destination ${limits.destination})`);
+  out(`  (heartbeats every 2 s, a node is down after ${HEARTBEAT_MISSES} misses)`);
+  out(`  (${MAX_PLANS > 0 ? `at most ${MAX_PLANS} drain plans per size` : 'every populated node drained'}; bound = ceil(migrations ÷ concurrency) × migration time)`);
   out('  nodes   VMs  plans  SubmitPlan p50/p99 ms  plans/s  migrations planned/s  makespan s  bound s  bound/makespan  coordinator CPU s');
   for (const n of NODES) {
     const work = await mkdtemp(join(tmpdir(), 'migd-scale-'));
+    workDirs.add(work);
     const certDir = join(work, 'pki');
     ensurePki(certDir);
     let nats: ChildProcess | undefined;
     let coord: ChildProcess | undefined;
     let sim: SimCluster | undefined;
     let cb: CoordinatorBackend | undefined;
+    let downs = 0;
     try {
       await mkdir(join(work, 'nats'));
       const natsPort = await freePort();
@@ -345,9 +364,12 @@ async function partD(): Promise<void> {
       const addr = `127.0.0.1:${port}`;
       coord = await startProc(
         process.execPath,
-        [entry, '--listen', addr, '--db', join(work, 'history.sqlite'), '--nats', `nats://127.0.0.1:${natsPort}`, '--tls-dir', certDir, '--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination)],
+        [entry, '--listen', addr, '--db', join(work, 'history.sqlite'), '--nats', `nats://127.0.0.1:${natsPort}`, '--tls-dir', certDir, '--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES)],
         (l) => l.includes('"ready":true'),
         'coordinator',
+        (l) => {
+          if (l.includes('node marked down')) downs++;
+        },
       );
       // Half the nodes hold the VMs (2 × vmsPerNode each), the other half receive them.
       const old = Math.max(1, Math.floor(n / 2));
@@ -362,7 +384,7 @@ async function partD(): Promise<void> {
       const planIds: string[] = [];
       let planned = 0;
       const t0 = performance.now();
-      for (const id of sim.nodeIds.slice(0, old)) {
+      for (const id of sim.nodeIds.slice(0, MAX_PLANS > 0 ? Math.min(old, MAX_PLANS) : old)) {
         const s = performance.now();
         const { plan } = await cb.client.submitPlan({ idempotencyKey: `scale-${n}-${id}`, target: { $case: 'drain', value: { nodeId: id, destinationNodeIds: newNodes } }, policy: FIXED_PRECOPY, priority: 0, antiAffinityVmNames: [], label: 'scale' }, { deadlineMs: 60_000 });
         lat.push(performance.now() - s);
@@ -372,22 +394,36 @@ async function partD(): Promise<void> {
       const submitMs = performance.now() - t0;
       const total = sim.vmNode.size;
       const deadline = Date.now() + 20 * 60_000;
-      while (sim.completed < planned && Date.now() < deadline) await sleep(200);
-      const makespan = sim.lastCompletedAt - (performance.timeOrigin + t0);
-      // The coordinator has recorded every run's end once every plan left RUNNING.
+      // Done when every plan has left RUNNING in the coordinator (failed runs never finish in the
+      // simulation), checked every 2 s; the makespan is the last simulated completion.
       let open = planIds.length;
+      let failed = 0;
+      let lastCheck = 0;
       while (open > 0 && Date.now() < deadline) {
+        await sleep(500);
+        if (sim.completed < planned && Date.now() - lastCheck < 2000) continue;
+        lastCheck = Date.now();
         open = 0;
-        for (const id of planIds) if ((await cb.client.getPlan({ planId: id })).plan?.state === PlanState.PLAN_STATE_RUNNING) open++;
-        if (open > 0) await sleep(500);
+        failed = 0;
+        for (const id of planIds) {
+          const st = (await cb.client.getPlan({ planId: id })).plan?.state;
+          if (st === PlanState.PLAN_STATE_RUNNING) open++;
+          else if (st === PlanState.PLAN_STATE_FAILED) failed++;
+        }
       }
+      const makespan = sim.lastCompletedAt - (performance.timeOrigin + t0);
       const cpu = cpuSeconds(coord.pid!) - cpu0;
-      const concurrency = Math.min(limits.cluster, old * limits.source, newNodes.length * limits.destination);
+      const concurrency = Math.min(limits.cluster, planIds.length * limits.source, newNodes.length * limits.destination);
       const bound = Math.ceil(planned / concurrency) * migrationMs;
       out(
         `  ${String(n).padStart(5)} ${String(total).padStart(5)} ${String(planIds.length).padStart(6)}  ${fmt(quantile(lat, 0.5), 1).padStart(10)} / ${fmt(quantile(lat, 0.99), 1).padEnd(9)} ${fmt(planIds.length / (submitMs / 1000), 1).padStart(8)}  ${fmt(planned / (submitMs / 1000), 0).padStart(20)}  ${fmt(makespan / 1000, 1).padStart(10)}  ${fmt(bound / 1000, 1).padStart(7)}  ${fmt(bound / makespan, 3).padStart(14)}  ${fmt(cpu, 1).padStart(17)}`,
       );
       if (sim.completed < planned) out(`    (only ${sim.completed}/${planned} migrations completed before the deadline)`);
+      if (failed > 0) out(`    (${failed} plan(s) failed)`);
+      if (downs > 0) out(`    (the coordinator marked nodes down ${downs} times: heartbeats were not served in time)`);
+      if (sim.heartbeatErrors > 0) out(`    (${sim.heartbeatErrors} heartbeats failed)`);
+    } catch (err) {
+      out(`  ${String(n).padStart(5)}: failed: ${err instanceof Error ? err.message : String(err)}${downs > 0 ? ` (the coordinator marked nodes down ${downs} times)` : ''}`);
     } finally {
       await cb?.close();
       await sim?.close();

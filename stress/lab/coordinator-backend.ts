@@ -76,11 +76,12 @@ export class CoordinatorBackend implements LabBackend {
         seen.add(Number(g.guestMonoMs));
         first ??= Date.now();
       }
-      // Heartbeats carry only the latest sample: a running VM whose samples the coordinator does
-      // not relay still gets its baseline time (the history store has the samples either way).
+      // Heartbeats carry only the latest sample, and an idle guest reports none after its first
+      // pass: a VM running long enough counts too (the history store has what samples there are).
       if (vm?.state === 2) running ??= Date.now();
-      const since = first ?? (running !== undefined && Date.now() - running > 10_000 ? running : undefined);
-      if (since !== undefined && Date.now() - since >= opts.minMs && (seen.size >= Math.min(opts.minSamples, 2) || first === undefined)) return;
+      const since = first ?? running;
+      const now = Date.now();
+      if (since !== undefined && now - since >= opts.minMs && (seen.size >= Math.min(opts.minSamples, 2) || (running !== undefined && now - running >= opts.minMs + 5000))) return;
       if (Date.now() > deadline) throw new Error(`guest ${vmName} did not report within ${opts.timeoutMs} ms`);
       await sleep(500, opts.signal);
     }

@@ -59,6 +59,8 @@ export class SimCluster {
   readonly nodeIds: string[];
   /** VM name → node id. */
   readonly vmNode = new Map<string, string>();
+  /** Node id → its VMs (the heartbeat's list). */
+  private readonly byNode = new Map<string, Set<string>>();
   private readonly addresses = new Map<string, string>();
   private readonly migrations = new Map<string, SimMigration>();
   private readonly server = new Server();
@@ -78,31 +80,40 @@ export class SimCluster {
     const c = new SimCluster(o);
     await c.listen();
     const populated = o.populated ?? o.nodes;
-    for (let i = 0; i < populated; i++) for (let v = 0; v < o.vmsPerNode; v++) c.vmNode.set(`vm-${c.nodeIds[i]}-${String(v).padStart(3, '0')}`, c.nodeIds[i]!);
+    for (let i = 0; i < populated; i++) for (let v = 0; v < o.vmsPerNode; v++) c.place(`vm-${c.nodeIds[i]}-${String(v).padStart(3, '0')}`, c.nodeIds[i]!);
     for (let k = 0; k < 8; k++) {
       c.clients.push(createClient('migd.v1.CoordinatorService', CoordinatorServiceService, o.coordinator, { security: { tls: identityFiles(o.certDir, 'migd-node'), serverName: 'migd-coordinator' }, defaultDeadlineMs: 30_000 }));
     }
-    // Register in parallel batches, as a fleet of daemons starting would.
+    // Register in parallel batches, as a fleet of daemons starting would; each node heartbeats
+    // from its registration on, like a node daemon.
     const ids = [...c.nodeIds];
     await Promise.all(
       c.clients.map(async (client, k) => {
         for (let i = k; i < ids.length; i += c.clients.length) {
           const r = await client.registerNode({ host: c.hostInfo(ids[i]!) });
           c.heartbeatMs = r.heartbeatIntervalMs || c.heartbeatMs;
-          await client.heartbeat({ host: c.hostInfo(ids[i]!), vms: c.vmsOf(ids[i]!) });
+          await c.beat(client, ids[i]!);
+          c.timers.push(setInterval(() => void c.beat(client, ids[i]!), c.heartbeatMs));
         }
       }),
     );
-    // Staggered heartbeats, each node every heartbeatMs.
-    c.nodeIds.forEach((id, i) => {
-      const client = c.clients[i % c.clients.length]!;
-      const start = setTimeout(() => {
-        const t = setInterval(() => void client.heartbeat({ host: c.hostInfo(id), vms: c.vmsOf(id) }).catch(() => undefined), c.heartbeatMs);
-        c.timers.push(t);
-      }, Math.floor((i / c.nodeIds.length) * c.heartbeatMs));
-      c.timers.push(start);
-    });
     return c;
+  }
+
+  /** Failed heartbeats (other than the re-registrations they caused). */
+  heartbeatErrors = 0;
+
+  /** One heartbeat; a coordinator that forgot the node (marked down, restarted) gets a registration first, as a node daemon does. */
+  private async beat(client: RpcClient<typeof CoordinatorServiceService>, id: string): Promise<void> {
+    try {
+      await client.heartbeat({ host: this.hostInfo(id), vms: this.vmsOf(id) });
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'NOT_FOUND') {
+        this.heartbeatErrors++;
+        return;
+      }
+      await client.registerNode({ host: this.hostInfo(id) }).catch(() => this.heartbeatErrors++);
+    }
   }
 
   private async listen(): Promise<void> {
@@ -129,10 +140,18 @@ export class SimCluster {
     });
   }
 
+  private place(vm: string, nodeId: string): void {
+    const prev = this.vmNode.get(vm);
+    if (prev !== undefined) this.byNode.get(prev)?.delete(vm);
+    this.vmNode.set(vm, nodeId);
+    let set = this.byNode.get(nodeId);
+    if (!set) this.byNode.set(nodeId, (set = new Set()));
+    set.add(vm);
+  }
+
   vmsOf(id: string): VmInfo[] {
     const out: VmInfo[] = [];
-    for (const [name, node] of this.vmNode) {
-      if (node !== id) continue;
+    for (const name of this.byNode.get(id) ?? []) {
       out.push({
         spec: { name, memoryMib: this.o.vmMemoryMib ?? 1024, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: '' },
         nodeId: id,
@@ -187,7 +206,7 @@ export class SimCluster {
         m.info.finishedAt = new Date();
         m.info.stats = { totalTimeMs: e, downtimeMs: 20, setupTimeMs: 5, transferredBytes: bytes, passes: 1, postcopyRequests: 0, sourceCpuSeconds: e / 1000, destinationCpuSeconds: e / 4000, integrityErrors: 0, pagesVerifiedAfter: 1, maxThrottlePct: 0, recoveries: 0 };
         m.done = true;
-        this.vmNode.set(m.info.vmName, m.info.destination?.nodeId ?? '');
+        this.place(m.info.vmName, m.info.destination?.nodeId ?? '');
         this.completed++;
         this.lastCompletedAt = Date.now();
         this.publish(m, { update: { $case: 'result', value: m.info } });
@@ -242,10 +261,12 @@ export class SimCluster {
     return h;
   }
 
-  async close(): Promise<void> {
+  close(): Promise<void> {
     for (const t of this.timers) clearTimeout(t);
     this.timers = [];
     for (const c of this.clients) c.close();
-    await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+    // Watch streams of runs the coordinator gave up on never end by themselves: no graceful wait.
+    this.server.forceShutdown();
+    return Promise.resolve();
   }
 }

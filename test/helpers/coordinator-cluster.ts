@@ -45,7 +45,7 @@ export async function startCoordinatorProcess(o: CoordinatorProcessOptions): Pro
   const entry = join(repoRoot(), 'dist', 'services', 'coordinator', 'main.js');
   if (!existsSync(entry)) throw new Error(`${entry} is missing: run 'npm run build'`);
   const args = [entry, '--listen', o.listen, '--db', o.db, '--tls-dir', o.certDir, ...(o.nats ? ['--nats', o.nats] : []), ...(o.args ?? [])];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'info' } });
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MIGD_LOG_LEVEL: 'info' } }); // tests read its info lines (CI sets warn)
   const logs: string[] = [];
   createInterface({ input: child.stderr! }).on('line', (l) => {
     logs.push(l);

@@ -18,18 +18,18 @@
  * a–c run a real cluster in network namespaces (root, QEMU, nats-server, built dist/); d needs only
  * the coordinator and nats-server. Everything started is stopped at the end, also on failure.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { createConnection, createServer, type Socket } from 'node:net';
+import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { createInterface } from 'node:readline';
 import { MigrationPolicy, MigrationState, PolicyKind, WorkloadPattern, type VmSpec } from '../services/shared/gen/migd/v1/common.js';
 import { PlanState } from '../services/shared/gen/migd/v1/coordinator.js';
 import { buildGuestCmdline } from '../services/shared/guest/workload.js';
 import { ensurePki } from '../services/shared/pki.js';
+import { freePortOn, natsServerBinary, startService, stopChild } from '../services/testbed/cluster.js';
 import { ensureGuestImage } from '../stress/image/build.js';
 import { sleep } from '../stress/lab/backend.js';
 import { coordinatorEntry, startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
@@ -68,7 +68,10 @@ function idleSpec(name: string, memoryMib: number, bytesPerWorker: number): VmSp
     kernelPath: '',
     initrdPath: '',
     extraCmdline: '',
-    workload: { pattern: WorkloadPattern.WORKLOAD_PATTERN_IDLE, workers: 1, bytesPerWorker, rateBytesPerSec: 0, hotBytes: 0, verify: true },
+    // "Idle" for the migration: the region is written once, then one 4 KiB page is rewritten over
+    // and over (QEMU sees one dirty page per pass). Not the `idle` pattern: a guest that only
+    // heart-beats is never confirmed alive on the destination (GUEST_NOT_ALIVE_ON_DESTINATION).
+    workload: { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, workers: 1, bytesPerWorker, rateBytesPerSec: 0, hotBytes: 4096, verify: true },
     labels: {},
     antiAffinityGroup: '',
     uuid: '',
@@ -136,22 +139,10 @@ class MiniQmp {
   }
 }
 
-async function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const a = srv.address();
-      const port = typeof a === 'object' && a !== null ? a.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
 /** One bare migration a → b of an idle guest; returns ms from starting the destination QEMU to the guest running there. */
 async function bareMigration(cluster: LabCluster, dir: string, memoryMib: number, bytesPerWorker: number): Promise<{ totalMs: number; qemuMs: number; downtimeMs: number }> {
   const image = await ensureGuestImage();
-  const append = buildGuestCmdline({ pattern: 'idle', workers: 1, bytesPerWorker }, { guestMemoryBytes: memoryMib * MiB });
+  const append = buildGuestCmdline({ pattern: 'hotcold', workers: 1, bytesPerWorker, hotBytes: 4096 }, { guestMemoryBytes: memoryMib * MiB });
   const base = (tag: string): string[] => [
     '-name', `bare-${tag}`, '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     '-machine', 'pc-i440fx-10.0', '-accel', 'tcg', '-m', `${memoryMib}M`, '-smp', '1',
@@ -204,8 +195,8 @@ async function migdMigration(cb: CoordinatorBackend, name: string, memoryMib: nu
     const t0 = performance.now();
     const r = await cb.migrate({ key: `bench.${name}`, vmName: name, memoryMib, sourceNodeId: 'a', destinationNodeId: 'b', policy: FIXED_PRECOPY, label: 'bench', timeLimitMs: 300_000 });
     const t1 = performance.now();
-    if (r.outcome !== 'succeeded') throw new Error(`migd migration ${name} ${r.outcome}`);
     const run = (await cb.client.getRun({ runId: r.runId })).run!;
+    if (r.outcome !== 'succeeded') throw new Error(`migd migration ${name} ${r.outcome}: ${run.error?.reason ?? ''} ${run.error?.message ?? ''}`);
     const s = run.stats!;
     return { totalMs: t1 - t0, qemuMs: Number(s.totalTimeMs), downtimeMs: Number(s.downtimeMs), transferred: Number(s.transferredBytes), setupMs: Number(s.setupTimeMs) };
   } finally {
@@ -293,6 +284,7 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
 // --------------------------------------------------------------------------------------------
 // d. scale with simulated nodes
 
+/** Root-namespace services started here, killed if the process exits early. */
 const started = new Set<ChildProcess>();
 const workDirs = new Set<string>();
 process.once('exit', () => {
@@ -300,41 +292,6 @@ process.once('exit', () => {
   for (const d of workDirs) rmSync(d, { recursive: true, force: true });
 });
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
-
-async function startProc(cmd: string, args: string[], ready: (l: string) => boolean, label: string, onLine?: (l: string) => void): Promise<ChildProcess> {
-  const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MIGD_LOG_LEVEL: 'warn' } });
-  started.add(p);
-  p.once('exit', () => started.delete(p));
-  const tail: string[] = [];
-  await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`${label} not ready:\n${tail.join('\n')}`)), 30_000);
-    const on = (l: string): void => {
-      onLine?.(l);
-      tail.push(l);
-      if (tail.length > 20) tail.shift();
-      if (ready(l)) {
-        clearTimeout(t);
-        resolve();
-      }
-    };
-    createInterface({ input: p.stdout! }).on('line', on);
-    createInterface({ input: p.stderr! }).on('line', on);
-    p.once('exit', (c) => {
-      clearTimeout(t);
-      reject(new Error(`${label} exited ${c}:\n${tail.join('\n')}`));
-    });
-  });
-  return p;
-}
-
-async function stop(p: ChildProcess | undefined): Promise<void> {
-  if (!p || p.exitCode !== null || p.signalCode !== null) return;
-  const e = new Promise((r) => p.once('exit', r));
-  p.kill('SIGTERM');
-  const t = setTimeout(() => p.kill('SIGKILL'), 5000);
-  await e;
-  clearTimeout(t);
-}
 
 async function partD(): Promise<void> {
   const entry = coordinatorEntry();
@@ -357,20 +314,21 @@ async function partD(): Promise<void> {
     let downs = 0;
     try {
       await mkdir(join(work, 'nats'));
-      const natsPort = await freePort();
-      const natsBin = existsSync('/usr/sbin/nats-server') ? '/usr/sbin/nats-server' : 'nats-server';
-      nats = await startProc(natsBin, ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', join(work, 'nats')], (l) => l.includes('Server is ready'), 'nats-server');
-      const port = await freePort();
+      const natsPort = await freePortOn('127.0.0.1');
+      nats = await startService('nats', natsServerBinary(), ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', join(work, 'nats')], (l) => l.includes('Server is ready'), () => undefined);
+      started.add(nats);
+      const port = await freePortOn('127.0.0.1');
       const addr = `127.0.0.1:${port}`;
-      coord = await startProc(
+      coord = await startService(
+        'coordinator',
         process.execPath,
         [entry, '--listen', addr, '--db', join(work, 'history.sqlite'), '--nats', `nats://127.0.0.1:${natsPort}`, '--tls-dir', certDir, '--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES)],
         (l) => l.includes('"ready":true'),
-        'coordinator',
         (l) => {
           if (l.includes('node marked down')) downs++;
         },
       );
+      started.add(coord);
       // Half the nodes hold the VMs (2 × vmsPerNode each), the other half receive them.
       const old = Math.max(1, Math.floor(n / 2));
       sim = await SimCluster.start({ nodes: n, populated: old, vmsPerNode: VMS_PER_NODE * 2, vmMemoryMib: 1024, migrationMs, progressMs: 250, coordinator: addr, certDir });
@@ -427,8 +385,8 @@ async function partD(): Promise<void> {
     } finally {
       await cb?.close();
       await sim?.close();
-      await stop(coord);
-      await stop(nats);
+      await stopChild(coord);
+      await stopChild(nats);
       await rm(work, { recursive: true, force: true });
     }
   }

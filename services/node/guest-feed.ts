@@ -4,7 +4,7 @@
  */
 import { Broadcast } from '../shared/broadcast.js';
 import type { GuestPerfSample } from '../shared/gen/migd/v1/common.js';
-import { GuestTelemetryParser } from '../shared/guest/telemetry.js';
+import { GuestTelemetryParser, type GuestPerfSample as ParsedSample } from '../shared/guest/telemetry.js';
 import type { Logger } from '../shared/log.js';
 import type { SerialSubscription } from './vm/serial.js';
 
@@ -33,21 +33,15 @@ export class GuestFeed {
           this.console.publish(chunk);
           for (const ev of parser.push(Buffer.from(chunk))) {
             if (ev.type === 'pass') this.passes.set(ev.worker, ev.pass);
+            if (ev.type === 'verify' && Date.now() - (this.last?.hostMs ?? 0) > 1000) {
+              // A guest that writes nothing (idle pattern) still verifies its memory: report
+              // that as a heartbeat-only sample (ms_per_gib 0), so it is seen alive and intact.
+              const integrity = parser.integrity();
+              this.publish({ worker: -1, msPerGib: 0, guestMonoMs: ev.guestMonoMs, hostMs: ev.hostMs, pagesVerified: integrity.pagesVerified, integrityErrors: integrity.errors, heartbeatGapMs: 0 });
+              continue;
+            }
             if (ev.type !== 'sample') continue;
-            const s = ev.sample;
-            const sample: GuestPerfSample = {
-              time: new Date(s.hostMs),
-              guestMonoMs: Math.round(s.guestMonoMs),
-              worker: s.worker,
-              msPerGib: s.msPerGib,
-              pass: s.worker >= 0 ? (this.passes.get(s.worker) ?? 0) : Math.max(0, ...this.passes.values()),
-              pagesVerified: s.pagesVerified,
-              integrityErrors: s.integrityErrors,
-              heartbeatGapMs: Math.round(s.heartbeatGapMs),
-              vmName: this.vmName,
-            };
-            this.last = { sample, hostMs: Date.now() };
-            this.samples.publish(sample);
+            this.publish(ev.sample);
           }
         }
         return;
@@ -57,6 +51,22 @@ export class GuestFeed {
         await new Promise((r) => setTimeout(r, 200));
       }
     }
+  }
+
+  private publish(s: ParsedSample): void {
+    const sample: GuestPerfSample = {
+      time: new Date(s.hostMs),
+      guestMonoMs: Math.round(s.guestMonoMs),
+      worker: s.worker,
+      msPerGib: s.msPerGib,
+      pass: s.worker >= 0 ? (this.passes.get(s.worker) ?? 0) : Math.max(0, ...this.passes.values()),
+      pagesVerified: s.pagesVerified,
+      integrityErrors: s.integrityErrors,
+      heartbeatGapMs: Math.round(s.heartbeatGapMs),
+      vmName: this.vmName,
+    };
+    this.last = { sample, hostMs: Date.now() };
+    this.samples.publish(sample);
   }
 
   /** The latest sample and when it arrived (host ms). */

@@ -70,7 +70,10 @@ export function buildReportData(input: ReportInput): ReportData {
     .sort((a, b) => (order.get(a.scenario) ?? 1e9) - (order.get(b.scenario) ?? 1e9) || a.repetition - b.repetition)
     .map((r) => {
       const s = meta.get(r.scenario);
-      const figures = runFigures(r.timeline, { baselineWindowMs: s?.limits.baselineMs ? Math.max(s.limits.baselineMs, 5000) : undefined });
+      // The baseline is every guest sample in the minute before the migration (the store's guest
+      // window): outside runs the coordinator keeps one sample per heartbeat, so the lab's own
+      // baseline phase alone may hold only one or two.
+      const figures = runFigures(r.timeline);
       const kind = r.timeline.run?.policy?.kind ?? s?.policy.kind ?? 0;
       return {
         scenario: r.scenario,
@@ -82,7 +85,7 @@ export function buildReportData(input: ReportInput): ReportData {
         note: r.note ?? '',
         policy: policyName(kind),
         figures,
-        series: runSeries(r.timeline, { baselineWindowMs: s?.limits.baselineMs ? Math.max(s.limits.baselineMs, 5000) : undefined }),
+        series: runSeries(r.timeline),
       };
     });
   const summaries = summarize(runs.map((r) => ({ group: r.group, label: r.label, figures: r.figures })));

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MigrationState } from '../../../services/shared/gen/migd/v1/common.js';
+import { MigrationState, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
 import { followMigration, guestSpec, policy, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
 
 describe('node daemons: pre-copy between two namespaces', () => {
@@ -36,5 +36,18 @@ describe('node daemons: pre-copy between two namespaces', () => {
     const vmOnB = await b.getVm({ name: 'vm1' });
     expect(vmOnB.vm?.state).toBe(2);
     console.log(`pre-copy: total ${trace.result.stats!.totalTimeMs} ms, downtime ${trace.result.stats!.downtimeMs} ms, passes ${trace.result.stats!.passes}, src cpu ${trace.result.stats!.sourceCpuSeconds.toFixed(2)} s, dst cpu ${trace.result.stats!.destinationCpuSeconds.toFixed(2)} s`);
+  });
+
+  it('confirms an idle guest (which only verifies, never writes) alive on the destination', async () => {
+    const a = c.clients['b']!;
+    await a.createVm({ spec: guestSpec('idle1', { pattern: WorkloadPattern.WORKLOAD_PATTERN_IDLE }) });
+    await waitForGuest(a, 'idle1', 1, 30_000, (s) => s.pagesVerified > 0);
+    const dest = { nodeId: 'a', managementAddress: c.nodes['a']!.address, migrationAddress: c.tb.host('a').migrationAddress };
+    await a.startMigration({ runId: 'run-idle-1', vmName: 'idle1', destination: dest, policy: policy({}) });
+    const trace = await followMigration(a, 'run-idle-1');
+    expect(trace.result.error?.message ?? '').toBe('');
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    expect(trace.result.stats!.integrityErrors).toBe(0);
+    await c.clients['a']!.destroyVm({ name: 'idle1' });
   });
 });

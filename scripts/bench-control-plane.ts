@@ -29,7 +29,8 @@ import { MigrationPolicy, MigrationState, PolicyKind, WorkloadPattern, type VmSp
 import { PlanState } from '../services/shared/gen/migd/v1/coordinator.js';
 import { buildGuestCmdline } from '../services/shared/guest/workload.js';
 import { ensurePki } from '../services/shared/pki.js';
-import { freePortOn, natsServerBinary, startService, stopChild } from '../services/testbed/cluster.js';
+import { freePort } from '../services/shared/net.js';
+import { natsServerBinary, startService, stopChild } from '../services/testbed/cluster.js';
 import { ensureGuestImage } from '../stress/image/build.js';
 import { sleep } from '../stress/lab/backend.js';
 import { coordinatorEntry, startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
@@ -314,10 +315,10 @@ async function partD(): Promise<void> {
     let downs = 0;
     try {
       await mkdir(join(work, 'nats'));
-      const natsPort = await freePortOn('127.0.0.1');
+      const natsPort = await freePort('127.0.0.1');
       nats = await startService('nats', natsServerBinary(), ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', join(work, 'nats')], (l) => l.includes('Server is ready'), () => undefined);
       started.add(nats);
-      const port = await freePortOn('127.0.0.1');
+      const port = await freePort('127.0.0.1');
       const addr = `127.0.0.1:${port}`;
       coord = await startService(
         'coordinator',

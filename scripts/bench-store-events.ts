@@ -16,7 +16,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -27,6 +26,7 @@ import { startOutboxRelay, type OutboxRelay } from '../services/shared/events/re
 import { subscribeRun } from '../services/shared/events/subscriber.js';
 import { MigrationState, PolicyKind } from '../services/shared/gen/migd/v1/common.js';
 import { createLogger } from '../services/shared/log.js';
+import { freePort } from '../services/shared/net.js';
 
 const quiet = createLogger('bench', {}, () => undefined, 'error');
 
@@ -42,17 +42,6 @@ const RUNS = arg('runs', 20);
 const LATENCY_EVENTS = arg('latency', 1000);
 const INTERVAL_MS = arg('interval-ms', 5);
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const a = srv.address();
-      const port = typeof a === 'object' && a !== null ? a.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function startNats(storeDir: string): Promise<{ proc: ChildProcess; url: string }> {
   const bin = process.env['NATS_SERVER_BIN'] ?? (existsSync('/usr/sbin/nats-server') ? '/usr/sbin/nats-server' : 'nats-server');

@@ -8,7 +8,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { DependencyError, UnavailableError } from '../shared/errors.js';
@@ -18,6 +17,7 @@ import { ensurePki, identityFiles } from '../shared/pki.js';
 import { createClient, type RpcClient } from '../shared/rpc/client.js';
 import { startNodeDaemon, type NodeProcess } from './nodes.js';
 import { Testbed } from './testbed.js';
+import { freePort } from '../shared/net.js';
 
 export type CoordinatorClient = RpcClient<typeof CoordinatorServiceService>;
 
@@ -63,18 +63,6 @@ export function natsServerBinary(): string {
   return p;
 }
 
-/** A free TCP port on `host`. */
-export async function freePortOn(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const a = srv.address();
-      const port = typeof a === 'object' && a !== null ? a.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** Spawns a root-namespace service and waits until a line of its output says it is ready. */
 export async function startService(name: string, cmd: string, args: readonly string[], ready: (line: string) => boolean, onLog: (l: string) => void, timeoutMs = 30_000): Promise<ChildProcess> {
@@ -146,12 +134,12 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     const entry = coordinatorEntry();
     const natsBin = natsServerBinary();
     tb = await Testbed.create({ hosts: [...hosts] });
-    const natsPort = await freePortOn('127.0.0.1');
+    const natsPort = await freePort('127.0.0.1');
     const natsDir = join(opts.workDir, 'nats');
     mkdirSync(natsDir, { recursive: true });
     nats = await startService('nats', natsBin, ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', natsDir], (l) => l.includes('Server is ready'), onLog);
     const natsUrl = `nats://127.0.0.1:${natsPort}`;
-    const coordinatorAddress = `${tb.rootAddress}:${opts.coordinatorPort ?? (await freePortOn(tb.rootAddress))}`;
+    const coordinatorAddress = `${tb.rootAddress}:${opts.coordinatorPort ?? (await freePort(tb.rootAddress))}`;
     coordinator = await startService(
       'coordinator',
       process.execPath,

@@ -119,7 +119,7 @@ export async function startCoordinatorCluster(hosts: string[], opts: { coordinat
     nats = await startNatsServer();
     nc = await connectTest(nats);
     tb = await Testbed.create({ hosts });
-    const listen = `${tb.rootAddress}:${await freePort()}`;
+    const listen = `${tb.rootAddress}:${await freePort(tb.rootAddress)}`;
     const args = [...TEST_COORDINATOR_ARGS, ...(opts.coordinatorArgs ?? [])];
     const startCoordinator = (): Promise<CoordinatorProcess> => startCoordinatorProcess({ listen, db: join(dir, 'history.sqlite'), nats: nats!.url, certDir, args });
     coordinator = await startCoordinator();

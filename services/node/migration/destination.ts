@@ -4,25 +4,13 @@
  * node's migration address; out-of-band pause and recover for post-copy recovery; and the check
  * that the guest is alive here (its workload reporting) before the source is told it may go.
  */
-import { createServer } from 'node:net';
 import { DeadlineExceededError, FailedPreconditionError } from '../../shared/errors.js';
 import type { GuestPerfSample, MigrationPolicy } from '../../shared/gen/migd/v1/common.js';
 import type { Logger } from '../../shared/log.js';
 import type { MigrationConfig } from './config.js';
 import { capabilityList, type MigratableVm, type VmHost } from './types.js';
+import { freePort } from '../../shared/net.js';
 
-/** Picks a free TCP port on `address` (in the daemon's network namespace). */
-export async function freePort(address: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, address, () => {
-      const a = srv.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 function uriFor(address: string, port: number): string {
   return address.includes(':') ? `tcp:[${address}]:${port}` : `tcp:${address}:${port}`;

@@ -2,7 +2,7 @@
  * The scenario lab (stress/lab/): runs a comparison or one scenario against a migd cluster and
  * writes a self-contained HTML report (and a PNG of it) next to its results.
  *
- *   npm run lab -- <comparison|scenario> [--quick] [--resume] [--out DIR]
+ *   npm run lab -- <comparison|scenario> [--quick | --repetitions N] [--resume] [--out DIR]
  *                  [--coordinator HOST:PORT [--cert-dir DIR]] [--direct] [--no-png]
  *   npm run lab -- <comparison|scenario> --report-only [--out DIR]
  *   npm run lab -- --list
@@ -13,7 +13,8 @@
  * directly with the coordinator's policy code in-process. With --coordinator the cluster is
  * someone else's and links are not shaped (the scenarios' links are only recorded).
  * Default --out: test-output/lab/<target>[-quick]. Ctrl-C stops after cleaning up; --resume then
- * continues with the scenario/repetition pairs not yet recorded.
+ * continues with the scenario/repetition pairs not yet recorded. --repetitions N runs every
+ * scenario N times instead of its own count (3 for the seed tables).
  */
 import { execFileSync } from 'node:child_process';
 import { cpus } from 'node:os';
@@ -29,6 +30,7 @@ import { COMPARISONS, resolveTarget, type LabLink } from '../stress/lab/scenario
 interface Args {
   target?: string;
   quick: boolean;
+  repetitions?: number;
   resume: boolean;
   out?: string;
   coordinator?: string;
@@ -51,6 +53,12 @@ function parseArgs(argv: readonly string[]): Args {
     };
     if (x === '--quick') a.quick = true;
     else if (x === '--resume') a.resume = true;
+    else if (x === '--repetitions' || x === '-n') {
+      const v = value();
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > 100) throw new Error(`${x} must be a whole number from 1 to 100, not "${v}"`);
+      a.repetitions = n;
+    }
     else if (x === '--out') a.out = value();
     else if (x === '--coordinator') a.coordinator = value();
     else if (x === '--cert-dir') a.certDir = value();
@@ -68,7 +76,7 @@ function parseArgs(argv: readonly string[]): Args {
 }
 
 function list(): void {
-  console.log('usage: npm run lab -- <comparison|scenario> [--quick] [--resume] [--out DIR] [--coordinator HOST:PORT [--cert-dir DIR]] [--direct] [--no-png] [--report-only]\n');
+  console.log('usage: npm run lab -- <comparison|scenario> [--quick | --repetitions N] [--resume] [--out DIR] [--coordinator HOST:PORT [--cert-dir DIR]] [--direct] [--no-png] [--report-only]\n');
   for (const c of COMPARISONS) {
     const runs = c.scenarios.reduce((n, s) => n + s.repetitions, 0);
     console.log(`${c.name}  (${c.scenarios.length} scenarios, ${runs} runs; --quick: ${c.quick?.length ?? c.scenarios.length} runs)\n  ${c.title}`);
@@ -86,11 +94,12 @@ function qemuVersion(): string {
 
 async function main(): Promise<number> {
   const args = parseArgs(process.argv.slice(2));
+  if (args.quick && args.repetitions !== undefined) throw new Error('--quick and --repetitions do not go together: --quick runs its subset once each');
   if (args.list || !args.target) {
     list();
     return args.target || args.list ? 0 : 2;
   }
-  const comparison = resolveTarget(args.target, { quick: args.quick });
+  const comparison = resolveTarget(args.target, { quick: args.quick, repetitions: args.repetitions });
   if (!comparison) {
     console.error(`lab: no comparison or scenario named "${args.target}" (npm run lab -- --list)`);
     return 2;

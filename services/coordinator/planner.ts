@@ -87,8 +87,9 @@ export class Planner {
       }
       const draft = draftPlan(cluster, req, { limits: this.o.limits });
       const planId = this.newId();
+      const memoryOf = new Map(cluster.vms.map((v) => [v.name, v.memoryMib]));
       const runs: (Omit<CreateRunInput, 'planId'> & { id: string; order: number })[] = draft.migrations.map((m) => {
-        const memoryMib = findVm(cluster, m.vmName)?.memoryMib ?? 0;
+        const memoryMib = memoryOf.get(m.vmName) ?? 0;
         return {
           id: this.newId(),
           order: m.order,
@@ -114,9 +115,9 @@ export class Planner {
       });
       if (created.existing) return created;
       this.o.log.info('plan submitted', { planId, key, target: target.$case, runs: runs.length, order: draft.orderingReason });
-      const stored = await this.o.store.listPlanRuns(planId);
+      const stored = new Map((await this.o.store.listPlanRuns(planId)).map((s) => [s.id, s]));
       for (const r of runs) {
-        const run = stored.find((s) => s.id === r.id);
+        const run = stored.get(r.id);
         if (run) this.o.runs.enqueue(run, r.order);
       }
       if (runs.length === 0) await this.o.runs.updatePlan(planId);

@@ -480,14 +480,20 @@ export function allScenarios(): Scenario[] {
 
 /**
  * The comparison named `name`, or a one-scenario comparison for a scenario name; with `quick`,
- * only its quick subset, once each. Undefined when nothing has that name.
+ * only its quick subset, once each; with `repetitions`, every scenario that many times. Undefined
+ * when nothing has that name.
  */
-export function resolveTarget(name: string, opts: { quick?: boolean } = {}): Comparison | undefined {
+export function resolveTarget(name: string, opts: { quick?: boolean; repetitions?: number | undefined } = {}): Comparison | undefined {
   let c = COMPARISONS.find((x) => x.name === name);
   if (!c) {
     const s = allScenarios().find((x) => x.name === name);
     if (!s) return undefined;
     c = { name: s.name, title: s.title, description: s.source ?? '', scenarios: [s] };
+  }
+  if (opts.repetitions !== undefined) {
+    const n = opts.repetitions;
+    if (!Number.isInteger(n) || n < 1) throw new RangeError(`repetitions must be a whole number >= 1, not ${n}`);
+    c = { ...c, scenarios: c.scenarios.map((s) => ({ ...s, repetitions: n })) };
   }
   if (!opts.quick) return c;
   const keep = c.quick ? new Set(c.quick) : undefined;

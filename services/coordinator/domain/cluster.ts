@@ -105,6 +105,88 @@ export function inboundReservations(moves: readonly PlannedMove[], nodeId: strin
 }
 
 /**
+ * Lookups over one snapshot for placement, built once per plan and kept current as the plan adds
+ * moves, so placing each VM of a large drain costs O(nodes) instead of O(nodes × (VMs + moves)):
+ * nodes and VMs by name, inbound reservations per node, where each VM is (or will be once the
+ * planned moves are done), and per anti-affinity group the VMs on each node.
+ */
+export class ClusterIndex {
+  private readonly nodes = new Map<string, NodeModel>();
+  private readonly vms = new Map<string, VmModel>();
+  private readonly reserved = new Map<string, { bytes: number; count: number }>();
+  private readonly at = new Map<string, string>();
+  /** group → node → VM names, in insertion order. */
+  private readonly groups = new Map<string, Map<string, Set<string>>>();
+  private readonly moving = new Set<string>();
+
+  /** Indexes `cluster` with its own planned moves, then `extra` (see {@link allMoves}). */
+  constructor(
+    readonly cluster: ClusterModel,
+    extra: readonly PlannedMove[] = [],
+  ) {
+    for (const n of cluster.nodes) if (!this.nodes.has(n.id)) this.nodes.set(n.id, n);
+    for (const v of cluster.vms) {
+      if (this.vms.has(v.name)) continue;
+      this.vms.set(v.name, v);
+      this.place(v.name, v.nodeId);
+    }
+    for (const m of allMoves(cluster, extra)) this.addMove(m);
+  }
+
+  node(id: string): NodeModel | undefined {
+    return this.nodes.get(id);
+  }
+
+  vm(name: string): VmModel | undefined {
+    return this.vms.get(name);
+  }
+
+  /** A planned move of this VM is known (the cluster's, or one added since). */
+  isMoving(vmName: string): boolean {
+    return this.moving.has(vmName);
+  }
+
+  /** Memory and count of planned moves into `nodeId` (see {@link inboundReservations}). */
+  reservations(nodeId: string): { bytes: number; count: number } {
+    return this.reserved.get(nodeId) ?? { bytes: 0, count: 0 };
+  }
+
+  /** Where the VM is, or will be once the planned moves are done (see {@link effectiveLocations}). */
+  location(vmName: string): string | undefined {
+    return this.at.get(vmName);
+  }
+
+  /** The VMs of `group` on `nodeId`, counting planned moves. */
+  groupOn(group: string, nodeId: string): Iterable<string> {
+    return this.groups.get(group)?.get(nodeId) ?? [];
+  }
+
+  /** Records one more planned move: reserves its memory on `to` and relocates the VM there. */
+  addMove(m: PlannedMove): void {
+    this.moving.add(m.vmName);
+    const r = this.reserved.get(m.to);
+    if (r) {
+      r.bytes += m.memoryBytes;
+      r.count++;
+    } else this.reserved.set(m.to, { bytes: m.memoryBytes, count: 1 });
+    this.place(m.vmName, m.to);
+  }
+
+  private place(vmName: string, nodeId: string): void {
+    const group = this.vms.get(vmName)?.antiAffinityGroup;
+    const was = this.at.get(vmName);
+    this.at.set(vmName, nodeId);
+    if (!group) return;
+    let byNode = this.groups.get(group);
+    if (!byNode) this.groups.set(group, (byNode = new Map()));
+    if (was !== undefined) byNode.get(was)?.delete(vmName);
+    let names = byNode.get(nodeId);
+    if (!names) byNode.set(nodeId, (names = new Set()));
+    names.add(vmName);
+  }
+}
+
+/**
  * Builds the model from the coordinator's proto view of the cluster. The incoming half of a
  * running migration (a VM_STATE_INCOMING entry on the destination) becomes a {@link PlannedMove}
  * rather than a second VM of the same name, so its memory is reserved and anti-affinity sees the
@@ -117,12 +199,18 @@ export function clusterFromProto(
   opts: { links?: readonly LinkEstimate[]; plannedMoves?: readonly PlannedMove[]; dirtyRates?: ReadonlyMap<string, number> } = {},
 ): ClusterModel {
   const residents = vms.filter((v) => v.state !== VmState.VM_STATE_INCOMING);
+  const residentNode = new Map<string, string>();
+  for (const r of residents) {
+    const name = r.spec?.name ?? '';
+    if (!residentNode.has(name)) residentNode.set(name, r.nodeId);
+  }
   const moves: PlannedMove[] = [...(opts.plannedMoves ?? [])];
+  const moved = new Set(moves.map((m) => m.vmName));
   for (const v of vms) {
     const name = v.spec?.name ?? '';
-    if (v.state !== VmState.VM_STATE_INCOMING || moves.some((m) => m.vmName === name)) continue;
-    const from = residents.find((r) => r.spec?.name === name)?.nodeId ?? '';
-    moves.push({ vmName: name, from, to: v.nodeId, memoryBytes: (v.spec?.memoryMib ?? 0) * MiB });
+    if (v.state !== VmState.VM_STATE_INCOMING || moved.has(name)) continue;
+    moves.push({ vmName: name, from: residentNode.get(name) ?? '', to: v.nodeId, memoryBytes: (v.spec?.memoryMib ?? 0) * MiB });
+    moved.add(name);
   }
   return {
     nodes: nodes.map((n) => ({
@@ -140,7 +228,7 @@ export function clusterFromProto(
         memoryMib: v.spec?.memoryMib ?? 0,
         antiAffinityGroup: v.spec?.antiAffinityGroup || undefined,
         dirtyRateBytesPerSec: opts.dirtyRates?.get(name),
-        migrating: v.state === VmState.VM_STATE_MIGRATING || v.migrationRunId !== '' || moves.some((m) => m.vmName === name),
+        migrating: v.state === VmState.VM_STATE_MIGRATING || v.migrationRunId !== '' || moved.has(name),
       };
     }),
     links: opts.links,

@@ -28,7 +28,7 @@
  */
 import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
 import { MigrationPolicy, PolicyKind } from '../../shared/gen/migd/v1/common.js';
-import { type ClusterModel, type PlannedMove, findNode, linkBandwidth, vmMemoryBytes } from './cluster.js';
+import { type ClusterModel, ClusterIndex, findNode, linkBandwidth, vmMemoryBytes } from './cluster.js';
 import { placeVm } from './placement.js';
 import { policyFor } from './policy/factory.js';
 import type { ConvergencePolicy } from './policy/types.js';
@@ -257,7 +257,9 @@ export function planDrain(cluster: ClusterModel, request: DrainRequest): DrainPl
   const vms = cluster.vms.filter((v) => v.nodeId === source.id && !v.migrating && !leaving.has(v.name));
 
   // Placement, first-fit-decreasing: the biggest VMs are the hardest to fit.
-  const moves: PlannedMove[] = [];
+  // One index for the whole drain, each placement's move added to it, so placing n VMs over N
+  // nodes costs O(n·N) rather than O(n·N·(VMs + moves)).
+  const index = new ClusterIndex(cluster);
   const placed = new Map<string, { destination: string; reason: string; capability: PolicyCapability }>();
   for (const vm of [...vms].sort((a, b) => b.memoryMib - a.memoryMib || (a.name < b.name ? -1 : 1))) {
     const convergence = policyFor(policy, vmMemoryBytes(vm));
@@ -265,9 +267,9 @@ export function planDrain(cluster: ClusterModel, request: DrainRequest): DrainPl
       allowedDestinations: request.destinationNodeIds,
       requiredCapabilities: convergence.requirements.capabilities,
       keepApart: request.keepApart,
-      plannedMoves: moves,
+      index,
     });
-    moves.push(p.move);
+    index.addMove(p.move);
     placed.set(vm.name, { destination: p.destination, reason: p.reason, capability: capabilityOf(convergence) });
   }
 

@@ -9,18 +9,7 @@
  * inbound streams, which compete for the destination's NIC), then the lowest id (determinism).
  */
 import { FailedPreconditionError, NotFoundError, ResourceExhaustedError } from '../../shared/errors.js';
-import {
-  type ClusterModel,
-  type NodeModel,
-  type PlannedMove,
-  type VmModel,
-  allMoves,
-  effectiveLocations,
-  findNode,
-  findVm,
-  inboundReservations,
-  vmMemoryBytes,
-} from './cluster.js';
+import { type ClusterModel, ClusterIndex, type NodeModel, type PlannedMove, type VmModel, vmMemoryBytes } from './cluster.js';
 import { formatBytes } from './units.js';
 
 /** What a placement must respect besides the cluster itself. */
@@ -35,6 +24,16 @@ export interface PlacementOptions {
   readonly keepApart?: readonly string[] | undefined;
   /** Moves planned earlier in the same plan, on top of the cluster's own. */
   readonly plannedMoves?: readonly PlannedMove[] | undefined;
+  /**
+   * A prebuilt index of the same cluster, with the plan's earlier moves already added (a plan
+   * placing many VMs builds it once and calls `addMove` after each placement); `plannedMoves` is
+   * then ignored.
+   */
+  readonly index?: ClusterIndex | undefined;
+}
+
+function indexFor(cluster: ClusterModel, opts: PlacementOptions): ClusterIndex {
+  return opts.index ?? new ClusterIndex(cluster, opts.plannedMoves);
 }
 
 /** The verdict on one candidate node. */
@@ -67,13 +66,18 @@ export interface Placement {
  * @throws NotFoundError unknown VM; FailedPreconditionError VM already migrating, source node
  *   unknown or down, or the source lacks a required capability
  */
-export function migratableVm(cluster: ClusterModel, vmName: string, requiredCapabilities: readonly string[] = []): { vm: VmModel; source: NodeModel } {
-  const vm = findVm(cluster, vmName);
+export function migratableVm(
+  cluster: ClusterModel,
+  vmName: string,
+  requiredCapabilities: readonly string[] = [],
+  index: ClusterIndex = new ClusterIndex(cluster),
+): { vm: VmModel; source: NodeModel } {
+  const vm = index.vm(vmName);
   if (!vm) throw new NotFoundError(`unknown VM "${vmName}"`, { reason: 'UNKNOWN_VM' });
-  if (vm.migrating || allMoves(cluster).some((m) => m.vmName === vmName)) {
+  if (vm.migrating || index.isMoving(vmName)) {
     throw new FailedPreconditionError(`VM "${vmName}" is already migrating`, { reason: 'VM_ALREADY_MIGRATING' });
   }
-  const source = findNode(cluster, vm.nodeId);
+  const source = index.node(vm.nodeId);
   if (!source) throw new FailedPreconditionError(`VM "${vmName}" is on unknown node "${vm.nodeId}"`, { reason: 'SOURCE_UNKNOWN' });
   if (!source.up) throw new FailedPreconditionError(`VM "${vmName}" is on node "${source.id}", which is down: it cannot be migrated live`, { reason: 'SOURCE_DOWN' });
   const missing = requiredCapabilities.filter((c) => !source.capabilities.includes(c));
@@ -83,18 +87,30 @@ export function migratableVm(cluster: ClusterModel, vmName: string, requiredCapa
   return { vm, source };
 }
 
-/** Judges every node as a destination for `vm`. Pure; never throws. */
+/**
+ * Judges every node as a destination for `vm`. Pure; never throws. With `opts.index` it costs
+ * O(nodes + kept-apart VMs); anti-affinity conflicts are listed in the order the VMs were indexed.
+ */
 export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: PlacementOptions = {}): NodeVerdict[] {
-  const moves = allMoves(cluster, opts.plannedMoves);
-  const at = effectiveLocations(cluster, moves);
+  const index = indexFor(cluster, opts);
   const need = vmMemoryBytes(vm);
   const allowed = opts.allowedDestinations && opts.allowedDestinations.length > 0 ? new Set(opts.allowedDestinations) : undefined;
-  const keepApart = new Set(opts.keepApart ?? []);
   const required = opts.requiredCapabilities ?? [];
+  // The other kept-apart VMs, by where they are (or will be).
+  const apartOn = new Map<string, string[]>();
+  if (opts.keepApart?.includes(vm.name)) {
+    for (const name of new Set(opts.keepApart)) {
+      const at = name === vm.name || !index.vm(name) ? undefined : index.location(name);
+      if (at === undefined) continue;
+      const list = apartOn.get(at);
+      if (list) list.push(name);
+      else apartOn.set(at, [name]);
+    }
+  }
 
   return cluster.nodes.map((node) => {
     const problems: string[] = [];
-    const reserved = inboundReservations(moves, node.id);
+    const reserved = index.reservations(node.id);
     const availableBytes = node.memoryFreeBytes - reserved.bytes;
     if (node.id === vm.nodeId) problems.push('is the source');
     if (allowed && !allowed.has(node.id)) problems.push('is not among the requested destinations');
@@ -105,13 +121,16 @@ export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: P
       const reservedNote = reserved.bytes > 0 ? ` after ${formatBytes(reserved.bytes)} reserved by ${reserved.count} planned migration(s)` : '';
       problems.push(`needs ${formatBytes(need)} but has ${formatBytes(Math.max(0, availableBytes))} free${reservedNote}`);
     }
-    for (const other of cluster.vms) {
-      if (other.name === vm.name || at.get(other.name) !== node.id) continue;
-      if (vm.antiAffinityGroup && other.antiAffinityGroup === vm.antiAffinityGroup) {
-        problems.push(`would share the node with "${other.name}" (anti-affinity group "${vm.antiAffinityGroup}")`);
-      } else if (keepApart.has(vm.name) && keepApart.has(other.name)) {
-        problems.push(`would share the node with "${other.name}" (requested to be kept apart)`);
+    const shared = new Set<string>();
+    if (vm.antiAffinityGroup) {
+      for (const other of index.groupOn(vm.antiAffinityGroup, node.id)) {
+        if (other === vm.name) continue;
+        shared.add(other);
+        problems.push(`would share the node with "${other}" (anti-affinity group "${vm.antiAffinityGroup}")`);
       }
+    }
+    for (const other of apartOn.get(node.id) ?? []) {
+      if (!shared.has(other)) problems.push(`would share the node with "${other}" (requested to be kept apart)`);
     }
     return { nodeId: node.id, eligible: problems.length === 0, problems, availableBytes, inbound: reserved.count };
   });
@@ -130,8 +149,9 @@ function rank(a: NodeVerdict, b: NodeVerdict): number {
  *   destination lacks memory, or no node can take the VM (the message says why, per node)
  */
 export function placeVm(cluster: ClusterModel, vmName: string, opts: PlacementOptions = {}): Placement {
-  const { vm, source } = migratableVm(cluster, vmName, opts.requiredCapabilities);
-  const verdicts = evaluateDestinations(cluster, vm, opts);
+  const index = indexFor(cluster, opts);
+  const { vm, source } = migratableVm(cluster, vmName, opts.requiredCapabilities, index);
+  const verdicts = evaluateDestinations(cluster, vm, { ...opts, index });
   const memoryBytes = vmMemoryBytes(vm);
   const placed = (destination: string, reason: string): Placement => ({
     vmName,
@@ -145,7 +165,7 @@ export function placeVm(cluster: ClusterModel, vmName: string, opts: PlacementOp
 
   if (opts.destination !== undefined && opts.destination !== '') {
     const dest = opts.destination;
-    const node = findNode(cluster, dest);
+    const node = index.node(dest);
     if (!node) throw new NotFoundError(`unknown destination node "${dest}"`, { reason: 'UNKNOWN_NODE' });
     if (dest === source.id) throw new FailedPreconditionError(`destination "${dest}" is the VM's source node`, { reason: 'DESTINATION_IS_SOURCE' });
     if (!node.up) throw new FailedPreconditionError(`destination "${dest}" is down`, { reason: 'DESTINATION_DOWN' });

@@ -55,6 +55,15 @@ describe('scenario table', () => {
     expect(resolveTarget('no-such-thing')).toBeUndefined();
   });
 
+  it('overrides the repetitions of every scenario on request, and refuses a bad count', () => {
+    const two = resolveTarget('policies', { repetitions: 2 })!;
+    expect(two.scenarios.length).toBe(resolveTarget('policies')!.scenarios.length);
+    expect(two.scenarios.every((s) => s.repetitions === 2)).toBe(true);
+    expect(resolveTarget('seed-001')!.scenarios.every((s) => s.repetitions === 3)).toBe(true);
+    expect(() => resolveTarget('policies', { repetitions: 0 })).toThrow(/whole number/);
+    expect(() => resolveTarget('policies', { repetitions: 1.5 })).toThrow(/whole number/);
+  });
+
   it('ships the eleven seed-001 scenarios with their strategies', () => {
     expect(SEED_001).toHaveLength(11);
     const ac = (n: number) => SEED_001[n - 1]!.policy.autoConverge;

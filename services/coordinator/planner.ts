@@ -116,10 +116,10 @@ export class Planner {
       if (created.existing) return created;
       this.o.log.info('plan submitted', { planId, key, target: target.$case, runs: runs.length, order: draft.orderingReason });
       const stored = new Map((await this.o.store.listPlanRuns(planId)).map((s) => [s.id, s]));
-      for (const r of runs) {
+      this.o.runs.enqueue(runs.flatMap((r) => {
         const run = stored.get(r.id);
-        if (run) this.o.runs.enqueue(run, r.order);
-      }
+        return run ? [{ run, order: r.order }] : [];
+      }));
       if (runs.length === 0) await this.o.runs.updatePlan(planId);
       return { plan: await this.o.store.getPlan(planId), existing: false };
     });

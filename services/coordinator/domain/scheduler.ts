@@ -115,13 +115,31 @@ class Usage {
   }
 }
 
+interface QueueEntry<T extends QueueItem> {
+  readonly item: T;
+  /** Arrival number: FIFO among equals. */
+  readonly seq: number;
+}
+
+/** Higher priority first, then lower plan order, then first come. */
+function dispatchOrder(a: QueueEntry<QueueItem>, b: QueueEntry<QueueItem>): number {
+  return (b.item.priority ?? 0) - (a.item.priority ?? 0) || (a.item.order ?? 0) - (b.item.order ?? 0) || a.seq - b.seq;
+}
+
 /**
  * The queue of one coordinator. Not persisted itself: after a restart the coordinator rebuilds it
  * from the run store (queued runs → enqueue, running runs → enqueue + started).
  */
 export class MigrationQueue<T extends QueueItem = QueueItem> {
   readonly limits: ConcurrencyLimits;
-  private readonly queued = new Map<string, { item: T; seq: number }>();
+  private readonly queued = new Map<string, QueueEntry<T>>();
+  /**
+   * Queued entries in dispatch order, kept sorted on insertion (binary search) so dispatching
+   * from a queue of thousands does not sort it each time; entries that left the queue stay until
+   * they make up half of it (`stale`), and are skipped meanwhile.
+   */
+  private order: QueueEntry<T>[] = [];
+  private stale = 0;
   private readonly running = new Map<string, T>();
   private readonly usage = new Usage();
   private seq = 0;
@@ -139,14 +157,29 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
   enqueue(item: T): void {
     if (this.queued.has(item.id) || this.running.has(item.id)) throw new AlreadyExistsError(`run ${item.id} is already queued or running`);
     if (item.source === item.destination) throw new InvalidArgumentError(`run ${item.id}: source and destination are both "${item.source}"`);
-    this.queued.set(item.id, { item, seq: this.seq++ });
+    const entry = { item, seq: this.seq++ };
+    this.queued.set(item.id, entry);
+    // Insert after every entry that goes first (upper bound), so equal keys keep FIFO order.
+    let lo = 0;
+    let hi = this.order.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (dispatchOrder(this.order[mid]!, entry) <= 0) lo = mid + 1;
+      else hi = mid;
+    }
+    this.order.splice(lo, 0, entry);
+  }
+
+  /** An entry left the queue: drop it from `order` lazily. */
+  private leftQueue(): void {
+    if (++this.stale <= 64 || this.stale * 2 < this.order.length) return;
+    this.order = this.order.filter((e) => this.queued.get(e.item.id) === e);
+    this.stale = 0;
   }
 
   /** Queued items in dispatch order. */
-  private ordered(): T[] {
-    return [...this.queued.values()]
-      .sort((a, b) => (b.item.priority ?? 0) - (a.item.priority ?? 0) || (a.item.order ?? 0) - (b.item.order ?? 0) || a.seq - b.seq)
-      .map((e) => e.item);
+  private *ordered(): Generator<T> {
+    for (const e of this.order) if (this.queued.get(e.item.id) === e) yield e.item;
   }
 
   /**
@@ -162,6 +195,7 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
       claims.set(key, Math.max(claims.get(key) ?? -Infinity, priority));
     };
     const out: T[] = [];
+    if (usage.total >= this.limits.perCluster) return out;
     for (const item of this.ordered()) {
       if (usage.total >= this.limits.perCluster) break;
       const priority = item.priority ?? 0;
@@ -188,6 +222,7 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
     const violation = this.usage.violation(entry.item, this.limits);
     if (violation !== undefined) throw new FailedPreconditionError(`run ${id} cannot start now: it would exceed the ${violation}`, { reason: 'CONCURRENCY_LIMIT' });
     this.queued.delete(id);
+    this.leftQueue();
     this.running.set(id, entry.item);
     this.usage.add(entry.item, 1);
     return entry.item;
@@ -211,7 +246,10 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
    * @throws NotFoundError when it is neither queued nor running
    */
   cancel(id: string): 'dequeued' | 'running' {
-    if (this.queued.delete(id)) return 'dequeued';
+    if (this.queued.delete(id)) {
+      this.leftQueue();
+      return 'dequeued';
+    }
     if (this.running.has(id)) return 'running';
     throw new NotFoundError(`run ${id} is neither queued nor running`);
   }
@@ -226,7 +264,7 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
       limits: this.limits,
       queued: this.queued.size,
       running: this.running.size,
-      queuedIds: this.ordered().map((i) => i.id),
+      queuedIds: [...this.ordered()].map((i) => i.id),
       runningIds: [...this.running.keys()],
       outboundByHost: Object.fromEntries(this.usage.out),
       inboundByHost: Object.fromEntries(this.usage.in),

@@ -47,9 +47,9 @@ export class RunManager {
     this.now = o.now ?? Date.now;
   }
 
-  /** Queues a new run (state QUEUED) at `order` in its plan, and dispatches what fits. */
-  enqueue(run: Run, order: number): void {
-    this.queue.enqueue({ id: run.id, source: run.sourceNodeId, destination: run.destinationNodeId, priority: run.priority, order });
+  /** Queues new runs (state QUEUED), each at its `order` in its plan, then dispatches what fits once. */
+  enqueue(runs: readonly { run: Run; order: number }[]): void {
+    for (const { run, order } of runs) this.queue.enqueue({ id: run.id, source: run.sourceNodeId, destination: run.destinationNodeId, priority: run.priority, order });
     this.dispatch();
   }
 

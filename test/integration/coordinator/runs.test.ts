@@ -91,7 +91,7 @@ describe('run supervisor and manager', () => {
       mig.state(S.MIGRATION_STATE_CANCELLING);
       setTimeout(() => mig.finish(S.MIGRATION_STATE_CANCELLED, 'cancelled; the guest keeps running on the source'), 20);
     };
-    m.enqueue(r!, 0);
+    m.enqueue([{ run: r!, order: 0 }]);
     await until(() => nodes['a']!.migrations.has(r!.id), 'StartMigration');
     const mig = nodes['a']!.migrations.get(r!.id)!;
     expect(nodes['a']!.calls[0]!.request).toMatchObject({ runId: r!.id, vmName: 'vm1', destination: { nodeId: 'b', managementAddress: host('b').managementAddress } });
@@ -118,7 +118,7 @@ describe('run supervisor and manager', () => {
   it('keeps one migration per link, cancels a queued run without a node call, and dispatches the next when a slot frees', async () => {
     const m = manager();
     const { planId, runs: rs } = await plan(['vm1', 'vm2', 'vm3']);
-    rs.forEach((r, i) => m.enqueue(r, i));
+    m.enqueue(rs.map((run, order) => ({ run, order })));
     await until(() => nodes['a']!.migrations.size === 1, 'the first start');
     expect((await run(rs[1]!.id)).state).toBe(S.MIGRATION_STATE_QUEUED);
     const cancelled = await m.cancel(rs[2]!.id, 'user:operator', 'not needed');

@@ -220,4 +220,33 @@ describe('MigrationQueue', () => {
       expect(q.snapshot()).toMatchObject({ queued: 0, running: running.length });
     }
   });
+  it('keeps dispatch order (priority, plan order, first come) through thousands of enqueues, starts and cancels', () => {
+    let seed = 42;
+    const rnd = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed % n;
+    };
+    const q = new MigrationQueue({ perCluster: 1000, perSource: 1000, perDestination: 1000, perLink: 1000 });
+    const ref: { id: string; priority: number; order: number; seq: number }[] = [];
+    let seq = 0;
+    for (let step = 0; step < 3000; step++) {
+      const op = rnd(10);
+      if (op < 6 || ref.length === 0) {
+        const item = { id: `r${step}`, source: `s${rnd(5)}`, destination: `d${rnd(5)}`, priority: rnd(3), order: rnd(20) };
+        q.enqueue(item);
+        ref.push({ id: item.id, priority: item.priority, order: item.order, seq: seq++ });
+      } else {
+        const [gone] = ref.splice(rnd(ref.length), 1);
+        if (op < 8) q.cancel(gone!.id);
+        else {
+          q.started(gone!.id);
+          q.finished(gone!.id);
+        }
+      }
+      if (step % 97 === 0 || step === 2999) {
+        const want = [...ref].sort((a, b) => b.priority - a.priority || a.order - b.order || a.seq - b.seq).map((r) => r.id);
+        expect(q.snapshot().queuedIds).toEqual(want);
+      }
+    }
+  });
 });

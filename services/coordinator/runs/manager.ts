@@ -82,7 +82,16 @@ export class RunManager {
       this.supervise(run, 'resume');
       resumed++;
     }
-    this.o.log.info('runs recovered', { queued: active.length - resumed, running: resumed });
+    // A plan whose last run ended just before the coordinator stopped is still RUNNING in the
+    // store, with nothing left to end it: settle it now.
+    const live = new Set(active.map((r) => r.planId));
+    let settled = 0;
+    for (const planId of await this.o.store.listRunningPlanIds()) {
+      if (live.has(planId)) continue;
+      await this.updatePlan(planId);
+      settled++;
+    }
+    this.o.log.info('runs recovered', { queued: active.length - resumed, running: resumed, plansSettled: settled });
     this.dispatch();
   }
 

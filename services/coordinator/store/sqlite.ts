@@ -887,6 +887,12 @@ export class SqliteHistoryStore implements HistoryStore {
     });
   }
 
+  async listRunningPlanIds(): Promise<string[]> {
+    this.checkOpen();
+    const rows = await this.db.selectFrom('plans').select('id').where('state', '=', PlanState.PLAN_STATE_RUNNING).orderBy('created_at').orderBy('id').execute();
+    return rows.map((r) => r.id);
+  }
+
   async countRunsByState(): Promise<Map<MigrationState, number>> {
     this.checkOpen();
     const rows = await this.db

@@ -195,6 +195,8 @@ export interface HistoryStore extends OutboxSource {
   finishRun(runId: string, input: FinishRunInput): Promise<Run>;
   /** Runs that have not finished, highest priority first, then oldest (restart recovery). */
   listActiveRuns(): Promise<Run[]>;
+  /** Ids of the plans whose state is still RUNNING, oldest first (restart recovery). */
+  listRunningPlanIds(): Promise<string[]>;
   /** Number of runs per state. */
   countRunsByState(): Promise<Map<MigrationState, number>>;
 

@@ -180,6 +180,23 @@ describe('run supervisor and manager', () => {
     await until(() => nodes['a']!.migrations.has(queued!.id), 'the queued run to start');
     expect((await run(queued!.id)).startedAt!.getTime()).toBeGreaterThanOrEqual(done.finishedAt!.getTime());
   });
+
+  it('settles a plan whose last run ended just before the coordinator stopped', async () => {
+    const ok = await plan(['vm1']);
+    const bad = await plan(['vm2', 'vm3']);
+    const open = await plan(['vm4']);
+    // The runs ended in the store, but nothing updated their plans (the coordinator stopped).
+    await store.finishRun(ok.runs[0]!.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+    await store.finishRun(bad.runs[0]!.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+    await store.finishRun(bad.runs[1]!.id, { state: S.MIGRATION_STATE_FAILED, reason: 'lost' });
+    expect((await store.getPlan(ok.planId)).state).toBe(PlanState.PLAN_STATE_RUNNING);
+    expect(await store.listRunningPlanIds()).toEqual([ok.planId, bad.planId, open.planId]);
+    await manager().recover();
+    expect((await store.getPlan(ok.planId)).state).toBe(PlanState.PLAN_STATE_SUCCEEDED);
+    expect((await store.getPlan(bad.planId)).state).toBe(PlanState.PLAN_STATE_FAILED);
+    expect((await store.getPlan(open.planId)).state).toBe(PlanState.PLAN_STATE_RUNNING); // its run is still queued
+    expect(await store.listRunningPlanIds()).toEqual([open.planId]);
+  });
 });
 
 describe('CreateVm placement', () => {

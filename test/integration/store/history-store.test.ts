@@ -12,6 +12,7 @@ import {
 import { MigrationState as S, PolicyKind, PolicyActionKind } from '../../../services/shared/gen/migd/v1/common.js';
 import { ExportFormat, NodeStatus, PlanState } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import { migrateToLatest, type SqliteHistoryStore } from '../../../services/coordinator/store/sqlite.js';
+import { migrations } from '../../../migrations/index.js';
 import type { CreateRunInput } from '../../../services/coordinator/store/types.js';
 import { createMetrics } from '../../../services/shared/metrics/metrics.js';
 import { FakeClock, openStore, outboxEvents, removeDir, tempDir } from './fixtures.js';
@@ -76,7 +77,9 @@ describe('schema', () => {
           'kysely_migration',
         ]),
       );
-      expect(raw.prepare('select count(*) as n from kysely_migration').get()).toEqual({ n: 1 });
+      expect(raw.prepare('select count(*) as n from kysely_migration').get()).toEqual({ n: Object.keys(migrations).length });
+      const indexes = (raw.prepare(`select name from sqlite_master where type = 'index'`).all() as { name: string }[]).map((i) => i.name);
+      expect(indexes).toEqual(expect.arrayContaining(['runs_active', 'outbox_unpublished', 'outbox_run', 'plans_state']));
       expect(raw.pragma('journal_mode', { simple: true })).toBe('wal');
     } finally {
       raw.close();
@@ -89,7 +92,7 @@ describe('schema', () => {
     const again = await open();
     expect((await again.getRun(run.id)).id).toBe(run.id);
     const raw2 = new Database(file, { readonly: true });
-    expect(raw2.prepare('select count(*) as n from kysely_migration').get()).toEqual({ n: 1 });
+    expect(raw2.prepare('select count(*) as n from kysely_migration').get()).toEqual({ n: Object.keys(migrations).length });
     raw2.close();
   });
 

@@ -47,7 +47,15 @@ export interface ClientOptions {
   readonly defaultDeadlineMs?: number;
   /** Transport security; the same rules as servers (mTLS, or plain text on loopback). */
   readonly security: TransportSecurity;
+  /**
+   * Largest response accepted, in bytes (default 64 MiB; gRPC's own default of 4 MiB is too small
+   * for ExportRuns or a long run's timeline).
+   */
+  readonly maxReceiveBytes?: number;
 }
+
+/** Default of {@link ClientOptions.maxReceiveBytes}. */
+export const DEFAULT_MAX_RECEIVE_BYTES = 64 * 1024 * 1024;
 
 function deadlineOf(ms: number | undefined): Date | undefined {
   return ms === undefined || ms <= 0 ? undefined : new Date(Date.now() + ms);
@@ -57,7 +65,7 @@ function deadlineOf(ms: number | undefined): Date | undefined {
 export function createClient<S extends Record<string, AnyMethod>>(serviceName: string, definition: S, address: string, opts: ClientOptions): RpcClient<S> {
   const Ctor = makeGenericClientConstructor(definition as unknown as ServiceDefinition, serviceName);
   const { creds, options } = channelCredentials(opts.security, address);
-  const client: Client = new Ctor(address, creds, options);
+  const client: Client = new Ctor(address, creds, { ...options, 'grpc.max_receive_message_length': opts.maxReceiveBytes ?? DEFAULT_MAX_RECEIVE_BYTES });
   const defaultDeadline = opts.defaultDeadlineMs ?? 10_000;
   const out: Record<string, unknown> = {
     close: () => client.close(),

@@ -31,6 +31,10 @@ function handlers(): Handlers<typeof NodeServiceService> {
     listVms: unimplemented,
     destroyVm: unimplemented,
     watchGuest: async function* (req) {
+      if (req.name === 'big') {
+        yield { item: { $case: 'console' as const, value: Buffer.alloc(6 * 1024 * 1024, 0x61) } };
+        return;
+      }
       for (let i = 0; i < 3; i++) yield { item: { $case: 'console' as const, value: Buffer.from(`${req.name}-${i}`) } };
     },
     prepareIncoming: unimplemented,
@@ -131,6 +135,24 @@ describe('shared RPC layer with mutual TLS', () => {
       await expect(it.next()).rejects.toBeInstanceOf(PermissionDeniedError);
     } finally {
       c.close();
+    }
+  });
+
+  it('accepts responses beyond the 4 MiB gRPC default, up to the limit of the client', async () => {
+    const c = client('pki', 'operator');
+    const small = createClient('migd.v1.NodeService', NodeServiceService, address, {
+      security: { tls: identityFiles(join(dir, 'pki'), 'operator'), serverName: 'migd-node' },
+      maxReceiveBytes: 1024 * 1024,
+    });
+    try {
+      let bytes = 0;
+      for await (const m of c.watchGuest({ name: 'big', includeConsole: true })) if (m.item?.$case === 'console') bytes += m.item.value.length;
+      expect(bytes).toBe(6 * 1024 * 1024);
+      const it = small.watchGuest({ name: 'big', includeConsole: true })[Symbol.asyncIterator]();
+      await expect(it.next()).rejects.toMatchObject({ code: 'RESOURCE_EXHAUSTED' });
+    } finally {
+      c.close();
+      small.close();
     }
   });
 

@@ -30,7 +30,7 @@ import { PlanState } from '../services/shared/gen/migd/v1/coordinator.js';
 import { buildGuestCmdline } from '../services/shared/guest/workload.js';
 import { ensurePki } from '../services/shared/pki.js';
 import { freePort } from '../services/shared/net.js';
-import { natsServerBinary, startService, stopChild } from '../services/testbed/cluster.js';
+import { type CoordinatorProcess, natsServerBinary, startCoordinatorProcess, startService, stopChild } from '../services/testbed/cluster.js';
 import { ensureGuestImage } from '../stress/image/build.js';
 import { sleep } from '../stress/lab/backend.js';
 import { coordinatorEntry, startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
@@ -295,8 +295,7 @@ process.once('exit', () => {
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
 
 async function partD(): Promise<void> {
-  const entry = coordinatorEntry();
-  if (!entry) throw new Error('coordinator not built');
+  if (!coordinatorEntry()) throw new Error('coordinator not built');
   const limits = { cluster: 200, source: 4, destination: 4 };
   const migrationMs = 1000;
   out(`\n== d. control-plane scale: drains over simulated nodes (${VMS_PER_NODE} VMs per node: ${VMS_PER_NODE * 2} on each of the first half, drained to the second half; simulated migrations of ${migrationMs} ms; limits cluster ${limits.cluster}, per source ${limits.source}, per destination ${limits.destination})`);
@@ -309,7 +308,7 @@ async function partD(): Promise<void> {
     const certDir = join(work, 'pki');
     ensurePki(certDir);
     let nats: ChildProcess | undefined;
-    let coord: ChildProcess | undefined;
+    let coord: CoordinatorProcess | undefined;
     let sim: SimCluster | undefined;
     let cb: CoordinatorBackend | undefined;
     let downs = 0;
@@ -320,16 +319,17 @@ async function partD(): Promise<void> {
       started.add(nats);
       const port = await freePort('127.0.0.1');
       const addr = `127.0.0.1:${port}`;
-      coord = await startService(
-        'coordinator',
-        process.execPath,
-        [entry, '--listen', addr, '--db', join(work, 'history.sqlite'), '--nats', `nats://127.0.0.1:${natsPort}`, '--tls-dir', certDir, '--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES)],
-        (l) => l.includes('"ready":true'),
-        (l) => {
+      coord = await startCoordinatorProcess({
+        listen: addr,
+        db: join(work, 'history.sqlite'),
+        nats: `nats://127.0.0.1:${natsPort}`,
+        certDir,
+        args: ['--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES)],
+        onLog: (l) => {
           if (l.includes('node marked down')) downs++;
         },
-      );
-      started.add(coord);
+      });
+      started.add(coord.process);
       // Half the nodes hold the VMs (2 × vmsPerNode each), the other half receive them.
       const old = Math.max(1, Math.floor(n / 2));
       sim = await SimCluster.start({ nodes: n, populated: old, vmsPerNode: VMS_PER_NODE * 2, vmMemoryMib: 1024, migrationMs, progressMs: 250, coordinator: addr, certDir });
@@ -337,7 +337,7 @@ async function partD(): Promise<void> {
       await cb.waitForNodes(n, 60_000);
       // Let the registry settle: every node has heart-beaten its VMs at least once.
       await sleep(2500);
-      const cpu0 = cpuSeconds(coord.pid!);
+      const cpu0 = cpuSeconds(coord.process.pid!);
       const newNodes = sim.nodeIds.slice(old);
       const lat: number[] = [];
       const planIds: string[] = [];
@@ -371,7 +371,7 @@ async function partD(): Promise<void> {
         }
       }
       const makespan = sim.lastCompletedAt - (performance.timeOrigin + t0);
-      const cpu = cpuSeconds(coord.pid!) - cpu0;
+      const cpu = cpuSeconds(coord.process.pid!) - cpu0;
       const concurrency = Math.min(limits.cluster, planIds.length * limits.source, newNodes.length * limits.destination);
       const bound = Math.ceil(planned / concurrency) * migrationMs;
       out(
@@ -386,7 +386,7 @@ async function partD(): Promise<void> {
     } finally {
       await cb?.close();
       await sim?.close();
-      await stopChild(coord);
+      await coord?.stop();
       await stopChild(nats);
       await rm(work, { recursive: true, force: true });
     }

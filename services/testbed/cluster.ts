@@ -64,9 +64,21 @@ export function natsServerBinary(): string {
 }
 
 
-/** Spawns a root-namespace service and waits until a line of its output says it is ready. */
-export async function startService(name: string, cmd: string, args: readonly string[], ready: (line: string) => boolean, onLog: (l: string) => void, timeoutMs = 30_000): Promise<ChildProcess> {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' } });
+/**
+ * Spawns a root-namespace service and waits until a line of its output says it is ready. Every
+ * output line, also after start-up, goes to `onLog` prefixed with `[name] `. The service logs at
+ * MIGD_LOG_LEVEL (default warn) unless `env` says otherwise.
+ */
+export async function startService(
+  name: string,
+  cmd: string,
+  args: readonly string[],
+  ready: (line: string) => boolean,
+  onLog: (l: string) => void,
+  timeoutMs = 30_000,
+  env: Readonly<Record<string, string>> = {},
+): Promise<ChildProcess> {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn', ...env } });
   const tail: string[] = [];
   try {
     await new Promise<void>((resolve, reject) => {
@@ -108,6 +120,69 @@ export async function stopChild(c: ChildProcess | undefined): Promise<void> {
   clearTimeout(t);
 }
 
+/** The compiled coordinator as a child process. */
+export interface CoordinatorProcess {
+  readonly address: string;
+  readonly process: ChildProcess;
+  /** Its most recent 2000 log lines. */
+  readonly logs: string[];
+  /** SIGTERM (SIGKILL after 5 s); resolves when it has exited. */
+  stop(): Promise<void>;
+  /** SIGKILL; resolves when it has exited. */
+  kill(): Promise<void>;
+}
+
+export interface CoordinatorProcessOptions {
+  /** host:port to listen on. */
+  readonly listen: string;
+  /** SQLite history file. */
+  readonly db: string;
+  /** NATS URL (default: none, events are only kept in the outbox). */
+  readonly nats?: string | undefined;
+  readonly certDir: string;
+  /** Extra flags. */
+  readonly args?: readonly string[];
+  /** Log level (default MIGD_LOG_LEVEL, else warn). */
+  readonly logLevel?: string;
+  readonly onLog?: (line: string) => void;
+  readonly timeoutMs?: number;
+}
+
+/**
+ * Starts `node dist/services/coordinator/main.js` and waits for its ready line.
+ * @throws DependencyError when not built; UnavailableError when it does not start
+ */
+export async function startCoordinatorProcess(o: CoordinatorProcessOptions): Promise<CoordinatorProcess> {
+  const logs: string[] = [];
+  const child = await startService(
+    'coordinator',
+    process.execPath,
+    [coordinatorEntry(), '--listen', o.listen, '--db', o.db, '--tls-dir', o.certDir, ...(o.nats ? ['--nats', o.nats] : []), ...(o.args ?? [])],
+    (l) => l.includes('"ready":true'),
+    (l) => {
+      logs.push(l);
+      if (logs.length > 2000) logs.shift();
+      o.onLog?.(l);
+    },
+    o.timeoutMs ?? 30_000,
+    o.logLevel ? { MIGD_LOG_LEVEL: o.logLevel } : {},
+  );
+  const exited = new Promise<void>((r) => {
+    if (child.exitCode !== null || child.signalCode !== null) r();
+    else child.once('exit', () => r());
+  });
+  return {
+    address: o.listen,
+    process: child,
+    logs,
+    stop: () => stopChild(child),
+    kill: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
 /**
  * Starts the cluster and waits until every node has registered with the coordinator.
  * @throws DependencyError, UnavailableError (everything started so far is stopped)
@@ -119,19 +194,19 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
   ensurePki(opts.certDir);
   let tb: Testbed | undefined;
   let nats: ChildProcess | undefined;
-  let coordinator: ChildProcess | undefined;
+  let coordinator: CoordinatorProcess | undefined;
   const nodes: NodeProcess[] = [];
   const clients: CoordinatorClient[] = [];
   const close = async (): Promise<void> => {
     for (const c of clients.splice(0)) c.close();
     await Promise.all(nodes.map((n) => n.stop().catch(() => undefined)));
-    await stopChild(coordinator);
+    await coordinator?.stop();
     await stopChild(nats);
     await tb?.destroy();
     rmSync(opts.workDir, { recursive: true, force: true });
   };
   try {
-    const entry = coordinatorEntry();
+    coordinatorEntry(); // fail before anything starts when not built
     const natsBin = natsServerBinary();
     tb = await Testbed.create({ hosts: [...hosts] });
     const natsPort = await freePort('127.0.0.1');
@@ -140,13 +215,7 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     nats = await startService('nats', natsBin, ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', natsDir], (l) => l.includes('Server is ready'), onLog);
     const natsUrl = `nats://127.0.0.1:${natsPort}`;
     const coordinatorAddress = `${tb.rootAddress}:${opts.coordinatorPort ?? (await freePort(tb.rootAddress))}`;
-    coordinator = await startService(
-      'coordinator',
-      process.execPath,
-      [entry, '--listen', coordinatorAddress, '--db', join(opts.workDir, 'history.sqlite'), '--nats', natsUrl, '--tls-dir', opts.certDir, ...(opts.coordinatorArgs ?? [])],
-      (l) => l.includes('"ready":true'),
-      onLog,
-    );
+    coordinator = await startCoordinatorProcess({ listen: coordinatorAddress, db: join(opts.workDir, 'history.sqlite'), nats: natsUrl, certDir: opts.certDir, args: opts.coordinatorArgs ?? [], onLog });
     for (const h of hosts) {
       nodes.push(
         await startNodeDaemon(tb.host(h), {

@@ -4,75 +4,20 @@
  * management network, and node daemons in network namespaces that register with it. Everything
  * is torn down by `close()`, also after failures.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import type { NatsConnection } from 'nats';
 import { MigrationState, type GuestPerfSample, type MigrationPolicy, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
 import { CoordinatorServiceService, NodeStatus, PlanState, type Plan, type Run, type SubmitPlanRequest } from '../../services/shared/gen/migd/v1/coordinator.js';
-import { repoRoot } from '../../services/shared/paths.js';
 import { ensurePki, identityFiles } from '../../services/shared/pki.js';
 import { createClient, type RpcClient } from '../../services/shared/rpc/client.js';
+import { startCoordinatorProcess, type CoordinatorProcess } from '../../services/testbed/cluster.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
 import { Testbed } from '../../services/testbed/testbed.js';
 import { closeConnection, connectTest, freePort, startNatsServer, type TestNatsServer } from './nats-server.js';
 import { waitForGuest, type NodeClient } from './node-cluster.js';
 
 export type CoordinatorClient = RpcClient<typeof CoordinatorServiceService>;
-
-/** The compiled coordinator as a child process. */
-export interface CoordinatorProcess {
-  readonly address: string;
-  readonly process: ChildProcess;
-  /** Recent log lines (stderr). */
-  readonly logs: string[];
-  stop(): Promise<void>;
-  kill(): Promise<void>;
-}
-
-export interface CoordinatorProcessOptions {
-  readonly listen: string;
-  readonly db: string;
-  readonly nats?: string;
-  readonly certDir: string;
-  readonly args?: readonly string[];
-  readonly timeoutMs?: number;
-}
-
-/** Starts `node dist/services/coordinator/main.js` and waits for its ready line. */
-export async function startCoordinatorProcess(o: CoordinatorProcessOptions): Promise<CoordinatorProcess> {
-  const entry = join(repoRoot(), 'dist', 'services', 'coordinator', 'main.js');
-  if (!existsSync(entry)) throw new Error(`${entry} is missing: run 'npm run build'`);
-  const args = [entry, '--listen', o.listen, '--db', o.db, '--tls-dir', o.certDir, ...(o.nats ? ['--nats', o.nats] : []), ...(o.args ?? [])];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MIGD_LOG_LEVEL: 'info' } }); // tests read its info lines (CI sets warn)
-  const logs: string[] = [];
-  createInterface({ input: child.stderr! }).on('line', (l) => {
-    logs.push(l);
-    if (logs.length > 2000) logs.shift();
-    if (process.env['MIGD_TEST_LOGS'] === '1') process.stderr.write(`[coordinator] ${l}\n`);
-  });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`coordinator did not start in time:\n${logs.slice(-10).join('\n')}`)), o.timeoutMs ?? 20_000);
-    createInterface({ input: child.stdout! }).on('line', (l) => {
-      if (l.includes('"ready":true')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    void exited.then(() => {
-      clearTimeout(timer);
-      reject(new Error(`coordinator exited during start-up:\n${logs.slice(-10).join('\n')}`));
-    });
-  });
-  const end = async (sig: NodeJS.Signals): Promise<void> => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill(sig);
-    await exited;
-  };
-  return { address: o.listen, process: child, logs, stop: () => end('SIGTERM'), kill: () => end('SIGKILL') };
-}
 
 export interface CoordinatorCluster {
   readonly tb: Testbed;
@@ -121,7 +66,19 @@ export async function startCoordinatorCluster(hosts: string[], opts: { coordinat
     tb = await Testbed.create({ hosts });
     const listen = `${tb.rootAddress}:${await freePort(tb.rootAddress)}`;
     const args = [...TEST_COORDINATOR_ARGS, ...(opts.coordinatorArgs ?? [])];
-    const startCoordinator = (): Promise<CoordinatorProcess> => startCoordinatorProcess({ listen, db: join(dir, 'history.sqlite'), nats: nats!.url, certDir, args });
+    // Info level: tests read its log lines (CI exports MIGD_LOG_LEVEL=warn).
+    const startCoordinator = (): Promise<CoordinatorProcess> =>
+      startCoordinatorProcess({
+        listen,
+        db: join(dir, 'history.sqlite'),
+        nats: nats!.url,
+        certDir,
+        args,
+        logLevel: 'info',
+        onLog: (l) => {
+          if (process.env['MIGD_TEST_LOGS'] === '1') process.stderr.write(`${l}\n`);
+        },
+      });
     coordinator = await startCoordinator();
     await Promise.all(
       hosts.map(async (h) => {

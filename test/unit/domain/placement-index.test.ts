@@ -7,18 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { type ClusterModel, ClusterIndex, type PlannedMove, type VmModel, vmMemoryBytes } from '../../../services/coordinator/domain/cluster.js';
 import { evaluateDestinations, placeVm } from '../../../services/coordinator/domain/placement.js';
 import { GiB, MiB } from '../../../services/coordinator/domain/units.js';
-
-/** Deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 as rng } from '../../helpers/prng.js';
 
 function randomCluster(seed: number): ClusterModel {
   const r = rng(seed);

@@ -1,18 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../../services/shared/errors.js';
 import { type ConcurrencyLimits, type QueueItem, DEFAULT_LIMITS, MigrationQueue } from '../../../services/coordinator/domain/scheduler.js';
-
-/** Deterministic PRNG so a failing randomized run can be replayed from its seed. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from '../../helpers/prng.js';
 
 const item = (id: string, source: string, destination: string, extra: Partial<QueueItem> = {}): QueueItem => ({ id, source, destination, ...extra });
 
@@ -221,11 +210,8 @@ describe('MigrationQueue', () => {
     }
   });
   it('keeps dispatch order (priority, plan order, first come) through thousands of enqueues, starts and cancels', () => {
-    let seed = 42;
-    const rnd = (n: number): number => {
-      seed = (seed * 1103515245 + 12345) % 2147483648;
-      return seed % n;
-    };
+    const random = mulberry32(42);
+    const rnd = (n: number): number => Math.floor(random() * n);
     const q = new MigrationQueue({ perCluster: 1000, perSource: 1000, perDestination: 1000, perLink: 1000 });
     const ref: { id: string; priority: number; order: number; seq: number }[] = [];
     let seq = 0;

@@ -17,6 +17,7 @@
  * scenario N times instead of its own count (3 for the seed tables).
  */
 import { execFileSync } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { certDir as defaultCertDir, repoRoot } from '../services/shared/paths.js';
@@ -121,7 +122,8 @@ async function main(): Promise<number> {
       return 1;
     }
     const r = await reportFromResults(out, comparison, results, { png: args.png });
-    log(`report: ${r.html}${r.png ? `, ${r.png}` : ''}`);
+    console.log(`\n${await readFile(r.markdown, 'utf8')}`);
+    log(`report: ${r.html}${r.png ? `, ${r.png}` : ''}, ${r.markdown}`);
     return 0;
   }
 
@@ -178,7 +180,8 @@ async function main(): Promise<number> {
     const done = r.results.runs.length;
     const want = comparison.scenarios.reduce((n, s) => n + s.repetitions, 0);
     log(`${r.ran} run(s) this time; ${done}/${want} recorded, ${r.results.errors.length} error(s); results ${join(out, 'results.json')}`);
-    log(`report: ${r.reportHtml}${r.reportPng ? `, ${r.reportPng}` : ''}`);
+    console.log(`\n${await readFile(r.summaryMarkdown, 'utf8')}`);
+    log(`report: ${r.reportHtml}${r.reportPng ? `, ${r.reportPng}` : ''}, ${r.summaryMarkdown}`);
     if (args.coordinator === undefined && cluster?.mode === 'coordinator' && done > 0) {
       // Cross-check: the coordinator's own per-policy summary of the same runs.
       const cb = backend as CoordinatorBackend;

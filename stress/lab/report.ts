@@ -297,16 +297,38 @@ ${runs}
 `;
 }
 
-/** Writes `<dir>/report.html` (and `report.json`, the data behind it); returns their paths. */
-export async function writeReport(dir: string, input: ReportInput, opts: { chartJs?: string } = {}): Promise<{ html: string; json: string; data: ReportData }> {
+/**
+ * The summary tables as Markdown (one per group), with each strategy's outcomes spelled out: for
+ * terminals, commit messages and notes, next to the HTML report.
+ */
+export function summaryMarkdown(data: ReportData): string {
+  const out: string[] = [`# ${data.comparison.title}`, '', `${data.runs.length} runs, generated ${data.generatedAt}${Object.keys(data.environment).length > 0 ? ` (${Object.entries(data.environment).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}.`];
+  out.push('Times and downtimes: completed runs only. Harm: guest ms/GiB above its baseline integrated over the migration; guest time lost: the same in seconds of guest work. Host CPU: source + destination QEMU.');
+  for (const group of data.groups) {
+    out.push('', `## ${group}`, '', '| strategy | completed | outcomes | total p50 | downtime p50 | downtime p99 | guest ms/GiB before → during | harm p50 (ms/GiB·s) | guest time lost p50 (s) | host CPU (s, mean) | integrity errors |', '|---|---|---|---|---|---|---|---|---|---|---|');
+    for (const s of data.summaries.filter((x) => x.group === group)) {
+      const outcomes = new Map<string, number>();
+      for (const r of data.runs) if (r.group === group && r.label === s.label) outcomes.set(r.outcome, (outcomes.get(r.outcome) ?? 0) + 1);
+      out.push(
+        `| ${s.label} | ${s.succeeded}/${s.runs} | ${[...outcomes].map(([k, n]) => `${n} ${k}`).join(', ')} | ${fmtMs(s.totalTimeMsP50)} | ${fmtMs(s.downtimeMsP50)} | ${fmtMs(s.downtimeMsP99)} | ${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)} | ${fmtNum(s.extraMsPerGibSecP50, 0)} | ${fmtNum(s.guestSecondsLostP50, 2)} | ${fmtNum(s.hostCpuSecondsMean, 1)} | ${s.integrityErrors} |`,
+      );
+    }
+  }
+  return `${out.join('\n')}\n`;
+}
+
+/** Writes `<dir>/report.html`, `report.json` (the data behind it) and `summary.md`; returns their paths. */
+export async function writeReport(dir: string, input: ReportInput, opts: { chartJs?: string } = {}): Promise<{ html: string; json: string; markdown: string; data: ReportData }> {
   await mkdir(dir, { recursive: true });
   const data = buildReportData(input);
   const chartJs = opts.chartJs ?? (await readFile(chartJsPath(), 'utf8'));
   const html = join(dir, 'report.html');
   const json = join(dir, 'report.json');
+  const markdown = join(dir, 'summary.md');
   await writeFile(html, renderReportHtml(data, chartJs));
   await writeFile(json, scriptJson(data));
-  return { html, json, data };
+  await writeFile(markdown, summaryMarkdown(data));
+  return { html, json, markdown, data };
 }
 
 /** The Chromium binary: $CHROMIUM_BIN, else /usr/bin/chromium. Undefined when neither exists. */

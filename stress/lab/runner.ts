@@ -42,6 +42,8 @@ export interface RunLabOptions {
 export interface RunLabResult {
   readonly results: LabResults;
   readonly reportHtml: string;
+  /** The summary tables as Markdown (summary.md). */
+  readonly summaryMarkdown: string;
   readonly reportPng?: string;
   /** Runs made by this call (not the resumed ones). */
   readonly ran: number;
@@ -89,21 +91,21 @@ export function progressLine(prefix: string, p: ProgressSample, guest: GuestPerf
 }
 
 /** Rebuilds the report of a results folder (no cluster needed). */
-export async function reportFromResults(dir: string, comparison: Comparison, results: LabResults, opts: { png?: boolean; environment?: Readonly<Record<string, string>> } = {}): Promise<{ html: string; png?: string }> {
+export async function reportFromResults(dir: string, comparison: Comparison, results: LabResults, opts: { png?: boolean; environment?: Readonly<Record<string, string>> } = {}): Promise<{ html: string; markdown: string; png?: string }> {
   const runs: ReportRun[] = [];
   for (const r of results.runs) {
     runs.push({ scenario: r.scenario, repetition: r.repetition, outcome: r.outcome, timeline: await loadTimeline(dir, r.timelineFile), ...(r.note ? { note: r.note } : {}) });
   }
-  const { html } = await writeReport(dir, {
+  const { html, markdown } = await writeReport(dir, {
     comparison,
     scenarios: comparison.scenarios,
     runs,
     environment: { mode: results.mode, ...(results.quick ? { quick: 'yes' } : {}), ...opts.environment },
   });
-  if (opts.png === false) return { html };
+  if (opts.png === false) return { html, markdown };
   const png = join(dir, 'report.png');
   await screenshot(html, png);
-  return { html, png };
+  return { html, markdown, png };
 }
 
 /**
@@ -151,7 +153,7 @@ export async function runComparison(o: RunLabOptions): Promise<RunLabResult> {
   }
   await saveResults(o.outDir, results);
   const rep = await reportFromResults(o.outDir, o.comparison, results, { png: o.png ?? true, ...(o.environment ? { environment: o.environment } : {}) });
-  return { results, reportHtml: rep.html, ...(rep.png ? { reportPng: rep.png } : {}), ran };
+  return { results, reportHtml: rep.html, summaryMarkdown: rep.markdown, ...(rep.png ? { reportPng: rep.png } : {}), ran };
 }
 
 function linkText(l: LabLink): string {

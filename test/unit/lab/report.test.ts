@@ -66,10 +66,15 @@ describe('lab report', () => {
   it('writes report.html with the real Chart.js bundle', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'migd-lab-report-'));
     try {
-      const { html } = await writeReport(dir, input());
+      const { html, markdown } = await writeReport(dir, input());
       const page = readFileSync(html, 'utf8');
       expect(page).toContain('Chart.js v4');
       expect(page.length).toBeGreaterThan(readFileSync(chartJsPath()).length);
+      // The Markdown summary: a row per strategy with its outcomes spelled out.
+      const md = readFileSync(markdown, 'utf8');
+      const pcRow = md.split('\n').find((l) => l.startsWith(`| ${pc.label} |`));
+      expect(pcRow).toMatch(/^\| [^|]+ \| 1\/2 \| 1 succeeded, 1 timed-out \| 8\.00 s \| 4 ms \| 4 ms \|/);
+      expect(md.split('\n').filter((l) => l.startsWith('| ')).length).toBe(3); // header + 2 strategies
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -21,7 +21,8 @@ class Workload {
 
   constructor(readonly proc: ChildProcessWithoutNullStreams) {
     proc.stdout.on('data', (chunk: Buffer) => this.log.push(chunk));
-    proc.once('exit', (code, signal) => this.log.close(`workload exited (${code ?? signal})`));
+    // 'close', not 'exit': a process that fails at once may exit before its last output is read.
+    proc.once('close', (code, signal) => this.log.close(`workload exited (${code ?? signal})`));
   }
 
   get events(): GuestEvent[] {

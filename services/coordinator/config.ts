@@ -36,6 +36,12 @@ export interface CoordinatorConfig {
    * override them. Unknown identities are refused.
    */
   readonly roles: ReadonlyMap<string, Role>;
+  /**
+   * Nodes must present their own certificate (`migd-node.<node id>`) to register and heartbeat;
+   * the shared `migd-node` identity is then refused. Default false (the shared identity may speak
+   * for any node, with a warning). A per-node certificate never speaks for another node.
+   */
+  readonly requireNodeIdentity: boolean;
   /** How often node daemons must heartbeat, in ms; told to them at registration (default 2000). */
   readonly heartbeatMs: number;
   /** A node is marked down after this many missed heartbeats (default 3). */
@@ -58,6 +64,7 @@ type Raw = Partial<
     | 'db'
     | 'nats'
     | 'roles'
+    | 'requireNodeIdentity'
     | 'heartbeatMs'
     | 'heartbeatMisses'
     | 'limitPerSource'
@@ -79,6 +86,7 @@ const keys: (keyof Raw)[] = [
   'db',
   'nats',
   'roles',
+  'requireNodeIdentity',
   'heartbeatMs',
   'heartbeatMisses',
   'limitPerSource',
@@ -98,6 +106,7 @@ const envMap: Record<string, keyof Raw> = {
   MIGD_COORDINATOR_DB: 'db',
   MIGD_NATS_URL: 'nats',
   MIGD_COORDINATOR_ROLES: 'roles',
+  MIGD_COORDINATOR_REQUIRE_NODE_IDENTITY: 'requireNodeIdentity',
   MIGD_COORDINATOR_METRICS: 'metricsListen',
 };
 
@@ -114,8 +123,8 @@ export function loadCoordinatorConfig(argv: readonly string[] = process.argv.sli
     const a = argv[i] as string;
     if (!a.startsWith('--')) throw new ConfigError(a, 'unexpected argument (flags are --name value)');
     const name = a.slice(2);
-    if (name === 'insecure') {
-      fromFlags.insecure = true;
+    if (name === 'insecure' || name === 'require-node-identity') {
+      fromFlags[name === 'insecure' ? 'insecure' : 'requireNodeIdentity'] = true;
       continue;
     }
     const value = argv[i + 1];
@@ -229,6 +238,7 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
     db: str(raw, 'db', join(repoRoot(), '.state', 'coordinator', 'history.sqlite')),
     nats,
     roles,
+    requireNodeIdentity: bool(raw, 'requireNodeIdentity'),
     heartbeatMs,
     heartbeatMisses,
     limits,

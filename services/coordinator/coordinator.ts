@@ -90,7 +90,7 @@ export class Coordinator {
       await runs.recover();
       if (config.nats) c.natsLoop = c.connectNats(config.nats);
       c.server = new RpcServer({ address: config.listen, security: config.security, log, authorize: createAuthorizer(config.roles, log, { anonymousAllowed: config.insecure }) });
-      c.server.addService('migd.v1.CoordinatorService', CoordinatorServiceService, coordinatorHandlers({ store, registry, planner, runs, bus }));
+      c.server.addService('migd.v1.CoordinatorService', CoordinatorServiceService, coordinatorHandlers({ store, registry, planner, runs, bus, requireNodeIdentity: config.requireNodeIdentity, log }));
       await c.server.start();
       if (config.metricsListen) {
         const { host, port } = splitHostPort(config.metricsListen);

@@ -12,9 +12,16 @@
  * | node     | RegisterNode, Heartbeat only                                                    |
  *
  * A method missing from the table is refused (fail closed). Pure apart from the log line.
+ *
+ * Node identities: a per-node certificate `migd-node.<node id>` has the node role and speaks for
+ * that node only — RegisterNode and Heartbeat for any other id are refused ({@link checkNodeIdentity}),
+ * so a stolen node certificate cannot re-point another node's address at itself. The shared
+ * development identity `migd-node` may speak for any node unless the coordinator requires bound
+ * identities (`--require-node-identity`).
  */
 import { PermissionDeniedError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';
+import { boundNodeId, nodeIdentity } from '../shared/pki.js';
 import type { Authorizer, CallContext } from '../shared/rpc/server.js';
 
 export type Role = 'viewer' | 'operator' | 'node';
@@ -28,6 +35,29 @@ export const DEFAULT_ROLES: ReadonlyMap<string, Role> = new Map<string, Role>([
   ['migd-node', 'node'],
   ['migd-coordinator', 'operator'],
 ]);
+
+/** The role of `identity`: the map's, else node for a per-node identity. */
+export function roleOf(roles: ReadonlyMap<string, Role>, identity: string): Role | undefined {
+  return roles.get(identity) ?? (boundNodeId(identity) !== undefined ? 'node' : undefined);
+}
+
+/**
+ * Checks that the caller may speak for node `nodeId` (RegisterNode, Heartbeat): a per-node
+ * identity only for its own node; another node-role identity (the shared `migd-node`) only when
+ * bound identities are not required. Anonymous callers (plain-text development mode) pass.
+ * @throws PermissionDeniedError (reason NODE_IDENTITY_MISMATCH or NODE_IDENTITY_REQUIRED)
+ */
+export function checkNodeIdentity(identity: string | undefined, nodeId: string, opts: { requireBound: boolean }): void {
+  if (identity === undefined) return;
+  const bound = boundNodeId(identity);
+  if (bound !== undefined) {
+    if (bound !== nodeId) throw new PermissionDeniedError(`identity "${identity}" speaks for node "${bound}", not "${nodeId}"`, { reason: 'NODE_IDENTITY_MISMATCH' });
+    return;
+  }
+  if (opts.requireBound) {
+    throw new PermissionDeniedError(`node "${nodeId}" must present its own certificate ("${nodeIdentity(nodeId)}"), not "${identity}": this coordinator requires bound node identities`, { reason: 'NODE_IDENTITY_REQUIRED' });
+  }
+}
 
 const read: readonly Role[] = ['viewer', 'operator'];
 const write: readonly Role[] = ['operator'];
@@ -101,7 +131,7 @@ export function authorizeCall(roles: ReadonlyMap<string, Role>, identity: string
   if (identity === undefined) {
     return anonymousAllowed ? { allowed: true, role: 'anonymous' } : { allowed: false, reason: `${name} needs a client certificate` };
   }
-  const role = roles.get(identity);
+  const role = roleOf(roles, identity);
   if (!role) return { allowed: false, reason: `identity "${identity}" has no role` };
   if (!allowed.includes(role)) return { allowed: false, reason: `identity "${identity}" (role ${role}) may not call ${name} (needs ${allowed.join(' or ')})` };
   return { allowed: true, role };

@@ -4,11 +4,11 @@
  * (`--node-id a --listen 198.18.0.2:7001 …`). Bad combinations are refused at start-up with a
  * message naming the option.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError } from '../shared/errors.js';
-import { identityFiles } from '../shared/pki.js';
+import { identityFiles, nodeIdentity } from '../shared/pki.js';
 import { cacheDir, certDir } from '../shared/paths.js';
 import { isLoopbackHost, splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
 
@@ -27,6 +27,13 @@ export interface NodeConfig {
   readonly security: TransportSecurity;
   /** Security for calls to other node daemons and the coordinator. */
   readonly clientSecurity: TransportSecurity;
+  /**
+   * The certificate this daemon presents to the coordinator and other nodes (default: its own,
+   * `migd-node.<node id>`, when the TLS folder has one, else the shared `migd-node`). A coordinator
+   * lets a per-node certificate speak for that node only. The gRPC server always serves as
+   * `migd-node`, the name clients verify.
+   */
+  readonly tlsIdentity: string;
   /** Folder with ca.crt and migd-node.{crt,key}, used for QEMU's migration-stream TLS. */
   readonly migrationTlsDir: string;
   /** Coordinator to register with and heartbeat (empty: none). */
@@ -55,6 +62,7 @@ const envMap: Record<string, keyof Raw> = {
   MIGD_NODE_STATE_DIR: 'stateDir',
   MIGD_COORDINATOR: 'coordinator',
   MIGD_TLS_DIR: 'tlsDir',
+  MIGD_NODE_TLS_IDENTITY: 'tlsIdentity',
   MIGD_INSECURE: 'insecure',
   MIGD_QEMU: 'qemuBinary',
   MIGD_GUEST_IMAGE_DIR: 'guestImageDir',
@@ -65,7 +73,7 @@ function flagName(k: string): string {
   return k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
 }
 
-const keys: (keyof Raw)[] = ['nodeId', 'listen', 'advertise', 'migrationAddress', 'stateDir', 'coordinator', 'heartbeatMs', 'qemuBinary', 'guestImageDir', 'progressIntervalMs', 'postcopyStallMs', 'metricsListen', 'tlsDir', 'insecure', 'migrationTlsDir'];
+const keys: (keyof Raw)[] = ['nodeId', 'listen', 'advertise', 'migrationAddress', 'stateDir', 'coordinator', 'heartbeatMs', 'qemuBinary', 'guestImageDir', 'progressIntervalMs', 'postcopyStallMs', 'metricsListen', 'tlsDir', 'tlsIdentity', 'insecure', 'migrationTlsDir'];
 
 /** Parses argv (`--key value`) and env into a frozen NodeConfig. @throws ConfigError */
 export function loadNodeConfig(argv: readonly string[] = process.argv.slice(2), env: NodeJS.ProcessEnv = process.env): NodeConfig {
@@ -132,8 +140,13 @@ export function resolveNodeConfig(raw: Raw): NodeConfig {
   const tlsDir = str(raw, 'tlsDir', certDir());
   if (insecure && !isLoopbackHost(host)) throw new ConfigError('insecure', `plain-text gRPC is only allowed on loopback, not on ${listen}`);
   const files = identityFiles(tlsDir, 'migd-node');
+  const own = nodeIdentity(nodeId);
+  const tlsIdentity = str(raw, 'tlsIdentity', existsSync(identityFiles(tlsDir, own).certFile) ? own : 'migd-node');
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$/.test(tlsIdentity)) throw new ConfigError('tlsIdentity', `"${tlsIdentity}" is not a certificate name`);
+  const clientFiles = identityFiles(tlsDir, tlsIdentity);
+  if (!insecure && tlsIdentity !== 'migd-node' && !existsSync(clientFiles.certFile)) throw new ConfigError('tlsIdentity', `${clientFiles.certFile} does not exist`);
   const security: TransportSecurity = insecure ? { insecure: true } : { tls: files };
-  const clientSecurity: TransportSecurity = insecure ? { insecure: true } : { tls: files, serverName: 'migd-node' };
+  const clientSecurity: TransportSecurity = insecure ? { insecure: true } : { tls: clientFiles, serverName: 'migd-node' };
   const cfg: NodeConfig = {
     nodeId,
     listen,
@@ -142,6 +155,7 @@ export function resolveNodeConfig(raw: Raw): NodeConfig {
     stateDir: str(raw, 'stateDir', join(cacheDir(), '..', '.state', `node-${nodeId}`)),
     security,
     clientSecurity,
+    tlsIdentity,
     migrationTlsDir: str(raw, 'migrationTlsDir', tlsDir),
     coordinator: str(raw, 'coordinator', ''),
     heartbeatMs: int(raw, 'heartbeatMs', 2000, 100, 60_000),

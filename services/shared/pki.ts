@@ -36,6 +36,19 @@ function openssl(args: string[], cwd: string): void {
   }
 }
 
+/** Prefix of per-node identities: `migd-node.<node id>` (the coordinator binds them to that node). */
+export const NODE_IDENTITY_PREFIX = 'migd-node.';
+
+/** The identity (certificate common name) of node `nodeId`'s own certificate. */
+export function nodeIdentity(nodeId: string): string {
+  return `${NODE_IDENTITY_PREFIX}${nodeId}`;
+}
+
+/** The node id a per-node identity is bound to, or undefined for any other identity. */
+export function boundNodeId(identity: string | undefined): string | undefined {
+  return identity?.startsWith(NODE_IDENTITY_PREFIX) && identity.length > NODE_IDENTITY_PREFIX.length ? identity.slice(NODE_IDENTITY_PREFIX.length) : undefined;
+}
+
 /** Paths of an identity's files in a PKI folder. */
 export function identityFiles(dir: string, name: string): TlsFiles {
   return { caFile: join(dir, 'ca.crt'), certFile: join(dir, `${name}.crt`), keyFile: join(dir, `${name}.key`) };

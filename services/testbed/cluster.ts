@@ -215,7 +215,8 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     nats = await startService('nats', natsBin, ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', natsDir], (l) => l.includes('Server is ready'), onLog);
     const natsUrl = `nats://127.0.0.1:${natsPort}`;
     const coordinatorAddress = `${tb.rootAddress}:${opts.coordinatorPort ?? (await freePort(tb.rootAddress))}`;
-    coordinator = await startCoordinatorProcess({ listen: coordinatorAddress, db: join(opts.workDir, 'history.sqlite'), nats: natsUrl, certDir: opts.certDir, args: opts.coordinatorArgs ?? [], onLog });
+    // Every node daemon started here presents its own certificate, so the coordinator can insist.
+    coordinator = await startCoordinatorProcess({ listen: coordinatorAddress, db: join(opts.workDir, 'history.sqlite'), nats: natsUrl, certDir: opts.certDir, args: ['--require-node-identity', ...(opts.coordinatorArgs ?? [])], onLog });
     for (const h of hosts) {
       nodes.push(
         await startNodeDaemon(tb.host(h), {

@@ -11,7 +11,7 @@ import { DependencyError, UnavailableError } from '../shared/errors.js';
 import { NodeServiceService } from '../shared/gen/migd/v1/node.js';
 import { repoRoot } from '../shared/paths.js';
 import { createClient, type RpcClient } from '../shared/rpc/client.js';
-import { identityFiles } from '../shared/pki.js';
+import { ensurePki, identityFiles, nodeIdentity } from '../shared/pki.js';
 import type { TestbedHost } from './testbed.js';
 
 export interface NodeProcessOptions {
@@ -19,7 +19,7 @@ export interface NodeProcessOptions {
   readonly nodeId?: string;
   /** State folder of the daemon (keep it short: unix socket paths are limited to 107 bytes). */
   readonly stateDir: string;
-  /** Folder with ca.crt and migd-node.{crt,key}. */
+  /** Folder with ca.crt and migd-node.{crt,key}; the node's own migd-node.<id>.{crt,key} are added. */
   readonly certDir: string;
   /** gRPC port inside the host's namespace (default 7001). */
   readonly port?: number;
@@ -63,6 +63,8 @@ export function nodeDaemonEntry(): string {
  */
 export async function startNodeDaemon(host: TestbedHost, opts: NodeProcessOptions): Promise<NodeProcess> {
   const nodeId = opts.nodeId ?? host.name;
+  // Its own certificate (migd-node.<id>), which the daemon presents by default when it exists.
+  ensurePki(opts.certDir, [{ name: nodeIdentity(nodeId) }]);
   const port = opts.port ?? 7001;
   const address = `${host.mgmtAddress}:${port}`;
   const args = [

@@ -36,8 +36,11 @@ export interface CoordinatorCluster {
   close(): Promise<void>;
 }
 
-/** Coordinator flags the tests use: quick heartbeats so a silent node is down within 1.5 s. */
-export const TEST_COORDINATOR_ARGS = ['--heartbeat-ms', '500', '--heartbeat-misses', '3'];
+/**
+ * Coordinator flags the tests use: quick heartbeats so a silent node is down within 1.5 s, and
+ * bound node identities (every node daemon of the testbed has its own certificate).
+ */
+export const TEST_COORDINATOR_ARGS = ['--heartbeat-ms', '500', '--heartbeat-misses', '3', '--require-node-identity'];
 
 export async function startCoordinatorCluster(hosts: string[], opts: { coordinatorArgs?: readonly string[] } = {}): Promise<CoordinatorCluster> {
   const dir = mkdtempSync('/tmp/migd-c-');

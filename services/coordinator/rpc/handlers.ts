@@ -7,10 +7,13 @@
 import { InvalidArgumentError } from '../../shared/errors.js';
 import type { CoordinatorServiceService, WatchResponse } from '../../shared/gen/migd/v1/coordinator.js';
 import type { Event } from '../../shared/gen/migd/v1/events.js';
+import type { Logger } from '../../shared/log.js';
 import type { CallContext, Handlers } from '../../shared/rpc/server.js';
 import { eventsFromRun, type EventBus } from '../event-bus.js';
 import type { Planner } from '../planner.js';
 import type { NodeRegistry } from '../registry.js';
+import { boundNodeId, nodeIdentity } from '../../shared/pki.js';
+import { checkNodeIdentity } from '../roles.js';
 import type { RunManager } from '../runs/manager.js';
 import type { HistoryStore } from '../store/types.js';
 
@@ -20,6 +23,10 @@ export interface CoordinatorParts {
   readonly planner: Planner;
   readonly runs: RunManager;
   readonly bus: EventBus;
+  /** Refuse node calls made with the shared `migd-node` identity (see roles.ts). */
+  readonly requireNodeIdentity?: boolean;
+  /** Told once per node that speaks with a shared identity. */
+  readonly log?: Logger;
 }
 
 function required(v: string, name: string): string {
@@ -37,9 +44,27 @@ async function* asWatchResponses(events: AsyncIterable<Event>): AsyncIterable<Wa
 }
 
 export function coordinatorHandlers(p: CoordinatorParts): Handlers<typeof CoordinatorServiceService> {
+  const warned = new Set<string>();
+  /** The caller may speak for `host.nodeId` (per-node certificates are bound to their node). */
+  const speaksFor = (ctx: CallContext, nodeId: string | undefined): void => {
+    const id = nodeId ?? '';
+    checkNodeIdentity(ctx.identity, id, { requireBound: p.requireNodeIdentity ?? false });
+    if (ctx.identity !== undefined && boundNodeId(ctx.identity) === undefined && id && !warned.has(id)) {
+      warned.add(id);
+      p.log?.warn('node speaks with a shared identity: any holder of that certificate may speak for any node; give it its own certificate and set --require-node-identity', {
+        nodeId: id,
+        identity: ctx.identity,
+        expected: nodeIdentity(id),
+      });
+    }
+  };
   return {
-    registerNode: async (req) => p.registry.register(req.host),
-    heartbeat: async (req) => {
+    registerNode: async (req, ctx) => {
+      speaksFor(ctx, req.host?.nodeId);
+      return p.registry.register(req.host);
+    },
+    heartbeat: async (req, ctx) => {
+      speaksFor(ctx, req.host?.nodeId);
       await p.registry.heartbeat(req.host, req.vms);
       return {};
     },

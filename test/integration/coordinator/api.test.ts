@@ -3,6 +3,7 @@ import { subscribeRun } from '../../../services/shared/events/subscriber.js';
 import { MigrationState as S, MultifdCompression, PolicyActionKind, PolicyKind, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
 import { ExportFormat, NodeStatus, PlanState, type CoordinatorServiceCreateVmRequest } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import type { Event } from '../../../services/shared/gen/migd/v1/events.js';
+import { ensurePki, nodeIdentity } from '../../../services/shared/pki.js';
 import { guestSpec, waitForGuest } from '../../helpers/node-cluster.js';
 import {
   createGuest,
@@ -48,11 +49,19 @@ describe('coordinator API', () => {
     await expect(op.registerNode({ host: undefined })).rejects.toMatchObject({ code: 'PERMISSION_DENIED' });
     await waitFor(() => c.coordinator.logs.some((l) => l.includes('permission denied') && l.includes('viewer') && l.includes('SubmitPlan')), 5000, 'the denial to be logged');
     expect(await runCount()).toBe(0);
+    // Node certificates are bound to their node: b's may not speak for a, and this coordinator
+    // (--require-node-identity) refuses the shared identity; a's record is untouched.
+    const before = (await viewer.listNodes({})).nodes.find((n) => n.host?.nodeId === 'a')!.host!;
+    const hijack = { ...before, managementAddress: '198.18.255.254:7001' };
+    await expect(c.client(nodeIdentity('b')).registerNode({ host: hijack })).rejects.toMatchObject({ code: 'PERMISSION_DENIED', reason: 'NODE_IDENTITY_MISMATCH' });
+    await expect(node.heartbeat({ host: hijack, vms: [] })).rejects.toMatchObject({ code: 'PERMISSION_DENIED', reason: 'NODE_IDENTITY_REQUIRED' });
+    expect((await viewer.listNodes({})).nodes.find((n) => n.host?.nodeId === 'a')!.host!.managementAddress).toBe(before.managementAddress);
   });
 
   it('refuses bad input with the right codes and changes nothing', async () => {
     // A node that registers and then falls silent is marked down.
-    const ghost = c.client('migd-node');
+    ensurePki(c.certDir, [{ name: nodeIdentity('ghost') }]);
+    const ghost = c.client(nodeIdentity('ghost'));
     const host = { ...c.tb.host('b') };
     await ghost.registerNode({
       host: { nodeId: 'ghost', managementAddress: `${host.mgmtAddress.replace(/\.\d+$/, '.250')}:7001`, migrationAddress: '198.19.255.250', memoryTotalBytes: 64 * 2 ** 30, memoryFreeBytes: 64 * 2 ** 30, cpus: 2, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: ['postcopy-ram'], labels: {}, machineTypes: [] },

@@ -84,6 +84,10 @@ describe('coordinator config', () => {
 
   it('allows plain text only on loopback', () => {
     expect(resolveCoordinatorConfig({ insecure: true }).security).toEqual({ insecure: true });
+    expect(resolveCoordinatorConfig({}).requireNodeIdentity).toBe(false);
+    expect(loadCoordinatorConfig(['--require-node-identity'], {}).requireNodeIdentity).toBe(true);
+    expect(loadCoordinatorConfig([], { MIGD_COORDINATOR_REQUIRE_NODE_IDENTITY: 'true' }).requireNodeIdentity).toBe(true);
+    expect(configError(() => resolveCoordinatorConfig({ requireNodeIdentity: 'perhaps' })).option).toBe('requireNodeIdentity');
     const e = configError(() => resolveCoordinatorConfig({ insecure: 'true', listen: '198.18.0.1:7000' }));
     expect(e.option).toBe('insecure');
     expect(e.message).toMatch(/loopback/);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_ROLES, METHOD_ROLES, authorizeCall, createAuthorizer, methodName, parseRoleMap } from '../../../services/coordinator/roles.js';
+import { DEFAULT_ROLES, METHOD_ROLES, authorizeCall, checkNodeIdentity, createAuthorizer, methodName, parseRoleMap } from '../../../services/coordinator/roles.js';
+import { boundNodeId, nodeIdentity } from '../../../services/shared/pki.js';
 import { PermissionDeniedError } from '../../../services/shared/errors.js';
 import { CoordinatorServiceService } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import { createLogger } from '../../../services/shared/log.js';
@@ -69,5 +70,22 @@ describe('roles', () => {
     expect(() => parseRoleMap('=viewer')).toThrow(/empty identity/);
     expect(() => parseRoleMap({ a: 'admin' })).toThrow(/roles are/);
     expect(() => parseRoleMap(['x'])).toThrow();
+  });
+  it('gives per-node identities the node role, bound to their node', () => {
+    expect(nodeIdentity('a')).toBe('migd-node.a');
+    expect(boundNodeId('migd-node.a')).toBe('a');
+    expect(boundNodeId('migd-node.')).toBeUndefined();
+    expect(boundNodeId('migd-node')).toBeUndefined();
+    expect(boundNodeId(undefined)).toBeUndefined();
+    expect(authorizeCall(DEFAULT_ROLES, 'migd-node.a', path('Heartbeat'))).toEqual({ allowed: true, role: 'node' });
+    expect(authorizeCall(DEFAULT_ROLES, 'migd-node.a', path('SubmitPlan')).allowed).toBe(false);
+    // An explicit map entry wins over the prefix rule.
+    expect(authorizeCall(new Map([['migd-node.x', 'viewer' as const]]), 'migd-node.x', path('Heartbeat')).allowed).toBe(false);
+
+    expect(() => checkNodeIdentity('migd-node.a', 'a', { requireBound: true })).not.toThrow();
+    expect(() => checkNodeIdentity('migd-node.b', 'a', { requireBound: false })).toThrow(expect.objectContaining({ code: 'PERMISSION_DENIED', reason: 'NODE_IDENTITY_MISMATCH' }));
+    expect(() => checkNodeIdentity('migd-node', 'a', { requireBound: false })).not.toThrow();
+    expect(() => checkNodeIdentity('migd-node', 'a', { requireBound: true })).toThrow(expect.objectContaining({ reason: 'NODE_IDENTITY_REQUIRED', message: expect.stringContaining('migd-node.a') }));
+    expect(() => checkNodeIdentity(undefined, 'a', { requireBound: true })).not.toThrow(); // plain-text development mode
   });
 });

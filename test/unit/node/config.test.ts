@@ -1,0 +1,43 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { loadNodeConfig } from '../../../services/node/config.js';
+import { ConfigError } from '../../../services/shared/errors.js';
+
+let dir: string | undefined;
+afterEach(() => {
+  if (dir) rmSync(dir, { recursive: true, force: true });
+  dir = undefined;
+});
+
+function tlsDir(...identities: string[]): string {
+  dir = mkdtempSync(join(tmpdir(), 'migd-node-config-'));
+  for (const f of ['ca.crt', ...identities.flatMap((i) => [`${i}.crt`, `${i}.key`])]) writeFileSync(join(dir, f), 'x');
+  return dir;
+}
+
+const tlsOf = (s: unknown): { certFile: string } => (s as { tls: { certFile: string } }).tls;
+
+describe('node daemon TLS identity', () => {
+  it("presents its own certificate when the folder has one, and serves as migd-node", () => {
+    const d = tlsDir('migd-node', 'migd-node.a');
+    const cfg = loadNodeConfig(['--node-id', 'a', '--tls-dir', d], {});
+    expect(cfg.tlsIdentity).toBe('migd-node.a');
+    expect(tlsOf(cfg.clientSecurity).certFile).toBe(join(d, 'migd-node.a.crt'));
+    expect(tlsOf(cfg.security).certFile).toBe(join(d, 'migd-node.crt'));
+  });
+
+  it('falls back to the shared identity, and takes an explicit one', () => {
+    const d = tlsDir('migd-node', 'migd-node.a');
+    expect(loadNodeConfig(['--node-id', 'b', '--tls-dir', d], {}).tlsIdentity).toBe('migd-node');
+    expect(loadNodeConfig(['--node-id', 'a', '--tls-dir', d, '--tls-identity', 'migd-node'], {}).tlsIdentity).toBe('migd-node');
+    expect(loadNodeConfig(['--node-id', 'b', '--tls-dir', d], { MIGD_NODE_TLS_IDENTITY: 'migd-node.a' }).tlsIdentity).toBe('migd-node.a');
+  });
+
+  it('refuses an identity whose certificate is missing, or a bad name', () => {
+    const d = tlsDir('migd-node');
+    expect(() => loadNodeConfig(['--node-id', 'a', '--tls-dir', d, '--tls-identity', 'migd-node.zz'], {})).toThrow(ConfigError);
+    expect(() => loadNodeConfig(['--node-id', 'a', '--tls-dir', d, '--tls-identity', '../etc/x'], {})).toThrow(/not a certificate name/);
+  });
+});

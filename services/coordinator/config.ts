@@ -50,6 +50,8 @@ export interface CoordinatorConfig {
   readonly limits: ConcurrencyLimits;
   /** Deadline of calls to node daemons, in ms (default 15 000; StartMigration and CreateVm get 6×). */
   readonly nodeCallDeadlineMs: number;
+  /** How long a queued run waits for a down source or destination node before it fails, in ms (default 120 000). */
+  readonly nodeDownWaitMs: number;
   /** Prometheus /metrics address host:port (empty: off; default empty). */
   readonly metricsListen: string;
 }
@@ -72,6 +74,7 @@ type Raw = Partial<
     | 'limitPerLink'
     | 'limitPerCluster'
     | 'nodeCallDeadlineMs'
+    | 'nodeDownWaitMs'
     | 'metricsListen',
     unknown
   >
@@ -94,6 +97,7 @@ const keys: (keyof Raw)[] = [
   'limitPerLink',
   'limitPerCluster',
   'nodeCallDeadlineMs',
+  'nodeDownWaitMs',
   'metricsListen',
 ];
 
@@ -243,6 +247,7 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
     heartbeatMisses,
     limits,
     nodeCallDeadlineMs: int(raw, 'nodeCallDeadlineMs', 15_000, 100, 600_000),
+    nodeDownWaitMs: int(raw, 'nodeDownWaitMs', 120_000, 0, 86_400_000),
     metricsListen,
   };
   return Object.freeze(cfg);

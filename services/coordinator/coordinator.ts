@@ -79,7 +79,7 @@ export class Coordinator {
       callDeadlineMs: config.nodeCallDeadlineMs,
     });
     await registry.start();
-    const runs = new RunManager({ store, registry, log: log.child({ component: 'runs' }), limits: config.limits, callDeadlineMs: config.nodeCallDeadlineMs, ...(tuning.tickMs ? { tickMs: tuning.tickMs } : {}) });
+    const runs = new RunManager({ store, registry, log: log.child({ component: 'runs' }), limits: config.limits, callDeadlineMs: config.nodeCallDeadlineMs, nodeDownWaitMs: config.nodeDownWaitMs, ...(tuning.tickMs ? { tickMs: tuning.tickMs } : {}) });
     late.store = store;
     late.runs = runs;
     const planner = new Planner({ store, registry, runs, limits: config.limits, log: log.child({ component: 'planner' }), createVmDeadlineMs: config.nodeCallDeadlineMs * 6 });

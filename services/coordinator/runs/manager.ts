@@ -24,6 +24,11 @@ export interface RunManagerOptions {
   readonly callDeadlineMs: number;
   /** Policy clock tick of the supervisors (ms). Default 1000. */
   readonly tickMs?: number;
+  /**
+   * How long a queued run whose source or destination node is down waits for it (without taking
+   * a slot) before it fails with NODE_DOWN (ms). Default 120 000.
+   */
+  readonly nodeDownWaitMs?: number;
   readonly now?: () => number;
 }
 
@@ -40,6 +45,9 @@ export class RunManager {
   private readonly unslotted = new Map<string, string>();
   private planChain: Promise<void> = Promise.resolve();
   private stopped = false;
+  /** Queued runs held back because a node of theirs is down: since when. */
+  private readonly waitingForNode = new Map<string, number>();
+  private waitTimer: NodeJS.Timeout | undefined;
   private readonly now: () => number;
 
   constructor(private readonly o: RunManagerOptions) {
@@ -99,8 +107,19 @@ export class RunManager {
   dispatch(): void {
     if (this.stopped) return;
     const busyLinks = new Set(this.unslotted.values());
+    const now = this.now();
     for (const item of this.queue.nextDispatchable()) {
       if (busyLinks.has(`${item.source}->${item.destination}`)) continue;
+      // A node that is down may be back soon (a daemon restart, a network blip): the run keeps its
+      // place, takes no slot, and fails only after nodeDownWaitMs.
+      const down = [item.source, item.destination].filter((n) => !this.o.registry.isUp(n));
+      if (down.length > 0) {
+        const since = this.waitingForNode.get(item.id) ?? now;
+        this.waitingForNode.set(item.id, since);
+        if (now - since >= (this.o.nodeDownWaitMs ?? 120_000)) this.track(this.failWaiting(item.id, down, now - since));
+        continue;
+      }
+      this.waitingForNode.delete(item.id);
       try {
         this.queue.started(item.id);
       } catch {
@@ -115,6 +134,30 @@ export class RunManager {
       );
       this.track(p);
     }
+    for (const id of this.waitingForNode.keys()) if (this.queue.status(id) !== 'queued') this.waitingForNode.delete(id);
+    if (this.waitingForNode.size > 0 && !this.waitTimer) {
+      this.waitTimer = setInterval(() => this.dispatch(), 1000);
+      this.waitTimer.unref();
+    } else if (this.waitingForNode.size === 0 && this.waitTimer) {
+      clearInterval(this.waitTimer);
+      this.waitTimer = undefined;
+    }
+  }
+
+  /** Fails a queued run whose node stayed down too long. */
+  private async failWaiting(runId: string, down: readonly string[], waitedMs: number): Promise<void> {
+    if (this.queue.status(runId) !== 'queued') return;
+    this.queue.cancel(runId);
+    this.waitingForNode.delete(runId);
+    const message = `node ${down.join(' and ')} ${down.length > 1 ? 'were' : 'was'} down for ${Math.round(waitedMs / 1000)} s while the run waited to start`;
+    this.o.log.warn('queued run failed: node down', { runId, nodes: down, waitedMs });
+    try {
+      const ended = await this.o.store.finishRun(runId, { state: MigrationState.MIGRATION_STATE_FAILED, reason: message, error: { reason: 'NODE_DOWN', message, code: 'UNAVAILABLE' } });
+      if (ended.planId) await this.updatePlan(ended.planId);
+    } catch (err) {
+      this.o.log.error('failing a queued run failed', { runId, err });
+    }
+    this.dispatch();
   }
 
   private track(p: Promise<unknown>): void {
@@ -258,6 +301,8 @@ export class RunManager {
   /** Stops dispatching and detaches every supervisor; migrations keep running on their nodes. */
   async close(): Promise<void> {
     this.stopped = true;
+    if (this.waitTimer) clearInterval(this.waitTimer);
+    this.waitTimer = undefined;
     for (const s of this.supervisors.values()) s.detach();
     await Promise.allSettled([...this.running]);
     await this.planChain;

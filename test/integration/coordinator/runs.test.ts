@@ -5,7 +5,7 @@
  * runs are cancelled without a node call, slots follow the limits, restart recovery asks the node
  * first and never starts twice, Watch replays then follows.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { EventBus, eventsFromRun } from '../../../services/coordinator/event-bus.js';
 import { Planner } from '../../../services/coordinator/planner.js';
 import { NodeRegistry } from '../../../services/coordinator/registry.js';
@@ -51,6 +51,7 @@ beforeEach(async () => {
 });
 
 afterEach(async () => {
+  vi.restoreAllMocks();
   await runs?.close();
   runs = undefined;
   registry.stop();
@@ -58,8 +59,8 @@ afterEach(async () => {
   await removeDir(dir);
 });
 
-function manager(): RunManager {
-  runs = new RunManager({ store, registry, log: quiet, limits: { perSource: 2, perDestination: 2, perLink: 1, perCluster: 5 }, callDeadlineMs: 1000, tickMs: 20 });
+function manager(extra: { nodeDownWaitMs?: number } = {}): RunManager {
+  runs = new RunManager({ store, registry, log: quiet, limits: { perSource: 2, perDestination: 2, perLink: 1, perCluster: 5 }, callDeadlineMs: 1000, tickMs: 20, ...extra });
   return runs;
 }
 
@@ -179,6 +180,38 @@ describe('run supervisor and manager', () => {
     // The queued run waited for the link; it is dispatched once the link is free.
     await until(() => nodes['a']!.migrations.has(queued!.id), 'the queued run to start');
     expect((await run(queued!.id)).startedAt!.getTime()).toBeGreaterThanOrEqual(done.finishedAt!.getTime());
+  });
+
+  it('holds a queued run while one of its nodes is down, without a slot, and starts it when the node is back', async () => {
+    const down = new Set(['c']);
+    vi.spyOn(registry, 'isUp').mockImplementation((id) => !down.has(id));
+    const m = manager({ nodeDownWaitMs: 2500 });
+    const back = await plan(['vm1:a:c']);
+    const gone = await plan(['vm2:b:c']);
+    // Both wait on c; vm1 and vm2 use different sources so both can start once c is up.
+    m.enqueue([...back.runs, ...gone.runs].map((run) => ({ run, order: 0 })));
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(nodes['a']!.methods()).toEqual([]);
+    expect((await run(back.runs[0]!.id)).state).toBe(S.MIGRATION_STATE_QUEUED);
+    expect(m.queue.snapshot()).toMatchObject({ queued: 2, running: 0 }); // no slot taken while waiting
+    // c comes back.
+    vi.spyOn(registry, 'isUp').mockImplementation((id) => !down.has(id) || id === 'c');
+    await until(() => nodes['a']!.migrations.has(back.runs[0]!.id), 'vm1 to start once c is up', 3000);
+    await until(() => nodes['b']!.migrations.has(gone.runs[0]!.id), 'vm2 to start too');
+  });
+
+  it('fails a queued run whose node stays down past the wait, with NODE_DOWN, and settles its plan', async () => {
+    vi.spyOn(registry, 'isUp').mockImplementation((id) => id !== 'c');
+    const m = manager({ nodeDownWaitMs: 1500 });
+    const p = await plan(['vm1:a:c']);
+    const t0 = Date.now();
+    m.enqueue([{ run: p.runs[0]!, order: 0 }]);
+    await until(async () => (await run(p.runs[0]!.id)).finishedAt !== undefined, 'the run to fail', 6000);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1500);
+    expect(await run(p.runs[0]!.id)).toMatchObject({ state: S.MIGRATION_STATE_FAILED, error: { reason: 'NODE_DOWN', code: 'UNAVAILABLE' } });
+    expect((await store.getPlan(p.planId)).state).toBe(PlanState.PLAN_STATE_FAILED);
+    expect(nodes['a']!.methods()).toEqual([]);
+    expect(m.queue.snapshot()).toMatchObject({ queued: 0, running: 0 });
   });
 
   it('settles a plan whose last run ended just before the coordinator stopped', async () => {

@@ -85,6 +85,9 @@ describe('coordinator config', () => {
   it('allows plain text only on loopback', () => {
     expect(resolveCoordinatorConfig({ insecure: true }).security).toEqual({ insecure: true });
     expect(resolveCoordinatorConfig({}).requireNodeIdentity).toBe(false);
+    expect(resolveCoordinatorConfig({}).nodeDownWaitMs).toBe(120_000);
+    expect(loadCoordinatorConfig(['--node-down-wait-ms', '5000'], {}).nodeDownWaitMs).toBe(5000);
+    expect(configError(() => resolveCoordinatorConfig({ nodeDownWaitMs: '-1' })).option).toBe('nodeDownWaitMs');
     expect(loadCoordinatorConfig(['--require-node-identity'], {}).requireNodeIdentity).toBe(true);
     expect(loadCoordinatorConfig([], { MIGD_COORDINATOR_REQUIRE_NODE_IDENTITY: 'true' }).requireNodeIdentity).toBe(true);
     expect(configError(() => resolveCoordinatorConfig({ requireNodeIdentity: 'perhaps' })).option).toBe('requireNodeIdentity');

@@ -22,7 +22,7 @@ import type { MigrationEndpoint, MigrationInfo, StateChange, WatchMigrationRespo
 import type { Logger } from '../../shared/log.js';
 import type { QmpEvent } from '../qmp/protocol.js';
 import type { MigrationConfig } from './config.js';
-import { StallDetector, finalStats, progressSample, stateFromQemuStatus, type QmpMigrationInfo } from './progress.js';
+import { StallDetector, finalStats, postcopyDowntimeMs, progressSample, stateFromQemuStatus, type QmpMigrationInfo } from './progress.js';
 import { capabilityList, type MigratableVm, type NodePeer, type VmHost } from './types.js';
 
 export interface SourceOptions {
@@ -81,6 +81,9 @@ export class SourceMigration {
   private maxBandwidth: number;
   private pass = 0;
   private postcopyStarted = false;
+  /** QEMU clock (µs) of the source's last STOP event and of the `completed` event. */
+  private stoppedAtUs: number | undefined;
+  private completedAtUs: number | undefined;
   private pausedGuest = false;
   private recoveries = 0;
   private maxThrottle = 0;
@@ -212,11 +215,13 @@ export class SourceMigration {
         }
         if (ev.event === 'STOP' || ev.event === 'RESUME') {
           log.debug('source runstate event', { event: ev.event });
+          if (ev.event === 'STOP') this.stoppedAtUs = ev.timestampUs;
           continue;
         }
         const status = String((ev.data as { status?: string }).status ?? '');
         this.qemuStatus = status;
         if (status === 'completed') {
+          this.completedAtUs = ev.timestampUs;
           await this.complete();
           return;
         }
@@ -437,7 +442,10 @@ export class SourceMigration {
     }
     const dstVm = await peer.getVm({ name: vm.name }, { deadlineMs: 3000 }).catch(() => undefined);
     if (dstVm?.vm && this.destinationCpuStart !== undefined) this.destinationCpu = Math.max(0, dstVm.vm.qemuCpuSeconds - this.destinationCpuStart);
+    const downtime = this.postcopyStarted ? postcopyDowntimeMs(info.downtime ?? 0, this.stoppedAtUs, this.completedAtUs) : { downtimeMs: info.downtime ?? 0, corrected: false };
+    if (downtime.corrected) log.info('post-copy switch-over took under 1 ms; QEMU reported the post-copy phase as downtime', { reportedMs: info.downtime, runId: this.runId });
     this.stats = finalStats(info, {
+      downtimeMs: downtime.downtimeMs,
       sourceCpuSeconds: srcCpu,
       destinationCpuSeconds: this.destinationCpu,
       integrityErrors: confirm.sample?.integrityErrors ?? 0,

@@ -91,7 +91,10 @@ describe('node daemons: migration modes', () => {
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     expect(trace.states).toContain(MigrationState.MIGRATION_STATE_POSTCOPY);
     expect(trace.result.actions.some((a) => a.kind === PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY)).toBe(true);
-    expect(trace.result.stats!.downtimeMs).toBeGreaterThan(0);
+    // The switch-over pause only (0 when under 1 ms), never QEMU's quirk of reporting the whole
+    // post-copy phase (see postcopyDowntimeMs).
+    expect(trace.result.stats!.downtimeMs).toBeGreaterThanOrEqual(0);
+    expect(trace.result.stats!.downtimeMs).toBeLessThan(1000);
     expect(trace.result.stats!.postcopyRequests).toBeGreaterThan(0);
     console.log(`post-copy+preempt: total ${trace.result.stats!.totalTimeMs} ms, downtime ${trace.result.stats!.downtimeMs} ms, page requests ${trace.result.stats!.postcopyRequests}`);
     await assertOnDestination(name, before.at(-1)!.pagesVerified);

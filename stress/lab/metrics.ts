@@ -68,14 +68,9 @@ export function combinedGuestSeries(guest: readonly GuestPerfSample[]): { t: num
   const withTime = guest.filter((g) => g.time && g.msPerGib > 0);
   const combined = withTime.filter((g) => g.worker === COMBINED);
   if (combined.length > 0) return combined.map((g) => ({ t: g.time!.getTime(), v: g.msPerGib })).sort((a, b) => a.t - b.t);
-  return combineWorkers(withTime);
-}
-
-/** Per-worker samples combined as the telemetry parser does (1/Σ(1/msPerGib) over each worker's latest value). */
-function combineWorkers(guest: readonly GuestPerfSample[]): { t: number; v: number }[] {
   const latest = new Map<number, number>();
   const out: { t: number; v: number }[] = [];
-  for (const g of guest.filter((x) => x.time && x.msPerGib > 0 && x.worker !== COMBINED).sort((a, b) => a.time!.getTime() - b.time!.getTime())) {
+  for (const g of [...withTime].sort((a, b) => a.time!.getTime() - b.time!.getTime())) {
     latest.set(g.worker, g.msPerGib);
     let inv = 0;
     for (const v of latest.values()) inv += 1 / v;
@@ -87,18 +82,6 @@ function combineWorkers(guest: readonly GuestPerfSample[]): { t: number; v: numb
 /** Median combined ms/GiB over [start − windowMs, start): the guest's pace before the migration. NaN without samples. */
 export function baselineMsPerGib(series: readonly { t: number; v: number }[], start: number, windowMs = 60_000): number {
   return quantile(series.filter((p) => p.t < start && p.t >= start - windowMs).map((p) => p.v), 0.5);
-}
-
-/**
- * The baseline of a timeline: from its combined samples before the start, else — outside runs
- * the store keeps only the guest's latest sample per heartbeat, which may be one worker's — the
- * per-worker samples of that window combined as of the last one (every worker's latest pace).
- */
-export function timelineBaseline(guest: readonly GuestPerfSample[], start: number, windowMs = 60_000): number {
-  const b = baselineMsPerGib(combinedGuestSeries(guest), start, windowMs);
-  if (Number.isFinite(b)) return b;
-  const before = combineWorkers(guest.filter((g) => g.time && g.time.getTime() < start && g.time.getTime() >= start - windowMs));
-  return before.at(-1)?.v ?? NaN;
 }
 
 /** Longest stretch a sample is taken to stand for (a guest that stops reporting is not extrapolated further). */
@@ -266,7 +249,7 @@ export function runSeries(t: GetRunTimelineResponse, opts: { maxPoints?: number;
     cpuDestination: ds(cpu.dst.map((p) => pt(p.x, p.y))),
     cpuTotal: ds(cpu.total.map((p) => pt(p.x, p.y))),
     markers: markers.sort((a, b) => a.x - b.x),
-    baseline: timelineBaseline(t.guest, start, opts.baselineWindowMs),
+    baseline: baselineMsPerGib(combinedGuestSeries(t.guest), start, opts.baselineWindowMs),
   };
 }
 
@@ -327,7 +310,7 @@ export function runFigures(t: GetRunTimelineResponse, opts: { baselineWindowMs?:
   const state = run?.state ?? MigrationState.MIGRATION_STATE_UNSPECIFIED;
   const succeeded = state === MigrationState.MIGRATION_STATE_SUCCEEDED;
   const series = combinedGuestSeries(t.guest);
-  const baseline = timelineBaseline(t.guest, start, opts.baselineWindowMs);
+  const baseline = baselineMsPerGib(series, start, opts.baselineWindowMs);
   const harm = guestHarm(series, baseline, start, end ?? start);
   const cpu = hostCpuPoints(t);
   const lastCpu = cpu[cpu.length - 1];

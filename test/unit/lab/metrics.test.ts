@@ -12,7 +12,6 @@ import {
   runFigures,
   runSeries,
   summarize,
-  timelineBaseline,
 } from '../../../stress/lab/metrics.js';
 import { syntheticTimeline } from './synthetic.js';
 
@@ -69,14 +68,6 @@ describe('guest harm', () => {
     const s = combinedGuestSeries([at(100, 0, 1000), at(110, 1, 1000), at(200, 0, 500), at(0, 0, 0)]);
     expect(s.map((p) => p.v)).toEqual([1000, 500, 1000 / 3]);
     expect(combinedGuestSeries([at(100, 0, 1000), at(100, -1, 480)])).toEqual([{ t: 100, v: 480 }]);
-  });
-
-  it('takes the baseline from per-worker samples when only those precede the start (heartbeats keep one per period)', () => {
-    // Before the start (t < 1000): one sample per worker, as heartbeats store them; during: combined ones.
-    const guest = [at(400, 0, 1200), at(600, 1, 1200), at(1100, -1, 9000), at(1200, -1, 9000)];
-    expect(baselineMsPerGib(combinedGuestSeries(guest), 1000)).toBeNaN();
-    expect(timelineBaseline(guest, 1000)).toBe(600); // both workers' latest: 1/(1/1200 + 1/1200)
-    expect(timelineBaseline([at(500, -1, 700), at(600, 0, 1200)], 1000)).toBe(700); // combined samples win
   });
 });
 

@@ -182,7 +182,7 @@ export class NodeDaemon {
       pid: v.pid,
       startedAt: new Date(v.createdAt),
       migrationRunId: this.migratingVms.get(name) ?? '',
-      lastGuestPerf: this.feeds.get(name)?.latest()?.sample,
+      lastGuestPerf: this.feeds.get(name)?.summary(),
       qemuCpuSeconds: cpu?.totalSeconds ?? 0,
     };
   }

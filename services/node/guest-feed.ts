@@ -12,6 +12,8 @@ export class GuestFeed {
   readonly samples = new Broadcast<GuestPerfSample>({ limit: 1024 });
   readonly console = new Broadcast<Uint8Array>({ limit: 1024 });
   private last: { sample: GuestPerfSample; hostMs: number } | undefined;
+  /** The latest sample of all workers together (worker −1, with a pace). */
+  private lastCombined: { sample: GuestPerfSample; hostMs: number } | undefined;
   private readonly stop = new AbortController();
   private passes = new Map<number, number>();
 
@@ -66,12 +68,24 @@ export class GuestFeed {
       vmName: this.vmName,
     };
     this.last = { sample, hostMs: Date.now() };
+    if (sample.worker === -1 && sample.msPerGib > 0) this.lastCombined = this.last;
     this.samples.publish(sample);
   }
 
   /** The latest sample and when it arrived (host ms). */
   latest(): { sample: GuestPerfSample; hostMs: number } | undefined {
     return this.last;
+  }
+
+  /**
+   * The sample to show for the VM (ListVms, heartbeats, and so the store's guest history between
+   * runs): the latest whole-guest one when it is recent (within `maxAgeMs` of the latest of any
+   * kind), since one worker's pace is not the guest's; else the latest.
+   */
+  summary(maxAgeMs = 5000): GuestPerfSample | undefined {
+    const c = this.lastCombined;
+    if (c && this.last && this.last.hostMs - c.hostMs <= maxAgeMs) return c.sample;
+    return this.last?.sample;
   }
 
   close(): void {

@@ -84,6 +84,21 @@ export function baselineMsPerGib(series: readonly { t: number; v: number }[], st
   return quantile(series.filter((p) => p.t < start && p.t >= start - windowMs).map((p) => p.v), 0.5);
 }
 
+/**
+ * The baseline of a timeline: the median of its whole-guest samples before the start; when the
+ * window holds only single workers' samples (node daemons before this fix put the latest sample
+ * of any kind in heartbeats, and between runs the store keeps one per heartbeat period), the
+ * median of those divided by the number of workers — the workload's workers write equal shares,
+ * so the guest's pace is one worker's pace ÷ workers. NaN without samples.
+ */
+export function timelineBaseline(guest: readonly GuestPerfSample[], start: number, windowMs = 60_000): number {
+  const b = baselineMsPerGib(combinedGuestSeries(guest), start, windowMs);
+  if (Number.isFinite(b)) return b;
+  const workers = new Set(guest.filter((g) => g.worker >= 0).map((g) => g.worker)).size;
+  const single = guest.filter((g) => g.worker >= 0 && g.msPerGib > 0 && g.time && g.time.getTime() < start && g.time.getTime() >= start - windowMs).map((g) => g.msPerGib);
+  return workers > 0 ? quantile(single, 0.5) / workers : NaN;
+}
+
 /** Longest stretch a sample is taken to stand for (a guest that stops reporting is not extrapolated further). */
 const MAX_HOLD_MS = 2000;
 
@@ -249,7 +264,7 @@ export function runSeries(t: GetRunTimelineResponse, opts: { maxPoints?: number;
     cpuDestination: ds(cpu.dst.map((p) => pt(p.x, p.y))),
     cpuTotal: ds(cpu.total.map((p) => pt(p.x, p.y))),
     markers: markers.sort((a, b) => a.x - b.x),
-    baseline: baselineMsPerGib(combinedGuestSeries(t.guest), start, opts.baselineWindowMs),
+    baseline: timelineBaseline(t.guest, start, opts.baselineWindowMs),
   };
 }
 
@@ -310,7 +325,7 @@ export function runFigures(t: GetRunTimelineResponse, opts: { baselineWindowMs?:
   const state = run?.state ?? MigrationState.MIGRATION_STATE_UNSPECIFIED;
   const succeeded = state === MigrationState.MIGRATION_STATE_SUCCEEDED;
   const series = combinedGuestSeries(t.guest);
-  const baseline = baselineMsPerGib(series, start, opts.baselineWindowMs);
+  const baseline = timelineBaseline(t.guest, start, opts.baselineWindowMs);
   const harm = guestHarm(series, baseline, start, end ?? start);
   const cpu = hostCpuPoints(t);
   const lastCpu = cpu[cpu.length - 1];

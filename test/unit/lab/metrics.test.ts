@@ -12,6 +12,7 @@ import {
   runFigures,
   runSeries,
   summarize,
+  timelineBaseline,
 } from '../../../stress/lab/metrics.js';
 import { syntheticTimeline } from './synthetic.js';
 
@@ -68,6 +69,15 @@ describe('guest harm', () => {
     const s = combinedGuestSeries([at(100, 0, 1000), at(110, 1, 1000), at(200, 0, 500), at(0, 0, 0)]);
     expect(s.map((p) => p.v)).toEqual([1000, 500, 1000 / 3]);
     expect(combinedGuestSeries([at(100, 0, 1000), at(100, -1, 480)])).toEqual([{ t: 100, v: 480 }]);
+  });
+
+  it('estimates the baseline from single workers when no whole-guest sample precedes the start', () => {
+    // Three equal workers at ~1650 ms/GiB each: the guest writes 1 GiB in 550 ms.
+    const guest = [at(400, 2, 1620), at(600, 1, 1680), at(1100, -1, 9000), at(1150, 0, 27000), at(1200, -1, 9000)];
+    expect(baselineMsPerGib(combinedGuestSeries(guest), 1000)).toBeNaN();
+    expect(timelineBaseline(guest, 1000)).toBe(550);
+    expect(timelineBaseline([at(500, -1, 700), at(600, 0, 1200), at(700, 1, 1200)], 1000)).toBe(700); // whole-guest samples win
+    expect(timelineBaseline([at(1100, -1, 700)], 1000)).toBeNaN();
   });
 });
 

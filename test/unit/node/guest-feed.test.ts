@@ -1,0 +1,50 @@
+import { describe, expect, it } from 'vitest';
+import { GuestFeed } from '../../../services/node/guest-feed.js';
+import type { SerialSubscription } from '../../../services/node/vm/serial.js';
+import { COMBINED_WORKER, formatGuestLine } from '../../../services/shared/guest/telemetry.js';
+import { createLogger } from '../../../services/shared/log.js';
+
+const quiet = createLogger('test', {}, () => undefined, 'error');
+
+/** A serial console that yields `text` once, then stays open until the feed closes. */
+function consoleOf(text: string): (signal: AbortSignal) => SerialSubscription {
+  return (signal) =>
+    (async function* () {
+      yield Buffer.from(text);
+      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+    })() as unknown as SerialSubscription;
+}
+
+async function until(check: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 5));
+}
+
+describe('guest feed', () => {
+  it('shows the whole guest’s latest pace, not whichever worker reported last', async () => {
+    const lines =
+      formatGuestLine(10, 'start', { workers: 2, bytes: 4096, pattern: 'random' }) +
+      formatGuestLine(20, 'pass', { w: 0, n: 3, bytes: 4096, ms_per_gib: 1000 }) +
+      formatGuestLine(30, 'pass', { w: 1, n: 3, bytes: 4096, ms_per_gib: 3000 }) +
+      formatGuestLine(40, 'pass', { w: 0, n: 4, bytes: 4096, ms_per_gib: 1200 });
+    const feed = new GuestFeed('vm1', consoleOf(lines), quiet);
+    try {
+      await until(() => feed.latest()?.sample.guestMonoMs === 40);
+      expect(feed.latest()?.sample).toMatchObject({ worker: 0, msPerGib: 1200 });
+      expect(feed.summary()).toMatchObject({ worker: COMBINED_WORKER, msPerGib: 750 });
+      // A whole-guest sample too old next to the latest one is not shown.
+      expect(feed.summary(-1)).toMatchObject({ worker: 0, msPerGib: 1200 });
+    } finally {
+      feed.close();
+    }
+  });
+
+  it('shows the latest sample while no whole-guest one exists yet', async () => {
+    const feed = new GuestFeed('vm2', consoleOf(formatGuestLine(10, 'start', { workers: 2, bytes: 4096, pattern: 'random' }) + formatGuestLine(20, 'pass', { w: 0, n: 1, bytes: 4096, ms_per_gib: 1000 })), quiet);
+    try {
+      await until(() => feed.latest() !== undefined);
+      expect(feed.summary()).toMatchObject({ worker: 0, msPerGib: 1000 });
+    } finally {
+      feed.close();
+    }
+  });
+});

@@ -41,6 +41,8 @@ export interface LabResults {
   readonly mode: string;
   readonly createdAt: string;
   updatedAt: string;
+  /** Where the runs were made (QEMU version, host, Node), merged in by each session. */
+  environment?: Record<string, string>;
   runs: RecordedRun[];
   errors: FailedAttempt[];
 }

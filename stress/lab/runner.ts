@@ -100,7 +100,7 @@ export async function reportFromResults(dir: string, comparison: Comparison, res
     comparison,
     scenarios: comparison.scenarios,
     runs,
-    environment: { mode: results.mode, ...(results.quick ? { quick: 'yes' } : {}), ...opts.environment },
+    environment: { mode: results.mode, ...(results.quick ? { quick: 'yes' } : {}), ...results.environment, ...opts.environment },
   });
   if (opts.png === false) return { html, markdown };
   const png = join(dir, 'report.png');
@@ -120,6 +120,7 @@ export async function runComparison(o: RunLabOptions): Promise<RunLabResult> {
     throw new Error(`${o.outDir} already holds results of "${o.comparison.name}": pass --resume to continue them, or another --out`);
   }
   const results = existing ?? newResults(o.comparison.name, o.quick ?? false, o.backend.mode);
+  if (o.environment) results.environment = { ...results.environment, ...o.environment };
   await saveResults(o.outDir, results);
   const session = randomBytes(3).toString('hex');
   const total = o.comparison.scenarios.reduce((n, s) => n + s.repetitions, 0);

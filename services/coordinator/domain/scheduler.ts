@@ -184,9 +184,11 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
 
   /**
    * Everything that may start now, in dispatch order, such that starting all of them exceeds no
-   * limit. Does not change the queue: call {@link started} for each one actually started.
+   * limit. Does not change the queue: call {@link started} for each one actually started. Items
+   * `hold` returns true for (e.g. a node of theirs is down) are passed over: they neither start
+   * nor keep a slot from the items behind them.
    */
-  nextDispatchable(): T[] {
+  nextDispatchable(hold: (item: T) => boolean = () => false): T[] {
     const usage = this.usage.clone();
     // Hosts and links a blocked item waits for, with the highest priority waiting on each.
     const claims = new Map<string, number>();
@@ -198,6 +200,7 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
     if (usage.total >= this.limits.perCluster) return out;
     for (const item of this.ordered()) {
       if (usage.total >= this.limits.perCluster) break;
+      if (hold(item)) continue;
       const priority = item.priority ?? 0;
       const keys = [`out:${item.source}`, `in:${item.destination}`, `link:${linkKey(item.source, item.destination)}`];
       if (usage.violation(item, this.limits) !== undefined) {

@@ -108,18 +108,22 @@ export class RunManager {
     if (this.stopped) return;
     const busyLinks = new Set(this.unslotted.values());
     const now = this.now();
-    for (const item of this.queue.nextDispatchable()) {
-      if (busyLinks.has(`${item.source}->${item.destination}`)) continue;
-      // A node that is down may be back soon (a daemon restart, a network blip): the run keeps its
-      // place, takes no slot, and fails only after nodeDownWaitMs.
+    // A node that is down may be back soon (a daemon restart, a network blip): the run keeps its
+    // place, holds no slot, and fails only after nodeDownWaitMs.
+    const expired: { id: string; down: string[]; waitedMs: number }[] = [];
+    const hold = (item: QueueItem): boolean => {
       const down = [item.source, item.destination].filter((n) => !this.o.registry.isUp(n));
-      if (down.length > 0) {
-        const since = this.waitingForNode.get(item.id) ?? now;
-        this.waitingForNode.set(item.id, since);
-        if (now - since >= (this.o.nodeDownWaitMs ?? 120_000)) this.track(this.failWaiting(item.id, down, now - since));
-        continue;
+      if (down.length === 0) {
+        this.waitingForNode.delete(item.id);
+        return false;
       }
-      this.waitingForNode.delete(item.id);
+      const since = this.waitingForNode.get(item.id) ?? now;
+      this.waitingForNode.set(item.id, since);
+      if (now - since >= (this.o.nodeDownWaitMs ?? 120_000)) expired.push({ id: item.id, down, waitedMs: now - since });
+      return true;
+    };
+    for (const item of this.queue.nextDispatchable(hold)) {
+      if (busyLinks.has(`${item.source}->${item.destination}`)) continue;
       try {
         this.queue.started(item.id);
       } catch {
@@ -134,6 +138,7 @@ export class RunManager {
       );
       this.track(p);
     }
+    for (const e of expired) this.track(this.failWaiting(e.id, e.down, e.waitedMs));
     for (const id of this.waitingForNode.keys()) if (this.queue.status(id) !== 'queued') this.waitingForNode.delete(id);
     if (this.waitingForNode.size > 0 && !this.waitTimer) {
       this.waitTimer = setInterval(() => this.dispatch(), 1000);

@@ -91,6 +91,14 @@ describe('MigrationQueue', () => {
     expect(q.nextDispatchable().map((i) => i.id)).toEqual([]);
   });
 
+  it('passes over held items without letting them keep a slot from the items behind', () => {
+    const q = new MigrationQueue({ perSource: 1, perDestination: 2, perLink: 1, perCluster: 5 });
+    q.enqueue(item('r1', 'a', 'down'));
+    q.enqueue(item('r2', 'a', 'b'));
+    expect(q.nextDispatchable().map((i) => i.id)).toEqual(['r1']);
+    expect(q.nextDispatchable((i) => i.destination === 'down').map((i) => i.id)).toEqual(['r2']);
+  });
+
   it('refuses to start beyond a limit and names the limit', () => {
     const q = new MigrationQueue();
     q.enqueue(item('one', 'a', 'b'));

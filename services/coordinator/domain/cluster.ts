@@ -82,29 +82,6 @@ export function allMoves(cluster: ClusterModel, extra: readonly PlannedMove[] = 
 }
 
 /**
- * Where each VM is, or will be once the planned moves are done. Anti-affinity is judged against
- * this, so two VMs of one group planned onto the same node in the same plan are caught too.
- */
-export function effectiveLocations(cluster: ClusterModel, moves: readonly PlannedMove[]): Map<string, string> {
-  const at = new Map<string, string>();
-  for (const vm of cluster.vms) at.set(vm.name, vm.nodeId);
-  for (const m of moves) at.set(m.vmName, m.to);
-  return at;
-}
-
-/** Memory and count of planned moves into `nodeId`. */
-export function inboundReservations(moves: readonly PlannedMove[], nodeId: string): { bytes: number; count: number } {
-  let bytes = 0;
-  let count = 0;
-  for (const m of moves) {
-    if (m.to !== nodeId) continue;
-    bytes += m.memoryBytes;
-    count++;
-  }
-  return { bytes, count };
-}
-
-/**
  * Lookups over one snapshot for placement, built once per plan and kept current as the plan adds
  * moves, so placing each VM of a large drain costs O(nodes) instead of O(nodes × (VMs + moves)):
  * nodes and VMs by name, inbound reservations per node, where each VM is (or will be once the
@@ -120,10 +97,7 @@ export class ClusterIndex {
   private readonly moving = new Set<string>();
 
   /** Indexes `cluster` with its own planned moves, then `extra` (see {@link allMoves}). */
-  constructor(
-    readonly cluster: ClusterModel,
-    extra: readonly PlannedMove[] = [],
-  ) {
+  constructor(cluster: ClusterModel, extra: readonly PlannedMove[] = []) {
     for (const n of cluster.nodes) if (!this.nodes.has(n.id)) this.nodes.set(n.id, n);
     for (const v of cluster.vms) {
       if (this.vms.has(v.name)) continue;
@@ -146,12 +120,15 @@ export class ClusterIndex {
     return this.moving.has(vmName);
   }
 
-  /** Memory and count of planned moves into `nodeId` (see {@link inboundReservations}). */
+  /** Memory and count of planned moves into `nodeId`. */
   reservations(nodeId: string): { bytes: number; count: number } {
     return this.reserved.get(nodeId) ?? { bytes: 0, count: 0 };
   }
 
-  /** Where the VM is, or will be once the planned moves are done (see {@link effectiveLocations}). */
+  /**
+   * Where the VM is, or will be once the planned moves are done. Anti-affinity is judged against
+   * this, so two VMs of one group planned onto the same node in the same plan are caught too.
+   */
   location(vmName: string): string | undefined {
     return this.at.get(vmName);
   }

@@ -20,7 +20,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,10 +30,10 @@ import { PlanState } from '../services/shared/gen/migd/v1/coordinator.js';
 import { buildGuestCmdline } from '../services/shared/guest/workload.js';
 import { ensurePki } from '../services/shared/pki.js';
 import { freePort } from '../services/shared/net.js';
-import { type CoordinatorProcess, natsServerBinary, startCoordinatorProcess, startService, stopChild } from '../services/testbed/cluster.js';
+import { type CoordinatorProcess, coordinatorEntry, startCoordinatorProcess, startNatsProcess, stopChild } from '../services/testbed/cluster.js';
 import { ensureGuestImage } from '../stress/image/build.js';
 import { sleep } from '../stress/lab/backend.js';
-import { coordinatorEntry, startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
+import { startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
 import { CoordinatorBackend } from '../stress/lab/coordinator-backend.js';
 import { quantile } from '../stress/lab/metrics.js';
 import { SimCluster } from '../stress/lab/sim-nodes.js';
@@ -295,7 +295,7 @@ process.once('exit', () => {
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
 
 async function partD(): Promise<void> {
-  if (!coordinatorEntry()) throw new Error('coordinator not built');
+  coordinatorEntry(); // throws when not built
   const limits = { cluster: 200, source: 4, destination: 4 };
   const migrationMs = 1000;
   out(`\n== d. control-plane scale: drains over simulated nodes (${VMS_PER_NODE} VMs per node: ${VMS_PER_NODE * 2} on each of the first half, drained to the second half; simulated migrations of ${migrationMs} ms; limits cluster ${limits.cluster}, per source ${limits.source}, per destination ${limits.destination})`);
@@ -313,16 +313,15 @@ async function partD(): Promise<void> {
     let cb: CoordinatorBackend | undefined;
     let downs = 0;
     try {
-      await mkdir(join(work, 'nats'));
-      const natsPort = await freePort('127.0.0.1');
-      nats = await startService('nats', natsServerBinary(), ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', join(work, 'nats')], (l) => l.includes('Server is ready'), () => undefined);
+      const natsProc = await startNatsProcess(join(work, 'nats'));
+      nats = natsProc.process;
       started.add(nats);
       const port = await freePort('127.0.0.1');
       const addr = `127.0.0.1:${port}`;
       coord = await startCoordinatorProcess({
         listen: addr,
         db: join(work, 'history.sqlite'),
-        nats: `nats://127.0.0.1:${natsPort}`,
+        nats: natsProc.url,
         certDir,
         args: ['--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES)],
         onLog: (l) => {

@@ -49,9 +49,16 @@ export interface LocalCluster {
   close(): Promise<void>;
 }
 
+const coordinatorEntryPath = (): string => join(repoRoot(), 'dist', 'services', 'coordinator', 'main.js');
+
+/** Whether the coordinator has been built (dist/). */
+export function coordinatorBuilt(): boolean {
+  return existsSync(coordinatorEntryPath());
+}
+
 /** The compiled coordinator entry point. @throws DependencyError when not built */
 export function coordinatorEntry(): string {
-  const p = join(repoRoot(), 'dist', 'services', 'coordinator', 'main.js');
+  const p = coordinatorEntryPath();
   if (!existsSync(p)) throw new DependencyError('coordinator', `${p} is missing: run 'npm run build' (or scripts/setup)`);
   return p;
 }
@@ -62,7 +69,6 @@ export function natsServerBinary(): string {
   if (!p) throw new DependencyError('nats-server', 'not installed (apt-get install nats-server, or run scripts/setup)');
   return p;
 }
-
 
 /**
  * Spawns a root-namespace service and waits until a line of its output says it is ready. Every
@@ -108,6 +114,18 @@ export async function startService(
     throw err;
   }
   return child;
+}
+
+/**
+ * Starts nats-server with JetStream on 127.0.0.1 (a free port), storing under `storeDir`.
+ * @throws DependencyError when not installed; UnavailableError when it does not start
+ */
+export async function startNatsProcess(storeDir: string, onLog: (l: string) => void = () => undefined): Promise<{ process: ChildProcess; url: string }> {
+  const bin = natsServerBinary();
+  const port = await freePort('127.0.0.1');
+  mkdirSync(storeDir, { recursive: true });
+  const child = await startService('nats', bin, ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir], (l) => l.includes('Server is ready'), onLog);
+  return { process: child, url: `nats://127.0.0.1:${port}` };
 }
 
 /** SIGTERM, then SIGKILL after 5 s; resolves when the child has exited. */
@@ -206,14 +224,13 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     rmSync(opts.workDir, { recursive: true, force: true });
   };
   try {
-    coordinatorEntry(); // fail before anything starts when not built
-    const natsBin = natsServerBinary();
+    // Fail before anything starts when a piece is missing.
+    coordinatorEntry();
+    natsServerBinary();
     tb = await Testbed.create({ hosts: [...hosts] });
-    const natsPort = await freePort('127.0.0.1');
-    const natsDir = join(opts.workDir, 'nats');
-    mkdirSync(natsDir, { recursive: true });
-    nats = await startService('nats', natsBin, ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', natsDir], (l) => l.includes('Server is ready'), onLog);
-    const natsUrl = `nats://127.0.0.1:${natsPort}`;
+    const natsProc = await startNatsProcess(join(opts.workDir, 'nats'), onLog);
+    nats = natsProc.process;
+    const natsUrl = natsProc.url;
     const coordinatorAddress = `${tb.rootAddress}:${opts.coordinatorPort ?? (await freePort(tb.rootAddress))}`;
     // Every node daemon started here presents its own certificate, so the coordinator can insist.
     coordinator = await startCoordinatorProcess({ listen: coordinatorAddress, db: join(opts.workDir, 'history.sqlite'), nats: natsUrl, certDir: opts.certDir, args: ['--require-node-identity', ...(opts.coordinatorArgs ?? [])], onLog });

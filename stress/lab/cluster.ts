@@ -5,13 +5,11 @@
  * `close()` stops all of it (QEMU processes die with their namespaces) and is safe to call after a
  * partial start.
  */
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensurePki } from '../../services/shared/pki.js';
-import { repoRoot } from '../../services/shared/paths.js';
-import { startLocalCluster, type LocalCluster } from '../../services/testbed/cluster.js';
+import { coordinatorBuilt, startLocalCluster, type LocalCluster } from '../../services/testbed/cluster.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
 import { Testbed } from '../../services/testbed/testbed.js';
 import type { BackendMode, LabBackend } from './backend.js';
@@ -40,19 +38,13 @@ export interface LabClusterOptions {
   readonly onLog?: (line: string) => void;
 }
 
-/** The compiled coordinator entry point, if built. */
-export function coordinatorEntry(): string | undefined {
-  const p = join(repoRoot(), 'dist', 'services', 'coordinator', 'main.js');
-  return existsSync(p) ? p : undefined;
-}
-
 /**
  * Starts the cluster: in coordinator mode the shared local cluster of services/testbed/cluster.ts
  * (the one `npm start` runs), in direct mode just the testbed hosts and their node daemons.
  * @throws Error when a piece does not come up (everything started so far is stopped)
  */
 export async function startLabCluster(opts: LabClusterOptions = {}): Promise<LabCluster> {
-  const mode: BackendMode = opts.mode ?? (coordinatorEntry() ? 'coordinator' : 'direct');
+  const mode: BackendMode = opts.mode ?? (coordinatorBuilt() ? 'coordinator' : 'direct');
   const onLog = opts.onLog ?? (() => undefined);
   // Short: unix socket paths under the node state dirs are limited to 107 bytes.
   const work = await mkdtemp(join(tmpdir(), 'migd-lab-'));

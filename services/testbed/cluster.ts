@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { DependencyError, UnavailableError } from '../shared/errors.js';
-import { CoordinatorServiceService } from '../shared/gen/migd/v1/coordinator.js';
+import { CoordinatorServiceService, NodeStatus } from '../shared/gen/migd/v1/coordinator.js';
 import { repoRoot } from '../shared/paths.js';
 import { ensurePki, identityFiles } from '../shared/pki.js';
 import { createClient, type RpcClient } from '../shared/rpc/client.js';
@@ -254,7 +254,7 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     const deadline = Date.now() + 30_000;
     for (;;) {
       const { nodes: registered } = await probe.listNodes({});
-      if (registered.filter((n) => n.status === 1).length >= hosts.length) break;
+      if (registered.filter((n) => n.status === NodeStatus.NODE_STATUS_UP).length >= hosts.length) break;
       if (Date.now() > deadline) throw new UnavailableError(`only ${registered.length} of ${hosts.length} nodes registered with the coordinator`);
       await new Promise((r) => setTimeout(r, 200));
     }

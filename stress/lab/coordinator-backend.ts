@@ -10,7 +10,7 @@
  */
 import { MigdError } from '../../services/shared/errors.js';
 import { MigrationState, type GuestPerfSample, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
-import { CoordinatorServiceService, type GetRunTimelineResponse } from '../../services/shared/gen/migd/v1/coordinator.js';
+import { CoordinatorServiceService, NodeStatus, type GetRunTimelineResponse } from '../../services/shared/gen/migd/v1/coordinator.js';
 import { NodeServiceService } from '../../services/shared/gen/migd/v1/node.js';
 import { identityFiles } from '../../services/shared/pki.js';
 import { createClient, type RpcClient } from '../../services/shared/rpc/client.js';
@@ -52,7 +52,7 @@ export class CoordinatorBackend implements LabBackend {
     let seen = 0;
     while (Date.now() < deadline) {
       const r = await this.client.listNodes({}).catch(() => undefined);
-      seen = r?.nodes.filter((x) => x.status === 1).length ?? 0;
+      seen = r?.nodes.filter((x) => x.status === NodeStatus.NODE_STATUS_UP).length ?? 0;
       if (seen >= n) return;
       await sleep(300);
     }

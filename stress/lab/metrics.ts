@@ -89,10 +89,11 @@ export function baselineMsPerGib(series: readonly { t: number; v: number }[], st
  * window holds only single workers' samples (node daemons before this fix put the latest sample
  * of any kind in heartbeats, and between runs the store keeps one per heartbeat period), the
  * median of those divided by the number of workers — the workload's workers write equal shares,
- * so the guest's pace is one worker's pace ÷ workers. NaN without samples.
+ * so the guest's pace is one worker's pace ÷ workers. NaN without samples. `series` is the
+ * combined series of `guest`, when the caller has it already.
  */
-export function timelineBaseline(guest: readonly GuestPerfSample[], start: number, windowMs = 60_000): number {
-  const b = baselineMsPerGib(combinedGuestSeries(guest), start, windowMs);
+export function timelineBaseline(guest: readonly GuestPerfSample[], start: number, windowMs = 60_000, series = combinedGuestSeries(guest)): number {
+  const b = baselineMsPerGib(series, start, windowMs);
   if (Number.isFinite(b)) return b;
   const workers = new Set(guest.filter((g) => g.worker >= 0).map((g) => g.worker)).size;
   const single = guest.filter((g) => g.worker >= 0 && g.msPerGib > 0 && g.time && g.time.getTime() < start && g.time.getTime() >= start - windowMs).map((g) => g.msPerGib);
@@ -325,7 +326,7 @@ export function runFigures(t: GetRunTimelineResponse, opts: { baselineWindowMs?:
   const state = run?.state ?? MigrationState.MIGRATION_STATE_UNSPECIFIED;
   const succeeded = state === MigrationState.MIGRATION_STATE_SUCCEEDED;
   const series = combinedGuestSeries(t.guest);
-  const baseline = timelineBaseline(t.guest, start, opts.baselineWindowMs);
+  const baseline = timelineBaseline(t.guest, start, opts.baselineWindowMs, series);
   const harm = guestHarm(series, baseline, start, end ?? start);
   const cpu = hostCpuPoints(t);
   const lastCpu = cpu[cpu.length - 1];

@@ -11,6 +11,7 @@ import { MigrationState, PolicyKind, WorkloadPattern, type GuestPerfSample, type
 import { MigdError } from '../services/shared/errors.js';
 import { certDir, repoRoot } from '../services/shared/paths.js';
 import { startLocalCluster } from '../services/testbed/cluster.js';
+import { ensureGuestImageDir } from '../stress/image/build.js';
 
 const once = process.argv.includes('--once');
 const tty = process.stdout.isTTY;
@@ -43,7 +44,9 @@ async function main(): Promise<void> {
   const workDir = join(root, '.state', 'local-cluster');
   rmSync(workDir, { recursive: true, force: true });
   console.log('migd: starting a local cluster: hosts a and b (network namespaces with management and migration networks), nats-server (JetStream), the coordinator and a node daemon per host, all with mTLS…');
-  const cluster = await startLocalCluster({ workDir, certDir: certDir(), coordinatorPort: 7000, ...(process.env['MIGD_VERBOSE'] ? { onLog: (l: string) => console.error(l) } : {}) });
+  // Built by scripts/setup (npm start's prestart); the node daemons only read it.
+  const guestImage = await ensureGuestImageDir(join(workDir, 'guest'));
+  const cluster = await startLocalCluster({ workDir, certDir: certDir(), guestImage, coordinatorPort: 7000, ...(process.env['MIGD_VERBOSE'] ? { onLog: (l: string) => console.error(l) } : {}) });
   let closing = false;
   const close = async (code: number): Promise<never> => {
     if (!closing) {

@@ -6,8 +6,9 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { ConfigError } from '../shared/errors.js';
+import { DEFAULT_GUEST_IMAGE_DIR } from '../shared/guest/image.js';
 import { identityFiles, nodeIdentity } from '../shared/pki.js';
 import { cacheDir, certDir } from '../shared/paths.js';
 import { isLoopbackHost, splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
@@ -42,7 +43,11 @@ export interface NodeConfig {
   readonly heartbeatMs: number;
   /** QEMU binary (default qemu-system-x86_64 from PATH). */
   readonly qemuBinary: string;
-  /** Guest image folder (default <cache>/guest). */
+  /**
+   * Guest-image folder (`--guest-image`): `vmlinux` and `initrd.cpio` for VMs whose spec names no
+   * kernel (default /var/lib/migd/guest). The daemon never builds it: `node
+   * dist/stress/image/cli.js --install DIR` does.
+   */
   readonly guestImageDir: string;
   /** query-migrate polling interval (default 250 ms; at most 250). */
   readonly progressIntervalMs: number;
@@ -52,7 +57,7 @@ export interface NodeConfig {
   readonly metricsListen: string;
 }
 
-type Raw = Partial<Record<keyof NodeConfig | 'tlsDir' | 'insecure', unknown>>;
+type Raw = Partial<Record<Exclude<keyof NodeConfig, 'guestImageDir'> | 'guestImage' | 'tlsDir' | 'insecure', unknown>>;
 
 const envMap: Record<string, keyof Raw> = {
   MIGD_NODE_ID: 'nodeId',
@@ -65,7 +70,7 @@ const envMap: Record<string, keyof Raw> = {
   MIGD_NODE_TLS_IDENTITY: 'tlsIdentity',
   MIGD_INSECURE: 'insecure',
   MIGD_QEMU: 'qemuBinary',
-  MIGD_GUEST_IMAGE_DIR: 'guestImageDir',
+  MIGD_GUEST_IMAGE: 'guestImage',
   MIGD_NODE_METRICS: 'metricsListen',
 };
 
@@ -73,7 +78,7 @@ function flagName(k: string): string {
   return k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
 }
 
-const keys: (keyof Raw)[] = ['nodeId', 'listen', 'advertise', 'migrationAddress', 'stateDir', 'coordinator', 'heartbeatMs', 'qemuBinary', 'guestImageDir', 'progressIntervalMs', 'postcopyStallMs', 'metricsListen', 'tlsDir', 'tlsIdentity', 'insecure', 'migrationTlsDir'];
+const keys: (keyof Raw)[] = ['nodeId', 'listen', 'advertise', 'migrationAddress', 'stateDir', 'coordinator', 'heartbeatMs', 'qemuBinary', 'guestImage', 'progressIntervalMs', 'postcopyStallMs', 'metricsListen', 'tlsDir', 'tlsIdentity', 'insecure', 'migrationTlsDir'];
 
 /** Parses argv (`--key value`) and env into a frozen NodeConfig. @throws ConfigError */
 export function loadNodeConfig(argv: readonly string[] = process.argv.slice(2), env: NodeJS.ProcessEnv = process.env): NodeConfig {
@@ -160,7 +165,7 @@ export function resolveNodeConfig(raw: Raw): NodeConfig {
     coordinator: str(raw, 'coordinator', ''),
     heartbeatMs: int(raw, 'heartbeatMs', 2000, 100, 60_000),
     qemuBinary: str(raw, 'qemuBinary', 'qemu-system-x86_64'),
-    guestImageDir: str(raw, 'guestImageDir', join(cacheDir(), 'guest')),
+    guestImageDir: resolve(str(raw, 'guestImage', DEFAULT_GUEST_IMAGE_DIR)),
     progressIntervalMs: int(raw, 'progressIntervalMs', 250, 20, 250),
     postcopyStallMs: int(raw, 'postcopyStallMs', 3000, 500, 600_000),
     metricsListen: str(raw, 'metricsListen', ''),

@@ -5,10 +5,10 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ensureGuestImage, type GuestImage } from '../../stress/image/build.js';
 import { FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError } from '../shared/errors.js';
 import { Accel, VmState, type HostInfo, type VmInfo as ProtoVmInfo, type VmSpec as ProtoVmSpec, WorkloadPattern } from '../shared/gen/migd/v1/common.js';
 import { NodeServiceService, type MigrationEndpoint } from '../shared/gen/migd/v1/node.js';
+import { guestImageFiles } from '../shared/guest/image.js';
 import { buildGuestCmdline, type GuestPattern } from '../shared/guest/workload.js';
 import type { Logger } from '../shared/log.js';
 import { createClient } from '../shared/rpc/client.js';
@@ -50,7 +50,6 @@ export class NodeDaemon {
     readonly config: NodeConfig,
     readonly vms: VmManager,
     readonly caps: HostCapabilities,
-    readonly image: GuestImage | undefined,
     private readonly log: Logger,
     readonly metrics: NodeMetrics,
   ) {
@@ -76,19 +75,13 @@ export class NodeDaemon {
 
   /**
    * Probes the host, reattaches to running VMs and starts serving.
-   * @throws DependencyError (QEMU or guest image missing), ConfigError
+   * @throws DependencyError (QEMU missing), ConfigError
    */
   static async start(config: NodeConfig, log: Logger): Promise<NodeDaemon> {
     const caps = await probeHostCapabilities({ qemuBinary: config.qemuBinary });
-    let image: GuestImage | undefined;
-    try {
-      image = await ensureGuestImage({ cacheDir: config.guestImageDir, log });
-    } catch (err) {
-      log.warn('guest image unavailable: VMs need an explicit kernel', { err: (err as Error).message });
-    }
     const metrics = new NodeMetrics();
     const vms = await VmManager.open({ stateDir: config.stateDir, qemu: caps.qemu, logger: log.child({ component: 'vm' }), onQmpCommand: metrics.onQmpCommand });
-    const d = new NodeDaemon(config, vms, caps, image, log, metrics);
+    const d = new NodeDaemon(config, vms, caps, log, metrics);
     for (const vm of vms.list()) {
       if (vm.status !== 'running') continue;
       d.loadSpec(vm);
@@ -188,9 +181,10 @@ export class NodeDaemon {
   }
 
   /**
-   * Starts a VM from a proto spec (kernel and initrd default to the guest image; the workload
-   * becomes kernel command-line parameters).
-   * @throws InvalidArgumentError, AlreadyExistsError, ResourceExhaustedError, DependencyError
+   * Starts a VM from a proto spec (kernel and initrd default to the `--guest-image` folder; the
+   * workload becomes kernel command-line parameters).
+   * @throws InvalidArgumentError, AlreadyExistsError, ResourceExhaustedError, DependencyError,
+   *   FailedPreconditionError (NO_GUEST_IMAGE: no kernel given and the guest-image folder is empty)
    */
   async createVm(spec: ProtoVmSpec, incoming = false): Promise<ProtoVmInfo> {
     if (!spec.name) throw new InvalidArgumentError('spec.name is required');
@@ -199,9 +193,9 @@ export class NodeDaemon {
     if (spec.memoryMib * 1024 * 1024 > mem.availableBytes) {
       throw new ResourceExhaustedError(`VM ${spec.name} needs ${spec.memoryMib} MiB but this host has ${Math.floor(mem.availableBytes / 1048576)} MiB free`, { reason: 'INSUFFICIENT_MEMORY' });
     }
-    const kernel = spec.kernelPath || this.image?.kernel;
-    const initrd = spec.initrdPath || (spec.kernelPath ? undefined : this.image?.initrd);
-    if (!kernel) throw new FailedPreconditionError('no guest kernel: set spec.kernel_path or run scripts/setup to build the guest image', { reason: 'NO_KERNEL' });
+    const image = spec.kernelPath ? undefined : guestImageFiles(this.config.guestImageDir);
+    const kernel = image?.kernel ?? spec.kernelPath;
+    const initrd = spec.initrdPath || image?.initrd;
     const w = spec.workload;
     const append = [
       buildGuestCmdline(

@@ -28,6 +28,8 @@ export interface LocalClusterOptions {
   readonly workDir: string;
   /** Certificates (made when missing). */
   readonly certDir: string;
+  /** Guest-image folder handed to every node daemon (`--guest-image`), e.g. from ensureGuestImageDir. */
+  readonly guestImage: string;
   /** Daemon log lines (default: dropped). */
   readonly onLog?: (line: string) => void;
   /** Extra coordinator flags. */
@@ -239,6 +241,7 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
         await startNodeDaemon(tb.host(h), {
           stateDir: join(opts.workDir, h),
           certDir: opts.certDir,
+          guestImage: opts.guestImage,
           coordinator: coordinatorAddress,
           env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' },
           onLog: (l) => onLog(`[node ${h}] ${l}`),

@@ -25,6 +25,8 @@ export interface NodeProcessOptions {
   readonly port?: number;
   /** Coordinator address, when one runs. */
   readonly coordinator?: string;
+  /** Guest-image folder (`--guest-image`: vmlinux, initrd.cpio), e.g. from ensureGuestImageDir. */
+  readonly guestImage: string;
   /** Extra environment (e.g. MIGD_LOG_LEVEL). */
   readonly env?: NodeJS.ProcessEnv;
   /** Where the daemon's stderr goes (default: discarded unless MIGD_TEST_LOGS=1). */
@@ -74,6 +76,7 @@ export async function startNodeDaemon(host: TestbedHost, opts: NodeProcessOption
     '--migration-address', host.migrationAddress,
     '--state-dir', opts.stateDir,
     '--tls-dir', opts.certDir,
+    '--guest-image', opts.guestImage,
     ...(opts.coordinator ? ['--coordinator', opts.coordinator] : []),
     ...(opts.args ?? []),
   ];

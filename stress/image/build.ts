@@ -12,10 +12,11 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { access, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { delimiter, join, resolve } from 'node:path';
 
 import { DependencyError, throwIfAborted } from '../../services/shared/errors.js';
+import { GUEST_INITRD_FILE, GUEST_KERNEL_FILE } from '../../services/shared/guest/image.js';
 import { createLogger, type Logger } from '../../services/shared/log.js';
 import { cacheDir, repoRoot } from '../../services/shared/paths.js';
 import { buildCpio } from './cpio.js';
@@ -107,6 +108,38 @@ export async function ensureGuestImage(opts: GuestImageOptions = {}): Promise<Gu
     cacheDir: init.cacheDir,
     cached: kernel.cached && init.cached,
   };
+}
+
+/**
+ * Puts a built image's kernel and initrd into a node daemon's guest-image folder (`--guest-image`,
+ * see services/shared/guest/image.ts): copies by default; symlinks with `link` (local clusters and
+ * tests, which share one cache). Each file is replaced atomically. Returns `dir`.
+ */
+export async function installGuestImage(image: Pick<GuestImage, 'kernel' | 'initrd'>, dir: string, opts: { link?: boolean } = {}): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  for (const [from, name] of [
+    [image.kernel, GUEST_KERNEL_FILE],
+    [image.initrd, GUEST_INITRD_FILE],
+  ] as const) {
+    const target = join(dir, name);
+    const tmp = `${target}.tmp-${randomBytes(4).toString('hex')}`;
+    try {
+      if (opts.link) await symlink(resolve(from), tmp);
+      else await copyFile(from, tmp);
+      await rename(tmp, target);
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  }
+  return dir;
+}
+
+/**
+ * {@link ensureGuestImage}, then a guest-image folder at `dir` linking to it: what a local
+ * cluster, the lab or a test hands its node daemons as `--guest-image`.
+ */
+export async function ensureGuestImageDir(dir: string, opts: GuestImageOptions = {}): Promise<string> {
+  return installGuestImage(await ensureGuestImage(opts), dir, { link: true });
 }
 
 export type GuestKernel = Pick<GuestImage, 'kernel' | 'kernelPackage' | 'kernelVersion' | 'cacheDir' | 'cached'>;

@@ -1,23 +1,27 @@
 /**
  * Command-line entry of the guest image builder, for scripts/setup:
  *
- *   node dist/stress/image/cli.js [--cache DIR] [--refresh-kernel] [--kernel-package PKG] [--quiet]
+ *   node dist/stress/image/cli.js [--cache DIR] [--install DIR] [--refresh-kernel] [--kernel-package PKG] [--quiet]
  *
+ * `--install DIR` also copies the kernel and initrd into DIR, a node daemon's `--guest-image`
+ * folder (default of the daemon: /var/lib/migd/guest); node daemons never build an image.
  * Prints the built image as one JSON object on stdout ({ kernel, initrd, ... }); logs go to
  * stderr. Exit status 0 on success, 1 on a missing dependency or failed step (message on stderr).
  */
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { MigdError } from '../../services/shared/errors.js';
 import { createLogger } from '../../services/shared/log.js';
-import { ensureGuestImage } from './build.js';
+import { ensureGuestImage, installGuestImage } from './build.js';
 
-const USAGE = 'usage: cli.js [--cache DIR] [--refresh-kernel] [--kernel-package PKG] [--quiet]';
+const USAGE = 'usage: cli.js [--cache DIR] [--install DIR] [--refresh-kernel] [--kernel-package PKG] [--quiet]';
 
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
       cache: { type: 'string' },
+      install: { type: 'string' },
       'refresh-kernel': { type: 'boolean', default: false },
       'kernel-package': { type: 'string' },
       quiet: { type: 'boolean', default: false },
@@ -38,6 +42,10 @@ async function main(): Promise<number> {
     log,
   });
   log.info('guest image ready', { ms: Math.round(performance.now() - started), cached: image.cached });
+  if (values.install !== undefined) {
+    const dir = await installGuestImage(image, resolve(values.install));
+    log.info('guest image installed', { dir });
+  }
   process.stdout.write(JSON.stringify(image) + '\n');
   return 0;
 }

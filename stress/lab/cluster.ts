@@ -12,6 +12,7 @@ import { ensurePki } from '../../services/shared/pki.js';
 import { coordinatorBuilt, startLocalCluster, type LocalCluster } from '../../services/testbed/cluster.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
 import { Testbed } from '../../services/testbed/testbed.js';
+import { ensureGuestImageDir } from '../image/build.js';
 import type { BackendMode, LabBackend } from './backend.js';
 import { CoordinatorBackend } from './coordinator-backend.js';
 import { DirectBackend } from './direct-backend.js';
@@ -62,14 +63,15 @@ export async function startLabCluster(opts: LabClusterOptions = {}): Promise<Lab
     await rm(work, { recursive: true, force: true });
   };
   try {
+    const guestImage = await ensureGuestImageDir(join(work, 'guest'));
     if (mode === 'coordinator') {
-      local = await startLocalCluster({ workDir: join(work, 'cluster'), certDir, onLog });
+      local = await startLocalCluster({ workDir: join(work, 'cluster'), certDir, guestImage, onLog });
       backend = new CoordinatorBackend({ address: local.coordinatorAddress, certDir });
       return { mode, tb: local.tb, nodes: local.nodes, backend, certDir, source: 'a', destination: 'b', close, coordinatorAddress: local.coordinatorAddress };
     }
     tb = await Testbed.create({ hosts: ['a', 'b'] });
     for (const h of ['a', 'b']) {
-      nodes.push(await startNodeDaemon(tb.host(h), { stateDir: join(work, h), certDir, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, onLog: (l) => onLog(`[node ${h}] ${l}`) }));
+      nodes.push(await startNodeDaemon(tb.host(h), { stateDir: join(work, h), certDir, guestImage, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, onLog: (l) => onLog(`[node ${h}] ${l}`) }));
     }
     backend = new DirectBackend(nodes.map((n) => ({ id: n.nodeId, managementAddress: n.address, migrationAddress: n.host.migrationAddress, client: n.client() })));
     return { mode, tb, nodes, backend, certDir, source: 'a', destination: 'b', close };

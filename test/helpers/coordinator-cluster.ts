@@ -14,6 +14,7 @@ import { createClient, type RpcClient } from '../../services/shared/rpc/client.j
 import { startCoordinatorProcess, type CoordinatorProcess } from '../../services/testbed/cluster.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
 import { Testbed } from '../../services/testbed/testbed.js';
+import { ensureGuestImageDir } from '../../stress/image/build.js';
 import { closeConnection, connectTest, freePort, startNatsServer, type TestNatsServer } from './nats-server.js';
 import { waitForGuest, type NodeClient } from './node-cluster.js';
 
@@ -66,6 +67,7 @@ export async function startCoordinatorCluster(hosts: string[], opts: { coordinat
   try {
     nats = await startNatsServer();
     nc = await connectTest(nats);
+    const guestImage = await ensureGuestImageDir(join(dir, 'guest'));
     tb = await Testbed.create({ hosts });
     const listen = `${tb.rootAddress}:${await freePort(tb.rootAddress)}`;
     const args = [...TEST_COORDINATOR_ARGS, ...(opts.coordinatorArgs ?? [])];
@@ -85,7 +87,7 @@ export async function startCoordinatorCluster(hosts: string[], opts: { coordinat
     coordinator = await startCoordinator();
     await Promise.all(
       hosts.map(async (h) => {
-        nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, coordinator: listen, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' } });
+        nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, guestImage, coordinator: listen, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' } });
         nodeClients[h] = nodes[h].client();
       }),
     );

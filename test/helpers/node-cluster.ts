@@ -10,6 +10,7 @@ import { ensurePki } from '../../services/shared/pki.js';
 import type { RpcClient } from '../../services/shared/rpc/client.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
 import { Testbed } from '../../services/testbed/testbed.js';
+import { ensureGuestImageDir } from '../../stress/image/build.js';
 
 export type NodeClient = RpcClient<typeof NodeServiceService>;
 
@@ -24,7 +25,11 @@ export interface NodeCluster {
   close(): Promise<void>;
 }
 
-export async function startNodeCluster(hosts: string[] = ['a', 'b']): Promise<NodeCluster> {
+/**
+ * Starts the daemons. Their `--guest-image` folder links to the built guest image (built when
+ * missing) unless `opts.guestImage` names another folder.
+ */
+export async function startNodeCluster(hosts: string[] = ['a', 'b'], opts: { guestImage?: string } = {}): Promise<NodeCluster> {
   const dir = mkdtempSync('/tmp/migd-');
   const certDir = join(dir, 'pki');
   ensurePki(certDir);
@@ -38,9 +43,10 @@ export async function startNodeCluster(hosts: string[] = ['a', 'b']): Promise<No
     rmSync(dir, { recursive: true, force: true });
   };
   try {
+    const guestImage = opts.guestImage ?? (await ensureGuestImageDir(join(dir, 'guest')));
     tb = await Testbed.create({ hosts });
     const start = async (h: string): Promise<void> => {
-      nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, args: ['--metrics-listen', `${tb!.host(h).mgmtAddress}:9464`] });
+      nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, guestImage, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, args: ['--metrics-listen', `${tb!.host(h).mgmtAddress}:9464`] });
       clients[h] = nodes[h].client();
     };
     await Promise.all(hosts.map(start));

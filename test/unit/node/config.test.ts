@@ -41,3 +41,12 @@ describe('node daemon TLS identity', () => {
     expect(() => loadNodeConfig(['--node-id', 'a', '--tls-dir', d, '--tls-identity', '../etc/x'], {})).toThrow(/not a certificate name/);
   });
 });
+
+describe('node daemon guest image', () => {
+  it('reads a documented folder by default and takes --guest-image or MIGD_GUEST_IMAGE', () => {
+    const d = tlsDir('migd-node');
+    expect(loadNodeConfig(['--node-id', 'a', '--tls-dir', d], {}).guestImageDir).toBe('/var/lib/migd/guest');
+    expect(loadNodeConfig(['--node-id', 'a', '--tls-dir', d, '--guest-image', '/srv/guest'], {}).guestImageDir).toBe('/srv/guest');
+    expect(loadNodeConfig(['--node-id', 'a', '--tls-dir', d], { MIGD_GUEST_IMAGE: '/opt/g' }).guestImageDir).toBe('/opt/g');
+  });
+});

@@ -323,7 +323,7 @@ async function partD(): Promise<void> {
         db: join(work, 'history.sqlite'),
         nats: natsProc.url,
         certDir,
-        args: ['--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES)],
+        args: ['--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES), '--allow-shared-node-identity'],
         onLog: (l) => {
           if (l.includes('node marked down')) downs++;
         },

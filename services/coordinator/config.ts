@@ -38,8 +38,9 @@ export interface CoordinatorConfig {
   readonly roles: ReadonlyMap<string, Role>;
   /**
    * Nodes must present their own certificate (`migd-node.<node id>`) to register and heartbeat;
-   * the shared `migd-node` identity is then refused. Default false (the shared identity may speak
-   * for any node, with a warning). A per-node certificate never speaks for another node.
+   * the shared `migd-node` identity is refused. Default true; `--allow-shared-node-identity`
+   * turns it off (the shared identity may then speak for any node, with a warning). A per-node
+   * certificate never speaks for another node.
    */
   readonly requireNodeIdentity: boolean;
   /** How often node daemons must heartbeat, in ms; told to them at registration (default 2000). */
@@ -67,6 +68,7 @@ type Raw = Partial<
     | 'nats'
     | 'roles'
     | 'requireNodeIdentity'
+    | 'allowSharedNodeIdentity'
     | 'heartbeatMs'
     | 'heartbeatMisses'
     | 'limitPerSource'
@@ -90,6 +92,7 @@ const keys: (keyof Raw)[] = [
   'nats',
   'roles',
   'requireNodeIdentity',
+  'allowSharedNodeIdentity',
   'heartbeatMs',
   'heartbeatMisses',
   'limitPerSource',
@@ -111,6 +114,7 @@ const envMap: Record<string, keyof Raw> = {
   MIGD_NATS_URL: 'nats',
   MIGD_COORDINATOR_ROLES: 'roles',
   MIGD_COORDINATOR_REQUIRE_NODE_IDENTITY: 'requireNodeIdentity',
+  MIGD_COORDINATOR_ALLOW_SHARED_NODE_IDENTITY: 'allowSharedNodeIdentity',
   MIGD_COORDINATOR_METRICS: 'metricsListen',
 };
 
@@ -127,8 +131,10 @@ export function loadCoordinatorConfig(argv: readonly string[] = process.argv.sli
     const a = argv[i] as string;
     if (!a.startsWith('--')) throw new ConfigError(a, 'unexpected argument (flags are --name value)');
     const name = a.slice(2);
-    if (name === 'insecure' || name === 'require-node-identity') {
-      fromFlags[name === 'insecure' ? 'insecure' : 'requireNodeIdentity'] = true;
+    const switches: Record<string, keyof Raw> = { insecure: 'insecure', 'require-node-identity': 'requireNodeIdentity', 'allow-shared-node-identity': 'allowSharedNodeIdentity' };
+    const flag = switches[name];
+    if (flag) {
+      fromFlags[flag] = true;
       continue;
     }
     const value = argv[i + 1];
@@ -176,9 +182,10 @@ function int(raw: Raw, k: keyof Raw, dflt: number, min: number, max: number): nu
   return n;
 }
 
-function bool(raw: Raw, k: keyof Raw): boolean {
+function bool(raw: Raw, k: keyof Raw, dflt = false): boolean {
   const v = raw[k];
-  if (v === undefined || v === '' || v === false || v === 'false' || v === '0') return false;
+  if (v === undefined || v === '') return dflt;
+  if (v === false || v === 'false' || v === '0') return false;
   if (v === true || v === 'true' || v === '1') return true;
   throw new ConfigError(k, `must be true or false, got ${String(v)}`);
 }
@@ -224,6 +231,11 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
     throw new ConfigError('roles', (err as Error).message);
   }
   const roles = new Map<string, Role>([...DEFAULT_ROLES, ...extraRoles]);
+  const allowShared = bool(raw, 'allowSharedNodeIdentity');
+  if (allowShared && raw.requireNodeIdentity !== undefined && bool(raw, 'requireNodeIdentity')) {
+    throw new ConfigError('allowSharedNodeIdentity', 'contradicts requireNodeIdentity: set one of them');
+  }
+  const requireNodeIdentity = !allowShared && bool(raw, 'requireNodeIdentity', true);
   const heartbeatMs = int(raw, 'heartbeatMs', 2000, 100, 60_000);
   const heartbeatMisses = int(raw, 'heartbeatMisses', 3, 1, 100);
   const limits: ConcurrencyLimits = Object.freeze({
@@ -242,7 +254,7 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
     db: str(raw, 'db', join(repoRoot(), '.state', 'coordinator', 'history.sqlite')),
     nats,
     roles,
-    requireNodeIdentity: bool(raw, 'requireNodeIdentity'),
+    requireNodeIdentity,
     heartbeatMs,
     heartbeatMisses,
     limits,

@@ -5,8 +5,6 @@
  * dispatcher, supervisors, restart recovery), the planner, the gRPC server (CoordinatorService with
  * role-based authorization, health, reflection) and Prometheus metrics.
  */
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type NatsConnection } from 'nats';
 import { startOutboxRelay, type OutboxRelay } from '../shared/events/relay.js';
@@ -66,7 +64,6 @@ export class Coordinator {
         outboxLag: () => late.store!.outboxLag(),
       },
     });
-    if (config.db !== ':memory:') mkdirSync(dirname(config.db), { recursive: true });
     const store = await openSqliteHistoryStore({ filename: config.db, logger: log.child({ component: 'store' }), metrics });
     const bus = new EventBus(store, log.child({ component: 'events' }));
     await bus.start();
@@ -99,6 +96,9 @@ export class Coordinator {
     } catch (err) {
       await c.stop();
       throw err;
+    }
+    if (!config.requireNodeIdentity && !config.insecure) {
+      log.warn('--allow-shared-node-identity: a node holding the shared "migd-node" certificate may speak for any node; give each node its own certificate (migd-node.<node id>) and drop the flag');
     }
     log.info('coordinator serving', { listen: config.listen, port: c.port, db: config.db, nats: config.nats || null, limits: config.limits });
     return c;

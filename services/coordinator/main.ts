@@ -9,12 +9,15 @@
  */
 import { MigdError } from '../shared/errors.js';
 import { createLogger } from '../shared/log.js';
+import { restrictUmask } from '../shared/private-files.js';
 import { loadCoordinatorConfig } from './config.js';
 import { Coordinator } from './coordinator.js';
 
 const log = createLogger('coordinator');
 
 async function main(): Promise<void> {
+  // Everything this daemon writes (history database, WAL) is private to its user.
+  restrictUmask();
   const config = loadCoordinatorConfig();
   const coordinator = await Coordinator.start(config, log);
   let stopping = false;

@@ -8,7 +8,7 @@
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError } from '../shared/errors.js';
 import { createIdFactory } from '../shared/events/ids.js';
 import { MigrationPolicy, VmState, type VmInfo } from '../shared/gen/migd/v1/common.js';
-import type { CoordinatorServiceCreateVmRequest, SubmitPlanRequest, SubmitPlanResponse } from '../shared/gen/migd/v1/coordinator.js';
+import { SubmitPlanRequest, type CoordinatorServiceCreateVmRequest, type Plan, type SubmitPlanResponse } from '../shared/gen/migd/v1/coordinator.js';
 import type { Logger } from '../shared/log.js';
 import { type ClusterModel, clusterFromProto, findVm } from './domain/cluster.js';
 import { draftPlan } from './domain/plan.js';
@@ -34,6 +34,29 @@ export interface PlannerOptions {
   readonly newId?: () => string;
 }
 
+/** Dotted paths (proto JSON names) where `a` and `b` differ. */
+function differences(a: unknown, b: unknown, path: string): string[] {
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (isObject(a) && isObject(b)) {
+    return [...new Set([...Object.keys(a), ...Object.keys(b)])].flatMap((k) => differences(a[k], b[k], path ? `${path}.${k}` : k));
+  }
+  return JSON.stringify(a) === JSON.stringify(b) ? [] : [path];
+}
+
+/**
+ * Returns `plan` when `req` asks for what the plan was submitted with.
+ * @throws AlreadyExistsError naming the fields that differ
+ */
+function sameRequest(plan: Plan, req: SubmitPlanRequest): Plan {
+  const stored = SubmitPlanRequest.toJSON(SubmitPlanRequest.fromPartial(plan.request ?? {})) as Record<string, unknown>;
+  const now = SubmitPlanRequest.toJSON(SubmitPlanRequest.fromPartial(req)) as Record<string, unknown>;
+  const differ = differences(stored, now, '').sort();
+  if (differ.length === 0) return plan;
+  throw new AlreadyExistsError(`idempotency key "${req.idempotencyKey}" was used for plan ${plan.id} with a different request (differs in: ${differ.join(', ')}); use a new key`, {
+    reason: 'IDEMPOTENCY_KEY_REUSED',
+  });
+}
+
 export class Planner {
   private lock: Promise<unknown> = Promise.resolve();
   private readonly newId: () => string;
@@ -57,20 +80,22 @@ export class Planner {
   }
 
   /**
-   * Submits a plan; the same idempotency key returns the stored plan (`existing: true`) and
-   * starts nothing.
+   * Submits a plan. Idempotency keys belong to the submitting identity (`scope`): the same key
+   * with the same request returns the stored plan (`existing: true`) and starts nothing; another
+   * identity's use of the same key is a different plan.
    * @throws InvalidArgumentError (no key, no target, contradicting policy), NotFoundError (unknown
    *   VM or node), FailedPreconditionError (destination is the source or down, VM already
-   *   migrating, source down), ResourceExhaustedError (a VM cannot be placed). Nothing is stored
+   *   migrating, source down), ResourceExhaustedError (a VM cannot be placed), AlreadyExistsError
+   *   (reason IDEMPOTENCY_KEY_REUSED: the key was used for a different request). Nothing is stored
    *   when one is raised.
    */
-  async submit(req: SubmitPlanRequest): Promise<SubmitPlanResponse> {
+  async submit(req: SubmitPlanRequest, scope = ''): Promise<SubmitPlanResponse> {
     const key = req.idempotencyKey;
     if (!key) throw new InvalidArgumentError('idempotency_key is required', { reason: 'NO_IDEMPOTENCY_KEY' });
     if (key.length > MAX_KEY) throw new InvalidArgumentError(`idempotency_key is longer than ${MAX_KEY} characters`);
     return this.exclusive(async () => {
-      const existing = await this.o.store.findPlanByKey(key);
-      if (existing) return { plan: existing, existing: true };
+      const existing = await this.o.store.findPlanByKey(key, scope);
+      if (existing) return { plan: sameRequest(existing, req), existing: true };
       const target = req.target;
       if (!target) throw new InvalidArgumentError('the request names no target: set migrate or drain', { reason: 'NO_TARGET' });
       const policy = req.policy ?? MigrationPolicy.fromPartial({});
@@ -107,13 +132,14 @@ export class Planner {
       const created = await this.o.store.createPlan({
         id: planId,
         idempotencyKey: key,
+        idempotencyScope: scope,
         request: req,
         migrations: draft.migrations.map((m, i) => ({ ...m, runId: runs[i]?.id ?? '' })),
         orderingReason: draft.orderingReason,
         priority: req.priority,
         runs: runs.map(({ order: _order, ...r }) => r),
       });
-      if (created.existing) return created;
+      if (created.existing) return { plan: sameRequest(created.plan, req), existing: true };
       this.o.log.info('plan submitted', { planId, key, target: target.$case, runs: runs.length, order: draft.orderingReason });
       const stored = new Map((await this.o.store.listPlanRuns(planId)).map((s) => [s.id, s]));
       this.o.runs.enqueue(runs.flatMap((r) => {

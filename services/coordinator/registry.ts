@@ -55,6 +55,8 @@ export class NodeRegistry {
   /** When each node's row was last written (heartbeats refresh it at most every PERSIST_MS). */
   private readonly persistedAt = new Map<string, number>();
   private readonly lastGuestSample = new Map<string, number>();
+  /** `node\0vm` pairs whose ownership conflict was logged (logged once until it clears). */
+  private readonly conflicts = new Set<string>();
   private readonly clients = new Map<string, { address: string; client: NodeClient }>();
   private timer: NodeJS.Timeout | undefined;
   private checking = false;
@@ -135,12 +137,32 @@ export class NodeRegistry {
     this.heartbeatAt.set(host.nodeId, this.now());
   }
 
+  /**
+   * Takes a node's report of its VMs. A heartbeat never moves a VM: a name the store places on
+   * another node (and not stopped there) is a conflict — logged, left out of the live view and of
+   * the store — unless an active run is moving that VM to this node. Ownership changes come only
+   * from runs (vmSettled) and from VMs the coordinator created on the node (vmCreated); a report
+   * of a VM the coordinator has never seen is taken as that node's.
+   */
   private async syncVms(nodeId: string, vms: readonly VmInfo[]): Promise<void> {
-    const list = vms.map((v) => ({ ...v, nodeId }));
-    this.reported.set(nodeId, list);
+    const list: VmInfo[] = [];
     const names = new Set<string>();
-    for (const v of list) {
+    let moving: Promise<Set<string>> | undefined;
+    const movingHere = (): Promise<Set<string>> =>
+      (moving ??= this.o.store.listActiveRuns().then((runs) => new Set(runs.filter((r) => r.destinationNodeId === nodeId).map((r) => r.vmName))));
+    for (const reported of vms) {
+      const v = { ...reported, nodeId };
       const name = v.spec?.name ?? '';
+      if (name) {
+        const owner = this.written.get(name);
+        const foreign = owner !== undefined && owner.node !== nodeId && owner.state !== VmState.VM_STATE_STOPPED;
+        if (foreign && !(await movingHere()).has(name)) {
+          this.conflict(nodeId, name, owner.node);
+          continue;
+        }
+        this.conflicts.delete(`${nodeId}\u0000${name}`);
+      }
+      list.push(v);
       if (!name) continue;
       names.add(name);
       this.recordGuestSample(name, v.lastGuestPerf);
@@ -149,11 +171,20 @@ export class NodeRegistry {
       if (v.state === VmState.VM_STATE_INCOMING) continue;
       await this.write(v);
     }
+    this.reported.set(nodeId, list);
     for (const name of [...(this.writtenOn.get(nodeId) ?? [])]) {
       if (names.has(name) || this.written.get(name)?.state === VmState.VM_STATE_STOPPED) continue;
       const stored = await this.o.store.getVm(name).catch(() => undefined);
       if (stored && stored.nodeId === nodeId) await this.write({ ...stored, state: VmState.VM_STATE_STOPPED, pid: 0, migrationRunId: '' });
     }
+  }
+
+  /** Logs (once until it clears) a node reporting a VM that belongs to another node. */
+  private conflict(nodeId: string, name: string, owner: string): void {
+    const key = `${nodeId}\u0000${name}`;
+    if (this.conflicts.has(key)) return;
+    this.conflicts.add(key);
+    this.o.log.warn('VM ownership conflict: a node reports a VM that runs on another node; the report is ignored', { nodeId, vm: name, owner });
   }
 
   private async write(v: VmInfo): Promise<void> {

@@ -17,7 +17,7 @@
  * that node only — RegisterNode and Heartbeat for any other id are refused ({@link checkNodeIdentity}),
  * so a stolen node certificate cannot re-point another node's address at itself. The shared
  * development identity `migd-node` may speak for any node unless the coordinator requires bound
- * identities (`--require-node-identity`).
+ * identities (the default; `--allow-shared-node-identity` turns it off).
  */
 import { PermissionDeniedError } from '../shared/errors.js';
 import type { Logger } from '../shared/log.js';

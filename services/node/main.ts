@@ -5,12 +5,16 @@
  */
 import { MigdError } from '../shared/errors.js';
 import { createLogger } from '../shared/log.js';
+import { restrictUmask } from '../shared/private-files.js';
 import { loadNodeConfig } from './config.js';
 import { NodeDaemon } from './daemon.js';
 
 const log = createLogger('node');
 
 async function main(): Promise<void> {
+  // Node state, QEMU logs, sockets and TLS copies are private to this daemon's user (QEMU
+  // inherits the umask).
+  restrictUmask();
   const config = loadNodeConfig();
   const daemon = await NodeDaemon.start(config, log.child({ nodeId: config.nodeId }));
   let stopping = false;

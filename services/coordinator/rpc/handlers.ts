@@ -23,7 +23,7 @@ export interface CoordinatorParts {
   readonly planner: Planner;
   readonly runs: RunManager;
   readonly bus: EventBus;
-  /** Refuse node calls made with the shared `migd-node` identity (see roles.ts). */
+  /** Refuse node calls made with the shared `migd-node` identity (see roles.ts). Default true. */
   readonly requireNodeIdentity?: boolean;
   /** Told once per node that speaks with a shared identity. */
   readonly log?: Logger;
@@ -48,10 +48,10 @@ export function coordinatorHandlers(p: CoordinatorParts): Handlers<typeof Coordi
   /** The caller may speak for `host.nodeId` (per-node certificates are bound to their node). */
   const speaksFor = (ctx: CallContext, nodeId: string | undefined): void => {
     const id = nodeId ?? '';
-    checkNodeIdentity(ctx.identity, id, { requireBound: p.requireNodeIdentity ?? false });
+    checkNodeIdentity(ctx.identity, id, { requireBound: p.requireNodeIdentity ?? true });
     if (ctx.identity !== undefined && boundNodeId(ctx.identity) === undefined && id && !warned.has(id)) {
       warned.add(id);
-      p.log?.warn('node speaks with a shared identity: any holder of that certificate may speak for any node; give it its own certificate and set --require-node-identity', {
+      p.log?.warn('node speaks with a shared identity: any holder of that certificate may speak for any node; give it its own certificate and drop --allow-shared-node-identity', {
         nodeId: id,
         identity: ctx.identity,
         expected: nodeIdentity(id),
@@ -72,7 +72,8 @@ export function coordinatorHandlers(p: CoordinatorParts): Handlers<typeof Coordi
     listVms: async (req) => ({ vms: await p.registry.vms(req.nodeId || undefined) }),
     createVm: async (req) => ({ vm: await p.planner.createVm(req) }),
 
-    submitPlan: async (req) => p.planner.submit(req),
+    // Idempotency keys are scoped to the caller: another identity's key is never shared.
+    submitPlan: async (req, ctx) => p.planner.submit(req, ctx.identity ?? ''),
     getPlan: async (req) => ({ plan: await p.store.getPlan(required(req.planId, 'plan_id')) }),
     getRun: async (req) => ({ run: await p.store.getRun(required(req.runId, 'run_id')) }),
     listRuns: async (req) => p.store.listRuns(req),

@@ -84,11 +84,25 @@ export function runToProto(r: RunRow, transitions: StateChange[], actions: Polic
   };
 }
 
+/**
+ * The stored form of an idempotency key: `<scope length>:<scope>:<key>` (unambiguous whatever
+ * either part holds), or the bare key for the empty scope (plans stored before keys were scoped).
+ */
+export function scopedIdempotencyKey(scope: string, key: string): string {
+  return scope === '' ? key : `${scope.length}:${scope}:${key}`;
+}
+
+/** The caller's key of a stored plan row. */
+function clientKey(r: Pick<PlanRow, 'idempotency_key' | 'idempotency_scope'>): string {
+  const scope = r.idempotency_scope ?? '';
+  return scope === '' ? r.idempotency_key : r.idempotency_key.slice(`${scope.length}:${scope}:`.length);
+}
+
 export function planToProto(r: PlanRow): Plan {
   const migrations = (JSON.parse(r.migrations_json) as unknown[]).map((m) => PlannedMigration.fromJSON(m));
   return {
     id: r.id,
-    idempotencyKey: r.idempotency_key,
+    idempotencyKey: clientKey(r),
     createdAt: new Date(r.created_at),
     state: r.state,
     migrations,

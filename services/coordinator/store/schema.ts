@@ -25,7 +25,10 @@ export interface VmsTable {
 
 export interface PlansTable {
   id: string;
+  /** The scoped key (see scopedIdempotencyKey); unique. */
   idempotency_key: string;
+  /** The identity that submitted the plan; '' for plans stored before keys were scoped. */
+  idempotency_scope: Generated<string>;
   created_at: number;
   state: number;
   priority: number;

@@ -10,6 +10,7 @@
  * first needs to commit (a self-deadlock until the busy timeout). Other processes (or worker
  * threads) may write the same file; WAL and the busy timeout handle them.
  */
+import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { Kysely, Migrator, SqliteDialect, sql } from 'kysely';
 import { migrationProvider } from '../../../migrations/index.js';
@@ -22,6 +23,7 @@ import {
   NotFoundError,
   ResourceExhaustedError,
 } from '../../shared/errors.js';
+import { ensurePrivateDir, ensurePrivateFile, restrictFiles } from '../../shared/private-files.js';
 import { buildEvent, encodeEvent } from '../../shared/events/codec.js';
 import { createIdFactory } from '../../shared/events/ids.js';
 import type { OutboxLag, OutboxRecord } from '../../shared/events/outbox.js';
@@ -75,6 +77,7 @@ import {
   ms,
   normalizePolicyKind,
   planToProto,
+  scopedIdempotencyKey,
   policyToJson,
   progressToProto,
   progressToRow,
@@ -183,9 +186,17 @@ export function resolveSqliteStoreOptions(o: SqliteHistoryStoreOptions): Resolve
  */
 export async function openSqliteHistoryStore(opts: SqliteHistoryStoreOptions): Promise<SqliteHistoryStore> {
   const o = resolveSqliteStoreOptions(opts);
+  const onDisk = o.filename !== ':memory:' && !o.filename.startsWith('file:');
+  // The history is private (0600 files in a 0700 folder): SQLite gives the WAL and shared-memory
+  // files the database file's mode, and existing ones are tightened after opening.
+  if (onDisk) {
+    ensurePrivateDir(dirname(o.filename));
+    ensurePrivateFile(o.filename);
+  }
   const database = new Database(o.filename, { timeout: o.busyTimeoutMs });
   try {
     database.pragma('journal_mode = WAL');
+    if (onDisk) restrictFiles([`${o.filename}-wal`, `${o.filename}-shm`]);
     database.pragma('synchronous = NORMAL');
     database.pragma('foreign_keys = ON');
     database.pragma(`busy_timeout = ${Math.floor(o.busyTimeoutMs)}`);
@@ -428,9 +439,9 @@ export class SqliteHistoryStore implements HistoryStore {
     return Number(r.rows[0]?.seq ?? 0);
   }
 
-  async findPlanByKey(idempotencyKey: string): Promise<Plan | undefined> {
+  async findPlanByKey(idempotencyKey: string, scope = ''): Promise<Plan | undefined> {
     this.checkOpen();
-    const row = await this.db.selectFrom('plans').selectAll().where('idempotency_key', '=', idempotencyKey).executeTakeFirst();
+    const row = await this.db.selectFrom('plans').selectAll().where('idempotency_key', '=', scopedIdempotencyKey(scope, idempotencyKey)).executeTakeFirst();
     return row === undefined ? undefined : planToProto(row);
   }
 
@@ -582,13 +593,16 @@ export class SqliteHistoryStore implements HistoryStore {
     for (const r of input.runs ?? []) validateRunInput(r);
     const now = this.o.now();
     const id = input.id ?? this.newId();
+    const scope = input.idempotencyScope ?? '';
+    const key = scopedIdempotencyKey(scope, input.idempotencyKey);
     const result = await this.write(async (trx, tx) => {
-      const existing = await trx.selectFrom('plans').selectAll().where('idempotency_key', '=', input.idempotencyKey).executeTakeFirst();
+      const existing = await trx.selectFrom('plans').selectAll().where('idempotency_key', '=', key).executeTakeFirst();
       if (existing !== undefined) return { plan: planToProto(existing), existing: true };
       const state = input.state ?? PlanState.PLAN_STATE_RUNNING;
       const row = {
         id,
-        idempotency_key: input.idempotencyKey,
+        idempotency_key: key,
+        idempotency_scope: scope,
         created_at: ms(input.createdAt, now),
         state,
         priority: input.priority ?? 0,

@@ -78,8 +78,10 @@ export interface CreateRunInput {
 export interface CreatePlanInput {
   /** Default a fresh ULID. */
   id?: string;
-  /** Required; a second create with the same key returns the first plan. */
+  /** Required; a second create with the same key (and scope) returns the first plan. */
   idempotencyKey: string;
+  /** Who owns the key (the submitting identity); keys of different scopes never meet. Default ''. */
+  idempotencyScope?: string;
   request: SubmitPlanRequest;
   migrations?: PlannedMigration[];
   orderingReason?: string;
@@ -251,8 +253,8 @@ export interface HistoryStore extends OutboxSource {
   readOutbox(opts: { afterSeq?: number; runId?: string; limit: number }): Promise<OutboxRecord[]>;
   /** The highest outbox `seq` written so far; 0 when the outbox has never held a row. */
   lastOutboxSeq(): Promise<number>;
-  /** The plan submitted with `idempotencyKey`, or undefined when the key is unknown. */
-  findPlanByKey(idempotencyKey: string): Promise<Plan | undefined>;
+  /** The plan submitted with `idempotencyKey` by `scope` (default ''), or undefined when unknown. */
+  findPlanByKey(idempotencyKey: string, scope?: string): Promise<Plan | undefined>;
 
   // --- maintenance ---------------------------------------------------------------------------
 

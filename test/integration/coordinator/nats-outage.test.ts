@@ -11,7 +11,7 @@ import { subscribeCluster } from '../../../services/shared/events/subscriber.js'
 import { CoordinatorServiceService, NodeStatus } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import type { Event } from '../../../services/shared/gen/migd/v1/events.js';
 import { createLogger } from '../../../services/shared/log.js';
-import { ensurePki, identityFiles } from '../../../services/shared/pki.js';
+import { defaultIdentities, ensurePki, identityFiles, nodeIdentity } from '../../../services/shared/pki.js';
 import { createClient } from '../../../services/shared/rpc/client.js';
 import { waitFor } from '../../helpers/coordinator-cluster.js';
 import { closeConnection, connectTest, startNatsServer, type TestNatsServer } from '../../helpers/nats-server.js';
@@ -26,7 +26,7 @@ describe('coordinator: NATS outage', () => {
 
   beforeAll(async () => {
     dir = await tempDir('migd-outage-');
-    ensurePki(join(dir, 'pki'));
+    ensurePki(join(dir, 'pki'), [...defaultIdentities, { name: nodeIdentity('n1') }]);
     nats = await startNatsServer();
     await nats.stop(); // down from the start; started again on the same port below
   });
@@ -42,7 +42,7 @@ describe('coordinator: NATS outage', () => {
     const address = `127.0.0.1:${coordinator.port}`;
     const client = (id: string) => createClient('migd.v1.CoordinatorService', CoordinatorServiceService, address, { security: { tls: identityFiles(join(dir, 'pki'), id), serverName: 'migd-coordinator' } });
     const op = client('operator');
-    const node = client('migd-node');
+    const node = client(nodeIdentity('n1'));
     try {
       // Watch works from the in-process bus.
       const watched: Event[] = [];

@@ -84,7 +84,11 @@ describe('coordinator config', () => {
 
   it('allows plain text only on loopback', () => {
     expect(resolveCoordinatorConfig({ insecure: true }).security).toEqual({ insecure: true });
-    expect(resolveCoordinatorConfig({}).requireNodeIdentity).toBe(false);
+    // Per-node identities are required unless the shared one is allowed explicitly.
+    expect(resolveCoordinatorConfig({}).requireNodeIdentity).toBe(true);
+    expect(loadCoordinatorConfig(['--allow-shared-node-identity'], {}).requireNodeIdentity).toBe(false);
+    expect(loadCoordinatorConfig([], { MIGD_COORDINATOR_ALLOW_SHARED_NODE_IDENTITY: '1' }).requireNodeIdentity).toBe(false);
+    expect(configError(() => loadCoordinatorConfig(['--allow-shared-node-identity', '--require-node-identity'], {})).option).toBe('allowSharedNodeIdentity');
     expect(resolveCoordinatorConfig({}).nodeDownWaitMs).toBe(120_000);
     expect(loadCoordinatorConfig(['--node-down-wait-ms', '5000'], {}).nodeDownWaitMs).toBe(5000);
     expect(configError(() => resolveCoordinatorConfig({ nodeDownWaitMs: '-1' })).option).toBe('nodeDownWaitMs');

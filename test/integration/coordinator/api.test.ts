@@ -138,11 +138,13 @@ describe('coordinator API', () => {
       for await (const m of op.watch({ scope: { $case: 'runId', value: runId }, statesOnly: false })) watched.push(m.event!);
     })();
 
-    // The same key returns the same plan and starts nothing; another key for a migrating VM is refused.
-    const again = await op.submitPlan(migratePlan('single-1', 'vm1', 'b'));
+    // The same key and request return the same plan and start nothing; the same key for another
+    // request is refused; another key for a migrating VM is refused.
+    const again = await op.submitPlan(migratePlan('single-1', 'vm1', 'b', undefined, { label: 'single' }));
     expect(again.existing).toBe(true);
     expect(again.plan!.id).toBe(plan.id);
     expect(again.plan!.migrations[0]!.runId).toBe(runId);
+    await expect(op.submitPlan(migratePlan('single-1', 'vm1', 'b'))).rejects.toMatchObject({ code: 'ALREADY_EXISTS', reason: 'IDEMPOTENCY_KEY_REUSED' });
     await expect(op.submitPlan(migratePlan('single-2', 'vm1', 'b'))).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
 
     const run = await waitForRun(op, runId);
@@ -157,7 +159,7 @@ describe('coordinator API', () => {
     expect(states.filter((s) => s === S.MIGRATION_STATE_PREPARING)).toHaveLength(1);
     console.log(`single migration through the coordinator: total ${run.stats!.totalTimeMs} ms, downtime ${run.stats!.downtimeMs} ms, ${run.stats!.passes} passes, run ${run.finishedAt!.getTime() - run.startedAt!.getTime()} ms from dispatch to verified`);
 
-    expect((await op.submitPlan(migratePlan('single-1', 'vm1', 'b'))).existing).toBe(true);
+    expect((await op.submitPlan(migratePlan('single-1', 'vm1', 'b', undefined, { label: 'single' }))).existing).toBe(true);
     expect(await runCount()).toBe(before + 1);
     expect((await op.getPlan({ planId: plan.id })).plan!.state).toBe(PlanState.PLAN_STATE_SUCCEEDED);
 

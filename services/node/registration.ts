@@ -1,7 +1,10 @@
 /**
  * Node side of the node registry: registers this node daemon with the coordinator and then
  * heartbeats (host info and VMs) at the interval the coordinator asks for. Unreachable
- * coordinator → retries with jittered exponential backoff (0.5 s … 10 s), forever; a heartbeat
+ * coordinator → retries with jittered exponential backoff (0.25 s … 1 s), forever. The cap is
+ * short on purpose: a node must heartbeat again within 2 s of its coordinator's return, or plans
+ * submitted right then are refused with SOURCE_DOWN (a 10 s cap plus gRPC's own channel backoff
+ * once took 16 s); one TLS connection attempt a second to a down coordinator costs nothing. A heartbeat
  * the coordinator does not recognise (NOT_FOUND: it lost its database, or never saw us) → register
  * again. Never throws into the daemon: the node works without a coordinator.
  */
@@ -25,8 +28,10 @@ export interface RegistrationOptions {
   readonly log: Logger;
   /** Deadline of each call (ms). Default 5000. */
   readonly deadlineMs?: number;
-  /** First retry delay after a failure (ms); doubles up to 10 s. Default 500. */
+  /** First retry delay after a failure (ms); doubles up to `retryMaxMs`. Default 250. */
   readonly retryInitialMs?: number;
+  /** Longest retry delay (ms), jitter included; also caps the gRPC channel's reconnect backoff. Default 1000. */
+  readonly retryMaxMs?: number;
   /** A client of the coordinator (tests inject fakes). Default: a gRPC client. */
   readonly client?: Pick<RpcClient<typeof CoordinatorServiceService>, 'registerNode' | 'heartbeat' | 'close'>;
 }
@@ -43,15 +48,18 @@ export interface Registration {
 export function startRegistration(o: RegistrationOptions): Registration {
   const stopper = new AbortController();
   const signal = stopper.signal;
-  const client = o.client ?? createClient('migd.v1.CoordinatorService', CoordinatorServiceService, o.coordinator, { security: { ...o.security, serverName: 'migd-coordinator' } });
+  const retryMax = o.retryMaxMs ?? 1000;
+  const client =
+    o.client ??
+    createClient('migd.v1.CoordinatorService', CoordinatorServiceService, o.coordinator, { security: { ...o.security, serverName: 'migd-coordinator' }, maxReconnectBackoffMs: Math.max(100, Math.floor(retryMax / 2)) });
   const deadlineMs = o.deadlineMs ?? 5000;
   let markRegistered!: () => void;
   const registered = new Promise<void>((resolve) => (markRegistered = resolve));
-  const initialBackoff = o.retryInitialMs ?? 500;
+  const initialBackoff = Math.min(o.retryInitialMs ?? 250, retryMax);
   let backoff = initialBackoff;
   const retryDelay = (): number => {
-    const d = backoff * (0.75 + Math.random() * 0.5);
-    backoff = Math.min(backoff * 2, 10_000);
+    const d = backoff * (0.5 + Math.random() * 0.5);
+    backoff = Math.min(backoff * 2, retryMax);
     return d;
   };
   let loggedDown = false;

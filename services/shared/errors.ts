@@ -83,6 +83,13 @@ export class PermissionDeniedError extends MigdError {
   }
 }
 
+/** The peer did not accept who we are: e.g. a client certificate from a CA the server does not trust. */
+export class UnauthenticatedError extends MigdError {
+  constructor(message: string, options?: { cause?: unknown; reason?: string }) {
+    super('UNAUTHENTICATED', message, options);
+  }
+}
+
 /** The operation was cancelled (by the caller's AbortSignal or a cancel request). */
 export class CancelledError extends MigdError {
   constructor(message = 'operation cancelled', options?: { cause?: unknown; reason?: string }) {

@@ -4,6 +4,7 @@
  * point (migctl.ts) only supplies the real I/O, environment, signal and client factory.
  */
 import { MigdError } from '../../shared/errors.js';
+import { CERTIFICATE_REJECTED } from '../../shared/rpc/tls-probe.js';
 import { parseCommandLine, type ArgsEnvironment, type GlobalOptions, type HelpRequest, type Invocation } from './args.js';
 import { runCommand, type CliIo, type CoordinatorClient } from './commands.js';
 import { ExitCode, exitCodeForError } from './exit-codes.js';
@@ -30,8 +31,10 @@ export function describeError(err: unknown, global: GlobalOptions | undefined): 
       return `coordinator${where} unavailable: ${err.message} (is it running? see --coordinator, MIGD_COORDINATOR)`;
     case 'DEADLINE_EXCEEDED':
       return `no answer from the coordinator${where} in time: ${err.message} (see --timeout)`;
-    case 'PERMISSION_DENIED':
     case 'UNAUTHENTICATED':
+      if (err.reason === CERTIFICATE_REJECTED) return `${err.message}${global ? ` (identity "${global.identity}", see --cert-dir, --identity)` : ''}`;
+      return `permission denied${global ? ` for identity "${global.identity}"` : ''}: ${err.message}`;
+    case 'PERMISSION_DENIED':
       return `permission denied${global ? ` for identity "${global.identity}"` : ''}: ${err.message}`;
     case 'NOT_FOUND':
       return `not found: ${err.message}`;

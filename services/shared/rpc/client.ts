@@ -1,12 +1,15 @@
 /**
  * One way to call a migd gRPC service: a typed promise client built from a ts-proto service
  * definition. Every unary call has a deadline (default 10 s); a caller's AbortSignal cancels the
- * call; errors come back as MigdErrors of the matching class (see status.ts).
+ * call; errors come back as MigdErrors of the matching class (see status.ts). A connection that
+ * fails because a certificate was refused comes back as UNAUTHENTICATED (reason
+ * CERTIFICATE_REJECTED), not as UNAVAILABLE (see tls-probe.ts).
  */
 import { Metadata, makeGenericClientConstructor, type Client, type ServiceDefinition, type ServiceError, type ClientReadableStream } from '@grpc/grpc-js';
-import { CancelledError } from '../errors.js';
+import { CancelledError, type MigdError } from '../errors.js';
 import { fromServiceError } from './status.js';
 import { channelCredentials, type TransportSecurity } from './tls.js';
+import { probeCertificate } from './tls-probe.js';
 
 type AnyMethod = {
   path: string;
@@ -52,6 +55,12 @@ export interface ClientOptions {
    * for ExportRuns or a long run's timeline).
    */
   readonly maxReceiveBytes?: number;
+  /**
+   * Longest wait of the channel between connection attempts after failures, in ms (default:
+   * gRPC's own, which grows to 120 s). A peer that must be seen again soon after it returns —
+   * a node daemon heartbeating to its coordinator — keeps this short.
+   */
+  readonly maxReconnectBackoffMs?: number;
 }
 
 /** Default of {@link ClientOptions.maxReceiveBytes}. */
@@ -65,8 +74,16 @@ function deadlineOf(ms: number | undefined): Date | undefined {
 export function createClient<S extends Record<string, AnyMethod>>(serviceName: string, definition: S, address: string, opts: ClientOptions): RpcClient<S> {
   const Ctor = makeGenericClientConstructor(definition as unknown as ServiceDefinition, serviceName);
   const { creds, options } = channelCredentials(opts.security, address);
-  const client: Client = new Ctor(address, creds, { ...options, 'grpc.max_receive_message_length': opts.maxReceiveBytes ?? DEFAULT_MAX_RECEIVE_BYTES });
+  const backoff = opts.maxReconnectBackoffMs === undefined ? {} : { 'grpc.initial_reconnect_backoff_ms': Math.min(250, opts.maxReconnectBackoffMs), 'grpc.max_reconnect_backoff_ms': opts.maxReconnectBackoffMs };
+  const client: Client = new Ctor(address, creds, { ...options, ...backoff, 'grpc.max_receive_message_length': opts.maxReceiveBytes ?? DEFAULT_MAX_RECEIVE_BYTES });
   const defaultDeadline = opts.defaultDeadlineMs ?? 10_000;
+  const tlsFiles = opts.security.tls;
+  // gRPC says UNAVAILABLE both when nobody listens and when the TLS handshake was refused:
+  // one probe connection tells them apart.
+  const explain = async (err: MigdError): Promise<MigdError> => {
+    if (!tlsFiles || err.code !== 'UNAVAILABLE' || !/No connection established|handshake|certificate/i.test(err.message)) return err;
+    return (await probeCertificate(address, tlsFiles, opts.security.serverName)) ?? err;
+  };
   const out: Record<string, unknown> = {
     close: () => client.close(),
     waitForReady: (timeoutMs: number) =>
@@ -76,7 +93,7 @@ export function createClient<S extends Record<string, AnyMethod>>(serviceName: s
     const serialize = m.requestSerialize as (v: unknown) => Buffer;
     const deserialize = m.responseDeserialize;
     if (m.responseStream) {
-      out[key] = (request: unknown, o: CallOptions = {}) => streamCall(client, m.path, serialize, deserialize, request, o);
+      out[key] = (request: unknown, o: CallOptions = {}) => streamCall(client, m.path, serialize, deserialize, request, o, explain);
     } else {
       out[key] = (request: unknown, o: CallOptions = {}) =>
         new Promise((resolve, reject) => {
@@ -84,7 +101,7 @@ export function createClient<S extends Record<string, AnyMethod>>(serviceName: s
           const deadline = deadlineOf(o.deadlineMs ?? defaultDeadline);
           const call = client.makeUnaryRequest(m.path, serialize, deserialize, request, o.metadata ?? new Metadata(), deadline ? { deadline } : {}, (err: ServiceError | null, res?: unknown) => {
             o.signal?.removeEventListener('abort', onAbort);
-            if (err) reject(fromServiceError(err, m.path));
+            if (err) explain(fromServiceError(err, m.path)).then(reject, reject);
             else resolve(res);
           });
           const onAbort = (): void => call.cancel();
@@ -102,6 +119,7 @@ async function* streamCall(
   deserialize: (b: Buffer) => unknown,
   request: unknown,
   o: CallOptions,
+  explain: (err: MigdError) => Promise<MigdError>,
 ): AsyncGenerator<unknown> {
   if (o.signal?.aborted) throw new CancelledError(`${path}: cancelled before start`, { cause: o.signal.reason });
   const deadline = deadlineOf(o.deadlineMs);
@@ -112,7 +130,7 @@ async function* streamCall(
     for await (const msg of call) yield msg;
   } catch (err) {
     if (o.signal?.aborted) throw new CancelledError(`${path}: cancelled`, { cause: err });
-    throw isServiceError(err) ? fromServiceError(err, path) : err;
+    throw isServiceError(err) ? await explain(fromServiceError(err, path)) : err;
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
     call.cancel();

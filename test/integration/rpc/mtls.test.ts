@@ -1,13 +1,18 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Metadata, credentials, makeGenericClientConstructor, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, InvalidArgumentError, NotFoundError, PermissionDeniedError } from '../../../services/shared/errors.js';
+import { CoordinatorServiceService } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import { NodeServiceService, type GetHostInfoResponse } from '../../../services/shared/gen/migd/v1/node.js';
+import { freePort } from '../../../services/shared/net.js';
+import { repoRoot } from '../../../services/shared/paths.js';
 import { createLogger } from '../../../services/shared/log.js';
 import { ensurePki, identityFiles } from '../../../services/shared/pki.js';
 import { createClient } from '../../../services/shared/rpc/client.js';
+import { CERTIFICATE_REJECTED } from '../../../services/shared/rpc/tls-probe.js';
 import { RpcServer, type Handlers } from '../../../services/shared/rpc/server.js';
 
 const log = createLogger('test', {}, () => undefined);
@@ -65,8 +70,17 @@ describe('shared RPC layer with mutual TLS', () => {
     dir = mkdtempSync(join(tmpdir(), 'migd-mtls-'));
     ensurePki(join(dir, 'pki'));
     ensurePki(join(dir, 'foreign'), [{ name: 'operator' }], 'some other CA');
+    // An operator who trusts the right CA but holds a certificate another CA signed.
+    mkdirSync(join(dir, 'mixed'));
+    copyFileSync(join(dir, 'pki', 'ca.crt'), join(dir, 'mixed', 'ca.crt'));
+    for (const f of ['operator.crt', 'operator.key']) copyFileSync(join(dir, 'foreign', f), join(dir, 'mixed', f));
     server = new RpcServer({ address: '127.0.0.1:0', security: { tls: identityFiles(join(dir, 'pki'), 'migd-node') }, log });
     server.addService('migd.v1.NodeService', NodeServiceService, handlers());
+    // Never reached by the certificate tests below: the handshake is refused first.
+    const never = async (): Promise<never> => {
+      throw new Error('not served');
+    };
+    server.addService('migd.v1.CoordinatorService', CoordinatorServiceService, Object.fromEntries(Object.keys(CoordinatorServiceService).map((k) => [k, never])) as unknown as Handlers<typeof CoordinatorServiceService>);
     const port = await server.start();
     address = `127.0.0.1:${port}`;
   });
@@ -100,12 +114,51 @@ describe('shared RPC layer with mutual TLS', () => {
     expect(err?.code).toBe(14); // UNAVAILABLE: handshake refused
   });
 
-  it('refuses a client whose certificate comes from a foreign CA', async () => {
+  it('refuses a client whose certificates come from a foreign CA, and says the certificate was rejected', async () => {
     const c = client('foreign', 'operator');
+    try {
+      await expect(c.getHostInfo({})).rejects.toMatchObject({ code: 'UNAUTHENTICATED', reason: CERTIFICATE_REJECTED, message: expect.stringMatching(/certificate rejected: .*not signed by the CA/) });
+      const it = c.watchGuest({ name: 'vm1', includeConsole: true })[Symbol.asyncIterator]();
+      await expect(it.next()).rejects.toMatchObject({ code: 'UNAUTHENTICATED', reason: CERTIFICATE_REJECTED });
+    } finally {
+      c.close();
+    }
+  });
+
+  it('names a client certificate the server refuses (right CA file, foreign certificate) as rejected', async () => {
+    const c = client('mixed', 'operator');
+    try {
+      await expect(c.getHostInfo({})).rejects.toMatchObject({ code: 'UNAUTHENTICATED', reason: CERTIFICATE_REJECTED, message: expect.stringMatching(/refused the client certificate .*operator\.crt/) });
+    } finally {
+      c.close();
+    }
+  });
+
+  it('still reports a server that is not there as unavailable', async () => {
+    const port = await freePort('127.0.0.1');
+    const c = createClient('migd.v1.NodeService', NodeServiceService, `127.0.0.1:${port}`, { security: { tls: identityFiles(join(dir, 'pki'), 'operator'), serverName: 'migd-node' }, defaultDeadlineMs: 3000 });
     try {
       await expect(c.getHostInfo({})).rejects.toMatchObject({ code: 'UNAVAILABLE' });
     } finally {
       c.close();
+    }
+  });
+
+  it('migctl says "certificate rejected", not "coordinator unavailable", for a foreign certificate', async () => {
+    const migctl = join(repoRoot(), 'dist', 'services', 'coordinator', 'cli', 'migctl.js');
+    const run = (certDir: string): Promise<{ code: number | null; stderr: string }> =>
+      new Promise((resolve, reject) => {
+        const child = spawn(process.execPath, [migctl, '--coordinator', address, '--cert-dir', certDir, '--timeout', '5s', 'nodes'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, MIGD_COORDINATOR: '', MIGD_IDENTITY: '' } });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        child.once('error', reject);
+        child.once('close', (code) => resolve({ code, stderr }));
+      });
+    for (const pki of ['foreign', 'mixed']) {
+      const r = await run(join(dir, pki));
+      expect(r.stderr).toMatch(/^migctl: certificate rejected: /);
+      expect(r.stderr).not.toMatch(/unavailable|is it running/);
+      expect(r.code).toBe(4);
     }
   });
 

@@ -45,6 +45,17 @@ function fakeCoordinator(failures: number) {
 }
 
 describe('node registration', () => {
+  it('caps the retry back-off, so a long outage never delays the next attempt past retryMaxMs', async () => {
+    const c = fakeCoordinator(12);
+    const reg = startRegistration({ coordinator: 'x:1', security: { insecure: true }, heartbeatMs: 5000, hostInfo: async () => host, vms: async () => [vm], log: quiet, client: c.client, retryInitialMs: 5, retryMaxMs: 40 });
+    await reg.registered;
+    const gaps = c.calls.slice(1).map((x, i) => x.at - c.calls[i]!.at);
+    expect(gaps).toHaveLength(12);
+    // Doubling from 5 ms would reach 10 s at the 12th retry; capped, none waits much beyond 40 ms.
+    expect(Math.max(...gaps)).toBeLessThan(40 + 30);
+    await reg.stop();
+  });
+
   it('retries until registered, then heartbeats with host info and VMs at the interval the coordinator asks for', async () => {
     const c = fakeCoordinator(2);
     const reg = startRegistration({ coordinator: 'x:1', security: { insecure: true }, heartbeatMs: 5000, hostInfo: async () => host, vms: async () => [vm], log: quiet, client: c.client, retryInitialMs: 10 });

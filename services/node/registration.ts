@@ -4,7 +4,9 @@
  * coordinator → retries with jittered exponential backoff (0.25 s … 1 s), forever. The cap is
  * short on purpose: a node must heartbeat again within 2 s of its coordinator's return, or plans
  * submitted right then are refused with SOURCE_DOWN (a 10 s cap plus gRPC's own channel backoff
- * once took 16 s); one TLS connection attempt a second to a down coordinator costs nothing. A heartbeat
+ * once took 16 s); one TLS connection attempt a second to a down coordinator costs nothing. Each
+ * call also waits for the channel (waitForReady), so it goes out as soon as a reconnect attempt
+ * succeeds rather than at the next retry. A heartbeat
  * the coordinator does not recognise (NOT_FOUND: it lost its database, or never saw us) → register
  * again. Never throws into the daemon: the node works without a coordinator.
  */
@@ -76,14 +78,14 @@ export function startRegistration(o: RegistrationOptions): Registration {
     while (!signal.aborted) {
       try {
         if (needRegister) {
-          const res = await client.registerNode({ host: await o.hostInfo() }, { deadlineMs, signal });
+          const res = await client.registerNode({ host: await o.hostInfo() }, { deadlineMs, signal, waitForReady: true });
           interval = res.heartbeatIntervalMs || o.heartbeatMs;
           needRegister = false;
           o.log.info('registered with the coordinator', { coordinator: o.coordinator, nodeId: res.nodeId, heartbeatMs: interval });
           markRegistered();
         } else {
           const [host, vms] = await Promise.all([o.hostInfo(), o.vms()]);
-          await client.heartbeat({ host, vms }, { deadlineMs, signal });
+          await client.heartbeat({ host, vms }, { deadlineMs, signal, waitForReady: true });
         }
         if (loggedDown) o.log.info('coordinator reachable again', { coordinator: o.coordinator });
         loggedDown = false;

@@ -29,6 +29,17 @@ export interface CallOptions {
   readonly signal?: AbortSignal;
   /** Extra metadata. */
   readonly metadata?: Metadata;
+  /**
+   * Wait (until the deadline) for the channel to connect instead of failing at once while the
+   * server is unreachable: the call goes out the moment a reconnect attempt succeeds.
+   */
+  readonly waitForReady?: boolean;
+}
+
+function callMetadata(o: CallOptions): Metadata {
+  const md = o.metadata ?? new Metadata();
+  if (o.waitForReady) md.setOptions({ waitForReady: true });
+  return md;
 }
 
 /** A typed client: unary methods return promises, server-streaming ones async iterables. */
@@ -80,8 +91,10 @@ export function createClient<S extends Record<string, AnyMethod>>(serviceName: s
   const tlsFiles = opts.security.tls;
   // gRPC says UNAVAILABLE both when nobody listens and when the TLS handshake was refused:
   // one probe connection tells them apart.
-  const explain = async (err: MigdError): Promise<MigdError> => {
-    if (!tlsFiles || err.code !== 'UNAVAILABLE' || !/No connection established|handshake|certificate/i.test(err.message)) return err;
+  // (A waitForReady call never sees UNAVAILABLE: it waits for a connection until its deadline.)
+  const explain = async (err: MigdError, o: CallOptions): Promise<MigdError> => {
+    const noConnection = err.code === 'UNAVAILABLE' ? /No connection established|handshake|certificate/i.test(err.message) : err.code === 'DEADLINE_EXCEEDED' && o.waitForReady === true;
+    if (!tlsFiles || !noConnection) return err;
     return (await probeCertificate(address, tlsFiles, opts.security.serverName)) ?? err;
   };
   const out: Record<string, unknown> = {
@@ -99,9 +112,9 @@ export function createClient<S extends Record<string, AnyMethod>>(serviceName: s
         new Promise((resolve, reject) => {
           if (o.signal?.aborted) return reject(new CancelledError(`${m.path}: cancelled before start`, { cause: o.signal.reason }));
           const deadline = deadlineOf(o.deadlineMs ?? defaultDeadline);
-          const call = client.makeUnaryRequest(m.path, serialize, deserialize, request, o.metadata ?? new Metadata(), deadline ? { deadline } : {}, (err: ServiceError | null, res?: unknown) => {
+          const call = client.makeUnaryRequest(m.path, serialize, deserialize, request, callMetadata(o), deadline ? { deadline } : {}, (err: ServiceError | null, res?: unknown) => {
             o.signal?.removeEventListener('abort', onAbort);
-            if (err) explain(fromServiceError(err, m.path)).then(reject, reject);
+            if (err) explain(fromServiceError(err, m.path), o).then(reject, reject);
             else resolve(res);
           });
           const onAbort = (): void => call.cancel();
@@ -119,18 +132,18 @@ async function* streamCall(
   deserialize: (b: Buffer) => unknown,
   request: unknown,
   o: CallOptions,
-  explain: (err: MigdError) => Promise<MigdError>,
+  explain: (err: MigdError, o: CallOptions) => Promise<MigdError>,
 ): AsyncGenerator<unknown> {
   if (o.signal?.aborted) throw new CancelledError(`${path}: cancelled before start`, { cause: o.signal.reason });
   const deadline = deadlineOf(o.deadlineMs);
-  const call: ClientReadableStream<unknown> = client.makeServerStreamRequest(path, serialize, deserialize, request, o.metadata ?? new Metadata(), deadline ? { deadline } : {});
+  const call: ClientReadableStream<unknown> = client.makeServerStreamRequest(path, serialize, deserialize, request, callMetadata(o), deadline ? { deadline } : {});
   const onAbort = (): void => call.cancel();
   o.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     for await (const msg of call) yield msg;
   } catch (err) {
     if (o.signal?.aborted) throw new CancelledError(`${path}: cancelled`, { cause: err });
-    throw isServiceError(err) ? await explain(fromServiceError(err, path)) : err;
+    throw isServiceError(err) ? await explain(fromServiceError(err, path), o) : err;
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
     call.cancel();

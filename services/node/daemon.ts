@@ -65,6 +65,8 @@ export class NodeDaemon {
       host: this.vmHost(),
       supportedCapabilities: supported,
       migrationAddress: config.migrationAddress,
+      managementAddress: config.advertise,
+      stateDir: config.stateDir,
       peer: (ep) => this.peer(ep),
       log: log.child({ component: 'migration' }),
       sourceOptions: { progressIntervalMs: config.progressIntervalMs, postcopyStallMs: config.postcopyStallMs },
@@ -86,7 +88,13 @@ export class NodeDaemon {
       if (vm.status !== 'running') continue;
       d.loadSpec(vm);
       d.feed(vm.name);
-      if (vm.role === 'migrating') await vms.setRole(vm.name, 'running'); // the driver did not survive the restart
+    }
+    // Migrations this node took part in when its daemon stopped: adopt, finish or cancel them
+    // (reconciled with QEMU and the peer) before serving, so no request sees a half-known state.
+    await d.migrations.reconcile();
+    for (const vm of vms.list()) {
+      // A VM marked migrating that no adopted migration claims: the mark outlived its driver.
+      if (vm.status === 'running' && vm.role === 'migrating' && !d.migratingVms.has(vm.name)) await vms.setRole(vm.name, 'running');
     }
     d.server = new RpcServer({ address: config.listen, security: config.security, log });
     d.server.addService('migd.v1.NodeService', NodeServiceService, nodeHandlers(d));
@@ -216,7 +224,8 @@ export class NodeDaemon {
     const accel = spec.accel === Accel.ACCEL_KVM ? 'kvm' : spec.accel === Accel.ACCEL_TCG ? 'tcg' : 'auto';
     const info = await this.vms.create(
       { name: spec.name, memoryMiB: spec.memoryMib, vcpus: spec.vcpus || 1, machine: spec.machineType || 'pc-i440fx-10.0', accel, kernel, ...(initrd ? { initrd } : {}), append, ...(spec.uuid ? { uuid: spec.uuid } : {}) },
-      { incoming },
+      // A migration destination starts paused: it runs only once the source has handed over.
+      { incoming, paused: incoming },
     );
     const stored: ProtoVmSpec = { ...spec, uuid: info.spec.uuid, accel: info.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG, machineType: info.spec.machine, vcpus: info.spec.vcpus };
     writeFileSync(this.specFile(info.name), JSON.stringify(stored));
@@ -259,6 +268,11 @@ export class NodeDaemon {
 
   private vmHost(): VmHost {
     return {
+      attach: (name) => {
+        const v = this.vms.list().find((x) => x.name === name);
+        return v?.status === 'running' ? this.migratable(name) : undefined;
+      },
+      list: () => this.vms.list().map((v) => ({ name: v.name, role: v.role, alive: v.status === 'running' })),
       source: (name) => {
         const v = this.vms.get(name);
         if (v.status !== 'running') throw new FailedPreconditionError(`VM ${name} is not running`, { reason: 'VM_NOT_RUNNING' });
@@ -273,7 +287,7 @@ export class NodeDaemon {
         void this.vms.setRole(name, runId ? 'migrating' : 'running').catch(() => undefined);
       },
       createIncoming: async (spec, runId) => {
-        await this.createVm(spec, true);
+        await this.createVm(spec, true); // paused (-S): resumed only at the handover
         this.migratingVms.set(spec.name, runId);
         return this.migratable(spec.name);
       },

@@ -1,16 +1,25 @@
 /**
- * The destination side of one live migration: an incoming QEMU with the identical device model
- * started with `-incoming defer`, the same capabilities as the source, `migrate-incoming` on the
- * node's migration address; out-of-band pause and recover for post-copy recovery; and the check
- * that the guest is alive here (its workload reporting) before the source is told it may go.
+ * The destination side of one live migration: an incoming QEMU with the identical device model,
+ * started paused (`-S -incoming defer`), the same capabilities as the source, `migrate-incoming`
+ * on the node's migration address; out-of-band pause and recover for post-copy recovery.
+ *
+ * Ownership (STYLE 18): the copy here stays paused until the source has handed the VM over.
+ * - Pre-copy: QEMU completes the stream and the guest stays paused here; the source, whose own
+ *   copy QEMU has stopped for good, calls ConfirmIncoming — only then is `cont` sent here.
+ * - Post-copy: the destination enters `postcopy-active` only after the source stopped its guest
+ *   (QEMU's LISTEN/RUN commands follow the source's stop), so the guest is resumed here at once,
+ *   as libvirt does: otherwise it would run nowhere until post-copy ends.
+ * Each step is recorded (record.ts) before it is taken; a restarted daemon adopts the incoming
+ * QEMU from its record and QEMU's own `query-status` / `query-migrate` (adopt()).
  */
-import { DeadlineExceededError, FailedPreconditionError } from '../../shared/errors.js';
-import type { GuestPerfSample, MigrationPolicy } from '../../shared/gen/migd/v1/common.js';
+import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
+import { ConfirmIncomingResponse } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
-import type { MigrationConfig } from './config.js';
-import { capabilityList, type MigratableVm, type VmHost } from './types.js';
 import { freePort } from '../../shared/net.js';
-
+import type { MigrationConfig } from './config.js';
+import type { DestinationRecord, MigrationRecords } from './record.js';
+import { capabilityList, type MigratableVm, type VmHost } from './types.js';
+import { VerificationTracker } from './verification.js';
 
 function uriFor(address: string, port: number): string {
   return address.includes(':') ? `tcp:[${address}]:${port}` : `tcp:${address}:${port}`;
@@ -20,11 +29,12 @@ export interface IncomingParams {
   readonly runId: string;
   readonly vm: MigratableVm;
   readonly host: VmHost;
-  readonly policy: MigrationPolicy;
   readonly config: MigrationConfig;
   readonly supportedCapabilities: ReadonlySet<string>;
   readonly migrationAddress: string;
   readonly log: Logger;
+  readonly record: DestinationRecord;
+  readonly records: MigrationRecords;
   /** QEMU TLS credentials object id (server endpoint), when the policy asks for TLS. */
   readonly tlsCredsId?: string;
 }
@@ -32,11 +42,14 @@ export interface IncomingParams {
 export class IncomingMigration {
   readonly runId: string;
   private status = 'none';
-  private completedAtMs: number | undefined;
   private resumedHere = false;
   private exited = false;
   private readonly stop = new AbortController();
   private statusWaiters: (() => void)[] = [];
+  private lastChangeMs = Date.now();
+  private readonly verification = new VerificationTracker();
+  private confirming: Promise<ConfirmIncomingResponse> | undefined;
+  private resuming: Promise<void> | undefined;
 
   constructor(private readonly p: IncomingParams) {
     this.runId = p.runId;
@@ -50,9 +63,28 @@ export class IncomingMigration {
     return this.p.vm.pid;
   }
 
-  /** True once the guest runs here (post-copy started or migration completed). */
+  get record(): DestinationRecord {
+    return this.p.record;
+  }
+
+  /** QEMU's latest incoming migration status. */
+  get qemuStatus(): string {
+    return this.status;
+  }
+
+  /** When the status last changed (host ms). */
+  get lastChange(): number {
+    return this.lastChangeMs;
+  }
+
+  /** True once the guest runs here (post-copy started or handed over): it may not be destroyed. */
   get guestRunsHere(): boolean {
-    return this.resumedHere || this.status === 'postcopy-active' || this.status === 'completed';
+    return this.resumedHere || this.p.record.phase === 'running' || this.p.record.phase === 'confirmed';
+  }
+
+  /** True when the incoming QEMU went away by itself (failed or cancelled stream). */
+  get gone(): boolean {
+    return this.exited;
   }
 
   /** Applies capabilities and parameters and listens; returns the URI for the source. */
@@ -76,6 +108,37 @@ export class IncomingMigration {
     throw lastErr;
   }
 
+  /**
+   * A restarted daemon takes the incoming QEMU back: follows its events again and reads where it
+   * stands. A guest found running stays (it was resumed here by a post-copy start or a handover);
+   * one found in post-copy but paused (the daemon died between the two) is resumed now.
+   */
+  async adopt(): Promise<void> {
+    const { vm, log } = this.p;
+    void this.follow();
+    const run = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 })) as { running?: boolean; status?: string };
+    const mig = (await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 })) as { status?: string };
+    this.setStatus(mig.status ?? 'none');
+    log.info('adopted incoming migration after restart', { phase: this.p.record.phase, qemu: run.status, migration: this.status });
+    if (run.running) {
+      this.markResumed();
+      if (this.p.record.phase === 'incoming') {
+        this.p.record.phase = 'running';
+        await this.p.records.write(this.p.record);
+      }
+    } else if (this.status.startsWith('postcopy')) {
+      await this.resumeHere('post-copy had started before the daemon restarted');
+    } else if (this.p.record.phase === 'running' && this.status === 'completed') {
+      // The handover was recorded but `cont` may not have been sent before the daemon died.
+      await this.resumeHere('handover recorded before the daemon restarted');
+    }
+  }
+
+  private setStatus(s: string): void {
+    if (s !== this.status) this.lastChangeMs = Date.now();
+    this.status = s;
+  }
+
   private async follow(): Promise<void> {
     const { vm, log } = this.p;
     const events = vm.qmp.events({ names: ['MIGRATION', 'RESUME'] });
@@ -84,17 +147,11 @@ export class IncomingMigration {
     try {
       for await (const ev of events) {
         if (ev.event === 'RESUME') {
-          if (!this.resumedHere) {
-            this.resumedHere = true;
-            this.p.host.adoptIncoming(vm.name);
-            log.info('guest resumed on the destination');
-          }
+          this.markResumed();
         } else {
-          this.status = String((ev.data as { status?: string }).status ?? this.status);
-          if (this.status === 'completed') this.completedAtMs ??= Date.now();
+          this.setStatus(String((ev.data as { status?: string }).status ?? this.status));
           if (this.status === 'postcopy-active' && !this.resumedHere) {
-            this.resumedHere = true;
-            this.p.host.adoptIncoming(vm.name);
+            void this.resumeHere('post-copy started: the source has stopped its guest').catch((err: unknown) => log.error('could not resume the guest at the start of post-copy', { err }));
           }
         }
         this.wake();
@@ -104,6 +161,44 @@ export class IncomingMigration {
     } finally {
       this.exited = !this.stop.signal.aborted;
       this.wake();
+    }
+  }
+
+  private markResumed(): void {
+    if (this.resumedHere) return;
+    this.resumedHere = true;
+    this.p.host.adoptIncoming(this.p.vm.name);
+    this.p.log.info('guest resumed on the destination');
+    void this.trackVerification();
+  }
+
+  /** Records that this node owns the guest, then resumes it here (once). */
+  private resumeHere(why: string): Promise<void> {
+    this.resuming ??= (async () => {
+      const { vm, log } = this.p;
+      if (this.p.record.phase === 'incoming' || this.p.record.phase === 'preparing') {
+        this.p.record.phase = 'running';
+        await this.p.records.write(this.p.record);
+      }
+      const run = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 })) as { running?: boolean };
+      if (!run.running) {
+        log.info('resuming the guest here', { why });
+        await vm.qmp.execute('cont');
+      }
+      this.markResumed();
+    })();
+    this.resuming.catch(() => (this.resuming = undefined));
+    return this.resuming;
+  }
+
+  private async trackVerification(): Promise<void> {
+    try {
+      for await (const s of this.p.vm.guestSamples(this.stop.signal)) {
+        this.verification.add(s);
+        this.wake();
+      }
+    } catch {
+      // the feed ends with the VM or when this object stops
     }
   }
 
@@ -147,64 +242,55 @@ export class IncomingMigration {
   }
 
   /**
-   * Waits until the migration completed here and the guest workload reported afterwards.
-   * @throws DeadlineExceededError when the guest does not show up in time
+   * The handover: the source's copy is stopped for good, so the guest is resumed here; then waits
+   * (up to `timeoutMs`) until the guest has verified memory here. Idempotent: a retried confirm
+   * shares the first one's answer.
+   * @throws FailedPreconditionError (reason NOT_HANDED_OVER) when the migration did not complete
+   *   here in time, or the incoming QEMU is gone: nothing was resumed here.
    */
-  async confirm(timeoutMs: number, resume: boolean): Promise<{ alive: boolean; sample: GuestPerfSample | undefined }> {
-    const { vm, log } = this.p;
-    const deadline = Date.now() + timeoutMs;
-    while (this.status !== 'completed' && !this.exited && Date.now() < deadline) {
-      await this.changed(Math.min(1000, Math.max(1, deadline - Date.now())));
-      if (this.status !== 'completed') {
-        const st = (await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 2000 }).catch(() => undefined)) as { status?: string } | undefined;
-        if (st?.status === 'completed') {
-          this.status = 'completed';
-          this.completedAtMs ??= Date.now();
-        }
-      }
-    }
-    if (this.status !== 'completed') return { alive: false, sample: undefined };
-    const run = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 })) as { status?: string; running?: boolean };
-    if (!run.running) {
-      if (resume) {
-        log.info('resuming the guest that arrived paused (force-complete paused it on the source)');
-        await vm.qmp.execute('cont');
-      } else {
-        log.warn('guest arrived paused', { status: run.status });
-      }
-    }
-    this.p.host.adoptIncoming(vm.name);
-    // Alive means: the workload reported here after the migration, including a verification of
-    // its memory (verify lines come at least once a second; this console only carries lines the
-    // guest printed on this node).
-    const since = this.completedAtMs ?? Date.now();
-    const last = vm.lastGuestSample();
-    if (last && last.hostMs > since && last.sample.pagesVerified > 0) return { alive: true, sample: last.sample };
-    const ac = new AbortController();
-    const timer = setTimeout(() => ac.abort(new DeadlineExceededError('guest did not report')), Math.max(1, deadline - Date.now()));
-    let seen: GuestPerfSample | undefined;
-    try {
-      for await (const s of vm.guestSamples(ac.signal)) {
-        seen = s;
-        if (s.pagesVerified > 0) return { alive: true, sample: s };
-      }
-    } catch {
-      // deadline
-    } finally {
-      clearTimeout(timer);
-      ac.abort();
-    }
-    // It reported but never verified in time: alive, but say so through the sample.
-    return { alive: seen !== undefined, sample: seen ?? vm.lastGuestSample()?.sample };
+  confirm(timeoutMs: number): Promise<ConfirmIncomingResponse> {
+    this.confirming ??= this.doConfirm(timeoutMs);
+    this.confirming.catch(() => (this.confirming = undefined));
+    return this.confirming;
   }
 
-  /** Removes the incoming QEMU. @throws FailedPreconditionError once the guest runs here */
+  private async doConfirm(timeoutMs: number): Promise<ConfirmIncomingResponse> {
+    const { vm } = this.p;
+    const deadline = Date.now() + timeoutMs;
+    while (!this.resumedHere && this.status !== 'completed' && !this.exited && Date.now() < deadline) {
+      await this.changed(Math.min(1000, Math.max(1, deadline - Date.now())));
+      if (this.status !== 'completed' && !this.exited) {
+        const st = (await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 2000 }).catch(() => undefined)) as { status?: string } | undefined;
+        if (st?.status) this.setStatus(st.status);
+      }
+    }
+    if (!this.resumedHere && (this.status !== 'completed' || this.exited)) {
+      throw new FailedPreconditionError(`run ${this.runId}: the migration did not complete on this node (QEMU ${this.exited ? 'gone' : `status ${this.status}`}); nothing was resumed here`, { reason: 'NOT_HANDED_OVER' });
+    }
+    await this.resumeHere('the source handed the VM over');
+    // Proven alive: the guest verified pages here after its arrival (see verification.ts).
+    while (!this.verification.proven && !this.exited && Date.now() < deadline) await this.changed(Math.max(1, deadline - Date.now()));
+    const v = this.verification;
+    const res = ConfirmIncomingResponse.fromPartial({ alive: v.proven, pid: vm.pid, pagesVerifiedAfter: v.pagesVerifiedAfter, ...(v.lastSample ? { sample: { ...v.lastSample, integrityErrors: v.integrityErrors } } : {}) });
+    this.p.record.phase = 'confirmed';
+    this.p.record.confirm = ConfirmIncomingResponse.toJSON(res);
+    await this.p.records.write(this.p.record);
+    return res;
+  }
+
+  /**
+   * Kills the incoming QEMU and forgets the run.
+   * @throws FailedPreconditionError (GUEST_RUNS_HERE) once the guest runs here
+   */
   async abort(): Promise<void> {
     if (this.guestRunsHere) {
       throw new FailedPreconditionError(`the guest of run ${this.runId} already runs on this node; refusing to destroy it`, { reason: 'GUEST_RUNS_HERE' });
     }
     this.stop.abort();
-    await this.p.host.destroy(this.p.vm.name);
+    await this.p.host.destroy(this.p.vm.name).catch((err: unknown) => {
+      if (!(err instanceof NotFoundError)) throw err; // already gone
+    });
+    await this.p.records.remove(this.runId);
   }
 
   /** Stops following events (daemon shutdown or migration finished). */

@@ -7,8 +7,10 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Broadcast } from '../../shared/broadcast.js';
+import { isTransient, retry } from '../../shared/retry.js';
 import { CancelledError, FailedPreconditionError, MigdError, UnavailableError } from '../../shared/errors.js';
 import {
+  MigrationPolicy as MigrationPolicyCodec,
   MigrationState,
   PolicyActionKind,
   type ErrorInfo,
@@ -18,11 +20,12 @@ import {
   type PolicyAction,
   type ProgressSample,
 } from '../../shared/gen/migd/v1/common.js';
-import type { MigrationEndpoint, MigrationInfo, StateChange, WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
+import { MigrationInfo as MigrationInfoCodec, type ConfirmIncomingResponse, type MigrationEndpoint, type MigrationInfo, type StateChange, type WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
 import type { QmpEvent } from '../qmp/protocol.js';
 import type { MigrationConfig } from './config.js';
 import { StallDetector, finalStats, postcopyDowntimeMs, progressSample, stateFromQemuStatus, type QmpMigrationInfo } from './progress.js';
+import type { MigrationRecords, SourcePhase, SourceRecord } from './record.js';
 import { capabilityList, type MigratableVm, type NodePeer, type VmHost } from './types.js';
 
 export interface SourceOptions {
@@ -36,6 +39,12 @@ export interface SourceOptions {
   readonly recoveryTimeoutMs?: number;
   /** Deadline of calls to the destination node (ms). Default 30 000. */
   readonly peerDeadlineMs?: number;
+  /**
+   * How long the source keeps asking the destination to take the VM over, or to prove its copy
+   * gone, before reporting the run failed with the ownership unresolved (ms). Default 300 000.
+   * The source never resumes its paused copy without that proof.
+   */
+  readonly handoverTimeoutMs?: number;
   /** QEMU TLS credentials object id to use for the stream (created by the caller), if any. */
   readonly tlsCredsId?: string;
   /** Host name QEMU verifies in the destination's certificate. */
@@ -55,6 +64,12 @@ export interface SourceMigrationParams {
   readonly log: Logger;
   readonly options?: SourceOptions;
   readonly now?: () => number;
+  /** This node as the destination reaches it (sent with PrepareIncoming). */
+  readonly self?: MigrationEndpoint;
+  /** Where the migration's phase is persisted. */
+  readonly records: MigrationRecords;
+  /** The record of a migration adopted after a daemon restart (see adopt()). */
+  readonly record?: SourceRecord;
 }
 
 const TERMINAL = new Set([MigrationState.MIGRATION_STATE_SUCCEEDED, MigrationState.MIGRATION_STATE_FAILED, MigrationState.MIGRATION_STATE_CANCELLED]);
@@ -94,11 +109,24 @@ export class SourceMigration {
   private readonly opts: Required<Omit<SourceOptions, 'tlsCredsId' | 'tlsHostname'>> & Pick<SourceOptions, 'tlsCredsId' | 'tlsHostname'>;
   private readonly now: () => number;
   private recovering = false;
+  private readonly record: SourceRecord;
+  private persisting: Promise<void> = Promise.resolve();
 
   constructor(private readonly p: SourceMigrationParams) {
     this.runId = p.runId;
     this.now = p.now ?? Date.now;
-    this.startedAt = new Date(this.now());
+    this.startedAt = new Date(p.record ? Date.parse(p.record.startedAt) : this.now());
+    this.record = p.record ?? {
+      format: 1,
+      runId: p.runId,
+      role: 'source',
+      vmName: p.vm.name,
+      phase: 'starting',
+      peer: p.destination,
+      policy: MigrationPolicyCodec.toJSON(p.policy),
+      startedAt: this.startedAt.toISOString(),
+      updatedAt: this.startedAt.toISOString(),
+    };
     this.downtimeLimitMs = p.config.downtimeLimitMs;
     this.maxBandwidth = p.config.maxBandwidthBytesPerSec;
     this.opts = {
@@ -107,6 +135,7 @@ export class SourceMigration {
       confirmTimeoutMs: 30_000,
       recoveryTimeoutMs: 600_000,
       peerDeadlineMs: 30_000,
+      handoverTimeoutMs: 300_000,
       ...p.options,
     };
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
@@ -159,8 +188,9 @@ export class SourceMigration {
     this.p.host.setMigration(vm.name, this.runId);
     let prepared = false;
     try {
+      await this.persist('starting');
       const ready = await peer
-        .prepareIncoming({ runId: this.runId, spec: vm.spec, policy: this.p.policy }, { deadlineMs: this.opts.peerDeadlineMs })
+        .prepareIncoming({ runId: this.runId, spec: vm.spec, policy: this.p.policy, ...(this.p.self ? { source: this.p.self } : {}) }, { deadlineMs: this.opts.peerDeadlineMs })
         .catch((err: unknown) => {
           if (err instanceof MigdError && (err.code === 'UNAVAILABLE' || err.code === 'DEADLINE_EXCEEDED')) {
             throw new UnavailableError(`destination node ${this.p.destination.nodeId} at ${this.p.destination.managementAddress} is not answering: ${err.message}`, { cause: err, reason: 'DESTINATION_UNAVAILABLE' });
@@ -180,12 +210,13 @@ export class SourceMigration {
       this.sourceCpuStart = await vm.cpuSeconds();
       const events = vm.qmp.events({ names: ['MIGRATION', 'MIGRATION_PASS', 'STOP', 'RESUME'] });
       log.info('migration starting', { uri: ready.uri, capabilities: config.capabilities });
+      await this.persist('streaming');
       await vm.qmp.execute('migrate', { uri: ready.uri });
       this.transition(MigrationState.MIGRATION_STATE_SETUP, `streaming to ${ready.uri}`);
       void this.run(events);
     } catch (err) {
       this.p.host.setMigration(vm.name, undefined);
-      if (prepared) await peer.abortIncoming({ runId: this.runId }, { deadlineMs: this.opts.peerDeadlineMs }).catch((e: unknown) => log.warn('abort incoming after failed start', { err: e }));
+      if (prepared) await this.abortDestination(this.now() + this.opts.peerDeadlineMs).then((r) => r !== 'gone' && log.warn('abort incoming after failed start', { outcome: r }));
       this.error = errorInfo(err);
       this.finish(MigrationState.MIGRATION_STATE_FAILED, `could not start: ${(err as Error).message}`);
       throw err;
@@ -341,6 +372,8 @@ export class SourceMigration {
     if (!this.p.config.postcopy.enabled) throw new FailedPreconditionError('post-copy is not enabled in this migration\'s policy', { reason: 'POSTCOPY_NOT_ENABLED' });
     if (this.postcopyStarted) return;
     this.postcopyStarted = true;
+    // Recorded first: from here on the source must never resume this guest, even after a restart.
+    await this.persist('postcopy');
     await this.p.vm.qmp.execute('migrate-start-postcopy');
     this.action(PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY, 0, actor, reason);
   }
@@ -429,18 +462,123 @@ export class SourceMigration {
     }
   }
 
-  private async complete(): Promise<void> {
-    const { vm, peer, log } = this.p;
-    const info = (await vm.qmp.execute('query-migrate').catch(() => ({}))) as QmpMigrationInfo;
-    this.transition(MigrationState.MIGRATION_STATE_VERIFYING, 'QEMU reported completion; checking the guest on the destination');
-    const srcCpu = Math.max(0, (await vm.cpuSeconds()) - this.sourceCpuStart);
-    let confirm;
+  /**
+   * A restarted daemon takes over a migration its QEMU may still be carrying out, from the
+   * persisted record and QEMU's own `query-migrate`: completed → hand over; failed or cancelled →
+   * settle ownership as after any failure; never started → fail cleanly; still running (pre-copy
+   * or post-copy) → follow it to its end as if the daemon had never stopped.
+   */
+  async adopt(): Promise<void> {
+    const { vm, log } = this.p;
+    this.p.host.setMigration(vm.name, this.runId);
+    if (this.record.phase === 'postcopy') this.postcopyStarted = true;
+    const events = vm.qmp.events({ names: ['MIGRATION', 'MIGRATION_PASS', 'STOP', 'RESUME'] });
+    let info: QmpMigrationInfo;
     try {
-      confirm = await peer.confirmIncoming({ runId: this.runId, timeoutMs: this.opts.confirmTimeoutMs, resume: this.pausedGuest }, { deadlineMs: this.opts.confirmTimeoutMs + 5000 });
+      info = (await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 })) as QmpMigrationInfo;
     } catch (err) {
-      confirm = { alive: false, sample: undefined, pid: 0, err };
+      events.close?.();
+      await this.fail(`could not read the migration from QEMU after a daemon restart: ${(err as Error).message}`, 'SOURCE_LOST');
+      return;
     }
-    const dstVm = await peer.getVm({ name: vm.name }, { deadlineMs: 3000 }).catch(() => undefined);
+    const status = String(info.status ?? 'none');
+    this.qemuStatus = status;
+    if (status.startsWith('postcopy')) this.postcopyStarted = true;
+    log.info('adopted migration after a daemon restart', { phase: this.record.phase, qemu: status });
+    const adopted = `the node daemon restarted; QEMU's migration is ${status}`;
+    switch (status) {
+      case 'completed':
+        events.close?.();
+        this.transition(MigrationState.MIGRATION_STATE_VERIFYING, adopted);
+        void this.complete();
+        return;
+      case 'failed':
+        events.close?.();
+        void this.fail(`${adopted}: ${info['error-desc'] ?? 'failed'}`, 'QEMU_MIGRATION_FAILED');
+        return;
+      case 'cancelled':
+        events.close?.();
+        void this.cancelled();
+        return;
+      case 'none':
+        events.close?.();
+        void this.fail('the node daemon restarted before QEMU\'s migration started', 'SOURCE_RESTARTED');
+        return;
+      default: {
+        const st = stateFromQemuStatus(status);
+        if (st !== undefined) this.transition(st, adopted);
+        void this.run(events);
+        if (status === 'postcopy-paused') void this.recover('adopted a paused post-copy migration after a daemon restart');
+      }
+    }
+  }
+
+  /** Persists the phase (writes are serialised; the latest wins). */
+  private persist(phase: SourcePhase, outcome?: MigrationInfo): Promise<void> {
+    this.record.phase = phase;
+    if (outcome) this.record.outcome = MigrationInfoCodec.toJSON(outcome);
+    const snapshot = { ...this.record };
+    this.persisting = this.persisting.then(() => this.p.records.write(snapshot)).catch((err: unknown) => this.p.log.error('could not persist the migration phase', { err, phase }));
+    return this.persisting;
+  }
+
+  /**
+   * Asks the destination to remove its copy, retrying while it does not answer, until `deadline`.
+   * @returns 'gone' (the destination has no copy of this run any more: proof the source may
+   *   resume), 'runs-there' (the guest already runs on the destination), or 'unknown'
+   */
+  private async abortDestination(deadline: number): Promise<'gone' | 'runs-there' | 'unknown'> {
+    try {
+      await retry(() => this.p.peer.abortIncoming({ runId: this.runId }, { deadlineMs: 10_000 }), {
+        deadlineMs: Math.max(0, deadline - this.now()),
+        retryable: (err) => isTransient(err) || (err instanceof MigdError && err.code === 'INTERNAL'),
+        onRetry: (err, attempt) => this.p.log.info('destination did not answer the abort; retrying', { attempt, err: (err as Error).message }),
+      });
+      return 'gone';
+    } catch (err) {
+      if (err instanceof MigdError && err.reason === 'GUEST_RUNS_HERE') return 'runs-there';
+      this.p.log.warn('could not make sure the destination copy is gone', { err: (err as Error).message });
+      return 'unknown';
+    }
+  }
+
+  /**
+   * Hands the VM over: ConfirmIncoming, retried (idempotent on the destination) until it answers.
+   * A destination that says it has nothing to take over (its QEMU died, or never completed) is
+   * asked to remove its copy, which proves the source may resume.
+   */
+  private async handOver(): Promise<{ kind: 'confirmed'; res: ConfirmIncomingResponse } | { kind: 'refused'; why: string } | { kind: 'unresolved'; why: string }> {
+    const deadline = this.now() + this.opts.handoverTimeoutMs;
+    try {
+      const res = await retry(
+        () => this.p.peer.confirmIncoming({ runId: this.runId, timeoutMs: this.opts.confirmTimeoutMs, resume: true }, { deadlineMs: this.opts.confirmTimeoutMs + 10_000 }),
+        {
+          deadlineMs: this.opts.handoverTimeoutMs,
+          retryable: (err) => isTransient(err) || (err instanceof MigdError && err.code === 'INTERNAL'),
+          onRetry: (err, attempt) => this.p.log.info('destination did not answer the handover; retrying', { attempt, err: (err as Error).message }),
+        },
+      );
+      return { kind: 'confirmed', res };
+    } catch (err) {
+      const why = (err as Error).message;
+      if (err instanceof MigdError && (err.code === 'NOT_FOUND' || err.reason === 'NOT_HANDED_OVER')) {
+        const r = await this.abortDestination(deadline);
+        if (r === 'gone') return { kind: 'refused', why };
+        if (r === 'runs-there') return { kind: 'confirmed', res: { alive: false, sample: undefined, pid: 0, pagesVerifiedAfter: 0 } };
+      }
+      return { kind: 'unresolved', why };
+    }
+  }
+
+  private async complete(): Promise<void> {
+    const { vm, log } = this.p;
+    await this.persist('completed');
+    const info = (await vm.qmp.execute('query-migrate').catch(() => ({}))) as QmpMigrationInfo;
+    this.transition(MigrationState.MIGRATION_STATE_VERIFYING, 'QEMU reported completion; handing the VM over and checking the guest on the destination');
+    const srcCpu = Math.max(0, (await vm.cpuSeconds()) - this.sourceCpuStart);
+    const handover = await this.handOver();
+    const confirm = handover.kind === 'confirmed' ? handover.res : undefined;
+    const dstVm = await this.p.peer.getVm({ name: vm.name }, { deadlineMs: 3000 }).catch(() => undefined);
     if (dstVm?.vm && this.destinationCpuStart !== undefined) this.destinationCpu = Math.max(0, dstVm.vm.qemuCpuSeconds - this.destinationCpuStart);
     const downtime = this.postcopyStarted ? postcopyDowntimeMs(info.downtime ?? 0, this.stoppedAtUs, this.completedAtUs) : { downtimeMs: info.downtime ?? 0, corrected: false };
     if (downtime.corrected) log.info('post-copy switch-over took under 1 ms; QEMU reported the post-copy phase as downtime', { reportedMs: info.downtime, runId: this.runId });
@@ -448,52 +586,84 @@ export class SourceMigration {
       downtimeMs: downtime.downtimeMs,
       sourceCpuSeconds: srcCpu,
       destinationCpuSeconds: this.destinationCpu,
-      integrityErrors: confirm.sample?.integrityErrors ?? 0,
-      pagesVerifiedAfter: Math.max(0, (confirm.sample?.pagesVerified ?? 0) - (vm.lastGuestSample()?.sample.pagesVerified ?? 0)),
+      integrityErrors: confirm?.sample?.integrityErrors ?? 0,
+      pagesVerifiedAfter: confirm?.pagesVerifiedAfter ?? 0,
       maxThrottlePct: this.maxThrottle,
       recoveries: this.recoveries,
     });
-    if (!confirm.alive) {
-      // QEMU said "completed" but the guest did not show up: never trust QEMU's word alone. After
-      // pure pre-copy the source still holds the whole guest: resume it there.
-      const reason = 'err' in confirm ? `destination did not confirm: ${(confirm.err as Error).message}` : 'the guest was not seen alive on the destination';
+    if (handover.kind === 'refused') {
+      // The destination proved its copy gone: after pre-copy the source holds the whole guest.
       if (!this.postcopyStarted) {
-        await peer.abortIncoming({ runId: this.runId }, { deadlineMs: 10_000 }).catch(() => undefined);
         await vm.qmp.execute('cont').catch((err: unknown) => log.error('could not resume the source guest', { err }));
         this.p.host.setMigration(vm.name, undefined);
-        this.error = { reason: 'GUEST_NOT_ALIVE_ON_DESTINATION', message: `${reason}; the guest was resumed on the source`, code: 'FAILED_PRECONDITION' };
+        this.error = { reason: 'GUEST_NOT_ALIVE_ON_DESTINATION', message: `destination did not take the VM over: ${handover.why}; its copy is gone and the guest was resumed on the source`, code: 'FAILED_PRECONDITION' };
       } else {
-        this.error = { reason: 'GUEST_NOT_ALIVE_ON_DESTINATION', message: reason, code: 'INTERNAL' };
+        this.error = { reason: 'GUEST_LOST', message: `the destination lost the guest during post-copy: ${handover.why}`, code: 'DATA_LOSS' };
       }
       this.finish(MigrationState.MIGRATION_STATE_FAILED, this.error.message);
       return;
     }
-    if (this.stats.integrityErrors > 0) {
+    if (handover.kind === 'unresolved') {
+      // Neither handed over nor proven gone: resuming here could run the guest twice. The source
+      // copy stays paused (listed as migrating); a daemon restart tries the handover again.
+      this.error = { reason: 'OWNERSHIP_UNRESOLVED', message: `the destination neither took the VM over nor confirmed its copy gone within ${this.opts.handoverTimeoutMs} ms (${handover.why}); the source copy stays paused`, code: 'UNAVAILABLE' };
+      this.finish(MigrationState.MIGRATION_STATE_FAILED, this.error.message);
+      return;
+    }
+    // Handed over: the destination owns the guest now; the source copy goes.
+    await this.p.host.destroy(vm.name).catch((err: unknown) => log.warn('could not remove the source QEMU', { err }));
+    if (!confirm!.alive) {
+      this.error = { reason: 'GUEST_NOT_VERIFIED', message: `the guest runs on the destination but did not verify its memory there within ${this.opts.confirmTimeoutMs} ms`, code: 'DEADLINE_EXCEEDED' };
+    } else if (this.stats.integrityErrors > 0) {
       this.error = { reason: 'GUEST_MEMORY_CORRUPTED', message: `the guest reported ${this.stats.integrityErrors} integrity error(s) after the migration`, code: 'DATA_LOSS' };
     }
-    await this.p.host.destroy(vm.name).catch((err: unknown) => log.warn('could not remove the source QEMU', { err }));
-    this.finish(this.error ? MigrationState.MIGRATION_STATE_FAILED : MigrationState.MIGRATION_STATE_SUCCEEDED, this.error ? this.error.message : 'guest alive on the destination; source QEMU removed');
+    this.finish(this.error ? MigrationState.MIGRATION_STATE_FAILED : MigrationState.MIGRATION_STATE_SUCCEEDED, this.error ? this.error.message : `guest verified ${this.stats.pagesVerifiedAfter} pages on the destination; source QEMU removed`);
+  }
+
+  /**
+   * After a failed or cancelled migration: where does the guest run now? Decided from QEMU's own
+   * state. A running source (QEMU resumes it by itself after a failure before switch-over) keeps
+   * the guest and the destination copy — paused, never handed over — is removed. A paused source
+   * is resumed only once the destination proved its copy gone. After post-copy started the source
+   * never runs the guest again.
+   */
+  private async settle(): Promise<string> {
+    const { vm, log } = this.p;
+    const st = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as { running?: boolean; status?: string } | undefined;
+    if (this.postcopyStarted) return 'post-copy had started: the guest continues on the destination, or is lost with it';
+    if (st?.running) {
+      this.p.host.setMigration(vm.name, undefined);
+      const r = await this.abortDestination(this.now() + this.opts.peerDeadlineMs);
+      return `the guest keeps running on the source${r === 'gone' ? '' : ' (the destination copy, paused, is left to the destination to remove)'}`;
+    }
+    if (!st) {
+      await this.abortDestination(this.now() + this.opts.peerDeadlineMs);
+      return 'the source QEMU is gone';
+    }
+    const r = await this.abortDestination(this.now() + this.opts.handoverTimeoutMs);
+    if (r === 'gone') {
+      await vm.qmp.execute('cont').catch((err: unknown) => log.error('could not resume the source guest', { err }));
+      this.p.host.setMigration(vm.name, undefined);
+      return 'the destination copy is gone; the guest was resumed on the source';
+    }
+    if (r === 'runs-there') {
+      await this.p.host.destroy(vm.name).catch((err: unknown) => log.warn('could not remove the source QEMU', { err }));
+      return 'the guest runs on the destination; the source copy was removed';
+    }
+    return 'the destination did not confirm its copy gone: the source copy stays paused';
   }
 
   private async fail(message: string, reason: string): Promise<void> {
     if (isTerminal(this.state)) return;
-    const { vm, peer, log } = this.p;
-    log.warn('migration failed', { message });
-    this.error = { reason, message, code: 'ABORTED' };
-    if (!this.postcopyStarted) {
-      await peer.abortIncoming({ runId: this.runId }, { deadlineMs: 10_000 }).catch((err: unknown) => log.warn('abort incoming', { err }));
-      if (this.pausedGuest) await vm.qmp.execute('cont').catch(() => undefined);
-      this.p.host.setMigration(vm.name, undefined);
-    }
-    this.finish(MigrationState.MIGRATION_STATE_FAILED, message);
+    this.p.log.warn('migration failed', { message });
+    const where = await this.settle();
+    this.error = { reason, message: `${message}; ${where}`, code: 'ABORTED' };
+    this.finish(MigrationState.MIGRATION_STATE_FAILED, this.error.message);
   }
 
   private async cancelled(): Promise<void> {
-    const { vm, peer, log } = this.p;
-    await peer.abortIncoming({ runId: this.runId }, { deadlineMs: 10_000 }).catch((err: unknown) => log.warn('abort incoming', { err }));
-    if (this.pausedGuest) await vm.qmp.execute('cont').catch(() => undefined);
-    this.p.host.setMigration(vm.name, undefined);
-    this.finish(MigrationState.MIGRATION_STATE_CANCELLED, 'cancelled; the guest keeps running on the source');
+    const where = await this.settle();
+    this.finish(MigrationState.MIGRATION_STATE_CANCELLED, `cancelled; ${where}`);
   }
 
   private action(kind: PolicyActionKind, value: number, actor: string, reason: string): void {
@@ -516,6 +686,7 @@ export class SourceMigration {
     this.finishedAt = new Date(this.now());
     this.stop.abort(new CancelledError('migration finished'));
     const info = this.info();
+    void this.persist('finished', info);
     this.updates.publish({ update: { $case: 'result', value: info } });
     this.updates.close();
     this.resolveDone(info);

@@ -9,6 +9,8 @@ import type {
   AbortIncomingResponse,
   ConfirmIncomingRequest,
   ConfirmIncomingResponse,
+  GetMigrationRequest,
+  GetMigrationResponse,
   GetVmRequest,
   GetVmResponse,
   PauseIncomingRequest,
@@ -41,6 +43,10 @@ export interface MigratableVm {
 export interface VmHost {
   /** The VM, for migrating it. @throws NotFoundError, FailedPreconditionError (not running). */
   source(name: string): MigratableVm;
+  /** Any VM whose QEMU is alive, whatever its role (a restarted daemon adopting migrations). */
+  attach(name: string): MigratableVm | undefined;
+  /** The VMs on this node, with their role and whether QEMU is alive. */
+  list(): { name: string; role: 'running' | 'incoming' | 'migrating'; alive: boolean }[];
   /** Marks a VM as taking part in a migration (or not, with undefined). */
   setMigration(name: string, runId: string | undefined): void;
   /**
@@ -62,6 +68,8 @@ export interface NodePeer {
   confirmIncoming(req: ConfirmIncomingRequest, opts?: CallOptions): Promise<ConfirmIncomingResponse>;
   abortIncoming(req: AbortIncomingRequest, opts?: CallOptions): Promise<AbortIncomingResponse>;
   getVm(req: GetVmRequest, opts?: CallOptions): Promise<GetVmResponse>;
+  /** Asked of a source node by a destination whose incoming copy waits for its handover. */
+  getMigration(req: GetMigrationRequest, opts?: CallOptions): Promise<GetMigrationResponse>;
   watchGuest(req: WatchGuestRequest, opts?: CallOptions): AsyncIterable<WatchGuestResponse>;
 }
 

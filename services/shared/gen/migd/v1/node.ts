@@ -136,7 +136,14 @@ export interface PrepareIncomingRequest {
     | VmSpec
     | undefined;
   /** The policy; the destination applies the same capabilities. */
-  policy?: MigrationPolicy | undefined;
+  policy?:
+    | MigrationPolicy
+    | undefined;
+  /**
+   * The source node: a destination whose incoming copy waits too long for the handover asks it
+   * how the migration ended (and removes its copy when the source no longer drives it).
+   */
+  source?: MigrationEndpoint | undefined;
 }
 
 /** PrepareIncomingResponse says where the source must send the stream. */
@@ -171,13 +178,17 @@ export interface RecoverIncomingResponse {
   uri: string;
 }
 
-/** ConfirmIncomingRequest waits for the migrated guest to be seen alive. */
+/**
+ * ConfirmIncomingRequest hands the VM over to the destination: the source's copy is stopped for
+ * good, so the destination (started paused) resumes the guest and waits until the guest has
+ * verified its memory here. Idempotent: a repeated confirm returns the first one's answer.
+ */
 export interface ConfirmIncomingRequest {
   /** The migration run id. */
   runId: string;
-  /** How long to wait for the guest's first report after the migration, in milliseconds. */
+  /** How long to wait for the guest's verification after the handover, in milliseconds. */
   timeoutMs: number;
-  /** Resume the guest if it arrived paused (the source paused it to force completion). */
+  /** Deprecated: the destination always resumes its paused copy at the handover. */
   resume: boolean;
 }
 
@@ -191,6 +202,11 @@ export interface ConfirmIncomingResponse {
     | undefined;
   /** PID of the QEMU that now runs the VM. */
   pid: number;
+  /**
+   * Pages the guest verified on the destination after its arrival (grown between two of its
+   * verification reports printed here); 0 when none was seen within the timeout.
+   */
+  pagesVerifiedAfter: number;
 }
 
 /** AbortIncomingRequest names the incoming migration to tear down. */
@@ -199,7 +215,11 @@ export interface AbortIncomingRequest {
   runId: string;
 }
 
-/** AbortIncomingResponse confirms the incoming QEMU is gone. */
+/**
+ * AbortIncomingResponse confirms the incoming QEMU is gone (also when there was none). A
+ * destination whose guest already runs (post-copy, or handed over) refuses with
+ * FAILED_PRECONDITION reason GUEST_RUNS_HERE.
+ */
 export interface AbortIncomingResponse {
 }
 
@@ -1337,7 +1357,7 @@ export const MigrationEndpoint: MessageFns<MigrationEndpoint> = {
 };
 
 function createBasePrepareIncomingRequest(): PrepareIncomingRequest {
-  return { runId: "", spec: undefined, policy: undefined };
+  return { runId: "", spec: undefined, policy: undefined, source: undefined };
 }
 
 export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
@@ -1350,6 +1370,9 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     }
     if (message.policy !== undefined) {
       MigrationPolicy.encode(message.policy, writer.uint32(26).fork()).join();
+    }
+    if (message.source !== undefined) {
+      MigrationEndpoint.encode(message.source, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -1391,6 +1414,14 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
             message.policy = MigrationPolicy.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.source = MigrationEndpoint.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1412,6 +1443,7 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
         : "",
       spec: isSet(object.spec) ? VmSpec.fromJSON(object.spec) : undefined,
       policy: isSet(object.policy) ? MigrationPolicy.fromJSON(object.policy) : undefined,
+      source: isSet(object.source) ? MigrationEndpoint.fromJSON(object.source) : undefined,
     };
   },
 
@@ -1426,6 +1458,9 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     if (message.policy !== undefined) {
       obj.policy = MigrationPolicy.toJSON(message.policy);
     }
+    if (message.source !== undefined) {
+      obj.source = MigrationEndpoint.toJSON(message.source);
+    }
     return obj;
   },
 
@@ -1438,6 +1473,9 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     message.spec = (object.spec !== undefined && object.spec !== null) ? VmSpec.fromPartial(object.spec) : undefined;
     message.policy = (object.policy !== undefined && object.policy !== null)
       ? MigrationPolicy.fromPartial(object.policy)
+      : undefined;
+    message.source = (object.source !== undefined && object.source !== null)
+      ? MigrationEndpoint.fromPartial(object.source)
       : undefined;
     return message;
   },
@@ -1924,7 +1962,7 @@ export const ConfirmIncomingRequest: MessageFns<ConfirmIncomingRequest> = {
 };
 
 function createBaseConfirmIncomingResponse(): ConfirmIncomingResponse {
-  return { alive: false, sample: undefined, pid: 0 };
+  return { alive: false, sample: undefined, pid: 0, pagesVerifiedAfter: 0 };
 }
 
 export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
@@ -1937,6 +1975,9 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
     }
     if (message.pid !== 0) {
       writer.uint32(24).uint32(message.pid);
+    }
+    if (message.pagesVerifiedAfter !== 0) {
+      writer.uint32(32).uint64(message.pagesVerifiedAfter);
     }
     return writer;
   },
@@ -1978,6 +2019,14 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
             message.pid = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.pagesVerifiedAfter = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1995,6 +2044,11 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
       alive: isSet(object.alive) ? globalThis.Boolean(object.alive) : false,
       sample: isSet(object.sample) ? GuestPerfSample.fromJSON(object.sample) : undefined,
       pid: isSet(object.pid) ? globalThis.Number(object.pid) : 0,
+      pagesVerifiedAfter: isSet(object.pagesVerifiedAfter)
+        ? globalThis.Number(object.pagesVerifiedAfter)
+        : isSet(object.pages_verified_after)
+        ? globalThis.Number(object.pages_verified_after)
+        : 0,
     };
   },
 
@@ -2009,6 +2063,9 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
     if (message.pid !== 0) {
       obj.pid = Math.round(message.pid);
     }
+    if (message.pagesVerifiedAfter !== 0) {
+      obj.pagesVerifiedAfter = Math.round(message.pagesVerifiedAfter);
+    }
     return obj;
   },
 
@@ -2022,6 +2079,7 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
       ? GuestPerfSample.fromPartial(object.sample)
       : undefined;
     message.pid = object.pid ?? 0;
+    message.pagesVerifiedAfter = object.pagesVerifiedAfter ?? 0;
     return message;
   },
 };

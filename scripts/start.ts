@@ -46,7 +46,15 @@ async function main(): Promise<void> {
   console.log('migd: starting a local cluster: hosts a and b (network namespaces with management and migration networks), nats-server (JetStream), the coordinator and a node daemon per host, all with mTLS…');
   // Built by scripts/setup (npm start's prestart); the node daemons only read it.
   const guestImage = await ensureGuestImageDir(join(workDir, 'guest'));
-  const cluster = await startLocalCluster({ workDir, certDir: certDir(), guestImage, coordinatorPort: 7000, ...(process.env['MIGD_VERBOSE'] ? { onLog: (l: string) => console.error(l) } : {}) });
+  const cluster = await startLocalCluster({
+    workDir,
+    certDir: certDir(),
+    guestImage,
+    coordinatorPort: 7000,
+    // A daemon or nats-server that dies is named and restarted; the guests keep running.
+    onSupervisor: (l: string) => console.error(`migd: ${l}`),
+    ...(process.env['MIGD_VERBOSE'] ? { onLog: (l: string) => console.error(l) } : {}),
+  });
   let closing = false;
   const close = async (code: number): Promise<never> => {
     if (!closing) {
@@ -126,6 +134,9 @@ async function main(): Promise<void> {
       }
     }
     if (once) await close(0);
+    // Serve until Ctrl-C: this timer keeps the process alive whatever its children do (once, the
+    // loop emptied when nats-server died and the exit hook destroyed every guest).
+    setInterval(() => undefined, 1 << 30);
     const migctl = `node dist/services/coordinator/cli/migctl.js --coordinator ${cluster.coordinatorAddress} --cert-dir ${certDir()}`;
     console.log(`
 migd: the cluster keeps serving; Ctrl-C stops it (and its QEMU processes). Try, from another shell:

@@ -2,9 +2,10 @@
  * A whole local migd cluster on this machine: testbed hosts (network namespaces with separate
  * management and migration networks), a nats-server with JetStream and the coordinator in the
  * root namespace (listening on the management network), and a node daemon in each host that
- * registers with the coordinator — all with mutual TLS. Used by `npm start` and the lab.
- * `close()` stops everything (QEMU processes die with their namespaces), also after a partial
- * start.
+ * registers with the coordinator — all with mutual TLS. Used by `npm start`, the lab and the chaos
+ * campaign. nats-server, the coordinator and the node daemons are supervised: one that dies is
+ * named and started again, and the guests keep running (supervisor.ts). `close()` stops
+ * everything (QEMU processes die with their namespaces), also after a partial start.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
@@ -16,6 +17,7 @@ import { repoRoot } from '../shared/paths.js';
 import { ensurePki, identityFiles } from '../shared/pki.js';
 import { createClient, type RpcClient } from '../shared/rpc/client.js';
 import { startNodeDaemon, type NodeProcess } from './nodes.js';
+import { Supervisor } from './supervisor.js';
 import { Testbed } from './testbed.js';
 import { freePort } from '../shared/net.js';
 
@@ -36,10 +38,27 @@ export interface LocalClusterOptions {
   readonly coordinatorArgs?: readonly string[];
   /** Coordinator gRPC port on the management network (default: a free one). */
   readonly coordinatorPort?: number;
+  /** Folder of the coordinator's history store (default: workDir). The chaos campaign uses a small tmpfs. */
+  readonly storeDir?: string;
+  /**
+   * What the supervisor says when it loses and restarts a child (default: `onLog` with a
+   * `[supervisor] ` prefix). `npm start` prints it.
+   */
+  readonly onSupervisor?: (line: string) => void;
+  /** First delay before restarting a dead child (ms, default 500). */
+  readonly restartDelayMs?: number;
+}
+
+/** Process ids of the cluster's children now; undefined while that child is being restarted. */
+export interface ClusterPids {
+  readonly nats: number | undefined;
+  readonly coordinator: number | undefined;
+  readonly nodes: Readonly<Record<string, number | undefined>>;
 }
 
 export interface LocalCluster {
   readonly tb: Testbed;
+  /** The node daemons as they run now (an entry is replaced when its daemon is restarted). */
   readonly nodes: readonly NodeProcess[];
   /** host:port of the coordinator (reachable from the root namespace and from every host). */
   readonly coordinatorAddress: string;
@@ -48,6 +67,12 @@ export interface LocalCluster {
   readonly certDir: string;
   /** A coordinator client with the given identity (default operator). */
   client(identity?: string): CoordinatorClient;
+  /** The children's pids (for fault injection and `ps` checks). */
+  pids(): ClusterPids;
+  /** How often each child was restarted by the supervisor (`nats`, `coordinator`, `node a`…). */
+  restarts(): Record<string, number>;
+  /** Resolves once no child is being restarted. */
+  settled(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -122,12 +147,12 @@ export async function startService(
  * Starts nats-server with JetStream on 127.0.0.1 (a free port), storing under `storeDir`.
  * @throws DependencyError when not installed; UnavailableError when it does not start
  */
-export async function startNatsProcess(storeDir: string, onLog: (l: string) => void = () => undefined): Promise<{ process: ChildProcess; url: string }> {
+export async function startNatsProcess(storeDir: string, onLog: (l: string) => void = () => undefined, port?: number): Promise<{ process: ChildProcess; url: string; port: number }> {
   const bin = natsServerBinary();
-  const port = await freePort('127.0.0.1');
+  port ??= await freePort('127.0.0.1');
   mkdirSync(storeDir, { recursive: true });
   const child = await startService('nats', bin, ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir], (l) => l.includes('Server is ready'), onLog);
-  return { process: child, url: `nats://127.0.0.1:${port}` };
+  return { process: child, url: `nats://127.0.0.1:${port}`, port };
 }
 
 /** SIGTERM, then SIGKILL after 5 s; resolves when the child has exited. */
@@ -213,15 +238,13 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
   mkdirSync(opts.workDir, { recursive: true });
   ensurePki(opts.certDir);
   let tb: Testbed | undefined;
-  let nats: ChildProcess | undefined;
-  let coordinator: CoordinatorProcess | undefined;
+  const supervisor = new Supervisor({ say: opts.onSupervisor ?? ((l) => onLog(`[supervisor] ${l}`)), ...(opts.restartDelayMs === undefined ? {} : { initialDelayMs: opts.restartDelayMs }) });
   const nodes: NodeProcess[] = [];
   const clients: CoordinatorClient[] = [];
   const close = async (): Promise<void> => {
     for (const c of clients.splice(0)) c.close();
-    await Promise.all(nodes.map((n) => n.stop().catch(() => undefined)));
-    await coordinator?.stop();
-    await stopChild(nats);
+    // Supervision ends first, so nothing is restarted while the cluster stops.
+    await supervisor.close();
     await tb?.destroy();
     rmSync(opts.workDir, { recursive: true, force: true });
   };
@@ -230,23 +253,35 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     coordinatorEntry();
     natsServerBinary();
     tb = await Testbed.create({ hosts: [...hosts] });
-    const natsProc = await startNatsProcess(join(opts.workDir, 'nats'), onLog);
-    nats = natsProc.process;
-    const natsUrl = natsProc.url;
+    const natsDir = join(opts.workDir, 'nats');
+    let natsPort: number | undefined;
+    await supervisor.add('nats-server', async () => {
+      const n = await startNatsProcess(natsDir, onLog, natsPort);
+      natsPort = n.port;
+      return { process: n.process, stop: () => stopChild(n.process) };
+    });
+    const natsUrl = `nats://127.0.0.1:${natsPort}`;
     const coordinatorAddress = `${tb.rootAddress}:${opts.coordinatorPort ?? (await freePort(tb.rootAddress))}`;
+    const storeDir = opts.storeDir ?? opts.workDir;
+    mkdirSync(storeDir, { recursive: true });
     // Every node daemon started here presents its own certificate, so the coordinator can insist.
-    coordinator = await startCoordinatorProcess({ listen: coordinatorAddress, db: join(opts.workDir, 'history.sqlite'), nats: natsUrl, certDir: opts.certDir, args: ['--require-node-identity', ...(opts.coordinatorArgs ?? [])], onLog });
-    for (const h of hosts) {
-      nodes.push(
-        await startNodeDaemon(tb.host(h), {
+    await supervisor.add('coordinator', () =>
+      startCoordinatorProcess({ listen: coordinatorAddress, db: join(storeDir, 'history.sqlite'), nats: natsUrl, certDir: opts.certDir, args: ['--require-node-identity', ...(opts.coordinatorArgs ?? [])], onLog }),
+    );
+    const testbed = tb;
+    for (const [i, h] of hosts.entries()) {
+      await supervisor.add(`node ${h}`, async () => {
+        const n = await startNodeDaemon(testbed.host(h), {
           stateDir: join(opts.workDir, h),
           certDir: opts.certDir,
           guestImage: opts.guestImage,
           coordinator: coordinatorAddress,
           env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' },
           onLog: (l) => onLog(`[node ${h}] ${l}`),
-        }),
-      );
+        });
+        nodes[i] = n;
+        return n;
+      });
     }
     const client = (identity = 'operator'): CoordinatorClient => {
       const c = createClient('migd.v1.CoordinatorService', CoordinatorServiceService, coordinatorAddress, { security: { tls: identityFiles(opts.certDir, identity), serverName: 'migd-coordinator' } });
@@ -261,7 +296,12 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
       if (Date.now() > deadline) throw new UnavailableError(`only ${registered.length} of ${hosts.length} nodes registered with the coordinator`);
       await new Promise((r) => setTimeout(r, 200));
     }
-    return { tb, nodes, coordinatorAddress, natsUrl, certDir: opts.certDir, client, close };
+    const pids = (): ClusterPids => ({
+      nats: supervisor.current('nats-server')?.process.pid,
+      coordinator: supervisor.current('coordinator')?.process.pid,
+      nodes: Object.fromEntries(hosts.map((h) => [h, supervisor.current(`node ${h}`)?.process.pid])),
+    });
+    return { tb, nodes, coordinatorAddress, natsUrl, certDir: opts.certDir, client, pids, restarts: () => supervisor.restarts(), settled: () => supervisor.settled(), close };
   } catch (err) {
     await close();
     throw err;

@@ -28,7 +28,7 @@ import { performance } from 'node:perf_hooks';
 import { MigrationPolicy, MigrationState, PolicyKind, WorkloadPattern, type VmSpec } from '../services/shared/gen/migd/v1/common.js';
 import { PlanState } from '../services/shared/gen/migd/v1/coordinator.js';
 import { buildGuestCmdline } from '../services/shared/guest/workload.js';
-import { ensurePki } from '../services/shared/pki.js';
+import { createPki } from '../services/shared/pki.js';
 import { freePort } from '../services/shared/net.js';
 import { type CoordinatorProcess, coordinatorEntry, startCoordinatorProcess, startNatsProcess, stopChild } from '../services/testbed/cluster.js';
 import { ensureGuestImage } from '../stress/image/build.js';
@@ -306,7 +306,7 @@ async function partD(): Promise<void> {
     const work = await mkdtemp(join(tmpdir(), 'migd-scale-'));
     workDirs.add(work);
     const certDir = join(work, 'pki');
-    ensurePki(certDir);
+    createPki(certDir);
     let nats: ChildProcess | undefined;
     let coord: CoordinatorProcess | undefined;
     let sim: SimCluster | undefined;

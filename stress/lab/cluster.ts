@@ -8,7 +8,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ensurePki } from '../../services/shared/pki.js';
+import { createPki } from '../../services/shared/pki.js';
 import { coordinatorBuilt, startLocalCluster, type LocalCluster } from '../../services/testbed/cluster.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
 import { Testbed } from '../../services/testbed/testbed.js';
@@ -50,7 +50,7 @@ export async function startLabCluster(opts: LabClusterOptions = {}): Promise<Lab
   // Short: unix socket paths under the node state dirs are limited to 107 bytes.
   const work = await mkdtemp(join(tmpdir(), 'migd-lab-'));
   const certDir = opts.certDir ?? join(work, 'pki');
-  ensurePki(certDir);
+  createPki(certDir);
   let backend: LabBackend | undefined;
   let local: LocalCluster | undefined;
   let tb: Testbed | undefined;

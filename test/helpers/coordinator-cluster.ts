@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
 import { MigrationState, type GuestPerfSample, type MigrationPolicy, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
 import { CoordinatorServiceService, NodeStatus, PlanState, type Plan, type Run, type SubmitPlanRequest } from '../../services/shared/gen/migd/v1/coordinator.js';
-import { ensurePki, identityFiles } from '../../services/shared/pki.js';
+import { createPki, identityFiles } from '../../services/shared/pki.js';
 import { createClient, type RpcClient } from '../../services/shared/rpc/client.js';
 import { startCoordinatorProcess, type CoordinatorProcess } from '../../services/testbed/cluster.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
@@ -46,7 +46,7 @@ export const TEST_COORDINATOR_ARGS = ['--heartbeat-ms', '500', '--heartbeat-miss
 export async function startCoordinatorCluster(hosts: string[], opts: { coordinatorArgs?: readonly string[] } = {}): Promise<CoordinatorCluster> {
   const dir = mkdtempSync('/tmp/migd-c-');
   const certDir = join(dir, 'pki');
-  ensurePki(certDir);
+  createPki(certDir);
   let tb: Testbed | undefined;
   let nats: TestNatsServer | undefined;
   let nc: NatsConnection | undefined;

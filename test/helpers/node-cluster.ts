@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { type MigrationState, type GuestPerfSample, type MigrationPolicy, type VmSpec, WorkloadPattern } from '../../services/shared/gen/migd/v1/common.js';
 import type { MigrationInfo, NodeServiceService, WatchMigrationResponse } from '../../services/shared/gen/migd/v1/node.js';
-import { ensurePki } from '../../services/shared/pki.js';
+import { createPki } from '../../services/shared/pki.js';
 import type { RpcClient } from '../../services/shared/rpc/client.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
 import { Testbed } from '../../services/testbed/testbed.js';
@@ -32,7 +32,7 @@ export interface NodeCluster {
 export async function startNodeCluster(hosts: string[] = ['a', 'b'], opts: { guestImage?: string } = {}): Promise<NodeCluster> {
   const dir = mkdtempSync('/tmp/migd-');
   const certDir = join(dir, 'pki');
-  ensurePki(certDir);
+  createPki(certDir);
   let tb: Testbed | undefined;
   const nodes: Record<string, NodeProcess> = {};
   const clients: Record<string, NodeClient> = {};

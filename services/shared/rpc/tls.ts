@@ -4,7 +4,7 @@
  * Plain text is allowed only when configuration says `insecure: true` explicitly, and only on a
  * loopback address.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, unwatchFile, watchFile } from 'node:fs';
 import { isIP } from 'node:net';
 import { credentials, ServerCredentials, type ChannelCredentials, type ChannelOptions } from '@grpc/grpc-js';
 import { ConfigError, DependencyError } from '../errors.js';
@@ -17,6 +17,12 @@ export interface TlsFiles {
   readonly certFile: string;
   /** This process's private key. */
   readonly keyFile: string;
+  /**
+   * The CA's revocation list (PEM). A server given one refuses client certificates on it and
+   * reloads it when the file changes (new connections only). Optional: without the file, nothing
+   * is revoked.
+   */
+  readonly crlFile?: string;
 }
 
 /** How a server or client secures its transport. Exactly one of `tls` or `insecure`. */
@@ -63,15 +69,73 @@ function checkInsecure(sec: TransportSecurity, address: string, option: string):
   }
 }
 
-/** Server credentials: mTLS requiring a client certificate signed by the CA, or loopback plain text. */
+/**
+ * mTLS server credentials honouring a revocation list: OpenSSL checks every client certificate
+ * against the CRL (Node's `crl` option turns on CRL checking for the whole chain). The list is
+ * polled while a server uses the credentials, so `certs.js revoke NAME` takes effect for new
+ * connections without a restart.
+ */
+class CrlServerCredentials extends ServerCredentials {
+  private watching = false;
+  private loaded: string;
+  private readonly onChange = (): void => this.reload();
+
+  constructor(
+    private readonly base: { ca: Buffer; cert: Buffer; key: Buffer },
+    private readonly crlFile: string,
+  ) {
+    const crl = readFileSync(crlFile);
+    super({ requestCert: true, rejectUnauthorized: true }, { ...base, crl });
+    this.loaded = crl.toString();
+  }
+
+  override _addWatcher(watcher: Parameters<ServerCredentials['_addWatcher']>[0]): void {
+    super._addWatcher(watcher);
+    if (this.watching) return;
+    this.watching = true;
+    watchFile(this.crlFile, { interval: CRL_POLL_MS, persistent: false }, this.onChange);
+  }
+
+  override _removeWatcher(watcher: Parameters<ServerCredentials['_removeWatcher']>[0]): void {
+    super._removeWatcher(watcher);
+    if (this.getWatcherCount() === 0 && this.watching) {
+      this.watching = false;
+      unwatchFile(this.crlFile, this.onChange);
+    }
+  }
+
+  private reload(): void {
+    let crl: Buffer;
+    try {
+      crl = readFileSync(this.crlFile);
+    } catch {
+      return; // keep the last list: a missing file must not un-revoke anyone
+    }
+    if (crl.toString() === this.loaded) return;
+    this.loaded = crl.toString();
+    this.updateSecureContextOptions({ ...this.base, crl });
+  }
+
+  _equals(other: ServerCredentials): boolean {
+    return other === this;
+  }
+}
+
+/** How often a server checks its revocation list for changes (ms). */
+const CRL_POLL_MS = 1000;
+
+/**
+ * Server credentials: mTLS requiring a client certificate signed by the CA (and not on the CA's
+ * revocation list when `tls.crlFile` exists), or loopback plain text.
+ */
 export function serverCredentials(sec: TransportSecurity, address: string): ServerCredentials {
   checkInsecure(sec, address, 'server transport');
   if (!sec.tls) return ServerCredentials.createInsecure();
-  return ServerCredentials.createSsl(
-    readPem(sec.tls.caFile, 'TLS CA'),
-    [{ cert_chain: readPem(sec.tls.certFile, 'TLS certificate'), private_key: readPem(sec.tls.keyFile, 'TLS key') }],
-    true,
-  );
+  const ca = readPem(sec.tls.caFile, 'TLS CA');
+  const cert = readPem(sec.tls.certFile, 'TLS certificate');
+  const key = readPem(sec.tls.keyFile, 'TLS key');
+  if (sec.tls.crlFile && existsSync(sec.tls.crlFile)) return new CrlServerCredentials({ ca, cert, key }, sec.tls.crlFile);
+  return ServerCredentials.createSsl(ca, [{ cert_chain: cert, private_key: key }], true);
 }
 
 /** Channel credentials and options for a client of `address`. */

@@ -11,7 +11,7 @@ import { subscribeCluster } from '../../../services/shared/events/subscriber.js'
 import { CoordinatorServiceService, NodeStatus } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import type { Event } from '../../../services/shared/gen/migd/v1/events.js';
 import { createLogger } from '../../../services/shared/log.js';
-import { defaultIdentities, ensurePki, identityFiles, nodeIdentity } from '../../../services/shared/pki.js';
+import { createPki, defaultIdentities, identityFiles, nodeIdentity } from '../../../services/shared/pki.js';
 import { createClient } from '../../../services/shared/rpc/client.js';
 import { waitFor } from '../../helpers/coordinator-cluster.js';
 import { closeConnection, connectTest, startNatsServer, type TestNatsServer } from '../../helpers/nats-server.js';
@@ -26,7 +26,7 @@ describe('coordinator: NATS outage', () => {
 
   beforeAll(async () => {
     dir = await tempDir('migd-outage-');
-    ensurePki(join(dir, 'pki'), [...defaultIdentities, { name: nodeIdentity('n1') }]);
+    createPki(join(dir, 'pki'), [...defaultIdentities, { name: nodeIdentity('n1') }]);
     nats = await startNatsServer();
     await nats.stop(); // down from the start; started again on the same port below
   });

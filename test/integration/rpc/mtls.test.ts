@@ -10,7 +10,7 @@ import { NodeServiceService, type GetHostInfoResponse } from '../../../services/
 import { freePort } from '../../../services/shared/net.js';
 import { repoRoot } from '../../../services/shared/paths.js';
 import { createLogger } from '../../../services/shared/log.js';
-import { ensurePki, identityFiles } from '../../../services/shared/pki.js';
+import { createPki, identityFiles } from '../../../services/shared/pki.js';
 import { createClient } from '../../../services/shared/rpc/client.js';
 import { CERTIFICATE_REJECTED } from '../../../services/shared/rpc/tls-probe.js';
 import { RpcServer, type Handlers } from '../../../services/shared/rpc/server.js';
@@ -68,8 +68,8 @@ describe('shared RPC layer with mutual TLS', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'migd-mtls-'));
-    ensurePki(join(dir, 'pki'));
-    ensurePki(join(dir, 'foreign'), [{ name: 'operator' }], 'some other CA');
+    createPki(join(dir, 'pki'));
+    createPki(join(dir, 'foreign'), [{ name: 'operator' }], 'some other CA');
     // An operator who trusts the right CA but holds a certificate another CA signed.
     mkdirSync(join(dir, 'mixed'));
     copyFileSync(join(dir, 'pki', 'ca.crt'), join(dir, 'mixed', 'ca.crt'));

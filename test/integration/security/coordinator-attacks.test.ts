@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VmState, type HostInfo, type VmInfo } from '../../../services/shared/gen/migd/v1/common.js';
 import { CoordinatorServiceService } from '../../../services/shared/gen/migd/v1/coordinator.js';
-import { ensurePki, identityFiles, nodeIdentity } from '../../../services/shared/pki.js';
+import { createPki, identityFiles, nodeIdentity, revokeIdentity } from '../../../services/shared/pki.js';
 import { createClient } from '../../../services/shared/rpc/client.js';
 import { startCoordinatorProcess, type CoordinatorProcess } from '../../../services/testbed/cluster.js';
 import { migratePlan, waitFor, type CoordinatorClient } from '../../helpers/coordinator-cluster.js';
@@ -54,10 +54,10 @@ describe('coordinator attacks', () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'migd-sec-'));
     certDir = join(dir, 'pki');
-    ensurePki(certDir, [{ name: 'migd-coordinator', dnsNames: ['localhost'] }, { name: 'operator' }, { name: 'alice' }, { name: 'viewer' }, { name: nodeIdentity('a') }, { name: nodeIdentity('b') }]);
+    createPki(certDir, [{ name: 'migd-coordinator', dnsNames: ['localhost'] }, { name: 'operator' }, { name: 'alice' }, { name: 'mallory' }, { name: 'viewer' }, { name: nodeIdentity('a') }, { name: nodeIdentity('b') }]);
     const listen = `127.0.0.1:${await freePort()}`;
     // The database goes into a folder that does not exist yet: the coordinator creates it.
-    coordinator = await startCoordinatorProcess({ listen, db: join(dir, 'state', 'coordinator', 'history.sqlite'), certDir, args: ['--roles', 'alice=operator', '--heartbeat-ms', '60000'], logLevel: 'info' });
+    coordinator = await startCoordinatorProcess({ listen, db: join(dir, 'state', 'coordinator', 'history.sqlite'), certDir, args: ['--roles', 'alice=operator,mallory=operator', '--heartbeat-ms', '60000'], logLevel: 'info' });
     // Nothing listens on these ports: runs the plans start fail at the node call, which is fine —
     // the attacks are on what the coordinator records.
     hosts = { a: host('a', await freePort()), b: host('b', await freePort()) };
@@ -121,6 +121,25 @@ describe('coordinator attacks', () => {
     expect(bumped.message).toMatch(/differs in: priority/);
     expect((await op.listRuns({ filter: undefined, pageSize: 1000, pageToken: '' })).runs.length).toBe(runsBefore);
     expect((await alice.getPlan({ planId: first.plan!.id })).plan?.migrations.map((m) => m.vmName)).toEqual(['other']);
+  });
+
+  it('refuses a revoked operator certificate; the other identities keep working', async () => {
+    const mallory = client('mallory');
+    expect((await mallory.listNodes({})).nodes).toHaveLength(2);
+    mallory.close();
+    const runsBefore = (await client('viewer').listRuns({ filter: undefined, pageSize: 1000, pageToken: '' })).runs.length;
+    revokeIdentity(certDir, 'mallory');
+    const attempt = async (call: (c: CoordinatorClient) => Promise<unknown>): Promise<string | undefined> => {
+      const c = client('mallory');
+      const code = await call(c).then(() => 'OK', (err: { code?: string }) => err.code);
+      c.close();
+      return code;
+    };
+    // The running coordinator picks the list up within a second (new connections).
+    await waitFor(async () => (await attempt((c) => c.listNodes({}))) === 'UNAVAILABLE', 10_000, 'the coordinator to refuse the revoked certificate');
+    expect(await attempt((c) => c.submitPlan(migratePlan('mallory-1', 'other', 'b')))).toBe('UNAVAILABLE');
+    expect((await client('viewer').listRuns({ filter: undefined, pageSize: 1000, pageToken: '' })).runs.length).toBe(runsBefore);
+    expect((await client('operator').listNodes({})).nodes).toHaveLength(2);
   });
 
   it('keeps its state private: 0700 folders, 0600 database and WAL files', () => {

@@ -136,8 +136,8 @@ describe('coordinator attacks', () => {
       return code;
     };
     // The running coordinator picks the list up within a second (new connections).
-    await waitFor(async () => (await attempt((c) => c.listNodes({}))) === 'UNAVAILABLE', 10_000, 'the coordinator to refuse the revoked certificate');
-    expect(await attempt((c) => c.submitPlan(migratePlan('mallory-1', 'other', 'b')))).toBe('UNAVAILABLE');
+    await waitFor(async () => (await attempt((c) => c.listNodes({}))) === 'UNAUTHENTICATED', 10_000, 'the coordinator to refuse the revoked certificate');
+    expect(await attempt((c) => c.submitPlan(migratePlan('mallory-1', 'other', 'b')))).toBe('UNAUTHENTICATED');
     expect((await client('viewer').listRuns({ filter: undefined, pageSize: 1000, pageToken: '' })).runs.length).toBe(runsBefore);
     expect((await client('operator').listNodes({})).nodes).toHaveLength(2);
   });

@@ -12,10 +12,11 @@ import { SubmitPlanRequest, type CoordinatorServiceCreateVmRequest, type Plan, t
 import type { Logger } from '../shared/log.js';
 import { type ClusterModel, clusterFromProto, findVm } from './domain/cluster.js';
 import { draftPlan } from './domain/plan.js';
+import { policyResolution } from './domain/policy/factory.js';
 import { evaluateDestinations } from './domain/placement.js';
+import type { ConvergencePolicy } from './domain/policy/types.js';
 import type { ConcurrencyLimits } from './domain/scheduler.js';
 import { GiB, MiB, formatBytes } from './domain/units.js';
-import { validatePolicy } from './policy-checks.js';
 import type { NodeRegistry } from './registry.js';
 import type { RunManager } from './runs/manager.js';
 import type { CreateRunInput, HistoryStore } from './store/types.js';
@@ -98,9 +99,10 @@ export class Planner {
       if (existing) return { plan: sameRequest(existing, req), existing: true };
       const target = req.target;
       if (!target) throw new InvalidArgumentError('the request names no target: set migrate or drain', { reason: 'NO_TARGET' });
-      const policy = req.policy ?? MigrationPolicy.fromPartial({});
+      // Parsed once per guest size and passed along: placement, drain, the runs, their supervisors.
+      const policyAt = policyResolution(req.policy ?? MigrationPolicy.fromPartial({}));
       // Contradictions are the caller's error whatever the cluster looks like.
-      validatePolicy(policy, GiB);
+      policyAt(GiB);
       const cluster = await this.model();
       if (target.$case === 'migrate') {
         if (!target.value.vmName) throw new InvalidArgumentError('migrate.vm_name is required');
@@ -110,11 +112,12 @@ export class Planner {
           if (!cluster.nodes.some((n) => n.id === id)) throw new NotFoundError(`unknown destination node "${id}"`, { reason: 'UNKNOWN_NODE' });
         }
       }
-      const draft = draftPlan(cluster, req, { limits: this.o.limits });
+      const draft = draftPlan(cluster, req, { limits: this.o.limits, policyAt });
       const planId = this.newId();
       const memoryOf = new Map(cluster.vms.map((v) => [v.name, v.memoryMib]));
-      const runs: (Omit<CreateRunInput, 'planId'> & { id: string; order: number })[] = draft.migrations.map((m) => {
+      const runs: (Omit<CreateRunInput, 'planId'> & { id: string; order: number; convergence: ConvergencePolicy })[] = draft.migrations.map((m) => {
         const memoryMib = memoryOf.get(m.vmName) ?? 0;
+        const convergence = policyAt(Math.max(1, memoryMib) * MiB);
         return {
           id: this.newId(),
           order: m.order,
@@ -123,7 +126,8 @@ export class Planner {
           destinationNodeId: m.destinationNodeId,
           // The effective policy (preset defaults filled in, e.g. Nova's ramp for this guest) is
           // what the node is sent and what a restarted coordinator rebuilds the policy from.
-          policy: validatePolicy(policy, Math.max(1, memoryMib) * MiB).effective,
+          policy: convergence.effective,
+          convergence,
           policyLabel: req.label,
           memoryMib,
           priority: req.priority,
@@ -137,14 +141,14 @@ export class Planner {
         migrations: draft.migrations.map((m, i) => ({ ...m, runId: runs[i]?.id ?? '' })),
         orderingReason: draft.orderingReason,
         priority: req.priority,
-        runs: runs.map(({ order: _order, ...r }) => r),
+        runs: runs.map(({ order: _order, convergence: _convergence, ...r }) => r),
       });
       if (created.existing) return { plan: sameRequest(created.plan, req), existing: true };
       this.o.log.info('plan submitted', { planId, key, target: target.$case, runs: runs.length, order: draft.orderingReason });
       const stored = new Map((await this.o.store.listPlanRuns(planId)).map((s) => [s.id, s]));
       this.o.runs.enqueue(runs.flatMap((r) => {
         const run = stored.get(r.id);
-        return run ? [{ run, order: r.order }] : [];
+        return run ? [{ run, order: r.order, policy: r.convergence }] : [];
       }));
       if (runs.length === 0) await this.o.runs.updatePlan(planId);
       return { plan: await this.o.store.getPlan(planId), existing: false };

@@ -16,6 +16,7 @@ import { identityFiles } from '../../services/shared/pki.js';
 import { createClient, type RpcClient } from '../../services/shared/rpc/client.js';
 import { type LabBackend, type MigrateRequest, type MigrateResult, outcomeOf, sleep, stateName } from './backend.js';
 import { actionLabel } from './metrics.js';
+import { isTerminalState } from '../../services/shared/policy/states.js';
 
 export type CoordinatorClient = RpcClient<typeof CoordinatorServiceService>;
 
@@ -28,7 +29,6 @@ export interface CoordinatorBackendOptions {
   readonly identity?: string;
 }
 
-const TERMINAL = new Set([MigrationState.MIGRATION_STATE_SUCCEEDED, MigrationState.MIGRATION_STATE_FAILED, MigrationState.MIGRATION_STATE_CANCELLED]);
 
 export class CoordinatorBackend implements LabBackend {
   readonly mode = 'coordinator' as const;
@@ -130,9 +130,9 @@ export class CoordinatorBackend implements LabBackend {
         if (req.signal?.aborted) throw err;
         // The stream ended early (coordinator restart): poll the run instead.
       }
-      while (final === undefined || !TERMINAL.has(final)) {
+      while (final === undefined || !isTerminalState(final)) {
         const r = await this.client.getRun({ runId }).catch(() => undefined);
-        if (r?.run && TERMINAL.has(r.run.state)) final = r.run.state;
+        if (r?.run && isTerminalState(r.run.state)) final = r.run.state;
         else await sleep(1000, req.signal);
       }
     } finally {

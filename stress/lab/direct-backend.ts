@@ -27,6 +27,7 @@ import type { MigrationInfo, NodeServiceService, StateChange } from '../../servi
 import type { RpcClient } from '../../services/shared/rpc/client.js';
 import { type LabBackend, type MigrateRequest, type MigrateResult, outcomeOf, sleep, stateName } from './backend.js';
 import { actionLabel, type LabOutcome } from './metrics.js';
+import { isTerminalState } from '../../services/shared/policy/states.js';
 
 type NodeClient = RpcClient<typeof NodeServiceService>;
 
@@ -41,7 +42,6 @@ export interface DirectNode {
 }
 
 const MiB = 1024 * 1024;
-const TERMINAL = new Set([MigrationState.MIGRATION_STATE_SUCCEEDED, MigrationState.MIGRATION_STATE_FAILED, MigrationState.MIGRATION_STATE_CANCELLED]);
 /** Guest samples kept around a run in its timeline (the coordinator's store uses the same window). */
 const GUEST_WINDOW_MS = 60_000;
 
@@ -189,7 +189,7 @@ export class DirectBackend implements LabBackend {
       }
     };
     const decide = (sample: ProgressSample, nowMs: number): void => {
-      if (TERMINAL.has(rec.state) || acted) return;
+      if (isTerminalState(rec.state) || acted) return;
       const d = policy.decide(pstate, sample, nowMs);
       pstate = d.state;
       for (const a of d.actions) {
@@ -251,10 +251,10 @@ export class DirectBackend implements LabBackend {
         if (req.signal?.aborted) throw err;
         // The stream broke (daemon restart, network): ask for the outcome instead.
       }
-      while (!result || !TERMINAL.has(result.state)) {
+      while (!result || !isTerminalState(result.state)) {
         if (req.signal?.aborted) throw new Error('aborted');
         const r = await src.client.getMigration({ runId }).catch(() => undefined);
-        if (r?.migration && TERMINAL.has(r.migration.state)) result = r.migration;
+        if (r?.migration && isTerminalState(r.migration.state)) result = r.migration;
         else await sleep(1000, req.signal);
       }
     } finally {

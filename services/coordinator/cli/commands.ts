@@ -24,12 +24,13 @@ import {
 import type { Event } from '../../shared/gen/migd/v1/events.js';
 import type { CallOptions, RpcClient } from '../../shared/rpc/client.js';
 import { flagBool, flagString, type GlobalOptions, type Invocation } from './args.js';
-import { ExitCode, exitCodeForRuns, isFinalState } from './exit-codes.js';
+import { ExitCode, exitCodeForRuns } from './exit-codes.js';
 import { stateName } from './format.js';
 import { ProgressPrinter, WatchModel, describeEvent, type RunSeed } from './progress.js';
 import { adjustRunRequest, createVmRequest, drainRequest, exportRequest, listRunsRequest, migrateRequest, runFilterFromFlags, watchRequest } from './requests.js';
 import { UsageError } from './units.js';
 import { formatComparison, formatCreatedVm, formatNodes, formatPlan, formatRunDetails, formatRunState, formatRuns, formatVms } from './views.js';
+import { isTerminalState } from '../../shared/policy/states.js';
 
 /** The coordinator API as migctl uses it (a narrow seam: tests may pass a fake). */
 export type CoordinatorClient = Omit<RpcClient<typeof CoordinatorServiceService>, 'close' | 'waitForReady' | 'registerNode' | 'heartbeat'>;
@@ -239,7 +240,7 @@ async function followRun(ctx: CommandContext, runId: string, statesOnly: boolean
       }
     }
     const run = (await ctx.client.getRun({ runId }, { ...unary(ctx), signal })).run;
-    if (run && (completed || isFinalState(run.state))) return run;
+    if (run && (completed || isTerminalState(run.state))) return run;
     if (attempt >= WATCH_RESUMES) throw new UnavailableError(`the watch of run ${runId} ended ${attempt + 1} times before the run finished (now ${run ? stateName(run.state) : 'unknown'})`);
   }
 }

@@ -47,10 +47,6 @@ export function exitCodeForError(err: unknown): ExitCode {
   return ExitCode.FAILED;
 }
 
-/** True for SUCCEEDED, FAILED and CANCELLED. */
-export function isFinalState(state: MigrationState): boolean {
-  return state === MigrationState.MIGRATION_STATE_SUCCEEDED || state === MigrationState.MIGRATION_STATE_FAILED || state === MigrationState.MIGRATION_STATE_CANCELLED;
-}
 
 /** The exit code for watched runs' final states: 0 only when every one succeeded. */
 export function exitCodeForRuns(states: readonly MigrationState[]): ExitCode {

@@ -7,8 +7,8 @@
  */
 import { MigrationState, PolicyActionKind, policyActionKindToJSON, vmStateToJSON, type VmState, type GuestPerfSample, type MigrationStats, type PolicyAction, type ProgressSample } from '../../shared/gen/migd/v1/common.js';
 import type { Event } from '../../shared/gen/migd/v1/events.js';
-import { isFinalState } from './exit-codes.js';
 import { formatBytes, formatDuration, formatRate, mbpsToBytesPerSec, progressBar, stateName, truncate } from './format.js';
+import { isTerminalState } from '../../shared/policy/states.js';
 
 /** What is known about a run before its events arrive (from the plan or GetRun). */
 export interface RunSeed {
@@ -326,7 +326,7 @@ export class ProgressPrinter {
   }
 
   private drawFooter(runs: readonly RunView[]): void {
-    const live = runs.filter((v) => !v.completed && (v.progress !== undefined || !isFinalState(v.state)));
+    const live = runs.filter((v) => !v.completed && (v.progress !== undefined || !isTerminalState(v.state)));
     for (const v of live) this.out.write(`${formatProgressLine(v, { style: 'unicode', width: this.width })}\n`);
     this.footer = live.length;
   }

@@ -27,6 +27,7 @@ import {
 } from '../../shared/gen/migd/v1/coordinator.js';
 import { flagBool, flagString, flagStrings, type FlagValues } from './args.js';
 import { UsageError, parseDurationMs, parseInteger, parseList, parseMemoryMib, parseRate, parseSize, parseTime } from './units.js';
+import { TERMINAL_STATES, isTerminalState } from '../../shared/policy/states.js';
 
 const UINT32_MAX = 0xffff_ffff;
 const INT32_MIN = -(2 ** 31);
@@ -51,8 +52,7 @@ export function parsePolicyKind(name: string, flag = '--policy'): PolicyKind {
   return k;
 }
 
-const FINAL_STATES = [MigrationState.MIGRATION_STATE_SUCCEEDED, MigrationState.MIGRATION_STATE_FAILED, MigrationState.MIGRATION_STATE_CANCELLED];
-const ACTIVE_STATES = (Object.values(MigrationState).filter((v): v is MigrationState => typeof v === 'number' && v !== 0) as MigrationState[]).filter((s) => !FINAL_STATES.includes(s));
+const ACTIVE_STATES = (Object.values(MigrationState).filter((v): v is MigrationState => typeof v === 'number' && v !== 0) as MigrationState[]).filter((s) => !isTerminalState(s));
 
 /** States from "succeeded", "postcopy-paused", "MIGRATION_STATE_FAILED", or the groups active/finished. */
 export function parseStates(names: readonly string[]): MigrationState[] {
@@ -60,7 +60,7 @@ export function parseStates(names: readonly string[]): MigrationState[] {
   for (const raw of parseList(names)) {
     const n = raw.toLowerCase();
     if (n === 'active') ACTIVE_STATES.forEach((s) => out.add(s));
-    else if (n === 'finished' || n === 'done') FINAL_STATES.forEach((s) => out.add(s));
+    else if (n === 'finished' || n === 'done') TERMINAL_STATES.forEach((s) => out.add(s));
     else {
       const key = n.toUpperCase().replace(/-/g, '_').replace(/^(MIGRATION_STATE_)?/, 'MIGRATION_STATE_');
       const v = (MigrationState as unknown as Record<string, MigrationState | undefined>)[key];

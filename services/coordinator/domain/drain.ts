@@ -30,7 +30,7 @@ import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
 import { MigrationPolicy, PolicyKind } from '../../shared/gen/migd/v1/common.js';
 import { type ClusterModel, ClusterIndex, findNode, linkBandwidth, vmMemoryBytes } from './cluster.js';
 import { placeVm } from './placement.js';
-import { policyFor } from './policy/factory.js';
+import { policyResolution, type PolicyResolution } from './policy/factory.js';
 import type { ConvergencePolicy } from './policy/types.js';
 import { type ConcurrencyLimits, MigrationQueue, resolveLimits } from './scheduler.js';
 import { formatBytes, formatDuration, formatRate } from './units.js';
@@ -144,6 +144,8 @@ export interface DrainRequest {
   /** Restrict destinations (empty or omitted: any up node). */
   readonly destinationNodeIds?: readonly string[] | undefined;
   readonly policy?: MigrationPolicy | undefined;
+  /** `policy` already resolved by the caller (default: resolved here). */
+  readonly policyAt?: PolicyResolution | undefined;
   /** VM names to keep apart (in addition to anti-affinity groups). */
   readonly keepApart?: readonly string[] | undefined;
   readonly limits?: Partial<ConcurrencyLimits> | undefined;
@@ -252,7 +254,7 @@ export function planDrain(cluster: ClusterModel, request: DrainRequest): DrainPl
   const limits = resolveLimits(request.limits);
   const model = { ...DEFAULT_TRANSFER_MODEL, ...request.model };
   const objective = request.objective ?? 'makespan';
-  const policy = request.policy ?? MigrationPolicy.fromPartial({});
+  const policyAt = request.policyAt ?? policyResolution(request.policy ?? MigrationPolicy.fromPartial({}));
   const leaving = new Set((cluster.plannedMoves ?? []).map((m) => m.vmName));
   const vms = cluster.vms.filter((v) => v.nodeId === source.id && !v.migrating && !leaving.has(v.name));
 
@@ -262,7 +264,7 @@ export function planDrain(cluster: ClusterModel, request: DrainRequest): DrainPl
   const index = new ClusterIndex(cluster);
   const placed = new Map<string, { destination: string; reason: string; capability: PolicyCapability }>();
   for (const vm of [...vms].sort((a, b) => b.memoryMib - a.memoryMib || (a.name < b.name ? -1 : 1))) {
-    const convergence = policyFor(policy, vmMemoryBytes(vm));
+    const convergence = policyAt(vmMemoryBytes(vm));
     const p = placeVm(cluster, vm.name, {
       allowedDestinations: request.destinationNodeIds,
       requiredCapabilities: convergence.requirements.capabilities,
@@ -277,7 +279,7 @@ export function planDrain(cluster: ClusterModel, request: DrainRequest): DrainPl
   const firstCome = vms.map((vm, i) => {
     const where = placed.get(vm.name);
     const destination = where?.destination ?? '';
-    const capability = where?.capability ?? capabilityOf(policyFor(policy, vmMemoryBytes(vm)));
+    const capability = where?.capability ?? capabilityOf(policyAt(vmMemoryBytes(vm)));
     const prediction = predictMigration(
       { memoryBytes: vmMemoryBytes(vm), dirtyBytesPerSec: vm.dirtyRateBytesPerSec, bandwidthBytesPerSec: linkBandwidth(cluster, source.id, destination) ?? model.defaultBandwidthBytesPerSec },
       capability,

@@ -10,7 +10,7 @@ import type { PlannedMigration, SubmitPlanRequest } from '../../shared/gen/migd/
 import { type ClusterModel, findVm, vmMemoryBytes } from './cluster.js';
 import { type DrainPlan, type TransferModel, planDrain } from './drain.js';
 import { placeVm } from './placement.js';
-import { policyFor } from './policy/factory.js';
+import { policyResolution, type PolicyResolution } from './policy/factory.js';
 import type { ConcurrencyLimits } from './scheduler.js';
 import { GiB } from './units.js';
 
@@ -31,15 +31,16 @@ export interface PlanDraft {
 export function draftPlan(
   cluster: ClusterModel,
   request: SubmitPlanRequest,
-  opts: { limits?: Partial<ConcurrencyLimits>; model?: Partial<TransferModel> } = {},
+  opts: { limits?: Partial<ConcurrencyLimits>; model?: Partial<TransferModel>; policyAt?: PolicyResolution } = {},
 ): PlanDraft {
   const policy = request.policy ?? MigrationPolicy.fromPartial({});
+  const policyAt = opts.policyAt ?? policyResolution(policy);
   const target = request.target;
   if (target?.$case === 'migrate') {
     const vm = findVm(cluster, target.value.vmName);
     // Validate the policy before looking at the cluster: a contradiction is the caller's error
     // whatever the cluster looks like (an unknown VM is reported by placement below).
-    const requirements = policyFor(policy, vm ? vmMemoryBytes(vm) : GiB).requirements;
+    const requirements = policyAt(vm ? vmMemoryBytes(vm) : GiB).requirements;
     const p = placeVm(cluster, target.value.vmName, {
       destination: target.value.destinationNodeId,
       requiredCapabilities: requirements.capabilities,
@@ -55,6 +56,7 @@ export function draftPlan(
       nodeId: target.value.nodeId,
       destinationNodeIds: target.value.destinationNodeIds,
       policy,
+      policyAt,
       keepApart: request.antiAffinityVmNames,
       limits: opts.limits,
       model: opts.model,

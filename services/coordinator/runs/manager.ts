@@ -14,6 +14,9 @@ import { type ConcurrencyLimits, MigrationQueue, type QueueItem } from '../domai
 import type { NodeRegistry } from '../registry.js';
 import type { HistoryStore } from '../store/types.js';
 import { RunSupervisor } from './supervisor.js';
+import { errorInfo } from '../../shared/policy/error-info.js';
+import { QEMU_MAX_DOWNTIME_MS, isValidDowntimeLimit } from '../../shared/policy/limits.js';
+import type { ConvergencePolicy } from '../domain/policy/types.js';
 
 export interface RunManagerOptions {
   readonly store: HistoryStore;
@@ -32,11 +35,11 @@ export interface RunManagerOptions {
   readonly now?: () => number;
 }
 
-const MAX_DOWNTIME_MS = 2_000_000;
-
 export class RunManager {
   readonly queue: MigrationQueue<QueueItem>;
   private readonly supervisors = new Map<string, RunSupervisor>();
+  /** Policies the planner resolved for queued runs, until their supervisors take them. */
+  private readonly resolved = new Map<string, ConvergencePolicy>();
   private readonly running = new Set<Promise<unknown>>();
   /**
    * Runs supervised outside the queue (recovered while over a since-lowered limit), by id → link:
@@ -55,9 +58,16 @@ export class RunManager {
     this.now = o.now ?? Date.now;
   }
 
-  /** Queues new runs (state QUEUED), each at its `order` in its plan, then dispatches what fits once. */
-  enqueue(runs: readonly { run: Run; order: number }[]): void {
-    for (const { run, order } of runs) this.queue.enqueue({ id: run.id, source: run.sourceNodeId, destination: run.destinationNodeId, priority: run.priority, order });
+  /**
+   * Queues new runs (state QUEUED), each at its `order` in its plan, then dispatches what fits
+   * once. `policy` is the run's policy as the planner resolved it, handed to its supervisor (a run
+   * recovered after a restart has its stored effective policy resolved again instead).
+   */
+  enqueue(runs: readonly { run: Run; order: number; policy?: ConvergencePolicy }[]): void {
+    for (const { run, order, policy } of runs) {
+      if (policy) this.resolved.set(run.id, policy);
+      this.queue.enqueue({ id: run.id, source: run.sourceNodeId, destination: run.destinationNodeId, priority: run.priority, order });
+    }
     this.dispatch();
   }
 
@@ -153,11 +163,12 @@ export class RunManager {
   private async failWaiting(runId: string, down: readonly string[], waitedMs: number): Promise<void> {
     if (this.queue.status(runId) !== 'queued') return;
     this.queue.cancel(runId);
+    this.resolved.delete(runId);
     this.waitingForNode.delete(runId);
     const message = `node ${down.join(' and ')} ${down.length > 1 ? 'were' : 'was'} down for ${Math.round(waitedMs / 1000)} s while the run waited to start`;
     this.o.log.warn('queued run failed: node down', { runId, nodes: down, waitedMs });
     try {
-      const ended = await this.o.store.finishRun(runId, { state: MigrationState.MIGRATION_STATE_FAILED, reason: message, error: { reason: 'NODE_DOWN', message, code: 'UNAVAILABLE' } });
+      const ended = await this.o.store.finishRun(runId, { state: MigrationState.MIGRATION_STATE_FAILED, reason: message, error: errorInfo('UNAVAILABLE', 'NODE_DOWN', message) });
       if (ended.planId) await this.updatePlan(ended.planId);
     } catch (err) {
       this.o.log.error('failing a queued run failed', { runId, err });
@@ -172,6 +183,8 @@ export class RunManager {
 
   private supervise(run: Run, mode: 'start' | 'resume'): void {
     let sup: RunSupervisor;
+    const policy = this.resolved.get(run.id);
+    this.resolved.delete(run.id);
     try {
       sup = new RunSupervisor(run, {
         store: this.o.store,
@@ -182,12 +195,12 @@ export class RunManager {
         callDeadlineMs: this.o.callDeadlineMs,
         ...(this.o.tickMs ? { tickMs: this.o.tickMs } : {}),
         now: this.now,
-      });
+      }, policy);
     } catch (err) {
       this.o.log.error('cannot supervise run', { runId: run.id, err });
       this.track(
         this.o.store
-          .finishRun(run.id, { state: MigrationState.MIGRATION_STATE_FAILED, reason: 'cannot supervise', error: { reason: 'INVALID_POLICY', message: (err as Error).message, code: 'INVALID_ARGUMENT' } })
+          .finishRun(run.id, { state: MigrationState.MIGRATION_STATE_FAILED, reason: 'cannot supervise', error: errorInfo('INVALID_ARGUMENT', 'INVALID_POLICY', (err as Error).message) })
           .catch(() => undefined)
           .then(() => this.ended(run)),
       );
@@ -218,6 +231,7 @@ export class RunManager {
     if (this.unslotted.delete(runId)) return;
     if (this.queue.status(runId) === 'running') this.queue.finished(runId);
     else if (this.queue.status(runId) === 'queued') this.queue.cancel(runId);
+    this.resolved.delete(runId);
   }
 
   /** Sets a plan's state once all its runs have ended (serialised: one event per change). */
@@ -261,6 +275,7 @@ export class RunManager {
     const why = reason || 'cancel requested';
     if (this.queue.status(run.id) === 'queued') {
       this.queue.cancel(run.id);
+      this.resolved.delete(run.id);
       await this.o.store.recordAction(run.id, { time: new Date(this.now()), elapsedMs: 0, kind: PolicyActionKind.POLICY_ACTION_KIND_ABORT, value: 0, reason: why, actor });
       const ended = await this.o.store.finishRun(run.id, { state: MigrationState.MIGRATION_STATE_CANCELLED, reason: `cancelled while queued: ${why}` });
       if (ended.planId) await this.updatePlan(ended.planId);
@@ -286,8 +301,8 @@ export class RunManager {
     if (req.downtimeLimitMs === undefined && req.maxBandwidthBytesPerSec === undefined) {
       throw new InvalidArgumentError('set downtime_limit_ms and/or max_bandwidth_bytes_per_sec');
     }
-    if (req.downtimeLimitMs !== undefined && (req.downtimeLimitMs < 1 || req.downtimeLimitMs > MAX_DOWNTIME_MS)) {
-      throw new InvalidArgumentError(`downtime_limit_ms must be 1..${MAX_DOWNTIME_MS}, got ${req.downtimeLimitMs}`);
+    if (req.downtimeLimitMs !== undefined && !isValidDowntimeLimit(req.downtimeLimitMs)) {
+      throw new InvalidArgumentError(`downtime_limit_ms must be 1..${QEMU_MAX_DOWNTIME_MS}, got ${req.downtimeLimitMs}`);
     }
     const run = await this.activeRun(req.runId);
     const change = {

@@ -33,14 +33,10 @@ import { policyFor } from '../domain/policy/factory.js';
 import type { ConvergencePolicy, PolicyDecision } from '../domain/policy/types.js';
 import type { NodeClient } from '../registry.js';
 import type { HistoryStore } from '../store/types.js';
+import { isTerminalState } from '../../shared/policy/states.js';
+import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
 
-const TERMINAL = new Set([MigrationState.MIGRATION_STATE_SUCCEEDED, MigrationState.MIGRATION_STATE_FAILED, MigrationState.MIGRATION_STATE_CANCELLED]);
 const MiB = 1024 * 1024;
-
-/** True for SUCCEEDED, FAILED and CANCELLED. */
-export function isTerminalState(s: MigrationState): boolean {
-  return TERMINAL.has(s);
-}
 
 /** What a supervisor needs from the rest of the coordinator. */
 export interface SupervisorDeps {
@@ -69,11 +65,6 @@ function actionKey(a: PolicyAction): string {
   return `${a.time?.getTime() ?? 0}|${a.kind}|${a.value}|${a.actor}`;
 }
 
-function errorInfo(err: unknown, fallbackReason: string): ErrorInfo {
-  if (err instanceof MigdError) return { reason: err.reason ?? fallbackReason, message: err.message, code: err.code };
-  return { reason: fallbackReason, message: err instanceof Error ? err.message : String(err), code: 'INTERNAL' };
-}
-
 export class RunSupervisor {
   readonly runId: string;
   private state: MigrationState;
@@ -92,16 +83,21 @@ export class RunSupervisor {
   private readonly now: () => number;
   private readonly log: Logger;
 
-  /** @throws InvalidArgumentError when the run's stored policy is invalid (it was validated at submit) */
+  /**
+   * @param policy the run's policy as the planner resolved it; when absent (a run recovered after
+   *   a restart) it is resolved from the run's stored effective policy
+   * @throws InvalidArgumentError when the run's stored policy is invalid (it was validated at submit)
+   */
   constructor(
     private run: Run,
     private readonly d: SupervisorDeps,
+    policy?: ConvergencePolicy,
   ) {
     this.runId = run.id;
     this.state = run.state;
     this.now = d.now ?? Date.now;
     this.log = d.log.child({ runId: run.id, vm: run.vmName });
-    this.policy = policyFor(run.policy, Math.max(1, run.memoryMib) * MiB);
+    this.policy = policy ?? policyFor(run.policy, Math.max(1, run.memoryMib) * MiB);
     this.policyState = this.policy.initialState();
     this.startedAtMs = run.startedAt?.getTime();
     for (const a of run.actions) this.recorded.add(actionKey(a));
@@ -130,7 +126,7 @@ export class RunSupervisor {
     } catch (err) {
       if (!this.stopper.signal.aborted) {
         this.log.error('run supervisor failed', { err });
-        await this.fail(errorInfo(err, 'COORDINATOR_ERROR'), `supervisor error: ${(err as Error).message}`).catch((e: unknown) => this.log.error('recording the failure failed', { err: e }));
+        await this.fail(errorInfoOf(err, 'COORDINATOR_ERROR'), `supervisor error: ${(err as Error).message}`).catch((e: unknown) => this.log.error('recording the failure failed', { err: e }));
       }
     } finally {
       clearInterval(tick);
@@ -162,8 +158,8 @@ export class RunSupervisor {
   /** @returns true when the migration runs on the node and must be followed */
   private async startOnNode(): Promise<boolean> {
     const { sourceNodeId: src, destinationNodeId: dst } = this.run;
-    if (!this.d.isUp(src)) return this.failed({ reason: 'SOURCE_DOWN', message: `source node ${src} is down`, code: 'UNAVAILABLE' });
-    if (!this.d.isUp(dst)) return this.failed({ reason: 'DESTINATION_DOWN', message: `destination node ${dst} is down`, code: 'UNAVAILABLE' });
+    if (!this.d.isUp(src)) return this.failed(errorInfo('UNAVAILABLE', 'SOURCE_DOWN', `source node ${src} is down`));
+    if (!this.d.isUp(dst)) return this.failed(errorInfo('UNAVAILABLE', 'DESTINATION_DOWN', `destination node ${dst} is down`));
     await this.transition(MigrationState.MIGRATION_STATE_PREPARING, `dispatched: ${src} → ${dst}`);
     this.startedAtMs ??= this.now();
     const client = this.d.client(src);
@@ -185,7 +181,7 @@ export class RunSupervisor {
         }
       }
       this.log.warn('StartMigration refused', { err });
-      return this.failed(errorInfo(err, 'START_FAILED'), `could not start: ${(err as Error).message}`);
+      return this.failed(errorInfoOf(err, 'START_FAILED'), `could not start: ${(err as Error).message}`);
     }
     if (this.pendingCancel) {
       const { actor, reason } = this.pendingCancel;
@@ -215,7 +211,7 @@ export class RunSupervisor {
             return this.startOnNode();
           }
           return this.failed(
-            { reason: 'MIGRATION_LOST', message: `source node ${src} no longer knows migration ${this.runId} (its daemon restarted?)`, code: 'ABORTED' },
+            errorInfo('ABORTED', 'MIGRATION_LOST', `source node ${src} no longer knows migration ${this.runId} (its daemon restarted?)`),
             'migration lost by the source node',
           );
         }
@@ -274,7 +270,7 @@ export class RunSupervisor {
         if (this.signal.aborted) throw err;
         if (err instanceof NotFoundError) {
           await this.failed(
-            { reason: 'MIGRATION_LOST', message: `source node ${src} no longer knows migration ${this.runId} (its daemon restarted?)`, code: 'ABORTED' },
+            errorInfo('ABORTED', 'MIGRATION_LOST', `source node ${src} no longer knows migration ${this.runId} (its daemon restarted?)`),
             'migration lost by the source node',
           );
           return;

@@ -1,6 +1,5 @@
 /** Conversions between the proto messages and the history tables' rows. */
 import {
-  ErrorInfo,
   HostInfo,
   MigrationPolicy,
   MigrationStats,
@@ -25,6 +24,7 @@ import type {
   TransitionRow,
   VmRow,
 } from './schema.js';
+import { errorInfoFromParts } from '../../shared/policy/error-info.js';
 
 /** Date → ms; `fallback` when undefined. */
 export function ms(d: Date | undefined, fallback: number): number {
@@ -77,7 +77,7 @@ export function runToProto(r: RunRow, transitions: StateChange[], actions: Polic
     error:
       r.error_reason === null && r.error_message === null
         ? undefined
-        : ErrorInfo.fromPartial({ reason: r.error_reason ?? '', message: r.error_message ?? '', code: r.error_code ?? '' }),
+        : errorInfoFromParts({ reason: r.error_reason ?? '', message: r.error_message ?? '', code: r.error_code ?? '' }),
     actions,
     memoryMib: r.memory_mib,
     priority: r.priority,

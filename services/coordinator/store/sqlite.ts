@@ -100,6 +100,7 @@ import type {
   TransitionRunInput,
   UpsertNodeInput,
 } from './types.js';
+import { isTerminalState } from '../../shared/policy/states.js';
 
 /** Options of {@link openSqliteHistoryStore}; each documents its default. */
 export interface SqliteHistoryStoreOptions {
@@ -230,11 +231,6 @@ export async function migrateToLatest<DB>(db: Kysely<DB>): Promise<void> {
   }
 }
 
-const TERMINAL = new Set<number>([
-  MigrationState.MIGRATION_STATE_SUCCEEDED,
-  MigrationState.MIGRATION_STATE_FAILED,
-  MigrationState.MIGRATION_STATE_CANCELLED,
-]);
 const VALID_STATES = new Set(Object.values(MigrationState).filter((v): v is number => typeof v === 'number'));
 /** Rows per INSERT statement (SQLite allows 32 766 bound values per statement). */
 const INSERT_CHUNK = 500;
@@ -767,7 +763,7 @@ export class SqliteHistoryStore implements HistoryStore {
     if (!VALID_STATES.has(to) || to === MigrationState.MIGRATION_STATE_UNSPECIFIED) {
       throw new InvalidArgumentError(`transition target ${to} is not a valid state`);
     }
-    if (TERMINAL.has(to)) {
+    if (isTerminalState(to)) {
       throw new InvalidArgumentError(`${migrationStateToJSON(to)} ends a run: use finishRun, not transitionRun`);
     }
     const now = this.o.now();
@@ -824,7 +820,7 @@ export class SqliteHistoryStore implements HistoryStore {
   }
 
   async finishRun(runId: string, input: FinishRunInput): Promise<Run> {
-    if (!TERMINAL.has(input.state)) {
+    if (!isTerminalState(input.state)) {
       throw new InvalidArgumentError(`finishRun needs SUCCEEDED, FAILED or CANCELLED, not ${migrationStateToJSON(input.state)}`);
     }
     // The run's samples should be in before its end is; a failing sample write must not block it.
@@ -1298,7 +1294,7 @@ function validateRunInput(r: CreateRunInput): void {
   if (r.destinationNodeId === '') throw new InvalidArgumentError('run destination_node_id is required');
   if (r.policy === undefined) throw new InvalidArgumentError('run policy is required');
   if (r.id !== undefined && r.id === '') throw new InvalidArgumentError('run id must not be empty when given');
-  if (r.state !== undefined && (TERMINAL.has(r.state) || !VALID_STATES.has(r.state) || r.state === MigrationState.MIGRATION_STATE_UNSPECIFIED)) {
+  if (r.state !== undefined && (isTerminalState(r.state) || !VALID_STATES.has(r.state) || r.state === MigrationState.MIGRATION_STATE_UNSPECIFIED)) {
     throw new InvalidArgumentError(`a run cannot start in state ${r.state}`);
   }
 }

@@ -16,7 +16,7 @@ import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
 import { ConfirmIncomingResponse } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
 import { freePort } from '../../shared/net.js';
-import type { MigrationConfig } from './config.js';
+import type { MigrationConfig } from '../../shared/policy/resolve.js';
 import type { DestinationRecord, MigrationRecords } from './record.js';
 import { capabilityList, type MigratableVm, type VmHost } from './types.js';
 import { VerificationTracker } from './verification.js';

@@ -23,10 +23,13 @@ import {
   type WatchMigrationResponse,
 } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
-import { resolveMigrationConfig } from './config.js';
+import { errorInfo } from '../../shared/policy/error-info.js';
+import { QEMU_MAX_DOWNTIME_MS, isValidDowntimeLimit } from '../../shared/policy/limits.js';
+import { resolveMigrationConfig } from '../../shared/policy/resolve.js';
+import { isTerminalState as isTerminal } from '../../shared/policy/states.js';
 import { IncomingMigration } from './destination.js';
 import { MigrationRecords, type DestinationRecord, type SourceRecord } from './record.js';
-import { SourceMigration, isTerminal, type SourceOptions } from './source.js';
+import { SourceMigration, type SourceOptions } from './source.js';
 import { addTlsCreds, TLS_HOSTNAME } from './tls.js';
 import type { NodePeer, VmHost } from './types.js';
 
@@ -119,7 +122,7 @@ export class MigrationManager {
         state: confirm?.alive ? MigrationState.MIGRATION_STATE_SUCCEEDED : MigrationState.MIGRATION_STATE_FAILED,
         startedAt: new Date(r.startedAt),
         finishedAt: new Date(),
-        ...(confirm?.alive ? {} : { error: { reason: 'SOURCE_LOST', message: confirm ? 'the guest runs on the destination but did not verify its memory there' : `the source QEMU was gone when the node daemon restarted (phase ${r.phase})`, code: 'ABORTED' } }),
+        ...(confirm?.alive ? {} : { error: errorInfo('ABORTED', 'SOURCE_LOST', confirm ? 'the guest runs on the destination but did not verify its memory there' : `the source QEMU was gone when the node daemon restarted (phase ${r.phase})`) }),
       });
       if (!confirm && r.phase !== 'postcopy') await peer.abortIncoming({ runId: r.runId }, { deadlineMs: 10_000 }).catch(() => undefined);
       this.past.set(r.runId, info);
@@ -407,8 +410,8 @@ export class MigrationManager {
 
   async adjust(req: AdjustMigrationRequest): Promise<MigrationInfo> {
     const m = this.out(req.runId);
-    if (req.downtimeLimitMs !== undefined && (req.downtimeLimitMs <= 0 || req.downtimeLimitMs > 2_000_000)) {
-      throw new InvalidArgumentError(`downtime_limit_ms must be 1..2000000, got ${req.downtimeLimitMs}`);
+    if (req.downtimeLimitMs !== undefined && !isValidDowntimeLimit(req.downtimeLimitMs)) {
+      throw new InvalidArgumentError(`downtime_limit_ms must be 1..${QEMU_MAX_DOWNTIME_MS}, got ${req.downtimeLimitMs}`);
     }
     await m.adjust(
       { ...(req.downtimeLimitMs !== undefined ? { downtimeLimitMs: req.downtimeLimitMs } : {}), ...(req.maxBandwidthBytesPerSec !== undefined ? { maxBandwidthBytesPerSec: req.maxBandwidthBytesPerSec } : {}), enableAutoConverge: req.enableAutoConverge },

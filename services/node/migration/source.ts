@@ -23,7 +23,9 @@ import {
 import { MigrationInfo as MigrationInfoCodec, type ConfirmIncomingResponse, type MigrationEndpoint, type MigrationInfo, type StateChange, type WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
 import type { QmpEvent } from '../qmp/protocol.js';
-import type { MigrationConfig } from './config.js';
+import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
+import type { MigrationConfig } from '../../shared/policy/resolve.js';
+import { isTerminalState as isTerminal } from '../../shared/policy/states.js';
 import { StallDetector, finalStats, postcopyDowntimeMs, progressSample, stateFromQemuStatus, type QmpMigrationInfo } from './progress.js';
 import type { MigrationRecords, SourcePhase, SourceRecord } from './record.js';
 import { capabilityList, type MigratableVm, type NodePeer, type VmHost } from './types.js';
@@ -72,12 +74,6 @@ export interface SourceMigrationParams {
   readonly record?: SourceRecord;
 }
 
-const TERMINAL = new Set([MigrationState.MIGRATION_STATE_SUCCEEDED, MigrationState.MIGRATION_STATE_FAILED, MigrationState.MIGRATION_STATE_CANCELLED]);
-
-/** True for SUCCEEDED, FAILED and CANCELLED. */
-export function isTerminal(s: MigrationState): boolean {
-  return TERMINAL.has(s);
-}
 
 export class SourceMigration {
   readonly runId: string;
@@ -217,7 +213,7 @@ export class SourceMigration {
     } catch (err) {
       this.p.host.setMigration(vm.name, undefined);
       if (prepared) await this.abortDestination(this.now() + this.opts.peerDeadlineMs).then((r) => r !== 'gone' && log.warn('abort incoming after failed start', { outcome: r }));
-      this.error = errorInfo(err);
+      this.error = errorInfoOf(err);
       this.finish(MigrationState.MIGRATION_STATE_FAILED, `could not start: ${(err as Error).message}`);
       throw err;
     }
@@ -596,9 +592,9 @@ export class SourceMigration {
       if (!this.postcopyStarted) {
         await vm.qmp.execute('cont').catch((err: unknown) => log.error('could not resume the source guest', { err }));
         this.p.host.setMigration(vm.name, undefined);
-        this.error = { reason: 'GUEST_NOT_ALIVE_ON_DESTINATION', message: `destination did not take the VM over: ${handover.why}; its copy is gone and the guest was resumed on the source`, code: 'FAILED_PRECONDITION' };
+        this.error = errorInfo('FAILED_PRECONDITION', 'GUEST_NOT_ALIVE_ON_DESTINATION', `destination did not take the VM over: ${handover.why}; its copy is gone and the guest was resumed on the source`);
       } else {
-        this.error = { reason: 'GUEST_LOST', message: `the destination lost the guest during post-copy: ${handover.why}`, code: 'DATA_LOSS' };
+        this.error = errorInfo('DATA_LOSS', 'GUEST_LOST', `the destination lost the guest during post-copy: ${handover.why}`);
       }
       this.finish(MigrationState.MIGRATION_STATE_FAILED, this.error.message);
       return;
@@ -606,16 +602,16 @@ export class SourceMigration {
     if (handover.kind === 'unresolved') {
       // Neither handed over nor proven gone: resuming here could run the guest twice. The source
       // copy stays paused (listed as migrating); a daemon restart tries the handover again.
-      this.error = { reason: 'OWNERSHIP_UNRESOLVED', message: `the destination neither took the VM over nor confirmed its copy gone within ${this.opts.handoverTimeoutMs} ms (${handover.why}); the source copy stays paused`, code: 'UNAVAILABLE' };
+      this.error = errorInfo('UNAVAILABLE', 'OWNERSHIP_UNRESOLVED', `the destination neither took the VM over nor confirmed its copy gone within ${this.opts.handoverTimeoutMs} ms (${handover.why}); the source copy stays paused`);
       this.finish(MigrationState.MIGRATION_STATE_FAILED, this.error.message);
       return;
     }
     // Handed over: the destination owns the guest now; the source copy goes.
     await this.p.host.destroy(vm.name).catch((err: unknown) => log.warn('could not remove the source QEMU', { err }));
     if (!confirm!.alive) {
-      this.error = { reason: 'GUEST_NOT_VERIFIED', message: `the guest runs on the destination but did not verify its memory there within ${this.opts.confirmTimeoutMs} ms`, code: 'DEADLINE_EXCEEDED' };
+      this.error = errorInfo('DEADLINE_EXCEEDED', 'GUEST_NOT_VERIFIED', `the guest runs on the destination but did not verify its memory there within ${this.opts.confirmTimeoutMs} ms`);
     } else if (this.stats.integrityErrors > 0) {
-      this.error = { reason: 'GUEST_MEMORY_CORRUPTED', message: `the guest reported ${this.stats.integrityErrors} integrity error(s) after the migration`, code: 'DATA_LOSS' };
+      this.error = errorInfo('DATA_LOSS', 'GUEST_MEMORY_CORRUPTED', `the guest reported ${this.stats.integrityErrors} integrity error(s) after the migration`);
     }
     this.finish(this.error ? MigrationState.MIGRATION_STATE_FAILED : MigrationState.MIGRATION_STATE_SUCCEEDED, this.error ? this.error.message : `guest verified ${this.stats.pagesVerifiedAfter} pages on the destination; source QEMU removed`);
   }
@@ -657,7 +653,7 @@ export class SourceMigration {
     if (isTerminal(this.state)) return;
     this.p.log.warn('migration failed', { message });
     const where = await this.settle();
-    this.error = { reason, message: `${message}; ${where}`, code: 'ABORTED' };
+    this.error = errorInfo('ABORTED', reason, `${message}; ${where}`);
     this.finish(MigrationState.MIGRATION_STATE_FAILED, this.error.message);
   }
 
@@ -704,7 +700,3 @@ export class SourceMigration {
   }
 }
 
-function errorInfo(err: unknown): ErrorInfo {
-  if (err instanceof MigdError) return { reason: err.reason ?? err.code, message: err.message, code: err.code };
-  return { reason: 'INTERNAL', message: (err as Error)?.message ?? String(err), code: 'INTERNAL' };
-}

@@ -16,6 +16,7 @@ import { migrations } from '../../../migrations/index.js';
 import type { CreateRunInput } from '../../../services/coordinator/store/types.js';
 import { createMetrics } from '../../../services/shared/metrics/metrics.js';
 import { FakeClock, openStore, outboxEvents, removeDir, tempDir } from './fixtures.js';
+import { errorInfo } from '../../../services/shared/policy/error-info.js';
 
 const MIN = 60_000;
 
@@ -232,7 +233,7 @@ describe('runs and the outbox', () => {
     expect((await outboxEvents(s)).length).toBe(before);
     expect((await s.getRun(run.id)).transitions).toHaveLength(1);
 
-    await s.finishRun(run.id, { state: S.MIGRATION_STATE_CANCELLED, error: { reason: 'USER', message: 'cancelled', code: 'CANCELLED' } });
+    await s.finishRun(run.id, { state: S.MIGRATION_STATE_CANCELLED, error: errorInfo('CANCELLED', 'USER', 'cancelled') });
     await expect(s.transitionRun(run.id, { to: S.MIGRATION_STATE_PRECOPY })).rejects.toBeInstanceOf(FailedPreconditionError);
     await expect(s.finishRun(run.id, { state: S.MIGRATION_STATE_FAILED })).rejects.toBeInstanceOf(FailedPreconditionError);
     const r = await s.getRun(run.id);
@@ -504,7 +505,7 @@ describe('queries', () => {
     const label = 'lab, "quoted"\nline';
     const r1 = await s.createRun(runInput({ vmName: 'vm-1', policyLabel: label }));
     for (let i = 0; i < 3; i++) s.appendProgress(r1.id, { pass: i + 1, qemuStatus: 'active', remainingBytes: 100 - i } as never);
-    await s.finishRun(r1.id, { state: S.MIGRATION_STATE_FAILED, error: { reason: 'X', message: 'boom, "bad"', code: 'INTERNAL' } });
+    await s.finishRun(r1.id, { state: S.MIGRATION_STATE_FAILED, error: errorInfo('INTERNAL', 'X', 'boom, "bad"') });
     clock.advance(1000);
     const r2 = await s.createRun(runInput({ vmName: 'vm-2' })); // no samples: one row
 

@@ -14,6 +14,7 @@ import {
 } from '../../../services/shared/gen/migd/v1/common.js';
 import type { GetRunTimelineResponse, HostCpuSample } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import type { StateChange } from '../../../services/shared/gen/migd/v1/node.js';
+import { errorInfo } from '../../../services/shared/policy/error-info.js';
 
 const MiB = 1024 * 1024;
 
@@ -154,7 +155,7 @@ export function syntheticTimeline(r: SyntheticRun): GetRunTimelineResponse {
         maxThrottlePct: Math.max(0, ...prog.map((p) => p.throttlePct)),
         recoveries: 0,
       },
-      error: ok ? undefined : { reason: 'TIMEOUT', message: 'completion timeout', code: 'DEADLINE_EXCEEDED' },
+      error: ok ? undefined : errorInfo('DEADLINE_EXCEEDED', 'TIMEOUT', 'completion timeout'),
       actions,
       memoryMib: o.memoryBytes / MiB,
       priority: 0,

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../../services/shared/errors.js';
 import { MigrationPolicy, MultifdCompression, PolicyKind } from '../../../services/shared/gen/migd/v1/common.js';
-import { resolveMigrationConfig } from '../../../services/node/migration/config.js';
+import { resolveMigrationConfig } from '../../../services/shared/policy/resolve.js';
 import { StallDetector, progressSample, stateFromQemuStatus } from '../../../services/node/migration/progress.js';
 import { MigrationState } from '../../../services/shared/gen/migd/v1/common.js';
 

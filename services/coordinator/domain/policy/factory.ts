@@ -1,7 +1,8 @@
 /**
  * From the proto MigrationPolicy of a request to a running ConvergencePolicy: validation (every
- * contradiction reported at once, naming the fields), the preset's defaults filled into the zero
- * fields, and the policy object.
+ * contradiction reported at once, naming the fields: the kind's own rules here, QEMU's from
+ * services/shared/policy, the same the node daemon applies), the preset's defaults filled into
+ * the zero fields, and the policy object.
  */
 import { InvalidArgumentError } from '../../../shared/errors.js';
 import {
@@ -12,6 +13,8 @@ import {
   type DowntimeStep,
   type Postcopy,
 } from '../../../shared/gen/migd/v1/common.js';
+import { migrationConfigProblems } from '../../../shared/policy/resolve.js';
+import { policyProblems } from '../../../shared/policy/validate.js';
 import { GiB } from '../units.js';
 import { type AdaptiveTuning, AdaptivePolicy } from './adaptive.js';
 import {
@@ -51,22 +54,12 @@ function problemsOf(p: MigrationPolicy, kind: PolicyKind): string[] {
   const name = policyName(kind);
   const multifd = p.multifd?.enabled ?? false;
   const pc = p.postcopy;
-  const ac = p.autoConverge;
 
   if (NAMES[kind] === undefined) problems.push(`unknown policy kind ${String(kind)}`);
-  if (multifd && pc?.enabled) problems.push('multifd cannot be combined with post-copy (QEMU: "Postcopy is not yet compatible with multifd")');
-  if (multifd && p.xbzrle?.enabled) problems.push('xbzrle cannot be combined with multifd (QEMU refuses it)');
-  if (pc && !pc.enabled && (pc.afterPasses > 0 || pc.afterMs > 0 || pc.onDemandOnly || pc.preempt === true)) {
-    problems.push('postcopy.after_passes/after_ms/on_demand_only/preempt are set but postcopy.enabled is false');
-  }
-  if (pc?.onDemandOnly && (pc.afterPasses > 0 || pc.afterMs > 0)) problems.push('postcopy.on_demand_only contradicts postcopy.after_passes/after_ms');
-  if (ac) {
-    if (ac.initialPct > 99 || ac.maxPct > 99 || ac.incrementPct > 100) problems.push('auto_converge: initial_pct and max_pct must be 1..99, increment_pct 1..100');
-    if (ac.initialPct > 0 && ac.maxPct > 0 && ac.initialPct > ac.maxPct) problems.push(`auto_converge.initial_pct (${ac.initialPct}) exceeds max_pct (${ac.maxPct})`);
-  }
+  // What QEMU rules out whatever the kind: the rules the node daemon checks too.
+  problems.push(...policyProblems(p));
 
   const steps = p.downtimeSteps;
-  if (steps.some((s) => s.downtimeMs === 0)) problems.push('every downtime step needs downtime_ms > 0');
   if (steps.some((s) => s.afterPasses > 0 && s.afterMs > 0)) problems.push('a downtime step sets either after_passes or after_ms, not both');
   const byTime = steps.some((s) => s.afterMs > 0);
   const byPass = steps.some((s) => s.afterPasses > 0);
@@ -190,6 +183,8 @@ export function policyFor(policy: MigrationPolicy | undefined, vmMemoryBytes: nu
   if (effective && effective.timeoutAction === TimeoutAction.TIMEOUT_ACTION_FORCE_COMPLETE && !effective.completionTimeoutSecPerGib && !effective.progressTimeoutSec) {
     problems.push(`timeout_action FORCE_COMPLETE is set but the ${policyName(kind)} policy has no completion_timeout_sec_per_gib or progress_timeout_sec`);
   }
+  // The effective policy is what the nodes are sent: refuse here what they would refuse.
+  if (effective && problems.length === 0) problems.push(...migrationConfigProblems(effective));
   if (!effective || problems.length > 0) throw new InvalidArgumentError(`invalid migration policy: ${problems.join('; ')}`, { reason: 'INVALID_POLICY' });
 
   const requirements = requirementsOf(effective);
@@ -218,6 +213,27 @@ export function policyFor(policy: MigrationPolicy | undefined, vmMemoryBytes: nu
   }
   const { entries, mode } = scheduleOf(effective, kind, vmMemoryBytes);
   return new ScheduledPolicy({ name: policyName(kind), kind, effective, requirements, entries, mode, timeouts });
+}
+
+/** A request's policy resolved for each guest size it is asked about (see {@link policyResolution}). */
+export type PolicyResolution = (vmMemoryBytes: number) => ConvergencePolicy;
+
+/**
+ * One request's policy, parsed and validated once per guest size and passed along — to placement,
+ * the drain planner, the stored runs and their supervisors — instead of each parsing it again.
+ * Convergence policies keep their state outside (`initialState`), so one serves every run.
+ * @throws InvalidArgumentError (from the returned function) as {@link policyFor}
+ */
+export function policyResolution(policy: MigrationPolicy | undefined): PolicyResolution {
+  const bySize = new Map<number, ConvergencePolicy>();
+  return (vmMemoryBytes) => {
+    let c = bySize.get(vmMemoryBytes);
+    if (!c) {
+      c = policyFor(policy, vmMemoryBytes);
+      bySize.set(vmMemoryBytes, c);
+    }
+    return c;
+  };
 }
 
 /** The step a user's force-complete request takes under `policy`: post-copy if enabled, else pause. */

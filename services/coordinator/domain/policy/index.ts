@@ -22,4 +22,4 @@ export {
   novaDowntimeSteps,
   presetPolicy,
 } from './presets.js';
-export { forceCompleteKindFor, policyFor, policyName } from './factory.js';
+export { forceCompleteKindFor, policyFor, policyName, policyResolution, type PolicyResolution } from './factory.js';

@@ -33,11 +33,12 @@ import {
   TimeoutAction,
   type DowntimeStep,
 } from '../../../shared/gen/migd/v1/common.js';
+import { QEMU_DEFAULTS } from '../../../shared/policy/limits.js';
 import { GiB } from '../units.js';
 
-/** QEMU's own defaults (measured on 10.0.2, FACTS.md). */
-export const QEMU_DOWNTIME_LIMIT_MS = 300;
-export const QEMU_THROTTLE = Object.freeze({ initialPct: 20, incrementPct: 10, maxPct: 99 });
+/** QEMU's own defaults (measured on 10.0.2, FACTS.md; services/shared/policy/limits.ts). */
+export const QEMU_DOWNTIME_LIMIT_MS = QEMU_DEFAULTS.downtimeLimitMs;
+export const QEMU_THROTTLE = Object.freeze({ initialPct: QEMU_DEFAULTS.throttleInitialPct, incrementPct: QEMU_DEFAULTS.throttleIncrementPct, maxPct: QEMU_DEFAULTS.throttleMaxPct });
 
 /** Nova's defaults. */
 export const NOVA_DEFAULTS = Object.freeze({

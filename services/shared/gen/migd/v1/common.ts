@@ -548,6 +548,143 @@ export function policyActionKindToJSON(object: PolicyActionKind): string {
   }
 }
 
+/** ErrorCode is the gRPC status an error maps to; the numbers are gRPC's own codes. */
+export enum ErrorCode {
+  /** ERROR_CODE_UNSPECIFIED - Not set (an ErrorInfo written before error_code existed: read `code`). */
+  ERROR_CODE_UNSPECIFIED = 0,
+  /** ERROR_CODE_CANCELLED - The operation was cancelled. */
+  ERROR_CODE_CANCELLED = 1,
+  /** ERROR_CODE_UNKNOWN - Unknown error. */
+  ERROR_CODE_UNKNOWN = 2,
+  /** ERROR_CODE_INVALID_ARGUMENT - The request was malformed or contradictory. */
+  ERROR_CODE_INVALID_ARGUMENT = 3,
+  /** ERROR_CODE_DEADLINE_EXCEEDED - A deadline or timeout elapsed. */
+  ERROR_CODE_DEADLINE_EXCEEDED = 4,
+  /** ERROR_CODE_NOT_FOUND - A named entity does not exist. */
+  ERROR_CODE_NOT_FOUND = 5,
+  /** ERROR_CODE_ALREADY_EXISTS - The entity exists already. */
+  ERROR_CODE_ALREADY_EXISTS = 6,
+  /** ERROR_CODE_PERMISSION_DENIED - The caller may not do this. */
+  ERROR_CODE_PERMISSION_DENIED = 7,
+  /** ERROR_CODE_RESOURCE_EXHAUSTED - Not enough of something (memory, slots). */
+  ERROR_CODE_RESOURCE_EXHAUSTED = 8,
+  /** ERROR_CODE_FAILED_PRECONDITION - The system is not in a state that allows the operation. */
+  ERROR_CODE_FAILED_PRECONDITION = 9,
+  /** ERROR_CODE_ABORTED - The operation was aborted (e.g. by a policy or a lost peer). */
+  ERROR_CODE_ABORTED = 10,
+  /** ERROR_CODE_OUT_OF_RANGE - A value is outside its valid range. */
+  ERROR_CODE_OUT_OF_RANGE = 11,
+  /** ERROR_CODE_UNIMPLEMENTED - Not implemented. */
+  ERROR_CODE_UNIMPLEMENTED = 12,
+  /** ERROR_CODE_INTERNAL - An internal error. */
+  ERROR_CODE_INTERNAL = 13,
+  /** ERROR_CODE_UNAVAILABLE - A peer did not answer; retrying may help. */
+  ERROR_CODE_UNAVAILABLE = 14,
+  /** ERROR_CODE_DATA_LOSS - Data was lost or corrupted (e.g. guest memory after a migration). */
+  ERROR_CODE_DATA_LOSS = 15,
+  /** ERROR_CODE_UNAUTHENTICATED - The caller is not authenticated. */
+  ERROR_CODE_UNAUTHENTICATED = 16,
+}
+
+export function errorCodeFromJSON(object: any): ErrorCode {
+  switch (object) {
+    case 0:
+    case "ERROR_CODE_UNSPECIFIED":
+      return ErrorCode.ERROR_CODE_UNSPECIFIED;
+    case 1:
+    case "ERROR_CODE_CANCELLED":
+      return ErrorCode.ERROR_CODE_CANCELLED;
+    case 2:
+    case "ERROR_CODE_UNKNOWN":
+      return ErrorCode.ERROR_CODE_UNKNOWN;
+    case 3:
+    case "ERROR_CODE_INVALID_ARGUMENT":
+      return ErrorCode.ERROR_CODE_INVALID_ARGUMENT;
+    case 4:
+    case "ERROR_CODE_DEADLINE_EXCEEDED":
+      return ErrorCode.ERROR_CODE_DEADLINE_EXCEEDED;
+    case 5:
+    case "ERROR_CODE_NOT_FOUND":
+      return ErrorCode.ERROR_CODE_NOT_FOUND;
+    case 6:
+    case "ERROR_CODE_ALREADY_EXISTS":
+      return ErrorCode.ERROR_CODE_ALREADY_EXISTS;
+    case 7:
+    case "ERROR_CODE_PERMISSION_DENIED":
+      return ErrorCode.ERROR_CODE_PERMISSION_DENIED;
+    case 8:
+    case "ERROR_CODE_RESOURCE_EXHAUSTED":
+      return ErrorCode.ERROR_CODE_RESOURCE_EXHAUSTED;
+    case 9:
+    case "ERROR_CODE_FAILED_PRECONDITION":
+      return ErrorCode.ERROR_CODE_FAILED_PRECONDITION;
+    case 10:
+    case "ERROR_CODE_ABORTED":
+      return ErrorCode.ERROR_CODE_ABORTED;
+    case 11:
+    case "ERROR_CODE_OUT_OF_RANGE":
+      return ErrorCode.ERROR_CODE_OUT_OF_RANGE;
+    case 12:
+    case "ERROR_CODE_UNIMPLEMENTED":
+      return ErrorCode.ERROR_CODE_UNIMPLEMENTED;
+    case 13:
+    case "ERROR_CODE_INTERNAL":
+      return ErrorCode.ERROR_CODE_INTERNAL;
+    case 14:
+    case "ERROR_CODE_UNAVAILABLE":
+      return ErrorCode.ERROR_CODE_UNAVAILABLE;
+    case 15:
+    case "ERROR_CODE_DATA_LOSS":
+      return ErrorCode.ERROR_CODE_DATA_LOSS;
+    case 16:
+    case "ERROR_CODE_UNAUTHENTICATED":
+      return ErrorCode.ERROR_CODE_UNAUTHENTICATED;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum ErrorCode");
+  }
+}
+
+export function errorCodeToJSON(object: ErrorCode): string {
+  switch (object) {
+    case ErrorCode.ERROR_CODE_UNSPECIFIED:
+      return "ERROR_CODE_UNSPECIFIED";
+    case ErrorCode.ERROR_CODE_CANCELLED:
+      return "ERROR_CODE_CANCELLED";
+    case ErrorCode.ERROR_CODE_UNKNOWN:
+      return "ERROR_CODE_UNKNOWN";
+    case ErrorCode.ERROR_CODE_INVALID_ARGUMENT:
+      return "ERROR_CODE_INVALID_ARGUMENT";
+    case ErrorCode.ERROR_CODE_DEADLINE_EXCEEDED:
+      return "ERROR_CODE_DEADLINE_EXCEEDED";
+    case ErrorCode.ERROR_CODE_NOT_FOUND:
+      return "ERROR_CODE_NOT_FOUND";
+    case ErrorCode.ERROR_CODE_ALREADY_EXISTS:
+      return "ERROR_CODE_ALREADY_EXISTS";
+    case ErrorCode.ERROR_CODE_PERMISSION_DENIED:
+      return "ERROR_CODE_PERMISSION_DENIED";
+    case ErrorCode.ERROR_CODE_RESOURCE_EXHAUSTED:
+      return "ERROR_CODE_RESOURCE_EXHAUSTED";
+    case ErrorCode.ERROR_CODE_FAILED_PRECONDITION:
+      return "ERROR_CODE_FAILED_PRECONDITION";
+    case ErrorCode.ERROR_CODE_ABORTED:
+      return "ERROR_CODE_ABORTED";
+    case ErrorCode.ERROR_CODE_OUT_OF_RANGE:
+      return "ERROR_CODE_OUT_OF_RANGE";
+    case ErrorCode.ERROR_CODE_UNIMPLEMENTED:
+      return "ERROR_CODE_UNIMPLEMENTED";
+    case ErrorCode.ERROR_CODE_INTERNAL:
+      return "ERROR_CODE_INTERNAL";
+    case ErrorCode.ERROR_CODE_UNAVAILABLE:
+      return "ERROR_CODE_UNAVAILABLE";
+    case ErrorCode.ERROR_CODE_DATA_LOSS:
+      return "ERROR_CODE_DATA_LOSS";
+    case ErrorCode.ERROR_CODE_UNAUTHENTICATED:
+      return "ERROR_CODE_UNAUTHENTICATED";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum ErrorCode");
+  }
+}
+
 /** WorkloadSpec parameterises the guest workload through the kernel command line. */
 export interface WorkloadSpec {
   /** How memory is dirtied. */
@@ -898,8 +1035,13 @@ export interface ErrorInfo {
   reason: string;
   /** Human-readable message. */
   message: string;
-  /** The gRPC status code name the error maps to (e.g. "FAILED_PRECONDITION"). */
+  /**
+   * The gRPC status code name the error maps to (e.g. "FAILED_PRECONDITION"); the name of
+   * error_code, kept for readers written before error_code existed.
+   */
   code: string;
+  /** The gRPC status code the error maps to. */
+  errorCode: ErrorCode;
 }
 
 function createBaseWorkloadSpec(): WorkloadSpec {
@@ -4144,7 +4286,7 @@ export const HostInfo_LabelsEntry: MessageFns<HostInfo_LabelsEntry> = {
 };
 
 function createBaseErrorInfo(): ErrorInfo {
-  return { reason: "", message: "", code: "" };
+  return { reason: "", message: "", code: "", errorCode: 0 };
 }
 
 export const ErrorInfo: MessageFns<ErrorInfo> = {
@@ -4157,6 +4299,9 @@ export const ErrorInfo: MessageFns<ErrorInfo> = {
     }
     if (message.code !== "") {
       writer.uint32(26).string(message.code);
+    }
+    if (message.errorCode !== 0) {
+      writer.uint32(32).int32(message.errorCode);
     }
     return writer;
   },
@@ -4198,6 +4343,14 @@ export const ErrorInfo: MessageFns<ErrorInfo> = {
             message.code = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.errorCode = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4215,6 +4368,11 @@ export const ErrorInfo: MessageFns<ErrorInfo> = {
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
       message: isSet(object.message) ? globalThis.String(object.message) : "",
       code: isSet(object.code) ? globalThis.String(object.code) : "",
+      errorCode: isSet(object.errorCode)
+        ? errorCodeFromJSON(object.errorCode)
+        : isSet(object.error_code)
+        ? errorCodeFromJSON(object.error_code)
+        : 0,
     };
   },
 
@@ -4229,6 +4387,9 @@ export const ErrorInfo: MessageFns<ErrorInfo> = {
     if (message.code !== "") {
       obj.code = message.code;
     }
+    if (message.errorCode !== 0) {
+      obj.errorCode = errorCodeToJSON(message.errorCode);
+    }
     return obj;
   },
 
@@ -4240,6 +4401,7 @@ export const ErrorInfo: MessageFns<ErrorInfo> = {
     message.reason = object.reason ?? "";
     message.message = object.message ?? "";
     message.code = object.code ?? "";
+    message.errorCode = object.errorCode ?? 0;
     return message;
   },
 };

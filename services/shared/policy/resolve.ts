@@ -2,26 +2,21 @@
  * From a MigrationPolicy to what QEMU is told: capabilities (both ends) and parameters (source,
  * plus the destination's multifd settings), with every combination QEMU 10 refuses rejected up
  * front, before any QEMU is touched (FACTS.md: multifd + post-copy, xbzrle + multifd,
- * dirty-limit under TCG, …). Pure: no I/O.
+ * dirty-limit under TCG, …). The node resolves the policy it is sent with it; the coordinator
+ * runs the same checks ({@link migrationConfigProblems}) on the effective policy at submission,
+ * so a plan the nodes would refuse is refused up front. Pure: no I/O.
  */
-import { InvalidArgumentError } from '../../shared/errors.js';
+import { InvalidArgumentError } from '../errors.js';
 import {
   MultifdCompression,
   PolicyKind,
   TimeoutAction,
   type MigrationPolicy,
-} from '../../shared/gen/migd/v1/common.js';
+} from '../gen/migd/v1/common.js';
+import { QEMU_DEFAULTS } from './limits.js';
+import { policyProblems } from './validate.js';
 
-/** QEMU's defaults we start from (measured on 10.0.2). */
-export const QEMU_DEFAULTS = Object.freeze({
-  downtimeLimitMs: 300,
-  throttleInitialPct: 20,
-  throttleIncrementPct: 10,
-  throttleMaxPct: 99,
-  multifdChannels: 2,
-  xbzrleCacheBytes: 64 * 1024 * 1024,
-  maxDowntimeMs: 2_000_000,
-});
+export { QEMU_DEFAULTS } from './limits.js';
 
 /** The resolved, fully defaulted migration configuration. */
 export interface MigrationConfig {
@@ -60,70 +55,82 @@ function escalates(kind: PolicyKind): boolean {
 }
 
 /**
- * Resolves and validates a policy against what a node's QEMU supports.
- * @throws InvalidArgumentError naming the contradiction or the missing capability.
+ * The QEMU capabilities a policy turns on at both ends (`events` included). QEMU refuses
+ * migrate-set-capabilities while a migration runs, so whatever the policy may want later
+ * (post-copy, auto-converge for an escalating policy) is on from the start.
  */
-export function resolveMigrationConfig(policy: MigrationPolicy | undefined, supported: ReadonlySet<string>): MigrationConfig {
+export function migrationCapabilities(policy: Partial<MigrationPolicy> | undefined): Record<string, boolean> {
   const p = policy ?? ({} as Partial<MigrationPolicy>);
   const kind = p.kind || PolicyKind.POLICY_KIND_FIXED;
-  const problems: string[] = [];
-
   const multifd = p.multifd?.enabled ?? false;
-  const xbzrle = p.xbzrle?.enabled ?? false;
   const pc = p.postcopy;
-  const postcopyRequested = pc?.enabled ?? false;
   // An escalating policy may switch to post-copy later, unless the policy turned it off explicitly.
-  const postcopy = postcopyRequested || (escalates(kind) && !multifd && pc === undefined);
-  const ac = p.autoConverge;
-  const acEnabled = ac?.enabled ?? false;
-
-  if (multifd && postcopyRequested) problems.push('multifd cannot be combined with post-copy (QEMU: "Postcopy is not yet compatible with multifd")');
-  if (multifd && xbzrle) problems.push('xbzrle cannot be combined with multifd (QEMU refuses it)');
-  if (!multifd && p.multifd && (p.multifd.channels > 0 || (p.multifd.compression !== MultifdCompression.MULTIFD_COMPRESSION_UNSPECIFIED && p.multifd.compression !== MultifdCompression.MULTIFD_COMPRESSION_NONE))) {
-    problems.push('multifd.channels/compression are set but multifd.enabled is false');
-  }
-  if (!xbzrle && p.xbzrle && p.xbzrle.cacheBytes > 0) problems.push('xbzrle.cache_bytes is set but xbzrle.enabled is false');
-  if (!postcopyRequested && pc && (pc.afterPasses > 0 || pc.afterMs > 0 || pc.onDemandOnly || pc.preempt === true)) {
-    problems.push('postcopy.after_passes/after_ms/on_demand_only/preempt are set but postcopy.enabled is false');
-  }
-  if (pc?.onDemandOnly && (pc.afterPasses > 0 || pc.afterMs > 0)) problems.push('postcopy.on_demand_only contradicts postcopy.after_passes/after_ms');
-  const initialPct = ac?.initialPct || QEMU_DEFAULTS.throttleInitialPct;
-  const incrementPct = ac?.incrementPct || QEMU_DEFAULTS.throttleIncrementPct;
-  const maxPct = ac?.maxPct || QEMU_DEFAULTS.throttleMaxPct;
-  if (!acEnabled && ac && (ac.initialPct > 0 || ac.incrementPct > 0 || ac.maxPct > 0) && !escalates(kind)) {
-    problems.push('auto_converge percentages are set but auto_converge.enabled is false');
-  }
-  if (initialPct > 99 || incrementPct > 100 || maxPct > 99) problems.push('auto_converge: initial and max must be 1..99, increment 1..100');
-  if (initialPct > maxPct) problems.push(`auto_converge.initial_pct (${initialPct}) exceeds max_pct (${maxPct})`);
-  const downtime = p.downtimeLimitMs || QEMU_DEFAULTS.downtimeLimitMs;
-  if (downtime > QEMU_DEFAULTS.maxDowntimeMs) problems.push(`downtime_limit_ms ${downtime} exceeds QEMU's maximum ${QEMU_DEFAULTS.maxDowntimeMs}`);
-  if (p.maxDowntimeMs && p.maxDowntimeMs < downtime) problems.push(`max_downtime_ms (${p.maxDowntimeMs}) is below downtime_limit_ms (${downtime})`);
-  const channels = p.multifd?.channels || QEMU_DEFAULTS.multifdChannels;
-  if (channels > 255) problems.push('multifd.channels must be 1..255');
-  const compression = p.multifd?.compression ?? MultifdCompression.MULTIFD_COMPRESSION_UNSPECIFIED;
-  const level = p.multifd?.compressionLevel ?? 0;
-  if (compression === MultifdCompression.MULTIFD_COMPRESSION_ZLIB && level > 9) problems.push('multifd.compression_level for zlib must be 0..9');
-  if (compression === MultifdCompression.MULTIFD_COMPRESSION_ZSTD && level > 20) problems.push('multifd.compression_level for zstd must be 0..20');
-  for (const s of p.downtimeSteps ?? []) if (s.downtimeMs <= 0 || s.downtimeMs > QEMU_DEFAULTS.maxDowntimeMs) problems.push(`downtime step ${s.downtimeMs} ms is out of range`);
-
+  const postcopy = (pc?.enabled ?? false) || (escalates(kind) && !multifd && pc === undefined);
   const capabilities: Record<string, boolean> = { events: true };
-  if (acEnabled || escalates(kind)) capabilities['auto-converge'] = true;
+  if ((p.autoConverge?.enabled ?? false) || escalates(kind)) capabilities['auto-converge'] = true;
   if (postcopy) {
     capabilities['postcopy-ram'] = true;
     capabilities['return-path'] = true;
   }
-  const preempt = postcopy && (pc?.preempt ?? true);
-  if (preempt) capabilities['postcopy-preempt'] = true;
-  if (xbzrle) capabilities['xbzrle'] = true;
+  if (postcopy && (pc?.preempt ?? true)) capabilities['postcopy-preempt'] = true;
+  if (p.xbzrle?.enabled) capabilities['xbzrle'] = true;
   if (multifd) capabilities['multifd'] = true;
   if (p.switchoverAck) {
     capabilities['switchover-ack'] = true;
     capabilities['return-path'] = true;
   }
-  for (const cap of Object.keys(capabilities)) {
-    if (!supported.has(cap)) problems.push(`this node's QEMU does not support the "${cap}" capability`);
+  return capabilities;
+}
+
+/**
+ * Every reason a node would refuse `policy`: {@link policyProblems} plus the checks that need
+ * QEMU's defaults filled in, and, when `supported` is given, the capabilities this QEMU lacks.
+ */
+export function migrationConfigProblems(policy: Partial<MigrationPolicy> | undefined, supported?: ReadonlySet<string>): string[] {
+  const p = policy ?? ({} as Partial<MigrationPolicy>);
+  const problems = policyProblems(p);
+  const ac = p.autoConverge;
+  const initialPct = ac?.initialPct || QEMU_DEFAULTS.throttleInitialPct;
+  const maxPct = ac?.maxPct || QEMU_DEFAULTS.throttleMaxPct;
+  // With QEMU's defaults filled in, a lone max_pct below the default initial is a contradiction.
+  if (initialPct > maxPct && !(ac && ac.initialPct > 0 && ac.maxPct > 0)) problems.push(`auto_converge.initial_pct (${initialPct}, QEMU's default) exceeds max_pct (${maxPct})`);
+  const downtime = p.downtimeLimitMs || QEMU_DEFAULTS.downtimeLimitMs;
+  if (p.maxDowntimeMs && !p.downtimeLimitMs && p.maxDowntimeMs < downtime) problems.push(`max_downtime_ms (${p.maxDowntimeMs}) is below downtime_limit_ms (${downtime}, QEMU's default)`);
+  if (supported) {
+    for (const cap of Object.keys(migrationCapabilities(p))) {
+      if (!supported.has(cap)) problems.push(`this node's QEMU does not support the "${cap}" capability`);
+    }
   }
+  return problems;
+}
+
+/**
+ * Resolves and validates a policy against what a node's QEMU supports.
+ * @throws InvalidArgumentError (reason INVALID_POLICY) naming every contradiction and missing
+ *   capability
+ */
+export function resolveMigrationConfig(policy: MigrationPolicy | undefined, supported: ReadonlySet<string>): MigrationConfig {
+  const p = policy ?? ({} as Partial<MigrationPolicy>);
+  const kind = p.kind || PolicyKind.POLICY_KIND_FIXED;
+  const problems = migrationConfigProblems(p, supported);
   if (problems.length > 0) throw new InvalidArgumentError(`invalid migration policy: ${problems.join('; ')}`, { reason: 'INVALID_POLICY' });
+
+  const multifd = p.multifd?.enabled ?? false;
+  const xbzrle = p.xbzrle?.enabled ?? false;
+  const pc = p.postcopy;
+  const postcopyRequested = pc?.enabled ?? false;
+  const ac = p.autoConverge;
+  const acEnabled = ac?.enabled ?? false;
+  const initialPct = ac?.initialPct || QEMU_DEFAULTS.throttleInitialPct;
+  const incrementPct = ac?.incrementPct || QEMU_DEFAULTS.throttleIncrementPct;
+  const maxPct = ac?.maxPct || QEMU_DEFAULTS.throttleMaxPct;
+  const downtime = p.downtimeLimitMs || QEMU_DEFAULTS.downtimeLimitMs;
+  const channels = p.multifd?.channels || QEMU_DEFAULTS.multifdChannels;
+  const compression = p.multifd?.compression ?? MultifdCompression.MULTIFD_COMPRESSION_UNSPECIFIED;
+  const level = p.multifd?.compressionLevel ?? 0;
+  const capabilities = migrationCapabilities(p);
+  const postcopy = capabilities['postcopy-ram'] === true;
+  const preempt = capabilities['postcopy-preempt'] === true;
 
   const armed = escalates(kind) && !acEnabled;
   const src: Record<string, unknown> = {

@@ -2,7 +2,7 @@
  * migd guest workload: the whole userland of the test guest. Runs as /init (PID 1) of an
  * initramfs, dirties memory in worker threads, proves every page it wrote is still intact, and
  * reports on the serial console in short versioned lines that services/shared/guest/telemetry.ts
- * parses. Build: musl-gcc -static -O2 -pthread -o init stress.c integrity.c
+ * parses. Build: musl-gcc -static -O2 -pthread -o init stress.c integrity.c devices.c disk.c
  *
  * Parameters come from the kernel command line (/proc/cmdline), or from argv when not PID 1
  * (handy for running it natively: ./init migd.workers=2 migd.bytes=8M):
@@ -16,6 +16,10 @@
  *   migd.hb_ms=N         heartbeat period (default 1000, 50..1000)
  *   migd.idle_ms=N       idle/hotcold: verifier sweep period for idle (default 2000)
  *   migd.seed=N          content seed (default: from the real-time clock)
+ *   migd.ip=A.B.C.D/LEN  bring up eth0 (migd.ifname) with this address and answer a UDP echo on
+ *                        migd.echo_port (default 7); see devices.c
+ *   migd.disk=DEV[,size=SIZE][,rate=SIZE][,verify_ms=N]  disk integrity workload, see disk.c
+ * As PID 1 it first loads the kernel modules listed in /lib/modules/load.order (devices.c).
  *
  * Output: every line is `migd-stress v1 <mono_ms> <kind> key=value ... *<crc16>` (format in
  * stress/README.md and telemetry.ts). Lines are written with one write(2) under a lock, and the
@@ -45,6 +49,7 @@
  *   pa W P            print the physical address of page P of worker W
  *   corrupt W P [K]   flip one bit in word K (default 100) of that page behind the workload's back
  *   summary           print a summary line now
+ *   dverify           verify every block the disk workload wrote (a `dsweep` line reports it)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -62,6 +67,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "guest.h"
 #include "integrity.h"
 
 #define MAX_WORKERS 32u
@@ -130,13 +136,14 @@ struct worker {
 };
 
 static struct worker *workers;
-static int is_pid1;
+int is_pid1;
+unsigned report_ms_param = 100;
 static int out_fd = 1;
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---------------------------------------------------------------------------------- output */
 
-static uint64_t now_ns(void) {
+uint64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
@@ -163,8 +170,7 @@ static void write_all(int fd, const char *buf, size_t n) {
   }
 }
 
-static void emit(const char *kind, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void emit(const char *kind, const char *fmt, ...) {
+void emit(const char *kind, const char *fmt, ...) {
   char buf[640]; /* the longest line, hb with 32 workers, is ~420 bytes: never truncated */
   const size_t room = sizeof buf - 8; /* " *xxxx\n" */
   pthread_mutex_lock(&out_lock);
@@ -199,7 +205,7 @@ static void fatal(const char *fmt, ...) {
   for (;;) pause();
 }
 
-static void sleep_ns(uint64_t ns) {
+void sleep_ns(uint64_t ns) {
   struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
   }
@@ -207,7 +213,7 @@ static void sleep_ns(uint64_t ns) {
 
 /* ------------------------------------------------------------------------------ parameters */
 
-static int parse_u64(const char *s, uint64_t *out) {
+int parse_u64(const char *s, uint64_t *out) {
   if (*s < '0' || *s > '9') return -1;
   char *end;
   errno = 0;
@@ -218,7 +224,7 @@ static int parse_u64(const char *s, uint64_t *out) {
 }
 
 /* "64M", "512K", "1G", "4096" (binary multiples). */
-static int parse_size(const char *s, uint64_t *out) {
+int parse_size(const char *s, uint64_t *out) {
   if (*s < '0' || *s > '9') return -1;
   char *end;
   errno = 0;
@@ -266,6 +272,7 @@ static void set_param(const char *key, const char *val) {
   } else if (!strcmp(key, "report_ms")) {
     if (parse_u64(val, &v) || v < 10 || v > 60000) fatal("reason=bad_param key=migd.report_ms");
     P.report_ms = (unsigned)v;
+    report_ms_param = P.report_ms;
   } else if (!strcmp(key, "hb_ms")) {
     if (parse_u64(val, &v) || v < 50 || v > 1000) fatal("reason=bad_param key=migd.hb_ms");
     P.hb_ms = (unsigned)v;
@@ -275,7 +282,7 @@ static void set_param(const char *key, const char *val) {
   } else if (!strcmp(key, "seed")) {
     if (parse_u64(val, &v)) fatal("reason=bad_param key=migd.seed");
     P.seed = v;
-  } else {
+  } else if (net_param(key, val) != 0 && disk_param(key, val) != 0) {
     emit("warn", "reason=unknown_param key=migd.%s", key);
   }
 }
@@ -334,10 +341,13 @@ static void setup_pid1(void) {
   if (mount("proc", "/proc", "proc", 0, NULL) != 0 && errno != EBUSY) {
     /* reported below once the console works */
   }
+  /* Block devices (/dev/vda) appear in devtmpfs; an open console fd stays valid under it. */
+  mkdir("/dev", 0755);
+  mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+  mkdir("/sys", 0555);
+  mount("sysfs", "/sys", "sysfs", 0, NULL);
   if (fcntl(1, F_GETFD) < 0) {
     /* No /dev/console in the initramfs: get one from devtmpfs. */
-    mkdir("/dev", 0755);
-    mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
     int fd = open("/dev/console", O_RDWR | O_NOCTTY);
     if (fd < 0) fd = open("/dev/ttyS0", O_RDWR | O_NOCTTY);
     if (fd >= 0) {
@@ -596,6 +606,13 @@ static void handle_command(char *line) {
   if (n < 1) return;
   if (!strcmp(cmd, "summary")) {
     emit_summary();
+  } else if (!strcmp(cmd, "dverify")) {
+    if (disk_enabled()) {
+      disk_request_verify();
+      emit("ack", "cmd=dverify ok=1");
+    } else {
+      emit("ack", "cmd=dverify ok=0 reason=no_disk");
+    }
   } else if ((!strcmp(cmd, "pa") || !strcmp(cmd, "corrupt")) && n >= 3) {
     if (a >= P.workers || b >= workers[a].npages || c >= MIGD_PAGE_WORDS) {
       emit("ack", "cmd=%s ok=0 reason=out_of_range", cmd);
@@ -657,6 +674,8 @@ int main(int argc, char **argv) {
   is_pid1 = getpid() == 1;
   if (is_pid1) setup_pid1();
   parse_params(argc, argv);
+  if (is_pid1) load_modules();
+  net_start();
 
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   emit("start",
@@ -682,6 +701,7 @@ int main(int argc, char **argv) {
     int e = pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);
     if (e) fatal("reason=pthread_create w=%u errno=%d", i, e);
   }
+  disk_start(P.seed);
   pthread_t hb;
   int e = pthread_create(&hb, NULL, heartbeat_main, NULL);
   if (e) fatal("reason=pthread_create hb errno=%d", e);

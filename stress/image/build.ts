@@ -5,7 +5,8 @@
  * Cache layout (default `<repo>/.cache/guest`, or MIGD_CACHE_DIR, or `opts.cacheDir`):
  *   kernel.json                  which kernel is current: { package, version, file }
  *   kernel/<package>_<version>/vmlinux
- *   init/<hash>/init, initrd.cpio  keyed by the C sources, compiler and flags
+ *   kernel/<package>_<version>/modules/  the virtio modules (<name>.ko) and modules.json, see modules.ts
+ *   init/<hash>/init, initrd.cpio  keyed by the C sources, compiler, flags and module contents
  * Every file is written under a temporary name and renamed into place, so concurrent builders
  * and interrupted builds never leave a half-written image behind.
  */
@@ -13,14 +14,15 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { delimiter, join, resolve } from 'node:path';
+import { delimiter, dirname, join, resolve } from 'node:path';
 
 import { DependencyError, throwIfAborted } from '../../services/shared/errors.js';
 import { GUEST_INITRD_FILE, GUEST_KERNEL_FILE } from '../../services/shared/guest/image.js';
 import { createLogger, type Logger } from '../../services/shared/log.js';
 import { cacheDir, repoRoot } from '../../services/shared/paths.js';
-import { buildCpio } from './cpio.js';
+import { buildCpio, type CpioEntry } from './cpio.js';
 import { findXzStreams, inspectVmlinux, xzDecompressTo } from './kernel.js';
+import { GUEST_MODULE_ROOTS, resolveModuleFiles } from './modules.js';
 
 export {
   buildGuestCmdline,
@@ -32,9 +34,10 @@ export {
 } from '../../services/shared/guest/workload.js';
 
 /** Bump when the image layout or build steps change, to invalidate cached initrds. */
-const BUILDER_VERSION = 1;
+const BUILDER_VERSION = 2;
 const CFLAGS = ['-static', '-O2', '-pthread', '-s', '-Wall', '-Wextra'];
-const C_SOURCES = ['stress.c', 'integrity.c', 'integrity.h'];
+const C_SOURCES = ['stress.c', 'integrity.c', 'integrity.h', 'guest.h', 'devices.c', 'disk.c'];
+const C_UNITS = ['stress.c', 'integrity.c', 'devices.c', 'disk.c'];
 /** The meta-package whose dependency names the current kernel. */
 const KERNEL_META_PACKAGE = 'linux-image-amd64';
 
@@ -65,13 +68,33 @@ export interface GuestImage {
   init: string;
   kernelPackage: string;
   kernelVersion: string;
-  /** Content hash of the C sources + compiler + flags that produced the initrd. */
+  /** Kernel modules in the initrd, in load order (virtio, virtio_pci, virtio_blk, virtio_net, …). */
+  modules: readonly GuestModule[];
+  /** Content hash of the C sources + compiler + flags + modules that produced the initrd. */
   initHash: string;
   /** `musl-gcc` or the glibc compiler used. */
   compiler: string;
   cacheDir: string;
   /** True when nothing had to be built or downloaded. */
   cached: boolean;
+}
+
+/** One kernel module carried in the initrd (`/lib/modules/<name>.ko`). */
+export interface GuestModule {
+  name: string;
+  sha256: string;
+  depends: readonly string[];
+}
+
+/** The module set extracted next to a cached vmlinux. */
+export interface GuestModuleSet {
+  dir: string;
+  modules: readonly GuestModule[];
+}
+
+interface ModulesManifest {
+  roots: string[];
+  modules: GuestModule[];
 }
 
 interface KernelManifest {
@@ -94,9 +117,9 @@ export function defaultGuestCacheDir(): string {
  *   `apt-get download`, `dpkg-deb`, the kernel image) — nothing half-built is left behind.
  */
 export async function ensureGuestImage(opts: GuestImageOptions = {}): Promise<GuestImage> {
-  // The initrd first: it is quick, and its failures (no compiler) are the likelier ones.
-  const init = await ensureGuestInit(opts);
+  // The kernel first: the initrd carries its modules (both are cached after the first build).
   const kernel = await ensureGuestKernel(opts);
+  const init = await ensureGuestInit(opts, kernel.moduleSet);
   return {
     kernel: kernel.kernel,
     initrd: init.initrd,
@@ -104,6 +127,7 @@ export async function ensureGuestImage(opts: GuestImageOptions = {}): Promise<Gu
     kernelPackage: kernel.kernelPackage,
     kernelVersion: kernel.kernelVersion,
     initHash: init.initHash,
+    modules: init.modules,
     compiler: init.compiler,
     cacheDir: init.cacheDir,
     cached: kernel.cached && init.cached,
@@ -142,8 +166,8 @@ export async function ensureGuestImageDir(dir: string, opts: GuestImageOptions =
   return installGuestImage(await ensureGuestImage(opts), dir, { link: true });
 }
 
-export type GuestKernel = Pick<GuestImage, 'kernel' | 'kernelPackage' | 'kernelVersion' | 'cacheDir' | 'cached'>;
-export type GuestInit = Pick<GuestImage, 'init' | 'initrd' | 'initHash' | 'compiler' | 'cacheDir' | 'cached'>;
+export type GuestKernel = Pick<GuestImage, 'kernel' | 'kernelPackage' | 'kernelVersion' | 'cacheDir' | 'cached'> & { moduleSet: GuestModuleSet };
+export type GuestInit = Pick<GuestImage, 'init' | 'initrd' | 'initHash' | 'modules' | 'compiler' | 'cacheDir' | 'cached'>;
 
 /**
  * The kernel half of {@link ensureGuestImage}: the cached vmlinux, or download + extract it.
@@ -154,7 +178,7 @@ export async function ensureGuestKernel(opts: GuestImageOptions = {}): Promise<G
   const cacheDir = resolve(opts.cacheDir ?? defaultGuestCacheDir());
   await mkdir(cacheDir, { recursive: true });
   const k = await ensureKernel(cacheDir, opts, log);
-  return { kernel: k.path, kernelPackage: k.manifest.package, kernelVersion: k.manifest.version, cacheDir, cached: k.cached };
+  return { kernel: k.path, kernelPackage: k.manifest.package, kernelVersion: k.manifest.version, cacheDir, cached: k.cached, moduleSet: k.modules };
 }
 
 /**
@@ -162,29 +186,44 @@ export async function ensureGuestKernel(opts: GuestImageOptions = {}): Promise<G
  * initrd for the same sources, compiler and flags is cached.
  * @throws DependencyError (sources missing, musl-gcc/cc missing, compile failure).
  */
-export async function ensureGuestInit(opts: GuestImageOptions = {}): Promise<GuestInit> {
+export async function ensureGuestInit(opts: GuestImageOptions = {}, modules?: GuestModuleSet): Promise<GuestInit> {
   const log = opts.log ?? createLogger('guest-image');
   const cacheDir = resolve(opts.cacheDir ?? defaultGuestCacheDir());
   const sourceDir = resolve(opts.sourceDir ?? join(repoRoot(), 'stress', 'guest'));
   await mkdir(cacheDir, { recursive: true });
-  const i = await ensureInit(cacheDir, sourceDir, opts, log);
-  return { init: i.init, initrd: i.initrd, initHash: i.hash, compiler: i.compiler, cacheDir, cached: i.cached };
+  const i = await ensureInit(cacheDir, sourceDir, opts, log, modules);
+  return { init: i.init, initrd: i.initrd, initHash: i.hash, modules: modules?.modules ?? [], compiler: i.compiler, cacheDir, cached: i.cached };
 }
 
 // ---------------------------------------------------------------------------------- kernel
 
-async function ensureKernel(cacheDir: string, opts: GuestImageOptions, log: Logger): Promise<{ path: string; manifest: KernelManifest; cached: boolean }> {
+type KernelResult = { path: string; manifest: KernelManifest; cached: boolean; modules: GuestModuleSet };
+
+async function ensureKernel(cacheDir: string, opts: GuestImageOptions, log: Logger): Promise<KernelResult> {
   const manifestPath = join(cacheDir, 'kernel.json');
   const pinned = opts.kernelPackage ?? (process.env['MIGD_GUEST_KERNEL_PACKAGE'] || undefined);
   const current = await readManifest(manifestPath);
+  // A kernel cached before modules were carried gets its modules from a second download.
+  const withModules = async (path: string, manifest: KernelManifest): Promise<KernelResult> => {
+    const have = await readModules(cacheDir, manifest);
+    if (have) return { path, manifest, cached: true, modules: have };
+    const work = await mkdtemp(join(cacheDir, '.modules-'));
+    try {
+      const deb = await downloadPackage(manifest.package, work, opts.signal, log);
+      const modules = await extractModules(cacheDir, manifest, deb, work, opts.signal, log);
+      return { path, manifest, cached: false, modules };
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  };
   if (current && !opts.refreshKernel && (pinned === undefined || pinned === current.package)) {
     const path = join(cacheDir, current.file);
-    if (await isFile(path)) return { path, manifest: current, cached: true };
+    if (await isFile(path)) return withModules(path, current);
   }
 
   const pkg = pinned ?? (await resolveKernelPackage(opts.signal, log));
   if (current && current.package === pkg && (await isFile(join(cacheDir, current.file)))) {
-    return { path: join(cacheDir, current.file), manifest: current, cached: true };
+    return withModules(join(cacheDir, current.file), current);
   }
   const work = await mkdtemp(join(cacheDir, '.kernel-'));
   try {
@@ -212,11 +251,71 @@ async function ensureKernel(cacheDir: string, opts: GuestImageOptions, log: Logg
       await rename(join(work, 'vmlinux'), path);
       log.info('guest kernel extracted', { package: pkg, version, path });
     }
+    const modules = (await readModules(cacheDir, manifest)) ?? (await extractModules(cacheDir, manifest, deb, work, opts.signal, log));
     await writeAtomic(manifestPath, JSON.stringify(manifest, null, 2) + '\n');
-    return { path, manifest, cached: false };
+    return { path, manifest, cached: false, modules };
   } finally {
     await rm(work, { recursive: true, force: true });
   }
+}
+
+function modulesDir(cacheDir: string, manifest: KernelManifest): string {
+  return join(cacheDir, dirname(manifest.file), 'modules');
+}
+
+/** The cached module set of `manifest`'s kernel, when complete and for the current roots. */
+async function readModules(cacheDir: string, manifest: KernelManifest): Promise<GuestModuleSet | undefined> {
+  const dir = modulesDir(cacheDir, manifest);
+  try {
+    const m = JSON.parse(await readFile(join(dir, 'modules.json'), 'utf8')) as Partial<ModulesManifest>;
+    if (!Array.isArray(m.roots) || m.roots.join(',') !== GUEST_MODULE_ROOTS.join(',') || !Array.isArray(m.modules)) return undefined;
+    for (const mod of m.modules) if (!(await isFile(join(dir, `${mod.name}.ko`)))) return undefined;
+    return { dir, modules: m.modules };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Unpacks the package's modules (one pass over its data archive), keeps the closure of
+ * GUEST_MODULE_ROOTS under `kernel/<pkg>_<version>/modules/` and returns it.
+ * @throws DependencyError when a module or a dependency is missing from the package.
+ */
+async function extractModules(cacheDir: string, manifest: KernelManifest, deb: string, work: string, signal: AbortSignal | undefined, log: Logger): Promise<GuestModuleSet> {
+  await requireTool('dpkg-deb', 'apt-get install dpkg');
+  await requireTool('tar', 'apt-get install tar');
+  const started = performance.now();
+  const unpack = join(work, 'modules-tree');
+  await mkdir(unpack, { recursive: true });
+  await run('bash', ['-o', 'pipefail', '-c', 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards "./lib/modules/*.ko"', '_', deb, unpack], {
+    what: 'dpkg-deb --fsys-tarfile | tar (extract /lib/modules/*.ko)',
+    signal,
+  });
+  let files;
+  try {
+    files = await resolveModuleFiles(join(unpack, 'lib', 'modules'), GUEST_MODULE_ROOTS);
+  } catch (err) {
+    throw new DependencyError(manifest.package, (err as Error).message, { cause: err });
+  }
+  const dir = modulesDir(cacheDir, manifest);
+  const staging = join(work, 'modules-out');
+  await mkdir(staging, { recursive: true });
+  for (const f of files) await copyFile(f.path, join(staging, `${f.name}.ko`));
+  const modules: GuestModule[] = files.map((f) => ({ name: f.name, sha256: f.sha256, depends: f.depends }));
+  const body: ModulesManifest = { roots: [...GUEST_MODULE_ROOTS], modules };
+  await writeFile(join(staging, 'modules.json'), JSON.stringify(body, null, 2) + '\n');
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(dirname(dir), { recursive: true });
+  try {
+    await rename(staging, dir);
+  } catch (err) {
+    // A concurrent builder put the same set in place first: use theirs.
+    const theirs = await readModules(cacheDir, manifest);
+    if (!theirs) throw err;
+    return theirs;
+  }
+  log.info('guest kernel modules extracted', { package: manifest.package, modules: modules.map((m) => m.name), ms: Math.round(performance.now() - started) });
+  return { dir, modules };
 }
 
 async function readManifest(path: string): Promise<KernelManifest | undefined> {
@@ -312,10 +411,12 @@ async function ensureInit(
   sourceDir: string,
   opts: GuestImageOptions,
   log: Logger,
+  modules: GuestModuleSet | undefined,
 ): Promise<{ init: string; initrd: string; hash: string; compiler: string; cached: boolean }> {
   const compiler = await pickCompiler(opts.allowGlibc ?? true, log);
   const h = createHash('sha256');
   h.update(`builder=${BUILDER_VERSION}\0cc=${compiler.name}\0flags=${CFLAGS.join(' ')}\0`);
+  for (const m of modules?.modules ?? []) h.update(`module=${m.name}:${m.sha256}\0`);
   for (const f of C_SOURCES) {
     let text: Buffer;
     try {
@@ -334,7 +435,7 @@ async function ensureInit(
   await mkdir(dir, { recursive: true });
   const tmpBin = `${init}.tmp-${randomBytes(4).toString('hex')}`;
   try {
-    await run(compiler.path, [...compiler.extraFlags, ...CFLAGS, '-o', tmpBin, join(sourceDir, 'stress.c'), join(sourceDir, 'integrity.c')], {
+    await run(compiler.path, [...compiler.extraFlags, ...CFLAGS, '-o', tmpBin, ...C_UNITS.map((f) => join(sourceDir, f))], {
       what: `${compiler.name} (compiling the guest workload)`,
       signal: opts.signal,
     });
@@ -346,6 +447,7 @@ async function ensureInit(
       { kind: 'dir', path: 'sys', mode: 0o555 },
       { kind: 'dir', path: 'tmp', mode: 0o1777 },
       { kind: 'file', path: 'init', data: binary, mode: 0o755 },
+      ...(await moduleEntries(modules)),
     ]);
     await rename(tmpBin, init);
     await writeAtomic(initrd, cpio);
@@ -354,6 +456,24 @@ async function ensureInit(
   }
   log.info('guest initrd built', { hash, compiler: compiler.name, initrd });
   return { init, initrd, hash, compiler: compiler.name, cached: false };
+}
+
+/** `/lib/modules/<name>.ko` for each module and `load.order` (dependencies first) for /init. */
+async function moduleEntries(modules: GuestModuleSet | undefined): Promise<CpioEntry[]> {
+  if (!modules || modules.modules.length === 0) return [];
+  const entries: CpioEntry[] = [
+    { kind: 'dir', path: 'lib' },
+    { kind: 'dir', path: 'lib/modules' },
+  ];
+  for (const m of modules.modules) {
+    const data = await readFile(join(modules.dir, `${m.name}.ko`));
+    if (createHash('sha256').update(data).digest('hex') !== m.sha256) {
+      throw new DependencyError(join(modules.dir, `${m.name}.ko`), 'cached module changed since it was extracted (remove the modules folder to extract it again)');
+    }
+    entries.push({ kind: 'file', path: `lib/modules/${m.name}.ko`, data, mode: 0o644 });
+  }
+  entries.push({ kind: 'file', path: 'lib/modules/load.order', data: Buffer.from(modules.modules.map((m) => `${m.name}.ko\n`).join('')), mode: 0o644 });
+  return entries;
 }
 
 interface Compiler {

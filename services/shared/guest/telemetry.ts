@@ -24,6 +24,13 @@
  * | `hb`      | seq, lag (ms the heartbeat woke late), mib (per-worker cumulative MiB written, comma-separated) |
  * | `summary` | verified, errors, dropped, passes (all workers, cumulative) |
  * | `ack`     | cmd, ok, ... (reply to a serial command) |
+ * | `modules` | loaded, failed, ms (kernel modules /init loaded from /lib/modules/load.order) |
+ * | `net`     | if, ip (A.B.C.D/LEN), mac, echo_port (the NIC is up and the UDP echo answers) |
+ * | `dstart`  | dev, bytes, blocks, rate (B/s, 0 = none), direct (O_DIRECT), verify_ms |
+ * | `dpass`   | n (disk pass = generation being written), bytes (written in the window), wall |
+ * | `dverify` | blocks (verified, cumulative), errors (cumulative), dropped |
+ * | `dsweep`  | n (full verifications done), blocks (checked in this one), errors (found in it), ms |
+ * | `derr`    | block, reason (as `err`), expected, found, word, xor (corrupt), src_block (misplaced) |
  * | `warn`, `fatal` | reason, ... (fatal: the guest parks; nothing more will come) |
  *
  * A `pass` line covers one report window (`report_ms` of work, default 100 ms): several passes
@@ -105,6 +112,34 @@ export interface GuestIntegrityErrorEvent extends GuestLineTimes {
   srcWorker?: number;
   srcPage?: number;
 }
+/** Disk workload (stress/guest/disk.c) started on `dev`. */
+export interface GuestDiskStartEvent extends GuestLineTimes {
+  type: 'disk-start';
+  dev: string;
+  bytes: number;
+  blocks: number;
+  rateBytesPerSec: number;
+  direct: boolean;
+  verifyMs: number;
+}
+export interface GuestDiskPassEvent extends GuestLineTimes { type: 'disk-pass'; pass: number; bytes: number; wallMs: number }
+export interface GuestDiskVerifyEvent extends GuestLineTimes { type: 'disk-verify'; blocksVerified: number; errors: number; dropped: number }
+/** One full verification of every written block (on `dverify` or every verify_ms). */
+export interface GuestDiskSweepEvent extends GuestLineTimes { type: 'disk-sweep'; sweep: number; blocks: number; errors: number; ms: number }
+export interface GuestDiskErrorEvent extends GuestLineTimes {
+  type: 'disk-integrity-error';
+  block: number;
+  reason: IntegrityReason;
+  expectedGen: number;
+  foundGen: number;
+  word?: number;
+  xor?: string;
+  /** misplaced: which block's content landed here. */
+  srcBlock?: number;
+}
+/** The guest's NIC is up with its address and the UDP echo listens. */
+export interface GuestNetEvent extends GuestLineTimes { type: 'net'; ifname: string; ip: string; prefixLength: number; mac: string; echoPort: number }
+export interface GuestModulesEvent extends GuestLineTimes { type: 'modules'; loaded: number; failed: number; ms: number }
 export interface GuestHeartbeatEvent extends GuestLineTimes { type: 'heartbeat'; seq: number; lagMs: number; mibWritten: number[] }
 export interface GuestSummaryEvent extends GuestLineTimes {
   type: 'summary';
@@ -162,6 +197,13 @@ export type GuestEvent =
   | GuestVerifyEvent
   | GuestIntegrityErrorEvent
   | GuestHeartbeatEvent
+  | GuestDiskStartEvent
+  | GuestDiskPassEvent
+  | GuestDiskVerifyEvent
+  | GuestDiskSweepEvent
+  | GuestDiskErrorEvent
+  | GuestNetEvent
+  | GuestModulesEvent
   | GuestSummaryEvent
   | GuestMessageEvent
   | GuestSampleEvent
@@ -191,13 +233,27 @@ export interface GuestWorkerState {
   errors: number;
 }
 
+export interface GuestDiskIntegrityState {
+  /** Blocks verified (cumulative, read-before-write and full sweeps). */
+  blocksVerified: number;
+  /** max(guest's cumulative counter, derr lines seen). */
+  errors: number;
+  dropped: number;
+  /** Full verifications completed, and the latest one (undefined before the first). */
+  sweeps: number;
+  lastSweep: GuestDiskSweepEvent | undefined;
+  details: readonly GuestDiskErrorEvent[];
+}
+
 export interface GuestIntegrityState {
   pagesVerified: number;
-  /** max(guest's cumulative counters, err lines seen) over all workers. */
+  /** max(guest's cumulative counters, err lines seen) over all workers, plus the disk's errors. */
   errors: number;
-  /** err lines the guest did not print (rate limit). */
+  /** err and derr lines the guest did not print (rate limit). */
   dropped: number;
   details: readonly GuestIntegrityErrorEvent[];
+  /** The disk workload's share (all zero without a disk). */
+  disk: GuestDiskIntegrityState;
 }
 
 export interface GuestTelemetryCounters {
@@ -279,6 +335,8 @@ export class GuestTelemetryParser {
   private readonly workers = new Map<number, WorkerTrack>();
   private readonly reportedSinceCombined = new Set<number>();
   private readonly details: GuestIntegrityErrorEvent[] = [];
+  private readonly disk = { blocksVerified: 0, errors: 0, errLines: 0, dropped: 0, sweeps: 0, lastSweep: undefined as GuestDiskSweepEvent | undefined };
+  private readonly diskDetails: GuestDiskErrorEvent[] = [];
 
   constructor(opts: GuestTelemetryOptions = {}) {
     this.now = opts.now ?? (() => performance.timeOrigin + performance.now());
@@ -367,7 +425,16 @@ export class GuestTelemetryParser {
       errors += Math.max(w.errors, w.errLines);
       dropped += w.dropped;
     }
-    return { pagesVerified, errors, dropped, details: [...this.details] };
+    const d = this.disk;
+    const disk: GuestDiskIntegrityState = {
+      blocksVerified: d.blocksVerified,
+      errors: Math.max(d.errors, d.errLines),
+      dropped: d.dropped,
+      sweeps: d.sweeps,
+      lastSweep: d.lastSweep,
+      details: [...this.diskDetails],
+    };
+    return { pagesVerified, errors: errors + disk.errors, dropped: dropped + disk.dropped, details: [...this.details], disk };
   }
 
   // ------------------------------------------------------------------------------ internals
@@ -471,6 +538,8 @@ export class GuestTelemetryParser {
           out.push({ type: 'anomaly', ...t, kind: 'restart', detail: `guest workload started again (start #${this.starts}): the guest rebooted` });
           this.workers.clear();
           this.reportedSinceCombined.clear();
+          // The rebooted guest counts from zero again; its disk table (in RAM) is gone too.
+          Object.assign(this.disk, { blocksVerified: 0, errors: 0, errLines: 0, dropped: 0, sweeps: 0, lastSweep: undefined });
         }
         this.gapSinceStart = 0;
         this.startParams = params;
@@ -561,6 +630,79 @@ export class GuestTelemetryParser {
         });
         this.noteTimes(t, kind, out);
         out.push({ type: 'heartbeat', ...t, seq, lagMs, mibWritten });
+        return;
+      }
+      case 'dstart': {
+        const ev: GuestDiskStartEvent = {
+          type: 'disk-start',
+          ...t,
+          dev: str(f, 'dev'),
+          bytes: num(f, 'bytes'),
+          blocks: num(f, 'blocks'),
+          rateBytesPerSec: num(f, 'rate', 0),
+          direct: num(f, 'direct', 1) !== 0,
+          verifyMs: num(f, 'verify_ms', 0),
+        };
+        this.noteTimes(t, kind, out);
+        out.push(ev);
+        return;
+      }
+      case 'dpass': {
+        const ev: GuestDiskPassEvent = { type: 'disk-pass', ...t, pass: num(f, 'n'), bytes: num(f, 'bytes'), wallMs: num(f, 'wall', 0) };
+        this.noteTimes(t, kind, out);
+        out.push(ev);
+        return;
+      }
+      case 'dverify': {
+        const ev: GuestDiskVerifyEvent = { type: 'disk-verify', ...t, blocksVerified: num(f, 'blocks'), errors: num(f, 'errors'), dropped: num(f, 'dropped', 0) };
+        this.noteTimes(t, kind, out);
+        this.disk.blocksVerified = ev.blocksVerified;
+        this.disk.errors = ev.errors;
+        this.disk.dropped = ev.dropped;
+        out.push(ev);
+        return;
+      }
+      case 'dsweep': {
+        const ev: GuestDiskSweepEvent = { type: 'disk-sweep', ...t, sweep: num(f, 'n'), blocks: num(f, 'blocks'), errors: num(f, 'errors'), ms: num(f, 'ms', 0) };
+        this.noteTimes(t, kind, out);
+        this.disk.sweeps = ev.sweep;
+        this.disk.lastSweep = ev;
+        out.push(ev);
+        return;
+      }
+      case 'derr': {
+        const reason = str(f, 'reason');
+        if (!INTEGRITY_REASONS.includes(reason)) throw new FieldError(`bad reason ${reason}`);
+        const ev: GuestDiskErrorEvent = {
+          type: 'disk-integrity-error',
+          ...t,
+          block: num(f, 'block'),
+          reason: reason as IntegrityReason,
+          expectedGen: num(f, 'expected'),
+          foundGen: num(f, 'found', 0),
+        };
+        if (f['word'] !== undefined) ev.word = num(f, 'word');
+        if (f['xor'] !== undefined) ev.xor = str(f, 'xor');
+        if (f['src_block'] !== undefined) ev.srcBlock = num(f, 'src_block');
+        this.noteTimes(t, kind, out);
+        this.disk.errLines++;
+        if (this.diskDetails.length < this.maxErrorDetails) this.diskDetails.push(ev);
+        out.push(ev);
+        return;
+      }
+      case 'net': {
+        const ip = str(f, 'ip');
+        const m = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(ip);
+        if (!m) throw new FieldError(`bad ip ${ip}`);
+        const ev: GuestNetEvent = { type: 'net', ...t, ifname: str(f, 'if'), ip: m[1] ?? '', prefixLength: Number(m[2]), mac: str(f, 'mac'), echoPort: num(f, 'echo_port') };
+        this.noteTimes(t, kind, out);
+        out.push(ev);
+        return;
+      }
+      case 'modules': {
+        const ev: GuestModulesEvent = { type: 'modules', ...t, loaded: num(f, 'loaded'), failed: num(f, 'failed', 0), ms: num(f, 'ms', 0) };
+        this.noteTimes(t, kind, out);
+        out.push(ev);
         return;
       }
       case 'summary': {

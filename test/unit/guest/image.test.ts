@@ -50,7 +50,7 @@ describe('guest image builder', () => {
   it('builds the initrd once and reuses it until a source changes', async () => {
     const src = join(dir, 'src');
     await mkdir(src);
-    for (const f of ['stress.c', 'integrity.c', 'integrity.h']) await copyFile(join(repo, 'stress/guest', f), join(src, f));
+    for (const f of ['stress.c', 'integrity.c', 'integrity.h', 'guest.h', 'devices.c', 'disk.c']) await copyFile(join(repo, 'stress/guest', f), join(src, f));
     const opts = { cacheDir: join(dir, 'cache'), sourceDir: src, log: quiet };
 
     const first = await ensureGuestInit(opts);
@@ -81,7 +81,7 @@ describe('guest image builder', () => {
   it('reports a compile failure with the compiler output', async () => {
     const src = join(dir, 'src');
     await mkdir(src);
-    for (const f of ['integrity.c', 'integrity.h']) await copyFile(join(repo, 'stress/guest', f), join(src, f));
+    for (const f of ['integrity.c', 'integrity.h', 'guest.h', 'devices.c', 'disk.c']) await copyFile(join(repo, 'stress/guest', f), join(src, f));
     await writeFile(join(src, 'stress.c'), 'int main(void) { return syntax error; }\n');
     await expect(ensureGuestInit({ cacheDir: join(dir, 'cache'), sourceDir: src, log: quiet })).rejects.toThrow(/compiling the guest workload\): failed \(exit 1\).*error/s);
   });

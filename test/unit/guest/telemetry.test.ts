@@ -283,4 +283,44 @@ describe('GuestTelemetryParser: gaps and anomalies', () => {
     expect(events.map((e) => (e.type === 'anomaly' ? `anomaly:${e.kind}` : e.type))).toEqual(['anomaly:restart', 'start']);
     expect(parser.workerStates()).toEqual([]);
   });
+
+  it('parses the disk, NIC and module lines, and counts disk errors among the integrity errors', () => {
+    const { parser } = fakeClock();
+    const events = [
+      formatGuestLine(10, 'modules', { loaded: 12, failed: 0, ms: 40 }),
+      formatGuestLine(11, 'net', { if: 'eth0', ip: '198.18.64.5/24', mac: '52:54:00:12:34:56', echo_port: 7 }),
+      formatGuestLine(12, 'dstart', { dev: '/dev/vda', bytes: 33554432, blocks: 8192, rate: 4194304, direct: 1, verify_ms: 0 }),
+      formatGuestLine(13, 'dpass', { n: 2, bytes: 4194304, wall: 1000 }),
+      formatGuestLine(14, 'err', { w: 0, page: 3, reason: 'stale', expected: 5, found: 4 }),
+      formatGuestLine(15, 'derr', { block: 7, reason: 'zero', expected: 3, found: 0 }),
+      formatGuestLine(16, 'derr', { block: 9, reason: 'misplaced', expected: 3, found: 3, src_block: 8 }),
+      formatGuestLine(17, 'derr', { block: 11, reason: 'corrupt', expected: 3, found: 3, word: 100, xor: '0x1' }),
+      formatGuestLine(18, 'dsweep', { n: 1, blocks: 8192, errors: 3, ms: 250 }),
+      formatGuestLine(19, 'dverify', { blocks: 9000, errors: 3, dropped: 0 }),
+    ].flatMap((l) => parser.push(l));
+    expect(parser.stats.malformed).toBe(0);
+    expect(ofType(events, 'modules')).toMatchObject([{ loaded: 12, failed: 0, ms: 40 }]);
+    expect(ofType(events, 'net')).toMatchObject([{ ifname: 'eth0', ip: '198.18.64.5', prefixLength: 24, mac: '52:54:00:12:34:56', echoPort: 7 }]);
+    expect(ofType(events, 'disk-start')).toMatchObject([{ dev: '/dev/vda', bytes: 33554432, blocks: 8192, rateBytesPerSec: 4194304, direct: true, verifyMs: 0 }]);
+    expect(ofType(events, 'disk-pass')).toMatchObject([{ pass: 2, bytes: 4194304, wallMs: 1000 }]);
+    expect(ofType(events, 'disk-integrity-error').map((e) => [e.block, e.reason, e.srcBlock, e.word, e.xor])).toEqual([
+      [7, 'zero', undefined, undefined, undefined],
+      [9, 'misplaced', 8, undefined, undefined],
+      [11, 'corrupt', undefined, 100, '0x1'],
+    ]);
+    const integrity = parser.integrity();
+    expect(integrity.disk).toMatchObject({ blocksVerified: 9000, errors: 3, dropped: 0, sweeps: 1, lastSweep: { sweep: 1, blocks: 8192, errors: 3 } });
+    expect(integrity.errors).toBe(4); // one memory page + three disk blocks
+    expect(integrity.details).toHaveLength(1);
+
+    // A disk line with a bad field is malformed and changes nothing.
+    expect(ofType(parser.push(formatGuestLine(20, 'derr', { block: 1, reason: 'melted', expected: 1 })), 'malformed')).toHaveLength(1);
+    expect(ofType(parser.push(formatGuestLine(21, 'net', { if: 'eth0', ip: '198.18.64.5', mac: 'x', echo_port: 7 })), 'malformed')).toHaveLength(1);
+    expect(parser.integrity().errors).toBe(4);
+
+    // A reboot forgets the disk counters with the rest (the generation table was in guest RAM).
+    parser.push(formatGuestLine(1, 'start', { workers: 1, bytes: 4096, pattern: 'idle' }));
+    parser.push(formatGuestLine(2, 'start', { workers: 1, bytes: 4096, pattern: 'idle' }));
+    expect(parser.integrity().disk).toMatchObject({ blocksVerified: 0, errors: 0, sweeps: 0, lastSweep: undefined });
+  });
 });

@@ -18,6 +18,7 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -39,9 +40,34 @@
 
 /* --------------------------------------------------------------------------------- modules */
 
+/* True when the machine has a virtio PCI device (vendor 0x1af4), or when that cannot be told. */
+static int have_virtio_pci(void) {
+  DIR *d = opendir("/sys/bus/pci/devices");
+  if (!d) return 1;
+  int found = 0;
+  for (struct dirent *e; !found && (e = readdir(d)) != NULL;) {
+    if (e->d_name[0] == '.') continue;
+    char path[300], id[16] = "";
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/vendor", e->d_name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t n = read(fd, id, sizeof id - 1);
+    close(fd);
+    if (n > 0 && !strncmp(id, "0x1af4", 6)) found = 1;
+  }
+  closedir(d);
+  return found;
+}
+
 void load_modules(void) {
   int list = open(MODULE_DIR "/load.order", O_RDONLY);
   if (list < 0) return; /* an image without modules: nothing to do */
+  /* Loading costs ~1.4 s of boot under TCG: skip it on a machine without virtio devices. */
+  if (!have_virtio_pci()) {
+    close(list);
+    emit("modules", "loaded=0 failed=0 ms=0 skipped=no_virtio_device");
+    return;
+  }
   char buf[4096];
   ssize_t n = read(list, buf, sizeof buf - 1);
   close(list);

@@ -682,10 +682,10 @@ export class SourceMigration {
     this.finishedAt = new Date(this.now());
     this.stop.abort(new CancelledError('migration finished'));
     const info = this.info();
-    void this.persist('finished', info);
     this.updates.publish({ update: { $case: 'result', value: info } });
     this.updates.close();
-    this.resolveDone(info);
+    // The outcome survives a daemon restart (GetMigration answers it until the record is pruned).
+    void this.persist('finished', info).then(() => this.resolveDone(info));
   }
 
   /** Stops background work without changing QEMU (node daemon shutdown). */

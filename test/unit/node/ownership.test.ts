@@ -1,0 +1,354 @@
+/**
+ * The ownership protocol's decisions (issue 16), over a fake QMP transport that plays QEMU and a
+ * scripted destination node: the source never sends `cont` without proof that the destination's
+ * copy is gone, hands over through retried confirms, and a restarted daemon adopts what QEMU is
+ * still doing; the destination resumes its paused copy only at the handover or in post-copy.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FailedPreconditionError, UnavailableError } from '../../../services/shared/errors.js';
+import { MigrationState, type GuestPerfSample, type VmSpec } from '../../../services/shared/gen/migd/v1/common.js';
+import { ConfirmIncomingResponse, MigrationInfo } from '../../../services/shared/gen/migd/v1/node.js';
+import { createLogger } from '../../../services/shared/log.js';
+import { Broadcast } from '../../../services/shared/broadcast.js';
+import { QmpClient } from '../../../services/node/qmp/client.js';
+import { resolveMigrationConfig } from '../../../services/node/migration/config.js';
+import { IncomingMigration } from '../../../services/node/migration/destination.js';
+import { MigrationRecords, type DestinationRecord, type SourceRecord } from '../../../services/node/migration/record.js';
+import { SourceMigration } from '../../../services/node/migration/source.js';
+import type { MigratableVm, NodePeer, VmHost } from '../../../services/node/migration/types.js';
+import { FakeTransport, type FakeStream } from '../../helpers/qemu-fake-qmp.js';
+
+const quiet = createLogger('ownership-test', {}, () => undefined, 'error');
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+/** A fake QEMU behind the fake transport: answers commands from its state, records them. */
+class FakeQemu {
+  running: boolean;
+  migration: string;
+  readonly commands: string[] = [];
+  readonly client: QmpClient;
+  private stream!: FakeStream;
+
+  constructor(o: { running: boolean; migration: string }) {
+    this.running = o.running;
+    this.migration = o.migration;
+    const transport = new FakeTransport();
+    this.client = new QmpClient(transport, { logger: quiet });
+    cleanups.push(() => this.client.disconnect());
+    void (async () => {
+      this.stream = await transport.nextStream();
+      await this.stream.handshake();
+      for (;;) {
+        const cmd = await this.stream.nextCommand();
+        const name = cmd.execute ?? cmd['exec-oob'] ?? '';
+        this.commands.push(name);
+        if (name === 'cont') this.running = true;
+        if (name === 'stop') this.running = false;
+        if (name === 'query-status') this.stream.reply(cmd, { running: this.running, status: this.running ? 'running' : this.migration === 'completed' ? 'postmigrate' : 'paused' });
+        else if (name === 'query-migrate') this.stream.reply(cmd, { status: this.migration });
+        else this.stream.reply(cmd, {});
+      }
+    })();
+  }
+
+  async connect(): Promise<void> {
+    await this.client.connect({ timeoutMs: 2000 });
+  }
+
+  /** QEMU emits a MIGRATION event. */
+  emit(status: string): void {
+    this.migration = status;
+    this.stream.send({ event: 'MIGRATION', data: { status }, timestamp: { seconds: 1, microseconds: 0 } });
+  }
+}
+
+function spec(name: string): VmSpec {
+  return { name, memoryMib: 64, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: 'u-1' };
+}
+
+function vmOf(q: FakeQemu, samples = new Broadcast<GuestPerfSample>()): MigratableVm {
+  return { name: 'vm1', spec: spec('vm1'), pid: 4242, qmp: q.client, guestSamples: (signal) => samples.subscribe([], signal), lastGuestSample: () => undefined, cpuSeconds: async () => 0 };
+}
+
+function fakeHost(): VmHost & { destroyed: string[]; migrating: Map<string, string | undefined>; adopted: string[] } {
+  const destroyed: string[] = [];
+  const migrating = new Map<string, string | undefined>();
+  const adopted: string[] = [];
+  return {
+    destroyed,
+    migrating,
+    adopted,
+    source: () => {
+      throw new Error('unused');
+    },
+    attach: () => undefined,
+    list: () => [],
+    setMigration: (name, runId) => void migrating.set(name, runId),
+    createIncoming: () => Promise.reject(new Error('unused')),
+    adoptIncoming: (name) => void adopted.push(name),
+    destroy: async (name) => void destroyed.push(name),
+  };
+}
+
+/** A destination node: each call answers from a script (an Error is thrown). */
+function fakePeer(script: { confirm?: (n: number) => ConfirmIncomingResponse | Error; abort?: (n: number) => Error | undefined }): NodePeer & { calls: string[] } {
+  const calls: string[] = [];
+  let confirms = 0;
+  let aborts = 0;
+  const never = (): AsyncIterable<never> => ({ [Symbol.asyncIterator]: () => ({ next: () => new Promise(() => undefined) }) });
+  return {
+    calls,
+    prepareIncoming: async () => ({ uri: 'tcp:127.0.0.1:1', pid: 1 }),
+    pauseIncoming: async () => ({ qemuStatus: 'postcopy-paused' }),
+    recoverIncoming: async () => ({ uri: 'tcp:127.0.0.1:2' }),
+    confirmIncoming: async () => {
+      calls.push('confirm');
+      const r = script.confirm?.(++confirms) ?? new UnavailableError('down');
+      if (r instanceof Error) throw r;
+      return r;
+    },
+    abortIncoming: async () => {
+      calls.push('abort');
+      const r = script.abort?.(++aborts);
+      if (r) throw r;
+      return {};
+    },
+    getVm: async () => {
+      throw new UnavailableError('down');
+    },
+    getMigration: async () => {
+      throw new UnavailableError('down');
+    },
+    watchGuest: () => never(),
+  };
+}
+
+function records(): MigrationRecords {
+  const dir = mkdtempSync(join(tmpdir(), 'migd-own-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  return new MigrationRecords(dir);
+}
+
+function sourceRecord(phase: SourceRecord['phase']): SourceRecord {
+  return { format: 1, runId: 'run-1', role: 'source', vmName: 'vm1', phase, peer: { nodeId: 'b', managementAddress: 'b:1', migrationAddress: 'b' }, policy: {}, startedAt: new Date().toISOString(), updatedAt: new Date().toISOString() };
+}
+
+function adoptedSource(q: FakeQemu, peer: NodePeer, host: VmHost, recs: MigrationRecords, record: SourceRecord, handoverTimeoutMs = 5000): SourceMigration {
+  const policy = { kind: 0, downtimeLimitMs: 0, maxBandwidthBytesPerSec: 0, autoConverge: undefined, postcopy: undefined, xbzrle: undefined, multifd: undefined, switchoverAck: false, tls: false, completionTimeoutSecPerGib: 0, progressTimeoutSec: 0, timeoutAction: 0, downtimeSteps: [], maxDowntimeMs: 0 };
+  const m = new SourceMigration({
+    runId: 'run-1',
+    nodeId: 'a',
+    vm: vmOf(q),
+    host,
+    peer,
+    destination: record.peer,
+    policy,
+    config: resolveMigrationConfig(policy, new Set(['events'])),
+    supportedCapabilities: new Set(['events']),
+    log: quiet,
+    options: { handoverTimeoutMs, progressIntervalMs: 50 },
+    records: recs,
+    record,
+  });
+  cleanups.push(() => m.detach());
+  return m;
+}
+
+const confirmed = (pages: number): ConfirmIncomingResponse => ConfirmIncomingResponse.fromPartial({ alive: pages > 0, pid: 7, pagesVerifiedAfter: pages });
+
+describe('source ownership after QEMU completed (adopted by a restarted daemon)', () => {
+  it('retries the handover while the destination is down, never resumes its own copy, then removes it', async () => {
+    const q = new FakeQemu({ running: false, migration: 'completed' });
+    await q.connect();
+    const host = fakeHost();
+    const recs = records();
+    const peer = fakePeer({ confirm: (n) => (n < 3 ? new UnavailableError('destination daemon down') : confirmed(512)) });
+    const m = adoptedSource(q, peer, host, recs, sourceRecord('streaming'));
+    await m.adopt();
+    const info = await m.finished();
+    expect(info.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    expect(info.stats?.pagesVerifiedAfter).toBe(512);
+    expect(peer.calls).toEqual(['confirm', 'confirm', 'confirm']);
+    expect(q.commands).not.toContain('cont');
+    expect(host.destroyed).toEqual(['vm1']);
+    const [rec] = await recs.list();
+    expect(rec).toMatchObject({ runId: 'run-1', role: 'source', phase: 'finished' });
+    expect(MigrationInfo.fromJSON((rec as SourceRecord).outcome).state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+  });
+
+  it('resumes its copy only after the destination proved its copy gone', async () => {
+    const q = new FakeQemu({ running: false, migration: 'completed' });
+    await q.connect();
+    const host = fakeHost();
+    const peer = fakePeer({
+      confirm: () => new FailedPreconditionError('incoming QEMU gone', { reason: 'NOT_HANDED_OVER' }),
+      abort: (n) => (n < 2 ? new UnavailableError('down') : undefined),
+    });
+    const m = adoptedSource(q, peer, host, records(), sourceRecord('completed'));
+    await m.adopt();
+    const info = await m.finished();
+    expect(info.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+    expect(peer.calls).toEqual(['confirm', 'abort', 'abort']);
+    expect(q.commands.at(-1)).toBe('cont');
+    expect(host.destroyed).toEqual([]);
+  });
+
+  it('keeps its copy paused when the destination never answers (ownership unresolved)', async () => {
+    const q = new FakeQemu({ running: false, migration: 'completed' });
+    await q.connect();
+    const host = fakeHost();
+    const peer = fakePeer({});
+    const m = adoptedSource(q, peer, host, records(), sourceRecord('completed'), 800);
+    await m.adopt();
+    const info = await m.finished();
+    expect(info.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+    expect(info.error?.reason).toBe('OWNERSHIP_UNRESOLVED');
+    expect(peer.calls.length).toBeGreaterThan(1);
+    expect(q.commands).not.toContain('cont');
+    expect(host.destroyed).toEqual([]);
+  });
+
+  it('a handed-over guest that verifies nothing fails the run, and stays on the destination', async () => {
+    const q = new FakeQemu({ running: false, migration: 'completed' });
+    await q.connect();
+    const host = fakeHost();
+    const m = adoptedSource(q, fakePeer({ confirm: () => confirmed(0) }), host, records(), sourceRecord('completed'));
+    await m.adopt();
+    const info = await m.finished();
+    expect(info.error?.reason).toBe('GUEST_NOT_VERIFIED');
+    expect(q.commands).not.toContain('cont');
+    expect(host.destroyed).toEqual(['vm1']);
+  });
+});
+
+describe('source ownership on failures and restarts', () => {
+  it('a daemon that died before QEMU started migrating fails the run; the running guest stays and the destination is told', async () => {
+    const q = new FakeQemu({ running: true, migration: 'none' });
+    await q.connect();
+    const host = fakeHost();
+    const peer = fakePeer({});
+    const m = adoptedSource(q, peer, host, records(), sourceRecord('starting'), 500);
+    await m.adopt();
+    const info = await m.finished();
+    expect(info.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+    expect(info.error?.reason).toBe('SOURCE_RESTARTED');
+    expect(q.commands).not.toContain('cont');
+    expect(peer.calls).toContain('abort');
+    expect(host.migrating.get('vm1')).toBeUndefined();
+  });
+
+  it('a failure after post-copy started never resumes the source', async () => {
+    const q = new FakeQemu({ running: false, migration: 'failed' });
+    await q.connect();
+    const peer = fakePeer({ abort: () => undefined });
+    const m = adoptedSource(q, peer, fakeHost(), records(), sourceRecord('postcopy'));
+    await m.adopt();
+    const info = await m.finished();
+    expect(info.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+    expect(q.commands).not.toContain('cont');
+    expect(peer.calls).not.toContain('abort');
+  });
+
+  it('a pre-copy failure with the source paused (switch-over) resumes it only after the abort succeeded', async () => {
+    const q = new FakeQemu({ running: false, migration: 'failed' });
+    await q.connect();
+    const peer = fakePeer({ abort: (n) => (n < 3 ? new UnavailableError('down') : undefined) });
+    const m = adoptedSource(q, peer, fakeHost(), records(), sourceRecord('streaming'));
+    await m.adopt();
+    await m.finished();
+    expect(peer.calls).toEqual(['abort', 'abort', 'abort']);
+    expect(q.commands.filter((c) => c === 'cont')).toHaveLength(1);
+    expect(q.commands.indexOf('cont')).toBeGreaterThan(q.commands.lastIndexOf('query-status'));
+  });
+
+  it('follows a migration still streaming after a restart, and hands over when QEMU completes', async () => {
+    const q = new FakeQemu({ running: true, migration: 'active' });
+    await q.connect();
+    const host = fakeHost();
+    const m = adoptedSource(q, fakePeer({ confirm: () => confirmed(100) }), host, records(), sourceRecord('streaming'));
+    await m.adopt();
+    expect(m.currentState).toBe(MigrationState.MIGRATION_STATE_PRECOPY);
+    expect(host.migrating.get('vm1')).toBe('run-1');
+    q.running = false;
+    q.emit('completed');
+    const info = await m.finished();
+    expect(info.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    expect(host.destroyed).toEqual(['vm1']);
+  });
+});
+
+function incoming(q: FakeQemu, phase: DestinationRecord['phase'], samples: Broadcast<GuestPerfSample>): { m: IncomingMigration; host: ReturnType<typeof fakeHost>; recs: MigrationRecords } {
+  const host = fakeHost();
+  const recs = records();
+  const record: DestinationRecord = { format: 1, runId: 'run-1', role: 'destination', vmName: 'vm1', phase, policy: {}, startedAt: new Date().toISOString(), updatedAt: new Date().toISOString() };
+  const m = new IncomingMigration({ runId: 'run-1', vm: vmOf(q, samples), host, config: resolveMigrationConfig(undefined, new Set(['events'])), supportedCapabilities: new Set(['events']), migrationAddress: '127.0.0.1', log: quiet, record, records: recs });
+  cleanups.push(() => m.detach());
+  return { m, host, recs };
+}
+
+const sample = (worker: number, pagesVerified: number): GuestPerfSample => ({ worker, pagesVerified, integrityErrors: 0, msPerGib: 600, guestMonoMs: 0, heartbeatGapMs: 0, pass: 0, vmName: 'vm1' });
+
+describe('destination ownership', () => {
+  it('a completed incoming copy stays paused until the handover, then verifies after arrival; confirm is idempotent', async () => {
+    const q = new FakeQemu({ running: false, migration: 'completed' });
+    await q.connect();
+    const samples = new Broadcast<GuestPerfSample>();
+    const { m, host, recs } = incoming(q, 'incoming', samples);
+    await m.adopt();
+    expect(q.commands).not.toContain('cont');
+    expect(m.guestRunsHere).toBe(false);
+    const first = m.confirm(5000);
+    const again = m.confirm(5000);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(q.commands).toContain('cont');
+    expect(host.adopted).toEqual(['vm1']);
+    samples.publish(sample(0, 4000));
+    samples.publish(sample(0, 4300));
+    const res = await first;
+    expect(await again).toBe(res);
+    expect(res).toMatchObject({ alive: true, pagesVerifiedAfter: 300 });
+    expect((await recs.list())[0]).toMatchObject({ phase: 'confirmed' });
+    await expect(m.abort()).rejects.toMatchObject({ reason: 'GUEST_RUNS_HERE' });
+  });
+
+  it('refuses the handover when the stream did not complete here, and can then be aborted', async () => {
+    const q = new FakeQemu({ running: false, migration: 'active' });
+    await q.connect();
+    const { m, host, recs } = incoming(q, 'incoming', new Broadcast());
+    await m.adopt();
+    await expect(m.confirm(300)).rejects.toMatchObject({ reason: 'NOT_HANDED_OVER' });
+    expect(q.commands).not.toContain('cont');
+    await recs.write(m.record);
+    await m.abort();
+    expect(host.destroyed).toEqual(['vm1']);
+    expect(await recs.list()).toEqual([]);
+  });
+
+  it('resumes a paused copy found in post-copy after a restart (the source has stopped)', async () => {
+    const q = new FakeQemu({ running: false, migration: 'postcopy-active' });
+    await q.connect();
+    const { m, recs } = incoming(q, 'incoming', new Broadcast());
+    await m.adopt();
+    expect(q.commands).toContain('cont');
+    expect(m.guestRunsHere).toBe(true);
+    expect((await recs.list())[0]).toMatchObject({ phase: 'running' });
+  });
+
+  it('resumes the guest as soon as QEMU reports post-copy', async () => {
+    const q = new FakeQemu({ running: false, migration: 'active' });
+    await q.connect();
+    const { m } = incoming(q, 'incoming', new Broadcast());
+    await m.adopt();
+    expect(q.commands).not.toContain('cont');
+    q.emit('postcopy-active');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(q.commands).toContain('cont');
+    await expect(m.abort()).rejects.toMatchObject({ reason: 'GUEST_RUNS_HERE' });
+  });
+});

@@ -205,7 +205,8 @@ export class MigrationManager {
         if (m.guestRunsHere || Date.now() - m.lastChange < every || !m.record.peer) continue;
         const src = this.d.peer(m.record.peer);
         const state = await src.getMigration({ runId }, { deadlineMs: 5000, signal }).then(
-          (r) => r.migration?.state,
+          // A source that could not settle the handover still holds its copy paused for it.
+          (r) => (r.migration?.error?.reason === 'OWNERSHIP_UNRESOLVED' ? undefined : r.migration?.state),
           (err: unknown) => (err instanceof MigdError && err.code === 'NOT_FOUND' ? 'unknown' : undefined),
         );
         const ended = state === 'unknown' || (state !== undefined && isTerminal(state) && !m.guestRunsHere);

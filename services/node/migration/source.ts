@@ -685,7 +685,8 @@ export class SourceMigration {
     this.updates.publish({ update: { $case: 'result', value: info } });
     this.updates.close();
     // The outcome survives a daemon restart (GetMigration answers it until the record is pruned).
-    void this.persist('finished', info).then(() => this.resolveDone(info));
+    // An unresolved handover stays 'completed': a restarted daemon tries the handover again.
+    void this.persist(info.error?.reason === 'OWNERSHIP_UNRESOLVED' ? 'completed' : 'finished', info).then(() => this.resolveDone(info));
   }
 
   /** Stops background work without changing QEMU (node daemon shutdown). */

@@ -78,6 +78,7 @@ describe('node daemons: ownership survives a daemon crash mid-migration', () => 
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     expect(trace.result.stats!.pagesVerifiedAfter).toBeGreaterThan(0);
     expect(trace.result.stats!.integrityErrors).toBe(0);
+    console.log(`[measure] ${runId}: ${MigrationState[trace.result.state]}, ${trace.result.stats!.pagesVerifiedAfter} pages verified on the destination after arrival, total ${trace.result.stats!.totalTimeMs} ms`);
     // exactly one QEMU of this VM, on b, running; nothing left on a
     await waitFor(async () => (await qemuPidsMatching(uuid)).length === 1, 10_000, 'one QEMU of the VM');
     expect((await c.clients['b']!.getVm({ name })).vm!.pid).toBe((await qemuPidsMatching(uuid))[0]);

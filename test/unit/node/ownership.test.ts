@@ -41,7 +41,11 @@ class FakeQemu {
     const transport = new FakeTransport();
     this.client = new QmpClient(transport, { logger: quiet });
     cleanups.push(() => this.client.disconnect());
-    void (async () => {
+    void this.serve(transport);
+  }
+
+  private async serve(transport: FakeTransport): Promise<void> {
+    {
       this.stream = await transport.nextStream();
       await this.stream.handshake();
       for (;;) {
@@ -54,7 +58,7 @@ class FakeQemu {
         else if (name === 'query-migrate') this.stream.reply(cmd, { status: this.migration });
         else this.stream.reply(cmd, {});
       }
-    })();
+    }
   }
 
   async connect(): Promise<void> {

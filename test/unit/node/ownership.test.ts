@@ -14,7 +14,7 @@ import { ConfirmIncomingResponse, MigrationInfo } from '../../../services/shared
 import { createLogger } from '../../../services/shared/log.js';
 import { Broadcast } from '../../../services/shared/broadcast.js';
 import { QmpClient } from '../../../services/node/qmp/client.js';
-import { resolveMigrationConfig } from '../../../services/node/migration/config.js';
+import { resolveMigrationConfig } from '../../../services/shared/policy/index.js';
 import { IncomingMigration } from '../../../services/node/migration/destination.js';
 import { MigrationRecords, type DestinationRecord, type SourceRecord } from '../../../services/node/migration/record.js';
 import { SourceMigration } from '../../../services/node/migration/source.js';

@@ -4,6 +4,12 @@
  *
  * Every address comes from the RFC 2544 benchmarking range 198.18.0.0/15, which no real network
  * routes: slot S (0..255) owns 198.18.S.0/24 (management) and 198.19.S.0/24 (migration).
+ *
+ * The optional VM network (the guests' NICs and a client namespace, issue 13) is 198.19.S.128/25:
+ * the upper half of the migration /24, which host addresses (.10 + i, i < 64) never reach. No host
+ * namespace has an address on it (its br-vm bridges are pure L2) and the client namespace has
+ * nothing else, so no namespace ever routes both: a guest cannot reach the migration network, and
+ * a host's mig0 route never carries guest traffic.
  */
 import { randomBytes } from 'node:crypto';
 import { InvalidArgumentError } from '../shared/errors.js';
@@ -22,8 +28,20 @@ export const MIGRATION_IF = 'mig0';
 export const MGMT_BRIDGE = 'br-mgmt';
 export const MIGRATION_BRIDGE = 'br-mig';
 export const ROOT_PORT = 'mgmt-root';
-/** Host names that would collide with the switch namespace's name. */
-export const RESERVED_HOST_NAMES: ReadonlySet<string> = new Set(['sw']);
+/** VM network: the bridge in the switch namespace and in each host namespace (guests' taps join it). */
+export const VM_BRIDGE = 'br-vm';
+/** A host's veth onto the VM network (a port of its own br-vm); the client's interface too. */
+export const VM_IF = 'vm0';
+/** Host name of the client namespace `<name>-vmc` on the VM network. */
+export const VM_CLIENT = 'vmc';
+/** The switch port of the client namespace. */
+export const VM_CLIENT_PORT = 'v-client';
+/** First guest address on the VM network is 198.19.S.(VM_GUEST_BASE + i). */
+export const VM_GUEST_BASE = 140;
+/** Guests per testbed on the VM network (.140 .. .253). */
+export const VM_MAX_GUESTS = 114;
+/** Host names that would collide with the switch or client namespace's name. */
+export const RESERVED_HOST_NAMES: ReadonlySet<string> = new Set(['sw', VM_CLIENT]);
 
 // The switch-side ports are `m-<host>` / `g-<host>`: 2 + 12 characters fit IFNAMSIZ (15 + NUL).
 const HOST_RE = /^[a-z][a-z0-9-]{0,11}$/;
@@ -44,6 +62,18 @@ export interface HostLayout {
   readonly mgmtPort: string;
   /** Port on br-mig in the switch namespace (veth peer of the host's mig0). */
   readonly migrationPort: string;
+  /** Port on br-vm in the switch namespace (veth peer of the host's vm0), when the VM network exists. */
+  readonly vmPort: string;
+}
+
+/** The VM network of a testbed: an L2 segment across all hosts plus a client namespace. */
+export interface VmLayout {
+  /** 198.19.S.128/25. */
+  readonly subnet: string;
+  readonly prefixLength: number;
+  /** The client namespace `<name>-vmc` and its address (198.19.S.129). */
+  readonly clientNs: string;
+  readonly clientAddress: string;
 }
 
 /** The full plan of one testbed, derived from (prefix, id, slot, hosts) alone. */
@@ -59,6 +89,13 @@ export interface Layout {
   readonly mgmtSubnet: string;
   readonly migrationSubnet: string;
   readonly hosts: readonly HostLayout[];
+  /** Present when the testbed has a VM network. */
+  readonly vm: VmLayout | undefined;
+}
+
+export interface LayoutOptions {
+  /** Plan the VM network (bridges, client namespace). Default false. */
+  readonly vmNetwork?: boolean;
 }
 
 /** @throws InvalidArgumentError when the prefix cannot start a namespace name. */
@@ -94,7 +131,7 @@ export function testbedName(prefix: string, id: string): string {
 }
 
 /** Computes every name and address of a testbed. Inputs are validated. */
-export function planLayout(prefix: string, id: string, slot: number, hosts: readonly string[]): Layout {
+export function planLayout(prefix: string, id: string, slot: number, hosts: readonly string[], opts: LayoutOptions = {}): Layout {
   validatePrefix(prefix);
   validateHostNames(hosts);
   if (!ID_RE.test(id)) throw new InvalidArgumentError(`testbed id ${JSON.stringify(id)} must be 6 hex digits`);
@@ -120,13 +157,32 @@ export function planLayout(prefix: string, id: string, slot: number, hosts: read
       migrationAddress: `198.19.${slot}.${10 + index}`,
       mgmtPort: `m-${h}`,
       migrationPort: `g-${h}`,
+      vmPort: `v-${h}`,
     })),
+    vm: opts.vmNetwork ? { subnet: `198.19.${slot}.128/25`, prefixLength: 25, clientNs: `${name}-${VM_CLIENT}`, clientAddress: `198.19.${slot}.129` } : undefined,
   };
+}
+
+/**
+ * Address of guest `i` (0-based) on the VM network: 198.19.S.(140 + i).
+ * @throws InvalidArgumentError without a VM network or for i outside 0..VM_MAX_GUESTS-1.
+ */
+export function vmGuestAddress(layout: Layout, i: number): string {
+  if (!layout.vm) throw new InvalidArgumentError(`testbed ${layout.name} has no VM network`);
+  if (!Number.isInteger(i) || i < 0 || i >= VM_MAX_GUESTS) throw new InvalidArgumentError(`VM guest index ${i} out of range 0..${VM_MAX_GUESTS - 1}`);
+  return `198.19.${layout.slot}.${VM_GUEST_BASE + i}`;
 }
 
 /** All namespaces a layout creates, switch first. */
 export function layoutNamespaces(layout: Layout): string[] {
-  return [layout.switchNs, ...layout.hosts.map((h) => h.netns)];
+  return [layout.switchNs, ...layout.hosts.map((h) => h.netns), ...(layout.vm ? [layout.vm.clientNs] : [])];
+}
+
+/** A locally administered, per-testbed-unique MAC for guest `i` on the VM network: 52:54:00:13:SS:II. */
+export function vmGuestMac(layout: Layout, i: number): string {
+  vmGuestAddress(layout, i); // validates
+  const hex = (n: number): string => n.toString(16).padStart(2, '0');
+  return `52:54:00:13:${hex(layout.slot)}:${hex(i)}`;
 }
 
 /** Matches the namespace names a testbed with this prefix creates (host or switch). */

@@ -27,6 +27,11 @@
  * - No default routes anywhere and the root namespace does not forward, so nothing created here
  *   can send traffic off the machine; the root namespace only gains `mgd<id>` and its /24 route.
  * - Impairments (see shaping.ts): rate on each host's mig0 egress, the rest in the switch.
+ * - VM network (option `vmNetwork`, issue 13) 198.19.S.128/25: `br-vm` in the switch namespace
+ *   with a veth `v-<host>` to each host's `vm0`, itself a port of the host's own `br-vm`, where
+ *   guests' tap devices join (`addTap`); plus a client namespace `<name>-vmc` (198.19.S.129 on its
+ *   `vm0`) from which probes reach the guests. Hosts have no address on it: pure L2, separate from
+ *   the management and migration networks. Guest i gets 198.19.S.(140+i) (`vm.guestAddress(i)`).
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
@@ -46,6 +51,11 @@ import {
   MIGRATION_IF,
   ROOT_PORT,
   SLOT_COUNT,
+  VM_BRIDGE,
+  VM_CLIENT_PORT,
+  VM_IF,
+  vmGuestAddress,
+  vmGuestMac,
   layoutNamespaces,
   namespacePattern,
   planLayout,
@@ -100,6 +110,8 @@ export interface TestbedOptions {
   readonly stateDir?: string;
   /** Python 3 used by the delay line (only started when a delay is set). Default `python3`. */
   readonly python?: string;
+  /** Add the VM network (guests' L2 across all hosts, and a client namespace). Default false. */
+  readonly vmNetwork?: boolean;
   /** Runs ip/tc/nft/iptables. Default: the real system; tests may wrap it. */
   readonly runner?: CommandRunner;
   readonly logger?: Logger;
@@ -121,6 +133,8 @@ export interface TestbedHost {
   readonly migrationAddress: string;
   readonly mgmtInterface: string;
   readonly migrationInterface: string;
+  /** The host's VM-network bridge (`br-vm`) that guests' taps join; undefined without a VM network. */
+  readonly vmBridge: string | undefined;
   /** The argv that runs `cmd args` inside this host (for callers that spawn processes themselves). */
   command(cmd: string, args?: readonly string[]): { readonly cmd: string; readonly args: string[] };
   /**
@@ -135,6 +149,29 @@ export interface TestbedHost {
    * @throws FailedPreconditionError after destroy.
    */
   spawn(cmd: string, args?: readonly string[], opts?: SpawnOptions): ChildProcess;
+}
+
+/** A namespace on the VM network that is not a host: the client that probes the guests. */
+export interface TestbedVmClient {
+  readonly netns: string;
+  readonly address: string;
+  command(cmd: string, args?: readonly string[]): { readonly cmd: string; readonly args: string[] };
+  exec(cmd: string, args?: readonly string[], opts?: ExecOptions): Promise<CommandResult>;
+  spawn(cmd: string, args?: readonly string[], opts?: SpawnOptions): ChildProcess;
+}
+
+/** The VM network of a testbed (option `vmNetwork`). */
+export interface TestbedVmNetwork {
+  /** 198.19.S.128/25. */
+  readonly subnet: string;
+  readonly prefixLength: number;
+  /** Bridge name in every host namespace (and in the switch namespace). */
+  readonly bridge: string;
+  readonly client: TestbedVmClient;
+  /** Address of guest i (0-based): 198.19.S.(140+i). @throws InvalidArgumentError out of range. */
+  guestAddress(i: number): string;
+  /** A MAC unique within the testbed for guest i. */
+  guestMac(i: number): string;
 }
 
 /** Limits an operation to the link between a host and one peer host. */
@@ -297,6 +334,8 @@ export class Testbed {
   /** Name of the switch namespace (bridges, cuts, loss, delay line). */
   readonly switchNetns: string;
   readonly hosts: readonly TestbedHost[];
+  /** The VM network, when created with `vmNetwork: true`. */
+  readonly vm: TestbedVmNetwork | undefined;
 
   private readonly hostByName: Map<string, TestbedHost>;
   private readonly layoutByName: Map<string, HostLayout>;
@@ -329,6 +368,7 @@ export class Testbed {
     this.layoutByName = new Map(layout.hosts.map((h) => [h.name, h]));
     this.hosts = layout.hosts.map((h) => this.makeHost(h));
     this.hostByName = new Map(this.hosts.map((h) => [h.name, h]));
+    this.vm = this.makeVmNetwork();
     for (const h of layout.hosts) this.shaping.set(h.name, { egress: undefined, peers: new Map() });
   }
 
@@ -374,7 +414,7 @@ export class Testbed {
     const existing = await listNamespaces(runner);
     let state: TestbedState | undefined;
     for (let attempt = 0; attempt < 32 && !state; attempt++) {
-      const plan = planLayout(prefix, randomId(), 0, opts.hosts);
+      const plan = planLayout(prefix, randomId(), 0, opts.hosts, { vmNetwork: opts.vmNetwork ?? false });
       if (existing.some((n) => n.startsWith(`${plan.name}-`))) continue;
       if ((await runner.run('ip', ['link', 'show', 'dev', plan.rootLink])).code === 0) continue;
       const candidate: TestbedState = {
@@ -420,7 +460,7 @@ export class Testbed {
       throw e;
     }
 
-    const layout = planLayout(prefix, state.id, slot, opts.hosts);
+    const layout = planLayout(prefix, state.id, slot, opts.hosts, { vmNetwork: opts.vmNetwork ?? false });
     const tb = new Testbed(layout, state, stateDir, runner, log, opts.python ?? 'python3');
     live.add(tb);
     hook();
@@ -668,6 +708,75 @@ export class Testbed {
         await ip('-n', h.netns, 'link', 'set', w.dev, 'up');
       }
     }
+    await this.buildVmNetwork();
+  }
+
+  /** br-vm in the switch and in every host, joined by veths; the client namespace on it. */
+  private async buildVmNetwork(): Promise<void> {
+    const L = this.layout;
+    if (!L.vm) return;
+    const ip = (...args: string[]): Promise<CommandResult> => this.sh('ip', args);
+    const bridge = async (ns: string): Promise<void> => {
+      await ip('-n', ns, 'link', 'add', VM_BRIDGE, 'type', 'bridge', 'stp_state', '0', 'forward_delay', '0', 'mcast_snooping', '0');
+      await ip('-n', ns, 'link', 'set', VM_BRIDGE, 'up');
+    };
+    await bridge(L.switchNs);
+    for (const h of L.hosts) {
+      await bridge(h.netns);
+      await ip('-n', L.switchNs, 'link', 'add', h.vmPort, 'type', 'veth', 'peer', 'name', VM_IF, 'netns', h.netns);
+      await ip('-n', L.switchNs, 'link', 'set', h.vmPort, 'master', VM_BRIDGE, 'up');
+      await ip('-n', h.netns, 'link', 'set', VM_IF, 'master', VM_BRIDGE, 'up');
+    }
+    const c = L.vm.clientNs;
+    await ip('-n', L.switchNs, 'link', 'add', VM_CLIENT_PORT, 'type', 'veth', 'peer', 'name', VM_IF, 'netns', c);
+    await ip('-n', L.switchNs, 'link', 'set', VM_CLIENT_PORT, 'master', VM_BRIDGE, 'up');
+    await ip('-n', c, 'addr', 'add', `${L.vm.clientAddress}/${L.vm.prefixLength}`, 'dev', VM_IF);
+    await ip('-n', c, 'link', 'set', VM_IF, 'up');
+  }
+
+  /**
+   * Creates a tap device `name` in `host`'s namespace on its br-vm, for a QEMU
+   * `-netdev tap,ifname=NAME,script=no,downscript=no` there. It goes with the namespace.
+   * @throws InvalidArgumentError (unknown host, bad name, no VM network), CommandFailedError.
+   */
+  async addTap(host: string, name: string): Promise<void> {
+    this.assertUsable();
+    const h = this.layoutByName.get(host);
+    if (!h) throw new InvalidArgumentError(`testbed ${this.name}: unknown host ${JSON.stringify(host)}`);
+    if (!this.layout.vm) throw new InvalidArgumentError(`testbed ${this.name} has no VM network (create it with vmNetwork: true)`);
+    if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$/.test(name)) throw new InvalidArgumentError(`tap name ${JSON.stringify(name)} is not an interface name`);
+    await this.sh('ip', ['-n', h.netns, 'tuntap', 'add', 'dev', name, 'mode', 'tap']);
+    await this.sh('ip', ['-n', h.netns, 'link', 'set', name, 'master', VM_BRIDGE, 'up']);
+  }
+
+  private makeVmNetwork(): TestbedVmNetwork | undefined {
+    const vm = this.layout.vm;
+    if (!vm) return undefined;
+    const wrap = (cmd: string, args: readonly string[]): string[] => ['netns', 'exec', vm.clientNs, cmd, ...args];
+    const client: TestbedVmClient = Object.freeze({
+      netns: vm.clientNs,
+      address: vm.clientAddress,
+      command: (cmd: string, args: readonly string[] = []) => ({ cmd: 'ip', args: wrap(cmd, args) }),
+      exec: async (cmd: string, args: readonly string[] = [], opts: ExecOptions = {}) => {
+        this.assertUsable();
+        const r = await this.runner.run('ip', wrap(cmd, args), opts);
+        if ((opts.check ?? true) && r.code !== 0) throw new CommandFailedError(['ip', ...wrap(cmd, args)], r);
+        return r;
+      },
+      spawn: (cmd: string, args: readonly string[] = [], opts: SpawnOptions = {}) => {
+        this.assertUsable();
+        return spawn('ip', wrap(cmd, args), opts);
+      },
+    });
+    const layout = this.layout;
+    return Object.freeze({
+      subnet: vm.subnet,
+      prefixLength: vm.prefixLength,
+      bridge: VM_BRIDGE,
+      client,
+      guestAddress: (i: number) => vmGuestAddress(layout, i),
+      guestMac: (i: number) => vmGuestMac(layout, i),
+    });
   }
 
   private makeHost(h: HostLayout): TestbedHost {
@@ -679,6 +788,7 @@ export class Testbed {
       migrationAddress: h.migrationAddress,
       mgmtInterface: MGMT_IF,
       migrationInterface: MIGRATION_IF,
+      vmBridge: this.layout.vm ? VM_BRIDGE : undefined,
       command: (cmd: string, args: readonly string[] = []) => ({ cmd: 'ip', args: wrap(cmd, args) }),
       exec: async (cmd: string, args: readonly string[] = [], opts: ExecOptions = {}) => {
         this.assertUsable();

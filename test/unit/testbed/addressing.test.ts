@@ -11,6 +11,9 @@ import {
   slotsInUse,
   validateHostNames,
   validatePrefix,
+  vmGuestAddress,
+  vmGuestMac,
+  VM_MAX_GUESTS,
 } from '../../../services/testbed/addressing.js';
 
 describe('planLayout', () => {
@@ -45,6 +48,46 @@ describe('planLayout', () => {
     expect(() => planLayout('migd-', 'xyz', 0, ['a'])).toThrow(InvalidArgumentError);
     expect(() => planLayout('migd-', 'abcdef', 256, ['a'])).toThrow(InvalidArgumentError);
     expect(() => planLayout('migd-', 'abcdef', -1, ['a'])).toThrow(InvalidArgumentError);
+  });
+});
+
+describe('VM network plan', () => {
+  it('is absent unless asked for, and then adds the client namespace last', () => {
+    const plain = planLayout('migd-', 'a1b2c3', 7, ['a', 'b']);
+    expect(plain.vm).toBeUndefined();
+    expect(() => vmGuestAddress(plain, 0)).toThrow(/no VM network/);
+    const L = planLayout('migd-', 'a1b2c3', 7, ['a', 'b'], { vmNetwork: true });
+    expect(L.vm).toEqual({ subnet: '198.19.7.128/25', prefixLength: 25, clientNs: 'migd-a1b2c3-vmc', clientAddress: '198.19.7.129' });
+    expect(layoutNamespaces(L)).toEqual(['migd-a1b2c3-sw', 'migd-a1b2c3-a', 'migd-a1b2c3-b', 'migd-a1b2c3-vmc']);
+    expect(L.hosts.map((h) => h.vmPort)).toEqual(['v-a', 'v-b']);
+    expect(namespacePattern('migd-').test(L.vm?.clientNs ?? '')).toBe(true);
+  });
+
+  it('gives guests addresses and MACs inside the /25, disjoint from every host address', () => {
+    const L = planLayout('migd-', 'ffffff', 255, Array.from({ length: MAX_HOSTS }, (_, i) => `h${i}`), { vmNetwork: true });
+    const vm = parseCidr(L.vm?.subnet ?? '');
+    expect(vm).toBeDefined();
+    const guests = Array.from({ length: VM_MAX_GUESTS }, (_, i) => vmGuestAddress(L, i));
+    expect(guests[0]).toBe('198.19.255.140');
+    expect(guests.at(-1)).toBe('198.19.255.253');
+    for (const g of [...guests, L.vm?.clientAddress ?? '']) {
+      const c = parseCidr(g);
+      expect(c && vm && overlaps(c, vm)).toBe(true);
+    }
+    for (const h of L.hosts) {
+      const mig = parseCidr(h.migrationAddress);
+      expect(mig && vm && overlaps(mig, vm)).toBe(false); // hosts stay in the lower half
+      expect(h.vmPort.length).toBeLessThanOrEqual(15);
+    }
+    expect(new Set(guests).size).toBe(VM_MAX_GUESTS);
+    expect(() => vmGuestAddress(L, VM_MAX_GUESTS)).toThrow(InvalidArgumentError);
+    expect(() => vmGuestAddress(L, -1)).toThrow(InvalidArgumentError);
+    expect(vmGuestMac(L, 0)).toBe('52:54:00:13:ff:00');
+    expect(vmGuestMac(L, 17)).toBe('52:54:00:13:ff:11');
+  });
+
+  it('reserves the client namespace name', () => {
+    expect(() => validateHostNames(['a', 'vmc'])).toThrow(/reserved/);
   });
 });
 

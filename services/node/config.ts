@@ -6,10 +6,10 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join, resolve } from 'node:path';
+import { isAbsolute, join, resolve } from 'node:path';
 import { ConfigError } from '../shared/errors.js';
 import { DEFAULT_GUEST_IMAGE_DIR } from '../shared/guest/image.js';
-import { identityFiles, nodeIdentity } from '../shared/pki.js';
+import { boundNodeId, identityFiles, nodeIdentity } from '../shared/pki.js';
 import { cacheDir, certDir } from '../shared/paths.js';
 import { isLoopbackHost, splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
 
@@ -55,9 +55,24 @@ export interface NodeConfig {
   readonly postcopyStallMs: number;
   /** Prometheus /metrics address (empty: off). */
   readonly metricsListen: string;
+  /**
+   * The identities (client-certificate common names) allowed to manage this node: create and
+   * destroy VMs, start and steer migrations (default `migd-coordinator`). Other nodes may call
+   * only the incoming side of migrations they drive; anyone else is refused (PERMISSION_DENIED).
+   */
+  readonly coordinatorIdentities: readonly string[];
+  /** Folders whose files a VM spec may name as disks (repeatable `--storage-root`; default the state dir). */
+  readonly storageRoots: readonly string[];
+  /** Folders whose files a VM spec may name as kernel or initrd (repeatable `--image-root`; default the guest image folder). */
+  readonly imageRoots: readonly string[];
+  /**
+   * Every migration stream to and from this node uses TLS, whatever the policy says: a policy
+   * without TLS is upgraded (and reported with tls on). Default off; on in the local cluster.
+   */
+  readonly requireMigrationTls: boolean;
 }
 
-type Raw = Partial<Record<Exclude<keyof NodeConfig, 'guestImageDir'> | 'guestImage' | 'tlsDir' | 'insecure', unknown>>;
+type Raw = Partial<Record<Exclude<keyof NodeConfig, 'guestImageDir'> | 'guestImage' | 'tlsDir' | 'insecure' | 'coordinatorIdentity' | 'storageRoot' | 'imageRoot', unknown>>;
 
 const envMap: Record<string, keyof Raw> = {
   MIGD_NODE_ID: 'nodeId',
@@ -72,13 +87,22 @@ const envMap: Record<string, keyof Raw> = {
   MIGD_QEMU: 'qemuBinary',
   MIGD_GUEST_IMAGE: 'guestImage',
   MIGD_NODE_METRICS: 'metricsListen',
+  MIGD_NODE_COORDINATOR_IDENTITY: 'coordinatorIdentity',
+  MIGD_NODE_STORAGE_ROOT: 'storageRoot',
+  MIGD_NODE_IMAGE_ROOT: 'imageRoot',
+  MIGD_NODE_REQUIRE_MIGRATION_TLS: 'requireMigrationTls',
 };
+
+/** Flags without a value. */
+const switches = new Set<keyof Raw>(['insecure', 'requireMigrationTls']);
+/** Flags that may be given more than once (also comma-separated in env, arrays in JSON). */
+const repeatable = new Set<keyof Raw>(['coordinatorIdentity', 'storageRoot', 'imageRoot']);
 
 function flagName(k: string): string {
   return k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
 }
 
-const keys: (keyof Raw)[] = ['nodeId', 'listen', 'advertise', 'migrationAddress', 'stateDir', 'coordinator', 'heartbeatMs', 'qemuBinary', 'guestImage', 'progressIntervalMs', 'postcopyStallMs', 'metricsListen', 'tlsDir', 'tlsIdentity', 'insecure', 'migrationTlsDir'];
+const keys: (keyof Raw)[] = ['nodeId', 'listen', 'advertise', 'migrationAddress', 'stateDir', 'coordinator', 'heartbeatMs', 'qemuBinary', 'guestImage', 'progressIntervalMs', 'postcopyStallMs', 'metricsListen', 'tlsDir', 'tlsIdentity', 'insecure', 'migrationTlsDir', 'coordinatorIdentity', 'storageRoot', 'imageRoot', 'requireMigrationTls'];
 
 /** Parses argv (`--key value`) and env into a frozen NodeConfig. @throws ConfigError */
 export function loadNodeConfig(argv: readonly string[] = process.argv.slice(2), env: NodeJS.ProcessEnv = process.env): NodeConfig {
@@ -91,8 +115,9 @@ export function loadNodeConfig(argv: readonly string[] = process.argv.slice(2), 
     if (!a.startsWith('--')) throw new ConfigError(a, 'unexpected argument (flags are --name value)');
     const name = a.slice(2);
     const value = argv[i + 1];
-    if (name === 'insecure') {
-      fromFlags.insecure = true;
+    const sw = flags.get(name);
+    if (sw !== undefined && switches.has(sw)) {
+      fromFlags[sw] = true;
       continue;
     }
     if (value === undefined) throw new ConfigError(name, 'missing value');
@@ -103,7 +128,8 @@ export function loadNodeConfig(argv: readonly string[] = process.argv.slice(2), 
     }
     const key = flags.get(name);
     if (!key) throw new ConfigError(name, `unknown option (known: ${[...flags.keys(), 'config'].join(', ')})`);
-    fromFlags[key] = value;
+    if (repeatable.has(key)) fromFlags[key] = [...((fromFlags[key] as string[] | undefined) ?? []), value];
+    else fromFlags[key] = value;
   }
   if (file) {
     try {
@@ -124,6 +150,23 @@ function str(raw: Raw, k: keyof Raw, dflt: string): string {
   return v;
 }
 
+function bool(raw: Raw, k: keyof Raw): boolean {
+  const v = raw[k];
+  if (v === undefined || v === '' || v === false || v === 'false' || v === '0') return false;
+  if (v === true || v === 'true' || v === '1') return true;
+  throw new ConfigError(k, `must be true or false, got ${String(v)}`);
+}
+
+/** A list option: repeated flags, a comma-separated string (env) or a JSON array. */
+function list(raw: Raw, k: keyof Raw, dflt: readonly string[]): readonly string[] {
+  const v = raw[k];
+  if (v === undefined || v === '') return dflt;
+  const items = Array.isArray(v) ? v : typeof v === 'string' ? v.split(',') : undefined;
+  if (!items || items.some((x) => typeof x !== 'string')) throw new ConfigError(k, 'must be a string or a list of strings');
+  const out = (items as string[]).map((x) => x.trim()).filter(Boolean);
+  return out.length > 0 ? out : dflt;
+}
+
 function int(raw: Raw, k: keyof Raw, dflt: number, min: number, max: number): number {
   const v = raw[k];
   if (v === undefined || v === '') return dflt;
@@ -141,7 +184,7 @@ export function resolveNodeConfig(raw: Raw): NodeConfig {
   const advertise = str(raw, 'advertise', listen);
   splitHostPort(advertise);
   const migrationAddress = str(raw, 'migrationAddress', host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host);
-  const insecure = raw.insecure === true || raw.insecure === 'true' || raw.insecure === '1';
+  const insecure = bool(raw, 'insecure');
   const tlsDir = str(raw, 'tlsDir', certDir());
   if (insecure && !isLoopbackHost(host)) throw new ConfigError('insecure', `plain-text gRPC is only allowed on loopback, not on ${listen}`);
   const files = identityFiles(tlsDir, 'migd-node');
@@ -152,12 +195,24 @@ export function resolveNodeConfig(raw: Raw): NodeConfig {
   if (!insecure && tlsIdentity !== 'migd-node' && !existsSync(clientFiles.certFile)) throw new ConfigError('tlsIdentity', `${clientFiles.certFile} does not exist`);
   const security: TransportSecurity = insecure ? { insecure: true } : { tls: files };
   const clientSecurity: TransportSecurity = insecure ? { insecure: true } : { tls: clientFiles, serverName: 'migd-node' };
+  const stateDir = str(raw, 'stateDir', join(cacheDir(), '..', '.state', `node-${nodeId}`));
+  const guestImageDir = resolve(str(raw, 'guestImage', DEFAULT_GUEST_IMAGE_DIR));
+  const coordinatorIdentities = list(raw, 'coordinatorIdentity', ['migd-coordinator']);
+  for (const id of coordinatorIdentities) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$/.test(id)) throw new ConfigError('coordinatorIdentity', `"${id}" is not a certificate name`);
+    if (boundNodeId(id) !== undefined || id === 'migd-node') throw new ConfigError('coordinatorIdentity', `"${id}" is a node identity; a node cannot manage other nodes`);
+  }
+  const roots = (k: 'storageRoot' | 'imageRoot', dflt: string): readonly string[] => {
+    const r = list(raw, k, [dflt]);
+    for (const p of r) if (!isAbsolute(p)) throw new ConfigError(k, `"${p}" must be an absolute path`);
+    return Object.freeze([...r]);
+  };
   const cfg: NodeConfig = {
     nodeId,
     listen,
     advertise,
     migrationAddress,
-    stateDir: str(raw, 'stateDir', join(cacheDir(), '..', '.state', `node-${nodeId}`)),
+    stateDir,
     security,
     clientSecurity,
     tlsIdentity,
@@ -165,10 +220,15 @@ export function resolveNodeConfig(raw: Raw): NodeConfig {
     coordinator: str(raw, 'coordinator', ''),
     heartbeatMs: int(raw, 'heartbeatMs', 2000, 100, 60_000),
     qemuBinary: str(raw, 'qemuBinary', 'qemu-system-x86_64'),
-    guestImageDir: resolve(str(raw, 'guestImage', DEFAULT_GUEST_IMAGE_DIR)),
+    guestImageDir,
     progressIntervalMs: int(raw, 'progressIntervalMs', 250, 20, 250),
     postcopyStallMs: int(raw, 'postcopyStallMs', 3000, 500, 600_000),
     metricsListen: str(raw, 'metricsListen', ''),
+    coordinatorIdentities: Object.freeze([...coordinatorIdentities]),
+    storageRoots: roots('storageRoot', stateDir),
+    imageRoots: roots('imageRoot', guestImageDir),
+    requireMigrationTls: bool(raw, 'requireMigrationTls'),
   };
+  if (cfg.requireMigrationTls && insecure) throw new ConfigError('requireMigrationTls', 'needs certificates; it cannot be combined with --insecure');
   return Object.freeze(cfg);
 }

@@ -5,10 +5,10 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError } from '../shared/errors.js';
+import { ConfigError, FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError } from '../shared/errors.js';
 import { Accel, VmState, type HostInfo, type VmInfo as ProtoVmInfo, type VmSpec as ProtoVmSpec, WorkloadPattern } from '../shared/gen/migd/v1/common.js';
 import { NodeServiceService, type MigrationEndpoint } from '../shared/gen/migd/v1/node.js';
-import { guestImageFiles } from '../shared/guest/image.js';
+import { GUEST_INITRD_FILE, GUEST_KERNEL_FILE, guestImageFiles } from '../shared/guest/image.js';
 import { buildGuestCmdline, type GuestPattern } from '../shared/guest/workload.js';
 import type { Logger } from '../shared/log.js';
 import { createClient } from '../shared/rpc/client.js';
@@ -23,6 +23,8 @@ import { MigrationManager } from './migration/manager.js';
 import { prepareQemuTlsDir } from './migration/tls.js';
 import type { MigratableVm, NodePeer, VmHost } from './migration/types.js';
 import { NodeMetrics } from './metrics.js';
+import { confinePath, PathRoots } from './host/confine.js';
+import { nodeAuthorizer } from './rpc/authz.js';
 import { startRegistration, type Registration } from './registration.js';
 import { nodeHandlers } from './rpc/handlers.js';
 import { VmManager, type VmInfo } from './vm/manager.js';
@@ -45,6 +47,9 @@ export class NodeDaemon {
   private metricsServer: MetricsServer | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private registration: Registration | undefined;
+  private readonly pathRoots: readonly PathRoots[];
+  /** True when QEMU's migration TLS credentials are in place. */
+  readonly migrationTls: boolean;
 
   private constructor(
     readonly config: NodeConfig,
@@ -56,10 +61,11 @@ export class NodeDaemon {
     const supported = new Set(Object.keys(caps.migration.capabilities));
     let tlsDir: string | undefined;
     try {
-      tlsDir = prepareQemuTlsDir(config.migrationTlsDir, config.stateDir);
+      tlsDir = prepareQemuTlsDir(config.migrationTlsDir, config.stateDir, config.tlsIdentity);
     } catch (err) {
       log.warn('migration TLS unavailable', { err: (err as Error).message });
     }
+    this.migrationTls = tlsDir !== undefined;
     this.migrations = new MigrationManager({
       nodeId: config.nodeId,
       host: this.vmHost(),
@@ -72,7 +78,12 @@ export class NodeDaemon {
       sourceOptions: { progressIntervalMs: config.progressIntervalMs, postcopyStallMs: config.postcopyStallMs },
       onFinished: (info) => metrics.migrationFinished(info),
       ...(tlsDir ? { tlsDir } : {}),
+      requireTls: config.requireMigrationTls,
     });
+    // The guest-image folder usually holds links to where the image was built: the folders they
+    // point into count as image roots too (the admin put the links there).
+    const imageFiles = [GUEST_KERNEL_FILE, GUEST_INITRD_FILE].map((f) => join(config.guestImageDir, f));
+    this.pathRoots = [new PathRoots('image', config.imageRoots, imageFiles), new PathRoots('storage', config.storageRoots)];
   }
 
   /**
@@ -96,7 +107,11 @@ export class NodeDaemon {
       // A VM marked migrating that no adopted migration claims: the mark outlived its driver.
       if (vm.status === 'running' && vm.role === 'migrating' && !d.migratingVms.has(vm.name)) await vms.setRole(vm.name, 'running');
     }
-    d.server = new RpcServer({ address: config.listen, security: config.security, log });
+    if (config.requireMigrationTls && !d.migrationTls) {
+      await vms.close();
+      throw new ConfigError('requireMigrationTls', `no migration TLS credentials for ${config.tlsIdentity} in ${config.migrationTlsDir}`);
+    }
+    d.server = new RpcServer({ address: config.listen, security: config.security, log, authorize: nodeAuthorizer(config.coordinatorIdentities, config.nodeId, log) });
     d.server.addService('migd.v1.NodeService', NodeServiceService, nodeHandlers(d));
     await d.server.start();
     if (config.metricsListen) {
@@ -197,13 +212,17 @@ export class NodeDaemon {
   async createVm(spec: ProtoVmSpec, incoming = false): Promise<ProtoVmInfo> {
     if (!spec.name) throw new InvalidArgumentError('spec.name is required');
     if (!spec.memoryMib) throw new InvalidArgumentError('spec.memory_mib is required');
+    // Host paths a caller names stay inside the node's image and storage roots (realpath, regular
+    // files only); the node's own guest image needs no check.
+    const ownKernel = spec.kernelPath ? await confinePath(spec.kernelPath, 'spec.kernel_path', this.pathRoots, this.log) : undefined;
+    const ownInitrd = spec.initrdPath ? await confinePath(spec.initrdPath, 'spec.initrd_path', this.pathRoots, this.log) : undefined;
     const mem = await readMemInfo();
     if (spec.memoryMib * 1024 * 1024 > mem.availableBytes) {
       throw new ResourceExhaustedError(`VM ${spec.name} needs ${spec.memoryMib} MiB but this host has ${Math.floor(mem.availableBytes / 1048576)} MiB free`, { reason: 'INSUFFICIENT_MEMORY' });
     }
-    const image = spec.kernelPath ? undefined : guestImageFiles(this.config.guestImageDir);
-    const kernel = image?.kernel ?? spec.kernelPath;
-    const initrd = spec.initrdPath || image?.initrd;
+    const image = ownKernel ? undefined : guestImageFiles(this.config.guestImageDir);
+    const kernel = ownKernel ?? image!.kernel;
+    const initrd = ownInitrd ?? image?.initrd;
     const w = spec.workload;
     const append = [
       buildGuestCmdline(

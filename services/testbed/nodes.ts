@@ -35,6 +35,8 @@ export interface NodeProcessOptions {
   readonly timeoutMs?: number;
   /** Extra flags. */
   readonly args?: readonly string[];
+  /** Require TLS on every migration stream (`--require-migration-tls`; default true). */
+  readonly requireMigrationTls?: boolean;
 }
 
 export interface NodeProcess {
@@ -44,7 +46,10 @@ export interface NodeProcess {
   readonly address: string;
   readonly stateDir: string;
   readonly process: ChildProcess;
-  /** A client authenticated with the given identity of `certDir` (default `operator`). */
+  /**
+   * A client authenticated with the given identity of `certDir` (default `migd-coordinator`, the
+   * only identity besides peer nodes a node daemon answers).
+   */
   client(identity?: string): RpcClient<typeof NodeServiceService>;
   /** SIGTERM and wait (QEMU processes keep running). */
   stop(): Promise<void>;
@@ -78,6 +83,7 @@ export async function startNodeDaemon(host: TestbedHost, opts: NodeProcessOption
     '--tls-dir', opts.certDir,
     '--guest-image', opts.guestImage,
     ...(opts.coordinator ? ['--coordinator', opts.coordinator] : []),
+    ...(opts.requireMigrationTls === false ? [] : ['--require-migration-tls']),
     ...(opts.args ?? []),
   ];
   const child = host.spawn(process.execPath, args, {
@@ -118,7 +124,7 @@ export async function startNodeDaemon(host: TestbedHost, opts: NodeProcessOption
     address,
     stateDir: opts.stateDir,
     process: child,
-    client(identity = 'operator') {
+    client(identity = 'migd-coordinator') {
       const c = createClient('migd.v1.NodeService', NodeServiceService, address, { security: { tls: identityFiles(opts.certDir, identity), serverName: 'migd-node' } });
       clients.push(c);
       return c;

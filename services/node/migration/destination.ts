@@ -20,9 +20,13 @@ import type { MigrationConfig } from '../../shared/policy/resolve.js';
 import type { DestinationRecord, MigrationRecords } from './record.js';
 import { capabilityList, type MigratableVm, type VmHost } from './types.js';
 import { VerificationTracker } from './verification.js';
+import { tcpUri } from './endpoint.js';
 
-function uriFor(address: string, port: number): string {
-  return address.includes(':') ? `tcp:[${address}]:${port}` : `tcp:${address}:${port}`;
+/** The port of the first listening address `query-migrate` reports on a destination. */
+function listeningPort(info: unknown): number | undefined {
+  const list = (info as { 'socket-address'?: { type?: string; port?: string | number }[] })['socket-address'];
+  const port = Number(list?.find((a) => a.type === 'inet')?.port);
+  return Number.isInteger(port) && port > 0 && port < 65536 ? port : undefined;
 }
 
 export interface IncomingParams {
@@ -37,6 +41,10 @@ export interface IncomingParams {
   readonly records: MigrationRecords;
   /** QEMU TLS credentials object id (server endpoint), when the policy asks for TLS. */
   readonly tlsCredsId?: string;
+  /** QEMU authz object id naming the only client certificate (the source node's) allowed to connect. */
+  readonly tlsAuthzId?: string;
+  /** The node id of the source that prepared this run (bound from its certificate), if known. */
+  readonly sourceNodeId?: string;
 }
 
 export class IncomingMigration {
@@ -77,6 +85,11 @@ export class IncomingMigration {
     return this.lastChangeMs;
   }
 
+  /** The node allowed to drive this run (undefined when the coordinator prepared it). */
+  get sourceNodeId(): string | undefined {
+    return this.p.sourceNodeId;
+  }
+
   /** True once the guest runs here (post-copy started or handed over): it may not be destroyed. */
   get guestRunsHere(): boolean {
     return this.resumedHere || this.p.record.phase === 'running' || this.p.record.phase === 'confirmed';
@@ -87,25 +100,25 @@ export class IncomingMigration {
     return this.exited;
   }
 
-  /** Applies capabilities and parameters and listens; returns the URI for the source. */
-  async listen(): Promise<string> {
+  /**
+   * Applies capabilities and parameters and listens on a port QEMU picks itself (port 0, read back
+   * with query-migrate: no window in which another process can take the port).
+   * @throws FailedPreconditionError (reason NO_LISTEN_PORT) when QEMU does not report its port
+   */
+  async listen(): Promise<{ uri: string; port: number }> {
     const { vm, config } = this.p;
     await vm.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(config.capabilities, this.p.supportedCapabilities) });
     const params: Record<string, unknown> = { ...config.destinationParameters };
-    if (config.tls && this.p.tlsCredsId) params['tls-creds'] = this.p.tlsCredsId;
+    if (config.tls && this.p.tlsCredsId) {
+      params['tls-creds'] = this.p.tlsCredsId;
+      if (this.p.tlsAuthzId) params['tls-authz'] = this.p.tlsAuthzId;
+    }
     if (Object.keys(params).length > 0) await vm.qmp.execute('migrate-set-parameters', params);
     void this.follow();
-    let lastErr: unknown;
-    for (let i = 0; i < 3; i++) {
-      const uri = uriFor(this.p.migrationAddress, await freePort(this.p.migrationAddress));
-      try {
-        await vm.qmp.execute('migrate-incoming', { uri });
-        return uri;
-      } catch (err) {
-        lastErr = err; // port taken between probe and bind: try another
-      }
-    }
-    throw lastErr;
+    await vm.qmp.execute('migrate-incoming', { uri: tcpUri(this.p.migrationAddress, 0) });
+    const port = listeningPort(await vm.qmp.execute('query-migrate'));
+    if (port === undefined) throw new FailedPreconditionError('the incoming QEMU did not report its listening port', { reason: 'NO_LISTEN_PORT' });
+    return { uri: tcpUri(this.p.migrationAddress, port), port };
   }
 
   /**
@@ -233,12 +246,18 @@ export class IncomingMigration {
     return this.status;
   }
 
-  /** migrate-recover on a fresh port, out of band; returns the URI the source resumes to. */
-  async recover(): Promise<string> {
+  /**
+   * migrate-recover on a fresh port, out of band; returns the port the source resumes to. The
+   * port is probed, not picked by QEMU: reading it back needs query-migrate, an in-band command
+   * that can hang on a paused post-copy destination until the stream resumes. With migration TLS
+   * (tls-creds and tls-authz stay set) a process that takes the port cannot feed the VM.
+   */
+  async recover(): Promise<{ uri: string; port: number }> {
     const { vm } = this.p;
-    const uri = uriFor(this.p.migrationAddress, await freePort(this.p.migrationAddress));
+    const port = await freePort(this.p.migrationAddress);
+    const uri = tcpUri(this.p.migrationAddress, port);
     await vm.qmp.execute('migrate-recover', { uri }, { oob: vm.qmp.oobEnabled, timeoutMs: 10_000 });
-    return uri;
+    return { uri, port };
   }
 
   /**

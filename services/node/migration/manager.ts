@@ -9,7 +9,7 @@
  * sweep asks the source about incoming copies that wait too long for their handover.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FailedPreconditionError, InvalidArgumentError, MigdError, NotFoundError } from '../../shared/errors.js';
+import { FailedPreconditionError, InvalidArgumentError, MigdError, NotFoundError, PermissionDeniedError } from '../../shared/errors.js';
 import { MigrationPolicy, MigrationState, PolicyKind } from '../../shared/gen/migd/v1/common.js';
 import {
   ConfirmIncomingResponse,
@@ -30,8 +30,10 @@ import { isTerminalState as isTerminal } from '../../shared/policy/states.js';
 import { IncomingMigration } from './destination.js';
 import { MigrationRecords, type DestinationRecord, type SourceRecord } from './record.js';
 import { SourceMigration, type SourceOptions } from './source.js';
-import { addTlsCreds, TLS_HOSTNAME } from './tls.js';
+import { checkMigrationAddress } from './endpoint.js';
+import { addTlsAuthz, addTlsCreds, tlsDistinguishedNameOf, tlsHostnameOf } from './tls.js';
 import type { NodePeer, VmHost } from './types.js';
+import { requireRunSource, type NodeCaller } from '../rpc/authz.js';
 
 const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 
@@ -57,7 +59,13 @@ export interface MigrationManagerDeps {
   readonly tlsDir?: string;
   /** Called when a migration driven here finishes (metrics, history). */
   readonly onFinished?: (info: MigrationInfo) => void;
+  /** Every stream uses TLS whatever the policy says (policies without it are upgraded). */
+  readonly requireTls?: boolean;
 }
+
+/** How long a source node may still read the VM it migrated here (GetVm, WatchGuest) after the run ends. */
+const PEER_GRANT_MS = 10 * 60_000;
+const PEER_GRANTS_MAX = 1024;
 
 export class MigrationManager {
   private readonly outgoing = new Map<string, SourceMigration>();
@@ -66,8 +74,14 @@ export class MigrationManager {
   private readonly past = new Map<string, MigrationInfo>();
   /** Answers of handovers done here (ConfirmIncoming is idempotent). */
   private readonly confirmed = new Map<string, ConfirmIncomingResponse>();
+  /** The bound source node of each confirmed run (only it may ask again). */
+  private readonly confirmedBy = new Map<string, string>();
   readonly records: MigrationRecords;
   private readonly closing = new AbortController();
+  /** StartMigration calls in flight, by run id: a concurrent retry joins the first call. */
+  private readonly starting = new Map<string, Promise<MigrationInfo>>();
+  /** VM name → source node id and expiry, for runs that ended here (the source still reads the VM). */
+  private readonly peerGrants = new Map<string, { nodeId: string; untilMs: number }>();
 
   constructor(private readonly d: MigrationManagerDeps) {
     this.records = new MigrationRecords(d.stateDir);
@@ -157,6 +171,7 @@ export class MigrationManager {
   private async reconcileDestination(r: DestinationRecord): Promise<void> {
     if (r.phase === 'confirmed') {
       if (r.confirm) this.confirmed.set(r.runId, ConfirmIncomingResponse.fromJSON(r.confirm));
+      if (r.boundSource) this.confirmedBy.set(r.runId, r.boundSource);
       return;
     }
     const log = this.d.log.child({ runId: r.runId, vm: r.vmName, role: 'destination' });
@@ -180,8 +195,10 @@ export class MigrationManager {
       log,
       record: r,
       records: this.records,
+      ...(r.boundSource ? { sourceNodeId: r.boundSource } : {}),
     });
     this.incoming.set(r.runId, inc);
+    if (r.boundSource) this.grant(r.vmName, r.boundSource, Number.POSITIVE_INFINITY);
     await inc.adopt();
   }
 
@@ -218,6 +235,12 @@ export class MigrationManager {
     }
   }
 
+  /** The policy with TLS forced on when this node requires it. */
+  private effectivePolicy<P extends { tls?: boolean } | undefined>(policy: P): P {
+    if (!this.d.requireTls || !policy || policy.tls) return policy;
+    return { ...policy, tls: true };
+  }
+
   private validateRunId(runId: string): void {
     if (!RUN_ID.test(runId)) throw new InvalidArgumentError(`run_id "${runId}" must match ${RUN_ID.source}`);
   }
@@ -241,49 +264,76 @@ export class MigrationManager {
       if (existing.info().vmName !== req.vmName) throw new InvalidArgumentError(`run_id ${req.runId} is already used for VM ${existing.info().vmName}`);
       return existing.info();
     }
+    const pending = this.starting.get(req.runId);
+    if (pending) return pending;
     const dest = req.destination;
     if (!dest?.managementAddress) throw new InvalidArgumentError('destination.management_address is required');
+    if (!dest.nodeId) throw new InvalidArgumentError('destination.node_id is required');
     if (dest.nodeId === this.d.nodeId) throw new InvalidArgumentError(`destination ${dest.nodeId} is this node (the source)`);
+    checkMigrationAddress(dest.migrationAddress);
     if (!req.vmName) throw new InvalidArgumentError('vm_name is required');
-    const policy = req.policy ?? { kind: PolicyKind.POLICY_KIND_FIXED } as StartMigrationRequest['policy'];
+    const policy = this.effectivePolicy(req.policy ?? ({ kind: PolicyKind.POLICY_KIND_FIXED } as StartMigrationRequest['policy']));
     const config = resolveMigrationConfig(policy, this.d.supportedCapabilities);
-    const vm = this.d.host.source(req.vmName);
     const tlsDir = this.tlsDirFor(config.tls);
-    const tlsCredsId = tlsDir ? await addTlsCreds(vm.qmp, tlsDir, 'client') : undefined;
-    const log = this.d.log.child({ runId: req.runId, vm: req.vmName, role: 'source' });
-    const m = new SourceMigration({
-      runId: req.runId,
-      nodeId: this.d.nodeId,
-      vm,
-      host: this.d.host,
-      peer: this.d.peer(dest),
-      destination: dest,
-      policy: policy!,
-      config,
-      supportedCapabilities: this.d.supportedCapabilities,
-      log,
-      options: { ...this.d.sourceOptions, ...(tlsCredsId ? { tlsCredsId, tlsHostname: TLS_HOSTNAME } : {}) },
-      records: this.records,
-      ...(this.self() ? { self: this.self()! } : {}),
-    });
-    this.outgoing.set(req.runId, m);
+    // Check and claim the VM in one synchronous step: a concurrent StartMigration for the same VM
+    // (another run id) finds it claimed and is refused.
+    const vm = this.d.host.source(req.vmName);
+    this.d.host.setMigration(req.vmName, req.runId);
+    const run = (async (): Promise<MigrationInfo> => {
+      let m: SourceMigration | undefined;
+      try {
+        const tlsCredsId = tlsDir ? await addTlsCreds(vm.qmp, tlsDir, 'client') : undefined;
+        const log = this.d.log.child({ runId: req.runId, vm: req.vmName, role: 'source' });
+        m = new SourceMigration({
+          runId: req.runId,
+          nodeId: this.d.nodeId,
+          vm,
+          host: this.d.host,
+          peer: this.d.peer(dest),
+          destination: dest,
+          policy: policy!,
+          config,
+          supportedCapabilities: this.d.supportedCapabilities,
+          log,
+          options: { ...this.d.sourceOptions, ...(tlsCredsId ? { tlsCredsId, tlsHostname: tlsHostnameOf(dest.nodeId) } : {}) },
+          records: this.records,
+          ...(this.self() ? { self: this.self()! } : {}),
+        });
+        this.outgoing.set(req.runId, m);
+        await m.start();
+      } catch (err) {
+        if (m) this.outgoing.delete(req.runId);
+        else this.d.host.setMigration(req.vmName, undefined);
+        throw err;
+      }
+      void m.finished().then((info) => this.d.onFinished?.(info));
+      return m.info();
+    })();
+    this.starting.set(req.runId, run);
     try {
-      await m.start();
-    } catch (err) {
-      this.outgoing.delete(req.runId);
-      throw err;
+      return await run;
+    } finally {
+      this.starting.delete(req.runId);
     }
-    void m.finished().then((info) => this.d.onFinished?.(info));
-    return m.info();
   }
 
-  /** Destination: starts the incoming QEMU and listens. Idempotent by run id. */
-  async prepareIncoming(req: PrepareIncomingRequest): Promise<PrepareIncomingResponse> {
+  /**
+   * Destination: starts the incoming QEMU and listens. A run prepared by a peer node is bound to
+   * it: only that node may act on the run afterwards, and with TLS only its certificate may
+   * connect to the stream.
+   * @throws InvalidArgumentError, FailedPreconditionError (INCOMING_EXISTS, NO_MIGRATION_TLS), …
+   */
+  async prepareIncoming(req: PrepareIncomingRequest, caller: NodeCaller = { kind: 'anonymous' }): Promise<PrepareIncomingResponse> {
     this.validateRunId(req.runId);
     if (!req.spec) throw new InvalidArgumentError('spec is required');
     const existing = this.incoming.get(req.runId);
     if (existing || this.confirmed.has(req.runId)) throw new FailedPreconditionError(`run ${req.runId} already has an incoming VM on this node`, { reason: 'INCOMING_EXISTS' });
-    const config = resolveMigrationConfig(req.policy, this.d.supportedCapabilities);
+    const sourceNodeId = caller.kind === 'peer' ? caller.nodeId : undefined;
+    if (sourceNodeId && req.source?.nodeId && req.source.nodeId !== sourceNodeId) {
+      throw new PermissionDeniedError(`node ${sourceNodeId} cannot prepare a migration on behalf of node ${req.source.nodeId}`, { reason: 'NOT_RUN_SOURCE' });
+    }
+    const policy = this.effectivePolicy(req.policy);
+    const config = resolveMigrationConfig(policy, this.d.supportedCapabilities);
     const tlsDir = this.tlsDirFor(config.tls);
     const now = new Date().toISOString();
     const record: DestinationRecord = {
@@ -293,7 +343,8 @@ export class MigrationManager {
       vmName: req.spec.name,
       phase: 'preparing',
       ...(req.source?.managementAddress ? { peer: req.source } : {}),
-      policy: MigrationPolicy.toJSON(req.policy ?? MigrationPolicy.fromPartial({})),
+      ...(sourceNodeId ? { boundSource: sourceNodeId } : {}),
+      policy: MigrationPolicy.toJSON(policy ?? MigrationPolicy.fromPartial({})),
       startedAt: now,
       updatedAt: now,
     };
@@ -306,9 +357,10 @@ export class MigrationManager {
       await this.records.remove(req.runId);
       throw err;
     }
-    const log = this.d.log.child({ runId: req.runId, vm: req.spec.name, role: 'destination' });
+    const log = this.d.log.child({ runId: req.runId, vm: req.spec.name, role: 'destination', ...(sourceNodeId ? { source: sourceNodeId } : {}) });
     try {
       const tlsCredsId = tlsDir ? await addTlsCreds(vm.qmp, tlsDir, 'server') : undefined;
+      const tlsAuthzId = tlsCredsId && sourceNodeId ? await addTlsAuthz(vm.qmp, tlsDistinguishedNameOf(sourceNodeId)) : undefined;
       const inc = new IncomingMigration({
         runId: req.runId,
         vm,
@@ -320,12 +372,16 @@ export class MigrationManager {
         record,
         records: this.records,
         ...(tlsCredsId ? { tlsCredsId } : {}),
+        ...(tlsAuthzId ? { tlsAuthzId } : {}),
+        ...(sourceNodeId ? { sourceNodeId } : {}),
       });
       record.phase = 'incoming';
       await this.records.write(record);
-      const uri = await inc.listen();
+      const { uri, port } = await inc.listen();
       this.incoming.set(req.runId, inc);
-      return { uri, pid: vm.pid };
+      if (sourceNodeId) this.grant(req.spec.name, sourceNodeId, Number.POSITIVE_INFINITY);
+      log.info('incoming migration listening', { uri, tls: config.tls });
+      return { uri, pid: vm.pid, port };
     } catch (err) {
       await this.d.host.destroy(req.spec.name).catch(() => undefined);
       await this.records.remove(req.runId);
@@ -333,10 +389,34 @@ export class MigrationManager {
     }
   }
 
-  private inc(runId: string): IncomingMigration {
+  private grant(vmName: string, nodeId: string, untilMs: number): void {
+    this.peerGrants.delete(vmName);
+    this.peerGrants.set(vmName, { nodeId, untilMs });
+    for (const [name, g] of this.peerGrants) {
+      if (this.peerGrants.size <= PEER_GRANTS_MAX && g.untilMs > Date.now()) break;
+      this.peerGrants.delete(name);
+    }
+  }
+
+  /**
+   * May peer node `nodeId` read VM `vmName` (GetVm, WatchGuest)? Only while it migrates that VM
+   * here, and for a while after, so it can follow the guest it handed over.
+   */
+  peerMayRead(nodeId: string, vmName: string): boolean {
+    const g = this.peerGrants.get(vmName);
+    return g !== undefined && g.nodeId === nodeId && g.untilMs > Date.now();
+  }
+
+  private incFor(runId: string, caller: NodeCaller): IncomingMigration {
     const m = this.incoming.get(runId);
     if (!m) throw new NotFoundError(`no incoming migration ${runId} on this node`);
+    requireRunSource(caller, m.sourceNodeId, runId);
     return m;
+  }
+
+  private ended(m: IncomingMigration): void {
+    this.incoming.delete(m.runId);
+    if (m.sourceNodeId) this.grant(m.vmName, m.sourceNodeId, Date.now() + PEER_GRANT_MS);
   }
 
   private out(runId: string): SourceMigration {
@@ -345,28 +425,35 @@ export class MigrationManager {
     return m;
   }
 
-  async pauseIncoming(runId: string): Promise<string> {
-    return this.inc(runId).pause();
+  /** @throws NotFoundError, PermissionDeniedError (a peer that is not the run's source) */
+  async pauseIncoming(runId: string, caller: NodeCaller = { kind: 'anonymous' }): Promise<string> {
+    return this.incFor(runId, caller).pause();
   }
 
-  async recoverIncoming(runId: string): Promise<string> {
-    return this.inc(runId).recover();
+  /** @throws NotFoundError, PermissionDeniedError (a peer that is not the run's source) */
+  async recoverIncoming(runId: string, caller: NodeCaller = { kind: 'anonymous' }): Promise<{ uri: string; port: number }> {
+    return this.incFor(runId, caller).recover();
   }
 
   /**
    * The handover (see destination.ts). Idempotent: a repeated confirm — the source retrying after
    * a lost answer, or after either daemon restarted — gets the first answer again.
-   * @throws NotFoundError (no such incoming migration), FailedPreconditionError NOT_HANDED_OVER
+   * @throws NotFoundError (no such incoming migration), FailedPreconditionError NOT_HANDED_OVER,
+   *   PermissionDeniedError (a peer that is not the run's source)
    */
-  async confirmIncoming(req: ConfirmIncomingRequest): Promise<ConfirmIncomingResponse> {
+  async confirmIncoming(req: ConfirmIncomingRequest, caller: NodeCaller = { kind: 'anonymous' }): Promise<ConfirmIncomingResponse> {
     const done = this.confirmed.get(req.runId);
-    if (done) return done;
-    const m = this.inc(req.runId);
+    if (done) {
+      requireRunSource(caller, this.confirmedBy.get(req.runId), req.runId);
+      return done;
+    }
+    const m = this.incFor(req.runId, caller);
     const res = await m.confirm(req.timeoutMs || 30_000);
     this.confirmed.set(req.runId, res);
+    if (m.sourceNodeId) this.confirmedBy.set(req.runId, m.sourceNodeId);
     if (this.incoming.get(req.runId) === m) {
       m.detach();
-      this.incoming.delete(req.runId);
+      this.ended(m);
     }
     return res;
   }
@@ -374,20 +461,32 @@ export class MigrationManager {
   /**
    * Kills the incoming QEMU of a run and forgets it. Idempotent: a run with no incoming copy here
    * succeeds, which is the source's proof that no copy of the guest runs here.
-   * @throws FailedPreconditionError GUEST_RUNS_HERE once the guest runs here
+   * @throws FailedPreconditionError GUEST_RUNS_HERE once the guest runs here, PermissionDeniedError
+   *   (a peer that is not the run's source)
    */
-  async abortIncoming(runId: string): Promise<void> {
+  async abortIncoming(runId: string, caller: NodeCaller = { kind: 'anonymous' }): Promise<void> {
     if (this.confirmed.has(runId)) {
+      requireRunSource(caller, this.confirmedBy.get(runId), runId);
       throw new FailedPreconditionError(`the guest of run ${runId} was handed over and runs on this node; refusing to destroy it`, { reason: 'GUEST_RUNS_HERE' });
     }
     const m = this.incoming.get(runId);
-    if (!m) return; // already gone (QEMU exits by itself after a failed or cancelled stream)
+    if (!m) return; // already gone (QEMU exits by itself after a failed or cancelled stream); nothing to change
+    requireRunSource(caller, m.sourceNodeId, runId);
     await m.abort();
-    this.incoming.delete(runId);
+    this.ended(m);
   }
 
-  get(runId: string): MigrationInfo {
-    return this.past.get(runId) ?? this.out(runId).info();
+  /**
+   * A migration driven here. A peer node may ask only about runs it is the destination of (an
+   * incoming copy waiting for its handover asks how the run stands).
+   * @throws NotFoundError, PermissionDeniedError
+   */
+  get(runId: string, caller: NodeCaller = { kind: 'anonymous' }): MigrationInfo {
+    const info = this.past.get(runId) ?? this.out(runId).info();
+    if (caller.kind === 'peer' && info.destination?.nodeId !== caller.nodeId) {
+      throw new PermissionDeniedError(`node ${caller.nodeId} is not the destination of run ${runId}`, { reason: 'NOT_RUN_DESTINATION' });
+    }
+    return info;
   }
 
   list(activeOnly: boolean): MigrationInfo[] {

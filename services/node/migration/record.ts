@@ -51,6 +51,8 @@ export interface DestinationRecord extends RecordBase {
   phase: DestinationPhase;
   /** The source node, when the source said (older sources do not). */
   readonly peer?: MigrationEndpoint;
+  /** The node id of the certificate that prepared the run: only that node may act on it. */
+  readonly boundSource?: string;
   /** MigrationPolicy.toJSON() of the request. */
   readonly policy: unknown;
   /** ConfirmIncomingResponse.toJSON() once confirmed. */

@@ -29,6 +29,7 @@ import { isTerminalState as isTerminal } from '../../shared/policy/states.js';
 import { StallDetector, finalStats, postcopyDowntimeMs, progressSample, stateFromQemuStatus, type QmpMigrationInfo } from './progress.js';
 import type { MigrationRecords, SourcePhase, SourceRecord } from './record.js';
 import { capabilityList, type MigratableVm, type NodePeer, type VmHost } from './types.js';
+import { streamUri } from './endpoint.js';
 
 export interface SourceOptions {
   /** query-migrate polling interval for progress figures (ms). Default 250. */
@@ -194,6 +195,8 @@ export class SourceMigration {
           throw err;
         });
       prepared = true;
+      // Never the URI the destination sent: tcp to its registered migration address and the port.
+      const uri = streamUri(this.p.destination.migrationAddress, ready);
       await vm.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(config.capabilities, this.p.supportedCapabilities) });
       const params: Record<string, unknown> = { ...config.sourceParameters };
       if (config.tls && this.opts.tlsCredsId) {
@@ -205,10 +208,10 @@ export class SourceMigration {
       await vm.qmp.execute('migrate-set-parameters', params);
       this.sourceCpuStart = await vm.cpuSeconds();
       const events = vm.qmp.events({ names: ['MIGRATION', 'MIGRATION_PASS', 'STOP', 'RESUME'] });
-      log.info('migration starting', { uri: ready.uri, capabilities: config.capabilities });
+      log.info('migration starting', { uri, capabilities: config.capabilities, tls: config.tls });
       await this.persist('streaming');
-      await vm.qmp.execute('migrate', { uri: ready.uri });
-      this.transition(MigrationState.MIGRATION_STATE_SETUP, `streaming to ${ready.uri}`);
+      await vm.qmp.execute('migrate', { uri });
+      this.transition(MigrationState.MIGRATION_STATE_SETUP, `streaming to node ${this.p.destination.nodeId}`);
       void this.run(events);
     } catch (err) {
       this.p.host.setMigration(vm.name, undefined);
@@ -424,10 +427,11 @@ export class SourceMigration {
         if (this.now() > deadline) throw new Error(`post-copy recovery gave up after ${this.opts.recoveryTimeoutMs} ms`);
         try {
           await peer.pauseIncoming({ runId: this.runId }, { deadlineMs: 5000 });
-          const { uri } = await peer.recoverIncoming({ runId: this.runId }, { deadlineMs: 10_000 });
+          const uri = streamUri(this.p.destination.migrationAddress, await peer.recoverIncoming({ runId: this.runId }, { deadlineMs: 10_000 }));
           // wait for the source to be paused before resuming
           for (let i = 0; i < 50 && (await status()) !== 'postcopy-paused'; i++) await sleep(100);
-          this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_RECOVERING, `attempt ${attempt}: resuming to ${uri}`);
+          log.info('post-copy recovery: resuming', { attempt, uri });
+          this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_RECOVERING, `attempt ${attempt}: resuming`);
           await vm.qmp.execute('migrate', { uri, resume: true });
           // Did it take? Recovery reaches postcopy-active (or completes); a dead link falls back
           // to postcopy-paused, or hangs in recover-setup until we pause it again.

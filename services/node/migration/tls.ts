@@ -1,22 +1,38 @@
 /**
- * TLS for the migration stream: QEMU `tls-creds-x509` objects built from the node's certificate,
- * so guest memory never crosses the wire in clear when a policy asks for it. QEMU reads a folder
- * with fixed file names; the node's certificate (EKU serverAuth + clientAuth) serves both ends.
+ * TLS for the migration stream: QEMU `tls-creds-x509` objects built from the node's own
+ * certificate (`migd-node.<id>`), so guest memory never crosses the wire in clear when a policy
+ * asks for it or the node requires it. Each end checks the other's node: the source verifies the
+ * destination's certificate names `migd-node.<destination id>` (tls-hostname), the destination
+ * admits only the source node's certificate (an `authz-simple` object as tls-authz). QEMU reads a
+ * folder with fixed file names; the node's certificate (EKU serverAuth + clientAuth) serves both.
  */
 import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { DependencyError } from '../../shared/errors.js';
-import { identityFiles } from '../../shared/pki.js';
+import { identityFiles, nodeIdentity } from '../../shared/pki.js';
 import type { QmpClient } from '../qmp/client.js';
 import { QmpCommandError } from '../qmp/errors.js';
 
 export const TLS_CREDS_ID = 'migd-migration-tls';
-/** The name QEMU checks in the peer's certificate (SAN DNS of every node certificate). */
-export const TLS_HOSTNAME = 'migd-node';
+/** Id of the authz object a destination QEMU checks the source's certificate with. */
+export const TLS_AUTHZ_ID = 'migd-migration-authz';
 
-/** Lays out QEMU's credential folder under `stateDir/qemu-tls` from `certDir`. Idempotent. */
-export function prepareQemuTlsDir(certDir: string, stateDir: string): string {
-  const f = identityFiles(certDir, 'migd-node');
+/** The name the source's QEMU checks in destination `nodeId`'s certificate (its SAN DNS name). */
+export function tlsHostnameOf(nodeId: string): string {
+  return nodeIdentity(nodeId);
+}
+
+/** The distinguished name QEMU reads from source `nodeId`'s certificate (dev PKI: CN only). */
+export function tlsDistinguishedNameOf(nodeId: string): string {
+  return `CN=${nodeIdentity(nodeId)}`;
+}
+
+/**
+ * Lays out QEMU's credential folder under `stateDir/qemu-tls` from `certDir`, with `identity`'s
+ * certificate (the node's own). Idempotent.
+ */
+export function prepareQemuTlsDir(certDir: string, stateDir: string, identity = 'migd-node'): string {
+  const f = identityFiles(certDir, identity);
   for (const file of [f.caFile, f.certFile, f.keyFile]) {
     if (!existsSync(file)) throw new DependencyError('migration TLS', `${file} is missing (run scripts/setup)`);
   }
@@ -38,4 +54,14 @@ export async function addTlsCreds(qmp: QmpClient, dir: string, endpoint: 'client
     if (!(err instanceof QmpCommandError && /already|duplicate/i.test(err.message))) throw err;
   }
   return TLS_CREDS_ID;
+}
+
+/**
+ * Adds (or replaces) the authz object that admits only `distinguishedName` as TLS client.
+ * Replaced each time: an incoming QEMU serves one run, but a retry may name another source.
+ */
+export async function addTlsAuthz(qmp: QmpClient, distinguishedName: string): Promise<string> {
+  await qmp.execute('object-del', { id: TLS_AUTHZ_ID }).catch(() => undefined);
+  await qmp.execute('object-add', { 'qom-type': 'authz-simple', id: TLS_AUTHZ_ID, identity: distinguishedName });
+  return TLS_AUTHZ_ID;
 }

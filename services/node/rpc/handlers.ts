@@ -1,11 +1,14 @@
 /**
  * NodeService handlers: thin translations between the proto API and the daemon. Validation and
  * errors live in the daemon and the migration manager; the shared RPC layer maps them to statuses.
+ * The server's authorizer (authz.ts) has already refused callers with no rights on a method; the
+ * handlers a peer node may call pass its identity on, so it acts only on its own runs.
  */
-import { InvalidArgumentError } from '../../shared/errors.js';
+import { InvalidArgumentError, PermissionDeniedError } from '../../shared/errors.js';
 import type { NodeServiceService, WatchGuestResponse } from '../../shared/gen/migd/v1/node.js';
-import type { Handlers } from '../../shared/rpc/server.js';
+import type { CallContext, Handlers } from '../../shared/rpc/server.js';
 import type { NodeDaemon } from '../daemon.js';
+import { nodeCaller, type NodeCaller } from './authz.js';
 
 function required(v: string, name: string): string {
   if (!v) throw new InvalidArgumentError(`${name} is required`);
@@ -14,6 +17,13 @@ function required(v: string, name: string): string {
 
 export function nodeHandlers(d: NodeDaemon): Handlers<typeof NodeServiceService> {
   const m = d.migrations;
+  const caller = (ctx: CallContext): NodeCaller => nodeCaller(ctx, d.config.coordinatorIdentities, d.config.nodeId);
+  /** A peer node reads only the VM it migrates (or just migrated) here. */
+  const mayRead = (ctx: CallContext, name: string): string => {
+    const c = caller(ctx);
+    if (c.kind === 'peer' && !m.peerMayRead(c.nodeId, name)) throw new PermissionDeniedError(`node ${c.nodeId} has no migration of VM ${name} on this node`, { reason: 'NOT_RUN_SOURCE' });
+    return name;
+  };
   return {
     getHostInfo: async () => ({ host: await d.hostInfo() }),
     createVm: async (req) => {
@@ -21,13 +31,13 @@ export function nodeHandlers(d: NodeDaemon): Handlers<typeof NodeServiceService>
       return { vm: await d.createVm(req.spec) };
     },
     listVms: async () => ({ vms: await Promise.all(d.vms.list().map((v) => d.vmInfo(v.name))) }),
-    getVm: async (req) => ({ vm: await d.vmInfo(required(req.name, 'name')) }),
+    getVm: async (req, ctx) => ({ vm: await d.vmInfo(mayRead(ctx, required(req.name, 'name'))) }),
     destroyVm: async (req) => {
       await d.destroyVm(required(req.name, 'name'));
       return {};
     },
     watchGuest: async function* (req, ctx): AsyncIterable<WatchGuestResponse> {
-      const feed = d.guest(required(req.name, 'name'));
+      const feed = d.guest(mayRead(ctx, required(req.name, 'name')));
       if (!req.includeConsole) {
         for await (const s of feed.samples.subscribe([], ctx.signal)) yield { item: { $case: 'sample', value: s } };
         return;
@@ -59,17 +69,17 @@ export function nodeHandlers(d: NodeDaemon): Handlers<typeof NodeServiceService>
         wake = undefined;
       }
     },
-    prepareIncoming: async (req) => m.prepareIncoming(req),
-    pauseIncoming: async (req) => ({ qemuStatus: await m.pauseIncoming(required(req.runId, 'run_id')) }),
-    recoverIncoming: async (req) => ({ uri: await m.recoverIncoming(required(req.runId, 'run_id')) }),
-    confirmIncoming: async (req) => m.confirmIncoming({ ...req, runId: required(req.runId, 'run_id') }),
-    abortIncoming: async (req) => {
-      await m.abortIncoming(required(req.runId, 'run_id'));
+    prepareIncoming: async (req, ctx) => m.prepareIncoming(req, caller(ctx)),
+    pauseIncoming: async (req, ctx) => ({ qemuStatus: await m.pauseIncoming(required(req.runId, 'run_id'), caller(ctx)) }),
+    recoverIncoming: async (req, ctx) => m.recoverIncoming(required(req.runId, 'run_id'), caller(ctx)),
+    confirmIncoming: async (req, ctx) => m.confirmIncoming({ ...req, runId: required(req.runId, 'run_id') }, caller(ctx)),
+    abortIncoming: async (req, ctx) => {
+      await m.abortIncoming(required(req.runId, 'run_id'), caller(ctx));
       return {};
     },
     startMigration: async (req) => ({ migration: await m.start(req) }),
     watchMigration: (req, ctx) => m.watch(required(req.runId, 'run_id'), ctx.signal),
-    getMigration: async (req) => ({ migration: m.get(required(req.runId, 'run_id')) }),
+    getMigration: async (req, ctx) => ({ migration: m.get(required(req.runId, 'run_id'), caller(ctx)) }),
     listMigrations: async (req) => ({ migrations: m.list(req.activeOnly) }),
     adjustMigration: async (req) => ({ migration: await m.adjust({ ...req, runId: required(req.runId, 'run_id') }) }),
     startPostcopy: async (req) => ({ migration: await m.startPostcopy(required(req.runId, 'run_id'), req.actor, req.reason) }),

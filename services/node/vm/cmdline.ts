@@ -21,6 +21,9 @@ export interface VmPaths {
   readonly ramFile: string;
 }
 
+/** QEMU's seccomp filter for every VM: obsolete system calls, privilege changes, exec and resource control denied. */
+export const SANDBOX = 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny';
+
 /** Longest unix socket path (sun_path is 108 bytes with the terminating NUL). */
 export const MAX_SOCKET_PATH = 107;
 
@@ -96,6 +99,12 @@ export function buildQemuArgs(spec: VmSpec, paths: VmPaths, options: BuildOption
     '-pidfile', paths.pidFile,
     // Timestamps on QEMU's own stderr lines (qemu.log), for post-mortems.
     '-msg', 'timestamp=on',
+    // QEMU runs as root (post-copy needs userfaultfd, which an unprivileged QEMU lacks while
+    // vm.unprivileged_userfaultfd=0), so confine it: no exec (an `exec:` migration URI or a
+    // compromised device model cannot start a shell), no setuid/setgid, no scheduler or
+    // resource-limit changes. `-run-with user=` would drop root too, but it cannot be combined
+    // with elevateprivileges=deny (SIGSYS) and loses post-copy here (see FACTS.md).
+    '-sandbox', SANDBOX,
   );
   if (options.paused === true) args.push('-S');
   if (options.incoming === true) args.push('-incoming', 'defer');

@@ -12,10 +12,9 @@ describe('node daemons: TLS stream, switchover-ack, force-complete, metrics', ()
   });
   const dest = () => ({ nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress });
 
-  it('migrates over a TLS-encrypted stream with switchover-ack, and reports its CPU cost', async () => {
+  it('encrypts every stream on nodes that require migration TLS: a policy without TLS is upgraded; switchover-ack works over TLS', async () => {
     const a = c.clients['a']!;
     const b = c.clients['b']!;
-    const results: Record<string, { ms: number; cpu: number }> = {};
     for (const tls of [false, true]) {
       const name = tls ? 'tls1' : 'plain1';
       const [from, to] = tls ? [b, a] : [a, b];
@@ -26,13 +25,12 @@ describe('node daemons: TLS stream, switchover-ack, force-complete, metrics', ()
       await from.startMigration({ runId, vmName: name, destination, policy: policy({ tls, switchoverAck: tls }) });
       const trace = await followMigration(from, runId);
       expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
-      expect(trace.result.policy?.tls).toBe(tls);
+      expect(trace.result.policy?.tls).toBe(true);
       const after = await waitForGuest(to, name, 2, 30_000, (s) => s.pagesVerified > before.at(-1)!.pagesVerified);
       expect(after.at(-1)!.integrityErrors).toBe(0);
-      results[tls ? 'tls' : 'plain'] = { ms: trace.result.stats!.totalTimeMs, cpu: trace.result.stats!.sourceCpuSeconds + trace.result.stats!.destinationCpuSeconds };
+      console.log(`TLS stream (policy tls=${tls}${tls ? ', switchover-ack' : ''}): ${trace.result.stats!.totalTimeMs} ms, ${(trace.result.stats!.sourceCpuSeconds + trace.result.stats!.destinationCpuSeconds).toFixed(2)} CPU-s`);
       await to.destroyVm({ name });
     }
-    console.log(`TLS cost: plain ${results['plain']!.ms} ms / ${results['plain']!.cpu.toFixed(2)} CPU-s, TLS+switchover-ack ${results['tls']!.ms} ms / ${results['tls']!.cpu.toFixed(2)} CPU-s`);
   });
 
   it('force-complete without post-copy pauses the guest, completes, and resumes it on the destination', async () => {

@@ -50,3 +50,28 @@ describe('node daemon guest image', () => {
     expect(loadNodeConfig(['--node-id', 'a', '--tls-dir', d], { MIGD_GUEST_IMAGE: '/opt/g' }).guestImageDir).toBe('/opt/g');
   });
 });
+
+describe('node daemon security options', () => {
+  it('defaults: coordinator identity migd-coordinator, roots = state dir and image folder, TLS not required', () => {
+    const cfg = loadNodeConfig(['--node-id', 'a', '--insecure', '--state-dir', '/srv/a', '--guest-image', '/srv/img'], {});
+    expect(cfg.coordinatorIdentities).toEqual(['migd-coordinator']);
+    expect(cfg.storageRoots).toEqual(['/srv/a']);
+    expect(cfg.imageRoots).toEqual(['/srv/img']);
+    expect(cfg.requireMigrationTls).toBe(false);
+  });
+
+  it('takes repeated roots and identities from flags, comma lists from the environment', () => {
+    const d = tlsDir('migd-node');
+    const cfg = loadNodeConfig(['--node-id', 'a', '--tls-dir', d, '--storage-root', '/x', '--storage-root', '/y', '--coordinator-identity', 'coord-1', '--require-migration-tls'], { MIGD_NODE_IMAGE_ROOT: '/i1,/i2' });
+    expect(cfg.storageRoots).toEqual(['/x', '/y']);
+    expect(cfg.imageRoots).toEqual(['/i1', '/i2']);
+    expect(cfg.coordinatorIdentities).toEqual(['coord-1']);
+    expect(cfg.requireMigrationTls).toBe(true);
+  });
+
+  it('refuses relative roots, node identities as coordinator, and required TLS without certificates', () => {
+    expect(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--storage-root', 'rel'], {})).toThrow(/absolute/);
+    expect(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--coordinator-identity', 'migd-node.b'], {})).toThrow(/node identity/);
+    expect(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--require-migration-tls'], {})).toThrow(ConfigError);
+  });
+});

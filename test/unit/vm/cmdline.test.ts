@@ -91,6 +91,7 @@ describe('buildQemuArgs', () => {
       '-qmp', 'unix:/var/lib/migd/vms/vm1/qmp.sock,server=on,wait=off',
       '-pidfile', '/var/lib/migd/vms/vm1/qemu.pid',
       '-msg', 'timestamp=on',
+      '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
     ]);
   });
 

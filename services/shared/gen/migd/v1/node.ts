@@ -148,10 +148,15 @@ export interface PrepareIncomingRequest {
 
 /** PrepareIncomingResponse says where the source must send the stream. */
 export interface PrepareIncomingResponse {
-  /** The URI the source passes to `migrate` (e.g. "tcp:198.18.1.2:49152"). */
+  /**
+   * The URI the destination listens on (e.g. "tcp:198.18.1.2:49152"), for logs only: a source
+   * never passes a URI it received to QEMU, it builds `tcp:<registered migration address>:<port>`.
+   */
   uri: string;
   /** PID of the incoming QEMU. */
   pid: number;
+  /** The TCP port the incoming QEMU listens on, on the destination's registered migration address. */
+  port: number;
 }
 
 /** PauseIncomingRequest names the incoming migration to pause. */
@@ -172,10 +177,12 @@ export interface RecoverIncomingRequest {
   runId: string;
 }
 
-/** RecoverIncomingResponse gives the new URI to resume to. */
+/** RecoverIncomingResponse gives the new port to resume to. */
 export interface RecoverIncomingResponse {
-  /** The URI the source passes to `migrate` with resume=true. */
+  /** The URI the destination listens on, for logs only (see PrepareIncomingResponse.uri). */
   uri: string;
+  /** The TCP port to resume to, on the destination's registered migration address. */
+  port: number;
 }
 
 /**
@@ -1482,7 +1489,7 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
 };
 
 function createBasePrepareIncomingResponse(): PrepareIncomingResponse {
-  return { uri: "", pid: 0 };
+  return { uri: "", pid: 0, port: 0 };
 }
 
 export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
@@ -1492,6 +1499,9 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     }
     if (message.pid !== 0) {
       writer.uint32(16).uint32(message.pid);
+    }
+    if (message.port !== 0) {
+      writer.uint32(24).uint32(message.port);
     }
     return writer;
   },
@@ -1525,6 +1535,14 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
             message.pid = reader.uint32();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1541,6 +1559,7 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     return {
       uri: isSet(object.uri) ? globalThis.String(object.uri) : "",
       pid: isSet(object.pid) ? globalThis.Number(object.pid) : 0,
+      port: isSet(object.port) ? globalThis.Number(object.port) : 0,
     };
   },
 
@@ -1552,6 +1571,9 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     if (message.pid !== 0) {
       obj.pid = Math.round(message.pid);
     }
+    if (message.port !== 0) {
+      obj.port = Math.round(message.port);
+    }
     return obj;
   },
 
@@ -1562,6 +1584,7 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     const message = createBasePrepareIncomingResponse();
     message.uri = object.uri ?? "";
     message.pid = object.pid ?? 0;
+    message.port = object.port ?? 0;
     return message;
   },
 };
@@ -1786,13 +1809,16 @@ export const RecoverIncomingRequest: MessageFns<RecoverIncomingRequest> = {
 };
 
 function createBaseRecoverIncomingResponse(): RecoverIncomingResponse {
-  return { uri: "" };
+  return { uri: "", port: 0 };
 }
 
 export const RecoverIncomingResponse: MessageFns<RecoverIncomingResponse> = {
   encode(message: RecoverIncomingResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.uri !== "") {
       writer.uint32(10).string(message.uri);
+    }
+    if (message.port !== 0) {
+      writer.uint32(16).uint32(message.port);
     }
     return writer;
   },
@@ -1818,6 +1844,14 @@ export const RecoverIncomingResponse: MessageFns<RecoverIncomingResponse> = {
             message.uri = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.port = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1831,13 +1865,19 @@ export const RecoverIncomingResponse: MessageFns<RecoverIncomingResponse> = {
   },
 
   fromJSON(object: any): RecoverIncomingResponse {
-    return { uri: isSet(object.uri) ? globalThis.String(object.uri) : "" };
+    return {
+      uri: isSet(object.uri) ? globalThis.String(object.uri) : "",
+      port: isSet(object.port) ? globalThis.Number(object.port) : 0,
+    };
   },
 
   toJSON(message: RecoverIncomingResponse): unknown {
     const obj: any = {};
     if (message.uri !== "") {
       obj.uri = message.uri;
+    }
+    if (message.port !== 0) {
+      obj.port = Math.round(message.port);
     }
     return obj;
   },
@@ -1848,6 +1888,7 @@ export const RecoverIncomingResponse: MessageFns<RecoverIncomingResponse> = {
   fromPartial(object: DeepPartial<RecoverIncomingResponse>): RecoverIncomingResponse {
     const message = createBaseRecoverIncomingResponse();
     message.uri = object.uri ?? "";
+    message.port = object.port ?? 0;
     return message;
   },
 };

@@ -28,7 +28,7 @@ export interface CoordinatorCluster {
   readonly nc: NatsConnection;
   readonly coordinator: CoordinatorProcess;
   readonly nodes: Record<string, NodeProcess>;
-  /** Node clients (identity operator) for checks behind the coordinator's back. */
+  /** Node clients (the coordinator's identity, the only one besides peer nodes a node answers) for checks behind the coordinator's back. */
   readonly nodeClients: Record<string, NodeClient>;
   /** A coordinator client authenticated as `identity` (default operator). */
   client(identity?: string): CoordinatorClient;

@@ -46,14 +46,18 @@ export function prepareQemuTlsDir(certDir: string, stateDir: string, identity = 
   return dir;
 }
 
-/** Adds the credentials object to a QEMU (ignores "already exists"). */
+/**
+ * Adds the credentials object for `endpoint` to a QEMU (ignores "already exists"). One id per
+ * endpoint: a VM that arrived here (server credentials) may later leave as a source (client).
+ */
 export async function addTlsCreds(qmp: QmpClient, dir: string, endpoint: 'client' | 'server'): Promise<string> {
+  const id = `${TLS_CREDS_ID}-${endpoint}`;
   try {
-    await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_CREDS_ID, dir, endpoint, 'verify-peer': true });
+    await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id, dir, endpoint, 'verify-peer': true });
   } catch (err) {
     if (!(err instanceof QmpCommandError && /already|duplicate/i.test(err.message))) throw err;
   }
-  return TLS_CREDS_ID;
+  return id;
 }
 
 /**

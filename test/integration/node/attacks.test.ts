@@ -183,6 +183,10 @@ describe('node daemons refuse attacks (issue 17)', () => {
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     expect(trace.result.policy?.tls).toBe(true); // the nodes require TLS: the policy was upgraded
     expect((await a.listMigrations({ activeOnly: false })).migrations.map((m) => m.runId)).toEqual([runId]);
-    await c.clients['b']!.destroyVm({ name: 'victim' });
-  });
+    // And back: b, which received the VM with server credentials, now sends it as a TLS client.
+    const b = c.clients['b']!;
+    await b.startMigration({ runId: 'run-back', vmName: 'victim', destination: { nodeId: 'a', managementAddress: c.nodes['a']!.address, migrationAddress: c.tb.host('a').migrationAddress }, policy: policy({}) });
+    expect((await followMigration(b, 'run-back')).result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    await a.destroyVm({ name: 'victim' });
+  }, 300_000);
 });

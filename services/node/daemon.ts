@@ -95,6 +95,11 @@ export class NodeDaemon {
     const metrics = new NodeMetrics();
     const vms = await VmManager.open({ stateDir: config.stateDir, qemu: caps.qemu, logger: log.child({ component: 'vm' }), onQmpCommand: metrics.onQmpCommand });
     const d = new NodeDaemon(config, vms, caps, log, metrics);
+    if (config.requireMigrationTls && !d.migrationTls) {
+      d.migrations.close();
+      await vms.close();
+      throw new ConfigError('requireMigrationTls', `no migration TLS credentials for ${config.tlsIdentity} in ${config.migrationTlsDir}`);
+    }
     for (const vm of vms.list()) {
       if (vm.status !== 'running') continue;
       d.loadSpec(vm);
@@ -106,10 +111,6 @@ export class NodeDaemon {
     for (const vm of vms.list()) {
       // A VM marked migrating that no adopted migration claims: the mark outlived its driver.
       if (vm.status === 'running' && vm.role === 'migrating' && !d.migratingVms.has(vm.name)) await vms.setRole(vm.name, 'running');
-    }
-    if (config.requireMigrationTls && !d.migrationTls) {
-      await vms.close();
-      throw new ConfigError('requireMigrationTls', `no migration TLS credentials for ${config.tlsIdentity} in ${config.migrationTlsDir}`);
     }
     d.server = new RpcServer({ address: config.listen, security: config.security, log, authorize: nodeAuthorizer(config.coordinatorIdentities, config.nodeId, log) });
     d.server.addService('migd.v1.NodeService', NodeServiceService, nodeHandlers(d));

@@ -631,14 +631,17 @@ export class SourceMigration {
     const { vm, log } = this.p;
     const st = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as { running?: boolean; status?: string } | undefined;
     if (this.postcopyStarted) return 'post-copy had started: the guest continues on the destination, or is lost with it';
+    const lost = 'the source QEMU is gone: the guest, which had not been handed over, is lost with it';
     if (st?.running) {
       this.p.host.setMigration(vm.name, undefined);
       const r = await this.abortDestination(this.now() + this.opts.peerDeadlineMs);
+      // A killed source QEMU can fail the stream a moment before its own death is seen: look again.
+      if (!(await this.sourceAlive())) return lost;
       return `the guest keeps running on the source${r === 'gone' ? '' : ' (the destination copy, paused, is left to the destination to remove)'}`;
     }
-    if (!st) {
+    if (!st || !(await this.sourceAlive())) {
       await this.abortDestination(this.now() + this.opts.peerDeadlineMs);
-      return 'the source QEMU is gone';
+      return lost;
     }
     const r = await this.abortDestination(this.now() + this.opts.handoverTimeoutMs);
     if (r === 'gone') {
@@ -651,6 +654,13 @@ export class SourceMigration {
       return 'the guest runs on the destination; the source copy was removed';
     }
     return 'the destination did not confirm its copy gone: the source copy stays paused';
+  }
+
+  /** The source QEMU still answers and its process is alive (asked a moment later). */
+  private async sourceAlive(): Promise<boolean> {
+    await sleep(300);
+    if (!this.p.host.attach(this.p.vm.name)) return false;
+    return this.p.vm.qmp.execute('query-status', undefined, { timeoutMs: 3000 }).then(() => true, () => false);
   }
 
   private async fail(message: string, reason: string): Promise<void> {

@@ -80,7 +80,7 @@ function vmOf(q: FakeQemu, samples = new Broadcast<GuestPerfSample>()): Migratab
   return { name: 'vm1', spec: spec('vm1'), pid: 4242, qmp: q.client, guestSamples: (signal) => samples.subscribe([], signal), lastGuestSample: () => undefined, cpuSeconds: async () => 0 };
 }
 
-function fakeHost(): VmHost & { destroyed: string[]; migrating: Map<string, string | undefined>; adopted: string[] } {
+function fakeHost(o: { qemuGone?: boolean } = {}): VmHost & { destroyed: string[]; migrating: Map<string, string | undefined>; adopted: string[] } {
   const destroyed: string[] = [];
   const migrating = new Map<string, string | undefined>();
   const adopted: string[] = [];
@@ -91,7 +91,7 @@ function fakeHost(): VmHost & { destroyed: string[]; migrating: Map<string, stri
     source: () => {
       throw new Error('unused');
     },
-    attach: () => undefined,
+    attach: (name) => (o.qemuGone || destroyed.includes(name) ? undefined : ({ name } as MigratableVm)),
     list: () => [],
     setMigration: (name, runId) => void migrating.set(name, runId),
     createIncoming: () => Promise.reject(new Error('unused')),
@@ -269,6 +269,17 @@ describe('source ownership on failures and restarts', () => {
     expect(peer.calls).toEqual(['abort', 'abort', 'abort']);
     expect(q.commands.filter((c) => c === 'cont')).toHaveLength(1);
     expect(q.commands.indexOf('cont')).toBeGreaterThan(q.commands.lastIndexOf('query-status'));
+  });
+
+  it('says the guest is lost when the source QEMU died, not that it keeps running', async () => {
+    const q = new FakeQemu({ running: true, migration: 'failed' });
+    await q.connect();
+    const m = adoptedSource(q, fakePeer({ abort: () => undefined }), fakeHost({ qemuGone: true }), records(), sourceRecord('streaming'));
+    await m.adopt();
+    const info = await m.finished();
+    expect(info.error?.message).toContain('the source QEMU is gone');
+    expect(info.error?.message).not.toContain('keeps running');
+    expect(q.commands).not.toContain('cont');
   });
 
   it('follows a migration still streaming after a restart, and hands over when QEMU completes', async () => {

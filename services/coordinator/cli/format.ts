@@ -1,45 +1,9 @@
 /**
- * How migctl shows numbers and tables to people: binary byte units, rates both as bytes and as
- * QEMU's megabits, short durations, progress bars and aligned columns. Pure functions; the
- * machine-readable output (--json) never goes through here.
+ * How migctl shows numbers and tables to people: percentages, times, progress bars and aligned
+ * columns (bytes, rates and durations: domain/units.ts, shared with the domain's reasons). Pure
+ * functions; the machine-readable output (--json) never goes through here.
  */
 import { PolicyKind, migrationStateToJSON, type MigrationState } from '../../shared/gen/migd/v1/common.js';
-
-const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'] as const;
-
-/** "0 B", "812 B", "4.0 KiB", "63.9 MiB", "1.50 GiB". */
-export function formatBytes(bytes: number): string {
-  if (!Number.isFinite(bytes)) return '-';
-  let v = Math.abs(bytes);
-  let i = 0;
-  while (v >= 1024 && i < UNITS.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  const sign = bytes < 0 ? '-' : '';
-  if (i === 0) return `${sign}${Math.round(v)} B`;
-  return `${sign}${v.toFixed(i >= 3 ? 2 : 1)} ${UNITS[i]}`;
-}
-
-/** "106.3 MiB/s". */
-export function formatRate(bytesPerSec: number): string {
-  return Number.isFinite(bytesPerSec) ? `${formatBytes(bytesPerSec)}/s` : '-';
-}
-
-/** QEMU reports throughput in megabits (10^6 bits) per second. */
-export function mbpsToBytesPerSec(mbps: number): number {
-  return (mbps * 1_000_000) / 8;
-}
-
-/** "850 ms", "12.3 s", "4m05s", "2h10m". */
-export function formatDuration(ms: number): string {
-  if (!Number.isFinite(ms) || ms < 0) return '-';
-  if (ms < 1000) return `${Math.round(ms)} ms`;
-  if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`;
-  const s = Math.round(ms / 1000);
-  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
-  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
-}
 
 /** A number with `digits` decimals, or "-" for NaN/∞ (e.g. a summary with no succeeded runs). */
 export function formatNumber(v: number, digits = 0): string {

@@ -7,7 +7,8 @@
  */
 import { MigrationState, PolicyActionKind, policyActionKindToJSON, vmStateToJSON, type VmState, type GuestPerfSample, type MigrationStats, type PolicyAction, type ProgressSample } from '../../shared/gen/migd/v1/common.js';
 import type { Event } from '../../shared/gen/migd/v1/events.js';
-import { formatBytes, formatDuration, formatRate, mbpsToBytesPerSec, progressBar, stateName, truncate } from './format.js';
+import { formatBytes, formatDuration, formatRate, mbpsToBytesPerSec } from '../domain/units.js';
+import { progressBar, stateName, truncate } from './format.js';
 import { isTerminalState } from '../../shared/policy/states.js';
 
 /** What is known about a run before its events arrive (from the plan or GetRun). */

@@ -4,7 +4,7 @@
  * ms/GiB, heartbeat gaps, integrity errors). Pure.
  */
 import type { GetRunTimelineResponse } from '../../shared/gen/migd/v1/coordinator.js';
-import { mbpsToBytesPerSec } from './format.js';
+import { mbpsToBytesPerSec } from '../domain/units.js';
 
 /** Mean ms/GiB of the guest's write passes in one phase; NaN without samples. */
 export interface GuestPhase {

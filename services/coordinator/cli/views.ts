@@ -14,7 +14,8 @@ import {
   type CoordinatorServiceListVmsResponse,
 } from '../../shared/gen/migd/v1/coordinator.js';
 import { describeAction, describeStats, transition } from './progress.js';
-import { formatBytes, formatDuration, formatNumber, formatPercent, formatRate, formatTable, formatTime, policyDisplayName, stateName } from './format.js';
+import { formatBytes, formatDuration, formatRate } from '../domain/units.js';
+import { formatNumber, formatPercent, formatTable, formatTime, policyDisplayName, stateName } from './format.js';
 import { summarizeTimeline, type GuestPhase } from './summary.js';
 
 const MiB = 2 ** 20;

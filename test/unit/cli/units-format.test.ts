@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { MigdError, NotFoundError, PermissionDeniedError, FailedPreconditionError, UnavailableError, DeadlineExceededError, InvalidArgumentError, CancelledError } from '../../../services/shared/errors.js';
 import { MigrationState, PolicyKind } from '../../../services/shared/gen/migd/v1/common.js';
 import { ExitCode, exitCodeForError, exitCodeForRuns } from '../../../services/coordinator/cli/exit-codes.js';
-import { formatBytes, formatDuration, formatRate, formatTable, mbpsToBytesPerSec, policyDisplayName, progressBar, stateName, truncate } from '../../../services/coordinator/cli/format.js';
+import { formatTable, policyDisplayName, progressBar, stateName, truncate } from '../../../services/coordinator/cli/format.js';
+import { formatBytes, formatDuration, formatRate, mbpsToBytesPerSec } from '../../../services/coordinator/domain/units.js';
 import { UsageError, parseDurationMs, parseInteger, parseList, parseMemoryMib, parseRate, parseSize, parseTime } from '../../../services/coordinator/cli/units.js';
 
 const MiB = 2 ** 20;
@@ -75,6 +76,10 @@ describe('format', () => {
     expect(formatDuration(245_000)).toBe('4m05s');
     expect(formatDuration(7_800_000)).toBe('2h10m');
     expect(formatDuration(NaN)).toBe('-');
+    expect(formatDuration(-1)).toBe('-');
+    expect(formatDuration(Infinity)).toBe('∞');
+    expect(formatBytes(Infinity)).toBe('∞');
+    expect(formatRate(NaN)).toBe('-');
   });
 
   it('draws progress bars in ASCII and with eighth blocks', () => {

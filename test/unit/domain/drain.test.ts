@@ -108,7 +108,7 @@ describe('planDrain', () => {
 
     // The plan says why, in words.
     expect(plan.orderingReason).toMatch(/^longest predicted migration first/);
-    expect(plan.orderingReason).toContain('≈59.8 s predicted vs ≈79.8 s in first-come order');
+    expect(plan.orderingReason).toContain('≈59.8 s predicted vs ≈1m20s in first-come order');
     expect(plan.entries[0]?.reason).toContain('position 1/5, longest predicted first: pre-copy in 7 pass(es), ≈59.8 s');
     expect(plan.entries[0]?.reason).toMatch(/^destination a: /);
   });

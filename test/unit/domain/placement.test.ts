@@ -51,7 +51,7 @@ describe('placeVm', () => {
     // c: 12 − 10 = 2 GiB left, too little for web-1 (4 GiB); b excluded by web-2; a remains.
     const p = placeVm(c, 'web-1');
     expect(p.destination).toBe('a');
-    expect(p.verdicts.find((v) => v.nodeId === 'c')?.problems[0]).toMatch(/needs 4\.0 GiB but has 2\.0 GiB free after 10\.0 GiB reserved by 1 planned migration/);
+    expect(p.verdicts.find((v) => v.nodeId === 'c')?.problems[0]).toMatch(/needs 4\.00 GiB but has 2\.00 GiB free after 10\.00 GiB reserved by 1 planned migration/);
     // web-2 planned to move b → a: a is out for web-1 now, and b (which web-2 leaves) is in.
     const c2 = cluster({ plannedMoves: [{ vmName: 'web-2', from: 'b', to: 'a', memoryBytes: GiB }] });
     const p2 = placeVm(c2, 'web-1');
@@ -93,9 +93,9 @@ describe('placeVm', () => {
     }
     expect(err).toBeInstanceOf(ResourceExhaustedError);
     const msg = (err as Error).message;
-    expect(msg).toContain('no node can take VM "big" (8.0 GiB)');
+    expect(msg).toContain('no node can take VM "big" (8.00 GiB)');
     expect(msg).toContain('down is down');
-    expect(msg).toContain('small needs 8.0 GiB but has 1.0 GiB free');
+    expect(msg).toContain('small needs 8.00 GiB but has 1.00 GiB free');
     expect(msg).toContain('old lacks postcopy-ram');
   });
 

@@ -94,8 +94,8 @@ describe('Nova preset', () => {
       [1_500_000, 'SET_DOWNTIME', 500],
       [1_600_000, 'ABORT', 0], // 800 s × 2 GiB (Nova's floor)
     ]);
-    expect(actions[0]?.reason).toBe('Nova downtime step 1/10, one every 150 s for 2.00 GiB: downtime limit 95 ms after 150.0 s');
-    expect(actions[10]?.reason).toContain('completion timeout: not completed after 1600.0 s (800 s/GiB × 2.00 GiB)');
+    expect(actions[0]?.reason).toBe('Nova downtime step 1/10, one every 150 s for 2.00 GiB: downtime limit 95 ms after 2m30s');
+    expect(actions[10]?.reason).toContain('completion timeout: not completed after 26m40s (800 s/GiB × 2.00 GiB)');
   });
 
   it('takes the latest due step when samples are sparse (update_downtime)', () => {
@@ -186,7 +186,7 @@ describe('KubeVirt preset', () => {
     const policy = build({ kind: PolicyKind.POLICY_KIND_KUBEVIRT }, 4 * GiB); // completion 600 s
     const { actions } = replay(policy, stalled({ untilMs: 300_000, everyMs: 1000, totalBytes: 4 * GiB, fallMs: 20_000 }));
     expect(summary(actions)).toEqual([[170_000, 'ABORT', 0]]);
-    expect(actions[0]?.reason).toBe('progress timeout: remaining has not gone below 100.0 MiB since 20.0 s (150.0 s without a new minimum); aborting; the guest keeps running on the source');
+    expect(actions[0]?.reason).toBe('progress timeout: remaining has not gone below 100.0 MiB since 20.0 s (2m30s without a new minimum); aborting; the guest keeps running on the source');
   });
 
   it('switches to post-copy at the completion timeout when post-copy is allowed (progress still aborts)', () => {

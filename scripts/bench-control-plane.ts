@@ -33,6 +33,7 @@ import { freePort } from '../services/shared/net.js';
 import { type CoordinatorProcess, coordinatorEntry, startCoordinatorProcess, startNatsProcess, stopChild } from '../services/testbed/cluster.js';
 import { ensureGuestImage } from '../stress/image/build.js';
 import { sleep } from '../stress/lab/backend.js';
+import { configError, loadConfig } from '../services/shared/config.js';
 import { startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
 import { CoordinatorBackend } from '../stress/lab/coordinator-backend.js';
 import { quantile } from '../stress/lab/metrics.js';
@@ -40,18 +41,27 @@ import { SimCluster } from '../stress/lab/sim-nodes.js';
 
 const MiB = 1024 * 1024;
 
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : dflt;
-}
-const PARTS = new Set(arg('parts', 'a,b,c,d').split(','));
-const REPS = Number(arg('reps', '3'));
-const NODES = arg('nodes', '50,100,500').split(',').map(Number);
-const VMS_PER_NODE = Number(arg('vms-per-node', '20'));
+const { values: opts } = loadConfig(
+  {
+    parts: { type: 'list', default: ['a', 'b', 'c', 'd'], doc: 'which parts to run (default a,b,c,d)' },
+    reps: { type: 'integer', default: 3, min: 1, max: 100, doc: 'repetitions of a and b (default 3)' },
+    nodes: { type: 'list', default: ['50', '100', '500'], doc: 'simulated cluster sizes of d (default 50,100,500)' },
+    'vms-per-node': { type: 'integer', default: 20, min: 1, max: 10_000, doc: 'VMs per simulated node (default 20)' },
+    'max-plans': { type: 'integer', default: 25, min: 0, max: 100_000, doc: 'drain plans per cluster size, each of 2 × vms-per-node VMs; 0: every populated node (default 25)' },
+    'heartbeat-misses': { type: 'integer', default: 3, min: 1, max: 100, doc: "the coordinator's --heartbeat-misses (default 3, at 2 s)" },
+  },
+  process.argv.slice(2),
+);
+for (const p of opts.parts) if (!['a', 'b', 'c', 'd'].includes(p)) throw configError('parts', `"${p}" is not a part (a, b, c, d)`);
+const NODES = opts.nodes.map(Number);
+if (NODES.some((n) => !Number.isInteger(n) || n < 1)) throw configError('nodes', 'must be whole numbers of nodes');
+const PARTS = new Set(opts.parts);
+const REPS = opts.reps;
+const VMS_PER_NODE = opts['vms-per-node'];
 /** Drain plans submitted per cluster size (each drains one node of 2 × vms-per-node VMs); 0 = every populated node. */
-const MAX_PLANS = Number(arg('max-plans', '25'));
+const MAX_PLANS = opts['max-plans'];
 /** The coordinator's --heartbeat-misses (its default is 3 at 2 s). */
-const HEARTBEAT_MISSES = Number(arg('heartbeat-misses', '3'));
+const HEARTBEAT_MISSES = opts['heartbeat-misses'];
 
 const fmt = (v: number, d = 2): string => (Number.isFinite(v) ? v.toFixed(d) : '—');
 const med = (v: number[]): number => quantile(v, 0.5);

@@ -21,6 +21,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { connect, type NatsConnection } from 'nats';
 import { openSqliteHistoryStore, type SqliteHistoryStore } from '../services/coordinator/store/sqlite.js';
+import { loadConfig } from '../services/shared/config.js';
 import { newId } from '../services/shared/events/ids.js';
 import { startOutboxRelay, type OutboxRelay } from '../services/shared/events/relay.js';
 import { subscribeRun } from '../services/shared/events/subscriber.js';
@@ -30,17 +31,19 @@ import { freePort } from '../services/shared/net.js';
 
 const quiet = createLogger('bench', {}, () => undefined, 'error');
 
-function arg(name: string, dflt: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  const v = i >= 0 ? Number(process.argv[i + 1]) : dflt;
-  if (!Number.isFinite(v) || v <= 0) throw new Error(`--${name} must be a positive number`);
-  return v;
-}
-
-const SAMPLES = arg('samples', 200_000);
-const RUNS = arg('runs', 20);
-const LATENCY_EVENTS = arg('latency', 1000);
-const INTERVAL_MS = arg('interval-ms', 5);
+const { values: opts } = loadConfig(
+  {
+    samples: { type: 'integer', default: 200_000, min: 1, max: 100_000_000, doc: 'progress samples ingested (default 200000)' },
+    runs: { type: 'integer', default: 20, min: 1, max: 100_000, doc: 'runs the samples are spread over (default 20)' },
+    latency: { type: 'integer', default: 1000, min: 1, max: 1_000_000, doc: 'events timed end to end (default 1000)' },
+    'interval-ms': { type: 'integer', default: 5, min: 1, max: 60_000, doc: 'one latency event every N ms (default 5)' },
+  },
+  process.argv.slice(2),
+);
+const SAMPLES = opts.samples;
+const RUNS = opts.runs;
+const LATENCY_EVENTS = opts.latency;
+const INTERVAL_MS = opts['interval-ms'];
 
 
 async function startNats(storeDir: string): Promise<{ proc: ChildProcess; url: string }> {

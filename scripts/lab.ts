@@ -20,6 +20,7 @@ import { execFileSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
+import { configError, configUsage, loadConfig, type ConfigSchema } from '../services/shared/config.js';
 import { certDir as defaultCertDir, repoRoot } from '../services/shared/paths.js';
 import type { LabBackend } from '../stress/lab/backend.js';
 import { startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
@@ -28,56 +29,24 @@ import { loadResults } from '../stress/lab/results.js';
 import { reportFromResults, runComparison } from '../stress/lab/runner.js';
 import { COMPARISONS, resolveTarget, type LabLink } from '../stress/lab/scenarios.js';
 
-interface Args {
-  target?: string;
-  quick: boolean;
-  repetitions?: number;
-  resume: boolean;
-  out?: string;
-  coordinator?: string;
-  certDir?: string;
-  direct: boolean;
-  png: boolean;
-  reportOnly: boolean;
-  list: boolean;
-  verbose: boolean;
-}
-
-function parseArgs(argv: readonly string[]): Args {
-  const a: Args = { quick: false, resume: false, direct: false, png: true, reportOnly: false, list: false, verbose: false };
-  for (let i = 0; i < argv.length; i++) {
-    const x = argv[i]!;
-    const value = (): string => {
-      const v = argv[++i];
-      if (v === undefined || v.startsWith('--')) throw new Error(`${x} needs a value`);
-      return v;
-    };
-    if (x === '--quick') a.quick = true;
-    else if (x === '--resume') a.resume = true;
-    else if (x === '--repetitions' || x === '-n') {
-      const v = value();
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 1 || n > 100) throw new Error(`${x} must be a whole number from 1 to 100, not "${v}"`);
-      a.repetitions = n;
-    }
-    else if (x === '--out') a.out = value();
-    else if (x === '--coordinator') a.coordinator = value();
-    else if (x === '--cert-dir') a.certDir = value();
-    else if (x === '--direct') a.direct = true;
-    else if (x === '--no-png') a.png = false;
-    else if (x === '--report-only') a.reportOnly = true;
-    else if (x === '--list') a.list = true;
-    else if (x === '--verbose' || x === '-v') a.verbose = true;
-    else if (x === '--help' || x === '-h') a.list = true;
-    else if (x.startsWith('-')) throw new Error(`unknown option ${x}`);
-    else if (a.target === undefined) a.target = x;
-    else throw new Error(`unexpected argument ${x}`);
-  }
-  return a;
-}
+/** The lab's options (services/shared/config.ts). */
+const OPTIONS = {
+  quick: { type: 'boolean', doc: "run the comparison's quick subset once each" },
+  repetitions: { type: 'integer', short: 'n', min: 1, max: 100, doc: "run every scenario N times instead of its own count" },
+  resume: { type: 'boolean', doc: 'continue with the scenario/repetition pairs not yet recorded' },
+  out: { type: 'string', doc: 'results folder (default test-output/lab/<target>[-quick])' },
+  coordinator: { type: 'string', doc: "someone else's coordinator, HOST:PORT (links are then not shaped)" },
+  'cert-dir': { type: 'string', doc: 'client certificates for --coordinator (default .cache/certs)' },
+  direct: { type: 'boolean', doc: "drive the node daemons directly with the coordinator's policy code in-process" },
+  'no-png': { type: 'boolean', doc: 'do not render report.png' },
+  'report-only': { type: 'boolean', doc: 'rebuild the report from recorded results' },
+  list: { type: 'boolean', doc: 'list the comparisons and scenarios' },
+  verbose: { type: 'boolean', short: 'v', doc: "print the daemons' log lines" },
+  help: { type: 'boolean', short: 'h', doc: 'this help, and the list' },
+} as const satisfies ConfigSchema;
 
 function list(): void {
-  console.log('usage: npm run lab -- <comparison|scenario> [--quick | --repetitions N] [--resume] [--out DIR] [--coordinator HOST:PORT [--cert-dir DIR]] [--direct] [--no-png] [--report-only]\n');
+  console.log(`usage: npm run lab -- <comparison|scenario> [options]\n${configUsage(OPTIONS)}\n`);
   for (const c of COMPARISONS) {
     const runs = c.scenarios.reduce((n, s) => n + s.repetitions, 0);
     console.log(`${c.name}  (${c.scenarios.length} scenarios, ${runs} runs; --quick: ${c.quick?.length ?? c.scenarios.length} runs)\n  ${c.title}`);
@@ -94,8 +63,10 @@ function qemuVersion(): string {
 }
 
 async function main(): Promise<number> {
-  const args = parseArgs(process.argv.slice(2));
-  if (args.quick && args.repetitions !== undefined) throw new Error('--quick and --repetitions do not go together: --quick runs its subset once each');
+  const { values: o, positionals } = loadConfig(OPTIONS, process.argv.slice(2), { positionals: 1 });
+  if (o.quick && o.repetitions !== undefined) throw configError('repetitions', 'does not go with --quick: --quick runs its subset once each');
+  if (o.direct && o.coordinator !== undefined) throw configError('direct', 'does not go with --coordinator: --direct brings up its own node daemons');
+  const args = { ...o, target: positionals[0], certDir: o['cert-dir'], png: !o['no-png'], reportOnly: o['report-only'], list: o.list || o.help };
   if (args.list || !args.target) {
     list();
     return args.target || args.list ? 0 : 2;

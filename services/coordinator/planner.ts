@@ -162,7 +162,7 @@ export class Planner {
    *   (node down), AlreadyExistsError (name in use), ResourceExhaustedError (no node can take it),
    *   and the node's own errors
    */
-  async createVm(req: CoordinatorServiceCreateVmRequest): Promise<VmInfo> {
+  async createVm(req: CoordinatorServiceCreateVmRequest, signal?: AbortSignal): Promise<VmInfo> {
     const spec = req.spec;
     if (!spec) throw new InvalidArgumentError('spec is required');
     if (!VM_NAME.test(spec.name)) throw new InvalidArgumentError(`spec.name "${spec.name}" must match ${VM_NAME.source}`);
@@ -185,7 +185,7 @@ export class Planner {
         }
         nodeId = best.nodeId;
       }
-      const res = await this.o.registry.client(nodeId).createVm({ spec }, { deadlineMs: this.o.createVmDeadlineMs });
+      const res = await this.o.registry.client(nodeId).createVm({ spec }, { deadlineMs: this.o.createVmDeadlineMs, ...(signal ? { signal } : {}) });
       const vm: VmInfo = res.vm ?? { spec, nodeId, state: VmState.VM_STATE_STARTING, pid: 0, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0 };
       await this.o.registry.vmCreated({ ...vm, nodeId });
       this.o.log.info('VM created', { vm: spec.name, nodeId });

@@ -6,6 +6,7 @@ import { Broadcast } from '../shared/broadcast.js';
 import type { GuestPerfSample } from '../shared/gen/migd/v1/common.js';
 import { GuestTelemetryParser, type GuestPerfSample as ParsedSample } from '../shared/guest/telemetry.js';
 import type { Logger } from '../shared/log.js';
+import { retry } from '../shared/retry.js';
 import type { SerialSubscription } from './vm/serial.js';
 
 export class GuestFeed {
@@ -28,29 +29,33 @@ export class GuestFeed {
   private async run(): Promise<void> {
     // The serial subscription ends when QEMU exits; a VM that is only being (re)attached may not
     // have its console yet, so retry a few times.
-    for (let attempt = 0; attempt < 50 && !this.stop.signal.aborted; attempt++) {
-      const parser = new GuestTelemetryParser();
-      try {
-        for await (const chunk of this.open(this.stop.signal)) {
-          this.console.publish(chunk);
-          for (const ev of parser.push(Buffer.from(chunk))) {
-            if (ev.type === 'pass') this.passes.set(ev.worker, ev.pass);
-            if (ev.type === 'verify' && Date.now() - (this.last?.hostMs ?? 0) > 1000) {
-              // A guest that writes nothing (idle pattern) still verifies its memory: report
-              // that as a heartbeat-only sample (ms_per_gib 0), so it is seen alive and intact.
-              const integrity = parser.integrity();
-              this.publish({ worker: -1, msPerGib: 0, guestMonoMs: ev.guestMonoMs, hostMs: ev.hostMs, pagesVerified: integrity.pagesVerified, integrityErrors: integrity.errors, heartbeatGapMs: 0 });
-              continue;
-            }
-            if (ev.type !== 'sample') continue;
-            this.publish(ev.sample);
-          }
+    await retry(() => this.follow(), {
+      attempts: 50,
+      initialMs: 200,
+      factor: 1,
+      jitter: 0,
+      signal: this.stop.signal,
+      retryable: () => true,
+      onRetry: (err) => this.log.debug('serial console not readable yet', { vm: this.vmName, err: (err as Error).message }),
+    }).catch(() => undefined); // stopped, or the console never came: the feed stays empty
+  }
+
+  /** Reads the console until it ends. @throws when it cannot be opened or read */
+  private async follow(): Promise<void> {
+    const parser = new GuestTelemetryParser();
+    for await (const chunk of this.open(this.stop.signal)) {
+      this.console.publish(chunk);
+      for (const ev of parser.push(Buffer.from(chunk))) {
+        if (ev.type === 'pass') this.passes.set(ev.worker, ev.pass);
+        if (ev.type === 'verify' && Date.now() - (this.last?.hostMs ?? 0) > 1000) {
+          // A guest that writes nothing (idle pattern) still verifies its memory: report
+          // that as a heartbeat-only sample (ms_per_gib 0), so it is seen alive and intact.
+          const integrity = parser.integrity();
+          this.publish({ worker: -1, msPerGib: 0, guestMonoMs: ev.guestMonoMs, hostMs: ev.hostMs, pagesVerified: integrity.pagesVerified, integrityErrors: integrity.errors, heartbeatGapMs: 0 });
+          continue;
         }
-        return;
-      } catch (err) {
-        if (this.stop.signal.aborted) return;
-        this.log.debug('serial console not readable yet', { vm: this.vmName, err: (err as Error).message });
-        await new Promise((r) => setTimeout(r, 200));
+        if (ev.type !== 'sample') continue;
+        this.publish(ev.sample);
       }
     }
   }

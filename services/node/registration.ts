@@ -12,6 +12,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { MigdError } from '../shared/errors.js';
+import { retry } from '../shared/retry.js';
 import type { HostInfo, VmInfo } from '../shared/gen/migd/v1/common.js';
 import { CoordinatorServiceService } from '../shared/gen/migd/v1/coordinator.js';
 import type { Logger } from '../shared/log.js';
@@ -57,12 +58,13 @@ export function startRegistration(o: RegistrationOptions): Registration {
   const deadlineMs = o.deadlineMs ?? 5000;
   let markRegistered!: () => void;
   const registered = new Promise<void>((resolve) => (markRegistered = resolve));
-  const initialBackoff = Math.min(o.retryInitialMs ?? 250, retryMax);
-  let backoff = initialBackoff;
-  const retryDelay = (): number => {
-    const d = backoff * (0.5 + Math.random() * 0.5);
-    backoff = Math.min(backoff * 2, retryMax);
-    return d;
+  // Jittered ±25 % around a doubling delay whose top, jitter included, is retryMax.
+  const retryOptions = {
+    signal,
+    initialMs: Math.min(o.retryInitialMs ?? 250, retryMax) * 0.75,
+    maxMs: retryMax / 1.25,
+    jitter: 0.25,
+    retryable: () => true,
   };
   let loggedDown = false;
   const trouble = (what: string, err: unknown): void => {
@@ -72,33 +74,41 @@ export function startRegistration(o: RegistrationOptions): Registration {
     loggedDown = true;
   };
 
+  let interval = o.heartbeatMs;
+  let needRegister = true;
+  const beat = async (): Promise<void> => {
+    if (needRegister) {
+      const res = await client.registerNode({ host: await o.hostInfo() }, { deadlineMs, signal, waitForReady: true });
+      interval = res.heartbeatIntervalMs || o.heartbeatMs;
+      needRegister = false;
+      o.log.info('registered with the coordinator', { coordinator: o.coordinator, nodeId: res.nodeId, heartbeatMs: interval });
+      markRegistered();
+    } else {
+      const [host, vms] = await Promise.all([o.hostInfo(), o.vms()]);
+      await client.heartbeat({ host, vms }, { deadlineMs, signal, waitForReady: true });
+    }
+  };
+  const beatOrRegister = async (): Promise<void> => {
+    try {
+      await beat();
+    } catch (err) {
+      // The coordinator does not know this node (it forgot it): register again at once.
+      if (!(err instanceof MigdError && err.code === 'NOT_FOUND') || needRegister) throw err;
+      needRegister = true;
+      await beat();
+    }
+  };
+
   const loop = async (): Promise<void> => {
-    let interval = o.heartbeatMs;
-    let needRegister = true;
     while (!signal.aborted) {
       try {
-        if (needRegister) {
-          const res = await client.registerNode({ host: await o.hostInfo() }, { deadlineMs, signal, waitForReady: true });
-          interval = res.heartbeatIntervalMs || o.heartbeatMs;
-          needRegister = false;
-          o.log.info('registered with the coordinator', { coordinator: o.coordinator, nodeId: res.nodeId, heartbeatMs: interval });
-          markRegistered();
-        } else {
-          const [host, vms] = await Promise.all([o.hostInfo(), o.vms()]);
-          await client.heartbeat({ host, vms }, { deadlineMs, signal, waitForReady: true });
-        }
+        await retry(beatOrRegister, { ...retryOptions, onRetry: (err) => trouble(needRegister ? 'registration' : 'heartbeat', err) });
         if (loggedDown) o.log.info('coordinator reachable again', { coordinator: o.coordinator });
         loggedDown = false;
-        backoff = initialBackoff;
         await sleep(interval, undefined, { signal });
       } catch (err) {
         if (signal.aborted) return;
-        if (err instanceof MigdError && err.code === 'NOT_FOUND') {
-          needRegister = true;
-          continue;
-        }
-        trouble(needRegister ? 'registration' : 'heartbeat', err);
-        await sleep(retryDelay(), undefined, { signal }).catch(() => undefined);
+        throw err;
       }
     }
   };

@@ -70,7 +70,8 @@ export function coordinatorHandlers(p: CoordinatorParts): Handlers<typeof Coordi
     },
     listNodes: async () => ({ nodes: await p.registry.nodes() }),
     listVms: async (req) => ({ vms: await p.registry.vms(req.nodeId || undefined) }),
-    createVm: async (req) => ({ vm: await p.planner.createVm(req) }),
+    // Calls that reach a node pass the caller's signal on: a caller that goes away cancels them.
+    createVm: async (req, ctx) => ({ vm: await p.planner.createVm(req, ctx.signal) }),
 
     // Idempotency keys are scoped to the caller: another identity's key is never shared.
     submitPlan: async (req, ctx) => p.planner.submit(req, ctx.identity ?? ''),
@@ -96,8 +97,8 @@ export function coordinatorHandlers(p: CoordinatorParts): Handlers<typeof Coordi
       throw new InvalidArgumentError('set scope: run_id, or cluster = true');
     },
 
-    cancelRun: async (req, ctx) => ({ run: await p.runs.cancel(required(req.runId, 'run_id'), actorOf(ctx), req.reason) }),
-    forceCompleteRun: async (req, ctx) => ({ run: await p.runs.forceComplete(required(req.runId, 'run_id'), actorOf(ctx), req.reason) }),
-    adjustRun: async (req, ctx) => ({ run: await p.runs.adjust({ ...req, runId: required(req.runId, 'run_id') }, actorOf(ctx)) }),
+    cancelRun: async (req, ctx) => ({ run: await p.runs.cancel(required(req.runId, 'run_id'), actorOf(ctx), req.reason, ctx.signal) }),
+    forceCompleteRun: async (req, ctx) => ({ run: await p.runs.forceComplete(required(req.runId, 'run_id'), actorOf(ctx), req.reason, ctx.signal) }),
+    adjustRun: async (req, ctx) => ({ run: await p.runs.adjust({ ...req, runId: required(req.runId, 'run_id') }, actorOf(ctx), ctx.signal) }),
   };
 }

@@ -270,7 +270,7 @@ export class RunManager {
    * cancelled on its source node (the run ends CANCELLED when the node reports it).
    * @throws InvalidArgumentError, NotFoundError, FailedPreconditionError (finished; in post-copy)
    */
-  async cancel(runId: string, actor: string, reason: string): Promise<Run> {
+  async cancel(runId: string, actor: string, reason: string, signal?: AbortSignal): Promise<Run> {
     const run = await this.activeRun(runId);
     const why = reason || 'cancel requested';
     if (this.queue.status(run.id) === 'queued') {
@@ -282,14 +282,14 @@ export class RunManager {
       this.dispatch();
       return ended;
     }
-    await this.supervisorOf(run, 'cancel').cancel(actor, why);
+    await this.supervisorOf(run, 'cancel').cancel(actor, why, signal);
     return this.o.store.getRun(run.id);
   }
 
   /** @throws InvalidArgumentError, NotFoundError, FailedPreconditionError (queued, finished) */
-  async forceComplete(runId: string, actor: string, reason: string): Promise<Run> {
+  async forceComplete(runId: string, actor: string, reason: string, signal?: AbortSignal): Promise<Run> {
     const run = await this.activeRun(runId);
-    await this.supervisorOf(run, 'force-complete').forceComplete(actor, reason || 'force-complete requested');
+    await this.supervisorOf(run, 'force-complete').forceComplete(actor, reason || 'force-complete requested', signal);
     return this.o.store.getRun(run.id);
   }
 
@@ -297,7 +297,7 @@ export class RunManager {
    * Changes a running migration's limits.
    * @throws InvalidArgumentError (nothing to change, out of range), NotFoundError, FailedPreconditionError
    */
-  async adjust(req: { runId: string; downtimeLimitMs?: number | undefined; maxBandwidthBytesPerSec?: number | undefined; reason: string }, actor: string): Promise<Run> {
+  async adjust(req: { runId: string; downtimeLimitMs?: number | undefined; maxBandwidthBytesPerSec?: number | undefined; reason: string }, actor: string, signal?: AbortSignal): Promise<Run> {
     if (req.downtimeLimitMs === undefined && req.maxBandwidthBytesPerSec === undefined) {
       throw new InvalidArgumentError('set downtime_limit_ms and/or max_bandwidth_bytes_per_sec');
     }
@@ -309,7 +309,7 @@ export class RunManager {
       ...(req.downtimeLimitMs !== undefined ? { downtimeLimitMs: req.downtimeLimitMs } : {}),
       ...(req.maxBandwidthBytesPerSec !== undefined ? { maxBandwidthBytesPerSec: req.maxBandwidthBytesPerSec } : {}),
     };
-    await this.supervisorOf(run, 'adjust').adjust(change, actor, req.reason || 'adjusted');
+    await this.supervisorOf(run, 'adjust').adjust(change, actor, req.reason || 'adjusted', signal);
     return this.o.store.getRun(run.id);
   }
 

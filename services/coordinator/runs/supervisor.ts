@@ -426,25 +426,28 @@ export class RunSupervisor {
    * Cancels the migration on the node (or as soon as the node has accepted it).
    * @throws FailedPreconditionError (finished, or in post-copy: the node refuses), UnavailableError
    */
-  async cancel(actor: string, reason: string): Promise<void> {
+  async cancel(actor: string, reason: string, signal?: AbortSignal): Promise<void> {
     if (this.finished) throw new FailedPreconditionError(`run ${this.runId} has already finished`, { reason: 'RUN_FINISHED' });
     if (!this.startedOnNode) {
       this.pendingCancel = { actor, reason };
       return;
     }
-    await this.d.client(this.run.sourceNodeId).cancelMigration({ runId: this.runId, actor, reason }, { deadlineMs: this.d.callDeadlineMs });
+    await this.d.client(this.run.sourceNodeId).cancelMigration({ runId: this.runId, actor, reason }, { deadlineMs: this.d.callDeadlineMs, ...(signal ? { signal } : {}) });
   }
 
-  /** Forces completion on the node. @throws FailedPreconditionError (not started, finished) */
-  async forceComplete(actor: string, reason: string): Promise<void> {
+  /**
+   * Forces completion on the node; `signal` is the caller's, so a caller that goes away cancels
+   * the node call. @throws FailedPreconditionError (not started, finished)
+   */
+  async forceComplete(actor: string, reason: string, signal?: AbortSignal): Promise<void> {
     this.requireOnNode('force-complete');
-    await this.d.client(this.run.sourceNodeId).forceComplete({ runId: this.runId, actor, reason }, { deadlineMs: this.d.callDeadlineMs });
+    await this.d.client(this.run.sourceNodeId).forceComplete({ runId: this.runId, actor, reason }, { deadlineMs: this.d.callDeadlineMs, ...(signal ? { signal } : {}) });
   }
 
   /** Changes limits on the node. @throws FailedPreconditionError (not started, finished), InvalidArgumentError */
-  async adjust(change: { downtimeLimitMs?: number; maxBandwidthBytesPerSec?: number }, actor: string, reason: string): Promise<void> {
+  async adjust(change: { downtimeLimitMs?: number; maxBandwidthBytesPerSec?: number }, actor: string, reason: string, signal?: AbortSignal): Promise<void> {
     this.requireOnNode('adjust');
-    await this.d.client(this.run.sourceNodeId).adjustMigration({ runId: this.runId, ...change, enableAutoConverge: false, actor, reason }, { deadlineMs: this.d.callDeadlineMs });
+    await this.d.client(this.run.sourceNodeId).adjustMigration({ runId: this.runId, ...change, enableAutoConverge: false, actor, reason }, { deadlineMs: this.d.callDeadlineMs, ...(signal ? { signal } : {}) });
   }
 
   private requireOnNode(what: string): void {

@@ -5,7 +5,7 @@
  * figures), switches to post-copy when its policy says so, recovers a stalled post-copy link, and
  * declares success only after the guest has been seen alive on the destination.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
+import { setTimeout as sleep, setTimeout as sleepFor } from 'node:timers/promises';
 import { Broadcast } from '../../shared/broadcast.js';
 import { isTransient, retry } from '../../shared/retry.js';
 import { CancelledError, FailedPreconditionError, MigdError, UnavailableError } from '../../shared/errors.js';
@@ -415,6 +415,8 @@ export class SourceMigration {
   private async recover(reason: string): Promise<void> {
     if (this.recovering || isTerminal(this.state)) return;
     this.recovering = true;
+    // Every wait below ends as soon as the migration stops (e.g. the daemon shuts down).
+    const sleep = (ms: number): Promise<void> => sleepFor(ms, undefined, { signal: this.stop.signal });
     const { vm, peer, log } = this.p;
     const deadline = this.now() + this.opts.recoveryTimeoutMs;
     this.action(PolicyActionKind.POLICY_ACTION_KIND_RECOVER, 0, 'node', reason);
@@ -449,6 +451,7 @@ export class SourceMigration {
           if (s !== 'postcopy-paused') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch(() => undefined);
           log.info('post-copy recovery attempt failed; retrying', { attempt, status: s, backoff });
         } catch (err) {
+          if (this.stop.signal.aborted) return;
           log.info('post-copy recovery attempt failed; retrying', { attempt, err: (err as Error).message, backoff });
         }
         this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED, `recovery attempt ${attempt} failed; retrying in ${backoff} ms`);
@@ -456,7 +459,7 @@ export class SourceMigration {
         backoff = Math.min(backoff * 2, 5000);
       }
     } catch (err) {
-      await this.fail(`post-copy recovery failed: ${(err as Error).message}`, 'RECOVERY_FAILED');
+      if (!this.stop.signal.aborted) await this.fail(`post-copy recovery failed: ${(err as Error).message}`, 'RECOVERY_FAILED');
     } finally {
       this.recovering = false;
     }

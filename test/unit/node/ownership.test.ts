@@ -108,9 +108,9 @@ function fakePeer(script: { confirm?: (n: number) => ConfirmIncomingResponse | E
   const never = (): AsyncIterable<never> => ({ [Symbol.asyncIterator]: () => ({ next: () => new Promise(() => undefined) }) });
   return {
     calls,
-    prepareIncoming: async () => ({ uri: 'tcp:127.0.0.1:1', pid: 1 }),
+    prepareIncoming: async () => ({ uri: 'tcp:127.0.0.1:1', pid: 1, port: 1 }),
     pauseIncoming: async () => ({ qemuStatus: 'postcopy-paused' }),
-    recoverIncoming: async () => ({ uri: 'tcp:127.0.0.1:2' }),
+    recoverIncoming: async () => ({ uri: 'tcp:127.0.0.1:2', port: 2 }),
     confirmIncoming: async () => {
       calls.push('confirm');
       const r = script.confirm?.(++confirms) ?? new UnavailableError('down');

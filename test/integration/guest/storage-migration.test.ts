@@ -17,7 +17,7 @@
  * blackout under 1 s on a fast link, and for LOCAL `qemu-img compare` identical and a sparse target.
  * Figures are printed as one JSON line per case (`storage-migration {...}`).
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';

@@ -67,7 +67,7 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => void close(0));
   try {
     const { tb } = cluster;
-    console.log(`migd: coordinator at ${cluster.coordinatorAddress}, events on ${cluster.natsUrl}; nodes a (${tb.host('a').mgmtAddress}) and b (${tb.host('b').mgmtAddress}) registered`);
+    console.log(`migd: coordinator at ${cluster.coordinatorAddress}, events on ${cluster.natsUrl} (TLS with a certificate of ${certDir()}, read-only user ${cluster.natsReader.user}, password in ${cluster.natsReader.passwordFile}); nodes a (${tb.host('a').mgmtAddress}) and b (${tb.host('b').mgmtAddress}) registered`);
     const op = cluster.client();
     const spec = {
       name: 'demo',

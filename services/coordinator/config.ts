@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type ConcurrencyLimits, DEFAULT_LIMITS } from './domain/scheduler.js';
 import { ConfigError } from '../shared/errors.js';
+import { redactNatsUrl, type NatsClientAuth } from '../shared/events/nats-security.js';
 import { identityFiles } from '../shared/pki.js';
 import { certDir, repoRoot } from '../shared/paths.js';
 import { isLoopbackHost, splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
@@ -28,8 +29,16 @@ export interface CoordinatorConfig {
   readonly insecure: boolean;
   /** SQLite history database file (default `<repo>/.state/coordinator/history.sqlite`). */
   readonly db: string;
-  /** NATS server URL(s), comma-separated; empty: no NATS, events wait in the outbox (default empty). */
+  /**
+   * NATS server URL(s), comma-separated; empty: no NATS, events wait in the outbox (default
+   * empty). `tls://host:port` connects with TLS, presenting this coordinator's certificate.
+   */
   readonly nats: string;
+  /**
+   * How the coordinator authenticates to NATS: `--nats-user` with `--nats-password-file`, or a
+   * credentials file (`--nats-creds`); TLS for `tls://` URLs. Default: nothing (an open server).
+   */
+  readonly natsAuth: NatsClientAuth;
   /**
    * Client-certificate identity (CN) → role. Defaults: operator→operator, viewer→viewer,
    * migd-node→node, migd-coordinator→operator; entries given in configuration add to or
@@ -66,6 +75,9 @@ type Raw = Partial<
     | 'insecure'
     | 'db'
     | 'nats'
+    | 'natsUser'
+    | 'natsPasswordFile'
+    | 'natsCreds'
     | 'roles'
     | 'requireNodeIdentity'
     | 'allowSharedNodeIdentity'
@@ -90,6 +102,9 @@ const keys: (keyof Raw)[] = [
   'insecure',
   'db',
   'nats',
+  'natsUser',
+  'natsPasswordFile',
+  'natsCreds',
   'roles',
   'requireNodeIdentity',
   'allowSharedNodeIdentity',
@@ -112,6 +127,9 @@ const envMap: Record<string, keyof Raw> = {
   MIGD_INSECURE: 'insecure',
   MIGD_COORDINATOR_DB: 'db',
   MIGD_NATS_URL: 'nats',
+  MIGD_NATS_USER: 'natsUser',
+  MIGD_NATS_PASSWORD_FILE: 'natsPasswordFile',
+  MIGD_NATS_CREDS: 'natsCreds',
   MIGD_COORDINATOR_ROLES: 'roles',
   MIGD_COORDINATOR_REQUIRE_NODE_IDENTITY: 'requireNodeIdentity',
   MIGD_COORDINATOR_ALLOW_SHARED_NODE_IDENTITY: 'allowSharedNodeIdentity',
@@ -213,8 +231,21 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
   const files = identityFiles(tlsDir, identity);
   const nats = str(raw, 'nats', '');
   for (const url of nats ? nats.split(',') : []) {
-    if (!/^(nats|tls|ws|wss):\/\/[^\s/]+$|^[^\s:/]+:\d+$/.test(url.trim())) throw new ConfigError('nats', `"${url}" is not a NATS server URL (nats://host:port)`);
+    if (!/^(nats|tls|ws|wss):\/\/[^\s/]+$|^[^\s:/]+:\d+$/.test(url.trim())) throw new ConfigError('nats', `"${redactNatsUrl(url)}" is not a NATS server URL (nats://host:port)`);
   }
+  const natsUser = str(raw, 'natsUser', '');
+  const natsPasswordFile = str(raw, 'natsPasswordFile', '');
+  const natsCreds = str(raw, 'natsCreds', '');
+  if (natsUser && !natsPasswordFile) throw new ConfigError('natsPasswordFile', 'is required with natsUser');
+  if (natsPasswordFile && !natsUser) throw new ConfigError('natsUser', 'is required with natsPasswordFile');
+  if (natsCreds && natsUser) throw new ConfigError('natsCreds', 'set either natsCreds or natsUser, not both');
+  const natsTls = nats.split(',').some((u) => u.trim().startsWith('tls://'));
+  if (natsTls && insecure) throw new ConfigError('nats', 'tls:// needs this coordinator\'s certificate; it cannot be combined with insecure');
+  const natsAuth: NatsClientAuth = Object.freeze({
+    ...(natsTls ? { tls: files } : {}),
+    ...(natsUser ? { user: natsUser, passwordFile: natsPasswordFile } : {}),
+    ...(natsCreds ? { credsFile: natsCreds } : {}),
+  });
   const metricsListen = str(raw, 'metricsListen', '');
   if (metricsListen) {
     try {
@@ -253,6 +284,7 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
     insecure,
     db: str(raw, 'db', join(repoRoot(), '.state', 'coordinator', 'history.sqlite')),
     nats,
+    natsAuth,
     roles,
     requireNodeIdentity,
     heartbeatMs,

@@ -7,6 +7,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type NatsConnection } from 'nats';
+import { natsConnectOptions, redactNatsUrl, type NatsClientAuth } from '../shared/events/nats-security.js';
 import { startOutboxRelay, type OutboxRelay } from '../shared/events/relay.js';
 import { CoordinatorServiceService } from '../shared/gen/migd/v1/coordinator.js';
 import type { Logger } from '../shared/log.js';
@@ -85,7 +86,7 @@ export class Coordinator {
       // The queue is rebuilt before serving so the first SubmitPlan sees the real slot usage;
       // the supervisors re-attach to their nodes in the background.
       await runs.recover();
-      if (config.nats) c.natsLoop = c.connectNats(config.nats);
+      if (config.nats) c.natsLoop = c.connectNats(config.nats, config.natsAuth);
       c.server = new RpcServer({ address: config.listen, security: config.security, log, authorize: createAuthorizer(config.roles, log, { anonymousAllowed: config.insecure }) });
       c.server.addService('migd.v1.CoordinatorService', CoordinatorServiceService, coordinatorHandlers({ store, registry, planner, runs, bus, requireNodeIdentity: config.requireNodeIdentity, log }));
       await c.server.start();
@@ -100,7 +101,7 @@ export class Coordinator {
     if (!config.requireNodeIdentity && !config.insecure) {
       log.warn('--allow-shared-node-identity: a node holding the shared "migd-node" certificate may speak for any node; give each node its own certificate (migd-node.<node id>) and drop the flag');
     }
-    log.info('coordinator serving', { listen: config.listen, port: c.port, db: config.db, nats: config.nats || null, limits: config.limits });
+    log.info('coordinator serving', { listen: config.listen, port: c.port, db: config.db, nats: config.nats ? redactNatsUrl(config.nats) : null, limits: config.limits });
     return c;
   }
 
@@ -123,19 +124,19 @@ export class Coordinator {
    * Connects to NATS, retrying with backoff until it succeeds or the coordinator stops; once
    * connected the client reconnects by itself forever and the relay publishes the outbox.
    */
-  private async connectNats(servers: string): Promise<void> {
+  private async connectNats(servers: string, auth: NatsClientAuth): Promise<void> {
     const log = this.log.child({ component: 'nats' });
     let backoff = 500;
     while (!this.stopper.signal.aborted) {
       try {
-        const nc = await connect({ servers: servers.split(',').map((s) => s.trim()), name: 'migd-coordinator', maxReconnectAttempts: -1, reconnectTimeWait: 1000, timeout: 3000 });
+        const nc = await connect({ ...natsConnectOptions(servers.split(','), auth), name: 'migd-coordinator', maxReconnectAttempts: -1, reconnectTimeWait: 1000, timeout: 3000 });
         if (this.stopper.signal.aborted) {
           await nc.close();
           return;
         }
         this.nc = nc;
         this.relay = startOutboxRelay({ source: this.store, nc, onLag: outboxLagObserver(this.metrics), logger: log });
-        log.info('connected to NATS; publishing the outbox', { server: nc.getServer() });
+        log.info('connected to NATS; publishing the outbox', { server: redactNatsUrl(nc.getServer()) });
         return;
       } catch (err) {
         // Warn once per outage; the outbox keeps every event meanwhile.

@@ -8,12 +8,14 @@
  * everything (QEMU processes die with their namespaces), also after a partial start.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { DependencyError, UnavailableError } from '../shared/errors.js';
 import { CoordinatorServiceService, NodeStatus } from '../shared/gen/migd/v1/coordinator.js';
+import { NATS_PUBLISHER_USER, NATS_READER_USER, NATS_SERVER_IDENTITY, createNatsUsers, natsServerConfig, type NatsServerSecurity } from '../shared/events/nats-security.js';
 import { repoRoot } from '../shared/paths.js';
+import { ensurePrivateDir } from '../shared/private-files.js';
 import { ensurePki, identityFiles } from '../shared/pki.js';
 import { createClient, type RpcClient } from '../shared/rpc/client.js';
 import { startNodeDaemon, type NodeProcess } from './nodes.js';
@@ -62,8 +64,10 @@ export interface LocalCluster {
   readonly nodes: readonly NodeProcess[];
   /** host:port of the coordinator (reachable from the root namespace and from every host). */
   readonly coordinatorAddress: string;
-  /** nats://127.0.0.1:port */
+  /** tls://127.0.0.1:port (TLS with a client certificate of the cluster's CA, and a user). */
   readonly natsUrl: string;
+  /** The read-only NATS user for event consumers (its password file is private to this user). */
+  readonly natsReader: { readonly user: string; readonly passwordFile: string };
   readonly certDir: string;
   /** A coordinator client with the given identity (default operator). */
   client(identity?: string): CoordinatorClient;
@@ -144,15 +148,23 @@ export async function startService(
 }
 
 /**
- * Starts nats-server with JetStream on 127.0.0.1 (a free port), storing under `storeDir`.
+ * Starts nats-server with JetStream on 127.0.0.1 (a free port), storing under `storeDir`. With
+ * `security` it requires TLS with client certificates and the given users (configuration in
+ * `<storeDir>.conf`, 0600) and its URL is `tls://`; without, it is open (benchmarks only).
  * @throws DependencyError when not installed; UnavailableError when it does not start
  */
-export async function startNatsProcess(storeDir: string, onLog: (l: string) => void = () => undefined, port?: number): Promise<{ process: ChildProcess; url: string; port: number }> {
+export async function startNatsProcess(storeDir: string, onLog: (l: string) => void = () => undefined, port?: number, security?: NatsServerSecurity): Promise<{ process: ChildProcess; url: string; port: number }> {
   const bin = natsServerBinary();
   port ??= await freePort('127.0.0.1');
-  mkdirSync(storeDir, { recursive: true });
-  const child = await startService('nats', bin, ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir], (l) => l.includes('Server is ready'), onLog);
-  return { process: child, url: `nats://127.0.0.1:${port}`, port };
+  ensurePrivateDir(storeDir);
+  let args = ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir];
+  if (security) {
+    const conf = `${storeDir}.conf`;
+    writeFileSync(conf, natsServerConfig({ host: '127.0.0.1', port, storeDir, name: `migd-${port}`, security }), { mode: 0o600 });
+    args = ['-c', conf];
+  }
+  const child = await startService('nats', bin, args, (l) => l.includes('Server is ready'), onLog);
+  return { process: child, url: `${security ? 'tls' : 'nats'}://127.0.0.1:${port}`, port };
 }
 
 /** SIGTERM, then SIGKILL after 5 s; resolves when the child has exited. */
@@ -254,19 +266,27 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     natsServerBinary();
     tb = await Testbed.create({ hosts: [...hosts] });
     const natsDir = join(opts.workDir, 'nats');
+    // NATS is locked down: TLS with the cluster's certificates, a publisher (the coordinator) and
+    // a read-only user, with passwords in private files.
+    const natsAuthDir = join(opts.workDir, 'nats-auth');
+    ensurePrivateDir(natsAuthDir);
+    ensurePki(opts.certDir, [{ name: NATS_SERVER_IDENTITY, usage: 'server', dnsNames: ['localhost'] }]);
+    const { users: natsUsers, passwordFile } = createNatsUsers(natsAuthDir);
+    const natsSecurity = { tls: identityFiles(opts.certDir, NATS_SERVER_IDENTITY), users: natsUsers };
     let natsPort: number | undefined;
     await supervisor.add('nats-server', async () => {
-      const n = await startNatsProcess(natsDir, onLog, natsPort);
+      const n = await startNatsProcess(natsDir, onLog, natsPort, natsSecurity);
       natsPort = n.port;
       return { process: n.process, stop: () => stopChild(n.process) };
     });
-    const natsUrl = `nats://127.0.0.1:${natsPort}`;
+    const natsUrl = `tls://127.0.0.1:${natsPort}`;
+    const natsArgs = ['--nats-user', NATS_PUBLISHER_USER, '--nats-password-file', passwordFile(NATS_PUBLISHER_USER)];
     const coordinatorAddress = `${tb.rootAddress}:${opts.coordinatorPort ?? (await freePort(tb.rootAddress))}`;
     const storeDir = opts.storeDir ?? opts.workDir;
     mkdirSync(storeDir, { recursive: true });
     // Every node daemon started here presents its own certificate, so the coordinator can insist.
     await supervisor.add('coordinator', () =>
-      startCoordinatorProcess({ listen: coordinatorAddress, db: join(storeDir, 'history.sqlite'), nats: natsUrl, certDir: opts.certDir, args: ['--require-node-identity', ...(opts.coordinatorArgs ?? [])], onLog }),
+      startCoordinatorProcess({ listen: coordinatorAddress, db: join(storeDir, 'history.sqlite'), nats: natsUrl, certDir: opts.certDir, args: ['--require-node-identity', ...natsArgs, ...(opts.coordinatorArgs ?? [])], onLog }),
     );
     const testbed = tb;
     for (const [i, h] of hosts.entries()) {
@@ -301,7 +321,8 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
       coordinator: supervisor.current('coordinator')?.process.pid,
       nodes: Object.fromEntries(hosts.map((h) => [h, supervisor.current(`node ${h}`)?.process.pid])),
     });
-    return { tb, nodes, coordinatorAddress, natsUrl, certDir: opts.certDir, client, pids, restarts: () => supervisor.restarts(), settled: () => supervisor.settled(), close };
+    const natsReader = { user: NATS_READER_USER, passwordFile: passwordFile(NATS_READER_USER) };
+    return { tb, nodes, coordinatorAddress, natsUrl, natsReader, certDir: opts.certDir, client, pids, restarts: () => supervisor.restarts(), settled: () => supervisor.settled(), close };
   } catch (err) {
     await close();
     throw err;

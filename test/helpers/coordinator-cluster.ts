@@ -65,8 +65,9 @@ export async function startCoordinatorCluster(hosts: string[], opts: { coordinat
     rmSync(dir, { recursive: true, force: true });
   };
   try {
-    nats = await startNatsServer();
-    nc = await connectTest(nats);
+    nats = await startNatsServer({ certDir });
+    // Tests read events as a reader would: the reader's rights must be enough.
+    nc = await connectTest(nats, {}, 'reader');
     const guestImage = await ensureGuestImageDir(join(dir, 'guest'));
     tb = await Testbed.create({ hosts });
     const listen = `${tb.rootAddress}:${await freePort(tb.rootAddress)}`;
@@ -76,9 +77,8 @@ export async function startCoordinatorCluster(hosts: string[], opts: { coordinat
       startCoordinatorProcess({
         listen,
         db: join(dir, 'history.sqlite'),
-        nats: nats!.url,
         certDir,
-        args,
+        args: [...nats!.coordinatorArgs(), ...args],
         logLevel: 'info',
         onLog: (l) => {
           if (process.env['MIGD_TEST_LOGS'] === '1') process.stderr.write(`${l}\n`);

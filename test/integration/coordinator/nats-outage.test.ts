@@ -27,7 +27,7 @@ describe('coordinator: NATS outage', () => {
   beforeAll(async () => {
     dir = await tempDir('migd-outage-');
     createPki(join(dir, 'pki'), [...defaultIdentities, { name: nodeIdentity('n1') }]);
-    nats = await startNatsServer();
+    nats = await startNatsServer({ certDir: join(dir, 'pki') });
     await nats.stop(); // down from the start; started again on the same port below
   });
   afterAll(async () => {
@@ -37,7 +37,7 @@ describe('coordinator: NATS outage', () => {
   });
 
   it('starts and serves without NATS, keeps events in the outbox, publishes them once NATS is up', async () => {
-    const config = resolveCoordinatorConfig({ listen: '127.0.0.1:0', db: join(dir, 'history.sqlite'), nats: nats.url, tlsDir: join(dir, 'pki'), heartbeatMs: '200' });
+    const config = resolveCoordinatorConfig({ listen: '127.0.0.1:0', db: join(dir, 'history.sqlite'), nats: nats.url, natsUser: nats.auth('publisher').user, natsPasswordFile: nats.auth('publisher').passwordFile, tlsDir: join(dir, 'pki'), heartbeatMs: '200' });
     coordinator = await Coordinator.start(config, quiet);
     const address = `127.0.0.1:${coordinator.port}`;
     const client = (id: string) => createClient('migd.v1.CoordinatorService', CoordinatorServiceService, address, { security: { tls: identityFiles(join(dir, 'pki'), id), serverName: 'migd-coordinator' } });
@@ -65,7 +65,7 @@ describe('coordinator: NATS outage', () => {
 
       await nats.start();
       await waitFor(async () => (await coordinator!.store.outboxLag()).unpublished === 0, 20_000, 'the outbox to drain to NATS');
-      const nc = await connectTest(nats);
+      const nc = await connectTest(nats, {}, 'reader');
       try {
         const got: Event[] = [];
         const sub = await subscribeCluster(nc, { fromStart: true });

@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NodeStatus } from '../../../services/shared/gen/migd/v1/coordinator.js';
+import { createPki } from '../../../services/shared/pki.js';
 import { startLocalCluster, type LocalCluster } from '../../../services/testbed/cluster.js';
 import { ensureGuestImageDir } from '../../../stress/image/build.js';
 import { guestSpec } from '../../helpers/node-cluster.js';
@@ -28,6 +29,8 @@ describe('local cluster: supervision', () => {
   beforeAll(async () => {
     dir = mkdtempSync('/tmp/migd-sup-');
     const guestImage = await ensureGuestImageDir(join(dir, 'guest'));
+    // The CA is made here, as setup does: the launcher only issues identities with it.
+    createPki(join(dir, 'pki'));
     cluster = await startLocalCluster({ workDir: join(dir, 'w'), certDir: join(dir, 'pki'), guestImage, restartDelayMs: 200, onSupervisor: (l) => said.push(l) });
     await cluster.client().createVm({ spec: guestSpec('sup1', { memoryMib: 128, bytesPerWorker: 8 << 20, rate: 1 << 20 }), nodeId: 'a' });
   });

@@ -191,7 +191,7 @@ export class NodeDaemon {
   async vmInfo(name: string): Promise<ProtoVmInfo> {
     const v = this.vms.get(name);
     const cpu = v.status === 'running' ? await this.vms.cpu(name).catch(() => undefined) : undefined;
-    const state = v.status === 'exited' ? VmState.VM_STATE_STOPPED : v.role === 'incoming' ? VmState.VM_STATE_INCOMING : v.role === 'migrating' ? VmState.VM_STATE_MIGRATING : VmState.VM_STATE_RUNNING;
+    const state = vmStateOf(v);
     return {
       spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: Accel.ACCEL_TCG, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid },
       nodeId: this.config.nodeId,
@@ -330,4 +330,18 @@ export class NodeDaemon {
     for (const p of this.peers.values()) p.close();
     await this.vms.close();
   }
+}
+
+/** Exit reasons of a QEMU that ended without migd or the guest asking it to (see VmExit.reason). */
+const UNEXPECTED_EXITS = new Set(['exited', 'dead at reattach', 'host-signal', 'guest-panic']);
+
+/**
+ * The proto state of a VM. A QEMU that died on its own — killed from outside, crashed, found dead
+ * when the daemon restarted — is FAILED, so the coordinator keeps listing it and the loss is
+ * reported, never silently gone (STOPPED VMs drop out of the coordinator's list). One migd
+ * stopped, a guest that shut down, or an incoming copy whose migration ended, is STOPPED.
+ */
+export function vmStateOf(v: Pick<VmInfo, 'status' | 'role' | 'exited'>): VmState {
+  if (v.status === 'exited') return v.role !== 'incoming' && UNEXPECTED_EXITS.has(v.exited?.reason ?? 'exited') ? VmState.VM_STATE_FAILED : VmState.VM_STATE_STOPPED;
+  return v.role === 'incoming' ? VmState.VM_STATE_INCOMING : v.role === 'migrating' ? VmState.VM_STATE_MIGRATING : VmState.VM_STATE_RUNNING;
 }

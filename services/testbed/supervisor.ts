@@ -42,9 +42,26 @@ export class Supervisor {
     this.sleep = o.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
   }
 
+  // Last resort when the process exits without close() (a crash, process.exit): children in the
+  // root namespace (nats-server, the coordinator) would outlive it; the testbed's own hook kills
+  // what runs in its namespaces.
+  private readonly killAllSync = (): void => {
+    this.closing = true;
+    for (const e of this.entries.values()) {
+      const pid = e.current?.process.pid;
+      if (pid === undefined) continue;
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  };
+
   /** Starts `name` with `start` and keeps it running. @throws whatever the first start throws */
   async add(name: string, start: () => Promise<SupervisedProcess>): Promise<SupervisedProcess> {
     const entry: Entry = { name, start, current: undefined, restarts: 0, restarting: undefined };
+    if (this.entries.size === 0) process.on('exit', this.killAllSync);
     this.entries.set(name, entry);
     const p = await start();
     this.watch(entry, p);
@@ -75,6 +92,7 @@ export class Supervisor {
     this.closing = true;
     await Promise.allSettled([...this.entries.values()].map((e) => e.restarting));
     for (const e of [...this.entries.values()].reverse()) await e.current?.stop().catch(() => undefined);
+    process.off('exit', this.killAllSync);
   }
 
   private watch(entry: Entry, p: SupervisedProcess): void {

@@ -452,7 +452,9 @@ class Campaign {
         const { run } = await this.api('get run', () => this.op.getRun({ runId: r.runId }), 10_000);
         state = run?.state;
         pagesVerifiedAfter = run?.stats?.pagesVerifiedAfter ?? 0;
-        error = run?.error ? `${run.error.reason}: ${run.error.message}` : '';
+        // A run the policy cancelled says why in its last action (e.g. no progress for 15 s).
+        const lastAction = run?.actions.at(-1);
+        error = run?.error ? `${run.error.reason}: ${run.error.message}` : run?.state === S.MIGRATION_STATE_CANCELLED && lastAction?.reason ? `cancelled by ${lastAction.actor}: ${lastAction.reason}` : '';
         storeTransitions = (run?.transitions ?? []).filter((t) => t.from !== t.to).map((t) => t.to);
       } catch {
         state = undefined;

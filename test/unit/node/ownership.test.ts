@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FailedPreconditionError, UnavailableError } from '../../../services/shared/errors.js';
+import { FailedPreconditionError, NotFoundError, UnavailableError } from '../../../services/shared/errors.js';
 import { MigrationState, type GuestPerfSample, type VmSpec } from '../../../services/shared/gen/migd/v1/common.js';
 import { ConfirmIncomingResponse, MigrationInfo } from '../../../services/shared/gen/migd/v1/node.js';
 import { createLogger } from '../../../services/shared/log.js';
@@ -16,6 +16,7 @@ import { Broadcast } from '../../../services/shared/broadcast.js';
 import { QmpClient } from '../../../services/node/qmp/client.js';
 import { resolveMigrationConfig } from '../../../services/shared/policy/index.js';
 import { IncomingMigration } from '../../../services/node/migration/destination.js';
+import { MigrationManager } from '../../../services/node/migration/manager.js';
 import { MigrationRecords, type DestinationRecord, type SourceRecord } from '../../../services/node/migration/record.js';
 import { SourceMigration } from '../../../services/node/migration/source.js';
 import type { MigratableVm, NodePeer, VmHost } from '../../../services/node/migration/types.js';
@@ -365,5 +366,39 @@ describe('destination ownership', () => {
     await new Promise((r) => setTimeout(r, 100));
     expect(q.commands).toContain('cont');
     await expect(m.abort()).rejects.toMatchObject({ reason: 'GUEST_RUNS_HERE' });
+  });
+});
+
+describe('a restarted daemon reconciles its records (MigrationManager)', () => {
+  function manager(host: VmHost, peer: NodePeer, stateDir: string): MigrationManager {
+    const m = new MigrationManager({ nodeId: 'b', host, supportedCapabilities: new Set(['events']), migrationAddress: '127.0.0.1', stateDir, incomingCheckMs: 300, peer: () => peer, log: quiet });
+    cleanups.push(() => m.close());
+    return m;
+  }
+
+  it('removes an incoming copy nobody owns, and one whose source no longer knows the run; answers finished runs from their record', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'migd-own-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const recs = new MigrationRecords(dir);
+    const now = new Date().toISOString();
+    await recs.write({ format: 1, runId: 'run-in', role: 'destination', vmName: 'vm1', phase: 'incoming', peer: { nodeId: 'a', managementAddress: 'a:1', migrationAddress: 'a' }, policy: {}, startedAt: now, updatedAt: now });
+    const outcome = MigrationInfo.fromPartial({ runId: 'run-done', vmName: 'vm9', state: MigrationState.MIGRATION_STATE_SUCCEEDED });
+    await recs.write({ format: 1, runId: 'run-done', role: 'source', vmName: 'vm9', phase: 'finished', peer: { nodeId: 'c', managementAddress: 'c:1', migrationAddress: 'c' }, policy: {}, outcome: MigrationInfo.toJSON(outcome), startedAt: now, updatedAt: now });
+    const q = new FakeQemu({ running: false, migration: 'completed' });
+    await q.connect();
+    const base = fakeHost();
+    const host: typeof base = { ...base, attach: (name) => (name === 'vm1' && !base.destroyed.includes(name) ? vmOf(q) : undefined), list: () => [{ name: 'vm1', role: 'incoming', alive: true }, { name: 'orphan', role: 'incoming', alive: true }] };
+    const peer = fakePeer({});
+    peer.getMigration = async () => {
+      throw new NotFoundError('no migration run-in on this node');
+    };
+    const m = manager(host, peer, dir);
+    await m.reconcile();
+    expect(base.destroyed).toEqual(['orphan']);
+    expect(m.get('run-done').state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    expect(q.commands).not.toContain('cont');
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(base.destroyed).toEqual(['orphan', 'vm1']);
+    expect((await recs.list()).map((r) => r.runId)).toEqual(['run-done']);
   });
 });

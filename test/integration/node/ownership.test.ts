@@ -101,7 +101,7 @@ describe('node daemons: ownership survives a daemon crash mid-migration', () => 
     expect({ onA, onB }).toEqual({ onA: false, onB: false }); // paused on both: never running twice
     await c.restart('b');
     await end(name, runId, uuid);
-  });
+  }, 180_000);
 
   it('source daemon killed in pre-copy: the restarted daemon finds the migration in QEMU and completes it', async () => {
     const name = 'own-src-pre';
@@ -112,7 +112,7 @@ describe('node daemons: ownership survives a daemon crash mid-migration', () => 
     expect(await consoleGrows(serialLog('b', name), 2000)).toBe(false); // the destination copy stays paused
     await c.restart('a');
     await end(name, runId, uuid);
-  });
+  }, 180_000);
 
   it('source daemon killed in post-copy: the guest runs on the destination meanwhile, and the run completes after the restart', async () => {
     const name = 'own-src-post';
@@ -125,7 +125,7 @@ describe('node daemons: ownership survives a daemon crash mid-migration', () => 
     expect({ onA, onB }).toEqual({ onA: false, onB: true });
     await c.restart('a');
     await end(name, runId, uuid);
-  });
+  }, 180_000);
 
   it('destination daemon killed in post-copy: never both copies running, and the restarted daemon takes the guest', async () => {
     const name = 'own-dst-post';
@@ -136,5 +136,5 @@ describe('node daemons: ownership survives a daemon crash mid-migration', () => 
     expect(await consoleGrows(serialLog('a', name))).toBe(false);
     await c.restart('b');
     await end(name, runId, uuid);
-  });
+  }, 180_000);
 });

@@ -10,7 +10,7 @@ import { isSampleSubject, parseSubject } from '../shared/events/subjects.js';
 import type { Run } from '../shared/gen/migd/v1/coordinator.js';
 import type { Event } from '../shared/gen/migd/v1/events.js';
 import type { Logger } from '../shared/log.js';
-import type { HistoryStore } from './store/types.js';
+import type { OutboxRepository } from './store/types.js';
 
 const PAGE = 500;
 
@@ -32,7 +32,7 @@ export class EventBus {
   private again = false;
 
   constructor(
-    private readonly store: HistoryStore,
+    private readonly store: OutboxRepository,
     private readonly log: Logger,
   ) {}
 

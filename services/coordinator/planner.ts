@@ -19,13 +19,13 @@ import type { ConcurrencyLimits } from './domain/scheduler.js';
 import { GiB, MiB, formatBytes } from './domain/units.js';
 import type { NodeRegistry } from './registry.js';
 import type { RunManager } from './runs/manager.js';
-import type { CreateRunInput, HistoryStore } from './store/types.js';
+import type { CreateRunInput, PlanRunRepository } from './store/types.js';
 
 const VM_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 const MAX_KEY = 256;
 
 export interface PlannerOptions {
-  readonly store: HistoryStore;
+  readonly store: PlanRunRepository;
   readonly registry: NodeRegistry;
   readonly runs: RunManager;
   readonly limits: ConcurrencyLimits;

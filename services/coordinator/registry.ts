@@ -13,7 +13,7 @@ import { NodeServiceService, type MigrationEndpoint } from '../shared/gen/migd/v
 import type { Logger } from '../shared/log.js';
 import { createClient, type RpcClient } from '../shared/rpc/client.js';
 import { splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
-import type { HistoryStore } from './store/types.js';
+import type { NodeVmRepository, PlanRunRepository, SampleRepository } from './store/types.js';
 
 export type NodeClient = RpcClient<typeof NodeServiceService>;
 
@@ -24,7 +24,8 @@ const PERSIST_MS = 10_000;
 const GUEST_SAMPLE_MS = 5000;
 
 export interface NodeRegistryOptions {
-  readonly store: HistoryStore;
+  /** Nodes and VMs; active runs (to keep a migrating VM where it is); guest samples from heartbeats. */
+  readonly store: NodeVmRepository & Pick<PlanRunRepository, 'listActiveRuns'> & Pick<SampleRepository, 'appendGuestSample'>;
   readonly log: Logger;
   /** The heartbeat period node daemons are told to keep (ms). */
   readonly heartbeatMs: number;

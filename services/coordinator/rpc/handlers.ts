@@ -15,10 +15,10 @@ import type { NodeRegistry } from '../registry.js';
 import { boundNodeId, nodeIdentity } from '../../shared/pki.js';
 import { checkNodeIdentity } from '../roles.js';
 import type { RunManager } from '../runs/manager.js';
-import type { HistoryStore } from '../store/types.js';
+import type { AnalyticsRepository, PlanRunRepository } from '../store/types.js';
 
 export interface CoordinatorParts {
-  readonly store: HistoryStore;
+  readonly store: Pick<PlanRunRepository, 'getPlan' | 'getRun'> & AnalyticsRepository;
   readonly registry: NodeRegistry;
   readonly planner: Planner;
   readonly runs: RunManager;

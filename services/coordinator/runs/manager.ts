@@ -12,14 +12,15 @@ import { PlanState, type Run } from '../../shared/gen/migd/v1/coordinator.js';
 import type { Logger } from '../../shared/log.js';
 import { type ConcurrencyLimits, MigrationQueue, type QueueItem } from '../domain/scheduler.js';
 import type { NodeRegistry } from '../registry.js';
-import type { HistoryStore } from '../store/types.js';
+import type { AnalyticsRepository, PlanRunRepository, SampleRepository } from '../store/types.js';
 import { RunSupervisor } from './supervisor.js';
 import { errorInfo } from '../../shared/policy/error-info.js';
 import { QEMU_MAX_DOWNTIME_MS, isValidDowntimeLimit } from '../../shared/policy/limits.js';
 import type { ConvergencePolicy } from '../domain/policy/types.js';
 
 export interface RunManagerOptions {
-  readonly store: HistoryStore;
+  /** Plans and runs; what its supervisors need besides (samples, timelines). */
+  readonly store: PlanRunRepository & SampleRepository & Pick<AnalyticsRepository, 'getRunTimeline'>;
   readonly registry: NodeRegistry;
   readonly log: Logger;
   readonly limits: ConcurrencyLimits;

@@ -32,7 +32,7 @@ import type { Logger } from '../../shared/log.js';
 import { policyFor } from '../domain/policy/factory.js';
 import type { ConvergencePolicy, PolicyDecision } from '../domain/policy/types.js';
 import type { NodeClient } from '../registry.js';
-import type { HistoryStore } from '../store/types.js';
+import type { AnalyticsRepository, PlanRunRepository, SampleRepository } from '../store/types.js';
 import { isTerminalState } from '../../shared/policy/states.js';
 import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
 
@@ -40,7 +40,7 @@ const MiB = 1024 * 1024;
 
 /** What a supervisor needs from the rest of the coordinator. */
 export interface SupervisorDeps {
-  readonly store: HistoryStore;
+  readonly store: PlanRunRepository & SampleRepository & Pick<AnalyticsRepository, 'getRunTimeline'>;
   readonly log: Logger;
   /** A client of a node daemon. @throws NotFoundError for an unknown node */
   readonly client: (nodeId: string) => NodeClient;

@@ -1,6 +1,6 @@
 /** Periodic pruning of samples and published outbox rows past their retention. */
 import { createLogger, type Logger } from '../../shared/log.js';
-import type { HistoryStore } from './types.js';
+import type { RetentionRepository } from './types.js';
 
 /** A running pruning schedule. */
 export interface PruneSchedule {
@@ -12,7 +12,7 @@ export interface PruneSchedule {
  * Calls `pruneSamples` and `pruneOutbox` every `everyMs` (default 1 h), first after `everyMs`.
  * Failures are logged and retried at the next tick.
  */
-export function schedulePruning(store: Pick<HistoryStore, 'pruneSamples' | 'pruneOutbox'>, opts: { everyMs?: number; logger?: Logger } = {}): PruneSchedule {
+export function schedulePruning(store: RetentionRepository, opts: { everyMs?: number; logger?: Logger } = {}): PruneSchedule {
   const everyMs = opts.everyMs ?? 3600_000;
   const log = opts.logger ?? createLogger('history-retention');
   let running: Promise<void> = Promise.resolve();

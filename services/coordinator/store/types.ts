@@ -135,10 +135,14 @@ export interface PruneResult {
   hostCpu: number;
 }
 
-/** The coordinator's run history. */
-export interface HistoryStore extends OutboxSource {
-  // --- nodes and VMs -------------------------------------------------------------------------
+/*
+ * The history store is a set of repositories over one database (STYLE 15), one per aggregate:
+ * each consumer takes only the ones it uses (the registry nodes and VMs, the planner plans and
+ * runs, the event bus the outbox…), so each can be faked on its own.
+ */
 
+/** Nodes and the VMs they run. */
+export interface NodeVmRepository {
   /** Creates or refreshes a node; emits NodeStateChanged when it is new or its status changed. */
   upsertNode(input: UpsertNodeInput): Promise<Node>;
   /** Sets a node's status; emits NodeStateChanged on a change. @throws NotFoundError */
@@ -156,9 +160,10 @@ export interface HistoryStore extends OutboxSource {
   getVm(name: string): Promise<VmInfo>;
   /** VMs ordered by node then name; only those of `nodeId` when given. */
   listVms(nodeId?: string): Promise<VmInfo[]>;
+}
 
-  // --- plans and runs ------------------------------------------------------------------------
-
+/** Plans, their runs, transitions and actions. */
+export interface PlanRunRepository {
   /**
    * Creates a plan (and its runs) unless its idempotency key is known, in which case the existing
    * plan is returned with `existing: true`.
@@ -201,9 +206,12 @@ export interface HistoryStore extends OutboxSource {
   listRunningPlanIds(): Promise<string[]>;
   /** Number of runs per state. */
   countRunsByState(): Promise<Map<MigrationState, number>>;
+  /** The plan submitted with `idempotencyKey` by `scope` (default ''), or undefined when unknown. */
+  findPlanByKey(idempotencyKey: string, scope?: string): Promise<Plan | undefined>;
+}
 
-  // --- samples (buffered) --------------------------------------------------------------------
-
+/** Progress, guest and host CPU samples, buffered and written in batches. */
+export interface SampleRepository {
   /**
    * Buffers a progress sample. At most one RunProgress event per run per progress interval is
    * emitted (written together with its sample). @throws InvalidArgumentError for an empty run id;
@@ -220,9 +228,10 @@ export interface HistoryStore extends OutboxSource {
   appendHostCpu(runId: string, sample: HostCpuSample): void;
   /** Writes every buffered sample. @throws the write error (the samples stay buffered). */
   flushSamples(): Promise<void>;
+}
 
-  // --- queries -------------------------------------------------------------------------------
-
+/** Queries over finished and running runs: pages, timelines, per-policy comparison, export. */
+export interface AnalyticsRepository {
   /**
    * A page of runs, newest first.
    * @throws InvalidArgumentError for a bad page token or an inverted time range.
@@ -242,9 +251,10 @@ export interface HistoryStore extends OutboxSource {
    *   filter selects more runs than the export limit.
    */
   exportRuns(filter: Partial<RunFilter>, format: ExportFormat): Promise<ExportRunsResponse>;
+}
 
-  // --- event replay (the coordinator's in-process event bus and Watch) ----------------------------
-
+/** The transactional outbox of events: publishing (OutboxSource) and replay. */
+export interface OutboxRepository extends OutboxSource {
   /**
    * Outbox rows, published or not, with `seq` above `afterSeq` (default 0), lowest first, at most
    * `limit`; only the events of `runId` when given. Published rows are kept for the outbox
@@ -253,11 +263,10 @@ export interface HistoryStore extends OutboxSource {
   readOutbox(opts: { afterSeq?: number; runId?: string; limit: number }): Promise<OutboxRecord[]>;
   /** The highest outbox `seq` written so far; 0 when the outbox has never held a row. */
   lastOutboxSeq(): Promise<number>;
-  /** The plan submitted with `idempotencyKey` by `scope` (default ''), or undefined when unknown. */
-  findPlanByKey(idempotencyKey: string, scope?: string): Promise<Plan | undefined>;
+}
 
-  // --- maintenance ---------------------------------------------------------------------------
-
+/** Retention of samples and published events. */
+export interface RetentionRepository {
   /**
    * Deletes samples past retention: progress and host CPU samples of runs finished before
    * `now - sampleRetentionMs`, guest samples older than that (unless their run is still active).
@@ -265,6 +274,10 @@ export interface HistoryStore extends OutboxSource {
   pruneSamples(now?: Date): Promise<PruneResult>;
   /** Deletes outbox rows published before `now - outboxRetentionMs`. */
   pruneOutbox(now?: Date): Promise<number>;
+}
+
+/** The coordinator's run history: every repository, over one database. */
+export interface HistoryStore extends NodeVmRepository, PlanRunRepository, SampleRepository, AnalyticsRepository, OutboxRepository, RetentionRepository {
   /** Flushes samples and closes the database. Idempotent. */
   close(): Promise<void>;
 }

@@ -113,7 +113,7 @@ export class NodeDaemon {
       if (vm.status === 'running' && vm.role === 'migrating' && !d.migratingVms.has(vm.name)) await vms.setRole(vm.name, 'running');
     }
     d.server = new RpcServer({ address: config.listen, security: config.security, log, authorize: nodeAuthorizer(config.coordinatorIdentities, config.nodeId, log) });
-    d.server.addService('migd.v1.NodeService', NodeServiceService, nodeHandlers(d));
+    d.server.addService('migd.v1.NodeService', NodeServiceService, nodeHandlers(d, log));
     await d.server.start();
     if (config.metricsListen) {
       const { host, port } = splitHostPort(config.metricsListen);

@@ -24,6 +24,7 @@ import { MigrationInfo as MigrationInfoCodec, type ConfirmIncomingResponse, type
 import type { Logger } from '../../shared/log.js';
 import type { QmpEvent } from '../qmp/protocol.js';
 import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
+import { publicMessage } from '../public-error.js';
 import type { MigrationConfig } from '../../shared/policy/resolve.js';
 import { isTerminalState as isTerminal } from '../../shared/policy/states.js';
 import { StallDetector, finalStats, postcopyDowntimeMs, progressSample, stateFromQemuStatus, type QmpMigrationInfo } from './progress.js';
@@ -216,8 +217,9 @@ export class SourceMigration {
     } catch (err) {
       this.p.host.setMigration(vm.name, undefined);
       if (prepared) await this.abortDestination(this.now() + this.opts.peerDeadlineMs).then((r) => r !== 'gone' && log.warn('abort incoming after failed start', { outcome: r }));
-      this.error = errorInfoOf(err);
-      this.finish(MigrationState.MIGRATION_STATE_FAILED, `could not start: ${(err as Error).message}`);
+      log.warn('migration could not start', { err });
+      this.error = { ...errorInfoOf(err), message: publicMessage(err) };
+      this.finish(MigrationState.MIGRATION_STATE_FAILED, `could not start: ${publicMessage(err)}`);
       throw err;
     }
   }
@@ -257,7 +259,8 @@ export class SourceMigration {
         }
         if (status === 'failed') {
           const info = (await this.p.vm.qmp.execute('query-migrate').catch(() => ({}))) as QmpMigrationInfo;
-          await this.fail(info['error-desc'] ?? 'QEMU reported the migration failed', 'QEMU_MIGRATION_FAILED');
+          log.warn('QEMU reported the migration failed', { errorDesc: info['error-desc'] ?? null });
+          await this.fail("QEMU reported the migration failed (the source node's log has QEMU's reason)", 'QEMU_MIGRATION_FAILED');
           return;
         }
         if (status === 'cancelled') {
@@ -271,7 +274,8 @@ export class SourceMigration {
       // The event stream ended: QEMU went away or the QMP connection broke.
       await this.fail('the source QEMU or its QMP connection went away during the migration', 'SOURCE_LOST');
     } catch (err) {
-      await this.fail(`migration monitor error: ${(err as Error).message}`, 'MONITOR_ERROR');
+      log.warn('migration monitor error', { err });
+      await this.fail(`migration monitor error: ${publicMessage(err)}`, 'MONITOR_ERROR');
     } finally {
       if (timer) clearTimeout(timer);
       events.close?.();
@@ -459,7 +463,8 @@ export class SourceMigration {
         backoff = Math.min(backoff * 2, 5000);
       }
     } catch (err) {
-      if (!this.stop.signal.aborted) await this.fail(`post-copy recovery failed: ${(err as Error).message}`, 'RECOVERY_FAILED');
+      this.p.log.warn('post-copy recovery failed', { err });
+      if (!this.stop.signal.aborted) await this.fail(`post-copy recovery failed: ${publicMessage(err)}`, 'RECOVERY_FAILED');
     } finally {
       this.recovering = false;
     }
@@ -481,7 +486,8 @@ export class SourceMigration {
       info = (await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 })) as QmpMigrationInfo;
     } catch (err) {
       events.close?.();
-      await this.fail(`could not read the migration from QEMU after a daemon restart: ${(err as Error).message}`, 'SOURCE_LOST');
+      this.p.log.warn('could not read the migration from QEMU after a daemon restart', { err });
+      await this.fail(`could not read the migration from QEMU after a daemon restart: ${publicMessage(err)}`, 'SOURCE_LOST');
       return;
     }
     const status = String(info.status ?? 'none');
@@ -497,7 +503,8 @@ export class SourceMigration {
         return;
       case 'failed':
         events.close?.();
-        void this.fail(`${adopted}: ${info['error-desc'] ?? 'failed'}`, 'QEMU_MIGRATION_FAILED');
+        this.p.log.warn('QEMU reported the migration failed', { errorDesc: info['error-desc'] ?? null });
+        void this.fail(`${adopted}: QEMU reported the migration failed`, 'QEMU_MIGRATION_FAILED');
         return;
       case 'cancelled':
         events.close?.();
@@ -563,7 +570,7 @@ export class SourceMigration {
       );
       return { kind: 'confirmed', res };
     } catch (err) {
-      const why = (err as Error).message;
+      const why = publicMessage(err);
       if (err instanceof MigdError && (err.code === 'NOT_FOUND' || err.reason === 'NOT_HANDED_OVER')) {
         const r = await this.abortDestination(deadline);
         if (r === 'gone') return { kind: 'refused', why };

@@ -5,7 +5,9 @@
  * handlers a peer node may call pass its identity on, so it acts only on its own runs.
  */
 import { InvalidArgumentError, PermissionDeniedError } from '../../shared/errors.js';
-import type { NodeServiceService, WatchGuestResponse } from '../../shared/gen/migd/v1/node.js';
+import { NodeServiceService, type WatchGuestResponse } from '../../shared/gen/migd/v1/node.js';
+import type { Logger } from '../../shared/log.js';
+import { toPublicError } from '../public-error.js';
 import type { CallContext, Handlers } from '../../shared/rpc/server.js';
 import type { NodeDaemon } from '../daemon.js';
 import { nodeCaller, type NodeCaller } from './authz.js';
@@ -15,7 +17,38 @@ function required(v: string, name: string): string {
   return v;
 }
 
-export function nodeHandlers(d: NodeDaemon): Handlers<typeof NodeServiceService> {
+/**
+ * Every answer goes through toPublicError: QEMU's output, QMP error texts and socket paths stay
+ * in the node's log; the client gets the code, the reason and a sentence.
+ */
+function publicErrors(handlers: Handlers<typeof NodeServiceService>, log: Logger): Handlers<typeof NodeServiceService> {
+  const out: Record<string, unknown> = {};
+  for (const [key, method] of Object.entries(NodeServiceService)) {
+    const h = (handlers as unknown as Record<string, (req: unknown, ctx: CallContext) => unknown>)[key]!;
+    out[key] = method.responseStream
+      ? async function* (req: unknown, ctx: CallContext): AsyncIterable<unknown> {
+          try {
+            yield* h(req, ctx) as AsyncIterable<unknown>;
+          } catch (err) {
+            throw toPublicError(err, log, method.path);
+          }
+        }
+      : async (req: unknown, ctx: CallContext): Promise<unknown> => {
+          try {
+            return await (h(req, ctx) as Promise<unknown>);
+          } catch (err) {
+            throw toPublicError(err, log, method.path);
+          }
+        };
+  }
+  return out as Handlers<typeof NodeServiceService>;
+}
+
+export function nodeHandlers(d: NodeDaemon, log: Logger): Handlers<typeof NodeServiceService> {
+  return publicErrors(handlers(d), log);
+}
+
+function handlers(d: NodeDaemon): Handlers<typeof NodeServiceService> {
   const m = d.migrations;
   const caller = (ctx: CallContext): NodeCaller => nodeCaller(ctx, d.config.coordinatorIdentities, d.config.nodeId);
   /** A peer node reads only the VM it migrates (or just migrated) here. */

@@ -170,6 +170,17 @@ describe('node daemons refuse attacks (issue 17)', () => {
     await a.destroyVm({ name: 'path-ok' });
   });
 
+  it("keeps QEMU's output and host paths out of answers: a VM whose kernel QEMU cannot load fails with a code and a reason", async () => {
+    const stateA = c.nodes['a']!.stateDir;
+    const bogus = join(stateA, 'bogus-vmlinux');
+    writeFileSync(bogus, 'this is not a kernel\n'.repeat(64));
+    const err = (await c.clients['a']!.createVm({ spec: { ...guestSpec('bogus'), kernelPath: bogus } }).then(() => undefined, (e: unknown) => e)) as { code?: string; reason?: string; message: string } | undefined;
+    expect(err).toMatchObject({ code: 'FAILED_PRECONDITION', reason: 'QEMU_START_FAILED' });
+    expect(err!.message).not.toContain(c.dir);
+    expect(err!.message).not.toMatch(/qemu-system|\.sock|qemu\.log:|kernel/i);
+    expect((await c.clients['a']!.listVms({})).vms.map((v) => v.spec?.name)).not.toContain('bogus');
+  });
+
   it('lets only one of two concurrent StartMigration calls for one VM through', async () => {
     const a = c.clients['a']!;
     const results = await Promise.allSettled(['run-race-1', 'run-race-2'].map((runId) => a.startMigration({ runId, vmName: 'victim', destination: destB(), policy: policy({}) })));

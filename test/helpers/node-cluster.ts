@@ -4,7 +4,7 @@
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { type MigrationState, type GuestPerfSample, type MigrationPolicy, type VmSpec, WorkloadPattern } from '../../services/shared/gen/migd/v1/common.js';
+import { type MigrationState, type GuestPerfSample, type MigrationPolicy, type VmInfo, type VmSpec, WorkloadPattern } from '../../services/shared/gen/migd/v1/common.js';
 import type { MigrationInfo, NodeServiceService, WatchMigrationResponse } from '../../services/shared/gen/migd/v1/node.js';
 import { createPki } from '../../services/shared/pki.js';
 import type { RpcClient } from '../../services/shared/rpc/client.js';
@@ -142,4 +142,71 @@ export async function followMigration(client: NodeClient, runId: string, onUpdat
 
 export function policy(p: Partial<MigrationPolicy>): MigrationPolicy {
   return { kind: 0, downtimeLimitMs: 0, maxBandwidthBytesPerSec: 0, autoConverge: undefined, postcopy: undefined, xbzrle: undefined, multifd: undefined, switchoverAck: false, tls: false, completionTimeoutSecPerGib: 0, progressTimeoutSec: 0, timeoutAction: 0, downtimeSteps: [], maxDowntimeMs: 0, ...p };
+}
+
+/**
+ * Puts a shared cluster back for the next test, whatever state the last one left (use it in
+ * `afterEach`): every host's daemon is running again (a killed one is restarted on its state
+ * dir), no link is cut or shaped, and the VMs named `vmNames` are gone from every node — a
+ * migration one of them takes part in is cancelled first, since a migrating VM cannot be destroyed.
+ * Only the named VMs are touched, so a test counting VMs can count its own.
+ * @throws Error naming what could not be removed (the next test would otherwise see it).
+ */
+export async function resetNodeCluster(c: NodeCluster, vmNames: Iterable<string>): Promise<void> {
+  const names = new Set(vmNames);
+  const hosts = Object.keys(c.nodes);
+  for (const h of hosts) {
+    const p = c.nodes[h]!.process;
+    if (p.exitCode !== null || p.signalCode !== null) await c.restart(h);
+  }
+  for (const h of hosts) {
+    for (const network of ['migration', 'management'] as const) await c.tb.restore(h, { network });
+    await c.tb.unshape(h);
+  }
+  const mine = async (h: string): Promise<VmInfo[]> => (await c.clients[h]!.listVms({})).vms.filter((v) => names.has(v.spec?.name ?? ''));
+  // Sources first: cancelling there ends the destination's incoming QEMU too.
+  for (const h of hosts) {
+    for (const v of await mine(h)) {
+      if (!v.migrationRunId) continue;
+      const cancelled = await c.clients[h]!.cancelMigration({ runId: v.migrationRunId, actor: 'test', reason: 'test cleanup' }).then(
+        () => true,
+        () => false, // not this node's migration (the destination's side), or already over
+      );
+      if (cancelled) await followMigration(c.clients[h]!, v.migrationRunId, undefined, 60_000).catch(() => undefined);
+    }
+  }
+  const destroyAll = async (): Promise<string[]> => {
+    const left: string[] = [];
+    for (const h of hosts) {
+      for (const v of await mine(h)) {
+        await c.clients[h]!.destroyVm({ name: v.spec!.name }).catch((e: unknown) => left.push(`${v.spec!.name} on ${h}: ${(e as Error).message}`));
+      }
+    }
+    return left;
+  };
+  if ((await destroyAll()).length === 0) return;
+  // A migration that cannot be cancelled (post-copy: the guest's memory is split between both
+  // ends) ends when its QEMU processes die: kill them (they are this cluster's), let the daemons
+  // notice, and destroy the records.
+  for (const h of hosts) for (const v of await mine(h)) if (v.pid > 0) killQuietly(v.pid);
+  for (const until = Date.now() + 5000; Date.now() < until; await new Promise((r) => setTimeout(r, 500))) {
+    if ((await destroyAll()).length === 0) return;
+  }
+  // A daemon still holding a dead VM in a migration (e.g. waiting to recover a paused post-copy)
+  // lets go once restarted: it reattaches and finds the QEMU gone.
+  for (const h of hosts) {
+    if ((await mine(h)).length === 0) continue;
+    await c.nodes[h]!.kill();
+    await c.restart(h);
+  }
+  const left = await destroyAll();
+  if (left.length > 0) throw new Error(`test cleanup could not remove: ${left.join('; ')}`);
+}
+
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
 }

@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, MultifdCompression, PolicyActionKind, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
-import { followMigration, guestSpec, policy, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, resetNodeCluster, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
 
 // Every mode of the node daemon on real QEMU (TCG) between two namespaces. Each case migrates a
 // guest running the verifying workload and asserts it keeps running on the destination with
@@ -14,14 +14,12 @@ describe('node daemons: migration modes', () => {
   afterAll(async () => {
     await c?.close();
   });
+  // Each case's VM (vm<n>) is removed, a migration it is in cancelled first, and the link unshaped,
+  // also when the case fails.
   afterEach(async () => {
-    await c.tb.unshape('a').catch(() => undefined);
-    // leave no VM behind between cases
-    for (const h of ['a', 'b']) {
-      const { vms } = await c.clients[h]!.listVms({});
-      for (const v of vms) await c.clients[h]!.destroyVm({ name: v.spec!.name }).catch(() => undefined);
-    }
+    if (c) await resetNodeCluster(c, [`vm${n}`]);
   });
+  const onB = async (name: string) => (await c.clients['b']!.listVms({})).vms.filter((v) => v.spec?.name === name);
 
   const dest = () => ({ nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress });
 
@@ -106,7 +104,7 @@ describe('node daemons: migration modes', () => {
     await expect(
       c.clients['a']!.startMigration({ runId: `run-bad-${n}`, vmName: name, destination: dest(), policy: policy({ multifd: { enabled: true, channels: 2, compression: 0, compressionLevel: 0 }, postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false } }) }),
     ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/multifd cannot be combined with post-copy/) });
-    expect((await c.clients['b']!.listVms({})).vms).toHaveLength(0);
+    expect(await onB(name)).toHaveLength(0);
     const runId = `run-multifd-${n}`;
     await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ multifd: { enabled: true, channels: 4, compression: MultifdCompression.MULTIFD_COMPRESSION_ZSTD, compressionLevel: 1 } }) });
     const trace = await followMigration(c.clients['a']!, runId);
@@ -137,7 +135,7 @@ describe('node daemons: migration modes', () => {
       if (u.update?.$case === 'progress' && u.update.value.transferredBytes > 0) await c.clients['a']!.cancelMigration({ runId, actor: 'test', reason: 'testing cancel' }).catch(() => undefined);
     });
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_CANCELLED);
-    expect((await c.clients['b']!.listVms({})).vms).toHaveLength(0);
+    expect(await onB(name)).toHaveLength(0);
     const vm = await c.clients['a']!.getVm({ name });
     expect(vm.vm?.state).toBe(2); // running
     const after = await waitForGuest(c.clients['a']!, name, 2);

@@ -1,6 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
-import { followMigration, guestSpec, policy, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, resetNodeCluster, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
 
 describe('node daemons: pre-copy between two namespaces', () => {
   let c: NodeCluster;
@@ -10,8 +10,16 @@ describe('node daemons: pre-copy between two namespaces', () => {
   afterAll(async () => {
     await c?.close();
   });
+  // The VMs of the running test (set at its start), removed after it, also when it fails.
+  let vmNames: string[] = [];
+  afterEach(async () => {
+    const names = vmNames;
+    vmNames = [];
+    if (c) await resetNodeCluster(c, names);
+  });
 
   it('migrates a guest on a fast link, reports downtime, and the guest keeps verifying on the destination', async () => {
+    vmNames = ['vm1'];
     const a = c.clients['a']!;
     const b = c.clients['b']!;
     await a.createVm({ spec: guestSpec('vm1', { rate: 16 * 1024 * 1024 }) });
@@ -39,6 +47,7 @@ describe('node daemons: pre-copy between two namespaces', () => {
   });
 
   it('confirms an idle guest (which only verifies, never writes) alive on the destination', async () => {
+    vmNames = ['idle1'];
     const a = c.clients['b']!;
     await a.createVm({ spec: guestSpec('idle1', { pattern: WorkloadPattern.WORKLOAD_PATTERN_IDLE }) });
     await waitForGuest(a, 'idle1', 1, 30_000, (s) => s.pagesVerified > 0);
@@ -48,6 +57,5 @@ describe('node daemons: pre-copy between two namespaces', () => {
     expect(trace.result.error?.message ?? '').toBe('');
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     expect(trace.result.stats!.integrityErrors).toBe(0);
-    await c.clients['a']!.destroyVm({ name: 'idle1' });
   });
 });

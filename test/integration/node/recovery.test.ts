@@ -1,7 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, PolicyActionKind } from '../../../services/shared/gen/migd/v1/common.js';
-import { followMigration, guestSpec, policy, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, resetNodeCluster, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
 
+// The tests share one cluster; each one's VMs, cuts, shaping and killed daemon are undone in
+// afterEach, also when it fails, and each counts only its own VMs.
 describe('node daemons: post-copy recovery, restart, bad input', () => {
   let c: NodeCluster;
   beforeAll(async () => {
@@ -10,9 +12,18 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
   afterAll(async () => {
     await c?.close();
   });
+  // The VMs of the running test (set at its start), removed after it.
+  let vmNames: string[] = [];
+  afterEach(async () => {
+    const names = vmNames;
+    vmNames = [];
+    if (c) await resetNodeCluster(c, names);
+  });
+  const names = (vms: readonly { spec?: { name: string } | undefined }[], mine: readonly string[]) => vms.map((v) => v.spec?.name ?? '').filter((n) => mine.includes(n));
   const dest = () => ({ nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress });
 
   it('recovers a post-copy migration whose link is cut and restored, and completes', async () => {
+    vmNames = ['pc1'];
     const a = c.clients['a']!;
     await a.createVm({ spec: guestSpec('pc1', { memoryMib: 256, workers: 1, bytesPerWorker: 96 << 20 }) });
     const before = await waitForGuest(a, 'pc1', 2, 30_000, (s) => s.pagesVerified > 0);
@@ -22,17 +33,18 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     await a.startMigration({ runId, vmName: 'pc1', destination: dest(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
     let cut = false;
     let restoredAt = 0;
+    let restoreTimer: NodeJS.Timeout | undefined;
     const trace = await followMigration(a, runId, async (u) => {
       if (!cut && u.update?.$case === 'stateChange' && u.update.value.to === MigrationState.MIGRATION_STATE_POSTCOPY) {
         cut = true;
         await new Promise((r) => setTimeout(r, 500));
         await c.tb.cut('a');
-        setTimeout(() => {
+        restoreTimer = setTimeout(() => {
           restoredAt = Date.now();
-          void c.tb.restore('a');
+          void c.tb.restore('a').catch(() => undefined); // afterEach restores too
         }, 8000);
       }
-    });
+    }).finally(() => clearTimeout(restoreTimer));
     expect(cut).toBe(true);
     expect(restoredAt).toBeGreaterThan(0);
     expect(trace.states).toContain(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED);
@@ -42,11 +54,10 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     const after = await waitForGuest(c.clients['b']!, 'pc1', 2, 30_000, (s) => s.pagesVerified > before.at(-1)!.pagesVerified);
     expect(after.at(-1)!.integrityErrors).toBe(0);
     console.log(`post-copy recovery: total ${trace.result.stats!.totalTimeMs} ms, recoveries ${trace.result.stats!.recoveries}`);
-    await c.tb.unshape('a');
-    await c.clients['b']!.destroyVm({ name: 'pc1' });
   });
 
   it('a node daemon killed and restarted reattaches to its running VMs', async () => {
+    vmNames = ['keep1'];
     const a = c.clients['a']!;
     await a.createVm({ spec: guestSpec('keep1') });
     const before = await waitForGuest(a, 'keep1', 2);
@@ -57,15 +68,15 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     await c.restart('a');
     const a2 = c.clients['a']!;
     const { vms } = await a2.listVms({});
-    expect(vms.map((v) => v.spec!.name)).toEqual(['keep1']);
-    expect(vms[0]!.pid).toBe(pid);
+    expect(names(vms, ['keep1'])).toEqual(['keep1']);
+    expect(vms.find((v) => v.spec?.name === 'keep1')!.pid).toBe(pid);
     const after = await waitForGuest(a2, 'keep1', 2);
     expect(after.at(-1)!.guestMonoMs).toBeGreaterThan(before.at(-1)!.guestMonoMs);
     expect(after.at(-1)!.integrityErrors).toBe(0);
-    await a2.destroyVm({ name: 'keep1' });
   });
 
   it('refuses bad input with the right code and changes nothing', async () => {
+    vmNames = ['bad1', 'huge'];
     const a = c.clients['a']!;
     await a.createVm({ spec: guestSpec('bad1') });
     const d = dest();
@@ -82,7 +93,7 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     ).rejects.toMatchObject({ code: 'UNAVAILABLE' });
     // nothing changed: still running, not migrating, nothing on b
     expect((await a.getVm({ name: 'bad1' })).vm?.state).toBe(2);
-    expect((await c.clients['b']!.listVms({})).vms).toHaveLength(0);
+    expect(names((await c.clients['b']!.listVms({})).vms, ['bad1', '../etc', 'huge'])).toEqual([]);
     // VM already migrating
     await c.tb.shape('a', { rateMbit: 10 });
     await a.startMigration({ runId: 'r-first', vmName: 'bad1', destination: d, policy: policy({}) });
@@ -94,7 +105,5 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     await a.cancelMigration({ runId: 'r-first', actor: 'test', reason: 'cleanup' });
     const trace = await followMigration(a, 'r-first');
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_CANCELLED);
-    await c.tb.unshape('a');
-    await a.destroyVm({ name: 'bad1' });
   });
 });

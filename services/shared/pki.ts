@@ -5,11 +5,14 @@
  * `node dist/scripts/certs.js` (scripts/setup) and tests create a CA, daemons and launchers only
  * issue identities with an existing one. A revocation list (`ca.crl`) sits beside the certificates
  * and every server honours it. The common name is the identity the coordinator maps
- * to a role; subjectAltName carries the service names clients verify (`migd-node`,
- * `migd-coordinator`) plus localhost, because migd's servers are reached by namespace IPs.
+ * to a role; subjectAltName carries the service names migd's own clients verify (`migd-node`,
+ * `migd-coordinator`), localhost and 127.0.0.1, plus the addresses a server listens on when the
+ * issuer knows them (the local cluster does), so stock gRPC clients (grpcurl, Python grpcio)
+ * connect to the printed address without overriding the target name.
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, writeFileSync, rmSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { chmodSync, copyFileSync, existsSync, readFileSync, renameSync, writeFileSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { DependencyError } from './errors.js';
 import { ensurePrivateDir, restrictFiles } from './private-files.js';
@@ -23,6 +26,11 @@ export interface IdentitySpec {
   readonly dnsNames?: readonly string[];
   /** Key usage (default {@link usageOf}: both for the coordinator and nodes, client otherwise). */
   readonly usage?: CertUsage;
+  /**
+   * IP addresses for subjectAltName besides 127.0.0.1: those the server listens on. A present
+   * certificate that lacks one of them (or of the DNS names) is issued again.
+   */
+  readonly ipAddresses?: readonly string[];
 }
 
 /** The identities a local cluster uses. */
@@ -149,7 +157,36 @@ function requireCa(certDir: string, opts: PkiOptions): string {
 }
 
 /**
- * Issues `certDir/<name>.{crt,key}` for each identity that lacks one, with the existing CA.
+ * A server identity of the defaults (`migd-coordinator`, `migd-node`) that also names the IP
+ * addresses the server listens on, for `ensurePki` once they are known.
+ */
+export function serverIdentity(name: string, ipAddresses: readonly string[]): IdentitySpec {
+  return { ...(defaultIdentities.find((i) => i.name === name) ?? { name }), ipAddresses };
+}
+
+/** The subjectAltName entries of an identity, in openssl's `DNS:x,IP:y` form. */
+function subjectAltNames(id: IdentitySpec): string[] {
+  const dns = [...new Set([id.name, ...(id.dnsNames ?? [])])].map((d) => `DNS:${d}`);
+  const ips = [...new Set(['127.0.0.1', ...(id.ipAddresses ?? [])])].map((a) => `IP:${a}`);
+  return [...dns, ...ips];
+}
+
+/** Whether the certificate at `certFile` names every subjectAltName in `wanted`. */
+function coversNames(certFile: string, wanted: readonly string[]): boolean {
+  let present: Set<string>;
+  try {
+    // Node prints `DNS:a, IP Address:1.2.3.4`.
+    const san = new X509Certificate(readFileSync(certFile)).subjectAltName ?? '';
+    present = new Set(san.split(', ').map((e) => e.replace(/^IP Address:/, 'IP:')));
+  } catch {
+    return false;
+  }
+  return wanted.every((w) => present.has(w));
+}
+
+/**
+ * Issues `certDir/<name>.{crt,key}` for each identity that lacks one, or whose certificate lacks
+ * one of the identity's names or addresses (it is issued again), with the existing CA.
  * Idempotent. Certificates carry only the key usages their identity needs ({@link usageOf}).
  * @throws DependencyError when the CA does not exist (it is never created here: see
  *   {@link createCa}, `node dist/scripts/certs.js`) or openssl fails
@@ -158,15 +195,22 @@ export function ensurePki(dir: string, identities: readonly IdentitySpec[] = def
   const caDir = requireCa(dir, opts);
   for (const id of identities) {
     const f = identityFiles(dir, id.name);
-    if (existsSync(f.certFile) && existsSync(f.keyFile)) continue;
-    const san = [id.name, ...(id.dnsNames ?? [])].map((d) => `DNS:${d}`).concat('IP:127.0.0.1').join(',');
-    const ext = join(dir, `${id.name}.ext`);
-    writeFileSync(ext, `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=${EKU[usageOf(id)]}\nsubjectAltName=${san}\n`);
-    openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${id.name}.key`, '-out', `${id.name}.csr`, '-subj', `/CN=${id.name}`], dir);
-    openssl(['x509', '-req', '-in', `${id.name}.csr`, '-CA', join(caDir, 'ca.crt'), '-CAkey', join(caDir, 'ca.key'), '-CAserial', join(caDir, 'ca.srl'), '-CAcreateserial', '-out', `${id.name}.crt`, '-days', '825', '-extfile', ext], dir);
-    rmSync(join(dir, `${id.name}.csr`), { force: true });
-    rmSync(ext, { force: true });
-    restrictFiles([f.certFile, f.keyFile]);
+    const san = subjectAltNames(id);
+    if (existsSync(f.certFile) && existsSync(f.keyFile) && coversNames(f.certFile, san)) continue;
+    // Written under temporary names and renamed into place (key first), so a process starting
+    // meanwhile reads a complete old or new pair, never a half-written file.
+    const tmp = `${id.name}.tmp-${process.pid}`;
+    const ext = join(dir, `${tmp}.ext`);
+    writeFileSync(ext, `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=${EKU[usageOf(id)]}\nsubjectAltName=${san.join(',')}\n`);
+    try {
+      openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${tmp}.key`, '-out', `${tmp}.csr`, '-subj', `/CN=${id.name}`], dir);
+      openssl(['x509', '-req', '-in', `${tmp}.csr`, '-CA', join(caDir, 'ca.crt'), '-CAkey', join(caDir, 'ca.key'), '-CAserial', join(caDir, 'ca.srl'), '-CAcreateserial', '-out', `${tmp}.crt`, '-days', '825', '-extfile', ext], dir);
+      restrictFiles([join(dir, `${tmp}.crt`), join(dir, `${tmp}.key`)]);
+      renameSync(join(dir, `${tmp}.key`), f.keyFile);
+      renameSync(join(dir, `${tmp}.crt`), f.certFile);
+    } finally {
+      for (const e of ['csr', 'ext', 'key', 'crt']) rmSync(join(dir, `${tmp}.${e}`), { force: true });
+    }
   }
 }
 

@@ -16,7 +16,7 @@ import { CoordinatorServiceService, NodeStatus } from '../shared/gen/migd/v1/coo
 import { NATS_PUBLISHER_USER, NATS_READER_USER, NATS_SERVER_IDENTITY, createNatsUsers, natsServerConfig, type NatsServerSecurity } from '../shared/events/nats-security.js';
 import { repoRoot } from '../shared/paths.js';
 import { ensurePrivateDir } from '../shared/private-files.js';
-import { ensurePki, identityFiles } from '../shared/pki.js';
+import { ensurePki, identityFiles, serverIdentity } from '../shared/pki.js';
 import { createClient, type RpcClient } from '../shared/rpc/client.js';
 import { startNodeDaemon, type NodeProcess } from './nodes.js';
 import { Supervisor } from './supervisor.js';
@@ -265,6 +265,9 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     coordinatorEntry();
     natsServerBinary();
     tb = await Testbed.create({ hosts: [...hosts] });
+    // The servers' certificates name the addresses they listen on (known only now), so stock
+    // gRPC clients (grpcurl, Python grpcio) accept the printed address as it is.
+    ensurePki(opts.certDir, [serverIdentity('migd-coordinator', [tb.rootAddress]), serverIdentity('migd-node', hosts.map((h) => tb!.host(h).mgmtAddress))]);
     const natsDir = join(opts.workDir, 'nats');
     // NATS is locked down: TLS with the cluster's certificates, a publisher (the coordinator) and
     // a read-only user, with passwords in private files.

@@ -70,8 +70,9 @@ export function nodeDaemonEntry(): string {
  */
 export async function startNodeDaemon(host: TestbedHost, opts: NodeProcessOptions): Promise<NodeProcess> {
   const nodeId = opts.nodeId ?? host.name;
-  // Its own certificate (migd-node.<id>), which the daemon presents by default when it exists.
-  ensurePki(opts.certDir, [{ name: nodeIdentity(nodeId) }]);
+  // Its own certificate (migd-node.<id>), which the daemon presents by default when it exists,
+  // naming the address it listens on.
+  ensurePki(opts.certDir, [{ name: nodeIdentity(nodeId), ipAddresses: [host.mgmtAddress] }]);
   const port = opts.port ?? 7001;
   const address = `${host.mgmtAddress}:${port}`;
   const args = [

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
 import { MigrationState, type GuestPerfSample, type MigrationPolicy, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
 import { CoordinatorServiceService, NodeStatus, PlanState, type Plan, type Run, type SubmitPlanRequest } from '../../services/shared/gen/migd/v1/coordinator.js';
-import { createPki, identityFiles } from '../../services/shared/pki.js';
+import { createPki, ensurePki, identityFiles, serverIdentity } from '../../services/shared/pki.js';
 import { createClient, type RpcClient } from '../../services/shared/rpc/client.js';
 import { startCoordinatorProcess, type CoordinatorProcess } from '../../services/testbed/cluster.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
@@ -71,6 +71,8 @@ export async function startCoordinatorCluster(hosts: string[], opts: { coordinat
     const guestImage = await ensureGuestImageDir(join(dir, 'guest'));
     tb = await Testbed.create({ hosts });
     const listen = `${tb.rootAddress}:${await freePort(tb.rootAddress)}`;
+    // Like the local cluster: the coordinator's certificate names its address (stock clients).
+    ensurePki(certDir, [serverIdentity('migd-coordinator', [tb.rootAddress])]);
     const args = [...TEST_COORDINATOR_ARGS, ...(opts.coordinatorArgs ?? [])];
     // Info level: tests read its log lines (CI exports MIGD_LOG_LEVEL=warn).
     const startCoordinator = (): Promise<CoordinatorProcess> =>

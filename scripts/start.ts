@@ -133,6 +133,10 @@ async function main(): Promise<void> {
         break;
       }
     }
+    // The 300 Mbit/s cap was for the demo only: migrations started from the printed commands run
+    // at the testbed's full speed.
+    await tb.unshape('a');
+    console.log(`migd: lifted the demo's 300 Mbit/s shaping of host a's migration link; links between a and b are unshaped now`);
     if (once) await close(0);
     // Serve until Ctrl-C: this timer keeps the process alive whatever its children do (once, the
     // loop emptied when nats-server died and the exit hook destroyed every guest).

@@ -149,7 +149,9 @@ migd: the cluster keeps serving; Ctrl-C stops it (and its QEMU processes). Try, 
   ${migctl} migrate demo --to a --policy adaptive --watch
   ${migctl} runs
   ${migctl} history compare
-  ${migctl} watch --cluster`);
+  ${migctl} watch --cluster
+Other gRPC clients (grpcurl, Python grpcio) connect to ${cluster.coordinatorAddress} as it is, with ${certDir()}/ca.crt and
+operator.crt/operator.key: the coordinator's certificate names that address.`);
   } catch (err) {
     console.error(`migd: ${err instanceof MigdError ? err.message : (err as Error).stack}`);
     await close(1);

@@ -13,7 +13,8 @@ import { promisify } from 'node:util';
 import { connect, type NatsConnection } from 'nats';
 import { MigrationState as S, PolicyKind, VmState, WorkloadPattern, type MigrationPolicy, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
 import { NodeStatus, PlanState, type SubmitPlanRequest } from '../../services/shared/gen/migd/v1/coordinator.js';
-import { createPki } from '../../services/shared/pki.js';
+import { natsConnectOptions } from '../../services/shared/events/nats-security.js';
+import { createPki, identityFiles } from '../../services/shared/pki.js';
 import { startLocalCluster, type CoordinatorClient, type LocalCluster } from '../../services/testbed/cluster.js';
 import { ensureGuestImageDir } from '../image/build.js';
 import { checkInvariants, type Observation, type RunObservation, type Violation, type VmObservation } from './invariants.js';
@@ -198,7 +199,15 @@ class Campaign {
       ...(this.o.onClusterLog ? { onLog: this.o.onClusterLog } : {}),
     });
     this.op = this.cluster.client();
-    this.nc = await connect({ servers: this.cluster.natsUrl, reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    // nats-server requires TLS with a client certificate and a user: the campaign only replays
+    // events, so it connects as the read-only user.
+    const reader = this.cluster.natsReader;
+    this.nc = await connect({
+      ...natsConnectOptions([this.cluster.natsUrl], { tls: identityFiles(this.cluster.certDir, 'operator'), user: reader.user, passwordFile: reader.passwordFile }),
+      reconnect: true,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+    });
     this.say(`cluster up: coordinator ${this.cluster.coordinatorAddress}, nats ${this.cluster.natsUrl}, work ${this.work}`);
   }
 

@@ -407,7 +407,9 @@ export const SMOKE: Scenario = scenario({
   link: { rateMbit: 1000 },
   policy: presetPolicy(PolicyKind.POLICY_KIND_ADAPTIVE),
   repetitions: 1,
-  limits: { bootMs: 45_000, baselineMs: 3_000, migrationMs: 60_000, afterMs: 3_000 },
+  // afterMs exceeds the coordinator's guest-sample period (5 s) plus a heartbeat (2 s), so a sample
+  // from after the run is always recorded.
+  limits: { bootMs: 45_000, baselineMs: 3_000, migrationMs: 60_000, afterMs: 8_000 },
   source: 'lab smoke test',
 });
 

@@ -76,6 +76,22 @@ export class UnavailableError extends MigdError {
   }
 }
 
+/** Reason of {@link NotLeaderError}. */
+export const NOT_LEADER = 'NOT_LEADER';
+
+/**
+ * A replicated coordinator that is not the leader refuses a write (UNAVAILABLE, reason
+ * NOT_LEADER). `leader` is the leader's address (host:port) when known, else empty: a client
+ * retries there, or on another coordinator after a moment when it is empty.
+ */
+export class NotLeaderError extends UnavailableError {
+  readonly leader: string;
+  constructor(leader: string, options?: { cause?: unknown; message?: string }) {
+    super(options?.message ?? (leader ? `not the leader; the leader is ${leader}` : 'not the leader; no leader is elected right now'), { reason: NOT_LEADER, ...(options?.cause === undefined ? {} : { cause: options.cause }) });
+    this.leader = leader;
+  }
+}
+
 /** The caller's role does not allow the call. */
 export class PermissionDeniedError extends MigdError {
   constructor(message: string, options?: { cause?: unknown; reason?: string }) {

@@ -12,7 +12,9 @@ import {
   InvalidArgumentError,
   isAbortError,
   MigdError,
+  NOT_LEADER,
   NotFoundError,
+  NotLeaderError,
   PermissionDeniedError,
   ResourceExhaustedError,
   UnavailableError,
@@ -21,12 +23,15 @@ import {
 import type { Logger } from '../log.js';
 
 const REASON_KEY = 'migd-reason';
+/** The leader's address on a NOT_LEADER refusal (see NotLeaderError). */
+const LEADER_KEY = 'migd-leader';
 
 /** Maps a thrown value to the status sent to the client. Logs unexpected errors with stack. */
 export function toStatus(err: unknown, log?: Logger, method?: string): Partial<StatusObject> {
   const metadata = new Metadata();
   if (err instanceof MigdError) {
     if (err.reason) metadata.set(REASON_KEY, err.reason);
+    if (err instanceof NotLeaderError && err.leader) metadata.set(LEADER_KEY, err.leader);
     return { code: status[err.code], details: err.message, metadata };
   }
   if (isAbortError(err)) {
@@ -61,6 +66,7 @@ export function fromServiceError(err: ServiceError, method: string): MigdError {
     case status.PERMISSION_DENIED:
       return new PermissionDeniedError(msg, opts);
     case status.UNAVAILABLE:
+      if (reason === NOT_LEADER) return new NotLeaderError(err.metadata?.get(LEADER_KEY)[0]?.toString() ?? '', { cause: err, message: `${method}: ${msg}` });
       return new UnavailableError(`${method}: ${msg}`, opts);
     case status.CANCELLED:
       return new CancelledError(`${method}: ${msg}`, opts);

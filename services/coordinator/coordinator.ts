@@ -60,13 +60,13 @@ export class Coordinator {
     const late: { store?: SqliteHistoryStore; runs?: RunManager } = {};
     const metrics = createMetrics({
       sources: {
-        runsByState: () => late.store!.countRunsByState(),
+        runsByState: () => late.store!.plans.countRunsByState(),
         queueDepth: () => late.runs?.depth() ?? 0,
-        outboxLag: () => late.store!.outboxLag(),
+        outboxLag: () => late.store!.outbox.outboxLag(),
       },
     });
     const store = await openSqliteHistoryStore({ filename: config.db, logger: log.child({ component: 'store' }), metrics });
-    const bus = new EventBus(store, log.child({ component: 'events' }));
+    const bus = new EventBus(store.outbox, log.child({ component: 'events' }));
     await bus.start();
     const registry = new NodeRegistry({
       store,
@@ -135,7 +135,7 @@ export class Coordinator {
           return;
         }
         this.nc = nc;
-        this.relay = startOutboxRelay({ source: this.store, nc, onLag: outboxLagObserver(this.metrics), logger: log });
+        this.relay = startOutboxRelay({ source: this.store.outbox, nc, onLag: outboxLagObserver(this.metrics), logger: log });
         log.info('connected to NATS; publishing the outbox', { server: redactNatsUrl(nc.getServer()) });
         return;
       } catch (err) {

@@ -25,7 +25,8 @@ const VM_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 const MAX_KEY = 256;
 
 export interface PlannerOptions {
-  readonly store: PlanRunRepository;
+  /** The repository it uses: plans and runs. */
+  readonly store: { readonly plans: PlanRunRepository };
   readonly registry: NodeRegistry;
   readonly runs: RunManager;
   readonly limits: ConcurrencyLimits;
@@ -74,7 +75,7 @@ export class Planner {
 
   /** The cluster as placement sees it now. */
   async model(): Promise<ClusterModel> {
-    const [vms, active] = await Promise.all([this.o.registry.vms(), this.o.store.listActiveRuns()]);
+    const [vms, active] = await Promise.all([this.o.registry.vms(), this.o.store.plans.listActiveRuns()]);
     const nodes = await this.o.registry.nodes(vms);
     const plannedMoves = active.map((r) => ({ vmName: r.vmName, from: r.sourceNodeId, to: r.destinationNodeId, memoryBytes: r.memoryMib * MiB }));
     return clusterFromProto(nodes, vms, { plannedMoves });
@@ -95,7 +96,7 @@ export class Planner {
     if (!key) throw new InvalidArgumentError('idempotency_key is required', { reason: 'NO_IDEMPOTENCY_KEY' });
     if (key.length > MAX_KEY) throw new InvalidArgumentError(`idempotency_key is longer than ${MAX_KEY} characters`);
     return this.exclusive(async () => {
-      const existing = await this.o.store.findPlanByKey(key, scope);
+      const existing = await this.o.store.plans.findPlanByKey(key, scope);
       if (existing) return { plan: sameRequest(existing, req), existing: true };
       const target = req.target;
       if (!target) throw new InvalidArgumentError('the request names no target: set migrate or drain', { reason: 'NO_TARGET' });
@@ -133,7 +134,7 @@ export class Planner {
           priority: req.priority,
         };
       });
-      const created = await this.o.store.createPlan({
+      const created = await this.o.store.plans.createPlan({
         id: planId,
         idempotencyKey: key,
         idempotencyScope: scope,
@@ -145,13 +146,13 @@ export class Planner {
       });
       if (created.existing) return { plan: sameRequest(created.plan, req), existing: true };
       this.o.log.info('plan submitted', { planId, key, target: target.$case, runs: runs.length, order: draft.orderingReason });
-      const stored = new Map((await this.o.store.listPlanRuns(planId)).map((s) => [s.id, s]));
+      const stored = new Map((await this.o.store.plans.listPlanRuns(planId)).map((s) => [s.id, s]));
       this.o.runs.enqueue(runs.flatMap((r) => {
         const run = stored.get(r.id);
         return run ? [{ run, order: r.order, policy: r.convergence }] : [];
       }));
       if (runs.length === 0) await this.o.runs.updatePlan(planId);
-      return { plan: await this.o.store.getPlan(planId), existing: false };
+      return { plan: await this.o.store.plans.getPlan(planId), existing: false };
     });
   }
 

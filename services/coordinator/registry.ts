@@ -25,7 +25,12 @@ const GUEST_SAMPLE_MS = 5000;
 
 export interface NodeRegistryOptions {
   /** Nodes and VMs; active runs (to keep a migrating VM where it is); guest samples from heartbeats. */
-  readonly store: NodeVmRepository & Pick<PlanRunRepository, 'listActiveRuns'> & Pick<SampleRepository, 'appendGuestSample'>;
+  /** The repositories it uses: nodes and VMs, active runs, guest samples. */
+  readonly store: {
+    readonly nodes: NodeVmRepository;
+    readonly plans: Pick<PlanRunRepository, 'listActiveRuns'>;
+    readonly samples: Pick<SampleRepository, 'appendGuestSample'>;
+  };
   readonly log: Logger;
   /** The heartbeat period node daemons are told to keep (ms). */
   readonly heartbeatMs: number;
@@ -70,14 +75,14 @@ export class NodeRegistry {
   /** Loads the known nodes and VMs from the store; starts down-detection. */
   async start(): Promise<void> {
     const now = this.now();
-    for (const n of await this.o.store.listNodes()) {
+    for (const n of await this.o.store.nodes.listNodes()) {
       if (!n.host) continue;
       this.hosts.set(n.host.nodeId, n.host);
       this.up.set(n.host.nodeId, n.status === NodeStatus.NODE_STATUS_UP);
       // A restarted coordinator gives every node a full timeout to heartbeat again.
       this.lastSeen.set(n.host.nodeId, now);
     }
-    for (const v of await this.o.store.listVms()) this.noteWritten(v);
+    for (const v of await this.o.store.nodes.listVms()) this.noteWritten(v);
     this.timer = setInterval(() => void this.checkDown(), Math.max(50, Math.floor(this.o.heartbeatMs / 2)));
     this.timer.unref();
   }
@@ -104,7 +109,7 @@ export class NodeRegistry {
   async register(hostIn: HostInfo | undefined): Promise<{ nodeId: string; heartbeatIntervalMs: number }> {
     const host = this.validateHost(hostIn);
     const wasUp = this.up.get(host.nodeId);
-    await this.o.store.upsertNode({ host, status: NodeStatus.NODE_STATUS_UP, reason: wasUp === false ? 'registered again' : 'registered' });
+    await this.o.store.nodes.upsertNode({ host, status: NodeStatus.NODE_STATUS_UP, reason: wasUp === false ? 'registered again' : 'registered' });
     this.persistedAt.set(host.nodeId, this.now());
     this.seen(host);
     this.o.log.info('node registered', { nodeId: host.nodeId, managementAddress: host.managementAddress, migrationAddress: host.migrationAddress });
@@ -123,7 +128,7 @@ export class NodeRegistry {
     // The row is refreshed on a status change and otherwise at most every PERSIST_MS: the live
     // figures (free memory, last heartbeat) are served from memory (see nodes()).
     if (!wasUp || this.now() - (this.persistedAt.get(host.nodeId) ?? 0) >= PERSIST_MS) {
-      await this.o.store.upsertNode({ host, status: NodeStatus.NODE_STATUS_UP, reason: wasUp ? 'heartbeat' : 'heartbeats resumed' });
+      await this.o.store.nodes.upsertNode({ host, status: NodeStatus.NODE_STATUS_UP, reason: wasUp ? 'heartbeat' : 'heartbeats resumed' });
       this.persistedAt.set(host.nodeId, this.now());
     }
     if (!wasUp) this.o.log.info('node is up again', { nodeId: host.nodeId });
@@ -150,7 +155,7 @@ export class NodeRegistry {
     const names = new Set<string>();
     let moving: Promise<Set<string>> | undefined;
     const movingHere = (): Promise<Set<string>> =>
-      (moving ??= this.o.store.listActiveRuns().then((runs) => new Set(runs.filter((r) => r.destinationNodeId === nodeId).map((r) => r.vmName))));
+      (moving ??= this.o.store.plans.listActiveRuns().then((runs) => new Set(runs.filter((r) => r.destinationNodeId === nodeId).map((r) => r.vmName))));
     for (const reported of vms) {
       const v = { ...reported, nodeId };
       const name = v.spec?.name ?? '';
@@ -175,7 +180,7 @@ export class NodeRegistry {
     this.reported.set(nodeId, list);
     for (const name of [...(this.writtenOn.get(nodeId) ?? [])]) {
       if (names.has(name) || this.written.get(name)?.state === VmState.VM_STATE_STOPPED) continue;
-      const stored = await this.o.store.getVm(name).catch(() => undefined);
+      const stored = await this.o.store.nodes.getVm(name).catch(() => undefined);
       if (stored && stored.nodeId === nodeId) await this.write({ ...stored, state: VmState.VM_STATE_STOPPED, pid: 0, migrationRunId: '' });
     }
   }
@@ -191,7 +196,7 @@ export class NodeRegistry {
   private async write(v: VmInfo): Promise<void> {
     const w = this.written.get(v.spec?.name ?? '');
     if (w && w.node === v.nodeId && w.state === v.state) return;
-    await this.o.store.upsertVm(v);
+    await this.o.store.nodes.upsertVm(v);
     this.noteWritten(v);
   }
 
@@ -214,7 +219,7 @@ export class NodeRegistry {
     if (!s || t === undefined || t < (this.lastGuestSample.get(name) ?? 0) + GUEST_SAMPLE_MS) return;
     this.lastGuestSample.set(name, t);
     try {
-      this.o.store.appendGuestSample({ ...s, vmName: s.vmName || name });
+      this.o.store.samples.appendGuestSample({ ...s, vmName: s.vmName || name });
     } catch (err) {
       this.o.log.debug('guest sample not recorded', { vm: name, err });
     }
@@ -227,7 +232,7 @@ export class NodeRegistry {
    */
   async vmSettled(name: string, nodeId: string, moved: boolean): Promise<void> {
     const entries = [...this.reported.entries()].flatMap(([node, list]) => list.filter((v) => v.spec?.name === name && v.state !== VmState.VM_STATE_INCOMING).map((v) => ({ node, v })));
-    const stored = await this.o.store.getVm(name).catch(() => undefined);
+    const stored = await this.o.store.nodes.getVm(name).catch(() => undefined);
     const here = entries.find((e) => e.node === nodeId)?.v ?? (stored?.nodeId === nodeId ? stored : undefined);
     const base = here ?? (moved ? (entries[0]?.v ?? stored) : undefined);
     if (!base) return;
@@ -255,7 +260,7 @@ export class NodeRegistry {
         this.up.set(id, false);
         const reason = `no heartbeat for ${now - seen} ms (${this.o.misses} missed at ${this.o.heartbeatMs} ms)`;
         this.o.log.warn('node marked down', { nodeId: id, reason });
-        await this.o.store.setNodeStatus(id, NodeStatus.NODE_STATUS_DOWN, reason).catch((err: unknown) => this.o.log.warn('marking a node down failed', { nodeId: id, err }));
+        await this.o.store.nodes.setNodeStatus(id, NodeStatus.NODE_STATUS_DOWN, reason).catch((err: unknown) => this.o.log.warn('marking a node down failed', { nodeId: id, err }));
       }
     } finally {
       this.checking = false;
@@ -296,7 +301,7 @@ export class NodeRegistry {
    * `vms`, default {@link vms}()).
    */
   async nodes(vms?: readonly VmInfo[]): Promise<Node[]> {
-    const nodes = await this.o.store.listNodes();
+    const nodes = await this.o.store.nodes.listNodes();
     const counts = new Map<string, number>();
     for (const v of vms ?? (await this.vms())) if (v.state !== VmState.VM_STATE_INCOMING) counts.set(v.nodeId, (counts.get(v.nodeId) ?? 0) + 1);
     return nodes.map((n) => {
@@ -315,7 +320,7 @@ export class NodeRegistry {
     const out: VmInfo[] = [];
     const unreported = nodeId ? !this.reported.has(nodeId) : [...this.hosts.keys()].some((id) => !this.reported.has(id));
     if (unreported) {
-      for (const v of await this.o.store.listVms(nodeId)) if (!this.reported.has(v.nodeId) && v.state !== VmState.VM_STATE_STOPPED) out.push(v);
+      for (const v of await this.o.store.nodes.listVms(nodeId)) if (!this.reported.has(v.nodeId) && v.state !== VmState.VM_STATE_STOPPED) out.push(v);
     }
     for (const [node, list] of this.reported) if (!nodeId || node === nodeId) for (const v of list) if (v.state !== VmState.VM_STATE_STOPPED) out.push(v);
     return out

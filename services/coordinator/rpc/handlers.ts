@@ -18,7 +18,8 @@ import type { RunManager } from '../runs/manager.js';
 import type { AnalyticsRepository, PlanRunRepository } from '../store/types.js';
 
 export interface CoordinatorParts {
-  readonly store: Pick<PlanRunRepository, 'getPlan' | 'getRun'> & AnalyticsRepository;
+  /** The repositories read directly: runs and plans, and the history queries. */
+  readonly store: { readonly plans: Pick<PlanRunRepository, 'getPlan' | 'getRun'>; readonly analytics: AnalyticsRepository };
   readonly registry: NodeRegistry;
   readonly planner: Planner;
   readonly runs: RunManager;
@@ -75,12 +76,12 @@ export function coordinatorHandlers(p: CoordinatorParts): Handlers<typeof Coordi
 
     // Idempotency keys are scoped to the caller: another identity's key is never shared.
     submitPlan: async (req, ctx) => p.planner.submit(req, ctx.identity ?? ''),
-    getPlan: async (req) => ({ plan: await p.store.getPlan(required(req.planId, 'plan_id')) }),
-    getRun: async (req) => ({ run: await p.store.getRun(required(req.runId, 'run_id')) }),
-    listRuns: async (req) => p.store.listRuns(req),
-    getRunTimeline: async (req) => p.store.getRunTimeline(required(req.runId, 'run_id')),
-    comparePolicies: async (req) => p.store.comparePolicies(req.filter ?? {}),
-    exportRuns: async (req) => p.store.exportRuns(req.filter ?? {}, req.format),
+    getPlan: async (req) => ({ plan: await p.store.plans.getPlan(required(req.planId, 'plan_id')) }),
+    getRun: async (req) => ({ run: await p.store.plans.getRun(required(req.runId, 'run_id')) }),
+    listRuns: async (req) => p.store.analytics.listRuns(req),
+    getRunTimeline: async (req) => p.store.analytics.getRunTimeline(required(req.runId, 'run_id')),
+    comparePolicies: async (req) => p.store.analytics.comparePolicies(req.filter ?? {}),
+    exportRuns: async (req) => p.store.analytics.exportRuns(req.filter ?? {}, req.format),
     watch: (req, ctx) => {
       const scope = req.scope;
       if (scope?.$case === 'cluster' && scope.value) {
@@ -89,8 +90,8 @@ export function coordinatorHandlers(p: CoordinatorParts): Handlers<typeof Coordi
       if (scope?.$case === 'runId') {
         const runId = required(scope.value, 'run_id');
         return (async function* () {
-          await p.store.getRun(runId); // NOT_FOUND before streaming anything
-          const fallback = async (before?: Date): Promise<Event[]> => eventsFromRun(await p.store.getRun(runId), before);
+          await p.store.plans.getRun(runId); // NOT_FOUND before streaming anything
+          const fallback = async (before?: Date): Promise<Event[]> => eventsFromRun(await p.store.plans.getRun(runId), before);
           yield* asWatchResponses(p.bus.watchRun(runId, { statesOnly: req.statesOnly, signal: ctx.signal, fallback }));
         })();
       }

@@ -12,15 +12,15 @@ import { PlanState, type Run } from '../../shared/gen/migd/v1/coordinator.js';
 import type { Logger } from '../../shared/log.js';
 import { type ConcurrencyLimits, MigrationQueue, type QueueItem } from '../domain/scheduler.js';
 import type { NodeRegistry } from '../registry.js';
-import type { AnalyticsRepository, PlanRunRepository, SampleRepository } from '../store/types.js';
-import { RunSupervisor } from './supervisor.js';
+import { RunSupervisor, type RunStore } from './supervisor.js';
 import { errorInfo } from '../../shared/policy/error-info.js';
 import { QEMU_MAX_DOWNTIME_MS, isValidDowntimeLimit } from '../../shared/policy/limits.js';
 import type { ConvergencePolicy } from '../domain/policy/types.js';
 
 export interface RunManagerOptions {
   /** Plans and runs; what its supervisors need besides (samples, timelines). */
-  readonly store: PlanRunRepository & SampleRepository & Pick<AnalyticsRepository, 'getRunTimeline'>;
+  /** The repositories it (and its supervisors) use. */
+  readonly store: RunStore;
   readonly registry: NodeRegistry;
   readonly log: Logger;
   readonly limits: ConcurrencyLimits;
@@ -77,10 +77,10 @@ export class RunManager {
    * again and their supervisors re-attach to the source nodes (GetMigration first).
    */
   async recover(): Promise<void> {
-    const active = await this.o.store.listActiveRuns();
+    const active = await this.o.store.plans.listActiveRuns();
     const orders = new Map<string, number>();
     for (const planId of new Set(active.map((r) => r.planId).filter(Boolean))) {
-      const plan = await this.o.store.getPlan(planId).catch(() => undefined);
+      const plan = await this.o.store.plans.getPlan(planId).catch(() => undefined);
       for (const m of plan?.migrations ?? []) orders.set(m.runId, m.order);
     }
     let resumed = 0;
@@ -105,7 +105,7 @@ export class RunManager {
     // store, with nothing left to end it: settle it now.
     const live = new Set(active.map((r) => r.planId));
     let settled = 0;
-    for (const planId of await this.o.store.listRunningPlanIds()) {
+    for (const planId of await this.o.store.plans.listRunningPlanIds()) {
       if (live.has(planId)) continue;
       await this.updatePlan(planId);
       settled++;
@@ -140,7 +140,7 @@ export class RunManager {
       } catch {
         continue; // cancelled meanwhile
       }
-      const p = this.o.store.getRun(item.id).then(
+      const p = this.o.store.plans.getRun(item.id).then(
         (run) => this.supervise(run, 'start'),
         (err: unknown) => {
           this.o.log.error('dispatched run vanished from the store', { runId: item.id, err });
@@ -169,7 +169,7 @@ export class RunManager {
     const message = `node ${down.join(' and ')} ${down.length > 1 ? 'were' : 'was'} down for ${Math.round(waitedMs / 1000)} s while the run waited to start`;
     this.o.log.warn('queued run failed: node down', { runId, nodes: down, waitedMs });
     try {
-      const ended = await this.o.store.finishRun(runId, { state: MigrationState.MIGRATION_STATE_FAILED, reason: message, error: errorInfo('UNAVAILABLE', 'NODE_DOWN', message) });
+      const ended = await this.o.store.plans.finishRun(runId, { state: MigrationState.MIGRATION_STATE_FAILED, reason: message, error: errorInfo('UNAVAILABLE', 'NODE_DOWN', message) });
       if (ended.planId) await this.updatePlan(ended.planId);
     } catch (err) {
       this.o.log.error('failing a queued run failed', { runId, err });
@@ -201,7 +201,7 @@ export class RunManager {
       this.o.log.error('cannot supervise run', { runId: run.id, err });
       this.track(
         this.o.store
-          .finishRun(run.id, { state: MigrationState.MIGRATION_STATE_FAILED, reason: 'cannot supervise', error: errorInfo('INVALID_ARGUMENT', 'INVALID_POLICY', (err as Error).message) })
+          .plans.finishRun(run.id, { state: MigrationState.MIGRATION_STATE_FAILED, reason: 'cannot supervise', error: errorInfo('INVALID_ARGUMENT', 'INVALID_POLICY', (err as Error).message) })
           .catch(() => undefined)
           .then(() => this.ended(run)),
       );
@@ -238,13 +238,13 @@ export class RunManager {
   /** Sets a plan's state once all its runs have ended (serialised: one event per change). */
   updatePlan(planId: string): Promise<void> {
     const next = this.planChain.then(async () => {
-      const runs = await this.o.store.listPlanRuns(planId);
-      const plan = await this.o.store.getPlan(planId);
+      const runs = await this.o.store.plans.listPlanRuns(planId);
+      const plan = await this.o.store.plans.getPlan(planId);
       let state = PlanState.PLAN_STATE_RUNNING;
       if (runs.every((r) => r.finishedAt !== undefined)) {
         state = runs.every((r) => r.state === MigrationState.MIGRATION_STATE_SUCCEEDED) ? PlanState.PLAN_STATE_SUCCEEDED : PlanState.PLAN_STATE_FAILED;
       }
-      if (state !== plan.state) await this.o.store.setPlanState(planId, state);
+      if (state !== plan.state) await this.o.store.plans.setPlanState(planId, state);
     });
     this.planChain = next.catch((err: unknown) => this.o.log.warn('updating the plan state failed', { planId, err }));
     return this.planChain;
@@ -252,7 +252,7 @@ export class RunManager {
 
   private async activeRun(runId: string): Promise<Run> {
     if (!runId) throw new InvalidArgumentError('run_id is required');
-    const run = await this.o.store.getRun(runId);
+    const run = await this.o.store.plans.getRun(runId);
     if (run.finishedAt) throw new FailedPreconditionError(`run ${runId} has already finished (${MigrationState[run.state]})`, { reason: 'RUN_FINISHED' });
     return run;
   }
@@ -277,21 +277,21 @@ export class RunManager {
     if (this.queue.status(run.id) === 'queued') {
       this.queue.cancel(run.id);
       this.resolved.delete(run.id);
-      await this.o.store.recordAction(run.id, { time: new Date(this.now()), elapsedMs: 0, kind: PolicyActionKind.POLICY_ACTION_KIND_ABORT, value: 0, reason: why, actor });
-      const ended = await this.o.store.finishRun(run.id, { state: MigrationState.MIGRATION_STATE_CANCELLED, reason: `cancelled while queued: ${why}` });
+      await this.o.store.plans.recordAction(run.id, { time: new Date(this.now()), elapsedMs: 0, kind: PolicyActionKind.POLICY_ACTION_KIND_ABORT, value: 0, reason: why, actor });
+      const ended = await this.o.store.plans.finishRun(run.id, { state: MigrationState.MIGRATION_STATE_CANCELLED, reason: `cancelled while queued: ${why}` });
       if (ended.planId) await this.updatePlan(ended.planId);
       this.dispatch();
       return ended;
     }
     await this.supervisorOf(run, 'cancel').cancel(actor, why, signal);
-    return this.o.store.getRun(run.id);
+    return this.o.store.plans.getRun(run.id);
   }
 
   /** @throws InvalidArgumentError, NotFoundError, FailedPreconditionError (queued, finished) */
   async forceComplete(runId: string, actor: string, reason: string, signal?: AbortSignal): Promise<Run> {
     const run = await this.activeRun(runId);
     await this.supervisorOf(run, 'force-complete').forceComplete(actor, reason || 'force-complete requested', signal);
-    return this.o.store.getRun(run.id);
+    return this.o.store.plans.getRun(run.id);
   }
 
   /**
@@ -311,7 +311,7 @@ export class RunManager {
       ...(req.maxBandwidthBytesPerSec !== undefined ? { maxBandwidthBytesPerSec: req.maxBandwidthBytesPerSec } : {}),
     };
     await this.supervisorOf(run, 'adjust').adjust(change, actor, req.reason || 'adjusted', signal);
-    return this.o.store.getRun(run.id);
+    return this.o.store.plans.getRun(run.id);
   }
 
   /** Queued and running counts (metrics). */

@@ -33,6 +33,13 @@ import { policyFor } from '../domain/policy/factory.js';
 import type { ConvergencePolicy, PolicyDecision } from '../domain/policy/types.js';
 import type { NodeClient } from '../registry.js';
 import type { AnalyticsRepository, PlanRunRepository, SampleRepository } from '../store/types.js';
+
+/** The repositories a run's supervision uses: its run, its samples, its recorded progress. */
+export interface RunStore {
+  readonly plans: PlanRunRepository;
+  readonly samples: SampleRepository;
+  readonly analytics: Pick<AnalyticsRepository, 'getRunTimeline'>;
+}
 import { isTerminalState } from '../../shared/policy/states.js';
 import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
 
@@ -40,7 +47,7 @@ const MiB = 1024 * 1024;
 
 /** What a supervisor needs from the rest of the coordinator. */
 export interface SupervisorDeps {
-  readonly store: PlanRunRepository & SampleRepository & Pick<AnalyticsRepository, 'getRunTimeline'>;
+  readonly store: RunStore;
   readonly log: Logger;
   /** A client of a node daemon. @throws NotFoundError for an unknown node */
   readonly client: (nodeId: string) => NodeClient;
@@ -237,7 +244,7 @@ export class RunSupervisor {
 
   /** Replays the run's recorded samples through the policy; takes decisions it missed. */
   private async rebuildPolicy(info: MigrationInfo): Promise<void> {
-    const { progress } = await this.d.store.getRunTimeline(this.runId);
+    const { progress } = await this.d.store.analytics.getRunTimeline(this.runId);
     const decided: PolicyDecision[] = [];
     for (const s of progress) {
       const d = this.policy.decide(this.policyState, s, s.elapsedMs);
@@ -300,13 +307,13 @@ export class RunSupervisor {
         const s = up.value;
         this.lastSample = s;
         this.lastSampleAt = this.now();
-        this.d.store.appendProgress(this.runId, s);
-        this.d.store.appendHostCpu(this.runId, { time: s.time, sourceCpuSeconds: s.sourceCpuSeconds, destinationCpuSeconds: s.destinationCpuSeconds });
+        this.d.store.samples.appendProgress(this.runId, s);
+        this.d.store.samples.appendHostCpu(this.runId, { time: s.time, sourceCpuSeconds: s.sourceCpuSeconds, destinationCpuSeconds: s.destinationCpuSeconds });
         await this.decide(s, s.elapsedMs);
         return;
       }
       case 'guest':
-        this.d.store.appendGuestSample({ ...up.value, vmName: up.value.vmName || this.run.vmName }, this.runId);
+        this.d.store.samples.appendGuestSample({ ...up.value, vmName: up.value.vmName || this.run.vmName }, this.runId);
         return;
       case 'action':
         await this.reconcileActions([up.value]);
@@ -374,7 +381,7 @@ export class RunSupervisor {
       const key = actionKey(a);
       if (this.recorded.has(key)) continue;
       this.recorded.add(key);
-      await this.d.store.recordAction(this.runId, a);
+      await this.d.store.plans.recordAction(this.runId, a);
     }
   }
 
@@ -383,7 +390,7 @@ export class RunSupervisor {
   private async transition(to: MigrationState, reason: string, at?: Date): Promise<void> {
     if (this.finished || to === this.state || isTerminalState(to) || to === MigrationState.MIGRATION_STATE_UNSPECIFIED) return;
     try {
-      await this.d.store.transitionRun(this.runId, { to, reason, ...(at ? { at } : {}) });
+      await this.d.store.plans.transitionRun(this.runId, { to, reason, ...(at ? { at } : {}) });
       this.state = to;
     } catch (err) {
       if (!(err instanceof FailedPreconditionError)) throw err;
@@ -410,10 +417,10 @@ export class RunSupervisor {
   private async end(state: MigrationState, input: { stats?: MigrationInfo['stats']; error?: ErrorInfo | undefined; reason: string; at?: Date | undefined }): Promise<void> {
     if (this.finished) return;
     try {
-      this.run = await this.d.store.finishRun(this.runId, { state, reason: input.reason, ...(input.stats ? { stats: input.stats } : {}), ...(input.error ? { error: input.error } : {}), ...(input.at ? { at: input.at } : {}) });
+      this.run = await this.d.store.plans.finishRun(this.runId, { state, reason: input.reason, ...(input.stats ? { stats: input.stats } : {}), ...(input.error ? { error: input.error } : {}), ...(input.at ? { at: input.at } : {}) });
     } catch (err) {
       if (!(err instanceof FailedPreconditionError)) throw err;
-      this.run = await this.d.store.getRun(this.runId);
+      this.run = await this.d.store.plans.getRun(this.runId);
     }
     this.finished = true;
     this.state = this.run.state;

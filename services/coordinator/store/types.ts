@@ -1,7 +1,8 @@
 /**
- * The run-history store as the coordinator sees it. Callers depend on {@link HistoryStore} only;
- * the SQLite implementation (sqlite.ts) sits behind it, and another dialect (Postgres) can be
- * added without touching callers. Messages are the proto-generated types.
+ * The run-history store as the coordinator sees it: six repositories over one database. Callers
+ * depend on the repository interfaces they use only; the implementations (*-repository.ts) are
+ * plain Kysely over one `Kysely<HistoryDatabase>`, and a dialect (sqlite.ts) adds the few
+ * database-specific parts and the factory. Messages are the proto-generated types.
  *
  * Every state-changing call writes its row(s) and the matching event in the outbox in ONE
  * transaction, so an event is published exactly for the changes that committed (see
@@ -94,7 +95,7 @@ export interface CreatePlanInput {
   runs?: Omit<CreateRunInput, 'planId'>[];
 }
 
-/** Result of {@link HistoryStore.createPlan}. */
+/** Result of {@link PlanRunRepository.createPlan}. */
 export interface CreatePlanResult {
   plan: Plan;
   /** True when the idempotency key was known and nothing was created. */
@@ -122,7 +123,7 @@ export interface FinishRunInput {
   at?: Date;
 }
 
-/** Options of {@link HistoryStore.comparePolicies}. */
+/** Options of {@link AnalyticsRepository.comparePolicies}. */
 export interface CompareOptions {
   /** Guest samples this long before a run's start count as "before". Default: the store's guestWindowMs. */
   guestWindowMs?: number;
@@ -276,8 +277,21 @@ export interface RetentionRepository {
   pruneOutbox(now?: Date): Promise<number>;
 }
 
-/** The coordinator's run history: every repository, over one database. */
-export interface HistoryStore extends NodeVmRepository, PlanRunRepository, SampleRepository, AnalyticsRepository, OutboxRepository, RetentionRepository {
+/** The repositories of one open store, as a dialect's factory returns them (see sqlite.ts). */
+export interface HistoryRepositories {
+  readonly nodes: NodeVmRepository;
+  readonly plans: PlanRunRepository;
+  readonly samples: SampleRepository;
+  readonly analytics: AnalyticsRepository;
+  readonly outbox: OutboxRepository;
+  readonly retention: RetentionRepository;
   /** Flushes samples and closes the database. Idempotent. */
   close(): Promise<void>;
 }
+
+/**
+ * The whole run history in one object: the repositories, and each of their methods directly
+ * (for tests and tools that use most of them). Services take only the repositories they use.
+ */
+export interface HistoryStore
+  extends HistoryRepositories, NodeVmRepository, PlanRunRepository, SampleRepository, AnalyticsRepository, OutboxRepository, RetentionRepository {}

@@ -1,0 +1,146 @@
+/** Nodes and the VMs they run: the registry's persistent view of the cluster. */
+import { InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
+import { HostInfo, MigrationState, VmInfo } from '../../shared/gen/migd/v1/common.js';
+import { NodeStatus, type Node } from '../../shared/gen/migd/v1/coordinator.js';
+import type { StoreDatabase } from './database.js';
+import { date, hostFromJson, ms, vmToProto } from './mapping.js';
+import type { NodeRow } from './schema.js';
+import type { NodeVmRepository, UpsertNodeInput } from './types.js';
+
+export class SqlNodeVmRepository implements NodeVmRepository {
+  constructor(private readonly d: StoreDatabase) {}
+
+  async upsertNode(input: UpsertNodeInput): Promise<Node> {
+    const host = HostInfo.fromPartial(input.host);
+    const id = host.nodeId;
+    if (id === '') throw new InvalidArgumentError('host.node_id is required');
+    const status = input.status ?? NodeStatus.NODE_STATUS_UP;
+    const now = this.d.now();
+    const heartbeat = ms(input.heartbeatAt, now);
+    await this.d.write(async (trx, tx) => {
+      const existing = await trx.selectFrom('nodes').select('status').where('id', '=', id).executeTakeFirst();
+      const values = {
+        management_address: host.managementAddress,
+        migration_address: host.migrationAddress,
+        host_json: JSON.stringify(HostInfo.toJSON(host)),
+        status,
+        last_heartbeat_at: heartbeat,
+        updated_at: now,
+      };
+      await trx
+        .insertInto('nodes')
+        .values({ id, ...values })
+        .onConflict((oc) => oc.column('id').doUpdateSet(values))
+        .execute();
+      if (existing?.status !== status) {
+        await this.d.enqueue(
+          trx,
+          tx,
+          { $case: 'nodeState', value: { nodeId: id, up: status === NodeStatus.NODE_STATUS_UP, reason: input.reason ?? (existing ? 'status changed' : 'registered') } },
+          new Date(now),
+        );
+      }
+    });
+    return this.getNode(id);
+  }
+
+  async setNodeStatus(nodeId: string, status: NodeStatus, reason = ''): Promise<Node> {
+    const now = this.d.now();
+    await this.d.write(async (trx, tx) => {
+      const existing = await trx.selectFrom('nodes').select('status').where('id', '=', nodeId).executeTakeFirst();
+      if (existing === undefined) throw new NotFoundError(`node ${nodeId} not found`);
+      if (existing.status === status) return;
+      await trx.updateTable('nodes').set({ status, updated_at: now }).where('id', '=', nodeId).execute();
+      await this.d.enqueue(trx, tx, { $case: 'nodeState', value: { nodeId, up: status === NodeStatus.NODE_STATUS_UP, reason } }, new Date(now));
+    });
+    return this.getNode(nodeId);
+  }
+
+  async getNode(nodeId: string): Promise<Node> {
+    const nodes = await this.loadNodes(nodeId);
+    const n = nodes[0];
+    if (n === undefined) throw new NotFoundError(`node ${nodeId} not found`);
+    return n;
+  }
+
+  listNodes(): Promise<Node[]> {
+    return this.loadNodes();
+  }
+
+  private async loadNodes(onlyId?: string): Promise<Node[]> {
+    return this.d.read(async (conn) => {
+      let q = conn.selectFrom('nodes').selectAll().orderBy('id');
+      if (onlyId !== undefined) q = q.where('id', '=', onlyId);
+      const rows: NodeRow[] = await q.execute();
+      if (rows.length === 0) return [];
+      const ids = rows.map((r) => r.id);
+      const vmCounts = await conn
+        .selectFrom('vms')
+        .select((eb) => ['node_id', eb.fn.countAll<number>().as('n')])
+        .where('node_id', 'in', ids)
+        .groupBy('node_id')
+        .execute();
+      const migrating = (col: 'source_node_id' | 'destination_node_id') =>
+        conn
+          .selectFrom('runs')
+          .select((eb) => [eb.ref(col).as('node'), eb.fn.countAll<number>().as('n')])
+          .where(col, 'in', ids)
+          .where('finished_at', 'is', null)
+          .where('state', '!=', MigrationState.MIGRATION_STATE_QUEUED)
+          .groupBy(col)
+          .execute();
+      const out = new Map((await migrating('source_node_id')).map((r) => [r.node, Number(r.n)]));
+      const inb = new Map((await migrating('destination_node_id')).map((r) => [r.node, Number(r.n)]));
+      const vms = new Map(vmCounts.map((r) => [r.node_id, Number(r.n)]));
+      return rows.map((r) => ({
+        host: hostFromJson(r.host_json),
+        status: r.status,
+        lastHeartbeat: date(r.last_heartbeat_at),
+        vmCount: vms.get(r.id) ?? 0,
+        outboundMigrations: out.get(r.id) ?? 0,
+        inboundMigrations: inb.get(r.id) ?? 0,
+      }));
+    });
+  }
+
+  async upsertVm(vm: VmInfo): Promise<void> {
+    const info = VmInfo.fromPartial(vm);
+    const name = info.spec?.name ?? '';
+    if (name === '') throw new InvalidArgumentError('vm.spec.name is required');
+    const now = this.d.now();
+    const nodeId = info.nodeId === '' ? null : info.nodeId;
+    await this.d.write(async (trx, tx) => {
+      const existing = await trx.selectFrom('vms').select(['node_id', 'state']).where('name', '=', name).executeTakeFirst();
+      const values = {
+        node_id: nodeId,
+        state: info.state,
+        memory_mib: info.spec?.memoryMib ?? 0,
+        info_json: JSON.stringify(VmInfo.toJSON(info)),
+        updated_at: now,
+      };
+      await trx
+        .insertInto('vms')
+        .values({ name, ...values })
+        .onConflict((oc) => oc.column('name').doUpdateSet(values))
+        .execute();
+      const changed = existing === undefined || existing.node_id !== nodeId || existing.state !== info.state;
+      if (changed && nodeId !== null) {
+        await this.d.enqueue(trx, tx, { $case: 'vmChanged', value: { vm: info } }, new Date(now));
+      }
+    });
+  }
+
+  async getVm(name: string): Promise<VmInfo> {
+    this.d.checkOpen();
+    const row = await this.d.db.selectFrom('vms').selectAll().where('name', '=', name).executeTakeFirst();
+    if (row === undefined) throw new NotFoundError(`VM ${name} not found`);
+    return vmToProto(row);
+  }
+
+  async listVms(nodeId?: string): Promise<VmInfo[]> {
+    this.d.checkOpen();
+    let q = this.d.db.selectFrom('vms').selectAll().orderBy('node_id').orderBy('name');
+    if (nodeId !== undefined && nodeId !== '') q = q.where('node_id', '=', nodeId);
+    return (await q.execute()).map(vmToProto);
+  }
+}

@@ -1,0 +1,389 @@
+/**
+ * Plans, their runs, state transitions and policy actions. Every change writes its rows and its
+ * events (RunStateChanged, RunAction, RunCompleted, PlanStateChanged) in one transaction.
+ */
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
+import {
+  ErrorInfo,
+  MigrationPolicy,
+  MigrationState,
+  MigrationStats,
+  migrationStateToJSON,
+  PolicyAction,
+} from '../../shared/gen/migd/v1/common.js';
+import { PlannedMigration, PlanState, planStateToJSON, SubmitPlanRequest, type Plan, type Run } from '../../shared/gen/migd/v1/coordinator.js';
+import type { StateChange } from '../../shared/gen/migd/v1/node.js';
+import { observeRunFinished } from '../../shared/metrics/metrics.js';
+import { isTerminalState } from '../../shared/policy/states.js';
+import { INSERT_CHUNK, type Db, type StoreDatabase, type TxState } from './database.js';
+import { actionToProto, ms, normalizePolicyKind, planToProto, policyToJson, runToProto, scopedIdempotencyKey, transitionToProto } from './mapping.js';
+import type { RunRow } from './schema.js';
+import type { CreatePlanInput, CreatePlanResult, CreateRunInput, FinishRunInput, PlanRunRepository, TransitionRunInput } from './types.js';
+
+const VALID_STATES = new Set(Object.values(MigrationState).filter((v): v is number => typeof v === 'number'));
+
+/** What ending a run needs from the sample buffer. */
+export interface RunSamples {
+  /** Writes the buffered samples (a run's samples go in before its end). */
+  flushSamples(): Promise<void>;
+  /** Forgets the run's event rate limits (it will send no more). */
+  forgetRun(runId: string): void;
+}
+
+export class SqlPlanRunRepository implements PlanRunRepository {
+  constructor(
+    private readonly d: StoreDatabase,
+    private readonly samples: RunSamples,
+  ) {}
+
+  async createPlan(input: CreatePlanInput): Promise<CreatePlanResult> {
+    if (input.idempotencyKey === '') throw new InvalidArgumentError('idempotency_key is required');
+    for (const r of input.runs ?? []) validateRunInput(r);
+    const now = this.d.now();
+    const id = input.id ?? this.d.newId();
+    const scope = input.idempotencyScope ?? '';
+    const key = scopedIdempotencyKey(scope, input.idempotencyKey);
+    const result = await this.d.write(async (trx, tx) => {
+      const existing = await trx.selectFrom('plans').selectAll().where('idempotency_key', '=', key).executeTakeFirst();
+      if (existing !== undefined) return { plan: planToProto(existing), existing: true };
+      const state = input.state ?? PlanState.PLAN_STATE_RUNNING;
+      const row = {
+        id,
+        idempotency_key: key,
+        idempotency_scope: scope,
+        created_at: ms(input.createdAt, now),
+        state,
+        priority: input.priority ?? 0,
+        ordering_reason: input.orderingReason ?? '',
+        request_json: JSON.stringify(SubmitPlanRequest.toJSON(SubmitPlanRequest.fromPartial(input.request))),
+        migrations_json: JSON.stringify((input.migrations ?? []).map((m) => PlannedMigration.toJSON(PlannedMigration.fromPartial(m)))),
+      };
+      try {
+        await trx.insertInto('plans').values(row).execute();
+      } catch (err) {
+        if (this.d.dialect.isConstraintViolation(err, 'primary-key')) throw new AlreadyExistsError(`plan ${id} already exists`, { cause: err });
+        throw err;
+      }
+      for (const r of input.runs ?? []) await this.insertRun(trx, tx, { ...r, planId: id }, now);
+      const runs = input.runs?.length ?? 0;
+      await this.d.enqueue(
+        trx,
+        tx,
+        { $case: 'planState', value: { planId: id, state: planStateToJSON(state), runsTotal: runs, runsFinished: 0 } },
+        new Date(now),
+      );
+      return { plan: planToProto(row), existing: false };
+    });
+    return result;
+  }
+
+  async getPlan(planId: string): Promise<Plan> {
+    this.d.checkOpen();
+    const row = await this.d.db.selectFrom('plans').selectAll().where('id', '=', planId).executeTakeFirst();
+    if (row === undefined) throw new NotFoundError(`plan ${planId} not found`);
+    return planToProto(row);
+  }
+
+  async setPlanState(planId: string, state: PlanState): Promise<Plan> {
+    const now = this.d.now();
+    await this.d.write(async (trx, tx) => {
+      const res = await trx.updateTable('plans').set({ state }).where('id', '=', planId).executeTakeFirst();
+      if (Number(res.numUpdatedRows) === 0) throw new NotFoundError(`plan ${planId} not found`);
+      const c = await trx
+        .selectFrom('runs')
+        .select((eb) => [eb.fn.countAll<number>().as('total'), eb.fn.count<number>('finished_at').as('finished')])
+        .where('plan_id', '=', planId)
+        .executeTakeFirstOrThrow();
+      await this.d.enqueue(
+        trx,
+        tx,
+        { $case: 'planState', value: { planId, state: planStateToJSON(state), runsTotal: Number(c.total), runsFinished: Number(c.finished) } },
+        new Date(now),
+      );
+    });
+    return this.getPlan(planId);
+  }
+
+  async listPlanRuns(planId: string): Promise<Run[]> {
+    return this.d.read(async (conn) => {
+      const plan = await conn.selectFrom('plans').select('id').where('id', '=', planId).executeTakeFirst();
+      if (plan === undefined) throw new NotFoundError(`plan ${planId} not found`);
+      const rows = await conn.selectFrom('runs').selectAll().where('plan_id', '=', planId).orderBy('created_at').orderBy('id').execute();
+      return loadRuns(conn, rows);
+    });
+  }
+
+  async createRun(input: CreateRunInput): Promise<Run> {
+    validateRunInput(input);
+    const now = this.d.now();
+    const id = await this.d.write((trx, tx) => this.insertRun(trx, tx, input, now));
+    return this.getRun(id);
+  }
+
+  private async insertRun(trx: Db, tx: TxState, input: CreateRunInput, now: number): Promise<string> {
+    const id = input.id ?? this.d.newId();
+    const planId = input.planId === undefined || input.planId === '' ? null : input.planId;
+    if (planId !== null) {
+      const plan = await trx.selectFrom('plans').select('id').where('id', '=', planId).executeTakeFirst();
+      if (plan === undefined) throw new NotFoundError(`plan ${planId} not found`);
+    }
+    const createdAt = ms(input.createdAt, now);
+    const state = input.state ?? MigrationState.MIGRATION_STATE_QUEUED;
+    const policy = MigrationPolicy.fromPartial(input.policy);
+    try {
+      await trx
+        .insertInto('runs')
+        .values({
+          id,
+          plan_id: planId,
+          vm_name: input.vmName,
+          source_node_id: input.sourceNodeId,
+          destination_node_id: input.destinationNodeId,
+          policy_json: policyToJson(policy),
+          policy_kind: normalizePolicyKind(policy.kind),
+          policy_label: input.policyLabel ?? '',
+          state,
+          priority: input.priority ?? 0,
+          memory_mib: input.memoryMib ?? 0,
+          created_at: createdAt,
+          started_at: state === MigrationState.MIGRATION_STATE_QUEUED ? null : createdAt,
+          finished_at: null,
+          stats_json: null,
+          total_time_ms: null,
+          downtime_ms: null,
+          transferred_bytes: null,
+          host_cpu_seconds: null,
+          integrity_errors: null,
+          error_reason: null,
+          error_message: null,
+          error_code: null,
+        })
+        .execute();
+    } catch (err) {
+      if (this.d.dialect.isConstraintViolation(err, 'primary-key')) throw new AlreadyExistsError(`run ${id} already exists`, { cause: err });
+      throw err;
+    }
+    const change: StateChange = {
+      time: new Date(createdAt),
+      from: MigrationState.MIGRATION_STATE_UNSPECIFIED,
+      to: state,
+      reason: input.reason ?? 'created',
+    };
+    await trx
+      .insertInto('run_transitions')
+      .values({ run_id: id, at: createdAt, from_state: change.from, to_state: change.to, reason: change.reason })
+      .execute();
+    await this.d.enqueueRunEvent(
+      trx,
+      tx,
+      id,
+      { $case: 'runState', value: { runId: id, planId: planId ?? '', vmName: input.vmName, change } },
+      change.time!,
+    );
+    return id;
+  }
+
+  async getRun(runId: string): Promise<Run> {
+    return this.d.read(async (conn) => {
+      const row = await conn.selectFrom('runs').selectAll().where('id', '=', runId).executeTakeFirst();
+      if (row === undefined) throw new NotFoundError(`run ${runId} not found`);
+      const [run] = await loadRuns(conn, [row]);
+      return run!;
+    });
+  }
+
+  async transitionRun(runId: string, input: TransitionRunInput): Promise<StateChange> {
+    const to = input.to;
+    if (!VALID_STATES.has(to) || to === MigrationState.MIGRATION_STATE_UNSPECIFIED) {
+      throw new InvalidArgumentError(`transition target ${to} is not a valid state`);
+    }
+    if (isTerminalState(to)) {
+      throw new InvalidArgumentError(`${migrationStateToJSON(to)} ends a run: use finishRun, not transitionRun`);
+    }
+    const now = this.d.now();
+    const at = ms(input.at, now);
+    return this.d.write(async (trx, tx) => {
+      const run = await trx
+        .selectFrom('runs')
+        .select(['state', 'finished_at', 'started_at', 'plan_id', 'vm_name'])
+        .where('id', '=', runId)
+        .executeTakeFirst();
+      if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
+      if (run.finished_at !== null) {
+        throw new FailedPreconditionError(`run ${runId} has already finished (${migrationStateToJSON(run.state)})`, { reason: 'RUN_FINISHED' });
+      }
+      if (input.expectedFrom !== undefined && run.state !== input.expectedFrom) {
+        throw new FailedPreconditionError(
+          `run ${runId} is ${migrationStateToJSON(run.state)}, not ${migrationStateToJSON(input.expectedFrom)}`,
+          { reason: 'UNEXPECTED_STATE' },
+        );
+      }
+      const change: StateChange = { time: new Date(at), from: run.state, to, reason: input.reason ?? '' };
+      await trx.insertInto('run_transitions').values({ run_id: runId, at, from_state: run.state, to_state: to, reason: change.reason }).execute();
+      await trx
+        .updateTable('runs')
+        .set({
+          state: to,
+          started_at: run.started_at ?? (to === MigrationState.MIGRATION_STATE_QUEUED ? null : at),
+        })
+        .where('id', '=', runId)
+        .execute();
+      await this.d.enqueueRunEvent(
+        trx,
+        tx,
+        runId,
+        { $case: 'runState', value: { runId, planId: run.plan_id ?? '', vmName: run.vm_name, change } },
+        change.time!,
+      );
+      return change;
+    });
+  }
+
+  async recordAction(runId: string, action: PolicyAction): Promise<void> {
+    const a = PolicyAction.fromPartial(action);
+    const now = this.d.now();
+    const at = ms(a.time, now);
+    a.time = new Date(at);
+    await this.d.write(async (trx, tx) => {
+      await this.d.enqueueRunEvent(trx, tx, runId, { $case: 'runAction', value: { runId, action: a } }, a.time!);
+      await trx
+        .insertInto('policy_actions')
+        .values({ run_id: runId, at, elapsed_ms: a.elapsedMs, kind: a.kind, value: a.value, reason: a.reason, actor: a.actor })
+        .execute();
+    });
+  }
+
+  async finishRun(runId: string, input: FinishRunInput): Promise<Run> {
+    if (!isTerminalState(input.state)) {
+      throw new InvalidArgumentError(`finishRun needs SUCCEEDED, FAILED or CANCELLED, not ${migrationStateToJSON(input.state)}`);
+    }
+    // The run's samples should be in before its end is; a failing sample write must not block it.
+    await this.samples.flushSamples().catch((err: unknown) => this.d.log.warn('flushing samples before finishing a run failed', { err, runId }));
+    const now = this.d.now();
+    const at = ms(input.at, now);
+    const stats = input.stats === undefined ? undefined : MigrationStats.fromPartial(input.stats);
+    const error = input.error === undefined ? undefined : ErrorInfo.fromPartial(input.error);
+    const finished = await this.d.write(async (trx, tx) => {
+      const run = await trx
+        .selectFrom('runs')
+        .select(['state', 'finished_at', 'plan_id', 'vm_name', 'policy_kind', 'started_at'])
+        .where('id', '=', runId)
+        .executeTakeFirst();
+      if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
+      if (run.finished_at !== null) {
+        throw new FailedPreconditionError(`run ${runId} has already finished (${migrationStateToJSON(run.state)})`, { reason: 'RUN_FINISHED' });
+      }
+      const change: StateChange = { time: new Date(at), from: run.state, to: input.state, reason: input.reason ?? '' };
+      await trx.insertInto('run_transitions').values({ run_id: runId, at, from_state: run.state, to_state: input.state, reason: change.reason }).execute();
+      await trx
+        .updateTable('runs')
+        .set({
+          state: input.state,
+          finished_at: at,
+          stats_json: stats === undefined ? null : JSON.stringify(MigrationStats.toJSON(stats)),
+          total_time_ms: stats?.totalTimeMs ?? null,
+          downtime_ms: stats?.downtimeMs ?? null,
+          transferred_bytes: stats?.transferredBytes ?? null,
+          host_cpu_seconds: stats === undefined ? null : stats.sourceCpuSeconds + stats.destinationCpuSeconds,
+          integrity_errors: stats?.integrityErrors ?? null,
+          error_reason: error?.reason ?? null,
+          error_message: error?.message ?? null,
+          error_code: error?.code ?? null,
+        })
+        .where('id', '=', runId)
+        .execute();
+      const base = { runId, planId: run.plan_id ?? '', vmName: run.vm_name };
+      await this.d.enqueueRunEvent(trx, tx, runId, { $case: 'runState', value: { ...base, change } }, change.time!);
+      await this.d.enqueueRunEvent(
+        trx,
+        tx,
+        runId,
+        { $case: 'runCompleted', value: { ...base, state: input.state, stats, error } },
+        change.time!,
+      );
+      return run;
+    });
+    this.samples.forgetRun(runId);
+    if (this.d.o.metrics !== undefined) {
+      const total = stats !== undefined && stats.totalTimeMs > 0 ? stats.totalTimeMs : finished.started_at === null ? null : at - finished.started_at;
+      observeRunFinished(this.d.o.metrics, {
+        policyKind: finished.policy_kind,
+        state: input.state,
+        totalTimeMs: total,
+        downtimeMs: stats?.downtimeMs ?? null,
+      });
+    }
+    return this.getRun(runId);
+  }
+
+  async listActiveRuns(): Promise<Run[]> {
+    return this.d.read(async (conn) => {
+      const rows = await conn
+        .selectFrom('runs')
+        .selectAll()
+        .where('finished_at', 'is', null)
+        .orderBy('priority', 'desc')
+        .orderBy('created_at')
+        .orderBy('id')
+        .execute();
+      return loadRuns(conn, rows);
+    });
+  }
+
+  async listRunningPlanIds(): Promise<string[]> {
+    this.d.checkOpen();
+    const rows = await this.d.db.selectFrom('plans').select('id').where('state', '=', PlanState.PLAN_STATE_RUNNING).orderBy('created_at').orderBy('id').execute();
+    return rows.map((r) => r.id);
+  }
+
+  async countRunsByState(): Promise<Map<MigrationState, number>> {
+    this.d.checkOpen();
+    const rows = await this.d.db
+      .selectFrom('runs')
+      .select((eb) => ['state', eb.fn.countAll<number>().as('n')])
+      .groupBy('state')
+      .execute();
+    return new Map(rows.map((r) => [r.state as MigrationState, Number(r.n)]));
+  }
+
+  async findPlanByKey(idempotencyKey: string, scope = ''): Promise<Plan | undefined> {
+    this.d.checkOpen();
+    const row = await this.d.db.selectFrom('plans').selectAll().where('idempotency_key', '=', scopedIdempotencyKey(scope, idempotencyKey)).executeTakeFirst();
+    return row === undefined ? undefined : planToProto(row);
+  }
+}
+
+/** Attaches transitions and actions to run rows (two queries for the whole list). */
+export async function loadRuns(conn: Db, rows: RunRow[]): Promise<Run[]> {
+  if (rows.length === 0) return [];
+  const ids = rows.map((r) => r.id);
+  const transitions = new Map<string, StateChange[]>();
+  const actions = new Map<string, PolicyAction[]>();
+  for (let i = 0; i < ids.length; i += INSERT_CHUNK) {
+    const chunk = ids.slice(i, i + INSERT_CHUNK);
+    for (const t of await conn.selectFrom('run_transitions').selectAll().where('run_id', 'in', chunk).orderBy('id').execute()) {
+      push(transitions, t.run_id, transitionToProto(t));
+    }
+    for (const a of await conn.selectFrom('policy_actions').selectAll().where('run_id', 'in', chunk).orderBy('id').execute()) {
+      push(actions, a.run_id, actionToProto(a));
+    }
+  }
+  return rows.map((r) => runToProto(r, transitions.get(r.id) ?? [], actions.get(r.id) ?? []));
+}
+
+function push<T>(m: Map<string, T[]>, k: string, v: T): void {
+  const a = m.get(k);
+  if (a === undefined) m.set(k, [v]);
+  else a.push(v);
+}
+
+function validateRunInput(r: CreateRunInput): void {
+  if (r.vmName === '') throw new InvalidArgumentError('run vm_name is required');
+  if (r.sourceNodeId === '') throw new InvalidArgumentError('run source_node_id is required');
+  if (r.destinationNodeId === '') throw new InvalidArgumentError('run destination_node_id is required');
+  if (r.policy === undefined) throw new InvalidArgumentError('run policy is required');
+  if (r.id !== undefined && r.id === '') throw new InvalidArgumentError('run id must not be empty when given');
+  if (r.state !== undefined && (isTerminalState(r.state) || !VALID_STATES.has(r.state) || r.state === MigrationState.MIGRATION_STATE_UNSPECIFIED)) {
+    throw new InvalidArgumentError(`a run cannot start in state ${r.state}`);
+  }
+}

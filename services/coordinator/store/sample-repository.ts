@@ -1,0 +1,113 @@
+/**
+ * Progress, guest and host CPU samples: buffered and written in batches (see sample-writer.ts),
+ * each batch with the rate-limited RunProgress/RunGuestPerf events of its samples.
+ */
+import { InvalidArgumentError } from '../../shared/errors.js';
+import { GuestPerfSample, ProgressSample } from '../../shared/gen/migd/v1/common.js';
+import type { HostCpuSample } from '../../shared/gen/migd/v1/coordinator.js';
+import { INSERT_CHUNK, type StoreDatabase } from './database.js';
+import { guestToRow, hostCpuToRow, ms, progressToRow } from './mapping.js';
+import type { RunSamples } from './plan-run-repository.js';
+import { SampleWriter, type SampleBatch, type SampleWriterStats } from './sample-writer.js';
+import type { SampleRepository } from './types.js';
+
+export class SqlSampleRepository implements SampleRepository, RunSamples {
+  private readonly writer: SampleWriter;
+  private readonly lastProgressEvent = new Map<string, number>();
+  private readonly lastGuestEvent = new Map<string, number>();
+
+  constructor(private readonly d: StoreDatabase) {
+    this.writer = new SampleWriter({
+      persist: (b) => this.persistSamples(b),
+      batchSize: d.o.sampleBatchSize,
+      flushIntervalMs: d.o.sampleFlushIntervalMs,
+      maxBuffered: d.o.maxBufferedSamples,
+      logger: d.log,
+    });
+  }
+
+  /** Sample writer counters (written, dropped, failed flushes). */
+  stats(): SampleWriterStats {
+    return this.writer.stats();
+  }
+
+  appendProgress(runId: string, input: ProgressSample): void {
+    if (runId === '') throw new InvalidArgumentError('run id is required');
+    this.d.checkOpen();
+    const sample = ProgressSample.fromPartial(input);
+    const now = this.d.now();
+    const at = ms(sample.time, now);
+    const emit = this.due(this.lastProgressEvent, runId, now, this.d.o.progressEventIntervalMs);
+    this.writer.addProgress(
+      progressToRow(runId, sample, at),
+      emit ? { runId, time: new Date(at), payload: { $case: 'runProgress', value: { runId, sample: { ...sample, time: new Date(at) } } } } : undefined,
+    );
+  }
+
+  appendGuestSample(input: GuestPerfSample, runId?: string): void {
+    const sample = GuestPerfSample.fromPartial(input);
+    if (sample.vmName === '') throw new InvalidArgumentError('guest sample vm_name is required');
+    this.d.checkOpen();
+    const now = this.d.now();
+    const at = ms(sample.time, now);
+    const run = runId === undefined || runId === '' ? null : runId;
+    const emit = run !== null && this.due(this.lastGuestEvent, run, now, this.d.o.guestEventIntervalMs);
+    this.writer.addGuest(
+      guestToRow(sample, run, at),
+      emit && run !== null
+        ? { runId: run, time: new Date(at), payload: { $case: 'runGuest', value: { runId: run, sample: { ...sample, time: new Date(at) } } } }
+        : undefined,
+    );
+  }
+
+  appendHostCpu(runId: string, sample: HostCpuSample): void {
+    if (runId === '') throw new InvalidArgumentError('run id is required');
+    this.d.checkOpen();
+    this.writer.addHostCpu(hostCpuToRow(runId, sample, ms(sample.time, this.d.now())));
+  }
+
+  flushSamples(): Promise<void> {
+    return this.writer.flush();
+  }
+
+  private due(last: Map<string, number>, runId: string, now: number, interval: number): boolean {
+    const prev = last.get(runId);
+    if (prev !== undefined && now - prev < interval) return false;
+    last.set(runId, now);
+    return true;
+  }
+
+  private async persistSamples(b: SampleBatch): Promise<void> {
+    await this.d.write(async (trx, tx) => {
+      for (let i = 0; i < b.progress.length; i += INSERT_CHUNK) {
+        await trx.insertInto('progress_samples').values(b.progress.slice(i, i + INSERT_CHUNK)).execute();
+      }
+      for (let i = 0; i < b.guest.length; i += INSERT_CHUNK) {
+        await trx.insertInto('guest_samples').values(b.guest.slice(i, i + INSERT_CHUNK)).execute();
+      }
+      for (let i = 0; i < b.hostCpu.length; i += INSERT_CHUNK) {
+        await trx.insertInto('host_cpu_samples').values(b.hostCpu.slice(i, i + INSERT_CHUNK)).execute();
+      }
+      for (const e of b.events) {
+        // Samples of an unknown (or already deleted) run are kept; they just get no event.
+        const sequence = await this.d.nextSequence(trx, e.runId);
+        if (sequence === null) continue;
+        await this.d.enqueue(trx, tx, e.payload, e.time, { runId: e.runId, sequence });
+      }
+    });
+  }
+
+  forgetRun(runId: string): void {
+    this.lastProgressEvent.delete(runId);
+    this.lastGuestEvent.delete(runId);
+  }
+
+  /** Writes what is buffered and stops buffering; logs (does not throw) what could not be written. */
+  async close(): Promise<void> {
+    try {
+      await this.writer.close();
+    } catch (err) {
+      this.d.log.error('samples lost at close: the final write failed', { err, lost: this.writer.size });
+    }
+  }
+}

@@ -14,6 +14,13 @@ import type { OutboxRepository } from './store/types.js';
 
 const PAGE = 500;
 
+/**
+ * Events one Watch stream may hold for a client that does not read. A stream that falls further
+ * behind ends with RESOURCE_EXHAUSTED (STREAM_OVERFLOW): memory stays bounded per stream, and
+ * the client knows it missed events (it can watch again, replaying a run from the outbox).
+ */
+export const WATCH_QUEUE = 4096;
+
 /** The run an event is about, or undefined for plan and node events. */
 export function runIdOf(event: Event): string | undefined {
   try {
@@ -25,7 +32,7 @@ export function runIdOf(event: Event): string | undefined {
 }
 
 export class EventBus {
-  private readonly live = new Broadcast<Event>({ limit: 16_384 });
+  private readonly live = new Broadcast<Event>({ limit: WATCH_QUEUE, overflow: 'fail' });
   private cursor = 0;
   private unsubscribe: (() => void) | undefined;
   private pumping: Promise<void> | undefined;

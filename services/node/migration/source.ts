@@ -86,7 +86,8 @@ export class SourceMigration {
   private stats: MigrationStats | undefined;
   private error: ErrorInfo | undefined;
   private readonly actions: PolicyAction[] = [];
-  private readonly updates = new Broadcast<WatchMigrationResponse>();
+  // A WatchMigration client that stops reading is ended (RESOURCE_EXHAUSTED), not buffered for.
+  private readonly updates = new Broadcast<WatchMigrationResponse>({ limit: 4096, overflow: 'fail' });
   private readonly stop = new AbortController();
   private readonly done: Promise<MigrationInfo>;
   private resolveDone!: (info: MigrationInfo) => void;

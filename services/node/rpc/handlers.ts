@@ -4,12 +4,13 @@
  * The server's authorizer (authz.ts) has already refused callers with no rights on a method; the
  * handlers a peer node may call pass its identity on, so it acts only on its own runs.
  */
-import { InvalidArgumentError, PermissionDeniedError } from '../../shared/errors.js';
+import { InvalidArgumentError, PermissionDeniedError, ResourceExhaustedError } from '../../shared/errors.js';
 import { NodeServiceService, type WatchGuestResponse } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
 import { toPublicError } from '../public-error.js';
 import type { CallContext, Handlers } from '../../shared/rpc/server.js';
 import type { NodeDaemon } from '../daemon.js';
+import type { GuestFeed } from '../guest-feed.js';
 import { nodeCaller, type NodeCaller } from './authz.js';
 
 function required(v: string, name: string): string {
@@ -44,6 +45,59 @@ function publicErrors(handlers: Handlers<typeof NodeServiceService>, log: Logger
   return out as Handlers<typeof NodeServiceService>;
 }
 
+/** Messages a WatchGuest stream may hold for a client that does not read, before it is ended. */
+export const WATCH_GUEST_QUEUE = 1024;
+
+/**
+ * A VM's samples (and console bytes) as one stream. Everything it holds for its client is
+ * bounded: the feed's per-subscriber queues and the merge queue end the stream with
+ * RESOURCE_EXHAUSTED (STREAM_OVERFLOW) once the client is WATCH_GUEST_QUEUE messages behind.
+ */
+export async function* watchGuest(feed: Pick<GuestFeed, 'samples' | 'console'>, includeConsole: boolean, signal: AbortSignal, limit = WATCH_GUEST_QUEUE): AsyncIterable<WatchGuestResponse> {
+  const stop = new AbortController();
+  const onAbort = (): void => stop.abort();
+  signal.addEventListener('abort', onAbort, { once: true });
+  const sub = { signal: stop.signal, overflow: 'fail' as const };
+  const queue: WatchGuestResponse[] = [];
+  let failure: unknown;
+  let wake: (() => void) | undefined;
+  let open = 0;
+  const pump = async <T>(it: AsyncIterable<T>, wrap: (v: T) => WatchGuestResponse): Promise<void> => {
+    open++;
+    try {
+      for await (const v of it) {
+        if (queue.length >= limit) throw new ResourceExhaustedError(`the client fell more than ${limit} messages behind; the stream was ended`, { reason: 'STREAM_OVERFLOW' });
+        queue.push(wrap(v));
+        wake?.();
+      }
+    } catch (err) {
+      failure ??= err;
+      stop.abort();
+    } finally {
+      open--;
+      wake?.();
+    }
+  };
+  try {
+    void pump(feed.samples.subscribe([], sub), (s) => ({ item: { $case: 'sample', value: s } }));
+    if (includeConsole) void pump(feed.console.subscribe([], sub), (c) => ({ item: { $case: 'console', value: Buffer.from(c) } }));
+    while (open > 0 || queue.length > 0) {
+      if (failure !== undefined) throw failure;
+      const next = queue.shift();
+      if (next) {
+        yield next;
+        continue;
+      }
+      await new Promise<void>((r) => (wake = r));
+      wake = undefined;
+    }
+    if (failure !== undefined) throw failure;
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    stop.abort();
+  }
+}
+
 export function nodeHandlers(d: NodeDaemon, log: Logger): Handlers<typeof NodeServiceService> {
   return publicErrors(handlers(d), log);
 }
@@ -69,39 +123,7 @@ function handlers(d: NodeDaemon): Handlers<typeof NodeServiceService> {
       await d.destroyVm(required(req.name, 'name'));
       return {};
     },
-    watchGuest: async function* (req, ctx): AsyncIterable<WatchGuestResponse> {
-      const feed = d.guest(mayRead(ctx, required(req.name, 'name')));
-      if (!req.includeConsole) {
-        for await (const s of feed.samples.subscribe([], ctx.signal)) yield { item: { $case: 'sample', value: s } };
-        return;
-      }
-      // Interleave console bytes and samples as they come.
-      const queue: WatchGuestResponse[] = [];
-      let wake: (() => void) | undefined;
-      let open = 2;
-      const pump = async <T>(it: AsyncIterable<T>, wrap: (v: T) => WatchGuestResponse): Promise<void> => {
-        try {
-          for await (const v of it) {
-            queue.push(wrap(v));
-            wake?.();
-          }
-        } finally {
-          open--;
-          wake?.();
-        }
-      };
-      void pump(feed.samples.subscribe([], ctx.signal), (s) => ({ item: { $case: 'sample', value: s } }));
-      void pump(feed.console.subscribe([], ctx.signal), (c) => ({ item: { $case: 'console', value: Buffer.from(c) } }));
-      while (open > 0 || queue.length > 0) {
-        const next = queue.shift();
-        if (next) {
-          yield next;
-          continue;
-        }
-        await new Promise<void>((r) => (wake = r));
-        wake = undefined;
-      }
-    },
+    watchGuest: (req, ctx) => watchGuest(d.guest(mayRead(ctx, required(req.name, 'name'))), req.includeConsole, ctx.signal),
     prepareIncoming: async (req, ctx) => m.prepareIncoming(req, caller(ctx)),
     pauseIncoming: async (req, ctx) => ({ qemuStatus: await m.pauseIncoming(required(req.runId, 'run_id'), caller(ctx)) }),
     recoverIncoming: async (req, ctx) => m.recoverIncoming(required(req.runId, 'run_id'), caller(ctx)),

@@ -3,16 +3,22 @@
  * `(request, ctx) => response` (server-streaming ones return an AsyncIterable); this adapter turns
  * them into grpc-js callbacks, maps errors through toStatus(), propagates cancellation as an
  * AbortSignal, and adds grpc.health.v1 health checking and server reflection to every server.
+ *
+ * Every server is bounded against a caller that tries to exhaust it ({@link ServerLimits}):
+ * connections in total and per client address (refused at accept, before TLS), concurrent
+ * server streams per identity (RESOURCE_EXHAUSTED), request and response sizes, HTTP/2 streams
+ * per connection, keepalive pings that drop dead peers, and idle connections closed.
  */
+import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Server, type Metadata, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
-import { CancelledError, UnavailableError } from '../errors.js';
+import { CancelledError, ResourceExhaustedError, UnavailableError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { protoDir } from '../paths.js';
-import { serverCredentials, type TransportSecurity } from './tls.js';
+import { serverCredentials, splitHostPort, type TransportSecurity } from './tls.js';
 import { toStatus } from './status.js';
 
 /** What a handler knows about its call. */
@@ -51,6 +57,44 @@ export type Handlers<S> = {
       : never;
 };
 
+/** Resource bounds of a server; every field has a default. */
+export interface ServerLimits {
+  /** Open connections in total; more are closed at accept. Default 1024. */
+  readonly maxConnections: number;
+  /** Open connections from one client address. Default 64. */
+  readonly maxConnectionsPerAddress: number;
+  /**
+   * Concurrent server-streaming calls (Watch, WatchGuest, WatchMigration) of one identity (the
+   * certificate's common name; the peer address for plain-text callers); one more is refused
+   * with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS). Default 64.
+   */
+  readonly maxStreamsPerIdentity: number;
+  /** HTTP/2 streams (calls) at once on one connection. Default 256. */
+  readonly maxConcurrentCallsPerConnection: number;
+  /** Largest request message (bytes). Default 4 MiB. */
+  readonly maxReceiveBytes: number;
+  /** Largest response message (bytes). Default 64 MiB (the clients' receive limit). */
+  readonly maxSendBytes: number;
+  /** Keepalive ping interval (ms); a peer that does not answer within keepaliveTimeoutMs is dropped. Default 30 000. */
+  readonly keepaliveMs: number;
+  /** Default 10 000. */
+  readonly keepaliveTimeoutMs: number;
+  /** A connection with no call for this long is closed (clients reconnect on their next call). Default 600 000. */
+  readonly idleConnectionMs: number;
+}
+
+export const DEFAULT_SERVER_LIMITS: ServerLimits = Object.freeze({
+  maxConnections: 1024,
+  maxConnectionsPerAddress: 64,
+  maxStreamsPerIdentity: 64,
+  maxConcurrentCallsPerConnection: 256,
+  maxReceiveBytes: 4 * 1024 * 1024,
+  maxSendBytes: 64 * 1024 * 1024,
+  keepaliveMs: 30_000,
+  keepaliveTimeoutMs: 10_000,
+  idleConnectionMs: 600_000,
+});
+
 /** Called before every handler; throw (e.g. PermissionDeniedError) to refuse the call. */
 export type Authorizer = (ctx: CallContext) => void;
 
@@ -64,6 +108,8 @@ export interface RpcServerOptions {
   readonly authorize?: Authorizer;
   /** Proto files (relative to proto/) served by reflection. Default: every migd contract. */
   readonly reflectionProtos?: readonly string[];
+  /** Resource bounds (defaults: {@link DEFAULT_SERVER_LIMITS}). */
+  readonly limits?: Partial<ServerLimits>;
 }
 
 const allProtos = ['migd/v1/common.proto', 'migd/v1/node.proto', 'migd/v1/coordinator.proto', 'migd/v1/events.proto'];
@@ -73,15 +119,38 @@ function identityOf(call: { getAuthContext(): { sslPeerCertificate?: { subject?:
   return Array.isArray(cn) ? cn[0] : cn;
 }
 
+/** The address part of a grpc-js peer string (`1.2.3.4:5678`, `[::1]:5678`). */
+function peerHost(peer: string): string {
+  const m = /^(?:\[([^\]]+)\]|(.+)):\d+$/.exec(peer);
+  return m ? (m[1] ?? m[2] ?? peer) : peer;
+}
+
 export class RpcServer {
   readonly health = new HealthImplementation({ '': 'NOT_SERVING' });
-  private readonly server = new Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  readonly limits: ServerLimits;
+  private readonly server: Server;
   private readonly services: string[] = [];
   private readonly inflight = new Set<AbortController>();
+  /** Open server streams by identity. */
+  private readonly streams = new Map<string, number>();
+  private tcp: TcpServer | undefined;
+  private readonly sockets = new Set<Socket>();
+  private readonly perAddress = new Map<string, number>();
+  private injector: ReturnType<Server['createConnectionInjector']> | undefined;
   private boundPort: number | undefined;
   private shuttingDown = false;
 
   constructor(private readonly opts: RpcServerOptions) {
+    this.limits = Object.freeze({ ...DEFAULT_SERVER_LIMITS, ...opts.limits });
+    const l = this.limits;
+    this.server = new Server({
+      'grpc.max_receive_message_length': l.maxReceiveBytes,
+      'grpc.max_send_message_length': l.maxSendBytes,
+      'grpc.max_concurrent_streams': l.maxConcurrentCallsPerConnection,
+      'grpc.keepalive_time_ms': l.keepaliveMs,
+      'grpc.keepalive_timeout_ms': l.keepaliveTimeoutMs,
+      'grpc.max_connection_idle_ms': l.idleConnectionMs,
+    });
     this.health.addToServer(this.server);
     const pkg = loadSync((opts.reflectionProtos ?? allProtos).map((p) => join(protoDir(), p)), {
       includeDirs: [protoDir()],
@@ -138,8 +207,24 @@ export class RpcServer {
       const ac = new AbortController();
       this.inflight.add(ac);
       const ctx = this.context(call, method, ac);
+      const who = ctx.identity ?? `address:${peerHost(ctx.peer)}`;
+      let counted = false;
+      const release = (): void => {
+        if (!counted) return;
+        counted = false;
+        const n = (this.streams.get(who) ?? 1) - 1;
+        if (n <= 0) this.streams.delete(who);
+        else this.streams.set(who, n);
+      };
       const run = async (): Promise<void> => {
         this.opts.authorize?.(ctx);
+        const open = this.streams.get(who) ?? 0;
+        if (open >= this.limits.maxStreamsPerIdentity) {
+          this.opts.log.warn('stream refused: too many open streams', { identity: ctx.identity ?? null, peer: ctx.peer, method, open });
+          throw new ResourceExhaustedError(`${ctx.identity ? `identity "${ctx.identity}"` : 'this client'} already has ${open} open streams on this server (at most ${this.limits.maxStreamsPerIdentity}); close one first`, { reason: 'TOO_MANY_STREAMS' });
+        }
+        this.streams.set(who, open + 1);
+        counted = true;
         for await (const msg of handler(call.request, ctx)) {
           if (ac.signal.aborted) break;
           if (!call.write(msg)) {
@@ -157,11 +242,13 @@ export class RpcServer {
       };
       run().then(
         () => {
+          release();
           this.inflight.delete(ac);
           if (this.shuttingDown) call.emit('error', toStatus(new UnavailableError('server shutting down'), this.opts.log, method));
           else if (!ac.signal.aborted) call.end();
         },
         (err: unknown) => {
+          release();
           this.inflight.delete(ac);
           if (this.shuttingDown) call.emit('error', toStatus(new UnavailableError('server shutting down'), this.opts.log, method));
           else if (!ac.signal.aborted) call.emit('error', toStatus(err, this.opts.log, method));
@@ -170,15 +257,54 @@ export class RpcServer {
     };
   }
 
-  /** Binds and starts serving; returns the bound port. Health turns SERVING. */
+  /**
+   * Binds and starts serving; returns the bound port. Health turns SERVING. The listening socket
+   * is this server's own (connections are handed to gRPC after the connection limits passed).
+   */
   async start(): Promise<number> {
     const creds = serverCredentials(this.opts.security, this.opts.address);
+    const { host, port } = splitHostPort(this.opts.address);
+    this.injector = this.server.createConnectionInjector(creds);
+    const injector = this.injector;
+    const tcp = createTcpServer({ pauseOnConnect: false }, (socket) => this.accept(socket, injector));
+    this.tcp = tcp;
     this.boundPort = await new Promise<number>((resolve, reject) => {
-      this.server.bindAsync(this.opts.address, creds, (err, port) => (err ? reject(err) : resolve(port)));
+      tcp.once('error', reject);
+      tcp.listen({ host, port }, () => {
+        tcp.off('error', reject);
+        const a = tcp.address();
+        resolve(typeof a === 'object' && a ? a.port : port);
+      });
     });
+    tcp.on('error', (err) => this.opts.log.warn('gRPC listener error', { err }));
     this.health.setStatus('', 'SERVING');
     for (const s of this.services) this.health.setStatus(s, 'SERVING');
     return this.boundPort;
+  }
+
+  /** Open client connections (for tests and metrics). */
+  get connections(): number {
+    return this.sockets.size;
+  }
+
+  private accept(socket: Socket, injector: { injectConnection(c: Socket): void }): void {
+    const addr = socket.remoteAddress ?? 'unknown';
+    const fromAddr = this.perAddress.get(addr) ?? 0;
+    if (this.shuttingDown || this.sockets.size >= this.limits.maxConnections || fromAddr >= this.limits.maxConnectionsPerAddress) {
+      if (!this.shuttingDown) this.opts.log.warn('connection refused: connection limit', { peer: addr, open: this.sockets.size, fromAddress: fromAddr });
+      socket.destroy();
+      return;
+    }
+    this.sockets.add(socket);
+    this.perAddress.set(addr, fromAddr + 1);
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      const n = (this.perAddress.get(addr) ?? 1) - 1;
+      if (n <= 0) this.perAddress.delete(addr);
+      else this.perAddress.set(addr, n);
+    });
+    socket.on('error', () => undefined); // reset by the peer: the close above still counts it
+    injector.injectConnection(socket);
   }
 
   /** The bound port (after start). */
@@ -193,6 +319,8 @@ export class RpcServer {
     this.health.setStatus('', 'NOT_SERVING');
     for (const s of this.services) this.health.setStatus(s, 'NOT_SERVING');
     for (const ac of this.inflight) ac.abort(new CancelledError('server shutting down'));
+    const tcp = this.tcp;
+    const listenerClosed = tcp ? new Promise<void>((resolve) => tcp.close(() => resolve())) : Promise.resolve();
     await new Promise<void>((resolve) => {
       const t = setTimeout(() => {
         this.server.forceShutdown();
@@ -203,5 +331,8 @@ export class RpcServer {
         resolve();
       });
     });
+    this.injector?.destroy();
+    for (const s of this.sockets) s.destroy();
+    await listenerClosed;
   }
 }

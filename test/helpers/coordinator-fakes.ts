@@ -73,6 +73,9 @@ export class FakeNode {
   readonly migrations = new Map<string, FakeMigration>();
   /** Called for each policy/user request (adjust, post-copy, force-complete, cancel). */
   onRequest: ((method: string, m: FakeMigration, req: { actor: string; reason: string }) => void) | undefined;
+  /** AbortIncoming's answer: an Error is thrown (n counts the calls from 1). Default: done. */
+  onAbortIncoming: ((n: number) => Error | undefined) | undefined;
+  private aborts = 0;
 
   constructor(readonly nodeId: string) {}
 
@@ -123,6 +126,12 @@ export class FakeNode {
         rec('createVm', req);
         const vm: VmInfo = { spec: req.spec, nodeId: this.nodeId, state: VmState.VM_STATE_RUNNING, pid: 4242, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0 };
         return { vm };
+      },
+      abortIncoming: async (req: { runId: string }) => {
+        rec('abortIncoming', req);
+        const err = this.onAbortIncoming?.(++this.aborts);
+        if (err) throw err;
+        return {};
       },
       close: () => undefined,
     };

@@ -6,7 +6,8 @@
  * Slots: a run holds its queue slot from dispatch until its end is recorded in the store, so the
  * recorded start and finish times are exactly the intervals the limits apply to.
  */
-import { FailedPreconditionError, InvalidArgumentError } from '../../shared/errors.js';
+import { FailedPreconditionError, InvalidArgumentError, MigdError } from '../../shared/errors.js';
+import { retry } from '../../shared/retry.js';
 import { MigrationState, PolicyActionKind } from '../../shared/gen/migd/v1/common.js';
 import { PlanState, type Run } from '../../shared/gen/migd/v1/coordinator.js';
 import type { Logger } from '../../shared/log.js';
@@ -214,9 +215,31 @@ export class RunManager {
         .then(async (finished) => {
           this.supervisors.delete(run.id);
           if (finished) await this.ended(finished);
+          else if (!this.stopped) this.superviseAgain(run.id);
         })
         .catch((err: unknown) => this.o.log.error('run bookkeeping failed', { runId: run.id, err })),
     );
+  }
+
+  /**
+   * A supervisor gave up without recording the run's end (the store kept failing past its retry
+   * bound): the run keeps its slot and is picked up again, as after a restart, until it ends.
+   */
+  private superviseAgain(runId: string): void {
+    this.o.log.warn('run supervisor stopped before the run ended; resuming it', { runId });
+    const t = setTimeout(() => {
+      if (this.stopped) return;
+      this.track(
+        this.o.store.plans.getRun(runId).then(
+          (run) => (run.finishedAt ? this.ended(run) : this.supervise(run, 'resume')),
+          (err: unknown) => {
+            this.o.log.error('could not read a run to resume it; trying again', { runId, err });
+            this.superviseAgain(runId);
+          },
+        ),
+      );
+    }, 5000);
+    t.unref();
   }
 
   /** A run has ended in the store: free its slot, move its VM, update its plan, dispatch more. */
@@ -237,7 +260,7 @@ export class RunManager {
 
   /** Sets a plan's state once all its runs have ended (serialised: one event per change). */
   updatePlan(planId: string): Promise<void> {
-    const next = this.planChain.then(async () => {
+    const once = async (): Promise<void> => {
       const runs = await this.o.store.plans.listPlanRuns(planId);
       const plan = await this.o.store.plans.getPlan(planId);
       let state = PlanState.PLAN_STATE_RUNNING;
@@ -245,7 +268,16 @@ export class RunManager {
         state = runs.every((r) => r.state === MigrationState.MIGRATION_STATE_SUCCEEDED) ? PlanState.PLAN_STATE_SUCCEEDED : PlanState.PLAN_STATE_FAILED;
       }
       if (state !== plan.state) await this.o.store.plans.setPlanState(planId, state);
-    });
+    };
+    // A store that cannot write (disk full) is retried: a plan left RUNNING would never end.
+    const next = this.planChain.then(() =>
+      retry(once, {
+        deadlineMs: 600_000,
+        initialMs: 500,
+        retryable: (err) => !(err instanceof MigdError) || err.code === 'INTERNAL' || err.code === 'UNAVAILABLE',
+        onRetry: (err, attempt) => this.o.log.warn('the store failed to update the plan state; retrying', { planId, attempt, err: (err as Error).message }),
+      }),
+    );
     this.planChain = next.catch((err: unknown) => this.o.log.warn('updating the plan state failed', { planId, err }));
     return this.planChain;
   }

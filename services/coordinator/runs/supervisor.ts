@@ -42,6 +42,7 @@ export interface RunStore {
 }
 import { isTerminalState } from '../../shared/policy/states.js';
 import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
+import { isTransient, retry } from '../../shared/retry.js';
 
 const MiB = 1024 * 1024;
 
@@ -59,7 +60,26 @@ export interface SupervisorDeps {
   readonly callDeadlineMs: number;
   /** Policy clock tick (ms). Default 1000. */
   readonly tickMs?: number;
+  /**
+   * A failed or cancelled run's end is recorded once its destination has no incoming copy left
+   * (AbortIncoming, idempotent), or after this long (ms); the abort is then retried in the
+   * background for `cleanupRetryMs`. Default 20 000.
+   */
+  readonly cleanupWaitMs?: number;
+  /** Background bound of the destination clean-up (ms). Default 600 000. */
+  readonly cleanupRetryMs?: number;
+  /**
+   * A store write that fails for a reason other than the request itself (a full disk, a busy
+   * database) is retried this long (ms) before the supervisor gives up. Default 600 000.
+   */
+  readonly storeRetryMs?: number;
   readonly now?: () => number;
+}
+
+/** A store error that says nothing about the request (disk full, I/O, busy): worth retrying. */
+function isStoreTransient(err: unknown): boolean {
+  if (!(err instanceof MigdError)) return true;
+  return isTransient(err) || err.code === 'INTERNAL' || err.code === 'RESOURCE_EXHAUSTED';
 }
 
 /** How a run ended, for the caller (queue slot, plan state, VM location). */
@@ -83,6 +103,8 @@ export class RunSupervisor {
   private lastSample: ProgressSample | undefined;
   private lastSampleAt = 0;
   private startedOnNode = false;
+  /** StartMigration went out (or the run was past QUEUED at a restart): the destination may hold a copy. */
+  private dispatched = false;
   private pendingCancel: { actor: string; reason: string } | undefined;
   private lastReason = '';
   private startedAtMs: number | undefined;
@@ -107,6 +129,7 @@ export class RunSupervisor {
     this.policy = policy ?? policyFor(run.policy, Math.max(1, run.memoryMib) * MiB);
     this.policyState = this.policy.initialState();
     this.startedAtMs = run.startedAt?.getTime();
+    this.dispatched = run.state !== MigrationState.MIGRATION_STATE_QUEUED && run.state !== MigrationState.MIGRATION_STATE_UNSPECIFIED;
     for (const a of run.actions) this.recorded.add(actionKey(a));
   }
 
@@ -170,6 +193,7 @@ export class RunSupervisor {
     await this.transition(MigrationState.MIGRATION_STATE_PREPARING, `dispatched: ${src} → ${dst}`);
     this.startedAtMs ??= this.now();
     const client = this.d.client(src);
+    this.dispatched = true;
     try {
       const res = await client.startMigration(
         { runId: this.runId, vmName: this.run.vmName, destination: this.d.endpoint(dst), policy: this.run.policy },
@@ -180,8 +204,14 @@ export class RunSupervisor {
     } catch (err) {
       if (this.signal.aborted) throw err;
       // The node may have started it before the reply was lost: ask before declaring failure.
-      if (err instanceof MigdError && (err.code === 'UNAVAILABLE' || err.code === 'DEADLINE_EXCEEDED')) {
-        const info = await client.getMigration({ runId: this.runId }, { deadlineMs: this.d.callDeadlineMs, signal: this.signal }).catch(() => undefined);
+      // A source daemon that died with the call comes back (supervised) within seconds and
+      // reconciles the run from its record: ask it for a while, not once.
+      if (isTransient(err)) {
+        const info = await retry(() => client.getMigration({ runId: this.runId }, { deadlineMs: this.d.callDeadlineMs, signal: this.signal }), {
+          deadlineMs: this.d.callDeadlineMs * 3,
+          signal: this.signal,
+          onRetry: (e, attempt) => this.log.info('source node did not answer after StartMigration broke; asking again', { attempt, err: (e as Error).message }),
+        }).catch(() => undefined);
         if (info?.migration) {
           this.startedOnNode = true;
           return this.handleExisting(info.migration);
@@ -387,14 +417,73 @@ export class RunSupervisor {
 
   // --- recording -----------------------------------------------------------------------------
 
+  /**
+   * Records an intermediate state. A store that cannot write (disk full) is retried for a while;
+   * after that the state change is logged and skipped — the run goes on, and its end is recorded
+   * when the store is back ({@link end} retries longer).
+   */
   private async transition(to: MigrationState, reason: string, at?: Date): Promise<void> {
     if (this.finished || to === this.state || isTerminalState(to) || to === MigrationState.MIGRATION_STATE_UNSPECIFIED) return;
     try {
-      await this.d.store.plans.transitionRun(this.runId, { to, reason, ...(at ? { at } : {}) });
+      await this.storeWrite('record a state change', () => this.d.store.plans.transitionRun(this.runId, { to, reason, ...(at ? { at } : {}) }), 10_000);
       this.state = to;
     } catch (err) {
-      if (!(err instanceof FailedPreconditionError)) throw err;
+      if (err instanceof FailedPreconditionError) return;
+      if (isAbortError(err) || !isStoreTransient(err)) throw err;
+      this.log.error('could not record a state change of the run; going on without it', { to: migrationStateToJSON(to), err });
     }
+  }
+
+  /** A store write, retried while the store fails for reasons of its own (see isStoreTransient). */
+  private storeWrite<T>(what: string, fn: () => Promise<T>, deadlineMs = this.d.storeRetryMs ?? 600_000): Promise<T> {
+    return retry(fn, {
+      deadlineMs,
+      initialMs: 500,
+      signal: this.signal,
+      retryable: isStoreTransient,
+      onRetry: (err, attempt, delayMs) => this.log.warn(`the store failed to ${what}; retrying`, { attempt, delayMs, err: (err as Error).message }),
+    });
+  }
+
+  /**
+   * A failed or cancelled run may leave its destination holding the paused incoming copy: the
+   * source could not reach it, or died while preparing it. AbortIncoming (idempotent; refused
+   * with GUEST_RUNS_HERE once the guest runs there, so it never destroys a running guest) is
+   * retried up to cleanupWaitMs before the end is recorded, then in the background.
+   * Not after OWNERSHIP_UNRESOLVED: then the destination's copy may be the only complete one, and
+   * the source, which knows whether its own copy lives, settles it (it keeps trying).
+   */
+  private async cleanDestination(error: ErrorInfo | undefined): Promise<void> {
+    if (!this.dispatched || error?.reason === 'OWNERSHIP_UNRESOLVED') return;
+    const dst = this.run.destinationNodeId;
+    const attempt = async (): Promise<void> => {
+      await this.d.client(dst).abortIncoming({ runId: this.runId }, { deadlineMs: this.d.callDeadlineMs });
+    };
+    const retryable = (err: unknown): boolean => isTransient(err) || (err instanceof MigdError && err.code === 'INTERNAL');
+    const settled = (err: unknown): boolean => {
+      if (err instanceof MigdError && err.reason === 'GUEST_RUNS_HERE') {
+        this.log.info('the destination runs the guest of this failed run; leaving it', { destination: dst });
+        return true;
+      }
+      if (!retryable(err)) {
+        this.log.warn('the destination refused to remove the copy of a failed run', { destination: dst, err: (err as Error).message });
+        return true;
+      }
+      return false;
+    };
+    try {
+      await retry(attempt, { deadlineMs: this.d.cleanupWaitMs ?? 20_000, signal: this.signal, retryable });
+      return;
+    } catch (err) {
+      if (isAbortError(err) || settled(err)) return;
+    }
+    this.log.warn('the destination did not confirm the copy of a failed run removed; retrying in the background', { destination: dst });
+    void retry(attempt, { deadlineMs: this.d.cleanupRetryMs ?? 600_000, maxMs: 15_000, retryable }).then(
+      () => this.log.info('destination copy of a failed run removed', { destination: dst }),
+      (err: unknown) => {
+        if (!settled(err)) this.log.error('could not remove the destination copy of a failed run; the destination removes it once its source says the run ended', { destination: dst, err: (err as Error).message });
+      },
+    );
   }
 
   private async finish(info: MigrationInfo): Promise<void> {
@@ -416,11 +505,12 @@ export class RunSupervisor {
 
   private async end(state: MigrationState, input: { stats?: MigrationInfo['stats']; error?: ErrorInfo | undefined; reason: string; at?: Date | undefined }): Promise<void> {
     if (this.finished) return;
+    if (state !== MigrationState.MIGRATION_STATE_SUCCEEDED) await this.cleanDestination(input.error);
     try {
-      this.run = await this.d.store.plans.finishRun(this.runId, { state, reason: input.reason, ...(input.stats ? { stats: input.stats } : {}), ...(input.error ? { error: input.error } : {}), ...(input.at ? { at: input.at } : {}) });
+      this.run = await this.storeWrite('record the end of the run', () => this.d.store.plans.finishRun(this.runId, { state, reason: input.reason, ...(input.stats ? { stats: input.stats } : {}), ...(input.error ? { error: input.error } : {}), ...(input.at ? { at: input.at } : {}) }));
     } catch (err) {
       if (!(err instanceof FailedPreconditionError)) throw err;
-      this.run = await this.d.store.plans.getRun(this.runId);
+      this.run = await this.storeWrite('read the run', () => this.d.store.plans.getRun(this.runId));
     }
     this.finished = true;
     this.state = this.run.state;

@@ -48,7 +48,9 @@ export interface MigrationManagerDeps {
   readonly stateDir: string;
   /**
    * An incoming copy still not handed over after this long (ms) makes the destination ask its
-   * source how the run stands; one the source no longer drives is removed. Default 30 000.
+   * source how the run stands (every third of it); one the source no longer drives is removed.
+   * Default 15 000: a copy whose source never connected or handed over goes within ~20 s of the
+   * run's end, also when neither the source nor the coordinator could reach this node then.
    */
   readonly incomingCheckMs?: number;
   /** A client of another node daemon. */
@@ -80,6 +82,13 @@ export class MigrationManager {
   private readonly closing = new AbortController();
   /** StartMigration calls in flight, by run id: a concurrent retry joins the first call. */
   private readonly starting = new Map<string, Promise<MigrationInfo>>();
+  /** PrepareIncoming calls in flight, by run id, with the source bound to them. */
+  private readonly preparing = new Map<string, { done: Promise<unknown>; sourceNodeId: string | undefined }>();
+  /**
+   * Runs aborted here, by run id → expiry (host ms): a PrepareIncoming that arrives after the
+   * abort (a request delayed by a cut link or a stopped daemon) is refused, never left behind.
+   */
+  private readonly abortedRuns = new Map<string, number>();
   /** VM name → source node id and expiry, for runs that ended here (the source still reads the VM). */
   private readonly peerGrants = new Map<string, { nodeId: string; untilMs: number }>();
 
@@ -208,7 +217,7 @@ export class MigrationManager {
    * be handed over. An unreachable source changes nothing: the copy stays paused, never resumed.
    */
   private async sweepIncoming(signal: AbortSignal): Promise<void> {
-    const every = this.d.incomingCheckMs ?? 30_000;
+    const every = this.d.incomingCheckMs ?? 15_000;
     while (!signal.aborted) {
       await sleep(Math.max(1000, every / 3), undefined, { signal }).catch(() => undefined);
       for (const [runId, m] of [...this.incoming]) {
@@ -327,8 +336,31 @@ export class MigrationManager {
     this.validateRunId(req.runId);
     if (!req.spec) throw new InvalidArgumentError('spec is required');
     const existing = this.incoming.get(req.runId);
-    if (existing || this.confirmed.has(req.runId)) throw new FailedPreconditionError(`run ${req.runId} already has an incoming VM on this node`, { reason: 'INCOMING_EXISTS' });
+    if (existing || this.confirmed.has(req.runId) || this.preparing.has(req.runId)) throw new FailedPreconditionError(`run ${req.runId} already has an incoming VM on this node`, { reason: 'INCOMING_EXISTS' });
+    this.refuseAborted(req.runId);
     const sourceNodeId = caller.kind === 'peer' ? caller.nodeId : undefined;
+    const done = this.doPrepareIncoming({ ...req, spec: req.spec }, sourceNodeId);
+    this.preparing.set(req.runId, { done: done.catch(() => undefined), sourceNodeId });
+    try {
+      return await done;
+    } finally {
+      this.preparing.delete(req.runId);
+    }
+  }
+
+  /** @throws FailedPreconditionError (reason RUN_ABORTED) for a run aborted here */
+  private refuseAborted(runId: string): void {
+    const until = this.abortedRuns.get(runId);
+    if (until !== undefined && until > Date.now()) throw new FailedPreconditionError(`run ${runId} was aborted on this node; it cannot be prepared again`, { reason: 'RUN_ABORTED' });
+  }
+
+  private noteAborted(runId: string): void {
+    const now = Date.now();
+    for (const [id, until] of this.abortedRuns) if (until <= now || this.abortedRuns.size > PEER_GRANTS_MAX) this.abortedRuns.delete(id);
+    this.abortedRuns.set(runId, now + PEER_GRANT_MS);
+  }
+
+  private async doPrepareIncoming(req: PrepareIncomingRequest & { spec: NonNullable<PrepareIncomingRequest['spec']> }, sourceNodeId: string | undefined): Promise<PrepareIncomingResponse> {
     if (sourceNodeId && req.source?.nodeId && req.source.nodeId !== sourceNodeId) {
       throw new PermissionDeniedError(`node ${sourceNodeId} cannot prepare a migration on behalf of node ${req.source.nodeId}`, { reason: 'NOT_RUN_SOURCE' });
     }
@@ -378,6 +410,8 @@ export class MigrationManager {
       record.phase = 'incoming';
       await this.records.write(record);
       const { uri, port } = await inc.listen();
+      // Aborted while QEMU was starting: the abort waits for this call, which removes the copy.
+      this.refuseAborted(req.runId);
       this.incoming.set(req.runId, inc);
       if (sourceNodeId) this.grant(req.spec.name, sourceNodeId, Number.POSITIVE_INFINITY);
       log.info('incoming migration listening', { uri, tls: config.tls });
@@ -469,9 +503,23 @@ export class MigrationManager {
       requireRunSource(caller, this.confirmedBy.get(runId), runId);
       throw new FailedPreconditionError(`the guest of run ${runId} was handed over and runs on this node; refusing to destroy it`, { reason: 'GUEST_RUNS_HERE' });
     }
+    const pending = this.preparing.get(runId);
+    if (pending) {
+      // PrepareIncoming still starting the QEMU: it sees the abort before it registers the copy,
+      // removes it and fails; the answer waits for that, so "gone" is true when it is given.
+      requireRunSource(caller, pending.sourceNodeId, runId);
+      this.noteAborted(runId);
+      await pending.done;
+    }
     const m = this.incoming.get(runId);
-    if (!m) return; // already gone (QEMU exits by itself after a failed or cancelled stream); nothing to change
+    if (!m) {
+      // Already gone (QEMU exits by itself after a failed or cancelled stream), or never here:
+      // nothing to change, except that a PrepareIncoming still on its way is refused.
+      if (!this.confirmed.has(runId)) this.noteAborted(runId);
+      return;
+    }
     requireRunSource(caller, m.sourceNodeId, runId);
+    this.noteAborted(runId);
     await m.abort();
     this.ended(m);
   }

@@ -49,6 +49,19 @@ export interface SourceOptions {
    * The source never resumes its paused copy without that proof.
    */
   readonly handoverTimeoutMs?: number;
+  /**
+   * A cancel QEMU has not carried out after this long (ms) — multifd channels blocked on a dead
+   * link stay `cancelling` until TCP gives up, many minutes later — has its migration channels
+   * shut down with QMP `yank`, which ends the cancel at once. Default 5000.
+   */
+  readonly cancelStuckMs?: number;
+  /**
+   * After a run ended with its ownership unresolved (the source copy paused, the destination
+   * neither took the guest over nor proved its copy gone), the source keeps asking in the
+   * background for this long (ms), then resumes or removes its copy by the answer. Default
+   * 3 600 000.
+   */
+  readonly resolveTimeoutMs?: number;
   /** QEMU TLS credentials object id to use for the stream (created by the caller), if any. */
   readonly tlsCredsId?: string;
   /** Host name QEMU verifies in the destination's certificate. */
@@ -110,6 +123,13 @@ export class SourceMigration {
   private recovering = false;
   private readonly record: SourceRecord;
   private persisting: Promise<void> = Promise.resolve();
+  /** What is left to settle in the background once the run has ended (see resolveLater). */
+  private unresolved: 'handover' | 'abort' | undefined;
+  /** Stops the background settling (daemon shutdown). */
+  private readonly background = new AbortController();
+  private get detached(): boolean {
+    return this.background.signal.aborted;
+  }
 
   constructor(private readonly p: SourceMigrationParams) {
     this.runId = p.runId;
@@ -135,6 +155,8 @@ export class SourceMigration {
       recoveryTimeoutMs: 600_000,
       peerDeadlineMs: 30_000,
       handoverTimeoutMs: 300_000,
+      cancelStuckMs: 5000,
+      resolveTimeoutMs: 3_600_000,
       ...p.options,
     };
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
@@ -185,9 +207,12 @@ export class SourceMigration {
   async start(): Promise<void> {
     const { vm, peer, config, log } = this.p;
     this.p.host.setMigration(vm.name, this.runId);
-    let prepared = false;
+    // Set once PrepareIncoming went out: from then on the destination may hold a copy, even when
+    // the call failed (a lost answer, a timeout, a cut link), so a failed start removes it.
+    let asked = false;
     try {
       await this.persist('starting');
+      asked = true;
       const ready = await peer
         .prepareIncoming({ runId: this.runId, spec: vm.spec, policy: this.p.policy, ...(this.p.self ? { source: this.p.self } : {}) }, { deadlineMs: this.opts.peerDeadlineMs })
         .catch((err: unknown) => {
@@ -196,7 +221,6 @@ export class SourceMigration {
           }
           throw err;
         });
-      prepared = true;
       // Never the URI the destination sent: tcp to its registered migration address and the port.
       const uri = streamUri(this.p.destination.migrationAddress, ready);
       await vm.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(config.capabilities, this.p.supportedCapabilities) });
@@ -217,7 +241,9 @@ export class SourceMigration {
       void this.run(events);
     } catch (err) {
       this.p.host.setMigration(vm.name, undefined);
-      if (prepared) await this.abortDestination(this.now() + this.opts.peerDeadlineMs).then((r) => r !== 'gone' && log.warn('abort incoming after failed start', { outcome: r }));
+      // Idempotent on the destination, and it refuses a PrepareIncoming still on its way after it;
+      // a destination that stays unreachable removes its copy itself once it learns the run ended.
+      if (asked) await this.abortDestination(this.now() + Math.min(this.opts.peerDeadlineMs, 15_000)).then((r) => r !== 'gone' && log.warn('abort incoming after failed start', { outcome: r }));
       log.warn('migration could not start', { err });
       this.error = { ...errorInfoOf(err), message: publicMessage(err) };
       this.finish(MigrationState.MIGRATION_STATE_FAILED, `could not start: ${publicMessage(err)}`);
@@ -404,6 +430,26 @@ export class SourceMigration {
     this.action(PolicyActionKind.POLICY_ACTION_KIND_ABORT, 0, actor, reason);
     this.transition(MigrationState.MIGRATION_STATE_CANCELLING, reason || 'cancel requested');
     await this.p.vm.qmp.execute('migrate_cancel');
+    void this.unstickCancel();
+  }
+
+  /**
+   * A cancel that QEMU does not finish: its stream threads are blocked on a link that carries
+   * nothing (cut without a reset), and QEMU waits for them. `yank` shuts the migration's sockets
+   * down, so the threads return and the cancel (or a failure) completes; then settle() decides
+   * where the guest runs as after any cancel. Repeated while the cancel stays stuck.
+   */
+  private async unstickCancel(): Promise<void> {
+    const { vm, log } = this.p;
+    const signal = this.stop.signal;
+    for (let attempt = 1; !signal.aborted && !isTerminal(this.state); attempt++) {
+      await sleepFor(this.opts.cancelStuckMs, undefined, { signal }).catch(() => undefined);
+      if (signal.aborted || isTerminal(this.state)) return;
+      const st = (await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as QmpMigrationInfo | undefined;
+      if (!st || (st.status !== 'cancelling' && st.status !== 'active' && st.status !== 'device')) return;
+      log.warn('QEMU has not finished the cancel; shutting the migration channels down (yank)', { attempt, status: st.status, afterMs: attempt * this.opts.cancelStuckMs });
+      await vm.qmp.execute('yank', { instances: [{ type: 'migration' }] }, { timeoutMs: 5000 }).catch((err: unknown) => log.warn('yank of the migration channels failed', { err: (err as Error).message }));
+    }
   }
 
   private requireRunning(what: string): void {
@@ -558,13 +604,13 @@ export class SourceMigration {
    * A destination that says it has nothing to take over (its QEMU died, or never completed) is
    * asked to remove its copy, which proves the source may resume.
    */
-  private async handOver(): Promise<{ kind: 'confirmed'; res: ConfirmIncomingResponse } | { kind: 'refused'; why: string } | { kind: 'unresolved'; why: string }> {
-    const deadline = this.now() + this.opts.handoverTimeoutMs;
+  private async handOver(timeoutMs = this.opts.handoverTimeoutMs): Promise<{ kind: 'confirmed'; res: ConfirmIncomingResponse } | { kind: 'refused'; why: string } | { kind: 'unresolved'; why: string }> {
+    const deadline = this.now() + timeoutMs;
     try {
       const res = await retry(
         () => this.p.peer.confirmIncoming({ runId: this.runId, timeoutMs: this.opts.confirmTimeoutMs, resume: true }, { deadlineMs: this.opts.confirmTimeoutMs + 10_000 }),
         {
-          deadlineMs: this.opts.handoverTimeoutMs,
+          deadlineMs: timeoutMs,
           retryable: (err) => isTransient(err) || (err instanceof MigdError && err.code === 'INTERNAL'),
           onRetry: (err, attempt) => this.p.log.info('destination did not answer the handover; retrying', { attempt, err: (err as Error).message }),
         },
@@ -617,7 +663,8 @@ export class SourceMigration {
     if (handover.kind === 'unresolved') {
       // Neither handed over nor proven gone: resuming here could run the guest twice. The source
       // copy stays paused (listed as migrating); a daemon restart tries the handover again.
-      this.error = errorInfo('UNAVAILABLE', 'OWNERSHIP_UNRESOLVED', `the destination neither took the VM over nor confirmed its copy gone within ${this.opts.handoverTimeoutMs} ms (${handover.why}); the source copy stays paused`);
+      this.error = errorInfo('UNAVAILABLE', 'OWNERSHIP_UNRESOLVED', `the destination neither took the VM over nor confirmed its copy gone within ${this.opts.handoverTimeoutMs} ms (${handover.why}); the source copy stays paused, and the source node keeps asking for up to ${Math.round(this.opts.resolveTimeoutMs / 60_000)} min (the VM list shows where the guest runs once settled)`);
+      this.unresolved = 'handover';
       this.finish(MigrationState.MIGRATION_STATE_FAILED, this.error.message);
       return;
     }
@@ -664,7 +711,8 @@ export class SourceMigration {
       await this.p.host.destroy(vm.name).catch((err: unknown) => log.warn('could not remove the source QEMU', { err }));
       return 'the guest runs on the destination; the source copy was removed';
     }
-    return 'the destination did not confirm its copy gone: the source copy stays paused';
+    this.unresolved = 'abort';
+    return `the destination did not confirm its copy gone: the source copy stays paused, and the source node keeps asking for up to ${Math.round(this.opts.resolveTimeoutMs / 60_000)} min`;
   }
 
   /** The source QEMU still answers and its process is alive (asked a moment later). */
@@ -710,12 +758,73 @@ export class SourceMigration {
     this.updates.publish({ update: { $case: 'result', value: info } });
     this.updates.close();
     // The outcome survives a daemon restart (GetMigration answers it until the record is pruned).
-    // An unresolved handover stays 'completed': a restarted daemon tries the handover again.
-    void this.persist(info.error?.reason === 'OWNERSHIP_UNRESOLVED' ? 'completed' : 'finished', info).then(() => this.resolveDone(info));
+    // An unresolved handover stays 'completed', an unresolved abort 'streaming': a restarted
+    // daemon takes either up again from QEMU's state.
+    const phase: SourcePhase = this.unresolved === 'handover' ? 'completed' : this.unresolved === 'abort' ? 'streaming' : 'finished';
+    void this.persist(phase, info).then(() => this.resolveDone(info));
+    if (this.unresolved) void this.resolveLater(this.unresolved);
+  }
+
+  /**
+   * The run ended with the source copy paused and the destination's copy unaccounted for: keeps
+   * asking the destination (handover, or proof its copy is gone) with back-off, up to
+   * resolveTimeoutMs, and acts on the first clear answer — resumes the source copy once the
+   * destination's is gone (never before), or removes it once the guest runs there. The outcome
+   * (GetMigration, the record) and the log say how it was settled, or that it was not.
+   */
+  private async resolveLater(kind: 'handover' | 'abort'): Promise<void> {
+    const { vm, log } = this.p;
+    const started = this.now();
+    const until = started + this.opts.resolveTimeoutMs;
+    log.warn('ownership unresolved at the end of the run; asking the destination again in the background', { kind, boundMs: this.opts.resolveTimeoutMs });
+    let wait = 1000;
+    for (let attempt = 1; this.now() < until && !this.detached; attempt++) {
+      await sleepFor(wait, undefined, { signal: this.background.signal }).catch(() => undefined);
+      wait = Math.min(wait * 2, 30_000);
+      if (this.detached) return;
+      const slice = Math.max(1000, Math.min(60_000, until - this.now()));
+      let outcome: 'confirmed' | 'gone' | 'runs-there' | 'unknown';
+      if (kind === 'handover') {
+        const h = await this.handOver(slice);
+        outcome = h.kind === 'confirmed' ? 'confirmed' : h.kind === 'refused' ? 'gone' : 'unknown';
+      } else {
+        outcome = await this.abortDestination(this.now() + slice);
+      }
+      if (outcome === 'unknown') {
+        log.info('ownership still unresolved; asking again', { attempt, waitMs: wait });
+        continue;
+      }
+      let how: string;
+      if (outcome === 'gone' && !this.postcopyStarted) {
+        await vm.qmp.execute('cont').catch((err: unknown) => log.error('could not resume the source guest', { err }));
+        this.p.host.setMigration(vm.name, undefined);
+        how = 'the destination copy is gone; the guest was resumed on the source';
+      } else if (outcome === 'gone') {
+        how = 'the destination copy is gone after post-copy had started: the guest is lost';
+      } else {
+        await this.p.host.destroy(vm.name).catch((err: unknown) => log.warn('could not remove the source QEMU', { err }));
+        how = 'the guest runs on the destination; the source copy was removed';
+      }
+      const afterS = Math.round((this.now() - started) / 1000);
+      log.warn('ownership resolved after the run had ended', { how, afterS, attempt });
+      this.settleError(`resolved ${afterS} s after the run ended: ${how}`);
+      return;
+    }
+    if (this.detached) return;
+    log.error('ownership still unresolved; the source copy stays paused (an operator must decide)', { afterMs: this.now() - started });
+    this.settleError(`still unresolved after ${Math.round((this.now() - started) / 60_000)} min of retries: the source copy stays paused`);
+  }
+
+  /** Appends how an unresolved ownership was settled to the run's error, and records it. */
+  private settleError(note: string): void {
+    if (this.error) this.error = { ...this.error, message: `${this.error.message}; ${note}` };
+    this.unresolved = undefined;
+    void this.persist('finished', this.info());
   }
 
   /** Stops background work without changing QEMU (node daemon shutdown). */
   detach(): void {
+    this.background.abort();
     this.stop.abort(new CancelledError('node daemon shutting down'));
     this.updates.close();
   }

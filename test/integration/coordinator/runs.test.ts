@@ -16,6 +16,7 @@ import { PlanState, type Run } from '../../../services/shared/gen/migd/v1/coordi
 import type { Event } from '../../../services/shared/gen/migd/v1/events.js';
 import { createLogger } from '../../../services/shared/log.js';
 import { FakeNode } from '../../helpers/coordinator-fakes.js';
+import { UnavailableError } from '../../../services/shared/errors.js';
 import { removeDir, tempDir } from '../store/fixtures.js';
 
 const quiet = createLogger('test', {}, () => undefined, 'error');
@@ -114,6 +115,46 @@ describe('run supervisor and manager', () => {
     expect(tl.hostCpu[0]).toMatchObject({ sourceCpuSeconds: 0.5, destinationCpuSeconds: 0.1 });
     await until(async () => (await store.getPlan(planId)).state === PlanState.PLAN_STATE_FAILED, 'the plan state');
     expect(m.queue.snapshot().running).toBe(0);
+  });
+
+  it('a failed run has its destination remove its incoming copy (retried while it does not answer) before its end is recorded', async () => {
+    const m = manager();
+    const { planId, runs: [r] } = await plan(['vm1']);
+    nodes['b']!.onAbortIncoming = (n) => (n <= 2 ? new UnavailableError('destination unreachable') : undefined);
+    m.enqueue([{ run: r!, order: 0 }]);
+    await until(() => nodes['a']!.migrations.has(r!.id), 'StartMigration');
+    const mig = nodes['a']!.migrations.get(r!.id)!;
+    mig.state(S.MIGRATION_STATE_SETUP);
+    mig.finish(S.MIGRATION_STATE_FAILED, 'the destination did not answer');
+    await until(async () => (await run(r!.id)).finishedAt !== undefined, 'the run to end', 10_000);
+    const aborts = nodes['b']!.calls.filter((c) => c.method === 'abortIncoming');
+    expect(aborts).toHaveLength(3); // two unanswered, the third done — all before the end was recorded
+    expect(aborts[0]!.request).toMatchObject({ runId: r!.id });
+    expect((await run(r!.id)).state).toBe(S.MIGRATION_STATE_FAILED);
+    await until(async () => (await store.getPlan(planId)).state === PlanState.PLAN_STATE_FAILED, 'the plan state');
+  });
+
+  it('records the end of a run and settles its plan once a full store can write again; the next queued run starts', async () => {
+    const m = manager();
+    const { planId, runs: rs } = await plan(['vm1', 'vm2']);
+    const finishRun = store.plans.finishRun.bind(store.plans);
+    let failures = 0;
+    vi.spyOn(store.plans, 'finishRun').mockImplementation(async (id, input) => {
+      if (failures++ < 3) throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+      return finishRun(id, input);
+    });
+    m.enqueue(rs.map((run, order) => ({ run, order })));
+    await until(() => nodes['a']!.migrations.has(rs[0]!.id), 'the first start');
+    const first = nodes['a']!.migrations.get(rs[0]!.id)!;
+    first.state(S.MIGRATION_STATE_CANCELLING);
+    first.finish(S.MIGRATION_STATE_CANCELLED, 'cancelled; the guest keeps running on the source');
+    await until(async () => (await run(rs[0]!.id)).finishedAt !== undefined, 'the run to end despite the full store', 15_000);
+    expect(failures).toBeGreaterThan(3);
+    expect((await run(rs[0]!.id)).state).toBe(S.MIGRATION_STATE_CANCELLED);
+    await until(() => nodes['a']!.migrations.has(rs[1]!.id), 'the queued run to start', 10_000);
+    nodes['a']!.migrations.get(rs[1]!.id)!.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(async () => (await store.getPlan(planId)).state !== PlanState.PLAN_STATE_RUNNING, 'the plan to end', 10_000);
+    expect((await store.getPlan(planId)).state).toBe(PlanState.PLAN_STATE_FAILED);
   });
 
   it('keeps one migration per link, cancels a queued run without a node call, and dispatches the next when a slot frees', async () => {

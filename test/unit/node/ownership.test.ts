@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FailedPreconditionError, NotFoundError, UnavailableError } from '../../../services/shared/errors.js';
 import { MigrationState, type GuestPerfSample, type VmSpec } from '../../../services/shared/gen/migd/v1/common.js';
-import { ConfirmIncomingResponse, MigrationInfo } from '../../../services/shared/gen/migd/v1/node.js';
+import { ConfirmIncomingResponse, MigrationInfo, PrepareIncomingRequest } from '../../../services/shared/gen/migd/v1/node.js';
 import { createLogger } from '../../../services/shared/log.js';
 import { Broadcast } from '../../../services/shared/broadcast.js';
 import { QmpClient } from '../../../services/node/qmp/client.js';
@@ -32,6 +32,8 @@ afterEach(async () => {
 class FakeQemu {
   running: boolean;
   migration: string;
+  /** The port query-migrate reports an incoming QEMU listens on. */
+  listenPort: number | undefined;
   readonly commands: string[] = [];
   readonly client: QmpClient;
   private stream!: FakeStream;
@@ -56,7 +58,7 @@ class FakeQemu {
         if (name === 'cont') this.running = true;
         if (name === 'stop') this.running = false;
         if (name === 'query-status') this.stream.reply(cmd, { running: this.running, status: this.running ? 'running' : this.migration === 'completed' ? 'postmigrate' : 'paused' });
-        else if (name === 'query-migrate') this.stream.reply(cmd, { status: this.migration });
+        else if (name === 'query-migrate') this.stream.reply(cmd, { status: this.migration, ...(this.listenPort ? { 'socket-address': [{ type: 'inet', host: '127.0.0.1', port: String(this.listenPort) }] } : {}) });
         else this.stream.reply(cmd, {});
       }
     }
@@ -144,7 +146,7 @@ function sourceRecord(phase: SourceRecord['phase']): SourceRecord {
   return { format: 1, runId: 'run-1', role: 'source', vmName: 'vm1', phase, peer: { nodeId: 'b', managementAddress: 'b:1', migrationAddress: 'b' }, policy: {}, startedAt: new Date().toISOString(), updatedAt: new Date().toISOString() };
 }
 
-function adoptedSource(q: FakeQemu, peer: NodePeer, host: VmHost, recs: MigrationRecords, record: SourceRecord, handoverTimeoutMs = 5000): SourceMigration {
+function adoptedSource(q: FakeQemu, peer: NodePeer, host: VmHost, recs: MigrationRecords, record: SourceRecord, handoverTimeoutMs = 5000, resolveTimeoutMs = 60_000): SourceMigration {
   const policy = { kind: 0, downtimeLimitMs: 0, maxBandwidthBytesPerSec: 0, autoConverge: undefined, postcopy: undefined, xbzrle: undefined, multifd: undefined, switchoverAck: false, tls: false, completionTimeoutSecPerGib: 0, progressTimeoutSec: 0, timeoutAction: 0, downtimeSteps: [], maxDowntimeMs: 0 };
   const m = new SourceMigration({
     runId: 'run-1',
@@ -157,10 +159,11 @@ function adoptedSource(q: FakeQemu, peer: NodePeer, host: VmHost, recs: Migratio
     config: resolveMigrationConfig(policy, new Set(['events'])),
     supportedCapabilities: new Set(['events']),
     log: quiet,
-    options: { handoverTimeoutMs, progressIntervalMs: 50 },
+    options: { handoverTimeoutMs, resolveTimeoutMs, progressIntervalMs: 50 },
     records: recs,
     record,
   });
+  cleanups.push(() => m.detach());
   cleanups.push(() => m.detach());
   return m;
 }
@@ -217,6 +220,51 @@ describe('source ownership after QEMU completed (adopted by a restarted daemon)'
     expect(peer.calls.length).toBeGreaterThan(1);
     expect(q.commands).not.toContain('cont');
     expect(host.destroyed).toEqual([]);
+  });
+
+  it('settles an unresolved handover in the background once the destination answers, and says so', async () => {
+    const q = new FakeQemu({ running: false, migration: 'completed' });
+    await q.connect();
+    const host = fakeHost();
+    let destinationBack = false;
+    const peer = fakePeer({ confirm: () => (destinationBack ? confirmed(12) : new UnavailableError('down')) });
+    const recs = records();
+    const m = adoptedSource(q, peer, host, recs, sourceRecord('completed'), 600);
+    await m.adopt();
+    const info = await m.finished();
+    expect(info.error?.reason).toBe('OWNERSHIP_UNRESOLVED');
+    expect((await recs.list())[0]).toMatchObject({ phase: 'completed' }); // a restart would try again
+    expect(host.destroyed).toEqual([]);
+    destinationBack = true;
+    const until = Date.now() + 8000;
+    while (host.destroyed.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    expect(host.destroyed).toEqual(['vm1']); // handed over late: the source copy goes
+    expect(q.commands).not.toContain('cont');
+    expect(m.info().error?.message).toMatch(/resolved \d+ s after the run ended: the guest runs on the destination/);
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await recs.list())[0]).toMatchObject({ phase: 'finished' });
+  });
+
+  it('an unresolved handover resumes the source copy only once the destination proved its copy gone', async () => {
+    const q = new FakeQemu({ running: false, migration: 'completed' });
+    await q.connect();
+    const host = fakeHost();
+    let destinationBack = false;
+    const peer = fakePeer({
+      confirm: () => (destinationBack ? new FailedPreconditionError('did not complete here', { reason: 'NOT_HANDED_OVER' }) : new UnavailableError('down')),
+      abort: () => (destinationBack ? undefined : new UnavailableError('down')),
+    });
+    const m = adoptedSource(q, peer, host, records(), sourceRecord('completed'), 600);
+    await m.adopt();
+    expect((await m.finished()).error?.reason).toBe('OWNERSHIP_UNRESOLVED');
+    expect(q.commands).not.toContain('cont');
+    destinationBack = true;
+    const until = Date.now() + 8000;
+    while (!q.commands.includes('cont') && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    expect(q.commands).toContain('cont');
+    expect(peer.calls.filter((c) => c === 'abort').length).toBeGreaterThan(0);
+    expect(host.destroyed).toEqual([]);
+    expect(m.info().error?.message).toMatch(/the destination copy is gone; the guest was resumed on the source/);
   });
 
   it('a handed-over guest that verifies nothing fails the run, and stays on the destination', async () => {
@@ -400,5 +448,47 @@ describe('a restarted daemon reconciles its records (MigrationManager)', () => {
     await new Promise((r) => setTimeout(r, 2500));
     expect(base.destroyed).toEqual(['orphan', 'vm1']);
     expect((await recs.list()).map((r) => r.runId)).toEqual(['run-done']);
+  });
+
+  it('an abort that arrives while the incoming QEMU starts waits for it and removes it; a PrepareIncoming after an abort is refused', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'migd-own-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const recs = new MigrationRecords(dir);
+    const q = new FakeQemu({ running: false, migration: 'setup' });
+    q.listenPort = 4444;
+    await q.connect();
+    const base = fakeHost();
+    let release!: () => void;
+    const qemuStarting = new Promise<void>((r) => (release = r));
+    const host: typeof base = {
+      ...base,
+      createIncoming: async () => {
+        await qemuStarting;
+        return vmOf(q);
+      },
+    };
+    const m = manager(host, fakePeer({}), dir);
+    const prepare = m.prepareIncoming(PrepareIncomingRequest.fromPartial({ runId: 'run-p', spec: spec('vm1') }));
+    const prepared = prepare.then(
+      () => 'listening',
+      (err: { reason?: string }) => err.reason,
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    let answered = false;
+    const abort = m.abortIncoming('run-p').then(() => void (answered = true));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(answered).toBe(false); // "gone" is not said while the QEMU is still starting
+    release();
+    await abort;
+    expect(await prepared).toBe('RUN_ABORTED');
+    expect(base.destroyed).toEqual(['vm1']);
+    expect(m.busy('vm1')).toBe(false);
+    expect(await recs.list()).toEqual([]);
+    expect(q.commands).not.toContain('cont');
+    // A PrepareIncoming delayed past the abort (a cut link, a stopped daemon) starts nothing.
+    await expect(m.prepareIncoming(PrepareIncomingRequest.fromPartial({ runId: 'run-p', spec: spec('vm1') }))).rejects.toMatchObject({ reason: 'RUN_ABORTED' });
+    await m.abortIncoming('run-late');
+    await expect(m.prepareIncoming(PrepareIncomingRequest.fromPartial({ runId: 'run-late', spec: spec('vm2') }))).rejects.toMatchObject({ reason: 'RUN_ABORTED' });
+    expect(base.destroyed).toEqual(['vm1']);
   });
 });

@@ -79,6 +79,7 @@ function idleSpec(name: string, memoryMib: number, bytesPerWorker: number): VmSp
     kernelPath: '',
     initrdPath: '',
     extraCmdline: '',
+    disks: [],
     // "Idle" for the migration: the region is written once, then one 4 KiB page is rewritten over
     // and over (QEMU sees one dirty page per pass). Not the `idle` pattern: a guest that only
     // heart-beats is never confirmed alive on the destination (GUEST_NOT_ALIVE_ON_DESTINATION).

@@ -78,6 +78,7 @@ async function main(): Promise<void> {
       kernelPath: '',
       initrdPath: '',
       extraCmdline: '',
+      disks: [],
       workload: { pattern: WorkloadPattern.WORKLOAD_PATTERN_RANDOM, workers: 2, bytesPerWorker: 64 * MiB, rateBytesPerSec: 10 * MiB, hotBytes: 0, verify: true },
       labels: {},
       antiAffinityGroup: '',

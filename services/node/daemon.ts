@@ -4,9 +4,10 @@
  * health and reflection. QEMU outlives the daemon: a restarted daemon reattaches to its VMs.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError, FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError } from '../shared/errors.js';
-import { Accel, VmState, type HostInfo, type VmInfo as ProtoVmInfo, type VmSpec as ProtoVmSpec, WorkloadPattern } from '../shared/gen/migd/v1/common.js';
+import { Accel, BootSource, DiskAio, DiskBus, DiskCache, DiskFormat, StorageMode, VmState, type DiskSpec, type HostInfo, type VmInfo as ProtoVmInfo, type VmSpec as ProtoVmSpec, WorkloadPattern } from '../shared/gen/migd/v1/common.js';
 import { NodeServiceService, type MigrationEndpoint } from '../shared/gen/migd/v1/node.js';
 import { GUEST_INITRD_FILE, GUEST_KERNEL_FILE, guestImageFiles } from '../shared/guest/image.js';
 import { buildGuestCmdline, type GuestPattern } from '../shared/guest/workload.js';
@@ -28,6 +29,31 @@ import { nodeAuthorizer } from './rpc/authz.js';
 import { startRegistration, type Registration } from './registration.js';
 import { nodeHandlers } from './rpc/handlers.js';
 import { VmManager, type VmInfo } from './vm/manager.js';
+import { guestDeviceOf, normalizeDisks, type Disk, type DiskInput } from './vm/spec.js';
+import { confineDiskPath, confineNewDiskPath, createImage } from './host/disks.js';
+
+/** Disk images this node created for a VM (so only those are ever deleted by it), in the VM's folder. */
+const CREATED_DISKS_FILE = 'migd-disks.json';
+
+/** The node's disk input from a proto DiskSpec, at `path`. */
+function diskInputOf(d: DiskSpec, path: string, basePath?: string): DiskInput {
+  const cache = { [DiskCache.DISK_CACHE_NONE]: 'none', [DiskCache.DISK_CACHE_WRITETHROUGH]: 'writethrough', [DiskCache.DISK_CACHE_DIRECTSYNC]: 'directsync', [DiskCache.DISK_CACHE_UNSAFE]: 'unsafe' } as Record<number, DiskInput['cache']>;
+  const aio = { [DiskAio.DISK_AIO_NATIVE]: 'native', [DiskAio.DISK_AIO_IO_URING]: 'io_uring' } as Record<number, DiskInput['aio']>;
+  return {
+    id: d.id,
+    path,
+    format: d.format === DiskFormat.DISK_FORMAT_QCOW2 ? 'qcow2' : 'raw',
+    bus: d.bus === DiskBus.DISK_BUS_VIRTIO_SCSI ? 'virtio-scsi' : 'virtio-blk',
+    cache: cache[d.cache] ?? 'writeback',
+    aio: aio[d.aio] ?? 'threads',
+    readOnly: d.readOnly,
+    ...(d.serial ? { serial: d.serial } : {}),
+    storage: d.storage === StorageMode.STORAGE_MODE_SHARED ? 'shared' : 'local',
+    ...(basePath ? { basePath } : {}),
+  };
+}
+
+
 
 const patternNames: Record<number, GuestPattern> = {
   [WorkloadPattern.WORKLOAD_PATTERN_UNSPECIFIED]: 'random',
@@ -149,7 +175,7 @@ export class NodeDaemon {
     try {
       this.specs.set(vm.name, JSON.parse(readFileSync(this.specFile(vm.name), 'utf8')) as ProtoVmSpec);
     } catch {
-      this.specs.set(vm.name, { name: vm.name, memoryMib: vm.spec.memoryMiB, vcpus: vm.spec.vcpus, accel: vm.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG, machineType: vm.spec.machine, kernelPath: vm.spec.kernel ?? '', initrdPath: vm.spec.initrd ?? '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: vm.spec.uuid });
+      this.specs.set(vm.name, { name: vm.name, memoryMib: vm.spec.memoryMiB, vcpus: vm.spec.vcpus, accel: vm.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG, machineType: vm.spec.machine, kernelPath: vm.spec.kernel ?? '', initrdPath: vm.spec.initrd ?? '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: vm.spec.uuid, disks: [] });
     }
   }
 
@@ -193,7 +219,7 @@ export class NodeDaemon {
     const cpu = v.status === 'running' ? await this.vms.cpu(name).catch(() => undefined) : undefined;
     const state = vmStateOf(v);
     return {
-      spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: Accel.ACCEL_TCG, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid },
+      spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: Accel.ACCEL_TCG, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid, disks: [] },
       nodeId: this.config.nodeId,
       state,
       pid: v.pid,
@@ -210,9 +236,16 @@ export class NodeDaemon {
    * @throws InvalidArgumentError, AlreadyExistsError, ResourceExhaustedError, DependencyError,
    *   FailedPreconditionError (NO_GUEST_IMAGE: no kernel given and the guest-image folder is empty)
    */
-  async createVm(spec: ProtoVmSpec, incoming = false): Promise<ProtoVmInfo> {
+  async createVm(spec: ProtoVmSpec, incoming = false, targets?: ReadonlyMap<string, string>): Promise<ProtoVmInfo> {
     if (!spec.name) throw new InvalidArgumentError('spec.name is required');
     if (!spec.memoryMib) throw new InvalidArgumentError('spec.memory_mib is required');
+    const bootDisk = spec.boot === BootSource.BOOT_SOURCE_DISK;
+    if (bootDisk && (spec.kernelPath || spec.initrdPath)) throw new InvalidArgumentError('spec.boot DISK boots the first disk through the firmware: give no kernel_path or initrd_path');
+    // Every check that needs no file system first (ids, duplicates, modes): bad input changes nothing.
+    const protoDisks = spec.disks ?? [];
+    const declared = normalizeDisks(protoDisks.map((d) => diskInputOf(d, d.path)));
+    if (bootDisk && declared.length === 0) throw new InvalidArgumentError('spec.boot DISK needs a disk', { reason: 'NO_BOOT_DISK' });
+    const diskWorkload = this.diskWorkload(spec, declared);
     // Host paths a caller names stay inside the node's image and storage roots (realpath, regular
     // files only); the node's own guest image needs no check.
     const ownKernel = spec.kernelPath ? await confinePath(spec.kernelPath, 'spec.kernel_path', this.pathRoots, this.log) : undefined;
@@ -221,37 +254,121 @@ export class NodeDaemon {
     if (spec.memoryMib * 1024 * 1024 > mem.availableBytes) {
       throw new ResourceExhaustedError(`VM ${spec.name} needs ${spec.memoryMib} MiB but this host has ${Math.floor(mem.availableBytes / 1048576)} MiB free`, { reason: 'INSUFFICIENT_MEMORY' });
     }
-    const image = ownKernel ? undefined : guestImageFiles(this.config.guestImageDir);
-    const kernel = ownKernel ?? image!.kernel;
-    const initrd = ownInitrd ?? image?.initrd;
+    const plan = await this.planDisks(protoDisks, incoming, targets);
+    const image = ownKernel || bootDisk ? undefined : guestImageFiles(this.config.guestImageDir);
+    const kernel = bootDisk ? undefined : (ownKernel ?? image!.kernel);
+    const initrd = bootDisk ? undefined : (ownInitrd ?? image?.initrd);
     const w = spec.workload;
-    const append = [
-      buildGuestCmdline(
-        {
-          pattern: patternNames[w?.pattern ?? 0] ?? 'random',
-          workers: w?.workers || 1,
-          bytesPerWorker: w?.bytesPerWorker || 32 * 1024 * 1024,
-          rateBytesPerSec: w?.rateBytesPerSec ?? 0,
-          verify: w?.verify ?? true,
-          ...(w?.hotBytes ? { hotBytes: w.hotBytes } : {}),
-        },
-        { guestMemoryBytes: spec.memoryMib * 1024 * 1024 },
-      ),
-      spec.extraCmdline,
-    ]
-      .filter(Boolean)
-      .join(' ');
+    const append = bootDisk
+      ? undefined
+      : [
+          buildGuestCmdline(
+            {
+              pattern: patternNames[w?.pattern ?? 0] ?? 'random',
+              workers: w?.workers || 1,
+              bytesPerWorker: w?.bytesPerWorker || 32 * 1024 * 1024,
+              rateBytesPerSec: w?.rateBytesPerSec ?? 0,
+              verify: w?.verify ?? true,
+              ...(w?.hotBytes ? { hotBytes: w.hotBytes } : {}),
+            },
+            { guestMemoryBytes: spec.memoryMib * 1024 * 1024, ...(diskWorkload ? { extra: [diskWorkload] } : {}) },
+          ),
+          spec.extraCmdline,
+        ]
+          .filter(Boolean)
+          .join(' ');
     const accel = spec.accel === Accel.ACCEL_KVM ? 'kvm' : spec.accel === Accel.ACCEL_TCG ? 'tcg' : 'auto';
-    const info = await this.vms.create(
-      { name: spec.name, memoryMiB: spec.memoryMib, vcpus: spec.vcpus || 1, machine: spec.machineType || 'pc-i440fx-10.0', accel, kernel, ...(initrd ? { initrd } : {}), append, ...(spec.uuid ? { uuid: spec.uuid } : {}) },
-      // A migration destination starts paused: it runs only once the source has handed over.
-      { incoming, paused: incoming },
-    );
-    const stored: ProtoVmSpec = { ...spec, uuid: info.spec.uuid, accel: info.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG, machineType: info.spec.machine, vcpus: info.spec.vcpus };
+    // Images to create are created last, just before QEMU, and removed again if QEMU does not start.
+    const created: string[] = [];
+    let info;
+    try {
+      for (const c of plan.create) {
+        await createImage(c.path, c.format, c.sizeBytes, c.base);
+        created.push(c.path);
+      }
+      info = await this.vms.create(
+        {
+          name: spec.name,
+          memoryMiB: spec.memoryMib,
+          vcpus: spec.vcpus || 1,
+          machine: spec.machineType || 'pc-i440fx-10.0',
+          accel,
+          ...(kernel ? { kernel } : {}),
+          ...(initrd ? { initrd } : {}),
+          ...(append !== undefined ? { append } : {}),
+          ...(spec.uuid ? { uuid: spec.uuid } : {}),
+          disks: plan.disks,
+          boot: bootDisk ? 'disk' : 'kernel',
+        },
+        // A migration destination starts paused: it runs only once the source has handed over.
+        { incoming, paused: incoming },
+      );
+    } catch (err) {
+      for (const p of created) await rm(p, { force: true }).catch(() => undefined);
+      throw err;
+    }
+    const stored: ProtoVmSpec = {
+      ...spec,
+      uuid: info.spec.uuid,
+      accel: info.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG,
+      machineType: info.spec.machine,
+      vcpus: info.spec.vcpus,
+      // The paths as this node uses them (a LOCAL disk lives where this node put its copy); a
+      // disk created here is recorded as it is now: present, with its base.
+      disks: protoDisks.map((d, i) => ({ ...d, path: plan.disks[i]!.path, create: undefined })),
+    };
     writeFileSync(this.specFile(info.name), JSON.stringify(stored));
+    writeFileSync(join(info.paths.dir, CREATED_DISKS_FILE), JSON.stringify([...created, ...(plan.ownedTargets ?? [])]));
     this.specs.set(info.name, stored);
     this.feed(info.name);
     return this.vmInfo(info.name);
+  }
+
+  /** `migd.disk=DEV,size=…,rate=…` for the workload's disk, if it names one. @throws InvalidArgumentError */
+  private diskWorkload(spec: ProtoVmSpec, disks: readonly Disk[]): string | undefined {
+    const w = spec.workload;
+    if (!w?.diskId) return undefined;
+    const i = disks.findIndex((d) => d.id === w.diskId);
+    if (i < 0) throw new InvalidArgumentError(`spec.workload.disk_id ${w.diskId} names no disk of the VM`, { reason: 'DISK_INVALID' });
+    if (disks[i]!.readOnly) throw new InvalidArgumentError(`spec.workload.disk_id ${w.diskId} is read-only; the disk workload writes`, { reason: 'DISK_INVALID' });
+    const bytes = w.diskBytes || 32 * 1024 * 1024;
+    const rate = w.diskRateBytesPerSec || 1024 * 1024;
+    // A full verification every 3 s, so every migration is followed by one on the destination.
+    return `migd.disk=${guestDeviceOf(disks, i)},size=${bytes},rate=${rate},verify_ms=3000`;
+  }
+
+  /**
+   * Where each disk's image is, after confinement, and which images to create. An incoming VM
+   * opens SHARED disks at the source's path and LOCAL ones at the targets the migration created.
+   */
+  private async planDisks(protoDisks: readonly DiskSpec[], incoming: boolean, targets?: ReadonlyMap<string, string>): Promise<{ disks: Disk[]; create: { path: string; format: 'raw' | 'qcow2'; sizeBytes: number; base?: string }[]; ownedTargets?: string[] }> {
+    const create: { path: string; format: 'raw' | 'qcow2'; sizeBytes: number; base?: string }[] = [];
+    const inputs: DiskInput[] = [];
+    const ownedTargets: string[] = [];
+    for (const [i, d] of protoDisks.entries()) {
+      const field = `spec.disks[${i}].path`;
+      const local = (d.storage ?? 0) !== StorageMode.STORAGE_MODE_SHARED;
+      const target = incoming && local ? targets?.get(d.id) : undefined;
+      if (incoming && local && target === undefined) throw new FailedPreconditionError(`disk ${d.id}: no target image prepared for the LOCAL disk`, { reason: 'NO_DISK_TARGET' });
+      let path: string;
+      let basePath = d.create?.basePath || undefined;
+      if (target !== undefined) {
+        path = target;
+        ownedTargets.push(target);
+      } else if (!incoming && d.create && (d.create.sizeBytes || d.create.basePath)) {
+        path = await confineNewDiskPath(d.path, field, this.pathRoots.filter((r) => r.kind === 'storage'), this.log);
+        if (basePath !== undefined) basePath = await confineDiskPath(basePath, `spec.disks[${i}].create.base_path`, this.pathRoots, this.log);
+        const format = d.format === DiskFormat.DISK_FORMAT_QCOW2 ? 'qcow2' : 'raw';
+        if (basePath !== undefined && format !== 'qcow2') throw new InvalidArgumentError(`spec.disks[${i}]: an overlay on a base image must have format QCOW2`, { reason: 'DISK_INVALID' });
+        create.push({ path, format, sizeBytes: d.create.sizeBytes, ...(basePath !== undefined ? { base: basePath } : {}) });
+      } else {
+        path = await confineDiskPath(d.path, field, this.pathRoots.filter((r) => r.kind === 'storage'), this.log);
+      }
+      inputs.push(diskInputOf(d, path, basePath));
+    }
+    // Two names for one file (a link) are one disk twice.
+    const disks = normalizeDisks(inputs);
+    return { disks, create, ownedTargets };
   }
 
   /** Stops and forgets a VM. @throws NotFoundError, FailedPreconditionError (migrating) */
@@ -277,7 +394,7 @@ export class NodeDaemon {
     const vms = this.vms;
     return {
       name,
-      spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: 0, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid },
+      spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: 0, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid, disks: [] },
       pid: v.pid,
       qmp: vms.qmp(name),
       guestSamples: (signal) => feed.samples.subscribe([], signal),

@@ -112,6 +112,7 @@ function guest(name: string): VmSpec {
     kernelPath: '',
     initrdPath: '',
     extraCmdline: '',
+    disks: [],
     workload: { pattern: WorkloadPattern.WORKLOAD_PATTERN_RANDOM, workers: 1, bytesPerWorker: 16 * MiB, rateBytesPerSec: 2 * MiB, hotBytes: 0, verify: true },
     labels: {},
     antiAffinityGroup: '',

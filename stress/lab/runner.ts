@@ -60,6 +60,7 @@ export function vmSpecOf(s: Scenario, name: string): VmSpec {
     kernelPath: '',
     initrdPath: '',
     extraCmdline: '',
+    disks: [],
     workload: {
       pattern: s.workload.pattern,
       workers: s.workload.workers,

@@ -29,7 +29,7 @@ export interface NodeCluster {
  * Starts the daemons. Their `--guest-image` folder links to the built guest image (built when
  * missing) unless `opts.guestImage` names another folder.
  */
-export async function startNodeCluster(hosts: string[] = ['a', 'b'], opts: { guestImage?: string } = {}): Promise<NodeCluster> {
+export async function startNodeCluster(hosts: string[] = ['a', 'b'], opts: { guestImage?: string; nodeArgs?: (dir: string) => string[] } = {}): Promise<NodeCluster> {
   const dir = mkdtempSync('/tmp/migd-');
   const certDir = join(dir, 'pki');
   createPki(certDir);
@@ -46,7 +46,7 @@ export async function startNodeCluster(hosts: string[] = ['a', 'b'], opts: { gue
     const guestImage = opts.guestImage ?? (await ensureGuestImageDir(join(dir, 'guest')));
     tb = await Testbed.create({ hosts });
     const start = async (h: string): Promise<void> => {
-      nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, guestImage, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, args: ['--metrics-listen', `${tb!.host(h).mgmtAddress}:9464`] });
+      nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, guestImage, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, args: ['--metrics-listen', `${tb!.host(h).mgmtAddress}:9464`, ...(opts.nodeArgs?.(dir) ?? [])] });
       clients[h] = nodes[h].client();
     };
     await Promise.all(hosts.map(start));
@@ -79,6 +79,7 @@ export function guestSpec(name: string, opts: { memoryMib?: number; pattern?: Wo
     kernelPath: '',
     initrdPath: '',
     extraCmdline: '',
+    disks: [],
     workload: {
       pattern: opts.pattern ?? WorkloadPattern.WORKLOAD_PATTERN_RANDOM,
       workers: opts.workers ?? 1,

@@ -204,6 +204,7 @@ export function createVmRequest(name: string, flags: FlagValues): CoordinatorSer
     kernelPath: '',
     initrdPath: '',
     extraCmdline: '',
+    disks: [],
     workload: {
       pattern,
       workers: optional(flags, 'workers', (r, f) => parseInteger(r, f, 1, 1024)) ?? 1,

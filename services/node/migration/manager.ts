@@ -415,7 +415,7 @@ export class MigrationManager {
       this.incoming.set(req.runId, inc);
       if (sourceNodeId) this.grant(req.spec.name, sourceNodeId, Number.POSITIVE_INFINITY);
       log.info('incoming migration listening', { uri, tls: config.tls });
-      return { uri, pid: vm.pid, port };
+      return { uri, pid: vm.pid, port, disks: [] };
     } catch (err) {
       await this.d.host.destroy(req.spec.name).catch(() => undefined);
       await this.records.remove(req.runId);

@@ -214,7 +214,7 @@ export class SourceMigration {
       await this.persist('starting');
       asked = true;
       const ready = await peer
-        .prepareIncoming({ runId: this.runId, spec: vm.spec, policy: this.p.policy, ...(this.p.self ? { source: this.p.self } : {}) }, { deadlineMs: this.opts.peerDeadlineMs })
+        .prepareIncoming({ runId: this.runId, spec: vm.spec, policy: this.p.policy, disks: [], ...(this.p.self ? { source: this.p.self } : {}) }, { deadlineMs: this.opts.peerDeadlineMs })
         .catch((err: unknown) => {
           if (err instanceof MigdError && (err.code === 'UNAVAILABLE' || err.code === 'DEADLINE_EXCEEDED')) {
             throw new UnavailableError(`destination node ${this.p.destination.nodeId} at ${this.p.destination.managementAddress} is not answering: ${err.message}`, { cause: err, reason: 'DESTINATION_UNAVAILABLE' });

@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { InvalidArgumentError } from '../../shared/errors.js';
-import type { VmSpec } from './spec.js';
+import type { Disk, VmSpec } from './spec.js';
 
 /** Files of one VM under `<stateDir>/vms/<name>/`. */
 export interface VmPaths {
@@ -89,6 +89,7 @@ export function buildQemuArgs(spec: VmSpec, paths: VmPaths, options: BuildOption
   if (spec.kernel !== undefined) args.push('-kernel', spec.kernel);
   if (spec.initrd !== undefined) args.push('-initrd', spec.initrd);
   if (spec.append !== undefined) args.push('-append', spec.append);
+  args.push(...diskArgs(spec.disks ?? [], spec.boot === 'disk'));
   args.push(
     // Serial console: a socket for live readers plus a logfile that keeps every byte even while
     // no reader is connected (QEMU drops socket output with nobody attached).
@@ -108,5 +109,57 @@ export function buildQemuArgs(spec: VmSpec, paths: VmPaths, options: BuildOption
   );
   if (options.paused === true) args.push('-S');
   if (options.incoming === true) args.push('-incoming', 'defer');
+  return args;
+}
+
+/** QEMU's node name of a disk's format layer (also its NBD export name during a storage copy). */
+export function diskNodeName(id: string): string {
+  return `disk-${id}`;
+}
+
+/** QEMU's id of a disk's guest device. */
+export function diskDeviceId(id: string): string {
+  return `dev-${id}`;
+}
+
+/** cache=… as libvirt maps it: O_DIRECT (`direct`), flushes ignored (`no-flush`), the device's write cache. */
+function cacheOf(d: Disk): { direct: boolean; noFlush: boolean; writeCache: boolean } {
+  switch (d.cache) {
+    case 'none':
+      return { direct: true, noFlush: false, writeCache: true };
+    case 'writethrough':
+      return { direct: false, noFlush: false, writeCache: false };
+    case 'directsync':
+      return { direct: true, noFlush: false, writeCache: false };
+    case 'unsafe':
+      return { direct: false, noFlush: true, writeCache: true };
+    default:
+      return { direct: false, noFlush: false, writeCache: true };
+  }
+}
+
+/**
+ * `-blockdev` (file + format node, `discard: unmap` so a storage copy keeps sparse regions
+ * sparse) and `-device` per disk, in order; one virtio-scsi controller when any disk needs it.
+ * Node and device names come from the disk id only, so both ends of a migration agree.
+ */
+export function diskArgs(disks: readonly Disk[], bootFromDisk: boolean): string[] {
+  const args: string[] = [];
+  if (disks.some((d) => d.bus === 'virtio-scsi')) args.push('-device', 'virtio-scsi-pci,id=scsi0');
+  disks.forEach((d, i) => {
+    const c = cacheOf(d);
+    const cache = { direct: c.direct, 'no-flush': c.noFlush };
+    const file = { driver: 'file', filename: d.path, discard: 'unmap', aio: d.aio, cache, 'read-only': d.readOnly };
+    args.push('-blockdev', JSON.stringify({ driver: d.format, 'node-name': diskNodeName(d.id), discard: 'unmap', cache, 'read-only': d.readOnly, file }));
+    const props = [
+      d.bus === 'virtio-blk' ? 'virtio-blk-pci' : 'scsi-hd,bus=scsi0.0',
+      `drive=${diskNodeName(d.id)}`,
+      `id=${diskDeviceId(d.id)}`,
+      `write-cache=${c.writeCache ? 'on' : 'off'}`,
+      ...(d.serial !== undefined ? [`serial=${optValue(d.serial)}`] : []),
+      ...(bootFromDisk && i === 0 ? ['bootindex=1'] : []),
+    ];
+    args.push('-device', props.join(','));
+  });
   return args;
 }

@@ -17,6 +17,53 @@ export const DEFAULT_CPU_MODEL = 'qemu64';
 
 export type MemoryBackend = 'anonymous' | 'file';
 
+export type DiskFormat = 'raw' | 'qcow2';
+export type DiskBus = 'virtio-blk' | 'virtio-scsi';
+/** libvirt's cache modes: `none` and `directsync` open the image with O_DIRECT. */
+export type DiskCache = 'none' | 'writeback' | 'writethrough' | 'directsync' | 'unsafe';
+export type DiskAio = 'threads' | 'native' | 'io_uring';
+export type StorageMode = 'shared' | 'local';
+export type BootSource = 'kernel' | 'disk';
+
+/** Disk ids name QEMU nodes and devices: short, lowercase, no separators QEMU interprets. */
+export const DISK_ID_PATTERN = /^[a-z][a-z0-9_-]{0,30}$/;
+const DISK_SERIAL_PATTERN = /^[A-Za-z0-9_.-]{1,20}$/;
+
+export interface DiskInput {
+  /** `[a-z][a-z0-9_-]{0,30}`, unique within the VM. */
+  readonly id: string;
+  /** Absolute path of the image (confined to the node's storage roots by the daemon). */
+  readonly path: string;
+  /** Default `raw`. */
+  readonly format?: DiskFormat;
+  /** Default `virtio-blk`. */
+  readonly bus?: DiskBus;
+  /** Default `writeback` (QEMU's default). */
+  readonly cache?: DiskCache;
+  /** Default `threads`. */
+  readonly aio?: DiskAio;
+  /** Default false. */
+  readonly readOnly?: boolean;
+  readonly serial?: string;
+  /** Default `local`. */
+  readonly storage?: StorageMode;
+  /** The overlay's base image, when the disk is a qcow2 overlay (recorded, for sync-top copies). */
+  readonly basePath?: string;
+}
+
+export interface Disk {
+  readonly id: string;
+  readonly path: string;
+  readonly format: DiskFormat;
+  readonly bus: DiskBus;
+  readonly cache: DiskCache;
+  readonly aio: DiskAio;
+  readonly readOnly: boolean;
+  readonly serial: string | undefined;
+  readonly storage: StorageMode;
+  readonly basePath: string | undefined;
+}
+
 export interface VmSpecInput {
   /** `[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}`. */
   readonly name: string;
@@ -44,6 +91,10 @@ export interface VmSpecInput {
    * Part of the device model: both ends of a migration must agree.
    */
   readonly memoryBackend?: MemoryBackend;
+  /** Disks, in attachment order. Default none. */
+  readonly disks?: readonly DiskInput[];
+  /** `kernel` (default): -kernel; `disk`: the firmware boots the first disk (no kernel allowed). */
+  readonly boot?: BootSource;
 }
 
 /** A validated spec. `accel` is resolved (never `auto`). */
@@ -59,6 +110,9 @@ export interface VmSpec {
   readonly append: string | undefined;
   readonly uuid: string;
   readonly memoryBackend: MemoryBackend;
+  /** Absent in records written before disks existed: read with `spec.disks ?? []`. */
+  readonly disks?: readonly Disk[];
+  readonly boot?: BootSource;
 }
 
 /**
@@ -122,6 +176,11 @@ export function normalizeVmSpec(input: VmSpecInput, accel: Accel): VmSpec {
   if (memoryBackend !== 'anonymous' && memoryBackend !== 'file') {
     throw new InvalidArgumentError(`memoryBackend must be 'anonymous' or 'file', got ${JSON.stringify(memoryBackend)}`);
   }
+  const disks = normalizeDisks(input.disks ?? []);
+  const boot = input.boot ?? 'kernel';
+  if (boot !== 'kernel' && boot !== 'disk') throw new InvalidArgumentError(`boot must be 'kernel' or 'disk', got ${JSON.stringify(boot)}`);
+  if (boot === 'disk' && kernel !== undefined) throw new InvalidArgumentError('boot from disk takes no kernel (the firmware boots the first disk)');
+  if (boot === 'disk' && disks.length === 0) throw new InvalidArgumentError('boot from disk needs a disk', { reason: 'NO_BOOT_DISK' });
   if (input.accel !== undefined && input.accel !== 'auto' && input.accel !== accel) {
     throw new InvalidArgumentError(`accel ${input.accel} requested but ${accel} resolved`);
   }
@@ -137,5 +196,73 @@ export function normalizeVmSpec(input: VmSpecInput, accel: Accel): VmSpec {
     append,
     uuid: uuid.toLowerCase(),
     memoryBackend,
+    disks,
+    boot,
   });
+}
+
+function oneOf<T extends string>(field: string, v: unknown, allowed: readonly T[], dflt: T): T {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) {
+    throw new InvalidArgumentError(`${field} must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`, { reason: 'DISK_INVALID' });
+  }
+  return v as T;
+}
+
+/**
+ * Validates and defaults the disks (paths must be absolute and unique, ids unique). Whether a path
+ * may be used on this node is the daemon's check (confine.ts), not this pure one.
+ * @throws InvalidArgumentError (reason DISK_INVALID, DISK_DUPLICATE) naming the disk
+ */
+export function normalizeDisks(input: readonly DiskInput[]): Disk[] {
+  if (!Array.isArray(input)) throw new InvalidArgumentError('disks must be a list');
+  if (input.length > 16) throw new InvalidArgumentError(`at most 16 disks, got ${input.length}`, { reason: 'DISK_INVALID' });
+  const ids = new Set<string>();
+  const paths = new Set<string>();
+  return input.map((d, i) => {
+    const at = `disks[${i}]`;
+    if (typeof d.id !== 'string' || !DISK_ID_PATTERN.test(d.id)) {
+      throw new InvalidArgumentError(`${at}.id ${JSON.stringify(d.id)} is invalid: use 1-31 characters [a-z0-9_-], starting with a letter`, { reason: 'DISK_INVALID' });
+    }
+    if (ids.has(d.id)) throw new InvalidArgumentError(`${at}.id ${d.id} is used by another disk`, { reason: 'DISK_DUPLICATE' });
+    ids.add(d.id);
+    const path = absPath(`${at}.path`, d.path);
+    if (path === undefined || path === '') throw new InvalidArgumentError(`${at}.path is required`, { reason: 'DISK_INVALID' });
+    if (paths.has(path)) throw new InvalidArgumentError(`${at}.path ${path} is used by another disk`, { reason: 'DISK_DUPLICATE' });
+    paths.add(path);
+    const cache = oneOf(`${at}.cache`, d.cache, ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'] as const, 'writeback');
+    const aio = oneOf(`${at}.aio`, d.aio, ['threads', 'native', 'io_uring'] as const, 'threads');
+    if (aio === 'native' && cache !== 'none' && cache !== 'directsync') {
+      throw new InvalidArgumentError(`${at}.aio native needs cache none or directsync (O_DIRECT)`, { reason: 'DISK_INVALID' });
+    }
+    if (d.serial !== undefined && (typeof d.serial !== 'string' || !DISK_SERIAL_PATTERN.test(d.serial))) {
+      throw new InvalidArgumentError(`${at}.serial must be 1-20 characters [A-Za-z0-9_.-]`, { reason: 'DISK_INVALID' });
+    }
+    const format = oneOf(`${at}.format`, d.format, ['raw', 'qcow2'] as const, 'raw');
+    const basePath = absPath(`${at}.basePath`, d.basePath);
+    if (basePath !== undefined && format !== 'qcow2') throw new InvalidArgumentError(`${at}: only a qcow2 disk can be an overlay on a base image`, { reason: 'DISK_INVALID' });
+    return Object.freeze({
+      id: d.id,
+      path,
+      format,
+      bus: oneOf(`${at}.bus`, d.bus, ['virtio-blk', 'virtio-scsi'] as const, 'virtio-blk'),
+      cache,
+      aio,
+      readOnly: d.readOnly === true,
+      serial: d.serial,
+      storage: oneOf(`${at}.storage`, d.storage, ['shared', 'local'] as const, 'local'),
+      basePath,
+    });
+  });
+}
+
+/**
+ * The guest's device name of `disks[index]`: virtio-blk disks are /dev/vda, /dev/vdb… in order,
+ * virtio-scsi disks /dev/sda… in order (one controller, one LUN each).
+ */
+export function guestDeviceOf(disks: readonly Pick<Disk, 'bus'>[], index: number): string {
+  const bus = disks[index]?.bus;
+  if (bus === undefined) throw new InvalidArgumentError(`no disk ${index}`);
+  const nth = disks.slice(0, index).filter((d) => d.bus === bus).length;
+  return `/dev/${bus === 'virtio-blk' ? 'vd' : 'sd'}${String.fromCharCode(97 + nth)}`;
 }

@@ -59,7 +59,7 @@ describe('node daemons refuse attacks (issue 17)', () => {
   it("binds an incoming run to the node that prepared it: another node cannot abort, pause, recover, confirm or read it", async () => {
     const fromA = c.nodes['b']!.client(nodeIdentity('a'));
     const fromC = c.nodes['b']!.client(nodeIdentity('c'));
-    const prepared = await fromA.prepareIncoming({ runId: 'run-bound', spec: guestSpec('inc1'), policy: policy({}) });
+    const prepared = await fromA.prepareIncoming({ runId: 'run-bound', spec: guestSpec('inc1'), policy: policy({}), disks: [] });
     expect(prepared.port).toBeGreaterThan(0);
     const denied = { code: 'PERMISSION_DENIED' };
     await expect(fromC.abortIncoming({ runId: 'run-bound' })).rejects.toMatchObject(denied);

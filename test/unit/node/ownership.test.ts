@@ -76,7 +76,7 @@ class FakeQemu {
 }
 
 function spec(name: string): VmSpec {
-  return { name, memoryMib: 64, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: 'u-1' };
+  return { name, memoryMib: 64, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: 'u-1', disks: [] };
 }
 
 function vmOf(q: FakeQemu, samples = new Broadcast<GuestPerfSample>()): MigratableVm {
@@ -111,7 +111,7 @@ function fakePeer(script: { confirm?: (n: number) => ConfirmIncomingResponse | E
   const never = (): AsyncIterable<never> => ({ [Symbol.asyncIterator]: () => ({ next: () => new Promise(() => undefined) }) });
   return {
     calls,
-    prepareIncoming: async () => ({ uri: 'tcp:127.0.0.1:1', pid: 1, port: 1 }),
+    prepareIncoming: async () => ({ uri: 'tcp:127.0.0.1:1', pid: 1, port: 1, disks: [] }),
     pauseIncoming: async () => ({ qemuStatus: 'postcopy-paused' }),
     recoverIncoming: async () => ({ uri: 'tcp:127.0.0.1:2', port: 2 }),
     confirmIncoming: async () => {

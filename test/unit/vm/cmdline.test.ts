@@ -41,6 +41,8 @@ describe('normalizeVmSpec', () => {
       append: undefined,
       uuid: UUID,
       memoryBackend: 'anonymous',
+      disks: [],
+      boot: 'kernel',
     });
     expect(Object.isFrozen(s)).toBe(true);
     expect(DEFAULT_MACHINE).toBe('pc-i440fx-10.0');

@@ -116,6 +116,280 @@ export function workloadPatternToJSON(object: WorkloadPattern): string {
   }
 }
 
+/** DiskFormat is the image format of a disk. */
+export enum DiskFormat {
+  /** DISK_FORMAT_UNSPECIFIED - Not set; treated as DISK_FORMAT_RAW. */
+  DISK_FORMAT_UNSPECIFIED = 0,
+  /** DISK_FORMAT_RAW - A raw image (a plain, usually sparse, file). */
+  DISK_FORMAT_RAW = 1,
+  /** DISK_FORMAT_QCOW2 - A qcow2 image, possibly an overlay on a base image. */
+  DISK_FORMAT_QCOW2 = 2,
+}
+
+export function diskFormatFromJSON(object: any): DiskFormat {
+  switch (object) {
+    case 0:
+    case "DISK_FORMAT_UNSPECIFIED":
+      return DiskFormat.DISK_FORMAT_UNSPECIFIED;
+    case 1:
+    case "DISK_FORMAT_RAW":
+      return DiskFormat.DISK_FORMAT_RAW;
+    case 2:
+    case "DISK_FORMAT_QCOW2":
+      return DiskFormat.DISK_FORMAT_QCOW2;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DiskFormat");
+  }
+}
+
+export function diskFormatToJSON(object: DiskFormat): string {
+  switch (object) {
+    case DiskFormat.DISK_FORMAT_UNSPECIFIED:
+      return "DISK_FORMAT_UNSPECIFIED";
+    case DiskFormat.DISK_FORMAT_RAW:
+      return "DISK_FORMAT_RAW";
+    case DiskFormat.DISK_FORMAT_QCOW2:
+      return "DISK_FORMAT_QCOW2";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DiskFormat");
+  }
+}
+
+/** DiskBus is the virtual controller a disk is attached to. */
+export enum DiskBus {
+  /** DISK_BUS_UNSPECIFIED - Not set; treated as DISK_BUS_VIRTIO_BLK. */
+  DISK_BUS_UNSPECIFIED = 0,
+  /** DISK_BUS_VIRTIO_BLK - virtio-blk (the guest sees /dev/vdX). */
+  DISK_BUS_VIRTIO_BLK = 1,
+  /** DISK_BUS_VIRTIO_SCSI - A SCSI disk on a virtio-scsi controller (the guest sees /dev/sdX). */
+  DISK_BUS_VIRTIO_SCSI = 2,
+}
+
+export function diskBusFromJSON(object: any): DiskBus {
+  switch (object) {
+    case 0:
+    case "DISK_BUS_UNSPECIFIED":
+      return DiskBus.DISK_BUS_UNSPECIFIED;
+    case 1:
+    case "DISK_BUS_VIRTIO_BLK":
+      return DiskBus.DISK_BUS_VIRTIO_BLK;
+    case 2:
+    case "DISK_BUS_VIRTIO_SCSI":
+      return DiskBus.DISK_BUS_VIRTIO_SCSI;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DiskBus");
+  }
+}
+
+export function diskBusToJSON(object: DiskBus): string {
+  switch (object) {
+    case DiskBus.DISK_BUS_UNSPECIFIED:
+      return "DISK_BUS_UNSPECIFIED";
+    case DiskBus.DISK_BUS_VIRTIO_BLK:
+      return "DISK_BUS_VIRTIO_BLK";
+    case DiskBus.DISK_BUS_VIRTIO_SCSI:
+      return "DISK_BUS_VIRTIO_SCSI";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DiskBus");
+  }
+}
+
+/** DiskCache is the host page-cache mode of a disk, as in libvirt's `cache=`. */
+export enum DiskCache {
+  /** DISK_CACHE_UNSPECIFIED - Not set; treated as DISK_CACHE_WRITEBACK (QEMU's default). */
+  DISK_CACHE_UNSPECIFIED = 0,
+  /**
+   * DISK_CACHE_NONE - O_DIRECT, guest flushes honoured (libvirt's recommendation for SHARED storage; the file
+   * system must support O_DIRECT: tmpfs does not).
+   */
+  DISK_CACHE_NONE = 1,
+  /** DISK_CACHE_WRITEBACK - Host page cache, guest flushes honoured. */
+  DISK_CACHE_WRITEBACK = 2,
+  /** DISK_CACHE_WRITETHROUGH - Host page cache, every write flushed. */
+  DISK_CACHE_WRITETHROUGH = 3,
+  /** DISK_CACHE_DIRECTSYNC - O_DIRECT and every write flushed. */
+  DISK_CACHE_DIRECTSYNC = 4,
+  /** DISK_CACHE_UNSAFE - Host page cache, guest flushes ignored (scratch disks only). */
+  DISK_CACHE_UNSAFE = 5,
+}
+
+export function diskCacheFromJSON(object: any): DiskCache {
+  switch (object) {
+    case 0:
+    case "DISK_CACHE_UNSPECIFIED":
+      return DiskCache.DISK_CACHE_UNSPECIFIED;
+    case 1:
+    case "DISK_CACHE_NONE":
+      return DiskCache.DISK_CACHE_NONE;
+    case 2:
+    case "DISK_CACHE_WRITEBACK":
+      return DiskCache.DISK_CACHE_WRITEBACK;
+    case 3:
+    case "DISK_CACHE_WRITETHROUGH":
+      return DiskCache.DISK_CACHE_WRITETHROUGH;
+    case 4:
+    case "DISK_CACHE_DIRECTSYNC":
+      return DiskCache.DISK_CACHE_DIRECTSYNC;
+    case 5:
+    case "DISK_CACHE_UNSAFE":
+      return DiskCache.DISK_CACHE_UNSAFE;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DiskCache");
+  }
+}
+
+export function diskCacheToJSON(object: DiskCache): string {
+  switch (object) {
+    case DiskCache.DISK_CACHE_UNSPECIFIED:
+      return "DISK_CACHE_UNSPECIFIED";
+    case DiskCache.DISK_CACHE_NONE:
+      return "DISK_CACHE_NONE";
+    case DiskCache.DISK_CACHE_WRITEBACK:
+      return "DISK_CACHE_WRITEBACK";
+    case DiskCache.DISK_CACHE_WRITETHROUGH:
+      return "DISK_CACHE_WRITETHROUGH";
+    case DiskCache.DISK_CACHE_DIRECTSYNC:
+      return "DISK_CACHE_DIRECTSYNC";
+    case DiskCache.DISK_CACHE_UNSAFE:
+      return "DISK_CACHE_UNSAFE";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DiskCache");
+  }
+}
+
+/** DiskAio is how QEMU submits a disk's I/O. */
+export enum DiskAio {
+  /** DISK_AIO_UNSPECIFIED - Not set; treated as DISK_AIO_THREADS. */
+  DISK_AIO_UNSPECIFIED = 0,
+  /** DISK_AIO_THREADS - A thread pool. */
+  DISK_AIO_THREADS = 1,
+  /** DISK_AIO_NATIVE - Linux native AIO (needs cache NONE or DIRECTSYNC). */
+  DISK_AIO_NATIVE = 2,
+  /** DISK_AIO_IO_URING - io_uring. */
+  DISK_AIO_IO_URING = 3,
+}
+
+export function diskAioFromJSON(object: any): DiskAio {
+  switch (object) {
+    case 0:
+    case "DISK_AIO_UNSPECIFIED":
+      return DiskAio.DISK_AIO_UNSPECIFIED;
+    case 1:
+    case "DISK_AIO_THREADS":
+      return DiskAio.DISK_AIO_THREADS;
+    case 2:
+    case "DISK_AIO_NATIVE":
+      return DiskAio.DISK_AIO_NATIVE;
+    case 3:
+    case "DISK_AIO_IO_URING":
+      return DiskAio.DISK_AIO_IO_URING;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DiskAio");
+  }
+}
+
+export function diskAioToJSON(object: DiskAio): string {
+  switch (object) {
+    case DiskAio.DISK_AIO_UNSPECIFIED:
+      return "DISK_AIO_UNSPECIFIED";
+    case DiskAio.DISK_AIO_THREADS:
+      return "DISK_AIO_THREADS";
+    case DiskAio.DISK_AIO_NATIVE:
+      return "DISK_AIO_NATIVE";
+    case DiskAio.DISK_AIO_IO_URING:
+      return "DISK_AIO_IO_URING";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DiskAio");
+  }
+}
+
+/** StorageMode says where a disk's image lives and whether a migration copies it. */
+export enum StorageMode {
+  /** STORAGE_MODE_UNSPECIFIED - Not set; treated as STORAGE_MODE_LOCAL. */
+  STORAGE_MODE_UNSPECIFIED = 0,
+  /** STORAGE_MODE_SHARED - Both nodes see the same path (NFS, Ceph): the destination opens the same image; never copied. */
+  STORAGE_MODE_SHARED = 1,
+  /**
+   * STORAGE_MODE_LOCAL - Each node has its own copy: a migration creates a sparse target on the destination (in its
+   * first storage root, under disks/<vm>/) and copies the image over NBD.
+   */
+  STORAGE_MODE_LOCAL = 2,
+}
+
+export function storageModeFromJSON(object: any): StorageMode {
+  switch (object) {
+    case 0:
+    case "STORAGE_MODE_UNSPECIFIED":
+      return StorageMode.STORAGE_MODE_UNSPECIFIED;
+    case 1:
+    case "STORAGE_MODE_SHARED":
+      return StorageMode.STORAGE_MODE_SHARED;
+    case 2:
+    case "STORAGE_MODE_LOCAL":
+      return StorageMode.STORAGE_MODE_LOCAL;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum StorageMode");
+  }
+}
+
+export function storageModeToJSON(object: StorageMode): string {
+  switch (object) {
+    case StorageMode.STORAGE_MODE_UNSPECIFIED:
+      return "STORAGE_MODE_UNSPECIFIED";
+    case StorageMode.STORAGE_MODE_SHARED:
+      return "STORAGE_MODE_SHARED";
+    case StorageMode.STORAGE_MODE_LOCAL:
+      return "STORAGE_MODE_LOCAL";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum StorageMode");
+  }
+}
+
+/** BootSource is what a VM boots from. */
+export enum BootSource {
+  /** BOOT_SOURCE_UNSPECIFIED - Not set; treated as BOOT_SOURCE_KERNEL. */
+  BOOT_SOURCE_UNSPECIFIED = 0,
+  /**
+   * BOOT_SOURCE_KERNEL - The kernel and initrd of the spec (or the node's migd guest image); disks are data or root
+   * disks for that kernel.
+   */
+  BOOT_SOURCE_KERNEL = 1,
+  /**
+   * BOOT_SOURCE_DISK - The firmware (SeaBIOS) boots the first disk: no -kernel. kernel_path, initrd_path,
+   * extra_cmdline and the workload do not apply.
+   */
+  BOOT_SOURCE_DISK = 2,
+}
+
+export function bootSourceFromJSON(object: any): BootSource {
+  switch (object) {
+    case 0:
+    case "BOOT_SOURCE_UNSPECIFIED":
+      return BootSource.BOOT_SOURCE_UNSPECIFIED;
+    case 1:
+    case "BOOT_SOURCE_KERNEL":
+      return BootSource.BOOT_SOURCE_KERNEL;
+    case 2:
+    case "BOOT_SOURCE_DISK":
+      return BootSource.BOOT_SOURCE_DISK;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum BootSource");
+  }
+}
+
+export function bootSourceToJSON(object: BootSource): string {
+  switch (object) {
+    case BootSource.BOOT_SOURCE_UNSPECIFIED:
+      return "BOOT_SOURCE_UNSPECIFIED";
+    case BootSource.BOOT_SOURCE_KERNEL:
+      return "BOOT_SOURCE_KERNEL";
+    case BootSource.BOOT_SOURCE_DISK:
+      return "BOOT_SOURCE_DISK";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum BootSource");
+  }
+}
+
 /** VmState is the life-cycle state of a VM on a node. */
 export enum VmState {
   /** VM_STATE_UNSPECIFIED - Not set. */
@@ -699,6 +973,58 @@ export interface WorkloadSpec {
   hotBytes: number;
   /** Verify every page's content before rewriting it and report pages that were lost or corrupted. */
   verify: boolean;
+  /**
+   * The id of a disk (VmSpec.disks) the guest writes generation-tagged blocks to and verifies
+   * after every migration (disk integrity). Empty: no disk workload.
+   */
+  diskId?:
+    | string
+    | undefined;
+  /** Bytes of that disk the disk workload uses, from its start. 0 means 32 MiB. */
+  diskBytes?:
+    | number
+    | undefined;
+  /** The disk workload's write rate in bytes per second. 0 means 1 MiB/s. */
+  diskRateBytesPerSec?: number | undefined;
+}
+
+/**
+ * DiskCreate asks the node to create the disk's image when the VM is created. The path must not
+ * exist yet and its folder must be inside the node's storage roots.
+ */
+export interface DiskCreate {
+  /** Virtual size in bytes of a new, empty, sparse image. With base_path: 0 keeps the base's size. */
+  sizeBytes: number;
+  /**
+   * A base image present on the node (inside its storage roots): the disk is created as a qcow2
+   * overlay on it. A LOCAL migration copies only the overlay when the destination has the same
+   * base at the same path (sync top, like libvirt's copy-storage-inc).
+   */
+  basePath: string;
+}
+
+/** DiskSpec is one disk of a VM. */
+export interface DiskSpec {
+  /** Id of the disk within the VM: [a-z][a-z0-9_-]{0,30}. Names QEMU's node and device. */
+  id: string;
+  /** Absolute path of the image on the node, inside its storage roots (--storage-root). */
+  path: string;
+  /** Image format. */
+  format: DiskFormat;
+  /** Controller. */
+  bus: DiskBus;
+  /** Host cache mode. */
+  cache: DiskCache;
+  /** I/O submission mode. */
+  aio: DiskAio;
+  /** The guest sees the disk read-only. */
+  readOnly: boolean;
+  /** Serial number the guest sees (up to 20 characters [A-Za-z0-9_.-]). */
+  serial: string;
+  /** SHARED or LOCAL. */
+  storage: StorageMode;
+  /** Create the image when the VM is created. */
+  create?: DiskCreate | undefined;
 }
 
 /**
@@ -735,6 +1061,13 @@ export interface VmSpec {
   antiAffinityGroup: string;
   /** SMBIOS UUID. Empty: generated when the VM is created; kept across migrations. */
   uuid: string;
+  /**
+   * Disks, attached in this order (virtio-blk disks appear as /dev/vda, /dev/vdb…; virtio-scsi
+   * disks as /dev/sda…). Ids and paths must be unique.
+   */
+  disks: DiskSpec[];
+  /** What the VM boots from. */
+  boot?: BootSource | undefined;
 }
 
 export interface VmSpec_LabelsEntry {
@@ -877,6 +1210,12 @@ export interface MigrationPolicy {
   downtimeSteps: DowntimeStep[];
   /** Upper bound on the downtime limit an adaptive policy may set, in milliseconds. 0 = 2000. */
   maxDowntimeMs: number;
+  /**
+   * Copy LOCAL disks in write-blocking mode (QEMU's `copy-mode: write-blocking`): every guest
+   * write waits until it reached the destination too, so a disk written faster than the link
+   * still converges (the guest's writes slow down to the link's pace). Default: background.
+   */
+  storageWriteBlocking?: boolean | undefined;
 }
 
 /** ProgressSample is one reading of a migration's progress, taken by the source node daemon. */
@@ -923,6 +1262,26 @@ export interface ProgressSample {
   xbzrleCacheMiss: number;
   /** Bytes sent as duplicate (zero) pages so far. */
   duplicatePages: number;
+  /**
+   * Bytes of LOCAL disks the storage mirrors have copied so far (QEMU's job offsets; zeroed
+   * ranges count, although they cost no link bytes).
+   */
+  diskTransferredBytes?:
+    | number
+    | undefined;
+  /**
+   * Bytes the storage mirrors have to copy in all (QEMU's job lengths; grows while the guest
+   * writes).
+   */
+  diskTotalBytes?:
+    | number
+    | undefined;
+  /** The storage mirrors' current copy rate in bytes per second. */
+  diskRateBytesPerSec?:
+    | number
+    | undefined;
+  /** True while the storage copy runs and the memory migration waits for it. */
+  storagePhase?: boolean | undefined;
 }
 
 /**
@@ -996,6 +1355,20 @@ export interface MigrationStats {
   maxThrottlePct: number;
   /** Post-copy recoveries performed. */
   recoveries: number;
+  /** Bytes of LOCAL disks the storage mirrors copied (see ProgressSample.disk_transferred_bytes). */
+  diskTransferredBytes?:
+    | number
+    | undefined;
+  /** Allocated bytes of the LOCAL disks when the copy started (what had to cross the link). */
+  diskAllocatedBytes?:
+    | number
+    | undefined;
+  /** Milliseconds from the first mirror's start until every mirror was READY (the storage phase). */
+  storageMs?:
+    | number
+    | undefined;
+  /** LOCAL disks copied. */
+  disksCopied?: number | undefined;
 }
 
 /** HostInfo describes a hypervisor node. */
@@ -1045,7 +1418,17 @@ export interface ErrorInfo {
 }
 
 function createBaseWorkloadSpec(): WorkloadSpec {
-  return { pattern: 0, workers: 0, bytesPerWorker: 0, rateBytesPerSec: 0, hotBytes: 0, verify: false };
+  return {
+    pattern: 0,
+    workers: 0,
+    bytesPerWorker: 0,
+    rateBytesPerSec: 0,
+    hotBytes: 0,
+    verify: false,
+    diskId: undefined,
+    diskBytes: undefined,
+    diskRateBytesPerSec: undefined,
+  };
 }
 
 export const WorkloadSpec: MessageFns<WorkloadSpec> = {
@@ -1067,6 +1450,15 @@ export const WorkloadSpec: MessageFns<WorkloadSpec> = {
     }
     if (message.verify !== false) {
       writer.uint32(48).bool(message.verify);
+    }
+    if (message.diskId !== undefined) {
+      writer.uint32(58).string(message.diskId);
+    }
+    if (message.diskBytes !== undefined) {
+      writer.uint32(64).uint64(message.diskBytes);
+    }
+    if (message.diskRateBytesPerSec !== undefined) {
+      writer.uint32(72).uint64(message.diskRateBytesPerSec);
     }
     return writer;
   },
@@ -1132,6 +1524,30 @@ export const WorkloadSpec: MessageFns<WorkloadSpec> = {
             message.verify = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.diskId = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.diskBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.diskRateBytesPerSec = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1164,6 +1580,21 @@ export const WorkloadSpec: MessageFns<WorkloadSpec> = {
         ? globalThis.Number(object.hot_bytes)
         : 0,
       verify: isSet(object.verify) ? globalThis.Boolean(object.verify) : false,
+      diskId: isSet(object.diskId)
+        ? globalThis.String(object.diskId)
+        : isSet(object.disk_id)
+        ? globalThis.String(object.disk_id)
+        : undefined,
+      diskBytes: isSet(object.diskBytes)
+        ? globalThis.Number(object.diskBytes)
+        : isSet(object.disk_bytes)
+        ? globalThis.Number(object.disk_bytes)
+        : undefined,
+      diskRateBytesPerSec: isSet(object.diskRateBytesPerSec)
+        ? globalThis.Number(object.diskRateBytesPerSec)
+        : isSet(object.disk_rate_bytes_per_sec)
+        ? globalThis.Number(object.disk_rate_bytes_per_sec)
+        : undefined,
     };
   },
 
@@ -1187,6 +1618,15 @@ export const WorkloadSpec: MessageFns<WorkloadSpec> = {
     if (message.verify !== false) {
       obj.verify = message.verify;
     }
+    if (message.diskId !== undefined) {
+      obj.diskId = message.diskId;
+    }
+    if (message.diskBytes !== undefined) {
+      obj.diskBytes = Math.round(message.diskBytes);
+    }
+    if (message.diskRateBytesPerSec !== undefined) {
+      obj.diskRateBytesPerSec = Math.round(message.diskRateBytesPerSec);
+    }
     return obj;
   },
 
@@ -1201,6 +1641,332 @@ export const WorkloadSpec: MessageFns<WorkloadSpec> = {
     message.rateBytesPerSec = object.rateBytesPerSec ?? 0;
     message.hotBytes = object.hotBytes ?? 0;
     message.verify = object.verify ?? false;
+    message.diskId = object.diskId ?? undefined;
+    message.diskBytes = object.diskBytes ?? undefined;
+    message.diskRateBytesPerSec = object.diskRateBytesPerSec ?? undefined;
+    return message;
+  },
+};
+
+function createBaseDiskCreate(): DiskCreate {
+  return { sizeBytes: 0, basePath: "" };
+}
+
+export const DiskCreate: MessageFns<DiskCreate> = {
+  encode(message: DiskCreate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sizeBytes !== 0) {
+      writer.uint32(8).uint64(message.sizeBytes);
+    }
+    if (message.basePath !== "") {
+      writer.uint32(18).string(message.basePath);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DiskCreate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDiskCreate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.sizeBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.basePath = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DiskCreate {
+    return {
+      sizeBytes: isSet(object.sizeBytes)
+        ? globalThis.Number(object.sizeBytes)
+        : isSet(object.size_bytes)
+        ? globalThis.Number(object.size_bytes)
+        : 0,
+      basePath: isSet(object.basePath)
+        ? globalThis.String(object.basePath)
+        : isSet(object.base_path)
+        ? globalThis.String(object.base_path)
+        : "",
+    };
+  },
+
+  toJSON(message: DiskCreate): unknown {
+    const obj: any = {};
+    if (message.sizeBytes !== 0) {
+      obj.sizeBytes = Math.round(message.sizeBytes);
+    }
+    if (message.basePath !== "") {
+      obj.basePath = message.basePath;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DiskCreate>): DiskCreate {
+    return DiskCreate.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DiskCreate>): DiskCreate {
+    const message = createBaseDiskCreate();
+    message.sizeBytes = object.sizeBytes ?? 0;
+    message.basePath = object.basePath ?? "";
+    return message;
+  },
+};
+
+function createBaseDiskSpec(): DiskSpec {
+  return {
+    id: "",
+    path: "",
+    format: 0,
+    bus: 0,
+    cache: 0,
+    aio: 0,
+    readOnly: false,
+    serial: "",
+    storage: 0,
+    create: undefined,
+  };
+}
+
+export const DiskSpec: MessageFns<DiskSpec> = {
+  encode(message: DiskSpec, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.path !== "") {
+      writer.uint32(18).string(message.path);
+    }
+    if (message.format !== 0) {
+      writer.uint32(24).int32(message.format);
+    }
+    if (message.bus !== 0) {
+      writer.uint32(32).int32(message.bus);
+    }
+    if (message.cache !== 0) {
+      writer.uint32(40).int32(message.cache);
+    }
+    if (message.aio !== 0) {
+      writer.uint32(48).int32(message.aio);
+    }
+    if (message.readOnly !== false) {
+      writer.uint32(56).bool(message.readOnly);
+    }
+    if (message.serial !== "") {
+      writer.uint32(66).string(message.serial);
+    }
+    if (message.storage !== 0) {
+      writer.uint32(72).int32(message.storage);
+    }
+    if (message.create !== undefined) {
+      DiskCreate.encode(message.create, writer.uint32(82).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DiskSpec {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDiskSpec();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bus = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.cache = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.aio = reader.int32() as any;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.readOnly = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.serial = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.storage = reader.int32() as any;
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.create = DiskCreate.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DiskSpec {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      format: isSet(object.format) ? diskFormatFromJSON(object.format) : 0,
+      bus: isSet(object.bus) ? diskBusFromJSON(object.bus) : 0,
+      cache: isSet(object.cache) ? diskCacheFromJSON(object.cache) : 0,
+      aio: isSet(object.aio) ? diskAioFromJSON(object.aio) : 0,
+      readOnly: isSet(object.readOnly)
+        ? globalThis.Boolean(object.readOnly)
+        : isSet(object.read_only)
+        ? globalThis.Boolean(object.read_only)
+        : false,
+      serial: isSet(object.serial) ? globalThis.String(object.serial) : "",
+      storage: isSet(object.storage) ? storageModeFromJSON(object.storage) : 0,
+      create: isSet(object.create) ? DiskCreate.fromJSON(object.create) : undefined,
+    };
+  },
+
+  toJSON(message: DiskSpec): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.format !== 0) {
+      obj.format = diskFormatToJSON(message.format);
+    }
+    if (message.bus !== 0) {
+      obj.bus = diskBusToJSON(message.bus);
+    }
+    if (message.cache !== 0) {
+      obj.cache = diskCacheToJSON(message.cache);
+    }
+    if (message.aio !== 0) {
+      obj.aio = diskAioToJSON(message.aio);
+    }
+    if (message.readOnly !== false) {
+      obj.readOnly = message.readOnly;
+    }
+    if (message.serial !== "") {
+      obj.serial = message.serial;
+    }
+    if (message.storage !== 0) {
+      obj.storage = storageModeToJSON(message.storage);
+    }
+    if (message.create !== undefined) {
+      obj.create = DiskCreate.toJSON(message.create);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DiskSpec>): DiskSpec {
+    return DiskSpec.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DiskSpec>): DiskSpec {
+    const message = createBaseDiskSpec();
+    message.id = object.id ?? "";
+    message.path = object.path ?? "";
+    message.format = object.format ?? 0;
+    message.bus = object.bus ?? 0;
+    message.cache = object.cache ?? 0;
+    message.aio = object.aio ?? 0;
+    message.readOnly = object.readOnly ?? false;
+    message.serial = object.serial ?? "";
+    message.storage = object.storage ?? 0;
+    message.create = (object.create !== undefined && object.create !== null)
+      ? DiskCreate.fromPartial(object.create)
+      : undefined;
     return message;
   },
 };
@@ -1219,6 +1985,8 @@ function createBaseVmSpec(): VmSpec {
     labels: {},
     antiAffinityGroup: "",
     uuid: "",
+    disks: [],
+    boot: undefined,
   };
 }
 
@@ -1259,6 +2027,12 @@ export const VmSpec: MessageFns<VmSpec> = {
     }
     if (message.uuid !== "") {
       writer.uint32(98).string(message.uuid);
+    }
+    for (const v of message.disks) {
+      DiskSpec.encode(v!, writer.uint32(106).fork()).join();
+    }
+    if (message.boot !== undefined) {
+      writer.uint32(120).int32(message.boot);
     }
     return writer;
   },
@@ -1375,6 +2149,22 @@ export const VmSpec: MessageFns<VmSpec> = {
             message.uuid = reader.string();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.disks.push(DiskSpec.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.boot = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1438,6 +2228,10 @@ export const VmSpec: MessageFns<VmSpec> = {
         ? globalThis.String(object.anti_affinity_group)
         : "",
       uuid: isSet(object.uuid) ? globalThis.String(object.uuid) : "",
+      disks: globalThis.Array.isArray(object?.disks)
+        ? object.disks.map((e: any) => DiskSpec.fromJSON(e))
+        : [],
+      boot: isSet(object.boot) ? bootSourceFromJSON(object.boot) : undefined,
     };
   },
 
@@ -1485,6 +2279,12 @@ export const VmSpec: MessageFns<VmSpec> = {
     if (message.uuid !== "") {
       obj.uuid = message.uuid;
     }
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => DiskSpec.toJSON(e));
+    }
+    if (message.boot !== undefined) {
+      obj.boot = bootSourceToJSON(message.boot);
+    }
     return obj;
   },
 
@@ -1515,6 +2315,8 @@ export const VmSpec: MessageFns<VmSpec> = {
     );
     message.antiAffinityGroup = object.antiAffinityGroup ?? "";
     message.uuid = object.uuid ?? "";
+    message.disks = object.disks?.map((e) => DiskSpec.fromPartial(e)) || [];
+    message.boot = object.boot ?? undefined;
     return message;
   },
 };
@@ -2429,6 +3231,7 @@ function createBaseMigrationPolicy(): MigrationPolicy {
     timeoutAction: 0,
     downtimeSteps: [],
     maxDowntimeMs: 0,
+    storageWriteBlocking: undefined,
   };
 }
 
@@ -2475,6 +3278,9 @@ export const MigrationPolicy: MessageFns<MigrationPolicy> = {
     }
     if (message.maxDowntimeMs !== 0) {
       writer.uint32(112).uint32(message.maxDowntimeMs);
+    }
+    if (message.storageWriteBlocking !== undefined) {
+      writer.uint32(120).bool(message.storageWriteBlocking);
     }
     return writer;
   },
@@ -2604,6 +3410,14 @@ export const MigrationPolicy: MessageFns<MigrationPolicy> = {
             message.maxDowntimeMs = reader.uint32();
             continue;
           }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.storageWriteBlocking = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2668,6 +3482,11 @@ export const MigrationPolicy: MessageFns<MigrationPolicy> = {
         : isSet(object.max_downtime_ms)
         ? globalThis.Number(object.max_downtime_ms)
         : 0,
+      storageWriteBlocking: isSet(object.storageWriteBlocking)
+        ? globalThis.Boolean(object.storageWriteBlocking)
+        : isSet(object.storage_write_blocking)
+        ? globalThis.Boolean(object.storage_write_blocking)
+        : undefined,
     };
   },
 
@@ -2715,6 +3534,9 @@ export const MigrationPolicy: MessageFns<MigrationPolicy> = {
     if (message.maxDowntimeMs !== 0) {
       obj.maxDowntimeMs = Math.round(message.maxDowntimeMs);
     }
+    if (message.storageWriteBlocking !== undefined) {
+      obj.storageWriteBlocking = message.storageWriteBlocking;
+    }
     return obj;
   },
 
@@ -2745,6 +3567,7 @@ export const MigrationPolicy: MessageFns<MigrationPolicy> = {
     message.timeoutAction = object.timeoutAction ?? 0;
     message.downtimeSteps = object.downtimeSteps?.map((e) => DowntimeStep.fromPartial(e)) || [];
     message.maxDowntimeMs = object.maxDowntimeMs ?? 0;
+    message.storageWriteBlocking = object.storageWriteBlocking ?? undefined;
     return message;
   },
 };
@@ -2771,6 +3594,10 @@ function createBaseProgressSample(): ProgressSample {
     destinationCpuSeconds: 0,
     xbzrleCacheMiss: 0,
     duplicatePages: 0,
+    diskTransferredBytes: undefined,
+    diskTotalBytes: undefined,
+    diskRateBytesPerSec: undefined,
+    storagePhase: undefined,
   };
 }
 
@@ -2835,6 +3662,18 @@ export const ProgressSample: MessageFns<ProgressSample> = {
     }
     if (message.duplicatePages !== 0) {
       writer.uint32(160).uint64(message.duplicatePages);
+    }
+    if (message.diskTransferredBytes !== undefined) {
+      writer.uint32(168).uint64(message.diskTransferredBytes);
+    }
+    if (message.diskTotalBytes !== undefined) {
+      writer.uint32(176).uint64(message.diskTotalBytes);
+    }
+    if (message.diskRateBytesPerSec !== undefined) {
+      writer.uint32(184).uint64(message.diskRateBytesPerSec);
+    }
+    if (message.storagePhase !== undefined) {
+      writer.uint32(192).bool(message.storagePhase);
     }
     return writer;
   },
@@ -3012,6 +3851,38 @@ export const ProgressSample: MessageFns<ProgressSample> = {
             message.duplicatePages = longToNumber(reader.uint64());
             continue;
           }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.diskTransferredBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 22: {
+            if (tag !== 176) {
+              break;
+            }
+
+            message.diskTotalBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 23: {
+            if (tag !== 184) {
+              break;
+            }
+
+            message.diskRateBytesPerSec = longToNumber(reader.uint64());
+            continue;
+          }
+          case 24: {
+            if (tag !== 192) {
+              break;
+            }
+
+            message.storagePhase = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3114,6 +3985,26 @@ export const ProgressSample: MessageFns<ProgressSample> = {
         : isSet(object.duplicate_pages)
         ? globalThis.Number(object.duplicate_pages)
         : 0,
+      diskTransferredBytes: isSet(object.diskTransferredBytes)
+        ? globalThis.Number(object.diskTransferredBytes)
+        : isSet(object.disk_transferred_bytes)
+        ? globalThis.Number(object.disk_transferred_bytes)
+        : undefined,
+      diskTotalBytes: isSet(object.diskTotalBytes)
+        ? globalThis.Number(object.diskTotalBytes)
+        : isSet(object.disk_total_bytes)
+        ? globalThis.Number(object.disk_total_bytes)
+        : undefined,
+      diskRateBytesPerSec: isSet(object.diskRateBytesPerSec)
+        ? globalThis.Number(object.diskRateBytesPerSec)
+        : isSet(object.disk_rate_bytes_per_sec)
+        ? globalThis.Number(object.disk_rate_bytes_per_sec)
+        : undefined,
+      storagePhase: isSet(object.storagePhase)
+        ? globalThis.Boolean(object.storagePhase)
+        : isSet(object.storage_phase)
+        ? globalThis.Boolean(object.storage_phase)
+        : undefined,
     };
   },
 
@@ -3179,6 +4070,18 @@ export const ProgressSample: MessageFns<ProgressSample> = {
     if (message.duplicatePages !== 0) {
       obj.duplicatePages = Math.round(message.duplicatePages);
     }
+    if (message.diskTransferredBytes !== undefined) {
+      obj.diskTransferredBytes = Math.round(message.diskTransferredBytes);
+    }
+    if (message.diskTotalBytes !== undefined) {
+      obj.diskTotalBytes = Math.round(message.diskTotalBytes);
+    }
+    if (message.diskRateBytesPerSec !== undefined) {
+      obj.diskRateBytesPerSec = Math.round(message.diskRateBytesPerSec);
+    }
+    if (message.storagePhase !== undefined) {
+      obj.storagePhase = message.storagePhase;
+    }
     return obj;
   },
 
@@ -3207,6 +4110,10 @@ export const ProgressSample: MessageFns<ProgressSample> = {
     message.destinationCpuSeconds = object.destinationCpuSeconds ?? 0;
     message.xbzrleCacheMiss = object.xbzrleCacheMiss ?? 0;
     message.duplicatePages = object.duplicatePages ?? 0;
+    message.diskTransferredBytes = object.diskTransferredBytes ?? undefined;
+    message.diskTotalBytes = object.diskTotalBytes ?? undefined;
+    message.diskRateBytesPerSec = object.diskRateBytesPerSec ?? undefined;
+    message.storagePhase = object.storagePhase ?? undefined;
     return message;
   },
 };
@@ -3609,6 +4516,10 @@ function createBaseMigrationStats(): MigrationStats {
     pagesVerifiedAfter: 0,
     maxThrottlePct: 0,
     recoveries: 0,
+    diskTransferredBytes: undefined,
+    diskAllocatedBytes: undefined,
+    storageMs: undefined,
+    disksCopied: undefined,
   };
 }
 
@@ -3649,6 +4560,18 @@ export const MigrationStats: MessageFns<MigrationStats> = {
     }
     if (message.recoveries !== 0) {
       writer.uint32(96).uint32(message.recoveries);
+    }
+    if (message.diskTransferredBytes !== undefined) {
+      writer.uint32(104).uint64(message.diskTransferredBytes);
+    }
+    if (message.diskAllocatedBytes !== undefined) {
+      writer.uint32(112).uint64(message.diskAllocatedBytes);
+    }
+    if (message.storageMs !== undefined) {
+      writer.uint32(120).uint64(message.storageMs);
+    }
+    if (message.disksCopied !== undefined) {
+      writer.uint32(128).uint32(message.disksCopied);
     }
     return writer;
   },
@@ -3762,6 +4685,38 @@ export const MigrationStats: MessageFns<MigrationStats> = {
             message.recoveries = reader.uint32();
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.diskTransferredBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.diskAllocatedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.storageMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.disksCopied = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3828,6 +4783,26 @@ export const MigrationStats: MessageFns<MigrationStats> = {
         ? globalThis.Number(object.max_throttle_pct)
         : 0,
       recoveries: isSet(object.recoveries) ? globalThis.Number(object.recoveries) : 0,
+      diskTransferredBytes: isSet(object.diskTransferredBytes)
+        ? globalThis.Number(object.diskTransferredBytes)
+        : isSet(object.disk_transferred_bytes)
+        ? globalThis.Number(object.disk_transferred_bytes)
+        : undefined,
+      diskAllocatedBytes: isSet(object.diskAllocatedBytes)
+        ? globalThis.Number(object.diskAllocatedBytes)
+        : isSet(object.disk_allocated_bytes)
+        ? globalThis.Number(object.disk_allocated_bytes)
+        : undefined,
+      storageMs: isSet(object.storageMs)
+        ? globalThis.Number(object.storageMs)
+        : isSet(object.storage_ms)
+        ? globalThis.Number(object.storage_ms)
+        : undefined,
+      disksCopied: isSet(object.disksCopied)
+        ? globalThis.Number(object.disksCopied)
+        : isSet(object.disks_copied)
+        ? globalThis.Number(object.disks_copied)
+        : undefined,
     };
   },
 
@@ -3869,6 +4844,18 @@ export const MigrationStats: MessageFns<MigrationStats> = {
     if (message.recoveries !== 0) {
       obj.recoveries = Math.round(message.recoveries);
     }
+    if (message.diskTransferredBytes !== undefined) {
+      obj.diskTransferredBytes = Math.round(message.diskTransferredBytes);
+    }
+    if (message.diskAllocatedBytes !== undefined) {
+      obj.diskAllocatedBytes = Math.round(message.diskAllocatedBytes);
+    }
+    if (message.storageMs !== undefined) {
+      obj.storageMs = Math.round(message.storageMs);
+    }
+    if (message.disksCopied !== undefined) {
+      obj.disksCopied = Math.round(message.disksCopied);
+    }
     return obj;
   },
 
@@ -3889,6 +4876,10 @@ export const MigrationStats: MessageFns<MigrationStats> = {
     message.pagesVerifiedAfter = object.pagesVerifiedAfter ?? 0;
     message.maxThrottlePct = object.maxThrottlePct ?? 0;
     message.recoveries = object.recoveries ?? 0;
+    message.diskTransferredBytes = object.diskTransferredBytes ?? undefined;
+    message.diskAllocatedBytes = object.diskAllocatedBytes ?? undefined;
+    message.storageMs = object.storageMs ?? undefined;
+    message.disksCopied = object.disksCopied ?? undefined;
     return message;
   },
 };

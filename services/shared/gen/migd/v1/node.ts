@@ -143,7 +143,43 @@ export interface PrepareIncomingRequest {
    * The source node: a destination whose incoming copy waits too long for the handover asks it
    * how the migration ended (and removes its copy when the source no longer drives it).
    */
-  source?: MigrationEndpoint | undefined;
+  source?:
+    | MigrationEndpoint
+    | undefined;
+  /**
+   * The LOCAL disks the source will copy: the destination creates a sparse target of the same
+   * virtual size and format for each (refusing with RESOURCE_EXHAUSTED, before anything starts,
+   * when its storage root lacks the allocated bytes) and exports it over NBD.
+   */
+  disks: DiskTransfer[];
+}
+
+/** DiskTransfer describes one LOCAL disk a migration copies. */
+export interface DiskTransfer {
+  /** The disk's id (DiskSpec.id). */
+  id: string;
+  /** Virtual size in bytes. */
+  virtualBytes: number;
+  /** Bytes allocated in the source's image (what the copy sends, at most). */
+  allocatedBytes: number;
+  /**
+   * The overlay's base image on the source (empty: none). When the destination has it at the same
+   * path, it creates an overlay on it and the source copies only the overlay.
+   */
+  basePath: string;
+}
+
+/** IncomingDisk is where the source mirrors one LOCAL disk to. */
+export interface IncomingDisk {
+  /** The disk's id. */
+  id: string;
+  /** The NBD export name on the destination's NBD server. */
+  export: string;
+  /**
+   * True when the target is an overlay on the same base: the source mirrors only the overlay
+   * (sync top).
+   */
+  incremental: boolean;
 }
 
 /** PrepareIncomingResponse says where the source must send the stream. */
@@ -157,6 +193,16 @@ export interface PrepareIncomingResponse {
   pid: number;
   /** The TCP port the incoming QEMU listens on, on the destination's registered migration address. */
   port: number;
+  /**
+   * The port of the destination's NBD server (on its registered migration address) when the
+   * migration copies LOCAL disks; 0 otherwise. TLS with the migration's credentials when the
+   * migration uses TLS.
+   */
+  nbdPort?:
+    | number
+    | undefined;
+  /** The targets of the LOCAL disks, one per PrepareIncomingRequest.disks entry. */
+  disks: IncomingDisk[];
 }
 
 /** PauseIncomingRequest names the incoming migration to pause. */
@@ -183,6 +229,18 @@ export interface RecoverIncomingResponse {
   uri: string;
   /** The TCP port to resume to, on the destination's registered migration address. */
   port: number;
+}
+
+/** ResumeIncomingRequest names the post-copy migration whose destination may resume. */
+export interface ResumeIncomingRequest {
+  /** The migration run id. */
+  runId: string;
+}
+
+/** ResumeIncomingResponse confirms the resume. */
+export interface ResumeIncomingResponse {
+  /** The destination's migration status after the resume. */
+  qemuStatus: string;
 }
 
 /**
@@ -1364,7 +1422,7 @@ export const MigrationEndpoint: MessageFns<MigrationEndpoint> = {
 };
 
 function createBasePrepareIncomingRequest(): PrepareIncomingRequest {
-  return { runId: "", spec: undefined, policy: undefined, source: undefined };
+  return { runId: "", spec: undefined, policy: undefined, source: undefined, disks: [] };
 }
 
 export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
@@ -1380,6 +1438,9 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     }
     if (message.source !== undefined) {
       MigrationEndpoint.encode(message.source, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.disks) {
+      DiskTransfer.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -1429,6 +1490,14 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
             message.source = MigrationEndpoint.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.disks.push(DiskTransfer.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1451,6 +1520,7 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
       spec: isSet(object.spec) ? VmSpec.fromJSON(object.spec) : undefined,
       policy: isSet(object.policy) ? MigrationPolicy.fromJSON(object.policy) : undefined,
       source: isSet(object.source) ? MigrationEndpoint.fromJSON(object.source) : undefined,
+      disks: globalThis.Array.isArray(object?.disks) ? object.disks.map((e: any) => DiskTransfer.fromJSON(e)) : [],
     };
   },
 
@@ -1468,6 +1538,9 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     if (message.source !== undefined) {
       obj.source = MigrationEndpoint.toJSON(message.source);
     }
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => DiskTransfer.toJSON(e));
+    }
     return obj;
   },
 
@@ -1484,12 +1557,243 @@ export const PrepareIncomingRequest: MessageFns<PrepareIncomingRequest> = {
     message.source = (object.source !== undefined && object.source !== null)
       ? MigrationEndpoint.fromPartial(object.source)
       : undefined;
+    message.disks = object.disks?.map((e) => DiskTransfer.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDiskTransfer(): DiskTransfer {
+  return { id: "", virtualBytes: 0, allocatedBytes: 0, basePath: "" };
+}
+
+export const DiskTransfer: MessageFns<DiskTransfer> = {
+  encode(message: DiskTransfer, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.virtualBytes !== 0) {
+      writer.uint32(16).uint64(message.virtualBytes);
+    }
+    if (message.allocatedBytes !== 0) {
+      writer.uint32(24).uint64(message.allocatedBytes);
+    }
+    if (message.basePath !== "") {
+      writer.uint32(34).string(message.basePath);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DiskTransfer {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDiskTransfer();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.virtualBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.allocatedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.basePath = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DiskTransfer {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      virtualBytes: isSet(object.virtualBytes)
+        ? globalThis.Number(object.virtualBytes)
+        : isSet(object.virtual_bytes)
+        ? globalThis.Number(object.virtual_bytes)
+        : 0,
+      allocatedBytes: isSet(object.allocatedBytes)
+        ? globalThis.Number(object.allocatedBytes)
+        : isSet(object.allocated_bytes)
+        ? globalThis.Number(object.allocated_bytes)
+        : 0,
+      basePath: isSet(object.basePath)
+        ? globalThis.String(object.basePath)
+        : isSet(object.base_path)
+        ? globalThis.String(object.base_path)
+        : "",
+    };
+  },
+
+  toJSON(message: DiskTransfer): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.virtualBytes !== 0) {
+      obj.virtualBytes = Math.round(message.virtualBytes);
+    }
+    if (message.allocatedBytes !== 0) {
+      obj.allocatedBytes = Math.round(message.allocatedBytes);
+    }
+    if (message.basePath !== "") {
+      obj.basePath = message.basePath;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DiskTransfer>): DiskTransfer {
+    return DiskTransfer.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DiskTransfer>): DiskTransfer {
+    const message = createBaseDiskTransfer();
+    message.id = object.id ?? "";
+    message.virtualBytes = object.virtualBytes ?? 0;
+    message.allocatedBytes = object.allocatedBytes ?? 0;
+    message.basePath = object.basePath ?? "";
+    return message;
+  },
+};
+
+function createBaseIncomingDisk(): IncomingDisk {
+  return { id: "", export: "", incremental: false };
+}
+
+export const IncomingDisk: MessageFns<IncomingDisk> = {
+  encode(message: IncomingDisk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.export !== "") {
+      writer.uint32(18).string(message.export);
+    }
+    if (message.incremental !== false) {
+      writer.uint32(24).bool(message.incremental);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): IncomingDisk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseIncomingDisk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.export = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.incremental = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): IncomingDisk {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      export: isSet(object.export) ? globalThis.String(object.export) : "",
+      incremental: isSet(object.incremental) ? globalThis.Boolean(object.incremental) : false,
+    };
+  },
+
+  toJSON(message: IncomingDisk): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.export !== "") {
+      obj.export = message.export;
+    }
+    if (message.incremental !== false) {
+      obj.incremental = message.incremental;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<IncomingDisk>): IncomingDisk {
+    return IncomingDisk.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<IncomingDisk>): IncomingDisk {
+    const message = createBaseIncomingDisk();
+    message.id = object.id ?? "";
+    message.export = object.export ?? "";
+    message.incremental = object.incremental ?? false;
     return message;
   },
 };
 
 function createBasePrepareIncomingResponse(): PrepareIncomingResponse {
-  return { uri: "", pid: 0, port: 0 };
+  return { uri: "", pid: 0, port: 0, nbdPort: undefined, disks: [] };
 }
 
 export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
@@ -1502,6 +1806,12 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     }
     if (message.port !== 0) {
       writer.uint32(24).uint32(message.port);
+    }
+    if (message.nbdPort !== undefined) {
+      writer.uint32(32).uint32(message.nbdPort);
+    }
+    for (const v of message.disks) {
+      IncomingDisk.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -1543,6 +1853,22 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
             message.port = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.nbdPort = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.disks.push(IncomingDisk.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1560,6 +1886,12 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
       uri: isSet(object.uri) ? globalThis.String(object.uri) : "",
       pid: isSet(object.pid) ? globalThis.Number(object.pid) : 0,
       port: isSet(object.port) ? globalThis.Number(object.port) : 0,
+      nbdPort: isSet(object.nbdPort)
+        ? globalThis.Number(object.nbdPort)
+        : isSet(object.nbd_port)
+        ? globalThis.Number(object.nbd_port)
+        : undefined,
+      disks: globalThis.Array.isArray(object?.disks) ? object.disks.map((e: any) => IncomingDisk.fromJSON(e)) : [],
     };
   },
 
@@ -1574,6 +1906,12 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     if (message.port !== 0) {
       obj.port = Math.round(message.port);
     }
+    if (message.nbdPort !== undefined) {
+      obj.nbdPort = Math.round(message.nbdPort);
+    }
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => IncomingDisk.toJSON(e));
+    }
     return obj;
   },
 
@@ -1585,6 +1923,8 @@ export const PrepareIncomingResponse: MessageFns<PrepareIncomingResponse> = {
     message.uri = object.uri ?? "";
     message.pid = object.pid ?? 0;
     message.port = object.port ?? 0;
+    message.nbdPort = object.nbdPort ?? undefined;
+    message.disks = object.disks?.map((e) => IncomingDisk.fromPartial(e)) || [];
     return message;
   },
 };
@@ -1889,6 +2229,152 @@ export const RecoverIncomingResponse: MessageFns<RecoverIncomingResponse> = {
     const message = createBaseRecoverIncomingResponse();
     message.uri = object.uri ?? "";
     message.port = object.port ?? 0;
+    return message;
+  },
+};
+
+function createBaseResumeIncomingRequest(): ResumeIncomingRequest {
+  return { runId: "" };
+}
+
+export const ResumeIncomingRequest: MessageFns<ResumeIncomingRequest> = {
+  encode(message: ResumeIncomingRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.runId !== "") {
+      writer.uint32(10).string(message.runId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResumeIncomingRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResumeIncomingRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.runId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResumeIncomingRequest {
+    return {
+      runId: isSet(object.runId)
+        ? globalThis.String(object.runId)
+        : isSet(object.run_id)
+        ? globalThis.String(object.run_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ResumeIncomingRequest): unknown {
+    const obj: any = {};
+    if (message.runId !== "") {
+      obj.runId = message.runId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ResumeIncomingRequest>): ResumeIncomingRequest {
+    return ResumeIncomingRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ResumeIncomingRequest>): ResumeIncomingRequest {
+    const message = createBaseResumeIncomingRequest();
+    message.runId = object.runId ?? "";
+    return message;
+  },
+};
+
+function createBaseResumeIncomingResponse(): ResumeIncomingResponse {
+  return { qemuStatus: "" };
+}
+
+export const ResumeIncomingResponse: MessageFns<ResumeIncomingResponse> = {
+  encode(message: ResumeIncomingResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.qemuStatus !== "") {
+      writer.uint32(10).string(message.qemuStatus);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResumeIncomingResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResumeIncomingResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.qemuStatus = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResumeIncomingResponse {
+    return {
+      qemuStatus: isSet(object.qemuStatus)
+        ? globalThis.String(object.qemuStatus)
+        : isSet(object.qemu_status)
+        ? globalThis.String(object.qemu_status)
+        : "",
+    };
+  },
+
+  toJSON(message: ResumeIncomingResponse): unknown {
+    const obj: any = {};
+    if (message.qemuStatus !== "") {
+      obj.qemuStatus = message.qemuStatus;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ResumeIncomingResponse>): ResumeIncomingResponse {
+    return ResumeIncomingResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ResumeIncomingResponse>): ResumeIncomingResponse {
+    const message = createBaseResumeIncomingResponse();
+    message.qemuStatus = object.qemuStatus ?? "";
     return message;
   },
 };

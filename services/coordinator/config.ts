@@ -1,13 +1,13 @@
 /**
- * Coordinator configuration: parsed once, fully defaulted, frozen. Sources, later ones winning: a
- * JSON file (`--config FILE` or MIGD_COORDINATOR_CONFIG), then environment variables, then flags
- * (`--listen 198.18.0.1:7000 --db /var/lib/migd/history.sqlite --nats nats://127.0.0.1:4222 …`).
- * Bad values and combinations are refused at start-up with a message naming the option.
+ * Coordinator configuration: parsed once (services/shared/config.ts), fully defaulted, frozen.
+ * Sources, later ones winning: a JSON file (`--config FILE` or MIGD_COORDINATOR_CONFIG), then
+ * environment variables, then flags (`--listen 198.18.0.1:7000 --db /var/lib/migd/history.sqlite
+ * --nats nats://127.0.0.1:4222 …`). Bad values and combinations are refused at start-up with a
+ * message naming the flag.
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type ConcurrencyLimits, DEFAULT_LIMITS } from './domain/scheduler.js';
-import { ConfigError } from '../shared/errors.js';
+import { configError, configUsage, loadLayeredOptions, optionReader, type ConfigSchema, type RawOptions } from '../shared/config.js';
 import { redactNatsUrl, type NatsClientAuth } from '../shared/events/nats-security.js';
 import { identityFiles } from '../shared/pki.js';
 import { certDir, repoRoot } from '../shared/paths.js';
@@ -66,192 +66,97 @@ export interface CoordinatorConfig {
   readonly metricsListen: string;
 }
 
-type Raw = Partial<
-  Record<
-    | 'listen'
-    | 'advertise'
-    | 'tlsDir'
-    | 'identity'
-    | 'insecure'
-    | 'db'
-    | 'nats'
-    | 'natsUser'
-    | 'natsPasswordFile'
-    | 'natsCreds'
-    | 'roles'
-    | 'requireNodeIdentity'
-    | 'allowSharedNodeIdentity'
-    | 'heartbeatMs'
-    | 'heartbeatMisses'
-    | 'limitPerSource'
-    | 'limitPerDestination'
-    | 'limitPerLink'
-    | 'limitPerCluster'
-    | 'nodeCallDeadlineMs'
-    | 'nodeDownWaitMs'
-    | 'metricsListen',
-    unknown
-  >
->;
+/**
+ * Every option, as a flag (`--heartbeat-ms`), a key of the JSON file (`heartbeatMs`) and, for
+ * some, an environment variable; each documents its default.
+ */
+export const COORDINATOR_OPTIONS = {
+  config: { type: 'string', env: 'MIGD_COORDINATOR_CONFIG', doc: 'JSON file of options (camelCase keys); the environment and flags override it' },
+  listen: { type: 'string', default: '127.0.0.1:7000', env: 'MIGD_COORDINATOR_LISTEN', doc: 'gRPC listen address host:port (default 127.0.0.1:7000)' },
+  advertise: { type: 'string', env: 'MIGD_COORDINATOR_ADVERTISE', doc: 'address nodes and clients reach this coordinator at (default: --listen)' },
+  'tls-dir': { type: 'string', env: 'MIGD_TLS_DIR', doc: 'folder with ca.crt and this identity\'s certificate and key (default .cache/certs)' },
+  identity: { type: 'string', default: 'migd-coordinator', env: 'MIGD_COORDINATOR_IDENTITY', doc: 'TLS identity (certificate name) (default migd-coordinator)' },
+  insecure: { type: 'boolean', env: 'MIGD_INSECURE', doc: 'plain-text gRPC on loopback; callers without a certificate get every role (default off)' },
+  db: { type: 'string', env: 'MIGD_COORDINATOR_DB', doc: 'SQLite history file (default .state/coordinator/history.sqlite)' },
+  nats: { type: 'string', default: '', env: 'MIGD_NATS_URL', doc: 'NATS server URL(s), comma-separated; tls:// for TLS (default none: events wait in the outbox)' },
+  'nats-user': { type: 'string', default: '', env: 'MIGD_NATS_USER', doc: 'NATS user, with --nats-password-file (default none)' },
+  'nats-password-file': { type: 'string', default: '', env: 'MIGD_NATS_PASSWORD_FILE', doc: 'file holding the NATS password (default none)' },
+  'nats-creds': { type: 'string', default: '', env: 'MIGD_NATS_CREDS', doc: 'NATS credentials file, instead of a user (default none)' },
+  roles: { type: 'string', env: 'MIGD_COORDINATOR_ROLES', doc: 'identity=role,... added to or overriding the default roles' },
+  'require-node-identity': { type: 'boolean', default: true, env: 'MIGD_COORDINATOR_REQUIRE_NODE_IDENTITY', doc: 'nodes must present their own certificate migd-node.<id> (default on)' },
+  'allow-shared-node-identity': { type: 'boolean', env: 'MIGD_COORDINATOR_ALLOW_SHARED_NODE_IDENTITY', doc: 'let the shared migd-node certificate speak for any node (default off)' },
+  'heartbeat-ms': { type: 'integer', default: 2000, min: 100, max: 60_000, doc: 'node heartbeat period in ms, told to nodes at registration (default 2000)' },
+  'heartbeat-misses': { type: 'integer', default: 3, min: 1, max: 100, doc: 'missed heartbeats before a node is marked down (default 3)' },
+  'limit-per-source': { type: 'integer', default: DEFAULT_LIMITS.perSource, min: 1, max: 1000, doc: `concurrent migrations out of one node (default ${DEFAULT_LIMITS.perSource})` },
+  'limit-per-destination': { type: 'integer', default: DEFAULT_LIMITS.perDestination, min: 1, max: 1000, doc: `concurrent migrations into one node (default ${DEFAULT_LIMITS.perDestination})` },
+  'limit-per-link': { type: 'integer', default: DEFAULT_LIMITS.perLink, min: 1, max: 1000, doc: `concurrent migrations between two nodes (default ${DEFAULT_LIMITS.perLink})` },
+  'limit-per-cluster': { type: 'integer', default: DEFAULT_LIMITS.perCluster, min: 1, max: 10_000, doc: `concurrent migrations in the cluster (default ${DEFAULT_LIMITS.perCluster})` },
+  'node-call-deadline-ms': { type: 'integer', default: 15_000, min: 100, max: 600_000, doc: 'deadline of calls to nodes in ms; StartMigration and CreateVm get 6x (default 15000)' },
+  'node-down-wait-ms': { type: 'integer', default: 120_000, min: 0, max: 86_400_000, doc: 'how long a queued run waits for a down node before it fails, in ms (default 120000)' },
+  'metrics-listen': { type: 'string', default: '', env: 'MIGD_COORDINATOR_METRICS', doc: 'Prometheus /metrics address host:port (default off)' },
+  help: { type: 'boolean', short: 'h', doc: 'print this help' },
+} as const satisfies ConfigSchema;
 
-const keys: (keyof Raw)[] = [
-  'listen',
-  'advertise',
-  'tlsDir',
-  'identity',
-  'insecure',
-  'db',
-  'nats',
-  'natsUser',
-  'natsPasswordFile',
-  'natsCreds',
-  'roles',
-  'requireNodeIdentity',
-  'allowSharedNodeIdentity',
-  'heartbeatMs',
-  'heartbeatMisses',
-  'limitPerSource',
-  'limitPerDestination',
-  'limitPerLink',
-  'limitPerCluster',
-  'nodeCallDeadlineMs',
-  'nodeDownWaitMs',
-  'metricsListen',
-];
+type Raw = RawOptions<typeof COORDINATOR_OPTIONS>;
 
-const envMap: Record<string, keyof Raw> = {
-  MIGD_COORDINATOR_LISTEN: 'listen',
-  MIGD_COORDINATOR_ADVERTISE: 'advertise',
-  MIGD_TLS_DIR: 'tlsDir',
-  MIGD_COORDINATOR_IDENTITY: 'identity',
-  MIGD_INSECURE: 'insecure',
-  MIGD_COORDINATOR_DB: 'db',
-  MIGD_NATS_URL: 'nats',
-  MIGD_NATS_USER: 'natsUser',
-  MIGD_NATS_PASSWORD_FILE: 'natsPasswordFile',
-  MIGD_NATS_CREDS: 'natsCreds',
-  MIGD_COORDINATOR_ROLES: 'roles',
-  MIGD_COORDINATOR_REQUIRE_NODE_IDENTITY: 'requireNodeIdentity',
-  MIGD_COORDINATOR_ALLOW_SHARED_NODE_IDENTITY: 'allowSharedNodeIdentity',
-  MIGD_COORDINATOR_METRICS: 'metricsListen',
-};
-
-function flagName(k: string): string {
-  return k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+/** `--help` text. */
+export function coordinatorUsage(): string {
+  return `usage: node dist/services/coordinator/main.js [options]\n${configUsage(COORDINATOR_OPTIONS)}`;
 }
 
-/** Parses argv (`--key value`) and env into a frozen CoordinatorConfig. @throws ConfigError */
+/**
+ * Parses argv and env (over a JSON file named by `--config`) into a frozen CoordinatorConfig.
+ * @throws ConfigError naming the option
+ */
 export function loadCoordinatorConfig(argv: readonly string[] = process.argv.slice(2), env: NodeJS.ProcessEnv = process.env): CoordinatorConfig {
-  const flags = new Map(keys.map((k) => [flagName(k), k]));
-  let file = env['MIGD_COORDINATOR_CONFIG'];
-  const fromFlags: Raw = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i] as string;
-    if (!a.startsWith('--')) throw new ConfigError(a, 'unexpected argument (flags are --name value)');
-    const name = a.slice(2);
-    const switches: Record<string, keyof Raw> = { insecure: 'insecure', 'require-node-identity': 'requireNodeIdentity', 'allow-shared-node-identity': 'allowSharedNodeIdentity' };
-    const flag = switches[name];
-    if (flag) {
-      fromFlags[flag] = true;
-      continue;
-    }
-    const value = argv[i + 1];
-    if (value === undefined) throw new ConfigError(name, 'missing value');
-    i++;
-    if (name === 'config') {
-      file = value;
-      continue;
-    }
-    const key = flags.get(name);
-    if (!key) throw new ConfigError(name, `unknown option (known: ${[...flags.keys(), 'config'].join(', ')})`);
-    fromFlags[key] = value;
-  }
-  const raw: Raw = {};
-  if (file) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(readFileSync(file, 'utf8'));
-    } catch (err) {
-      throw new ConfigError('config', `cannot read ${file}: ${(err as Error).message}`);
-    }
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new ConfigError('config', `${file} must hold a JSON object`);
-    for (const [k, v] of Object.entries(parsed)) {
-      if (!(keys as string[]).includes(k)) throw new ConfigError(k, `unknown option in ${file}`);
-      raw[k as keyof Raw] = v;
-    }
-  }
-  for (const [e, k] of Object.entries(envMap)) if (env[e] !== undefined) raw[k] = env[e];
-  Object.assign(raw, fromFlags);
-  return resolveCoordinatorConfig(raw);
-}
-
-function str(raw: Raw, k: keyof Raw, dflt: string): string {
-  const v = raw[k];
-  if (v === undefined || v === '') return dflt;
-  if (typeof v !== 'string') throw new ConfigError(k, 'must be a string');
-  return v;
-}
-
-function int(raw: Raw, k: keyof Raw, dflt: number, min: number, max: number): number {
-  const v = raw[k];
-  if (v === undefined || v === '') return dflt;
-  const n = typeof v === 'number' ? v : Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(k, `must be an integer in ${min}..${max}, got ${String(v)}`);
-  return n;
-}
-
-function bool(raw: Raw, k: keyof Raw, dflt = false): boolean {
-  const v = raw[k];
-  if (v === undefined || v === '') return dflt;
-  if (v === false || v === 'false' || v === '0') return false;
-  if (v === true || v === 'true' || v === '1') return true;
-  throw new ConfigError(k, `must be true or false, got ${String(v)}`);
+  return resolveCoordinatorConfig(loadLayeredOptions(COORDINATOR_OPTIONS, argv, { env, fileOption: 'config' }));
 }
 
 /** Defaults and validates a raw configuration. @throws ConfigError naming the option */
 export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
-  const listen = str(raw, 'listen', '127.0.0.1:7000');
+  const { str, int, bool, has } = optionReader(COORDINATOR_OPTIONS, raw);
+  const listen = str('listen');
   let host: string;
   try {
     host = splitHostPort(listen).host;
   } catch {
-    throw new ConfigError('listen', `"${listen}" is not host:port`);
+    throw configError('listen', `"${listen}" is not host:port`);
   }
-  const advertise = str(raw, 'advertise', listen);
+  const advertise = str('advertise', listen);
   try {
     splitHostPort(advertise);
   } catch {
-    throw new ConfigError('advertise', `"${advertise}" is not host:port`);
+    throw configError('advertise', `"${advertise}" is not host:port`);
   }
-  const insecure = bool(raw, 'insecure');
-  if (insecure && !isLoopbackHost(host)) throw new ConfigError('insecure', `plain-text gRPC is only allowed on loopback, not on ${listen}`);
-  const identity = str(raw, 'identity', 'migd-coordinator');
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(identity)) throw new ConfigError('identity', `"${identity}" is not a certificate name`);
-  const tlsDir = str(raw, 'tlsDir', certDir());
+  const insecure = bool('insecure');
+  if (insecure && !isLoopbackHost(host)) throw configError('insecure', `plain-text gRPC is only allowed on loopback, not on ${listen}`);
+  const identity = str('identity');
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(identity)) throw configError('identity', `"${identity}" is not a certificate name`);
+  const tlsDir = str('tlsDir', certDir());
   const files = identityFiles(tlsDir, identity);
-  const nats = str(raw, 'nats', '');
+  const nats = str('nats');
   for (const url of nats ? nats.split(',') : []) {
-    if (!/^(nats|tls|ws|wss):\/\/[^\s/]+$|^[^\s:/]+:\d+$/.test(url.trim())) throw new ConfigError('nats', `"${redactNatsUrl(url)}" is not a NATS server URL (nats://host:port)`);
+    if (!/^(nats|tls|ws|wss):\/\/[^\s/]+$|^[^\s:/]+:\d+$/.test(url.trim())) throw configError('nats', `"${redactNatsUrl(url)}" is not a NATS server URL (nats://host:port)`);
   }
-  const natsUser = str(raw, 'natsUser', '');
-  const natsPasswordFile = str(raw, 'natsPasswordFile', '');
-  const natsCreds = str(raw, 'natsCreds', '');
-  if (natsUser && !natsPasswordFile) throw new ConfigError('natsPasswordFile', 'is required with natsUser');
-  if (natsPasswordFile && !natsUser) throw new ConfigError('natsUser', 'is required with natsPasswordFile');
-  if (natsCreds && natsUser) throw new ConfigError('natsCreds', 'set either natsCreds or natsUser, not both');
+  const natsUser = str('natsUser');
+  const natsPasswordFile = str('natsPasswordFile');
+  const natsCreds = str('natsCreds');
+  if (natsUser && !natsPasswordFile) throw configError('nats-password-file', 'is required with --nats-user');
+  if (natsPasswordFile && !natsUser) throw configError('nats-user', 'is required with --nats-password-file');
+  if (natsCreds && natsUser) throw configError('nats-creds', 'set either --nats-creds or --nats-user, not both');
   const natsTls = nats.split(',').some((u) => u.trim().startsWith('tls://'));
-  if (natsTls && insecure) throw new ConfigError('nats', 'tls:// needs this coordinator\'s certificate; it cannot be combined with insecure');
+  if (natsTls && insecure) throw configError('nats', 'tls:// needs this coordinator\'s certificate; it cannot be combined with --insecure');
   const natsAuth: NatsClientAuth = Object.freeze({
     ...(natsTls ? { tls: files } : {}),
     ...(natsUser ? { user: natsUser, passwordFile: natsPasswordFile } : {}),
     ...(natsCreds ? { credsFile: natsCreds } : {}),
   });
-  const metricsListen = str(raw, 'metricsListen', '');
+  const metricsListen = str('metricsListen');
   if (metricsListen) {
     try {
       splitHostPort(metricsListen);
     } catch {
-      throw new ConfigError('metricsListen', `"${metricsListen}" is not host:port`);
+      throw configError('metrics-listen', `"${metricsListen}" is not host:port`);
     }
   }
   const rawRoles = raw.roles;
@@ -259,21 +164,21 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
   try {
     extraRoles = parseRoleMap(rawRoles ?? '');
   } catch (err) {
-    throw new ConfigError('roles', (err as Error).message);
+    throw configError('roles', (err as Error).message);
   }
   const roles = new Map<string, Role>([...DEFAULT_ROLES, ...extraRoles]);
-  const allowShared = bool(raw, 'allowSharedNodeIdentity');
-  if (allowShared && raw.requireNodeIdentity !== undefined && bool(raw, 'requireNodeIdentity')) {
-    throw new ConfigError('allowSharedNodeIdentity', 'contradicts requireNodeIdentity: set one of them');
+  const allowShared = bool('allowSharedNodeIdentity');
+  if (allowShared && has('requireNodeIdentity') && bool('requireNodeIdentity')) {
+    throw configError('allow-shared-node-identity', 'contradicts --require-node-identity: set one of them');
   }
-  const requireNodeIdentity = !allowShared && bool(raw, 'requireNodeIdentity', true);
-  const heartbeatMs = int(raw, 'heartbeatMs', 2000, 100, 60_000);
-  const heartbeatMisses = int(raw, 'heartbeatMisses', 3, 1, 100);
+  const requireNodeIdentity = !allowShared && bool('requireNodeIdentity');
+  const heartbeatMs = int('heartbeatMs');
+  const heartbeatMisses = int('heartbeatMisses');
   const limits: ConcurrencyLimits = Object.freeze({
-    perSource: int(raw, 'limitPerSource', DEFAULT_LIMITS.perSource, 1, 1000),
-    perDestination: int(raw, 'limitPerDestination', DEFAULT_LIMITS.perDestination, 1, 1000),
-    perLink: int(raw, 'limitPerLink', DEFAULT_LIMITS.perLink, 1, 1000),
-    perCluster: int(raw, 'limitPerCluster', DEFAULT_LIMITS.perCluster, 1, 10_000),
+    perSource: int('limitPerSource'),
+    perDestination: int('limitPerDestination'),
+    perLink: int('limitPerLink'),
+    perCluster: int('limitPerCluster'),
   });
   const cfg: CoordinatorConfig = {
     listen,
@@ -282,7 +187,7 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
     nodeClientSecurity: insecure ? { insecure: true } : { tls: files, serverName: 'migd-node' },
     identity,
     insecure,
-    db: str(raw, 'db', join(repoRoot(), '.state', 'coordinator', 'history.sqlite')),
+    db: str('db', join(repoRoot(), '.state', 'coordinator', 'history.sqlite')),
     nats,
     natsAuth,
     roles,
@@ -290,8 +195,8 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
     heartbeatMs,
     heartbeatMisses,
     limits,
-    nodeCallDeadlineMs: int(raw, 'nodeCallDeadlineMs', 15_000, 100, 600_000),
-    nodeDownWaitMs: int(raw, 'nodeDownWaitMs', 120_000, 0, 86_400_000),
+    nodeCallDeadlineMs: int('nodeCallDeadlineMs'),
+    nodeDownWaitMs: int('nodeDownWaitMs'),
     metricsListen,
   };
   return Object.freeze(cfg);

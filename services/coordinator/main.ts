@@ -10,15 +10,20 @@
 import { MigdError } from '../shared/errors.js';
 import { createLogger } from '../shared/log.js';
 import { restrictUmask } from '../shared/private-files.js';
-import { loadCoordinatorConfig } from './config.js';
+import { coordinatorUsage, loadCoordinatorConfig } from './config.js';
 import { Coordinator } from './coordinator.js';
 
 const log = createLogger('coordinator');
 
 async function main(): Promise<void> {
   // Everything this daemon writes (history database, WAL) is private to its user.
+  const argv = process.argv.slice(2);
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`${coordinatorUsage()}\n`);
+    return;
+  }
   restrictUmask();
-  const config = loadCoordinatorConfig();
+  const config = loadCoordinatorConfig(argv);
   const coordinator = await Coordinator.start(config, log);
   let stopping = false;
   const shutdown = (sig: string): void => {

@@ -1,13 +1,13 @@
 /**
- * Node daemon configuration: parsed once, fully defaulted, frozen. Sources, later ones winning:
- * a JSON file (`--config FILE` or MIGD_NODE_CONFIG), then environment variables, then flags
- * (`--node-id a --listen 198.18.0.2:7001 …`). Bad combinations are refused at start-up with a
- * message naming the option.
+ * Node daemon configuration: parsed once (services/shared/config.ts), fully defaulted, frozen.
+ * Sources, later ones winning: a JSON file (`--config FILE` or MIGD_NODE_CONFIG), then environment
+ * variables, then flags (`--node-id a --listen 198.18.0.2:7001 …`). Bad values and combinations
+ * are refused at start-up with a message naming the flag.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
-import { ConfigError } from '../shared/errors.js';
+import { configError, configUsage, flagOf, loadLayeredOptions, optionReader, type ConfigSchema, type RawOptions } from '../shared/config.js';
 import { DEFAULT_GUEST_IMAGE_DIR } from '../shared/guest/image.js';
 import { boundNodeId, identityFiles, nodeIdentity } from '../shared/pki.js';
 import { cacheDir, certDir } from '../shared/paths.js';
@@ -72,139 +72,81 @@ export interface NodeConfig {
   readonly requireMigrationTls: boolean;
 }
 
-type Raw = Partial<Record<Exclude<keyof NodeConfig, 'guestImageDir'> | 'guestImage' | 'tlsDir' | 'insecure' | 'coordinatorIdentity' | 'storageRoot' | 'imageRoot', unknown>>;
+/**
+ * Every option, as a flag (`--heartbeat-ms`), a key of the JSON file (`heartbeatMs`) and, for
+ * some, an environment variable; each documents its default.
+ */
+export const NODE_OPTIONS = {
+  config: { type: 'string', env: 'MIGD_NODE_CONFIG', doc: 'JSON file of options (camelCase keys); the environment and flags override it' },
+  'node-id': { type: 'string', env: 'MIGD_NODE_ID', doc: 'node id (default: the host name)' },
+  listen: { type: 'string', default: '127.0.0.1:7001', env: 'MIGD_NODE_LISTEN', doc: 'gRPC listen address host:port on the management network (default 127.0.0.1:7001)' },
+  advertise: { type: 'string', env: 'MIGD_NODE_ADVERTISE', doc: 'address other components reach this daemon at (default: --listen)' },
+  'migration-address': { type: 'string', env: 'MIGD_NODE_MIGRATION_ADDRESS', doc: "address migration streams bind to (default: --listen's host)" },
+  'state-dir': { type: 'string', env: 'MIGD_NODE_STATE_DIR', doc: "VMs' sockets, logs and records (default .state/node-<id>)" },
+  coordinator: { type: 'string', default: '', env: 'MIGD_COORDINATOR', doc: 'coordinator host:port to register with (default none)' },
+  'heartbeat-ms': { type: 'integer', default: 2000, min: 100, max: 60_000, doc: 'heartbeat period in ms (default 2000)' },
+  'qemu-binary': { type: 'string', default: 'qemu-system-x86_64', env: 'MIGD_QEMU', doc: 'QEMU binary (default qemu-system-x86_64 from PATH)' },
+  'guest-image': { type: 'string', default: DEFAULT_GUEST_IMAGE_DIR, env: 'MIGD_GUEST_IMAGE', doc: `guest-image folder (vmlinux, initrd.cpio), built by setup, never by the daemon (default ${DEFAULT_GUEST_IMAGE_DIR})` },
+  'progress-interval-ms': { type: 'integer', default: 250, min: 20, max: 250, doc: 'query-migrate polling interval in ms (default 250)' },
+  'postcopy-stall-ms': { type: 'integer', default: 3000, min: 500, max: 600_000, doc: 'post-copy stall detection in ms (default 3000)' },
+  'metrics-listen': { type: 'string', default: '', env: 'MIGD_NODE_METRICS', doc: 'Prometheus /metrics address host:port (default off)' },
+  'tls-dir': { type: 'string', env: 'MIGD_TLS_DIR', doc: 'folder with ca.crt and the node certificates (default .cache/certs)' },
+  'tls-identity': { type: 'string', env: 'MIGD_NODE_TLS_IDENTITY', doc: 'certificate presented to the coordinator and other nodes (default migd-node.<id> when present, else migd-node)' },
+  insecure: { type: 'boolean', env: 'MIGD_INSECURE', doc: 'plain-text gRPC, on loopback only (default off)' },
+  'migration-tls-dir': { type: 'string', doc: "folder with the certificates for QEMU's migration TLS (default: --tls-dir)" },
+  'coordinator-identity': { type: 'list', default: ['migd-coordinator'], env: 'MIGD_NODE_COORDINATOR_IDENTITY', doc: 'identity allowed to manage this node, repeatable (default migd-coordinator)' },
+  'storage-root': { type: 'list', env: 'MIGD_NODE_STORAGE_ROOT', doc: 'folder a VM spec may take disks from, repeatable (default: --state-dir)' },
+  'image-root': { type: 'list', env: 'MIGD_NODE_IMAGE_ROOT', doc: 'folder a VM spec may take kernels and initrds from, repeatable (default: --guest-image)' },
+  'require-migration-tls': { type: 'boolean', env: 'MIGD_NODE_REQUIRE_MIGRATION_TLS', doc: 'every migration stream uses TLS, whatever the policy says (default off)' },
+  help: { type: 'boolean', short: 'h', doc: 'print this help' },
+} as const satisfies ConfigSchema;
 
-const envMap: Record<string, keyof Raw> = {
-  MIGD_NODE_ID: 'nodeId',
-  MIGD_NODE_LISTEN: 'listen',
-  MIGD_NODE_ADVERTISE: 'advertise',
-  MIGD_NODE_MIGRATION_ADDRESS: 'migrationAddress',
-  MIGD_NODE_STATE_DIR: 'stateDir',
-  MIGD_COORDINATOR: 'coordinator',
-  MIGD_TLS_DIR: 'tlsDir',
-  MIGD_NODE_TLS_IDENTITY: 'tlsIdentity',
-  MIGD_INSECURE: 'insecure',
-  MIGD_QEMU: 'qemuBinary',
-  MIGD_GUEST_IMAGE: 'guestImage',
-  MIGD_NODE_METRICS: 'metricsListen',
-  MIGD_NODE_COORDINATOR_IDENTITY: 'coordinatorIdentity',
-  MIGD_NODE_STORAGE_ROOT: 'storageRoot',
-  MIGD_NODE_IMAGE_ROOT: 'imageRoot',
-  MIGD_NODE_REQUIRE_MIGRATION_TLS: 'requireMigrationTls',
-};
+type Raw = RawOptions<typeof NODE_OPTIONS>;
 
-/** Flags without a value. */
-const switches = new Set<keyof Raw>(['insecure', 'requireMigrationTls']);
-/** Flags that may be given more than once (also comma-separated in env, arrays in JSON). */
-const repeatable = new Set<keyof Raw>(['coordinatorIdentity', 'storageRoot', 'imageRoot']);
-
-function flagName(k: string): string {
-  return k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+/** `--help` text. */
+export function nodeUsage(): string {
+  return `usage: node dist/services/node/main.js [options]\n${configUsage(NODE_OPTIONS)}`;
 }
 
-const keys: (keyof Raw)[] = ['nodeId', 'listen', 'advertise', 'migrationAddress', 'stateDir', 'coordinator', 'heartbeatMs', 'qemuBinary', 'guestImage', 'progressIntervalMs', 'postcopyStallMs', 'metricsListen', 'tlsDir', 'tlsIdentity', 'insecure', 'migrationTlsDir', 'coordinatorIdentity', 'storageRoot', 'imageRoot', 'requireMigrationTls'];
-
-/** Parses argv (`--key value`) and env into a frozen NodeConfig. @throws ConfigError */
+/**
+ * Parses argv and env (over a JSON file named by `--config`) into a frozen NodeConfig.
+ * @throws ConfigError naming the option
+ */
 export function loadNodeConfig(argv: readonly string[] = process.argv.slice(2), env: NodeJS.ProcessEnv = process.env): NodeConfig {
-  const raw: Raw = {};
-  const flags = new Map(keys.map((k) => [flagName(k), k]));
-  let file = env['MIGD_NODE_CONFIG'];
-  const fromFlags: Raw = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i] as string;
-    if (!a.startsWith('--')) throw new ConfigError(a, 'unexpected argument (flags are --name value)');
-    const name = a.slice(2);
-    const value = argv[i + 1];
-    const sw = flags.get(name);
-    if (sw !== undefined && switches.has(sw)) {
-      fromFlags[sw] = true;
-      continue;
-    }
-    if (value === undefined) throw new ConfigError(name, 'missing value');
-    i++;
-    if (name === 'config') {
-      file = value;
-      continue;
-    }
-    const key = flags.get(name);
-    if (!key) throw new ConfigError(name, `unknown option (known: ${[...flags.keys(), 'config'].join(', ')})`);
-    if (repeatable.has(key)) fromFlags[key] = [...((fromFlags[key] as string[] | undefined) ?? []), value];
-    else fromFlags[key] = value;
-  }
-  if (file) {
-    try {
-      Object.assign(raw, JSON.parse(readFileSync(file, 'utf8')) as Raw);
-    } catch (err) {
-      throw new ConfigError('config', `cannot read ${file}: ${(err as Error).message}`);
-    }
-  }
-  for (const [e, k] of Object.entries(envMap)) if (env[e] !== undefined) raw[k] = env[e];
-  Object.assign(raw, fromFlags);
-  return resolveNodeConfig(raw);
+  return resolveNodeConfig(loadLayeredOptions(NODE_OPTIONS, argv, { env, fileOption: 'config' }));
 }
 
-function str(raw: Raw, k: keyof Raw, dflt: string): string {
-  const v = raw[k];
-  if (v === undefined || v === '') return dflt;
-  if (typeof v !== 'string') throw new ConfigError(k, 'must be a string');
-  return v;
-}
-
-function bool(raw: Raw, k: keyof Raw): boolean {
-  const v = raw[k];
-  if (v === undefined || v === '' || v === false || v === 'false' || v === '0') return false;
-  if (v === true || v === 'true' || v === '1') return true;
-  throw new ConfigError(k, `must be true or false, got ${String(v)}`);
-}
-
-/** A list option: repeated flags, a comma-separated string (env) or a JSON array. */
-function list(raw: Raw, k: keyof Raw, dflt: readonly string[]): readonly string[] {
-  const v = raw[k];
-  if (v === undefined || v === '') return dflt;
-  const items = Array.isArray(v) ? v : typeof v === 'string' ? v.split(',') : undefined;
-  if (!items || items.some((x) => typeof x !== 'string')) throw new ConfigError(k, 'must be a string or a list of strings');
-  const out = (items as string[]).map((x) => x.trim()).filter(Boolean);
-  return out.length > 0 ? out : dflt;
-}
-
-function int(raw: Raw, k: keyof Raw, dflt: number, min: number, max: number): number {
-  const v = raw[k];
-  if (v === undefined || v === '') return dflt;
-  const n = typeof v === 'number' ? v : Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(k, `must be an integer in ${min}..${max}, got ${String(v)}`);
-  return n;
-}
-
-/** Defaults and validates a raw configuration. @throws ConfigError */
+/** Defaults and validates a raw configuration. @throws ConfigError naming the flag */
 export function resolveNodeConfig(raw: Raw): NodeConfig {
-  const nodeId = str(raw, 'nodeId', hostname());
-  if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/.test(nodeId)) throw new ConfigError('nodeId', `"${nodeId}" must match [a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}`);
-  const listen = str(raw, 'listen', '127.0.0.1:7001');
-  const { host } = splitHostPort(listen);
-  const advertise = str(raw, 'advertise', listen);
-  splitHostPort(advertise);
-  const migrationAddress = str(raw, 'migrationAddress', host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host);
-  const insecure = bool(raw, 'insecure');
-  const tlsDir = str(raw, 'tlsDir', certDir());
-  if (insecure && !isLoopbackHost(host)) throw new ConfigError('insecure', `plain-text gRPC is only allowed on loopback, not on ${listen}`);
+  const { str, int, bool, list } = optionReader(NODE_OPTIONS, raw);
+  const nodeId = str('nodeId', hostname());
+  if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/.test(nodeId)) throw configError('node-id', `"${nodeId}" must match [a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}`);
+  const listen = str('listen');
+  const host = hostOf('listen', listen);
+  const advertise = str('advertise', listen);
+  hostOf('advertise', advertise);
+  const migrationAddress = str('migrationAddress', host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host);
+  const insecure = bool('insecure');
+  const tlsDir = str('tlsDir', certDir());
+  if (insecure && !isLoopbackHost(host)) throw configError('insecure', `plain-text gRPC is only allowed on loopback, not on ${listen}`);
   const files = identityFiles(tlsDir, 'migd-node');
   const own = nodeIdentity(nodeId);
-  const tlsIdentity = str(raw, 'tlsIdentity', existsSync(identityFiles(tlsDir, own).certFile) ? own : 'migd-node');
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$/.test(tlsIdentity)) throw new ConfigError('tlsIdentity', `"${tlsIdentity}" is not a certificate name`);
+  const tlsIdentity = str('tlsIdentity', existsSync(identityFiles(tlsDir, own).certFile) ? own : 'migd-node');
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$/.test(tlsIdentity)) throw configError('tls-identity', `"${tlsIdentity}" is not a certificate name`);
   const clientFiles = identityFiles(tlsDir, tlsIdentity);
-  if (!insecure && tlsIdentity !== 'migd-node' && !existsSync(clientFiles.certFile)) throw new ConfigError('tlsIdentity', `${clientFiles.certFile} does not exist`);
+  if (!insecure && tlsIdentity !== 'migd-node' && !existsSync(clientFiles.certFile)) throw configError('tls-identity', `${clientFiles.certFile} does not exist`);
   const security: TransportSecurity = insecure ? { insecure: true } : { tls: files };
   const clientSecurity: TransportSecurity = insecure ? { insecure: true } : { tls: clientFiles, serverName: 'migd-node' };
-  const stateDir = str(raw, 'stateDir', join(cacheDir(), '..', '.state', `node-${nodeId}`));
-  const guestImageDir = resolve(str(raw, 'guestImage', DEFAULT_GUEST_IMAGE_DIR));
-  const coordinatorIdentities = list(raw, 'coordinatorIdentity', ['migd-coordinator']);
+  const stateDir = str('stateDir', join(cacheDir(), '..', '.state', `node-${nodeId}`));
+  const guestImageDir = resolve(str('guestImage'));
+  const coordinatorIdentities = list('coordinatorIdentity');
   for (const id of coordinatorIdentities) {
-    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$/.test(id)) throw new ConfigError('coordinatorIdentity', `"${id}" is not a certificate name`);
-    if (boundNodeId(id) !== undefined || id === 'migd-node') throw new ConfigError('coordinatorIdentity', `"${id}" is a node identity; a node cannot manage other nodes`);
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$/.test(id)) throw configError('coordinator-identity', `"${id}" is not a certificate name`);
+    if (boundNodeId(id) !== undefined || id === 'migd-node') throw configError('coordinator-identity', `"${id}" is a node identity; a node cannot manage other nodes`);
   }
   const roots = (k: 'storageRoot' | 'imageRoot', dflt: string): readonly string[] => {
-    const r = list(raw, k, [dflt]);
-    for (const p of r) if (!isAbsolute(p)) throw new ConfigError(k, `"${p}" must be an absolute path`);
+    const r = list(k, [dflt]);
+    for (const p of r) if (!isAbsolute(p)) throw configError(flagOf(k), `"${p}" must be an absolute path`);
     return Object.freeze([...r]);
   };
   const cfg: NodeConfig = {
@@ -216,19 +158,28 @@ export function resolveNodeConfig(raw: Raw): NodeConfig {
     security,
     clientSecurity,
     tlsIdentity,
-    migrationTlsDir: str(raw, 'migrationTlsDir', tlsDir),
-    coordinator: str(raw, 'coordinator', ''),
-    heartbeatMs: int(raw, 'heartbeatMs', 2000, 100, 60_000),
-    qemuBinary: str(raw, 'qemuBinary', 'qemu-system-x86_64'),
+    migrationTlsDir: str('migrationTlsDir', tlsDir),
+    coordinator: str('coordinator'),
+    heartbeatMs: int('heartbeatMs'),
+    qemuBinary: str('qemuBinary'),
     guestImageDir,
-    progressIntervalMs: int(raw, 'progressIntervalMs', 250, 20, 250),
-    postcopyStallMs: int(raw, 'postcopyStallMs', 3000, 500, 600_000),
-    metricsListen: str(raw, 'metricsListen', ''),
+    progressIntervalMs: int('progressIntervalMs'),
+    postcopyStallMs: int('postcopyStallMs'),
+    metricsListen: str('metricsListen'),
     coordinatorIdentities: Object.freeze([...coordinatorIdentities]),
     storageRoots: roots('storageRoot', stateDir),
     imageRoots: roots('imageRoot', guestImageDir),
-    requireMigrationTls: bool(raw, 'requireMigrationTls'),
+    requireMigrationTls: bool('requireMigrationTls'),
   };
-  if (cfg.requireMigrationTls && insecure) throw new ConfigError('requireMigrationTls', 'needs certificates; it cannot be combined with --insecure');
+  if (cfg.requireMigrationTls && insecure) throw configError('require-migration-tls', 'needs certificates; it cannot be combined with --insecure');
   return Object.freeze(cfg);
+}
+
+/** The host of `address`. @throws ConfigError naming `key`'s flag when it is not host:port */
+function hostOf(key: 'listen' | 'advertise', address: string): string {
+  try {
+    return splitHostPort(address).host;
+  } catch {
+    throw configError(key, `"${address}" is not host:port`);
+  }
 }

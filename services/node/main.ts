@@ -6,7 +6,7 @@
 import { MigdError } from '../shared/errors.js';
 import { createLogger } from '../shared/log.js';
 import { restrictUmask } from '../shared/private-files.js';
-import { loadNodeConfig } from './config.js';
+import { loadNodeConfig, nodeUsage } from './config.js';
 import { NodeDaemon } from './daemon.js';
 
 const log = createLogger('node');
@@ -14,8 +14,13 @@ const log = createLogger('node');
 async function main(): Promise<void> {
   // Node state, QEMU logs, sockets and TLS copies are private to this daemon's user (QEMU
   // inherits the umask).
+  const argv = process.argv.slice(2);
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`${nodeUsage()}\n`);
+    return;
+  }
   restrictUmask();
-  const config = loadNodeConfig();
+  const config = loadNodeConfig(argv);
   const daemon = await NodeDaemon.start(config, log.child({ nodeId: config.nodeId }));
   let stopping = false;
   const shutdown = (sig: string): void => {

@@ -5,6 +5,7 @@
  * refused with a ConfigError naming the option (`--name`). Bad combinations are the caller's to
  * check, after loading, with {@link configError}.
  */
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError } from './errors.js';
 
@@ -34,6 +35,8 @@ export interface LoadedConfig<S extends ConfigSchema> {
   readonly values: ConfigValues<S>;
   /** Arguments that are not options, when `positionals` allows them. */
   readonly positionals: readonly string[];
+  /** The options set by a flag or the environment (the others hold their defaults). */
+  readonly given: ReadonlySet<keyof S & string>;
 }
 
 /** A ConfigError for `option` (a schema key), named as its flag. */
@@ -84,6 +87,7 @@ export function loadConfig<S extends ConfigSchema>(schema: S, argv: readonly str
   }
   if (parsed.positionals.length > (opts.positionals ?? 0)) throw new ConfigError('arguments', `unexpected argument "${parsed.positionals[opts.positionals ?? 0]}"`);
   const values: Record<string, unknown> = {};
+  const set = new Set<keyof S & string>();
   for (const [name, spec] of Object.entries(schema)) {
     const given = parsed.values[name];
     const fromEnv = spec.env !== undefined ? env[spec.env] : undefined;
@@ -91,8 +95,9 @@ export function loadConfig<S extends ConfigSchema>(schema: S, argv: readonly str
     else if (fromEnv !== undefined && fromEnv !== '') values[name] = convert(name, spec, fromEnv);
     else if (spec.type === 'list') values[name] = spec.default ? Object.freeze([...spec.default]) : undefined;
     else values[name] = spec.default ?? (spec.type === 'boolean' ? false : undefined);
+    if (given !== undefined || (fromEnv !== undefined && fromEnv !== '')) set.add(name);
   }
-  return Object.freeze({ values: Object.freeze(values) as ConfigValues<S>, positionals: Object.freeze([...parsed.positionals]) });
+  return Object.freeze({ values: Object.freeze(values) as ConfigValues<S>, positionals: Object.freeze([...parsed.positionals]), given: set });
 }
 
 /** `--help` text: one line per option with its documentation. */
@@ -103,4 +108,125 @@ export function configUsage(schema: ConfigSchema): string {
   });
   const width = Math.max(...rows.map(([f]) => f.length));
   return rows.map(([f, d]) => `  ${f.padEnd(width)}  ${d}`).join('\n');
+}
+
+/** `heart-beat-ms` → `heartBeatMs`. */
+type Camel<F extends string> = F extends `${infer A}-${infer B}` ? `${A}${Capitalize<Camel<B>>}` : F;
+/** The camelCase keys of a schema's options, as a JSON configuration file writes them. */
+export type OptionKey<S extends ConfigSchema> = Camel<keyof S & string>;
+/** Option values by camelCase key, from any source, not yet checked or defaulted. */
+export type RawOptions<S extends ConfigSchema> = Partial<Record<OptionKey<S>, unknown>>;
+
+/** The flag of a camelCase option key (`heartbeatMs` → `heartbeat-ms`). */
+export function flagOf(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+}
+
+function keyOf(flag: string): string {
+  return flag.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+/**
+ * A daemon's options from three sources, later ones winning: a JSON file of camelCase keys (named
+ * by the `fileOption` flag or its environment variable), the environment, the flags. Returns
+ * the values that were given, by camelCase key, for the daemon's resolver to default and check
+ * with {@link optionReader}; flags and environment values are already converted and in range.
+ * @throws ConfigError naming the flag (or the file's key): unknown options, malformed values,
+ *   an unreadable file
+ */
+export function loadLayeredOptions<S extends ConfigSchema>(schema: S, argv: readonly string[], opts: { env?: NodeJS.ProcessEnv; fileOption: keyof S & string }): RawOptions<S> {
+  const { values, given } = loadConfig(schema, argv, { env: opts.env ?? {} });
+  const raw: Record<string, unknown> = {};
+  const file = values[opts.fileOption];
+  if (typeof file === 'string' && file !== '') {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFileSync(file, 'utf8'));
+    } catch (err) {
+      throw configError(opts.fileOption, `cannot read ${file}: ${(err as Error).message}`);
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw configError(opts.fileOption, `${file} must hold a JSON object`);
+    for (const [k, v] of Object.entries(parsed)) {
+      if (!(flagOf(k) in schema) || flagOf(k) === opts.fileOption) throw new ConfigError(k, `unknown option in ${file}`);
+      raw[k] = v;
+    }
+  }
+  for (const flag of given) if (flag !== opts.fileOption) raw[keyOf(flag)] = values[flag];
+  return raw as RawOptions<S>;
+}
+
+/** Reads raw options (strings, numbers, booleans or lists, from any source) against their schema. */
+export interface OptionReader<S extends ConfigSchema> {
+  /** A string; `dflt` (else the schema's default, else '') when absent or empty. */
+  str(key: OptionKey<S>, dflt?: string): string;
+  /** A whole number within the schema's range; `dflt` (else the schema's default) when absent. */
+  int(key: OptionKey<S>, dflt?: number): number;
+  /** true/false (also "true"/"1"/"false"/"0"); `dflt` (else the schema's default, else false) when absent. */
+  bool(key: OptionKey<S>, dflt?: boolean): boolean;
+  /** A list (an array, or a comma-separated string); `dflt` (else the schema's default, else []) when absent or empty. */
+  list(key: OptionKey<S>, dflt?: readonly string[]): readonly string[];
+  /** Whether the option was given at all. */
+  has(key: OptionKey<S>): boolean;
+}
+
+/**
+ * Typed access to `raw` with the defaults and ranges of `schema`.
+ * @throws ConfigError naming the flag when a value has the wrong type or is out of range
+ */
+export function optionReader<S extends ConfigSchema>(schema: S, raw: RawOptions<S>): OptionReader<S> {
+  const get = (key: string): unknown => {
+    const v = (raw as Record<string, unknown>)[key];
+    return v === '' ? undefined : v;
+  };
+  const spec = (key: string): OptionSpec => {
+    const s = schema[flagOf(key)];
+    if (s === undefined) throw new Error(`no option ${key} in the schema`);
+    return s;
+  };
+  const fail = (key: string, message: string): ConfigError => configError(flagOf(key), message);
+  return {
+    str(key, dflt) {
+      const v = get(key);
+      const d = spec(key);
+      if (v === undefined) return dflt ?? (d.type === 'string' ? d.default : undefined) ?? '';
+      if (typeof v !== 'string') throw fail(key, `must be a string, got ${JSON.stringify(v)}`);
+      return v;
+    },
+    int(key, dflt) {
+      const v = get(key);
+      const d = spec(key);
+      if (d.type !== 'integer') throw new Error(`option ${key} is not an integer`);
+      if (v === undefined) {
+        const x = dflt ?? d.default;
+        if (x === undefined) throw fail(key, 'is required');
+        return x;
+      }
+      const n = typeof v === 'number' ? v : typeof v === 'string' && v.trim() !== '' ? Number(v) : NaN;
+      const min = d.min ?? Number.MIN_SAFE_INTEGER;
+      const max = d.max ?? Number.MAX_SAFE_INTEGER;
+      if (!Number.isInteger(n) || n < min || n > max) throw fail(key, `must be a whole number from ${min} to ${max}, got ${JSON.stringify(v)}`);
+      return n;
+    },
+    bool(key, dflt) {
+      const v = get(key);
+      const d = spec(key);
+      if (v === undefined) return dflt ?? (d.type === 'boolean' ? d.default : undefined) ?? false;
+      if (v === true || v === 'true' || v === '1') return true;
+      if (v === false || v === 'false' || v === '0') return false;
+      throw fail(key, `must be true or false, got ${JSON.stringify(v)}`);
+    },
+    list(key, dflt) {
+      const v = get(key);
+      const d = spec(key);
+      const fallback = dflt ?? (d.type === 'list' ? d.default : undefined) ?? [];
+      if (v === undefined) return fallback;
+      const items: unknown[] | undefined = Array.isArray(v) ? v : typeof v === 'string' ? v.split(',') : undefined;
+      if (items === undefined || items.some((x) => typeof x !== 'string')) throw fail(key, 'must be a string or a list of strings');
+      const out = (items as string[]).map((x) => x.trim()).filter(Boolean);
+      return out.length > 0 ? out : fallback;
+    },
+    has(key) {
+      return get(key) !== undefined;
+    },
+  };
 }

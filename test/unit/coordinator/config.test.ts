@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadCoordinatorConfig, resolveCoordinatorConfig } from '../../../services/coordinator/config.js';
+import { coordinatorUsage, COORDINATOR_OPTIONS, loadCoordinatorConfig, resolveCoordinatorConfig } from '../../../services/coordinator/config.js';
 import { DEFAULT_LIMITS } from '../../../services/coordinator/domain/scheduler.js';
 import { ConfigError } from '../../../services/shared/errors.js';
 
@@ -67,19 +67,19 @@ describe('coordinator config', () => {
   });
 
   it('names the option in every error', () => {
-    expect(configError(() => loadCoordinatorConfig(['--nope', '1'], {})).option).toBe('nope');
-    expect(configError(() => loadCoordinatorConfig(['--listen'], {})).option).toBe('listen');
-    expect(configError(() => resolveCoordinatorConfig({ listen: 'nohostport' })).option).toBe('listen');
-    expect(configError(() => resolveCoordinatorConfig({ advertise: 'x' })).option).toBe('advertise');
-    expect(configError(() => resolveCoordinatorConfig({ heartbeatMs: '10' })).option).toBe('heartbeatMs');
-    expect(configError(() => resolveCoordinatorConfig({ heartbeatMisses: '0' })).option).toBe('heartbeatMisses');
-    expect(configError(() => resolveCoordinatorConfig({ limitPerLink: '0' })).option).toBe('limitPerLink');
-    expect(configError(() => resolveCoordinatorConfig({ roles: 'alice=root' })).option).toBe('roles');
-    expect(configError(() => resolveCoordinatorConfig({ roles: 'alice' })).option).toBe('roles');
-    expect(configError(() => resolveCoordinatorConfig({ nats: 'http://x' })).option).toBe('nats');
-    expect(configError(() => resolveCoordinatorConfig({ metricsListen: '9464' })).option).toBe('metricsListen');
-    expect(configError(() => resolveCoordinatorConfig({ insecure: 'maybe' })).option).toBe('insecure');
-    expect(configError(() => resolveCoordinatorConfig({ identity: '../x' })).option).toBe('identity');
+    expect(configError(() => loadCoordinatorConfig(['--nope', '1'], {})).option).toBe('--nope');
+    expect(configError(() => loadCoordinatorConfig(['--listen'], {})).option).toBe('--listen');
+    expect(configError(() => resolveCoordinatorConfig({ listen: 'nohostport' })).option).toBe('--listen');
+    expect(configError(() => resolveCoordinatorConfig({ advertise: 'x' })).option).toBe('--advertise');
+    expect(configError(() => resolveCoordinatorConfig({ heartbeatMs: '10' })).option).toBe('--heartbeat-ms');
+    expect(configError(() => resolveCoordinatorConfig({ heartbeatMisses: '0' })).option).toBe('--heartbeat-misses');
+    expect(configError(() => resolveCoordinatorConfig({ limitPerLink: '0' })).option).toBe('--limit-per-link');
+    expect(configError(() => resolveCoordinatorConfig({ roles: 'alice=root' })).option).toBe('--roles');
+    expect(configError(() => resolveCoordinatorConfig({ roles: 'alice' })).option).toBe('--roles');
+    expect(configError(() => resolveCoordinatorConfig({ nats: 'http://x' })).option).toBe('--nats');
+    expect(configError(() => resolveCoordinatorConfig({ metricsListen: '9464' })).option).toBe('--metrics-listen');
+    expect(configError(() => resolveCoordinatorConfig({ insecure: 'maybe' })).option).toBe('--insecure');
+    expect(configError(() => resolveCoordinatorConfig({ identity: '../x' })).option).toBe('--identity');
   });
 
   it('allows plain text only on loopback', () => {
@@ -88,15 +88,40 @@ describe('coordinator config', () => {
     expect(resolveCoordinatorConfig({}).requireNodeIdentity).toBe(true);
     expect(loadCoordinatorConfig(['--allow-shared-node-identity'], {}).requireNodeIdentity).toBe(false);
     expect(loadCoordinatorConfig([], { MIGD_COORDINATOR_ALLOW_SHARED_NODE_IDENTITY: '1' }).requireNodeIdentity).toBe(false);
-    expect(configError(() => loadCoordinatorConfig(['--allow-shared-node-identity', '--require-node-identity'], {})).option).toBe('allowSharedNodeIdentity');
+    expect(configError(() => loadCoordinatorConfig(['--allow-shared-node-identity', '--require-node-identity'], {})).option).toBe('--allow-shared-node-identity');
     expect(resolveCoordinatorConfig({}).nodeDownWaitMs).toBe(120_000);
     expect(loadCoordinatorConfig(['--node-down-wait-ms', '5000'], {}).nodeDownWaitMs).toBe(5000);
-    expect(configError(() => resolveCoordinatorConfig({ nodeDownWaitMs: '-1' })).option).toBe('nodeDownWaitMs');
+    expect(configError(() => resolveCoordinatorConfig({ nodeDownWaitMs: '-1' })).option).toBe('--node-down-wait-ms');
     expect(loadCoordinatorConfig(['--require-node-identity'], {}).requireNodeIdentity).toBe(true);
     expect(loadCoordinatorConfig([], { MIGD_COORDINATOR_REQUIRE_NODE_IDENTITY: 'true' }).requireNodeIdentity).toBe(true);
-    expect(configError(() => resolveCoordinatorConfig({ requireNodeIdentity: 'perhaps' })).option).toBe('requireNodeIdentity');
+    expect(configError(() => resolveCoordinatorConfig({ requireNodeIdentity: 'perhaps' })).option).toBe('--require-node-identity');
     const e = configError(() => resolveCoordinatorConfig({ insecure: 'true', listen: '198.18.0.1:7000' }));
-    expect(e.option).toBe('insecure');
+    expect(e.option).toBe('--insecure');
     expect(e.message).toMatch(/loopback/);
+  });
+
+  it('refuses bad flags and file keys with a message naming them, and documents every flag', () => {
+    expect(configError(() => loadCoordinatorConfig(['--heartbeat-ms', 'soon'], {})).message).toBe('config --heartbeat-ms: must be a whole number from 100 to 60000, got "soon"');
+    expect(configError(() => loadCoordinatorConfig(['--heartbeat-ms', '50'], {})).option).toBe('--heartbeat-ms');
+    expect(configError(() => loadCoordinatorConfig([], { MIGD_INSECURE: 'maybe' })).option).toBe('--insecure');
+    expect(configError(() => loadCoordinatorConfig(['--insecure=yes'], {})).option).toBe('--insecure');
+    expect(configError(() => loadCoordinatorConfig(['stray'], {})).message).toMatch(/stray/);
+    expect(configError(() => loadCoordinatorConfig(['--nats-user', 'u'], {})).message).toBe('config --nats-password-file: is required with --nats-user');
+    expect(configError(() => loadCoordinatorConfig(['--config', '/nonexistent/c.json'], {})).option).toBe('--config');
+    const dir = mkdtempSync(join(tmpdir(), 'migd-cfg-'));
+    try {
+      const file = join(dir, 'c.json');
+      writeFileSync(file, JSON.stringify({ heartbeatMS: 1000 }));
+      expect(configError(() => loadCoordinatorConfig(['--config', file], {})).message).toMatch(/heartbeatMS: unknown option in/);
+      writeFileSync(file, JSON.stringify({ heartbeatMs: 'often' }));
+      expect(configError(() => loadCoordinatorConfig([], { MIGD_COORDINATOR_CONFIG: file })).option).toBe('--heartbeat-ms');
+      writeFileSync(file, '[1]');
+      expect(configError(() => loadCoordinatorConfig(['--config', file], {})).message).toMatch(/must hold a JSON object/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    const help = coordinatorUsage();
+    for (const flag of Object.keys(COORDINATOR_OPTIONS)) expect(help).toContain(`--${flag}`);
+    expect(help).toContain('(env MIGD_COORDINATOR_DB)');
   });
 });

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { loadNodeConfig } from '../../../services/node/config.js';
+import { loadNodeConfig, NODE_OPTIONS, nodeUsage } from '../../../services/node/config.js';
 import { ConfigError } from '../../../services/shared/errors.js';
 
 let dir: string | undefined;
@@ -73,5 +73,34 @@ describe('node daemon security options', () => {
     expect(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--storage-root', 'rel'], {})).toThrow(/absolute/);
     expect(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--coordinator-identity', 'migd-node.b'], {})).toThrow(/node identity/);
     expect(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--require-migration-tls'], {})).toThrow(ConfigError);
+  });
+});
+
+describe('node daemon flags', () => {
+  it('refuses bad flags and values naming the flag, reads a JSON file under env and flags, and documents every flag', () => {
+    const err = (f: () => unknown): ConfigError => {
+      try {
+        f();
+      } catch (e) {
+        if (e instanceof ConfigError) return e;
+        throw e;
+      }
+      throw new Error('expected a ConfigError');
+    };
+    expect(err(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--nope'], {})).option).toBe('--nope');
+    expect(err(() => loadNodeConfig(['--node-id'], {})).option).toBe('--node-id');
+    expect(err(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--progress-interval-ms', '1000'], {})).message).toBe('config --progress-interval-ms: must be a whole number from 20 to 250, got "1000"');
+    expect(err(() => loadNodeConfig(['--node-id', 'a b', '--insecure'], {})).option).toBe('--node-id');
+    expect(err(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--listen', 'nowhere'], {})).option).toBe('--listen');
+    expect(err(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--storage-root', 'rel'], {})).option).toBe('--storage-root');
+    dir = mkdtempSync(join(tmpdir(), 'migd-node-config-'));
+    const file = join(dir, 'node.json');
+    writeFileSync(file, JSON.stringify({ nodeId: 'f', heartbeatMs: 500, storageRoot: ['/s1', '/s2'], insecure: true }));
+    const cfg = loadNodeConfig(['--config', file, '--heartbeat-ms', '700'], { MIGD_NODE_ID: 'e' });
+    expect(cfg).toMatchObject({ nodeId: 'e', heartbeatMs: 700, storageRoots: ['/s1', '/s2'], security: { insecure: true } });
+    writeFileSync(file, JSON.stringify({ nodeID: 'x' }));
+    expect(err(() => loadNodeConfig([], { MIGD_NODE_CONFIG: file })).message).toMatch(/nodeID: unknown option in/);
+    const help = nodeUsage();
+    for (const flag of Object.keys(NODE_OPTIONS)) expect(help).toContain(`--${flag}`);
   });
 });

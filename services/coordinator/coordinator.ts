@@ -14,6 +14,7 @@ import type { Logger } from '../shared/log.js';
 import { createMetrics, outboxLagObserver, type MigdMetrics } from '../shared/metrics/metrics.js';
 import { startMetricsServer, type MetricsServer } from '../shared/metrics/server.js';
 import { RpcServer } from '../shared/rpc/server.js';
+import { retry } from '../shared/retry.js';
 import { splitHostPort } from '../shared/rpc/tls.js';
 import type { CoordinatorConfig } from './config.js';
 import { EventBus } from './event-bus.js';
@@ -126,25 +127,28 @@ export class Coordinator {
    */
   private async connectNats(servers: string, auth: NatsClientAuth): Promise<void> {
     const log = this.log.child({ component: 'nats' });
-    let backoff = 500;
-    while (!this.stopper.signal.aborted) {
-      try {
-        const nc = await connect({ ...natsConnectOptions(servers.split(','), auth), name: 'migd-coordinator', maxReconnectAttempts: -1, reconnectTimeWait: 1000, timeout: 3000 });
-        if (this.stopper.signal.aborted) {
-          await nc.close();
-          return;
-        }
-        this.nc = nc;
-        this.relay = startOutboxRelay({ source: this.store.outbox, nc, onLag: outboxLagObserver(this.metrics), logger: log });
-        log.info('connected to NATS; publishing the outbox', { server: redactNatsUrl(nc.getServer()) });
-        return;
-      } catch (err) {
+    const signal = this.stopper.signal;
+    let nc: NatsConnection;
+    try {
+      nc = await retry(() => connect({ ...natsConnectOptions(servers.split(','), auth), name: 'migd-coordinator', maxReconnectAttempts: -1, reconnectTimeWait: 1000, timeout: 3000 }), {
+        initialMs: 500,
+        maxMs: 10_000,
+        signal,
+        retryable: () => true,
         // Warn once per outage; the outbox keeps every event meanwhile.
-        (backoff === 500 ? log.warn : log.debug)('NATS not reachable; events wait in the outbox', { err: (err as Error).message, retryInMs: backoff });
-        await sleep(backoff, undefined, { signal: this.stopper.signal }).catch(() => undefined);
-        backoff = Math.min(backoff * 2, 10_000);
-      }
+        onRetry: (err, attempt, retryInMs) => (attempt === 1 ? log.warn : log.debug)('NATS not reachable; events wait in the outbox', { err: (err as Error).message, retryInMs }),
+      });
+    } catch (err) {
+      if (signal.aborted) return;
+      throw err;
     }
+    if (signal.aborted) {
+      await nc.close();
+      return;
+    }
+    this.nc = nc;
+    this.relay = startOutboxRelay({ source: this.store.outbox, nc, onLag: outboxLagObserver(this.metrics), logger: log });
+    log.info('connected to NATS; publishing the outbox', { server: redactNatsUrl(nc.getServer()) });
   }
 
   /** Stops serving and detaches from running migrations (they keep running on their nodes). */

@@ -4,7 +4,7 @@
  * stream; a stream that ends before its run finished is resumed, skipping events already seen.
  * Errors propagate to the caller (app.ts), which turns them into messages and exit codes.
  */
-import { UnavailableError, isAbortError } from '../../shared/errors.js';
+import { CancelledError, MigdError, UnavailableError, isAbortError } from '../../shared/errors.js';
 import {
   CancelRunResponse,
   ComparePoliciesResponse,
@@ -31,6 +31,7 @@ import { adjustRunRequest, createVmRequest, drainRequest, exportRequest, listRun
 import { UsageError } from './units.js';
 import { formatComparison, formatCreatedVm, formatNodes, formatPlan, formatRunDetails, formatRunState, formatRuns, formatVms } from './views.js';
 import { isTerminalState } from '../../shared/policy/states.js';
+import { retry } from '../../shared/retry.js';
 
 /** The coordinator API as migctl uses it (a narrow seam: tests may pass a fake). */
 export type CoordinatorClient = Omit<RpcClient<typeof CoordinatorServiceService>, 'close' | 'waitForReady' | 'registerNode' | 'heartbeat'>;
@@ -222,27 +223,37 @@ export async function watchRuns(ctx: CommandContext, seeds: readonly RunSeed[], 
   }
 }
 
-/** One run's stream to its end; resolves to the run as the coordinator has it then. */
+/**
+ * One run's stream to its end; resolves to the run as the coordinator has it then. A stream that
+ * ends (or fails as unavailable) before the run has finished is opened again, after a short
+ * back-off, at most {@link WATCH_RESUMES} times.
+ */
 async function followRun(ctx: CommandContext, runId: string, statesOnly: boolean, onEvent: (ev: Event) => void, signal: AbortSignal): Promise<Run> {
   let lastSeq = 0;
-  for (let attempt = 0; ; attempt++) {
-    let completed = false;
-    for await (const m of ctx.client.watch({ scope: { $case: 'runId', value: runId }, statesOnly }, stream(ctx, signal))) {
-      const ev = m.event;
-      if (!ev) continue;
-      // A resumed stream replays the run from its start: skip what was shown already.
-      if (ev.runSequence > 0 && ev.runSequence <= lastSeq) continue;
-      lastSeq = Math.max(lastSeq, ev.runSequence);
-      onEvent(ev);
-      if (ev.payload?.$case === 'runCompleted' && ev.payload.value.runId === runId) {
-        completed = true;
-        break;
+  return retry(
+    async (attempt) => {
+      let completed = false;
+      for await (const m of ctx.client.watch({ scope: { $case: 'runId', value: runId }, statesOnly }, stream(ctx, signal))) {
+        const ev = m.event;
+        if (!ev) continue;
+        // A resumed stream replays the run from its start: skip what was shown already.
+        if (ev.runSequence > 0 && ev.runSequence <= lastSeq) continue;
+        lastSeq = Math.max(lastSeq, ev.runSequence);
+        onEvent(ev);
+        if (ev.payload?.$case === 'runCompleted' && ev.payload.value.runId === runId) {
+          completed = true;
+          break;
+        }
       }
-    }
-    const run = (await ctx.client.getRun({ runId }, { ...unary(ctx), signal })).run;
-    if (run && (completed || isTerminalState(run.state))) return run;
-    if (attempt >= WATCH_RESUMES) throw new UnavailableError(`the watch of run ${runId} ended ${attempt + 1} times before the run finished (now ${run ? stateName(run.state) : 'unknown'})`);
-  }
+      const run = (await ctx.client.getRun({ runId }, { ...unary(ctx), signal })).run;
+      if (run && (completed || isTerminalState(run.state))) return run;
+      throw new UnavailableError(`the watch of run ${runId} ended ${attempt} times before the run finished (now ${run ? stateName(run.state) : 'unknown'})`);
+    },
+    { attempts: WATCH_RESUMES + 1, initialMs: 100, maxMs: 2000, signal, retryable: (err) => err instanceof MigdError && err.code === 'UNAVAILABLE' },
+  ).catch((err: unknown) => {
+    // Stopped (Ctrl-C, or another run's stream failed): say so as a cancellation.
+    throw signal.aborted && !(err instanceof CancelledError) ? new CancelledError(`stopped watching run ${runId}`, { cause: err }) : err;
+  });
 }
 
 /** Every event of the cluster until Ctrl-C (exit 0) or the coordinator ends the stream (exit 5). */

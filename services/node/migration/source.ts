@@ -475,43 +475,50 @@ export class SourceMigration {
     try {
       const status = async (): Promise<string> => String(((await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 })) as QmpMigrationInfo).status);
       if ((await status()) === 'postcopy-active') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('migrate-pause on source', { err }));
-      let backoff = 500;
-      for (let attempt = 1; !this.stop.signal.aborted; attempt++) {
-        if (this.now() > deadline) throw new Error(`post-copy recovery gave up after ${this.opts.recoveryTimeoutMs} ms`);
-        try {
-          await peer.pauseIncoming({ runId: this.runId }, { deadlineMs: 5000 });
-          const uri = streamUri(this.p.destination.migrationAddress, await peer.recoverIncoming({ runId: this.runId }, { deadlineMs: 10_000 }));
-          // wait for the source to be paused before resuming
-          for (let i = 0; i < 50 && (await status()) !== 'postcopy-paused'; i++) await sleep(100);
-          log.info('post-copy recovery: resuming', { attempt, uri });
-          this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_RECOVERING, `attempt ${attempt}: resuming`);
-          await vm.qmp.execute('migrate', { uri, resume: true });
-          // Did it take? Recovery reaches postcopy-active (or completes); a dead link falls back
-          // to postcopy-paused, or hangs in recover-setup until we pause it again.
-          const until = this.now() + 5000;
-          let s = await status();
-          while (this.now() < until && (s === 'postcopy-recover-setup' || s === 'postcopy-recover')) {
-            await sleep(200);
-            s = await status();
-          }
-          if (s === 'postcopy-active' || s === 'completed') {
-            this.recoveries++;
-            this.transition(MigrationState.MIGRATION_STATE_POSTCOPY, `recovered after ${attempt} attempt(s)`);
-            return;
-          }
-          if (s !== 'postcopy-paused') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch(() => undefined);
-          log.info('post-copy recovery attempt failed; retrying', { attempt, status: s, backoff });
-        } catch (err) {
-          if (this.stop.signal.aborted) return;
-          log.info('post-copy recovery attempt failed; retrying', { attempt, err: (err as Error).message, backoff });
+      const attemptRecovery = async (attempt: number): Promise<void> => {
+        await peer.pauseIncoming({ runId: this.runId }, { deadlineMs: 5000 });
+        const uri = streamUri(this.p.destination.migrationAddress, await peer.recoverIncoming({ runId: this.runId }, { deadlineMs: 10_000 }));
+        // wait for the source to be paused before resuming
+        for (let i = 0; i < 50 && (await status()) !== 'postcopy-paused'; i++) await sleep(100);
+        log.info('post-copy recovery: resuming', { attempt, uri });
+        this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_RECOVERING, `attempt ${attempt}: resuming`);
+        await vm.qmp.execute('migrate', { uri, resume: true });
+        // Did it take? Recovery reaches postcopy-active (or completes); a dead link falls back
+        // to postcopy-paused, or hangs in recover-setup until we pause it again.
+        const until = this.now() + 5000;
+        let s = await status();
+        while (this.now() < until && (s === 'postcopy-recover-setup' || s === 'postcopy-recover')) {
+          await sleep(200);
+          s = await status();
         }
-        this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED, `recovery attempt ${attempt} failed; retrying in ${backoff} ms`);
-        await sleep(backoff);
-        backoff = Math.min(backoff * 2, 5000);
-      }
+        if (s === 'postcopy-active' || s === 'completed') {
+          this.recoveries++;
+          this.transition(MigrationState.MIGRATION_STATE_POSTCOPY, `recovered after ${attempt} attempt(s)`);
+          return;
+        }
+        if (s !== 'postcopy-paused') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch(() => undefined);
+        throw new Error(`the stream did not resume (QEMU status ${s})`);
+      };
+      await retry(attemptRecovery, {
+        initialMs: 500,
+        maxMs: 5000,
+        jitter: 0,
+        deadlineMs: Math.max(0, deadline - this.now()),
+        now: this.now,
+        // Every wait ends as soon as the migration stops (e.g. the daemon shuts down).
+        signal: this.stop.signal,
+        retryable: () => true,
+        onRetry: (err, attempt, backoff) => {
+          log.info('post-copy recovery attempt failed; retrying', { attempt, err: (err as Error).message, backoff });
+          this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED, `recovery attempt ${attempt} failed; retrying in ${backoff} ms`);
+        },
+      }).catch((err: unknown) => {
+        throw this.stop.signal.aborted ? err : new Error(`post-copy recovery gave up after ${this.opts.recoveryTimeoutMs} ms: ${(err as Error).message}`, { cause: err });
+      });
     } catch (err) {
+      if (this.stop.signal.aborted) return;
       this.p.log.warn('post-copy recovery failed', { err });
-      if (!this.stop.signal.aborted) await this.fail(`post-copy recovery failed: ${publicMessage(err)}`, 'RECOVERY_FAILED');
+      await this.fail(`post-copy recovery failed: ${publicMessage(err)}`, 'RECOVERY_FAILED');
     } finally {
       this.recovering = false;
     }

@@ -17,6 +17,7 @@
 import { ErrorCode, Events, type JetStreamClient, type JetStreamManager, type NatsConnection } from 'nats';
 import { CancelledError, ConfigError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
+import { retry } from '../retry.js';
 import { eventHeaders } from './codec.js';
 import { ensureEventStream, resolveEventStreamOptions, type EventStreamOptions } from './jetstream.js';
 import type { OutboxRecord, OutboxSource } from './outbox.js';
@@ -119,8 +120,8 @@ class Relay implements OutboxRelay {
   private streamReady = false;
   private jsmPromise: Promise<JetStreamManager> | undefined;
   private lastLagAt = 0;
-  /** Cuts the current retry delay short (on reconnect). */
-  private retryCut: (() => void) | undefined;
+  /** Ends the current round of retries (on reconnect), so the next attempt starts at once. */
+  private round: AbortController | undefined;
   private statusWatch: Partial<{ stop(): void }> | undefined;
 
   constructor(opts: OutboxRelayOptions) {
@@ -155,7 +156,7 @@ class Relay implements OutboxRelay {
     void (async () => {
       for await (const s of status) {
         if (s.type === Events.Reconnect) {
-          this.retryCut?.();
+          this.round?.abort();
           this.wake();
         }
       }
@@ -212,22 +213,37 @@ class Relay implements OutboxRelay {
   }
 
   private async run(): Promise<void> {
-    let failuresInRow = 0;
     while (!this.stopping) {
-      const failure = await this.cycle();
-      if (this.stopping) break;
-      if (failure === 'idle') {
-        failuresInRow = 0;
-        await this.waitForWork();
-      } else if (failure === 'busy') {
-        failuresInRow = 0;
-      } else {
-        failuresInRow++;
-        this.counters.failures++;
-        const delay = this.backoff(failuresInRow);
-        this.log.warn('outbox relay: publishing failed; will retry', { err: failure, retryInMs: delay, failuresInRow });
-        await this.sleep(delay);
+      // A round retries failed cycles with back-off until one works; a reconnect ends the round
+      // (and its delay) so the next cycle starts at once. New rows do not cut a delay short.
+      this.round = new AbortController();
+      let outcome: 'idle' | 'busy';
+      try {
+        outcome = await retry(
+          async () => {
+            const r = await this.cycle();
+            if (r instanceof Error) throw r;
+            return r;
+          },
+          {
+            initialMs: this.retryInitialMs,
+            maxMs: this.retryMaxMs,
+            jitter: 0.25,
+            signal: AbortSignal.any([this.stopper.signal, this.round.signal]),
+            retryable: () => true,
+            onRetry: (err, failuresInRow, retryInMs) => {
+              this.counters.failures++;
+              this.log.warn('outbox relay: publishing failed; will retry', { err, retryInMs, failuresInRow });
+            },
+          },
+        );
+      } catch {
+        continue; // stopped, or reconnected: go round again (the loop ends when stopped)
+      } finally {
+        this.round = undefined;
       }
+      if (this.stopping) break;
+      if (outcome === 'idle') await this.waitForWork();
     }
   }
 
@@ -317,11 +333,6 @@ class Relay implements OutboxRelay {
     }
   }
 
-  private backoff(failuresInRow: number): number {
-    const base = Math.min(this.retryMaxMs, this.retryInitialMs * 2 ** Math.min(failuresInRow - 1, 20));
-    return Math.round(base / 2 + (Math.random() * base) / 2);
-  }
-
   private waitForWork(): Promise<void> {
     if (this.pending || this.stopping) return Promise.resolve();
     return new Promise((resolve) => {
@@ -334,22 +345,6 @@ class Relay implements OutboxRelay {
         clearTimeout(timer);
         resolve();
       };
-    });
-  }
-
-  /** Sleeps `ms` unless stopped or reconnected; new rows do not cut a retry delay short. */
-  private sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const signal = this.stopper.signal;
-      const done = (): void => {
-        clearTimeout(timer);
-        signal.removeEventListener('abort', done);
-        this.retryCut = undefined;
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      signal.addEventListener('abort', done, { once: true });
-      this.retryCut = done;
     });
   }
 }

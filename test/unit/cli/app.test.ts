@@ -131,6 +131,36 @@ describe('migctl', () => {
     expect(submit.idempotencyKey).toBe('key-1');
   });
 
+  it('resumes a watch whose stream fails as unavailable, and gives up (exit 5) after six streams end early', async () => {
+    let watches = 0;
+    const h = harness({
+      getRun: async () => ({ run: Run.fromPartial({ id: 'r1', vmName: 'vm1', state: watches >= 2 ? S.MIGRATION_STATE_SUCCEEDED : S.MIGRATION_STATE_PRECOPY }) }),
+      watch: () => {
+        watches++;
+        if (watches === 1) {
+          return stream(events([progressEv(1, 100)]), async () => {
+            throw new UnavailableError('coordinator restarting');
+          });
+        }
+        return stream(events([progressEv(1, 100), doneEv(2, S.MIGRATION_STATE_SUCCEEDED)]));
+      },
+    });
+    expect(await runMigctl(['watch', 'r1'], h.deps)).toBe(0);
+    expect(watches).toBe(2);
+
+    let ended = 0;
+    const never = harness({
+      getRun: async () => ({ run: Run.fromPartial({ id: 'r1', vmName: 'vm1', state: S.MIGRATION_STATE_PRECOPY }) }),
+      watch: () => {
+        ended++;
+        return stream(events([progressEv(1, 100)]));
+      },
+    });
+    expect(await runMigctl(['watch', 'r1'], never.deps)).toBe(5);
+    expect(ended).toBe(6);
+    expect(never.err.join('')).toContain('the watch of run r1 ended 6 times before the run finished (now precopy)');
+  });
+
   it('exits 1 when a watched run fails, and prints one JSON object per line with --json', async () => {
     const h = harness({
       getRun: async () => ({ run: Run.fromPartial({ id: 'r1', vmName: 'vm1', state: S.MIGRATION_STATE_FAILED }) }),

@@ -12,7 +12,7 @@
  * docs/chaos/<name>.{md,json} (default name: seed-<N>). Exit code 1 when an invariant was violated.
  * Needs root (namespaces, tmpfs), like the integration tests.
  */
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { repoRoot } from '../services/shared/paths.js';
@@ -65,6 +65,8 @@ async function main(): Promise<void> {
     console.log(l);
     if (logFile) appendFileSync(logFile, `${l}\n`);
   };
+  const out = values.out ?? join(repoRoot(), 'docs', 'chaos');
+  const name = values.name ?? `seed-${seed}`;
   const result = await runCampaign({
     seed,
     faults,
@@ -74,9 +76,12 @@ async function main(): Promise<void> {
     ...(only ? { only } : {}),
     log,
     ...(logFile ? { onClusterLog: (l: string) => appendFileSync(logFile, `${l}\n`) } : {}),
+    // The results so far are saved after every step (as <name>.partial.*): a long campaign that
+    // is stopped still leaves its table.
+    onProgress: (partial) => saveReport(partial, out, `${name}.partial`),
   });
-  const out = values.out ?? join(repoRoot(), 'docs', 'chaos');
-  const { md, json } = saveReport(result, out, values.name ?? `seed-${seed}`);
+  const { md, json } = saveReport(result, out, name);
+  for (const ext of ['md', 'json']) rmSync(join(out, `${name}.partial.${ext}`), { force: true });
   console.log('\n' + markdownReport(result).split('## Steps')[0]!.trim());
   const s = summarize(result);
   console.log(`\nchaos: ${s.injected} faults, ${s.survived} survived, ${s.violations} violations; saved ${md} and ${json}`);

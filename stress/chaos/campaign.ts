@@ -47,6 +47,8 @@ export interface CampaignOptions {
   readonly log: (line: string) => void;
   /** Daemon log lines (default dropped). */
   readonly onClusterLog?: (line: string) => void;
+  /** Called after every step with the results so far (a long campaign saves them as it goes). */
+  readonly onProgress?: (partial: CampaignResult) => void;
 }
 
 /** One injected fault and what came of it. */
@@ -628,6 +630,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
         break;
       }
       records.push(...(await c.step(s)));
+      o.onProgress?.({ seed: o.seed, fromStep: from, faultsPerStep: perStep, only: o.only ?? [], startedAt: startedAt.toISOString(), durationMs: Date.now() - startedAt.getTime(), records: [...records], finalViolations: [], restarts: c.restarts() });
     }
     finalViolations = await c.finalCheck();
     restarts = c.restarts();

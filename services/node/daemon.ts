@@ -63,6 +63,9 @@ const patternNames: Record<number, GuestPattern> = {
   [WorkloadPattern.WORKLOAD_PATTERN_IDLE]: 'idle',
 };
 
+/** Clients of other node daemons kept open at most (see NodeDaemon.peer). */
+const PEER_CLIENTS_MAX = 64;
+
 export class NodeDaemon {
   private readonly feeds = new Map<string, GuestFeed>();
   private readonly specs = new Map<string, ProtoVmSpec>();
@@ -158,11 +161,21 @@ export class NodeDaemon {
     return this.server?.port ?? 0;
   }
 
+  /**
+   * A client of another node daemon, cached by node and address. The cache is bounded: the least
+   * recently used client beyond PEER_CLIENTS_MAX is closed (after a grace, so a call in flight on
+   * it finishes).
+   */
   private peer(ep: MigrationEndpoint): NodePeer {
-    let p = this.peers.get(ep.managementAddress);
-    if (!p) {
-      p = createClient('migd.v1.NodeService', NodeServiceService, ep.managementAddress, { security: this.config.clientSecurity });
-      this.peers.set(ep.managementAddress, p);
+    const key = `${ep.nodeId}\u0000${ep.managementAddress}`;
+    let p = this.peers.get(key);
+    if (p) this.peers.delete(key); // re-inserted below as the most recently used
+    else p = createClient('migd.v1.NodeService', NodeServiceService, ep.managementAddress, { security: this.config.clientSecurity });
+    this.peers.set(key, p);
+    while (this.peers.size > PEER_CLIENTS_MAX) {
+      const [oldKey, old] = this.peers.entries().next().value as [string, NodePeer & { close(): void }];
+      this.peers.delete(oldKey);
+      setTimeout(() => old.close(), 120_000).unref();
     }
     return p;
   }

@@ -9,6 +9,9 @@ import type { Logger } from '../shared/log.js';
 import { retry } from '../shared/retry.js';
 import type { SerialSubscription } from './vm/serial.js';
 
+/** Guest workers whose pass count is tracked at most. */
+const MAX_WORKERS = 256;
+
 export class GuestFeed {
   readonly samples = new Broadcast<GuestPerfSample>({ limit: 1024 });
   readonly console = new Broadcast<Uint8Array>({ limit: 1024 });
@@ -46,7 +49,8 @@ export class GuestFeed {
     for await (const chunk of this.open(this.stop.signal)) {
       this.console.publish(chunk);
       for (const ev of parser.push(Buffer.from(chunk))) {
-        if (ev.type === 'pass') this.passes.set(ev.worker, ev.pass);
+        // Worker numbers come from the guest: only so many are tracked.
+        if (ev.type === 'pass' && (this.passes.has(ev.worker) || this.passes.size < MAX_WORKERS)) this.passes.set(ev.worker, ev.pass);
         if (ev.type === 'verify' && Date.now() - (this.last?.hostMs ?? 0) > 1000) {
           // A guest that writes nothing (idle pattern) still verifies its memory: report
           // that as a heartbeat-only sample (ms_per_gib 0), so it is seen alive and intact.

@@ -163,13 +163,27 @@ export async function runCommand(inv: Invocation, ctx: CommandContext): Promise<
       return ExitCode.OK;
     }
     case 'export': {
-      const r = await client.exportRuns(exportRequest(f, io.now()), unary(ctx, 60_000));
+      // The coordinator sends the export in pages (it never builds more than one page of
+      // timelines at a time); the pages make one document here.
+      const req = exportRequest(f, io.now());
+      const parts: Buffer[] = [];
+      const docs: unknown[] = [];
+      let contentType = '';
+      for (let token = ''; ; ) {
+        const r = await client.exportRuns({ ...req, pageToken: token }, unary(ctx, 60_000));
+        contentType = r.contentType;
+        if (r.contentType.includes('json')) docs.push(...(JSON.parse(Buffer.from(r.data).toString('utf8')) as unknown[]));
+        else parts.push(Buffer.from(r.data));
+        token = r.nextPageToken;
+        if (!token) break;
+      }
+      const data = contentType.includes('json') ? Buffer.from(JSON.stringify(docs), 'utf8') : Buffer.concat(parts);
       const out = flagString(f, 'output');
       if (out !== undefined && out !== '-') {
-        await io.writeFile(out, r.data);
-        io.stderr(`wrote ${r.data.length} bytes (${r.contentType || 'data'}) to ${out}\n`);
+        await io.writeFile(out, data);
+        io.stderr(`wrote ${data.length} bytes (${contentType || 'data'}) to ${out}\n`);
       } else {
-        io.stdout(Buffer.from(r.data).toString('utf8'));
+        io.stdout(data.toString('utf8'));
       }
       return ExitCode.OK;
     }

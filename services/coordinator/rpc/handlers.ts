@@ -81,7 +81,7 @@ export function coordinatorHandlers(p: CoordinatorParts): Handlers<typeof Coordi
     listRuns: async (req) => p.store.analytics.listRuns(req),
     getRunTimeline: async (req) => p.store.analytics.getRunTimeline(required(req.runId, 'run_id')),
     comparePolicies: async (req) => p.store.analytics.comparePolicies(req.filter ?? {}),
-    exportRuns: async (req) => p.store.analytics.exportRuns(req.filter ?? {}, req.format),
+    exportRuns: async (req) => p.store.analytics.exportRuns(req.filter ?? {}, req.format, { pageSize: req.pageSize, pageToken: req.pageToken }),
     watch: (req, ctx) => {
       const scope = req.scope;
       if (scope?.$case === 'cluster' && scope.value) {

@@ -2,7 +2,7 @@
  * Queries over the run history: pages of runs, a run's timeline, the per-policy comparison, and
  * the export (JSON or CSV) of the runs a filter selects.
  */
-import { InvalidArgumentError, NotFoundError, ResourceExhaustedError } from '../../shared/errors.js';
+import { InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
 import { MigrationState } from '../../shared/gen/migd/v1/common.js';
 import {
   ExportFormat,
@@ -21,7 +21,12 @@ import { guestToProto, hostCpuToProto, progressToProto } from './mapping.js';
 import { decodePageToken, encodePageToken, filterFingerprint } from './page-token.js';
 import { loadRuns } from './plan-run-repository.js';
 import { mean, orZero, quantile } from './stats.js';
-import type { AnalyticsRepository, CompareOptions } from './types.js';
+import type { AnalyticsRepository, CompareOptions, ExportPage } from './types.js';
+
+/** Runs per export page when the caller does not say. */
+export const EXPORT_PAGE_DEFAULT = 100;
+/** Most runs one export page holds. */
+export const EXPORT_PAGE_MAX = 500;
 
 export class SqlAnalyticsRepository implements AnalyticsRepository {
   constructor(private readonly d: StoreDatabase) {}
@@ -195,23 +200,35 @@ export class SqlAnalyticsRepository implements AnalyticsRepository {
     return { summaries };
   }
 
-  async exportRuns(filter: Partial<RunFilter>, format: ExportFormat): Promise<ExportRunsResponse> {
+  async exportRuns(filter: Partial<RunFilter>, format: ExportFormat, page: ExportPage = {}): Promise<ExportRunsResponse> {
     const f = normalizeFilter(filter);
     if (format !== ExportFormat.EXPORT_FORMAT_UNSPECIFIED && format !== ExportFormat.EXPORT_FORMAT_JSON && format !== ExportFormat.EXPORT_FORMAT_CSV) {
       throw new InvalidArgumentError(`unknown export format ${format}`);
     }
+    // A page holds at most this many runs, whatever the caller asks: the timelines of one call
+    // are what the coordinator holds in memory for it.
+    const pageSize = Math.min(this.d.o.maxExportRuns, EXPORT_PAGE_MAX, Math.max(1, page.pageSize || EXPORT_PAGE_DEFAULT));
+    const fp = filterFingerprint({ export: f });
+    const cursor = page.pageToken ? decodePageToken(page.pageToken, fp) : null;
     this.d.checkOpen();
     const ids = await this.d.db
       .selectFrom('runs')
-      .select(['id', 'policy_label'])
-      .where((eb) => eb.and(filterConditions(eb, f)))
+      .select(['id', 'policy_label', 'created_at'])
+      .where((eb) => {
+        const c = filterConditions(eb, f);
+        if (cursor !== null) {
+          c.push(eb.or([eb('runs.created_at', '>', cursor.createdAtMs), eb.and([eb('runs.created_at', '=', cursor.createdAtMs), eb('runs.id', '>', cursor.id)])]));
+        }
+        return eb.and(c);
+      })
       .orderBy('created_at')
       .orderBy('id')
-      .limit(this.d.o.maxExportRuns + 1)
+      .limit(pageSize + 1)
       .execute();
-    if (ids.length > this.d.o.maxExportRuns) {
-      throw new ResourceExhaustedError(`the filter selects more than ${this.d.o.maxExportRuns} runs; narrow it (e.g. a time range) and export in parts`);
-    }
+    const more = ids.length > pageSize;
+    if (more) ids.length = pageSize;
+    const last = ids[ids.length - 1];
+    const nextPageToken = more && last !== undefined ? encodePageToken({ createdAtMs: last.created_at, id: last.id }, fp) : '';
     // One short read per run, so a large export never holds the connection (and with it every
     // writer and the relay) for long.
     const labels = new Map<string, string>();
@@ -225,7 +242,7 @@ export class SqlAnalyticsRepository implements AnalyticsRepository {
       }
     }
     if (format === ExportFormat.EXPORT_FORMAT_CSV) {
-      return { data: Buffer.from(timelinesToCsv(timelines, labels), 'utf8'), contentType: 'text/csv' };
+      return { data: Buffer.from(timelinesToCsv(timelines, labels, { header: cursor === null }), 'utf8'), contentType: 'text/csv', nextPageToken };
     }
     // Each element is a GetRunTimelineResponse in proto3 JSON, plus the run's policy label (which
     // no proto message carries); JSON readers of the proto ignore the extra field.
@@ -236,6 +253,7 @@ export class SqlAnalyticsRepository implements AnalyticsRepository {
     return {
       data: Buffer.from(JSON.stringify(docs), 'utf8'),
       contentType: 'application/json',
+      nextPageToken,
     };
   }
 }

@@ -54,7 +54,7 @@ const iso = (d: Date | undefined): string => (d === undefined ? '' : d.toISOStri
  * One CSV document for timelines: a row per progress sample (one empty-sample row for a run
  * without any). `labels` maps run ids to their policy labels.
  */
-export function timelinesToCsv(timelines: readonly GetRunTimelineResponse[], labels: ReadonlyMap<string, string> = new Map()): string {
+export function timelinesToCsv(timelines: readonly GetRunTimelineResponse[], labels: ReadonlyMap<string, string> = new Map(), opts: { header?: boolean } = {}): string {
   const rows: CsvValue[][] = [];
   for (const t of timelines) {
     const r = t.run;
@@ -111,5 +111,7 @@ export function timelinesToCsv(timelines: readonly GetRunTimelineResponse[], lab
       ]);
     }
   }
-  return toCsv(CSV_HEADER, rows);
+  const csv = toCsv(CSV_HEADER, rows);
+  // Later pages of a paged export leave the header out, so the pages concatenate into one file.
+  return opts.header === false ? csv.slice(csv.indexOf('\r\n') + 2) : csv;
 }

@@ -32,6 +32,7 @@ import { SqlSampleRepository } from './sample-repository.js';
 import type { SampleWriterStats } from './sample-writer.js';
 import type {
   CompareOptions,
+  ExportPage,
   CreatePlanInput,
   CreatePlanResult,
   CreateRunInput,
@@ -183,8 +184,8 @@ export class RepositoryHistoryStore implements HistoryStore {
   comparePolicies(filter?: Partial<RunFilter>, opts?: CompareOptions): Promise<ComparePoliciesResponse> {
     return this.analytics.comparePolicies(filter, opts);
   }
-  exportRuns(filter: Partial<RunFilter>, format: ExportFormat): Promise<ExportRunsResponse> {
-    return this.analytics.exportRuns(filter, format);
+  exportRuns(filter: Partial<RunFilter>, format: ExportFormat, page?: ExportPage): Promise<ExportRunsResponse> {
+    return this.analytics.exportRuns(filter, format, page);
   }
 
   // --- OutboxRepository

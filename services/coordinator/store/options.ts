@@ -26,7 +26,7 @@ export interface HistoryStoreOptions {
   /** Guest samples this long before a run's start (and after its end) belong to its timeline
    * and to the "before" figure of comparisons, in ms. Default 60 000. */
   guestWindowMs?: number;
-  /** Most runs one export may contain. Default 10 000. */
+  /** Most runs one export page may contain (pages are at most 500 runs anyway). Default 10 000. */
   maxExportRuns?: number;
   /** Clock in ms since the epoch. Default `Date.now`. */
   now?: () => number;

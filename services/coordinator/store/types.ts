@@ -246,12 +246,18 @@ export interface AnalyticsRepository {
    */
   comparePolicies(filter?: Partial<RunFilter>, opts?: CompareOptions): Promise<ComparePoliciesResponse>;
   /**
-   * The selected runs with their timelines, as JSON (array of timelines) or CSV (one row per
-   * progress sample with the run's columns; a run without samples gets one row).
-   * @throws InvalidArgumentError for an inverted time range; ResourceExhaustedError when the
-   *   filter selects more runs than the export limit.
+   * One page of the selected runs with their timelines, oldest first, as JSON (array of
+   * timelines) or CSV (one row per progress sample with the run's columns; a run without samples
+   * gets one row; the header on the first page only), and the token of the next page.
+   * @throws InvalidArgumentError for an inverted time range or a bad page token (BAD_PAGE_TOKEN)
    */
-  exportRuns(filter: Partial<RunFilter>, format: ExportFormat): Promise<ExportRunsResponse>;
+  exportRuns(filter: Partial<RunFilter>, format: ExportFormat, page?: ExportPage): Promise<ExportRunsResponse>;
+}
+
+/** One page of an export: runs oldest first after `pageToken`, at most `pageSize` (capped). */
+export interface ExportPage {
+  readonly pageSize?: number;
+  readonly pageToken?: string;
 }
 
 /** The transactional outbox of events: publishing (OutboxSource) and replay. */

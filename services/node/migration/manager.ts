@@ -63,6 +63,22 @@ export interface MigrationManagerDeps {
   readonly onFinished?: (info: MigrationInfo) => void;
   /** Every stream uses TLS whatever the policy says (policies without it are upgraded). */
   readonly requireTls?: boolean;
+  /**
+   * Finished runs whose outcome (source) or handover answer (destination) stays in memory for
+   * retries and late readers; older ones are forgotten (their records stay on disk for a day).
+   * Default 4096.
+   */
+  readonly keptFinishedRuns?: number;
+}
+
+/** How long a finished source migration stays live (adjust/cancel answer its own way) before it becomes a kept outcome. */
+const RETIRE_AFTER_MS = 60_000;
+
+/** Sets `key` as the newest entry of `map` and forgets the oldest beyond `max`. */
+function remember<K, V>(map: Map<K, V>, key: K, value: V, max: number): void {
+  map.delete(key);
+  map.set(key, value);
+  while (map.size > max) map.delete(map.keys().next().value as K);
 }
 
 /** How long a source node may still read the VM it migrated here (GetVm, WatchGuest) after the run ends. */
@@ -92,9 +108,33 @@ export class MigrationManager {
   /** VM name → source node id and expiry, for runs that ended here (the source still reads the VM). */
   private readonly peerGrants = new Map<string, { nodeId: string; untilMs: number }>();
 
+  private readonly kept: number;
+
   constructor(private readonly d: MigrationManagerDeps) {
+    this.kept = d.keptFinishedRuns ?? 4096;
     this.records = new MigrationRecords(d.stateDir);
     void this.sweepIncoming(this.closing.signal);
+  }
+
+  /**
+   * Reports a source migration's end, and a while later keeps only its outcome (bounded), so the
+   * driver objects of finished runs do not pile up.
+   */
+  private whenFinished(runId: string, m: SourceMigration): void {
+    void m.finished().then((info) => {
+      this.d.onFinished?.(info);
+      const t = setTimeout(() => {
+        if (this.outgoing.get(runId) !== m) return;
+        remember(this.past, runId, m.info(), this.kept);
+        this.outgoing.delete(runId);
+      }, RETIRE_AFTER_MS);
+      t.unref();
+    });
+  }
+
+  /** Runs held in memory (live and finished), for tests and metrics. */
+  get sizes(): { outgoing: number; incoming: number; past: number; confirmed: number; peerGrants: number } {
+    return { outgoing: this.outgoing.size, incoming: this.incoming.size, past: this.past.size, confirmed: this.confirmed.size, peerGrants: this.peerGrants.size };
   }
 
   private self(): MigrationEndpoint | undefined {
@@ -125,7 +165,7 @@ export class MigrationManager {
 
   private async reconcileSource(r: SourceRecord): Promise<void> {
     if (r.phase === 'finished') {
-      if (r.outcome) this.past.set(r.runId, MigrationInfo.fromJSON(r.outcome));
+      if (r.outcome) remember(this.past, r.runId, MigrationInfo.fromJSON(r.outcome), this.kept);
       return;
     }
     const log = this.d.log.child({ runId: r.runId, vm: r.vmName, role: 'source' });
@@ -148,7 +188,7 @@ export class MigrationManager {
         ...(confirm?.alive ? {} : { error: errorInfo('ABORTED', 'SOURCE_LOST', confirm ? 'the guest runs on the destination but did not verify its memory there' : `the source QEMU was gone when the node daemon restarted (phase ${r.phase})`) }),
       });
       if (!confirm && r.phase !== 'postcopy') await peer.abortIncoming({ runId: r.runId }, { deadlineMs: 10_000 }).catch(() => undefined);
-      this.past.set(r.runId, info);
+      remember(this.past, r.runId, info, this.kept);
       r.phase = 'finished';
       r.outcome = MigrationInfo.toJSON(info);
       await this.records.write(r);
@@ -173,14 +213,14 @@ export class MigrationManager {
       ...(this.self() ? { self: this.self()! } : {}),
     });
     this.outgoing.set(r.runId, m);
-    void m.finished().then((info) => this.d.onFinished?.(info));
+    this.whenFinished(r.runId, m);
     await m.adopt();
   }
 
   private async reconcileDestination(r: DestinationRecord): Promise<void> {
     if (r.phase === 'confirmed') {
-      if (r.confirm) this.confirmed.set(r.runId, ConfirmIncomingResponse.fromJSON(r.confirm));
-      if (r.boundSource) this.confirmedBy.set(r.runId, r.boundSource);
+      if (r.confirm) remember(this.confirmed, r.runId, ConfirmIncomingResponse.fromJSON(r.confirm), this.kept);
+      if (r.boundSource) remember(this.confirmedBy, r.runId, r.boundSource, this.kept);
       return;
     }
     const log = this.d.log.child({ runId: r.runId, vm: r.vmName, role: 'destination' });
@@ -315,7 +355,7 @@ export class MigrationManager {
         else this.d.host.setMigration(req.vmName, undefined);
         throw err;
       }
-      void m.finished().then((info) => this.d.onFinished?.(info));
+      this.whenFinished(req.runId, m);
       return m.info();
     })();
     this.starting.set(req.runId, run);
@@ -483,8 +523,8 @@ export class MigrationManager {
     }
     const m = this.incFor(req.runId, caller);
     const res = await m.confirm(req.timeoutMs || 30_000);
-    this.confirmed.set(req.runId, res);
-    if (m.sourceNodeId) this.confirmedBy.set(req.runId, m.sourceNodeId);
+    remember(this.confirmed, req.runId, res, this.kept);
+    if (m.sourceNodeId) remember(this.confirmedBy, req.runId, m.sourceNodeId, this.kept);
     if (this.incoming.get(req.runId) === m) {
       m.detach();
       this.ended(m);

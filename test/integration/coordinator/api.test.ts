@@ -211,7 +211,7 @@ describe('coordinator API', () => {
     const cmp = await op.comparePolicies({ filter: { vmName: '', nodeId: '', states: [], policyKinds: [], createdAfter: undefined, createdBefore: undefined, planId: '', runIds: [], label: 'single' } });
     expect(cmp.summaries).toHaveLength(1);
     expect(cmp.summaries[0]).toMatchObject({ runs: 1, succeeded: 1, label: 'single' });
-    const csv = await op.exportRuns({ filter: { vmName: '', nodeId: '', states: [], policyKinds: [], createdAfter: undefined, createdBefore: undefined, planId: '', runIds: [runId], label: '' }, format: ExportFormat.EXPORT_FORMAT_CSV });
+    const csv = await op.exportRuns({ filter: { vmName: '', nodeId: '', states: [], policyKinds: [], createdAfter: undefined, createdBefore: undefined, planId: '', runIds: [runId], label: '' }, format: ExportFormat.EXPORT_FORMAT_CSV, pageSize: 0, pageToken: '' });
     expect(csv.contentType).toContain('text/csv');
     expect(Buffer.from(csv.data).toString().split('\n').length).toBeGreaterThan(2);
     verified['vm1'] = after.at(-1)!.pagesVerified;

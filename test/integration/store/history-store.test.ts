@@ -7,7 +7,6 @@ import {
   InvalidArgumentError,
   NotFoundError,
   AlreadyExistsError,
-  ResourceExhaustedError,
 } from '../../../services/shared/errors.js';
 import { MigrationState as S, PolicyKind, PolicyActionKind } from '../../../services/shared/gen/migd/v1/common.js';
 import { ExportFormat, NodeStatus, PlanState } from '../../../services/shared/gen/migd/v1/coordinator.js';
@@ -533,11 +532,34 @@ describe('queries', () => {
     expect(text).toContain('"lab, ""quoted""\nline"');
     expect(text.endsWith('\r\n')).toBe(true);
 
-    const limited = await openStore(await tempDirFor(), { maxExportRuns: 1, now: clock.now });
+    // A page never holds more than the store's limit, whatever the caller asks; the pages
+    // together hold every run once, oldest first, and CSV pages after the first have no header.
+    const limited = await openStore(await tempDirFor(), { maxExportRuns: 2, now: clock.now });
     try {
-      await limited.createRun(runInput());
-      await limited.createRun(runInput());
-      await expect(limited.exportRuns({}, ExportFormat.EXPORT_FORMAT_JSON)).rejects.toBeInstanceOf(ResourceExhaustedError);
+      const made = [];
+      for (let i = 0; i < 5; i++) {
+        made.push((await limited.createRun(runInput())).id);
+        clock.advance(1000);
+      }
+      const seen: string[] = [];
+      let pages = 0;
+      for (let token = ''; ; pages++) {
+        const page = await limited.exportRuns({}, ExportFormat.EXPORT_FORMAT_JSON, { pageSize: 1000, pageToken: token });
+        const docs = JSON.parse(Buffer.from(page.data).toString('utf8')) as { run: { id: string } }[];
+        expect(docs.length).toBeLessThanOrEqual(2);
+        seen.push(...docs.map((d) => d.run.id));
+        token = page.nextPageToken;
+        if (!token) break;
+      }
+      expect(seen).toEqual(made);
+      expect(pages).toBe(2);
+      const first = await limited.exportRuns({}, ExportFormat.EXPORT_FORMAT_CSV, { pageSize: 1 });
+      const second = await limited.exportRuns({}, ExportFormat.EXPORT_FORMAT_CSV, { pageSize: 1, pageToken: first.nextPageToken });
+      expect(Buffer.from(first.data).toString().startsWith('run_id,')).toBe(true);
+      expect(Buffer.from(second.data).toString()).toContain(made[1]!);
+      expect(Buffer.from(second.data).toString()).not.toContain('run_id,');
+      // A token is bound to its filter.
+      await expect(limited.exportRuns({ vmName: 'other' }, ExportFormat.EXPORT_FORMAT_JSON, { pageToken: first.nextPageToken })).rejects.toMatchObject({ reason: 'BAD_PAGE_TOKEN' });
     } finally {
       await limited.close();
     }

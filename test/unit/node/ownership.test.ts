@@ -491,4 +491,32 @@ describe('a restarted daemon reconciles its records (MigrationManager)', () => {
     await expect(m.prepareIncoming(PrepareIncomingRequest.fromPartial({ runId: 'run-late', spec: spec('vm2') }))).rejects.toMatchObject({ reason: 'RUN_ABORTED' });
     expect(base.destroyed).toEqual(['vm1']);
   });
+
+  it('keeps a bounded number of finished runs in memory: the oldest handovers and outcomes are forgotten', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'migd-own-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const recs = new MigrationRecords(dir);
+    const now = new Date().toISOString();
+    const confirm = ConfirmIncomingResponse.toJSON(ConfirmIncomingResponse.fromPartial({ alive: true, pid: 7 }));
+    for (let i = 0; i < 12; i++) {
+      await recs.write({ format: 1, runId: `in-${i}`, role: 'destination', vmName: `vm-in-${i}`, phase: 'confirmed', boundSource: 'a', confirm, policy: {}, startedAt: now, updatedAt: now });
+      const outcome = MigrationInfo.fromPartial({ runId: `out-${i}`, vmName: `vm-out-${i}`, state: MigrationState.MIGRATION_STATE_SUCCEEDED });
+      await recs.write({ format: 1, runId: `out-${i}`, role: 'source', vmName: `vm-out-${i}`, phase: 'finished', peer: { nodeId: 'c', managementAddress: 'c:1', migrationAddress: 'c' }, policy: {}, outcome: MigrationInfo.toJSON(outcome), startedAt: now, updatedAt: now });
+    }
+    const m = new MigrationManager({ nodeId: 'b', host: fakeHost(), supportedCapabilities: new Set(['events']), migrationAddress: '127.0.0.1', stateDir: dir, peer: () => fakePeer({}), log: quiet, keptFinishedRuns: 5 });
+    cleanups.push(() => m.close());
+    await m.reconcile();
+    expect(m.sizes).toMatchObject({ past: 5, confirmed: 5 });
+    // What is kept still answers; what was forgotten is unknown.
+    let answered = 0;
+    for (let i = 0; i < 12; i++) {
+      const res = await m.confirmIncoming({ runId: `in-${i}`, timeoutMs: 10, resume: false }).then(() => true, (err: unknown) => {
+        expect(err).toBeInstanceOf(NotFoundError);
+        return false;
+      });
+      if (res) answered++;
+    }
+    expect(answered).toBe(5);
+    expect(m.list(false)).toHaveLength(5);
+  });
 });

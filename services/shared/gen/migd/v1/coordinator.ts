@@ -546,14 +546,26 @@ export interface ExportRunsRequest {
     | undefined;
   /** The format. */
   format: ExportFormat;
+  /**
+   * Maximum runs per page, oldest first (default 100, at most 500): the coordinator never builds
+   * more timelines than this for one call.
+   */
+  pageSize: number;
+  /** Token from a previous response's next_page_token. */
+  pageToken: string;
 }
 
-/** ExportRunsResponse is the export. */
+/** ExportRunsResponse is one page of the export. */
 export interface ExportRunsResponse {
-  /** The exported document. */
+  /**
+   * The exported document: a JSON array of the page's runs, or CSV rows (the header only on the
+   * first page, so pages concatenate into one file).
+   */
   data: Buffer;
   /** Its media type ("application/json" or "text/csv"). */
   contentType: string;
+  /** Token for the next page; empty on the last page. */
+  nextPageToken: string;
 }
 
 /** WatchRequest selects what to watch. */
@@ -4174,7 +4186,7 @@ export const ComparePoliciesResponse: MessageFns<ComparePoliciesResponse> = {
 };
 
 function createBaseExportRunsRequest(): ExportRunsRequest {
-  return { filter: undefined, format: 0 };
+  return { filter: undefined, format: 0, pageSize: 0, pageToken: "" };
 }
 
 export const ExportRunsRequest: MessageFns<ExportRunsRequest> = {
@@ -4184,6 +4196,12 @@ export const ExportRunsRequest: MessageFns<ExportRunsRequest> = {
     }
     if (message.format !== 0) {
       writer.uint32(16).int32(message.format);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(24).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(34).string(message.pageToken);
     }
     return writer;
   },
@@ -4217,6 +4235,22 @@ export const ExportRunsRequest: MessageFns<ExportRunsRequest> = {
             message.format = reader.int32() as any;
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4233,6 +4267,16 @@ export const ExportRunsRequest: MessageFns<ExportRunsRequest> = {
     return {
       filter: isSet(object.filter) ? RunFilter.fromJSON(object.filter) : undefined,
       format: isSet(object.format) ? exportFormatFromJSON(object.format) : 0,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
     };
   },
 
@@ -4243,6 +4287,12 @@ export const ExportRunsRequest: MessageFns<ExportRunsRequest> = {
     }
     if (message.format !== 0) {
       obj.format = exportFormatToJSON(message.format);
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
     }
     return obj;
   },
@@ -4256,12 +4306,14 @@ export const ExportRunsRequest: MessageFns<ExportRunsRequest> = {
       ? RunFilter.fromPartial(object.filter)
       : undefined;
     message.format = object.format ?? 0;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseExportRunsResponse(): ExportRunsResponse {
-  return { data: Buffer.alloc(0), contentType: "" };
+  return { data: Buffer.alloc(0), contentType: "", nextPageToken: "" };
 }
 
 export const ExportRunsResponse: MessageFns<ExportRunsResponse> = {
@@ -4271,6 +4323,9 @@ export const ExportRunsResponse: MessageFns<ExportRunsResponse> = {
     }
     if (message.contentType !== "") {
       writer.uint32(18).string(message.contentType);
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(26).string(message.nextPageToken);
     }
     return writer;
   },
@@ -4304,6 +4359,14 @@ export const ExportRunsResponse: MessageFns<ExportRunsResponse> = {
             message.contentType = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4324,6 +4387,11 @@ export const ExportRunsResponse: MessageFns<ExportRunsResponse> = {
         : isSet(object.content_type)
         ? globalThis.String(object.content_type)
         : "",
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -4335,6 +4403,9 @@ export const ExportRunsResponse: MessageFns<ExportRunsResponse> = {
     if (message.contentType !== "") {
       obj.contentType = message.contentType;
     }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
     return obj;
   },
 
@@ -4345,6 +4416,7 @@ export const ExportRunsResponse: MessageFns<ExportRunsResponse> = {
     const message = createBaseExportRunsResponse();
     message.data = object.data ?? Buffer.alloc(0);
     message.contentType = object.contentType ?? "";
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };

@@ -37,7 +37,7 @@ export interface NodeConfig {
   readonly tlsIdentity: string;
   /** Folder with ca.crt and migd-node.{crt,key}, used for QEMU's migration-stream TLS. */
   readonly migrationTlsDir: string;
-  /** Coordinator to register with and heartbeat (empty: none). */
+  /** Coordinator to register with and heartbeat (empty: none); replicated coordinators: several, comma-separated (the node follows the leader). */
   readonly coordinator: string;
   /** Heartbeat period in ms (default 2000). */
   readonly heartbeatMs: number;

@@ -16,11 +16,12 @@ import { retry } from '../shared/retry.js';
 import type { HostInfo, VmInfo } from '../shared/gen/migd/v1/common.js';
 import { CoordinatorServiceService } from '../shared/gen/migd/v1/coordinator.js';
 import type { Logger } from '../shared/log.js';
-import { createClient, type RpcClient } from '../shared/rpc/client.js';
+import type { RpcClient } from '../shared/rpc/client.js';
+import { createLeaderClient, splitAddresses } from '../shared/rpc/leader-client.js';
 import type { TransportSecurity } from '../shared/rpc/tls.js';
 
 export interface RegistrationOptions {
-  /** Coordinator address (host:port). */
+  /** Coordinator address (host:port); replicated coordinators: several, comma-separated (calls go to the leader). */
   readonly coordinator: string;
   /** Transport security (this node's identity; the coordinator verified as `migd-coordinator`). */
   readonly security: TransportSecurity;
@@ -54,7 +55,11 @@ export function startRegistration(o: RegistrationOptions): Registration {
   const retryMax = o.retryMaxMs ?? 1000;
   const client =
     o.client ??
-    createClient('migd.v1.CoordinatorService', CoordinatorServiceService, o.coordinator, { security: { ...o.security, serverName: 'migd-coordinator' }, maxReconnectBackoffMs: Math.max(100, Math.floor(retryMax / 2)) });
+    createLeaderClient('migd.v1.CoordinatorService', CoordinatorServiceService, splitAddresses(o.coordinator), {
+      security: { ...o.security, serverName: 'migd-coordinator' },
+      maxReconnectBackoffMs: Math.max(100, Math.floor(retryMax / 2)),
+      onMove: (from, to, why) => o.log.info('following the coordinator leader', { from, to, why }),
+    });
   const deadlineMs = o.deadlineMs ?? 5000;
   let markRegistered!: () => void;
   const registered = new Promise<void>((resolve) => (markRegistered = resolve));

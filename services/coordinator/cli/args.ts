@@ -9,7 +9,7 @@ import { UsageError, parseDurationMs } from './units.js';
 
 /** Options every command shares, fully defaulted. */
 export interface GlobalOptions {
-  /** host:port of the coordinator. */
+  /** host:port of the coordinator; replicated coordinators: several, comma-separated (calls follow the leader). */
   readonly coordinator: string;
   /** Folder with ca.crt and <identity>.{crt,key}. */
   readonly certDir: string;
@@ -93,7 +93,10 @@ function resolveGlobal(values: FlagValues, env: ArgsEnvironment): GlobalOptions 
     return e !== undefined && e !== '' ? e : undefined;
   };
   const coordinator = str('coordinator', 'MIGD_COORDINATOR') ?? DEFAULT_COORDINATOR;
-  if (!/^(?:\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/.test(coordinator)) throw new UsageError(`--coordinator: ${JSON.stringify(coordinator)} is not HOST:PORT`);
+  const addresses = coordinator.split(',').map((a) => a.trim());
+  for (const a of addresses) {
+    if (!/^(?:\[[0-9a-fA-F:.]+\]|[^:\s,]+):\d{1,5}$/.test(a)) throw new UsageError(`--coordinator: ${JSON.stringify(a)} is not HOST:PORT (several: HOST:PORT,HOST:PORT)`);
+  }
   const identity = str('identity', 'MIGD_IDENTITY') ?? 'operator';
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(identity)) throw new UsageError(`--identity: ${JSON.stringify(identity)} is not a certificate name`);
   const timeout = values['timeout'];

@@ -11,7 +11,7 @@ import { writeFile } from 'node:fs/promises';
 import { CoordinatorServiceService } from '../../shared/gen/migd/v1/coordinator.js';
 import { certDir } from '../../shared/paths.js';
 import { identityFiles } from '../../shared/pki.js';
-import { createClient } from '../../shared/rpc/client.js';
+import { createLeaderClient, splitAddresses } from '../../shared/rpc/leader-client.js';
 import { runMigctl } from './app.js';
 import { DEFAULT_DEADLINE_MS } from './commands.js';
 import { ExitCode } from './exit-codes.js';
@@ -55,7 +55,7 @@ const code = await runMigctl(process.argv.slice(2), {
     for (const f of [files.caFile, files.certFile, files.keyFile]) {
       if (!existsSync(f)) throw new Error(`${f} is missing (identity "${g.identity}" in ${g.certDir}; see --cert-dir, --identity; scripts/setup creates development certificates)`);
     }
-    return createClient('migd.v1.CoordinatorService', CoordinatorServiceService, g.coordinator, {
+    return createLeaderClient('migd.v1.CoordinatorService', CoordinatorServiceService, splitAddresses(g.coordinator), {
       defaultDeadlineMs: g.timeoutMs ?? DEFAULT_DEADLINE_MS,
       security: { tls: files, serverName: 'migd-coordinator' },
     });

@@ -17,7 +17,7 @@ export interface FlagSpec {
 export type FlagSpecs = Readonly<Record<string, FlagSpec>>;
 
 export const GLOBAL_FLAGS: FlagSpecs = {
-  coordinator: { type: 'string', value: 'HOST:PORT', help: 'coordinator address (env MIGD_COORDINATOR, default 127.0.0.1:7000)' },
+  coordinator: { type: 'string', value: 'HOST:PORT[,…]', help: 'coordinator address, or the addresses of replicated coordinators (calls follow the leader; env MIGD_COORDINATOR, default 127.0.0.1:7000)' },
   'cert-dir': { type: 'string', value: 'DIR', help: 'folder with ca.crt and IDENTITY.{crt,key} (env MIGD_CERT_DIR, default <repo>/.cache/certs)' },
   identity: { type: 'string', value: 'NAME', help: 'client certificate to use; its name is your role (env MIGD_IDENTITY, default operator)' },
   json: { type: 'boolean', help: 'machine-readable output: proto JSON (one object per line while watching)' },

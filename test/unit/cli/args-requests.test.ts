@@ -62,6 +62,9 @@ describe('command line', () => {
     expect(() => parseCommandLine(['migrate', 'vm1', '--bogus'], env)).toThrow(/migrate: unknown flag '--bogus'/);
     expect(() => parseCommandLine(['migrate', 'vm1', '--to'], env)).toThrow(UsageError);
     expect(() => parseCommandLine(['nodes', '--coordinator', 'nohost'], env)).toThrow(/--coordinator: "nohost" is not HOST:PORT/);
+    expect(() => parseCommandLine(['nodes', '--coordinator', 'a:1,nohost'], env)).toThrow(/--coordinator: "nohost" is not HOST:PORT/);
+    const several = parseCommandLine(['nodes', '--coordinator', '10.0.0.1:7000,10.0.0.2:7000'], env);
+    expect(several.kind === 'run' && several.global.coordinator).toBe('10.0.0.1:7000,10.0.0.2:7000');
     expect(() => parseCommandLine(['nodes', '--timeout', '0'], env)).toThrow(/--timeout/);
   });
 });

@@ -126,6 +126,7 @@ export function createLeaderClient<S extends Record<string, AnyMethod>>(serviceN
         const end = Date.now() + budget;
         const tried = new Set<string>();
         let pause = 100;
+        let refused: unknown;
         for (;;) {
           const at = current;
           tried.add(at);
@@ -134,7 +135,10 @@ export function createLeaderClient<S extends Record<string, AnyMethod>>(serviceN
             // waitForReady would sit on a dead coordinator until the deadline: not with several.
             return await (clientOf(at) as unknown as Record<string, (r: unknown, o: CallOptions) => Promise<unknown>>)[key]!(request, { ...o, waitForReady: false, deadlineMs: Math.max(1, left) });
           } catch (err) {
+            // Out of time on a retry: the refusal that made us retry says more than the deadline.
+            if (refused !== undefined && err instanceof MigdError && err.code === 'DEADLINE_EXCEEDED') throw refused;
             if (!shouldMove(err) || o.signal?.aborted || Date.now() >= end) throw err;
+            refused = err;
             const to = next(err, at, tried);
             if (to === 'wait') {
               tried.clear();

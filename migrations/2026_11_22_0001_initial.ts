@@ -4,32 +4,39 @@
  *
  * Conventions: times are INTEGER milliseconds since the Unix epoch (UTC); enums are INTEGER proto
  * enum values; proto sub-messages that are only read back whole are JSON (proto3 JSON mapping).
+ *
+ * Edited once (issue 15, Postgres as a second dialect): the column types come from dialect.ts,
+ * which gives SQLite exactly the types released here (the SQLite DDL is unchanged) and Postgres
+ * their equivalents.
  */
 import { sql, type Kysely } from 'kysely';
+import { columnTypes } from './dialect.js';
 
 // Migrations are typed against no schema on purpose (`Kysely<any>`): they must keep compiling
 // unchanged while the application's schema types move on.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export async function up(db: Kysely<any>): Promise<void> {
+  // SQLite gets exactly the types this migration was released with; Postgres their equivalents.
+  const t = columnTypes(db);
   await db.schema
     .createTable('nodes')
     .addColumn('id', 'text', (c) => c.primaryKey())
     .addColumn('management_address', 'text', (c) => c.notNull().defaultTo(''))
     .addColumn('migration_address', 'text', (c) => c.notNull().defaultTo(''))
     .addColumn('host_json', 'text', (c) => c.notNull())
-    .addColumn('status', 'integer', (c) => c.notNull())
-    .addColumn('last_heartbeat_at', 'integer')
-    .addColumn('updated_at', 'integer', (c) => c.notNull())
+    .addColumn('status', t.integer, (c) => c.notNull())
+    .addColumn('last_heartbeat_at', t.integer)
+    .addColumn('updated_at', t.integer, (c) => c.notNull())
     .execute();
 
   await db.schema
     .createTable('vms')
     .addColumn('name', 'text', (c) => c.primaryKey())
     .addColumn('node_id', 'text')
-    .addColumn('state', 'integer', (c) => c.notNull())
-    .addColumn('memory_mib', 'integer', (c) => c.notNull().defaultTo(0))
+    .addColumn('state', t.integer, (c) => c.notNull())
+    .addColumn('memory_mib', t.integer, (c) => c.notNull().defaultTo(0))
     .addColumn('info_json', 'text', (c) => c.notNull())
-    .addColumn('updated_at', 'integer', (c) => c.notNull())
+    .addColumn('updated_at', t.integer, (c) => c.notNull())
     .execute();
   await db.schema.createIndex('vms_node_id').on('vms').columns(['node_id', 'name']).execute();
 
@@ -37,9 +44,9 @@ export async function up(db: Kysely<any>): Promise<void> {
     .createTable('plans')
     .addColumn('id', 'text', (c) => c.primaryKey())
     .addColumn('idempotency_key', 'text', (c) => c.notNull().unique())
-    .addColumn('created_at', 'integer', (c) => c.notNull())
-    .addColumn('state', 'integer', (c) => c.notNull())
-    .addColumn('priority', 'integer', (c) => c.notNull().defaultTo(0))
+    .addColumn('created_at', t.integer, (c) => c.notNull())
+    .addColumn('state', t.integer, (c) => c.notNull())
+    .addColumn('priority', t.integer, (c) => c.notNull().defaultTo(0))
     .addColumn('ordering_reason', 'text', (c) => c.notNull().defaultTo(''))
     .addColumn('request_json', 'text', (c) => c.notNull())
     .addColumn('migrations_json', 'text', (c) => c.notNull())
@@ -53,23 +60,23 @@ export async function up(db: Kysely<any>): Promise<void> {
     .addColumn('source_node_id', 'text', (c) => c.notNull())
     .addColumn('destination_node_id', 'text', (c) => c.notNull())
     .addColumn('policy_json', 'text', (c) => c.notNull())
-    .addColumn('policy_kind', 'integer', (c) => c.notNull())
+    .addColumn('policy_kind', t.integer, (c) => c.notNull())
     .addColumn('policy_label', 'text', (c) => c.notNull().defaultTo(''))
-    .addColumn('state', 'integer', (c) => c.notNull())
-    .addColumn('priority', 'integer', (c) => c.notNull().defaultTo(0))
-    .addColumn('memory_mib', 'integer', (c) => c.notNull().defaultTo(0))
-    .addColumn('created_at', 'integer', (c) => c.notNull())
-    .addColumn('started_at', 'integer')
-    .addColumn('finished_at', 'integer')
+    .addColumn('state', t.integer, (c) => c.notNull())
+    .addColumn('priority', t.integer, (c) => c.notNull().defaultTo(0))
+    .addColumn('memory_mib', t.integer, (c) => c.notNull().defaultTo(0))
+    .addColumn('created_at', t.integer, (c) => c.notNull())
+    .addColumn('started_at', t.integer)
+    .addColumn('finished_at', t.integer)
     // Last per-run event sequence number handed out (Event.run_sequence).
-    .addColumn('last_sequence', 'integer', (c) => c.notNull().defaultTo(0))
+    .addColumn('last_sequence', t.integer, (c) => c.notNull().defaultTo(0))
     // Outcome: the whole MigrationStats as JSON plus the figures queries aggregate on.
     .addColumn('stats_json', 'text')
-    .addColumn('total_time_ms', 'integer')
-    .addColumn('downtime_ms', 'integer')
-    .addColumn('transferred_bytes', 'integer')
-    .addColumn('host_cpu_seconds', 'real')
-    .addColumn('integrity_errors', 'integer')
+    .addColumn('total_time_ms', t.integer)
+    .addColumn('downtime_ms', t.integer)
+    .addColumn('transferred_bytes', t.integer)
+    .addColumn('host_cpu_seconds', t.real)
+    .addColumn('integrity_errors', t.integer)
     .addColumn('error_reason', 'text')
     .addColumn('error_message', 'text')
     .addColumn('error_code', 'text')
@@ -102,23 +109,23 @@ export async function up(db: Kysely<any>): Promise<void> {
 
   await db.schema
     .createTable('run_transitions')
-    .addColumn('id', 'integer', (c) => c.primaryKey().autoIncrement())
+    .addColumn('id', t.serial, (c) => t.serialKey(c))
     .addColumn('run_id', 'text', (c) => c.notNull().references('runs.id').onDelete('cascade'))
-    .addColumn('at', 'integer', (c) => c.notNull())
-    .addColumn('from_state', 'integer', (c) => c.notNull())
-    .addColumn('to_state', 'integer', (c) => c.notNull())
+    .addColumn('at', t.integer, (c) => c.notNull())
+    .addColumn('from_state', t.integer, (c) => c.notNull())
+    .addColumn('to_state', t.integer, (c) => c.notNull())
     .addColumn('reason', 'text', (c) => c.notNull().defaultTo(''))
     .execute();
   await db.schema.createIndex('run_transitions_run').on('run_transitions').columns(['run_id', 'id']).execute();
 
   await db.schema
     .createTable('policy_actions')
-    .addColumn('id', 'integer', (c) => c.primaryKey().autoIncrement())
+    .addColumn('id', t.serial, (c) => t.serialKey(c))
     .addColumn('run_id', 'text', (c) => c.notNull().references('runs.id').onDelete('cascade'))
-    .addColumn('at', 'integer', (c) => c.notNull())
-    .addColumn('elapsed_ms', 'integer', (c) => c.notNull().defaultTo(0))
-    .addColumn('kind', 'integer', (c) => c.notNull())
-    .addColumn('value', 'integer', (c) => c.notNull().defaultTo(0))
+    .addColumn('at', t.integer, (c) => c.notNull())
+    .addColumn('elapsed_ms', t.integer, (c) => c.notNull().defaultTo(0))
+    .addColumn('kind', t.integer, (c) => c.notNull())
+    .addColumn('value', t.integer, (c) => c.notNull().defaultTo(0))
     .addColumn('reason', 'text', (c) => c.notNull().defaultTo(''))
     .addColumn('actor', 'text', (c) => c.notNull().defaultTo(''))
     .execute();
@@ -128,55 +135,55 @@ export async function up(db: Kysely<any>): Promise<void> {
   // samples exist before (and after) any run of their VM.
   await db.schema
     .createTable('progress_samples')
-    .addColumn('id', 'integer', (c) => c.primaryKey().autoIncrement())
+    .addColumn('id', t.serial, (c) => t.serialKey(c))
     .addColumn('run_id', 'text', (c) => c.notNull())
-    .addColumn('at', 'integer', (c) => c.notNull())
-    .addColumn('elapsed_ms', 'integer', (c) => c.notNull())
-    .addColumn('state', 'integer', (c) => c.notNull())
+    .addColumn('at', t.integer, (c) => c.notNull())
+    .addColumn('elapsed_ms', t.integer, (c) => c.notNull())
+    .addColumn('state', t.integer, (c) => c.notNull())
     .addColumn('qemu_status', 'text', (c) => c.notNull())
-    .addColumn('pass', 'integer', (c) => c.notNull())
-    .addColumn('transferred_bytes', 'integer', (c) => c.notNull())
-    .addColumn('remaining_bytes', 'integer', (c) => c.notNull())
-    .addColumn('total_bytes', 'integer', (c) => c.notNull())
-    .addColumn('throughput_mbps', 'real', (c) => c.notNull())
-    .addColumn('dirty_pages_rate', 'integer', (c) => c.notNull())
-    .addColumn('page_size', 'integer', (c) => c.notNull())
-    .addColumn('expected_downtime_ms', 'integer', (c) => c.notNull())
-    .addColumn('throttle_pct', 'integer', (c) => c.notNull())
-    .addColumn('postcopy_requests', 'integer', (c) => c.notNull())
-    .addColumn('downtime_limit_ms', 'integer', (c) => c.notNull())
-    .addColumn('max_bandwidth_bytes_per_sec', 'integer', (c) => c.notNull())
-    .addColumn('source_cpu_seconds', 'real', (c) => c.notNull())
-    .addColumn('destination_cpu_seconds', 'real', (c) => c.notNull())
-    .addColumn('xbzrle_cache_miss', 'integer', (c) => c.notNull())
-    .addColumn('duplicate_pages', 'integer', (c) => c.notNull())
+    .addColumn('pass', t.integer, (c) => c.notNull())
+    .addColumn('transferred_bytes', t.integer, (c) => c.notNull())
+    .addColumn('remaining_bytes', t.integer, (c) => c.notNull())
+    .addColumn('total_bytes', t.integer, (c) => c.notNull())
+    .addColumn('throughput_mbps', t.real, (c) => c.notNull())
+    .addColumn('dirty_pages_rate', t.integer, (c) => c.notNull())
+    .addColumn('page_size', t.integer, (c) => c.notNull())
+    .addColumn('expected_downtime_ms', t.integer, (c) => c.notNull())
+    .addColumn('throttle_pct', t.integer, (c) => c.notNull())
+    .addColumn('postcopy_requests', t.integer, (c) => c.notNull())
+    .addColumn('downtime_limit_ms', t.integer, (c) => c.notNull())
+    .addColumn('max_bandwidth_bytes_per_sec', t.integer, (c) => c.notNull())
+    .addColumn('source_cpu_seconds', t.real, (c) => c.notNull())
+    .addColumn('destination_cpu_seconds', t.real, (c) => c.notNull())
+    .addColumn('xbzrle_cache_miss', t.integer, (c) => c.notNull())
+    .addColumn('duplicate_pages', t.integer, (c) => c.notNull())
     .execute();
   await db.schema.createIndex('progress_samples_run').on('progress_samples').columns(['run_id', 'at', 'id']).execute();
 
   await db.schema
     .createTable('guest_samples')
-    .addColumn('id', 'integer', (c) => c.primaryKey().autoIncrement())
+    .addColumn('id', t.serial, (c) => t.serialKey(c))
     .addColumn('vm_name', 'text', (c) => c.notNull())
     .addColumn('run_id', 'text')
-    .addColumn('at', 'integer', (c) => c.notNull())
-    .addColumn('guest_mono_ms', 'integer', (c) => c.notNull())
-    .addColumn('worker', 'integer', (c) => c.notNull())
-    .addColumn('ms_per_gib', 'real', (c) => c.notNull())
-    .addColumn('pass', 'integer', (c) => c.notNull())
-    .addColumn('pages_verified', 'integer', (c) => c.notNull())
-    .addColumn('integrity_errors', 'integer', (c) => c.notNull())
-    .addColumn('heartbeat_gap_ms', 'integer', (c) => c.notNull())
+    .addColumn('at', t.integer, (c) => c.notNull())
+    .addColumn('guest_mono_ms', t.integer, (c) => c.notNull())
+    .addColumn('worker', t.integer, (c) => c.notNull())
+    .addColumn('ms_per_gib', t.real, (c) => c.notNull())
+    .addColumn('pass', t.integer, (c) => c.notNull())
+    .addColumn('pages_verified', t.integer, (c) => c.notNull())
+    .addColumn('integrity_errors', t.integer, (c) => c.notNull())
+    .addColumn('heartbeat_gap_ms', t.integer, (c) => c.notNull())
     .execute();
   await db.schema.createIndex('guest_samples_vm').on('guest_samples').columns(['vm_name', 'at', 'id']).execute();
   await db.schema.createIndex('guest_samples_at').on('guest_samples').columns(['at']).execute();
 
   await db.schema
     .createTable('host_cpu_samples')
-    .addColumn('id', 'integer', (c) => c.primaryKey().autoIncrement())
+    .addColumn('id', t.serial, (c) => t.serialKey(c))
     .addColumn('run_id', 'text', (c) => c.notNull())
-    .addColumn('at', 'integer', (c) => c.notNull())
-    .addColumn('source_cpu_seconds', 'real', (c) => c.notNull())
-    .addColumn('destination_cpu_seconds', 'real', (c) => c.notNull())
+    .addColumn('at', t.integer, (c) => c.notNull())
+    .addColumn('source_cpu_seconds', t.real, (c) => c.notNull())
+    .addColumn('destination_cpu_seconds', t.real, (c) => c.notNull())
     .execute();
   await db.schema.createIndex('host_cpu_samples_run').on('host_cpu_samples').columns(['run_id', 'at', 'id']).execute();
 
@@ -185,14 +192,14 @@ export async function up(db: Kysely<any>): Promise<void> {
   // reused after deletes), which is the publication order.
   await db.schema
     .createTable('outbox')
-    .addColumn('seq', 'integer', (c) => c.primaryKey().autoIncrement())
+    .addColumn('seq', t.serial, (c) => t.serialKey(c))
     .addColumn('event_id', 'text', (c) => c.notNull().unique())
     .addColumn('subject', 'text', (c) => c.notNull())
-    .addColumn('payload', 'blob', (c) => c.notNull())
+    .addColumn('payload', t.blob, (c) => c.notNull())
     .addColumn('run_id', 'text')
-    .addColumn('run_sequence', 'integer', (c) => c.notNull().defaultTo(0))
-    .addColumn('created_at', 'integer', (c) => c.notNull())
-    .addColumn('published_at', 'integer')
+    .addColumn('run_sequence', t.integer, (c) => c.notNull().defaultTo(0))
+    .addColumn('created_at', t.integer, (c) => c.notNull())
+    .addColumn('published_at', t.integer)
     .execute();
   await db.schema
     .createIndex('outbox_unpublished')

@@ -24,6 +24,9 @@ export const LEADER_TABLE_SQL = `CREATE TABLE IF NOT EXISTS migd_leader (
   elected_at timestamptz NOT NULL DEFAULT now()
 )`;
 
+/** Serializes the creation of the term row's table (two coordinators starting at once). */
+export const SCHEMA_LOCK: readonly [number, number] = [LOCK_CLASS, LOCK_OBJECT + 1];
+
 export interface PostgresElectionOptions {
   /** postgres://… of the shared database. */
   readonly url: string;
@@ -65,7 +68,7 @@ export class PostgresElection implements ElectionBackend {
       // frees the lock; a live leader proves itself far more often than that.
       await c.query('SET tcp_keepalives_idle = 2; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3');
       await c.query('BEGIN');
-      await c.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_CLASS, LOCK_OBJECT + 1]);
+      await c.query('SELECT pg_advisory_xact_lock($1, $2)', [...SCHEMA_LOCK]);
       await c.query(LEADER_TABLE_SQL);
       await c.query('COMMIT');
     } catch (err) {

@@ -37,7 +37,7 @@ export function openStore(dir: string, opts: Partial<SqliteHistoryStoreOptions> 
 }
 
 /** All unpublished outbox events, decoded, in outbox order. */
-export async function outboxEvents(store: SqliteHistoryStore): Promise<Event[]> {
+export async function outboxEvents(store: Pick<SqliteHistoryStore, 'readUnpublished'>): Promise<Event[]> {
   const rows = await store.readUnpublished(100_000);
   return rows.map((r) => {
     const ev = decodeEvent(r.payload);

@@ -1,0 +1,137 @@
+/**
+ * The Postgres dialect of the history store, for replicated coordinators sharing one database:
+ * Kysely's PostgresDialect over a `pg` pool. The repositories are the same as on SQLite
+ * (history-store.ts); this file adds what differs:
+ * - write transactions are serialized by a transaction-level advisory lock, as SQLite's BEGIN
+ *   IMMEDIATE serializes them: outbox `seq` values are then committed in order, so a reader
+ *   following the outbox by `seq` never skips a row committed late;
+ * - fencing: with a `fence`, every write transaction first checks, in the same transaction, that
+ *   the term row still holds this coordinator's term (FOR SHARE, so a new leader's term bump waits
+ *   for it, and every later write of the deposed leader is refused with NotLeaderError);
+ * - 64-bit integers and numerics come back as JavaScript numbers (ms times and byte counts are
+ *   far below 2^53).
+ */
+import { Kysely, PostgresDialect, sql } from 'kysely';
+import pg from 'pg';
+import { ConfigError, type NotLeaderError } from '../../shared/errors.js';
+import { LEADER_TABLE_SQL, SCHEMA_LOCK } from '../leadership/postgres.js';
+import type { StoreDialect } from './database.js';
+import { RepositoryHistoryStore } from './history-store.js';
+import { migrateToLatest } from './migrate.js';
+import { checkMin, resolveHistoryStoreOptions, type HistoryStoreOptions, type ResolvedHistoryStoreOptions } from './options.js';
+import type { HistoryDatabase } from './schema.js';
+
+/** Serializes write transactions ('migd' 'wrte'). */
+const WRITE_LOCK = [0x6d696764, 0x77727465] as const;
+
+/** The fencing token of this coordinator's writes: its term, or a NotLeaderError to refuse with. */
+export interface WriteFence {
+  /** @throws NotLeaderError when this coordinator does not lead */
+  token(): number;
+  /** The refusal when the database holds another term (names the leader when known). */
+  notLeader(): NotLeaderError;
+}
+
+export interface PostgresHistoryStoreOptions extends HistoryStoreOptions {
+  /** postgres://user@host:port/database. Required. */
+  url: string;
+  /** Most connections of the pool. Default 10. */
+  poolSize?: number;
+  /** Apply pending schema migrations on open. Default true. */
+  migrate?: boolean;
+  /** When given, every write carries and checks this coordinator's term (see the file comment). */
+  fence?: WriteFence;
+}
+
+export type ResolvedPostgresHistoryStoreOptions = ResolvedHistoryStoreOptions &
+  Readonly<Required<Pick<PostgresHistoryStoreOptions, 'url' | 'poolSize' | 'migrate'>>> &
+  Readonly<Pick<PostgresHistoryStoreOptions, 'fence'>>;
+
+/** Whether `s` names a Postgres database (postgres:// or postgresql://). */
+export function isPostgresUrl(s: string): boolean {
+  return /^postgres(?:ql)?:\/\//.test(s);
+}
+
+/** Fills in defaults and validates. @throws ConfigError naming the first bad option */
+export function resolvePostgresStoreOptions(o: PostgresHistoryStoreOptions): ResolvedPostgresHistoryStoreOptions {
+  if (typeof o.url !== 'string' || !isPostgresUrl(o.url)) throw new ConfigError('store.url', 'must be a postgres:// URL');
+  const poolSize = o.poolSize ?? 10;
+  checkMin('poolSize', poolSize, 1);
+  return Object.freeze({ url: o.url, poolSize, migrate: o.migrate ?? true, fence: o.fence, ...resolveHistoryStoreOptions(o) });
+}
+
+/** int8 (20) and numeric (1700) as numbers; every other type as pg parses it. */
+const types = {
+  getTypeParser: ((oid: number, format?: 'text' | 'binary') => {
+    if (oid === 20 || oid === 1700) return (v: string) => (v === null ? null : Number(v));
+    return pg.types.getTypeParser(oid, format as 'text');
+  }) as typeof pg.types.getTypeParser,
+};
+
+/** The Postgres dialect object; `fence` makes every write check the term. */
+export function postgresStoreDialect(fence?: WriteFence): StoreDialect {
+  return {
+    name: 'postgres',
+    beginWrite: async (conn) => {
+      // Refuse before touching the database when we know we do not lead.
+      const term = fence?.token();
+      await sql`begin`.execute(conn);
+      await sql`select pg_advisory_xact_lock(${WRITE_LOCK[0]}::int4, ${WRITE_LOCK[1]}::int4)`.execute(conn);
+      if (term !== undefined) {
+        const r = await sql<{ term: number }>`select term from migd_leader where id = 1 for share`.execute(conn);
+        if (Number(r.rows[0]?.term) !== term) throw fence!.notLeader();
+      }
+    },
+    beginRead: async (conn) => {
+      await sql`begin isolation level repeatable read read only`.execute(conn);
+    },
+    isConstraintViolation: (err, kind) => {
+      const e = err as { code?: unknown; constraint?: unknown } | null;
+      if (e?.code !== '23505') return false;
+      const pkey = typeof e.constraint === 'string' && e.constraint.endsWith('_pkey');
+      return kind === 'primary-key' ? pkey : !pkey;
+    },
+    lastOutboxSeq: async (db) => {
+      // The identity's sequence keeps the high-water mark after the rows are pruned.
+      const r = await sql<{ last: number | null }>`select case when is_called then last_value else 0 end as last from pg_sequences where sequencename = 'outbox_seq_seq' and schemaname = current_schema()`.execute(db);
+      return Number(r.rows[0]?.last ?? 0);
+    },
+    optimize: async () => {
+      // Postgres's autovacuum analyzes by itself.
+    },
+  };
+}
+
+/** The history store on a Postgres database. */
+export class PostgresHistoryStore extends RepositoryHistoryStore {
+  readonly options: ResolvedPostgresHistoryStoreOptions;
+  constructor(db: Kysely<HistoryDatabase>, o: ResolvedPostgresHistoryStoreOptions) {
+    super(db, postgresStoreDialect(o.fence), o);
+    this.options = o;
+  }
+}
+
+/**
+ * Connects, applies pending migrations (safe when several coordinators start at once: Kysely's
+ * migrator locks) and creates the term row's table.
+ * @throws ConfigError for bad options; MigdError(INTERNAL) when the schema cannot be migrated;
+ *   the connection error when the database is unreachable
+ */
+export async function openPostgresHistoryStore(opts: PostgresHistoryStoreOptions): Promise<PostgresHistoryStore> {
+  const o = resolvePostgresStoreOptions(opts);
+  const pool = new pg.Pool({ connectionString: o.url, max: o.poolSize, types, application_name: 'migd-coordinator', keepAlive: true, connectionTimeoutMillis: 5000 });
+  // An idle connection that breaks (server restart) is dropped by the pool; not a crash.
+  pool.on('error', (err) => o.logger.warn('history store: idle database connection failed', { err: err.message }));
+  const db = new Kysely<HistoryDatabase>({ dialect: new PostgresDialect({ pool }) });
+  try {
+    if (o.migrate) await migrateToLatest(db);
+    await db.transaction().execute(async (trx) => {
+      await sql`select pg_advisory_xact_lock(${SCHEMA_LOCK[0]}::int4, ${SCHEMA_LOCK[1]}::int4)`.execute(trx);
+      await sql.raw(LEADER_TABLE_SQL).execute(trx);
+    });
+  } catch (err) {
+    await db.destroy();
+    throw err;
+  }
+  return new PostgresHistoryStore(db, o);
+}

@@ -1,0 +1,607 @@
+/**
+ * The history store's behaviour, the same on every dialect: history-store.test.ts runs it on
+ * SQLite files, history-store-postgres.test.ts on a throw-away Postgres cluster. Each test opens
+ * a fresh, empty database through the backend.
+ */
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  AlreadyExistsError,
+} from '../../../services/shared/errors.js';
+import { MigrationState as S, PolicyKind, PolicyActionKind } from '../../../services/shared/gen/migd/v1/common.js';
+import { ExportFormat, NodeStatus, PlanState } from '../../../services/shared/gen/migd/v1/coordinator.js';
+import type { RepositoryHistoryStore } from '../../../services/coordinator/store/history-store.js';
+import type { HistoryStoreOptions } from '../../../services/coordinator/store/options.js';
+import type { CreateRunInput } from '../../../services/coordinator/store/types.js';
+import { createMetrics } from '../../../services/shared/metrics/metrics.js';
+import { FakeClock, outboxEvents } from './fixtures.js';
+import { errorInfo } from '../../../services/shared/policy/error-info.js';
+
+const MIN = 60_000;
+
+/** Opens a fresh, empty, migrated store; stores it opened are closed by the suite. */
+export interface StoreBackend {
+  readonly name: string;
+  open(opts: HistoryStoreOptions): Promise<RepositoryHistoryStore>;
+  /** Removes what open() made (temp dirs); after each test. */
+  cleanup(): Promise<void>;
+}
+
+export function runInput(over: Partial<CreateRunInput> = {}): CreateRunInput {
+  return {
+    vmName: 'vm-a',
+    sourceNodeId: 'node-1',
+    destinationNodeId: 'node-2',
+    policy: { kind: PolicyKind.POLICY_KIND_ADAPTIVE, downtimeLimitMs: 300 } as CreateRunInput['policy'],
+    memoryMib: 512,
+    ...over,
+  };
+}
+
+export function historyStoreSuite(backend: StoreBackend): void {
+  let store: RepositoryHistoryStore | undefined;
+  let clock: FakeClock;
+
+  beforeEach(() => {
+    clock = new FakeClock();
+  });
+
+  afterEach(async () => {
+    await store?.close();
+    store = undefined;
+    await backend.cleanup();
+  });
+
+  async function open(opts: HistoryStoreOptions = {}): Promise<RepositoryHistoryStore> {
+    store = await backend.open({ now: clock.now, ...opts });
+    return store;
+  }
+
+  it('rejects bad options naming the option', async () => {
+    await expect(backend.open({ sampleBatchSize: 0 })).rejects.toThrow(/store\.sampleBatchSize/);
+  });
+
+  describe('nodes and VMs', () => {
+    it('upserts nodes and emits a state event only on a change', async () => {
+      const s = await open();
+      const host = { nodeId: 'node-1.example', managementAddress: '10.0.0.1:7000', migrationAddress: '198.18.0.1', cpus: 2 };
+      await s.upsertNode({ host: host as never });
+      await s.upsertNode({ host: host as never }); // heartbeat, same status
+      const down = await s.setNodeStatus('node-1.example', NodeStatus.NODE_STATUS_DOWN, 'missed heartbeats');
+      expect(down.status).toBe(NodeStatus.NODE_STATUS_DOWN);
+      await s.setNodeStatus('node-1.example', NodeStatus.NODE_STATUS_DOWN, 'still down');
+
+      const events = await outboxEvents(s);
+      expect(events.map((e) => [e.subject, e.payload?.$case])).toEqual([
+        ['migd.v1.node.node-1~2Eexample.state', 'nodeState'],
+        ['migd.v1.node.node-1~2Eexample.state', 'nodeState'],
+      ]);
+      await expect(s.getNode('nope')).rejects.toBeInstanceOf(NotFoundError);
+      await expect(s.setNodeStatus('nope', NodeStatus.NODE_STATUS_UP)).rejects.toBeInstanceOf(NotFoundError);
+
+      await s.upsertVm({ spec: { name: 'vm-a', memoryMib: 256 } as never, nodeId: 'node-1.example', state: 2 } as never);
+      await s.upsertVm({ spec: { name: 'vm-a', memoryMib: 256 } as never, nodeId: 'node-1.example', state: 2 } as never);
+      const node = await s.getNode('node-1.example');
+      expect(node.vmCount).toBe(1);
+      expect(node.host?.managementAddress).toBe('10.0.0.1:7000');
+      expect((await s.listVms('node-1.example')).map((v) => v.spec?.name)).toEqual(['vm-a']);
+      expect((await outboxEvents(s)).filter((e) => e.payload?.$case === 'vmChanged')).toHaveLength(1);
+      await expect(s.getVm('nope')).rejects.toBeInstanceOf(NotFoundError);
+      await expect(s.upsertVm({ nodeId: 'x' } as never)).rejects.toBeInstanceOf(InvalidArgumentError);
+    });
+  });
+
+  describe('plans', () => {
+    it('creates a plan idempotently by key', async () => {
+      const s = await open();
+      const input = {
+        idempotencyKey: 'key-1',
+        request: { idempotencyKey: 'key-1', priority: 5 } as never,
+        orderingReason: 'shortest first',
+        priority: 5,
+        runs: [runInput({ vmName: 'vm-a' }), runInput({ vmName: 'vm-b' })],
+      };
+      const first = await s.createPlan(input);
+      expect(first.existing).toBe(false);
+      const second = await s.createPlan({ ...input, runs: [runInput({ vmName: 'vm-c' })] });
+      expect(second.existing).toBe(true);
+      expect(second.plan.id).toBe(first.plan.id);
+      expect(second.plan.request?.priority).toBe(5);
+
+      const runs = await s.listPlanRuns(first.plan.id);
+      expect(runs.map((r) => r.vmName)).toEqual(['vm-a', 'vm-b']);
+      expect(runs.every((r) => r.planId === first.plan.id)).toBe(true);
+
+      expect((await s.getPlan(first.plan.id)).orderingReason).toBe('shortest first');
+      await s.finishRun(runs[0]!.id, { state: S.MIGRATION_STATE_CANCELLED });
+      const p = await s.setPlanState(first.plan.id, PlanState.PLAN_STATE_FAILED);
+      expect(p.state).toBe(PlanState.PLAN_STATE_FAILED);
+      const planEvents = (await outboxEvents(s)).filter((e) => e.payload?.$case === 'planState');
+      expect(planEvents.map((e) => (e.payload?.$case === 'planState' ? e.payload.value : null))).toEqual([
+        { planId: first.plan.id, state: 'PLAN_STATE_RUNNING', runsTotal: 2, runsFinished: 0 },
+        { planId: first.plan.id, state: 'PLAN_STATE_FAILED', runsTotal: 2, runsFinished: 1 },
+      ]);
+      await expect(s.getPlan('nope')).rejects.toBeInstanceOf(NotFoundError);
+      await expect(s.listPlanRuns('nope')).rejects.toBeInstanceOf(NotFoundError);
+      await expect(s.createPlan({ ...input, idempotencyKey: '' })).rejects.toBeInstanceOf(InvalidArgumentError);
+    });
+  });
+
+  describe('runs and the outbox', () => {
+    it('records a run lifecycle with one event per change, in per-run sequence', async () => {
+      const s = await open();
+      const run = await s.createRun(runInput());
+      expect(run.state).toBe(S.MIGRATION_STATE_QUEUED);
+      expect(run.startedAt).toBeUndefined();
+
+      clock.advance(1000);
+      await s.transitionRun(run.id, { to: S.MIGRATION_STATE_PREPARING, reason: 'slot free' });
+      clock.advance(1000);
+      await s.transitionRun(run.id, { to: S.MIGRATION_STATE_PRECOPY, expectedFrom: S.MIGRATION_STATE_PREPARING });
+      await s.recordAction(run.id, {
+        kind: PolicyActionKind.POLICY_ACTION_KIND_SET_DOWNTIME,
+        value: 500,
+        reason: 'not converging',
+        actor: 'policy:adaptive',
+        elapsedMs: 900,
+      } as never);
+      clock.advance(1000);
+      const done = await s.finishRun(run.id, {
+        state: S.MIGRATION_STATE_SUCCEEDED,
+        stats: { totalTimeMs: 2000, downtimeMs: 25, sourceCpuSeconds: 1.5, destinationCpuSeconds: 0.5 } as never,
+        reason: 'verified',
+      });
+
+      expect(done.state).toBe(S.MIGRATION_STATE_SUCCEEDED);
+      expect(done.startedAt?.getTime()).toBe(clock.t - 2000);
+      expect(done.finishedAt?.getTime()).toBe(clock.t);
+      expect(done.stats?.downtimeMs).toBe(25);
+      expect(done.transitions.map((t) => [t.from, t.to])).toEqual([
+        [S.MIGRATION_STATE_UNSPECIFIED, S.MIGRATION_STATE_QUEUED],
+        [S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_PREPARING],
+        [S.MIGRATION_STATE_PREPARING, S.MIGRATION_STATE_PRECOPY],
+        [S.MIGRATION_STATE_PRECOPY, S.MIGRATION_STATE_SUCCEEDED],
+      ]);
+      expect(done.actions).toHaveLength(1);
+      expect(done.actions[0]?.value).toBe(500);
+
+      const events = await outboxEvents(s);
+      expect(events.map((e) => e.runSequence)).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(events.map((e) => e.subject.split('.').pop())).toEqual(['state', 'state', 'state', 'action', 'state', 'completed']);
+      expect(new Set(events.map((e) => e.id)).size).toBe(6);
+      expect([...events.map((e) => e.id)].sort()).toEqual(events.map((e) => e.id)); // sortable ids
+      const completed = events[5]?.payload;
+      expect(completed?.$case === 'runCompleted' && completed.value.stats?.totalTimeMs).toBe(2000);
+      expect(await s.listActiveRuns()).toEqual([]);
+    });
+
+    it('refuses bad transitions without writing anything', async () => {
+      const s = await open();
+      const run = await s.createRun(runInput());
+      const before = (await outboxEvents(s)).length;
+      await expect(s.transitionRun(run.id, { to: S.MIGRATION_STATE_SUCCEEDED })).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(s.transitionRun(run.id, { to: S.MIGRATION_STATE_UNSPECIFIED })).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(
+        s.transitionRun(run.id, { to: S.MIGRATION_STATE_PRECOPY, expectedFrom: S.MIGRATION_STATE_SETUP }),
+      ).rejects.toBeInstanceOf(FailedPreconditionError);
+      await expect(s.transitionRun('nope', { to: S.MIGRATION_STATE_PRECOPY })).rejects.toBeInstanceOf(NotFoundError);
+      await expect(s.recordAction('nope', { kind: 1 } as never)).rejects.toBeInstanceOf(NotFoundError);
+      await expect(s.finishRun(run.id, { state: S.MIGRATION_STATE_PRECOPY })).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(s.createRun(runInput({ id: run.id }))).rejects.toBeInstanceOf(AlreadyExistsError);
+      await expect(s.createRun(runInput({ planId: 'no-such-plan' }))).rejects.toBeInstanceOf(NotFoundError);
+      expect((await outboxEvents(s)).length).toBe(before);
+      expect((await s.getRun(run.id)).transitions).toHaveLength(1);
+
+      await s.finishRun(run.id, { state: S.MIGRATION_STATE_CANCELLED, error: errorInfo('CANCELLED', 'USER', 'cancelled') });
+      await expect(s.transitionRun(run.id, { to: S.MIGRATION_STATE_PRECOPY })).rejects.toBeInstanceOf(FailedPreconditionError);
+      await expect(s.finishRun(run.id, { state: S.MIGRATION_STATE_FAILED })).rejects.toBeInstanceOf(FailedPreconditionError);
+      const r = await s.getRun(run.id);
+      expect(r.error?.reason).toBe('USER');
+      expect(r.startedAt).toBeUndefined();
+      await expect(s.getRun('nope')).rejects.toBeInstanceOf(NotFoundError);
+    });
+
+    it('stores every sample but publishes progress at a reduced rate; state changes are never dropped', async () => {
+      const s = await open({ progressEventIntervalMs: 1000, guestEventIntervalMs: 1000 });
+      const run = await s.createRun(runInput());
+      await s.transitionRun(run.id, { to: S.MIGRATION_STATE_PRECOPY });
+      for (let i = 0; i < 20; i++) {
+        s.appendProgress(run.id, { pass: i, transferredBytes: i * 1000 } as never);
+        s.appendGuestSample({ vmName: 'vm-a', msPerGib: 800 + i } as never, run.id);
+        s.appendHostCpu(run.id, { sourceCpuSeconds: i, destinationCpuSeconds: i / 2 } as never);
+        if (i % 5 === 4) await s.transitionRun(run.id, { to: S.MIGRATION_STATE_PRECOPY, reason: `pass ${i}` });
+        clock.advance(250); // 20 samples over 5 s
+      }
+      await s.flushSamples();
+      const tl = await s.getRunTimeline(run.id);
+      expect(tl.progress.map((p) => p.pass)).toEqual([...Array(20).keys()]);
+      expect(tl.guest).toHaveLength(20);
+      expect(tl.hostCpu).toHaveLength(20);
+
+      const events = await outboxEvents(s);
+      const kinds = (k: string): number => events.filter((e) => e.subject.endsWith(`.${k}`)).length;
+      expect(kinds('progress')).toBe(5); // one per second
+      expect(kinds('guest')).toBe(5);
+      expect(kinds('state')).toBe(2 + 4);
+      expect(events.map((e) => e.runSequence)).toEqual(events.map((_, i) => i + 1));
+      expect(() => s.appendProgress('', {} as never)).toThrow(InvalidArgumentError);
+      expect(() => s.appendGuestSample({ vmName: '' } as never)).toThrow(InvalidArgumentError);
+    });
+
+    it('lists unfinished runs for restart recovery and counts runs by state', async () => {
+      const s = await open();
+      const low = await s.createRun(runInput({ vmName: 'a', priority: 0 }));
+      clock.advance(10);
+      const high = await s.createRun(runInput({ vmName: 'b', priority: 9 }));
+      clock.advance(10);
+      const done = await s.createRun(runInput({ vmName: 'c' }));
+      await s.transitionRun(low.id, { to: S.MIGRATION_STATE_PRECOPY });
+      await s.finishRun(done.id, { state: S.MIGRATION_STATE_FAILED });
+      expect((await s.listActiveRuns()).map((r) => r.id)).toEqual([high.id, low.id]);
+      const counts = await s.countRunsByState();
+      expect(Object.fromEntries(counts)).toEqual({
+        [S.MIGRATION_STATE_QUEUED]: 1,
+        [S.MIGRATION_STATE_PRECOPY]: 1,
+        [S.MIGRATION_STATE_FAILED]: 1,
+      });
+    });
+
+    it('feeds the metrics: runs by state at scrape time, duration and downtime on finish', async () => {
+      const metrics = createMetrics({
+        sources: { runsByState: () => store!.countRunsByState(), outboxLag: () => store!.outboxLag() },
+      });
+      const s = await open({ metrics });
+      const a = await s.createRun(runInput());
+      await s.createRun(runInput({ policy: { kind: PolicyKind.POLICY_KIND_NOVA } as never }));
+      await s.transitionRun(a.id, { to: S.MIGRATION_STATE_PRECOPY });
+      await s.finishRun(a.id, { state: S.MIGRATION_STATE_SUCCEEDED, stats: { totalTimeMs: 1500, downtimeMs: 30 } as never });
+      const text = await metrics.registry.metrics();
+      expect(text).toMatch(/^migd_runs\{state="queued"\} 1$/m);
+      expect(text).toMatch(/^migd_runs\{state="succeeded"\} 1$/m);
+      expect(text).toMatch(/^migd_runs\{state="precopy"\} 0$/m);
+      expect(text).toMatch(/^migd_migration_duration_seconds_sum\{policy_kind="adaptive",outcome="succeeded"\} 1\.5$/m);
+      expect(text).toMatch(/^migd_migration_downtime_seconds_count\{policy_kind="adaptive"\} 1$/m);
+      expect(text).toMatch(/^migd_outbox_unpublished_events 5$/m); // 2 created, 1 transition, finished + completed
+      expect(text).toMatch(/^migd_outbox_oldest_unpublished_age_seconds \d/m);
+    });
+
+    it('refuses calls after close', async () => {
+      const s = await open();
+      await s.close();
+      store = undefined;
+      await expect(s.listRuns({})).rejects.toBeInstanceOf(FailedPreconditionError);
+      expect(() => s.appendProgress('r', {} as never)).toThrow(FailedPreconditionError);
+    });
+  });
+
+  describe('queries', () => {
+    /** 30 runs over 3 VMs, 3 node pairs, 3 policies, 2 labels; created_at in steps of 1 min with ties. */
+    async function seed(s: RepositoryHistoryStore): Promise<string[]> {
+      const base = clock.t;
+      const kinds = [PolicyKind.POLICY_KIND_ADAPTIVE, PolicyKind.POLICY_KIND_NOVA, PolicyKind.POLICY_KIND_UNSPECIFIED];
+      const ids: string[] = [];
+      for (let i = 0; i < 30; i++) {
+        const r = await s.createRun(
+          runInput({
+            vmName: `vm-${i % 3}`,
+            sourceNodeId: `node-${i % 3}`,
+            destinationNodeId: `node-${(i + 1) % 3}`,
+            policy: { kind: kinds[i % 3]! } as CreateRunInput['policy'],
+            policyLabel: i % 2 === 0 ? 'lab-a' : 'lab-b',
+            // Pairs of runs share a created_at to exercise the id tie-break.
+            createdAt: new Date(base + Math.floor(i / 2) * MIN),
+          }),
+        );
+        ids.push(r.id);
+        if (i % 4 === 0) await s.finishRun(r.id, { state: S.MIGRATION_STATE_SUCCEEDED, at: new Date(base + Math.floor(i / 2) * MIN + 5000) });
+      }
+      return ids;
+    }
+
+    it('filters by VM, node, state, policy kind, label, plan and time range', async () => {
+      const s = await open();
+      const ids = await seed(s);
+      const list = async (filter: object): Promise<string[]> => (await s.listRuns({ filter: filter as never, pageSize: 1000 })).runs.map((r) => r.id);
+
+      expect(await list({ vmName: 'vm-1' })).toHaveLength(10);
+      expect(await list({ nodeId: 'node-0' })).toHaveLength(20); // source or destination
+      expect(await list({ states: [S.MIGRATION_STATE_SUCCEEDED] })).toHaveLength(8);
+      expect(await list({ states: [S.MIGRATION_STATE_SUCCEEDED, S.MIGRATION_STATE_QUEUED] })).toHaveLength(30);
+      expect(await list({ policyKinds: [PolicyKind.POLICY_KIND_NOVA] })).toHaveLength(10);
+      // UNSPECIFIED is stored and filtered as FIXED.
+      expect(await list({ policyKinds: [PolicyKind.POLICY_KIND_FIXED] })).toHaveLength(10);
+      expect(await list({ label: 'lab-a' })).toHaveLength(15);
+      expect(await list({ runIds: [ids[3], ids[4]] })).toEqual([ids[4], ids[3]]);
+      const t0 = clock.t;
+      // created_at in [t0+2min, t0+5min): runs 4..9, newest first, ties broken by id (descending).
+      expect(await list({ createdAfter: new Date(t0 + 2 * MIN), createdBefore: new Date(t0 + 5 * MIN) })).toEqual(
+        [9, 8, 7, 6, 5, 4].map((i) => ids[i]),
+      );
+      expect(await list({ vmName: 'vm-0', label: 'lab-a', policyKinds: [PolicyKind.POLICY_KIND_ADAPTIVE] })).toHaveLength(5);
+
+      const plan = await s.createPlan({ idempotencyKey: 'k', request: {} as never, runs: [runInput({ vmName: 'vm-p' })] });
+      const planRuns = await list({ planId: plan.plan.id });
+      expect(planRuns).toHaveLength(1);
+    });
+
+    it('paginates newest first with stable keyset tokens', async () => {
+      const s = await open();
+      await seed(s);
+      const all = (await s.listRuns({ pageSize: 1000 })).runs;
+      expect(all).toHaveLength(30);
+      for (let i = 1; i < all.length; i++) {
+        const a = all[i - 1]!;
+        const b = all[i]!;
+        const order = b.createdAt!.getTime() - a.createdAt!.getTime() || (b.id < a.id ? -1 : 1);
+        expect(order).toBeLessThan(0);
+      }
+
+      const seen: string[] = [];
+      let token = '';
+      let pages = 0;
+      do {
+        const page = await s.listRuns({ pageSize: 7, pageToken: token });
+        seen.push(...page.runs.map((r) => r.id));
+        token = page.nextPageToken;
+        pages++;
+        // A run created meanwhile (newer than everything) must not disturb later pages.
+        if (pages === 2) {
+          clock.advance(365 * 24 * 3600_000);
+          await s.createRun(runInput({ vmName: 'late' }));
+        }
+      } while (token !== '');
+      expect(pages).toBe(5);
+      expect(seen).toEqual(all.map((r) => r.id));
+
+      // Filtered pagination.
+      const filtered: string[] = [];
+      token = '';
+      do {
+        const page = await s.listRuns({ filter: { label: 'lab-b' } as never, pageSize: 4, pageToken: token });
+        filtered.push(...page.runs.map((r) => r.id));
+        token = page.nextPageToken;
+      } while (token !== '');
+      const reference = (await s.listRuns({ filter: { label: 'lab-b' } as never, pageSize: 1000 })).runs.map((r) => r.id);
+      expect(filtered).toEqual(reference);
+      expect(filtered).toHaveLength(15);
+    });
+
+    it('rejects bad page tokens, tokens of another filter and inverted ranges', async () => {
+      const s = await open();
+      await seed(s);
+      await expect(s.listRuns({ pageToken: 'garbage!' })).rejects.toThrow(/page_token is invalid/);
+      await expect(s.listRuns({ pageToken: Buffer.from('{"v":1}').toString('base64url') })).rejects.toBeInstanceOf(InvalidArgumentError);
+      const page = await s.listRuns({ pageSize: 5, filter: { label: 'lab-a' } as never });
+      await expect(s.listRuns({ pageSize: 5, pageToken: page.nextPageToken, filter: { label: 'lab-b' } as never })).rejects.toThrow(
+        /different filter/,
+      );
+      const inverted = { createdAfter: new Date(clock.t + MIN), createdBefore: new Date(clock.t) };
+      await expect(s.listRuns({ filter: inverted as never })).rejects.toThrow(/inverted/);
+      await expect(s.comparePolicies(inverted as never)).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(s.exportRuns(inverted as never, ExportFormat.EXPORT_FORMAT_CSV)).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(s.getRunTimeline('nope')).rejects.toBeInstanceOf(NotFoundError);
+    });
+
+    it('returns a full timeline with guest samples before, during and after', async () => {
+      const s = await open({ guestWindowMs: 60_000 });
+      const t0 = clock.t;
+      // Guest samples of the VM, every 10 s from -120 s to +120 s around the run.
+      for (let dt = -120_000; dt <= 120_000; dt += 10_000) s.appendGuestSample({ vmName: 'vm-a', msPerGib: 1000, time: new Date(t0 + dt) } as never);
+      s.appendGuestSample({ vmName: 'other-vm', msPerGib: 5, time: new Date(t0) } as never);
+      const run = await s.createRun(runInput({ createdAt: new Date(t0) }));
+      await s.transitionRun(run.id, { to: S.MIGRATION_STATE_PRECOPY, at: new Date(t0) });
+      for (let i = 0; i < 5; i++) {
+        s.appendProgress(run.id, { time: new Date(t0 + i * 1000), pass: i } as never);
+        s.appendHostCpu(run.id, { time: new Date(t0 + i * 1000), sourceCpuSeconds: i, destinationCpuSeconds: 0 } as never);
+      }
+      await s.recordAction(run.id, { kind: PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY, time: new Date(t0 + 2000) } as never);
+      await s.finishRun(run.id, { state: S.MIGRATION_STATE_SUCCEEDED, at: new Date(t0 + 30_000) });
+
+      const tl = await s.getRunTimeline(run.id);
+      expect(tl.run?.id).toBe(run.id);
+      expect(tl.run?.actions).toHaveLength(1);
+      expect(tl.progress.map((p) => p.pass)).toEqual([0, 1, 2, 3, 4]);
+      expect(tl.hostCpu.map((h) => h.sourceCpuSeconds)).toEqual([0, 1, 2, 3, 4]);
+      const times = tl.guest.map((g) => g.time!.getTime() - t0);
+      expect(times[0]).toBe(-60_000);
+      expect(times[times.length - 1]).toBe(90_000);
+      expect(tl.guest.every((g) => g.vmName === 'vm-a')).toBe(true);
+      expect([...times].sort((a, b) => a - b)).toEqual(times);
+    });
+
+    it('summarises policies: completion, p50/p99, guest before vs during, CPU, integrity', async () => {
+      const s = await open({ guestWindowMs: 60_000 });
+      const t0 = clock.t;
+      // Policy ADAPTIVE/"x": 4 runs, 3 succeed with downtimes 10, 20, 30 and total 1000, 2000, 3000.
+      const adaptive = [10, 20, 30, null];
+      for (const [i, dt] of adaptive.entries()) {
+        const start = t0 + i * 10 * MIN;
+        const vm = `vm-ad-${i}`;
+        // Before: 1000 ms/GiB; during: 2000 ms/GiB; heartbeat-only samples (0) ignored.
+        s.appendGuestSample({ vmName: vm, msPerGib: 1000, time: new Date(start - 30_000) } as never);
+        s.appendGuestSample({ vmName: vm, msPerGib: 0, time: new Date(start - 20_000) } as never);
+        s.appendGuestSample({ vmName: vm, msPerGib: 9999, time: new Date(start - 5 * MIN) } as never); // outside window
+        s.appendGuestSample({ vmName: vm, msPerGib: 2000, time: new Date(start + 1000) } as never);
+        const r = await s.createRun(runInput({ vmName: vm, policyLabel: 'x', createdAt: new Date(start) }));
+        await s.transitionRun(r.id, { to: S.MIGRATION_STATE_PRECOPY, at: new Date(start) });
+        s.appendHostCpu(r.id, { time: new Date(start + 500), sourceCpuSeconds: 1, destinationCpuSeconds: 1 } as never);
+        if (dt === null) {
+          await s.finishRun(r.id, { state: S.MIGRATION_STATE_FAILED, at: new Date(start + 5000) });
+        } else {
+          await s.finishRun(r.id, {
+            state: S.MIGRATION_STATE_SUCCEEDED,
+            at: new Date(start + 5000),
+            stats: { totalTimeMs: (i + 1) * 1000, downtimeMs: dt, sourceCpuSeconds: 3, destinationCpuSeconds: 1, integrityErrors: i === 1 ? 2 : 0 } as never,
+          });
+        }
+      }
+      // Policy NOVA: 1 run, succeeded; one unfinished NOVA run that must not count.
+      const n = await s.createRun(runInput({ vmName: 'vm-n', policy: { kind: PolicyKind.POLICY_KIND_NOVA } as never }));
+      await s.transitionRun(n.id, { to: S.MIGRATION_STATE_PRECOPY });
+      await s.finishRun(n.id, { state: S.MIGRATION_STATE_SUCCEEDED, stats: { totalTimeMs: 500, downtimeMs: 7 } as never });
+      await s.createRun(runInput({ vmName: 'vm-n2', policy: { kind: PolicyKind.POLICY_KIND_NOVA } as never }));
+
+      const { summaries } = await s.comparePolicies({});
+      expect(summaries).toHaveLength(2);
+      const [ad, nova] = summaries;
+      expect(ad).toMatchObject({ kind: PolicyKind.POLICY_KIND_ADAPTIVE, label: 'x', runs: 4, succeeded: 3, completionRate: 0.75 });
+      expect(ad!.totalTimeMsP50).toBe(2000);
+      expect(ad!.downtimeMsP50).toBe(20);
+      expect(ad!.downtimeMsP99).toBeCloseTo(29.8, 6); // linear interpolation between 20 and 30
+      expect(ad!.guestMsPerGibBefore).toBe(1000);
+      expect(ad!.guestMsPerGibDuring).toBe(2000);
+      // 3 runs with stats (3 + 1 s) and the failed one from its host CPU sample (1 + 1 s).
+      expect(ad!.hostCpuSeconds).toBeCloseTo((4 + 4 + 4 + 2) / 4, 9);
+      expect(ad!.integrityErrors).toBe(2);
+      expect(nova).toMatchObject({ kind: PolicyKind.POLICY_KIND_NOVA, label: '', runs: 1, succeeded: 1, completionRate: 1, downtimeMsP50: 7 });
+
+      const onlyNova = await s.comparePolicies({ policyKinds: [PolicyKind.POLICY_KIND_NOVA] } as never);
+      expect(onlyNova.summaries.map((x) => x.kind)).toEqual([PolicyKind.POLICY_KIND_NOVA]);
+    });
+
+    it('exports runs as JSON and as CSV with proper quoting', async () => {
+      const s = await open();
+      const label = 'lab, "quoted"\nline';
+      const r1 = await s.createRun(runInput({ vmName: 'vm-1', policyLabel: label }));
+      for (let i = 0; i < 3; i++) s.appendProgress(r1.id, { pass: i + 1, qemuStatus: 'active', remainingBytes: 100 - i } as never);
+      await s.finishRun(r1.id, { state: S.MIGRATION_STATE_FAILED, error: errorInfo('INTERNAL', 'X', 'boom, "bad"') });
+      clock.advance(1000);
+      const r2 = await s.createRun(runInput({ vmName: 'vm-2' })); // no samples: one row
+
+      const json = await s.exportRuns({}, ExportFormat.EXPORT_FORMAT_JSON);
+      expect(json.contentType).toBe('application/json');
+      const doc = JSON.parse(Buffer.from(json.data).toString('utf8')) as Array<{ run: { id: string }; progress?: unknown[]; policyLabel: string }>;
+      expect(doc.map((d) => d.run.id)).toEqual([r1.id, r2.id]);
+      expect(doc[0]?.progress).toHaveLength(3);
+      expect(doc[0]?.policyLabel).toBe(label);
+
+      const csv = await s.exportRuns({ runIds: [r1.id, r2.id] } as never, ExportFormat.EXPORT_FORMAT_CSV);
+      expect(csv.contentType).toBe('text/csv');
+      const text = Buffer.from(csv.data).toString('utf8');
+      const records = parseCsv(text);
+      const header = records[0]!;
+      expect(header.slice(0, 3)).toEqual(['run_id', 'plan_id', 'vm_name']);
+      expect(records).toHaveLength(1 + 3 + 1);
+      const col = (name: string): number => header.indexOf(name);
+      expect(records.slice(1).every((r) => r.length === header.length)).toBe(true);
+      expect(records[1]![col('policy_label')]).toBe(label);
+      expect(records[1]![col('error_message')]).toBe('boom, "bad"');
+      expect(records.slice(1, 4).map((r) => r[col('pass')])).toEqual(['1', '2', '3']);
+      expect(records[4]![col('run_id')]).toBe(r2.id);
+      expect(records[4]![col('pass')]).toBe('');
+      expect(text).toContain('"lab, ""quoted""\nline"');
+      expect(text.endsWith('\r\n')).toBe(true);
+
+      // A page never holds more than the store's limit, whatever the caller asks; the pages
+      // together hold every run once, oldest first, and CSV pages after the first have no header.
+      const limited = await backend.open({ maxExportRuns: 2, now: clock.now });
+      try {
+        const made = [];
+        for (let i = 0; i < 5; i++) {
+          made.push((await limited.createRun(runInput())).id);
+          clock.advance(1000);
+        }
+        const seen: string[] = [];
+        let pages = 0;
+        for (let token = ''; ; pages++) {
+          const page = await limited.exportRuns({}, ExportFormat.EXPORT_FORMAT_JSON, { pageSize: 1000, pageToken: token });
+          const docs = JSON.parse(Buffer.from(page.data).toString('utf8')) as { run: { id: string } }[];
+          expect(docs.length).toBeLessThanOrEqual(2);
+          seen.push(...docs.map((d) => d.run.id));
+          token = page.nextPageToken;
+          if (!token) break;
+        }
+        expect(seen).toEqual(made);
+        expect(pages).toBe(2);
+        const first = await limited.exportRuns({}, ExportFormat.EXPORT_FORMAT_CSV, { pageSize: 1 });
+        const second = await limited.exportRuns({}, ExportFormat.EXPORT_FORMAT_CSV, { pageSize: 1, pageToken: first.nextPageToken });
+        expect(Buffer.from(first.data).toString().startsWith('run_id,')).toBe(true);
+        expect(Buffer.from(second.data).toString()).toContain(made[1]!);
+        expect(Buffer.from(second.data).toString()).not.toContain('run_id,');
+        // A token is bound to its filter.
+        await expect(limited.exportRuns({ vmName: 'other' }, ExportFormat.EXPORT_FORMAT_JSON, { pageToken: first.nextPageToken })).rejects.toMatchObject({ reason: 'BAD_PAGE_TOKEN' });
+      } finally {
+        await limited.close();
+      }
+    });
+  });
+
+
+  describe('retention', () => {
+    it('prunes samples of runs finished before the retention cutoff, keeps the rest', async () => {
+      const DAY = 24 * 3600_000;
+      const s = await open({ sampleRetentionMs: 7 * DAY, outboxRetentionMs: DAY });
+      const t0 = clock.t;
+      const old = await s.createRun(runInput({ vmName: 'old', createdAt: new Date(t0) }));
+      const active = await s.createRun(runInput({ vmName: 'active', createdAt: new Date(t0) }));
+      for (let i = 0; i < 10; i++) {
+        s.appendProgress(old.id, { time: new Date(t0 + i), pass: i } as never);
+        s.appendHostCpu(old.id, { time: new Date(t0 + i) } as never);
+        s.appendGuestSample({ vmName: 'old', time: new Date(t0 + i) } as never, old.id);
+        s.appendProgress(active.id, { time: new Date(t0 + i), pass: i } as never);
+        s.appendGuestSample({ vmName: 'active', time: new Date(t0 + i) } as never, active.id);
+        s.appendGuestSample({ vmName: 'idle-vm', time: new Date(t0 + i) } as never);
+      }
+      await s.finishRun(old.id, { state: S.MIGRATION_STATE_SUCCEEDED, at: new Date(t0 + 1000) });
+      clock.advance(8 * DAY);
+      s.appendGuestSample({ vmName: 'idle-vm', time: new Date(clock.t) } as never);
+      await s.flushSamples();
+
+      const res = await s.pruneSamples(new Date(clock.t));
+      expect(res).toEqual({ progress: 10, hostCpu: 10, guest: 20 });
+      expect((await s.getRunTimeline(old.id)).progress).toHaveLength(0);
+      expect((await s.getRunTimeline(old.id)).run?.transitions).toHaveLength(2); // the run itself stays
+      expect((await s.getRunTimeline(active.id)).progress).toHaveLength(10);
+      expect(await s.pruneSamples(new Date(clock.t))).toEqual({ progress: 0, hostCpu: 0, guest: 0 });
+
+      // Outbox: only published rows past their retention go.
+      const rows = await s.readUnpublished(1000);
+      await s.markPublished(rows.slice(0, 2).map((r) => r.seq), new Date(t0));
+      expect(await s.pruneOutbox(new Date(clock.t))).toBe(2);
+      expect((await s.outboxLag()).unpublished).toBe(rows.length - 2);
+    });
+  });
+
+  /** A strict RFC 4180 parser for the assertions (quoted fields, doubled quotes, CRLF records). */
+  function parseCsv(text: string): string[][] {
+    const records: string[][] = [];
+    let field = '';
+    let record: string[] = [];
+    let i = 0;
+    let quoted = false;
+    while (i < text.length) {
+      const c = text[i]!;
+      if (quoted) {
+        if (c === '"' && text[i + 1] === '"') {
+          field += '"';
+          i += 2;
+        } else if (c === '"') {
+          quoted = false;
+          i++;
+        } else {
+          field += c;
+          i++;
+        }
+      } else if (c === '"') {
+        quoted = true;
+        i++;
+      } else if (c === ',') {
+        record.push(field);
+        field = '';
+        i++;
+      } else if (c === '\r' && text[i + 1] === '\n') {
+        record.push(field);
+        records.push(record);
+        record = [];
+        field = '';
+        i += 2;
+      } else {
+        field += c;
+        i++;
+      }
+    }
+    return records;
+  }
+}

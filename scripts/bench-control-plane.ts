@@ -83,7 +83,7 @@ function idleSpec(name: string, memoryMib: number, bytesPerWorker: number): VmSp
     // "Idle" for the migration: the region is written once, then one 4 KiB page is rewritten over
     // and over (QEMU sees one dirty page per pass). Not the `idle` pattern: a guest that only
     // heart-beats is never confirmed alive on the destination (GUEST_NOT_ALIVE_ON_DESTINATION).
-    workload: { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, workers: 1, bytesPerWorker, rateBytesPerSec: 0, hotBytes: 4096, verify: true },
+    workload: { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, workers: 1, bytesPerWorker, rateBytesPerSec: 0, hotBytes: 4096, verify: true, phaseAfterMs: 0, phaseRateBytesPerSec: 0 },
     labels: {},
     antiAffinityGroup: '',
     uuid: '',

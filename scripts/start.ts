@@ -79,7 +79,7 @@ async function main(): Promise<void> {
       initrdPath: '',
       extraCmdline: '',
       disks: [],
-      workload: { pattern: WorkloadPattern.WORKLOAD_PATTERN_RANDOM, workers: 2, bytesPerWorker: 64 * MiB, rateBytesPerSec: 10 * MiB, hotBytes: 0, verify: true },
+      workload: { pattern: WorkloadPattern.WORKLOAD_PATTERN_RANDOM, workers: 2, bytesPerWorker: 64 * MiB, rateBytesPerSec: 10 * MiB, hotBytes: 0, verify: true, phaseAfterMs: 0, phaseRateBytesPerSec: 0 },
       labels: {},
       antiAffinityGroup: '',
       uuid: '',

@@ -283,6 +283,7 @@ export class NodeDaemon {
               rateBytesPerSec: w?.rateBytesPerSec ?? 0,
               verify: w?.verify ?? true,
               ...(w?.hotBytes ? { hotBytes: w.hotBytes } : {}),
+              ...(w?.phaseAfterMs ? { phaseAfterMs: w.phaseAfterMs, phaseRateBytesPerSec: w.phaseRateBytesPerSec } : {}),
             },
             { guestMemoryBytes: spec.memoryMib * 1024 * 1024, ...(diskWorkload ? { extra: [diskWorkload] } : {}) },
           ),

@@ -115,7 +115,7 @@ function guest(name: string): VmSpec {
     initrdPath: '',
     extraCmdline: '',
     disks: [],
-    workload: { pattern: WorkloadPattern.WORKLOAD_PATTERN_RANDOM, workers: 1, bytesPerWorker: 16 * MiB, rateBytesPerSec: 2 * MiB, hotBytes: 0, verify: true },
+    workload: { pattern: WorkloadPattern.WORKLOAD_PATTERN_RANDOM, workers: 1, bytesPerWorker: 16 * MiB, rateBytesPerSec: 2 * MiB, hotBytes: 0, verify: true, phaseAfterMs: 0, phaseRateBytesPerSec: 0 },
     labels: {},
     antiAffinityGroup: '',
     uuid: '',

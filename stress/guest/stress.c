@@ -16,6 +16,9 @@
  *   migd.hb_ms=N         heartbeat period (default 1000, 50..1000)
  *   migd.idle_ms=N       idle/hotcold: verifier sweep period for idle (default 2000)
  *   migd.seed=N          content seed (default: from the real-time clock)
+ *   migd.phase_ms=N      phase change: after N ms (guest clock, from the start line) each worker's
+ *                        write limit becomes migd.phase_rate (0 = no phase change, the default)
+ *   migd.phase_rate=SIZE per-worker write limit in bytes/s after the phase change, 0 = unlimited
  *   migd.ip=A.B.C.D/LEN  bring up eth0 (migd.ifname) with this address and answer a UDP echo on
  *                        migd.echo_port (default 7); see devices.c
  *   migd.disk=DEV[,size=SIZE][,rate=SIZE][,verify_ms=N]  disk integrity workload, see disk.c
@@ -91,6 +94,8 @@ struct params {
   unsigned hb_ms;
   unsigned idle_ms;
   uint64_t seed;
+  uint64_t phase_ms;
+  uint64_t phase_rate;
 };
 
 static struct params P = {
@@ -104,7 +109,10 @@ static struct params P = {
     .hb_ms = 1000,
     .idle_ms = 2000,
     .seed = 0,
+    .phase_ms = 0,
+    .phase_rate = 0,
 };
+static uint64_t start_ns; /* the workload's start (the `start` line), for the phase change */
 
 struct worker {
   unsigned id;
@@ -132,6 +140,8 @@ struct worker {
   /* rate limiter */
   uint64_t rl_base_ns;
   uint64_t rl_bytes;
+  uint64_t rate;  /* the limit in force: P.rate, then P.phase_rate after the phase change */
+  int phased;
   pthread_t thread;
 };
 
@@ -279,6 +289,12 @@ static void set_param(const char *key, const char *val) {
   } else if (!strcmp(key, "idle_ms")) {
     if (parse_u64(val, &v) || v < 100 || v > 600000) fatal("reason=bad_param key=migd.idle_ms");
     P.idle_ms = (unsigned)v;
+  } else if (!strcmp(key, "phase_ms")) {
+    if (parse_u64(val, &v) || v > 86400000ull) fatal("reason=bad_param key=migd.phase_ms");
+    P.phase_ms = v;
+  } else if (!strcmp(key, "phase_rate")) {
+    if (parse_size(val, &v)) fatal("reason=bad_param key=migd.phase_rate");
+    P.phase_rate = v;
   } else if (!strcmp(key, "seed")) {
     if (parse_u64(val, &v)) fatal("reason=bad_param key=migd.seed");
     P.seed = v;
@@ -442,11 +458,24 @@ static void write_page(struct worker *w, uint64_t idx, uint64_t gen) {
   __atomic_fetch_add(&w->bytes_total, MIGD_PAGE_SIZE, __ATOMIC_RELAXED);
 }
 
+/* The phase change, once per worker: the new limit counts from now (no catch-up, no debt). */
+static void maybe_change_phase(struct worker *w) {
+  if (!P.phase_ms || w->phased) return;
+  uint64_t now = now_ns();
+  if (now - start_ns < P.phase_ms * 1000000ull) return;
+  w->phased = 1;
+  w->rate = P.phase_rate;
+  w->rl_base_ns = now;
+  w->rl_bytes = 0;
+  emit("phase", "w=%u rate=%llu", w->id, (unsigned long long)w->rate);
+}
+
 /* Per-worker rate limit; time spent sleeping here is excluded from ms_per_gib. */
 static void throttle(struct worker *w) {
-  if (!P.rate) return;
+  maybe_change_phase(w);
+  if (!w->rate) return;
   uint64_t now = now_ns();
-  double due = (double)w->rl_base_ns + (double)w->rl_bytes * 1e9 / (double)P.rate;
+  double due = (double)w->rl_base_ns + (double)w->rl_bytes * 1e9 / (double)w->rate;
   if ((double)now < due) {
     sleep_ns((uint64_t)(due - (double)now));
     w->win_sleep_ns += now_ns() - now;
@@ -547,6 +576,7 @@ static void alloc_worker(struct worker *w, unsigned id) {
   w->id = id;
   w->npages = P.bytes / MIGD_PAGE_SIZE;
   w->hot_pages = P.pattern == PAT_HOTCOLD ? P.hot / MIGD_PAGE_SIZE : 0;
+  w->rate = P.rate;
   w->ctx.seed = P.seed;
   w->ctx.worker = id;
   w->ctx.content = P.pattern == PAT_COMPRESSIBLE ? MIGD_CONTENT_COMPRESSIBLE : MIGD_CONTENT_RANDOM;
@@ -678,12 +708,14 @@ int main(int argc, char **argv) {
   net_start();
 
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  start_ns = now_ns();
   emit("start",
        "workers=%u bytes=%llu pattern=%s rate=%llu verify=%d hot=%llu report_ms=%u hb_ms=%u "
-       "seed=0x%llx pid=%d ncpu=%ld",
+       "seed=0x%llx pid=%d ncpu=%ld phase_ms=%llu phase_rate=%llu",
        P.workers, (unsigned long long)P.bytes, pattern_names[P.pattern],
        (unsigned long long)P.rate, P.verify, (unsigned long long)P.hot, P.report_ms, P.hb_ms,
-       (unsigned long long)P.seed, (int)getpid(), ncpu);
+       (unsigned long long)P.seed, (int)getpid(), ncpu, (unsigned long long)P.phase_ms,
+       (unsigned long long)P.phase_rate);
 
   /* PID 1 cannot be OOM-killed: overcommitting would panic the kernel ("deadlocked on memory").
    * Refuse up front, keeping some room for page tables, stacks and the kernel. */

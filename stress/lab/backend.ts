@@ -47,10 +47,11 @@ export interface LabBackend {
   createVm(spec: VmSpec, nodeId: string): Promise<void>;
   /**
    * Waits until the VM's guest has reported at least `minSamples` samples with a rate and `minMs`
-   * have passed since the first one (the baseline before a migration).
+   * have passed since the first one (the baseline before a migration). With `idle`, a guest that
+   * writes nothing (so reports no rate) counts once it has run that long.
    * @throws Error when that does not happen within `timeoutMs`
    */
-  waitGuest(vmName: string, opts: { minSamples: number; minMs: number; timeoutMs: number; signal?: AbortSignal }): Promise<void>;
+  waitGuest(vmName: string, opts: { minSamples: number; minMs: number; timeoutMs: number; idle?: boolean; signal?: AbortSignal }): Promise<void>;
   /** Runs one migration to its end (or the time limit). */
   migrate(req: MigrateRequest): Promise<MigrateResult>;
   /** The run's timeline. @throws NotFoundError */

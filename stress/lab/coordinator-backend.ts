@@ -63,7 +63,7 @@ export class CoordinatorBackend implements LabBackend {
     await this.client.createVm({ spec, nodeId }, { deadlineMs: 120_000 });
   }
 
-  async waitGuest(vmName: string, opts: { minSamples: number; minMs: number; timeoutMs: number; signal?: AbortSignal }): Promise<void> {
+  async waitGuest(vmName: string, opts: { minSamples: number; minMs: number; timeoutMs: number; idle?: boolean; signal?: AbortSignal }): Promise<void> {
     const deadline = Date.now() + opts.timeoutMs;
     const seen = new Set<number>();
     let first: number | undefined;
@@ -72,13 +72,16 @@ export class CoordinatorBackend implements LabBackend {
       const r = await this.client.listVms({ nodeId: '' }).catch(() => undefined);
       const vm = r?.vms.find((v) => v.spec?.name === vmName);
       const g: GuestPerfSample | undefined = vm?.lastGuestPerf;
-      if (g && g.guestMonoMs > 0) {
+      // Only samples with a pace make a baseline: a guest still booting (a loaded host can take
+      // longer than the baseline window) has none yet, and a migration started then has nothing
+      // to compare the guest's pace with.
+      if (g && g.guestMonoMs > 0 && (g.msPerGib > 0 || opts.idle)) {
         seen.add(Number(g.guestMonoMs));
         first ??= Date.now();
       }
       // Heartbeats carry only the latest sample, and an idle guest reports none after its first
-      // pass: a VM running long enough counts too (the history store has what samples there are).
-      if (vm?.state === 2) running ??= Date.now();
+      // pass: an idle VM running long enough counts too (the history store has what samples there are).
+      if (vm?.state === 2 && opts.idle) running ??= Date.now();
       const since = first ?? running;
       const now = Date.now();
       if (since !== undefined && now - since >= opts.minMs && (seen.size >= Math.min(opts.minSamples, 2) || (running !== undefined && now - running >= opts.minMs + 5000))) return;

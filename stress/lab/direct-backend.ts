@@ -125,7 +125,7 @@ export class DirectBackend implements LabBackend {
     this.follow(spec.name, nodeId);
   }
 
-  async waitGuest(vmName: string, opts: { minSamples: number; minMs: number; timeoutMs: number; signal?: AbortSignal }): Promise<void> {
+  async waitGuest(vmName: string, opts: { minSamples: number; minMs: number; timeoutMs: number; idle?: boolean; signal?: AbortSignal }): Promise<void> {
     const deadline = Date.now() + opts.timeoutMs;
     for (;;) {
       const s = (this.guest.get(vmName)?.samples ?? []).filter((x) => x.msPerGib > 0 || x.heartbeatGapMs > 0 || x.pagesVerified > 0);

@@ -5,6 +5,7 @@
  */
 import { MigrationState, type GuestPerfSample, type ProgressSample } from '../../services/shared/gen/migd/v1/common.js';
 import type { GetRunTimelineResponse } from '../../services/shared/gen/migd/v1/coordinator.js';
+import { guestTimeLost, type GuestClockSample } from '../../services/shared/guest/harm.js';
 
 const MiB = 1024 * 1024;
 
@@ -144,6 +145,21 @@ export function guestHarm(
     meanDuring: covered > 0 ? weighted / covered : NaN,
     coveredSec: covered,
   };
+}
+
+/**
+ * The timeline's guest samples as clocks for {@link guestTimeLost}: every sample's two times, the
+ * pace from the whole-guest samples (per-worker ones only when the timeline has no whole-guest
+ * pace: then each worker's pace ÷ workers, as {@link timelineBaseline} does).
+ */
+export function guestClocks(guest: readonly GuestPerfSample[]): GuestClockSample[] {
+  const timed = guest.filter((g) => g.time);
+  const combined = timed.some((g) => g.worker === COMBINED && g.msPerGib > 0);
+  const workers = Math.max(1, new Set(timed.filter((g) => g.worker >= 0).map((g) => g.worker)).size);
+  return timed.map((g) => {
+    const pace = g.msPerGib > 0 ? (combined ? (g.worker === COMBINED ? g.msPerGib : 0) : g.msPerGib / workers) : 0;
+    return { hostMs: g.time!.getTime(), guestMonoMs: Number(g.guestMonoMs), msPerGib: pace };
+  });
 }
 
 /** Highest integrity-error count any guest sample of the timeline reported. */
@@ -313,7 +329,18 @@ export interface RunFigures {
   readonly baselineMsPerGib: number;
   readonly duringMsPerGib: number;
   readonly extraMsPerGibSec: number;
+  /** Guest time lost (s): stopped + slowed, from the guest's clock (services/shared/guest/harm.ts). */
   readonly guestSecondsLost: number;
+  /** Of it, the guest's clock standing still (switch-over, forced pauses, a paused destination). */
+  readonly guestStoppedSec: number;
+  /** Of it, running but slowed or stalled (throttling, post-copy faults). */
+  readonly guestSlowedSec: number;
+  /** The longest single pause (ms). */
+  readonly longestPauseMs: number;
+  /** The destination's postcopy-blocktime (ms, all vCPUs blocked at once); 0 without post-copy. */
+  readonly postcopyBlocktimeMs: number;
+  /** The old estimate: each sample held ≤ 2 s, pauses not counted in full (for comparison). */
+  readonly guestSecondsLostSampled: number;
   readonly actions: number;
   readonly error: string;
 }
@@ -328,6 +355,7 @@ export function runFigures(t: GetRunTimelineResponse, opts: { baselineWindowMs?:
   const series = combinedGuestSeries(t.guest);
   const baseline = timelineBaseline(t.guest, start, opts.baselineWindowMs, series);
   const harm = guestHarm(series, baseline, start, end ?? start);
+  const lost = guestTimeLost(guestClocks(t.guest), baseline, start, end ?? start);
   const cpu = hostCpuPoints(t);
   const lastCpu = cpu[cpu.length - 1];
   const statsCpu = stats ? stats.sourceCpuSeconds + stats.destinationCpuSeconds : 0;
@@ -349,7 +377,12 @@ export function runFigures(t: GetRunTimelineResponse, opts: { baselineWindowMs?:
     baselineMsPerGib: baseline,
     duringMsPerGib: harm.meanDuring,
     extraMsPerGibSec: harm.extraMsPerGibSec,
-    guestSecondsLost: harm.guestSecondsLost,
+    guestSecondsLost: lost.lostMs / 1000,
+    guestStoppedSec: lost.stoppedMs / 1000,
+    guestSlowedSec: lost.slowedMs / 1000,
+    longestPauseMs: lost.longestStopMs,
+    postcopyBlocktimeMs: stats?.postcopyBlocktimeMs ?? 0,
+    guestSecondsLostSampled: harm.guestSecondsLost,
     actions: run?.actions.length ?? 0,
     error: run?.error?.message ?? '',
   };
@@ -367,6 +400,13 @@ export interface StrategySummary {
   readonly downtimeMsP99: number;
   readonly extraMsPerGibSecP50: number;
   readonly guestSecondsLostP50: number;
+  readonly guestSecondsLostMin: number;
+  readonly guestSecondsLostMax: number;
+  readonly totalTimeMsMin: number;
+  readonly totalTimeMsMax: number;
+  readonly guestStoppedSecP50: number;
+  readonly longestPauseMsP50: number;
+  readonly postcopyBlocktimeMsP50: number;
   readonly baselineMsPerGib: number;
   readonly duringMsPerGib: number;
   readonly hostCpuSecondsMean: number;
@@ -403,10 +443,50 @@ export function summarize(runs: readonly { group: string; label: string; figures
       downtimeMsP99: quantile(ok.map((x) => x.downtimeMs), 0.99),
       extraMsPerGibSecP50: quantile(f.map((x) => x.extraMsPerGibSec), 0.5),
       guestSecondsLostP50: quantile(f.map((x) => x.guestSecondsLost), 0.5),
+      guestSecondsLostMin: quantile(f.map((x) => x.guestSecondsLost), 0),
+      guestSecondsLostMax: quantile(f.map((x) => x.guestSecondsLost), 1),
+      totalTimeMsMin: quantile(ok.map((x) => x.totalTimeMs), 0),
+      totalTimeMsMax: quantile(ok.map((x) => x.totalTimeMs), 1),
+      guestStoppedSecP50: quantile(f.map((x) => x.guestStoppedSec), 0.5),
+      longestPauseMsP50: quantile(f.map((x) => x.longestPauseMs), 0.5),
+      postcopyBlocktimeMsP50: quantile(ok.filter((x) => x.postcopy).map((x) => x.postcopyBlocktimeMs), 0.5),
       baselineMsPerGib: mean(f.map((x) => x.baselineMsPerGib)),
       duringMsPerGib: mean(f.map((x) => x.duringMsPerGib)),
       hostCpuSecondsMean: mean(f.map((x) => x.hostCpuSeconds)),
       integrityErrors: f.reduce((a, x) => a + x.integrityErrors, 0),
     };
   });
+}
+
+/**
+ * Each strategy's place against the Pareto front of total time p50 and guest time lost p50 among
+ * the strategies of one group that completed all their runs, with the issue's 10 % slack: on the
+ * front when no other is better on both; within 10 % when every one better on both is so by at
+ * most 10 % on at least one figure; otherwise off, naming who beats it. Strategies with a failed
+ * or timed-out repetition are incomplete; NaN figures make a strategy unknown.
+ */
+export function paretoFront(summaries: readonly StrategySummary[], slack = 0.1): Map<string, string> {
+  const out = new Map<string, string>();
+  const complete = summaries.filter((s) => s.runs > 0 && s.succeeded === s.runs);
+  for (const s of summaries) {
+    if (!complete.includes(s)) {
+      out.set(s.label, 'incomplete');
+      continue;
+    }
+    const t = s.totalTimeMsP50;
+    const g = s.guestSecondsLostP50;
+    if (!Number.isFinite(t) || !Number.isFinite(g)) {
+      out.set(s.label, 'unknown');
+      continue;
+    }
+    const better = complete.filter((o) => o !== s && o.totalTimeMsP50 < t && o.guestSecondsLostP50 < g);
+    if (better.length === 0) {
+      out.set(s.label, 'front');
+      continue;
+    }
+    // Beaten by more than the slack on both figures (guest time lost compared with a 0.1 s floor).
+    const clearly = better.filter((o) => o.totalTimeMsP50 < t / (1 + slack) && Math.max(0.1, o.guestSecondsLostP50) < Math.max(0.1, g) / (1 + slack));
+    out.set(s.label, clearly.length === 0 ? 'within 10 %' : `off (behind ${clearly.map((o) => o.label).join(', ')})`);
+  }
+  return out;
 }

@@ -17,7 +17,7 @@ import { pathToFileURL } from 'node:url';
 import { MigrationState } from '../../services/shared/gen/migd/v1/common.js';
 import type { GetRunTimelineResponse } from '../../services/shared/gen/migd/v1/coordinator.js';
 import { policyName } from '../../services/coordinator/domain/policy/index.js';
-import { type LabOutcome, type RunFigures, type RunSeries, type StrategySummary, runFigures, runSeries, summarize } from './metrics.js';
+import { type LabOutcome, type RunFigures, type RunSeries, type StrategySummary, paretoFront, runFigures, runSeries, summarize } from './metrics.js';
 import type { Scenario } from './scenarios.js';
 
 /** One recorded run as the report takes it. */
@@ -122,6 +122,12 @@ export function fmtMs(v: number): string {
   return v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : v >= 1000 ? `${(v / 1000).toFixed(2)} s` : `${Math.round(v)} ms`;
 }
 /** Fixed decimals, "—" for NaN; k/M suffixes from 10 000 up (harm figures run into millions). */
+/** "3.1–4.0" from a min and max (seconds), "—" when unknown. */
+export function fmtSpread(min: number, max: number, digits = 1): string {
+  if (!Number.isFinite(min) || !Number.isFinite(max)) return '—';
+  return `${min.toFixed(digits)}–${max.toFixed(digits)}`;
+}
+
 export function fmtNum(v: number, digits = 1): string {
   if (!Number.isFinite(v)) return '—';
   if (Math.abs(v) >= 1e6) return `${(v / 1e6).toFixed(2)} M`;
@@ -136,14 +142,17 @@ function summaryTable(summaries: readonly StrategySummary[], group: string): str
       (s) => `<tr>
   <td class="l">${esc(s.label)}</td><td>${s.runs}</td><td>${s.succeeded}/${s.runs} (${Math.round(s.completionRate * 100)} %)</td>
   <td>${fmtMs(s.totalTimeMsP50)}</td><td>${fmtMs(s.downtimeMsP50)}</td><td>${fmtMs(s.downtimeMsP99)}</td>
-  <td>${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)}</td><td>${fmtNum(s.extraMsPerGibSecP50, 0)}</td><td>${fmtNum(s.guestSecondsLostP50, 2)}</td>
+  <td>${fmtSpread(s.totalTimeMsMin / 1000, s.totalTimeMsMax / 1000)}</td>
+  <td>${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)}</td><td>${fmtNum(s.extraMsPerGibSecP50, 0)}</td><td>${fmtNum(s.guestSecondsLostP50, 2)}<br><small>${fmtSpread(s.guestSecondsLostMin, s.guestSecondsLostMax)}</small></td>
+  <td>${fmtNum(s.guestStoppedSecP50, 2)} / ${fmtNum(s.longestPauseMsP50 / 1000, 2)}</td><td>${fmtNum(s.postcopyBlocktimeMsP50, 0)}</td>
   <td>${fmtNum(s.hostCpuSecondsMean, 1)}</td><td class="${s.integrityErrors > 0 ? 'bad' : ''}">${s.integrityErrors}</td>
 </tr>`,
     )
     .join('\n');
   return `<table class="summary">
 <thead><tr><th class="l">strategy</th><th>runs</th><th>completed</th><th>total time p50</th><th>downtime p50</th><th>downtime p99</th>
-<th>guest ms/GiB before → during</th><th>harm p50<br><small>extra ms/GiB·s</small></th><th>guest time lost p50<br><small>s</small></th><th>host CPU<br><small>s, mean</small></th><th>integrity errors</th></tr></thead>
+<th>total min–max<br><small>s</small></th>
+<th>guest ms/GiB before → during</th><th>harm p50<br><small>extra ms/GiB·s</small></th><th>guest time lost p50<br><small>s (min–max)</small></th><th>paused p50 / longest<br><small>s</small></th><th>post-copy blocktime p50<br><small>ms</small></th><th>host CPU<br><small>s, mean</small></th><th>integrity errors</th></tr></thead>
 <tbody>
 ${rows}
 </tbody></table>`;
@@ -160,7 +169,8 @@ function runFacts(r: ReportData['runs'][number]): string {
     f.postcopy ? 'post-copy' : '',
     f.maxThrottlePct > 0 ? `throttle ≤ ${f.maxThrottlePct} %` : '',
     `${fmtNum(f.transferredBytes / 2 ** 20, 0)} MiB sent`,
-    `harm ${fmtNum(f.extraMsPerGibSec, 0)} ms/GiB·s (${fmtNum(f.guestSecondsLost, 2)} s lost)`,
+    `harm ${fmtNum(f.extraMsPerGibSec, 0)} ms/GiB·s (${fmtNum(f.guestSecondsLost, 2)} s lost: ${fmtNum(f.guestStoppedSec, 2)} s paused, longest ${fmtMs(f.longestPauseMs)})`,
+    f.postcopy ? `post-copy blocktime ${fmtMs(f.postcopyBlocktimeMs)}` : '',
     `host CPU ${fmtNum(f.hostCpuSeconds, 1)} s`,
     `<span class="${f.integrityErrors > 0 ? 'bad' : ''}">${f.integrityErrors} integrity errors</span>`,
     `policy ${esc(r.policy)}`,
@@ -247,6 +257,13 @@ for (const [g, name] of D.groups.entries()) {
     y: {title: {display: true, text: 's'}, min: 0, grace: '8%'}, y1: {position: 'right', title: {display: true, text: 'ms'}, min: 0, grace: '8%', grid: {drawOnChartArea: false}},
     y2: {position: 'right', min: 0, max: 105, title: {display: true, text: '%'}, grid: {drawOnChartArea: false}}}}});
 }
+for (const [g, name] of D.groups.entries()) {
+  const el = document.getElementById('pareto-' + g); if (!el) continue;
+  const labels = [...new Set(D.runs.filter((r) => r.group === name).map((r) => r.label))];
+  new Chart(el, {type: 'scatter', data: {datasets: labels.map((l, k) => ({label: l, backgroundColor: COLORS[k % COLORS.length], borderColor: COLORS[k % COLORS.length], pointRadius: 5,
+    data: D.runs.filter((r) => r.group === name && r.label === l && r.outcome === 'succeeded' && r.figures.guestSecondsLost !== null).map((r) => ({x: r.figures.totalTimeMs / 1000, y: r.figures.guestSecondsLost}))}))},
+    options: {plugins: {title: {display: true, text: name + ': one point per completed run'}}, scales: {x: {title: {display: true, text: 'total time (s)'}, min: 0}, y: {title: {display: true, text: 'guest time lost (s)'}, min: 0}}}});
+}
 document.body.setAttribute('data-charts', String(Object.keys(Chart.instances).length));
 })();
 `;
@@ -263,7 +280,8 @@ export function renderReportHtml(data: ReportData, chartJs: string): string {
     .map(
       (g, i) => `<h3>${esc(g)}</h3>
 ${summaryTable(data.summaries, g)}
-<div class="sumchart"><canvas id="sum-${i}"></canvas></div>`,
+<div class="sumchart"><canvas id="sum-${i}"></canvas></div>
+<div class="sumchart"><canvas id="pareto-${i}"></canvas></div>`,
     )
     .join('\n');
   let lastScenario = '';
@@ -287,7 +305,7 @@ ${summaryTable(data.summaries, g)}
 <p class="desc">${esc(data.comparison.description)}</p>
 <p class="env">comparison ${esc(data.comparison.name)} · ${data.runs.length} runs · generated ${esc(data.generatedAt)}${env ? ' · ' + env : ''}</p>
 <h2>Summary per strategy</h2>
-<p class="desc">Times and downtimes of completed runs; harm = guest ms/GiB above the baseline (median of the samples before the migration) integrated over the migration, and the same as seconds of guest work lost; host CPU = source + destination QEMU during the migration.</p>
+<p class="desc">Times and downtimes of completed runs; harm = guest ms/GiB above the baseline (median of the samples before the migration) integrated over the migration; guest time lost = every interval the guest's own clock stood still (switch-over, forced pauses, a paused destination) in full, plus the work not done while it ran slowed or stalled (throttling, post-copy faults), from the guest's clock and pace; host CPU = source + destination QEMU during the migration. Spreads are min–max over the repetitions.</p>
 ${groups}
 <h2>Runs</h2>
 ${runs}
@@ -303,14 +321,15 @@ ${runs}
  */
 export function summaryMarkdown(data: ReportData): string {
   const out: string[] = [`# ${data.comparison.title}`, '', `${data.runs.length} runs, generated ${data.generatedAt}${Object.keys(data.environment).length > 0 ? ` (${Object.entries(data.environment).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}.`];
-  out.push('Times and downtimes: completed runs only. Harm: guest ms/GiB above its baseline integrated over the migration; guest time lost: the same in seconds of guest work. Host CPU: source + destination QEMU.');
+  out.push('Times and downtimes: completed runs only. Harm: guest ms/GiB above its baseline integrated over the migration. Guest time lost: every interval the guest did not run (its own clock stood still: switch-over, forced pauses, a paused destination) in full, plus work not done while it ran slowed or stalled (throttle, post-copy faults). Spreads: min–max over repetitions. Host CPU: source + destination QEMU. Pareto: completed every run and no other such strategy better on both total time p50 and guest time lost p50.');
   for (const group of data.groups) {
-    out.push('', `## ${group}`, '', '| strategy | completed | outcomes | total p50 | downtime p50 | downtime p99 | guest ms/GiB before → during | harm p50 (ms/GiB·s) | guest time lost p50 (s) | host CPU (s, mean) | integrity errors |', '|---|---|---|---|---|---|---|---|---|---|---|');
+    const front = paretoFront(data.summaries.filter((x) => x.group === group));
+    out.push('', `## ${group}`, '', '| strategy | completed | outcomes | total p50 (min–max) | downtime p50 | downtime p99 | guest ms/GiB before → during | harm p50 (ms/GiB·s) | guest time lost p50 (min–max, s) | paused p50 / longest (s) | post-copy blocktime p50 (ms) | host CPU (s, mean) | integrity errors | Pareto |', '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
     for (const s of data.summaries.filter((x) => x.group === group)) {
       const outcomes = new Map<string, number>();
       for (const r of data.runs) if (r.group === group && r.label === s.label) outcomes.set(r.outcome, (outcomes.get(r.outcome) ?? 0) + 1);
       out.push(
-        `| ${s.label} | ${s.succeeded}/${s.runs} | ${[...outcomes].map(([k, n]) => `${n} ${k}`).join(', ')} | ${fmtMs(s.totalTimeMsP50)} | ${fmtMs(s.downtimeMsP50)} | ${fmtMs(s.downtimeMsP99)} | ${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)} | ${fmtNum(s.extraMsPerGibSecP50, 0)} | ${fmtNum(s.guestSecondsLostP50, 2)} | ${fmtNum(s.hostCpuSecondsMean, 1)} | ${s.integrityErrors} |`,
+        `| ${s.label} | ${s.succeeded}/${s.runs} | ${[...outcomes].map(([k, n]) => `${n} ${k}`).join(', ')} | ${fmtMs(s.totalTimeMsP50)} (${fmtSpread(s.totalTimeMsMin / 1000, s.totalTimeMsMax / 1000)}) | ${fmtMs(s.downtimeMsP50)} | ${fmtMs(s.downtimeMsP99)} | ${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)} | ${fmtNum(s.extraMsPerGibSecP50, 0)} | ${fmtNum(s.guestSecondsLostP50, 2)} (${fmtSpread(s.guestSecondsLostMin, s.guestSecondsLostMax)}) | ${fmtNum(s.guestStoppedSecP50, 2)} / ${fmtNum(s.longestPauseMsP50 / 1000, 2)} | ${fmtNum(s.postcopyBlocktimeMsP50, 0)} | ${fmtNum(s.hostCpuSecondsMean, 1)} | ${s.integrityErrors} | ${front.get(s.label) ?? ''} |`,
       );
     }
   }

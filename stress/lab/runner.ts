@@ -10,7 +10,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { type GuestPerfSample, type ProgressSample, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
+import { WorkloadPattern, type GuestPerfSample, type ProgressSample, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
 import { type LabBackend, sleep, stateName } from './backend.js';
 import { type ReportRun, screenshot, writeReport } from './report.js';
 import { type FailedAttempt, type LabResults, isRecorded, loadResults, loadTimeline, newResults, saveResults, saveTimeline } from './results.js';
@@ -68,6 +68,8 @@ export function vmSpecOf(s: Scenario, name: string): VmSpec {
       rateBytesPerSec: s.workload.rateBytesPerSec,
       hotBytes: s.workload.hotBytes ?? 0,
       verify: true,
+      phaseAfterMs: s.workload.phase?.afterMs ?? 0,
+      phaseRateBytesPerSec: s.workload.phase?.rateBytesPerSec ?? 0,
     },
     labels: { lab: 'true', scenario: s.name },
     antiAffinityGroup: '',
@@ -174,7 +176,13 @@ async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: strin
   const vmName = `lab-${s.name}-${rep}-${session}`.slice(0, 63);
   await b.createVm(vmSpecOf(s, vmName), o.source);
   try {
-    await b.waitGuest(vmName, { minSamples: 5, minMs: s.limits.baselineMs, timeoutMs: s.limits.bootMs + s.limits.baselineMs, ...(o.signal ? { signal: o.signal } : {}) });
+    await b.waitGuest(vmName, {
+      minSamples: 5,
+      minMs: s.limits.baselineMs,
+      timeoutMs: s.limits.bootMs + s.limits.baselineMs,
+      idle: s.workload.pattern === WorkloadPattern.WORKLOAD_PATTERN_IDLE,
+      ...(o.signal ? { signal: o.signal } : {}),
+    });
     let lastStatus = 0;
     const result = await b.migrate({
       key: `lab.${o.comparison.name}.${s.name}.${rep}.${session}`,

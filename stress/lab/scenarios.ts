@@ -38,6 +38,8 @@ export interface LabWorkload {
   readonly rateBytesPerSec: number;
   /** Hot set for the hotcold pattern; 0 = the guest's default (1/16 of the region). */
   readonly hotBytes?: number;
+  /** A phase change: after `afterMs` of writing (guest clock) the per-worker limit becomes `rateBytesPerSec` (0 = unlimited). */
+  readonly phase?: { readonly afterMs: number; readonly rateBytesPerSec: number };
 }
 
 /** The migration link between the two hosts (applied to both directions). */

@@ -87,6 +87,8 @@ export function guestSpec(name: string, opts: { memoryMib?: number; pattern?: Wo
       rateBytesPerSec: opts.rate ?? 0,
       hotBytes: opts.hotBytes ?? 0,
       verify: true,
+      phaseAfterMs: 0,
+      phaseRateBytesPerSec: 0,
     },
     labels: {},
     antiAffinityGroup: '',

@@ -212,6 +212,8 @@ export function createVmRequest(name: string, flags: FlagValues): CoordinatorSer
       rateBytesPerSec: optional(flags, 'rate', parseRate) ?? 0,
       hotBytes: optional(flags, 'hot-bytes', parseSize) ?? 0,
       verify: !flagBool(flags, 'no-verify'),
+      phaseAfterMs: 0,
+      phaseRateBytesPerSec: 0,
     },
     labels,
     antiAffinityGroup: flagString(flags, 'anti-affinity') ?? '',

@@ -3,7 +3,9 @@
  * much the policy throttled, and what the guest felt before, during and after (the workload's
  * ms/GiB, heartbeat gaps, integrity errors). Pure.
  */
+import { MigrationState } from '../../shared/gen/migd/v1/common.js';
 import type { GetRunTimelineResponse } from '../../shared/gen/migd/v1/coordinator.js';
+import { guestTimeLost } from '../../shared/guest/harm.js';
 import { mbpsToBytesPerSec } from '../domain/units.js';
 
 /** Mean ms/GiB of the guest's write passes in one phase; NaN without samples. */
@@ -26,6 +28,15 @@ export interface TimelineSummary {
   readonly guestBefore: GuestPhase;
   readonly guestDuring: GuestPhase;
   readonly guestAfter: GuestPhase;
+  /**
+   * Guest time lost during the migration (ms, from the guest's own clock: services/shared/guest/
+   * harm.ts): `pausedMs` while its clock stood still (switch-over, forced pauses, a destination
+   * kept paused until the handover), `lostMs` that plus the work not done while slowed or stalled
+   * against the pace before. NaN when the samples do not bracket the migration.
+   */
+  readonly guestPausedMs: number;
+  readonly guestLongestPauseMs: number;
+  readonly guestLostMs: number;
   /** Longest heartbeat gap the guest saw during the migration (a felt pause), in ms. */
   readonly maxHeartbeatGapDuringMs: number;
   /** Highest integrity-error count any guest sample reported. */
@@ -40,7 +51,9 @@ function phase(values: readonly number[]): GuestPhase {
 
 /**
  * Summarises a timeline. The migration's window is the run's started_at..finished_at (falling
- * back to the first and last progress sample, then to everything being "during").
+ * back to the first and last progress sample, then to everything being "during"). For the
+ * guest's pace, "after" starts on arrival: when QEMU reported completion (the run entered
+ * VERIFYING), since the guest runs on the destination while migd verifies it there.
  */
 export function summarizeTimeline(t: GetRunTimelineResponse): TimelineSummary {
   const progress = t.progress;
@@ -48,6 +61,7 @@ export function summarizeTimeline(t: GetRunTimelineResponse): TimelineSummary {
   const last = progress[progress.length - 1]?.time?.getTime();
   const start = t.run?.startedAt?.getTime() ?? first ?? -Infinity;
   const end = t.run?.finishedAt?.getTime() ?? last ?? Infinity;
+  const arrived = t.run?.transitions.find((c) => c.to === MigrationState.MIGRATION_STATE_VERIFYING)?.time?.getTime() ?? end;
 
   const throughputs = progress.map((p) => mbpsToBytesPerSec(p.throughputMbps));
   const moving = throughputs.filter((x) => x > 0);
@@ -63,9 +77,15 @@ export function summarizeTimeline(t: GetRunTimelineResponse): TimelineSummary {
     if (inside) maxGap = Math.max(maxGap, g.heartbeatGapMs);
     if (g.msPerGib <= 0) continue;
     if (at !== undefined && at < start) before.push(g.msPerGib);
-    else if (at !== undefined && at > end) after.push(g.msPerGib);
+    else if (at !== undefined && at > arrived) after.push(g.msPerGib);
     else during.push(g.msPerGib);
   }
+  // Whole-guest pace where the guest reports it, else every sample's (one worker's) pace.
+  const combined = t.guest.some((g) => g.worker === -1 && g.msPerGib > 0);
+  const beforePace = t.guest.filter((g) => g.msPerGib > 0 && (g.time?.getTime() ?? Infinity) < start && (!combined || g.worker === -1)).map((g) => g.msPerGib).sort((a, b) => a - b);
+  const baseline = beforePace.length > 0 ? beforePace[Math.floor(beforePace.length / 2)]! : NaN;
+  const clocks = t.guest.filter((g) => g.time).map((g) => ({ hostMs: g.time!.getTime(), guestMonoMs: g.guestMonoMs, msPerGib: !combined || g.worker === -1 ? g.msPerGib : 0 }));
+  const lost = Number.isFinite(start) && Number.isFinite(end) ? guestTimeLost(clocks, baseline, start, end) : undefined;
   const cpu = t.hostCpu[t.hostCpu.length - 1];
   return {
     progressSamples: progress.length,
@@ -79,6 +99,9 @@ export function summarizeTimeline(t: GetRunTimelineResponse): TimelineSummary {
     guestBefore: phase(before),
     guestDuring: phase(during),
     guestAfter: phase(after),
+    guestPausedMs: lost?.stoppedMs ?? NaN,
+    guestLongestPauseMs: lost?.longestStopMs ?? NaN,
+    guestLostMs: lost?.lostMs ?? NaN,
     maxHeartbeatGapDuringMs: maxGap,
     integrityErrors: integrity,
     hostCpuSeconds: cpu ? cpu.sourceCpuSeconds + cpu.destinationCpuSeconds : NaN,

@@ -214,6 +214,12 @@ export function formatRunDetails(t: GetRunTimelineResponse): string {
   out += '\ntimeline\n';
   out += `  progress  ${plural(s.progressSamples, 'sample')}, ${plural(s.passes, 'pass', 'passes')}, throughput peak ${formatRate(s.peakThroughputBytesPerSec)} / mean ${formatRate(s.meanThroughputBytesPerSec)}, dirty peak ${formatRate(s.peakDirtyBytesPerSec)}, throttle max ${s.maxThrottlePct}%, final downtime limit ${formatDuration(s.finalDowntimeLimitMs)}\n`;
   out += `  guest     ${guestPhase('before', s.guestBefore)}, ${guestPhase('during', s.guestDuring)}, ${guestPhase('after', s.guestAfter)}; longest heartbeat gap ${formatDuration(s.maxHeartbeatGapDuringMs)}; integrity errors ${s.integrityErrors}\n`;
+  if (Number.isFinite(s.guestLostMs)) {
+    out += `  harm      guest time lost ${formatDuration(s.guestLostMs)}, of it paused ${formatDuration(s.guestPausedMs)} (longest ${formatDuration(s.guestLongestPauseMs)}), from the guest's own clock\n`;
+  }
+  if (run.stats && (run.stats.postcopyBlocktimeMs > 0 || run.stats.postcopyVcpuBlocktimeMs.length > 0)) {
+    out += `  post-copy blocktime ${formatDuration(run.stats.postcopyBlocktimeMs)} (all vCPUs blocked), per vCPU ${run.stats.postcopyVcpuBlocktimeMs.map((v) => formatDuration(v)).join(', ')}\n`;
+  }
   if (Number.isFinite(s.hostCpuSeconds)) out += `  host cpu  ${formatNumber(s.hostCpuSeconds, 1)} s (both QEMU processes)\n`;
   return out;
 }

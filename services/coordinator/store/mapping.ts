@@ -142,6 +142,7 @@ export function progressToRow(runId: string, s: ProgressSample, at: number): New
     destination_cpu_seconds: s.destinationCpuSeconds,
     xbzrle_cache_miss: s.xbzrleCacheMiss,
     duplicate_pages: s.duplicatePages,
+    estimated_dirty_bytes_per_sec: s.estimatedDirtyBytesPerSec,
   };
 }
 
@@ -167,6 +168,7 @@ export function progressToProto(r: ProgressRow): ProgressSample {
     destinationCpuSeconds: r.destination_cpu_seconds,
     xbzrleCacheMiss: r.xbzrle_cache_miss,
     duplicatePages: r.duplicate_pages,
+    estimatedDirtyBytesPerSec: r.estimated_dirty_bytes_per_sec,
   };
 }
 

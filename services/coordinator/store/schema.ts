@@ -107,6 +107,7 @@ export interface ProgressSamplesTable {
   destination_cpu_seconds: number;
   xbzrle_cache_miss: number;
   duplicate_pages: number;
+  estimated_dirty_bytes_per_sec: Generated<number>;
 }
 
 export interface GuestSamplesTable {

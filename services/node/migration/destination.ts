@@ -20,6 +20,7 @@ import type { MigrationConfig } from '../../shared/policy/resolve.js';
 import type { DestinationRecord, MigrationRecords } from './record.js';
 import { capabilityList, type MigratableVm, type VmHost } from './types.js';
 import { VerificationTracker } from './verification.js';
+import { blocktimeOf } from './progress.js';
 import { tcpUri } from './endpoint.js';
 
 /** The port of the first listening address `query-migrate` reports on a destination. */
@@ -51,6 +52,8 @@ export class IncomingMigration {
   readonly runId: string;
   private status = 'none';
   private resumedHere = false;
+  /** The incoming QEMU reported post-copy (so blocktime figures are expected at the end). */
+  private sawPostcopy = false;
   private exited = false;
   private readonly stop = new AbortController();
   private statusWaiters: (() => void)[] = [];
@@ -149,6 +152,7 @@ export class IncomingMigration {
 
   private setStatus(s: string): void {
     if (s !== this.status) this.lastChangeMs = Date.now();
+    if (s.startsWith('postcopy')) this.sawPostcopy = true;
     this.status = s;
   }
 
@@ -290,11 +294,37 @@ export class IncomingMigration {
     // Proven alive: the guest verified pages here after its arrival (see verification.ts).
     while (!this.verification.proven && !this.exited && Date.now() < deadline) await this.changed(Math.max(1, deadline - Date.now()));
     const v = this.verification;
-    const res = ConfirmIncomingResponse.fromPartial({ alive: v.proven, pid: vm.pid, pagesVerifiedAfter: v.pagesVerifiedAfter, ...(v.lastSample ? { sample: { ...v.lastSample, integrityErrors: v.integrityErrors } } : {}) });
+    const blocktime = await this.postcopyBlocktime(deadline);
+    const res = ConfirmIncomingResponse.fromPartial({
+      alive: v.proven,
+      pid: vm.pid,
+      pagesVerifiedAfter: v.pagesVerifiedAfter,
+      ...(v.lastSample ? { sample: { ...v.lastSample, integrityErrors: v.integrityErrors } } : {}),
+      ...blocktime,
+    });
     this.p.record.phase = 'confirmed';
     this.p.record.confirm = ConfirmIncomingResponse.toJSON(res);
     await this.p.records.write(this.p.record);
     return res;
+  }
+
+  /**
+   * After post-copy, the destination QEMU's blocktime figures (capability postcopy-blocktime):
+   * QEMU reports them on the incoming side once its own migration state is `completed`, which can
+   * come a moment after the source's. Waits for that until `deadline`; nothing without post-copy.
+   */
+  private async postcopyBlocktime(deadline: number): Promise<{ postcopyBlocktimeMs?: number; postcopyVcpuBlocktimeMs?: number[] }> {
+    if (!this.sawPostcopy || this.p.config.capabilities['postcopy-blocktime'] !== true) return {};
+    const { vm, log } = this.p;
+    for (;;) {
+      const info = (await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 2000 }).catch(() => undefined)) as Record<string, unknown> | undefined;
+      const b = blocktimeOf(info);
+      if (b || this.exited || Date.now() >= deadline) {
+        if (!b) log.info('the destination reported no post-copy blocktime', { status: info?.['status'] ?? null });
+        return b ?? {};
+      }
+      await this.changed(Math.min(200, Math.max(1, deadline - Date.now())));
+    }
   }
 
   /**

@@ -25,6 +25,24 @@ export interface QmpMigrationInfo {
   'setup-time'?: number;
   'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
+  /** Destination only, with capability postcopy-blocktime, once its state is `completed` (ms). */
+  'postcopy-blocktime'?: number;
+  'postcopy-vcpu-blocktime'?: number[];
+}
+
+/**
+ * The post-copy blocktime figures of a destination's `query-migrate` reply (capability
+ * postcopy-blocktime; QEMU fills them in on the incoming side once its state is `completed`):
+ * total time all vCPUs were blocked on missing pages at once, and per vCPU, in ms. Undefined
+ * when the reply has none (not completed yet, no post-copy, or capability off).
+ */
+export function blocktimeOf(info: unknown): { postcopyBlocktimeMs: number; postcopyVcpuBlocktimeMs: number[] } | undefined {
+  if (typeof info !== 'object' || info === null) return undefined;
+  const i = info as QmpMigrationInfo;
+  const total = i['postcopy-blocktime'];
+  if (typeof total !== 'number' || !Number.isFinite(total) || total < 0) return undefined;
+  const perVcpu = Array.isArray(i['postcopy-vcpu-blocktime']) ? i['postcopy-vcpu-blocktime'].filter((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0) : [];
+  return { postcopyBlocktimeMs: Math.round(total), postcopyVcpuBlocktimeMs: perVcpu.map((x) => Math.round(x)) };
 }
 
 /** Maps QEMU's migration status to migd's state (undefined for "none"). */
@@ -67,6 +85,8 @@ export interface SampleContext {
   readonly maxBandwidthBytesPerSec: number;
   readonly sourceCpuSeconds: number;
   readonly destinationCpuSeconds: number;
+  /** The source's pre-migration dirty-rate estimate (bytes/s), 0 when not measured. */
+  readonly estimatedDirtyBytesPerSec?: number;
 }
 
 /** Builds a ProgressSample from a `query-migrate` reply. */
@@ -92,6 +112,7 @@ export function progressSample(info: QmpMigrationInfo, ctx: SampleContext): Prog
     sourceCpuSeconds: ctx.sourceCpuSeconds,
     destinationCpuSeconds: ctx.destinationCpuSeconds,
     xbzrleCacheMiss: info['xbzrle-cache']?.['cache-miss'] ?? 0,
+    estimatedDirtyBytesPerSec: Math.round(ctx.estimatedDirtyBytesPerSec ?? 0),
     duplicatePages: ram.duplicate ?? 0,
   };
 }
@@ -112,6 +133,8 @@ export function finalStats(info: QmpMigrationInfo, extra: Partial<MigrationStats
     pagesVerifiedAfter: 0,
     maxThrottlePct: 0,
     recoveries: 0,
+    postcopyBlocktimeMs: 0,
+    postcopyVcpuBlocktimeMs: [],
     ...extra,
   };
 }

@@ -13,6 +13,7 @@ import {
   MigrationPolicy as MigrationPolicyCodec,
   MigrationState,
   PolicyActionKind,
+  PolicyKind,
   type ErrorInfo,
   type GuestPerfSample,
   type MigrationPolicy,
@@ -20,7 +21,7 @@ import {
   type PolicyAction,
   type ProgressSample,
 } from '../../shared/gen/migd/v1/common.js';
-import { MigrationInfo as MigrationInfoCodec, type ConfirmIncomingResponse, type MigrationEndpoint, type MigrationInfo, type StateChange, type WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
+import { ConfirmIncomingResponse, MigrationInfo as MigrationInfoCodec, type MigrationEndpoint, type MigrationInfo, type StateChange, type WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
 import type { QmpEvent } from '../qmp/protocol.js';
 import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
@@ -31,6 +32,9 @@ import { StallDetector, finalStats, postcopyDowntimeMs, progressSample, stateFro
 import type { MigrationRecords, SourcePhase, SourceRecord } from './record.js';
 import { capabilityList, type MigratableVm, type NodePeer, type VmHost } from './types.js';
 import { streamUri } from './endpoint.js';
+
+/** How long calc-dirty-rate samples before an adaptive migration starts (ms). */
+const DIRTY_RATE_CALC_MS = 1000;
 
 export interface SourceOptions {
   /** query-migrate polling interval for progress figures (ms). Default 250. */
@@ -112,6 +116,8 @@ export class SourceMigration {
   private stoppedAtUs: number | undefined;
   private completedAtUs: number | undefined;
   private pausedGuest = false;
+  /** calc-dirty-rate's estimate before the migration (bytes/s), 0 when not taken. */
+  private estimatedDirty = 0;
   private recoveries = 0;
   private maxThrottle = 0;
   private destinationCpu = 0;
@@ -232,6 +238,7 @@ export class SourceMigration {
         params['tls-creds'] = '';
       }
       await vm.qmp.execute('migrate-set-parameters', params);
+      if (this.p.policy.kind === PolicyKind.POLICY_KIND_ADAPTIVE) this.estimatedDirty = await this.estimateDirtyRate();
       this.sourceCpuStart = await vm.cpuSeconds();
       const events = vm.qmp.events({ names: ['MIGRATION', 'MIGRATION_PASS', 'STOP', 'RESUME'] });
       log.info('migration starting', { uri, capabilities: config.capabilities, tls: config.tls });
@@ -248,6 +255,34 @@ export class SourceMigration {
       this.error = { ...errorInfoOf(err), message: publicMessage(err) };
       this.finish(MigrationState.MIGRATION_STATE_FAILED, `could not start: ${publicMessage(err)}`);
       throw err;
+    }
+  }
+
+  /**
+   * The guest's dirty rate before the migration starts, for a policy that predicts from the first
+   * sample: QEMU's calc-dirty-rate in page-sampling mode (dirty-bitmap mode reports 0 under TCG,
+   * FACTS.md) over DIRTY_RATE_CALC_MS. Page sampling counts unique pages dirtied per period, so a
+   * guest rewriting a small set fast reads low (a lower bound). Bytes/s; 0 when QEMU cannot say.
+   */
+  private async estimateDirtyRate(): Promise<number> {
+    const { vm, log } = this.p;
+    try {
+      await vm.qmp.execute('calc-dirty-rate', { 'calc-time': DIRTY_RATE_CALC_MS, 'calc-time-unit': 'millisecond', 'sample-pages': 512, mode: 'page-sampling' }, { timeoutMs: 3000 });
+      const until = this.now() + DIRTY_RATE_CALC_MS + 2000;
+      await sleep(DIRTY_RATE_CALC_MS);
+      for (;;) {
+        const r = (await vm.qmp.execute('query-dirty-rate', undefined, { timeoutMs: 3000 })) as { status?: string; 'dirty-rate'?: number };
+        if (r.status === 'measured') {
+          const bps = Math.max(0, (r['dirty-rate'] ?? 0) * 1024 * 1024);
+          log.info('dirty rate before the migration (calc-dirty-rate, page sampling)', { mibPerSec: r['dirty-rate'] ?? null });
+          return bps;
+        }
+        if (this.now() > until) return 0;
+        await sleep(100);
+      }
+    } catch (err) {
+      log.info('no dirty-rate estimate before the migration', { err: (err as Error).message });
+      return 0;
     }
   }
 
@@ -324,6 +359,7 @@ export class SourceMigration {
           maxBandwidthBytesPerSec: this.maxBandwidth,
           sourceCpuSeconds: Math.max(0, (await this.p.vm.cpuSeconds()) - this.sourceCpuStart),
           destinationCpuSeconds: this.destinationCpu,
+          estimatedDirtyBytesPerSec: this.estimatedDirty,
         });
         this.maxThrottle = Math.max(this.maxThrottle, sample.throttlePct);
         this.lastProgress = sample;
@@ -628,7 +664,7 @@ export class SourceMigration {
       if (err instanceof MigdError && (err.code === 'NOT_FOUND' || err.reason === 'NOT_HANDED_OVER')) {
         const r = await this.abortDestination(deadline);
         if (r === 'gone') return { kind: 'refused', why };
-        if (r === 'runs-there') return { kind: 'confirmed', res: { alive: false, sample: undefined, pid: 0, pagesVerifiedAfter: 0 } };
+        if (r === 'runs-there') return { kind: 'confirmed', res: ConfirmIncomingResponse.fromPartial({ alive: false, pid: 0, pagesVerifiedAfter: 0 }) };
       }
       return { kind: 'unresolved', why };
     }
@@ -654,6 +690,8 @@ export class SourceMigration {
       pagesVerifiedAfter: confirm?.pagesVerifiedAfter ?? 0,
       maxThrottlePct: this.maxThrottle,
       recoveries: this.recoveries,
+      postcopyBlocktimeMs: confirm?.postcopyBlocktimeMs ?? 0,
+      postcopyVcpuBlocktimeMs: confirm?.postcopyVcpuBlocktimeMs ?? [],
     });
     if (handover.kind === 'refused') {
       // The destination proved its copy gone: after pre-copy the source holds the whole guest.

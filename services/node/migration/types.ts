@@ -74,7 +74,7 @@ export interface NodePeer {
 }
 
 /** Capability names migd manages; each is set explicitly (true or false) on both ends. */
-export const MANAGED_CAPABILITIES = ['auto-converge', 'postcopy-ram', 'postcopy-preempt', 'return-path', 'xbzrle', 'multifd', 'switchover-ack', 'events'] as const;
+export const MANAGED_CAPABILITIES = ['auto-converge', 'postcopy-ram', 'postcopy-preempt', 'return-path', 'xbzrle', 'multifd', 'switchover-ack', 'events', 'postcopy-blocktime'] as const;
 
 /** The `migrate-set-capabilities` argument for a resolved capability map. */
 export function capabilityList(caps: Readonly<Record<string, boolean>>, supported: ReadonlySet<string>): { capability: string; state: boolean }[] {

@@ -36,6 +36,13 @@ export interface GuestWorkload {
   idleVerifyMs?: number;
   /** Content seed (positive, < 2^64). Default: chosen by the guest from its clock. */
   seed?: number | bigint;
+  /**
+   * A phase change: after this many ms of writing (guest clock, from the workload's start) each
+   * worker's write limit becomes {@link phaseRateBytesPerSec}. 0 = none (default).
+   */
+  phaseAfterMs?: number;
+  /** The per-worker write limit after the phase change, bytes/s; 0 = unlimited (default). */
+  phaseRateBytesPerSec?: number | string;
 }
 
 /** A validated workload with every default applied. */
@@ -51,6 +58,9 @@ export interface ResolvedGuestWorkload {
   readonly heartbeatMs: number;
   readonly idleVerifyMs: number;
   readonly seed: bigint | undefined;
+  /** 0: no phase change. */
+  readonly phaseAfterMs: number;
+  readonly phaseRateBytesPerSec: number;
 }
 
 const SIZE_RE = /^(\d+)([KMG])?$/i;
@@ -124,6 +134,8 @@ export function resolveGuestWorkload(w: GuestWorkload = {}): ResolvedGuestWorklo
     heartbeatMs: intIn(w.heartbeatMs, 1000, 50, 1000, 'heartbeatMs'),
     idleVerifyMs: intIn(w.idleVerifyMs, 2000, 100, 600_000, 'idleVerifyMs'),
     seed,
+    phaseAfterMs: intIn(w.phaseAfterMs, 0, 0, 86_400_000, 'phaseAfterMs'),
+    phaseRateBytesPerSec: parseGuestSize(w.phaseRateBytesPerSec ?? 0, 'phaseRateBytesPerSec'),
   });
 }
 
@@ -188,6 +200,7 @@ export function buildGuestCmdline(workload: GuestWorkload = {}, opts: GuestCmdli
   if (w.pattern === 'hotcold' && w.hotBytes !== undefined) tokens.push(`migd.hot=${w.hotBytes}`);
   if (w.pattern === 'idle') tokens.push(`migd.idle_ms=${w.idleVerifyMs}`);
   if (w.seed !== undefined) tokens.push(`migd.seed=${w.seed}`);
+  if (w.phaseAfterMs > 0) tokens.push(`migd.phase_ms=${w.phaseAfterMs}`, `migd.phase_rate=${w.phaseRateBytesPerSec}`);
   for (const t of opts.extra ?? []) {
     if (t === '' || /\s/.test(t)) throw new InvalidArgumentError(`extra: kernel parameter ${JSON.stringify(t)} must be one non-empty token`);
     tokens.push(t);

@@ -4,6 +4,6 @@
  */
 export { errorCodeOf, errorInfo, errorInfoFromParts, errorInfoOf, type ErrorCodeName } from './error-info.js';
 export { QEMU_DEFAULTS, QEMU_LIMITS, QEMU_MAX_DOWNTIME_MS, isValidDowntimeLimit } from './limits.js';
-export { migrationCapabilities, migrationConfigProblems, resolveMigrationConfig, type MigrationConfig } from './resolve.js';
+export { OPTIONAL_CAPABILITIES, migrationCapabilities, migrationConfigProblems, resolveMigrationConfig, type MigrationConfig } from './resolve.js';
 export { TERMINAL_STATES, isTerminalState } from './states.js';
 export { policyProblems } from './validate.js';

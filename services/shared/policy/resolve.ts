@@ -54,6 +54,9 @@ function escalates(kind: PolicyKind): boolean {
   return kind === PolicyKind.POLICY_KIND_ADAPTIVE;
 }
 
+/** Capabilities that only measure: turned on where supported, never a reason to refuse a node. */
+export const OPTIONAL_CAPABILITIES: ReadonlySet<string> = new Set(['postcopy-blocktime']);
+
 /**
  * The QEMU capabilities a policy turns on at both ends (`events` included). QEMU refuses
  * migrate-set-capabilities while a migration runs, so whatever the policy may want later
@@ -71,6 +74,9 @@ export function migrationCapabilities(policy: Partial<MigrationPolicy> | undefin
   if (postcopy) {
     capabilities['postcopy-ram'] = true;
     capabilities['return-path'] = true;
+    // Measures post-copy stalls on the destination (query-migrate's postcopy-blocktime and
+    // per-vCPU blocktimes): the guest time lost to missing pages, which the run's stats report.
+    capabilities['postcopy-blocktime'] = true;
   }
   if (postcopy && (pc?.preempt ?? true)) capabilities['postcopy-preempt'] = true;
   if (p.xbzrle?.enabled) capabilities['xbzrle'] = true;
@@ -98,6 +104,8 @@ export function migrationConfigProblems(policy: Partial<MigrationPolicy> | undef
   if (p.maxDowntimeMs && !p.downtimeLimitMs && p.maxDowntimeMs < downtime) problems.push(`max_downtime_ms (${p.maxDowntimeMs}) is below downtime_limit_ms (${downtime}, QEMU's default)`);
   if (supported) {
     for (const cap of Object.keys(migrationCapabilities(p))) {
+      // A measurement only: a QEMU without it migrates the same, without the figure.
+      if (OPTIONAL_CAPABILITIES.has(cap)) continue;
       if (!supported.has(cap)) problems.push(`this node's QEMU does not support the "${cap}" capability`);
     }
   }

@@ -132,7 +132,7 @@ describe('requests', () => {
     const req = createVmRequest(r.args[0]!, r.flags);
     expect(req.nodeId).toBe('a');
     expect(req.spec).toMatchObject({ name: 'web1', memoryMib: 192, vcpus: 1, accel: Accel.ACCEL_TCG, labels: { tier: 'web' } });
-    expect(req.spec?.workload).toEqual({ pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, workers: 2, bytesPerWorker: 32 * 2 ** 20, rateBytesPerSec: 10 * 2 ** 20, hotBytes: 0, verify: true });
+    expect(req.spec?.workload).toEqual({ pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, workers: 2, bytesPerWorker: 32 * 2 ** 20, rateBytesPerSec: 10 * 2 ** 20, hotBytes: 0, verify: true, phaseAfterMs: 0, phaseRateBytesPerSec: 0 });
     expect(() => createVmRequest('x', run(['create-vm', 'x']).flags)).toThrow(/--memory MIB is required/);
     expect(() => createVmRequest('x', run(['create-vm', 'x', '--memory', '64', '--pattern', 'wild']).flags)).toThrow(/--pattern/);
     expect(() => createVmRequest('x', run(['create-vm', 'x', '--memory', '64', '--label', 'novalue']).flags)).toThrow(/KEY=VALUE/);

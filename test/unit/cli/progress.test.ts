@@ -147,7 +147,10 @@ describe('run details', () => {
       createdAt: at(0),
       startedAt: at(100),
       finishedAt: at(4100),
-      transitions: [{ time: at(100), from: S.MIGRATION_STATE_QUEUED, to: S.MIGRATION_STATE_PREPARING, reason: 'slot free' }],
+      transitions: [
+        { time: at(100), from: S.MIGRATION_STATE_QUEUED, to: S.MIGRATION_STATE_PREPARING, reason: 'slot free' },
+        { time: at(3000), from: S.MIGRATION_STATE_POSTCOPY, to: S.MIGRATION_STATE_VERIFYING, reason: 'QEMU reported completion' },
+      ],
       actions: [{ time: at(2100), kind: PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY, actor: 'policy:adaptive', reason: 'not converging' }],
       stats: { totalTimeMs: 4000, downtimeMs: 5, transferredBytes: 200 * MiB, passes: 2, integrityErrors: 0, pagesVerifiedAfter: 8192 },
     }),
@@ -155,12 +158,15 @@ describe('run details', () => {
       { time: at(600), pass: 1, throughputMbps: 400, dirtyPagesRate: 1000, pageSize: 4096, throttlePct: 0, downtimeLimitMs: 300 },
       { time: at(1600), pass: 2, throughputMbps: 800, dirtyPagesRate: 3000, pageSize: 4096, throttlePct: 30, downtimeLimitMs: 600 },
     ],
+    // The guest's clock (guestMonoMs) stands still for 500 ms around the switch-over (host 2000 →
+    // 2500 ms, guest 2000 → 2000 + 0) and runs at the host's pace otherwise.
     guest: [
-      { time: at(-2000), msPerGib: 1000 },
-      { time: at(-1000), msPerGib: 1100 },
-      { time: at(2000), msPerGib: 3000, heartbeatGapMs: 40 },
-      { time: at(2500), msPerGib: 0, heartbeatGapMs: 250 },
-      { time: at(6000), msPerGib: 1200, heartbeatGapMs: 900 },
+      { time: at(-2000), guestMonoMs: 10_000 - 2000, msPerGib: 1000 },
+      { time: at(-1000), guestMonoMs: 10_000 - 1000, msPerGib: 1100 },
+      { time: at(2000), guestMonoMs: 10_000 + 2000, msPerGib: 3000, heartbeatGapMs: 40 },
+      { time: at(2500), guestMonoMs: 10_000 + 2000, msPerGib: 0, heartbeatGapMs: 250 },
+      { time: at(3500), guestMonoMs: 10_000 + 3000, msPerGib: 1050 },
+      { time: at(6000), guestMonoMs: 10_000 + 5500, msPerGib: 1200, heartbeatGapMs: 900 },
     ],
     hostCpu: [{ time: at(4000), sourceCpuSeconds: 3, destinationCpuSeconds: 1.5 }],
   });
@@ -171,7 +177,13 @@ describe('run details', () => {
     expect(s.peakDirtyBytesPerSec).toBe(3000 * 4096);
     expect(s.guestBefore).toEqual({ samples: 2, meanMsPerGib: 1050 });
     expect(s.guestDuring).toEqual({ samples: 1, meanMsPerGib: 3000 });
-    expect(s.guestAfter).toEqual({ samples: 1, meanMsPerGib: 1200 });
+    // After arrival: from the VERIFYING transition (3 s), not from the run's end (4.1 s).
+    expect(s.guestAfter).toEqual({ samples: 2, meanMsPerGib: 1125 });
+    // The 500 ms pause counts in full; the slow stretch before it (3000 vs 1050 ms/GiB over 3 s of
+    // guest time, 100 ms..2 s inside the window) adds the work not done.
+    expect(s.guestPausedMs).toBeCloseTo(500, 6);
+    expect(s.guestLongestPauseMs).toBeCloseTo(500, 6);
+    expect(s.guestLostMs).toBeGreaterThan(500);
   });
 
   it('prints details, changes, actions and the summary', () => {
@@ -181,7 +193,8 @@ describe('run details', () => {
     expect(text).toContain('result    4.0 s, downtime 5 ms, 200.0 MiB in 2 passes, 0 integrity errors');
     expect(text).toMatch(/\+100 ms {2}queued → preparing {2}\(slot free\)/);
     expect(text).toMatch(/\+2\.1 s {2}policy:adaptive switched to post-copy — not converging/);
-    expect(text).toContain('guest     before 1050 ms/GiB (2), during 3000 ms/GiB (1), after 1200 ms/GiB (1); longest heartbeat gap 250 ms; integrity errors 0');
+    expect(text).toContain('guest     before 1050 ms/GiB (2), during 3000 ms/GiB (1), after 1125 ms/GiB (2); longest heartbeat gap 250 ms; integrity errors 0');
+    expect(text).toMatch(/harm {6}guest time lost [\d.]+ s, of it paused 500 ms \(longest 500 ms\)/);
     expect(text).toContain('host cpu  4.5 s');
   });
 

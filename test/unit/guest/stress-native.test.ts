@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
-import type { GuestEvent, GuestTelemetryParser } from '../../../services/shared/guest/telemetry.js';
+import type { GuestEvent, GuestMessageEvent, GuestTelemetryParser } from '../../../services/shared/guest/telemetry.js';
 import { GuestEventLog } from '../../helpers/guest-qemu.js';
 
 const repo = fileURLToPath(new URL('../../../', import.meta.url));
@@ -88,6 +88,21 @@ describe('guest workload, native build', () => {
     await w.waitFor((e): e is GuestEvent => e.type === 'ack' && e.fields['cmd'] === 'bogus' && e.fields['ok'] === '0');
     expect(w.parser.stats.malformed).toBe(0);
     expect(w.parser.integrity().errors).toBe(1);
+  });
+
+  it('phase: the write limit changes after phase_ms (1 MiB/s, then unlimited)', async () => {
+    const w = start('migd.workers=1', 'migd.bytes=4M', 'migd.rate=1M', 'migd.phase_ms=1500', 'migd.phase_rate=0', 'migd.hb_ms=250', 'migd.verify=0');
+    type Hb = Extract<GuestEvent, { type: 'heartbeat' }>;
+    const isHb = (e: GuestEvent): e is Hb => e.type === 'heartbeat';
+    const phase = await w.waitFor((e): e is GuestMessageEvent => e.type === 'other' && e.kind === 'phase', 5000);
+    expect(phase.fields).toMatchObject({ w: '0', rate: '0' });
+    // Before the change: ~1 MiB/s (a 4 MiB fill takes 4 s, so fewer than 3 MiB in 1.5 s).
+    const before = w.events.filter(isHb).filter((h) => h.guestMonoMs <= phase.guestMonoMs);
+    expect(before.length).toBeGreaterThan(0);
+    expect(before[before.length - 1]!.mibWritten[0]!).toBeLessThan(3);
+    // After it the worker writes as fast as it can: tens of MiB within a second.
+    const after = await w.waitFor((e): e is Hb => isHb(e) && e.guestMonoMs > phase.guestMonoMs + 1000, 5000);
+    expect(after.mibWritten[0]!).toBeGreaterThan(20);
   });
 
   it('idle: a corrupted cold page is found by the sweep, reported once, then repaired', async () => {

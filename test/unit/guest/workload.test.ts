@@ -16,6 +16,8 @@ describe('guest workload parameters', () => {
       heartbeatMs: 1000,
       idleVerifyMs: 2000,
       seed: undefined,
+      phaseAfterMs: 0,
+      phaseRateBytesPerSec: 0,
     });
   });
 
@@ -35,6 +37,10 @@ describe('guest workload parameters', () => {
     expect(buildGuestCmdline({ pattern: 'idle', verify: false }, { quiet: false, panic: 5, console: 'ttyS1', extra: ['mitigations=off'] })).toBe(
       'console=ttyS1 panic=5 migd.workers=1 migd.bytes=67108864 migd.pattern=idle migd.rate=0 migd.verify=0 migd.report_ms=100 migd.hb_ms=1000 migd.idle_ms=2000 mitigations=off',
     );
+    // A phase change: 8 MiB/s per worker, unlimited after 20 s of the guest's time.
+    expect(buildGuestCmdline({ rateBytesPerSec: '8M', phaseAfterMs: 20_000, phaseRateBytesPerSec: 0 })).toBe(
+      'console=ttyS0 quiet panic=-1 migd.workers=1 migd.bytes=67108864 migd.pattern=random migd.rate=8388608 migd.verify=1 migd.report_ms=100 migd.hb_ms=1000 migd.phase_ms=20000 migd.phase_rate=0',
+    );
   });
 
   it.each([
@@ -48,6 +54,8 @@ describe('guest workload parameters', () => {
     [{ reportMs: 5 }, /reportMs/],
     [{ heartbeatMs: 2000 }, /heartbeatMs/],
     [{ seed: 0 }, /seed/],
+    [{ phaseAfterMs: -1 }, /phaseAfterMs/],
+    [{ phaseAfterMs: 1000, phaseRateBytesPerSec: 'fast' }, /phaseRateBytesPerSec/],
     [{ seed: 2n ** 64n }, /seed/],
   ] as [GuestWorkload, RegExp][])('rejects %o', (workload, message) => {
     expect(() => buildGuestCmdline(workload)).toThrow(InvalidArgumentError);

@@ -73,7 +73,7 @@ describe('lab report', () => {
       // The Markdown summary: a row per strategy with its outcomes spelled out.
       const md = readFileSync(markdown, 'utf8');
       const pcRow = md.split('\n').find((l) => l.startsWith(`| ${pc.label} |`));
-      expect(pcRow).toMatch(/^\| [^|]+ \| 1\/2 \| 1 succeeded, 1 timed-out \| 8\.00 s \| 4 ms \| 4 ms \|/);
+      expect(pcRow).toMatch(/^\| [^|]+ \| 1\/2 \| 1 succeeded, 1 timed-out \| 8\.00 s \(8\.0–8\.0\) \| 4 ms \| 4 ms \|/);
       expect(md.split('\n').filter((l) => l.startsWith('| ')).length).toBe(3); // header + 2 strategies
     } finally {
       rmSync(dir, { recursive: true, force: true });

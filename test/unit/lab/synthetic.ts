@@ -69,6 +69,7 @@ function progress(at: number, start: number, o: Required<Pick<SyntheticRun, 'dur
     destinationCpuSeconds: (e / 1000) * (o.dstCores ?? 0.25),
     xbzrleCacheMiss: 0,
     duplicatePages: 0,
+    estimatedDirtyBytesPerSec: 0,
   };
 }
 
@@ -154,6 +155,8 @@ export function syntheticTimeline(r: SyntheticRun): GetRunTimelineResponse {
         pagesVerifiedAfter: ok ? 1000 : 0,
         maxThrottlePct: Math.max(0, ...prog.map((p) => p.throttlePct)),
         recoveries: 0,
+        postcopyBlocktimeMs: 0,
+        postcopyVcpuBlocktimeMs: [],
       },
       error: ok ? undefined : errorInfo('DEADLINE_EXCEEDED', 'TIMEOUT', 'completion timeout'),
       actions,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { postcopyDowntimeMs } from '../../../services/node/migration/progress.js';
+import { blocktimeOf, finalStats, postcopyDowntimeMs } from '../../../services/node/migration/progress.js';
 
 // Timestamps from a run of the seed-001 lab (512 MiB guest, post-copy after pass 1): the source
 // stopped at 50.574 s and QEMU reported completion at 53.794 s.
@@ -21,5 +21,22 @@ describe('post-copy downtime correction', () => {
     expect(postcopyDowntimeMs(3220, undefined, completed)).toEqual({ downtimeMs: 3220, corrected: false });
     expect(postcopyDowntimeMs(3220, completed, stop)).toEqual({ downtimeMs: 3220, corrected: false });
     expect(postcopyDowntimeMs(20, stop, stop + 20_000)).toEqual({ downtimeMs: 20, corrected: false });
+  });
+});
+
+describe('post-copy blocktime', () => {
+  it("reads the destination's postcopy-blocktime and per-vCPU blocktimes (ms)", () => {
+    const info = { status: 'completed', 'postcopy-blocktime': 412, 'postcopy-vcpu-blocktime': [412, 37] };
+    expect(blocktimeOf(info)).toEqual({ postcopyBlocktimeMs: 412, postcopyVcpuBlocktimeMs: [412, 37] });
+    expect(finalStats({}, blocktimeOf(info)!)).toMatchObject({ postcopyBlocktimeMs: 412, postcopyVcpuBlocktimeMs: [412, 37] });
+  });
+
+  it('has nothing before completion, without the capability, or from a malformed reply', () => {
+    expect(blocktimeOf({ status: 'postcopy-active' })).toBeUndefined();
+    expect(blocktimeOf(undefined)).toBeUndefined();
+    expect(blocktimeOf({ 'postcopy-blocktime': -1 })).toBeUndefined();
+    expect(blocktimeOf({ 'postcopy-blocktime': 'x' })).toBeUndefined();
+    expect(blocktimeOf({ 'postcopy-blocktime': 0, 'postcopy-vcpu-blocktime': [3, 'y', -2] })).toEqual({ postcopyBlocktimeMs: 0, postcopyVcpuBlocktimeMs: [3] });
+    expect(finalStats({}, {})).toMatchObject({ postcopyBlocktimeMs: 0, postcopyVcpuBlocktimeMs: [] });
   });
 });

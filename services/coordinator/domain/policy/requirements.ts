@@ -6,17 +6,19 @@
  * services/shared/policy.
  */
 import { PolicyKind, type MigrationPolicy } from '../../../shared/gen/migd/v1/common.js';
-import { migrationCapabilities } from '../../../shared/policy/resolve.js';
+import { OPTIONAL_CAPABILITIES, migrationCapabilities } from '../../../shared/policy/resolve.js';
 import type { PolicyRequirements } from './types.js';
 
 /**
  * Requirements of an effective policy (see `ConvergencePolicy.effective`). The always-on "events"
- * capability is left out: every QEMU migd supports has it.
+ * capability is left out (every QEMU migd supports has it), and so are the measuring ones.
  */
 export function requirementsOf(effective: MigrationPolicy): PolicyRequirements {
   const kind = effective.kind || PolicyKind.POLICY_KIND_FIXED;
   const caps = migrationCapabilities(effective);
   delete caps['events'];
+  // Measurements (postcopy-blocktime) are used where supported, not required of a node.
+  for (const c of OPTIONAL_CAPABILITIES) delete caps[c];
   const postcopy = caps['postcopy-ram'] === true;
   const postcopyPreempt = caps['postcopy-preempt'] === true;
   const autoConverge = effective.autoConverge?.enabled ? 'on' : kind === PolicyKind.POLICY_KIND_ADAPTIVE ? 'armed' : 'off';

@@ -985,7 +985,16 @@ export interface WorkloadSpec {
     | number
     | undefined;
   /** The disk workload's write rate in bytes per second. 0 means 1 MiB/s. */
-  diskRateBytesPerSec?: number | undefined;
+  diskRateBytesPerSec?:
+    | number
+    | undefined;
+  /**
+   * A phase change: after this many milliseconds of writing (guest clock), the per-worker rate
+   * limit becomes phase_rate_bytes_per_sec. 0 = no phase change.
+   */
+  phaseAfterMs: number;
+  /** The per-worker write limit after the phase change, bytes per second (0 = unlimited). */
+  phaseRateBytesPerSec: number;
 }
 
 /**
@@ -1281,7 +1290,15 @@ export interface ProgressSample {
     | number
     | undefined;
   /** True while the storage copy runs and the memory migration waits for it. */
-  storagePhase?: boolean | undefined;
+  storagePhase?:
+    | boolean
+    | undefined;
+  /**
+   * The guest's dirty rate in bytes per second estimated by QEMU's calc-dirty-rate (page
+   * sampling) on the source just before the migration started; 0 when not measured. Page
+   * sampling counts unique pages per period, so it underestimates a fast dirtier.
+   */
+  estimatedDirtyBytesPerSec: number;
 }
 
 /**
@@ -1368,7 +1385,16 @@ export interface MigrationStats {
     | number
     | undefined;
   /** LOCAL disks copied. */
-  disksCopied?: number | undefined;
+  disksCopied?:
+    | number
+    | undefined;
+  /**
+   * Post-copy: total time all vCPUs were blocked on missing pages at once, in milliseconds, as
+   * the destination QEMU measured it (capability postcopy-blocktime). 0 without post-copy.
+   */
+  postcopyBlocktimeMs: number;
+  /** Post-copy: time each vCPU was blocked on missing pages, in milliseconds, by vCPU index. */
+  postcopyVcpuBlocktimeMs: number[];
 }
 
 /** HostInfo describes a hypervisor node. */
@@ -1428,6 +1454,8 @@ function createBaseWorkloadSpec(): WorkloadSpec {
     diskId: undefined,
     diskBytes: undefined,
     diskRateBytesPerSec: undefined,
+    phaseAfterMs: 0,
+    phaseRateBytesPerSec: 0,
   };
 }
 
@@ -1459,6 +1487,12 @@ export const WorkloadSpec: MessageFns<WorkloadSpec> = {
     }
     if (message.diskRateBytesPerSec !== undefined) {
       writer.uint32(72).uint64(message.diskRateBytesPerSec);
+    }
+    if (message.phaseAfterMs !== 0) {
+      writer.uint32(80).uint64(message.phaseAfterMs);
+    }
+    if (message.phaseRateBytesPerSec !== 0) {
+      writer.uint32(88).uint64(message.phaseRateBytesPerSec);
     }
     return writer;
   },
@@ -1548,6 +1582,22 @@ export const WorkloadSpec: MessageFns<WorkloadSpec> = {
             message.diskRateBytesPerSec = longToNumber(reader.uint64());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.phaseAfterMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.phaseRateBytesPerSec = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1595,6 +1645,16 @@ export const WorkloadSpec: MessageFns<WorkloadSpec> = {
         : isSet(object.disk_rate_bytes_per_sec)
         ? globalThis.Number(object.disk_rate_bytes_per_sec)
         : undefined,
+      phaseAfterMs: isSet(object.phaseAfterMs)
+        ? globalThis.Number(object.phaseAfterMs)
+        : isSet(object.phase_after_ms)
+        ? globalThis.Number(object.phase_after_ms)
+        : 0,
+      phaseRateBytesPerSec: isSet(object.phaseRateBytesPerSec)
+        ? globalThis.Number(object.phaseRateBytesPerSec)
+        : isSet(object.phase_rate_bytes_per_sec)
+        ? globalThis.Number(object.phase_rate_bytes_per_sec)
+        : 0,
     };
   },
 
@@ -1627,6 +1687,12 @@ export const WorkloadSpec: MessageFns<WorkloadSpec> = {
     if (message.diskRateBytesPerSec !== undefined) {
       obj.diskRateBytesPerSec = Math.round(message.diskRateBytesPerSec);
     }
+    if (message.phaseAfterMs !== 0) {
+      obj.phaseAfterMs = Math.round(message.phaseAfterMs);
+    }
+    if (message.phaseRateBytesPerSec !== 0) {
+      obj.phaseRateBytesPerSec = Math.round(message.phaseRateBytesPerSec);
+    }
     return obj;
   },
 
@@ -1644,6 +1710,8 @@ export const WorkloadSpec: MessageFns<WorkloadSpec> = {
     message.diskId = object.diskId ?? undefined;
     message.diskBytes = object.diskBytes ?? undefined;
     message.diskRateBytesPerSec = object.diskRateBytesPerSec ?? undefined;
+    message.phaseAfterMs = object.phaseAfterMs ?? 0;
+    message.phaseRateBytesPerSec = object.phaseRateBytesPerSec ?? 0;
     return message;
   },
 };
@@ -3598,6 +3666,7 @@ function createBaseProgressSample(): ProgressSample {
     diskTotalBytes: undefined,
     diskRateBytesPerSec: undefined,
     storagePhase: undefined,
+    estimatedDirtyBytesPerSec: 0,
   };
 }
 
@@ -3674,6 +3743,9 @@ export const ProgressSample: MessageFns<ProgressSample> = {
     }
     if (message.storagePhase !== undefined) {
       writer.uint32(192).bool(message.storagePhase);
+    }
+    if (message.estimatedDirtyBytesPerSec !== 0) {
+      writer.uint32(200).uint64(message.estimatedDirtyBytesPerSec);
     }
     return writer;
   },
@@ -3883,6 +3955,14 @@ export const ProgressSample: MessageFns<ProgressSample> = {
             message.storagePhase = reader.bool();
             continue;
           }
+          case 25: {
+            if (tag !== 200) {
+              break;
+            }
+
+            message.estimatedDirtyBytesPerSec = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4005,6 +4085,11 @@ export const ProgressSample: MessageFns<ProgressSample> = {
         : isSet(object.storage_phase)
         ? globalThis.Boolean(object.storage_phase)
         : undefined,
+      estimatedDirtyBytesPerSec: isSet(object.estimatedDirtyBytesPerSec)
+        ? globalThis.Number(object.estimatedDirtyBytesPerSec)
+        : isSet(object.estimated_dirty_bytes_per_sec)
+        ? globalThis.Number(object.estimated_dirty_bytes_per_sec)
+        : 0,
     };
   },
 
@@ -4082,6 +4167,9 @@ export const ProgressSample: MessageFns<ProgressSample> = {
     if (message.storagePhase !== undefined) {
       obj.storagePhase = message.storagePhase;
     }
+    if (message.estimatedDirtyBytesPerSec !== 0) {
+      obj.estimatedDirtyBytesPerSec = Math.round(message.estimatedDirtyBytesPerSec);
+    }
     return obj;
   },
 
@@ -4114,6 +4202,7 @@ export const ProgressSample: MessageFns<ProgressSample> = {
     message.diskTotalBytes = object.diskTotalBytes ?? undefined;
     message.diskRateBytesPerSec = object.diskRateBytesPerSec ?? undefined;
     message.storagePhase = object.storagePhase ?? undefined;
+    message.estimatedDirtyBytesPerSec = object.estimatedDirtyBytesPerSec ?? 0;
     return message;
   },
 };
@@ -4520,6 +4609,8 @@ function createBaseMigrationStats(): MigrationStats {
     diskAllocatedBytes: undefined,
     storageMs: undefined,
     disksCopied: undefined,
+    postcopyBlocktimeMs: 0,
+    postcopyVcpuBlocktimeMs: [],
   };
 }
 
@@ -4572,6 +4663,16 @@ export const MigrationStats: MessageFns<MigrationStats> = {
     }
     if (message.disksCopied !== undefined) {
       writer.uint32(128).uint32(message.disksCopied);
+    }
+    if (message.postcopyBlocktimeMs !== 0) {
+      writer.uint32(136).uint32(message.postcopyBlocktimeMs);
+    }
+    if (message.postcopyVcpuBlocktimeMs.length !== 0) {
+      writer.uint32(146).fork();
+      for (const v of message.postcopyVcpuBlocktimeMs) {
+        writer.uint32(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -4717,6 +4818,32 @@ export const MigrationStats: MessageFns<MigrationStats> = {
             message.disksCopied = reader.uint32();
             continue;
           }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.postcopyBlocktimeMs = reader.uint32();
+            continue;
+          }
+          case 18: {
+            if (tag === 144) {
+              message.postcopyVcpuBlocktimeMs.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 146) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.postcopyVcpuBlocktimeMs.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4803,6 +4930,16 @@ export const MigrationStats: MessageFns<MigrationStats> = {
         : isSet(object.disks_copied)
         ? globalThis.Number(object.disks_copied)
         : undefined,
+      postcopyBlocktimeMs: isSet(object.postcopyBlocktimeMs)
+        ? globalThis.Number(object.postcopyBlocktimeMs)
+        : isSet(object.postcopy_blocktime_ms)
+        ? globalThis.Number(object.postcopy_blocktime_ms)
+        : 0,
+      postcopyVcpuBlocktimeMs: globalThis.Array.isArray(object?.postcopyVcpuBlocktimeMs)
+        ? object.postcopyVcpuBlocktimeMs.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.postcopy_vcpu_blocktime_ms)
+        ? object.postcopy_vcpu_blocktime_ms.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -4856,6 +4993,12 @@ export const MigrationStats: MessageFns<MigrationStats> = {
     if (message.disksCopied !== undefined) {
       obj.disksCopied = Math.round(message.disksCopied);
     }
+    if (message.postcopyBlocktimeMs !== 0) {
+      obj.postcopyBlocktimeMs = Math.round(message.postcopyBlocktimeMs);
+    }
+    if (message.postcopyVcpuBlocktimeMs?.length) {
+      obj.postcopyVcpuBlocktimeMs = message.postcopyVcpuBlocktimeMs.map((e) => Math.round(e));
+    }
     return obj;
   },
 
@@ -4880,6 +5023,8 @@ export const MigrationStats: MessageFns<MigrationStats> = {
     message.diskAllocatedBytes = object.diskAllocatedBytes ?? undefined;
     message.storageMs = object.storageMs ?? undefined;
     message.disksCopied = object.disksCopied ?? undefined;
+    message.postcopyBlocktimeMs = object.postcopyBlocktimeMs ?? 0;
+    message.postcopyVcpuBlocktimeMs = object.postcopyVcpuBlocktimeMs?.map((e) => e) || [];
     return message;
   },
 };

@@ -272,6 +272,12 @@ export interface ConfirmIncomingResponse {
    * verification reports printed here); 0 when none was seen within the timeout.
    */
   pagesVerifiedAfter: number;
+  /**
+   * After post-copy: the destination QEMU's postcopy-blocktime (ms, all vCPUs blocked at once)
+   * and per-vCPU blocktimes; 0 / empty without post-copy.
+   */
+  postcopyBlocktimeMs: number;
+  postcopyVcpuBlocktimeMs: number[];
 }
 
 /** AbortIncomingRequest names the incoming migration to tear down. */
@@ -2489,7 +2495,14 @@ export const ConfirmIncomingRequest: MessageFns<ConfirmIncomingRequest> = {
 };
 
 function createBaseConfirmIncomingResponse(): ConfirmIncomingResponse {
-  return { alive: false, sample: undefined, pid: 0, pagesVerifiedAfter: 0 };
+  return {
+    alive: false,
+    sample: undefined,
+    pid: 0,
+    pagesVerifiedAfter: 0,
+    postcopyBlocktimeMs: 0,
+    postcopyVcpuBlocktimeMs: [],
+  };
 }
 
 export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
@@ -2505,6 +2518,16 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
     }
     if (message.pagesVerifiedAfter !== 0) {
       writer.uint32(32).uint64(message.pagesVerifiedAfter);
+    }
+    if (message.postcopyBlocktimeMs !== 0) {
+      writer.uint32(40).uint32(message.postcopyBlocktimeMs);
+    }
+    if (message.postcopyVcpuBlocktimeMs.length !== 0) {
+      writer.uint32(50).fork();
+      for (const v of message.postcopyVcpuBlocktimeMs) {
+        writer.uint32(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -2554,6 +2577,32 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
             message.pagesVerifiedAfter = longToNumber(reader.uint64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.postcopyBlocktimeMs = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag === 48) {
+              message.postcopyVcpuBlocktimeMs.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 50) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.postcopyVcpuBlocktimeMs.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2576,6 +2625,16 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
         : isSet(object.pages_verified_after)
         ? globalThis.Number(object.pages_verified_after)
         : 0,
+      postcopyBlocktimeMs: isSet(object.postcopyBlocktimeMs)
+        ? globalThis.Number(object.postcopyBlocktimeMs)
+        : isSet(object.postcopy_blocktime_ms)
+        ? globalThis.Number(object.postcopy_blocktime_ms)
+        : 0,
+      postcopyVcpuBlocktimeMs: globalThis.Array.isArray(object?.postcopyVcpuBlocktimeMs)
+        ? object.postcopyVcpuBlocktimeMs.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.postcopy_vcpu_blocktime_ms)
+        ? object.postcopy_vcpu_blocktime_ms.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -2593,6 +2652,12 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
     if (message.pagesVerifiedAfter !== 0) {
       obj.pagesVerifiedAfter = Math.round(message.pagesVerifiedAfter);
     }
+    if (message.postcopyBlocktimeMs !== 0) {
+      obj.postcopyBlocktimeMs = Math.round(message.postcopyBlocktimeMs);
+    }
+    if (message.postcopyVcpuBlocktimeMs?.length) {
+      obj.postcopyVcpuBlocktimeMs = message.postcopyVcpuBlocktimeMs.map((e) => Math.round(e));
+    }
     return obj;
   },
 
@@ -2607,6 +2672,8 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
       : undefined;
     message.pid = object.pid ?? 0;
     message.pagesVerifiedAfter = object.pagesVerifiedAfter ?? 0;
+    message.postcopyBlocktimeMs = object.postcopyBlocktimeMs ?? 0;
+    message.postcopyVcpuBlocktimeMs = object.postcopyVcpuBlocktimeMs?.map((e) => e) || [];
     return message;
   },
 };

@@ -116,6 +116,14 @@ export async function reportFromResults(dir: string, comparison: Comparison, res
  * recorded as errors and the lab goes on; an abort (`signal`) stops after cleaning up.
  * @throws Error when the results folder holds another comparison, or exists without `resume`
  */
+/** (scenario, repetition) pairs, repetition-major: round 1 of every scenario, then round 2… */
+export function roundRobin(scenarios: readonly Scenario[]): [Scenario, number][] {
+  const out: [Scenario, number][] = [];
+  const rounds = scenarios.reduce((m, s) => Math.max(m, s.repetitions), 0);
+  for (let rep = 0; rep < rounds; rep++) for (const s of scenarios) if (rep < s.repetitions) out.push([s, rep]);
+  return out;
+}
+
 export async function runComparison(o: RunLabOptions): Promise<RunLabResult> {
   const log = o.log ?? (() => undefined);
   const existing = await loadResults(o.outDir, o.comparison.name);
@@ -129,31 +137,32 @@ export async function runComparison(o: RunLabOptions): Promise<RunLabResult> {
   const total = o.comparison.scenarios.reduce((n, s) => n + s.repetitions, 0);
   let ran = 0;
   let index = 0;
-  for (const s of o.comparison.scenarios) {
-    for (let rep = 0; rep < s.repetitions; rep++) {
-      index++;
-      if (isRecorded(results, s.name, rep)) {
-        log(`[${index}/${total}] ${s.name} #${rep + 1}: recorded already, skipped`);
-        continue;
-      }
-      if (o.signal?.aborted) break;
-      const tag = `[${index}/${total}] ${s.name} #${rep + 1}`;
-      log(`${tag}: ${s.title}; link ${linkText(s.link)}; policy ${s.label}`);
-      try {
-        const recorded = await runOne(o, s, rep, session, tag);
-        results.runs.push(recorded);
-        results.errors = results.errors.filter((e) => !(e.scenario === s.name && e.repetition === rep));
-        ran++;
-        log(`${tag}: ${recorded.outcome}${recorded.note ? ` (${recorded.note})` : ''}, run ${recorded.runId}`);
-      } catch (err) {
-        if (o.signal?.aborted) break;
-        const e: FailedAttempt = { scenario: s.name, repetition: rep, error: err instanceof Error ? err.message : String(err), at: new Date().toISOString() };
-        results.errors.push(e);
-        log(`${tag}: error: ${e.error}`);
-      }
-      await saveResults(o.outDir, results);
-      if (results.runs.length > 0) await reportFromResults(o.outDir, o.comparison, results, { png: false, ...(o.environment ? { environment: o.environment } : {}) });
+  // Repetition by repetition: every scenario once before any twice, so a comparison cut short
+  // (a long sweep on a shared machine) still compares every strategy on every workload.
+  const order = roundRobin(o.comparison.scenarios);
+  for (const [s, rep] of order) {
+    index++;
+    if (isRecorded(results, s.name, rep)) {
+      log(`[${index}/${total}] ${s.name} #${rep + 1}: recorded already, skipped`);
+      continue;
     }
+    if (o.signal?.aborted) break;
+    const tag = `[${index}/${total}] ${s.name} #${rep + 1}`;
+    log(`${tag}: ${s.title}; link ${linkText(s.link)}; policy ${s.label}`);
+    try {
+      const recorded = await runOne(o, s, rep, session, tag);
+      results.runs.push(recorded);
+      results.errors = results.errors.filter((e) => !(e.scenario === s.name && e.repetition === rep));
+      ran++;
+      log(`${tag}: ${recorded.outcome}${recorded.note ? ` (${recorded.note})` : ''}, run ${recorded.runId}`);
+    } catch (err) {
+      if (o.signal?.aborted) break;
+      const e: FailedAttempt = { scenario: s.name, repetition: rep, error: err instanceof Error ? err.message : String(err), at: new Date().toISOString() };
+      results.errors.push(e);
+      log(`${tag}: error: ${e.error}`);
+    }
+    await saveResults(o.outDir, results);
+    if (results.runs.length > 0) await reportFromResults(o.outDir, o.comparison, results, { png: false, ...(o.environment ? { environment: o.environment } : {}) });
   }
   await saveResults(o.outDir, results);
   const rep = await reportFromResults(o.outDir, o.comparison, results, { png: o.png ?? true, ...(o.environment ? { environment: o.environment } : {}) });

@@ -358,42 +358,105 @@ export const GP_BANDWIDTH_SCENARIOS: readonly Scenario[] = [100, 300, 1000, 10_0
 const MODERATE = workload(WorkloadPattern.WORKLOAD_PATTERN_RANDOM, 2, 64 * MiB, 24 * MiB);
 const MODERATE_LINK = Object.freeze({ rateMbit: 300 });
 
-function policySet(tag: string, group: string, load: LabWorkload, link: LabLink): Scenario[] {
-  const s = (name: string, label: string, p: MigrationPolicy, source: string): Scenario =>
-    scenario({
+/** The named strategies a workload is compared under; `reduced` are the ones of the short sweep. */
+type StrategyName = 'adaptive' | 'nova' | 'ovirt-min' | 'ovirt-suspend' | 'ovirt-postcopy' | 'kubevirt' | 'seed-ac' | 'seed-pc' | 'seed-ac-pc' | 'multifd-zstd' | 'xbzrle';
+
+const STRATEGIES: Readonly<Record<StrategyName, { label: string; policy: () => MigrationPolicy; source: string }>> = {
+  adaptive: { label: 'migd adaptive', policy: () => presetPolicy(PolicyKind.POLICY_KIND_ADAPTIVE), source: 'migd ADAPTIVE preset' },
+  nova: { label: 'nova', policy: () => presetPolicy(PolicyKind.POLICY_KIND_NOVA), source: 'Nova libvirt driver defaults (downtime ramp, 800 s/GiB, abort)' },
+  'ovirt-min': { label: 'ovirt minimal downtime', policy: () => presetPolicy(PolicyKind.POLICY_KIND_OVIRT_MINIMAL_DOWNTIME), source: 'oVirt "minimal downtime" schedule' },
+  'ovirt-suspend': { label: 'ovirt suspend workload', policy: () => presetPolicy(PolicyKind.POLICY_KIND_OVIRT_SUSPEND_WORKLOAD), source: 'oVirt "suspend workload if needed" schedule' },
+  'ovirt-postcopy': { label: 'ovirt post-copy', policy: () => presetPolicy(PolicyKind.POLICY_KIND_OVIRT_POSTCOPY), source: 'oVirt "post-copy" schedule' },
+  kubevirt: { label: 'kubevirt', policy: () => presetPolicy(PolicyKind.POLICY_KIND_KUBEVIRT), source: 'KubeVirt defaults (150 s/GiB, 150 s progress timeout)' },
+  'seed-ac': { label: 'seed: auto-converge 20/10', policy: () => autoConverge(20, 10), source: 'seed 001 #1' },
+  'seed-pc': { label: 'post-copy after 1 pass', policy: () => fixedPolicy({ strategy: 'postcopy-after-passes', passes: 1, preempt: true }), source: 'seed 001 #5 (with preempt), as its own named strategy' },
+  'seed-ac-pc': {
+    label: 'seed: auto-converge, post-copy after timeout',
+    policy: () => policy({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: T(300), autoConverge: { enabled: true, ...QEMU_THROTTLE }, postcopy: { enabled: true, afterMs: T(60_000), preempt: true } }),
+    source: 'seed 001 #4 (with preempt)',
+  },
+  'multifd-zstd': {
+    label: 'multifd zstd',
+    policy: () => policy({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: T(300), multifd: { enabled: true, channels: 2, compression: MultifdCompression.MULTIFD_COMPRESSION_ZSTD } }),
+    source: 'guestperf "compr-mt", as multifd zstd (QEMU 10 has no compress capability)',
+  },
+  xbzrle: { label: 'xbzrle', policy: () => policy({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: T(300), xbzrle: { enabled: true, cacheBytes: 128 * MiB } }), source: 'guestperf "compr-xbzrle", cache 25 % of RAM' },
+};
+
+const ALL_BASELINES: readonly StrategyName[] = ['adaptive', 'seed-pc', 'seed-ac', 'seed-ac-pc', 'nova', 'ovirt-min', 'ovirt-suspend', 'ovirt-postcopy', 'kubevirt'];
+
+function policySet(tag: string, group: string, load: LabWorkload, link: LabLink, strategies: readonly StrategyName[], opts: { memoryMib?: number; limits?: Partial<LabLimits> } = {}): Scenario[] {
+  return strategies.map((name) => {
+    const st = STRATEGIES[name];
+    return scenario({
       name: `pol-${tag}-${name}`,
-      title: `${label} (${group})`,
+      title: `${st.label} (${group})`,
       group,
-      label,
-      guest: { memoryMib: MEM_SEED, vcpus: 1 },
+      label: st.label,
+      guest: { memoryMib: opts.memoryMib ?? MEM_SEED, vcpus: 1 },
       workload: load,
       link,
-      policy: p,
+      policy: st.policy(),
       // KubeVirt's progress timeout (150 s) and Nova's 150 s ramp steps are the slowest verdicts.
-      limits: { migrationMs: 200_000 },
-      source,
+      limits: { migrationMs: 200_000, ...opts.limits },
+      source: st.source,
     });
-  return [
-    s('adaptive', 'migd adaptive', presetPolicy(PolicyKind.POLICY_KIND_ADAPTIVE), 'migd ADAPTIVE preset'),
-    s('nova', 'nova', presetPolicy(PolicyKind.POLICY_KIND_NOVA), 'Nova libvirt driver defaults (downtime ramp, 800 s/GiB, abort)'),
-    s('ovirt-min', 'ovirt minimal downtime', presetPolicy(PolicyKind.POLICY_KIND_OVIRT_MINIMAL_DOWNTIME), 'oVirt "minimal downtime" schedule'),
-    s('ovirt-suspend', 'ovirt suspend workload', presetPolicy(PolicyKind.POLICY_KIND_OVIRT_SUSPEND_WORKLOAD), 'oVirt "suspend workload if needed" schedule'),
-    s('ovirt-postcopy', 'ovirt post-copy', presetPolicy(PolicyKind.POLICY_KIND_OVIRT_POSTCOPY), 'oVirt "post-copy" schedule'),
-    s('kubevirt', 'kubevirt', presetPolicy(PolicyKind.POLICY_KIND_KUBEVIRT), 'KubeVirt defaults (150 s/GiB, 150 s progress timeout)'),
-    s('seed-ac', 'seed: auto-converge 20/10', autoConverge(20, 10), 'seed 001 #1'),
-    s('seed-pc', 'seed: post-copy after 1 pass', fixedPolicy({ strategy: 'postcopy-after-passes', passes: 1, preempt: true }), 'seed 001 #5 (with preempt)'),
-    s(
-      'seed-ac-pc',
-      'seed: auto-converge, post-copy after timeout',
-      policy({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: T(300), autoConverge: { enabled: true, ...QEMU_THROTTLE }, postcopy: { enabled: true, afterMs: T(60_000), preempt: true } }),
-      'seed 001 #4 (with preempt)',
-    ),
-  ];
+  });
 }
 
-export const POLICY_SCENARIOS: readonly Scenario[] = [
-  ...policySet('a', 'seed 001 load A (dirty/link ~23)', LOAD_A, LINK_1GBE),
-  ...policySet('m', 'moderate: 2 x 64 MiB at 24 MiB/s, 300 Mbit/s', MODERATE, MODERATE_LINK),
+/**
+ * The workloads of issue 14, spanning dirty rate ÷ link rate (512 MiB guests unless said):
+ * - idle: a large (1 GiB), mostly idle guest — a 4 MiB hot set rewritten at 512 KiB/s; pre-copy
+ *   converges, any step is waste;
+ * - hot-small: a 48 MiB hot set rewritten as fast as the vCPU goes — 1.3 s of switch-over at
+ *   300 Mbit/s, 0.56 s at 720, 0.2 s at 2000: a bounded downtime raise is enough;
+ * - moderate: 2 × 64 MiB at 24 MiB/s each (48 MiB/s, ≈ 1.3× a 300 Mbit/s link);
+ * - load A: seed 001's 2 × 128 MiB as fast as the vCPU goes (dirty ≈ a 720 Mbit/s link);
+ * - heavy: seed 001's load B, 3 × 128 MiB (dirty ≫ link);
+ * - compressible: the moderate load with compressible pages, where multifd zstd (and xbzrle)
+ *   change the answer;
+ * - phase: 2 × 64 MiB at 2 MiB/s that turn unlimited 12 s after the workload starts (around the
+ *   first pass: the guest is measured quiet before the migration and is not during it).
+ */
+export const LAB_WORKLOADS: Readonly<Record<string, { group: string; load: LabWorkload; memoryMib?: number }>> = {
+  idle: { group: 'idle: 1 GiB guest, 4 MiB hot set at 512 KiB/s', load: workload(WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, 1, 512 * MiB, 512 * KiB, 4 * MiB), memoryMib: 1024 },
+  'hot-small': { group: 'hot-small: 48 MiB hot set, unlimited', load: workload(WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, 1, 256 * MiB, 0, 48 * MiB) },
+  moderate: { group: 'moderate: 2 x 64 MiB at 24 MiB/s', load: MODERATE },
+  'load-a': { group: 'load A: 2 x 128 MiB, unlimited', load: LOAD_A },
+  heavy: { group: 'heavy: 3 x 128 MiB, unlimited', load: LOAD_B },
+  compressible: { group: 'compressible: 2 x 64 MiB at 24 MiB/s, compressible pages', load: workload(WorkloadPattern.WORKLOAD_PATTERN_COMPRESSIBLE, 2, 64 * MiB, 24 * MiB) },
+  phase: { group: 'phase: 2 x 64 MiB at 2 MiB/s, unlimited after 12 s', load: Object.freeze({ ...workload(WorkloadPattern.WORKLOAD_PATTERN_RANDOM, 2, 64 * MiB, 2 * MiB), phase: Object.freeze({ afterMs: 12_000, rateBytesPerSec: 0 }) }) },
+};
+
+/** The links every workload is compared over (Mbit/s). */
+export const LAB_LINKS_MBIT: readonly number[] = [300, 720, 2000];
+
+/** Every workload × link under every strategy (`npm run lab -- policies`: a long sweep). */
+export const POLICY_SCENARIOS: readonly Scenario[] = Object.entries(LAB_WORKLOADS).flatMap(([tag, w]) =>
+  LAB_LINKS_MBIT.flatMap((mbit) =>
+    policySet(`${tag}-${mbit}`, `${w.group}, ${mbit} Mbit/s`, w.load, { rateMbit: mbit }, tag === 'compressible' ? [...ALL_BASELINES, 'multifd-zstd', 'xbzrle'] : ALL_BASELINES, w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {}),
+  ),
+);
+
+/**
+ * The short sweep (`npm run lab -- policies-720`): every workload over 720 Mbit/s, adaptive
+ * against post-copy after one pass and auto-converge (multifd zstd too on the compressible load).
+ * Auto-converge is cut at 60 s: where it has not converged by then it is not on any front.
+ */
+export const POLICY_SCENARIOS_720: readonly Scenario[] = Object.entries(LAB_WORKLOADS).flatMap(([tag, w]) => {
+  const base = { ...(w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {}) };
+  const group = `${w.group}, 720 Mbit/s`;
+  const link = { rateMbit: 720 };
+  return [
+    ...policySet(`s-${tag}`, group, w.load, link, tag === 'compressible' ? ['adaptive', 'seed-pc', 'multifd-zstd'] : ['adaptive', 'seed-pc'], { ...base, limits: { migrationMs: 120_000 } }),
+    ...policySet(`s-${tag}`, group, w.load, link, ['seed-ac'], { ...base, limits: { migrationMs: 60_000 } }),
+  ];
+});
+
+/** The two workloads of the first policies comparison (docs/lab/policies before issue 14). */
+export const POLICY_SCENARIOS_V1: readonly Scenario[] = [
+  ...policySet('a', 'seed 001 load A (dirty/link ~23)', LOAD_A, LINK_1GBE, ALL_BASELINES),
+  ...policySet('m', 'moderate: 2 x 64 MiB at 24 MiB/s, 300 Mbit/s', MODERATE, MODERATE_LINK, ALL_BASELINES),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -463,9 +526,22 @@ export const COMPARISONS: readonly Comparison[] = Object.freeze([
   {
     name: 'policies',
     title: "Policies: migd's adaptive policy against Nova, oVirt, KubeVirt and the seed strategies",
-    description: 'The same two workloads under every policy: seed 001 load A (no pre-copy converges without help) and a moderate one.',
+    description: `Seven workloads spanning dirty rate ÷ link rate (idle, small hot set, moderate, load A, heavy, compressible, phase change), each over ${LAB_LINKS_MBIT.join(', ')} Mbit/s, under every policy. A long sweep: hours on this machine.`,
     scenarios: POLICY_SCENARIOS,
-    quick: POLICY_SCENARIOS.filter((s) => s.name.startsWith('pol-a-')).map((s) => s.name),
+    quick: POLICY_SCENARIOS.filter((s) => s.name.includes('-720-') && (s.name.endsWith('-adaptive') || s.name.endsWith('-seed-pc') || s.name.endsWith('-seed-ac'))).map((s) => s.name),
+  },
+  {
+    name: 'policies-720',
+    title: "Policies, short sweep: migd's adaptive policy against post-copy after one pass and auto-converge, every workload at 720 Mbit/s",
+    description: 'The seven workloads of the policies comparison over 720 Mbit/s; auto-converge is cut at 60 s, the others at 120 s.',
+    scenarios: POLICY_SCENARIOS_720,
+  },
+  {
+    name: 'policies-v1',
+    title: "Policies (first comparison): migd's adaptive policy against Nova, oVirt, KubeVirt and the seed strategies on two workloads",
+    description: 'The same two workloads under every policy: seed 001 load A (no pre-copy converges without help) and a moderate one.',
+    scenarios: POLICY_SCENARIOS_V1,
+    quick: POLICY_SCENARIOS_V1.filter((s) => s.name.startsWith('pol-a-')).map((s) => s.name),
   },
   {
     name: 'smoke',

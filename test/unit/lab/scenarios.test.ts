@@ -80,7 +80,10 @@ describe('scenario table', () => {
   it('the policies comparison pits adaptive against every preset on the same workloads', () => {
     const c = COMPARISONS.find((x) => x.name === 'policies')!;
     const groups = new Set(c.scenarios.map((s) => s.group));
-    expect(groups.size).toBe(2);
+    // Seven workloads × three links (issue 14).
+    expect(groups.size).toBe(21);
+    expect(new Set(c.scenarios.map((s) => s.link.rateMbit))).toEqual(new Set([300, 720, 2000]));
+    expect(c.scenarios.every((s) => s.repetitions >= 3)).toBe(true);
     for (const g of groups) {
       const kinds = new Set(c.scenarios.filter((s) => s.group === g).map((s) => s.policy.kind));
       for (const k of [PolicyKind.POLICY_KIND_ADAPTIVE, PolicyKind.POLICY_KIND_NOVA, PolicyKind.POLICY_KIND_OVIRT_MINIMAL_DOWNTIME, PolicyKind.POLICY_KIND_OVIRT_SUSPEND_WORKLOAD, PolicyKind.POLICY_KIND_OVIRT_POSTCOPY, PolicyKind.POLICY_KIND_KUBEVIRT, PolicyKind.POLICY_KIND_FIXED]) {
@@ -89,6 +92,22 @@ describe('scenario table', () => {
       const ws = c.scenarios.filter((s) => s.group === g).map((s) => JSON.stringify([s.workload, s.link, s.guest]));
       expect(new Set(ws).size).toBe(1);
     }
+  });
+
+  it('the short sweep runs every workload at 720 Mbit/s under adaptive, post-copy after one pass and auto-converge', () => {
+    const c = COMPARISONS.find((x) => x.name === 'policies-720')!;
+    const groups = new Set(c.scenarios.map((s) => s.group));
+    expect(groups.size).toBe(7);
+    for (const g of groups) {
+      const labels = new Set(c.scenarios.filter((s) => s.group === g).map((s) => s.label));
+      for (const l of ['migd adaptive', 'post-copy after 1 pass', 'seed: auto-converge 20/10']) expect(labels.has(l), `${g} lacks ${l}`).toBe(true);
+      const ws = c.scenarios.filter((s) => s.group === g).map((s) => JSON.stringify([s.workload, s.link, s.guest]));
+      expect(new Set(ws).size).toBe(1);
+    }
+    expect(c.scenarios.every((s) => s.link.rateMbit === 720 && s.repetitions >= 3)).toBe(true);
+    // The phase workload changes its rate mid-run; the idle one is a large guest.
+    expect(c.scenarios.find((s) => s.name === 'pol-s-phase-adaptive')?.workload.phase).toEqual({ afterMs: 12_000, rateBytesPerSec: 0 });
+    expect(c.scenarios.find((s) => s.name === 'pol-s-idle-adaptive')?.guest.memoryMib).toBe(1024);
   });
 
   it('comparisons vary one thing within a group', () => {

@@ -17,39 +17,52 @@
  * working set is rewritten faster than a pass shows r ≈ 1 however hard it writes: "dirty rate
  * above the link" appears as r ≥ 1 with a large backlog, and the backlog, not r, says how far
  * from converging it is. The rates measured over the first pass are biased low (it spans cold
- * memory), so a slow-but-shrinking prediction (r < 1) is only acted on once every windowed rate
- * comes from a later pass; r ≥ 1 is acted on after the first. Every figure is the median of a short window (3 samples) so one
+ * memory): a slow-but-shrinking prediction (r < 1) made from them acts at once, but a raise is
+ * sized as if the backlog did not shrink until every windowed rate comes from a later pass; r ≥ 1
+ * is acted on after the first. Every figure is the median of a short window (3 samples) so one
  * noisy sample decides nothing.
  *
+ * The first pass's bias is worst for a guest that rewrites its working set W many times during
+ * the (long) first pass: QEMU's rate after it is at most W ÷ pass time, so a dirtier at 1.4× the
+ * link can read r ≈ 0.25 and be "predicted to converge" for passes. The source node therefore
+ * measures the dirty rate before the migration starts (calc-dirty-rate, page sampling over 1 s:
+ * unique pages per second, a lower bound of the true rate, see FACTS.md), and until the window's
+ * rates come from pass ≥ 3 the policy takes the larger of the two. A guest whose rate changes
+ * after that measurement (a phase change) is seen by QEMU's own rate at the later passes.
+ *
  * ## Cost model (guest harm), cheapest first
+ * Measured in the lab (docs/lab/policies, guest time lost from the guest's own clock): post-copy
+ * straight after the first pass cost the guest 3–4.5 s on both workloads and finished in 7–9 s;
+ * auto-converge first and post-copy two passes of hysteresis later cost 3.7–11 s and took 22–27 s;
+ * auto-converge alone cost 28–172 s. A throttle costs the guest its CPU for every pass it lasts;
+ * post-copy costs about the backlog's transfer time once. So the order is:
+ *  0. Nothing, while pre-copy converges within K passes at the limit in force.
  *  1. Raise the downtime limit to L' ≤ max_downtime_ms: one full stop of ≤ L', once. The operator
  *     declared that much acceptable, the source stays a safe fallback, and nothing slows the
  *     guest before it. We raise straight to the predicted need (+25 %, rounded up to 50 ms), not
  *     along a ramp: every ramp step predicted too small costs a whole pass (seconds to minutes of
  *     dirty tracking and link time) and buys nothing; re-evaluating after two passes and raising
  *     again if the need grew keeps the value "just enough" without guessing low.
- *  2. Auto-converge: throttling by t costs ≈ t of the guest's CPU for as long as it lasts —
- *     several passes, since QEMU ramps it 20 % then +10 points per step (seed 002: a "prolonged
- *     impact", far worse than post-copy's spike). For the switch-over to fit max_downtime_ms the
- *     dirtying must fall by need/max, i.e. t* ≈ 1 − max/need. Worth it while t* ≤ 75 %
- *     (equivalently: dirty rate < throughput × 4·max/backlog); beyond that the ramp alone costs
- *     more guest CPU than post-copy's brief stall. The node arms the capability at start with the
- *     throttle capped at 1 % (QEMU cannot add capabilities mid-migration) and lifts the cap when
- *     asked.
- *  3. Post-copy with preempt: the guest runs on the destination at once and faults in missing
- *     pages: harm ≈ the backlog's transfer time (b) of slowed execution (seed 002: 400 → 7000
- *     ms/GiB for under a second), preempt keeping faults out of the bulk stream's queue. Short,
- *     but the guest is lost if the link or destination fails before it completes (seed 001), so
- *     it comes after the steps that keep the source intact. Taken when t* > 75 %, or when
- *     auto-converge has not shrunk the backlog by 20 % in 4 passes.
+ *  2. Post-copy with preempt, at once, when the backlog cannot converge and a bounded raise does
+ *     not suffice: the guest runs on the destination and faults in missing pages, harm ≈ the
+ *     backlog's transfer time (b) of slowed execution (measured as postcopy-blocktime too), with
+ *     preempt keeping faults out of the bulk stream's queue. The guest is lost if the link or
+ *     destination fails before it completes (seed 001): recovery (the node's post-copy recovery)
+ *     is the safety net.
+ *  3. Auto-converge, only where post-copy is not allowed (disabled, or multifd): throttling by t
+ *     costs ≈ t of the guest's CPU for as long as it lasts — several passes, since QEMU ramps it
+ *     20 % then +10 points per step. The node arms the capability at start with the throttle
+ *     capped at 1 % (QEMU cannot add capabilities mid-migration) and lifts the cap when asked.
+ *     A user who turns auto-converge on from the start gets post-copy once it has not shrunk the
+ *     backlog by 20 % in 4 passes.
  *  4. Last resort, only without post-copy: once the throttle is at its maximum and switch-over
  *     still needs more than max_downtime_ms, the timeout action now rather than at the timeout
  *     (pause: a full stop of b; or abort) — waiting longer only prolongs a 99 % throttle.
  * The completion and progress timeouts apply on top, as for every policy.
  *
- * Hysteresis: after any action the window restarts and nothing more happens for two passes (an
- * action needs a pass boundary to take effect); auto-converge and post-copy are taken at most once
- * and the downtime limit only ever goes up.
+ * Hysteresis: after any action the window restarts and nothing more happens until the next pass
+ * (a raised limit needs one pass to show whether it suffices); auto-converge and post-copy are
+ * taken at most once and the downtime limit only ever goes up.
  */
 import { PolicyActionKind, PolicyKind, type MigrationPolicy, type ProgressSample } from '../../../shared/gen/migd/v1/common.js';
 import { formatBytes, formatDuration, formatRate } from '../units.js';
@@ -69,8 +82,6 @@ export interface AdaptiveTuning {
   readonly downtimeMargin: number;
   /** Downtime limits are rounded up to a multiple of this. */
   readonly downtimeQuantumMs: number;
-  /** Auto-converge only while the throttle it needs is at most this (0..1). */
-  readonly autoConvergeMaxThrottle: number;
   /** Passes auto-converge gets to shrink the backlog before post-copy takes over. */
   readonly autoConvergeGracePasses: number;
   /** The shrink it must achieve in that time (fraction of the backlog when it was enabled). */
@@ -79,11 +90,10 @@ export interface AdaptiveTuning {
 
 export const DEFAULT_ADAPTIVE_TUNING: AdaptiveTuning = Object.freeze({
   windowSamples: 3,
-  settlePasses: 2,
+  settlePasses: 1,
   convergeWithinPasses: 5,
   downtimeMargin: 1.25,
   downtimeQuantumMs: 50,
-  autoConvergeMaxThrottle: 0.75,
   autoConvergeGracePasses: 4,
   autoConvergeMinShrink: 0.2,
 });
@@ -112,6 +122,8 @@ export interface AdaptiveReading {
   readonly bw: number;
   /** Backlog at the last pass boundary, as switch-over time in ms. */
   readonly backlogMs: number;
+  /** The source's dirty-rate estimate before the migration (bytes/s; 0 = none). Optional in stored states. */
+  readonly estimate?: number;
 }
 
 /** Plain-data state of the {@link AdaptivePolicy}. */
@@ -132,6 +144,8 @@ export interface AdaptiveState {
 /** The policy's reading of the window, exposed for tests and the run timeline. */
 export interface AdaptivePrediction {
   readonly dirtyBytesPerSec: number;
+  /** Of it, the pre-migration estimate when that was larger than QEMU's own early figure (else 0). */
+  readonly estimateUsed: number;
   readonly throughputBytesPerSec: number;
   readonly ratio: number;
   readonly backlogMs: number;
@@ -180,7 +194,12 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
   /** Median figures of a full window and what they predict. */
   predict(window: readonly AdaptiveReading[], limitMs: number): AdaptivePrediction {
     const { convergeWithinPasses: k } = this.tuning;
-    const dirty = median(window.map((r) => r.dirty));
+    const qemuDirty = median(window.map((r) => r.dirty));
+    // Early (rates from pass < 3, biased low by the long first pass), the pre-migration estimate
+    // — a lower bound of the rate — when it is the larger (see the module comment).
+    const early = window.some((r) => r.pass < 3);
+    const estimate = early ? median(window.map((r) => r.estimate ?? 0)) : 0;
+    const dirty = Math.max(qemuDirty, estimate);
     const bw = median(window.map((r) => r.bw));
     const backlogMs = median(window.map((r) => r.backlogMs));
     const ratio = bw > 0 ? dirty / bw : Infinity;
@@ -190,7 +209,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     else if (ratio === 0) passesToConverge = 1;
     else passesToConverge = Infinity;
     const needMs = ratio < 1 ? backlogMs * ratio ** k : backlogMs * ratio;
-    return { dirtyBytesPerSec: dirty, throughputBytesPerSec: bw, ratio, backlogMs, limitMs, passesToConverge, needMs, convergesSoon: passesToConverge <= k };
+    return { dirtyBytesPerSec: dirty, estimateUsed: estimate > qemuDirty ? estimate : 0, throughputBytesPerSec: bw, ratio, backlogMs, limitMs, passesToConverge, needMs, convergesSoon: passesToConverge <= k };
   }
 
   decide(state: AdaptiveState, sample: ProgressSample, nowMs: number): Decision<AdaptiveState> {
@@ -214,11 +233,12 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const p = this.predict(window, base.downtimeMs);
     let st = base;
     if (st.autoConverge && st.autoConvergeAt === null) st = { ...st, autoConvergeAt: { passes, backlogMs: p.backlogMs } };
-    // A shrinking-but-slow prediction needs rates measured over a later pass than the first,
-    // which spans cold memory and biases r low (see module comment).
-    if (p.convergesSoon || (p.ratio < 1 && window.some((r) => r.pass < 3))) return { actions: [], state: st };
-
-    const decision = this.escalate(st, p, sample, nowMs);
+    if (p.convergesSoon) return { actions: [], state: st };
+    // Rates measured over the first pass are biased low (see module comment): a verdict of "not
+    // converging" from them stands (the truth is worse), but the switch-over need they give is too
+    // small, so size it as if the backlog were not shrinking (r = 1) until a later pass says more.
+    const early = window.some((r) => r.pass < 3) && p.ratio < 1;
+    const decision = this.escalate(st, early ? { ...p, needMs: Math.max(p.needMs, p.backlogMs) } : p, sample, nowMs);
     if (!decision) return { actions: [], state: st };
     const next: AdaptiveState = { ...st, lastActionPasses: passes, window: [] };
     switch (decision.kind) {
@@ -235,7 +255,8 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
   private escalate(st: AdaptiveState, p: AdaptivePrediction, sample: ProgressSample, nowMs: number): PolicyDecision | undefined {
     const t = this.tuning;
     const max = this.config.maxDowntimeMs;
-    const figures = `backlog ≈${formatDuration(p.backlogMs)} of transfer, dirty ${formatRate(p.dirtyBytesPerSec)} = ${p.ratio.toFixed(2)}× the ${formatRate(p.throughputBytesPerSec)} link`;
+    const estimated = p.estimateUsed > 0 ? ' (the pre-migration estimate; QEMU\'s rate over the long first pass reads lower)' : '';
+    const figures = `backlog ≈${formatDuration(p.backlogMs)} of transfer, dirty ${formatRate(p.dirtyBytesPerSec)}${estimated} = ${p.ratio.toFixed(2)}× the ${formatRate(p.throughputBytesPerSec)} link`;
     const horizon = p.ratio < 1 ? ` even after ${t.convergeWithinPasses} more passes` : '';
     const verdict = `predicted not to converge at ${p.limitMs} ms (${figures}): switch-over needs ≈${formatDuration(p.needMs)}${horizon}`;
 
@@ -251,40 +272,39 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     }
 
     const postcopy = this.config.postcopyUnavailable === undefined;
-    const throttleNeeded = Math.min(0.99, Math.max(0, 1 - max / p.needMs));
-    const throttleWouldDo = throttleNeeded <= t.autoConvergeMaxThrottle;
     const passes = completedPasses(sample);
-    const acFailing =
-      st.autoConverge &&
-      st.autoConvergeAt !== null &&
-      passes - st.autoConvergeAt.passes >= t.autoConvergeGracePasses &&
-      p.backlogMs > (1 - t.autoConvergeMinShrink) * st.autoConvergeAt.backlogMs;
     const overMax = `${verdict} > max ${max} ms`;
 
-    // 2. Auto-converge while a moderate throttle suffices (or as the only live option left).
-    if (!st.autoConverge && (throttleWouldDo || !postcopy)) {
-      const why = throttleWouldDo
-        ? `dirtying must fall to ${pct(1 - throttleNeeded)} for the switch-over to fit: a throttle of ≈${pct(throttleNeeded)} (≤ ${pct(t.autoConvergeMaxThrottle)})`
-        : `it would need ≈${pct(throttleNeeded)} throttle, but post-copy is unavailable (${this.config.postcopyUnavailable ?? ''})`;
-      return { kind: PolicyActionKind.POLICY_ACTION_KIND_ENABLE_AUTO_CONVERGE, value: 0, elapsedMs: nowMs, reason: `${overMax}; ${why}: enabling auto-converge` };
-    }
-
-    // 3. Post-copy when throttling would cost too much, or has not worked.
-    if (postcopy && (!throttleWouldDo || acFailing)) {
-      const why = acFailing
-        ? `auto-converge has not shrunk the backlog in ${passes - (st.autoConvergeAt?.passes ?? passes)} passes (≈${formatDuration(st.autoConvergeAt?.backlogMs ?? 0)} → ≈${formatDuration(p.backlogMs)})`
-        : `throttling would need ≈${pct(throttleNeeded)} of the guest's CPU (> ${pct(t.autoConvergeMaxThrottle)}) for the rest of the migration`;
+    // 2. Post-copy at once: no bounded pause suffices, and more passes only prolong dirty
+    // tracking. A throttle the user turned on gets its grace passes first.
+    if (postcopy) {
+      const acAt = st.autoConverge ? st.autoConvergeAt : null;
+      if (acAt && (passes - acAt.passes < t.autoConvergeGracePasses || p.backlogMs <= (1 - t.autoConvergeMinShrink) * acAt.backlogMs)) return undefined;
+      const why = acAt
+        ? `auto-converge has not shrunk the backlog in ${passes - acAt.passes} passes (≈${formatDuration(acAt.backlogMs)} → ≈${formatDuration(p.backlogMs)})`
+        : 'no bounded pause suffices, and more passes only prolong dirty tracking';
       const backlogBytes = (p.backlogMs / 1000) * p.throughputBytesPerSec;
       return {
         kind: PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY,
         value: 0,
         elapsedMs: nowMs,
-        reason: `${overMax}; ${why}; switching to post-copy${this.requirements.postcopyPreempt ? ' with preempt' : ''}: ≈${formatDuration(p.backlogMs)} of page faults for the ≈${formatBytes(backlogBytes)} still dirty`,
+        reason: `${overMax}; ${why}; switching to post-copy${this.requirements.postcopyPreempt ? ' with preempt' : ''} now: ≈${formatDuration(p.backlogMs)} of page faults for the ≈${formatBytes(backlogBytes)} still dirty`,
+      };
+    }
+
+    // 3. Without post-copy: auto-converge, the only live option left.
+    if (!st.autoConverge) {
+      const throttleNeeded = Math.min(0.99, Math.max(0, 1 - max / p.needMs));
+      return {
+        kind: PolicyActionKind.POLICY_ACTION_KIND_ENABLE_AUTO_CONVERGE,
+        value: 0,
+        elapsedMs: nowMs,
+        reason: `${overMax}; it would need ≈${pct(throttleNeeded)} throttle, and post-copy is unavailable (${this.config.postcopyUnavailable ?? ''}): enabling auto-converge`,
       };
     }
 
     // 4. Without post-copy, once the throttle is exhausted.
-    if (!postcopy && st.autoConverge && sample.throttlePct >= this.config.autoConvergeMaxPct) {
+    if (sample.throttlePct >= this.config.autoConvergeMaxPct) {
       const what = this.config.lastResort === PolicyActionKind.POLICY_ACTION_KIND_PAUSE_GUEST ? 'pausing the guest to force completion' : 'aborting (timeout action)';
       return {
         kind: this.config.lastResort,
@@ -317,6 +337,6 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
       const passMs = a && b ? b[1] - a[1] : undefined;
       backlogMs = passMs !== undefined ? (dirty * passMs) / bw : (sample.remainingBytes / bw) * 1000;
     }
-    return [...window, { t: sample.elapsedMs, pass: sample.pass, dirty, bw, backlogMs }].slice(-this.tuning.windowSamples);
+    return [...window, { t: sample.elapsedMs, pass: sample.pass, dirty, bw, backlogMs, estimate: sample.estimatedDirtyBytesPerSec }].slice(-this.tuning.windowSamples);
   }
 }

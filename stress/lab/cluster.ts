@@ -66,7 +66,7 @@ export async function startLabCluster(opts: LabClusterOptions = {}): Promise<Lab
     const guestImage = await ensureGuestImageDir(join(work, 'guest'));
     if (mode === 'coordinator') {
       local = await startLocalCluster({ workDir: join(work, 'cluster'), certDir, guestImage, onLog });
-      backend = new CoordinatorBackend({ address: local.coordinatorAddress, certDir });
+      backend = new CoordinatorBackend({ address: local.coordinatorAddress, certDir, nodeIdentity: 'migd-coordinator' });
       return { mode, tb: local.tb, nodes: local.nodes, backend, certDir, source: 'a', destination: 'b', close, coordinatorAddress: local.coordinatorAddress };
     }
     tb = await Testbed.create({ hosts: ['a', 'b'] });

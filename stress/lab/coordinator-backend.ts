@@ -27,6 +27,12 @@ export interface CoordinatorBackendOptions {
   readonly certDir: string;
   /** Client identity (default `operator`). */
   readonly identity?: string;
+  /**
+   * Identity for the node daemons (VMs are destroyed there): node daemons answer only the
+   * coordinator's identity (issue 17), so an `operator` gets PERMISSION_DENIED and the lab's VMs
+   * stayed behind. The lab's own cluster passes `migd-coordinator`. Default: `identity`.
+   */
+  readonly nodeIdentity?: string;
 }
 
 
@@ -157,7 +163,7 @@ export class CoordinatorBackend implements LabBackend {
     const nodes = await this.client.listNodes({});
     const addr = nodes.nodes.find((n) => n.host?.nodeId === nodeId)?.host?.managementAddress;
     if (!addr) return undefined;
-    const c = createClient('migd.v1.NodeService', NodeServiceService, addr, { security: { tls: identityFiles(this.o.certDir, this.o.identity ?? 'operator'), serverName: 'migd-node' } });
+    const c = createClient('migd.v1.NodeService', NodeServiceService, addr, { security: { tls: identityFiles(this.o.certDir, this.o.nodeIdentity ?? this.o.identity ?? 'operator'), serverName: 'migd-node' } });
     this.nodeClients.set(nodeId, c);
     return c;
   }

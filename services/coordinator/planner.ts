@@ -2,8 +2,9 @@
  * Turning requests into work: SubmitPlan (validate, draft with the domain planner, store the plan
  * and its runs in one transaction, queue the runs) and CreateVm (on a node, or where placement
  * says). Both read one snapshot of the cluster — the registry's nodes and VMs plus the moves that
- * active runs will make — and run one at a time, so two requests never plan the same VM or the
- * same free memory twice.
+ * active runs will make and the VMs being created — and plan one at a time, so two requests never
+ * plan the same VM or the same free memory twice. No lock is held across a call to a node: CreateVm
+ * reserves its VM in the snapshot, releases the lock, then calls the node.
  */
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError } from '../shared/errors.js';
 import { createIdFactory } from '../shared/events/ids.js';
@@ -61,6 +62,8 @@ function sameRequest(plan: Plan, req: SubmitPlanRequest): Plan {
 
 export class Planner {
   private lock: Promise<unknown> = Promise.resolve();
+  /** VMs whose CreateVm call to a node is in flight, by name (reserved in the model meanwhile). */
+  private readonly creating = new Map<string, { name: string; nodeId: string; memoryMib: number; antiAffinityGroup: string | undefined }>();
   private readonly newId: () => string;
 
   constructor(private readonly o: PlannerOptions) {
@@ -73,12 +76,20 @@ export class Planner {
     return result;
   }
 
-  /** The cluster as placement sees it now. */
+  /**
+   * The cluster as placement sees it now. VMs being created (their node call is in flight) are
+   * in it: their name is taken, their memory reserved on their node, their anti-affinity group
+   * counted there, and they cannot be migrated yet.
+   */
   async model(): Promise<ClusterModel> {
     const [vms, active] = await Promise.all([this.o.registry.vms(), this.o.store.plans.listActiveRuns()]);
     const nodes = await this.o.registry.nodes(vms);
     const plannedMoves = active.map((r) => ({ vmName: r.vmName, from: r.sourceNodeId, to: r.destinationNodeId, memoryBytes: r.memoryMib * MiB }));
-    return clusterFromProto(nodes, vms, { plannedMoves });
+    const creating = [...this.creating.values()];
+    const cluster = clusterFromProto(nodes, vms, { plannedMoves: [...plannedMoves, ...creating.map((c) => ({ vmName: c.name, from: '', to: c.nodeId, memoryBytes: c.memoryMib * MiB }))] });
+    const known = new Set(cluster.vms.map((v) => v.name));
+    const pending = creating.filter((c) => !known.has(c.name)).map((c) => ({ name: c.name, nodeId: c.nodeId, memoryMib: c.memoryMib, antiAffinityGroup: c.antiAffinityGroup, dirtyRateBytesPerSec: undefined, migrating: true }));
+    return { ...cluster, vms: [...cluster.vms, ...pending] };
   }
 
   /**
@@ -168,15 +179,17 @@ export class Planner {
     if (!spec) throw new InvalidArgumentError('spec is required');
     if (!VM_NAME.test(spec.name)) throw new InvalidArgumentError(`spec.name "${spec.name}" must match ${VM_NAME.source}`);
     if (!(spec.memoryMib > 0)) throw new InvalidArgumentError('spec.memory_mib is required');
-    return this.exclusive(async () => {
+    // Placement runs under the lock and reserves the VM; the node call (up to a minute and a
+    // half) runs outside it, so a slow node never holds up planning for anyone else.
+    const nodeId = await this.exclusive(async () => {
       const cluster = await this.model();
       if (findVm(cluster, spec.name) || (await this.o.registry.vms()).some((v) => v.spec?.name === spec.name)) {
         throw new AlreadyExistsError(`a VM named "${spec.name}" already exists`, { reason: 'VM_EXISTS' });
       }
-      let nodeId = req.nodeId;
-      if (nodeId) {
-        this.o.registry.host(nodeId);
-        if (!this.o.registry.isUp(nodeId)) throw new FailedPreconditionError(`node "${nodeId}" is down`, { reason: 'NODE_DOWN' });
+      let chosen = req.nodeId;
+      if (chosen) {
+        this.o.registry.host(chosen);
+        if (!this.o.registry.isUp(chosen)) throw new FailedPreconditionError(`node "${chosen}" is down`, { reason: 'NODE_DOWN' });
       } else {
         const verdicts = evaluateDestinations(cluster, { name: spec.name, nodeId: '', memoryMib: spec.memoryMib, antiAffinityGroup: spec.antiAffinityGroup || undefined });
         const best = verdicts.filter((v) => v.eligible).sort((a, b) => b.availableBytes - a.availableBytes || a.inbound - b.inbound || (a.nodeId < b.nodeId ? -1 : 1))[0];
@@ -184,13 +197,19 @@ export class Planner {
           const why = verdicts.map((v) => `${v.nodeId} ${v.problems.join(' and ')}`).join('; ') || 'the cluster has no node';
           throw new ResourceExhaustedError(`no node can take VM "${spec.name}" (${formatBytes(spec.memoryMib * MiB)}): ${why}`, { reason: 'NO_NODE' });
         }
-        nodeId = best.nodeId;
+        chosen = best.nodeId;
       }
+      this.creating.set(spec.name, { name: spec.name, nodeId: chosen, memoryMib: spec.memoryMib, antiAffinityGroup: spec.antiAffinityGroup || undefined });
+      return chosen;
+    });
+    try {
       const res = await this.o.registry.client(nodeId).createVm({ spec }, { deadlineMs: this.o.createVmDeadlineMs, ...(signal ? { signal } : {}) });
       const vm: VmInfo = res.vm ?? { spec, nodeId, state: VmState.VM_STATE_STARTING, pid: 0, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0 };
       await this.o.registry.vmCreated({ ...vm, nodeId });
       this.o.log.info('VM created', { vm: spec.name, nodeId });
       return vm;
-    });
+    } finally {
+      this.creating.delete(spec.name);
+    }
   }
 }

@@ -8,10 +8,13 @@ import { VmState, type HostInfo, type VmInfo } from '../../../services/shared/ge
 import { CoordinatorServiceService, type WatchResponse } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import { createPki, identityFiles, nodeIdentity } from '../../../services/shared/pki.js';
 import { createClient } from '../../../services/shared/rpc/client.js';
-import { DEFAULT_SERVER_LIMITS } from '../../../services/shared/rpc/server.js';
+import { DEFAULT_SERVER_LIMITS, RpcServer, type Handlers } from '../../../services/shared/rpc/server.js';
+import { NodeServiceService, type CreateVmRequest } from '../../../services/shared/gen/migd/v1/node.js';
+import { UnavailableError } from '../../../services/shared/errors.js';
+import { createLogger } from '../../../services/shared/log.js';
 import { WATCH_QUEUE } from '../../../services/coordinator/event-bus.js';
 import { startCoordinatorProcess, type CoordinatorProcess } from '../../../services/testbed/cluster.js';
-import { waitFor, type CoordinatorClient } from '../../helpers/coordinator-cluster.js';
+import { migratePlan, waitFor, type CoordinatorClient } from '../../helpers/coordinator-cluster.js';
 import { guestSpec } from '../../helpers/node-cluster.js';
 import { freePort } from '../../helpers/nats-server.js';
 
@@ -68,7 +71,7 @@ describe('coordinator denial of service', () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'migd-dos-'));
     certDir = join(dir, 'pki');
-    createPki(certDir, [{ name: 'migd-coordinator', dnsNames: ['localhost'] }, { name: 'operator' }, { name: 'viewer' }, { name: nodeIdentity('a') }]);
+    createPki(certDir, [{ name: 'migd-coordinator', dnsNames: ['localhost'] }, { name: 'operator' }, { name: 'viewer' }, { name: nodeIdentity('a') }, { name: nodeIdentity('slow'), dnsNames: ['migd-node'] }]);
     const listen = `127.0.0.1:${await freePort()}`;
     coordinator = await startCoordinatorProcess({ listen, db: join(dir, 'history.sqlite'), certDir, args: ['--heartbeat-ms', '60000'], logLevel: 'info' });
     hostA = host('a', await freePort());
@@ -77,7 +80,9 @@ describe('coordinator denial of service', () => {
     await a.heartbeat({ host: hostA, vms: [vm('victim', 'a', VmState.VM_STATE_RUNNING)] });
   }, 60_000);
 
+  const closers: (() => Promise<void>)[] = [];
   afterAll(async () => {
+    for (const c of closers.splice(0)) await c();
     for (const c of clients.splice(0)) c.close();
     await coordinator?.kill();
     if (dir) rmSync(dir, { recursive: true, force: true });
@@ -173,5 +178,54 @@ describe('coordinator denial of service', () => {
     } finally {
       for (const s of sockets) s.destroy();
     }
+  }, 60_000);
+
+  it('a node slow to create a VM does not hold up planning for anyone else', async () => {
+    // A node whose CreateVm takes as long as the test says (a loaded or hostile host).
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let creates = 0;
+    const handlers = new Proxy({} as Handlers<typeof NodeServiceService>, {
+      get: (_t, key) => {
+        if (key === 'createVm') {
+          return async (req: CreateVmRequest) => {
+            creates++;
+            await released;
+            return { vm: { ...vm(req.spec!.name, 'slow', VmState.VM_STATE_RUNNING), spec: req.spec } };
+          };
+        }
+        if (key === 'watchGuest' || key === 'watchMigration') {
+          return async function* () {
+            yield await Promise.reject(new UnavailableError('not here'));
+          };
+        }
+        return async () => Promise.reject(new UnavailableError('not here'));
+      },
+    });
+    const slow = new RpcServer({ address: '127.0.0.1:0', security: { tls: identityFiles(certDir, nodeIdentity('slow')) }, log: createLogger('slow-node', {}, () => undefined) });
+    slow.addService('migd.v1.NodeService', NodeServiceService, handlers);
+    const port = await slow.start();
+    closers.push(async () => {
+      release();
+      await slow.stop(100);
+    });
+    const slowHost = host('slow', port);
+    await client(nodeIdentity('slow')).registerNode({ host: slowHost });
+    await client(nodeIdentity('slow')).heartbeat({ host: slowHost, vms: [] });
+    await client(nodeIdentity('a')).heartbeat({ host: hostA, vms: [vm('mover', 'a', VmState.VM_STATE_RUNNING)] });
+    const op = client('operator');
+    const creating = op.createVm({ spec: guestSpec('slow-vm', { memoryMib: 64 }), nodeId: 'slow' }, { deadlineMs: 60_000 });
+    await waitFor(() => creates === 1, 10_000, 'the slow node to get the CreateVm');
+    // Meanwhile: a plan is placed and stored at once, and the name being created is taken.
+    const t0 = Date.now();
+    const plan = await op.submitPlan(migratePlan('while-creating', 'mover', 'slow'));
+    expect(Date.now() - t0).toBeLessThan(3000);
+    expect(plan.plan?.migrations[0]).toMatchObject({ vmName: 'mover', destinationNodeId: 'slow' });
+    await expect(op.createVm({ spec: guestSpec('slow-vm', { memoryMib: 64 }), nodeId: 'a' })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
+    // A plan for the VM being created is refused (it cannot move before it exists).
+    await expect(op.submitPlan(migratePlan('move-creating', 'slow-vm', 'a'))).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
+    release();
+    const created = await creating;
+    expect(created.vm?.nodeId).toBe('slow');
   }, 60_000);
 });

@@ -1,0 +1,191 @@
+/**
+ * SourceMigration's failure paths over a fake QMP transport and a scripted destination node
+ * (test/helpers/migration-fakes.ts): post-copy recovery (retried until the stream flows again,
+ * giving up at its deadline, stopped at once by a daemon shutdown), a guest that is not alive on
+ * the destination after completion, and a destination lost during pre-copy or post-copy. The slow
+ * QEMU tests show the same paths once each; these show every branch in milliseconds.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { FailedPreconditionError, NotFoundError, UnavailableError } from '../../../services/shared/errors.js';
+import { MigrationPolicy, MigrationState as S } from '../../../services/shared/gen/migd/v1/common.js';
+import { ConfirmIncomingResponse, type StateChange } from '../../../services/shared/gen/migd/v1/node.js';
+import { createLogger } from '../../../services/shared/log.js';
+import { resolveMigrationConfig } from '../../../services/shared/policy/index.js';
+import { SourceMigration, type SourceOptions } from '../../../services/node/migration/source.js';
+import { FakeQemu, fakeHost, fakePeer, fakeVm, tempRecords, type Cleanups, type FakeHost, type FakePeer, type PeerScript } from '../../helpers/migration-fakes.js';
+
+const quiet = createLogger('source-failures-test', {}, () => undefined, 'error');
+const cleanups: Cleanups = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const SUPPORTED = new Set(['events', 'postcopy-ram', 'postcopy-preempt', 'return-path', 'auto-converge']);
+
+interface Started {
+  q: FakeQemu;
+  m: SourceMigration;
+  peer: FakePeer;
+  host: FakeHost;
+  /** Every state change the migration published, in order. */
+  changes: StateChange[];
+}
+
+/** A source migration started against a scripted destination, its QEMU streaming. */
+async function started(script: PeerScript, o: { postcopy?: boolean; options?: SourceOptions } = {}): Promise<Started> {
+  const q = new FakeQemu({ running: true, migration: 'none', logger: quiet, cleanups });
+  await q.connect();
+  const host = fakeHost();
+  const peer = fakePeer(script);
+  const policy = MigrationPolicy.fromPartial(o.postcopy ? { postcopy: { enabled: true, onDemandOnly: true } } : {});
+  const m = new SourceMigration({
+    runId: 'run-1',
+    nodeId: 'a',
+    vm: fakeVm(q),
+    host,
+    peer,
+    destination: { nodeId: 'b', managementAddress: 'b:1', migrationAddress: '127.0.0.1' },
+    policy,
+    config: resolveMigrationConfig(policy, SUPPORTED),
+    supportedCapabilities: SUPPORTED,
+    log: quiet,
+    // No stall detection (the fake moves no bytes) and quick calls to the destination.
+    options: { postcopyStallMs: 600_000, progressIntervalMs: 50, peerDeadlineMs: 300, handoverTimeoutMs: 600, ...o.options },
+    records: tempRecords(cleanups),
+  });
+  cleanups.push(() => m.detach());
+  const changes: StateChange[] = [];
+  void (async () => {
+    for await (const u of m.watch()) if (u.update?.$case === 'stateChange' && u.update.value.reason !== 'current state') changes.push(u.update.value);
+  })();
+  await m.start();
+  q.emit('active');
+  return { q, m, peer, host, changes };
+}
+
+async function inPostcopy(s: Started): Promise<void> {
+  await s.m.startPostcopy('test', 'switch over');
+  s.q.emit('postcopy-active');
+  await until(() => s.m.currentState === S.MIGRATION_STATE_POSTCOPY, 'POSTCOPY');
+}
+
+async function until(check: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const confirmed = (pages: number): ConfirmIncomingResponse => ConfirmIncomingResponse.fromPartial({ alive: pages > 0, pid: 7, pagesVerifiedAfter: pages });
+
+describe('post-copy recovery', () => {
+  it('retries until the stream flows again, then completes, counting one recovery', async () => {
+    const s = await started({ confirm: () => confirmed(100) }, { postcopy: true });
+    await inPostcopy(s);
+    let resumes = 0;
+    s.q.onCommand = (name, args) => {
+      if (name === 'migrate' && args?.['resume'] === true) {
+        // The first resume falls back to paused (link still down), the second takes.
+        s.q.migration = ++resumes === 1 ? 'postcopy-paused' : 'postcopy-active';
+      }
+      return undefined;
+    };
+    s.q.emit('postcopy-paused');
+    await until(() => resumes === 2 && s.m.currentState === S.MIGRATION_STATE_POSTCOPY, 'the second resume to take');
+    expect(s.peer.calls.filter((c) => c === 'pause' || c === 'recover')).toEqual(['pause', 'recover', 'pause', 'recover']);
+    expect(s.q.argsOf('migrate').at(-1)).toEqual({ uri: 'tcp:127.0.0.1:2', resume: true });
+    const reasons = s.changes.map((c) => `${S[c.to]}: ${c.reason}`);
+    expect(reasons.slice(reasons.indexOf('MIGRATION_STATE_POSTCOPY: QEMU status postcopy-active') + 1)).toEqual([
+      'MIGRATION_STATE_POSTCOPY_PAUSED: QEMU status postcopy-paused',
+      'MIGRATION_STATE_POSTCOPY_RECOVERING: attempt 1: resuming',
+      'MIGRATION_STATE_POSTCOPY_PAUSED: recovery attempt 1 failed; retrying in 500 ms',
+      'MIGRATION_STATE_POSTCOPY_RECOVERING: attempt 2: resuming',
+      'MIGRATION_STATE_POSTCOPY: recovered after 2 attempt(s)',
+    ]);
+    s.q.emit('completed');
+    const info = await s.m.finished();
+    expect(info.state).toBe(S.MIGRATION_STATE_SUCCEEDED);
+    expect(info.stats?.recoveries).toBe(1);
+    expect(s.host.destroyed).toEqual(['vm1']);
+  });
+
+  it('gives up at its deadline and fails the run, never resuming the source after post-copy', async () => {
+    const s = await started({ pause: () => new UnavailableError('destination unreachable') }, { postcopy: true, options: { recoveryTimeoutMs: 1200 } });
+    await inPostcopy(s);
+    const t0 = Date.now();
+    s.q.emit('postcopy-paused');
+    const info = await s.m.finished();
+    expect(Date.now() - t0).toBeLessThan(4000);
+    expect(info.state).toBe(S.MIGRATION_STATE_FAILED);
+    expect(info.error).toMatchObject({ code: 'ABORTED', reason: 'RECOVERY_FAILED' });
+    expect(info.error?.message).toMatch(/post-copy recovery failed: .*post-copy had started/);
+    expect(s.peer.calls.filter((c) => c === 'pause').length).toBeGreaterThanOrEqual(2);
+    expect(s.q.commands).not.toContain('cont');
+    expect(s.host.destroyed).toEqual([]);
+  });
+
+  it('stops waiting at once when the daemon shuts down, without failing the run', async () => {
+    const s = await started({ pause: () => new UnavailableError('destination unreachable') }, { postcopy: true });
+    await inPostcopy(s);
+    s.q.emit('postcopy-paused');
+    await until(() => s.peer.calls.filter((c) => c === 'pause').length >= 2, 'two failed attempts');
+    const pauses = s.peer.calls.length;
+    s.m.detach();
+    await new Promise((r) => setTimeout(r, 1500));
+    // No attempt after the shutdown, and the run is not declared failed by this node.
+    expect(s.peer.calls.length).toBe(pauses);
+    expect(s.m.currentState).toBe(S.MIGRATION_STATE_POSTCOPY_PAUSED);
+  });
+});
+
+describe('after QEMU completed', () => {
+  it('resumes the source when the destination did not take the guest over and proved its copy gone', async () => {
+    const s = await started({ confirm: () => new FailedPreconditionError('incoming QEMU died', { reason: 'NOT_HANDED_OVER' }) });
+    s.q.running = false;
+    s.q.emit('completed');
+    const info = await s.m.finished();
+    expect(info.state).toBe(S.MIGRATION_STATE_FAILED);
+    expect(info.error).toMatchObject({ code: 'FAILED_PRECONDITION', reason: 'GUEST_NOT_ALIVE_ON_DESTINATION' });
+    expect(s.peer.calls).toEqual(['prepare', 'confirm', 'abort']);
+    expect(s.q.commands.at(-1)).toBe('cont');
+    expect(s.host.destroyed).toEqual([]);
+    expect(s.host.migrating.get('vm1')).toBeUndefined();
+  });
+
+  it('fails as not verified when the guest runs on the destination but never showed its memory intact', async () => {
+    const s = await started({ confirm: () => confirmed(0) });
+    s.q.emit('completed');
+    const info = await s.m.finished();
+    expect(info.state).toBe(S.MIGRATION_STATE_FAILED);
+    expect(info.error).toMatchObject({ code: 'DEADLINE_EXCEEDED', reason: 'GUEST_NOT_VERIFIED' });
+    // Handed over all the same: the destination owns the guest, the source copy goes.
+    expect(s.host.destroyed).toEqual(['vm1']);
+    expect(s.q.commands).not.toContain('cont');
+  });
+});
+
+describe('a lost destination', () => {
+  it('during pre-copy: the guest keeps running on the source, the destination copy left to it', async () => {
+    const s = await started({ abort: () => new UnavailableError('destination gone') });
+    s.q.emit('failed');
+    const info = await s.m.finished();
+    expect(info.state).toBe(S.MIGRATION_STATE_FAILED);
+    expect(info.error).toMatchObject({ code: 'ABORTED', reason: 'QEMU_MIGRATION_FAILED' });
+    expect(info.error?.message).toMatch(/the guest keeps running on the source \(the destination copy, paused, is left to the destination to remove\)/);
+    expect(s.peer.calls.filter((c) => c === 'abort').length).toBeGreaterThanOrEqual(1);
+    expect(s.host.destroyed).toEqual([]);
+    expect(s.host.migrating.get('vm1')).toBeUndefined();
+  });
+
+  it('during post-copy: the guest is reported lost, and the source never resumes it', async () => {
+    const s = await started({ confirm: () => new NotFoundError('no incoming migration run-1') }, { postcopy: true });
+    await inPostcopy(s);
+    s.q.running = false;
+    s.q.emit('completed');
+    const info = await s.m.finished();
+    expect(info.state).toBe(S.MIGRATION_STATE_FAILED);
+    expect(info.error).toMatchObject({ code: 'DATA_LOSS', reason: 'GUEST_LOST' });
+    expect(s.q.commands).not.toContain('cont');
+  });
+});

@@ -9,7 +9,9 @@ import { NodeServiceService, type WatchGuestResponse } from '../../shared/gen/mi
 import type { Logger } from '../../shared/log.js';
 import { toPublicError } from '../public-error.js';
 import type { CallContext, Handlers } from '../../shared/rpc/server.js';
-import type { NodeDaemon } from '../daemon.js';
+import type { NodeConfig } from '../config.js';
+import type { HostInfo, VmInfo, VmSpec } from '../../shared/gen/migd/v1/common.js';
+import type { MigrationManager } from '../migration/manager.js';
 import type { GuestFeed } from '../guest-feed.js';
 import { nodeCaller, type NodeCaller } from './authz.js';
 
@@ -98,11 +100,29 @@ export async function* watchGuest(feed: Pick<GuestFeed, 'samples' | 'console'>, 
   }
 }
 
-export function nodeHandlers(d: NodeDaemon, log: Logger): Handlers<typeof NodeServiceService> {
+/**
+ * What the handlers need of the node (the daemon provides it): narrow, so the handlers do not
+ * depend on the daemon's module and can be served by any implementation.
+ */
+export interface NodeServiceParts {
+  readonly config: Pick<NodeConfig, 'coordinatorIdentities' | 'nodeId'>;
+  readonly migrations: Pick<
+    MigrationManager,
+    'peerMayRead' | 'prepareIncoming' | 'pauseIncoming' | 'recoverIncoming' | 'confirmIncoming' | 'abortIncoming' | 'start' | 'watch' | 'get' | 'list' | 'adjust' | 'startPostcopy' | 'forceComplete' | 'cancel'
+  >;
+  readonly vms: { list(): readonly { readonly name: string }[] };
+  hostInfo(): Promise<HostInfo>;
+  createVm(spec: VmSpec): Promise<VmInfo>;
+  vmInfo(name: string): Promise<VmInfo>;
+  destroyVm(name: string): Promise<void>;
+  guest(name: string): Pick<GuestFeed, 'samples' | 'console'>;
+}
+
+export function nodeHandlers(d: NodeServiceParts, log: Logger): Handlers<typeof NodeServiceService> {
   return publicErrors(handlers(d), log);
 }
 
-function handlers(d: NodeDaemon): Handlers<typeof NodeServiceService> {
+function handlers(d: NodeServiceParts): Handlers<typeof NodeServiceService> {
   const m = d.migrations;
   const caller = (ctx: CallContext): NodeCaller => nodeCaller(ctx, d.config.coordinatorIdentities, d.config.nodeId);
   /** A peer node reads only the VM it migrates (or just migrated) here. */

@@ -87,6 +87,7 @@ function idleSpec(name: string, memoryMib: number, bytesPerWorker: number): VmSp
     labels: {},
     antiAffinityGroup: '',
     uuid: '',
+    nics: [],
   };
 }
 

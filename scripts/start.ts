@@ -83,6 +83,7 @@ async function main(): Promise<void> {
       labels: {},
       antiAffinityGroup: '',
       uuid: '',
+      nics: [],
     };
     console.log('migd: booting guest "demo" on a (384 MiB, workload: 2 workers × 64 MiB random, 10 MiB/s each, verifying every page)…');
     await op.createVm({ spec, nodeId: 'a' });

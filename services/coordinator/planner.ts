@@ -18,6 +18,7 @@ import { evaluateDestinations } from './domain/placement.js';
 import type { ConvergencePolicy } from './domain/policy/types.js';
 import type { ConcurrencyLimits } from './domain/scheduler.js';
 import { GiB, MiB, formatBytes } from './domain/units.js';
+import { normalizeNics } from '../shared/nics.js';
 import type { NodeRegistry } from './registry.js';
 import type { RunManager } from './runs/manager.js';
 import type { CreateRunInput, PlanRunRepository } from './store/types.js';
@@ -175,8 +176,9 @@ export class Planner {
    *   and the node's own errors
    */
   async createVm(req: CoordinatorServiceCreateVmRequest, signal?: AbortSignal): Promise<VmInfo> {
-    const spec = req.spec;
-    if (!spec) throw new InvalidArgumentError('spec is required');
+    if (!req.spec) throw new InvalidArgumentError('spec is required');
+    // MACs are generated here when missing, so the cluster-wide check below sees the final ones.
+    const spec = { ...req.spec, nics: normalizeNics(req.spec.nics ?? []) };
     if (!VM_NAME.test(spec.name)) throw new InvalidArgumentError(`spec.name "${spec.name}" must match ${VM_NAME.source}`);
     if (!(spec.memoryMib > 0)) throw new InvalidArgumentError('spec.memory_mib is required');
     // Placement runs under the lock and reserves the VM; the node call (up to a minute and a
@@ -186,12 +188,30 @@ export class Planner {
       if (findVm(cluster, spec.name) || (await this.o.registry.vms()).some((v) => v.spec?.name === spec.name)) {
         throw new AlreadyExistsError(`a VM named "${spec.name}" already exists`, { reason: 'VM_EXISTS' });
       }
+      const vms = await this.o.registry.vms();
+      for (const [i, n] of spec.nics.entries()) {
+        const owner = vms.find((v) => v.spec?.nics?.some((o) => o.mac.toLowerCase() === n.mac));
+        if (owner) throw new InvalidArgumentError(`spec.nics[${i}].mac ${n.mac} is already the MAC of VM "${owner.spec?.name ?? ''}"`, { reason: 'MAC_IN_USE' });
+      }
+      const networks = [...new Set(spec.nics.map((n) => n.network))];
+      const missing = (id: string): string[] => {
+        const has = new Set(this.o.registry.host(id).networks ?? []);
+        return networks.filter((n) => !has.has(n));
+      };
       let chosen = req.nodeId;
       if (chosen) {
         this.o.registry.host(chosen);
         if (!this.o.registry.isUp(chosen)) throw new FailedPreconditionError(`node "${chosen}" is down`, { reason: 'NODE_DOWN' });
+        const lacking = missing(chosen);
+        if (lacking.length > 0) throw new InvalidArgumentError(`node "${chosen}" has no network ${lacking.join(', ')} (its networks: ${this.o.registry.host(chosen).networks.join(', ') || 'none'})`, { reason: 'NETWORK_UNKNOWN' });
       } else {
-        const verdicts = evaluateDestinations(cluster, { name: spec.name, nodeId: '', memoryMib: spec.memoryMib, antiAffinityGroup: spec.antiAffinityGroup || undefined });
+        if (networks.length > 0 && cluster.nodes.every((n) => missing(n.id).length > 0)) {
+          throw new InvalidArgumentError(`no node has network${networks.length > 1 ? 's' : ''} ${networks.join(', ')}`, { reason: 'NETWORK_UNKNOWN' });
+        }
+        const verdicts = evaluateDestinations(cluster, { name: spec.name, nodeId: '', memoryMib: spec.memoryMib, antiAffinityGroup: spec.antiAffinityGroup || undefined }).map((v) => {
+          const lacking = missing(v.nodeId);
+          return lacking.length === 0 ? v : { ...v, eligible: false, problems: [...v.problems, `has no network ${lacking.join(', ')}`] };
+        });
         const best = verdicts.filter((v) => v.eligible).sort((a, b) => b.availableBytes - a.availableBytes || a.inbound - b.inbound || (a.nodeId < b.nodeId ? -1 : 1))[0];
         if (!best) {
           const why = verdicts.map((v) => `${v.nodeId} ${v.problems.join(' and ')}`).join('; ') || 'the cluster has no node';

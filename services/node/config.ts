@@ -9,9 +9,11 @@ import { hostname } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { configError, configUsage, flagOf, loadLayeredOptions, optionReader, type ConfigSchema, type RawOptions } from '../shared/config.js';
 import { DEFAULT_GUEST_IMAGE_DIR } from '../shared/guest/image.js';
+import { NETWORK_NAME } from '../shared/nics.js';
 import { boundNodeId, identityFiles, nodeIdentity } from '../shared/pki.js';
 import { cacheDir, certDir } from '../shared/paths.js';
 import { isLoopbackHost, splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
+import { TAP_NAME } from './host/taps.js';
 
 export interface NodeConfig {
   /** Node id (default: the host name). */
@@ -70,6 +72,12 @@ export interface NodeConfig {
    * without TLS is upgraded (and reported with tls on). Default off; on in the local cluster.
    */
   readonly requireMigrationTls: boolean;
+  /**
+   * Network name → bridge on this host (repeatable `--network NAME=BRIDGE`; env MIGD_NODE_NETWORK
+   * comma-separated; default none). A VM's card names a network; the node creates its tap on the
+   * mapped bridge. Every node that may run the VM needs the network (under any bridge name).
+   */
+  readonly networks: Readonly<Record<string, string>>;
 }
 
 /**
@@ -98,6 +106,7 @@ export const NODE_OPTIONS = {
   'storage-root': { type: 'list', env: 'MIGD_NODE_STORAGE_ROOT', doc: 'folder a VM spec may take disks from, repeatable (default: --state-dir)' },
   'image-root': { type: 'list', env: 'MIGD_NODE_IMAGE_ROOT', doc: 'folder a VM spec may take kernels and initrds from, repeatable (default: --guest-image)' },
   'require-migration-tls': { type: 'boolean', env: 'MIGD_NODE_REQUIRE_MIGRATION_TLS', doc: 'every migration stream uses TLS, whatever the policy says (default off)' },
+  network: { type: 'list', env: 'MIGD_NODE_NETWORK', doc: "NAME=BRIDGE: VMs' cards on network NAME get a tap on this host's BRIDGE, repeatable (default none)" },
   help: { type: 'boolean', short: 'h', doc: 'print this help' },
 } as const satisfies ConfigSchema;
 
@@ -170,6 +179,7 @@ export function resolveNodeConfig(raw: Raw): NodeConfig {
     storageRoots: roots('storageRoot', stateDir),
     imageRoots: roots('imageRoot', guestImageDir),
     requireMigrationTls: bool('requireMigrationTls'),
+    networks: networkMap(list('network', [])),
   };
   if (cfg.requireMigrationTls && insecure) throw configError('require-migration-tls', 'needs certificates; it cannot be combined with --insecure');
   return Object.freeze(cfg);
@@ -182,4 +192,19 @@ function hostOf(key: 'listen' | 'advertise', address: string): string {
   } catch {
     throw configError(key, `"${address}" is not host:port`);
   }
+}
+
+/** `NAME=BRIDGE` items into a frozen map. @throws ConfigError naming the bad item */
+function networkMap(items: readonly string[]): Readonly<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const item of items) {
+    const eq = item.indexOf('=');
+    const name = item.slice(0, eq);
+    const bridge = item.slice(eq + 1);
+    if (eq <= 0 || !NETWORK_NAME.test(name)) throw configError('network', `"${item}" must be NAME=BRIDGE with NAME matching ${NETWORK_NAME.source}`);
+    if (!TAP_NAME.test(bridge)) throw configError('network', `"${item}": "${bridge}" is not an interface name (1-15 characters [a-zA-Z0-9_.-])`);
+    if (Object.hasOwn(out, name)) throw configError('network', `network "${name}" is mapped twice`);
+    out[name] = bridge;
+  }
+  return Object.freeze(out);
 }

@@ -26,6 +26,7 @@ import type { MigratableVm, NodePeer, VmHost } from './migration/types.js';
 import { NodeMetrics } from './metrics.js';
 import { confinePath, PathRoots } from './host/confine.js';
 import { nodeAuthorizer } from './rpc/authz.js';
+import { normalizeNics } from '../shared/nics.js';
 import { startRegistration, type Registration } from './registration.js';
 import { nodeHandlers } from './rpc/handlers.js';
 import { VmManager, type VmInfo } from './vm/manager.js';
@@ -122,7 +123,7 @@ export class NodeDaemon {
   static async start(config: NodeConfig, log: Logger): Promise<NodeDaemon> {
     const caps = await probeHostCapabilities({ qemuBinary: config.qemuBinary });
     const metrics = new NodeMetrics();
-    const vms = await VmManager.open({ stateDir: config.stateDir, qemu: caps.qemu, logger: log.child({ component: 'vm' }), onQmpCommand: metrics.onQmpCommand });
+    const vms = await VmManager.open({ stateDir: config.stateDir, qemu: caps.qemu, logger: log.child({ component: 'vm' }), onQmpCommand: metrics.onQmpCommand, networks: new Map(Object.entries(config.networks)) });
     const d = new NodeDaemon(config, vms, caps, log, metrics);
     if (config.requireMigrationTls && !d.migrationTls) {
       d.migrations.close();
@@ -188,7 +189,7 @@ export class NodeDaemon {
     try {
       this.specs.set(vm.name, JSON.parse(readFileSync(this.specFile(vm.name), 'utf8')) as ProtoVmSpec);
     } catch {
-      this.specs.set(vm.name, { name: vm.name, memoryMib: vm.spec.memoryMiB, vcpus: vm.spec.vcpus, accel: vm.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG, machineType: vm.spec.machine, kernelPath: vm.spec.kernel ?? '', initrdPath: vm.spec.initrd ?? '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: vm.spec.uuid, disks: [] });
+      this.specs.set(vm.name, { name: vm.name, memoryMib: vm.spec.memoryMiB, vcpus: vm.spec.vcpus, accel: vm.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG, machineType: vm.spec.machine, kernelPath: vm.spec.kernel ?? '', initrdPath: vm.spec.initrd ?? '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: vm.spec.uuid, disks: [], nics: vm.spec.nics.map((n) => ({ mac: n.mac, network: n.network, guestIp: '' })) });
     }
   }
 
@@ -223,6 +224,7 @@ export class NodeDaemon {
       migrationCapabilities: Object.keys(this.caps.migration.capabilities).sort(),
       labels: {},
       machineTypes: ['pc-i440fx-10.0'],
+      networks: Object.keys(this.config.networks).sort(),
     };
   }
 
@@ -232,7 +234,7 @@ export class NodeDaemon {
     const cpu = v.status === 'running' ? await this.vms.cpu(name).catch(() => undefined) : undefined;
     const state = vmStateOf(v);
     return {
-      spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: Accel.ACCEL_TCG, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid, disks: [] },
+      spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: Accel.ACCEL_TCG, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid, disks: [], nics: [] },
       nodeId: this.config.nodeId,
       state,
       pid: v.pid,
@@ -259,6 +261,10 @@ export class NodeDaemon {
     const declared = normalizeDisks(protoDisks.map((d) => diskInputOf(d, d.path)));
     if (bootDisk && declared.length === 0) throw new InvalidArgumentError('spec.boot DISK needs a disk', { reason: 'NO_BOOT_DISK' });
     const diskWorkload = this.diskWorkload(spec, declared);
+    // MACs are checked (and generated when missing) before anything starts; the manager then maps
+    // each network to this node's bridge and refuses a MAC another VM here uses.
+    const nics = normalizeNics(spec.nics ?? []);
+    const guestNic = nics.findIndex((n) => n.guestIp);
     // Host paths a caller names stay inside the node's image and storage roots (realpath, regular
     // files only); the node's own guest image needs no check.
     const ownKernel = spec.kernelPath ? await confinePath(spec.kernelPath, 'spec.kernel_path', this.pathRoots, this.log) : undefined;
@@ -287,6 +293,9 @@ export class NodeDaemon {
             },
             { guestMemoryBytes: spec.memoryMib * 1024 * 1024, ...(diskWorkload ? { extra: [diskWorkload] } : {}) },
           ),
+          // The migd guest configures the card given an address (eth<i> in PCI order) and answers a
+          // UDP echo on it (what the blackout prober talks to).
+          guestNic >= 0 ? `migd.ip=${nics[guestNic]?.guestIp ?? ''}${guestNic > 0 ? ` migd.ifname=eth${guestNic}` : ''}` : '',
           spec.extraCmdline,
         ]
           .filter(Boolean)
@@ -313,6 +322,7 @@ export class NodeDaemon {
           ...(spec.uuid ? { uuid: spec.uuid } : {}),
           disks: plan.disks,
           boot: bootDisk ? 'disk' : 'kernel',
+          nics: nics.map((n) => ({ mac: n.mac, network: n.network })),
         },
         // A migration destination starts paused: it runs only once the source has handed over.
         { incoming, paused: incoming },
@@ -327,6 +337,7 @@ export class NodeDaemon {
       accel: info.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG,
       machineType: info.spec.machine,
       vcpus: info.spec.vcpus,
+      nics,
       // The paths as this node uses them (a LOCAL disk lives where this node put its copy); a
       // disk created here is recorded as it is now: present, with its base.
       disks: protoDisks.map((d, i) => ({ ...d, path: plan.disks[i]!.path, create: undefined })),
@@ -408,7 +419,7 @@ export class NodeDaemon {
     const vms = this.vms;
     return {
       name,
-      spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: 0, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid, disks: [] },
+      spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: 0, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid, disks: [], nics: [] },
       pid: v.pid,
       qmp: vms.qmp(name),
       guestSamples: (signal) => feed.samples.subscribe([], signal),

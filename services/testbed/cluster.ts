@@ -21,6 +21,7 @@ import { createClient, type RpcClient } from '../shared/rpc/client.js';
 import { startNodeDaemon, type NodeProcess } from './nodes.js';
 import { Supervisor } from './supervisor.js';
 import { Testbed } from './testbed.js';
+import { VM_BRIDGE } from './addressing.js';
 import { freePort } from '../shared/net.js';
 
 export type CoordinatorClient = RpcClient<typeof CoordinatorServiceService>;
@@ -49,7 +50,15 @@ export interface LocalClusterOptions {
   readonly onSupervisor?: (line: string) => void;
   /** First delay before restarting a dead child (ms, default 500). */
   readonly restartDelayMs?: number;
+  /**
+   * Give the testbed a VM network (br-vm on every host, a client namespace) and map it on every
+   * node as network {@link LOCAL_VM_NETWORK} (`--network vm=br-vm`). Default true.
+   */
+  readonly vmNetwork?: boolean;
 }
+
+/** The network name under which the local cluster's nodes map the testbed's VM network. */
+export const LOCAL_VM_NETWORK = 'vm';
 
 /** Process ids of the cluster's children now; undefined while that child is being restarted. */
 export interface ClusterPids {
@@ -264,7 +273,8 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     // Fail before anything starts when a piece is missing.
     coordinatorEntry();
     natsServerBinary();
-    tb = await Testbed.create({ hosts: [...hosts] });
+    const vmNetwork = opts.vmNetwork ?? true;
+    tb = await Testbed.create({ hosts: [...hosts], vmNetwork });
     // The servers' certificates name the addresses they listen on (known only now), so stock
     // gRPC clients (grpcurl, Python grpcio) accept the printed address as it is.
     ensurePki(opts.certDir, [serverIdentity('migd-coordinator', [tb.rootAddress]), serverIdentity('migd-node', hosts.map((h) => tb!.host(h).mgmtAddress))]);
@@ -301,6 +311,7 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
           coordinator: coordinatorAddress,
           env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' },
           onLog: (l) => onLog(`[node ${h}] ${l}`),
+          ...(vmNetwork ? { args: ['--network', `${LOCAL_VM_NETWORK}=${VM_BRIDGE}`] } : {}),
         });
         nodes[i] = n;
         return n;

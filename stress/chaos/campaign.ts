@@ -119,6 +119,7 @@ function guest(name: string): VmSpec {
     labels: {},
     antiAffinityGroup: '',
     uuid: '',
+    nics: [],
   };
 }
 

@@ -74,6 +74,7 @@ export function vmSpecOf(s: Scenario, name: string): VmSpec {
     labels: { lab: 'true', scenario: s.name },
     antiAffinityGroup: '',
     uuid: '',
+    nics: [],
   };
 }
 

@@ -153,7 +153,7 @@ export class SimCluster {
     const out: VmInfo[] = [];
     for (const name of this.byNode.get(id) ?? []) {
       out.push({
-        spec: { name, memoryMib: this.o.vmMemoryMib ?? 1024, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: '', disks: [] },
+        spec: { name, memoryMib: this.o.vmMemoryMib ?? 1024, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: '', disks: [], nics: [] },
         nodeId: id,
         state: VmState.VM_STATE_RUNNING,
         pid: 1,

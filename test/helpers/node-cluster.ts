@@ -10,6 +10,7 @@ import { createPki } from '../../services/shared/pki.js';
 import type { RpcClient } from '../../services/shared/rpc/client.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
 import { Testbed } from '../../services/testbed/testbed.js';
+import { VM_BRIDGE } from '../../services/testbed/addressing.js';
 import { ensureGuestImageDir } from '../../stress/image/build.js';
 
 export type NodeClient = RpcClient<typeof NodeServiceService>;
@@ -29,7 +30,7 @@ export interface NodeCluster {
  * Starts the daemons. Their `--guest-image` folder links to the built guest image (built when
  * missing) unless `opts.guestImage` names another folder.
  */
-export async function startNodeCluster(hosts: string[] = ['a', 'b'], opts: { guestImage?: string; nodeArgs?: (dir: string) => string[] } = {}): Promise<NodeCluster> {
+export async function startNodeCluster(hosts: string[] = ['a', 'b'], opts: { guestImage?: string; nodeArgs?: (dir: string) => string[]; vmNetwork?: boolean } = {}): Promise<NodeCluster> {
   const dir = mkdtempSync('/tmp/migd-');
   const certDir = join(dir, 'pki');
   createPki(certDir);
@@ -44,9 +45,11 @@ export async function startNodeCluster(hosts: string[] = ['a', 'b'], opts: { gue
   };
   try {
     const guestImage = opts.guestImage ?? (await ensureGuestImageDir(join(dir, 'guest')));
-    tb = await Testbed.create({ hosts });
+    // With a VM network every daemon maps it as network `vm` (`--network vm=br-vm`).
+    tb = await Testbed.create({ hosts, vmNetwork: opts.vmNetwork ?? false });
+    const netArgs = opts.vmNetwork ? ['--network', `vm=${VM_BRIDGE}`] : [];
     const start = async (h: string): Promise<void> => {
-      nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, guestImage, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, args: ['--metrics-listen', `${tb!.host(h).mgmtAddress}:9464`, ...(opts.nodeArgs?.(dir) ?? [])] });
+      nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, guestImage, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, args: ['--metrics-listen', `${tb!.host(h).mgmtAddress}:9464`, ...(opts.nodeArgs?.(dir) ?? []), ...netArgs] });
       clients[h] = nodes[h].client();
     };
     await Promise.all(hosts.map(start));
@@ -93,6 +96,7 @@ export function guestSpec(name: string, opts: { memoryMib?: number; pattern?: Wo
     labels: {},
     antiAffinityGroup: '',
     uuid: '',
+    nics: [],
   };
 }
 

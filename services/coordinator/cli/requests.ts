@@ -12,6 +12,7 @@ import {
   PolicyKind,
   TimeoutAction,
   WorkloadPattern,
+  type NicSpec,
   type Postcopy,
   type VmSpec,
 } from '../../shared/gen/migd/v1/common.js';
@@ -179,6 +180,20 @@ const PATTERNS: Readonly<Record<string, WorkloadPattern>> = {
 };
 const ACCELS: Readonly<Record<string, Accel>> = { auto: Accel.ACCEL_AUTO, kvm: Accel.ACCEL_KVM, tcg: Accel.ACCEL_TCG };
 
+/** `--nic NETWORK[,mac=MAC][,ip=A.B.C.D/LEN]`; the coordinator and node check the values. */
+function parseNic(v: string): NicSpec {
+  const [network = '', ...opts] = v.split(',');
+  const nic: NicSpec = { network, mac: '', guestIp: '' };
+  if (!network || network.includes('=')) throw new UsageError(`--nic: ${JSON.stringify(v)} must start with a network name`);
+  for (const o of opts) {
+    const [k, val = ''] = o.split('=', 2);
+    if (k === 'mac' && val) nic.mac = val;
+    else if (k === 'ip' && val) nic.guestIp = val;
+    else throw new UsageError(`--nic: ${JSON.stringify(o)} is not mac=MAC or ip=A.B.C.D/LEN`);
+  }
+  return nic;
+}
+
 /** `create-vm NAME --memory MIB …`. */
 export function createVmRequest(name: string, flags: FlagValues): CoordinatorServiceCreateVmRequest {
   const memory = flagString(flags, 'memory');
@@ -218,6 +233,7 @@ export function createVmRequest(name: string, flags: FlagValues): CoordinatorSer
     labels,
     antiAffinityGroup: flagString(flags, 'anti-affinity') ?? '',
     uuid: '',
+    nics: flagStrings(flags, 'nic').map(parseNic),
   };
   if (spec.memoryMib === 0) throw new UsageError('--memory: must be greater than 0');
   return CoordinatorServiceCreateVmRequest.fromPartial({ spec, nodeId: flagString(flags, 'node') ?? '' });

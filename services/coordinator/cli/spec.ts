@@ -79,7 +79,7 @@ export const COMMANDS = {
   nodes: { synopsis: 'nodes', summary: 'list the cluster\'s nodes', args: [], flags: {} },
   vms: { synopsis: 'vms [--node NODE]', summary: 'list VMs', args: [], flags: { node: { type: 'string', value: 'NODE', help: 'only VMs on this node' } } },
   'create-vm': {
-    synopsis: 'create-vm NAME --memory MIB [--node NODE] [--pattern P --workers N --bytes SIZE --rate RATE]',
+    synopsis: 'create-vm NAME --memory MIB [--node NODE] [--pattern P --workers N --bytes SIZE --rate RATE] [--nic NETWORK…]',
     summary: 'start a VM running the memory-verifying guest workload',
     args: ['NAME'],
     flags: {
@@ -96,6 +96,7 @@ export const COMMANDS = {
       machine: { type: 'string', value: 'TYPE', help: 'QEMU machine type (default: the node\'s)' },
       label: { type: 'string', multiple: true, value: 'K=V', help: 'a label (repeatable)' },
       'anti-affinity': { type: 'string', value: 'GROUP', help: 'never place on a node with another VM of GROUP' },
+      nic: { type: 'string', multiple: true, value: 'NETWORK[,mac=MAC][,ip=A.B.C.D/LEN]', help: 'a virtio network card on NETWORK (repeatable; MAC default generated; ip: the migd guest configures it and answers a UDP echo)' },
     },
   },
   migrate: {

@@ -30,6 +30,9 @@ function listeningPort(info: unknown): number | undefined {
   return Number.isInteger(port) && port > 0 && port < 65536 ? port : undefined;
 }
 
+/** QMP announce-self arguments (qapi/net.json AnnounceParameters: all four required). */
+export const ANNOUNCE = Object.freeze({ initial: 50, max: 550, rounds: 5, step: 100 });
+
 export interface IncomingParams {
   readonly runId: string;
   readonly vm: MigratableVm;
@@ -187,6 +190,24 @@ export class IncomingMigration {
     this.p.host.adoptIncoming(this.p.vm.name);
     this.p.log.info('guest resumed on the destination');
     void this.trackVerification();
+    void this.announce();
+  }
+
+  /**
+   * Once the guest runs here, its cards announce their MACs from this host (QMP `announce-self`:
+   * RARP/GARP rounds at 50, 150, 250… ms), so the switches learn the new port at once instead of
+   * waiting for the guest to send. QEMU's own announce at the end of an incoming migration does
+   * the same; libvirt sends this one explicitly, and so does migd.
+   */
+  private async announce(): Promise<void> {
+    const { vm, log } = this.p;
+    if ((vm.spec.nics ?? []).length === 0) return;
+    try {
+      await vm.qmp.execute('announce-self', ANNOUNCE, { timeoutMs: 5000 });
+      log.info('announced the guest\'s MACs from this host', { nics: vm.spec.nics.length });
+    } catch (err) {
+      log.warn('announce-self failed', { err: (err as Error).message });
+    }
   }
 
   /** Records that this node owns the guest, then resumes it here (once). */

@@ -107,6 +107,7 @@ export function buildQemuArgs(spec: VmSpec, paths: VmPaths, options: BuildOption
     // with elevateprivileges=deny (SIGSYS) and loses post-copy here (see FACTS.md).
     '-sandbox', SANDBOX,
   );
+  args.push(...nicArgs(spec));
   if (options.paused === true) args.push('-S');
   if (options.incoming === true) args.push('-incoming', 'defer');
   return args;
@@ -162,4 +163,15 @@ export function diskArgs(disks: readonly Disk[], bootFromDisk: boolean): string[
     args.push('-device', props.join(','));
   });
   return args;
+}
+
+/**
+ * One virtio-net-pci card per NIC on the tap the node created for it. The MAC and the device ids
+ * are guest-visible (the same on both ends of a migration); the tap is this host's own.
+ */
+export function nicArgs(spec: Pick<VmSpec, 'nics'>): string[] {
+  return (spec.nics ?? []).flatMap((n, i) => [
+    '-netdev', `tap,id=net${i},ifname=${n.tap},script=no,downscript=no`,
+    '-device', `virtio-net-pci,netdev=net${i},mac=${n.mac},id=nic${i}`,
+  ]);
 }

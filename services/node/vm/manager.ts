@@ -34,6 +34,7 @@ import { abortError, sleep } from '../qmp/abort.js';
 import { QmpClient, type QmpRunstate } from '../qmp/client.js';
 import { unixSocketTransport, type QmpTransport } from '../qmp/transport.js';
 import { hostFs, type HostFs } from '../host/fs.js';
+import { ipTapBackend, tapName, type TapBackend } from '../host/taps.js';
 import { isSameLiveProcess, processCpu, readMemInfo, type ProcessCpu } from '../host/info.js';
 import { resolveAccel } from './accel.js';
 import { buildQemuArgs, vmPaths, type VmPaths } from './cmdline.js';
@@ -111,6 +112,10 @@ export interface VmManagerOptions {
   readonly reattachTimeoutMs?: number;
   /** Observes every QMP command's latency (metrics). */
   readonly onQmpCommand?: (command: string, seconds: number, outcome: 'ok' | 'error' | 'timeout') => void;
+  /** Network name → bridge of this host (`--network NAME=BRIDGE`); VMs' cards may use only these. Default none. */
+  readonly networks?: ReadonlyMap<string, string>;
+  /** Creates and removes the cards' taps; default `ip` in this network namespace. */
+  readonly taps?: TapBackend;
 }
 
 export interface CreateVmOptions {
@@ -169,6 +174,10 @@ export class VmManager {
   private readonly stopTimeoutMs: number;
   private readonly reattachTimeoutMs: number;
   private readonly onQmpCommand: VmManagerOptions['onQmpCommand'];
+  private readonly networks: ReadonlyMap<string, string>;
+  private readonly taps: TapBackend;
+  /** MACs of VMs being created right now (not in `entries` yet). */
+  private readonly creatingMacs = new Set<string>();
   readonly stateDir: string;
 
   private constructor(options: VmManagerOptions) {
@@ -183,6 +192,8 @@ export class VmManager {
     this.stopTimeoutMs = options.stopTimeoutMs ?? 10_000;
     this.reattachTimeoutMs = options.reattachTimeoutMs ?? 5_000;
     this.onQmpCommand = options.onQmpCommand;
+    this.networks = options.networks ?? new Map();
+    this.taps = options.taps ?? ipTapBackend;
     this.qemuBinaryName = options.qemuBinary;
     if (options.qemu !== undefined) this.qemuCache = Promise.resolve(options.qemu);
   }
@@ -297,7 +308,8 @@ export class VmManager {
 
   private async doCreate(input: VmSpecInput, paths: VmPaths, options: CreateVmOptions): Promise<VmInfo> {
     const decision = await resolveAccel(input.accel ?? 'auto', this.fs);
-    const spec = normalizeVmSpec(input, decision.accel);
+    const spec = normalizeVmSpec(input, decision.accel, { networks: this.networks, tap: (i) => tapName(this.stateDir, input.name, i) });
+    this.checkMacsFree(spec);
     if (!decision.kvm.stockGuestCapable && decision.accel === 'kvm') this.log.warn('accel=kvm on a host where stock kernels hang', { reason: decision.reason });
     const qemu = await this.qemu();
     assertQemuFitFor(qemu, spec.accel);
@@ -309,12 +321,29 @@ export class VmManager {
     }
     // Reserve first, then check: concurrent creates see each other's reservation.
     this.inflightMiB += spec.memoryMiB;
+    for (const n of spec.nics) this.creatingMacs.add(n.mac);
     try {
       await this.admit(spec);
       return await this.spawnVm(spec, decision.reason, qemu, paths, options);
     } finally {
       this.inflightMiB -= spec.memoryMiB;
+      for (const n of spec.nics) this.creatingMacs.delete(n.mac);
     }
+  }
+
+  /**
+   * No two VMs of this node share a MAC (a stopped VM keeps its cards: it may be started again).
+   * @throws InvalidArgumentError (reason MAC_IN_USE).
+   */
+  private checkMacsFree(spec: VmSpec): void {
+    for (const n of spec.nics) {
+      const owner = this.creatingMacs.has(n.mac) ? '(being created)' : [...this.entries.values()].find((e) => (e.record.spec.nics ?? []).some((o) => o.mac === n.mac))?.record.spec.name;
+      if (owner !== undefined) throw new InvalidArgumentError(`MAC ${n.mac} is already used by vm ${owner} on this node`, { reason: 'MAC_IN_USE' });
+    }
+  }
+
+  private async removeTaps(spec: VmSpec): Promise<void> {
+    await Promise.all((spec.nics ?? []).map((n) => this.taps.remove(n.tap)));
   }
 
   private async spawnVm(spec: VmSpec, accelReason: string, qemu: QemuBinary, paths: VmPaths, options: CreateVmOptions): Promise<VmInfo> {
@@ -340,6 +369,7 @@ export class VmManager {
     try {
       // Recorded before the spawn: a daemon dying right after spawning finds the pid via qemu.pid.
       await writeRecord(paths, record);
+      for (const n of spec.nics) await this.taps.add(n.tap, n.bridge);
       const child = await this.spawner.spawn(qemu.path, argv.slice(1), { logPath: paths.qemuLog });
       pid = child.pid;
       const stat = await this.procs.stat(pid);
@@ -397,6 +427,7 @@ export class VmManager {
         this.procs.kill(pid, 'SIGKILL');
         await this.waitDead(pid, record.startTimeTicks || undefined, 5000, entry?.childExit);
       }
+      await this.removeTaps(spec);
       await rm(paths.dir, { recursive: true, force: true });
       throw err;
     }
@@ -550,6 +581,7 @@ export class VmManager {
     this.checkOpen();
     const e = this.entry(name);
     await this.stop(name, options);
+    await this.removeTaps(e.record.spec);
     await rm(e.paths.dir, { recursive: true, force: true });
     if (this.entries.get(name) === e) this.entries.delete(name);
     this.log.info('vm destroyed', { vm: name });
@@ -729,6 +761,8 @@ export class VmManager {
     await Promise.all(
       [e.paths.qmpSocket, e.paths.serialSocket, e.paths.pidFile, e.paths.ramFile].map((p) => unlink(p).catch(() => undefined)),
     );
+    // Taps outlive QEMU (they are persistent): a card nobody serves is removed with its VM's process.
+    await this.removeTaps(e.record.spec);
     if (await exists(e.paths.dir)) await writeRecord(e.paths, e.record).catch(() => undefined);
     e.exit.resolve(exit);
     this.log.info('vm exited', { vm: e.record.spec.name, pid: e.record.pid, ...how });

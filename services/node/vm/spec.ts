@@ -64,6 +64,28 @@ export interface Disk {
   readonly basePath: string | undefined;
 }
 
+/** A network card as a caller asks for it: the MAC (already checked, see shared/nics.ts) and the network. */
+export interface NicInput {
+  readonly mac: string;
+  readonly network: string;
+}
+
+/** A network card of a validated spec: where it plugs in on this host. */
+export interface VmNic {
+  readonly mac: string;
+  readonly network: string;
+  /** The bridge this node maps `network` to. */
+  readonly bridge: string;
+  /** The tap device the node creates on `bridge` for this card (host side, not guest-visible). */
+  readonly tap: string;
+}
+
+/** How this node places cards: its network → bridge map and the tap name of card i. */
+export interface NicPlacement {
+  readonly networks: ReadonlyMap<string, string>;
+  tap(index: number): string;
+}
+
 export interface VmSpecInput {
   /** `[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}`. */
   readonly name: string;
@@ -95,6 +117,8 @@ export interface VmSpecInput {
   readonly disks?: readonly DiskInput[];
   /** `kernel` (default): -kernel; `disk`: the firmware boots the first disk (no kernel allowed). */
   readonly boot?: BootSource;
+  /** Network cards (virtio-net-pci), in guest PCI order. Default none. */
+  readonly nics?: readonly NicInput[];
 }
 
 /** A validated spec. `accel` is resolved (never `auto`). */
@@ -113,6 +137,8 @@ export interface VmSpec {
   /** Absent in records written before disks existed: read with `spec.disks ?? []`. */
   readonly disks?: readonly Disk[];
   readonly boot?: BootSource;
+  /** Guest-visible: the MACs and their order. Host-side: bridge and tap (may differ per node). */
+  readonly nics: readonly VmNic[];
 }
 
 /**
@@ -149,7 +175,7 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
  * Validates and defaults a spec. `accel` must already be resolved (the manager does that).
  * @throws InvalidArgumentError naming the offending field.
  */
-export function normalizeVmSpec(input: VmSpecInput, accel: Accel): VmSpec {
+export function normalizeVmSpec(input: VmSpecInput, accel: Accel, placement?: NicPlacement): VmSpec {
   const name = validateVmName(input.name);
   const memoryMiB = intIn('memoryMiB', input.memoryMiB, 16, 1 << 20);
   const vcpus = intIn('vcpus', input.vcpus ?? 1, 1, 255);
@@ -184,6 +210,7 @@ export function normalizeVmSpec(input: VmSpecInput, accel: Accel): VmSpec {
   if (input.accel !== undefined && input.accel !== 'auto' && input.accel !== accel) {
     throw new InvalidArgumentError(`accel ${input.accel} requested but ${accel} resolved`);
   }
+  const nics = placeNics(input.nics ?? [], placement);
   return Object.freeze({
     name,
     memoryMiB,
@@ -198,6 +225,7 @@ export function normalizeVmSpec(input: VmSpecInput, accel: Accel): VmSpec {
     memoryBackend,
     disks,
     boot,
+    nics,
   });
 }
 
@@ -265,4 +293,29 @@ export function guestDeviceOf(disks: readonly Pick<Disk, 'bus'>[], index: number
   if (bus === undefined) throw new InvalidArgumentError(`no disk ${index}`);
   const nth = disks.slice(0, index).filter((d) => d.bus === bus).length;
   return `/dev/${bus === 'virtio-blk' ? 'vd' : 'sd'}${String.fromCharCode(97 + nth)}`;
+}
+
+
+/**
+ * Maps each card's network to this node's bridge and names its tap.
+ * @throws InvalidArgumentError (reason NETWORK_UNKNOWN) for a network this node does not have, or
+ *   a MAC given twice.
+ */
+function placeNics(nics: readonly NicInput[], placement: NicPlacement | undefined): readonly VmNic[] {
+  const macs = new Set<string>();
+  return Object.freeze(
+    nics.map((n, i) => {
+      const bridge = placement?.networks.get(n.network);
+      if (bridge === undefined) {
+        const known = [...(placement?.networks.keys() ?? [])];
+        throw new InvalidArgumentError(
+          `nics[${i}]: network ${JSON.stringify(n.network)} is not on this node (${known.length ? `it has ${known.join(', ')}` : 'it has no --network'})`,
+          { reason: 'NETWORK_UNKNOWN' },
+        );
+      }
+      if (macs.has(n.mac)) throw new InvalidArgumentError(`nics[${i}]: MAC ${n.mac} is given twice`, { reason: 'MAC_DUPLICATE' });
+      macs.add(n.mac);
+      return Object.freeze({ mac: n.mac, network: n.network, bridge, tap: (placement as NicPlacement).tap(i) });
+    }),
+  );
 }

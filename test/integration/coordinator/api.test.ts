@@ -64,7 +64,7 @@ describe('coordinator API', () => {
     const ghost = c.client(nodeIdentity('ghost'));
     const host = { ...c.tb.host('b') };
     await ghost.registerNode({
-      host: { nodeId: 'ghost', managementAddress: `${host.mgmtAddress.replace(/\.\d+$/, '.250')}:7001`, migrationAddress: '198.19.255.250', memoryTotalBytes: 64 * 2 ** 30, memoryFreeBytes: 64 * 2 ** 30, cpus: 2, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: ['postcopy-ram'], labels: {}, machineTypes: [] },
+      host: { nodeId: 'ghost', managementAddress: `${host.mgmtAddress.replace(/\.\d+$/, '.250')}:7001`, migrationAddress: '198.19.255.250', memoryTotalBytes: 64 * 2 ** 30, memoryFreeBytes: 64 * 2 ** 30, cpus: 2, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: ['postcopy-ram'], labels: {}, machineTypes: [], networks: [] },
     });
     await waitFor(async () => (await op.listNodes({})).nodes.some((n) => n.host?.nodeId === 'ghost' && n.status === NodeStatus.NODE_STATUS_DOWN), 10_000, 'ghost to be marked down');
 
@@ -86,6 +86,11 @@ describe('coordinator API', () => {
     expect(await code(op.createVm(vmReq('vm1', '')))).toBe('ALREADY_EXISTS');
     expect(await code(op.createVm(vmReq('new1', 'ghost')))).toBe('FAILED_PRECONDITION');
     expect(await code(op.createVm(vmReq('new1', 'nosuchnode')))).toBe('NOT_FOUND');
+    // NICs: no node of this cluster maps a network (no --network), and a malformed MAC.
+    const withNic = (nodeId: string, mac = ''): CoordinatorServiceCreateVmRequest => ({ ...vmReq('new1', nodeId), spec: { ...vmReq('new1', nodeId).spec!, nics: [{ network: 'vm', mac, guestIp: '' }] } });
+    expect(await code(op.createVm(withNic('')))).toBe('INVALID_ARGUMENT');
+    expect(await code(op.createVm(withNic('a')))).toBe('INVALID_ARGUMENT');
+    expect(await code(op.createVm(withNic('a', '01:00:5e:00:00:01')))).toBe('INVALID_ARGUMENT');
     expect(await code(op.getRun({ runId: 'nosuchrun' }))).toBe('NOT_FOUND');
     expect(await code(op.getPlan({ planId: 'nosuchplan' }))).toBe('NOT_FOUND');
     expect(await code(op.getRunTimeline({ runId: 'nosuchrun' }))).toBe('NOT_FOUND');

@@ -51,7 +51,7 @@ describe('coordinator: NATS outage', () => {
         for await (const m of op.watch({ scope: { $case: 'cluster', value: true }, statesOnly: false }, { signal: ac.signal })) watched.push(m.event!);
       })().catch(() => undefined);
       await new Promise((r) => setTimeout(r, 100));
-      await node.registerNode({ host: { nodeId: 'n1', managementAddress: '127.0.0.1:1', migrationAddress: '127.0.0.1', memoryTotalBytes: 2 ** 30, memoryFreeBytes: 2 ** 30, cpus: 1, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: [], labels: {}, machineTypes: [] } });
+      await node.registerNode({ host: { nodeId: 'n1', managementAddress: '127.0.0.1:1', migrationAddress: '127.0.0.1', memoryTotalBytes: 2 ** 30, memoryFreeBytes: 2 ** 30, cpus: 1, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: [], labels: {}, machineTypes: [], networks: [] } });
       expect((await op.listNodes({})).nodes[0]).toMatchObject({ status: NodeStatus.NODE_STATUS_UP });
       // No heartbeats: marked down after 3 × 200 ms.
       await waitFor(async () => (await op.listNodes({})).nodes[0]?.status === NodeStatus.NODE_STATUS_DOWN, 5000, 'n1 to be marked down');

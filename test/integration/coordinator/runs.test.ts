@@ -23,7 +23,7 @@ const quiet = createLogger('test', {}, () => undefined, 'error');
 const MiB = 1024 * 1024;
 
 function host(id: string): HostInfo {
-  return { nodeId: id, managementAddress: `127.0.0.1:${7000 + id.charCodeAt(0)}`, migrationAddress: '127.0.0.1', memoryTotalBytes: 8 * 2 ** 30, memoryFreeBytes: 8 * 2 ** 30, cpus: 2, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: ['postcopy-ram', 'auto-converge', 'return-path', 'postcopy-preempt'], labels: {}, machineTypes: [] };
+  return { nodeId: id, managementAddress: `127.0.0.1:${7000 + id.charCodeAt(0)}`, migrationAddress: '127.0.0.1', memoryTotalBytes: 8 * 2 ** 30, memoryFreeBytes: 8 * 2 ** 30, cpus: 2, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: ['postcopy-ram', 'auto-converge', 'return-path', 'postcopy-preempt'], labels: {}, machineTypes: [], networks: [] };
 }
 
 async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {

@@ -25,7 +25,7 @@ function handlers(): Handlers<typeof NodeServiceService> {
   };
   return {
     getHostInfo: async (_req, ctx): Promise<GetHostInfoResponse> => ({
-      host: { nodeId: ctx.identity ?? 'anonymous', managementAddress: '', migrationAddress: '', memoryTotalBytes: 1, memoryFreeBytes: 1, cpus: 2, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: [], labels: {}, machineTypes: [] },
+      host: { nodeId: ctx.identity ?? 'anonymous', managementAddress: '', migrationAddress: '', memoryTotalBytes: 1, memoryFreeBytes: 1, cpus: 2, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: [], labels: {}, machineTypes: [], networks: [] },
     }),
     createVm: async (req) => {
       throw new InvalidArgumentError(`bad name ${req.spec?.name ?? ''}`);

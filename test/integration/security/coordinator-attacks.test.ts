@@ -38,6 +38,7 @@ describe('coordinator attacks', () => {
     migrationCapabilities: ['postcopy-ram'],
     labels: {},
     machineTypes: [],
+    networks: [],
   });
   const vm = (name: string, nodeId: string, memoryMib = 192): VmInfo => ({
     spec: guestSpec(name, { memoryMib }),

@@ -44,6 +44,7 @@ describe('coordinator denial of service', () => {
     migrationCapabilities: [],
     labels: {},
     machineTypes: [],
+    networks: [],
   });
   const vm = (name: string, nodeId: string, state: VmState): VmInfo => ({
     spec: guestSpec(name, { memoryMib: 64 }),

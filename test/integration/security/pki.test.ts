@@ -19,7 +19,7 @@ function whoAmI(): Handlers<typeof NodeServiceService> {
   };
   const h = Object.fromEntries(Object.keys(NodeServiceService).map((k) => [k, refuse])) as Record<string, unknown>;
   h['getHostInfo'] = async (_req: unknown, ctx: { identity?: string }): Promise<GetHostInfoResponse> => ({
-    host: { nodeId: ctx.identity ?? '', managementAddress: '', migrationAddress: '', memoryTotalBytes: 1, memoryFreeBytes: 1, cpus: 1, qemuVersion: '', resolvedAccel: 0, migrationCapabilities: [], labels: {}, machineTypes: [] },
+    host: { nodeId: ctx.identity ?? '', managementAddress: '', migrationAddress: '', memoryTotalBytes: 1, memoryFreeBytes: 1, cpus: 1, qemuVersion: '', resolvedAccel: 0, migrationCapabilities: [], labels: {}, machineTypes: [], networks: [] },
   });
   return h as unknown as Handlers<typeof NodeServiceService>;
 }

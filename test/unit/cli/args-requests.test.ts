@@ -138,6 +138,17 @@ describe('requests', () => {
     expect(() => createVmRequest('x', run(['create-vm', 'x', '--memory', '64', '--label', 'novalue']).flags)).toThrow(/KEY=VALUE/);
   });
 
+  it('maps create-vm --nic NETWORK[,mac=…][,ip=…] (repeatable)', () => {
+    const r = run(['create-vm', 'web1', '--memory', '64', '--nic', 'vm,ip=198.19.0.140/25', '--nic', 'lan,mac=52:54:00:00:00:01']);
+    expect(createVmRequest('web1', r.flags).spec?.nics).toEqual([
+      { network: 'vm', mac: '', guestIp: '198.19.0.140/25' },
+      { network: 'lan', mac: '52:54:00:00:00:01', guestIp: '' },
+    ]);
+    expect(createVmRequest('x', run(['create-vm', 'x', '--memory', '64']).flags).spec?.nics).toEqual([]);
+    expect(() => createVmRequest('x', run(['create-vm', 'x', '--memory', '64', '--nic', 'mac=52:54:00:00:00:01']).flags)).toThrow(/network name/);
+    expect(() => createVmRequest('x', run(['create-vm', 'x', '--memory', '64', '--nic', 'vm,speed=10']).flags)).toThrow(/mac=MAC or ip=/);
+  });
+
   it('maps run filters, pagination and export', () => {
     const now = Date.parse('2025-03-02T12:00:00Z');
     const r = run(['runs', '--vm', 'vm1', '--node', 'a', '--state', 'failed,cancelled', '--policy', 'nova,adaptive', '--since', '1d', '--until', '2025-03-02T11:00:00Z', '--limit', '20', '--page-token', 'tok']);

@@ -74,6 +74,17 @@ describe('node daemon security options', () => {
     expect(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--coordinator-identity', 'migd-node.b'], {})).toThrow(/node identity/);
     expect(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--require-migration-tls'], {})).toThrow(ConfigError);
   });
+
+  it('maps networks to bridges (--network NAME=BRIDGE, repeatable, or MIGD_NODE_NETWORK) and refuses bad maps', () => {
+    const cfg = loadNodeConfig(['--node-id', 'a', '--insecure', '--network', 'vm=br-vm', '--network', 'lan=br0'], {});
+    expect(cfg.networks).toEqual({ vm: 'br-vm', lan: 'br0' });
+    expect(loadNodeConfig(['--node-id', 'a', '--insecure'], { MIGD_NODE_NETWORK: 'x=br1,y=br2' }).networks).toEqual({ x: 'br1', y: 'br2' });
+    expect(loadNodeConfig(['--node-id', 'a', '--insecure'], {}).networks).toEqual({});
+    for (const bad of ['vm', '=br0', 'vm=', 'vm=a-bridge-name-too-long', 'v m=br0', 'vm=br/0']) {
+      expect(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--network', bad], {})).toThrow(ConfigError);
+    }
+    expect(() => loadNodeConfig(['--node-id', 'a', '--insecure', '--network', 'vm=br0', '--network', 'vm=br1'], {})).toThrow(/mapped twice/);
+  });
 });
 
 describe('node daemon flags', () => {

@@ -76,7 +76,7 @@ class FakeQemu {
 }
 
 function spec(name: string): VmSpec {
-  return { name, memoryMib: 64, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: 'u-1', disks: [] };
+  return { name, memoryMib: 64, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: 'u-1', disks: [], nics: [] };
 }
 
 function vmOf(q: FakeQemu, samples = new Broadcast<GuestPerfSample>()): MigratableVm {

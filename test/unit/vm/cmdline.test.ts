@@ -43,6 +43,7 @@ describe('normalizeVmSpec', () => {
       memoryBackend: 'anonymous',
       disks: [],
       boot: 'kernel',
+      nics: [],
     });
     expect(Object.isFrozen(s)).toBe(true);
     expect(DEFAULT_MACHINE).toBe('pc-i440fx-10.0');
@@ -128,5 +129,28 @@ describe('buildQemuArgs', () => {
   it('refuses state paths QEMU cannot express or the kernel cannot bind', () => {
     expect(() => buildQemuArgs(spec, vmPaths('/var/lib/a,b', 'vm1'))).toThrow(/comma/);
     expect(() => buildQemuArgs(spec, vmPaths('/' + 'x'.repeat(100), 'vm1'))).toThrow(/longer than 107 bytes/);
+  });
+
+  it('plugs each NIC into its own tap with the MAC; only host paths and taps differ between nodes', () => {
+    const nics = [{ mac: '52:54:00:00:00:01', network: 'lan' }, { mac: '52:54:00:00:00:02', network: 'lan' }];
+    const at = (bridge: string, prefix: string) => normalizeVmSpec({ ...base, nics }, 'tcg', { networks: new Map([['lan', bridge]]), tap: (i) => `${prefix}${i}` });
+    const a = at('br0', 'ta');
+    expect(a.nics).toEqual([
+      { mac: '52:54:00:00:00:01', network: 'lan', bridge: 'br0', tap: 'ta0' },
+      { mac: '52:54:00:00:00:02', network: 'lan', bridge: 'br0', tap: 'ta1' },
+    ]);
+    const argv = buildQemuArgs(a, paths);
+    expect(argv).toContain('tap,id=net0,ifname=ta0,script=no,downscript=no');
+    expect(argv).toContain('virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02,id=nic1');
+    const b = buildQemuArgs(at('br-other', 'tb'), paths);
+    expect(b.map((x) => x.replace(/ifname=tb/, 'ifname=ta'))).toEqual(argv);
+  });
+
+  it('refuses a NIC on a network the node does not have, and a MAC twice', () => {
+    const place = { networks: new Map([['lan', 'br0']]), tap: (i: number) => `t${i}` };
+    expect(() => normalizeVmSpec({ ...base, nics: [{ mac: '52:54:00:00:00:01', network: 'wan' }] }, 'tcg', place)).toThrow(/network "wan" is not on this node \(it has lan\)/);
+    expect(() => normalizeVmSpec({ ...base, nics: [{ mac: '52:54:00:00:00:01', network: 'lan' }] }, 'tcg')).toThrow(/has no --network/);
+    const twice = [{ mac: '52:54:00:00:00:01', network: 'lan' }, { mac: '52:54:00:00:00:01', network: 'lan' }];
+    expect(() => normalizeVmSpec({ ...base, nics: twice }, 'tcg', place)).toThrow(InvalidArgumentError);
   });
 });

@@ -1076,12 +1076,40 @@ export interface VmSpec {
    */
   disks: DiskSpec[];
   /** What the VM boots from. */
-  boot?: BootSource | undefined;
+  boot?:
+    | BootSource
+    | undefined;
+  /**
+   * Network cards, in guest PCI order (the first is eth0 in a Linux guest). Each is a
+   * virtio-net-pci device on a tap the node creates on the bridge it maps the network to; the MAC
+   * is kept across migrations.
+   */
+  nics: NicSpec[];
 }
 
 export interface VmSpec_LabelsEntry {
   key: string;
   value: string;
+}
+
+/** NicSpec is one virtual network card of a VM. */
+export interface NicSpec {
+  /**
+   * Unicast MAC address, six colon-separated hex bytes (e.g. 52:54:00:12:34:56). Empty: generated
+   * when the VM is created (52:54:00:xx:xx:xx) and kept from then on. Unique in the cluster.
+   */
+  mac: string;
+  /**
+   * Network name ([a-zA-Z0-9][a-zA-Z0-9_.-]{0,31}); every node maps it to a bridge of its host
+   * (`--network NAME=BRIDGE`). A node without that network refuses the VM (INVALID_ARGUMENT).
+   */
+  network: string;
+  /**
+   * For migd's own guest image only: the IPv4 address and prefix length (A.B.C.D/LEN) its /init
+   * gives this card (`migd.ip=` on the kernel command line), which then answers a UDP echo on
+   * port 7 (what the blackout prober sends to). At most one card per VM. Empty: none.
+   */
+  guestIp: string;
 }
 
 /** VmInfo is a VM as a node daemon sees it. */
@@ -1421,6 +1449,8 @@ export interface HostInfo {
   labels: { [key: string]: string };
   /** Machine types this node's QEMU supports that migd uses. */
   machineTypes: string[];
+  /** Network names this node maps to bridges (`--network NAME=BRIDGE`), sorted. */
+  networks: string[];
 }
 
 export interface HostInfo_LabelsEntry {
@@ -2055,6 +2085,7 @@ function createBaseVmSpec(): VmSpec {
     uuid: "",
     disks: [],
     boot: undefined,
+    nics: [],
   };
 }
 
@@ -2101,6 +2132,9 @@ export const VmSpec: MessageFns<VmSpec> = {
     }
     if (message.boot !== undefined) {
       writer.uint32(120).int32(message.boot);
+    }
+    for (const v of message.nics) {
+      NicSpec.encode(v!, writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -2233,6 +2267,14 @@ export const VmSpec: MessageFns<VmSpec> = {
             message.boot = reader.int32() as any;
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.nics.push(NicSpec.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2300,6 +2342,9 @@ export const VmSpec: MessageFns<VmSpec> = {
         ? object.disks.map((e: any) => DiskSpec.fromJSON(e))
         : [],
       boot: isSet(object.boot) ? bootSourceFromJSON(object.boot) : undefined,
+      nics: globalThis.Array.isArray(object?.nics)
+        ? object.nics.map((e: any) => NicSpec.fromJSON(e))
+        : [],
     };
   },
 
@@ -2353,6 +2398,9 @@ export const VmSpec: MessageFns<VmSpec> = {
     if (message.boot !== undefined) {
       obj.boot = bootSourceToJSON(message.boot);
     }
+    if (message.nics?.length) {
+      obj.nics = message.nics.map((e) => NicSpec.toJSON(e));
+    }
     return obj;
   },
 
@@ -2385,6 +2433,7 @@ export const VmSpec: MessageFns<VmSpec> = {
     message.uuid = object.uuid ?? "";
     message.disks = object.disks?.map((e) => DiskSpec.fromPartial(e)) || [];
     message.boot = object.boot ?? undefined;
+    message.nics = object.nics?.map((e) => NicSpec.fromPartial(e)) || [];
     return message;
   },
 };
@@ -2470,6 +2519,111 @@ export const VmSpec_LabelsEntry: MessageFns<VmSpec_LabelsEntry> = {
     const message = createBaseVmSpec_LabelsEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseNicSpec(): NicSpec {
+  return { mac: "", network: "", guestIp: "" };
+}
+
+export const NicSpec: MessageFns<NicSpec> = {
+  encode(message: NicSpec, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.mac !== "") {
+      writer.uint32(10).string(message.mac);
+    }
+    if (message.network !== "") {
+      writer.uint32(18).string(message.network);
+    }
+    if (message.guestIp !== "") {
+      writer.uint32(26).string(message.guestIp);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NicSpec {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNicSpec();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.mac = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.network = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.guestIp = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NicSpec {
+    return {
+      mac: isSet(object.mac) ? globalThis.String(object.mac) : "",
+      network: isSet(object.network) ? globalThis.String(object.network) : "",
+      guestIp: isSet(object.guestIp)
+        ? globalThis.String(object.guestIp)
+        : isSet(object.guest_ip)
+        ? globalThis.String(object.guest_ip)
+        : "",
+    };
+  },
+
+  toJSON(message: NicSpec): unknown {
+    const obj: any = {};
+    if (message.mac !== "") {
+      obj.mac = message.mac;
+    }
+    if (message.network !== "") {
+      obj.network = message.network;
+    }
+    if (message.guestIp !== "") {
+      obj.guestIp = message.guestIp;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<NicSpec>): NicSpec {
+    return NicSpec.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<NicSpec>): NicSpec {
+    const message = createBaseNicSpec();
+    message.mac = object.mac ?? "";
+    message.network = object.network ?? "";
+    message.guestIp = object.guestIp ?? "";
     return message;
   },
 };
@@ -5042,6 +5196,7 @@ function createBaseHostInfo(): HostInfo {
     migrationCapabilities: [],
     labels: {},
     machineTypes: [],
+    networks: [],
   };
 }
 
@@ -5079,6 +5234,9 @@ export const HostInfo: MessageFns<HostInfo> = {
     });
     for (const v of message.machineTypes) {
       writer.uint32(90).string(v!);
+    }
+    for (const v of message.networks) {
+      writer.uint32(98).string(v!);
     }
     return writer;
   },
@@ -5187,6 +5345,14 @@ export const HostInfo: MessageFns<HostInfo> = {
             message.machineTypes.push(reader.string());
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.networks.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5261,6 +5427,7 @@ export const HostInfo: MessageFns<HostInfo> = {
         : globalThis.Array.isArray(object?.machine_types)
         ? object.machine_types.map((e: any) => globalThis.String(e))
         : [],
+      networks: globalThis.Array.isArray(object?.networks) ? object.networks.map((e: any) => globalThis.String(e)) : [],
     };
   },
 
@@ -5305,6 +5472,9 @@ export const HostInfo: MessageFns<HostInfo> = {
     if (message.machineTypes?.length) {
       obj.machineTypes = message.machineTypes;
     }
+    if (message.networks?.length) {
+      obj.networks = message.networks;
+    }
     return obj;
   },
 
@@ -5332,6 +5502,7 @@ export const HostInfo: MessageFns<HostInfo> = {
       {},
     );
     message.machineTypes = object.machineTypes?.map((e) => e) || [];
+    message.networks = object.networks?.map((e) => e) || [];
     return message;
   },
 };

@@ -83,7 +83,7 @@ export class FakeQemu {
 }
 
 export function fakeSpec(name: string): VmSpec {
-  return { name, memoryMib: 64, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: 'u-1', disks: [] };
+  return { name, memoryMib: 64, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: 'u-1', disks: [], nics: [] };
 }
 
 /** The VM being migrated, over the fake QEMU's QMP client. */

@@ -27,8 +27,16 @@ export interface CoordinatorConfig {
   readonly identity: string;
   /** Plain-text loopback mode: callers without a certificate are granted every role. Default false. */
   readonly insecure: boolean;
-  /** SQLite history database file (default `<repo>/.state/coordinator/history.sqlite`). */
+  /**
+   * The history database as given: `sqlite:PATH` or a plain PATH (SQLite, the embedded default
+   * `<repo>/.state/coordinator/history.sqlite`), or `postgres://…` (replicated coordinators: every
+   * coordinator on the same database, one leader elected on it).
+   */
   readonly db: string;
+  /** {@link db} resolved: a SQLite file, or a Postgres URL. */
+  readonly store: { readonly kind: 'sqlite'; readonly filename: string } | { readonly kind: 'postgres'; readonly url: string };
+  /** How often the leader prunes samples and published outbox rows past their retention, in ms (default 3 600 000). */
+  readonly pruneEveryMs: number;
   /**
    * NATS server URL(s), comma-separated; empty: no NATS, events wait in the outbox (default
    * empty). `tls://host:port` connects with TLS, presenting this coordinator's certificate.
@@ -77,7 +85,8 @@ export const COORDINATOR_OPTIONS = {
   'tls-dir': { type: 'string', env: 'MIGD_TLS_DIR', doc: 'folder with ca.crt and this identity\'s certificate and key (default .cache/certs)' },
   identity: { type: 'string', default: 'migd-coordinator', env: 'MIGD_COORDINATOR_IDENTITY', doc: 'TLS identity (certificate name) (default migd-coordinator)' },
   insecure: { type: 'boolean', env: 'MIGD_INSECURE', doc: 'plain-text gRPC on loopback; callers without a certificate get every role (default off)' },
-  db: { type: 'string', env: 'MIGD_COORDINATOR_DB', doc: 'SQLite history file (default .state/coordinator/history.sqlite)' },
+  db: { type: 'string', env: 'MIGD_COORDINATOR_DB', doc: 'history database: sqlite:PATH or PATH (default .state/coordinator/history.sqlite), or postgres://user@host:port/db for replicated coordinators (one leader, elected on that database)' },
+  'prune-every-ms': { type: 'integer', default: 3_600_000, min: 100, max: 86_400_000, doc: 'how often the leader prunes samples and published outbox rows past their retention, in ms (default 3600000)' },
   nats: { type: 'string', default: '', env: 'MIGD_NATS_URL', doc: 'NATS server URL(s), comma-separated; tls:// for TLS (default none: events wait in the outbox)' },
   'nats-user': { type: 'string', default: '', env: 'MIGD_NATS_USER', doc: 'NATS user, with --nats-password-file (default none)' },
   'nats-password-file': { type: 'string', default: '', env: 'MIGD_NATS_PASSWORD_FILE', doc: 'file holding the NATS password (default none)' },
@@ -98,6 +107,11 @@ export const COORDINATOR_OPTIONS = {
 } as const satisfies ConfigSchema;
 
 type Raw = RawOptions<typeof COORDINATOR_OPTIONS>;
+
+/** The database option for logs: a password in a postgres:// URL is masked. */
+export function redactDb(db: string): string {
+  return db.replace(/^(postgres(?:ql)?:\/\/[^:/@]+):[^@]*@/, '$1:***@');
+}
 
 /** `--help` text. */
 export function coordinatorUsage(): string {
@@ -180,6 +194,18 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
     perLink: int('limitPerLink'),
     perCluster: int('limitPerCluster'),
   });
+  const db = str('db', join(repoRoot(), '.state', 'coordinator', 'history.sqlite'));
+  const store: CoordinatorConfig['store'] = /^postgres(?:ql)?:\/\//.test(db)
+    ? { kind: 'postgres', url: db }
+    : { kind: 'sqlite', filename: db.startsWith('sqlite:') ? db.slice('sqlite:'.length) : db };
+  if (store.kind === 'sqlite' && store.filename === '') throw configError('db', 'sqlite: needs a file name (sqlite:PATH)');
+  if (store.kind === 'postgres') {
+    try {
+      new URL(store.url);
+    } catch {
+      throw configError('db', 'is not a valid postgres:// URL');
+    }
+  }
   const cfg: CoordinatorConfig = {
     listen,
     advertise,
@@ -187,7 +213,9 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
     nodeClientSecurity: insecure ? { insecure: true } : { tls: files, serverName: 'migd-node' },
     identity,
     insecure,
-    db: str('db', join(repoRoot(), '.state', 'coordinator', 'history.sqlite')),
+    db,
+    store,
+    pruneEveryMs: int('pruneEveryMs'),
     nats,
     natsAuth,
     roles,

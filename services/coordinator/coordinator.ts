@@ -16,19 +16,37 @@ import { startMetricsServer, type MetricsServer } from '../shared/metrics/server
 import { RpcServer } from '../shared/rpc/server.js';
 import { retry } from '../shared/retry.js';
 import { splitHostPort } from '../shared/rpc/tls.js';
-import type { CoordinatorConfig } from './config.js';
+import { redactDb, type CoordinatorConfig } from './config.js';
 import { EventBus } from './event-bus.js';
 import { Planner } from './planner.js';
 import { NodeRegistry } from './registry.js';
 import { createAuthorizer } from './roles.js';
-import { coordinatorHandlers } from './rpc/handlers.js';
+import { coordinatorHandlers, type CoordinatorParts } from './rpc/handlers.js';
 import { RunManager } from './runs/manager.js';
-import { openSqliteHistoryStore, type SqliteHistoryStore } from './store/sqlite.js';
+import type { RepositoryHistoryStore } from './store/history-store.js';
+import { openPostgresHistoryStore } from './store/postgres.js';
+import { schedulePruning, type PruneSchedule } from './store/retention.js';
+import { openSqliteHistoryStore } from './store/sqlite.js';
+import { Leadership, type LeadershipState } from './leadership/leadership.js';
+import { PostgresElection } from './leadership/postgres.js';
+import { NotLeaderError } from '../shared/errors.js';
+import { VmState } from '../shared/gen/migd/v1/common.js';
 
 /** Knobs for tests; production uses the defaults. */
 export interface CoordinatorTuning {
   /** Policy clock tick of run supervisors (ms). Default 1000. */
   readonly tickMs?: number;
+  /** Replicated: period of lock attempts and leadership proofs (ms). Default 500. */
+  readonly leaderIntervalMs?: number;
+}
+
+/** What only the leader runs: node liveness, the queue and supervisors, planning, publishing, pruning. */
+interface LeaderParts {
+  readonly registry: NodeRegistry;
+  readonly runs: RunManager;
+  readonly planner: Planner;
+  readonly pruning: PruneSchedule;
+  readonly term: number | undefined;
 }
 
 export class Coordinator {
@@ -39,36 +57,160 @@ export class Coordinator {
   private natsLoop: Promise<void> | undefined;
   private readonly stopper = new AbortController();
   private stopping: Promise<void> | undefined;
+  /** Set while this coordinator leads (always, with SQLite), after its runs are recovered. */
+  private parts: LeaderParts | undefined;
+  /** Leadership changes are taken up one after the other. */
+  private transitions: Promise<void> = Promise.resolve();
 
   private constructor(
     readonly config: CoordinatorConfig,
-    readonly store: SqliteHistoryStore,
+    readonly store: RepositoryHistoryStore,
     readonly bus: EventBus,
-    readonly registry: NodeRegistry,
-    readonly runs: RunManager,
-    readonly planner: Planner,
     readonly metrics: MigdMetrics,
+    /** Replicated coordinators (Postgres): the election; undefined with SQLite (always the leader). */
+    readonly leadership: Leadership | undefined,
     private readonly log: Logger,
+    private readonly tuning: CoordinatorTuning,
   ) {}
 
+  /** The leader's part, or NotLeaderError naming the leader. */
+  private leaderPart<K extends 'registry' | 'runs' | 'planner'>(k: K): LeaderParts[K] {
+    const p = this.parts;
+    if (!p) throw this.leadership?.notLeader() ?? new NotLeaderError('');
+    return p[k];
+  }
+
+  /** The node registry (leader only). @throws NotLeaderError */
+  get registry(): NodeRegistry {
+    return this.leaderPart('registry');
+  }
+
+  /** The run manager (leader only). @throws NotLeaderError */
+  get runs(): RunManager {
+    return this.leaderPart('runs');
+  }
+
+  /** The planner (leader only). @throws NotLeaderError */
+  get planner(): Planner {
+    return this.leaderPart('planner');
+  }
+
+  /** Whether this coordinator leads and has taken up its duties (runs recovered). */
+  get isLeader(): boolean {
+    return this.parts !== undefined;
+  }
+
   /**
-   * Opens the store, recovers runs, starts serving.
+   * Opens the store, starts serving. With SQLite it leads at once (recovers runs before serving);
+   * with Postgres it serves reads as a follower and campaigns, taking up the leader's duties when
+   * elected.
    * @throws ConfigError, DependencyError (TLS files), MigdError(INTERNAL) when the schema cannot
    *   be migrated, the listen error
    */
   static async start(config: CoordinatorConfig, log: Logger, tuning: CoordinatorTuning = {}): Promise<Coordinator> {
     // The metrics read the store and the queue at scrape time; both exist before any scrape.
-    const late: { store?: SqliteHistoryStore; runs?: RunManager } = {};
+    const late: { store?: RepositoryHistoryStore; c?: Coordinator } = {};
     const metrics = createMetrics({
       sources: {
         runsByState: () => late.store!.plans.countRunsByState(),
-        queueDepth: () => late.runs?.depth() ?? 0,
+        queueDepth: () => (late.c?.isLeader ? late.c.runs.depth() : 0),
         outboxLag: () => late.store!.outbox.outboxLag(),
       },
     });
-    const store = await openSqliteHistoryStore({ filename: config.db, logger: log.child({ component: 'store' }), metrics });
+    const storeLog = log.child({ component: 'store' });
+    let leadership: Leadership | undefined;
+    let store: RepositoryHistoryStore;
+    if (config.store.kind === 'postgres') {
+      const election = new PostgresElection({ url: config.store.url });
+      leadership = new Leadership({ backend: election, me: config.advertise, log: log.child({ component: 'leadership' }), ...(tuning.leaderIntervalMs ? { intervalMs: tuning.leaderIntervalMs } : {}) });
+      // Every write carries this coordinator's term; a deposed leader's writes are refused.
+      store = await openPostgresHistoryStore({ url: config.store.url, logger: storeLog, metrics, fence: leadership });
+    } else {
+      store = await openSqliteHistoryStore({ filename: config.store.filename, logger: storeLog, metrics });
+    }
+    late.store = store;
     const bus = new EventBus(store.outbox, log.child({ component: 'events' }));
-    await bus.start();
+    // Replicated: the leader's events reach every coordinator's Watch through the shared outbox.
+    await bus.start(leadership ? { pollMs: 200 } : {});
+    const c = new Coordinator(config, store, bus, metrics, leadership, log, tuning);
+    late.c = c;
+    try {
+      if (leadership) {
+        leadership.onChange((s) => c.onLeadership(s));
+      } else {
+        // The queue is rebuilt before serving so the first SubmitPlan sees the real slot usage;
+        // the supervisors re-attach to their nodes in the background.
+        await c.lead(undefined);
+      }
+      if (config.nats) c.natsLoop = c.connectNats(config.nats, config.natsAuth);
+      c.server = new RpcServer({ address: config.listen, security: config.security, log, authorize: createAuthorizer(config.roles, log, { anonymousAllowed: config.insecure }) });
+      const parts: CoordinatorParts = {
+        store,
+        bus,
+        requireNodeIdentity: config.requireNodeIdentity,
+        log,
+        get registry() {
+          return c.registry;
+        },
+        get planner() {
+          return c.planner;
+        },
+        get runs() {
+          return c.runs;
+        },
+        ...(leadership
+          ? {
+              followerReads: {
+                isLeader: () => c.isLeader,
+                nodes: () => store.nodes.listNodes(),
+                vms: async (nodeId?: string) => (await store.nodes.listVms(nodeId)).filter((v) => v.state !== VmState.VM_STATE_STOPPED),
+              },
+            }
+          : {}),
+      };
+      c.server.addService('migd.v1.CoordinatorService', CoordinatorServiceService, coordinatorHandlers(parts));
+      await c.server.start();
+      if (config.metricsListen) {
+        const { host, port } = splitHostPort(config.metricsListen);
+        c.metricsServer = await startMetricsServer({ registry: metrics.registry, host, port, logger: log });
+      }
+      leadership?.start();
+    } catch (err) {
+      await c.stop();
+      throw err;
+    }
+    if (!config.requireNodeIdentity && !config.insecure) {
+      log.warn('--allow-shared-node-identity: a node holding the shared "migd-node" certificate may speak for any node; give each node its own certificate (migd-node.<node id>) and drop the flag');
+    }
+    log.info('coordinator serving', { listen: config.listen, port: c.port, db: redactDb(config.db), replicated: leadership !== undefined, nats: config.nats ? redactNatsUrl(config.nats) : null, limits: config.limits });
+    return c;
+  }
+
+  private onLeadership(s: LeadershipState): void {
+    this.transitions = this.transitions
+      .then(async () => {
+        if (this.stopper.signal.aborted) return;
+        if (s.role === 'leader' && this.leadership?.current.term === s.term) {
+          if (this.parts?.term === s.term) return;
+          if (this.parts) await this.stepDown();
+          try {
+            await this.lead(s.term);
+          } catch (err) {
+            this.log.error('could not take up the leader\'s duties; resigning', { term: s.term, err });
+            await this.stepDown();
+            await this.leadership?.resign();
+          }
+        } else if (s.role === 'follower' && this.parts) {
+          await this.stepDown();
+        }
+      })
+      .catch((err: unknown) => this.log.error('leadership change failed', { err }));
+  }
+
+  /** Takes up the leader's duties: registry, queue and supervisors recovered from the store, planner, relay, pruning. */
+  private async lead(term: number | undefined): Promise<void> {
+    const { config, store, log } = this;
+    const t0 = Date.now();
     const registry = new NodeRegistry({
       store,
       log: log.child({ component: 'registry' }),
@@ -78,32 +220,37 @@ export class Coordinator {
       callDeadlineMs: config.nodeCallDeadlineMs,
     });
     await registry.start();
-    const runs = new RunManager({ store, registry, log: log.child({ component: 'runs' }), limits: config.limits, callDeadlineMs: config.nodeCallDeadlineMs, nodeDownWaitMs: config.nodeDownWaitMs, ...(tuning.tickMs ? { tickMs: tuning.tickMs } : {}) });
-    late.store = store;
-    late.runs = runs;
+    const runs = new RunManager({ store, registry, log: log.child({ component: 'runs' }), limits: config.limits, callDeadlineMs: config.nodeCallDeadlineMs, nodeDownWaitMs: config.nodeDownWaitMs, ...(this.tuning.tickMs ? { tickMs: this.tuning.tickMs } : {}) });
     const planner = new Planner({ store, registry, runs, limits: config.limits, log: log.child({ component: 'planner' }), createVmDeadlineMs: config.nodeCallDeadlineMs * 6 });
-    const c = new Coordinator(config, store, bus, registry, runs, planner, metrics, log);
     try {
-      // The queue is rebuilt before serving so the first SubmitPlan sees the real slot usage;
-      // the supervisors re-attach to their nodes in the background.
       await runs.recover();
-      if (config.nats) c.natsLoop = c.connectNats(config.nats, config.natsAuth);
-      c.server = new RpcServer({ address: config.listen, security: config.security, log, authorize: createAuthorizer(config.roles, log, { anonymousAllowed: config.insecure }) });
-      c.server.addService('migd.v1.CoordinatorService', CoordinatorServiceService, coordinatorHandlers({ store, registry, planner, runs, bus, requireNodeIdentity: config.requireNodeIdentity, log }));
-      await c.server.start();
-      if (config.metricsListen) {
-        const { host, port } = splitHostPort(config.metricsListen);
-        c.metricsServer = await startMetricsServer({ registry: metrics.registry, host, port, logger: log });
-      }
     } catch (err) {
-      await c.stop();
+      await runs.close();
+      registry.stop();
       throw err;
     }
-    if (!config.requireNodeIdentity && !config.insecure) {
-      log.warn('--allow-shared-node-identity: a node holding the shared "migd-node" certificate may speak for any node; give each node its own certificate (migd-node.<node id>) and drop the flag');
-    }
-    log.info('coordinator serving', { listen: config.listen, port: c.port, db: config.db, nats: config.nats ? redactNatsUrl(config.nats) : null, limits: config.limits });
-    return c;
+    const pruning = schedulePruning(store.retention, { everyMs: config.pruneEveryMs, logger: log.child({ component: 'retention' }) });
+    this.parts = { registry, runs, planner, pruning, term };
+    if (this.nc && !this.relay) this.startRelay(this.nc);
+    if (term !== undefined) log.info('leading: runs recovered from the store', { term, tookMs: Date.now() - t0 });
+  }
+
+  /** Gives the leader's duties up: running migrations keep running on their nodes, for the next leader. */
+  private async stepDown(): Promise<void> {
+    const p = this.parts;
+    this.parts = undefined;
+    if (!p) return;
+    this.log.warn('no longer leading: detaching from runs', { term: p.term });
+    await p.pruning.stop();
+    const relay = this.relay;
+    this.relay = undefined;
+    await relay?.stop().catch((err: unknown) => this.log.warn('stopping the outbox relay', { err }));
+    await p.runs.close();
+    p.registry.stop();
+  }
+
+  private startRelay(nc: NatsConnection): void {
+    this.relay = startOutboxRelay({ source: this.store.outbox, nc, onLag: outboxLagObserver(this.metrics), logger: this.log.child({ component: 'nats' }) });
   }
 
   /** The bound gRPC port. */
@@ -147,8 +294,9 @@ export class Coordinator {
       return;
     }
     this.nc = nc;
-    this.relay = startOutboxRelay({ source: this.store.outbox, nc, onLag: outboxLagObserver(this.metrics), logger: log });
-    log.info('connected to NATS; publishing the outbox', { server: redactNatsUrl(nc.getServer()) });
+    // Only the leader publishes the outbox (it marks rows published: a write).
+    if (this.parts) this.startRelay(nc);
+    log.info('connected to NATS', { server: redactNatsUrl(nc.getServer()), publishing: this.parts !== undefined });
   }
 
   /** Stops serving and detaches from running migrations (they keep running on their nodes). */
@@ -160,8 +308,10 @@ export class Coordinator {
   private async doStop(): Promise<void> {
     this.stopper.abort();
     await this.server?.stop(1000).catch((err: unknown) => this.log.warn('stopping the gRPC server', { err }));
-    await this.runs.close();
-    this.registry.stop();
+    await this.transitions;
+    await this.stepDown();
+    // Releasing the lock hands over at once instead of after the session times out.
+    await this.leadership?.stop();
     await this.natsLoop;
     await this.relay?.stop().catch((err: unknown) => this.log.warn('stopping the outbox relay', { err }));
     if (this.nc && !this.nc.isClosed()) {

@@ -37,16 +37,25 @@ export class EventBus {
   private unsubscribe: (() => void) | undefined;
   private pumping: Promise<void> | undefined;
   private again = false;
+  private poller: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly store: OutboxRepository,
     private readonly log: Logger,
   ) {}
 
-  /** Starts following the outbox from its current end. */
-  async start(): Promise<void> {
+  /**
+   * Starts following the outbox from its current end. `pollMs`: also read it every so many ms,
+   * for events other processes commit (replicated coordinators share one database; a follower's
+   * Watch sees the leader's events this way, in outbox order, none skipped).
+   */
+  async start(opts: { pollMs?: number } = {}): Promise<void> {
     this.cursor = await this.store.lastOutboxSeq();
     this.unsubscribe = this.store.onOutboxEnqueued(() => this.wake());
+    if (opts.pollMs) {
+      this.poller = setInterval(() => this.wake(), opts.pollMs);
+      this.poller.unref();
+    }
   }
 
   private wake(): void {
@@ -143,6 +152,7 @@ export class EventBus {
   /** Stops following the outbox and ends every subscription. */
   async stop(): Promise<void> {
     this.unsubscribe?.();
+    if (this.poller) clearInterval(this.poller);
     await this.pumping;
     this.live.close();
   }

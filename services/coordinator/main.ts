@@ -10,7 +10,7 @@
 import { MigdError } from '../shared/errors.js';
 import { createLogger } from '../shared/log.js';
 import { restrictUmask } from '../shared/private-files.js';
-import { coordinatorUsage, loadCoordinatorConfig } from './config.js';
+import { coordinatorUsage, loadCoordinatorConfig, redactDb } from './config.js';
 import { Coordinator } from './coordinator.js';
 
 const log = createLogger('coordinator');
@@ -41,7 +41,7 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => shutdown('SIGINT'));
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   // Tell a parent (npm start, tests) where we listen.
-  process.stdout.write(JSON.stringify({ ready: true, listen: config.listen, port: coordinator.port, metricsPort: coordinator.metricsPort, db: config.db }) + '\n');
+  process.stdout.write(JSON.stringify({ ready: true, listen: config.listen, port: coordinator.port, metricsPort: coordinator.metricsPort, db: redactDb(config.db) }) + '\n');
 }
 
 main().catch((err: unknown) => {

@@ -124,6 +124,17 @@ export class Leadership {
     return () => this.listeners.delete(listener);
   }
 
+  /**
+   * Gives leadership up now (e.g. this coordinator could not take up its duties) and keeps
+   * campaigning: another coordinator, or this one later, takes over.
+   */
+  async resign(): Promise<void> {
+    if (this.state.role !== 'leader') return;
+    this.o.log.warn('resigning leadership', { term: this.state.term });
+    this.set({ role: 'follower', term: undefined, known: this.state.known });
+    await this.o.backend.release();
+  }
+
   /** Stops campaigning; a leader releases the lock (a clean hand-over). */
   async stop(): Promise<void> {
     this.stopper.abort();

@@ -5,7 +5,8 @@
  * checked the caller's role.
  */
 import { InvalidArgumentError } from '../../shared/errors.js';
-import type { CoordinatorServiceService, WatchResponse } from '../../shared/gen/migd/v1/coordinator.js';
+import type { VmInfo } from '../../shared/gen/migd/v1/common.js';
+import type { CoordinatorServiceService, Node, WatchResponse } from '../../shared/gen/migd/v1/coordinator.js';
 import type { Event } from '../../shared/gen/migd/v1/events.js';
 import type { Logger } from '../../shared/log.js';
 import type { CallContext, Handlers } from '../../shared/rpc/server.js';
@@ -20,7 +21,20 @@ import type { AnalyticsRepository, PlanRunRepository } from '../store/types.js';
 export interface CoordinatorParts {
   /** The repositories read directly: runs and plans, and the history queries. */
   readonly store: { readonly plans: Pick<PlanRunRepository, 'getPlan' | 'getRun'>; readonly analytics: AnalyticsRepository };
+  /**
+   * The leader's parts: on a replicated coordinator that does not lead, reading `registry`,
+   * `planner` or `runs` throws NotLeaderError naming the leader (writes are refused with it).
+   */
   readonly registry: NodeRegistry;
+  /**
+   * Replicated coordinators: while `isLeader()` is false, ListNodes and ListVms are answered from
+   * the shared store (the leader's registry writes it) instead of the registry.
+   */
+  readonly followerReads?: {
+    isLeader(): boolean;
+    nodes(): Promise<Node[]>;
+    vms(nodeId?: string): Promise<VmInfo[]>;
+  };
   readonly planner: Planner;
   readonly runs: RunManager;
   readonly bus: EventBus;
@@ -69,8 +83,8 @@ export function coordinatorHandlers(p: CoordinatorParts): Handlers<typeof Coordi
       await p.registry.heartbeat(req.host, req.vms);
       return {};
     },
-    listNodes: async () => ({ nodes: await p.registry.nodes() }),
-    listVms: async (req) => ({ vms: await p.registry.vms(req.nodeId || undefined) }),
+    listNodes: async () => ({ nodes: p.followerReads && !p.followerReads.isLeader() ? await p.followerReads.nodes() : await p.registry.nodes() }),
+    listVms: async (req) => ({ vms: p.followerReads && !p.followerReads.isLeader() ? await p.followerReads.vms(req.nodeId || undefined) : await p.registry.vms(req.nodeId || undefined) }),
     // Calls that reach a node pass the caller's signal on: a caller that goes away cancels them.
     createVm: async (req, ctx) => ({ vm: await p.planner.createVm(req, ctx.signal) }),
 

@@ -76,10 +76,17 @@ export function postgresStoreDialect(fence?: WriteFence): StoreDialect {
       // Refuse before touching the database when we know we do not lead.
       const term = fence?.token();
       await sql`begin`.execute(conn);
-      await sql`select pg_advisory_xact_lock(${WRITE_LOCK[0]}::int4, ${WRITE_LOCK[1]}::int4)`.execute(conn);
-      if (term !== undefined) {
-        const r = await sql<{ term: number }>`select term from migd_leader where id = 1 for share`.execute(conn);
-        if (Number(r.rows[0]?.term) !== term) throw fence!.notLeader();
+      try {
+        await sql`select pg_advisory_xact_lock(${WRITE_LOCK[0]}::int4, ${WRITE_LOCK[1]}::int4)`.execute(conn);
+        if (term !== undefined) {
+          const r = await sql<{ term: number }>`select term from migd_leader where id = 1 for share`.execute(conn);
+          if (Number(r.rows[0]?.term) !== term) throw fence!.notLeader();
+        }
+      } catch (err) {
+        // The caller only rolls back what it began: end this transaction before the connection
+        // goes back to the pool.
+        await sql`rollback`.execute(conn).catch(() => undefined);
+        throw err;
       }
     },
     beginRead: async (conn) => {
@@ -92,8 +99,9 @@ export function postgresStoreDialect(fence?: WriteFence): StoreDialect {
       return kind === 'primary-key' ? pkey : !pkey;
     },
     lastOutboxSeq: async (db) => {
-      // The identity's sequence keeps the high-water mark after the rows are pruned.
-      const r = await sql<{ last: number | null }>`select case when is_called then last_value else 0 end as last from pg_sequences where sequencename = 'outbox_seq_seq' and schemaname = current_schema()`.execute(db);
+      // The highest committed row, not the sequence (which may already count a transaction that
+      // has not committed yet: a reader starting past it would skip that row).
+      const r = await sql<{ last: number | null }>`select max(seq) as last from outbox`.execute(db);
       return Number(r.rows[0]?.last ?? 0);
     },
     optimize: async () => {

@@ -9,138 +9,33 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FailedPreconditionError, NotFoundError, UnavailableError } from '../../../services/shared/errors.js';
-import { MigrationState, type GuestPerfSample, type VmSpec } from '../../../services/shared/gen/migd/v1/common.js';
+import { MigrationState, type GuestPerfSample } from '../../../services/shared/gen/migd/v1/common.js';
 import { ConfirmIncomingResponse, MigrationInfo, PrepareIncomingRequest } from '../../../services/shared/gen/migd/v1/node.js';
 import { createLogger } from '../../../services/shared/log.js';
 import { Broadcast } from '../../../services/shared/broadcast.js';
-import { QmpClient } from '../../../services/node/qmp/client.js';
 import { resolveMigrationConfig } from '../../../services/shared/policy/index.js';
 import { IncomingMigration } from '../../../services/node/migration/destination.js';
 import { MigrationManager } from '../../../services/node/migration/manager.js';
 import { MigrationRecords, type DestinationRecord, type SourceRecord } from '../../../services/node/migration/record.js';
 import { SourceMigration } from '../../../services/node/migration/source.js';
-import type { MigratableVm, NodePeer, VmHost } from '../../../services/node/migration/types.js';
-import { FakeTransport, type FakeStream } from '../../helpers/qemu-fake-qmp.js';
+import type { NodePeer, VmHost } from '../../../services/node/migration/types.js';
+import { FakeQemu as BaseFakeQemu, fakeHost, fakePeer, fakeSpec, fakeVm, tempRecords, type Cleanups } from '../../helpers/migration-fakes.js';
 
 const quiet = createLogger('ownership-test', {}, () => undefined, 'error');
-const cleanups: (() => Promise<void> | void)[] = [];
+const cleanups: Cleanups = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-/** A fake QEMU behind the fake transport: answers commands from its state, records them. */
-class FakeQemu {
-  running: boolean;
-  migration: string;
-  /** The port query-migrate reports an incoming QEMU listens on. */
-  listenPort: number | undefined;
-  readonly commands: string[] = [];
-  readonly client: QmpClient;
-  private stream!: FakeStream;
-
+/** The fake QEMU of test/helpers/migration-fakes.ts, cleaned up after each test. */
+class FakeQemu extends BaseFakeQemu {
   constructor(o: { running: boolean; migration: string }) {
-    this.running = o.running;
-    this.migration = o.migration;
-    const transport = new FakeTransport();
-    this.client = new QmpClient(transport, { logger: quiet });
-    cleanups.push(() => this.client.disconnect());
-    void this.serve(transport);
-  }
-
-  private async serve(transport: FakeTransport): Promise<void> {
-    {
-      this.stream = await transport.nextStream();
-      await this.stream.handshake();
-      for (;;) {
-        const cmd = await this.stream.nextCommand();
-        const name = cmd.execute ?? cmd['exec-oob'] ?? '';
-        this.commands.push(name);
-        if (name === 'cont') this.running = true;
-        if (name === 'stop') this.running = false;
-        if (name === 'query-status') this.stream.reply(cmd, { running: this.running, status: this.running ? 'running' : this.migration === 'completed' ? 'postmigrate' : 'paused' });
-        else if (name === 'query-migrate') this.stream.reply(cmd, { status: this.migration, ...(this.listenPort ? { 'socket-address': [{ type: 'inet', host: '127.0.0.1', port: String(this.listenPort) }] } : {}) });
-        else this.stream.reply(cmd, {});
-      }
-    }
-  }
-
-  async connect(): Promise<void> {
-    await this.client.connect({ timeoutMs: 2000 });
-  }
-
-  /** QEMU emits a MIGRATION event. */
-  emit(status: string): void {
-    this.migration = status;
-    this.stream.send({ event: 'MIGRATION', data: { status }, timestamp: { seconds: 1, microseconds: 0 } });
+    super({ ...o, logger: quiet, cleanups });
   }
 }
-
-function spec(name: string): VmSpec {
-  return { name, memoryMib: 64, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: 'u-1', disks: [], nics: [] };
-}
-
-function vmOf(q: FakeQemu, samples = new Broadcast<GuestPerfSample>()): MigratableVm {
-  return { name: 'vm1', spec: spec('vm1'), pid: 4242, qmp: q.client, guestSamples: (signal) => samples.subscribe([], signal), lastGuestSample: () => undefined, cpuSeconds: async () => 0 };
-}
-
-function fakeHost(o: { qemuGone?: boolean } = {}): VmHost & { destroyed: string[]; migrating: Map<string, string | undefined>; adopted: string[] } {
-  const destroyed: string[] = [];
-  const migrating = new Map<string, string | undefined>();
-  const adopted: string[] = [];
-  return {
-    destroyed,
-    migrating,
-    adopted,
-    source: () => {
-      throw new Error('unused');
-    },
-    attach: (name) => (o.qemuGone || destroyed.includes(name) ? undefined : ({ name } as MigratableVm)),
-    list: () => [],
-    setMigration: (name, runId) => void migrating.set(name, runId),
-    createIncoming: () => Promise.reject(new Error('unused')),
-    adoptIncoming: (name) => void adopted.push(name),
-    destroy: async (name) => void destroyed.push(name),
-  };
-}
-
-/** A destination node: each call answers from a script (an Error is thrown). */
-function fakePeer(script: { confirm?: (n: number) => ConfirmIncomingResponse | Error; abort?: (n: number) => Error | undefined }): NodePeer & { calls: string[] } {
-  const calls: string[] = [];
-  let confirms = 0;
-  let aborts = 0;
-  const never = (): AsyncIterable<never> => ({ [Symbol.asyncIterator]: () => ({ next: () => new Promise(() => undefined) }) });
-  return {
-    calls,
-    prepareIncoming: async () => ({ uri: 'tcp:127.0.0.1:1', pid: 1, port: 1, disks: [] }),
-    pauseIncoming: async () => ({ qemuStatus: 'postcopy-paused' }),
-    recoverIncoming: async () => ({ uri: 'tcp:127.0.0.1:2', port: 2 }),
-    confirmIncoming: async () => {
-      calls.push('confirm');
-      const r = script.confirm?.(++confirms) ?? new UnavailableError('down');
-      if (r instanceof Error) throw r;
-      return r;
-    },
-    abortIncoming: async () => {
-      calls.push('abort');
-      const r = script.abort?.(++aborts);
-      if (r) throw r;
-      return {};
-    },
-    getVm: async () => {
-      throw new UnavailableError('down');
-    },
-    getMigration: async () => {
-      throw new UnavailableError('down');
-    },
-    watchGuest: () => never(),
-  };
-}
-
-function records(): MigrationRecords {
-  const dir = mkdtempSync(join(tmpdir(), 'migd-own-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  return new MigrationRecords(dir);
-}
+const spec = fakeSpec;
+const vmOf = fakeVm;
+const records = (): MigrationRecords => tempRecords(cleanups);
 
 function sourceRecord(phase: SourceRecord['phase']): SourceRecord {
   return { format: 1, runId: 'run-1', role: 'source', vmName: 'vm1', phase, peer: { nodeId: 'b', managementAddress: 'b:1', migrationAddress: 'b' }, policy: {}, startedAt: new Date().toISOString(), updatedAt: new Date().toISOString() };

@@ -217,6 +217,7 @@ export class Coordinator {
       heartbeatMs: config.heartbeatMs,
       misses: config.heartbeatMisses,
       security: config.nodeClientSecurity,
+      acceptSharedNodeCertificate: !config.requireNodeIdentity,
       callDeadlineMs: config.nodeCallDeadlineMs,
     });
     await registry.start();

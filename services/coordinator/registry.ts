@@ -12,6 +12,7 @@ import { NodeStatus, type Node } from '../shared/gen/migd/v1/coordinator.js';
 import { NodeServiceService, type MigrationEndpoint } from '../shared/gen/migd/v1/node.js';
 import type { Logger } from '../shared/log.js';
 import { createClient, type RpcClient } from '../shared/rpc/client.js';
+import { nodeIdentity } from '../shared/pki.js';
 import { splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
 import type { NodeVmRepository, PlanRunRepository, SampleRepository } from './store/types.js';
 
@@ -38,6 +39,12 @@ export interface NodeRegistryOptions {
   readonly misses: number;
   /** Transport security of calls to node daemons. */
   readonly security: TransportSecurity;
+  /**
+   * Accept a node presenting the shared `migd-node` certificate when dialling it (only with
+   * `--allow-shared-node-identity`); otherwise a node must present its own, `migd-node.<id>`.
+   * Default false.
+   */
+  readonly acceptSharedNodeCertificate?: boolean;
   /** Default deadline of calls to node daemons (ms). */
   readonly callDeadlineMs: number;
   /** Clock (ms since the epoch). Default Date.now. */
@@ -286,12 +293,20 @@ export class NodeRegistry {
   }
 
   /** A client of the node daemon (cached per address). @throws NotFoundError for an unknown node */
+  /** Dialling node `nodeId`: its certificate must name it (`migd-node.<id>`), not just any node. */
+  private nodeSecurity(nodeId: string): TransportSecurity {
+    const sec = this.o.security;
+    if (!sec.tls) return sec;
+    const { serverName: _shared, ...rest } = sec;
+    return { ...rest, serverNames: [nodeIdentity(nodeId), ...(this.o.acceptSharedNodeCertificate ? ['migd-node'] : [])] };
+  }
+
   client(nodeId: string): NodeClient {
     const h = this.host(nodeId);
     const cached = this.clients.get(nodeId);
     if (cached && cached.address === h.managementAddress) return cached.client;
     cached?.client.close();
-    const client = this.o.connect?.(h) ?? createClient('migd.v1.NodeService', NodeServiceService, h.managementAddress, { security: this.o.security, defaultDeadlineMs: this.o.callDeadlineMs });
+    const client = this.o.connect?.(h) ?? createClient('migd.v1.NodeService', NodeServiceService, h.managementAddress, { security: this.nodeSecurity(nodeId), defaultDeadlineMs: this.o.callDeadlineMs });
     this.clients.set(nodeId, { address: h.managementAddress, client });
     return client;
   }

@@ -144,7 +144,9 @@ export function resolveNodeConfig(raw: Raw): NodeConfig {
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$/.test(tlsIdentity)) throw configError('tls-identity', `"${tlsIdentity}" is not a certificate name`);
   const clientFiles = identityFiles(tlsDir, tlsIdentity);
   if (!insecure && tlsIdentity !== 'migd-node' && !existsSync(clientFiles.certFile)) throw configError('tls-identity', `${clientFiles.certFile} does not exist`);
-  const security: TransportSecurity = insecure ? { insecure: true } : { tls: files };
+  // The server presents the node's own certificate (`migd-node.<id>`, with its addresses) when it
+  // has one, so callers can check they reached this node and not another.
+  const security: TransportSecurity = insecure ? { insecure: true } : { tls: tlsIdentity === 'migd-node' ? files : clientFiles };
   const clientSecurity: TransportSecurity = insecure ? { insecure: true } : { tls: clientFiles, serverName: 'migd-node' };
   const stateDir = str('stateDir', join(cacheDir(), '..', '.state', `node-${nodeId}`));
   const guestImageDir = resolve(str('guestImage'));

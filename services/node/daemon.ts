@@ -15,7 +15,8 @@ import type { Logger } from '../shared/log.js';
 import { createClient } from '../shared/rpc/client.js';
 import { RpcServer } from '../shared/rpc/server.js';
 import { startMetricsServer, type MetricsServer } from '../shared/metrics/server.js';
-import { splitHostPort } from '../shared/rpc/tls.js';
+import { splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
+import { nodeIdentity } from '../shared/pki.js';
 import type { NodeConfig } from './config.js';
 import { GuestFeed } from './guest-feed.js';
 import { probeHostCapabilities, type HostCapabilities } from './host/capabilities.js';
@@ -163,6 +164,17 @@ export class NodeDaemon {
   }
 
   /**
+   * How another node is dialled: it must present its own certificate (`migd-node.<id>`); the
+   * shared `migd-node` is accepted only while this node itself still uses the shared identity.
+   */
+  private peerSecurity(nodeId: string): TransportSecurity {
+    const sec = this.config.clientSecurity;
+    if (!sec.tls) return sec;
+    const { serverName: _shared, ...rest } = sec;
+    return { ...rest, serverNames: [nodeIdentity(nodeId), ...(this.config.tlsIdentity === 'migd-node' ? ['migd-node'] : [])] };
+  }
+
+  /**
    * A client of another node daemon, cached by node and address. The cache is bounded: the least
    * recently used client beyond PEER_CLIENTS_MAX is closed (after a grace, so a call in flight on
    * it finishes).
@@ -171,7 +183,7 @@ export class NodeDaemon {
     const key = `${ep.nodeId}\u0000${ep.managementAddress}`;
     let p = this.peers.get(key);
     if (p) this.peers.delete(key); // re-inserted below as the most recently used
-    else p = createClient('migd.v1.NodeService', NodeServiceService, ep.managementAddress, { security: this.config.clientSecurity });
+    else p = createClient('migd.v1.NodeService', NodeServiceService, ep.managementAddress, { security: this.peerSecurity(ep.nodeId) });
     this.peers.set(key, p);
     while (this.peers.size > PEER_CLIENTS_MAX) {
       const [oldKey, old] = this.peers.entries().next().value as [string, NodePeer & { close(): void }];

@@ -126,7 +126,8 @@ export async function startNodeDaemon(host: TestbedHost, opts: NodeProcessOption
     stateDir: opts.stateDir,
     process: child,
     client(identity = 'migd-coordinator') {
-      const c = createClient('migd.v1.NodeService', NodeServiceService, address, { security: { tls: identityFiles(opts.certDir, identity), serverName: 'migd-node' } });
+      // The node presents its own certificate: check it is this node's.
+      const c = createClient('migd.v1.NodeService', NodeServiceService, address, { security: { tls: identityFiles(opts.certDir, identity), serverNames: [nodeIdentity(nodeId)] } });
       clients.push(c);
       return c;
     },

@@ -12,7 +12,7 @@ import { MigdError } from '../../services/shared/errors.js';
 import { MigrationState, type GuestPerfSample, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
 import { CoordinatorServiceService, NodeStatus, type GetRunTimelineResponse } from '../../services/shared/gen/migd/v1/coordinator.js';
 import { NodeServiceService } from '../../services/shared/gen/migd/v1/node.js';
-import { identityFiles } from '../../services/shared/pki.js';
+import { identityFiles, nodeIdentity } from '../../services/shared/pki.js';
 import { createClient, type RpcClient } from '../../services/shared/rpc/client.js';
 import { type LabBackend, type MigrateRequest, type MigrateResult, outcomeOf, sleep, stateName } from './backend.js';
 import { actionLabel } from './metrics.js';
@@ -163,7 +163,7 @@ export class CoordinatorBackend implements LabBackend {
     const nodes = await this.client.listNodes({});
     const addr = nodes.nodes.find((n) => n.host?.nodeId === nodeId)?.host?.managementAddress;
     if (!addr) return undefined;
-    const c = createClient('migd.v1.NodeService', NodeServiceService, addr, { security: { tls: identityFiles(this.o.certDir, this.o.nodeIdentity ?? this.o.identity ?? 'operator'), serverName: 'migd-node' } });
+    const c = createClient('migd.v1.NodeService', NodeServiceService, addr, { security: { tls: identityFiles(this.o.certDir, this.o.nodeIdentity ?? this.o.identity ?? 'operator'), serverNames: [nodeIdentity(nodeId)] } });
     this.nodeClients.set(nodeId, c);
     return c;
   }

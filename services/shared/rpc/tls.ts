@@ -6,6 +6,7 @@
  */
 import { existsSync, readFileSync, unwatchFile, watchFile } from 'node:fs';
 import { isIP } from 'node:net';
+import { checkServerIdentity } from 'node:tls';
 import { credentials, ServerCredentials, type ChannelCredentials, type ChannelOptions } from '@grpc/grpc-js';
 import { ConfigError, DependencyError } from '../errors.js';
 
@@ -37,6 +38,12 @@ export interface TransportSecurity {
    * service name rather than by address. Default: the host part of the address.
    */
   readonly serverName?: string;
+  /**
+   * Names the server's certificate may carry instead (any one of them; default: `serverName`
+   * only). A node is dialled expecting its own identity `migd-node.<id>`, so one node's
+   * certificate cannot stand in for another's.
+   */
+  readonly serverNames?: readonly string[];
 }
 
 /** True for 127.0.0.0/8, ::1 and `localhost`. */
@@ -142,11 +149,27 @@ export function serverCredentials(sec: TransportSecurity, address: string): Serv
 export function channelCredentials(sec: TransportSecurity, address: string): { creds: ChannelCredentials; options: ChannelOptions } {
   checkInsecure(sec, address, 'client transport');
   if (!sec.tls) return { creds: credentials.createInsecure(), options: {} };
+  const names = sec.serverNames?.length ? sec.serverNames : undefined;
   const creds = credentials.createSsl(
     readPem(sec.tls.caFile, 'TLS CA'),
     readPem(sec.tls.keyFile, 'TLS key'),
     readPem(sec.tls.certFile, 'TLS certificate'),
+    names
+      ? {
+          // The certificate must name one of the expected identities (not just any host name).
+          checkServerIdentity: (_host, cert) => {
+            let first: Error | undefined;
+            for (const n of names) {
+              const err = checkServerIdentity(n, cert);
+              if (!err) return undefined;
+              first ??= err;
+            }
+            return first;
+          },
+        }
+      : undefined,
   );
-  const options: ChannelOptions = sec.serverName ? { 'grpc.ssl_target_name_override': sec.serverName, 'grpc.default_authority': sec.serverName } : {};
+  const override = sec.serverName ?? names?.[0];
+  const options: ChannelOptions = override ? { 'grpc.ssl_target_name_override': override, 'grpc.default_authority': override } : {};
   return { creds, options };
 }

@@ -102,7 +102,7 @@ describe('node daemons refuse attacks (issue 17)', () => {
     };
     const handlers = new Proxy({} as Handlers<typeof NodeServiceService>, {
       get: (_t, key) => {
-        if (key === 'prepareIncoming') return async () => ({ uri: '', pid: 1, port: 0, ...queue.shift() });
+        if (key === 'prepareIncoming') return async () => ({ uri: '', pid: 1, port: 0, disks: [], ...queue.shift() });
         if (key === 'abortIncoming') {
           return async () => {
             aborts++;
@@ -117,7 +117,9 @@ describe('node daemons refuse attacks (issue 17)', () => {
         return async () => notHere();
       },
     });
-    const fake = new RpcServer({ address: `${c.tb.rootAddress}:0`, security: { tls: identityFiles(c.certDir, 'migd-node') }, log: createLogger('fake-destination', {}, () => undefined) });
+    // A node certificate of its own (node a checks it dialled node "evil"), so what is refused is the reply.
+    ensurePki(c.certDir, [{ name: nodeIdentity('evil'), ipAddresses: [c.tb.rootAddress] }]);
+    const fake = new RpcServer({ address: `${c.tb.rootAddress}:0`, security: { tls: identityFiles(c.certDir, nodeIdentity('evil')) }, log: createLogger('fake-destination', {}, () => undefined) });
     fake.addService('migd.v1.NodeService', NodeServiceService, handlers);
     const port = await fake.start();
     closers.push(() => fake.stop(100));

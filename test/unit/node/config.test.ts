@@ -20,12 +20,12 @@ function tlsDir(...identities: string[]): string {
 const tlsOf = (s: unknown): { certFile: string } => (s as { tls: { certFile: string } }).tls;
 
 describe('node daemon TLS identity', () => {
-  it("presents its own certificate when the folder has one, and serves as migd-node", () => {
+  it('presents its own certificate when the folder has one, as client and as server', () => {
     const d = tlsDir('migd-node', 'migd-node.a');
     const cfg = loadNodeConfig(['--node-id', 'a', '--tls-dir', d], {});
     expect(cfg.tlsIdentity).toBe('migd-node.a');
     expect(tlsOf(cfg.clientSecurity).certFile).toBe(join(d, 'migd-node.a.crt'));
-    expect(tlsOf(cfg.security).certFile).toBe(join(d, 'migd-node.crt'));
+    expect(tlsOf(cfg.security).certFile).toBe(join(d, 'migd-node.a.crt'));
   });
 
   it('falls back to the shared identity, and takes an explicit one', () => {

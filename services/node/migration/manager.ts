@@ -123,12 +123,18 @@ export class MigrationManager {
   private whenFinished(runId: string, m: SourceMigration): void {
     void m.finished().then((info) => {
       this.d.onFinished?.(info);
-      const t = setTimeout(() => {
+      const retire = (): void => {
         if (this.outgoing.get(runId) !== m) return;
+        // Still settling an unresolved ownership in the background: it stays live (GetMigration
+        // shows how it is settled; close() stops it).
+        if (m.settling) {
+          setTimeout(retire, RETIRE_AFTER_MS).unref();
+          return;
+        }
         remember(this.past, runId, m.info(), this.kept);
         this.outgoing.delete(runId);
-      }, RETIRE_AFTER_MS);
-      t.unref();
+      };
+      setTimeout(retire, RETIRE_AFTER_MS).unref();
     });
   }
 
@@ -351,8 +357,13 @@ export class MigrationManager {
         this.outgoing.set(req.runId, m);
         await m.start();
       } catch (err) {
-        if (m) this.outgoing.delete(req.runId);
-        else this.d.host.setMigration(req.vmName, undefined);
+        if (m) {
+          // The run failed here (the destination was told to drop its copy): a StartMigration
+          // repeated with this run id — a coordinator restarted while the first was in flight —
+          // gets this outcome, as GetMigration does, never a second start of a run that failed.
+          this.outgoing.delete(req.runId);
+          remember(this.past, req.runId, m.info(), this.kept);
+        } else this.d.host.setMigration(req.vmName, undefined);
         throw err;
       }
       this.whenFinished(req.runId, m);

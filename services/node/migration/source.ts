@@ -860,6 +860,11 @@ export class SourceMigration {
     this.settleError(`still unresolved after ${Math.round((this.now() - started) / 60_000)} min of retries: the source copy stays paused`);
   }
 
+  /** True while an unresolved ownership is being settled in the background (see resolveLater). */
+  get settling(): boolean {
+    return this.unresolved !== undefined && !this.detached;
+  }
+
   /** Appends how an unresolved ownership was settled to the run's error, and records it. */
   private settleError(note: string): void {
     if (this.error) this.error = { ...this.error, message: `${this.error.message}; ${note}` };

@@ -9,8 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FailedPreconditionError, NotFoundError, UnavailableError } from '../../../services/shared/errors.js';
-import { MigrationState, type GuestPerfSample } from '../../../services/shared/gen/migd/v1/common.js';
-import { ConfirmIncomingResponse, MigrationInfo, PrepareIncomingRequest } from '../../../services/shared/gen/migd/v1/node.js';
+import { MigrationPolicy, MigrationState, PolicyKind, type GuestPerfSample } from '../../../services/shared/gen/migd/v1/common.js';
+import { ConfirmIncomingResponse, MigrationInfo, PrepareIncomingRequest, StartMigrationRequest } from '../../../services/shared/gen/migd/v1/node.js';
 import { createLogger } from '../../../services/shared/log.js';
 import { Broadcast } from '../../../services/shared/broadcast.js';
 import { resolveMigrationConfig } from '../../../services/shared/policy/index.js';
@@ -413,5 +413,30 @@ describe('a restarted daemon reconciles its records (MigrationManager)', () => {
     }
     expect(answered).toBe(5);
     expect(m.list(false)).toHaveLength(5);
+  });
+
+  it('a start that failed after asking the destination tells it to drop its copy, and a repeated StartMigration gets the failure, not a second start', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'migd-own-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const q = new FakeQemu({ running: true, migration: 'none' });
+    await q.connect();
+    const base = fakeHost();
+    const host: typeof base = { ...base, source: () => vmOf(q) };
+    const peer = fakePeer({});
+    let prepares = 0;
+    peer.prepareIncoming = async () => {
+      prepares++;
+      throw new UnavailableError('the answer was lost'); // the destination may have prepared anyway
+    };
+    const m = manager(host, peer, dir);
+    const req = StartMigrationRequest.fromPartial({ runId: 'run-s', vmName: 'vm1', policy: MigrationPolicy.fromPartial({ kind: PolicyKind.POLICY_KIND_FIXED }), destination: { nodeId: 'c', managementAddress: 'c:1', migrationAddress: '127.0.0.2' } });
+    await expect(m.start(req)).rejects.toMatchObject({ reason: 'DESTINATION_UNAVAILABLE' });
+    expect(peer.calls).toContain('abort');
+    const again = await m.start(req);
+    expect(again.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+    expect(again.error?.reason).toBe('DESTINATION_UNAVAILABLE');
+    expect(prepares).toBe(1);
+    expect(m.get('run-s').state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+    expect(q.commands).not.toContain('migrate');
   });
 });

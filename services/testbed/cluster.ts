@@ -91,6 +91,9 @@ export interface LocalCluster {
 
 const coordinatorEntryPath = (): string => join(repoRoot(), 'dist', 'services', 'coordinator', 'main.js');
 
+/** How long a supervised coordinator or node daemon may take to say it is ready (ms). */
+const SUPERVISED_START_MS = 120_000;
+
 /** Whether the coordinator has been built (dist/). */
 export function coordinatorBuilt(): boolean {
   return existsSync(coordinatorEntryPath());
@@ -298,8 +301,11 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     const storeDir = opts.storeDir ?? opts.workDir;
     mkdirSync(storeDir, { recursive: true });
     // Every node daemon started here presents its own certificate, so the coordinator can insist.
+    // Restarts wait up to SUPERVISED_START_MS for the ready line: on this shared 2-core machine
+    // (load average above 20 at times) a coordinator once needed more than 30 s to start, and a
+    // restart killed at 30 s only starts over (5 times in a row in a chaos campaign: 200 s away).
     await supervisor.add('coordinator', () =>
-      startCoordinatorProcess({ listen: coordinatorAddress, db: join(storeDir, 'history.sqlite'), nats: natsUrl, certDir: opts.certDir, args: ['--require-node-identity', ...natsArgs, ...(opts.coordinatorArgs ?? [])], onLog }),
+      startCoordinatorProcess({ listen: coordinatorAddress, db: join(storeDir, 'history.sqlite'), nats: natsUrl, certDir: opts.certDir, args: ['--require-node-identity', ...natsArgs, ...(opts.coordinatorArgs ?? [])], onLog, timeoutMs: SUPERVISED_START_MS }),
     );
     const testbed = tb;
     for (const [i, h] of hosts.entries()) {
@@ -309,6 +315,7 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
           certDir: opts.certDir,
           guestImage: opts.guestImage,
           coordinator: coordinatorAddress,
+          timeoutMs: SUPERVISED_START_MS,
           env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' },
           onLog: (l) => onLog(`[node ${h}] ${l}`),
           ...(vmNetwork ? { args: ['--network', `${LOCAL_VM_NETWORK}=${VM_BRIDGE}`] } : {}),

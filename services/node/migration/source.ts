@@ -250,7 +250,13 @@ export class SourceMigration {
       this.p.host.setMigration(vm.name, undefined);
       // Idempotent on the destination, and it refuses a PrepareIncoming still on its way after it;
       // a destination that stays unreachable removes its copy itself once it learns the run ended.
-      if (asked) await this.abortDestination(this.now() + Math.min(this.opts.peerDeadlineMs, 15_000)).then((r) => r !== 'gone' && log.warn('abort incoming after failed start', { outcome: r }));
+      // In the background: the caller learns the failure at once (an unreachable destination would
+      // otherwise hold the answer past the caller's deadline); the coordinator aborts it too.
+      if (asked) {
+        void this.abortDestination(this.now() + Math.min(this.opts.peerDeadlineMs, 15_000))
+          .then((r) => r !== 'gone' && log.warn('abort incoming after failed start', { outcome: r }))
+          .catch((e: unknown) => log.warn('abort incoming after failed start failed', { err: e }));
+      }
       log.warn('migration could not start', { err });
       this.error = { ...errorInfoOf(err), message: publicMessage(err) };
       this.finish(MigrationState.MIGRATION_STATE_FAILED, `could not start: ${publicMessage(err)}`);

@@ -3,12 +3,12 @@
  * console, drives migrations (MigrationManager) and serves the NodeService API over gRPC with mTLS,
  * health and reflection. QEMU outlives the daemon: a restarted daemon reattaches to its VMs.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { realpath, rm, rmdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { ConfigError, FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError } from '../shared/errors.js';
 import { Accel, BootSource, DiskAio, DiskBus, DiskCache, DiskFormat, StorageMode, VmState, type DiskSpec, type HostInfo, type VmInfo as ProtoVmInfo, type VmSpec as ProtoVmSpec, WorkloadPattern } from '../shared/gen/migd/v1/common.js';
-import { NodeServiceService, type MigrationEndpoint } from '../shared/gen/migd/v1/node.js';
+import { NodeServiceService, type DiskTransfer, type MigrationEndpoint } from '../shared/gen/migd/v1/node.js';
 import { GUEST_INITRD_FILE, GUEST_KERNEL_FILE, guestImageFiles } from '../shared/guest/image.js';
 import { buildGuestCmdline, type GuestPattern } from '../shared/guest/workload.js';
 import type { Logger } from '../shared/log.js';
@@ -31,8 +31,8 @@ import { normalizeNics } from '../shared/nics.js';
 import { startRegistration, type Registration } from './registration.js';
 import { nodeHandlers } from './rpc/handlers.js';
 import { VmManager, type VmInfo } from './vm/manager.js';
-import { guestDeviceOf, normalizeDisks, type Disk, type DiskInput } from './vm/spec.js';
-import { confineDiskPath, confineNewDiskPath, createImage } from './host/disks.js';
+import { DISK_ID_PATTERN, guestDeviceOf, normalizeDisks, validateVmName, type Disk, type DiskInput } from './vm/spec.js';
+import { confineDiskPath, confineNewDiskPath, createImage, freeBytes, imageInfo } from './host/disks.js';
 
 /** Disk images this node created for a VM (so only those are ever deleted by it), in the VM's folder. */
 const CREATED_DISKS_FILE = 'migd-disks.json';
@@ -417,12 +417,26 @@ export class NodeDaemon {
     await this.removeVm(name);
   }
 
-  private async removeVm(name: string): Promise<void> {
+  private async removeVm(name: string, opts: { localImages?: boolean } = {}): Promise<void> {
+    const images = opts.localImages ? this.createdImages(name, 'local') : [];
     this.feeds.get(name)?.close();
     this.feeds.delete(name);
     this.specs.delete(name);
     this.migratingVms.delete(name);
     await this.vms.destroy(name);
+    await this.removeImages(images);
+  }
+
+  /** Images this node created for a VM (given, or as migration targets), of one storage mode. */
+  private createdImages(name: string, storage: 'local' | 'shared'): string[] {
+    try {
+      const v = this.vms.get(name);
+      const created = JSON.parse(readFileSync(join(v.paths.dir, CREATED_DISKS_FILE), 'utf8')) as string[];
+      const mode = new Map((v.spec.disks ?? []).map((d) => [d.path, d.storage]));
+      return created.filter((p) => mode.get(p) === storage);
+    } catch {
+      return [];
+    }
   }
 
   private migratable(name: string): MigratableVm {
@@ -460,8 +474,8 @@ export class NodeDaemon {
         else this.migratingVms.delete(name);
         void this.vms.setRole(name, runId ? 'migrating' : 'running').catch(() => undefined);
       },
-      createIncoming: async (spec, runId) => {
-        await this.createVm(spec, true); // paused (-S): resumed only at the handover
+      createIncoming: async (spec, runId, targets) => {
+        await this.createVm(spec, true, targets); // paused (-S): resumed only at the handover
         this.migratingVms.set(spec.name, runId);
         return this.migratable(spec.name);
       },
@@ -469,8 +483,79 @@ export class NodeDaemon {
         this.migratingVms.delete(name);
         void this.vms.setRole(name, 'running').catch(() => undefined);
       },
-      destroy: (name) => this.removeVm(name),
+      // A VM a migration removes (the source after its handover, an incoming copy that never ran)
+      // takes the LOCAL images this node created with it: they were copied, or never used.
+      destroy: (name) => this.removeVm(name, { localImages: true }),
+      diskTransfers: (name) => this.diskTransfers(name),
+      planTargets: (spec, transfers) => this.planTargets(spec, transfers),
+      createTarget: (t) => createImage(t.path, t.format, t.virtualBytes, t.base),
+      removeTargets: (paths) => this.removeImages(paths),
     };
+  }
+
+  /** The LOCAL disks of a VM, as a storage copy sends them. */
+  private async diskTransfers(name: string): Promise<DiskTransfer[]> {
+    const out: DiskTransfer[] = [];
+    for (const d of this.vms.get(name).spec.disks ?? []) {
+      if (d.storage !== 'local') continue;
+      const top = await imageInfo(d.path);
+      // The allocation of the whole chain: what a full copy sends at most (an overlay whose base
+      // the destination has sends only its own share).
+      let allocated = top.allocatedBytes;
+      for (let b = top.backingFile, depth = 0; b !== undefined && depth < 8; depth++) {
+        const info = await imageInfo(b);
+        allocated += info.allocatedBytes;
+        b = info.backingFile;
+      }
+      out.push({ id: d.id, virtualBytes: top.virtualBytes, allocatedBytes: allocated, basePath: top.backingFile ?? '' });
+    }
+    return out;
+  }
+
+  /** See VmHost.planTargets. */
+  private async planTargets(spec: ProtoVmSpec, transfers: readonly DiskTransfer[]): Promise<{ id: string; path: string; format: 'raw' | 'qcow2'; virtualBytes: number; base?: string }[]> {
+    const local = (spec.disks ?? []).filter((d) => d.storage !== StorageMode.STORAGE_MODE_SHARED);
+    const ids = new Set(transfers.map((t) => t.id));
+    if (ids.size !== transfers.length || local.length !== transfers.length || local.some((d) => !ids.has(d.id))) {
+      throw new InvalidArgumentError('disks must name each LOCAL disk of the spec once', { reason: 'DISK_TRANSFER_MISMATCH' });
+    }
+    const root = this.config.storageRoots[0] ?? this.config.stateDir;
+    validateVmName(spec.name);
+    const folder = join(root, 'disks', spec.name);
+    const plan: { id: string; path: string; format: 'raw' | 'qcow2'; virtualBytes: number; base?: string }[] = [];
+    let need = 0;
+    for (const t of transfers) {
+      const d = local.find((x) => x.id === t.id)!;
+      if (!DISK_ID_PATTERN.test(t.id)) throw new InvalidArgumentError(`disk id ${JSON.stringify(t.id)} is invalid`, { reason: 'DISK_INVALID' });
+      if (!Number.isSafeInteger(t.virtualBytes) || t.virtualBytes < 512) throw new InvalidArgumentError(`disk ${t.id}: virtual size ${t.virtualBytes} is invalid`, { reason: 'DISK_INVALID' });
+      const format = d.format === DiskFormat.DISK_FORMAT_QCOW2 ? 'qcow2' : 'raw';
+      // The same base here (same path, inside this node's roots): the target is an overlay on it.
+      const base = t.basePath && format === 'qcow2' ? await confineDiskPath(t.basePath, `disks.${t.id}.base_path`, this.pathRoots, this.log).catch(() => undefined) : undefined;
+      let path = join(folder, `${t.id}.${format}`);
+      for (let n = 1; existsSync(path); n++) path = join(folder, `${t.id}.${n}.${format}`);
+      plan.push({ id: t.id, path, format, virtualBytes: t.virtualBytes, ...(base ? { base } : {}) });
+      need += t.allocatedBytes;
+    }
+    let existing = folder;
+    while (!existsSync(existing) && existing !== dirname(existing)) existing = dirname(existing);
+    const free = await freeBytes(existing);
+    // A margin for qcow2 metadata and what the guest writes during the copy.
+    const margin = 16 * 1024 * 1024;
+    if (need + margin > free) {
+      throw new ResourceExhaustedError(`the LOCAL disks of ${spec.name} need ${need} bytes (+${margin} margin) but node ${this.config.nodeId}'s storage root has ${free} bytes free`, { reason: 'DISK_SPACE' });
+    }
+    return plan;
+  }
+
+  /** Removes images this node created, inside its storage roots only, and their folder once empty. */
+  private async removeImages(paths: readonly string[]): Promise<void> {
+    const roots = (await Promise.all(this.pathRoots.filter((r) => r.kind === 'storage').map((r) => r.real()))).flat();
+    for (const p of paths) {
+      const real = await realpath(p).catch(() => undefined);
+      if (real === undefined || !roots.some((r) => real.startsWith(r))) continue;
+      await rm(real, { force: true }).catch((err: unknown) => this.log.warn('could not remove a disk image', { path: real, err }));
+      await rmdir(dirname(real)).catch(() => undefined); // only when empty
+    }
   }
 
   /** Stops serving; QEMU processes keep running (a restarted daemon reattaches). */

@@ -30,7 +30,7 @@ export interface NodeCluster {
  * Starts the daemons. Their `--guest-image` folder links to the built guest image (built when
  * missing) unless `opts.guestImage` names another folder.
  */
-export async function startNodeCluster(hosts: string[] = ['a', 'b'], opts: { guestImage?: string; nodeArgs?: (dir: string) => string[]; vmNetwork?: boolean } = {}): Promise<NodeCluster> {
+export async function startNodeCluster(hosts: string[] = ['a', 'b'], opts: { guestImage?: string; nodeArgs?: (dir: string, host: string) => string[]; vmNetwork?: boolean } = {}): Promise<NodeCluster> {
   const dir = mkdtempSync('/tmp/migd-');
   const certDir = join(dir, 'pki');
   createPki(certDir);
@@ -49,7 +49,7 @@ export async function startNodeCluster(hosts: string[] = ['a', 'b'], opts: { gue
     tb = await Testbed.create({ hosts, vmNetwork: opts.vmNetwork ?? false });
     const netArgs = opts.vmNetwork ? ['--network', `vm=${VM_BRIDGE}`] : [];
     const start = async (h: string): Promise<void> => {
-      nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, guestImage, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, args: ['--metrics-listen', `${tb!.host(h).mgmtAddress}:9464`, ...(opts.nodeArgs?.(dir) ?? []), ...netArgs] });
+      nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, guestImage, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, args: ['--metrics-listen', `${tb!.host(h).mgmtAddress}:9464`, ...(opts.nodeArgs?.(dir, h) ?? []), ...netArgs] });
       clients[h] = nodes[h].client();
     };
     await Promise.all(hosts.map(start));

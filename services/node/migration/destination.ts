@@ -22,6 +22,7 @@ import { capabilityList, type MigratableVm, type VmHost } from './types.js';
 import { VerificationTracker } from './verification.js';
 import { blocktimeOf } from './progress.js';
 import { tcpUri } from './endpoint.js';
+import { stopExports } from './storage.js';
 
 /** The port of the first listening address `query-migrate` reports on a destination. */
 function listeningPort(info: unknown): number | undefined {
@@ -145,7 +146,8 @@ export class IncomingMigration {
         this.p.record.phase = 'running';
         await this.p.records.write(this.p.record);
       }
-    } else if (this.status.startsWith('postcopy')) {
+    } else if (this.status.startsWith('postcopy') && !this.copiesStorage) {
+      // (With LOCAL disks the source says when the mirrors ended: ResumeIncoming, retried.)
       await this.resumeHere('post-copy had started before the daemon restarted');
     } else if (this.p.record.phase === 'running' && this.status === 'completed') {
       // The handover was recorded but `cont` may not have been sent before the daemon died.
@@ -170,7 +172,9 @@ export class IncomingMigration {
           this.markResumed();
         } else {
           this.setStatus(String((ev.data as { status?: string }).status ?? this.status));
-          if (this.status === 'postcopy-active' && !this.resumedHere) {
+          // With LOCAL disks the mirrors may still be writing here: the source says when they
+          // ended (ResumeIncoming), and only then does the guest run here.
+          if (this.status === 'postcopy-active' && !this.resumedHere && !this.copiesStorage) {
             void this.resumeHere('post-copy started: the source has stopped its guest').catch((err: unknown) => log.error('could not resume the guest at the start of post-copy', { err }));
           }
         }
@@ -218,6 +222,8 @@ export class IncomingMigration {
         this.p.record.phase = 'running';
         await this.p.records.write(this.p.record);
       }
+      // No writer but the guest from here on: the source's mirrors have ended.
+      if (this.copiesStorage) await stopExports(vm.qmp);
       const run = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 })) as { running?: boolean };
       if (!run.running) {
         log.info('resuming the guest here', { why });
@@ -360,7 +366,31 @@ export class IncomingMigration {
     await this.p.host.destroy(this.p.vm.name).catch((err: unknown) => {
       if (!(err instanceof NotFoundError)) throw err; // already gone
     });
+    // The storage copy's targets (the NBD server went with QEMU): nothing ran on them.
+    await this.p.host.removeTargets((this.p.record.disks ?? []).map((d) => d.path));
     await this.p.records.remove(this.runId);
+  }
+
+  /** True when LOCAL disks are copied into this node's targets over NBD. */
+  private get copiesStorage(): boolean {
+    return (this.p.record.disks ?? []).length > 0;
+  }
+
+  /**
+   * Post-copy with LOCAL disks: the source has switched to post-copy (its guest is stopped for
+   * good) and ended its mirrors in sync, so the guest resumes here (the NBD server stops first).
+   * @throws FailedPreconditionError (NOT_IN_POSTCOPY) before post-copy started here
+   */
+  async resumeAfterStorage(): Promise<string> {
+    if (!this.status.startsWith('postcopy') && this.status !== 'completed') {
+      const st = (await this.p.vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as { status?: string } | undefined;
+      if (st?.status) this.setStatus(st.status);
+    }
+    if (!this.status.startsWith('postcopy') && this.status !== 'completed') {
+      throw new FailedPreconditionError(`run ${this.runId}: post-copy has not started on this node (QEMU status ${this.status}); nothing was resumed`, { reason: 'NOT_IN_POSTCOPY' });
+    }
+    await this.resumeHere('post-copy started and the source ended its storage mirrors');
+    return this.status;
   }
 
   /** Stops following events (daemon shutdown or migration finished). */

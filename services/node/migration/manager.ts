@@ -33,6 +33,9 @@ import { SourceMigration, type SourceOptions } from './source.js';
 import { checkMigrationAddress } from './endpoint.js';
 import { addTlsAuthz, addTlsCreds, tlsDistinguishedNameOf, tlsHostnameOf } from './tls.js';
 import type { NodePeer, VmHost } from './types.js';
+import { exportTargets } from './storage.js';
+import { diskNodeName } from '../vm/cmdline.js';
+import { freePort } from '../../shared/net.js';
 import { requireRunSource, type NodeCaller } from '../rpc/authz.js';
 
 const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
@@ -236,6 +239,8 @@ export class MigrationManager {
       // it: nothing here can be handed over.
       log.info('removing an incoming migration whose QEMU is gone or half-started', { phase: r.phase });
       await this.d.host.destroy(r.vmName).catch(() => undefined);
+      // Storage-copy targets are garbage unless the guest ran here (then they are its disks).
+      if (r.phase === 'preparing' || r.phase === 'incoming') await this.d.host.removeTargets((r.disks ?? []).map((d) => d.path));
       await this.records.remove(r.runId);
       return;
     }
@@ -431,12 +436,17 @@ export class MigrationManager {
       startedAt: now,
       updatedAt: now,
     };
+    // LOCAL disks: where their targets go, and whether they fit — checked before anything starts.
+    const targets = req.disks.length > 0 ? await this.d.host.planTargets(req.spec, req.disks) : [];
+    if (targets.length > 0) record.disks = targets.map((t) => ({ id: t.id, path: t.path }));
     // Recorded before QEMU starts: a restarted daemon never finds an incoming QEMU it cannot place.
     await this.records.write(record);
     let vm;
     try {
-      vm = await this.d.host.createIncoming(req.spec, req.runId);
+      for (const t of targets) await this.d.host.createTarget(t);
+      vm = await this.d.host.createIncoming(req.spec, req.runId, new Map(targets.map((t) => [t.id, t.path])));
     } catch (err) {
+      await this.d.host.removeTargets(targets.map((t) => t.path));
       await this.records.remove(req.runId);
       throw err;
     }
@@ -461,17 +471,36 @@ export class MigrationManager {
       record.phase = 'incoming';
       await this.records.write(record);
       const { uri, port } = await inc.listen();
+      // The storage copy's way in: the targets over NBD on the migration address, with the
+      // stream's TLS (and the same source-only authz).
+      const nbdPort = targets.length > 0 ? await exportTargets(vm.qmp, this.d.migrationAddress, targets.map((t) => t.id), { ...(tlsCredsId ? { credsId: tlsCredsId } : {}), ...(tlsAuthzId ? { authzId: tlsAuthzId } : {}) }, () => freePort(this.d.migrationAddress)) : undefined;
       // Aborted while QEMU was starting: the abort waits for this call, which removes the copy.
       this.refuseAborted(req.runId);
       this.incoming.set(req.runId, inc);
       if (sourceNodeId) this.grant(req.spec.name, sourceNodeId, Number.POSITIVE_INFINITY);
-      log.info('incoming migration listening', { uri, tls: config.tls });
-      return { uri, pid: vm.pid, port, disks: [] };
+      log.info('incoming migration listening', { uri, tls: config.tls, ...(nbdPort ? { nbdPort, disks: targets.map((t) => t.id) } : {}) });
+      return {
+        uri,
+        pid: vm.pid,
+        port,
+        ...(nbdPort ? { nbdPort } : {}),
+        disks: targets.map((t) => ({ id: t.id, export: diskNodeName(t.id), incremental: t.base !== undefined })),
+      };
     } catch (err) {
       await this.d.host.destroy(req.spec.name).catch(() => undefined);
+      await this.d.host.removeTargets(targets.map((t) => t.path));
       await this.records.remove(req.runId);
       throw err;
     }
+  }
+
+  /**
+   * Post-copy with LOCAL disks: the source ended its mirrors after the switch, so the guest may
+   * run here now (see destination.ts).
+   * @throws NotFoundError, PermissionDeniedError, FailedPreconditionError (NOT_IN_POSTCOPY)
+   */
+  async resumeIncoming(runId: string, caller: NodeCaller = { kind: 'anonymous' }): Promise<string> {
+    return this.incFor(runId, caller).resumeAfterStorage();
   }
 
   private grant(vmName: string, nodeId: string, untilMs: number): void {

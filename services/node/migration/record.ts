@@ -57,6 +57,11 @@ export interface DestinationRecord extends RecordBase {
   readonly policy: unknown;
   /** ConfirmIncomingResponse.toJSON() once confirmed. */
   confirm?: unknown;
+  /**
+   * Target images this node created for the run's LOCAL disks (storage copy), recorded before
+   * they are created: removed with the incoming copy when the guest never ran here.
+   */
+  disks?: { id: string; path: string }[];
 }
 
 export type MigrationRecord = SourceRecord | DestinationRecord;

@@ -20,8 +20,9 @@ import {
   type MigrationStats,
   type PolicyAction,
   type ProgressSample,
+  ProgressSample as ProgressSampleCodec,
 } from '../../shared/gen/migd/v1/common.js';
-import { ConfirmIncomingResponse, MigrationInfo as MigrationInfoCodec, type MigrationEndpoint, type MigrationInfo, type StateChange, type WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
+import { ConfirmIncomingResponse, MigrationInfo as MigrationInfoCodec, type DiskTransfer, type PrepareIncomingResponse, type MigrationEndpoint, type MigrationInfo, type StateChange, type WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
 import type { QmpEvent } from '../qmp/protocol.js';
 import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
@@ -31,7 +32,8 @@ import { isTerminalState as isTerminal } from '../../shared/policy/states.js';
 import { StallDetector, finalStats, postcopyDowntimeMs, progressSample, stateFromQemuStatus, type QmpMigrationInfo } from './progress.js';
 import type { MigrationRecords, SourcePhase, SourceRecord } from './record.js';
 import { capabilityList, type MigratableVm, type NodePeer, type VmHost } from './types.js';
-import { streamUri } from './endpoint.js';
+import { checkMigrationAddress, streamUri } from './endpoint.js';
+import { abandonMirrors, SourceStorage } from './storage.js';
 
 /** How long calc-dirty-rate samples before an adaptive migration starts (ms). */
 const DIRTY_RATE_CALC_MS = 1000;
@@ -66,6 +68,8 @@ export interface SourceOptions {
    * 3 600 000.
    */
   readonly resolveTimeoutMs?: number;
+  /** The storage copy is declared stalled (link presumed down) when no byte moved for this long (ms). Default 15 000. */
+  readonly storageStallMs?: number;
   /** QEMU TLS credentials object id to use for the stream (created by the caller), if any. */
   readonly tlsCredsId?: string;
   /** Host name QEMU verifies in the destination's certificate. */
@@ -127,6 +131,13 @@ export class SourceMigration {
   private readonly opts: Required<Omit<SourceOptions, 'tlsCredsId' | 'tlsHostname'>> & Pick<SourceOptions, 'tlsCredsId' | 'tlsHostname'>;
   private readonly now: () => number;
   private recovering = false;
+  /** The mirrors of the LOCAL disks, when the migration copies storage. */
+  private storage: SourceStorage | undefined;
+  /** Set while the storage phase waits for the mirrors: aborting it cancels the run. */
+  private storageCopying: AbortController | undefined;
+  /** The mirrors ended in sync (the guest stopped for good on the source). */
+  private storageEnded = false;
+  private cancelRequested = false;
   private readonly record: SourceRecord;
   private persisting: Promise<void> = Promise.resolve();
   /** What is left to settle in the background once the run has ended (see resolveLater). */
@@ -163,6 +174,7 @@ export class SourceMigration {
       handoverTimeoutMs: 300_000,
       cancelStuckMs: 5000,
       resolveTimeoutMs: 3_600_000,
+      storageStallMs: 15_000,
       ...p.options,
     };
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
@@ -218,9 +230,10 @@ export class SourceMigration {
     let asked = false;
     try {
       await this.persist('starting');
+      const transfers = await this.p.host.diskTransfers(vm.name);
       asked = true;
       const ready = await peer
-        .prepareIncoming({ runId: this.runId, spec: vm.spec, policy: this.p.policy, disks: [], ...(this.p.self ? { source: this.p.self } : {}) }, { deadlineMs: this.opts.peerDeadlineMs })
+        .prepareIncoming({ runId: this.runId, spec: vm.spec, policy: this.p.policy, disks: transfers, ...(this.p.self ? { source: this.p.self } : {}) }, { deadlineMs: this.opts.peerDeadlineMs })
         .catch((err: unknown) => {
           if (err instanceof MigdError && (err.code === 'UNAVAILABLE' || err.code === 'DEADLINE_EXCEEDED')) {
             throw new UnavailableError(`destination node ${this.p.destination.nodeId} at ${this.p.destination.managementAddress} is not answering: ${err.message}`, { cause: err, reason: 'DESTINATION_UNAVAILABLE' });
@@ -240,14 +253,19 @@ export class SourceMigration {
       await vm.qmp.execute('migrate-set-parameters', params);
       if (this.p.policy.kind === PolicyKind.POLICY_KIND_ADAPTIVE) this.estimatedDirty = await this.estimateDirtyRate();
       this.sourceCpuStart = await vm.cpuSeconds();
-      const events = vm.qmp.events({ names: ['MIGRATION', 'MIGRATION_PASS', 'STOP', 'RESUME'] });
-      log.info('migration starting', { uri, capabilities: config.capabilities, tls: config.tls });
-      await this.persist('streaming');
-      await vm.qmp.execute('migrate', { uri });
-      this.transition(MigrationState.MIGRATION_STATE_SETUP, `streaming to node ${this.p.destination.nodeId}`);
-      void this.run(events);
+      if (transfers.length > 0) {
+        this.storage = this.storageFor(transfers, ready);
+        await this.storage.start();
+        log.info('storage copy started', { disks: this.storage.disks.map((d) => ({ id: d.id, incremental: d.incremental, allocated: d.allocatedBytes })), writeBlocking: this.p.policy.storageWriteBlocking === true });
+        // The memory migration starts once every mirror is READY (in the background: StartMigration
+        // answers now, and the copy can be followed and cancelled like the rest of the run).
+        void this.copyThenStream(uri);
+        return;
+      }
+      await this.beginStream(uri);
     } catch (err) {
       this.p.host.setMigration(vm.name, undefined);
+      await this.storage?.abort();
       // Idempotent on the destination, and it refuses a PrepareIncoming still on its way after it;
       // a destination that stays unreachable removes its copy itself once it learns the run ended.
       // In the background: the caller learns the failure at once (an unreachable destination would
@@ -290,6 +308,117 @@ export class SourceMigration {
       log.info('no dirty-rate estimate before the migration', { err: (err as Error).message });
       return 0;
     }
+  }
+
+  /**
+   * The source's mirrors for the destination's answer.
+   * @throws FailedPreconditionError (DESTINATION_ENDPOINT_REFUSED) when the destination did not
+   *   export a target for every disk
+   */
+  private storageFor(transfers: readonly DiskTransfer[], ready: PrepareIncomingResponse): SourceStorage {
+    const nbdPort = ready.nbdPort ?? 0;
+    const byId = new Map(ready.disks.map((d) => [d.id, d]));
+    if (!Number.isInteger(nbdPort) || nbdPort < 1 || nbdPort > 65535 || transfers.some((t) => !byId.has(t.id))) {
+      throw new FailedPreconditionError('the destination did not export a target for every LOCAL disk', { reason: 'DESTINATION_ENDPOINT_REFUSED' });
+    }
+    return new SourceStorage(
+      this.p.vm.qmp,
+      transfers.map((t) => ({ id: t.id, export: byId.get(t.id)!.export, incremental: byId.get(t.id)!.incremental, allocatedBytes: t.allocatedBytes })),
+      {
+        host: checkMigrationAddress(this.p.destination.migrationAddress),
+        port: nbdPort,
+        ...(this.p.config.tls && this.opts.tlsCredsId ? { tlsCredsId: this.opts.tlsCredsId, tlsHostname: this.opts.tlsHostname ?? 'migd-node' } : {}),
+        writeBlocking: this.p.policy.storageWriteBlocking === true,
+        stallMs: this.opts.storageStallMs,
+        log: this.p.log,
+      },
+    );
+  }
+
+  /** Issues QEMU's `migrate` and follows the stream. */
+  private async beginStream(uri: string): Promise<void> {
+    const { vm, config, log } = this.p;
+    const events = vm.qmp.events({ names: ['MIGRATION', 'MIGRATION_PASS', 'STOP', 'RESUME'] });
+    try {
+      log.info('migration starting', { uri, capabilities: config.capabilities, tls: config.tls });
+      await this.persist('streaming');
+      await vm.qmp.execute('migrate', { uri });
+    } catch (err) {
+      events.close();
+      throw err;
+    }
+    this.transition(MigrationState.MIGRATION_STATE_SETUP, `streaming to node ${this.p.destination.nodeId}`);
+    void this.run(events);
+  }
+
+  /** The storage phase: every mirror READY, then the memory stream; a failure or cancel ends the run. */
+  private async copyThenStream(uri: string): Promise<void> {
+    const storage = this.storage!;
+    const ac = new AbortController();
+    this.storageCopying = ac;
+    const stop = (): void => ac.abort();
+    this.stop.signal.addEventListener('abort', stop, { once: true });
+    this.transition(MigrationState.MIGRATION_STATE_PREPARING, `copying ${storage.disks.length} LOCAL disk(s) (${storage.allocatedBytes} bytes allocated) to node ${this.p.destination.nodeId}; the memory migration starts when every mirror is ready`);
+    try {
+      await storage.waitReady(ac.signal, this.opts.progressIntervalMs, (d) => {
+        const sample = ProgressSampleCodec.fromPartial({
+          time: new Date(this.now()),
+          elapsedMs: this.now() - this.startedAt.getTime(),
+          state: this.state,
+          qemuStatus: 'storage-copy',
+          downtimeLimitMs: this.downtimeLimitMs,
+          maxBandwidthBytesPerSec: this.maxBandwidth,
+          diskTransferredBytes: d.transferredBytes,
+          diskTotalBytes: d.totalBytes,
+          diskRateBytesPerSec: d.rateBytesPerSec,
+          storagePhase: true,
+        });
+        this.lastProgress = sample;
+        this.updates.publish({ update: { $case: 'progress', value: sample } });
+      });
+      this.storageCopying = undefined;
+      if (ac.signal.aborted) throw new CancelledError('storage copy cancelled');
+      this.p.log.info('storage copy ready; starting the memory migration', { ms: (storage.readyAtMs ?? 0) - storage.startedAtMs });
+      await this.beginStream(uri);
+    } catch (err) {
+      this.storageCopying = undefined;
+      if (this.stop.signal.aborted && !this.cancelRequested) return; // daemon shutting down
+      if (err instanceof CancelledError || this.cancelRequested) await this.cancelled();
+      else await this.fail(`the storage copy failed: ${publicMessage(err)}`, err instanceof MigdError && err.reason ? err.reason : 'STORAGE_COPY_FAILED');
+    } finally {
+      this.stop.signal.removeEventListener('abort', stop);
+    }
+  }
+
+  /**
+   * The source's guest is stopped for good (completed, or post-copy): end the mirrors in sync.
+   * @returns undefined when in sync (or nothing to copy), else why not
+   */
+  private async endStorage(): Promise<string | undefined> {
+    if (!this.storage || this.storageEnded) return undefined;
+    try {
+      await this.storage.finish();
+      this.storageEnded = true;
+      this.p.log.info('storage mirrors ended in sync', { bytes: this.storage.finalTransferredBytes });
+      return undefined;
+    } catch (err) {
+      this.p.log.error('storage mirrors did not end in sync', { err });
+      return publicMessage(err);
+    }
+  }
+
+  /** Post-copy with LOCAL disks: once the mirrors ended, the destination may resume the guest. */
+  private async storageSwitchedOver(): Promise<void> {
+    const why = await this.endStorage();
+    if (why !== undefined) {
+      // The guest can no longer run here, and its disks there are not in sync: lost.
+      await this.fail(`the storage copy did not end in sync at the switch to post-copy: ${why}`, 'STORAGE_NOT_SYNCED');
+      return;
+    }
+    await retry(() => this.p.peer.resumeIncoming({ runId: this.runId }, { deadlineMs: 10_000 }), {
+      deadlineMs: 60_000,
+      retryable: (err) => isTransient(err) || (err instanceof MigdError && (err.code === 'INTERNAL' || err.reason === 'NOT_IN_POSTCOPY')),
+    }).catch((err: unknown) => this.p.log.error('could not resume the guest on the destination after post-copy started', { err }));
   }
 
   private async run(events: AsyncIterable<QmpEvent> & { close?: () => void }): Promise<void> {
@@ -337,6 +466,8 @@ export class SourceMigration {
         }
         const st = stateFromQemuStatus(status);
         if (st !== undefined && st !== this.state && !this.recovering) this.transition(st, `QEMU status ${status}`);
+        // Post-copy stopped the guest here for good: end the mirrors, then let the destination run it.
+        if (status === 'postcopy-active' && this.storage && !this.storageEnded) await this.storageSwitchedOver();
         if (status === 'postcopy-paused' && !this.recovering) void this.recover('QEMU paused post-copy by itself (connection lost)');
       }
       // The event stream ended: QEMU went away or the QMP connection broke.
@@ -367,6 +498,11 @@ export class SourceMigration {
           destinationCpuSeconds: this.destinationCpu,
           estimatedDirtyBytesPerSec: this.estimatedDirty,
         });
+        if (this.storage && !this.storageEnded) {
+          // The mirrors keep the targets in sync with the guest's writes during the memory stream.
+          const d = await this.storage.progress().catch(() => undefined);
+          if (d) Object.assign(sample, { diskTransferredBytes: d.transferredBytes, diskTotalBytes: d.totalBytes, diskRateBytesPerSec: d.rateBytesPerSec, storagePhase: false });
+        }
         this.maxThrottle = Math.max(this.maxThrottle, sample.throttlePct);
         this.lastProgress = sample;
         this.updates.publish({ update: { $case: 'progress', value: sample } });
@@ -471,6 +607,13 @@ export class SourceMigration {
     }
     this.action(PolicyActionKind.POLICY_ACTION_KIND_ABORT, 0, actor, reason);
     this.transition(MigrationState.MIGRATION_STATE_CANCELLING, reason || 'cancel requested');
+    this.cancelRequested = true;
+    if (this.storageCopying) {
+      // The memory stream has not started: the storage phase ends the run (mirrors cancelled,
+      // the destination's exports and images removed with its copy).
+      this.storageCopying.abort();
+      return;
+    }
     await this.p.vm.qmp.execute('migrate_cancel');
     void this.unstickCancel();
   }
@@ -608,6 +751,8 @@ export class SourceMigration {
         return;
       case 'none':
         events.close?.();
+        // A restart during the storage phase: the mirrors of the previous daemon go first.
+        await abandonMirrors(vm.qmp, log);
         void this.fail('the node daemon restarted before QEMU\'s migration started', 'SOURCE_RESTARTED');
         return;
       default: {
@@ -676,13 +821,22 @@ export class SourceMigration {
     }
   }
 
+  /** No handover (the destination's disks are not in sync): its copy must go before the source resumes. */
+  private async refuseHandover(why: string): Promise<{ kind: 'refused'; why: string } | { kind: 'unresolved'; why: string }> {
+    if (this.postcopyStarted) return { kind: 'refused', why };
+    const r = await this.abortDestination(this.now() + this.opts.handoverTimeoutMs);
+    return r === 'gone' ? { kind: 'refused', why } : { kind: 'unresolved', why };
+  }
+
   private async complete(): Promise<void> {
     const { vm, log } = this.p;
     await this.persist('completed');
     const info = (await vm.qmp.execute('query-migrate').catch(() => ({}))) as QmpMigrationInfo;
     this.transition(MigrationState.MIGRATION_STATE_VERIFYING, 'QEMU reported completion; handing the VM over and checking the guest on the destination');
     const srcCpu = Math.max(0, (await vm.cpuSeconds()) - this.sourceCpuStart);
-    const handover = await this.handOver();
+    // The guest is stopped here for good: the mirrors drain and end before the destination runs it.
+    const unsynced = await this.endStorage();
+    const handover = unsynced === undefined ? await this.handOver() : await this.refuseHandover(`the storage copy did not end in sync: ${unsynced}`);
     const confirm = handover.kind === 'confirmed' ? handover.res : undefined;
     const dstVm = await this.p.peer.getVm({ name: vm.name }, { deadlineMs: 3000 }).catch(() => undefined);
     if (dstVm?.vm && this.destinationCpuStart !== undefined) this.destinationCpu = Math.max(0, dstVm.vm.qemuCpuSeconds - this.destinationCpuStart);
@@ -699,6 +853,14 @@ export class SourceMigration {
       postcopyBlocktimeMs: confirm?.postcopyBlocktimeMs ?? 0,
       postcopyVcpuBlocktimeMs: confirm?.postcopyVcpuBlocktimeMs ?? [],
     });
+    if (this.storage) {
+      Object.assign(this.stats, {
+        diskTransferredBytes: this.storage.finalTransferredBytes,
+        diskAllocatedBytes: this.storage.allocatedBytes,
+        storageMs: Math.max(0, (this.storage.readyAtMs ?? this.storage.startedAtMs) - this.storage.startedAtMs),
+        disksCopied: this.storage.disks.length,
+      });
+    }
     if (handover.kind === 'refused') {
       // The destination proved its copy gone: after pre-copy the source holds the whole guest.
       if (!this.postcopyStarted) {
@@ -738,6 +900,8 @@ export class SourceMigration {
    */
   private async settle(): Promise<string> {
     const { vm, log } = this.p;
+    // Mirrors that did not end in sync are cancelled first (their NBD nodes go with them).
+    if (this.storage && !this.storageEnded && !this.postcopyStarted) await this.storage.abort();
     const st = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as { running?: boolean; status?: string } | undefined;
     if (this.postcopyStarted) return 'post-copy had started: the guest continues on the destination, or is lost with it';
     const lost = 'the source QEMU is gone: the guest, which had not been handed over, is lost with it';

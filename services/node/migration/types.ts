@@ -15,10 +15,13 @@ import type {
   GetVmResponse,
   PauseIncomingRequest,
   PauseIncomingResponse,
+  DiskTransfer,
   PrepareIncomingRequest,
   PrepareIncomingResponse,
   RecoverIncomingRequest,
   RecoverIncomingResponse,
+  ResumeIncomingRequest,
+  ResumeIncomingResponse,
   WatchGuestRequest,
   WatchGuestResponse,
 } from '../../shared/gen/migd/v1/node.js';
@@ -53,7 +56,24 @@ export interface VmHost {
    * Starts an incoming QEMU (`-incoming defer`) with the identical device model.
    * @throws InvalidArgumentError, AlreadyExistsError, ResourceExhaustedError
    */
-  createIncoming(spec: VmSpec, runId: string): Promise<MigratableVm>;
+  createIncoming(spec: VmSpec, runId: string, targets?: ReadonlyMap<string, string>): Promise<MigratableVm>;
+  /**
+   * The LOCAL disks of a VM a migration must copy, with their sizes now (source side).
+   * @throws NotFoundError
+   */
+  diskTransfers(name: string): Promise<DiskTransfer[]>;
+  /**
+   * Where the targets of a storage copy go on this node (destination side), checked against the
+   * VM's spec: one per LOCAL disk, in a fresh folder of the first storage root, and whether the
+   * overlay's base exists here (then the target is an overlay on it and only the top is copied).
+   * @throws InvalidArgumentError (transfers that do not match the spec), ResourceExhaustedError
+   *   (DISK_SPACE: the storage root lacks the allocated bytes)
+   */
+  planTargets(spec: VmSpec, transfers: readonly DiskTransfer[]): Promise<{ id: string; path: string; format: 'raw' | 'qcow2'; virtualBytes: number; base?: string }[]>;
+  /** Creates one planned target image (sparse). */
+  createTarget(t: { path: string; format: 'raw' | 'qcow2'; virtualBytes: number; base?: string }): Promise<void>;
+  /** Removes target images this node created (a storage copy that did not end here). Never throws. */
+  removeTargets(paths: readonly string[]): Promise<void>;
   /** The incoming VM has become the running VM on this node. */
   adoptIncoming(name: string): void;
   /** Stops QEMU (quit, then kill) and forgets the VM. */
@@ -67,6 +87,7 @@ export interface NodePeer {
   recoverIncoming(req: RecoverIncomingRequest, opts?: CallOptions): Promise<RecoverIncomingResponse>;
   confirmIncoming(req: ConfirmIncomingRequest, opts?: CallOptions): Promise<ConfirmIncomingResponse>;
   abortIncoming(req: AbortIncomingRequest, opts?: CallOptions): Promise<AbortIncomingResponse>;
+  resumeIncoming(req: ResumeIncomingRequest, opts?: CallOptions): Promise<ResumeIncomingResponse>;
   getVm(req: GetVmRequest, opts?: CallOptions): Promise<GetVmResponse>;
   /** Asked of a source node by a destination whose incoming copy waits for its handover. */
   getMigration(req: GetMigrationRequest, opts?: CallOptions): Promise<GetMigrationResponse>;

@@ -4,7 +4,7 @@
  * | caller                                   | methods                                                 |
  * | ---------------------------------------- | ------------------------------------------------------- |
  * | the coordinator (`--coordinator-identity`) | every NodeService method                              |
- * | another node, `migd-node.<id>`           | PrepareIncoming, then Pause/Recover/Confirm/AbortIncoming, |
+ * | another node, `migd-node.<id>`           | PrepareIncoming, then Pause/Recover/Confirm/Abort/ResumeIncoming, |
  * |                                          | GetVm and WatchGuest — for the runs it prepared and     |
  * |                                          | their VMs only (checked per run by the manager); and    |
  * |                                          | GetMigration for runs it is the destination of          |
@@ -23,12 +23,12 @@ import type { Authorizer, CallContext } from '../../shared/rpc/server.js';
 export type NodeCaller = { readonly kind: 'coordinator' } | { readonly kind: 'anonymous' } | { readonly kind: 'peer'; readonly nodeId: string };
 
 /** NodeService methods another node may call (scoped to its own runs by the handlers). */
-export const PEER_METHODS: ReadonlySet<string> = new Set(['PrepareIncoming', 'PauseIncoming', 'RecoverIncoming', 'ConfirmIncoming', 'AbortIncoming', 'GetVm', 'WatchGuest', 'GetMigration']);
+export const PEER_METHODS: ReadonlySet<string> = new Set(['PrepareIncoming', 'PauseIncoming', 'RecoverIncoming', 'ConfirmIncoming', 'AbortIncoming', 'ResumeIncoming', 'GetVm', 'WatchGuest', 'GetMigration']);
 
 /** Every NodeService method (the coordinator may call them all). */
 export const NODE_METHODS: ReadonlySet<string> = new Set([
   'GetHostInfo', 'CreateVm', 'ListVms', 'GetVm', 'DestroyVm', 'WatchGuest',
-  'PrepareIncoming', 'PauseIncoming', 'RecoverIncoming', 'ConfirmIncoming', 'AbortIncoming',
+  'PrepareIncoming', 'PauseIncoming', 'RecoverIncoming', 'ConfirmIncoming', 'AbortIncoming', 'ResumeIncoming',
   'StartMigration', 'WatchMigration', 'GetMigration', 'ListMigrations', 'AdjustMigration', 'StartPostcopy', 'ForceComplete', 'CancelMigration',
 ]);
 

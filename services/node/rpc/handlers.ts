@@ -148,6 +148,7 @@ function handlers(d: NodeServiceParts): Handlers<typeof NodeServiceService> {
     pauseIncoming: async (req, ctx) => ({ qemuStatus: await m.pauseIncoming(required(req.runId, 'run_id'), caller(ctx)) }),
     recoverIncoming: async (req, ctx) => m.recoverIncoming(required(req.runId, 'run_id'), caller(ctx)),
     confirmIncoming: async (req, ctx) => m.confirmIncoming({ ...req, runId: required(req.runId, 'run_id') }, caller(ctx)),
+    resumeIncoming: async (req, ctx) => ({ qemuStatus: await m.resumeIncoming(required(req.runId, 'run_id'), caller(ctx)) }),
     abortIncoming: async (req, ctx) => {
       await m.abortIncoming(required(req.runId, 'run_id'), caller(ctx));
       return {};

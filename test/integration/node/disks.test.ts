@@ -2,11 +2,17 @@
  * Issue 13, disks: VMs with disk images on real node daemons (real QEMU in testbed namespaces).
  * Each bad input gets its own error and changes nothing; a created sparse disk and a qcow2 overlay
  * are what qemu-img says; the guest's disk workload runs on the disk; a VM boots from its disk
- * through the firmware; and a migration with SHARED storage, the guest writing to its disk, ends
- * with 0 memory and 0 disk integrity errors.
+ * through the firmware; a migration with SHARED storage, the guest writing to its disk, ends
+ * with 0 memory and 0 disk integrity errors; LOCAL disks are copied over NBD (pre-copy and
+ * post-copy, 0 errors; an overlay sends only its own bytes); a cancel or a link cut during the
+ * copy leaves nothing on the destination; a destination without the space refuses before anything
+ * starts.
+ *
+ * Node b's first storage root (where LOCAL targets go) is a 96 MiB tmpfs, so "lacks the space" is
+ * real; every node also sees one shared folder, as on NFS.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -63,19 +69,31 @@ function bootSector(): Buffer {
 describe('VMs with disks on node daemons (issue 13)', () => {
   let c: NodeCluster;
   let shared: string;
+  let bLocalMounted = false;
+  let bLocal = '';
   const mine = new Set<string>();
   beforeAll(async () => {
     // Both nodes see one shared folder (as on NFS), besides their own state dirs.
-    c = await startNodeCluster(['a', 'b'], { nodeArgs: (dir) => ['--storage-root', join(dir, 'shared'), '--storage-root', join(dir, 'a-or-b')] });
+    // Mounted before the daemons start: each runs in a mount namespace of its own (ip netns exec),
+    // which sees only the mounts made before it.
+    bLocal = mkdtempSync('/tmp/migd-b-local-');
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=96m,mode=0700', 'migd-test-b-local', bLocal]);
+    bLocalMounted = true;
+    c = await startNodeCluster(['a', 'b'], { nodeArgs: (dir, h) => ['--storage-root', h === 'b' ? bLocal : join(dir, `${h}-local`), '--storage-root', join(dir, 'shared')] });
     shared = join(c.dir, 'shared');
     mkdirSync(shared, { recursive: true });
+    mkdirSync(join(c.dir, 'a-local'));
   }, 120_000);
   afterEach(async () => {
     await resetNodeCluster(c, mine);
     mine.clear();
+    // DestroyVm keeps disks: the images this test left on b's small root go here.
+    rmSync(join(bLocal, 'disks'), { recursive: true, force: true });
   }, 120_000);
   afterAll(async () => {
     await c?.close();
+    if (bLocalMounted) await run('umount', [bLocal]).catch(() => run('umount', ['-l', bLocal]));
+    if (bLocal) rmSync(bLocal, { recursive: true, force: true });
   }, 60_000);
 
   const create = async (node: string, spec: VmSpec): Promise<void> => {
@@ -173,4 +191,149 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     expect(text).not.toMatch(/derr /);
     expect(JSON.parse(before)).toMatchObject({ filename: img });
   });
+
+  const toB = () => ({ nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress });
+  const bTargets = (name: string): string[] => {
+    const d = join(bLocal, 'disks', name);
+    return existsSync(d) ? readdirSync(d) : [];
+  };
+  /** A LOCAL raw disk created on a, with `dataMiB` of random data at 16 MiB (beyond the workload's area). */
+  const localDisk = async (name: string, dataMiB = 0, sizeMiB = 48): Promise<DiskSpec> => {
+    const path = join(c.dir, 'a-local', `${name}-d0.raw`);
+    await run('qemu-img', ['create', '-q', '-f', 'raw', path, String(sizeMiB * MiB)]);
+    if (dataMiB > 0) await run('dd', ['if=/dev/urandom', `of=${path}`, 'bs=1M', `count=${dataMiB}`, 'seek=16', 'conv=notrunc', 'status=none']);
+    return disk({ id: 'd0', path });
+  };
+  /** The destination's guest after arrival: a full disk verification with 0 errors. */
+  const verifiedOnB = async (name: string): Promise<void> => {
+    const text = await waitConsole(c.clients['b']!, name, /dsweep n=\d+ blocks=[1-9]\d* errors=\d+/, 60_000);
+    expect(text).toMatch(/dsweep n=\d+ blocks=[1-9]\d* errors=0/);
+    expect(text).not.toMatch(/derr /);
+  };
+
+  it('copies a LOCAL disk over NBD with pre-copy: sparse target, disk bytes in progress and stats, 0 memory and 0 disk errors', async () => {
+    await create('a', diskGuest('local1', [await localDisk('local1', 8)], 2 * MiB));
+    await waitConsole(c.clients['a']!, 'local1', /dpass n=[2-9]/, 90_000);
+    await c.clients['a']!.startMigration({ runId: 'run-local-1', vmName: 'local1', destination: toB(), policy: policy({}) });
+    const trace = await followMigration(c.clients['a']!, 'run-local-1');
+    expect(trace.result.error).toBeUndefined();
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    const st = trace.result.stats!;
+    expect(st.integrityErrors).toBe(0);
+    expect(st.disksCopied).toBe(1);
+    expect(st.diskTransferredBytes ?? 0).toBeGreaterThanOrEqual(8 * MiB);
+    expect(st.storageMs ?? 0).toBeGreaterThan(0);
+    const samples = trace.updates.flatMap((u) => (u.update?.$case === 'progress' ? [u.update.value] : []));
+    expect(samples.some((p) => p.storagePhase === true && (p.diskTotalBytes ?? 0) > 0)).toBe(true);
+    // The memory stream started only after the storage phase.
+    const firstMemory = samples.findIndex((p) => p.storagePhase !== true);
+    expect(samples.slice(firstMemory).every((p) => p.storagePhase !== true)).toBe(true);
+    const { vm } = await c.clients['b']!.getVm({ name: 'local1' });
+    const target = vm!.spec!.disks[0]!.path;
+    expect(target).toBe(join(bLocal, 'disks', 'local1', 'd0.raw'));
+    const info = JSON.parse((await run('qemu-img', ['info', '-U', '--output=json', target])).stdout) as { 'virtual-size': number; 'actual-size': number };
+    expect(info['virtual-size']).toBe(48 * MiB);
+    expect(info['actual-size']).toBeLessThan(40 * MiB); // sparse regions stayed sparse
+    await verifiedOnB('local1');
+    process.stdout.write(`disks local-precopy ${JSON.stringify({ diskBytes: st.diskTransferredBytes, allocated: st.diskAllocatedBytes, storageMs: st.storageMs, downtimeMs: st.downtimeMs, totalMs: st.totalTimeMs, targetAllocated: info['actual-size'] })}\n`);
+  }, 240_000);
+
+  it('copies a LOCAL disk with post-copy: the mirrors end before the destination resumes; 0 errors', async () => {
+    const s = diskGuest('local2', [await localDisk('local2', 4)], 2 * MiB);
+    // A guest rewriting memory faster than any link here: pre-copy never converges, post-copy ends it.
+    await create('a', { ...s, workload: { ...s.workload!, pattern: WorkloadPattern.WORKLOAD_PATTERN_RANDOM, bytesPerWorker: 24 * MiB, rateBytesPerSec: 0 } });
+    await waitConsole(c.clients['a']!, 'local2', /dpass n=[2-9]/, 90_000);
+    await c.clients['a']!.startMigration({ runId: 'run-local-2', vmName: 'local2', destination: toB(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: false } }) });
+    const trace = await followMigration(c.clients['a']!, 'run-local-2');
+    expect(trace.result.error).toBeUndefined();
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    expect(trace.states).toContain(MigrationState.MIGRATION_STATE_POSTCOPY);
+    expect(trace.result.stats?.integrityErrors).toBe(0);
+    expect(trace.result.stats?.disksCopied).toBe(1);
+    await verifiedOnB('local2');
+  }, 240_000);
+
+  it('copies only the overlay of a qcow2 disk whose base the destination has (sync top), measured', async () => {
+    const base = join(shared, 'base-16m.raw');
+    await run('qemu-img', ['create', '-q', '-f', 'raw', base, String(48 * MiB)]);
+    await run('dd', ['if=/dev/urandom', `of=${base}`, 'bs=1M', 'count=16', 'seek=20', 'conv=notrunc', 'status=none']);
+    const overlay = join(c.dir, 'a-local', 'ov', 'd0.qcow2');
+    await create('a', diskGuest('ov1', [disk({ id: 'd0', path: overlay, format: DiskFormat.DISK_FORMAT_QCOW2, create: { sizeBytes: 0, basePath: base } })], MiB));
+    await waitConsole(c.clients['a']!, 'ov1', /dpass n=[2-9]/, 90_000);
+    const overlayBytes = (JSON.parse((await run('qemu-img', ['info', '-U', '--output=json', overlay])).stdout) as { 'actual-size': number })['actual-size'];
+    await c.clients['a']!.startMigration({ runId: 'run-ov-1', vmName: 'ov1', destination: toB(), policy: policy({}) });
+    const trace = await followMigration(c.clients['a']!, 'run-ov-1');
+    expect(trace.result.error).toBeUndefined();
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    const st = trace.result.stats!;
+    // Only the overlay's clusters (what the guest wrote into its 16 MiB area), never the base's
+    // 16 MiB of data: a full copy would send both.
+    expect(st.diskTransferredBytes ?? 0).toBeGreaterThan(0);
+    expect(st.diskTransferredBytes ?? 0).toBeLessThanOrEqual(overlayBytes + 4 * MiB);
+    expect(st.diskAllocatedBytes ?? 0).toBeGreaterThanOrEqual(overlayBytes + 16 * MiB);
+    expect(st.diskTransferredBytes ?? 0).toBeLessThan((st.diskAllocatedBytes ?? 0) - 12 * MiB);
+    const { vm } = await c.clients['b']!.getVm({ name: 'ov1' });
+    const info = JSON.parse((await run('qemu-img', ['info', '-U', '--output=json', vm!.spec!.disks[0]!.path])).stdout) as { 'backing-filename'?: string };
+    expect(info['backing-filename']).toBe(base);
+    await verifiedOnB('ov1');
+    process.stdout.write(`disks overlay ${JSON.stringify({ diskBytes: st.diskTransferredBytes, overlayBytes, chainAllocated: st.diskAllocatedBytes, baseData: 16 * MiB })}\n`);
+  }, 240_000);
+
+  it('a cancel during the storage copy: the source runs on, no VM, export or image is left on the destination', async () => {
+    await create('a', diskGuest('cancel1', [await localDisk('cancel1', 24)], MiB));
+    await waitConsole(c.clients['a']!, 'cancel1', /dpass n=[1-9]/, 90_000);
+    await c.tb.shape('a', { rateMbit: 16 }); // 24 MiB take ~12 s
+    await c.clients['a']!.startMigration({ runId: 'run-cancel-1', vmName: 'cancel1', destination: toB(), policy: policy({}) });
+    let cancelled = false;
+    const trace = await followMigration(c.clients['a']!, 'run-cancel-1', async (u) => {
+      if (!cancelled && u.update?.$case === 'progress' && u.update.value.storagePhase && (u.update.value.diskTransferredBytes ?? 0) > MiB) {
+        cancelled = true;
+        await c.clients['a']!.cancelMigration({ runId: 'run-cancel-1', actor: 'test', reason: 'cancel during the mirror' });
+      }
+    });
+    expect(cancelled).toBe(true);
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_CANCELLED);
+    expect(trace.states).not.toContain(MigrationState.MIGRATION_STATE_SETUP);
+    const { vm } = await c.clients['a']!.getVm({ name: 'cancel1' });
+    expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);
+    expect((await c.clients['b']!.listVms({})).vms.map((v) => v.spec?.name)).not.toContain('cancel1');
+    expect(bTargets('cancel1')).toEqual([]);
+    // The source writes on, and can migrate again (no mirror or NBD node left behind).
+    await c.tb.unshape('a');
+    await c.clients['a']!.startMigration({ runId: 'run-cancel-2', vmName: 'cancel1', destination: toB(), policy: policy({}) });
+    expect((await followMigration(c.clients['a']!, 'run-cancel-2')).result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+  }, 240_000);
+
+  it('a link cut during the storage copy fails the run with a clear error; the source runs on, the destination is clean', async () => {
+    await create('a', diskGuest('cut1', [await localDisk('cut1', 24)], MiB));
+    await waitConsole(c.clients['a']!, 'cut1', /dpass n=[1-9]/, 90_000);
+    await c.tb.shape('a', { rateMbit: 16 });
+    await c.clients['a']!.startMigration({ runId: 'run-cut-1', vmName: 'cut1', destination: toB(), policy: policy({}) });
+    let cut = false;
+    const trace = await followMigration(c.clients['a']!, 'run-cut-1', async (u) => {
+      if (!cut && u.update?.$case === 'progress' && u.update.value.storagePhase && (u.update.value.diskTransferredBytes ?? 0) > MiB) {
+        cut = true;
+        await c.tb.cut('a', { network: 'migration' });
+      }
+    });
+    expect(cut).toBe(true);
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+    expect(trace.result.error).toMatchObject({ reason: 'STORAGE_COPY_STALLED' });
+    expect(trace.result.error?.message).toMatch(/storage copy .*no progress/);
+    const { vm } = await c.clients['a']!.getVm({ name: 'cut1' });
+    expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);
+    expect((await c.clients['b']!.listVms({})).vms.map((v) => v.spec?.name)).not.toContain('cut1');
+    expect(bTargets('cut1')).toEqual([]);
+  }, 240_000);
+
+  it('refuses with RESOURCE_EXHAUSTED, before anything starts, when the destination lacks the space', async () => {
+    await create('a', diskGuest('big1', [await localDisk('big1', 96, 128)], MiB));
+    await waitConsole(c.clients['a']!, 'big1', /dstart/, 90_000);
+    const err = (await c.clients['a']!.startMigration({ runId: 'run-big-1', vmName: 'big1', destination: toB(), policy: policy({}) }).then(() => undefined, (e: unknown) => e)) as { code?: string; reason?: string } | undefined;
+    expect(err).toMatchObject({ code: 'RESOURCE_EXHAUSTED', reason: 'DISK_SPACE' });
+    const { vm } = await c.clients['a']!.getVm({ name: 'big1' });
+    expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);
+    expect((await c.clients['b']!.listVms({})).vms.map((v) => v.spec?.name)).not.toContain('big1');
+    expect(bTargets('big1')).toEqual([]);
+  }, 120_000);
 });

@@ -47,6 +47,7 @@ function handlers(): Handlers<typeof NodeServiceService> {
     recoverIncoming: unimplemented,
     confirmIncoming: unimplemented,
     abortIncoming: unimplemented,
+    resumeIncoming: unimplemented,
     startMigration: unimplemented,
     watchMigration: async function* () {
       yield* [];

@@ -4842,6 +4842,22 @@ export const NodeServiceService = {
     responseDeserialize: (value: Buffer): AbortIncomingResponse => AbortIncomingResponse.decode(value),
   },
   /**
+   * Destination side, post-copy with LOCAL disks: the source switched to post-copy and ended its
+   * storage mirrors, so the destination stops its NBD server and resumes the guest (it does not
+   * resume by itself at the start of post-copy while its disks may still receive writes).
+   */
+  resumeIncoming: {
+    path: "/migd.v1.NodeService/ResumeIncoming" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResumeIncomingRequest): Buffer =>
+      Buffer.from(ResumeIncomingRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResumeIncomingRequest => ResumeIncomingRequest.decode(value),
+    responseSerialize: (value: ResumeIncomingResponse): Buffer =>
+      Buffer.from(ResumeIncomingResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResumeIncomingResponse => ResumeIncomingResponse.decode(value),
+  },
+  /**
    * Source side: migrates a VM to another node. Returns once the migration has started; follow
    * it with WatchMigration. Errors: NOT_FOUND (unknown VM), FAILED_PRECONDITION (VM already
    * migrating or not running), INVALID_ARGUMENT (a capability combination QEMU refuses, a
@@ -4983,6 +4999,12 @@ export interface NodeServiceServer extends UntypedServiceImplementation {
   confirmIncoming: handleUnaryCall<ConfirmIncomingRequest, ConfirmIncomingResponse>;
   /** Destination side: removes the incoming QEMU of a failed or cancelled migration. */
   abortIncoming: handleUnaryCall<AbortIncomingRequest, AbortIncomingResponse>;
+  /**
+   * Destination side, post-copy with LOCAL disks: the source switched to post-copy and ended its
+   * storage mirrors, so the destination stops its NBD server and resumes the guest (it does not
+   * resume by itself at the start of post-copy while its disks may still receive writes).
+   */
+  resumeIncoming: handleUnaryCall<ResumeIncomingRequest, ResumeIncomingResponse>;
   /**
    * Source side: migrates a VM to another node. Returns once the migration has started; follow
    * it with WatchMigration. Errors: NOT_FOUND (unknown VM), FAILED_PRECONDITION (VM already
@@ -5192,6 +5214,26 @@ export interface NodeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: AbortIncomingResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Destination side, post-copy with LOCAL disks: the source switched to post-copy and ended its
+   * storage mirrors, so the destination stops its NBD server and resumes the guest (it does not
+   * resume by itself at the start of post-copy while its disks may still receive writes).
+   */
+  resumeIncoming(
+    request: ResumeIncomingRequest,
+    callback: (error: ServiceError | null, response: ResumeIncomingResponse) => void,
+  ): ClientUnaryCall;
+  resumeIncoming(
+    request: ResumeIncomingRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResumeIncomingResponse) => void,
+  ): ClientUnaryCall;
+  resumeIncoming(
+    request: ResumeIncomingRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResumeIncomingResponse) => void,
   ): ClientUnaryCall;
   /**
    * Source side: migrates a VM to another node. Returns once the migration has started; follow

@@ -165,6 +165,7 @@ export function describeStats(s: MigrationStats | undefined): string {
   if (s.postcopyRequests > 0) parts.push(`${s.postcopyRequests} post-copy requests`);
   if (s.maxThrottlePct > 0) parts.push(`throttle up to ${s.maxThrottlePct}%`);
   if (s.recoveries > 0) parts.push(`${s.recoveries} recover${s.recoveries === 1 ? 'y' : 'ies'}`);
+  if ((s.disksCopied ?? 0) > 0) parts.push(`${s.disksCopied} disk${s.disksCopied === 1 ? '' : 's'} copied (${formatBytes(s.diskTransferredBytes ?? 0)}, storage phase ${formatDuration(s.storageMs ?? 0)})`);
   parts.push(`${s.integrityErrors} integrity errors`);
   return parts.join(', ');
 }
@@ -224,6 +225,8 @@ export function transition(from: MigrationState, to: MigrationState): string {
 /** Share of the guest's memory that is no longer outstanding (0..1). */
 export function progressFraction(p: ProgressSample | undefined, state: MigrationState): number {
   if (state === MigrationState.MIGRATION_STATE_SUCCEEDED) return 1;
+  // The storage copy runs before the memory stream: its bar is the disks' share copied.
+  if (p?.storagePhase) return (p.diskTotalBytes ?? 0) > 0 ? Math.max(0, Math.min(1, (p.diskTransferredBytes ?? 0) / p.diskTotalBytes!)) : 0;
   if (!p || p.totalBytes <= 0) return 0;
   return Math.max(0, Math.min(1, 1 - p.remainingBytes / p.totalBytes));
 }
@@ -241,7 +244,9 @@ export function formatProgressLine(v: RunView, opts: { style: 'ascii' | 'unicode
     const done = parts.filter((x) => x).join('  ');
     return opts.width !== undefined ? truncate(done, opts.width) : done;
   }
-  if (p) {
+  if (p?.storagePhase) {
+    parts.push(`disks ${formatBytes(p.diskTransferredBytes ?? 0)}/${formatBytes(p.diskTotalBytes ?? 0)}`, formatRate(p.diskRateBytesPerSec ?? 0));
+  } else if (p) {
     parts.push(
       `pass ${p.pass}`,
       `remaining ${formatBytes(p.remainingBytes)}`,
@@ -249,6 +254,7 @@ export function formatProgressLine(v: RunView, opts: { style: 'ascii' | 'unicode
       `dirty ${formatRate(p.dirtyPagesRate * (p.pageSize || 4096))}`,
       `throttle ${p.throttlePct}%`,
     );
+    if ((p.diskTotalBytes ?? 0) > 0) parts.push(`disks ${formatBytes(p.diskTransferredBytes ?? 0)}/${formatBytes(p.diskTotalBytes ?? 0)}`);
   }
   if (v.guest) parts.push(`guest ${Math.round(v.guest.msPerGib)} ms/GiB`);
   if (v.integrityErrors > 0) parts.push(`${v.integrityErrors} INTEGRITY ERRORS`);

@@ -56,6 +56,18 @@ describe('watch model and lines', () => {
     expect(m.allCompleted(['r1'])).toBe(true);
   });
 
+  it('shows the storage copy (disks copied of total, rate) before the memory stream, and disks in the final stats', () => {
+    const m = new WatchModel([{ runId: 'r1', vmName: 'vm1', sourceNodeId: 'a', destinationNodeId: 'b' }]);
+    m.apply(ev.state(1, S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_PREPARING, 'copying 1 LOCAL disk(s)'));
+    const v = m.apply(ev.progress(2, { state: S.MIGRATION_STATE_PREPARING, storagePhase: true, diskTransferredBytes: 16 * MiB, diskTotalBytes: 64 * MiB, diskRateBytesPerSec: 8 * MiB, elapsedMs: 2000 }))!;
+    expect(progressFraction(v.progress, v.state)).toBe(0.25);
+    expect(formatProgressLine(v, { style: 'ascii', barWidth: 4 })).toBe('vm1 a→b  preparing  [#...]  25%  disks 16.0 MiB/64.0 MiB  8.0 MiB/s  2.0 s');
+    m.apply(ev.progress(3, { pass: 1, remainingBytes: 96 * MiB, throughputMbps: 800, diskTransferredBytes: 70 * MiB, diskTotalBytes: 70 * MiB, elapsedMs: 3000 }));
+    expect(formatProgressLine(m.get('r1')!, { style: 'ascii', barWidth: 4 })).toContain('throttle 0%  disks 70.0 MiB/70.0 MiB');
+    const done = Event.fromPartial({ runSequence: 4, payload: { $case: 'runCompleted', value: { runId: 'r1', vmName: 'vm1', state: S.MIGRATION_STATE_SUCCEEDED, stats: { totalTimeMs: 4200, downtimeMs: 12, transferredBytes: 190 * MiB, passes: 3, disksCopied: 1, diskTransferredBytes: 70 * MiB, storageMs: 1500 } } } });
+    expect(describeEvent(done, m.apply(done))).toBe('vm1 a→b: SUCCEEDED in 4.2 s, downtime 12 ms, 190.0 MiB in 3 passes, 1 disk copied (70.0 MiB, storage phase 1.5 s), 0 integrity errors');
+  });
+
   it('describes failures with their reason, and non-run events', () => {
     const m = new WatchModel();
     const v = m.apply(ev.completed(9, S.MIGRATION_STATE_FAILED));

@@ -111,6 +111,10 @@ export function fakeHost(o: { qemuGone?: boolean } = {}): FakeHost {
     createIncoming: () => Promise.reject(new Error('unused')),
     adoptIncoming: (name) => void adopted.push(name),
     destroy: async (name) => void destroyed.push(name),
+    diskTransfers: async () => [],
+    planTargets: async () => [],
+    createTarget: () => Promise.reject(new Error('unused')),
+    removeTargets: async () => undefined,
   };
 }
 
@@ -162,6 +166,7 @@ export function fakePeer(script: PeerScript): FakePeer {
       if (r instanceof Error) throw r;
       return r;
     },
+    resumeIncoming: async () => ({ qemuStatus: 'postcopy-active' }),
     abortIncoming: async () => {
       const n = next('abort');
       raise(script.abort?.(n));

@@ -108,7 +108,7 @@ export interface NodeServiceParts {
   readonly config: Pick<NodeConfig, 'coordinatorIdentities' | 'nodeId'>;
   readonly migrations: Pick<
     MigrationManager,
-    'peerMayRead' | 'prepareIncoming' | 'pauseIncoming' | 'recoverIncoming' | 'confirmIncoming' | 'abortIncoming' | 'start' | 'watch' | 'get' | 'list' | 'adjust' | 'startPostcopy' | 'forceComplete' | 'cancel'
+    'peerMayRead' | 'prepareIncoming' | 'pauseIncoming' | 'recoverIncoming' | 'confirmIncoming' | 'abortIncoming' | 'resumeIncoming' | 'start' | 'watch' | 'get' | 'list' | 'adjust' | 'startPostcopy' | 'forceComplete' | 'cancel'
   >;
   readonly vms: { list(): readonly { readonly name: string }[] };
   hostInfo(): Promise<HostInfo>;

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VmState, type HostInfo, type VmInfo } from '../../../services/shared/gen/migd/v1/common.js';
-import { CoordinatorServiceService } from '../../../services/shared/gen/migd/v1/coordinator.js';
+import { CoordinatorServiceService, PlanState } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import { createPki, identityFiles, nodeIdentity, revokeIdentity } from '../../../services/shared/pki.js';
 import { createClient } from '../../../services/shared/rpc/client.js';
 import { startCoordinatorProcess, type CoordinatorProcess } from '../../../services/testbed/cluster.js';
@@ -88,6 +88,10 @@ describe('coordinator attacks', () => {
     // The store agrees: a plan for "victim" still moves it from a.
     const plan = await client('operator').submitPlan(migratePlan('claim-check', 'victim', 'b'));
     expect(plan.plan?.migrations[0]).toMatchObject({ vmName: 'victim', sourceNodeId: 'a', destinationNodeId: 'b' });
+    // The "nodes" here answer no calls, so that run fails once the coordinator has stopped trying
+    // the source and the destination; the VM is free for the next test only after that.
+    const planId = plan.plan!.id;
+    await waitFor(async () => (await viewer.getPlan({ planId })).plan?.state === PlanState.PLAN_STATE_FAILED, 100_000, 'the claim-check plan to fail');
     // b's own VM is taken as b's (no other node owns it).
     expect(after.vms.find((v) => v.spec?.name === 'mine')?.nodeId).toBe('b');
   });

@@ -135,7 +135,8 @@ export interface QemuMigrationSupport {
 
 /**
  * Starts a throwaway `-machine none` QEMU, reads `query-migrate-capabilities` and
- * `query-migrate-parameters`, and quits it. Takes ~50 ms.
+ * `query-migrate-parameters`, and quits it. Takes ~50 ms; waits up to 30 s for QMP (a loaded
+ * 2-core host once took over 10 s to start it while many guests ran).
  * @throws DependencyError when QEMU cannot be started or does not answer.
  */
 export async function probeQemuMigration(binary: string, options: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<QemuMigrationSupport> {
@@ -150,7 +151,7 @@ export async function probeQemuMigration(binary: string, options: { signal?: Abo
   child.once('error', () => undefined);
   const qmp = new QmpClient(unixSocketTransport(sock), { name: 'probe', logger: createLogger('qemu-probe') });
   try {
-    await qmp.connect({ retryIntervalMs: 10, timeoutMs: options.timeoutMs ?? 10_000, ...(options.signal ? { signal: options.signal } : {}) });
+    await qmp.connect({ retryIntervalMs: 10, timeoutMs: options.timeoutMs ?? 30_000, ...(options.signal ? { signal: options.signal } : {}) });
     const caps = await qmp.execute('query-migrate-capabilities');
     const parameters = await qmp.execute('query-migrate-parameters');
     await qmp.execute('quit').catch(() => undefined);

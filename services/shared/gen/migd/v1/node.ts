@@ -273,10 +273,11 @@ export interface ConfirmIncomingResponse {
    */
   pagesVerifiedAfter: number;
   /**
-   * After post-copy: the destination QEMU's postcopy-blocktime (ms, all vCPUs blocked at once)
-   * and per-vCPU blocktimes; 0 / empty without post-copy.
+   * After post-copy: the destination QEMU's postcopy-blocktime (ms during which all vCPUs were
+   * blocked at once on missing pages); 0 without post-copy.
    */
   postcopyBlocktimeMs: number;
+  /** After post-copy: each vCPU's blocktime (ms), in vCPU order; empty without post-copy. */
   postcopyVcpuBlocktimeMs: number[];
 }
 

@@ -243,6 +243,8 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     // A guest rewriting memory faster than any link here: pre-copy never converges, post-copy ends it.
     await create('a', { ...s, workload: { ...s.workload!, pattern: WorkloadPattern.WORKLOAD_PATTERN_RANDOM, bytesPerWorker: 24 * MiB, rateBytesPerSec: 0 } });
     await waitConsole(c.clients['a']!, 'local2', /dpass n=[2-9]/, 90_000);
+    // A slow link, so that pass 1 cannot converge even on a quiet machine (resetNodeCluster unshapes).
+    await c.tb.shape('a', { rateMbit: 100 });
     await c.clients['a']!.startMigration({ runId: 'run-local-2', vmName: 'local2', destination: toB(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: false } }) });
     const trace = await followMigration(c.clients['a']!, 'run-local-2');
     expect(trace.result.error).toBeUndefined();

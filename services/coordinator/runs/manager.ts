@@ -6,7 +6,7 @@
  * Slots: a run holds its queue slot from dispatch until its end is recorded in the store, so the
  * recorded start and finish times are exactly the intervals the limits apply to.
  */
-import { FailedPreconditionError, InvalidArgumentError, MigdError } from '../../shared/errors.js';
+import { CancelledError, FailedPreconditionError, InvalidArgumentError, MigdError } from '../../shared/errors.js';
 import { retry } from '../../shared/retry.js';
 import { MigrationState, PolicyActionKind } from '../../shared/gen/migd/v1/common.js';
 import { PlanState, type Run } from '../../shared/gen/migd/v1/coordinator.js';
@@ -34,6 +34,8 @@ export interface RunManagerOptions {
    * a slot) before it fails with NODE_DOWN (ms). Default 120 000.
    */
   readonly nodeDownWaitMs?: number;
+  /** How long a failed run's end waits for its destination's clean-up (ms; see SupervisorDeps.cleanupWaitMs). */
+  readonly cleanupWaitMs?: number;
   readonly now?: () => number;
 }
 
@@ -50,6 +52,8 @@ export class RunManager {
   private readonly unslotted = new Map<string, string>();
   private planChain: Promise<void> = Promise.resolve();
   private stopped = false;
+  /** Aborted by close() (a step-down or shutdown): every retry of this manager ends with it. */
+  private readonly stopper = new AbortController();
   /** Queued runs held back because a node of theirs is down: since when. */
   private readonly waitingForNode = new Map<string, number>();
   private waitTimer: NodeJS.Timeout | undefined;
@@ -196,6 +200,7 @@ export class RunManager {
         isUp: (id) => this.o.registry.isUp(id),
         callDeadlineMs: this.o.callDeadlineMs,
         ...(this.o.tickMs ? { tickMs: this.o.tickMs } : {}),
+        ...(this.o.cleanupWaitMs !== undefined ? { cleanupWaitMs: this.o.cleanupWaitMs } : {}),
         now: this.now,
       }, policy);
     } catch (err) {
@@ -274,11 +279,15 @@ export class RunManager {
       retry(once, {
         deadlineMs: 600_000,
         initialMs: 500,
+        signal: this.stopper.signal,
         retryable: (err) => !(err instanceof MigdError) || err.code === 'INTERNAL' || err.code === 'UNAVAILABLE',
         onRetry: (err, attempt) => this.o.log.warn('the store failed to update the plan state; retrying', { planId, attempt, err: (err as Error).message }),
       }),
     );
-    this.planChain = next.catch((err: unknown) => this.o.log.warn('updating the plan state failed', { planId, err }));
+    this.planChain = next.catch((err: unknown) => {
+      if (this.stopper.signal.aborted) this.o.log.info('plan state left to the next leader', { planId });
+      else this.o.log.warn('updating the plan state failed', { planId, err });
+    });
     return this.planChain;
   }
 
@@ -354,6 +363,7 @@ export class RunManager {
   /** Stops dispatching and detaches every supervisor; migrations keep running on their nodes. */
   async close(): Promise<void> {
     this.stopped = true;
+    this.stopper.abort(new CancelledError('run manager closed'));
     if (this.waitTimer) clearInterval(this.waitTimer);
     this.waitTimer = undefined;
     for (const s of this.supervisors.values()) s.detach();

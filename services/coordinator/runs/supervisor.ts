@@ -17,7 +17,7 @@
  * progress samples through the policy, which is deterministic (domain/policy/types.ts).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CancelledError, FailedPreconditionError, MigdError, NotFoundError, isAbortError } from '../../shared/errors.js';
+import { CancelledError, FailedPreconditionError, MigdError, NotFoundError, NotLeaderError, isAbortError } from '../../shared/errors.js';
 import {
   MigrationState,
   PolicyActionKind,
@@ -154,7 +154,11 @@ export class RunSupervisor {
       const followNow = mode === 'start' ? await this.startOnNode() : await this.reattach();
       if (followNow) await this.follow();
     } catch (err) {
-      if (!this.stopper.signal.aborted) {
+      if (err instanceof NotLeaderError) {
+        // Deposed: the run is the new leader's now. Record nothing, touch no node; the
+        // coordinator's step-down detaches this supervisor.
+        this.log.warn('no longer the leader: leaving the run to the new leader', { err: err.message });
+      } else if (!this.stopper.signal.aborted) {
         this.log.error('run supervisor failed', { err });
         await this.fail(errorInfoOf(err, 'COORDINATOR_ERROR'), `supervisor error: ${(err as Error).message}`).catch((e: unknown) => this.log.error('recording the failure failed', { err: e }));
       }
@@ -478,10 +482,12 @@ export class RunSupervisor {
       if (isAbortError(err) || settled(err)) return;
     }
     this.log.warn('the destination did not confirm the copy of a failed run removed; retrying in the background', { destination: dst });
-    void retry(attempt, { deadlineMs: this.d.cleanupRetryMs ?? 600_000, maxMs: 15_000, retryable }).then(
+    // Stops with the supervisor (a step-down or shutdown): a deposed leader touches no node.
+    void retry(attempt, { deadlineMs: this.d.cleanupRetryMs ?? 600_000, maxMs: 15_000, retryable, signal: this.signal }).then(
       () => this.log.info('destination copy of a failed run removed', { destination: dst }),
       (err: unknown) => {
-        if (!settled(err)) this.log.error('could not remove the destination copy of a failed run; the destination removes it once its source says the run ended', { destination: dst, err: (err as Error).message });
+        if (isAbortError(err) || this.signal.aborted) this.log.info('background clean-up of the destination stopped with the supervisor', { destination: dst });
+        else if (!settled(err)) this.log.error('could not remove the destination copy of a failed run; the destination removes it once its source says the run ended', { destination: dst, err: (err as Error).message });
       },
     );
   }
@@ -505,7 +511,9 @@ export class RunSupervisor {
 
   private async end(state: MigrationState, input: { stats?: MigrationInfo['stats']; error?: ErrorInfo | undefined; reason: string; at?: Date | undefined }): Promise<void> {
     if (this.finished) return;
+    this.signal.throwIfAborted();
     if (state !== MigrationState.MIGRATION_STATE_SUCCEEDED) await this.cleanDestination(input.error);
+    this.signal.throwIfAborted();
     try {
       this.run = await this.storeWrite('record the end of the run', () => this.d.store.plans.finishRun(this.runId, { state, reason: input.reason, ...(input.stats ? { stats: input.stats } : {}), ...(input.error ? { error: input.error } : {}), ...(input.at ? { at: input.at } : {}) }));
     } catch (err) {

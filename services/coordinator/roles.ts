@@ -8,7 +8,7 @@
  * | viewer   | ListNodes, ListVms, GetPlan, GetRun, ListRuns, GetRunTimeline, ComparePolicies, |
  * |          | ExportRuns, Watch                                                               |
  * | operator | everything a viewer may, plus SubmitPlan, CreateVm, CancelRun, ForceCompleteRun, |
- * |          | AdjustRun                                                                       |
+ * |          | AdjustRun, RecordRunBlackout                                                    |
  * | node     | RegisterNode, Heartbeat only                                                    |
  *
  * A method missing from the table is refused (fail closed). Pure apart from the log line.
@@ -81,6 +81,7 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[]>> = Object.fr
   CancelRun: write,
   ForceCompleteRun: write,
   AdjustRun: write,
+  RecordRunBlackout: write,
 });
 
 /**

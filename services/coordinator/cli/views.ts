@@ -220,8 +220,29 @@ export function formatRunDetails(t: GetRunTimelineResponse): string {
   if (run.stats && (run.stats.postcopyBlocktimeMs > 0 || run.stats.postcopyVcpuBlocktimeMs.length > 0)) {
     out += `  post-copy blocktime ${formatDuration(run.stats.postcopyBlocktimeMs)} (all vCPUs blocked), per vCPU ${run.stats.postcopyVcpuBlocktimeMs.map((v) => formatDuration(v)).join(', ')}\n`;
   }
+  const network = describeNetwork(run);
+  if (network) out += `  network   ${network}\n`;
   if (Number.isFinite(s.hostCpuSeconds)) out += `  host cpu  ${formatNumber(s.hostCpuSeconds, 1)} s (both QEMU processes)\n`;
   return out;
+}
+
+/**
+ * The switch-over's network gap: what the nodes measured (QEMU's downtime, announce-self after
+ * the resume) next to the blackout measured from outside, when one was attached. Empty for a run
+ * with neither.
+ */
+export function describeNetwork(run: Run): string {
+  const parts: string[] = [];
+  const st = run.stats;
+  if (st?.announceAfterResumeMs !== undefined) {
+    parts.push(`nodes: QEMU downtime ${formatDuration(st.downtimeMs)}, announce-self ${formatDuration(st.announceAfterResumeMs)} after the resume (${plural(st.nicsAnnounced ?? 0, 'NIC')}; first RARP 50 ms later)`);
+  }
+  const b = run.networkBlackout;
+  if (b) {
+    const at = b.gapStartedAt ? ` at ${offset(b.gapStartedAt, run.createdAt).trim()}` : '';
+    parts.push(`outside: blackout ${formatDuration(b.blackoutMs)}${at}, ${b.probesLost} of ${b.probesSent} probes lost (every ${formatDuration(b.probeIntervalMs)})${b.measuredBy ? `, ${b.measuredBy}` : ''}`);
+  }
+  return parts.join('; ');
 }
 
 /** `history compare`. */

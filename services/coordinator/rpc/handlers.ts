@@ -20,7 +20,7 @@ import type { AnalyticsRepository, PlanRunRepository } from '../store/types.js';
 
 export interface CoordinatorParts {
   /** The repositories read directly: runs and plans, and the history queries. */
-  readonly store: { readonly plans: Pick<PlanRunRepository, 'getPlan' | 'getRun'>; readonly analytics: AnalyticsRepository };
+  readonly store: { readonly plans: Pick<PlanRunRepository, 'getPlan' | 'getRun' | 'recordNetworkBlackout'>; readonly analytics: AnalyticsRepository };
   /**
    * The leader's parts: on a replicated coordinator that does not lead, reading `registry`,
    * `planner` or `runs` throws NotLeaderError naming the leader (writes are refused with it).
@@ -115,5 +115,10 @@ export function coordinatorHandlers(p: CoordinatorParts): Handlers<typeof Coordi
     cancelRun: async (req, ctx) => ({ run: await p.runs.cancel(required(req.runId, 'run_id'), actorOf(ctx), req.reason, ctx.signal) }),
     forceCompleteRun: async (req, ctx) => ({ run: await p.runs.forceComplete(required(req.runId, 'run_id'), actorOf(ctx), req.reason, ctx.signal) }),
     adjustRun: async (req, ctx) => ({ run: await p.runs.adjust({ ...req, runId: required(req.runId, 'run_id') }, actorOf(ctx), ctx.signal) }),
+    recordRunBlackout: async (req) => {
+      const runId = required(req.runId, 'run_id');
+      if (!req.blackout) throw new InvalidArgumentError('blackout is required');
+      return { run: await p.store.plans.recordNetworkBlackout(runId, req.blackout) };
+    },
   };
 }

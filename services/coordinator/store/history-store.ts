@@ -4,7 +4,7 @@
  * {@link createHistoryStore}; nothing here knows which database it is.
  */
 import type { OutboxLag, OutboxRecord } from '../../shared/events/outbox.js';
-import type { GuestPerfSample, MigrationState, PolicyAction, ProgressSample, VmInfo } from '../../shared/gen/migd/v1/common.js';
+import type { GuestPerfSample, MigrationState, NetworkBlackout, PolicyAction, ProgressSample, VmInfo } from '../../shared/gen/migd/v1/common.js';
 import type {
   ComparePoliciesResponse,
   ExportFormat,
@@ -146,6 +146,9 @@ export class RepositoryHistoryStore implements HistoryStore {
   }
   finishRun(runId: string, input: FinishRunInput): Promise<Run> {
     return this.plans.finishRun(runId, input);
+  }
+  recordNetworkBlackout(runId: string, blackout: NetworkBlackout): Promise<Run> {
+    return this.plans.recordNetworkBlackout(runId, blackout);
   }
   listActiveRuns(): Promise<Run[]> {
     return this.plans.listActiveRuns();

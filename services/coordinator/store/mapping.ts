@@ -3,6 +3,7 @@ import {
   HostInfo,
   MigrationPolicy,
   MigrationStats,
+  NetworkBlackout,
   PolicyKind,
   VmInfo,
   type GuestPerfSample,
@@ -81,6 +82,7 @@ export function runToProto(r: RunRow, transitions: StateChange[], actions: Polic
     actions,
     memoryMib: r.memory_mib,
     priority: r.priority,
+    networkBlackout: r.network_blackout_json == null ? undefined : NetworkBlackout.fromJSON(JSON.parse(r.network_blackout_json)),
   };
 }
 

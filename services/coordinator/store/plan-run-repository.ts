@@ -9,6 +9,7 @@ import {
   MigrationState,
   MigrationStats,
   migrationStateToJSON,
+  NetworkBlackout,
   PolicyAction,
 } from '../../shared/gen/migd/v1/common.js';
 import { PlannedMigration, PlanState, planStateToJSON, SubmitPlanRequest, type Plan, type Run } from '../../shared/gen/migd/v1/coordinator.js';
@@ -316,6 +317,24 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     return this.getRun(runId);
   }
 
+  async recordNetworkBlackout(runId: string, blackout: NetworkBlackout): Promise<Run> {
+    const b = NetworkBlackout.fromPartial(blackout);
+    checkBlackout(b);
+    await this.d.write(async (trx) => {
+      const run = await trx.selectFrom('runs').select(['state', 'finished_at']).where('id', '=', runId).executeTakeFirst();
+      if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
+      if (run.finished_at === null) {
+        throw new FailedPreconditionError(`run ${runId} has not finished (${migrationStateToJSON(run.state)}): attach a blackout once the prober has stopped`, { reason: 'RUN_NOT_FINISHED' });
+      }
+      await trx
+        .updateTable('runs')
+        .set({ network_blackout_json: JSON.stringify(NetworkBlackout.toJSON(b)), network_blackout_ms: b.blackoutMs })
+        .where('id', '=', runId)
+        .execute();
+    });
+    return this.getRun(runId);
+  }
+
   async listActiveRuns(): Promise<Run[]> {
     return this.d.read(async (conn) => {
       const rows = await conn
@@ -354,6 +373,22 @@ export class SqlPlanRunRepository implements PlanRunRepository {
 }
 
 /** Attaches transitions and actions to run rows (two queries for the whole list). */
+/**
+ * A measured blackout must make sense before it is stored.
+ * @throws InvalidArgumentError naming the field
+ */
+export function checkBlackout(b: NetworkBlackout): void {
+  if (b.probesLost > b.probesSent) throw new InvalidArgumentError(`blackout.probes_lost (${b.probesLost}) exceeds blackout.probes_sent (${b.probesSent})`);
+  if (b.probesSent === 0) throw new InvalidArgumentError('blackout.probes_sent is 0: nothing was measured');
+  if (b.gapStartedAt !== undefined && b.gapEndedAt !== undefined && b.gapEndedAt.getTime() < b.gapStartedAt.getTime()) {
+    throw new InvalidArgumentError('blackout.gap_ended_at is before blackout.gap_started_at');
+  }
+  if (b.gapStartedAt !== undefined && b.gapEndedAt !== undefined && Math.abs(b.gapEndedAt.getTime() - b.gapStartedAt.getTime() - b.blackoutMs) > 1) {
+    throw new InvalidArgumentError(`blackout.blackout_ms (${b.blackoutMs}) is not the time between gap_started_at and gap_ended_at (${b.gapEndedAt.getTime() - b.gapStartedAt.getTime()} ms)`);
+  }
+  if (b.measuredBy.length > 200) throw new InvalidArgumentError('blackout.measured_by is longer than 200 characters');
+}
+
 export async function loadRuns(conn: Db, rows: RunRow[]): Promise<Run[]> {
   if (rows.length === 0) return [];
   const ids = rows.map((r) => r.id);

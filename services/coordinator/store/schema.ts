@@ -62,6 +62,9 @@ export interface RunsTable {
   error_reason: string | null;
   error_message: string | null;
   error_code: string | null;
+  /** proto3 JSON of the NetworkBlackout measured from outside (RecordRunBlackout); NULL: none. */
+  network_blackout_json: Generated<string | null>;
+  network_blackout_ms: Generated<number | null>;
 }
 
 export interface RunTransitionsTable {

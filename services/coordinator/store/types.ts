@@ -15,6 +15,7 @@ import type {
   MigrationPolicy,
   MigrationState,
   MigrationStats,
+  NetworkBlackout,
   PolicyAction,
   ProgressSample,
   VmInfo,
@@ -201,6 +202,12 @@ export interface PlanRunRepository {
    *   for a non-terminal state.
    */
   finishRun(runId: string, input: FinishRunInput): Promise<Run>;
+  /**
+   * Attaches (or replaces) the network blackout measured from outside the guest to a finished run.
+   * @throws NotFoundError; FailedPreconditionError (RUN_NOT_FINISHED); InvalidArgumentError for a
+   *   blackout that contradicts itself (more lost than sent, nothing sent, an inverted gap)
+   */
+  recordNetworkBlackout(runId: string, blackout: NetworkBlackout): Promise<Run>;
   /** Runs that have not finished, highest priority first, then oldest (restart recovery). */
   listActiveRuns(): Promise<Run[]>;
   /** Ids of the plans whose state is still RUNNING, oldest first (restart recovery). */

@@ -65,6 +65,8 @@ export class IncomingMigration {
   private readonly verification = new VerificationTracker();
   private confirming: Promise<ConfirmIncomingResponse> | undefined;
   private resuming: Promise<void> | undefined;
+  /** announce-self after the resume here: its figures once QEMU acknowledged it (undefined: failed). */
+  private announcing: Promise<{ announceAfterResumeMs: number; nicsAnnounced: number } | undefined> | undefined;
 
   constructor(private readonly p: IncomingParams) {
     this.runId = p.runId;
@@ -194,7 +196,7 @@ export class IncomingMigration {
     this.p.host.adoptIncoming(this.p.vm.name);
     this.p.log.info('guest resumed on the destination');
     void this.trackVerification();
-    void this.announce();
+    this.announcing = this.announce(performance.now());
   }
 
   /**
@@ -203,14 +205,18 @@ export class IncomingMigration {
    * waiting for the guest to send. QEMU's own announce at the end of an incoming migration does
    * the same; libvirt sends this one explicitly, and so does migd.
    */
-  private async announce(): Promise<void> {
+  private async announce(resumedAt: number): Promise<{ announceAfterResumeMs: number; nicsAnnounced: number } | undefined> {
     const { vm, log } = this.p;
-    if ((vm.spec.nics ?? []).length === 0) return;
+    const nics = (vm.spec.nics ?? []).length;
+    if (nics === 0) return undefined;
     try {
       await vm.qmp.execute('announce-self', ANNOUNCE, { timeoutMs: 5000 });
-      log.info('announced the guest\'s MACs from this host', { nics: vm.spec.nics.length });
+      const announceAfterResumeMs = Math.round(performance.now() - resumedAt);
+      log.info('announced the guest\'s MACs from this host', { nics, announceAfterResumeMs });
+      return { announceAfterResumeMs, nicsAnnounced: nics };
     } catch (err) {
       log.warn('announce-self failed', { err: (err as Error).message });
+      return undefined;
     }
   }
 
@@ -322,7 +328,9 @@ export class IncomingMigration {
     while (!this.verification.proven && !this.exited && Date.now() < deadline) await this.changed(Math.max(1, deadline - Date.now()));
     const v = this.verification;
     const blocktime = await this.postcopyBlocktime(deadline);
+    const announced = await this.announcing;
     const res = ConfirmIncomingResponse.fromPartial({
+      ...(announced ?? {}),
       alive: v.proven,
       pid: vm.pid,
       pagesVerifiedAfter: v.pagesVerifiedAfter,

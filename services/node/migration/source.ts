@@ -852,6 +852,7 @@ export class SourceMigration {
       recoveries: this.recoveries,
       postcopyBlocktimeMs: confirm?.postcopyBlocktimeMs ?? 0,
       postcopyVcpuBlocktimeMs: confirm?.postcopyVcpuBlocktimeMs ?? [],
+      ...(confirm?.announceAfterResumeMs !== undefined ? { announceAfterResumeMs: confirm.announceAfterResumeMs, nicsAnnounced: confirm.nicsAnnounced ?? 0 } : {}),
     });
     if (this.storage) {
       Object.assign(this.stats, {

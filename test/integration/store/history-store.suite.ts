@@ -203,6 +203,26 @@ export function historyStoreSuite(backend: StoreBackend): void {
       await expect(s.getRun('nope')).rejects.toBeInstanceOf(NotFoundError);
     });
 
+    it('attaches an externally measured network blackout to a finished run, and refuses a bad one', async () => {
+      const s = await open();
+      const run = await s.createRun(runInput());
+      const blackout = { blackoutMs: 412, probesSent: 900, probesLost: 38, probeIntervalMs: 10, measuredBy: 'testbed prober', gapStartedAt: new Date(clock.t + 5000), gapEndedAt: new Date(clock.t + 5412) };
+      await expect(s.recordNetworkBlackout(run.id, blackout)).rejects.toMatchObject({ reason: 'RUN_NOT_FINISHED' });
+      await s.finishRun(run.id, { state: S.MIGRATION_STATE_SUCCEEDED, stats: { downtimeMs: 40, announceAfterResumeMs: 3, nicsAnnounced: 1 } as never });
+      await expect(s.recordNetworkBlackout('nope', blackout)).rejects.toBeInstanceOf(NotFoundError);
+      await expect(s.recordNetworkBlackout(run.id, { ...blackout, probesLost: 901 })).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(s.recordNetworkBlackout(run.id, { ...blackout, blackoutMs: 100 })).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(s.recordNetworkBlackout(run.id, { ...blackout, gapEndedAt: new Date(clock.t) })).rejects.toBeInstanceOf(InvalidArgumentError);
+      expect((await s.getRun(run.id)).networkBlackout).toBeUndefined();
+      const r = await s.recordNetworkBlackout(run.id, blackout);
+      expect(r.networkBlackout).toEqual(blackout);
+      expect(r.stats?.announceAfterResumeMs).toBe(3);
+      expect(r.stats?.nicsAnnounced).toBe(1);
+      // Replaced by a second measurement; the timeline carries it too.
+      await s.recordNetworkBlackout(run.id, { ...blackout, blackoutMs: 300, gapEndedAt: new Date(clock.t + 5300) });
+      expect((await s.getRunTimeline(run.id)).run?.networkBlackout?.blackoutMs).toBe(300);
+    });
+
     it('stores every sample but publishes progress at a reduced rate; state changes are never dropped', async () => {
       const s = await open({ progressEventIntervalMs: 1000, guestEventIntervalMs: 1000 });
       const run = await s.createRun(runInput());

@@ -208,6 +208,15 @@ describe('run details', () => {
     expect(text).toContain('guest     before 1050 ms/GiB (2), during 3000 ms/GiB (1), after 1125 ms/GiB (2); longest heartbeat gap 250 ms; integrity errors 0');
     expect(text).toMatch(/harm {6}guest time lost [\d.]+ s, of it paused 500 ms \(longest 500 ms\)/);
     expect(text).toContain('host cpu  4.5 s');
+    expect(text).not.toContain('network');
+  });
+
+  it('prints the nodes\' network figures next to the blackout measured outside', () => {
+    const run = timeline.run!;
+    const withNet = { ...timeline, run: { ...run, stats: { ...run.stats!, announceAfterResumeMs: 4, nicsAnnounced: 2 }, networkBlackout: { blackoutMs: 412, probesSent: 900, probesLost: 38, probeIntervalMs: 10, measuredBy: 'testbed prober', gapStartedAt: at(2000), gapEndedAt: at(2412) } } };
+    expect(formatRunDetails(withNet)).toContain(
+      '  network   nodes: QEMU downtime 5 ms, announce-self 4 ms after the resume (2 NICs; first RARP 50 ms later); outside: blackout 412 ms at +2.0 s, 38 of 900 probes lost (every 10 ms), testbed prober',
+    );
   });
 
   it('describes a policy by what differs from the defaults', () => {

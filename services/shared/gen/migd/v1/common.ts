@@ -1423,6 +1423,43 @@ export interface MigrationStats {
   postcopyBlocktimeMs: number;
   /** Post-copy: time each vCPU was blocked on missing pages, in milliseconds, by vCPU index. */
   postcopyVcpuBlocktimeMs: number[];
+  /**
+   * VMs with NICs: milliseconds from the guest's resume on the destination until QEMU acknowledged
+   * announce-self there (destination clock; QEMU sends the first RARP/GARP round 50 ms after
+   * that). What a node can measure itself: with downtime_ms it bounds the switch-over's network
+   * gap from the hosts' side. Unset without NICs or when announce-self failed.
+   */
+  announceAfterResumeMs?:
+    | number
+    | undefined;
+  /** NICs whose MACs the destination announced after the switch-over. */
+  nicsAnnounced?: number | undefined;
+}
+
+/**
+ * NetworkBlackout is a run's network blackout as measured from outside the guest: a prober sent
+ * probes to the guest's address during the migration (e.g. the testbed's prober, every 10 ms)
+ * and counted the answers. The nodes cannot see this; they record only their own figures
+ * (MigrationStats.downtime_ms, announce_after_resume_ms). Attached to a finished run with
+ * CoordinatorService.RecordRunBlackout by whoever ran the prober.
+ */
+export interface NetworkBlackout {
+  /** The longest gap between two consecutive answers, in milliseconds. */
+  blackoutMs: number;
+  /** Probes sent while the migration ran. */
+  probesSent: number;
+  /** Probes never answered (or answered too late). */
+  probesLost: number;
+  /** The interval between probes, in milliseconds. */
+  probeIntervalMs: number;
+  /** Who measured it and how, in words (e.g. "testbed prober, UDP echo to 10.77.0.11:7"). */
+  measuredBy: string;
+  /** When the longest gap began (the answer before it). */
+  gapStartedAt?:
+    | Date
+    | undefined;
+  /** When the longest gap ended (the first answer after it). */
+  gapEndedAt?: Date | undefined;
 }
 
 /** HostInfo describes a hypervisor node. */
@@ -4765,6 +4802,8 @@ function createBaseMigrationStats(): MigrationStats {
     disksCopied: undefined,
     postcopyBlocktimeMs: 0,
     postcopyVcpuBlocktimeMs: [],
+    announceAfterResumeMs: undefined,
+    nicsAnnounced: undefined,
   };
 }
 
@@ -4827,6 +4866,12 @@ export const MigrationStats: MessageFns<MigrationStats> = {
         writer.uint32(v);
       }
       writer.join();
+    }
+    if (message.announceAfterResumeMs !== undefined) {
+      writer.uint32(152).uint32(message.announceAfterResumeMs);
+    }
+    if (message.nicsAnnounced !== undefined) {
+      writer.uint32(160).uint32(message.nicsAnnounced);
     }
     return writer;
   },
@@ -4998,6 +5043,22 @@ export const MigrationStats: MessageFns<MigrationStats> = {
 
             break;
           }
+          case 19: {
+            if (tag !== 152) {
+              break;
+            }
+
+            message.announceAfterResumeMs = reader.uint32();
+            continue;
+          }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.nicsAnnounced = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5094,6 +5155,16 @@ export const MigrationStats: MessageFns<MigrationStats> = {
         : globalThis.Array.isArray(object?.postcopy_vcpu_blocktime_ms)
         ? object.postcopy_vcpu_blocktime_ms.map((e: any) => globalThis.Number(e))
         : [],
+      announceAfterResumeMs: isSet(object.announceAfterResumeMs)
+        ? globalThis.Number(object.announceAfterResumeMs)
+        : isSet(object.announce_after_resume_ms)
+        ? globalThis.Number(object.announce_after_resume_ms)
+        : undefined,
+      nicsAnnounced: isSet(object.nicsAnnounced)
+        ? globalThis.Number(object.nicsAnnounced)
+        : isSet(object.nics_announced)
+        ? globalThis.Number(object.nics_announced)
+        : undefined,
     };
   },
 
@@ -5153,6 +5224,12 @@ export const MigrationStats: MessageFns<MigrationStats> = {
     if (message.postcopyVcpuBlocktimeMs?.length) {
       obj.postcopyVcpuBlocktimeMs = message.postcopyVcpuBlocktimeMs.map((e) => Math.round(e));
     }
+    if (message.announceAfterResumeMs !== undefined) {
+      obj.announceAfterResumeMs = Math.round(message.announceAfterResumeMs);
+    }
+    if (message.nicsAnnounced !== undefined) {
+      obj.nicsAnnounced = Math.round(message.nicsAnnounced);
+    }
     return obj;
   },
 
@@ -5179,6 +5256,209 @@ export const MigrationStats: MessageFns<MigrationStats> = {
     message.disksCopied = object.disksCopied ?? undefined;
     message.postcopyBlocktimeMs = object.postcopyBlocktimeMs ?? 0;
     message.postcopyVcpuBlocktimeMs = object.postcopyVcpuBlocktimeMs?.map((e) => e) || [];
+    message.announceAfterResumeMs = object.announceAfterResumeMs ?? undefined;
+    message.nicsAnnounced = object.nicsAnnounced ?? undefined;
+    return message;
+  },
+};
+
+function createBaseNetworkBlackout(): NetworkBlackout {
+  return {
+    blackoutMs: 0,
+    probesSent: 0,
+    probesLost: 0,
+    probeIntervalMs: 0,
+    measuredBy: "",
+    gapStartedAt: undefined,
+    gapEndedAt: undefined,
+  };
+}
+
+export const NetworkBlackout: MessageFns<NetworkBlackout> = {
+  encode(message: NetworkBlackout, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.blackoutMs !== 0) {
+      writer.uint32(8).uint32(message.blackoutMs);
+    }
+    if (message.probesSent !== 0) {
+      writer.uint32(16).uint32(message.probesSent);
+    }
+    if (message.probesLost !== 0) {
+      writer.uint32(24).uint32(message.probesLost);
+    }
+    if (message.probeIntervalMs !== 0) {
+      writer.uint32(32).uint32(message.probeIntervalMs);
+    }
+    if (message.measuredBy !== "") {
+      writer.uint32(42).string(message.measuredBy);
+    }
+    if (message.gapStartedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.gapStartedAt), writer.uint32(50).fork()).join();
+    }
+    if (message.gapEndedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.gapEndedAt), writer.uint32(58).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NetworkBlackout {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNetworkBlackout();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.blackoutMs = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.probesSent = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.probesLost = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.probeIntervalMs = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.measuredBy = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.gapStartedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.gapEndedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NetworkBlackout {
+    return {
+      blackoutMs: isSet(object.blackoutMs)
+        ? globalThis.Number(object.blackoutMs)
+        : isSet(object.blackout_ms)
+        ? globalThis.Number(object.blackout_ms)
+        : 0,
+      probesSent: isSet(object.probesSent)
+        ? globalThis.Number(object.probesSent)
+        : isSet(object.probes_sent)
+        ? globalThis.Number(object.probes_sent)
+        : 0,
+      probesLost: isSet(object.probesLost)
+        ? globalThis.Number(object.probesLost)
+        : isSet(object.probes_lost)
+        ? globalThis.Number(object.probes_lost)
+        : 0,
+      probeIntervalMs: isSet(object.probeIntervalMs)
+        ? globalThis.Number(object.probeIntervalMs)
+        : isSet(object.probe_interval_ms)
+        ? globalThis.Number(object.probe_interval_ms)
+        : 0,
+      measuredBy: isSet(object.measuredBy)
+        ? globalThis.String(object.measuredBy)
+        : isSet(object.measured_by)
+        ? globalThis.String(object.measured_by)
+        : "",
+      gapStartedAt: isSet(object.gapStartedAt)
+        ? fromJsonTimestamp(object.gapStartedAt)
+        : isSet(object.gap_started_at)
+        ? fromJsonTimestamp(object.gap_started_at)
+        : undefined,
+      gapEndedAt: isSet(object.gapEndedAt)
+        ? fromJsonTimestamp(object.gapEndedAt)
+        : isSet(object.gap_ended_at)
+        ? fromJsonTimestamp(object.gap_ended_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: NetworkBlackout): unknown {
+    const obj: any = {};
+    if (message.blackoutMs !== 0) {
+      obj.blackoutMs = Math.round(message.blackoutMs);
+    }
+    if (message.probesSent !== 0) {
+      obj.probesSent = Math.round(message.probesSent);
+    }
+    if (message.probesLost !== 0) {
+      obj.probesLost = Math.round(message.probesLost);
+    }
+    if (message.probeIntervalMs !== 0) {
+      obj.probeIntervalMs = Math.round(message.probeIntervalMs);
+    }
+    if (message.measuredBy !== "") {
+      obj.measuredBy = message.measuredBy;
+    }
+    if (message.gapStartedAt !== undefined) {
+      obj.gapStartedAt = message.gapStartedAt.toISOString();
+    }
+    if (message.gapEndedAt !== undefined) {
+      obj.gapEndedAt = message.gapEndedAt.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<NetworkBlackout>): NetworkBlackout {
+    return NetworkBlackout.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<NetworkBlackout>): NetworkBlackout {
+    const message = createBaseNetworkBlackout();
+    message.blackoutMs = object.blackoutMs ?? 0;
+    message.probesSent = object.probesSent ?? 0;
+    message.probesLost = object.probesLost ?? 0;
+    message.probeIntervalMs = object.probeIntervalMs ?? 0;
+    message.measuredBy = object.measuredBy ?? "";
+    message.gapStartedAt = object.gapStartedAt ?? undefined;
+    message.gapEndedAt = object.gapEndedAt ?? undefined;
     return message;
   },
 };

@@ -32,6 +32,7 @@ import {
   migrationStateFromJSON,
   migrationStateToJSON,
   MigrationStats,
+  NetworkBlackout,
   PolicyAction,
   PolicyKind,
   policyKindFromJSON,
@@ -406,6 +407,11 @@ export interface Run {
   memoryMib: number;
   /** Priority of its plan. */
   priority: number;
+  /**
+   * The network blackout measured from outside the guest, when someone attached one
+   * (RecordRunBlackout); the nodes' own figures are in stats.
+   */
+  networkBlackout?: NetworkBlackout | undefined;
 }
 
 /** GetRunRequest names a run. */
@@ -635,6 +641,20 @@ export interface AdjustRunRequest {
 
 /** AdjustRunResponse is the run after the change. */
 export interface AdjustRunResponse {
+  /** The run. */
+  run?: Run | undefined;
+}
+
+/** RecordRunBlackoutRequest attaches an externally measured network blackout to a run. */
+export interface RecordRunBlackoutRequest {
+  /** Run id. */
+  runId: string;
+  /** The measurement. */
+  blackout?: NetworkBlackout | undefined;
+}
+
+/** RecordRunBlackoutResponse is the run with its blackout. */
+export interface RecordRunBlackoutResponse {
   /** The run. */
   run?: Run | undefined;
 }
@@ -2497,6 +2517,7 @@ function createBaseRun(): Run {
     actions: [],
     memoryMib: 0,
     priority: 0,
+    networkBlackout: undefined,
   };
 }
 
@@ -2549,6 +2570,9 @@ export const Run: MessageFns<Run> = {
     }
     if (message.priority !== 0) {
       writer.uint32(128).int32(message.priority);
+    }
+    if (message.networkBlackout !== undefined) {
+      NetworkBlackout.encode(message.networkBlackout, writer.uint32(138).fork()).join();
     }
     return writer;
   },
@@ -2694,6 +2718,14 @@ export const Run: MessageFns<Run> = {
             message.priority = reader.int32();
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.networkBlackout = NetworkBlackout.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2760,6 +2792,11 @@ export const Run: MessageFns<Run> = {
         ? globalThis.Number(object.memory_mib)
         : 0,
       priority: isSet(object.priority) ? globalThis.Number(object.priority) : 0,
+      networkBlackout: isSet(object.networkBlackout)
+        ? NetworkBlackout.fromJSON(object.networkBlackout)
+        : isSet(object.network_blackout)
+        ? NetworkBlackout.fromJSON(object.network_blackout)
+        : undefined,
     };
   },
 
@@ -2813,6 +2850,9 @@ export const Run: MessageFns<Run> = {
     if (message.priority !== 0) {
       obj.priority = Math.round(message.priority);
     }
+    if (message.networkBlackout !== undefined) {
+      obj.networkBlackout = NetworkBlackout.toJSON(message.networkBlackout);
+    }
     return obj;
   },
 
@@ -2843,6 +2883,9 @@ export const Run: MessageFns<Run> = {
     message.actions = object.actions?.map((e) => PolicyAction.fromPartial(e)) || [];
     message.memoryMib = object.memoryMib ?? 0;
     message.priority = object.priority ?? 0;
+    message.networkBlackout = (object.networkBlackout !== undefined && object.networkBlackout !== null)
+      ? NetworkBlackout.fromPartial(object.networkBlackout)
+      : undefined;
     return message;
   },
 };
@@ -5119,12 +5162,170 @@ export const AdjustRunResponse: MessageFns<AdjustRunResponse> = {
   },
 };
 
+function createBaseRecordRunBlackoutRequest(): RecordRunBlackoutRequest {
+  return { runId: "", blackout: undefined };
+}
+
+export const RecordRunBlackoutRequest: MessageFns<RecordRunBlackoutRequest> = {
+  encode(message: RecordRunBlackoutRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.runId !== "") {
+      writer.uint32(10).string(message.runId);
+    }
+    if (message.blackout !== undefined) {
+      NetworkBlackout.encode(message.blackout, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RecordRunBlackoutRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRecordRunBlackoutRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.runId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.blackout = NetworkBlackout.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RecordRunBlackoutRequest {
+    return {
+      runId: isSet(object.runId)
+        ? globalThis.String(object.runId)
+        : isSet(object.run_id)
+        ? globalThis.String(object.run_id)
+        : "",
+      blackout: isSet(object.blackout) ? NetworkBlackout.fromJSON(object.blackout) : undefined,
+    };
+  },
+
+  toJSON(message: RecordRunBlackoutRequest): unknown {
+    const obj: any = {};
+    if (message.runId !== "") {
+      obj.runId = message.runId;
+    }
+    if (message.blackout !== undefined) {
+      obj.blackout = NetworkBlackout.toJSON(message.blackout);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RecordRunBlackoutRequest>): RecordRunBlackoutRequest {
+    return RecordRunBlackoutRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RecordRunBlackoutRequest>): RecordRunBlackoutRequest {
+    const message = createBaseRecordRunBlackoutRequest();
+    message.runId = object.runId ?? "";
+    message.blackout = (object.blackout !== undefined && object.blackout !== null)
+      ? NetworkBlackout.fromPartial(object.blackout)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRecordRunBlackoutResponse(): RecordRunBlackoutResponse {
+  return { run: undefined };
+}
+
+export const RecordRunBlackoutResponse: MessageFns<RecordRunBlackoutResponse> = {
+  encode(message: RecordRunBlackoutResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.run !== undefined) {
+      Run.encode(message.run, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RecordRunBlackoutResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRecordRunBlackoutResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.run = Run.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RecordRunBlackoutResponse {
+    return { run: isSet(object.run) ? Run.fromJSON(object.run) : undefined };
+  },
+
+  toJSON(message: RecordRunBlackoutResponse): unknown {
+    const obj: any = {};
+    if (message.run !== undefined) {
+      obj.run = Run.toJSON(message.run);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RecordRunBlackoutResponse>): RecordRunBlackoutResponse {
+    return RecordRunBlackoutResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RecordRunBlackoutResponse>): RecordRunBlackoutResponse {
+    const message = createBaseRecordRunBlackoutResponse();
+    message.run = (object.run !== undefined && object.run !== null) ? Run.fromPartial(object.run) : undefined;
+    return message;
+  },
+};
+
 /**
  * CoordinatorService is migd's public API: it knows the cluster's nodes, turns migration requests
  * into plans, runs them within the cluster's concurrency limits under a convergence policy, and
  * keeps the history of every run. Callers authenticate with a client certificate whose identity
  * maps to a role: viewer (List*, Get*, Watch*, history queries), operator (also SubmitPlan,
- * CreateVm, CancelRun, ForceCompleteRun, AdjustRun), node (RegisterNode, Heartbeat). A call outside
+ * CreateVm, CancelRun, ForceCompleteRun, AdjustRun, RecordRunBlackout), node (RegisterNode, Heartbeat). A call outside
  * the caller's role fails with PERMISSION_DENIED (also for unknown identities).
  */
 export type CoordinatorServiceService = typeof CoordinatorServiceService;
@@ -5349,6 +5550,23 @@ export const CoordinatorServiceService = {
     responseSerialize: (value: AdjustRunResponse): Buffer => Buffer.from(AdjustRunResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): AdjustRunResponse => AdjustRunResponse.decode(value),
   },
+  /**
+   * Attaches a network blackout measured from outside the guest (a prober) to a finished run;
+   * a second call replaces the first. Role: operator. Errors: NOT_FOUND, INVALID_ARGUMENT (no
+   * blackout, more probes lost than sent, a gap that ends before it starts), FAILED_PRECONDITION
+   * (the run has not finished).
+   */
+  recordRunBlackout: {
+    path: "/migd.v1.CoordinatorService/RecordRunBlackout" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RecordRunBlackoutRequest): Buffer =>
+      Buffer.from(RecordRunBlackoutRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RecordRunBlackoutRequest => RecordRunBlackoutRequest.decode(value),
+    responseSerialize: (value: RecordRunBlackoutResponse): Buffer =>
+      Buffer.from(RecordRunBlackoutResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RecordRunBlackoutResponse => RecordRunBlackoutResponse.decode(value),
+  },
 } as const;
 
 export interface CoordinatorServiceServer extends UntypedServiceImplementation {
@@ -5429,6 +5647,13 @@ export interface CoordinatorServiceServer extends UntypedServiceImplementation {
    * 1..2000000 ms).
    */
   adjustRun: handleUnaryCall<AdjustRunRequest, AdjustRunResponse>;
+  /**
+   * Attaches a network blackout measured from outside the guest (a prober) to a finished run;
+   * a second call replaces the first. Role: operator. Errors: NOT_FOUND, INVALID_ARGUMENT (no
+   * blackout, more probes lost than sent, a gap that ends before it starts), FAILED_PRECONDITION
+   * (the run has not finished).
+   */
+  recordRunBlackout: handleUnaryCall<RecordRunBlackoutRequest, RecordRunBlackoutResponse>;
 }
 
 export interface CoordinatorServiceClient extends Client {
@@ -5723,6 +5948,27 @@ export interface CoordinatorServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: AdjustRunResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Attaches a network blackout measured from outside the guest (a prober) to a finished run;
+   * a second call replaces the first. Role: operator. Errors: NOT_FOUND, INVALID_ARGUMENT (no
+   * blackout, more probes lost than sent, a gap that ends before it starts), FAILED_PRECONDITION
+   * (the run has not finished).
+   */
+  recordRunBlackout(
+    request: RecordRunBlackoutRequest,
+    callback: (error: ServiceError | null, response: RecordRunBlackoutResponse) => void,
+  ): ClientUnaryCall;
+  recordRunBlackout(
+    request: RecordRunBlackoutRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RecordRunBlackoutResponse) => void,
+  ): ClientUnaryCall;
+  recordRunBlackout(
+    request: RecordRunBlackoutRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RecordRunBlackoutResponse) => void,
   ): ClientUnaryCall;
 }
 

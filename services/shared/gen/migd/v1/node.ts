@@ -279,6 +279,15 @@ export interface ConfirmIncomingResponse {
   postcopyBlocktimeMs: number;
   /** After post-copy: each vCPU's blocktime (ms), in vCPU order; empty without post-copy. */
   postcopyVcpuBlocktimeMs: number[];
+  /**
+   * VMs with NICs: milliseconds from the guest's resume here until QEMU acknowledged announce-self
+   * (this node's clock); unset without NICs or when announce-self failed.
+   */
+  announceAfterResumeMs?:
+    | number
+    | undefined;
+  /** NICs whose MACs were announced from this node. */
+  nicsAnnounced?: number | undefined;
 }
 
 /** AbortIncomingRequest names the incoming migration to tear down. */
@@ -2503,6 +2512,8 @@ function createBaseConfirmIncomingResponse(): ConfirmIncomingResponse {
     pagesVerifiedAfter: 0,
     postcopyBlocktimeMs: 0,
     postcopyVcpuBlocktimeMs: [],
+    announceAfterResumeMs: undefined,
+    nicsAnnounced: undefined,
   };
 }
 
@@ -2529,6 +2540,12 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
         writer.uint32(v);
       }
       writer.join();
+    }
+    if (message.announceAfterResumeMs !== undefined) {
+      writer.uint32(56).uint32(message.announceAfterResumeMs);
+    }
+    if (message.nicsAnnounced !== undefined) {
+      writer.uint32(64).uint32(message.nicsAnnounced);
     }
     return writer;
   },
@@ -2604,6 +2621,22 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
 
             break;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.announceAfterResumeMs = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.nicsAnnounced = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2636,6 +2669,16 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
         : globalThis.Array.isArray(object?.postcopy_vcpu_blocktime_ms)
         ? object.postcopy_vcpu_blocktime_ms.map((e: any) => globalThis.Number(e))
         : [],
+      announceAfterResumeMs: isSet(object.announceAfterResumeMs)
+        ? globalThis.Number(object.announceAfterResumeMs)
+        : isSet(object.announce_after_resume_ms)
+        ? globalThis.Number(object.announce_after_resume_ms)
+        : undefined,
+      nicsAnnounced: isSet(object.nicsAnnounced)
+        ? globalThis.Number(object.nicsAnnounced)
+        : isSet(object.nics_announced)
+        ? globalThis.Number(object.nics_announced)
+        : undefined,
     };
   },
 
@@ -2659,6 +2702,12 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
     if (message.postcopyVcpuBlocktimeMs?.length) {
       obj.postcopyVcpuBlocktimeMs = message.postcopyVcpuBlocktimeMs.map((e) => Math.round(e));
     }
+    if (message.announceAfterResumeMs !== undefined) {
+      obj.announceAfterResumeMs = Math.round(message.announceAfterResumeMs);
+    }
+    if (message.nicsAnnounced !== undefined) {
+      obj.nicsAnnounced = Math.round(message.nicsAnnounced);
+    }
     return obj;
   },
 
@@ -2675,6 +2724,8 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
     message.pagesVerifiedAfter = object.pagesVerifiedAfter ?? 0;
     message.postcopyBlocktimeMs = object.postcopyBlocktimeMs ?? 0;
     message.postcopyVcpuBlocktimeMs = object.postcopyVcpuBlocktimeMs?.map((e) => e) || [];
+    message.announceAfterResumeMs = object.announceAfterResumeMs ?? undefined;
+    message.nicsAnnounced = object.nicsAnnounced ?? undefined;
     return message;
   },
 };

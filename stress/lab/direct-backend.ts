@@ -198,6 +198,8 @@ export class DirectBackend implements LabBackend {
       }
     };
 
+    // The lab plays the coordinator: it announces the run to the destination first (issue 17).
+    await dst.client.expectIncoming({ runId, sourceNodeId: src.id, vmName: req.vmName }, { deadlineMs: 30_000 });
     const info = await src.client.startMigration(
       { runId, vmName: req.vmName, destination: { nodeId: dst.id, managementAddress: dst.managementAddress, migrationAddress: dst.migrationAddress }, policy: policy.effective },
       { deadlineMs: 120_000 },

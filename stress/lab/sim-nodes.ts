@@ -257,6 +257,7 @@ export class SimCluster {
       cb(null, { migration: m.info });
     };
     for (const k of ['adjustMigration', 'startPostcopy', 'forceComplete', 'cancelMigration']) h[k] = ack;
+    h['expectIncoming'] = (_call: unknown, cb: sendUnaryData<unknown>): void => cb(null, { expiresAt: new Date(Date.now() + 600_000) });
     h['getHostInfo'] = (_call: unknown, cb: sendUnaryData<unknown>): void => cb(null, { host: this.hostInfo(this.nodeIds[0]!) });
     return h;
   }

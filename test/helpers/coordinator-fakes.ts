@@ -127,6 +127,10 @@ export class FakeNode {
         const vm: VmInfo = { spec: req.spec, nodeId: this.nodeId, state: VmState.VM_STATE_RUNNING, pid: 4242, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0 };
         return { vm };
       },
+      expectIncoming: async (req: { runId: string; sourceNodeId: string; vmName: string }) => {
+        rec('expectIncoming', req);
+        return { expiresAt: new Date(Date.now() + 600_000) };
+      },
       abortIncoming: async (req: { runId: string }) => {
         rec('abortIncoming', req);
         const err = this.onAbortIncoming?.(++this.aborts);

@@ -5,7 +5,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { type MigrationState, type GuestPerfSample, type MigrationPolicy, type VmInfo, type VmSpec, WorkloadPattern } from '../../services/shared/gen/migd/v1/common.js';
-import type { MigrationInfo, NodeServiceService, WatchMigrationResponse } from '../../services/shared/gen/migd/v1/node.js';
+import type { MigrationInfo, NodeServiceService, StartMigrationRequest, StartMigrationResponse, WatchMigrationResponse } from '../../services/shared/gen/migd/v1/node.js';
 import { createPki } from '../../services/shared/pki.js';
 import type { RpcClient } from '../../services/shared/rpc/client.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
@@ -69,6 +69,19 @@ export async function startNodeCluster(hosts: string[] = ['a', 'b'], opts: { gue
     await close();
     throw err;
   }
+}
+
+/**
+ * Starts a migration as the coordinator does: announces the run to its destination
+ * (ExpectIncoming: only the source named there may prepare the incoming side, issue 17), then
+ * StartMigration on `source` (a host of the cluster). A destination outside the cluster (a fake)
+ * is not announced to.
+ */
+export async function startMigration(c: NodeCluster, source: string, req: StartMigrationRequest): Promise<StartMigrationResponse> {
+  const dst = req.destination?.nodeId;
+  const dstClient = dst !== undefined ? c.clients[dst] : undefined;
+  if (dstClient) await dstClient.expectIncoming({ runId: req.runId, sourceNodeId: c.nodes[source]!.nodeId, vmName: req.vmName });
+  return c.clients[source]!.startMigration(req);
 }
 
 /** A small guest running the workload with integrity checking on. */

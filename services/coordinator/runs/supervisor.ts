@@ -1,8 +1,9 @@
 /**
  * The run supervisor: carries out one run on its source node and follows it to the end.
  *
- * - start: StartMigration on the source node (run id = the run's id, so a retry never starts a
- *   second migration), then WatchMigration;
+ * - start: ExpectIncoming on the destination node (only the run's source may then prepare the
+ *   incoming side), StartMigration on the source node (run id = the run's id, so a retry never
+ *   starts a second migration), then WatchMigration;
  * - resume (after a coordinator restart): GetMigration first — a finished migration is recorded
  *   as it ended, a running one is followed again, one the node never heard of is started only if
  *   the run had not got past PREPARING;
@@ -197,6 +198,20 @@ export class RunSupervisor {
     await this.transition(MigrationState.MIGRATION_STATE_PREPARING, `dispatched: ${src} → ${dst}`);
     this.startedAtMs ??= this.now();
     const client = this.d.client(src);
+    // The destination accepts the run's incoming side only from the source announced here
+    // (issue 17). Idempotent: a re-dispatched run (a retry, a restarted coordinator) renews it.
+    try {
+      await retry(() => this.d.client(dst).expectIncoming({ runId: this.runId, sourceNodeId: src, vmName: this.run.vmName }, { deadlineMs: this.d.callDeadlineMs, signal: this.signal }), {
+        deadlineMs: this.d.callDeadlineMs * 3,
+        signal: this.signal,
+        onRetry: (e, attempt) => this.log.info('destination did not answer ExpectIncoming; asking again', { attempt, err: (e as Error).message }),
+      });
+    } catch (err) {
+      if (this.signal.aborted) throw err;
+      this.log.warn('ExpectIncoming refused', { err });
+      const info = isTransient(err) ? errorInfo('UNAVAILABLE', 'DESTINATION_UNAVAILABLE', `destination node ${dst} did not accept the run: ${(err as Error).message}`) : errorInfoOf(err, 'START_FAILED');
+      return this.failed(info, `could not announce the run to destination ${dst}: ${(err as Error).message}`);
+    }
     this.dispatched = true;
     try {
       const res = await client.startMigration(

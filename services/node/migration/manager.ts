@@ -9,13 +9,15 @@
  * sweep asks the source about incoming copies that wait too long for their handover.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FailedPreconditionError, InvalidArgumentError, MigdError, NotFoundError, PermissionDeniedError } from '../../shared/errors.js';
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, MigdError, NotFoundError, PermissionDeniedError } from '../../shared/errors.js';
 import { MigrationPolicy, MigrationState, PolicyKind } from '../../shared/gen/migd/v1/common.js';
 import {
   ConfirmIncomingResponse,
   MigrationInfo,
   type AdjustMigrationRequest,
   type ConfirmIncomingRequest,
+  type ExpectIncomingRequest,
+  type ExpectIncomingResponse,
   type MigrationEndpoint,
   type PrepareIncomingRequest,
   type PrepareIncomingResponse,
@@ -39,6 +41,11 @@ import { freePort } from '../../shared/net.js';
 import { requireRunSource, type NodeCaller } from '../rpc/authz.js';
 
 const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
+const NODE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
+
+/** How long an ExpectIncoming stays valid (renewed by repeating it), and how many are kept. */
+export const EXPECTATION_TTL_MS = 10 * 60_000;
+export const EXPECTATIONS_MAX = 1024;
 
 export interface MigrationManagerDeps {
   readonly nodeId: string;
@@ -110,6 +117,11 @@ export class MigrationManager {
   private readonly abortedRuns = new Map<string, number>();
   /** VM name → source node id and expiry, for runs that ended here (the source still reads the VM). */
   private readonly peerGrants = new Map<string, { nodeId: string; untilMs: number }>();
+  /**
+   * Runs the coordinator announced (ExpectIncoming), by run id: only the named source node may
+   * prepare them, and only for the named VM. Bounded (oldest first) and expiring.
+   */
+  private readonly expectations = new Map<string, { sourceNodeId: string; vmName: string; untilMs: number }>();
 
   private readonly kept: number;
 
@@ -391,6 +403,8 @@ export class MigrationManager {
   async prepareIncoming(req: PrepareIncomingRequest, caller: NodeCaller = { kind: 'anonymous' }): Promise<PrepareIncomingResponse> {
     this.validateRunId(req.runId);
     if (!req.spec) throw new InvalidArgumentError('spec is required');
+    // Before anything else: a node the coordinator did not announce for this run learns nothing.
+    this.requireExpected(req.runId, caller, req.spec.name, req.source?.nodeId);
     const existing = this.incoming.get(req.runId);
     if (existing || this.confirmed.has(req.runId) || this.preparing.has(req.runId)) throw new FailedPreconditionError(`run ${req.runId} already has an incoming VM on this node`, { reason: 'INCOMING_EXISTS' });
     this.refuseAborted(req.runId);
@@ -402,6 +416,62 @@ export class MigrationManager {
     } finally {
       this.preparing.delete(req.runId);
     }
+  }
+
+  /**
+   * Destination: the coordinator announces which node will migrate which VM here as run `runId`
+   * (see {@link requireExpected}). Idempotent; repeating it renews the expiry.
+   * @throws InvalidArgumentError, AlreadyExistsError (the run is expected from another source or for another VM)
+   */
+  expectIncoming(req: ExpectIncomingRequest): ExpectIncomingResponse {
+    this.validateRunId(req.runId);
+    if (!NODE_ID.test(req.sourceNodeId)) throw new InvalidArgumentError(`source_node_id "${req.sourceNodeId}" must match ${NODE_ID.source}`);
+    if (req.sourceNodeId === this.d.nodeId) throw new InvalidArgumentError(`source ${req.sourceNodeId} is this node (the destination)`);
+    if (!req.vmName) throw new InvalidArgumentError('vm_name is required');
+    const now = Date.now();
+    const had = this.expectations.get(req.runId);
+    if (had && had.untilMs > now && (had.sourceNodeId !== req.sourceNodeId || had.vmName !== req.vmName)) {
+      throw new AlreadyExistsError(`run ${req.runId} is already expected from node ${had.sourceNodeId} for VM ${had.vmName}, not from node ${req.sourceNodeId} for VM ${req.vmName}`, { reason: 'EXPECTATION_CONFLICT' });
+    }
+    for (const [id, e] of this.expectations) if (e.untilMs <= now) this.expectations.delete(id);
+    const untilMs = now + EXPECTATION_TTL_MS;
+    remember(this.expectations, req.runId, { sourceNodeId: req.sourceNodeId, vmName: req.vmName, untilMs }, EXPECTATIONS_MAX);
+    this.d.log.info('incoming migration expected', { runId: req.runId, source: req.sourceNodeId, vm: req.vmName });
+    return { expiresAt: new Date(untilMs) };
+  }
+
+  /**
+   * A peer node may prepare run `runId` only when the coordinator announced it as the run's
+   * source, for VM `vmName` (and it may not name another node as the source). The coordinator
+   * and plain-text development callers are not checked.
+   * @throws PermissionDeniedError (reason NOT_EXPECTED_SOURCE)
+   */
+  private requireExpected(runId: string, caller: NodeCaller, vmName: string, claimedSource: string | undefined): void {
+    if (caller.kind !== 'peer') return;
+    const e = this.expectations.get(runId);
+    const ok = e !== undefined && e.untilMs > Date.now() && e.sourceNodeId === caller.nodeId && e.vmName === vmName && (!claimedSource || claimedSource === caller.nodeId);
+    if (!ok) {
+      this.d.log.warn('refused an incoming migration nobody announced', { runId, caller: caller.nodeId, vm: vmName, ...(claimedSource ? { claimedSource } : {}) });
+      throw new PermissionDeniedError(`node ${caller.nodeId} is not the expected source of run ${runId} for VM ${vmName} on this node`, { reason: 'NOT_EXPECTED_SOURCE' });
+    }
+  }
+
+  /**
+   * A peer acting on a run that has no incoming copy here: refused when the coordinator announced
+   * another node as the run's source.
+   * @throws PermissionDeniedError (reason NOT_RUN_SOURCE)
+   */
+  private refuseOtherSource(runId: string, caller: NodeCaller): void {
+    if (caller.kind !== 'peer') return;
+    const e = this.expectations.get(runId);
+    if (e && e.untilMs > Date.now() && e.sourceNodeId !== caller.nodeId) throw new PermissionDeniedError(`node ${caller.nodeId} is not the source of run ${runId}`, { reason: 'NOT_RUN_SOURCE' });
+  }
+
+  /** True when peer `caller` is the announced source of run `runId` (still valid). */
+  private isExpectedSource(runId: string, caller: NodeCaller): boolean {
+    if (caller.kind !== 'peer') return true;
+    const e = this.expectations.get(runId);
+    return e !== undefined && e.untilMs > Date.now() && e.sourceNodeId === caller.nodeId;
   }
 
   /** @throws FailedPreconditionError (reason RUN_ABORTED) for a run aborted here */
@@ -417,9 +487,6 @@ export class MigrationManager {
   }
 
   private async doPrepareIncoming(req: PrepareIncomingRequest & { spec: NonNullable<PrepareIncomingRequest['spec']> }, sourceNodeId: string | undefined): Promise<PrepareIncomingResponse> {
-    if (sourceNodeId && req.source?.nodeId && req.source.nodeId !== sourceNodeId) {
-      throw new PermissionDeniedError(`node ${sourceNodeId} cannot prepare a migration on behalf of node ${req.source.nodeId}`, { reason: 'NOT_RUN_SOURCE' });
-    }
     const policy = this.effectivePolicy(req.policy);
     const config = resolveMigrationConfig(policy, this.d.supportedCapabilities);
     const tlsDir = this.tlsDirFor(config.tls);
@@ -523,7 +590,10 @@ export class MigrationManager {
 
   private incFor(runId: string, caller: NodeCaller): IncomingMigration {
     const m = this.incoming.get(runId);
-    if (!m) throw new NotFoundError(`no incoming migration ${runId} on this node`);
+    if (!m) {
+      this.refuseOtherSource(runId, caller);
+      throw new NotFoundError(`no incoming migration ${runId} on this node`);
+    }
     requireRunSource(caller, m.sourceNodeId, runId);
     return m;
   }
@@ -594,8 +664,10 @@ export class MigrationManager {
     const m = this.incoming.get(runId);
     if (!m) {
       // Already gone (QEMU exits by itself after a failed or cancelled stream), or never here:
-      // nothing to change, except that a PrepareIncoming still on its way is refused.
-      if (!this.confirmed.has(runId)) this.noteAborted(runId);
+      // nothing to change, except that a PrepareIncoming still on its way is refused — when the
+      // caller may prepare the run at all (another node cannot block a run it does not own).
+      this.refuseOtherSource(runId, caller);
+      if (!this.confirmed.has(runId) && this.isExpectedSource(runId, caller)) this.noteAborted(runId);
       return;
     }
     requireRunSource(caller, m.sourceNodeId, runId);

@@ -4,10 +4,12 @@
  * | caller                                   | methods                                                 |
  * | ---------------------------------------- | ------------------------------------------------------- |
  * | the coordinator (`--coordinator-identity`) | every NodeService method                              |
- * | another node, `migd-node.<id>`           | PrepareIncoming, then Pause/Recover/Confirm/Abort/ResumeIncoming, |
- * |                                          | GetVm and WatchGuest — for the runs it prepared and     |
- * |                                          | their VMs only (checked per run by the manager); and    |
- * |                                          | GetMigration for runs it is the destination of          |
+ * | another node, `migd-node.<id>`           | PrepareIncoming for a run the coordinator announced     |
+ * |                                          | with ExpectIncoming naming that node, run and VM; then  |
+ * |                                          | Pause/Recover/Confirm/Abort/ResumeIncoming, GetVm and   |
+ * |                                          | WatchGuest — for the runs it prepared and their VMs     |
+ * |                                          | only (checked per run by the manager); and GetMigration |
+ * |                                          | for runs it is the destination of                       |
  * | anyone else (operator, viewer, the shared `migd-node`) | nothing                                   |
  *
  * A method missing from the table is refused (fail closed). Without a certificate (plain-text
@@ -28,7 +30,7 @@ export const PEER_METHODS: ReadonlySet<string> = new Set(['PrepareIncoming', 'Pa
 /** Every NodeService method (the coordinator may call them all). */
 export const NODE_METHODS: ReadonlySet<string> = new Set([
   'GetHostInfo', 'CreateVm', 'ListVms', 'GetVm', 'DestroyVm', 'WatchGuest',
-  'PrepareIncoming', 'PauseIncoming', 'RecoverIncoming', 'ConfirmIncoming', 'AbortIncoming', 'ResumeIncoming',
+  'ExpectIncoming', 'PrepareIncoming', 'PauseIncoming', 'RecoverIncoming', 'ConfirmIncoming', 'AbortIncoming', 'ResumeIncoming',
   'StartMigration', 'WatchMigration', 'GetMigration', 'ListMigrations', 'AdjustMigration', 'StartPostcopy', 'ForceComplete', 'CancelMigration',
 ]);
 

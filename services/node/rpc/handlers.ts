@@ -108,7 +108,7 @@ export interface NodeServiceParts {
   readonly config: Pick<NodeConfig, 'coordinatorIdentities' | 'nodeId'>;
   readonly migrations: Pick<
     MigrationManager,
-    'peerMayRead' | 'prepareIncoming' | 'pauseIncoming' | 'recoverIncoming' | 'confirmIncoming' | 'abortIncoming' | 'resumeIncoming' | 'start' | 'watch' | 'get' | 'list' | 'adjust' | 'startPostcopy' | 'forceComplete' | 'cancel'
+    'peerMayRead' | 'expectIncoming' | 'prepareIncoming' | 'pauseIncoming' | 'recoverIncoming' | 'confirmIncoming' | 'abortIncoming' | 'resumeIncoming' | 'start' | 'watch' | 'get' | 'list' | 'adjust' | 'startPostcopy' | 'forceComplete' | 'cancel'
   >;
   readonly vms: { list(): readonly { readonly name: string }[] };
   hostInfo(): Promise<HostInfo>;
@@ -144,6 +144,7 @@ function handlers(d: NodeServiceParts): Handlers<typeof NodeServiceService> {
       return {};
     },
     watchGuest: (req, ctx) => watchGuest(d.guest(mayRead(ctx, required(req.name, 'name'))), req.includeConsole, ctx.signal),
+    expectIncoming: async (req) => m.expectIncoming(req),
     prepareIncoming: async (req, ctx) => m.prepareIncoming(req, caller(ctx)),
     pauseIncoming: async (req, ctx) => ({ qemuStatus: await m.pauseIncoming(required(req.runId, 'run_id'), caller(ctx)) }),
     recoverIncoming: async (req, ctx) => m.recoverIncoming(required(req.runId, 'run_id'), caller(ctx)),

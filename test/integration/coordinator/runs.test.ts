@@ -217,7 +217,10 @@ describe('run supervisor and manager', () => {
     expect(started.filter((id) => id === preparing!.id)).toHaveLength(1);
     expect(started).not.toContain(running!.id);
     expect(calls.filter((c) => c.method === 'getMigration').map((c) => c.request['runId']).sort()).toEqual([running!.id, preparing!.id].sort());
-    expect(nodes['b']!.methods()).toEqual(['getMigration']); // the lost run: asked, not restarted
+    // The lost run: asked, not restarted (the queued run a→b may be announced to b by now).
+    expect(nodes['b']!.calls.filter((c) => c.request['runId'] !== queued!.id).map((c) => c.method)).toEqual(['getMigration']);
+    // The re-dispatched PREPARING run (a→c) is announced to its destination again.
+    expect(nodes['c']!.calls.filter((c) => c.request['runId'] === preparing!.id)).toMatchObject([{ method: 'expectIncoming', request: { sourceNodeId: 'a', vmName: 'vm2' } }]);
     // The queued run waited for the link; it is dispatched once the link is free.
     await until(() => nodes['a']!.migrations.has(queued!.id), 'the queued run to start');
     expect((await run(queued!.id)).startedAt!.getTime()).toBeGreaterThanOrEqual(done.finishedAt!.getTime());

@@ -12,7 +12,7 @@ import { NodeServiceService, type PrepareIncomingResponse } from '../../../servi
 import { createLogger } from '../../../services/shared/log.js';
 import { ensurePki, identityFiles, nodeIdentity } from '../../../services/shared/pki.js';
 import { RpcServer, type Handlers } from '../../../services/shared/rpc/server.js';
-import { followMigration, guestSpec, policy, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, startMigration, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
 
 describe('node daemons refuse attacks (issue 17)', () => {
   let c: NodeCluster;
@@ -63,6 +63,7 @@ describe('node daemons refuse attacks (issue 17)', () => {
   it("binds an incoming run to the node that prepared it: another node cannot abort, pause, recover, confirm or read it", async () => {
     const fromA = c.nodes['b']!.client(nodeIdentity('a'));
     const fromC = c.nodes['b']!.client(nodeIdentity('c'));
+    await c.clients['b']!.expectIncoming({ runId: 'run-bound', sourceNodeId: 'a', vmName: 'inc1' });
     const prepared = await fromA.prepareIncoming({ runId: 'run-bound', spec: guestSpec('inc1'), policy: policy({}), disks: [] });
     expect(prepared.port).toBeGreaterThan(0);
     const denied = { code: 'PERMISSION_DENIED' };
@@ -129,7 +130,7 @@ describe('node daemons refuse attacks (issue 17)', () => {
     closers.push(() => fake.stop(100));
     for (const reply of replies) {
       await expect(
-        c.clients['a']!.startMigration({
+        startMigration(c, 'a', {
           runId: `run-fake-${replies.indexOf(reply)}`,
           vmName: 'victim',
           destination: { nodeId: 'evil', managementAddress: `${c.tb.rootAddress}:${port}`, migrationAddress: c.tb.host('b').migrationAddress },
@@ -189,7 +190,7 @@ describe('node daemons refuse attacks (issue 17)', () => {
 
   it('lets only one of two concurrent StartMigration calls for one VM through', async () => {
     const a = c.clients['a']!;
-    const results = await Promise.allSettled(['run-race-1', 'run-race-2'].map((runId) => a.startMigration({ runId, vmName: 'victim', destination: destB(), policy: policy({}) })));
+    const results = await Promise.allSettled(['run-race-1', 'run-race-2'].map((runId) => startMigration(c, 'a', { runId, vmName: 'victim', destination: destB(), policy: policy({}) })));
     const ok = results.filter((r) => r.status === 'fulfilled');
     const refused = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
     expect(ok).toHaveLength(1);
@@ -202,7 +203,7 @@ describe('node daemons refuse attacks (issue 17)', () => {
     expect((await a.listMigrations({ activeOnly: false })).migrations.map((m) => m.runId).filter((id) => id.startsWith('run-race-'))).toEqual([runId]);
     // And back: b, which received the VM with server credentials, now sends it as a TLS client.
     const b = c.clients['b']!;
-    await b.startMigration({ runId: 'run-back', vmName: 'victim', destination: { nodeId: 'a', managementAddress: c.nodes['a']!.address, migrationAddress: c.tb.host('a').migrationAddress }, policy: policy({}) });
+    await startMigration(c, 'b', { runId: 'run-back', vmName: 'victim', destination: { nodeId: 'a', managementAddress: c.nodes['a']!.address, migrationAddress: c.tb.host('a').migrationAddress }, policy: policy({}) });
     expect((await followMigration(b, 'run-back')).result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     await a.destroyVm({ name: 'victim' });
   }, 300_000);

@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BootSource, DiskBus, DiskFormat, MigrationState, StorageMode, VmState, WorkloadPattern, type DiskSpec, type VmSpec } from '../../../services/shared/gen/migd/v1/common.js';
-import { followMigration, guestSpec, policy, resetNodeCluster, startNodeCluster, type NodeClient, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, type NodeClient, type NodeCluster } from '../../helpers/node-cluster.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -177,7 +177,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     await create('a', diskGuest('shared1', [disk({ id: 'd0', path: img, format: DiskFormat.DISK_FORMAT_QCOW2, storage: StorageMode.STORAGE_MODE_SHARED })], 4 * MiB));
     await waitConsole(c.clients['a']!, 'shared1', /dpass n=[2-9]/, 90_000);
     const before = (await run('qemu-img', ['info', '-U', '--output=json', img])).stdout;
-    await c.clients['a']!.startMigration({ runId: 'run-shared-1', vmName: 'shared1', destination: { nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress }, policy: policy({}) });
+    await startMigration(c, 'a', { runId: 'run-shared-1', vmName: 'shared1', destination: { nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress }, policy: policy({}) });
     const trace = await followMigration(c.clients['a']!, 'run-shared-1');
     expect(trace.result.error).toBeUndefined();
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
@@ -214,7 +214,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
   it('copies a LOCAL disk over NBD with pre-copy: sparse target, disk bytes in progress and stats, 0 memory and 0 disk errors', async () => {
     await create('a', diskGuest('local1', [await localDisk('local1', 8)], 2 * MiB));
     await waitConsole(c.clients['a']!, 'local1', /dpass n=[2-9]/, 90_000);
-    await c.clients['a']!.startMigration({ runId: 'run-local-1', vmName: 'local1', destination: toB(), policy: policy({}) });
+    await startMigration(c, 'a', { runId: 'run-local-1', vmName: 'local1', destination: toB(), policy: policy({}) });
     const trace = await followMigration(c.clients['a']!, 'run-local-1');
     expect(trace.result.error).toBeUndefined();
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
@@ -245,7 +245,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     await waitConsole(c.clients['a']!, 'local2', /dpass n=[2-9]/, 90_000);
     // A slow link, so that pass 1 cannot converge even on a quiet machine (resetNodeCluster unshapes).
     await c.tb.shape('a', { rateMbit: 100 });
-    await c.clients['a']!.startMigration({ runId: 'run-local-2', vmName: 'local2', destination: toB(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: false } }) });
+    await startMigration(c, 'a', { runId: 'run-local-2', vmName: 'local2', destination: toB(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: false } }) });
     const trace = await followMigration(c.clients['a']!, 'run-local-2');
     expect(trace.result.error).toBeUndefined();
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
@@ -263,7 +263,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     await create('a', diskGuest('ov1', [disk({ id: 'd0', path: overlay, format: DiskFormat.DISK_FORMAT_QCOW2, create: { sizeBytes: 0, basePath: base } })], MiB));
     await waitConsole(c.clients['a']!, 'ov1', /dpass n=[2-9]/, 90_000);
     const overlayBytes = (JSON.parse((await run('qemu-img', ['info', '-U', '--output=json', overlay])).stdout) as { 'actual-size': number })['actual-size'];
-    await c.clients['a']!.startMigration({ runId: 'run-ov-1', vmName: 'ov1', destination: toB(), policy: policy({}) });
+    await startMigration(c, 'a', { runId: 'run-ov-1', vmName: 'ov1', destination: toB(), policy: policy({}) });
     const trace = await followMigration(c.clients['a']!, 'run-ov-1');
     expect(trace.result.error).toBeUndefined();
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
@@ -285,7 +285,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     await create('a', diskGuest('cancel1', [await localDisk('cancel1', 24)], MiB));
     await waitConsole(c.clients['a']!, 'cancel1', /dpass n=[1-9]/, 90_000);
     await c.tb.shape('a', { rateMbit: 16 }); // 24 MiB take ~12 s
-    await c.clients['a']!.startMigration({ runId: 'run-cancel-1', vmName: 'cancel1', destination: toB(), policy: policy({}) });
+    await startMigration(c, 'a', { runId: 'run-cancel-1', vmName: 'cancel1', destination: toB(), policy: policy({}) });
     let cancelled = false;
     const trace = await followMigration(c.clients['a']!, 'run-cancel-1', async (u) => {
       if (!cancelled && u.update?.$case === 'progress' && u.update.value.storagePhase && (u.update.value.diskTransferredBytes ?? 0) > MiB) {
@@ -302,7 +302,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     expect(bTargets('cancel1')).toEqual([]);
     // The source writes on, and can migrate again (no mirror or NBD node left behind).
     await c.tb.unshape('a');
-    await c.clients['a']!.startMigration({ runId: 'run-cancel-2', vmName: 'cancel1', destination: toB(), policy: policy({}) });
+    await startMigration(c, 'a', { runId: 'run-cancel-2', vmName: 'cancel1', destination: toB(), policy: policy({}) });
     expect((await followMigration(c.clients['a']!, 'run-cancel-2')).result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
   }, 240_000);
 
@@ -310,7 +310,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     await create('a', diskGuest('cut1', [await localDisk('cut1', 24)], MiB));
     await waitConsole(c.clients['a']!, 'cut1', /dpass n=[1-9]/, 90_000);
     await c.tb.shape('a', { rateMbit: 16 });
-    await c.clients['a']!.startMigration({ runId: 'run-cut-1', vmName: 'cut1', destination: toB(), policy: policy({}) });
+    await startMigration(c, 'a', { runId: 'run-cut-1', vmName: 'cut1', destination: toB(), policy: policy({}) });
     let cut = false;
     const trace = await followMigration(c.clients['a']!, 'run-cut-1', async (u) => {
       if (!cut && u.update?.$case === 'progress' && u.update.value.storagePhase && (u.update.value.diskTransferredBytes ?? 0) > MiB) {
@@ -331,7 +331,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
   it('refuses with RESOURCE_EXHAUSTED, before anything starts, when the destination lacks the space', async () => {
     await create('a', diskGuest('big1', [await localDisk('big1', 96, 128)], MiB));
     await waitConsole(c.clients['a']!, 'big1', /dstart/, 90_000);
-    const err = (await c.clients['a']!.startMigration({ runId: 'run-big-1', vmName: 'big1', destination: toB(), policy: policy({}) }).then(() => undefined, (e: unknown) => e)) as { code?: string; reason?: string } | undefined;
+    const err = (await startMigration(c, 'a', { runId: 'run-big-1', vmName: 'big1', destination: toB(), policy: policy({}) }).then(() => undefined, (e: unknown) => e)) as { code?: string; reason?: string } | undefined;
     expect(err).toMatchObject({ code: 'RESOURCE_EXHAUSTED', reason: 'DISK_SPACE' });
     const { vm } = await c.clients['a']!.getVm({ name: 'big1' });
     expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);

@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, PolicyActionKind, type GuestPerfSample } from '../../../services/shared/gen/migd/v1/common.js';
 import { guestTimeLost } from '../../../services/shared/guest/harm.js';
-import { followMigration, guestSpec, policy, resetNodeCluster, startNodeCluster, waitForGuest, type MigrationTrace, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, waitForGuest, type MigrationTrace, type NodeCluster } from '../../helpers/node-cluster.js';
 
 // Honest harm on real QEMU (TCG): the guest's own clock shows every pause in full, and post-copy
 // stalls are measured by the destination QEMU (capability postcopy-blocktime).
@@ -33,7 +33,7 @@ describe('node daemons: guest time lost, measured from the guest', () => {
     })();
     await c.tb.shape('a', { rateMbit: 100 });
     const runId = `run-harm-pause-${n}`;
-    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ downtimeLimitMs: 100 }) });
+    await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({ downtimeLimitMs: 100 }) });
     let forced = false;
     const trace = await followMigration(c.clients['a']!, runId, async (u) => {
       if (forced || u.update?.$case !== 'progress' || u.update.value.pass < 3) return;
@@ -68,7 +68,7 @@ describe('node daemons: guest time lost, measured from the guest', () => {
     const before = await waitForGuest(c.clients['a']!, name, 8, 30_000, (s) => s.pagesVerified > 0);
     await c.tb.shape('a', { rateMbit: 200 });
     const runId = `run-harm-pc-${n}`;
-    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
+    await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
     const trace = await followMigration(c.clients['a']!, runId);
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     expect(trace.states).toContain(MigrationState.MIGRATION_STATE_POSTCOPY);

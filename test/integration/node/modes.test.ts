@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, MultifdCompression, PolicyActionKind, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
-import { followMigration, guestSpec, policy, resetNodeCluster, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
 
 // Every mode of the node daemon on real QEMU (TCG) between two namespaces. Each case migrates a
 // guest running the verifying workload and asserts it keeps running on the destination with
@@ -40,7 +40,7 @@ describe('node daemons: migration modes', () => {
     const before = await bootGuest(name, guestSpec(name, { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, bytesPerWorker: 32 << 20, hotBytes: 8 << 20 }));
     await c.tb.shape('a', { rateMbit: 40 });
     const runId = `run-slow-${n}`;
-    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ downtimeLimitMs: 300 }) });
+    await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({ downtimeLimitMs: 300 }) });
     let raised = false;
     let passesAt300 = 0;
     const trace = await followMigration(c.clients['a']!, runId, async (u) => {
@@ -65,7 +65,7 @@ describe('node daemons: migration modes', () => {
     const before = await bootGuest(name, guestSpec(name, { rate: 24 << 20 }));
     await c.tb.shape('a', { rateMbit: 80 });
     const runId = `run-ac-${n}`;
-    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ autoConverge: { enabled: true, initialPct: 30, incrementPct: 20, maxPct: 99 } }) });
+    await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({ autoConverge: { enabled: true, initialPct: 30, incrementPct: 20, maxPct: 99 } }) });
     const throttles: number[] = [];
     const trace = await followMigration(c.clients['a']!, runId, (u) => {
       if (u.update?.$case === 'progress') throttles.push(u.update.value.throttlePct);
@@ -84,7 +84,7 @@ describe('node daemons: migration modes', () => {
     const before = await bootGuest(name, guestSpec(name, { workers: 2, bytesPerWorker: 32 << 20 }));
     await c.tb.shape('a', { rateMbit: 400 });
     const runId = `run-pc-${n}`;
-    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
+    await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
     const trace = await followMigration(c.clients['a']!, runId);
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     expect(trace.states).toContain(MigrationState.MIGRATION_STATE_POSTCOPY);
@@ -102,11 +102,11 @@ describe('node daemons: migration modes', () => {
     const name = `vm${++n}`;
     const before = await bootGuest(name, guestSpec(name, { rate: 8 << 20 }));
     await expect(
-      c.clients['a']!.startMigration({ runId: `run-bad-${n}`, vmName: name, destination: dest(), policy: policy({ multifd: { enabled: true, channels: 2, compression: 0, compressionLevel: 0 }, postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false } }) }),
+      startMigration(c, 'a', { runId: `run-bad-${n}`, vmName: name, destination: dest(), policy: policy({ multifd: { enabled: true, channels: 2, compression: 0, compressionLevel: 0 }, postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false } }) }),
     ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/multifd cannot be combined with post-copy/) });
     expect(await onB(name)).toHaveLength(0);
     const runId = `run-multifd-${n}`;
-    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ multifd: { enabled: true, channels: 4, compression: MultifdCompression.MULTIFD_COMPRESSION_ZSTD, compressionLevel: 1 } }) });
+    await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({ multifd: { enabled: true, channels: 4, compression: MultifdCompression.MULTIFD_COMPRESSION_ZSTD, compressionLevel: 1 } }) });
     const trace = await followMigration(c.clients['a']!, runId);
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     console.log(`multifd(4, zstd): total ${trace.result.stats!.totalTimeMs} ms, downtime ${trace.result.stats!.downtimeMs} ms`);
@@ -118,7 +118,7 @@ describe('node daemons: migration modes', () => {
     const before = await bootGuest(name, guestSpec(name, { pattern: WorkloadPattern.WORKLOAD_PATTERN_COMPRESSIBLE, rate: 8 << 20 }));
     await c.tb.shape('a', { rateMbit: 200 });
     const runId = `run-xbzrle-${n}`;
-    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({ xbzrle: { enabled: true, cacheBytes: 32 << 20 }, downtimeLimitMs: 500 }) });
+    await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({ xbzrle: { enabled: true, cacheBytes: 32 << 20 }, downtimeLimitMs: 500 }) });
     const trace = await followMigration(c.clients['a']!, runId);
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     console.log(`xbzrle: total ${trace.result.stats!.totalTimeMs} ms, downtime ${trace.result.stats!.downtimeMs} ms, passes ${trace.result.stats!.passes}`);
@@ -130,7 +130,7 @@ describe('node daemons: migration modes', () => {
     await bootGuest(name);
     await c.tb.shape('a', { rateMbit: 20 });
     const runId = `run-cancel-${n}`;
-    await c.clients['a']!.startMigration({ runId, vmName: name, destination: dest(), policy: policy({}) });
+    await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({}) });
     const trace = await followMigration(c.clients['a']!, runId, async (u) => {
       if (u.update?.$case === 'progress' && u.update.value.transferredBytes > 0) await c.clients['a']!.cancelMigration({ runId, actor: 'test', reason: 'testing cancel' }).catch(() => undefined);
     });

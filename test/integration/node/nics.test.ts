@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, WorkloadPattern, type NicSpec } from '../../../services/shared/gen/migd/v1/common.js';
 import { Prober } from '../../../services/testbed/prober.js';
-import { followMigration, guestSpec, policy, resetNodeCluster, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
 
 const run = promisify(execFile);
 
@@ -88,7 +88,7 @@ describe('node daemons: NICs on a VM network', () => {
     await prober.waitForAnswers(30, 30_000);
 
     const dest = { nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress };
-    await a.startMigration({ runId: 'run-nic-1', vmName: 'net1', destination: dest, policy: policy({ downtimeLimitMs: 300 }) });
+    await startMigration(c, 'a', { runId: 'run-nic-1', vmName: 'net1', destination: dest, policy: policy({ downtimeLimitMs: 300 }) });
     // The second card is never brought up in the guest: it sends nothing, so only the
     // announcement after the switch-over teaches the switch where its MAC lives now.
     expect(await learntAt(macs[1]!)).toBeUndefined();

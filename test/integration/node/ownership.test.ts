@@ -9,7 +9,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, type MigrationPolicy } from '../../../services/shared/gen/migd/v1/common.js';
-import { followMigration, guestSpec, policy, startNodeCluster, waitForGuest, type NodeClient, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, startMigration, startNodeCluster, waitForGuest, type NodeClient, type NodeCluster } from '../../helpers/node-cluster.js';
 import { qemuPidsMatching, waitFor } from '../../helpers/qemu-process.js';
 
 /** Resolves once the migration reaches `want` (or finished); tolerates the watch breaking. */
@@ -68,7 +68,7 @@ describe('node daemons: ownership survives a daemon crash mid-migration', () => 
     await waitForGuest(a, name, 2, 90_000, (s) => s.pagesVerified > 0);
     const uuid = (await a.getVm({ name })).vm!.spec!.uuid;
     await c.tb.shape('a', { rateMbit: 40 });
-    await a.startMigration({ runId, vmName: name, destination: dest(), policy: policy(p) });
+    await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy(p) });
     return uuid;
   }
 

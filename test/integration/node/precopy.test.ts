@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
-import { followMigration, guestSpec, policy, resetNodeCluster, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
 
 describe('node daemons: pre-copy between two namespaces', () => {
   let c: NodeCluster;
@@ -26,7 +26,7 @@ describe('node daemons: pre-copy between two namespaces', () => {
     const before = await waitForGuest(a, 'vm1', 3, 30_000, (s) => s.pagesVerified > 0);
     expect(before.at(-1)!.integrityErrors).toBe(0);
     const dest = { nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress };
-    const started = await a.startMigration({ runId: 'run-precopy-1', vmName: 'vm1', destination: dest, policy: policy({ downtimeLimitMs: 300 }) });
+    const started = await startMigration(c, 'a', { runId: 'run-precopy-1', vmName: 'vm1', destination: dest, policy: policy({ downtimeLimitMs: 300 }) });
     expect(started.migration?.state).not.toBe(MigrationState.MIGRATION_STATE_FAILED);
     const trace = await followMigration(a, 'run-precopy-1');
     expect(trace.result.error?.message ?? '').toBe('');
@@ -52,7 +52,7 @@ describe('node daemons: pre-copy between two namespaces', () => {
     await a.createVm({ spec: guestSpec('idle1', { pattern: WorkloadPattern.WORKLOAD_PATTERN_IDLE }) });
     await waitForGuest(a, 'idle1', 1, 30_000, (s) => s.pagesVerified > 0);
     const dest = { nodeId: 'a', managementAddress: c.nodes['a']!.address, migrationAddress: c.tb.host('a').migrationAddress };
-    await a.startMigration({ runId: 'run-idle-1', vmName: 'idle1', destination: dest, policy: policy({}) });
+    await startMigration(c, 'b', { runId: 'run-idle-1', vmName: 'idle1', destination: dest, policy: policy({}) });
     const trace = await followMigration(a, 'run-idle-1');
     expect(trace.result.error?.message ?? '').toBe('');
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);

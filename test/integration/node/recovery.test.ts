@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, PolicyActionKind } from '../../../services/shared/gen/migd/v1/common.js';
-import { followMigration, guestSpec, policy, resetNodeCluster, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
 
 // The tests share one cluster; each one's VMs, cuts, shaping and killed daemon are undone in
 // afterEach, also when it fails, and each counts only its own VMs.
@@ -30,7 +30,7 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     // slow enough that post-copy takes a while, so the cut lands in the middle of it
     await c.tb.shape('a', { rateMbit: 80 });
     const runId = 'run-recover-1';
-    await a.startMigration({ runId, vmName: 'pc1', destination: dest(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
+    await startMigration(c, 'a', { runId, vmName: 'pc1', destination: dest(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
     let cut = false;
     let restoredAt = 0;
     let restoreTimer: NodeJS.Timeout | undefined;
@@ -80,26 +80,26 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     const a = c.clients['a']!;
     await a.createVm({ spec: guestSpec('bad1') });
     const d = dest();
-    await expect(a.startMigration({ runId: 'r-unknown', vmName: 'nope', destination: d, policy: policy({}) })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await expect(startMigration(c, 'a', { runId: 'r-unknown', vmName: 'nope', destination: d, policy: policy({}) })).rejects.toMatchObject({ code: 'NOT_FOUND' });
     await expect(a.createVm({ spec: guestSpec('../etc') })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     await expect(a.createVm({ spec: guestSpec('huge', { memoryMib: 1024 * 1024 }) })).rejects.toMatchObject({ code: 'RESOURCE_EXHAUSTED' });
     await expect(a.createVm({ spec: guestSpec('bad1') })).rejects.toMatchObject({ code: 'ALREADY_EXISTS' });
     await expect(
-      a.startMigration({ runId: 'r-combo', vmName: 'bad1', destination: d, policy: policy({ xbzrle: { enabled: true, cacheBytes: 0 }, multifd: { enabled: true, channels: 2, compression: 0, compressionLevel: 0 } }) }),
+      startMigration(c, 'a', { runId: 'r-combo', vmName: 'bad1', destination: d, policy: policy({ xbzrle: { enabled: true, cacheBytes: 0 }, multifd: { enabled: true, channels: 2, compression: 0, compressionLevel: 0 } }) }),
     ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     // a destination that does not answer: an address in the host's own subnet where nobody listens
     await expect(
-      a.startMigration({ runId: 'r-down', vmName: 'bad1', destination: { nodeId: 'ghost', managementAddress: `${c.tb.host('a').mgmtAddress}:7999`, migrationAddress: c.tb.host('b').migrationAddress }, policy: policy({}) }),
+      startMigration(c, 'a', { runId: 'r-down', vmName: 'bad1', destination: { nodeId: 'ghost', managementAddress: `${c.tb.host('a').mgmtAddress}:7999`, migrationAddress: c.tb.host('b').migrationAddress }, policy: policy({}) }),
     ).rejects.toMatchObject({ code: 'UNAVAILABLE' });
     // nothing changed: still running, not migrating, nothing on b
     expect((await a.getVm({ name: 'bad1' })).vm?.state).toBe(2);
     expect(names((await c.clients['b']!.listVms({})).vms, ['bad1', '../etc', 'huge'])).toEqual([]);
     // VM already migrating
     await c.tb.shape('a', { rateMbit: 10 });
-    await a.startMigration({ runId: 'r-first', vmName: 'bad1', destination: d, policy: policy({}) });
-    await expect(a.startMigration({ runId: 'r-second', vmName: 'bad1', destination: d, policy: policy({}) })).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
+    await startMigration(c, 'a', { runId: 'r-first', vmName: 'bad1', destination: d, policy: policy({}) });
+    await expect(startMigration(c, 'a', { runId: 'r-second', vmName: 'bad1', destination: d, policy: policy({}) })).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
     // same run id again is idempotent
-    const again = await a.startMigration({ runId: 'r-first', vmName: 'bad1', destination: d, policy: policy({}) });
+    const again = await startMigration(c, 'a', { runId: 'r-first', vmName: 'bad1', destination: d, policy: policy({}) });
     expect(again.migration?.runId).toBe('r-first');
     await expect(a.destroyVm({ name: 'bad1' })).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
     await a.cancelMigration({ runId: 'r-first', actor: 'test', reason: 'cleanup' });

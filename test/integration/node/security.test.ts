@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, PolicyActionKind, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
-import { followMigration, guestSpec, policy, resetNodeCluster, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
 
 describe('node daemons: TLS stream, switchover-ack, force-complete, metrics', () => {
   let c: NodeCluster;
@@ -30,7 +30,7 @@ describe('node daemons: TLS stream, switchover-ack, force-complete, metrics', ()
       const before = await waitForGuest(from, name, 2, 30_000, (s) => s.pagesVerified > 0);
       const destination = tls ? { nodeId: 'a', managementAddress: c.nodes['a']!.address, migrationAddress: c.tb.host('a').migrationAddress } : dest();
       const runId = `run-${name}`;
-      await from.startMigration({ runId, vmName: name, destination, policy: policy({ tls, switchoverAck: tls }) });
+      await startMigration(c, tls ? 'b' : 'a', { runId, vmName: name, destination, policy: policy({ tls, switchoverAck: tls }) });
       const trace = await followMigration(from, runId);
       expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
       expect(trace.result.policy?.tls).toBe(true);
@@ -48,7 +48,7 @@ describe('node daemons: TLS stream, switchover-ack, force-complete, metrics', ()
     await a.createVm({ spec: guestSpec('fc1', { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, bytesPerWorker: 32 << 20, hotBytes: 8 << 20 }) });
     const before = await waitForGuest(a, 'fc1', 2, 30_000, (s) => s.pagesVerified > 0);
     await c.tb.shape('a', { rateMbit: 40 });
-    await a.startMigration({ runId: 'run-fc1', vmName: 'fc1', destination: dest(), policy: policy({ downtimeLimitMs: 300 }) });
+    await startMigration(c, 'a', { runId: 'run-fc1', vmName: 'fc1', destination: dest(), policy: policy({ downtimeLimitMs: 300 }) });
     let forced = false;
     const trace = await followMigration(a, 'run-fc1', async (u) => {
       if (!forced && u.update?.$case === 'progress' && u.update.value.pass >= 3) {
@@ -69,7 +69,7 @@ describe('node daemons: TLS stream, switchover-ack, force-complete, metrics', ()
     const a = c.clients['a']!;
     await a.createVm({ spec: guestSpec('m1', { pattern: WorkloadPattern.WORKLOAD_PATTERN_IDLE }) });
     await waitForGuest(a, 'm1', 1, 30_000, (s) => s.pagesVerified > 0);
-    await a.startMigration({ runId: 'run-m1', vmName: 'm1', destination: dest(), policy: policy({}) });
+    await startMigration(c, 'a', { runId: 'run-m1', vmName: 'm1', destination: dest(), policy: policy({}) });
     expect((await followMigration(a, 'run-m1')).result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     const res = await fetch(`http://${c.tb.host('a').mgmtAddress}:9464/metrics`);
     const text = await res.text();

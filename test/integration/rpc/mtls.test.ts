@@ -42,6 +42,7 @@ function handlers(): Handlers<typeof NodeServiceService> {
       }
       for (let i = 0; i < 3; i++) yield { item: { $case: 'console' as const, value: Buffer.from(`${req.name}-${i}`) } };
     },
+    expectIncoming: unimplemented,
     prepareIncoming: unimplemented,
     pauseIncoming: unimplemented,
     recoverIncoming: unimplemented,

@@ -22,6 +22,7 @@ describe('node authorization', () => {
       else expect(() => call('migd-node.b', m), m).toThrow(expect.objectContaining({ code: 'PERMISSION_DENIED' }));
       for (const who of ['operator', 'viewer', 'migd-node', 'migd-node.a', 'migd-coordinatorx']) expect(() => call(who, m), `${who} ${m}`).toThrow(expect.objectContaining({ code: 'PERMISSION_DENIED' }));
     }
+    expect(PEER_METHODS.has('ExpectIncoming')).toBe(false); // only the coordinator announces a run's source
     expect(() => call('migd-coordinator', 'Nope')).toThrow(/not a NodeService method/);
   });
 

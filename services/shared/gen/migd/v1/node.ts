@@ -304,6 +304,28 @@ export interface AbortIncomingRequest {
 export interface AbortIncomingResponse {
 }
 
+/** ExpectIncomingRequest tells a destination which node will migrate which VM to it, for one run. */
+export interface ExpectIncomingRequest {
+  /** The migration run id. */
+  runId: string;
+  /**
+   * The node id of the run's source: only the node presenting the certificate migd-node.<id> of
+   * this id may prepare and drive the run's incoming side.
+   */
+  sourceNodeId: string;
+  /** The name of the VM the source will send. */
+  vmName: string;
+}
+
+/** ExpectIncomingResponse confirms the expectation. */
+export interface ExpectIncomingResponse {
+  /**
+   * When the expectation lapses unless a PrepareIncoming used it or it is renewed (an incoming
+   * copy already prepared stays bound to its source after that).
+   */
+  expiresAt?: Date | undefined;
+}
+
 /** StartMigrationRequest starts migrating a VM off this node. */
 export interface StartMigrationRequest {
   /**
@@ -2855,6 +2877,192 @@ export const AbortIncomingResponse: MessageFns<AbortIncomingResponse> = {
   },
 };
 
+function createBaseExpectIncomingRequest(): ExpectIncomingRequest {
+  return { runId: "", sourceNodeId: "", vmName: "" };
+}
+
+export const ExpectIncomingRequest: MessageFns<ExpectIncomingRequest> = {
+  encode(message: ExpectIncomingRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.runId !== "") {
+      writer.uint32(10).string(message.runId);
+    }
+    if (message.sourceNodeId !== "") {
+      writer.uint32(18).string(message.sourceNodeId);
+    }
+    if (message.vmName !== "") {
+      writer.uint32(26).string(message.vmName);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExpectIncomingRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExpectIncomingRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.runId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sourceNodeId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.vmName = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExpectIncomingRequest {
+    return {
+      runId: isSet(object.runId)
+        ? globalThis.String(object.runId)
+        : isSet(object.run_id)
+        ? globalThis.String(object.run_id)
+        : "",
+      sourceNodeId: isSet(object.sourceNodeId)
+        ? globalThis.String(object.sourceNodeId)
+        : isSet(object.source_node_id)
+        ? globalThis.String(object.source_node_id)
+        : "",
+      vmName: isSet(object.vmName)
+        ? globalThis.String(object.vmName)
+        : isSet(object.vm_name)
+        ? globalThis.String(object.vm_name)
+        : "",
+    };
+  },
+
+  toJSON(message: ExpectIncomingRequest): unknown {
+    const obj: any = {};
+    if (message.runId !== "") {
+      obj.runId = message.runId;
+    }
+    if (message.sourceNodeId !== "") {
+      obj.sourceNodeId = message.sourceNodeId;
+    }
+    if (message.vmName !== "") {
+      obj.vmName = message.vmName;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExpectIncomingRequest>): ExpectIncomingRequest {
+    return ExpectIncomingRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExpectIncomingRequest>): ExpectIncomingRequest {
+    const message = createBaseExpectIncomingRequest();
+    message.runId = object.runId ?? "";
+    message.sourceNodeId = object.sourceNodeId ?? "";
+    message.vmName = object.vmName ?? "";
+    return message;
+  },
+};
+
+function createBaseExpectIncomingResponse(): ExpectIncomingResponse {
+  return { expiresAt: undefined };
+}
+
+export const ExpectIncomingResponse: MessageFns<ExpectIncomingResponse> = {
+  encode(message: ExpectIncomingResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.expiresAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.expiresAt), writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExpectIncomingResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExpectIncomingResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.expiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExpectIncomingResponse {
+    return {
+      expiresAt: isSet(object.expiresAt)
+        ? fromJsonTimestamp(object.expiresAt)
+        : isSet(object.expires_at)
+        ? fromJsonTimestamp(object.expires_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: ExpectIncomingResponse): unknown {
+    const obj: any = {};
+    if (message.expiresAt !== undefined) {
+      obj.expiresAt = message.expiresAt.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExpectIncomingResponse>): ExpectIncomingResponse {
+    return ExpectIncomingResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExpectIncomingResponse>): ExpectIncomingResponse {
+    const message = createBaseExpectIncomingResponse();
+    message.expiresAt = object.expiresAt ?? undefined;
+    return message;
+  },
+};
+
 function createBaseStartMigrationRequest(): StartMigrationRequest {
   return { runId: "", vmName: "", destination: undefined, policy: undefined };
 }
@@ -4910,6 +5118,25 @@ export const NodeServiceService = {
     responseDeserialize: (value: Buffer): ResumeIncomingResponse => ResumeIncomingResponse.decode(value),
   },
   /**
+   * Destination side, coordinator only: announces that node `source_node_id` will migrate VM
+   * `vm_name` here as run `run_id`. A peer node's PrepareIncoming (and its other *Incoming calls
+   * for a run with no incoming copy) is refused with PERMISSION_DENIED unless such an expectation
+   * names the caller's certificate identity, the run and the VM. Idempotent: repeating it renews
+   * the expiry. Errors: INVALID_ARGUMENT, ALREADY_EXISTS (the run is expected from another source
+   * or for another VM).
+   */
+  expectIncoming: {
+    path: "/migd.v1.NodeService/ExpectIncoming" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ExpectIncomingRequest): Buffer =>
+      Buffer.from(ExpectIncomingRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExpectIncomingRequest => ExpectIncomingRequest.decode(value),
+    responseSerialize: (value: ExpectIncomingResponse): Buffer =>
+      Buffer.from(ExpectIncomingResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExpectIncomingResponse => ExpectIncomingResponse.decode(value),
+  },
+  /**
    * Source side: migrates a VM to another node. Returns once the migration has started; follow
    * it with WatchMigration. Errors: NOT_FOUND (unknown VM), FAILED_PRECONDITION (VM already
    * migrating or not running), INVALID_ARGUMENT (a capability combination QEMU refuses, a
@@ -5057,6 +5284,15 @@ export interface NodeServiceServer extends UntypedServiceImplementation {
    * resume by itself at the start of post-copy while its disks may still receive writes).
    */
   resumeIncoming: handleUnaryCall<ResumeIncomingRequest, ResumeIncomingResponse>;
+  /**
+   * Destination side, coordinator only: announces that node `source_node_id` will migrate VM
+   * `vm_name` here as run `run_id`. A peer node's PrepareIncoming (and its other *Incoming calls
+   * for a run with no incoming copy) is refused with PERMISSION_DENIED unless such an expectation
+   * names the caller's certificate identity, the run and the VM. Idempotent: repeating it renews
+   * the expiry. Errors: INVALID_ARGUMENT, ALREADY_EXISTS (the run is expected from another source
+   * or for another VM).
+   */
+  expectIncoming: handleUnaryCall<ExpectIncomingRequest, ExpectIncomingResponse>;
   /**
    * Source side: migrates a VM to another node. Returns once the migration has started; follow
    * it with WatchMigration. Errors: NOT_FOUND (unknown VM), FAILED_PRECONDITION (VM already
@@ -5286,6 +5522,29 @@ export interface NodeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResumeIncomingResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Destination side, coordinator only: announces that node `source_node_id` will migrate VM
+   * `vm_name` here as run `run_id`. A peer node's PrepareIncoming (and its other *Incoming calls
+   * for a run with no incoming copy) is refused with PERMISSION_DENIED unless such an expectation
+   * names the caller's certificate identity, the run and the VM. Idempotent: repeating it renews
+   * the expiry. Errors: INVALID_ARGUMENT, ALREADY_EXISTS (the run is expected from another source
+   * or for another VM).
+   */
+  expectIncoming(
+    request: ExpectIncomingRequest,
+    callback: (error: ServiceError | null, response: ExpectIncomingResponse) => void,
+  ): ClientUnaryCall;
+  expectIncoming(
+    request: ExpectIncomingRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ExpectIncomingResponse) => void,
+  ): ClientUnaryCall;
+  expectIncoming(
+    request: ExpectIncomingRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ExpectIncomingResponse) => void,
   ): ClientUnaryCall;
   /**
    * Source side: migrates a VM to another node. Returns once the migration has started; follow

@@ -31,6 +31,7 @@ import { normalizeNics } from '../shared/nics.js';
 import { startRegistration, type Registration } from './registration.js';
 import { nodeHandlers } from './rpc/handlers.js';
 import { VmManager, type VmInfo } from './vm/manager.js';
+import { MigratingVms } from './vm/migrating.js';
 import { DISK_ID_PATTERN, guestDeviceOf, normalizeDisks, validateVmName, type Disk, type DiskInput } from './vm/spec.js';
 import { confineDiskPath, confineNewDiskPath, createImage, freeBytes, imageInfo } from './host/disks.js';
 
@@ -71,7 +72,8 @@ const PEER_CLIENTS_MAX = 64;
 export class NodeDaemon {
   private readonly feeds = new Map<string, GuestFeed>();
   private readonly specs = new Map<string, ProtoVmSpec>();
-  private readonly migratingVms = new Map<string, string>();
+  /** The single "is migrating" state of this node's VMs. */
+  private readonly migratingVms = new MigratingVms();
   private readonly peers = new Map<string, NodePeer & { close(): void }>();
   readonly migrations: MigrationManager;
   private server: RpcServer | undefined;
@@ -251,7 +253,7 @@ export class NodeDaemon {
       state,
       pid: v.pid,
       startedAt: new Date(v.createdAt),
-      migrationRunId: this.migratingVms.get(name) ?? '',
+      migrationRunId: this.migratingVms.runOf(name) ?? '',
       lastGuestPerf: this.feeds.get(name)?.summary(),
       qemuCpuSeconds: cpu?.totalSeconds ?? 0,
     };
@@ -412,7 +414,7 @@ export class NodeDaemon {
   async destroyVm(name: string): Promise<void> {
     this.vms.get(name);
     if (this.migratingVms.has(name) || this.migrations.busy(name)) {
-      throw new FailedPreconditionError(`VM ${name} is taking part in migration ${this.migratingVms.get(name) ?? ''}; cancel it first`, { reason: 'VM_MIGRATING' });
+      throw new FailedPreconditionError(`VM ${name} is taking part in migration ${this.migratingVms.runOf(name) ?? ''}; cancel it first`, { reason: 'VM_MIGRATING' });
     }
     await this.removeVm(name);
   }
@@ -422,7 +424,7 @@ export class NodeDaemon {
     this.feeds.get(name)?.close();
     this.feeds.delete(name);
     this.specs.delete(name);
-    this.migratingVms.delete(name);
+    this.migratingVms.set(name, undefined);
     await this.vms.destroy(name);
     await this.removeImages(images);
   }
@@ -465,13 +467,11 @@ export class NodeDaemon {
         const v = this.vms.get(name);
         if (v.status !== 'running') throw new FailedPreconditionError(`VM ${name} is not running`, { reason: 'VM_NOT_RUNNING' });
         if (v.role === 'incoming') throw new FailedPreconditionError(`VM ${name} is an incoming migration target`, { reason: 'VM_INCOMING' });
-        const run = this.migratingVms.get(name);
-        if (run) throw new FailedPreconditionError(`VM ${name} is already migrating (run ${run})`, { reason: 'VM_ALREADY_MIGRATING' });
+        this.migratingVms.refuseIfMigrating(name);
         return this.migratable(name);
       },
       setMigration: (name, runId) => {
-        if (runId) this.migratingVms.set(name, runId);
-        else this.migratingVms.delete(name);
+        this.migratingVms.set(name, runId);
         void this.vms.setRole(name, runId ? 'migrating' : 'running').catch(() => undefined);
       },
       createIncoming: async (spec, runId, targets) => {
@@ -480,7 +480,7 @@ export class NodeDaemon {
         return this.migratable(spec.name);
       },
       adoptIncoming: (name) => {
-        this.migratingVms.delete(name);
+        this.migratingVms.set(name, undefined);
         void this.vms.setRole(name, 'running').catch(() => undefined);
       },
       // A VM a migration removes (the source after its handover, an incoming copy that never ran)

@@ -7,13 +7,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Broadcast } from '../../services/shared/broadcast.js';
-import { UnavailableError } from '../../services/shared/errors.js';
+import { NotFoundError, UnavailableError } from '../../services/shared/errors.js';
 import type { GuestPerfSample, VmSpec } from '../../services/shared/gen/migd/v1/common.js';
 import type { ConfirmIncomingResponse } from '../../services/shared/gen/migd/v1/node.js';
 import type { Logger } from '../../services/shared/log.js';
 import { MigrationRecords } from '../../services/node/migration/record.js';
 import type { MigratableVm, NodePeer, VmHost } from '../../services/node/migration/types.js';
 import { QmpClient } from '../../services/node/qmp/client.js';
+import { MigratingVms } from '../../services/node/vm/migrating.js';
 import { FakeTransport, type FakeStream, type SentCommand } from './qemu-fake-qmp.js';
 
 /** Things a test made, undone in its afterEach (last first). */
@@ -91,26 +92,43 @@ export function fakeVm(q: FakeQemu, samples = new Broadcast<GuestPerfSample>()):
   return { name: 'vm1', spec: fakeSpec('vm1'), pid: 4242, qmp: q.client, guestSamples: (signal) => samples.subscribe([], signal), lastGuestSample: () => undefined, cpuSeconds: async () => 0 };
 }
 
-export type FakeHost = VmHost & { destroyed: string[]; migrating: Map<string, string | undefined>; adopted: string[] };
+export type FakeHost = VmHost & { destroyed: string[]; migrating: Map<string, string | undefined>; adopted: string[]; marks: MigratingVms };
 
-/** The node's VM manager: records destroys, migration marks and adoptions. */
-export function fakeHost(o: { qemuGone?: boolean } = {}): FakeHost {
+/**
+ * The node's VM manager: records destroys, migration marks and adoptions. The "is migrating" state
+ * is the node's own (MigratingVms): `source()` refuses a VM a run has claimed, as the daemon does.
+ */
+export function fakeHost(o: { qemuGone?: boolean; vms?: Readonly<Record<string, MigratableVm>> } = {}): FakeHost {
   const destroyed: string[] = [];
   const migrating = new Map<string, string | undefined>();
   const adopted: string[] = [];
+  const marks = new MigratingVms();
   return {
     destroyed,
     migrating,
     adopted,
-    source: () => {
-      throw new Error('unused');
+    marks,
+    source: (name) => {
+      const vm = destroyed.includes(name) ? undefined : o.vms?.[name];
+      if (!vm) throw new NotFoundError(`VM ${name} not found`);
+      marks.refuseIfMigrating(name);
+      return vm;
     },
-    attach: (name) => (o.qemuGone || destroyed.includes(name) ? undefined : ({ name } as MigratableVm)),
+    attach: (name) => (o.qemuGone || destroyed.includes(name) ? undefined : (o.vms?.[name] ?? ({ name } as MigratableVm))),
     list: () => [],
-    setMigration: (name, runId) => void migrating.set(name, runId),
+    setMigration: (name, runId) => {
+      migrating.set(name, runId);
+      marks.set(name, runId);
+    },
     createIncoming: () => Promise.reject(new Error('unused')),
-    adoptIncoming: (name) => void adopted.push(name),
-    destroy: async (name) => void destroyed.push(name),
+    adoptIncoming: (name) => {
+      adopted.push(name);
+      marks.set(name, undefined);
+    },
+    destroy: async (name) => {
+      destroyed.push(name);
+      marks.set(name, undefined);
+    },
     diskTransfers: async () => [],
     planTargets: async () => [],
     createTarget: () => Promise.reject(new Error('unused')),

@@ -344,7 +344,8 @@ export class MigrationManager {
     if (dest.nodeId === this.d.nodeId) throw new InvalidArgumentError(`destination ${dest.nodeId} is this node (the source)`);
     checkMigrationAddress(dest.migrationAddress);
     if (!req.vmName) throw new InvalidArgumentError('vm_name is required');
-    const policy = this.effectivePolicy(req.policy ?? ({ kind: PolicyKind.POLICY_KIND_FIXED } as StartMigrationRequest['policy']));
+    // A request without a policy (the field is optional on the wire) migrates with the fixed defaults.
+    const policy = this.effectivePolicy(req.policy ?? MigrationPolicy.fromPartial({ kind: PolicyKind.POLICY_KIND_FIXED }));
     const config = resolveMigrationConfig(policy, this.d.supportedCapabilities);
     const tlsDir = this.tlsDirFor(config.tls);
     // Check and claim the VM in one synchronous step: a concurrent StartMigration for the same VM
@@ -363,7 +364,7 @@ export class MigrationManager {
           host: this.d.host,
           peer: this.d.peer(dest),
           destination: dest,
-          policy: policy!,
+          policy,
           config,
           supportedCapabilities: this.d.supportedCapabilities,
           log,

@@ -63,6 +63,18 @@ function adoptedSource(q: FakeQemu, peer: NodePeer, host: VmHost, recs: Migratio
   return m;
 }
 
+/**
+ * Waits until `check` holds. The background work these tests follow (a resume after QEMU answered,
+ * a record written, a sweep) ends at a moment no fixed sleep predicts on a loaded machine.
+ */
+async function eventually(check: () => boolean | Promise<boolean>, what: string, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 const confirmed = (pages: number): ConfirmIncomingResponse => ConfirmIncomingResponse.fromPartial({ alive: pages > 0, pid: 7, pagesVerifiedAfter: pages });
 
 describe('source ownership after QEMU completed (adopted by a restarted daemon)', () => {
@@ -131,13 +143,11 @@ describe('source ownership after QEMU completed (adopted by a restarted daemon)'
     expect((await recs.list())[0]).toMatchObject({ phase: 'completed' }); // a restart would try again
     expect(host.destroyed).toEqual([]);
     destinationBack = true;
-    const until = Date.now() + 8000;
-    while (host.destroyed.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    await eventually(() => !m.settling, 'the ownership settled');
     expect(host.destroyed).toEqual(['vm1']); // handed over late: the source copy goes
     expect(q.commands).not.toContain('cont');
     expect(m.info().error?.message).toMatch(/resolved \d+ s after the run ended: the guest runs on the destination/);
-    await new Promise((r) => setTimeout(r, 100));
-    expect((await recs.list())[0]).toMatchObject({ phase: 'finished' });
+    await eventually(async () => (await recs.list())[0]?.phase === 'finished', 'the record of the settled run');
   });
 
   it('an unresolved handover resumes the source copy only once the destination proved its copy gone', async () => {
@@ -154,8 +164,8 @@ describe('source ownership after QEMU completed (adopted by a restarted daemon)'
     expect((await m.finished()).error?.reason).toBe('OWNERSHIP_UNRESOLVED');
     expect(q.commands).not.toContain('cont');
     destinationBack = true;
-    const until = Date.now() + 8000;
-    while (!q.commands.includes('cont') && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    // Settled once QEMU answered the resume (seeing `cont` sent is not yet that).
+    await eventually(() => !m.settling, 'the ownership settled');
     expect(q.commands).toContain('cont');
     expect(peer.calls.filter((c) => c === 'abort').length).toBeGreaterThan(0);
     expect(host.destroyed).toEqual([]);
@@ -264,8 +274,7 @@ describe('destination ownership', () => {
     expect(m.guestRunsHere).toBe(false);
     const first = m.confirm(5000);
     const again = m.confirm(5000);
-    await new Promise((r) => setTimeout(r, 100));
-    expect(q.commands).toContain('cont');
+    await eventually(() => q.commands.includes('cont'), 'the resume at the handover');
     expect(host.adopted).toEqual(['vm1']);
     samples.publish(sample(0, 4000));
     samples.publish(sample(0, 4300));
@@ -306,7 +315,7 @@ describe('destination ownership', () => {
     await m.adopt();
     expect(q.commands).not.toContain('cont');
     q.emit('postcopy-active');
-    await new Promise((r) => setTimeout(r, 100));
+    await eventually(() => m.guestRunsHere, 'the resume in post-copy');
     expect(q.commands).toContain('cont');
     await expect(m.abort()).rejects.toMatchObject({ reason: 'GUEST_RUNS_HERE' });
   });
@@ -340,7 +349,8 @@ describe('a restarted daemon reconciles its records (MigrationManager)', () => {
     expect(base.destroyed).toEqual(['orphan']);
     expect(m.get('run-done').state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     expect(q.commands).not.toContain('cont');
-    await new Promise((r) => setTimeout(r, 2500));
+    // The sweep (every second here) asks the source, which no longer knows the run.
+    await eventually(() => base.destroyed.length === 2, 'the sweep removing the stale copy');
     expect(base.destroyed).toEqual(['orphan', 'vm1']);
     expect((await recs.list()).map((r) => r.runId)).toEqual(['run-done']);
   });

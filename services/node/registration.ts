@@ -72,10 +72,10 @@ export function startRegistration(o: RegistrationOptions): Registration {
     retryable: () => true,
   };
   let loggedDown = false;
-  const trouble = (what: string, err: unknown): void => {
+  const trouble = (what: string, err: unknown, waitMs: number): void => {
     // One warning per outage, then quiet until it works again.
-    if (!loggedDown) o.log.warn(`coordinator ${what} failed; retrying`, { coordinator: o.coordinator, err: (err as Error).message });
-    else o.log.debug(`coordinator ${what} failed; retrying`, { err: (err as Error).message });
+    if (!loggedDown) o.log.warn(`coordinator ${what} failed; retrying`, { coordinator: o.coordinator, err: (err as Error).message, waitMs });
+    else o.log.debug(`coordinator ${what} failed; retrying`, { err: (err as Error).message, waitMs });
     loggedDown = true;
   };
 
@@ -107,7 +107,7 @@ export function startRegistration(o: RegistrationOptions): Registration {
   const loop = async (): Promise<void> => {
     while (!signal.aborted) {
       try {
-        await retry(beatOrRegister, { ...retryOptions, onRetry: (err) => trouble(needRegister ? 'registration' : 'heartbeat', err) });
+        await retry(beatOrRegister, { ...retryOptions, onRetry: (err, _attempt, waitMs) => trouble(needRegister ? 'registration' : 'heartbeat', err, waitMs) });
         if (loggedDown) o.log.info('coordinator reachable again', { coordinator: o.coordinator });
         loggedDown = false;
         await sleep(interval, undefined, { signal });

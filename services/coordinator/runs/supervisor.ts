@@ -18,7 +18,7 @@
  * progress samples through the policy, which is deterministic (domain/policy/types.ts).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CancelledError, FailedPreconditionError, MigdError, NotFoundError, NotLeaderError, isAbortError } from '../../shared/errors.js';
+import { CancelledError, FailedPreconditionError, MigdError, NotFoundError, NotLeaderError, UnavailableError, isAbortError } from '../../shared/errors.js';
 import {
   MigrationState,
   PolicyActionKind,
@@ -76,6 +76,9 @@ export interface SupervisorDeps {
   readonly storeRetryMs?: number;
   readonly now?: () => number;
 }
+
+/** Back-off of re-attaching to the source node (its daemon restarting, a broken watch). */
+const FOLLOW_BACKOFF = { initialMs: 250, maxMs: 5000 } as const;
 
 /** A store error that says nothing about the request (disk full, I/O, busy): worth retrying. */
 function isStoreTransient(err: unknown): boolean {
@@ -250,32 +253,33 @@ export class RunSupervisor {
   /** @returns true when the migration still runs on the node and must be followed */
   private async reattach(): Promise<boolean> {
     const src = this.run.sourceNodeId;
-    let backoff = 250;
-    for (;;) {
+    // Asked until the node answers (it may still be restarting); only NOT_FOUND is an answer.
+    const attempt = async (): Promise<boolean> => {
       try {
         const { migration } = await this.d.client(src).getMigration({ runId: this.runId }, { deadlineMs: this.d.callDeadlineMs, signal: this.signal });
         if (!migration) throw new NotFoundError(`node ${src} returned no migration`);
         this.startedOnNode = true;
         this.log.info('re-attached to a migration after restart', { state: migrationStateToJSON(migration.state) });
-        return this.handleExisting(migration);
+        return await this.handleExisting(migration);
       } catch (err) {
-        if (this.signal.aborted) throw err;
-        if (err instanceof NotFoundError) {
-          if (this.state === MigrationState.MIGRATION_STATE_PREPARING) {
-            // We stopped between dispatching and the node accepting: start it now (idempotent).
-            this.log.info('source node does not know the run: starting it');
-            return this.startOnNode();
-          }
-          return this.failed(
-            errorInfo('ABORTED', 'MIGRATION_LOST', `source node ${src} no longer knows migration ${this.runId} (its daemon restarted?)`),
-            'migration lost by the source node',
-          );
+        if (!(err instanceof NotFoundError) || this.signal.aborted) throw err;
+        if (this.state === MigrationState.MIGRATION_STATE_PREPARING) {
+          // We stopped between dispatching and the node accepting: start it now (idempotent).
+          this.log.info('source node does not know the run: starting it');
+          return this.startOnNode();
         }
-        this.log.info('source node not reachable yet; retrying', { err: (err as Error).message, backoff });
-        await sleep(backoff, undefined, { signal: this.signal });
-        backoff = Math.min(backoff * 2, 5000);
+        return this.failed(
+          errorInfo('ABORTED', 'MIGRATION_LOST', `source node ${src} no longer knows migration ${this.runId} (its daemon restarted?)`),
+          'migration lost by the source node',
+        );
       }
-    }
+    };
+    return retry(attempt, {
+      ...FOLLOW_BACKOFF,
+      signal: this.signal,
+      retryable: () => true,
+      onRetry: (err, _attempt, backoff) => this.log.info('source node not reachable yet; retrying', { err: (err as Error).message, backoff }),
+    });
   }
 
   /** A migration the node already has: finished → record it; running → rebuild the policy. */
@@ -314,14 +318,21 @@ export class RunSupervisor {
 
   private async follow(): Promise<void> {
     const src = this.run.sourceNodeId;
-    let backoff = 250;
-    while (!this.finished) {
+    // One watch of the source node; a watch that breaks before any update arrived is retried
+    // with back-off. One that broke after updates flowed ends the attempt: the next retry() starts
+    // its back-off afresh (after one first step), so a long healthy watch re-attaches quickly.
+    const watchOnce = async (): Promise<'flowed' | 'done'> => {
+      let flowed = false;
       try {
         for await (const u of this.d.client(src).watchMigration({ runId: this.runId }, { signal: this.signal })) {
-          backoff = 250;
+          flowed = true;
           await this.serially(() => this.onUpdate(u));
-          if (this.finished) return;
+          if (this.finished) return 'done';
         }
+        if (this.finished) return 'done';
+        if (!flowed) throw new UnavailableError(`the watch of source node ${src} ended before any update`);
+        this.log.info('watch of the source node ended; re-attaching');
+        return 'flowed';
       } catch (err) {
         if (this.signal.aborted) throw err;
         if (err instanceof NotFoundError) {
@@ -329,13 +340,23 @@ export class RunSupervisor {
             errorInfo('ABORTED', 'MIGRATION_LOST', `source node ${src} no longer knows migration ${this.runId} (its daemon restarted?)`),
             'migration lost by the source node',
           );
-          return;
+          return 'done';
         }
-        this.log.info('watch of the source node broke; re-attaching', { err: (err as Error).message, backoff });
+        if (this.finished) return 'done';
+        if (!flowed) throw err;
+        this.log.info('watch of the source node broke; re-attaching', { err: (err as Error).message });
+        return 'flowed';
       }
-      if (this.finished) return;
-      await sleep(backoff, undefined, { signal: this.signal });
-      backoff = Math.min(backoff * 2, 5000);
+    };
+    while (!this.finished) {
+      const r = await retry(watchOnce, {
+        ...FOLLOW_BACKOFF,
+        signal: this.signal,
+        retryable: () => !this.finished,
+        onRetry: (err, _attempt, backoff) => this.log.info('watch of the source node broke; re-attaching', { err: (err as Error).message, backoff }),
+      });
+      if (r === 'done' || this.finished) return;
+      await sleep(FOLLOW_BACKOFF.initialMs, undefined, { signal: this.signal });
     }
   }
 

@@ -35,6 +35,7 @@ import { ensureGuestImage } from '../stress/image/build.js';
 import { sleep } from '../stress/lab/backend.js';
 import { configError, loadConfig } from '../services/shared/config.js';
 import { startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
+import { startPostgres, type PostgresServer } from '../services/testbed/postgres.js';
 import { CoordinatorBackend } from '../stress/lab/coordinator-backend.js';
 import { quantile } from '../stress/lab/metrics.js';
 import { SimCluster } from '../stress/lab/sim-nodes.js';
@@ -48,11 +49,15 @@ const { values: opts } = loadConfig(
     nodes: { type: 'list', default: ['50', '100', '500'], doc: 'simulated cluster sizes of d (default 50,100,500)' },
     'vms-per-node': { type: 'integer', default: 20, min: 1, max: 10_000, doc: 'VMs per simulated node (default 20)' },
     'max-plans': { type: 'integer', default: 25, min: 0, max: 100_000, doc: 'drain plans per cluster size, each of 2 × vms-per-node VMs; 0: every populated node (default 25)' },
+    db: { type: 'list', default: ['sqlite'], doc: "d's store dialects, each run in turn: sqlite, postgres (a throw-away server, services/testbed/postgres.ts) (default sqlite)" },
+    'cpu-prof-dir': { type: 'string', default: '', doc: "write a V8 CPU profile of d's coordinator into this directory (node --cpu-prof)" },
     'heartbeat-misses': { type: 'integer', default: 3, min: 1, max: 100, doc: "the coordinator's --heartbeat-misses (default 3, at 2 s)" },
   },
   process.argv.slice(2),
 );
 for (const p of opts.parts) if (!['a', 'b', 'c', 'd'].includes(p)) throw configError('parts', `"${p}" is not a part (a, b, c, d)`);
+for (const d of opts.db) if (!['sqlite', 'postgres'].includes(d)) throw configError('db', `"${d}" is not a store dialect (sqlite, postgres)`);
+const DBS = opts.db as readonly ('sqlite' | 'postgres')[];
 const NODES = opts.nodes.map(Number);
 if (NODES.some((n) => !Number.isInteger(n) || n < 1)) throw configError('nodes', 'must be whole numbers of nodes');
 const PARTS = new Set(opts.parts);
@@ -306,11 +311,33 @@ process.once('exit', () => {
 });
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
 
+/** Issue 15 §4's scale figures: what it measured before this work, and the goal. */
+const SCALE_GOALS = [
+  { figure: 'bound ÷ makespan', today: 0.58, goal: 0.9, better: 'higher', unit: '', digits: 2 },
+  { figure: 'SubmitPlan p99', today: 850, goal: 100, better: 'lower', unit: ' ms', digits: 0 },
+  { figure: 'coordinator CPU per migration', today: 0.09, goal: 0.01, better: 'lower', unit: ' s', digits: 3 },
+] as const;
+
+/** Prints this run's figures beside issue 15's "today" and its goal. */
+function printScaleGoals(label: string, measured: readonly number[]): void {
+  out(`    ${label}: issue 15 today vs this run vs goal`);
+  SCALE_GOALS.forEach((g, i) => {
+    const v = measured[i] ?? NaN;
+    const met = g.better === 'higher' ? v >= g.goal : v <= g.goal;
+    const cmp = g.better === 'higher' ? '≥' : '≤';
+    out(`      ${g.figure.padEnd(30)} ${`${fmt(g.today, g.digits)}${g.unit}`.padStart(10)}  ${`${fmt(v, g.digits)}${g.unit}`.padStart(10)}  goal ${cmp} ${fmt(g.goal, g.digits)}${g.unit}  ${Number.isFinite(v) ? (met ? 'met' : 'not met') : ''}`);
+  });
+}
+
 async function partD(): Promise<void> {
+  for (const db of DBS) await partDOn(db);
+}
+
+async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
   coordinatorEntry(); // throws when not built
   const limits = { cluster: 200, source: 4, destination: 4 };
   const migrationMs = 1000;
-  out(`\n== d. control-plane scale: drains over simulated nodes (${VMS_PER_NODE} VMs per node: ${VMS_PER_NODE * 2} on each of the first half, drained to the second half; simulated migrations of ${migrationMs} ms; limits cluster ${limits.cluster}, per source ${limits.source}, per destination ${limits.destination})`);
+  out(`\n== d. control-plane scale on ${dialect}: drains over simulated nodes (${VMS_PER_NODE} VMs per node: ${VMS_PER_NODE * 2} on each of the first half, drained to the second half; simulated migrations of ${migrationMs} ms; limits cluster ${limits.cluster}, per source ${limits.source}, per destination ${limits.destination})`);
   out(`  (heartbeats every 2 s, a node is down after ${HEARTBEAT_MISSES} misses)`);
   out(`  (${MAX_PLANS > 0 ? `at most ${MAX_PLANS} drain plans per size` : 'every populated node drained'}; bound = ceil(migrations ÷ concurrency) × migration time)`);
   out('  nodes   VMs  plans  SubmitPlan p50/p99 ms  plans/s  migrations planned/s  makespan s  bound s  bound/makespan  coordinator CPU s');
@@ -324,7 +351,9 @@ async function partD(): Promise<void> {
     let sim: SimCluster | undefined;
     let cb: CoordinatorBackend | undefined;
     let downs = 0;
+    let pg: PostgresServer | undefined;
     try {
+      if (dialect === 'postgres') pg = await startPostgres();
       const natsProc = await startNatsProcess(join(work, 'nats'));
       nats = natsProc.process;
       started.add(nats);
@@ -332,9 +361,10 @@ async function partD(): Promise<void> {
       const addr = `127.0.0.1:${port}`;
       coord = await startCoordinatorProcess({
         listen: addr,
-        db: join(work, 'history.sqlite'),
+        db: pg ? await pg.createDatabase() : join(work, 'history.sqlite'),
         nats: natsProc.url,
         certDir,
+        nodeArgs: opts['cpu-prof-dir'] ? ['--cpu-prof', '--cpu-prof-dir', opts['cpu-prof-dir']] : [],
         args: ['--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES), '--allow-shared-node-identity'],
         onLog: (l) => {
           if (l.includes('node marked down')) downs++;
@@ -392,6 +422,7 @@ async function partD(): Promise<void> {
       if (failed > 0) out(`    (${failed} plan(s) failed)`);
       if (downs > 0) out(`    (the coordinator marked nodes down ${downs} times: heartbeats were not served in time)`);
       if (sim.heartbeatErrors > 0) out(`    (${sim.heartbeatErrors} heartbeats failed)`);
+      printScaleGoals(`${n} nodes, ${dialect}`, [bound / makespan, quantile(lat, 0.99), planned > 0 ? cpu / planned : NaN]);
     } catch (err) {
       out(`  ${String(n).padStart(5)}: failed: ${err instanceof Error ? err.message : String(err)}${downs > 0 ? ` (the coordinator marked nodes down ${downs} times)` : ''}`);
     } finally {
@@ -399,6 +430,7 @@ async function partD(): Promise<void> {
       await sim?.close();
       await coord?.stop();
       await stopChild(nats);
+      await pg?.dispose();
       await rm(work, { recursive: true, force: true });
     }
   }

@@ -83,7 +83,7 @@ export class Planner {
    * counted there, and they cannot be migrated yet.
    */
   async model(): Promise<ClusterModel> {
-    const [vms, active] = await Promise.all([this.o.registry.vms(), this.o.store.plans.listActiveRuns()]);
+    const [vms, active] = await Promise.all([this.o.registry.vms(), this.o.store.plans.listActiveMoves()]);
     const nodes = await this.o.registry.nodes(vms);
     const plannedMoves = active.map((r) => ({ vmName: r.vmName, from: r.sourceNodeId, to: r.destinationNodeId, memoryBytes: r.memoryMib * MiB }));
     const creating = [...this.creating.values()];

@@ -29,7 +29,7 @@ export interface NodeRegistryOptions {
   /** The repositories it uses: nodes and VMs, active runs, guest samples. */
   readonly store: {
     readonly nodes: NodeVmRepository;
-    readonly plans: Pick<PlanRunRepository, 'listActiveRuns'>;
+    readonly plans: Pick<PlanRunRepository, 'listActiveMoves'>;
     readonly samples: Pick<SampleRepository, 'appendGuestSample'>;
   };
   readonly log: Logger;
@@ -162,7 +162,7 @@ export class NodeRegistry {
     const names = new Set<string>();
     let moving: Promise<Set<string>> | undefined;
     const movingHere = (): Promise<Set<string>> =>
-      (moving ??= this.o.store.plans.listActiveRuns().then((runs) => new Set(runs.filter((r) => r.destinationNodeId === nodeId).map((r) => r.vmName))));
+      (moving ??= this.o.store.plans.listActiveMoves().then((runs) => new Set(runs.filter((r) => r.destinationNodeId === nodeId).map((r) => r.vmName))));
     for (const reported of vms) {
       const v = { ...reported, nodeId };
       const name = v.spec?.name ?? '';

@@ -211,6 +211,8 @@ export interface CoordinatorProcessOptions {
   readonly certDir: string;
   /** Extra flags. */
   readonly args?: readonly string[];
+  /** Flags of node itself, before the entry point (e.g. `--cpu-prof`). */
+  readonly nodeArgs?: readonly string[];
   /** Log level (default MIGD_LOG_LEVEL, else warn). */
   readonly logLevel?: string;
   readonly onLog?: (line: string) => void;
@@ -226,7 +228,7 @@ export async function startCoordinatorProcess(o: CoordinatorProcessOptions): Pro
   const child = await startService(
     'coordinator',
     process.execPath,
-    [coordinatorEntry(), '--listen', o.listen, '--db', o.db, '--tls-dir', o.certDir, ...(o.nats ? ['--nats', o.nats] : []), ...(o.args ?? [])],
+    [...(o.nodeArgs ?? []), coordinatorEntry(), '--listen', o.listen, '--db', o.db, '--tls-dir', o.certDir, ...(o.nats ? ['--nats', o.nats] : []), ...(o.args ?? [])],
     (l) => l.includes('"ready":true'),
     (l) => {
       logs.push(l);

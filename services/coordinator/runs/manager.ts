@@ -51,6 +51,8 @@ export class RunManager {
    */
   private readonly unslotted = new Map<string, string>();
   private planChain: Promise<void> = Promise.resolve();
+  /** Plan updates queued on planChain that have not started yet, by plan. */
+  private readonly queuedPlanUpdates = new Map<string, Promise<void>>();
   private stopped = false;
   /** Aborted by close() (a step-down or shutdown): every retry of this manager ends with it. */
   private readonly stopper = new AbortController();
@@ -250,10 +252,12 @@ export class RunManager {
   /** A run has ended in the store: free its slot, move its VM, update its plan, dispatch more. */
   private async ended(run: Run): Promise<void> {
     this.release(run.id);
+    // The freed slot goes to the next queued run at once: the VM's new home and the plan's state
+    // are bookkeeping that no dispatch decision waits for (each run's slot is its own).
+    this.dispatch();
     const moved = run.state === MigrationState.MIGRATION_STATE_SUCCEEDED;
     await this.o.registry.vmSettled(run.vmName, moved ? run.destinationNodeId : run.sourceNodeId, moved).catch((err: unknown) => this.o.log.warn('recording where the VM runs failed', { err }));
     if (run.planId) await this.updatePlan(run.planId);
-    this.dispatch();
   }
 
   private release(runId: string): void {
@@ -263,8 +267,14 @@ export class RunManager {
     this.resolved.delete(runId);
   }
 
-  /** Sets a plan's state once all its runs have ended (serialised: one event per change). */
+  /**
+   * Sets a plan's state once all its runs have ended (serialised: one event per change). Calls for
+   * a plan whose update is queued and not started yet join that update: it reads the runs when it
+   * starts, so it sees what each of them was called for (a drain's runs end by the hundred).
+   */
   updatePlan(planId: string): Promise<void> {
+    const queued = this.queuedPlanUpdates.get(planId);
+    if (queued) return queued;
     const once = async (): Promise<void> => {
       const runs = await this.o.store.plans.listPlanRuns(planId);
       const plan = await this.o.store.plans.getPlan(planId);
@@ -275,20 +285,23 @@ export class RunManager {
       if (state !== plan.state) await this.o.store.plans.setPlanState(planId, state);
     };
     // A store that cannot write (disk full) is retried: a plan left RUNNING would never end.
-    const next = this.planChain.then(() =>
-      retry(once, {
+    const next = this.planChain.then(() => {
+      this.queuedPlanUpdates.delete(planId);
+      return retry(once, {
         deadlineMs: 600_000,
         initialMs: 500,
         signal: this.stopper.signal,
         retryable: (err) => !(err instanceof MigdError) || err.code === 'INTERNAL' || err.code === 'UNAVAILABLE',
         onRetry: (err, attempt) => this.o.log.warn('the store failed to update the plan state; retrying', { planId, attempt, err: (err as Error).message }),
-      }),
-    );
+      });
+    });
     this.planChain = next.catch((err: unknown) => {
       if (this.stopper.signal.aborted) this.o.log.info('plan state left to the next leader', { planId });
       else this.o.log.warn('updating the plan state failed', { planId, err });
     });
-    return this.planChain;
+    const done = this.planChain;
+    this.queuedPlanUpdates.set(planId, done);
+    return done;
   }
 
   private async activeRun(runId: string): Promise<Run> {

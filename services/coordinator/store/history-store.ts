@@ -31,6 +31,7 @@ import { SqlRetentionRepository } from './retention-repository.js';
 import { SqlSampleRepository } from './sample-repository.js';
 import type { SampleWriterStats } from './sample-writer.js';
 import type {
+  ActiveMove,
   CompareOptions,
   ExportPage,
   CreatePlanInput,
@@ -152,6 +153,9 @@ export class RepositoryHistoryStore implements HistoryStore {
   }
   listActiveRuns(): Promise<Run[]> {
     return this.plans.listActiveRuns();
+  }
+  listActiveMoves(): Promise<ActiveMove[]> {
+    return this.plans.listActiveMoves();
   }
   listRunningPlanIds(): Promise<string[]> {
     return this.plans.listRunningPlanIds();

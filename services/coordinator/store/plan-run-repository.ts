@@ -19,7 +19,7 @@ import { isTerminalState } from '../../shared/policy/states.js';
 import { INSERT_CHUNK, type Db, type StoreDatabase, type TxState } from './database.js';
 import { actionToProto, ms, normalizePolicyKind, planToProto, policyToJson, runToProto, scopedIdempotencyKey, transitionToProto } from './mapping.js';
 import type { RunRow } from './schema.js';
-import type { CreatePlanInput, CreatePlanResult, CreateRunInput, FinishRunInput, PlanRunRepository, TransitionRunInput } from './types.js';
+import type { ActiveMove, CreatePlanInput, CreatePlanResult, CreateRunInput, FinishRunInput, PlanRunRepository, TransitionRunInput } from './types.js';
 
 const VALID_STATES = new Set(Object.values(MigrationState).filter((v): v is number => typeof v === 'number'));
 
@@ -347,6 +347,19 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         .execute();
       return loadRuns(conn, rows);
     });
+  }
+
+  async listActiveMoves(): Promise<ActiveMove[]> {
+    this.d.checkOpen();
+    const rows = await this.d.db
+      .selectFrom('runs')
+      .select(['id', 'vm_name', 'source_node_id', 'destination_node_id', 'memory_mib'])
+      .where('finished_at', 'is', null)
+      .orderBy('priority', 'desc')
+      .orderBy('created_at')
+      .orderBy('id')
+      .execute();
+    return rows.map((r) => ({ runId: r.id, vmName: r.vm_name, sourceNodeId: r.source_node_id, destinationNodeId: r.destination_node_id, memoryMib: r.memory_mib }));
   }
 
   async listRunningPlanIds(): Promise<string[]> {

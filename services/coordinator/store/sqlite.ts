@@ -69,6 +69,39 @@ export const sqliteStoreDialect: StoreDialect = {
   },
 };
 
+/** Prepared statements kept per connection (distinct SQL texts; the oldest unused go first). */
+export const STATEMENT_CACHE_SIZE = 512;
+
+/**
+ * The connection Kysely's SQLite driver uses, with its prepared statements kept and reused:
+ * the driver prepares every query it runs, and under load (hundreds of heartbeats and progress
+ * samples a second) compiling the same few dozen statements again was the coordinator's largest
+ * single CPU cost. Safe because the driver runs one query at a time to completion (`all`/`run`,
+ * never an open iterator here), and SQLite re-prepares a statement by itself after a schema change.
+ */
+export function withStatementCache(database: Database.Database, size = STATEMENT_CACHE_SIZE): { prepare: (sql: string) => Database.Statement; close: () => void } {
+  const cache = new Map<string, Database.Statement>();
+  return {
+    prepare: (text: string) => {
+      let stmt = cache.get(text);
+      if (stmt !== undefined) {
+        // Most recently used last: Map keeps insertion order.
+        cache.delete(text);
+        cache.set(text, stmt);
+        return stmt;
+      }
+      stmt = database.prepare(text);
+      cache.set(text, stmt);
+      if (cache.size > size) cache.delete(cache.keys().next().value as string);
+      return stmt;
+    },
+    close: () => {
+      cache.clear();
+      database.close();
+    },
+  };
+}
+
 /** The history store on a SQLite file. */
 export class SqliteHistoryStore extends RepositoryHistoryStore {
   /** The resolved options. */
@@ -106,7 +139,7 @@ export async function openSqliteHistoryStore(opts: SqliteHistoryStoreOptions): P
     database.close();
     throw err;
   }
-  const db = new Kysely<HistoryDatabase>({ dialect: new SqliteDialect({ database }) });
+  const db = new Kysely<HistoryDatabase>({ dialect: new SqliteDialect({ database: withStatementCache(database) }) });
   if (o.migrate) {
     try {
       await migrateToLatest(db);

@@ -210,12 +210,26 @@ export interface PlanRunRepository {
   recordNetworkBlackout(runId: string, blackout: NetworkBlackout): Promise<Run>;
   /** Runs that have not finished, highest priority first, then oldest (restart recovery). */
   listActiveRuns(): Promise<Run[]>;
+  /**
+   * The moves of the runs that have not finished, same order as listActiveRuns: only what
+   * planning needs, without each run's transitions, actions and policy (read on every SubmitPlan).
+   */
+  listActiveMoves(): Promise<ActiveMove[]>;
   /** Ids of the plans whose state is still RUNNING, oldest first (restart recovery). */
   listRunningPlanIds(): Promise<string[]>;
   /** Number of runs per state. */
   countRunsByState(): Promise<Map<MigrationState, number>>;
   /** The plan submitted with `idempotencyKey` by `scope` (default ''), or undefined when unknown. */
   findPlanByKey(idempotencyKey: string, scope?: string): Promise<Plan | undefined>;
+}
+
+/** Where an unfinished run moves its VM. */
+export interface ActiveMove {
+  readonly runId: string;
+  readonly vmName: string;
+  readonly sourceNodeId: string;
+  readonly destinationNodeId: string;
+  readonly memoryMib: number;
 }
 
 /** Progress, guest and host CPU samples, buffered and written in batches. */

@@ -7,7 +7,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { realpath, rm, rmdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { ConfigError, FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError } from '../shared/errors.js';
-import { Accel, BootSource, DiskAio, DiskBus, DiskCache, DiskFormat, StorageMode, VmState, type DiskSpec, type HostInfo, type VmInfo as ProtoVmInfo, type VmSpec as ProtoVmSpec, WorkloadPattern } from '../shared/gen/migd/v1/common.js';
+import { Accel, BootSource, DiskAio, DiskBus, DiskCache, DiskFormat, StorageMode, VmState, type DiskSpec, type HostInfo, type VmInfo as ProtoVmInfo, VmSpec as ProtoVmSpec, WorkloadPattern } from '../shared/gen/migd/v1/common.js';
 import { NodeServiceService, type DiskTransfer, type MigrationEndpoint } from '../shared/gen/migd/v1/node.js';
 import { GUEST_INITRD_FILE, GUEST_KERNEL_FILE, guestImageFiles } from '../shared/guest/image.js';
 import { buildGuestCmdline, type GuestPattern } from '../shared/guest/workload.js';
@@ -203,7 +203,7 @@ export class NodeDaemon {
     try {
       this.specs.set(vm.name, JSON.parse(readFileSync(this.specFile(vm.name), 'utf8')) as ProtoVmSpec);
     } catch {
-      this.specs.set(vm.name, { name: vm.name, memoryMib: vm.spec.memoryMiB, vcpus: vm.spec.vcpus, accel: vm.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG, machineType: vm.spec.machine, kernelPath: vm.spec.kernel ?? '', initrdPath: vm.spec.initrd ?? '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: vm.spec.uuid, disks: [], nics: vm.spec.nics.map((n) => ({ mac: n.mac, network: n.network, guestIp: '' })) });
+      this.specs.set(vm.name, ProtoVmSpec.fromPartial({ name: vm.name, memoryMib: vm.spec.memoryMiB, vcpus: vm.spec.vcpus, accel: vm.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG, machineType: vm.spec.machine, kernelPath: vm.spec.kernel ?? '', initrdPath: vm.spec.initrd ?? '', uuid: vm.spec.uuid, nics: vm.spec.nics.map((n) => ({ mac: n.mac, network: n.network })) }));
     }
   }
 
@@ -248,7 +248,7 @@ export class NodeDaemon {
     const cpu = v.status === 'running' ? await this.vms.cpu(name).catch(() => undefined) : undefined;
     const state = vmStateOf(v);
     return {
-      spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: Accel.ACCEL_TCG, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid, disks: [], nics: [] },
+      spec: this.specs.get(name) ?? ProtoVmSpec.fromPartial({ name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: Accel.ACCEL_TCG, machineType: v.spec.machine, uuid: v.spec.uuid }),
       nodeId: this.config.nodeId,
       state,
       pid: v.pid,
@@ -447,7 +447,7 @@ export class NodeDaemon {
     const vms = this.vms;
     return {
       name,
-      spec: this.specs.get(name) ?? { name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: 0, machineType: v.spec.machine, kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: v.spec.uuid, disks: [], nics: [] },
+      spec: this.specs.get(name) ?? ProtoVmSpec.fromPartial({ name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, machineType: v.spec.machine, uuid: v.spec.uuid }),
       pid: v.pid,
       qmp: vms.qmp(name),
       guestSamples: (signal) => feed.samples.subscribe([], signal),

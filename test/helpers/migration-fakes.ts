@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Broadcast } from '../../services/shared/broadcast.js';
 import { NotFoundError, UnavailableError } from '../../services/shared/errors.js';
-import type { GuestPerfSample, VmSpec } from '../../services/shared/gen/migd/v1/common.js';
+import { VmSpec, type GuestPerfSample } from '../../services/shared/gen/migd/v1/common.js';
 import type { ConfirmIncomingResponse } from '../../services/shared/gen/migd/v1/node.js';
 import type { Logger } from '../../services/shared/log.js';
 import { MigrationRecords } from '../../services/node/migration/record.js';
@@ -84,7 +84,7 @@ export class FakeQemu {
 }
 
 export function fakeSpec(name: string): VmSpec {
-  return { name, memoryMib: 64, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: 'u-1', disks: [], nics: [] };
+  return VmSpec.fromPartial({ name, memoryMib: 64, vcpus: 1, uuid: 'u-1' });
 }
 
 /** The VM being migrated, over the fake QEMU's QMP client. */

@@ -4,7 +4,7 @@
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { type MigrationState, type GuestPerfSample, type MigrationPolicy, type VmInfo, type VmSpec, WorkloadPattern } from '../../services/shared/gen/migd/v1/common.js';
+import { type MigrationState, type GuestPerfSample, type MigrationPolicy, type VmInfo, VmSpec, WorkloadPattern } from '../../services/shared/gen/migd/v1/common.js';
 import type { MigrationInfo, NodeServiceService, StartMigrationRequest, StartMigrationResponse, WatchMigrationResponse } from '../../services/shared/gen/migd/v1/node.js';
 import { createPki } from '../../services/shared/pki.js';
 import type { RpcClient } from '../../services/shared/rpc/client.js';
@@ -86,16 +86,10 @@ export async function startMigration(c: NodeCluster, source: string, req: StartM
 
 /** A small guest running the workload with integrity checking on. */
 export function guestSpec(name: string, opts: { memoryMib?: number; pattern?: WorkloadPattern; workers?: number; bytesPerWorker?: number; rate?: number; hotBytes?: number } = {}): VmSpec {
-  return {
+  return VmSpec.fromPartial({
     name,
     memoryMib: opts.memoryMib ?? 192,
     vcpus: 1,
-    accel: 0,
-    machineType: '',
-    kernelPath: '',
-    initrdPath: '',
-    extraCmdline: '',
-    disks: [],
     workload: {
       pattern: opts.pattern ?? WorkloadPattern.WORKLOAD_PATTERN_RANDOM,
       workers: opts.workers ?? 1,
@@ -103,14 +97,8 @@ export function guestSpec(name: string, opts: { memoryMib?: number; pattern?: Wo
       rateBytesPerSec: opts.rate ?? 0,
       hotBytes: opts.hotBytes ?? 0,
       verify: true,
-      phaseAfterMs: 0,
-      phaseRateBytesPerSec: 0,
     },
-    labels: {},
-    antiAffinityGroup: '',
-    uuid: '',
-    nics: [],
-  };
+  });
 }
 
 /**

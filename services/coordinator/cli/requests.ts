@@ -14,7 +14,7 @@ import {
   WorkloadPattern,
   type NicSpec,
   type Postcopy,
-  type VmSpec,
+  VmSpec,
 } from '../../shared/gen/migd/v1/common.js';
 import {
   AdjustRunRequest,
@@ -210,16 +210,12 @@ export function createVmRequest(name: string, flags: FlagValues): CoordinatorSer
     if (eq <= 0) throw new UsageError(`--label: ${JSON.stringify(l)} is not KEY=VALUE`);
     labels[l.slice(0, eq)] = l.slice(eq + 1);
   }
-  const spec: VmSpec = {
+  const spec = VmSpec.fromPartial({
     name,
     memoryMib: parseMemoryMib(memory, '--memory'),
     vcpus: optional(flags, 'vcpus', (r, f) => parseInteger(r, f, 1, 1024)) ?? 1,
     accel,
     machineType: flagString(flags, 'machine') ?? '',
-    kernelPath: '',
-    initrdPath: '',
-    extraCmdline: '',
-    disks: [],
     workload: {
       pattern,
       workers: optional(flags, 'workers', (r, f) => parseInteger(r, f, 1, 1024)) ?? 1,
@@ -227,14 +223,11 @@ export function createVmRequest(name: string, flags: FlagValues): CoordinatorSer
       rateBytesPerSec: optional(flags, 'rate', parseRate) ?? 0,
       hotBytes: optional(flags, 'hot-bytes', parseSize) ?? 0,
       verify: !flagBool(flags, 'no-verify'),
-      phaseAfterMs: 0,
-      phaseRateBytesPerSec: 0,
     },
     labels,
     antiAffinityGroup: flagString(flags, 'anti-affinity') ?? '',
-    uuid: '',
     nics: flagStrings(flags, 'nic').map(parseNic),
-  };
+  });
   if (spec.memoryMib === 0) throw new UsageError('--memory: must be greater than 0');
   return CoordinatorServiceCreateVmRequest.fromPartial({ spec, nodeId: flagString(flags, 'node') ?? '' });
 }

@@ -71,6 +71,10 @@ export interface HaCluster {
   role(index: number): Promise<CoordinatorRole>;
   /** The index of the one coordinator that leads (polls until exactly one does). @throws UnavailableError */
   waitForLeader(timeoutMs?: number, among?: readonly number[]): Promise<number>;
+  /** Stops nats-server (SIGTERM); its JetStream store stays. */
+  stopNats(): Promise<void>;
+  /** Starts nats-server again on the same port and store. */
+  startNats(): Promise<void>;
   /** SIGKILL coordinator `index`; resolves when it has exited. */
   killCoordinator(index: number): Promise<void>;
   /** Starts coordinator `index` again (same address and database). */
@@ -113,7 +117,8 @@ export async function startHaCluster(opts: HaClusterOptions): Promise<HaCluster>
     const natsAuthDir = join(opts.workDir, 'nats-auth');
     ensurePrivateDir(natsAuthDir);
     const { users, passwordFile } = createNatsUsers(natsAuthDir);
-    const n = await startNatsProcess(join(opts.workDir, 'nats'), onLog, undefined, { tls: identityFiles(opts.certDir, NATS_SERVER_IDENTITY), users });
+    const natsSecurity = { tls: identityFiles(opts.certDir, NATS_SERVER_IDENTITY), users };
+    const n = await startNatsProcess(join(opts.workDir, 'nats'), onLog, undefined, natsSecurity);
     nats = n.process;
     const natsUrl = n.url;
     const natsArgs = ['--nats', natsUrl, '--nats-user', NATS_PUBLISHER_USER, '--nats-password-file', passwordFile(NATS_PUBLISHER_USER)];
@@ -193,6 +198,13 @@ export async function startHaCluster(opts: HaClusterOptions): Promise<HaCluster>
       clientAt,
       role,
       waitForLeader,
+      async stopNats() {
+        await stopChild(nats);
+      },
+      async startNats() {
+        if (nats && nats.exitCode === null && nats.signalCode === null) return;
+        nats = (await startNatsProcess(join(opts.workDir, 'nats'), onLog, n.port, natsSecurity)).process;
+      },
       async killCoordinator(i) {
         const c = coordinators[i];
         coordinators[i] = undefined;

@@ -7,10 +7,10 @@ import type { SqliteHistoryStore } from '../../../services/coordinator/store/sql
 import { openStore, removeDir, tempDir } from './fixtures.js';
 
 const WORKERS = 3;
-const WORKER_SAMPLES = 3000;
+const WORKER_SAMPLES = 1500;
 const WORKER_TRANSITIONS = 40;
 const LOOPS = 2;
-const LOOP_SAMPLES = 2000;
+const LOOP_SAMPLES = 1000;
 
 let dir: string | undefined;
 let store: SqliteHistoryStore | undefined;

@@ -1,7 +1,8 @@
 /**
  * Buffers sample rows and writes them in batches: when `batchSize` rows are waiting, when the
- * oldest has waited `flushIntervalMs`, right away (next tick) when a row carries an event (so
- * published samples are not delayed by batching), and on `flush()`/`close()`. Writes are
+ * oldest has waited `flushIntervalMs`, within `eventDelayMs` when a row carries an event (so
+ * published samples are barely delayed, while the events of many runs arriving together still
+ * share one transaction instead of one write each), and on `flush()`/`close()`. Writes are
  * serialized. A failed write puts its rows back in front of the buffer and retries later; past
  * `maxBuffered` rows the oldest are dropped (samples are telemetry; state changes never pass
  * through here).
@@ -32,6 +33,8 @@ export interface SampleWriterOptions {
   persist: (batch: SampleBatch) => Promise<void>;
   batchSize: number;
   flushIntervalMs: number;
+  /** Longest wait of a row that carries an event (capped at flushIntervalMs). Default 50. */
+  eventDelayMs?: number;
   maxBuffered: number;
   logger: Logger;
 }
@@ -49,6 +52,7 @@ export class SampleWriter {
   private chain: Promise<void> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
   private immediate: NodeJS.Immediate | undefined;
+  private eventTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly counters: SampleWriterStats = { written: 0, dropped: 0, failedFlushes: 0 };
 
@@ -105,9 +109,16 @@ export class SampleWriter {
   private added(event: PendingEvent | undefined): void {
     this.rows++;
     if (event !== undefined) this.buf.events.push(event);
-    if (event !== undefined || this.rows >= this.opts.batchSize) {
+    if (this.rows >= this.opts.batchSize) {
       this.scheduleNow();
-    } else if (this.timer === undefined) {
+    } else if (event !== undefined && this.eventTimer === undefined) {
+      this.eventTimer = setTimeout(() => {
+        this.eventTimer = undefined;
+        this.background();
+      }, Math.min(this.opts.eventDelayMs ?? 50, this.opts.flushIntervalMs));
+      this.eventTimer.unref();
+    }
+    if (this.timer === undefined && this.immediate === undefined) {
       this.timer = setTimeout(() => {
         this.timer = undefined;
         this.background();
@@ -140,8 +151,10 @@ export class SampleWriter {
   private clearTimers(): void {
     if (this.timer !== undefined) clearTimeout(this.timer);
     if (this.immediate !== undefined) clearImmediate(this.immediate);
+    if (this.eventTimer !== undefined) clearTimeout(this.eventTimer);
     this.timer = undefined;
     this.immediate = undefined;
+    this.eventTimer = undefined;
   }
 
   private async flushOnce(): Promise<void> {
@@ -149,6 +162,10 @@ export class SampleWriter {
     if (this.timer !== undefined) {
       clearTimeout(this.timer);
       this.timer = undefined;
+    }
+    if (this.eventTimer !== undefined) {
+      clearTimeout(this.eventTimer);
+      this.eventTimer = undefined;
     }
     const batch = this.buf;
     const n = this.rows;

@@ -50,15 +50,22 @@ describe('SampleWriter', () => {
     expect(batches[0]!.hostCpu).toEqual([cpu(1)]);
   });
 
-  it('writes a sample that carries an event right away, with its event', async () => {
+  it('writes a sample that carries an event within eventDelayMs, with its event and those of other runs in one batch', async () => {
     vi.useFakeTimers();
-    const { w, batches } = writer();
+    const { w, batches } = writer({ eventDelayMs: 20 });
+    const event = (runId: string) => ({ runId, time: new Date(0), payload: { $case: 'runProgress' as const, value: { runId, sample: undefined } } });
     w.addProgress(progress(1));
-    w.addProgress(progress(2), { runId: 'r', time: new Date(0), payload: { $case: 'runProgress', value: { runId: 'r', sample: undefined } } });
-    await vi.advanceTimersToNextTimerAsync();
+    w.addProgress(progress(2), event('r'));
+    await vi.advanceTimersByTimeAsync(10);
+    w.addProgress({ ...progress(3), run_id: 's' }, event('s'));
+    expect(batches).toHaveLength(0);
+    await vi.advanceTimersByTimeAsync(10);
     expect(batches).toHaveLength(1);
-    expect(batches[0]!.progress).toHaveLength(2);
-    expect(batches[0]!.events).toHaveLength(1);
+    expect(batches[0]!.progress).toHaveLength(3);
+    expect(batches[0]!.events.map((e) => e.runId)).toEqual(['r', 's']);
+    // Nothing left to write: the interval timer of those rows finds an empty buffer.
+    await vi.advanceTimersByTimeAsync(200);
+    expect(batches).toHaveLength(1);
   });
 
   it('keeps rows in order after a failed write and retries them', async () => {

@@ -3,7 +3,8 @@
  * bus, NATS with the outbox relay (optional, reconnecting: the coordinator starts and works while
  * NATS is down, events wait in the outbox), the node registry, the run manager (queue,
  * dispatcher, supervisors, restart recovery), the planner, the gRPC server (CoordinatorService with
- * role-based authorization, health, reflection) and Prometheus metrics.
+ * role-based authorization, health, reflection) and Prometheus metrics. Replicated (Postgres), a
+ * follower's Watch streams are fed from NATS, the leader's from the outbox (event-bus.ts).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type NatsConnection } from 'nats';
@@ -61,6 +62,8 @@ export class Coordinator {
   private parts: LeaderParts | undefined;
   /** Leadership changes are taken up one after the other. */
   private transitions: Promise<void> = Promise.resolve();
+  /** From the start of lead() until the step-down: Watch streams read the outbox, not NATS. */
+  private leading = false;
 
   private constructor(
     readonly config: CoordinatorConfig,
@@ -211,6 +214,9 @@ export class Coordinator {
   private async lead(term: number | undefined): Promise<void> {
     const { config, store, log } = this;
     const t0 = Date.now();
+    // The leader's Watch streams read the outbox it writes (a follower's read NATS).
+    this.leading = true;
+    await this.bus.followOutbox();
     const registry = new NodeRegistry({
       store,
       log: log.child({ component: 'registry' }),
@@ -240,7 +246,12 @@ export class Coordinator {
   private async stepDown(): Promise<void> {
     const p = this.parts;
     this.parts = undefined;
-    if (!p) return;
+    const wasLeading = this.leading;
+    this.leading = false;
+    if (!p) {
+      if (wasLeading && this.nc && !this.stopper.signal.aborted) this.bus.followNats(this.nc);
+      return;
+    }
     this.log.warn('no longer leading: detaching from runs', { term: p.term });
     await p.pruning.stop();
     const relay = this.relay;
@@ -248,6 +259,7 @@ export class Coordinator {
     await relay?.stop().catch((err: unknown) => this.log.warn('stopping the outbox relay', { err }));
     await p.runs.close();
     p.registry.stop();
+    if (this.nc && !this.stopper.signal.aborted) this.bus.followNats(this.nc);
   }
 
   private startRelay(nc: NatsConnection): void {
@@ -295,8 +307,10 @@ export class Coordinator {
       return;
     }
     this.nc = nc;
-    // Only the leader publishes the outbox (it marks rows published: a write).
+    // Only the leader publishes the outbox (it marks rows published: a write); a follower's Watch
+    // streams take the leader's events from NATS.
     if (this.parts) this.startRelay(nc);
+    else if (this.leadership && !this.leading) this.bus.followNats(nc);
     log.info('connected to NATS', { server: redactNatsUrl(nc.getServer()), publishing: this.parts !== undefined });
   }
 

@@ -3,8 +3,15 @@
  * read back from the store's outbox right after each commit and fanned out to Watch streams. It
  * needs no NATS, so Watch works while NATS is down or not configured, and a run's Watch replays
  * the run's events from the outbox (ids and run sequences exactly as on NATS) before going live.
+ *
+ * Replicated coordinators: a follower takes its live events from NATS ({@link followNats}: the
+ * leader's relay publishes them there) instead of polling the shared outbox; the leader, and a
+ * follower while NATS is not connected, read the outbox. Events are told apart by id, so one that
+ * arrives on both paths around a switch is delivered once.
  */
+import type { NatsConnection } from 'nats';
 import { Broadcast } from '../shared/broadcast.js';
+import { subscribeCluster, type EventSubscription } from '../shared/events/subscriber.js';
 import { buildEvent, decodeEvent } from '../shared/events/codec.js';
 import { isSampleSubject, parseSubject } from '../shared/events/subjects.js';
 import type { Run } from '../shared/gen/migd/v1/coordinator.js';
@@ -38,6 +45,12 @@ export class EventBus {
   private pumping: Promise<void> | undefined;
   private again = false;
   private poller: NodeJS.Timeout | undefined;
+  private pollMs = 0;
+  /** Ids of recently delivered events (oldest first), so no event is delivered twice. */
+  private readonly recent = new Set<string>();
+  /** The NATS feed while this (follower) coordinator takes live events from NATS. */
+  private nats: { sub: EventSubscription | undefined; stopped: boolean; done: Promise<void> } | undefined;
+  private stopped = false;
 
   constructor(
     private readonly store: OutboxRepository,
@@ -52,13 +65,80 @@ export class EventBus {
   async start(opts: { pollMs?: number } = {}): Promise<void> {
     this.cursor = await this.store.lastOutboxSeq();
     this.unsubscribe = this.store.onOutboxEnqueued(() => this.wake());
-    if (opts.pollMs) {
-      this.poller = setInterval(() => this.wake(), opts.pollMs);
-      this.poller.unref();
+    this.pollMs = opts.pollMs ?? 0;
+    this.startPolling();
+  }
+
+  private startPolling(): void {
+    if (!this.pollMs || this.poller) return;
+    this.poller = setInterval(() => this.wake(), this.pollMs);
+    this.poller.unref();
+  }
+
+  /** Where live events come from now. */
+  get source(): 'outbox' | 'nats' {
+    return this.nats ? 'nats' : 'outbox';
+  }
+
+  /**
+   * Follower: live events from NATS (the cluster's events from a little before now, so nothing
+   * published while the switch happens is missed; duplicates are dropped by id), no outbox polling.
+   * The consumer re-creates itself after a NATS outage. No-op when already following NATS.
+   */
+  followNats(nc: NatsConnection): void {
+    if (this.nats || this.stopped) return;
+    if (this.poller) clearInterval(this.poller);
+    this.poller = undefined;
+    const feed: { sub: EventSubscription | undefined; stopped: boolean; done: Promise<void> } = { sub: undefined, stopped: false, done: Promise.resolve() };
+    this.nats = feed;
+    feed.done = (async () => {
+      let backoff = 250;
+      while (!feed.stopped) {
+        try {
+          feed.sub = await subscribeCluster(nc, { startTime: new Date(Date.now() - 10_000), logger: this.log });
+          if (feed.stopped) feed.sub.stop();
+          backoff = 250;
+          for await (const ev of feed.sub) this.deliver(ev);
+        } catch (err) {
+          if (!feed.stopped) this.log.warn('event bus: reading events from NATS failed; retrying', { err: (err as Error).message, retryInMs: backoff });
+        }
+        if (feed.stopped) return;
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(backoff * 2, 5000);
+      }
+    })();
+    this.log.info('event bus: live events from NATS');
+  }
+
+  /**
+   * Leader (or NATS lost): live events from the outbox again, from a little before its end (what
+   * NATS already delivered is dropped by id), polling it when configured.
+   */
+  async followOutbox(): Promise<void> {
+    const feed = this.nats;
+    if (!feed) return;
+    this.nats = undefined;
+    feed.stopped = true;
+    feed.sub?.stop();
+    await feed.done;
+    this.cursor = Math.max(this.cursor, (await this.store.lastOutboxSeq().catch(() => this.cursor)) - 1000);
+    this.startPolling();
+    this.wake();
+    this.log.info('event bus: live events from the outbox');
+  }
+
+  /** Publishes `ev` to Watch streams unless it was delivered already. */
+  private deliver(ev: Event): void {
+    if (ev.id) {
+      if (this.recent.has(ev.id)) return;
+      this.recent.add(ev.id);
+      if (this.recent.size > 20_000) this.recent.delete(this.recent.values().next().value!);
     }
+    this.live.publish(ev);
   }
 
   private wake(): void {
+    if (this.nats) return;
     if (this.pumping) {
       this.again = true;
       return;
@@ -80,7 +160,7 @@ export class EventBus {
       for (const r of rows) {
         this.cursor = r.seq;
         try {
-          this.live.publish(decodeEvent(r.payload));
+          this.deliver(decodeEvent(r.payload));
         } catch (err) {
           this.log.warn('event bus: undecodable outbox row', { seq: r.seq, err });
         }
@@ -151,8 +231,16 @@ export class EventBus {
 
   /** Stops following the outbox and ends every subscription. */
   async stop(): Promise<void> {
+    this.stopped = true;
     this.unsubscribe?.();
     if (this.poller) clearInterval(this.poller);
+    const feed = this.nats;
+    this.nats = undefined;
+    if (feed) {
+      feed.stopped = true;
+      feed.sub?.stop();
+      await feed.done;
+    }
     await this.pumping;
     this.live.close();
   }

@@ -44,6 +44,8 @@ export interface SubscribeRunOptions extends SubscribeOptions {
 export interface SubscribeClusterOptions extends SubscribeOptions {
   /** Also replay events still in the stream (default false: live events only). */
   fromStart?: boolean;
+  /** Deliver events from this time on (instead of only new ones); ignored with fromStart. */
+  startTime?: Date;
 }
 
 /** A subscription: iterate it once; `stop()` (or the signal) ends the iteration. */
@@ -77,7 +79,7 @@ export async function subscribeRun(nc: NatsConnection, runId: string, opts: Subs
  * @throws NATS errors when the stream is missing or JetStream is unavailable.
  */
 export async function subscribeCluster(nc: NatsConnection, opts: SubscribeClusterOptions = {}): Promise<EventSubscription> {
-  return subscribe(nc, ALL_EVENTS_SUBJECT, opts.fromStart ?? false, opts, () => 'yield');
+  return subscribe(nc, ALL_EVENTS_SUBJECT, opts.fromStart ?? false, opts, () => 'yield', opts.fromStart ? undefined : opts.startTime);
 }
 
 async function subscribe(
@@ -86,6 +88,7 @@ async function subscribe(
   fromStart: boolean,
   opts: SubscribeOptions,
   decide: (ev: Event) => 'yield' | 'skip' | 'last',
+  startTime?: Date,
 ): Promise<EventSubscription> {
   const log = opts.logger ?? createLogger('events-subscriber');
   // "From the start" is deliver_policy=all. nats.js's ordered consumer expresses it as its default
@@ -93,7 +96,7 @@ async function subscribe(
   // opt_start_seq, which the server rejects.
   const consumer = await nc.jetstream().consumers.get(opts.stream ?? EVENTS_STREAM, {
     filterSubjects: filter,
-    ...(fromStart ? {} : { deliver_policy: DeliverPolicy.New }),
+    ...(fromStart ? {} : startTime ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: startTime.toISOString() } : { deliver_policy: DeliverPolicy.New }),
   });
   const expires = opts.expiresMs ?? 10_000;
   const messages: ConsumerMessages = await consumer.consume({ expires, idle_heartbeat: Math.floor(expires / 2) });

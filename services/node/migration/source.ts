@@ -37,6 +37,8 @@ import { abandonMirrors, SourceStorage } from './storage.js';
 
 /** How long calc-dirty-rate samples before an adaptive migration starts (ms). */
 const DIRTY_RATE_CALC_MS = 1000;
+/** Pause between two re-estimates of the dirty rate during pre-copy (ms). */
+const DIRTY_RATE_REFRESH_GAP_MS = 500;
 
 export interface SourceOptions {
   /** query-migrate polling interval for progress figures (ms). Default 250. */
@@ -288,25 +290,45 @@ export class SourceMigration {
    * FACTS.md) over DIRTY_RATE_CALC_MS. Page sampling counts unique pages dirtied per period, so a
    * guest rewriting a small set fast reads low (a lower bound). Bytes/s; 0 when QEMU cannot say.
    */
-  private async estimateDirtyRate(): Promise<number> {
+  private async estimateDirtyRate(during = false, signal?: AbortSignal): Promise<number> {
     const { vm, log } = this.p;
+    const when = during ? 'during pre-copy' : 'before the migration';
     try {
       await vm.qmp.execute('calc-dirty-rate', { 'calc-time': DIRTY_RATE_CALC_MS, 'calc-time-unit': 'millisecond', 'sample-pages': 512, mode: 'page-sampling' }, { timeoutMs: 3000 });
       const until = this.now() + DIRTY_RATE_CALC_MS + 2000;
-      await sleep(DIRTY_RATE_CALC_MS);
+      await sleep(DIRTY_RATE_CALC_MS, undefined, signal ? { signal } : undefined);
       for (;;) {
         const r = (await vm.qmp.execute('query-dirty-rate', undefined, { timeoutMs: 3000 })) as { status?: string; 'dirty-rate'?: number };
         if (r.status === 'measured') {
           const bps = Math.max(0, (r['dirty-rate'] ?? 0) * 1024 * 1024);
-          log.info('dirty rate before the migration (calc-dirty-rate, page sampling)', { mibPerSec: r['dirty-rate'] ?? null });
+          log.info(`dirty rate ${when} (calc-dirty-rate, page sampling)`, { mibPerSec: r['dirty-rate'] ?? null });
           return bps;
         }
         if (this.now() > until) return 0;
-        await sleep(100);
+        await sleep(100, undefined, signal ? { signal } : undefined);
       }
     } catch (err) {
-      log.info('no dirty-rate estimate before the migration', { err: (err as Error).message });
+      if (!signal?.aborted) log.info(`no dirty-rate estimate ${when}`, { err: (err as Error).message });
       return 0;
+    }
+  }
+
+  /**
+   * Issue 14 (phase changes): the estimate taken before the migration goes stale when the guest
+   * changes pace during pass 1, and QEMU's own dirty-pages-rate says nothing until the first
+   * bitmap sync (and reads low after a long first pass). So while pre-copy runs, the estimate is
+   * taken again and again (page sampling hashes a few hundred pages per GiB: cheap, and it does not
+   * touch migration's dirty log); every progress sample carries the latest, and the adaptive
+   * policy re-decides when it changes materially.
+   */
+  private async refreshDirtyEstimate(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted && !this.postcopyStarted) {
+      await sleep(DIRTY_RATE_REFRESH_GAP_MS, undefined, { signal }).catch(() => undefined);
+      if (signal.aborted || this.postcopyStarted) return;
+      if (this.qemuStatus !== 'active') continue;
+      const bps = await this.estimateDirtyRate(true, signal);
+      // 0 = not measured (or a stopped guest): keep the last figure rather than report "quiet".
+      if (bps > 0 && !signal.aborted && this.qemuStatus === 'active') this.estimatedDirty = bps;
     }
   }
 
@@ -427,6 +449,7 @@ export class SourceMigration {
     void this.pollProgress(signal);
     void this.forwardGuest(signal);
     void this.pollDestinationCpu(signal);
+    if (this.p.policy.kind === PolicyKind.POLICY_KIND_ADAPTIVE) void this.refreshDirtyEstimate(signal);
     let timer: NodeJS.Timeout | undefined;
     if (this.p.config.postcopy.afterMs !== undefined) {
       timer = setTimeout(() => void this.startPostcopy('policy', `post-copy after ${this.p.config.postcopy.afterMs} ms`).catch(() => undefined), this.p.config.postcopy.afterMs);

@@ -253,3 +253,111 @@ describe('adaptive policy: the right step at once (synthetic traces, fake clock)
     expect(actions[0]?.reason).toContain('post-copy is unavailable (post-copy is disabled in the policy)');
   });
 });
+
+/**
+ * A phase change inside a pass, on a fake clock: the guest dirties `dirtyMiBps` from each phase's
+ * start (unique pages capped by its working set per pass), QEMU's figures change only at bitmap
+ * syncs (pass ends), and the source's dirty-rate estimate is whatever `estimate(t)` says at the
+ * sample's time — fixed before the migration, or re-measured during it.
+ */
+function synthMidPass(o: { memoryMib: number; linkMiBps: number; phases: { fromMs: number; dirtyMiBps: number; workingSetMib: number }[]; estimate: (t: number) => number; endMs: number; stepMs?: number }): ProgressSample[] {
+  const bw = o.linkMiBps * MiB;
+  const phaseAt = (t: number) => [...o.phases].reverse().find((p) => p.fromMs <= t) ?? o.phases[0]!;
+  // Bytes dirtied between a and b (before the working-set cap).
+  const dirtied = (a: number, b: number): number => {
+    let sum = 0;
+    for (let t = a; t < b; t += 10) sum += (phaseAt(t).dirtyMiBps * MiB * Math.min(10, b - t)) / 1000;
+    return sum;
+  };
+  const out: ProgressSample[] = [];
+  let pass = 1;
+  let passStart = 1000;
+  let passEnd = passStart + ((o.memoryMib * MiB) / bw) * 1000;
+  let dirtyRate = 0;
+  let backlog = 0;
+  for (let t = 1000; t <= o.endMs; t += o.stepMs ?? 1000) {
+    while (passEnd <= t) {
+      backlog = Math.min(phaseAt(passEnd).workingSetMib * MiB, dirtied(passStart, passEnd));
+      dirtyRate = backlog / ((passEnd - passStart) / 1000);
+      pass++;
+      passStart = passEnd;
+      passEnd = passStart + Math.max(50, (backlog / bw) * 1000);
+    }
+    out.push(
+      ProgressSample.fromPartial({
+        elapsedMs: t,
+        state: MigrationState.MIGRATION_STATE_PRECOPY,
+        qemuStatus: 'active',
+        pass,
+        totalBytes: o.memoryMib * MiB,
+        remainingBytes: pass === 1 ? Math.max(0, o.memoryMib * MiB - ((t - 1000) / 1000) * bw) : backlog,
+        throughputMbps: (bw * 8) / 1e6,
+        dirtyPagesRate: Math.round(dirtyRate / 4096),
+        pageSize: 4096,
+        expectedDowntimeMs: pass === 1 ? 0 : Math.round((backlog / bw) * 1000),
+        downtimeLimitMs: 300,
+        estimatedDirtyBytesPerSec: Math.round(o.estimate(t) * MiB),
+      }),
+    );
+  }
+  return out;
+}
+
+describe('adaptive policy: phase change during pass 1 (re-estimated dirty rate, fake clock)', () => {
+  // 512 MiB over 34 MiB/s: pass 1 runs 1–16 s. The guest writes 1 MiB/s until 14 s, then 48 MiB/s
+  // over a 128 MiB working set (1.4× the link). The first sync sees only ≈62 MiB dirtied over 15 s
+  // (QEMU reads ≈4 MiB/s, r ≈ 0.12, "converges next pass"); the truth shows at the second sync.
+  const phases = [
+    { fromMs: 0, dirtyMiBps: 1, workingSetMib: 128 },
+    { fromMs: 14_000, dirtyMiBps: 48, workingSetMib: 128 },
+  ];
+  const trace = (estimate: (t: number) => number) => synthMidPass({ memoryMib: 512, linkMiBps: 34, phases, estimate, endMs: 40_000 });
+  // Page sampling measures over 1 s and is re-taken every 1.5 s: the new pace shows ≈2 s after
+  // the change, as a lower bound (40 of 48 MiB/s).
+  const refreshed = (t: number) => (t >= 16_000 ? 40 : 1);
+
+  it('with only the pre-migration estimate (quiet) it waits for QEMU\'s second sync', () => {
+    const { actions } = replay(adaptive(512 * MiB), trace(() => 1));
+    expect(actions).toHaveLength(1);
+    expect(actions[0]?.kind).toBe(PolicyActionKindEnum.POLICY_ACTION_KIND_START_POSTCOPY);
+    // Pass 2 (≈1.8 s of backlog) must end and its rate fill a window first.
+    expect(actions[0]!.elapsedMs).toBeGreaterThanOrEqual(20_000);
+  });
+
+  it('with the estimate re-taken during pass 1 it switches to post-copy at the first verdict', () => {
+    const { actions } = replay(adaptive(512 * MiB), trace(refreshed));
+    expect(summary(actions)).toEqual([[19_000, 'START_POSTCOPY', 0]]);
+    expect(actions[0]?.reason).toContain('the pre-migration estimate');
+    expect(actions[0]?.reason).toMatch(/dirty 40\.0 MiB\/s/);
+  });
+
+  it('a raise sized for a hot set is revisited at once when the estimate jumps, not a pass later', () => {
+    // Samples every 250 ms, as the node sends them. max_downtime 5 s. A 120 MiB hot set rewritten
+    // flat out (page sampling reads ≈30 MiB/s, a lower bound: r < 1, backlog ≈3.5 s) draws a
+    // raise to 4450 ms at the first verdict (16.75 s). Then the guest turns to a 256 MiB set at
+    // 80 MiB/s (estimate 70 MiB/s from 17.5 s, more than twice the last) while the raised pass runs (until ≈19.6 s).
+    const hotThenBusy = synthMidPass({
+      memoryMib: 512,
+      linkMiBps: 34,
+      phases: [
+        { fromMs: 0, dirtyMiBps: 400, workingSetMib: 120 },
+        { fromMs: 17_000, dirtyMiBps: 80, workingSetMib: 256 },
+      ],
+      estimate: (t) => (t >= 17_500 ? 70 : 30),
+      endMs: 30_000,
+      stepMs: 250,
+    });
+    const policy = (tuning = {}) => policyFor(MigrationPolicy.fromPartial({ kind: PolicyKind.POLICY_KIND_ADAPTIVE, maxDowntimeMs: 5000 }), 512 * MiB, { adaptiveTuning: tuning });
+    const { actions } = replay(policy(), hotThenBusy);
+    // Two of the refilled window's three estimates read 70 MiB/s: r ≈ 2, 3.5 s × 2 > 5 s.
+    expect(summary(actions)).toEqual([
+      [16_750, 'SET_DOWNTIME', 4450],
+      [17_750, 'START_POSTCOPY', 0],
+    ]);
+    // Without the change rule it waits for the raised pass to end before deciding again.
+    const later = replay(policy({ estimateChangeFactor: Infinity }), hotThenBusy).actions;
+    expect(summary(later)[0]).toEqual([16_750, 'SET_DOWNTIME', 4450]);
+    expect(later[1]!.elapsedMs).toBeGreaterThanOrEqual(19_500);
+  });
+
+});

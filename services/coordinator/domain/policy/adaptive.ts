@@ -9,7 +9,7 @@
  * (a geometric series) while r < 1, and stops shrinking once r ≥ 1. QEMU switches over when
  * backlog / B ≤ downtime limit L; its `expected-downtime` is exactly backlog-at-last-sync / B
  * (estimated as D × pass time / B when missing). With b the backlog as switch-over time:
- *  - b ≤ L: converges at the next boundary;
+ *  - b·max(1, r) ≤ L: converges at the next boundary (the next sync finds ≈ b·r);
  *  - r < 1: converges after n = ⌈ln(L/b) / ln r⌉ more passes; "soon" when n ≤ K (5);
  *  - otherwise it will not converge on its own; the switch-over then needs ≈ b·r^K (r < 1: what
  *    is left after K more passes) or ≈ b·r (r ≥ 1).
@@ -27,8 +27,15 @@
  * link can read r ≈ 0.25 and be "predicted to converge" for passes. The source node therefore
  * measures the dirty rate before the migration starts (calc-dirty-rate, page sampling over 1 s:
  * unique pages per second, a lower bound of the true rate, see FACTS.md), and until the window's
- * rates come from pass ≥ 3 the policy takes the larger of the two. A guest whose rate changes
- * after that measurement (a phase change) is seen by QEMU's own rate at the later passes.
+ * rates come from pass ≥ 3 the policy takes the larger of the two.
+ *
+ * A guest whose pace changes during the migration (a phase change) makes that one estimate stale,
+ * and QEMU's own rate says nothing until the first bitmap sync. So the source keeps re-estimating
+ * while pre-copy runs (calc-dirty-rate again, every ~1.5 s) and every sample carries the latest
+ * figure: a verdict at the end of pass 1 uses the guest's pace at that moment, not before the
+ * migration. When the estimate changes materially (by `estimateChangeFactor` either way) after an
+ * action, the policy decides again at once instead of waiting out its hysteresis: a raise sized
+ * for a quiet guest is no answer to a busy one.
  *
  * ## Cost model (guest harm), cheapest first
  * Measured in the lab (docs/lab/policies, guest time lost from the guest's own clock): post-copy
@@ -86,6 +93,8 @@ export interface AdaptiveTuning {
   readonly autoConvergeGracePasses: number;
   /** The shrink it must achieve in that time (fraction of the backlog when it was enabled). */
   readonly autoConvergeMinShrink: number;
+  /** A dirty-rate estimate this many times higher (or lower) than at the last action is new information: decide again without waiting. */
+  readonly estimateChangeFactor: number;
 }
 
 export const DEFAULT_ADAPTIVE_TUNING: AdaptiveTuning = Object.freeze({
@@ -96,6 +105,7 @@ export const DEFAULT_ADAPTIVE_TUNING: AdaptiveTuning = Object.freeze({
   downtimeQuantumMs: 50,
   autoConvergeGracePasses: 4,
   autoConvergeMinShrink: 0.2,
+  estimateChangeFactor: 2,
 });
 
 export interface AdaptiveConfig {
@@ -135,6 +145,8 @@ export interface AdaptiveState {
   readonly autoConvergeAt: { readonly passes: number; readonly backlogMs: number } | null;
   /** Completed passes at the last action (-1: none yet). */
   readonly lastActionPasses: number;
+  /** The source's dirty-rate estimate (bytes/s) at the last action; optional in stored states. */
+  readonly estimateAtAction?: number;
   readonly window: readonly AdaptiveReading[];
   /** [pass, first seen at ms] of the last few passes, for pass durations. */
   readonly passMarks: readonly (readonly [number, number])[];
@@ -204,7 +216,8 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const backlogMs = median(window.map((r) => r.backlogMs));
     const ratio = bw > 0 ? dirty / bw : Infinity;
     let passesToConverge: number;
-    if (backlogMs <= limitMs) passesToConverge = 0;
+    // The next sync finds what the guest dirtied during this pass: ≈ backlog × r (r ≥ 1: it grows).
+    if (backlogMs * Math.max(1, ratio) <= limitMs) passesToConverge = 0;
     else if (ratio < 1 && ratio > 0) passesToConverge = Math.ceil(Math.log(limitMs / backlogMs) / Math.log(ratio));
     else if (ratio === 0) passesToConverge = 1;
     else passesToConverge = Infinity;
@@ -227,7 +240,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const base: AdaptiveState = { ...state, timeouts, passMarks, window, downtimeMs: Math.max(state.downtimeMs, sample.downtimeLimitMs) };
 
     const passes = completedPasses(sample);
-    const settled = state.lastActionPasses < 0 || passes - state.lastActionPasses >= this.tuning.settlePasses;
+    const settled = state.lastActionPasses < 0 || passes - state.lastActionPasses >= this.tuning.settlePasses || this.estimateChanged(state.estimateAtAction, sample.estimatedDirtyBytesPerSec);
     if (passes < 1 || window.length < this.tuning.windowSamples || !settled) return { actions: [], state: base };
 
     const p = this.predict(window, base.downtimeMs);
@@ -240,7 +253,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const early = window.some((r) => r.pass < 3) && p.ratio < 1;
     const decision = this.escalate(st, early ? { ...p, needMs: Math.max(p.needMs, p.backlogMs) } : p, sample, nowMs);
     if (!decision) return { actions: [], state: st };
-    const next: AdaptiveState = { ...st, lastActionPasses: passes, window: [] };
+    const next: AdaptiveState = { ...st, lastActionPasses: passes, estimateAtAction: sample.estimatedDirtyBytesPerSec ?? 0, window: [] };
     switch (decision.kind) {
       case PolicyActionKind.POLICY_ACTION_KIND_SET_DOWNTIME:
         return { actions: [decision], state: { ...next, downtimeMs: decision.value } };
@@ -314,6 +327,13 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
       };
     }
     return undefined;
+  }
+
+  /** The estimate moved by the change factor or more since the last action (both known). */
+  private estimateChanged(atAction: number | undefined, now: number | undefined): boolean {
+    if (!atAction || !now || atAction <= 0 || now <= 0) return false;
+    const f = this.tuning.estimateChangeFactor;
+    return now >= atAction * f || now <= atAction / f;
   }
 
   /** Remembers when each pass was first seen (for pass durations). */

@@ -55,6 +55,8 @@ export interface IncomingParams {
 export class IncomingMigration {
   readonly runId: string;
   private status = 'none';
+  /** MIGRATION events seen so far: a polled status is stale when one arrived while the poll was out. */
+  private migrationEvents = 0;
   private resumedHere = false;
   /** The incoming QEMU reported post-copy (so blocktime figures are expected at the end). */
   private sawPostcopy = false;
@@ -173,6 +175,7 @@ export class IncomingMigration {
         if (ev.event === 'RESUME') {
           this.markResumed();
         } else {
+          this.migrationEvents++;
           this.setStatus(String((ev.data as { status?: string }).status ?? this.status));
           // With LOCAL disks the mirrors may still be writing here: the source says when they
           // ended (ResumeIncoming), and only then does the guest run here.
@@ -316,8 +319,12 @@ export class IncomingMigration {
     while (!this.resumedHere && this.status !== 'completed' && !this.exited && Date.now() < deadline) {
       await this.changed(Math.min(1000, Math.max(1, deadline - Date.now())));
       if (this.status !== 'completed' && !this.exited) {
+        // A MIGRATION event that arrives while the poll is out is newer than its answer: QEMU may
+        // have built the answer ("active") before emitting the event ("completed"). Applying the
+        // answer then would overwrite `completed` and hold the handover for another second.
+        const seen = this.migrationEvents;
         const st = (await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 2000 }).catch(() => undefined)) as { status?: string } | undefined;
-        if (st?.status) this.setStatus(st.status);
+        if (st?.status && this.migrationEvents === seen) this.setStatus(st.status);
       }
     }
     if (!this.resumedHere && (this.status !== 'completed' || this.exited)) {

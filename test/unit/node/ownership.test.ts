@@ -7,7 +7,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { FailedPreconditionError, NotFoundError, UnavailableError } from '../../../services/shared/errors.js';
 import { MigrationPolicy, MigrationState, PolicyKind, type GuestPerfSample } from '../../../services/shared/gen/migd/v1/common.js';
 import { ConfirmIncomingResponse, MigrationInfo, PrepareIncomingRequest, StartMigrationRequest } from '../../../services/shared/gen/migd/v1/node.js';
@@ -283,6 +283,29 @@ describe('destination ownership', () => {
     expect(res).toMatchObject({ alive: true, pagesVerifiedAfter: 300 });
     expect((await recs.list())[0]).toMatchObject({ phase: 'confirmed' });
     await expect(m.abort()).rejects.toMatchObject({ reason: 'GUEST_RUNS_HERE' });
+  });
+
+  it('hands over at once when QEMU completes while a status poll is out (the older answer of the poll does not win)', async () => {
+    const q = new FakeQemu({ running: false, migration: 'active' });
+    await q.connect();
+    const samples = new Broadcast<GuestPerfSample>();
+    const { m } = incoming(q, 'incoming', samples);
+    await m.adopt();
+    const before = q.commands.length;
+    // QEMU builds the poll's answer ("active"), then emits `completed`, then sends the answer:
+    // the order seen in a lab run, where the stale answer held the handover for another second.
+    q.onCommand = (name) => {
+      if (name !== 'query-migrate' || q.migration !== 'active') return undefined;
+      q.emit('completed');
+      return { status: 'active' };
+    };
+    const res = m.confirm(5000);
+    await vi.waitFor(() => expect(q.commands).toContain('cont'), { timeout: 3000 });
+    // One poll (answered stale), then the handover: no second poll a second later.
+    expect(q.commands.slice(before).filter((c) => c === 'query-migrate')).toHaveLength(1);
+    samples.publish(sample(0, 4000));
+    samples.publish(sample(0, 4300));
+    expect(await res).toMatchObject({ alive: true });
   });
 
   it('refuses the handover when the stream did not complete here, and can then be aborted', async () => {

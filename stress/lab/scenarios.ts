@@ -18,7 +18,7 @@ import {
   TimeoutAction,
   WorkloadPattern,
 } from '../../services/shared/gen/migd/v1/common.js';
-import { fixedPolicy, presetPolicy, QEMU_THROTTLE } from '../../services/coordinator/domain/policy/index.js';
+import { fixedPolicy, kubevirtPolicy, presetPolicy, QEMU_THROTTLE } from '../../services/coordinator/domain/policy/index.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -359,7 +359,7 @@ const MODERATE = workload(WorkloadPattern.WORKLOAD_PATTERN_RANDOM, 2, 64 * MiB, 
 const MODERATE_LINK = Object.freeze({ rateMbit: 300 });
 
 /** The named strategies a workload is compared under; `reduced` are the ones of the short sweep. */
-type StrategyName = 'adaptive' | 'nova' | 'ovirt-min' | 'ovirt-suspend' | 'ovirt-postcopy' | 'kubevirt' | 'seed-ac' | 'seed-pc' | 'seed-ac-pc' | 'multifd-zstd' | 'xbzrle';
+type StrategyName = 'adaptive' | 'nova' | 'ovirt-min' | 'ovirt-suspend' | 'ovirt-postcopy' | 'kubevirt' | 'kubevirt-pc' | 'seed-ac' | 'seed-pc' | 'seed-ac-pc' | 'multifd-zstd' | 'xbzrle';
 
 const STRATEGIES: Readonly<Record<StrategyName, { label: string; policy: () => MigrationPolicy; source: string }>> = {
   adaptive: { label: 'migd adaptive', policy: () => presetPolicy(PolicyKind.POLICY_KIND_ADAPTIVE), source: 'migd ADAPTIVE preset' },
@@ -368,6 +368,11 @@ const STRATEGIES: Readonly<Record<StrategyName, { label: string; policy: () => M
   'ovirt-suspend': { label: 'ovirt suspend workload', policy: () => presetPolicy(PolicyKind.POLICY_KIND_OVIRT_SUSPEND_WORKLOAD), source: 'oVirt "suspend workload if needed" schedule' },
   'ovirt-postcopy': { label: 'ovirt post-copy', policy: () => presetPolicy(PolicyKind.POLICY_KIND_OVIRT_POSTCOPY), source: 'oVirt "post-copy" schedule' },
   kubevirt: { label: 'kubevirt', policy: () => presetPolicy(PolicyKind.POLICY_KIND_KUBEVIRT), source: 'KubeVirt defaults (150 s/GiB, 150 s progress timeout)' },
+  'kubevirt-pc': {
+    label: 'kubevirt allowPostCopy+allowAutoConverge',
+    policy: () => kubevirtPolicy({ allowPostCopy: true, allowAutoConverge: true }),
+    source: 'a KubeVirt MigrationPolicy with allowPostCopy and allowAutoConverge (150 s/GiB, then post-copy; 150 s progress timeout)',
+  },
   'seed-ac': { label: 'seed: auto-converge 20/10', policy: () => autoConverge(20, 10), source: 'seed 001 #1' },
   'seed-pc': { label: 'post-copy after 1 pass', policy: () => fixedPolicy({ strategy: 'postcopy-after-passes', passes: 1, preempt: true }), source: 'seed 001 #5 (with preempt), as its own named strategy' },
   'seed-ac-pc': {
@@ -383,7 +388,7 @@ const STRATEGIES: Readonly<Record<StrategyName, { label: string; policy: () => M
   xbzrle: { label: 'xbzrle', policy: () => policy({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: T(300), xbzrle: { enabled: true, cacheBytes: 128 * MiB } }), source: 'guestperf "compr-xbzrle", cache 25 % of RAM' },
 };
 
-const ALL_BASELINES: readonly StrategyName[] = ['adaptive', 'seed-pc', 'seed-ac', 'seed-ac-pc', 'nova', 'ovirt-min', 'ovirt-suspend', 'ovirt-postcopy', 'kubevirt'];
+const ALL_BASELINES: readonly StrategyName[] = ['adaptive', 'seed-pc', 'seed-ac', 'seed-ac-pc', 'nova', 'ovirt-min', 'ovirt-suspend', 'ovirt-postcopy', 'kubevirt', 'kubevirt-pc'];
 
 function policySet(tag: string, group: string, load: LabWorkload, link: LabLink, strategies: readonly StrategyName[], opts: { memoryMib?: number; limits?: Partial<LabLimits> } = {}): Scenario[] {
   return strategies.map((name) => {
@@ -449,7 +454,7 @@ export const POLICY_SCENARIOS_720: readonly Scenario[] = Object.entries(LAB_WORK
   const group = `${w.group}, 720 Mbit/s`;
   const link = { rateMbit: 720 };
   return [
-    ...policySet(`s-${tag}`, group, w.load, link, tag === 'compressible' ? ['adaptive', 'seed-pc', 'multifd-zstd'] : ['adaptive', 'seed-pc'], { ...base, limits: { migrationMs: 120_000 } }),
+    ...policySet(`s-${tag}`, group, w.load, link, tag === 'compressible' ? ['adaptive', 'seed-pc', 'kubevirt-pc', 'multifd-zstd'] : ['adaptive', 'seed-pc', 'kubevirt-pc'], { ...base, limits: { migrationMs: 120_000 } }),
     ...policySet(`s-${tag}`, group, w.load, link, ['seed-ac'], { ...base, limits: { migrationMs: 60_000 } }),
   ];
 });

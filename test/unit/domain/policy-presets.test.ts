@@ -5,6 +5,7 @@ import {
   MigrationPolicy,
   MigrationState,
   MultifdCompression,
+  PolicyActionKind,
   PolicyKind,
   ProgressSample,
   TimeoutAction,
@@ -13,6 +14,7 @@ import {
   type ConvergencePolicy,
   OVIRT_STEPS,
   fixedPolicy,
+  kubevirtPolicy,
   novaDowntimeSteps,
   policyFor,
   presetPolicy,
@@ -204,6 +206,28 @@ describe('KubeVirt preset', () => {
       timeoutAction: TimeoutAction.TIMEOUT_ACTION_ABORT,
       maxBandwidthBytesPerSec: 0,
     });
+  });
+});
+
+describe('KubeVirt migration-policy fields (kubevirtPolicy)', () => {
+  it('defaults to the KUBEVIRT preset', () => {
+    expect(kubevirtPolicy()).toEqual(presetPolicy(PolicyKind.POLICY_KIND_KUBEVIRT));
+  });
+
+  it('allowPostCopy + allowAutoConverge: throttled from the start, post-copy at the completion timeout, abort on no progress', () => {
+    const p = kubevirtPolicy({ allowPostCopy: true, allowAutoConverge: true, completionTimeoutPerGiB: 100, progressTimeout: 60 });
+    const policy = policyFor(p, 512 * MiB);
+    expect(policy.requirements).toMatchObject({ postcopy: true, postcopyPreempt: false, autoConverge: 'on' });
+    expect(policy.timeouts).toMatchObject({ completionMs: 50_000, progressMs: 60_000 });
+    expect(policy.timeouts.onCompletion).toBe(PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY);
+    expect(policy.timeouts.onProgress).toBe(PolicyActionKind.POLICY_ACTION_KIND_ABORT);
+    // The 36 MB hot set never converges: post-copy at 100 s/GiB × 0.25 GiB.
+    expect(summary(replay(policyFor(p, 256 * MiB), loadTrace('hotset-stall')).actions)).toEqual([[25_000, 'START_POSTCOPY', 0]]);
+  });
+
+  it('refuses a negative or non-finite field', () => {
+    expect(() => kubevirtPolicy({ completionTimeoutPerGiB: -1 })).toThrow(/completionTimeoutPerGiB must be a finite number >= 0/);
+    expect(() => kubevirtPolicy({ progressTimeout: Number.NaN })).toThrow(RangeError);
   });
 });
 

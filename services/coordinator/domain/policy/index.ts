@@ -20,6 +20,8 @@ export {
   QEMU_THROTTLE,
   fixedPolicy,
   novaDowntimeSteps,
+  kubevirtPolicy,
+  type KubevirtMigrationFields,
   presetPolicy,
 } from './presets.js';
 export { forceCompleteKindFor, policyFor, policyName, policyResolution, type PolicyResolution } from './factory.js';

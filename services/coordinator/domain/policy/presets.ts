@@ -191,3 +191,43 @@ export function fixedPolicy(
       return MigrationPolicy.fromPartial({ ...base, multifd: { enabled: true, channels: s.channels ?? 2, compression: s.compression ?? MultifdCompression.MULTIFD_COMPRESSION_NONE } });
   }
 }
+
+/**
+ * KubeVirt's MigrationPolicy / MigrationConfiguration fields (kubevirt.io/user-guide, "migration
+ * policies"; the API's V1MigrationConfiguration), as the user writes them there.
+ */
+export interface KubevirtMigrationFields {
+  /** Seconds per GiB of guest memory before the completion timeout (KubeVirt default 150). */
+  readonly completionTimeoutPerGiB?: number;
+  /** Seconds without a new low of remaining data before the migration is cancelled (default 150). */
+  readonly progressTimeout?: number;
+  /** Throttle the vCPUs from the start (libvirt VIR_MIGRATE_AUTO_CONVERGE; default false). */
+  readonly allowAutoConverge?: boolean;
+  /** Start in pre-copy and switch to post-copy when the completion timeout triggers (default false). */
+  readonly allowPostCopy?: boolean;
+  /** bytes/s per migration, 0 = unlimited (the default). */
+  readonly bandwidthPerMigration?: number;
+}
+
+/**
+ * The KUBEVIRT preset with KubeVirt's own knobs, so a user can run "what KubeVirt would do" with a
+ * given MigrationPolicy and compare it with the adaptive policy. What each knob does in KubeVirt's
+ * virt-launcher monitor, and here: the completion timeout aborts, or switches to post-copy when
+ * allowPostCopy (post-copy only then: no preempt, no earlier trigger); the progress timeout
+ * aborts; allowAutoConverge throttles from the start with QEMU's 20/10 ramp; the downtime limit
+ * stays QEMU's 300 ms (KubeVirt does not set one).
+ * @throws RangeError on a negative or non-finite field
+ */
+export function kubevirtPolicy(f: KubevirtMigrationFields = {}): MigrationPolicy {
+  for (const [k, v] of Object.entries(f)) {
+    if (typeof v === 'number' && !(Number.isFinite(v) && v >= 0)) throw new RangeError(`kubevirt ${k} must be a finite number >= 0, not ${v}`);
+  }
+  return MigrationPolicy.fromPartial({
+    ...presetPolicy(PolicyKind.POLICY_KIND_KUBEVIRT),
+    completionTimeoutSecPerGib: f.completionTimeoutPerGiB ?? KUBEVIRT_DEFAULTS.completionTimeoutSecPerGib,
+    progressTimeoutSec: f.progressTimeout ?? KUBEVIRT_DEFAULTS.progressTimeoutSec,
+    maxBandwidthBytesPerSec: f.bandwidthPerMigration ?? 0,
+    ...(f.allowAutoConverge ? { autoConverge: { enabled: true, ...QEMU_THROTTLE } } : {}),
+    ...(f.allowPostCopy ? { postcopy: { enabled: true, onDemandOnly: true, preempt: false } } : {}),
+  });
+}

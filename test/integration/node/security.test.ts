@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, PolicyActionKind, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
 import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
@@ -69,8 +70,18 @@ describe('node daemons: TLS stream, switchover-ack, force-complete, metrics', ()
     const a = c.clients['a']!;
     await a.createVm({ spec: guestSpec('m1', { pattern: WorkloadPattern.WORKLOAD_PATTERN_IDLE }) });
     await waitForGuest(a, 'm1', 1, 30_000, (s) => s.pagesVerified > 0);
+    // '-sandbox on' is really in force in the running QEMU (not only on its command line): the
+    // kernel reports seccomp filter mode (2) for the process, on the source and on the destination.
+    const seccompOf = async (node: string): Promise<string> => {
+      const vm = (await c.clients[node]!.listVms({})).vms.find((v) => v.spec?.name === 'm1');
+      expect(vm?.pid).toBeGreaterThan(0);
+      const status = await readFile(`/proc/${vm!.pid}/status`, 'utf8');
+      return /^Seccomp:\s*(\d+)$/m.exec(status)?.[1] ?? `no Seccomp line in /proc/${vm!.pid}/status`;
+    };
+    expect(await seccompOf('a')).toBe('2');
     await startMigration(c, 'a', { runId: 'run-m1', vmName: 'm1', destination: dest(), policy: policy({}) });
     expect((await followMigration(a, 'run-m1')).result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    expect(await seccompOf('b')).toBe('2');
     const res = await fetch(`http://${c.tb.host('a').mgmtAddress}:9464/metrics`);
     const text = await res.text();
     expect(res.status).toBe(200);

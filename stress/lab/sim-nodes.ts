@@ -204,7 +204,7 @@ export class SimCluster {
         clearInterval(t);
         change(MigrationState.MIGRATION_STATE_PRECOPY, MigrationState.MIGRATION_STATE_SUCCEEDED, 'simulated completion');
         m.info.finishedAt = new Date();
-        m.info.stats = { totalTimeMs: e, downtimeMs: 20, setupTimeMs: 5, transferredBytes: bytes, passes: 1, postcopyRequests: 0, sourceCpuSeconds: e / 1000, destinationCpuSeconds: e / 4000, integrityErrors: 0, pagesVerifiedAfter: 1, maxThrottlePct: 0, recoveries: 0, postcopyBlocktimeMs: 0, postcopyVcpuBlocktimeMs: [] };
+        m.info.stats = { totalTimeMs: e, downtimeMs: 20, setupTimeMs: 5, transferredBytes: bytes, passes: 1, postcopyRequests: 0, sourceCpuSeconds: e / 1000, destinationCpuSeconds: e / 4000, integrityErrors: 0, pagesVerifiedAfter: 1, maxThrottlePct: 0, recoveries: 0, postcopyBlocktimeMs: 0, postcopyVcpuBlocktimeMs: [], checks: [] };
         m.done = true;
         this.place(m.info.vmName, m.info.destination?.nodeId ?? '');
         this.completed++;

@@ -60,7 +60,7 @@ export class FakeMigration {
     this.state(state, reason);
     this.info.finishedAt = new Date();
     if (state === MigrationState.MIGRATION_STATE_SUCCEEDED) {
-      this.info.stats = { totalTimeMs: 1234, downtimeMs: 12, setupTimeMs: 5, transferredBytes: 1 << 20, passes: 3, postcopyRequests: 0, sourceCpuSeconds: 1, destinationCpuSeconds: 0.5, integrityErrors: 0, pagesVerifiedAfter: 100, maxThrottlePct: 0, recoveries: 0, postcopyBlocktimeMs: 0, postcopyVcpuBlocktimeMs: [] };
+      this.info.stats = { totalTimeMs: 1234, downtimeMs: 12, setupTimeMs: 5, transferredBytes: 1 << 20, passes: 3, postcopyRequests: 0, sourceCpuSeconds: 1, destinationCpuSeconds: 0.5, integrityErrors: 0, pagesVerifiedAfter: 100, maxThrottlePct: 0, recoveries: 0, postcopyBlocktimeMs: 0, postcopyVcpuBlocktimeMs: [], checks: [] };
     }
     this.updates.publish({ update: { $case: 'result', value: { ...this.info, actions: [...this.info.actions] } } });
     this.updates.close();

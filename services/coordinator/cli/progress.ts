@@ -167,6 +167,8 @@ export function describeStats(s: MigrationStats | undefined): string {
   if (s.recoveries > 0) parts.push(`${s.recoveries} recover${s.recoveries === 1 ? 'y' : 'ies'}`);
   if ((s.disksCopied ?? 0) > 0) parts.push(`${s.disksCopied} disk${s.disksCopied === 1 ? '' : 's'} copied (${formatBytes(s.diskTransferredBytes ?? 0)}, storage phase ${formatDuration(s.storageMs ?? 0)})`);
   parts.push(`${s.integrityErrors} integrity errors`);
+  const checks = s.checks ?? [];
+  if (checks.length > 0) parts.push(`checked on the destination: ${checks.map((c) => (c.passed ? c.name : `${c.name} FAILED`)).join(' ')}`);
   return parts.join(', ');
 }
 

@@ -13,7 +13,8 @@
  * QEMU from its record and QEMU's own `query-status` / `query-migrate` (adopt()).
  */
 import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
-import { ConfirmIncomingResponse } from '../../shared/gen/migd/v1/node.js';
+import { DiskFormat, type GuestCheck } from '../../shared/gen/migd/v1/common.js';
+import { ConfirmIncomingResponse, type DiskDigest } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
 import { freePort } from '../../shared/net.js';
 import type { MigrationConfig } from '../../shared/policy/resolve.js';
@@ -23,6 +24,13 @@ import { VerificationTracker } from './verification.js';
 import { blocktimeOf } from './progress.js';
 import { tcpUri } from './endpoint.js';
 import { stopExports } from './storage.js';
+import { imageDigest } from '../host/digest.js';
+import { diskNodeName } from '../vm/cmdline.js';
+import { DIGEST_MAX_BYTES, ioErrorCheck, runningCheck, vcpuCheck, vcpuRunNs } from './guest-checks.js';
+
+/** How long the vCPU threads are watched after the resume (the `vcpus` check). */
+const VCPU_WINDOW_MS = 1000;
+
 
 /** The port of the first listening address `query-migrate` reports on a destination. */
 function listeningPort(info: unknown): number | undefined {
@@ -69,6 +77,9 @@ export class IncomingMigration {
   private resuming: Promise<void> | undefined;
   /** announce-self after the resume here: its figures once QEMU acknowledged it (undefined: failed). */
   private announcing: Promise<{ announceAfterResumeMs: number; nicsAnnounced: number } | undefined> | undefined;
+  /** The vCPU threads' CPU time (ns) when the guest resumed here, and when that was read. */
+  private vcpuBaseline: Promise<{ ns: number | undefined; at: number }> | undefined;
+  private diskDigests: DiskDigest[] = [];
 
   constructor(private readonly p: IncomingParams) {
     this.runId = p.runId;
@@ -198,6 +209,7 @@ export class IncomingMigration {
     this.resumedHere = true;
     this.p.host.adoptIncoming(this.p.vm.name);
     this.p.log.info('guest resumed on the destination');
+    this.vcpuBaseline = vcpuRunNs(this.p.vm.qmp, this.p.vm.pid).then((ns) => ({ ns, at: Date.now() }));
     void this.trackVerification();
     this.announcing = this.announce(performance.now());
   }
@@ -232,7 +244,10 @@ export class IncomingMigration {
         await this.p.records.write(this.p.record);
       }
       // No writer but the guest from here on: the source's mirrors have ended.
-      if (this.copiesStorage) await stopExports(vm.qmp);
+      if (this.copiesStorage) {
+        await stopExports(vm.qmp);
+        this.diskDigests = await this.digestTargets();
+      }
       const run = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 })) as { running?: boolean };
       if (!run.running) {
         log.info('resuming the guest here', { why });
@@ -242,6 +257,44 @@ export class IncomingMigration {
     })();
     this.resuming.catch(() => (this.resuming = undefined));
     return this.resuming;
+  }
+
+  /**
+   * Digests of the LOCAL disks copied here, taken after the source's mirrors ended and before
+   * the guest resumes (so they hold the switch-over state): the source compares them with its own.
+   * Disks the guest's workload verifies itself are left out, and so is a disk with more than
+   * DIGEST_MAX_BYTES of data (the time is downtime). QEMU's caches are flushed to the files first.
+   */
+  private async digestTargets(): Promise<DiskDigest[]> {
+    const { vm, log } = this.p;
+    const out: DiskDigest[] = [];
+    for (const t of this.p.record.disks ?? []) {
+      if (t.id === vm.spec.workload?.diskId) continue;
+      const spec = vm.spec.disks.find((d) => d.id === t.id);
+      const format = spec?.format === DiskFormat.DISK_FORMAT_QCOW2 ? 'qcow2' : 'raw';
+      await vm.qmp.execute('human-monitor-command', { 'command-line': `qemu-io -d ${diskNodeName(t.id)} "flush"` }, { timeoutMs: 10_000 }).catch((err: unknown) => log.warn('could not flush a disk before its digest', { disk: t.id, err: (err as Error).message }));
+      try {
+        const d = await imageDigest(t.path, format, { maxDataBytes: DIGEST_MAX_BYTES });
+        out.push({ diskId: t.id, sha256: d.sha256, dataBytes: d.dataBytes, ms: d.ms, error: '' });
+      } catch (err) {
+        out.push({ diskId: t.id, sha256: '', dataBytes: 0, ms: 0, error: (err as Error).message });
+      }
+    }
+    if (out.length > 0) log.info('digested the copied disks before resuming', { disks: out.map((d) => ({ id: d.diskId, ms: d.ms, error: d.error || undefined })) });
+    return out;
+  }
+
+  /** The host's checks of the guest here (guest-checks.ts), after watching the vCPUs for a while. */
+  private async hostChecks(deadline: number): Promise<GuestCheck[]> {
+    const { vm } = this.p;
+    const base = await (this.vcpuBaseline ?? Promise.resolve({ ns: undefined, at: Date.now() }));
+    const wait = Math.min(base.at + VCPU_WINDOW_MS, Math.max(Date.now(), deadline)) - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    const after = await vcpuRunNs(vm.qmp, vm.pid);
+    const window = Date.now() - base.at;
+    const status = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as { running?: boolean; status?: string } | undefined;
+    const stats = await vm.qmp.execute('query-blockstats', undefined, { timeoutMs: 5000 }).catch(() => undefined);
+    return [runningCheck(status), vcpuCheck(base.ns, after, window), ioErrorCheck(stats)];
   }
 
   private async trackVerification(): Promise<void> {
@@ -331,14 +384,23 @@ export class IncomingMigration {
       throw new FailedPreconditionError(`run ${this.runId}: the migration did not complete on this node (QEMU ${this.exited ? 'gone' : `status ${this.status}`}); nothing was resumed here`, { reason: 'NOT_HANDED_OVER' });
     }
     await this.resumeHere('the source handed the VM over');
-    // Proven alive: the guest verified pages here after its arrival (see verification.ts).
-    while (!this.verification.proven && !this.exited && Date.now() < deadline) await this.changed(Math.max(1, deadline - Date.now()));
+    // Proven alive: a guest with migd's workload verified pages here after its arrival (see
+    // verification.ts); one without is checked from the host (guest-checks.ts).
+    const workload = vm.spec.workload !== undefined;
+    const checks = this.hostChecks(deadline);
+    while (workload && !this.verification.proven && !this.exited && Date.now() < deadline) await this.changed(Math.max(1, deadline - Date.now()));
     const v = this.verification;
+    const host = await checks;
+    const all: GuestCheck[] = workload
+      ? [{ name: 'workload', passed: v.proven && v.integrityErrors === 0, detail: `the guest verified ${v.pagesVerifiedAfter} pages${vm.spec.workload?.diskId ? ` and its disk ${vm.spec.workload.diskId}` : ''} here after arriving; ${v.integrityErrors} integrity error(s)` }, ...host]
+      : host;
     const blocktime = await this.postcopyBlocktime(deadline);
     const announced = await this.announcing;
     const res = ConfirmIncomingResponse.fromPartial({
       ...(announced ?? {}),
-      alive: v.proven,
+      checks: all,
+      diskDigests: this.diskDigests,
+      alive: workload ? v.proven : host.every((c) => c.passed),
       pid: vm.pid,
       pagesVerifiedAfter: v.pagesVerifiedAfter,
       ...(v.lastSample ? { sample: { ...v.lastSample, integrityErrors: v.integrityErrors } } : {}),

@@ -135,6 +135,7 @@ export function finalStats(info: QmpMigrationInfo, extra: Partial<MigrationStats
     recoveries: 0,
     postcopyBlocktimeMs: 0,
     postcopyVcpuBlocktimeMs: [],
+    checks: [],
     ...extra,
   };
 }

@@ -14,7 +14,10 @@ import {
   MigrationState,
   PolicyActionKind,
   PolicyKind,
+  DiskFormat,
+  StorageMode,
   type ErrorInfo,
+  type GuestCheck,
   type GuestPerfSample,
   type MigrationPolicy,
   type MigrationStats,
@@ -22,7 +25,7 @@ import {
   type ProgressSample,
   ProgressSample as ProgressSampleCodec,
 } from '../../shared/gen/migd/v1/common.js';
-import { ConfirmIncomingResponse, MigrationInfo as MigrationInfoCodec, type DiskTransfer, type PrepareIncomingResponse, type MigrationEndpoint, type MigrationInfo, type StateChange, type WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
+import { ConfirmIncomingResponse, MigrationInfo as MigrationInfoCodec, type DiskDigest, type DiskTransfer, type PrepareIncomingResponse, type MigrationEndpoint, type MigrationInfo, type StateChange, type WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
 import type { QmpEvent } from '../qmp/protocol.js';
 import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
@@ -34,6 +37,8 @@ import type { MigrationRecords, SourcePhase, SourceRecord } from './record.js';
 import { capabilityList, type MigratableVm, type NodePeer, type VmHost } from './types.js';
 import { checkMigrationAddress, streamUri } from './endpoint.js';
 import { abandonMirrors, SourceStorage } from './storage.js';
+import { imageDigest } from '../host/digest.js';
+import { DIGEST_MAX_BYTES, describeChecks, diskChecks } from './guest-checks.js';
 
 /** How long calc-dirty-rate samples before an adaptive migration starts (ms). */
 const DIRTY_RATE_CALC_MS = 1000;
@@ -139,6 +144,8 @@ export class SourceMigration {
   private storageCopying: AbortController | undefined;
   /** The mirrors ended in sync (the guest stopped for good on the source). */
   private storageEnded = false;
+  /** Digests of the copied LOCAL disks, taken once the mirrors ended in sync (guest-checks.ts). */
+  private sourceDigests: Promise<DiskDigest[]> | undefined;
   private cancelRequested = false;
   private readonly record: SourceRecord;
   private persisting: Promise<void> = Promise.resolve();
@@ -422,11 +429,30 @@ export class SourceMigration {
       await this.storage.finish();
       this.storageEnded = true;
       this.p.log.info('storage mirrors ended in sync', { bytes: this.storage.finalTransferredBytes });
+      // The guest is stopped here for good: the images hold the switch-over state. Digested while
+      // the handover goes on (it costs no downtime here).
+      this.sourceDigests = this.digestDisks(new Set(this.storage.disks.map((d) => d.id)));
       return undefined;
     } catch (err) {
       this.p.log.error('storage mirrors did not end in sync', { err });
       return publicMessage(err);
     }
+  }
+
+  /** Digests of the copied disks the guest's workload does not verify itself (never throws). */
+  private async digestDisks(copied: ReadonlySet<string>): Promise<DiskDigest[]> {
+    const { vm } = this.p;
+    const out: DiskDigest[] = [];
+    for (const d of vm.spec.disks) {
+      if (d.storage !== StorageMode.STORAGE_MODE_LOCAL || !copied.has(d.id) || d.id === vm.spec.workload?.diskId) continue;
+      try {
+        const r = await imageDigest(d.path, d.format === DiskFormat.DISK_FORMAT_QCOW2 ? 'qcow2' : 'raw', { maxDataBytes: DIGEST_MAX_BYTES });
+        out.push({ diskId: d.id, sha256: r.sha256, dataBytes: r.dataBytes, ms: r.ms, error: '' });
+      } catch (err) {
+        out.push({ diskId: d.id, sha256: '', dataBytes: 0, ms: 0, error: (err as Error).message });
+      }
+    }
+    return out;
   }
 
   /** Post-copy with LOCAL disks: once the mirrors ended, the destination may resume the guest. */
@@ -905,14 +931,25 @@ export class SourceMigration {
       this.finish(MigrationState.MIGRATION_STATE_FAILED, this.error.message);
       return;
     }
-    // Handed over: the destination owns the guest now; the source copy goes.
+    // Handed over: the destination owns the guest now; the source copy goes (after its disks'
+    // digests are taken: the comparison needs them).
+    const checks: GuestCheck[] = [...(confirm!.checks ?? []), ...diskChecks(await (this.sourceDigests ?? Promise.resolve([])), confirm!.diskDigests ?? [])];
+    this.stats.checks = checks;
     await this.p.host.destroy(vm.name).catch((err: unknown) => log.warn('could not remove the source QEMU', { err }));
+    const failed = checks.filter((c) => !c.passed);
     if (!confirm!.alive) {
-      this.error = errorInfo('DEADLINE_EXCEEDED', 'GUEST_NOT_VERIFIED', `the guest runs on the destination but did not verify its memory there within ${this.opts.confirmTimeoutMs} ms`);
+      this.error = vm.spec.workload
+        ? errorInfo('DEADLINE_EXCEEDED', 'GUEST_NOT_VERIFIED', `the guest runs on the destination but did not verify its memory there within ${this.opts.confirmTimeoutMs} ms`)
+        : errorInfo('FAILED_PRECONDITION', 'GUEST_CHECK_FAILED', `the guest was not seen alive on the destination: ${describeChecks(checks)}`);
     } else if (this.stats.integrityErrors > 0) {
       this.error = errorInfo('DATA_LOSS', 'GUEST_MEMORY_CORRUPTED', `the guest reported ${this.stats.integrityErrors} integrity error(s) after the migration`);
+    } else if (failed.some((c) => c.name.startsWith('disk:'))) {
+      this.error = errorInfo('DATA_LOSS', 'DISK_MISMATCH', `a copied disk differs from the source: ${describeChecks(failed)}`);
+    } else if (failed.length > 0) {
+      this.error = errorInfo('FAILED_PRECONDITION', 'GUEST_CHECK_FAILED', `a check of the guest on the destination failed: ${describeChecks(failed)}`);
     }
-    this.finish(this.error ? MigrationState.MIGRATION_STATE_FAILED : MigrationState.MIGRATION_STATE_SUCCEEDED, this.error ? this.error.message : `guest verified ${this.stats.pagesVerifiedAfter} pages on the destination; source QEMU removed`);
+    const verified = vm.spec.workload ? `guest verified ${this.stats.pagesVerifiedAfter} pages on the destination` : 'guest checked on the destination';
+    this.finish(this.error ? MigrationState.MIGRATION_STATE_FAILED : MigrationState.MIGRATION_STATE_SUCCEEDED, this.error ? this.error.message : `${verified} (${describeChecks(checks) || 'no checks'}); source QEMU removed`);
   }
 
   /**

@@ -18,6 +18,7 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BootSource, DiskBus, DiskFormat, MigrationState, StorageMode, VmState, WorkloadPattern, type DiskSpec, type VmSpec } from '../../../services/shared/gen/migd/v1/common.js';
 import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, type NodeClient, type NodeCluster } from '../../helpers/node-cluster.js';
+import { qemuPidsMatching, waitFor } from '../../helpers/qemu-process.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -235,6 +236,8 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     expect(info['virtual-size']).toBe(48 * MiB);
     expect(info['actual-size']).toBeLessThan(40 * MiB); // sparse regions stayed sparse
     await verifiedOnB('local1');
+    // The guest verifies its own disk here: no digest for it, the host's checks besides.
+    expect(st.checks.map((k) => [k.name, k.passed])).toEqual([['workload', true], ['running', true], ['vcpus', true], ['io-errors', true]]);
     process.stdout.write(`disks local-precopy ${JSON.stringify({ diskBytes: st.diskTransferredBytes, allocated: st.diskAllocatedBytes, storageMs: st.storageMs, downtimeMs: st.downtimeMs, totalMs: st.totalTimeMs, targetAllocated: info['actual-size'] })}\n`);
   }, 240_000);
 
@@ -279,6 +282,33 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     expect(info['backing-filename']).toBe(base);
     await verifiedOnB('ov1');
     process.stdout.write(`disks overlay ${JSON.stringify({ diskBytes: st.diskTransferredBytes, overlayBytes, chainAllocated: st.diskAllocatedBytes, baseData: 16 * MiB })}\n`);
+  }, 240_000);
+
+  it('migrates a disk-booted VM with no migd workload: checked from the host on the destination (running, vCPUs, I/O, disk digest)', async () => {
+    // The boot sector, then 6 MiB of data the copy must carry, on a sparse 32 MiB LOCAL disk.
+    const img = join(c.dir, 'a-local', 'fw2-boot.raw');
+    await run('qemu-img', ['create', '-q', '-f', 'raw', img, String(32 * MiB)]);
+    writeFileSync(img, bootSector(), { flag: 'r+' });
+    await run('dd', ['if=/dev/urandom', `of=${img}`, 'bs=1M', 'count=6', 'seek=8', 'conv=notrunc', 'status=none']);
+    await create('a', { ...guestSpec('fw2', { memoryMib: 128 }), workload: undefined, boot: BootSource.BOOT_SOURCE_DISK, disks: [disk({ id: 'boot', path: img })] });
+    await waitConsole(c.clients['a']!, 'fw2', /migd-boot-ok/, 60_000);
+    await startMigration(c, 'a', { runId: 'run-fw-1', vmName: 'fw2', destination: toB(), policy: policy({}) });
+    const trace = await followMigration(c.clients['a']!, 'run-fw-1');
+    expect(trace.result.error).toBeUndefined();
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    const checks = trace.result.stats?.checks ?? [];
+    expect(checks.map((k) => [k.name, k.passed])).toEqual([['running', true], ['vcpus', true], ['io-errors', true], ['disk:boot', true]]);
+    expect(checks.find((k) => k.name === 'disk:boot')?.detail).toMatch(/identical to the source at the switch-over: SHA-256 [0-9a-f]{16}… over 6\.\d MiB of data on both ends/);
+    expect(checks.find((k) => k.name === 'vcpus')?.detail).toMatch(/ran \d+\.\d ms of CPU/);
+    // What was checked is named in the result, and the guest runs on b from its copied disk.
+    expect(trace.result.stats?.disksCopied).toBe(1);
+    const { vm } = await c.clients['b']!.getVm({ name: 'fw2' });
+    expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);
+    const target = vm!.spec!.disks[0]!.path;
+    expect(target).toBe(join(bLocal, 'disks', 'fw2', 'boot.raw'));
+    // Independently of the nodes' digests: the guest-visible contents are equal.
+    expect((await run('qemu-img', ['compare', '-U', '-f', 'raw', '-F', 'raw', img, target])).stdout).toMatch(/identical/);
+    process.stdout.write(`disks fw-boot checks ${JSON.stringify(checks)}\n`);
   }, 240_000);
 
   it('a cancel during the storage copy: the source runs on, no VM, export or image is left on the destination', async () => {
@@ -326,6 +356,66 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);
     expect((await c.clients['b']!.listVms({})).vms.map((v) => v.spec?.name)).not.toContain('cut1');
     expect(bTargets('cut1')).toEqual([]);
+  }, 240_000);
+
+  it('write-blocking copy: a guest writing faster than the link is mirrored synchronously, the copy converges and the disk matches', async () => {
+    // 8 MiB/s of guest writes over a 24 Mbit/s (3 MB/s) link: a background mirror would chase
+    // them; in write-blocking mode each write waits for the destination, so the guest slows to the
+    // link's pace and the copy converges.
+    await create('a', diskGuest('wb1', [await localDisk('wb1', 8)], 8 * MiB));
+    await waitConsole(c.clients['a']!, 'wb1', /dpass n=[2-9]/, 90_000);
+    await c.tb.shape('a', { rateMbit: 24 });
+    await startMigration(c, 'a', { runId: 'run-wb-1', vmName: 'wb1', destination: toB(), policy: policy({ storageWriteBlocking: true, downtimeLimitMs: 2000 }) });
+    const trace = await followMigration(c.clients['a']!, 'run-wb-1', undefined, 200_000);
+    expect(trace.result.error).toBeUndefined();
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    const st = trace.result.stats!;
+    expect(st.disksCopied).toBe(1);
+    expect(st.diskTransferredBytes ?? 0).toBeGreaterThanOrEqual(8 * MiB);
+    expect(st.integrityErrors).toBe(0);
+    // The guest verifies every block of its disk on b: what it wrote during the copy is there.
+    await verifiedOnB('wb1');
+    process.stdout.write(`disks write-blocking ${JSON.stringify({ diskBytes: st.diskTransferredBytes, storageMs: st.storageMs, downtimeMs: st.downtimeMs, totalMs: st.totalTimeMs })}\n`);
+  }, 240_000);
+
+  it('a source node-daemon restart during the storage copy: the run fails cleanly, the guest runs once, on the source, nothing is left', async () => {
+    await create('a', diskGuest('rst1', [await localDisk('rst1', 24)], MiB));
+    await waitConsole(c.clients['a']!, 'rst1', /dpass n=[1-9]/, 90_000);
+    const uuid = (await c.clients['a']!.getVm({ name: 'rst1' })).vm!.spec!.uuid;
+    await c.tb.shape('a', { rateMbit: 16 }); // 24 MiB take ~12 s
+    await startMigration(c, 'a', { runId: 'run-rst-1', vmName: 'rst1', destination: toB(), policy: policy({}) });
+    // Into the storage phase, then SIGKILL the source's daemon (its QEMUs live on).
+    const ac = new AbortController();
+    for await (const u of c.clients['a']!.watchMigration({ runId: 'run-rst-1' }, { signal: ac.signal })) {
+      if (u.update?.$case === 'progress' && u.update.value.storagePhase && (u.update.value.diskTransferredBytes ?? 0) > MiB) break;
+      if (u.update?.$case === 'result') throw new Error(`the run ended before the kill: ${JSON.stringify(u.update.value.error)}`);
+    }
+    ac.abort();
+    await c.nodes['a']!.kill();
+    expect(await qemuPidsMatching(uuid)).toHaveLength(2); // the source and the incoming copy
+    await c.restart('a');
+    let info: Awaited<ReturnType<NodeClient['getMigration']>>['migration'];
+    await waitFor(async () => {
+      info = (await c.clients['a']!.getMigration({ runId: 'run-rst-1' }).catch(() => ({ migration: undefined }))).migration;
+      return info !== undefined && [MigrationState.MIGRATION_STATE_FAILED, MigrationState.MIGRATION_STATE_SUCCEEDED, MigrationState.MIGRATION_STATE_CANCELLED].includes(info.state);
+    }, 60_000, 'the run to end after the restart');
+    expect(info!.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+    expect(info!.error).toMatchObject({ reason: 'SOURCE_RESTARTED' });
+    // One QEMU of the guest, the source's, running; the destination's copy, export and image gone.
+    await waitFor(async () => (await qemuPidsMatching(uuid)).length === 1, 30_000, 'one QEMU of the VM');
+    const { vm } = await c.clients['a']!.getVm({ name: 'rst1' });
+    expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);
+    expect(await qemuPidsMatching(uuid)).toEqual([vm!.pid]);
+    expect((await c.clients['b']!.listVms({})).vms.map((v) => v.spec?.name)).not.toContain('rst1');
+    expect(bTargets('rst1')).toEqual([]);
+    await waitConsole(c.clients['a']!, 'rst1', /dverify blocks=[1-9]\d* errors=0/, 60_000);
+    // No mirror job or NBD node left on the source: the same disks migrate again.
+    await c.tb.unshape('a');
+    await startMigration(c, 'a', { runId: 'run-rst-2', vmName: 'rst1', destination: toB(), policy: policy({}) });
+    const again = await followMigration(c.clients['a']!, 'run-rst-2');
+    expect(again.result.error).toBeUndefined();
+    expect(again.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    await verifiedOnB('rst1');
   }, 240_000);
 
   it('refuses with RESOURCE_EXHAUSTED, before anything starts, when the destination lacks the space', async () => {

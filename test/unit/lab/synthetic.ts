@@ -157,6 +157,7 @@ export function syntheticTimeline(r: SyntheticRun): GetRunTimelineResponse {
         recoveries: 0,
         postcopyBlocktimeMs: 0,
         postcopyVcpuBlocktimeMs: [],
+        checks: [],
       },
       error: ok ? undefined : errorInfo('DEADLINE_EXCEEDED', 'TIMEOUT', 'completion timeout'),
       actions,

@@ -1433,7 +1433,15 @@ export interface MigrationStats {
     | number
     | undefined;
   /** NICs whose MACs the destination announced after the switch-over. */
-  nicsAnnounced?: number | undefined;
+  nicsAnnounced?:
+    | number
+    | undefined;
+  /**
+   * What the nodes checked on the destination after the migration, each passed or not (the run
+   * succeeds only when every check passed). A guest without migd's workload is checked from the
+   * host: running, vCPUs advancing, no I/O errors, and its LOCAL disks equal to the source's.
+   */
+  checks: GuestCheck[];
 }
 
 /**
@@ -1460,6 +1468,22 @@ export interface NetworkBlackout {
     | undefined;
   /** When the longest gap ended (the first answer after it). */
   gapEndedAt?: Date | undefined;
+}
+
+/** GuestCheck is one thing a node checked on the destination after a migration. */
+export interface GuestCheck {
+  /**
+   * What was checked: "workload" (the guest verified its memory, and its disk if it writes one,
+   * after its arrival), "running" (QMP query-status on the destination), "vcpus" (the vCPU
+   * threads ran on the destination after the resume), "io-errors" (no failed block request
+   * there, QMP query-blockstats), "disk:<id>" (the LOCAL disk's contents on the destination equal
+   * the source's at the switch-over: SHA-256 of the guest-visible data on both ends).
+   */
+  name: string;
+  /** True when the check passed. */
+  passed: boolean;
+  /** What was seen, in words, with the figures. */
+  detail: string;
 }
 
 /** HostInfo describes a hypervisor node. */
@@ -4804,6 +4828,7 @@ function createBaseMigrationStats(): MigrationStats {
     postcopyVcpuBlocktimeMs: [],
     announceAfterResumeMs: undefined,
     nicsAnnounced: undefined,
+    checks: [],
   };
 }
 
@@ -4872,6 +4897,9 @@ export const MigrationStats: MessageFns<MigrationStats> = {
     }
     if (message.nicsAnnounced !== undefined) {
       writer.uint32(160).uint32(message.nicsAnnounced);
+    }
+    for (const v of message.checks) {
+      GuestCheck.encode(v!, writer.uint32(170).fork()).join();
     }
     return writer;
   },
@@ -5059,6 +5087,14 @@ export const MigrationStats: MessageFns<MigrationStats> = {
             message.nicsAnnounced = reader.uint32();
             continue;
           }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.checks.push(GuestCheck.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5165,6 +5201,9 @@ export const MigrationStats: MessageFns<MigrationStats> = {
         : isSet(object.nics_announced)
         ? globalThis.Number(object.nics_announced)
         : undefined,
+      checks: globalThis.Array.isArray(object?.checks)
+        ? object.checks.map((e: any) => GuestCheck.fromJSON(e))
+        : [],
     };
   },
 
@@ -5230,6 +5269,9 @@ export const MigrationStats: MessageFns<MigrationStats> = {
     if (message.nicsAnnounced !== undefined) {
       obj.nicsAnnounced = Math.round(message.nicsAnnounced);
     }
+    if (message.checks?.length) {
+      obj.checks = message.checks.map((e) => GuestCheck.toJSON(e));
+    }
     return obj;
   },
 
@@ -5258,6 +5300,7 @@ export const MigrationStats: MessageFns<MigrationStats> = {
     message.postcopyVcpuBlocktimeMs = object.postcopyVcpuBlocktimeMs?.map((e) => e) || [];
     message.announceAfterResumeMs = object.announceAfterResumeMs ?? undefined;
     message.nicsAnnounced = object.nicsAnnounced ?? undefined;
+    message.checks = object.checks?.map((e) => GuestCheck.fromPartial(e)) || [];
     return message;
   },
 };
@@ -5459,6 +5502,107 @@ export const NetworkBlackout: MessageFns<NetworkBlackout> = {
     message.measuredBy = object.measuredBy ?? "";
     message.gapStartedAt = object.gapStartedAt ?? undefined;
     message.gapEndedAt = object.gapEndedAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseGuestCheck(): GuestCheck {
+  return { name: "", passed: false, detail: "" };
+}
+
+export const GuestCheck: MessageFns<GuestCheck> = {
+  encode(message: GuestCheck, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.passed !== false) {
+      writer.uint32(16).bool(message.passed);
+    }
+    if (message.detail !== "") {
+      writer.uint32(26).string(message.detail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GuestCheck {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGuestCheck();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.passed = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GuestCheck {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      passed: isSet(object.passed) ? globalThis.Boolean(object.passed) : false,
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+    };
+  },
+
+  toJSON(message: GuestCheck): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.passed !== false) {
+      obj.passed = message.passed;
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GuestCheck>): GuestCheck {
+    return GuestCheck.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GuestCheck>): GuestCheck {
+    const message = createBaseGuestCheck();
+    message.name = object.name ?? "";
+    message.passed = object.passed ?? false;
+    message.detail = object.detail ?? "";
     return message;
   },
 };

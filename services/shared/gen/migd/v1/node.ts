@@ -25,6 +25,7 @@ import {
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import {
   ErrorInfo,
+  GuestCheck,
   GuestPerfSample,
   HostInfo,
   MigrationPolicy,
@@ -287,7 +288,37 @@ export interface ConfirmIncomingResponse {
     | number
     | undefined;
   /** NICs whose MACs were announced from this node. */
-  nicsAnnounced?: number | undefined;
+  nicsAnnounced?:
+    | number
+    | undefined;
+  /**
+   * What the destination checked after the resume (see MigrationStats.checks); the source adds
+   * the disk comparisons from disk_digests.
+   */
+  checks: GuestCheck[];
+  /**
+   * Digests of the LOCAL disks copied here, taken after the copy ended and before the guest
+   * resumed here (disks the guest's own workload verifies are left out).
+   */
+  diskDigests: DiskDigest[];
+}
+
+/**
+ * DiskDigest is the digest of a disk's guest-visible contents: SHA-256 over each non-zero 64 KiB
+ * chunk's offset and bytes, so equal contents give equal digests whatever the format or the
+ * sparseness of the images.
+ */
+export interface DiskDigest {
+  /** The disk's id (VmSpec.disks). */
+  diskId: string;
+  /** The digest, hex; empty when it could not be taken (see error). */
+  sha256: string;
+  /** Non-zero bytes hashed. */
+  dataBytes: number;
+  /** Milliseconds it took. */
+  ms: number;
+  /** Why no digest was taken, when sha256 is empty. */
+  error: string;
 }
 
 /** AbortIncomingRequest names the incoming migration to tear down. */
@@ -2536,6 +2567,8 @@ function createBaseConfirmIncomingResponse(): ConfirmIncomingResponse {
     postcopyVcpuBlocktimeMs: [],
     announceAfterResumeMs: undefined,
     nicsAnnounced: undefined,
+    checks: [],
+    diskDigests: [],
   };
 }
 
@@ -2568,6 +2601,12 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
     }
     if (message.nicsAnnounced !== undefined) {
       writer.uint32(64).uint32(message.nicsAnnounced);
+    }
+    for (const v of message.checks) {
+      GuestCheck.encode(v!, writer.uint32(74).fork()).join();
+    }
+    for (const v of message.diskDigests) {
+      DiskDigest.encode(v!, writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -2659,6 +2698,22 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
             message.nicsAnnounced = reader.uint32();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.checks.push(GuestCheck.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.diskDigests.push(DiskDigest.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2701,6 +2756,14 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
         : isSet(object.nics_announced)
         ? globalThis.Number(object.nics_announced)
         : undefined,
+      checks: globalThis.Array.isArray(object?.checks)
+        ? object.checks.map((e: any) => GuestCheck.fromJSON(e))
+        : [],
+      diskDigests: globalThis.Array.isArray(object?.diskDigests)
+        ? object.diskDigests.map((e: any) => DiskDigest.fromJSON(e))
+        : globalThis.Array.isArray(object?.disk_digests)
+        ? object.disk_digests.map((e: any) => DiskDigest.fromJSON(e))
+        : [],
     };
   },
 
@@ -2730,6 +2793,12 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
     if (message.nicsAnnounced !== undefined) {
       obj.nicsAnnounced = Math.round(message.nicsAnnounced);
     }
+    if (message.checks?.length) {
+      obj.checks = message.checks.map((e) => GuestCheck.toJSON(e));
+    }
+    if (message.diskDigests?.length) {
+      obj.diskDigests = message.diskDigests.map((e) => DiskDigest.toJSON(e));
+    }
     return obj;
   },
 
@@ -2748,6 +2817,149 @@ export const ConfirmIncomingResponse: MessageFns<ConfirmIncomingResponse> = {
     message.postcopyVcpuBlocktimeMs = object.postcopyVcpuBlocktimeMs?.map((e) => e) || [];
     message.announceAfterResumeMs = object.announceAfterResumeMs ?? undefined;
     message.nicsAnnounced = object.nicsAnnounced ?? undefined;
+    message.checks = object.checks?.map((e) => GuestCheck.fromPartial(e)) || [];
+    message.diskDigests = object.diskDigests?.map((e) => DiskDigest.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDiskDigest(): DiskDigest {
+  return { diskId: "", sha256: "", dataBytes: 0, ms: 0, error: "" };
+}
+
+export const DiskDigest: MessageFns<DiskDigest> = {
+  encode(message: DiskDigest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.diskId !== "") {
+      writer.uint32(10).string(message.diskId);
+    }
+    if (message.sha256 !== "") {
+      writer.uint32(18).string(message.sha256);
+    }
+    if (message.dataBytes !== 0) {
+      writer.uint32(24).uint64(message.dataBytes);
+    }
+    if (message.ms !== 0) {
+      writer.uint32(32).uint32(message.ms);
+    }
+    if (message.error !== "") {
+      writer.uint32(42).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DiskDigest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDiskDigest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.diskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sha256 = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.dataBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.ms = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DiskDigest {
+    return {
+      diskId: isSet(object.diskId)
+        ? globalThis.String(object.diskId)
+        : isSet(object.disk_id)
+        ? globalThis.String(object.disk_id)
+        : "",
+      sha256: isSet(object.sha256) ? globalThis.String(object.sha256) : "",
+      dataBytes: isSet(object.dataBytes)
+        ? globalThis.Number(object.dataBytes)
+        : isSet(object.data_bytes)
+        ? globalThis.Number(object.data_bytes)
+        : 0,
+      ms: isSet(object.ms) ? globalThis.Number(object.ms) : 0,
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: DiskDigest): unknown {
+    const obj: any = {};
+    if (message.diskId !== "") {
+      obj.diskId = message.diskId;
+    }
+    if (message.sha256 !== "") {
+      obj.sha256 = message.sha256;
+    }
+    if (message.dataBytes !== 0) {
+      obj.dataBytes = Math.round(message.dataBytes);
+    }
+    if (message.ms !== 0) {
+      obj.ms = Math.round(message.ms);
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DiskDigest>): DiskDigest {
+    return DiskDigest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DiskDigest>): DiskDigest {
+    const message = createBaseDiskDigest();
+    message.diskId = object.diskId ?? "";
+    message.sha256 = object.sha256 ?? "";
+    message.dataBytes = object.dataBytes ?? 0;
+    message.ms = object.ms ?? 0;
+    message.error = object.error ?? "";
     return message;
   },
 };

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Broadcast } from '../../services/shared/broadcast.js';
 import { NotFoundError, UnavailableError } from '../../services/shared/errors.js';
-import { VmSpec, type GuestPerfSample } from '../../services/shared/gen/migd/v1/common.js';
+import { VmSpec, WorkloadSpec, type GuestPerfSample } from '../../services/shared/gen/migd/v1/common.js';
 import type { ConfirmIncomingResponse } from '../../services/shared/gen/migd/v1/node.js';
 import type { Logger } from '../../services/shared/log.js';
 import { MigrationRecords } from '../../services/node/migration/record.js';
@@ -83,8 +83,9 @@ export class FakeQemu {
   }
 }
 
+/** A VM running migd's verifying workload (the fake guest's samples stand for it). */
 export function fakeSpec(name: string): VmSpec {
-  return VmSpec.fromPartial({ name, memoryMib: 64, vcpus: 1, uuid: 'u-1' });
+  return VmSpec.fromPartial({ name, memoryMib: 64, vcpus: 1, uuid: 'u-1', workload: WorkloadSpec.fromPartial({ verify: true }) });
 }
 
 /** The VM being migrated, over the fake QEMU's QMP client. */

@@ -26,8 +26,9 @@ export const DIGEST_MAX_BYTES = 1024 * 1024 * 1024;
 
 /** CPU time (ns) the VM's vCPU threads have used so far; undefined when it cannot be read. */
 export async function vcpuRunNs(qmp: QmpClient, pid: number): Promise<number | undefined> {
-  const cpus = (await qmp.execute('query-cpus-fast', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as { 'thread-id'?: number }[] | undefined;
-  const tids = [...new Set((cpus ?? []).map((c) => c['thread-id']).filter((t): t is number => typeof t === 'number' && t > 0))];
+  const reply = await qmp.execute('query-cpus-fast', undefined, { timeoutMs: 5000 }).catch(() => undefined);
+  const cpus = Array.isArray(reply) ? (reply as { 'thread-id'?: number }[]) : [];
+  const tids = [...new Set(cpus.map((c) => c['thread-id']).filter((t): t is number => typeof t === 'number' && t > 0))];
   if (tids.length === 0) return undefined;
   let ns = 0;
   for (const tid of tids) {

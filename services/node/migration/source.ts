@@ -938,9 +938,7 @@ export class SourceMigration {
     await this.p.host.destroy(vm.name).catch((err: unknown) => log.warn('could not remove the source QEMU', { err }));
     const failed = checks.filter((c) => !c.passed);
     if (!confirm!.alive) {
-      this.error = vm.spec.workload
-        ? errorInfo('DEADLINE_EXCEEDED', 'GUEST_NOT_VERIFIED', `the guest runs on the destination but did not verify its memory there within ${this.opts.confirmTimeoutMs} ms`)
-        : errorInfo('FAILED_PRECONDITION', 'GUEST_CHECK_FAILED', `the guest was not seen alive on the destination: ${describeChecks(checks)}`);
+      this.error = errorInfo('DEADLINE_EXCEEDED', 'GUEST_NOT_VERIFIED', vm.spec.workload ? `the guest runs on the destination but did not verify its memory there within ${this.opts.confirmTimeoutMs} ms` : `the guest was not seen alive on the destination within ${this.opts.confirmTimeoutMs} ms: ${describeChecks(checks) || 'nothing checked'}`);
     } else if (this.stats.integrityErrors > 0) {
       this.error = errorInfo('DATA_LOSS', 'GUEST_MEMORY_CORRUPTED', `the guest reported ${this.stats.integrityErrors} integrity error(s) after the migration`);
     } else if (failed.some((c) => c.name.startsWith('disk:'))) {

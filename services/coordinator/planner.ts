@@ -185,7 +185,8 @@ export class Planner {
     // half) runs outside it, so a slow node never holds up planning for anyone else.
     const nodeId = await this.exclusive(async () => {
       const cluster = await this.model();
-      if (findVm(cluster, spec.name) || (await this.o.registry.vms()).some((v) => v.spec?.name === spec.name)) {
+      // A stopped VM keeps its name (it may be started again).
+      if (findVm(cluster, spec.name) || (await this.o.registry.vms(undefined, { includeStopped: true })).some((v) => v.spec?.name === spec.name)) {
         throw new AlreadyExistsError(`a VM named "${spec.name}" already exists`, { reason: 'VM_EXISTS' });
       }
       const vms = await this.o.registry.vms();
@@ -231,5 +232,64 @@ export class Planner {
     } finally {
       this.creating.delete(spec.name);
     }
+  }
+
+  /**
+   * The node of VM `name`, which must not take part in a queued or running run (nor be being
+   * created) and whose node must be up.
+   * @throws InvalidArgumentError, NotFoundError (UNKNOWN_VM), FailedPreconditionError (VM_MIGRATING,
+   *   VM_BEING_CREATED, NODE_DOWN)
+   */
+  private async nodeOfIdleVm(name: string): Promise<string> {
+    if (!name) throw new InvalidArgumentError('vm_name is required');
+    if (!VM_NAME.test(name)) throw new InvalidArgumentError(`vm_name "${name}" must match ${VM_NAME.source}`);
+    return this.exclusive(async () => {
+      if (this.creating.has(name)) throw new FailedPreconditionError(`VM "${name}" is being created`, { reason: 'VM_BEING_CREATED' });
+      const vm = (await this.o.registry.vms(undefined, { includeStopped: true })).find((v) => v.spec?.name === name && v.state !== VmState.VM_STATE_INCOMING);
+      if (!vm) throw new NotFoundError(`VM "${name}" not found`, { reason: 'UNKNOWN_VM' });
+      const run = (await this.o.store.plans.listActiveMoves()).find((r) => r.vmName === name);
+      if (run) throw new FailedPreconditionError(`VM "${name}" takes part in run ${run.runId} (queued or running); cancel it or wait for it to end`, { reason: 'VM_MIGRATING' });
+      if (!this.o.registry.isUp(vm.nodeId)) throw new FailedPreconditionError(`node "${vm.nodeId}" of VM "${name}" is down`, { reason: 'NODE_DOWN' });
+      return vm.nodeId;
+    });
+  }
+
+  /**
+   * Stops a VM on its node and keeps it there (stopped). @throws see {@link nodeOfIdleVm}, and the
+   * node's errors (FailedPreconditionError VM_MIGRATING when a migration started meanwhile)
+   */
+  async stopVm(name: string, signal?: AbortSignal): Promise<VmInfo> {
+    const nodeId = await this.nodeOfIdleVm(name);
+    const res = await this.o.registry.client(nodeId).stopVm({ name }, { deadlineMs: this.o.createVmDeadlineMs, ...(signal ? { signal } : {}) });
+    const vm = { ...res.vm!, nodeId };
+    await this.o.registry.vmCreated(vm);
+    this.o.log.info('VM stopped', { vm: name, nodeId });
+    return vm;
+  }
+
+  /** Starts a stopped VM again on its node. @throws as {@link stopVm}, ResourceExhaustedError */
+  async startVm(name: string, signal?: AbortSignal): Promise<VmInfo> {
+    const nodeId = await this.nodeOfIdleVm(name);
+    const res = await this.o.registry.client(nodeId).startVm({ name }, { deadlineMs: this.o.createVmDeadlineMs, ...(signal ? { signal } : {}) });
+    const vm = { ...res.vm!, nodeId };
+    await this.o.registry.vmCreated(vm);
+    this.o.log.info('VM started', { vm: name, nodeId });
+    return vm;
+  }
+
+  /**
+   * Deletes a VM (its node stops it first), with the disk images its node created when
+   * `deleteDisks`. A VM its node no longer knows is forgotten here too. @throws as {@link stopVm}
+   */
+  async deleteVm(name: string, deleteDisks: boolean, signal?: AbortSignal): Promise<void> {
+    const nodeId = await this.nodeOfIdleVm(name);
+    try {
+      await this.o.registry.client(nodeId).destroyVm({ name, deleteDisks }, { deadlineMs: this.o.createVmDeadlineMs, ...(signal ? { signal } : {}) });
+    } catch (err) {
+      if (!(err instanceof NotFoundError)) throw err;
+      this.o.log.info('the node no longer knows the VM; forgetting it', { vm: name, nodeId });
+    }
+    await this.o.registry.vmDeleted(name, nodeId);
+    this.o.log.info('VM deleted', { vm: name, nodeId, deleteDisks });
   }
 }

@@ -70,6 +70,11 @@ export class NodeRegistry {
   private readonly lastGuestSample = new Map<string, number>();
   /** `node\0vm` pairs whose ownership conflict was logged (logged once until it clears). */
   private readonly conflicts = new Set<string>();
+  /**
+   * VMs deleted through the coordinator → their node: a heartbeat sent before the delete may
+   * still list one; it is ignored until a heartbeat of that node no longer does.
+   */
+  private readonly deleted = new Map<string, string>();
   private readonly clients = new Map<string, { address: string; client: NodeClient }>();
   private timer: NodeJS.Timeout | undefined;
   private checking = false;
@@ -163,9 +168,13 @@ export class NodeRegistry {
     let moving: Promise<Set<string>> | undefined;
     const movingHere = (): Promise<Set<string>> =>
       (moving ??= this.o.store.plans.listActiveMoves().then((runs) => new Set(runs.filter((r) => r.destinationNodeId === nodeId).map((r) => r.vmName))));
+    for (const name of [...this.deleted.keys()]) {
+      if (this.deleted.get(name) === nodeId && !vms.some((v) => v.spec?.name === name)) this.deleted.delete(name);
+    }
     for (const reported of vms) {
       const v = { ...reported, nodeId };
       const name = v.spec?.name ?? '';
+      if (name && this.deleted.get(name) === nodeId) continue;
       if (name) {
         const owner = this.written.get(name);
         const foreign = owner !== undefined && owner.node !== nodeId && owner.state !== VmState.VM_STATE_STOPPED;
@@ -249,10 +258,26 @@ export class NodeRegistry {
     await this.write(settled);
   }
 
-  /** A VM was created through the coordinator. */
+  /** A VM was deleted through the coordinator: gone from the live view and the store. */
+  async vmDeleted(name: string, nodeId: string): Promise<void> {
+    this.deleted.set(name, nodeId);
+    for (const [node, list] of this.reported) this.reported.set(node, list.filter((v) => v.spec?.name !== name));
+    const w = this.written.get(name);
+    if (w) this.writtenOn.get(w.node)?.delete(name);
+    this.written.delete(name);
+    await this.o.store.nodes.deleteVm(name);
+  }
+
+  /** A VM was created, stopped or started through the coordinator: its node's answer. */
   async vmCreated(vm: VmInfo): Promise<void> {
+    const name = vm.spec?.name;
+    if (name && this.deleted.get(name) === vm.nodeId) this.deleted.delete(name);
     const list = this.reported.get(vm.nodeId);
-    if (list && !list.some((v) => v.spec?.name === vm.spec?.name)) list.push(vm);
+    if (list) {
+      const i = list.findIndex((v) => v.spec?.name === name && v.state !== VmState.VM_STATE_INCOMING);
+      if (i < 0) list.push(vm);
+      else list[i] = vm;
+    }
     await this.write(vm);
   }
 
@@ -331,13 +356,15 @@ export class NodeRegistry {
    * heartbeat, or the store's record for nodes that have not reported since this coordinator
    * started. Stopped VMs are left out.
    */
-  async vms(nodeId?: string): Promise<VmInfo[]> {
+  async vms(nodeId?: string, opts: { includeStopped?: boolean } = {}): Promise<VmInfo[]> {
     const out: VmInfo[] = [];
     const unreported = nodeId ? !this.reported.has(nodeId) : [...this.hosts.keys()].some((id) => !this.reported.has(id));
     if (unreported) {
       for (const v of await this.o.store.nodes.listVms(nodeId)) if (!this.reported.has(v.nodeId) && v.state !== VmState.VM_STATE_STOPPED) out.push(v);
     }
-    for (const [node, list] of this.reported) if (!nodeId || node === nodeId) for (const v of list) if (v.state !== VmState.VM_STATE_STOPPED) out.push(v);
+    // A node reports a VM stopped through StopVm (kept to be started again) as STOPPED; the store's
+    // STOPPED also marks VMs gone from their node, so only the nodes' own reports are shown.
+    for (const [node, list] of this.reported) if (!nodeId || node === nodeId) for (const v of list) if (opts.includeStopped || v.state !== VmState.VM_STATE_STOPPED) out.push(v);
     return out
       .map((v) => ({ v, k: `${v.nodeId}\u0000${v.spec?.name ?? ''}\u0000${v.state === VmState.VM_STATE_INCOMING ? 1 : 0}` }))
       .sort((a, b) => (a.k < b.k ? -1 : a.k > b.k ? 1 : 0))

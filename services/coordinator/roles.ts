@@ -7,8 +7,8 @@
  * | -------- | ------------------------------------------------------------------------------- |
  * | viewer   | ListNodes, ListVms, GetPlan, GetRun, ListRuns, GetRunTimeline, ComparePolicies, |
  * |          | ExportRuns, Watch                                                               |
- * | operator | everything a viewer may, plus SubmitPlan, CreateVm, CancelRun, ForceCompleteRun, |
- * |          | AdjustRun, RecordRunBlackout                                                    |
+ * | operator | everything a viewer may, plus SubmitPlan, CreateVm, StopVm, StartVm, DeleteVm,   |
+ * |          | CancelRun, ForceCompleteRun, AdjustRun, RecordRunBlackout                       |
  * | node     | RegisterNode, Heartbeat only                                                    |
  *
  * A method missing from the table is refused (fail closed). Pure apart from the log line.
@@ -78,6 +78,9 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[]>> = Object.fr
   Watch: read,
   SubmitPlan: write,
   CreateVm: write,
+  StopVm: write,
+  StartVm: write,
+  DeleteVm: write,
   CancelRun: write,
   ForceCompleteRun: write,
   AdjustRun: write,

@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { realpath, rm, rmdir } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { dirname, join, sep } from 'node:path';
 import { ConfigError, FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError } from '../shared/errors.js';
 import { Accel, BootSource, DiskAio, DiskBus, DiskCache, DiskFormat, StorageMode, VmState, type DiskSpec, type HostInfo, type VmInfo as ProtoVmInfo, VmSpec as ProtoVmSpec, WorkloadPattern } from '../shared/gen/migd/v1/common.js';
 import { NodeServiceService, type DiskTransfer, type MigrationEndpoint } from '../shared/gen/migd/v1/node.js';
@@ -410,13 +410,51 @@ export class NodeDaemon {
     return { disks, create, ownedTargets };
   }
 
-  /** Stops and forgets a VM. @throws NotFoundError, FailedPreconditionError (migrating) */
-  async destroyVm(name: string): Promise<void> {
-    this.vms.get(name);
+  /** @throws FailedPreconditionError (VM_MIGRATING) while `name` takes part in a migration */
+  private refuseMigrating(name: string): void {
     if (this.migratingVms.has(name) || this.migrations.busy(name)) {
       throw new FailedPreconditionError(`VM ${name} is taking part in migration ${this.migratingVms.runOf(name) ?? ''}; cancel it first`, { reason: 'VM_MIGRATING' });
     }
+  }
+
+  /**
+   * Stops and forgets a VM; with `deleteDisks` also deletes the images this node created for it.
+   * @throws NotFoundError, FailedPreconditionError (migrating)
+   */
+  async destroyVm(name: string, opts: { deleteDisks?: boolean } = {}): Promise<void> {
+    this.vms.get(name);
+    this.refuseMigrating(name);
+    const images = opts.deleteDisks ? this.createdImages(name) : [];
     await this.removeVm(name);
+    const removed = await this.deleteDisks(images);
+    if (removed.length > 0) this.log.info('deleted the disk images this node had created', { vm: name, images: removed });
+  }
+
+  /**
+   * Stops a VM's QEMU and keeps the VM (spec, disks, MACs) to be started again. No-op when stopped.
+   * @throws NotFoundError, FailedPreconditionError (VM_MIGRATING)
+   */
+  async stopVm(name: string): Promise<ProtoVmInfo> {
+    this.vms.get(name);
+    this.refuseMigrating(name);
+    await this.vms.stop(name);
+    return this.vmInfo(name);
+  }
+
+  /**
+   * Starts a stopped VM again with its recorded device model. No-op when running.
+   * @throws NotFoundError, FailedPreconditionError (VM_MIGRATING, VM_INCOMING, QEMU_START_FAILED),
+   *   ResourceExhaustedError, InvalidArgumentError (MAC_IN_USE)
+   */
+  async startVm(name: string): Promise<ProtoVmInfo> {
+    this.vms.get(name);
+    this.refuseMigrating(name);
+    await this.vms.start(name);
+    // The old feed ended with the old QEMU's console.
+    this.feeds.get(name)?.close();
+    this.feeds.delete(name);
+    this.feed(name);
+    return this.vmInfo(name);
   }
 
   private async removeVm(name: string, opts: { localImages?: boolean } = {}): Promise<void> {
@@ -426,16 +464,16 @@ export class NodeDaemon {
     this.specs.delete(name);
     this.migratingVms.set(name, undefined);
     await this.vms.destroy(name);
-    await this.removeImages(images);
+    await this.deleteDisks(images);
   }
 
-  /** Images this node created for a VM (given, or as migration targets), of one storage mode. */
-  private createdImages(name: string, storage: 'local' | 'shared'): string[] {
+  /** Images this node created for a VM (given, or as migration targets), of one storage mode or all. */
+  private createdImages(name: string, storage?: 'local' | 'shared'): string[] {
     try {
       const v = this.vms.get(name);
       const created = JSON.parse(readFileSync(join(v.paths.dir, CREATED_DISKS_FILE), 'utf8')) as string[];
       const mode = new Map((v.spec.disks ?? []).map((d) => [d.path, d.storage]));
-      return created.filter((p) => mode.get(p) === storage);
+      return created.filter((p) => storage === undefined || mode.get(p) === storage);
     } catch {
       return [];
     }
@@ -489,7 +527,9 @@ export class NodeDaemon {
       diskTransfers: (name) => this.diskTransfers(name),
       planTargets: (spec, transfers) => this.planTargets(spec, transfers),
       createTarget: (t) => createImage(t.path, t.format, t.virtualBytes, t.base),
-      removeTargets: (paths) => this.removeImages(paths),
+      removeTargets: async (paths) => {
+        await this.deleteDisks(paths);
+      },
     };
   }
 
@@ -547,15 +587,26 @@ export class NodeDaemon {
     return plan;
   }
 
-  /** Removes images this node created, inside its storage roots only, and their folder once empty. */
-  private async removeImages(paths: readonly string[]): Promise<void> {
+  /**
+   * Deletes disk images this node created (callers pass only paths from its created-disks record),
+   * and only inside its storage roots (resolved: a link cannot lead outside), and their folder once
+   * empty. Returns the images deleted; never throws (a failure is logged and the image stays).
+   */
+  async deleteDisks(paths: readonly string[]): Promise<string[]> {
     const roots = (await Promise.all(this.pathRoots.filter((r) => r.kind === 'storage').map((r) => r.real()))).flat();
+    const deleted: string[] = [];
     for (const p of paths) {
       const real = await realpath(p).catch(() => undefined);
-      if (real === undefined || !roots.some((r) => real.startsWith(r))) continue;
-      await rm(real, { force: true }).catch((err: unknown) => this.log.warn('could not remove a disk image', { path: real, err }));
+      if (real === undefined || !roots.some((r) => real.startsWith(r.endsWith(sep) ? r : r + sep))) continue;
+      try {
+        await rm(real, { force: true });
+        deleted.push(real);
+      } catch (err) {
+        this.log.warn('could not remove a disk image', { path: real, err });
+      }
       await rmdir(dirname(real)).catch(() => undefined); // only when empty
     }
+    return deleted;
   }
 
   /** Stops serving; QEMU processes keep running (a restarted daemon reattaches). */

@@ -9,6 +9,7 @@ import {
   CancelRunResponse,
   ComparePoliciesResponse,
   CoordinatorServiceCreateVmResponse,
+  CoordinatorServiceStopVmResponse,
   CoordinatorServiceListVmsResponse,
   ForceCompleteRunResponse,
   AdjustRunResponse,
@@ -98,6 +99,21 @@ export async function runCommand(inv: Invocation, ctx: CommandContext): Promise<
       const r = await client.createVm(createVmRequest(arg(0), f), unary(ctx, CREATE_VM_DEADLINE_MS));
       if (global.json) printJson(ctx, CoordinatorServiceCreateVmResponse.toJSON(r));
       else io.stdout(formatCreatedVm(r.vm));
+      return ExitCode.OK;
+    }
+    case 'stop-vm':
+    case 'start-vm': {
+      const req = { vmName: arg(0) };
+      const r = inv.command === 'stop-vm' ? await client.stopVm(req, unary(ctx, CREATE_VM_DEADLINE_MS)) : await client.startVm(req, unary(ctx, CREATE_VM_DEADLINE_MS));
+      if (global.json) printJson(ctx, CoordinatorServiceStopVmResponse.toJSON(r));
+      else io.stdout(formatCreatedVm(r.vm));
+      return ExitCode.OK;
+    }
+    case 'delete-vm': {
+      const deleteDisks = flagBool(f, 'delete-disks');
+      await client.deleteVm({ vmName: arg(0), deleteDisks }, unary(ctx, CREATE_VM_DEADLINE_MS));
+      if (global.json) printJson(ctx, { vmName: arg(0), deleted: true, deleteDisks });
+      else io.stdout(`VM ${arg(0)} deleted${deleteDisks ? ' with the disk images its node had created' : ' (disk images kept)'}\n`);
       return ExitCode.OK;
     }
     case 'migrate':

@@ -99,6 +99,14 @@ export const COMMANDS = {
       nic: { type: 'string', multiple: true, value: 'NETWORK[,mac=MAC][,ip=A.B.C.D/LEN]', help: 'a virtio network card on NETWORK (repeatable; MAC default generated; ip: the migd guest configures it and answers a UDP echo)' },
     },
   },
+  'stop-vm': { synopsis: 'stop-vm VM', summary: 'stop a VM (QEMU exits) and keep it, with its disks and MACs, to start again', args: ['VM'], flags: {} },
+  'start-vm': { synopsis: 'start-vm VM', summary: 'start a stopped VM again on its node', args: ['VM'], flags: {} },
+  'delete-vm': {
+    synopsis: 'delete-vm VM [--delete-disks]',
+    summary: 'delete a VM (stopping it first); its disk images stay unless --delete-disks',
+    args: ['VM'],
+    flags: { 'delete-disks': { type: 'boolean', help: 'also delete the disk images its node created for it (never images given by path)' } },
+  },
   migrate: {
     synopsis: 'migrate VM [--to NODE] [--policy NAME] [policy flags] [--priority N] [--key KEY] [--watch]',
     summary: 'live-migrate one VM',

@@ -84,9 +84,15 @@ export function coordinatorHandlers(p: CoordinatorParts): Handlers<typeof Coordi
       return {};
     },
     listNodes: async () => ({ nodes: p.followerReads && !p.followerReads.isLeader() ? await p.followerReads.nodes() : await p.registry.nodes() }),
-    listVms: async (req) => ({ vms: p.followerReads && !p.followerReads.isLeader() ? await p.followerReads.vms(req.nodeId || undefined) : await p.registry.vms(req.nodeId || undefined) }),
+    listVms: async (req) => ({ vms: p.followerReads && !p.followerReads.isLeader() ? await p.followerReads.vms(req.nodeId || undefined) : await p.registry.vms(req.nodeId || undefined, { includeStopped: true }) }),
     // Calls that reach a node pass the caller's signal on: a caller that goes away cancels them.
     createVm: async (req, ctx) => ({ vm: await p.planner.createVm(req, ctx.signal) }),
+    stopVm: async (req, ctx) => ({ vm: await p.planner.stopVm(req.vmName, ctx.signal) }),
+    startVm: async (req, ctx) => ({ vm: await p.planner.startVm(req.vmName, ctx.signal) }),
+    deleteVm: async (req, ctx) => {
+      await p.planner.deleteVm(req.vmName, req.deleteDisks === true, ctx.signal);
+      return {};
+    },
 
     // Idempotency keys are scoped to the caller: another identity's key is never shared.
     submitPlan: async (req, ctx) => p.planner.submit(req, ctx.identity ?? ''),

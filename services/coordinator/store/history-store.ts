@@ -113,6 +113,9 @@ export class RepositoryHistoryStore implements HistoryStore {
   upsertVm(vm: VmInfo): Promise<void> {
     return this.nodes.upsertVm(vm);
   }
+  deleteVm(name: string): Promise<void> {
+    return this.nodes.deleteVm(name);
+  }
   getVm(name: string): Promise<VmInfo> {
     return this.nodes.getVm(name);
   }

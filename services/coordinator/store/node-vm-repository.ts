@@ -103,6 +103,12 @@ export class SqlNodeVmRepository implements NodeVmRepository {
     });
   }
 
+  async deleteVm(name: string): Promise<void> {
+    await this.d.write(async (trx) => {
+      await trx.deleteFrom('vms').where('name', '=', name).execute();
+    });
+  }
+
   async upsertVm(vm: VmInfo): Promise<void> {
     const info = VmInfo.fromPartial(vm);
     const name = info.spec?.name ?? '';

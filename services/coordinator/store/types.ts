@@ -158,6 +158,8 @@ export interface NodeVmRepository {
    * @throws InvalidArgumentError without `spec.name`.
    */
   upsertVm(vm: VmInfo): Promise<void>;
+  /** Forgets a deleted VM (its runs stay in the history). No-op for an unknown name. */
+  deleteVm(name: string): Promise<void>;
   /** @throws NotFoundError */
   getVm(name: string): Promise<VmInfo>;
   /** VMs ordered by node then name; only those of `nodeId` when given. */

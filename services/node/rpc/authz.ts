@@ -29,7 +29,7 @@ export const PEER_METHODS: ReadonlySet<string> = new Set(['PrepareIncoming', 'Pa
 
 /** Every NodeService method (the coordinator may call them all). */
 export const NODE_METHODS: ReadonlySet<string> = new Set([
-  'GetHostInfo', 'CreateVm', 'ListVms', 'GetVm', 'DestroyVm', 'WatchGuest',
+  'GetHostInfo', 'CreateVm', 'ListVms', 'GetVm', 'DestroyVm', 'StopVm', 'StartVm', 'WatchGuest',
   'ExpectIncoming', 'PrepareIncoming', 'PauseIncoming', 'RecoverIncoming', 'ConfirmIncoming', 'AbortIncoming', 'ResumeIncoming',
   'StartMigration', 'WatchMigration', 'GetMigration', 'ListMigrations', 'AdjustMigration', 'StartPostcopy', 'ForceComplete', 'CancelMigration',
 ]);

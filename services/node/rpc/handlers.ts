@@ -114,7 +114,9 @@ export interface NodeServiceParts {
   hostInfo(): Promise<HostInfo>;
   createVm(spec: VmSpec): Promise<VmInfo>;
   vmInfo(name: string): Promise<VmInfo>;
-  destroyVm(name: string): Promise<void>;
+  destroyVm(name: string, opts?: { deleteDisks?: boolean }): Promise<void>;
+  stopVm(name: string): Promise<VmInfo>;
+  startVm(name: string): Promise<VmInfo>;
   guest(name: string): Pick<GuestFeed, 'samples' | 'console'>;
 }
 
@@ -140,9 +142,11 @@ function handlers(d: NodeServiceParts): Handlers<typeof NodeServiceService> {
     listVms: async () => ({ vms: await Promise.all(d.vms.list().map((v) => d.vmInfo(v.name))) }),
     getVm: async (req, ctx) => ({ vm: await d.vmInfo(mayRead(ctx, required(req.name, 'name'))) }),
     destroyVm: async (req) => {
-      await d.destroyVm(required(req.name, 'name'));
+      await d.destroyVm(required(req.name, 'name'), { deleteDisks: req.deleteDisks });
       return {};
     },
+    stopVm: async (req) => ({ vm: await d.stopVm(required(req.name, 'name')) }),
+    startVm: async (req) => ({ vm: await d.startVm(required(req.name, 'name')) }),
     watchGuest: (req, ctx) => watchGuest(d.guest(mayRead(ctx, required(req.name, 'name'))), req.includeConsole, ctx.signal),
     expectIncoming: async (req) => m.expectIncoming(req),
     prepareIncoming: async (req, ctx) => m.prepareIncoming(req, caller(ctx)),

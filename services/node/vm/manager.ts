@@ -335,9 +335,9 @@ export class VmManager {
    * No two VMs of this node share a MAC (a stopped VM keeps its cards: it may be started again).
    * @throws InvalidArgumentError (reason MAC_IN_USE).
    */
-  private checkMacsFree(spec: VmSpec): void {
+  private checkMacsFree(spec: VmSpec, self?: string): void {
     for (const n of spec.nics) {
-      const owner = this.creatingMacs.has(n.mac) ? '(being created)' : [...this.entries.values()].find((e) => (e.record.spec.nics ?? []).some((o) => o.mac === n.mac))?.record.spec.name;
+      const owner = this.creatingMacs.has(n.mac) ? '(being created)' : [...this.entries.values()].find((e) => e.record.spec.name !== self && (e.record.spec.nics ?? []).some((o) => o.mac === n.mac))?.record.spec.name;
       if (owner !== undefined) throw new InvalidArgumentError(`MAC ${n.mac} is already used by vm ${owner} on this node`, { reason: 'MAC_IN_USE' });
     }
   }
@@ -346,12 +346,12 @@ export class VmManager {
     await Promise.all((spec.nics ?? []).map((n) => this.taps.remove(n.tap)));
   }
 
-  private async spawnVm(spec: VmSpec, accelReason: string, qemu: QemuBinary, paths: VmPaths, options: CreateVmOptions): Promise<VmInfo> {
+  private async spawnVm(spec: VmSpec, accelReason: string, qemu: QemuBinary, paths: VmPaths, options: CreateVmOptions, restartOf?: VmEntry): Promise<VmInfo> {
     const signal = options.signal;
     if (signal?.aborted) throw abortError(signal);
 
     const argv = [qemu.path, ...buildQemuArgs(spec, paths, { incoming: options.incoming === true, paused: options.paused === true })];
-    await mkdir(paths.dir, { mode: 0o700 });
+    if (restartOf === undefined) await mkdir(paths.dir, { mode: 0o700 });
     const record: VmRecord = {
       format: 1,
       spec,
@@ -428,7 +428,9 @@ export class VmManager {
         await this.waitDead(pid, record.startTimeTicks || undefined, 5000, entry?.childExit);
       }
       await this.removeTaps(spec);
-      await rm(paths.dir, { recursive: true, force: true });
+      // A restarted VM keeps its folder and its record as it was (stopped); a new one leaves none.
+      if (restartOf !== undefined) await writeRecord(paths, restartOf.record).catch(() => undefined);
+      else await rm(paths.dir, { recursive: true, force: true });
       throw err;
     }
   }
@@ -571,6 +573,36 @@ export class VmManager {
       await this.waitDead(pid, startTimeTicks, 10_000, e.childExit);
     }
     await this.markExited(e, { reason: how, code: null, signal: how === 'killed' ? 'SIGKILL' : null });
+  }
+
+  /**
+   * Starts a stopped VM again, with the device model it had (its recorded spec: same disks, MACs,
+   * UUID). No-op for a running VM. On failure the VM stays as it was: stopped, folder kept.
+   * @throws NotFoundError; FailedPreconditionError (VM_BUSY while it is being started, an incoming
+   *   copy, QEMU_START_FAILED); ResourceExhaustedError when the host lacks the memory;
+   *   InvalidArgumentError (MAC_IN_USE) when another VM here took one of its MACs meanwhile.
+   */
+  async start(name: string, options: { signal?: AbortSignal } = {}): Promise<VmInfo> {
+    this.checkOpen();
+    const e = this.entry(name);
+    if (e.status !== 'exited') return this.info(e);
+    if (e.record.role === 'incoming') throw new FailedPreconditionError(`vm ${name} is the stopped incoming copy of a migration; it cannot be started`, { reason: 'VM_INCOMING' });
+    if (this.creating.has(name)) throw new FailedPreconditionError(`vm ${name} is being started`, { reason: 'VM_BUSY' });
+    this.creating.add(name);
+    const spec = e.record.spec;
+    try {
+      this.checkMacsFree(spec, name);
+      const qemu = await this.qemu();
+      this.inflightMiB += spec.memoryMiB;
+      try {
+        await this.admit(spec);
+        return await this.spawnVm(spec, e.record.accelReason, qemu, e.paths, options.signal ? { signal: options.signal } : {}, e);
+      } finally {
+        this.inflightMiB -= spec.memoryMiB;
+      }
+    } finally {
+      this.creating.delete(name);
+    }
   }
 
   /**

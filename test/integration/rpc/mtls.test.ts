@@ -35,6 +35,8 @@ function handlers(): Handlers<typeof NodeServiceService> {
     },
     listVms: unimplemented,
     destroyVm: unimplemented,
+    stopVm: unimplemented,
+    startVm: unimplemented,
     watchGuest: async function* (req) {
       if (req.name === 'big') {
         yield { item: { $case: 'console' as const, value: Buffer.alloc(6 * 1024 * 1024, 0x61) } };

@@ -8,7 +8,7 @@ import type { CallContext } from '../../../services/shared/rpc/server.js';
 
 const path = (m: string): string => `/migd.v1.CoordinatorService/${m}`;
 const reads = ['ListNodes', 'ListVms', 'GetPlan', 'GetRun', 'ListRuns', 'GetRunTimeline', 'ComparePolicies', 'ExportRuns', 'Watch'];
-const writes = ['SubmitPlan', 'CreateVm', 'CancelRun', 'ForceCompleteRun', 'AdjustRun', 'RecordRunBlackout'];
+const writes = ['SubmitPlan', 'CreateVm', 'StopVm', 'StartVm', 'DeleteVm', 'CancelRun', 'ForceCompleteRun', 'AdjustRun', 'RecordRunBlackout'];
 const nodeOnly = ['RegisterNode', 'Heartbeat'];
 
 describe('roles', () => {

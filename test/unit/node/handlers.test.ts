@@ -35,7 +35,9 @@ function parts(): NodeServiceParts & { log: string[] } {
       throw new QmpCommandError('device_add', undefined, { class: 'GenericError', desc: 'secret detail /var/run/qmp.sock' });
     },
     vmInfo: async (name) => VmInfo.fromPartial({ spec: { name }, nodeId: 'a' }),
-    destroyVm: async (name) => void log.push(`destroyVm ${name}`),
+    destroyVm: async (name, opts) => void log.push(`destroyVm ${name}${opts?.deleteDisks ? ' deleteDisks' : ''}`),
+    stopVm: unused('stopVm'),
+    startVm: unused('startVm'),
     guest: unused('guest'),
     migrations: {
       peerMayRead: (nodeId: string, name: string) => nodeId === 'b' && name === 'vm1',

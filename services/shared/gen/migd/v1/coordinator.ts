@@ -258,6 +258,42 @@ export interface CoordinatorServiceCreateVmResponse {
   vm?: VmInfo | undefined;
 }
 
+/** CoordinatorServiceStopVmRequest names the VM to stop. */
+export interface CoordinatorServiceStopVmRequest {
+  /** VM name. */
+  vmName: string;
+}
+
+/** CoordinatorServiceStopVmResponse is the stopped VM. */
+export interface CoordinatorServiceStopVmResponse {
+  /** The VM. */
+  vm?: VmInfo | undefined;
+}
+
+/** CoordinatorServiceStartVmRequest names the VM to start. */
+export interface CoordinatorServiceStartVmRequest {
+  /** VM name. */
+  vmName: string;
+}
+
+/** CoordinatorServiceStartVmResponse is the started VM. */
+export interface CoordinatorServiceStartVmResponse {
+  /** The VM. */
+  vm?: VmInfo | undefined;
+}
+
+/** CoordinatorServiceDeleteVmRequest names the VM to delete. */
+export interface CoordinatorServiceDeleteVmRequest {
+  /** VM name. */
+  vmName: string;
+  /** Also delete the disk images its node created for it (see DestroyVmRequest.delete_disks). */
+  deleteDisks?: boolean | undefined;
+}
+
+/** CoordinatorServiceDeleteVmResponse confirms the VM is gone. */
+export interface CoordinatorServiceDeleteVmResponse {
+}
+
 /** MigrateVm asks to migrate one VM. */
 export interface MigrateVm {
   /** VM name. */
@@ -1539,6 +1575,431 @@ export const CoordinatorServiceCreateVmResponse: MessageFns<CoordinatorServiceCr
   fromPartial(object: DeepPartial<CoordinatorServiceCreateVmResponse>): CoordinatorServiceCreateVmResponse {
     const message = createBaseCoordinatorServiceCreateVmResponse();
     message.vm = (object.vm !== undefined && object.vm !== null) ? VmInfo.fromPartial(object.vm) : undefined;
+    return message;
+  },
+};
+
+function createBaseCoordinatorServiceStopVmRequest(): CoordinatorServiceStopVmRequest {
+  return { vmName: "" };
+}
+
+export const CoordinatorServiceStopVmRequest: MessageFns<CoordinatorServiceStopVmRequest> = {
+  encode(message: CoordinatorServiceStopVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmName !== "") {
+      writer.uint32(10).string(message.vmName);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CoordinatorServiceStopVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCoordinatorServiceStopVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmName = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CoordinatorServiceStopVmRequest {
+    return {
+      vmName: isSet(object.vmName)
+        ? globalThis.String(object.vmName)
+        : isSet(object.vm_name)
+        ? globalThis.String(object.vm_name)
+        : "",
+    };
+  },
+
+  toJSON(message: CoordinatorServiceStopVmRequest): unknown {
+    const obj: any = {};
+    if (message.vmName !== "") {
+      obj.vmName = message.vmName;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CoordinatorServiceStopVmRequest>): CoordinatorServiceStopVmRequest {
+    return CoordinatorServiceStopVmRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CoordinatorServiceStopVmRequest>): CoordinatorServiceStopVmRequest {
+    const message = createBaseCoordinatorServiceStopVmRequest();
+    message.vmName = object.vmName ?? "";
+    return message;
+  },
+};
+
+function createBaseCoordinatorServiceStopVmResponse(): CoordinatorServiceStopVmResponse {
+  return { vm: undefined };
+}
+
+export const CoordinatorServiceStopVmResponse: MessageFns<CoordinatorServiceStopVmResponse> = {
+  encode(message: CoordinatorServiceStopVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== undefined) {
+      VmInfo.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CoordinatorServiceStopVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCoordinatorServiceStopVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = VmInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CoordinatorServiceStopVmResponse {
+    return { vm: isSet(object.vm) ? VmInfo.fromJSON(object.vm) : undefined };
+  },
+
+  toJSON(message: CoordinatorServiceStopVmResponse): unknown {
+    const obj: any = {};
+    if (message.vm !== undefined) {
+      obj.vm = VmInfo.toJSON(message.vm);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CoordinatorServiceStopVmResponse>): CoordinatorServiceStopVmResponse {
+    return CoordinatorServiceStopVmResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CoordinatorServiceStopVmResponse>): CoordinatorServiceStopVmResponse {
+    const message = createBaseCoordinatorServiceStopVmResponse();
+    message.vm = (object.vm !== undefined && object.vm !== null) ? VmInfo.fromPartial(object.vm) : undefined;
+    return message;
+  },
+};
+
+function createBaseCoordinatorServiceStartVmRequest(): CoordinatorServiceStartVmRequest {
+  return { vmName: "" };
+}
+
+export const CoordinatorServiceStartVmRequest: MessageFns<CoordinatorServiceStartVmRequest> = {
+  encode(message: CoordinatorServiceStartVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmName !== "") {
+      writer.uint32(10).string(message.vmName);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CoordinatorServiceStartVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCoordinatorServiceStartVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmName = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CoordinatorServiceStartVmRequest {
+    return {
+      vmName: isSet(object.vmName)
+        ? globalThis.String(object.vmName)
+        : isSet(object.vm_name)
+        ? globalThis.String(object.vm_name)
+        : "",
+    };
+  },
+
+  toJSON(message: CoordinatorServiceStartVmRequest): unknown {
+    const obj: any = {};
+    if (message.vmName !== "") {
+      obj.vmName = message.vmName;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CoordinatorServiceStartVmRequest>): CoordinatorServiceStartVmRequest {
+    return CoordinatorServiceStartVmRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CoordinatorServiceStartVmRequest>): CoordinatorServiceStartVmRequest {
+    const message = createBaseCoordinatorServiceStartVmRequest();
+    message.vmName = object.vmName ?? "";
+    return message;
+  },
+};
+
+function createBaseCoordinatorServiceStartVmResponse(): CoordinatorServiceStartVmResponse {
+  return { vm: undefined };
+}
+
+export const CoordinatorServiceStartVmResponse: MessageFns<CoordinatorServiceStartVmResponse> = {
+  encode(message: CoordinatorServiceStartVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== undefined) {
+      VmInfo.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CoordinatorServiceStartVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCoordinatorServiceStartVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = VmInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CoordinatorServiceStartVmResponse {
+    return { vm: isSet(object.vm) ? VmInfo.fromJSON(object.vm) : undefined };
+  },
+
+  toJSON(message: CoordinatorServiceStartVmResponse): unknown {
+    const obj: any = {};
+    if (message.vm !== undefined) {
+      obj.vm = VmInfo.toJSON(message.vm);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CoordinatorServiceStartVmResponse>): CoordinatorServiceStartVmResponse {
+    return CoordinatorServiceStartVmResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CoordinatorServiceStartVmResponse>): CoordinatorServiceStartVmResponse {
+    const message = createBaseCoordinatorServiceStartVmResponse();
+    message.vm = (object.vm !== undefined && object.vm !== null) ? VmInfo.fromPartial(object.vm) : undefined;
+    return message;
+  },
+};
+
+function createBaseCoordinatorServiceDeleteVmRequest(): CoordinatorServiceDeleteVmRequest {
+  return { vmName: "", deleteDisks: undefined };
+}
+
+export const CoordinatorServiceDeleteVmRequest: MessageFns<CoordinatorServiceDeleteVmRequest> = {
+  encode(message: CoordinatorServiceDeleteVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmName !== "") {
+      writer.uint32(10).string(message.vmName);
+    }
+    if (message.deleteDisks !== undefined) {
+      writer.uint32(16).bool(message.deleteDisks);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CoordinatorServiceDeleteVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCoordinatorServiceDeleteVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmName = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.deleteDisks = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CoordinatorServiceDeleteVmRequest {
+    return {
+      vmName: isSet(object.vmName)
+        ? globalThis.String(object.vmName)
+        : isSet(object.vm_name)
+        ? globalThis.String(object.vm_name)
+        : "",
+      deleteDisks: isSet(object.deleteDisks)
+        ? globalThis.Boolean(object.deleteDisks)
+        : isSet(object.delete_disks)
+        ? globalThis.Boolean(object.delete_disks)
+        : undefined,
+    };
+  },
+
+  toJSON(message: CoordinatorServiceDeleteVmRequest): unknown {
+    const obj: any = {};
+    if (message.vmName !== "") {
+      obj.vmName = message.vmName;
+    }
+    if (message.deleteDisks !== undefined) {
+      obj.deleteDisks = message.deleteDisks;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CoordinatorServiceDeleteVmRequest>): CoordinatorServiceDeleteVmRequest {
+    return CoordinatorServiceDeleteVmRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CoordinatorServiceDeleteVmRequest>): CoordinatorServiceDeleteVmRequest {
+    const message = createBaseCoordinatorServiceDeleteVmRequest();
+    message.vmName = object.vmName ?? "";
+    message.deleteDisks = object.deleteDisks ?? undefined;
+    return message;
+  },
+};
+
+function createBaseCoordinatorServiceDeleteVmResponse(): CoordinatorServiceDeleteVmResponse {
+  return {};
+}
+
+export const CoordinatorServiceDeleteVmResponse: MessageFns<CoordinatorServiceDeleteVmResponse> = {
+  encode(_: CoordinatorServiceDeleteVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CoordinatorServiceDeleteVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCoordinatorServiceDeleteVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): CoordinatorServiceDeleteVmResponse {
+    return {};
+  },
+
+  toJSON(_: CoordinatorServiceDeleteVmResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<CoordinatorServiceDeleteVmResponse>): CoordinatorServiceDeleteVmResponse {
+    return CoordinatorServiceDeleteVmResponse.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<CoordinatorServiceDeleteVmResponse>): CoordinatorServiceDeleteVmResponse {
+    const message = createBaseCoordinatorServiceDeleteVmResponse();
     return message;
   },
 };
@@ -5325,7 +5786,8 @@ export const RecordRunBlackoutResponse: MessageFns<RecordRunBlackoutResponse> = 
  * into plans, runs them within the cluster's concurrency limits under a convergence policy, and
  * keeps the history of every run. Callers authenticate with a client certificate whose identity
  * maps to a role: viewer (List*, Get*, Watch*, history queries), operator (also SubmitPlan,
- * CreateVm, CancelRun, ForceCompleteRun, AdjustRun, RecordRunBlackout), node (RegisterNode, Heartbeat). A call outside
+ * CreateVm, StopVm, StartVm, DeleteVm, CancelRun, ForceCompleteRun, AdjustRun, RecordRunBlackout),
+ * node (RegisterNode, Heartbeat). A call outside
  * the caller's role fails with PERMISSION_DENIED (also for unknown identities).
  */
 export type CoordinatorServiceService = typeof CoordinatorServiceService;
@@ -5402,6 +5864,59 @@ export const CoordinatorServiceService = {
       Buffer.from(CoordinatorServiceCreateVmResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CoordinatorServiceCreateVmResponse =>
       CoordinatorServiceCreateVmResponse.decode(value),
+  },
+  /**
+   * Stops a VM (its QEMU exits) and keeps it on its node, stopped, to be started again. A stopped
+   * VM: no-op. Role: operator. Errors: INVALID_ARGUMENT (no name), NOT_FOUND (unknown VM),
+   * FAILED_PRECONDITION (VM_MIGRATING: a run of it is queued or running; NODE_DOWN).
+   */
+  stopVm: {
+    path: "/migd.v1.CoordinatorService/StopVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CoordinatorServiceStopVmRequest): Buffer =>
+      Buffer.from(CoordinatorServiceStopVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CoordinatorServiceStopVmRequest =>
+      CoordinatorServiceStopVmRequest.decode(value),
+    responseSerialize: (value: CoordinatorServiceStopVmResponse): Buffer =>
+      Buffer.from(CoordinatorServiceStopVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CoordinatorServiceStopVmResponse =>
+      CoordinatorServiceStopVmResponse.decode(value),
+  },
+  /**
+   * Starts a stopped VM again on its node, with the same disks and MACs. A running VM: no-op.
+   * Role: operator. Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (VM_MIGRATING,
+   * NODE_DOWN, QEMU_START_FAILED), RESOURCE_EXHAUSTED (the node lacks the memory).
+   */
+  startVm: {
+    path: "/migd.v1.CoordinatorService/StartVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CoordinatorServiceStartVmRequest): Buffer =>
+      Buffer.from(CoordinatorServiceStartVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CoordinatorServiceStartVmRequest =>
+      CoordinatorServiceStartVmRequest.decode(value),
+    responseSerialize: (value: CoordinatorServiceStartVmResponse): Buffer =>
+      Buffer.from(CoordinatorServiceStartVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CoordinatorServiceStartVmResponse =>
+      CoordinatorServiceStartVmResponse.decode(value),
+  },
+  /**
+   * Deletes a VM (stopping it first); its disk images stay unless delete_disks. Role: operator.
+   * Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (VM_MIGRATING, NODE_DOWN).
+   */
+  deleteVm: {
+    path: "/migd.v1.CoordinatorService/DeleteVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CoordinatorServiceDeleteVmRequest): Buffer =>
+      Buffer.from(CoordinatorServiceDeleteVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CoordinatorServiceDeleteVmRequest =>
+      CoordinatorServiceDeleteVmRequest.decode(value),
+    responseSerialize: (value: CoordinatorServiceDeleteVmResponse): Buffer =>
+      Buffer.from(CoordinatorServiceDeleteVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CoordinatorServiceDeleteVmResponse =>
+      CoordinatorServiceDeleteVmResponse.decode(value),
   },
   /**
    * Submits a plan: migrate one VM, or drain a host. The same idempotency key returns the same
@@ -5595,6 +6110,23 @@ export interface CoordinatorServiceServer extends UntypedServiceImplementation {
    */
   createVm: handleUnaryCall<CoordinatorServiceCreateVmRequest, CoordinatorServiceCreateVmResponse>;
   /**
+   * Stops a VM (its QEMU exits) and keeps it on its node, stopped, to be started again. A stopped
+   * VM: no-op. Role: operator. Errors: INVALID_ARGUMENT (no name), NOT_FOUND (unknown VM),
+   * FAILED_PRECONDITION (VM_MIGRATING: a run of it is queued or running; NODE_DOWN).
+   */
+  stopVm: handleUnaryCall<CoordinatorServiceStopVmRequest, CoordinatorServiceStopVmResponse>;
+  /**
+   * Starts a stopped VM again on its node, with the same disks and MACs. A running VM: no-op.
+   * Role: operator. Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (VM_MIGRATING,
+   * NODE_DOWN, QEMU_START_FAILED), RESOURCE_EXHAUSTED (the node lacks the memory).
+   */
+  startVm: handleUnaryCall<CoordinatorServiceStartVmRequest, CoordinatorServiceStartVmResponse>;
+  /**
+   * Deletes a VM (stopping it first); its disk images stay unless delete_disks. Role: operator.
+   * Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (VM_MIGRATING, NODE_DOWN).
+   */
+  deleteVm: handleUnaryCall<CoordinatorServiceDeleteVmRequest, CoordinatorServiceDeleteVmResponse>;
+  /**
    * Submits a plan: migrate one VM, or drain a host. The same idempotency key returns the same
    * plan (existing = true, whatever else the request says) and never starts a second migration.
    * The plan's runs are queued and dispatched as the concurrency limits allow (per source,
@@ -5750,6 +6282,65 @@ export interface CoordinatorServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CoordinatorServiceCreateVmResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Stops a VM (its QEMU exits) and keeps it on its node, stopped, to be started again. A stopped
+   * VM: no-op. Role: operator. Errors: INVALID_ARGUMENT (no name), NOT_FOUND (unknown VM),
+   * FAILED_PRECONDITION (VM_MIGRATING: a run of it is queued or running; NODE_DOWN).
+   */
+  stopVm(
+    request: CoordinatorServiceStopVmRequest,
+    callback: (error: ServiceError | null, response: CoordinatorServiceStopVmResponse) => void,
+  ): ClientUnaryCall;
+  stopVm(
+    request: CoordinatorServiceStopVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CoordinatorServiceStopVmResponse) => void,
+  ): ClientUnaryCall;
+  stopVm(
+    request: CoordinatorServiceStopVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CoordinatorServiceStopVmResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Starts a stopped VM again on its node, with the same disks and MACs. A running VM: no-op.
+   * Role: operator. Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (VM_MIGRATING,
+   * NODE_DOWN, QEMU_START_FAILED), RESOURCE_EXHAUSTED (the node lacks the memory).
+   */
+  startVm(
+    request: CoordinatorServiceStartVmRequest,
+    callback: (error: ServiceError | null, response: CoordinatorServiceStartVmResponse) => void,
+  ): ClientUnaryCall;
+  startVm(
+    request: CoordinatorServiceStartVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CoordinatorServiceStartVmResponse) => void,
+  ): ClientUnaryCall;
+  startVm(
+    request: CoordinatorServiceStartVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CoordinatorServiceStartVmResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Deletes a VM (stopping it first); its disk images stay unless delete_disks. Role: operator.
+   * Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (VM_MIGRATING, NODE_DOWN).
+   */
+  deleteVm(
+    request: CoordinatorServiceDeleteVmRequest,
+    callback: (error: ServiceError | null, response: CoordinatorServiceDeleteVmResponse) => void,
+  ): ClientUnaryCall;
+  deleteVm(
+    request: CoordinatorServiceDeleteVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CoordinatorServiceDeleteVmResponse) => void,
+  ): ClientUnaryCall;
+  deleteVm(
+    request: CoordinatorServiceDeleteVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CoordinatorServiceDeleteVmResponse) => void,
   ): ClientUnaryCall;
   /**
    * Submits a plan: migrate one VM, or drain a host. The same idempotency key returns the same

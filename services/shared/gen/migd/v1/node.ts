@@ -91,6 +91,36 @@ export interface GetVmResponse {
 export interface DestroyVmRequest {
   /** VM name. */
   name: string;
+  /**
+   * Also delete the disk images this node created for the VM (CreateVm's DiskCreate, LOCAL copies
+   * a migration made here), and only those, only inside the node's storage roots. Other images
+   * (given by path, or created by another node) are never deleted. Default: keep every image.
+   */
+  deleteDisks?: boolean | undefined;
+}
+
+/** StopVmRequest names the VM to stop. */
+export interface StopVmRequest {
+  /** VM name. */
+  name: string;
+}
+
+/** StopVmResponse is the stopped VM. */
+export interface StopVmResponse {
+  /** The VM (VM_STATE_STOPPED). */
+  vm?: VmInfo | undefined;
+}
+
+/** StartVmRequest names the stopped VM to start. */
+export interface StartVmRequest {
+  /** VM name. */
+  name: string;
+}
+
+/** StartVmResponse is the started VM. */
+export interface StartVmResponse {
+  /** The VM. */
+  vm?: VmInfo | undefined;
 }
 
 /** DestroyVmResponse confirms the VM is gone. */
@@ -1069,13 +1099,16 @@ export const GetVmResponse: MessageFns<GetVmResponse> = {
 };
 
 function createBaseDestroyVmRequest(): DestroyVmRequest {
-  return { name: "" };
+  return { name: "", deleteDisks: undefined };
 }
 
 export const DestroyVmRequest: MessageFns<DestroyVmRequest> = {
   encode(message: DestroyVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.name !== "") {
       writer.uint32(10).string(message.name);
+    }
+    if (message.deleteDisks !== undefined) {
+      writer.uint32(16).bool(message.deleteDisks);
     }
     return writer;
   },
@@ -1101,6 +1134,14 @@ export const DestroyVmRequest: MessageFns<DestroyVmRequest> = {
             message.name = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.deleteDisks = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1114,13 +1155,23 @@ export const DestroyVmRequest: MessageFns<DestroyVmRequest> = {
   },
 
   fromJSON(object: any): DestroyVmRequest {
-    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      deleteDisks: isSet(object.deleteDisks)
+        ? globalThis.Boolean(object.deleteDisks)
+        : isSet(object.delete_disks)
+        ? globalThis.Boolean(object.delete_disks)
+        : undefined,
+    };
   },
 
   toJSON(message: DestroyVmRequest): unknown {
     const obj: any = {};
     if (message.name !== "") {
       obj.name = message.name;
+    }
+    if (message.deleteDisks !== undefined) {
+      obj.deleteDisks = message.deleteDisks;
     }
     return obj;
   },
@@ -1131,6 +1182,275 @@ export const DestroyVmRequest: MessageFns<DestroyVmRequest> = {
   fromPartial(object: DeepPartial<DestroyVmRequest>): DestroyVmRequest {
     const message = createBaseDestroyVmRequest();
     message.name = object.name ?? "";
+    message.deleteDisks = object.deleteDisks ?? undefined;
+    return message;
+  },
+};
+
+function createBaseStopVmRequest(): StopVmRequest {
+  return { name: "" };
+}
+
+export const StopVmRequest: MessageFns<StopVmRequest> = {
+  encode(message: StopVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StopVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStopVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StopVmRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: StopVmRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StopVmRequest>): StopVmRequest {
+    return StopVmRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StopVmRequest>): StopVmRequest {
+    const message = createBaseStopVmRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseStopVmResponse(): StopVmResponse {
+  return { vm: undefined };
+}
+
+export const StopVmResponse: MessageFns<StopVmResponse> = {
+  encode(message: StopVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== undefined) {
+      VmInfo.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StopVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStopVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = VmInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StopVmResponse {
+    return { vm: isSet(object.vm) ? VmInfo.fromJSON(object.vm) : undefined };
+  },
+
+  toJSON(message: StopVmResponse): unknown {
+    const obj: any = {};
+    if (message.vm !== undefined) {
+      obj.vm = VmInfo.toJSON(message.vm);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StopVmResponse>): StopVmResponse {
+    return StopVmResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StopVmResponse>): StopVmResponse {
+    const message = createBaseStopVmResponse();
+    message.vm = (object.vm !== undefined && object.vm !== null) ? VmInfo.fromPartial(object.vm) : undefined;
+    return message;
+  },
+};
+
+function createBaseStartVmRequest(): StartVmRequest {
+  return { name: "" };
+}
+
+export const StartVmRequest: MessageFns<StartVmRequest> = {
+  encode(message: StartVmRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartVmRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartVmRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StartVmRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: StartVmRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StartVmRequest>): StartVmRequest {
+    return StartVmRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StartVmRequest>): StartVmRequest {
+    const message = createBaseStartVmRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseStartVmResponse(): StartVmResponse {
+  return { vm: undefined };
+}
+
+export const StartVmResponse: MessageFns<StartVmResponse> = {
+  encode(message: StartVmResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vm !== undefined) {
+      VmInfo.encode(message.vm, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartVmResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartVmResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vm = VmInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StartVmResponse {
+    return { vm: isSet(object.vm) ? VmInfo.fromJSON(object.vm) : undefined };
+  },
+
+  toJSON(message: StartVmResponse): unknown {
+    const obj: any = {};
+    if (message.vm !== undefined) {
+      obj.vm = VmInfo.toJSON(message.vm);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StartVmResponse>): StartVmResponse {
+    return StartVmResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StartVmResponse>): StartVmResponse {
+    const message = createBaseStartVmResponse();
+    message.vm = (object.vm !== undefined && object.vm !== null) ? VmInfo.fromPartial(object.vm) : undefined;
     return message;
   },
 };
@@ -5223,8 +5543,9 @@ export const NodeServiceService = {
     responseDeserialize: (value: Buffer): GetVmResponse => GetVmResponse.decode(value),
   },
   /**
-   * Stops a VM's QEMU (gracefully, then by force) and forgets it. Errors: NOT_FOUND,
-   * FAILED_PRECONDITION (VM is migrating).
+   * Stops a VM's QEMU (gracefully, then by force) and forgets it; with delete_disks also removes
+   * the disk images this node created for it. Errors: NOT_FOUND, FAILED_PRECONDITION (VM is
+   * migrating).
    */
   destroyVm: {
     path: "/migd.v1.NodeService/DestroyVm" as const,
@@ -5234,6 +5555,34 @@ export const NodeServiceService = {
     requestDeserialize: (value: Buffer): DestroyVmRequest => DestroyVmRequest.decode(value),
     responseSerialize: (value: DestroyVmResponse): Buffer => Buffer.from(DestroyVmResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DestroyVmResponse => DestroyVmResponse.decode(value),
+  },
+  /**
+   * Stops a VM's QEMU (QMP quit, then by force) and keeps the VM: its spec, disks and MACs, in
+   * VM_STATE_STOPPED, to be started again. A stopped VM: no-op. Errors: NOT_FOUND,
+   * FAILED_PRECONDITION (VM_MIGRATING).
+   */
+  stopVm: {
+    path: "/migd.v1.NodeService/StopVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StopVmRequest): Buffer => Buffer.from(StopVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StopVmRequest => StopVmRequest.decode(value),
+    responseSerialize: (value: StopVmResponse): Buffer => Buffer.from(StopVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StopVmResponse => StopVmResponse.decode(value),
+  },
+  /**
+   * Starts a stopped VM again with the same device model (disks, MACs, UUID). A running VM: no-op.
+   * Errors: NOT_FOUND, FAILED_PRECONDITION (VM_MIGRATING, VM_INCOMING, QEMU_START_FAILED),
+   * RESOURCE_EXHAUSTED (memory), INVALID_ARGUMENT (MAC_IN_USE). A failed start leaves it stopped.
+   */
+  startVm: {
+    path: "/migd.v1.NodeService/StartVm" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StartVmRequest): Buffer => Buffer.from(StartVmRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StartVmRequest => StartVmRequest.decode(value),
+    responseSerialize: (value: StartVmResponse): Buffer => Buffer.from(StartVmResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StartVmResponse => StartVmResponse.decode(value),
   },
   /** Streams a VM's serial console and the guest workload's parsed performance samples. */
   watchGuest: {
@@ -5464,10 +5813,23 @@ export interface NodeServiceServer extends UntypedServiceImplementation {
   /** Describes one VM. Errors: NOT_FOUND. */
   getVm: handleUnaryCall<GetVmRequest, GetVmResponse>;
   /**
-   * Stops a VM's QEMU (gracefully, then by force) and forgets it. Errors: NOT_FOUND,
-   * FAILED_PRECONDITION (VM is migrating).
+   * Stops a VM's QEMU (gracefully, then by force) and forgets it; with delete_disks also removes
+   * the disk images this node created for it. Errors: NOT_FOUND, FAILED_PRECONDITION (VM is
+   * migrating).
    */
   destroyVm: handleUnaryCall<DestroyVmRequest, DestroyVmResponse>;
+  /**
+   * Stops a VM's QEMU (QMP quit, then by force) and keeps the VM: its spec, disks and MACs, in
+   * VM_STATE_STOPPED, to be started again. A stopped VM: no-op. Errors: NOT_FOUND,
+   * FAILED_PRECONDITION (VM_MIGRATING).
+   */
+  stopVm: handleUnaryCall<StopVmRequest, StopVmResponse>;
+  /**
+   * Starts a stopped VM again with the same device model (disks, MACs, UUID). A running VM: no-op.
+   * Errors: NOT_FOUND, FAILED_PRECONDITION (VM_MIGRATING, VM_INCOMING, QEMU_START_FAILED),
+   * RESOURCE_EXHAUSTED (memory), INVALID_ARGUMENT (MAC_IN_USE). A failed start leaves it stopped.
+   */
+  startVm: handleUnaryCall<StartVmRequest, StartVmResponse>;
   /** Streams a VM's serial console and the guest workload's parsed performance samples. */
   watchGuest: handleServerStreamingCall<WatchGuestRequest, WatchGuestResponse>;
   /**
@@ -5600,8 +5962,9 @@ export interface NodeServiceClient extends Client {
     callback: (error: ServiceError | null, response: GetVmResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Stops a VM's QEMU (gracefully, then by force) and forgets it. Errors: NOT_FOUND,
-   * FAILED_PRECONDITION (VM is migrating).
+   * Stops a VM's QEMU (gracefully, then by force) and forgets it; with delete_disks also removes
+   * the disk images this node created for it. Errors: NOT_FOUND, FAILED_PRECONDITION (VM is
+   * migrating).
    */
   destroyVm(
     request: DestroyVmRequest,
@@ -5617,6 +5980,46 @@ export interface NodeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DestroyVmResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Stops a VM's QEMU (QMP quit, then by force) and keeps the VM: its spec, disks and MACs, in
+   * VM_STATE_STOPPED, to be started again. A stopped VM: no-op. Errors: NOT_FOUND,
+   * FAILED_PRECONDITION (VM_MIGRATING).
+   */
+  stopVm(
+    request: StopVmRequest,
+    callback: (error: ServiceError | null, response: StopVmResponse) => void,
+  ): ClientUnaryCall;
+  stopVm(
+    request: StopVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StopVmResponse) => void,
+  ): ClientUnaryCall;
+  stopVm(
+    request: StopVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StopVmResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Starts a stopped VM again with the same device model (disks, MACs, UUID). A running VM: no-op.
+   * Errors: NOT_FOUND, FAILED_PRECONDITION (VM_MIGRATING, VM_INCOMING, QEMU_START_FAILED),
+   * RESOURCE_EXHAUSTED (memory), INVALID_ARGUMENT (MAC_IN_USE). A failed start leaves it stopped.
+   */
+  startVm(
+    request: StartVmRequest,
+    callback: (error: ServiceError | null, response: StartVmResponse) => void,
+  ): ClientUnaryCall;
+  startVm(
+    request: StartVmRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StartVmResponse) => void,
+  ): ClientUnaryCall;
+  startVm(
+    request: StartVmRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StartVmResponse) => void,
   ): ClientUnaryCall;
   /** Streams a VM's serial console and the guest workload's parsed performance samples. */
   watchGuest(request: WatchGuestRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchGuestResponse>;

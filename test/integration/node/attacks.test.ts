@@ -2,7 +2,8 @@
  * Issue 17, node side: each test performs an attack on real node daemons (in their own network
  * namespaces, with real QEMU) and checks that it fails and changes nothing.
  */
-import { existsSync, mkdirSync, copyFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, copyFileSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer as createTlsServer } from 'node:tls';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -143,6 +144,78 @@ describe('node daemons refuse attacks (issue 17)', () => {
     expect(aborts).toBe(replies.length); // the source tore the incoming side down each time
     expect(existsSync(marker)).toBe(false);
     expect(trapped).toEqual([]);
+    const { vm } = await c.clients['a']!.getVm({ name: 'victim' });
+    expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);
+    expect(vm?.migrationRunId).toBe('');
+  });
+
+  it("never hands the guest's RAM to a destination whose migration listener shows another node's certificate", async () => {
+    // A hostile destination "evil" answers PrepareIncoming with a port on its migration address
+    // where a TLS listener presents node c's certificate: valid under the CA, but not
+    // migd-node.evil. The source's QEMU (tls-hostname per destination node) must refuse the
+    // handshake, so not one byte of migration stream reaches the listener.
+    // (With the listener showing migd-node.evil instead, the same test sees ~160 MB of guest RAM arrive.)
+    const files = identityFiles(c.certDir, nodeIdentity('c'));
+    let handshakes = 0;
+    let failedHandshakes = 0;
+    let streamBytes = 0;
+    const sockets: Socket[] = [];
+    const listener = createTlsServer({ key: readFileSync(files.keyFile), cert: readFileSync(files.certFile), ca: readFileSync(files.caFile) }, (s) => {
+      handshakes++;
+      s.on('data', (d: Buffer) => (streamBytes += d.length));
+    });
+    listener.on('connection', (s: Socket) => sockets.push(s));
+    listener.on('tlsClientError', () => failedHandshakes++);
+    await new Promise<void>((r) => listener.listen(0, c.tb.rootAddress, r));
+    closers.push(() => new Promise<void>((r) => listener.close(() => r())), () => sockets.forEach((s) => s.destroy()));
+    const listenerPort = (listener.address() as { port: number }).port;
+    let aborts = 0;
+    const handlers = new Proxy({} as Handlers<typeof NodeServiceService>, {
+      get: (_t, key) => {
+        if (key === 'prepareIncoming') return async () => ({ uri: '', pid: 1, port: listenerPort, disks: [] });
+        if (key === 'abortIncoming') {
+          return async () => {
+            aborts++;
+            return {};
+          };
+        }
+        const notHere = (): never => {
+          throw new NotFoundError('fake destination');
+        };
+        if (key === 'watchGuest') {
+          return async function* () {
+            yield notHere();
+          };
+        }
+        return async () => notHere();
+      },
+    });
+    ensurePki(c.certDir, [{ name: nodeIdentity('evil'), ipAddresses: [c.tb.rootAddress] }]);
+    const fake = new RpcServer({ address: `${c.tb.rootAddress}:0`, security: { tls: identityFiles(c.certDir, nodeIdentity('evil')) }, log: createLogger('fake-destination', {}, () => undefined) });
+    fake.addService('migd.v1.NodeService', NodeServiceService, handlers);
+    const port = await fake.start();
+    closers.push(() => fake.stop(100));
+    const before = (await waitForGuest(c.clients['a']!, 'victim', 1, 60_000)).at(-1)!;
+
+    await startMigration(c, 'a', {
+      runId: 'run-evil-tls',
+      vmName: 'victim',
+      destination: { nodeId: 'evil', managementAddress: `${c.tb.rootAddress}:${port}`, migrationAddress: c.tb.rootAddress },
+      policy: policy({ tls: true }),
+    });
+    const trace = await followMigration(c.clients['a']!, 'run-evil-tls', undefined, 120_000);
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+    expect(trace.result.error?.message ?? '').not.toBe('');
+    // QEMU did dial the listener, and refused it at the handshake: no stream went through.
+    // (Under TLS 1.3 the server side may count a handshake as done before the client has checked
+    // the certificate, so what counts is that no application data followed.)
+    process.stdout.write(`evil-tls-listener ${JSON.stringify({ connections: sockets.length, serverHandshakes: handshakes, failedHandshakes, streamBytes, error: trace.result.error?.message })}\n`);
+    expect(sockets.length).toBeGreaterThan(0);
+    expect(streamBytes).toBe(0);
+    expect(aborts).toBeGreaterThan(0);
+    // The guest runs on at the source with its memory intact.
+    const after = await waitForGuest(c.clients['a']!, 'victim', 2, 60_000, (g) => g.pagesVerified > before.pagesVerified);
+    expect(after.at(-1)!.integrityErrors).toBe(0);
     const { vm } = await c.clients['a']!.getVm({ name: 'victim' });
     expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);
     expect(vm?.migrationRunId).toBe('');

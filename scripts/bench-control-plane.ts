@@ -25,7 +25,7 @@ import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { MigrationPolicy, MigrationState, PolicyKind, WorkloadPattern, type VmSpec } from '../services/shared/gen/migd/v1/common.js';
+import { MigrationPolicy, MigrationState, PolicyKind, WorkloadPattern, VmSpec } from '../services/shared/gen/migd/v1/common.js';
 import { PlanState } from '../services/shared/gen/migd/v1/coordinator.js';
 import { buildGuestCmdline } from '../services/shared/guest/workload.js';
 import { createPki } from '../services/shared/pki.js';
@@ -75,7 +75,7 @@ const out = (s: string): void => console.log(s);
 const FIXED_PRECOPY = MigrationPolicy.fromPartial({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: 300 });
 
 function idleSpec(name: string, memoryMib: number, bytesPerWorker: number): VmSpec {
-  return {
+  return VmSpec.fromPartial({
     name,
     memoryMib,
     vcpus: 1,
@@ -93,7 +93,7 @@ function idleSpec(name: string, memoryMib: number, bytesPerWorker: number): VmSp
     antiAffinityGroup: '',
     uuid: '',
     nics: [],
-  };
+  });
 }
 
 // --------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
  */
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { MigrationState, PolicyKind, WorkloadPattern, type GuestPerfSample, type ProgressSample } from '../services/shared/gen/migd/v1/common.js';
+import { MigrationState, PolicyKind, VmSpec, WorkloadPattern, type GuestPerfSample, type ProgressSample } from '../services/shared/gen/migd/v1/common.js';
 import { MigdError } from '../services/shared/errors.js';
 import { certDir, repoRoot } from '../services/shared/paths.js';
 import { startLocalCluster } from '../services/testbed/cluster.js';
@@ -69,7 +69,7 @@ async function main(): Promise<void> {
     const { tb } = cluster;
     console.log(`migd: coordinator at ${cluster.coordinatorAddress}, events on ${cluster.natsUrl} (TLS with a certificate of ${certDir()}, read-only user ${cluster.natsReader.user}, password in ${cluster.natsReader.passwordFile}); nodes a (${tb.host('a').mgmtAddress}) and b (${tb.host('b').mgmtAddress}) registered`);
     const op = cluster.client();
-    const spec = {
+    const spec = VmSpec.fromPartial({
       name: 'demo',
       memoryMib: 384,
       vcpus: 1,
@@ -84,7 +84,7 @@ async function main(): Promise<void> {
       antiAffinityGroup: '',
       uuid: '',
       nics: [],
-    };
+    });
     console.log('migd: booting guest "demo" on a (384 MiB, workload: 2 workers × 64 MiB random, 10 MiB/s each, verifying every page)…');
     await op.createVm({ spec, nodeId: 'a' });
     const nodeA = cluster.nodes[0]!.client();

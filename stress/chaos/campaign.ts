@@ -11,7 +11,7 @@ import { appendFileSync, closeSync, mkdirSync, mkdtempSync, openSync, rmSync, wr
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect, type NatsConnection } from 'nats';
-import { MigrationState as S, PolicyKind, VmState, WorkloadPattern, type MigrationPolicy, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
+import { MigrationState as S, PolicyKind, VmState, WorkloadPattern, type MigrationPolicy, VmSpec } from '../../services/shared/gen/migd/v1/common.js';
 import { NodeStatus, PlanState, type SubmitPlanRequest } from '../../services/shared/gen/migd/v1/coordinator.js';
 import { natsConnectOptions } from '../../services/shared/events/nats-security.js';
 import { createPki, identityFiles } from '../../services/shared/pki.js';
@@ -105,7 +105,7 @@ function policyFor(mode: Mode): MigrationPolicy {
 }
 
 function guest(name: string): VmSpec {
-  return {
+  return VmSpec.fromPartial({
     name,
     memoryMib: 128,
     vcpus: 1,
@@ -120,7 +120,7 @@ function guest(name: string): VmSpec {
     antiAffinityGroup: '',
     uuid: '',
     nics: [],
-  };
+  });
 }
 
 /** A tmpfs for the coordinator's store, so "disk full" is a file away. */

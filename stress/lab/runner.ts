@@ -10,7 +10,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { WorkloadPattern, type GuestPerfSample, type ProgressSample, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
+import { WorkloadPattern, type GuestPerfSample, type ProgressSample, VmSpec } from '../../services/shared/gen/migd/v1/common.js';
 import { type LabBackend, sleep, stateName } from './backend.js';
 import { type ReportRun, screenshot, writeReport } from './report.js';
 import { type FailedAttempt, type LabResults, isRecorded, loadResults, loadTimeline, newResults, saveResults, saveTimeline } from './results.js';
@@ -51,7 +51,7 @@ export interface RunLabResult {
 
 /** The VM spec of a scenario's guest. */
 export function vmSpecOf(s: Scenario, name: string): VmSpec {
-  return {
+  return VmSpec.fromPartial({
     name,
     memoryMib: s.guest.memoryMib,
     vcpus: s.guest.vcpus,
@@ -75,7 +75,7 @@ export function vmSpecOf(s: Scenario, name: string): VmSpec {
     antiAffinityGroup: '',
     uuid: '',
     nics: [],
-  };
+  });
 }
 
 /** One progress line: time, state, pass, remaining, throughput, dirty rate, throttle, guest pace. */

@@ -14,6 +14,7 @@ import {
   HostInfo,
   MigrationState,
   ProgressSample,
+  VmSpec,
   VmState,
   type MigrationPolicy,
   type VmInfo,
@@ -153,7 +154,7 @@ export class SimCluster {
     const out: VmInfo[] = [];
     for (const name of this.byNode.get(id) ?? []) {
       out.push({
-        spec: { name, memoryMib: this.o.vmMemoryMib ?? 1024, vcpus: 1, accel: 0, machineType: '', kernelPath: '', initrdPath: '', extraCmdline: '', workload: undefined, labels: {}, antiAffinityGroup: '', uuid: '', disks: [], nics: [] },
+        spec: VmSpec.fromPartial({ name, memoryMib: this.o.vmMemoryMib ?? 1024, vcpus: 1 }),
         nodeId: id,
         state: VmState.VM_STATE_RUNNING,
         pid: 1,

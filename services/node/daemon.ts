@@ -1,9 +1,10 @@
 /**
- * The node daemon: owns the QEMU processes of its host (through the VmManager), parses each guest's
- * console, drives migrations (MigrationManager) and serves the NodeService API over gRPC with mTLS,
- * health and reflection. QEMU outlives the daemon: a restarted daemon reattaches to its VMs.
+ * The node daemon: owns the QEMU processes of its host (through the VmManager), keeps VM specs,
+ * guest feeds and the "is migrating" state in the VmService (vm/service.ts), drives migrations
+ * (MigrationManager) and serves the NodeService API over gRPC with mTLS, health and reflection; the
+ * handlers get narrow parts (NodeServiceParts), not the daemon. QEMU outlives the daemon: a restarted daemon reattaches to its VMs.
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { realpath, rm, rmdir } from 'node:fs/promises';
 import { dirname, join, sep } from 'node:path';
 import { ConfigError, FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError } from '../shared/errors.js';
@@ -18,7 +19,6 @@ import { startMetricsServer, type MetricsServer } from '../shared/metrics/server
 import { splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
 import { nodeIdentity } from '../shared/pki.js';
 import type { NodeConfig } from './config.js';
-import { GuestFeed } from './guest-feed.js';
 import { probeHostCapabilities, type HostCapabilities } from './host/capabilities.js';
 import { readMemInfo } from './host/info.js';
 import { MigrationManager } from './migration/manager.js';
@@ -29,14 +29,11 @@ import { confinePath, PathRoots } from './host/confine.js';
 import { nodeAuthorizer } from './rpc/authz.js';
 import { normalizeNics } from '../shared/nics.js';
 import { startRegistration, type Registration } from './registration.js';
-import { nodeHandlers } from './rpc/handlers.js';
+import { nodeHandlers, type NodeServiceParts } from './rpc/handlers.js';
 import { VmManager, type VmInfo } from './vm/manager.js';
-import { MigratingVms } from './vm/migrating.js';
+import { VmService } from './vm/service.js';
 import { DISK_ID_PATTERN, guestDeviceOf, normalizeDisks, validateVmName, type Disk, type DiskInput } from './vm/spec.js';
 import { confineDiskPath, confineNewDiskPath, createImage, freeBytes, imageInfo } from './host/disks.js';
-
-/** Disk images this node created for a VM (so only those are ever deleted by it), in the VM's folder. */
-const CREATED_DISKS_FILE = 'migd-disks.json';
 
 /** The node's disk input from a proto DiskSpec, at `path`. */
 function diskInputOf(d: DiskSpec, path: string, basePath?: string): DiskInput {
@@ -70,10 +67,8 @@ const patternNames: Record<number, GuestPattern> = {
 const PEER_CLIENTS_MAX = 64;
 
 export class NodeDaemon {
-  private readonly feeds = new Map<string, GuestFeed>();
-  private readonly specs = new Map<string, ProtoVmSpec>();
-  /** The single "is migrating" state of this node's VMs. */
-  private readonly migratingVms = new MigratingVms();
+  /** Specs, created-image records, guest feeds and the single "is migrating" state of this node's VMs. */
+  readonly vmService: VmService;
   private readonly peers = new Map<string, NodePeer & { close(): void }>();
   readonly migrations: MigrationManager;
   private server: RpcServer | undefined;
@@ -91,6 +86,7 @@ export class NodeDaemon {
     private readonly log: Logger,
     readonly metrics: NodeMetrics,
   ) {
+    this.vmService = new VmService(vms, log);
     const supported = new Set(Object.keys(caps.migration.capabilities));
     let tlsDir: string | undefined;
     try {
@@ -133,20 +129,16 @@ export class NodeDaemon {
       await vms.close();
       throw new ConfigError('requireMigrationTls', `no migration TLS credentials for ${config.tlsIdentity} in ${config.migrationTlsDir}`);
     }
-    for (const vm of vms.list()) {
-      if (vm.status !== 'running') continue;
-      d.loadSpec(vm);
-      d.feed(vm.name);
-    }
+    d.vmService.attach(vms.list().filter((vm) => vm.status === 'running'));
     // Migrations this node took part in when its daemon stopped: adopt, finish or cancel them
     // (reconciled with QEMU and the peer) before serving, so no request sees a half-known state.
     await d.migrations.reconcile();
     for (const vm of vms.list()) {
       // A VM marked migrating that no adopted migration claims: the mark outlived its driver.
-      if (vm.status === 'running' && vm.role === 'migrating' && !d.migratingVms.has(vm.name)) await vms.setRole(vm.name, 'running');
+      if (vm.status === 'running' && vm.role === 'migrating' && !d.vmService.migrating.has(vm.name)) await vms.setRole(vm.name, 'running');
     }
     d.server = new RpcServer({ address: config.listen, security: config.security, log, authorize: nodeAuthorizer(config.coordinatorIdentities, config.nodeId, log) });
-    d.server.addService('migd.v1.NodeService', NodeServiceService, nodeHandlers(d, log));
+    d.server.addService('migd.v1.NodeService', NodeServiceService, nodeHandlers(d.serviceParts(), log));
     await d.server.start();
     if (config.metricsListen) {
       const { host, port } = splitHostPort(config.metricsListen);
@@ -195,31 +187,20 @@ export class NodeDaemon {
     return p;
   }
 
-  private specFile(name: string): string {
-    return join(this.vms.get(name).paths.dir, 'migd-spec.json');
-  }
-
-  private loadSpec(vm: VmInfo): void {
-    try {
-      this.specs.set(vm.name, JSON.parse(readFileSync(this.specFile(vm.name), 'utf8')) as ProtoVmSpec);
-    } catch {
-      this.specs.set(vm.name, ProtoVmSpec.fromPartial({ name: vm.name, memoryMib: vm.spec.memoryMiB, vcpus: vm.spec.vcpus, accel: vm.spec.accel === 'kvm' ? Accel.ACCEL_KVM : Accel.ACCEL_TCG, machineType: vm.spec.machine, kernelPath: vm.spec.kernel ?? '', initrdPath: vm.spec.initrd ?? '', uuid: vm.spec.uuid, nics: vm.spec.nics.map((n) => ({ mac: n.mac, network: n.network })) }));
-    }
-  }
-
-  private feed(name: string): GuestFeed {
-    let f = this.feeds.get(name);
-    if (!f) {
-      f = new GuestFeed(name, (signal) => this.vms.serial(name, { signal }), this.log);
-      this.feeds.set(name, f);
-    }
-    return f;
-  }
-
-  /** Guest samples and console of a VM. @throws NotFoundError */
-  guest(name: string): GuestFeed {
-    this.vms.get(name);
-    return this.feed(name);
+  /** What the NodeService handlers use of this node: narrow parts, not the daemon's fields. */
+  private serviceParts(): NodeServiceParts {
+    return {
+      config: this.config,
+      migrations: this.migrations,
+      vms: this.vms,
+      hostInfo: () => this.hostInfo(),
+      createVm: (spec) => this.createVm(spec),
+      vmInfo: (name) => this.vmInfo(name),
+      destroyVm: (name, opts) => this.destroyVm(name, opts),
+      stopVm: (name) => this.stopVm(name),
+      startVm: (name) => this.startVm(name),
+      guest: (name) => this.vmService.guest(name),
+    };
   }
 
   /** Host description for GetHostInfo and the coordinator. */
@@ -248,13 +229,13 @@ export class NodeDaemon {
     const cpu = v.status === 'running' ? await this.vms.cpu(name).catch(() => undefined) : undefined;
     const state = vmStateOf(v);
     return {
-      spec: this.specs.get(name) ?? ProtoVmSpec.fromPartial({ name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: Accel.ACCEL_TCG, machineType: v.spec.machine, uuid: v.spec.uuid }),
+      spec: this.vmService.spec(name) ?? ProtoVmSpec.fromPartial({ name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, accel: Accel.ACCEL_TCG, machineType: v.spec.machine, uuid: v.spec.uuid }),
       nodeId: this.config.nodeId,
       state,
       pid: v.pid,
       startedAt: new Date(v.createdAt),
-      migrationRunId: this.migratingVms.runOf(name) ?? '',
-      lastGuestPerf: this.feeds.get(name)?.summary(),
+      migrationRunId: this.vmService.migrating.runOf(name) ?? '',
+      lastGuestPerf: this.vmService.guestSummary(name),
       qemuCpuSeconds: cpu?.totalSeconds ?? 0,
     };
   }
@@ -356,10 +337,7 @@ export class NodeDaemon {
       // disk created here is recorded as it is now: present, with its base.
       disks: protoDisks.map((d, i) => ({ ...d, path: plan.disks[i]!.path, create: undefined })),
     };
-    writeFileSync(this.specFile(info.name), JSON.stringify(stored));
-    writeFileSync(join(info.paths.dir, CREATED_DISKS_FILE), JSON.stringify([...created, ...(plan.ownedTargets ?? [])]));
-    this.specs.set(info.name, stored);
-    this.feed(info.name);
+    this.vmService.record(info.name, stored, [...created, ...(plan.ownedTargets ?? [])]);
     return this.vmInfo(info.name);
   }
 
@@ -412,8 +390,8 @@ export class NodeDaemon {
 
   /** @throws FailedPreconditionError (VM_MIGRATING) while `name` takes part in a migration */
   private refuseMigrating(name: string): void {
-    if (this.migratingVms.has(name) || this.migrations.busy(name)) {
-      throw new FailedPreconditionError(`VM ${name} is taking part in migration ${this.migratingVms.runOf(name) ?? ''}; cancel it first`, { reason: 'VM_MIGRATING' });
+    if (this.vmService.migrating.has(name) || this.migrations.busy(name)) {
+      throw new FailedPreconditionError(`VM ${name} is taking part in migration ${this.vmService.migrating.runOf(name) ?? ''}; cancel it first`, { reason: 'VM_MIGRATING' });
     }
   }
 
@@ -424,7 +402,7 @@ export class NodeDaemon {
   async destroyVm(name: string, opts: { deleteDisks?: boolean } = {}): Promise<void> {
     this.vms.get(name);
     this.refuseMigrating(name);
-    const images = opts.deleteDisks ? this.createdImages(name) : [];
+    const images = opts.deleteDisks ? this.vmService.createdImages(name) : [];
     await this.removeVm(name);
     const removed = await this.deleteDisks(images);
     if (removed.length > 0) this.log.info('deleted the disk images this node had created', { vm: name, images: removed });
@@ -451,41 +429,24 @@ export class NodeDaemon {
     this.refuseMigrating(name);
     await this.vms.start(name);
     // The old feed ended with the old QEMU's console.
-    this.feeds.get(name)?.close();
-    this.feeds.delete(name);
-    this.feed(name);
+    this.vmService.restartFeed(name);
     return this.vmInfo(name);
   }
 
   private async removeVm(name: string, opts: { localImages?: boolean } = {}): Promise<void> {
-    const images = opts.localImages ? this.createdImages(name, 'local') : [];
-    this.feeds.get(name)?.close();
-    this.feeds.delete(name);
-    this.specs.delete(name);
-    this.migratingVms.set(name, undefined);
+    const images = opts.localImages ? this.vmService.createdImages(name, 'local') : [];
+    this.vmService.forget(name);
     await this.vms.destroy(name);
     await this.deleteDisks(images);
   }
 
-  /** Images this node created for a VM (given, or as migration targets), of one storage mode or all. */
-  private createdImages(name: string, storage?: 'local' | 'shared'): string[] {
-    try {
-      const v = this.vms.get(name);
-      const created = JSON.parse(readFileSync(join(v.paths.dir, CREATED_DISKS_FILE), 'utf8')) as string[];
-      const mode = new Map((v.spec.disks ?? []).map((d) => [d.path, d.storage]));
-      return created.filter((p) => storage === undefined || mode.get(p) === storage);
-    } catch {
-      return [];
-    }
-  }
-
   private migratable(name: string): MigratableVm {
     const v = this.vms.get(name);
-    const feed = this.feed(name);
+    const feed = this.vmService.feed(name);
     const vms = this.vms;
     return {
       name,
-      spec: this.specs.get(name) ?? ProtoVmSpec.fromPartial({ name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, machineType: v.spec.machine, uuid: v.spec.uuid }),
+      spec: this.vmService.spec(name) ?? ProtoVmSpec.fromPartial({ name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, machineType: v.spec.machine, uuid: v.spec.uuid }),
       pid: v.pid,
       qmp: vms.qmp(name),
       guestSamples: (signal) => feed.samples.subscribe([], signal),
@@ -505,20 +466,20 @@ export class NodeDaemon {
         const v = this.vms.get(name);
         if (v.status !== 'running') throw new FailedPreconditionError(`VM ${name} is not running`, { reason: 'VM_NOT_RUNNING' });
         if (v.role === 'incoming') throw new FailedPreconditionError(`VM ${name} is an incoming migration target`, { reason: 'VM_INCOMING' });
-        this.migratingVms.refuseIfMigrating(name);
+        this.vmService.migrating.refuseIfMigrating(name);
         return this.migratable(name);
       },
       setMigration: (name, runId) => {
-        this.migratingVms.set(name, runId);
+        this.vmService.migrating.set(name, runId);
         void this.vms.setRole(name, runId ? 'migrating' : 'running').catch(() => undefined);
       },
       createIncoming: async (spec, runId, targets) => {
         await this.createVm(spec, true, targets); // paused (-S): resumed only at the handover
-        this.migratingVms.set(spec.name, runId);
+        this.vmService.migrating.set(spec.name, runId);
         return this.migratable(spec.name);
       },
       adoptIncoming: (name) => {
-        this.migratingVms.set(name, undefined);
+        this.vmService.migrating.set(name, undefined);
         void this.vms.setRole(name, 'running').catch(() => undefined);
       },
       // A VM a migration removes (the source after its handover, an incoming copy that never ran)
@@ -616,7 +577,7 @@ export class NodeDaemon {
     await this.server?.stop(1000);
     await this.metricsServer?.close();
     this.migrations.close();
-    for (const f of this.feeds.values()) f.close();
+    this.vmService.close();
     for (const p of this.peers.values()) p.close();
     await this.vms.close();
   }

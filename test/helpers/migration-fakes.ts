@@ -204,6 +204,7 @@ export function fakePeer(script: PeerScript): FakePeer {
 /** A records folder in a temp dir, removed in cleanup. */
 export function tempRecords(cleanups: Cleanups): MigrationRecords {
   const dir = mkdtempSync(join(tmpdir(), 'migd-records-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  // Retried: a record written in the background while the folder is removed gave ENOTEMPTY once.
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }));
   return new MigrationRecords(dir);
 }

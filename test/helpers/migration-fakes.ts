@@ -11,7 +11,7 @@ import { NotFoundError, UnavailableError } from '../../services/shared/errors.js
 import { VmSpec, WorkloadSpec, type GuestPerfSample } from '../../services/shared/gen/migd/v1/common.js';
 import type { ConfirmIncomingResponse } from '../../services/shared/gen/migd/v1/node.js';
 import type { Logger } from '../../services/shared/log.js';
-import { MigrationRecords } from '../../services/node/migration/record.js';
+import { MigrationRecords, type MigrationRecord } from '../../services/node/migration/record.js';
 import type { MigratableVm, NodePeer, VmHost } from '../../services/node/migration/types.js';
 import { QmpClient } from '../../services/node/qmp/client.js';
 import { MigratingVms } from '../../services/node/vm/migrating.js';
@@ -204,7 +204,34 @@ export function fakePeer(script: PeerScript): FakePeer {
 /** A records folder in a temp dir, removed in cleanup. */
 export function tempRecords(cleanups: Cleanups): MigrationRecords {
   const dir = mkdtempSync(join(tmpdir(), 'migd-records-'));
-  // Retried: a record written in the background while the folder is removed gave ENOTEMPTY once.
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }));
-  return new MigrationRecords(dir);
+  const records = new ClosableRecords(dir);
+  // A migration left running by a test can still write a record while the folder is removed
+  // (ENOTEMPTY in CI): the clean-up closes the records first and waits for writes under way.
+  cleanups.push(async () => {
+    await records.close();
+    rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 });
+  });
+  return records;
+}
+
+/** Records that ignore writes once closed; close() waits for the writes already under way. */
+class ClosableRecords extends MigrationRecords {
+  private closed = false;
+  private readonly pending = new Set<Promise<void>>();
+
+  override async write(rec: MigrationRecord): Promise<void> {
+    if (this.closed) return;
+    const p = super.write(rec);
+    this.pending.add(p);
+    try {
+      await p;
+    } finally {
+      this.pending.delete(p);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.allSettled([...this.pending]);
+  }
 }

@@ -33,7 +33,7 @@ import { nodeHandlers, type NodeServiceParts } from './rpc/handlers.js';
 import { VmManager, type VmInfo } from './vm/manager.js';
 import { VmService } from './vm/service.js';
 import { DISK_ID_PATTERN, guestDeviceOf, normalizeDisks, validateVmName, type Disk, type DiskInput } from './vm/spec.js';
-import { confineDiskPath, confineNewDiskPath, createImage, freeBytes, imageInfo } from './host/disks.js';
+import { confineDiskPath, confineNewDiskPath, createImage, freeBytes, imageInfo, storageSpace } from './host/disks.js';
 
 /** The node's disk input from a proto DiskSpec, at `path`. */
 function diskInputOf(d: DiskSpec, path: string, basePath?: string): DiskInput {
@@ -205,7 +205,7 @@ export class NodeDaemon {
 
   /** Host description for GetHostInfo and the coordinator. */
   async hostInfo(): Promise<HostInfo> {
-    const mem = await readMemInfo();
+    const [mem, storage] = await Promise.all([readMemInfo(), storageSpace(this.config.storageRoots[0] ?? this.config.stateDir)]);
     const reserved = this.vms.list().filter((v) => v.status === 'running').reduce((a, v) => a + v.spec.memoryMiB * 1024 * 1024, 0);
     return {
       nodeId: this.config.nodeId,
@@ -220,6 +220,8 @@ export class NodeDaemon {
       labels: {},
       machineTypes: ['pc-i440fx-10.0'],
       networks: Object.keys(this.config.networks).sort(),
+      // Where planTargets creates the images of LOCAL disks coming in: placement checks it.
+      ...(storage ? { storageTotalBytes: storage.totalBytes, storageFreeBytes: storage.freeBytes } : {}),
     };
   }
 

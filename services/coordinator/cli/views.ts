@@ -37,7 +37,7 @@ function age(d: Date | undefined, now: number): string {
 export function formatNodes(r: ListNodesResponse, now: number): string {
   if (r.nodes.length === 0) return 'no nodes registered\n';
   return formatTable(
-    ['NODE', 'STATUS', 'VMS', 'OUT', 'IN', 'MEM FREE', 'MEM TOTAL', 'CPUS', 'QEMU', 'ACCEL', 'ADDRESS', 'HEARTBEAT'],
+    ['NODE', 'STATUS', 'VMS', 'OUT', 'IN', 'MEM FREE', 'MEM TOTAL', 'DISK FREE', 'CPUS', 'QEMU', 'ACCEL', 'ADDRESS', 'HEARTBEAT'],
     r.nodes.map((n) => [
       n.host?.nodeId ?? '?',
       n.status === NodeStatus.NODE_STATUS_UP ? 'up' : n.status === NodeStatus.NODE_STATUS_DOWN ? 'DOWN' : '?',
@@ -46,13 +46,14 @@ export function formatNodes(r: ListNodesResponse, now: number): string {
       String(n.inboundMigrations),
       formatBytes(n.host?.memoryFreeBytes ?? NaN),
       formatBytes(n.host?.memoryTotalBytes ?? NaN),
+      n.host?.storageFreeBytes === undefined ? '-' : formatBytes(n.host.storageFreeBytes),
       String(n.host?.cpus ?? '-'),
       n.host?.qemuVersion || '-',
       n.host ? enumName(accelToJSON, n.host.resolvedAccel, 'ACCEL_') : '-',
       n.host?.managementAddress || '-',
       age(n.lastHeartbeat, now),
     ]),
-    ['left', 'left', 'right', 'right', 'right', 'right', 'right', 'right'],
+    ['left', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
   );
 }
 

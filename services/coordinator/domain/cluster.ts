@@ -17,6 +17,11 @@ export interface NodeModel {
   readonly memoryFreeBytes: number;
   /** Migration capabilities the node's QEMU supports (QMP names, e.g. "postcopy-ram"). */
   readonly capabilities: readonly string[];
+  /**
+   * Free bytes where the node creates the images of LOCAL disks (its first storage root) as it
+   * last reported them; undefined when it does not report them (then no disk space is checked).
+   */
+  readonly storageFreeBytes?: number | undefined;
 }
 
 /** A VM on a node. */
@@ -196,6 +201,7 @@ export function clusterFromProto(
       memoryTotalBytes: n.host?.memoryTotalBytes ?? 0,
       memoryFreeBytes: n.host?.memoryFreeBytes ?? 0,
       capabilities: n.host?.migrationCapabilities ?? [],
+      storageFreeBytes: n.host?.storageFreeBytes,
     })),
     vms: residents.map((v) => {
       const name = v.spec?.name ?? '';

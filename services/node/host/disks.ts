@@ -126,3 +126,16 @@ export async function freeBytes(path: string): Promise<number> {
   const s = await statfs(path);
   return s.bavail * s.bsize;
 }
+
+/**
+ * Size and free bytes (as {@link freeBytes}) of the file system that holds `path`, judged at its
+ * nearest existing folder: a storage root created only when the first image is (e.g. disks/ under
+ * the state dir) is measured where its images will go. Undefined when nothing can be measured.
+ */
+export async function storageSpace(path: string): Promise<{ totalBytes: number; freeBytes: number } | undefined> {
+  for (let p = normalize(path); ; p = dirname(p)) {
+    const s = await statfs(p).catch(() => undefined);
+    if (s) return { totalBytes: s.blocks * s.bsize, freeBytes: s.bavail * s.bsize };
+    if (p === dirname(p)) return undefined;
+  }
+}

@@ -111,6 +111,26 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     return err!;
   };
 
+  it("reports the size and free space of its first storage root in HostInfo (where LOCAL images go)", async () => {
+    const { host } = await c.clients['b']!.getHostInfo({});
+    expect(host?.storageTotalBytes).toBe(96 * MiB);
+    const before = host?.storageFreeBytes ?? 0;
+    expect(before).toBeGreaterThan(90 * MiB);
+    expect(before).toBeLessThanOrEqual(96 * MiB);
+    // 8 MiB written on the tmpfs: the next report has 8 MiB less.
+    const file = join(bLocal, 'fill.bin');
+    writeFileSync(file, Buffer.alloc(8 * MiB, 1));
+    try {
+      expect((await c.clients['b']!.getHostInfo({})).host?.storageFreeBytes).toBe(before - 8 * MiB);
+    } finally {
+      rmSync(file);
+    }
+    // a's first root does not exist yet: measured at its nearest existing folder.
+    const a = (await c.clients['a']!.getHostInfo({})).host;
+    expect(a?.storageTotalBytes).toBeGreaterThan(0);
+    expect(a?.storageFreeBytes).toBeGreaterThan(0);
+  });
+
   it('refuses each bad disk input with a clear error and changes nothing', async () => {
     const img = join(shared, 'exists.raw');
     await run('qemu-img', ['create', '-q', '-f', 'raw', img, String(8 * MiB)]);

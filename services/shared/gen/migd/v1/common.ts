@@ -1512,6 +1512,18 @@ export interface HostInfo {
   machineTypes: string[];
   /** Network names this node maps to bridges (`--network NAME=BRIDGE`), sorted. */
   networks: string[];
+  /**
+   * Size in bytes of the file system holding the node's first storage root (`--storage-root`,
+   * default its state dir), where the images of LOCAL disks are created. Unset: not reported.
+   */
+  storageTotalBytes?:
+    | number
+    | undefined;
+  /**
+   * Bytes still free for new images there (statfs f_bavail × f_bsize, as an unprivileged writer
+   * sees it). Unset: not reported, and placement cannot check a LOCAL disk's space on the node.
+   */
+  storageFreeBytes?: number | undefined;
 }
 
 export interface HostInfo_LabelsEntry {
@@ -5621,6 +5633,8 @@ function createBaseHostInfo(): HostInfo {
     labels: {},
     machineTypes: [],
     networks: [],
+    storageTotalBytes: undefined,
+    storageFreeBytes: undefined,
   };
 }
 
@@ -5661,6 +5675,12 @@ export const HostInfo: MessageFns<HostInfo> = {
     }
     for (const v of message.networks) {
       writer.uint32(98).string(v!);
+    }
+    if (message.storageTotalBytes !== undefined) {
+      writer.uint32(104).uint64(message.storageTotalBytes);
+    }
+    if (message.storageFreeBytes !== undefined) {
+      writer.uint32(112).uint64(message.storageFreeBytes);
     }
     return writer;
   },
@@ -5777,6 +5797,22 @@ export const HostInfo: MessageFns<HostInfo> = {
             message.networks.push(reader.string());
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.storageTotalBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.storageFreeBytes = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5852,6 +5888,16 @@ export const HostInfo: MessageFns<HostInfo> = {
         ? object.machine_types.map((e: any) => globalThis.String(e))
         : [],
       networks: globalThis.Array.isArray(object?.networks) ? object.networks.map((e: any) => globalThis.String(e)) : [],
+      storageTotalBytes: isSet(object.storageTotalBytes)
+        ? globalThis.Number(object.storageTotalBytes)
+        : isSet(object.storage_total_bytes)
+        ? globalThis.Number(object.storage_total_bytes)
+        : undefined,
+      storageFreeBytes: isSet(object.storageFreeBytes)
+        ? globalThis.Number(object.storageFreeBytes)
+        : isSet(object.storage_free_bytes)
+        ? globalThis.Number(object.storage_free_bytes)
+        : undefined,
     };
   },
 
@@ -5899,6 +5945,12 @@ export const HostInfo: MessageFns<HostInfo> = {
     if (message.networks?.length) {
       obj.networks = message.networks;
     }
+    if (message.storageTotalBytes !== undefined) {
+      obj.storageTotalBytes = Math.round(message.storageTotalBytes);
+    }
+    if (message.storageFreeBytes !== undefined) {
+      obj.storageFreeBytes = Math.round(message.storageFreeBytes);
+    }
     return obj;
   },
 
@@ -5927,6 +5979,8 @@ export const HostInfo: MessageFns<HostInfo> = {
     );
     message.machineTypes = object.machineTypes?.map((e) => e) || [];
     message.networks = object.networks?.map((e) => e) || [];
+    message.storageTotalBytes = object.storageTotalBytes ?? undefined;
+    message.storageFreeBytes = object.storageFreeBytes ?? undefined;
     return message;
   },
 };

@@ -22,6 +22,19 @@
  * is acted on after the first. Every figure is the median of a short window (3 samples) so one
  * noisy sample decides nothing.
  *
+ * ## When: the pass where the step is cheapest
+ * QEMU's dirty rate and backlog change only at a bitmap sync, so one sample after the sync carries
+ * them; the window's throughput may come from the samples before it (pass 1 included: the same
+ * link). The backlog is the larger of QEMU's expected-downtime and what remained at the pass's
+ * first sample ÷ the window's throughput: QEMU reports its initial expected-downtime (the downtime
+ * limit itself) until it has a dirty rate, so the first sample after the pass-1 sync can say
+ * 300 ms for a backlog of seconds (lab, hot-small at 300 Mbit/s: 300 ms reported, ≈50 MiB = 2 s
+ * left). Where the backlog holds or grows (r ≥ 1) every further pass costs its whole length in
+ * dirty tracking and buys nothing: the step is cheapest now, and the policy acts on the first
+ * sample after the sync (in the lab run above it waited for three pass-2 samples, 0.6 s, before).
+ * Where it shrinks (r < 1) waiting costs little, and the policy first fills its window with
+ * readings after the sync.
+ *
  * The first pass's bias is worst for a guest that rewrites its working set W many times during
  * the (long) first pass: QEMU's rate after it is at most W ÷ pass time, so a dirtier at 1.4× the
  * link can read r ≈ 0.25 and be "predicted to converge" for passes. The source node therefore
@@ -148,8 +161,8 @@ export interface AdaptiveState {
   /** The source's dirty-rate estimate (bytes/s) at the last action; optional in stored states. */
   readonly estimateAtAction?: number;
   readonly window: readonly AdaptiveReading[];
-  /** [pass, first seen at ms] of the last few passes, for pass durations. */
-  readonly passMarks: readonly (readonly [number, number])[];
+  /** [pass, first seen at ms, remaining bytes then] of the last few passes (older states: no third element). */
+  readonly passMarks: readonly (readonly [number, number, number?])[];
   readonly timeouts: TimeoutState;
 }
 
@@ -206,14 +219,17 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
   /** Median figures of a full window and what they predict. */
   predict(window: readonly AdaptiveReading[], limitMs: number): AdaptivePrediction {
     const { convergeWithinPasses: k } = this.tuning;
-    const qemuDirty = median(window.map((r) => r.dirty));
+    // Dirty rate and backlog come from readings after a sync (pass ≥ 2); throughput and the
+    // source's estimate from the whole window (pass-1 samples included).
+    const synced = window.filter((r) => r.pass >= 2);
+    const qemuDirty = synced.length > 0 ? median(synced.map((r) => r.dirty)) : 0;
     // Early (rates from pass < 3, biased low by the long first pass), the pre-migration estimate
     // — a lower bound of the rate — when it is the larger (see the module comment).
     const early = window.some((r) => r.pass < 3);
     const estimate = early ? median(window.map((r) => r.estimate ?? 0)) : 0;
     const dirty = Math.max(qemuDirty, estimate);
     const bw = median(window.map((r) => r.bw));
-    const backlogMs = median(window.map((r) => r.backlogMs));
+    const backlogMs = synced.length > 0 ? median(synced.map((r) => r.backlogMs)) : NaN;
     const ratio = bw > 0 ? dirty / bw : Infinity;
     let passesToConverge: number;
     // The next sync finds what the guest dirtied during this pass: ≈ backlog × r (r ≥ 1: it grows).
@@ -241,9 +257,16 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
 
     const passes = completedPasses(sample);
     const settled = state.lastActionPasses < 0 || passes - state.lastActionPasses >= this.tuning.settlePasses || this.estimateChanged(state.estimateAtAction, sample.estimatedDirtyBytesPerSec);
-    if (passes < 1 || window.length < this.tuning.windowSamples || !settled) return { actions: [], state: base };
+    // A verdict needs a full window (throughput) with at least one reading taken after a sync.
+    if (passes < 1 || window.length < this.tuning.windowSamples || !window.some((r) => r.pass >= 2) || !settled) return { actions: [], state: base };
 
     const p = this.predict(window, base.downtimeMs);
+    // The cheapest pass for a step: while the backlog grows or holds (r ≥ 1) every further pass
+    // costs its whole length in dirty tracking and buys nothing, so one reading after the sync is
+    // enough to act on. While it shrinks (r < 1) waiting costs little (the next backlog is r× this
+    // one): a full window of readings after the sync first.
+    const synced = window.filter((r) => r.pass >= 2).length;
+    if (synced < this.tuning.windowSamples && p.ratio < 1) return { actions: [], state: base };
     let st = base;
     if (st.autoConverge && st.autoConvergeAt === null) st = { ...st, autoConvergeAt: { passes, backlogMs: p.backlogMs } };
     if (p.convergesSoon) return { actions: [], state: st };
@@ -336,27 +359,43 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     return now >= atAction * f || now <= atAction / f;
   }
 
-  /** Remembers when each pass was first seen (for pass durations). */
+  /** Remembers when each pass was first seen and what remained then (pass durations, backlogs). */
   private markPass(marks: AdaptiveState['passMarks'], sample: ProgressSample): AdaptiveState['passMarks'] {
     const last = marks[marks.length - 1];
     if (last && last[0] >= sample.pass) return marks;
-    return [...marks, [sample.pass, sample.elapsedMs] as const].slice(-3);
+    return [...marks, [sample.pass, sample.elapsedMs, sample.remainingBytes] as const].slice(-3);
   }
 
-  /** Adds the sample to the window when it carries the figures the prediction needs. */
+  /**
+   * Adds the sample to the window when it carries a throughput. Pass-1 samples count too (their
+   * throughput and the source's estimate are as good as later ones; their backlog is not known yet,
+   * NaN), so the first verdict can be made at the first sample after the pass-1 sync instead of a
+   * full window later.
+   */
   private observe(window: readonly AdaptiveReading[], marks: AdaptiveState['passMarks'], sample: ProgressSample): readonly AdaptiveReading[] {
     const bw = throughputBytesPerSec(sample);
-    if (completedPasses(sample) < 1 || bw <= 0) return window;
+    if (bw <= 0) return window;
+    const reading = (dirty: number, backlogMs: number): AdaptiveReading => ({ t: sample.elapsedMs, pass: sample.pass, dirty, bw, backlogMs, estimate: sample.estimatedDirtyBytesPerSec });
+    if (completedPasses(sample) < 1) return [...window, reading(0, NaN)].slice(-this.tuning.windowSamples);
     const dirty = dirtyBytesPerSec(sample);
-    let backlogMs = sample.expectedDowntimeMs;
+    // QEMU's expected-downtime is backlog-at-last-sync ÷ bandwidth, but it starts out as the
+    // downtime limit and is only recomputed once a dirty rate exists: the first samples after the
+    // pass-1 sync can still carry the limit (300) while the backlog is seconds. The backlog is at
+    // least what was left at the first sample of this pass (remaining falls within a pass).
+    const mark = marks[marks.length - 1];
+    const atPassStart = mark && mark[0] === sample.pass ? (mark[2] ?? sample.remainingBytes) : sample.remainingBytes;
+    // Over the window's median throughput, as the prediction reads it (one sample's rate is noisy).
+    const bwMedian = median([...window.map((r) => r.bw), bw].slice(-this.tuning.windowSamples));
+    const fromRemaining = (atPassStart / bwMedian) * 1000;
+    const qemu = dirty > 0 && sample.expectedDowntimeMs > 0 && sample.expectedDowntimeMs !== sample.downtimeLimitMs ? sample.expectedDowntimeMs : 0;
+    let backlogMs = Math.max(qemu, fromRemaining);
     if (backlogMs <= 0) {
-      // QEMU's expected-downtime is backlog-at-last-sync / bandwidth; without it, the backlog is
-      // what the guest dirtied during the last full pass.
+      // Without either: what the guest dirtied during the last full pass.
       const a = marks[marks.length - 2];
       const b = marks[marks.length - 1];
       const passMs = a && b ? b[1] - a[1] : undefined;
-      backlogMs = passMs !== undefined ? (dirty * passMs) / bw : (sample.remainingBytes / bw) * 1000;
+      backlogMs = passMs !== undefined ? (dirty * passMs) / bw : 0;
     }
-    return [...window, { t: sample.elapsedMs, pass: sample.pass, dirty, bw, backlogMs, estimate: sample.estimatedDirtyBytesPerSec }].slice(-this.tuning.windowSamples);
+    return [...window, reading(dirty, backlogMs)].slice(-this.tuning.windowSamples);
   }
 }

@@ -11,6 +11,7 @@
  */
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { TLSSocket } from 'node:tls';
 import { Server, type Metadata, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
@@ -114,9 +115,53 @@ export interface RpcServerOptions {
 
 const allProtos = ['migd/v1/common.proto', 'migd/v1/node.proto', 'migd/v1/coordinator.proto', 'migd/v1/events.proto'];
 
-function identityOf(call: { getAuthContext(): { sslPeerCertificate?: { subject?: { CN?: string | string[] } } } }): string | undefined {
+type AuthCall = { getAuthContext(): { sslPeerCertificate?: { subject?: { CN?: string | string[] } } } };
+
+/** The common name of the caller's certificate, read (and parsed) from the connection now. */
+function identityOf(call: AuthCall): string | undefined {
   const cn = call.getAuthContext().sslPeerCertificate?.subject?.CN;
   return Array.isArray(cn) ? cn[0] : cn;
+}
+
+/**
+ * The TLS socket a call arrived on, or undefined when it cannot be told (plain text, or a grpc-js
+ * whose call objects are shaped differently: then every call reads its certificate itself). grpc-js
+ * (1.14) keeps it at call.call[.nextCall…].stream.session.socket; the HTTP/2 session, and so
+ * the socket, is one client connection.
+ */
+export function callSocket(call: unknown): TLSSocket | undefined {
+  let c = (call as { call?: unknown }).call;
+  for (let i = 0; i < 8 && c !== null && typeof c === 'object'; i++) {
+    const socket = (c as { stream?: { session?: { socket?: unknown } } }).stream?.session?.socket;
+    if (socket !== undefined) return socket instanceof TLSSocket ? socket : undefined;
+    c = (c as { nextCall?: unknown }).nextCall;
+  }
+  return undefined;
+}
+
+/**
+ * The caller's identity per TLS connection. Reading it (getPeerCertificate) parses the whole
+ * certificate and computes its fingerprints: at hundreds of heartbeats a second this was a
+ * coordinator's third-largest CPU cost. The certificate a connection's peer presented cannot
+ * change under TLS 1.3 (no renegotiation), so it is read once per connection, kept by the socket
+ * object (forgotten with it). Connections on an older TLS, or whose socket cannot be told, are
+ * read on every call as before. Revocation is unaffected: it is checked at the handshake, so it
+ * only ever applied to new connections.
+ */
+export class PeerIdentityCache {
+  private readonly bySocket = new WeakMap<TLSSocket, { identity: string | undefined }>();
+  /** Connections whose identity was read (for tests and metrics). */
+  reads = 0;
+
+  identity(socket: TLSSocket | undefined, read: () => string | undefined): string | undefined {
+    if (!socket || socket.getProtocol() !== 'TLSv1.3') return read();
+    const hit = this.bySocket.get(socket);
+    if (hit) return hit.identity;
+    const identity = read();
+    this.reads++;
+    this.bySocket.set(socket, { identity });
+    return identity;
+  }
 }
 
 /** The address part of a grpc-js peer string (`1.2.3.4:5678`, `[::1]:5678`). */
@@ -131,6 +176,8 @@ export class RpcServer {
   private readonly server: Server;
   private readonly services: string[] = [];
   private readonly inflight = new Set<AbortController>();
+  /** Callers' certificate identities, per connection. */
+  readonly identities = new PeerIdentityCache();
   /** Open server streams by identity. */
   private readonly streams = new Map<string, number>();
   private tcp: TcpServer | undefined;
@@ -177,7 +224,8 @@ export class RpcServer {
     const d = call.getDeadline();
     const deadline = d instanceof Date ? d : Number.isFinite(d) ? new Date(d) : undefined;
     call.on('cancelled', () => ac.abort(new CancelledError('call cancelled by client')));
-    return { signal: ac.signal, deadline, metadata: call.metadata, peer: call.getPeer(), identity: identityOf(call), method };
+    const identity = this.identities.identity(callSocket(call), () => identityOf(call));
+    return { signal: ac.signal, deadline, metadata: call.metadata, peer: call.getPeer(), identity, method };
   }
 
   private unaryAdapter(method: string, handler: (req: unknown, ctx: CallContext) => Promise<unknown>) {

@@ -165,6 +165,7 @@ export class NodeRegistry {
   private async syncVms(nodeId: string, vms: readonly VmInfo[]): Promise<void> {
     const list: VmInfo[] = [];
     const names = new Set<string>();
+    const writes: VmInfo[] = [];
     let moving: Promise<Set<string>> | undefined;
     const movingHere = (): Promise<Set<string>> =>
       (moving ??= this.o.store.plans.listActiveMoves().then((runs) => new Set(runs.filter((r) => r.destinationNodeId === nodeId).map((r) => r.vmName))));
@@ -191,14 +192,16 @@ export class NodeRegistry {
       // The incoming half of a migration is a transient second VM of the same name: the store
       // keeps one row per name, the source's, until the run ends.
       if (v.state === VmState.VM_STATE_INCOMING) continue;
-      await this.write(v);
+      writes.push(v);
     }
     this.reported.set(nodeId, list);
     for (const name of [...(this.writtenOn.get(nodeId) ?? [])]) {
       if (names.has(name) || this.written.get(name)?.state === VmState.VM_STATE_STOPPED) continue;
       const stored = await this.o.store.nodes.getVm(name).catch(() => undefined);
-      if (stored && stored.nodeId === nodeId) await this.write({ ...stored, state: VmState.VM_STATE_STOPPED, pid: 0, migrationRunId: '' });
+      if (stored && stored.nodeId === nodeId) writes.push({ ...stored, state: VmState.VM_STATE_STOPPED, pid: 0, migrationRunId: '' });
     }
+    // One transaction for the whole report (a node's first heartbeat lists every VM it runs).
+    await this.write(...writes);
   }
 
   /** Logs (once until it clears) a node reporting a VM that belongs to another node. */
@@ -209,11 +212,15 @@ export class NodeRegistry {
     this.o.log.warn('VM ownership conflict: a node reports a VM that runs on another node; the report is ignored', { nodeId, vm: name, owner });
   }
 
-  private async write(v: VmInfo): Promise<void> {
-    const w = this.written.get(v.spec?.name ?? '');
-    if (w && w.node === v.nodeId && w.state === v.state) return;
-    await this.o.store.nodes.upsertVm(v);
-    this.noteWritten(v);
+  /** Writes the VMs whose node or state differs from what was last written, in one transaction. */
+  private async write(...vms: VmInfo[]): Promise<void> {
+    const changed = vms.filter((v) => {
+      const w = this.written.get(v.spec?.name ?? '');
+      return !(w && w.node === v.nodeId && w.state === v.state);
+    });
+    if (changed.length === 0) return;
+    await this.o.store.nodes.upsertVms(changed);
+    for (const v of changed) this.noteWritten(v);
   }
 
   private noteWritten(v: VmInfo): void {

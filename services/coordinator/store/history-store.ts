@@ -113,6 +113,9 @@ export class RepositoryHistoryStore implements HistoryStore {
   upsertVm(vm: VmInfo): Promise<void> {
     return this.nodes.upsertVm(vm);
   }
+  upsertVms(vms: readonly VmInfo[]): Promise<void> {
+    return this.nodes.upsertVms(vms);
+  }
   deleteVm(name: string): Promise<void> {
     return this.nodes.deleteVm(name);
   }

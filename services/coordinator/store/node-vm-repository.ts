@@ -2,7 +2,7 @@
 import { InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
 import { HostInfo, MigrationState, VmInfo } from '../../shared/gen/migd/v1/common.js';
 import { NodeStatus, type Node } from '../../shared/gen/migd/v1/coordinator.js';
-import type { StoreDatabase } from './database.js';
+import { INSERT_CHUNK, type StoreDatabase } from './database.js';
 import { date, hostFromJson, ms, vmToProto } from './mapping.js';
 import type { NodeRow } from './schema.js';
 import type { NodeVmRepository, UpsertNodeInput } from './types.js';
@@ -109,29 +109,47 @@ export class SqlNodeVmRepository implements NodeVmRepository {
     });
   }
 
-  async upsertVm(vm: VmInfo): Promise<void> {
-    const info = VmInfo.fromPartial(vm);
-    const name = info.spec?.name ?? '';
-    if (name === '') throw new InvalidArgumentError('vm.spec.name is required');
+  upsertVm(vm: VmInfo): Promise<void> {
+    return this.upsertVms([vm]);
+  }
+
+  async upsertVms(vms: readonly VmInfo[]): Promise<void> {
+    const infos = vms.map((vm) => {
+      const info = VmInfo.fromPartial(vm);
+      if ((info.spec?.name ?? '') === '') throw new InvalidArgumentError('vm.spec.name is required');
+      return info;
+    });
+    if (infos.length === 0) return;
     const now = this.d.now();
-    const nodeId = info.nodeId === '' ? null : info.nodeId;
     await this.d.write(async (trx, tx) => {
-      const existing = await trx.selectFrom('vms').select(['node_id', 'state']).where('name', '=', name).executeTakeFirst();
-      const values = {
-        node_id: nodeId,
-        state: info.state,
-        memory_mib: info.spec?.memoryMib ?? 0,
-        info_json: JSON.stringify(VmInfo.toJSON(info)),
-        updated_at: now,
-      };
-      await trx
-        .insertInto('vms')
-        .values({ name, ...values })
-        .onConflict((oc) => oc.column('name').doUpdateSet(values))
-        .execute();
-      const changed = existing === undefined || existing.node_id !== nodeId || existing.state !== info.state;
-      if (changed && nodeId !== null) {
-        await this.d.enqueue(trx, tx, { $case: 'vmChanged', value: { vm: info } }, new Date(now));
+      // Where each VM was before this transaction (then as this batch leaves it).
+      const names = [...new Set(infos.map((i) => i.spec!.name))];
+      const existing = new Map<string, { node_id: string | null; state: number }>();
+      for (let i = 0; i < names.length; i += INSERT_CHUNK) {
+        const rows = await trx.selectFrom('vms').select(['name', 'node_id', 'state']).where('name', 'in', names.slice(i, i + INSERT_CHUNK)).execute();
+        for (const r of rows) existing.set(r.name, { node_id: r.node_id, state: r.state });
+      }
+      for (const info of infos) {
+        const name = info.spec!.name;
+        const nodeId = info.nodeId === '' ? null : info.nodeId;
+        const values = {
+          node_id: nodeId,
+          state: info.state,
+          memory_mib: info.spec?.memoryMib ?? 0,
+          info_json: JSON.stringify(VmInfo.toJSON(info)),
+          updated_at: now,
+        };
+        await trx
+          .insertInto('vms')
+          .values({ name, ...values })
+          .onConflict((oc) => oc.column('name').doUpdateSet(values))
+          .execute();
+        const before = existing.get(name);
+        existing.set(name, { node_id: nodeId, state: info.state });
+        const changed = before === undefined || before.node_id !== nodeId || before.state !== info.state;
+        if (changed && nodeId !== null) {
+          await this.d.enqueue(trx, tx, { $case: 'vmChanged', value: { vm: info } }, new Date(now));
+        }
       }
     });
   }

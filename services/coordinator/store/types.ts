@@ -158,6 +158,11 @@ export interface NodeVmRepository {
    * @throws InvalidArgumentError without `spec.name`.
    */
   upsertVm(vm: VmInfo): Promise<void>;
+  /**
+   * {@link upsertVm} of several VMs in one transaction (a node's heartbeat): every row and its
+   * VmChanged event commit together, in order. @throws InvalidArgumentError (nothing written)
+   */
+  upsertVms(vms: readonly VmInfo[]): Promise<void>;
   /** Forgets a deleted VM (its runs stay in the history). No-op for an unknown name. */
   deleteVm(name: string): Promise<void>;
   /** @throws NotFoundError */

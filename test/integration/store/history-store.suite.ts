@@ -91,6 +91,22 @@ export function historyStoreSuite(backend: StoreBackend): void {
       await expect(s.getVm('nope')).rejects.toBeInstanceOf(NotFoundError);
       await expect(s.upsertVm({ nodeId: 'x' } as never)).rejects.toBeInstanceOf(InvalidArgumentError);
     });
+
+    it('upserts a batch of VMs in one transaction: one VmChanged per new or changed VM, in order; a bad one writes nothing', async () => {
+      const s = await open();
+      const vm = (name: string, nodeId: string, state = 2) => ({ spec: { name, memoryMib: 256 }, nodeId, state }) as never;
+      await s.upsertVms([]);
+      await s.upsertVms([vm('vm-a', 'node-1'), vm('vm-b', 'node-1'), vm('vm-c', 'node-1')]);
+      // vm-a unchanged, vm-b moved, vm-c changed state, vm-d new; vm-d twice: the second write
+      // sees the first (one event for it).
+      await s.upsertVms([vm('vm-a', 'node-1'), vm('vm-b', 'node-2'), vm('vm-c', 'node-1', 5), vm('vm-d', 'node-2'), vm('vm-d', 'node-2')]);
+      const changed = (await outboxEvents(s)).flatMap((e) => (e.payload?.$case === 'vmChanged' ? [`${e.payload.value.vm?.spec?.name}@${e.payload.value.vm?.nodeId}`] : []));
+      expect(changed).toEqual(['vm-a@node-1', 'vm-b@node-1', 'vm-c@node-1', 'vm-b@node-2', 'vm-c@node-1', 'vm-d@node-2']);
+      expect((await s.listVms()).map((v) => `${v.spec?.name}@${v.nodeId}:${v.state}`)).toEqual(['vm-a@node-1:2', 'vm-c@node-1:5', 'vm-b@node-2:2', 'vm-d@node-2:2']);
+      await expect(s.upsertVms([vm('vm-e', 'node-1'), { nodeId: 'node-1' } as never])).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(s.getVm('vm-e')).rejects.toBeInstanceOf(NotFoundError);
+      expect(await outboxEvents(s)).toHaveLength(6);
+    });
   });
 
   describe('plans', () => {

@@ -24,7 +24,7 @@ describe('RpcServer caller identity per connection', () => {
     dir = mkdtempSync(join(tmpdir(), 'migd-rpc-identity-'));
     createPki(join(dir, 'pki'));
     server = new RpcServer({ address: '127.0.0.1:0', security: { tls: identityFiles(join(dir, 'pki'), 'migd-node') }, log });
-    const h = Object.fromEntries(
+    const unserved = Object.fromEntries(
       Object.keys(NodeServiceService).map((k) => [
         k,
         async () => {
@@ -32,7 +32,7 @@ describe('RpcServer caller identity per connection', () => {
         },
       ]),
     ) as unknown as Handlers<typeof NodeServiceService>;
-    h.getHostInfo = async (_req, ctx) => GetHostInfoResponse.fromPartial({ host: { nodeId: ctx.identity ?? 'anonymous' } });
+    const h: Handlers<typeof NodeServiceService> = { ...unserved, getHostInfo: async (_req, ctx) => GetHostInfoResponse.fromPartial({ host: { nodeId: ctx.identity ?? 'anonymous' } }) };
     server.addService('migd.v1.NodeService', NodeServiceService, h);
     address = `127.0.0.1:${await server.start()}`;
   });

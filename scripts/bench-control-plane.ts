@@ -427,8 +427,10 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       out(`  ${String(n).padStart(5)}: failed: ${err instanceof Error ? err.message : String(err)}${downs > 0 ? ` (the coordinator marked nodes down ${downs} times)` : ''}`);
     } finally {
       await cb?.close();
+      // The coordinator stops first (its runs' node streams still open), with time to write its
+      // CPU profile when asked to.
+      await coord?.stop(opts['cpu-prof-dir'] ? 60_000 : 5000);
       await sim?.close();
-      await coord?.stop();
       await stopChild(nats);
       await pg?.dispose();
       await rm(work, { recursive: true, force: true });

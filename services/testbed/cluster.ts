@@ -180,11 +180,11 @@ export async function startNatsProcess(storeDir: string, onLog: (l: string) => v
 }
 
 /** SIGTERM, then SIGKILL after 5 s; resolves when the child has exited. */
-export async function stopChild(c: ChildProcess | undefined): Promise<void> {
+export async function stopChild(c: ChildProcess | undefined, graceMs = 5000): Promise<void> {
   if (!c || c.exitCode !== null || c.signalCode !== null) return;
   const exited = new Promise<void>((r) => c.once('exit', () => r()));
   c.kill('SIGTERM');
-  const t = setTimeout(() => c.kill('SIGKILL'), 5000);
+  const t = setTimeout(() => c.kill('SIGKILL'), graceMs);
   await exited;
   clearTimeout(t);
 }
@@ -195,8 +195,8 @@ export interface CoordinatorProcess {
   readonly process: ChildProcess;
   /** Its most recent 2000 log lines. */
   readonly logs: string[];
-  /** SIGTERM (SIGKILL after 5 s); resolves when it has exited. */
-  stop(): Promise<void>;
+  /** SIGTERM (SIGKILL after graceMs, default 5 s); resolves when it has exited. */
+  stop(graceMs?: number): Promise<void>;
   /** SIGKILL; resolves when it has exited. */
   kill(): Promise<void>;
 }
@@ -246,7 +246,7 @@ export async function startCoordinatorProcess(o: CoordinatorProcessOptions): Pro
     address: o.listen,
     process: child,
     logs,
-    stop: () => stopChild(child),
+    stop: (graceMs?: number) => stopChild(child, graceMs),
     kill: async () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       await exited;

@@ -276,13 +276,10 @@ export class RunManager {
     const queued = this.queuedPlanUpdates.get(planId);
     if (queued) return queued;
     const once = async (): Promise<void> => {
-      const runs = await this.o.store.plans.listPlanRuns(planId);
-      const plan = await this.o.store.plans.getPlan(planId);
+      const p = await this.o.store.plans.planProgress(planId);
       let state = PlanState.PLAN_STATE_RUNNING;
-      if (runs.every((r) => r.finishedAt !== undefined)) {
-        state = runs.every((r) => r.state === MigrationState.MIGRATION_STATE_SUCCEEDED) ? PlanState.PLAN_STATE_SUCCEEDED : PlanState.PLAN_STATE_FAILED;
-      }
-      if (state !== plan.state) await this.o.store.plans.setPlanState(planId, state);
+      if (p.finished === p.runs) state = p.succeeded === p.runs ? PlanState.PLAN_STATE_SUCCEEDED : PlanState.PLAN_STATE_FAILED;
+      if (state !== p.state) await this.o.store.plans.setPlanState(planId, state);
     };
     // A store that cannot write (disk full) is retried: a plan left RUNNING would never end.
     const next = this.planChain.then(() => {

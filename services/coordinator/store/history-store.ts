@@ -39,6 +39,7 @@ import type {
   CreateRunInput,
   FinishRunInput,
   HistoryStore,
+  PlanProgress,
   PruneResult,
   TransitionRunInput,
   UpsertNodeInput,
@@ -138,6 +139,9 @@ export class RepositoryHistoryStore implements HistoryStore {
   }
   listPlanRuns(planId: string): Promise<Run[]> {
     return this.plans.listPlanRuns(planId);
+  }
+  planProgress(planId: string): Promise<PlanProgress> {
+    return this.plans.planProgress(planId);
   }
   createRun(input: CreateRunInput): Promise<Run> {
     return this.plans.createRun(input);

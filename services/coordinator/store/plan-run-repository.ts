@@ -19,7 +19,7 @@ import { isTerminalState } from '../../shared/policy/states.js';
 import { INSERT_CHUNK, type Db, type StoreDatabase, type TxState } from './database.js';
 import { actionToProto, ms, normalizePolicyKind, planToProto, policyToJson, runToProto, scopedIdempotencyKey, transitionToProto } from './mapping.js';
 import type { RunRow } from './schema.js';
-import type { ActiveMove, CreatePlanInput, CreatePlanResult, CreateRunInput, FinishRunInput, PlanRunRepository, TransitionRunInput } from './types.js';
+import type { ActiveMove, CreatePlanInput, PlanProgress, CreatePlanResult, CreateRunInput, FinishRunInput, PlanRunRepository, TransitionRunInput } from './types.js';
 
 const VALID_STATES = new Set(Object.values(MigrationState).filter((v): v is number => typeof v === 'number'));
 
@@ -111,6 +111,23 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       if (plan === undefined) throw new NotFoundError(`plan ${planId} not found`);
       const rows = await conn.selectFrom('runs').selectAll().where('plan_id', '=', planId).orderBy('created_at').orderBy('id').execute();
       return loadRuns(conn, rows);
+    });
+  }
+
+  async planProgress(planId: string): Promise<PlanProgress> {
+    return this.d.read(async (conn) => {
+      const plan = await conn.selectFrom('plans').select('state').where('id', '=', planId).executeTakeFirst();
+      if (plan === undefined) throw new NotFoundError(`plan ${planId} not found`);
+      const c = await conn
+        .selectFrom('runs')
+        .select((eb) => [
+          eb.fn.countAll<number>().as('total'),
+          eb.fn.count<number>('finished_at').as('finished'),
+          eb.fn.sum<number>(eb.case().when('state', '=', MigrationState.MIGRATION_STATE_SUCCEEDED).then(1).else(0).end()).as('succeeded'),
+        ])
+        .where('plan_id', '=', planId)
+        .executeTakeFirstOrThrow();
+      return { state: plan.state, runs: Number(c.total), finished: Number(c.finished), succeeded: Number(c.succeeded ?? 0) };
     });
   }
 

@@ -171,6 +171,14 @@ export interface NodeVmRepository {
   listVms(nodeId?: string): Promise<VmInfo[]>;
 }
 
+/** A plan's state and its runs' counts ({@link PlanRunRepository.planProgress}). */
+export interface PlanProgress {
+  readonly state: PlanState;
+  readonly runs: number;
+  readonly finished: number;
+  readonly succeeded: number;
+}
+
 /** Plans, their runs, transitions and actions. */
 export interface PlanRunRepository {
   /**
@@ -185,6 +193,12 @@ export interface PlanRunRepository {
   setPlanState(planId: string, state: PlanState): Promise<Plan>;
   /** The plan's runs, oldest first. @throws NotFoundError for an unknown plan. */
   listPlanRuns(planId: string): Promise<Run[]>;
+  /**
+   * A plan's state and how many of its runs exist, have finished and have succeeded (one read:
+   * what deciding whether the plan has ended needs, without loading its runs).
+   * @throws NotFoundError for an unknown plan.
+   */
+  planProgress(planId: string): Promise<PlanProgress>;
   /**
    * Creates a run with its initial transition; emits RunStateChanged.
    * @throws InvalidArgumentError for missing fields; NotFoundError for an unknown plan;

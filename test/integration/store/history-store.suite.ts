@@ -143,6 +143,22 @@ export function historyStoreSuite(backend: StoreBackend): void {
       await expect(s.listPlanRuns('nope')).rejects.toBeInstanceOf(NotFoundError);
       await expect(s.createPlan({ ...input, idempotencyKey: '' })).rejects.toBeInstanceOf(InvalidArgumentError);
     });
+
+    it("counts a plan's runs, finished and succeeded (planProgress)", async () => {
+      const s = await open();
+      const { plan } = await s.createPlan({ idempotencyKey: 'k-progress', request: {} as never, runs: ['vm-a', 'vm-b', 'vm-c'].map((vmName) => runInput({ vmName })) });
+      expect(await s.planProgress(plan.id)).toEqual({ state: PlanState.PLAN_STATE_RUNNING, runs: 3, finished: 0, succeeded: 0 });
+      const runs = await s.listPlanRuns(plan.id);
+      await s.transitionRun(runs[0]!.id, { to: S.MIGRATION_STATE_PRECOPY });
+      await s.finishRun(runs[0]!.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+      await s.finishRun(runs[1]!.id, { state: S.MIGRATION_STATE_FAILED });
+      expect(await s.planProgress(plan.id)).toEqual({ state: PlanState.PLAN_STATE_RUNNING, runs: 3, finished: 2, succeeded: 1 });
+      await s.setPlanState(plan.id, PlanState.PLAN_STATE_FAILED);
+      expect((await s.planProgress(plan.id)).state).toBe(PlanState.PLAN_STATE_FAILED);
+      const empty = await s.createPlan({ idempotencyKey: 'k-empty', request: {} as never });
+      expect(await s.planProgress(empty.plan.id)).toEqual({ state: PlanState.PLAN_STATE_RUNNING, runs: 0, finished: 0, succeeded: 0 });
+      await expect(s.planProgress('nope')).rejects.toBeInstanceOf(NotFoundError);
+    });
   });
 
   describe('runs and the outbox', () => {

@@ -61,6 +61,8 @@ export class NodeRegistry {
   private readonly heartbeatAt = new Map<string, number>();
   /** The VMs each node reported in its latest heartbeat (since this coordinator started). */
   private readonly reported = new Map<string, VmInfo[]>();
+  /** VM name → the nodes whose latest report (in `reported`) lists it: run ends look VMs up by name. */
+  private readonly reportedOn = new Map<string, Set<string>>();
   /** VM name → where and in what state it was last written to the store (to write only changes). */
   private readonly written = new Map<string, { node: string; state: VmState }>();
   /** Node → names of the VMs last written as being on it. */
@@ -194,7 +196,7 @@ export class NodeRegistry {
       if (v.state === VmState.VM_STATE_INCOMING) continue;
       writes.push(v);
     }
-    this.reported.set(nodeId, list);
+    this.setReported(nodeId, list);
     for (const name of [...(this.writtenOn.get(nodeId) ?? [])]) {
       if (names.has(name) || this.written.get(name)?.state === VmState.VM_STATE_STOPPED) continue;
       const stored = await this.o.store.nodes.getVm(name).catch(() => undefined);
@@ -254,21 +256,52 @@ export class NodeRegistry {
    * the VM can be planned again right away.
    */
   async vmSettled(name: string, nodeId: string, moved: boolean): Promise<void> {
-    const entries = [...this.reported.entries()].flatMap(([node, list]) => list.filter((v) => v.spec?.name === name && v.state !== VmState.VM_STATE_INCOMING).map((v) => ({ node, v })));
-    const stored = await this.o.store.nodes.getVm(name).catch(() => undefined);
-    const here = entries.find((e) => e.node === nodeId)?.v ?? (stored?.nodeId === nodeId ? stored : undefined);
+    const entries = [...(this.reportedOn.get(name) ?? [])].flatMap((node) => (this.reported.get(node) ?? []).filter((v) => v.spec?.name === name && v.state !== VmState.VM_STATE_INCOMING).map((v) => ({ node, v })));
+    let here = entries.find((e) => e.node === nodeId)?.v;
+    let stored: VmInfo | undefined;
+    if (!here) {
+      stored = await this.o.store.nodes.getVm(name).catch(() => undefined);
+      if (stored?.nodeId === nodeId) here = stored;
+    }
     const base = here ?? (moved ? (entries[0]?.v ?? stored) : undefined);
     if (!base) return;
-    for (const [node, list] of this.reported) this.reported.set(node, list.filter((v) => v.spec?.name !== name));
+    this.dropReported(name);
     const settled: VmInfo = { ...base, nodeId, state: VmState.VM_STATE_RUNNING, migrationRunId: '' };
-    this.reported.get(nodeId)?.push(settled);
+    const list = this.reported.get(nodeId);
+    if (list) this.setReported(nodeId, [...list, settled]);
     await this.write(settled);
+  }
+
+  /** Replaces a node's reported VMs, keeping the by-name index. */
+  private setReported(nodeId: string, list: VmInfo[]): void {
+    for (const v of this.reported.get(nodeId) ?? []) {
+      const name = v.spec?.name ?? '';
+      const on = this.reportedOn.get(name);
+      on?.delete(nodeId);
+      if (on?.size === 0) this.reportedOn.delete(name);
+    }
+    this.reported.set(nodeId, list);
+    for (const v of list) {
+      const name = v.spec?.name ?? '';
+      let on = this.reportedOn.get(name);
+      if (!on) this.reportedOn.set(name, (on = new Set()));
+      on.add(nodeId);
+    }
+  }
+
+  /** Removes every reported entry of VM `name` (of any node). */
+  private dropReported(name: string): void {
+    for (const node of [...(this.reportedOn.get(name) ?? [])]) {
+      const list = this.reported.get(node);
+      if (list) this.setReported(node, list.filter((v) => v.spec?.name !== name));
+    }
+    this.reportedOn.delete(name);
   }
 
   /** A VM was deleted through the coordinator: gone from the live view and the store. */
   async vmDeleted(name: string, nodeId: string): Promise<void> {
     this.deleted.set(name, nodeId);
-    for (const [node, list] of this.reported) this.reported.set(node, list.filter((v) => v.spec?.name !== name));
+    this.dropReported(name);
     const w = this.written.get(name);
     if (w) this.writtenOn.get(w.node)?.delete(name);
     this.written.delete(name);
@@ -282,8 +315,7 @@ export class NodeRegistry {
     const list = this.reported.get(vm.nodeId);
     if (list) {
       const i = list.findIndex((v) => v.spec?.name === name && v.state !== VmState.VM_STATE_INCOMING);
-      if (i < 0) list.push(vm);
-      else list[i] = vm;
+      this.setReported(vm.nodeId, i < 0 ? [...list, vm] : list.map((v, k) => (k === i ? vm : v)));
     }
     await this.write(vm);
   }

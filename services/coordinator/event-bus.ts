@@ -20,6 +20,8 @@ import type { Logger } from '../shared/log.js';
 import type { OutboxRepository } from './store/types.js';
 
 const PAGE = 500;
+/** How long after a commit the outbox is read (commits within it share the read). */
+const WAKE_DELAY_MS = 10;
 
 /**
  * Events one Watch stream may hold for a client that does not read. A stream that falls further
@@ -44,6 +46,7 @@ export class EventBus {
   private unsubscribe: (() => void) | undefined;
   private pumping: Promise<void> | undefined;
   private again = false;
+  private waking: NodeJS.Timeout | undefined;
   private poller: NodeJS.Timeout | undefined;
   private pollMs = 0;
   /** Ids of recently delivered events (oldest first), so no event is delivered twice. */
@@ -137,12 +140,25 @@ export class EventBus {
     this.live.publish(ev);
   }
 
+  /**
+   * Reads what the outbox gained, WAKE_DELAY_MS after the first commit that woke it: the commits
+   * of a busy coordinator (hundreds a second in a drain) share one read instead of one each.
+   */
   private wake(): void {
-    if (this.nats) return;
+    if (this.nats || this.stopped) return;
     if (this.pumping) {
       this.again = true;
       return;
     }
+    if (this.waking) return;
+    this.waking = setTimeout(() => {
+      this.waking = undefined;
+      this.pumpNow();
+    }, WAKE_DELAY_MS);
+  }
+
+  private pumpNow(): void {
+    if (this.nats) return;
     this.pumping = this.pump()
       .catch((err: unknown) => this.log.warn('event bus: reading the outbox failed', { err }))
       .finally(() => {
@@ -234,6 +250,12 @@ export class EventBus {
     this.stopped = true;
     this.unsubscribe?.();
     if (this.poller) clearInterval(this.poller);
+    if (this.waking) {
+      // What was committed before the stop still reaches the streams.
+      clearTimeout(this.waking);
+      this.waking = undefined;
+      if (!this.pumping) this.pumpNow();
+    }
     const feed = this.nats;
     this.nats = undefined;
     if (feed) {

@@ -11,6 +11,7 @@ import { MigrationState, type GuestPerfSample, type MigrationPolicy, type VmSpec
 import { CoordinatorServiceService, NodeStatus, PlanState, type Plan, type Run, type SubmitPlanRequest } from '../../services/shared/gen/migd/v1/coordinator.js';
 import { createPki, ensurePki, identityFiles, serverIdentity } from '../../services/shared/pki.js';
 import { createClient, type RpcClient } from '../../services/shared/rpc/client.js';
+import { VM_BRIDGE } from '../../services/testbed/addressing.js';
 import { startCoordinatorProcess, type CoordinatorProcess } from '../../services/testbed/cluster.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
 import { Testbed } from '../../services/testbed/testbed.js';
@@ -43,7 +44,11 @@ export interface CoordinatorCluster {
  */
 export const TEST_COORDINATOR_ARGS = ['--heartbeat-ms', '500', '--heartbeat-misses', '3', '--require-node-identity'];
 
-export async function startCoordinatorCluster(hosts: string[], opts: { coordinatorArgs?: readonly string[] } = {}): Promise<CoordinatorCluster> {
+/**
+ * `vmNetwork`: the testbed's VM network (a client namespace on it), mapped by every node daemon as
+ * network `vm` (`--network vm=br-vm`). Default false.
+ */
+export async function startCoordinatorCluster(hosts: string[], opts: { coordinatorArgs?: readonly string[]; vmNetwork?: boolean } = {}): Promise<CoordinatorCluster> {
   const dir = mkdtempSync('/tmp/migd-c-');
   const certDir = join(dir, 'pki');
   createPki(certDir);
@@ -69,7 +74,7 @@ export async function startCoordinatorCluster(hosts: string[], opts: { coordinat
     // Tests read events as a reader would: the reader's rights must be enough.
     nc = await connectTest(nats, {}, 'reader');
     const guestImage = await ensureGuestImageDir(join(dir, 'guest'));
-    tb = await Testbed.create({ hosts });
+    tb = await Testbed.create({ hosts, vmNetwork: opts.vmNetwork ?? false });
     const listen = `${tb.rootAddress}:${await freePort(tb.rootAddress)}`;
     // Like the local cluster: the coordinator's certificate names its address (stock clients).
     ensurePki(certDir, [serverIdentity('migd-coordinator', [tb.rootAddress])]);
@@ -89,7 +94,8 @@ export async function startCoordinatorCluster(hosts: string[], opts: { coordinat
     coordinator = await startCoordinator();
     await Promise.all(
       hosts.map(async (h) => {
-        nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, guestImage, coordinator: listen, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' } });
+        const netArgs = opts.vmNetwork ? ['--network', `vm=${VM_BRIDGE}`] : [];
+        nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, guestImage, coordinator: listen, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, args: netArgs });
         nodeClients[h] = nodes[h].client();
       }),
     );

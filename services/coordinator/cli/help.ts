@@ -40,6 +40,7 @@ Durations: 500ms, 1.5s, 2m. Times: ISO 8601, or an age (2h, 7d).
 Examples:
   migctl nodes
   migctl create-vm web1 --memory 512 --node a --pattern hotcold --workers 2 --bytes 64M --rate 10M
+  migctl create-vm db1 --memory 256 --disk id=data,path=/var/lib/migd/disks/db1.qcow2,create=8G --nic vm
   migctl migrate web1 --to b --policy adaptive --watch
   migctl migrate web1 --postcopy-after 2 --bandwidth 100M --key deploy-42
   migctl drain a --to b,c --policy kubevirt --watch

@@ -6,12 +6,19 @@
  */
 import {
   Accel,
+  BootSource,
+  DiskAio,
+  DiskBus,
+  DiskCache,
+  DiskFormat,
   MigrationPolicy,
+  StorageMode,
   MigrationState,
   MultifdCompression,
   PolicyKind,
   TimeoutAction,
   WorkloadPattern,
+  type DiskSpec,
   type NicSpec,
   type Postcopy,
   VmSpec,
@@ -194,6 +201,105 @@ function parseNic(v: string): NicSpec {
   return nic;
 }
 
+/** `KEY=VALUE,KEY,…` → [key, value | undefined] pairs; each key at most once. */
+function keyValues(v: string, flag: string): Map<string, string | undefined> {
+  const out = new Map<string, string | undefined>();
+  for (const item of v.split(',')) {
+    const eq = item.indexOf('=');
+    const k = (eq < 0 ? item : item.slice(0, eq)).trim().toLowerCase();
+    if (!k) throw new UsageError(`${flag}: ${JSON.stringify(v)} has an empty item (KEY=VALUE items are separated by commas)`);
+    if (out.has(k)) throw new UsageError(`${flag}: ${k} is given twice in ${JSON.stringify(v)}`);
+    out.set(k, eq < 0 ? undefined : item.slice(eq + 1));
+  }
+  return out;
+}
+
+/** One of `choices` (keys lower-case), or a UsageError naming them. */
+function choice<T>(choices: Readonly<Record<string, T>>, raw: string, what: string): T {
+  const v = choices[raw.trim().toLowerCase()];
+  if (v === undefined) throw new UsageError(`${what}: ${JSON.stringify(raw)} is not ${Object.keys(choices).join(', ').replace(/, ([^,]*)$/, ' or $1')}`);
+  return v;
+}
+
+/** A path on the node: absolute (a relative path would mean nothing there). */
+function nodePath(raw: string, what: string): string {
+  if (!raw.startsWith('/')) throw new UsageError(`${what}: ${JSON.stringify(raw)} must be an absolute path on the node`);
+  return raw;
+}
+
+const STORAGE_MODES: Readonly<Record<string, StorageMode>> = { local: StorageMode.STORAGE_MODE_LOCAL, shared: StorageMode.STORAGE_MODE_SHARED };
+const FORMATS: Readonly<Record<string, DiskFormat>> = { raw: DiskFormat.DISK_FORMAT_RAW, qcow2: DiskFormat.DISK_FORMAT_QCOW2 };
+const BUSES: Readonly<Record<string, DiskBus>> = { virtio: DiskBus.DISK_BUS_VIRTIO_BLK, 'virtio-blk': DiskBus.DISK_BUS_VIRTIO_BLK, scsi: DiskBus.DISK_BUS_VIRTIO_SCSI, 'virtio-scsi': DiskBus.DISK_BUS_VIRTIO_SCSI };
+const CACHES: Readonly<Record<string, DiskCache>> = {
+  none: DiskCache.DISK_CACHE_NONE,
+  writeback: DiskCache.DISK_CACHE_WRITEBACK,
+  writethrough: DiskCache.DISK_CACHE_WRITETHROUGH,
+  directsync: DiskCache.DISK_CACHE_DIRECTSYNC,
+  unsafe: DiskCache.DISK_CACHE_UNSAFE,
+};
+const AIOS: Readonly<Record<string, DiskAio>> = { threads: DiskAio.DISK_AIO_THREADS, native: DiskAio.DISK_AIO_NATIVE, io_uring: DiskAio.DISK_AIO_IO_URING };
+const DISK_KEYS = ['id', 'path', 'mode', 'format', 'bus', 'cache', 'aio', 'serial', 'readonly', 'create', 'base'] as const;
+
+/**
+ * `--disk id=ID,path=PATH[,mode=local|shared][,format=raw|qcow2][,bus=virtio|scsi][,cache=C]
+ * [,aio=A][,serial=S][,readonly][,create=SIZE][,base=PATH]`. The format defaults to qcow2 for an
+ * overlay (base=) or a path ending in .qcow2, else raw: a qcow2 image opened as raw would show the
+ * guest its metadata. The node checks the rest (id syntax, storage roots, files).
+ */
+export function parseDisk(v: string): DiskSpec {
+  const kv = keyValues(v, '--disk');
+  for (const k of kv.keys()) if (!(DISK_KEYS as readonly string[]).includes(k)) throw new UsageError(`--disk: unknown key ${JSON.stringify(k)} (known: ${DISK_KEYS.join(', ')})`);
+  const value = (k: (typeof DISK_KEYS)[number]): string | undefined => {
+    if (!kv.has(k)) return undefined;
+    const val = kv.get(k);
+    if (val === undefined || val === '') throw new UsageError(`--disk: ${k} needs a value (${k}=…)`);
+    return val;
+  };
+  const id = value('id');
+  const path = value('path');
+  if (id === undefined || path === undefined) throw new UsageError(`--disk: ${JSON.stringify(v)} needs id=ID and path=PATH`);
+  if (kv.has('readonly') && kv.get('readonly') !== undefined) throw new UsageError('--disk: readonly takes no value');
+  const size = value('create');
+  const base = value('base');
+  const fmt = value('format');
+  const format = fmt !== undefined ? choice(FORMATS, fmt, '--disk format') : base !== undefined || path.endsWith('.qcow2') ? DiskFormat.DISK_FORMAT_QCOW2 : DiskFormat.DISK_FORMAT_RAW;
+  if (base !== undefined && format !== DiskFormat.DISK_FORMAT_QCOW2) throw new UsageError('--disk: base=PATH makes a qcow2 overlay: format must be qcow2');
+  const mode = value('mode');
+  const bus = value('bus');
+  const cache = value('cache');
+  const aio = value('aio');
+  const create = size !== undefined || base !== undefined ? { sizeBytes: size === undefined ? 0 : parseSize(size, '--disk create'), basePath: base === undefined ? '' : nodePath(base, '--disk base') } : undefined;
+  if (create && size !== undefined && create.sizeBytes === 0) throw new UsageError('--disk: create=SIZE must be greater than 0');
+  return {
+    id,
+    path: nodePath(path, '--disk path'),
+    format,
+    bus: bus === undefined ? DiskBus.DISK_BUS_VIRTIO_BLK : choice(BUSES, bus, '--disk bus'),
+    cache: cache === undefined ? DiskCache.DISK_CACHE_UNSPECIFIED : choice(CACHES, cache, '--disk cache'),
+    aio: aio === undefined ? DiskAio.DISK_AIO_UNSPECIFIED : choice(AIOS, aio.replace('-', '_'), '--disk aio'),
+    readOnly: kv.has('readonly'),
+    serial: value('serial') ?? '',
+    storage: mode === undefined ? StorageMode.STORAGE_MODE_LOCAL : choice(STORAGE_MODES, mode, '--disk mode'),
+    create,
+  };
+}
+
+/** `--disk-workload ID[,bytes=SIZE][,rate=RATE]`: the migd guest's disk writer and verifier. */
+function diskWorkloadOf(v: string | undefined, disks: readonly DiskSpec[]): { diskId?: string; diskBytes?: number; diskRateBytesPerSec?: number } {
+  if (v === undefined) return {};
+  const [id = '', ...rest] = v.split(',');
+  if (!id || id.includes('=')) throw new UsageError(`--disk-workload: ${JSON.stringify(v)} must start with a disk id`);
+  if (!disks.some((d) => d.id === id)) throw new UsageError(`--disk-workload: no --disk has id ${JSON.stringify(id)}`);
+  const kv = rest.length > 0 ? keyValues(rest.join(','), '--disk-workload') : new Map<string, string | undefined>();
+  const out: { diskId: string; diskBytes?: number; diskRateBytesPerSec?: number } = { diskId: id };
+  for (const [k, val] of kv) {
+    if (k === 'bytes' && val) out.diskBytes = parseSize(val, '--disk-workload bytes');
+    else if (k === 'rate' && val) out.diskRateBytesPerSec = parseRate(val, '--disk-workload rate');
+    else throw new UsageError(`--disk-workload: ${JSON.stringify(val === undefined ? k : `${k}=${val}`)} is not bytes=SIZE or rate=RATE`);
+  }
+  return out;
+}
+
 /** `create-vm NAME --memory MIB …`. */
 export function createVmRequest(name: string, flags: FlagValues): CoordinatorServiceCreateVmRequest {
   const memory = flagString(flags, 'memory');
@@ -210,6 +316,16 @@ export function createVmRequest(name: string, flags: FlagValues): CoordinatorSer
     if (eq <= 0) throw new UsageError(`--label: ${JSON.stringify(l)} is not KEY=VALUE`);
     labels[l.slice(0, eq)] = l.slice(eq + 1);
   }
+  const disks = flagStrings(flags, 'disk').map(parseDisk);
+  const bootName = flagString(flags, 'boot');
+  const boot = bootName === undefined ? undefined : choice({ kernel: BootSource.BOOT_SOURCE_KERNEL, disk: BootSource.BOOT_SOURCE_DISK }, bootName, '--boot');
+  if (boot === BootSource.BOOT_SOURCE_DISK) {
+    if (disks.length === 0) throw new UsageError('--boot disk: the firmware boots the first --disk, and none is given');
+    const kernelFlags = ['kernel', 'initrd', 'append', 'disk-workload'].filter((k) => flagString(flags, k) !== undefined);
+    if (kernelFlags.length > 0) throw new UsageError(`--boot disk boots the first disk through the firmware: ${kernelFlags.map((k) => `--${k}`).join(', ')} do not apply`);
+  }
+  if (flagString(flags, 'initrd') !== undefined && flagString(flags, 'kernel') === undefined) throw new UsageError('--initrd needs --kernel (without --kernel the node boots its migd guest image, kernel and initrd)');
+  const diskWorkload = diskWorkloadOf(flagString(flags, 'disk-workload'), disks);
   const spec = VmSpec.fromPartial({
     name,
     memoryMib: parseMemoryMib(memory, '--memory'),
@@ -223,10 +339,16 @@ export function createVmRequest(name: string, flags: FlagValues): CoordinatorSer
       rateBytesPerSec: optional(flags, 'rate', parseRate) ?? 0,
       hotBytes: optional(flags, 'hot-bytes', parseSize) ?? 0,
       verify: !flagBool(flags, 'no-verify'),
+      ...diskWorkload,
     },
     labels,
     antiAffinityGroup: flagString(flags, 'anti-affinity') ?? '',
     nics: flagStrings(flags, 'nic').map(parseNic),
+    disks,
+    boot,
+    kernelPath: optional(flags, 'kernel', nodePath) ?? '',
+    initrdPath: optional(flags, 'initrd', nodePath) ?? '',
+    extraCmdline: flagString(flags, 'append') ?? '',
   });
   if (spec.memoryMib === 0) throw new UsageError('--memory: must be greater than 0');
   return CoordinatorServiceCreateVmRequest.fromPartial({ spec, nodeId: flagString(flags, 'node') ?? '' });

@@ -2,7 +2,22 @@
  * The human-readable output of each migctl command, from the coordinator's responses. Pure: the
  * commands print what these return. `now` (ms) makes ages ("2 s ago") reproducible.
  */
-import { MultifdCompression, TimeoutAction, accelToJSON, vmStateToJSON, workloadPatternToJSON, type MigrationPolicy, type VmInfo } from '../../shared/gen/migd/v1/common.js';
+import {
+  BootSource,
+  DiskBus,
+  DiskFormat,
+  MultifdCompression,
+  StorageMode,
+  TimeoutAction,
+  accelToJSON,
+  diskFormatToJSON,
+  storageModeToJSON,
+  vmStateToJSON,
+  workloadPatternToJSON,
+  type DiskSpec,
+  type MigrationPolicy,
+  type VmInfo,
+} from '../../shared/gen/migd/v1/common.js';
 import {
   NodeStatus,
   type ComparePoliciesResponse,
@@ -85,10 +100,25 @@ export function formatVms(r: CoordinatorServiceListVmsResponse): string {
   );
 }
 
-/** `create-vm`. */
+/** A disk in words: `data /path (qcow2, local, virtio-blk, read-only)`. */
+function describeDisk(d: DiskSpec): string {
+  const parts = [
+    enumName(diskFormatToJSON, d.format || DiskFormat.DISK_FORMAT_RAW, 'DISK_FORMAT_'),
+    enumName(storageModeToJSON, d.storage || StorageMode.STORAGE_MODE_LOCAL, 'STORAGE_MODE_'),
+    d.bus === DiskBus.DISK_BUS_VIRTIO_SCSI ? 'virtio-scsi' : 'virtio-blk',
+    ...(d.readOnly ? ['read-only'] : []),
+  ];
+  return `${d.id} ${d.path} (${parts.join(', ')})`;
+}
+
+/** `create-vm`: the VM, then a line per disk and per NIC (their MACs may have been generated). */
 export function formatCreatedVm(vm: VmInfo | undefined): string {
   if (!vm) return 'created\n';
-  return `vm ${vm.spec?.name ?? '?'} ${enumName(vmStateToJSON, vm.state, 'VM_STATE_')} on ${vm.nodeId} (${vm.spec?.memoryMib ?? 0} MiB, pid ${vm.pid})\n`;
+  const boot = vm.spec?.boot === BootSource.BOOT_SOURCE_DISK ? ', boots its first disk' : '';
+  const lines = [`vm ${vm.spec?.name ?? '?'} ${enumName(vmStateToJSON, vm.state, 'VM_STATE_')} on ${vm.nodeId} (${vm.spec?.memoryMib ?? 0} MiB, pid ${vm.pid}${boot})`];
+  for (const d of vm.spec?.disks ?? []) lines.push(`  disk ${describeDisk(d)}`);
+  for (const n of vm.spec?.nics ?? []) lines.push(`  nic  ${n.mac} on network ${n.network}${n.guestIp ? `, guest ${n.guestIp}` : ''}`);
+  return `${lines.join('\n')}\n`;
 }
 
 /** `migrate` / `drain`: the plan and its runs. */

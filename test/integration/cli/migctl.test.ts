@@ -2,19 +2,28 @@
  * migctl against a real cluster: nats-server, the compiled coordinator, and two node daemons in
  * network namespaces (test/helpers/coordinator-cluster.ts). One small guest is created with
  * migctl, migrated with `migrate --watch`, and then looked at with every read command; the error
- * paths check exit codes 3 (unknown VM) and 4 (a viewer may not migrate). migctl runs as the
- * compiled binary, as a user would run it.
+ * paths check exit codes 3 (unknown VM) and 4 (a viewer may not migrate). A VM of one's own
+ * (an image given by path and one the node creates, both LOCAL, and a NIC) is created with
+ * `--disk` and `--nic`, migrated, and found on the destination with identical disks and the same
+ * MAC, answering on the VM network. migctl runs as the compiled binary, as a user would run it.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { repoRoot } from '../../../services/shared/paths.js';
-import { startCoordinatorCluster, type CoordinatorCluster } from '../../helpers/coordinator-cluster.js';
-import { waitForGuest } from '../../helpers/node-cluster.js';
+import { Prober } from '../../../services/testbed/prober.js';
+import { startCoordinatorCluster, waitFor, type CoordinatorCluster } from '../../helpers/coordinator-cluster.js';
+import { waitForGuest, type NodeClient } from '../../helpers/node-cluster.js';
 
 const MIGCTL = join(repoRoot(), 'dist', 'services', 'coordinator', 'cli', 'migctl.js');
 const VM = 'cli1';
+/** A VM of one's own: disks and a NIC. */
+const OWN = 'own2';
+const MiB = 2 ** 20;
+const run = promisify(execFile);
 
 interface CliResult {
   readonly code: number | null;
@@ -63,6 +72,26 @@ function migctlInBackground(args: readonly string[]): Background {
   return { stdout: () => out, child, exited: new Promise((resolve) => child.once('close', (code) => resolve(code))) };
 }
 
+/** Console text of a VM until `pattern` shows up. */
+async function waitConsole(client: NodeClient, name: string, pattern: RegExp, timeoutMs: number): Promise<void> {
+  const ac = new AbortController();
+  const t = setTimeout(() => ac.abort(), timeoutMs);
+  let text = '';
+  try {
+    for await (const m of client.watchGuest({ name, includeConsole: true }, { signal: ac.signal })) {
+      if (m.item?.$case !== 'console') continue;
+      text += Buffer.from(m.item.value).toString('latin1');
+      if (pattern.test(text)) return;
+    }
+  } catch (err) {
+    if (!ac.signal.aborted) throw err;
+  } finally {
+    clearTimeout(t);
+    ac.abort();
+  }
+  throw new Error(`console of ${name} did not show ${pattern} within ${timeoutMs} ms: ${text.slice(-500)}`);
+}
+
 function expectExit(r: CliResult, code: number): void {
   // Show what migctl said when the code is not the expected one.
   expect({ code: r.code, stderr: r.code === code ? '' : r.stderr, stdout: r.code === code ? '' : r.stdout.slice(-2000) }).toEqual({ code, stderr: '', stdout: '' });
@@ -74,7 +103,7 @@ describe('migctl against a real coordinator', () => {
 
   beforeAll(async () => {
     if (!existsSync(MIGCTL)) throw new Error(`${MIGCTL} is missing: run 'npm run build'`);
-    cluster = await startCoordinatorCluster(['a', 'b']);
+    cluster = await startCoordinatorCluster(['a', 'b'], { vmNetwork: true });
   }, 120_000);
 
   afterAll(async () => {
@@ -182,4 +211,69 @@ describe('migctl against a real coordinator', () => {
     // Reading is allowed to a viewer.
     expectExit(await migctl(['runs'], { identity: 'viewer' }), 0);
   });
+  it("creates a VM of one's own with LOCAL disks and a NIC, migrates it, and its disks come along", async () => {
+    const c = cluster!;
+    const vmNet = c.tb.vm!;
+    const guestIp = vmNet.guestAddress(0);
+    // An image of one's own in node a's storage root (its state dir): 32 MiB, 8 MiB of random data
+    // around holes, qcow2. The original bytes are kept outside the cluster to compare with.
+    const images = join(c.dir, 'a', 'images');
+    mkdirSync(images, { recursive: true });
+    const original = join(c.dir, 'own-data.raw');
+    const fd = openSync(original, 'w');
+    writeSync(fd, randomBytes(4 * MiB), 0, 4 * MiB, 0);
+    writeSync(fd, randomBytes(4 * MiB), 0, 4 * MiB, 20 * MiB);
+    ftruncateSync(fd, 32 * MiB);
+    closeSync(fd);
+    const data = join(images, 'own2-data.qcow2');
+    await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', original, data]);
+    const scratch = join(c.dir, 'a', 'disks', 'own2', 'scratch.raw');
+
+    // What the README shows: an image given by path, one the node creates, the guest's disk
+    // workload on the second, a NIC on the VM network.
+    const create = await migctl(
+      ['create-vm', OWN, '--memory', '160', '--node', 'a', '--pattern', 'idle', '--bytes', '8M',
+        '--disk', `id=data,path=${data},mode=local`,
+        '--disk', `id=scratch,path=${scratch},mode=local,create=64M`,
+        '--disk-workload', 'scratch,bytes=8M,rate=1M',
+        '--nic', `vm,ip=${guestIp}/${vmNet.prefixLength}`],
+      { timeoutMs: 120_000 },
+    );
+    expectExit(create, 0);
+    expect(create.stdout).toContain(`  disk data ${data} (qcow2, local, virtio-blk)\n  disk scratch ${scratch} (raw, local, virtio-blk)\n`);
+    const mac = /^ {2}nic {2}(52:54:00(?::[0-9a-f]{2}){3}) on network vm, guest /m.exec(create.stdout)?.[1];
+    expect(mac).toBeDefined();
+    // The disk workload has written its blocks once before the migration.
+    await waitConsole(c.nodeClients['a']!, OWN, /dpass n=[1-9]/, 90_000);
+    const prober = await Prober.start({ target: guestIp, netns: vmNet.client.netns, intervalMs: 20 });
+    try {
+      await prober.waitForAnswers(5, 30_000);
+      const m = await migctl(['migrate', OWN, '--to', 'b', '--key', 'migctl-own-1', '--watch'], { timeoutMs: 240_000 });
+      expectExit(m, 0);
+      // Both LOCAL disks were copied before the memory, and checked on b: the guest verified its
+      // memory and the scratch disk, the node compared the data disk's digest with the source's.
+      expect(m.stdout).toMatch(/own2 a→b: SUCCEEDED in .*, 2 disks copied \(.*\), 0 integrity errors, checked on the destination: .*\bworkload\b/);
+      expect(m.stdout).toMatch(/checked on the destination: .*\bdisk:data\b/);
+      expect(m.stdout).not.toMatch(/FAILED/);
+      process.stdout.write(`migctl own VM: ${/^own2 a→b: SUCCEEDED.*$/m.exec(m.stdout)?.[0] ?? ''}\n`);
+      // The guest answers on the VM network from b, with the same MAC.
+      const answered = prober.answerLog.length;
+      await waitFor(() => prober.answerLog.length >= answered + 5, 30_000, 'echo answers after the migration');
+    } finally {
+      await prober.stop();
+    }
+    const vms = await migctl(['vms', '--json']);
+    expectExit(vms, 0);
+    const vm = (JSON.parse(vms.stdout) as { vms: { spec: { name: string; disks: { id: string; path: string }[]; nics: { mac: string }[] }; nodeId: string }[] }).vms.find((v) => v.spec.name === OWN);
+    expect(vm?.nodeId).toBe('b');
+    expect(vm?.spec.nics.map((n) => n.mac)).toEqual([mac]);
+    // On b each disk is a copy in b's storage root, and the data disk holds the original bytes.
+    const onB = Object.fromEntries((vm?.spec.disks ?? []).map((d) => [d.id, d.path]));
+    expect(Object.keys(onB)).toEqual(['data', 'scratch']);
+    for (const p of Object.values(onB)) expect(p.startsWith(join(c.dir, 'b') + '/')).toBe(true);
+    expect((await run('qemu-img', ['compare', '-U', '-f', 'raw', '-F', 'qcow2', original, onB['data']!])).stdout).toMatch(/identical/);
+    // The image given by path stays on a; the one a created for the VM went once copied away.
+    expect(existsSync(data)).toBe(true);
+    expect(existsSync(scratch)).toBe(false);
+  }, 400_000);
 });

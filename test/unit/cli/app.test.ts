@@ -4,8 +4,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { CancelledError, NotFoundError, PermissionDeniedError, UnavailableError } from '../../../services/shared/errors.js';
-import { MigrationState } from '../../../services/shared/gen/migd/v1/common.js';
-import { ListNodesResponse, Run, SubmitPlanResponse, type WatchRequest, type WatchResponse } from '../../../services/shared/gen/migd/v1/coordinator.js';
+import { MigrationState, VmState } from '../../../services/shared/gen/migd/v1/common.js';
+import { CoordinatorServiceCreateVmResponse, ListNodesResponse, Run, SubmitPlanResponse, type CoordinatorServiceCreateVmRequest, type WatchRequest, type WatchResponse } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import { Event } from '../../../services/shared/gen/migd/v1/events.js';
 import type { CallOptions } from '../../../services/shared/rpc/client.js';
 import { runMigctl, type AppDeps } from '../../../services/coordinator/cli/app.js';
@@ -104,6 +104,27 @@ describe('migctl', () => {
     expect(await runMigctl(['nodes'], bad.deps)).toBe(2);
     expect(bad.err.join('')).toContain('cannot set up the connection: /certs/ca.crt is missing');
     expect(h.calls).toEqual([]);
+  });
+
+  it('create-vm: a bad --disk exits 2 and sends nothing; a good one prints the disks and NICs the node set up', async () => {
+    const h = harness({
+      createVm: async (req: CoordinatorServiceCreateVmRequest) =>
+        CoordinatorServiceCreateVmResponse.fromPartial({ vm: { spec: { ...req.spec!, nics: [{ network: 'vm', mac: '52:54:00:aa:bb:cc', guestIp: '' }] }, nodeId: 'a', state: VmState.VM_STATE_RUNNING, pid: 42 } }),
+    });
+    expect(await runMigctl(['create-vm', 'db1', '--memory', '256', '--disk', 'id=data,path=db1.qcow2'], h.deps)).toBe(2);
+    expect(h.err.join('')).toBe('migctl: --disk path: "db1.qcow2" must be an absolute path on the node\n');
+    expect(h.calls).toEqual([]);
+    expect(await runMigctl(['create-vm', 'db1', '--memory', '256', '--node', 'a', '--disk', 'id=data,path=/srv/a/db1.qcow2,create=1G', '--disk', 'id=iso,path=/nfs/tools.raw,mode=shared,readonly', '--nic', 'vm'], h.deps)).toBe(0);
+    expect(h.calls.map((c) => c.method)).toEqual(['createVm']);
+    expect(h.out.join('')).toBe(
+      [
+        'vm db1 running on a (256 MiB, pid 42)',
+        '  disk data /srv/a/db1.qcow2 (qcow2, local, virtio-blk)',
+        '  disk iso /nfs/tools.raw (raw, shared, virtio-blk, read-only)',
+        '  nic  52:54:00:aa:bb:cc on network vm',
+        '',
+      ].join('\n'),
+    );
   });
 
   it('submits and watches a migration to success, resuming a stream that ends early', async () => {

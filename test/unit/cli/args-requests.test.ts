@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Accel, MigrationState, MultifdCompression, PolicyKind, TimeoutAction, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
+import { Accel, BootSource, DiskAio, DiskBus, DiskCache, DiskFormat, MigrationState, MultifdCompression, PolicyKind, StorageMode, TimeoutAction, WorkloadPattern } from '../../../services/shared/gen/migd/v1/common.js';
 import { ExportFormat } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import { parseCommandLine, type Invocation } from '../../../services/coordinator/cli/args.js';
 import {
@@ -147,6 +147,70 @@ describe('requests', () => {
     expect(createVmRequest('x', run(['create-vm', 'x', '--memory', '64']).flags).spec?.nics).toEqual([]);
     expect(() => createVmRequest('x', run(['create-vm', 'x', '--memory', '64', '--nic', 'mac=52:54:00:00:00:01']).flags)).toThrow(/network name/);
     expect(() => createVmRequest('x', run(['create-vm', 'x', '--memory', '64', '--nic', 'vm,speed=10']).flags)).toThrow(/mac=MAC or ip=/);
+  });
+
+  it('maps create-vm --disk (repeatable) onto DiskSpec and DiskCreate', () => {
+    const GiB = 2 ** 30;
+    const r = run([
+      'create-vm', 'db1', '--memory', '256',
+      '--disk', 'id=data,path=/srv/a/db1.qcow2,mode=local,create=8G,bus=scsi,cache=none,aio=native,serial=DB1-DATA',
+      '--disk', 'id=os,path=/nfs/os.img,mode=shared,format=raw,readonly',
+      '--disk', 'id=over,path=/srv/a/over.img,base=/srv/a/debian.qcow2',
+    ]);
+    const spec = createVmRequest('db1', r.flags).spec!;
+    expect(spec.disks).toEqual([
+      { id: 'data', path: '/srv/a/db1.qcow2', format: DiskFormat.DISK_FORMAT_QCOW2, bus: DiskBus.DISK_BUS_VIRTIO_SCSI, cache: DiskCache.DISK_CACHE_NONE, aio: DiskAio.DISK_AIO_NATIVE, readOnly: false, serial: 'DB1-DATA', storage: StorageMode.STORAGE_MODE_LOCAL, create: { sizeBytes: 8 * GiB, basePath: '' } },
+      { id: 'os', path: '/nfs/os.img', format: DiskFormat.DISK_FORMAT_RAW, bus: DiskBus.DISK_BUS_VIRTIO_BLK, cache: DiskCache.DISK_CACHE_UNSPECIFIED, aio: DiskAio.DISK_AIO_UNSPECIFIED, readOnly: true, serial: '', storage: StorageMode.STORAGE_MODE_SHARED, create: undefined },
+      // An overlay is qcow2 whatever its name; size 0 keeps the base's.
+      { id: 'over', path: '/srv/a/over.img', format: DiskFormat.DISK_FORMAT_QCOW2, bus: DiskBus.DISK_BUS_VIRTIO_BLK, cache: DiskCache.DISK_CACHE_UNSPECIFIED, aio: DiskAio.DISK_AIO_UNSPECIFIED, readOnly: false, serial: '', storage: StorageMode.STORAGE_MODE_LOCAL, create: { sizeBytes: 0, basePath: '/srv/a/debian.qcow2' } },
+    ]);
+    expect(spec.boot).toBeUndefined();
+    expect(spec.workload?.diskId).toBeUndefined();
+    // A raw image by default, an existing one (no create), LOCAL, with the guest's disk workload on it.
+    const w = createVmRequest('x', run(['create-vm', 'x', '--memory', '64', '--disk', 'id=d0,path=/srv/a/x.raw', '--disk-workload', 'd0,bytes=16M,rate=2M']).flags).spec!;
+    expect(w.disks[0]).toMatchObject({ format: DiskFormat.DISK_FORMAT_RAW, storage: StorageMode.STORAGE_MODE_LOCAL, create: undefined });
+    expect(w.workload).toMatchObject({ diskId: 'd0', diskBytes: 16 * 2 ** 20, diskRateBytesPerSec: 2 * 2 ** 20 });
+    expect(createVmRequest('x', run(['create-vm', 'x', '--memory', '64']).flags).spec?.disks).toEqual([]);
+  });
+
+  it('boots a VM from its disk, or from a kernel of the node', () => {
+    const d = createVmRequest('x', run(['create-vm', 'x', '--memory', '64', '--boot', 'disk', '--disk', 'id=os,path=/srv/a/os.qcow2']).flags).spec!;
+    expect(d.boot).toBe(BootSource.BOOT_SOURCE_DISK);
+    expect([d.kernelPath, d.initrdPath, d.extraCmdline]).toEqual(['', '', '']);
+    const k = createVmRequest('x', run(['create-vm', 'x', '--memory', '64', '--boot', 'kernel', '--kernel', '/srv/a/vmlinuz', '--initrd', '/srv/a/initrd', '--append', 'root=/dev/vda ro', '--disk', 'id=root,path=/srv/a/root.raw']).flags).spec!;
+    expect(k).toMatchObject({ boot: BootSource.BOOT_SOURCE_KERNEL, kernelPath: '/srv/a/vmlinuz', initrdPath: '/srv/a/initrd', extraCmdline: 'root=/dev/vda ro' });
+  });
+
+  it.each([
+    [['--disk', 'path=/srv/a/x.raw'], /needs id=ID and path=PATH/],
+    [['--disk', 'id=d0'], /needs id=ID and path=PATH/],
+    [['--disk', 'id=d0,path=disks/x.raw'], /--disk path: "disks\/x.raw" must be an absolute path on the node/],
+    [['--disk', 'id=d0,path=/a,size=1G'], /unknown key "size" \(known: id, path, mode/],
+    [['--disk', 'id=d0,path=/a,mode=nfs'], /--disk mode: "nfs" is not local or shared/],
+    [['--disk', 'id=d0,path=/a,format=vmdk'], /--disk format: "vmdk" is not raw or qcow2/],
+    [['--disk', 'id=d0,path=/a,bus=ide'], /--disk bus: "ide" is not/],
+    [['--disk', 'id=d0,path=/a,cache=fast'], /--disk cache/],
+    [['--disk', 'id=d0,path=/a,aio=posix'], /--disk aio/],
+    [['--disk', 'id=d0,path=/a,create=big'], /--disk create: "big" is not a size/],
+    [['--disk', 'id=d0,path=/a,create=0'], /create=SIZE must be greater than 0/],
+    [['--disk', 'id=d0,path=/a,create='], /create needs a value/],
+    [['--disk', 'id=d0,path=/a,base=/b,format=raw'], /base=PATH makes a qcow2 overlay/],
+    [['--disk', 'id=d0,path=/a,base=b.qcow2'], /--disk base: "b.qcow2" must be an absolute path/],
+    [['--disk', 'id=d0,path=/a,id=d1'], /id is given twice/],
+    [['--disk', 'id=d0,path=/a,,readonly'], /empty item/],
+    [['--disk', 'id=d0,path=/a,readonly=no'], /readonly takes no value/],
+    [['--boot', 'disk'], /--boot disk: the firmware boots the first --disk, and none is given/],
+    [['--boot', 'pxe', '--disk', 'id=d0,path=/a'], /--boot: "pxe" is not kernel or disk/],
+    [['--boot', 'disk', '--disk', 'id=d0,path=/a', '--kernel', '/k'], /--kernel do not apply/],
+    [['--boot', 'disk', '--disk', 'id=d0,path=/a', '--disk-workload', 'd0'], /--disk-workload do not apply/],
+    [['--initrd', '/i'], /--initrd needs --kernel/],
+    [['--kernel', 'vmlinuz'], /--kernel: "vmlinuz" must be an absolute path/],
+    [['--disk', 'id=d0,path=/a', '--disk-workload', 'd1'], /no --disk has id "d1"/],
+    [['--disk', 'id=d0,path=/a', '--disk-workload', 'd0,speed=1M'], /is not bytes=SIZE or rate=RATE/],
+  ])('refuses create-vm %j with a UsageError', (extra, message) => {
+    const flags = run(['create-vm', 'x', '--memory', '64', ...extra]).flags;
+    expect(() => createVmRequest('x', flags)).toThrow(UsageError);
+    expect(() => createVmRequest('x', flags)).toThrow(message);
   });
 
   it('maps run filters, pagination and export', () => {

@@ -8,12 +8,13 @@
  */
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError } from '../shared/errors.js';
 import { createIdFactory } from '../shared/events/ids.js';
-import { MigrationPolicy, VmState, type VmInfo } from '../shared/gen/migd/v1/common.js';
-import { SubmitPlanRequest, type CoordinatorServiceCreateVmRequest, type Plan, type SubmitPlanResponse } from '../shared/gen/migd/v1/coordinator.js';
+import { MigrationPolicy, MigrationState, VmState, type VmInfo } from '../shared/gen/migd/v1/common.js';
+import { RunFilter, SubmitPlanRequest, type CoordinatorServiceCreateVmRequest, type Plan, type SubmitPlanResponse } from '../shared/gen/migd/v1/coordinator.js';
 import type { Logger } from '../shared/log.js';
 import { type ClusterModel, clusterFromProto, findVm } from './domain/cluster.js';
 import { draftPlan } from './domain/plan.js';
-import { policyResolution } from './domain/policy/factory.js';
+import { policyFor, policyResolution } from './domain/policy/factory.js';
+import { chooseTransport, transportChoosable, transportEvidence, withCompression, type PastMigration } from './domain/policy/transport.js';
 import { evaluateDestinations } from './domain/placement.js';
 import type { ConvergencePolicy } from './domain/policy/types.js';
 import type { ConcurrencyLimits } from './domain/scheduler.js';
@@ -21,14 +22,17 @@ import { GiB, MiB, formatBytes } from './domain/units.js';
 import { normalizeNics } from '../shared/nics.js';
 import type { NodeRegistry } from './registry.js';
 import type { RunManager } from './runs/manager.js';
-import type { CreateRunInput, PlanRunRepository } from './store/types.js';
+import type { AnalyticsRepository, CreateRunInput, PlanRunRepository } from './store/types.js';
 
 const VM_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 const MAX_KEY = 256;
 
 export interface PlannerOptions {
-  /** The repository it uses: plans and runs. */
-  readonly store: { readonly plans: PlanRunRepository };
+  /**
+   * The repositories it uses: plans and runs; the run history (earlier migrations of a VM, for
+   * the adaptive policy's choice of transport before the start) when given.
+   */
+  readonly store: { readonly plans: PlanRunRepository; readonly analytics?: Pick<AnalyticsRepository, 'listRuns' | 'getRunTimeline'> };
   readonly registry: NodeRegistry;
   readonly runs: RunManager;
   readonly limits: ConcurrencyLimits;
@@ -94,6 +98,44 @@ export class Planner {
   }
 
   /**
+   * The adaptive policy's choice before the start (domain/policy/transport.ts): for each VM whose
+   * evidence — its workload as configured, the calc-dirty-rate estimates, throughput and
+   * compression of its earlier migrations in the history — says compressed pre-copy converges,
+   * the policy with multifd zstd (and without post-copy). VMs not in the map keep the request's.
+   */
+  private async chooseTransports(policy: MigrationPolicy | undefined, vms: readonly { vmName: string; memoryMib: number }[]): Promise<Map<string, MigrationPolicy>> {
+    const out = new Map<string, MigrationPolicy>();
+    if (!policy || !transportChoosable(policy) || vms.length === 0) return out;
+    const specs = new Map((await this.o.registry.vms(undefined, { includeStopped: true }).catch(() => [])).map((v) => [v.spec?.name ?? '', v.spec]));
+    for (const { vmName, memoryMib } of vms) {
+      const memoryBytes = Math.max(1, memoryMib) * MiB;
+      const history = await this.pastMigrations(vmName).catch((err: unknown) => {
+        this.o.log.warn('run history unavailable for the transport choice', { vm: vmName, err });
+        return [];
+      });
+      const effective = policyFor(policy, memoryBytes).effective;
+      const budget = effective.completionTimeoutSecPerGib > 0 ? (effective.completionTimeoutSecPerGib * memoryBytes * 1000) / GiB : undefined;
+      const choice = chooseTransport(transportEvidence({ memoryBytes, policy: effective, workload: specs.get(vmName)?.workload, history, completionBudgetMs: budget }));
+      this.o.log.info('adaptive transport chosen before the start', { vm: vmName, compress: choice.compress, reason: choice.reason });
+      if (choice.compress) out.set(vmName, withCompression(policy));
+    }
+    return out;
+  }
+
+  /** The last few finished migrations of `vmName`, newest first, with their progress samples. */
+  private async pastMigrations(vmName: string): Promise<PastMigration[]> {
+    const analytics = this.o.store.analytics;
+    if (!analytics) return [];
+    const { runs } = await analytics.listRuns({ filter: RunFilter.fromPartial({ vmName, states: [MigrationState.MIGRATION_STATE_SUCCEEDED] }), pageSize: 3 });
+    const out: PastMigration[] = [];
+    for (const r of runs) {
+      const t = await analytics.getRunTimeline(r.id);
+      out.push({ policy: r.policy, succeeded: r.state === MigrationState.MIGRATION_STATE_SUCCEEDED, samples: t.progress, transferredBytes: r.stats?.transferredBytes ?? 0 });
+    }
+    return out;
+  }
+
+  /**
    * Submits a plan. Idempotency keys belong to the submitting identity (`scope`): the same key
    * with the same request returns the stored plan (`existing: true`) and starts nothing; another
    * identity's use of the same key is a different plan.
@@ -128,9 +170,11 @@ export class Planner {
       const draft = draftPlan(cluster, req, { limits: this.o.limits, policyAt });
       const planId = this.newId();
       const memoryOf = new Map(cluster.vms.map((v) => [v.name, v.memoryMib]));
+      const transport = await this.chooseTransports(req.policy, draft.migrations.map((m) => ({ vmName: m.vmName, memoryMib: memoryOf.get(m.vmName) ?? 0 })));
       const runs: (Omit<CreateRunInput, 'planId'> & { id: string; order: number; convergence: ConvergencePolicy })[] = draft.migrations.map((m) => {
         const memoryMib = memoryOf.get(m.vmName) ?? 0;
-        const convergence = policyAt(Math.max(1, memoryMib) * MiB);
+        const chosen = transport.get(m.vmName);
+        const convergence = chosen ? policyFor(chosen, Math.max(1, memoryMib) * MiB) : policyAt(Math.max(1, memoryMib) * MiB);
         return {
           id: this.newId(),
           order: m.order,

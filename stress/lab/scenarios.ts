@@ -477,6 +477,18 @@ export const POLICY_SCENARIOS_720_V2: readonly Scenario[] = Object.entries(LAB_W
   ];
 });
 
+/**
+ * The re-run after issue 14's first-sample verdict and pre-start compression choice
+ * (`node dist/scripts/lab.js policies-720-v3`): the three workloads adaptive was off the front on
+ * in policies-720-v2 (hot-small, compressible, phase), adaptive against the best fixed strategy
+ * there (post-copy after one pass; multifd zstd on the compressible load), 2 repetitions.
+ */
+export const POLICY_SCENARIOS_720_V3: readonly Scenario[] = (['hot-small', 'compressible', 'phase'] as const).flatMap((tag) => {
+  const w = LAB_WORKLOADS[tag]!;
+  const base = { ...(w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {}), limits: { migrationMs: 120_000 } };
+  return policySet(`v3-${tag}`, `${w.group}, 720 Mbit/s`, w.load, { rateMbit: 720 }, tag === 'compressible' ? ['adaptive', 'multifd-zstd', 'seed-pc'] : ['adaptive', 'seed-pc'], base).map((s) => ({ ...s, repetitions: 2 }));
+});
+
 /** The two workloads of the first policies comparison (docs/lab/policies before issue 14). */
 export const POLICY_SCENARIOS_V1: readonly Scenario[] = [
   ...policySet('a', 'seed 001 load A (dirty/link ~23)', LOAD_A, LINK_1GBE, ALL_BASELINES),
@@ -565,6 +577,12 @@ export const COMPARISONS: readonly Comparison[] = Object.freeze([
     title: "Policies at 720 Mbit/s after the phase-change and handover fixes: migd's adaptive policy against post-copy after one pass and a KubeVirt policy",
     description: 'The seven workloads over 720 Mbit/s: adaptive and post-copy after one pass 3 times each (multifd zstd too on the compressible load), KubeVirt with allowPostCopy and allowAutoConverge once; every run cut at 120 s.',
     scenarios: POLICY_SCENARIOS_720_V2,
+  },
+  {
+    name: 'policies-720-v3',
+    title: "Policies at 720 Mbit/s after the first-sample verdict and the pre-start compression choice: adaptive against the best fixed strategy on hot-small, compressible and phase",
+    description: 'The three workloads adaptive was off the front on in policies-720-v2: adaptive against post-copy after one pass (and multifd zstd on the compressible load), 2 repetitions each; every run cut at 120 s.',
+    scenarios: POLICY_SCENARIOS_720_V3,
   },
   {
     name: 'policies-v1',

@@ -269,7 +269,7 @@ export class Planner {
     });
     try {
       const res = await this.o.registry.client(nodeId).createVm({ spec }, { deadlineMs: this.o.createVmDeadlineMs, ...(signal ? { signal } : {}) });
-      const vm: VmInfo = res.vm ?? { spec, nodeId, state: VmState.VM_STATE_STARTING, pid: 0, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0 };
+      const vm: VmInfo = res.vm ?? { spec, nodeId, state: VmState.VM_STATE_STARTING, pid: 0, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0, localDisks: [] };
       await this.o.registry.vmCreated({ ...vm, nodeId });
       this.o.log.info('VM created', { vm: spec.name, nodeId });
       return vm;

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { realpath, rm, rmdir } from 'node:fs/promises';
 import { dirname, join, sep } from 'node:path';
 import { ConfigError, FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError } from '../shared/errors.js';
-import { Accel, BootSource, DiskAio, DiskBus, DiskCache, DiskFormat, StorageMode, VmState, type DiskSpec, type HostInfo, type VmInfo as ProtoVmInfo, VmSpec as ProtoVmSpec, WorkloadPattern } from '../shared/gen/migd/v1/common.js';
+import { Accel, BootSource, DiskAio, DiskBus, DiskCache, DiskFormat, StorageMode, VmState, type DiskSpec, type DiskUsage, type HostInfo, type VmInfo as ProtoVmInfo, VmSpec as ProtoVmSpec, WorkloadPattern } from '../shared/gen/migd/v1/common.js';
 import { NodeServiceService, type DiskTransfer, type MigrationEndpoint } from '../shared/gen/migd/v1/node.js';
 import { GUEST_INITRD_FILE, GUEST_KERNEL_FILE, guestImageFiles } from '../shared/guest/image.js';
 import { buildGuestCmdline, type GuestPattern } from '../shared/guest/workload.js';
@@ -33,7 +33,7 @@ import { nodeHandlers, type NodeServiceParts } from './rpc/handlers.js';
 import { VmManager, type VmInfo } from './vm/manager.js';
 import { VmService } from './vm/service.js';
 import { DISK_ID_PATTERN, guestDeviceOf, normalizeDisks, validateVmName, type Disk, type DiskInput } from './vm/spec.js';
-import { confineDiskPath, confineNewDiskPath, createImage, freeBytes, imageInfo, storageSpace } from './host/disks.js';
+import { confineDiskPath, confineNewDiskPath, createImage, DiskUsageProbe, freeBytes, imageInfo, storageSpace } from './host/disks.js';
 
 /** The node's disk input from a proto DiskSpec, at `path`. */
 function diskInputOf(d: DiskSpec, path: string, basePath?: string): DiskInput {
@@ -76,6 +76,7 @@ export class NodeDaemon {
   private heartbeat: NodeJS.Timeout | undefined;
   private registration: Registration | undefined;
   private readonly pathRoots: readonly PathRoots[];
+  private readonly diskUsage = new DiskUsageProbe();
   /** True when QEMU's migration TLS credentials are in place. */
   readonly migrationTls: boolean;
 
@@ -239,7 +240,23 @@ export class NodeDaemon {
       migrationRunId: this.vmService.migrating.runOf(name) ?? '',
       lastGuestPerf: this.vmService.guestSummary(name),
       qemuCpuSeconds: cpu?.totalSeconds ?? 0,
+      localDisks: await this.localDiskUsage(name),
     };
+  }
+
+  /** What the VM's LOCAL disks occupy here (a disk that cannot be measured is left out, and logged). */
+  private async localDiskUsage(name: string): Promise<DiskUsage[]> {
+    const out: DiskUsage[] = [];
+    for (const d of this.vms.get(name).spec.disks ?? []) {
+      if (d.storage !== 'local') continue;
+      try {
+        out.push({ id: d.id, ...(await this.diskUsage.usage(d.path)) });
+      } catch (err) {
+        this.diskUsage.forget(d.path);
+        this.log.debug('cannot measure a LOCAL disk', { vm: name, disk: d.id, err: (err as Error).message });
+      }
+    }
+    return out;
   }
 
   /**

@@ -162,6 +162,7 @@ export class SimCluster {
         migrationRunId: '',
         lastGuestPerf: undefined,
         qemuCpuSeconds: 0,
+        localDisks: [],
       });
     }
     return out;

@@ -46,9 +46,14 @@ export const TEST_COORDINATOR_ARGS = ['--heartbeat-ms', '500', '--heartbeat-miss
 
 /**
  * `vmNetwork`: the testbed's VM network (a client namespace on it), mapped by every node daemon as
- * network `vm` (`--network vm=br-vm`). Default false.
+ * network `vm` (`--network vm=br-vm`). Default false. `nodeArgs`: extra arguments per node daemon
+ * (e.g. `--storage-root`); mounts they name must exist before the call (each daemon's mount
+ * namespace sees only those made before it).
  */
-export async function startCoordinatorCluster(hosts: string[], opts: { coordinatorArgs?: readonly string[]; vmNetwork?: boolean } = {}): Promise<CoordinatorCluster> {
+export async function startCoordinatorCluster(
+  hosts: string[],
+  opts: { coordinatorArgs?: readonly string[]; vmNetwork?: boolean; nodeArgs?: (dir: string, host: string) => string[] } = {},
+): Promise<CoordinatorCluster> {
   const dir = mkdtempSync('/tmp/migd-c-');
   const certDir = join(dir, 'pki');
   createPki(certDir);
@@ -95,7 +100,7 @@ export async function startCoordinatorCluster(hosts: string[], opts: { coordinat
     await Promise.all(
       hosts.map(async (h) => {
         const netArgs = opts.vmNetwork ? ['--network', `vm=${VM_BRIDGE}`] : [];
-        nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, guestImage, coordinator: listen, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, args: netArgs });
+        nodes[h] = await startNodeDaemon(tb!.host(h), { stateDir: join(dir, h), certDir, guestImage, coordinator: listen, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, args: [...netArgs, ...(opts.nodeArgs?.(dir, h) ?? [])] });
         nodeClients[h] = nodes[h].client();
       }),
     );

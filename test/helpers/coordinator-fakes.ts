@@ -124,7 +124,7 @@ export class FakeNode {
       cancelMigration: (req: { runId: string; actor: string; reason: string }) => act('cancelMigration', req),
       createVm: async (req: { spec: VmSpec }) => {
         rec('createVm', req);
-        const vm: VmInfo = { spec: req.spec, nodeId: this.nodeId, state: VmState.VM_STATE_RUNNING, pid: 4242, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0 };
+        const vm: VmInfo = { spec: req.spec, nodeId: this.nodeId, state: VmState.VM_STATE_RUNNING, pid: 4242, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0, localDisks: [] };
         return { vm };
       },
       expectIncoming: async (req: { runId: string; sourceNodeId: string; vmName: string }) => {

@@ -3,7 +3,7 @@
  * from the node registry and the run store (see {@link clusterFromProto}). Nothing here talks to a
  * node; a snapshot goes in, a decision comes out.
  */
-import { VmState, type VmInfo } from '../../shared/gen/migd/v1/common.js';
+import { DiskFormat, StorageMode, VmState, type VmInfo } from '../../shared/gen/migd/v1/common.js';
 import { NodeStatus, type Node } from '../../shared/gen/migd/v1/coordinator.js';
 import { MiB } from './units.js';
 
@@ -35,6 +35,13 @@ export interface VmModel {
   readonly dirtyRateBytesPerSec?: number | undefined;
   /** Already the subject of a queued or running migration. */
   readonly migrating?: boolean | undefined;
+  /**
+   * Bytes of LOCAL disks a migration copies over the link besides the memory: their allocation,
+   * backing chains included (0 or undefined: no LOCAL disk, or not reported).
+   */
+  readonly diskTransferBytes?: number | undefined;
+  /** Storage a destination must have free for the LOCAL disks (see {@link localDiskSpace}). */
+  readonly diskSpaceBytes?: number | undefined;
 }
 
 /** Measured or configured bandwidth of the migration path from one node to another. */
@@ -54,6 +61,8 @@ export interface PlannedMove {
   readonly from: string;
   readonly to: string;
   readonly memoryBytes: number;
+  /** Storage the move's LOCAL disks take on `to` (see {@link localDiskSpace}). */
+  readonly diskBytes?: number | undefined;
 }
 
 /** A snapshot of the cluster. */
@@ -66,6 +75,38 @@ export interface ClusterModel {
 
 export function vmMemoryBytes(vm: VmModel): number {
   return vm.memoryMib * MiB;
+}
+
+/**
+ * Storage the LOCAL disks of a VM need on a destination, from what its node reports
+ * (VmInfo.local_disks) and the spec's formats. What a user expects of each format:
+ *  - raw: the virtual size. Raw has no thin provisioning of its own: a sparse raw file is the file
+ *    system's doing, the guest may fill the disk at any time, and whoever sized a raw disk meant
+ *    that size (oVirt calls this "preallocated");
+ *  - qcow2: the allocation of the image and its backing chain. qcow2 is thin by design: it grows
+ *    as the guest writes, and a full copy writes only what is allocated (the chain, flattened, when
+ *    the destination lacks the base; counted in full, since placement cannot see which bases a
+ *    node has).
+ */
+export function localDiskSpace(vm: Pick<VmInfo, 'spec' | 'localDisks'>): { spaceBytes: number; transferBytes: number } {
+  const specs = new Map((vm.spec?.disks ?? []).map((d) => [d.id, d]));
+  let spaceBytes = 0;
+  let transferBytes = 0;
+  for (const u of vm.localDisks ?? []) {
+    const d = specs.get(u.id);
+    if (d?.storage === StorageMode.STORAGE_MODE_SHARED) continue;
+    transferBytes += u.allocatedBytes;
+    spaceBytes += d?.format === DiskFormat.DISK_FORMAT_QCOW2 ? u.allocatedBytes : Math.max(u.virtualBytes, u.allocatedBytes);
+  }
+  return { spaceBytes, transferBytes };
+}
+
+/**
+ * The safety margin on top of {@link localDiskSpace}: 32 MiB plus 5 %, for qcow2 metadata, what
+ * the guest writes while its disks are copied and the statfs figure's age (a heartbeat old).
+ */
+export function storageMargin(diskBytes: number): number {
+  return diskBytes > 0 ? 32 * MiB + Math.ceil(diskBytes / 20) : 0;
 }
 
 export function findNode(cluster: ClusterModel, id: string): NodeModel | undefined {
@@ -95,7 +136,7 @@ export function allMoves(cluster: ClusterModel, extra: readonly PlannedMove[] = 
 export class ClusterIndex {
   private readonly nodes = new Map<string, NodeModel>();
   private readonly vms = new Map<string, VmModel>();
-  private readonly reserved = new Map<string, { bytes: number; count: number }>();
+  private readonly reserved = new Map<string, { bytes: number; count: number; diskBytes: number }>();
   private readonly at = new Map<string, string>();
   /** group → node → VM names, in insertion order. */
   private readonly groups = new Map<string, Map<string, Set<string>>>();
@@ -125,9 +166,9 @@ export class ClusterIndex {
     return this.moving.has(vmName);
   }
 
-  /** Memory and count of planned moves into `nodeId`. */
-  reservations(nodeId: string): { bytes: number; count: number } {
-    return this.reserved.get(nodeId) ?? { bytes: 0, count: 0 };
+  /** Memory, LOCAL-disk storage and count of planned moves into `nodeId`. */
+  reservations(nodeId: string): { bytes: number; count: number; diskBytes: number } {
+    return this.reserved.get(nodeId) ?? { bytes: 0, count: 0, diskBytes: 0 };
   }
 
   /**
@@ -143,14 +184,15 @@ export class ClusterIndex {
     return this.groups.get(group)?.get(nodeId) ?? [];
   }
 
-  /** Records one more planned move: reserves its memory on `to` and relocates the VM there. */
+  /** Records one more planned move: reserves its memory and storage on `to` and relocates the VM there. */
   addMove(m: PlannedMove): void {
     this.moving.add(m.vmName);
     const r = this.reserved.get(m.to);
     if (r) {
       r.bytes += m.memoryBytes;
+      r.diskBytes += m.diskBytes ?? 0;
       r.count++;
-    } else this.reserved.set(m.to, { bytes: m.memoryBytes, count: 1 });
+    } else this.reserved.set(m.to, { bytes: m.memoryBytes, count: 1, diskBytes: m.diskBytes ?? 0 });
     this.place(m.vmName, m.to);
   }
 
@@ -182,16 +224,26 @@ export function clusterFromProto(
 ): ClusterModel {
   const residents = vms.filter((v) => v.state !== VmState.VM_STATE_INCOMING);
   const residentNode = new Map<string, string>();
+  const residentDisks = new Map<string, number>();
   for (const r of residents) {
     const name = r.spec?.name ?? '';
-    if (!residentNode.has(name)) residentNode.set(name, r.nodeId);
+    if (!residentNode.has(name)) {
+      residentNode.set(name, r.nodeId);
+      residentDisks.set(name, localDiskSpace(r).spaceBytes);
+    }
   }
-  const moves: PlannedMove[] = [...(opts.plannedMoves ?? [])];
+  // A run's LOCAL disks take their space on its destination until they are there (a VM already
+  // reported by its destination has its disks counted in that node's free storage).
+  const diskBytesOf = (vmName: string, to: string): { diskBytes?: number } => {
+    const bytes = residentNode.get(vmName) === to ? 0 : (residentDisks.get(vmName) ?? 0);
+    return bytes > 0 ? { diskBytes: bytes } : {};
+  };
+  const moves: PlannedMove[] = (opts.plannedMoves ?? []).map((m) => (m.diskBytes !== undefined ? m : { ...m, ...diskBytesOf(m.vmName, m.to) }));
   const moved = new Set(moves.map((m) => m.vmName));
   for (const v of vms) {
     const name = v.spec?.name ?? '';
     if (v.state !== VmState.VM_STATE_INCOMING || moved.has(name)) continue;
-    moves.push({ vmName: name, from: residentNode.get(name) ?? '', to: v.nodeId, memoryBytes: (v.spec?.memoryMib ?? 0) * MiB });
+    moves.push({ vmName: name, from: residentNode.get(name) ?? '', to: v.nodeId, memoryBytes: (v.spec?.memoryMib ?? 0) * MiB, ...diskBytesOf(name, v.nodeId) });
     moved.add(name);
   }
   return {
@@ -205,6 +257,7 @@ export function clusterFromProto(
     })),
     vms: residents.map((v) => {
       const name = v.spec?.name ?? '';
+      const disks = localDiskSpace(v);
       return {
         name,
         nodeId: v.nodeId,
@@ -212,6 +265,7 @@ export function clusterFromProto(
         antiAffinityGroup: v.spec?.antiAffinityGroup || undefined,
         dirtyRateBytesPerSec: opts.dirtyRates?.get(name),
         migrating: v.state === VmState.VM_STATE_MIGRATING || v.migrationRunId !== '' || moved.has(name),
+        ...(disks.spaceBytes > 0 ? { diskTransferBytes: disks.transferBytes, diskSpaceBytes: disks.spaceBytes } : {}),
       };
     }),
     links: opts.links,

@@ -23,6 +23,12 @@
  * empty later; `objective: 'mean-completion'` selects it.) A migration predicted never to finish
  * goes last: it would only hold a slot the others need.
  *
+ * LOCAL disks: the storage copy runs first and alone on the link (the memory migration starts when
+ * every mirror is ready), sending the disks' allocation (VmModel.diskTransferBytes): it adds
+ * D/B to the prediction, so a VM with big LOCAL disks ranks as the long migration it is. The
+ * mirror's later copying of the guest's writes is not modelled (its disk write rate is unknown).
+ * The per-link limit covers the storage copy: a run holds its slot from its first disk byte.
+ *
  * Simplification: each migration is assumed to get its link's estimated bandwidth for its whole
  * run; the per-link limit of 1 is what keeps migrations from sharing a NIC path.
  */
@@ -88,20 +94,24 @@ export interface MigrationPrediction {
  * @param dirtyBytesPerSec undefined when unknown: then assumed idle, and the summary says so
  */
 export function predictMigration(
-  input: { memoryBytes: number; dirtyBytesPerSec: number | undefined; bandwidthBytesPerSec: number },
+  input: { memoryBytes: number; dirtyBytesPerSec: number | undefined; bandwidthBytesPerSec: number; diskBytes?: number | undefined },
   capability: PolicyCapability,
   model: TransferModel = DEFAULT_TRANSFER_MODEL,
 ): MigrationPrediction {
   const m = input.memoryBytes;
+  const disk = input.diskBytes ?? 0;
   const b = capability.bandwidthCapBytesPerSec > 0 ? Math.min(input.bandwidthBytesPerSec, capability.bandwidthCapBytesPerSec) : input.bandwidthBytesPerSec;
   const d = input.dirtyBytesPerSec ?? 0;
   const known = input.dirtyBytesPerSec === undefined ? ' (dirty rate unknown, assumed idle)' : '';
-  const figures = `${formatBytes(m)} at ${formatRate(b)}, dirty ${formatRate(d)}${known}`;
-  if (!(b > 0)) return { durationMs: Infinity, mode: 'never', passes: 0, summary: `no bandwidth to send ${formatBytes(m)}` };
+  const disks = disk > 0 ? ` after ${formatBytes(disk)} of LOCAL disks` : '';
+  const figures = `${formatBytes(m)}${disks} at ${formatRate(b)}, dirty ${formatRate(d)}${known}`;
+  if (!(b > 0)) return { durationMs: Infinity, mode: 'never', passes: 0, summary: `no bandwidth to send ${formatBytes(m + disk)}` };
 
   const threshold = (b * capability.downtimeMs) / 1000;
+  // The storage copy first: the memory migration waits for every mirror.
+  const storageSeconds = disk / b;
   let backlog = m;
-  let seconds = 0;
+  let seconds = storageSeconds;
   let passes = 0;
   while (passes < model.maxPasses) {
     seconds += backlog / b;
@@ -116,7 +126,7 @@ export function predictMigration(
     backlog = next;
   }
 
-  const firstPass = m / b;
+  const firstPass = storageSeconds + m / b;
   const dirtySet = Math.min(m, (d * m) / b);
   if (capability.postcopy) {
     const ms = (firstPass + dirtySet / b) * 1000 + model.setupMs;
@@ -162,6 +172,8 @@ export interface DrainEntry {
   /** Dispatch position (0 first). */
   readonly order: number;
   readonly memoryBytes: number;
+  /** LOCAL-disk bytes the storage copy sends (0: none). */
+  readonly diskBytes: number;
   readonly prediction: MigrationPrediction;
   /** How long it is expected to hold its slot: the prediction, or the completion timeout. */
   readonly slotMs: number;
@@ -281,12 +293,17 @@ export function planDrain(cluster: ClusterModel, request: DrainRequest): DrainPl
     const destination = where?.destination ?? '';
     const capability = where?.capability ?? capabilityOf(policyAt(vmMemoryBytes(vm)));
     const prediction = predictMigration(
-      { memoryBytes: vmMemoryBytes(vm), dirtyBytesPerSec: vm.dirtyRateBytesPerSec, bandwidthBytesPerSec: linkBandwidth(cluster, source.id, destination) ?? model.defaultBandwidthBytesPerSec },
+      {
+        memoryBytes: vmMemoryBytes(vm),
+        diskBytes: vm.diskTransferBytes ?? 0,
+        dirtyBytesPerSec: vm.dirtyRateBytesPerSec,
+        bandwidthBytesPerSec: linkBandwidth(cluster, source.id, destination) ?? model.defaultBandwidthBytesPerSec,
+      },
       capability,
       model,
     );
     const slotMs = Number.isFinite(prediction.durationMs) ? prediction.durationMs : (capability.completionTimeoutMs ?? Infinity) + (capability.completionTimeoutMs ? model.setupMs : 0);
-    return { vmName: vm.name, source: source.id, destination, order: i, memoryBytes: vmMemoryBytes(vm), prediction, slotMs, placement: where?.reason ?? '' };
+    return { vmName: vm.name, source: source.id, destination, order: i, memoryBytes: vmMemoryBytes(vm), diskBytes: vm.diskTransferBytes ?? 0, prediction, slotMs, placement: where?.reason ?? '' };
   });
 
   // Rank by the objective (never-finishing last), then let the queue turn ranks into a start order.
@@ -312,6 +329,7 @@ export function planDrain(cluster: ClusterModel, request: DrainRequest): DrainPl
         destination: e.destination,
         order,
         memoryBytes: e.memoryBytes,
+        diskBytes: e.diskBytes,
         prediction: e.prediction,
         slotMs: e.slotMs,
         reason: `destination ${e.placement}; position ${order + 1}/${n}, ${position}${when}`,

@@ -3,13 +3,16 @@
  *
  * A destination must be up, not the source, support the capabilities the migration policy needs
  * (post-copy needs `postcopy-ram` on both ends…), have the VM's memory free after what already
- * planned inbound migrations reserve, and not break anti-affinity: VMs sharing a group never share
- * a node, and neither do the VMs a request names to keep apart. Among the eligible nodes the one
+ * planned inbound migrations reserve, have the storage its LOCAL disks need free (see
+ * `localDiskSpace`: a raw disk's virtual size, a qcow2 disk's allocation, plus a margin) after what
+ * the migrations in flight to it were promised, and not break anti-affinity: VMs sharing a group
+ * never share a node, and neither do the VMs a request names to keep apart. A node that does not
+ * report its storage is not checked (its own PrepareIncoming check still is). Among the eligible nodes the one
  * with the most free memory wins, then the one with the fewest inbound migrations (spreading the
  * inbound streams, which compete for the destination's NIC), then the lowest id (determinism).
  */
 import { FailedPreconditionError, NotFoundError, ResourceExhaustedError } from '../../shared/errors.js';
-import { type ClusterModel, ClusterIndex, type NodeModel, type PlannedMove, type VmModel, vmMemoryBytes } from './cluster.js';
+import { type ClusterModel, ClusterIndex, type NodeModel, type PlannedMove, storageMargin, type VmModel, vmMemoryBytes } from './cluster.js';
 import { formatBytes } from './units.js';
 
 /** What a placement must respect besides the cluster itself. */
@@ -46,6 +49,8 @@ export interface NodeVerdict {
   readonly availableBytes: number;
   /** Planned or running inbound migrations. */
   readonly inbound: number;
+  /** Set when the node lacks the storage for the VM's LOCAL disks (margin included). */
+  readonly storageShort?: { readonly neededBytes: number; readonly freeBytes: number; readonly promisedBytes: number; readonly promisedTo: number } | undefined;
 }
 
 /** A chosen destination. */
@@ -94,6 +99,7 @@ export function migratableVm(
 export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: PlacementOptions = {}): NodeVerdict[] {
   const index = indexFor(cluster, opts);
   const need = vmMemoryBytes(vm);
+  const diskNeed = (vm.diskSpaceBytes ?? 0) > 0 ? vm.diskSpaceBytes! + storageMargin(vm.diskSpaceBytes!) : 0;
   const allowed = opts.allowedDestinations && opts.allowedDestinations.length > 0 ? new Set(opts.allowedDestinations) : undefined;
   const required = opts.requiredCapabilities ?? [];
   // The other kept-apart VMs, by where they are (or will be).
@@ -121,6 +127,11 @@ export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: P
       const reservedNote = reserved.bytes > 0 ? ` after ${formatBytes(reserved.bytes)} reserved by ${reserved.count} planned migration(s)` : '';
       problems.push(`needs ${formatBytes(need)} but has ${formatBytes(Math.max(0, availableBytes))} free${reservedNote}`);
     }
+    let storageShort: NodeVerdict['storageShort'];
+    if (diskNeed > 0 && node.storageFreeBytes !== undefined && node.storageFreeBytes - reserved.diskBytes < diskNeed) {
+      storageShort = { neededBytes: diskNeed, freeBytes: node.storageFreeBytes, promisedBytes: reserved.diskBytes, promisedTo: reserved.count };
+      problems.push(`has too little storage: ${storageWords(vm, storageShort)}`);
+    }
     const shared = new Set<string>();
     if (vm.antiAffinityGroup) {
       for (const other of index.groupOn(vm.antiAffinityGroup, node.id)) {
@@ -132,8 +143,17 @@ export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: P
     for (const other of apartOn.get(node.id) ?? []) {
       if (!shared.has(other)) problems.push(`would share the node with "${other}" (requested to be kept apart)`);
     }
-    return { nodeId: node.id, eligible: problems.length === 0, problems, availableBytes, inbound: reserved.count };
+    return { nodeId: node.id, eligible: problems.length === 0, problems, availableBytes, inbound: reserved.count, ...(storageShort ? { storageShort } : {}) };
   });
+}
+
+/** "the LOCAL disks of … need N bytes … but it has M bytes free …", exact bytes first. */
+function storageWords(vm: VmModel, s: NonNullable<NodeVerdict['storageShort']>): string {
+  const promised = s.promisedBytes > 0 ? ` of which ${s.promisedBytes} bytes (${formatBytes(s.promisedBytes)}) are promised to ${s.promisedTo} migration(s) in flight to it` : '';
+  return (
+    `the LOCAL disks of "${vm.name}" need ${s.neededBytes} bytes (${formatBytes(s.neededBytes)}, a ${formatBytes(storageMargin(vm.diskSpaceBytes ?? 0))} margin included) ` +
+    `but its storage root has ${s.freeBytes} bytes (${formatBytes(s.freeBytes)}) free${promised}`
+  );
 }
 
 /** Most free memory first, then fewest inbound, then lowest id. */
@@ -158,7 +178,7 @@ export function placeVm(cluster: ClusterModel, vmName: string, opts: PlacementOp
     source: source.id,
     destination,
     memoryBytes,
-    move: { vmName, from: source.id, to: destination, memoryBytes },
+    move: { vmName, from: source.id, to: destination, memoryBytes, ...(vm.diskSpaceBytes ? { diskBytes: vm.diskSpaceBytes } : {}) },
     reason,
     verdicts,
   });
@@ -171,6 +191,9 @@ export function placeVm(cluster: ClusterModel, vmName: string, opts: PlacementOp
     if (!node.up) throw new FailedPreconditionError(`destination "${dest}" is down`, { reason: 'DESTINATION_DOWN' });
     const verdict = verdicts.find((v) => v.nodeId === dest);
     if (verdict && !verdict.eligible) {
+      if (verdict.storageShort && verdict.problems.length === 1) {
+        throw new FailedPreconditionError(`cannot migrate "${vmName}" to node "${dest}": ${storageWords(vm, verdict.storageShort)}`, { reason: 'INSUFFICIENT_STORAGE' });
+      }
       const memoryOnly = verdict.problems.every((p) => p.startsWith('needs '));
       const msg = `cannot migrate "${vmName}" to "${dest}": it ${verdict.problems.join('; ')}`;
       if (memoryOnly) throw new ResourceExhaustedError(msg, { reason: 'INSUFFICIENT_MEMORY' });

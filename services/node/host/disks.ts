@@ -128,6 +128,39 @@ export async function freeBytes(path: string): Promise<number> {
 }
 
 /**
+ * What disk images occupy, measured often (every heartbeat) and cheaply: each image's virtual size
+ * and backing chain come from qemu-img once (they do not change while the image is in use), the
+ * allocation from stat() each time (st_blocks, what qemu-img calls the actual size).
+ */
+export class DiskUsageProbe {
+  private readonly chains = new Map<string, { virtualBytes: number; chain: readonly string[] }>();
+
+  /** Virtual size and the allocation of the whole backing chain. @throws as {@link imageInfo} */
+  async usage(path: string): Promise<{ virtualBytes: number; allocatedBytes: number }> {
+    let c = this.chains.get(path);
+    if (!c) {
+      const top = await imageInfo(path);
+      const chain = [path];
+      for (let b = top.backingFile, depth = 0; b !== undefined && depth < 8; depth++) {
+        chain.push(b);
+        b = (await imageInfo(b)).backingFile;
+      }
+      c = { virtualBytes: top.virtualBytes, chain };
+      if (this.chains.size > 4096) this.chains.clear();
+      this.chains.set(path, c);
+    }
+    let allocatedBytes = 0;
+    for (const p of c.chain) allocatedBytes += (await stat(p)).blocks * 512;
+    return { virtualBytes: c.virtualBytes, allocatedBytes };
+  }
+
+  /** Forgets an image (removed, or replaced by another at the same path). */
+  forget(path: string): void {
+    this.chains.delete(path);
+  }
+}
+
+/**
  * Size and free bytes (as {@link freeBytes}) of the file system that holds `path`, judged at its
  * nearest existing folder: a storage root created only when the first image is (e.g. disks/ under
  * the state dir) is measured where its images will go. Undefined when nothing can be measured.

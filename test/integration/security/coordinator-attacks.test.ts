@@ -49,6 +49,7 @@ describe('coordinator attacks', () => {
     migrationRunId: '',
     lastGuestPerf: undefined,
     qemuCpuSeconds: 0,
+    localDisks: [],
   });
   let hosts: Record<string, HostInfo>;
 

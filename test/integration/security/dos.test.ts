@@ -55,6 +55,7 @@ describe('coordinator denial of service', () => {
     migrationRunId: '',
     lastGuestPerf: undefined,
     qemuCpuSeconds: 0,
+    localDisks: [],
   });
   let hostA: HostInfo;
   let flips = 0;

@@ -11,7 +11,7 @@ import { createLogger } from '../../../services/shared/log.js';
 
 const log = createLogger('test', {}, () => undefined, 'error');
 const host = HostInfo.fromPartial({ nodeId: 'a', managementAddress: '198.18.0.10:7001', migrationAddress: '198.19.0.10' });
-const vm = (name: string, state = VmState.VM_STATE_RUNNING): VmInfo => ({ spec: VmSpec.fromPartial({ name, memoryMib: 256 }), nodeId: 'a', state, pid: 1, startedAt: undefined, migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0 });
+const vm = (name: string, state = VmState.VM_STATE_RUNNING): VmInfo => ({ spec: VmSpec.fromPartial({ name, memoryMib: 256 }), nodeId: 'a', state, pid: 1, startedAt: undefined, migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0, localDisks: [] });
 
 // A node's heartbeat is written to the store in one transaction, however many VMs it reports
 // (it used to be one transaction per VM: 10 000 at a 500-node fleet's start).

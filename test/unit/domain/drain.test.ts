@@ -150,6 +150,33 @@ describe('planDrain', () => {
     expect(() => planDrain(down, { nodeId: 'src' })).toThrow(FailedPreconditionError);
   });
 
+  it('counts the LOCAL disks a migration copies: in the prediction, the order and the destinations\' storage', () => {
+    // vm1 with 4 GiB of LOCAL disk allocated: 40 s of storage copy, then 10 s of memory = 50 s,
+    // second after big (59.8 s); with 6 GiB it takes 70 s and goes first.
+    const withDisk = (gib: number): ClusterModel => ({ ...example(), vms: example().vms.map((v) => (v.name === 'vm1' ? { ...v, diskTransferBytes: gib * GiB, diskSpaceBytes: gib * GiB } : v)) });
+    const p4 = planDrain(withDisk(4), { nodeId: 'src', model: MODEL });
+    const vm1 = p4.entries.find((e) => e.vmName === 'vm1')!;
+    expect(vm1.diskBytes).toBe(4 * GiB);
+    expect(vm1.prediction.durationMs).toBeCloseTo(50_000, 6);
+    expect(vm1.prediction.summary).toContain('after 4.00 GiB of LOCAL disks');
+    expect(p4.entries.map((e) => e.vmName).slice(0, 2)).toEqual(['big', 'vm1']);
+    const p6 = planDrain(withDisk(6), { nodeId: 'src', model: MODEL });
+    expect(p6.entries[0]?.vmName).toBe('vm1');
+    expect(p6.entries[0]?.prediction.durationMs).toBeCloseTo(70_000, 6);
+    // Post-copy still waits for the storage copy: 20 s of disk, 10 s of memory, 10 s dirty set.
+    expect(predictMigration({ memoryBytes: GiB, diskBytes: 2 * GiB, dirtyBytesPerSec: 2 * B, bandwidthBytesPerSec: B }, { ...PRECOPY_ONLY, postcopy: true }, { ...MODEL, maxPasses: 30 })).toMatchObject({
+      durationMs: 40_000,
+      mode: 'postcopy',
+    });
+
+    // Only a and b have the storage for vm1's disk; none has it: the drain fails naming vm1.
+    const roomy = (id: string, storage: number): NodeModel => node(id, 32, { storageFreeBytes: storage });
+    const placed = planDrain({ ...withDisk(4), nodes: [node('src', 0), roomy('a', 5 * GiB), roomy('b', 5 * GiB), roomy('c', GiB)] }, { nodeId: 'src', model: MODEL });
+    expect(placed.entries.find((e) => e.vmName === 'vm1')?.destination).not.toBe('c');
+    const full = { ...withDisk(4), nodes: [node('src', 0), roomy('a', GiB), roomy('b', GiB), roomy('c', GiB)] };
+    expect(() => planDrain(full, { nodeId: 'src', model: MODEL })).toThrow(expect.objectContaining({ code: 'RESOURCE_EXHAUSTED', message: expect.stringMatching(/no node can take VM "vm1".*has too little storage/) }));
+  });
+
   it('plans nothing for an empty host', () => {
     const plan = planDrain(example(), { nodeId: 'a' });
     expect(plan.entries).toEqual([]);

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { FailedPreconditionError, NotFoundError, ResourceExhaustedError } from '../../../services/shared/errors.js';
-import { VmInfo, VmState } from '../../../services/shared/gen/migd/v1/common.js';
+import { DiskFormat, StorageMode, VmInfo, VmState } from '../../../services/shared/gen/migd/v1/common.js';
 import { Node, NodeStatus } from '../../../services/shared/gen/migd/v1/coordinator.js';
-import { type ClusterModel, type NodeModel, clusterFromProto } from '../../../services/coordinator/domain/cluster.js';
+import { type ClusterModel, type NodeModel, clusterFromProto, localDiskSpace, storageMargin } from '../../../services/coordinator/domain/cluster.js';
 import { placeVm } from '../../../services/coordinator/domain/placement.js';
 import { GiB, MiB } from '../../../services/coordinator/domain/units.js';
 
@@ -138,5 +138,88 @@ describe('clusterFromProto', () => {
       { name: 'v2', nodeId: 'a', memoryMib: 512, antiAffinityGroup: undefined, dirtyRateBytesPerSec: 5 * MiB, migrating: false },
     ]);
     expect(c.plannedMoves).toEqual([{ vmName: 'v1', from: 'a', to: 'b', memoryBytes: GiB }]);
+  });
+});
+
+describe('LOCAL disks and the storage of a destination (issue 13)', () => {
+  // db-1 has a 20 GiB raw disk (2 GiB written) and a qcow2 disk with 1 GiB allocated (8 GiB
+  // virtual), and a SHARED disk that never counts.
+  const vmInfo = (): VmInfo =>
+    VmInfo.fromPartial({
+      spec: {
+        name: 'db-1',
+        memoryMib: 2048,
+        disks: [
+          { id: 'root', format: DiskFormat.DISK_FORMAT_RAW, storage: StorageMode.STORAGE_MODE_LOCAL },
+          { id: 'data', format: DiskFormat.DISK_FORMAT_QCOW2, storage: StorageMode.STORAGE_MODE_LOCAL },
+          { id: 'nfs', format: DiskFormat.DISK_FORMAT_RAW, storage: StorageMode.STORAGE_MODE_SHARED },
+        ],
+      },
+      nodeId: 'src',
+      state: VmState.VM_STATE_RUNNING,
+      localDisks: [
+        { id: 'root', virtualBytes: 20 * GiB, allocatedBytes: 2 * GiB },
+        { id: 'data', virtualBytes: 8 * GiB, allocatedBytes: GiB },
+        { id: 'nfs', virtualBytes: 50 * GiB, allocatedBytes: 50 * GiB },
+      ],
+    });
+  const space = 21 * GiB; // raw: virtual 20 GiB; qcow2: allocated 1 GiB
+  const need = space + storageMargin(space);
+  const withDisks = (nodes: NodeModel[], extra: Partial<ClusterModel> = {}): ClusterModel => {
+    const c = cluster({ nodes, ...extra });
+    return { ...c, vms: c.vms.map((v) => (v.name === 'db-1' ? { ...v, diskSpaceBytes: space, diskTransferBytes: 3 * GiB } : v)) };
+  };
+
+  it('counts a raw disk at its virtual size, a qcow2 disk at its allocation, and sends the allocation', () => {
+    expect(localDiskSpace(vmInfo())).toEqual({ spaceBytes: space, transferBytes: 3 * GiB });
+    expect(storageMargin(space)).toBe(32 * MiB + Math.ceil(space / 20));
+    expect(storageMargin(0)).toBe(0);
+    const c = clusterFromProto([Node.fromPartial({ host: { nodeId: 'src', memoryFreeBytes: GiB, storageFreeBytes: 5 * GiB }, status: NodeStatus.NODE_STATUS_UP })], [vmInfo()]);
+    expect(c.vms[0]).toMatchObject({ diskSpaceBytes: space, diskTransferBytes: 3 * GiB });
+    expect(c.nodes[0]?.storageFreeBytes).toBe(5 * GiB);
+  });
+
+  it('refuses an explicit destination without the space: FAILED_PRECONDITION naming VM, node, needed and free bytes', () => {
+    const c = withDisks([node('src', 1), node('a', 8, { storageFreeBytes: need - 1 }), node('b', 16, { storageFreeBytes: need })]);
+    expect(() => placeVm(c, 'db-1', { destination: 'a' })).toThrow(
+      expect.objectContaining({ code: 'FAILED_PRECONDITION', reason: 'INSUFFICIENT_STORAGE', message: expect.stringMatching(new RegExp(`"db-1".*node "a".*need ${need} bytes.*has ${need - 1} bytes`)) }),
+    );
+    const p = placeVm(c, 'db-1', { destination: 'b' });
+    expect(p.move).toEqual({ vmName: 'db-1', from: 'src', to: 'b', memoryBytes: 2 * GiB, diskBytes: space });
+  });
+
+  it('counts the space promised to migrations in flight to the node', () => {
+    const c = withDisks([node('src', 1), node('b', 16, { storageFreeBytes: need + 10 * GiB })], { plannedMoves: [{ vmName: 'other', from: 'x', to: 'b', memoryBytes: GiB, diskBytes: 10 * GiB + 1 }] });
+    expect(() => placeVm(c, 'db-1', { destination: 'b' })).toThrow(expect.objectContaining({ reason: 'INSUFFICIENT_STORAGE', message: expect.stringContaining(`${10 * GiB + 1} bytes (10.00 GiB) are promised to 1 migration(s) in flight`) }));
+    // A drain's own earlier placements promise space too: two such VMs do not both go to b.
+    const two: ClusterModel = {
+      nodes: [node('src', 1), node('a', 8, { storageFreeBytes: 1.5 * need }), node('b', 16, { storageFreeBytes: 1.5 * need })],
+      vms: [
+        { name: 'x1', nodeId: 'src', memoryMib: 1024, diskSpaceBytes: space, diskTransferBytes: space },
+        { name: 'x2', nodeId: 'src', memoryMib: 1024, diskSpaceBytes: space, diskTransferBytes: space },
+      ],
+    };
+    const first = placeVm(two, 'x1');
+    expect(first.destination).toBe('b');
+    expect(placeVm(two, 'x2', { plannedMoves: [first.move] }).destination).toBe('a');
+  });
+
+  it('auto-placement skips nodes without the space, fails clearly when none has it, and does not check a node that does not report', () => {
+    const c = withDisks([node('src', 1), node('a', 8, { storageFreeBytes: need }), node('b', 16, { storageFreeBytes: GiB })]);
+    const p = placeVm(c, 'db-1');
+    expect(p.destination).toBe('a');
+    expect(p.verdicts.find((v) => v.nodeId === 'b')?.problems[0]).toMatch(/^has too little storage: the LOCAL disks of "db-1" need \d+ bytes/);
+    const none = withDisks([node('src', 1), node('a', 8, { storageFreeBytes: GiB }), node('b', 16, { storageFreeBytes: 0 })]);
+    expect(() => placeVm(none, 'db-1')).toThrow(expect.objectContaining({ code: 'RESOURCE_EXHAUSTED', reason: 'NO_DESTINATION', message: expect.stringContaining('a has too little storage') }));
+    const silent = withDisks([node('src', 1), node('a', 8)]);
+    expect(placeVm(silent, 'db-1', { destination: 'a' }).destination).toBe('a');
+  });
+
+  it('reserves the storage of a run in flight on its destination, until its node reports the VM there', () => {
+    const host = (nodeId: string) => Node.fromPartial({ host: { nodeId, memoryFreeBytes: 8 * GiB, storageFreeBytes: 100 * GiB }, status: NodeStatus.NODE_STATUS_UP });
+    const moving = clusterFromProto([host('src'), host('b')], [vmInfo()], { plannedMoves: [{ vmName: 'db-1', from: 'src', to: 'b', memoryBytes: 2 * GiB }] });
+    expect(moving.plannedMoves).toEqual([{ vmName: 'db-1', from: 'src', to: 'b', memoryBytes: 2 * GiB, diskBytes: space }]);
+    const arrived = clusterFromProto([host('src'), host('b')], [{ ...vmInfo(), nodeId: 'b' }], { plannedMoves: [{ vmName: 'db-1', from: 'src', to: 'b', memoryBytes: 2 * GiB }] });
+    expect(arrived.plannedMoves).toEqual([{ vmName: 'db-1', from: 'src', to: 'b', memoryBytes: 2 * GiB }]);
   });
 });

@@ -1136,6 +1136,24 @@ export interface VmInfo {
     | undefined;
   /** CPU seconds (user + system) the QEMU process has used. */
   qemuCpuSeconds: number;
+  /**
+   * What the VM's LOCAL disks occupy on its node, in spec order, as the node last measured them
+   * (empty: no LOCAL disk, or a node that does not report it). A migration copies these.
+   */
+  localDisks: DiskUsage[];
+}
+
+/** DiskUsage is the size of one disk image on its node. */
+export interface DiskUsage {
+  /** The disk's id (DiskSpec.id). */
+  id: string;
+  /** Virtual size in bytes (what the guest sees). */
+  virtualBytes: number;
+  /**
+   * Bytes the image and its backing chain occupy on the host (sparse regions excluded): what a
+   * full storage copy sends at most.
+   */
+  allocatedBytes: number;
 }
 
 /** AutoConverge configures CPU throttling of the guest so that pre-copy converges. */
@@ -2711,6 +2729,7 @@ function createBaseVmInfo(): VmInfo {
     migrationRunId: "",
     lastGuestPerf: undefined,
     qemuCpuSeconds: 0,
+    localDisks: [],
   };
 }
 
@@ -2739,6 +2758,9 @@ export const VmInfo: MessageFns<VmInfo> = {
     }
     if (message.qemuCpuSeconds !== 0) {
       writer.uint32(65).double(message.qemuCpuSeconds);
+    }
+    for (const v of message.localDisks) {
+      DiskUsage.encode(v!, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -2820,6 +2842,14 @@ export const VmInfo: MessageFns<VmInfo> = {
             message.qemuCpuSeconds = reader.double();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.localDisks.push(DiskUsage.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2862,6 +2892,11 @@ export const VmInfo: MessageFns<VmInfo> = {
         : isSet(object.qemu_cpu_seconds)
         ? globalThis.Number(object.qemu_cpu_seconds)
         : 0,
+      localDisks: globalThis.Array.isArray(object?.localDisks)
+        ? object.localDisks.map((e: any) => DiskUsage.fromJSON(e))
+        : globalThis.Array.isArray(object?.local_disks)
+        ? object.local_disks.map((e: any) => DiskUsage.fromJSON(e))
+        : [],
     };
   },
 
@@ -2891,6 +2926,9 @@ export const VmInfo: MessageFns<VmInfo> = {
     if (message.qemuCpuSeconds !== 0) {
       obj.qemuCpuSeconds = floatToJson(message.qemuCpuSeconds);
     }
+    if (message.localDisks?.length) {
+      obj.localDisks = message.localDisks.map((e) => DiskUsage.toJSON(e));
+    }
     return obj;
   },
 
@@ -2909,6 +2947,116 @@ export const VmInfo: MessageFns<VmInfo> = {
       ? GuestPerfSample.fromPartial(object.lastGuestPerf)
       : undefined;
     message.qemuCpuSeconds = object.qemuCpuSeconds ?? 0;
+    message.localDisks = object.localDisks?.map((e) => DiskUsage.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDiskUsage(): DiskUsage {
+  return { id: "", virtualBytes: 0, allocatedBytes: 0 };
+}
+
+export const DiskUsage: MessageFns<DiskUsage> = {
+  encode(message: DiskUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.virtualBytes !== 0) {
+      writer.uint32(16).uint64(message.virtualBytes);
+    }
+    if (message.allocatedBytes !== 0) {
+      writer.uint32(24).uint64(message.allocatedBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DiskUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDiskUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.virtualBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.allocatedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DiskUsage {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      virtualBytes: isSet(object.virtualBytes)
+        ? globalThis.Number(object.virtualBytes)
+        : isSet(object.virtual_bytes)
+        ? globalThis.Number(object.virtual_bytes)
+        : 0,
+      allocatedBytes: isSet(object.allocatedBytes)
+        ? globalThis.Number(object.allocatedBytes)
+        : isSet(object.allocated_bytes)
+        ? globalThis.Number(object.allocated_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: DiskUsage): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.virtualBytes !== 0) {
+      obj.virtualBytes = Math.round(message.virtualBytes);
+    }
+    if (message.allocatedBytes !== 0) {
+      obj.allocatedBytes = Math.round(message.allocatedBytes);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DiskUsage>): DiskUsage {
+    return DiskUsage.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DiskUsage>): DiskUsage {
+    const message = createBaseDiskUsage();
+    message.id = object.id ?? "";
+    message.virtualBytes = object.virtualBytes ?? 0;
+    message.allocatedBytes = object.allocatedBytes ?? 0;
     return message;
   },
 };

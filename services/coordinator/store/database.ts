@@ -41,6 +41,15 @@ export interface TxState {
   enqueued: number;
 }
 
+/** Writes of one group commit at most (see StoreDatabase.write). */
+export const WRITE_GROUP_MAX = 256;
+
+interface PendingWrite {
+  readonly fn: (trx: Db, tx: TxState) => Promise<unknown>;
+  readonly resolve: (v: unknown) => void;
+  readonly reject: (err: unknown) => void;
+}
+
 /** Rows per INSERT statement (SQLite allows 32 766 bound values per statement). */
 export const INSERT_CHUNK = 500;
 
@@ -54,6 +63,9 @@ export class StoreDatabase {
   readonly now: () => number;
   private readonly listeners = new Set<() => void>();
   private closed = false;
+  /** Writes waiting for the next group (see {@link write}). */
+  private readonly pending: PendingWrite[] = [];
+  private flushing: Promise<void> | undefined;
 
   constructor(
     readonly db: Db,
@@ -65,27 +77,89 @@ export class StoreDatabase {
     this.newId = createIdFactory(o.now);
   }
 
-  /** Runs `fn` in a write transaction; notifies outbox listeners after a commit that enqueued. */
-  async write<T>(fn: (trx: Db, tx: TxState) => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` in a write transaction; notifies outbox listeners after a commit that enqueued.
+   *
+   * Group commit: writes asked for while another group is being written wait for it and then go
+   * in together, one transaction with each write in its own savepoint. A write that fails is
+   * rolled back to its savepoint and rejected on its own; the others commit (and resolve) only
+   * with the transaction. On a drain's hundreds of run updates a second this turns one commit per
+   * update into one per group; every write still sees the ones before it, as in serial order, and
+   * the fencing check (beginWrite) covers the whole transaction. `fn` must not itself wait for
+   * another write (it would wait for its own group).
+   */
+  write<T>(fn: (trx: Db, tx: TxState) => Promise<T>): Promise<T> {
     this.checkOpen();
-    const tx: TxState = { enqueued: 0 };
-    const result = await this.db.connection().execute(async (conn) => {
-      await this.dialect.beginWrite(conn);
-      try {
-        const r = await fn(conn, tx);
-        await sql`commit`.execute(conn);
-        return r;
-      } catch (err) {
-        try {
-          await sql`rollback`.execute(conn);
-        } catch {
-          // The database already rolled back (e.g. SQLite after SQLITE_FULL); nothing to undo.
-        }
-        throw err;
-      }
+    return new Promise<T>((resolve, reject) => {
+      this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      this.flushing ??= Promise.resolve().then(() => this.flush());
     });
+  }
+
+  /** Writes queued groups until none is left. */
+  private async flush(): Promise<void> {
+    try {
+      while (this.pending.length > 0) await this.writeGroup(this.pending.splice(0, WRITE_GROUP_MAX));
+    } finally {
+      this.flushing = undefined;
+    }
+  }
+
+  /** Resolves once every write asked for so far has committed or failed. */
+  async settled(): Promise<void> {
+    while (this.flushing) await this.flushing;
+  }
+
+  private async writeGroup(group: readonly PendingWrite[]): Promise<void> {
+    const tx: TxState = { enqueued: 0 };
+    const outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
+    try {
+      await this.db.connection().execute(async (conn) => {
+        await this.dialect.beginWrite(conn);
+        try {
+          if (group.length === 1) {
+            outcomes.push({ ok: true, value: await group[0]!.fn(conn, tx) });
+          } else {
+            for (const w of group) {
+              const before = tx.enqueued;
+              await sql`savepoint migd_write`.execute(conn);
+              try {
+                const value = await w.fn(conn, tx);
+                await sql`release savepoint migd_write`.execute(conn);
+                outcomes.push({ ok: true, value });
+              } catch (err) {
+                outcomes.push({ ok: false, err });
+                tx.enqueued = before;
+                await sql`rollback to savepoint migd_write`.execute(conn);
+                await sql`release savepoint migd_write`.execute(conn);
+              }
+            }
+          }
+          await sql`commit`.execute(conn);
+        } catch (err) {
+          try {
+            await sql`rollback`.execute(conn);
+          } catch {
+            // The database already rolled back (e.g. SQLite after SQLITE_FULL); nothing to undo.
+          }
+          throw err;
+        }
+      });
+    } catch (err) {
+      // Nothing of the group was committed: a write that failed on its own says why; the others
+      // get the transaction's error.
+      group.forEach((w, i) => {
+        const o = outcomes[i];
+        w.reject(o && !o.ok ? o.err : err);
+      });
+      return;
+    }
     if (tx.enqueued > 0) this.notify();
-    return result;
+    group.forEach((w, i) => {
+      const o = outcomes[i]!;
+      if (o.ok) w.resolve(o.value);
+      else w.reject(o.err);
+    });
   }
 
   /** Runs `fn` on one consistent snapshot (a read transaction). */

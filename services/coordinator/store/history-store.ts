@@ -90,6 +90,7 @@ export class RepositoryHistoryStore implements HistoryStore {
   private async doClose(): Promise<void> {
     await this.samples.close();
     this.database.markClosed();
+    await this.database.settled();
     try {
       await this.database.dialect.optimize(this.database.db);
     } catch {

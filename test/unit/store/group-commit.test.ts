@@ -1,0 +1,99 @@
+import Database from 'better-sqlite3';
+import { Kysely, SqliteDialect } from 'kysely';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { StoreDialect } from '../../../services/coordinator/store/database.js';
+import { createHistoryStore, type RepositoryHistoryStore } from '../../../services/coordinator/store/history-store.js';
+import { migrateToLatest } from '../../../services/coordinator/store/migrate.js';
+import { resolveHistoryStoreOptions } from '../../../services/coordinator/store/options.js';
+import type { HistoryDatabase } from '../../../services/coordinator/store/schema.js';
+import { sqliteStoreDialect } from '../../../services/coordinator/store/sqlite.js';
+import { AlreadyExistsError, NotFoundError, NotLeaderError } from '../../../services/shared/errors.js';
+import { decodeEvent } from '../../../services/shared/events/codec.js';
+import { PolicyKind, VmSpec, VmState, type VmInfo } from '../../../services/shared/gen/migd/v1/common.js';
+import { createLogger } from '../../../services/shared/log.js';
+
+const log = createLogger('test', {}, () => undefined, 'error');
+const vm = (name: string): VmInfo => ({ spec: VmSpec.fromPartial({ name, memoryMib: 256 }), nodeId: 'a', state: VmState.VM_STATE_RUNNING, pid: 1, startedAt: undefined, migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0 });
+const runOf = (id: string) => ({ id, vmName: `vm-${id}`, sourceNodeId: 'a', destinationNodeId: 'b', policy: { kind: PolicyKind.POLICY_KIND_ADAPTIVE, downtimeLimitMs: 300 } as never, memoryMib: 256 });
+
+// StoreDatabase.write commits the writes asked for together in one transaction (group commit),
+// each in its own savepoint: one that fails is undone and rejected alone.
+describe('store group commit', () => {
+  let store: RepositoryHistoryStore;
+  let transactions: number;
+  let refuse: Error | undefined;
+
+  beforeEach(async () => {
+    const db = new Kysely<HistoryDatabase>({ dialect: new SqliteDialect({ database: new Database(':memory:') }) });
+    await migrateToLatest(db);
+    transactions = 0;
+    refuse = undefined;
+    const dialect: StoreDialect = {
+      ...sqliteStoreDialect,
+      beginWrite: async (conn) => {
+        transactions++;
+        await sqliteStoreDialect.beginWrite(conn);
+        // Like a fencing check that finds another leader's term.
+        if (refuse) throw refuse;
+      },
+    };
+    store = createHistoryStore(db, dialect, resolveHistoryStoreOptions({ logger: log }));
+  });
+
+  afterEach(async () => {
+    await store.close();
+  });
+
+  const events = async (): Promise<string[]> =>
+    (await store.readUnpublished(10_000)).map((r) => decodeEvent(r.payload)).map((e) => (e.payload?.$case === 'vmChanged' ? `vm:${e.payload.value.vm?.spec?.name}` : (e.payload?.$case ?? '')));
+
+  it('commits concurrent writes in one transaction, in the order asked, each settling on its own', async () => {
+    const names = Array.from({ length: 30 }, (_, i) => `vm-${String(i).padStart(2, '0')}`);
+    const results = await Promise.allSettled([...names.map((n) => store.nodes.upsertVm(vm(n))), store.plans.transitionRun('nope', { to: 3 })]);
+    expect(results.slice(0, 30).every((r) => r.status === 'fulfilled')).toBe(true);
+    expect(results[30]).toMatchObject({ status: 'rejected', reason: expect.any(NotFoundError) });
+    expect(transactions).toBe(1);
+    expect((await store.listVms('a')).map((v) => v.spec?.name)).toEqual(names);
+    expect(await events()).toEqual(names.map((n) => `vm:${n}`));
+  });
+
+  it('undoes what a failing write of a group wrote, and keeps the others', async () => {
+    // The plan row, its first run and their events are written before the duplicate run fails.
+    const [before, bad, after] = await Promise.allSettled([
+      store.nodes.upsertVm(vm('first')),
+      store.plans.createPlan({ id: 'p-bad', idempotencyKey: 'k-bad', request: {} as never, runs: [runOf('dup'), runOf('dup')] }),
+      store.nodes.upsertVm(vm('last')),
+    ]);
+    expect(transactions).toBe(1);
+    expect(before.status).toBe('fulfilled');
+    expect(after.status).toBe('fulfilled');
+    expect(bad).toMatchObject({ status: 'rejected', reason: expect.any(AlreadyExistsError) });
+    await expect(store.plans.getPlan('p-bad')).rejects.toBeInstanceOf(NotFoundError);
+    await expect(store.plans.getRun('dup')).rejects.toBeInstanceOf(NotFoundError);
+    expect(await events()).toEqual(['vm:first', 'vm:last']);
+    // A later write of the same plan goes through: nothing of the failed one was left behind.
+    await store.plans.createPlan({ id: 'p-bad', idempotencyKey: 'k-bad', request: {} as never, runs: [runOf('dup')] });
+    expect((await store.plans.planProgress('p-bad')).runs).toBe(1);
+  });
+
+  it('a group the transaction refuses (fencing) fails every write in it and writes nothing', async () => {
+    refuse = new NotLeaderError('other');
+    const results = await Promise.allSettled([store.nodes.upsertVm(vm('x')), store.nodes.upsertVm(vm('y'))]);
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+    expect(results.every((r) => r.status === 'rejected' && r.reason === refuse)).toBe(true);
+    refuse = undefined;
+    expect(await store.listVms()).toEqual([]);
+    expect(await events()).toEqual([]);
+  });
+
+  it('writes asked for while a group is being written go in the next group', async () => {
+    const first = store.nodes.upsertVm(vm('a1'));
+    await Promise.resolve();
+    await Promise.resolve();
+    // The first group has started; these two wait for it and then share a transaction.
+    const next = [store.nodes.upsertVm(vm('b1')), store.nodes.upsertVm(vm('b2'))];
+    await Promise.all([first, ...next]);
+    expect(transactions).toBeLessThanOrEqual(2);
+    expect((await store.listVms('a')).map((v) => v.spec?.name)).toEqual(['a1', 'b1', 'b2']);
+  });
+});

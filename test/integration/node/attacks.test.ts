@@ -41,6 +41,42 @@ describe('node daemons refuse attacks (issue 17)', () => {
     expect(past.filter((m) => m.state !== MigrationState.MIGRATION_STATE_FAILED)).toEqual([]);
   };
 
+  /**
+   * A hostile destination "evil" outside the cluster: a NodeService on the root namespace with a
+   * node certificate of its own (node a checks it dialled node "evil", so what is refused is the
+   * reply, not the peer), answering PrepareIncoming with `reply()`, counting AbortIncoming, and
+   * knowing nothing else. Stopped in afterAll.
+   */
+  async function startFakeDestination(reply: () => Partial<PrepareIncomingResponse>): Promise<{ managementAddress: string; aborts: () => number }> {
+    let aborts = 0;
+    const notHere = (): never => {
+      throw new NotFoundError('fake destination');
+    };
+    const handlers = new Proxy({} as Handlers<typeof NodeServiceService>, {
+      get: (_t, key) => {
+        if (key === 'prepareIncoming') return async () => ({ uri: '', pid: 1, port: 0, disks: [], ...reply() });
+        if (key === 'abortIncoming') {
+          return async () => {
+            aborts++;
+            return {};
+          };
+        }
+        if (key === 'watchGuest') {
+          return async function* () {
+            yield notHere();
+          };
+        }
+        return async () => notHere();
+      },
+    });
+    ensurePki(c.certDir, [{ name: nodeIdentity('evil'), ipAddresses: [c.tb.rootAddress] }]);
+    const fake = new RpcServer({ address: `${c.tb.rootAddress}:0`, security: { tls: identityFiles(c.certDir, nodeIdentity('evil')) }, log: createLogger('fake-destination', {}, () => undefined) });
+    fake.addService('migd.v1.NodeService', NodeServiceService, handlers);
+    const port = await fake.start();
+    closers.push(() => fake.stop(100));
+    return { managementAddress: `${c.tb.rootAddress}:${port}`, aborts: () => aborts };
+  }
+
   it('lets only the coordinator manage a node: viewer, operator and node certificates get PERMISSION_DENIED', async () => {
     for (const identity of ['viewer', 'operator', 'migd-node', nodeIdentity('b'), nodeIdentity('c')]) {
       const x = c.nodes['a']!.client(identity);
@@ -102,46 +138,20 @@ describe('node daemons refuse attacks (issue 17)', () => {
       { uri: `tcp:${c.tb.host('b').migrationAddress}:${trapPort}x` },
     ];
     const queue = [...replies];
-    let aborts = 0;
-    const notHere = (): never => {
-      throw new NotFoundError('fake destination');
-    };
-    const handlers = new Proxy({} as Handlers<typeof NodeServiceService>, {
-      get: (_t, key) => {
-        if (key === 'prepareIncoming') return async () => ({ uri: '', pid: 1, port: 0, disks: [], ...queue.shift() });
-        if (key === 'abortIncoming') {
-          return async () => {
-            aborts++;
-            return {};
-          };
-        }
-        if (key === 'watchGuest') {
-          return async function* () {
-            yield notHere();
-          };
-        }
-        return async () => notHere();
-      },
-    });
-    // A node certificate of its own (node a checks it dialled node "evil"), so what is refused is the reply.
-    ensurePki(c.certDir, [{ name: nodeIdentity('evil'), ipAddresses: [c.tb.rootAddress] }]);
-    const fake = new RpcServer({ address: `${c.tb.rootAddress}:0`, security: { tls: identityFiles(c.certDir, nodeIdentity('evil')) }, log: createLogger('fake-destination', {}, () => undefined) });
-    fake.addService('migd.v1.NodeService', NodeServiceService, handlers);
-    const port = await fake.start();
-    closers.push(() => fake.stop(100));
+    const fake = await startFakeDestination(() => queue.shift() ?? {});
     for (const reply of replies) {
       await expect(
         startMigration(c, 'a', {
           runId: `run-fake-${replies.indexOf(reply)}`,
           vmName: 'victim',
-          destination: { nodeId: 'evil', managementAddress: `${c.tb.rootAddress}:${port}`, migrationAddress: c.tb.host('b').migrationAddress },
+          destination: { nodeId: 'evil', managementAddress: fake.managementAddress, migrationAddress: c.tb.host('b').migrationAddress },
           policy: policy({}),
         }),
         reply.uri,
       ).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', reason: 'DESTINATION_ENDPOINT_REFUSED' });
     }
     expect(queue).toEqual([]);
-    expect(aborts).toBe(replies.length); // the source tore the incoming side down each time
+    expect(fake.aborts()).toBe(replies.length); // the source tore the incoming side down each time
     expect(existsSync(marker)).toBe(false);
     expect(trapped).toEqual([]);
     const { vm } = await c.clients['a']!.getVm({ name: 'victim' });
@@ -169,38 +179,13 @@ describe('node daemons refuse attacks (issue 17)', () => {
     await new Promise<void>((r) => listener.listen(0, c.tb.rootAddress, r));
     closers.push(() => new Promise<void>((r) => listener.close(() => r())), () => sockets.forEach((s) => s.destroy()));
     const listenerPort = (listener.address() as { port: number }).port;
-    let aborts = 0;
-    const handlers = new Proxy({} as Handlers<typeof NodeServiceService>, {
-      get: (_t, key) => {
-        if (key === 'prepareIncoming') return async () => ({ uri: '', pid: 1, port: listenerPort, disks: [] });
-        if (key === 'abortIncoming') {
-          return async () => {
-            aborts++;
-            return {};
-          };
-        }
-        const notHere = (): never => {
-          throw new NotFoundError('fake destination');
-        };
-        if (key === 'watchGuest') {
-          return async function* () {
-            yield notHere();
-          };
-        }
-        return async () => notHere();
-      },
-    });
-    ensurePki(c.certDir, [{ name: nodeIdentity('evil'), ipAddresses: [c.tb.rootAddress] }]);
-    const fake = new RpcServer({ address: `${c.tb.rootAddress}:0`, security: { tls: identityFiles(c.certDir, nodeIdentity('evil')) }, log: createLogger('fake-destination', {}, () => undefined) });
-    fake.addService('migd.v1.NodeService', NodeServiceService, handlers);
-    const port = await fake.start();
-    closers.push(() => fake.stop(100));
+    const fake = await startFakeDestination(() => ({ port: listenerPort }));
     const before = (await waitForGuest(c.clients['a']!, 'victim', 1, 60_000)).at(-1)!;
 
     await startMigration(c, 'a', {
       runId: 'run-evil-tls',
       vmName: 'victim',
-      destination: { nodeId: 'evil', managementAddress: `${c.tb.rootAddress}:${port}`, migrationAddress: c.tb.rootAddress },
+      destination: { nodeId: 'evil', managementAddress: fake.managementAddress, migrationAddress: c.tb.rootAddress },
       policy: policy({ tls: true }),
     });
     const trace = await followMigration(c.clients['a']!, 'run-evil-tls', undefined, 120_000);
@@ -212,7 +197,7 @@ describe('node daemons refuse attacks (issue 17)', () => {
     process.stdout.write(`evil-tls-listener ${JSON.stringify({ connections: sockets.length, serverHandshakes: handshakes, failedHandshakes, streamBytes, error: trace.result.error?.message })}\n`);
     expect(sockets.length).toBeGreaterThan(0);
     expect(streamBytes).toBe(0);
-    expect(aborts).toBeGreaterThan(0);
+    expect(fake.aborts()).toBeGreaterThan(0);
     // The guest runs on at the source with its memory intact.
     const after = await waitForGuest(c.clients['a']!, 'victim', 2, 60_000, (g) => g.pagesVerified > before.pagesVerified);
     expect(after.at(-1)!.integrityErrors).toBe(0);

@@ -40,7 +40,9 @@ describe('VM lifecycle', () => {
     const given = join(c.dir, 'a', 'lc1-given.raw');
     writeFileSync(given, '');
     truncateSync(given, 8 * MiB);
-    const spec = { ...guestSpec('lc1', { memoryMib: 128, rate: 2 * MiB }), disks: [disk({ id: 'd0', path: created, create: { sizeBytes: 16 * MiB, basePath: '' } }), disk({ id: 'd1', path: given })] };
+    // An 8 MiB working set: the test waits for the verifier twice (after the create and after the
+    // start), and each wait is one unverified first pass over it at 2 MiB/s (16 s with 32 MiB).
+    const spec = { ...guestSpec('lc1', { memoryMib: 128, bytesPerWorker: 8 * MiB, rate: 2 * MiB }), disks: [disk({ id: 'd0', path: created, create: { sizeBytes: 16 * MiB, basePath: '' } }), disk({ id: 'd1', path: given })] };
     await op.createVm({ spec, nodeId: 'a' });
     await waitForGuest(c.nodeClients['a']!, 'lc1', 2, 60_000, (s) => s.pagesVerified > 0);
     const first = (await c.nodeClients['a']!.getVm({ name: 'lc1' })).vm!;

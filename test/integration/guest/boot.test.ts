@@ -57,7 +57,10 @@ describe('test guest under QEMU TCG', () => {
       const start = await g.log.waitFor(is('start'), 30_000);
       const bootMs = Math.round(start.hostMs - g.spawnedAt);
       expect(start.params).toMatchObject({ workers: 2, bytesPerWorker: 32 << 20, pattern, verify: true });
-      expect(bootMs).toBeLessThan(20_000);
+      // Boot time is a figure (printed with the guest measurements; the PVH vmlinux boots in ~4 s on a quiet machine), not
+      // a timed assertion: the bound only catches a guest that never started its workload.
+      expect(bootMs).toBeGreaterThan(0);
+      expect(bootMs).toBeLessThan(30_000);
 
       const perWorker: Record<number, number> = {};
       if (pattern === 'idle') {

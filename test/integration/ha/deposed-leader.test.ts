@@ -117,7 +117,10 @@ describe('a deposed leader stops cleanly', () => {
     const t0 = Date.now();
     await old.runs.close();
     const closeMs = Date.now() - t0;
-    expect(closeMs).toBeLessThan(3000);
+    // Promptly: it does not wait out the retries (which never end while the store refuses). The
+    // figure is printed; the bound only proves it returned on its own, with room for a loaded host.
+    console.log(`deposed leader: run manager closed in ${closeMs} ms`);
+    expect(closeMs).toBeLessThan(10_000);
     const writes = finishRun.mock.calls.length;
     const aborts = nodes.b.methods().filter((m) => m === 'abortIncoming').length;
     const calls = nodes.a.calls.length + nodes.b.calls.length;

@@ -72,7 +72,7 @@ describe('leader election on PostgreSQL', () => {
     expect(leaders[0]!.token()).toBe(2);
   });
 
-  it('takes over within a second when the leading process is killed with SIGKILL', async () => {
+  it('takes over within seconds when the leading process is killed with SIGKILL', async () => {
     url = await server.createDatabase();
     // Another process holds the lock, exactly as a coordinator does (same key, pinned session).
     const script = `
@@ -90,7 +90,10 @@ describe('leader election on PostgreSQL', () => {
     expect(b.isLeader).toBe(false);
     child.kill('SIGKILL');
     const took = await until(() => b.isLeader, 5000, 'b to take over');
-    expect(took).toBeLessThan(1000);
+    // About a second on a quiet machine (printed); the bound is half of issue 15's 10 s takeover
+    // budget, so a loaded host does not fail it while a lock that is not released at once does.
+    console.log(`postgres leadership: b took over ${took} ms after the holder's SIGKILL`);
+    expect(took).toBeLessThan(5000);
     expect(b.token()).toBe(1);
   });
 

@@ -65,7 +65,8 @@ describe('node daemons: migration modes', () => {
     const before = await bootGuest(name, guestSpec(name, { rate: 24 << 20 }));
     await c.tb.shape('a', { rateMbit: 80 });
     const runId = `run-ac-${n}`;
-    await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({ autoConverge: { enabled: true, initialPct: 30, incrementPct: 20, maxPct: 99 } }) });
+    // Steps of 50 → 75 → 99: still several raises, in fewer passes than 30 → 50 → 70 → 90 → 99 (45 s).
+    await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({ autoConverge: { enabled: true, initialPct: 50, incrementPct: 25, maxPct: 99 } }) });
     const throttles: number[] = [];
     const trace = await followMigration(c.clients['a']!, runId, (u) => {
       if (u.update?.$case === 'progress') throttles.push(u.update.value.throttlePct);
@@ -90,11 +91,17 @@ describe('node daemons: migration modes', () => {
     expect(trace.states).toContain(MigrationState.MIGRATION_STATE_POSTCOPY);
     expect(trace.result.actions.some((a) => a.kind === PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY)).toBe(true);
     // The switch-over pause only (0 when under 1 ms), never QEMU's quirk of reporting the whole
-    // post-copy phase (see postcopyDowntimeMs).
+    // post-copy phase (see postcopyDowntimeMs). How short the pause is is a figure (printed; the
+    // lab measures it), not a timed assertion: the bound is the post-copy phase as the source saw
+    // it (half of it, at least 1 s), which a load that stretches the pause stretches too.
+    const changes = trace.updates.flatMap((u) => (u.update?.$case === 'stateChange' ? [u.update.value] : []));
+    const enteredMs = changes.find((x) => x.to === MigrationState.MIGRATION_STATE_POSTCOPY)!.time!.getTime();
+    const leftMs = (changes.find((x) => x.from === MigrationState.MIGRATION_STATE_POSTCOPY)?.time ?? trace.result.finishedAt!).getTime();
+    const postcopyPhaseMs = leftMs - enteredMs;
     expect(trace.result.stats!.downtimeMs).toBeGreaterThanOrEqual(0);
-    expect(trace.result.stats!.downtimeMs).toBeLessThan(1000);
+    expect(trace.result.stats!.downtimeMs).toBeLessThan(Math.max(1000, postcopyPhaseMs / 2));
     expect(trace.result.stats!.postcopyRequests).toBeGreaterThan(0);
-    console.log(`post-copy+preempt: total ${trace.result.stats!.totalTimeMs} ms, downtime ${trace.result.stats!.downtimeMs} ms, page requests ${trace.result.stats!.postcopyRequests}`);
+    console.log(`post-copy+preempt: total ${trace.result.stats!.totalTimeMs} ms, downtime ${trace.result.stats!.downtimeMs} ms, post-copy phase ${postcopyPhaseMs} ms, page requests ${trace.result.stats!.postcopyRequests}`);
     await assertOnDestination(name, before.at(-1)!.pagesVerified);
   });
 

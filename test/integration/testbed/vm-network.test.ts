@@ -96,7 +96,7 @@ describe('testbed VM network', () => {
       expect(r.blackoutMs).toBeLessThan(3000);
       expect(r.lost).toBeGreaterThanOrEqual(25);
       expect(r.outages.length).toBeGreaterThanOrEqual(1);
-      expect(r.rttMedianMs).toBeLessThan(50);
+      expect(r.rttMedianMs).toBeLessThan(250); // no shaping on this path (a loaded host adds ms, not 100s of ms)
     } finally {
       await prober.stop();
       echo.kill('SIGKILL');

@@ -29,7 +29,8 @@ describe('node daemons: TLS stream, switchover-ack, force-complete, metrics', ()
     // workload's first, unverified pass).
     const name = 'tls1';
     await a.createVm({ spec: guestSpec(name, { memoryMib: 256, bytesPerWorker: 96 << 20, rate: 8 << 20 }) });
-    let before = await waitForGuest(a, name, 2, 30_000, (s) => s.pagesVerified > 0);
+    // Boot plus the workload's first, unverified pass over 96 MiB at 8 MiB/s (12 s): room for load.
+    let before = await waitForGuest(a, name, 2, 60_000, (s) => s.pagesVerified > 0);
     for (const tls of [false, true]) {
       const [from, to] = tls ? [b, a] : [a, b];
       const destination = tls ? { nodeId: 'a', managementAddress: c.nodes['a']!.address, migrationAddress: c.tb.host('a').migrationAddress } : dest();

@@ -13,7 +13,7 @@ import { PolicyKind, VmSpec, VmState, type VmInfo } from '../../../services/shar
 import { createLogger } from '../../../services/shared/log.js';
 
 const log = createLogger('test', {}, () => undefined, 'error');
-const vm = (name: string): VmInfo => ({ spec: VmSpec.fromPartial({ name, memoryMib: 256 }), nodeId: 'a', state: VmState.VM_STATE_RUNNING, pid: 1, startedAt: undefined, migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0 });
+const vm = (name: string): VmInfo => ({ spec: VmSpec.fromPartial({ name, memoryMib: 256 }), nodeId: 'a', state: VmState.VM_STATE_RUNNING, pid: 1, startedAt: undefined, migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0, localDisks: [] });
 const runOf = (id: string) => ({ id, vmName: `vm-${id}`, sourceNodeId: 'a', destinationNodeId: 'b', policy: { kind: PolicyKind.POLICY_KIND_ADAPTIVE, downtimeLimitMs: 300 } as never, memoryMib: 256 });
 
 // StoreDatabase.write commits the writes asked for together in one transaction (group commit),

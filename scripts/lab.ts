@@ -140,6 +140,7 @@ async function main(): Promise<number> {
       source,
       destination,
       ...(shape ? { shape } : {}),
+      ...(cluster ? { storage: cluster.storage } : {}),
       resume: args.resume,
       quick: args.quick,
       png: args.png,

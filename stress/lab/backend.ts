@@ -8,7 +8,7 @@
  *   coordinator is available.
  * Both hand back proto GetRunTimelineResponse, so the report cannot tell them apart.
  */
-import { MigrationState, type GuestPerfSample, type MigrationPolicy, type ProgressSample, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
+import { MigrationState, type GuestPerfSample, type MigrationPolicy, type NetworkBlackout, type ProgressSample, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
 import type { GetRunTimelineResponse } from '../../services/shared/gen/migd/v1/coordinator.js';
 import type { LabOutcome } from './metrics.js';
 
@@ -54,9 +54,14 @@ export interface LabBackend {
   waitGuest(vmName: string, opts: { minSamples: number; minMs: number; timeoutMs: number; idle?: boolean; signal?: AbortSignal }): Promise<void>;
   /** Runs one migration to its end (or the time limit). */
   migrate(req: MigrateRequest): Promise<MigrateResult>;
+  /**
+   * Attaches the network blackout the lab measured from outside the guest to a finished run (its
+   * timeline then carries it in `run.networkBlackout`).
+   */
+  recordBlackout(runId: string, blackout: NetworkBlackout): Promise<void>;
   /** The run's timeline. @throws NotFoundError */
   timeline(runId: string): Promise<GetRunTimelineResponse>;
-  /** Destroys the VM wherever it runs; no error when it is gone. */
+  /** Destroys the VM wherever it runs, with the disk images the nodes created for it; no error when it is gone. */
   destroyVm(vmName: string): Promise<void>;
   /** Closes clients and streams (not the cluster's processes). */
   close(): Promise<void>;

@@ -9,13 +9,16 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createPki } from '../../services/shared/pki.js';
-import { coordinatorBuilt, startLocalCluster, type LocalCluster } from '../../services/testbed/cluster.js';
+import { VM_BRIDGE } from '../../services/testbed/addressing.js';
+import { migrationTxBytes } from '../../services/testbed/guest-probe.js';
+import { coordinatorBuilt, LOCAL_VM_NETWORK, startLocalCluster, type LocalCluster } from '../../services/testbed/cluster.js';
 import { startNodeDaemon, type NodeProcess } from '../../services/testbed/nodes.js';
 import { Testbed } from '../../services/testbed/testbed.js';
 import { ensureGuestImageDir } from '../image/build.js';
 import type { BackendMode, LabBackend } from './backend.js';
 import { CoordinatorBackend } from './coordinator-backend.js';
 import { DirectBackend } from './direct-backend.js';
+import type { LabStorage } from './runner.js';
 
 export interface LabCluster {
   readonly mode: BackendMode;
@@ -27,6 +30,8 @@ export interface LabCluster {
   readonly certDir: string;
   readonly source: string;
   readonly destination: string;
+  /** The VM network and the nodes' storage roots, for scenarios with a disk and a NIC. */
+  readonly storage: LabStorage;
   close(): Promise<void>;
 }
 
@@ -67,16 +72,38 @@ export async function startLabCluster(opts: LabClusterOptions = {}): Promise<Lab
     if (mode === 'coordinator') {
       local = await startLocalCluster({ workDir: join(work, 'cluster'), certDir, guestImage, onLog });
       backend = new CoordinatorBackend({ address: local.coordinatorAddress, certDir, nodeIdentity: 'migd-coordinator' });
-      return { mode, tb: local.tb, nodes: local.nodes, backend, certDir, source: 'a', destination: 'b', close, coordinatorAddress: local.coordinatorAddress };
+      // The nodes' storage root is their state dir (<workDir>/<host>).
+      const storage = labStorage(local.tb, (h) => join(work, 'cluster', h));
+      return { mode, tb: local.tb, nodes: local.nodes, backend, certDir, source: 'a', destination: 'b', storage, close, coordinatorAddress: local.coordinatorAddress };
     }
-    tb = await Testbed.create({ hosts: ['a', 'b'] });
+    tb = await Testbed.create({ hosts: ['a', 'b'], vmNetwork: true });
     for (const h of ['a', 'b']) {
-      nodes.push(await startNodeDaemon(tb.host(h), { stateDir: join(work, h), certDir, guestImage, env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' }, onLog: (l) => onLog(`[node ${h}] ${l}`) }));
+      nodes.push(
+        await startNodeDaemon(tb.host(h), {
+          stateDir: join(work, h),
+          certDir,
+          guestImage,
+          env: { MIGD_LOG_LEVEL: process.env['MIGD_LOG_LEVEL'] ?? 'warn' },
+          args: ['--network', `${LOCAL_VM_NETWORK}=${VM_BRIDGE}`],
+          onLog: (l) => onLog(`[node ${h}] ${l}`),
+        }),
+      );
     }
     backend = new DirectBackend(nodes.map((n) => ({ id: n.nodeId, managementAddress: n.address, migrationAddress: n.host.migrationAddress, client: n.client() })));
-    return { mode, tb, nodes, backend, certDir, source: 'a', destination: 'b', close };
+    return { mode, tb, nodes, backend, certDir, source: 'a', destination: 'b', storage: labStorage(tb, (h) => join(work, h)), close };
   } catch (err) {
     await close();
     throw err;
   }
+}
+
+/** Disks go under a node's storage root, as the node itself would place them (`disks/<vm>/<id>.raw`). */
+function labStorage(tb: Testbed, stateDir: (host: string) => string): LabStorage {
+  if (!tb.vm) throw new Error('the lab cluster has no VM network');
+  return {
+    vmNetwork: tb.vm,
+    network: LOCAL_VM_NETWORK,
+    diskPath: (host, vmName, diskId) => join(stateDir(host), 'disks', vmName, `${diskId}.raw`),
+    txBytes: (host) => migrationTxBytes(tb.host(host)),
+  };
 }

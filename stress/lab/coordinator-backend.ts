@@ -9,7 +9,7 @@
  * ListVms and ListNodes) with the same operator certificate.
  */
 import { MigdError } from '../../services/shared/errors.js';
-import { MigrationState, type GuestPerfSample, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
+import { MigrationState, type GuestPerfSample, type NetworkBlackout, type VmSpec } from '../../services/shared/gen/migd/v1/common.js';
 import { CoordinatorServiceService, NodeStatus, type GetRunTimelineResponse } from '../../services/shared/gen/migd/v1/coordinator.js';
 import { NodeServiceService } from '../../services/shared/gen/migd/v1/node.js';
 import { identityFiles, nodeIdentity } from '../../services/shared/pki.js';
@@ -153,6 +153,10 @@ export class CoordinatorBackend implements LabBackend {
     return { runId, outcome, ...(timedOut ? { note: `cancelled by the lab after ${req.timeLimitMs / 1000} s` } : {}) };
   }
 
+  async recordBlackout(runId: string, blackout: NetworkBlackout): Promise<void> {
+    await this.client.recordRunBlackout({ runId, blackout }, { deadlineMs: 30_000 });
+  }
+
   async timeline(runId: string): Promise<GetRunTimelineResponse> {
     return this.client.getRunTimeline({ runId }, { deadlineMs: 60_000 });
   }
@@ -173,7 +177,7 @@ export class CoordinatorBackend implements LabBackend {
     const ids = [...new Set([...vms.vms.filter((v) => v.spec?.name === vmName).map((v) => v.nodeId), ...(await this.nodeIds())])];
     for (const id of ids) {
       const c = await this.nodeClient(id);
-      await c?.destroyVm({ name: vmName }, { deadlineMs: 30_000 }).catch((err: unknown) => {
+      await c?.destroyVm({ name: vmName, deleteDisks: true }, { deadlineMs: 30_000 }).catch((err: unknown) => {
         if (!(err instanceof MigdError) || err.code !== 'NOT_FOUND') throw err;
       });
     }

@@ -18,6 +18,7 @@ import {
   type GuestPerfSample,
   type MigrationStats,
   type ErrorInfo,
+  type NetworkBlackout,
   type PolicyAction,
   type ProgressSample,
   type VmSpec,
@@ -61,6 +62,7 @@ interface RunRecord {
   actions: PolicyAction[];
   stats?: MigrationStats;
   error?: ErrorInfo;
+  blackout?: NetworkBlackout;
 }
 
 /** Follows one VM's guest samples on one node, into the VM's log (deduplicated). */
@@ -281,6 +283,12 @@ export class DirectBackend implements LabBackend {
     return { runId, outcome, ...(timedOut ? { note: `cancelled by the lab after ${req.timeLimitMs / 1000} s` } : {}) };
   }
 
+  async recordBlackout(runId: string, blackout: NetworkBlackout): Promise<void> {
+    const r = this.runs.get(runId);
+    if (!r) throw new NotFoundError(`run ${runId} not found`);
+    r.blackout = blackout;
+  }
+
   async timeline(runId: string): Promise<GetRunTimelineResponse> {
     const r = this.runs.get(runId);
     if (!r) throw new NotFoundError(`run ${runId} not found`);
@@ -307,6 +315,7 @@ export class DirectBackend implements LabBackend {
         error: r.error,
         actions: r.actions,
         memoryMib: r.memoryMib,
+        networkBlackout: r.blackout,
       }),
       progress: [...r.progress],
       guest: [...guest].sort((a, b) => (a.time?.getTime() ?? 0) - (b.time?.getTime() ?? 0)),
@@ -321,7 +330,7 @@ export class DirectBackend implements LabBackend {
     const order = [this.where.get(vmName), ...this.nodes.keys()].filter((x, i, a): x is string => x !== undefined && a.indexOf(x) === i);
     for (const id of order) {
       await this.node(id)
-        .client.destroyVm({ name: vmName }, { deadlineMs: 30_000 })
+        .client.destroyVm({ name: vmName, deleteDisks: true }, { deadlineMs: 30_000 })
         .catch((err: unknown) => {
           if (!(err instanceof MigdError) || err.code !== 'NOT_FOUND') throw err;
         });

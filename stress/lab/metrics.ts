@@ -343,10 +343,31 @@ export interface RunFigures {
   readonly guestSecondsLostSampled: number;
   readonly actions: number;
   readonly error: string;
+  /** The run copied LOCAL disks (a storage phase). */
+  readonly disk: boolean;
+  /** Bytes the storage mirrors copied (QEMU's job offsets; zeroed ranges count without crossing the link); NaN without a disk. */
+  readonly diskBytes: number;
+  /** Allocated bytes of the LOCAL disks when the copy started; NaN without a disk. */
+  readonly diskAllocatedBytes: number;
+  /** The storage phase: first mirror started → every mirror READY (ms); NaN without a disk or when it never ended. */
+  readonly storageMs: number;
+  /** migd's run from start to end (storage phase, memory migration, handover), ms; NaN while unfinished. */
+  readonly runTimeMs: number;
+  /** The network blackout measured from outside the guest (ms); NaN when nobody probed it. */
+  readonly blackoutMs: number;
+  readonly probesLost: number;
+  readonly probesSent: number;
+  /** What the nodes checked on the destination (workload: memory and disk verified there; running; vCPUs; I/O errors; disk digests): passed / made. */
+  readonly checksPassed: number;
+  readonly checks: number;
+  /** Bytes the source put on its migration link during the run (memory and disk streams), when the lab counted them; NaN otherwise. */
+  readonly wireBytes: number;
+  /** Of them, the disk's: wire bytes − QEMU's memory-stream bytes; NaN when not counted. */
+  readonly diskWireBytes: number;
 }
 
 /** The figures of one run from its timeline. */
-export function runFigures(t: GetRunTimelineResponse, opts: { baselineWindowMs?: number } = {}): RunFigures {
+export function runFigures(t: GetRunTimelineResponse, opts: { baselineWindowMs?: number; wireBytes?: number } = {}): RunFigures {
   const run = t.run;
   const stats = run?.stats;
   const { start, end } = migrationWindow(t);
@@ -385,6 +406,37 @@ export function runFigures(t: GetRunTimelineResponse, opts: { baselineWindowMs?:
     guestSecondsLostSampled: harm.guestSecondsLost,
     actions: run?.actions.length ?? 0,
     error: run?.error?.message ?? '',
+    ...storageFigures(t, start, end, opts.wireBytes),
+  };
+}
+
+/** The disk and network part of {@link runFigures}. */
+function storageFigures(
+  t: GetRunTimelineResponse,
+  start: number,
+  end: number | undefined,
+  wireBytes: number | undefined,
+): Pick<RunFigures, 'disk' | 'diskBytes' | 'diskAllocatedBytes' | 'storageMs' | 'runTimeMs' | 'blackoutMs' | 'probesLost' | 'probesSent' | 'checksPassed' | 'checks' | 'wireBytes' | 'diskWireBytes'> {
+  const stats = t.run?.stats;
+  const maxCopied = t.progress.reduce((m, p) => Math.max(m, Number(p.diskTransferredBytes ?? 0)), 0);
+  const disk = (stats?.disksCopied ?? 0) > 0 || Number(stats?.diskAllocatedBytes ?? 0) > 0 || t.progress.some((p) => p.storagePhase === true || Number(p.diskTotalBytes ?? 0) > 0);
+  const checks = stats?.checks ?? [];
+  const wire = wireBytes ?? NaN;
+  const b = t.run?.networkBlackout;
+  const finished = t.run?.finishedAt !== undefined && end !== undefined;
+  return {
+    disk,
+    diskBytes: disk ? Number(stats?.diskTransferredBytes ?? maxCopied) : NaN,
+    diskAllocatedBytes: disk && stats?.diskAllocatedBytes !== undefined ? Number(stats.diskAllocatedBytes) : NaN,
+    storageMs: disk && stats?.storageMs ? Number(stats.storageMs) : NaN,
+    runTimeMs: finished ? end - start : NaN,
+    blackoutMs: b ? b.blackoutMs : NaN,
+    probesLost: b ? b.probesLost : NaN,
+    probesSent: b ? b.probesSent : NaN,
+    checksPassed: checks.filter((c) => c.passed).length,
+    checks: checks.length,
+    wireBytes: wire,
+    diskWireBytes: disk && Number.isFinite(wire) ? Math.max(0, wire - Number(stats?.transferredBytes ?? 0)) : NaN,
   };
 }
 
@@ -411,6 +463,24 @@ export interface StrategySummary {
   readonly duringMsPerGib: number;
   readonly hostCpuSecondsMean: number;
   readonly integrityErrors: number;
+  /** Some run of it copied a disk (the report then shows the storage figures). */
+  readonly disk: boolean;
+  readonly diskBytesP50: number;
+  /** Disk bytes on the wire (migration link bytes − memory stream), p50; NaN when not counted. */
+  readonly diskWireBytesP50: number;
+  readonly diskAllocatedBytesP50: number;
+  readonly storageMsP50: number;
+  /** Runs with a storage phase that ended (every mirror READY). */
+  readonly storageDone: number;
+  readonly runTimeMsP50: number;
+  readonly runTimeMsMin: number;
+  readonly runTimeMsMax: number;
+  readonly blackoutMsP50: number;
+  readonly blackoutMsMax: number;
+  readonly probesLostP50: number;
+  /** Destination checks failed / made over all runs. */
+  readonly checksFailed: number;
+  readonly checks: number;
 }
 
 /**
@@ -454,6 +524,20 @@ export function summarize(runs: readonly { group: string; label: string; figures
       duringMsPerGib: mean(f.map((x) => x.duringMsPerGib)),
       hostCpuSecondsMean: mean(f.map((x) => x.hostCpuSeconds)),
       integrityErrors: f.reduce((a, x) => a + x.integrityErrors, 0),
+      disk: f.some((x) => x.disk),
+      diskBytesP50: quantile(ok.map((x) => x.diskBytes), 0.5),
+      diskWireBytesP50: quantile(ok.map((x) => x.diskWireBytes), 0.5),
+      diskAllocatedBytesP50: quantile(f.map((x) => x.diskAllocatedBytes), 0.5),
+      storageMsP50: quantile(f.map((x) => x.storageMs), 0.5),
+      storageDone: f.filter((x) => Number.isFinite(x.storageMs)).length,
+      runTimeMsP50: quantile(ok.map((x) => x.runTimeMs), 0.5),
+      runTimeMsMin: quantile(ok.map((x) => x.runTimeMs), 0),
+      runTimeMsMax: quantile(ok.map((x) => x.runTimeMs), 1),
+      blackoutMsP50: quantile(ok.map((x) => x.blackoutMs), 0.5),
+      blackoutMsMax: quantile(ok.map((x) => x.blackoutMs), 1),
+      probesLostP50: quantile(ok.map((x) => x.probesLost), 0.5),
+      checksFailed: f.reduce((a, x) => a + (x.checks - x.checksPassed), 0),
+      checks: f.reduce((a, x) => a + x.checks, 0),
     };
   });
 }

@@ -28,6 +28,8 @@ export interface ReportRun {
   readonly timeline: GetRunTimelineResponse;
   /** E.g. "cancelled by the lab after 240 s". */
   readonly note?: string;
+  /** Bytes the source sent on its migration link during the run, when the lab counted them. */
+  readonly wireBytes?: number;
 }
 
 export interface ReportInput {
@@ -73,7 +75,7 @@ export function buildReportData(input: ReportInput): ReportData {
       // The baseline is every guest sample in the minute before the migration (the store's guest
       // window): outside runs the coordinator keeps one sample per heartbeat, so the lab's own
       // baseline phase alone may hold only one or two.
-      const figures = runFigures(r.timeline);
+      const figures = runFigures(r.timeline, r.wireBytes !== undefined ? { wireBytes: r.wireBytes } : {});
       const kind = r.timeline.run?.policy?.kind ?? s?.policy.kind ?? 0;
       return {
         scenario: r.scenario,
@@ -135,7 +137,35 @@ export function fmtNum(v: number, digits = 1): string {
   return v.toFixed(digits);
 }
 
+const mib = (v: number): string => fmtNum(v / 2 ** 20, 1);
+
+/** The storage figures of a strategy: disk copied, storage phase, whole run, blackout, disk checks. */
+function storageCells(s: StrategySummary): string[] {
+  return [
+    `${mib(s.diskAllocatedBytesP50)} / ${mib(s.diskWireBytesP50)} / ${mib(s.diskBytesP50)}`,
+    `${fmtMs(s.storageMsP50)}${s.storageDone < s.runs ? ` (${s.storageDone}/${s.runs} ended)` : ''}`,
+    `${fmtMs(s.runTimeMsP50)} (${fmtSpread(s.runTimeMsMin / 1000, s.runTimeMsMax / 1000)})`,
+    `${fmtMs(s.blackoutMsP50)} / ${fmtMs(s.blackoutMsMax)}`,
+    fmtNum(s.probesLostP50, 0),
+    s.checks === 0 ? '—' : `${s.checks - s.checksFailed}/${s.checks}`,
+  ];
+}
+const STORAGE_HEADS = ['disk MiB allocated / on the wire / mirrored p50', 'storage phase p50', 'run time p50 (min–max, s)', 'blackout p50 / max', 'probes lost p50', 'destination checks passed'];
+
+function storageSummaryTable(summaries: readonly StrategySummary[], group: string): string {
+  const rows = summaries
+    .filter((s) => s.group === group)
+    .map((s) => `<tr><td class="l">${esc(s.label)}</td><td>${s.succeeded}/${s.runs}</td>${storageCells(s).map((c) => `<td>${esc(c)}</td>`).join('')}<td>${fmtMs(s.totalTimeMsP50)}</td><td>${fmtMs(s.downtimeMsP50)}</td><td class="${s.integrityErrors > 0 ? 'bad' : ''}">${s.integrityErrors}</td></tr>`)
+    .join('\n');
+  return `<table class="summary">
+<thead><tr><th class="l">strategy</th><th>completed</th>${STORAGE_HEADS.map((h) => `<th>${esc(h)}</th>`).join('')}<th>QEMU memory migration p50</th><th>downtime p50</th><th>integrity errors<br><small>guest: memory + disk</small></th></tr></thead>
+<tbody>
+${rows}
+</tbody></table>`;
+}
+
 function summaryTable(summaries: readonly StrategySummary[], group: string): string {
+  if (summaries.some((s) => s.group === group && s.disk)) return storageSummaryTable(summaries, group);
   const rows = summaries
     .filter((s) => s.group === group)
     .map(
@@ -169,6 +199,9 @@ function runFacts(r: ReportData['runs'][number]): string {
     f.postcopy ? 'post-copy' : '',
     f.maxThrottlePct > 0 ? `throttle ≤ ${f.maxThrottlePct} %` : '',
     `${fmtNum(f.transferredBytes / 2 ** 20, 0)} MiB sent`,
+    f.disk ? `disk ${mib(f.diskAllocatedBytes)} MiB allocated, ${mib(f.diskWireBytes)} MiB on the wire, ${mib(f.diskBytes)} MiB mirrored; storage phase ${fmtMs(f.storageMs)}, run ${fmtMs(f.runTimeMs)}` : '',
+    Number.isFinite(f.blackoutMs) ? `network blackout ${fmtMs(f.blackoutMs)} (${f.probesLost}/${f.probesSent} probes lost)` : '',
+    f.checks > 0 ? `destination checks ${f.checksPassed}/${f.checks} passed` : '',
     `harm ${fmtNum(f.extraMsPerGibSec, 0)} ms/GiB·s (${fmtNum(f.guestSecondsLost, 2)} s lost: ${fmtNum(f.guestStoppedSec, 2)} s paused, longest ${fmtMs(f.longestPauseMs)})`,
     f.postcopy ? `post-copy blocktime ${fmtMs(f.postcopyBlocktimeMs)}` : '',
     `host CPU ${fmtNum(f.hostCpuSeconds, 1)} s`,
@@ -322,18 +355,45 @@ ${runs}
 export function summaryMarkdown(data: ReportData): string {
   const out: string[] = [`# ${data.comparison.title}`, '', `${data.runs.length} runs, generated ${data.generatedAt}${Object.keys(data.environment).length > 0 ? ` (${Object.entries(data.environment).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}.`];
   out.push('Times and downtimes: completed runs only. Harm: guest ms/GiB above its baseline integrated over the migration. Guest time lost: every interval the guest did not run (its own clock stood still: switch-over, forced pauses, a paused destination) in full, plus work not done while it ran slowed or stalled (throttle, post-copy faults). Spreads: min–max over repetitions. Host CPU: source + destination QEMU. Pareto: completed every run and no other such strategy better on both total time p50 and guest time lost p50.');
+  const storageGroups = new Set(data.summaries.filter((x) => x.disk).map((x) => x.group));
+  if (storageGroups.size > 0) {
+    out.push(
+      'Storage: disk MiB allocated = the LOCAL disk\'s allocation when the copy started; on the wire = bytes the source sent on its migration link during the run minus QEMU\'s memory-stream bytes; mirrored = the mirror jobs\' offsets (zeroed ranges and rewritten blocks count, holes cross the link as NBD zero requests without payload); storage phase = first mirror started until every mirror READY (a background mirror of a disk written faster than the link may never get there); run time = migd\'s run from start to end (storage phase + memory migration + handover), QEMU memory migration = QEMU\'s own total-time; blackout = longest gap between answers to UDP probes sent every 10 ms from the VM network\'s client namespace; integrity errors = the guest\'s own count over memory and disk (it verifies every disk block and memory page on the destination); destination checks = what the nodes checked there (workload: memory and disk verified by the guest; running; vCPUs ran; no I/O errors).',
+    );
+  }
   for (const group of data.groups) {
+    if (storageGroups.has(group)) {
+      out.push('', `## ${group}`, '', `| strategy | completed | outcomes | ${STORAGE_HEADS.join(' | ')} | QEMU memory migration p50 | downtime p50 | integrity errors |`, `|---|---|---|${STORAGE_HEADS.map(() => '---|').join('')}---|---|---|`);
+      for (const s of data.summaries.filter((x) => x.group === group)) {
+        out.push(`| ${s.label} | ${s.succeeded}/${s.runs} | ${outcomesOf(data, group, s.label)} | ${storageCells(s).join(' | ')} | ${fmtMs(s.totalTimeMsP50)} | ${fmtMs(s.downtimeMsP50)} | ${s.integrityErrors} |`);
+      }
+      continue;
+    }
     const front = paretoFront(data.summaries.filter((x) => x.group === group));
     out.push('', `## ${group}`, '', '| strategy | completed | outcomes | total p50 (min–max) | downtime p50 | downtime p99 | guest ms/GiB before → during | harm p50 (ms/GiB·s) | guest time lost p50 (min–max, s) | paused p50 / longest (s) | post-copy blocktime p50 (ms) | host CPU (s, mean) | integrity errors | Pareto |', '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
     for (const s of data.summaries.filter((x) => x.group === group)) {
-      const outcomes = new Map<string, number>();
-      for (const r of data.runs) if (r.group === group && r.label === s.label) outcomes.set(r.outcome, (outcomes.get(r.outcome) ?? 0) + 1);
       out.push(
-        `| ${s.label} | ${s.succeeded}/${s.runs} | ${[...outcomes].map(([k, n]) => `${n} ${k}`).join(', ')} | ${fmtMs(s.totalTimeMsP50)} (${fmtSpread(s.totalTimeMsMin / 1000, s.totalTimeMsMax / 1000)}) | ${fmtMs(s.downtimeMsP50)} | ${fmtMs(s.downtimeMsP99)} | ${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)} | ${fmtNum(s.extraMsPerGibSecP50, 0)} | ${fmtNum(s.guestSecondsLostP50, 2)} (${fmtSpread(s.guestSecondsLostMin, s.guestSecondsLostMax)}) | ${fmtNum(s.guestStoppedSecP50, 2)} / ${fmtNum(s.longestPauseMsP50 / 1000, 2)} | ${fmtNum(s.postcopyBlocktimeMsP50, 0)} | ${fmtNum(s.hostCpuSecondsMean, 1)} | ${s.integrityErrors} | ${front.get(s.label) ?? ''} |`,
+        `| ${s.label} | ${s.succeeded}/${s.runs} | ${outcomesOf(data, group, s.label)} | ${fmtMs(s.totalTimeMsP50)} (${fmtSpread(s.totalTimeMsMin / 1000, s.totalTimeMsMax / 1000)}) | ${fmtMs(s.downtimeMsP50)} | ${fmtMs(s.downtimeMsP99)} | ${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)} | ${fmtNum(s.extraMsPerGibSecP50, 0)} | ${fmtNum(s.guestSecondsLostP50, 2)} (${fmtSpread(s.guestSecondsLostMin, s.guestSecondsLostMax)}) | ${fmtNum(s.guestStoppedSecP50, 2)} / ${fmtNum(s.longestPauseMsP50 / 1000, 2)} | ${fmtNum(s.postcopyBlocktimeMsP50, 0)} | ${fmtNum(s.hostCpuSecondsMean, 1)} | ${s.integrityErrors} | ${front.get(s.label) ?? ''} |`,
+      );
+    }
+  }
+  if (storageGroups.size > 0) {
+    out.push('', '## Runs with a disk', '', '| scenario | rep | outcome | disk MiB allocated / on the wire / mirrored | storage phase | run time | QEMU memory migration | downtime | blackout | probes lost / sent | integrity errors | destination checks passed |', '|---|---|---|---|---|---|---|---|---|---|---|---|');
+    for (const r of data.runs.filter((x) => x.figures.disk)) {
+      const f = r.figures;
+      out.push(
+        `| ${r.scenario} | ${r.repetition + 1} | ${r.outcome} | ${mib(f.diskAllocatedBytes)} / ${mib(f.diskWireBytes)} / ${mib(f.diskBytes)} | ${fmtMs(f.storageMs)} | ${fmtMs(f.runTimeMs)} | ${fmtMs(f.totalTimeMs)} | ${fmtMs(f.downtimeMs)} | ${fmtMs(f.blackoutMs)} | ${Number.isFinite(f.probesSent) ? `${f.probesLost} / ${f.probesSent}` : '—'} | ${f.integrityErrors} | ${f.checks > 0 ? `${f.checksPassed}/${f.checks}` : '—'} |`,
       );
     }
   }
   return `${out.join('\n')}\n`;
+}
+
+/** "2 succeeded, 1 timed-out" for one strategy of a group. */
+function outcomesOf(data: ReportData, group: string, label: string): string {
+  const outcomes = new Map<string, number>();
+  for (const r of data.runs) if (r.group === group && r.label === label) outcomes.set(r.outcome, (outcomes.get(r.outcome) ?? 0) + 1);
+  return [...outcomes].map(([k, n]) => `${n} ${k}`).join(', ');
 }
 
 /** Writes `<dir>/report.html`, `report.json` (the data behind it) and `summary.md`; returns their paths. */

@@ -24,6 +24,8 @@ export interface RecordedRun {
   /** Relative to the results folder. */
   readonly timelineFile: string;
   readonly link: LabLink;
+  /** Bytes the source sent on its migration link during the migration (scenarios with a disk). */
+  readonly wireBytes?: number;
   readonly recordedAt: string;
 }
 

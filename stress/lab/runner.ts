@@ -10,13 +10,35 @@
  */
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { WorkloadPattern, type GuestPerfSample, type ProgressSample, VmSpec } from '../../services/shared/gen/migd/v1/common.js';
+import { DiskBus, DiskFormat, StorageMode, WorkloadPattern, type GuestPerfSample, type ProgressSample, VmSpec } from '../../services/shared/gen/migd/v1/common.js';
+import { BlackoutProbe, networkBlackoutOf } from '../../services/testbed/guest-probe.js';
+import type { TestbedVmNetwork } from '../../services/testbed/testbed.js';
 import { type LabBackend, sleep, stateName } from './backend.js';
 import { type ReportRun, screenshot, writeReport } from './report.js';
 import { type FailedAttempt, type LabResults, isRecorded, loadResults, loadTimeline, newResults, saveResults, saveTimeline } from './results.js';
 import type { Comparison, LabLink, Scenario } from './scenarios.js';
 
 const MiB = 1024 * 1024;
+
+/** What scenarios with a disk and a NIC need of the cluster. */
+export interface LabStorage {
+  /** The VM network the guests' NICs join, with the client namespace the prober runs in. */
+  readonly vmNetwork: TestbedVmNetwork;
+  /** The network name the nodes map to its bridge (`--network NAME=BRIDGE`). */
+  readonly network: string;
+  /** Where the source node creates a VM's disk: a path inside its storage root. */
+  diskPath(host: string, vmName: string, diskId: string): string;
+  /** Bytes a host has sent on its migration link so far (to count a run's bytes on the wire). */
+  txBytes(host: string): Promise<number>;
+}
+
+/** A guest's disk and NIC, from {@link LabStorage}. */
+export interface GuestDevices {
+  readonly diskPath: string;
+  /** The guest's address with its prefix length, e.g. 198.19.0.140/25. */
+  readonly guestIp: string;
+  readonly network: string;
+}
 
 export interface RunLabOptions {
   readonly comparison: Comparison;
@@ -26,6 +48,8 @@ export interface RunLabOptions {
   readonly destination: string;
   /** Applies a link to one host's migration egress; absent = links are not shaped (e.g. a remote coordinator). */
   readonly shape?: (host: string, link: LabLink) => Promise<void>;
+  /** The VM network and storage roots; scenarios with a disk fail without it. */
+  readonly storage?: LabStorage;
   /** Keep and extend an existing results file (skip recorded pairs). */
   readonly resume?: boolean;
   readonly quick?: boolean;
@@ -49,8 +73,10 @@ export interface RunLabResult {
   readonly ran: number;
 }
 
-/** The VM spec of a scenario's guest. */
-export function vmSpecOf(s: Scenario, name: string): VmSpec {
+/** The VM spec of a scenario's guest (with its LOCAL disk and NIC when the scenario has a disk). */
+export function vmSpecOf(s: Scenario, name: string, devices?: GuestDevices): VmSpec {
+  if (s.disk && !devices) throw new Error(`${s.name} has a disk: its guest needs a disk path and a NIC`);
+  const disk = s.disk && devices ? { disk: s.disk, devices } : undefined;
   return VmSpec.fromPartial({
     name,
     memoryMib: s.guest.memoryMib,
@@ -60,7 +86,9 @@ export function vmSpecOf(s: Scenario, name: string): VmSpec {
     kernelPath: '',
     initrdPath: '',
     extraCmdline: '',
-    disks: [],
+    disks: disk
+      ? [{ id: 'd0', path: disk.devices.diskPath, format: DiskFormat.DISK_FORMAT_RAW, bus: DiskBus.DISK_BUS_VIRTIO_BLK, storage: StorageMode.STORAGE_MODE_LOCAL, serial: 'LAB-D0', create: { sizeBytes: disk.disk.sizeBytes, basePath: '' } }]
+      : [],
     workload: {
       pattern: s.workload.pattern,
       workers: s.workload.workers,
@@ -70,11 +98,12 @@ export function vmSpecOf(s: Scenario, name: string): VmSpec {
       verify: true,
       phaseAfterMs: s.workload.phase?.afterMs ?? 0,
       phaseRateBytesPerSec: s.workload.phase?.rateBytesPerSec ?? 0,
+      ...(disk ? { diskId: 'd0', diskBytes: disk.disk.workloadBytes, diskRateBytesPerSec: disk.disk.rateBytesPerSec } : {}),
     },
     labels: { lab: 'true', scenario: s.name },
     antiAffinityGroup: '',
     uuid: '',
-    nics: [],
+    nics: disk ? [{ mac: '', network: disk.devices.network, guestIp: disk.devices.guestIp }] : [],
   });
 }
 
@@ -98,7 +127,7 @@ export function progressLine(prefix: string, p: ProgressSample, guest: GuestPerf
 export async function reportFromResults(dir: string, comparison: Comparison, results: LabResults, opts: { png?: boolean; environment?: Readonly<Record<string, string>> } = {}): Promise<{ html: string; markdown: string; png?: string }> {
   const runs: ReportRun[] = [];
   for (const r of results.runs) {
-    runs.push({ scenario: r.scenario, repetition: r.repetition, outcome: r.outcome, timeline: await loadTimeline(dir, r.timelineFile), ...(r.note ? { note: r.note } : {}) });
+    runs.push({ scenario: r.scenario, repetition: r.repetition, outcome: r.outcome, timeline: await loadTimeline(dir, r.timelineFile), ...(r.note ? { note: r.note } : {}), ...(r.wireBytes !== undefined ? { wireBytes: r.wireBytes } : {}) });
   }
   const { html, markdown } = await writeReport(dir, {
     comparison,
@@ -163,7 +192,11 @@ export async function runComparison(o: RunLabOptions): Promise<RunLabResult> {
       log(`${tag}: error: ${e.error}`);
     }
     await saveResults(o.outDir, results);
-    if (results.runs.length > 0) await reportFromResults(o.outDir, o.comparison, results, { png: false, ...(o.environment ? { environment: o.environment } : {}) });
+    // The report in between is for looking at a long comparison while it runs: a failure to write
+    // it (once, Chart.js vanished while node_modules was reinstalled) must not end the comparison.
+    if (results.runs.length > 0) {
+      await reportFromResults(o.outDir, o.comparison, results, { png: false, ...(o.environment ? { environment: o.environment } : {}) }).catch((err: unknown) => log(`report not updated: ${err instanceof Error ? err.message : String(err)}`));
+    }
   }
   await saveResults(o.outDir, results);
   const rep = await reportFromResults(o.outDir, o.comparison, results, { png: o.png ?? true, ...(o.environment ? { environment: o.environment } : {}) });
@@ -175,6 +208,9 @@ function linkText(l: LabLink): string {
   return parts.filter((p) => p !== '').join(', ');
 }
 
+/** Guest addresses are handed out round-robin over the lab's life (see runOne). */
+let guestCounter = 0;
+
 async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: string, tag: string): Promise<LabResults['runs'][number]> {
   const b = o.backend;
   if (o.shape) {
@@ -184,7 +220,17 @@ async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: strin
     await o.shape(o.destination, s.link);
   }
   const vmName = `lab-${s.name}-${rep}-${session}`.slice(0, 63);
-  await b.createVm(vmSpecOf(s, vmName), o.source);
+  let devices: GuestDevices | undefined;
+  let guestIp: string | undefined;
+  if (s.disk) {
+    const st = o.storage;
+    if (!st) throw new Error(`${s.name} has a LOCAL disk and a NIC: it needs the lab's own cluster (a VM network and the nodes' storage roots), not --coordinator`);
+    // A fresh address per run: the switch and the client's neighbour table may still remember the last guest's MAC.
+    guestIp = st.vmNetwork.guestAddress(guestCounter++ % 100);
+    devices = { diskPath: st.diskPath(o.source, vmName, 'd0'), guestIp: `${guestIp}/${st.vmNetwork.prefixLength}`, network: st.network };
+  }
+  await b.createVm(vmSpecOf(s, vmName, devices), o.source);
+  let probe: BlackoutProbe | undefined;
   try {
     await b.waitGuest(vmName, {
       minSamples: 5,
@@ -193,6 +239,11 @@ async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: strin
       idle: s.workload.pattern === WorkloadPattern.WORKLOAD_PATTERN_IDLE,
       ...(o.signal ? { signal: o.signal } : {}),
     });
+    if (guestIp !== undefined && o.storage) {
+      // The guest's NIC is probed from outside through the migration (the network blackout).
+      probe = await BlackoutProbe.start(o.storage.vmNetwork, guestIp, { readyAnswers: 30, readyTimeoutMs: 60_000 });
+    }
+    const tx0 = probe && o.storage ? await o.storage.txBytes(o.source) : undefined;
     let lastStatus = 0;
     const result = await b.migrate({
       key: `lab.${o.comparison.name}.${s.name}.${rep}.${session}`,
@@ -212,6 +263,14 @@ async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: strin
       onEvent: (line) => o.log?.(`${tag}: ${line}`),
       ...(o.signal ? { signal: o.signal } : {}),
     });
+    const wireBytes = tx0 !== undefined && o.storage ? (await o.storage.txBytes(o.source)) - tx0 : undefined;
+    if (probe) {
+      const p = probe;
+      probe = undefined;
+      const bl = await p.finish(30, 20_000);
+      await b.recordBlackout(result.runId, networkBlackoutOf(bl, p.intervalMs, p.describe('migd lab prober'))).catch((err: unknown) => o.log?.(`${tag}: recording the blackout failed: ${err instanceof Error ? err.message : String(err)}`));
+      o.log?.(`${tag}: network blackout ${Math.round(bl.blackoutMs)} ms, ${bl.lost}/${bl.sent} probes lost`);
+    }
     // The guest's samples after the switch-over belong to the run (post-copy and throttle tails).
     await sleep(s.limits.afterMs, o.signal);
     const timeline = await b.timeline(result.runId);
@@ -226,9 +285,11 @@ async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: strin
       vmName,
       timelineFile: file,
       link: s.link,
+      ...(wireBytes !== undefined ? { wireBytes } : {}),
       recordedAt: new Date().toISOString(),
     };
   } finally {
+    await probe?.stop();
     await b.destroyVm(vmName).catch((err: unknown) => o.log?.(`${tag}: destroying ${vmName} failed: ${err instanceof Error ? err.message : String(err)}`));
   }
 }

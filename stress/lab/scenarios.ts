@@ -52,6 +52,20 @@ export interface LabLink {
   readonly lossPct?: number;
 }
 
+/**
+ * A LOCAL disk the guest writes (issue 13): the source node creates it sparse in its storage root,
+ * the guest's disk workload rewrites generation-tagged blocks at a set rate and verifies them after
+ * the migration, and the migration copies it over NBD before the memory.
+ */
+export interface LabDisk {
+  /** Virtual size of the (sparse) raw image. */
+  readonly sizeBytes: number;
+  /** Region of it the disk workload rewrites, from the start (what gets allocated and copied). */
+  readonly workloadBytes: number;
+  /** The disk workload's write limit in bytes/s. */
+  readonly rateBytesPerSec: number;
+}
+
 /** Time limits of one run, in milliseconds. */
 export interface LabLimits {
   /** VM creation until the first guest sample. */
@@ -75,6 +89,11 @@ export interface Scenario {
   readonly label: string;
   readonly guest: { readonly memoryMib: number; readonly vcpus: number };
   readonly workload: LabWorkload;
+  /**
+   * A LOCAL disk the guest writes; the guest then also gets a NIC on the cluster's VM network and
+   * the lab probes it from outside during the migration (the network blackout).
+   */
+  readonly disk?: LabDisk;
   readonly link: LabLink;
   /** Sent as SubmitPlanRequest.policy; the coordinator fills the preset's defaults in. */
   readonly policy: MigrationPolicy;
@@ -496,6 +515,59 @@ export const POLICY_SCENARIOS_V1: readonly Scenario[] = [
 ];
 
 // ---------------------------------------------------------------------------------------------
+// storage: LOCAL disks copied live (issue 13 §7)
+
+/** Disk write rates of the storage comparison: well under any link, and above the slow one. */
+export const STORAGE_DISK_RATES: readonly number[] = [2 * MiB, 16 * MiB];
+/** Links of the storage comparison (Mbit/s): 100 (11.9 MiB/s, slower than the fast writer) and 400 (47.7 MiB/s). */
+export const STORAGE_LINKS_MBIT: readonly number[] = [100, 400];
+/** A small guest with a light memory load, so the disk is what differs. */
+const STORAGE_GUEST = Object.freeze({ memoryMib: 192, vcpus: 1 });
+const STORAGE_LOAD = workload(WorkloadPattern.WORKLOAD_PATTERN_RANDOM, 1, 16 * MiB, 4 * MiB);
+
+const STORAGE_COPY = {
+  mirror: { label: 'mirror', writeBlocking: false },
+  wb: { label: 'write-blocking', writeBlocking: true },
+} as const;
+const STORAGE_MODE = {
+  pre: { label: 'pre-copy', policy: (): MigrationPolicy => fixedPolicy({ strategy: 'precopy', downtimeMs: 300 }) },
+  post: { label: 'post-copy', policy: (): MigrationPolicy => fixedPolicy({ strategy: 'postcopy-after-passes', passes: 1, preempt: false }) },
+} as const;
+
+/**
+ * One storage scenario: a 64 MiB LOCAL disk, 16 MiB of it rewritten at `diskRate`, over `mbit`. The
+ * guest writes its region sequentially from the start, so what is allocated (and copied) grows
+ * until the first pass is done: the 9 s baseline lets the slow writer (2 MiB/s) fill it first.
+ */
+export function storageScenario(diskRate: number, mbit: number, copy: keyof typeof STORAGE_COPY, mode: keyof typeof STORAGE_MODE, extra: { repetitions?: number; limits?: Partial<LabLimits> } = {}): Scenario {
+  const c = STORAGE_COPY[copy];
+  const m = STORAGE_MODE[mode];
+  return scenario({
+    name: `st-d${diskRate / MiB}-l${mbit}-${copy}-${mode}`,
+    title: `${c.label}, ${m.label}: disk written at ${diskRate / MiB} MiB/s, ${mbit} Mbit/s`,
+    group: `disk written at ${diskRate / MiB} MiB/s, ${mbit} Mbit/s`,
+    label: `${c.label}, ${m.label}`,
+    guest: STORAGE_GUEST,
+    workload: STORAGE_LOAD,
+    disk: Object.freeze({ sizeBytes: 64 * MiB, workloadBytes: 16 * MiB, rateBytesPerSec: diskRate }),
+    link: { rateMbit: mbit },
+    policy: MigrationPolicy.fromPartial({ ...m.policy(), ...(c.writeBlocking ? { storageWriteBlocking: true } : {}) }),
+    repetitions: extra.repetitions ?? 2,
+    // A background mirror of a disk written faster than the link may never be READY: cut at 60 s.
+    limits: { bootMs: 60_000, baselineMs: 9_000, migrationMs: 60_000, afterMs: 6_000, ...extra.limits },
+    source: 'issue 13 §7: disk write rate x link, mirror vs write-blocking, pre-copy vs post-copy',
+  });
+}
+
+/** Disk write rate × link × copy mode × pre/post-copy (`node dist/scripts/lab.js storage`). */
+export const STORAGE_SCENARIOS: readonly Scenario[] = STORAGE_DISK_RATES.flatMap((rate) =>
+  STORAGE_LINKS_MBIT.flatMap((mbit) => (['mirror', 'wb'] as const).flatMap((copy) => (['pre', 'post'] as const).map((mode) => storageScenario(rate, mbit, copy, mode)))),
+);
+
+/** The storage scenario the lab's smoke test runs: the idle-ish case on the fast link, once. */
+export const STORAGE_SMOKE: Scenario = Object.freeze({ ...storageScenario(2 * MiB, 400, 'mirror', 'pre', { repetitions: 1, limits: { baselineMs: 3_000, afterMs: 3_000 } }), name: 'storage-smoke', title: 'storage smoke: 64 MiB LOCAL disk written at 2 MiB/s, 400 Mbit/s, mirror, pre-copy', group: 'storage smoke' });
+
+// ---------------------------------------------------------------------------------------------
 // smoke: the tiny end-to-end scenario `npm test` runs
 
 export const SMOKE: Scenario = scenario({
@@ -592,6 +664,19 @@ export const COMPARISONS: readonly Comparison[] = Object.freeze([
     quick: POLICY_SCENARIOS_V1.filter((s) => s.name.startsWith('pol-a-')).map((s) => s.name),
   },
   {
+    name: 'storage',
+    title: 'Storage: LOCAL disks copied live — disk write rate × link, mirror vs write-blocking, pre-copy vs post-copy',
+    description: `192 MiB guests (1 vCPU, 16 MiB of memory rewritten at 4 MiB/s) with a 64 MiB LOCAL raw disk, 16 MiB of it rewritten and verified by the guest at ${STORAGE_DISK_RATES.map((r) => r / MiB).join(' or ')} MiB/s, and a NIC probed every 10 ms from the VM network's client namespace; links ${STORAGE_LINKS_MBIT.join(' and ')} Mbit/s; the disk is mirrored in the background (QEMU's default) or write-blocking, then the memory is migrated in pre-copy or post-copy after one pass. Runs are cut at 60 s.`,
+    scenarios: STORAGE_SCENARIOS,
+    quick: ['st-d2-l400-mirror-pre', 'st-d2-l400-mirror-post', 'st-d16-l100-mirror-pre', 'st-d16-l100-wb-pre'],
+  },
+  {
+    name: 'storage-smoke',
+    title: 'Storage smoke: one LOCAL-disk migration end to end',
+    description: 'What the lab smoke test runs: a 64 MiB LOCAL disk copied over NBD, the guest probed from outside.',
+    scenarios: [STORAGE_SMOKE],
+  },
+  {
     name: 'smoke',
     title: 'Smoke: one tiny migration end to end',
     description: 'What `npm test` runs: a 128 MiB guest migrated once under the adaptive policy.',
@@ -648,5 +733,10 @@ export function scenarioProblems(s: Scenario): string[] {
   if (s.link.rateMbit !== undefined && !(s.link.rateMbit >= 0.008 && s.link.rateMbit <= 100_000)) p.push(`${s.name}: link rate out of range`);
   for (const [k, v] of Object.entries(s.limits)) if (!(v > 0)) p.push(`${s.name}: limits.${k} must be > 0`);
   if (s.label.trim() === '') p.push(`${s.name}: needs a label`);
+  if (s.disk) {
+    if (s.disk.sizeBytes % MiB !== 0 || s.disk.sizeBytes <= 0) p.push(`${s.name}: disk size must be whole MiB`);
+    if (s.disk.workloadBytes <= 0 || s.disk.workloadBytes > s.disk.sizeBytes || s.disk.workloadBytes % 4096 !== 0) p.push(`${s.name}: disk workload region must be page-aligned and within the disk`);
+    if (!(s.disk.rateBytesPerSec > 0)) p.push(`${s.name}: disk write rate must be > 0`);
+  }
   return p;
 }

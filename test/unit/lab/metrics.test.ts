@@ -105,6 +105,23 @@ describe('run figures', () => {
     expect(f.error).toBe('completion timeout');
   });
 
+  it('reads the storage figures: disk copied, storage phase, run time, blackout, bytes on the wire; none without a disk', () => {
+    const t = syntheticTimeline({ id: 'r-disk', start: 0, durationMs: 6000, downtimeMs: 30 });
+    const plain = runFigures(t);
+    expect(plain.disk).toBe(false);
+    expect(plain.diskBytes).toBeNaN();
+    expect(plain.blackoutMs).toBeNaN();
+    expect(plain.runTimeMs).toBe(6000);
+    t.run!.stats = { ...t.run!.stats!, transferredBytes: 40 * 2 ** 20, disksCopied: 1, diskTransferredBytes: 70 * 2 ** 20, diskAllocatedBytes: 16 * 2 ** 20, storageMs: 1500, checks: [{ name: 'workload', passed: true, detail: '' }, { name: 'running', passed: false, detail: '' }] };
+    t.run!.networkBlackout = { blackoutMs: 420, probesSent: 600, probesLost: 35, probeIntervalMs: 10, measuredBy: 'test', gapStartedAt: undefined, gapEndedAt: undefined };
+    const f = runFigures(t, { wireBytes: 58 * 2 ** 20 });
+    expect(f).toMatchObject({ disk: true, diskBytes: 70 * 2 ** 20, diskAllocatedBytes: 16 * 2 ** 20, storageMs: 1500, runTimeMs: 6000, blackoutMs: 420, probesLost: 35, probesSent: 600, checks: 2, checksPassed: 1, wireBytes: 58 * 2 ** 20 });
+    // The disk's share of the wire: what the source sent less QEMU's memory stream.
+    expect(f.diskWireBytes).toBe(18 * 2 ** 20);
+    const [s] = summarize([{ group: 'g', label: 'mirror', figures: f }]);
+    expect(s).toMatchObject({ disk: true, diskWireBytesP50: 18 * 2 ** 20, storageMsP50: 1500, storageDone: 1, blackoutMsP50: 420, checks: 2, checksFailed: 1 });
+  });
+
   it('builds plot series in seconds since the start, with markers', () => {
     const t = syntheticTimeline({ id: 'r3', start: 50_000, durationMs: 8000, postcopyAtMs: 3000 });
     const s = runSeries(t);

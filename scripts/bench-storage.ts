@@ -30,7 +30,7 @@ import { DiskBus, DiskFormat, MigrationPolicy, MigrationState, StorageMode, Work
 import type { MigrationInfo } from '../services/shared/gen/migd/v1/node.js';
 import { createPki } from '../services/shared/pki.js';
 import { startNodeDaemon, type NodeProcess } from '../services/testbed/nodes.js';
-import { Prober } from '../services/testbed/prober.js';
+import { BlackoutProbe, migrationTxBytes } from '../services/testbed/guest-probe.js';
 import { Testbed } from '../services/testbed/testbed.js';
 import { ensureGuestImageDir } from '../stress/image/build.js';
 
@@ -121,7 +121,7 @@ async function main(): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), 'migd-bs-'));
   let tb: Testbed | undefined;
   const nodes: NodeProcess[] = [];
-  const probers: Prober[] = [];
+  const probes: BlackoutProbe[] = [];
   try {
     const certDir = join(work, 'pki');
     createPki(certDir);
@@ -147,8 +147,7 @@ async function main(): Promise<void> {
       await b.expectIncoming({ runId, sourceNodeId: 'a', vmName });
       await a.startMigration({ runId, vmName, destination: dest, policy: policy() });
     };
-    const migIf = tb.host('a').migrationInterface;
-    const txBytes = async (): Promise<number> => Number((await tb!.host('a').exec('cat', [`/sys/class/net/${migIf}/statistics/tx_bytes`])).stdout.trim());
+    const txBytes = (): Promise<number> => migrationTxBytes(tb!.host('a'));
     for (const h of ['a', 'b']) await tb.shape(h, { rateMbit });
     console.log(`bench-storage: link ${rateMbit} Mbit/s (${fmt(linkBytesPerSec / MiB)} MiB/s) both ways, ${reps} repetition(s); QEMU under TCG, 2-core shared machine`);
 
@@ -198,18 +197,16 @@ async function main(): Promise<void> {
         s.workload = { ...s.workload!, diskId: 'd0', diskBytes: 16 * MiB, diskRateBytesPerSec: MiB };
         await a.createVm({ spec: s });
         await waitConsole(a, name, /dpass n=[1-9]/);
-        const prober = await Prober.start({ target: ip, netns: vmNet.client.netns, intervalMs: 10, timeoutMs: 1000 });
-        probers.push(prober);
-        await prober.waitForAnswers(30, 30_000);
+        const probe = await BlackoutProbe.start(vmNet, ip);
+        probes.push(probe);
         const tx0 = await txBytes();
         const t0 = Date.now();
         await migrate(`run-${name}`, name);
         const info = await follow(a, `run-${name}`);
         const wallMs = Date.now() - t0;
         const tx1 = await txBytes();
-        await prober.waitForAnswers(prober.answerLog.length + 30, 30_000).catch(() => undefined);
-        const bl = await prober.stop();
-        probers.splice(probers.indexOf(prober), 1);
+        const bl = await probe.finish();
+        probes.splice(probes.indexOf(probe), 1);
         if (info.state !== MigrationState.MIGRATION_STATE_SUCCEEDED) throw new Error(`${name}: ${MigrationState[info.state]} ${info.error?.message ?? ''}`);
         const st = info.stats!;
         const row = (rows[mode] ??= { wallMs: [], downtimeMs: [], wireMiB: [], blackoutMs: [], lost: [], errors: [], checks: [] });
@@ -246,7 +243,7 @@ async function main(): Promise<void> {
     const lo = rows['LOCAL'];
     if (sh && lo) console.log(`| LOCAL ÷ SHARED | ${fmt(median(lo.wallMs) / median(sh.wallMs))} | ${fmt(median(lo.downtimeMs) / Math.max(1, median(sh.downtimeMs)))} | ${fmt(median(lo.wireMiB) / median(sh.wireMiB))} | ${fmt(median(lo.blackoutMs) / Math.max(1, median(sh.blackoutMs)))} | | | |`);
   } finally {
-    for (const p of probers) await p.stop().catch(() => undefined);
+    for (const p of probes) await p.stop().catch(() => undefined);
     await Promise.all(nodes.map((n) => n.stop().catch(() => undefined)));
     await tb?.destroy();
     await rm(work, { recursive: true, force: true });

@@ -13,7 +13,7 @@ import { DiskBus, DiskFormat, MigrationState, PolicyKind, StorageMode, VmSpec, W
 import { MigdError } from '../services/shared/errors.js';
 import { certDir, repoRoot } from '../services/shared/paths.js';
 import { LOCAL_VM_NETWORK, startLocalCluster } from '../services/testbed/cluster.js';
-import { Prober } from '../services/testbed/prober.js';
+import { BlackoutProbe, networkBlackoutOf } from '../services/testbed/guest-probe.js';
 import { ensureGuestImageDir } from '../stress/image/build.js';
 
 const once = process.argv.includes('--once');
@@ -64,7 +64,7 @@ async function main(): Promise<void> {
     ...(process.env['MIGD_VERBOSE'] ? { onLog: (l: string) => console.error(l) } : {}),
   });
   let closing = false;
-  let prober: Prober | undefined;
+  let prober: BlackoutProbe | undefined;
   const close = async (code: number): Promise<never> => {
     if (!closing) {
       closing = true;
@@ -112,8 +112,7 @@ async function main(): Promise<void> {
     ga.abort();
     console.log(`migd: guest is up: ${guest.msPerGib.toFixed(0)} ms to write 1 GiB before the migration`);
     // The blackout as a client on the VM network sees it: a UDP echo to the guest every 10 ms.
-    prober = await Prober.start({ target: guestIp, netns: vmNet.client.netns, intervalMs: 10, timeoutMs: 1000 });
-    await prober.waitForAnswers(20, 30_000);
+    prober = await BlackoutProbe.start(vmNet, guestIp, { readyAnswers: 20 });
     console.log(`migd: the guest answers on ${guestIp} (probed every 10 ms from the client namespace ${vmNet.client.netns})`);
     await tb.shape('a', { rateMbit: 300 });
     console.log('migd: submitting a plan to the coordinator: migrate demo a → b over a 300 Mbit/s link, adaptive policy…');
@@ -154,12 +153,11 @@ async function main(): Promise<void> {
         console.log(`migd: disk d0 copied before the memory: ${((s?.diskTransferredBytes ?? 0) / MiB).toFixed(1)} MiB in a ${s?.storageMs ?? 0} ms storage phase (${((s?.diskAllocatedBytes ?? 0) / MiB).toFixed(1)} MiB allocated of 64 MiB: the holes were not sent); checked on b: ${(s?.checks ?? []).map((c) => `${c.name} ${c.passed ? 'ok' : 'FAILED'}`).join(', ')}`);
         // A few answers after the switch-over close the last gap.
         const pr = prober;
-        await pr.waitForAnswers(pr.answerLog.length + 20, 10_000).catch(() => undefined);
-        const bl = await pr.stop();
+        const bl = await pr.finish(20, 10_000);
         prober = undefined;
         console.log(`migd: network blackout seen from the client namespace: ${Math.round(bl.blackoutMs)} ms (longest gap between echo answers), ${bl.lost} of ${bl.sent} probes lost; QEMU's downtime was ${s?.downtimeMs} ms (Google reports a median blackout of 50 ms, p99 300 ms, on real hardware; this is TCG on a shared 2-core machine)`);
         await op
-          .recordRunBlackout({ runId, blackout: { blackoutMs: Math.round(bl.blackoutMs), probesSent: bl.sent, probesLost: bl.lost, probeIntervalMs: 10, measuredBy: `npm start prober, UDP echo to ${guestIp}:7 from ${vmNet.client.netns}`, ...(bl.blackoutFromMs !== undefined ? { gapStartedAt: new Date(bl.blackoutFromMs) } : {}), ...(bl.blackoutToMs !== undefined ? { gapEndedAt: new Date(bl.blackoutToMs) } : {}) } })
+          .recordRunBlackout({ runId, blackout: networkBlackoutOf(bl, pr.intervalMs, pr.describe('npm start prober')) })
           .catch((err: unknown) => console.error(`migd: could not record the blackout with the run: ${(err as Error).message}`));
         break;
       }

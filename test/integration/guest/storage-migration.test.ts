@@ -29,7 +29,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import type { GuestEvent } from '../../../services/shared/guest/telemetry.js';
 import { buildGuestCmdline } from '../../../services/shared/guest/workload.js';
-import { Prober, Testbed, type TestbedHost } from '../../../services/testbed/index.js';
+import { BlackoutProbe, migrationTxBytes, Testbed, type TestbedHost } from '../../../services/testbed/index.js';
 import { ensureGuestImage, type GuestImage } from '../../../stress/image/build.js';
 import { GuestEventLog } from '../../helpers/guest-qemu.js';
 import { MiniQmp } from '../../helpers/mini-qmp.js';
@@ -65,7 +65,7 @@ describe('real VM with a disk and a NIC, migrated by QMP (no node daemon)', () =
   let image: GuestImage;
   let dir: string;
   const vms: Vm[] = [];
-  const probers: Prober[] = [];
+  const probes: BlackoutProbe[] = [];
 
   beforeAll(async () => {
     image = await ensureGuestImage();
@@ -75,7 +75,7 @@ describe('real VM with a disk and a NIC, migrated by QMP (no node daemon)', () =
   }, 180_000);
 
   afterEach(async () => {
-    for (const p of probers.splice(0)) await p.stop();
+    for (const p of probes.splice(0)) await p.stop();
     for (const vm of vms.splice(0)) await stopVm(vm);
   });
 
@@ -160,7 +160,7 @@ describe('real VM with a disk and a NIC, migrated by QMP (no node daemon)', () =
       e.type === type && pred(e as Extract<GuestEvent, { type: T }>);
 
   /** Boots the source, waits for its NIC, disk workload and echo; starts the prober. */
-  async function bootSource(spec: VmSpec, log: GuestEventLog, guestIndex: number): Promise<{ vm: Vm; prober: Prober }> {
+  async function bootSource(spec: VmSpec, log: GuestEventLog, guestIndex: number): Promise<{ vm: Vm; probe: BlackoutProbe }> {
     const vm = await startVm(spec, log);
     const net = await log.waitFor(is('net'), 90_000);
     expect(net.ip).toBe(bed().vm?.guestAddress(guestIndex));
@@ -170,10 +170,9 @@ describe('real VM with a disk and a NIC, migrated by QMP (no node daemon)', () =
     await log.waitFor(is('disk-pass'), 30_000);
     const vmNet = bed().vm;
     if (!vmNet) throw new Error('no VM network');
-    const prober = await Prober.start({ target: net.ip, port: net.echoPort, netns: vmNet.client.netns, intervalMs: 10, timeoutMs: 1000 });
-    probers.push(prober);
-    await prober.waitForAnswers(50, 30_000);
-    return { vm, prober };
+    const probe = await BlackoutProbe.start(vmNet, net.ip, { port: net.echoPort, readyAnswers: 50 });
+    probes.push(probe);
+    return { vm, probe };
   }
 
   /** Memory migration over the migration network; resolves at the source's `completed`. */
@@ -219,7 +218,7 @@ describe('real VM with a disk and a NIC, migrated by QMP (no node daemon)', () =
     await t.addTap('b', 'tap-s1');
     const log = new GuestEventLog();
     const base = { disk, format: 'qcow2' as const, mac: vmNet.guestMac(0), cmdline: cmdline(0, '4M') };
-    const { vm: src, prober } = await bootSource({ ...base, tag: 'shared-src', host: a, tap: 'tap-s0' }, log, 0);
+    const { vm: src, probe } = await bootSource({ ...base, tag: 'shared-src', host: a, tap: 'tap-s0' }, log, 0);
 
     // The destination opens the very file the running source holds: incoming images stay inactive
     // (no lock conflict) until the switch-over hands them over.
@@ -229,10 +228,9 @@ describe('real VM with a disk and a NIC, migrated by QMP (no node daemon)', () =
     await dst.qmp.cmd('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 });
     await stopVm(src); // the source is gone, as after a real migration
 
-    const answered = prober.answerLog.length;
-    await prober.waitForAnswers(answered + 50, 30_000);
+    await probe.answered(50);
     const verified = await verifyAfterArrival(dst, log);
-    const r = await prober.stop();
+    const r = await probe.stop();
     const figures = { case: 'shared', downtimeMs: m.downtimeMs, totalMs: m.totalMs, blackoutMs: Math.round(r.blackoutMs), lost: r.lost, sent: r.sent, outages: r.outages.length, ...verified };
     process.stdout.write(`storage-migration ${JSON.stringify(figures)}\n`);
     // The blackout's size is a figure (printed above; about 0.5 s on a quiet machine), not a timed
@@ -240,7 +238,7 @@ describe('real VM with a disk and a NIC, migrated by QMP (no node daemon)', () =
     // that was unreachable for long after the switch-over.
     expect(r.blackoutMs).toBeLessThan(5000);
     expect(r.blackoutToMs ?? 0).toBeGreaterThan(0);
-    expect(prober.answerLog.at(-1)?.receivedMs ?? 0).toBeGreaterThan(m.completedAtMs);
+    expect(probe.prober.answerLog.at(-1)?.receivedMs ?? 0).toBeGreaterThan(m.completedAtMs);
   }, 300_000);
 
   it('LOCAL storage copied over NBD (blockdev-mirror sync full, block-job-cancel): identical, sparse, 0 errors', async () => {
@@ -260,7 +258,7 @@ describe('real VM with a disk and a NIC, migrated by QMP (no node daemon)', () =
     await t.addTap('b', 'tap-l1');
     const log = new GuestEventLog();
     const base = { format: 'raw' as const, mac: vmNet.guestMac(1), cmdline: cmdline(1, '1M') };
-    const { vm: src, prober } = await bootSource({ ...base, disk: srcDisk, tag: 'local-src', host: a, tap: 'tap-l0' }, log, 1);
+    const { vm: src, probe } = await bootSource({ ...base, disk: srcDisk, tag: 'local-src', host: a, tap: 'tap-l0' }, log, 1);
     const dst = await startVm({ ...base, disk: dstDisk, tag: 'local-dst', host: b, tap: 'tap-l1', incoming: 'paused' }, log);
 
     // Storage first, on a link shaped to 200 Mbit/s so the mirror rate can be compared with it.
@@ -272,18 +270,14 @@ describe('real VM with a disk and a NIC, migrated by QMP (no node daemon)', () =
     // discard=unmap on the NBD client too: only then may mirror send zeroes as "may punch a hole"
     // (without it QEMU asks NBD_CMD_FLAG_NO_HOLE and the target gets fully allocated).
     await src.qmp.cmd('blockdev-add', { driver: 'nbd', 'node-name': 'target-disk0', discard: 'unmap', server: { type: 'inet', host: b.migrationAddress, port: String(nbdPort) }, export: 'disk0' });
-    const txBytes = async (): Promise<number> => {
-      const r = await a.exec('ip', ['-j', '-s', 'link', 'show', 'dev', a.migrationInterface]);
-      return (JSON.parse(r.stdout) as { stats64: { tx: { bytes: number } } }[])[0]?.stats64.tx.bytes ?? NaN;
-    };
-    const tx0 = await txBytes();
+    const tx0 = await migrationTxBytes(a);
     const mirrorStart = now();
     await src.qmp.cmd('blockdev-mirror', { 'job-id': 'mirror-disk0', device: 'disk0', target: 'target-disk0', sync: 'full' });
     const ready = await src.qmp.waitEvent((e) => e.event === 'BLOCK_JOB_READY' && e.data['device'] === 'mirror-disk0', 120_000);
     const mirrorMs = ready.atMs - mirrorStart;
     const jobs = await src.qmp.cmd<{ device: string; offset: number; len: number }[]>('query-block-jobs');
     const copied = jobs.find((j) => j.device === 'mirror-disk0')?.offset ?? 0;
-    const wire = (await txBytes()) - tx0;
+    const wire = (await migrationTxBytes(a)) - tx0;
     await t.unshape('a');
 
     // Memory next (the mirror keeps the target in sync meanwhile); the destination stays paused.
@@ -307,10 +301,9 @@ describe('real VM with a disk and a NIC, migrated by QMP (no node daemon)', () =
     await dst.qmp.cmd('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 });
     await stopVm(src);
 
-    const answered = prober.answerLog.length;
-    await prober.waitForAnswers(answered + 50, 30_000);
+    await probe.answered(50);
     const verified = await verifyAfterArrival(dst, log);
-    const r = await prober.stop();
+    const r = await probe.stop();
     // The job's offset counts zeroed ranges too (sent as NBD WRITE_ZEROES, no payload): the rate
     // that compares with the link is what crossed it.
     const mirrorRate = wire / (mirrorMs / 1000);
@@ -337,7 +330,7 @@ describe('real VM with a disk and a NIC, migrated by QMP (no node daemon)', () =
     expect(copied).toBeGreaterThanOrEqual(16 * MiB);
     // Sparse regions are not sent: what crossed the link is about the allocated data, not 64 MiB.
     expect(wire).toBeLessThan(srcAlloc + 8 * MiB);
-    expect(prober.answerLog.at(-1)?.receivedMs ?? 0).toBeGreaterThan(m.completedAtMs);
+    expect(probe.prober.answerLog.at(-1)?.receivedMs ?? 0).toBeGreaterThan(m.completedAtMs);
     expect(r.blackoutMs).toBeLessThan(5000);
   }, 300_000);
 });

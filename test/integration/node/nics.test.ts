@@ -8,7 +8,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, WorkloadPattern, type NicSpec } from '../../../services/shared/gen/migd/v1/common.js';
-import { Prober } from '../../../services/testbed/prober.js';
+import { BlackoutProbe } from '../../../services/testbed/guest-probe.js';
 import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
 
 const run = promisify(execFile);
@@ -22,9 +22,9 @@ describe('node daemons: NICs on a VM network', () => {
     await c?.close();
   });
   let vmNames: string[] = [];
-  const probers: Prober[] = [];
+  const probes: BlackoutProbe[] = [];
   afterEach(async () => {
-    for (const p of probers.splice(0)) await p.stop();
+    for (const p of probes.splice(0)) await p.stop();
     const names = vmNames;
     vmNames = [];
     if (c) await resetNodeCluster(c, names);
@@ -83,9 +83,8 @@ describe('node daemons: NICs on a VM network', () => {
     expect(await taps('a')).toHaveLength(2);
     await waitForGuest(a, 'net1', 2, 60_000, (s) => s.pagesVerified > 0);
 
-    const prober = await Prober.start({ target: ip, netns: vmNet.client.netns, intervalMs: 10, timeoutMs: 1000 });
-    probers.push(prober);
-    await prober.waitForAnswers(30, 30_000);
+    const probe = await BlackoutProbe.start(vmNet, ip);
+    probes.push(probe);
 
     const dest = { nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress };
     await startMigration(c, 'a', { runId: 'run-nic-1', vmName: 'net1', destination: dest, policy: policy({ downtimeLimitMs: 300 }) });
@@ -95,9 +94,8 @@ describe('node daemons: NICs on a VM network', () => {
     const trace = await followMigration(a, 'run-nic-1');
     expect(trace.result.error?.message ?? '').toBe('');
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
-    const answered = prober.answerLog.length;
-    await prober.waitForAnswers(answered + 30, 30_000);
-    const r = await prober.stop();
+    await probe.answered(30);
+    const r = await probe.stop();
     // What the nodes measure themselves: both cards announced once the guest resumed on b.
     expect(trace.result.stats?.nicsAnnounced).toBe(2);
     // Soon after the resume, within the prober's patience (its size is a printed figure; the

@@ -419,14 +419,14 @@ function storageFigures(
 ): Pick<RunFigures, 'disk' | 'diskBytes' | 'diskAllocatedBytes' | 'storageMs' | 'runTimeMs' | 'blackoutMs' | 'probesLost' | 'probesSent' | 'checksPassed' | 'checks' | 'wireBytes' | 'diskWireBytes'> {
   const stats = t.run?.stats;
   const maxCopied = t.progress.reduce((m, p) => Math.max(m, Number(p.diskTransferredBytes ?? 0)), 0);
-  const disk = (stats?.disksCopied ?? 0) > 0 || Number(stats?.diskAllocatedBytes ?? 0) > 0 || t.progress.some((p) => p.storagePhase === true || Number(p.diskTotalBytes ?? 0) > 0);
+  const disk = (stats?.disksCopied ?? 0) > 0 || Number(stats?.diskAllocatedBytes ?? 0) > 0 || t.progress.some((p) => p.storagePhase === true || p.qemuStatus === 'storage-copy' || Number(p.diskTotalBytes ?? 0) > 0);
   const checks = stats?.checks ?? [];
   const wire = wireBytes ?? NaN;
   const b = t.run?.networkBlackout;
   const finished = t.run?.finishedAt !== undefined && end !== undefined;
   return {
     disk,
-    diskBytes: disk ? Number(stats?.diskTransferredBytes ?? maxCopied) : NaN,
+    diskBytes: disk && (stats?.diskTransferredBytes !== undefined || maxCopied > 0) ? Number(stats?.diskTransferredBytes ?? maxCopied) : NaN,
     diskAllocatedBytes: disk && stats?.diskAllocatedBytes !== undefined ? Number(stats.diskAllocatedBytes) : NaN,
     storageMs: disk && stats?.storageMs ? Number(stats.storageMs) : NaN,
     runTimeMs: finished ? end - start : NaN,

@@ -46,6 +46,10 @@ export const CSV_HEADER = [
   'destination_cpu_seconds',
   'xbzrle_cache_miss',
   'duplicate_pages',
+  'disk_transferred_bytes',
+  'disk_total_bytes',
+  'disk_rate_bytes_per_sec',
+  'storage_phase',
 ] as const;
 
 const iso = (d: Date | undefined): string => (d === undefined ? '' : d.toISOString());
@@ -108,6 +112,10 @@ export function timelinesToCsv(timelines: readonly GetRunTimelineResponse[], lab
         s.destinationCpuSeconds,
         s.xbzrleCacheMiss,
         s.duplicatePages,
+        s.diskTransferredBytes,
+        s.diskTotalBytes,
+        s.diskRateBytesPerSec,
+        s.storagePhase === undefined ? undefined : s.storagePhase ? 1 : 0,
       ]);
     }
   }

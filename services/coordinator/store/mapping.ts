@@ -145,6 +145,10 @@ export function progressToRow(runId: string, s: ProgressSample, at: number): New
     xbzrle_cache_miss: s.xbzrleCacheMiss,
     duplicate_pages: s.duplicatePages,
     estimated_dirty_bytes_per_sec: s.estimatedDirtyBytesPerSec,
+    disk_transferred_bytes: s.diskTransferredBytes ?? null,
+    disk_total_bytes: s.diskTotalBytes ?? null,
+    disk_rate_bytes_per_sec: s.diskRateBytesPerSec ?? null,
+    storage_phase: s.storagePhase === undefined ? null : s.storagePhase ? 1 : 0,
   };
 }
 
@@ -171,6 +175,10 @@ export function progressToProto(r: ProgressRow): ProgressSample {
     xbzrleCacheMiss: r.xbzrle_cache_miss,
     duplicatePages: r.duplicate_pages,
     estimatedDirtyBytesPerSec: r.estimated_dirty_bytes_per_sec,
+    ...(r.disk_transferred_bytes !== null ? { diskTransferredBytes: Number(r.disk_transferred_bytes) } : {}),
+    ...(r.disk_total_bytes !== null ? { diskTotalBytes: Number(r.disk_total_bytes) } : {}),
+    ...(r.disk_rate_bytes_per_sec !== null ? { diskRateBytesPerSec: Number(r.disk_rate_bytes_per_sec) } : {}),
+    ...(r.storage_phase !== null ? { storagePhase: Number(r.storage_phase) !== 0 } : {}),
   };
 }
 

@@ -111,6 +111,11 @@ export interface ProgressSamplesTable {
   xbzrle_cache_miss: number;
   duplicate_pages: number;
   estimated_dirty_bytes_per_sec: Generated<number>;
+  /** The storage copy's figures (NULL: none in the sample). storage_phase is 0/1. */
+  disk_transferred_bytes: number | null;
+  disk_total_bytes: number | null;
+  disk_rate_bytes_per_sec: number | null;
+  storage_phase: number | null;
 }
 
 export interface GuestSamplesTable {

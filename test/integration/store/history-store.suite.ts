@@ -513,6 +513,29 @@ export function historyStoreSuite(backend: StoreBackend): void {
       expect(onlyNova.summaries.map((x) => x.kind)).toEqual([PolicyKind.POLICY_KIND_NOVA]);
     });
 
+    it("keeps a sample's storage-copy figures (issue 13): written, read back in the timeline, exported; absent stays absent", async () => {
+      const s = await open();
+      const run = await s.createRun(runInput({ vmName: 'vm-disk' }));
+      const big = 5 * 2 ** 30 + 123; // beyond 32 bits
+      s.appendProgress(run.id, { pass: 0, qemuStatus: 'storage-copy', diskTransferredBytes: 0, diskTotalBytes: big, diskRateBytesPerSec: 0, storagePhase: true } as never);
+      s.appendProgress(run.id, { pass: 1, qemuStatus: 'active', diskTransferredBytes: big, diskTotalBytes: big, diskRateBytesPerSec: 88 * 2 ** 20, storagePhase: false } as never);
+      s.appendProgress(run.id, { pass: 2, qemuStatus: 'active' } as never);
+      await s.finishRun(run.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+      const tl = await s.getRunTimeline(run.id);
+      expect(tl.progress.map((p) => [p.diskTransferredBytes, p.diskTotalBytes, p.diskRateBytesPerSec, p.storagePhase])).toEqual([
+        [0, big, 0, true],
+        [big, big, 88 * 2 ** 20, false],
+        [undefined, undefined, undefined, undefined],
+      ]);
+      const csv = parseCsv(Buffer.from((await s.exportRuns({ runIds: [run.id] } as never, ExportFormat.EXPORT_FORMAT_CSV)).data).toString('utf8'));
+      const col = (name: string): number => csv[0]!.indexOf(name);
+      expect(csv.slice(1).map((r) => [r[col('disk_transferred_bytes')], r[col('disk_total_bytes')], r[col('disk_rate_bytes_per_sec')], r[col('storage_phase')]])).toEqual([
+        ['0', String(big), '0', '1'],
+        [String(big), String(big), String(88 * 2 ** 20), '0'],
+        ['', '', '', ''],
+      ]);
+    });
+
     it('exports runs as JSON and as CSV with proper quoting', async () => {
       const s = await open();
       const label = 'lab, "quoted"\nline';

@@ -1,6 +1,7 @@
 /**
  * `npm run demo:ha` (`node dist/scripts/ha-demo.js`): replicated coordinators on this machine, in
- * one command (issue 15 §5). It starts a throw-away PostgreSQL, a nats-server, three coordinators
+ * one command (issue 15 §5). It starts a throw-away PostgreSQL, three clustered nats-servers
+ * (JetStream; the events stream with 3 replicas), three coordinators
  * on that one database, two hypervisor hosts (network namespaces) with a node daemon each that
  * knows all three coordinators, and two guests of 128 MiB on host a. Then `migctl drain a --to b
  * --watch` runs with all three addresses; while the first migration copies memory the leader is
@@ -48,7 +49,7 @@ async function main(): Promise<number> {
   rmSync(workDir, { recursive: true, force: true });
   const certDir = join(workDir, 'pki');
   createPki(certDir);
-  say('starting PostgreSQL, nats-server, 3 coordinators on that one database, hosts a and b with a node daemon each…');
+  say('starting PostgreSQL, 3 clustered nats-servers, 3 coordinators on that one database and NATS, hosts a and b with a node daemon each…');
   const guestImage = await ensureGuestImageDir(join(workDir, 'guest'));
   let cluster: HaCluster | undefined;
   let migctl: ReturnType<typeof spawn> | undefined;
@@ -66,6 +67,7 @@ async function main(): Promise<number> {
       certDir,
       guestImage,
       coordinators: 3,
+      natsServers: 3,
       // A node is down after 3 s without a heartbeat (the tests' 1.5 s is tight while guests boot).
       coordinatorArgs: ['--heartbeat-misses', '6'],
       onLog: (l) => {
@@ -76,7 +78,7 @@ async function main(): Promise<number> {
     });
     const c = cluster;
     const leader = await c.waitForLeader();
-    say(`coordinators: ${c.addresses.map((a, i) => `${i}=${a}${i === leader ? ' (leader)' : ''}`).join(', ')}; Postgres ${c.dbUrl}; NATS ${c.natsUrl}`);
+    say(`coordinators: ${c.addresses.map((a, i) => `${i}=${a}${i === leader ? ' (leader)' : ''}`).join(', ')}; Postgres ${c.dbUrl}; NATS ${c.natsUrls.join(', ')} (pids ${c.natsServers.map((p) => p?.pid).join(', ')})`);
     const op = c.client();
     say('creating guests g1 and g2 (128 MiB, verifying workload) on host a…');
     await Promise.all(['g1', 'g2'].map((n) => op.createVm({ spec: spec(n), nodeId: 'a' })));

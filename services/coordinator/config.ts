@@ -48,6 +48,11 @@ export interface CoordinatorConfig {
    */
   readonly natsAuth: NatsClientAuth;
   /**
+   * Replicas of the events stream the coordinator creates (MIGD_EVENTS): 1 for one nats-server,
+   * 3 for a JetStream cluster of three, so the stream survives the loss of one server (default 1).
+   */
+  readonly natsStreamReplicas: number;
+  /**
    * Client-certificate identity (CN) → role. Defaults: operator→operator, viewer→viewer,
    * migd-node→node, migd-coordinator→operator; entries given in configuration add to or
    * override them. Unknown identities are refused.
@@ -91,6 +96,7 @@ export const COORDINATOR_OPTIONS = {
   'nats-user': { type: 'string', default: '', env: 'MIGD_NATS_USER', doc: 'NATS user, with --nats-password-file (default none)' },
   'nats-password-file': { type: 'string', default: '', env: 'MIGD_NATS_PASSWORD_FILE', doc: 'file holding the NATS password (default none)' },
   'nats-creds': { type: 'string', default: '', env: 'MIGD_NATS_CREDS', doc: 'NATS credentials file, instead of a user (default none)' },
+  'nats-stream-replicas': { type: 'integer', default: 1, min: 1, max: 5, env: 'MIGD_NATS_STREAM_REPLICAS', doc: 'replicas of the events stream: 3 on a JetStream cluster of three nats-servers (default 1)' },
   roles: { type: 'string', env: 'MIGD_COORDINATOR_ROLES', doc: 'identity=role,... added to or overriding the default roles' },
   'require-node-identity': { type: 'boolean', default: true, env: 'MIGD_COORDINATOR_REQUIRE_NODE_IDENTITY', doc: 'nodes must present their own certificate migd-node.<id> (default on)' },
   'allow-shared-node-identity': { type: 'boolean', env: 'MIGD_COORDINATOR_ALLOW_SHARED_NODE_IDENTITY', doc: 'let the shared migd-node certificate speak for any node (default off)' },
@@ -218,6 +224,7 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
     pruneEveryMs: int('pruneEveryMs'),
     nats,
     natsAuth,
+    natsStreamReplicas: int('natsStreamReplicas'),
     roles,
     requireNodeIdentity,
     heartbeatMs,

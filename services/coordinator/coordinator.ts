@@ -263,7 +263,7 @@ export class Coordinator {
   }
 
   private startRelay(nc: NatsConnection): void {
-    this.relay = startOutboxRelay({ source: this.store.outbox, nc, onLag: outboxLagObserver(this.metrics), logger: this.log.child({ component: 'nats' }) });
+    this.relay = startOutboxRelay({ source: this.store.outbox, nc, stream: { replicas: this.config.natsStreamReplicas }, onLag: outboxLagObserver(this.metrics), logger: this.log.child({ component: 'nats' }) });
   }
 
   /** The bound gRPC port. */

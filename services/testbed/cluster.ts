@@ -11,9 +11,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { DependencyError, UnavailableError } from '../shared/errors.js';
+import { ConfigError, DependencyError, UnavailableError } from '../shared/errors.js';
 import { CoordinatorServiceService, NodeStatus } from '../shared/gen/migd/v1/coordinator.js';
-import { NATS_PUBLISHER_USER, NATS_READER_USER, NATS_SERVER_IDENTITY, createNatsUsers, natsServerConfig, type NatsServerSecurity } from '../shared/events/nats-security.js';
+import { NATS_PUBLISHER_USER, NATS_READER_USER, NATS_SERVER_IDENTITY, createNatsUsers, natsServerConfig, type NatsClusterConfig, type NatsServerSecurity } from '../shared/events/nats-security.js';
 import { repoRoot } from '../shared/paths.js';
 import { ensurePrivateDir } from '../shared/private-files.js';
 import { ensurePki, identityFiles, serverIdentity } from '../shared/pki.js';
@@ -163,16 +163,24 @@ export async function startService(
  * Starts nats-server with JetStream on 127.0.0.1 (a free port), storing under `storeDir`. With
  * `security` it requires TLS with client certificates and the given users (configuration in
  * `<storeDir>.conf`, 0600) and its URL is `tls://`; without, it is open (benchmarks only).
+ * With `cluster` (needs `security`) it is one member of a JetStream cluster.
  * @throws DependencyError when not installed; UnavailableError when it does not start
  */
-export async function startNatsProcess(storeDir: string, onLog: (l: string) => void = () => undefined, port?: number, security?: NatsServerSecurity): Promise<{ process: ChildProcess; url: string; port: number }> {
+export async function startNatsProcess(
+  storeDir: string,
+  onLog: (l: string) => void = () => undefined,
+  port?: number,
+  security?: NatsServerSecurity,
+  cluster?: NatsClusterConfig,
+): Promise<{ process: ChildProcess; url: string; port: number }> {
   const bin = natsServerBinary();
+  if (cluster && !security) throw new ConfigError('nats cluster', 'a clustered nats-server is started with security only');
   port ??= await freePort('127.0.0.1');
   ensurePrivateDir(storeDir);
   let args = ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir];
   if (security) {
     const conf = `${storeDir}.conf`;
-    writeFileSync(conf, natsServerConfig({ host: '127.0.0.1', port, storeDir, name: `migd-${port}`, security }), { mode: 0o600 });
+    writeFileSync(conf, natsServerConfig({ host: '127.0.0.1', port, storeDir, name: `migd-${port}`, security, cluster }), { mode: 0o600 });
     args = ['-c', conf];
   }
   const child = await startService('nats', bin, args, (l) => l.includes('Server is ready'), onLog);

@@ -1,18 +1,21 @@
 /**
- * Replicated coordinators on this machine (issue 15): a throw-away PostgreSQL cluster, a
- * nats-server with JetStream (TLS, publisher and reader users, as in the local cluster), N
- * coordinators on that one database and NATS, all listening on the testbed's root address, and a
+ * Replicated coordinators on this machine (issue 15): a throw-away PostgreSQL cluster, one
+ * nats-server with JetStream or a JetStream cluster of three (TLS, publisher and reader users, as
+ * in the local cluster; routes on loopback), N coordinators on that one database and given every
+ * NATS server's URL, all listening on the testbed's root address, and a
  * node daemon in each testbed host that is given every coordinator's address (`--coordinator
  * a,b,c`) and follows the leader. Used by the failover tests and `npm run demo:ha`.
  *
- * Coordinators can be killed and started again (same address); `close()` stops everything —
+ * Coordinators and nats-servers can be killed and started again (same address, same JetStream
+ * store); `close()` stops everything —
  * coordinators, node daemons, the testbed (the QEMU processes die with their namespaces), NATS,
  * Postgres and the work folder — also after a partial start.
  */
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
-import { NATS_PUBLISHER_USER, NATS_READER_USER, NATS_SERVER_IDENTITY, createNatsUsers, type NatsClientAuth } from '../shared/events/nats-security.js';
+import { NATS_PUBLISHER_USER, NATS_READER_USER, NATS_SERVER_IDENTITY, createNatsUsers, type NatsClientAuth, type NatsClusterConfig } from '../shared/events/nats-security.js';
 import { NotFoundError, NotLeaderError, UnavailableError } from '../shared/errors.js';
 import { CoordinatorServiceService, NodeStatus } from '../shared/gen/migd/v1/coordinator.js';
 import { freePort } from '../shared/net.js';
@@ -38,6 +41,12 @@ export interface HaClusterOptions {
   readonly certDir: string;
   /** Guest-image folder handed to every node daemon. */
   readonly guestImage: string;
+  /**
+   * How many nats-servers (default 1). 3 makes them a JetStream cluster (each routes to the
+   * others) and the coordinators create the events stream with 3 replicas, so it survives the
+   * loss of any one server.
+   */
+  readonly natsServers?: 1 | 3;
   /** Extra coordinator flags. */
   readonly coordinatorArgs?: readonly string[];
   /** Coordinator log level (default info: tests and the demo read its lines). */
@@ -54,8 +63,12 @@ export interface HaCluster {
   readonly pg: PostgresServer;
   /** The coordinators' shared database. */
   readonly dbUrl: string;
-  /** tls://127.0.0.1:port */
+  /** The first nats-server's URL, tls://127.0.0.1:port. */
   readonly natsUrl: string;
+  /** Every nats-server's URL (what the coordinators are given). */
+  readonly natsUrls: readonly string[];
+  /** The nats-server processes now (undefined while stopped or killed). */
+  readonly natsServers: readonly (ChildProcess | undefined)[];
   /** How an event consumer authenticates to NATS (the read-only user, operator certificate). */
   readonly natsReader: NatsClientAuth;
   /** The coordinators' addresses (fixed, also while one is down). */
@@ -71,10 +84,12 @@ export interface HaCluster {
   role(index: number): Promise<CoordinatorRole>;
   /** The index of the one coordinator that leads (polls until exactly one does). @throws UnavailableError */
   waitForLeader(timeoutMs?: number, among?: readonly number[]): Promise<number>;
-  /** Stops nats-server (SIGTERM); its JetStream store stays. */
-  stopNats(): Promise<void>;
-  /** Starts nats-server again on the same port and store. */
-  startNats(): Promise<void>;
+  /** Stops nats-server `index`, or every one (SIGTERM); the JetStream stores stay. */
+  stopNats(index?: number): Promise<void>;
+  /** SIGKILL nats-server `index`; resolves when it has exited. */
+  killNats(index: number): Promise<void>;
+  /** Starts nats-server `index`, or every stopped one, again on the same ports and store. */
+  startNats(index?: number): Promise<void>;
   /** SIGKILL coordinator `index`; resolves when it has exited. */
   killCoordinator(index: number): Promise<void>;
   /** Starts coordinator `index` again (same address and database). */
@@ -92,7 +107,7 @@ export async function startHaCluster(opts: HaClusterOptions): Promise<HaCluster>
   mkdirSync(opts.workDir, { recursive: true });
   let tb: Testbed | undefined;
   let pg: PostgresServer | undefined;
-  let nats: ChildProcess | undefined;
+  const nats: (ChildProcess | undefined)[] = [];
   const coordinators: (CoordinatorProcess | undefined)[] = [];
   const nodes: Record<string, NodeProcess> = {};
   const clients: { close(): void }[] = [];
@@ -101,7 +116,7 @@ export async function startHaCluster(opts: HaClusterOptions): Promise<HaCluster>
     await Promise.all(coordinators.map((c) => c?.kill().catch(() => undefined)));
     await Promise.all(Object.values(nodes).map((n) => n.kill().catch(() => undefined)));
     await tb?.destroy().catch(() => undefined);
-    await stopChild(nats).catch(() => undefined);
+    await Promise.all(nats.map((p) => stopChild(p).catch(() => undefined)));
     await pg?.dispose().catch(() => undefined);
     rmSync(opts.workDir, { recursive: true, force: true });
   };
@@ -118,10 +133,27 @@ export async function startHaCluster(opts: HaClusterOptions): Promise<HaCluster>
     ensurePrivateDir(natsAuthDir);
     const { users, passwordFile } = createNatsUsers(natsAuthDir);
     const natsSecurity = { tls: identityFiles(opts.certDir, NATS_SERVER_IDENTITY), users };
-    const n = await startNatsProcess(join(opts.workDir, 'nats'), onLog, undefined, natsSecurity);
-    nats = n.process;
-    const natsUrl = n.url;
-    const natsArgs = ['--nats', natsUrl, '--nats-user', NATS_PUBLISHER_USER, '--nats-password-file', passwordFile(NATS_PUBLISHER_USER)];
+    const natsCount = opts.natsServers ?? 1;
+    const natsPorts: number[] = [];
+    for (let i = 0; i < natsCount; i++) natsPorts.push(await freePort('127.0.0.1'));
+    let natsCluster: ((i: number) => NatsClusterConfig) | undefined;
+    if (natsCount > 1) {
+      const routePorts: number[] = [];
+      for (let i = 0; i < natsCount; i++) routePorts.push(await freePort('127.0.0.1'));
+      const routes = routePorts.map((p) => `127.0.0.1:${p}`);
+      const password = randomBytes(18).toString('base64url');
+      natsCluster = (i) => ({ name: 'migd', listen: routes[i]!, routes, user: 'migd-route', password });
+    }
+    const startNatsAt = async (i: number): Promise<void> => {
+      const p = nats[i];
+      if (p && p.exitCode === null && p.signalCode === null) return;
+      // Each server its own store folder (removed with the work folder).
+      nats[i] = (await startNatsProcess(join(opts.workDir, natsCount > 1 ? `nats${i}` : 'nats'), (l) => onLog(natsCount > 1 ? l.replace(/^\[nats\]/, `[nats ${i}]`) : l), natsPorts[i], natsSecurity, natsCluster?.(i))).process;
+    };
+    // Together: a clustered server waits for its routes only after it is up.
+    await Promise.all(natsPorts.map((_, i) => startNatsAt(i)));
+    const natsUrls = natsPorts.map((p) => `tls://127.0.0.1:${p}`);
+    const natsArgs = ['--nats', natsUrls.join(','), '--nats-user', NATS_PUBLISHER_USER, '--nats-password-file', passwordFile(NATS_PUBLISHER_USER), '--nats-stream-replicas', String(natsCount)];
     const addresses: string[] = [];
     for (let i = 0; i < count; i++) addresses.push(`${tb.rootAddress}:${await freePort(tb.rootAddress)}`);
     const startCoordinator = async (i: number): Promise<void> => {
@@ -185,7 +217,9 @@ export async function startHaCluster(opts: HaClusterOptions): Promise<HaCluster>
       tb,
       pg,
       dbUrl,
-      natsUrl,
+      natsUrl: natsUrls[0]!,
+      natsUrls,
+      natsServers: nats,
       natsReader: { tls: identityFiles(opts.certDir, 'operator'), user: NATS_READER_USER, passwordFile: passwordFile(NATS_READER_USER) },
       addresses,
       coordinators,
@@ -198,12 +232,26 @@ export async function startHaCluster(opts: HaClusterOptions): Promise<HaCluster>
       clientAt,
       role,
       waitForLeader,
-      async stopNats() {
-        await stopChild(nats);
+      async stopNats(i) {
+        const which = i === undefined ? natsPorts.map((_, k) => k) : [i];
+        await Promise.all(
+          which.map(async (k) => {
+            const p = nats[k];
+            nats[k] = undefined;
+            await stopChild(p);
+          }),
+        );
       },
-      async startNats() {
-        if (nats && nats.exitCode === null && nats.signalCode === null) return;
-        nats = (await startNatsProcess(join(opts.workDir, 'nats'), onLog, n.port, natsSecurity)).process;
+      async killNats(i) {
+        const p = nats[i];
+        nats[i] = undefined;
+        if (!p || p.exitCode !== null || p.signalCode !== null) return;
+        const exited = new Promise<void>((r) => p.once('exit', () => r()));
+        p.kill('SIGKILL');
+        await exited;
+      },
+      async startNats(i) {
+        await Promise.all((i === undefined ? natsPorts.map((_, k) => k) : [i]).map((k) => startNatsAt(k)));
       },
       async killCoordinator(i) {
         const c = coordinators[i];

@@ -52,10 +52,26 @@ const quote = (s: string): string => JSON.stringify(s);
 const list = (xs: readonly string[]): string => `[${xs.map(quote).join(', ')}]`;
 
 /**
- * A nats-server configuration: JetStream in `storeDir`, listening on `host:port`, TLS that
- * requires a client certificate of the CA, and the users with their permissions.
+ * One member of a nats-server cluster: where it accepts routes, every member's route address
+ * (its own included: nats-server skips it), and the user routes authenticate with.
  */
-export function natsServerConfig(o: { host: string; port: number; storeDir: string; name: string; security: NatsServerSecurity }): string {
+export interface NatsClusterConfig {
+  /** The cluster's name (the same on every member). */
+  readonly name: string;
+  /** host:port this member accepts routes on. */
+  readonly listen: string;
+  /** host:port of every member's route listener. */
+  readonly routes: readonly string[];
+  readonly user: string;
+  readonly password: string;
+}
+
+/**
+ * A nats-server configuration: JetStream in `storeDir`, listening on `host:port`, TLS that
+ * requires a client certificate of the CA, and the users with their permissions. With `cluster`,
+ * the server also routes to the other members (a JetStream cluster: `name` must differ per member).
+ */
+export function natsServerConfig(o: { host: string; port: number; storeDir: string; name: string; security: NatsServerSecurity; cluster?: NatsClusterConfig | undefined }): string {
   const users = o.security.users.map((u) => {
     const perms =
       u.role === 'publisher'
@@ -67,6 +83,7 @@ export function natsServerConfig(o: { host: string; port: number; storeDir: stri
     `server_name: ${quote(o.name)}`,
     `listen: ${quote(`${o.host}:${o.port}`)}`,
     `jetstream { store_dir: ${quote(o.storeDir)} }`,
+    ...(o.cluster ? clusterBlock(o.cluster) : []),
     `tls { cert_file: ${quote(o.security.tls.certFile)}, key_file: ${quote(o.security.tls.keyFile)}, ca_file: ${quote(o.security.tls.caFile)}, verify: true, timeout: 5 }`,
     'authorization {',
     '  users = [',
@@ -75,6 +92,18 @@ export function natsServerConfig(o: { host: string; port: number; storeDir: stri
     '}',
     '',
   ].join('\n');
+}
+
+function clusterBlock(c: NatsClusterConfig): string[] {
+  const auth = `${encodeURIComponent(c.user)}:${encodeURIComponent(c.password)}`;
+  return [
+    'cluster {',
+    `  name: ${quote(c.name)}`,
+    `  listen: ${quote(c.listen)}`,
+    `  authorization { user: ${quote(c.user)}, password: ${quote(c.password)} }`,
+    `  routes: ${list(c.routes.map((r) => `nats-route://${auth}@${r}`))}`,
+    '}',
+  ];
 }
 
 /**

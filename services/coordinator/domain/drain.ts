@@ -37,6 +37,7 @@ import { MigrationPolicy, PolicyKind } from '../../shared/gen/migd/v1/common.js'
 import { type ClusterModel, ClusterIndex, findNode, linkBandwidth, vmMemoryBytes } from './cluster.js';
 import { placeVm } from './placement.js';
 import { policyResolution, type PolicyResolution } from './policy/factory.js';
+import { completionBudgetMs } from './policy/timeouts.js';
 import type { ConvergencePolicy } from './policy/types.js';
 import { type ConcurrencyLimits, MigrationQueue, resolveLimits } from './scheduler.js';
 import { formatBytes, formatDuration, formatRate } from './units.js';
@@ -61,8 +62,10 @@ export interface PolicyCapability {
   readonly autoConverge: boolean;
   /** Bandwidth cap (0: none). */
   readonly bandwidthCapBytesPerSec: number;
-  /** When the policy gives up or forces completion (ms; undefined: never). */
+  /** When the policy gives up or forces completion, for the memory (ms; undefined: never). */
   readonly completionTimeoutMs: number | undefined;
+  /** What each GiB of LOCAL disks adds to it (s; 0 or undefined: nothing). */
+  readonly completionSecPerGib?: number | undefined;
 }
 
 /** Reads a policy's capability (the largest downtime any of its steps may set, and so on). */
@@ -76,6 +79,7 @@ export function capabilityOf(policy: ConvergencePolicy): PolicyCapability {
     autoConverge: policy.requirements.autoConverge !== 'off',
     bandwidthCapBytesPerSec: e.maxBandwidthBytesPerSec,
     completionTimeoutMs: policy.timeouts.completionMs,
+    completionSecPerGib: policy.timeouts.completionSecPerGib ?? 0,
   };
 }
 
@@ -302,7 +306,9 @@ export function planDrain(cluster: ClusterModel, request: DrainRequest): DrainPl
       capability,
       model,
     );
-    const slotMs = Number.isFinite(prediction.durationMs) ? prediction.durationMs : (capability.completionTimeoutMs ?? Infinity) + (capability.completionTimeoutMs ? model.setupMs : 0);
+    // One that never finishes holds its slot until its completion timeout, LOCAL disks included.
+    const budgetMs = completionBudgetMs({ completionMs: capability.completionTimeoutMs, completionSecPerGib: capability.completionSecPerGib }, vm.diskTransferBytes ?? 0);
+    const slotMs = Number.isFinite(prediction.durationMs) ? prediction.durationMs : (budgetMs ?? Infinity) + (budgetMs ? model.setupMs : 0);
     return { vmName: vm.name, source: source.id, destination, order: i, memoryBytes: vmMemoryBytes(vm), diskBytes: vm.diskTransferBytes ?? 0, prediction, slotMs, placement: where?.reason ?? '' };
   });
 

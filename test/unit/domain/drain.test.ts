@@ -130,6 +130,10 @@ describe('planDrain', () => {
     // With a completion timeout it holds its slot until then (FIXED + 150 s/GiB: 150 s).
     const timed = planDrain(hot, { nodeId: 'src', model: MODEL, policy: MigrationPolicy.fromPartial({ completionTimeoutSecPerGib: 150 }) });
     expect(timed.entries.find((e) => e.vmName === 'hot')?.slotMs).toBe(150_000);
+    // LOCAL disks extend that timeout at the same pace: 1 GiB of memory + 2 GiB of disks, 450 s.
+    const withDisks = { ...hot, vms: hot.vms.map((v) => (v.name === 'hot' ? { ...v, diskTransferBytes: 2 * GiB } : v)) };
+    const timedDisks = planDrain(withDisks, { nodeId: 'src', model: MODEL, policy: MigrationPolicy.fromPartial({ completionTimeoutSecPerGib: 150 }) });
+    expect(timedDisks.entries.find((e) => e.vmName === 'hot')?.slotMs).toBe(450_000);
   });
 
   it('uses post-copy-capable predictions for an adaptive drain', () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { MigrationPolicy, MigrationState, PolicyActionKind, PolicyKind, ProgressSample, TimeoutAction } from '../../../services/shared/gen/migd/v1/common.js';
-import { policyFor } from '../../../services/coordinator/domain/policy/index.js';
+import { completionBudgetMs, policyFor } from '../../../services/coordinator/domain/policy/index.js';
 import { GiB, MiB } from '../../../services/coordinator/domain/units.js';
 import { replay, summary } from './traces.js';
 
@@ -61,5 +61,43 @@ describe('timeouts', () => {
     expect(at(GiB)).toBe(150_000);
     expect(at(4 * GiB)).toBe(600_000);
     expect(at(512 * MiB)).toBe(75_000);
+  });
+});
+
+describe('timeouts of a run that copies LOCAL disks (issue 13)', () => {
+  // A storage-copy sample: the source reports PREPARING with the mirrors' figures until every mirror is ready.
+  const copying = (elapsedMs: number, transferred: number, total: number): ProgressSample =>
+    ProgressSample.fromPartial({ elapsedMs, state: MigrationState.MIGRATION_STATE_PREPARING, qemuStatus: 'storage-copy', storagePhase: true, diskTransferredBytes: transferred, diskTotalBytes: total });
+
+  it('add the disks to the completion budget at the same seconds per GiB (Nova: RAM plus disk; KubeVirt: the migrating disks)', () => {
+    expect(completionBudgetMs({ completionMs: 10_000, completionSecPerGib: 10 }, 2 * GiB)).toBe(30_000);
+    expect(completionBudgetMs({ completionMs: 10_000, completionSecPerGib: 10 }, 0)).toBe(10_000);
+    expect(completionBudgetMs({ completionMs: undefined, completionSecPerGib: 10 }, 2 * GiB)).toBeUndefined();
+    expect(policyFor(MigrationPolicy.fromPartial({ kind: PolicyKind.POLICY_KIND_KUBEVIRT }), GiB).timeouts.completionSecPerGib).toBe(150);
+
+    // 1 GiB guest at 10 s/GiB with 2 GiB of LOCAL disks: 30 s, not 10 s.
+    const policy = policyFor(MigrationPolicy.fromPartial({ completionTimeoutSecPerGib: 10 }), GiB);
+    const copy = [0, 5_000, 10_000, 15_000, 20_000, 25_000].map((t) => copying(t, (t / 25_000) * 2 * GiB, 2 * GiB));
+    expect(replay(policy, copy).actions).toEqual([]);
+    const late = [...copy, sample(29_999, { diskTotalBytes: 2 * GiB, diskTransferredBytes: 2 * GiB }), sample(30_000, { diskTotalBytes: 2 * GiB, diskTransferredBytes: 2 * GiB })];
+    const { actions } = replay(policy, late);
+    expect(summary(actions)).toEqual([[30_000, 'ABORT', 0]]);
+    expect(actions[0]?.reason).toMatch(/^completion timeout: not completed after 30\.0 s \(10 s\/GiB × 1\.00 GiB \+ 10 s\/GiB × 2\.00 GiB of LOCAL disks\)/);
+    // Without disks the same guest times out at 10 s.
+    expect(summary(replay(policy, [sample(0), sample(10_000)]).actions)).toEqual([[10_000, 'ABORT', 0]]);
+  });
+
+  it('count a storage copy that advances as progress, and one the guest outruns as a stall', () => {
+    const policy = policyFor(MigrationPolicy.fromPartial({ progressTimeoutSec: 30 }), GiB);
+    // 200 s of copying 8 GiB: far longer than the progress timeout, but every sample is a new minimum.
+    const long = Array.from({ length: 11 }, (_, i) => copying(i * 20_000, i * 0.8 * GiB, 8 * GiB));
+    expect(replay(policy, long).actions).toEqual([]);
+    // Then memory pre-copy starts: its own first minimum resets nothing wrongly.
+    expect(replay(policy, [...long, sample(210_000), sample(220_000, { remainingBytes: 50 * MiB })]).actions).toEqual([]);
+    // A copy whose remaining stops shrinking (the guest writes as fast as the link) is a stall.
+    const stuck = [copying(0, 0, GiB), copying(10_000, 512 * MiB, GiB), copying(20_000, 700 * MiB, GiB + 188 * MiB), copying(40_000, 900 * MiB, GiB + 388 * MiB)];
+    const { actions } = replay(policy, stuck);
+    expect(summary(actions)).toEqual([[40_000, 'ABORT', 0]]);
+    expect(actions[0]?.reason).toMatch(/storage copy's remaining has not gone below 512\.0 MiB since 10\.0 s/);
   });
 });

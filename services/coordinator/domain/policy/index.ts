@@ -6,7 +6,7 @@ export type { ConvergencePolicy, Decision, PolicyDecision, PolicyRequirements, T
 export { isTerminalAction, toPolicyAction } from './types.js';
 export { type AdaptiveConfig, type AdaptivePrediction, type AdaptiveReading, type AdaptiveState, type AdaptiveTuning, AdaptivePolicy, DEFAULT_ADAPTIVE_TUNING } from './adaptive.js';
 export { type ScheduleConfig, type ScheduleEffect, type ScheduleEntry, type ScheduleTrigger, type ScheduledState, type StepMode, ScheduledPolicy } from './scheduled.js';
-export { type TimeoutState, checkTimeouts, forceCompleteKind, resolveTimeouts, timeoutActionKind, trackProgress } from './timeouts.js';
+export { type TimeoutState, checkTimeouts, completionBudgetMs, forceCompleteKind, resolveTimeouts, timeoutActionKind, trackProgress } from './timeouts.js';
 export { requirementsOf } from './requirements.js';
 export {
   ADAPTIVE_DEFAULTS,

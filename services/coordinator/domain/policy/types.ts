@@ -39,7 +39,7 @@ export interface PolicyRequirements {
 
 /** A policy's completion and progress timeouts, resolved for one guest (see timeouts.ts). */
 export interface TimeoutRules {
-  /** Undefined: no completion timeout. */
+  /** For the guest's memory (LOCAL disks add to it: see completionBudgetMs); undefined: none. */
   readonly completionMs: number | undefined;
   /** Undefined: no progress timeout. */
   readonly progressMs: number | undefined;
@@ -48,6 +48,11 @@ export interface TimeoutRules {
   readonly onProgress: PolicyActionKind;
   /** How the completion timeout was computed, for the reason ("150 s/GiB × 0.50 GiB"). */
   readonly completionBasis: string;
+  /**
+   * The per-GiB pace behind `completionMs` (0 or undefined: none): LOCAL disks a storage copy
+   * sends add this many seconds per GiB (see completionBudgetMs).
+   */
+  readonly completionSecPerGib?: number;
 }
 
 /** The result of one decision. */

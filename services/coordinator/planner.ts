@@ -11,11 +11,11 @@ import { createIdFactory } from '../shared/events/ids.js';
 import { MigrationPolicy, MigrationState, VmState, type VmInfo } from '../shared/gen/migd/v1/common.js';
 import { RunFilter, SubmitPlanRequest, type CoordinatorServiceCreateVmRequest, type Plan, type SubmitPlanResponse } from '../shared/gen/migd/v1/coordinator.js';
 import type { Logger } from '../shared/log.js';
-import { type ClusterModel, clusterFromProto, findVm } from './domain/cluster.js';
+import { type ClusterModel, clusterFromProto, createdDiskSpace, findVm } from './domain/cluster.js';
 import { draftPlan } from './domain/plan.js';
 import { policyFor, policyResolution } from './domain/policy/factory.js';
 import { chooseTransport, transportChoosable, transportEvidence, withCompression, type PastMigration } from './domain/policy/transport.js';
-import { evaluateDestinations } from './domain/placement.js';
+import { evaluateDestinations, storageWords } from './domain/placement.js';
 import type { ConvergencePolicy } from './domain/policy/types.js';
 import type { ConcurrencyLimits } from './domain/scheduler.js';
 import { GiB, MiB, formatBytes } from './domain/units.js';
@@ -68,7 +68,7 @@ function sameRequest(plan: Plan, req: SubmitPlanRequest): Plan {
 export class Planner {
   private lock: Promise<unknown> = Promise.resolve();
   /** VMs whose CreateVm call to a node is in flight, by name (reserved in the model meanwhile). */
-  private readonly creating = new Map<string, { name: string; nodeId: string; memoryMib: number; antiAffinityGroup: string | undefined }>();
+  private readonly creating = new Map<string, { name: string; nodeId: string; memoryMib: number; antiAffinityGroup: string | undefined; diskBytes: number }>();
   private readonly newId: () => string;
 
   constructor(private readonly o: PlannerOptions) {
@@ -91,7 +91,7 @@ export class Planner {
     const nodes = await this.o.registry.nodes(vms);
     const plannedMoves = active.map((r) => ({ vmName: r.vmName, from: r.sourceNodeId, to: r.destinationNodeId, memoryBytes: r.memoryMib * MiB }));
     const creating = [...this.creating.values()];
-    const cluster = clusterFromProto(nodes, vms, { plannedMoves: [...plannedMoves, ...creating.map((c) => ({ vmName: c.name, from: '', to: c.nodeId, memoryBytes: c.memoryMib * MiB }))] });
+    const cluster = clusterFromProto(nodes, vms, { plannedMoves: [...plannedMoves, ...creating.map((c) => ({ vmName: c.name, from: '', to: c.nodeId, memoryBytes: c.memoryMib * MiB, diskBytes: c.diskBytes }))] });
     const known = new Set(cluster.vms.map((v) => v.name));
     const pending = creating.filter((c) => !known.has(c.name)).map((c) => ({ name: c.name, nodeId: c.nodeId, memoryMib: c.memoryMib, antiAffinityGroup: c.antiAffinityGroup, dirtyRateBytesPerSec: undefined, migrating: true }));
     return { ...cluster, vms: [...cluster.vms, ...pending] };
@@ -214,10 +214,11 @@ export class Planner {
 
   /**
    * Starts a VM on `node_id`, or on the up node with the most free memory that keeps the spec's
-   * anti-affinity group apart.
+   * anti-affinity group apart and has the space for the disks it is to create.
    * @throws InvalidArgumentError (bad spec), NotFoundError (unknown node), FailedPreconditionError
-   *   (node down), AlreadyExistsError (name in use), ResourceExhaustedError (no node can take it),
-   *   and the node's own errors
+   *   (node down), AlreadyExistsError (name in use), ResourceExhaustedError (no node can take it;
+   *   INSUFFICIENT_STORAGE: the named node lacks the space for the disks to create), and the
+   *   node's own errors. Nothing is created when one is raised here.
    */
   async createVm(req: CoordinatorServiceCreateVmRequest, signal?: AbortSignal): Promise<VmInfo> {
     if (!req.spec) throw new InvalidArgumentError('spec is required');
@@ -243,17 +244,24 @@ export class Planner {
         const has = new Set(this.o.registry.host(id).networks ?? []);
         return networks.filter((n) => !has.has(n));
       };
+      // The disks the node is to create need their space there (raw: the size; see
+      // createdDiskSpace), checked against what the node last reported and what runs and other
+      // creations in flight were promised, before anything is created.
+      const diskSpaceBytes = createdDiskSpace(spec.disks ?? []);
+      const candidate = { name: spec.name, nodeId: '', memoryMib: spec.memoryMib, antiAffinityGroup: spec.antiAffinityGroup || undefined, ...(diskSpaceBytes > 0 ? { diskSpaceBytes } : {}) };
       let chosen = req.nodeId;
       if (chosen) {
         this.o.registry.host(chosen);
         if (!this.o.registry.isUp(chosen)) throw new FailedPreconditionError(`node "${chosen}" is down`, { reason: 'NODE_DOWN' });
         const lacking = missing(chosen);
         if (lacking.length > 0) throw new InvalidArgumentError(`node "${chosen}" has no network ${lacking.join(', ')} (its networks: ${this.o.registry.host(chosen).networks.join(', ') || 'none'})`, { reason: 'NETWORK_UNKNOWN' });
+        const short = diskSpaceBytes > 0 ? evaluateDestinations(cluster, candidate).find((v) => v.nodeId === chosen)?.storageShort : undefined;
+        if (short) throw new ResourceExhaustedError(`cannot create VM "${spec.name}" on node "${chosen}": ${storageWords(candidate, short)}`, { reason: 'INSUFFICIENT_STORAGE' });
       } else {
         if (networks.length > 0 && cluster.nodes.every((n) => missing(n.id).length > 0)) {
           throw new InvalidArgumentError(`no node has network${networks.length > 1 ? 's' : ''} ${networks.join(', ')}`, { reason: 'NETWORK_UNKNOWN' });
         }
-        const verdicts = evaluateDestinations(cluster, { name: spec.name, nodeId: '', memoryMib: spec.memoryMib, antiAffinityGroup: spec.antiAffinityGroup || undefined }).map((v) => {
+        const verdicts = evaluateDestinations(cluster, candidate).map((v) => {
           const lacking = missing(v.nodeId);
           return lacking.length === 0 ? v : { ...v, eligible: false, problems: [...v.problems, `has no network ${lacking.join(', ')}`] };
         });
@@ -264,7 +272,7 @@ export class Planner {
         }
         chosen = best.nodeId;
       }
-      this.creating.set(spec.name, { name: spec.name, nodeId: chosen, memoryMib: spec.memoryMib, antiAffinityGroup: spec.antiAffinityGroup || undefined });
+      this.creating.set(spec.name, { name: spec.name, nodeId: chosen, memoryMib: spec.memoryMib, antiAffinityGroup: spec.antiAffinityGroup || undefined, diskBytes: diskSpaceBytes });
       return chosen;
     });
     try {

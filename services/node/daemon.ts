@@ -33,7 +33,7 @@ import { nodeHandlers, type NodeServiceParts } from './rpc/handlers.js';
 import { VmManager, type VmInfo } from './vm/manager.js';
 import { VmService } from './vm/service.js';
 import { DISK_ID_PATTERN, guestDeviceOf, normalizeDisks, validateVmName, type Disk, type DiskInput } from './vm/spec.js';
-import { confineDiskPath, confineNewDiskPath, createImage, DiskUsageProbe, freeBytes, imageInfo, storageSpace } from './host/disks.js';
+import { confineDiskPath, confineNewDiskPath, createImage, DiskUsageProbe, fileSystemOf, freeBytes, imageInfo, storageSpace } from './host/disks.js';
 
 /** The node's disk input from a proto DiskSpec, at `path`. */
 function diskInputOf(d: DiskSpec, path: string, basePath?: string): DiskInput {
@@ -288,6 +288,7 @@ export class NodeDaemon {
       throw new ResourceExhaustedError(`VM ${spec.name} needs ${spec.memoryMib} MiB but this host has ${Math.floor(mem.availableBytes / 1048576)} MiB free`, { reason: 'INSUFFICIENT_MEMORY' });
     }
     const plan = await this.planDisks(protoDisks, incoming, targets);
+    await this.checkCreateSpace(spec.name, plan.create);
     const image = ownKernel || bootDisk ? undefined : guestImageFiles(this.config.guestImageDir);
     const kernel = bootDisk ? undefined : (ownKernel ?? image!.kernel);
     const initrd = bootDisk ? undefined : (ownInitrd ?? image?.initrd);
@@ -358,6 +359,29 @@ export class NodeDaemon {
     };
     this.vmService.record(info.name, stored, [...created, ...(plan.ownedTargets ?? [])]);
     return this.vmInfo(info.name);
+  }
+
+  /**
+   * The images CreateVm is to create must fit where they go, per file system: a new raw image its
+   * size (sparse or not: the guest may fill it, as the coordinator's placement counts it), a new
+   * qcow2 image or overlay next to nothing, plus STORAGE_MARGIN_BYTES.
+   * @throws ResourceExhaustedError (INSUFFICIENT_STORAGE) before anything is created
+   */
+  private async checkCreateSpace(vm: string, create: readonly { path: string; format: 'raw' | 'qcow2'; sizeBytes: number; base?: string }[]): Promise<void> {
+    const byFs = new Map<number, { need: number; free: number; at: string }>();
+    for (const c of create) {
+      const need = c.format === 'raw' && c.base === undefined ? c.sizeBytes : 0;
+      const fs = need > 0 ? await fileSystemOf(dirname(c.path)) : undefined;
+      if (!fs) continue;
+      const e = byFs.get(fs.dev) ?? { need: 0, free: fs.freeBytes, at: fs.at };
+      e.need += need;
+      byFs.set(fs.dev, e);
+    }
+    for (const e of byFs.values()) {
+      if (e.need + STORAGE_MARGIN_BYTES > e.free) {
+        throw new ResourceExhaustedError(`the disks VM ${vm} asks node ${this.config.nodeId} to create need ${e.need} bytes (+${STORAGE_MARGIN_BYTES} margin) but the file system of ${e.at} has ${e.free} bytes free`, { reason: 'INSUFFICIENT_STORAGE' });
+      }
+    }
   }
 
   /** `migd.disk=DEV,size=…,rate=…` for the workload's disk, if it names one. @throws InvalidArgumentError */
@@ -560,9 +584,9 @@ export class NodeDaemon {
     while (!existsSync(existing) && existing !== dirname(existing)) existing = dirname(existing);
     const free = await freeBytes(existing);
     // A margin for qcow2 metadata and what the guest writes during the copy.
-    const margin = 16 * 1024 * 1024;
+    const margin = STORAGE_MARGIN_BYTES;
     if (need + margin > free) {
-      throw new ResourceExhaustedError(`the LOCAL disks of ${spec.name} need ${need} bytes (+${margin} margin) but node ${this.config.nodeId}'s storage root has ${free} bytes free`, { reason: 'DISK_SPACE' });
+      throw new ResourceExhaustedError(`the LOCAL disks of ${spec.name} need ${need} bytes (+${margin} margin) but node ${this.config.nodeId}'s storage root has ${free} bytes free`, { reason: 'INSUFFICIENT_STORAGE' });
     }
     return plan;
   }
@@ -601,6 +625,9 @@ export class NodeDaemon {
     await this.vms.close();
   }
 }
+
+/** Free space a node keeps beyond what the images it creates need (qcow2 metadata, writes during a copy). */
+const STORAGE_MARGIN_BYTES = 16 * 1024 * 1024;
 
 /** Exit reasons of a QEMU that ended without migd or the guest asking it to (see VmExit.reason). */
 const UNEXPECTED_EXITS = new Set(['exited', 'dead at reattach', 'host-signal', 'guest-panic']);

@@ -3,7 +3,7 @@
  * from the node registry and the run store (see {@link clusterFromProto}). Nothing here talks to a
  * node; a snapshot goes in, a decision comes out.
  */
-import { DiskFormat, StorageMode, VmState, type VmInfo } from '../../shared/gen/migd/v1/common.js';
+import { DiskFormat, StorageMode, VmState, type DiskSpec, type VmInfo } from '../../shared/gen/migd/v1/common.js';
 import { NodeStatus, type Node } from '../../shared/gen/migd/v1/coordinator.js';
 import { MiB } from './units.js';
 
@@ -99,6 +99,21 @@ export function localDiskSpace(vm: Pick<VmInfo, 'spec' | 'localDisks'>): { space
     spaceBytes += d?.format === DiskFormat.DISK_FORMAT_QCOW2 ? u.allocatedBytes : Math.max(u.virtualBytes, u.allocatedBytes);
   }
   return { spaceBytes, transferBytes };
+}
+
+/**
+ * Storage the LOCAL disks a CreateVm spec asks its node to create will take there, by the rule of
+ * {@link localDiskSpace}: a new raw disk its size (sparse or not, the guest may fill it), a new
+ * qcow2 disk or overlay its allocation, which is next to nothing at creation. Disks that exist
+ * already, and SHARED ones (on storage the node's reported root does not describe), count 0.
+ */
+export function createdDiskSpace(disks: readonly Pick<DiskSpec, 'format' | 'storage' | 'create'>[]): number {
+  let bytes = 0;
+  for (const d of disks) {
+    if (d.storage === StorageMode.STORAGE_MODE_SHARED || !d.create || d.format === DiskFormat.DISK_FORMAT_QCOW2) continue;
+    if (!d.create.basePath) bytes += Math.max(0, d.create.sizeBytes);
+  }
+  return bytes;
 }
 
 /**
@@ -232,10 +247,17 @@ export function clusterFromProto(
       residentDisks.set(name, localDiskSpace(r).spaceBytes);
     }
   }
+  // What the incoming copy of a VM already occupies on its destination (its target images, as
+  // that node reports them with the free storage they have taken from).
+  const arrived = new Map<string, number>();
+  for (const v of vms) if (v.state === VmState.VM_STATE_INCOMING) arrived.set(`${v.nodeId}\u0000${v.spec?.name ?? ''}`, localDiskSpace(v).transferBytes);
   // A run's LOCAL disks take their space on its destination until they are there (a VM already
-  // reported by its destination has its disks counted in that node's free storage).
+  // reported by its destination has its disks counted in that node's free storage). While the
+  // copy is under way, what has arrived is already out of the destination's reported free
+  // storage: only the rest is still promised (counting both would refuse space that exists).
   const diskBytesOf = (vmName: string, to: string): { diskBytes?: number } => {
-    const bytes = residentNode.get(vmName) === to ? 0 : (residentDisks.get(vmName) ?? 0);
+    const promised = residentNode.get(vmName) === to ? 0 : (residentDisks.get(vmName) ?? 0);
+    const bytes = Math.max(0, promised - (arrived.get(`${to}\u0000${vmName}`) ?? 0));
     return bytes > 0 ? { diskBytes: bytes } : {};
   };
   const moves: PlannedMove[] = (opts.plannedMoves ?? []).map((m) => (m.diskBytes !== undefined ? m : { ...m, ...diskBytesOf(m.vmName, m.to) }));

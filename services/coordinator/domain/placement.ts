@@ -148,7 +148,7 @@ export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: P
 }
 
 /** "the LOCAL disks of … need N bytes … but it has M bytes free …", exact bytes first. */
-function storageWords(vm: VmModel, s: NonNullable<NodeVerdict['storageShort']>): string {
+export function storageWords(vm: Pick<VmModel, 'name' | 'diskSpaceBytes'>, s: NonNullable<NodeVerdict['storageShort']>): string {
   const promised = s.promisedBytes > 0 ? ` of which ${s.promisedBytes} bytes (${formatBytes(s.promisedBytes)}) are promised to ${s.promisedTo} migration(s) in flight to it` : '';
   return (
     `the LOCAL disks of "${vm.name}" need ${s.neededBytes} bytes (${formatBytes(s.neededBytes)}, a ${formatBytes(storageMargin(vm.diskSpaceBytes ?? 0))} margin included) ` +
@@ -166,7 +166,9 @@ function rank(a: NodeVerdict, b: NodeVerdict): number {
  * @throws NotFoundError unknown VM or destination node; FailedPreconditionError the VM cannot
  *   leave its node (see {@link migratableVm}), or the requested destination is the source, is
  *   down, lacks a capability or would break anti-affinity; ResourceExhaustedError the requested
- *   destination lacks memory, or no node can take the VM (the message says why, per node)
+ *   destination lacks memory (INSUFFICIENT_MEMORY), storage for the LOCAL disks
+ *   (INSUFFICIENT_STORAGE) or both (INSUFFICIENT_RESOURCES), or no node can take the VM
+ *   (NO_DESTINATION; the message says why, per node)
  */
 export function placeVm(cluster: ClusterModel, vmName: string, opts: PlacementOptions = {}): Placement {
   const index = indexFor(cluster, opts);
@@ -191,12 +193,16 @@ export function placeVm(cluster: ClusterModel, vmName: string, opts: PlacementOp
     if (!node.up) throw new FailedPreconditionError(`destination "${dest}" is down`, { reason: 'DESTINATION_DOWN' });
     const verdict = verdicts.find((v) => v.nodeId === dest);
     if (verdict && !verdict.eligible) {
+      // Too little memory or storage is RESOURCE_EXHAUSTED (as the node's own checks answer);
+      // anything else about the node (capabilities, anti-affinity) is FAILED_PRECONDITION.
       if (verdict.storageShort && verdict.problems.length === 1) {
-        throw new FailedPreconditionError(`cannot migrate "${vmName}" to node "${dest}": ${storageWords(vm, verdict.storageShort)}`, { reason: 'INSUFFICIENT_STORAGE' });
+        throw new ResourceExhaustedError(`cannot migrate "${vmName}" to node "${dest}": ${storageWords(vm, verdict.storageShort)}`, { reason: 'INSUFFICIENT_STORAGE' });
       }
-      const memoryOnly = verdict.problems.every((p) => p.startsWith('needs '));
+      const isMemory = (p: string): boolean => p.startsWith('needs ');
+      const isStorage = (p: string): boolean => p.startsWith('has too little storage');
       const msg = `cannot migrate "${vmName}" to "${dest}": it ${verdict.problems.join('; ')}`;
-      if (memoryOnly) throw new ResourceExhaustedError(msg, { reason: 'INSUFFICIENT_MEMORY' });
+      if (verdict.problems.every(isMemory)) throw new ResourceExhaustedError(msg, { reason: 'INSUFFICIENT_MEMORY' });
+      if (verdict.problems.every((p) => isMemory(p) || isStorage(p))) throw new ResourceExhaustedError(msg, { reason: 'INSUFFICIENT_RESOURCES' });
       throw new FailedPreconditionError(msg, { reason: 'DESTINATION_UNSUITABLE' });
     }
     return placed(dest, `${dest}: requested destination (${formatBytes(verdict?.availableBytes ?? 0)} free before this VM)`);

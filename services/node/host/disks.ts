@@ -172,3 +172,19 @@ export async function storageSpace(path: string): Promise<{ totalBytes: number; 
     if (p === dirname(p)) return undefined;
   }
 }
+
+/**
+ * The file system that holds `path`, judged at its nearest existing folder (as
+ * {@link storageSpace}): its device number, to add up what several images need on one file
+ * system, and its free bytes. Undefined when nothing can be measured.
+ */
+export async function fileSystemOf(path: string): Promise<{ dev: number; freeBytes: number; at: string } | undefined> {
+  for (let p = normalize(path); ; p = dirname(p)) {
+    const st = await stat(p).catch(() => undefined);
+    if (st?.isDirectory()) {
+      const s = await statfs(p).catch(() => undefined);
+      return s ? { dev: st.dev, freeBytes: s.bavail * s.bsize, at: p } : undefined;
+    }
+    if (p === dirname(p)) return undefined;
+  }
+}

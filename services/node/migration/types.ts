@@ -67,7 +67,7 @@ export interface VmHost {
    * VM's spec: one per LOCAL disk, in a fresh folder of the first storage root, and whether the
    * overlay's base exists here (then the target is an overlay on it and only the top is copied).
    * @throws InvalidArgumentError (transfers that do not match the spec), ResourceExhaustedError
-   *   (DISK_SPACE: the storage root lacks the allocated bytes)
+   *   (INSUFFICIENT_STORAGE: the storage root lacks the allocated bytes)
    */
   planTargets(spec: VmSpec, transfers: readonly DiskTransfer[]): Promise<{ id: string; path: string; format: 'raw' | 'qcow2'; virtualBytes: number; base?: string }[]>;
   /** Creates one planned target image (sparse). */

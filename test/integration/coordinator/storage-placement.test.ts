@@ -3,10 +3,12 @@
  * lacks the space for a VM's LOCAL disks before anything is recorded or started. Node b's storage
  * root is a 64 MiB tmpfs; the VM on a has a 48 MiB raw disk (sparse: a few KiB allocated), which
  * counts at its virtual size plus the margin (≈ 82 MiB) — more than b has, although b's own
- * PrepareIncoming check (allocation + 16 MiB) would have let the copy start.
+ * PrepareIncoming check (allocation + 16 MiB) would have let the copy start. CreateVm is held to
+ * the same rule: disks to create that do not fit on b are refused by the coordinator and by b
+ * itself (RESOURCE_EXHAUSTED) before any image exists.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -43,7 +45,7 @@ describe('placement checks the storage of a destination for LOCAL disks (issue 1
     if (bRoot) rmSync(bRoot, { recursive: true, force: true });
   }, 60_000);
 
-  it('refuses an explicit destination with FAILED_PRECONDITION and records nothing; a drain finds no node', async () => {
+  it('refuses an explicit destination with RESOURCE_EXHAUSTED and records nothing; a drain finds no node', async () => {
     const cluster = c!;
     const spec = { ...guestSpec('sp1', { memoryMib: 128 }), disks: [disk({ id: 'd0', path: join(cluster.dir, 'a', 'sp1-d0.raw'), create: { sizeBytes: 48 * MiB, basePath: '' } })] };
     await op.createVm({ spec, nodeId: 'a' });
@@ -67,7 +69,7 @@ describe('placement checks the storage of a destination for LOCAL disks (issue 1
     const need = 48 * MiB + storageMargin(48 * MiB);
 
     const err = (await op.submitPlan(migratePlan('sp1-to-b', 'sp1', 'b')).then(() => undefined, (e: unknown) => e)) as { code?: string; reason?: string; message: string } | undefined;
-    expect(err).toMatchObject({ code: 'FAILED_PRECONDITION', reason: 'INSUFFICIENT_STORAGE' });
+    expect(err).toMatchObject({ code: 'RESOURCE_EXHAUSTED', reason: 'INSUFFICIENT_STORAGE' });
     expect(err!.message).toContain('"sp1"');
     expect(err!.message).toContain('node "b"');
     expect(err!.message).toContain(`need ${need} bytes`);
@@ -81,5 +83,29 @@ describe('placement checks the storage of a destination for LOCAL disks (issue 1
     expect(drain).toMatchObject({ code: 'RESOURCE_EXHAUSTED', reason: 'NO_DESTINATION' });
     expect(drain!.message).toMatch(/no node can take VM "sp1".*b has too little storage/);
     expect((await op.listRuns({ filter: RunFilter.fromPartial({ vmName: 'sp1' }), pageSize: 10, pageToken: '' })).runs).toEqual([]);
+  }, 180_000);
+
+  it('refuses a CreateVm whose disks to create do not fit, in the coordinator and in the node, creating nothing; one that fits is created', async () => {
+    const cluster = c!;
+    await waitFor(async () => (await op.listNodes({})).nodes.find((n) => n.host?.nodeId === 'b')?.host?.storageFreeBytes !== undefined, 30_000, "b's storage in the coordinator's view");
+    // 96 MiB raw on a 64 MiB root: sparse, it would be created, and fail once the guest fills it.
+    const big = { ...guestSpec('cr1', { memoryMib: 128 }), disks: [disk({ id: 'd0', path: join(bRoot, 'cr1-d0.raw'), create: { sizeBytes: 96 * MiB, basePath: '' } })] };
+    const err = (await op.createVm({ spec: big, nodeId: 'b' }).then(() => undefined, (e: unknown) => e)) as { code?: string; reason?: string; message: string } | undefined;
+    expect(err).toMatchObject({ code: 'RESOURCE_EXHAUSTED', reason: 'INSUFFICIENT_STORAGE' });
+    expect(err!.message).toMatch(/cannot create VM "cr1" on node "b": the LOCAL disks of "cr1" need \d+ bytes .* but its storage root has \d+ bytes/);
+    // The node's own check, for a coordinator whose view is stale (or a caller that skips it).
+    const nodeErr = (await cluster.nodeClients['b']!.createVm({ spec: big }).then(() => undefined, (e: unknown) => e)) as { code?: string; reason?: string; message: string } | undefined;
+    expect(nodeErr).toMatchObject({ code: 'RESOURCE_EXHAUSTED', reason: 'INSUFFICIENT_STORAGE' });
+    expect(nodeErr!.message).toContain(`need ${96 * MiB} bytes`);
+    expect(readdirSync(bRoot).filter((f) => f.startsWith('cr1'))).toEqual([]);
+    expect((await cluster.nodeClients['b']!.listVms({})).vms.map((v) => v.spec?.name)).not.toContain('cr1');
+    expect((await op.listVms({ nodeId: '' })).vms.map((v) => v.spec?.name)).not.toContain('cr1');
+
+    // 8 MiB (+ the 32 MiB + 5 % margin) fits: created, and removed with its image again.
+    const small = { ...guestSpec('cr2', { memoryMib: 128 }), disks: [disk({ id: 'd0', path: join(bRoot, 'cr2-d0.raw'), create: { sizeBytes: 8 * MiB, basePath: '' } })] };
+    await op.createVm({ spec: small, nodeId: 'b' });
+    expect(readdirSync(bRoot)).toContain('cr2-d0.raw');
+    await op.deleteVm({ vmName: 'cr2', deleteDisks: true });
+    expect(readdirSync(bRoot).filter((f) => f.startsWith('cr2'))).toEqual([]);
   }, 180_000);
 });

@@ -442,7 +442,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     await create('a', diskGuest('big1', [await localDisk('big1', 96, 128)], MiB));
     await waitConsole(c.clients['a']!, 'big1', /dstart/, 90_000);
     const err = (await startMigration(c, 'a', { runId: 'run-big-1', vmName: 'big1', destination: toB(), policy: policy({}) }).then(() => undefined, (e: unknown) => e)) as { code?: string; reason?: string } | undefined;
-    expect(err).toMatchObject({ code: 'RESOURCE_EXHAUSTED', reason: 'DISK_SPACE' });
+    expect(err).toMatchObject({ code: 'RESOURCE_EXHAUSTED', reason: 'INSUFFICIENT_STORAGE' });
     const { vm } = await c.clients['a']!.getVm({ name: 'big1' });
     expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);
     expect((await c.clients['b']!.listVms({})).vms.map((v) => v.spec?.name)).not.toContain('big1');

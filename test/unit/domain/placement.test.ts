@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { FailedPreconditionError, NotFoundError, ResourceExhaustedError } from '../../../services/shared/errors.js';
 import { DiskFormat, StorageMode, VmInfo, VmState } from '../../../services/shared/gen/migd/v1/common.js';
 import { Node, NodeStatus } from '../../../services/shared/gen/migd/v1/coordinator.js';
-import { type ClusterModel, type NodeModel, clusterFromProto, localDiskSpace, storageMargin } from '../../../services/coordinator/domain/cluster.js';
+import { type ClusterModel, type NodeModel, clusterFromProto, createdDiskSpace, localDiskSpace, storageMargin } from '../../../services/coordinator/domain/cluster.js';
 import { placeVm } from '../../../services/coordinator/domain/placement.js';
 import { GiB, MiB } from '../../../services/coordinator/domain/units.js';
 
@@ -179,13 +179,35 @@ describe('LOCAL disks and the storage of a destination (issue 13)', () => {
     expect(c.nodes[0]?.storageFreeBytes).toBe(5 * GiB);
   });
 
-  it('refuses an explicit destination without the space: FAILED_PRECONDITION naming VM, node, needed and free bytes', () => {
+  it('counts what a CreateVm spec asks its node to create: a new raw disk at its size, a new qcow2 disk or overlay, an existing or a SHARED disk at 0', () => {
+    const d = (format: DiskFormat, storage: StorageMode, create?: { sizeBytes: number; basePath: string }) => ({ format, storage, create });
+    expect(
+      createdDiskSpace([
+        d(DiskFormat.DISK_FORMAT_RAW, StorageMode.STORAGE_MODE_LOCAL, { sizeBytes: 48 * MiB, basePath: '' }),
+        d(DiskFormat.DISK_FORMAT_RAW, StorageMode.STORAGE_MODE_UNSPECIFIED, { sizeBytes: GiB, basePath: '' }),
+        d(DiskFormat.DISK_FORMAT_QCOW2, StorageMode.STORAGE_MODE_LOCAL, { sizeBytes: 100 * GiB, basePath: '' }),
+        d(DiskFormat.DISK_FORMAT_QCOW2, StorageMode.STORAGE_MODE_LOCAL, { sizeBytes: 0, basePath: '/base.qcow2' }),
+        d(DiskFormat.DISK_FORMAT_RAW, StorageMode.STORAGE_MODE_SHARED, { sizeBytes: 10 * GiB, basePath: '' }),
+        d(DiskFormat.DISK_FORMAT_RAW, StorageMode.STORAGE_MODE_LOCAL),
+      ]),
+    ).toBe(48 * MiB + GiB);
+    expect(createdDiskSpace([])).toBe(0);
+  });
+
+  it('refuses an explicit destination without the space: RESOURCE_EXHAUSTED naming VM, node, needed and free bytes', () => {
     const c = withDisks([node('src', 1), node('a', 8, { storageFreeBytes: need - 1 }), node('b', 16, { storageFreeBytes: need })]);
     expect(() => placeVm(c, 'db-1', { destination: 'a' })).toThrow(
-      expect.objectContaining({ code: 'FAILED_PRECONDITION', reason: 'INSUFFICIENT_STORAGE', message: expect.stringMatching(new RegExp(`"db-1".*node "a".*need ${need} bytes.*has ${need - 1} bytes`)) }),
+      expect.objectContaining({ code: 'RESOURCE_EXHAUSTED', reason: 'INSUFFICIENT_STORAGE', message: expect.stringMatching(new RegExp(`"db-1".*node "a".*need ${need} bytes.*has ${need - 1} bytes`)) }),
     );
     const p = placeVm(c, 'db-1', { destination: 'b' });
     expect(p.move).toEqual({ vmName: 'db-1', from: 'src', to: 'b', memoryBytes: 2 * GiB, diskBytes: space });
+    // Short of memory and storage: still a resource, named both ways; a lacking capability is not.
+    const both = withDisks([node('src', 1), node('a', 1, { storageFreeBytes: need - 1 })]);
+    expect(() => placeVm(both, 'db-1', { destination: 'a' })).toThrow(
+      expect.objectContaining({ code: 'RESOURCE_EXHAUSTED', reason: 'INSUFFICIENT_RESOURCES', message: expect.stringMatching(/needs 2\.00 GiB but has 1\.00 GiB free; has too little storage/) }),
+    );
+    const caps = withDisks([node('src', 1), node('a', 8, { storageFreeBytes: need - 1, capabilities: [] })]);
+    expect(() => placeVm(caps, 'db-1', { destination: 'a', requiredCapabilities: ['postcopy-ram'] })).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION', reason: 'DESTINATION_UNSUITABLE' }));
   });
 
   it('counts the space promised to migrations in flight to the node', () => {
@@ -221,5 +243,35 @@ describe('LOCAL disks and the storage of a destination (issue 13)', () => {
     expect(moving.plannedMoves).toEqual([{ vmName: 'db-1', from: 'src', to: 'b', memoryBytes: 2 * GiB, diskBytes: space }]);
     const arrived = clusterFromProto([host('src'), host('b')], [{ ...vmInfo(), nodeId: 'b' }], { plannedMoves: [{ vmName: 'db-1', from: 'src', to: 'b', memoryBytes: 2 * GiB }] });
     expect(arrived.plannedMoves).toEqual([{ vmName: 'db-1', from: 'src', to: 'b', memoryBytes: 2 * GiB }]);
+  });
+
+  it('does not count twice what a copy under way has already written on the destination', () => {
+    // b had 30 GiB free; the copy of db-1 (21 GiB promised) has written 5 GiB of target images
+    // there, so b now reports 25 GiB free and its incoming copy 5 GiB allocated.
+    const host = (nodeId: string, storageFreeBytes: number) => Node.fromPartial({ host: { nodeId, memoryFreeBytes: 8 * GiB, storageFreeBytes }, status: NodeStatus.NODE_STATUS_UP });
+    const incoming = (root: number, data: number): VmInfo => ({
+      ...vmInfo(),
+      nodeId: 'b',
+      state: VmState.VM_STATE_INCOMING,
+      localDisks: [
+        { id: 'root', virtualBytes: 20 * GiB, allocatedBytes: root },
+        { id: 'data', virtualBytes: 8 * GiB, allocatedBytes: data },
+      ],
+    });
+    const other = VmInfo.fromPartial({
+      spec: { name: 'web-9', memoryMib: 512, disks: [{ id: 'd0', format: DiskFormat.DISK_FORMAT_QCOW2, storage: StorageMode.STORAGE_MODE_LOCAL }] },
+      nodeId: 'src',
+      state: VmState.VM_STATE_RUNNING,
+      localDisks: [{ id: 'd0', virtualBytes: 8 * GiB, allocatedBytes: 3 * GiB }],
+    });
+    const during = clusterFromProto([host('src', 100 * GiB), host('b', 25 * GiB)], [vmInfo(), incoming(4 * GiB, GiB), other]);
+    expect(during.plannedMoves).toEqual([{ vmName: 'db-1', from: 'src', to: 'b', memoryBytes: 2 * GiB, diskBytes: space - 5 * GiB }]);
+    // web-9 needs 3 GiB + margin: 25 − 16 = 9 GiB is left for it (counting the 5 GiB twice would leave 4).
+    expect(placeVm(during, 'web-9', { destination: 'b' }).destination).toBe('b');
+    const tight = clusterFromProto([host('src', 100 * GiB), host('b', 16 * GiB + 3 * GiB + storageMargin(3 * GiB) - 1)], [vmInfo(), incoming(4 * GiB, GiB), other]);
+    expect(() => placeVm(tight, 'web-9', { destination: 'b' })).toThrow(expect.objectContaining({ code: 'RESOURCE_EXHAUSTED', reason: 'INSUFFICIENT_STORAGE', message: expect.stringContaining(`${16 * GiB} bytes (16.00 GiB) are promised to 1 migration(s)`) }));
+    // Fully written: nothing more is promised.
+    const done = clusterFromProto([host('src', 100 * GiB), host('b', 9 * GiB)], [vmInfo(), incoming(20 * GiB, GiB)]);
+    expect(done.plannedMoves).toEqual([{ vmName: 'db-1', from: 'src', to: 'b', memoryBytes: 2 * GiB }]);
   });
 });

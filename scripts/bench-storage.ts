@@ -6,11 +6,14 @@
  * Two testbed hosts (network namespaces, the migration link shaped to --rate-mbit both ways), a
  * VM network with a client namespace, and a node daemon on each host. Prints side by side:
  *
- *  1. copy rate: an idle guest with a sparse 256 MiB LOCAL raw disk holding 48 MiB of data; the
+ *  1. copy rate: an idle guest with a sparse 256 MiB LOCAL raw disk holding 48 MiB of data
+ *     (--disk-data-mib N: N MiB in a 16N/3 MiB disk; the storage phase includes a fixed set-up,
+ *     the NBD export and the mirrors reaching READY, which weighs less on a larger copy); the
  *     storage phase (every mirror READY) is timed by the source node, the bytes on the wire are
  *     the migration interface's tx counter minus the memory stream's bytes. Ratios: disk data ÷
  *     storage time ÷ link rate (goal ≥ 0.9), and bytes sent for the disk ÷ its allocated size
- *     (sparse regions must not be sent: ≈ 1, far below virtual ÷ allocated).
+ *     (sparse regions must not be sent: ≈ 1, far below virtual ÷ allocated). The rate is reported
+ *     against its goal; the sparse check fails the run (exit 1) above 1.25×.
  *  2. SHARED vs LOCAL: a guest writing its disk (1 MiB/s) with a NIC, probed every 10 ms from the
  *     client namespace: wall time, QEMU downtime, bytes on the wire, network blackout, probes
  *     lost, integrity errors and the checks the destination passed.
@@ -36,10 +39,13 @@ import { ensureGuestImageDir } from '../stress/image/build.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
+/** Disk bytes on the wire ÷ allocated bytes above which holes were sent (a byte count, not a time). */
+const SPARSE_LIMIT = 1.25;
 
 const OPTIONS = {
   'rate-mbit': { type: 'integer', min: 8, max: 10_000, doc: 'migration link rate, Mbit/s (default 200)' },
   reps: { type: 'integer', min: 1, max: 10, doc: 'repetitions of each measurement (default 2)' },
+  'disk-data-mib': { type: 'integer', min: 3, max: 4096, doc: 'data in the idle LOCAL disk of the copy-rate measure, MiB (default 48; the disk is 16/3 of it, the rest holes)' },
 } as const;
 
 type Client = ReturnType<NodeProcess['client']>;
@@ -116,6 +122,15 @@ async function main(): Promise<void> {
   const { values: o } = loadConfig(OPTIONS, process.argv.slice(2));
   const rateMbit = o['rate-mbit'] ?? 200;
   const reps = o.reps ?? 2;
+  // The copy-rate disk: `dataMiB` of data in three runs, holes around them (virtual ≈ 5.33× data).
+  const dataMiB = o['disk-data-mib'] ?? 48;
+  const virtualMiB = Math.ceil((dataMiB * 16) / 3);
+  const chunk = Math.floor(dataMiB / 3);
+  const runs = [
+    { seek: Math.floor(virtualMiB / 32), count: chunk },
+    { seek: Math.floor((virtualMiB * 100) / 256), count: chunk },
+    { seek: Math.floor((virtualMiB * 200) / 256), count: dataMiB - 2 * chunk },
+  ];
   if (process.getuid?.() !== 0) throw configError('rate-mbit', 'bench-storage needs root (network namespaces, tc)');
   const linkBytesPerSec = (rateMbit * 1e6) / 8;
   const work = await mkdtemp(join(tmpdir(), 'migd-bs-'));
@@ -156,9 +171,9 @@ async function main(): Promise<void> {
     for (let r = 0; r < reps; r++) {
       const name = `bs-copy-${r}`;
       const path = join(work, 'a-local', `${name}.raw`);
-      await run('qemu-img', ['create', '-q', '-f', 'raw', path, String(256 * MiB)]);
-      // 48 MiB of data in three runs, the rest holes.
-      for (const seek of [8, 100, 200]) await run('dd', ['if=/dev/urandom', `of=${path}`, 'bs=1M', 'count=16', `seek=${seek}`, 'conv=notrunc', 'status=none']);
+      await run('qemu-img', ['create', '-q', '-f', 'raw', path, String(virtualMiB * MiB)]);
+      // dataMiB of data in three runs, the rest holes.
+      for (const x of runs) await run('dd', ['if=/dev/urandom', `of=${path}`, 'bs=1M', `count=${x.count}`, `seek=${x.seek}`, 'conv=notrunc', 'status=none']);
       await a.createVm({ spec: spec(name, { disks: [disk({ id: 'd0', path })] }) });
       await waitConsole(a, name, /heartbeat|verify/);
       const tx0 = await txBytes();
@@ -170,8 +185,8 @@ async function main(): Promise<void> {
       const allocated = st.diskAllocatedBytes ?? 0;
       const diskWire = Math.max(0, tx1 - tx0 - st.transferredBytes);
       const storageMs = st.storageMs ?? 0;
-      copy.push({ ratio: allocated / (storageMs / 1000) / linkBytesPerSec, sentVsAllocated: diskWire / allocated, storageMs, diskWire, allocated, virtual: 256 * MiB });
-      console.log(`  copy #${r + 1}: storage phase ${storageMs} ms for ${fmt(allocated / MiB, 1)} MiB allocated of 256 MiB; disk bytes on the wire ${fmt(diskWire / MiB, 1)} MiB (memory ${fmt(st.transferredBytes / MiB, 1)} MiB)`);
+      copy.push({ ratio: allocated / (storageMs / 1000) / linkBytesPerSec, sentVsAllocated: diskWire / allocated, storageMs, diskWire, allocated, virtual: virtualMiB * MiB });
+      console.log(`  copy #${r + 1}: storage phase ${storageMs} ms for ${fmt(allocated / MiB, 1)} MiB allocated of ${virtualMiB} MiB; disk bytes on the wire ${fmt(diskWire / MiB, 1)} MiB (memory ${fmt(st.transferredBytes / MiB, 1)} MiB)`);
       await b.destroyVm({ name });
     }
 
@@ -223,7 +238,7 @@ async function main(): Promise<void> {
     }
 
     console.log('');
-    console.log('## Storage copy (idle guest, sparse 256 MiB LOCAL raw disk with 48 MiB of data)');
+    console.log(`## Storage copy (idle guest, sparse ${virtualMiB} MiB LOCAL raw disk with ${dataMiB} MiB of data)`);
     console.log('');
     console.log('| measure | median | runs | goal |');
     console.log('|---|---|---|---|');
@@ -231,6 +246,17 @@ async function main(): Promise<void> {
     console.log(`| disk bytes on the wire ÷ allocated size | ${fmt(median(copy.map((c) => c.sentVsAllocated)))} | ${copy.map((c) => fmt(c.sentVsAllocated)).join(', ')} | ≈ 1 (sparse regions not sent) |`);
     console.log(`| virtual size ÷ allocated size (what a copy of the holes would cost) | ${fmt(median(copy.map((c) => c.virtual / c.allocated)))} | | |`);
     console.log(`| storage phase, ms | ${median(copy.map((c) => c.storageMs))} | ${copy.map((c) => c.storageMs).join(', ')} | |`);
+    console.log('');
+    const rate = median(copy.map((c) => c.ratio));
+    console.log(`copy rate ÷ link rate: ${fmt(rate)} — goal ≥ 0.9 ${rate >= 0.9 ? 'met' : 'NOT met'} (a rate, reported; the run does not fail on it)`);
+    // A copy of the holes would put the virtual size on the wire (5.3× the allocation here); the
+    // wire carries the allocation plus NBD and TCP overhead. More than SPARSE_LIMIT× is a failure.
+    const sparseFailures = copy.filter((c) => c.sentVsAllocated > SPARSE_LIMIT);
+    console.log(
+      sparseFailures.length === 0
+        ? `sparse check: passed — every copy sent ≤ ${SPARSE_LIMIT}× the allocated bytes (max ${fmt(Math.max(...copy.map((c) => c.sentVsAllocated)))}×; the holes would be ${fmt(copy[0]!.virtual / copy[0]!.allocated)}×)`
+        : `sparse check: FAILED — ${sparseFailures.length} of ${copy.length} copies sent more than ${SPARSE_LIMIT}× the allocated bytes (${sparseFailures.map((c) => `${fmt(c.diskWire / MiB, 1)} MiB for ${fmt(c.allocated / MiB, 1)} MiB`).join(', ')}): sparse regions were sent`,
+    );
     console.log('');
     console.log(`## SHARED vs LOCAL (guest writing its disk at 1 MiB/s, 192 MiB guest, NIC probed every 10 ms; ${rateMbit} Mbit/s link; medians of ${reps})`);
     console.log('');
@@ -242,6 +268,7 @@ async function main(): Promise<void> {
     const sh = rows['SHARED'];
     const lo = rows['LOCAL'];
     if (sh && lo) console.log(`| LOCAL ÷ SHARED | ${fmt(median(lo.wallMs) / median(sh.wallMs))} | ${fmt(median(lo.downtimeMs) / Math.max(1, median(sh.downtimeMs)))} | ${fmt(median(lo.wireMiB) / median(sh.wireMiB))} | ${fmt(median(lo.blackoutMs) / Math.max(1, median(sh.blackoutMs)))} | | | |`);
+    if (sparseFailures.length > 0) throw new Error('the sparse check failed: holes of a LOCAL disk went over the wire');
   } finally {
     for (const p of probes) await p.stop().catch(() => undefined);
     await Promise.all(nodes.map((n) => n.stop().catch(() => undefined)));

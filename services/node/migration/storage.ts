@@ -152,6 +152,9 @@ export class SourceStorage {
     const pending = new Set(this.disks.map((d) => mirrorJobId(d.id)));
     const events = this.qmp.events({ names: ['BLOCK_JOB_READY', 'BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED', 'BLOCK_JOB_ERROR'], signal });
     let failure: Error | undefined;
+    // The last READY (or a failure) ends the wait at once, not at the next reading: the memory
+    // migration starts up to `intervalMs` sooner, and the storage phase is timed to the event.
+    const wake = new AbortController();
     const watch = (async (): Promise<void> => {
       try {
         for await (const ev of events) {
@@ -161,7 +164,10 @@ export class SourceStorage {
           else if (this.disks.some((d) => mirrorJobId(d.id) === dev)) {
             failure ??= new FailedPreconditionError(`the storage copy of disk ${dev.replace(/^mirror-/, '')} failed (${ev.event}${ev.data?.['error'] ? `: ${String(ev.data['error'])}` : ''})`, { reason: 'STORAGE_COPY_FAILED' });
           }
-          if (pending.size === 0 || failure) return;
+          if (pending.size === 0 || failure) {
+            wake.abort();
+            return;
+          }
         }
       } catch {
         // cancelled with the signal
@@ -186,7 +192,7 @@ export class SourceStorage {
         } else if (Date.now() - lastMove > this.o.stallMs) {
           throw new UnavailableError(`the storage copy made no progress for ${this.o.stallMs} ms (${p.transferredBytes} of ${p.totalBytes} bytes): the link to the destination is presumed down`, { reason: 'STORAGE_COPY_STALLED' });
         }
-        await sleep(intervalMs, undefined, { signal }).catch(() => undefined);
+        await sleep(intervalMs, undefined, { signal: AbortSignal.any([signal, wake.signal]) }).catch(() => undefined);
       }
       this.readyAtMs = Date.now();
     } finally {

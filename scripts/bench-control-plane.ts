@@ -52,6 +52,7 @@ const { values: opts } = loadConfig(
     db: { type: 'list', default: ['sqlite'], doc: "d's store dialects, each run in turn: sqlite, postgres (a throw-away server, services/testbed/postgres.ts) (default sqlite)" },
     'cpu-prof-dir': { type: 'string', default: '', doc: "write a V8 CPU profile of d's coordinator into this directory (node --cpu-prof)" },
     'heartbeat-misses': { type: 'integer', default: 3, min: 1, max: 100, doc: "the coordinator's --heartbeat-misses (default 3, at 2 s)" },
+    'log-level': { type: 'string', default: 'info', doc: "the daemons' MIGD_LOG_LEVEL in parts a–c (default info: part a's verification figure and phase table come from their log lines; debug adds every QMP command)" },
   },
   process.argv.slice(2),
 );
@@ -205,47 +206,155 @@ async function bareMigration(cluster: LabCluster, dir: string, memoryMib: number
   }
 }
 
+/**
+ * The daemons' log lines (coordinator and nodes), kept with their parsed time while part a runs,
+ * for the phase timeline of each migd migration (--log-level info or debug).
+ */
+interface LogLine {
+  readonly atMs: number;
+  readonly who: string;
+  readonly msg: string;
+  readonly rec: Record<string, unknown>;
+}
+const logLines: LogLine[] = [];
+function tapLog(line: string): void {
+  const i = line.indexOf('{');
+  if (i < 0) return;
+  try {
+    const rec = JSON.parse(line.slice(i)) as Record<string, unknown>;
+    const atMs = Date.parse(String(rec['t']));
+    if (!Number.isFinite(atMs)) return;
+    const prefix = line.slice(0, i).replace(/[[\]]/g, '').trim();
+    const who = prefix.startsWith('node ') ? prefix : String(rec['component'] ?? prefix);
+    const detail = rec['msg'] === 'QMP >' || rec['msg'] === 'QMP <' ? ` ${String(rec['command'])}` : rec['msg'] === 'QMP event' ? ` ${String(rec['event'])}` : '';
+    logLines.push({ atMs, who, msg: `${String(rec['msg'])}${detail}`, rec });
+    if (logLines.length > 200_000) logLines.splice(0, 100_000);
+  } catch {
+    // not a JSON log line
+  }
+}
+
+interface MigdFigures {
+  totalMs: number;
+  qemuMs: number;
+  downtimeMs: number;
+  transferred: number;
+  setupMs: number;
+  /** Destination: ms from the guest's resume there to the handover confirmed (in-guest proof and host checks); NaN without logs. */
+  confirmMs: number;
+  /** Destination: ms from the guest's resume there to its workload proving pages verified there. */
+  provenMs: number;
+  /** Log lines of this migration, ms from SubmitPlan. */
+  timeline: { offMs: number; who: string; msg: string }[];
+}
+
 /** One migd migration of a fresh idle guest a → b; returns wall ms from SubmitPlan to RunCompleted and the run's stats. */
-async function migdMigration(cb: CoordinatorBackend, name: string, memoryMib: number, bytesPerWorker: number): Promise<{ totalMs: number; qemuMs: number; downtimeMs: number; transferred: number; setupMs: number }> {
+async function migdMigration(cb: CoordinatorBackend, name: string, memoryMib: number, bytesPerWorker: number): Promise<MigdFigures> {
   await cb.createVm(idleSpec(name, memoryMib, bytesPerWorker), 'a');
   try {
     await cb.waitGuest(name, { minSamples: 2, minMs: 2000, timeoutMs: 60_000 });
+    const from = logLines.length;
+    const wall0 = Date.now();
     const t0 = performance.now();
     const r = await cb.migrate({ key: `bench.${name}`, vmName: name, memoryMib, sourceNodeId: 'a', destinationNodeId: 'b', policy: FIXED_PRECOPY, label: 'bench', timeLimitMs: 300_000 });
     const t1 = performance.now();
     const run = (await cb.client.getRun({ runId: r.runId })).run!;
     if (r.outcome !== 'succeeded') throw new Error(`migd migration ${name} ${r.outcome}: ${run.error?.reason ?? ''} ${run.error?.message ?? ''}`);
     const s = run.stats!;
-    return { totalMs: t1 - t0, qemuMs: Number(s.totalTimeMs), downtimeMs: Number(s.downtimeMs), transferred: Number(s.transferredBytes), setupMs: Number(s.setupTimeMs) };
+    await sleep(200); // the last log lines
+    const mine = logLines.slice(from).filter((l) => l.atMs >= wall0 - 5 && l.atMs <= wall0 + (t1 - t0) + 100);
+    const confirmed = mine.find((l) => l.msg === 'guest confirmed on the destination');
+    return {
+      totalMs: t1 - t0,
+      qemuMs: Number(s.totalTimeMs),
+      downtimeMs: Number(s.downtimeMs),
+      transferred: Number(s.transferredBytes),
+      setupMs: Number(s.setupTimeMs),
+      confirmMs: Number(confirmed?.rec['confirmedAfterResumeMs'] ?? NaN),
+      provenMs: Number(confirmed?.rec['workloadProvenAfterResumeMs'] ?? NaN),
+      timeline: mine.map((l) => ({ offMs: l.atMs - wall0, who: l.who, msg: l.msg })),
+    };
   } finally {
     await cb.destroyVm(name).catch(() => undefined);
   }
 }
 
+const mmm = (v: number[], d = 0): string => `${fmt(Math.min(...v), d)} / ${fmt(med(v), d)} / ${fmt(Math.max(...v), d)}`;
+
 async function partA(cluster: LabCluster, cb: CoordinatorBackend): Promise<void> {
-  out('\n== a. control-plane overhead: migd vs a bare QMP script (256 MiB idle guest, 64 MiB written, 1 Gbit/s link)');
+  out('\n== a. control-plane overhead: migd vs a bare QMP script (256 MiB idle guest, 64 MiB written, 1 Gbit/s link; runs interleaved, order alternating)');
   await cluster.tb.shape('a', { rateMbit: 1000 });
   await cluster.tb.shape('b', { rateMbit: 1000 });
   const dir = await mkdtemp(join(tmpdir(), 'migd-bare-'));
   const migd: number[] = [];
+  const migdNoVerify: number[] = [];
   const bare: number[] = [];
+  const ratios: number[] = [];
+  const ratiosNoVerify: number[] = [];
   const migdQemu: number[] = [];
   const bareQemu: number[] = [];
+  const confirm: number[] = [];
+  const proven: number[] = [];
+  const timelines: MigdFigures['timeline'][] = [];
   try {
     for (let i = 0; i < REPS; i++) {
-      const m = await migdMigration(cb, `bench-a-${i}-${process.pid}`, 256, 64 * MiB);
-      const b = await bareMigration(cluster, dir, 256, 64 * MiB);
-      migd.push(m.totalMs);
-      bare.push(b.totalMs);
-      migdQemu.push(m.qemuMs);
-      bareQemu.push(b.qemuMs);
-      out(`  rep ${i + 1}: migd ${fmt(m.totalMs, 0)} ms (QEMU ${m.qemuMs} ms, downtime ${m.downtimeMs} ms) · bare ${fmt(b.totalMs, 0)} ms (QEMU ${b.qemuMs} ms, downtime ${b.downtimeMs} ms)`);
+      // A B, then B A: a drift of the machine's speed weighs on both sides alike.
+      let m: MigdFigures | undefined;
+      let b: Awaited<ReturnType<typeof bareMigration>> | undefined;
+      for (const side of i % 2 === 0 ? ['migd', 'bare'] : ['bare', 'migd']) {
+        if (side === 'migd') m = await migdMigration(cb, `bench-a-${i}-${process.pid}`, 256, 64 * MiB);
+        else b = await bareMigration(cluster, dir, 256, 64 * MiB);
+      }
+      const noVerify = m!.totalMs - (Number.isFinite(m!.confirmMs) ? m!.confirmMs : 0);
+      migd.push(m!.totalMs);
+      migdNoVerify.push(noVerify);
+      bare.push(b!.totalMs);
+      ratios.push(m!.totalMs / b!.totalMs);
+      ratiosNoVerify.push(noVerify / b!.totalMs);
+      migdQemu.push(m!.qemuMs);
+      bareQemu.push(b!.qemuMs);
+      confirm.push(m!.confirmMs);
+      proven.push(m!.provenMs);
+      timelines.push(m!.timeline);
+      out(`  rep ${i + 1}: migd ${fmt(m!.totalMs, 0)} ms (without verification ${fmt(noVerify, 0)} ms; QEMU ${m!.qemuMs} ms, downtime ${m!.downtimeMs} ms; verification ${fmt(m!.confirmMs, 0)} ms, workload proof ${fmt(m!.provenMs, 0)} ms) · bare ${fmt(b!.totalMs, 0)} ms (QEMU ${b!.qemuMs} ms, downtime ${b!.downtimeMs} ms)`);
     }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
-  out(`  median: migd ${fmt(med(migd), 0)} ms, bare ${fmt(med(bare), 0)} ms → ratio migd/bare ${fmt(med(migd) / med(bare))}; control-plane overhead ${fmt(med(migd) - med(bare), 0)} ms per migration`);
-  out(`  (QEMU's own total-time: migd ${fmt(med(migdQemu), 0)} ms, bare ${fmt(med(bareQemu), 0)} ms)`);
+  out('  figure                                    min / median / max');
+  out(`  migd, SubmitPlan → RunCompleted (ms)      ${mmm(migd)}`);
+  out(`  migd without the verification (ms)        ${mmm(migdNoVerify)}`);
+  out(`  bare QMP script (ms)                      ${mmm(bare)}`);
+  out(`  ratio migd/bare, pair by pair             ${mmm(ratios, 2)}`);
+  out(`  ratio without verification, pair by pair  ${mmm(ratiosNoVerify, 2)}   (issue 15 goal ≤ 1.10)`);
+  out(`  verification after the resume (ms)        ${mmm(confirm)}   (p50 goal ≤ 300 ms; resume → handover confirmed on the destination)`);
+  out(`    of which the workload's proof (ms)      ${mmm(proven)}`);
+  out(`  QEMU's own total-time: migd ${fmt(med(migdQemu), 0)} ms, bare ${fmt(med(bareQemu), 0)} ms; control-plane overhead without verification ${fmt(med(migdNoVerify) - med(bare), 0)} ms per migration`);
+  if (timelines.some((t) => t.length > 0)) printPhases(timelines);
+}
+
+/**
+ * The migd migrations' log lines as phases: for each (daemon, message) the median time from
+ * SubmitPlan of its first occurrence, in order, with the gap from the line before.
+ */
+function printPhases(timelines: MigdFigures['timeline'][]): void {
+  const firsts = new Map<string, number[]>();
+  for (const t of timelines) {
+    const seen = new Set<string>();
+    for (const l of t) {
+      const k = `${l.who}: ${l.msg}`;
+      if (seen.has(k)) continue;
+      seen.add(k);
+      firsts.set(k, [...(firsts.get(k) ?? []), l.offMs]);
+    }
+  }
+  const rows = [...firsts.entries()].filter(([, v]) => v.length * 2 >= timelines.length).map(([k, v]) => ({ k, at: med(v), n: v.length })).sort((a, b) => a.at - b.at);
+  out(`  phases of the migd migrations (log lines; median ms after SubmitPlan of each line's first occurrence, gap from the line before, ${timelines.length} runs):`);
+  let prev = 0;
+  for (const r of rows) {
+    out(`    ${fmt(r.at, 0).padStart(6)}  +${fmt(r.at - prev, 0).padStart(5)}  ${r.k}${r.n < timelines.length ? ` (${r.n} runs)` : ''}`);
+    prev = r.at;
+  }
 }
 
 async function partB(cluster: LabCluster, cb: CoordinatorBackend): Promise<void> {
@@ -448,7 +557,8 @@ function cpuSeconds(pid: number): number {
 async function main(): Promise<void> {
   out(`migd control-plane benchmarks (parts ${[...PARTS].join(',')}, ${REPS} reps)`);
   if (PARTS.has('a') || PARTS.has('b') || PARTS.has('c')) {
-    const cluster = await startLabCluster({ mode: 'coordinator' });
+    process.env['MIGD_LOG_LEVEL'] = opts['log-level'];
+    const cluster = await startLabCluster({ mode: 'coordinator', onLog: tapLog });
     try {
       const cb = cluster.backend as CoordinatorBackend;
       if (PARTS.has('a')) await partA(cluster, cb);

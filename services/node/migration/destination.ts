@@ -79,6 +79,8 @@ export class IncomingMigration {
   private announcing: Promise<{ announceAfterResumeMs: number; nicsAnnounced: number } | undefined> | undefined;
   /** The vCPU threads' CPU time (ns) when the guest resumed here, and when that was read. */
   private vcpuBaseline: Promise<{ ns: number | undefined; at: number }> | undefined;
+  /** performance.now() when the guest was seen resumed here. */
+  private resumedAtMs: number | undefined;
   private diskDigests: DiskDigest[] = [];
 
   constructor(private readonly p: IncomingParams) {
@@ -204,10 +206,16 @@ export class IncomingMigration {
     }
   }
 
+  /** Milliseconds since the guest was seen resumed here (undefined before). */
+  private sinceResume(): number | undefined {
+    return this.resumedAtMs === undefined ? undefined : Math.round(performance.now() - this.resumedAtMs);
+  }
+
   private markResumed(): void {
     if (this.resumedHere) return;
     this.resumedHere = true;
     this.p.host.adoptIncoming(this.p.vm.name);
+    this.resumedAtMs = performance.now();
     this.p.log.info('guest resumed on the destination');
     this.vcpuBaseline = vcpuRunNs(this.p.vm.qmp, this.p.vm.pid).then((ns) => ({ ns, at: Date.now() }));
     void this.trackVerification();
@@ -390,6 +398,7 @@ export class IncomingMigration {
     const checks = this.hostChecks(deadline);
     while (workload && !this.verification.proven && !this.exited && Date.now() < deadline) await this.changed(Math.max(1, deadline - Date.now()));
     const v = this.verification;
+    const provenMs = this.sinceResume();
     const host = await checks;
     const all: GuestCheck[] = workload
       ? [{ name: 'workload', passed: v.proven && v.integrityErrors === 0, detail: `the guest verified ${v.pagesVerifiedAfter} pages${vm.spec.workload?.diskId ? ` and its disk ${vm.spec.workload.diskId}` : ''} here after arriving; ${v.integrityErrors} integrity error(s)` }, ...host]
@@ -409,6 +418,9 @@ export class IncomingMigration {
     this.p.record.phase = 'confirmed';
     this.p.record.confirm = ConfirmIncomingResponse.toJSON(res);
     await this.p.records.write(this.p.record);
+    // The time the checks of the guest here added after its resume (the workload's proof, the
+    // host's checks): the handover's verification, apart from the migration itself.
+    this.p.log.info('guest confirmed on the destination', { alive: res.alive, workloadProvenAfterResumeMs: workload ? provenMs : undefined, confirmedAfterResumeMs: this.sinceResume() });
     return res;
   }
 

@@ -26,10 +26,14 @@ import { tcpUri } from './endpoint.js';
 import { stopExports } from './storage.js';
 import { imageDigest } from '../host/digest.js';
 import { diskNodeName } from '../vm/cmdline.js';
-import { DIGEST_MAX_BYTES, ioErrorCheck, runningCheck, vcpuCheck, vcpuRunNs } from './guest-checks.js';
+import { DIGEST_MAX_BYTES, ioErrorCheck, runningCheck, vcpuCheck, vcpuRunNs, vcpusRan } from './guest-checks.js';
 
-/** How long the vCPU threads are watched after the resume (the `vcpus` check). */
+/**
+ * How long the vCPU threads are watched after the resume at most (the `vcpus` check): it passes
+ * as soon as they used CPU here, read every VCPU_POLL_MS, and fails when they did not within this.
+ */
 const VCPU_WINDOW_MS = 1000;
+const VCPU_POLL_MS = 20;
 
 
 /** The port of the first listening address `query-migrate` reports on a destination. */
@@ -292,13 +296,19 @@ export class IncomingMigration {
     return out;
   }
 
-  /** The host's checks of the guest here (guest-checks.ts), after watching the vCPUs for a while. */
+  /**
+   * The host's checks of the guest here (guest-checks.ts): the vCPU threads are watched from the
+   * resume until they used CPU here (at most VCPU_WINDOW_MS), then the point-in-time checks.
+   */
   private async hostChecks(deadline: number): Promise<GuestCheck[]> {
     const { vm } = this.p;
     const base = await (this.vcpuBaseline ?? Promise.resolve({ ns: undefined, at: Date.now() }));
-    const wait = Math.min(base.at + VCPU_WINDOW_MS, Math.max(Date.now(), deadline)) - Date.now();
-    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-    const after = await vcpuRunNs(vm.qmp, vm.pid);
+    const until = Math.min(base.at + VCPU_WINDOW_MS, Math.max(Date.now(), deadline));
+    let after = await vcpuRunNs(vm.qmp, vm.pid);
+    while (!vcpusRan(base.ns, after) && !this.exited && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, Math.max(1, Math.min(VCPU_POLL_MS, until - Date.now()))));
+      after = await vcpuRunNs(vm.qmp, vm.pid);
+    }
     const window = Date.now() - base.at;
     const status = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as { running?: boolean; status?: string } | undefined;
     const stats = await vm.qmp.execute('query-blockstats', undefined, { timeoutMs: 5000 }).catch(() => undefined);

@@ -45,13 +45,18 @@ export function runningCheck(status: { running?: boolean; status?: string } | un
   return { name: 'running', passed, detail: passed ? 'QMP query-status: running' : `QMP query-status: ${status?.status ?? 'no answer'}` };
 }
 
+/** True when both readings exist and the vCPU threads used CPU between them (the `vcpus` check passes). */
+export function vcpusRan(before: number | undefined, after: number | undefined): boolean {
+  return before !== undefined && after !== undefined && after > before;
+}
+
 export function vcpuCheck(before: number | undefined, after: number | undefined, windowMs: number): GuestCheck {
   if (before === undefined || after === undefined) return { name: 'vcpus', passed: false, detail: 'the vCPU threads\' CPU time could not be read' };
   const ranMs = (after - before) / 1e6;
   return {
     name: 'vcpus',
-    passed: after > before,
-    detail: after > before ? `the vCPU threads ran ${ranMs.toFixed(1)} ms of CPU in the ${windowMs} ms after the resume` : `the vCPU threads did not run in the ${windowMs} ms after the resume`,
+    passed: vcpusRan(before, after),
+    detail: vcpusRan(before, after) ? `the vCPU threads ran ${ranMs.toFixed(1)} ms of CPU in the ${windowMs} ms after the resume` : `the vCPU threads did not run in the ${windowMs} ms after the resume`,
   };
 }
 

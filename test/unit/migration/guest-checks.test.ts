@@ -3,7 +3,7 @@
  * what a healthy guest shows and fails, naming why, on what a dead or damaged one shows.
  */
 import { describe, expect, it } from 'vitest';
-import { describeChecks, diskChecks, ioErrorCheck, runningCheck, vcpuCheck } from '../../../services/node/migration/guest-checks.js';
+import { describeChecks, diskChecks, ioErrorCheck, runningCheck, vcpuCheck, vcpusRan } from '../../../services/node/migration/guest-checks.js';
 
 const digest = (diskId: string, sha256: string, dataBytes = 4 << 20, error = '') => ({ diskId, sha256, dataBytes, ms: 3, error });
 
@@ -18,6 +18,14 @@ describe('guest checks on the destination', () => {
     expect(vcpuCheck(1_000_000, 13_500_000, 1000)).toMatchObject({ passed: true, detail: 'the vCPU threads ran 12.5 ms of CPU in the 1000 ms after the resume' });
     expect(vcpuCheck(5, 5, 1000).passed).toBe(false);
     expect(vcpuCheck(undefined, 5, 1000).passed).toBe(false);
+  });
+
+  it('vcpusRan: the destination stops watching as soon as the threads used CPU, never on a missing reading', () => {
+    expect(vcpusRan(1_000_000, 1_000_001)).toBe(true);
+    expect(vcpusRan(7, 7)).toBe(false);
+    expect(vcpusRan(7, 6)).toBe(false);
+    expect(vcpusRan(undefined, 7)).toBe(false);
+    expect(vcpusRan(7, undefined)).toBe(false);
   });
 
   it('io-errors: any failed request on any device fails', () => {

@@ -23,12 +23,12 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { MigrationPolicy, MigrationState, PolicyKind, WorkloadPattern, VmSpec } from '../services/shared/gen/migd/v1/common.js';
 import { PlanState } from '../services/shared/gen/migd/v1/coordinator.js';
 import { buildGuestCmdline } from '../services/shared/guest/workload.js';
-import { createPki } from '../services/shared/pki.js';
+import { createPki, nodeIdentity } from '../services/shared/pki.js';
 import { freePort } from '../services/shared/net.js';
 import { type CoordinatorProcess, coordinatorEntry, startCoordinatorProcess, startNatsProcess, stopChild } from '../services/testbed/cluster.js';
 import { ensureGuestImage } from '../stress/image/build.js';
@@ -52,6 +52,7 @@ const { values: opts } = loadConfig(
     db: { type: 'list', default: ['sqlite'], doc: "d's store dialects, each run in turn: sqlite, postgres (a throw-away server, services/testbed/postgres.ts) (default sqlite)" },
     'cpu-prof-dir': { type: 'string', default: '', doc: "write a V8 CPU profile of d's coordinator into this directory (node --cpu-prof)" },
     'heartbeat-misses': { type: 'integer', default: 3, min: 1, max: 100, doc: "the coordinator's --heartbeat-misses (default 3, at 2 s)" },
+    'bare-stream': { type: 'string', default: 'tls', doc: "part a's bare QMP script: tls (its stream encrypted as the lab's nodes do; they require migration TLS) or clear (default tls)" },
     'log-level': { type: 'string', default: 'info', doc: "the daemons' MIGD_LOG_LEVEL in parts a–c (default info: part a's verification figure and phase table come from their log lines; debug adds every QMP command)" },
   },
   process.argv.slice(2),
@@ -68,6 +69,9 @@ const VMS_PER_NODE = opts['vms-per-node'];
 const MAX_PLANS = opts['max-plans'];
 /** The coordinator's --heartbeat-misses (its default is 3 at 2 s). */
 const HEARTBEAT_MISSES = opts['heartbeat-misses'];
+/** Part a's bare script uses TLS like migd's lab nodes. */
+if (!['tls', 'clear'].includes(opts['bare-stream'])) throw configError('bare-stream', 'must be tls or clear');
+const BARE_TLS = opts['bare-stream'] === 'tls';
 
 const fmt = (v: number, d = 2): string => (Number.isFinite(v) ? v.toFixed(d) : '—');
 const med = (v: number[]): number => quantile(v, 0.5);
@@ -158,8 +162,18 @@ class MiniQmp {
   }
 }
 
-/** One bare migration a → b of an idle guest; returns ms from starting the destination QEMU to the guest running there. */
-async function bareMigration(cluster: LabCluster, dir: string, memoryMib: number, bytesPerWorker: number): Promise<{ totalMs: number; qemuMs: number; downtimeMs: number }> {
+/** A lab node's state dir (its storage root), where the node keeps QEMU's TLS folder (qemu-tls). */
+function nodeStateDir(cluster: LabCluster, host: string): string {
+  return dirname(dirname(dirname(cluster.storage.diskPath(host, 'v', 'd'))));
+}
+
+/**
+ * One bare migration a → b of an idle guest; returns ms from starting the destination QEMU to the
+ * guest running there. With `tls` the stream is encrypted as migd's nodes do it (the lab nodes
+ * require migration TLS): the nodes' own QEMU TLS folders, the destination's name checked by the
+ * source and only the source's certificate admitted by the destination.
+ */
+async function bareMigration(cluster: LabCluster, dir: string, memoryMib: number, bytesPerWorker: number, tls: boolean): Promise<{ totalMs: number; qemuMs: number; downtimeMs: number }> {
   const image = await ensureGuestImage();
   const append = buildGuestCmdline({ pattern: 'hotcold', workers: 1, bytesPerWorker, hotBytes: 4096 }, { guestMemoryBytes: memoryMib * MiB });
   const base = (tag: string): string[] => [
@@ -190,8 +204,14 @@ async function bareMigration(cluster: LabCluster, dir: string, memoryMib: number
     qmps.push(dst);
     for (const q of [src, dst]) await q.cmd('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
     const addr = cluster.tb.host('b').migrationAddress;
+    if (tls) {
+      await src.cmd('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', dir: join(nodeStateDir(cluster, 'a'), 'qemu-tls'), endpoint: 'client', 'verify-peer': true });
+      await dst.cmd('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', dir: join(nodeStateDir(cluster, 'b'), 'qemu-tls'), endpoint: 'server', 'verify-peer': true });
+      await dst.cmd('object-add', { 'qom-type': 'authz-simple', id: 'authz0', identity: `CN=${nodeIdentity('a')}` });
+      await dst.cmd('migrate-set-parameters', { 'tls-creds': 'tls0', 'tls-authz': 'authz0' });
+    }
     await dst.cmd('migrate-incoming', { uri: `tcp:${addr}:${port}` });
-    await src.cmd('migrate-set-parameters', { 'downtime-limit': 300, 'max-bandwidth': 10 * 1024 * MiB });
+    await src.cmd('migrate-set-parameters', { 'downtime-limit': 300, 'max-bandwidth': 10 * 1024 * MiB, ...(tls ? { 'tls-creds': 'tls0', 'tls-hostname': nodeIdentity('b') } : {}) });
     const resumed = dst.next((m) => m['event'] === 'RESUME');
     const completed = src.next((m) => m['event'] === 'MIGRATION' && (m['data'] as { status?: string }).status === 'completed');
     await src.cmd('migrate', { uri: `tcp:${addr}:${port}` });
@@ -282,7 +302,7 @@ async function migdMigration(cb: CoordinatorBackend, name: string, memoryMib: nu
 const mmm = (v: number[], d = 0): string => `${fmt(Math.min(...v), d)} / ${fmt(med(v), d)} / ${fmt(Math.max(...v), d)}`;
 
 async function partA(cluster: LabCluster, cb: CoordinatorBackend): Promise<void> {
-  out('\n== a. control-plane overhead: migd vs a bare QMP script (256 MiB idle guest, 64 MiB written, 1 Gbit/s link; runs interleaved, order alternating)');
+  out(`\n== a. control-plane overhead: migd vs a bare QMP script (256 MiB idle guest, 64 MiB written, 1 Gbit/s link; runs interleaved, order alternating; the bare stream ${BARE_TLS ? 'with TLS as migd\'s lab nodes (--require-migration-tls)' : 'in clear while migd\'s lab nodes use TLS'})`);
   await cluster.tb.shape('a', { rateMbit: 1000 });
   await cluster.tb.shape('b', { rateMbit: 1000 });
   const dir = await mkdtemp(join(tmpdir(), 'migd-bare-'));
@@ -303,7 +323,7 @@ async function partA(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
       let b: Awaited<ReturnType<typeof bareMigration>> | undefined;
       for (const side of i % 2 === 0 ? ['migd', 'bare'] : ['bare', 'migd']) {
         if (side === 'migd') m = await migdMigration(cb, `bench-a-${i}-${process.pid}`, 256, 64 * MiB);
-        else b = await bareMigration(cluster, dir, 256, 64 * MiB);
+        else b = await bareMigration(cluster, dir, 256, 64 * MiB, BARE_TLS);
       }
       const noVerify = m!.totalMs - (Number.isFinite(m!.confirmMs) ? m!.confirmMs : 0);
       migd.push(m!.totalMs);

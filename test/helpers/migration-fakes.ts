@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { Broadcast } from '../../services/shared/broadcast.js';
 import { NotFoundError, UnavailableError } from '../../services/shared/errors.js';
 import { VmSpec, WorkloadSpec, type GuestPerfSample } from '../../services/shared/gen/migd/v1/common.js';
-import type { ConfirmIncomingResponse } from '../../services/shared/gen/migd/v1/node.js';
+import type { ConfirmIncomingResponse, DiskTransfer, PrepareIncomingResponse } from '../../services/shared/gen/migd/v1/node.js';
 import type { Logger } from '../../services/shared/log.js';
 import { MigrationRecords, type MigrationRecord } from '../../services/node/migration/record.js';
 import type { MigratableVm, NodePeer, VmHost } from '../../services/node/migration/types.js';
@@ -99,7 +99,7 @@ export type FakeHost = VmHost & { destroyed: string[]; migrating: Map<string, st
  * The node's VM manager: records destroys, migration marks and adoptions. The "is migrating" state
  * is the node's own (MigratingVms): `source()` refuses a VM a run has claimed, as the daemon does.
  */
-export function fakeHost(o: { qemuGone?: boolean; vms?: Readonly<Record<string, MigratableVm>> } = {}): FakeHost {
+export function fakeHost(o: { qemuGone?: boolean; vms?: Readonly<Record<string, MigratableVm>>; transfers?: readonly DiskTransfer[] } = {}): FakeHost {
   const destroyed: string[] = [];
   const migrating = new Map<string, string | undefined>();
   const adopted: string[] = [];
@@ -130,7 +130,7 @@ export function fakeHost(o: { qemuGone?: boolean; vms?: Readonly<Record<string, 
       destroyed.push(name);
       marks.set(name, undefined);
     },
-    diskTransfers: async () => [],
+    diskTransfers: async () => [...(o.transfers ?? [])],
     planTargets: async () => [],
     createTarget: () => Promise.reject(new Error('unused')),
     removeTargets: async () => undefined,
@@ -142,6 +142,8 @@ export interface PeerScript {
   confirm?: (n: number) => ConfirmIncomingResponse | Error;
   abort?: (n: number) => Error | undefined;
   prepare?: (n: number) => Error | undefined;
+  /** What PrepareIncoming answers besides the stream's endpoint (e.g. the NBD port and disks). */
+  prepared?: Partial<PrepareIncomingResponse>;
   pause?: (n: number) => Error | undefined;
   recover?: (n: number) => Error | undefined;
 }
@@ -167,7 +169,7 @@ export function fakePeer(script: PeerScript): FakePeer {
     prepareIncoming: async () => {
       const n = next('prepare');
       raise(script.prepare?.(n));
-      return { uri: 'tcp:127.0.0.1:1', pid: 1, port: 1, disks: [] };
+      return { uri: 'tcp:127.0.0.1:1', pid: 1, port: 1, disks: [], ...script.prepared };
     },
     pauseIncoming: async () => {
       const n = next('pause');

@@ -147,6 +147,12 @@ export class SourceMigration {
   /** Digests of the copied LOCAL disks, taken once the mirrors ended in sync (guest-checks.ts). */
   private sourceDigests: Promise<DiskDigest[]> | undefined;
   private cancelRequested = false;
+  /**
+   * QEMU's `migrate` has gone out: from then on a cancel is QEMU's (migrate_cancel). Before it —
+   * while starting, during the storage copy, or between the mirrors' READY and `migrate` — QEMU
+   * has no migration to cancel, and the run's own steps end it when they see cancelRequested.
+   */
+  private streamIssued = false;
   private readonly record: SourceRecord;
   private persisting: Promise<void> = Promise.resolve();
   /** What is left to settle in the background once the run has ended (see resolveLater). */
@@ -264,6 +270,7 @@ export class SourceMigration {
       this.sourceCpuStart = await vm.cpuSeconds();
       if (transfers.length > 0) {
         this.storage = this.storageFor(transfers, ready);
+        if (this.cancelRequested) throw new CancelledError('cancelled before the storage copy started');
         await this.storage.start();
         log.info('storage copy started', { disks: this.storage.disks.map((d) => ({ id: d.id, incremental: d.incremental, allocated: d.allocatedBytes })), writeBlocking: this.p.policy.storageWriteBlocking === true });
         // The memory migration starts once every mirror is READY (in the background: StartMigration
@@ -273,6 +280,14 @@ export class SourceMigration {
       }
       await this.beginStream(uri);
     } catch (err) {
+      if (this.cancelRequested && !this.streamIssued) {
+        // Cancelled while starting: QEMU streams nothing, and the destination's copy (if it was
+        // asked for one) goes with settle(); the run ends CANCELLED, not as a failed start. In the
+        // background, as the storage phase does: StartMigration answers now.
+        log.info('cancelled while starting', { err: publicMessage(err) });
+        void this.cancelled().catch((e: unknown) => log.error('settling a run cancelled while starting failed', { err: e }));
+        return;
+      }
       this.p.host.setMigration(vm.name, undefined);
       await this.storage?.abort();
       // Idempotent on the destination, and it refuses a PrepareIncoming still on its way after it;
@@ -371,12 +386,18 @@ export class SourceMigration {
     try {
       log.info('migration starting', { uri, capabilities: config.capabilities, tls: config.tls });
       await this.persist('streaming');
+      // A cancel that came while the stream was being set up: never start it (a migrate_cancel
+      // sent before `migrate` cancels nothing, and the stream would run on as if not cancelled).
+      if (this.cancelRequested) throw new CancelledError('cancelled before the memory migration started');
+      // Set in the same tick as `migrate` goes out: a later cancel's migrate_cancel follows it on
+      // the monitor, so QEMU cancels the stream it has just started.
+      this.streamIssued = true;
       await vm.qmp.execute('migrate', { uri });
     } catch (err) {
       events.close();
       throw err;
     }
-    this.transition(MigrationState.MIGRATION_STATE_SETUP, `streaming to node ${this.p.destination.nodeId}`);
+    if (!this.cancelRequested) this.transition(MigrationState.MIGRATION_STATE_SETUP, `streaming to node ${this.p.destination.nodeId}`);
     void this.run(events);
   }
 
@@ -385,6 +406,7 @@ export class SourceMigration {
     const storage = this.storage!;
     const ac = new AbortController();
     this.storageCopying = ac;
+    if (this.cancelRequested) ac.abort();
     const stop = (): void => ac.abort();
     this.stop.signal.addEventListener('abort', stop, { once: true });
     this.transition(MigrationState.MIGRATION_STATE_PREPARING, `copying ${storage.disks.length} LOCAL disk(s) (${storage.allocatedBytes} bytes allocated) to node ${this.p.destination.nodeId}; the memory migration starts when every mirror is ready`);
@@ -505,7 +527,13 @@ export class SourceMigration {
         }
         if (status === 'failed') {
           const info = (await this.p.vm.qmp.execute('query-migrate').catch(() => ({}))) as QmpMigrationInfo;
-          log.warn('QEMU reported the migration failed', { errorDesc: info['error-desc'] ?? null });
+          log.warn('QEMU reported the migration failed', { errorDesc: info['error-desc'] ?? null, cancelRequested: this.cancelRequested });
+          if (this.cancelRequested) {
+            // A cancel QEMU could not finish by itself ends as failed once unstickCancel yanked
+            // its channels: the stream was cancelled all the same, and settles as a cancel.
+            await this.cancelled();
+            return;
+          }
           await this.fail("QEMU reported the migration failed (the source node's log has QEMU's reason)", 'QEMU_MIGRATION_FAILED');
           return;
         }
@@ -657,10 +685,11 @@ export class SourceMigration {
     this.action(PolicyActionKind.POLICY_ACTION_KIND_ABORT, 0, actor, reason);
     this.transition(MigrationState.MIGRATION_STATE_CANCELLING, reason || 'cancel requested');
     this.cancelRequested = true;
-    if (this.storageCopying) {
-      // The memory stream has not started: the storage phase ends the run (mirrors cancelled,
-      // the destination's exports and images removed with its copy).
-      this.storageCopying.abort();
+    if (!this.streamIssued) {
+      // The memory stream has not started: the step under way — start(), the storage phase, or
+      // the set-up of the stream — ends the run (mirrors cancelled, the destination's QEMU,
+      // exports and images removed with its copy), and QEMU has no migration to cancel.
+      this.storageCopying?.abort();
       return;
     }
     await this.p.vm.qmp.execute('migrate_cancel');
@@ -780,6 +809,7 @@ export class SourceMigration {
     }
     const status = String(info.status ?? 'none');
     this.qemuStatus = status;
+    this.streamIssued = status !== 'none';
     if (status.startsWith('postcopy')) this.postcopyStarted = true;
     log.info('adopted migration after a daemon restart', { phase: this.record.phase, qemu: status });
     const adopted = `the node daemon restarted; QEMU's migration is ${status}`;

@@ -409,7 +409,8 @@ export class SourceMigration {
     if (this.cancelRequested) ac.abort();
     const stop = (): void => ac.abort();
     this.stop.signal.addEventListener('abort', stop, { once: true });
-    this.transition(MigrationState.MIGRATION_STATE_PREPARING, `copying ${storage.disks.length} LOCAL disk(s) (${storage.allocatedBytes} bytes allocated) to node ${this.p.destination.nodeId}; the memory migration starts when every mirror is ready`);
+    // A cancel that came while the mirrors were being started keeps the run CANCELLING.
+    if (!this.cancelRequested) this.transition(MigrationState.MIGRATION_STATE_PREPARING, `copying ${storage.disks.length} LOCAL disk(s) (${storage.allocatedBytes} bytes allocated) to node ${this.p.destination.nodeId}; the memory migration starts when every mirror is ready`);
     try {
       await storage.waitReady(ac.signal, this.opts.progressIntervalMs, (d) => {
         const sample = ProgressSampleCodec.fromPartial({

@@ -44,13 +44,21 @@ describe('a cancel during the LOCAL disk copy, through the coordinator', () => {
     return path;
   };
 
+  /** A VM's QEMU processes on a node (its folder in the node's state dir is on their command line). */
+  const qemuOf = (node: string, name: string): Promise<number[]> => qemuPidsMatching(join(c.dir, node, 'vms', `${name}/`));
+  /** The LOCAL-disk targets a node holds for a VM (its storage root is its state dir). */
+  const targetsOf = (node: string, name: string): string[] => {
+    const dir = join(c.dir, node, 'disks', name);
+    return existsSync(dir) ? readdirSync(dir) : [];
+  };
+
   /** Nothing of the run is left on b: no VM, no QEMU (nor its NBD export), no target image. */
   const cleanOnB = async (name: string): Promise<void> => {
     expect((await c.nodeClients['b']!.listVms({})).vms.map((v) => v.spec?.name)).not.toContain(name);
-    // This VM's QEMU on b (its folder there); another VM may run on b by now.
-    await waitFor(async () => (await qemuPidsMatching(join(c.dir, 'b', 'vms', name))).length === 0, 20_000, 'no QEMU of the run left on b');
-    const targets = join(c.dir, 'b', 'disks', name);
-    expect(existsSync(targets) ? readdirSync(targets) : []).toEqual([]);
+    await waitFor(async () => (await qemuOf('b', name)).length === 0, 20_000, 'no QEMU of the run left on b');
+    expect(targetsOf('b', name)).toEqual([]);
+    // The same look finds the source's QEMU, which runs on.
+    expect(await qemuOf('a', name)).toHaveLength(1);
   };
 
   it('ends CANCELLED; the source runs on; nothing is left on the destination; it migrates afterwards', async () => {
@@ -74,6 +82,10 @@ describe('a cancel during the LOCAL disk copy, through the coordinator', () => {
         ac.abort();
       }
       expect(copying).toBe(true);
+      // What cleanOnB looks for is there while the disk is copied: b's QEMU (its NBD server exports
+      // the target) and the target image.
+      expect(await qemuOf('b', 'sc1')).toHaveLength(1);
+      expect(targetsOf('b', 'sc1')).toEqual(['d0.raw']);
       await op.cancelRun({ runId, reason: 'cancel during the disk copy' });
       const ended = await waitForRun(op, runId);
       expect({ state: MigrationState[ended.state], error: ended.error?.message }).toEqual({ state: 'MIGRATION_STATE_CANCELLED', error: undefined });

@@ -15,9 +15,10 @@ import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BootSource, DiskBus, DiskFormat, MigrationState, StorageMode, VmState, WorkloadPattern, type DiskSpec, type VmSpec } from '../../../services/shared/gen/migd/v1/common.js';
-import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, type NodeClient, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, waitForGuest, type NodeClient, type NodeCluster } from '../../helpers/node-cluster.js';
 import { qemuPidsMatching, waitFor } from '../../helpers/qemu-process.js';
 
 const run = promisify(execFile);
@@ -350,33 +351,98 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);
     expect((await c.clients['b']!.listVms({})).vms.map((v) => v.spec?.name)).not.toContain('cancel1');
     expect(bTargets('cancel1')).toEqual([]);
+    // No QEMU of it on b (whose NBD server held the export): only the source's is left.
+    await waitFor(async () => (await qemuPidsMatching(vm!.spec!.uuid)).length === 1, 20_000, 'only the source QEMU of cancel1');
+    expect(await qemuPidsMatching(vm!.spec!.uuid)).toEqual([vm!.pid]);
     // The source writes on, and can migrate again (no mirror or NBD node left behind).
     await c.tb.unshape('a');
     await startMigration(c, 'a', { runId: 'run-cancel-2', vmName: 'cancel1', destination: toB(), policy: policy({}) });
     expect((await followMigration(c.clients['a']!, 'run-cancel-2')).result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
   }, 240_000);
 
-  it('a link cut during the storage copy fails the run with a clear error; the source runs on, the destination is clean', async () => {
+  it('a cancel while StartMigration prepares the destination: CANCELLED, no copy or stream starts, nothing is left on the destination', async () => {
+    await create('a', diskGuest('cancel3', [await localDisk('cancel3', 8)], MiB));
+    await waitConsole(c.clients['a']!, 'cancel3', /dpass n=[1-9]/, 90_000);
+    const { vm: src } = await c.clients['a']!.getVm({ name: 'cancel3' });
+    const uuid = src!.spec!.uuid;
+    await c.clients['b']!.expectIncoming({ runId: 'run-cancel-3', sourceNodeId: c.nodes['a']!.nodeId, vmName: 'cancel3' });
+    const starting = c.clients['a']!.startMigration({ runId: 'run-cancel-3', vmName: 'cancel3', destination: toB(), policy: policy({}) });
+    // Cancelled as soon as node a knows the run (NOT_FOUND before): b is being prepared then (its
+    // QEMU started, the target image created and exported), which takes far longer than a call.
+    for (;;) {
+      const known = await c.clients['a']!.cancelMigration({ runId: 'run-cancel-3', actor: 'test', reason: 'cancel while starting' }).then(
+        () => true,
+        (e: unknown) => ((e as { code?: string }).code === 'NOT_FOUND' ? false : Promise.reject(e)),
+      );
+      if (known) break;
+      await sleep(2);
+    }
+    // StartMigration answered after the cancel: the cancel came while the run was starting.
+    const started = (await starting).migration!;
+    expect(MigrationState[started.state]).toBe('MIGRATION_STATE_CANCELLING');
+    const { result } = await followMigration(c.clients['a']!, 'run-cancel-3', undefined, 60_000);
+    expect({ state: MigrationState[result.state], error: result.error }).toEqual({ state: 'MIGRATION_STATE_CANCELLED', error: undefined });
+    // Nothing was streamed, the source's QEMU runs on, and b holds nothing of the run.
+    expect(result.lastProgress?.transferredBytes ?? 0).toBe(0);
+    const { vm } = await c.clients['a']!.getVm({ name: 'cancel3' });
+    expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);
+    expect((await c.clients['b']!.listVms({})).vms.map((v) => v.spec?.name)).not.toContain('cancel3');
+    await waitFor(async () => (await qemuPidsMatching(uuid)).length === 1, 20_000, 'only the source QEMU of cancel3');
+    expect(await qemuPidsMatching(uuid)).toEqual([src!.pid]);
+    expect(bTargets('cancel3')).toEqual([]);
+    // No mirror or NBD node left on the source: it migrates afterwards.
+    await startMigration(c, 'a', { runId: 'run-cancel-4', vmName: 'cancel3', destination: toB(), policy: policy({}) });
+    expect(MigrationState[(await followMigration(c.clients['a']!, 'run-cancel-4')).result.state]).toBe('MIGRATION_STATE_SUCCEEDED');
+  }, 240_000);
+
+  it('a link cut during the storage copy fails the run with a clear error; the source runs on, no image, export or QEMU is left on the destination', async () => {
     await create('a', diskGuest('cut1', [await localDisk('cut1', 24)], MiB));
     await waitConsole(c.clients['a']!, 'cut1', /dpass n=[1-9]/, 90_000);
-    await c.tb.shape('a', { rateMbit: 16 });
+    const { vm: src } = await c.clients['a']!.getVm({ name: 'cut1' });
+    const uuid = src!.spec!.uuid;
+    await c.tb.shape('a', { rateMbit: 16 }); // 24 MiB take ~12 s
     await startMigration(c, 'a', { runId: 'run-cut-1', vmName: 'cut1', destination: toB(), policy: policy({}) });
     let cut = false;
+    let during: { qemus: number; targets: string[] } | undefined;
     const trace = await followMigration(c.clients['a']!, 'run-cut-1', async (u) => {
       if (!cut && u.update?.$case === 'progress' && u.update.value.storagePhase && (u.update.value.diskTransferredBytes ?? 0) > MiB) {
         cut = true;
-        await c.tb.cut('a', { network: 'migration' });
+        // What must be gone afterwards is there now: b's incoming QEMU (its NBD server exports the
+        // target) next to the source's, and the target image.
+        during = { qemus: (await qemuPidsMatching(uuid)).length, targets: bTargets('cut1') };
+        await c.tb.cut('a', { network: 'migration' }); // no reset: packets vanish
       }
     });
     expect(cut).toBe(true);
+    expect(during).toEqual({ qemus: 2, targets: ['d0.raw'] });
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+    expect(trace.states).not.toContain(MigrationState.MIGRATION_STATE_SETUP); // the memory stream never started
+    // A clear error: what stalled, for how long, what is presumed, and where the guest runs.
     expect(trace.result.error).toMatchObject({ reason: 'STORAGE_COPY_STALLED' });
-    expect(trace.result.error?.message).toMatch(/storage copy .*no progress/);
+    expect(trace.result.error?.message).toMatch(/^the storage copy failed: the storage copy made no progress for \d+ ms \(\d+ of \d+ bytes\): the link to the destination is presumed down; the guest keeps running on the source$/);
+    // The source runs on, the same QEMU, its guest still verifying its memory with 0 errors.
     const { vm } = await c.clients['a']!.getVm({ name: 'cut1' });
     expect(vm?.state).toBe(VmState.VM_STATE_RUNNING);
+    expect(vm?.pid).toBe(src!.pid);
+    const before = (await waitForGuest(c.clients['a']!, 'cut1', 1)).at(-1)!.pagesVerified;
+    const after = await waitForGuest(c.clients['a']!, 'cut1', 1, 60_000, (g) => g.pagesVerified > before);
+    expect(after.at(-1)!.integrityErrors).toBe(0);
+    // Nothing of the run on b: no VM, no QEMU (whose NBD server held the export), no image. The
+    // cut is still in place: b removed it on the source's word over the management network.
     expect((await c.clients['b']!.listVms({})).vms.map((v) => v.spec?.name)).not.toContain('cut1');
+    await waitFor(async () => (await qemuPidsMatching(uuid)).length === 1, 20_000, 'only the source QEMU of cut1');
+    expect(await qemuPidsMatching(uuid)).toEqual([src!.pid]);
     expect(bTargets('cut1')).toEqual([]);
-  }, 240_000);
+    // Once the link is back, it migrates (no mirror or NBD node left on the source), and the
+    // guest verifies every block of its disk on b.
+    await c.tb.restore('a', { network: 'migration' });
+    await c.tb.unshape('a');
+    await startMigration(c, 'a', { runId: 'run-cut-2', vmName: 'cut1', destination: toB(), policy: policy({}) });
+    const again = await followMigration(c.clients['a']!, 'run-cut-2');
+    expect(again.result.error).toBeUndefined();
+    expect(again.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    await verifiedOnB('cut1');
+  }, 300_000);
 
   it('write-blocking copy: a guest writing faster than the link is mirrored synchronously, the copy converges and the disk matches', async () => {
     // 8 MiB/s of guest writes over a 24 Mbit/s (3 MB/s) link: a background mirror would chase

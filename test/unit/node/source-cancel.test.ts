@@ -131,6 +131,26 @@ describe('a cancel before the memory stream started', () => {
     expect(s.q.commands).not.toContain('migrate');
   }, 10_000);
 
+  it('while the mirrors are being started: CANCELLED, the run stays CANCELLING until then (never back to PREPARING), no migrate', async () => {
+    const s = await setup({ disks: true });
+    const inner = s.q.onCommand!;
+    s.q.onCommand = (name, args) => {
+      if (name === 'blockdev-mirror') void s.m.cancel('test', 'cancel while the mirrors start');
+      return inner(name, args);
+    };
+    const states: string[] = [];
+    const watching = (async () => {
+      for await (const u of s.m.watch()) if (u.update?.$case === 'stateChange') states.push(S[u.update.value.to]);
+    })();
+    await s.m.start();
+    expect(S[(await s.m.finished()).state]).toBe('MIGRATION_STATE_CANCELLED');
+    await watching;
+    expect(states.slice(states.indexOf('MIGRATION_STATE_CANCELLING'))).toEqual(['MIGRATION_STATE_CANCELLING', 'MIGRATION_STATE_CANCELLED']);
+    expect(s.q.commands).not.toContain('migrate');
+    expect(s.q.argsOf('block-job-cancel')).toContainEqual({ device: 'mirror-d0', force: true });
+    expect(s.peer.calls).toEqual(['prepare', 'abort']);
+  }, 10_000);
+
   it('once the stream runs, a cancel is still QEMU\'s migrate_cancel', async () => {
     const s = await setup({ disks: true });
     await s.m.start();

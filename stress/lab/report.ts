@@ -164,8 +164,15 @@ ${rows}
 </tbody></table>`;
 }
 
+/** The group's runs include a network blackout measured from outside (VMs with a NIC). */
+function hasBlackout(summaries: readonly StrategySummary[], group: string): boolean {
+  return summaries.some((s) => s.group === group && Number.isFinite(s.blackoutMsP50));
+}
+
 function summaryTable(summaries: readonly StrategySummary[], group: string): string {
   if (summaries.some((s) => s.group === group && s.disk)) return storageSummaryTable(summaries, group);
+  const front = paretoFront(summaries.filter((x) => x.group === group));
+  const blackout = hasBlackout(summaries, group);
   const rows = summaries
     .filter((s) => s.group === group)
     .map(
@@ -175,14 +182,14 @@ function summaryTable(summaries: readonly StrategySummary[], group: string): str
   <td>${fmtSpread(s.totalTimeMsMin / 1000, s.totalTimeMsMax / 1000)}</td>
   <td>${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)}</td><td>${fmtNum(s.extraMsPerGibSecP50, 0)}</td><td>${fmtNum(s.guestSecondsLostP50, 2)}<br><small>${fmtSpread(s.guestSecondsLostMin, s.guestSecondsLostMax)}</small></td>
   <td>${fmtNum(s.guestStoppedSecP50, 2)} / ${fmtNum(s.longestPauseMsP50 / 1000, 2)}</td><td>${fmtNum(s.postcopyBlocktimeMsP50, 0)}</td>
-  <td>${fmtNum(s.hostCpuSecondsMean, 1)}</td><td class="${s.integrityErrors > 0 ? 'bad' : ''}">${s.integrityErrors}</td>
+  <td>${fmtNum(s.hostCpuSecondsMean, 1)}</td><td class="${s.integrityErrors > 0 ? 'bad' : ''}">${s.integrityErrors}</td>${blackout ? `<td>${fmtMs(s.blackoutMsP50)} / ${fmtMs(s.blackoutMsMax)}</td>` : ''}<td class="l">${esc(front.get(s.label) ?? '')}</td>
 </tr>`,
     )
     .join('\n');
   return `<table class="summary">
 <thead><tr><th class="l">strategy</th><th>runs</th><th>completed</th><th>total time p50</th><th>downtime p50</th><th>downtime p99</th>
 <th>total min–max<br><small>s</small></th>
-<th>guest ms/GiB before → during</th><th>harm p50<br><small>extra ms/GiB·s</small></th><th>guest time lost p50<br><small>s (min–max)</small></th><th>paused p50 / longest<br><small>s</small></th><th>post-copy blocktime p50<br><small>ms</small></th><th>host CPU<br><small>s, mean</small></th><th>integrity errors</th></tr></thead>
+<th>guest ms/GiB before → during</th><th>harm p50<br><small>extra ms/GiB·s</small></th><th>guest time lost p50<br><small>s (min–max)</small></th><th>paused p50 / longest<br><small>s</small></th><th>post-copy blocktime p50<br><small>ms</small></th><th>host CPU<br><small>s, mean</small></th><th>integrity errors</th>${blackout ? '<th>network blackout p50 / max</th>' : ''}<th class="l">Pareto<br><small>total time × guest time lost, 10 % slack</small></th></tr></thead>
 <tbody>
 ${rows}
 </tbody></table>`;
@@ -221,7 +228,8 @@ table.summary{border-collapse:collapse;margin:6px 0 10px} table.summary th,table
 table.summary th{background:#f4f6f8;font-weight:600} .l{text-align:left!important} .bad{color:#b00020} .ok{color:#1b7f3a}
 .facts{font-size:12px;color:#333;margin:2px 0 4px} .row{display:grid;grid-template-columns:repeat(3,1fr);gap:10px;margin-bottom:8px}
 .cell{position:relative;height:220px;border:1px solid #eee;border-radius:4px;padding:4px} .sumchart{position:relative;height:230px;max-width:1100px}
-.run{margin:4px 0 14px}
+.run{margin:4px 0 14px} .pair{display:grid;grid-template-columns:1fr 1fr;gap:10px;max-width:1400px;margin-bottom:8px}
+.cell2{position:relative;height:300px;border:1px solid #eee;border-radius:4px;padding:4px}
 `;
 
 /** The page script: draws every chart from the inlined data (no network, no animation). */
@@ -295,7 +303,25 @@ for (const [g, name] of D.groups.entries()) {
   const labels = [...new Set(D.runs.filter((r) => r.group === name).map((r) => r.label))];
   new Chart(el, {type: 'scatter', data: {datasets: labels.map((l, k) => ({label: l, backgroundColor: COLORS[k % COLORS.length], borderColor: COLORS[k % COLORS.length], pointRadius: 5,
     data: D.runs.filter((r) => r.group === name && r.label === l && r.outcome === 'succeeded' && r.figures.guestSecondsLost !== null).map((r) => ({x: r.figures.totalTimeMs / 1000, y: r.figures.guestSecondsLost}))}))},
-    options: {plugins: {title: {display: true, text: name + ': one point per completed run'}}, scales: {x: {title: {display: true, text: 'total time (s)'}, min: 0}, y: {title: {display: true, text: 'guest time lost (s)'}, min: 0}}}});
+    options: {plugins: {title: {display: true, text: name + ': Pareto, one point per completed run (lower left is better)'}, legend: {labels: {boxWidth: 10}}}, scales: {x: {title: {display: true, text: 'total time (s)'}, min: 0}, y: {title: {display: true, text: 'guest time lost (s)'}, min: 0}}}});
+}
+for (const [g, name] of D.groups.entries()) {
+  const el = document.getElementById('down-' + g); if (!el) continue;
+  const runs = D.runs.filter((r) => r.group === name && r.outcome === 'succeeded' && r.figures.totalTimeMs !== null);
+  const labels = [...new Set(D.runs.filter((r) => r.group === name).map((r) => r.label))];
+  const sets = [];
+  labels.forEach((l, k) => {
+    const mine = runs.filter((r) => r.label === l);
+    sets.push({label: l + ': downtime', backgroundColor: COLORS[k % COLORS.length], borderColor: COLORS[k % COLORS.length], pointRadius: 5, pointStyle: 'circle',
+      data: mine.filter((r) => r.figures.downtimeMs !== null).map((r) => ({x: r.figures.totalTimeMs / 1000, y: r.figures.downtimeMs}))});
+    const bl = mine.filter((r) => r.figures.blackoutMs !== null);
+    if (bl.length) sets.push({label: l + ': network blackout', backgroundColor: 'rgba(0,0,0,0)', borderColor: COLORS[k % COLORS.length], borderWidth: 2, pointRadius: 6, pointStyle: 'triangle',
+      data: bl.map((r) => ({x: r.figures.totalTimeMs / 1000, y: r.figures.blackoutMs}))});
+  });
+  const withBlackout = sets.some((s) => s.pointStyle === 'triangle');
+  new Chart(el, {type: 'scatter', data: {datasets: sets},
+    options: {plugins: {title: {display: true, text: name + ': downtime' + (withBlackout ? ' (●) and network blackout (▲)' : '') + ' per completed run'}, legend: {labels: {boxWidth: 10, usePointStyle: true}}},
+      scales: {x: {title: {display: true, text: 'total time (s)'}, min: 0}, y: {title: {display: true, text: 'ms'}, min: 0}}}});
 }
 document.body.setAttribute('data-charts', String(Object.keys(Chart.instances).length));
 })();
@@ -314,7 +340,7 @@ export function renderReportHtml(data: ReportData, chartJs: string): string {
       (g, i) => `<h3>${esc(g)}</h3>
 ${summaryTable(data.summaries, g)}
 <div class="sumchart"><canvas id="sum-${i}"></canvas></div>
-<div class="sumchart"><canvas id="pareto-${i}"></canvas></div>`,
+<div class="pair"><div class="cell2"><canvas id="pareto-${i}"></canvas></div><div class="cell2"><canvas id="down-${i}"></canvas></div></div>`,
     )
     .join('\n');
   let lastScenario = '';
@@ -370,10 +396,17 @@ export function summaryMarkdown(data: ReportData): string {
       continue;
     }
     const front = paretoFront(data.summaries.filter((x) => x.group === group));
-    out.push('', `## ${group}`, '', '| strategy | completed | outcomes | total p50 (min–max) | downtime p50 | downtime p99 | guest ms/GiB before → during | harm p50 (ms/GiB·s) | guest time lost p50 (min–max, s) | paused p50 / longest (s) | post-copy blocktime p50 (ms) | host CPU (s, mean) | integrity errors | Pareto |', '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+    const blackout = hasBlackout(data.summaries, group);
+    out.push(
+      '',
+      `## ${group}`,
+      '',
+      `| strategy | completed | outcomes | total p50 (min–max) | downtime p50 | downtime p99 |${blackout ? ' network blackout p50 / max |' : ''} guest ms/GiB before → during | harm p50 (ms/GiB·s) | guest time lost p50 (min–max, s) | paused p50 / longest (s) | post-copy blocktime p50 (ms) | host CPU (s, mean) | integrity errors | Pareto |`,
+      `|---|---|---|---|---|---|${blackout ? '---|' : ''}---|---|---|---|---|---|---|---|`,
+    );
     for (const s of data.summaries.filter((x) => x.group === group)) {
       out.push(
-        `| ${s.label} | ${s.succeeded}/${s.runs} | ${outcomesOf(data, group, s.label)} | ${fmtMs(s.totalTimeMsP50)} (${fmtSpread(s.totalTimeMsMin / 1000, s.totalTimeMsMax / 1000)}) | ${fmtMs(s.downtimeMsP50)} | ${fmtMs(s.downtimeMsP99)} | ${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)} | ${fmtNum(s.extraMsPerGibSecP50, 0)} | ${fmtNum(s.guestSecondsLostP50, 2)} (${fmtSpread(s.guestSecondsLostMin, s.guestSecondsLostMax)}) | ${fmtNum(s.guestStoppedSecP50, 2)} / ${fmtNum(s.longestPauseMsP50 / 1000, 2)} | ${fmtNum(s.postcopyBlocktimeMsP50, 0)} | ${fmtNum(s.hostCpuSecondsMean, 1)} | ${s.integrityErrors} | ${front.get(s.label) ?? ''} |`,
+        `| ${s.label} | ${s.succeeded}/${s.runs} | ${outcomesOf(data, group, s.label)} | ${fmtMs(s.totalTimeMsP50)} (${fmtSpread(s.totalTimeMsMin / 1000, s.totalTimeMsMax / 1000)}) | ${fmtMs(s.downtimeMsP50)} | ${fmtMs(s.downtimeMsP99)} |${blackout ? ` ${fmtMs(s.blackoutMsP50)} / ${fmtMs(s.blackoutMsMax)} |` : ''} ${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)} | ${fmtNum(s.extraMsPerGibSecP50, 0)} | ${fmtNum(s.guestSecondsLostP50, 2)} (${fmtSpread(s.guestSecondsLostMin, s.guestSecondsLostMax)}) | ${fmtNum(s.guestStoppedSecP50, 2)} / ${fmtNum(s.longestPauseMsP50 / 1000, 2)} | ${fmtNum(s.postcopyBlocktimeMsP50, 0)} | ${fmtNum(s.hostCpuSecondsMean, 1)} | ${s.integrityErrors} | ${front.get(s.label) ?? ''} |`,
       );
     }
   }

@@ -34,7 +34,8 @@ export interface LabStorage {
 
 /** A guest's disk and NIC, from {@link LabStorage}. */
 export interface GuestDevices {
-  readonly diskPath: string;
+  /** Only for a scenario with a disk. */
+  readonly diskPath?: string;
   /** The guest's address with its prefix length, e.g. 198.19.0.140/25. */
   readonly guestIp: string;
   readonly network: string;
@@ -73,10 +74,11 @@ export interface RunLabResult {
   readonly ran: number;
 }
 
-/** The VM spec of a scenario's guest (with its LOCAL disk and NIC when the scenario has a disk). */
+/** The VM spec of a scenario's guest (with its LOCAL disk and NIC when the scenario has a disk; a NIC alone with `nic`). */
 export function vmSpecOf(s: Scenario, name: string, devices?: GuestDevices): VmSpec {
-  if (s.disk && !devices) throw new Error(`${s.name} has a disk: its guest needs a disk path and a NIC`);
-  const disk = s.disk && devices ? { disk: s.disk, devices } : undefined;
+  if ((s.disk || s.nic) && !devices) throw new Error(`${s.name} has a ${s.disk ? 'disk' : 'NIC'}: its guest needs ${s.disk ? 'a disk path and ' : ''}a NIC`);
+  if (s.disk && devices?.diskPath === undefined) throw new Error(`${s.name} has a disk: its guest needs a disk path`);
+  const disk = s.disk && devices?.diskPath !== undefined ? { disk: s.disk, diskPath: devices.diskPath } : undefined;
   return VmSpec.fromPartial({
     name,
     memoryMib: s.guest.memoryMib,
@@ -87,7 +89,7 @@ export function vmSpecOf(s: Scenario, name: string, devices?: GuestDevices): VmS
     initrdPath: '',
     extraCmdline: '',
     disks: disk
-      ? [{ id: 'd0', path: disk.devices.diskPath, format: DiskFormat.DISK_FORMAT_RAW, bus: DiskBus.DISK_BUS_VIRTIO_BLK, storage: StorageMode.STORAGE_MODE_LOCAL, serial: 'LAB-D0', create: { sizeBytes: disk.disk.sizeBytes, basePath: '' } }]
+      ? [{ id: 'd0', path: disk.diskPath, format: DiskFormat.DISK_FORMAT_RAW, bus: DiskBus.DISK_BUS_VIRTIO_BLK, storage: StorageMode.STORAGE_MODE_LOCAL, serial: 'LAB-D0', create: { sizeBytes: disk.disk.sizeBytes, basePath: '' } }]
       : [],
     workload: {
       pattern: s.workload.pattern,
@@ -103,7 +105,7 @@ export function vmSpecOf(s: Scenario, name: string, devices?: GuestDevices): VmS
     labels: { lab: 'true', scenario: s.name },
     antiAffinityGroup: '',
     uuid: '',
-    nics: disk ? [{ mac: '', network: disk.devices.network, guestIp: disk.devices.guestIp }] : [],
+    nics: devices && (s.disk || s.nic) ? [{ mac: '', network: devices.network, guestIp: devices.guestIp }] : [],
   });
 }
 
@@ -222,12 +224,12 @@ async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: strin
   const vmName = `lab-${s.name}-${rep}-${session}`.slice(0, 63);
   let devices: GuestDevices | undefined;
   let guestIp: string | undefined;
-  if (s.disk) {
+  if (s.disk || s.nic) {
     const st = o.storage;
-    if (!st) throw new Error(`${s.name} has a LOCAL disk and a NIC: it needs the lab's own cluster (a VM network and the nodes' storage roots), not --coordinator`);
+    if (!st) throw new Error(`${s.name} has a ${s.disk ? 'LOCAL disk and a ' : ''}NIC: it needs the lab's own cluster (a VM network${s.disk ? " and the nodes' storage roots" : ''}), not --coordinator`);
     // A fresh address per run: the switch and the client's neighbour table may still remember the last guest's MAC.
     guestIp = st.vmNetwork.guestAddress(guestCounter++ % 100);
-    devices = { diskPath: st.diskPath(o.source, vmName, 'd0'), guestIp: `${guestIp}/${st.vmNetwork.prefixLength}`, network: st.network };
+    devices = { ...(s.disk ? { diskPath: st.diskPath(o.source, vmName, 'd0') } : {}), guestIp: `${guestIp}/${st.vmNetwork.prefixLength}`, network: st.network };
   }
   await b.createVm(vmSpecOf(s, vmName, devices), o.source);
   let probe: BlackoutProbe | undefined;

@@ -58,6 +58,7 @@ const POLICY_NAMES: Readonly<Record<PolicyKind, string>> = {
   [PolicyKind.POLICY_KIND_OVIRT_SUSPEND_WORKLOAD]: 'ovirt-suspend',
   [PolicyKind.POLICY_KIND_OVIRT_POSTCOPY]: 'ovirt-postcopy',
   [PolicyKind.POLICY_KIND_KUBEVIRT]: 'kubevirt',
+  [PolicyKind.POLICY_KIND_KUBEVIRT_STALL_DETECTOR]: 'kubevirt-stall',
 };
 
 /** The name migctl's --policy takes for `kind` ("ovirt-minimal"…). */

@@ -51,12 +51,13 @@ const POLICIES: Readonly<Record<string, PolicyKind>> = {
   'ovirt-suspend-workload': PolicyKind.POLICY_KIND_OVIRT_SUSPEND_WORKLOAD,
   'ovirt-postcopy': PolicyKind.POLICY_KIND_OVIRT_POSTCOPY,
   kubevirt: PolicyKind.POLICY_KIND_KUBEVIRT,
+  'kubevirt-stall': PolicyKind.POLICY_KIND_KUBEVIRT_STALL_DETECTOR,
 };
 
 /** A policy kind from its migctl name ("adaptive", "ovirt-minimal"…). */
 export function parsePolicyKind(name: string, flag = '--policy'): PolicyKind {
   const k = POLICIES[name.trim().toLowerCase()];
-  if (k === undefined) throw new UsageError(`${flag}: unknown policy ${JSON.stringify(name)} (known: adaptive, fixed, nova, ovirt-minimal, ovirt-suspend, ovirt-postcopy, kubevirt)`);
+  if (k === undefined) throw new UsageError(`${flag}: unknown policy ${JSON.stringify(name)} (known: adaptive, fixed, nova, ovirt-minimal, ovirt-suspend, ovirt-postcopy, kubevirt, kubevirt-stall)`);
   return k;
 }
 

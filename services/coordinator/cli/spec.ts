@@ -26,7 +26,7 @@ export const GLOBAL_FLAGS: FlagSpecs = {
 };
 
 const POLICY_FLAGS: FlagSpecs = {
-  policy: { type: 'string', value: 'NAME', help: 'adaptive | fixed | nova | ovirt-minimal | ovirt-suspend | ovirt-postcopy | kubevirt (default: the coordinator\'s, fixed)' },
+  policy: { type: 'string', value: 'NAME', help: 'adaptive | fixed | nova | ovirt-minimal | ovirt-suspend | ovirt-postcopy | kubevirt | kubevirt-stall (default: the coordinator\'s, fixed)' },
   downtime: { type: 'string', value: 'MS', help: 'initial downtime limit (e.g. 300, 1.5s)' },
   'max-downtime': { type: 'string', value: 'MS', help: 'upper bound for policies that raise the downtime limit' },
   bandwidth: { type: 'string', value: 'RATE', help: 'bandwidth limit in bytes/s (e.g. 100M, 12.5MiB/s, 800mbit; 0 = unlimited)' },

@@ -410,3 +410,37 @@ describe('adaptive policy on lab timelines (hot-small)', () => {
     expect(replay(adaptive(512 * MiB), trace).actions).toEqual([]);
   });
 });
+
+/**
+ * pol-v3-phase-adaptive (docs/lab/policies-720-v3), 720 Mbit/s: 2 × 64 MiB at 2 MiB/s that turn
+ * unlimited 12 s after the workload starts, so the guest is quiet when measured before the
+ * migration and busy during it. The source re-estimates the dirty rate during pre-copy
+ * (calc-dirty-rate every ~1.5 s); each trace is open-loop up to its recorded action, which the
+ * replay reproduces.
+ */
+describe('adaptive policy on lab timelines (phase)', () => {
+  const passAt = (trace: readonly ProgressSample[], ms: number) => trace.find((s) => s.elapsedMs === ms)?.pass;
+
+  it('the re-estimate catches the phase during pass 1: post-copy at the first sample after the pass-1 sync', () => {
+    // Quiet before the start (4 MiB/s), 76 MiB/s re-estimated at 3.3 s, before pass 1 ends (3.85–4.1 s):
+    // r ≈ 2 against the link of that moment, the backlog holds — post-copy in pass 2, at once.
+    const trace = loadTrace('lab-phase-720-a');
+    expect(trace[0]?.estimatedDirtyBytesPerSec).toBe(4 * MiB);
+    const { actions } = replay(adaptive(512 * MiB), trace);
+    expect(summary(actions)).toEqual([[4106, 'START_POSTCOPY', 0]]);
+    expect(passAt(trace, 4106)).toBe(2);
+    expect(actions[0]?.reason).toContain('the pre-migration estimate');
+  });
+
+  it('when the estimate reads below QEMU\'s rate (r < 1) it waits for a window of pass-2 readings, then post-copy as the link slows', () => {
+    // Re-estimated 23 MiB/s at the sync against QEMU's 34.7 MiB/s: r ≈ 0.6 at 15.9 s predicts
+    // convergence within 5 passes (nothing done); at 16.26 s the window's link has fallen to
+    // ≈43 MiB/s, r = 0.8: ≈3 s left after 5 more passes > max 2 s — post-copy, still in pass 2.
+    const trace = loadTrace('lab-phase-720-b');
+    const { actions } = replay(adaptive(512 * MiB), trace);
+    expect(summary(actions)).toEqual([[16_260, 'START_POSTCOPY', 0]]);
+    expect(passAt(trace, 16_260)).toBe(2);
+    expect(trace.filter((s) => s.pass === 2 && s.elapsedMs < 16_260)).toHaveLength(3);
+    expect(actions[0]?.reason).toMatch(/= 0\.80× the/);
+  });
+});

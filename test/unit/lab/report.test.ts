@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MigrationState } from '../../../services/shared/gen/migd/v1/common.js';
-import { buildReportData, chartJsPath, renderReportHtml, scriptJson, writeReport, type ReportInput } from '../../../stress/lab/report.js';
+import { buildReportData, chartJsPath, renderReportHtml, scriptJson, summaryMarkdown, writeReport, type ReportInput } from '../../../stress/lab/report.js';
 import { SEED_001 } from '../../../stress/lab/scenarios.js';
 import { syntheticTimeline } from './synthetic.js';
 
@@ -57,6 +57,32 @@ describe('lab report', () => {
     const data = JSON.parse(html.slice(html.indexOf('id="lab-data">') + 'id="lab-data">'.length, html.indexOf('</script>', html.indexOf('id="lab-data">'))));
     expect(data.runs).toHaveLength(4);
     expect(data.runs[0].series.remainingMiB.length).toBeGreaterThan(10);
+  });
+
+  it('shows per workload the Pareto scatter with the downtime beside it, the network blackout once measured, and the Pareto verdict', () => {
+    const plain = renderReportHtml(buildReportData(input()), '');
+    expect(plain).toMatch(/<div class="pair"><div class="cell2"><canvas id="pareto-0"><\/canvas><\/div><div class="cell2"><canvas id="down-0"><\/canvas><\/div><\/div>/);
+    expect(plain).not.toContain('network blackout p50 / max');
+    // The auto-converge strategy completed both runs and nothing beats it on both figures; post-copy lost one.
+    expect(plain.slice(plain.indexOf(`>${ac.label}<`))).toMatch(/<td class="l">front<\/td>/);
+    expect(plain.slice(plain.indexOf(`>${pc.label}<`))).toMatch(/<td class="l">incomplete<\/td>/);
+
+    // Guests with a NIC: the blackout measured from outside joins the table and the downtime chart.
+    const withNic = input();
+    const runs = withNic.runs.map((r, i) => {
+      const t = structuredClone(r.timeline);
+      t.run!.networkBlackout = { blackoutMs: 400 + 100 * i, probesSent: 900, probesLost: 40, probeIntervalMs: 10, measuredBy: 'test', gapStartedAt: undefined, gapEndedAt: undefined };
+      return { ...r, timeline: t };
+    });
+    const d = buildReportData({ ...withNic, runs });
+    const html = renderReportHtml(d, '');
+    expect(html).toContain('<th>network blackout p50 / max</th>');
+    expect(html.slice(html.indexOf(`>${ac.label}<`))).toMatch(/<td>450 ms \/ 500 ms<\/td><td class="l">front<\/td>/);
+    const md = summaryMarkdown(d);
+    expect(md).toContain('| downtime p99 | network blackout p50 / max | guest ms/GiB');
+    expect(md.split('\n').find((l) => l.startsWith(`| ${ac.label} |`))).toMatch(/\| 450 ms \/ 500 ms \|/);
+    // The page's script draws the blackout as a second series per strategy.
+    expect(html).toContain("label: l + ': network blackout'");
   });
 
   it('keeps inlined JSON from closing its script element and maps NaN to null', () => {

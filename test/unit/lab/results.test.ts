@@ -54,6 +54,15 @@ describe('runner helpers', () => {
     expect(vmSpecOf(SMOKE, 'y').workload?.rateBytesPerSec).toBe(4 * 1024 * 1024);
   });
 
+  it('gives a scenario with `nic` a NIC on the VM network and no disk', () => {
+    const s = { ...SMOKE, nic: true };
+    expect(() => vmSpecOf(s, 'n')).toThrow(/has a NIC/);
+    const spec = vmSpecOf(s, 'n', { guestIp: '198.19.0.140/25', network: 'vm' });
+    expect(spec.nics).toEqual([{ mac: '', network: 'vm', guestIp: '198.19.0.140/25' }]);
+    expect(spec.disks).toEqual([]);
+    expect(vmSpecOf(SMOKE, 'p').nics).toEqual([]);
+  });
+
   it('formats a progress line', () => {
     const t = syntheticTimeline({ id: 'r', start: 0, durationMs: 2000, throttle: true });
     const line = progressLine('[1/1] x', t.progress[3]!, t.guest.find((g) => g.worker === -1));

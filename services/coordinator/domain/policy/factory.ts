@@ -21,12 +21,14 @@ import {
   ADAPTIVE_DEFAULTS,
   NOVA_DEFAULTS,
   OVIRT_SUSPEND_DOWNTIME_MS,
+  QEMU_DOWNTIME_LIMIT_MS,
   QEMU_THROTTLE,
   novaDowntimeSteps,
   presetPolicy,
 } from './presets.js';
 import { requirementsOf } from './requirements.js';
 import { type ScheduleEntry, type StepMode, ScheduledPolicy } from './scheduled.js';
+import { KUBEVIRT_STALL_MAX_DOWNTIME_MS, type StallDetectorTuning, StallDetectorPolicy } from './stall-detector.js';
 import { resolveTimeouts, timeoutActionKind } from './timeouts.js';
 import type { ConvergencePolicy } from './types.js';
 
@@ -38,6 +40,7 @@ const NAMES: Readonly<Partial<Record<PolicyKind, string>>> = {
   [PolicyKind.POLICY_KIND_OVIRT_SUSPEND_WORKLOAD]: 'ovirt-suspend-workload',
   [PolicyKind.POLICY_KIND_OVIRT_POSTCOPY]: 'ovirt-postcopy',
   [PolicyKind.POLICY_KIND_KUBEVIRT]: 'kubevirt',
+  [PolicyKind.POLICY_KIND_KUBEVIRT_STALL_DETECTOR]: 'kubevirt-stall-detector',
 };
 
 /** The policy's short name ("adaptive", "ovirt-postcopy"…), as used in action actors. */
@@ -78,7 +81,7 @@ function problemsOf(p: MigrationPolicy, kind: PolicyKind): string[] {
     problems.push(`the ${name} policy decides itself when to switch to post-copy: drop postcopy.after_passes/after_ms (post-copy is used on demand only)`);
   }
   if (kind === PolicyKind.POLICY_KIND_ADAPTIVE && steps.length > 0) problems.push('the adaptive policy chooses its own downtime limits: drop downtime_steps, or use a FIXED policy');
-  if (kind === PolicyKind.POLICY_KIND_KUBEVIRT && steps.length > 0) problems.push('the kubevirt policy has no downtime schedule: drop downtime_steps, or use a FIXED policy');
+  if ((kind === PolicyKind.POLICY_KIND_KUBEVIRT || kind === PolicyKind.POLICY_KIND_KUBEVIRT_STALL_DETECTOR) && steps.length > 0) problems.push(`the ${name} policy has no downtime schedule: drop downtime_steps, or use a FIXED policy`);
   if (kind === PolicyKind.POLICY_KIND_NOVA && byPass) problems.push('Nova steps the downtime by time: downtime_steps must use after_ms');
   if (isOvirt(kind) && byTime) problems.push('oVirt steps the downtime by pre-copy passes: downtime_steps must use after_passes');
   if (kind === PolicyKind.POLICY_KIND_OVIRT_POSTCOPY) {
@@ -118,6 +121,10 @@ function effectiveOf(p: MigrationPolicy, kind: PolicyKind, vmMemoryBytes: number
       incrementPct: e.autoConverge?.incrementPct || QEMU_THROTTLE.incrementPct,
       maxPct: e.autoConverge?.maxPct || QEMU_THROTTLE.maxPct,
     };
+  }
+  if (kind === PolicyKind.POLICY_KIND_KUBEVIRT_STALL_DETECTOR) {
+    // virt-launcher sets QEMU's target downtime to min(maxDowntimeMs, 300 ms) at the start.
+    e.downtimeLimitMs = p.downtimeLimitMs || Math.min(e.maxDowntimeMs, QEMU_DOWNTIME_LIMIT_MS);
   }
   if (kind === PolicyKind.POLICY_KIND_NOVA) {
     // Nova's D is the top of the ramp: max_downtime_ms, default 500.
@@ -171,7 +178,7 @@ function scheduleOf(e: MigrationPolicy, kind: PolicyKind, vmMemoryBytes: number)
  * nodes must be sent; its `requirements` are what placement checks.
  * @throws InvalidArgumentError listing every contradiction, each naming its fields
  */
-export function policyFor(policy: MigrationPolicy | undefined, vmMemoryBytes: number, opts: { adaptiveTuning?: Partial<AdaptiveTuning> } = {}): ConvergencePolicy {
+export function policyFor(policy: MigrationPolicy | undefined, vmMemoryBytes: number, opts: { adaptiveTuning?: Partial<AdaptiveTuning>; stallTuning?: Partial<StallDetectorTuning> } = {}): ConvergencePolicy {
   const p = policy ?? MigrationPolicy.fromPartial({});
   const kind = p.kind || PolicyKind.POLICY_KIND_FIXED;
   const problems = problemsOf(p, kind);
@@ -210,6 +217,9 @@ export function policyFor(policy: MigrationPolicy | undefined, vmMemoryBytes: nu
       lastResort: timeoutActionKind(effective.timeoutAction, false),
       tuning: opts.adaptiveTuning,
     });
+  }
+  if (kind === PolicyKind.POLICY_KIND_KUBEVIRT_STALL_DETECTOR) {
+    return new StallDetectorPolicy({ effective, requirements, timeouts, maxDowntimeMs: effective.maxDowntimeMs || KUBEVIRT_STALL_MAX_DOWNTIME_MS, tuning: opts.stallTuning });
   }
   const { entries, mode } = scheduleOf(effective, kind, vmMemoryBytes);
   return new ScheduledPolicy({ name: policyName(kind), kind, effective, requirements, entries, mode, timeouts });

@@ -35,6 +35,7 @@ import {
 } from '../../../shared/gen/migd/v1/common.js';
 import { QEMU_DEFAULTS } from '../../../shared/policy/limits.js';
 import { GiB } from '../units.js';
+import { KUBEVIRT_STALL_MAX_DOWNTIME_MS } from './stall-detector.js';
 
 /** QEMU's own defaults (measured on 10.0.2, FACTS.md; services/shared/policy/limits.ts). */
 export const QEMU_DOWNTIME_LIMIT_MS = QEMU_DEFAULTS.downtimeLimitMs;
@@ -140,6 +141,16 @@ export function presetPolicy(kind: PolicyKind, opts: { vmMemoryBytes?: number } 
         postcopy: { enabled: true, onDemandOnly: true, preempt: false },
         timeoutAction: TimeoutAction.TIMEOUT_ACTION_ABORT,
       });
+    case PolicyKind.POLICY_KIND_KUBEVIRT_STALL_DETECTOR:
+      // VEP 248's defaults: maxDowntimeMs 900, QEMU's target min(900, 300) at the start, the
+      // completion budget of 150 s/GiB (the stall path acts long before), no legacy progress timeout.
+      return MigrationPolicy.fromPartial({
+        kind,
+        downtimeLimitMs: Math.min(KUBEVIRT_STALL_MAX_DOWNTIME_MS, QEMU_DOWNTIME_LIMIT_MS),
+        maxDowntimeMs: KUBEVIRT_STALL_MAX_DOWNTIME_MS,
+        completionTimeoutSecPerGib: KUBEVIRT_DEFAULTS.completionTimeoutSecPerGib,
+        timeoutAction: TimeoutAction.TIMEOUT_ACTION_ABORT,
+      });
     case PolicyKind.POLICY_KIND_KUBEVIRT:
       return MigrationPolicy.fromPartial({
         kind,
@@ -207,6 +218,10 @@ export interface KubevirtMigrationFields {
   readonly allowPostCopy?: boolean;
   /** bytes/s per migration, 0 = unlimited (the default). */
   readonly bandwidthPerMigration?: number;
+  /** The MigrationStallDetection feature gate (VEP 248, alpha in 1.9): the stall detector decides the switch-over. */
+  readonly stallDetection?: boolean;
+  /** VEP 248: the largest acceptable final pause on the pre-copy-only stall path (default 900). */
+  readonly maxDowntimeMs?: number;
 }
 
 /**
@@ -222,10 +237,15 @@ export function kubevirtPolicy(f: KubevirtMigrationFields = {}): MigrationPolicy
   for (const [k, v] of Object.entries(f)) {
     if (typeof v === 'number' && !(Number.isFinite(v) && v >= 0)) throw new RangeError(`kubevirt ${k} must be a finite number >= 0, not ${v}`);
   }
+  if (f.maxDowntimeMs !== undefined && !f.stallDetection) throw new RangeError('kubevirt maxDowntimeMs belongs to the stall detector (stallDetection: true)');
+  const stall = f.stallDetection === true;
+  const max = f.maxDowntimeMs ?? KUBEVIRT_STALL_MAX_DOWNTIME_MS;
   return MigrationPolicy.fromPartial({
-    ...presetPolicy(PolicyKind.POLICY_KIND_KUBEVIRT),
+    ...presetPolicy(stall ? PolicyKind.POLICY_KIND_KUBEVIRT_STALL_DETECTOR : PolicyKind.POLICY_KIND_KUBEVIRT),
+    ...(stall ? { maxDowntimeMs: max, downtimeLimitMs: Math.min(max, QEMU_DOWNTIME_LIMIT_MS) } : {}),
     completionTimeoutSecPerGib: f.completionTimeoutPerGiB ?? KUBEVIRT_DEFAULTS.completionTimeoutSecPerGib,
-    progressTimeoutSec: f.progressTimeout ?? KUBEVIRT_DEFAULTS.progressTimeoutSec,
+    // With the stall detector the legacy progress timeout is not on the stall path (VEP 248).
+    progressTimeoutSec: f.progressTimeout ?? (stall ? 0 : KUBEVIRT_DEFAULTS.progressTimeoutSec),
     maxBandwidthBytesPerSec: f.bandwidthPerMigration ?? 0,
     ...(f.allowAutoConverge ? { autoConverge: { enabled: true, ...QEMU_THROTTLE } } : {}),
     ...(f.allowPostCopy ? { postcopy: { enabled: true, onDemandOnly: true, preempt: false } } : {}),

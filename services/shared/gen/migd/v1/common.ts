@@ -573,6 +573,15 @@ export enum PolicyKind {
   POLICY_KIND_OVIRT_POSTCOPY = 6,
   /** POLICY_KIND_KUBEVIRT - KubeVirt's defaults (150 s/GiB completion timeout, 150 s progress timeout). */
   POLICY_KIND_KUBEVIRT = 7,
+  /**
+   * POLICY_KIND_KUBEVIRT_STALL_DETECTOR - KubeVirt's stall detector (VEP 248, alpha in KubeVirt 1.9): bandwidth smoothed (EWMA, alpha
+   * 0.4); a stall is remaining bytes at a pass boundary within 4 % of their lowest value at least
+   * 40 s earlier; then switch-over at a local minimum of remaining bytes: post-copy (when enabled)
+   * if the implied pause fits in twice the completion budget minus the time spent, otherwise the
+   * downtime limit raised to max_downtime_ms (default 900), or abort when the implied pause is
+   * above 1.5x that.
+   */
+  POLICY_KIND_KUBEVIRT_STALL_DETECTOR = 8,
 }
 
 export function policyKindFromJSON(object: any): PolicyKind {
@@ -601,6 +610,9 @@ export function policyKindFromJSON(object: any): PolicyKind {
     case 7:
     case "POLICY_KIND_KUBEVIRT":
       return PolicyKind.POLICY_KIND_KUBEVIRT;
+    case 8:
+    case "POLICY_KIND_KUBEVIRT_STALL_DETECTOR":
+      return PolicyKind.POLICY_KIND_KUBEVIRT_STALL_DETECTOR;
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum PolicyKind");
   }
@@ -624,6 +636,8 @@ export function policyKindToJSON(object: PolicyKind): string {
       return "POLICY_KIND_OVIRT_POSTCOPY";
     case PolicyKind.POLICY_KIND_KUBEVIRT:
       return "POLICY_KIND_KUBEVIRT";
+    case PolicyKind.POLICY_KIND_KUBEVIRT_STALL_DETECTOR:
+      return "POLICY_KIND_KUBEVIRT_STALL_DETECTOR";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum PolicyKind");
   }

@@ -81,13 +81,18 @@ export class CoordinatorBackend implements LabBackend {
       // Only samples with a pace make a baseline: a guest still booting (a loaded host can take
       // longer than the baseline window) has none yet, and a migration started then has nothing
       // to compare the guest's pace with.
-      if (g && g.guestMonoMs > 0 && (g.msPerGib > 0 || opts.idle)) {
+      // An idle guest counts once it has written its memory and verified it once (pages verified):
+      // before that it is still filling its region, and a migration started then meets a burst
+      // writer over mostly zero pages (policies-720-v4, first idle runs: 50 MiB of a 1 GiB guest
+      // sent in pass 1, then 120 MiB/s dirtied), not a large, mostly idle guest.
+      const filled = !opts.idle || (g?.pagesVerified ?? 0) > 0;
+      if (g && g.guestMonoMs > 0 && (g.msPerGib > 0 || opts.idle) && filled) {
         seen.add(Number(g.guestMonoMs));
         first ??= Date.now();
       }
       // Heartbeats carry only the latest sample, and an idle guest reports none after its first
       // pass: an idle VM running long enough counts too (the history store has what samples there are).
-      if (vm?.state === 2 && opts.idle) running ??= Date.now();
+      if (vm?.state === 2 && opts.idle && filled) running ??= Date.now();
       const since = first ?? running;
       const now = Date.now();
       if (since !== undefined && now - since >= opts.minMs && (seen.size >= Math.min(opts.minSamples, 2) || (running !== undefined && now - running >= opts.minMs + 5000))) return;

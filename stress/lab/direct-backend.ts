@@ -131,7 +131,8 @@ export class DirectBackend implements LabBackend {
     const deadline = Date.now() + opts.timeoutMs;
     for (;;) {
       const s = (this.guest.get(vmName)?.samples ?? []).filter((x) => x.msPerGib > 0 || x.heartbeatGapMs > 0 || x.pagesVerified > 0);
-      const first = s[0]?.time?.getTime();
+      // An idle guest counts from its first verification (its memory written; see CoordinatorBackend.waitGuest).
+      const first = (opts.idle ? s.find((x) => x.pagesVerified > 0) : s[0])?.time?.getTime();
       if (s.length >= opts.minSamples && first !== undefined && Date.now() - first >= opts.minMs) return;
       if (Date.now() > deadline) throw new Error(`guest ${vmName} sent ${s.length} samples in ${opts.timeoutMs} ms`);
       await sleep(200, opts.signal);

@@ -278,10 +278,13 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const p = this.predict(window, base.downtimeMs);
     // The cheapest pass for a step: while the backlog grows or holds (r ≥ 1) every further pass
     // costs its whole length in dirty tracking and buys nothing, so one reading after the sync is
-    // enough to act on. While it shrinks (r < 1) waiting costs little (the next backlog is r× this
-    // one): a full window of readings after the sync first.
+    // enough to act on. While it shrinks (r < 1) a full window of readings after the sync first —
+    // unless the verdict stands even on the window's most favourable figures (QEMU's lowest dirty
+    // rate and backlog, highest throughput): more readings can then only confirm it, and waiting for them
+    // costs the guest dirty tracking for nothing (lab, heavy at 720 Mbit/s: r 0.87 read at the first
+    // pass-2 sample with a 4.6 s backlog against 300 ms, post-copy 1.7 s later after two more).
     const synced = window.filter((r) => r.pass >= 2).length;
-    if (synced < this.tuning.windowSamples && p.ratio < 1) return { actions: [], state: base };
+    if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs).convergesSoon) return { actions: [], state: base };
     let st = base;
     if (st.autoConverge && st.autoConvergeAt === null) st = { ...st, autoConvergeAt: { passes, backlogMs: p.backlogMs } };
     if (p.convergesSoon) return { actions: [], state: st };
@@ -300,6 +303,31 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
       default:
         return { actions: [decision], state: { ...next, done: true } };
     }
+  }
+
+  /**
+   * One reading with the window's most favourable figures for convergence: QEMU's lowest dirty rate
+   * and backlog read after a sync (not the pre-migration estimate), the highest throughput (the
+   * backlog's transfer time rescaled to it).
+   */
+  private favourable(window: readonly AdaptiveReading[]): AdaptiveReading[] {
+    const synced = window.filter((r) => r.pass >= 2);
+    const last = window[window.length - 1];
+    if (synced.length === 0 || !last) return [...window];
+    const bw = Math.max(...window.map((r) => r.bw));
+    const bwMedian = median(window.map((r) => r.bw));
+    return [
+      {
+        t: last.t,
+        pass: Math.min(...synced.map((r) => r.pass)),
+        dirty: Math.min(...synced.map((r) => r.dirty)),
+        bw,
+        backlogMs: (Math.min(...synced.map((r) => r.backlogMs)) * bwMedian) / bw,
+        // QEMU's own rate: the pre-migration estimate stands in for it only because the first
+        // pass biases it low, so the favourable case is the one where QEMU is right.
+        estimate: 0,
+      },
+    ];
   }
 
   /** The cheapest sufficient step for a migration predicted not to converge soon, if any. */

@@ -28,10 +28,14 @@ function disk(p: Partial<DiskSpec> & { id: string; path: string }): DiskSpec {
   return { format: DiskFormat.DISK_FORMAT_RAW, bus: DiskBus.DISK_BUS_VIRTIO_BLK, cache: 0, aio: 0, readOnly: false, serial: '', storage: StorageMode.STORAGE_MODE_LOCAL, create: undefined, ...p };
 }
 
-/** A guest with the idle memory workload and the disk workload on disk `d0`. */
-function diskGuest(name: string, disks: DiskSpec[], rate = MiB): VmSpec {
+/**
+ * A guest with the idle memory workload and the disk workload on the first `diskBytes` of disk
+ * `d0`. Tests that wait for the second pass (`dpass n=2`: every block written once) wait
+ * diskBytes / rate for it: 8 MiB at 2 MiB/s is 4 s, 16 MiB at 1 MiB/s was 16 s.
+ */
+function diskGuest(name: string, disks: DiskSpec[], rate = MiB, diskBytes = 16 * MiB): VmSpec {
   const s = guestSpec(name, { memoryMib: 192, pattern: WorkloadPattern.WORKLOAD_PATTERN_IDLE, bytesPerWorker: 16 * MiB });
-  return { ...s, disks, workload: { ...s.workload!, diskId: 'd0', diskBytes: 16 * MiB, diskRateBytesPerSec: rate } };
+  return { ...s, disks, workload: { ...s.workload!, diskId: 'd0', diskBytes, diskRateBytesPerSec: rate } };
 }
 
 /** Console text of a VM until `pattern` shows up. */
@@ -196,7 +200,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
   it('migrates a guest writing to a SHARED disk: the destination opens the same image, 0 memory and 0 disk errors', async () => {
     const img = join(shared, 'shared-d0.qcow2');
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', img, String(32 * MiB)]);
-    await create('a', diskGuest('shared1', [disk({ id: 'd0', path: img, format: DiskFormat.DISK_FORMAT_QCOW2, storage: StorageMode.STORAGE_MODE_SHARED })], 4 * MiB));
+    await create('a', diskGuest('shared1', [disk({ id: 'd0', path: img, format: DiskFormat.DISK_FORMAT_QCOW2, storage: StorageMode.STORAGE_MODE_SHARED })], 4 * MiB, 8 * MiB));
     await waitConsole(c.clients['a']!, 'shared1', /dpass n=[2-9]/, 90_000);
     const before = (await run('qemu-img', ['info', '-U', '--output=json', img])).stdout;
     await startMigration(c, 'a', { runId: 'run-shared-1', vmName: 'shared1', destination: { nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress }, policy: policy({}) });
@@ -234,7 +238,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
   };
 
   it('copies a LOCAL disk over NBD with pre-copy: sparse target, disk bytes in progress and stats, 0 memory and 0 disk errors', async () => {
-    await create('a', diskGuest('local1', [await localDisk('local1', 8)], 2 * MiB));
+    await create('a', diskGuest('local1', [await localDisk('local1', 8)], 2 * MiB, 8 * MiB));
     await waitConsole(c.clients['a']!, 'local1', /dpass n=[2-9]/, 90_000);
     await startMigration(c, 'a', { runId: 'run-local-1', vmName: 'local1', destination: toB(), policy: policy({}) });
     const trace = await followMigration(c.clients['a']!, 'run-local-1');
@@ -263,7 +267,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
   }, 240_000);
 
   it('copies a LOCAL disk with post-copy: the mirrors end before the destination resumes; 0 errors', async () => {
-    const s = diskGuest('local2', [await localDisk('local2', 4)], 2 * MiB);
+    const s = diskGuest('local2', [await localDisk('local2', 4)], 2 * MiB, 8 * MiB);
     // A guest rewriting memory faster than any link here: pre-copy never converges, post-copy ends it.
     await create('a', { ...s, workload: { ...s.workload!, pattern: WorkloadPattern.WORKLOAD_PATTERN_RANDOM, bytesPerWorker: 24 * MiB, rateBytesPerSec: 0 } });
     await waitConsole(c.clients['a']!, 'local2', /dpass n=[2-9]/, 90_000);
@@ -280,11 +284,12 @@ describe('VMs with disks on node daemons (issue 13)', () => {
   }, 240_000);
 
   it('copies only the overlay of a qcow2 disk whose base the destination has (sync top), measured', async () => {
+    // The guest writes an 8 MiB area (its overlay's data); the base's 16 MiB of data lie beyond it.
     const base = join(shared, 'base-16m.raw');
     await run('qemu-img', ['create', '-q', '-f', 'raw', base, String(48 * MiB)]);
     await run('dd', ['if=/dev/urandom', `of=${base}`, 'bs=1M', 'count=16', 'seek=20', 'conv=notrunc', 'status=none']);
     const overlay = join(c.dir, 'a-local', 'ov', 'd0.qcow2');
-    await create('a', diskGuest('ov1', [disk({ id: 'd0', path: overlay, format: DiskFormat.DISK_FORMAT_QCOW2, create: { sizeBytes: 0, basePath: base } })], MiB));
+    await create('a', diskGuest('ov1', [disk({ id: 'd0', path: overlay, format: DiskFormat.DISK_FORMAT_QCOW2, create: { sizeBytes: 0, basePath: base } })], MiB, 8 * MiB));
     await waitConsole(c.clients['a']!, 'ov1', /dpass n=[2-9]/, 90_000);
     const overlayBytes = (JSON.parse((await run('qemu-img', ['info', '-U', '--output=json', overlay])).stdout) as { 'actual-size': number })['actual-size'];
     await startMigration(c, 'a', { runId: 'run-ov-1', vmName: 'ov1', destination: toB(), policy: policy({}) });
@@ -292,7 +297,7 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     expect(trace.result.error).toBeUndefined();
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     const st = trace.result.stats!;
-    // Only the overlay's clusters (what the guest wrote into its 16 MiB area), never the base's
+    // Only the overlay's clusters (what the guest wrote into its 8 MiB area), never the base's
     // 16 MiB of data: a full copy would send both.
     expect(st.diskTransferredBytes ?? 0).toBeGreaterThan(0);
     expect(st.diskTransferredBytes ?? 0).toBeLessThanOrEqual(overlayBytes + 4 * MiB);
@@ -452,9 +457,22 @@ describe('VMs with disks on node daemons (issue 13)', () => {
     await waitConsole(c.clients['a']!, 'wb1', /dpass n=[2-9]/, 90_000);
     await c.tb.shape('a', { rateMbit: 24 });
     await startMigration(c, 'a', { runId: 'run-wb-1', vmName: 'wb1', destination: toB(), policy: policy({ storageWriteBlocking: true, downtimeLimitMs: 2000 }) });
-    const trace = await followMigration(c.clients['a']!, 'run-wb-1', undefined, 200_000);
+    // The storage copy runs and converges on the slow link. Once the memory stream starts, the
+    // link is unshaped: what is tested (the copy converging although the guest outwrites the link)
+    // is done then, and the memory phase sharing 3 MB/s with the synchronous writes took ~30 s.
+    let storageSeen = false;
+    let unshapedAfterStorage = false;
+    const trace = await followMigration(c.clients['a']!, 'run-wb-1', async (u) => {
+      if (u.update?.$case !== 'progress') return;
+      if (u.update.value.storagePhase === true) storageSeen = true;
+      else if (storageSeen && !unshapedAfterStorage) {
+        unshapedAfterStorage = true;
+        await c.tb.unshape('a');
+      }
+    }, 200_000);
     expect(trace.result.error).toBeUndefined();
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    expect(storageSeen).toBe(true);
     const st = trace.result.stats!;
     expect(st.disksCopied).toBe(1);
     expect(st.diskTransferredBytes ?? 0).toBeGreaterThanOrEqual(8 * MiB);

@@ -59,9 +59,10 @@ describe('coordinator attacks', () => {
     createPki(certDir, [{ name: 'migd-coordinator', dnsNames: ['localhost'] }, { name: 'operator' }, { name: 'alice' }, { name: 'mallory' }, { name: 'viewer' }, { name: nodeIdentity('a') }, { name: nodeIdentity('b') }]);
     const listen = `127.0.0.1:${await freePort()}`;
     // The database goes into a folder that does not exist yet: the coordinator creates it.
-    coordinator = await startCoordinatorProcess({ listen, db: join(dir, 'state', 'coordinator', 'history.sqlite'), certDir, args: ['--roles', 'alice=operator,mallory=operator', '--heartbeat-ms', '60000'], logLevel: 'info' });
     // Nothing listens on these ports: runs the plans start fail at the node call, which is fine —
-    // the attacks are on what the coordinator records.
+    // the attacks are on what the coordinator records. A short node-call deadline (2 s; StartMigration
+    // 12 s) lets such a run fail in seconds instead of after the default 15 s / 90 s.
+    coordinator = await startCoordinatorProcess({ listen, db: join(dir, 'state', 'coordinator', 'history.sqlite'), certDir, args: ['--roles', 'alice=operator,mallory=operator', '--heartbeat-ms', '60000', '--node-call-deadline-ms', '2000'], logLevel: 'info' });
     hosts = { a: host('a', await freePort()), b: host('b', await freePort()) };
     for (const id of ['a', 'b'] as const) await client(nodeIdentity(id)).registerNode({ host: hosts[id] });
     await client(nodeIdentity('a')).heartbeat({ host: hosts['a'], vms: [vm('victim', 'a'), vm('other', 'a')] });

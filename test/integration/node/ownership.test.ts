@@ -110,7 +110,9 @@ describe('node daemons: ownership survives a daemon crash mid-migration', () => 
     const uuid = await begin(src, runId, { downtimeLimitMs: 2000 });
     await untilState(() => c.clients[src]!, runId, MigrationState.MIGRATION_STATE_PRECOPY);
     await c.nodes[dst]!.kill();
-    // QEMU completes the stream without the destination's daemon; the source waits for the handover.
+    // The slow link was there to land the kill in pre-copy; QEMU now completes the stream without
+    // the destination's daemon (at full speed), and the source waits for the handover.
+    await c.tb.unshape(src);
     expect(await untilState(() => c.clients[src]!, runId, MigrationState.MIGRATION_STATE_VERIFYING)).toBe(MigrationState.MIGRATION_STATE_VERIFYING);
     expect(await qemuPidsMatching(uuid)).toHaveLength(2);
     const [onSrc, onDst] = await Promise.all([consoleGrows(serialLog(src, name)), consoleGrows(serialLog(dst, name))]);
@@ -127,6 +129,7 @@ describe('node daemons: ownership survives a daemon crash mid-migration', () => 
     await c.nodes[src]!.kill();
     expect(await consoleGrows(serialLog(dst, name), 2000)).toBe(false); // the destination copy stays paused
     await c.restart(src);
+    await c.tb.unshape(src); // the restarted daemon has found the migration: the rest need not crawl
     await end(src, runId, uuid);
   }, 180_000);
 
@@ -140,6 +143,7 @@ describe('node daemons: ownership survives a daemon crash mid-migration', () => 
     const [onSrc, onDst] = await Promise.all([consoleGrows(serialLog(src, name)), consoleGrows(serialLog(dst, name), 15_000)]);
     expect({ onSrc, onDst }).toEqual({ onSrc: false, onDst: true });
     await c.restart(src);
+    await c.tb.unshape(src);
     await end(src, runId, uuid);
   }, 180_000);
 
@@ -151,6 +155,7 @@ describe('node daemons: ownership survives a daemon crash mid-migration', () => 
     await c.nodes[dst]!.kill();
     expect(await consoleGrows(serialLog(src, name))).toBe(false);
     await c.restart(dst);
+    await c.tb.unshape(src);
     await end(src, runId, uuid);
   }, 180_000);
 });

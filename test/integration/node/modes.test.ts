@@ -36,9 +36,10 @@ describe('node daemons: migration modes', () => {
 
   it('slow link: pre-copy does not converge at 300 ms, converges after raising the downtime limit live', async () => {
     const name = `vm${++n}`;
-    // 8 MiB hot set rewritten constantly; 40 Mbit/s ≈ 5 MB/s: the hot set alone needs ~1.7 s of downtime.
-    const before = await bootGuest(name, guestSpec(name, { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, bytesPerWorker: 32 << 20, hotBytes: 8 << 20 }));
-    await c.tb.shape('a', { rateMbit: 40 });
+    // 16 MiB hot set rewritten constantly; 80 Mbit/s ≈ 10 MB/s: the hot set alone needs ~1.7 s of
+    // downtime (as 8 MiB on 40 Mbit/s, but the first pass over the guest's memory takes half as long).
+    const before = await bootGuest(name, guestSpec(name, { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, bytesPerWorker: 32 << 20, hotBytes: 16 << 20 }));
+    await c.tb.shape('a', { rateMbit: 80 });
     const runId = `run-slow-${n}`;
     await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({ downtimeLimitMs: 300 }) });
     let raised = false;
@@ -62,8 +63,10 @@ describe('node daemons: migration modes', () => {
 
   it('auto-converge raises the throttle pass after pass and completes', async () => {
     const name = `vm${++n}`;
-    const before = await bootGuest(name, guestSpec(name, { rate: 24 << 20 }));
-    await c.tb.shape('a', { rateMbit: 80 });
+    // The guest dirties 48 MiB/s against a 160 Mbit/s (≈ 20 MB/s) link: the ratio of 24 MiB/s on
+    // 80 Mbit/s, so the same passes and throttle steps, each in half the time.
+    const before = await bootGuest(name, guestSpec(name, { rate: 48 << 20 }));
+    await c.tb.shape('a', { rateMbit: 160 });
     const runId = `run-ac-${n}`;
     // Steps of 50 → 75 → 99: still several raises, in fewer passes than 30 → 50 → 70 → 90 → 99 (45 s).
     await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({ autoConverge: { enabled: true, initialPct: 50, incrementPct: 25, maxPct: 99 } }) });

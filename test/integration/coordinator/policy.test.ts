@@ -3,8 +3,9 @@ import { MigrationState as S, PolicyActionKind, PolicyKind, TimeoutAction, Workl
 import { guestSpec, waitForGuest } from '../../helpers/node-cluster.js';
 import { createGuest, migratePlan, startCoordinatorCluster, waitForRun, type CoordinatorCluster } from '../../helpers/coordinator-cluster.js';
 
-// The coordinator's convergence policies on a real, hard case: an 8 MiB hot set rewritten
-// constantly, on a 40 Mbit/s link (≈1.7 s to send the hot set once). Plain pre-copy at 300 ms never
+// The coordinator's convergence policies on a real, hard case: a 16 MiB hot set rewritten
+// constantly, on an 80 Mbit/s link (≈1.7 s to send the hot set once, as 8 MiB on 40 Mbit/s; the
+// first pass over the guest's memory takes half as long). Plain pre-copy at 300 ms never
 // gets there and its progress timeout aborts it; the adaptive policy sees that early and escalates
 // until the migration completes, with the guest intact.
 describe('coordinator: adaptive policy vs fixed pre-copy', () => {
@@ -13,9 +14,9 @@ describe('coordinator: adaptive policy vs fixed pre-copy', () => {
 
   beforeAll(async () => {
     c = await startCoordinatorCluster(['a', 'b']);
-    const s = await createGuest(c, 'a', guestSpec('hot1', { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, bytesPerWorker: 32 << 20, hotBytes: 8 << 20 }));
+    const s = await createGuest(c, 'a', guestSpec('hot1', { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, bytesPerWorker: 32 << 20, hotBytes: 16 << 20 }));
     verified = s.at(-1)!.pagesVerified;
-    await c.tb.shape('a', { rateMbit: 40 });
+    await c.tb.shape('a', { rateMbit: 80 });
   });
   afterAll(async () => {
     await c?.close();

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { Broadcast } from '../../services/shared/broadcast.js';
 import { NotFoundError, UnavailableError } from '../../services/shared/errors.js';
 import { VmSpec, WorkloadSpec, type GuestPerfSample } from '../../services/shared/gen/migd/v1/common.js';
-import type { ConfirmIncomingResponse, DiskTransfer, PrepareIncomingResponse } from '../../services/shared/gen/migd/v1/node.js';
+import type { ConfirmIncomingResponse, DiskTransfer, PrepareIncomingResponse, RecoverIncomingRequest } from '../../services/shared/gen/migd/v1/node.js';
 import type { Logger } from '../../services/shared/log.js';
 import { MigrationRecords, type MigrationRecord } from '../../services/node/migration/record.js';
 import type { MigratableVm, NodePeer, VmHost } from '../../services/node/migration/types.js';
@@ -148,11 +148,12 @@ export interface PeerScript {
   recover?: (n: number) => Error | undefined;
 }
 
-export type FakePeer = NodePeer & { calls: string[] };
+export type FakePeer = NodePeer & { calls: string[]; recovers: RecoverIncomingRequest[] };
 
 /** A peer node daemon answering from `script`; unscripted confirms fail as UNAVAILABLE. */
 export function fakePeer(script: PeerScript): FakePeer {
   const calls: string[] = [];
+  const recovers: RecoverIncomingRequest[] = [];
   const count = new Map<string, number>();
   const next = (m: string): number => {
     calls.push(m);
@@ -166,6 +167,7 @@ export function fakePeer(script: PeerScript): FakePeer {
   };
   return {
     calls,
+    recovers,
     prepareIncoming: async () => {
       const n = next('prepare');
       raise(script.prepare?.(n));
@@ -176,7 +178,8 @@ export function fakePeer(script: PeerScript): FakePeer {
       raise(script.pause?.(n));
       return { qemuStatus: 'postcopy-paused' };
     },
-    recoverIncoming: async () => {
+    recoverIncoming: async (req) => {
+      recovers.push(req);
       const n = next('recover');
       raise(script.recover?.(n));
       return { uri: 'tcp:127.0.0.1:2', port: 2 };

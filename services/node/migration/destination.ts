@@ -53,6 +53,11 @@ export interface IncomingParams {
   readonly config: MigrationConfig;
   readonly supportedCapabilities: ReadonlySet<string>;
   readonly migrationAddress: string;
+  /**
+   * This node's management host (no port), where a post-copy recovery may listen when the
+   * migration network stays down (see recover()).
+   */
+  readonly managementHost?: string;
   readonly log: Logger;
   readonly record: DestinationRecord;
   readonly records: MigrationRecords;
@@ -302,7 +307,11 @@ export class IncomingMigration {
    */
   private async hostChecks(deadline: number): Promise<GuestCheck[]> {
     const { vm } = this.p;
-    const base = await (this.vcpuBaseline ?? Promise.resolve({ ns: undefined, at: Date.now() }));
+    let base: { ns: number | undefined; at: number } = await (this.vcpuBaseline ?? Promise.resolve({ ns: undefined, at: Date.now() }));
+    // A baseline read at the resume may find no answer: in post-copy the guest resumes here while
+    // its pages still arrive, and a paused stream (a cut link, until recovery) can hold QEMU's
+    // monitor past the read's timeout. The window then starts now.
+    if (base.ns === undefined) base = { ns: await vcpuRunNs(vm.qmp, vm.pid), at: Date.now() };
     const until = Math.min(base.at + VCPU_WINDOW_MS, Math.max(Date.now(), deadline));
     let after = await vcpuRunNs(vm.qmp, vm.pid);
     while (!vcpusRan(base.ns, after) && !this.exited && Date.now() < until) {
@@ -362,11 +371,25 @@ export class IncomingMigration {
    * port is probed, not picked by QEMU: reading it back needs query-migrate, an in-band command
    * that can hang on a paused post-copy destination until the stream resumes. With migration TLS
    * (tls-creds and tls-authz stay set) a process that takes the port cannot feed the VM.
+   *
+   * `network: 'management'` listens on this node's management host instead: the source's other
+   * path when the migration network stays down. Refused for a stream without TLS, which would
+   * otherwise carry guest memory in clear over a network the operator did not choose for it.
+   * @throws FailedPreconditionError (reason RECOVERY_NETWORK_REFUSED)
    */
-  async recover(): Promise<{ uri: string; port: number }> {
+  async recover(network: 'migration' | 'management' = 'migration'): Promise<{ uri: string; port: number }> {
     const { vm } = this.p;
-    const port = await freePort(this.p.migrationAddress);
-    const uri = tcpUri(this.p.migrationAddress, port);
+    let address = this.p.migrationAddress;
+    if (network === 'management') {
+      if (!this.p.config.tls) {
+        throw new FailedPreconditionError('post-copy recovery over the management network needs a TLS migration stream', { reason: 'RECOVERY_NETWORK_REFUSED' });
+      }
+      if (!this.p.managementHost) throw new FailedPreconditionError('this node has no management address to recover on', { reason: 'RECOVERY_NETWORK_REFUSED' });
+      address = this.p.managementHost;
+    }
+    const port = await freePort(address);
+    const uri = tcpUri(address, port);
+    this.p.log.info('post-copy recovery: listening', { network, uri });
     await vm.qmp.execute('migrate-recover', { uri }, { oob: vm.qmp.oobEnabled, timeoutMs: 10_000 });
     return { uri, port };
   }

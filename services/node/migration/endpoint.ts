@@ -44,3 +44,14 @@ export function streamUri(registeredAddress: string, reply: { readonly port?: nu
   }
   return tcpUri(address, port);
 }
+
+/**
+ * The host of a registered management address (`host:port`, `[v6]:port`), checked like a
+ * migration address: where a post-copy recovery may go when the migration network is down.
+ * @throws InvalidArgumentError
+ */
+export function managementHostOf(managementAddress: string): string {
+  const m = /^\[([^\]]+)\]:\d{1,5}$/.exec(managementAddress) ?? /^([^:]+):\d{1,5}$/.exec(managementAddress);
+  if (!m) throw new InvalidArgumentError('a management address must be host:port');
+  return checkMigrationAddress(m[1]!, 'management_address');
+}

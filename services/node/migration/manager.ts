@@ -32,7 +32,7 @@ import { isTerminalState as isTerminal } from '../../shared/policy/states.js';
 import { IncomingMigration } from './destination.js';
 import { MigrationRecords, type DestinationRecord, type SourceRecord } from './record.js';
 import { SourceMigration, type SourceOptions } from './source.js';
-import { checkMigrationAddress } from './endpoint.js';
+import { checkMigrationAddress, managementHostOf } from './endpoint.js';
 import { addTlsAuthz, addTlsCreds, tlsDistinguishedNameOf, tlsHostnameOf } from './tls.js';
 import type { NodePeer, VmHost } from './types.js';
 import { exportTargets } from './storage.js';
@@ -158,6 +158,16 @@ export class MigrationManager {
     return { outgoing: this.outgoing.size, incoming: this.incoming.size, past: this.past.size, confirmed: this.confirmed.size, peerGrants: this.peerGrants.size };
   }
 
+  /** This node's management host, where a post-copy recovery may listen (see IncomingMigration.recover). */
+  private get managementHost(): string | undefined {
+    if (!this.d.managementAddress) return undefined;
+    try {
+      return managementHostOf(this.d.managementAddress);
+    } catch {
+      return undefined;
+    }
+  }
+
   private self(): MigrationEndpoint | undefined {
     return this.d.managementAddress ? { nodeId: this.d.nodeId, managementAddress: this.d.managementAddress, migrationAddress: this.d.migrationAddress } : undefined;
   }
@@ -264,6 +274,7 @@ export class MigrationManager {
       config: resolveMigrationConfig(policy, this.d.supportedCapabilities),
       supportedCapabilities: this.d.supportedCapabilities,
       migrationAddress: this.d.migrationAddress,
+      ...(this.managementHost ? { managementHost: this.managementHost } : {}),
       log,
       record: r,
       records: this.records,
@@ -529,6 +540,7 @@ export class MigrationManager {
         config,
         supportedCapabilities: this.d.supportedCapabilities,
         migrationAddress: this.d.migrationAddress,
+        ...(this.managementHost ? { managementHost: this.managementHost } : {}),
         log,
         record,
         records: this.records,
@@ -616,8 +628,8 @@ export class MigrationManager {
   }
 
   /** @throws NotFoundError, PermissionDeniedError (a peer that is not the run's source) */
-  async recoverIncoming(runId: string, caller: NodeCaller = { kind: 'anonymous' }): Promise<{ uri: string; port: number }> {
-    return this.incFor(runId, caller).recover();
+  async recoverIncoming(runId: string, caller: NodeCaller = { kind: 'anonymous' }, network: 'migration' | 'management' = 'migration'): Promise<{ uri: string; port: number }> {
+    return this.incFor(runId, caller).recover(network);
   }
 
   /**

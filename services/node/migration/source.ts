@@ -35,7 +35,8 @@ import { isTerminalState as isTerminal } from '../../shared/policy/states.js';
 import { StallDetector, finalStats, postcopyDowntimeMs, progressSample, stateFromQemuStatus, type QmpMigrationInfo } from './progress.js';
 import type { MigrationRecords, SourcePhase, SourceRecord } from './record.js';
 import { capabilityList, type MigratableVm, type NodePeer, type VmHost } from './types.js';
-import { checkMigrationAddress, streamUri } from './endpoint.js';
+import { checkMigrationAddress, managementHostOf, streamUri } from './endpoint.js';
+import { answers } from '../../shared/net.js';
 import { abandonMirrors, SourceStorage } from './storage.js';
 import { imageDigest } from '../host/digest.js';
 import { DIGEST_MAX_BYTES, describeChecks, diskChecks } from './guest-checks.js';
@@ -54,6 +55,22 @@ export interface SourceOptions {
   readonly confirmTimeoutMs?: number;
   /** Give up recovering a paused post-copy migration after this long (ms). Default 600 000. */
   readonly recoveryTimeoutMs?: number;
+  /**
+   * A post-copy recovery resumes over the destination's management address when its migration
+   * address does not answer (see recoveryProbeMs). A guest in post-copy runs nowhere while its
+   * stream is down, so a migration network that stays down must not strand it while the nodes
+   * still reach each other. Only for TLS streams. Default true.
+   */
+  readonly recoveryOverManagement?: boolean;
+  /**
+   * Before each post-copy recovery attempt the source checks that the destination's migration
+   * address answers a TCP connect (accepted or refused) within this long (ms), so QEMU is never
+   * sent to a dead address: its connect would hang in postcopy-recover-setup, where migrate-pause
+   * is refused, until TCP gives up minutes later. Default 1500.
+   */
+  readonly recoveryProbeMs?: number;
+  /** The reachability check (a seam for tests). Default: a TCP connect (shared/net.ts answers). */
+  readonly answers?: (host: string, port: number, timeoutMs: number) => Promise<boolean>;
   /** Deadline of calls to the destination node (ms). Default 30 000. */
   readonly peerDeadlineMs?: number;
   /**
@@ -185,6 +202,9 @@ export class SourceMigration {
       postcopyStallMs: 3000,
       confirmTimeoutMs: 30_000,
       recoveryTimeoutMs: 600_000,
+      recoveryOverManagement: true,
+      recoveryProbeMs: 1500,
+      answers,
       peerDeadlineMs: 30_000,
       handoverTimeoutMs: 300_000,
       cancelStuckMs: 5000,
@@ -739,13 +759,17 @@ export class SourceMigration {
     try {
       const status = async (): Promise<string> => String(((await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 })) as QmpMigrationInfo).status);
       if ((await status()) === 'postcopy-active') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('migrate-pause on source', { err }));
+      const fallbackHost = this.recoveryFallbackHost();
       const attemptRecovery = async (attempt: number): Promise<void> => {
+        const network = await this.recoveryNetwork(fallbackHost);
         await peer.pauseIncoming({ runId: this.runId }, { deadlineMs: 5000 });
-        const uri = streamUri(this.p.destination.migrationAddress, await peer.recoverIncoming({ runId: this.runId }, { deadlineMs: 10_000 }));
+        const reply = await peer.recoverIncoming({ runId: this.runId, managementNetwork: network === 'management' }, { deadlineMs: 10_000 });
+        // The source builds the URI itself, on the destination's registered address of that network.
+        const uri = streamUri(network === 'management' ? fallbackHost! : this.p.destination.migrationAddress, reply);
         // wait for the source to be paused before resuming
         for (let i = 0; i < 50 && (await status()) !== 'postcopy-paused'; i++) await sleep(100);
-        log.info('post-copy recovery: resuming', { attempt, uri });
-        this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_RECOVERING, `attempt ${attempt}: resuming`);
+        log.info('post-copy recovery: resuming', { attempt, network, uri });
+        this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_RECOVERING, `attempt ${attempt}: resuming over the ${network} network`);
         await vm.qmp.execute('migrate', { uri, resume: true });
         // Did it take? Recovery reaches postcopy-active (or completes); a dead link falls back
         // to postcopy-paused, or hangs in recover-setup until we pause it again.
@@ -757,11 +781,11 @@ export class SourceMigration {
         }
         if (s === 'postcopy-active' || s === 'completed') {
           this.recoveries++;
-          this.transition(MigrationState.MIGRATION_STATE_POSTCOPY, `recovered after ${attempt} attempt(s)`);
+          this.transition(MigrationState.MIGRATION_STATE_POSTCOPY, `recovered after ${attempt} attempt(s), over the ${network} network`);
           return;
         }
         if (s !== 'postcopy-paused') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch(() => undefined);
-        throw new Error(`the stream did not resume (QEMU status ${s})`);
+        throw new UnavailableError(`the stream did not resume (QEMU status ${s})`, { reason: 'STREAM_NOT_RESUMED' });
       };
       await retry(attemptRecovery, {
         initialMs: 500,
@@ -774,7 +798,7 @@ export class SourceMigration {
         retryable: () => true,
         onRetry: (err, attempt, backoff) => {
           log.info('post-copy recovery attempt failed; retrying', { attempt, err: (err as Error).message, backoff });
-          this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED, `recovery attempt ${attempt} failed; retrying in ${backoff} ms`);
+          this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED, `recovery attempt ${attempt} failed (${publicMessage(err)}); retrying in ${backoff} ms`);
         },
       }).catch((err: unknown) => {
         throw this.stop.signal.aborted ? err : new Error(`post-copy recovery gave up after ${this.opts.recoveryTimeoutMs} ms: ${(err as Error).message}`, { cause: err });
@@ -786,6 +810,37 @@ export class SourceMigration {
     } finally {
       this.recovering = false;
     }
+  }
+
+  /**
+   * The destination's management host, where post-copy recovery may go when the migration
+   * network stays down: only for a TLS stream (QEMU keeps tls-creds, tls-hostname and the
+   * destination's tls-authz for the resumed channels) to a destination with a registered
+   * management address other than its migration address.
+   */
+  private recoveryFallbackHost(): string | undefined {
+    if (!this.opts.recoveryOverManagement || !this.p.config.tls) return undefined;
+    try {
+      const host = managementHostOf(this.p.destination.managementAddress);
+      return host === this.p.destination.migrationAddress ? undefined : host;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * The network of the next recovery attempt: the migration network when the destination's
+   * migration address answers a connect to its management port (accepted or refused), else the
+   * management network when there is one to fall back to. Without a fallback the migration
+   * network is tried all the same (an unanswered probe costs recoveryProbeMs only).
+   */
+  private async recoveryNetwork(fallbackHost: string | undefined): Promise<'migration' | 'management'> {
+    const port = Number(/:(\d{1,5})$/.exec(this.p.destination.managementAddress)?.[1] ?? 0);
+    if (!port) return 'migration';
+    const ok = await this.opts.answers(this.p.destination.migrationAddress, port, this.opts.recoveryProbeMs);
+    if (ok) return 'migration';
+    this.p.log.warn("post-copy recovery: the destination's migration address does not answer", { address: this.p.destination.migrationAddress, fallback: fallbackHost ?? null });
+    return fallbackHost === undefined ? 'migration' : 'management';
   }
 
   /**
@@ -1144,4 +1199,3 @@ export class SourceMigration {
     return this.qemuStatus;
   }
 }
-

@@ -151,7 +151,7 @@ function handlers(d: NodeServiceParts): Handlers<typeof NodeServiceService> {
     expectIncoming: async (req) => m.expectIncoming(req),
     prepareIncoming: async (req, ctx) => m.prepareIncoming(req, caller(ctx)),
     pauseIncoming: async (req, ctx) => ({ qemuStatus: await m.pauseIncoming(required(req.runId, 'run_id'), caller(ctx)) }),
-    recoverIncoming: async (req, ctx) => m.recoverIncoming(required(req.runId, 'run_id'), caller(ctx)),
+    recoverIncoming: async (req, ctx) => m.recoverIncoming(required(req.runId, 'run_id'), caller(ctx), req.managementNetwork ? 'management' : 'migration'),
     confirmIncoming: async (req, ctx) => m.confirmIncoming({ ...req, runId: required(req.runId, 'run_id') }, caller(ctx)),
     resumeIncoming: async (req, ctx) => ({ qemuStatus: await m.resumeIncoming(required(req.runId, 'run_id'), caller(ctx)) }),
     abortIncoming: async (req, ctx) => {

@@ -106,7 +106,8 @@ describe('node daemons refuse attacks (issue 17)', () => {
     const denied = { code: 'PERMISSION_DENIED' };
     await expect(fromC.abortIncoming({ runId: 'run-bound' })).rejects.toMatchObject(denied);
     await expect(fromC.pauseIncoming({ runId: 'run-bound' })).rejects.toMatchObject(denied);
-    await expect(fromC.recoverIncoming({ runId: 'run-bound' })).rejects.toMatchObject(denied);
+    await expect(fromC.recoverIncoming({ runId: 'run-bound', managementNetwork: false })).rejects.toMatchObject(denied);
+    await expect(fromC.recoverIncoming({ runId: 'run-bound', managementNetwork: true })).rejects.toMatchObject(denied);
     await expect(fromC.confirmIncoming({ runId: 'run-bound', timeoutMs: 1, resume: true })).rejects.toMatchObject(denied);
     await expect(fromC.getVm({ name: 'inc1' })).rejects.toMatchObject(denied);
     await expect(fromA.destroyVm({ name: 'inc1' })).rejects.toMatchObject(denied);

@@ -1,6 +1,13 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationState, PolicyActionKind } from '../../../services/shared/gen/migd/v1/common.js';
-import { followMigration, guestSpec, policy, resetNodeCluster, startMigration, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+import { followMigration, guestSpec, type MigrationTrace, policy, resetNodeCluster, startMigration, startNodeCluster, waitForGuest, type NodeCluster } from '../../helpers/node-cluster.js';
+
+/** The run's state changes, with the time since the first, for a failure's message. */
+function timeline(trace: MigrationTrace): string {
+  const changes = trace.updates.flatMap((x) => (x.update?.$case === 'stateChange' ? [x.update.value] : []));
+  const t0 = changes[0]?.time?.getTime() ?? 0;
+  return changes.map((c) => `+${(c.time?.getTime() ?? t0) - t0} ms ${MigrationState[c.to]}: ${c.reason}`).join('\n');
+}
 
 // The tests share one cluster; each one's VMs, cuts, shaping and killed daemon are undone in
 // afterEach, also when it fails, and each counts only its own VMs.
@@ -38,22 +45,64 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
       if (!cut && u.update?.$case === 'stateChange' && u.update.value.to === MigrationState.MIGRATION_STATE_POSTCOPY) {
         cut = true;
         await new Promise((r) => setTimeout(r, 500));
+        // b is cut off on both networks (a's migration link, b's management link): the source
+        // cannot resume over either until the restore, then resumes over the migration network.
         await c.tb.cut('a');
+        await c.tb.cut('b', { network: 'management' });
         restoreTimer = setTimeout(() => {
           restoredAt = Date.now();
-          void c.tb.restore('a').catch(() => undefined); // afterEach restores too
+          // afterEach restores too
+          void c.tb.restore('a').catch(() => undefined);
+          void c.tb.restore('b', { network: 'management' }).catch(() => undefined);
         }, 8000);
       }
     }).finally(() => clearTimeout(restoreTimer));
+    if (trace.result.state !== MigrationState.MIGRATION_STATE_SUCCEEDED) console.log(timeline(trace), trace.result.error);
     expect(cut).toBe(true);
     expect(restoredAt).toBeGreaterThan(0);
     expect(trace.states).toContain(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED);
+    const reasons = trace.updates.flatMap((x) => (x.update?.$case === 'stateChange' ? [x.update.value.reason] : []));
+    expect(reasons.some((r) => /^recovered after \d+ attempt\(s\), over the migration network$/.test(r))).toBe(true);
     expect(trace.result.actions.some((x) => x.kind === PolicyActionKind.POLICY_ACTION_KIND_RECOVER)).toBe(true);
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     expect(trace.result.stats!.recoveries).toBeGreaterThanOrEqual(1);
     const after = await waitForGuest(c.clients['b']!, 'pc1', 2, 30_000, (s) => s.pagesVerified > before.at(-1)!.pagesVerified);
     expect(after.at(-1)!.integrityErrors).toBe(0);
     console.log(`post-copy recovery: total ${trace.result.stats!.totalTimeMs} ms, recoveries ${trace.result.stats!.recoveries}`);
+  });
+
+  it('a post-copy migration whose migration link is cut for good recovers over the management network and completes', async () => {
+    // In post-copy the guest runs nowhere while its stream is down: a migration network that does
+    // not come back must not strand it while the two nodes still reach each other (TLS stream).
+    vmNames = ['pc2'];
+    const a = c.clients['a']!;
+    await a.createVm({ spec: guestSpec('pc2', { memoryMib: 256, workers: 1, bytesPerWorker: 96 << 20 }) });
+    const before = await waitForGuest(a, 'pc2', 2, 30_000, (s) => s.pagesVerified > 0);
+    await c.tb.shape('a', { rateMbit: 80 });
+    const runId = 'run-recover-mgmt';
+    await startMigration(c, 'a', { runId, vmName: 'pc2', destination: dest(), policy: policy({ tls: true, postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
+    let cut = false;
+    const trace = await followMigration(a, runId, async (u) => {
+      if (!cut && u.update?.$case === 'stateChange' && u.update.value.to === MigrationState.MIGRATION_STATE_POSTCOPY) {
+        cut = true;
+        await new Promise((r) => setTimeout(r, 500));
+        await c.tb.cut('a'); // the migration network only, until afterEach
+      }
+    });
+    console.log(timeline(trace), trace.result.error ?? '');
+    expect(cut).toBe(true);
+    expect(trace.states).toContain(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED);
+    const reasons = trace.updates.flatMap((x) => (x.update?.$case === 'stateChange' ? [x.update.value.reason] : []));
+    // QEMU is never sent to the dead migration address: every resume goes over the management network.
+    expect(reasons.filter((r) => r.includes('resuming over')).every((r) => r.endsWith('resuming over the management network'))).toBe(true);
+    expect(reasons.some((r) => /^recovered after \d+ attempt\(s\), over the management network$/.test(r))).toBe(true);
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
+    expect(trace.result.stats!.recoveries).toBeGreaterThanOrEqual(1);
+    // the guest runs once, on b, and lost nothing
+    expect(names((await a.listVms({})).vms, ['pc2'])).toEqual([]);
+    const after = await waitForGuest(c.clients['b']!, 'pc2', 2, 30_000, (s) => s.pagesVerified > before.at(-1)!.pagesVerified);
+    expect(after.at(-1)!.integrityErrors).toBe(0);
+    console.log(`post-copy recovery over the management network: total ${trace.result.stats!.totalTimeMs} ms, recoveries ${trace.result.stats!.recoveries}`);
   });
 
   it('a node daemon killed and restarted reattaches to its running VMs', async () => {

@@ -12,6 +12,7 @@ import { ConfirmIncomingResponse, type StateChange } from '../../../services/sha
 import { createLogger } from '../../../services/shared/log.js';
 import { resolveMigrationConfig } from '../../../services/shared/policy/index.js';
 import { SourceMigration, type SourceOptions } from '../../../services/node/migration/source.js';
+import type { MigrationEndpoint } from '../../../services/shared/gen/migd/v1/node.js';
 import { FakeQemu, fakeHost, fakePeer, fakeVm, tempRecords, type Cleanups, type FakeHost, type FakePeer, type PeerScript } from '../../helpers/migration-fakes.js';
 
 const quiet = createLogger('source-failures-test', {}, () => undefined, 'error');
@@ -32,19 +33,19 @@ interface Started {
 }
 
 /** A source migration started against a scripted destination, its QEMU streaming. */
-async function started(script: PeerScript, o: { postcopy?: boolean; options?: SourceOptions } = {}): Promise<Started> {
+async function started(script: PeerScript, o: { postcopy?: boolean; tls?: boolean; options?: SourceOptions; destination?: MigrationEndpoint } = {}): Promise<Started> {
   const q = new FakeQemu({ running: true, migration: 'none', logger: quiet, cleanups });
   await q.connect();
   const host = fakeHost();
   const peer = fakePeer(script);
-  const policy = MigrationPolicy.fromPartial(o.postcopy ? { postcopy: { enabled: true, onDemandOnly: true } } : {});
+  const policy = MigrationPolicy.fromPartial({ ...(o.postcopy ? { postcopy: { enabled: true, onDemandOnly: true } } : {}), tls: o.tls ?? false });
   const m = new SourceMigration({
     runId: 'run-1',
     nodeId: 'a',
     vm: fakeVm(q),
     host,
     peer,
-    destination: { nodeId: 'b', managementAddress: 'b:1', migrationAddress: '127.0.0.1' },
+    destination: o.destination ?? { nodeId: 'b', managementAddress: 'b:1', migrationAddress: '127.0.0.1' },
     policy,
     config: resolveMigrationConfig(policy, SUPPORTED),
     supportedCapabilities: SUPPORTED,
@@ -98,10 +99,10 @@ describe('post-copy recovery', () => {
     const reasons = s.changes.map((c) => `${S[c.to]}: ${c.reason}`);
     expect(reasons.slice(reasons.indexOf('MIGRATION_STATE_POSTCOPY: QEMU status postcopy-active') + 1)).toEqual([
       'MIGRATION_STATE_POSTCOPY_PAUSED: QEMU status postcopy-paused',
-      'MIGRATION_STATE_POSTCOPY_RECOVERING: attempt 1: resuming',
-      'MIGRATION_STATE_POSTCOPY_PAUSED: recovery attempt 1 failed; retrying in 500 ms',
-      'MIGRATION_STATE_POSTCOPY_RECOVERING: attempt 2: resuming',
-      'MIGRATION_STATE_POSTCOPY: recovered after 2 attempt(s)',
+      'MIGRATION_STATE_POSTCOPY_RECOVERING: attempt 1: resuming over the migration network',
+      'MIGRATION_STATE_POSTCOPY_PAUSED: recovery attempt 1 failed (the stream did not resume (QEMU status postcopy-paused)); retrying in 500 ms',
+      'MIGRATION_STATE_POSTCOPY_RECOVERING: attempt 2: resuming over the migration network',
+      'MIGRATION_STATE_POSTCOPY: recovered after 2 attempt(s), over the migration network',
     ]);
     s.q.emit('completed');
     const info = await s.m.finished();
@@ -109,6 +110,76 @@ describe('post-copy recovery', () => {
     expect(info.stats?.recoveries).toBe(1);
     expect(s.host.destroyed).toEqual(['vm1']);
   });
+
+  it('resumes over the management network while the migration address does not answer (TLS stream), and completes', async () => {
+    const destination = { nodeId: 'b', managementAddress: '10.77.0.2:7001', migrationAddress: '10.78.0.2' };
+    const probes: string[] = [];
+    // The migration network is down for good; the management network answers.
+    const answers = async (host: string, port: number): Promise<boolean> => {
+      probes.push(`${host}:${port}`);
+      return host !== '10.78.0.2';
+    };
+    const s = await started({ confirm: () => confirmed(100) }, { postcopy: true, tls: true, destination, options: { answers } });
+    await inPostcopy(s);
+    const uris: unknown[] = [];
+    s.q.onCommand = (name, args) => {
+      if (name === 'migrate' && args?.['resume'] === true) {
+        uris.push(args['uri']);
+        s.q.migration = String(args['uri']).startsWith('tcp:10.77.0.2:') ? 'postcopy-active' : 'postcopy-paused';
+      }
+      return undefined;
+    };
+    s.q.emit('postcopy-paused');
+    await until(() => s.m.currentState === S.MIGRATION_STATE_POSTCOPY && uris.length === 1, 'the resume over the management network');
+    // QEMU is never sent to the dead address (its connect would hang in postcopy-recover-setup).
+    expect(uris).toEqual(['tcp:10.77.0.2:2']);
+    expect(probes).toEqual(['10.78.0.2:7001']);
+    expect(s.peer.recovers.map((r) => r.managementNetwork)).toEqual([true]);
+    expect(s.changes.at(-1)?.reason).toBe('recovered after 1 attempt(s), over the management network');
+    s.q.emit('completed');
+    const info = await s.m.finished();
+    expect(info.state).toBe(S.MIGRATION_STATE_SUCCEEDED);
+    expect(info.stats?.recoveries).toBe(1);
+  });
+
+  it('stays on the migration network when its address answers, also with a management network to fall back to', async () => {
+    const destination = { nodeId: 'b', managementAddress: '10.77.0.2:7001', migrationAddress: '10.78.0.2' };
+    const s = await started({ confirm: () => confirmed(100) }, { postcopy: true, tls: true, destination, options: { answers: async () => true } });
+    await inPostcopy(s);
+    const uris: unknown[] = [];
+    s.q.onCommand = (name, args) => {
+      if (name === 'migrate' && args?.['resume'] === true) {
+        uris.push(args['uri']);
+        s.q.migration = 'postcopy-active';
+      }
+      return undefined;
+    };
+    s.q.emit('postcopy-paused');
+    await until(() => s.m.currentState === S.MIGRATION_STATE_POSTCOPY && uris.length === 1, 'the resume');
+    expect(uris).toEqual(['tcp:10.78.0.2:2']);
+    expect(s.peer.recovers.map((r) => r.managementNetwork)).toEqual([false]);
+  });
+
+  it('never sends a clear-text stream over the management network: without TLS it keeps to the migration network', async () => {
+    const destination = { nodeId: 'b', managementAddress: '10.77.0.2:7001', migrationAddress: '10.78.0.2' };
+    const s = await started({}, { postcopy: true, tls: false, destination, options: { recoveryTimeoutMs: 4000, answers: async (host) => host !== '10.78.0.2' } });
+    await inPostcopy(s);
+    const uris: unknown[] = [];
+    s.q.onCommand = (name, args) => {
+      if (name === 'migrate' && args?.['resume'] === true) {
+        uris.push(args['uri']);
+        s.q.migration = 'postcopy-paused';
+      }
+      return undefined;
+    };
+    s.q.emit('postcopy-paused');
+    const info = await s.m.finished();
+    expect(uris.length).toBeGreaterThanOrEqual(3);
+    expect(new Set(uris)).toEqual(new Set(['tcp:10.78.0.2:2']));
+    expect(s.peer.recovers.every((r) => !r.managementNetwork)).toBe(true);
+    expect(info.error).toMatchObject({ reason: 'RECOVERY_FAILED' });
+    expect(s.q.commands).not.toContain('cont');
+  }, 20_000);
 
   it('gives up at its deadline and fails the run, never resuming the source after post-copy', async () => {
     const s = await started({ pause: () => new UnavailableError('destination unreachable') }, { postcopy: true, options: { recoveryTimeoutMs: 1200 } });

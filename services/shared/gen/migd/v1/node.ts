@@ -252,13 +252,23 @@ export interface PauseIncomingResponse {
 export interface RecoverIncomingRequest {
   /** The migration run id. */
   runId: string;
+  /**
+   * Listen on the node's management address instead of its migration address. The source asks
+   * for it when the migration network stays down during post-copy: the guest cannot run anywhere
+   * until the stream resumes, and the management network is the other path between the two
+   * nodes. Only for streams with TLS (tls-creds and tls-authz stay set).
+   */
+  managementNetwork: boolean;
 }
 
 /** RecoverIncomingResponse gives the new port to resume to. */
 export interface RecoverIncomingResponse {
   /** The URI the destination listens on, for logs only (see PrepareIncomingResponse.uri). */
   uri: string;
-  /** The TCP port to resume to, on the destination's registered migration address. */
+  /**
+   * The TCP port to resume to, on the destination's registered migration address (its
+   * management host when the request asked for the management network).
+   */
   port: number;
 }
 
@@ -2465,13 +2475,16 @@ export const PauseIncomingResponse: MessageFns<PauseIncomingResponse> = {
 };
 
 function createBaseRecoverIncomingRequest(): RecoverIncomingRequest {
-  return { runId: "" };
+  return { runId: "", managementNetwork: false };
 }
 
 export const RecoverIncomingRequest: MessageFns<RecoverIncomingRequest> = {
   encode(message: RecoverIncomingRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.runId !== "") {
       writer.uint32(10).string(message.runId);
+    }
+    if (message.managementNetwork !== false) {
+      writer.uint32(16).bool(message.managementNetwork);
     }
     return writer;
   },
@@ -2497,6 +2510,14 @@ export const RecoverIncomingRequest: MessageFns<RecoverIncomingRequest> = {
             message.runId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.managementNetwork = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2516,6 +2537,11 @@ export const RecoverIncomingRequest: MessageFns<RecoverIncomingRequest> = {
         : isSet(object.run_id)
         ? globalThis.String(object.run_id)
         : "",
+      managementNetwork: isSet(object.managementNetwork)
+        ? globalThis.Boolean(object.managementNetwork)
+        : isSet(object.management_network)
+        ? globalThis.Boolean(object.management_network)
+        : false,
     };
   },
 
@@ -2523,6 +2549,9 @@ export const RecoverIncomingRequest: MessageFns<RecoverIncomingRequest> = {
     const obj: any = {};
     if (message.runId !== "") {
       obj.runId = message.runId;
+    }
+    if (message.managementNetwork !== false) {
+      obj.managementNetwork = message.managementNetwork;
     }
     return obj;
   },
@@ -2533,6 +2562,7 @@ export const RecoverIncomingRequest: MessageFns<RecoverIncomingRequest> = {
   fromPartial(object: DeepPartial<RecoverIncomingRequest>): RecoverIncomingRequest {
     const message = createBaseRecoverIncomingRequest();
     message.runId = object.runId ?? "";
+    message.managementNetwork = object.managementNetwork ?? false;
     return message;
   },
 };

@@ -20,7 +20,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -54,6 +54,7 @@ const { values: opts } = loadConfig(
     'heartbeat-misses': { type: 'integer', default: 3, min: 1, max: 100, doc: "the coordinator's --heartbeat-misses (default 3, at 2 s)" },
     'bare-stream': { type: 'string', default: 'tls', doc: "part a's bare QMP script: tls (its stream encrypted as the lab's nodes do; they require migration TLS) or clear (default tls)" },
     'log-level': { type: 'string', default: 'info', doc: "the daemons' MIGD_LOG_LEVEL in parts a–c (default info: part a's verification figure and phase table come from their log lines; debug adds every QMP command)" },
+    'timelines-json': { type: 'string', default: '', doc: "write part a's per-run timelines (every migd log line and the bare script's steps, ms from the start) to this JSON file" },
   },
   process.argv.slice(2),
 );
@@ -173,7 +174,7 @@ function nodeStateDir(cluster: LabCluster, host: string): string {
  * require migration TLS): the nodes' own QEMU TLS folders, the destination's name checked by the
  * source and only the source's certificate admitted by the destination.
  */
-async function bareMigration(cluster: LabCluster, dir: string, memoryMib: number, bytesPerWorker: number, tls: boolean): Promise<{ totalMs: number; qemuMs: number; downtimeMs: number }> {
+async function bareMigration(cluster: LabCluster, dir: string, memoryMib: number, bytesPerWorker: number, tls: boolean): Promise<{ totalMs: number; qemuMs: number; downtimeMs: number; timeline: { offMs: number; who: string; msg: string }[] }> {
   const image = await ensureGuestImage();
   const append = buildGuestCmdline({ pattern: 'hotcold', workers: 1, bytesPerWorker, hotBytes: 4096 }, { guestMemoryBytes: memoryMib * MiB });
   const base = (tag: string): string[] => [
@@ -198,10 +199,13 @@ async function bareMigration(cluster: LabCluster, dir: string, memoryMib: number
     }
     const port = 49000 + Math.floor(Math.random() * 1000);
     const t0 = performance.now();
+    const timeline: { offMs: number; who: string; msg: string }[] = [];
+    const mark = (msg: string): void => void timeline.push({ offMs: performance.now() - t0, who: 'bare', msg });
     const dstProc = cluster.tb.host('b').spawn('qemu-system-x86_64', [...base('dst'), '-incoming', 'defer'], { stdio: 'ignore' });
     procs.push(dstProc);
     const dst = await MiniQmp.connect(join(dir, 'dst.qmp'));
     qmps.push(dst);
+    mark('destination QMP connected');
     for (const q of [src, dst]) await q.cmd('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
     const addr = cluster.tb.host('b').migrationAddress;
     if (tls) {
@@ -211,14 +215,18 @@ async function bareMigration(cluster: LabCluster, dir: string, memoryMib: number
       await dst.cmd('migrate-set-parameters', { 'tls-creds': 'tls0', 'tls-authz': 'authz0' });
     }
     await dst.cmd('migrate-incoming', { uri: `tcp:${addr}:${port}` });
+    mark('destination listening');
     await src.cmd('migrate-set-parameters', { 'downtime-limit': 300, 'max-bandwidth': 10 * 1024 * MiB, ...(tls ? { 'tls-creds': 'tls0', 'tls-hostname': nodeIdentity('b') } : {}) });
-    const resumed = dst.next((m) => m['event'] === 'RESUME');
-    const completed = src.next((m) => m['event'] === 'MIGRATION' && (m['data'] as { status?: string }).status === 'completed');
+    const resumed = dst.next((m) => m['event'] === 'RESUME').then(() => mark('destination RESUME'));
+    const stopped = src.next((m) => m['event'] === 'STOP').then(() => mark('source STOP'));
+    const completed = src.next((m) => m['event'] === 'MIGRATION' && (m['data'] as { status?: string }).status === 'completed').then(() => mark('source completed'));
+    mark('migrate');
     await src.cmd('migrate', { uri: `tcp:${addr}:${port}` });
     await Promise.all([completed, resumed]);
     const t1 = performance.now();
+    void stopped;
     const info = (await src.cmd('query-migrate')) as { 'total-time'?: number; downtime?: number };
-    return { totalMs: t1 - t0, qemuMs: info['total-time'] ?? NaN, downtimeMs: info.downtime ?? NaN };
+    return { totalMs: t1 - t0, qemuMs: info['total-time'] ?? NaN, downtimeMs: info.downtime ?? NaN, timeline };
   } finally {
     for (const q of qmps) q.close();
     for (const p of procs) p.kill('SIGKILL');
@@ -246,7 +254,14 @@ function tapLog(line: string): void {
     if (!Number.isFinite(atMs)) return;
     const prefix = line.slice(0, i).replace(/[[\]]/g, '').trim();
     const who = prefix.startsWith('node ') ? prefix : String(rec['component'] ?? prefix);
-    const detail = rec['msg'] === 'QMP >' || rec['msg'] === 'QMP <' ? ` ${String(rec['command'])}` : rec['msg'] === 'QMP event' ? ` ${String(rec['event'])}` : '';
+    const detail =
+      rec['msg'] === 'QMP >' || rec['msg'] === 'QMP <'
+        ? ` ${String(rec['command'])}`
+        : rec['msg'] === 'QMP event'
+          ? ` ${String(rec['event'])}${rec['status'] !== undefined ? ` ${String(rec['status'])}` : ''}`
+          : rec['msg'] === 'migration state'
+            ? ` → ${String(rec['to'])}`
+            : '';
     logLines.push({ atMs, who, msg: `${String(rec['msg'])}${detail}`, rec });
     if (logLines.length > 200_000) logLines.splice(0, 100_000);
   } catch {
@@ -292,7 +307,7 @@ async function migdMigration(cb: CoordinatorBackend, name: string, memoryMib: nu
       setupMs: Number(s.setupTimeMs),
       confirmMs: Number(confirmed?.rec['confirmedAfterResumeMs'] ?? NaN),
       provenMs: Number(confirmed?.rec['workloadProvenAfterResumeMs'] ?? NaN),
-      timeline: mine.map((l) => ({ offMs: l.atMs - wall0, who: l.who, msg: l.msg })),
+      timeline: [...mine.map((l) => ({ offMs: l.atMs - wall0, who: l.who, msg: l.msg })), { offMs: t1 - t0, who: 'bench', msg: 'RunCompleted received' }],
     };
   } finally {
     await cb.destroyVm(name).catch(() => undefined);
@@ -316,6 +331,8 @@ async function partA(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
   const confirm: number[] = [];
   const proven: number[] = [];
   const timelines: MigdFigures['timeline'][] = [];
+  const bareTimelines: MigdFigures['timeline'][] = [];
+  const pairs: { migd: MigdFigures['timeline']; bare: MigdFigures['timeline'] }[] = [];
   try {
     for (let i = 0; i < REPS; i++) {
       // A B, then B A: a drift of the machine's speed weighs on both sides alike.
@@ -336,6 +353,8 @@ async function partA(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
       confirm.push(m!.confirmMs);
       proven.push(m!.provenMs);
       timelines.push(m!.timeline);
+      bareTimelines.push(b!.timeline);
+      pairs.push({ migd: m!.timeline, bare: b!.timeline });
       out(`  rep ${i + 1}: migd ${fmt(m!.totalMs, 0)} ms (without verification ${fmt(noVerify, 0)} ms; QEMU ${m!.qemuMs} ms, downtime ${m!.downtimeMs} ms; verification ${fmt(m!.confirmMs, 0)} ms, workload proof ${fmt(m!.provenMs, 0)} ms) · bare ${fmt(b!.totalMs, 0)} ms (QEMU ${b!.qemuMs} ms, downtime ${b!.downtimeMs} ms)`);
     }
   } finally {
@@ -351,6 +370,9 @@ async function partA(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
   out(`    of which the workload's proof (ms)      ${mmm(proven)}`);
   out(`  QEMU's own total-time: migd ${fmt(med(migdQemu), 0)} ms, bare ${fmt(med(bareQemu), 0)} ms; control-plane overhead without verification ${fmt(med(migdNoVerify) - med(bare), 0)} ms per migration`);
   if (timelines.some((t) => t.length > 0)) printPhases(timelines);
+  out('  phases of the bare script (ms after starting the destination QEMU):');
+  printPhases(bareTimelines);
+  if (opts['timelines-json']) await writeFile(opts['timelines-json'], JSON.stringify(pairs, null, 1));
 }
 
 /**
@@ -369,7 +391,7 @@ function printPhases(timelines: MigdFigures['timeline'][]): void {
     }
   }
   const rows = [...firsts.entries()].filter(([, v]) => v.length * 2 >= timelines.length).map(([k, v]) => ({ k, at: med(v), n: v.length })).sort((a, b) => a.at - b.at);
-  out(`  phases of the migd migrations (log lines; median ms after SubmitPlan of each line's first occurrence, gap from the line before, ${timelines.length} runs):`);
+  if (timelines[0]?.[0]?.who !== 'bare') out(`  phases of the migd migrations (log lines; median ms after SubmitPlan of each line's first occurrence, gap from the line before, ${timelines.length} runs):`);
   let prev = 0;
   for (const r of rows) {
     out(`    ${fmt(r.at, 0).padStart(6)}  +${fmt(r.at - prev, 0).padStart(5)}  ${r.k}${r.n < timelines.length ? ` (${r.n} runs)` : ''}`);

@@ -20,7 +20,10 @@ import type { Logger } from '../shared/log.js';
 import type { OutboxRepository } from './store/types.js';
 
 const PAGE = 500;
-/** How long after a commit the outbox is read (commits within it share the read). */
+/**
+ * Reads of the outbox are at least this far apart (ms): a commit after a quiet spell is read at
+ * once, the commits of a busy coordinator within the window share one read at its end.
+ */
 const WAKE_DELAY_MS = 10;
 
 /**
@@ -47,6 +50,8 @@ export class EventBus {
   private pumping: Promise<void> | undefined;
   private again = false;
   private waking: NodeJS.Timeout | undefined;
+  /** performance.now() when the outbox was last read (see WAKE_DELAY_MS). */
+  private lastPumpAt = -Infinity;
   private poller: NodeJS.Timeout | undefined;
   private pollMs = 0;
   /** Ids of recently delivered events (oldest first), so no event is delivered twice. */
@@ -141,8 +146,9 @@ export class EventBus {
   }
 
   /**
-   * Reads what the outbox gained, WAKE_DELAY_MS after the first commit that woke it: the commits
-   * of a busy coordinator (hundreds a second in a drain) share one read instead of one each.
+   * Reads what the outbox gained: at once after a quiet spell (a lone commit, such as a run's
+   * end, reaches Watch streams without waiting), else WAKE_DELAY_MS after the last read, so the
+   * commits of a busy coordinator (hundreds a second in a drain) share one read instead of one each.
    */
   private wake(): void {
     if (this.nats || this.stopped) return;
@@ -154,11 +160,12 @@ export class EventBus {
     this.waking = setTimeout(() => {
       this.waking = undefined;
       this.pumpNow();
-    }, WAKE_DELAY_MS);
+    }, Math.max(0, WAKE_DELAY_MS - (performance.now() - this.lastPumpAt)));
   }
 
   private pumpNow(): void {
     if (this.nats) return;
+    this.lastPumpAt = performance.now();
     this.pumping = this.pump()
       .catch((err: unknown) => this.log.warn('event bus: reading the outbox failed', { err }))
       .finally(() => {

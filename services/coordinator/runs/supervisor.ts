@@ -198,18 +198,25 @@ export class RunSupervisor {
     const { sourceNodeId: src, destinationNodeId: dst } = this.run;
     if (!this.d.isUp(src)) return this.failed(errorInfo('UNAVAILABLE', 'SOURCE_DOWN', `source node ${src} is down`));
     if (!this.d.isUp(dst)) return this.failed(errorInfo('UNAVAILABLE', 'DESTINATION_DOWN', `destination node ${dst} is down`));
+    // The destination accepts the run's incoming side only from the source announced here
+    // (issue 17). Idempotent: a re-dispatched run (a retry, a restarted coordinator) renews it.
+    // Announced while PREPARING is recorded (issue 15 §4: one store write less before the
+    // migration starts): the announcement lets nothing happen by itself, and StartMigration goes
+    // out only once both are done.
+    const announcing = retry(() => this.d.client(dst).expectIncoming({ runId: this.runId, sourceNodeId: src, vmName: this.run.vmName }, { deadlineMs: this.d.callDeadlineMs, signal: this.signal }), {
+      deadlineMs: this.d.callDeadlineMs * 3,
+      signal: this.signal,
+      onRetry: (e, attempt) => this.log.info('destination did not answer ExpectIncoming; asking again', { attempt, err: (e as Error).message }),
+    }).then(
+      () => undefined,
+      (err: unknown) => ({ err }),
+    );
     await this.transition(MigrationState.MIGRATION_STATE_PREPARING, `dispatched: ${src} → ${dst}`);
     this.startedAtMs ??= this.now();
     const client = this.d.client(src);
-    // The destination accepts the run's incoming side only from the source announced here
-    // (issue 17). Idempotent: a re-dispatched run (a retry, a restarted coordinator) renews it.
-    try {
-      await retry(() => this.d.client(dst).expectIncoming({ runId: this.runId, sourceNodeId: src, vmName: this.run.vmName }, { deadlineMs: this.d.callDeadlineMs, signal: this.signal }), {
-        deadlineMs: this.d.callDeadlineMs * 3,
-        signal: this.signal,
-        onRetry: (e, attempt) => this.log.info('destination did not answer ExpectIncoming; asking again', { attempt, err: (e as Error).message }),
-      });
-    } catch (err) {
+    const refused = await announcing;
+    if (refused) {
+      const { err } = refused;
       if (this.signal.aborted) throw err;
       this.log.warn('ExpectIncoming refused', { err });
       const info = isTransient(err) ? errorInfo('UNAVAILABLE', 'DESTINATION_UNAVAILABLE', `destination node ${dst} did not accept the run: ${(err as Error).message}`) : errorInfoOf(err, 'START_FAILED');

@@ -140,13 +140,16 @@ export class IncomingMigration {
    */
   async listen(): Promise<{ uri: string; port: number }> {
     const { vm, config } = this.p;
-    await vm.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(config.capabilities, this.p.supportedCapabilities) });
     const params: Record<string, unknown> = { ...config.destinationParameters };
     if (config.tls && this.p.tlsCredsId) {
       params['tls-creds'] = this.p.tlsCredsId;
       if (this.p.tlsAuthzId) params['tls-authz'] = this.p.tlsAuthzId;
     }
-    if (Object.keys(params).length > 0) await vm.qmp.execute('migrate-set-parameters', params);
+    // Capabilities and parameters in one round trip (QEMU runs a monitor's commands in order).
+    await Promise.all([
+      vm.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(config.capabilities, this.p.supportedCapabilities) }),
+      Object.keys(params).length > 0 ? vm.qmp.execute('migrate-set-parameters', params) : undefined,
+    ]);
     void this.follow();
     await vm.qmp.execute('migrate-incoming', { uri: tcpUri(this.p.migrationAddress, 0) });
     const port = listeningPort(await vm.qmp.execute('query-migrate'));

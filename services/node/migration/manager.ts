@@ -33,7 +33,7 @@ import { IncomingMigration } from './destination.js';
 import { MigrationRecords, type DestinationRecord, type SourceRecord } from './record.js';
 import { SourceMigration, type SourceOptions } from './source.js';
 import { checkMigrationAddress, managementHostOf } from './endpoint.js';
-import { addTlsAuthz, addTlsCreds, tlsDistinguishedNameOf, tlsHostnameOf } from './tls.js';
+import { addTlsAuthz, addTlsCreds, tlsCredsIdOf, tlsDistinguishedNameOf, tlsHostnameOf } from './tls.js';
 import type { NodePeer, VmHost } from './types.js';
 import { exportTargets } from './storage.js';
 import { diskNodeName } from '../vm/cmdline.js';
@@ -366,7 +366,10 @@ export class MigrationManager {
     const run = (async (): Promise<MigrationInfo> => {
       let m: SourceMigration | undefined;
       try {
-        const tlsCredsId = tlsDir ? await addTlsCreds(vm.qmp, tlsDir, 'client') : undefined;
+        // The source QEMU's credentials object is added while the destination prepares: the run
+        // awaits it before its migration parameters name it.
+        const tlsCreds = tlsDir ? addTlsCreds(vm.qmp, tlsDir, 'client') : undefined;
+        const tlsCredsId = tlsDir ? tlsCredsIdOf('client') : undefined;
         const log = this.d.log.child({ runId: req.runId, vm: req.vmName, role: 'source' });
         m = new SourceMigration({
           runId: req.runId,
@@ -382,6 +385,7 @@ export class MigrationManager {
           options: { ...this.d.sourceOptions, ...(tlsCredsId ? { tlsCredsId, tlsHostname: tlsHostnameOf(dest.nodeId) } : {}) },
           records: this.records,
           ...(this.self() ? { self: this.self()! } : {}),
+          ...(tlsCreds ? { localSetup: tlsCreds } : {}),
         });
         this.outgoing.set(req.runId, m);
         await m.start();
@@ -531,8 +535,11 @@ export class MigrationManager {
     }
     const log = this.d.log.child({ runId: req.runId, vm: req.spec.name, role: 'destination', ...(sourceNodeId ? { source: sourceNodeId } : {}) });
     try {
-      const tlsCredsId = tlsDir ? await addTlsCreds(vm.qmp, tlsDir, 'server') : undefined;
-      const tlsAuthzId = tlsCredsId && sourceNodeId ? await addTlsAuthz(vm.qmp, tlsDistinguishedNameOf(sourceNodeId)) : undefined;
+      // Both objects in one round trip (QEMU runs a monitor's commands in order).
+      const [tlsCredsId, tlsAuthzId] = await Promise.all([
+        tlsDir ? addTlsCreds(vm.qmp, tlsDir, 'server') : undefined,
+        tlsDir && sourceNodeId ? addTlsAuthz(vm.qmp, tlsDistinguishedNameOf(sourceNodeId)) : undefined,
+      ]);
       const inc = new IncomingMigration({
         runId: req.runId,
         vm,

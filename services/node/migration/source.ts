@@ -119,6 +119,11 @@ export interface SourceMigrationParams {
   readonly records: MigrationRecords;
   /** The record of a migration adopted after a daemon restart (see adopt()). */
   readonly record?: SourceRecord;
+  /**
+   * Set-up of the source QEMU still under way when the run is created (its TLS credentials
+   * object): start() awaits it, while the destination prepares, before the parameters name it.
+   */
+  readonly localSetup?: Promise<unknown>;
 }
 
 
@@ -182,6 +187,7 @@ export class SourceMigration {
 
   constructor(private readonly p: SourceMigrationParams) {
     this.runId = p.runId;
+    p.localSetup?.catch(() => undefined); // awaited by start(), which reports its failure
     this.now = p.now ?? Date.now;
     this.startedAt = new Date(p.record ? Date.parse(p.record.startedAt) : this.now());
     this.record = p.record ?? {
@@ -258,7 +264,7 @@ export class SourceMigration {
    * @throws UnavailableError (destination not answering), InvalidArgumentError, QmpError
    */
   async start(): Promise<void> {
-    const { vm, peer, config, log } = this.p;
+    const { vm, peer, log } = this.p;
     this.p.host.setMigration(vm.name, this.runId);
     // Set once PrepareIncoming went out: from then on the destination may hold a copy, even when
     // the call failed (a lost answer, a timeout, a cut link), so a failed start removes it.
@@ -267,7 +273,7 @@ export class SourceMigration {
       await this.persist('starting');
       const transfers = await this.p.host.diskTransfers(vm.name);
       asked = true;
-      const ready = await peer
+      const preparing = peer
         .prepareIncoming({ runId: this.runId, spec: vm.spec, policy: this.p.policy, disks: transfers, ...(this.p.self ? { source: this.p.self } : {}) }, { deadlineMs: this.opts.peerDeadlineMs })
         .catch((err: unknown) => {
           if (err instanceof MigdError && (err.code === 'UNAVAILABLE' || err.code === 'DEADLINE_EXCEEDED')) {
@@ -275,19 +281,15 @@ export class SourceMigration {
           }
           throw err;
         });
+      // The source QEMU is set up while the destination prepares its own (issue 15 §4: the two
+      // waited for each other before). Both settle before anything else happens: a failure of
+      // either leaves no command of the other still on its way.
+      const [prepared, local] = await Promise.allSettled([preparing, this.setUpSource()]);
+      if (prepared.status === 'rejected') throw prepared.reason;
+      if (local.status === 'rejected') throw local.reason;
+      const ready = prepared.value;
       // Never the URI the destination sent: tcp to its registered migration address and the port.
       const uri = streamUri(this.p.destination.migrationAddress, ready);
-      await vm.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(config.capabilities, this.p.supportedCapabilities) });
-      const params: Record<string, unknown> = { ...config.sourceParameters };
-      if (config.tls && this.opts.tlsCredsId) {
-        params['tls-creds'] = this.opts.tlsCredsId;
-        params['tls-hostname'] = this.opts.tlsHostname ?? 'migd-node';
-      } else {
-        params['tls-creds'] = '';
-      }
-      await vm.qmp.execute('migrate-set-parameters', params);
-      if (this.p.policy.kind === PolicyKind.POLICY_KIND_ADAPTIVE) this.estimatedDirty = await this.estimateDirtyRate();
-      this.sourceCpuStart = await vm.cpuSeconds();
       if (transfers.length > 0) {
         this.storage = this.storageFor(transfers, ready);
         if (this.cancelRequested) throw new CancelledError('cancelled before the storage copy started');
@@ -324,6 +326,26 @@ export class SourceMigration {
       this.finish(MigrationState.MIGRATION_STATE_FAILED, `could not start: ${publicMessage(err)}`);
       throw err;
     }
+  }
+
+  /**
+   * The source QEMU's side of the set-up: capabilities and parameters (they take effect only with
+   * `migrate`), the dirty-rate estimate an adaptive policy starts from, the CPU baseline.
+   */
+  private async setUpSource(): Promise<void> {
+    const { vm, config } = this.p;
+    await this.p.localSetup;
+    await vm.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(config.capabilities, this.p.supportedCapabilities) });
+    const params: Record<string, unknown> = { ...config.sourceParameters };
+    if (config.tls && this.opts.tlsCredsId) {
+      params['tls-creds'] = this.opts.tlsCredsId;
+      params['tls-hostname'] = this.opts.tlsHostname ?? 'migd-node';
+    } else {
+      params['tls-creds'] = '';
+    }
+    await vm.qmp.execute('migrate-set-parameters', params);
+    if (this.p.policy.kind === PolicyKind.POLICY_KIND_ADAPTIVE) this.estimatedDirty = await this.estimateDirtyRate();
+    this.sourceCpuStart = await vm.cpuSeconds();
   }
 
   /**
@@ -966,14 +988,20 @@ export class SourceMigration {
   private async complete(): Promise<void> {
     const { vm, log } = this.p;
     await this.persist('completed');
-    const info = (await vm.qmp.execute('query-migrate').catch(() => ({}))) as QmpMigrationInfo;
     this.transition(MigrationState.MIGRATION_STATE_VERIFYING, 'QEMU reported completion; handing the VM over and checking the guest on the destination');
-    const srcCpu = Math.max(0, (await vm.cpuSeconds()) - this.sourceCpuStart);
+    // The final figures are read while the VM is handed over: nothing in the handover waits for them.
+    const figures = Promise.all([vm.qmp.execute('query-migrate').catch(() => ({})) as Promise<QmpMigrationInfo>, vm.cpuSeconds().catch(() => this.sourceCpuStart)]);
     // The guest is stopped here for good: the mirrors drain and end before the destination runs it.
     const unsynced = await this.endStorage();
     const handover = unsynced === undefined ? await this.handOver() : await this.refuseHandover(`the storage copy did not end in sync: ${unsynced}`);
     const confirm = handover.kind === 'confirmed' ? handover.res : undefined;
-    const dstVm = await this.p.peer.getVm({ name: vm.name }, { deadlineMs: 3000 }).catch(() => undefined);
+    // The destination's CPU figure is asked for while the source copy goes (after its disks'
+    // digests are taken: the comparison needs them); the handed-over guest no longer needs it.
+    const dstVmAsked = this.p.peer.getVm({ name: vm.name }, { deadlineMs: 3000 }).catch(() => undefined);
+    const sourceDigests = handover.kind === 'confirmed' ? await (this.sourceDigests ?? Promise.resolve([])) : [];
+    const removed = handover.kind === 'confirmed' ? this.p.host.destroy(vm.name).catch((err: unknown) => log.warn('could not remove the source QEMU', { err })) : undefined;
+    const [[info, cpuNow], dstVm] = await Promise.all([figures, dstVmAsked]);
+    const srcCpu = Math.max(0, cpuNow - this.sourceCpuStart);
     if (dstVm?.vm && this.destinationCpuStart !== undefined) this.destinationCpu = Math.max(0, dstVm.vm.qemuCpuSeconds - this.destinationCpuStart);
     const downtime = this.postcopyStarted ? postcopyDowntimeMs(info.downtime ?? 0, this.stoppedAtUs, this.completedAtUs) : { downtimeMs: info.downtime ?? 0, corrected: false };
     if (downtime.corrected) log.info('post-copy switch-over took under 1 ms; QEMU reported the post-copy phase as downtime', { reportedMs: info.downtime, runId: this.runId });
@@ -1017,11 +1045,10 @@ export class SourceMigration {
       this.finish(MigrationState.MIGRATION_STATE_FAILED, this.error.message);
       return;
     }
-    // Handed over: the destination owns the guest now; the source copy goes (after its disks'
-    // digests are taken: the comparison needs them).
-    const checks: GuestCheck[] = [...(confirm!.checks ?? []), ...diskChecks(await (this.sourceDigests ?? Promise.resolve([])), confirm!.diskDigests ?? [])];
+    // Handed over: the destination owns the guest now; the source copy goes (removal started above).
+    const checks: GuestCheck[] = [...(confirm!.checks ?? []), ...diskChecks(sourceDigests, confirm!.diskDigests ?? [])];
     this.stats.checks = checks;
-    await this.p.host.destroy(vm.name).catch((err: unknown) => log.warn('could not remove the source QEMU', { err }));
+    await removed;
     const failed = checks.filter((c) => !c.passed);
     if (!confirm!.alive) {
       this.error = errorInfo('DEADLINE_EXCEEDED', 'GUEST_NOT_VERIFIED', vm.spec.workload ? `the guest runs on the destination but did not verify its memory there within ${this.opts.confirmTimeoutMs} ms` : `the guest was not seen alive on the destination within ${this.opts.confirmTimeoutMs} ms: ${describeChecks(checks) || 'nothing checked'}`);

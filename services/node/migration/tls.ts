@@ -63,12 +63,17 @@ export function prepareQemuTlsDir(certDir: string, stateDir: string, identity = 
   return dir;
 }
 
+/** The id of the credentials object addTlsCreds adds for `endpoint`. */
+export function tlsCredsIdOf(endpoint: 'client' | 'server'): string {
+  return `${TLS_CREDS_ID}-${endpoint}`;
+}
+
 /**
  * Adds the credentials object for `endpoint` to a QEMU (ignores "already exists"). One id per
  * endpoint: a VM that arrived here (server credentials) may later leave as a source (client).
  */
 export async function addTlsCreds(qmp: QmpClient, dir: string, endpoint: 'client' | 'server'): Promise<string> {
-  const id = `${TLS_CREDS_ID}-${endpoint}`;
+  const id = tlsCredsIdOf(endpoint);
   try {
     await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id, dir, endpoint, 'verify-peer': true });
   } catch (err) {

@@ -416,7 +416,7 @@ export class QmpClient {
         this.endSession(session, new QmpProtocolError('unexpected second QMP greeting', { line }), false);
         return;
       case 'event':
-        this.log.debug('QMP event', { event: msg.event.event });
+        this.log.debug('QMP event', { event: msg.event.event, ...(msg.event.event === 'MIGRATION' ? { status: msg.event.data?.['status'] } : {}) });
         this.hub.dispatch(msg.event);
         return;
       case 'return':

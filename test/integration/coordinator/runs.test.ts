@@ -226,6 +226,27 @@ describe('run supervisor and manager', () => {
     expect((await run(queued!.id)).startedAt!.getTime()).toBeGreaterThanOrEqual(done.finishedAt!.getTime());
   });
 
+  it('announces the run to its destination while PREPARING is being recorded, and starts it on the source only once both are done', async () => {
+    const m = manager();
+    const { runs: [r] } = await plan(['vm1']);
+    let release!: () => void;
+    const held = new Promise<void>((res) => (release = res));
+    const transitionRun = store.plans.transitionRun.bind(store.plans);
+    vi.spyOn(store.plans, 'transitionRun').mockImplementation(async (id, input) => {
+      if (input.to === S.MIGRATION_STATE_PREPARING) await held;
+      return transitionRun(id, input);
+    });
+    m.enqueue([{ run: r!, order: 0 }]);
+    await until(() => nodes['b']!.methods().includes('expectIncoming'), 'ExpectIncoming while PREPARING is being written');
+    expect(nodes['b']!.calls.find((c) => c.method === 'expectIncoming')?.request).toMatchObject({ runId: r!.id, sourceNodeId: 'a', vmName: 'vm1' });
+    await new Promise((res) => setTimeout(res, 100));
+    expect(nodes['a']!.methods()).toEqual([]); // no StartMigration before the state is recorded
+    expect((await run(r!.id)).state).toBe(S.MIGRATION_STATE_QUEUED);
+    release();
+    await until(() => nodes['a']!.migrations.has(r!.id), 'StartMigration once PREPARING is recorded');
+    expect((await run(r!.id)).state).toBe(S.MIGRATION_STATE_PREPARING);
+  });
+
   it('holds a queued run while one of its nodes is down, without a slot, and starts it when the node is back', async () => {
     const down = new Set(['c']);
     vi.spyOn(registry, 'isUp').mockImplementation((id) => !down.has(id));

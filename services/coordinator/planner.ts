@@ -88,7 +88,8 @@ export class Planner {
    */
   async model(): Promise<ClusterModel> {
     const [vms, active] = await Promise.all([this.o.registry.vms(), this.o.store.plans.listActiveMoves()]);
-    const nodes = await this.o.registry.nodes(vms);
+    // The registry's live view (host, up/down) is all placement reads of a node.
+    const nodes = this.o.registry.liveNodes();
     const plannedMoves = active.map((r) => ({ vmName: r.vmName, from: r.sourceNodeId, to: r.destinationNodeId, memoryBytes: r.memoryMib * MiB }));
     const creating = [...this.creating.values()];
     const cluster = clusterFromProto(nodes, vms, { plannedMoves: [...plannedMoves, ...creating.map((c) => ({ vmName: c.name, from: '', to: c.nodeId, memoryBytes: c.memoryMib * MiB, diskBytes: c.diskBytes }))] });

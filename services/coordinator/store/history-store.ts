@@ -103,6 +103,9 @@ export class RepositoryHistoryStore implements HistoryStore {
   upsertNode(input: UpsertNodeInput): Promise<Node> {
     return this.nodes.upsertNode(input);
   }
+  writeNode(input: UpsertNodeInput): Promise<void> {
+    return this.nodes.writeNode(input);
+  }
   setNodeStatus(nodeId: string, status: NodeStatus, reason?: string): Promise<Node> {
     return this.nodes.setNodeStatus(nodeId, status, reason);
   }

@@ -11,6 +11,11 @@ export class SqlNodeVmRepository implements NodeVmRepository {
   constructor(private readonly d: StoreDatabase) {}
 
   async upsertNode(input: UpsertNodeInput): Promise<Node> {
+    await this.writeNode(input);
+    return this.getNode(input.host?.nodeId ?? '');
+  }
+
+  async writeNode(input: UpsertNodeInput): Promise<void> {
     const host = HostInfo.fromPartial(input.host);
     const id = host.nodeId;
     if (id === '') throw new InvalidArgumentError('host.node_id is required');
@@ -41,7 +46,6 @@ export class SqlNodeVmRepository implements NodeVmRepository {
         );
       }
     });
-    return this.getNode(id);
   }
 
   async setNodeStatus(nodeId: string, status: NodeStatus, reason = ''): Promise<Node> {

@@ -147,6 +147,11 @@ export interface PruneResult {
 export interface NodeVmRepository {
   /** Creates or refreshes a node; emits NodeStateChanged when it is new or its status changed. */
   upsertNode(input: UpsertNodeInput): Promise<Node>;
+  /**
+   * {@link upsertNode} without reading the node back (its VM and migration counts are aggregates
+   * over the VMs and runs): what a heartbeat needs, hundreds of times a second on a large fleet.
+   */
+  writeNode(input: UpsertNodeInput): Promise<void>;
   /** Sets a node's status; emits NodeStateChanged on a change. @throws NotFoundError */
   setNodeStatus(nodeId: string, status: NodeStatus, reason?: string): Promise<Node>;
   /** @throws NotFoundError */

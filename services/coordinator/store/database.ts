@@ -6,7 +6,7 @@
  * The little that differs between databases sits behind {@link StoreDialect}; the repositories'
  * queries are plain Kysely, written to run on SQLite and Postgres alike.
  */
-import { sql, type Kysely } from 'kysely';
+import { sql, type Compilable, type CompiledQuery, type Kysely, type QueryResult } from 'kysely';
 import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
 import { buildEvent, encodeEvent } from '../../shared/events/codec.js';
 import { createIdFactory } from '../../shared/events/ids.js';
@@ -50,6 +50,13 @@ interface PendingWrite {
   readonly reject: (err: unknown) => void;
 }
 
+/** Marks parameter `i` while a reusable query is compiled (see StoreDatabase.reuse). */
+const param = (i: number): string => `\u0000migd-param-${i}\u0000`;
+const PARAM = /^\u0000migd-param-(\d+)\u0000$/;
+
+/** A hot query, built with placeholders: `p(i)` stands for the i-th argument of each run. */
+export type ReusableQueryBuilder<R> = (db: Db, p: (i: number) => never) => Compilable<R>;
+
 /** Rows per INSERT statement (SQLite allows 32 766 bound values per statement). */
 export const INSERT_CHUNK = 500;
 
@@ -66,6 +73,8 @@ export class StoreDatabase {
   /** Writes waiting for the next group (see {@link write}). */
   private readonly pending: PendingWrite[] = [];
   private flushing: Promise<void> | undefined;
+  /** Hot queries compiled once for this database's dialect: SQL text and where each argument goes. */
+  private readonly reusable = new Map<string, { compiled: CompiledQuery<unknown>; slots: number[] }>();
 
   constructor(
     readonly db: Db,
@@ -92,7 +101,11 @@ export class StoreDatabase {
     this.checkOpen();
     return new Promise<T>((resolve, reject) => {
       this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject });
-      this.flushing ??= Promise.resolve().then(() => this.flush());
+      // The group starts after the I/O callbacks of this turn of the event loop (setImmediate), not
+      // after the current microtasks: a drain's run updates arrive one gRPC message per callback,
+      // and a group begun at once held one write each (SQLite's writes are synchronous, so the
+      // group was written before the next message was read): 4–5 commits per migration.
+      this.flushing ??= new Promise<void>((r) => setImmediate(r)).then(() => this.flush());
     });
   }
 
@@ -202,32 +215,54 @@ export class StoreDatabase {
     }
   }
 
+  /**
+   * Runs a hot query compiled once (per store, so per dialect) with new arguments. Building and
+   * compiling a Kysely query costs more CPU than SQLite takes to run a small one; the queries
+   * every migration runs several times (outbox rows, event sequence numbers, transitions) are
+   * built once under `key` by `build`, whose `p(i)` marks where argument i goes.
+   */
+  reuse<R>(conn: Db, key: string, build: ReusableQueryBuilder<R>, args: readonly unknown[]): Promise<QueryResult<R>> {
+    let q = this.reusable.get(key);
+    if (q === undefined) {
+      const compiled = build(conn, param as (i: number) => never).compile() as CompiledQuery<unknown>;
+      const slots = compiled.parameters.map((v) => {
+        const m = typeof v === 'string' ? PARAM.exec(v) : null;
+        if (m === null) throw new Error(`reusable query ${key}: parameter ${String(v)} is not an argument placeholder`);
+        return Number(m[1]);
+      });
+      this.reusable.set(key, (q = { compiled, slots }));
+    }
+    const { compiled, slots } = q;
+    return conn.executeQuery<R>({ ...(compiled as CompiledQuery<R>), parameters: slots.map((i) => args[i]) });
+  }
+
   /** Hands out the run's next event sequence number; null when the run does not exist. */
   async nextSequence(trx: Db, runId: string): Promise<number | null> {
-    const row = await trx
-      .updateTable('runs')
-      .set((eb) => ({ last_sequence: eb('last_sequence', '+', 1) }))
-      .where('id', '=', runId)
-      .returning('last_sequence')
-      .executeTakeFirst();
-    return row?.last_sequence ?? null;
+    const r = await this.reuse(
+      trx,
+      'nextSequence',
+      (db, p) =>
+        db
+          .updateTable('runs')
+          .set((eb) => ({ last_sequence: eb('last_sequence', '+', p(1)) }))
+          .where('id', '=', p(0))
+          .returning('last_sequence'),
+      [runId, 1],
+    );
+    const row = r.rows[0];
+    return row === undefined ? null : Number(row.last_sequence);
   }
 
   /** Writes an event into the outbox (inside the caller's transaction). */
   async enqueue(trx: Db, tx: TxState, payload: NonNullable<Event['payload']>, time: Date, run?: { runId: string; sequence: number }): Promise<void> {
     const event = buildEvent(payload, { id: this.newId(), time, runSequence: run?.sequence ?? 0 });
     const bytes = encodeEvent(event);
-    await trx
-      .insertInto('outbox')
-      .values({
-        event_id: event.id,
-        subject: event.subject,
-        payload: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
-        run_id: run?.runId ?? null,
-        run_sequence: run?.sequence ?? 0,
-        created_at: this.now(),
-      })
-      .execute();
+    await this.reuse(
+      trx,
+      'enqueue',
+      (db, p) => db.insertInto('outbox').values({ event_id: p(0), subject: p(1), payload: p(2), run_id: p(3), run_sequence: p(4), created_at: p(5) }),
+      [event.id, event.subject, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), run?.runId ?? null, run?.sequence ?? 0, this.now()],
+    );
     tx.enqueued++;
   }
 

@@ -187,10 +187,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       to: state,
       reason: input.reason ?? 'created',
     };
-    await trx
-      .insertInto('run_transitions')
-      .values({ run_id: id, at: createdAt, from_state: change.from, to_state: change.to, reason: change.reason })
-      .execute();
+    await this.insertTransition(trx, id, createdAt, change.from, change.to, change.reason);
     await this.d.enqueueRunEvent(
       trx,
       tx,
@@ -199,6 +196,16 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       change.time!,
     );
     return id;
+  }
+
+  /** One row of a run's state history (a query compiled once: every migration writes several). */
+  private async insertTransition(trx: Db, runId: string, at: number, from: MigrationState, to: MigrationState, reason: string): Promise<void> {
+    await this.d.reuse(
+      trx,
+      'runTransitions.insert',
+      (db, p) => db.insertInto('run_transitions').values({ run_id: p(0), at: p(1), from_state: p(2), to_state: p(3), reason: p(4) }),
+      [runId, at, from, to, reason],
+    );
   }
 
   async getRun(runId: string): Promise<Run> {
@@ -221,11 +228,9 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     const now = this.d.now();
     const at = ms(input.at, now);
     return this.d.write(async (trx, tx) => {
-      const run = await trx
-        .selectFrom('runs')
-        .select(['state', 'finished_at', 'started_at', 'plan_id', 'vm_name'])
-        .where('id', '=', runId)
-        .executeTakeFirst();
+      const run = (
+        await this.d.reuse(trx, 'runs.stateOf', (db, p) => db.selectFrom('runs').select(['state', 'finished_at', 'started_at', 'plan_id', 'vm_name']).where('id', '=', p(0)), [runId])
+      ).rows[0];
       if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
       if (run.finished_at !== null) {
         throw new FailedPreconditionError(`run ${runId} has already finished (${migrationStateToJSON(run.state)})`, { reason: 'RUN_FINISHED' });
@@ -237,15 +242,13 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         );
       }
       const change: StateChange = { time: new Date(at), from: run.state, to, reason: input.reason ?? '' };
-      await trx.insertInto('run_transitions').values({ run_id: runId, at, from_state: run.state, to_state: to, reason: change.reason }).execute();
-      await trx
-        .updateTable('runs')
-        .set({
-          state: to,
-          started_at: run.started_at ?? (to === MigrationState.MIGRATION_STATE_QUEUED ? null : at),
-        })
-        .where('id', '=', runId)
-        .execute();
+      await this.insertTransition(trx, runId, at, run.state, to, change.reason);
+      await this.d.reuse(
+        trx,
+        'runs.setState',
+        (db, p) => db.updateTable('runs').set({ state: p(0), started_at: p(1) }).where('id', '=', p(2)),
+        [to, run.started_at ?? (to === MigrationState.MIGRATION_STATE_QUEUED ? null : at), runId],
+      );
       await this.d.enqueueRunEvent(
         trx,
         tx,
@@ -292,7 +295,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         throw new FailedPreconditionError(`run ${runId} has already finished (${migrationStateToJSON(run.state)})`, { reason: 'RUN_FINISHED' });
       }
       const change: StateChange = { time: new Date(at), from: run.state, to: input.state, reason: input.reason ?? '' };
-      await trx.insertInto('run_transitions').values({ run_id: runId, at, from_state: run.state, to_state: input.state, reason: change.reason }).execute();
+      await this.insertTransition(trx, runId, at, run.state, input.state, change.reason);
       await trx
         .updateTable('runs')
         .set({

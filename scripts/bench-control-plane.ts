@@ -502,6 +502,18 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
     let sim: SimCluster | undefined;
     let cb: CoordinatorBackend | undefined;
     let downs = 0;
+    /** Connections the coordinator refused (its per-address limit: the simulated nodes share 127.0.0.1). */
+    let refused = 0;
+    const downLines: string[] = [];
+    /** Who missed the heartbeats: the simulator (its sends late) or the coordinator (answers late). */
+    const heartbeatReport = (): void => {
+      if (!sim) return;
+      const rtt = sim.heartbeatRttMs;
+      if (refused > 0) out(`    (the coordinator refused ${refused} connections: connection limit)`);
+      out(`    heartbeats: longest gap between two sends of one simulated node ${fmt(sim.maxSendGapMs / 1000, 1)} s (the simulator's lateness; down after ${2 * HEARTBEAT_MISSES} s); round trip p50/p99/max ${fmt(quantile(rtt, 0.5), 0)} / ${fmt(quantile(rtt, 0.99), 0)} / ${fmt(rtt.reduce((a, b) => Math.max(a, b), 0), 0)} ms (the coordinator's)${stallMs > 0 ? `; the coordinator stalled ${fmt(stallMs / 1000, 1)} s in all and extended the deadlines by as much` : ''}`);
+    };
+    /** The coordinator's own stalls (≥ 1 s each) for which it extended the heartbeat deadlines. */
+    let stallMs = 0;
     let pg: PostgresServer | undefined;
     try {
       if (dialect === 'postgres') pg = await startPostgres();
@@ -518,7 +530,12 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
         nodeArgs: opts['cpu-prof-dir'] ? ['--cpu-prof', '--cpu-prof-dir', opts['cpu-prof-dir']] : [],
         args: ['--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES), '--allow-shared-node-identity'],
         onLog: (l) => {
-          if (l.includes('node marked down')) downs++;
+          if (l.includes('connection refused')) refused++;
+          if (l.includes('node marked down')) {
+            downs++;
+            if (downLines.length < 3) downLines.push(l.slice(l.indexOf('{')));
+          }
+          if (l.includes('totalStallMs') || l.includes('coordinatorStallMs')) stallMs = Math.max(stallMs, Number(/"(?:totalStallMs|coordinatorStallMs)":(\d+)/.exec(l)?.[1] ?? 0));
         },
       });
       started.add(coord.process);
@@ -573,9 +590,12 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       if (failed > 0) out(`    (${failed} plan(s) failed)`);
       if (downs > 0) out(`    (the coordinator marked nodes down ${downs} times: heartbeats were not served in time)`);
       if (sim.heartbeatErrors > 0) out(`    (${sim.heartbeatErrors} heartbeats failed)`);
+      heartbeatReport();
       printScaleGoals(`${n} nodes, ${dialect}`, [bound / makespan, quantile(lat, 0.99), planned > 0 ? cpu / planned : NaN]);
     } catch (err) {
       out(`  ${String(n).padStart(5)}: failed: ${err instanceof Error ? err.message : String(err)}${downs > 0 ? ` (the coordinator marked nodes down ${downs} times)` : ''}`);
+      if (downLines.length > 0) out(`    first marked down: ${downLines.slice(0, 3).join('\n      ')}`);
+      heartbeatReport();
     } finally {
       await cb?.close();
       // The coordinator stops first (its runs' node streams still open), with time to write its

@@ -54,6 +54,8 @@ interface SimMigration {
 }
 
 const MiB = 1024 * 1024;
+/** Connections from the simulated nodes to the coordinator (see SimCluster.start). */
+const CLIENT_CONNECTIONS = 24;
 
 /** A running simulation. */
 export class SimCluster {
@@ -82,7 +84,12 @@ export class SimCluster {
     await c.listen();
     const populated = o.populated ?? o.nodes;
     for (let i = 0; i < populated; i++) for (let v = 0; v < o.vmsPerNode; v++) c.place(`vm-${c.nodeIds[i]}-${String(v).padStart(3, '0')}`, c.nodeIds[i]!);
-    for (let k = 0; k < 8; k++) {
+    // A fleet has a connection per node daemon; the simulation shares CLIENT_CONNECTIONS among its
+    // nodes (the coordinator admits 64 per address, and the simulated nodes all call from
+    // 127.0.0.1). With 8, a 500-node fleet's heartbeats queued in the simulator's own HTTP/2
+    // connections (256 streams each) once the coordinator's answers slowed: late heartbeats that
+    // were the simulator's, not the coordinator's.
+    for (let k = 0; k < Math.min(CLIENT_CONNECTIONS, o.nodes); k++) {
       c.clients.push(createClient('migd.v1.CoordinatorService', CoordinatorServiceService, o.coordinator, { security: { tls: identityFiles(o.certDir, 'migd-node'), serverName: 'migd-coordinator' }, defaultDeadlineMs: 30_000 }));
     }
     // Register in parallel batches, as a fleet of daemons starting would; each node heartbeats
@@ -103,11 +110,24 @@ export class SimCluster {
 
   /** Failed heartbeats (other than the re-registrations they caused). */
   heartbeatErrors = 0;
+  /**
+   * Whose fault a missed heartbeat is: the longest gap between two heartbeats one simulated node
+   * sent (the simulator's own lateness: > the coordinator's limit means the simulator starved), and
+   * the heartbeats' round trips (sent → answered: the coordinator's side).
+   */
+  maxSendGapMs = 0;
+  readonly heartbeatRttMs: number[] = [];
+  private readonly lastSent = new Map<string, number>();
 
   /** One heartbeat; a coordinator that forgot the node (marked down, restarted) gets a registration first, as a node daemon does. */
   private async beat(client: RpcClient<typeof CoordinatorServiceService>, id: string): Promise<void> {
+    const sent = Date.now();
+    const prev = this.lastSent.get(id);
+    if (prev !== undefined) this.maxSendGapMs = Math.max(this.maxSendGapMs, sent - prev);
+    this.lastSent.set(id, sent);
     try {
       await client.heartbeat({ host: this.hostInfo(id), vms: this.vmsOf(id) });
+      if (this.heartbeatRttMs.length < 1_000_000) this.heartbeatRttMs.push(Date.now() - sent);
     } catch (err) {
       if ((err as { code?: string }).code !== 'NOT_FOUND') {
         this.heartbeatErrors++;
@@ -126,7 +146,18 @@ export class SimCluster {
     }
   }
 
+  /** Built once per node (heartbeats send the same description every time). */
+  private readonly hostCache = new Map<string, HostInfo>();
+  /** Each node's heartbeat list of VMs, built again only after a VM left or arrived. */
+  private readonly vmsCache = new Map<string, VmInfo[]>();
+
   hostInfo(id: string): HostInfo {
+    let h = this.hostCache.get(id);
+    if (h === undefined && this.addresses.has(id)) this.hostCache.set(id, (h = this.buildHostInfo(id)));
+    return h ?? this.buildHostInfo(id);
+  }
+
+  private buildHostInfo(id: string): HostInfo {
     return HostInfo.fromPartial({
       nodeId: id,
       managementAddress: this.addresses.get(id)!,
@@ -144,6 +175,8 @@ export class SimCluster {
   private place(vm: string, nodeId: string): void {
     const prev = this.vmNode.get(vm);
     if (prev !== undefined) this.byNode.get(prev)?.delete(vm);
+    if (prev !== undefined) this.vmsCache.delete(prev);
+    this.vmsCache.delete(nodeId);
     this.vmNode.set(vm, nodeId);
     let set = this.byNode.get(nodeId);
     if (!set) this.byNode.set(nodeId, (set = new Set()));
@@ -151,6 +184,12 @@ export class SimCluster {
   }
 
   vmsOf(id: string): VmInfo[] {
+    let cached = this.vmsCache.get(id);
+    if (cached === undefined) this.vmsCache.set(id, (cached = this.buildVms(id)));
+    return cached;
+  }
+
+  private buildVms(id: string): VmInfo[] {
     const out: VmInfo[] = [];
     for (const name of this.byNode.get(id) ?? []) {
       out.push({

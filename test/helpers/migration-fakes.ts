@@ -20,6 +20,9 @@ import { FakeTransport, type FakeStream, type SentCommand } from './qemu-fake-qm
 /** Things a test made, undone in its afterEach (last first). */
 export type Cleanups = (() => Promise<void> | void)[];
 
+/** What `FakeQemu.onCommand` returns for a command QEMU never answers (its main loop held). */
+export const NO_REPLY = Symbol('no reply');
+
 /**
  * A fake QEMU behind the fake transport: answers `query-status` and `query-migrate` from its state,
  * follows `stop`/`cont`, records every command with its arguments, and lets the test emit events.
@@ -55,6 +58,7 @@ export class FakeQemu {
       this.commands.push(name);
       this.sent.push(cmd);
       const scripted = this.onCommand?.(name, cmd.arguments);
+      if (scripted === NO_REPLY) continue;
       if (scripted !== undefined) {
         this.stream.reply(cmd, scripted);
         continue;

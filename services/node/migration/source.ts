@@ -735,8 +735,13 @@ export class SourceMigration {
       this.storageCopying?.abort();
       return;
     }
-    await this.p.vm.qmp.execute('migrate_cancel');
+    // Watched from the start: migrate_cancel itself may not be answered (see unstickCancel).
     void this.unstickCancel();
+    await this.p.vm.qmp.execute('migrate_cancel', undefined, { timeoutMs: this.opts.cancelStuckMs * 2 }).catch((err: unknown) => {
+      // Not answered in time: QEMU's main loop is held by the migration thread; unstickCancel
+      // shuts the channels down out of band, and the cancel or failure that follows ends the run.
+      this.p.log.warn('migrate_cancel was not answered; the migration channels will be shut down', { err: (err as Error).message });
+    });
   }
 
   /**
@@ -744,6 +749,11 @@ export class SourceMigration {
    * nothing (cut without a reset), and QEMU waits for them. `yank` shuts the migration's sockets
    * down, so the threads return and the cancel (or a failure) completes; then settle() decides
    * where the guest runs as after any cancel. Repeated while the cancel stays stuck.
+   *
+   * In switch-over (`device`) the migration thread holds QEMU's main lock while it writes the
+   * device state and syncs the multifd channels, so no in-band command is answered — not
+   * query-migrate, not migrate_cancel — until the link or a yank frees it. So an unanswered
+   * query-migrate counts as stuck too, and `yank` goes out of band where QEMU allows it.
    */
   private async unstickCancel(): Promise<void> {
     const { vm, log } = this.p;
@@ -751,10 +761,11 @@ export class SourceMigration {
     for (let attempt = 1; !signal.aborted && !isTerminal(this.state); attempt++) {
       await sleepFor(this.opts.cancelStuckMs, undefined, { signal }).catch(() => undefined);
       if (signal.aborted || isTerminal(this.state)) return;
-      const st = (await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as QmpMigrationInfo | undefined;
-      if (!st || (st.status !== 'cancelling' && st.status !== 'active' && st.status !== 'device')) return;
-      log.warn('QEMU has not finished the cancel; shutting the migration channels down (yank)', { attempt, status: st.status, afterMs: attempt * this.opts.cancelStuckMs });
-      await vm.qmp.execute('yank', { instances: [{ type: 'migration' }] }, { timeoutMs: 5000 }).catch((err: unknown) => log.warn('yank of the migration channels failed', { err: (err as Error).message }));
+      const st = (await vm.qmp.execute('query-migrate', undefined, { timeoutMs: Math.min(5000, this.opts.cancelStuckMs) }).catch(() => undefined)) as QmpMigrationInfo | undefined;
+      if (signal.aborted || isTerminal(this.state)) return;
+      if (st && st.status !== 'cancelling' && st.status !== 'active' && st.status !== 'device') return;
+      log.warn('QEMU has not finished the cancel; shutting the migration channels down (yank)', { attempt, status: st?.status ?? 'no answer (main loop held)', afterMs: attempt * this.opts.cancelStuckMs });
+      await vm.qmp.execute('yank', { instances: [{ type: 'migration' }] }, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('yank of the migration channels failed', { err: (err as Error).message }));
     }
   }
 

@@ -13,7 +13,7 @@ import { createLogger } from '../../../services/shared/log.js';
 import { resolveMigrationConfig } from '../../../services/shared/policy/index.js';
 import { SourceMigration, type SourceOptions } from '../../../services/node/migration/source.js';
 import type { MigrationEndpoint } from '../../../services/shared/gen/migd/v1/node.js';
-import { FakeQemu, fakeHost, fakePeer, fakeVm, tempRecords, type Cleanups, type FakeHost, type FakePeer, type PeerScript } from '../../helpers/migration-fakes.js';
+import { FakeQemu, NO_REPLY, fakeHost, fakePeer, fakeVm, tempRecords, type Cleanups, type FakeHost, type FakePeer, type PeerScript } from '../../helpers/migration-fakes.js';
 
 const quiet = createLogger('source-failures-test', {}, () => undefined, 'error');
 const cleanups: Cleanups = [];
@@ -79,6 +79,35 @@ async function until(check: () => boolean, what: string, ms = 5000): Promise<voi
 }
 
 const confirmed = (pages: number): ConfirmIncomingResponse => ConfirmIncomingResponse.fromPartial({ alive: pages > 0, pid: 7, pagesVerifiedAfter: pages });
+
+describe('a cancel in switch-over on a dead link', () => {
+  it('yanks the channels out of band when QEMU answers nothing in band, and ends CANCELLED with the guest running on the source', async () => {
+    const s = await started({}, { options: { cancelStuckMs: 200 } });
+    s.q.emit('device');
+    // The migration thread holds QEMU's main lock (device state, multifd sync on a dead link):
+    // no in-band command is answered until the channels are shut down.
+    let held = true;
+    s.q.onCommand = (name) => {
+      if (name === 'yank') {
+        held = false;
+        s.q.running = true; // QEMU resumes the source when the migration ends before completing
+        setTimeout(() => s.q.emit('cancelled'), 10);
+        return undefined;
+      }
+      return held && name !== 'migrate-pause' ? NO_REPLY : undefined;
+    };
+    const t0 = Date.now();
+    await s.m.cancel('test', 'progress timeout');
+    const info = await s.m.finished();
+    expect(info.state).toBe(S.MIGRATION_STATE_CANCELLED);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    const yank = s.q.sent.find((c) => (c.execute ?? c['exec-oob']) === 'yank');
+    expect(yank?.['exec-oob']).toBe('yank');
+    expect(yank?.arguments).toEqual({ instances: [{ type: 'migration' }] });
+    expect(s.host.destroyed).toEqual([]);
+    expect(s.peer.calls).toContain('abort');
+  });
+});
 
 describe('post-copy recovery', () => {
   it('retries until the stream flows again, then completes, counting one recovery', async () => {

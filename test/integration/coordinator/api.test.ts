@@ -28,8 +28,9 @@ describe('coordinator API', () => {
     op = c.client();
     const boots = await Promise.all([
       createGuest(c, 'a', guestSpec('vm1', { rate: 8 << 20 })),
-      createGuest(c, 'a', guestSpec('vm2', { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, bytesPerWorker: 32 << 20, hotBytes: 8 << 20 })),
-      createGuest(c, 'a', guestSpec('vm3', { memoryMib: 128, rate: 4 << 20 })),
+      createGuest(c, 'a', guestSpec('vm2', { pattern: WorkloadPattern.WORKLOAD_PATTERN_HOTCOLD, bytesPerWorker: 32 << 20, hotBytes: 16 << 20 })),
+      // vm3 is only ever queued and cancelled: 8 MiB at 4 MiB/s, a 2 s unverified first pass (8 s over 32 MiB).
+      createGuest(c, 'a', guestSpec('vm3', { memoryMib: 128, bytesPerWorker: 8 << 20, rate: 4 << 20 })),
     ]);
     verified = { vm1: boots[0].at(-1)!.pagesVerified, vm2: boots[1].at(-1)!.pagesVerified };
   });
@@ -230,9 +231,11 @@ describe('coordinator API', () => {
   });
 
   it('cancels a queued run without touching a node, cancels a running one, and forces one to complete', async () => {
-    await c.tb.shape('a', { rateMbit: 40 });
+    await c.tb.shape('a', { rateMbit: 80 });
     try {
-      // vm2's 8 MiB hot set cannot converge at 300 ms on 40 Mbit/s: it keeps the a→b link busy.
+      // vm2's 16 MiB hot set cannot converge at 300 ms on 80 Mbit/s (≈ 1.7 s to send it once, as
+      // 8 MiB on 40 Mbit/s, with the first pass over the guest's memory in half the time): it
+      // keeps the a→b link busy.
       const p1 = (await op.submitPlan(migratePlan('cancel-1', 'vm2', 'b', { kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: 300 }))).plan!;
       const r1 = p1.migrations[0]!.runId;
       await waitForRunState(op, r1, S.MIGRATION_STATE_PRECOPY);

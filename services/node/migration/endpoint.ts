@@ -7,6 +7,7 @@
  */
 import { isIP } from 'node:net';
 import { FailedPreconditionError, InvalidArgumentError } from '../../shared/errors.js';
+import { splitHostPort } from '../../shared/rpc/tls.js';
 
 const HOSTNAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
@@ -46,12 +47,12 @@ export function streamUri(registeredAddress: string, reply: { readonly port?: nu
 }
 
 /**
- * The host of a registered management address (`host:port`, `[v6]:port`), checked like a
- * migration address: where a post-copy recovery may go when the migration network is down.
- * @throws InvalidArgumentError
+ * The host and port of a registered management address (`host:port`, `[v6]:port`), its host
+ * checked like a migration address: where a post-copy recovery may go when the migration network
+ * is down.
+ * @throws ConfigError (not host:port), InvalidArgumentError (a host that is no IP or host name)
  */
-export function managementHostOf(managementAddress: string): string {
-  const m = /^\[([^\]]+)\]:\d{1,5}$/.exec(managementAddress) ?? /^([^:]+):\d{1,5}$/.exec(managementAddress);
-  if (!m) throw new InvalidArgumentError('a management address must be host:port');
-  return checkMigrationAddress(m[1]!, 'management_address');
+export function managementEndpointOf(managementAddress: string): { host: string; port: number } {
+  const { host, port } = splitHostPort(managementAddress);
+  return { host: checkMigrationAddress(host, 'management_address'), port };
 }

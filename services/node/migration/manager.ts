@@ -32,7 +32,7 @@ import { isTerminalState as isTerminal } from '../../shared/policy/states.js';
 import { IncomingMigration } from './destination.js';
 import { MigrationRecords, type DestinationRecord, type SourceRecord } from './record.js';
 import { SourceMigration, type SourceOptions } from './source.js';
-import { checkMigrationAddress, managementHostOf } from './endpoint.js';
+import { checkMigrationAddress, managementEndpointOf } from './endpoint.js';
 import { addTlsAuthz, addTlsCreds, tlsCredsIdOf, tlsDistinguishedNameOf, tlsHostnameOf } from './tls.js';
 import type { NodePeer, VmHost } from './types.js';
 import { exportTargets } from './storage.js';
@@ -162,7 +162,7 @@ export class MigrationManager {
   private get managementHost(): string | undefined {
     if (!this.d.managementAddress) return undefined;
     try {
-      return managementHostOf(this.d.managementAddress);
+      return managementEndpointOf(this.d.managementAddress).host;
     } catch {
       return undefined;
     }

@@ -35,7 +35,7 @@ import { isTerminalState as isTerminal } from '../../shared/policy/states.js';
 import { StallDetector, finalStats, postcopyDowntimeMs, progressSample, stateFromQemuStatus, type QmpMigrationInfo } from './progress.js';
 import type { MigrationRecords, SourcePhase, SourceRecord } from './record.js';
 import { capabilityList, type MigratableVm, type NodePeer, type VmHost } from './types.js';
-import { checkMigrationAddress, managementHostOf, streamUri } from './endpoint.js';
+import { checkMigrationAddress, managementEndpointOf, streamUri } from './endpoint.js';
 import { answers } from '../../shared/net.js';
 import { abandonMirrors, SourceStorage } from './storage.js';
 import { imageDigest } from '../host/digest.js';
@@ -792,9 +792,10 @@ export class SourceMigration {
     try {
       const status = async (): Promise<string> => String(((await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 })) as QmpMigrationInfo).status);
       if ((await status()) === 'postcopy-active') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('migrate-pause on source', { err }));
-      const fallbackHost = this.recoveryFallbackHost();
+      const management = this.destinationManagement();
+      const fallbackHost = this.recoveryFallbackHost(management);
       const attemptRecovery = async (attempt: number): Promise<void> => {
-        const network = await this.recoveryNetwork(fallbackHost);
+        const network = await this.recoveryNetwork(management?.port, fallbackHost);
         await peer.pauseIncoming({ runId: this.runId }, { deadlineMs: 5000 });
         const reply = await peer.recoverIncoming({ runId: this.runId, managementNetwork: network === 'management' }, { deadlineMs: 10_000 });
         // The source builds the URI itself, on the destination's registered address of that network.
@@ -845,32 +846,36 @@ export class SourceMigration {
     }
   }
 
-  /**
-   * The destination's management host, where post-copy recovery may go when the migration
-   * network stays down: only for a TLS stream (QEMU keeps tls-creds, tls-hostname and the
-   * destination's tls-authz for the resumed channels) to a destination with a registered
-   * management address other than its migration address.
-   */
-  private recoveryFallbackHost(): string | undefined {
-    if (!this.opts.recoveryOverManagement || !this.p.config.tls) return undefined;
+  /** The destination's registered management host and port; undefined when unusable. */
+  private destinationManagement(): { host: string; port: number } | undefined {
     try {
-      const host = managementHostOf(this.p.destination.managementAddress);
-      return host === this.p.destination.migrationAddress ? undefined : host;
+      return managementEndpointOf(this.p.destination.managementAddress);
     } catch {
       return undefined;
     }
   }
 
   /**
+   * The destination's management host, where post-copy recovery may go when the migration
+   * network stays down: only for a TLS stream (QEMU keeps tls-creds, tls-hostname and the
+   * destination's tls-authz for the resumed channels) to a destination with a registered
+   * management address other than its migration address.
+   */
+  private recoveryFallbackHost(management: { host: string } | undefined): string | undefined {
+    if (!this.opts.recoveryOverManagement || !this.p.config.tls || !management) return undefined;
+    return management.host === this.p.destination.migrationAddress ? undefined : management.host;
+  }
+
+  /**
    * The network of the next recovery attempt: the migration network when the destination's
    * migration address answers a connect to its management port (accepted or refused), else the
    * management network when there is one to fall back to. Without a fallback the migration
-   * network is tried all the same (an unanswered probe costs recoveryProbeMs only).
+   * network is tried all the same (an unanswered probe costs recoveryProbeMs only: a firewall may
+   * drop the probe's port).
    */
-  private async recoveryNetwork(fallbackHost: string | undefined): Promise<'migration' | 'management'> {
-    const port = Number(/:(\d{1,5})$/.exec(this.p.destination.managementAddress)?.[1] ?? 0);
-    if (!port) return 'migration';
-    const ok = await this.opts.answers(this.p.destination.migrationAddress, port, this.opts.recoveryProbeMs);
+  private async recoveryNetwork(managementPort: number | undefined, fallbackHost: string | undefined): Promise<'migration' | 'management'> {
+    if (!managementPort) return 'migration';
+    const ok = await this.opts.answers(this.p.destination.migrationAddress, managementPort, this.opts.recoveryProbeMs);
     if (ok) return 'migration';
     this.p.log.warn("post-copy recovery: the destination's migration address does not answer", { address: this.p.destination.migrationAddress, fallback: fallbackHost ?? null });
     return fallbackHost === undefined ? 'migration' : 'management';

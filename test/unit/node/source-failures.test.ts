@@ -78,6 +78,26 @@ async function until(check: () => boolean, what: string, ms = 5000): Promise<voi
   }
 }
 
+/**
+ * Scripts QEMU's answer to each `migrate` resume: the stream takes (postcopy-active) when
+ * `takes(uri)`, else falls back to postcopy-paused. Returns the URIs resumed to, in order.
+ */
+function scriptResumes(s: Started, takes: (uri: string) => boolean): string[] {
+  const uris: string[] = [];
+  s.q.onCommand = (name, args) => {
+    if (name === 'migrate' && args?.['resume'] === true) {
+      const uri = String(args['uri']);
+      uris.push(uri);
+      s.q.migration = takes(uri) ? 'postcopy-active' : 'postcopy-paused';
+    }
+    return undefined;
+  };
+  return uris;
+}
+
+/** A destination whose management and migration networks differ (the fallback tests). */
+const TWO_NETWORKS = { nodeId: 'b', managementAddress: '10.77.0.2:7001', migrationAddress: '10.78.0.2' };
+
 const confirmed = (pages: number): ConfirmIncomingResponse => ConfirmIncomingResponse.fromPartial({ alive: pages > 0, pid: 7, pagesVerifiedAfter: pages });
 
 describe('a cancel in switch-over on a dead link', () => {
@@ -113,16 +133,10 @@ describe('post-copy recovery', () => {
   it('retries until the stream flows again, then completes, counting one recovery', async () => {
     const s = await started({ confirm: () => confirmed(100) }, { postcopy: true });
     await inPostcopy(s);
-    let resumes = 0;
-    s.q.onCommand = (name, args) => {
-      if (name === 'migrate' && args?.['resume'] === true) {
-        // The first resume falls back to paused (link still down), the second takes.
-        s.q.migration = ++resumes === 1 ? 'postcopy-paused' : 'postcopy-active';
-      }
-      return undefined;
-    };
+    // The first resume falls back to paused (link still down), the second takes.
+    const uris: string[] = scriptResumes(s, () => uris.length > 1);
     s.q.emit('postcopy-paused');
-    await until(() => resumes === 2 && s.m.currentState === S.MIGRATION_STATE_POSTCOPY, 'the second resume to take');
+    await until(() => uris.length === 2 && s.m.currentState === S.MIGRATION_STATE_POSTCOPY, 'the second resume to take');
     expect(s.peer.calls.filter((c) => c === 'pause' || c === 'recover')).toEqual(['pause', 'recover', 'pause', 'recover']);
     expect(s.q.argsOf('migrate').at(-1)).toEqual({ uri: 'tcp:127.0.0.1:2', resume: true });
     const reasons = s.changes.map((c) => `${S[c.to]}: ${c.reason}`);
@@ -141,23 +155,15 @@ describe('post-copy recovery', () => {
   });
 
   it('resumes over the management network while the migration address does not answer (TLS stream), and completes', async () => {
-    const destination = { nodeId: 'b', managementAddress: '10.77.0.2:7001', migrationAddress: '10.78.0.2' };
     const probes: string[] = [];
     // The migration network is down for good; the management network answers.
     const answers = async (host: string, port: number): Promise<boolean> => {
       probes.push(`${host}:${port}`);
       return host !== '10.78.0.2';
     };
-    const s = await started({ confirm: () => confirmed(100) }, { postcopy: true, tls: true, destination, options: { answers } });
+    const s = await started({ confirm: () => confirmed(100) }, { postcopy: true, tls: true, destination: TWO_NETWORKS, options: { answers } });
     await inPostcopy(s);
-    const uris: unknown[] = [];
-    s.q.onCommand = (name, args) => {
-      if (name === 'migrate' && args?.['resume'] === true) {
-        uris.push(args['uri']);
-        s.q.migration = String(args['uri']).startsWith('tcp:10.77.0.2:') ? 'postcopy-active' : 'postcopy-paused';
-      }
-      return undefined;
-    };
+    const uris = scriptResumes(s, (uri) => uri.startsWith('tcp:10.77.0.2:'));
     s.q.emit('postcopy-paused');
     await until(() => s.m.currentState === S.MIGRATION_STATE_POSTCOPY && uris.length === 1, 'the resume over the management network');
     // QEMU is never sent to the dead address (its connect would hang in postcopy-recover-setup).
@@ -172,17 +178,9 @@ describe('post-copy recovery', () => {
   });
 
   it('stays on the migration network when its address answers, also with a management network to fall back to', async () => {
-    const destination = { nodeId: 'b', managementAddress: '10.77.0.2:7001', migrationAddress: '10.78.0.2' };
-    const s = await started({ confirm: () => confirmed(100) }, { postcopy: true, tls: true, destination, options: { answers: async () => true } });
+    const s = await started({ confirm: () => confirmed(100) }, { postcopy: true, tls: true, destination: TWO_NETWORKS, options: { answers: async () => true } });
     await inPostcopy(s);
-    const uris: unknown[] = [];
-    s.q.onCommand = (name, args) => {
-      if (name === 'migrate' && args?.['resume'] === true) {
-        uris.push(args['uri']);
-        s.q.migration = 'postcopy-active';
-      }
-      return undefined;
-    };
+    const uris = scriptResumes(s, () => true);
     s.q.emit('postcopy-paused');
     await until(() => s.m.currentState === S.MIGRATION_STATE_POSTCOPY && uris.length === 1, 'the resume');
     expect(uris).toEqual(['tcp:10.78.0.2:2']);
@@ -190,17 +188,9 @@ describe('post-copy recovery', () => {
   });
 
   it('never sends a clear-text stream over the management network: without TLS it keeps to the migration network', async () => {
-    const destination = { nodeId: 'b', managementAddress: '10.77.0.2:7001', migrationAddress: '10.78.0.2' };
-    const s = await started({}, { postcopy: true, tls: false, destination, options: { recoveryTimeoutMs: 4000, answers: async (host) => host !== '10.78.0.2' } });
+    const s = await started({}, { postcopy: true, tls: false, destination: TWO_NETWORKS, options: { recoveryTimeoutMs: 4000, answers: async (host) => host !== '10.78.0.2' } });
     await inPostcopy(s);
-    const uris: unknown[] = [];
-    s.q.onCommand = (name, args) => {
-      if (name === 'migrate' && args?.['resume'] === true) {
-        uris.push(args['uri']);
-        s.q.migration = 'postcopy-paused';
-      }
-      return undefined;
-    };
+    const uris = scriptResumes(s, () => false);
     s.q.emit('postcopy-paused');
     const info = await s.m.finished();
     expect(uris.length).toBeGreaterThanOrEqual(3);

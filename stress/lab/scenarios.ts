@@ -528,6 +528,18 @@ export const POLICY_SCENARIOS_720_V4: readonly Scenario[] = (['idle', 'heavy'] a
   return policySet(`v4-${tag}`, `${w.group}, 720 Mbit/s`, w.load, { rateMbit: 720 }, ['adaptive', 'seed-pc', 'kubevirt-stall'], base).map((s) => ({ ...s, repetitions: 3, nic: true }));
 });
 
+/**
+ * Issue 14's cost model (`node dist/scripts/lab.js policies-720-v5`): adaptive choosing its step
+ * by the guest harm fitted to the lab's measurements (domain/policy/cost.ts) against post-copy
+ * after one pass, on the two workloads where it had been behind it on guest time lost (hot-small,
+ * phase), 3 repetitions, interleaved so the machine's noise is shared.
+ */
+export const POLICY_SCENARIOS_720_V5: readonly Scenario[] = (['hot-small', 'phase'] as const).flatMap((tag) => {
+  const w = LAB_WORKLOADS[tag]!;
+  const base = { ...(w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {}), limits: { migrationMs: 120_000 } };
+  return policySet(`v5-${tag}`, `${w.group}, 720 Mbit/s`, w.load, { rateMbit: 720 }, ['adaptive', 'seed-pc'], base).map((s) => ({ ...s, repetitions: 3 }));
+});
+
 /** The two workloads of the first policies comparison (docs/lab/policies before issue 14). */
 export const POLICY_SCENARIOS_V1: readonly Scenario[] = [
   ...policySet('a', 'seed 001 load A (dirty/link ~23)', LOAD_A, LINK_1GBE, ALL_BASELINES),
@@ -681,6 +693,12 @@ export const COMPARISONS: readonly Comparison[] = Object.freeze([
     title: "Policies at 720 Mbit/s, 3 repetitions: adaptive against post-copy after one pass and KubeVirt's stall detector on the idle and heavy workloads",
     description: "The large mostly-idle guest and the heavy load (3 x 128 MiB unlimited) over 720 Mbit/s: migd adaptive, post-copy after one pass and KubeVirt's VEP 248 stall detector with allowPostCopy, 3 repetitions each; every run cut at 120 s.",
     scenarios: POLICY_SCENARIOS_720_V4,
+  },
+  {
+    name: 'policies-720-v5',
+    title: "Policies at 720 Mbit/s with the fitted cost model: adaptive against post-copy after one pass on hot-small and phase",
+    description: 'Adaptive choosing nothing / a raise / post-copy by the guest harm fitted to earlier lab runs, against post-copy after one pass, on the 48 MiB hot set and the phase-changing load over 720 Mbit/s; 3 repetitions each, interleaved; every run cut at 120 s.',
+    scenarios: POLICY_SCENARIOS_720_V5,
   },
   {
     name: 'policies-v1',

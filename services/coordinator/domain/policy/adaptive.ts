@@ -59,22 +59,34 @@
  * zstd and no post-copy, and this policy then steers it with steps 0, 1, 3 and 4 below. Otherwise,
  * or when a figure is unknown, post-copy stays available.
  *
- * ## Cost model (guest harm), cheapest first
+ * ## The steps, chosen by predicted guest harm (cost.ts)
  * Measured in the lab (docs/lab/policies, guest time lost from the guest's own clock): post-copy
  * straight after the first pass cost the guest 3–4.5 s on both workloads and finished in 7–9 s;
  * auto-converge first and post-copy two passes of hysteresis later cost 3.7–11 s and took 22–27 s;
- * auto-converge alone cost 28–172 s. A throttle costs the guest its CPU for every pass it lasts;
- * post-copy costs about the backlog's transfer time once. So the order is:
- *  0. Nothing, while pre-copy converges within K passes at the limit in force.
+ * auto-converge alone cost 28–172 s. Among the three live steps the policy no longer assumes an
+ * order: at each verdict it predicts the guest time each would cost and takes the least (within
+ * 5 % of each other: the one that completes sooner). The model, fitted to the guest time lost of
+ * 37 stored lab runs at 720 Mbit/s (policies-720-v3, -v4, the heavy re-run, two hot-small runs;
+ * the fit and its spreads are in cost.ts):
+ *  - more pre-copy costs h = 0.74 guest seconds per second of pre-copy (× min(1, r): a guest that
+ *    hardly writes is hardly slowed), for every pass still to run, plus the stop in full;
+ *  - post-copy now costs c + s·b = 1.07 s + 0.74 × the backlog's transfer time.
+ * Under TCG pre-copy is dear (the migration competes with the vCPU for the CPU), so a raise that
+ * needs passes, or a stop of more than about a second, loses to post-copy: at r ≈ 1 a raise pays
+ * only below ≈1.07 s of backlog ((h + 1)·b < c + s·b).
+ *  0. Nothing, while pre-copy converges within K passes at the limit in force — and is predicted
+ *     to harm the guest least. A limit raised by a user (AdjustRun) is respected while pre-copy
+ *     converges at it.
  *  1. Raise the downtime limit to L' ≤ max_downtime_ms: one full stop of ≤ L', once. The operator
  *     declared that much acceptable, the source stays a safe fallback, and nothing slows the
  *     guest before it. We raise straight to the predicted need (+25 %, rounded up to 50 ms), not
  *     along a ramp: every ramp step predicted too small costs a whole pass (seconds to minutes of
  *     dirty tracking and link time) and buys nothing; re-evaluating after two passes and raising
- *     again if the need grew keeps the value "just enough" without guessing low.
- *  2. Post-copy with preempt, at once, when the backlog cannot converge and a bounded raise does
- *     not suffice: the guest runs on the destination and faults in missing pages, harm ≈ the
- *     backlog's transfer time (b) of slowed execution (measured as postcopy-blocktime too), with
+ *     again if the need grew keeps the value "just enough" without guessing low. Its cost: the
+ *     passes until the backlog fits L' (early, sized on the whole backlog: one pass) and the stop.
+ *  2. Post-copy with preempt, at once, where it is predicted cheapest (always when the backlog
+ *     cannot converge and no bounded raise suffices): the guest runs on the destination and faults
+ *     in missing pages, harm ≈ c + s·b (measured as postcopy-blocktime too), with
  *     preempt keeping faults out of the bulk stream's queue. The guest is lost if the link or
  *     destination fails before it completes (seed 001): recovery (the node's post-copy recovery)
  *     is the safety net.
@@ -95,6 +107,7 @@
  */
 import { MultifdCompression, PolicyActionKind, PolicyKind, type MigrationPolicy, type ProgressSample } from '../../../shared/gen/migd/v1/common.js';
 import { formatBytes, formatDuration, formatRate } from '../units.js';
+import { type CostModel, DEFAULT_COST_MODEL, type StepCost, cheapest, postcopyCost, precopyCost } from './cost.js';
 import { completedPasses, dirtyBytesPerSec, isPostcopy, isPrecopy, isStarting, median, throughputBytesPerSec } from './signals.js';
 import { type TimeoutRules, type TimeoutState, checkTimeouts, initialTimeoutState, trackProgress } from './timeouts.js';
 import type { ConvergencePolicy, Decision, PolicyDecision, PolicyRequirements } from './types.js';
@@ -117,6 +130,8 @@ export interface AdaptiveTuning {
   readonly autoConvergeMinShrink: number;
   /** A dirty-rate estimate this many times higher (or lower) than at the last action is new information: decide again without waiting. */
   readonly estimateChangeFactor: number;
+  /** The cost model the steps are chosen by (cost.ts; defaults fitted to the lab's measurements). */
+  readonly costs: CostModel;
 }
 
 export const DEFAULT_ADAPTIVE_TUNING: AdaptiveTuning = Object.freeze({
@@ -128,6 +143,7 @@ export const DEFAULT_ADAPTIVE_TUNING: AdaptiveTuning = Object.freeze({
   autoConvergeGracePasses: 4,
   autoConvergeMinShrink: 0.2,
   estimateChangeFactor: 2,
+  costs: DEFAULT_COST_MODEL,
 });
 
 export interface AdaptiveConfig {
@@ -171,10 +187,29 @@ export interface AdaptiveState {
   readonly lastActionPasses: number;
   /** The source's dirty-rate estimate (bytes/s) at the last action; optional in stored states. */
   readonly estimateAtAction?: number;
+  /** The limit in force was raised by someone else (a user): while pre-copy converges at it, that choice stands. */
+  readonly userLimit?: boolean;
+  /** The figures of the last cost comparison (for tests and the timeline; not read back). */
+  readonly assessment?: AdaptiveAssessment;
   readonly window: readonly AdaptiveReading[];
   /** [pass, first seen at ms, remaining bytes then] of the last few passes (older states: no third element). */
   readonly passMarks: readonly (readonly [number, number, number?])[];
   readonly timeouts: TimeoutState;
+}
+
+/** What the last cost comparison saw: enough to recompute the step costs (cost.ts). */
+export interface AdaptiveAssessment {
+  readonly elapsedMs: number;
+  readonly backlogMs: number;
+  readonly ratio: number;
+  readonly limitMs: number;
+  /** Switch-over need the raise was sized on (early: at least the backlog). */
+  readonly needMs: number;
+  /** Rates still from pass < 3: the raise is costed as if the backlog did not shrink. */
+  readonly early: boolean;
+  readonly convergesSoon: boolean;
+  /** The raise it would take (ms). */
+  readonly target: number;
 }
 
 /** The policy's reading of the window, exposed for tests and the run timeline. */
@@ -264,7 +299,9 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
 
     const passMarks = this.markPass(state.passMarks, sample);
     const window = this.observe(state.window, passMarks, sample);
-    const base: AdaptiveState = { ...state, timeouts, passMarks, window, downtimeMs: Math.max(state.downtimeMs, sample.downtimeLimitMs) };
+    // A limit above any the policy set or knew was raised by someone else (a user's AdjustRun).
+    const userLimit = state.userLimit === true || sample.downtimeLimitMs > state.downtimeMs;
+    const base: AdaptiveState = { ...state, timeouts, passMarks, window, downtimeMs: Math.max(state.downtimeMs, sample.downtimeLimitMs), ...(userLimit ? { userLimit } : {}) };
 
     const passes = completedPasses(sample);
     const settled = state.lastActionPasses < 0 || passes - state.lastActionPasses >= this.tuning.settlePasses || this.estimateChanged(state.estimateAtAction, sample.estimatedDirtyBytesPerSec);
@@ -287,12 +324,15 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs).convergesSoon) return { actions: [], state: base };
     let st = base;
     if (st.autoConverge && st.autoConvergeAt === null) st = { ...st, autoConvergeAt: { passes, backlogMs: p.backlogMs } };
-    if (p.convergesSoon) return { actions: [], state: st };
     // Rates measured over the first pass are biased low (see module comment): a verdict of "not
     // converging" from them stands (the truth is worse), but the switch-over need they give is too
     // small, so size it as if the backlog were not shrinking (r = 1) until a later pass says more.
     const early = window.some((r) => r.pass < 3) && p.ratio < 1;
-    const decision = this.escalate(st, early ? { ...p, needMs: Math.max(p.needMs, p.backlogMs) } : p, sample, nowMs);
+    const sized = early ? { ...p, needMs: Math.max(p.needMs, p.backlogMs) } : p;
+    const t = this.tuning;
+    const target = Math.ceil((sized.needMs * t.downtimeMargin) / t.downtimeQuantumMs) * t.downtimeQuantumMs;
+    st = { ...st, assessment: { elapsedMs: nowMs, backlogMs: p.backlogMs, ratio: p.ratio, limitMs: p.limitMs, needMs: sized.needMs, early, convergesSoon: p.convergesSoon, target } };
+    const decision = this.escalate(st, sized, early, target, sample, nowMs);
     if (!decision) return { actions: [], state: st };
     const next: AdaptiveState = { ...st, lastActionPasses: passes, estimateAtAction: sample.estimatedDirtyBytesPerSec ?? 0, window: [] };
     switch (decision.kind) {
@@ -330,46 +370,78 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     ];
   }
 
-  /** The cheapest sufficient step for a migration predicted not to converge soon, if any. */
-  private escalate(st: AdaptiveState, p: AdaptivePrediction, sample: ProgressSample, nowMs: number): PolicyDecision | undefined {
+  /**
+   * The predicted costs of the three live steps (cost.ts), each undefined where it is not an
+   * option: nothing while pre-copy converges within K passes at the limit in force; a raise to
+   * `target` while that is within max_downtime_ms and above the limit; post-copy while allowed.
+   */
+  costs(p: AdaptivePrediction, early: boolean, target: number, postcopy: boolean): { nothing?: StepCost; raise?: StepCost; postcopy?: StepCost } {
+    const m = this.tuning.costs;
+    const out: { nothing?: StepCost; raise?: StepCost; postcopy?: StepCost } = {};
+    if (p.convergesSoon) out.nothing = precopyCost(m, p.backlogMs, p.ratio, p.limitMs);
+    if (target <= this.config.maxDowntimeMs && target > p.limitMs) {
+      // Sized on the need (early: as if the backlog did not shrink): one more boundary, then a stop of the need.
+      const r = early ? Math.max(1, p.ratio) : p.ratio;
+      const raise = precopyCost(m, p.backlogMs, r, target, this.tuning.convergeWithinPasses + 1, p.ratio);
+      if (Number.isFinite(raise.harmMs)) out.raise = raise;
+    }
+    if (postcopy) out.postcopy = postcopyCost(m, p.backlogMs);
+    return out;
+  }
+
+  /** The cheapest step by predicted guest harm (cost.ts), or the fallbacks without post-copy; undefined = nothing now. */
+  private escalate(st: AdaptiveState, p: AdaptivePrediction, early: boolean, target: number, sample: ProgressSample, nowMs: number): PolicyDecision | undefined {
     const t = this.tuning;
     const max = this.config.maxDowntimeMs;
     const estimated = p.estimateUsed > 0 ? ' (the pre-migration estimate; QEMU\'s rate over the long first pass reads lower)' : '';
     const figures = `backlog ≈${formatDuration(p.backlogMs)} of transfer, dirty ${formatRate(p.dirtyBytesPerSec)}${estimated} = ${p.ratio.toFixed(2)}× the ${formatRate(p.throughputBytesPerSec)} link`;
     const horizon = p.ratio < 1 ? ` even after ${t.convergeWithinPasses} more passes` : '';
-    const verdict = `predicted not to converge at ${p.limitMs} ms (${figures}): switch-over needs ≈${formatDuration(p.needMs)}${horizon}`;
+    const verdict = p.convergesSoon
+      ? `predicted to converge at ${p.limitMs} ms in ${p.passesToConverge} more passes (${figures})`
+      : `predicted not to converge at ${p.limitMs} ms (${figures}): switch-over needs ≈${formatDuration(p.needMs)}${horizon}`;
+
+    const passes = completedPasses(sample);
+    const allowed = this.config.postcopyUnavailable === undefined;
+    // A throttle the user turned on gets its grace passes before post-copy.
+    const acAt = st.autoConverge ? st.autoConvergeAt : null;
+    const inGrace = acAt !== null && (passes - acAt.passes < t.autoConvergeGracePasses || p.backlogMs <= (1 - t.autoConvergeMinShrink) * acAt.backlogMs);
+    const c = this.costs(p, early, target, allowed && !inGrace);
+    const options = [c.nothing, c.raise, c.postcopy];
+    const pick = cheapest(t.costs, options.filter((x): x is StepCost => x !== undefined));
+    const chosen = pick < 0 ? undefined : options.filter((x): x is StepCost => x !== undefined)[pick];
+    const lost = (x: StepCost | undefined): string => (x ? `≈${formatDuration(x.harmMs)}` : '—');
+    const costs = `predicted guest time lost: nothing ${lost(c.nothing)}, raise to ${target} ms ${lost(c.raise)}, post-copy ${lost(c.postcopy)}`;
+
+    if ((chosen !== undefined && chosen === c.nothing) || (c.nothing && st.userLimit === true)) return undefined;
 
     // 1. A bounded downtime raise, straight to the predicted need.
-    const target = Math.ceil((p.needMs * t.downtimeMargin) / t.downtimeQuantumMs) * t.downtimeQuantumMs;
-    if (target <= max && target > p.limitMs) {
+    if (chosen !== undefined && chosen === c.raise) {
       return {
         kind: PolicyActionKind.POLICY_ACTION_KIND_SET_DOWNTIME,
         value: target,
         elapsedMs: nowMs,
-        reason: `${verdict}; raising the downtime limit to ${target} ms (need +${pct(t.downtimeMargin - 1)}, within max ${max} ms): one pause of at most ${target} ms is the cheapest step`,
+        reason: `${verdict}; raising the downtime limit to ${target} ms (need +${pct(t.downtimeMargin - 1)}, within max ${max} ms): one pause of at most ${target} ms is the cheapest step (${costs})`,
       };
     }
 
-    const postcopy = this.config.postcopyUnavailable === undefined;
-    const passes = completedPasses(sample);
-    const overMax = `${verdict} > max ${max} ms`;
+    const overMax = `${verdict}${p.convergesSoon || target <= max ? '' : ` > max ${max} ms`}`;
 
-    // 2. Post-copy at once: no bounded pause suffices, and more passes only prolong dirty
-    // tracking. A throttle the user turned on gets its grace passes first.
-    if (postcopy) {
-      const acAt = st.autoConverge ? st.autoConvergeAt : null;
-      if (acAt && (passes - acAt.passes < t.autoConvergeGracePasses || p.backlogMs <= (1 - t.autoConvergeMinShrink) * acAt.backlogMs)) return undefined;
+    // 2. Post-copy at once: cheaper than more passes, or no bounded pause suffices.
+    if (chosen !== undefined && chosen === c.postcopy) {
       const why = acAt
         ? `auto-converge has not shrunk the backlog in ${passes - acAt.passes} passes (≈${formatDuration(acAt.backlogMs)} → ≈${formatDuration(p.backlogMs)})`
-        : 'no bounded pause suffices, and more passes only prolong dirty tracking';
+        : c.nothing || c.raise
+          ? 'post-copy is predicted to cost the guest least'
+          : 'no bounded pause suffices, and more passes only prolong dirty tracking';
       const backlogBytes = (p.backlogMs / 1000) * p.throughputBytesPerSec;
       return {
         kind: PolicyActionKind.POLICY_ACTION_KIND_START_POSTCOPY,
         value: 0,
         elapsedMs: nowMs,
-        reason: `${overMax}; ${why}; switching to post-copy${this.requirements.postcopyPreempt ? ' with preempt' : ''} now: ≈${formatDuration(p.backlogMs)} of page faults for the ≈${formatBytes(backlogBytes)} still dirty`,
+        reason: `${overMax}; ${why} (${costs}); switching to post-copy${this.requirements.postcopyPreempt ? ' with preempt' : ''} now: ≈${formatDuration(p.backlogMs)} of page faults for the ≈${formatBytes(backlogBytes)} still dirty`,
       };
     }
+    if (allowed) return undefined;
 
     // 3. Without post-copy: auto-converge, the only live option left.
     if (!st.autoConverge) {

@@ -82,6 +82,15 @@ describe('computeBlackout', () => {
   });
 });
 
+/** Polls `cond` every 5 ms until it holds; fails after `timeoutMs` (generous: the suite runs under load). */
+async function until(cond: () => boolean, what: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 describe('Prober on loopback', () => {
   let server: Socket | undefined;
   let prober: Prober | undefined;
@@ -93,26 +102,76 @@ describe('Prober on loopback', () => {
   });
 
   it('measures a 300 ms silence of a real UDP echo as the blackout, with the probes lost in it', async () => {
+    // Every bound here follows from what the echo saw and when, not from how fast this machine is
+    // (the suite runs at load 10-15 on 2 cores, where a fixed 300 ms sleep can last 700 ms and
+    // either process can stall): the silence lasts until the prober's own clock is 300 ms past
+    // the last answer it got, and until 20 probes were dropped; the prober is stopped once every
+    // dropped probe is older than its timeout, so each one is lost, none in flight.
+    const SILENCE_MS = 300;
+    const TIMEOUT_MS = 1000;
+    // performance.timeOrigin + performance.now() of two processes on one host agree to well under a millisecond.
+    const CLOCK_SLACK_MS = 5;
+    const now = (): number => performance.timeOrigin + performance.now();
+    const sentAt = new Map<number, number>(); // seq -> when the echo answered it
+    const dropped: number[] = [];
+    let lastAnswered = -1;
     let silent = false;
     const s = createSocket('udp4');
     server = s;
     s.on('message', (msg, from) => {
-      if (!silent) s.send(msg, from.port, from.address);
+      const seq = Number(/^migd-probe (\d+) /.exec(msg.toString('latin1'))?.[1]);
+      if (silent) {
+        dropped.push(seq);
+        return;
+      }
+      sentAt.set(seq, now());
+      lastAnswered = seq;
+      s.send(msg, from.port, from.address);
     });
     const port = await new Promise<number>((resolve) => s.bind(0, '127.0.0.1', () => resolve(s.address().port)));
-    prober = await Prober.start({ target: '127.0.0.1', port, intervalMs: 10, timeoutMs: 200 });
-    await prober.waitForAnswers(20, 5000);
+    const p = await Prober.start({ target: '127.0.0.1', port, intervalMs: 10, timeoutMs: TIMEOUT_MS });
+    prober = p;
+    const answerTo = (seq: number): ProbeAnswer | undefined => p.answerLog.find((a) => a.seq === seq);
+    await p.waitForAnswers(20, 30_000);
+
     silent = true;
-    await new Promise((r) => setTimeout(r, 300));
+    const a = lastAnswered; // the last answer before the silence
+    await until(() => answerTo(a) !== undefined, `the answer to probe ${a}`);
+    const rA = (answerTo(a) as ProbeAnswer).receivedMs;
+    await until(() => now() >= rA + SILENCE_MS && dropped.length >= 20, 'the silence');
     silent = false;
-    const before = prober.answerLog.length;
-    await prober.waitForAnswers(before + 20, 5000);
-    const r = await prober.stop();
-    expect(r.blackoutMs).toBeGreaterThanOrEqual(280);
-    expect(r.blackoutMs).toBeLessThan(600); // loaded machine: timers slip, but not by seconds
-    expect(r.lost).toBeGreaterThanOrEqual(15);
-    expect(r.lost).toBeLessThanOrEqual(45);
-    expect(r.outages.length).toBeGreaterThanOrEqual(1);
+    const resumedMs = now();
+    const before = p.answerLog.length;
+    await p.waitForAnswers(before + 20, 30_000);
+    const b = p.answerLog[before] as ProbeAnswer; // the first answer after the silence
+    const seenB = now();
+    await until(() => now() > resumedMs + TIMEOUT_MS + CLOCK_SLACK_MS, 'the dropped probes to time out');
+    const r = await p.stop();
+
+    // The prober's timestamps are on the host clock the rest of migd uses: an answer arrives after
+    // the echo sent it, and before this process read it from the prober.
+    expect(rA).toBeGreaterThanOrEqual((sentAt.get(a) as number) - CLOCK_SLACK_MS);
+    // Loopback keeps order: the echo dropped every probe after `a` up to the one `b` answers.
+    expect(dropped[0]).toBe(a + 1);
+    expect(b.seq).toBe((dropped.at(-1) as number) + 1);
+    expect(b.receivedMs).toBeGreaterThanOrEqual((sentAt.get(b.seq) as number) - CLOCK_SLACK_MS);
+    expect(b.receivedMs).toBeLessThanOrEqual(seenB + CLOCK_SLACK_MS);
+    // The blackout is at least the silence: no answer came between rA and b.
+    expect(b.receivedMs - rA).toBeGreaterThanOrEqual(SILENCE_MS - CLOCK_SLACK_MS);
+    expect(r.blackoutMs).toBeGreaterThanOrEqual(b.receivedMs - rA);
+    // ... and a gap the prober really saw: two answers with none between them but late ones.
+    const from = r.blackoutFromMs as number;
+    const to = r.blackoutToMs as number;
+    expect(to - from).toBe(r.blackoutMs);
+    expect(p.answerLog.map((x) => x.receivedMs)).toEqual(expect.arrayContaining([from, to]));
+    expect(p.answerLog.filter((x) => x.receivedMs > from && x.receivedMs < to).length).toBeLessThanOrEqual(r.late);
+    // Every dropped probe is lost, in one outage; any other lost probe was answered late.
+    const lostSeqs = r.outages.flatMap((o) => Array.from({ length: o.toSeq - o.fromSeq + 1 }, (_, i) => o.fromSeq + i));
+    expect(dropped).toEqual(Array.from({ length: dropped.length }, (_, i) => a + 1 + i));
+    expect(lostSeqs).toEqual(expect.arrayContaining(dropped));
+    expect(r.outages.filter((o) => o.fromSeq <= (dropped[0] as number) && o.toSeq >= (dropped.at(-1) as number))).toHaveLength(1);
+    expect(r.lost).toBe(lostSeqs.length);
+    expect(r.lost - dropped.length).toBeLessThanOrEqual(r.late);
     expect(r.answered + r.lost + r.inFlight).toBe(r.sent);
   });
 

@@ -40,8 +40,12 @@ function resources(): Record<string, number> {
   return out;
 }
 
-/** The resources held beyond `baseline`, once they settle (a closed socket goes on the next turns). */
-async function extra(baseline: Record<string, number>, ms = 5000): Promise<Record<string, number>> {
+/**
+ * The resources held beyond `baseline`, once they settle (a closed socket goes on the next turns;
+ * an abandoned connect or file read finishes on its own). Returns as soon as nothing is extra; the
+ * deadline is generous because the suite runs at load 10-15 on 2 cores.
+ */
+async function extra(baseline: Record<string, number>, ms = 30_000): Promise<Record<string, number>> {
   const end = Date.now() + ms;
   for (;;) {
     const more = Object.fromEntries(Object.entries(resources()).filter(([k, n]) => n > (baseline[k] ?? 0)));

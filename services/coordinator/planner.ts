@@ -87,7 +87,9 @@ export class Planner {
    * counted there, and they cannot be migrated yet.
    */
   async model(): Promise<ClusterModel> {
-    const [vms, active] = await Promise.all([this.o.registry.vms(), this.o.store.plans.listActiveMoves()]);
+    const vms = await this.o.registry.vms();
+    // The run manager holds every unfinished run (queued or running): no read of them all per plan.
+    const active = this.o.runs.activeMoves();
     // The registry's live view (host, up/down) is all placement reads of a node.
     const nodes = this.o.registry.liveNodes();
     const plannedMoves = active.map((r) => ({ vmName: r.vmName, from: r.sourceNodeId, to: r.destinationNodeId, memoryBytes: r.memoryMib * MiB }));
@@ -300,7 +302,7 @@ export class Planner {
       if (this.creating.has(name)) throw new FailedPreconditionError(`VM "${name}" is being created`, { reason: 'VM_BEING_CREATED' });
       const vm = (await this.o.registry.vms(undefined, { includeStopped: true })).find((v) => v.spec?.name === name && v.state !== VmState.VM_STATE_INCOMING);
       if (!vm) throw new NotFoundError(`VM "${name}" not found`, { reason: 'UNKNOWN_VM' });
-      const run = (await this.o.store.plans.listActiveMoves()).find((r) => r.vmName === name);
+      const run = this.o.runs.activeMoves().find((r) => r.vmName === name);
       if (run) throw new FailedPreconditionError(`VM "${name}" takes part in run ${run.runId} (queued or running); cancel it or wait for it to end`, { reason: 'VM_MIGRATING' });
       if (!this.o.registry.isUp(vm.nodeId)) throw new FailedPreconditionError(`node "${vm.nodeId}" of VM "${name}" is down`, { reason: 'NODE_DOWN' });
       return vm.nodeId;

@@ -17,6 +17,7 @@ import { RunSupervisor, type RunStore } from './supervisor.js';
 import { errorInfo } from '../../shared/policy/error-info.js';
 import { QEMU_MAX_DOWNTIME_MS, isValidDowntimeLimit } from '../../shared/policy/limits.js';
 import type { ConvergencePolicy } from '../domain/policy/types.js';
+import type { ActiveMove } from '../store/types.js';
 
 export interface RunManagerOptions {
   /** Plans and runs; what its supervisors need besides (samples, timelines). */
@@ -42,6 +43,15 @@ export interface RunManagerOptions {
 export class RunManager {
   readonly queue: MigrationQueue<QueueItem>;
   private readonly supervisors = new Map<string, RunSupervisor>();
+  /**
+   * The runs whose end is not recorded yet (queued, dispatched, running), by id, as they were
+   * when queued or recovered: what the store's unfinished runs are, kept here so that SubmitPlan's
+   * cluster model and dispatch need not read them back (issue 15 §4: SubmitPlan read every active
+   * run from the store, O(runs) per plan; dispatch read each run with its transitions and actions).
+   * A queued run's stored row changes only when it ends (its supervisor, which exists from dispatch
+   * on, makes every other change), so the copy taken here is what dispatch would read.
+   */
+  private readonly active = new Map<string, Run>();
   /** Policies the planner resolved for queued runs, until their supervisors take them. */
   private readonly resolved = new Map<string, ConvergencePolicy>();
   private readonly running = new Set<Promise<unknown>>();
@@ -75,6 +85,7 @@ export class RunManager {
   enqueue(runs: readonly { run: Run; order: number; policy?: ConvergencePolicy }[]): void {
     for (const { run, order, policy } of runs) {
       if (policy) this.resolved.set(run.id, policy);
+      this.active.set(run.id, run);
       this.queue.enqueue({ id: run.id, source: run.sourceNodeId, destination: run.destinationNodeId, priority: run.priority, order });
     }
     this.dispatch();
@@ -93,6 +104,7 @@ export class RunManager {
     }
     let resumed = 0;
     for (const run of active) {
+      this.active.set(run.id, run);
       const item = { id: run.id, source: run.sourceNodeId, destination: run.destinationNodeId, priority: run.priority, order: orders.get(run.id) ?? 0 };
       if (run.state === MigrationState.MIGRATION_STATE_QUEUED) {
         this.queue.enqueue(item);
@@ -166,7 +178,8 @@ export class RunManager {
       } catch {
         continue; // cancelled meanwhile
       }
-      const p = this.o.store.plans.getRun(item.id).then(
+      const queued = this.active.get(item.id);
+      const p = (queued ? Promise.resolve(queued) : this.o.store.plans.getRun(item.id)).then(
         (run) => this.supervise(run, 'start'),
         (err: unknown) => {
           this.o.log.error('dispatched run vanished from the store', { runId: item.id, err });
@@ -196,6 +209,7 @@ export class RunManager {
     this.o.log.warn('queued run failed: node down', { runId, nodes: down, waitedMs });
     try {
       const ended = await this.o.store.plans.finishRun(runId, { state: MigrationState.MIGRATION_STATE_FAILED, reason: message, error: errorInfo('UNAVAILABLE', 'NODE_DOWN', message) });
+      this.active.delete(runId);
       if (ended.planId) await this.updatePlan(ended.planId);
     } catch (err) {
       this.o.log.error('failing a queued run failed', { runId, err });
@@ -280,6 +294,7 @@ export class RunManager {
   }
 
   private release(runId: string): void {
+    this.active.delete(runId);
     if (this.unslotted.delete(runId)) return;
     if (this.queue.status(runId) === 'running') this.queue.finished(runId);
     else if (this.queue.status(runId) === 'queued') this.queue.cancel(runId);
@@ -349,6 +364,7 @@ export class RunManager {
       this.resolved.delete(run.id);
       await this.o.store.plans.recordAction(run.id, { time: new Date(this.now()), elapsedMs: 0, kind: PolicyActionKind.POLICY_ACTION_KIND_ABORT, value: 0, reason: why, actor });
       const ended = await this.o.store.plans.finishRun(run.id, { state: MigrationState.MIGRATION_STATE_CANCELLED, reason: `cancelled while queued: ${why}` });
+      this.active.delete(run.id);
       if (ended.planId) await this.updatePlan(ended.planId);
       this.dispatch();
       return ended;
@@ -382,6 +398,16 @@ export class RunManager {
     };
     await this.supervisorOf(run, 'adjust').adjust(change, actor, req.reason || 'adjusted', signal);
     return this.o.store.plans.getRun(run.id);
+  }
+
+  /**
+   * Where the runs whose end is not recorded yet move their VMs: what the store's listActiveMoves
+   * returns (in the order the runs were queued or recovered, not by priority), without reading it.
+   */
+  activeMoves(): ActiveMove[] {
+    const out: ActiveMove[] = [];
+    for (const r of this.active.values()) out.push({ runId: r.id, vmName: r.vmName, sourceNodeId: r.sourceNodeId, destinationNodeId: r.destinationNodeId, memoryMib: r.memoryMib });
+    return out;
   }
 
   /** Queued and running counts (metrics). */

@@ -6,7 +6,7 @@
  * The little that differs between databases sits behind {@link StoreDialect}; the repositories'
  * queries are plain Kysely, written to run on SQLite and Postgres alike.
  */
-import { sql, type Compilable, type CompiledQuery, type Kysely, type QueryResult } from 'kysely';
+import { CompiledQuery, type Compilable, type Kysely, type QueryResult } from 'kysely';
 import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
 import { buildEvent, encodeEvent } from '../../shared/events/codec.js';
 import { createIdFactory } from '../../shared/events/ids.js';
@@ -49,6 +49,19 @@ interface PendingWrite {
   readonly resolve: (v: unknown) => void;
   readonly reject: (err: unknown) => void;
 }
+
+/**
+ * Transaction control statements, compiled once: a raw sql template is built and compiled again
+ * each time it runs, and every write of a group takes two of them for its savepoint (issue 15 §4).
+ */
+export const TX = {
+  begin: CompiledQuery.raw('begin'),
+  commit: CompiledQuery.raw('commit'),
+  rollback: CompiledQuery.raw('rollback'),
+  savepoint: CompiledQuery.raw('savepoint migd_write'),
+  release: CompiledQuery.raw('release savepoint migd_write'),
+  rollbackToSavepoint: CompiledQuery.raw('rollback to savepoint migd_write'),
+} as const;
 
 /** Marks parameter `i` while a reusable query is compiled (see StoreDatabase.reuse). */
 const param = (i: number): string => `\u0000migd-param-${i}\u0000`;
@@ -135,23 +148,23 @@ export class StoreDatabase {
           } else {
             for (const w of group) {
               const before = tx.enqueued;
-              await sql`savepoint migd_write`.execute(conn);
+              await conn.executeQuery(TX.savepoint);
               try {
                 const value = await w.fn(conn, tx);
-                await sql`release savepoint migd_write`.execute(conn);
+                await conn.executeQuery(TX.release);
                 outcomes.push({ ok: true, value });
               } catch (err) {
                 outcomes.push({ ok: false, err });
                 tx.enqueued = before;
-                await sql`rollback to savepoint migd_write`.execute(conn);
-                await sql`release savepoint migd_write`.execute(conn);
+                await conn.executeQuery(TX.rollbackToSavepoint);
+                await conn.executeQuery(TX.release);
               }
             }
           }
-          await sql`commit`.execute(conn);
+          await conn.executeQuery(TX.commit);
         } catch (err) {
           try {
-            await sql`rollback`.execute(conn);
+            await conn.executeQuery(TX.rollback);
           } catch {
             // The database already rolled back (e.g. SQLite after SQLITE_FULL); nothing to undo.
           }
@@ -183,7 +196,7 @@ export class StoreDatabase {
       try {
         return await fn(conn);
       } finally {
-        await sql`commit`.execute(conn);
+        await conn.executeQuery(TX.commit);
       }
     });
   }

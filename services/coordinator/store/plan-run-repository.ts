@@ -2,6 +2,7 @@
  * Plans, their runs, state transitions and policy actions. Every change writes its rows and its
  * events (RunStateChanged, RunAction, RunCompleted, PlanStateChanged) in one transaction.
  */
+import { sql } from 'kysely';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
 import {
   ErrorInfo,
@@ -65,7 +66,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         if (this.d.dialect.isConstraintViolation(err, 'primary-key')) throw new AlreadyExistsError(`plan ${id} already exists`, { cause: err });
         throw err;
       }
-      for (const r of input.runs ?? []) await this.insertRun(trx, tx, { ...r, planId: id }, now);
+      for (const r of input.runs ?? []) await this.insertRun(trx, tx, { ...r, planId: id }, now, true);
       const runs = input.runs?.length ?? 0;
       await this.d.enqueue(
         trx,
@@ -115,18 +116,27 @@ export class SqlPlanRunRepository implements PlanRunRepository {
   }
 
   async planProgress(planId: string): Promise<PlanProgress> {
+    // Asked at every run's end: both queries are compiled once.
     return this.d.read(async (conn) => {
-      const plan = await conn.selectFrom('plans').select('state').where('id', '=', planId).executeTakeFirst();
+      const plan = (await this.d.reuse(conn, 'plans.stateOf', (db, p) => db.selectFrom('plans').select('state').where('id', '=', p(0)), [planId])).rows[0];
       if (plan === undefined) throw new NotFoundError(`plan ${planId} not found`);
-      const c = await conn
-        .selectFrom('runs')
-        .select((eb) => [
-          eb.fn.countAll<number>().as('total'),
-          eb.fn.count<number>('finished_at').as('finished'),
-          eb.fn.sum<number>(eb.case().when('state', '=', MigrationState.MIGRATION_STATE_SUCCEEDED).then(1).else(0).end()).as('succeeded'),
-        ])
-        .where('plan_id', '=', planId)
-        .executeTakeFirstOrThrow();
+      const c = (
+        await this.d.reuse(
+          conn,
+          'runs.progressOfPlan',
+          (db, p) =>
+            db
+              .selectFrom('runs')
+              .select((eb) => [
+                eb.fn.countAll<number>().as('total'),
+                eb.fn.count<number>('finished_at').as('finished'),
+                // Literals, not parameters: Postgres cannot type a CASE of untyped parameters (sum(text)).
+                eb.fn.sum<number>(eb.case().when('state', '=', sql.lit(MigrationState.MIGRATION_STATE_SUCCEEDED)).then(sql.lit(1)).else(sql.lit(0)).end()).as('succeeded'),
+              ])
+              .where('plan_id', '=', p(0)),
+          [planId],
+        )
+      ).rows[0]!;
       return { state: plan.state, runs: Number(c.total), finished: Number(c.finished), succeeded: Number(c.succeeded ?? 0) };
     });
   }
@@ -138,45 +148,63 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     return this.getRun(id);
   }
 
-  private async insertRun(trx: Db, tx: TxState, input: CreateRunInput, now: number): Promise<string> {
+  /**
+   * Inserts a run, its first transition and its RunStateChanged event (sequence 1). The queries are
+   * compiled once (a drain plan inserts one run per VM). `planKnown`: the plan was inserted in this
+   * transaction (createPlan), so it is not looked up again.
+   */
+  private async insertRun(trx: Db, tx: TxState, input: CreateRunInput, now: number, planKnown = false): Promise<string> {
     const id = input.id ?? this.d.newId();
     const planId = input.planId === undefined || input.planId === '' ? null : input.planId;
-    if (planId !== null) {
+    if (planId !== null && !planKnown) {
       const plan = await trx.selectFrom('plans').select('id').where('id', '=', planId).executeTakeFirst();
       if (plan === undefined) throw new NotFoundError(`plan ${planId} not found`);
     }
     const createdAt = ms(input.createdAt, now);
     const state = input.state ?? MigrationState.MIGRATION_STATE_QUEUED;
     const policy = MigrationPolicy.fromPartial(input.policy);
+    // The run's first event takes sequence 1 here (last_sequence is written with the row rather than
+    // counted up by a second statement).
+    const row = {
+      id,
+      plan_id: planId,
+      vm_name: input.vmName,
+      source_node_id: input.sourceNodeId,
+      destination_node_id: input.destinationNodeId,
+      policy_json: policyToJson(policy),
+      policy_kind: normalizePolicyKind(policy.kind),
+      policy_label: input.policyLabel ?? '',
+      state,
+      priority: input.priority ?? 0,
+      memory_mib: input.memoryMib ?? 0,
+      created_at: createdAt,
+      started_at: state === MigrationState.MIGRATION_STATE_QUEUED ? null : createdAt,
+      last_sequence: 1,
+    };
     try {
-      await trx
-        .insertInto('runs')
-        .values({
-          id,
-          plan_id: planId,
-          vm_name: input.vmName,
-          source_node_id: input.sourceNodeId,
-          destination_node_id: input.destinationNodeId,
-          policy_json: policyToJson(policy),
-          policy_kind: normalizePolicyKind(policy.kind),
-          policy_label: input.policyLabel ?? '',
-          state,
-          priority: input.priority ?? 0,
-          memory_mib: input.memoryMib ?? 0,
-          created_at: createdAt,
-          started_at: state === MigrationState.MIGRATION_STATE_QUEUED ? null : createdAt,
-          finished_at: null,
-          stats_json: null,
-          total_time_ms: null,
-          downtime_ms: null,
-          transferred_bytes: null,
-          host_cpu_seconds: null,
-          integrity_errors: null,
-          error_reason: null,
-          error_message: null,
-          error_code: null,
-        })
-        .execute();
+      await this.d.reuse(
+        trx,
+        'runs.insert',
+        (db, p) =>
+          db.insertInto('runs').values({
+            id: p(0),
+            plan_id: p(1),
+            vm_name: p(2),
+            source_node_id: p(3),
+            destination_node_id: p(4),
+            policy_json: p(5),
+            policy_kind: p(6),
+            policy_label: p(7),
+            state: p(8),
+            priority: p(9),
+            memory_mib: p(10),
+            created_at: p(11),
+            started_at: p(12),
+            last_sequence: p(13),
+            // finished_at, stats and error columns: NULL by default (a literal would be a parameter).
+          }),
+        [row.id, row.plan_id, row.vm_name, row.source_node_id, row.destination_node_id, row.policy_json, row.policy_kind, row.policy_label, row.state, row.priority, row.memory_mib, row.created_at, row.started_at, row.last_sequence],
+      );
     } catch (err) {
       if (this.d.dialect.isConstraintViolation(err, 'primary-key')) throw new AlreadyExistsError(`run ${id} already exists`, { cause: err });
       throw err;
@@ -188,13 +216,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       reason: input.reason ?? 'created',
     };
     await this.insertTransition(trx, id, createdAt, change.from, change.to, change.reason);
-    await this.d.enqueueRunEvent(
-      trx,
-      tx,
-      id,
-      { $case: 'runState', value: { runId: id, planId: planId ?? '', vmName: input.vmName, change } },
-      change.time!,
-    );
+    await this.d.enqueue(trx, tx, { $case: 'runState', value: { runId: id, planId: planId ?? '', vmName: input.vmName, change } }, change.time!, { runId: id, sequence: 1 });
     return id;
   }
 
@@ -210,11 +232,19 @@ export class SqlPlanRunRepository implements PlanRunRepository {
 
   async getRun(runId: string): Promise<Run> {
     return this.d.read(async (conn) => {
-      const row = await conn.selectFrom('runs').selectAll().where('id', '=', runId).executeTakeFirst();
-      if (row === undefined) throw new NotFoundError(`run ${runId} not found`);
-      const [run] = await loadRuns(conn, [row]);
-      return run!;
+      const run = await this.loadRun(conn, runId);
+      if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
+      return run;
     });
+  }
+
+  /** One run with its transitions and actions: three queries compiled once (read at every run's end). */
+  private async loadRun(conn: Db, runId: string): Promise<Run | undefined> {
+    const row = (await this.d.reuse(conn, 'runs.byId', (db, p) => db.selectFrom('runs').selectAll().where('id', '=', p(0)), [runId])).rows[0];
+    if (row === undefined) return undefined;
+    const transitions = await this.d.reuse(conn, 'runTransitions.ofRun', (db, p) => db.selectFrom('run_transitions').selectAll().where('run_id', '=', p(0)).orderBy('id'), [runId]);
+    const actions = await this.d.reuse(conn, 'policyActions.ofRun', (db, p) => db.selectFrom('policy_actions').selectAll().where('run_id', '=', p(0)).orderBy('id'), [runId]);
+    return runToProto(row, transitions.rows.map(transitionToProto), actions.rows.map(actionToProto));
   }
 
   async transitionRun(runId: string, input: TransitionRunInput): Promise<StateChange> {
@@ -284,35 +314,51 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     const at = ms(input.at, now);
     const stats = input.stats === undefined ? undefined : MigrationStats.fromPartial(input.stats);
     const error = input.error === undefined ? undefined : ErrorInfo.fromPartial(input.error);
-    const finished = await this.d.write(async (trx, tx) => {
-      const run = await trx
-        .selectFrom('runs')
-        .select(['state', 'finished_at', 'plan_id', 'vm_name', 'policy_kind', 'started_at'])
-        .where('id', '=', runId)
-        .executeTakeFirst();
+    const { finished, ended } = await this.d.write(async (trx, tx) => {
+      const run = (
+        await this.d.reuse(trx, 'runs.endOf', (db, p) => db.selectFrom('runs').select(['state', 'finished_at', 'plan_id', 'vm_name', 'policy_kind', 'started_at']).where('id', '=', p(0)), [runId])
+      ).rows[0];
       if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
       if (run.finished_at !== null) {
         throw new FailedPreconditionError(`run ${runId} has already finished (${migrationStateToJSON(run.state)})`, { reason: 'RUN_FINISHED' });
       }
       const change: StateChange = { time: new Date(at), from: run.state, to: input.state, reason: input.reason ?? '' };
       await this.insertTransition(trx, runId, at, run.state, input.state, change.reason);
-      await trx
-        .updateTable('runs')
-        .set({
-          state: input.state,
-          finished_at: at,
-          stats_json: stats === undefined ? null : JSON.stringify(MigrationStats.toJSON(stats)),
-          total_time_ms: stats?.totalTimeMs ?? null,
-          downtime_ms: stats?.downtimeMs ?? null,
-          transferred_bytes: stats?.transferredBytes ?? null,
-          host_cpu_seconds: stats === undefined ? null : stats.sourceCpuSeconds + stats.destinationCpuSeconds,
-          integrity_errors: stats?.integrityErrors ?? null,
-          error_reason: error?.reason ?? null,
-          error_message: error?.message ?? null,
-          error_code: error?.code ?? null,
-        })
-        .where('id', '=', runId)
-        .execute();
+      await this.d.reuse(
+        trx,
+        'runs.finish',
+        (db, p) =>
+          db
+            .updateTable('runs')
+            .set({
+              state: p(0),
+              finished_at: p(1),
+              stats_json: p(2),
+              total_time_ms: p(3),
+              downtime_ms: p(4),
+              transferred_bytes: p(5),
+              host_cpu_seconds: p(6),
+              integrity_errors: p(7),
+              error_reason: p(8),
+              error_message: p(9),
+              error_code: p(10),
+            })
+            .where('id', '=', p(11)),
+        [
+          input.state,
+          at,
+          stats === undefined ? null : JSON.stringify(MigrationStats.toJSON(stats)),
+          stats?.totalTimeMs ?? null,
+          stats?.downtimeMs ?? null,
+          stats?.transferredBytes ?? null,
+          stats === undefined ? null : stats.sourceCpuSeconds + stats.destinationCpuSeconds,
+          stats?.integrityErrors ?? null,
+          error?.reason ?? null,
+          error?.message ?? null,
+          error?.code ?? null,
+          runId,
+        ],
+      );
       const base = { runId, planId: run.plan_id ?? '', vmName: run.vm_name };
       await this.d.enqueueRunEvent(trx, tx, runId, { $case: 'runState', value: { ...base, change } }, change.time!);
       await this.d.enqueueRunEvent(
@@ -322,7 +368,8 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         { $case: 'runCompleted', value: { ...base, state: input.state, stats, error } },
         change.time!,
       );
-      return run;
+      // Read back in the same transaction (no read transaction of its own per run's end).
+      return { finished: run, ended: (await this.loadRun(trx, runId))! };
     });
     this.samples.forgetRun(runId);
     if (this.d.o.metrics !== undefined) {
@@ -334,7 +381,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         downtimeMs: stats?.downtimeMs ?? null,
       });
     }
-    return this.getRun(runId);
+    return ended;
   }
 
   async recordNetworkBlackout(runId: string, blackout: NetworkBlackout): Promise<Run> {

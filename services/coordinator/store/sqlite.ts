@@ -13,10 +13,10 @@
  */
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import { Kysely, SqliteDialect, sql } from 'kysely';
+import { CompiledQuery, Kysely, SqliteDialect, sql } from 'kysely';
 import { ConfigError } from '../../shared/errors.js';
 import { ensurePrivateDir, ensurePrivateFile, restrictFiles } from '../../shared/private-files.js';
-import type { StoreDialect } from './database.js';
+import { TX, type StoreDialect } from './database.js';
 import { RepositoryHistoryStore } from './history-store.js';
 import { migrateToLatest } from './migrate.js';
 import { checkMin, resolveHistoryStoreOptions, type HistoryStoreOptions, type ResolvedHistoryStoreOptions } from './options.js';
@@ -48,14 +48,17 @@ export function resolveSqliteStoreOptions(o: SqliteHistoryStoreOptions): Resolve
   return Object.freeze({ filename: o.filename, busyTimeoutMs, migrate: o.migrate ?? true, ...resolveHistoryStoreOptions(o) });
 }
 
+/** Compiled once (a write transaction starts with it, hundreds of times a second in a drain). */
+const BEGIN_IMMEDIATE = CompiledQuery.raw('begin immediate');
+
 /** What differs on SQLite. */
 export const sqliteStoreDialect: StoreDialect = {
   name: 'sqlite',
   beginWrite: async (conn) => {
-    await sql`begin immediate`.execute(conn);
+    await conn.executeQuery(BEGIN_IMMEDIATE);
   },
   beginRead: async (conn) => {
-    await sql`begin`.execute(conn);
+    await conn.executeQuery(TX.begin);
   },
   isConstraintViolation: (err, kind) =>
     (err as { code?: unknown } | null)?.code === (kind === 'primary-key' ? 'SQLITE_CONSTRAINT_PRIMARYKEY' : 'SQLITE_CONSTRAINT_UNIQUE'),

@@ -11,6 +11,7 @@ import { Planner } from '../../../services/coordinator/planner.js';
 import { NodeRegistry } from '../../../services/coordinator/registry.js';
 import { RunManager } from '../../../services/coordinator/runs/manager.js';
 import { openSqliteHistoryStore, type SqliteHistoryStore } from '../../../services/coordinator/store/sqlite.js';
+import type { ActiveMove } from '../../../services/coordinator/store/types.js';
 import { MigrationPolicy, MigrationState as S, PolicyActionKind, PolicyKind, VmSpec, VmState, type HostInfo } from '../../../services/shared/gen/migd/v1/common.js';
 import { PlanState, type Run } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import type { Event } from '../../../services/shared/gen/migd/v1/events.js';
@@ -184,6 +185,42 @@ describe('run supervisor and manager', () => {
     await until(async () => (await store.getPlan(planId)).state !== PlanState.PLAN_STATE_RUNNING, 'the plan to end');
     expect((await store.getPlan(planId)).state).toBe(PlanState.PLAN_STATE_FAILED); // one run was cancelled
     expect(nodes['a']!.methods().filter((x) => x === 'startMigration')).toHaveLength(2);
+  });
+
+  it("holds the unfinished runs' moves as the store has them (queued, running, cancelled, ended, recovered); SubmitPlan plans with them", async () => {
+    const m = manager();
+    const sorted = (xs: readonly ActiveMove[]): ActiveMove[] => [...xs].sort((x, y) => (x.runId < y.runId ? -1 : 1));
+    const same = async (mgr: RunManager, n: number): Promise<void> => {
+      expect(sorted(mgr.activeMoves())).toEqual(sorted(await store.listActiveMoves()));
+      expect(mgr.activeMoves()).toHaveLength(n);
+    };
+    await same(m, 0);
+    const { runs: rs } = await plan(['vm1', 'vm2', 'vm3']);
+    m.enqueue(rs.map((run, order) => ({ run, order })));
+    await until(() => nodes['a']!.migrations.size === 1, 'the first start');
+    await same(m, 3);
+    // A VM of a queued run cannot be planned again: the planner sees the run without reading the store's runs.
+    await registry.heartbeat(host('a'), ['vm1', 'vm2', 'vm3', 'vm4'].map((name) => ({ spec: VmSpec.fromPartial({ name, memoryMib: 192 }), nodeId: 'a', state: VmState.VM_STATE_RUNNING, pid: 1, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0, localDisks: [] })));
+    const planner = new Planner({ store, registry, runs: m, limits: m.queue.limits, log: quiet, createVmDeadlineMs: 1000 });
+    const listed = vi.spyOn(store.plans, 'listActiveMoves');
+    const migrate = (key: string, vmName: string) => planner.submit({ idempotencyKey: key, target: { $case: 'migrate', value: { vmName, destinationNodeId: 'c' } }, policy: MigrationPolicy.fromPartial({ kind: PolicyKind.POLICY_KIND_FIXED }), priority: 0, antiAffinityVmNames: [], label: '' });
+    await expect(migrate('again', 'vm2')).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
+    expect(listed).not.toHaveBeenCalled();
+    await m.cancel(rs[2]!.id, 'user:operator', 'not needed');
+    await same(m, 2);
+    nodes['a']!.migrations.get(rs[0]!.id)!.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(() => nodes['a']!.migrations.has(rs[1]!.id), 'the second start');
+    await until(() => m.activeMoves().length === 1, 'the first run to leave the active moves');
+    await same(m, 1);
+    // vm3's run was cancelled: vm3 may be planned again, and its new run is held like the others.
+    const again = await migrate('vm3-again', 'vm3');
+    await same(m, 2);
+    expect(m.activeMoves().map((a) => a.runId)).toContain(again.plan!.migrations[0]!.runId);
+    // A restarted manager holds the same runs, read back from the store.
+    await m.close();
+    const m2 = manager();
+    await m2.recover();
+    await same(m2, 2);
   });
 
   it('after a restart, re-attaches to running migrations (GetMigration first), never starting one twice', async () => {

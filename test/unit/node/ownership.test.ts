@@ -389,9 +389,12 @@ describe('a restarted daemon reconciles its records (MigrationManager)', () => {
     const base = fakeHost();
     let release!: () => void;
     const qemuStarting = new Promise<void>((r) => (release = r));
+    let started!: () => void;
+    const createStarted = new Promise<void>((r) => (started = r));
     const host: typeof base = {
       ...base,
       createIncoming: async () => {
+        started();
         await qemuStarting;
         return vmOf(q);
       },
@@ -402,7 +405,7 @@ describe('a restarted daemon reconciles its records (MigrationManager)', () => {
       () => 'listening',
       (err: { reason?: string }) => err.reason,
     );
-    await new Promise((r) => setTimeout(r, 50));
+    await createStarted; // the abort comes while the QEMU starts (a fixed 50 ms sleep was not always enough under load)
     let answered = false;
     const abort = m.abortIncoming('run-p').then(() => void (answered = true));
     await new Promise((r) => setTimeout(r, 100));

@@ -29,79 +29,78 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
   const names = (vms: readonly { spec?: { name: string } | undefined }[], mine: readonly string[]) => vms.map((v) => v.spec?.name ?? '').filter((n) => mine.includes(n));
   const dest = () => ({ nodeId: 'b', managementAddress: c.nodes['b']!.address, migrationAddress: c.tb.host('b').migrationAddress });
 
-  it('recovers a post-copy migration whose link is cut and restored, and completes', async () => {
-    vmNames = ['pc1'];
+  /**
+   * What both post-copy cases share: a 256 MiB guest on a (96 MiB rewritten, verified once), a's
+   * link at 80 Mbit/s so post-copy lasts long enough for a cut to land in it, a migration to b in
+   * post-copy after one pass with preempt, and `cut` run 500 ms into post-copy. Returns the trace,
+   * the run's state-change reasons and the guest's last sample before the migration.
+   */
+  async function postcopyWithCut(vm: string, runId: string, opts: { tls: boolean }, cut: () => Promise<void>) {
+    vmNames = [vm];
     const a = c.clients['a']!;
-    await a.createVm({ spec: guestSpec('pc1', { memoryMib: 256, workers: 1, bytesPerWorker: 96 << 20 }) });
-    const before = await waitForGuest(a, 'pc1', 2, 30_000, (s) => s.pagesVerified > 0);
-    // slow enough that post-copy takes a while, so the cut lands in the middle of it
+    await a.createVm({ spec: guestSpec(vm, { memoryMib: 256, workers: 1, bytesPerWorker: 96 << 20 }) });
+    const before = (await waitForGuest(a, vm, 2, 30_000, (s) => s.pagesVerified > 0)).at(-1)!;
     await c.tb.shape('a', { rateMbit: 80 });
-    const runId = 'run-recover-1';
-    await startMigration(c, 'a', { runId, vmName: 'pc1', destination: dest(), policy: policy({ postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
-    let cut = false;
+    await startMigration(c, 'a', { runId, vmName: vm, destination: dest(), policy: policy({ tls: opts.tls, postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
+    let cutDone = false;
+    const trace = await followMigration(a, runId, async (u) => {
+      if (!cutDone && u.update?.$case === 'stateChange' && u.update.value.to === MigrationState.MIGRATION_STATE_POSTCOPY) {
+        cutDone = true;
+        await new Promise((r) => setTimeout(r, 500));
+        await cut();
+      }
+    });
+    if (trace.result.state !== MigrationState.MIGRATION_STATE_SUCCEEDED) console.log(timeline(trace), trace.result.error ?? '');
+    expect(cutDone).toBe(true);
+    const reasons = trace.updates.flatMap((x) => (x.update?.$case === 'stateChange' ? [x.update.value.reason] : []));
+    return { trace, reasons, before };
+  }
+
+  /** The guest runs once, on b, and lost nothing: no copy left on a, b's verifier went on without an error. */
+  async function expectGuestWhole(vm: string, before: { pagesVerified: number }) {
+    expect(names((await c.clients['a']!.listVms({})).vms, [vm])).toEqual([]);
+    const after = await waitForGuest(c.clients['b']!, vm, 2, 30_000, (s) => s.pagesVerified > before.pagesVerified);
+    expect(after.at(-1)!.integrityErrors).toBe(0);
+  }
+
+  it('recovers a post-copy migration whose link is cut and restored, and completes', async () => {
     let restoredAt = 0;
     let restoreTimer: NodeJS.Timeout | undefined;
-    const trace = await followMigration(a, runId, async (u) => {
-      if (!cut && u.update?.$case === 'stateChange' && u.update.value.to === MigrationState.MIGRATION_STATE_POSTCOPY) {
-        cut = true;
-        await new Promise((r) => setTimeout(r, 500));
-        // b is cut off on both networks (a's migration link, b's management link): the source
-        // cannot resume over either until the restore, then resumes over the migration network.
-        await c.tb.cut('a');
-        await c.tb.cut('b', { network: 'management' });
-        restoreTimer = setTimeout(() => {
-          restoredAt = Date.now();
-          // afterEach restores too
-          void c.tb.restore('a').catch(() => undefined);
-          void c.tb.restore('b', { network: 'management' }).catch(() => undefined);
-        }, 8000);
-      }
+    const { trace, reasons, before } = await postcopyWithCut('pc1', 'run-recover-1', { tls: false }, async () => {
+      // b is cut off on both networks (a's migration link, b's management link): the source
+      // cannot resume over either until the restore, then resumes over the migration network.
+      await c.tb.cut('a');
+      await c.tb.cut('b', { network: 'management' });
+      restoreTimer = setTimeout(() => {
+        restoredAt = Date.now();
+        // afterEach restores too
+        void c.tb.restore('a').catch(() => undefined);
+        void c.tb.restore('b', { network: 'management' }).catch(() => undefined);
+      }, 8000);
     }).finally(() => clearTimeout(restoreTimer));
-    if (trace.result.state !== MigrationState.MIGRATION_STATE_SUCCEEDED) console.log(timeline(trace), trace.result.error);
-    expect(cut).toBe(true);
     expect(restoredAt).toBeGreaterThan(0);
     expect(trace.states).toContain(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED);
-    const reasons = trace.updates.flatMap((x) => (x.update?.$case === 'stateChange' ? [x.update.value.reason] : []));
     expect(reasons.some((r) => /^recovered after \d+ attempt\(s\), over the migration network$/.test(r))).toBe(true);
     expect(trace.result.actions.some((x) => x.kind === PolicyActionKind.POLICY_ACTION_KIND_RECOVER)).toBe(true);
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     expect(trace.result.stats!.recoveries).toBeGreaterThanOrEqual(1);
-    const after = await waitForGuest(c.clients['b']!, 'pc1', 2, 30_000, (s) => s.pagesVerified > before.at(-1)!.pagesVerified);
-    expect(after.at(-1)!.integrityErrors).toBe(0);
+    await expectGuestWhole('pc1', before);
     console.log(`post-copy recovery: total ${trace.result.stats!.totalTimeMs} ms, recoveries ${trace.result.stats!.recoveries}`);
   });
 
   it('a post-copy migration whose migration link is cut for good recovers over the management network and completes', async () => {
     // In post-copy the guest runs nowhere while its stream is down: a migration network that does
     // not come back must not strand it while the two nodes still reach each other (TLS stream).
-    vmNames = ['pc2'];
-    const a = c.clients['a']!;
-    await a.createVm({ spec: guestSpec('pc2', { memoryMib: 256, workers: 1, bytesPerWorker: 96 << 20 }) });
-    const before = await waitForGuest(a, 'pc2', 2, 30_000, (s) => s.pagesVerified > 0);
-    await c.tb.shape('a', { rateMbit: 80 });
-    const runId = 'run-recover-mgmt';
-    await startMigration(c, 'a', { runId, vmName: 'pc2', destination: dest(), policy: policy({ tls: true, postcopy: { enabled: true, afterPasses: 1, afterMs: 0, onDemandOnly: false, preempt: true } }) });
-    let cut = false;
-    const trace = await followMigration(a, runId, async (u) => {
-      if (!cut && u.update?.$case === 'stateChange' && u.update.value.to === MigrationState.MIGRATION_STATE_POSTCOPY) {
-        cut = true;
-        await new Promise((r) => setTimeout(r, 500));
-        await c.tb.cut('a'); // the migration network only, until afterEach
-      }
+    const { trace, reasons, before } = await postcopyWithCut('pc2', 'run-recover-mgmt', { tls: true }, async () => {
+      await c.tb.cut('a'); // the migration network only, until afterEach
     });
-    console.log(timeline(trace), trace.result.error ?? '');
-    expect(cut).toBe(true);
     expect(trace.states).toContain(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED);
-    const reasons = trace.updates.flatMap((x) => (x.update?.$case === 'stateChange' ? [x.update.value.reason] : []));
     // QEMU is never sent to the dead migration address: every resume goes over the management network.
     expect(reasons.filter((r) => r.includes('resuming over')).every((r) => r.endsWith('resuming over the management network'))).toBe(true);
     expect(reasons.some((r) => /^recovered after \d+ attempt\(s\), over the management network$/.test(r))).toBe(true);
     expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_SUCCEEDED);
     expect(trace.result.stats!.recoveries).toBeGreaterThanOrEqual(1);
-    // the guest runs once, on b, and lost nothing
-    expect(names((await a.listVms({})).vms, ['pc2'])).toEqual([]);
-    const after = await waitForGuest(c.clients['b']!, 'pc2', 2, 30_000, (s) => s.pagesVerified > before.at(-1)!.pagesVerified);
-    expect(after.at(-1)!.integrityErrors).toBe(0);
+    await expectGuestWhole('pc2', before);
     console.log(`post-copy recovery over the management network: total ${trace.result.stats!.totalTimeMs} ms, recoveries ${trace.result.stats!.recoveries}`);
   });
 

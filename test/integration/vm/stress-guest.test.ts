@@ -20,7 +20,7 @@ afterEach(async () => {
   await sandbox.cleanup();
 });
 
-/** Reads console chunks until `count` lines starting with `prefix` arrived; returns those lines. */
+/** Reads console chunks until `count` lines starting with `prefix` arrived; returns exactly those lines. */
 async function lines(it: AsyncIterator<Uint8Array>, prefix: string, count: number, timeoutMs: number): Promise<string[]> {
   let buf = '';
   const found: string[] = [];
@@ -33,7 +33,9 @@ async function lines(it: AsyncIterator<Uint8Array>, prefix: string, count: numbe
     if (r.done === true) throw new Error('console ended');
     buf += Buffer.from(r.value).toString('utf8');
     let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
+    // one chunk can carry several lines (the guest prints a line per 100 ms report window): take
+    // only the first `count`, the rest are not ours to count
+    while (found.length < count && (nl = buf.indexOf('\n')) >= 0) {
       const line = buf.slice(0, nl).replace(/\r$/, '');
       buf = buf.slice(nl + 1);
       if (line.startsWith(prefix)) found.push(line);

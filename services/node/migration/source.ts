@@ -86,6 +86,15 @@ export interface SourceOptions {
    */
   readonly cancelStuckMs?: number;
   /**
+   * After post-copy was asked for, QEMU's monitor not answering for this long (ms) means the
+   * switch is blocked on a dead link: QEMU's postcopy_start writes the last pre-copy data and the
+   * device-state package under its main lock, so a stream that carries nothing holds every
+   * in-band command. The stream is then shut down out of band (migrate-pause, else yank): QEMU
+   * fails the switch and resumes the guest on the source, which the destination cannot have
+   * started (it runs the guest only from the whole package). Default 10 000.
+   */
+  readonly postcopySwitchStuckMs?: number;
+  /**
    * After a run ended with its ownership unresolved (the source copy paused, the destination
    * neither took the guest over nor proved its copy gone), the source keeps asking in the
    * background for this long (ms), then resumes or removes its copy by the answer. Default
@@ -157,6 +166,10 @@ export class SourceMigration {
   private sourceCpuStart = 0;
   private destinationCpuStart: number | undefined;
   private qemuStatus = 'none';
+  /** QEMU's error-desc of a failed stream, as read when it failed. */
+  private qemuError = '';
+  /** The stream was shut down because the switch to post-copy hung (unstickPostcopySwitch). */
+  private switchUnstuck = false;
   private readonly opts: Required<Omit<SourceOptions, 'tlsCredsId' | 'tlsHostname'>> & Pick<SourceOptions, 'tlsCredsId' | 'tlsHostname'>;
   private readonly now: () => number;
   private recovering = false;
@@ -214,6 +227,7 @@ export class SourceMigration {
       peerDeadlineMs: 30_000,
       handoverTimeoutMs: 300_000,
       cancelStuckMs: 5000,
+      postcopySwitchStuckMs: 10_000,
       resolveTimeoutMs: 3_600_000,
       storageStallMs: 15_000,
       ...p.options,
@@ -570,6 +584,7 @@ export class SourceMigration {
         }
         if (status === 'failed') {
           const info = (await this.p.vm.qmp.execute('query-migrate').catch(() => ({}))) as QmpMigrationInfo;
+          this.qemuError = String(info['error-desc'] ?? '');
           log.warn('QEMU reported the migration failed', { errorDesc: info['error-desc'] ?? null, cancelRequested: this.cancelRequested });
           if (this.cancelRequested) {
             // A cancel QEMU could not finish by itself ends as failed once unstickCancel yanked
@@ -603,10 +618,14 @@ export class SourceMigration {
 
   private async pollProgress(signal: AbortSignal): Promise<void> {
     const stall = new StallDetector(this.opts.postcopyStallMs);
+    let answeredAt = this.now();
+    // At most half the switch's bound, so an unanswered monitor is seen within it.
+    const queryTimeoutMs = Math.min(5000, Math.max(500, this.opts.postcopySwitchStuckMs / 2));
     while (!signal.aborted) {
       try {
-        const info = (await this.p.vm.qmp.execute('query-migrate', undefined, { signal, timeoutMs: 5000 })) as QmpMigrationInfo;
+        const info = (await this.p.vm.qmp.execute('query-migrate', undefined, { signal, timeoutMs: queryTimeoutMs })) as QmpMigrationInfo;
         if (signal.aborted) break;
+        answeredAt = this.now();
         if (info.status === 'completed') break;
         const sample = progressSample(info, {
           now: new Date(this.now()),
@@ -636,6 +655,10 @@ export class SourceMigration {
       } catch (err) {
         if (signal.aborted) break;
         this.p.log.debug('query-migrate failed', { err });
+        const silentMs = this.now() - answeredAt;
+        if (this.postcopyStarted && !this.recovering && !this.switchUnstuck && !isTerminal(this.state) && silentMs >= this.opts.postcopySwitchStuckMs) {
+          await this.unstickPostcopySwitch(silentMs);
+        }
       }
       await sleep(this.opts.progressIntervalMs, undefined, { signal }).catch(() => undefined);
     }
@@ -773,6 +796,27 @@ export class SourceMigration {
     if (isTerminal(this.state) || this.state === MigrationState.MIGRATION_STATE_VERIFYING || this.state === MigrationState.MIGRATION_STATE_CANCELLING) {
       throw new FailedPreconditionError(`cannot ${what}: migration ${this.runId} is ${MigrationState[this.state]}`, { reason: 'NOT_RUNNING' });
     }
+  }
+
+  /**
+   * The switch to post-copy hangs: QEMU set postcopy-active, stopped the guest and, holding its
+   * main lock, writes the rest of pre-copy and the device-state package into a stream that
+   * carries nothing (link cut without a reset). No in-band command is answered, so neither the
+   * stall detector nor recovery ever sees a status, and a cancel is refused in post-copy: the
+   * guest would stay paused on both ends until TCP gives up, many minutes later. migrate-pause
+   * (out of band) shuts the stream down: QEMU fails the switch and resumes the guest on the
+   * source itself; settle() then removes the destination's copy, which never ran (QEMU there
+   * runs the guest only from the whole package). yank is the fallback.
+   */
+  private async unstickPostcopySwitch(silentMs: number): Promise<void> {
+    const { vm, log } = this.p;
+    this.switchUnstuck = true;
+    log.warn("QEMU's monitor has not answered since post-copy was asked for: the switch is blocked on the stream; shutting it down (migrate-pause, out of band)", { silentMs });
+    const opts = { oob: vm.qmp.oobEnabled, timeoutMs: 5000 };
+    await vm.qmp.execute('migrate-pause', undefined, opts).catch(async (err: unknown) => {
+      log.warn('migrate-pause refused; yanking the migration channels', { err: (err as Error).message });
+      await vm.qmp.execute('yank', { instances: [{ type: 'migration' }] }, opts).catch((e: unknown) => log.warn('yank of the migration channels failed', { err: (e as Error).message }));
+    });
   }
 
   /**
@@ -1091,6 +1135,8 @@ export class SourceMigration {
     // Mirrors that did not end in sync are cancelled first (their NBD nodes go with them).
     if (this.storage && !this.storageEnded && !this.postcopyStarted) await this.storage.abort();
     const st = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as { running?: boolean; status?: string } | undefined;
+    // QEMU failed the stream itself and runs the guest again: the switch to post-copy failed.
+    if (this.postcopyStarted && st?.running && this.qemuStatus === 'failed') return this.settleFailedSwitch();
     if (this.postcopyStarted) return 'post-copy had started: the guest continues on the destination, or is lost with it';
     const lost = 'the source QEMU is gone: the guest, which had not been handed over, is lost with it';
     if (st?.running) {
@@ -1116,6 +1162,28 @@ export class SourceMigration {
     }
     this.unresolved = 'abort';
     return `the destination did not confirm its copy gone: the source copy stays paused, and the source node keeps asking for up to ${Math.round(this.opts.resolveTimeoutMs / 60_000)} min`;
+  }
+
+  /**
+   * Post-copy was asked for, yet QEMU failed the stream and runs the guest on the source again:
+   * it does so when the switch fails (postcopy_start), e.g. when the stream was shut down because
+   * the switch hung (unstickPostcopySwitch). The destination runs the guest only once it has the
+   * whole device-state package. Its copy is removed; if it says the guest runs there, or cannot
+   * say, the source copy is paused (never two running copies) until the destination answers.
+   */
+  private async settleFailedSwitch(): Promise<string> {
+    const { vm, log } = this.p;
+    log.warn('QEMU failed the switch to post-copy and resumed the guest on the source', { errorDesc: this.qemuError || null });
+    const r = await this.abortDestination(this.now() + this.opts.handoverTimeoutMs);
+    if (r === 'gone') {
+      this.p.host.setMigration(vm.name, undefined);
+      return 'QEMU failed the switch to post-copy before the destination could run the guest, and resumed it on the source: the guest keeps running on the source, the destination copy was removed';
+    }
+    await vm.qmp.execute('stop', undefined, { timeoutMs: 5000 }).catch((err: unknown) => log.error('could not pause the source guest', { err }));
+    if (r === 'runs-there') return 'QEMU failed the switch to post-copy after the destination had started the guest: the source copy was paused, the destination keeps its copy';
+    this.postcopyStarted = false; // the destination never ran it unless it says so: a proof of its copy gone resumes the source
+    this.unresolved = 'abort';
+    return `QEMU failed the switch to post-copy; the destination did not confirm its copy gone: the source copy is paused, and the source node keeps asking for up to ${Math.round(this.opts.resolveTimeoutMs / 60_000)} min`;
   }
 
   /** The source QEMU still answers and its process is alive (asked a moment later). */

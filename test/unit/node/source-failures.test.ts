@@ -129,6 +129,68 @@ describe('a cancel in switch-over on a dead link', () => {
   });
 });
 
+describe('a switch to post-copy on a dead link', () => {
+  /**
+   * QEMU set postcopy-active and holds its main lock while it writes the device-state package into
+   * a stream that carries nothing: no in-band command is answered until the stream is shut down
+   * out of band; then it fails the switch and resumes the guest on the source by itself.
+   */
+  function holdUntilPause(s: Started): void {
+    let held = true;
+    s.q.onCommand = (name) => {
+      if (name === 'migrate-pause') {
+        held = false;
+        s.q.running = true;
+        setTimeout(() => s.q.emit('failed'), 10);
+        return undefined;
+      }
+      if (held && name === 'migrate-start-postcopy') {
+        s.q.running = false;
+        setTimeout(() => s.q.emit('postcopy-active'), 10);
+        return undefined;
+      }
+      if (!held && name === 'query-migrate' && s.q.migration === 'failed') return { status: 'failed', 'error-desc': 'postcopy_start: Migration stream errored (pre package)' };
+      return held && name !== 'migrate-start-postcopy' ? NO_REPLY : undefined;
+    };
+  }
+
+  it('shuts the stream down out of band, and ends FAILED with the guest running on the source and the destination copy removed', async () => {
+    const s = await started({}, { postcopy: true, options: { postcopySwitchStuckMs: 600 } });
+    holdUntilPause(s);
+    const t0 = Date.now();
+    await s.m.startPostcopy('test', 'after one pass');
+    const info = await s.m.finished();
+    expect(info.state).toBe(S.MIGRATION_STATE_FAILED);
+    expect(info.error?.message).toMatch(/QEMU failed the switch to post-copy before the destination could run the guest, and resumed it on the source: the guest keeps running on the source/);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    const pause = s.q.sent.find((c) => (c.execute ?? c['exec-oob']) === 'migrate-pause');
+    expect(pause?.['exec-oob']).toBe('migrate-pause');
+    expect(s.peer.calls).toContain('abort');
+    expect(s.host.destroyed).toEqual([]);
+    expect(s.q.running).toBe(true);
+    expect(s.q.commands).not.toContain('stop');
+  });
+
+  it('pauses the source copy when the destination says the guest runs there (never two running copies)', async () => {
+    const s = await started({ abort: () => new FailedPreconditionError('the guest runs here', { reason: 'GUEST_RUNS_HERE' }) }, { postcopy: true, options: { postcopySwitchStuckMs: 600 } });
+    holdUntilPause(s);
+    await s.m.startPostcopy('test', 'after one pass');
+    const info = await s.m.finished();
+    expect(info.state).toBe(S.MIGRATION_STATE_FAILED);
+    expect(info.error?.message).toMatch(/after the destination had started the guest: the source copy was paused/);
+    expect(s.q.running).toBe(false);
+    expect(s.host.destroyed).toEqual([]);
+  });
+
+  it('does nothing while the monitor answers: a slow switch is not a dead one', async () => {
+    const s = await started({ confirm: () => confirmed(100) }, { postcopy: true, options: { postcopySwitchStuckMs: 600 } });
+    await inPostcopy(s);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(s.q.commands).not.toContain('migrate-pause');
+    expect(s.m.currentState).toBe(S.MIGRATION_STATE_POSTCOPY);
+  });
+});
+
 describe('post-copy recovery', () => {
   it('retries until the stream flows again, then completes, counting one recovery', async () => {
     const s = await started({ confirm: () => confirmed(100) }, { postcopy: true });

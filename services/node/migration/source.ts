@@ -168,6 +168,8 @@ export class SourceMigration {
   private qemuStatus = 'none';
   /** QEMU's error-desc of a failed stream, as read when it failed. */
   private qemuError = '';
+  /** The reason code of the run's failure when settle() found a more precise one than its caller. */
+  private failReason: string | undefined;
   /** The stream was shut down because the switch to post-copy hung (unstickPostcopySwitch). */
   private switchUnstuck = false;
   private readonly opts: Required<Omit<SourceOptions, 'tlsCredsId' | 'tlsHostname'>> & Pick<SourceOptions, 'tlsCredsId' | 'tlsHostname'>;
@@ -1180,7 +1182,14 @@ export class SourceMigration {
       return 'QEMU failed the switch to post-copy before the destination could run the guest, and resumed it on the source: the guest keeps running on the source, the destination copy was removed';
     }
     await vm.qmp.execute('stop', undefined, { timeoutMs: 5000 }).catch((err: unknown) => log.error('could not pause the source guest', { err }));
-    if (r === 'runs-there') return 'QEMU failed the switch to post-copy after the destination had started the guest: the source copy was paused, the destination keeps its copy';
+    if (r === 'runs-there') {
+      // QEMU 10 fails post-copy for good on a stream error between the device-state package
+      // (the destination runs the guest from it) and the end of its switch (postcopy_start):
+      // neither end can recover, and the destination's copy misses pages. As libvirt does, both
+      // copies stay paused for the operator; never two running.
+      this.failReason = 'POSTCOPY_SWITCH_FAILED';
+      return 'QEMU failed the switch to post-copy after the destination had started the guest: the guest is lost in QEMU (neither end can recover the stream); the source copy was paused, the destination keeps its paused copy, never two running';
+    }
     this.postcopyStarted = false; // the destination never ran it unless it says so: a proof of its copy gone resumes the source
     this.unresolved = 'abort';
     return `QEMU failed the switch to post-copy; the destination did not confirm its copy gone: the source copy is paused, and the source node keeps asking for up to ${Math.round(this.opts.resolveTimeoutMs / 60_000)} min`;
@@ -1197,7 +1206,7 @@ export class SourceMigration {
     if (isTerminal(this.state)) return;
     this.p.log.warn('migration failed', { message });
     const where = await this.settle();
-    this.error = errorInfo('ABORTED', reason, `${message}; ${where}`);
+    this.error = errorInfo('ABORTED', this.failReason ?? reason, `${message}; ${where}`);
     this.finish(MigrationState.MIGRATION_STATE_FAILED, this.error.message);
   }
 

@@ -48,6 +48,17 @@ describe('chaos invariants', () => {
     expect(names(obs({ vms: [vm('g1', [], { nodeId: 'a', state: VmState.VM_STATE_FAILED })] }))[0]).toMatch(/^not-lost: was running before/);
   });
 
+  it('accept two paused copies of a guest QEMU lost in its switch to post-copy, never a running one', () => {
+    const F = [S.MIGRATION_STATE_PREPARING, S.MIGRATION_STATE_PRECOPY, S.MIGRATION_STATE_POSTCOPY, S.MIGRATION_STATE_FAILED];
+    const lost = (o: Observation) => checkInvariants(o, { runningBefore: ['g1'], qemuKilled: [], lostInQemu: ['g1'] }).map((v) => `${v.invariant}: ${v.detail}`);
+    const failed = run({ state: S.MIGRATION_STATE_FAILED, error: 'POSTCOPY_SWITCH_FAILED: QEMU failed the switch to post-copy', storeTransitions: F, events: { sequences: [1, 2, 3, 4], transitions: F, completed: S.MIGRATION_STATE_FAILED } });
+    expect(lost(obs({ vms: [vm('g1', [['a', false], ['b', false]])], runs: [failed] }))).toEqual([]);
+    expect(lost(obs({ vms: [vm('g1', [['a', true], ['b', false]])], runs: [failed] }))[0]).toMatch(/^exactly-once: 2 QEMU processes/);
+    expect(lost(obs({ vms: [vm('g1', [['a', true], ['b', true]])], runs: [failed] }))[0]).toMatch(/^exactly-once: runs 2 times/);
+    // without that outcome the same two paused copies are a lost guest
+    expect(names(obs({ vms: [vm('g1', [['a', false], ['b', false]])], runs: [failed] }))).toEqual(expect.arrayContaining([expect.stringMatching(/^exactly-once: 2 QEMU processes/), expect.stringMatching(/^not-lost:/)]));
+  });
+
   it('count integrity errors and anomalies of the running copy', () => {
     expect(names(obs({ vms: [vm('g1', [['a', true]], undefined, { integrityErrors: 3 })] }))).toEqual(['integrity: 3 integrity errors']);
     expect(names(obs({ vms: [vm('g1', [['a', true]], undefined, { anomalies: ['restart: second start line'] })] }))[0]).toMatch(/restart/);

@@ -177,7 +177,8 @@ describe('a switch to post-copy on a dead link', () => {
     await s.m.startPostcopy('test', 'after one pass');
     const info = await s.m.finished();
     expect(info.state).toBe(S.MIGRATION_STATE_FAILED);
-    expect(info.error?.message).toMatch(/after the destination had started the guest: the source copy was paused/);
+    expect(info.error).toMatchObject({ reason: 'POSTCOPY_SWITCH_FAILED' });
+    expect(info.error?.message).toMatch(/after the destination had started the guest: the guest is lost in QEMU .*the source copy was paused/);
     expect(s.q.running).toBe(false);
     expect(s.host.destroyed).toEqual([]);
   });

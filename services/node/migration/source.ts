@@ -790,8 +790,14 @@ export class SourceMigration {
       if (signal.aborted || isTerminal(this.state)) return;
       if (st && st.status !== 'cancelling' && st.status !== 'active' && st.status !== 'device') return;
       log.warn('QEMU has not finished the cancel; shutting the migration channels down (yank)', { attempt, status: st?.status ?? 'no answer (main loop held)', afterMs: attempt * this.opts.cancelStuckMs });
-      await vm.qmp.execute('yank', { instances: [{ type: 'migration' }] }, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('yank of the migration channels failed', { err: (err as Error).message }));
+      await this.yankMigrationChannels();
     }
+  }
+
+  /** Shuts the migration's sockets down with QMP `yank`, out of band where QEMU allows it; a failure is logged. */
+  private async yankMigrationChannels(): Promise<void> {
+    const { vm, log } = this.p;
+    await vm.qmp.execute('yank', { instances: [{ type: 'migration' }] }, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('yank of the migration channels failed', { err: (err as Error).message }));
   }
 
   private requireRunning(what: string): void {
@@ -814,10 +820,9 @@ export class SourceMigration {
     const { vm, log } = this.p;
     this.switchUnstuck = true;
     log.warn("QEMU's monitor has not answered since post-copy was asked for: the switch is blocked on the stream; shutting it down (migrate-pause, out of band)", { silentMs });
-    const opts = { oob: vm.qmp.oobEnabled, timeoutMs: 5000 };
-    await vm.qmp.execute('migrate-pause', undefined, opts).catch(async (err: unknown) => {
+    await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch(async (err: unknown) => {
       log.warn('migrate-pause refused; yanking the migration channels', { err: (err as Error).message });
-      await vm.qmp.execute('yank', { instances: [{ type: 'migration' }] }, opts).catch((e: unknown) => log.warn('yank of the migration channels failed', { err: (e as Error).message }));
+      await this.yankMigrationChannels();
     });
   }
 

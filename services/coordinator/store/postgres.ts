@@ -11,11 +11,11 @@
  * - 64-bit integers and numerics come back as JavaScript numbers (ms times and byte counts are
  *   far below 2^53).
  */
-import { Kysely, PostgresDialect, sql } from 'kysely';
+import { CompiledQuery, Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import { ConfigError, type NotLeaderError } from '../../shared/errors.js';
 import { LEADER_TABLE_SQL, SCHEMA_LOCK } from '../leadership/postgres.js';
-import type { StoreDialect } from './database.js';
+import { TX, type StoreDialect } from './database.js';
 import { RepositoryHistoryStore } from './history-store.js';
 import { migrateToLatest } from './migrate.js';
 import { checkMin, resolveHistoryStoreOptions, type HistoryStoreOptions, type ResolvedHistoryStoreOptions } from './options.js';
@@ -68,6 +68,9 @@ const types = {
   }) as typeof pg.types.getTypeParser,
 };
 
+/** Compiled once, as the shared transaction statements (database.ts TX): every read begins with it. */
+const BEGIN_READ = CompiledQuery.raw('begin isolation level repeatable read read only');
+
 /** The Postgres dialect object; `fence` makes every write check the term. */
 export function postgresStoreDialect(fence?: WriteFence): StoreDialect {
   return {
@@ -75,7 +78,7 @@ export function postgresStoreDialect(fence?: WriteFence): StoreDialect {
     beginWrite: async (conn) => {
       // Refuse before touching the database when we know we do not lead.
       const term = fence?.token();
-      await sql`begin`.execute(conn);
+      await conn.executeQuery(TX.begin);
       try {
         await sql`select pg_advisory_xact_lock(${WRITE_LOCK[0]}::int4, ${WRITE_LOCK[1]}::int4)`.execute(conn);
         if (term !== undefined) {
@@ -85,12 +88,12 @@ export function postgresStoreDialect(fence?: WriteFence): StoreDialect {
       } catch (err) {
         // The caller only rolls back what it began: end this transaction before the connection
         // goes back to the pool.
-        await sql`rollback`.execute(conn).catch(() => undefined);
+        await conn.executeQuery(TX.rollback).catch(() => undefined);
         throw err;
       }
     },
     beginRead: async (conn) => {
-      await sql`begin isolation level repeatable read read only`.execute(conn);
+      await conn.executeQuery(BEGIN_READ);
     },
     isConstraintViolation: (err, kind) => {
       const e = err as { code?: unknown; constraint?: unknown } | null;

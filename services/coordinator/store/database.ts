@@ -74,6 +74,19 @@ export type ReusableQueryBuilder<R> = (db: Db, p: (i: number) => never) => Compi
 export const INSERT_CHUNK = 500;
 
 /**
+ * Rows per statement of the multi-row queries compiled once ({@link StoreDatabase.enqueueAll},
+ * {@link StoreDatabase.takeSequences}): one compiled statement per row count up to this.
+ */
+export const REUSE_CHUNK = 64;
+
+/** One event for {@link StoreDatabase.enqueueAll}; `run`: a run's event with its sequence number. */
+export interface OutboxEvent {
+  readonly payload: NonNullable<Event['payload']>;
+  readonly time: Date;
+  readonly run?: { readonly runId: string; readonly sequence: number };
+}
+
+/**
  * The database as the repositories share it. One per open store; the repositories hold it, never
  * each other's internals.
  */
@@ -266,17 +279,66 @@ export class StoreDatabase {
     return row === undefined ? null : Number(row.last_sequence);
   }
 
+  /**
+   * Counts the event sequence of each run in `runIds` (distinct ids) up by `by`, with one
+   * UPDATE … RETURNING per {@link REUSE_CHUNK} runs: the map holds each run's last sequence number
+   * afterwards (its `by` events take the numbers up to it). A run that does not exist is left out.
+   */
+  async takeSequences(trx: Db, runIds: readonly string[], by: number): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    for (let i = 0; i < runIds.length; i += REUSE_CHUNK) {
+      const ids = runIds.slice(i, i + REUSE_CHUNK);
+      const r = await this.reuse(
+        trx,
+        `takeSequences×${ids.length}`,
+        (db, p) =>
+          db
+            .updateTable('runs')
+            .set((eb) => ({ last_sequence: eb('last_sequence', '+', p(0)) }))
+            .where(
+              'id',
+              'in',
+              ids.map((_, k) => p(k + 1)),
+            )
+            .returning(['id', 'last_sequence']),
+        [by, ...ids],
+      );
+      for (const row of r.rows) out.set(row.id, Number(row.last_sequence));
+    }
+    return out;
+  }
+
   /** Writes an event into the outbox (inside the caller's transaction). */
   async enqueue(trx: Db, tx: TxState, payload: NonNullable<Event['payload']>, time: Date, run?: { runId: string; sequence: number }): Promise<void> {
-    const event = buildEvent(payload, { id: this.newId(), time, runSequence: run?.sequence ?? 0 });
-    const bytes = encodeEvent(event);
-    await this.reuse(
-      trx,
-      'enqueue',
-      (db, p) => db.insertInto('outbox').values({ event_id: p(0), subject: p(1), payload: p(2), run_id: p(3), run_sequence: p(4), created_at: p(5) }),
-      [event.id, event.subject, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), run?.runId ?? null, run?.sequence ?? 0, this.now()],
-    );
-    tx.enqueued++;
+    await this.enqueueAll(trx, tx, [{ payload, time, ...(run ? { run } : {}) }]);
+  }
+
+  /**
+   * Writes events into the outbox in this order, one INSERT per {@link REUSE_CHUNK} events (inside
+   * the caller's transaction): a run's end writes two, a sample batch one per run.
+   */
+  async enqueueAll(trx: Db, tx: TxState, events: readonly OutboxEvent[]): Promise<void> {
+    const now = this.now();
+    for (let i = 0; i < events.length; i += REUSE_CHUNK) {
+      const chunk = events.slice(i, i + REUSE_CHUNK);
+      const n = chunk.length;
+      const args: unknown[] = [];
+      for (const e of chunk) {
+        const event = buildEvent(e.payload, { id: this.newId(), time: e.time, runSequence: e.run?.sequence ?? 0 });
+        const bytes = encodeEvent(event);
+        args.push(event.id, event.subject, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), e.run?.runId ?? null, e.run?.sequence ?? 0, now);
+      }
+      await this.reuse(
+        trx,
+        n === 1 ? 'enqueue' : `enqueue×${n}`,
+        (db, p) =>
+          db.insertInto('outbox').values(
+            chunk.map((_, k) => ({ event_id: p(6 * k), subject: p(6 * k + 1), payload: p(6 * k + 2), run_id: p(6 * k + 3), run_sequence: p(6 * k + 4), created_at: p(6 * k + 5) })),
+          ),
+        args,
+      );
+      tx.enqueued += n;
+    }
   }
 
   /** Enqueues a run event with the run's next sequence number. @throws NotFoundError */

@@ -241,7 +241,12 @@ export class SqlPlanRunRepository implements PlanRunRepository {
   /** One run with its transitions and actions: three queries compiled once (read at every run's end). */
   private async loadRun(conn: Db, runId: string): Promise<Run | undefined> {
     const row = (await this.d.reuse(conn, 'runs.byId', (db, p) => db.selectFrom('runs').selectAll().where('id', '=', p(0)), [runId])).rows[0];
-    if (row === undefined) return undefined;
+    return row === undefined ? undefined : this.loadRunOf(conn, row);
+  }
+
+  /** A run row with its transitions and actions (two queries compiled once). */
+  private async loadRunOf(conn: Db, row: RunRow): Promise<Run> {
+    const runId = row.id;
     const transitions = await this.d.reuse(conn, 'runTransitions.ofRun', (db, p) => db.selectFrom('run_transitions').selectAll().where('run_id', '=', p(0)).orderBy('id'), [runId]);
     const actions = await this.d.reuse(conn, 'policyActions.ofRun', (db, p) => db.selectFrom('policy_actions').selectAll().where('run_id', '=', p(0)).orderBy('id'), [runId]);
     return runToProto(row, transitions.rows.map(transitionToProto), actions.rows.map(actionToProto));
@@ -273,18 +278,25 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       }
       const change: StateChange = { time: new Date(at), from: run.state, to, reason: input.reason ?? '' };
       await this.insertTransition(trx, runId, at, run.state, to, change.reason);
-      await this.d.reuse(
+      // The state and the event's sequence number in one statement (issue 15 §4).
+      const updated = await this.d.reuse(
         trx,
         'runs.setState',
-        (db, p) => db.updateTable('runs').set({ state: p(0), started_at: p(1) }).where('id', '=', p(2)),
-        [to, run.started_at ?? (to === MigrationState.MIGRATION_STATE_QUEUED ? null : at), runId],
+        (db, p) =>
+          db
+            .updateTable('runs')
+            .set((eb) => ({ state: p(0), started_at: p(1), last_sequence: eb('last_sequence', '+', p(2)) }))
+            .where('id', '=', p(3))
+            .returning('last_sequence'),
+        [to, run.started_at ?? (to === MigrationState.MIGRATION_STATE_QUEUED ? null : at), 1, runId],
       );
-      await this.d.enqueueRunEvent(
+      const sequence = Number(updated.rows[0]!.last_sequence);
+      await this.d.enqueue(
         trx,
         tx,
-        runId,
         { $case: 'runState', value: { runId, planId: run.plan_id ?? '', vmName: run.vm_name, change } },
         change.time!,
+        { runId, sequence },
       );
       return change;
     });
@@ -324,13 +336,14 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       }
       const change: StateChange = { time: new Date(at), from: run.state, to: input.state, reason: input.reason ?? '' };
       await this.insertTransition(trx, runId, at, run.state, input.state, change.reason);
-      await this.d.reuse(
+      // The end, the two events' sequence numbers and the row to return in one statement (issue 15 §4).
+      const updated = await this.d.reuse(
         trx,
         'runs.finish',
         (db, p) =>
           db
             .updateTable('runs')
-            .set({
+            .set((eb) => ({
               state: p(0),
               finished_at: p(1),
               stats_json: p(2),
@@ -342,8 +355,10 @@ export class SqlPlanRunRepository implements PlanRunRepository {
               error_reason: p(8),
               error_message: p(9),
               error_code: p(10),
-            })
-            .where('id', '=', p(11)),
+              last_sequence: eb('last_sequence', '+', p(11)),
+            }))
+            .where('id', '=', p(12))
+            .returningAll(),
         [
           input.state,
           at,
@@ -356,20 +371,20 @@ export class SqlPlanRunRepository implements PlanRunRepository {
           error?.reason ?? null,
           error?.message ?? null,
           error?.code ?? null,
+          2,
           runId,
         ],
       );
+      const row = updated.rows[0]!;
+      const last = Number(row.last_sequence);
       const base = { runId, planId: run.plan_id ?? '', vmName: run.vm_name };
-      await this.d.enqueueRunEvent(trx, tx, runId, { $case: 'runState', value: { ...base, change } }, change.time!);
-      await this.d.enqueueRunEvent(
-        trx,
-        tx,
-        runId,
-        { $case: 'runCompleted', value: { ...base, state: input.state, stats, error } },
-        change.time!,
-      );
-      // Read back in the same transaction (no read transaction of its own per run's end).
-      return { finished: run, ended: (await this.loadRun(trx, runId))! };
+      await this.d.enqueueAll(trx, tx, [
+        { payload: { $case: 'runState', value: { ...base, change } }, time: change.time!, run: { runId, sequence: last - 1 } },
+        { payload: { $case: 'runCompleted', value: { ...base, state: input.state, stats, error } }, time: change.time!, run: { runId, sequence: last } },
+      ]);
+      // The row came back from the UPDATE; its transitions and actions are read in the same
+      // transaction (no read transaction of its own per run's end).
+      return { finished: run, ended: await this.loadRunOf(trx, row) };
     });
     this.samples.forgetRun(runId);
     if (this.d.o.metrics !== undefined) {

@@ -5,7 +5,7 @@
 import { InvalidArgumentError } from '../../shared/errors.js';
 import { GuestPerfSample, ProgressSample } from '../../shared/gen/migd/v1/common.js';
 import type { HostCpuSample } from '../../shared/gen/migd/v1/coordinator.js';
-import { INSERT_CHUNK, type StoreDatabase } from './database.js';
+import { INSERT_CHUNK, type OutboxEvent, type StoreDatabase } from './database.js';
 import { guestToRow, hostCpuToRow, ms, progressToRow } from './mapping.js';
 import type { RunSamples } from './plan-run-repository.js';
 import { SampleWriter, type SampleBatch, type SampleWriterStats } from './sample-writer.js';
@@ -88,12 +88,30 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
       for (let i = 0; i < b.hostCpu.length; i += INSERT_CHUNK) {
         await trx.insertInto('host_cpu_samples').values(b.hostCpu.slice(i, i + INSERT_CHUNK)).execute();
       }
+      // The events' sequence numbers: one UPDATE for the runs with the same number of events in
+      // this batch (usually all of them), then one INSERT for the events, in the batch's order.
+      const perRun = new Map<string, number>();
+      for (const e of b.events) perRun.set(e.runId, (perRun.get(e.runId) ?? 0) + 1);
+      const byCount = new Map<number, string[]>();
+      for (const [runId, n] of perRun) {
+        const ids = byCount.get(n);
+        if (ids === undefined) byCount.set(n, [runId]);
+        else ids.push(runId);
+      }
+      /** Each run's next sequence number to hand out. */
+      const next = new Map<string, number>();
+      for (const [n, ids] of byCount) {
+        for (const [runId, last] of await this.d.takeSequences(trx, ids, n)) next.set(runId, last - n + 1);
+      }
+      const events: OutboxEvent[] = [];
       for (const e of b.events) {
         // Samples of an unknown (or already deleted) run are kept; they just get no event.
-        const sequence = await this.d.nextSequence(trx, e.runId);
-        if (sequence === null) continue;
-        await this.d.enqueue(trx, tx, e.payload, e.time, { runId: e.runId, sequence });
+        const sequence = next.get(e.runId);
+        if (sequence === undefined) continue;
+        next.set(e.runId, sequence + 1);
+        events.push({ payload: e.payload, time: e.time, run: { runId: e.runId, sequence } });
       }
+      await this.d.enqueueAll(trx, tx, events);
     });
   }
 

@@ -282,6 +282,39 @@ export function historyStoreSuite(backend: StoreBackend): void {
       expect(() => s.appendGuestSample({ vmName: '' } as never)).toThrow(InvalidArgumentError);
     });
 
+    it("numbers a sample batch's events per run, in the batch's order, over many runs and uneven counts", async () => {
+      const s = await open({ progressEventIntervalMs: 0 });
+      const a = await s.createRun(runInput({ vmName: 'a' }));
+      const b = await s.createRun(runInput({ vmName: 'b' }));
+      const c = await s.createRun(runInput({ vmName: 'c' }));
+      // More runs than one multi-row statement takes (REUSE_CHUNK = 64).
+      const many: string[] = [];
+      for (let i = 0; i < 70; i++) many.push((await s.createRun(runInput({ vmName: `m${i}` }))).id);
+      const before = (await outboxEvents(s)).length;
+      const order = [a.id, c.id, 'no-such-run', a.id, b.id, ...many, c.id, a.id, c.id];
+      for (const [i, runId] of order.entries()) s.appendProgress(runId, { pass: i } as never);
+      await s.flushSamples();
+
+      const events = (await outboxEvents(s)).slice(before);
+      const runOf = (e: (typeof events)[number]): string => (e.payload?.$case === 'runProgress' ? e.payload.value.runId : '');
+      // One event per sample of an existing run, in the order the samples came; the unknown run's
+      // sample is stored without an event.
+      expect(events.map(runOf)).toEqual(order.filter((id) => id !== 'no-such-run'));
+      expect(events.map((e) => (e.payload?.$case === 'runProgress' ? e.payload.value.sample?.pass : -1))).toEqual(
+        [...order.keys()].filter((i) => order[i] !== 'no-such-run'),
+      );
+      const seqs = (id: string): number[] => events.filter((e) => runOf(e) === id).map((e) => e.runSequence);
+      expect(seqs(a.id)).toEqual([2, 3, 4]); // 1: its QUEUED event
+      expect(seqs(b.id)).toEqual([2]);
+      expect(seqs(c.id)).toEqual([2, 3, 4]);
+      for (const id of many) expect(seqs(id)).toEqual([2]);
+      // The sequence goes on from there.
+      await s.transitionRun(a.id, { to: S.MIGRATION_STATE_PRECOPY });
+      await s.finishRun(a.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+      const ofA = (await outboxEvents(s)).filter((e) => e.subject.startsWith(`migd.v1.run.${a.id}.`));
+      expect(ofA.map((e) => e.runSequence)).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    });
+
     it('lists unfinished runs for restart recovery and counts runs by state', async () => {
       const s = await open();
       const low = await s.createRun(runInput({ vmName: 'a', priority: 0 }));

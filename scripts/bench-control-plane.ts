@@ -55,6 +55,8 @@ const { values: opts } = loadConfig(
     'bare-stream': { type: 'string', default: 'tls', doc: "part a's bare QMP script: tls (its stream encrypted as the lab's nodes do; they require migration TLS) or clear (default tls)" },
     'log-level': { type: 'string', default: 'info', doc: "the daemons' MIGD_LOG_LEVEL in parts a–c (default info: part a's verification figure and phase table come from their log lines; debug adds every QMP command)" },
     'timelines-json': { type: 'string', default: '', doc: "write part a's per-run timelines (every migd log line and the bare script's steps, ms from the start) to this JSON file" },
+    'drain-vms': { type: 'integer', default: 4, min: 2, max: 16, doc: "part c's guests (256 MiB each) drained a → b (default 4)" },
+    'drain-json': { type: 'string', default: '', doc: "write part c's per-migration timelines (recorded states, ms after SubmitPlan) to this JSON file" },
   },
   process.argv.slice(2),
 );
@@ -416,8 +418,38 @@ async function partB(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
   }
 }
 
+/** One drain run's timeline: ms after SubmitPlan of each recorded state and of its end. */
+interface DrainRunTimeline {
+  readonly vm: string;
+  readonly runId: string;
+  /** State name (PREPARING, SETUP, PRECOPY, SWITCHOVER, VERIFYING, …) → ms after SubmitPlan of its first entry. */
+  readonly states: Record<string, number>;
+  readonly finishedMs: number;
+  readonly transferredBytes: number;
+  /** The stream on the link: SETUP (or PRECOPY) → VERIFYING (QEMU `completed` on the source). */
+  readonly streamFromMs: number;
+  readonly streamToMs: number;
+}
+
+/** Total length of the union of intervals (ms). */
+function unionMs(intervals: readonly [number, number][]): number {
+  const sorted = [...intervals].filter(([a, b]) => Number.isFinite(a) && Number.isFinite(b) && b > a).sort((x, y) => x[0] - y[0]);
+  let total = 0;
+  let curA = -Infinity;
+  let curB = -Infinity;
+  for (const [a, b] of sorted) {
+    if (a > curB) {
+      if (curB > curA) total += curB - curA;
+      curA = a;
+      curB = b;
+    } else curB = Math.max(curB, b);
+  }
+  if (curB > curA) total += curB - curA;
+  return total;
+}
+
 async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void> {
-  const k = 4;
+  const k = opts['drain-vms'];
   const mbit = 300;
   out(`\n== c. drain makespan vs total bytes ÷ bandwidth (${k} idle guests of 256 MiB, 128 MiB written, ${mbit} Mbit/s)`);
   await cluster.tb.shape('a', { rateMbit: mbit });
@@ -426,6 +458,7 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
   try {
     for (const n of names) await cb.createVm(idleSpec(n, 256, 128 * MiB), 'a');
     for (const n of names) await cb.waitGuest(n, { minSamples: 2, minMs: 2000, timeoutMs: 90_000 });
+    const wall0 = Date.now();
     const t0 = performance.now();
     const { plan } = await cb.client.submitPlan({ idempotencyKey: `bench-c-${process.pid}`, target: { $case: 'drain', value: { nodeId: 'a', destinationNodeIds: ['b'] } }, policy: FIXED_PRECOPY, priority: 0, antiAffinityVmNames: [], label: 'bench-drain' });
     let state = plan!.state;
@@ -436,15 +469,47 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
     const makespan = performance.now() - t0;
     let bytes = 0;
     let qemu = 0;
+    const runs: DrainRunTimeline[] = [];
     for (const m of plan!.migrations) {
       const run = (await cb.client.getRun({ runId: m.runId })).run!;
       if (run.state !== MigrationState.MIGRATION_STATE_SUCCEEDED) throw new Error(`drain run ${m.runId} ${MigrationState[run.state]}`);
       bytes += Number(run.stats?.transferredBytes ?? 0);
       qemu += Number(run.stats?.totalTimeMs ?? 0);
+      const states: Record<string, number> = {};
+      for (const tr of run.transitions) {
+        const name = MigrationState[tr.to].replace('MIGRATION_STATE_', '');
+        if (tr.time && states[name] === undefined) states[name] = tr.time.getTime() - wall0;
+      }
+      const finishedMs = (run.finishedAt?.getTime() ?? NaN) - wall0;
+      runs.push({
+        vm: run.vmName,
+        runId: run.id,
+        states,
+        finishedMs,
+        transferredBytes: Number(run.stats?.transferredBytes ?? 0),
+        streamFromMs: states['SETUP'] ?? states['PRECOPY'] ?? NaN,
+        streamToMs: states['VERIFYING'] ?? finishedMs,
+      });
     }
+    runs.sort((a, b) => a.streamFromMs - b.streamFromMs);
     const bound = (bytes / ((mbit * 1e6) / 8)) * 1000;
     out(`  ${plan!.migrations.length} migrations (${plan!.orderingReason}); ${fmt(bytes / MiB, 1)} MiB sent`);
     out(`  makespan ${fmt(makespan / 1000, 2)} s vs bytes÷bandwidth ${fmt(bound / 1000, 2)} s → ratio ${fmt(makespan / bound)} (sum of QEMU migration times ${fmt(qemu / 1000, 2)} s)`);
+    // Per-migration timelines (the coordinator's recorded transitions, with the node's times).
+    const cols = ['PREPARING', 'SETUP', 'PRECOPY', 'SWITCHOVER', 'VERIFYING'];
+    out(`  per migration, ms after SubmitPlan: ${cols.join(' / ')} / ended; MiB sent`);
+    for (const r of runs) out(`    ${r.vm.padEnd(24)} ${cols.map((c) => fmt(r.states[c] ?? NaN, 0).padStart(6)).join(' ')} ${fmt(r.finishedMs, 0).padStart(6)}  ${fmt(r.transferredBytes / MiB, 1)}`);
+    const streaming = unionMs(runs.map((r) => [r.streamFromMs, r.streamToMs]));
+    out(`  the link carried a stream ${fmt(streaming / 1000, 2)} s of the ${fmt(makespan / 1000, 2)} s; idle ${fmt((makespan - streaming) / 1000, 2)} s`);
+    out(`    before the first stream ${fmt(runs[0]?.streamFromMs ?? NaN, 0)} ms (SubmitPlan → SETUP); after the last ${fmt(makespan - Math.max(...runs.map((r) => r.streamToMs)), 0)} ms (its VERIFYING → plan SUCCEEDED seen)`);
+    out('    between streams (ms): previous VERIFYING → its end (handover, verification) | previous end → next PREPARING (dispatch) | next PREPARING → next SETUP (destination prepared) | gap on the link');
+    for (let i = 1; i < runs.length; i++) {
+      const p = runs[i - 1]!;
+      const n = runs[i]!;
+      const prep = n.states['PREPARING'] ?? NaN;
+      out(`      ${i}→${i + 1}: ${fmt(p.finishedMs - p.streamToMs, 0).padStart(6)} | ${fmt(prep - p.finishedMs, 0).padStart(6)} | ${fmt(n.streamFromMs - prep, 0).padStart(6)} | ${fmt(n.streamFromMs - p.streamToMs, 0).padStart(6)}`);
+    }
+    if (opts['drain-json']) await writeFile(opts['drain-json'], JSON.stringify({ makespanMs: makespan, boundMs: bound, bytes, runs }, null, 1));
   } finally {
     for (const n of names) await cb.destroyVm(n).catch(() => undefined);
   }

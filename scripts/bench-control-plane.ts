@@ -24,7 +24,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance, type IntervalHistogram } from 'node:perf_hooks';
 import { MigrationPolicy, MigrationState, PolicyKind, WorkloadPattern, VmSpec } from '../services/shared/gen/migd/v1/common.js';
 import { PlanState } from '../services/shared/gen/migd/v1/coordinator.js';
 import { buildGuestCmdline } from '../services/shared/guest/workload.js';
@@ -39,6 +39,7 @@ import { startPostgres, type PostgresServer } from '../services/testbed/postgres
 import { CoordinatorBackend } from '../stress/lab/coordinator-backend.js';
 import { quantile } from '../stress/lab/metrics.js';
 import { SimCluster } from '../stress/lab/sim-nodes.js';
+import type { TurnReport } from '../services/shared/metrics/turns.js';
 
 const MiB = 1024 * 1024;
 
@@ -579,6 +580,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
     };
     /** The coordinator's own stalls (≥ 1 s each) for which it extended the heartbeat deadlines. */
     let stallMs = 0;
+    let benchLoop: IntervalHistogram | undefined;
     let pg: PostgresServer | undefined;
     try {
       if (dialect === 'postgres') pg = await startPostgres();
@@ -587,13 +589,15 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       started.add(nats);
       const port = await freePort('127.0.0.1');
       const addr = `127.0.0.1:${port}`;
+      // The metrics endpoint turns the coordinator's turn profiler on (services/shared/metrics/turns.ts).
+      const metricsAddr = `127.0.0.1:${await freePort('127.0.0.1')}`;
       coord = await startCoordinatorProcess({
         listen: addr,
         db: pg ? await pg.createDatabase() : join(work, 'history.sqlite'),
         nats: natsProc.url,
         certDir,
         nodeArgs: opts['cpu-prof-dir'] ? ['--cpu-prof', '--cpu-prof-dir', opts['cpu-prof-dir']] : [],
-        args: ['--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES), '--allow-shared-node-identity'],
+        args: ['--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES), '--allow-shared-node-identity', '--metrics-listen', metricsAddr],
         onLog: (l) => {
           if (l.includes('connection refused')) refused++;
           if (l.includes('node marked down')) {
@@ -612,15 +616,22 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       // Let the registry settle: every node has heart-beaten its VMs at least once.
       await sleep(2500);
       const cpu0 = cpuSeconds(coord.process.pid!);
+      // The client and the simulated nodes share this process: its own event-loop delay is part of
+      // every latency measured here.
+      benchLoop = monitorEventLoopDelay({ resolution: 10 });
+      benchLoop.enable();
       const newNodes = sim.nodeIds.slice(old);
       const lat: number[] = [];
+      const latByKey = new Map<string, number>();
       const planIds: string[] = [];
       let planned = 0;
       const t0 = performance.now();
       for (const id of sim.nodeIds.slice(0, MAX_PLANS > 0 ? Math.min(old, MAX_PLANS) : old)) {
         const s = performance.now();
-        const { plan } = await cb.client.submitPlan({ idempotencyKey: `scale-${n}-${id}`, target: { $case: 'drain', value: { nodeId: id, destinationNodeIds: newNodes } }, policy: FIXED_PRECOPY, priority: 0, antiAffinityVmNames: [], label: 'scale' }, { deadlineMs: 60_000 });
+        const key = `scale-${n}-${id}`;
+        const { plan } = await cb.client.submitPlan({ idempotencyKey: key, target: { $case: 'drain', value: { nodeId: id, destinationNodeIds: newNodes } }, policy: FIXED_PRECOPY, priority: 0, antiAffinityVmNames: [], label: 'scale' }, { deadlineMs: 60_000 });
         lat.push(performance.now() - s);
+        latByKey.set(key, lat[lat.length - 1]!);
         planIds.push(plan!.id);
         planned += plan!.migrations.length;
       }
@@ -656,12 +667,16 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       if (downs > 0) out(`    (the coordinator marked nodes down ${downs} times: heartbeats were not served in time)`);
       if (sim.heartbeatErrors > 0) out(`    (${sim.heartbeatErrors} heartbeats failed)`);
       heartbeatReport();
+      const report = await turnReport(`http://${metricsAddr}/debug/turns`);
+      printSubmitSplit(latByKey, report);
+      printTurns(report, benchLoop);
       printScaleGoals(`${n} nodes, ${dialect}`, [bound / makespan, quantile(lat, 0.99), planned > 0 ? cpu / planned : NaN]);
     } catch (err) {
       out(`  ${String(n).padStart(5)}: failed: ${err instanceof Error ? err.message : String(err)}${downs > 0 ? ` (the coordinator marked nodes down ${downs} times)` : ''}`);
       if (downLines.length > 0) out(`    first marked down: ${downLines.slice(0, 3).join('\n      ')}`);
       heartbeatReport();
     } finally {
+      benchLoop?.disable();
       await cb?.close();
       // The coordinator stops first (its runs' node streams still open), with time to write its
       // CPU profile when asked to.
@@ -671,6 +686,64 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       await pg?.dispose();
       await rm(work, { recursive: true, force: true });
     }
+  }
+}
+
+const pq = (v: readonly number[]): string => `${fmt(quantile([...v], 0.5), 1)} / ${fmt(quantile([...v], 0.99), 1)} / ${fmt(v.reduce((a, b) => Math.max(a, b), 0), 1)}`;
+
+/** The coordinator's /debug/turns (services/shared/metrics/turns.ts); undefined when it fails. */
+async function turnReport(url: string): Promise<TurnReport | undefined> {
+  try {
+    const r = await fetch(url);
+    return r.ok ? ((await r.json()) as TurnReport) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * SubmitPlan's time split: the wait before its handler ran (the client's latency minus the
+ * handler's time: the request sat in a socket while the coordinator's event loop was busy, plus the
+ * localhost round trip and this process's own delays) and the handler's phases (planner.ts:
+ * lock-wait, read-key, model, plan, write, read-runs, enqueue, read-plan).
+ */
+function printSubmitSplit(latByKey: ReadonlyMap<string, number>, report: TurnReport | undefined): void {
+  const wait: number[] = [];
+  const handler: number[] = [];
+  const phases = new Map<string, number[]>();
+  for (const [key, ms] of latByKey) {
+    const t = report?.requests[`SubmitPlan ${key}`];
+    if (!t) continue;
+    handler.push(t.handlerMs);
+    wait.push(Math.max(0, ms - t.handlerMs));
+    for (const [p, v] of Object.entries(t.phasesMs)) {
+      let a = phases.get(p);
+      if (!a) phases.set(p, (a = []));
+      a.push(v);
+    }
+  }
+  if (handler.length === 0) {
+    out('    (no SubmitPlan timings from the coordinator)');
+    return;
+  }
+  out(`    SubmitPlan p50 / p99 / max ms (${handler.length} plans): client ${pq([...latByKey.values()])}; before the handler ${pq(wait)}; in the handler ${pq(handler)}`);
+  out(`      handler phases: ${[...phases].map(([p, v]) => `${p} ${pq(v)}`).join('; ')}`);
+}
+
+/** The coordinator's event-loop delay and its synchronous turns by cause, and this process's loop delay. */
+function printTurns(report: TurnReport | undefined, benchLoop: IntervalHistogram | undefined): void {
+  const ms = (ns: number): string => fmt(ns / 1e6, 1);
+  if (benchLoop && benchLoop.count > 0) out(`    this process's (client + simulated nodes) event-loop delay p50 / p99 / max ms: ${ms(benchLoop.percentile(50))} / ${ms(benchLoop.percentile(99))} / ${ms(benchLoop.max)}`);
+  if (!report) {
+    out('    (no turn figures from the coordinator)');
+    return;
+  }
+  const d = report.loopDelay;
+  if (d) out(`    coordinator event-loop delay p50 / p99 / max ms: ${fmt(d.p50Ms, 1)} / ${fmt(d.p99Ms, 1)} / ${fmt(d.maxMs, 1)} (mean ${fmt(d.meanMs, 1)})`);
+  out('    coordinator time by cause (ms; rpc: whole handler incl. awaits; size: writes, runs started, VMs reported, runs planned):');
+  out('      cause                          count   total s      p50      p99      max   size mean/max');
+  for (const c of report.causes) {
+    out(`      ${c.cause.padEnd(28)} ${String(c.count).padStart(7)} ${fmt(c.totalMs / 1000, 1).padStart(9)} ${fmt(c.p50Ms, 1).padStart(8)} ${fmt(c.p99Ms, 1).padStart(8)} ${fmt(c.maxMs, 1).padStart(8)}   ${fmt(c.sizeMean, 1)}/${fmt(c.sizeMax, 0)}`);
   }
 }
 

@@ -14,6 +14,7 @@ import { CoordinatorServiceService } from '../shared/gen/migd/v1/coordinator.js'
 import type { Logger } from '../shared/log.js';
 import { createMetrics, outboxLagObserver, type MigdMetrics } from '../shared/metrics/metrics.js';
 import { startMetricsServer, type MetricsServer } from '../shared/metrics/server.js';
+import { turns } from '../shared/metrics/turns.js';
 import { RpcServer } from '../shared/rpc/server.js';
 import { retry } from '../shared/retry.js';
 import { splitHostPort } from '../shared/rpc/tls.js';
@@ -174,8 +175,11 @@ export class Coordinator {
       c.server.addService('migd.v1.CoordinatorService', CoordinatorServiceService, coordinatorHandlers(parts));
       await c.server.start();
       if (config.metricsListen) {
+        // Where the event loop goes, served with the metrics (cheap, and off without them).
+        turns.enable();
+        turns.register(metrics.registry);
         const { host, port } = splitHostPort(config.metricsListen);
-        c.metricsServer = await startMetricsServer({ registry: metrics.registry, host, port, logger: log });
+        c.metricsServer = await startMetricsServer({ registry: metrics.registry, host, port, logger: log, debug: { '/debug/turns': () => turns.report() } });
       }
       leadership?.start();
     } catch (err) {

@@ -17,6 +17,7 @@ import { isSampleSubject, parseSubject } from '../shared/events/subjects.js';
 import type { Run } from '../shared/gen/migd/v1/coordinator.js';
 import type { Event } from '../shared/gen/migd/v1/events.js';
 import type { Logger } from '../shared/log.js';
+import { turns } from '../shared/metrics/turns.js';
 import type { OutboxRepository } from './store/types.js';
 
 const PAGE = 500;
@@ -180,6 +181,7 @@ export class EventBus {
   private async pump(): Promise<void> {
     for (;;) {
       const rows = await this.store.readOutbox({ afterSeq: this.cursor, limit: PAGE });
+      const t0 = turns.enabled ? turns.now() : 0;
       for (const r of rows) {
         this.cursor = r.seq;
         try {
@@ -188,6 +190,7 @@ export class EventBus {
           this.log.warn('event bus: undecodable outbox row', { seq: r.seq, err });
         }
       }
+      turns.record('events.deliver', t0, rows.length);
       if (rows.length < PAGE) return;
     }
   }

@@ -11,6 +11,7 @@ import { createIdFactory } from '../shared/events/ids.js';
 import { MigrationPolicy, MigrationState, VmState, type VmInfo } from '../shared/gen/migd/v1/common.js';
 import { RunFilter, SubmitPlanRequest, type CoordinatorServiceCreateVmRequest, type Plan, type SubmitPlanResponse } from '../shared/gen/migd/v1/coordinator.js';
 import type { Logger } from '../shared/log.js';
+import { turns } from '../shared/metrics/turns.js';
 import { type ClusterModel, clusterFromProto, createdDiskSpace, findVm } from './domain/cluster.js';
 import { draftPlan } from './domain/plan.js';
 import { policyFor, policyResolution } from './domain/policy/factory.js';
@@ -152,8 +153,13 @@ export class Planner {
     const key = req.idempotencyKey;
     if (!key) throw new InvalidArgumentError('idempotency_key is required', { reason: 'NO_IDEMPOTENCY_KEY' });
     if (key.length > MAX_KEY) throw new InvalidArgumentError(`idempotency_key is longer than ${MAX_KEY} characters`);
+    // With the turn profiler on, each phase's time (the wait for the planner's lock, the reads, the
+    // planning, the plan's write, the dispatch) is recorded and kept per plan (served at /debug/turns).
+    const laps = turns.laps('submit');
     return this.exclusive(async () => {
+      laps?.lap('lock-wait');
       const existing = await this.o.store.plans.findPlanByKey(key, scope);
+      laps?.lap('read-key');
       if (existing) return { plan: sameRequest(existing, req), existing: true };
       const target = req.target;
       if (!target) throw new InvalidArgumentError('the request names no target: set migrate or drain', { reason: 'NO_TARGET' });
@@ -162,6 +168,7 @@ export class Planner {
       // Contradictions are the caller's error whatever the cluster looks like.
       policyAt(GiB);
       const cluster = await this.model();
+      laps?.lap('model');
       if (target.$case === 'migrate') {
         if (!target.value.vmName) throw new InvalidArgumentError('migrate.vm_name is required');
       } else {
@@ -193,6 +200,7 @@ export class Planner {
           priority: req.priority,
         };
       });
+      laps?.lap('plan', runs.length);
       const created = await this.o.store.plans.createPlan({
         id: planId,
         idempotencyKey: key,
@@ -203,15 +211,23 @@ export class Planner {
         priority: req.priority,
         runs: runs.map(({ order: _order, convergence: _convergence, ...r }) => r),
       });
+      laps?.lap('write');
       if (created.existing) return { plan: sameRequest(created.plan, req), existing: true };
       this.o.log.info('plan submitted', { planId, key, target: target.$case, runs: runs.length, order: draft.orderingReason });
       const stored = new Map((await this.o.store.plans.listPlanRuns(planId)).map((s) => [s.id, s]));
+      laps?.lap('read-runs');
       this.o.runs.enqueue(runs.flatMap((r) => {
         const run = stored.get(r.id);
         return run ? [{ run, order: r.order, policy: r.convergence }] : [];
       }));
+      laps?.lap('enqueue');
       if (runs.length === 0) await this.o.runs.updatePlan(planId);
-      return { plan: await this.o.store.plans.getPlan(planId), existing: false };
+      const plan = await this.o.store.plans.getPlan(planId);
+      if (laps) {
+        laps.lap('read-plan');
+        turns.keep(`SubmitPlan ${key}`, { handlerMs: laps.total(), phasesMs: laps.ms, size: runs.length });
+      }
+      return { plan, existing: false };
     });
   }
 

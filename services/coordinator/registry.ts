@@ -11,6 +11,7 @@ import { VmState, type GuestPerfSample, type HostInfo, type VmInfo } from '../sh
 import { NodeStatus, type Node } from '../shared/gen/migd/v1/coordinator.js';
 import { NodeServiceService, type MigrationEndpoint } from '../shared/gen/migd/v1/node.js';
 import type { Logger } from '../shared/log.js';
+import { turns } from '../shared/metrics/turns.js';
 import { createClient, type RpcClient } from '../shared/rpc/client.js';
 import { nodeIdentity } from '../shared/pki.js';
 import { splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
@@ -181,6 +182,7 @@ export class NodeRegistry {
    * of a VM the coordinator has never seen is taken as that node's.
    */
   private async syncVms(nodeId: string, vms: readonly VmInfo[]): Promise<void> {
+    const t0 = turns.enabled ? turns.now() : 0;
     const list: VmInfo[] = [];
     const names = new Set<string>();
     const writes: VmInfo[] = [];
@@ -216,6 +218,7 @@ export class NodeRegistry {
       const stored = await this.o.store.nodes.getVm(name).catch(() => undefined);
       if (stored && stored.nodeId === nodeId) writes.push({ ...stored, state: VmState.VM_STATE_STOPPED, pid: 0, migrationRunId: '' });
     }
+    turns.record('registry.vm-report', t0, vms.length);
     // One transaction for the whole report (a node's first heartbeat lists every VM it runs).
     await this.write(...writes);
   }

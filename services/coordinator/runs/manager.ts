@@ -11,6 +11,7 @@ import { retry } from '../../shared/retry.js';
 import { MigrationState, PolicyActionKind } from '../../shared/gen/migd/v1/common.js';
 import { PlanState, type Run } from '../../shared/gen/migd/v1/coordinator.js';
 import type { Logger } from '../../shared/log.js';
+import { turns } from '../../shared/metrics/turns.js';
 import { type ConcurrencyLimits, MigrationQueue, type QueueItem } from '../domain/scheduler.js';
 import type { NodeRegistry } from '../registry.js';
 import { RunSupervisor, type RunStore } from './supervisor.js';
@@ -155,6 +156,8 @@ export class RunManager {
       this.dispatchImmediate = undefined;
     }
     if (this.stopped) return;
+    const t0 = turns.enabled ? turns.now() : 0;
+    let started = 0;
     const busyLinks = new Set(this.unslotted.values());
     const now = this.now();
     // A node that is down may be back soon (a daemon restart, a network blip): the run keeps its
@@ -187,7 +190,9 @@ export class RunManager {
         },
       );
       this.track(p);
+      started++;
     }
+    turns.record('runs.dispatch', t0, started);
     for (const e of expired) this.track(this.failWaiting(e.id, e.down, e.waitedMs));
     for (const id of this.waitingForNode.keys()) if (this.queue.status(id) !== 'queued') this.waitingForNode.delete(id);
     if (this.waitingForNode.size > 0 && !this.waitTimer) {

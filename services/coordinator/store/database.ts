@@ -12,6 +12,7 @@ import { buildEvent, encodeEvent } from '../../shared/events/codec.js';
 import { createIdFactory } from '../../shared/events/ids.js';
 import type { Event } from '../../shared/gen/migd/v1/events.js';
 import type { Logger } from '../../shared/log.js';
+import { turns } from '../../shared/metrics/turns.js';
 import type { ResolvedHistoryStoreOptions } from './options.js';
 import type { HistoryDatabase } from './schema.js';
 
@@ -137,9 +138,18 @@ export class StoreDatabase {
 
   /** Writes queued groups until none is left. */
   private async flush(): Promise<void> {
+    const t0 = turns.enabled ? turns.now() : 0;
+    let writes = 0;
     try {
-      while (this.pending.length > 0) await this.writeGroup(this.pending.splice(0, WRITE_GROUP_MAX));
+      while (this.pending.length > 0) {
+        const group = this.pending.splice(0, WRITE_GROUP_MAX);
+        writes += group.length;
+        const t = turns.enabled ? turns.now() : 0;
+        await this.writeGroup(group);
+        turns.record('store.group-commit', t, group.length);
+      }
     } finally {
+      turns.record('store.flush', t0, writes);
       this.flushing = undefined;
     }
   }
@@ -205,11 +215,13 @@ export class StoreDatabase {
   async read<T>(fn: (conn: Db) => Promise<T>): Promise<T> {
     this.checkOpen();
     return this.db.connection().execute(async (conn) => {
+      const t0 = turns.enabled ? turns.now() : 0;
       await this.dialect.beginRead(conn);
       try {
         return await fn(conn);
       } finally {
         await conn.executeQuery(TX.commit);
+        turns.record('store.read', t0);
       }
     });
   }

@@ -14,6 +14,8 @@ export interface MetricsServerOptions {
   /** Port; 0 picks a free one. Default 9464. */
   port?: number;
   logger?: Logger;
+  /** Further GET paths answered with the JSON the function returns (e.g. `/debug/turns`). */
+  debug?: Readonly<Record<string, () => unknown>>;
 }
 
 /** A listening metrics server. */
@@ -35,6 +37,11 @@ export async function startMetricsServer(opts: MetricsServerOptions): Promise<Me
   const host = opts.host ?? '127.0.0.1';
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
+    const debug = path !== undefined && req.method === 'GET' && Object.hasOwn(opts.debug ?? {}, path) ? opts.debug![path] : undefined;
+    if (debug) {
+      res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(debug()));
+      return;
+    }
     if (path !== '/metrics' || (req.method !== 'GET' && req.method !== 'HEAD')) {
       res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
       return;

@@ -18,6 +18,7 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { CancelledError, ResourceExhaustedError, UnavailableError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { turns } from '../metrics/turns.js';
 import { protoDir } from '../paths.js';
 import { serverCredentials, splitHostPort, type TransportSecurity } from './tls.js';
 import { toStatus } from './status.js';
@@ -233,6 +234,7 @@ export class RpcServer {
       const ac = new AbortController();
       this.inflight.add(ac);
       const ctx = this.context(call, method, ac);
+      const t0 = turns.enabled ? turns.now() : 0;
       const run = async (): Promise<unknown> => {
         this.opts.authorize?.(ctx);
         return handler(call.request, ctx);
@@ -240,6 +242,9 @@ export class RpcServer {
       run().then(
         (res) => {
           this.inflight.delete(ac);
+          // The handler's whole time (its awaits included): with the planner's and the store's
+          // own turns it tells waiting from working (see metrics/turns.ts).
+          turns.record(`rpc ${method.slice(method.lastIndexOf('/') + 1)}`, t0);
           callback(null, res);
         },
         (err: unknown) => {

@@ -105,9 +105,10 @@
  * (a raised limit needs one pass to show whether it suffices); auto-converge and post-copy are
  * taken at most once and the downtime limit only ever goes up.
  */
-import { MultifdCompression, PolicyActionKind, PolicyKind, type MigrationPolicy, type ProgressSample } from '../../../shared/gen/migd/v1/common.js';
+import { type GuestPerfSample, MigrationState, MultifdCompression, PolicyActionKind, PolicyKind, type MigrationPolicy, type ProgressSample } from '../../../shared/gen/migd/v1/common.js';
 import { formatBytes, formatDuration, formatRate } from '../units.js';
 import { type CostModel, DEFAULT_COST_MODEL, type StepCost, cheapest, postcopyCost, precopyCost } from './cost.js';
+import { type GuestTally, type RunCostFigures, blendedCostModel, enterPhase, initialGuestTally, priorFromHistory, runCostFigures, tallyGuestSample } from './measured.js';
 import { completedPasses, dirtyBytesPerSec, isPostcopy, isPrecopy, isStarting, median, throughputBytesPerSec } from './signals.js';
 import { type TimeoutRules, type TimeoutState, checkTimeouts, initialTimeoutState, trackProgress } from './timeouts.js';
 import type { ConvergencePolicy, Decision, PolicyDecision, PolicyRequirements } from './types.js';
@@ -191,6 +192,19 @@ export interface AdaptiveState {
   readonly userLimit?: boolean;
   /** The figures of the last cost comparison (for tests and the timeline; not read back). */
   readonly assessment?: AdaptiveAssessment;
+  /**
+   * The cost model from this VM's earlier runs (measured.ts priorFromHistory), in place of the
+   * tuning's; absent: the tuning's (DEFAULT_COST_MODEL).
+   */
+  readonly prior?: CostModel;
+  /** Earlier runs behind `prior`: [with a pre-copy harm rate, with a post-copy cost]. */
+  readonly priorRuns?: readonly [number, number];
+  /** This run's guest samples so far (measured.ts): its own pre-copy harm rate. Absent: no guest pace feed. */
+  readonly guest?: GuestTally;
+  /** Host time (epoch ms) pre-copy was first seen. */
+  readonly precopyAtMs?: number;
+  /** What remained at the last pre-copy sample, as transfer time (ms; the backlog at a switch to post-copy). */
+  readonly remainingMs?: number;
   readonly window: readonly AdaptiveReading[];
   /** [pass, first seen at ms, remaining bytes then] of the last few passes (older states: no third element). */
   readonly passMarks: readonly (readonly [number, number, number?])[];
@@ -210,6 +224,10 @@ export interface AdaptiveAssessment {
   readonly convergesSoon: boolean;
   /** The raise it would take (ms). */
   readonly target: number;
+  /** The cost model the steps were ranked by (the prior with this run's measured h blended in). */
+  readonly model?: CostModel;
+  /** This run's measured pre-copy harm rate and its pace samples, when it was used. */
+  readonly measuredHarm?: { readonly rate: number; readonly samples: number };
 }
 
 /** The policy's reading of the window, exposed for tests and the run timeline. */
@@ -287,7 +305,86 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     return { dirtyBytesPerSec: dirty, estimateUsed: estimate > qemuDirty ? estimate : 0, throughputBytesPerSec: bw, ratio, backlogMs, limitMs, passesToConverge, needMs, convergesSoon: passesToConverge <= k };
   }
 
-  decide(state: AdaptiveState, sample: ProgressSample, nowMs: number): Decision<AdaptiveState> {
+  /** The cost model in force: the VM's prior (or the tuning's) with this run's measured h blended in. */
+  costModel(state: AdaptiveState): { model: CostModel; measured?: { rate: number; samples: number } } {
+    return blendedCostModel(state.prior ?? this.tuning.costs, state.guest);
+  }
+
+  private assessedModel(st: AdaptiveState): Pick<AdaptiveAssessment, 'model' | 'measuredHarm'> {
+    if (st.prior === undefined && st.guest === undefined) return {};
+    const { model, measured } = this.costModel(st);
+    return { model, ...(measured ? { measuredHarm: measured } : {}) };
+  }
+
+  /** Folds one guest sample (forwarded by the source node, or stored from before the run) into the tally. */
+  observeGuest(state: AdaptiveState, sample: GuestPerfSample): AdaptiveState {
+    const host = sample.time?.getTime();
+    if (host === undefined) return state;
+    let guest = state.guest ?? initialGuestTally();
+    if (state.guest === undefined && state.precopyAtMs !== undefined) guest = enterPhase(guest, 'precopy', state.precopyAtMs);
+    // Whole-guest pace only (worker -1); a worker's own line counts for the clock.
+    const next = tallyGuestSample(guest, { hostMs: host, guestMonoMs: sample.guestMonoMs, msPerGib: sample.worker === -1 ? sample.msPerGib : 0 });
+    return next === state.guest ? state : { ...state, guest: next };
+  }
+
+  /**
+   * The run's state changed (the coordinator's transitions): pre-copy ends at the switch-over, the
+   * post-copy phase at arrival (VERIFYING) — no progress sample says so once QEMU completes.
+   */
+  observeState(state: AdaptiveState, to: MigrationState, atMs: number): AdaptiveState {
+    if (to === MigrationState.MIGRATION_STATE_PRECOPY && state.precopyAtMs === undefined) state = { ...state, precopyAtMs: atMs };
+    if (!state.guest) return state;
+    switch (to) {
+      case MigrationState.MIGRATION_STATE_PRECOPY:
+        return { ...state, guest: enterPhase(state.guest, 'precopy', atMs) };
+      case MigrationState.MIGRATION_STATE_SWITCHOVER:
+        return { ...state, guest: enterPhase(state.guest, 'switchover', atMs) };
+      case MigrationState.MIGRATION_STATE_POSTCOPY:
+        return { ...state, guest: enterPhase(state.guest, 'postcopy', atMs, state.remainingMs) };
+      case MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED:
+      case MigrationState.MIGRATION_STATE_POSTCOPY_RECOVERING:
+      case MigrationState.MIGRATION_STATE_PREPARING:
+      case MigrationState.MIGRATION_STATE_SETUP:
+      case MigrationState.MIGRATION_STATE_QUEUED:
+      case MigrationState.MIGRATION_STATE_UNSPECIFIED:
+        return state;
+      default:
+        return { ...state, guest: enterPhase(state.guest, 'after', atMs) };
+    }
+  }
+
+  /** Sets the prior from the VM's earlier runs (measured.ts); no usable run: unchanged. */
+  withHistory(state: AdaptiveState, runs: readonly RunCostFigures[]): AdaptiveState {
+    const p = priorFromHistory(runs, this.tuning.costs);
+    if (p.precopyRuns === 0 && p.postcopyRuns === 0) return state;
+    return { ...state, prior: p.model, priorRuns: [p.precopyRuns, p.postcopyRuns] };
+  }
+
+  /** This run's measured figures, for the next run of the VM; undefined without a guest pace feed. */
+  costFigures(state: AdaptiveState): RunCostFigures | undefined {
+    if (!state.guest) return undefined;
+    const f = runCostFigures(state.guest);
+    return Object.keys(f).length > 0 ? f : undefined;
+  }
+
+  /** Moves the guest tally's phase with the migration's (absent tally: nothing to do). */
+  private trackPhase(state: AdaptiveState, sample: ProgressSample): AdaptiveState {
+    const at = sample.time?.getTime();
+    if (isPrecopy(sample)) {
+      const bw = throughputBytesPerSec(sample);
+      const remainingMs = bw > 0 ? (sample.remainingBytes / bw) * 1000 : state.remainingMs;
+      const guest = state.guest && at !== undefined ? enterPhase(state.guest, 'precopy', at) : state.guest;
+      const precopyAtMs = state.precopyAtMs ?? at;
+      if (remainingMs === state.remainingMs && guest === state.guest && precopyAtMs === state.precopyAtMs) return state;
+      return { ...state, ...(remainingMs !== undefined ? { remainingMs } : {}), ...(guest ? { guest } : {}), ...(precopyAtMs !== undefined ? { precopyAtMs } : {}) };
+    }
+    if (!state.guest || at === undefined) return state;
+    if (isPostcopy(sample)) return { ...state, guest: enterPhase(state.guest, 'postcopy', at, state.remainingMs) };
+    return state;
+  }
+
+  decide(state0: AdaptiveState, sample: ProgressSample, nowMs: number): Decision<AdaptiveState> {
+    const state = this.trackPhase(state0, sample);
     if (state.done) return { actions: [], state };
     if (isPostcopy(sample)) return { actions: [], state: { ...state, done: true } };
     if (!isPrecopy(sample) && !isStarting(sample)) return { actions: [], state };
@@ -331,7 +428,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const sized = early ? { ...p, needMs: Math.max(p.needMs, p.backlogMs) } : p;
     const t = this.tuning;
     const target = Math.ceil((sized.needMs * t.downtimeMargin) / t.downtimeQuantumMs) * t.downtimeQuantumMs;
-    st = { ...st, assessment: { elapsedMs: nowMs, backlogMs: p.backlogMs, ratio: p.ratio, limitMs: p.limitMs, needMs: sized.needMs, early, convergesSoon: p.convergesSoon, target } };
+    st = { ...st, assessment: { elapsedMs: nowMs, backlogMs: p.backlogMs, ratio: p.ratio, limitMs: p.limitMs, needMs: sized.needMs, early, convergesSoon: p.convergesSoon, target, ...this.assessedModel(st) } };
     const decision = this.escalate(st, sized, early, target, sample, nowMs);
     if (!decision) return { actions: [], state: st };
     const next: AdaptiveState = { ...st, lastActionPasses: passes, estimateAtAction: sample.estimatedDirtyBytesPerSec ?? 0, window: [] };
@@ -375,8 +472,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
    * option: nothing while pre-copy converges within K passes at the limit in force; a raise to
    * `target` while that is within max_downtime_ms and above the limit; post-copy while allowed.
    */
-  costs(p: AdaptivePrediction, early: boolean, target: number, postcopy: boolean): { nothing?: StepCost; raise?: StepCost; postcopy?: StepCost } {
-    const m = this.tuning.costs;
+  costs(p: AdaptivePrediction, early: boolean, target: number, postcopy: boolean, m: CostModel = this.tuning.costs): { nothing?: StepCost; raise?: StepCost; postcopy?: StepCost } {
     const out: { nothing?: StepCost; raise?: StepCost; postcopy?: StepCost } = {};
     if (p.convergesSoon) out.nothing = precopyCost(m, p.backlogMs, p.ratio, p.limitMs);
     if (target <= this.config.maxDowntimeMs && target > p.limitMs) {
@@ -405,12 +501,15 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     // A throttle the user turned on gets its grace passes before post-copy.
     const acAt = st.autoConverge ? st.autoConvergeAt : null;
     const inGrace = acAt !== null && (passes - acAt.passes < t.autoConvergeGracePasses || p.backlogMs <= (1 - t.autoConvergeMinShrink) * acAt.backlogMs);
-    const c = this.costs(p, early, target, allowed && !inGrace);
+    const { model, measured } = this.costModel(st);
+    const c = this.costs(p, early, target, allowed && !inGrace, model);
     const options = [c.nothing, c.raise, c.postcopy];
-    const pick = cheapest(t.costs, options.filter((x): x is StepCost => x !== undefined));
+    const pick = cheapest(model, options.filter((x): x is StepCost => x !== undefined));
     const chosen = pick < 0 ? undefined : options.filter((x): x is StepCost => x !== undefined)[pick];
     const lost = (x: StepCost | undefined): string => (x ? `≈${formatDuration(x.harmMs)}` : '—');
-    const costs = `predicted guest time lost: nothing ${lost(c.nothing)}, raise to ${target} ms ${lost(c.raise)}, post-copy ${lost(c.postcopy)}`;
+    const source = measured ? `h ${model.precopyHarmRate.toFixed(2)} with this run's ${measured.rate.toFixed(2)} over ${measured.samples} guest pace samples` : `h ${model.precopyHarmRate.toFixed(2)}`;
+    const prior = st.priorRuns ? `, prior from ${Math.max(...st.priorRuns)} earlier runs of the VM` : '';
+    const costs = `predicted guest time lost: nothing ${lost(c.nothing)}, raise to ${target} ms ${lost(c.raise)}, post-copy ${lost(c.postcopy)}; ${source}, c ${formatDuration(model.postcopyFixedMs)}, s ${model.postcopyHarmRate.toFixed(2)}${prior}`;
 
     if ((chosen !== undefined && chosen === c.nothing) || (c.nothing && st.userLimit === true)) return undefined;
 

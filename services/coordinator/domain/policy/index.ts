@@ -27,3 +27,21 @@ export {
 } from './presets.js';
 export { forceCompleteKindFor, policyFor, policyName, policyResolution, type PolicyResolution } from './factory.js';
 export { type CostModel, DEFAULT_COST_MODEL, type StepCost, cheapest, postcopyCost, precopyCost } from './cost.js';
+export {
+  BLEND_PRIOR_SAMPLES,
+  type GuestPaceSample,
+  type GuestPhase,
+  type GuestTally,
+  MIN_PACE_SAMPLES,
+  PRIOR_WEIGHT,
+  type PhaseTally,
+  type RunCostFigures,
+  blendedCostModel,
+  enterPhase,
+  initialGuestTally,
+  measuredPrecopyHarm,
+  phaseLostMs,
+  priorFromHistory,
+  runCostFigures,
+  tallyGuestSample,
+} from './measured.js';

@@ -4,7 +4,10 @@
  * with the run and a restarted coordinator resumes a policy exactly where it stopped; replaying a
  * recorded trace through `decide` reproduces the actions exactly (that is how the tests work).
  */
+import type { RunCostFigures } from './measured.js';
 import {
+  type GuestPerfSample,
+  type MigrationState,
   PolicyActionKind,
   type MigrationPolicy,
   type PolicyAction,
@@ -85,6 +88,18 @@ export interface ConvergencePolicy<S = unknown> {
    *   (a node that stops reporting must still hit its progress timeout).
    */
   decide(state: S, sample: ProgressSample, nowMs: number): Decision<S>;
+  /**
+   * Feeds one guest sample (the guest's clock and pace: services/shared/guest/harm.ts), for a
+   * policy that measures the guest's harm itself. Pure like `decide`; a replay interleaves guest
+   * and progress samples in the order of their times.
+   */
+  observeGuest?(state: S, sample: GuestPerfSample): S;
+  /** The run moved to `to` at host time `atMs` (the coordinator's transitions), for a policy that tracks phases between samples. */
+  observeState?(state: S, to: MigrationState, atMs: number): S;
+  /** Gives the policy what the VM's earlier runs measured (its prior), before the first sample. */
+  withHistory?(state: S, runs: readonly RunCostFigures[]): S;
+  /** What this run measured, to be stored with it for the VM's next runs (at its end). */
+  costFigures?(state: S): RunCostFigures | undefined;
 }
 
 /** Builds the proto action the coordinator records and sends. */

@@ -1,0 +1,258 @@
+/**
+ * The cost model's figures measured on the VM itself (issue 14 §3 "fit the costs to measurements
+ * ... use the history too"). Pure.
+ *
+ * ## Within the run: h from the guest's pace
+ * The guest's samples reach the coordinator while the run goes (the source node forwards them).
+ * {@link tallyGuestSample} folds each into a small running tally, per phase, with the same
+ * definition as services/shared/guest/harm.ts: the time the guest's clock stood still (host span
+ * − guest span of consecutive samples) plus, while it ran, the work not done against its pace
+ * before the migration (`guest time × max(0, 1 − baseline / pace)` per whole-guest pace sample).
+ * The baseline is the median of the whole-guest pace samples seen before pre-copy started (the
+ * VM's stored samples from before the run, then those forwarded while the migration was set up).
+ * The pre-copy harm rate of this run so far is lost ÷ observed time of pre-copy.
+ *
+ * ## From history: the prior
+ * At a run's end {@link runCostFigures} keeps what the next run of the same VM needs: the pre-copy
+ * harm rate and how long it was observed, and, for a run that switched to post-copy, the guest
+ * time lost from the switch to the end and the backlog (as transfer time) at the switch.
+ * {@link priorFromHistory} turns the VM's earlier runs into the policy's prior: h their median;
+ * c and s by least squares over the post-copy runs where their backlogs spread enough to tell the
+ * slope (≥ 3 runs, ≥ 1 s apart), else s kept and c the median of lost − s·b. Each figure is
+ * shrunk towards the default by `PRIOR_WEIGHT` runs' worth (one run of a noisy machine decides
+ * little).
+ *
+ * ## Blending
+ * {@link blendedCostModel}: the measured h of this run replaces the prior's in proportion to how
+ * much was seen, h = (w·h_prior + n·h_run) / (w + n) with n the pace samples of pre-copy so far
+ * (the guest reports every ≈100 ms) and w = {@link BLEND_PRIOR_SAMPLES}; below
+ * {@link MIN_PACE_SAMPLES} the run's figure is not used at all. A VM without the stress agent
+ * (no pace samples) keeps its prior.
+ */
+import { type CostModel, DEFAULT_COST_MODEL } from './cost.js';
+import { median } from './signals.js';
+
+/** Pace samples of pre-copy needed before this run's own h is used. */
+export const MIN_PACE_SAMPLES = 10;
+/** The prior's weight in pace samples when blended with this run's h. */
+export const BLEND_PRIOR_SAMPLES = 20;
+/** The default model's weight in runs when the history's figures are shrunk towards it. */
+export const PRIOR_WEIGHT = 1;
+/** Pace samples kept for the baseline. */
+const BASELINE_SAMPLES = 9;
+
+/** One guest sample as the tally reads it. */
+export interface GuestPaceSample {
+  /** Host time the line was read (epoch ms). */
+  readonly hostMs: number;
+  /** The guest's monotonic clock (ms). */
+  readonly guestMonoMs: number;
+  /** Whole-guest ms per GiB (0: none: a heartbeat or one worker's line). */
+  readonly msPerGib: number;
+}
+
+/** Lost guest time accumulated over one phase. */
+export interface PhaseTally {
+  /** Host time the guest's clock stood still (ms, may dip below 0 through read jitter; clamp when read). */
+  readonly stoppedMs: number;
+  /** Work not done while it ran (ms). */
+  readonly slowedMs: number;
+  /** Host time covered by consecutive samples (ms). */
+  readonly coveredMs: number;
+  /** Pace samples counted. */
+  readonly paced: number;
+}
+
+/**
+ * Where the migration is: before pre-copy (the baseline), pre-copy, switch-over (stopped: counted
+ * with post-copy, as the fit in cost.ts did, and kept only when post-copy follows), post-copy,
+ * after arrival (not counted).
+ */
+export type GuestPhase = 'before' | 'precopy' | 'switchover' | 'postcopy' | 'after';
+
+/**
+ * Plain-data running tally of the guest's samples (JSON-safe: no NaN, no Infinity). Like harm.ts,
+ * each interval between two samples is shared out by host time over the phases' windows
+ * (pre-copy: its start to the switch-over; post-copy: the switch-over to arrival), so a guest
+ * that writes no line while its pages arrive is still charged when its next line comes.
+ */
+export interface GuestTally {
+  readonly phase: GuestPhase;
+  /** The last few whole-guest paces before pre-copy (ms/GiB). */
+  readonly before: readonly number[];
+  /** Frozen at the start of pre-copy: median of `before` (0: unknown). */
+  readonly baselineMsPerGib: number;
+  /** Host times (epoch ms) pre-copy started, the switch-over began, the guest arrived; -1: not yet. */
+  readonly precopyAtMs: number;
+  readonly switchAtMs: number;
+  readonly arrivedAtMs: number;
+  /** [hostMs, guestMonoMs] of the last sample and of the last pace sample. */
+  readonly last: readonly [number, number] | null;
+  readonly lastPaced: readonly [number, number] | null;
+  readonly precopy: PhaseTally;
+  readonly postcopy: PhaseTally;
+  /** Backlog (transfer ms) at the switch to post-copy; -1: none or unknown. */
+  readonly switchBacklogMs: number;
+}
+
+const EMPTY_PHASE: PhaseTally = Object.freeze({ stoppedMs: 0, slowedMs: 0, coveredMs: 0, paced: 0 });
+const PHASES: readonly GuestPhase[] = ['before', 'precopy', 'switchover', 'postcopy', 'after'];
+
+export function initialGuestTally(): GuestTally {
+  return { phase: 'before', before: [], baselineMsPerGib: 0, precopyAtMs: -1, switchAtMs: -1, arrivedAtMs: -1, last: null, lastPaced: null, precopy: EMPTY_PHASE, postcopy: EMPTY_PHASE, switchBacklogMs: -1 };
+}
+
+/**
+ * Moves the tally to `phase` at host time `atMs` (only forwards: before → precopy → switchover →
+ * postcopy → after). Entering pre-copy freezes the baseline; entering post-copy records the
+ * backlog at the switch.
+ */
+export function enterPhase(t: GuestTally, phase: GuestPhase, atMs: number, switchBacklogMs?: number): GuestTally {
+  if (PHASES.indexOf(phase) <= PHASES.indexOf(t.phase) || !Number.isFinite(atMs)) return t;
+  let next: GuestTally = { ...t, phase };
+  const passed = (p: GuestPhase): boolean => PHASES.indexOf(t.phase) < PHASES.indexOf(p) && PHASES.indexOf(phase) >= PHASES.indexOf(p);
+  if (passed('precopy')) next = { ...next, precopyAtMs: atMs, baselineMsPerGib: t.before.length > 0 ? median(t.before) : 0 };
+  if (passed('switchover')) next = { ...next, switchAtMs: atMs };
+  if (passed('after')) next = { ...next, arrivedAtMs: atMs };
+  if (passed('postcopy') && switchBacklogMs !== undefined && Number.isFinite(switchBacklogMs) && switchBacklogMs >= 0) next = { ...next, switchBacklogMs };
+  return next;
+}
+
+/** Overlap of [a, b] with [from, to] as a fraction of b − a (to < 0: open); as in harm.ts. */
+function share(a: number, b: number, from: number, to: number): number {
+  if (from < 0) return 0;
+  const end = to < 0 ? Infinity : to;
+  if (!(b > a)) return a >= from && a <= end ? 1 : 0;
+  const o = Math.min(b, end) - Math.max(a, from);
+  return o <= 0 ? 0 : o / (b - a);
+}
+
+function addInterval(p: PhaseTally, f: number, dh: number, dg: number): PhaseTally {
+  return f <= 0 ? p : { ...p, stoppedMs: p.stoppedMs + f * (dh - dg), coveredMs: p.coveredMs + f * Math.max(0, dh) };
+}
+
+function addPace(p: PhaseTally, f: number, lostMs: number): PhaseTally {
+  return f <= 0 ? p : { ...p, slowedMs: p.slowedMs + f * lostMs, paced: p.paced + 1 };
+}
+
+/** Folds one guest sample into the tally (samples out of the guest clock's order are dropped). */
+export function tallyGuestSample(t: GuestTally, s: GuestPaceSample): GuestTally {
+  if (!Number.isFinite(s.hostMs) || !Number.isFinite(s.guestMonoMs)) return t;
+  const paced = s.msPerGib > 0;
+  const newClock = !t.last || s.guestMonoMs > t.last[1];
+  // The same line again (a worker's and the whole guest's share a clock): only its pace may be new.
+  const newPace = paced && (!t.lastPaced || s.guestMonoMs > t.lastPaced[1]);
+  if (!newClock && !newPace) return t;
+  if (t.phase === 'before') {
+    return {
+      ...t,
+      before: paced ? [...t.before, s.msPerGib].slice(-BASELINE_SAMPLES) : t.before,
+      last: newClock ? [s.hostMs, s.guestMonoMs] : t.last,
+      lastPaced: newPace ? [s.hostMs, s.guestMonoMs] : t.lastPaced,
+    };
+  }
+  let { precopy, postcopy } = t;
+  if (newClock && t.last) {
+    const [a, ga] = t.last;
+    const dh = s.hostMs - a;
+    const dg = s.guestMonoMs - ga;
+    precopy = addInterval(precopy, share(a, s.hostMs, t.precopyAtMs, t.switchAtMs), dh, dg);
+    postcopy = addInterval(postcopy, share(a, s.hostMs, t.switchAtMs, t.arrivedAtMs), dh, dg);
+  }
+  if (newPace && t.lastPaced && t.baselineMsPerGib > 0) {
+    const [a, ga] = t.lastPaced;
+    const dg = s.guestMonoMs - ga;
+    const lost = dg * Math.max(0, 1 - t.baselineMsPerGib / s.msPerGib);
+    precopy = addPace(precopy, share(a, s.hostMs, t.precopyAtMs, t.switchAtMs), lost);
+    postcopy = addPace(postcopy, share(a, s.hostMs, t.switchAtMs, t.arrivedAtMs), lost);
+  }
+  return { ...t, precopy, postcopy, last: newClock ? [s.hostMs, s.guestMonoMs] : t.last, lastPaced: newPace ? [s.hostMs, s.guestMonoMs] : t.lastPaced };
+}
+
+/** Guest ms lost over a phase's tally. */
+export function phaseLostMs(p: PhaseTally): number {
+  return Math.max(0, p.stoppedMs) + p.slowedMs;
+}
+
+/** This run's pre-copy harm rate so far and the pace samples behind it; undefined without a baseline or pace. */
+export function measuredPrecopyHarm(t: GuestTally): { rate: number; samples: number } | undefined {
+  const p = t.precopy;
+  if (!(t.baselineMsPerGib > 0) || p.paced === 0 || !(p.coveredMs > 0)) return undefined;
+  return { rate: phaseLostMs(p) / p.coveredMs, samples: p.paced };
+}
+
+/** The model with this run's h blended in (see the module comment); the prior unchanged below the minimum. */
+export function blendedCostModel(prior: CostModel, t: GuestTally | undefined): { model: CostModel; measured?: { rate: number; samples: number } } {
+  const m = t ? measuredPrecopyHarm(t) : undefined;
+  if (!m || m.samples < MIN_PACE_SAMPLES) return { model: prior };
+  const h = (BLEND_PRIOR_SAMPLES * prior.precopyHarmRate + m.samples * m.rate) / (BLEND_PRIOR_SAMPLES + m.samples);
+  return { model: { ...prior, precopyHarmRate: h }, measured: m };
+}
+
+/** What one finished run tells the next run of the same VM (stored with the run). */
+export interface RunCostFigures {
+  /** Guest seconds lost per second of pre-copy; undefined: not measured. */
+  readonly precopyHarmRate?: number | undefined;
+  /** Observed pre-copy (ms) behind it. */
+  readonly precopyMs?: number | undefined;
+  /** Guest ms lost from the switch to post-copy to the end; undefined: no post-copy, or not measured. */
+  readonly postcopyLostMs?: number | undefined;
+  /** Backlog at the switch, as transfer time (ms). */
+  readonly postcopyBacklogMs?: number | undefined;
+}
+
+/** A finished run's figures from its tally (empty where nothing was measured). */
+export function runCostFigures(t: GuestTally): RunCostFigures {
+  const out: { -readonly [K in keyof RunCostFigures]: RunCostFigures[K] } = {};
+  const h = measuredPrecopyHarm(t);
+  if (h && h.samples >= MIN_PACE_SAMPLES) {
+    out.precopyHarmRate = h.rate;
+    out.precopyMs = t.precopy.coveredMs;
+  }
+  if (t.switchBacklogMs >= 0 && t.baselineMsPerGib > 0 && t.postcopy.coveredMs > 0) {
+    out.postcopyLostMs = phaseLostMs(t.postcopy);
+    out.postcopyBacklogMs = t.switchBacklogMs;
+  }
+  return out;
+}
+
+/** Least squares of y on x: intercept and slope; undefined when x does not spread. */
+function leastSquares(points: readonly (readonly [number, number])[]): { intercept: number; slope: number } | undefined {
+  const n = points.length;
+  if (n < 2) return undefined;
+  const mx = points.reduce((a, p) => a + p[0], 0) / n;
+  const my = points.reduce((a, p) => a + p[1], 0) / n;
+  const sxx = points.reduce((a, p) => a + (p[0] - mx) ** 2, 0);
+  if (!(sxx > 0)) return undefined;
+  const slope = points.reduce((a, p) => a + (p[0] - mx) * (p[1] - my), 0) / sxx;
+  return { intercept: my - slope * mx, slope };
+}
+
+const shrink = (fitted: number, n: number, prior: number): number => (n * fitted + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT);
+
+/**
+ * The prior for a VM from its earlier runs' figures (see the module comment), and which figures
+ * came from how many runs. With no usable run: `fallback` itself.
+ */
+export function priorFromHistory(runs: readonly RunCostFigures[], fallback: CostModel = DEFAULT_COST_MODEL): { model: CostModel; precopyRuns: number; postcopyRuns: number } {
+  const hs = runs.map((r) => r.precopyHarmRate).filter((x): x is number => x !== undefined && Number.isFinite(x) && x >= 0);
+  const pc = runs
+    .filter((r) => r.postcopyLostMs !== undefined && r.postcopyBacklogMs !== undefined && Number.isFinite(r.postcopyLostMs) && Number.isFinite(r.postcopyBacklogMs))
+    .map((r) => [r.postcopyBacklogMs!, r.postcopyLostMs!] as const);
+  let model: CostModel = fallback;
+  if (hs.length > 0) model = { ...model, precopyHarmRate: shrink(median(hs), hs.length, fallback.precopyHarmRate) };
+  if (pc.length > 0) {
+    const xs = pc.map((p) => p[0]);
+    const fit = pc.length >= 3 && Math.max(...xs) - Math.min(...xs) >= 1000 ? leastSquares(pc) : undefined;
+    let s = fallback.postcopyHarmRate;
+    let c: number;
+    if (fit && fit.slope >= 0 && fit.intercept >= 0) {
+      s = fit.slope;
+      c = fit.intercept;
+    } else {
+      c = Math.max(0, median(pc.map(([b, lost]) => lost - s * b)));
+    }
+    model = { ...model, postcopyFixedMs: shrink(c, pc.length, fallback.postcopyFixedMs), postcopyHarmRate: shrink(s, pc.length, fallback.postcopyHarmRate) };
+  }
+  return { model, precopyRuns: hs.length, postcopyRuns: pc.length };
+}

@@ -1,9 +1,13 @@
 /**
  * The outbox relay: publishes a store's outbox to JetStream, in order, at least once.
  *
- * - Reads unpublished rows (lowest seq first), publishes each with `msgID` = event id and waits
- *   for its PubAck before the next one, so the stream keeps the outbox order (and with it each
- *   run's `run_sequence` order).
+ * - Reads unpublished rows (lowest seq first) and publishes the batch in that order with `msgID` =
+ *   event id, without waiting for each PubAck before the next publish (see {@link publishInOrder}):
+ *   every row after the first expects the one before it as the stream's last message
+ *   (`Nats-Expected-Last-Msg-Id`), so a row the stream did not store makes it refuse the rows after
+ *   it instead of storing them ahead of it. Only the acknowledged prefix is marked published; the
+ *   rest waits for the next pass. The stream keeps the outbox order (and with it each run's
+ *   `run_sequence` order).
  * - Marks the published rows in one short transaction afterwards; no SQLite transaction is ever
  *   held across network I/O. A crash between publish and mark re-publishes those rows on the next
  *   start, and JetStream drops them as duplicates (within the stream's duplicate window).
@@ -77,7 +81,7 @@ export interface OutboxRelay {
    * @throws CancelledError when the relay stops first; the signal's reason when it aborts.
    */
   idle(signal?: AbortSignal): Promise<void>;
-  /** Stops the loop after the current publish and marks what was published; idempotent. */
+  /** Stops the loop once the batch being published is acknowledged (or not), marking what was; idempotent. */
   stop(): Promise<void>;
 }
 
@@ -272,26 +276,25 @@ class Relay implements OutboxRelay {
       for (const w of waiting) if (w.after < read) w.resolve();
       return 'idle';
     }
-    const done: number[] = [];
     let failure: Error | undefined;
-    for (const rec of batch) {
-      if (this.stopping) break;
-      try {
-        const ack = await this.js.publish(rec.subject, rec.payload, {
+    let done: number[] = [];
+    if (!this.stopping) {
+      const r = await publishInOrder(batch, (rec, previousId) =>
+        this.js.publish(rec.subject, rec.payload, {
           msgID: rec.eventId,
           headers: eventHeaders(rec.eventId),
           timeout: this.publishTimeoutMs,
-          expect: { streamName: this.streamOpts.name },
-        });
-        if (ack.duplicate) this.counters.duplicates++;
-        else this.counters.published++;
-        done.push(rec.seq);
-      } catch (err) {
-        failure = asError(err);
+          expect: { streamName: this.streamOpts.name, ...(previousId === undefined ? {} : { lastMsgID: previousId }) },
+        }),
+      );
+      done = r.acked.map((rec) => rec.seq);
+      this.counters.published += r.acked.length - r.duplicates;
+      this.counters.duplicates += r.duplicates;
+      if (r.failure !== undefined) {
+        failure = asError(r.failure);
         // 503: nobody answers on the subject, i.e. the stream is gone (memory storage and a
         // restarted server, or deleted): re-create it before the retry.
-        if (isNoResponders(err)) this.streamReady = false;
-        break;
+        if (isNoResponders(r.failure)) this.streamReady = false;
       }
     }
     if (done.length > 0) {
@@ -347,6 +350,59 @@ class Relay implements OutboxRelay {
       };
     });
   }
+}
+
+/** What {@link publishInOrder} needs of a PubAck. */
+export interface PublishAck {
+  duplicate: boolean;
+}
+
+/** The outcome of {@link publishInOrder}. */
+export interface InOrderOutcome<R> {
+  /** The longest prefix of the batch whose acks all arrived, in order: these can be marked published. */
+  acked: R[];
+  /** How many of `acked` the stream reported as duplicates. */
+  duplicates: number;
+  /** The first failed ack's error (the record at index `acked.length`); undefined when all arrived. */
+  failure?: unknown;
+}
+
+/**
+ * Publishes `batch` in order without waiting for one ack before the next publish, then waits for
+ * all the acks. `publish(rec, previousId)` must send at once (before it awaits) and must make the
+ * stream refuse `rec` unless `previousId` (the record before it in this batch; undefined for the
+ * first) is the stream's last stored message: then a record the stream did not store makes it
+ * refuse the ones after it, so nothing is stored out of order. Only the prefix up to the first
+ * failed ack counts as published; a later ack that did arrive is ignored (that record goes out
+ * again in the next pass and the stream drops it as a duplicate).
+ */
+export async function publishInOrder<R extends { eventId: string }>(
+  batch: readonly R[],
+  publish: (rec: R, previousId: string | undefined) => Promise<PublishAck>,
+): Promise<InOrderOutcome<R>> {
+  const pending: Promise<PublishAck>[] = [];
+  let previous: string | undefined;
+  for (const rec of batch) {
+    let p: Promise<PublishAck>;
+    try {
+      p = publish(rec, previous);
+    } catch (err) {
+      p = Promise.reject(err);
+    }
+    pending.push(p);
+    previous = rec.eventId;
+  }
+  const settled = await Promise.allSettled(pending);
+  const out: InOrderOutcome<R> = { acked: [], duplicates: 0 };
+  for (const [i, s] of settled.entries()) {
+    if (s.status === 'rejected') {
+      out.failure = s.reason;
+      break;
+    }
+    out.acked.push(batch[i]!);
+    if (s.value.duplicate) out.duplicates++;
+  }
+  return out;
 }
 
 function asError(err: unknown): Error {

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openSqliteHistoryStore, type SqliteHistoryStore } from '../../../services/coordinator/store/sqlite.js';
+import { decodeEvent } from '../../../services/shared/events/codec.js';
 import { newId } from '../../../services/shared/events/ids.js';
 import { EVENTS_STREAM } from '../../../services/shared/events/jetstream.js';
 import type { OutboxSource } from '../../../services/shared/events/outbox.js';
@@ -236,6 +237,38 @@ describe('events through the outbox relay', () => {
     await r.idle();
     expect(await streamMessages(nc)).toBe(9); // only the second run: memory storage forgot the first
     expectRunEvents(await collect(await track(subscribeRun(nc, runId, { untilCompleted: true }))), runId);
+  });
+
+  it('a row the stream refuses in the middle of a batch holds back the rows after it: nothing stored out of order', async () => {
+    const nc = await connect();
+    const first = relay(nc);
+    await first.idle(); // the stream exists
+    await first.stop();
+    // The stream refuses messages over 1 KiB: the action below, whose reason is 4 KiB, is one.
+    const jsm = await nc.jetstreamManager();
+    const info = await jsm.streams.info(EVENTS_STREAM);
+    await jsm.streams.update(EVENTS_STREAM, { ...info.config, max_msg_size: 1024 });
+    const runId = newId();
+    await store!.createRun({ id: runId, vmName: 'vm-a', sourceNodeId: 'n1', destinationNodeId: 'n2', policy: {} as never });
+    await store!.transitionRun(runId, { to: S.MIGRATION_STATE_PREPARING });
+    await store!.recordAction(runId, { kind: PolicyActionKind.POLICY_ACTION_KIND_SET_DOWNTIME, value: 1, reason: 'x'.repeat(4096), actor: 'user' } as never);
+    await store!.transitionRun(runId, { to: S.MIGRATION_STATE_SETUP });
+    await store!.transitionRun(runId, { to: S.MIGRATION_STATE_PRECOPY });
+    await store!.finishRun(runId, { state: S.MIGRATION_STATE_SUCCEEDED });
+    // One relay reads all 7 rows in one batch and publishes them without waiting ack by ack.
+    const r = relay(nc);
+    await waitFor(async () => r.stats().failures >= 2);
+    expect(r.stats().published).toBe(2);
+    expect((await store!.outboxLag()).unpublished).toBe(5);
+    expect(await streamMessages(nc)).toBe(2); // the 4 rows after the refused one were refused too
+
+    await jsm.streams.update(EVENTS_STREAM, { ...info.config, max_msg_size: -1 });
+    await r.idle();
+    expect((await store!.outboxLag()).unpublished).toBe(0);
+    // The stream holds the run's events once each, in run_sequence order.
+    const stored: number[] = [];
+    for (let seq = 1; seq <= (await streamMessages(nc)); seq++) stored.push(decodeEvent((await jsm.streams.getMessage(EVENTS_STREAM, { seq })).data).runSequence);
+    expect(stored).toEqual([1, 2, 3, 4, 5, 6, 7]);
   });
 
   it('never publishes a change that rolled back', async () => {

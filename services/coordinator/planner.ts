@@ -318,8 +318,8 @@ export class Planner {
       if (this.creating.has(name)) throw new FailedPreconditionError(`VM "${name}" is being created`, { reason: 'VM_BEING_CREATED' });
       const vm = (await this.o.registry.vms(undefined, { includeStopped: true })).find((v) => v.spec?.name === name && v.state !== VmState.VM_STATE_INCOMING);
       if (!vm) throw new NotFoundError(`VM "${name}" not found`, { reason: 'UNKNOWN_VM' });
-      const run = this.o.runs.activeMoves().find((r) => r.vmName === name);
-      if (run) throw new FailedPreconditionError(`VM "${name}" takes part in run ${run.runId} (queued or running); cancel it or wait for it to end`, { reason: 'VM_MIGRATING' });
+      const runId = this.o.runs.activeRunOf(name);
+      if (runId !== undefined) throw new FailedPreconditionError(`VM "${name}" takes part in run ${runId} (queued or running); cancel it or wait for it to end`, { reason: 'VM_MIGRATING' });
       if (!this.o.registry.isUp(vm.nodeId)) throw new FailedPreconditionError(`node "${vm.nodeId}" of VM "${name}" is down`, { reason: 'NODE_DOWN' });
       return vm.nodeId;
     });

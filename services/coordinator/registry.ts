@@ -92,6 +92,10 @@ export class NodeRegistry {
   private lastCheckAt: number | undefined;
   /** The latest read of the active runs' moves (see activeMoves). */
   private moves: { at: number; byDestination: Promise<Map<string, Set<string>>> } | undefined;
+  /** The run manager's own answer to "does an unfinished run move this VM to this node?" (see useRunMoves). */
+  private movingTo: ((vmName: string, nodeId: string) => boolean) | undefined;
+  /** VM name → the node a run's end is settling it on, while vmSettled records it (see vmSettled). */
+  private readonly settling = new Map<string, string>();
   private stalledMs = 0;
 
   constructor(private readonly o: NodeRegistryOptions) {
@@ -186,7 +190,8 @@ export class NodeRegistry {
     const list: VmInfo[] = [];
     const names = new Set<string>();
     const writes: VmInfo[] = [];
-    const movingHere = async (): Promise<Set<string>> => (await this.activeMoves()).get(nodeId) ?? new Set();
+    const movingHere = async (name: string): Promise<boolean> =>
+      this.settling.get(name) === nodeId || (this.movingTo !== undefined ? this.movingTo(name, nodeId) : ((await this.activeMoves()).get(nodeId)?.has(name) ?? false));
     for (const name of [...this.deleted.keys()]) {
       if (this.deleted.get(name) === nodeId && !vms.some((v) => v.spec?.name === name)) this.deleted.delete(name);
     }
@@ -197,7 +202,7 @@ export class NodeRegistry {
       if (name) {
         const owner = this.written.get(name);
         const foreign = owner !== undefined && owner.node !== nodeId && owner.state !== VmState.VM_STATE_STOPPED;
-        if (foreign && !(await movingHere()).has(name)) {
+        if (foreign && !(await movingHere(name))) {
           this.conflict(nodeId, name, owner.node);
           continue;
         }
@@ -224,7 +229,18 @@ export class NodeRegistry {
   }
 
   /**
-   * The VMs active runs move, by destination node: one read of the store shared by the
+   * Answers the heartbeats' ownership check from the run manager's memory (RunManager.isMovingTo)
+   * instead of reading the store's active runs once a second (issue 15 §4). The coordinator calls
+   * it once its run manager exists, before any heartbeat is taken (heartbeats reach the registry
+   * only once the leader's parts are up, after recovery).
+   */
+  useRunMoves(movingTo: (vmName: string, nodeId: string) => boolean): void {
+    this.movingTo = movingTo;
+    this.moves = undefined;
+  }
+
+  /**
+   * The VMs active runs move, by destination node (without useRunMoves): one read of the store shared by the
    * heartbeats of ACTIVE_MOVES_MS (during a drain every destination reports VMs the store still
    * places on their sources, and reading every active run for each of those heartbeats was the
    * coordinator's largest query: 12 ms a time at 2000 active runs, 100 times a second). A run
@@ -299,6 +315,17 @@ export class NodeRegistry {
    * the VM can be planned again right away.
    */
   async vmSettled(name: string, nodeId: string, moved: boolean): Promise<void> {
+    // The run manager forgot the run just before this call; until the VM's new home is written, a
+    // heartbeat of `nodeId` listing it is not a conflict.
+    this.settling.set(name, nodeId);
+    try {
+      await this.settle(name, nodeId, moved);
+    } finally {
+      if (this.settling.get(name) === nodeId) this.settling.delete(name);
+    }
+  }
+
+  private async settle(name: string, nodeId: string, moved: boolean): Promise<void> {
     const entries = [...(this.reportedOn.get(name) ?? [])].flatMap((node) => (this.reported.get(node) ?? []).filter((v) => v.spec?.name === name && v.state !== VmState.VM_STATE_INCOMING).map((v) => ({ node, v })));
     let here = entries.find((e) => e.node === nodeId)?.v;
     let stored: VmInfo | undefined;

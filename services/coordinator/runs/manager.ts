@@ -53,6 +53,8 @@ export class RunManager {
    * on, makes every other change), so the copy taken here is what dispatch would read.
    */
   private readonly active = new Map<string, Run>();
+  /** VM name → the runs of `active` that move it (one, unless the store holds two unfinished runs of a VM). */
+  private readonly activeByVm = new Map<string, Run[]>();
   /** Policies the planner resolved for queued runs, until their supervisors take them. */
   private readonly resolved = new Map<string, ConvergencePolicy>();
   private readonly running = new Set<Promise<unknown>>();
@@ -86,7 +88,7 @@ export class RunManager {
   enqueue(runs: readonly { run: Run; order: number; policy?: ConvergencePolicy }[]): void {
     for (const { run, order, policy } of runs) {
       if (policy) this.resolved.set(run.id, policy);
-      this.active.set(run.id, run);
+      this.hold(run);
       this.queue.enqueue({ id: run.id, source: run.sourceNodeId, destination: run.destinationNodeId, priority: run.priority, order });
     }
     this.dispatch();
@@ -105,7 +107,7 @@ export class RunManager {
     }
     let resumed = 0;
     for (const run of active) {
-      this.active.set(run.id, run);
+      this.hold(run);
       const item = { id: run.id, source: run.sourceNodeId, destination: run.destinationNodeId, priority: run.priority, order: orders.get(run.id) ?? 0 };
       if (run.state === MigrationState.MIGRATION_STATE_QUEUED) {
         this.queue.enqueue(item);
@@ -214,7 +216,7 @@ export class RunManager {
     this.o.log.warn('queued run failed: node down', { runId, nodes: down, waitedMs });
     try {
       const ended = await this.o.store.plans.finishRun(runId, { state: MigrationState.MIGRATION_STATE_FAILED, reason: message, error: errorInfo('UNAVAILABLE', 'NODE_DOWN', message) });
-      this.active.delete(runId);
+      this.unhold(runId);
       if (ended.planId) await this.updatePlan(ended.planId);
     } catch (err) {
       this.o.log.error('failing a queued run failed', { runId, err });
@@ -299,7 +301,7 @@ export class RunManager {
   }
 
   private release(runId: string): void {
-    this.active.delete(runId);
+    this.unhold(runId);
     if (this.unslotted.delete(runId)) return;
     if (this.queue.status(runId) === 'running') this.queue.finished(runId);
     else if (this.queue.status(runId) === 'queued') this.queue.cancel(runId);
@@ -369,7 +371,7 @@ export class RunManager {
       this.resolved.delete(run.id);
       await this.o.store.plans.recordAction(run.id, { time: new Date(this.now()), elapsedMs: 0, kind: PolicyActionKind.POLICY_ACTION_KIND_ABORT, value: 0, reason: why, actor });
       const ended = await this.o.store.plans.finishRun(run.id, { state: MigrationState.MIGRATION_STATE_CANCELLED, reason: `cancelled while queued: ${why}` });
-      this.active.delete(run.id);
+      this.unhold(run.id);
       if (ended.planId) await this.updatePlan(ended.planId);
       this.dispatch();
       return ended;
@@ -413,6 +415,41 @@ export class RunManager {
     const out: ActiveMove[] = [];
     for (const r of this.active.values()) out.push({ runId: r.id, vmName: r.vmName, sourceNodeId: r.sourceNodeId, destinationNodeId: r.destinationNodeId, memoryMib: r.memoryMib });
     return out;
+  }
+
+  /**
+   * Whether a run whose end is not recorded yet moves VM `vmName` to node `nodeId`: the node
+   * registry's check of a heartbeat that reports a VM the store still places elsewhere. From
+   * memory, like activeMoves(): a run is held from its enqueue (after its row is committed, before
+   * it can be dispatched) or recovery until its end is recorded, so this covers the store's
+   * unfinished runs.
+   */
+  isMovingTo(vmName: string, nodeId: string): boolean {
+    return this.activeByVm.get(vmName)?.some((r) => r.destinationNodeId === nodeId) ?? false;
+  }
+
+  /** The id of a run whose end is not recorded yet and that moves VM `vmName`, if any. */
+  activeRunOf(vmName: string): string | undefined {
+    return this.activeByVm.get(vmName)?.[0]?.id;
+  }
+
+  /** Holds a queued or recovered run in `active` (and its VM's index entry). */
+  private hold(run: Run): void {
+    this.unhold(run.id);
+    this.active.set(run.id, run);
+    const of = this.activeByVm.get(run.vmName);
+    if (of === undefined) this.activeByVm.set(run.vmName, [run]);
+    else of.push(run);
+  }
+
+  /** Forgets a run of `active` (its end is recorded). */
+  private unhold(runId: string): void {
+    const run = this.active.get(runId);
+    if (run === undefined) return;
+    this.active.delete(runId);
+    const rest = (this.activeByVm.get(run.vmName) ?? []).filter((r) => r.id !== runId);
+    if (rest.length > 0) this.activeByVm.set(run.vmName, rest);
+    else this.activeByVm.delete(run.vmName);
   }
 
   /** Queued and running counts (metrics). */

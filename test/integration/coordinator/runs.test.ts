@@ -223,6 +223,50 @@ describe('run supervisor and manager', () => {
     await same(m2, 2);
   });
 
+  it("heartbeats take the run manager's moves for the ownership check (no store read): a run's destination may report its VM, another node may not", async () => {
+    const m = manager();
+    registry.useRunMoves((vm, node) => m.isMovingTo(vm, node));
+    const vm = (name: string, nodeId: string) => ({ spec: VmSpec.fromPartial({ name, memoryMib: 192 }), nodeId, state: VmState.VM_STATE_RUNNING, pid: 1, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0, localDisks: [] });
+    await registry.heartbeat(host('a'), [vm('vm1', 'a'), vm('vm2', 'a')]);
+    const { runs: rs } = await plan(['vm1', 'vm2:a:c']);
+    const listed = vi.spyOn(store.plans, 'listActiveMoves');
+    const on = async (node: string): Promise<string[]> => (await registry.vms(node)).map((v) => v.spec!.name).sort();
+    // Both runs start (two links); each is held with its move.
+    m.enqueue(rs.map((run, order) => ({ run, order })));
+    await until(() => nodes['a']!.migrations.size === 2, 'both starts');
+    for (const r of rs) {
+      expect(m.isMovingTo(r.vmName, r.destinationNodeId)).toBe(true);
+      expect(m.isMovingTo(r.vmName, r.sourceNodeId)).toBe(false);
+      expect(m.activeRunOf(r.vmName)).toBe(r.id);
+    }
+    // vm1 resumed on b (its run's destination): b's report of it is taken; c reporting vm1 is a
+    // conflict (no run moves vm1 to c) and left out.
+    await registry.heartbeat(host('b'), [vm('vm1', 'b')]);
+    await registry.heartbeat(host('c'), [vm('vm1', 'c')]);
+    expect(await on('b')).toEqual(['vm1']);
+    expect(await on('c')).toEqual([]);
+    // vm1's run ends: from then on (its VM settled on b) only b may report it.
+    nodes['a']!.migrations.get(rs[0]!.id)!.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(() => !m.isMovingTo('vm1', 'b'), 'vm1 to leave the moves');
+    expect(m.activeRunOf('vm1')).toBeUndefined();
+    await until(async () => (await store.getVm('vm1')).nodeId === 'b', 'vm1 settled on b');
+    await registry.heartbeat(host('b'), [vm('vm1', 'b')]);
+    await registry.heartbeat(host('a'), [vm('vm1', 'a'), vm('vm2', 'a')]);
+    expect(await on('b')).toEqual(['vm1']);
+    expect(await on('a')).toEqual(['vm2']);
+    expect(listed).not.toHaveBeenCalled();
+    // A run's end forgets its move before the VM's new home is written (vmSettled): a heartbeat of
+    // that node in between is not a conflict either.
+    await registry.heartbeat(host('a'), [vm('vm2', 'a'), vm('vm3', 'a')]);
+    await registry.heartbeat(host('c'), [vm('vm3', 'c')]); // no run, not settling: a conflict
+    expect(await on('c')).toEqual([]);
+    const settled = registry.vmSettled('vm3', 'c', true);
+    await registry.heartbeat(host('c'), [vm('vm3', 'c')]);
+    expect(await on('c')).toEqual(['vm3']);
+    await settled;
+    expect((await store.getVm('vm3')).nodeId).toBe('c');
+  });
+
   it('after a restart, re-attaches to running migrations (GetMigration first), never starting one twice', async () => {
     // The previous coordinator's record: one run migrating (a→b), one just dispatched (a→c), one
     // the node lost (b→a), one queued behind the first (a→b).

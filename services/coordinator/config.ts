@@ -104,7 +104,7 @@ export const COORDINATOR_OPTIONS = {
   'heartbeat-misses': { type: 'integer', default: 3, min: 1, max: 100, doc: 'missed heartbeats before a node is marked down (default 3)' },
   'limit-per-source': { type: 'integer', default: DEFAULT_LIMITS.perSource, min: 1, max: 1000, doc: `concurrent migrations out of one node (default ${DEFAULT_LIMITS.perSource})` },
   'limit-per-destination': { type: 'integer', default: DEFAULT_LIMITS.perDestination, min: 1, max: 1000, doc: `concurrent migrations into one node (default ${DEFAULT_LIMITS.perDestination})` },
-  'limit-per-link': { type: 'integer', default: DEFAULT_LIMITS.perLink, min: 1, max: 1000, doc: `concurrent migrations between two nodes (default ${DEFAULT_LIMITS.perLink})` },
+  'limit-per-link': { type: 'integer', default: DEFAULT_LIMITS.perLink, min: 1, max: 1000, doc: `concurrent migration streams from one node to another: a migration holds its link until its source QEMU completed, its host slots until its handover ends (default ${DEFAULT_LIMITS.perLink})` },
   'limit-per-cluster': { type: 'integer', default: DEFAULT_LIMITS.perCluster, min: 1, max: 10_000, doc: `concurrent migrations in the cluster (default ${DEFAULT_LIMITS.perCluster})` },
   'node-call-deadline-ms': { type: 'integer', default: 15_000, min: 100, max: 600_000, doc: 'deadline of calls to nodes in ms; StartMigration and CreateVm get 6x (default 15000)' },
   'node-down-wait-ms': { type: 'integer', default: 120_000, min: 0, max: 86_400_000, doc: 'how long a queued run waits for a down node before it fails, in ms (default 120000)' },

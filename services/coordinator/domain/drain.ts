@@ -27,7 +27,8 @@
  * every mirror is ready), sending the disks' allocation (VmModel.diskTransferBytes): it adds
  * D/B to the prediction, so a VM with big LOCAL disks ranks as the long migration it is. The
  * mirror's later copying of the guest's writes is not modelled (its disk write rate is unknown).
- * The per-link limit covers the storage copy: a run holds its slot from its first disk byte.
+ * The per-link limit covers the storage copy: a run holds its slot from its first disk byte to
+ * its source QEMU's completion (the handover and verification after it no longer hold the link).
  *
  * Simplification: each migration is assumed to get its link's estimated bandwidth for its whole
  * run; the per-link limit of 1 is what keeps migrations from sharing a NIC path.

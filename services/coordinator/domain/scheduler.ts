@@ -10,6 +10,12 @@
  *  - per migration link, the ordered (source, destination) pair (default 1): two migrations on one
  *    NIC slow each other so much that neither may converge (seed 002: "little point in attempting
  *    to run migrations in parallel on the same host, unless multiple NICs are available").
+ *    The link limit counts *streams*: a running migration leaves its link ({@link
+ *    MigrationQueue.leftLink}) once its source QEMU reported `completed` (state VERIFYING: every
+ *    byte of memory and device state is sent), so the next migration on the link prepares its
+ *    destination while the previous one hands its VM over and verifies it (issue 15 §4: the link
+ *    idled ~0.5–0.6 s per migration during the handover). The host and cluster limits still count
+ *    the run until its end.
  *
  * Order: higher priority first, then position in the plan's dispatch order, then first come first
  * served. Equal-priority plans interleave by plan position, so a second drain at the same priority
@@ -26,7 +32,10 @@ export interface ConcurrencyLimits {
   readonly perSource: number;
   /** Running migrations arriving at one host. */
   readonly perDestination: number;
-  /** Running migrations on one ordered (source, destination) pair. */
+  /**
+   * Running migrations on one ordered (source, destination) pair that still stream (before their
+   * source QEMU reported `completed`; see {@link MigrationQueue.leftLink}).
+   */
   readonly perLink: number;
   /** Running migrations in the whole cluster. */
   readonly perCluster: number;
@@ -67,9 +76,11 @@ export interface QueueSnapshot {
   /** Queued ids in dispatch order. */
   readonly queuedIds: readonly string[];
   readonly runningIds: readonly string[];
+  /** Running ids whose stream is done (they count against host and cluster limits, not their link). */
+  readonly offLinkIds: readonly string[];
   readonly outboundByHost: Readonly<Record<string, number>>;
   readonly inboundByHost: Readonly<Record<string, number>>;
-  /** Keyed "source->destination". */
+  /** Streaming migrations, keyed "source->destination". */
   readonly runningByLink: Readonly<Record<string, number>>;
 }
 
@@ -102,17 +113,23 @@ class Usage {
     return undefined;
   }
 
-  add(item: QueueItem, delta: 1 | -1): void {
-    const bump = (m: Map<string, number>, k: string): void => {
-      const v = (m.get(k) ?? 0) + delta;
-      if (v === 0) m.delete(k);
-      else m.set(k, v);
-    };
+  /** Counts `item` in (1) or out (-1); `link` false leaves its link's count alone. */
+  add(item: QueueItem, delta: 1 | -1, link = true): void {
     this.total += delta;
-    bump(this.out, item.source);
-    bump(this.in, item.destination);
-    bump(this.link, linkKey(item.source, item.destination));
+    bump(this.out, item.source, delta);
+    bump(this.in, item.destination, delta);
+    if (link) this.bumpLink(item, delta);
   }
+
+  bumpLink(item: QueueItem, delta: 1 | -1): void {
+    bump(this.link, linkKey(item.source, item.destination), delta);
+  }
+}
+
+function bump(m: Map<string, number>, k: string, delta: 1 | -1): void {
+  const v = (m.get(k) ?? 0) + delta;
+  if (v === 0) m.delete(k);
+  else m.set(k, v);
 }
 
 interface QueueEntry<T extends QueueItem> {
@@ -141,6 +158,8 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
   private order: QueueEntry<T>[] = [];
   private stale = 0;
   private readonly running = new Map<string, T>();
+  /** Running ids that left their link (stream done): their link count is already released. */
+  private readonly offLink = new Set<string>();
   private readonly usage = new Usage();
   private seq = 0;
 
@@ -232,6 +251,23 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
   }
 
   /**
+   * A running migration's stream is done (its source QEMU reported `completed`): it releases its
+   * link slot, so the next migration on the link may start, and keeps its source, destination
+   * and cluster slots until {@link finished} (the handover and verification still load both
+   * hosts, and the destination holds the VM's memory from now on either way).
+   * @returns false when it had already left its link
+   * @throws NotFoundError when it is not running
+   */
+  leftLink(id: string): boolean {
+    const item = this.running.get(id);
+    if (!item) throw new NotFoundError(`run ${id} is not running`);
+    if (this.offLink.has(id)) return false;
+    this.offLink.add(id);
+    this.usage.bumpLink(item, -1);
+    return true;
+  }
+
+  /**
    * Releases a running migration's slots (it succeeded, failed or was cancelled).
    * @throws NotFoundError when it is not running
    */
@@ -239,7 +275,7 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
     const item = this.running.get(id);
     if (!item) throw new NotFoundError(`run ${id} is not running`);
     this.running.delete(id);
-    this.usage.add(item, -1);
+    this.usage.add(item, -1, !this.offLink.delete(id));
     return item;
   }
 
@@ -269,6 +305,7 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
       running: this.running.size,
       queuedIds: [...this.ordered()].map((i) => i.id),
       runningIds: [...this.running.keys()],
+      offLinkIds: [...this.offLink],
       outboundByHost: Object.fromEntries(this.usage.out),
       inboundByHost: Object.fromEntries(this.usage.in),
       runningByLink: Object.fromEntries(this.usage.link),

@@ -3,8 +3,11 @@
  * queued runs as soon as the limits allow, one RunSupervisor per running run, plan states, user
  * requests on runs (cancel, force-complete, adjust), and restart recovery from the store.
  *
- * Slots: a run holds its queue slot from dispatch until its end is recorded in the store, so the
- * recorded start and finish times are exactly the intervals the limits apply to.
+ * Slots: a run holds its source, destination and cluster slots from dispatch until its end is
+ * recorded in the store, so the recorded start and finish times are exactly the intervals those
+ * limits apply to. Its link slot it holds only while it streams: from dispatch until its source
+ * reports QEMU's completion (the recorded VERIFYING transition), when the next run on the link is
+ * dispatched while this one hands its VM over and verifies it.
  */
 import { CancelledError, FailedPreconditionError, InvalidArgumentError, MigdError } from '../../shared/errors.js';
 import { retry } from '../../shared/retry.js';
@@ -116,6 +119,8 @@ export class RunManager {
       try {
         this.queue.enqueue(item);
         this.queue.started(run.id);
+        // Its stream was done before the restart: its link is free (see leftLink).
+        if (run.state === MigrationState.MIGRATION_STATE_VERIFYING) this.queue.leftLink(run.id);
       } catch (err) {
         this.queue.cancel(run.id);
         this.unslotted.set(run.id, `${run.sourceNodeId}->${run.destinationNodeId}`);
@@ -243,6 +248,7 @@ export class RunManager {
         callDeadlineMs: this.o.callDeadlineMs,
         ...(this.o.tickMs ? { tickMs: this.o.tickMs } : {}),
         ...(this.o.cleanupWaitMs !== undefined ? { cleanupWaitMs: this.o.cleanupWaitMs } : {}),
+        onStreamDone: () => this.streamDone(run.id),
         now: this.now,
       }, policy);
     } catch (err) {
@@ -287,6 +293,19 @@ export class RunManager {
       );
     }, 5000);
     t.unref();
+  }
+
+  /**
+   * A run's source QEMU completed: its link slot goes to the next queued run on the link at once
+   * (the run keeps its host and cluster slots until its end is recorded).
+   */
+  private streamDone(runId: string): void {
+    if (this.stopped) return;
+    // A run supervised outside the queue (recovered over a lowered limit) frees its link too.
+    if (this.unslotted.has(runId)) {
+      this.unslotted.set(runId, '');
+    } else if (this.queue.status(runId) !== 'running' || !this.queue.leftLink(runId)) return;
+    this.dispatchSoon();
   }
 
   /** A run has ended in the store: free its slot, move its VM, update its plan, dispatch more. */

@@ -74,6 +74,12 @@ export interface SupervisorDeps {
    * database) is retried this long (ms) before the supervisor gives up. Default 600 000.
    */
   readonly storeRetryMs?: number;
+  /**
+   * Called once, as soon as the source reports that its QEMU completed (VERIFYING: memory and
+   * device state are all sent), before the state is recorded: the run's link may carry the next
+   * stream while this one hands over and verifies (the manager releases the link slot).
+   */
+  readonly onStreamDone?: () => void;
   readonly now?: () => number;
 }
 
@@ -107,6 +113,7 @@ export class RunSupervisor {
   private lastSample: ProgressSample | undefined;
   private lastSampleAt = 0;
   private startedOnNode = false;
+  private streamDone = false;
   /** StartMigration went out (or the run was past QUEUED at a restart): the destination may hold a copy. */
   private dispatched = false;
   private pendingCancel: { actor: string; reason: string } | undefined;
@@ -291,6 +298,7 @@ export class RunSupervisor {
 
   /** A migration the node already has: finished → record it; running → rebuild the policy. */
   private async handleExisting(info: MigrationInfo): Promise<boolean> {
+    if (info.state === MigrationState.MIGRATION_STATE_VERIFYING) this.streamEnded();
     if (isTerminalState(info.state)) {
       await this.serially(() => this.finish(info));
       return false;
@@ -319,6 +327,13 @@ export class RunSupervisor {
       this.log.info('taking a policy decision missed while the coordinator was down', { kind: d.kind, value: d.value });
       await this.execute(d);
     }
+  }
+
+  /** The source QEMU completed: tells the manager once (see SupervisorDeps.onStreamDone). */
+  private streamEnded(): void {
+    if (this.streamDone) return;
+    this.streamDone = true;
+    this.d.onStreamDone?.();
   }
 
   // --- following -----------------------------------------------------------------------------
@@ -377,6 +392,7 @@ export class RunSupervisor {
           this.lastReason = c.reason;
           return;
         }
+        if (c.to === MigrationState.MIGRATION_STATE_VERIFYING) this.streamEnded();
         await this.transition(c.to, c.from === c.to ? `node reports ${migrationStateToJSON(c.to)}` : c.reason, c.from === c.to ? undefined : c.time);
         return;
       }

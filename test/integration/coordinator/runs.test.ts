@@ -187,6 +187,57 @@ describe('run supervisor and manager', () => {
     expect(nodes['a']!.methods().filter((x) => x === 'startMigration')).toHaveLength(2);
   });
 
+  it('frees the link once the source reports VERIFYING: the next run on the link starts during the handover; the host limit still counts the first until its end', async () => {
+    const m = manager();
+    const { planId, runs: rs } = await plan(['vm1', 'vm2', 'vm3']);
+    m.enqueue(rs.map((run, order) => ({ run, order })));
+    await until(() => nodes['a']!.migrations.size === 1, 'the first start');
+    const first = nodes['a']!.migrations.get(rs[0]!.id)!;
+    first.state(S.MIGRATION_STATE_PRECOPY);
+    first.state(S.MIGRATION_STATE_SWITCHOVER);
+    await until(async () => (await run(rs[0]!.id)).state === S.MIGRATION_STATE_SWITCHOVER, 'SWITCHOVER recorded');
+    expect(nodes['a']!.migrations.has(rs[1]!.id)).toBe(false); // still streaming: the link is taken
+    first.state(S.MIGRATION_STATE_VERIFYING);
+    await until(() => nodes['a']!.migrations.has(rs[1]!.id), 'the second start while the first hands over');
+    expect((await run(rs[0]!.id)).finishedAt).toBeUndefined();
+    expect(m.queue.snapshot()).toMatchObject({ running: 2, offLinkIds: [rs[0]!.id], runningByLink: { 'a->b': 1 }, outboundByHost: { a: 2 } });
+    const second = nodes['a']!.migrations.get(rs[1]!.id)!;
+    second.state(S.MIGRATION_STATE_PRECOPY);
+    second.state(S.MIGRATION_STATE_VERIFYING);
+    await until(() => m.queue.snapshot().offLinkIds.length === 2, 'the second leaving the link');
+    // The link is free, but a has its 2 outbound migrations until the first one ends.
+    await new Promise((res) => setTimeout(res, 100));
+    expect(nodes['a']!.migrations.has(rs[2]!.id)).toBe(false);
+    expect((await run(rs[2]!.id)).state).toBe(S.MIGRATION_STATE_QUEUED);
+    first.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(() => nodes['a']!.migrations.has(rs[2]!.id), 'the third start once the first ended');
+    const one = await run(rs[0]!.id);
+    expect((await run(rs[2]!.id)).startedAt!.getTime()).toBeGreaterThanOrEqual(one.finishedAt!.getTime());
+    // The recorded stream intervals (start → VERIFYING) never overlap on the link.
+    const verifying = one.transitions.find((t) => t.to === S.MIGRATION_STATE_VERIFYING)!.time!.getTime();
+    expect((await run(rs[1]!.id)).startedAt!.getTime()).toBeGreaterThanOrEqual(verifying);
+    second.finish(S.MIGRATION_STATE_SUCCEEDED);
+    nodes['a']!.migrations.get(rs[2]!.id)!.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(async () => (await store.getPlan(planId)).state === PlanState.PLAN_STATE_SUCCEEDED, 'the plan to end');
+    expect(m.queue.snapshot()).toMatchObject({ running: 0, offLinkIds: [], runningByLink: {}, outboundByHost: {} });
+  });
+
+  it('after a restart, a recovered run past its stream (VERIFYING) holds no link slot', async () => {
+    const { runs: [verifying, queued] } = await plan(['vm1:a:b', 'vm2:a:b']);
+    await store.transitionRun(verifying!.id, { to: S.MIGRATION_STATE_PREPARING });
+    await store.transitionRun(verifying!.id, { to: S.MIGRATION_STATE_VERIFYING });
+    const mig = nodes['a']!.adopt({ runId: verifying!.id, vmName: 'vm1', destination: registry.endpoint('b'), policy: verifying!.policy });
+    mig.info.state = S.MIGRATION_STATE_VERIFYING;
+    const m = manager();
+    await m.recover();
+    await until(() => nodes['a']!.migrations.has(queued!.id), 'the queued run to start while the recovered one verifies');
+    expect((await run(verifying!.id)).finishedAt).toBeUndefined();
+    expect(m.queue.snapshot()).toMatchObject({ running: 2, offLinkIds: [verifying!.id], outboundByHost: { a: 2 } });
+    mig.finish(S.MIGRATION_STATE_SUCCEEDED);
+    nodes['a']!.migrations.get(queued!.id)!.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(() => m.queue.snapshot().running === 0, 'both to end');
+  });
+
   it("holds the unfinished runs' moves as the store has them (queued, running, cancelled, ended, recovered); SubmitPlan plans with them", async () => {
     const m = manager();
     const sorted = (xs: readonly ActiveMove[]): ActiveMove[] => [...xs].sort((x, y) => (x.runId < y.runId ? -1 : 1));

@@ -5,8 +5,11 @@ import { mulberry32 } from '../../helpers/prng.js';
 
 const item = (id: string, source: string, destination: string, extra: Partial<QueueItem> = {}): QueueItem => ({ id, source, destination, ...extra });
 
-/** Counts running items per limit from the outside, independently of the queue's own counters. */
-function usageOf(running: readonly QueueItem[]): { total: number; out: Map<string, number>; in: Map<string, number>; link: Map<string, number> } {
+/**
+ * Counts running items per limit from the outside, independently of the queue's own counters;
+ * `offLink`: ids whose stream is done (they count everywhere but on their link).
+ */
+function usageOf(running: readonly QueueItem[], offLink: ReadonlySet<string> = new Set()): { total: number; out: Map<string, number>; in: Map<string, number>; link: Map<string, number> } {
   const out = new Map<string, number>();
   const inb = new Map<string, number>();
   const link = new Map<string, number>();
@@ -14,13 +17,13 @@ function usageOf(running: readonly QueueItem[]): { total: number; out: Map<strin
     out.set(r.source, (out.get(r.source) ?? 0) + 1);
     inb.set(r.destination, (inb.get(r.destination) ?? 0) + 1);
     const k = `${r.source}->${r.destination}`;
-    link.set(k, (link.get(k) ?? 0) + 1);
+    if (!offLink.has(r.id)) link.set(k, (link.get(k) ?? 0) + 1);
   }
   return { total: running.length, out, in: inb, link };
 }
 
-function assertWithin(running: readonly QueueItem[], limits: ConcurrencyLimits): void {
-  const u = usageOf(running);
+function assertWithin(running: readonly QueueItem[], limits: ConcurrencyLimits, offLink: ReadonlySet<string> = new Set()): void {
+  const u = usageOf(running, offLink);
   expect(u.total).toBeLessThanOrEqual(limits.perCluster);
   for (const v of u.out.values()) expect(v).toBeLessThanOrEqual(limits.perSource);
   for (const v of u.in.values()) expect(v).toBeLessThanOrEqual(limits.perDestination);
@@ -125,6 +128,31 @@ describe('MigrationQueue', () => {
     expect(() => q.cancel('y')).toThrow(NotFoundError);
   });
 
+  it('a migration whose stream is done leaves its link: the next one on the link may start, the host and cluster limits still count it', () => {
+    const q = new MigrationQueue({ perSource: 2, perDestination: 2, perLink: 1, perCluster: 5 });
+    for (const id of ['1', '2', '3']) q.enqueue(item(id, 'a', 'b'));
+    q.started('1');
+    expect(q.nextDispatchable()).toEqual([]); // the link a->b is taken
+    expect(q.leftLink('1')).toBe(true);
+    expect(q.leftLink('1')).toBe(false); // once
+    expect(q.snapshot()).toMatchObject({ running: 1, runningIds: ['1'], offLinkIds: ['1'], runningByLink: {}, outboundByHost: { a: 1 }, inboundByHost: { b: 1 } });
+    expect(q.nextDispatchable().map((i) => i.id)).toEqual(['2']);
+    q.started('2');
+    expect(q.leftLink('2')).toBe(true);
+    // Both streams are done, the link is free, but a has 2 outbound and b 2 inbound until they end.
+    expect(q.nextDispatchable()).toEqual([]);
+    expect(() => q.started('3')).toThrow(/outbound limit 2 of a/);
+    q.finished('1');
+    expect(q.snapshot()).toMatchObject({ running: 1, offLinkIds: ['2'], runningByLink: {}, outboundByHost: { a: 1 } });
+    expect(q.nextDispatchable().map((i) => i.id)).toEqual(['3']);
+    q.started('3');
+    q.finished('2'); // its link slot went at leftLink: this one's stays counted
+    expect(q.snapshot()).toMatchObject({ running: 1, offLinkIds: [], runningByLink: { 'a->b': 1 }, outboundByHost: { a: 1 }, inboundByHost: { b: 1 } });
+    q.finished('3');
+    expect(q.snapshot()).toMatchObject({ running: 0, runningByLink: {}, outboundByHost: {}, inboundByHost: {} });
+    expect(() => q.leftLink('3')).toThrow(NotFoundError);
+  });
+
   it('snapshots depth and slot usage per host and link', () => {
     const q = new MigrationQueue();
     q.enqueue(item('1', 'a', 'b'));
@@ -155,6 +183,7 @@ describe('MigrationQueue', () => {
       const q = new MigrationQueue(limits);
       const running: QueueItem[] = [];
       const queued: QueueItem[] = [];
+      const offLink = new Set<string>();
       let next = 0;
       const start = (id: string): void => {
         const it = q.started(id);
@@ -172,11 +201,17 @@ describe('MigrationQueue', () => {
         } else if (op < 0.6) {
           const batch = q.nextDispatchable();
           // The batch as a whole fits on top of what runs.
-          assertWithin([...running, ...batch], limits);
+          assertWithin([...running, ...batch], limits, offLink);
           for (const it of batch) start(it.id);
+        } else if (op < 0.7 && running.length > 0) {
+          // A stream ends: its link slot goes, the rest stays until it finishes.
+          const it = pick(running);
+          expect(q.leftLink(it.id)).toBe(!offLink.has(it.id));
+          offLink.add(it.id);
         } else if (op < 0.8 && running.length > 0) {
           const it = pick(running);
           q.finished(it.id);
+          offLink.delete(it.id);
           running.splice(running.indexOf(it), 1);
         } else if (op < 0.9 && queued.length > 0) {
           // Start an arbitrary queued item directly: allowed only within the limits.
@@ -186,7 +221,7 @@ describe('MigrationQueue', () => {
             start(it.id);
           } catch (err) {
             expect(err).toBeInstanceOf(FailedPreconditionError);
-            const u = usageOf(before);
+            const u = usageOf(before, offLink);
             const full =
               u.total >= limits.perCluster ||
               (u.out.get(it.source) ?? 0) >= limits.perSource ||
@@ -199,19 +234,28 @@ describe('MigrationQueue', () => {
           expect(q.cancel(it.id)).toBe('dequeued');
           queued.splice(queued.indexOf(it), 1);
         }
-        assertWithin(running, limits);
+        assertWithin(running, limits, offLink);
         const snap = q.snapshot();
         expect(snap.running).toBe(running.length);
         expect(snap.queued).toBe(queued.length);
+        expect(new Set(snap.offLinkIds)).toEqual(offLink);
+        // The link counters are the streaming runs, exactly.
+        const streams = usageOf(running, offLink).link;
+        expect(snap.runningByLink).toEqual(Object.fromEntries(streams));
+        // The host and cluster limits count every running item, streaming or not.
+        assertWithin(running, { ...limits, perLink: Infinity });
       }
       // Liveness: dispatching and finishing everything empties the queue.
       for (let guard = 0; (queued.length > 0 || running.length > 0) && guard < 10_000; guard++) {
         const batch = q.nextDispatchable();
         if (batch.length === 0) expect(running.length).toBeGreaterThan(0); // no deadlock
         for (const it of batch) start(it.id);
-        assertWithin(running, limits);
+        assertWithin(running, limits, offLink);
         const done = running.shift();
-        if (done) q.finished(done.id);
+        if (done) {
+          q.finished(done.id);
+          offLink.delete(done.id);
+        }
       }
       expect(queued).toEqual([]);
       expect(q.snapshot()).toMatchObject({ queued: 0, running: running.length });

@@ -623,6 +623,8 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       const newNodes = sim.nodeIds.slice(old);
       const lat: number[] = [];
       const latByKey = new Map<string, number>();
+      /** When each SubmitPlan was sent, ms since the epoch (to compare with the coordinator's handler start). */
+      const sentAt = new Map<string, number>();
       const planIds: string[] = [];
       let planned = 0;
       const t0 = performance.now();
@@ -632,6 +634,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
         const { plan } = await cb.client.submitPlan({ idempotencyKey: key, target: { $case: 'drain', value: { nodeId: id, destinationNodeIds: newNodes } }, policy: FIXED_PRECOPY, priority: 0, antiAffinityVmNames: [], label: 'scale' }, { deadlineMs: 60_000 });
         lat.push(performance.now() - s);
         latByKey.set(key, lat[lat.length - 1]!);
+        sentAt.set(key, performance.timeOrigin + s);
         planIds.push(plan!.id);
         planned += plan!.migrations.length;
       }
@@ -668,7 +671,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       if (sim.heartbeatErrors > 0) out(`    (${sim.heartbeatErrors} heartbeats failed)`);
       heartbeatReport();
       const report = await turnReport(`http://${metricsAddr}/debug/turns`);
-      printSubmitSplit(latByKey, report);
+      printSubmitSplit(latByKey, sentAt, report);
       printTurns(report, benchLoop);
       printScaleGoals(`${n} nodes, ${dialect}`, [bound / makespan, quantile(lat, 0.99), planned > 0 ? cpu / planned : NaN]);
     } catch (err) {
@@ -707,8 +710,10 @@ async function turnReport(url: string): Promise<TurnReport | undefined> {
  * localhost round trip and this process's own delays) and the handler's phases (planner.ts:
  * lock-wait, read-key, model, plan, write, read-runs, enqueue, read-plan).
  */
-function printSubmitSplit(latByKey: ReadonlyMap<string, number>, report: TurnReport | undefined): void {
+function printSubmitSplit(latByKey: ReadonlyMap<string, number>, sentAt: ReadonlyMap<string, number>, report: TurnReport | undefined): void {
   const wait: number[] = [];
+  const toHandler: number[] = [];
+  const back: number[] = [];
   const handler: number[] = [];
   const phases = new Map<string, number[]>();
   for (const [key, ms] of latByKey) {
@@ -716,6 +721,11 @@ function printSubmitSplit(latByKey: ReadonlyMap<string, number>, report: TurnRep
     if (!t) continue;
     handler.push(t.handlerMs);
     wait.push(Math.max(0, ms - t.handlerMs));
+    const sent = sentAt.get(key);
+    if (sent !== undefined && t.startedAt !== undefined) {
+      toHandler.push(t.startedAt - sent);
+      back.push(sent + ms - (t.startedAt + t.handlerMs));
+    }
     for (const [p, v] of Object.entries(t.phasesMs)) {
       let a = phases.get(p);
       if (!a) phases.set(p, (a = []));
@@ -727,6 +737,7 @@ function printSubmitSplit(latByKey: ReadonlyMap<string, number>, report: TurnRep
     return;
   }
   out(`    SubmitPlan p50 / p99 / max ms (${handler.length} plans): client ${pq([...latByKey.values()])}; before the handler ${pq(wait)}; in the handler ${pq(handler)}`);
+  if (toHandler.length > 0) out(`      of the time outside the handler: send → handler start ${pq(toHandler)}; handler end → response received ${pq(back)}`);
   out(`      handler phases: ${[...phases].map(([p, v]) => `${p} ${pq(v)}`).join('; ')}`);
 }
 

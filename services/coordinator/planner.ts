@@ -225,7 +225,7 @@ export class Planner {
       const plan = await this.o.store.plans.getPlan(planId);
       if (laps) {
         laps.lap('read-plan');
-        turns.keep(`SubmitPlan ${key}`, { handlerMs: laps.total(), phasesMs: laps.ms, size: runs.length });
+        turns.keep(`SubmitPlan ${key}`, { startedAt: laps.startedAtEpoch(), handlerMs: laps.total(), phasesMs: laps.ms, size: runs.length });
       }
       return { plan, existing: false };
     });

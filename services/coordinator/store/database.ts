@@ -6,6 +6,7 @@
  * The little that differs between databases sits behind {@link StoreDialect}; the repositories'
  * queries are plain Kysely, written to run on SQLite and Postgres alike.
  */
+import { performance } from 'node:perf_hooks';
 import { CompiledQuery, type Compilable, type Kysely, type QueryResult } from 'kysely';
 import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
 import { buildEvent, encodeEvent } from '../../shared/events/codec.js';
@@ -45,10 +46,49 @@ export interface TxState {
 /** Writes of one group commit at most (see StoreDatabase.write). */
 export const WRITE_GROUP_MAX = 256;
 
+/**
+ * Whether a group commit takes one more write: while writes that were waiting when it began are
+ * left, fewer than `max` are taken and the group has run less than `budgetMs`. The first write is
+ * always taken.
+ */
+export function groupTakesMore(s: { taken: number; available: number; elapsedMs: number; max: number; budgetMs: number }): boolean {
+  if (s.taken >= s.available || s.taken >= s.max) return false;
+  return s.taken === 0 || s.elapsedMs < s.budgetMs;
+}
+
 interface PendingWrite {
   readonly fn: (trx: Db, tx: TxState) => Promise<unknown>;
   readonly resolve: (v: unknown) => void;
   readonly reject: (err: unknown) => void;
+}
+
+/**
+ * The writes waiting for a group commit: first in line those asked for with `first` (in the order
+ * asked), then the others (in the order asked).
+ */
+export class WriteQueue<T> {
+  private readonly firsts: T[] = [];
+  private readonly rest: T[] = [];
+
+  get length(): number {
+    return this.firsts.length + this.rest.length;
+  }
+
+  push(item: T, first = false): void {
+    (first ? this.firsts : this.rest).push(item);
+  }
+
+  /** The next item in line (undefined when empty). */
+  shift(): T | undefined {
+    return this.firsts.length > 0 ? this.firsts.shift() : this.rest.shift();
+  }
+
+  /** Takes up to `n` items in line. */
+  take(n: number): T[] {
+    const out: T[] = [];
+    while (out.length < n && this.length > 0) out.push(this.shift()!);
+    return out;
+  }
 }
 
 /**
@@ -98,7 +138,7 @@ export class StoreDatabase {
   private readonly listeners = new Set<() => void>();
   private closed = false;
   /** Writes waiting for the next group (see {@link write}). */
-  private readonly pending: PendingWrite[] = [];
+  private readonly pending = new WriteQueue<PendingWrite>();
   private flushing: Promise<void> | undefined;
   /** Hot queries compiled once for this database's dialect: SQL text and where each argument goes. */
   private readonly reusable = new Map<string, { compiled: CompiledQuery<unknown>; slots: number[] }>();
@@ -123,11 +163,23 @@ export class StoreDatabase {
    * update into one per group; every write still sees the ones before it, as in serial order, and
    * the fencing check (beginWrite) covers the whole transaction. `fn` must not itself wait for
    * another write (it would wait for its own group).
+   *
+   * A group is bounded by WRITE_GROUP_MAX writes and by the store's writeGroupBudgetMs: once it has
+   * run that long it commits, and the writes still queued go in the next group, after the event
+   * loop's I/O (setImmediate). SQLite's writes are synchronous, so a group is one stretch of the
+   * event loop during which no request is read: 256 writes took 200–400 ms in a 100-node drain,
+   * and SubmitPlan and the heartbeats waited behind them (issue 15 §4).
+   *
+   * Writes go in the order asked, except that one asked with `first` (a client's request waiting
+   * on it, e.g. SubmitPlan's plan) goes before the writes still waiting: it did not wait behind a
+   * drain's backlog of run updates. Queued writes are concurrent (none has been acknowledged), so
+   * any order of them is a serial order; each run's own writes are made one after the other by
+   * its supervisor, so its events keep their order.
    */
-  write<T>(fn: (trx: Db, tx: TxState) => Promise<T>): Promise<T> {
+  write<T>(fn: (trx: Db, tx: TxState) => Promise<T>, opts: { first?: boolean } = {}): Promise<T> {
     this.checkOpen();
     return new Promise<T>((resolve, reject) => {
-      this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject }, opts.first === true);
       // The group starts after the I/O callbacks of this turn of the event loop (setImmediate), not
       // after the current microtasks: a drain's run updates arrive one gRPC message per callback,
       // and a group begun at once held one write each (SQLite's writes are synchronous, so the
@@ -138,18 +190,16 @@ export class StoreDatabase {
 
   /** Writes queued groups until none is left. */
   private async flush(): Promise<void> {
-    const t0 = turns.enabled ? turns.now() : 0;
-    let writes = 0;
     try {
-      while (this.pending.length > 0) {
-        const group = this.pending.splice(0, WRITE_GROUP_MAX);
-        writes += group.length;
+      for (;;) {
         const t = turns.enabled ? turns.now() : 0;
-        await this.writeGroup(group);
-        turns.record('store.group-commit', t, group.length);
+        const written = await this.writeGroup();
+        turns.record('store.group-commit', t, written);
+        if (this.pending.length === 0) break;
+        // The rest after the I/O callbacks (requests, node messages) that waited for this group.
+        await new Promise<void>((r) => setImmediate(r));
       }
     } finally {
-      turns.record('store.flush', t0, writes);
       this.flushing = undefined;
     }
   }
@@ -159,17 +209,28 @@ export class StoreDatabase {
     while (this.flushing) await this.flushing;
   }
 
-  private async writeGroup(group: readonly PendingWrite[]): Promise<void> {
+  /**
+   * Writes the next group: from the head of the queue, the writes waiting when it began, as many
+   * as {@link groupTakesMore} allows (the rest stay first in line for the next group). Returns the
+   * number of writes taken.
+   */
+  private async writeGroup(): Promise<number> {
+    const available = Math.min(this.pending.length, WRITE_GROUP_MAX);
+    const group: PendingWrite[] = [];
     const tx: TxState = { enqueued: 0 };
     const outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
     try {
       await this.db.connection().execute(async (conn) => {
         await this.dialect.beginWrite(conn);
+        const started = performance.now();
         try {
-          if (group.length === 1) {
+          if (available === 1) {
+            group.push(this.pending.shift()!);
             outcomes.push({ ok: true, value: await group[0]!.fn(conn, tx) });
           } else {
-            for (const w of group) {
+            while (groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs })) {
+              const w = this.pending.shift()!;
+              group.push(w);
               const before = tx.enqueued;
               await conn.executeQuery(TX.savepoint);
               try {
@@ -195,13 +256,15 @@ export class StoreDatabase {
         }
       });
     } catch (err) {
+      // Refused before any write ran (e.g. fencing at begin): the writes it was to take fail with it.
+      if (group.length === 0) group.push(...this.pending.take(Math.max(1, available)));
       // Nothing of the group was committed: a write that failed on its own says why; the others
       // get the transaction's error.
       group.forEach((w, i) => {
         const o = outcomes[i];
         w.reject(o && !o.ok ? o.err : err);
       });
-      return;
+      return group.length;
     }
     if (tx.enqueued > 0) this.notify();
     group.forEach((w, i) => {
@@ -209,6 +272,7 @@ export class StoreDatabase {
       if (o.ok) w.resolve(o.value);
       else w.reject(o.err);
     });
+    return group.length;
   }
 
   /** Runs `fn` on one consistent snapshot (a read transaction). */

@@ -28,6 +28,12 @@ export interface HistoryStoreOptions {
   guestWindowMs?: number;
   /** Most runs one export page may contain (pages are at most 500 runs anyway). Default 10 000. */
   maxExportRuns?: number;
+  /**
+   * A group commit takes no further write once it has run this long, in ms; the rest of the queue
+   * goes in the next group, after the event loop's I/O (see StoreDatabase.write). 0: one write
+   * per transaction. Default 10.
+   */
+  writeGroupBudgetMs?: number;
   /** Clock in ms since the epoch. Default `Date.now`. */
   now?: () => number;
   logger?: Logger;
@@ -60,6 +66,7 @@ export function resolveHistoryStoreOptions(o: HistoryStoreOptions): ResolvedHist
     outboxRetentionMs: o.outboxRetentionMs ?? 24 * 3600_000,
     guestWindowMs: o.guestWindowMs ?? 60_000,
     maxExportRuns: o.maxExportRuns ?? 10_000,
+    writeGroupBudgetMs: o.writeGroupBudgetMs ?? 10,
     now: o.now ?? Date.now,
     logger: o.logger ?? createLogger('history-store'),
     metrics: o.metrics,
@@ -73,5 +80,6 @@ export function resolveHistoryStoreOptions(o: HistoryStoreOptions): ResolvedHist
   checkMin('outboxRetentionMs', r.outboxRetentionMs, 1);
   checkMin('guestWindowMs', r.guestWindowMs, 0);
   checkMin('maxExportRuns', r.maxExportRuns, 1);
+  checkMin('writeGroupBudgetMs', r.writeGroupBudgetMs, 0);
   return r;
 }

@@ -45,6 +45,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     const id = input.id ?? this.d.newId();
     const scope = input.idempotencyScope ?? '';
     const key = scopedIdempotencyKey(scope, input.idempotencyKey);
+    // A client waits for this write (SubmitPlan): it goes before the queued writes (see StoreDatabase.write).
     const result = await this.d.write(async (trx, tx) => {
       const existing = await trx.selectFrom('plans').selectAll().where('idempotency_key', '=', key).executeTakeFirst();
       if (existing !== undefined) return { plan: planToProto(existing), existing: true };
@@ -75,7 +76,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         new Date(now),
       );
       return { plan: planToProto(row), existing: false };
-    });
+    }, { first: true });
     return result;
   }
 

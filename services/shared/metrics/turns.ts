@@ -35,6 +35,8 @@ export interface LoopDelayFigures {
 
 /** One request's time in its handler and its phases (ms), e.g. a SubmitPlan's. */
 export interface RequestTiming {
+  /** When the handler began, ms since the epoch (performance.timeOrigin based, sub-ms). */
+  readonly startedAt?: number;
   readonly handlerMs: number;
   readonly phasesMs: Readonly<Record<string, number>>;
   readonly size: number;
@@ -222,6 +224,11 @@ export class Laps {
     this.last = now;
     this.ms[name] = Math.round(((this.ms[name] ?? 0) + ms) * 100) / 100;
     this.p.recordMs(`${this.prefix}.${name}`, ms, size);
+  }
+
+  /** The start, ms since the epoch (sub-ms: comparable with another process's on this machine). */
+  startedAtEpoch(): number {
+    return performance.timeOrigin + this.startedAt;
   }
 
   /** ms since the start. */

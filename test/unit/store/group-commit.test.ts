@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { Kysely, SqliteDialect } from 'kysely';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { StoreDialect } from '../../../services/coordinator/store/database.js';
+import { groupTakesMore, WriteQueue, type StoreDialect } from '../../../services/coordinator/store/database.js';
 import { createHistoryStore, type RepositoryHistoryStore } from '../../../services/coordinator/store/history-store.js';
 import { migrateToLatest } from '../../../services/coordinator/store/migrate.js';
 import { resolveHistoryStoreOptions } from '../../../services/coordinator/store/options.js';
@@ -37,7 +37,8 @@ describe('store group commit', () => {
         if (refuse) throw refuse;
       },
     };
-    store = createHistoryStore(db, dialect, resolveHistoryStoreOptions({ logger: log }));
+    // No time budget here (a loaded machine must not split the groups these tests count).
+    store = createHistoryStore(db, dialect, resolveHistoryStoreOptions({ logger: log, writeGroupBudgetMs: 60_000 }));
   });
 
   afterEach(async () => {
@@ -95,5 +96,62 @@ describe('store group commit', () => {
     await Promise.all([first, ...next]);
     expect(transactions).toBeLessThanOrEqual(2);
     expect((await store.listVms('a')).map((v) => v.spec?.name)).toEqual(['a1', 'b1', 'b2']);
+  });
+
+  it('a group past its time budget commits what it took; the rest follow in order, one group each', async () => {
+    await store.close();
+    const db = new Kysely<HistoryDatabase>({ dialect: new SqliteDialect({ database: new Database(':memory:') }) });
+    await migrateToLatest(db);
+    transactions = 0;
+    const counting: StoreDialect = {
+      ...sqliteStoreDialect,
+      beginWrite: async (conn) => {
+        transactions++;
+        await sqliteStoreDialect.beginWrite(conn);
+      },
+    };
+    // Budget 0: every group is spent after its first write.
+    store = createHistoryStore(db, counting, resolveHistoryStoreOptions({ logger: log, writeGroupBudgetMs: 0 }));
+    const names = Array.from({ length: 5 }, (_, i) => `vm-${i}`);
+    const results = await Promise.allSettled([...names.map((n) => store.nodes.upsertVm(vm(n))), store.plans.transitionRun('nope', { to: 3 })]);
+    expect(results.slice(0, 5).every((r) => r.status === 'fulfilled')).toBe(true);
+    expect(results[5]).toMatchObject({ status: 'rejected', reason: expect.any(NotFoundError) });
+    expect(transactions).toBe(6);
+    expect((await store.listVms('a')).map((v) => v.spec?.name)).toEqual(names);
+    expect(await events()).toEqual(names.map((n) => `vm:${n}`));
+  });
+});
+
+describe('groupTakesMore', () => {
+  const at = (taken: number, elapsedMs: number, available = 10) => groupTakesMore({ taken, available, elapsedMs, max: 4, budgetMs: 10 });
+
+  it('always takes a first write, even past the budget', () => {
+    expect(at(0, 50)).toBe(true);
+    expect(at(0, 0, 0)).toBe(false);
+  });
+
+  it('stops at the writes that were waiting, at the maximum, and once the budget is spent', () => {
+    expect(at(1, 9)).toBe(true);
+    expect(at(1, 10)).toBe(false);
+    expect(at(3, 0)).toBe(true);
+    expect(at(4, 0)).toBe(false);
+    expect(at(2, 0, 2)).toBe(false);
+  });
+});
+
+describe('WriteQueue', () => {
+  it('hands out the writes asked for first before the others, each kind in the order asked', () => {
+    const q = new WriteQueue<string>();
+    q.push('a');
+    q.push('b');
+    q.push('plan-1', true);
+    q.push('c');
+    q.push('plan-2', true);
+    expect(q.length).toBe(5);
+    expect(q.take(3)).toEqual(['plan-1', 'plan-2', 'a']);
+    expect(q.shift()).toBe('b');
+    expect(q.take(10)).toEqual(['c']);
+    expect(q.shift()).toBeUndefined();
+    expect(q.length).toBe(0);
   });
 });

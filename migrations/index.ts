@@ -10,6 +10,7 @@ import * as m0003 from './2026_12_02_0003_plan_idempotency_scope.js';
 import * as m0004 from './2026_12_02_0004_progress_dirty_estimate.js';
 import * as m0005 from './2026_12_02_0005_run_network_blackout.js';
 import * as m0006 from './2026_12_02_0006_progress_disk.js';
+import * as m0007 from './2026_12_03_0007_run_cost_figures.js';
 
 /** Every migration by name, oldest first. */
 export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
@@ -19,6 +20,7 @@ export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
   '2026_12_02_0004_progress_dirty_estimate': m0004,
   '2026_12_02_0005_run_network_blackout': m0005,
   '2026_12_02_0006_progress_disk': m0006,
+  '2026_12_03_0007_run_cost_figures': m0007,
 });
 
 /** A `MigrationProvider` serving {@link migrations}. */

@@ -46,6 +46,8 @@ import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
 import { isTransient, retry } from '../../shared/retry.js';
 
 const MiB = 1024 * 1024;
+/** Earlier runs of a VM the adaptive policy's prior is taken from (domain/policy/measured.ts). */
+const PRIOR_RUNS = 20;
 
 /** What a supervisor needs from the rest of the coordinator. */
 export interface SupervisorDeps {
@@ -161,6 +163,8 @@ export class RunSupervisor {
   async supervise(mode: 'start' | 'resume'): Promise<Run | undefined> {
     const tick = setInterval(() => void this.serially(() => this.tick()), this.d.tickMs ?? 1000);
     tick.unref();
+    // Queued first: every update the node sends is decided on after it.
+    void this.serially(() => this.loadPrior(mode));
     try {
       const followNow = mode === 'start' ? await this.startOnNode() : await this.reattach();
       if (followNow) await this.follow();
@@ -296,6 +300,30 @@ export class RunSupervisor {
     });
   }
 
+  /**
+   * A policy that measures the guest itself (observeGuest) gets the VM's earlier runs' figures as
+   * its prior and, for a new run, the guest's samples stored before it (its pace baseline). A
+   * resumed run gets its samples in rebuildPolicy. Best effort: without them the policy keeps its
+   * defaults.
+   */
+  private async loadPrior(mode: 'start' | 'resume'): Promise<void> {
+    if (!this.policy.withHistory && !this.policy.observeGuest) return;
+    try {
+      if (this.policy.withHistory) {
+        const history = await this.d.store.plans.vmCostHistory(this.run.vmName, PRIOR_RUNS);
+        if (history.length > 0) this.policyState = this.policy.withHistory(this.policyState, history);
+      }
+      if (mode === 'start' && this.policy.observeGuest) {
+        const { guest } = await this.d.store.analytics.getRunTimeline(this.runId);
+        const observe = this.policy.observeGuest.bind(this.policy);
+        for (const g of [...guest].sort((a, b) => (a.time?.getTime() ?? 0) - (b.time?.getTime() ?? 0))) this.policyState = observe(this.policyState, g);
+      }
+    } catch (err) {
+      if (isAbortError(err)) throw err;
+      this.log.warn('could not load the VM\'s earlier measurements for the policy; it keeps its defaults', { err: (err as Error).message });
+    }
+  }
+
   /** A migration the node already has: finished → record it; running → rebuild the policy. */
   private async handleExisting(info: MigrationInfo): Promise<boolean> {
     if (info.state === MigrationState.MIGRATION_STATE_VERIFYING) this.streamEnded();
@@ -312,13 +340,29 @@ export class RunSupervisor {
 
   /** Replays the run's recorded samples through the policy; takes decisions it missed. */
   private async rebuildPolicy(info: MigrationInfo): Promise<void> {
-    const { progress } = await this.d.store.analytics.getRunTimeline(this.runId);
+    const { progress, guest, run } = await this.d.store.analytics.getRunTimeline(this.runId);
     const decided: PolicyDecision[] = [];
-    for (const s of progress) {
-      const d = this.policy.decide(this.policyState, s, s.elapsedMs);
-      this.policyState = d.state;
-      decided.push(...d.actions);
+    // Progress, guest samples and transitions in the order of their times, as they came in.
+    type Ev = { t: number; o: number; apply: () => void };
+    const events: Ev[] = progress.map((s, o) => ({
+      t: s.time?.getTime() ?? 0,
+      o,
+      apply: () => {
+        const d = this.policy.decide(this.policyState, s, s.elapsedMs);
+        this.policyState = d.state;
+        decided.push(...d.actions);
+      },
+    }));
+    const { observeGuest, observeState } = this.policy;
+    if (observeGuest) for (const g of guest) events.push({ t: g.time?.getTime() ?? 0, o: events.length, apply: () => (this.policyState = observeGuest.call(this.policy, this.policyState, g)) });
+    if (observeState) {
+      for (const c of run?.transitions ?? []) {
+        const at = c.time?.getTime() ?? 0;
+        events.push({ t: at, o: events.length, apply: () => (this.policyState = observeState.call(this.policy, this.policyState, c.to, at)) });
+      }
     }
+    events.sort((a, b) => a.t - b.t || a.o - b.o);
+    for (const e of events) e.apply();
     const mine = [...info.actions, ...this.run.actions].filter((a) => a.actor === `policy:${this.policy.name}`);
     const missed = decided.filter((d) => !mine.some((a) => a.kind === d.kind && a.value === d.value));
     this.lastSample = info.lastProgress ?? progress.at(-1);
@@ -388,6 +432,7 @@ export class RunSupervisor {
     switch (up.$case) {
       case 'stateChange': {
         const c = up.value;
+        if (this.policy.observeState) this.policyState = this.policy.observeState(this.policyState, c.to, c.time?.getTime() ?? this.now());
         if (isTerminalState(c.to)) {
           this.lastReason = c.reason;
           return;
@@ -407,6 +452,7 @@ export class RunSupervisor {
       }
       case 'guest':
         this.d.store.samples.appendGuestSample({ ...up.value, vmName: up.value.vmName || this.run.vmName }, this.runId);
+        if (this.policy.observeGuest) this.policyState = this.policy.observeGuest(this.policyState, up.value);
         return;
       case 'action':
         await this.reconcileActions([up.value]);
@@ -581,7 +627,19 @@ export class RunSupervisor {
     }
     this.finished = true;
     this.state = this.run.state;
+    await this.recordCosts();
     this.log.info('run finished', { state: migrationStateToJSON(this.run.state), totalTimeMs: this.run.stats?.totalTimeMs, downtimeMs: this.run.stats?.downtimeMs, error: this.run.error?.message });
+  }
+
+  /** What the policy measured of the guest's harm, stored with a succeeded run for the VM's next runs. Best effort. */
+  private async recordCosts(): Promise<void> {
+    if (this.run.state !== MigrationState.MIGRATION_STATE_SUCCEEDED || !this.policy.costFigures) return;
+    const figures = this.policy.costFigures(this.policyState);
+    if (!figures) return;
+    await this.d.store.plans.recordRunCosts(this.runId, figures).then(
+      () => this.log.info('measured guest harm recorded', { ...figures }),
+      (err: unknown) => this.log.warn('could not record the measured guest harm', { err: (err as Error).message }),
+    );
   }
 
   // --- user requests -------------------------------------------------------------------------

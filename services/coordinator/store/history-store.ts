@@ -27,6 +27,7 @@ import { SqlNodeVmRepository } from './node-vm-repository.js';
 import type { ResolvedHistoryStoreOptions } from './options.js';
 import { SqlOutboxRepository } from './outbox-repository.js';
 import { SqlPlanRunRepository } from './plan-run-repository.js';
+import type { RunCostFigures } from '../domain/policy/measured.js';
 import { SqlRetentionRepository } from './retention-repository.js';
 import { SqlSampleRepository } from './sample-repository.js';
 import type { SampleWriterStats } from './sample-writer.js';
@@ -164,6 +165,12 @@ export class RepositoryHistoryStore implements HistoryStore {
   }
   recordNetworkBlackout(runId: string, blackout: NetworkBlackout): Promise<Run> {
     return this.plans.recordNetworkBlackout(runId, blackout);
+  }
+  recordRunCosts(runId: string, figures: RunCostFigures): Promise<void> {
+    return this.plans.recordRunCosts(runId, figures);
+  }
+  vmCostHistory(vmName: string, limit: number): Promise<RunCostFigures[]> {
+    return this.plans.vmCostHistory(vmName, limit);
   }
   listActiveRuns(): Promise<Run[]> {
     return this.plans.listActiveRuns();

@@ -20,6 +20,7 @@ import { isTerminalState } from '../../shared/policy/states.js';
 import { INSERT_CHUNK, type Db, type StoreDatabase, type TxState } from './database.js';
 import { actionToProto, ms, normalizePolicyKind, planToProto, policyToJson, runToProto, scopedIdempotencyKey, transitionToProto } from './mapping.js';
 import type { RunRow } from './schema.js';
+import type { RunCostFigures } from '../domain/policy/measured.js';
 import type { ActiveMove, CreatePlanInput, PlanProgress, CreatePlanResult, CreateRunInput, FinishRunInput, PlanRunRepository, TransitionRunInput } from './types.js';
 
 const VALID_STATES = new Set(Object.values(MigrationState).filter((v): v is number => typeof v === 'number'));
@@ -416,6 +417,43 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         .execute();
     });
     return this.getRun(runId);
+  }
+
+  async recordRunCosts(runId: string, f: RunCostFigures): Promise<void> {
+    const num = (x: number | undefined): number | undefined => (x !== undefined && Number.isFinite(x) ? x : undefined);
+    const set = {
+      ...(num(f.precopyHarmRate) !== undefined ? { cost_precopy_harm_rate: f.precopyHarmRate } : {}),
+      ...(num(f.precopyMs) !== undefined ? { cost_precopy_ms: f.precopyMs } : {}),
+      ...(num(f.postcopyLostMs) !== undefined ? { cost_postcopy_lost_ms: f.postcopyLostMs } : {}),
+      ...(num(f.postcopyBacklogMs) !== undefined ? { cost_postcopy_backlog_ms: f.postcopyBacklogMs } : {}),
+    };
+    await this.d.write(async (trx) => {
+      const q = Object.keys(set).length > 0 ? trx.updateTable('runs').set(set).where('id', '=', runId) : undefined;
+      const r = q ? await q.executeTakeFirst() : undefined;
+      if (q ? Number(r?.numUpdatedRows ?? 0) === 0 : (await trx.selectFrom('runs').select('id').where('id', '=', runId).executeTakeFirst()) === undefined) throw new NotFoundError(`run ${runId} not found`);
+    });
+  }
+
+  async vmCostHistory(vmName: string, limit: number): Promise<RunCostFigures[]> {
+    if (!(limit > 0)) return [];
+    const rows = await this.d.read((conn) =>
+      conn
+        .selectFrom('runs')
+        .select(['cost_precopy_harm_rate', 'cost_precopy_ms', 'cost_postcopy_lost_ms', 'cost_postcopy_backlog_ms'])
+        .where('vm_name', '=', vmName)
+        .where('state', '=', MigrationState.MIGRATION_STATE_SUCCEEDED)
+        .where((eb) => eb.or([eb('cost_precopy_harm_rate', 'is not', null), eb('cost_postcopy_lost_ms', 'is not', null)]))
+        .orderBy('finished_at', 'desc')
+        .limit(Math.floor(limit))
+        .execute(),
+    );
+    const n = (x: number | string | null): number | undefined => (x === null ? undefined : Number(x));
+    return rows.map((r) => ({
+      precopyHarmRate: n(r.cost_precopy_harm_rate),
+      precopyMs: n(r.cost_precopy_ms),
+      postcopyLostMs: n(r.cost_postcopy_lost_ms),
+      postcopyBacklogMs: n(r.cost_postcopy_backlog_ms),
+    }));
   }
 
   async listActiveRuns(): Promise<Run[]> {

@@ -65,6 +65,11 @@ export interface RunsTable {
   /** proto3 JSON of the NetworkBlackout measured from outside (RecordRunBlackout); NULL: none. */
   network_blackout_json: Generated<string | null>;
   network_blackout_ms: Generated<number | null>;
+  /** What the run measured of the guest's harm (domain/policy/measured.ts RunCostFigures); NULL: not measured. */
+  cost_precopy_harm_rate: Generated<number | null>;
+  cost_precopy_ms: Generated<number | null>;
+  cost_postcopy_lost_ms: Generated<number | null>;
+  cost_postcopy_backlog_ms: Generated<number | null>;
 }
 
 export interface RunTransitionsTable {

@@ -8,6 +8,7 @@
  * transaction, so an event is published exactly for the changes that committed (see
  * services/shared/events/relay.ts). Samples are buffered and written in batches.
  */
+import type { RunCostFigures } from '../domain/policy/measured.js';
 import type {
   ErrorInfo,
   GuestPerfSample,
@@ -234,6 +235,16 @@ export interface PlanRunRepository {
    *   blackout that contradicts itself (more lost than sent, nothing sent, an inverted gap)
    */
   recordNetworkBlackout(runId: string, blackout: NetworkBlackout): Promise<Run>;
+  /**
+   * Stores what a finished run measured of the guest's harm (the adaptive policy's figures, for
+   * the VM's next runs). Figures not given are left as they are. @throws NotFoundError
+   */
+  recordRunCosts(runId: string, figures: RunCostFigures): Promise<void>;
+  /**
+   * The measured figures of a VM's latest succeeded runs that have any, newest first (at most
+   * `limit`): the adaptive policy's prior (domain/policy/measured.ts priorFromHistory).
+   */
+  vmCostHistory(vmName: string, limit: number): Promise<RunCostFigures[]>;
   /** Runs that have not finished, highest priority first, then oldest (restart recovery). */
   listActiveRuns(): Promise<Run[]>;
   /**

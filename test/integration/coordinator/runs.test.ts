@@ -158,6 +158,50 @@ describe('run supervisor and manager', () => {
     expect((await store.getPlan(planId)).state).toBe(PlanState.PLAN_STATE_FAILED);
   });
 
+  it('feeds the guest\'s samples to the adaptive policy, gives it the VM\'s earlier figures, and stores what the run measured', async () => {
+    const m = manager();
+    // An earlier succeeded run of the same VM with its figures (the prior), and the guest's pace before this run.
+    const { runs: [earlier] } = await plan(['vm-h'], { kind: PolicyKind.POLICY_KIND_ADAPTIVE });
+    await store.finishRun(earlier!.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+    await store.recordRunCosts(earlier!.id, { precopyHarmRate: 0.2, precopyMs: 4000, postcopyLostMs: 500, postcopyBacklogMs: 400 });
+    const t0 = Date.now() - 3000;
+    // The guest's clock runs with the host's (it stands still only where the test says so).
+    const mono = (hostMs: number) => hostMs - t0 + 10_000;
+    for (let i = 0; i < 5; i++) store.appendGuestSample({ time: new Date(t0 + i * 500), guestMonoMs: mono(t0 + i * 500), worker: -1, msPerGib: 1000, pass: i, pagesVerified: 0, integrityErrors: 0, heartbeatGapMs: 0, vmName: 'vm-h' });
+    await store.flushSamples();
+    const { runs: [r] } = await plan(['vm-h'], { kind: PolicyKind.POLICY_KIND_ADAPTIVE, postcopy: { enabled: true, onDemandOnly: true, preempt: true, afterPasses: 0, afterMs: 0 } });
+    m.enqueue([{ run: r!, order: 0 }]);
+    await until(() => nodes['a']!.migrations.has(r!.id), 'StartMigration');
+    const mig = nodes['a']!.migrations.get(r!.id)!;
+    const guest = (hostMs: number, guestMonoMs: number, msPerGib: number) =>
+      mig.updates.publish({ update: { $case: 'guest', value: { time: new Date(hostMs), guestMonoMs, worker: -1, msPerGib, pass: 0, pagesVerified: 0, integrityErrors: 0, heartbeatGapMs: 0, vmName: 'vm-h' } } });
+    mig.state(S.MIGRATION_STATE_SETUP);
+    mig.state(S.MIGRATION_STATE_PRECOPY);
+    // Pre-copy: 12 lines 20 ms apart at half the pace before (h = 0.5), timed after the transition.
+    const p0 = Date.now() + 5;
+    for (let i = 1; i <= 12; i++) guest(p0 + i * 20, mono(p0 + i * 20), 2000);
+    mig.progress({ elapsedMs: 300, pass: 1, remainingBytes: 40 * MiB, throughputMbps: 800 });
+    await until(() => Date.now() > p0 + 12 * 20 + 5, 'the host clock to pass the last pre-copy line', 2000);
+    mig.state(S.MIGRATION_STATE_SWITCHOVER);
+    mig.state(S.MIGRATION_STATE_POSTCOPY);
+    // Post-copy: the guest clock stands still for 80 ms of a 100 ms gap, then runs at its own pace.
+    const q0 = Date.now() + 5;
+    guest(q0 + 100, mono(q0 + 100) - 80, 1000);
+    for (let i = 1; i <= 5; i++) guest(q0 + 100 + i * 20, mono(q0 + 100 + i * 20) - 80, 1000);
+    await until(() => Date.now() > q0 + 220, 'the host clock to pass the last post-copy line', 2000);
+    mig.state(S.MIGRATION_STATE_VERIFYING);
+    mig.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(async () => (await store.vmCostHistory('vm-h', 5)).length === 2, 'the run\'s figures');
+    const [mine] = await store.vmCostHistory('vm-h', 5);
+    expect(mine!.precopyHarmRate).toBeGreaterThan(0.4);
+    expect(mine!.precopyHarmRate).toBeLessThan(0.6);
+    expect(mine!.postcopyLostMs).toBeGreaterThanOrEqual(60);
+    expect(mine!.postcopyLostMs).toBeLessThan(200);
+    // The backlog at the switch: 40 MiB at 800 Mbit/s.
+    expect(mine!.postcopyBacklogMs).toBeCloseTo(((40 * MiB) / (800e6 / 8)) * 1000, 0);
+    expect((await run(r!.id)).state).toBe(S.MIGRATION_STATE_SUCCEEDED);
+  });
+
   it('keeps one migration per link, cancels a queued run without a node call, and dispatches the next when a slot frees', async () => {
     const m = manager();
     const { planId, runs: rs } = await plan(['vm1', 'vm2', 'vm3']);

@@ -235,6 +235,30 @@ export function historyStoreSuite(backend: StoreBackend): void {
       await expect(s.getRun('nope')).rejects.toBeInstanceOf(NotFoundError);
     });
 
+    it('keeps the guest harm a run measured and gives a VM\'s succeeded runs\' figures back, newest first', async () => {
+      const s = await open();
+      const ids: string[] = [];
+      for (const [vm, state] of [['vm-c', S.MIGRATION_STATE_SUCCEEDED], ['vm-c', S.MIGRATION_STATE_FAILED], ['vm-c', S.MIGRATION_STATE_SUCCEEDED], ['vm-d', S.MIGRATION_STATE_SUCCEEDED], ['vm-c', S.MIGRATION_STATE_SUCCEEDED]] as const) {
+        const run = await s.createRun(runInput({ vmName: vm }));
+        clock.advance(1000);
+        await s.finishRun(run.id, { state });
+        ids.push(run.id);
+      }
+      await s.recordRunCosts(ids[0]!, { precopyHarmRate: 0.4, precopyMs: 6000 });
+      await s.recordRunCosts(ids[1]!, { precopyHarmRate: 9 }); // failed: not a prior
+      await s.recordRunCosts(ids[2]!, { precopyHarmRate: 0.3, precopyMs: 5000, postcopyLostMs: 700, postcopyBacklogMs: 550 });
+      await s.recordRunCosts(ids[3]!, { precopyHarmRate: 0.9 }); // another VM
+      // ids[4]: nothing measured (no guest pace feed): not in the history.
+      expect(await s.vmCostHistory('vm-c', 10)).toEqual([
+        { precopyHarmRate: 0.3, precopyMs: 5000, postcopyLostMs: 700, postcopyBacklogMs: 550 },
+        { precopyHarmRate: 0.4, precopyMs: 6000, postcopyLostMs: undefined, postcopyBacklogMs: undefined },
+      ]);
+      expect(await s.vmCostHistory('vm-c', 1)).toHaveLength(1);
+      expect(await s.vmCostHistory('vm-none', 5)).toEqual([]);
+      await expect(s.recordRunCosts('nope', { precopyHarmRate: 0.1 })).rejects.toBeInstanceOf(NotFoundError);
+      await expect(s.recordRunCosts('nope', {})).rejects.toBeInstanceOf(NotFoundError);
+    });
+
     it('attaches an externally measured network blackout to a finished run, and refuses a bad one', async () => {
       const s = await open();
       const run = await s.createRun(runInput());

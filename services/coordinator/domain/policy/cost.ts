@@ -36,8 +36,9 @@
  *    switched at the pass-2 boundary): backlogs 0.8–15.0 s, losses 1.5–13.1 s (the loss is
  *    0.9× the post-copy phase's length: the guest hardly runs while its pages arrive).
  * The spreads are wide (the machine is shared and noisy): the model ranks steps, it does not
- * promise figures. A VM's own measurements should replace these numbers where available (the
- * policy sees only QEMU's progress samples, not the guest's pace: see the tuning knobs).
+ * promise figures. They are the prior only: the adaptive policy replaces them with the VM's own
+ * measurements where it has them (measured.ts: its earlier runs' h, c and s from the store, and
+ * this run's h from the guest's pace samples, blended in as they arrive).
  */
 
 /** Fitted parameters (see the module comment). */

@@ -361,7 +361,8 @@ export class RunSupervisor {
         events.push({ t: at, o: events.length, apply: () => (this.policyState = observeState.call(this.policy, this.policyState, c.to, at)) });
       }
     }
-    events.sort((a, b) => a.t - b.t || a.o - b.o);
+    // Only a policy that observes more than progress needs the merge (the progress keeps its stored order otherwise).
+    if (events.length > progress.length) events.sort((a, b) => a.t - b.t || a.o - b.o);
     for (const e of events) e.apply();
     const mine = [...info.actions, ...this.run.actions].filter((a) => a.actor === `policy:${this.policy.name}`);
     const missed = decided.filter((d) => !mine.some((a) => a.kind === d.kind && a.value === d.value));

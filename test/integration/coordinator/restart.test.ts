@@ -67,10 +67,12 @@ describe('coordinator: restart recovery', () => {
       `restart: coordinator killed ${killedAt.getTime() - run1.startedAt!.getTime()} ms into the run; run succeeded in ${run1.stats!.totalTimeMs} ms, downtime ${run1.stats!.downtimeMs} ms; actions: ${run1.actions.map((a) => `${a.actor} kind ${a.kind} at ${a.elapsedMs} ms`).join(', ')}`,
     );
 
-    // The queued run was queued again and ran after the first released the link.
+    // The queued run was queued again and ran after the first released the link: a run holds its
+    // link slot until its stream ends (its source reported QEMU's completion: VERIFYING).
     const run2 = await waitForRun(op, r2, 180_000);
     expect(run2.state).toBe(S.MIGRATION_STATE_SUCCEEDED);
-    expect(run2.startedAt!.getTime()).toBeGreaterThanOrEqual(run1.finishedAt!.getTime());
+    const run1StreamEnd = (run1.transitions.find((t) => t.to === S.MIGRATION_STATE_VERIFYING)?.time ?? run1.finishedAt!).getTime();
+    expect(run2.startedAt!.getTime()).toBeGreaterThanOrEqual(run1StreamEnd);
     expect((await waitForPlan(op, p1.id)).state).toBe(PlanState.PLAN_STATE_SUCCEEDED);
     expect((await waitForPlan(op, p2.id)).state).toBe(PlanState.PLAN_STATE_SUCCEEDED);
 

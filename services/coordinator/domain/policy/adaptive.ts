@@ -42,6 +42,36 @@
  * unique pages per second, a lower bound of the true rate, see FACTS.md), and until the window's
  * rates come from pass ≥ 3 the policy takes the larger of the two.
  *
+ * ## Saturation: the working-set bound
+ * QEMU's dirty-pages-rate is the pages found newly dirty at the syncs of a period ÷ the period, and
+ * it is recomputed at a sync only once more than 1 s has passed since the last time
+ * (migration_bitmap_sync). A guest that rewrites a hot set W faster than a pass goes therefore reads
+ * W ÷ pass-1 time for the first second after pass 1 (saturated, not its rate), and the backlog found
+ * at every later boundary is min(W, what it dirties in the pass) ≈ W: it does not shrink as b·r^i.
+ * The lab's hot-small runs at 720 Mbit/s (fixtures lab-hot-small-720-v3-a/b): pass 1 ≈4.2 s reads
+ * 11.4 MiB/s (≈48 MiB ÷ 4.2 s), and the boundaries of passes 2–10 find 42–60 MiB (a) and 32–52 MiB
+ * (b, passes 2–8) where r (0.13 by QEMU's rate, 0.5–0.7 with the estimate) predicted a few MiB to
+ * ≈35 MiB; QEMU's rate catches up (51–70 MiB/s, r ≈ 0.85) only at pass 5, ≈1 s later. Predicting
+ * from r alone said "converges in 1–2 passes" and waited to pass 7.
+ * So the policy keeps the backlog found at the last few boundaries (the larger of QEMU's
+ * expected-downtime × the sample's throughput and what remained at the pass's first sample: both
+ * lower bounds of what the sync found, which under-read by up to ≈40 % in those fixtures). Where a
+ * later boundary's backlog is ≥ 60 % of an earlier one's and it shrank per pass by ≥ 1.5 × the r
+ * predicted ({@link backlogPlateau}), the backlog holds at W = the larger of the two, and:
+ *  - more pre-copy at L converges only if W's transfer time ≤ L (at the next boundary), else never;
+ *  - a raise is sized on W (+25 %) and costed as one pass of W and a stop of W at r = 1 (the guest
+ *    faults its whole set in every pass: the regime h was fitted in), if within max_downtime_ms;
+ *  - post-copy as before, c + s·b; the cheapest of them is taken (cost.ts).
+ * This needs two boundaries, so it acts at the first sample after the second sync seen (v3-a:
+ * pass 3, 0.27 s after the first verdict; it switched at pass 7 before). What was tried and not
+ * used: at pass 2 the pre-migration estimate E (unique pages over ~1 s) against the pass-1 rate does
+ * show the pass-1 rate is saturated (E × pass-1 time ≫ the backlog: 42 MiB/s × 4.2 s against
+ * 48 MiB), but not whether W is rewritten within the next, short pass (W ÷ B ≈ 0.55 s < the
+ * estimate's 1 s: the unique pages of 0.55 s lie anywhere in [E × 0.55 s, W]), so it is no
+ * evidence that the backlog holds; the second boundary is. Where r ≥ 1 the model already says the
+ * backlog holds and sizes on it; a backlog that shrinks as r says (a converging guest) or much is
+ * never taken for a bound; one that holds at a W within L changes nothing (pre-copy converges).
+ *
  * A guest whose pace changes during the migration (a phase change) makes that one estimate stale,
  * and QEMU's own rate says nothing until the first bitmap sync. So the source keeps re-estimating
  * while pre-copy runs (calc-dirty-rate again, every ~1.5 s) and every sample carries the latest
@@ -133,6 +163,10 @@ export interface AdaptiveTuning {
   readonly estimateChangeFactor: number;
   /** The cost model the steps are chosen by (cost.ts; defaults fitted to the lab's measurements). */
   readonly costs: CostModel;
+  /** Working-set bound: a backlog found at a later boundary of at least this fraction of an earlier one's has not shrunk (the readings' noise)… */
+  readonly plateauShrink: number;
+  /** …when its shrink per pass is also at least this many times the r predicted (noise allowance). */
+  readonly plateauVsPredicted: number;
 }
 
 export const DEFAULT_ADAPTIVE_TUNING: AdaptiveTuning = Object.freeze({
@@ -145,6 +179,8 @@ export const DEFAULT_ADAPTIVE_TUNING: AdaptiveTuning = Object.freeze({
   autoConvergeMinShrink: 0.2,
   estimateChangeFactor: 2,
   costs: DEFAULT_COST_MODEL,
+  plateauShrink: 0.6,
+  plateauVsPredicted: 1.5,
 });
 
 export interface AdaptiveConfig {
@@ -175,6 +211,8 @@ export interface AdaptiveReading {
   readonly estimate?: number;
   /** Remaining bytes when read (for the page rate of a compressed stream). Optional in stored states. */
   readonly remaining?: number;
+  /** The backlog at the last pass boundary in bytes (the larger of QEMU's figure and what remained at the pass's first sample). Optional in stored states. */
+  readonly backlogBytes?: number;
 }
 
 /** Plain-data state of the {@link AdaptivePolicy}. */
@@ -206,6 +244,11 @@ export interface AdaptiveState {
   /** What remained at the last pre-copy sample, as transfer time (ms; the backlog at a switch to post-copy). */
   readonly remainingMs?: number;
   readonly window: readonly AdaptiveReading[];
+  /**
+   * [pass, backlog bytes] found at the last few pass boundaries seen (the largest reading of that
+   * pass): the evidence of a working-set bound (see {@link backlogPlateau}). Absent in older states.
+   */
+  readonly boundaries?: readonly (readonly [number, number])[];
   /** [pass, first seen at ms, remaining bytes then] of the last few passes (older states: no third element). */
   readonly passMarks: readonly (readonly [number, number, number?])[];
   readonly timeouts: TimeoutState;
@@ -224,6 +267,8 @@ export interface AdaptiveAssessment {
   readonly convergesSoon: boolean;
   /** The raise it would take (ms). */
   readonly target: number;
+  /** The working-set bound the backlog holds at, as transfer time (ms); absent: no such evidence. */
+  readonly workingSetMs?: number;
   /** The cost model the steps were ranked by (the prior with this run's measured h blended in). */
   readonly model?: CostModel;
   /** This run's measured pre-copy harm rate and its pace samples, when it was used. */
@@ -245,6 +290,42 @@ export interface AdaptivePrediction {
   /** Switch-over time needed when it does not converge soon on its own. */
   readonly needMs: number;
   readonly convergesSoon: boolean;
+  /** The backlog holds at a working-set bound W (see {@link backlogPlateau}): W as transfer time (ms). */
+  readonly workingSetMs?: number;
+  /** The boundaries that showed it. */
+  readonly plateau?: BacklogPlateau;
+}
+
+/** Two pass boundaries whose backlogs show a working-set bound. */
+export interface BacklogPlateau {
+  /** [pass, backlog bytes] at the earlier and the later boundary. */
+  readonly from: readonly [number, number];
+  readonly to: readonly [number, number];
+  /** What the rates predicted for the later boundary (bytes): from × r^(passes between). */
+  readonly predictedBytes: number;
+  /** W: the larger of the two backlogs (bytes). */
+  readonly workingSetBytes: number;
+}
+
+/**
+ * The working-set bound from the backlogs found at pass boundaries (pure; see the module comment,
+ * "Saturation"). For each earlier boundary a and the latest c (c > a): where b_c ≥ `shrink` × b_a
+ * (it did not shrink beyond the readings' noise, however many passes apart) and the shrink per pass
+ * s = (b_c / b_a)^(1/(c−a)) ≥ `vsPredicted` × r (much less than the rates said), the guest rewrites
+ * a bounded set within a pass: W = max(b_a, b_c), both being lower bounds of what a sync found.
+ * Only for r < 1 (at r ≥ 1 the model already says the backlog holds). Undefined without such a pair.
+ */
+export function backlogPlateau(boundaries: readonly (readonly [number, number])[], ratio: number, shrink: number, vsPredicted: number): BacklogPlateau | undefined {
+  const last = boundaries[boundaries.length - 1];
+  if (!last || !(ratio >= 0) || ratio >= 1) return undefined;
+  for (const a of boundaries.slice(0, -1)) {
+    if (a[0] >= last[0] || !(a[1] > 0)) continue;
+    const passes = last[0] - a[0];
+    const predictedBytes = a[1] * ratio ** passes;
+    const perPass = (last[1] / a[1]) ** (1 / passes);
+    if (last[1] >= shrink * a[1] && perPass >= vsPredicted * ratio) return { from: a, to: last, predictedBytes, workingSetBytes: Math.max(a[1], last[1]) };
+  }
+  return undefined;
 }
 
 const pct = (x: number): string => `${Math.round(x * 100)}%`;
@@ -281,7 +362,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
   }
 
   /** Median figures of a full window and what they predict. */
-  predict(window: readonly AdaptiveReading[], limitMs: number): AdaptivePrediction {
+  predict(window: readonly AdaptiveReading[], limitMs: number, boundaries: readonly (readonly [number, number])[] = []): AdaptivePrediction {
     const { convergeWithinPasses: k } = this.tuning;
     // Dirty rate and backlog come from readings after a sync (pass ≥ 2); throughput and the
     // source's estimate from the whole window (pass-1 samples included).
@@ -302,7 +383,16 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     else if (ratio === 0) passesToConverge = 1;
     else passesToConverge = Infinity;
     const needMs = ratio < 1 ? backlogMs * ratio ** k : backlogMs * ratio;
-    return { dirtyBytesPerSec: dirty, estimateUsed: estimate > qemuDirty ? estimate : 0, throughputBytesPerSec: bw, ratio, backlogMs, limitMs, passesToConverge, needMs, convergesSoon: passesToConverge <= k };
+    const base = { dirtyBytesPerSec: dirty, estimateUsed: estimate > qemuDirty ? estimate : 0, throughputBytesPerSec: bw, ratio, backlogMs, limitMs };
+    // Saturation: the backlog holds at the working set W, so more pre-copy at L converges only if
+    // W's transfer time fits L (then at the next boundary), and needs ≈ W otherwise.
+    const plateau = bw > 0 ? backlogPlateau(boundaries, ratio, this.tuning.plateauShrink, this.tuning.plateauVsPredicted) : undefined;
+    if (plateau && Number.isFinite(backlogMs)) {
+      const workingSetMs = (plateau.workingSetBytes / bw) * 1000;
+      const fits = workingSetMs <= limitMs;
+      return { ...base, passesToConverge: fits ? 0 : Infinity, needMs: workingSetMs, convergesSoon: fits, workingSetMs, plateau };
+    }
+    return { ...base, passesToConverge, needMs, convergesSoon: passesToConverge <= k };
   }
 
   /** The cost model in force: the VM's prior (or the tuning's) with this run's measured h blended in. */
@@ -396,9 +486,10 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
 
     const passMarks = this.markPass(state.passMarks, sample);
     const window = this.observe(state.window, passMarks, sample);
+    const boundaries = this.markBoundary(state.boundaries ?? [], window, sample);
     // A limit above any the policy set or knew was raised by someone else (a user's AdjustRun).
     const userLimit = state.userLimit === true || sample.downtimeLimitMs > state.downtimeMs;
-    const base: AdaptiveState = { ...state, timeouts, passMarks, window, downtimeMs: Math.max(state.downtimeMs, sample.downtimeLimitMs), ...(userLimit ? { userLimit } : {}) };
+    const base: AdaptiveState = { ...state, timeouts, passMarks, window, ...(boundaries.length > 0 ? { boundaries } : {}), downtimeMs: Math.max(state.downtimeMs, sample.downtimeLimitMs), ...(userLimit ? { userLimit } : {}) };
 
     const passes = completedPasses(sample);
     const settled = state.lastActionPasses < 0 || passes - state.lastActionPasses >= this.tuning.settlePasses || this.estimateChanged(state.estimateAtAction, sample.estimatedDirtyBytesPerSec);
@@ -409,7 +500,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     // (transport.ts), and QEMU's figures mix wire bytes (throughput) with page bytes (dirty rate,
     // remaining): give it the passes that prediction allowed before second-guessing it.
     if (this.compressed() && passes < this.tuning.convergeWithinPasses) return { actions: [], state: base };
-    const p = this.predict(window, base.downtimeMs);
+    const p = this.predict(window, base.downtimeMs, base.boundaries);
     // The cheapest pass for a step: while the backlog grows or holds (r ≥ 1) every further pass
     // costs its whole length in dirty tracking and buys nothing, so one reading after the sync is
     // enough to act on. While it shrinks (r < 1) a full window of readings after the sync first —
@@ -418,17 +509,17 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     // costs the guest dirty tracking for nothing (lab, heavy at 720 Mbit/s: r 0.87 read at the first
     // pass-2 sample with a 4.6 s backlog against 300 ms, post-copy 1.7 s later after two more).
     const synced = window.filter((r) => r.pass >= 2).length;
-    if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs).convergesSoon) return { actions: [], state: base };
+    if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs, base.boundaries).convergesSoon) return { actions: [], state: base };
     let st = base;
     if (st.autoConverge && st.autoConvergeAt === null) st = { ...st, autoConvergeAt: { passes, backlogMs: p.backlogMs } };
     // Rates measured over the first pass are biased low (see module comment): a verdict of "not
     // converging" from them stands (the truth is worse), but the switch-over need they give is too
     // small, so size it as if the backlog were not shrinking (r = 1) until a later pass says more.
-    const early = window.some((r) => r.pass < 3) && p.ratio < 1;
+    const early = window.some((r) => r.pass < 3) && p.ratio < 1 && p.workingSetMs === undefined;
     const sized = early ? { ...p, needMs: Math.max(p.needMs, p.backlogMs) } : p;
     const t = this.tuning;
     const target = Math.ceil((sized.needMs * t.downtimeMargin) / t.downtimeQuantumMs) * t.downtimeQuantumMs;
-    st = { ...st, assessment: { elapsedMs: nowMs, backlogMs: p.backlogMs, ratio: p.ratio, limitMs: p.limitMs, needMs: sized.needMs, early, convergesSoon: p.convergesSoon, target, ...this.assessedModel(st) } };
+    st = { ...st, assessment: { elapsedMs: nowMs, backlogMs: p.backlogMs, ratio: p.ratio, limitMs: p.limitMs, needMs: sized.needMs, early, convergesSoon: p.convergesSoon, target, ...(p.workingSetMs !== undefined ? { workingSetMs: p.workingSetMs } : {}), ...this.assessedModel(st) } };
     const decision = this.escalate(st, sized, early, target, sample, nowMs);
     if (!decision) return { actions: [], state: st };
     const next: AdaptiveState = { ...st, lastActionPasses: passes, estimateAtAction: sample.estimatedDirtyBytesPerSec ?? 0, window: [] };
@@ -474,6 +565,17 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
    */
   costs(p: AdaptivePrediction, early: boolean, target: number, postcopy: boolean, m: CostModel = this.tuning.costs): { nothing?: StepCost; raise?: StepCost; postcopy?: StepCost } {
     const out: { nothing?: StepCost; raise?: StepCost; postcopy?: StepCost } = {};
+    if (p.workingSetMs !== undefined) {
+      // Saturated: every pass sends ≈ W and the guest faults its whole set in each (r = 1 for the
+      // harm too: the regime h was fitted in); a stop of ≈ W once the limit admits it.
+      if (p.convergesSoon) out.nothing = precopyCost(m, p.workingSetMs, 1, p.limitMs);
+      if (target <= this.config.maxDowntimeMs && target > p.limitMs) {
+        const raise = precopyCost(m, p.workingSetMs, 1, target, this.tuning.convergeWithinPasses + 1, 1);
+        if (Number.isFinite(raise.harmMs)) out.raise = raise;
+      }
+      if (postcopy) out.postcopy = postcopyCost(m, p.backlogMs);
+      return out;
+    }
     if (p.convergesSoon) out.nothing = precopyCost(m, p.backlogMs, p.ratio, p.limitMs);
     if (target <= this.config.maxDowntimeMs && target > p.limitMs) {
       // Sized on the need (early: as if the backlog did not shrink): one more boundary, then a stop of the need.
@@ -492,9 +594,13 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const estimated = p.estimateUsed > 0 ? ' (the pre-migration estimate; QEMU\'s rate over the long first pass reads lower)' : '';
     const figures = `backlog ≈${formatDuration(p.backlogMs)} of transfer, dirty ${formatRate(p.dirtyBytesPerSec)}${estimated} = ${p.ratio.toFixed(2)}× the ${formatRate(p.throughputBytesPerSec)} link`;
     const horizon = p.ratio < 1 ? ` even after ${t.convergeWithinPasses} more passes` : '';
+    const pl = p.plateau;
+    const held = pl
+      ? `; the backlog holds at a working set: ≈${formatBytes(pl.from[1])} at pass ${pl.from[0]}, ≈${formatBytes(pl.to[1])} at pass ${pl.to[0]} where r predicted ≈${formatBytes(pl.predictedBytes)}, W ≈${formatBytes(pl.workingSetBytes)} = ≈${formatDuration(p.workingSetMs ?? 0)}`
+      : '';
     const verdict = p.convergesSoon
-      ? `predicted to converge at ${p.limitMs} ms in ${p.passesToConverge} more passes (${figures})`
-      : `predicted not to converge at ${p.limitMs} ms (${figures}): switch-over needs ≈${formatDuration(p.needMs)}${horizon}`;
+      ? `predicted to converge at ${p.limitMs} ms in ${p.passesToConverge} more passes (${figures}${held})`
+      : `predicted not to converge at ${p.limitMs} ms (${figures}${held}): switch-over needs ≈${formatDuration(p.needMs)}${pl ? '' : horizon}`;
 
     const passes = completedPasses(sample);
     const allowed = this.config.postcopyUnavailable === undefined;
@@ -580,6 +686,19 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     return [...marks, [sample.pass, sample.elapsedMs, sample.remainingBytes] as const].slice(-3);
   }
 
+  /**
+   * Records the backlog found at the boundary the sample's pass started with: the largest reading
+   * of that pass (QEMU's first figure after a sync can be stale, see observe). Last three kept.
+   */
+  private markBoundary(boundaries: readonly (readonly [number, number])[], window: readonly AdaptiveReading[], sample: ProgressSample): readonly (readonly [number, number])[] {
+    const r = window[window.length - 1];
+    if (sample.pass < 2 || !r || r.t !== sample.elapsedMs || r.pass !== sample.pass || !(r.backlogBytes !== undefined && r.backlogBytes > 0)) return boundaries;
+    const last = boundaries[boundaries.length - 1];
+    if (last && last[0] > r.pass) return boundaries;
+    if (last && last[0] === r.pass) return r.backlogBytes > last[1] ? [...boundaries.slice(0, -1), [r.pass, r.backlogBytes] as const] : boundaries;
+    return [...boundaries, [r.pass, r.backlogBytes] as const].slice(-3);
+  }
+
   /** multifd with zlib or zstd. */
   private compressed(): boolean {
     const c = this.effective.multifd;
@@ -610,7 +729,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
   private observe(window: readonly AdaptiveReading[], marks: AdaptiveState['passMarks'], sample: ProgressSample): readonly AdaptiveReading[] {
     const bw = this.pageThroughput(window, sample);
     if (bw <= 0) return window;
-    const reading = (dirty: number, backlogMs: number): AdaptiveReading => ({ t: sample.elapsedMs, pass: sample.pass, dirty, bw, backlogMs, estimate: sample.estimatedDirtyBytesPerSec, remaining: sample.remainingBytes });
+    const reading = (dirty: number, backlogMs: number, backlogBytes?: number): AdaptiveReading => ({ t: sample.elapsedMs, pass: sample.pass, dirty, bw, backlogMs, estimate: sample.estimatedDirtyBytesPerSec, remaining: sample.remainingBytes, ...(backlogBytes !== undefined ? { backlogBytes } : {}) });
     if (completedPasses(sample) < 1) return [...window, reading(0, NaN)].slice(-this.tuning.windowSamples);
     const dirty = dirtyBytesPerSec(sample);
     // QEMU's expected-downtime is backlog-at-last-sync ÷ bandwidth, but it starts out as the
@@ -631,6 +750,9 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
       const passMs = a && b ? b[1] - a[1] : undefined;
       backlogMs = passMs !== undefined ? (dirty * passMs) / bw : 0;
     }
-    return [...window, reading(dirty, backlogMs)].slice(-this.tuning.windowSamples);
+    // In bytes (the working-set evidence, markBoundary): QEMU's figure is what remained at its last
+    // update ÷ its bandwidth then, which the sample's own throughput carries — not the window's.
+    const backlogBytes = qemu > 0 || atPassStart > 0 ? Math.max((qemu / 1000) * bw, atPassStart) : (backlogMs / 1000) * bw;
+    return [...window, reading(dirty, backlogMs, backlogBytes)].slice(-this.tuning.windowSamples);
   }
 }

@@ -11,6 +11,7 @@ import * as m0004 from './2026_12_02_0004_progress_dirty_estimate.js';
 import * as m0005 from './2026_12_02_0005_run_network_blackout.js';
 import * as m0006 from './2026_12_02_0006_progress_disk.js';
 import * as m0007 from './2026_12_03_0007_run_cost_figures.js';
+import * as m0008 from './2026_12_03_0008_run_working_set.js';
 
 /** Every migration by name, oldest first. */
 export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
@@ -21,6 +22,7 @@ export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
   '2026_12_02_0005_run_network_blackout': m0005,
   '2026_12_02_0006_progress_disk': m0006,
   '2026_12_03_0007_run_cost_figures': m0007,
+  '2026_12_03_0008_run_working_set': m0008,
 });
 
 /** A `MigrationProvider` serving {@link migrations}. */

@@ -70,6 +70,8 @@ export interface RunsTable {
   cost_precopy_ms: Generated<number | null>;
   cost_postcopy_lost_ms: Generated<number | null>;
   cost_postcopy_backlog_ms: Generated<number | null>;
+  /** The working set (bytes) the adaptive policy found the backlog held at; NULL: none seen. */
+  cost_working_set_bytes: Generated<number | null>;
 }
 
 export interface RunTransitionsTable {

@@ -20,6 +20,7 @@ import {
   priorFromHistory,
   runCostFigures,
   tallyGuestSample,
+  workingSetFromHistory,
 } from '../../../services/coordinator/domain/policy/index.js';
 import { guestTimeLost } from '../../../services/shared/guest/harm.js';
 import { MiB } from '../../../services/coordinator/domain/units.js';
@@ -338,7 +339,59 @@ describe('adaptive policy measuring h within the run (recorded guest samples)', 
     const policy = adaptive();
     const { actions, state } = replayWithGuest(policy, trace, { transitions: guest.transitions, guest: [] });
     expect((state as AdaptiveState).guest).toBeUndefined();
-    expect(policy.costFigures(state as AdaptiveState)).toBeUndefined();
+    // No harm figures without the pace feed; only the working set its boundaries showed (adaptive.ts "Saturation").
+    const ws = (state as AdaptiveState).workingSetBytes;
+    expect(ws).toBeGreaterThan(40 * MiB);
+    expect(policy.costFigures(state as AdaptiveState)).toEqual({ workingSetBytes: ws });
     expect(summary(actions)).toEqual(summary(replay(adaptive(), trace).actions));
+  });
+});
+
+describe('the working set from the VM\'s history (adaptive.ts "Saturation")', () => {
+  const policy = (): AdaptivePolicy => policyFor(MigrationPolicy.fromPartial({ kind: PolicyKind.POLICY_KIND_ADAPTIVE }), 512 * MiB) as AdaptivePolicy;
+  /** Replays a trace and returns the first action, its pass, and the figures the run leaves for the next. */
+  function run(name: string, history: RunCostFigures[] = []): { action: ReturnType<typeof summary>[number] | undefined; pass: number | undefined; figures: RunCostFigures | undefined } {
+    const p = policy();
+    let st = p.withHistory(p.initialState(), history);
+    let first: { action: ReturnType<typeof summary>[number]; pass: number } | undefined;
+    for (const s of loadTrace(name)) {
+      const d = p.decide(st, s, s.elapsedMs);
+      st = d.state;
+      if (d.actions.length > 0 && !first) first = { action: summary(d.actions)[0]!, pass: s.pass };
+    }
+    return { action: first?.action, pass: first?.pass, figures: p.costFigures(st) };
+  }
+
+  it('workingSetFromHistory: the median of the runs that saw a bound', () => {
+    expect(workingSetFromHistory([{ workingSetBytes: 40 * MiB }, { precopyHarmRate: 0.5 }, { workingSetBytes: 60 * MiB }, { workingSetBytes: 50 * MiB }])).toEqual({ bytes: 50 * MiB, runs: 3 });
+    expect(workingSetFromHistory([{ precopyHarmRate: 0.5 }, { workingSetBytes: Number.NaN }])).toBeUndefined();
+  });
+
+  it('a hot-small run leaves its W; the VM\'s next run recognises it at its first boundary and acts in pass 2 instead of 3 or 5', () => {
+    const a = run('lab-hot-small-720-v3-a');
+    const b = run('lab-hot-small-720-v3-b');
+    expect(a.pass).toBe(3);
+    expect(b.pass).toBe(5);
+    const wa = a.figures?.workingSetBytes;
+    const wb = b.figures?.workingSetBytes;
+    expect(wa! / MiB).toBeCloseTo(59.5, 0);
+    expect(wb! / MiB).toBeCloseTo(51.9, 0);
+    // b after a, a after b: each the other's earlier run of the same VM (same guest, same workload).
+    const bAfterA = run('lab-hot-small-720-v3-b', [{ workingSetBytes: wa }]);
+    const aAfterB = run('lab-hot-small-720-v3-a', [{ workingSetBytes: wb }]);
+    expect(bAfterA.pass).toBe(2);
+    expect(aAfterB.pass).toBe(2);
+    for (const r of [bAfterA, aAfterB]) expect(['SET_DOWNTIME', 'START_POSTCOPY']).toContain(r.action?.[1]);
+    const p = policy();
+    const reason = replayWithGuest(p, loadTrace('lab-hot-small-720-v3-b'), undefined, (s) => p.withHistory(s as AdaptiveState, [{ workingSetBytes: wa }])).actions[0]?.reason;
+    expect(reason).toContain('the backlog holds at the working set this VM\'s earlier runs found');
+  });
+
+  it('a W from history that the first boundary does not match changes nothing: converging, heavy and hot-small at 300 Mbit/s keep their steps', () => {
+    const w = { workingSetBytes: 48 * MiB };
+    // converging: 87 MiB at pass 2, more than W ÷ 0.6 — another set; its backlog then shrinks.
+    expect(run('converging', [w]).action).toBeUndefined();
+    expect(run('lab-heavy-720', [w])).toMatchObject({ action: run('lab-heavy-720').action, pass: 2 });
+    expect(run('lab-hot-small-300', [w])).toMatchObject({ action: run('lab-hot-small-300').action, pass: 2 });
   });
 });

@@ -68,7 +68,11 @@
  * show the pass-1 rate is saturated (E × pass-1 time ≫ the backlog: 42 MiB/s × 4.2 s against
  * 48 MiB), but not whether W is rewritten within the next, short pass (W ÷ B ≈ 0.55 s < the
  * estimate's 1 s: the unique pages of 0.55 s lie anywhere in [E × 0.55 s, W]), so it is no
- * evidence that the backlog holds; the second boundary is. Where r ≥ 1 the model already says the
+ * evidence that the backlog holds; the second boundary is — or the VM's history: a run that saw
+ * the bound stores its W (runs.cost_working_set_bytes, measured.ts RunCostFigures), and a later run
+ * whose first boundary finds a backlog within the same noise of the earlier runs' median W
+ * (≥ 60 % of it and ≤ W ÷ 0.6) takes the bound at once, at pass 2 (v3-b after v3-a and v3-a after
+ * v3-b: pass 2 instead of 5 and 3). A set of another size is not matched. Where r ≥ 1 the model already says the
  * backlog holds and sizes on it; a backlog that shrinks as r says (a converging guest) or much is
  * never taken for a bound; one that holds at a W within L changes nothing (pre-copy converges).
  *
@@ -138,7 +142,7 @@
 import { type GuestPerfSample, MigrationState, MultifdCompression, PolicyActionKind, PolicyKind, type MigrationPolicy, type ProgressSample } from '../../../shared/gen/migd/v1/common.js';
 import { formatBytes, formatDuration, formatRate } from '../units.js';
 import { type CostModel, DEFAULT_COST_MODEL, type StepCost, cheapest, postcopyCost, precopyCost } from './cost.js';
-import { type GuestTally, type RunCostFigures, blendedCostModel, enterPhase, initialGuestTally, priorFromHistory, runCostFigures, tallyGuestSample } from './measured.js';
+import { type GuestTally, type RunCostFigures, blendedCostModel, enterPhase, initialGuestTally, priorFromHistory, runCostFigures, tallyGuestSample, workingSetFromHistory } from './measured.js';
 import { completedPasses, dirtyBytesPerSec, isPostcopy, isPrecopy, isStarting, median, throughputBytesPerSec } from './signals.js';
 import { type TimeoutRules, type TimeoutState, checkTimeouts, initialTimeoutState, trackProgress } from './timeouts.js';
 import type { ConvergencePolicy, Decision, PolicyDecision, PolicyRequirements } from './types.js';
@@ -249,6 +253,10 @@ export interface AdaptiveState {
    * pass): the evidence of a working-set bound (see {@link backlogPlateau}). Absent in older states.
    */
   readonly boundaries?: readonly (readonly [number, number])[];
+  /** The working set (bytes) this run's own boundaries showed the backlog held at (for the VM's next runs). */
+  readonly workingSetBytes?: number;
+  /** The working set the VM's earlier runs found (measured.ts workingSetFromHistory). */
+  readonly priorWorkingSet?: { readonly bytes: number; readonly runs: number };
   /** [pass, first seen at ms, remaining bytes then] of the last few passes (older states: no third element). */
   readonly passMarks: readonly (readonly [number, number, number?])[];
   readonly timeouts: TimeoutState;
@@ -296,15 +304,17 @@ export interface AdaptivePrediction {
   readonly plateau?: BacklogPlateau;
 }
 
-/** Two pass boundaries whose backlogs show a working-set bound. */
+/** Two pass boundaries whose backlogs show a working-set bound, or one that matches the VM's earlier runs' bound. */
 export interface BacklogPlateau {
-  /** [pass, backlog bytes] at the earlier and the later boundary. */
+  /** [pass, backlog bytes] at the earlier and the later boundary (from history: [0, the earlier runs' W]). */
   readonly from: readonly [number, number];
   readonly to: readonly [number, number];
   /** What the rates predicted for the later boundary (bytes): from × r^(passes between). */
   readonly predictedBytes: number;
   /** W: the larger of the two backlogs (bytes). */
   readonly workingSetBytes: number;
+  /** From the VM's earlier runs: how many saw the bound (absent: from this run's boundaries). */
+  readonly historyRuns?: number;
 }
 
 /**
@@ -313,9 +323,19 @@ export interface BacklogPlateau {
  * (it did not shrink beyond the readings' noise, however many passes apart) and the shrink per pass
  * s = (b_c / b_a)^(1/(c−a)) ≥ `vsPredicted` × r (much less than the rates said), the guest rewrites
  * a bounded set within a pass: W = max(b_a, b_c), both being lower bounds of what a sync found.
- * Only for r < 1 (at r ≥ 1 the model already says the backlog holds). Undefined without such a pair.
+ * Only for r < 1 (at r ≥ 1 the model already says the backlog holds). With `prior` (the VM's
+ * earlier runs' W, measured.ts workingSetFromHistory) one boundary suffices when its backlog is
+ * within the same noise of it (≥ shrink × W and ≤ W ÷ shrink), whatever r says (that early it is
+ * the saturated pass-1 rate, no evidence against the bound): W = the larger. Undefined without
+ * such evidence.
  */
-export function backlogPlateau(boundaries: readonly (readonly [number, number])[], ratio: number, shrink: number, vsPredicted: number): BacklogPlateau | undefined {
+export function backlogPlateau(
+  boundaries: readonly (readonly [number, number])[],
+  ratio: number,
+  shrink: number,
+  vsPredicted: number,
+  prior?: { readonly bytes: number; readonly runs: number },
+): BacklogPlateau | undefined {
   const last = boundaries[boundaries.length - 1];
   if (!last || !(ratio >= 0) || ratio >= 1) return undefined;
   for (const a of boundaries.slice(0, -1)) {
@@ -324,6 +344,11 @@ export function backlogPlateau(boundaries: readonly (readonly [number, number])[
     const predictedBytes = a[1] * ratio ** passes;
     const perPass = (last[1] / a[1]) ** (1 / passes);
     if (last[1] >= shrink * a[1] && perPass >= vsPredicted * ratio) return { from: a, to: last, predictedBytes, workingSetBytes: Math.max(a[1], last[1]) };
+  }
+  // The VM's earlier runs saw the backlog hold at W, and this boundary finds the same set (within
+  // the readings' noise either way): expect it to hold again, from the first boundary on.
+  if (prior && prior.bytes > 0 && last[1] >= shrink * prior.bytes && last[1] * shrink <= prior.bytes) {
+    return { from: [0, prior.bytes], to: last, predictedBytes: last[1] * ratio, workingSetBytes: Math.max(prior.bytes, last[1]), historyRuns: prior.runs };
   }
   return undefined;
 }
@@ -362,7 +387,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
   }
 
   /** Median figures of a full window and what they predict. */
-  predict(window: readonly AdaptiveReading[], limitMs: number, boundaries: readonly (readonly [number, number])[] = []): AdaptivePrediction {
+  predict(window: readonly AdaptiveReading[], limitMs: number, boundaries: readonly (readonly [number, number])[] = [], priorWorkingSet?: { readonly bytes: number; readonly runs: number }): AdaptivePrediction {
     const { convergeWithinPasses: k } = this.tuning;
     // Dirty rate and backlog come from readings after a sync (pass ≥ 2); throughput and the
     // source's estimate from the whole window (pass-1 samples included).
@@ -386,7 +411,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const base = { dirtyBytesPerSec: dirty, estimateUsed: estimate > qemuDirty ? estimate : 0, throughputBytesPerSec: bw, ratio, backlogMs, limitMs };
     // Saturation: the backlog holds at the working set W, so more pre-copy at L converges only if
     // W's transfer time fits L (then at the next boundary), and needs ≈ W otherwise.
-    const plateau = bw > 0 ? backlogPlateau(boundaries, ratio, this.tuning.plateauShrink, this.tuning.plateauVsPredicted) : undefined;
+    const plateau = bw > 0 ? backlogPlateau(boundaries, ratio, this.tuning.plateauShrink, this.tuning.plateauVsPredicted, priorWorkingSet) : undefined;
     if (plateau && Number.isFinite(backlogMs)) {
       const workingSetMs = (plateau.workingSetBytes / bw) * 1000;
       const fits = workingSetMs <= limitMs;
@@ -446,14 +471,15 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
   /** Sets the prior from the VM's earlier runs (measured.ts); no usable run: unchanged. */
   withHistory(state: AdaptiveState, runs: readonly RunCostFigures[]): AdaptiveState {
     const p = priorFromHistory(runs, this.tuning.costs);
-    if (p.precopyRuns === 0 && p.postcopyRuns === 0) return state;
-    return { ...state, prior: p.model, priorRuns: [p.precopyRuns, p.postcopyRuns] };
+    const ws = workingSetFromHistory(runs);
+    const withWs = ws ? { ...state, priorWorkingSet: ws } : state;
+    if (p.precopyRuns === 0 && p.postcopyRuns === 0) return withWs;
+    return { ...withWs, prior: p.model, priorRuns: [p.precopyRuns, p.postcopyRuns] };
   }
 
   /** This run's measured figures, for the next run of the VM; undefined without a guest pace feed. */
   costFigures(state: AdaptiveState): RunCostFigures | undefined {
-    if (!state.guest) return undefined;
-    const f = runCostFigures(state.guest);
+    const f = { ...(state.guest ? runCostFigures(state.guest) : {}), ...(state.workingSetBytes !== undefined ? { workingSetBytes: state.workingSetBytes } : {}) };
     return Object.keys(f).length > 0 ? f : undefined;
   }
 
@@ -500,7 +526,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     // (transport.ts), and QEMU's figures mix wire bytes (throughput) with page bytes (dirty rate,
     // remaining): give it the passes that prediction allowed before second-guessing it.
     if (this.compressed() && passes < this.tuning.convergeWithinPasses) return { actions: [], state: base };
-    const p = this.predict(window, base.downtimeMs, base.boundaries);
+    const p = this.predict(window, base.downtimeMs, base.boundaries, base.priorWorkingSet);
     // The cheapest pass for a step: while the backlog grows or holds (r ≥ 1) every further pass
     // costs its whole length in dirty tracking and buys nothing, so one reading after the sync is
     // enough to act on. While it shrinks (r < 1) a full window of readings after the sync first —
@@ -509,8 +535,11 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     // costs the guest dirty tracking for nothing (lab, heavy at 720 Mbit/s: r 0.87 read at the first
     // pass-2 sample with a 4.6 s backlog against 300 ms, post-copy 1.7 s later after two more).
     const synced = window.filter((r) => r.pass >= 2).length;
-    if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs, base.boundaries).convergesSoon) return { actions: [], state: base };
+    if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs, base.boundaries, base.priorWorkingSet).convergesSoon) return { actions: [], state: base };
     let st = base;
+    // What this run saw of the bound, for the VM's next runs: its own boundaries' W, or (matched to
+    // the earlier runs' W) this boundary's own reading — not the larger of the two, which would ratchet.
+    if (p.plateau) st = { ...st, workingSetBytes: p.plateau.historyRuns === undefined ? p.plateau.workingSetBytes : p.plateau.to[1] };
     if (st.autoConverge && st.autoConvergeAt === null) st = { ...st, autoConvergeAt: { passes, backlogMs: p.backlogMs } };
     // Rates measured over the first pass are biased low (see module comment): a verdict of "not
     // converging" from them stands (the truth is worse), but the switch-over need they give is too
@@ -595,9 +624,11 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const figures = `backlog ≈${formatDuration(p.backlogMs)} of transfer, dirty ${formatRate(p.dirtyBytesPerSec)}${estimated} = ${p.ratio.toFixed(2)}× the ${formatRate(p.throughputBytesPerSec)} link`;
     const horizon = p.ratio < 1 ? ` even after ${t.convergeWithinPasses} more passes` : '';
     const pl = p.plateau;
-    const held = pl
-      ? `; the backlog holds at a working set: ≈${formatBytes(pl.from[1])} at pass ${pl.from[0]}, ≈${formatBytes(pl.to[1])} at pass ${pl.to[0]} where r predicted ≈${formatBytes(pl.predictedBytes)}, W ≈${formatBytes(pl.workingSetBytes)} = ≈${formatDuration(p.workingSetMs ?? 0)}`
-      : '';
+    const held = !pl
+      ? ''
+      : pl.historyRuns !== undefined
+        ? `; the backlog holds at the working set this VM's earlier runs found: ≈${formatBytes(pl.from[1])} (${pl.historyRuns} run${pl.historyRuns === 1 ? '' : 's'}), ≈${formatBytes(pl.to[1])} at pass ${pl.to[0]} where r predicts ≈${formatBytes(pl.predictedBytes)} next, W ≈${formatBytes(pl.workingSetBytes)} = ≈${formatDuration(p.workingSetMs ?? 0)}`
+        : `; the backlog holds at a working set: ≈${formatBytes(pl.from[1])} at pass ${pl.from[0]}, ≈${formatBytes(pl.to[1])} at pass ${pl.to[0]} where r predicted ≈${formatBytes(pl.predictedBytes)}, W ≈${formatBytes(pl.workingSetBytes)} = ≈${formatDuration(p.workingSetMs ?? 0)}`;
     const verdict = p.convergesSoon
       ? `predicted to converge at ${p.limitMs} ms in ${p.passesToConverge} more passes (${figures}${held})`
       : `predicted not to converge at ${p.limitMs} ms (${figures}${held}): switch-over needs ≈${formatDuration(p.needMs)}${pl ? '' : horizon}`;

@@ -42,6 +42,7 @@ export {
   measuredPrecopyHarm,
   phaseLostMs,
   priorFromHistory,
+  workingSetFromHistory,
   runCostFigures,
   tallyGuestSample,
 } from './measured.js';

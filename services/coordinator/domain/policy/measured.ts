@@ -20,7 +20,9 @@
  * c and s by least squares over the post-copy runs where their backlogs spread enough to tell the
  * slope (≥ 3 runs, ≥ 1 s apart), else s kept and c the median of lost − s·b. Each figure is
  * shrunk towards the default by `PRIOR_WEIGHT` runs' worth (one run of a noisy machine decides
- * little).
+ * little). A run whose pass boundaries showed the backlog holding at a working set also keeps that
+ * W (bytes; adaptive.ts "Saturation"), and {@link workingSetFromHistory} gives the next runs the
+ * median of those.
  *
  * ## Blending
  * {@link blendedCostModel}: the measured h of this run replaces the prior's in proportion to how
@@ -199,6 +201,8 @@ export interface RunCostFigures {
   readonly postcopyLostMs?: number | undefined;
   /** Backlog at the switch, as transfer time (ms). */
   readonly postcopyBacklogMs?: number | undefined;
+  /** The working set the backlog held at across pass boundaries (bytes; adaptive.ts "Saturation"); undefined: none seen. */
+  readonly workingSetBytes?: number | undefined;
 }
 
 /** A finished run's figures from its tally (empty where nothing was measured). */
@@ -229,6 +233,15 @@ function leastSquares(points: readonly (readonly [number, number])[]): { interce
 }
 
 const shrink = (fitted: number, n: number, prior: number): number => (n * fitted + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT);
+
+/**
+ * The working set the VM's earlier runs found the backlog held at: the median of those that saw one
+ * (bytes), and how many did; undefined when none did.
+ */
+export function workingSetFromHistory(runs: readonly RunCostFigures[]): { bytes: number; runs: number } | undefined {
+  const ws = runs.map((r) => r.workingSetBytes).filter((x): x is number => x !== undefined && Number.isFinite(x) && x > 0);
+  return ws.length > 0 ? { bytes: median(ws), runs: ws.length } : undefined;
+}
 
 /**
  * The prior for a VM from its earlier runs' figures (see the module comment), and which figures

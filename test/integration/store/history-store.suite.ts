@@ -259,6 +259,24 @@ export function historyStoreSuite(backend: StoreBackend): void {
       await expect(s.recordRunCosts('nope', {})).rejects.toBeInstanceOf(NotFoundError);
     });
 
+    it('keeps the working set a run found (alone or with its harm figures) in the VM\'s history', async () => {
+      const s = await open();
+      const ids: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        const run = await s.createRun(runInput({ vmName: 'vm-w' }));
+        clock.advance(1000);
+        await s.finishRun(run.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+        ids.push(run.id);
+      }
+      await s.recordRunCosts(ids[0]!, { workingSetBytes: 62_390_272 }); // no pace feed: the bound only
+      await s.recordRunCosts(ids[1]!, { precopyHarmRate: 0.5, precopyMs: 4000, workingSetBytes: 54_421_504 });
+      // ids[2]: nothing (no bound seen, no pace feed)
+      const h = await s.vmCostHistory('vm-w', 10);
+      expect(h.map((r) => r.workingSetBytes)).toEqual([54_421_504, 62_390_272]);
+      expect(h[0]).toMatchObject({ precopyHarmRate: 0.5, precopyMs: 4000 });
+      expect(h[1]?.precopyHarmRate).toBeUndefined();
+    });
+
     it('attaches an externally measured network blackout to a finished run, and refuses a bad one', async () => {
       const s = await open();
       const run = await s.createRun(runInput());

@@ -350,7 +350,7 @@ describe('adaptive policy measuring h within the run (recorded guest samples)', 
 describe('the working set from the VM\'s history (adaptive.ts "Saturation")', () => {
   const policy = (): AdaptivePolicy => policyFor(MigrationPolicy.fromPartial({ kind: PolicyKind.POLICY_KIND_ADAPTIVE }), 512 * MiB) as AdaptivePolicy;
   /** Replays a trace and returns the first action, its pass, and the figures the run leaves for the next. */
-  function run(name: string, history: RunCostFigures[] = []): { action: ReturnType<typeof summary>[number] | undefined; pass: number | undefined; figures: RunCostFigures | undefined } {
+  function firstAction(name: string, history: RunCostFigures[] = []): { action: ReturnType<typeof summary>[number] | undefined; pass: number | undefined; figures: RunCostFigures | undefined } {
     const p = policy();
     let st = p.withHistory(p.initialState(), history);
     let first: { action: ReturnType<typeof summary>[number]; pass: number } | undefined;
@@ -368,8 +368,8 @@ describe('the working set from the VM\'s history (adaptive.ts "Saturation")', ()
   });
 
   it('a hot-small run leaves its W; the VM\'s next run recognises it at its first boundary and acts in pass 2 instead of 3 or 5', () => {
-    const a = run('lab-hot-small-720-v3-a');
-    const b = run('lab-hot-small-720-v3-b');
+    const a = firstAction('lab-hot-small-720-v3-a');
+    const b = firstAction('lab-hot-small-720-v3-b');
     expect(a.pass).toBe(3);
     expect(b.pass).toBe(5);
     const wa = a.figures?.workingSetBytes;
@@ -377,8 +377,8 @@ describe('the working set from the VM\'s history (adaptive.ts "Saturation")', ()
     expect(wa! / MiB).toBeCloseTo(59.5, 0);
     expect(wb! / MiB).toBeCloseTo(51.9, 0);
     // b after a, a after b: each the other's earlier run of the same VM (same guest, same workload).
-    const bAfterA = run('lab-hot-small-720-v3-b', [{ workingSetBytes: wa }]);
-    const aAfterB = run('lab-hot-small-720-v3-a', [{ workingSetBytes: wb }]);
+    const bAfterA = firstAction('lab-hot-small-720-v3-b', [{ workingSetBytes: wa }]);
+    const aAfterB = firstAction('lab-hot-small-720-v3-a', [{ workingSetBytes: wb }]);
     expect(bAfterA.pass).toBe(2);
     expect(aAfterB.pass).toBe(2);
     for (const r of [bAfterA, aAfterB]) expect(['SET_DOWNTIME', 'START_POSTCOPY']).toContain(r.action?.[1]);
@@ -390,8 +390,8 @@ describe('the working set from the VM\'s history (adaptive.ts "Saturation")', ()
   it('a W from history that the first boundary does not match changes nothing: converging, heavy and hot-small at 300 Mbit/s keep their steps', () => {
     const w = { workingSetBytes: 48 * MiB };
     // converging: 87 MiB at pass 2, more than W ÷ 0.6 — another set; its backlog then shrinks.
-    expect(run('converging', [w]).action).toBeUndefined();
-    expect(run('lab-heavy-720', [w])).toMatchObject({ action: run('lab-heavy-720').action, pass: 2 });
-    expect(run('lab-hot-small-300', [w])).toMatchObject({ action: run('lab-hot-small-300').action, pass: 2 });
+    expect(firstAction('converging', [w]).action).toBeUndefined();
+    expect(firstAction('lab-heavy-720', [w])).toMatchObject({ action: firstAction('lab-heavy-720').action, pass: 2 });
+    expect(firstAction('lab-hot-small-300', [w])).toMatchObject({ action: firstAction('lab-hot-small-300').action, pass: 2 });
   });
 });

@@ -39,6 +39,7 @@ import { startPostgres, type PostgresServer } from '../services/testbed/postgres
 import { CoordinatorBackend } from '../stress/lab/coordinator-backend.js';
 import { quantile } from '../stress/lab/metrics.js';
 import { SimCluster } from '../stress/lab/sim-nodes.js';
+import { SubmitChild, submitPlans, type LoopDelay, type SubmitReport } from '../stress/lab/submit-client.js';
 import type { TurnReport } from '../services/shared/metrics/turns.js';
 
 const MiB = 1024 * 1024;
@@ -58,6 +59,7 @@ const { values: opts } = loadConfig(
     'timelines-json': { type: 'string', default: '', doc: "write part a's per-run timelines (every migd log line and the bare script's steps, ms from the start) to this JSON file" },
     'drain-vms': { type: 'integer', default: 4, min: 2, max: 16, doc: "part c's guests (256 MiB each) drained a → b (default 4)" },
     'drain-json': { type: 'string', default: '', doc: "write part c's per-migration timelines (recorded states, ms after SubmitPlan) to this JSON file" },
+    'submit-client': { type: 'string', default: 'process', doc: "where part d's SubmitPlan client runs: process (a child process of its own) or inline (this process, with the simulated nodes, as before 3 Dec 15:00) (default process)" },
   },
   process.argv.slice(2),
 );
@@ -76,6 +78,9 @@ const HEARTBEAT_MISSES = opts['heartbeat-misses'];
 /** Part a's bare script uses TLS like migd's lab nodes. */
 if (!['tls', 'clear'].includes(opts['bare-stream'])) throw configError('bare-stream', 'must be tls or clear');
 const BARE_TLS = opts['bare-stream'] === 'tls';
+if (!['process', 'inline'].includes(opts['submit-client'])) throw configError('submit-client', 'must be process or inline');
+/** Part d's SubmitPlan client runs in a child process of its own (not on the simulated nodes' event loop). */
+const SUBMIT_IN_CHILD = opts['submit-client'] === 'process';
 
 const fmt = (v: number, d = 2): string => (Number.isFinite(v) ? v.toFixed(d) : '—');
 const med = (v: number[]): number => quantile(v, 0.5);
@@ -581,6 +586,8 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
     /** The coordinator's own stalls (≥ 1 s each) for which it extended the heartbeat deadlines. */
     let stallMs = 0;
     let benchLoop: IntervalHistogram | undefined;
+    let submitted: SubmitReport | undefined;
+    let submitter: SubmitChild | undefined;
     let pg: PostgresServer | undefined;
     try {
       if (dialect === 'postgres') pg = await startPostgres();
@@ -615,30 +622,34 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       await cb.waitForNodes(n, 60_000);
       // Let the registry settle: every node has heart-beaten its VMs at least once.
       await sleep(2500);
+      // Started and connected before the CPU count starts, as the in-process client was.
+      submitter = SUBMIT_IN_CHILD ? await SubmitChild.start(addr, certDir) : undefined;
       const cpu0 = cpuSeconds(coord.process.pid!);
-      // The client and the simulated nodes share this process: its own event-loop delay is part of
-      // every latency measured here.
+      // The simulated nodes run in this process: its own event-loop delay is part of every
+      // heartbeat's and migration's figure here (and of SubmitPlan's with --submit-client inline).
       benchLoop = monitorEventLoopDelay({ resolution: 10 });
       benchLoop.enable();
       const newNodes = sim.nodeIds.slice(old);
-      const lat: number[] = [];
-      const latByKey = new Map<string, number>();
-      /** When each SubmitPlan was sent, ms since the epoch (to compare with the coordinator's handler start). */
-      const sentAt = new Map<string, number>();
-      const planIds: string[] = [];
-      let planned = 0;
+      const requests = sim.nodeIds.slice(0, MAX_PLANS > 0 ? Math.min(old, MAX_PLANS) : old).map((id) => ({
+        idempotencyKey: `scale-${n}-${id}`,
+        target: { $case: 'drain' as const, value: { nodeId: id, destinationNodeIds: newNodes } },
+        policy: FIXED_PRECOPY,
+        priority: 0,
+        antiAffinityVmNames: [],
+        label: 'scale',
+      }));
       const t0 = performance.now();
-      for (const id of sim.nodeIds.slice(0, MAX_PLANS > 0 ? Math.min(old, MAX_PLANS) : old)) {
-        const s = performance.now();
-        const key = `scale-${n}-${id}`;
-        const { plan } = await cb.client.submitPlan({ idempotencyKey: key, target: { $case: 'drain', value: { nodeId: id, destinationNodeIds: newNodes } }, policy: FIXED_PRECOPY, priority: 0, antiAffinityVmNames: [], label: 'scale' }, { deadlineMs: 60_000 });
-        lat.push(performance.now() - s);
-        latByKey.set(key, lat[lat.length - 1]!);
-        sentAt.set(key, performance.timeOrigin + s);
-        planIds.push(plan!.id);
-        planned += plan!.migrations.length;
-      }
-      const submitMs = performance.now() - t0;
+      submitted = submitter ? await submitter.submit(requests, 60_000) : { timings: await submitPlans(cb.client, requests, 60_000) };
+      const timings = submitted.timings;
+      const lat = timings.map((t) => t.latencyMs);
+      const latByKey = new Map(timings.map((t) => [t.key, t.latencyMs]));
+      /** When each SubmitPlan was sent, ms since the epoch (to compare with the coordinator's handler start). */
+      const sentAt = new Map(timings.map((t) => [t.key, t.sentAt]));
+      const planIds = timings.map((t) => t.planId);
+      const planned = timings.reduce((a, t) => a + t.migrations, 0);
+      // From the first send (the child connects first) to the last answer.
+      const firstSent = timings[0]?.sentAt ?? performance.timeOrigin + t0;
+      const submitMs = timings.length > 0 ? timings[timings.length - 1]!.sentAt + timings[timings.length - 1]!.latencyMs - firstSent : performance.now() - t0;
       const total = sim.vmNode.size;
       const deadline = Date.now() + 20 * 60_000;
       // Done when every plan has left RUNNING in the coordinator (failed runs never finish in the
@@ -658,7 +669,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
           else if (st === PlanState.PLAN_STATE_FAILED) failed++;
         }
       }
-      const makespan = sim.lastCompletedAt - (performance.timeOrigin + t0);
+      const makespan = sim.lastCompletedAt - firstSent;
       const cpu = cpuSeconds(coord.process.pid!) - cpu0;
       const concurrency = Math.min(limits.cluster, planIds.length * limits.source, newNodes.length * limits.destination);
       const bound = Math.ceil(planned / concurrency) * migrationMs;
@@ -672,7 +683,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       heartbeatReport();
       const report = await turnReport(`http://${metricsAddr}/debug/turns`);
       printSubmitSplit(latByKey, sentAt, report);
-      printTurns(report, benchLoop);
+      printTurns(report, benchLoop, submitted?.loopDelay);
       printScaleGoals(`${n} nodes, ${dialect}`, [bound / makespan, quantile(lat, 0.99), planned > 0 ? cpu / planned : NaN]);
     } catch (err) {
       out(`  ${String(n).padStart(5)}: failed: ${err instanceof Error ? err.message : String(err)}${downs > 0 ? ` (the coordinator marked nodes down ${downs} times)` : ''}`);
@@ -680,6 +691,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       heartbeatReport();
     } finally {
       benchLoop?.disable();
+      submitter?.close();
       await cb?.close();
       // The coordinator stops first (its runs' node streams still open), with time to write its
       // CPU profile when asked to.
@@ -741,10 +753,15 @@ function printSubmitSplit(latByKey: ReadonlyMap<string, number>, sentAt: Readonl
   out(`      handler phases: ${[...phases].map(([p, v]) => `${p} ${pq(v)}`).join('; ')}`);
 }
 
-/** The coordinator's event-loop delay and its synchronous turns by cause, and this process's loop delay. */
-function printTurns(report: TurnReport | undefined, benchLoop: IntervalHistogram | undefined): void {
+/**
+ * The coordinator's event-loop delay and its synchronous turns by cause, this process's loop delay
+ * (the simulated nodes; and the SubmitPlan client when inline), and the SubmitPlan client's own
+ * when it ran in a process of its own.
+ */
+function printTurns(report: TurnReport | undefined, benchLoop: IntervalHistogram | undefined, clientLoop: LoopDelay | undefined): void {
   const ms = (ns: number): string => fmt(ns / 1e6, 1);
-  if (benchLoop && benchLoop.count > 0) out(`    this process's (client + simulated nodes) event-loop delay p50 / p99 / max ms: ${ms(benchLoop.percentile(50))} / ${ms(benchLoop.percentile(99))} / ${ms(benchLoop.max)}`);
+  if (benchLoop && benchLoop.count > 0) out(`    this process's (${clientLoop ? 'simulated nodes' : 'SubmitPlan client + simulated nodes'}) event-loop delay p50 / p99 / max ms: ${ms(benchLoop.percentile(50))} / ${ms(benchLoop.percentile(99))} / ${ms(benchLoop.max)}`);
+  if (clientLoop) out(`    the SubmitPlan client's own process: event-loop delay p50 / p99 / max ms while submitting: ${fmt(clientLoop.p50Ms, 1)} / ${fmt(clientLoop.p99Ms, 1)} / ${fmt(clientLoop.maxMs, 1)}`);
   if (!report) {
     out('    (no turn figures from the coordinator)');
     return;

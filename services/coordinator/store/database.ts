@@ -340,19 +340,7 @@ export class StoreDatabase {
 
   /** Hands out the run's next event sequence number; null when the run does not exist. */
   async nextSequence(trx: Db, runId: string): Promise<number | null> {
-    const r = await this.reuse(
-      trx,
-      'nextSequence',
-      (db, p) =>
-        db
-          .updateTable('runs')
-          .set((eb) => ({ last_sequence: eb('last_sequence', '+', p(1)) }))
-          .where('id', '=', p(0))
-          .returning('last_sequence'),
-      [runId, 1],
-    );
-    const row = r.rows[0];
-    return row === undefined ? null : Number(row.last_sequence);
+    return (await this.takeSequences(trx, [runId], 1)).get(runId) ?? null;
   }
 
   /**

@@ -307,6 +307,51 @@ export function actionLabel(kind: number, value: number): string {
   }
 }
 
+/** A policy's action as the report shows it: the step, the QEMU pass it was taken in, and what its reason cites. */
+export interface RunDecision {
+  /** "post-copy", "downtime 700 ms"… */
+  readonly step: string;
+  /** QEMU's pass (dirty-sync count) of the last progress sample at or before it; 0 when none. */
+  readonly pass: number;
+  readonly elapsedMs: number;
+  readonly actor: string;
+  /** Earlier runs of the VM its cost prior came from ("prior from N earlier runs"); 0 when not cited. */
+  readonly priorRuns: number;
+  /** Earlier runs whose working set it took ("the working set this VM's earlier runs found"); 0 when not cited. */
+  readonly workingSetRuns: number;
+  /** The cost model it ranked the steps by, as cited ("h 0.74, c 1.07 s, s 0.74"); '' when not cited. */
+  readonly model: string;
+}
+
+/** The policy's actions of a run (not users'), oldest first, with the pass each was taken in (adaptive's reasons: measured.ts, adaptive.ts). */
+export function runDecisions(t: GetRunTimelineResponse): RunDecision[] {
+  const progress = [...t.progress].sort((a, b) => Number(a.elapsedMs) - Number(b.elapsedMs));
+  return (t.run?.actions ?? [])
+    .filter((a) => !a.actor.startsWith('user:'))
+    .sort((a, b) => Number(a.elapsedMs) - Number(b.elapsedMs))
+    .map((a) => {
+      const at = Number(a.elapsedMs);
+      let pass = 0;
+      for (const p of progress) {
+        if (Number(p.elapsedMs) > at) break;
+        pass = p.pass;
+      }
+      const prior = /prior from (\d+) earlier runs/.exec(a.reason);
+      const ws = /working set this VM's earlier runs found: [^(]*\((\d+) runs?\)/.exec(a.reason);
+      const h = /; h ([\d.]+)/.exec(a.reason);
+      const cs = / c ([^,]+), s ([\d.]+)/.exec(a.reason);
+      return {
+        step: actionLabel(a.kind, Number(a.value)),
+        pass,
+        elapsedMs: at,
+        actor: a.actor,
+        priorRuns: prior ? Number(prior[1]) : 0,
+        workingSetRuns: ws ? Number(ws[1]) : 0,
+        model: h && cs ? `h ${h[1]}, c ${cs[1]}, s ${cs[2]}` : '',
+      };
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Per run and per strategy
 

@@ -17,7 +17,7 @@ import { pathToFileURL } from 'node:url';
 import { MigrationState } from '../../services/shared/gen/migd/v1/common.js';
 import type { GetRunTimelineResponse } from '../../services/shared/gen/migd/v1/coordinator.js';
 import { policyName } from '../../services/coordinator/domain/policy/index.js';
-import { type LabOutcome, type RunFigures, type RunSeries, type StrategySummary, paretoFront, runFigures, runSeries, summarize } from './metrics.js';
+import { type LabOutcome, type RunDecision, type RunFigures, type RunSeries, type StrategySummary, paretoFront, runDecisions, runFigures, runSeries, summarize } from './metrics.js';
 import type { Scenario } from './scenarios.js';
 
 /** One recorded run as the report takes it. */
@@ -61,6 +61,13 @@ export interface ReportData {
     readonly policy: string;
     readonly figures: RunFigures;
     readonly series: RunSeries;
+    /** The scenario migrates one VM back and forth (Scenario.sameVm). */
+    readonly sameVm: boolean;
+    /** Source → destination node of the run. */
+    readonly from: string;
+    readonly to: string;
+    /** The policy's actions, with the pass each was taken in. */
+    readonly decisions: RunDecision[];
   }[];
 }
 
@@ -88,6 +95,10 @@ export function buildReportData(input: ReportInput): ReportData {
         policy: policyName(kind),
         figures,
         series: runSeries(r.timeline),
+        sameVm: s?.sameVm === true,
+        from: r.timeline.run?.sourceNodeId ?? '',
+        to: r.timeline.run?.destinationNodeId ?? '',
+        decisions: runDecisions(r.timeline),
       };
     });
   const summaries = summarize(runs.map((r) => ({ group: r.group, label: r.label, figures: r.figures })));
@@ -195,6 +206,26 @@ ${rows}
 </tbody></table>`;
 }
 
+/** The per-repetition table of sameVm scenarios; '' when there are none. */
+function seriesHtml(data: ReportData): string {
+  const rows = seriesRows(data);
+  if (rows.length === 0) return '';
+  const tables = [...new Set(rows.map((r) => r.label))].map(
+    (label) => `<h3>${esc(label)}</h3>
+<table class="summary"><thead><tr>${SERIES_HEADS.map((h) => `<th class="l">${esc(h)}</th>`).join('')}</tr></thead>
+<tbody>
+${rows
+  .filter((r) => r.label === label)
+  .map((r) => `<tr>${r.cells.map((c) => `<td class="l">${esc(c)}</td>`).join('')}</tr>`)
+  .join('\n')}
+</tbody></table>`,
+  );
+  return `<h2>One VM migrated back and forth</h2>
+<p class="desc">Per repetition of a scenario that migrates the same VM again: from the second run on its earlier succeeded runs are in the history store (the adaptive policy's prior). Decision = the policy's actions with QEMU's pass at the time; "nothing" = no action. History cited = what the decision's reason says it took from the VM's earlier runs.</p>
+${tables.join('\n')}
+`;
+}
+
 function runFacts(r: ReportData['runs'][number]): string {
   const f = r.figures;
   const state = (MigrationState[f.state] ?? '').replace('MIGRATION_STATE_', '').toLowerCase();
@@ -213,7 +244,7 @@ function runFacts(r: ReportData['runs'][number]): string {
     f.postcopy ? `post-copy blocktime ${fmtMs(f.postcopyBlocktimeMs)}` : '',
     `host CPU ${fmtNum(f.hostCpuSeconds, 1)} s`,
     `<span class="${f.integrityErrors > 0 ? 'bad' : ''}">${f.integrityErrors} integrity errors</span>`,
-    `policy ${esc(r.policy)}`,
+    `policy ${esc(r.policy)}${r.decisions.length > 0 ? `: ${esc(decisionText(r.decisions))}` : ''}`,
     r.note ? esc(r.note) : '',
     f.error ? `<span class="bad">${esc(f.error)}</span>` : '',
   ];
@@ -366,13 +397,43 @@ ${summaryTable(data.summaries, g)}
 <h2>Summary per strategy</h2>
 <p class="desc">Times and downtimes of completed runs; harm = guest ms/GiB above the baseline (median of the samples before the migration) integrated over the migration; guest time lost = every interval the guest's own clock stood still (switch-over, forced pauses, a paused destination) in full, plus the work not done while it ran slowed or stalled (throttling, post-copy faults), from the guest's clock and pace; host CPU = source + destination QEMU during the migration. Spreads are min–max over the repetitions.</p>
 ${groups}
-<h2>Runs</h2>
+${seriesHtml(data)}<h2>Runs</h2>
 ${runs}
 <script type="application/json" id="lab-data">${scriptJson(data)}</script>
 <script>${PAGE_SCRIPT}</script>
 </body></html>
 `;
 }
+
+/** "post-copy @ pass 2 (2.9 s)", "downtime 700 ms @ pass 3 (…) → post-copy @ pass 5 (…)", or "nothing". */
+export function decisionText(d: readonly RunDecision[]): string {
+  return d.length === 0 ? 'nothing' : d.map((x) => `${x.step} @ pass ${x.pass} (${(x.elapsedMs / 1000).toFixed(1)} s)`).join(' → ');
+}
+
+/** What history the run's decisions cite: "prior 3 runs, W from 2 runs", or "—". */
+function historyText(d: readonly RunDecision[]): string {
+  const prior = Math.max(0, ...d.map((x) => x.priorRuns));
+  const ws = Math.max(0, ...d.map((x) => x.workingSetRuns));
+  const parts = [prior > 0 ? `prior ${prior} run${prior === 1 ? '' : 's'}` : '', ws > 0 ? `W from ${ws} run${ws === 1 ? '' : 's'}` : ''].filter((x) => x !== '');
+  return parts.length > 0 ? parts.join(', ') : '—';
+}
+
+/** The runs of sameVm scenarios, in order, as table rows (repetition, direction, earlier runs, decision, figures). */
+export function seriesRows(data: ReportData): { scenario: string; label: string; group: string; cells: string[] }[] {
+  const runs = data.runs.filter((r) => r.sameVm).sort((a, b) => a.scenario.localeCompare(b.scenario) || a.repetition - b.repetition);
+  return runs.map((r) => {
+    const earlier = runs.filter((x) => x.scenario === r.scenario && x.repetition < r.repetition && x.outcome === 'succeeded').length;
+    const f = r.figures;
+    const model = r.decisions.map((x) => x.model).find((m) => m !== '') ?? '';
+    return {
+      scenario: r.scenario,
+      label: r.label,
+      group: r.group,
+      cells: [String(r.repetition + 1), `${r.from} → ${r.to}`, String(earlier), decisionText(r.decisions), historyText(r.decisions), model || '—', r.outcome, fmtMs(f.totalTimeMs), fmtNum(f.guestSecondsLost, 2), fmtMs(f.downtimeMs), String(f.passes)],
+    };
+  });
+}
+const SERIES_HEADS = ['#', 'direction', 'earlier succeeded runs', 'decision (step @ pass, time)', 'history cited', 'cost model cited', 'outcome', 'total', 'guest time lost (s)', 'downtime', 'passes'];
 
 /**
  * The summary tables as Markdown (one per group), with each strategy's outcomes spelled out: for
@@ -408,6 +469,14 @@ export function summaryMarkdown(data: ReportData): string {
       out.push(
         `| ${s.label} | ${s.succeeded}/${s.runs} | ${outcomesOf(data, group, s.label)} | ${fmtMs(s.totalTimeMsP50)} (${fmtSpread(s.totalTimeMsMin / 1000, s.totalTimeMsMax / 1000)}) | ${fmtMs(s.downtimeMsP50)} | ${fmtMs(s.downtimeMsP99)} |${blackout ? ` ${fmtMs(s.blackoutMsP50)} / ${fmtMs(s.blackoutMsMax)} |` : ''} ${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)} | ${fmtNum(s.extraMsPerGibSecP50, 0)} | ${fmtNum(s.guestSecondsLostP50, 2)} (${fmtSpread(s.guestSecondsLostMin, s.guestSecondsLostMax)}) | ${fmtNum(s.guestStoppedSecP50, 2)} / ${fmtNum(s.longestPauseMsP50 / 1000, 2)} | ${fmtNum(s.postcopyBlocktimeMsP50, 0)} | ${fmtNum(s.hostCpuSecondsMean, 1)} | ${s.integrityErrors} | ${front.get(s.label) ?? ''} |`,
       );
+    }
+  }
+  const series = seriesRows(data);
+  if (series.length > 0) {
+    out.push('', '## One VM migrated back and forth', '', 'Per repetition of a scenario that migrates the same VM again (from the second run on, its earlier succeeded runs are in the history store: the adaptive policy\'s prior). Decision = the policy\'s actions with QEMU\'s pass at the time; "nothing" = no action (pre-copy converged as it was). History cited = what the decision\'s reason says it took from the VM\'s earlier runs.');
+    for (const label of [...new Set(series.map((r) => r.label))]) {
+      out.push('', `### ${label}`, '', `| ${SERIES_HEADS.join(' | ')} |`, `|${SERIES_HEADS.map(() => '---|').join('')}`);
+      for (const r of series.filter((x) => x.label === label)) out.push(`| ${r.cells.join(' | ')} |`);
     }
   }
   if (storageGroups.size > 0) {

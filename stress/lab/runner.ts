@@ -148,11 +148,21 @@ export async function reportFromResults(dir: string, comparison: Comparison, res
  * recorded as errors and the lab goes on; an abort (`signal`) stops after cleaning up.
  * @throws Error when the results folder holds another comparison, or exists without `resume`
  */
-/** (scenario, repetition) pairs, repetition-major: round 1 of every scenario, then round 2… */
+/**
+ * (scenario, repetition) pairs, repetition-major: round 1 of every scenario, then round 2… A
+ * `sameVm` scenario's repetitions stay together, at its place in round 1: its one VM is migrated
+ * back and forth without another scenario's VM running beside it.
+ */
 export function roundRobin(scenarios: readonly Scenario[]): [Scenario, number][] {
   const out: [Scenario, number][] = [];
-  const rounds = scenarios.reduce((m, s) => Math.max(m, s.repetitions), 0);
-  for (let rep = 0; rep < rounds; rep++) for (const s of scenarios) if (rep < s.repetitions) out.push([s, rep]);
+  const rounds = scenarios.reduce((m, s) => Math.max(m, s.sameVm ? 1 : s.repetitions), 0);
+  for (let rep = 0; rep < rounds; rep++) {
+    for (const s of scenarios) {
+      if (s.sameVm) {
+        if (rep === 0) for (let r = 0; r < s.repetitions; r++) out.push([s, r]);
+      } else if (rep < s.repetitions) out.push([s, rep]);
+    }
+  }
   return out;
 }
 
@@ -172,33 +182,48 @@ export async function runComparison(o: RunLabOptions): Promise<RunLabResult> {
   // Repetition by repetition: every scenario once before any twice, so a comparison cut short
   // (a long sweep on a shared machine) still compares every strategy on every workload.
   const order = roundRobin(o.comparison.scenarios);
-  for (const [s, rep] of order) {
-    index++;
-    if (isRecorded(results, s.name, rep)) {
-      log(`[${index}/${total}] ${s.name} #${rep + 1}: recorded already, skipped`);
-      continue;
-    }
-    if (o.signal?.aborted) break;
-    const tag = `[${index}/${total}] ${s.name} #${rep + 1}`;
-    log(`${tag}: ${s.title}; link ${linkText(s.link)}; policy ${s.label}`);
-    try {
-      const recorded = await runOne(o, s, rep, session, tag);
-      results.runs.push(recorded);
-      results.errors = results.errors.filter((e) => !(e.scenario === s.name && e.repetition === rep));
-      ran++;
-      log(`${tag}: ${recorded.outcome}${recorded.note ? ` (${recorded.note})` : ''}, run ${recorded.runId}`);
-    } catch (err) {
+  // A sameVm scenario's VM between its repetitions (destroyed when the next scenario starts).
+  let kept: LabVm | undefined;
+  const drop = async (): Promise<void> => {
+    const vm = kept;
+    kept = undefined;
+    if (vm) await o.backend.destroyVm(vm.name).catch((err: unknown) => log(`destroying ${vm.name} failed: ${err instanceof Error ? err.message : String(err)}`));
+  };
+  try {
+    for (const [s, rep] of order) {
+      index++;
+      if (kept && kept.scenario !== s.name) await drop();
+      if (isRecorded(results, s.name, rep)) {
+        log(`[${index}/${total}] ${s.name} #${rep + 1}: recorded already, skipped`);
+        continue;
+      }
       if (o.signal?.aborted) break;
-      const e: FailedAttempt = { scenario: s.name, repetition: rep, error: err instanceof Error ? err.message : String(err), at: new Date().toISOString() };
-      results.errors.push(e);
-      log(`${tag}: error: ${e.error}`);
+      const tag = `[${index}/${total}] ${s.name} #${rep + 1}`;
+      log(`${tag}: ${s.title}; link ${linkText(s.link)}; policy ${s.label}`);
+      try {
+        const reuse = kept;
+        kept = undefined;
+        const { run: recorded, keep } = await runOne(o, s, rep, session, tag, reuse);
+        kept = keep;
+        results.runs.push(recorded);
+        results.errors = results.errors.filter((e) => !(e.scenario === s.name && e.repetition === rep));
+        ran++;
+        log(`${tag}: ${recorded.outcome}${recorded.note ? ` (${recorded.note})` : ''}, run ${recorded.runId}`);
+      } catch (err) {
+        if (o.signal?.aborted) break;
+        const e: FailedAttempt = { scenario: s.name, repetition: rep, error: err instanceof Error ? err.message : String(err), at: new Date().toISOString() };
+        results.errors.push(e);
+        log(`${tag}: error: ${e.error}`);
+      }
+      await saveResults(o.outDir, results);
+      // The report in between is for looking at a long comparison while it runs: a failure to write
+      // it (once, Chart.js vanished while node_modules was reinstalled) must not end the comparison.
+      if (results.runs.length > 0) {
+        await reportFromResults(o.outDir, o.comparison, results, { png: false, ...(o.environment ? { environment: o.environment } : {}) }).catch((err: unknown) => log(`report not updated: ${err instanceof Error ? err.message : String(err)}`));
+      }
     }
-    await saveResults(o.outDir, results);
-    // The report in between is for looking at a long comparison while it runs: a failure to write
-    // it (once, Chart.js vanished while node_modules was reinstalled) must not end the comparison.
-    if (results.runs.length > 0) {
-      await reportFromResults(o.outDir, o.comparison, results, { png: false, ...(o.environment ? { environment: o.environment } : {}) }).catch((err: unknown) => log(`report not updated: ${err instanceof Error ? err.message : String(err)}`));
-    }
+  } finally {
+    await drop();
   }
   await saveResults(o.outDir, results);
   const rep = await reportFromResults(o.outDir, o.comparison, results, { png: o.png ?? true, ...(o.environment ? { environment: o.environment } : {}) });
@@ -213,7 +238,36 @@ function linkText(l: LabLink): string {
 /** Guest addresses are handed out round-robin over the lab's life (see runOne). */
 let guestCounter = 0;
 
-async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: string, tag: string): Promise<LabResults['runs'][number]> {
+/** A VM the lab created: where it runs now (a sameVm scenario's VM moves back and forth). */
+interface LabVm {
+  readonly scenario: string;
+  readonly name: string;
+  readonly host: string;
+  /** The guest's address on the VM network, when it has a NIC. */
+  readonly guestIp?: string;
+}
+
+/** Boots a scenario's VM on the lab's source host. */
+async function createLabVm(o: RunLabOptions, s: Scenario, name: string): Promise<LabVm> {
+  let devices: GuestDevices | undefined;
+  let guestIp: string | undefined;
+  if (s.disk || s.nic) {
+    const st = o.storage;
+    if (!st) throw new Error(`${s.name} has a ${s.disk ? 'LOCAL disk and a ' : ''}NIC: it needs the lab's own cluster (a VM network${s.disk ? " and the nodes' storage roots" : ''}), not --coordinator`);
+    // A fresh address per VM: the switch and the client's neighbour table may still remember the last guest's MAC.
+    guestIp = st.vmNetwork.guestAddress(guestCounter++ % 100);
+    devices = { ...(s.disk ? { diskPath: st.diskPath(o.source, name, 'd0') } : {}), guestIp: `${guestIp}/${st.vmNetwork.prefixLength}`, network: st.network };
+  }
+  await o.backend.createVm(vmSpecOf(s, name, devices), o.source);
+  return { scenario: s.name, name, host: o.source, ...(guestIp !== undefined ? { guestIp } : {}) };
+}
+
+/**
+ * One repetition: boot the VM (or take `reuse`, a sameVm scenario's VM from its last repetition),
+ * migrate it to the other host, record the run. The VM is destroyed afterwards unless the scenario
+ * keeps it (sameVm, the run succeeded): then it is handed back as `keep`, now on the other host.
+ */
+async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: string, tag: string, reuse?: LabVm): Promise<{ run: LabResults['runs'][number]; keep?: LabVm }> {
   const b = o.backend;
   if (o.shape) {
     // Both directions: the stream goes source → destination, acknowledgements and post-copy page
@@ -221,19 +275,15 @@ async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: strin
     await o.shape(o.source, s.link);
     await o.shape(o.destination, s.link);
   }
-  const vmName = `lab-${s.name}-${rep}-${session}`.slice(0, 63);
-  let devices: GuestDevices | undefined;
-  let guestIp: string | undefined;
-  if (s.disk || s.nic) {
-    const st = o.storage;
-    if (!st) throw new Error(`${s.name} has a ${s.disk ? 'LOCAL disk and a ' : ''}NIC: it needs the lab's own cluster (a VM network${s.disk ? " and the nodes' storage roots" : ''}), not --coordinator`);
-    // A fresh address per run: the switch and the client's neighbour table may still remember the last guest's MAC.
-    guestIp = st.vmNetwork.guestAddress(guestCounter++ % 100);
-    devices = { ...(s.disk ? { diskPath: st.diskPath(o.source, vmName, 'd0') } : {}), guestIp: `${guestIp}/${st.vmNetwork.prefixLength}`, network: st.network };
-  }
-  await b.createVm(vmSpecOf(s, vmName, devices), o.source);
+  // One name for all of a sameVm scenario's repetitions: the history store knows a VM by its name.
+  const vmName = (s.sameVm ? `lab-${s.name}-${session}` : `lab-${s.name}-${rep}-${session}`).slice(0, 63);
+  let keep: LabVm | undefined;
   let probe: BlackoutProbe | undefined;
   try {
+    const vm = reuse ?? (await createLabVm(o, s, vmName));
+    const from = vm.host;
+    const to = from === o.source ? o.destination : o.source;
+    const guestIp = vm.guestIp;
     await b.waitGuest(vmName, {
       minSamples: 5,
       minMs: s.limits.baselineMs,
@@ -245,14 +295,14 @@ async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: strin
       // The guest's NIC is probed from outside through the migration (the network blackout).
       probe = await BlackoutProbe.start(o.storage.vmNetwork, guestIp, { readyAnswers: 30, readyTimeoutMs: 60_000 });
     }
-    const tx0 = probe && o.storage ? await o.storage.txBytes(o.source) : undefined;
+    const tx0 = probe && o.storage ? await o.storage.txBytes(from) : undefined;
     let lastStatus = 0;
     const result = await b.migrate({
       key: `lab.${o.comparison.name}.${s.name}.${rep}.${session}`,
       vmName,
       memoryMib: s.guest.memoryMib,
-      sourceNodeId: o.source,
-      destinationNodeId: o.destination,
+      sourceNodeId: from,
+      destinationNodeId: to,
       policy: s.policy,
       label: s.label,
       timeLimitMs: s.limits.migrationMs,
@@ -265,7 +315,7 @@ async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: strin
       onEvent: (line) => o.log?.(`${tag}: ${line}`),
       ...(o.signal ? { signal: o.signal } : {}),
     });
-    const wireBytes = tx0 !== undefined && o.storage ? (await o.storage.txBytes(o.source)) - tx0 : undefined;
+    const wireBytes = tx0 !== undefined && o.storage ? (await o.storage.txBytes(from)) - tx0 : undefined;
     if (probe) {
       const p = probe;
       probe = undefined;
@@ -277,7 +327,7 @@ async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: strin
     await sleep(s.limits.afterMs, o.signal);
     const timeline = await b.timeline(result.runId);
     const file = await saveTimeline(o.outDir, timeline);
-    return {
+    const run: LabResults['runs'][number] = {
       scenario: s.name,
       repetition: rep,
       runId: result.runId,
@@ -290,8 +340,10 @@ async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: strin
       ...(wireBytes !== undefined ? { wireBytes } : {}),
       recordedAt: new Date().toISOString(),
     };
+    if (s.sameVm && result.outcome === 'succeeded') keep = { ...vm, host: to };
+    return keep ? { run, keep } : { run };
   } finally {
     await probe?.stop();
-    await b.destroyVm(vmName).catch((err: unknown) => o.log?.(`${tag}: destroying ${vmName} failed: ${err instanceof Error ? err.message : String(err)}`));
+    if (!keep) await b.destroyVm(vmName).catch((err: unknown) => o.log?.(`${tag}: destroying ${vmName} failed: ${err instanceof Error ? err.message : String(err)}`));
   }
 }

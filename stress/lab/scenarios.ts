@@ -100,6 +100,14 @@ export interface Scenario {
   /** Sent as SubmitPlanRequest.policy; the coordinator fills the preset's defaults in. */
   readonly policy: MigrationPolicy;
   readonly repetitions: number;
+  /**
+   * The repetitions migrate one VM back and forth (source → destination, destination → source, …),
+   * one right after another, instead of a fresh VM each: from the second on, the VM's earlier runs
+   * are in the coordinator's history store (the adaptive policy's prior: vmCostHistory). The VM is
+   * kept only while its runs succeed; after a failed run the next repetition boots it again under
+   * the same name (its succeeded runs stay its history). A resumed comparison starts a new VM.
+   */
+  readonly sameVm?: boolean;
   readonly limits: LabLimits;
   /** Where it comes from (e.g. "seed 001 #4: --auto-converge --timeout-postcopy --timeout 60"). */
   readonly source?: string;
@@ -540,6 +548,18 @@ export const POLICY_SCENARIOS_720_V5: readonly Scenario[] = (['hot-small', 'phas
   return policySet(`v5-${tag}`, `${w.group}, 720 Mbit/s`, w.load, { rateMbit: 720 }, ['adaptive', 'seed-pc'], base).map((s) => ({ ...s, repetitions: 3 }));
 });
 
+/**
+ * The history prior live (`node dist/scripts/lab.js policies-720-repeat`): one hot-small VM migrated
+ * back and forth 5 times at 720 Mbit/s (`sameVm`), so that from the second migration on the
+ * adaptive policy starts with the VM's own measured costs (h, post-copy c/s, the working set W) as
+ * its prior; post-copy after one pass the same way as the reference.
+ */
+export const POLICY_SCENARIOS_720_REPEAT: readonly Scenario[] = (['hot-small'] as const).flatMap((tag) => {
+  const w = LAB_WORKLOADS[tag]!;
+  const base = { ...(w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {}), limits: { migrationMs: 120_000 } };
+  return policySet(`rep-${tag}`, `${w.group}, 720 Mbit/s, one VM migrated back and forth`, w.load, { rateMbit: 720 }, ['adaptive', 'seed-pc'], base).map((s) => ({ ...s, repetitions: 5, sameVm: true }));
+});
+
 /** The two workloads of the first policies comparison (docs/lab/policies before issue 14). */
 export const POLICY_SCENARIOS_V1: readonly Scenario[] = [
   ...policySet('a', 'seed 001 load A (dirty/link ~23)', LOAD_A, LINK_1GBE, ALL_BASELINES),
@@ -701,6 +721,12 @@ export const COMPARISONS: readonly Comparison[] = Object.freeze([
     scenarios: POLICY_SCENARIOS_720_V5,
   },
   {
+    name: 'policies-720-repeat',
+    title: 'The same VM migrated back and forth at 720 Mbit/s: does the history prior make adaptive act earlier and better?',
+    description: "One hot-small VM (48 MiB hot set, unlimited) migrated A→B, B→A, … 5 times under migd adaptive — from the second migration on with the VM's earlier runs as its prior — and another 5 times under post-copy after one pass as the reference; every run cut at 120 s.",
+    scenarios: POLICY_SCENARIOS_720_REPEAT,
+  },
+  {
     name: 'policies-v1',
     title: "Policies (first comparison): migd's adaptive policy against Nova, oVirt, KubeVirt and the seed strategies on two workloads",
     description: 'The same two workloads under every policy: seed 001 load A (no pre-copy converges without help) and a moderate one.',
@@ -777,6 +803,7 @@ export function scenarioProblems(s: Scenario): string[] {
   if (s.link.rateMbit !== undefined && !(s.link.rateMbit >= 0.008 && s.link.rateMbit <= 100_000)) p.push(`${s.name}: link rate out of range`);
   for (const [k, v] of Object.entries(s.limits)) if (!(v > 0)) p.push(`${s.name}: limits.${k} must be > 0`);
   if (s.label.trim() === '') p.push(`${s.name}: needs a label`);
+  if (s.sameVm && s.disk) p.push(`${s.name}: sameVm does not go with a LOCAL disk (it is created on the first source only)`);
   if (s.disk) {
     if (s.disk.sizeBytes % MiB !== 0 || s.disk.sizeBytes <= 0) p.push(`${s.name}: disk size must be whole MiB`);
     if (s.disk.workloadBytes <= 0 || s.disk.workloadBytes > s.disk.sizeBytes || s.disk.workloadBytes % 4096 !== 0) p.push(`${s.name}: disk workload region must be page-aligned and within the disk`);

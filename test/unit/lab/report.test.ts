@@ -85,6 +85,36 @@ describe('lab report', () => {
     expect(html).toContain("label: l + ': network blackout'");
   });
 
+  it('shows per repetition of a sameVm scenario the direction, the decision with its pass, the history it cites, total time and guest time lost', () => {
+    const rep = { ...pc, name: 'rep-pc', sameVm: true };
+    const reason = (n: number): string => `predicted not to converge …; post-copy is predicted to cost the guest least (predicted guest time lost: nothing —, raise to 700 ms ≈2.1 s, post-copy ≈1.4 s; h 0.62 with this run's 0.55 over 12 guest pace samples, c 0.90 s, s 0.70${n > 0 ? `, prior from ${n} earlier runs of the VM` : ''})`;
+    const run = (i: number, outcome: 'succeeded' | 'failed', postcopyAtMs?: number) => {
+      const t = syntheticTimeline({ id: `run-rep-${i}`, start: 1e6 * (i + 1), durationMs: 8000 + 1000 * i, downtimeMs: 5, during: 900, ...(postcopyAtMs !== undefined ? { postcopyAtMs } : {}) });
+      t.run!.sourceNodeId = i % 2 === 0 ? 'a' : 'b';
+      t.run!.destinationNodeId = i % 2 === 0 ? 'b' : 'a';
+      for (const a of t.run!.actions) a.reason = reason(i === 2 ? 1 : i);
+      return { scenario: rep.name, repetition: i, outcome, timeline: t };
+    };
+    // Rep 2 follows a failed run: one earlier succeeded run, and its reason cites a prior of one.
+    const d = buildReportData({ ...input(), scenarios: [ac, rep], runs: [run(2, 'succeeded', 3000), run(0, 'succeeded'), run(1, 'failed', 3000)] });
+    const md = summaryMarkdown(d);
+    expect(md).toContain('## One VM migrated back and forth');
+    const rows = md.split('\n').filter((l) => /^\| \d \| [ab] → [ab] \|/.test(l));
+    expect(rows).toEqual([
+      // Guest time lost: 900 against 560 ms/GiB = 0.378 of each second (synthetic.ts).
+      '| 1 | a → b | 0 | nothing | — | — | succeeded | 8.00 s | 3.02 | 5 ms | 5 |',
+      // Post-copy 3 s into 9 s: the last progress sample at or before it reads pass 1 + ⌊6 × 3/9⌋ = 3.
+      '| 2 | b → a | 1 | post-copy @ pass 3 (3.0 s) | prior 1 run | h 0.62, c 0.90 s, s 0.70 | failed | 9.00 s | 3.40 | 5 ms | 5 |',
+      // Into 10 s: pass 1 + ⌊6 × 3/10⌋ = 2.
+      '| 3 | a → b | 1 | post-copy @ pass 2 (3.0 s) | prior 1 run | h 0.62, c 0.90 s, s 0.70 | succeeded | 10.0 s | 3.78 | 5 ms | 5 |',
+    ]);
+    const html = renderReportHtml(d, '');
+    expect(html).toContain('<h2>One VM migrated back and forth</h2>');
+    expect(html).toContain('<td class="l">post-copy @ pass 2 (3.0 s)</td><td class="l">prior 1 run</td>');
+    // Scenarios without sameVm get no such table.
+    expect(summaryMarkdown(buildReportData(input()))).not.toContain('One VM migrated');
+  });
+
   it('keeps inlined JSON from closing its script element and maps NaN to null', () => {
     expect(scriptJson({ a: '</script><b>', n: NaN })).toBe('{"a":"\\u003c/script>\\u003cb>","n":null}');
   });

@@ -49,6 +49,16 @@ describe('scenario table', () => {
     }
   });
 
+  it('the repeat comparison migrates one VM per strategy several times; a LOCAL disk cannot go with it', () => {
+    const c = resolveTarget('policies-720-repeat')!;
+    expect(c.scenarios.map((s) => [s.label, s.repetitions, s.sameVm, s.link.rateMbit])).toEqual([
+      ['migd adaptive', 5, true, 720],
+      ['post-copy after 1 pass', 5, true, 720],
+    ]);
+    const disk = allScenarios().find((s) => s.disk)!;
+    expect(scenarioProblems({ ...disk, sameVm: true })).toEqual([`${disk.name}: sameVm does not go with a LOCAL disk (it is created on the first source only)`]);
+  });
+
   it('resolves a single scenario name to a one-scenario comparison', () => {
     const t = resolveTarget('s001-05-pc-after-1');
     expect(t?.scenarios.map((s) => s.name)).toEqual(['s001-05-pc-after-1']);

@@ -39,7 +39,7 @@ import type { AnalyticsRepository, PlanRunRepository, SampleRepository } from '.
 export interface RunStore {
   readonly plans: PlanRunRepository;
   readonly samples: SampleRepository;
-  readonly analytics: Pick<AnalyticsRepository, 'getRunTimeline'>;
+  readonly analytics: Pick<AnalyticsRepository, 'getRunTimeline' | 'guestSamplesBeforeRun'>;
 }
 import { isTerminalState } from '../../shared/policy/states.js';
 import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
@@ -83,6 +83,14 @@ export interface SupervisorDeps {
    */
   readonly onStreamDone?: () => void;
   readonly now?: () => number;
+}
+
+/**
+ * The host time of a sample or transition (epoch ms; 0 without one): what a replay to the policy
+ * orders by. The store hands samples back in this order already (by time, then as stored).
+ */
+function timeOf(x: { readonly time?: Date | undefined }): number {
+  return x.time?.getTime() ?? 0;
 }
 
 /** Back-off of re-attaching to the source node (its daemon restarting, a broken watch). */
@@ -314,9 +322,9 @@ export class RunSupervisor {
         if (history.length > 0) this.policyState = this.policy.withHistory(this.policyState, history);
       }
       if (mode === 'start' && this.policy.observeGuest) {
-        const { guest } = await this.d.store.analytics.getRunTimeline(this.runId);
-        const observe = this.policy.observeGuest.bind(this.policy);
-        for (const g of [...guest].sort((a, b) => (a.time?.getTime() ?? 0) - (b.time?.getTime() ?? 0))) this.policyState = observe(this.policyState, g);
+        // Oldest first, as the policy would have received them.
+        const guest = await this.d.store.analytics.guestSamplesBeforeRun(this.runId);
+        for (const g of guest) this.policyState = this.policy.observeGuest(this.policyState, g);
       }
     } catch (err) {
       if (isAbortError(err)) throw err;
@@ -345,7 +353,7 @@ export class RunSupervisor {
     // Progress, guest samples and transitions in the order of their times, as they came in.
     type Ev = { t: number; o: number; apply: () => void };
     const events: Ev[] = progress.map((s, o) => ({
-      t: s.time?.getTime() ?? 0,
+      t: timeOf(s),
       o,
       apply: () => {
         const d = this.policy.decide(this.policyState, s, s.elapsedMs);
@@ -354,10 +362,10 @@ export class RunSupervisor {
       },
     }));
     const { observeGuest, observeState } = this.policy;
-    if (observeGuest) for (const g of guest) events.push({ t: g.time?.getTime() ?? 0, o: events.length, apply: () => (this.policyState = observeGuest.call(this.policy, this.policyState, g)) });
+    if (observeGuest) for (const g of guest) events.push({ t: timeOf(g), o: events.length, apply: () => (this.policyState = observeGuest.call(this.policy, this.policyState, g)) });
     if (observeState) {
       for (const c of run?.transitions ?? []) {
-        const at = c.time?.getTime() ?? 0;
+        const at = timeOf(c);
         events.push({ t: at, o: events.length, apply: () => (this.policyState = observeState.call(this.policy, this.policyState, c.to, at)) });
       }
     }

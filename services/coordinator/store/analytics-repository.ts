@@ -3,7 +3,7 @@
  * the export (JSON or CSV) of the runs a filter selects.
  */
 import { InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
-import { MigrationState } from '../../shared/gen/migd/v1/common.js';
+import { type GuestPerfSample, MigrationState } from '../../shared/gen/migd/v1/common.js';
 import {
   ExportFormat,
   GetRunTimelineResponse,
@@ -68,6 +68,24 @@ export class SqlAnalyticsRepository implements AnalyticsRepository {
 
   async getRunTimeline(runId: string): Promise<GetRunTimelineResponse> {
     return this.d.read((conn) => this.timeline(conn, runId));
+  }
+
+  async guestSamplesBeforeRun(runId: string): Promise<GuestPerfSample[]> {
+    const now = this.d.now();
+    const window = this.d.o.guestWindowMs;
+    const rows = await this.d.read((conn) =>
+      conn
+        .selectFrom('guest_samples as g')
+        .innerJoin('runs as r', 'r.vm_name', 'g.vm_name')
+        .selectAll('g')
+        .where('r.id', '=', runId)
+        .where((eb) => eb('g.at', '>=', eb(eb.fn.coalesce('r.started_at', 'r.created_at'), '-', window)))
+        .where('g.at', '<=', now)
+        .orderBy('g.at')
+        .orderBy('g.id')
+        .execute(),
+    );
+    return rows.map(guestToProto);
   }
 
   private async timeline(conn: Db, runId: string): Promise<GetRunTimelineResponse> {

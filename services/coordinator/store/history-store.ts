@@ -209,6 +209,9 @@ export class RepositoryHistoryStore implements HistoryStore {
   getRunTimeline(runId: string): Promise<GetRunTimelineResponse> {
     return this.analytics.getRunTimeline(runId);
   }
+  guestSamplesBeforeRun(runId: string): Promise<GuestPerfSample[]> {
+    return this.analytics.guestSamplesBeforeRun(runId);
+  }
   comparePolicies(filter?: Partial<RunFilter>, opts?: CompareOptions): Promise<ComparePoliciesResponse> {
     return this.analytics.comparePolicies(filter, opts);
   }

@@ -299,6 +299,12 @@ export interface AnalyticsRepository {
   /** A run with its transitions, actions and samples. @throws NotFoundError */
   getRunTimeline(runId: string): Promise<GetRunTimelineResponse>;
   /**
+   * The guest samples the store holds of a run's VM from the guest window before the run's start
+   * (started, else created) up to now, oldest first (by time, then as stored): the guest's pace
+   * before a run that is starting. Only the samples, in one query; none for an unknown run.
+   */
+  guestSamplesBeforeRun(runId: string): Promise<GuestPerfSample[]>;
+  /**
    * Per-policy (kind + label) summary of the finished runs the filter selects.
    * @throws InvalidArgumentError for an inverted time range.
    */

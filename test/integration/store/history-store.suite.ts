@@ -511,6 +511,30 @@ export function historyStoreSuite(backend: StoreBackend): void {
       await expect(s.getRunTimeline('nope')).rejects.toBeInstanceOf(NotFoundError);
     });
 
+    it("gives a starting run the guest samples of its VM from the window before it up to now, oldest first", async () => {
+      const s = await open({ guestWindowMs: 60_000 });
+      const t0 = clock.t;
+      // Stored out of time order, with another VM's beside them and two at the same time.
+      for (const dt of [-10_000, -90_000, -50_000, -30_000, 0, -30_000]) s.appendGuestSample({ vmName: 'vm-a', msPerGib: 1000 - dt / 1000, time: new Date(t0 + dt) } as never);
+      s.appendGuestSample({ vmName: 'other-vm', msPerGib: 5, time: new Date(t0 - 10_000) } as never);
+      const run = await s.createRun(runInput({ createdAt: new Date(t0 - 20_000), state: S.MIGRATION_STATE_QUEUED }));
+      await s.flushSamples();
+      // Not started: from created − 60 s (−80 s) up to now (0 included); later samples are not there yet.
+      const before = await s.guestSamplesBeforeRun(run.id);
+      expect(before.map((g) => [g.time!.getTime() - t0, g.msPerGib])).toEqual([
+        [-50_000, 1050],
+        [-30_000, 1030],
+        [-30_000, 1030],
+        [-10_000, 1010],
+        [0, 1000],
+      ]);
+      // Started later: the window moves to the start.
+      clock.advance(30_000);
+      await s.transitionRun(run.id, { to: S.MIGRATION_STATE_PRECOPY, at: new Date(clock.t) });
+      expect((await s.guestSamplesBeforeRun(run.id)).map((g) => g.time!.getTime() - t0)).toEqual([-30_000, -30_000, -10_000, 0]);
+      expect(await s.guestSamplesBeforeRun('nope')).toEqual([]);
+    });
+
     it('returns a full timeline with guest samples before, during and after', async () => {
       const s = await open({ guestWindowMs: 60_000 });
       const t0 = clock.t;

@@ -711,3 +711,74 @@ describe('adaptive policy on lab timelines (heavy)', () => {
 function dirtyMiBps(s: ProgressSample): number {
   return (s.dirtyPagesRate * (s.pageSize || 4096)) / MiB;
 }
+
+/**
+ * pol-v2-moderate-adaptive and pol-v2-load-a-adaptive re-run at 720 Mbit/s (3 Dec, 2 runs each; the
+ * stored progress of docs/lab/README.md "policies-720-repeat", task 2): moderate = 2 × 64 MiB at
+ * 24 MiB/s each, load A = seed 001's 2 × 128 MiB as fast as the vCPU goes. Replayed with the fitted
+ * default costs (h 0.74, c 1.07 s, s 0.74) and no guest feed; the expectations follow from the model.
+ */
+describe('adaptive policy on lab timelines (moderate, load A)', () => {
+  const at = (trace: readonly ProgressSample[], ms: number) => trace.find((s) => s.elapsedMs === ms)!;
+  const pass2 = (trace: readonly ProgressSample[]) => trace.filter((s) => s.pass === 2 && s.state === MigrationState.MIGRATION_STATE_PRECOPY);
+
+  it('moderate (a): waits while r ≈ 0.5 predicts convergence, then post-copy at pass 4 once two boundaries show the backlog holding at W ≈ 104 MiB', () => {
+    const trace = loadTrace('lab-moderate-720-a');
+    // Pass 2: QEMU reads 39.6 MiB/s against ≈80 MiB/s (r ≈ 0.45–0.5) and a ≈1.2 s backlog: 300 ms
+    // within 2–3 passes, so nothing is done. The pass-3 boundary (72.6 MiB after 104 MiB) shrank by
+    // 0.69 — more than r said, but not 1.5 × r (0.78): not yet a bound. At pass 4 the backlog is
+    // still 72.6 MiB: 0.83 per pass over two passes ≥ 1.5 × 0.53, so it holds at W ≈ 104 MiB ≈ 1.4 s
+    // of transfer, above 300 ms: more pre-copy never converges; a raise to 1.75 s costs a pass of W
+    // and the stop (≈2.4 s) against post-copy's c + s·b = 1.07 + 0.74 × 0.97 s ≈ 1.8 s.
+    const step = firstStep(adaptive(512 * MiB), trace);
+    expect(step.action).toEqual([5319, 'START_POSTCOPY', 0]);
+    expect(step.pass).toBe(4);
+    expect(step.at).toMatchObject({ convergesSoon: false, target: 1750 });
+    expect(step.at!.workingSetMs).toBeCloseTo(1396, 0);
+    expect(modelStep(step.at!, DEFAULT_COST_MODEL, 2000)).toBe('START_POSTCOPY');
+    // The pass-2 and pass-3 verdicts were "converges soon": nothing.
+    const { actions } = replay(adaptive(512 * MiB), trace.filter((s) => s.elapsedMs < 5319));
+    expect(actions).toEqual([]);
+    expect(replay(adaptive(512 * MiB), trace).actions[0]?.reason).toContain('the backlog holds at a working set');
+  });
+
+  it('moderate (b): the re-estimate reads 72 MiB/s against a link slowed to 44 MiB/s (r ≈ 1.65): post-copy at the first sample after the pass-1 sync', () => {
+    const trace = loadTrace('lab-moderate-720-b');
+    const first = pass2(trace)[0]!;
+    expect(first.estimatedDirtyBytesPerSec).toBe(72 * MiB);
+    // r ≥ 1: the backlog (3.1 s) does not shrink; switch-over needs ≈5.2 s > max 2 s: no bounded raise.
+    const step = firstStep(adaptive(512 * MiB), trace);
+    expect(step.action).toEqual([first.elapsedMs, 'START_POSTCOPY', 0]);
+    expect(step.at!.ratio).toBeGreaterThan(1);
+    expect(step.at!.target).toBeGreaterThan(2000);
+  });
+
+  it('load A (a): r ≈ 0.65 with a 3.4 s backlog — post-copy in pass 2 once the window is full, since its most favourable reading still converged', () => {
+    const trace = loadTrace('lab-load-a-720-a');
+    const samples = pass2(trace);
+    // At the first two pass-2 samples the favourable reading (QEMU's 34 MiB/s over the window's best
+    // ≈77 MiB/s link, the 2.3 s backlog: r ≈ 0.45) reaches 300 ms within 3 passes: wait for the window.
+    expect(samples.map((s) => s.elapsedMs)).toEqual([6418, 6692, 6983]);
+    expect(dirtyMiBps(samples[0]!)).toBeCloseTo(34.4, 1);
+    const step = firstStep(adaptive(512 * MiB), trace);
+    expect(step.action).toEqual([6983, 'START_POSTCOPY', 0]);
+    // On the window's medians: r 0.65, 3.4 s → ≈2.7 s after 5 more passes: not soon; the raise it
+    // would take (sized on the whole backlog, rates still from pass 2) is 4.3 s > max 2 s.
+    expect(step.at).toMatchObject({ early: true, convergesSoon: false, target: 4300 });
+    expect(step.at!.ratio).toBeCloseTo(0.65, 2);
+    expect(modelStep(step.at!, DEFAULT_COST_MODEL, 2000)).toBe('START_POSTCOPY');
+    expect(at(trace, 6983).pass).toBe(2);
+  });
+
+  it('load A (b): the pre-migration estimate (154 MiB/s, ≈3× the link) decides at the first pass-2 sample: post-copy', () => {
+    const trace = loadTrace('lab-load-a-720-b');
+    const first = pass2(trace)[0]!;
+    const step = firstStep(adaptive(512 * MiB), trace);
+    expect(step.action).toEqual([first.elapsedMs, 'START_POSTCOPY', 0]);
+    expect(first.elapsedMs).toBe(6238);
+    expect(step.at!.ratio).toBeGreaterThan(3);
+    // Where the pass-1 rates alone decide (QEMU's own 55 MiB/s, r ≈ 1.1), the verdict is the same.
+    const own = trace.map((s) => ({ ...s, estimatedDirtyBytesPerSec: 0 }));
+    expect(firstStep(adaptive(512 * MiB), own).action?.[1]).toBe('START_POSTCOPY');
+  });
+});

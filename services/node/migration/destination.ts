@@ -84,6 +84,8 @@ export class IncomingMigration {
   private readonly verification = new VerificationTracker();
   private confirming: Promise<ConfirmIncomingResponse> | undefined;
   private resuming: Promise<void> | undefined;
+  /** The pause in progress (see pause()). */
+  private pausing: Promise<string> | undefined;
   /** announce-self after the resume here: its figures once QEMU acknowledged it (undefined: failed). */
   private announcing: Promise<{ announceAfterResumeMs: number; nicsAnnounced: number } | undefined> | undefined;
   /** The vCPU threads' CPU time (ns) when the guest resumed here, and when that was read. */
@@ -355,12 +357,39 @@ export class IncomingMigration {
   }
 
   /**
+   * @throws FailedPreconditionError (reason INCOMING_QEMU_GONE) once the incoming QEMU went away:
+   *   QEMU ends an incoming migration whose stream breaks before post-copy runs here (exit 1), and
+   *   nothing can resume a stream into a QEMU that is gone. The source stops recovering on it.
+   */
+  private requireRecoverable(): void {
+    if (this.exited) {
+      throw new FailedPreconditionError(`run ${this.runId}: the incoming QEMU on this node is gone (QEMU ends an incoming migration whose stream breaks before post-copy runs here); the stream cannot be resumed`, { reason: 'INCOMING_QEMU_GONE' });
+    }
+  }
+
+  /**
    * migrate-pause, out of band: an in-band command to a stalled post-copy destination can hang,
    * and query-migrate has no out-of-band form, so the status comes from the MIGRATION events this
    * object follows.
    */
   async pause(): Promise<string> {
+    this.requireRecoverable();
+    // One pause at a time: a PauseIncoming that outlived its caller's deadline on a cut link
+    // arrives together with the retry once the link is back. A second migrate-pause while QEMU
+    // is pausing crashes it (QEMU 10.0: the listen thread frees from_src_file before it sets
+    // postcopy-paused, and the out-of-band migrate-pause shuts that file down again: SIGSEGV).
+    this.pausing ??= this.doPause().finally(() => (this.pausing = undefined));
+    return this.pausing;
+  }
+
+  private async doPause(): Promise<string> {
     const { vm, log } = this.p;
+    if (!this.status.startsWith('postcopy') && this.status !== 'completed') {
+      // The switch to post-copy has not reached this node (its package may still be in flight
+      // on a cut link): pausing the stream now would end it here for good (see recover() in
+      // source.ts). The source leaves its stream open and asks again.
+      throw new FailedPreconditionError(`run ${this.runId}: post-copy has not started on this node (QEMU status ${this.status}); not paused`, { reason: 'NOT_IN_POSTCOPY' });
+    }
     if (this.status === 'postcopy-active' || this.status === 'postcopy-recover') {
       await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('migrate-pause on destination', { err: (err as Error).message }));
     }
@@ -382,6 +411,7 @@ export class IncomingMigration {
    */
   async recover(network: 'migration' | 'management' = 'migration'): Promise<{ uri: string; port: number }> {
     const { vm } = this.p;
+    this.requireRecoverable();
     let address = this.p.migrationAddress;
     if (network === 'management') {
       if (!this.p.config.tls) {

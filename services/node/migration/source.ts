@@ -830,6 +830,17 @@ export class SourceMigration {
    * Post-copy recovery: pause both ends, then repeatedly ask the destination to listen on a fresh
    * port (migrate-recover, out-of-band) and resume the source to it, with backoff, until the
    * stream flows again or recoveryTimeoutMs passes.
+   *
+   * The destination is paused first, and the source only once the destination has answered: the
+   * source's "postcopy-active" does not mean the destination is in post-copy. Its switch (the
+   * device-state package, queued behind the last pre-copy data) may still be in flight on the cut
+   * link. Shutting the source's stream down then delivers the package followed by the end of the
+   * stream once the link is back, and the incoming QEMU fails on it instead of pausing whenever
+   * that end arrives before it ran the package's RUN command (savevm.c: only a destination in
+   * POSTCOPY_INCOMING_RUNNING pauses; its listen thread exits QEMU otherwise) — the guest was then
+   * beyond recovery. A destination that is not in post-copy yet refuses the pause
+   * (NOT_IN_POSTCOPY) and the attempt is retried: the stream, still open, carries on when the
+   * link returns. A destination whose QEMU is gone (INCOMING_QEMU_GONE) ends the recovery at once.
    */
   private async recover(reason: string): Promise<void> {
     if (this.recovering || isTerminal(this.state)) return;
@@ -842,12 +853,13 @@ export class SourceMigration {
     this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED, reason);
     try {
       const status = async (): Promise<string> => String(((await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 })) as QmpMigrationInfo).status);
-      if ((await status()) === 'postcopy-active') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('migrate-pause on source', { err }));
       const management = this.destinationManagement();
       const fallbackHost = this.recoveryFallbackHost(management);
       const attemptRecovery = async (attempt: number): Promise<void> => {
         const network = await this.recoveryNetwork(management?.port, fallbackHost);
         await peer.pauseIncoming({ runId: this.runId }, { deadlineMs: 5000 });
+        // Only now the source (see above): the destination is in post-copy and paused.
+        if ((await status()) === 'postcopy-active') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('migrate-pause on source', { err }));
         const reply = await peer.recoverIncoming({ runId: this.runId, managementNetwork: network === 'management' }, { deadlineMs: 10_000 });
         // The source builds the URI itself, on the destination's registered address of that network.
         const uri = streamUri(network === 'management' ? fallbackHost! : this.p.destination.migrationAddress, reply);
@@ -880,13 +892,15 @@ export class SourceMigration {
         now: this.now,
         // Every wait ends as soon as the migration stops (e.g. the daemon shuts down).
         signal: this.stop.signal,
-        retryable: () => true,
+        // A destination whose incoming QEMU is gone cannot take a resumed stream, ever.
+        retryable: (err) => !(err instanceof MigdError && err.reason === 'INCOMING_QEMU_GONE'),
         onRetry: (err, attempt, backoff) => {
           log.info('post-copy recovery attempt failed; retrying', { attempt, err: (err as Error).message, backoff });
           this.transition(MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED, `recovery attempt ${attempt} failed (${publicMessage(err)}); retrying in ${backoff} ms`);
         },
       }).catch((err: unknown) => {
-        throw this.stop.signal.aborted ? err : new Error(`post-copy recovery gave up after ${this.opts.recoveryTimeoutMs} ms: ${(err as Error).message}`, { cause: err });
+        if (this.stop.signal.aborted || (err instanceof MigdError && err.reason === 'INCOMING_QEMU_GONE')) throw err;
+        throw new Error(`post-copy recovery gave up after ${this.opts.recoveryTimeoutMs} ms: ${(err as Error).message}`, { cause: err });
       });
     } catch (err) {
       if (this.stop.signal.aborted) return;

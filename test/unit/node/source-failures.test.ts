@@ -278,6 +278,46 @@ describe('post-copy recovery', () => {
     expect(s.host.destroyed).toEqual([]);
   });
 
+  it("pauses the source's stream only once the destination is paused: a destination not in post-copy yet (its switch still on the cut link) refuses, and the stream stays open", async () => {
+    const notYet = () => new FailedPreconditionError('post-copy has not started on this node (QEMU status active); not paused', { reason: 'NOT_IN_POSTCOPY' });
+    // The stall detector sees no bytes moving (the fake moves none) and starts the recovery.
+    const s = await started({ confirm: () => confirmed(100), pause: (n) => (n <= 2 ? notYet() : undefined) }, { postcopy: true, options: { postcopyStallMs: 300 } });
+    await inPostcopy(s);
+    const uris = scriptResumes(s, () => true);
+    const resume = s.q.onCommand!;
+    s.q.onCommand = (name, args) => {
+      if (name === 'migrate-pause') {
+        s.peer.calls.push('source:migrate-pause');
+        s.q.migration = 'postcopy-paused';
+      }
+      return resume(name, args);
+    };
+    await until(() => s.m.currentState === S.MIGRATION_STATE_POSTCOPY && uris.length === 1, 'the resume', 10_000);
+    expect(s.peer.calls.filter((c) => c !== 'prepare')).toEqual(['pause', 'pause', 'pause', 'source:migrate-pause', 'recover']);
+    const pause = s.q.sent.find((c) => (c.execute ?? c['exec-oob']) === 'migrate-pause');
+    expect(pause?.['exec-oob']).toBe('migrate-pause');
+    expect(s.changes.at(-1)?.reason).toBe('recovered after 3 attempt(s), over the migration network');
+    s.q.emit('completed');
+    expect((await s.m.finished()).state).toBe(S.MIGRATION_STATE_SUCCEEDED);
+  }, 20_000);
+
+  it("ends at once when the destination's incoming QEMU is gone (QEMU exits when its stream breaks before post-copy runs there), never resuming the source", async () => {
+    const gone = () => new FailedPreconditionError('the incoming QEMU on this node is gone; the stream cannot be resumed', { reason: 'INCOMING_QEMU_GONE' });
+    const s = await started({ pause: gone, recover: gone }, { postcopy: true });
+    await inPostcopy(s);
+    const t0 = Date.now();
+    s.q.emit('postcopy-paused');
+    const info = await s.m.finished();
+    expect(Date.now() - t0).toBeLessThan(3000);
+    expect(info.state).toBe(S.MIGRATION_STATE_FAILED);
+    expect(info.error).toMatchObject({ code: 'ABORTED', reason: 'RECOVERY_FAILED' });
+    expect(info.error?.message).toMatch(/post-copy recovery failed: the incoming QEMU on this node is gone/);
+    expect(s.peer.calls.filter((c) => c === 'pause')).toEqual(['pause']);
+    expect(s.q.commands).not.toContain('cont');
+    expect(s.q.argsOf('migrate').filter((a) => a?.['resume'] === true)).toEqual([]);
+    expect(s.host.destroyed).toEqual([]);
+  });
+
   it('stops waiting at once when the daemon shuts down, without failing the run', async () => {
     const s = await started({ pause: () => new UnavailableError('destination unreachable') }, { postcopy: true });
     await inPostcopy(s);

@@ -297,7 +297,7 @@ export class SimCluster {
       if (!m) return cb({ code: status.NOT_FOUND, details: 'unknown run' } as never, null);
       cb(null, { migration: m.info });
     };
-    for (const k of ['adjustMigration', 'startPostcopy', 'forceComplete', 'cancelMigration']) h[k] = ack;
+    for (const k of ['adjustMigration', 'startPostcopy', 'forceComplete', 'cancelMigration', 'releaseMigration']) h[k] = ack;
     h['expectIncoming'] = (_call: unknown, cb: sendUnaryData<unknown>): void => cb(null, { expiresAt: new Date(Date.now() + 600_000) });
     h['getHostInfo'] = (_call: unknown, cb: sendUnaryData<unknown>): void => cb(null, { host: this.hostInfo(this.nodeIds[0]!) });
     return h;

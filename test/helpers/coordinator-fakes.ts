@@ -122,6 +122,10 @@ export class FakeNode {
       startPostcopy: (req: { runId: string; actor: string; reason: string }) => act('startPostcopy', req),
       forceComplete: (req: { runId: string; actor: string; reason: string }) => act('forceComplete', req),
       cancelMigration: (req: { runId: string; actor: string; reason: string }) => act('cancelMigration', req),
+      releaseMigration: async (req: { runId: string }) => {
+        rec('releaseMigration', req);
+        return { migration: this.get(req.runId).info };
+      },
       createVm: async (req: { spec: VmSpec }) => {
         rec('createVm', req);
         const vm: VmInfo = { spec: req.spec, nodeId: this.nodeId, state: VmState.VM_STATE_RUNNING, pid: 4242, startedAt: new Date(), migrationRunId: '', lastGuestPerf: undefined, qemuCpuSeconds: 0, localDisks: [] };

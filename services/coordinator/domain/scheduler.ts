@@ -17,6 +17,14 @@
  *    idled ~0.5–0.6 s per migration during the handover). The host and cluster limits still count
  *    the run until its end.
  *
+ * Held starts (`heldPerLink`, off by default): a queued migration that fits every limit but its
+ * link's may start *held* — it takes its source, destination and cluster slots (its destination
+ * QEMU and memory exist from then on) and prepares both ends, but does not stream until it is
+ * promoted onto its link ({@link MigrationQueue.promote}) when the link's stream slot frees. At
+ * most `heldPerLink` migrations are held per link; a held one goes onto its link before any
+ * queued one (it is ready to stream). Issue 15 §4: the next migration's preparation (~0.5 s)
+ * then overlaps the previous one's stream instead of idling the link.
+ *
  * Order: higher priority first, then position in the plan's dispatch order, then first come first
  * served. Equal-priority plans interleave by plan position, so a second drain at the same priority
  * is not stuck behind the whole of the first. A queued item that does not fit now does not block
@@ -78,6 +86,8 @@ export interface QueueSnapshot {
   readonly runningIds: readonly string[];
   /** Running ids whose stream is done (they count against host and cluster limits, not their link). */
   readonly offLinkIds: readonly string[];
+  /** Running ids started held: they wait for their link's stream slot (see {@link MigrationQueue.promote}). */
+  readonly heldIds: readonly string[];
   readonly outboundByHost: Readonly<Record<string, number>>;
   readonly inboundByHost: Readonly<Record<string, number>>;
   /** Streaming migrations, keyed "source->destination". */
@@ -92,6 +102,8 @@ class Usage {
   readonly out = new Map<string, number>();
   readonly in = new Map<string, number>();
   readonly link = new Map<string, number>();
+  /** Held migrations per link. */
+  readonly held = new Map<string, number>();
 
   clone(): Usage {
     const u = new Usage();
@@ -99,14 +111,27 @@ class Usage {
     for (const [k, v] of this.out) u.out.set(k, v);
     for (const [k, v] of this.in) u.in.set(k, v);
     for (const [k, v] of this.link) u.link.set(k, v);
+    for (const [k, v] of this.held) u.held.set(k, v);
     return u;
+  }
+
+  /** The host or cluster limit `item` would exceed, or undefined when it fits. */
+  hostViolation(item: QueueItem, limits: ConcurrencyLimits): string | undefined {
+    if (this.total >= limits.perCluster) return `cluster limit ${limits.perCluster}`;
+    if ((this.out.get(item.source) ?? 0) >= limits.perSource) return `outbound limit ${limits.perSource} of ${item.source}`;
+    if ((this.in.get(item.destination) ?? 0) >= limits.perDestination) return `inbound limit ${limits.perDestination} of ${item.destination}`;
+    return undefined;
+  }
+
+  /** Whether `item` may start held: it fits every host limit and its link has a held place free. */
+  mayHold(item: QueueItem, limits: ConcurrencyLimits, heldPerLink: number): boolean {
+    return this.hostViolation(item, limits) === undefined && (this.held.get(linkKey(item.source, item.destination)) ?? 0) < heldPerLink;
   }
 
   /** The limit `item` would exceed, or undefined when it fits. */
   violation(item: QueueItem, limits: ConcurrencyLimits): string | undefined {
-    if (this.total >= limits.perCluster) return `cluster limit ${limits.perCluster}`;
-    if ((this.out.get(item.source) ?? 0) >= limits.perSource) return `outbound limit ${limits.perSource} of ${item.source}`;
-    if ((this.in.get(item.destination) ?? 0) >= limits.perDestination) return `inbound limit ${limits.perDestination} of ${item.destination}`;
+    const host = this.hostViolation(item, limits);
+    if (host !== undefined) return host;
     if ((this.link.get(linkKey(item.source, item.destination)) ?? 0) >= limits.perLink) {
       return `link limit ${limits.perLink} of ${linkKey(item.source, item.destination)}`;
     }
@@ -123,6 +148,10 @@ class Usage {
 
   bumpLink(item: QueueItem, delta: 1 | -1): void {
     bump(this.link, linkKey(item.source, item.destination), delta);
+  }
+
+  bumpHeld(item: QueueItem, delta: 1 | -1): void {
+    bump(this.held, linkKey(item.source, item.destination), delta);
   }
 }
 
@@ -160,12 +189,23 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
   private readonly running = new Map<string, T>();
   /** Running ids that left their link (stream done): their link count is already released. */
   private readonly offLink = new Set<string>();
+  /** Running ids started held, in the order they started: they hold no link slot yet. */
+  private readonly held = new Set<string>();
+  /** How many migrations may be held per link (0: none; see the module comment). */
+  readonly heldPerLink: number;
   private readonly usage = new Usage();
   private seq = 0;
 
-  /** @throws InvalidArgumentError on a limit that is not a positive integer */
-  constructor(limits: Partial<ConcurrencyLimits> = {}) {
+  /**
+   * @param opts.heldPerLink how many migrations may start held per link (default 0: none)
+   * @throws InvalidArgumentError on a limit that is not a positive integer, or a heldPerLink that
+   *   is not a non-negative integer
+   */
+  constructor(limits: Partial<ConcurrencyLimits> = {}, opts: { heldPerLink?: number } = {}) {
     this.limits = resolveLimits(limits);
+    const heldPerLink = opts.heldPerLink ?? 0;
+    if (!Number.isInteger(heldPerLink) || heldPerLink < 0) throw new InvalidArgumentError(`heldPerLink must be a non-negative integer, got ${heldPerLink}`);
+    this.heldPerLink = heldPerLink;
   }
 
   /**
@@ -208,6 +248,19 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
    * nor keep a slot from the items behind them.
    */
   nextDispatchable(hold: (item: T) => boolean = () => false): T[] {
+    return this.plan(hold, false).map((d) => d.item);
+  }
+
+  /**
+   * As {@link nextDispatchable}, plus the items that may start held (`held: true`; see the module
+   * comment): those that fit every limit but their link's, on links with a held place free. Call
+   * {@link started}(id, held) for each one actually started.
+   */
+  nextDispatch(hold: (item: T) => boolean = () => false): { item: T; held: boolean }[] {
+    return this.plan(hold, this.heldPerLink > 0);
+  }
+
+  private plan(hold: (item: T) => boolean, withHeld: boolean): { item: T; held: boolean }[] {
     const usage = this.usage.clone();
     // Hosts and links a blocked item waits for, with the highest priority waiting on each.
     const claims = new Map<string, number>();
@@ -215,7 +268,7 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
     const claim = (key: string, priority: number): void => {
       claims.set(key, Math.max(claims.get(key) ?? -Infinity, priority));
     };
-    const out: T[] = [];
+    const out: { item: T; held: boolean }[] = [];
     if (usage.total >= this.limits.perCluster) return out;
     for (const item of this.ordered()) {
       if (usage.total >= this.limits.perCluster) break;
@@ -223,12 +276,20 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
       const priority = item.priority ?? 0;
       const keys = [`out:${item.source}`, `in:${item.destination}`, `link:${linkKey(item.source, item.destination)}`];
       if (usage.violation(item, this.limits) !== undefined) {
+        // Only its link is busy: it may prepare now and stream when the link frees (held), unless
+        // a higher-priority item waits for one of its hosts.
+        if (withHeld && usage.mayHold(item, this.limits, this.heldPerLink) && !keys.slice(0, 2).some((k) => claimed(k, priority))) {
+          usage.add(item, 1, false);
+          usage.bumpHeld(item, 1);
+          out.push({ item, held: true });
+          continue;
+        }
         for (const k of keys) claim(k, priority);
         continue;
       }
       if (keys.some((k) => claimed(k, priority))) continue;
       usage.add(item, 1);
-      out.push(item);
+      out.push({ item, held: false });
     }
     return out;
   }
@@ -238,16 +299,51 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
    * @throws NotFoundError when it is not queued; FailedPreconditionError when starting it would
    *   exceed a limit (the message names which)
    */
-  started(id: string): T {
+  started(id: string, held = false): T {
     const entry = this.queued.get(id);
     if (!entry) throw new NotFoundError(this.running.has(id) ? `run ${id} is already running` : `run ${id} is not queued`);
-    const violation = this.usage.violation(entry.item, this.limits);
-    if (violation !== undefined) throw new FailedPreconditionError(`run ${id} cannot start now: it would exceed the ${violation}`, { reason: 'CONCURRENCY_LIMIT' });
+    if (held) {
+      const violation = this.usage.hostViolation(entry.item, this.limits);
+      if (violation !== undefined) throw new FailedPreconditionError(`run ${id} cannot start now: it would exceed the ${violation}`, { reason: 'CONCURRENCY_LIMIT' });
+      if (!this.usage.mayHold(entry.item, this.limits, this.heldPerLink)) {
+        throw new FailedPreconditionError(`run ${id} cannot start held: link ${linkKey(entry.item.source, entry.item.destination)} has ${this.heldPerLink} held already`, { reason: 'CONCURRENCY_LIMIT' });
+      }
+    } else {
+      const violation = this.usage.violation(entry.item, this.limits);
+      if (violation !== undefined) throw new FailedPreconditionError(`run ${id} cannot start now: it would exceed the ${violation}`, { reason: 'CONCURRENCY_LIMIT' });
+    }
     this.queued.delete(id);
     this.leftQueue();
     this.running.set(id, entry.item);
-    this.usage.add(entry.item, 1);
+    this.usage.add(entry.item, 1, !held);
+    if (held) {
+      this.held.add(id);
+      this.usage.bumpHeld(entry.item, 1);
+    }
     return entry.item;
+  }
+
+  /**
+   * Puts held migrations onto their links where a stream slot is free (oldest held first): each
+   * returned one now holds its link slot, and may stream. Call it before dispatching queued
+   * items, so a held migration goes first on its link. `busy` links are passed over.
+   */
+  promote(busy: (item: T) => boolean = () => false): T[] {
+    const out: T[] = [];
+    for (const id of this.held) {
+      const item = this.running.get(id)!;
+      if (busy(item) || (this.usage.link.get(linkKey(item.source, item.destination)) ?? 0) >= this.limits.perLink) continue;
+      this.held.delete(id);
+      this.usage.bumpHeld(item, -1);
+      this.usage.bumpLink(item, 1);
+      out.push(item);
+    }
+    return out;
+  }
+
+  /** Whether `id` runs held (started held, not promoted yet). */
+  isHeld(id: string): boolean {
+    return this.held.has(id);
   }
 
   /**
@@ -261,7 +357,7 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
   leftLink(id: string): boolean {
     const item = this.running.get(id);
     if (!item) throw new NotFoundError(`run ${id} is not running`);
-    if (this.offLink.has(id)) return false;
+    if (this.offLink.has(id) || this.held.has(id)) return false;
     this.offLink.add(id);
     this.usage.bumpLink(item, -1);
     return true;
@@ -275,7 +371,9 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
     const item = this.running.get(id);
     if (!item) throw new NotFoundError(`run ${id} is not running`);
     this.running.delete(id);
-    this.usage.add(item, -1, !this.offLink.delete(id));
+    const held = this.held.delete(id);
+    if (held) this.usage.bumpHeld(item, -1);
+    this.usage.add(item, -1, !this.offLink.delete(id) && !held);
     return item;
   }
 
@@ -306,6 +404,7 @@ export class MigrationQueue<T extends QueueItem = QueueItem> {
       queuedIds: [...this.ordered()].map((i) => i.id),
       runningIds: [...this.running.keys()],
       offLinkIds: [...this.offLink],
+      heldIds: [...this.held],
       outboundByHost: Object.fromEntries(this.usage.out),
       inboundByHost: Object.fromEntries(this.usage.in),
       runningByLink: Object.fromEntries(this.usage.link),

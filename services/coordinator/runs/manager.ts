@@ -8,6 +8,13 @@
  * limits apply to. Its link slot it holds only while it streams: from dispatch until its source
  * reports QEMU's completion (the recorded VERIFYING transition), when the next run on the link is
  * dispatched while this one hands its VM over and verifies it.
+ *
+ * Held starts (issue 15 §4): a queued run that fits every limit but its link's stream slot is
+ * dispatched held (at most `heldPerLink` per link): its supervisor announces it and has the source
+ * prepare both ends with StartMigration.hold_ms, and releases it (ReleaseMigration) when the
+ * queue promotes it onto its link, so only QEMU's `migrate` is left on the link's critical path.
+ * It holds its host and cluster slots from dispatch. A held run that is cancelled, or never
+ * released within `holdMs`, ends on its source node with the destination's copy removed.
  */
 import { CancelledError, FailedPreconditionError, InvalidArgumentError, MigdError } from '../../shared/errors.js';
 import { retry } from '../../shared/retry.js';
@@ -41,6 +48,10 @@ export interface RunManagerOptions {
   readonly nodeDownWaitMs?: number;
   /** How long a failed run's end waits for its destination's clean-up (ms; see SupervisorDeps.cleanupWaitMs). */
   readonly cleanupWaitMs?: number;
+  /** Runs that may be dispatched held per link (see the module comment). Default 1; 0: none. */
+  readonly heldPerLink?: number;
+  /** How long a held run's source waits for its release before it fails (ms). Default 600 000. */
+  readonly holdMs?: number;
   readonly now?: () => number;
 }
 
@@ -66,6 +77,8 @@ export class RunManager {
    * nothing else is dispatched on their links until they end.
    */
   private readonly unslotted = new Map<string, string>();
+  /** Held runs (dispatched held or recovered held): resolved when the queue promotes them onto their link. */
+  private readonly linkWaits = new Map<string, { readonly promise: Promise<void>; readonly resolve: () => void }>();
   private planChain: Promise<void> = Promise.resolve();
   /** Plan updates queued on planChain that have not started yet, by plan. */
   private readonly queuedPlanUpdates = new Map<string, Promise<void>>();
@@ -79,7 +92,7 @@ export class RunManager {
   private readonly now: () => number;
 
   constructor(private readonly o: RunManagerOptions) {
-    this.queue = new MigrationQueue(o.limits);
+    this.queue = new MigrationQueue(o.limits, { heldPerLink: o.heldPerLink ?? 1 });
     this.now = o.now ?? Date.now;
   }
 
@@ -109,16 +122,30 @@ export class RunManager {
       for (const m of plan?.migrations ?? []) orders.set(m.runId, m.order);
     }
     let resumed = 0;
-    for (const run of active) {
+    // Runs past PREPARING take their slots first; then the PREPARING ones in the order they were
+    // dispatched, so a run that was held behind another on its link (dispatched after it) is held
+    // again rather than taking the link from it.
+    const preparing = (r: Run): boolean => r.state === MigrationState.MIGRATION_STATE_PREPARING;
+    const ordered = [...active.filter((r) => !preparing(r)), ...active.filter(preparing).sort((a, b) => (a.startedAt?.getTime() ?? 0) - (b.startedAt?.getTime() ?? 0))];
+    for (const run of ordered) {
       this.hold(run);
       const item = { id: run.id, source: run.sourceNodeId, destination: run.destinationNodeId, priority: run.priority, order: orders.get(run.id) ?? 0 };
       if (run.state === MigrationState.MIGRATION_STATE_QUEUED) {
         this.queue.enqueue(item);
         continue;
       }
+      // A PREPARING run may be held on its source node (it cannot say): it is released once it
+      // holds its link — at once when it takes the link now (a release of a run not held changes nothing).
+      let linkFree: Promise<void> | undefined = preparing(run) ? Promise.resolve() : undefined;
       try {
         this.queue.enqueue(item);
-        this.queue.started(run.id);
+        try {
+          this.queue.started(run.id);
+        } catch (err) {
+          if (!preparing(run) || this.queue.heldPerLink === 0) throw err;
+          this.queue.started(run.id, true);
+          linkFree = this.waitForLink(run.id);
+        }
         // Its stream was done before the restart: its link is free (see leftLink).
         if (run.state === MigrationState.MIGRATION_STATE_VERIFYING) this.queue.leftLink(run.id);
       } catch (err) {
@@ -126,7 +153,7 @@ export class RunManager {
         this.unslotted.set(run.id, `${run.sourceNodeId}->${run.destinationNodeId}`);
         this.o.log.warn('recovered run exceeds the configured limits; supervising it outside the queue', { runId: run.id, err: (err as Error).message });
       }
-      this.supervise(run, 'resume');
+      this.supervise(run, 'resume', linkFree);
       resumed++;
     }
     // A plan whose last run ended just before the coordinator stopped is still RUNNING in the
@@ -181,16 +208,22 @@ export class RunManager {
       if (now - since >= (this.o.nodeDownWaitMs ?? 120_000)) expired.push({ id: item.id, down, waitedMs: now - since });
       return true;
     };
-    for (const item of this.queue.nextDispatchable(hold)) {
+    // Held runs go onto their links first: they are prepared and only wait for the link.
+    for (const item of this.queue.promote((i) => busyLinks.has(`${i.source}->${i.destination}`))) {
+      this.linkWaits.get(item.id)?.resolve();
+      this.linkWaits.delete(item.id);
+    }
+    for (const { item, held } of this.queue.nextDispatch(hold)) {
       if (busyLinks.has(`${item.source}->${item.destination}`)) continue;
       try {
-        this.queue.started(item.id);
+        this.queue.started(item.id, held);
       } catch {
         continue; // cancelled meanwhile
       }
+      const linkFree = held ? this.waitForLink(item.id) : undefined;
       const queued = this.active.get(item.id);
       const p = (queued ? Promise.resolve(queued) : this.o.store.plans.getRun(item.id)).then(
-        (run) => this.supervise(run, 'start'),
+        (run) => this.supervise(run, 'start', linkFree),
         (err: unknown) => {
           this.o.log.error('dispatched run vanished from the store', { runId: item.id, err });
           this.release(item.id);
@@ -229,12 +262,21 @@ export class RunManager {
     this.dispatch();
   }
 
+  /** A held run: the promise resolves when the queue promotes it onto its link (see dispatch). */
+  private waitForLink(runId: string): Promise<void> {
+    let resolve!: () => void;
+    const promise = new Promise<void>((r) => (resolve = r));
+    this.linkWaits.set(runId, { promise, resolve });
+    return promise;
+  }
+
   private track(p: Promise<unknown>): void {
     this.running.add(p);
     void p.finally(() => this.running.delete(p));
   }
 
-  private supervise(run: Run, mode: 'start' | 'resume'): void {
+  /** @param linkFree for a run that may be held on its source: resolves when it may stream (see SupervisorDeps.linkFree) */
+  private supervise(run: Run, mode: 'start' | 'resume', linkFree?: Promise<void>): void {
     let sup: RunSupervisor;
     const policy = this.resolved.get(run.id);
     this.resolved.delete(run.id);
@@ -249,6 +291,8 @@ export class RunManager {
         ...(this.o.tickMs ? { tickMs: this.o.tickMs } : {}),
         ...(this.o.cleanupWaitMs !== undefined ? { cleanupWaitMs: this.o.cleanupWaitMs } : {}),
         onStreamDone: () => this.streamDone(run.id),
+        ...(linkFree ? { linkFree } : {}),
+        ...(this.o.holdMs !== undefined ? { holdMs: this.o.holdMs } : {}),
         now: this.now,
       }, policy);
     } catch (err) {
@@ -284,7 +328,10 @@ export class RunManager {
       if (this.stopped) return;
       this.track(
         this.o.store.plans.getRun(runId).then(
-          (run) => (run.finishedAt ? this.ended(run) : this.supervise(run, 'resume')),
+          (run) =>
+            run.finishedAt
+              ? this.ended(run)
+              : this.supervise(run, 'resume', this.linkWaits.get(runId)?.promise ?? (run.state === MigrationState.MIGRATION_STATE_PREPARING ? Promise.resolve() : undefined)),
           (err: unknown) => {
             this.o.log.error('could not read a run to resume it; trying again', { runId, err });
             this.superviseAgain(runId);
@@ -321,6 +368,7 @@ export class RunManager {
 
   private release(runId: string): void {
     this.unhold(runId);
+    this.linkWaits.delete(runId);
     if (this.unslotted.delete(runId)) return;
     if (this.queue.status(runId) === 'running') this.queue.finished(runId);
     else if (this.queue.status(runId) === 'queued') this.queue.cancel(runId);

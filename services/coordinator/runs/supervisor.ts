@@ -82,6 +82,15 @@ export interface SupervisorDeps {
    * stream while this one hands over and verifies (the manager releases the link slot).
    */
   readonly onStreamDone?: () => void;
+  /**
+   * The run may have to wait for its link (issue 15 §4): StartMigration asks the source to hold
+   * the prepared migration (hold_ms), and ReleaseMigration lets it stream once this resolves (the
+   * manager promoted it onto its link). A resumed run in PREPARING gets it too: its source may
+   * hold it. Absent: the stream starts at once.
+   */
+  readonly linkFree?: Promise<void>;
+  /** StartMigrationRequest.hold_ms of a held start (ms). Default 600 000. */
+  readonly holdMs?: number;
   readonly now?: () => number;
 }
 
@@ -124,6 +133,9 @@ export class RunSupervisor {
   private lastSampleAt = 0;
   private startedOnNode = false;
   private streamDone = false;
+  /** Waiting for linkFree before releasing the source's held migration. */
+  private holding = false;
+  private releaseStarted = false;
   /** StartMigration went out (or the run was past QUEUED at a restart): the destination may hold a copy. */
   private dispatched = false;
   private pendingCancel: { actor: string; reason: string } | undefined;
@@ -243,12 +255,14 @@ export class RunSupervisor {
     }
     this.dispatched = true;
     try {
+      const held = this.d.linkFree !== undefined;
+      if (held) this.holding = true;
       const res = await client.startMigration(
-        { runId: this.runId, vmName: this.run.vmName, destination: this.d.endpoint(dst), policy: this.run.policy },
+        { runId: this.runId, vmName: this.run.vmName, destination: this.d.endpoint(dst), policy: this.run.policy, ...(held ? { holdMs: this.d.holdMs ?? 600_000 } : {}) },
         { deadlineMs: this.d.callDeadlineMs * 6, signal: this.signal },
       );
       this.startedOnNode = true;
-      this.log.info('migration started', { source: src, destination: dst, state: migrationStateToJSON(res.migration?.state ?? 0) });
+      this.log.info(held ? 'migration prepared and held until its link is free' : 'migration started', { source: src, destination: dst, state: migrationStateToJSON(res.migration?.state ?? 0) });
     } catch (err) {
       if (this.signal.aborted) throw err;
       // The node may have started it before the reply was lost: ask before declaring failure.
@@ -273,7 +287,39 @@ export class RunSupervisor {
       this.pendingCancel = undefined;
       await client.cancelMigration({ runId: this.runId, actor, reason }, { deadlineMs: this.d.callDeadlineMs }).catch((err: unknown) => this.log.warn('cancel after start failed', { err }));
     }
+    this.releaseWhenLinkFree();
     return true;
+  }
+
+  /**
+   * A held migration (see SupervisorDeps.linkFree): ReleaseMigration once the link is free, in the
+   * background (the watch follows the run meanwhile). A release that never gets through leaves
+   * the source to end the run when its hold expires (HOLD_EXPIRED, nothing left on the destination).
+   */
+  private releaseWhenLinkFree(): void {
+    const linkFree = this.d.linkFree;
+    if (!linkFree || this.releaseStarted) return;
+    this.releaseStarted = true;
+    this.holding = true;
+    const src = this.run.sourceNodeId;
+    const stopped = new Promise<void>((resolve) => this.signal.addEventListener('abort', () => resolve(), { once: true }));
+    void Promise.race([linkFree, stopped])
+      .then(async () => {
+        if (this.signal.aborted || this.finished) return;
+        const t0 = this.now();
+        await retry(() => this.d.client(src).releaseMigration({ runId: this.runId }, { deadlineMs: this.d.callDeadlineMs, signal: this.signal }), {
+          deadlineMs: this.d.holdMs ?? 600_000,
+          signal: this.signal,
+          onRetry: (e, attempt) => this.log.info('source node did not answer ReleaseMigration; asking again', { attempt, err: (e as Error).message }),
+        });
+        this.log.info('link free: migration released', { ms: this.now() - t0 });
+        // The policy's clock starts with the stream, as the source's elapsed times do.
+        if (this.startedAtMs !== undefined && this.state === MigrationState.MIGRATION_STATE_PREPARING) this.startedAtMs = Math.max(this.startedAtMs, t0);
+      })
+      .catch((err: unknown) => {
+        if (!this.signal.aborted && !this.finished) this.log.warn('could not release the held migration; its source ends it when the hold expires', { err });
+      })
+      .finally(() => (this.holding = false));
   }
 
   /** @returns true when the migration still runs on the node and must be followed */
@@ -335,6 +381,9 @@ export class RunSupervisor {
   /** A migration the node already has: finished → record it; running → rebuild the policy. */
   private async handleExisting(info: MigrationInfo): Promise<boolean> {
     if (info.state === MigrationState.MIGRATION_STATE_VERIFYING) this.streamEnded();
+    // Possibly held on its source (a restart, a lost StartMigration answer): released with its link.
+    if (info.state === MigrationState.MIGRATION_STATE_PREPARING) this.releaseWhenLinkFree();
+    else this.holding = false;
     if (isTerminalState(info.state)) {
       await this.serially(() => this.finish(info));
       return false;
@@ -473,7 +522,9 @@ export class RunSupervisor {
   }
 
   private async tick(): Promise<void> {
-    if (this.finished || !this.startedOnNode || this.state === MigrationState.MIGRATION_STATE_QUEUED) return;
+    // A held run has not begun to migrate: no policy time runs for it (the source counts its
+    // elapsed time from the release too).
+    if (this.finished || !this.startedOnNode || this.holding || this.state === MigrationState.MIGRATION_STATE_QUEUED) return;
     const now = this.now();
     if (this.lastSample && now - this.lastSampleAt < 1500) return;
     const startedAt = this.startedAtMs ?? now;

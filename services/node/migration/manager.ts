@@ -46,6 +46,8 @@ const NODE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 /** How long an ExpectIncoming stays valid (renewed by repeating it), and how many are kept. */
 export const EXPECTATION_TTL_MS = 10 * 60_000;
 export const EXPECTATIONS_MAX = 1024;
+/** The longest hold StartMigrationRequest.hold_ms may ask for (ms). */
+export const MAX_HOLD_MS = 3_600_000;
 
 export interface MigrationManagerDeps {
   readonly nodeId: string;
@@ -355,6 +357,8 @@ export class MigrationManager {
     if (dest.nodeId === this.d.nodeId) throw new InvalidArgumentError(`destination ${dest.nodeId} is this node (the source)`);
     checkMigrationAddress(dest.migrationAddress);
     if (!req.vmName) throw new InvalidArgumentError('vm_name is required');
+    const holdMs = req.holdMs ?? 0;
+    if (!Number.isInteger(holdMs) || holdMs < 0 || holdMs > MAX_HOLD_MS) throw new InvalidArgumentError(`hold_ms must be 0..${MAX_HOLD_MS}, got ${holdMs}`);
     // A request without a policy (the field is optional on the wire) migrates with the fixed defaults.
     const policy = this.effectivePolicy(req.policy ?? MigrationPolicy.fromPartial({ kind: PolicyKind.POLICY_KIND_FIXED }));
     const config = resolveMigrationConfig(policy, this.d.supportedCapabilities);
@@ -386,6 +390,7 @@ export class MigrationManager {
           records: this.records,
           ...(this.self() ? { self: this.self()! } : {}),
           ...(tlsCreds ? { localSetup: tlsCreds } : {}),
+          ...(holdMs > 0 ? { holdMs } : {}),
         });
         this.outgoing.set(req.runId, m);
         await m.start();
@@ -750,6 +755,19 @@ export class MigrationManager {
   async forceComplete(runId: string, actor: string, reason: string): Promise<MigrationInfo> {
     const m = this.out(runId);
     await m.forceComplete(actor || 'user', reason || 'force-complete requested');
+    return m.info();
+  }
+
+  /**
+   * Lets a migration started with hold_ms go on to its stream. Idempotent: a migration that is not
+   * held (or has finished since the daemon started) is returned as it is.
+   * @throws NotFoundError
+   */
+  release(runId: string): MigrationInfo {
+    const past = this.past.get(runId);
+    if (past) return past;
+    const m = this.out(runId);
+    m.release();
     return m.info();
   }
 

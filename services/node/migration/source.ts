@@ -133,6 +133,13 @@ export interface SourceMigrationParams {
    * object): start() awaits it, while the destination prepares, before the parameters name it.
    */
   readonly localSetup?: Promise<unknown>;
+  /**
+   * Held start (StartMigrationRequest.hold_ms; issue 15 §4): once both ends are prepared, the
+   * stream (or the LOCAL disk copy) waits for {@link SourceMigration.release}, at most this long
+   * (ms), then the run fails with HOLD_EXPIRED (the destination's copy removed, the guest running
+   * here). start() returns once the migration is held. 0 or absent: no hold.
+   */
+  readonly holdMs?: number;
 }
 
 
@@ -190,6 +197,12 @@ export class SourceMigration {
    * has no migration to cancel, and the run's own steps end it when they see cancelRequested.
    */
   private streamIssued = false;
+  /** release() was called (before or while the migration is held). */
+  private releaseAsked = false;
+  /** While held: ends the hold (no error: released; an error: cancelled or expired). */
+  private endHold: ((err?: Error) => void) | undefined;
+  /** How long the migration was held (ms). */
+  private heldMs = 0;
   private readonly record: SourceRecord;
   private persisting: Promise<void> = Promise.resolve();
   /** What is left to settle in the background once the run has ended (see resolveLater). */
@@ -306,17 +319,13 @@ export class SourceMigration {
       const ready = prepared.value;
       // Never the URI the destination sent: tcp to its registered migration address and the port.
       const uri = streamUri(this.p.destination.migrationAddress, ready);
-      if (transfers.length > 0) {
-        this.storage = this.storageFor(transfers, ready);
-        if (this.cancelRequested) throw new CancelledError('cancelled before the storage copy started');
-        await this.storage.start();
-        log.info('storage copy started', { disks: this.storage.disks.map((d) => ({ id: d.id, incremental: d.incremental, allocated: d.allocatedBytes })), writeBlocking: this.p.policy.storageWriteBlocking === true });
-        // The memory migration starts once every mirror is READY (in the background: StartMigration
-        // answers now, and the copy can be followed and cancelled like the rest of the run).
-        void this.copyThenStream(uri);
+      if (this.p.holdMs) {
+        // Held: StartMigration answers now; the transfer starts on release (or the run ends).
+        if (this.cancelRequested) throw new CancelledError('cancelled before the migration was held');
+        void this.holdThenTransfer(uri, transfers, ready);
         return;
       }
-      await this.beginStream(uri);
+      await this.beginTransfer(uri, transfers, ready);
     } catch (err) {
       if (this.cancelRequested && !this.streamIssued) {
         // Cancelled while starting: QEMU streams nothing, and the destination's copy (if it was
@@ -437,6 +446,82 @@ export class SourceMigration {
     );
   }
 
+  /** Starts what uses the link: the LOCAL disk copy (then the stream), or the stream itself. */
+  private async beginTransfer(uri: string, transfers: readonly DiskTransfer[], ready: PrepareIncomingResponse): Promise<void> {
+    if (transfers.length > 0) {
+      this.storage = this.storageFor(transfers, ready);
+      if (this.cancelRequested) throw new CancelledError('cancelled before the storage copy started');
+      await this.storage.start();
+      this.p.log.info('storage copy started', { disks: this.storage.disks.map((d) => ({ id: d.id, incremental: d.incremental, allocated: d.allocatedBytes })), writeBlocking: this.p.policy.storageWriteBlocking === true });
+      // The memory migration starts once every mirror is READY (in the background: StartMigration
+      // answers now, and the copy can be followed and cancelled like the rest of the run).
+      void this.copyThenStream(uri);
+      return;
+    }
+    await this.beginStream(uri);
+  }
+
+  /**
+   * Lets a held migration go on to its transfer (see SourceMigrationParams.holdMs). Idempotent; a
+   * release that comes before the migration is held lets it through without holding.
+   */
+  release(): void {
+    if (this.releaseAsked) return;
+    this.releaseAsked = true;
+    this.endHold?.();
+  }
+
+  /**
+   * Where elapsed times (progress samples, actions: what policies time out on) count from: the
+   * start, less the time the migration was held (a held run has not begun to migrate).
+   */
+  private get clockStart(): Date {
+    return new Date(this.startedAt.getTime() + this.heldMs);
+  }
+
+  /** Whether the migration waits for {@link release} now. */
+  get held(): boolean {
+    return this.endHold !== undefined;
+  }
+
+  /**
+   * A held migration: both ends are prepared; waits for release(), a cancel, the daemon's
+   * shutdown or the hold's expiry, then starts the transfer or ends the run (a cancel or expiry
+   * removes the destination's copy in settle(): the guest never stopped here).
+   */
+  private async holdThenTransfer(uri: string, transfers: readonly DiskTransfer[], ready: PrepareIncomingResponse): Promise<void> {
+    const { log } = this.p;
+    const holdMs = this.p.holdMs ?? 0;
+    try {
+      if (!this.releaseAsked) {
+        const since = this.now();
+        await new Promise<void>((resolve, reject) => {
+          const onStop = (): void => done(new CancelledError('the migration stopped while held'));
+          const timer = setTimeout(() => done(new FailedPreconditionError(`held ${holdMs} ms without being released`, { reason: 'HOLD_EXPIRED' })), holdMs);
+          const done = (err?: Error): void => {
+            clearTimeout(timer);
+            this.stop.signal.removeEventListener('abort', onStop);
+            this.endHold = undefined;
+            if (err) reject(err);
+            else resolve();
+          };
+          if (this.stop.signal.aborted) return done(new CancelledError('the migration stopped while held'));
+          this.stop.signal.addEventListener('abort', onStop, { once: true });
+          this.endHold = done;
+          log.info('prepared; holding the transfer until released', { holdMs });
+        });
+        this.heldMs = this.now() - since;
+        log.info('released', { heldMs: this.heldMs });
+      }
+      if (this.cancelRequested) throw new CancelledError('cancelled while held');
+      await this.beginTransfer(uri, transfers, ready);
+    } catch (err) {
+      if (this.stop.signal.aborted && !this.cancelRequested) return; // daemon shutting down: a restart fails it cleanly (adopt)
+      if (this.cancelRequested && !this.streamIssued) await this.cancelled();
+      else await this.fail(`the held migration did not start: ${publicMessage(err)}`, err instanceof MigdError && err.reason ? err.reason : 'START_FAILED');
+    }
+  }
+
   /** Issues QEMU's `migrate` and follows the stream. */
   private async beginStream(uri: string): Promise<void> {
     const { vm, config, log } = this.p;
@@ -473,7 +558,7 @@ export class SourceMigration {
       await storage.waitReady(ac.signal, this.opts.progressIntervalMs, (d) => {
         const sample = ProgressSampleCodec.fromPartial({
           time: new Date(this.now()),
-          elapsedMs: this.now() - this.startedAt.getTime(),
+          elapsedMs: this.now() - this.clockStart.getTime(),
           state: this.state,
           qemuStatus: 'storage-copy',
           downtimeLimitMs: this.downtimeLimitMs,
@@ -631,7 +716,7 @@ export class SourceMigration {
         if (info.status === 'completed') break;
         const sample = progressSample(info, {
           now: new Date(this.now()),
-          startedAt: this.startedAt,
+          startedAt: this.clockStart,
           state: this.state,
           downtimeLimitMs: this.downtimeLimitMs,
           maxBandwidthBytesPerSec: this.maxBandwidth,
@@ -758,6 +843,7 @@ export class SourceMigration {
       // the set-up of the stream — ends the run (mirrors cancelled, the destination's QEMU,
       // exports and images removed with its copy), and QEMU has no migration to cancel.
       this.storageCopying?.abort();
+      this.endHold?.(new CancelledError('cancelled while held'));
       return;
     }
     // Watched from the start: migrate_cancel itself may not be answered (see unstickCancel).
@@ -1235,7 +1321,7 @@ export class SourceMigration {
   }
 
   private action(kind: PolicyActionKind, value: number, actor: string, reason: string): void {
-    const a: PolicyAction = { time: new Date(this.now()), elapsedMs: this.now() - this.startedAt.getTime(), kind, value, reason, actor };
+    const a: PolicyAction = { time: new Date(this.now()), elapsedMs: this.now() - this.clockStart.getTime(), kind, value, reason, actor };
     this.actions.push(a);
     this.updates.publish({ update: { $case: 'action', value: a } });
   }

@@ -31,7 +31,7 @@ export const PEER_METHODS: ReadonlySet<string> = new Set(['PrepareIncoming', 'Pa
 export const NODE_METHODS: ReadonlySet<string> = new Set([
   'GetHostInfo', 'CreateVm', 'ListVms', 'GetVm', 'DestroyVm', 'StopVm', 'StartVm', 'WatchGuest',
   'ExpectIncoming', 'PrepareIncoming', 'PauseIncoming', 'RecoverIncoming', 'ConfirmIncoming', 'AbortIncoming', 'ResumeIncoming',
-  'StartMigration', 'WatchMigration', 'GetMigration', 'ListMigrations', 'AdjustMigration', 'StartPostcopy', 'ForceComplete', 'CancelMigration',
+  'StartMigration', 'WatchMigration', 'GetMigration', 'ListMigrations', 'AdjustMigration', 'StartPostcopy', 'ForceComplete', 'CancelMigration', 'ReleaseMigration',
 ]);
 
 function methodName(path: string): string {

@@ -108,7 +108,7 @@ export interface NodeServiceParts {
   readonly config: Pick<NodeConfig, 'coordinatorIdentities' | 'nodeId'>;
   readonly migrations: Pick<
     MigrationManager,
-    'peerMayRead' | 'expectIncoming' | 'prepareIncoming' | 'pauseIncoming' | 'recoverIncoming' | 'confirmIncoming' | 'abortIncoming' | 'resumeIncoming' | 'start' | 'watch' | 'get' | 'list' | 'adjust' | 'startPostcopy' | 'forceComplete' | 'cancel'
+    'peerMayRead' | 'expectIncoming' | 'prepareIncoming' | 'pauseIncoming' | 'recoverIncoming' | 'confirmIncoming' | 'abortIncoming' | 'resumeIncoming' | 'start' | 'watch' | 'get' | 'list' | 'adjust' | 'startPostcopy' | 'forceComplete' | 'cancel' | 'release'
   >;
   readonly vms: { list(): readonly { readonly name: string }[] };
   hostInfo(): Promise<HostInfo>;
@@ -166,5 +166,6 @@ function handlers(d: NodeServiceParts): Handlers<typeof NodeServiceService> {
     startPostcopy: async (req) => ({ migration: await m.startPostcopy(required(req.runId, 'run_id'), req.actor, req.reason) }),
     forceComplete: async (req) => ({ migration: await m.forceComplete(required(req.runId, 'run_id'), req.actor, req.reason) }),
     cancelMigration: async (req) => ({ migration: await m.cancel(required(req.runId, 'run_id'), req.actor, req.reason) }),
+    releaseMigration: async (req) => ({ migration: m.release(required(req.runId, 'run_id')) }),
   };
 }

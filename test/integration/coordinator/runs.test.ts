@@ -61,7 +61,7 @@ afterEach(async () => {
   await removeDir(dir);
 });
 
-function manager(extra: { nodeDownWaitMs?: number } = {}): RunManager {
+function manager(extra: { nodeDownWaitMs?: number; heldPerLink?: number } = {}): RunManager {
   runs = new RunManager({ store, registry, log: quiet, limits: { perSource: 2, perDestination: 2, perLink: 1, perCluster: 5 }, callDeadlineMs: 1000, tickMs: 20, ...extra });
   return runs;
 }
@@ -203,7 +203,7 @@ describe('run supervisor and manager', () => {
   });
 
   it('keeps one migration per link, cancels a queued run without a node call, and dispatches the next when a slot frees', async () => {
-    const m = manager();
+    const m = manager({ heldPerLink: 0 }); // no held starts (see the held-start tests below)
     const { planId, runs: rs } = await plan(['vm1', 'vm2', 'vm3']);
     m.enqueue(rs.map((run, order) => ({ run, order })));
     await until(() => nodes['a']!.migrations.size === 1, 'the first start');
@@ -232,7 +232,7 @@ describe('run supervisor and manager', () => {
   });
 
   it('frees the link once the source reports VERIFYING: the next run on the link starts during the handover; the host limit still counts the first until its end', async () => {
-    const m = manager();
+    const m = manager({ heldPerLink: 0 });
     const { planId, runs: rs } = await plan(['vm1', 'vm2', 'vm3']);
     m.enqueue(rs.map((run, order) => ({ run, order })));
     await until(() => nodes['a']!.migrations.size === 1, 'the first start');
@@ -266,6 +266,69 @@ describe('run supervisor and manager', () => {
     expect(m.queue.snapshot()).toMatchObject({ running: 0, offLinkIds: [], runningByLink: {}, outboundByHost: {} });
   });
 
+  it('dispatches the next run on a busy link held (StartMigration hold_ms), releases it when the link frees; a held run cancelled is never released', async () => {
+    const m = manager();
+    const { planId, runs: rs } = await plan(['vm1', 'vm2', 'vm3']);
+    m.enqueue(rs.map((run, order) => ({ run, order })));
+    await until(() => nodes['a']!.migrations.size === 2, 'the first start and the second, held');
+    const startOf = (id: string): Record<string, unknown> => nodes['a']!.calls.find((c) => c.method === 'startMigration' && c.request['runId'] === id)!.request;
+    const released = (): unknown[] => nodes['a']!.calls.filter((c) => c.method === 'releaseMigration').map((c) => c.request['runId']);
+    expect(startOf(rs[0]!.id)['holdMs']).toBeUndefined();
+    expect(startOf(rs[1]!.id)['holdMs']).toBe(600_000);
+    expect(m.queue.snapshot()).toMatchObject({ heldIds: [rs[1]!.id], runningByLink: { 'a->b': 1 }, outboundByHost: { a: 2 }, queuedIds: [rs[2]!.id] });
+    const first = nodes['a']!.migrations.get(rs[0]!.id)!;
+    first.state(S.MIGRATION_STATE_PRECOPY);
+    await until(async () => (await run(rs[0]!.id)).state === S.MIGRATION_STATE_PRECOPY, 'PRECOPY recorded');
+    expect(released()).toEqual([]); // the first still streams
+    first.state(S.MIGRATION_STATE_VERIFYING);
+    await until(() => released().length === 1, 'the release once the first left the link');
+    expect(released()).toEqual([rs[1]!.id]);
+    expect(m.queue.snapshot()).toMatchObject({ heldIds: [], offLinkIds: [rs[0]!.id], runningByLink: { 'a->b': 1 }, outboundByHost: { a: 2 } });
+    first.finish(S.MIGRATION_STATE_SUCCEEDED);
+    // The third is dispatched held behind the second's stream, then cancelled while held: the
+    // source ends it (its destination's copy removed there); it is never released.
+    await until(() => nodes['a']!.migrations.has(rs[2]!.id), 'the third start, held');
+    expect(startOf(rs[2]!.id)['holdMs']).toBe(600_000);
+    nodes['a']!.onRequest = (method, mig) => {
+      if (method === 'cancelMigration') mig.finish(S.MIGRATION_STATE_CANCELLED);
+    };
+    await m.cancel(rs[2]!.id, 'user:operator', 'not needed');
+    await until(async () => (await run(rs[2]!.id)).state === S.MIGRATION_STATE_CANCELLED, 'the held run cancelled');
+    expect(m.queue.snapshot()).toMatchObject({ heldIds: [], runningByLink: { 'a->b': 1 }, outboundByHost: { a: 1 } });
+    const second = nodes['a']!.migrations.get(rs[1]!.id)!;
+    second.state(S.MIGRATION_STATE_PRECOPY);
+    second.state(S.MIGRATION_STATE_VERIFYING);
+    second.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(async () => (await store.getPlan(planId)).state !== PlanState.PLAN_STATE_RUNNING, 'the plan to end');
+    expect((await store.getPlan(planId)).state).toBe(PlanState.PLAN_STATE_FAILED); // one run was cancelled
+    expect(released()).toEqual([rs[1]!.id]);
+    expect(m.queue.snapshot()).toMatchObject({ running: 0, heldIds: [], runningByLink: {}, outboundByHost: {} });
+  });
+
+  it('after a restart, a PREPARING run dispatched behind a streaming one on its link is held again and released when the link frees', async () => {
+    // The held run is the first in the store: recovery still gives the link to the streaming one.
+    const { runs: [held, streaming] } = await plan(['vm2:a:b', 'vm1:a:b']);
+    await store.transitionRun(streaming!.id, { to: S.MIGRATION_STATE_PREPARING });
+    await store.transitionRun(streaming!.id, { to: S.MIGRATION_STATE_PRECOPY });
+    await store.transitionRun(held!.id, { to: S.MIGRATION_STATE_PREPARING });
+    const s = nodes['a']!.adopt({ runId: streaming!.id, vmName: 'vm1', destination: registry.endpoint('b'), policy: streaming!.policy });
+    s.info.state = S.MIGRATION_STATE_PRECOPY;
+    const h = nodes['a']!.adopt({ runId: held!.id, vmName: 'vm2', destination: registry.endpoint('b'), policy: held!.policy, holdMs: 600_000 });
+    const released = (): unknown[] => nodes['a']!.calls.filter((c) => c.method === 'releaseMigration').map((c) => c.request['runId']);
+    const m = manager();
+    await m.recover();
+    expect(m.queue.snapshot()).toMatchObject({ running: 2, heldIds: [held!.id], runningByLink: { 'a->b': 1 }, outboundByHost: { a: 2 } });
+    await until(() => nodes['a']!.methods().filter((x) => x === 'watchMigration').length === 2, 'both re-attached');
+    expect(released()).toEqual([]);
+    expect(nodes['a']!.methods().filter((x) => x === 'startMigration')).toEqual([]);
+    s.state(S.MIGRATION_STATE_VERIFYING);
+    await until(() => released().length === 1, 'the release once the streaming run left the link');
+    expect(released()).toEqual([held!.id]);
+    s.finish(S.MIGRATION_STATE_SUCCEEDED);
+    h.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(() => m.queue.snapshot().running === 0, 'both to end');
+  });
+
   it('after a restart, a recovered run past its stream (VERIFYING) holds no link slot', async () => {
     const { runs: [verifying, queued] } = await plan(['vm1:a:b', 'vm2:a:b']);
     await store.transitionRun(verifying!.id, { to: S.MIGRATION_STATE_PREPARING });
@@ -283,7 +346,7 @@ describe('run supervisor and manager', () => {
   });
 
   it("holds the unfinished runs' moves as the store has them (queued, running, cancelled, ended, recovered); SubmitPlan plans with them", async () => {
-    const m = manager();
+    const m = manager({ heldPerLink: 0 }); // vm3's run stays queued behind the link
     const sorted = (xs: readonly ActiveMove[]): ActiveMove[] => [...xs].sort((x, y) => (x.runId < y.runId ? -1 : 1));
     const same = async (mgr: RunManager, n: number): Promise<void> => {
       expect(sorted(mgr.activeMoves())).toEqual(sorted(await store.listActiveMoves()));
@@ -313,7 +376,7 @@ describe('run supervisor and manager', () => {
     expect(m.activeMoves().map((a) => a.runId)).toContain(again.plan!.migrations[0]!.runId);
     // A restarted manager holds the same runs, read back from the store.
     await m.close();
-    const m2 = manager();
+    const m2 = manager({ heldPerLink: 0 });
     await m2.recover();
     await same(m2, 2);
   });

@@ -62,6 +62,7 @@ function handlers(): Handlers<typeof NodeServiceService> {
     startPostcopy: unimplemented,
     forceComplete: unimplemented,
     cancelMigration: unimplemented,
+    releaseMigration: unimplemented,
   };
 }
 

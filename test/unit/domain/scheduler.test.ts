@@ -287,4 +287,151 @@ describe('MigrationQueue', () => {
       }
     }
   });
+
+  describe('held starts (heldPerLink)', () => {
+    it('starts the next run on a busy link held: host slots yes, link slot only when promoted', () => {
+      const q = new MigrationQueue({}, { heldPerLink: 1 });
+      for (const id of ['1', '2', '3']) q.enqueue(item(id, 'a', 'b'));
+      expect(q.nextDispatch()).toEqual([
+        { item: item('1', 'a', 'b'), held: false },
+        { item: item('2', 'a', 'b'), held: true }, // the link is 1's; one held per link; '3' waits
+      ]);
+      // nextDispatchable (no held starts) is unchanged.
+      expect(q.nextDispatchable().map((i) => i.id)).toEqual(['1']);
+      q.started('1');
+      q.started('2', true);
+      expect(q.isHeld('2')).toBe(true);
+      expect(q.snapshot()).toMatchObject({ running: 2, heldIds: ['2'], runningByLink: { 'a->b': 1 }, outboundByHost: { a: 2 }, inboundByHost: { b: 2 } });
+      expect(q.nextDispatch()).toEqual([]); // a's two outbound slots are taken
+      expect(() => q.started('3', true)).toThrow(/outbound limit 2 of a/);
+      expect(q.promote()).toEqual([]); // 1 still streams
+      expect(q.leftLink('2')).toBe(false); // a held run holds no link slot to leave
+      expect(q.leftLink('1')).toBe(true);
+      expect(q.promote().map((i) => i.id)).toEqual(['2']);
+      expect(q.promote()).toEqual([]);
+      expect(q.isHeld('2')).toBe(false);
+      expect(q.snapshot()).toMatchObject({ heldIds: [], runningByLink: { 'a->b': 1 }, outboundByHost: { a: 2 } });
+      q.finished('1');
+      // 3 may now start held behind 2's stream.
+      expect(q.nextDispatch()).toEqual([{ item: item('3', 'a', 'b'), held: true }]);
+      q.started('3', true);
+      q.finished('2'); // it never left its link: the slot goes now
+      expect(q.snapshot()).toMatchObject({ heldIds: ['3'], runningByLink: {}, outboundByHost: { a: 1 } });
+      expect(q.promote().map((i) => i.id)).toEqual(['3']);
+      q.finished('3');
+      expect(q.snapshot()).toMatchObject({ running: 0, heldIds: [], runningByLink: {}, outboundByHost: {}, inboundByHost: {} });
+    });
+
+    it('a held run that ends before its promotion (cancelled, expired) gives back its host slots and held place only', () => {
+      const q = new MigrationQueue({ perSource: 3, perDestination: 3 }, { heldPerLink: 1 });
+      for (const id of ['1', '2', '3']) q.enqueue(item(id, 'a', 'b'));
+      q.started('1');
+      q.started('2', true);
+      expect(() => q.started('3', true)).toThrow(/has 1 held already/);
+      expect(q.cancel('2')).toBe('running');
+      q.finished('2');
+      expect(q.snapshot()).toMatchObject({ heldIds: [], runningByLink: { 'a->b': 1 }, outboundByHost: { a: 1 }, inboundByHost: { b: 1 } });
+      expect(q.nextDispatch()).toEqual([{ item: item('3', 'a', 'b'), held: true }]);
+    });
+
+    it('never holds past a host limit, or ahead of a higher-priority run waiting for that host', () => {
+      const q = new MigrationQueue({ perDestination: 1 }, { heldPerLink: 1 });
+      q.enqueue(item('1', 'a', 'b'));
+      q.enqueue(item('2', 'a', 'b'));
+      q.started('1');
+      expect(q.nextDispatch()).toEqual([]); // b takes one inbound: holding 2 would exceed it
+      const r = new MigrationQueue({}, { heldPerLink: 1 });
+      r.enqueue(item('1', 'a', 'b'));
+      r.started('1'); // a->b streams; b has one inbound slot left
+      for (const [id, d] of [['e1', 'c'], ['e2', 'd']] as const) {
+        r.enqueue(item(id, 'e', d));
+        r.started(id); // e's two outbound slots are taken
+      }
+      r.enqueue(item('hi', 'e', 'b', { priority: 5 })); // waits for e, and claims b against lower priorities
+      r.enqueue(item('2', 'a', 'b', { priority: 0 }));
+      r.enqueue(item('lo', 'a', 'c', { priority: 0 }));
+      // Holding '2' would take b's last inbound slot, which 'hi' waits for: not held; 'lo' starts.
+      expect(r.nextDispatch()).toEqual([{ item: item('lo', 'a', 'c', { priority: 0 }), held: false }]);
+    });
+
+    it('is off by default and rejects a bad heldPerLink', () => {
+      const q = new MigrationQueue();
+      q.enqueue(item('1', 'a', 'b'));
+      q.enqueue(item('2', 'a', 'b'));
+      expect(q.nextDispatch().map((d) => d.held)).toEqual([false]);
+      q.started('1');
+      expect(() => q.started('2', true)).toThrow(/has 0 held already/);
+      expect(() => new MigrationQueue({}, { heldPerLink: -1 })).toThrow(InvalidArgumentError);
+    });
+
+    it('keeps one stream per link and every host limit under randomized sequences, and drains', () => {
+      const hosts = ['h0', 'h1', 'h2', 'h3'];
+      for (let seed = 1; seed <= 40; seed++) {
+        const rnd = mulberry32(seed);
+        const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)] as T;
+        const limits: ConcurrencyLimits = { perSource: 1 + Math.floor(rnd() * 3), perDestination: 1 + Math.floor(rnd() * 3), perLink: 1, perCluster: 1 + Math.floor(rnd() * 6) };
+        const heldPerLink = 1 + Math.floor(rnd() * 2);
+        const q = new MigrationQueue(limits, { heldPerLink });
+        const running: QueueItem[] = [];
+        const held = new Set<string>();
+        const offLink = new Set<string>();
+        let queued = 0;
+        let next = 0;
+        const dispatch = (): void => {
+          for (const it of q.promote()) held.delete(it.id);
+          for (const { item: it, held: h } of q.nextDispatch()) {
+            q.started(it.id, h);
+            running.push(it);
+            queued--;
+            if (h) held.add(it.id);
+          }
+        };
+        const check = (): void => {
+          // Held runs count on hosts and the cluster, not on their link; at most heldPerLink per link.
+          assertWithin(running, limits, new Set([...offLink, ...held]));
+          const perLink = new Map<string, number>();
+          for (const it of running) if (held.has(it.id)) perLink.set(`${it.source}->${it.destination}`, (perLink.get(`${it.source}->${it.destination}`) ?? 0) + 1);
+          for (const v of perLink.values()) expect(v).toBeLessThanOrEqual(heldPerLink);
+          expect(new Set(q.snapshot().heldIds)).toEqual(held);
+        };
+        for (let step = 0; step < 300; step++) {
+          const op = rnd();
+          if (op < 0.4) {
+            const source = pick(hosts);
+            q.enqueue(item(`r${next++}`, source, pick(hosts.filter((h) => h !== source)), { priority: Math.floor(rnd() * 3) }));
+            queued++;
+          } else if (op < 0.6) {
+            dispatch();
+          } else if (op < 0.8 && running.length > 0) {
+            const it = pick(running);
+            if (!held.has(it.id)) {
+              q.leftLink(it.id);
+              offLink.add(it.id);
+            }
+          } else if (running.length > 0) {
+            const it = pick(running);
+            q.finished(it.id);
+            held.delete(it.id);
+            offLink.delete(it.id);
+            running.splice(running.indexOf(it), 1);
+          }
+          check();
+        }
+        for (let guard = 0; (queued > 0 || running.length > 0) && guard < 10_000; guard++) {
+          dispatch();
+          check();
+          // The oldest non-held run ends (a held one waits for its link; some run always streams or ends).
+          const i = running.findIndex((r) => !held.has(r.id));
+          expect(i).toBeGreaterThanOrEqual(running.length > 0 ? 0 : -1);
+          if (i >= 0) {
+            const [done] = running.splice(i, 1);
+            q.finished(done!.id);
+            offLink.delete(done!.id);
+          }
+        }
+        expect(queued).toBe(0);
+        expect(running).toEqual([]);
+      }
+    });
+  });
 });

@@ -411,7 +411,19 @@ export interface StartMigrationRequest {
     | MigrationEndpoint
     | undefined;
   /** How to migrate. */
-  policy?: MigrationPolicy | undefined;
+  policy?:
+    | MigrationPolicy
+    | undefined;
+  /**
+   * 0: the stream starts as soon as the migration is prepared. Otherwise the migration is held:
+   * the destination is prepared (its QEMU started and listening, TLS ready) and the source's
+   * capabilities and parameters set, then QEMU's `migrate` (or a LOCAL disk copy) waits until
+   * ReleaseMigration, at most this long (ms, ≤ 3 600 000), after which the migration fails with
+   * reason HOLD_EXPIRED, leaving nothing on the destination (the VM stays on the source).
+   * StartMigration answers once the migration is held (state PREPARING). Used by the
+   * coordinator to prepare the next migration on a link while the previous one streams.
+   */
+  holdMs?: number | undefined;
 }
 
 /** StartMigrationResponse describes the started migration. */
@@ -598,6 +610,18 @@ export interface CancelMigrationRequest {
 
 /** CancelMigrationResponse is the migration after the cancel. */
 export interface CancelMigrationResponse {
+  /** The migration. */
+  migration?: MigrationInfo | undefined;
+}
+
+/** ReleaseMigrationRequest releases a held migration (StartMigrationRequest.hold_ms). */
+export interface ReleaseMigrationRequest {
+  /** Run id. */
+  runId: string;
+}
+
+/** ReleaseMigrationResponse is the migration after the release. */
+export interface ReleaseMigrationResponse {
   /** The migration. */
   migration?: MigrationInfo | undefined;
 }
@@ -3626,7 +3650,7 @@ export const ExpectIncomingResponse: MessageFns<ExpectIncomingResponse> = {
 };
 
 function createBaseStartMigrationRequest(): StartMigrationRequest {
-  return { runId: "", vmName: "", destination: undefined, policy: undefined };
+  return { runId: "", vmName: "", destination: undefined, policy: undefined, holdMs: undefined };
 }
 
 export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
@@ -3642,6 +3666,9 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
     }
     if (message.policy !== undefined) {
       MigrationPolicy.encode(message.policy, writer.uint32(34).fork()).join();
+    }
+    if (message.holdMs !== undefined) {
+      writer.uint32(40).uint32(message.holdMs);
     }
     return writer;
   },
@@ -3691,6 +3718,14 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
             message.policy = MigrationPolicy.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.holdMs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3717,6 +3752,11 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
         : "",
       destination: isSet(object.destination) ? MigrationEndpoint.fromJSON(object.destination) : undefined,
       policy: isSet(object.policy) ? MigrationPolicy.fromJSON(object.policy) : undefined,
+      holdMs: isSet(object.holdMs)
+        ? globalThis.Number(object.holdMs)
+        : isSet(object.hold_ms)
+        ? globalThis.Number(object.hold_ms)
+        : undefined,
     };
   },
 
@@ -3734,6 +3774,9 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
     if (message.policy !== undefined) {
       obj.policy = MigrationPolicy.toJSON(message.policy);
     }
+    if (message.holdMs !== undefined) {
+      obj.holdMs = Math.round(message.holdMs);
+    }
     return obj;
   },
 
@@ -3750,6 +3793,7 @@ export const StartMigrationRequest: MessageFns<StartMigrationRequest> = {
     message.policy = (object.policy !== undefined && object.policy !== null)
       ? MigrationPolicy.fromPartial(object.policy)
       : undefined;
+    message.holdMs = object.holdMs ?? undefined;
     return message;
   },
 };
@@ -5522,6 +5566,148 @@ export const CancelMigrationResponse: MessageFns<CancelMigrationResponse> = {
   },
 };
 
+function createBaseReleaseMigrationRequest(): ReleaseMigrationRequest {
+  return { runId: "" };
+}
+
+export const ReleaseMigrationRequest: MessageFns<ReleaseMigrationRequest> = {
+  encode(message: ReleaseMigrationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.runId !== "") {
+      writer.uint32(10).string(message.runId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReleaseMigrationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReleaseMigrationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.runId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReleaseMigrationRequest {
+    return {
+      runId: isSet(object.runId)
+        ? globalThis.String(object.runId)
+        : isSet(object.run_id)
+        ? globalThis.String(object.run_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ReleaseMigrationRequest): unknown {
+    const obj: any = {};
+    if (message.runId !== "") {
+      obj.runId = message.runId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReleaseMigrationRequest>): ReleaseMigrationRequest {
+    return ReleaseMigrationRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReleaseMigrationRequest>): ReleaseMigrationRequest {
+    const message = createBaseReleaseMigrationRequest();
+    message.runId = object.runId ?? "";
+    return message;
+  },
+};
+
+function createBaseReleaseMigrationResponse(): ReleaseMigrationResponse {
+  return { migration: undefined };
+}
+
+export const ReleaseMigrationResponse: MessageFns<ReleaseMigrationResponse> = {
+  encode(message: ReleaseMigrationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.migration !== undefined) {
+      MigrationInfo.encode(message.migration, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReleaseMigrationResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReleaseMigrationResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.migration = MigrationInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReleaseMigrationResponse {
+    return { migration: isSet(object.migration) ? MigrationInfo.fromJSON(object.migration) : undefined };
+  },
+
+  toJSON(message: ReleaseMigrationResponse): unknown {
+    const obj: any = {};
+    if (message.migration !== undefined) {
+      obj.migration = MigrationInfo.toJSON(message.migration);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReleaseMigrationResponse>): ReleaseMigrationResponse {
+    return ReleaseMigrationResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReleaseMigrationResponse>): ReleaseMigrationResponse {
+    const message = createBaseReleaseMigrationResponse();
+    message.migration = (object.migration !== undefined && object.migration !== null)
+      ? MigrationInfo.fromPartial(object.migration)
+      : undefined;
+    return message;
+  },
+};
+
 /**
  * NodeService is the API of the node daemon that runs on each hypervisor. It alone talks to the
  * QEMU processes on its host (over QMP). The coordinator calls it; a source node daemon also calls
@@ -5828,6 +6014,21 @@ export const NodeServiceService = {
       Buffer.from(CancelMigrationResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CancelMigrationResponse => CancelMigrationResponse.decode(value),
   },
+  /**
+   * Lets a migration started with hold_ms go on to its stream. Idempotent: a migration that is
+   * not held (never was, already released, or finished) is returned unchanged.
+   */
+  releaseMigration: {
+    path: "/migd.v1.NodeService/ReleaseMigration" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReleaseMigrationRequest): Buffer =>
+      Buffer.from(ReleaseMigrationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReleaseMigrationRequest => ReleaseMigrationRequest.decode(value),
+    responseSerialize: (value: ReleaseMigrationResponse): Buffer =>
+      Buffer.from(ReleaseMigrationResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReleaseMigrationResponse => ReleaseMigrationResponse.decode(value),
+  },
 } as const;
 
 export interface NodeServiceServer extends UntypedServiceImplementation {
@@ -5921,6 +6122,11 @@ export interface NodeServiceServer extends UntypedServiceImplementation {
   forceComplete: handleUnaryCall<ForceCompleteRequest, ForceCompleteResponse>;
   /** Cancels a running migration; the guest keeps running on the source. */
   cancelMigration: handleUnaryCall<CancelMigrationRequest, CancelMigrationResponse>;
+  /**
+   * Lets a migration started with hold_ms go on to its stream. Idempotent: a migration that is
+   * not held (never was, already released, or finished) is returned unchanged.
+   */
+  releaseMigration: handleUnaryCall<ReleaseMigrationRequest, ReleaseMigrationResponse>;
 }
 
 export interface NodeServiceClient extends Client {
@@ -6320,6 +6526,25 @@ export interface NodeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CancelMigrationResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Lets a migration started with hold_ms go on to its stream. Idempotent: a migration that is
+   * not held (never was, already released, or finished) is returned unchanged.
+   */
+  releaseMigration(
+    request: ReleaseMigrationRequest,
+    callback: (error: ServiceError | null, response: ReleaseMigrationResponse) => void,
+  ): ClientUnaryCall;
+  releaseMigration(
+    request: ReleaseMigrationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReleaseMigrationResponse) => void,
+  ): ClientUnaryCall;
+  releaseMigration(
+    request: ReleaseMigrationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReleaseMigrationResponse) => void,
   ): ClientUnaryCall;
 }
 

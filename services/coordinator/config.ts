@@ -71,6 +71,8 @@ export interface CoordinatorConfig {
   readonly heartbeatMisses: number;
   /** Concurrency limits of the migration queue (defaults from the domain scheduler). */
   readonly limits: ConcurrencyLimits;
+  /** Runs that may be prepared and held per link while another streams on it (default 1; 0: none). */
+  readonly heldPerLink: number;
   /** Deadline of calls to node daemons, in ms (default 15 000; StartMigration and CreateVm get 6×). */
   readonly nodeCallDeadlineMs: number;
   /** How long a queued run waits for a down source or destination node before it fails, in ms (default 120 000). */
@@ -105,6 +107,7 @@ export const COORDINATOR_OPTIONS = {
   'limit-per-source': { type: 'integer', default: DEFAULT_LIMITS.perSource, min: 1, max: 1000, doc: `concurrent migrations out of one node (default ${DEFAULT_LIMITS.perSource})` },
   'limit-per-destination': { type: 'integer', default: DEFAULT_LIMITS.perDestination, min: 1, max: 1000, doc: `concurrent migrations into one node (default ${DEFAULT_LIMITS.perDestination})` },
   'limit-per-link': { type: 'integer', default: DEFAULT_LIMITS.perLink, min: 1, max: 1000, doc: `concurrent migration streams from one node to another: a migration holds its link until its source QEMU completed, its host slots until its handover ends (default ${DEFAULT_LIMITS.perLink})` },
+  'held-per-link': { type: 'integer', default: 1, min: 0, max: 100, doc: 'queued runs per link prepared while another streams on it, released when the link frees (default 1; 0: none)' },
   'limit-per-cluster': { type: 'integer', default: DEFAULT_LIMITS.perCluster, min: 1, max: 10_000, doc: `concurrent migrations in the cluster (default ${DEFAULT_LIMITS.perCluster})` },
   'node-call-deadline-ms': { type: 'integer', default: 15_000, min: 100, max: 600_000, doc: 'deadline of calls to nodes in ms; StartMigration and CreateVm get 6x (default 15000)' },
   'node-down-wait-ms': { type: 'integer', default: 120_000, min: 0, max: 86_400_000, doc: 'how long a queued run waits for a down node before it fails, in ms (default 120000)' },
@@ -230,6 +233,7 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
     heartbeatMs,
     heartbeatMisses,
     limits,
+    heldPerLink: int('heldPerLink'),
     nodeCallDeadlineMs: int('nodeCallDeadlineMs'),
     nodeDownWaitMs: int('nodeDownWaitMs'),
     metricsListen,

@@ -231,7 +231,7 @@ export class Coordinator {
       callDeadlineMs: config.nodeCallDeadlineMs,
     });
     await registry.start();
-    const runs = new RunManager({ store, registry, log: log.child({ component: 'runs' }), limits: config.limits, callDeadlineMs: config.nodeCallDeadlineMs, nodeDownWaitMs: config.nodeDownWaitMs, ...(this.tuning.tickMs ? { tickMs: this.tuning.tickMs } : {}) });
+    const runs = new RunManager({ store, registry, log: log.child({ component: 'runs' }), limits: config.limits, heldPerLink: config.heldPerLink, callDeadlineMs: config.nodeCallDeadlineMs, nodeDownWaitMs: config.nodeDownWaitMs, ...(this.tuning.tickMs ? { tickMs: this.tuning.tickMs } : {}) });
     registry.useRunMoves((vm, node) => runs.isMovingTo(vm, node));
     const planner = new Planner({ store, registry, runs, limits: config.limits, log: log.child({ component: 'planner' }), createVmDeadlineMs: config.nodeCallDeadlineMs * 6 });
     try {

@@ -28,14 +28,16 @@ describe('coordinator: restart recovery', () => {
     await c?.close();
   });
 
-  it('resumes tracking a running migration and re-queues a queued one after a SIGKILL', async () => {
+  it('resumes tracking a running migration, and holds again the one prepared behind it on the link, after a SIGKILL', async () => {
     let op = c.client();
     const p1 = (await op.submitPlan(migratePlan('restart-1', 'r1', 'b', { kind: PolicyKind.POLICY_KIND_ADAPTIVE }))).plan!;
     const r1 = p1.migrations[0]!.runId;
     await waitForRunState(op, r1, S.MIGRATION_STATE_PRECOPY);
     const p2 = (await op.submitPlan(migratePlan('restart-2', 'r2', 'b'))).plan!;
     const r2 = p2.migrations[0]!.runId;
-    expect((await op.getRun({ runId: r2 })).run!.state).toBe(S.MIGRATION_STATE_QUEUED);
+    // r1 streams on a→b: r2 is dispatched held (issue 15 §4): its destination is prepared, and
+    // it waits for the link.
+    await waitForRunState(op, r2, S.MIGRATION_STATE_PREPARING);
     await waitFor(async () => (await op.getRunTimeline({ runId: r1 })).progress.length >= 16, 30_000, 'a few seconds of progress samples');
 
     const killedAt = new Date();
@@ -67,12 +69,17 @@ describe('coordinator: restart recovery', () => {
       `restart: coordinator killed ${killedAt.getTime() - run1.startedAt!.getTime()} ms into the run; run succeeded in ${run1.stats!.totalTimeMs} ms, downtime ${run1.stats!.downtimeMs} ms; actions: ${run1.actions.map((a) => `${a.actor} kind ${a.kind} at ${a.elapsedMs} ms`).join(', ')}`,
     );
 
-    // The queued run was queued again and ran after the first released the link: a run holds its
-    // link slot until its stream ends (its source reported QEMU's completion: VERIFYING).
+    // The held run was held again after the restart and streamed only after the first released
+    // the link (its source reported QEMU's completion: VERIFYING); it was started once, and b
+    // holds one copy of each guest.
     const run2 = await waitForRun(op, r2, 180_000);
     expect(run2.state).toBe(S.MIGRATION_STATE_SUCCEEDED);
     const run1StreamEnd = (run1.transitions.find((t) => t.to === S.MIGRATION_STATE_VERIFYING)?.time ?? run1.finishedAt!).getTime();
-    expect(run2.startedAt!.getTime()).toBeGreaterThanOrEqual(run1StreamEnd);
+    const run2StreamStart = run2.transitions.find((t) => t.to === S.MIGRATION_STATE_SETUP || t.to === S.MIGRATION_STATE_PRECOPY)!.time!.getTime();
+    expect(run2StreamStart).toBeGreaterThanOrEqual(run1StreamEnd);
+    expect(run2.transitions.filter((t) => t.to === S.MIGRATION_STATE_PREPARING)).toHaveLength(1);
+    expect((await c.nodeClients['a']!.listMigrations({ activeOnly: false })).migrations.filter((m) => m.vmName === 'r2')).toHaveLength(1);
+    expect((await c.nodeClients['b']!.listVms({})).vms.map((v) => v.spec?.name).sort()).toEqual(['r1', 'r2']);
     expect((await waitForPlan(op, p1.id)).state).toBe(PlanState.PLAN_STATE_SUCCEEDED);
     expect((await waitForPlan(op, p2.id)).state).toBe(PlanState.PLAN_STATE_SUCCEEDED);
 

@@ -486,8 +486,8 @@ export class SourceMigration {
 
   /**
    * A held migration: both ends are prepared; waits for release(), a cancel, the daemon's
-   * shutdown or the hold's expiry, then starts the transfer or ends the run (a cancel or expiry
-   * removes the destination's copy in settle(): the guest never stopped here).
+   * shutdown or the hold's expiry, then starts the transfer or ends the migration; a cancel or
+   * expiry removes the destination's copy in settle() (the guest never stopped here).
    */
   private async holdThenTransfer(uri: string, transfers: readonly DiskTransfer[], ready: PrepareIncomingResponse): Promise<void> {
     const { log } = this.p;

@@ -303,7 +303,26 @@ export class RunSupervisor {
     this.holding = true;
     const src = this.run.sourceNodeId;
     const stopped = new Promise<void>((resolve) => this.signal.addEventListener('abort', () => resolve(), { once: true }));
+    // The run ahead on the link may stream longer than one hold: renew it (a repeated held
+    // StartMigration) every third of it while waiting. If this coordinator dies, the hold still
+    // expires on the source unless the next leader's supervisor renews or releases it.
+    const holdMs = this.d.holdMs ?? 600_000;
+    const renew = setInterval(() => {
+      // Only a run still held (recorded PREPARING, not ended): a repeat never starts anything new
+      // either way, as the source remembers the run ids it has ended.
+      if (this.signal.aborted || this.finished || this.state !== MigrationState.MIGRATION_STATE_PREPARING) return;
+      const warn = (err: unknown): void => this.log.warn('could not renew the hold; trying again at the next renewal', { err: (err as Error).message });
+      try {
+        void this.d
+          .client(src)
+          .startMigration({ runId: this.runId, vmName: this.run.vmName, destination: this.d.endpoint(this.run.destinationNodeId), policy: this.run.policy, holdMs }, { deadlineMs: this.d.callDeadlineMs, signal: this.signal })
+          .then(() => this.log.debug('hold renewed', { holdMs }), warn);
+      } catch (err) {
+        warn(err);
+      }
+    }, Math.max(1000, Math.floor(holdMs / 3)));
     void Promise.race([linkFree, stopped])
+      .finally(() => clearInterval(renew))
       .then(async () => {
         if (this.signal.aborted || this.finished) return;
         const t0 = this.now();

@@ -347,6 +347,9 @@ export class MigrationManager {
     const existing = this.outgoing.get(req.runId);
     if (existing) {
       if (existing.info().vmName !== req.vmName) throw new InvalidArgumentError(`run_id ${req.runId} is already used for VM ${existing.info().vmName}`);
+      // A repeated held start renews the hold (see SourceMigration.renewHold).
+      const holdMs = req.holdMs ?? 0;
+      if (holdMs > 0 && Number.isInteger(holdMs) && holdMs <= MAX_HOLD_MS) existing.renewHold(holdMs);
       return existing.info();
     }
     const pending = this.starting.get(req.runId);

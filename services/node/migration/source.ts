@@ -201,6 +201,8 @@ export class SourceMigration {
   private releaseAsked = false;
   /** While held: ends the hold (no error: released; an error: cancelled or expired). */
   private endHold: ((err?: Error) => void) | undefined;
+  /** While held: restarts the hold's expiry at the given length (ms) from now (see renewHold). */
+  private rearmHold: ((holdMs: number) => void) | undefined;
   /** How long the migration was held (ms). */
   private heldMs = 0;
   private readonly record: SourceRecord;
@@ -479,6 +481,19 @@ export class SourceMigration {
     return new Date(this.startedAt.getTime() + this.heldMs);
   }
 
+  /**
+   * Renews a held migration's hold: it now expires `holdMs` from now. The coordinator repeats
+   * StartMigration (same run id, hold_ms) while the run ahead on the link streams, so a hold
+   * outlives a long stream as long as its coordinator is alive, and still expires when no
+   * coordinator is left to release it. A migration that is not held is left as it is.
+   * @returns whether the migration was held
+   */
+  renewHold(holdMs: number): boolean {
+    if (!this.rearmHold || holdMs <= 0) return false;
+    this.rearmHold(holdMs);
+    return true;
+  }
+
   /** Whether the migration waits for {@link release} now. */
   get held(): boolean {
     return this.endHold !== undefined;
@@ -497,17 +512,23 @@ export class SourceMigration {
         const since = this.now();
         await new Promise<void>((resolve, reject) => {
           const onStop = (): void => done(new CancelledError('the migration stopped while held'));
-          const timer = setTimeout(() => done(new FailedPreconditionError(`held ${holdMs} ms without being released`, { reason: 'HOLD_EXPIRED' })), holdMs);
+          const expire = (ms: number): NodeJS.Timeout => setTimeout(() => done(new FailedPreconditionError(`held ${ms} ms without being released or renewed`, { reason: 'HOLD_EXPIRED' })), ms);
+          let timer = expire(holdMs);
           const done = (err?: Error): void => {
             clearTimeout(timer);
             this.stop.signal.removeEventListener('abort', onStop);
             this.endHold = undefined;
+            this.rearmHold = undefined;
             if (err) reject(err);
             else resolve();
           };
           if (this.stop.signal.aborted) return done(new CancelledError('the migration stopped while held'));
           this.stop.signal.addEventListener('abort', onStop, { once: true });
           this.endHold = done;
+          this.rearmHold = (ms: number): void => {
+            clearTimeout(timer);
+            timer = expire(ms);
+          };
           log.info('prepared; holding the transfer until released', { holdMs });
         });
         this.heldMs = this.now() - since;

@@ -61,7 +61,7 @@ afterEach(async () => {
   await removeDir(dir);
 });
 
-function manager(extra: { nodeDownWaitMs?: number; heldPerLink?: number } = {}): RunManager {
+function manager(extra: { nodeDownWaitMs?: number; heldPerLink?: number; holdMs?: number } = {}): RunManager {
   runs = new RunManager({ store, registry, log: quiet, limits: { perSource: 2, perDestination: 2, perLink: 1, perCluster: 5 }, callDeadlineMs: 1000, tickMs: 20, ...extra });
   return runs;
 }
@@ -303,6 +303,29 @@ describe('run supervisor and manager', () => {
     expect((await store.getPlan(planId)).state).toBe(PlanState.PLAN_STATE_FAILED); // one run was cancelled
     expect(released()).toEqual([rs[1]!.id]);
     expect(m.queue.snapshot()).toMatchObject({ running: 0, heldIds: [], runningByLink: {}, outboundByHost: {} });
+  });
+
+  it('renews the hold of a held run (a repeated held StartMigration every third of it) while the run ahead streams longer than the hold, and stops once released', async () => {
+    const m = manager({ holdMs: 3000 });
+    const { runs: rs } = await plan(['vm1', 'vm2']);
+    m.enqueue(rs.map((run, order) => ({ run, order })));
+    await until(() => nodes['a']!.migrations.size === 2, 'the first start and the second, held');
+    const starts = (): Record<string, unknown>[] => nodes['a']!.calls.filter((c) => c.method === 'startMigration' && c.request['runId'] === rs[1]!.id).map((c) => c.request);
+    const first = nodes['a']!.migrations.get(rs[0]!.id)!;
+    first.state(S.MIGRATION_STATE_PRECOPY);
+    // The first streams past the second's whole hold: renewed at 1 s, 2 s, 3 s.
+    await until(() => starts().length >= 4, 'three renewals', 10_000);
+    expect(starts().every((r) => r['holdMs'] === 3000 && r['vmName'] === 'vm2')).toBe(true);
+    expect(nodes['a']!.calls.filter((c) => c.method === 'releaseMigration')).toEqual([]);
+    expect(nodes['a']!.calls.filter((c) => c.method === 'startMigration' && c.request['runId'] === rs[0]!.id)).toHaveLength(1);
+    first.state(S.MIGRATION_STATE_VERIFYING);
+    await until(() => nodes['a']!.calls.some((c) => c.method === 'releaseMigration'), 'the release');
+    const renewed = starts().length;
+    await new Promise((res) => setTimeout(res, 1500));
+    expect(starts()).toHaveLength(renewed); // no renewal after the release
+    first.finish(S.MIGRATION_STATE_SUCCEEDED);
+    nodes['a']!.migrations.get(rs[1]!.id)!.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(() => m.queue.snapshot().running === 0, 'both to end');
   });
 
   it('after a restart, a PREPARING run dispatched behind a streaming one on its link is held again and released when the link frees', async () => {

@@ -420,8 +420,10 @@ export interface StartMigrationRequest {
    * capabilities and parameters set, then QEMU's `migrate` (or a LOCAL disk copy) waits until
    * ReleaseMigration, at most this long (ms, ≤ 3 600 000), after which the migration fails with
    * reason HOLD_EXPIRED, leaving nothing on the destination (the VM stays on the source).
-   * StartMigration answers once the migration is held (state PREPARING). Used by the
-   * coordinator to prepare the next migration on a link while the previous one streams.
+   * StartMigration answers once the migration is held (state PREPARING). Repeating
+   * StartMigration with the same run_id and hold_ms renews the hold: it then expires hold_ms
+   * from the repeat (the coordinator renews it while the run ahead on the link streams). Used by
+   * the coordinator to prepare the next migration on a link while the previous one streams.
    */
   holdMs?: number | undefined;
 }

@@ -59,14 +59,23 @@ async function waitConsole(client: NodeClient, name: string, pattern: RegExp, ti
 }
 
 /**
- * A 512-byte boot sector (real-mode x86) that writes "migd-boot-ok" to COM1 and halts: enough to
- * prove that SeaBIOS booted the disk, with no kernel on QEMU's command line.
+ * A 512-byte boot sector (real-mode x86) that writes "migd-boot-ok" to COM1 about once a second
+ * (18 timer ticks halted between two lines): enough to prove that SeaBIOS booted the disk, with no
+ * kernel on QEMU's command line. It repeats because WatchGuest shows only what the console prints
+ * after the watch starts: a single line, printed ~200 ms after the VM started, was sometimes
+ * printed before the test's watch began (a CI run waited 60 s for it).
+ *
+ *   0 start: cld; xor ax,ax; mov ds,ax; mov dx,0x3f8; mov si,0x7c1c
+ *  11 print: lodsb; test al,al; jz done; out dx,al; jmp print
+ *  19 done:  sti; mov cx,18
+ *  23 wait:  hlt; loop wait; jmp start
+ *  28 "migd-boot-ok\r\n\0"
  */
 function bootSector(): Buffer {
-  const code = [0xfc, 0x31, 0xc0, 0x8e, 0xd8, 0xba, 0xf8, 0x03, 0xbe, 0x16, 0x7c, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8, 0xf4, 0xeb, 0xfd];
+  const code = [0xfc, 0x31, 0xc0, 0x8e, 0xd8, 0xba, 0xf8, 0x03, 0xbe, 0x1c, 0x7c, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8, 0xfb, 0xb9, 0x12, 0x00, 0xf4, 0xe2, 0xfd, 0xeb, 0xe4];
   const b = Buffer.alloc(512);
   Buffer.from(code).copy(b, 0);
-  Buffer.from('migd-boot-ok\r\n\0', 'latin1').copy(b, 0x16);
+  Buffer.from('migd-boot-ok\r\n\0', 'latin1').copy(b, code.length);
   b[510] = 0x55;
   b[511] = 0xaa;
   return b;

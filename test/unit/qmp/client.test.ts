@@ -91,6 +91,16 @@ describe('QmpClient connect', () => {
     await expect(p).rejects.toThrow(/expected a QMP greeting/);
   });
 
+  it('skips an event that comes before the greeting, and connects', async () => {
+    const { client, transport } = newClient();
+    const p = client.connect();
+    const s = await transport.nextStream();
+    s.send(ev('SHUTDOWN', { guest: false }));
+    await s.handshake(GREETING_OOB);
+    await p;
+    expect(client.state).toBe('running');
+  });
+
   it('fails connect with QmpConnectError when no greeting arrives in time', async () => {
     const { client, transport } = newClient();
     const p = client.connect({ timeoutMs: 30 });

@@ -95,6 +95,13 @@ export interface SourceOptions {
    */
   readonly postcopySwitchStuckMs?: number;
   /**
+   * Post-copy recovery pauses the destination first and the source only after it (see recover).
+   * When the destination still cannot be paused this long after the recovery began — its switch
+   * never arrived, the link being down for good, or it cannot be reached — the source pauses its
+   * own stream anyway, as QEMU's switch on a dead link cannot complete. Default 15 000.
+   */
+  readonly recoverySourcePauseGraceMs?: number;
+  /**
    * After a run ended with its ownership unresolved (the source copy paused, the destination
    * neither took the guest over nor proved its copy gone), the source keeps asking in the
    * background for this long (ms), then resumes or removes its copy by the answer. Default
@@ -245,6 +252,7 @@ export class SourceMigration {
       handoverTimeoutMs: 300_000,
       cancelStuckMs: 5000,
       postcopySwitchStuckMs: 10_000,
+      recoverySourcePauseGraceMs: 15_000,
       resolveTimeoutMs: 3_600_000,
       storageStallMs: 15_000,
       ...p.options,
@@ -962,11 +970,26 @@ export class SourceMigration {
       const status = async (): Promise<string> => String(((await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 })) as QmpMigrationInfo).status);
       const management = this.destinationManagement();
       const fallbackHost = this.recoveryFallbackHost(management);
-      const attemptRecovery = async (attempt: number): Promise<void> => {
-        const network = await this.recoveryNetwork(management?.port, fallbackHost);
-        await peer.pauseIncoming({ runId: this.runId }, { deadlineMs: 5000 });
-        // Only now the source (see above): the destination is in post-copy and paused.
+      const recoveryStart = this.now();
+      const pauseSource = async (): Promise<void> => {
         if ((await status()) === 'postcopy-active') await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('migrate-pause on source', { err }));
+      };
+      const attemptRecovery = async (attempt: number): Promise<void> => {
+        let network: Awaited<ReturnType<typeof this.recoveryNetwork>>;
+        try {
+          network = await this.recoveryNetwork(management?.port, fallbackHost);
+          await peer.pauseIncoming({ runId: this.runId }, { deadlineMs: 5000 });
+        } catch (err) {
+          // The destination could not be paused: past the grace its switch is not coming (the
+          // link is down for good), so the source stops streaming into it (see the option).
+          if (!(err instanceof MigdError && err.reason === 'INCOMING_QEMU_GONE') && this.now() - recoveryStart >= this.opts.recoverySourcePauseGraceMs) {
+            log.warn('the destination could not be paused within the grace; pausing the source', { attempt, err: (err as Error).message });
+            await pauseSource().catch(() => undefined);
+          }
+          throw err;
+        }
+        // Only now the source (see above): the destination is in post-copy and paused.
+        await pauseSource();
         const reply = await peer.recoverIncoming({ runId: this.runId, managementNetwork: network === 'management' }, { deadlineMs: 10_000 });
         // The source builds the URI itself, on the destination's registered address of that network.
         const uri = streamUri(network === 'management' ? fallbackHost! : this.p.destination.migrationAddress, reply);

@@ -19,21 +19,13 @@ import { createLogger } from '../../../services/shared/log.js';
 import { FakeNode } from '../../helpers/coordinator-fakes.js';
 import { UnavailableError } from '../../../services/shared/errors.js';
 import { removeDir, tempDir } from '../store/fixtures.js';
+import { until } from '../../helpers/until.js';
 
 const quiet = createLogger('test', {}, () => undefined, 'error');
 const MiB = 1024 * 1024;
 
 function host(id: string): HostInfo {
   return { nodeId: id, managementAddress: `127.0.0.1:${7000 + id.charCodeAt(0)}`, migrationAddress: '127.0.0.1', memoryTotalBytes: 8 * 2 ** 30, memoryFreeBytes: 8 * 2 ** 30, cpus: 2, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: ['postcopy-ram', 'auto-converge', 'return-path', 'postcopy-preempt'], labels: {}, machineTypes: [], networks: [] };
-}
-
-async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 let dir: string;

@@ -16,20 +16,14 @@ import { MigrationPolicy, MigrationState as S, PolicyKind, type HostInfo } from 
 import { createLogger } from '../../../services/shared/log.js';
 import { FakeNode } from '../../helpers/coordinator-fakes.js';
 import { startPostgres, type PostgresServer } from '../../helpers/postgres.js';
+import { until } from '../../helpers/until.js';
 
 const quiet = createLogger('test', {}, () => undefined, 'error');
+/** How long each wait below may take; each polls every 20 ms. */
+const WAIT_MS = 10_000;
 
 function host(id: string): HostInfo {
   return { nodeId: id, managementAddress: `127.0.0.1:${7000 + id.charCodeAt(0)}`, migrationAddress: '127.0.0.1', memoryTotalBytes: 8 * 2 ** 30, memoryFreeBytes: 8 * 2 ** 30, cpus: 2, qemuVersion: '10.0.2', resolvedAccel: 3, migrationCapabilities: ['postcopy-ram', 'auto-converge', 'return-path'], labels: {}, machineTypes: [], networks: [] };
-}
-
-async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 /** A coordinator's leader side: its term's store, registry and run manager. */
@@ -87,11 +81,11 @@ describe('a deposed leader stops cleanly', () => {
       runs: [{ id: 'r1', vmName: 'vm1', sourceNodeId: 'a', destinationNodeId: 'b', policy: MigrationPolicy.fromPartial({ kind: PolicyKind.POLICY_KIND_FIXED }), memoryMib: 128 }],
     });
     old.runs.enqueue([{ run: await old.store.getRun('r1'), order: 0 }]);
-    await until(() => nodes.a.migrations.has('r1'), 'StartMigration on a');
+    await until(() => nodes.a.migrations.has('r1'), 'StartMigration on a', WAIT_MS, 20);
     const mig = nodes.a.migrations.get('r1')!;
     mig.state(S.MIGRATION_STATE_SETUP);
     mig.state(S.MIGRATION_STATE_PRECOPY);
-    await until(async () => (await old.store.getRun('r1')).state === S.MIGRATION_STATE_PRECOPY, 'PRECOPY recorded');
+    await until(async () => (await old.store.getRun('r1')).state === S.MIGRATION_STATE_PRECOPY, 'PRECOPY recorded', WAIT_MS, 20);
 
     // Another coordinator takes the next term; the old one has not noticed.
     await first.release();
@@ -104,12 +98,12 @@ describe('a deposed leader stops cleanly', () => {
     nodes.b.onAbortIncoming = () => new UnavailableError('destination unreachable');
     mig.finish(S.MIGRATION_STATE_FAILED, 'link broke');
     // The old leader's supervisor tries to record the end: refused (NOT_LEADER, UNAVAILABLE), retried.
-    await until(() => finishRun.mock.calls.length >= 2, 'the refused end to be retried');
+    await until(() => finishRun.mock.calls.length >= 2, 'the refused end to be retried', WAIT_MS, 20);
     const refused = await finishRun.mock.results[0]!.value.catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(NotLeaderError);
     expect((refused as NotLeaderError).code).toBe('UNAVAILABLE');
     // The background clean-up of the destination runs too.
-    await until(() => nodes.b.methods().filter((m) => m === 'abortIncoming').length >= 2, 'destination clean-up retries');
+    await until(() => nodes.b.methods().filter((m) => m === 'abortIncoming').length >= 2, 'destination clean-up retries', WAIT_MS, 20);
     // Nothing was written: the run is still open in the store.
     expect((await old.store.getRun('r1')).finishedAt).toBeUndefined();
 
@@ -134,7 +128,7 @@ describe('a deposed leader stops cleanly', () => {
     nodes.b.onAbortIncoming = undefined;
     const next = await side(url, 2, nodes);
     await next.runs.recover();
-    await until(async () => (await next.store.getRun('r1')).finishedAt !== undefined, 'the new leader to record the end');
+    await until(async () => (await next.store.getRun('r1')).finishedAt !== undefined, 'the new leader to record the end', WAIT_MS, 20);
     const done = await next.store.getRun('r1');
     expect(done.state).toBe(S.MIGRATION_STATE_FAILED);
     expect(done.transitions.filter((t) => t.to === S.MIGRATION_STATE_PREPARING)).toHaveLength(1);

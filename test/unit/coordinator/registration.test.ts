@@ -4,18 +4,11 @@ import { NotFoundError, UnavailableError } from '../../../services/shared/errors
 import type { HostInfo, VmInfo } from '../../../services/shared/gen/migd/v1/common.js';
 import type { HeartbeatRequest, RegisterNodeRequest } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import { createLogger } from '../../../services/shared/log.js';
+import { until } from '../../helpers/until.js';
 
 const quiet = createLogger('test', {}, () => undefined, 'error');
 const host = { nodeId: 'a', managementAddress: '198.18.0.10:7001', migrationAddress: '198.19.0.10' } as HostInfo;
 const vm = { spec: { name: 'vm1' }, nodeId: 'a' } as VmInfo;
-
-async function until(check: () => boolean, what: string): Promise<void> {
-  const end = Date.now() + 5000;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 /** A coordinator that fails the first `failures` calls, then accepts; heartbeats can be made unknown. */
 function fakeCoordinator(failures: number) {
@@ -71,7 +64,7 @@ describe('node registration', () => {
     const reg = startRegistration({ coordinator: 'x:1', security: { insecure: true }, heartbeatMs: 5000, hostInfo: async () => host, vms: async () => [vm], log: quiet, client: c.client, retryInitialMs: 10 });
     await reg.registered;
     expect(c.calls.filter((x) => x.method === 'register')).toHaveLength(3);
-    await until(() => c.calls.filter((x) => x.method === 'heartbeat').length >= 3, 'three heartbeats');
+    await until(() => c.calls.filter((x) => x.method === 'heartbeat').length >= 3, 'three heartbeats', 5000, 5);
     const beats = c.calls.filter((x) => x.method === 'heartbeat');
     expect(beats[0]!.req).toEqual({ host, vms: [vm] });
     // 20 ms from the coordinator, not the configured 5 s.
@@ -86,10 +79,10 @@ describe('node registration', () => {
   it('registers again when the coordinator does not know the node', async () => {
     const c = fakeCoordinator(0);
     const reg = startRegistration({ coordinator: 'x:1', security: { insecure: true }, heartbeatMs: 5000, hostInfo: async () => host, vms: async () => [], log: quiet, client: c.client, retryInitialMs: 10 });
-    await until(() => c.calls.filter((x) => x.method === 'heartbeat').length >= 1, 'a heartbeat');
+    await until(() => c.calls.filter((x) => x.method === 'heartbeat').length >= 1, 'a heartbeat', 5000, 5);
     c.forgetOnce();
-    await until(() => c.calls.filter((x) => x.method === 'register').length >= 2, 'a second registration');
-    await until(() => c.calls.at(-1)!.method === 'heartbeat', 'heartbeats again');
+    await until(() => c.calls.filter((x) => x.method === 'register').length >= 2, 'a second registration', 5000, 5);
+    await until(() => c.calls.at(-1)!.method === 'heartbeat', 'heartbeats again', 5000, 5);
     await reg.stop();
   });
 });

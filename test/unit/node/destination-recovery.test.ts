@@ -11,6 +11,7 @@ import { createLogger } from '../../../services/shared/log.js';
 import { resolveMigrationConfig } from '../../../services/shared/policy/index.js';
 import { IncomingMigration } from '../../../services/node/migration/destination.js';
 import { FakeQemu, fakeHost, fakeVm, tempRecords, type Cleanups } from '../../helpers/migration-fakes.js';
+import { until } from '../../helpers/until.js';
 
 const quiet = createLogger('destination-recovery-test', {}, () => undefined, 'error');
 const cleanups: Cleanups = [];
@@ -40,14 +41,6 @@ async function incoming(): Promise<{ q: FakeQemu; m: IncomingMigration }> {
   cleanups.push(() => m.detach());
   await m.listen();
   return { q, m };
-}
-
-async function until(check: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 describe('post-copy recovery on the destination', () => {

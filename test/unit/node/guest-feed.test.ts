@@ -3,6 +3,7 @@ import { GuestFeed } from '../../../services/node/guest-feed.js';
 import type { SerialSubscription } from '../../../services/node/vm/serial.js';
 import { COMBINED_WORKER, formatGuestLine } from '../../../services/shared/guest/telemetry.js';
 import { createLogger } from '../../../services/shared/log.js';
+import { until } from '../../helpers/until.js';
 
 const quiet = createLogger('test', {}, () => undefined, 'error');
 
@@ -15,10 +16,6 @@ function consoleOf(text: string): (signal: AbortSignal) => SerialSubscription {
     })() as unknown as SerialSubscription;
 }
 
-async function until(check: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 5));
-}
-
 describe('guest feed', () => {
   it('shows the whole guest’s latest pace, not whichever worker reported last', async () => {
     const lines =
@@ -28,7 +25,7 @@ describe('guest feed', () => {
       formatGuestLine(40, 'pass', { w: 0, n: 4, bytes: 4096, ms_per_gib: 1200 });
     const feed = new GuestFeed('vm1', consoleOf(lines), quiet);
     try {
-      await until(() => feed.latest()?.sample.guestMonoMs === 40);
+      await until(() => feed.latest()?.sample.guestMonoMs === 40, 'the latest sample (guest ms 40)', 1000, 5);
       expect(feed.latest()?.sample).toMatchObject({ worker: 0, msPerGib: 1200 });
       expect(feed.summary()).toMatchObject({ worker: COMBINED_WORKER, msPerGib: 750 });
       // A whole-guest sample too old next to the latest one is not shown.
@@ -41,7 +38,7 @@ describe('guest feed', () => {
   it('shows the latest sample while no whole-guest one exists yet', async () => {
     const feed = new GuestFeed('vm2', consoleOf(formatGuestLine(10, 'start', { workers: 2, bytes: 4096, pattern: 'random' }) + formatGuestLine(20, 'pass', { w: 0, n: 1, bytes: 4096, ms_per_gib: 1000 })), quiet);
     try {
-      await until(() => feed.latest() !== undefined);
+      await until(() => feed.latest() !== undefined, 'a first sample', 1000, 5);
       expect(feed.summary()).toMatchObject({ worker: 0, msPerGib: 1000 });
     } finally {
       feed.close();

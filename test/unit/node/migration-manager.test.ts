@@ -14,6 +14,7 @@ import { StartMigrationRequest } from '../../../services/shared/gen/migd/v1/node
 import { createLogger } from '../../../services/shared/log.js';
 import { MigrationManager } from '../../../services/node/migration/manager.js';
 import { FakeQemu, fakeHost, fakePeer, fakeVm, type Cleanups, type FakeHost, type FakePeer, type PeerScript } from '../../helpers/migration-fakes.js';
+import { until } from '../../helpers/until.js';
 
 const quiet = createLogger('migration-manager-test', {}, () => undefined, 'error');
 const cleanups: Cleanups = [];
@@ -62,14 +63,6 @@ async function reason(p: Promise<unknown>): Promise<string> {
     return 'fulfilled';
   } catch (err) {
     return err instanceof MigdError ? `${err.code} ${err.reason ?? ''}`.trim() : `other: ${String(err)}`;
-  }
-}
-
-async function until(check: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
   }
 }
 

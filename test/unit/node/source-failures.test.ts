@@ -14,6 +14,7 @@ import { resolveMigrationConfig } from '../../../services/shared/policy/index.js
 import { SourceMigration, type SourceOptions } from '../../../services/node/migration/source.js';
 import type { MigrationEndpoint } from '../../../services/shared/gen/migd/v1/node.js';
 import { FakeQemu, NO_REPLY, fakeHost, fakePeer, fakeVm, tempRecords, type Cleanups, type FakeHost, type FakePeer, type PeerScript } from '../../helpers/migration-fakes.js';
+import { until } from '../../helpers/until.js';
 
 const quiet = createLogger('source-failures-test', {}, () => undefined, 'error');
 const cleanups: Cleanups = [];
@@ -68,14 +69,6 @@ async function inPostcopy(s: Started): Promise<void> {
   await s.m.startPostcopy('test', 'switch over');
   s.q.emit('postcopy-active');
   await until(() => s.m.currentState === S.MIGRATION_STATE_POSTCOPY, 'POSTCOPY');
-}
-
-async function until(check: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 /**

@@ -10,6 +10,7 @@ import { createLogger } from '../../../services/shared/log.js';
 import { resolveMigrationConfig } from '../../../services/shared/policy/index.js';
 import { SourceMigration } from '../../../services/node/migration/source.js';
 import { FakeQemu, fakeHost, fakePeer, fakeVm, tempRecords, type Cleanups } from '../../helpers/migration-fakes.js';
+import { until } from '../../helpers/until.js';
 
 const quiet = createLogger('source-hold-test', {}, () => undefined, 'error');
 const cleanups: Cleanups = [];
@@ -42,14 +43,6 @@ async function held(holdMs: number): Promise<{ q: FakeQemu; m: SourceMigration }
   await m.start();
   await until(() => m.held, 'the migration held');
   return { q, m };
-}
-
-async function until(check: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -16,6 +16,7 @@ import { NotFoundError } from '../../../services/shared/errors.js';
 import { Accel, VmSpec } from '../../../services/shared/gen/migd/v1/common.js';
 import { formatGuestLine } from '../../../services/shared/guest/telemetry.js';
 import { createLogger } from '../../../services/shared/log.js';
+import { until } from '../../helpers/until.js';
 
 const quiet = createLogger('vm-service-test', {}, () => undefined, 'error');
 const cleanups: (() => void)[] = [];
@@ -51,10 +52,6 @@ function fakeVms(names: string[]): VmServiceVms & { dir: string } {
   };
 }
 
-async function until(check: () => boolean): Promise<void> {
-  for (let i = 0; i < 400 && !check(); i++) await new Promise((r) => setTimeout(r, 5));
-}
-
 describe('VmService', () => {
   it('persists a spec and the created images; a new service (a restarted daemon) loads them', async () => {
     const vms = fakeVms(['a']);
@@ -67,7 +64,7 @@ describe('VmService', () => {
     expect(svc.createdImages('a', 'local')).toEqual(['/s/a-local.qcow2']);
     expect(svc.createdImages('a', 'shared')).toEqual(['/s/a-shared.raw']);
     // The feed follows the console from record() on.
-    await until(() => svc.guestSummary('a') !== undefined);
+    await until(() => svc.guestSummary('a') !== undefined, 'a guest summary for a', 2000, 5);
     expect(svc.guestSummary('a')).toMatchObject({ msPerGib: 900, vmName: 'a' });
 
     const again = new VmService(vms, quiet);

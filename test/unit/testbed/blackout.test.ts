@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../../services/shared/errors.js';
 import { computeBlackout, type ProbeAnswer, type ProbeSent } from '../../../services/testbed/blackout.js';
 import { Prober } from '../../../services/testbed/prober.js';
+import { until } from '../../helpers/until.js';
 
 /** Probes every 10 ms from t=1000; `answer(seq)` gives the RTT or undefined for a lost probe. */
 function series(n: number, answer: (seq: number) => number | undefined): { sent: ProbeSent[]; answers: ProbeAnswer[] } {
@@ -82,14 +83,8 @@ describe('computeBlackout', () => {
   });
 });
 
-/** Polls `cond` every 5 ms until it holds; fails after `timeoutMs` (generous: the suite runs under load). */
-async function until(cond: () => boolean, what: string, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+/** How long a wait below may take (generous: the suite runs under load); each polls every 5 ms. */
+const WAIT_MS = 30_000;
 
 describe('Prober on loopback', () => {
   let server: Socket | undefined;
@@ -136,16 +131,16 @@ describe('Prober on loopback', () => {
 
     silent = true;
     const a = lastAnswered; // the last answer before the silence
-    await until(() => answerTo(a) !== undefined, `the answer to probe ${a}`);
+    await until(() => answerTo(a) !== undefined, `the answer to probe ${a}`, WAIT_MS, 5);
     const rA = (answerTo(a) as ProbeAnswer).receivedMs;
-    await until(() => now() >= rA + SILENCE_MS && dropped.length >= 20, 'the silence');
+    await until(() => now() >= rA + SILENCE_MS && dropped.length >= 20, 'the silence', WAIT_MS, 5);
     silent = false;
     const resumedMs = now();
     const before = p.answerLog.length;
     await p.waitForAnswers(before + 20, 30_000);
     const b = p.answerLog[before] as ProbeAnswer; // the first answer after the silence
     const seenB = now();
-    await until(() => now() > resumedMs + TIMEOUT_MS + CLOCK_SLACK_MS, 'the dropped probes to time out');
+    await until(() => now() > resumedMs + TIMEOUT_MS + CLOCK_SLACK_MS, 'the dropped probes to time out', WAIT_MS, 5);
     const r = await p.stop();
 
     // The prober's timestamps are on the host clock the rest of migd uses: an answer arrives after

@@ -586,6 +586,24 @@ export const POLICY_SCENARIOS_720_LEARN: readonly Scenario[] = (['hot-small'] as
   ];
 });
 
+/**
+ * The same with more history (`node dist/scripts/lab.js policies-720-learn5`): one hot-small VM
+ * migrated 5 times under post-copy after one pass, then 3 times under adaptive. Each earlier run
+ * weighs as much as the default model only once there are several (measured.ts PRIOR_WEIGHT): two
+ * post-copy runs left the default's c at a third (policies-720-learn), five leave it at a sixth.
+ */
+export const POLICY_SCENARIOS_720_LEARN5: readonly Scenario[] = (['hot-small'] as const).flatMap((tag) => {
+  const w = LAB_WORKLOADS[tag]!;
+  const base = { ...(w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {}), limits: { migrationMs: 120_000 } };
+  const group = `${w.group}, 720 Mbit/s, one VM migrated back and forth`;
+  const [postcopy] = policySet(`learn5-${tag}`, group, w.load, { rateMbit: 720 }, ['seed-pc'], base);
+  const learnt = policySet(`learn5-${tag}-pc`, group, w.load, { rateMbit: 720 }, ['adaptive'], base)[0]!;
+  return [
+    { ...postcopy!, label: "post-copy after 1 pass (the VM's first 5 runs)", repetitions: 5, sameVm: true },
+    { ...learnt, title: `migd adaptive after 5 post-copy runs of the VM (${group})`, label: 'migd adaptive after 5 post-copy runs', repetitions: 3, sameVm: true, continues: postcopy!.name },
+  ];
+});
+
 /** The two workloads of the first policies comparison (docs/lab/policies before issue 14). */
 export const POLICY_SCENARIOS_V1: readonly Scenario[] = [
   ...policySet('a', 'seed 001 load A (dirty/link ~23)', LOAD_A, LINK_1GBE, ALL_BASELINES),
@@ -757,6 +775,12 @@ export const COMPARISONS: readonly Comparison[] = Object.freeze([
     title: "Learning post-copy's cost from another policy's runs: adaptive on a VM with and without two earlier post-copy runs",
     description: "hot-small (48 MiB hot set, unlimited) at 720 Mbit/s: one VM migrated A→B, B→A, … 4 times under migd adaptive with only its own runs as history; another migrated twice under post-copy after one pass and then 4 times under migd adaptive, whose prior holds those post-copy runs' measured cost; every run cut at 120 s.",
     scenarios: POLICY_SCENARIOS_720_LEARN,
+  },
+  {
+    name: 'policies-720-learn5',
+    title: "Learning post-copy's cost from another policy's runs, with more of them: adaptive on a VM after five post-copy runs",
+    description: "hot-small (48 MiB hot set, unlimited) at 720 Mbit/s: one VM migrated A→B, B→A, … 5 times under post-copy after one pass, then 3 times under migd adaptive, whose prior holds those runs' measured cost; every run cut at 120 s.",
+    scenarios: POLICY_SCENARIOS_720_LEARN5,
   },
   {
     name: 'policies-v1',

@@ -107,7 +107,11 @@
  *  - post-copy now costs c + s·b = 1.07 s + 0.74 × the backlog's transfer time.
  * Under TCG pre-copy is dear (the migration competes with the vCPU for the CPU), so a raise that
  * needs passes, or a stop of more than about a second, loses to post-copy: at r ≈ 1 a raise pays
- * only below ≈1.07 s of backlog ((h + 1)·b < c + s·b).
+ * only below ≈1.07 s of backlog ((h + 1)·b < c + s·b). These are the defaults: the VM's earlier
+ * runs replace them (measured.ts priorFromHistory), whatever policy those ran under — a fixed
+ * post-copy after one pass teaches c and s, a run that raised once what its raise cost — so the
+ * step follows what the VM's own runs lost (unit tests: policy-learn.test.ts; lab:
+ * docs/lab/policies-720-learn).
  *  0. Nothing, while pre-copy converges within K passes at the limit in force — and is predicted
  *     to harm the guest least. A limit raised by a user (AdjustRun) is respected while pre-copy
  *     converges at it.

@@ -37,8 +37,9 @@
  *    0.9× the post-copy phase's length: the guest hardly runs while its pages arrive).
  * The spreads are wide (the machine is shared and noisy): the model ranks steps, it does not
  * promise figures. They are the prior only: the adaptive policy replaces them with the VM's own
- * measurements where it has them (measured.ts: its earlier runs' h, c and s from the store, and
- * this run's h from the guest's pace samples, blended in as they arrive).
+ * measurements where it has them (measured.ts: its earlier runs' h, c and s from the store — runs
+ * under any policy, a fixed post-copy's too — what its earlier raises cost it (withMeasuredRaise),
+ * and this run's h from the guest's pace samples, blended in as they arrive).
  */
 
 /** Fitted parameters (see the module comment). */

@@ -12,6 +12,7 @@ import * as m0005 from './2026_12_02_0005_run_network_blackout.js';
 import * as m0006 from './2026_12_02_0006_progress_disk.js';
 import * as m0007 from './2026_12_03_0007_run_cost_figures.js';
 import * as m0008 from './2026_12_03_0008_run_working_set.js';
+import * as m0009 from './2026_12_04_0009_run_raise_cost.js';
 
 /** Every migration by name, oldest first. */
 export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
@@ -23,6 +24,7 @@ export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
   '2026_12_02_0006_progress_disk': m0006,
   '2026_12_03_0007_run_cost_figures': m0007,
   '2026_12_03_0008_run_working_set': m0008,
+  '2026_12_04_0009_run_raise_cost': m0009,
 });
 
 /** A `MigrationProvider` serving {@link migrations}. */

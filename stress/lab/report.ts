@@ -63,6 +63,8 @@ export interface ReportData {
     readonly series: RunSeries;
     /** The scenario migrates one VM back and forth (Scenario.sameVm). */
     readonly sameVm: boolean;
+    /** The run's VM (a sameVm scenario's VM, or the one it continues, keeps its name: its history). */
+    readonly vmName: string;
     /** Source → destination node of the run. */
     readonly from: string;
     readonly to: string;
@@ -96,6 +98,7 @@ export function buildReportData(input: ReportInput): ReportData {
         figures,
         series: runSeries(r.timeline),
         sameVm: s?.sameVm === true,
+        vmName: r.timeline.run?.vmName ?? '',
         from: r.timeline.run?.sourceNodeId ?? '',
         to: r.timeline.run?.destinationNodeId ?? '',
         decisions: runDecisions(r.timeline),
@@ -420,9 +423,13 @@ function historyText(d: readonly RunDecision[]): string {
 
 /** The runs of sameVm scenarios, in order, as table rows (repetition, direction, earlier runs, decision, figures). */
 export function seriesRows(data: ReportData): { scenario: string; label: string; group: string; cells: string[] }[] {
+  // data.runs is in the comparison's order (scenario, then repetition): a sameVm scenario's VM's runs in the order they ran.
+  const order = new Map(data.runs.map((r, i) => [r, i]));
   const runs = data.runs.filter((r) => r.sameVm).sort((a, b) => a.scenario.localeCompare(b.scenario) || a.repetition - b.repetition);
   return runs.map((r) => {
-    const earlier = runs.filter((x) => x.scenario === r.scenario && x.repetition < r.repetition && x.outcome === 'succeeded').length;
+    // The VM's earlier succeeded runs: its scenario's, and those of the scenario it continues (one VM name).
+    const sameVm = (x: (typeof runs)[number]): boolean => (r.vmName !== '' && x.vmName !== undefined ? x.vmName === r.vmName : x.scenario === r.scenario);
+    const earlier = runs.filter((x) => sameVm(x) && (order.get(x) ?? 0) < (order.get(r) ?? 0) && x.outcome === 'succeeded').length;
     const f = r.figures;
     const model = r.decisions.map((x) => x.model).find((m) => m !== '') ?? '';
     return {

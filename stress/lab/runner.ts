@@ -182,7 +182,7 @@ export async function runComparison(o: RunLabOptions): Promise<RunLabResult> {
   // Repetition by repetition: every scenario once before any twice, so a comparison cut short
   // (a long sweep on a shared machine) still compares every strategy on every workload.
   const order = roundRobin(o.comparison.scenarios);
-  // A sameVm scenario's VM between its repetitions (destroyed when the next scenario starts).
+  // A sameVm scenario's VM between its repetitions (destroyed when the next scenario starts, unless that one continues it).
   let kept: LabVm | undefined;
   const drop = async (): Promise<void> => {
     const vm = kept;
@@ -192,7 +192,7 @@ export async function runComparison(o: RunLabOptions): Promise<RunLabResult> {
   try {
     for (const [s, rep] of order) {
       index++;
-      if (kept && kept.scenario !== s.name) await drop();
+      if (kept && kept.scenario !== s.name && kept.scenario !== s.continues) await drop();
       if (isRecorded(results, s.name, rep)) {
         log(`[${index}/${total}] ${s.name} #${rep + 1}: recorded already, skipped`);
         continue;
@@ -275,8 +275,9 @@ async function runOne(o: RunLabOptions, s: Scenario, rep: number, session: strin
     await o.shape(o.source, s.link);
     await o.shape(o.destination, s.link);
   }
-  // One name for all of a sameVm scenario's repetitions: the history store knows a VM by its name.
-  const vmName = (s.sameVm ? `lab-${s.name}-${session}` : `lab-${s.name}-${rep}-${session}`).slice(0, 63);
+  // One name for all of a sameVm scenario's repetitions (and those of the scenario it continues):
+  // the history store knows a VM by its name.
+  const vmName = (s.sameVm ? `lab-${s.continues ?? s.name}-${session}` : `lab-${s.name}-${rep}-${session}`).slice(0, 63);
   let keep: LabVm | undefined;
   let probe: BlackoutProbe | undefined;
   try {

@@ -108,6 +108,12 @@ export interface Scenario {
    * the same name (its succeeded runs stay its history). A resumed comparison starts a new VM.
    */
   readonly sameVm?: boolean;
+  /**
+   * With sameVm: the scenario whose VM this one goes on migrating (it must come right before it in
+   * the comparison, sameVm too): its repetitions take that VM where the other left it, under its
+   * name, so its runs are this one's history (e.g. two post-copy runs, then adaptive).
+   */
+  readonly continues?: string;
   readonly limits: LabLimits;
   /** Where it comes from (e.g. "seed 001 #4: --auto-converge --timeout-postcopy --timeout 60"). */
   readonly source?: string;
@@ -560,6 +566,44 @@ export const POLICY_SCENARIOS_720_REPEAT: readonly Scenario[] = (['hot-small'] a
   return policySet(`rep-${tag}`, `${w.group}, 720 Mbit/s, one VM migrated back and forth`, w.load, { rateMbit: 720 }, ['adaptive', 'seed-pc'], base).map((s) => ({ ...s, repetitions: 5, sameVm: true }));
 });
 
+/**
+ * Learning from another policy's runs (`node dist/scripts/lab.js policies-720-learn`): one hot-small
+ * VM migrated back and forth 4 times under adaptive with only its own runs as history (the control,
+ * as policies-720-repeat), then another VM migrated twice under post-copy after one pass and then 4
+ * times under adaptive, whose prior then holds post-copy's measured cost on that VM from the start
+ * (every run records its figures whatever its policy: domain/policy/measured.ts).
+ */
+export const POLICY_SCENARIOS_720_LEARN: readonly Scenario[] = (['hot-small'] as const).flatMap((tag) => {
+  const w = LAB_WORKLOADS[tag]!;
+  const base = { ...(w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {}), limits: { migrationMs: 120_000 } };
+  const group = `${w.group}, 720 Mbit/s, one VM migrated back and forth`;
+  const [control, postcopy] = policySet(`learn-${tag}`, group, w.load, { rateMbit: 720 }, ['adaptive', 'seed-pc'], base);
+  const learnt = policySet(`learn-${tag}-pc`, group, w.load, { rateMbit: 720 }, ['adaptive'], base)[0]!;
+  return [
+    { ...control!, label: 'migd adaptive (own runs as history)', repetitions: 4, sameVm: true },
+    { ...postcopy!, label: "post-copy after 1 pass (the VM's first 2 runs)", repetitions: 2, sameVm: true },
+    { ...learnt, title: `migd adaptive after 2 post-copy runs of the VM (${group})`, label: 'migd adaptive after 2 post-copy runs', repetitions: 4, sameVm: true, continues: postcopy!.name },
+  ];
+});
+
+/**
+ * The same with more history (`node dist/scripts/lab.js policies-720-learn5`): one hot-small VM
+ * migrated 5 times under post-copy after one pass, then 3 times under adaptive. Each earlier run
+ * weighs as much as the default model only once there are several (measured.ts PRIOR_WEIGHT): two
+ * post-copy runs left the default's c at a third (policies-720-learn), five leave it at a sixth.
+ */
+export const POLICY_SCENARIOS_720_LEARN5: readonly Scenario[] = (['hot-small'] as const).flatMap((tag) => {
+  const w = LAB_WORKLOADS[tag]!;
+  const base = { ...(w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {}), limits: { migrationMs: 120_000 } };
+  const group = `${w.group}, 720 Mbit/s, one VM migrated back and forth`;
+  const [postcopy] = policySet(`learn5-${tag}`, group, w.load, { rateMbit: 720 }, ['seed-pc'], base);
+  const learnt = policySet(`learn5-${tag}-pc`, group, w.load, { rateMbit: 720 }, ['adaptive'], base)[0]!;
+  return [
+    { ...postcopy!, label: "post-copy after 1 pass (the VM's first 5 runs)", repetitions: 5, sameVm: true },
+    { ...learnt, title: `migd adaptive after 5 post-copy runs of the VM (${group})`, label: 'migd adaptive after 5 post-copy runs', repetitions: 3, sameVm: true, continues: postcopy!.name },
+  ];
+});
+
 /** The two workloads of the first policies comparison (docs/lab/policies before issue 14). */
 export const POLICY_SCENARIOS_V1: readonly Scenario[] = [
   ...policySet('a', 'seed 001 load A (dirty/link ~23)', LOAD_A, LINK_1GBE, ALL_BASELINES),
@@ -727,6 +771,18 @@ export const COMPARISONS: readonly Comparison[] = Object.freeze([
     scenarios: POLICY_SCENARIOS_720_REPEAT,
   },
   {
+    name: 'policies-720-learn',
+    title: "Learning post-copy's cost from another policy's runs: adaptive on a VM with and without two earlier post-copy runs",
+    description: "hot-small (48 MiB hot set, unlimited) at 720 Mbit/s: one VM migrated A→B, B→A, … 4 times under migd adaptive with only its own runs as history; another migrated twice under post-copy after one pass and then 4 times under migd adaptive, whose prior holds those post-copy runs' measured cost; every run cut at 120 s.",
+    scenarios: POLICY_SCENARIOS_720_LEARN,
+  },
+  {
+    name: 'policies-720-learn5',
+    title: "Learning post-copy's cost from another policy's runs, with more of them: adaptive on a VM after five post-copy runs",
+    description: "hot-small (48 MiB hot set, unlimited) at 720 Mbit/s: one VM migrated A→B, B→A, … 5 times under post-copy after one pass, then 3 times under migd adaptive, whose prior holds those runs' measured cost; every run cut at 120 s.",
+    scenarios: POLICY_SCENARIOS_720_LEARN5,
+  },
+  {
     name: 'policies-v1',
     title: "Policies (first comparison): migd's adaptive policy against Nova, oVirt, KubeVirt and the seed strategies on two workloads",
     description: 'The same two workloads under every policy: seed 001 load A (no pre-copy converges without help) and a moderate one.',
@@ -803,6 +859,7 @@ export function scenarioProblems(s: Scenario): string[] {
   if (s.link.rateMbit !== undefined && !(s.link.rateMbit >= 0.008 && s.link.rateMbit <= 100_000)) p.push(`${s.name}: link rate out of range`);
   for (const [k, v] of Object.entries(s.limits)) if (!(v > 0)) p.push(`${s.name}: limits.${k} must be > 0`);
   if (s.label.trim() === '') p.push(`${s.name}: needs a label`);
+  if (s.continues !== undefined && !s.sameVm) p.push(`${s.name}: continues another scenario's VM only with sameVm`);
   if (s.sameVm && s.disk) p.push(`${s.name}: sameVm does not go with a LOCAL disk (it is created on the first source only)`);
   if (s.disk) {
     if (s.disk.sizeBytes % MiB !== 0 || s.disk.sizeBytes <= 0) p.push(`${s.name}: disk size must be whole MiB`);

@@ -31,6 +31,7 @@ import type { Run } from '../../shared/gen/migd/v1/coordinator.js';
 import type { MigrationInfo, WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
 import { policyFor } from '../domain/policy/factory.js';
+import { type GuestCostTrack, type RunCostFigures, replayCostTrack, trackAction, trackGuestSample, trackProgressSample, trackTransition, trackedCostFigures } from '../domain/policy/measured.js';
 import type { ConvergencePolicy, PolicyDecision } from '../domain/policy/types.js';
 import type { NodeClient } from '../registry.js';
 import type { AnalyticsRepository, PlanRunRepository, SampleRepository } from '../store/types.js';
@@ -126,6 +127,12 @@ export class RunSupervisor {
   private state: MigrationState;
   private readonly policy: ConvergencePolicy;
   private policyState: unknown;
+  /**
+   * The guest's cost over this run, whatever its policy (domain/policy/measured.ts): fed the same
+   * guest samples, progress, transitions and actions as the policy, and stored at a succeeded
+   * run's end so that the VM's next adaptive runs learn from every earlier migration of it.
+   */
+  private costTrack: GuestCostTrack = {};
   private readonly recorded = new Set<string>();
   private readonly stopper = new AbortController();
   private chain: Promise<void> = Promise.resolve();
@@ -374,22 +381,24 @@ export class RunSupervisor {
   }
 
   /**
-   * A policy that measures the guest itself (observeGuest) gets the VM's earlier runs' figures as
-   * its prior and, for a new run, the guest's samples stored before it (its pace baseline). A
-   * resumed run gets its samples in rebuildPolicy. Best effort: without them the policy keeps its
+   * A policy with a prior (withHistory) gets the VM's earlier runs' figures and, for a new run,
+   * the cost track and a policy that measures the guest itself (observeGuest) the guest's samples
+   * stored before it (their pace baseline). A resumed run gets its samples in rebuildPolicy. Best effort: without them the policy keeps its
    * defaults.
    */
   private async loadPrior(mode: 'start' | 'resume'): Promise<void> {
-    if (!this.policy.withHistory && !this.policy.observeGuest) return;
     try {
       if (this.policy.withHistory) {
         const history = await this.d.store.plans.vmCostHistory(this.run.vmName, PRIOR_RUNS);
         if (history.length > 0) this.policyState = this.policy.withHistory(this.policyState, history);
       }
-      if (mode === 'start' && this.policy.observeGuest) {
-        // Oldest first, as the policy would have received them.
+      if (mode === 'start') {
+        // Oldest first, as the policy would have received them (the cost track's baseline too).
         const guest = await this.d.store.analytics.guestSamplesBeforeRun(this.runId);
-        for (const g of guest) this.policyState = this.policy.observeGuest(this.policyState, g);
+        for (const g of guest) {
+          this.costTrack = trackGuestSample(this.costTrack, g);
+          if (this.policy.observeGuest) this.policyState = this.policy.observeGuest(this.policyState, g);
+        }
       }
     } catch (err) {
       if (isAbortError(err)) throw err;
@@ -440,6 +449,7 @@ export class RunSupervisor {
     // Only a policy that observes more than progress needs the merge (the progress keeps its stored order otherwise).
     if (events.length > progress.length) events.sort((a, b) => a.t - b.t || a.o - b.o);
     for (const e of events) e.apply();
+    this.costTrack = replayCostTrack(progress, guest, run?.transitions ?? [], run?.actions ?? this.run.actions);
     const mine = [...info.actions, ...this.run.actions].filter((a) => a.actor === `policy:${this.policy.name}`);
     const missed = decided.filter((d) => !mine.some((a) => a.kind === d.kind && a.value === d.value));
     this.lastSample = info.lastProgress ?? progress.at(-1);
@@ -509,6 +519,7 @@ export class RunSupervisor {
     switch (up.$case) {
       case 'stateChange': {
         const c = up.value;
+        this.costTrack = trackTransition(this.costTrack, c.to, c.time?.getTime() ?? this.now());
         if (this.policy.observeState) this.policyState = this.policy.observeState(this.policyState, c.to, c.time?.getTime() ?? this.now());
         if (isTerminalState(c.to)) {
           this.lastReason = c.reason;
@@ -524,11 +535,13 @@ export class RunSupervisor {
         this.lastSampleAt = this.now();
         this.d.store.samples.appendProgress(this.runId, s);
         this.d.store.samples.appendHostCpu(this.runId, { time: s.time, sourceCpuSeconds: s.sourceCpuSeconds, destinationCpuSeconds: s.destinationCpuSeconds });
+        this.costTrack = trackProgressSample(this.costTrack, s);
         await this.decide(s, s.elapsedMs);
         return;
       }
       case 'guest':
         this.d.store.samples.appendGuestSample({ ...up.value, vmName: up.value.vmName || this.run.vmName }, this.runId);
+        this.costTrack = trackGuestSample(this.costTrack, up.value);
         if (this.policy.observeGuest) this.policyState = this.policy.observeGuest(this.policyState, up.value);
         return;
       case 'action':
@@ -599,6 +612,7 @@ export class RunSupervisor {
       const key = actionKey(a);
       if (this.recorded.has(key)) continue;
       this.recorded.add(key);
+      this.costTrack = trackAction(this.costTrack, a.kind, a.time?.getTime() ?? this.now());
       await this.d.store.plans.recordAction(this.runId, a);
     }
   }
@@ -710,11 +724,15 @@ export class RunSupervisor {
     this.log.info('run finished', { state: migrationStateToJSON(this.run.state), totalTimeMs: this.run.stats?.totalTimeMs, downtimeMs: this.run.stats?.downtimeMs, error: this.run.error?.message });
   }
 
-  /** What the policy measured of the guest's harm, stored with a succeeded run for the VM's next runs. Best effort. */
+  /**
+   * What the run measured of the guest's harm (the cost track, whatever the policy) and what its
+   * policy found (the adaptive policy's working set), stored with a succeeded run for the VM's
+   * next runs. Best effort.
+   */
   private async recordCosts(): Promise<void> {
-    if (this.run.state !== MigrationState.MIGRATION_STATE_SUCCEEDED || !this.policy.costFigures) return;
-    const figures = this.policy.costFigures(this.policyState);
-    if (!figures) return;
+    if (this.run.state !== MigrationState.MIGRATION_STATE_SUCCEEDED) return;
+    const figures: RunCostFigures = { ...this.policy.costFigures?.(this.policyState), ...trackedCostFigures(this.costTrack) };
+    if (Object.keys(figures).length === 0) return;
     await this.d.store.plans.recordRunCosts(this.runId, figures).then(
       () => this.log.info('measured guest harm recorded', { ...figures }),
       (err: unknown) => this.log.warn('could not record the measured guest harm', { err: (err as Error).message }),

@@ -72,6 +72,9 @@ export interface RunsTable {
   cost_postcopy_backlog_ms: Generated<number | null>;
   /** The working set (bytes) the adaptive policy found the backlog held at; NULL: none seen. */
   cost_working_set_bytes: Generated<number | null>;
+  /** Guest ms lost from the run's one downtime raise to the end, and the backlog then (transfer ms); NULL: not measured. */
+  cost_raise_lost_ms: Generated<number | null>;
+  cost_raise_backlog_ms: Generated<number | null>;
 }
 
 export interface RunTransitionsTable {

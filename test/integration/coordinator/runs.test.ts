@@ -194,6 +194,48 @@ describe('run supervisor and manager', () => {
     expect((await run(r!.id)).state).toBe(S.MIGRATION_STATE_SUCCEEDED);
   });
 
+  it('stores what a run measured whatever its policy: a fixed policy\'s run leaves h and the loss from its one downtime raise to the end', async () => {
+    const m = manager();
+    const t0 = Date.now() - 3000;
+    const mono = (hostMs: number) => hostMs - t0 + 10_000;
+    for (let i = 0; i < 5; i++) store.appendGuestSample({ time: new Date(t0 + i * 500), guestMonoMs: mono(t0 + i * 500), worker: -1, msPerGib: 1000, pass: i, pagesVerified: 0, integrityErrors: 0, heartbeatGapMs: 0, vmName: 'vm-f' });
+    await store.flushSamples();
+    const { runs: [r] } = await plan(['vm-f']);
+    expect(r!.policy?.kind).toBe(PolicyKind.POLICY_KIND_FIXED);
+    m.enqueue([{ run: r!, order: 0 }]);
+    await until(() => nodes['a']!.migrations.has(r!.id), 'StartMigration');
+    const mig = nodes['a']!.migrations.get(r!.id)!;
+    const guest = (hostMs: number, guestMonoMs: number, msPerGib: number) =>
+      mig.updates.publish({ update: { $case: 'guest', value: { time: new Date(hostMs), guestMonoMs, worker: -1, msPerGib, pass: 0, pagesVerified: 0, integrityErrors: 0, heartbeatGapMs: 0, vmName: 'vm-f' } } });
+    mig.state(S.MIGRATION_STATE_SETUP);
+    mig.state(S.MIGRATION_STATE_PRECOPY);
+    // Pre-copy at half the pace before: 12 lines 20 ms apart, a user's raise, 12 more.
+    const p0 = Date.now() + 5;
+    for (let i = 1; i <= 12; i++) guest(p0 + i * 20, mono(p0 + i * 20), 2000);
+    mig.progress({ elapsedMs: 300, pass: 2, remainingBytes: 40 * MiB, throughputMbps: 800 });
+    await until(() => Date.now() > p0 + 12 * 20 + 5, 'the host clock to pass the first lines', 2000);
+    mig.action(PolicyActionKind.POLICY_ACTION_KIND_SET_DOWNTIME, 900, 'user:operator', 'raise');
+    const q0 = Date.now() + 5;
+    for (let i = 1; i <= 12; i++) guest(q0 + i * 20, mono(q0 + i * 20), 2000);
+    await until(() => Date.now() > q0 + 12 * 20 + 5, 'the host clock to pass the last pre-copy line', 2000);
+    mig.state(S.MIGRATION_STATE_SWITCHOVER);
+    // The stop: the guest clock stands still for 100 ms of a 120 ms gap.
+    const s0 = Date.now();
+    await until(() => Date.now() > s0 + 125, 'the stop', 2000);
+    mig.state(S.MIGRATION_STATE_VERIFYING);
+    guest(s0 + 120, mono(s0 + 120) - 100, 1000);
+    mig.finish(S.MIGRATION_STATE_SUCCEEDED);
+    await until(async () => (await store.vmCostHistory('vm-f', 5)).length === 1, 'the run\'s figures');
+    const [mine] = await store.vmCostHistory('vm-f', 5);
+    expect(mine!.precopyHarmRate).toBeGreaterThan(0.4);
+    expect(mine!.precopyHarmRate).toBeLessThan(0.6);
+    expect(mine!.postcopyLostMs).toBeUndefined();
+    // From the raise: ≈ 12 lines at half speed (≈120 ms) and most of the 100 ms stop.
+    expect(mine!.raiseLostMs).toBeGreaterThan(150);
+    expect(mine!.raiseLostMs).toBeLessThan(300);
+    expect(mine!.raiseBacklogMs).toBeCloseTo(((40 * MiB) / (800e6 / 8)) * 1000, 0);
+  });
+
   it('keeps one migration per link, cancels a queued run without a node call, and dispatches the next when a slot frees', async () => {
     const m = manager({ heldPerLink: 0 }); // no held starts (see the held-start tests below)
     const { planId, runs: rs } = await plan(['vm1', 'vm2', 'vm3']);

@@ -277,6 +277,23 @@ export function historyStoreSuite(backend: StoreBackend): void {
       expect(h[1]?.precopyHarmRate).toBeUndefined();
     });
 
+    it('keeps a raise\'s realised loss (alone or with its harm figures) in the VM\'s history; half a raise figure is not stored', async () => {
+      const s = await open();
+      const ids: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        const run = await s.createRun(runInput({ vmName: 'vm-r' }));
+        clock.advance(1000);
+        await s.finishRun(run.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+        ids.push(run.id);
+      }
+      await s.recordRunCosts(ids[0]!, { raiseLostMs: 648, raiseBacklogMs: 300 });
+      await s.recordRunCosts(ids[1]!, { precopyHarmRate: 0.4, precopyMs: 5000, raiseLostMs: 533, raiseBacklogMs: 615 });
+      await s.recordRunCosts(ids[2]!, { raiseLostMs: 700 }); // without its backlog: nothing to keep
+      const h = await s.vmCostHistory('vm-r', 10);
+      expect(h.map((r) => [r.raiseLostMs, r.raiseBacklogMs])).toEqual([[533, 615], [648, 300]]);
+      expect(h[0]).toMatchObject({ precopyHarmRate: 0.4, precopyMs: 5000 });
+    });
+
     it('attaches an externally measured network blackout to a finished run, and refuses a bad one', async () => {
       const s = await open();
       const run = await s.createRun(runInput());

@@ -150,7 +150,7 @@ describe('measured costs: the prior from the VM\'s earlier runs (pure)', () => {
 
   it('is the default without usable runs', () => {
     expect(priorFromHistory([]).model).toBe(DEFAULT_COST_MODEL);
-    expect(priorFromHistory([{}, { precopyHarmRate: Number.NaN }])).toEqual({ model: DEFAULT_COST_MODEL, precopyRuns: 0, postcopyRuns: 0 });
+    expect(priorFromHistory([{}, { precopyHarmRate: Number.NaN }])).toEqual({ model: DEFAULT_COST_MODEL, precopyRuns: 0, postcopyRuns: 0, raiseRuns: 0 });
   });
 
   it('h: the median of the runs, shrunk towards the default', () => {
@@ -177,9 +177,14 @@ describe('measured costs: the prior from the VM\'s earlier runs (pure)', () => {
     const p = priorFromHistory([line(500), line(1500), line(3000)]);
     expect(p.model.postcopyFixedMs).toBeCloseTo(shrunk(300, 3, 1070), 6);
     expect(p.model.postcopyHarmRate).toBeCloseTo(shrunk(0.5, 3, 0.74), 9);
-    // A negative slope (noise) is not believed: s stays the default, c from the residuals.
-    const noisy = priorFromHistory([line(500), { postcopyBacklogMs: 3000, postcopyLostMs: 200 }, line(1500)]);
+    // A negative slope (noise) is not believed: s stays the default, c from the residuals…
+    const noisy = priorFromHistory([{ postcopyBacklogMs: 500, postcopyLostMs: 2500 }, { postcopyBacklogMs: 3000, postcopyLostMs: 2300 }, { postcopyBacklogMs: 1500, postcopyLostMs: 2000 }]);
     expect(noisy.model.postcopyHarmRate).toBeCloseTo(0.74, 9);
+    expect(noisy.model.postcopyFixedMs).toBeCloseTo(shrunk(2000 - 0.74 * 1500, 3, 1070), 9);
+    // …unless their median is below 0 (the runs lost less than s·b alone): then c 0 and s the runs' median lost ÷ b.
+    const low = priorFromHistory([line(500), { postcopyBacklogMs: 3000, postcopyLostMs: 200 }, line(1500)]);
+    expect(low.model.postcopyHarmRate).toBeCloseTo(shrunk(1050 / 1500, 3, 0.74), 9);
+    expect(low.model.postcopyFixedMs).toBeCloseTo(shrunk(0, 3, 1070), 9);
   });
 });
 

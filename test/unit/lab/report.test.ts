@@ -113,6 +113,18 @@ describe('lab report', () => {
     expect(html).toContain('<td class="l">post-copy @ pass 2 (3.0 s)</td><td class="l">prior 1 run</td>');
     // Scenarios without sameVm get no such table.
     expect(summaryMarkdown(buildReportData(input()))).not.toContain('One VM migrated');
+
+    // A scenario that continues another's VM counts that one's runs as the VM's earlier runs (one VM name).
+    const next = { ...ac, name: 'rep-next', label: 'after post-copy', sameVm: true, continues: rep.name };
+    const named = (r: ReturnType<typeof run>, vm: string) => {
+      const t = structuredClone(r.timeline);
+      t.run!.vmName = vm;
+      return { ...r, timeline: t };
+    };
+    const later = { ...named(run(0, 'succeeded'), 'vm-1'), scenario: next.name };
+    const both = buildReportData({ ...input(), scenarios: [rep, next], runs: [named(run(0, 'succeeded'), 'vm-1'), named(run(1, 'succeeded', 3000), 'vm-1'), later] });
+    const laterRows = summaryMarkdown(both).split('\n').slice(summaryMarkdown(both).split('\n').indexOf('### after post-copy'));
+    expect(laterRows.find((l) => l.startsWith('| 1 |'))).toMatch(/^\| 1 \| a → b \| 2 \|/);
   });
 
   it('keeps inlined JSON from closing its script element and maps NaN to null', () => {

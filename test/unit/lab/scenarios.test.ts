@@ -59,6 +59,25 @@ describe('scenario table', () => {
     expect(scenarioProblems({ ...disk, sameVm: true })).toEqual([`${disk.name}: sameVm does not go with a LOCAL disk (it is created on the first source only)`]);
   });
 
+  it('the learn comparison: a control VM under adaptive, and another VM under post-copy twice then adaptive (it continues that VM)', () => {
+    const c = resolveTarget('policies-720-learn')!;
+    expect(c.scenarios.map((s) => [s.label, s.repetitions, s.sameVm, s.continues, s.policy.kind])).toEqual([
+      ['migd adaptive (own runs as history)', 4, true, undefined, PolicyKind.POLICY_KIND_ADAPTIVE],
+      ["post-copy after 1 pass (the VM's first 2 runs)", 2, true, undefined, PolicyKind.POLICY_KIND_FIXED],
+      ['migd adaptive after 2 post-copy runs', 4, true, c.scenarios[1]!.name, PolicyKind.POLICY_KIND_ADAPTIVE],
+    ]);
+    expect(c.scenarios.every((s) => scenarioProblems(s).length === 0)).toBe(true);
+    expect(scenarioProblems({ ...c.scenarios[2]!, sameVm: false })).toEqual([`${c.scenarios[2]!.name}: continues another scenario's VM only with sameVm`]);
+  });
+
+  it('a scenario that continues another VM comes right after that scenario, in every comparison', () => {
+    for (const c of COMPARISONS) {
+      c.scenarios.forEach((s, i) => {
+        if (s.continues !== undefined) expect(c.scenarios[i - 1]?.name, `${c.name}: ${s.name}`).toBe(s.continues);
+      });
+    }
+  });
+
   it('resolves a single scenario name to a one-scenario comparison', () => {
     const t = resolveTarget('s001-05-pc-after-1');
     expect(t?.scenarios.map((s) => s.name)).toEqual(['s001-05-pc-after-1']);

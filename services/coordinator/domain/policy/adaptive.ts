@@ -107,7 +107,11 @@
  *  - post-copy now costs c + s·b = 1.07 s + 0.74 × the backlog's transfer time.
  * Under TCG pre-copy is dear (the migration competes with the vCPU for the CPU), so a raise that
  * needs passes, or a stop of more than about a second, loses to post-copy: at r ≈ 1 a raise pays
- * only below ≈1.07 s of backlog ((h + 1)·b < c + s·b).
+ * only below ≈1.07 s of backlog ((h + 1)·b < c + s·b). These are the defaults: the VM's earlier
+ * runs replace them (measured.ts priorFromHistory), whatever policy those ran under — a fixed
+ * post-copy after one pass teaches c and s, a run that raised once what its raise cost — so the
+ * step follows what the VM's own runs lost (unit tests: policy-learn.test.ts; lab:
+ * docs/lab/policies-720-learn).
  *  0. Nothing, while pre-copy converges within K passes at the limit in force — and is predicted
  *     to harm the guest least. A limit raised by a user (AdjustRun) is respected while pre-copy
  *     converges at it.
@@ -139,10 +143,10 @@
  * (a raised limit needs one pass to show whether it suffices); auto-converge and post-copy are
  * taken at most once and the downtime limit only ever goes up.
  */
-import { type GuestPerfSample, MigrationState, MultifdCompression, PolicyActionKind, PolicyKind, type MigrationPolicy, type ProgressSample } from '../../../shared/gen/migd/v1/common.js';
+import { type GuestPerfSample, type MigrationState, MultifdCompression, PolicyActionKind, PolicyKind, type MigrationPolicy, type ProgressSample } from '../../../shared/gen/migd/v1/common.js';
 import { formatBytes, formatDuration, formatRate } from '../units.js';
-import { type CostModel, DEFAULT_COST_MODEL, type StepCost, cheapest, postcopyCost, precopyCost } from './cost.js';
-import { type GuestTally, type RunCostFigures, blendedCostModel, enterPhase, initialGuestTally, priorFromHistory, runCostFigures, tallyGuestSample, workingSetFromHistory } from './measured.js';
+import { type CostModel, DEFAULT_COST_MODEL, type StepCost, cheapest, postcopyCost, precopyCost, withMeasuredRaise } from './cost.js';
+import { type GuestCostTrack, PRIOR_WEIGHT, type RunCostFigures, blendedCostModel, priorFromHistory, trackGuestSample, trackProgressSample, trackTransition, trackedCostFigures, workingSetFromHistory } from './measured.js';
 import { completedPasses, dirtyBytesPerSec, isPostcopy, isPrecopy, isStarting, median, throughputBytesPerSec } from './signals.js';
 import { type TimeoutRules, type TimeoutState, checkTimeouts, initialTimeoutState, trackProgress } from './timeouts.js';
 import type { ConvergencePolicy, Decision, PolicyDecision, PolicyRequirements } from './types.js';
@@ -219,8 +223,8 @@ export interface AdaptiveReading {
   readonly backlogBytes?: number;
 }
 
-/** Plain-data state of the {@link AdaptivePolicy}. */
-export interface AdaptiveState {
+/** Plain-data state of the {@link AdaptivePolicy}; its guest tally fields (guest, precopyAtMs, remainingMs) are measured.ts's GuestCostTrack. */
+export interface AdaptiveState extends GuestCostTrack {
   readonly done: boolean;
   readonly downtimeMs: number;
   readonly autoConverge: boolean;
@@ -239,14 +243,8 @@ export interface AdaptiveState {
    * tuning's; absent: the tuning's (DEFAULT_COST_MODEL).
    */
   readonly prior?: CostModel;
-  /** Earlier runs behind `prior`: [with a pre-copy harm rate, with a post-copy cost]. */
-  readonly priorRuns?: readonly [number, number];
-  /** This run's guest samples so far (measured.ts): its own pre-copy harm rate. Absent: no guest pace feed. */
-  readonly guest?: GuestTally;
-  /** Host time (epoch ms) pre-copy was first seen. */
-  readonly precopyAtMs?: number;
-  /** What remained at the last pre-copy sample, as transfer time (ms; the backlog at a switch to post-copy). */
-  readonly remainingMs?: number;
+  /** Earlier runs behind `prior`: [with a pre-copy harm rate, with a post-copy cost, with a raise's cost (absent in older states)]. */
+  readonly priorRuns?: readonly [number, number, number?];
   readonly window: readonly AdaptiveReading[];
   /**
    * [pass, backlog bytes] found at the last few pass boundaries seen (the largest reading of that
@@ -431,41 +429,14 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     return { model, ...(measured ? { measuredHarm: measured } : {}) };
   }
 
-  /** Folds one guest sample (forwarded by the source node, or stored from before the run) into the tally. */
+  /** Folds one guest sample (forwarded by the source node, or stored from before the run) into the tally (measured.ts). */
   observeGuest(state: AdaptiveState, sample: GuestPerfSample): AdaptiveState {
-    const host = sample.time?.getTime();
-    if (host === undefined) return state;
-    let guest = state.guest ?? initialGuestTally();
-    if (state.guest === undefined && state.precopyAtMs !== undefined) guest = enterPhase(guest, 'precopy', state.precopyAtMs);
-    // Whole-guest pace only (worker -1); a worker's own line counts for the clock.
-    const next = tallyGuestSample(guest, { hostMs: host, guestMonoMs: sample.guestMonoMs, msPerGib: sample.worker === -1 ? sample.msPerGib : 0 });
-    return next === state.guest ? state : { ...state, guest: next };
+    return trackGuestSample(state, sample);
   }
 
-  /**
-   * The run's state changed (the coordinator's transitions): pre-copy ends at the switch-over, the
-   * post-copy phase at arrival (VERIFYING) — no progress sample says so once QEMU completes.
-   */
+  /** The run's state changed (the coordinator's transitions; measured.ts trackTransition). */
   observeState(state: AdaptiveState, to: MigrationState, atMs: number): AdaptiveState {
-    if (to === MigrationState.MIGRATION_STATE_PRECOPY && state.precopyAtMs === undefined) state = { ...state, precopyAtMs: atMs };
-    if (!state.guest) return state;
-    switch (to) {
-      case MigrationState.MIGRATION_STATE_PRECOPY:
-        return { ...state, guest: enterPhase(state.guest, 'precopy', atMs) };
-      case MigrationState.MIGRATION_STATE_SWITCHOVER:
-        return { ...state, guest: enterPhase(state.guest, 'switchover', atMs) };
-      case MigrationState.MIGRATION_STATE_POSTCOPY:
-        return { ...state, guest: enterPhase(state.guest, 'postcopy', atMs, state.remainingMs) };
-      case MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED:
-      case MigrationState.MIGRATION_STATE_POSTCOPY_RECOVERING:
-      case MigrationState.MIGRATION_STATE_PREPARING:
-      case MigrationState.MIGRATION_STATE_SETUP:
-      case MigrationState.MIGRATION_STATE_QUEUED:
-      case MigrationState.MIGRATION_STATE_UNSPECIFIED:
-        return state;
-      default:
-        return { ...state, guest: enterPhase(state.guest, 'after', atMs) };
-    }
+    return trackTransition(state, to, atMs);
   }
 
   /** Sets the prior from the VM's earlier runs (measured.ts); no usable run: unchanged. */
@@ -473,34 +444,18 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const p = priorFromHistory(runs, this.tuning.costs);
     const ws = workingSetFromHistory(runs);
     const withWs = ws ? { ...state, priorWorkingSet: ws } : state;
-    if (p.precopyRuns === 0 && p.postcopyRuns === 0) return withWs;
-    return { ...withWs, prior: p.model, priorRuns: [p.precopyRuns, p.postcopyRuns] };
+    if (p.precopyRuns === 0 && p.postcopyRuns === 0 && p.raiseRuns === 0) return withWs;
+    return { ...withWs, prior: p.model, priorRuns: [p.precopyRuns, p.postcopyRuns, p.raiseRuns] };
   }
 
   /** This run's measured figures, for the next run of the VM; undefined without a guest pace feed. */
   costFigures(state: AdaptiveState): RunCostFigures | undefined {
-    const f = { ...(state.guest ? runCostFigures(state.guest) : {}), ...(state.workingSetBytes !== undefined ? { workingSetBytes: state.workingSetBytes } : {}) };
+    const f = { ...trackedCostFigures(state), ...(state.workingSetBytes !== undefined ? { workingSetBytes: state.workingSetBytes } : {}) };
     return Object.keys(f).length > 0 ? f : undefined;
   }
 
-  /** Moves the guest tally's phase with the migration's (absent tally: nothing to do). */
-  private trackPhase(state: AdaptiveState, sample: ProgressSample): AdaptiveState {
-    const at = sample.time?.getTime();
-    if (isPrecopy(sample)) {
-      const bw = throughputBytesPerSec(sample);
-      const remainingMs = bw > 0 ? (sample.remainingBytes / bw) * 1000 : state.remainingMs;
-      const guest = state.guest && at !== undefined ? enterPhase(state.guest, 'precopy', at) : state.guest;
-      const precopyAtMs = state.precopyAtMs ?? at;
-      if (remainingMs === state.remainingMs && guest === state.guest && precopyAtMs === state.precopyAtMs) return state;
-      return { ...state, ...(remainingMs !== undefined ? { remainingMs } : {}), ...(guest ? { guest } : {}), ...(precopyAtMs !== undefined ? { precopyAtMs } : {}) };
-    }
-    if (!state.guest || at === undefined) return state;
-    if (isPostcopy(sample)) return { ...state, guest: enterPhase(state.guest, 'postcopy', at, state.remainingMs) };
-    return state;
-  }
-
   decide(state0: AdaptiveState, sample: ProgressSample, nowMs: number): Decision<AdaptiveState> {
-    const state = this.trackPhase(state0, sample);
+    const state = trackProgressSample(state0, sample);
     if (state.done) return { actions: [], state };
     if (isPostcopy(sample)) return { actions: [], state: { ...state, done: true } };
     if (!isPrecopy(sample) && !isStarting(sample)) return { actions: [], state };
@@ -599,7 +554,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
       // harm too: the regime h was fitted in); a stop of ≈ W once the limit admits it.
       if (p.convergesSoon) out.nothing = precopyCost(m, p.workingSetMs, 1, p.limitMs);
       if (target <= this.config.maxDowntimeMs && target > p.limitMs) {
-        const raise = precopyCost(m, p.workingSetMs, 1, target, this.tuning.convergeWithinPasses + 1, 1);
+        const raise = withMeasuredRaise(m, precopyCost(m, p.workingSetMs, 1, target, this.tuning.convergeWithinPasses + 1, 1), PRIOR_WEIGHT);
         if (Number.isFinite(raise.harmMs)) out.raise = raise;
       }
       if (postcopy) out.postcopy = postcopyCost(m, p.backlogMs);
@@ -609,7 +564,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     if (target <= this.config.maxDowntimeMs && target > p.limitMs) {
       // Sized on the need (early: as if the backlog did not shrink): one more boundary, then a stop of the need.
       const r = early ? Math.max(1, p.ratio) : p.ratio;
-      const raise = precopyCost(m, p.backlogMs, r, target, this.tuning.convergeWithinPasses + 1, p.ratio);
+      const raise = withMeasuredRaise(m, precopyCost(m, p.backlogMs, r, target, this.tuning.convergeWithinPasses + 1, p.ratio), PRIOR_WEIGHT);
       if (Number.isFinite(raise.harmMs)) out.raise = raise;
     }
     if (postcopy) out.postcopy = postcopyCost(m, p.backlogMs);
@@ -645,8 +600,12 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const chosen = pick < 0 ? undefined : options.filter((x): x is StepCost => x !== undefined)[pick];
     const lost = (x: StepCost | undefined): string => (x ? `≈${formatDuration(x.harmMs)}` : '—');
     const source = measured ? `h ${model.precopyHarmRate.toFixed(2)} with this run's ${measured.rate.toFixed(2)} over ${measured.samples} guest pace samples` : `h ${model.precopyHarmRate.toFixed(2)}`;
-    const prior = st.priorRuns ? `, prior from ${Math.max(...st.priorRuns)} earlier runs of the VM` : '';
-    const costs = `predicted guest time lost: nothing ${lost(c.nothing)}, raise to ${target} ms ${lost(c.raise)}, post-copy ${lost(c.postcopy)}; ${source}, c ${formatDuration(model.postcopyFixedMs)}, s ${model.postcopyHarmRate.toFixed(2)}${prior}`;
+    const [, pcRuns = 0, raiseRuns = 0] = st.priorRuns ?? [];
+    const learnt = pcRuns + raiseRuns > 0 ? ` (post-copy measured in ${pcRuns}, a raise in ${raiseRuns})` : '';
+    const prior = st.priorRuns ? `, prior from ${Math.max(...st.priorRuns.map((n) => n ?? 0))} earlier runs of the VM${learnt}` : '';
+    const mr = model.measuredRaise;
+    const raiseMeasured = mr ? `, a raise measured ≈${formatDuration(mr.lostMs)}` : '';
+    const costs = `predicted guest time lost: nothing ${lost(c.nothing)}, raise to ${target} ms ${lost(c.raise)}, post-copy ${lost(c.postcopy)}; ${source}, c ${formatDuration(model.postcopyFixedMs)}, s ${model.postcopyHarmRate.toFixed(2)}${raiseMeasured}${prior}`;
 
     if ((chosen !== undefined && chosen === c.nothing) || (c.nothing && st.userLimit === true)) return undefined;
 

@@ -37,8 +37,9 @@
  *    0.9× the post-copy phase's length: the guest hardly runs while its pages arrive).
  * The spreads are wide (the machine is shared and noisy): the model ranks steps, it does not
  * promise figures. They are the prior only: the adaptive policy replaces them with the VM's own
- * measurements where it has them (measured.ts: its earlier runs' h, c and s from the store, and
- * this run's h from the guest's pace samples, blended in as they arrive).
+ * measurements where it has them (measured.ts: its earlier runs' h, c and s from the store — runs
+ * under any policy, a fixed post-copy's too — what its earlier raises cost it (withMeasuredRaise),
+ * and this run's h from the guest's pace samples, blended in as they arrive).
  */
 
 /** Fitted parameters (see the module comment). */
@@ -51,6 +52,11 @@ export interface CostModel {
   readonly postcopyHarmRate: number;
   /** Predicted losses within this fraction of each other are a tie, decided by total time. */
   readonly tieTolerance: number;
+  /**
+   * What the VM's own downtime raises cost it (measured.ts priorFromHistory): the median guest ms
+   * lost from a raise to the end over `runs` earlier runs; absent: none measured (the model alone).
+   */
+  readonly measuredRaise?: { readonly lostMs: number; readonly runs: number };
 }
 
 export const DEFAULT_COST_MODEL: CostModel = Object.freeze({
@@ -95,6 +101,18 @@ export function precopyCost(model: CostModel, backlogMs: number, ratio: number, 
 /** Post-copy now. */
 export function postcopyCost(model: CostModel, backlogMs: number): StepCost {
   return { harmMs: model.postcopyFixedMs + model.postcopyHarmRate * backlogMs, totalMs: backlogMs, passes: 0 };
+}
+
+/**
+ * A raise's predicted cost with the VM's own measured raises blended in, as the prior blends its
+ * other figures: (n·measured + w·predicted) / (n + w), n the runs measured, w `weight` runs' worth
+ * for the model (measured.ts PRIOR_WEIGHT). The measured figure is one number per VM, whatever the
+ * backlog: it stands for raises of the same VM under the same workload, as those runs were.
+ */
+export function withMeasuredRaise(model: CostModel, raise: StepCost, weight: number): StepCost {
+  const m = model.measuredRaise;
+  if (!m || !(m.runs > 0) || !Number.isFinite(m.lostMs) || !Number.isFinite(raise.harmMs)) return raise;
+  return { ...raise, harmMs: (m.runs * m.lostMs + weight * raise.harmMs) / (m.runs + weight) };
 }
 
 /** Index of the cheapest cost: least harm, and of those within the tie tolerance of it, the shortest total. */

@@ -16,11 +16,19 @@
  * At a run's end {@link runCostFigures} keeps what the next run of the same VM needs: the pre-copy
  * harm rate and how long it was observed, and, for a run that switched to post-copy, the guest
  * time lost from the switch to the end and the backlog (as transfer time) at the switch.
+ * Every succeeded run keeps them whatever its policy (a fixed post-copy after one pass teaches the
+ * VM's next adaptive runs c and s too): the coordinator's supervisor folds every run's guest
+ * samples, progress, transitions and actions through the same functions ({@link GuestCostTrack});
+ * a run whose limit was raised once in pre-copy (and that did not go into post-copy after it) also
+ * keeps the guest time lost from the raise to the end and the backlog then.
  * {@link priorFromHistory} turns the VM's earlier runs into the policy's prior: h their median;
  * c and s by least squares over the post-copy runs where their backlogs spread enough to tell the
- * slope (≥ 3 runs, ≥ 1 s apart), else s kept and c the median of lost − s·b. Each figure is
+ * slope (≥ 3 runs, ≥ 1 s apart), else s kept and c the median of lost − s·b — unless that is
+ * below 0 (the runs lost less than s·b alone: hot-small's post-copy runs lost 0.2–0.6 s at backlogs
+ * of 0.4–2.3 s, docs/lab/policies-720-repeat), then c = 0 and s the median of lost ÷ b. Each figure is
  * shrunk towards the default by `PRIOR_WEIGHT` runs' worth (one run of a noisy machine decides
- * little). A run whose pass boundaries showed the backlog holding at a working set also keeps that
+ * little). The raises' losses give their median (cost.ts withMeasuredRaise blends it with the
+ * model's prediction of a raise by the same weight). A run whose pass boundaries showed the backlog holding at a working set also keeps that
  * W (bytes; adaptive.ts "Saturation"), and {@link workingSetFromHistory} gives the next runs the
  * median of those.
  *
@@ -31,8 +39,9 @@
  * {@link MIN_PACE_SAMPLES} the run's figure is not used at all. A VM without the stress agent
  * (no pace samples) keeps its prior.
  */
+import { type GuestPerfSample, MigrationState, PolicyActionKind, type ProgressSample } from '../../../shared/gen/migd/v1/common.js';
 import { type CostModel, DEFAULT_COST_MODEL } from './cost.js';
-import { median } from './signals.js';
+import { isPostcopy, isPrecopy, median, throughputBytesPerSec } from './signals.js';
 
 /** Pace samples of pre-copy needed before this run's own h is used. */
 export const MIN_PACE_SAMPLES = 10;
@@ -95,6 +104,17 @@ export interface GuestTally {
   readonly postcopy: PhaseTally;
   /** Backlog (transfer ms) at the switch to post-copy; -1: none or unknown. */
   readonly switchBacklogMs: number;
+  /**
+   * Downtime raises seen during pre-copy (a SET_DOWNTIME by whoever), the host time of the first
+   * (-1: none) and the backlog (transfer ms) then; and the guest's loss from that raise to arrival
+   * (the passes it still took and the stop). Absent in tallies from before these were kept.
+   */
+  readonly raises?: number;
+  readonly raiseAtMs?: number;
+  readonly raiseBacklogMs?: number;
+  readonly raised?: PhaseTally;
+  /** The run went into post-copy (whatever the backlog then). */
+  readonly postcopySeen?: boolean;
 }
 
 const EMPTY_PHASE: PhaseTally = Object.freeze({ stoppedMs: 0, slowedMs: 0, coveredMs: 0, paced: 0 });
@@ -116,8 +136,21 @@ export function enterPhase(t: GuestTally, phase: GuestPhase, atMs: number, switc
   if (passed('precopy')) next = { ...next, precopyAtMs: atMs, baselineMsPerGib: t.before.length > 0 ? median(t.before) : 0 };
   if (passed('switchover')) next = { ...next, switchAtMs: atMs };
   if (passed('after')) next = { ...next, arrivedAtMs: atMs };
+  if (phase === 'postcopy') next = { ...next, postcopySeen: true };
   if (passed('postcopy') && switchBacklogMs !== undefined && Number.isFinite(switchBacklogMs) && switchBacklogMs >= 0) next = { ...next, switchBacklogMs };
   return next;
+}
+
+/**
+ * A downtime raise at host time `atMs` with `backlogMs` (transfer ms, -1: unknown) then: only one
+ * during pre-copy is a raise whose cost can be told (the loss from it to arrival); a second makes
+ * the run's raise figures void (see runCostFigures).
+ */
+export function enterRaise(t: GuestTally, atMs: number, backlogMs: number | undefined): GuestTally {
+  if (t.phase !== 'precopy' || !Number.isFinite(atMs)) return t;
+  const raises = (t.raises ?? 0) + 1;
+  if (raises > 1) return { ...t, raises };
+  return { ...t, raises, raiseAtMs: atMs, raiseBacklogMs: backlogMs !== undefined && Number.isFinite(backlogMs) && backlogMs >= 0 ? backlogMs : -1, raised: EMPTY_PHASE };
 }
 
 /** Overlap of [a, b] with [from, to] as a fraction of b − a (to < 0: open); as in harm.ts. */
@@ -153,13 +186,15 @@ export function tallyGuestSample(t: GuestTally, s: GuestPaceSample): GuestTally 
       lastPaced: newPace ? [s.hostMs, s.guestMonoMs] : t.lastPaced,
     };
   }
-  let { precopy, postcopy } = t;
+  let { precopy, postcopy, raised } = t;
+  const raiseAt = raised ? (t.raiseAtMs ?? -1) : -1;
   if (newClock && t.last) {
     const [a, ga] = t.last;
     const dh = s.hostMs - a;
     const dg = s.guestMonoMs - ga;
     precopy = addInterval(precopy, share(a, s.hostMs, t.precopyAtMs, t.switchAtMs), dh, dg);
     postcopy = addInterval(postcopy, share(a, s.hostMs, t.switchAtMs, t.arrivedAtMs), dh, dg);
+    if (raised) raised = addInterval(raised, share(a, s.hostMs, raiseAt, t.arrivedAtMs), dh, dg);
   }
   if (newPace && t.lastPaced && t.baselineMsPerGib > 0) {
     const [a, ga] = t.lastPaced;
@@ -167,8 +202,115 @@ export function tallyGuestSample(t: GuestTally, s: GuestPaceSample): GuestTally 
     const lost = dg * Math.max(0, 1 - t.baselineMsPerGib / s.msPerGib);
     precopy = addPace(precopy, share(a, s.hostMs, t.precopyAtMs, t.switchAtMs), lost);
     postcopy = addPace(postcopy, share(a, s.hostMs, t.switchAtMs, t.arrivedAtMs), lost);
+    if (raised) raised = addPace(raised, share(a, s.hostMs, raiseAt, t.arrivedAtMs), lost);
   }
-  return { ...t, precopy, postcopy, last: newClock ? [s.hostMs, s.guestMonoMs] : t.last, lastPaced: newPace ? [s.hostMs, s.guestMonoMs] : t.lastPaced };
+  return { ...t, precopy, postcopy, ...(raised ? { raised } : {}), last: newClock ? [s.hostMs, s.guestMonoMs] : t.last, lastPaced: newPace ? [s.hostMs, s.guestMonoMs] : t.lastPaced };
+}
+
+/**
+ * What a run's guest samples, progress samples, transitions and actions drive (plain data): the
+ * tally, created at the first guest sample (absent: no guest feed), when pre-copy was first seen and
+ * what remained at its last sample as transfer time (the backlog at a switch to post-copy or a
+ * raise). The coordinator's supervisor keeps one for every run whatever its policy (its figures
+ * are stored at the run's end), and the adaptive policy keeps the same fields in its own state to
+ * blend this run's h in while it decides: both fold through the functions below.
+ */
+export interface GuestCostTrack {
+  readonly guest?: GuestTally;
+  /** Host time (epoch ms) pre-copy was first seen. */
+  readonly precopyAtMs?: number;
+  /** What remained at the last pre-copy sample, as transfer time (ms). */
+  readonly remainingMs?: number;
+}
+
+/** Folds one guest sample (forwarded by the source node, or stored from before the run) into the tally. */
+export function trackGuestSample<S extends GuestCostTrack>(state: S, sample: GuestPerfSample): S {
+  const host = sample.time?.getTime();
+  if (host === undefined) return state;
+  let guest = state.guest ?? initialGuestTally();
+  if (state.guest === undefined && state.precopyAtMs !== undefined) guest = enterPhase(guest, 'precopy', state.precopyAtMs);
+  // Whole-guest pace only (worker -1); a worker's own line counts for the clock.
+  const next = tallyGuestSample(guest, { hostMs: host, guestMonoMs: sample.guestMonoMs, msPerGib: sample.worker === -1 ? sample.msPerGib : 0 });
+  return next === state.guest ? state : { ...state, guest: next };
+}
+
+/**
+ * The run moved to `to` at host time `atMs` (the coordinator's transitions): pre-copy ends at the
+ * switch-over, the post-copy phase at arrival (VERIFYING) — no progress sample says so once QEMU
+ * completes.
+ */
+export function trackTransition<S extends GuestCostTrack>(state: S, to: MigrationState, atMs: number): S {
+  if (to === MigrationState.MIGRATION_STATE_PRECOPY && state.precopyAtMs === undefined) state = { ...state, precopyAtMs: atMs };
+  if (!state.guest) return state;
+  switch (to) {
+    case MigrationState.MIGRATION_STATE_PRECOPY:
+      return { ...state, guest: enterPhase(state.guest, 'precopy', atMs) };
+    case MigrationState.MIGRATION_STATE_SWITCHOVER:
+      return { ...state, guest: enterPhase(state.guest, 'switchover', atMs) };
+    case MigrationState.MIGRATION_STATE_POSTCOPY:
+      return { ...state, guest: enterPhase(state.guest, 'postcopy', atMs, state.remainingMs) };
+    case MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED:
+    case MigrationState.MIGRATION_STATE_POSTCOPY_RECOVERING:
+    case MigrationState.MIGRATION_STATE_PREPARING:
+    case MigrationState.MIGRATION_STATE_SETUP:
+    case MigrationState.MIGRATION_STATE_QUEUED:
+    case MigrationState.MIGRATION_STATE_UNSPECIFIED:
+      return state;
+    default:
+      return { ...state, guest: enterPhase(state.guest, 'after', atMs) };
+  }
+}
+
+/** Moves the tally's phase with a progress sample's (pre-copy: its start and what remains; post-copy: the switch). */
+export function trackProgressSample<S extends GuestCostTrack>(state: S, sample: ProgressSample): S {
+  const at = sample.time?.getTime();
+  if (isPrecopy(sample)) {
+    const bw = throughputBytesPerSec(sample);
+    const remainingMs = bw > 0 ? (sample.remainingBytes / bw) * 1000 : state.remainingMs;
+    const guest = state.guest && at !== undefined ? enterPhase(state.guest, 'precopy', at) : state.guest;
+    const precopyAtMs = state.precopyAtMs ?? at;
+    if (remainingMs === state.remainingMs && guest === state.guest && precopyAtMs === state.precopyAtMs) return state;
+    return { ...state, ...(remainingMs !== undefined ? { remainingMs } : {}), ...(guest ? { guest } : {}), ...(precopyAtMs !== undefined ? { precopyAtMs } : {}) };
+  }
+  if (!state.guest || at === undefined) return state;
+  if (isPostcopy(sample)) return { ...state, guest: enterPhase(state.guest, 'postcopy', at, state.remainingMs) };
+  return state;
+}
+
+/** An action taken on the migration (by its policy or a user) at host time `atMs`: a downtime raise starts the raise's tally. */
+export function trackAction<S extends GuestCostTrack>(state: S, kind: PolicyActionKind, atMs: number): S {
+  if (kind !== PolicyActionKind.POLICY_ACTION_KIND_SET_DOWNTIME || !state.guest) return state;
+  const guest = enterRaise(state.guest, atMs, state.remainingMs);
+  return guest === state.guest ? state : { ...state, guest };
+}
+
+const timeOf = (x: { readonly time?: Date | undefined }): number => x.time?.getTime() ?? 0;
+
+/**
+ * A run's cost track from its recorded timeline (a restarted coordinator, the tests): guest
+ * samples (those before the run included), progress, transitions and actions in the order of their
+ * host times, as they came in.
+ */
+export function replayCostTrack(
+  progress: readonly ProgressSample[],
+  guest: readonly GuestPerfSample[],
+  transitions: readonly { readonly time?: Date | undefined; readonly to: MigrationState }[],
+  actions: readonly { readonly time?: Date | undefined; readonly kind: PolicyActionKind }[],
+): GuestCostTrack {
+  const events: { t: number; o: number; apply: (s: GuestCostTrack) => GuestCostTrack }[] = [
+    ...progress.map((p) => ({ t: timeOf(p), apply: (s: GuestCostTrack) => trackProgressSample(s, p) })),
+    ...guest.map((g) => ({ t: timeOf(g), apply: (s: GuestCostTrack) => trackGuestSample(s, g) })),
+    ...transitions.map((c) => ({ t: timeOf(c), apply: (s: GuestCostTrack) => trackTransition(s, c.to, timeOf(c)) })),
+    ...actions.map((a) => ({ t: timeOf(a), apply: (s: GuestCostTrack) => trackAction(s, a.kind, timeOf(a)) })),
+  ].map((e, o) => ({ ...e, o }));
+  events.sort((a, b) => a.t - b.t || a.o - b.o);
+  return events.reduce<GuestCostTrack>((s, e) => e.apply(s), {});
+}
+
+/** The figures a run's track leaves for the VM's next runs (undefined: nothing measured). */
+export function trackedCostFigures(state: GuestCostTrack): RunCostFigures | undefined {
+  const f = state.guest ? runCostFigures(state.guest) : {};
+  return Object.keys(f).length > 0 ? f : undefined;
 }
 
 /** Guest ms lost over a phase's tally. */
@@ -203,6 +345,13 @@ export interface RunCostFigures {
   readonly postcopyBacklogMs?: number | undefined;
   /** The working set the backlog held at across pass boundaries (bytes; adaptive.ts "Saturation"); undefined: none seen. */
   readonly workingSetBytes?: number | undefined;
+  /**
+   * Guest ms lost from the run's one downtime raise to the end (the passes it still took and the
+   * stop); undefined: no raise, more than one, post-copy after it, or not measured.
+   */
+  readonly raiseLostMs?: number | undefined;
+  /** Backlog when the limit was raised, as transfer time (ms). */
+  readonly raiseBacklogMs?: number | undefined;
 }
 
 /** A finished run's figures from its tally (empty where nothing was measured). */
@@ -216,6 +365,11 @@ export function runCostFigures(t: GuestTally): RunCostFigures {
   if (t.switchBacklogMs >= 0 && t.baselineMsPerGib > 0 && t.postcopy.coveredMs > 0) {
     out.postcopyLostMs = phaseLostMs(t.postcopy);
     out.postcopyBacklogMs = t.switchBacklogMs;
+  }
+  const raised = t.raised;
+  if (raised && t.raises === 1 && t.postcopySeen !== true && t.arrivedAtMs >= 0 && (t.raiseBacklogMs ?? -1) >= 0 && t.baselineMsPerGib > 0 && raised.coveredMs > 0) {
+    out.raiseLostMs = phaseLostMs(raised);
+    out.raiseBacklogMs = t.raiseBacklogMs;
   }
   return out;
 }
@@ -247,7 +401,7 @@ export function workingSetFromHistory(runs: readonly RunCostFigures[]): { bytes:
  * The prior for a VM from its earlier runs' figures (see the module comment), and which figures
  * came from how many runs. With no usable run: `fallback` itself.
  */
-export function priorFromHistory(runs: readonly RunCostFigures[], fallback: CostModel = DEFAULT_COST_MODEL): { model: CostModel; precopyRuns: number; postcopyRuns: number } {
+export function priorFromHistory(runs: readonly RunCostFigures[], fallback: CostModel = DEFAULT_COST_MODEL): { model: CostModel; precopyRuns: number; postcopyRuns: number; raiseRuns: number } {
   const hs = runs.map((r) => r.precopyHarmRate).filter((x): x is number => x !== undefined && Number.isFinite(x) && x >= 0);
   const pc = runs
     .filter((r) => r.postcopyLostMs !== undefined && r.postcopyBacklogMs !== undefined && Number.isFinite(r.postcopyLostMs) && Number.isFinite(r.postcopyBacklogMs))
@@ -263,9 +417,18 @@ export function priorFromHistory(runs: readonly RunCostFigures[], fallback: Cost
       s = fit.slope;
       c = fit.intercept;
     } else {
-      c = Math.max(0, median(pc.map(([b, lost]) => lost - s * b)));
+      c = median(pc.map(([b, lost]) => lost - s * b));
+      const ratios = pc.filter(([b]) => b > 0).map(([b, lost]) => lost / b);
+      if (!(c >= 0) && ratios.length > 0) {
+        // The runs lost less than s·b alone: their slope is smaller, not c below 0 (lost = s·b through the origin).
+        c = 0;
+        s = median(ratios);
+      }
+      c = Math.max(0, c);
     }
     model = { ...model, postcopyFixedMs: shrink(c, pc.length, fallback.postcopyFixedMs), postcopyHarmRate: shrink(s, pc.length, fallback.postcopyHarmRate) };
   }
-  return { model, precopyRuns: hs.length, postcopyRuns: pc.length };
+  const raised = runs.map((r) => r.raiseLostMs).filter((x): x is number => x !== undefined && Number.isFinite(x) && x >= 0);
+  if (raised.length > 0) model = { ...model, measuredRaise: { lostMs: median(raised), runs: raised.length } };
+  return { model, precopyRuns: hs.length, postcopyRuns: pc.length, raiseRuns: raised.length };
 }

@@ -37,7 +37,7 @@ import { configError, loadConfig } from '../services/shared/config.js';
 import { startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
 import { startPostgres, type PostgresServer } from '../services/testbed/postgres.js';
 import { CoordinatorBackend } from '../stress/lab/coordinator-backend.js';
-import { quantile } from '../stress/lab/metrics.js';
+import { quantile, slotUse } from '../stress/lab/metrics.js';
 import { SimCluster } from '../stress/lab/sim-nodes.js';
 import { SubmitChild, submitPlans, type LoopDelay, type SubmitReport } from '../stress/lab/submit-client.js';
 import type { TurnReport } from '../services/shared/metrics/turns.js';
@@ -73,6 +73,14 @@ const REPS = opts.reps;
 const VMS_PER_NODE = opts['vms-per-node'];
 /** Drain plans submitted per cluster size (each drains one node of 2 × vms-per-node VMs); 0 = every populated node. */
 const MAX_PLANS = opts['max-plans'];
+function printSlotUse(intervals: readonly (readonly [number, number])[], from: number, to: number, concurrency: number, submittedAt: number): void {
+  const u = slotUse(intervals, from, to, concurrency);
+  const s = (ms: number): string => fmt(ms / 1000, 2);
+  out(
+    `    slots (${concurrency}): in use ${fmt(u.use * 100, 1)} % of the makespan; 95 % in use from ${s(u.fullAtMs)} s (last plan answered at ${s(submittedAt - from)} s), last start at ${s(u.lastStartMs)} s; slot time lost: ramp ${s(u.lost.ramp)} s, steady ${s(u.lost.steady)} s (${fmt(u.steadyStarts > 0 ? u.lost.steady / u.steadyStarts : NaN, 0)} ms per start), tail ${s(u.lost.tail)} s (÷ ${concurrency} slots: ${s(u.lost.ramp / concurrency)} + ${s(u.lost.steady / concurrency)} + ${s(u.lost.tail / concurrency)} s of makespan)`,
+  );
+}
+
 /** The coordinator's --heartbeat-misses (its default is 3 at 2 s). */
 const HEARTBEAT_MISSES = opts['heartbeat-misses'];
 /** Part a's bare script uses TLS like migd's lab nodes. */
@@ -676,6 +684,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       out(
         `  ${String(n).padStart(5)} ${String(total).padStart(5)} ${String(planIds.length).padStart(6)}  ${fmt(quantile(lat, 0.5), 1).padStart(10)} / ${fmt(quantile(lat, 0.99), 1).padEnd(9)} ${fmt(planIds.length / (submitMs / 1000), 1).padStart(8)}  ${fmt(planned / (submitMs / 1000), 0).padStart(20)}  ${fmt(makespan / 1000, 1).padStart(10)}  ${fmt(bound / 1000, 1).padStart(7)}  ${fmt(bound / makespan, 3).padStart(14)}  ${fmt(cpu, 1).padStart(17)}`,
       );
+      printSlotUse(sim.intervals, firstSent, sim.lastCompletedAt, concurrency, firstSent + submitMs);
       if (sim.completed < planned) out(`    (only ${sim.completed}/${planned} migrations completed before the deadline)`);
       if (failed > 0) out(`    (${failed} plan(s) failed)`);
       if (downs > 0) out(`    (the coordinator marked nodes down ${downs} times: heartbeats were not served in time)`);

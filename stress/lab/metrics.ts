@@ -619,3 +619,44 @@ export function paretoFront(summaries: readonly StrategySummary[], slack = 0.1):
   }
   return out;
 }
+
+/**
+ * How the drain used its slots: from the first SubmitPlan (`from`) to the last completion (`to`),
+ * the simulated migrations in flight against the `concurrency` the bound assumes. Lost slot time
+ * (concurrency × span − time migrations ran) is split at the moment the slots were first all in
+ * use and at the last start (the tail, where fewer migrations are left than slots), and the
+ * steady part is also given per migration started in it: the gap a slot sat free between two.
+ */
+export function slotUse(intervals: readonly (readonly [number, number])[], from: number, to: number, concurrency: number): { fullAtMs: number; lastStartMs: number; lost: { ramp: number; steady: number; tail: number }; steadyStarts: number; use: number } {
+  const ev: [number, number][] = [];
+  for (const [a, b] of intervals) {
+    ev.push([a, 1]);
+    ev.push([b < 0 ? to : b, -1]);
+  }
+  ev.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+  let n = 0;
+  let fullAt = NaN;
+  for (const [t, d] of ev) {
+    n += d;
+    if (n >= Math.ceil(concurrency * 0.95) && Number.isNaN(fullAt)) fullAt = t;
+  }
+  const lastStart = intervals.reduce((m, [a]) => Math.max(m, a), from);
+  const full = Number.isNaN(fullAt) ? lastStart : fullAt;
+  const lostIn = (a: number, b: number): number => {
+    if (b <= a) return 0;
+    let busy = 0;
+    for (const [s, e0] of intervals) {
+      const e = e0 < 0 ? to : e0;
+      busy += Math.max(0, Math.min(e, b) - Math.max(s, a));
+    }
+    return concurrency * (b - a) - busy;
+  };
+  const busyAll = intervals.reduce((acc, [s, e]) => acc + Math.max(0, Math.min(e < 0 ? to : e, to) - Math.max(s, from)), 0);
+  return {
+    fullAtMs: full - from,
+    lastStartMs: lastStart - from,
+    lost: { ramp: lostIn(from, full), steady: lostIn(full, lastStart), tail: lostIn(lastStart, to) },
+    steadyStarts: intervals.filter(([a]) => a > full && a <= lastStart).length,
+    use: busyAll / (concurrency * Math.max(1, to - from)),
+  };
+}

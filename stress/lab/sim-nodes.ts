@@ -73,6 +73,8 @@ export class SimCluster {
   /** Completed migrations and when the last one completed (epoch ms). */
   completed = 0;
   lastCompletedAt = 0;
+  /** Each simulated migration's [start, end] (epoch ms; end -1 while it runs), in start order. */
+  readonly intervals: [number, number][] = [];
 
   private constructor(private readonly o: SimClusterOptions) {
     this.nodeIds = Array.from({ length: o.nodes }, (_, i) => `n${String(i).padStart(4, '0')}`);
@@ -216,6 +218,8 @@ export class SimCluster {
     const total = this.o.migrationMs ?? 1000;
     const every = this.o.progressMs ?? 200;
     const start = Date.now();
+    const interval: [number, number] = [start, -1];
+    this.intervals.push(interval);
     const bytes = (this.o.vmMemoryMib ?? 1024) * MiB;
     const change = (from: MigrationState, to: MigrationState, reason: string): void => {
       const c: StateChange = { time: new Date(), from, to, reason };
@@ -250,6 +254,7 @@ export class SimCluster {
         this.place(m.info.vmName, m.info.destination?.nodeId ?? '');
         this.completed++;
         this.lastCompletedAt = Date.now();
+        interval[1] = this.lastCompletedAt;
         this.publish(m, { update: { $case: 'result', value: m.info } });
       }
     }, every);

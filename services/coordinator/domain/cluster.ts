@@ -89,6 +89,8 @@ export function vmMemoryBytes(vm: VmModel): number {
  *    node has).
  */
 export function localDiskSpace(vm: Pick<VmInfo, 'spec' | 'localDisks'>): { spaceBytes: number; transferBytes: number } {
+  // Most VMs report no LOCAL disk: no map of their specs (the model is built for every plan, over every VM).
+  if (!vm.localDisks || vm.localDisks.length === 0) return NO_DISK_SPACE;
   const specs = new Map((vm.spec?.disks ?? []).map((d) => [d.id, d]));
   let spaceBytes = 0;
   let transferBytes = 0;
@@ -100,6 +102,8 @@ export function localDiskSpace(vm: Pick<VmInfo, 'spec' | 'localDisks'>): { space
   }
   return { spaceBytes, transferBytes };
 }
+
+const NO_DISK_SPACE: { readonly spaceBytes: number; readonly transferBytes: number } = Object.freeze({ spaceBytes: 0, transferBytes: 0 });
 
 /**
  * Storage the LOCAL disks a CreateVm spec asks its node to create will take there, by the rule of
@@ -240,11 +244,14 @@ export function clusterFromProto(
   const residents = vms.filter((v) => v.state !== VmState.VM_STATE_INCOMING);
   const residentNode = new Map<string, string>();
   const residentDisks = new Map<string, number>();
+  const disksOf = new Map<VmInfo, { spaceBytes: number; transferBytes: number }>();
   for (const r of residents) {
     const name = r.spec?.name ?? '';
+    const disks = localDiskSpace(r);
+    if (disks.spaceBytes > 0) disksOf.set(r, disks);
     if (!residentNode.has(name)) {
       residentNode.set(name, r.nodeId);
-      residentDisks.set(name, localDiskSpace(r).spaceBytes);
+      if (disks.spaceBytes > 0) residentDisks.set(name, disks.spaceBytes);
     }
   }
   // What the incoming copy of a VM already occupies on its destination (its target images, as
@@ -279,7 +286,7 @@ export function clusterFromProto(
     })),
     vms: residents.map((v) => {
       const name = v.spec?.name ?? '';
-      const disks = localDiskSpace(v);
+      const disks = disksOf.get(v) ?? NO_DISK_SPACE;
       return {
         name,
         nodeId: v.nodeId,

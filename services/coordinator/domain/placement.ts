@@ -121,8 +121,10 @@ export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: P
     if (node.id === vm.nodeId) problems.push('is the source');
     if (allowed && !allowed.has(node.id)) problems.push('is not among the requested destinations');
     if (!node.up) problems.push('is down');
-    const missing = required.filter((c) => !node.capabilities.includes(c));
-    if (missing.length > 0) problems.push(`lacks ${missing.join(', ')}`);
+    if (required.length > 0) {
+      const missing = required.filter((c) => !node.capabilities.includes(c));
+      if (missing.length > 0) problems.push(`lacks ${missing.join(', ')}`);
+    }
     if (availableBytes < need) {
       const reservedNote = reserved.bytes > 0 ? ` after ${formatBytes(reserved.bytes)} reserved by ${reserved.count} planned migration(s)` : '';
       problems.push(`needs ${formatBytes(need)} but has ${formatBytes(Math.max(0, availableBytes))} free${reservedNote}`);
@@ -140,10 +142,13 @@ export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: P
         problems.push(`would share the node with "${other}" (anti-affinity group "${vm.antiAffinityGroup}")`);
       }
     }
-    for (const other of apartOn.get(node.id) ?? []) {
+    const apart = apartOn.size > 0 ? apartOn.get(node.id) : undefined;
+    for (const other of apart ?? []) {
       if (!shared.has(other)) problems.push(`would share the node with "${other}" (requested to be kept apart)`);
     }
-    return { nodeId: node.id, eligible: problems.length === 0, problems, availableBytes, inbound: reserved.count, ...(storageShort ? { storageShort } : {}) };
+    const verdict: { -readonly [K in keyof NodeVerdict]: NodeVerdict[K] } = { nodeId: node.id, eligible: problems.length === 0, problems, availableBytes, inbound: reserved.count };
+    if (storageShort) verdict.storageShort = storageShort;
+    return verdict;
   });
 }
 
@@ -159,6 +164,25 @@ export function storageWords(vm: Pick<VmModel, 'name' | 'diskSpaceBytes'>, s: No
 /** Most free memory first, then fewest inbound, then lowest id. */
 function rank(a: NodeVerdict, b: NodeVerdict): number {
   return b.availableBytes - a.availableBytes || a.inbound - b.inbound || (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0);
+}
+
+/**
+ * The two best eligible verdicts by {@link rank} and how many are eligible, in one pass (a drain
+ * ranks every node for each of its VMs: sorting them all was most of a large plan's time).
+ */
+export function bestTwo(verdicts: readonly NodeVerdict[]): { best: NodeVerdict | undefined; runnerUp: NodeVerdict | undefined; eligible: number } {
+  let best: NodeVerdict | undefined;
+  let runnerUp: NodeVerdict | undefined;
+  let eligible = 0;
+  for (const v of verdicts) {
+    if (!v.eligible) continue;
+    eligible++;
+    if (!best || rank(v, best) < 0) {
+      runnerUp = best;
+      best = v;
+    } else if (!runnerUp || rank(v, runnerUp) < 0) runnerUp = v;
+  }
+  return { best, runnerUp, eligible };
 }
 
 /**
@@ -208,8 +232,7 @@ export function placeVm(cluster: ClusterModel, vmName: string, opts: PlacementOp
     return placed(dest, `${dest}: requested destination (${formatBytes(verdict?.availableBytes ?? 0)} free before this VM)`);
   }
 
-  const eligible = verdicts.filter((v) => v.eligible).sort(rank);
-  const best = eligible[0];
+  const { best, runnerUp, eligible } = bestTwo(verdicts);
   if (!best) {
     const perNode = verdicts
       .filter((v) => v.nodeId !== source.id)
@@ -219,10 +242,9 @@ export function placeVm(cluster: ClusterModel, vmName: string, opts: PlacementOp
       reason: 'NO_DESTINATION',
     });
   }
-  const runnerUp = eligible[1];
   let why: string;
   if (!runnerUp) why = 'the only eligible node';
-  else if (runnerUp.availableBytes < best.availableBytes) why = `most free memory of ${eligible.length} eligible nodes`;
+  else if (runnerUp.availableBytes < best.availableBytes) why = `most free memory of ${eligible} eligible nodes`;
   else if (runnerUp.inbound > best.inbound) why = `tied with ${runnerUp.nodeId} on free memory, fewer inbound migrations`;
   else why = `tied with ${runnerUp.nodeId} on free memory and inbound migrations, lowest id`;
   return placed(best.nodeId, `${best.nodeId}: ${why} (${formatBytes(best.availableBytes)} free after reservations, ${best.inbound} inbound)`);

@@ -140,6 +140,8 @@ export class StoreDatabase {
   /** Writes waiting for the next group (see {@link write}). */
   private readonly pending = new WriteQueue<PendingWrite>();
   private flushing: Promise<void> | undefined;
+  /** Groups written again with savepoints because one of their writes failed (see writeGroup). */
+  groupRedos = 0;
   /** Hot queries compiled once for this database's dialect: SQL text and where each argument goes. */
   private readonly reusable = new Map<string, { compiled: CompiledQuery<unknown>; slots: number[] }>();
 
@@ -157,9 +159,11 @@ export class StoreDatabase {
    * Runs `fn` in a write transaction; notifies outbox listeners after a commit that enqueued.
    *
    * Group commit: writes asked for while another group is being written wait for it and then go
-   * in together, one transaction with each write in its own savepoint. A write that fails is
-   * rolled back to its savepoint and rejected on its own; the others commit (and resolve) only
-   * with the transaction. On a drain's hundreds of run updates a second this turns one commit per
+   * in together, one transaction. The writes of a group run one after another without
+   * savepoints; when one fails, the group is rolled back and written again with each write in its
+   * own savepoint, so a write that fails is rejected on its own and the others commit (and
+   * resolve) only with the transaction. So `fn` may run twice, and must have no effect outside
+   * the transaction (nothing of the first attempt is kept). On a drain's hundreds of run updates a second this turns one commit per
    * update into one per group; every write still sees the ones before it, as in serial order, and
    * the fencing check (beginWrite) covers the whole transaction. `fn` must not itself wait for
    * another write (it would wait for its own group).
@@ -228,20 +232,40 @@ export class StoreDatabase {
             group.push(this.pending.shift()!);
             outcomes.push({ ok: true, value: await group[0]!.fn(conn, tx) });
           } else {
-            while (groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs })) {
+            // Optimistic: the writes one after another without savepoints (two statements fewer
+            // each: on Postgres two network round trips of a group's four to six per write).
+            let failed = false;
+            while (!failed && groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs })) {
               const w = this.pending.shift()!;
               group.push(w);
-              const before = tx.enqueued;
-              await conn.executeQuery(TX.savepoint);
               try {
-                const value = await w.fn(conn, tx);
-                await conn.executeQuery(TX.release);
-                outcomes.push({ ok: true, value });
-              } catch (err) {
-                outcomes.push({ ok: false, err });
-                tx.enqueued = before;
-                await conn.executeQuery(TX.rollbackToSavepoint);
-                await conn.executeQuery(TX.release);
+                outcomes.push({ ok: true, value: await w.fn(conn, tx) });
+              } catch {
+                failed = true;
+              }
+            }
+            if (failed) {
+              // One failed, perhaps half-way (its statements so far are in the transaction, and
+              // Postgres refuses any further statement after a failed one): the group is undone
+              // and written again, each write in its own savepoint, so only the failing one fails.
+              this.groupRedos++;
+              await conn.executeQuery(TX.rollback);
+              outcomes.length = 0;
+              tx.enqueued = 0;
+              await this.dialect.beginWrite(conn);
+              for (const w of group) {
+                const before = tx.enqueued;
+                await conn.executeQuery(TX.savepoint);
+                try {
+                  const value = await w.fn(conn, tx);
+                  await conn.executeQuery(TX.release);
+                  outcomes.push({ ok: true, value });
+                } catch (err) {
+                  outcomes.push({ ok: false, err });
+                  tx.enqueued = before;
+                  await conn.executeQuery(TX.rollbackToSavepoint);
+                  await conn.executeQuery(TX.release);
+                }
               }
             }
           }

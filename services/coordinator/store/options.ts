@@ -31,7 +31,7 @@ export interface HistoryStoreOptions {
   /**
    * A group commit takes no further write once it has run this long, in ms; the rest of the queue
    * goes in the next group, after the event loop's I/O (see StoreDatabase.write). 0: one write
-   * per transaction. Default 10.
+   * per transaction. Default 10 (Postgres: POSTGRES_WRITE_GROUP_BUDGET_MS, 100).
    */
   writeGroupBudgetMs?: number;
   /** Clock in ms since the epoch. Default `Date.now`. */

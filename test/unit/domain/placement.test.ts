@@ -3,7 +3,7 @@ import { FailedPreconditionError, NotFoundError, ResourceExhaustedError } from '
 import { DiskFormat, StorageMode, VmInfo, VmState } from '../../../services/shared/gen/migd/v1/common.js';
 import { Node, NodeStatus } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import { type ClusterModel, type NodeModel, clusterFromProto, createdDiskSpace, localDiskSpace, storageMargin } from '../../../services/coordinator/domain/cluster.js';
-import { placeVm } from '../../../services/coordinator/domain/placement.js';
+import { type NodeVerdict, bestTwo, placeVm } from '../../../services/coordinator/domain/placement.js';
 import { GiB, MiB } from '../../../services/coordinator/domain/units.js';
 
 const ALL = ['postcopy-ram', 'return-path', 'postcopy-preempt', 'auto-converge', 'xbzrle', 'multifd'];
@@ -273,5 +273,22 @@ describe('LOCAL disks and the storage of a destination (issue 13)', () => {
     // Fully written: nothing more is promised.
     const done = clusterFromProto([host('src', 100 * GiB), host('b', 9 * GiB)], [vmInfo(), incoming(20 * GiB, GiB)]);
     expect(done.plannedMoves).toEqual([{ vmName: 'db-1', from: 'src', to: 'b', memoryBytes: 2 * GiB }]);
+  });
+});
+
+describe('bestTwo', () => {
+  it('picks the same best and runner-up as sorting every eligible verdict', () => {
+    let seed = 42;
+    const rnd = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const byRank = (a: NodeVerdict, b: NodeVerdict): number => b.availableBytes - a.availableBytes || a.inbound - b.inbound || (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0);
+    for (let round = 0; round < 500; round++) {
+      // Few distinct values, so ties on memory and on inbound are common.
+      const verdicts: NodeVerdict[] = Array.from({ length: rnd(12) }, (_, i) => ({ nodeId: `n${rnd(6)}-${i}`, eligible: rnd(4) > 0, problems: [], availableBytes: rnd(3) * GiB, inbound: rnd(3) }));
+      const sorted = verdicts.filter((v) => v.eligible).sort(byRank);
+      expect(bestTwo(verdicts)).toEqual({ best: sorted[0], runnerUp: sorted[1], eligible: sorted.length });
+    }
   });
 });

@@ -11,6 +11,7 @@ import {
   quantile,
   runFigures,
   runSeries,
+  slotUse,
   summarize,
   timelineBaseline,
 } from '../../../stress/lab/metrics.js';
@@ -166,5 +167,38 @@ describe('summaries per strategy', () => {
     expect(ac.downtimeMsP99).toBeCloseTo(298, 6);
     expect(ac.guestSecondsLostP50).toBeGreaterThan(0);
     expect(rows[1]!.downtimeMsP99).toBe(5);
+  });
+});
+
+describe('slotUse', () => {
+  it('splits the slot time a drain lost into ramp, steady gaps and tail', () => {
+    // 2 slots over [0, 10]: one migration fills a slot from 0, the second slot is first used at 2
+    // (ramp: 2 slot·s lost); then each slot is free 1 s between two migrations of 3 s; the last
+    // start is at 6 and the other slot is idle from 9 to 10 (tail).
+    const intervals: [number, number][] = [
+      [0, 3],
+      [2, 5],
+      [4, 7],
+      [6, 9],
+      [8, 10],
+    ];
+    const u = slotUse(intervals, 0, 10, 2);
+    expect(u.fullAtMs).toBe(2);
+    expect(u.lastStartMs).toBe(8);
+    // Busy 3+3+3+3+2 = 14 of 2 × 10 = 20.
+    expect(u.use).toBeCloseTo(0.7);
+    expect(u.lost.ramp).toBe(2);
+    // From 2 to 8: gaps [3,4] and [5,6] and [7,8]: 3 slot·s, over the starts at 4, 6 and 8.
+    expect(u.lost.steady).toBe(3);
+    expect(u.steadyStarts).toBe(3);
+    // From 8 to 10: [9,10] idle in one slot.
+    expect(u.lost.tail).toBe(1);
+    expect(u.lost.ramp + u.lost.steady + u.lost.tail).toBeCloseTo((1 - u.use) * 20);
+  });
+
+  it('counts a migration still running at the end up to the end', () => {
+    const u = slotUse([[0, -1]], 0, 4, 1);
+    expect(u.use).toBe(1);
+    expect(u.lost).toEqual({ ramp: 0, steady: 0, tail: 0 });
   });
 });

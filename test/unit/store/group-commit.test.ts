@@ -45,6 +45,7 @@ describe('store group commit', () => {
     await store.close();
   });
 
+  const redos = (): number => (store as unknown as { database: { groupRedos: number } }).database.groupRedos;
   const events = async (): Promise<string[]> =>
     (await store.readUnpublished(10_000)).map((r) => decodeEvent(r.payload)).map((e) => (e.payload?.$case === 'vmChanged' ? `vm:${e.payload.value.vm?.spec?.name}` : (e.payload?.$case ?? '')));
 
@@ -53,7 +54,9 @@ describe('store group commit', () => {
     const results = await Promise.allSettled([...names.map((n) => store.nodes.upsertVm(vm(n))), store.plans.transitionRun('nope', { to: 3 })]);
     expect(results.slice(0, 30).every((r) => r.status === 'fulfilled')).toBe(true);
     expect(results[30]).toMatchObject({ status: 'rejected', reason: expect.any(NotFoundError) });
-    expect(transactions).toBe(1);
+    // One group: begun once, undone at the failing write, begun again with a savepoint per write.
+    expect(transactions).toBe(2);
+    expect(redos()).toBe(1);
     expect((await store.listVms('a')).map((v) => v.spec?.name)).toEqual(names);
     expect(await events()).toEqual(names.map((n) => `vm:${n}`));
   });
@@ -65,7 +68,9 @@ describe('store group commit', () => {
       store.plans.createPlan({ id: 'p-bad', idempotencyKey: 'k-bad', request: {} as never, runs: [runOf('dup'), runOf('dup')] }),
       store.nodes.upsertVm(vm('last')),
     ]);
-    expect(transactions).toBe(1);
+    // The group up to the failing write, written again with savepoints; 'last' in the next group.
+    expect(transactions).toBe(3);
+    expect(redos()).toBe(1);
     expect(before.status).toBe('fulfilled');
     expect(after.status).toBe('fulfilled');
     expect(bad).toMatchObject({ status: 'rejected', reason: expect.any(AlreadyExistsError) });
@@ -85,6 +90,13 @@ describe('store group commit', () => {
     refuse = undefined;
     expect(await store.listVms()).toEqual([]);
     expect(await events()).toEqual([]);
+  });
+
+  it('a group whose writes all succeed is written once, with no redo', async () => {
+    await Promise.all(['s1', 's2', 's3'].map((n) => store.nodes.upsertVm(vm(n))));
+    expect(transactions).toBe(1);
+    expect(redos()).toBe(0);
+    expect((await store.listVms('a')).map((v) => v.spec?.name)).toEqual(['s1', 's2', 's3']);
   });
 
   it('writes asked for while a group is being written go in the next group', async () => {

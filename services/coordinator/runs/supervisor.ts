@@ -712,6 +712,9 @@ export class RunSupervisor {
     this.signal.throwIfAborted();
     if (state !== MigrationState.MIGRATION_STATE_SUCCEEDED) await this.cleanDestination(input.error);
     this.signal.throwIfAborted();
+    // Asked for beside the end's write, not after it: the run's slots are freed once this method
+    // returns, and a write of its own after the end would hold them for one more group commit.
+    const costs = state === MigrationState.MIGRATION_STATE_SUCCEEDED ? this.recordCosts() : undefined;
     try {
       this.run = await this.storeWrite('record the end of the run', () => this.d.store.plans.finishRun(this.runId, { state, reason: input.reason, ...(input.stats ? { stats: input.stats } : {}), ...(input.error ? { error: input.error } : {}), ...(input.at ? { at: input.at } : {}) }));
     } catch (err) {
@@ -720,7 +723,7 @@ export class RunSupervisor {
     }
     this.finished = true;
     this.state = this.run.state;
-    await this.recordCosts();
+    await costs;
     this.log.info('run finished', { state: migrationStateToJSON(this.run.state), totalTimeMs: this.run.stats?.totalTimeMs, downtimeMs: this.run.stats?.downtimeMs, error: this.run.error?.message });
   }
 
@@ -730,7 +733,6 @@ export class RunSupervisor {
    * next runs. Best effort.
    */
   private async recordCosts(): Promise<void> {
-    if (this.run.state !== MigrationState.MIGRATION_STATE_SUCCEEDED) return;
     const figures: RunCostFigures = { ...this.policy.costFigures?.(this.policyState), ...trackedCostFigures(this.costTrack) };
     if (Object.keys(figures).length === 0) return;
     await this.d.store.plans.recordRunCosts(this.runId, figures).then(

@@ -27,8 +27,13 @@ const VALID_STATES = new Set(Object.values(MigrationState).filter((v): v is numb
 
 /** What ending a run needs from the sample buffer. */
 export interface RunSamples {
-  /** Writes the buffered samples (a run's samples go in before its end). */
+  /** Writes the buffered samples. */
   flushSamples(): Promise<void>;
+  /**
+   * Runs a write whose transaction begins with the buffered samples (a run's samples go in with
+   * its end, before it): `write` gets the function that writes them, to call first in its own.
+   */
+  writeWithSamples<T>(write: (samples: (trx: Db, tx: TxState) => Promise<void>) => Promise<T>): Promise<T>;
   /** Forgets the run's event rate limits (it will send no more). */
   forgetRun(runId: string): void;
 }
@@ -322,13 +327,14 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     if (!isTerminalState(input.state)) {
       throw new InvalidArgumentError(`finishRun needs SUCCEEDED, FAILED or CANCELLED, not ${migrationStateToJSON(input.state)}`);
     }
-    // The run's samples should be in before its end is; a failing sample write must not block it.
-    await this.samples.flushSamples().catch((err: unknown) => this.d.log.warn('flushing samples before finishing a run failed', { err, runId }));
     const now = this.d.now();
     const at = ms(input.at, now);
     const stats = input.stats === undefined ? undefined : MigrationStats.fromPartial(input.stats);
     const error = input.error === undefined ? undefined : ErrorInfo.fromPartial(input.error);
-    const { finished, ended } = await this.d.write(async (trx, tx) => {
+    // The run's samples go in before its end, in its transaction (they used to be flushed in a
+    // write of their own first: one more group commit between a run's end and its slots' release).
+    const { finished, ended } = await this.samples.writeWithSamples((samples) => this.d.write(async (trx, tx) => {
+      await samples(trx, tx);
       const run = (
         await this.d.reuse(trx, 'runs.endOf', (db, p) => db.selectFrom('runs').select(['state', 'finished_at', 'plan_id', 'vm_name', 'policy_kind', 'started_at']).where('id', '=', p(0)), [runId])
       ).rows[0];
@@ -387,7 +393,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       // The row came back from the UPDATE; its transitions and actions are read in the same
       // transaction (no read transaction of its own per run's end).
       return { finished: run, ended: await this.loadRunOf(trx, row) };
-    });
+    }));
     this.samples.forgetRun(runId);
     if (this.d.o.metrics !== undefined) {
       const total = stats !== undefined && stats.totalTimeMs > 0 ? stats.totalTimeMs : finished.started_at === null ? null : at - finished.started_at;

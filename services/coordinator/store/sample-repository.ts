@@ -2,14 +2,22 @@
  * Progress, guest and host CPU samples: buffered and written in batches (see sample-writer.ts),
  * each batch with the rate-limited RunProgress/RunGuestPerf events of its samples.
  */
+import { CompiledQuery } from 'kysely';
 import { InvalidArgumentError } from '../../shared/errors.js';
 import { GuestPerfSample, ProgressSample } from '../../shared/gen/migd/v1/common.js';
 import type { HostCpuSample } from '../../shared/gen/migd/v1/coordinator.js';
-import { INSERT_CHUNK, type OutboxEvent, type StoreDatabase } from './database.js';
+import { type Db, INSERT_CHUNK, type OutboxEvent, type StoreDatabase, type TxState } from './database.js';
 import { guestToRow, hostCpuToRow, ms, progressToRow } from './mapping.js';
 import type { RunSamples } from './plan-run-repository.js';
 import { SampleWriter, type SampleBatch, type SampleWriterStats } from './sample-writer.js';
 import type { SampleRepository } from './types.js';
+
+/** The savepoint of samples written inside another write's transaction (see writeWithSamples). */
+const SAMPLES = {
+  savepoint: CompiledQuery.raw('savepoint migd_samples'),
+  release: CompiledQuery.raw('release savepoint migd_samples'),
+  rollback: CompiledQuery.raw('rollback to savepoint migd_samples'),
+} as const;
 
 export class SqlSampleRepository implements SampleRepository, RunSamples {
   private readonly writer: SampleWriter;
@@ -77,8 +85,50 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
     return true;
   }
 
+  /**
+   * Writes the buffered samples inside `write`'s own transaction, before what it writes itself,
+   * then runs it (see {@link SampleWriter.take}); when the write fails, the samples stay buffered.
+   */
+  async writeWithSamples<T>(write: (fn: (trx: Db, tx: TxState) => Promise<void>) => Promise<T>): Promise<T> {
+    const taken = this.writer.take();
+    // A sample write that fails must not block the write it goes with (a run's end): the samples
+    // are in a savepoint of their own, undone on failure and left for a later flush.
+    let failed: unknown;
+    try {
+      const result = await write(async (trx, tx) => {
+        failed = undefined;
+        if (!taken) return;
+        const enqueued = tx.enqueued;
+        await trx.executeQuery(SAMPLES.savepoint);
+        try {
+          await this.writeBatch(trx, tx, taken.batch);
+          await trx.executeQuery(SAMPLES.release);
+        } catch (err) {
+          failed = err;
+          tx.enqueued = enqueued;
+          await trx.executeQuery(SAMPLES.rollback);
+          await trx.executeQuery(SAMPLES.release);
+        }
+      });
+      if (taken && failed === undefined) this.writer.written(taken);
+      else if (taken) {
+        this.d.log.warn('writing buffered samples with a run\'s end failed; will retry', { err: failed, buffered: taken.rows });
+        this.writer.restore(taken);
+      }
+      return result;
+    } catch (err) {
+      if (taken) this.writer.restore(taken);
+      throw err;
+    }
+  }
+
   private async persistSamples(b: SampleBatch): Promise<void> {
-    await this.d.write(async (trx, tx) => {
+    await this.d.write((trx, tx) => this.writeBatch(trx, tx, b));
+  }
+
+  /** One batch's rows and events, in the caller's transaction. */
+  private async writeBatch(trx: Db, tx: TxState, b: SampleBatch): Promise<void> {
+    {
       for (let i = 0; i < b.progress.length; i += INSERT_CHUNK) {
         await trx.insertInto('progress_samples').values(b.progress.slice(i, i + INSERT_CHUNK)).execute();
       }
@@ -112,7 +162,7 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
         events.push({ payload: e.payload, time: e.time, run: { runId: e.runId, sequence } });
       }
       await this.d.enqueueAll(trx, tx, events);
-    });
+    }
   }
 
   forgetRun(runId: string): void {

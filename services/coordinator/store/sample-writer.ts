@@ -39,6 +39,12 @@ export interface SampleWriterOptions {
   logger: Logger;
 }
 
+/** Rows handed out by {@link SampleWriter.take}. */
+export interface TakenSamples {
+  readonly batch: SampleBatch;
+  readonly rows: number;
+}
+
 /** Counters of a writer. */
 export interface SampleWriterStats {
   written: number;
@@ -86,6 +92,39 @@ export class SampleWriter {
     this.checkOpen();
     this.buf.hostCpu.push(row);
     this.added(undefined);
+  }
+
+  /**
+   * Takes everything buffered now, for a caller that writes it in a transaction of its own (a
+   * run's end writes the samples before it in its own transaction: one write instead of two
+   * in a row). Rows taken by a flush under way are already in the store's write queue, before
+   * whatever the caller queues. The caller reports the outcome with {@link written} or
+   * {@link restore}. Undefined when nothing is buffered.
+   */
+  take(): TakenSamples | undefined {
+    if (this.rows === 0 && this.buf.events.length === 0) return undefined;
+    const taken = { batch: this.buf, rows: this.rows };
+    this.buf = emptyBatch();
+    this.rows = 0;
+    return taken;
+  }
+
+  /** The rows of {@link take} were written. */
+  written(t: TakenSamples): void {
+    this.counters.written += t.rows;
+  }
+
+  /** The rows of {@link take} could not be written: back in front of the buffer, written later. */
+  restore(t: TakenSamples): void {
+    this.counters.failedFlushes++;
+    this.requeue(t.batch, t.rows);
+    if (!this.closed && this.timer === undefined) {
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.background();
+      }, this.opts.flushIntervalMs);
+      this.timer.unref();
+    }
   }
 
   /** Writes everything buffered so far. @throws the write error (rows stay buffered). */

@@ -314,6 +314,21 @@ export function historyStoreSuite(backend: StoreBackend): void {
       expect((await s.getRunTimeline(run.id)).run?.networkBlackout?.blackoutMs).toBe(300);
     });
 
+    it("writes a run's buffered samples in its end's transaction, their events before the end's", async () => {
+      const s = await open({ progressEventIntervalMs: 0 });
+      const run = await s.createRun(runInput());
+      await s.transitionRun(run.id, { to: S.MIGRATION_STATE_PRECOPY });
+      for (let i = 0; i < 3; i++) s.appendProgress(run.id, { pass: i + 1, transferredBytes: i } as never);
+      await s.finishRun(run.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+      expect((await s.getRunTimeline(run.id)).progress.map((p) => p.pass)).toEqual([1, 2, 3]);
+      const mine = (await outboxEvents(s)).filter((e) => e.subject.startsWith('migd.v1.run.'));
+      const kinds = mine.map((e) => e.subject.split('.').pop());
+      expect(kinds.slice(-5)).toEqual(['progress', 'progress', 'progress', 'state', 'completed']);
+      // The run's sequence numbers follow the order written.
+      const seqs = mine.map((e) => Number(e.runSequence));
+      expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+    });
+
     it('stores every sample but publishes progress at a reduced rate; state changes are never dropped', async () => {
       const s = await open({ progressEventIntervalMs: 1000, guestEventIntervalMs: 1000 });
       const run = await s.createRun(runInput());

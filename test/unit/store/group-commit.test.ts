@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { Kysely, SqliteDialect } from 'kysely';
+import { Kysely, SqliteDialect, sql } from 'kysely';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { groupTakesMore, WriteQueue, type StoreDialect } from '../../../services/coordinator/store/database.js';
 import { createHistoryStore, type RepositoryHistoryStore } from '../../../services/coordinator/store/history-store.js';
@@ -20,11 +20,13 @@ const runOf = (id: string) => ({ id, vmName: `vm-${id}`, sourceNodeId: 'a', dest
 // each in its own savepoint: one that fails is undone and rejected alone.
 describe('store group commit', () => {
   let store: RepositoryHistoryStore;
+  let kysely: Kysely<HistoryDatabase>;
   let transactions: number;
   let refuse: Error | undefined;
 
   beforeEach(async () => {
     const db = new Kysely<HistoryDatabase>({ dialect: new SqliteDialect({ database: new Database(':memory:') }) });
+    kysely = db;
     await migrateToLatest(db);
     transactions = 0;
     refuse = undefined;
@@ -97,6 +99,23 @@ describe('store group commit', () => {
     expect(transactions).toBe(1);
     expect(redos()).toBe(0);
     expect((await store.listVms('a')).map((v) => v.spec?.name)).toEqual(['s1', 's2', 's3']);
+  });
+
+  it("a run's end takes the buffered samples into its own transaction, and is recorded even when they cannot be written", async () => {
+    const plan = await store.plans.createPlan({ id: 'p1', idempotencyKey: 'k1', request: {} as never, runs: [runOf('r1'), runOf('r2')] });
+    expect(plan.plan.id).toBe('p1');
+    store.appendProgress('r1', { pass: 1 } as never);
+    const before = transactions;
+    await store.plans.finishRun('r1', { state: 10 });
+    // One transaction for the samples and the end (they used to be a flush, then the end).
+    expect(transactions - before).toBe(1);
+    expect((await store.getRunTimeline('r1')).progress.map((p) => p.pass)).toEqual([1]);
+    // The samples' table is gone: their write fails, the end is still recorded, the rows stay buffered.
+    await sql`drop table progress_samples`.execute(kysely);
+    store.appendProgress('r2', { pass: 7 } as never);
+    await store.plans.finishRun('r2', { state: 10 });
+    expect((await store.plans.getRun('r2')).finishedAt).toBeDefined();
+    expect(store.sampleStats().failedFlushes).toBe(1);
   });
 
   it('writes asked for while a group is being written go in the next group', async () => {

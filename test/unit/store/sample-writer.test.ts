@@ -104,6 +104,28 @@ describe('SampleWriter', () => {
     await expect(w.close()).rejects.toThrow('disk full');
   });
 
+  it('hands its buffer to a caller that writes it elsewhere, and takes it back in front when that fails', async () => {
+    vi.useFakeTimers();
+    const { w, batches } = writer();
+    expect(w.take()).toBeUndefined();
+    w.addProgress(progress(1));
+    w.addProgress(progress(2));
+    const t = w.take()!;
+    expect(t.batch.progress.map((r) => r.pass)).toEqual([1, 2]);
+    expect(w.size).toBe(0);
+    w.addProgress(progress(3));
+    // The caller's write failed: its rows go back before the newer one and are written later.
+    w.restore(t);
+    expect(w.stats().failedFlushes).toBe(1);
+    await vi.advanceTimersByTimeAsync(100);
+    expect(batches.flatMap((b) => b.progress.map((r) => r.pass))).toEqual([1, 2, 3]);
+    // A successful caller's rows count as written.
+    w.addProgress(progress(4));
+    const t2 = w.take()!;
+    w.written(t2);
+    expect(w.stats().written).toBe(4);
+  });
+
   it('serializes flushes and refuses samples after close', async () => {
     let active = 0;
     let maxActive = 0;

@@ -72,7 +72,16 @@
  * the bound stores its W (runs.cost_working_set_bytes, measured.ts RunCostFigures), and a later run
  * whose first boundary finds a backlog within the same noise of the earlier runs' median W
  * (≥ 60 % of it and ≤ W ÷ 0.6) takes the bound at once, at pass 2 (v3-b after v3-a and v3-a after
- * v3-b: pass 2 instead of 5 and 3). A set of another size is not matched. Where r ≥ 1 the model already says the
+ * v3-b: pass 2 instead of 5 and 3). A set of another size is not matched. A run that went into
+ * post-copy at its first boundary (post-copy after one pass) sees one boundary only and stores what
+ * it found (runs.cost_first_boundary_bytes): the set the guest dirtied over a whole first pass, no
+ * evidence that it is dirtied again within the next, short pass. Where the VM's history has no W,
+ * the median of those is matched the same way, and taken only if this run's estimate also covers
+ * ≥ 60 % of it per second (unique pages over ≈1 s, a lower bound: the guest rewrites most of the set
+ * every second; hot-small 33–66 MiB/s against 45–56 MiB, moderate's 2 × 64 MiB at 24 MiB/s 25 and
+ * 72 MiB/s against 92 and 124 MiB: not taken). The estimate covers 1 s while hot-small's next pass
+ * takes ≈0.6 s: a judgement, backed by its recorded boundaries (42–60 MiB in passes of ≈0.5 s).
+ * Such a match is not stored as the run's own W. Where r ≥ 1 the model already says the
  * backlog holds and sizes on it; a backlog that shrinks as r says (a converging guest) or much is
  * never taken for a bound; one that holds at a W within L changes nothing (pre-copy converges).
  *

@@ -38,7 +38,8 @@
  * The spreads are wide (the machine is shared and noisy): the model ranks steps, it does not
  * promise figures. They are the prior only: the adaptive policy replaces them with the VM's own
  * measurements where it has them (measured.ts: its earlier runs' h, c and s from the store — runs
- * under any policy, a fixed post-copy's too — what its earlier raises cost it (withMeasuredRaise),
+ * under any policy, a fixed post-copy's too — what its earlier raises cost it (withMeasuredRaise;
+ * once both steps are measured in two runs each, ranked on those alone: likeForLike),
  * and this run's h from the guest's pace samples, blended in as they arrive).
  */
 

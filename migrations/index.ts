@@ -13,6 +13,7 @@ import * as m0006 from './2026_12_02_0006_progress_disk.js';
 import * as m0007 from './2026_12_03_0007_run_cost_figures.js';
 import * as m0008 from './2026_12_03_0008_run_working_set.js';
 import * as m0009 from './2026_12_04_0009_run_raise_cost.js';
+import * as m0010 from './2026_12_04_0010_run_first_boundary.js';
 
 /** Every migration by name, oldest first. */
 export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
@@ -25,6 +26,7 @@ export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
   '2026_12_03_0007_run_cost_figures': m0007,
   '2026_12_03_0008_run_working_set': m0008,
   '2026_12_04_0009_run_raise_cost': m0009,
+  '2026_12_04_0010_run_first_boundary': m0010,
 });
 
 /** A `MigrationProvider` serving {@link migrations}. */

@@ -433,6 +433,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       ...(num(f.postcopyLostMs) !== undefined ? { cost_postcopy_lost_ms: f.postcopyLostMs } : {}),
       ...(num(f.postcopyBacklogMs) !== undefined ? { cost_postcopy_backlog_ms: f.postcopyBacklogMs } : {}),
       ...(num(f.workingSetBytes) !== undefined ? { cost_working_set_bytes: f.workingSetBytes } : {}),
+      ...(num(f.firstBoundaryBytes) !== undefined ? { cost_first_boundary_bytes: f.firstBoundaryBytes } : {}),
       ...(num(f.raiseLostMs) !== undefined && num(f.raiseBacklogMs) !== undefined ? { cost_raise_lost_ms: f.raiseLostMs, cost_raise_backlog_ms: f.raiseBacklogMs } : {}),
     };
     await this.d.write(async (trx) => {
@@ -447,10 +448,10 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     const rows = await this.d.read((conn) =>
       conn
         .selectFrom('runs')
-        .select(['cost_precopy_harm_rate', 'cost_precopy_ms', 'cost_postcopy_lost_ms', 'cost_postcopy_backlog_ms', 'cost_working_set_bytes', 'cost_raise_lost_ms', 'cost_raise_backlog_ms'])
+        .select(['cost_precopy_harm_rate', 'cost_precopy_ms', 'cost_postcopy_lost_ms', 'cost_postcopy_backlog_ms', 'cost_working_set_bytes', 'cost_raise_lost_ms', 'cost_raise_backlog_ms', 'cost_first_boundary_bytes'])
         .where('vm_name', '=', vmName)
         .where('state', '=', MigrationState.MIGRATION_STATE_SUCCEEDED)
-        .where((eb) => eb.or([eb('cost_precopy_harm_rate', 'is not', null), eb('cost_postcopy_lost_ms', 'is not', null), eb('cost_working_set_bytes', 'is not', null), eb('cost_raise_lost_ms', 'is not', null)]))
+        .where((eb) => eb.or([eb('cost_precopy_harm_rate', 'is not', null), eb('cost_postcopy_lost_ms', 'is not', null), eb('cost_working_set_bytes', 'is not', null), eb('cost_raise_lost_ms', 'is not', null), eb('cost_first_boundary_bytes', 'is not', null)]))
         .orderBy('finished_at', 'desc')
         .limit(Math.floor(limit))
         .execute(),
@@ -464,6 +465,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       workingSetBytes: n(r.cost_working_set_bytes),
       raiseLostMs: n(r.cost_raise_lost_ms),
       raiseBacklogMs: n(r.cost_raise_backlog_ms),
+      firstBoundaryBytes: n(r.cost_first_boundary_bytes),
     }));
   }
 

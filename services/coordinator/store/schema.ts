@@ -75,6 +75,8 @@ export interface RunsTable {
   /** Guest ms lost from the run's one downtime raise to the end, and the backlog then (transfer ms); NULL: not measured. */
   cost_raise_lost_ms: Generated<number | null>;
   cost_raise_backlog_ms: Generated<number | null>;
+  /** A run that switched to post-copy at its first pass boundary: the backlog that boundary found (bytes); NULL: not measured. */
+  cost_first_boundary_bytes: Generated<number | null>;
 }
 
 export interface RunTransitionsTable {

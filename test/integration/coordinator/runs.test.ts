@@ -172,7 +172,8 @@ describe('run supervisor and manager', () => {
     // Pre-copy: 12 lines 20 ms apart at half the pace before (h = 0.5), timed after the transition.
     const p0 = Date.now() + 5;
     for (let i = 1; i <= 12; i++) guest(p0 + i * 20, mono(p0 + i * 20), 2000);
-    mig.progress({ elapsedMs: 300, pass: 1, remainingBytes: 40 * MiB, throughputMbps: 800 });
+    // After the pass-1 sync (pass 2): what remains is the backlog (a pass-1 reading is not one, measured.ts).
+    mig.progress({ elapsedMs: 300, pass: 2, remainingBytes: 40 * MiB, throughputMbps: 800 });
     await until(() => Date.now() > p0 + 12 * 20 + 5, 'the host clock to pass the last pre-copy line', 2000);
     mig.state(S.MIGRATION_STATE_SWITCHOVER);
     mig.state(S.MIGRATION_STATE_POSTCOPY);
@@ -191,6 +192,8 @@ describe('run supervisor and manager', () => {
     expect(mine!.postcopyLostMs).toBeLessThan(200);
     // The backlog at the switch: 40 MiB at 800 Mbit/s.
     expect(mine!.postcopyBacklogMs).toBeCloseTo(((40 * MiB) / (800e6 / 8)) * 1000, 0);
+    // It switched at its first boundary: the set that boundary found, for the VM's next adaptive runs.
+    expect(mine!.firstBoundaryBytes).toBe(40 * MiB);
     expect((await run(r!.id)).state).toBe(S.MIGRATION_STATE_SUCCEEDED);
   });
 

@@ -294,6 +294,24 @@ export function historyStoreSuite(backend: StoreBackend): void {
       expect(h[0]).toMatchObject({ precopyHarmRate: 0.4, precopyMs: 5000 });
     });
 
+    it('keeps the set a post-copy run\'s first boundary found (alone, or with its loss) in the VM\'s history', async () => {
+      const s = await open();
+      const ids: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        const run = await s.createRun(runInput({ vmName: 'vm-b' }));
+        clock.advance(1000);
+        await s.finishRun(run.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+        ids.push(run.id);
+      }
+      await s.recordRunCosts(ids[0]!, { firstBoundaryBytes: 51_101_696 }); // no pace feed: the set only
+      await s.recordRunCosts(ids[1]!, { postcopyLostMs: 330, postcopyBacklogMs: 509, firstBoundaryBytes: 46_653_440 });
+      // ids[2]: nothing
+      const h = await s.vmCostHistory('vm-b', 10);
+      expect(h.map((r) => r.firstBoundaryBytes)).toEqual([46_653_440, 51_101_696]);
+      expect(h[0]).toMatchObject({ postcopyLostMs: 330, postcopyBacklogMs: 509 });
+      expect(h[1]?.workingSetBytes).toBeUndefined();
+    });
+
     it('attaches an externally measured network blackout to a finished run, and refuses a bad one', async () => {
       const s = await open();
       const run = await s.createRun(runInput());

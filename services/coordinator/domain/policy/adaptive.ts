@@ -72,7 +72,16 @@
  * the bound stores its W (runs.cost_working_set_bytes, measured.ts RunCostFigures), and a later run
  * whose first boundary finds a backlog within the same noise of the earlier runs' median W
  * (≥ 60 % of it and ≤ W ÷ 0.6) takes the bound at once, at pass 2 (v3-b after v3-a and v3-a after
- * v3-b: pass 2 instead of 5 and 3). A set of another size is not matched. Where r ≥ 1 the model already says the
+ * v3-b: pass 2 instead of 5 and 3). A set of another size is not matched. A run that went into
+ * post-copy at its first boundary (post-copy after one pass) sees one boundary only and stores what
+ * it found (runs.cost_first_boundary_bytes): the set the guest dirtied over a whole first pass, no
+ * evidence that it is dirtied again within the next, short pass. Where the VM's history has no W,
+ * the median of those is matched the same way, and taken only if this run's estimate also covers
+ * ≥ 60 % of it per second (unique pages over ≈1 s, a lower bound: the guest rewrites most of the set
+ * every second; hot-small 33–66 MiB/s against 45–56 MiB, moderate's 2 × 64 MiB at 24 MiB/s 25 and
+ * 72 MiB/s against 92 and 124 MiB: not taken). The estimate covers 1 s while hot-small's next pass
+ * takes ≈0.6 s: a judgement, backed by its recorded boundaries (42–60 MiB in passes of ≈0.5 s).
+ * Such a match is not stored as the run's own W. Where r ≥ 1 the model already says the
  * backlog holds and sizes on it; a backlog that shrinks as r says (a converging guest) or much is
  * never taken for a bound; one that holds at a W within L changes nothing (pre-copy converges).
  *
@@ -145,7 +154,7 @@
  */
 import { type GuestPerfSample, type MigrationState, MultifdCompression, PolicyActionKind, PolicyKind, type MigrationPolicy, type ProgressSample } from '../../../shared/gen/migd/v1/common.js';
 import { formatBytes, formatDuration, formatRate } from '../units.js';
-import { type CostModel, DEFAULT_COST_MODEL, type StepCost, cheapest, postcopyCost, precopyCost, withMeasuredRaise } from './cost.js';
+import { type CostModel, DEFAULT_COST_MODEL, type StepCost, cheapest, likeForLike, postcopyCost, precopyCost, withMeasuredRaise } from './cost.js';
 import { type GuestCostTrack, PRIOR_WEIGHT, type RunCostFigures, blendedCostModel, priorFromHistory, trackGuestSample, trackProgressSample, trackTransition, trackedCostFigures, workingSetFromHistory } from './measured.js';
 import { completedPasses, dirtyBytesPerSec, isPostcopy, isPrecopy, isStarting, median, throughputBytesPerSec } from './signals.js';
 import { type TimeoutRules, type TimeoutState, checkTimeouts, initialTimeoutState, trackProgress } from './timeouts.js';
@@ -253,8 +262,8 @@ export interface AdaptiveState extends GuestCostTrack {
   readonly boundaries?: readonly (readonly [number, number])[];
   /** The working set (bytes) this run's own boundaries showed the backlog held at (for the VM's next runs). */
   readonly workingSetBytes?: number;
-  /** The working set the VM's earlier runs found (measured.ts workingSetFromHistory). */
-  readonly priorWorkingSet?: { readonly bytes: number; readonly runs: number };
+  /** The working set the VM's earlier runs found (measured.ts workingSetFromHistory; firstBoundaryOnly: from post-copy runs' one boundary). */
+  readonly priorWorkingSet?: { readonly bytes: number; readonly runs: number; readonly firstBoundaryOnly?: true };
   /** [pass, first seen at ms, remaining bytes then] of the last few passes (older states: no third element). */
   readonly passMarks: readonly (readonly [number, number, number?])[];
   readonly timeouts: TimeoutState;
@@ -313,6 +322,8 @@ export interface BacklogPlateau {
   readonly workingSetBytes: number;
   /** From the VM's earlier runs: how many saw the bound (absent: from this run's boundaries). */
   readonly historyRuns?: number;
+  /** Those runs saw one boundary each (post-copy after it): confirmed by this run's dirty-rate estimate (bytes/s). */
+  readonly confirmedByEstimate?: number;
 }
 
 /**
@@ -332,7 +343,8 @@ export function backlogPlateau(
   ratio: number,
   shrink: number,
   vsPredicted: number,
-  prior?: { readonly bytes: number; readonly runs: number },
+  prior?: { readonly bytes: number; readonly runs: number; readonly firstBoundaryOnly?: true },
+  estimateBytesPerSec = 0,
 ): BacklogPlateau | undefined {
   const last = boundaries[boundaries.length - 1];
   if (!last || !(ratio >= 0) || ratio >= 1) return undefined;
@@ -346,7 +358,15 @@ export function backlogPlateau(
   // The VM's earlier runs saw the backlog hold at W, and this boundary finds the same set (within
   // the readings' noise either way): expect it to hold again, from the first boundary on.
   if (prior && prior.bytes > 0 && last[1] >= shrink * prior.bytes && last[1] * shrink <= prior.bytes) {
-    return { from: [0, prior.bytes], to: last, predictedBytes: last[1] * ratio, workingSetBytes: Math.max(prior.bytes, last[1]), historyRuns: prior.runs };
+    const found = { from: [0, prior.bytes] as const, to: last, predictedBytes: last[1] * ratio, workingSetBytes: Math.max(prior.bytes, last[1]), historyRuns: prior.runs };
+    if (prior.firstBoundaryOnly !== true) return found;
+    // One boundary per earlier run (post-copy after it): the set the guest dirtied over a whole
+    // first pass, no evidence that it is dirtied again within the next, short one. This run's
+    // estimate is: unique pages dirtied over ≈1 s (calc-dirty-rate, sampled: a lower bound) cover
+    // at least `shrink` of the set, so the guest rewrites most of it every second and the next
+    // boundary finds it again within the readings' noise. A rate-limited guest that fills a larger
+    // region slowly (moderate: 48 MiB/s into 128 MiB) is not.
+    if (estimateBytesPerSec >= shrink * found.workingSetBytes) return { ...found, confirmedByEstimate: estimateBytesPerSec };
   }
   return undefined;
 }
@@ -385,7 +405,14 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
   }
 
   /** Median figures of a full window and what they predict. */
-  predict(window: readonly AdaptiveReading[], limitMs: number, boundaries: readonly (readonly [number, number])[] = [], priorWorkingSet?: { readonly bytes: number; readonly runs: number }): AdaptivePrediction {
+  predict(
+    window: readonly AdaptiveReading[],
+    limitMs: number,
+    boundaries: readonly (readonly [number, number])[] = [],
+    priorWorkingSet?: { readonly bytes: number; readonly runs: number; readonly firstBoundaryOnly?: true },
+    // The estimate that confirms a set from post-copy runs' one boundary (backlogPlateau): the window's median.
+    boundEstimate: number = median(window.map((r) => r.estimate ?? 0)),
+  ): AdaptivePrediction {
     const { convergeWithinPasses: k } = this.tuning;
     // Dirty rate and backlog come from readings after a sync (pass ≥ 2); throughput and the
     // source's estimate from the whole window (pass-1 samples included).
@@ -409,7 +436,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const base = { dirtyBytesPerSec: dirty, estimateUsed: estimate > qemuDirty ? estimate : 0, throughputBytesPerSec: bw, ratio, backlogMs, limitMs };
     // Saturation: the backlog holds at the working set W, so more pre-copy at L converges only if
     // W's transfer time fits L (then at the next boundary), and needs ≈ W otherwise.
-    const plateau = bw > 0 ? backlogPlateau(boundaries, ratio, this.tuning.plateauShrink, this.tuning.plateauVsPredicted, priorWorkingSet) : undefined;
+    const plateau = bw > 0 ? backlogPlateau(boundaries, ratio, this.tuning.plateauShrink, this.tuning.plateauVsPredicted, priorWorkingSet, boundEstimate) : undefined;
     if (plateau && Number.isFinite(backlogMs)) {
       const workingSetMs = (plateau.workingSetBytes / bw) * 1000;
       const fits = workingSetMs <= limitMs;
@@ -490,11 +517,16 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     // costs the guest dirty tracking for nothing (lab, heavy at 720 Mbit/s: r 0.87 read at the first
     // pass-2 sample with a 4.6 s backlog against 300 ms, post-copy 1.7 s later after two more).
     const synced = window.filter((r) => r.pass >= 2).length;
-    if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs, base.boundaries, base.priorWorkingSet).convergesSoon) return { actions: [], state: base };
+    // (The favourable reading drops the estimate as a dirty rate; as the evidence that a set seen at
+    // one boundary holds, the window's lowest estimate is the favourable case.)
+    const lowestEstimate = Math.min(...window.map((r) => r.estimate ?? 0));
+    if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs, base.boundaries, base.priorWorkingSet, lowestEstimate).convergesSoon) return { actions: [], state: base };
     let st = base;
     // What this run saw of the bound, for the VM's next runs: its own boundaries' W, or (matched to
     // the earlier runs' W) this boundary's own reading — not the larger of the two, which would ratchet.
-    if (p.plateau) st = { ...st, workingSetBytes: p.plateau.historyRuns === undefined ? p.plateau.workingSetBytes : p.plateau.to[1] };
+    // A set only the post-copy runs' one boundary and this run's estimate showed is not recorded as
+    // one seen to hold (the run's first boundary is, where it switches there: measured.ts).
+    if (p.plateau && p.plateau.confirmedByEstimate === undefined) st = { ...st, workingSetBytes: p.plateau.historyRuns === undefined ? p.plateau.workingSetBytes : p.plateau.to[1] };
     if (st.autoConverge && st.autoConvergeAt === null) st = { ...st, autoConvergeAt: { passes, backlogMs: p.backlogMs } };
     // Rates measured over the first pass are biased low (see module comment): a verdict of "not
     // converging" from them stands (the truth is worse), but the switch-over need they give is too
@@ -582,7 +614,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const held = !pl
       ? ''
       : pl.historyRuns !== undefined
-        ? `; the backlog holds at the working set this VM's earlier runs found: ≈${formatBytes(pl.from[1])} (${pl.historyRuns} run${pl.historyRuns === 1 ? '' : 's'}), ≈${formatBytes(pl.to[1])} at pass ${pl.to[0]} where r predicts ≈${formatBytes(pl.predictedBytes)} next, W ≈${formatBytes(pl.workingSetBytes)} = ≈${formatDuration(p.workingSetMs ?? 0)}`
+        ? `; the backlog holds at the working set this VM's earlier runs found: ≈${formatBytes(pl.from[1])} (${pl.historyRuns} run${pl.historyRuns === 1 ? '' : 's'}${pl.confirmedByEstimate !== undefined ? `, at the one boundary before their post-copy; dirtied ≥${formatRate(pl.confirmedByEstimate)} now` : ''}), ≈${formatBytes(pl.to[1])} at pass ${pl.to[0]} where r predicts ≈${formatBytes(pl.predictedBytes)} next, W ≈${formatBytes(pl.workingSetBytes)} = ≈${formatDuration(p.workingSetMs ?? 0)}`
         : `; the backlog holds at a working set: ≈${formatBytes(pl.from[1])} at pass ${pl.from[0]}, ≈${formatBytes(pl.to[1])} at pass ${pl.to[0]} where r predicted ≈${formatBytes(pl.predictedBytes)}, W ≈${formatBytes(pl.workingSetBytes)} = ≈${formatDuration(p.workingSetMs ?? 0)}`;
     const verdict = p.convergesSoon
       ? `predicted to converge at ${p.limitMs} ms in ${p.passesToConverge} more passes (${figures}${held})`
@@ -604,7 +636,12 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const learnt = pcRuns + raiseRuns > 0 ? ` (post-copy measured in ${pcRuns}, a raise in ${raiseRuns})` : '';
     const prior = st.priorRuns ? `, prior from ${Math.max(...st.priorRuns.map((n) => n ?? 0))} earlier runs of the VM${learnt}` : '';
     const mr = model.measuredRaise;
-    const raiseMeasured = mr ? `, a raise measured ≈${formatDuration(mr.lostMs)}` : '';
+    const own = likeForLike(model) ? model.measuredPostcopy : undefined;
+    const raiseMeasured = own && mr
+      ? `; like for like, the VM's own: a raise measured ≈${formatDuration(mr.lostMs)} (${mr.runs} runs), post-copy c ${formatDuration(own.fixedMs)}, s ${own.harmRate.toFixed(2)} (${own.runs} runs)`
+      : mr
+        ? `, a raise measured ≈${formatDuration(mr.lostMs)}`
+        : '';
     const costs = `predicted guest time lost: nothing ${lost(c.nothing)}, raise to ${target} ms ${lost(c.raise)}, post-copy ${lost(c.postcopy)}; ${source}, c ${formatDuration(model.postcopyFixedMs)}, s ${model.postcopyHarmRate.toFixed(2)}${raiseMeasured}${prior}`;
 
     if ((chosen !== undefined && chosen === c.nothing) || (c.nothing && st.userLimit === true)) return undefined;

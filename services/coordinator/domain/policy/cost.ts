@@ -38,7 +38,8 @@
  * The spreads are wide (the machine is shared and noisy): the model ranks steps, it does not
  * promise figures. They are the prior only: the adaptive policy replaces them with the VM's own
  * measurements where it has them (measured.ts: its earlier runs' h, c and s from the store — runs
- * under any policy, a fixed post-copy's too — what its earlier raises cost it (withMeasuredRaise),
+ * under any policy, a fixed post-copy's too — what its earlier raises cost it (withMeasuredRaise;
+ * once both steps are measured in two runs each, ranked on those alone: likeForLike),
  * and this run's h from the guest's pace samples, blended in as they arrive).
  */
 
@@ -57,6 +58,36 @@ export interface CostModel {
    * lost from a raise to the end over `runs` earlier runs; absent: none measured (the model alone).
    */
   readonly measuredRaise?: { readonly lostMs: number; readonly runs: number };
+  /**
+   * What post-copy cost the VM in its own runs (measured.ts priorFromHistory): c and s fitted to
+   * `runs` earlier runs alone, before they are shrunk towards the default (postcopyFixedMs and
+   * postcopyHarmRate above are the shrunk figures); absent: none measured.
+   */
+  readonly measuredPostcopy?: { readonly fixedMs: number; readonly harmRate: number; readonly runs: number };
+}
+
+/**
+ * Runs of each step (a raise, post-copy) the VM's history must hold before the two are ranked on
+ * their measured costs alone ({@link likeForLike}).
+ */
+export const LIKE_FOR_LIKE_RUNS = 2;
+
+/**
+ * Both steps measured on this VM in at least {@link LIKE_FOR_LIKE_RUNS} runs each: each step's
+ * prediction is then the VM's own figure, not shrunk towards the default model. The shrinking
+ * guards one step's few noisy runs against a model fitted on many; but once both steps are measured
+ * on the same VM, under the same workload, machine and link, the comparison is like for like: their
+ * runs share the noise, while the default's error is not shared — its post-copy (c 1.07 s, fitted on
+ * heavy guests' backlogs of seconds) and its raise (h × passes + the stop) are off by different
+ * amounts for a given VM, so weighing both towards it tilts the ranking by the default's error, not
+ * the VM's (hot-small at 720 Mbit/s: raise and post-copy each cost the guest ≈0.6 s from the decision,
+ * yet with two post-copy runs the shrunk c predicted post-copy at 0.86–0.89 s, docs/lab
+ * policies-720-learn). Two runs each, so that one run's figure never decides alone.
+ */
+export function likeForLike(model: CostModel): boolean {
+  const r = model.measuredRaise;
+  const p = model.measuredPostcopy;
+  return r !== undefined && p !== undefined && r.runs >= LIKE_FOR_LIKE_RUNS && p.runs >= LIKE_FOR_LIKE_RUNS && Number.isFinite(r.lostMs) && Number.isFinite(p.fixedMs) && Number.isFinite(p.harmRate);
 }
 
 export const DEFAULT_COST_MODEL: CostModel = Object.freeze({
@@ -100,18 +131,24 @@ export function precopyCost(model: CostModel, backlogMs: number, ratio: number, 
 
 /** Post-copy now. */
 export function postcopyCost(model: CostModel, backlogMs: number): StepCost {
-  return { harmMs: model.postcopyFixedMs + model.postcopyHarmRate * backlogMs, totalMs: backlogMs, passes: 0 };
+  const own = likeForLike(model) ? model.measuredPostcopy : undefined;
+  const c = own ? own.fixedMs : model.postcopyFixedMs;
+  const s = own ? own.harmRate : model.postcopyHarmRate;
+  return { harmMs: c + s * backlogMs, totalMs: backlogMs, passes: 0 };
 }
 
 /**
  * A raise's predicted cost with the VM's own measured raises blended in, as the prior blends its
  * other figures: (n·measured + w·predicted) / (n + w), n the runs measured, w `weight` runs' worth
- * for the model (measured.ts PRIOR_WEIGHT). The measured figure is one number per VM, whatever the
+ * for the model (measured.ts PRIOR_WEIGHT); the measured figure alone where post-copy is measured
+ * too ({@link likeForLike}). The measured figure is one number per VM, whatever the
  * backlog: it stands for raises of the same VM under the same workload, as those runs were.
  */
 export function withMeasuredRaise(model: CostModel, raise: StepCost, weight: number): StepCost {
   const m = model.measuredRaise;
   if (!m || !(m.runs > 0) || !Number.isFinite(m.lostMs) || !Number.isFinite(raise.harmMs)) return raise;
+  // Like for like with post-copy's own figures: the measured raise alone.
+  if (likeForLike(model)) return { ...raise, harmMs: m.lostMs };
   return { ...raise, harmMs: (m.runs * m.lostMs + weight * raise.harmMs) / (m.runs + weight) };
 }
 

@@ -26,7 +26,7 @@ export {
   presetPolicy,
 } from './presets.js';
 export { forceCompleteKindFor, policyFor, policyName, policyResolution, type PolicyResolution } from './factory.js';
-export { type CostModel, DEFAULT_COST_MODEL, type StepCost, cheapest, postcopyCost, precopyCost, withMeasuredRaise } from './cost.js';
+export { type CostModel, DEFAULT_COST_MODEL, type StepCost, LIKE_FOR_LIKE_RUNS, cheapest, likeForLike, postcopyCost, precopyCost, withMeasuredRaise } from './cost.js';
 export {
   BLEND_PRIOR_SAMPLES,
   type GuestPaceSample,

@@ -28,7 +28,8 @@
  * of 0.4–2.3 s, docs/lab/policies-720-repeat), then c = 0 and s the median of lost ÷ b. Each figure is
  * shrunk towards the default by `PRIOR_WEIGHT` runs' worth (one run of a noisy machine decides
  * little). The raises' losses give their median (cost.ts withMeasuredRaise blends it with the
- * model's prediction of a raise by the same weight). A run whose pass boundaries showed the backlog holding at a working set also keeps that
+ * model's prediction of a raise by the same weight). Where both a raise and post-copy were measured
+ * in ≥ 2 runs each, the two are ranked on the VM's own figures, unshrunk (cost.ts likeForLike). A run whose pass boundaries showed the backlog holding at a working set also keeps that
  * W (bytes; adaptive.ts "Saturation"), and {@link workingSetFromHistory} gives the next runs the
  * median of those.
  *
@@ -142,6 +143,16 @@ export function enterPhase(t: GuestTally, phase: GuestPhase, atMs: number, switc
 }
 
 /**
+ * The backlog at the switch to post-copy when the switch itself did not give one (the last
+ * pre-copy reading came before the pass-1 sync: what remained of pass 1, not a backlog): the first
+ * post-copy reading's. Only once, and only after the switch.
+ */
+export function setSwitchBacklog(t: GuestTally, switchBacklogMs: number): GuestTally {
+  if (t.postcopySeen !== true || t.switchBacklogMs >= 0 || !Number.isFinite(switchBacklogMs) || switchBacklogMs < 0) return t;
+  return { ...t, switchBacklogMs };
+}
+
+/**
  * A downtime raise at host time `atMs` with `backlogMs` (transfer ms, -1: unknown) then: only one
  * during pre-copy is a raise whose cost can be told (the loss from it to arrival); a second makes
  * the run's raise figures void (see runCostFigures).
@@ -221,6 +232,18 @@ export interface GuestCostTrack {
   readonly precopyAtMs?: number;
   /** What remained at the last pre-copy sample, as transfer time (ms). */
   readonly remainingMs?: number;
+  /** The pass of that sample (1: before the first bitmap sync, so not a backlog; absent in older tracks). */
+  readonly remainingPass?: number;
+  /** The highest pass seen in pre-copy. */
+  readonly precopyPass?: number;
+  /**
+   * What remained (bytes) at the first reading after the pass-1 sync: the first pass-2 sample in
+   * pre-copy, or, where none came before the switch, the first post-copy sample. The backlog the
+   * first boundary found (a lower bound: pages were sent since the sync).
+   */
+  readonly firstBoundaryBytes?: number;
+  /** The run went into post-copy (a transition or a sample said so). */
+  readonly postcopy?: boolean;
 }
 
 /** Folds one guest sample (forwarded by the source node, or stored from before the run) into the tally. */
@@ -241,6 +264,7 @@ export function trackGuestSample<S extends GuestCostTrack>(state: S, sample: Gue
  */
 export function trackTransition<S extends GuestCostTrack>(state: S, to: MigrationState, atMs: number): S {
   if (to === MigrationState.MIGRATION_STATE_PRECOPY && state.precopyAtMs === undefined) state = { ...state, precopyAtMs: atMs };
+  if (to === MigrationState.MIGRATION_STATE_POSTCOPY && state.postcopy !== true) state = { ...state, postcopy: true };
   if (!state.guest) return state;
   switch (to) {
     case MigrationState.MIGRATION_STATE_PRECOPY:
@@ -248,7 +272,7 @@ export function trackTransition<S extends GuestCostTrack>(state: S, to: Migratio
     case MigrationState.MIGRATION_STATE_SWITCHOVER:
       return { ...state, guest: enterPhase(state.guest, 'switchover', atMs) };
     case MigrationState.MIGRATION_STATE_POSTCOPY:
-      return { ...state, guest: enterPhase(state.guest, 'postcopy', atMs, state.remainingMs) };
+      return { ...state, guest: enterPhase(state.guest, 'postcopy', atMs, switchBacklog(state)) };
     case MigrationState.MIGRATION_STATE_POSTCOPY_PAUSED:
     case MigrationState.MIGRATION_STATE_POSTCOPY_RECOVERING:
     case MigrationState.MIGRATION_STATE_PREPARING:
@@ -261,20 +285,47 @@ export function trackTransition<S extends GuestCostTrack>(state: S, to: Migratio
   }
 }
 
+/**
+ * The backlog at a switch to post-copy as transfer time: what remained at the last pre-copy sample,
+ * once that sample came after the pass-1 sync (pass ≥ 2). Before it, "remaining" is what pass 1 had
+ * still to send (zero pages included: 6.7–180 MiB in the lab's hot-small runs, whose switch then
+ * found 34–49 MiB), not a backlog: undefined, and the first post-copy sample gives it
+ * (setSwitchBacklog).
+ */
+function switchBacklog(state: GuestCostTrack): number | undefined {
+  return (state.remainingPass ?? 2) >= 2 ? state.remainingMs : undefined;
+}
+
 /** Moves the tally's phase with a progress sample's (pre-copy: its start and what remains; post-copy: the switch). */
 export function trackProgressSample<S extends GuestCostTrack>(state: S, sample: ProgressSample): S {
   const at = sample.time?.getTime();
+  const bw = throughputBytesPerSec(sample);
   if (isPrecopy(sample)) {
-    const bw = throughputBytesPerSec(sample);
     const remainingMs = bw > 0 ? (sample.remainingBytes / bw) * 1000 : state.remainingMs;
+    const remainingPass = bw > 0 ? sample.pass : state.remainingPass;
     const guest = state.guest && at !== undefined ? enterPhase(state.guest, 'precopy', at) : state.guest;
     const precopyAtMs = state.precopyAtMs ?? at;
-    if (remainingMs === state.remainingMs && guest === state.guest && precopyAtMs === state.precopyAtMs) return state;
-    return { ...state, ...(remainingMs !== undefined ? { remainingMs } : {}), ...(guest ? { guest } : {}), ...(precopyAtMs !== undefined ? { precopyAtMs } : {}) };
+    const precopyPass = Math.max(state.precopyPass ?? 0, sample.pass);
+    const firstBoundaryBytes = state.firstBoundaryBytes === undefined && sample.pass === 2 && sample.remainingBytes > 0 ? sample.remainingBytes : state.firstBoundaryBytes;
+    if (remainingMs === state.remainingMs && remainingPass === state.remainingPass && guest === state.guest && precopyAtMs === state.precopyAtMs && precopyPass === state.precopyPass && firstBoundaryBytes === state.firstBoundaryBytes) return state;
+    return {
+      ...state,
+      ...(remainingMs !== undefined ? { remainingMs } : {}),
+      ...(remainingPass !== undefined ? { remainingPass } : {}),
+      ...(guest ? { guest } : {}),
+      ...(precopyAtMs !== undefined ? { precopyAtMs } : {}),
+      precopyPass,
+      ...(firstBoundaryBytes !== undefined ? { firstBoundaryBytes } : {}),
+    };
   }
-  if (!state.guest || at === undefined) return state;
-  if (isPostcopy(sample)) return { ...state, guest: enterPhase(state.guest, 'postcopy', at, state.remainingMs) };
-  return state;
+  if (!isPostcopy(sample)) return state;
+  // The first post-copy reading: what the sync at the switch found, less what was sent since.
+  let next: S = state.postcopy === true ? state : { ...state, postcopy: true };
+  if (next.firstBoundaryBytes === undefined && (next.precopyPass ?? 0) <= 1 && sample.remainingBytes > 0) next = { ...next, firstBoundaryBytes: sample.remainingBytes };
+  if (!next.guest || at === undefined) return next;
+  let guest = enterPhase(next.guest, 'postcopy', at, switchBacklog(next));
+  if (bw > 0 && sample.remainingBytes > 0) guest = setSwitchBacklog(guest, (sample.remainingBytes / bw) * 1000);
+  return guest === next.guest ? next : { ...next, guest };
 }
 
 /** An action taken on the migration (by its policy or a user) at host time `atMs`: a downtime raise starts the raise's tally. */
@@ -309,8 +360,19 @@ export function replayCostTrack(
 
 /** The figures a run's track leaves for the VM's next runs (undefined: nothing measured). */
 export function trackedCostFigures(state: GuestCostTrack): RunCostFigures | undefined {
-  const f = state.guest ? runCostFigures(state.guest) : {};
+  const f = { ...(state.guest ? runCostFigures(state.guest) : {}), ...firstBoundarySet(state) };
   return Object.keys(f).length > 0 ? f : undefined;
+}
+
+/**
+ * A run that went into post-copy at its first pass boundary (pre-copy never reached pass 3) saw one
+ * boundary only: no working set of its own (that needs two, adaptive.ts "Saturation"), but the
+ * backlog that boundary found is the set the guest dirtied over the whole first pass, which the VM's
+ * next adaptive run may confirm (adaptive.ts backlogPlateau).
+ */
+function firstBoundarySet(state: GuestCostTrack): Pick<RunCostFigures, 'firstBoundaryBytes'> {
+  const b = state.firstBoundaryBytes;
+  return state.postcopy === true && b !== undefined && b > 0 && (state.precopyPass ?? 0) <= 2 ? { firstBoundaryBytes: b } : {};
 }
 
 /** Guest ms lost over a phase's tally. */
@@ -345,6 +407,11 @@ export interface RunCostFigures {
   readonly postcopyBacklogMs?: number | undefined;
   /** The working set the backlog held at across pass boundaries (bytes; adaptive.ts "Saturation"); undefined: none seen. */
   readonly workingSetBytes?: number | undefined;
+  /**
+   * A run that switched to post-copy at its first pass boundary: the backlog that boundary found
+   * (bytes), one boundary's evidence of the set only (see workingSetFromHistory); undefined otherwise.
+   */
+  readonly firstBoundaryBytes?: number | undefined;
   /**
    * Guest ms lost from the run's one downtime raise to the end (the passes it still took and the
    * stop); undefined: no raise, more than one, post-copy after it, or not measured.
@@ -392,9 +459,14 @@ const shrink = (fitted: number, n: number, prior: number): number => (n * fitted
  * The working set the VM's earlier runs found the backlog held at: the median of those that saw one
  * (bytes), and how many did; undefined when none did.
  */
-export function workingSetFromHistory(runs: readonly RunCostFigures[]): { bytes: number; runs: number } | undefined {
-  const ws = runs.map((r) => r.workingSetBytes).filter((x): x is number => x !== undefined && Number.isFinite(x) && x > 0);
-  return ws.length > 0 ? { bytes: median(ws), runs: ws.length } : undefined;
+export function workingSetFromHistory(runs: readonly RunCostFigures[]): { bytes: number; runs: number; firstBoundaryOnly?: true } | undefined {
+  const ok = (x: number | undefined): x is number => x !== undefined && Number.isFinite(x) && x > 0;
+  const ws = runs.map((r) => r.workingSetBytes).filter(ok);
+  if (ws.length > 0) return { bytes: median(ws), runs: ws.length };
+  // Only runs that switched to post-copy at their first boundary: the median of what it found,
+  // marked as such (the adaptive policy takes it only with this run's own evidence, backlogPlateau).
+  const first = runs.map((r) => r.firstBoundaryBytes).filter(ok);
+  return first.length > 0 ? { bytes: median(first), runs: first.length, firstBoundaryOnly: true } : undefined;
 }
 
 /**
@@ -426,7 +498,7 @@ export function priorFromHistory(runs: readonly RunCostFigures[], fallback: Cost
       }
       c = Math.max(0, c);
     }
-    model = { ...model, postcopyFixedMs: shrink(c, pc.length, fallback.postcopyFixedMs), postcopyHarmRate: shrink(s, pc.length, fallback.postcopyHarmRate) };
+    model = { ...model, postcopyFixedMs: shrink(c, pc.length, fallback.postcopyFixedMs), postcopyHarmRate: shrink(s, pc.length, fallback.postcopyHarmRate), measuredPostcopy: { fixedMs: c, harmRate: s, runs: pc.length } };
   }
   const raised = runs.map((r) => r.raiseLostMs).filter((x): x is number => x !== undefined && Number.isFinite(x) && x >= 0);
   if (raised.length > 0) model = { ...model, measuredRaise: { lostMs: median(raised), runs: raised.length } };

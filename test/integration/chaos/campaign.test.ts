@@ -21,11 +21,25 @@ describe('chaos campaign (short, fixed seed)', () => {
 
   it('survives 12 faults, one of every kind, at random moments with no invariant violated', async () => {
     const lines: string[] = [];
-    const result = await runCampaign({ seed: 7701568, faults: 12, faultsPerStep: 2, settleBoundMs: 120_000, log: (l) => lines.push(l) });
+    // The daemons' log lines (at MIGD_LOG_LEVEL: warn in CI), the newest kept, for a failure's diagnosis.
+    const daemonLines: string[] = [];
+    const onClusterLog = (l: string): void => {
+      daemonLines.push(l);
+      if (daemonLines.length > 20_000) daemonLines.splice(0, 5_000);
+    };
+    const result = await runCampaign({ seed: 7701568, faults: 12, faultsPerStep: 2, settleBoundMs: 120_000, log: (l) => lines.push(l), onClusterLog });
     const { md } = saveReport(result, out, 'seed-7701568');
     const report = readFileSync(md, 'utf8');
     const s = summarize(result);
     console.log(report.split('## Steps')[0]);
+    if (s.violations > 0) {
+      // What the daemons said about the runs and steps that broke an invariant, and the campaign's own lines.
+      const violations = report.split('## Violations')[1]?.split('\n## ')[0] ?? '';
+      const keys = [...new Set([...violations.matchAll(/run ([0-9A-Z]{26})/g)].map((m) => m[1]!))];
+      const related = daemonLines.filter((l) => keys.some((k) => l.includes(k)) || /"level":"error"/.test(l));
+      console.log(`## Daemon log lines about ${keys.join(', ') || 'the violations'} (and errors), the last 300 of ${related.length}\n${related.slice(-300).join('\n')}`);
+      console.log(`## Campaign log, the last 150 lines\n${lines.slice(-150).join('\n')}`);
+    }
     expect(result.records).toHaveLength(12);
     expect(new Set(result.records.map((r) => r.fault))).toEqual(new Set(FAULT_KINDS));
     expect(result.records.map((r) => r.fault).sort()).toEqual([...FAULT_KINDS].sort()); // each kind once

@@ -73,14 +73,6 @@ const REPS = opts.reps;
 const VMS_PER_NODE = opts['vms-per-node'];
 /** Drain plans submitted per cluster size (each drains one node of 2 × vms-per-node VMs); 0 = every populated node. */
 const MAX_PLANS = opts['max-plans'];
-function printSlotUse(intervals: readonly (readonly [number, number])[], from: number, to: number, concurrency: number, submittedAt: number): void {
-  const u = slotUse(intervals, from, to, concurrency);
-  const s = (ms: number): string => fmt(ms / 1000, 2);
-  out(
-    `    slots (${concurrency}): in use ${fmt(u.use * 100, 1)} % of the makespan; 95 % in use from ${s(u.fullAtMs)} s (last plan answered at ${s(submittedAt - from)} s), last start at ${s(u.lastStartMs)} s; slot time lost: ramp ${s(u.lost.ramp)} s, steady ${s(u.lost.steady)} s (${fmt(u.steadyStarts > 0 ? u.lost.steady / u.steadyStarts : NaN, 0)} ms per start), tail ${s(u.lost.tail)} s (÷ ${concurrency} slots: ${s(u.lost.ramp / concurrency)} + ${s(u.lost.steady / concurrency)} + ${s(u.lost.tail / concurrency)} s of makespan)`,
-  );
-}
-
 /** The coordinator's --heartbeat-misses (its default is 3 at 2 s). */
 const HEARTBEAT_MISSES = opts['heartbeat-misses'];
 /** Part a's bare script uses TLS like migd's lab nodes. */
@@ -547,6 +539,15 @@ const SCALE_GOALS = [
   { figure: 'SubmitPlan p99', today: 850, goal: 100, better: 'lower', unit: ' ms', digits: 0 },
   { figure: 'coordinator CPU per migration', today: 0.09, goal: 0.01, better: 'lower', unit: ' s', digits: 3 },
 ] as const;
+
+/** How the drain used its slots (stress/lab/metrics.ts slotUse): ramp, steady gaps, tail. */
+function printSlotUse(intervals: readonly (readonly [number, number])[], from: number, to: number, concurrency: number, submittedAt: number): void {
+  const u = slotUse(intervals, from, to, concurrency);
+  const s = (ms: number): string => fmt(ms / 1000, 2);
+  out(
+    `    slots (${concurrency}): in use ${fmt(u.use * 100, 1)} % of the makespan; 95 % in use from ${s(u.fullAtMs)} s (last plan answered at ${s(submittedAt - from)} s), last start at ${s(u.lastStartMs)} s; slot time lost: ramp ${s(u.lost.ramp)} s, steady ${s(u.lost.steady)} s (${fmt(u.steadyStarts > 0 ? u.lost.steady / u.steadyStarts : NaN, 0)} ms per start), tail ${s(u.lost.tail)} s (÷ ${concurrency} slots: ${s(u.lost.ramp / concurrency)} + ${s(u.lost.steady / concurrency)} + ${s(u.lost.tail / concurrency)} s of makespan)`,
+  );
+}
 
 /** Prints this run's figures beside issue 15's "today" and its goal. */
 function printScaleGoals(label: string, measured: readonly number[]): void {

@@ -519,8 +519,9 @@ export class RunSupervisor {
     switch (up.$case) {
       case 'stateChange': {
         const c = up.value;
-        this.costTrack = trackTransition(this.costTrack, c.to, c.time?.getTime() ?? this.now());
-        if (this.policy.observeState) this.policyState = this.policy.observeState(this.policyState, c.to, c.time?.getTime() ?? this.now());
+        const at = c.time?.getTime() ?? this.now();
+        this.costTrack = trackTransition(this.costTrack, c.to, at);
+        if (this.policy.observeState) this.policyState = this.policy.observeState(this.policyState, c.to, at);
         if (isTerminalState(c.to)) {
           this.lastReason = c.reason;
           return;

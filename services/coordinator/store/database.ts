@@ -93,16 +93,50 @@ export class WriteQueue<T> {
 
 /**
  * Transaction control statements, compiled once: a raw sql template is built and compiled again
- * each time it runs, and every write of a group takes two of them for its savepoint (issue 15 §4).
+ * each time it runs (issue 15 §4).
  */
 export const TX = {
   begin: CompiledQuery.raw('begin'),
   commit: CompiledQuery.raw('commit'),
   rollback: CompiledQuery.raw('rollback'),
-  savepoint: CompiledQuery.raw('savepoint migd_write'),
-  release: CompiledQuery.raw('release savepoint migd_write'),
-  rollbackToSavepoint: CompiledQuery.raw('rollback to savepoint migd_write'),
 } as const;
+
+/** The statements of one named savepoint, compiled once. */
+export interface Savepoint {
+  readonly begin: CompiledQuery;
+  readonly release: CompiledQuery;
+  readonly rollback: CompiledQuery;
+}
+
+export function savepoint(name: string): Savepoint {
+  return { begin: CompiledQuery.raw(`savepoint ${name}`), release: CompiledQuery.raw(`release savepoint ${name}`), rollback: CompiledQuery.raw(`rollback to savepoint ${name}`) };
+}
+
+/** Each write of a group written again after a failure (see StoreDatabase.writeGroup). */
+const WRITE_SAVEPOINT = savepoint('migd_write');
+
+/** What {@link inSavepoint} ran came to. */
+export type Outcome<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly err: unknown };
+
+/**
+ * Runs `fn` inside savepoint `sp` of the transaction on `conn`: kept when it succeeds; when it
+ * fails, what it wrote is undone and the events it enqueued are no longer counted, and the
+ * transaction goes on (Postgres accepts statements again after the rollback to the savepoint).
+ */
+export async function inSavepoint<T>(conn: Db, tx: TxState, sp: Savepoint, fn: () => Promise<T>): Promise<Outcome<T>> {
+  const enqueued = tx.enqueued;
+  await conn.executeQuery(sp.begin);
+  try {
+    const value = await fn();
+    await conn.executeQuery(sp.release);
+    return { ok: true, value };
+  } catch (err) {
+    tx.enqueued = enqueued;
+    await conn.executeQuery(sp.rollback);
+    await conn.executeQuery(sp.release);
+    return { ok: false, err };
+  }
+}
 
 /** Marks parameter `i` while a reusable query is compiled (see StoreDatabase.reuse). */
 const param = (i: number): string => `\u0000migd-param-${i}\u0000`;
@@ -222,7 +256,7 @@ export class StoreDatabase {
     const available = Math.min(this.pending.length, WRITE_GROUP_MAX);
     const group: PendingWrite[] = [];
     const tx: TxState = { enqueued: 0 };
-    const outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
+    const outcomes: Outcome<unknown>[] = [];
     try {
       await this.db.connection().execute(async (conn) => {
         await this.dialect.beginWrite(conn);
@@ -253,20 +287,7 @@ export class StoreDatabase {
               outcomes.length = 0;
               tx.enqueued = 0;
               await this.dialect.beginWrite(conn);
-              for (const w of group) {
-                const before = tx.enqueued;
-                await conn.executeQuery(TX.savepoint);
-                try {
-                  const value = await w.fn(conn, tx);
-                  await conn.executeQuery(TX.release);
-                  outcomes.push({ ok: true, value });
-                } catch (err) {
-                  outcomes.push({ ok: false, err });
-                  tx.enqueued = before;
-                  await conn.executeQuery(TX.rollbackToSavepoint);
-                  await conn.executeQuery(TX.release);
-                }
-              }
+              for (const w of group) outcomes.push(await inSavepoint(conn, tx, WRITE_SAVEPOINT, () => w.fn(conn, tx)));
             }
           }
           await conn.executeQuery(TX.commit);

@@ -47,7 +47,6 @@ export type ResolvedPostgresHistoryStoreOptions = ResolvedHistoryStoreOptions &
   Readonly<Required<Pick<PostgresHistoryStoreOptions, 'url' | 'poolSize' | 'migrate'>>> &
   Readonly<Pick<PostgresHistoryStoreOptions, 'fence'>>;
 
-/** Whether `s` names a Postgres database (postgres:// or postgresql://). */
 /**
  * The default time budget of a group commit on Postgres (ms; SQLite's is 10). SQLite's writes are
  * synchronous, so its budget bounds how long the event loop is held; a Postgres group waits on
@@ -58,6 +57,7 @@ export type ResolvedPostgresHistoryStoreOptions = ResolvedHistoryStoreOptions &
  */
 export const POSTGRES_WRITE_GROUP_BUDGET_MS = 100;
 
+/** Whether `s` names a Postgres database (postgres:// or postgresql://). */
 export function isPostgresUrl(s: string): boolean {
   return /^postgres(?:ql)?:\/\//.test(s);
 }

@@ -2,22 +2,17 @@
  * Progress, guest and host CPU samples: buffered and written in batches (see sample-writer.ts),
  * each batch with the rate-limited RunProgress/RunGuestPerf events of its samples.
  */
-import { CompiledQuery } from 'kysely';
 import { InvalidArgumentError } from '../../shared/errors.js';
 import { GuestPerfSample, ProgressSample } from '../../shared/gen/migd/v1/common.js';
 import type { HostCpuSample } from '../../shared/gen/migd/v1/coordinator.js';
-import { type Db, INSERT_CHUNK, type OutboxEvent, type StoreDatabase, type TxState } from './database.js';
+import { type Db, INSERT_CHUNK, type OutboxEvent, type StoreDatabase, type TxState, inSavepoint, savepoint } from './database.js';
 import { guestToRow, hostCpuToRow, ms, progressToRow } from './mapping.js';
 import type { RunSamples } from './plan-run-repository.js';
 import { SampleWriter, type SampleBatch, type SampleWriterStats } from './sample-writer.js';
 import type { SampleRepository } from './types.js';
 
 /** The savepoint of samples written inside another write's transaction (see writeWithSamples). */
-const SAMPLES = {
-  savepoint: CompiledQuery.raw('savepoint migd_samples'),
-  release: CompiledQuery.raw('release savepoint migd_samples'),
-  rollback: CompiledQuery.raw('rollback to savepoint migd_samples'),
-} as const;
+const SAMPLES_SAVEPOINT = savepoint('migd_samples');
 
 export class SqlSampleRepository implements SampleRepository, RunSamples {
   private readonly writer: SampleWriter;
@@ -98,17 +93,8 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
       const result = await write(async (trx, tx) => {
         failed = undefined;
         if (!taken) return;
-        const enqueued = tx.enqueued;
-        await trx.executeQuery(SAMPLES.savepoint);
-        try {
-          await this.writeBatch(trx, tx, taken.batch);
-          await trx.executeQuery(SAMPLES.release);
-        } catch (err) {
-          failed = err;
-          tx.enqueued = enqueued;
-          await trx.executeQuery(SAMPLES.rollback);
-          await trx.executeQuery(SAMPLES.release);
-        }
+        const o = await inSavepoint(trx, tx, SAMPLES_SAVEPOINT, () => this.writeBatch(trx, tx, taken.batch));
+        if (!o.ok) failed = o.err;
       });
       if (taken && failed === undefined) this.writer.written(taken);
       else if (taken) {
@@ -128,41 +114,39 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
 
   /** One batch's rows and events, in the caller's transaction. */
   private async writeBatch(trx: Db, tx: TxState, b: SampleBatch): Promise<void> {
-    {
-      for (let i = 0; i < b.progress.length; i += INSERT_CHUNK) {
-        await trx.insertInto('progress_samples').values(b.progress.slice(i, i + INSERT_CHUNK)).execute();
-      }
-      for (let i = 0; i < b.guest.length; i += INSERT_CHUNK) {
-        await trx.insertInto('guest_samples').values(b.guest.slice(i, i + INSERT_CHUNK)).execute();
-      }
-      for (let i = 0; i < b.hostCpu.length; i += INSERT_CHUNK) {
-        await trx.insertInto('host_cpu_samples').values(b.hostCpu.slice(i, i + INSERT_CHUNK)).execute();
-      }
-      // The events' sequence numbers: one UPDATE for the runs with the same number of events in
-      // this batch (usually all of them), then one INSERT for the events, in the batch's order.
-      const perRun = new Map<string, number>();
-      for (const e of b.events) perRun.set(e.runId, (perRun.get(e.runId) ?? 0) + 1);
-      const byCount = new Map<number, string[]>();
-      for (const [runId, n] of perRun) {
-        const ids = byCount.get(n);
-        if (ids === undefined) byCount.set(n, [runId]);
-        else ids.push(runId);
-      }
-      /** Each run's next sequence number to hand out. */
-      const next = new Map<string, number>();
-      for (const [n, ids] of byCount) {
-        for (const [runId, last] of await this.d.takeSequences(trx, ids, n)) next.set(runId, last - n + 1);
-      }
-      const events: OutboxEvent[] = [];
-      for (const e of b.events) {
-        // Samples of an unknown (or already deleted) run are kept; they just get no event.
-        const sequence = next.get(e.runId);
-        if (sequence === undefined) continue;
-        next.set(e.runId, sequence + 1);
-        events.push({ payload: e.payload, time: e.time, run: { runId: e.runId, sequence } });
-      }
-      await this.d.enqueueAll(trx, tx, events);
+    for (let i = 0; i < b.progress.length; i += INSERT_CHUNK) {
+      await trx.insertInto('progress_samples').values(b.progress.slice(i, i + INSERT_CHUNK)).execute();
     }
+    for (let i = 0; i < b.guest.length; i += INSERT_CHUNK) {
+      await trx.insertInto('guest_samples').values(b.guest.slice(i, i + INSERT_CHUNK)).execute();
+    }
+    for (let i = 0; i < b.hostCpu.length; i += INSERT_CHUNK) {
+      await trx.insertInto('host_cpu_samples').values(b.hostCpu.slice(i, i + INSERT_CHUNK)).execute();
+    }
+    // The events' sequence numbers: one UPDATE for the runs with the same number of events in
+    // this batch (usually all of them), then one INSERT for the events, in the batch's order.
+    const perRun = new Map<string, number>();
+    for (const e of b.events) perRun.set(e.runId, (perRun.get(e.runId) ?? 0) + 1);
+    const byCount = new Map<number, string[]>();
+    for (const [runId, n] of perRun) {
+      const ids = byCount.get(n);
+      if (ids === undefined) byCount.set(n, [runId]);
+      else ids.push(runId);
+    }
+    /** Each run's next sequence number to hand out. */
+    const next = new Map<string, number>();
+    for (const [n, ids] of byCount) {
+      for (const [runId, last] of await this.d.takeSequences(trx, ids, n)) next.set(runId, last - n + 1);
+    }
+    const events: OutboxEvent[] = [];
+    for (const e of b.events) {
+      // Samples of an unknown (or already deleted) run are kept; they just get no event.
+      const sequence = next.get(e.runId);
+      if (sequence === undefined) continue;
+      next.set(e.runId, sequence + 1);
+      events.push({ payload: e.payload, time: e.time, run: { runId: e.runId, sequence } });
+    }
+    await this.d.enqueueAll(trx, tx, events);
   }
 
   forgetRun(runId: string): void {

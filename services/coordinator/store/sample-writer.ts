@@ -118,13 +118,7 @@ export class SampleWriter {
   restore(t: TakenSamples): void {
     this.counters.failedFlushes++;
     this.requeue(t.batch, t.rows);
-    if (!this.closed && this.timer === undefined) {
-      this.timer = setTimeout(() => {
-        this.timer = undefined;
-        this.background();
-      }, this.opts.flushIntervalMs);
-      this.timer.unref();
-    }
+    this.retryLater();
   }
 
   /** Writes everything buffered so far. @throws the write error (rows stay buffered). */
@@ -177,14 +171,18 @@ export class SampleWriter {
   private background(): void {
     this.flush().catch((err: unknown) => {
       this.opts.logger.warn('writing buffered samples failed; will retry', { err, buffered: this.rows });
-      if (!this.closed && this.timer === undefined) {
-        this.timer = setTimeout(() => {
-          this.timer = undefined;
-          this.background();
-        }, this.opts.flushIntervalMs);
-        this.timer.unref();
-      }
+      this.retryLater();
     });
+  }
+
+  /** A write failed: the next flush after flushIntervalMs (unless one is due already, or closed). */
+  private retryLater(): void {
+    if (this.closed || this.timer !== undefined) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.background();
+    }, this.opts.flushIntervalMs);
+    this.timer.unref();
   }
 
   private clearTimers(): void {

@@ -620,6 +620,42 @@ export function paretoFront(summaries: readonly StrategySummary[], slack = 0.1):
   return out;
 }
 
+/** Issue 14's criterion (§5) read off one comparison's summaries; see policyCriterion. */
+export interface PolicyCriterion {
+  /** Every run of the adaptive strategies completed. */
+  readonly adaptiveCompleted: { readonly succeeded: number; readonly runs: number };
+  /** Per workload (group) with an adaptive strategy: its Pareto verdict and whether it passes. */
+  readonly workloads: readonly { readonly group: string; readonly label: string; readonly verdict: string; readonly met: boolean }[];
+  /** Per fixed strategy: the workloads it is off the front (or incomplete) on. */
+  readonly fixed: readonly { readonly label: string; readonly offOn: readonly string[]; readonly met: boolean }[];
+  readonly met: boolean;
+}
+
+/**
+ * Issue 14's criterion over one comparison: the adaptive strategies complete every run; on every
+ * workload each is on the Pareto front of total time × guest time lost or within 10 % of it; and
+ * every fixed strategy is off the front (or incomplete) on at least one workload it ran. `kindOf`
+ * names a strategy's policy ("adaptive", "fixed", a preset's name); presets are neither judged
+ * nor required off. Undefined when the comparison has no adaptive strategy.
+ */
+export function policyCriterion(summaries: readonly StrategySummary[], kindOf: (group: string, label: string) => string, slack = 0.1): PolicyCriterion | undefined {
+  const adaptive = summaries.filter((s) => kindOf(s.group, s.label) === 'adaptive');
+  if (adaptive.length === 0) return undefined;
+  const groups = [...new Set(summaries.map((s) => s.group))];
+  const fronts = new Map(groups.map((g) => [g, paretoFront(summaries.filter((s) => s.group === g), slack)]));
+  const workloads = adaptive.map((s) => {
+    const verdict = fronts.get(s.group)?.get(s.label) ?? 'unknown';
+    return { group: s.group, label: s.label, verdict, met: verdict === 'front' || verdict === 'within 10 %' };
+  });
+  const fixedLabels = [...new Set(summaries.filter((s) => kindOf(s.group, s.label) === 'fixed').map((s) => s.label))];
+  const fixed = fixedLabels.map((label) => {
+    const offOn = summaries.filter((s) => s.label === label && kindOf(s.group, s.label) === 'fixed').filter((s) => /^(off|incomplete)/.test(fronts.get(s.group)?.get(label) ?? '')).map((s) => s.group);
+    return { label, offOn, met: offOn.length > 0 };
+  });
+  const adaptiveCompleted = { succeeded: adaptive.reduce((n, s) => n + s.succeeded, 0), runs: adaptive.reduce((n, s) => n + s.runs, 0) };
+  return { adaptiveCompleted, workloads, fixed, met: adaptiveCompleted.succeeded === adaptiveCompleted.runs && workloads.every((w) => w.met) && fixed.every((f) => f.met) };
+}
+
 /**
  * How the drain used its slots: from the first SubmitPlan (`from`) to the last completion (`to`),
  * the simulated migrations in flight against the `concurrency` the bound assumes. Lost slot time

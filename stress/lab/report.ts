@@ -17,7 +17,7 @@ import { pathToFileURL } from 'node:url';
 import { MigrationState } from '../../services/shared/gen/migd/v1/common.js';
 import type { GetRunTimelineResponse } from '../../services/shared/gen/migd/v1/coordinator.js';
 import { policyName } from '../../services/coordinator/domain/policy/index.js';
-import { type LabOutcome, type RunDecision, type RunFigures, type RunSeries, type StrategySummary, paretoFront, runDecisions, runFigures, runSeries, summarize } from './metrics.js';
+import { type LabOutcome, type RunDecision, type RunFigures, type RunSeries, type StrategySummary, type PolicyCriterion, paretoFront, policyCriterion, runDecisions, runFigures, runSeries, summarize } from './metrics.js';
 import type { Scenario } from './scenarios.js';
 
 /** One recorded run as the report takes it. */
@@ -397,7 +397,7 @@ ${summaryTable(data.summaries, g)}
 <h1>migd lab: ${esc(data.comparison.title)}</h1>
 <p class="desc">${esc(data.comparison.description)}</p>
 <p class="env">comparison ${esc(data.comparison.name)} · ${data.runs.length} runs · generated ${esc(data.generatedAt)}${env ? ' · ' + env : ''}</p>
-<h2>Summary per strategy</h2>
+${criterionHtml(data)}<h2>Summary per strategy</h2>
 <p class="desc">Times and downtimes of completed runs; harm = guest ms/GiB above the baseline (median of the samples before the migration) integrated over the migration; guest time lost = every interval the guest's own clock stood still (switch-over, forced pauses, a paused destination) in full, plus the work not done while it ran slowed or stalled (throttling, post-copy faults), from the guest's clock and pace; host CPU = source + destination QEMU during the migration. Spreads are min–max over the repetitions.</p>
 ${groups}
 ${seriesHtml(data)}<h2>Runs</h2>
@@ -442,6 +442,41 @@ export function seriesRows(data: ReportData): { scenario: string; label: string;
 }
 const SERIES_HEADS = ['#', 'direction', 'earlier succeeded runs', 'decision (step @ pass, time)', 'history cited', 'cost model cited', 'outcome', 'total', 'guest time lost (s)', 'downtime', 'passes'];
 
+/** Issue 14's criterion over the comparison; undefined without an adaptive strategy. */
+function criterionOf(data: ReportData): PolicyCriterion | undefined {
+  const kinds = new Map(data.runs.map((r) => [`${r.group}\u0000${r.label}`, r.policy]));
+  return policyCriterion(data.summaries, (group, label) => kinds.get(`${group}\u0000${label}`) ?? '');
+}
+
+const CRITERION_TEXT =
+  "Issue 14's criterion: the adaptive policy completes every run; on every workload no other strategy is better on both total time p50 and guest time lost p50 by more than 10 % (adaptive on the Pareto front or within 10 % of it); every fixed strategy is off the front (or incomplete) on at least one workload. Presets (Nova, oVirt, KubeVirt) are compared but not judged.";
+
+/** The criterion as rows of cells: what, verdict, met. */
+function criterionRows(c: PolicyCriterion): string[][] {
+  const yes = (m: boolean): string => (m ? 'met' : 'NOT met');
+  return [
+    ['adaptive completes every run', `${c.adaptiveCompleted.succeeded}/${c.adaptiveCompleted.runs}`, yes(c.adaptiveCompleted.succeeded === c.adaptiveCompleted.runs)],
+    ...c.workloads.map((w) => [`${w.label} on ${w.group}`, w.verdict, yes(w.met)]),
+    ...c.fixed.map((f) => [`fixed strategy ${f.label} off the front somewhere`, f.offOn.length > 0 ? `off on ${f.offOn.join('; ')}` : 'on the front (or within 10 %) everywhere it ran', yes(f.met)]),
+    ['criterion', '', yes(c.met)],
+  ];
+}
+
+function criterionHtml(data: ReportData): string {
+  const c = criterionOf(data);
+  if (!c) return '';
+  const rows = criterionRows(c)
+    .map(([what, verdict, met]) => `<tr><td class="l">${esc(what ?? '')}</td><td class="l">${esc(verdict ?? '')}</td><td class="${met === 'met' ? 'ok' : 'bad'}">${esc(met ?? '')}</td></tr>`)
+    .join('\n');
+  return `<h2>Criterion</h2>
+<p class="desc">${esc(CRITERION_TEXT)}</p>
+<table class="summary"><thead><tr><th class="l">what</th><th class="l">verdict</th><th>met?</th></tr></thead>
+<tbody>
+${rows}
+</tbody></table>
+`;
+}
+
 /**
  * The summary tables as Markdown (one per group), with each strategy's outcomes spelled out: for
  * terminals, commit messages and notes, next to the HTML report.
@@ -449,6 +484,11 @@ const SERIES_HEADS = ['#', 'direction', 'earlier succeeded runs', 'decision (ste
 export function summaryMarkdown(data: ReportData): string {
   const out: string[] = [`# ${data.comparison.title}`, '', `${data.runs.length} runs, generated ${data.generatedAt}${Object.keys(data.environment).length > 0 ? ` (${Object.entries(data.environment).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}.`];
   out.push('Times and downtimes: completed runs only. Harm: guest ms/GiB above its baseline integrated over the migration. Guest time lost: every interval the guest did not run (its own clock stood still: switch-over, forced pauses, a paused destination) in full, plus work not done while it ran slowed or stalled (throttle, post-copy faults). Spreads: min–max over repetitions. Host CPU: source + destination QEMU. Pareto: completed every run and no other such strategy better on both total time p50 and guest time lost p50.');
+  const criterion = criterionOf(data);
+  if (criterion) {
+    out.push('', '## Criterion', '', CRITERION_TEXT, '', '| what | verdict | met? |', '|---|---|---|');
+    for (const cells of criterionRows(criterion)) out.push(`| ${cells.join(' | ')} |`);
+  }
   const storageGroups = new Set(data.summaries.filter((x) => x.disk).map((x) => x.group));
   if (storageGroups.size > 0) {
     out.push(

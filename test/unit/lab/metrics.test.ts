@@ -8,10 +8,13 @@ import {
   hostCpuRates,
   mean,
   migrationWindow,
+  paretoFront,
+  policyCriterion,
   quantile,
   runFigures,
   runSeries,
   slotUse,
+  type StrategySummary,
   summarize,
   timelineBaseline,
 } from '../../../stress/lab/metrics.js';
@@ -200,5 +203,51 @@ describe('slotUse', () => {
     const u = slotUse([[0, -1]], 0, 4, 1);
     expect(u.use).toBe(1);
     expect(u.lost).toEqual({ ramp: 0, steady: 0, tail: 0 });
+  });
+});
+
+describe("issue 14's criterion", () => {
+  // Only the figures the front reads; the rest of a summary does not enter the verdicts.
+  const sum = (group: string, label: string, totalS: number, lostS: number, succeeded = 3, runs = 3): StrategySummary =>
+    ({ group, label, runs, succeeded, totalTimeMsP50: totalS * 1000, guestSecondsLostP50: lostS }) as unknown as StrategySummary;
+  const kinds: Record<string, string> = { adaptive: 'adaptive', pc: 'fixed', ac: 'fixed', kv: 'kubevirt' };
+  const kindOf = (_g: string, label: string): string => kinds[label] ?? '';
+
+  it('places strategies against the front with 10 % slack', () => {
+    const front = paretoFront([sum('w', 'adaptive', 10, 2), sum('w', 'pc', 9.5, 1.9), sum('w', 'ac', 20, 5), sum('w', 'kv', 5, 1, 2, 3)]);
+    expect(front.get('pc')).toBe('front');
+    expect(front.get('adaptive')).toBe('within 10 %');
+    expect(front.get('ac')).toBe('off (behind adaptive, pc)');
+    expect(front.get('kv')).toBe('incomplete');
+  });
+
+  it('is met when adaptive is on or near the front everywhere and each fixed strategy is off somewhere', () => {
+    const c = policyCriterion([sum('w1', 'adaptive', 10, 2), sum('w1', 'pc', 9.5, 1.9), sum('w1', 'ac', 20, 5), sum('w2', 'adaptive', 5, 1), sum('w2', 'pc', 8, 3), sum('w2', 'ac', 30, 9, 1, 3), sum('w2', 'kv', 40, 20)], kindOf)!;
+    expect(c.adaptiveCompleted).toEqual({ succeeded: 6, runs: 6 });
+    expect(c.workloads.map((w) => [w.group, w.verdict, w.met])).toEqual([
+      ['w1', 'within 10 %', true],
+      ['w2', 'front', true],
+    ]);
+    // pc is off on w2; ac off on w1 and incomplete on w2; the KubeVirt preset is not judged.
+    expect(c.fixed).toEqual([
+      { label: 'pc', offOn: ['w2'], met: true },
+      { label: 'ac', offOn: ['w1', 'w2'], met: true },
+    ]);
+    expect(c.met).toBe(true);
+  });
+
+  it('is not met when adaptive is clearly behind, fails a run, or a fixed strategy is never off', () => {
+    const behind = policyCriterion([sum('w', 'adaptive', 12, 3), sum('w', 'pc', 10, 2)], kindOf)!;
+    expect(behind.workloads[0]).toMatchObject({ verdict: 'off (behind pc)', met: false });
+    expect(behind.met).toBe(false);
+    const failed = policyCriterion([sum('w', 'adaptive', 5, 1, 2, 3), sum('w', 'pc', 10, 2), sum('v', 'adaptive', 5, 1), sum('v', 'pc', 9, 2)], kindOf)!;
+    expect(failed.adaptiveCompleted).toEqual({ succeeded: 5, runs: 6 });
+    expect(failed.workloads[0]).toMatchObject({ verdict: 'incomplete', met: false });
+    expect(failed.met).toBe(false);
+    const neverOff = policyCriterion([sum('w', 'adaptive', 10, 2), sum('w', 'pc', 10.5, 1.5)], kindOf)!;
+    expect(neverOff.workloads[0]!.met).toBe(true);
+    expect(neverOff.fixed).toEqual([{ label: 'pc', offOn: [], met: false }]);
+    expect(neverOff.met).toBe(false);
+    expect(policyCriterion([sum('w', 'pc', 10, 2)], kindOf)).toBeUndefined();
   });
 });

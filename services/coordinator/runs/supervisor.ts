@@ -32,7 +32,7 @@ import type { MigrationInfo, WatchMigrationResponse } from '../../shared/gen/mig
 import type { Logger } from '../../shared/log.js';
 import { policyFor } from '../domain/policy/factory.js';
 import { type GuestCostTrack, type RunCostFigures, replayCostTrack, trackAction, trackGuestSample, trackProgressSample, trackTransition, trackedCostFigures } from '../domain/policy/measured.js';
-import type { ConvergencePolicy, PolicyDecision } from '../domain/policy/types.js';
+import { type ConvergencePolicy, type PolicyDecision, isTerminalAction } from '../domain/policy/types.js';
 import type { NodeClient } from '../registry.js';
 import type { AnalyticsRepository, PlanRunRepository, SampleRepository } from '../store/types.js';
 
@@ -146,6 +146,12 @@ export class RunSupervisor {
   /** StartMigration went out (or the run was past QUEUED at a restart): the destination may hold a copy. */
   private dispatched = false;
   private pendingCancel: { actor: string; reason: string } | undefined;
+  /**
+   * A terminal decision (abort, post-copy, pause) whose node call did not get through
+   * (UNAVAILABLE, DEADLINE_EXCEEDED): sent again at every tick until the node carries it out or
+   * refuses it. The policy is silent after a terminal decision, so nothing else would end the run.
+   */
+  private unsentTerminal: PolicyDecision | undefined;
   private lastReason = '';
   private startedAtMs: number | undefined;
   private finished = false;
@@ -558,6 +564,12 @@ export class RunSupervisor {
     // A held run has not begun to migrate: no policy time runs for it (the source counts its
     // elapsed time from the release too).
     if (this.finished || !this.startedOnNode || this.holding || this.state === MigrationState.MIGRATION_STATE_QUEUED) return;
+    const unsent = this.unsentTerminal;
+    if (unsent) {
+      this.unsentTerminal = undefined;
+      if (this.state !== MigrationState.MIGRATION_STATE_CANCELLING) await this.execute(unsent);
+      return;
+    }
     const now = this.now();
     if (this.lastSample && now - this.lastSampleAt < 1500) return;
     const startedAt = this.startedAtMs ?? now;
@@ -603,8 +615,11 @@ export class RunSupervisor {
           this.log.warn('policy decision of an unknown kind ignored', { kind: a.kind });
       }
     } catch (err) {
-      // The migration may have moved on (finished, switched to post-copy): the node says why.
-      this.log.warn('policy action failed on the node', { kind: PolicyActionKind[a.kind], err: (err as Error).message });
+      // The migration may have moved on (finished, switched to post-copy): the node says why, and
+      // ends the run itself. A call that did not get through is sent again (see unsentTerminal).
+      const again = isTerminalAction(a.kind) && isTransient(err) && !this.finished;
+      if (again) this.unsentTerminal = a;
+      this.log.warn(again ? 'policy action did not reach the node; sending it again at the next tick' : 'policy action failed on the node', { kind: PolicyActionKind[a.kind], err: (err as Error).message });
     }
   }
 
@@ -613,6 +628,8 @@ export class RunSupervisor {
       const key = actionKey(a);
       if (this.recorded.has(key)) continue;
       this.recorded.add(key);
+      // The node carried it out after all (an answer lost on its way back).
+      if (this.unsentTerminal?.kind === a.kind && a.actor === `policy:${this.policy.name}`) this.unsentTerminal = undefined;
       this.costTrack = trackAction(this.costTrack, a.kind, a.time?.getTime() ?? this.now());
       await this.d.store.plans.recordAction(this.runId, a);
     }

@@ -91,7 +91,10 @@ export interface SourceOptions {
    * device-state package under its main lock, so a stream that carries nothing holds every
    * in-band command. The stream is then shut down out of band (migrate-pause, else yank): QEMU
    * fails the switch and resumes the guest on the source, which the destination cannot have
-   * started (it runs the guest only from the whole package). Default 10 000.
+   * started (it runs the guest only from the whole package). Likewise QEMU still in pre-copy
+   * with no byte sent for this long after post-copy was asked for: its migration thread is
+   * blocked in a write on a dead link and never begins the switch (the channels are yanked; see
+   * unstickPrecopyBeforeSwitch). Default 10 000.
    */
   readonly postcopySwitchStuckMs?: number;
   /**
@@ -734,6 +737,8 @@ export class SourceMigration {
 
   private async pollProgress(signal: AbortSignal): Promise<void> {
     const stall = new StallDetector(this.opts.postcopyStallMs);
+    // Post-copy asked for while QEMU stays in pre-copy: the switch waits for its migration thread.
+    const switchWait = new StallDetector(this.opts.postcopySwitchStuckMs);
     let answeredAt = this.now();
     // At most half the switch's bound, so an unanswered monitor is seen within it.
     const queryTimeoutMs = Math.min(5000, Math.max(500, this.opts.postcopySwitchStuckMs / 2));
@@ -767,6 +772,11 @@ export class SourceMigration {
           }
         } else {
           stall.reset(this.now());
+        }
+        if (info.status === 'active' && this.postcopyStarted && !this.recovering && !this.switchUnstuck && !isTerminal(this.state)) {
+          if (switchWait.update(sample.transferredBytes, this.now())) await this.unstickPrecopyBeforeSwitch();
+        } else {
+          switchWait.reset(this.now());
         }
       } catch (err) {
         if (signal.aborted) break;
@@ -939,6 +949,27 @@ export class SourceMigration {
       log.warn('migrate-pause refused; yanking the migration channels', { err: (err as Error).message });
       await this.yankMigrationChannels();
     });
+  }
+
+  /**
+   * The switch to post-copy never begins: post-copy was asked for, yet QEMU stays in pre-copy
+   * (`active`) and sends nothing. migrate-start-postcopy only sets a flag that QEMU's migration
+   * thread reads between two writes, and the thread is blocked in a write of pre-copy pages into
+   * a stream that carries nothing (the link cut without a reset). The monitor answers, so
+   * unstickPostcopySwitch's trigger never fires; a cancel is refused once post-copy was asked for,
+   * so the coordinator's progress timeout cannot end the run either: it stayed in pre-copy until
+   * TCP gave up, about 15 minutes later. The guest still runs here and the destination has no
+   * device state (QEMU stops the guest and sends it only once the switch begins): yanking the
+   * channels fails the write, QEMU fails the migration with the guest running, and settle()
+   * removes the destination's copy (settleFailedSwitch). migrate-pause is refused outside
+   * post-copy, so the channels are yanked at once.
+   */
+  private async unstickPrecopyBeforeSwitch(): Promise<void> {
+    this.switchUnstuck = true;
+    this.p.log.warn('post-copy was asked for, but QEMU is still in pre-copy and has sent nothing since: its stream is blocked on the link; yanking the migration channels', {
+      stuckMs: this.opts.postcopySwitchStuckMs,
+    });
+    await this.yankMigrationChannels();
   }
 
   /**

@@ -17,7 +17,7 @@ import { PlanState, type Run } from '../../../services/shared/gen/migd/v1/coordi
 import type { Event } from '../../../services/shared/gen/migd/v1/events.js';
 import { createLogger } from '../../../services/shared/log.js';
 import { FakeNode } from '../../helpers/coordinator-fakes.js';
-import { UnavailableError } from '../../../services/shared/errors.js';
+import { FailedPreconditionError, UnavailableError } from '../../../services/shared/errors.js';
 import { removeDir, tempDir } from '../store/fixtures.js';
 import { until } from '../../helpers/until.js';
 
@@ -108,6 +108,56 @@ describe('run supervisor and manager', () => {
     expect(tl.hostCpu[0]).toMatchObject({ sourceCpuSeconds: 0.5, destinationCpuSeconds: 0.1 });
     await until(async () => (await store.getPlan(planId)).state === PlanState.PLAN_STATE_FAILED, 'the plan state');
     expect(m.queue.snapshot().running).toBe(0);
+  });
+
+  it("sends a policy's abort again while the source node does not answer it, until it is carried out, and records it once", async () => {
+    const m = manager();
+    const { runs: [r] } = await plan(['vm1'], { progressTimeoutSec: 1 });
+    // The first two cancels do not reach the node (its daemon restarting, its management link cut).
+    let cancels = 0;
+    nodes['a']!.onRequest = (method, mig, req) => {
+      if (method !== 'cancelMigration') return;
+      if (++cancels <= 2) throw new UnavailableError('source node a is not answering');
+      mig.action(PolicyActionKind.POLICY_ACTION_KIND_ABORT, 0, req.actor, req.reason);
+      mig.state(S.MIGRATION_STATE_CANCELLING);
+      setTimeout(() => mig.finish(S.MIGRATION_STATE_CANCELLED, 'cancelled; the guest keeps running on the source'), 20);
+    };
+    m.enqueue([{ run: r!, order: 0 }]);
+    await until(() => nodes['a']!.migrations.has(r!.id), 'StartMigration');
+    const mig = nodes['a']!.migrations.get(r!.id)!;
+    mig.state(S.MIGRATION_STATE_SETUP);
+    mig.state(S.MIGRATION_STATE_PRECOPY);
+    mig.progress({ elapsedMs: 100, pass: 1, remainingBytes: 100 * MiB });
+    // Before, the policy fell silent after its first abort failed: the run stayed PRECOPY for good.
+    await until(async () => (await run(r!.id)).finishedAt !== undefined, 'the run to end', 10_000);
+    const done = await run(r!.id);
+    expect(done.state).toBe(S.MIGRATION_STATE_CANCELLED);
+    expect(cancels).toBe(3);
+    expect(done.actions).toHaveLength(1);
+    expect(done.actions[0]).toMatchObject({ kind: PolicyActionKind.POLICY_ACTION_KIND_ABORT, actor: 'policy:fixed' });
+    expect(done.actions[0]!.reason).toMatch(/progress timeout/);
+  });
+
+  it('does not send an abort again that the source node refused (post-copy began there: the node ends the run)', async () => {
+    const m = manager();
+    const { runs: [r] } = await plan(['vm1'], { progressTimeoutSec: 1 });
+    let cancels = 0;
+    nodes['a']!.onRequest = (method) => {
+      if (method !== 'cancelMigration') return;
+      cancels++;
+      throw new FailedPreconditionError('cannot cancel a migration in post-copy: the guest already runs on the destination', { reason: 'POSTCOPY_NOT_CANCELLABLE' });
+    };
+    m.enqueue([{ run: r!, order: 0 }]);
+    await until(() => nodes['a']!.migrations.has(r!.id), 'StartMigration');
+    const mig = nodes['a']!.migrations.get(r!.id)!;
+    mig.state(S.MIGRATION_STATE_SETUP);
+    mig.state(S.MIGRATION_STATE_PRECOPY);
+    mig.progress({ elapsedMs: 100, pass: 1, remainingBytes: 100 * MiB });
+    await until(() => cancels > 0, 'the abort');
+    await new Promise((res) => setTimeout(res, 300)); // 15 ticks
+    expect(cancels).toBe(1);
+    mig.finish(S.MIGRATION_STATE_FAILED, 'QEMU failed the switch to post-copy; the guest keeps running on the source');
+    await until(async () => (await run(r!.id)).finishedAt !== undefined, 'the run to end');
   });
 
   it('a failed run has its destination remove its incoming copy (retried while it does not answer) before its end is recorded', async () => {

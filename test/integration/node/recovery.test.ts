@@ -104,6 +104,53 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     console.log(`post-copy recovery over the management network: total ${trace.result.stats!.totalTimeMs} ms, recoveries ${trace.result.stats!.recoveries}`);
   });
 
+  it('post-copy asked for while pre-copy is blocked on a link cut for good: the run ends FAILED within seconds, the guest running on the source, nothing left on the destination', async () => {
+    // QEMU reads the start-postcopy flag only between two writes: blocked in a write on a link cut
+    // without a reset, it stays in pre-copy sending nothing, and a cancel (the coordinator's
+    // progress timeout) is refused once post-copy was asked for. The source yanks the channels
+    // after postcopySwitchStuckMs (10 s); before, the run stayed in pre-copy until TCP gave up.
+    const vm = 'pc3';
+    const runId = 'run-switch-blocked';
+    vmNames = [vm];
+    const a = c.clients['a']!;
+    await a.createVm({ spec: guestSpec(vm, { memoryMib: 256, workers: 1, bytesPerWorker: 96 << 20 }) });
+    const before = (await waitForGuest(a, vm, 2, 30_000, (s) => s.pagesVerified > 0)).at(-1)!;
+    await c.tb.shape('a', { rateMbit: 80 });
+    await startMigration(c, 'a', { runId, vmName: vm, destination: dest(), policy: policy({ postcopy: { enabled: true, afterPasses: 0, afterMs: 0, onDemandOnly: true, preempt: true } }) });
+    let askedAt = 0;
+    let refused: unknown;
+    const trace = await followMigration(
+      a,
+      runId,
+      async (u) => {
+        // Into the first pass (bytes sent), the link goes; a second later (the socket's buffer full) post-copy is asked for.
+        if (askedAt === 0 && u.update?.$case === 'progress' && u.update.value.transferredBytes > 8 << 20) {
+          askedAt = Date.now();
+          await c.tb.cut('a'); // the migration network only, until afterEach
+          await new Promise((r) => setTimeout(r, 1000));
+          await a.startPostcopy({ runId, actor: 'test', reason: 'post-copy after the first pass' });
+          refused = await a.cancelMigration({ runId, actor: 'test', reason: 'progress timeout' }).then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+        }
+      },
+      90_000,
+    );
+    if (trace.result.state !== MigrationState.MIGRATION_STATE_FAILED) console.log(timeline(trace), trace.result.error ?? '');
+    expect(askedAt).toBeGreaterThan(0);
+    expect(refused).toMatchObject({ reason: 'POSTCOPY_NOT_CANCELLABLE' });
+    expect(trace.states).not.toContain(MigrationState.MIGRATION_STATE_POSTCOPY);
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+    expect(trace.result.error?.message).toMatch(/QEMU failed the switch to post-copy before the destination could run the guest, and resumed it on the source/);
+    expect(Date.now() - askedAt).toBeLessThan(40_000);
+    // The guest runs once, on a, and lost nothing; b keeps no copy.
+    expect(names((await c.clients['b']!.listVms({})).vms, [vm])).toEqual([]);
+    const after = await waitForGuest(a, vm, 2, 30_000, (s) => s.pagesVerified > before.pagesVerified);
+    expect(after.at(-1)!.integrityErrors).toBe(0);
+    console.log(`blocked switch ended after ${Date.now() - askedAt} ms: ${trace.result.error?.message}`);
+  });
+
   it('a node daemon killed and restarted reattaches to its running VMs', async () => {
     vmNames = ['keep1'];
     const a = c.clients['a']!;

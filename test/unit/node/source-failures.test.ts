@@ -185,6 +185,61 @@ describe('a switch to post-copy on a dead link', () => {
   });
 });
 
+describe('a switch to post-copy that never begins: QEMU blocked in pre-copy on a dead link', () => {
+  /**
+   * migrate-start-postcopy only sets a flag that QEMU's migration thread reads between two writes;
+   * blocked in a write of pre-copy pages into a stream that carries nothing (the link cut without
+   * a reset), it never reads it. The monitor answers, QEMU reports `active` and sends nothing;
+   * the guest runs here, and the destination has no device state. A yank of the channels fails the
+   * write, and QEMU fails the migration with the guest still running.
+   */
+  function blockedUntilYank(s: Started): void {
+    s.q.onCommand = (name) => {
+      if (name === 'yank') {
+        setTimeout(() => s.q.emit('failed'), 10);
+        return undefined;
+      }
+      // QEMU refuses migrate-pause outside post-copy; the fake would accept it.
+      if (name === 'migrate-pause') return NO_REPLY;
+      return undefined;
+    };
+  }
+
+  /** The run's end, or 'stuck' after `ms` (the bug left it in pre-copy until TCP gave up, ~15 min). */
+  const endOrStuck = (m: SourceMigration, ms: number): Promise<Awaited<ReturnType<SourceMigration['finished']>> | 'stuck'> =>
+    Promise.race([m.finished(), new Promise<'stuck'>((r) => setTimeout(() => r('stuck'), ms))]);
+
+  it('shuts the stream down once nothing was sent for postcopySwitchStuckMs, and ends FAILED with the guest running on the source and the destination copy removed (a cancel is refused meanwhile)', async () => {
+    const s = await started({}, { postcopy: true, options: { postcopySwitchStuckMs: 600 } });
+    blockedUntilYank(s);
+    const t0 = Date.now();
+    await s.m.startPostcopy('policy', 'post-copy after 1 pass(es)');
+    // The coordinator's progress timeout cannot end it: once post-copy was asked for, a cancel is refused.
+    await expect(s.m.cancel('policy:fixed', 'progress timeout')).rejects.toMatchObject({ reason: 'POSTCOPY_NOT_CANCELLABLE' });
+    const info = await endOrStuck(s.m, 4000);
+    expect(info).not.toBe('stuck');
+    if (info === 'stuck') return;
+    expect(info.state).toBe(S.MIGRATION_STATE_FAILED);
+    expect(info.error?.message).toMatch(/QEMU failed the switch to post-copy before the destination could run the guest, and resumed it on the source: the guest keeps running on the source/);
+    expect(Date.now() - t0).toBeLessThan(4000);
+    expect(s.q.commands).toContain('yank');
+    expect(s.peer.calls).toContain('abort');
+    expect(s.host.destroyed).toEqual([]);
+    expect(s.q.running).toBe(true);
+    expect(s.q.commands).not.toContain('stop');
+  });
+
+  it('leaves the switch alone while pre-copy still sends: a slow stream is not a dead one', async () => {
+    const s = await started({}, { postcopy: true, options: { postcopySwitchStuckMs: 600 } });
+    let transferred = 0;
+    s.q.onCommand = (name) => (name === 'query-migrate' ? { status: s.q.migration, ram: { transferred: (transferred += 4096) } } : undefined);
+    await s.m.startPostcopy('policy', 'post-copy after 1 pass(es)');
+    expect(await endOrStuck(s.m, 1500)).toBe('stuck');
+    expect(s.q.commands).not.toContain('yank');
+    expect(s.m.currentState).toBe(S.MIGRATION_STATE_PRECOPY);
+  });
+});
+
 describe('post-copy recovery', () => {
   it('retries until the stream flows again, then completes, counting one recovery', async () => {
     const s = await started({ confirm: () => confirmed(100) }, { postcopy: true });

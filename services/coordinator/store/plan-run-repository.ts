@@ -17,7 +17,7 @@ import { PlannedMigration, PlanState, planStateToJSON, SubmitPlanRequest, type P
 import type { StateChange } from '../../shared/gen/migd/v1/node.js';
 import { observeRunFinished } from '../../shared/metrics/metrics.js';
 import { isTerminalState } from '../../shared/policy/states.js';
-import { INSERT_CHUNK, REUSE_CHUNK, type Db, type OutboxEvent, type StoreDatabase, type TxState } from './database.js';
+import { INSERT_CHUNK, REUSE_CHUNK, type Db, type OutboxEvent, type StoreDatabase } from './database.js';
 import { actionToProto, ms, normalizePolicyKind, planToProto, policyToJson, runToProto, scopedIdempotencyKey, transitionToProto } from './mapping.js';
 import type { RunRow } from './schema.js';
 import type { RunCostFigures } from '../domain/policy/measured.js';
@@ -30,10 +30,10 @@ export interface RunSamples {
   /** Writes the buffered samples. */
   flushSamples(): Promise<void>;
   /**
-   * Runs a write whose transaction begins with the buffered samples (a run's samples go in with
-   * its end, before it): `write` gets the function that writes them, to call first in its own.
+   * Runs `write` (which must ask for its store write at once, in the same turn) right after a
+   * write of the buffered samples: both go in one group commit, the samples first.
    */
-  writeWithSamples<T>(write: (samples: (trx: Db, tx: TxState) => Promise<void>) => Promise<T>): Promise<T>;
+  writeAfterSamples<T>(write: () => Promise<T>): Promise<T>;
   /** Forgets the run's event rate limits (it will send no more). */
   forgetRun(runId: string): void;
 }
@@ -371,10 +371,10 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     const at = ms(input.at, now);
     const stats = input.stats === undefined ? undefined : MigrationStats.fromPartial(input.stats);
     const error = input.error === undefined ? undefined : ErrorInfo.fromPartial(input.error);
-    // The run's samples go in before its end, in its transaction (they used to be flushed in a
-    // write of their own first: one more group commit between a run's end and its slots' release).
-    const { finished, ended } = await this.samples.writeWithSamples((samples) => this.d.write(async (trx, tx) => {
-      await samples(trx, tx);
+    // The run's samples go in before its end, asked for in the same turn (one group commit; see
+    // RunSamples.writeAfterSamples), not awaited first (one more group commit between a run's end
+    // and its slots' release) nor inside the end's transaction (5–7 statements more per end).
+    const { finished, ended } = await this.samples.writeAfterSamples(() => this.d.write(async (trx, tx) => {
       // As in transitionRun: the state the caller last recorded is checked by the update itself;
       // without it, or when it is wrong, the run is read first.
       const finish = (from: MigrationState): Promise<RunRow | undefined> =>

@@ -417,6 +417,20 @@ export function historyStoreSuite(backend: StoreBackend): void {
       expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
     });
 
+    it("ends a run whose buffered samples cannot be written: they go back to the buffer, the end is written", async () => {
+      const s = await open({ progressEventIntervalMs: 0, sampleFlushIntervalMs: 60_000 });
+      const run = await s.createRun(runInput());
+      s.appendProgress(run.id, { pass: 1 } as never);
+      s.appendProgress(run.id, { pass: Number.NaN } as never); // refused by the NOT NULL integer column
+      const done = await s.finishRun(run.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+      expect(done.state).toBe(S.MIGRATION_STATE_SUCCEEDED);
+      expect(s.sampleStats()).toMatchObject({ written: 0, failedFlushes: 1 });
+      expect((await s.getRunTimeline(run.id)).progress).toEqual([]);
+      const kinds = (await outboxEvents(s)).map((e) => e.subject.split('.').pop());
+      expect(kinds).toEqual(['state', 'state', 'completed']);
+      expect((await outboxEvents(s)).map((e) => e.runSequence)).toEqual([1, 2, 3]);
+    });
+
     it('stores every sample but publishes progress at a reduced rate; state changes are never dropped', async () => {
       const s = await open({ progressEventIntervalMs: 1000, guestEventIntervalMs: 1000 });
       const run = await s.createRun(runInput());

@@ -45,6 +45,7 @@ export interface RunStore {
 import { isTerminalState } from '../../shared/policy/states.js';
 import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
 import { isTransient, retry } from '../../shared/retry.js';
+import { turns } from '../../shared/metrics/turns.js';
 
 const MiB = 1024 * 1024;
 /** Earlier runs of a VM the adaptive policy's prior is taken from (domain/policy/measured.ts). */
@@ -155,6 +156,8 @@ export class RunSupervisor {
   private lastReason = '';
   private startedAtMs: number | undefined;
   private finished = false;
+  /** When the node's result arrived (turns.now(); 0 before, or with the turn profiler off). */
+  private resultAt = 0;
   private readonly now: () => number;
   private readonly log: Logger;
 
@@ -255,10 +258,13 @@ export class RunSupervisor {
       () => undefined,
       (err: unknown) => ({ err }),
     );
+    const t0 = turns.enabled ? turns.now() : 0;
     await this.transition(MigrationState.MIGRATION_STATE_PREPARING, `dispatched: ${src} → ${dst}`);
+    turns.record('run.start: PREPARING written', t0);
     this.startedAtMs ??= this.now();
     const client = this.d.client(src);
     const refused = await announcing;
+    turns.record('run.start: PREPARING and ExpectIncoming', t0);
     if (refused) {
       const { err } = refused;
       if (this.signal.aborted) throw err;
@@ -270,10 +276,12 @@ export class RunSupervisor {
     try {
       const held = this.d.linkFree !== undefined;
       if (held) this.holding = true;
+      const t1 = turns.enabled ? turns.now() : 0;
       const res = await client.startMigration(
         { runId: this.runId, vmName: this.run.vmName, destination: this.d.endpoint(dst), policy: this.run.policy, ...(held ? { holdMs: this.d.holdMs ?? 600_000 } : {}) },
         { deadlineMs: this.d.callDeadlineMs * 6, signal: this.signal },
       );
+      turns.record('run.start: StartMigration', t1);
       this.startedOnNode = true;
       this.log.info(held ? 'migration prepared and held until its link is free' : 'migration started', { source: src, destination: dst, state: migrationStateToJSON(res.migration?.state ?? 0) });
     } catch (err) {
@@ -485,6 +493,7 @@ export class RunSupervisor {
       try {
         for await (const u of this.d.client(src).watchMigration({ runId: this.runId }, { signal: this.signal })) {
           flowed = true;
+          if (turns.enabled && u.update?.$case === 'result') this.resultAt = turns.now();
           await this.serially(() => this.onUpdate(u));
           if (this.finished) return 'done';
         }
@@ -645,7 +654,7 @@ export class RunSupervisor {
   private async transition(to: MigrationState, reason: string, at?: Date): Promise<void> {
     if (this.finished || to === this.state || isTerminalState(to) || to === MigrationState.MIGRATION_STATE_UNSPECIFIED) return;
     try {
-      await this.storeWrite('record a state change', () => this.d.store.plans.transitionRun(this.runId, { to, reason, ...(at ? { at } : {}) }), 10_000);
+      await this.storeWrite('record a state change', () => this.d.store.plans.transitionRun(this.runId, { to, reason, from: this.state, ...(at ? { at } : {}) }), 10_000);
       this.state = to;
     } catch (err) {
       if (err instanceof FailedPreconditionError) return;
@@ -733,14 +742,17 @@ export class RunSupervisor {
     // Asked for beside the end's write, not after it: the run's slots are freed once this method
     // returns, and a write of its own after the end would hold them for one more group commit.
     const costs = state === MigrationState.MIGRATION_STATE_SUCCEEDED ? this.recordCosts() : undefined;
+    const t0 = turns.enabled ? turns.now() : 0;
+    if (this.resultAt > 0) turns.record('run.end: result to its write', this.resultAt);
     try {
-      this.run = await this.storeWrite('record the end of the run', () => this.d.store.plans.finishRun(this.runId, { state, reason: input.reason, ...(input.stats ? { stats: input.stats } : {}), ...(input.error ? { error: input.error } : {}), ...(input.at ? { at: input.at } : {}) }));
+      this.run = await this.storeWrite('record the end of the run', () => this.d.store.plans.finishRun(this.runId, { state, from: this.state, reason: input.reason, ...(input.stats ? { stats: input.stats } : {}), ...(input.error ? { error: input.error } : {}), ...(input.at ? { at: input.at } : {}) }));
     } catch (err) {
       if (!(err instanceof FailedPreconditionError)) throw err;
       this.run = await this.storeWrite('read the run', () => this.d.store.plans.getRun(this.runId));
     }
     this.finished = true;
     this.state = this.run.state;
+    turns.record('run.end: end written', t0);
     await costs;
     this.log.info('run finished', { state: migrationStateToJSON(this.run.state), totalTimeMs: this.run.stats?.totalTimeMs, downtimeMs: this.run.stats?.downtimeMs, error: this.run.error?.message });
   }

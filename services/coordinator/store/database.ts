@@ -58,6 +58,9 @@ export function groupTakesMore(s: { taken: number; available: number; elapsedMs:
 
 interface PendingWrite {
   readonly fn: (trx: Db, tx: TxState) => Promise<unknown>;
+  /** When it was asked for (turns.now(); 0 when the turn profiler is off). */
+  readonly askedAt: number;
+  readonly first: boolean;
   readonly resolve: (v: unknown) => void;
   readonly reject: (err: unknown) => void;
 }
@@ -217,7 +220,8 @@ export class StoreDatabase {
   write<T>(fn: (trx: Db, tx: TxState) => Promise<T>, opts: { first?: boolean } = {}): Promise<T> {
     this.checkOpen();
     return new Promise<T>((resolve, reject) => {
-      this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject }, opts.first === true);
+      const first = opts.first === true;
+      this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject, askedAt: turns.enabled ? turns.now() : 0, first }, first);
       // The group starts after the I/O callbacks of this turn of the event loop (setImmediate), not
       // after the current microtasks: a drain's run updates arrive one gRPC message per callback,
       // and a group begun at once held one write each (SQLite's writes are synchronous, so the
@@ -263,14 +267,14 @@ export class StoreDatabase {
         const started = performance.now();
         try {
           if (available === 1) {
-            group.push(this.pending.shift()!);
+            group.push(this.takeNext());
             outcomes.push({ ok: true, value: await group[0]!.fn(conn, tx) });
           } else {
             // Optimistic: the writes one after another without savepoints (two statements fewer
             // each: on Postgres two network round trips of a group's four to six per write).
             let failed = false;
             while (!failed && groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs })) {
-              const w = this.pending.shift()!;
+              const w = this.takeNext();
               group.push(w);
               try {
                 outcomes.push({ ok: true, value: await w.fn(conn, tx) });
@@ -318,6 +322,13 @@ export class StoreDatabase {
       else w.reject(o.err);
     });
     return group.length;
+  }
+
+  /** The next write in line, its wait in the queue recorded (turn profiler: `store.write-wait`, `first` ones apart). */
+  private takeNext(): PendingWrite {
+    const w = this.pending.shift()!;
+    if (w.askedAt > 0) turns.record(w.first ? 'store.write-wait first' : 'store.write-wait', w.askedAt);
+    return w;
   }
 
   /** Runs `fn` on one consistent snapshot (a read transaction). */

@@ -17,7 +17,7 @@ import { PlannedMigration, PlanState, planStateToJSON, SubmitPlanRequest, type P
 import type { StateChange } from '../../shared/gen/migd/v1/node.js';
 import { observeRunFinished } from '../../shared/metrics/metrics.js';
 import { isTerminalState } from '../../shared/policy/states.js';
-import { INSERT_CHUNK, type Db, type StoreDatabase, type TxState } from './database.js';
+import { INSERT_CHUNK, REUSE_CHUNK, type Db, type OutboxEvent, type StoreDatabase } from './database.js';
 import { actionToProto, ms, normalizePolicyKind, planToProto, policyToJson, runToProto, scopedIdempotencyKey, transitionToProto } from './mapping.js';
 import type { RunRow } from './schema.js';
 import type { RunCostFigures } from '../domain/policy/measured.js';
@@ -30,10 +30,10 @@ export interface RunSamples {
   /** Writes the buffered samples. */
   flushSamples(): Promise<void>;
   /**
-   * Runs a write whose transaction begins with the buffered samples (a run's samples go in with
-   * its end, before it): `write` gets the function that writes them, to call first in its own.
+   * Runs `write` (which must ask for its store write at once, in the same turn) right after a
+   * write of the buffered samples: both go in one group commit, the samples first.
    */
-  writeWithSamples<T>(write: (samples: (trx: Db, tx: TxState) => Promise<void>) => Promise<T>): Promise<T>;
+  writeAfterSamples<T>(write: () => Promise<T>): Promise<T>;
   /** Forgets the run's event rate limits (it will send no more). */
   forgetRun(runId: string): void;
 }
@@ -73,14 +73,10 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         if (this.d.dialect.isConstraintViolation(err, 'primary-key')) throw new AlreadyExistsError(`plan ${id} already exists`, { cause: err });
         throw err;
       }
-      for (const r of input.runs ?? []) await this.insertRun(trx, tx, { ...r, planId: id }, now, true);
+      const { events } = await this.insertRuns(trx, (input.runs ?? []).map((r) => ({ ...r, planId: id })), now, true);
       const runs = input.runs?.length ?? 0;
-      await this.d.enqueue(
-        trx,
-        tx,
-        { $case: 'planState', value: { planId: id, state: planStateToJSON(state), runsTotal: runs, runsFinished: 0 } },
-        new Date(now),
-      );
+      // The runs' events, then the plan's, as few statements as the runs' rows.
+      await this.d.enqueueAll(trx, tx, [...events, { payload: { $case: 'planState', value: { planId: id, state: planStateToJSON(state), runsTotal: runs, runsFinished: 0 } }, time: new Date(now) }]);
       return { plan: planToProto(row), existing: false };
     }, { first: true });
     return result;
@@ -151,80 +147,104 @@ export class SqlPlanRunRepository implements PlanRunRepository {
   async createRun(input: CreateRunInput): Promise<Run> {
     validateRunInput(input);
     const now = this.d.now();
-    const id = await this.d.write((trx, tx) => this.insertRun(trx, tx, input, now));
+    const id = await this.d.write(async (trx, tx) => {
+      const { ids, events } = await this.insertRuns(trx, [input], now);
+      await this.d.enqueueAll(trx, tx, events);
+      return ids[0]!;
+    });
     return this.getRun(id);
   }
 
   /**
-   * Inserts a run, its first transition and its RunStateChanged event (sequence 1). The queries are
-   * compiled once (a drain plan inserts one run per VM). `planKnown`: the plan was inserted in this
-   * transaction (createPlan), so it is not looked up again.
+   * Inserts runs, their first transitions and returns their RunStateChanged events (sequence 1),
+   * for the caller to enqueue with its own. One statement per {@link REUSE_CHUNK} runs for each
+   * table, compiled once per row count (a drain plan inserts one run per VM: 3 statements a run
+   * were a network round trip each on Postgres, behind which every other write waited). `planKnown`:
+   * the plan was inserted in this transaction (createPlan), so it is not looked up again.
    */
-  private async insertRun(trx: Db, tx: TxState, input: CreateRunInput, now: number, planKnown = false): Promise<string> {
-    const id = input.id ?? this.d.newId();
-    const planId = input.planId === undefined || input.planId === '' ? null : input.planId;
-    if (planId !== null && !planKnown) {
-      const plan = await trx.selectFrom('plans').select('id').where('id', '=', planId).executeTakeFirst();
-      if (plan === undefined) throw new NotFoundError(`plan ${planId} not found`);
+  private async insertRuns(trx: Db, inputs: readonly CreateRunInput[], now: number, planKnown = false): Promise<{ ids: string[]; events: OutboxEvent[] }> {
+    const checked = new Set<string>();
+    const rows: unknown[][] = [];
+    const changes: { id: string; at: number; change: StateChange }[] = [];
+    const events: OutboxEvent[] = [];
+    for (const input of inputs) {
+      const id = input.id ?? this.d.newId();
+      const planId = input.planId === undefined || input.planId === '' ? null : input.planId;
+      if (planId !== null && !planKnown && !checked.has(planId)) {
+        const plan = await trx.selectFrom('plans').select('id').where('id', '=', planId).executeTakeFirst();
+        if (plan === undefined) throw new NotFoundError(`plan ${planId} not found`);
+        checked.add(planId);
+      }
+      const createdAt = ms(input.createdAt, now);
+      const state = input.state ?? MigrationState.MIGRATION_STATE_QUEUED;
+      const policy = MigrationPolicy.fromPartial(input.policy);
+      // The run's first event takes sequence 1 here (last_sequence is written with the row rather
+      // than counted up by a second statement). In the column order of the insert below.
+      rows.push([
+        id,
+        planId,
+        input.vmName,
+        input.sourceNodeId,
+        input.destinationNodeId,
+        policyToJson(policy),
+        normalizePolicyKind(policy.kind),
+        input.policyLabel ?? '',
+        state,
+        input.priority ?? 0,
+        input.memoryMib ?? 0,
+        createdAt,
+        state === MigrationState.MIGRATION_STATE_QUEUED ? null : createdAt,
+        1,
+      ]);
+      const change: StateChange = { time: new Date(createdAt), from: MigrationState.MIGRATION_STATE_UNSPECIFIED, to: state, reason: input.reason ?? 'created' };
+      changes.push({ id, at: createdAt, change });
+      events.push({ payload: { $case: 'runState', value: { runId: id, planId: planId ?? '', vmName: input.vmName, change } }, time: change.time!, run: { runId: id, sequence: 1 } });
     }
-    const createdAt = ms(input.createdAt, now);
-    const state = input.state ?? MigrationState.MIGRATION_STATE_QUEUED;
-    const policy = MigrationPolicy.fromPartial(input.policy);
-    // The run's first event takes sequence 1 here (last_sequence is written with the row rather than
-    // counted up by a second statement).
-    const row = {
-      id,
-      plan_id: planId,
-      vm_name: input.vmName,
-      source_node_id: input.sourceNodeId,
-      destination_node_id: input.destinationNodeId,
-      policy_json: policyToJson(policy),
-      policy_kind: normalizePolicyKind(policy.kind),
-      policy_label: input.policyLabel ?? '',
-      state,
-      priority: input.priority ?? 0,
-      memory_mib: input.memoryMib ?? 0,
-      created_at: createdAt,
-      started_at: state === MigrationState.MIGRATION_STATE_QUEUED ? null : createdAt,
-      last_sequence: 1,
-    };
-    try {
+    for (let i = 0; i < rows.length; i += REUSE_CHUNK) {
+      const chunk = rows.slice(i, i + REUSE_CHUNK);
+      const n = chunk.length;
+      try {
+        await this.d.reuse(
+          trx,
+          `runs.insert×${n}`,
+          (db, p) =>
+            db.insertInto('runs').values(
+              chunk.map((_, k) => ({
+                id: p(14 * k),
+                plan_id: p(14 * k + 1),
+                vm_name: p(14 * k + 2),
+                source_node_id: p(14 * k + 3),
+                destination_node_id: p(14 * k + 4),
+                policy_json: p(14 * k + 5),
+                policy_kind: p(14 * k + 6),
+                policy_label: p(14 * k + 7),
+                state: p(14 * k + 8),
+                priority: p(14 * k + 9),
+                memory_mib: p(14 * k + 10),
+                created_at: p(14 * k + 11),
+                started_at: p(14 * k + 12),
+                last_sequence: p(14 * k + 13),
+                // finished_at, stats and error columns: NULL by default (a literal would be a parameter).
+              })),
+            ),
+          chunk.flat(),
+        );
+      } catch (err) {
+        if (this.d.dialect.isConstraintViolation(err, 'primary-key')) {
+          const ids = chunk.map((r) => String(r[0]));
+          throw new AlreadyExistsError(n === 1 ? `run ${ids[0]} already exists` : `one of runs ${ids.join(', ')} already exists`, { cause: err });
+        }
+        throw err;
+      }
+      const first = changes.slice(i, i + n);
       await this.d.reuse(
         trx,
-        'runs.insert',
-        (db, p) =>
-          db.insertInto('runs').values({
-            id: p(0),
-            plan_id: p(1),
-            vm_name: p(2),
-            source_node_id: p(3),
-            destination_node_id: p(4),
-            policy_json: p(5),
-            policy_kind: p(6),
-            policy_label: p(7),
-            state: p(8),
-            priority: p(9),
-            memory_mib: p(10),
-            created_at: p(11),
-            started_at: p(12),
-            last_sequence: p(13),
-            // finished_at, stats and error columns: NULL by default (a literal would be a parameter).
-          }),
-        [row.id, row.plan_id, row.vm_name, row.source_node_id, row.destination_node_id, row.policy_json, row.policy_kind, row.policy_label, row.state, row.priority, row.memory_mib, row.created_at, row.started_at, row.last_sequence],
+        `runTransitions.insert×${n}`,
+        (db, p) => db.insertInto('run_transitions').values(first.map((_, k) => ({ run_id: p(5 * k), at: p(5 * k + 1), from_state: p(5 * k + 2), to_state: p(5 * k + 3), reason: p(5 * k + 4) }))),
+        first.flatMap((c) => [c.id, c.at, c.change.from, c.change.to, c.change.reason]),
       );
-    } catch (err) {
-      if (this.d.dialect.isConstraintViolation(err, 'primary-key')) throw new AlreadyExistsError(`run ${id} already exists`, { cause: err });
-      throw err;
     }
-    const change: StateChange = {
-      time: new Date(createdAt),
-      from: MigrationState.MIGRATION_STATE_UNSPECIFIED,
-      to: state,
-      reason: input.reason ?? 'created',
-    };
-    await this.insertTransition(trx, id, createdAt, change.from, change.to, change.reason);
-    await this.d.enqueue(trx, tx, { $case: 'runState', value: { runId: id, planId: planId ?? '', vmName: input.vmName, change } }, change.time!, { runId: id, sequence: 1 });
-    return id;
+    return { ids: changes.map((c) => c.id), events };
   }
 
   /** One row of a run's state history (a query compiled once: every migration writes several). */
@@ -269,44 +289,64 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     }
     const now = this.d.now();
     const at = ms(input.at, now);
+    const startedAt = to === MigrationState.MIGRATION_STATE_QUEUED ? null : at;
     return this.d.write(async (trx, tx) => {
-      const run = (
-        await this.d.reuse(trx, 'runs.stateOf', (db, p) => db.selectFrom('runs').select(['state', 'finished_at', 'started_at', 'plan_id', 'vm_name']).where('id', '=', p(0)), [runId])
-      ).rows[0];
-      if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
-      if (run.finished_at !== null) {
-        throw new FailedPreconditionError(`run ${runId} has already finished (${migrationStateToJSON(run.state)})`, { reason: 'RUN_FINISHED' });
+      // The state the run is believed to be in (a condition or the caller's hint): the update
+      // checks it, so a right guess needs no read first (issue 15 §4: on Postgres each statement
+      // is a round trip of the one write connection, and a run's transitions are on its slot's
+      // critical path). A wrong guess, or none, reads the run and updates from what it holds.
+      const guess = input.expectedFrom ?? input.from;
+      let from = guess;
+      let updated = guess === undefined ? undefined : await this.setState(trx, runId, guess, to, startedAt);
+      if (updated === undefined) {
+        const run = (await this.d.reuse(trx, 'runs.stateOf', (db, p) => db.selectFrom('runs').select(['state', 'finished_at']).where('id', '=', p(0)), [runId])).rows[0];
+        if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
+        if (run.finished_at !== null) {
+          throw new FailedPreconditionError(`run ${runId} has already finished (${migrationStateToJSON(run.state)})`, { reason: 'RUN_FINISHED' });
+        }
+        if (input.expectedFrom !== undefined && run.state !== input.expectedFrom) {
+          throw new FailedPreconditionError(
+            `run ${runId} is ${migrationStateToJSON(run.state)}, not ${migrationStateToJSON(input.expectedFrom)}`,
+            { reason: 'UNEXPECTED_STATE' },
+          );
+        }
+        from = run.state;
+        // In this write transaction nothing else changes the row between the read and the update.
+        updated = (await this.setState(trx, runId, run.state, to, startedAt))!;
       }
-      if (input.expectedFrom !== undefined && run.state !== input.expectedFrom) {
-        throw new FailedPreconditionError(
-          `run ${runId} is ${migrationStateToJSON(run.state)}, not ${migrationStateToJSON(input.expectedFrom)}`,
-          { reason: 'UNEXPECTED_STATE' },
-        );
-      }
-      const change: StateChange = { time: new Date(at), from: run.state, to, reason: input.reason ?? '' };
-      await this.insertTransition(trx, runId, at, run.state, to, change.reason);
-      // The state and the event's sequence number in one statement (issue 15 §4).
-      const updated = await this.d.reuse(
-        trx,
-        'runs.setState',
-        (db, p) =>
-          db
-            .updateTable('runs')
-            .set((eb) => ({ state: p(0), started_at: p(1), last_sequence: eb('last_sequence', '+', p(2)) }))
-            .where('id', '=', p(3))
-            .returning('last_sequence'),
-        [to, run.started_at ?? (to === MigrationState.MIGRATION_STATE_QUEUED ? null : at), 1, runId],
-      );
-      const sequence = Number(updated.rows[0]!.last_sequence);
+      const change: StateChange = { time: new Date(at), from: from!, to, reason: input.reason ?? '' };
+      await this.insertTransition(trx, runId, at, change.from, to, change.reason);
       await this.d.enqueue(
         trx,
         tx,
-        { $case: 'runState', value: { runId, planId: run.plan_id ?? '', vmName: run.vm_name, change } },
+        { $case: 'runState', value: { runId, planId: updated.plan_id ?? '', vmName: updated.vm_name, change } },
         change.time!,
-        { runId, sequence },
+        { runId, sequence: Number(updated.last_sequence) },
       );
       return change;
     });
+  }
+
+  /**
+   * Moves an unfinished run in state `from` to `to` and counts its event sequence up by one, in one
+   * statement (a query compiled once); `startedAt` is kept when the run has started already.
+   * Undefined when the run does not exist, has finished or is not in `from`.
+   */
+  private async setState(trx: Db, runId: string, from: MigrationState, to: MigrationState, startedAt: number | null): Promise<{ plan_id: string | null; vm_name: string; last_sequence: number } | undefined> {
+    const r = await this.d.reuse(
+      trx,
+      'runs.setState',
+      (db, p) =>
+        db
+          .updateTable('runs')
+          .set((eb) => ({ state: p(0), started_at: eb.fn.coalesce('started_at', eb.val(p(1))), last_sequence: eb('last_sequence', '+', p(2)) }))
+          .where('id', '=', p(3))
+          .where('state', '=', p(4))
+          .where('finished_at', 'is', null)
+          .returning(['plan_id', 'vm_name', 'last_sequence']),
+      [to, startedAt, 1, runId, from],
+    );
+    return r.rows[0];
   }
 
   async recordAction(runId: string, action: PolicyAction): Promise<void> {
@@ -331,68 +371,79 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     const at = ms(input.at, now);
     const stats = input.stats === undefined ? undefined : MigrationStats.fromPartial(input.stats);
     const error = input.error === undefined ? undefined : ErrorInfo.fromPartial(input.error);
-    // The run's samples go in before its end, in its transaction (they used to be flushed in a
-    // write of their own first: one more group commit between a run's end and its slots' release).
-    const { finished, ended } = await this.samples.writeWithSamples((samples) => this.d.write(async (trx, tx) => {
-      await samples(trx, tx);
-      const run = (
-        await this.d.reuse(trx, 'runs.endOf', (db, p) => db.selectFrom('runs').select(['state', 'finished_at', 'plan_id', 'vm_name', 'policy_kind', 'started_at']).where('id', '=', p(0)), [runId])
-      ).rows[0];
-      if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
-      if (run.finished_at !== null) {
-        throw new FailedPreconditionError(`run ${runId} has already finished (${migrationStateToJSON(run.state)})`, { reason: 'RUN_FINISHED' });
-      }
-      const change: StateChange = { time: new Date(at), from: run.state, to: input.state, reason: input.reason ?? '' };
-      await this.insertTransition(trx, runId, at, run.state, input.state, change.reason);
+    // The run's samples go in before its end, asked for in the same turn (one group commit; see
+    // RunSamples.writeAfterSamples), not awaited first (one more group commit between a run's end
+    // and its slots' release) nor inside the end's transaction (5–7 statements more per end).
+    const { finished, ended } = await this.samples.writeAfterSamples(() => this.d.write(async (trx, tx) => {
+      // As in transitionRun: the state the caller last recorded is checked by the update itself;
+      // without it, or when it is wrong, the run is read first.
+      const finish = (from: MigrationState): Promise<RunRow | undefined> =>
+        this.d
+          .reuse(
+            trx,
+            'runs.finish',
+            (db, p) =>
+              db
+                .updateTable('runs')
+                .set((eb) => ({
+                  state: p(0),
+                  finished_at: p(1),
+                  stats_json: p(2),
+                  total_time_ms: p(3),
+                  downtime_ms: p(4),
+                  transferred_bytes: p(5),
+                  host_cpu_seconds: p(6),
+                  integrity_errors: p(7),
+                  error_reason: p(8),
+                  error_message: p(9),
+                  error_code: p(10),
+                  last_sequence: eb('last_sequence', '+', p(11)),
+                }))
+                .where('id', '=', p(12))
+                .where('state', '=', p(13))
+                .where('finished_at', 'is', null)
+                .returningAll(),
+            [
+              input.state,
+              at,
+              stats === undefined ? null : JSON.stringify(MigrationStats.toJSON(stats)),
+              stats?.totalTimeMs ?? null,
+              stats?.downtimeMs ?? null,
+              stats?.transferredBytes ?? null,
+              stats === undefined ? null : stats.sourceCpuSeconds + stats.destinationCpuSeconds,
+              stats?.integrityErrors ?? null,
+              error?.reason ?? null,
+              error?.message ?? null,
+              error?.code ?? null,
+              2,
+              runId,
+              from,
+            ],
+          )
+          .then((r) => r.rows[0]);
+      let from = input.from;
       // The end, the two events' sequence numbers and the row to return in one statement (issue 15 §4).
-      const updated = await this.d.reuse(
-        trx,
-        'runs.finish',
-        (db, p) =>
-          db
-            .updateTable('runs')
-            .set((eb) => ({
-              state: p(0),
-              finished_at: p(1),
-              stats_json: p(2),
-              total_time_ms: p(3),
-              downtime_ms: p(4),
-              transferred_bytes: p(5),
-              host_cpu_seconds: p(6),
-              integrity_errors: p(7),
-              error_reason: p(8),
-              error_message: p(9),
-              error_code: p(10),
-              last_sequence: eb('last_sequence', '+', p(11)),
-            }))
-            .where('id', '=', p(12))
-            .returningAll(),
-        [
-          input.state,
-          at,
-          stats === undefined ? null : JSON.stringify(MigrationStats.toJSON(stats)),
-          stats?.totalTimeMs ?? null,
-          stats?.downtimeMs ?? null,
-          stats?.transferredBytes ?? null,
-          stats === undefined ? null : stats.sourceCpuSeconds + stats.destinationCpuSeconds,
-          stats?.integrityErrors ?? null,
-          error?.reason ?? null,
-          error?.message ?? null,
-          error?.code ?? null,
-          2,
-          runId,
-        ],
-      );
-      const row = updated.rows[0]!;
+      let row = from === undefined ? undefined : await finish(from);
+      if (row === undefined) {
+        const run = (await this.d.reuse(trx, 'runs.endOf', (db, p) => db.selectFrom('runs').select(['state', 'finished_at']).where('id', '=', p(0)), [runId])).rows[0];
+        if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
+        if (run.finished_at !== null) {
+          throw new FailedPreconditionError(`run ${runId} has already finished (${migrationStateToJSON(run.state)})`, { reason: 'RUN_FINISHED' });
+        }
+        from = run.state;
+        row = (await finish(run.state))!;
+      }
+      const change: StateChange = { time: new Date(at), from: from!, to: input.state, reason: input.reason ?? '' };
+      await this.insertTransition(trx, runId, at, change.from, input.state, change.reason);
       const last = Number(row.last_sequence);
-      const base = { runId, planId: run.plan_id ?? '', vmName: run.vm_name };
+      const base = { runId, planId: row.plan_id ?? '', vmName: row.vm_name };
       await this.d.enqueueAll(trx, tx, [
         { payload: { $case: 'runState', value: { ...base, change } }, time: change.time!, run: { runId, sequence: last - 1 } },
         { payload: { $case: 'runCompleted', value: { ...base, state: input.state, stats, error } }, time: change.time!, run: { runId, sequence: last } },
       ]);
       // The row came back from the UPDATE; its transitions and actions are read in the same
       // transaction (no read transaction of its own per run's end).
-      return { finished: run, ended: await this.loadRunOf(trx, row) };
+      return { finished: row, ended: await this.loadRunOf(trx, row) };
     }));
     this.samples.forgetRun(runId);
     if (this.d.o.metrics !== undefined) {

@@ -5,14 +5,11 @@
 import { InvalidArgumentError } from '../../shared/errors.js';
 import { GuestPerfSample, ProgressSample } from '../../shared/gen/migd/v1/common.js';
 import type { HostCpuSample } from '../../shared/gen/migd/v1/coordinator.js';
-import { type Db, INSERT_CHUNK, type OutboxEvent, type StoreDatabase, type TxState, inSavepoint, savepoint } from './database.js';
+import { type Db, INSERT_CHUNK, type OutboxEvent, type StoreDatabase, type TxState } from './database.js';
 import { guestToRow, hostCpuToRow, ms, progressToRow } from './mapping.js';
 import type { RunSamples } from './plan-run-repository.js';
 import { SampleWriter, type SampleBatch, type SampleWriterStats } from './sample-writer.js';
 import type { SampleRepository } from './types.js';
-
-/** The savepoint of samples written inside another write's transaction (see writeWithSamples). */
-const SAMPLES_SAVEPOINT = savepoint('migd_samples');
 
 export class SqlSampleRepository implements SampleRepository, RunSamples {
   private readonly writer: SampleWriter;
@@ -81,30 +78,29 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
   }
 
   /**
-   * Writes the buffered samples inside `write`'s own transaction, before what it writes itself,
-   * then runs it (see {@link SampleWriter.take}); when the write fails, the samples stay buffered.
+   * Asks for a write of the buffered samples, then at once for `write` (see {@link SampleWriter.take}):
+   * both are queued in this turn, in this order, so they go in the same group commit (or the
+   * samples' in an earlier one) and the samples' events come before what `write` enqueues (a
+   * run's end: its progress events before its RunCompleted). The samples are a write of their own,
+   * so every run ending in one turn shares one batch (issue 15 §4: written inside each run's end,
+   * they were 5–7 of the end's statements, each a round trip on Postgres), and one that fails
+   * does not fail `write`: its rows go back to the buffer for a later flush.
    */
-  async writeWithSamples<T>(write: (fn: (trx: Db, tx: TxState) => Promise<void>) => Promise<T>): Promise<T> {
+  async writeAfterSamples<T>(write: () => Promise<T>): Promise<T> {
     const taken = this.writer.take();
-    // A sample write that fails must not block the write it goes with (a run's end): the samples
-    // are in a savepoint of their own, undone on failure and left for a later flush.
-    let failed: unknown;
+    const samples = taken === undefined
+      ? undefined
+      : this.d.write((trx, tx) => this.writeBatch(trx, tx, taken.batch)).then(
+          () => this.writer.written(taken),
+          (err: unknown) => {
+            this.d.log.warn('writing buffered samples before a run\'s end failed; will retry', { err, buffered: taken.rows });
+            this.writer.restore(taken);
+          },
+        );
     try {
-      const result = await write(async (trx, tx) => {
-        failed = undefined;
-        if (!taken) return;
-        const o = await inSavepoint(trx, tx, SAMPLES_SAVEPOINT, () => this.writeBatch(trx, tx, taken.batch));
-        if (!o.ok) failed = o.err;
-      });
-      if (taken && failed === undefined) this.writer.written(taken);
-      else if (taken) {
-        this.d.log.warn('writing buffered samples with a run\'s end failed; will retry', { err: failed, buffered: taken.rows });
-        this.writer.restore(taken);
-      }
-      return result;
-    } catch (err) {
-      if (taken) this.writer.restore(taken);
-      throw err;
+      return await write();
+    } finally {
+      await samples;
     }
   }
 

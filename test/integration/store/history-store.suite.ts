@@ -144,6 +144,35 @@ export function historyStoreSuite(backend: StoreBackend): void {
       await expect(s.createPlan({ ...input, idempotencyKey: '' })).rejects.toBeInstanceOf(InvalidArgumentError);
     });
 
+    it('writes a large plan\'s runs in chunks, in order, and refuses a plan with a duplicate run id whole', async () => {
+      const s = await open();
+      // More runs than one statement takes (REUSE_CHUNK 64), with an explicit state and reason.
+      const inputs = Array.from({ length: 70 }, (_, i) => runInput({ id: `run-${String(i).padStart(3, '0')}`, vmName: `vm-${i}`, ...(i === 69 ? { state: S.MIGRATION_STATE_PREPARING, reason: 'resumed' } : {}) }));
+      const { plan } = await s.createPlan({ idempotencyKey: 'k-big', request: {} as never, runs: inputs });
+      const runs = await s.listPlanRuns(plan.id);
+      expect(runs.map((r) => r.id)).toEqual(inputs.map((r) => r.id));
+      expect(runs.every((r) => r.planId === plan.id && r.transitions.length === 1)).toBe(true);
+      expect(runs[0]!.state).toBe(S.MIGRATION_STATE_QUEUED);
+      expect(runs[0]!.startedAt).toBeUndefined();
+      expect(runs[69]!.state).toBe(S.MIGRATION_STATE_PREPARING);
+      expect(runs[69]!.startedAt?.getTime()).toBe(clock.t);
+      expect(runs[69]!.transitions[0]).toMatchObject({ from: S.MIGRATION_STATE_UNSPECIFIED, to: S.MIGRATION_STATE_PREPARING, reason: 'resumed' });
+      const events = await outboxEvents(s);
+      expect(events.map((e) => (e.payload?.$case === 'runState' ? e.payload.value.runId : e.payload?.$case))).toEqual([...inputs.map((r) => r.id), 'planState']);
+      expect(events.every((e) => e.payload?.$case !== 'runState' || e.runSequence === 1)).toBe(true);
+      // A run's next event continues its sequence.
+      await s.transitionRun('run-000', { to: S.MIGRATION_STATE_PREPARING });
+      expect((await outboxEvents(s)).at(-1)?.runSequence).toBe(2);
+
+      const before = (await outboxEvents(s)).length;
+      const dup = [...Array.from({ length: 66 }, (_, i) => runInput({ id: `dup-${i}`, vmName: `vm-${i}` })), runInput({ id: 'dup-3', vmName: 'vm-x' })];
+      await expect(s.createPlan({ idempotencyKey: 'k-dup', request: {} as never, runs: dup })).rejects.toBeInstanceOf(AlreadyExistsError);
+      await expect(s.createPlan({ idempotencyKey: 'k-dup2', request: {} as never, runs: [runInput({ id: 'run-005', vmName: 'vm-5' })] })).rejects.toThrow(/run run-005 already exists/);
+      expect(await s.findPlanByKey('k-dup')).toBeUndefined();
+      await expect(s.getRun('dup-0')).rejects.toBeInstanceOf(NotFoundError);
+      expect((await outboxEvents(s)).length).toBe(before);
+    });
+
     it("counts a plan's runs, finished and succeeded (planProgress)", async () => {
       const s = await open();
       const { plan } = await s.createPlan({ idempotencyKey: 'k-progress', request: {} as never, runs: ['vm-a', 'vm-b', 'vm-c'].map((vmName) => runInput({ vmName })) });
@@ -207,6 +236,47 @@ export function historyStoreSuite(backend: StoreBackend): void {
       const completed = events[5]?.payload;
       expect(completed?.$case === 'runCompleted' && completed.value.stats?.totalTimeMs).toBe(2000);
       expect(await s.listActiveRuns()).toEqual([]);
+    });
+
+    it('takes the caller\'s last recorded state as a hint: a right one, a wrong one and a finished run', async () => {
+      const s = await open();
+      const run = await s.createRun(runInput());
+      clock.advance(1000);
+      // Right: written from it.
+      expect(await s.transitionRun(run.id, { to: S.MIGRATION_STATE_PREPARING, from: S.MIGRATION_STATE_QUEUED })).toMatchObject({ from: S.MIGRATION_STATE_QUEUED, to: S.MIGRATION_STATE_PREPARING });
+      const startedAt = clock.t;
+      clock.advance(1000);
+      // Wrong: the change is made from what the run holds, not refused; the start time is kept.
+      expect(await s.transitionRun(run.id, { to: S.MIGRATION_STATE_PRECOPY, from: S.MIGRATION_STATE_QUEUED })).toMatchObject({ from: S.MIGRATION_STATE_PREPARING, to: S.MIGRATION_STATE_PRECOPY });
+      // expectedFrom decides, whatever the hint.
+      const before = (await outboxEvents(s)).length;
+      await expect(s.transitionRun(run.id, { to: S.MIGRATION_STATE_SETUP, from: S.MIGRATION_STATE_PRECOPY, expectedFrom: S.MIGRATION_STATE_SETUP })).rejects.toMatchObject({ reason: 'UNEXPECTED_STATE' });
+      expect((await outboxEvents(s)).length).toBe(before);
+      clock.advance(1000);
+      const done = await s.finishRun(run.id, { state: S.MIGRATION_STATE_SUCCEEDED, from: S.MIGRATION_STATE_SETUP });
+      expect(done.startedAt?.getTime()).toBe(startedAt);
+      expect(done.finishedAt?.getTime()).toBe(clock.t);
+      expect(done.transitions.map((t) => [t.from, t.to])).toEqual([
+        [S.MIGRATION_STATE_UNSPECIFIED, S.MIGRATION_STATE_QUEUED],
+        [S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_PREPARING],
+        [S.MIGRATION_STATE_PREPARING, S.MIGRATION_STATE_PRECOPY],
+        [S.MIGRATION_STATE_PRECOPY, S.MIGRATION_STATE_SUCCEEDED],
+      ]);
+      const events = (await outboxEvents(s)).filter((e) => e.subject.includes(run.id));
+      expect(events.map((e) => e.runSequence)).toEqual([1, 2, 3, 4, 5]);
+      const changes = events.flatMap((e) => (e.payload?.$case === 'runState' ? [[e.payload.value.change?.from, e.payload.value.change?.to]] : []));
+      expect(changes.at(-1)).toEqual([S.MIGRATION_STATE_PRECOPY, S.MIGRATION_STATE_SUCCEEDED]);
+
+      // A finished run refuses every change, whatever the hint (its own end state included).
+      await expect(s.transitionRun(run.id, { to: S.MIGRATION_STATE_PRECOPY, from: S.MIGRATION_STATE_SUCCEEDED })).rejects.toMatchObject({ reason: 'RUN_FINISHED' });
+      await expect(s.finishRun(run.id, { state: S.MIGRATION_STATE_FAILED, from: S.MIGRATION_STATE_SUCCEEDED })).rejects.toMatchObject({ reason: 'RUN_FINISHED' });
+      await expect(s.transitionRun('nope', { to: S.MIGRATION_STATE_PRECOPY, from: S.MIGRATION_STATE_QUEUED })).rejects.toBeInstanceOf(NotFoundError);
+      await expect(s.finishRun('nope', { state: S.MIGRATION_STATE_FAILED, from: S.MIGRATION_STATE_QUEUED })).rejects.toBeInstanceOf(NotFoundError);
+      // A right hint at the end: the queued run ends from QUEUED.
+      const other = await s.createRun(runInput({ vmName: 'vm-b' }));
+      const cancelled = await s.finishRun(other.id, { state: S.MIGRATION_STATE_CANCELLED, from: S.MIGRATION_STATE_QUEUED });
+      expect(cancelled.transitions.map((t) => [t.from, t.to]).at(-1)).toEqual([S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_CANCELLED]);
+      expect(cancelled.startedAt).toBeUndefined();
     });
 
     it('refuses bad transitions without writing anything', async () => {
@@ -345,6 +415,20 @@ export function historyStoreSuite(backend: StoreBackend): void {
       // The run's sequence numbers follow the order written.
       const seqs = mine.map((e) => Number(e.runSequence));
       expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+    });
+
+    it("ends a run whose buffered samples cannot be written: they go back to the buffer, the end is written", async () => {
+      const s = await open({ progressEventIntervalMs: 0, sampleFlushIntervalMs: 60_000 });
+      const run = await s.createRun(runInput());
+      s.appendProgress(run.id, { pass: 1 } as never);
+      s.appendProgress(run.id, { pass: Number.NaN } as never); // refused by the NOT NULL integer column
+      const done = await s.finishRun(run.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+      expect(done.state).toBe(S.MIGRATION_STATE_SUCCEEDED);
+      expect(s.sampleStats()).toMatchObject({ written: 0, failedFlushes: 1 });
+      expect((await s.getRunTimeline(run.id)).progress).toEqual([]);
+      const kinds = (await outboxEvents(s)).map((e) => e.subject.split('.').pop());
+      expect(kinds).toEqual(['state', 'state', 'completed']);
+      expect((await outboxEvents(s)).map((e) => e.runSequence)).toEqual([1, 2, 3]);
     });
 
     it('stores every sample but publishes progress at a reduced rate; state changes are never dropped', async () => {

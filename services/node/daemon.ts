@@ -65,6 +65,8 @@ const patternNames: Record<number, GuestPattern> = {
 
 /** Clients of other node daemons kept open at most (see NodeDaemon.peer). */
 const PEER_CLIENTS_MAX = 64;
+/** Ceiling of a peer client's reconnect backoff (ms): see peer(). */
+const PEER_RECONNECT_BACKOFF_MAX_MS = 1000;
 
 export class NodeDaemon {
   /** Specs, created-image records, guest feeds and the single "is migrating" state of this node's VMs. */
@@ -178,7 +180,11 @@ export class NodeDaemon {
     const key = `${ep.nodeId}\u0000${ep.managementAddress}`;
     let p = this.peers.get(key);
     if (p) this.peers.delete(key); // re-inserted below as the most recently used
-    else p = createClient('migd.v1.NodeService', NodeServiceService, ep.managementAddress, { security: this.peerSecurity(ep.nodeId) });
+    // A peer restarts (an upgrade, a crash): with gRPC's default reconnect backoff (up to 120 s)
+    // the channel would fail every call fast, "No connection established", for as long as its
+    // backoff lasts after the peer is back (seen: a PrepareIncoming refused seconds after the
+    // destination's restart). A 1 s ceiling bounds that window to a second.
+    else p = createClient('migd.v1.NodeService', NodeServiceService, ep.managementAddress, { security: this.peerSecurity(ep.nodeId), maxReconnectBackoffMs: PEER_RECONNECT_BACKOFF_MAX_MS });
     this.peers.set(key, p);
     while (this.peers.size > PEER_CLIENTS_MAX) {
       const [oldKey, old] = this.peers.entries().next().value as [string, NodePeer & { close(): void }];

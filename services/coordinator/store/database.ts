@@ -102,41 +102,32 @@ export const TX = {
   begin: CompiledQuery.raw('begin'),
   commit: CompiledQuery.raw('commit'),
   rollback: CompiledQuery.raw('rollback'),
+  // The savepoint of each write of a group written again after a failure (see inSavepoint).
+  savepoint: CompiledQuery.raw('savepoint migd_write'),
+  release: CompiledQuery.raw('release savepoint migd_write'),
+  rollbackToSavepoint: CompiledQuery.raw('rollback to savepoint migd_write'),
 } as const;
 
-/** The statements of one named savepoint, compiled once. */
-export interface Savepoint {
-  readonly begin: CompiledQuery;
-  readonly release: CompiledQuery;
-  readonly rollback: CompiledQuery;
-}
-
-export function savepoint(name: string): Savepoint {
-  return { begin: CompiledQuery.raw(`savepoint ${name}`), release: CompiledQuery.raw(`release savepoint ${name}`), rollback: CompiledQuery.raw(`rollback to savepoint ${name}`) };
-}
-
-/** Each write of a group written again after a failure (see StoreDatabase.writeGroup). */
-const WRITE_SAVEPOINT = savepoint('migd_write');
-
 /** What {@link inSavepoint} ran came to. */
-export type Outcome<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly err: unknown };
+type Outcome<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly err: unknown };
 
 /**
- * Runs `fn` inside savepoint `sp` of the transaction on `conn`: kept when it succeeds; when it
- * fails, what it wrote is undone and the events it enqueued are no longer counted, and the
- * transaction goes on (Postgres accepts statements again after the rollback to the savepoint).
+ * Runs `fn` inside a savepoint of the transaction on `conn` (a write of a group written again, see
+ * StoreDatabase.writeGroup): kept when it succeeds; when it fails, what it wrote is undone and the
+ * events it enqueued are no longer counted, and the transaction goes on (Postgres accepts
+ * statements again after the rollback to the savepoint).
  */
-export async function inSavepoint<T>(conn: Db, tx: TxState, sp: Savepoint, fn: () => Promise<T>): Promise<Outcome<T>> {
+async function inSavepoint<T>(conn: Db, tx: TxState, fn: () => Promise<T>): Promise<Outcome<T>> {
   const enqueued = tx.enqueued;
-  await conn.executeQuery(sp.begin);
+  await conn.executeQuery(TX.savepoint);
   try {
     const value = await fn();
-    await conn.executeQuery(sp.release);
+    await conn.executeQuery(TX.release);
     return { ok: true, value };
   } catch (err) {
     tx.enqueued = enqueued;
-    await conn.executeQuery(sp.rollback);
-    await conn.executeQuery(sp.release);
+    await conn.executeQuery(TX.rollbackToSavepoint);
+    await conn.executeQuery(TX.release);
     return { ok: false, err };
   }
 }
@@ -291,7 +282,7 @@ export class StoreDatabase {
               outcomes.length = 0;
               tx.enqueued = 0;
               await this.dialect.beginWrite(conn);
-              for (const w of group) outcomes.push(await inSavepoint(conn, tx, WRITE_SAVEPOINT, () => w.fn(conn, tx)));
+              for (const w of group) outcomes.push(await inSavepoint(conn, tx, () => w.fn(conn, tx)));
             }
           }
           await conn.executeQuery(TX.commit);

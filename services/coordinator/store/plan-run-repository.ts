@@ -295,26 +295,8 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       // checks it, so a right guess needs no read first (issue 15 §4: on Postgres each statement
       // is a round trip of the one write connection, and a run's transitions are on its slot's
       // critical path). A wrong guess, or none, reads the run and updates from what it holds.
-      const guess = input.expectedFrom ?? input.from;
-      let from = guess;
-      let updated = guess === undefined ? undefined : await this.setState(trx, runId, guess, to, startedAt);
-      if (updated === undefined) {
-        const run = (await this.d.reuse(trx, 'runs.stateOf', (db, p) => db.selectFrom('runs').select(['state', 'finished_at']).where('id', '=', p(0)), [runId])).rows[0];
-        if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
-        if (run.finished_at !== null) {
-          throw new FailedPreconditionError(`run ${runId} has already finished (${migrationStateToJSON(run.state)})`, { reason: 'RUN_FINISHED' });
-        }
-        if (input.expectedFrom !== undefined && run.state !== input.expectedFrom) {
-          throw new FailedPreconditionError(
-            `run ${runId} is ${migrationStateToJSON(run.state)}, not ${migrationStateToJSON(input.expectedFrom)}`,
-            { reason: 'UNEXPECTED_STATE' },
-          );
-        }
-        from = run.state;
-        // In this write transaction nothing else changes the row between the read and the update.
-        updated = (await this.setState(trx, runId, run.state, to, startedAt))!;
-      }
-      const change: StateChange = { time: new Date(at), from: from!, to, reason: input.reason ?? '' };
+      const { from, row: updated } = await this.updateFrom(trx, runId, input.expectedFrom ?? input.from, input.expectedFrom, (f) => this.setState(trx, runId, f, to, startedAt));
+      const change: StateChange = { time: new Date(at), from, to, reason: input.reason ?? '' };
       await this.insertTransition(trx, runId, at, change.from, to, change.reason);
       await this.d.enqueue(
         trx,
@@ -325,6 +307,27 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       );
       return change;
     });
+  }
+
+  /**
+   * Runs `update` (an UPDATE of the unfinished run in the state it is given, returning a row, or
+   * undefined when the run is not in it) with `guess`, the state the run is believed to be in, so
+   * that a right guess needs no read first. Without a guess, or with a wrong one, reads the run —
+   * NotFoundError, RUN_FINISHED, or UNEXPECTED_STATE when it is not in `expected` — and updates
+   * from the state it holds: in the write transaction nothing else changes the row in between.
+   */
+  private async updateFrom<R>(trx: Db, runId: string, guess: MigrationState | undefined, expected: MigrationState | undefined, update: (from: MigrationState) => Promise<R | undefined>): Promise<{ from: MigrationState; row: R }> {
+    const guessed = guess === undefined ? undefined : await update(guess);
+    if (guessed !== undefined) return { from: guess!, row: guessed };
+    const run = (await this.d.reuse(trx, 'runs.stateOf', (db, p) => db.selectFrom('runs').select(['state', 'finished_at']).where('id', '=', p(0)), [runId])).rows[0];
+    if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
+    if (run.finished_at !== null) {
+      throw new FailedPreconditionError(`run ${runId} has already finished (${migrationStateToJSON(run.state)})`, { reason: 'RUN_FINISHED' });
+    }
+    if (expected !== undefined && run.state !== expected) {
+      throw new FailedPreconditionError(`run ${runId} is ${migrationStateToJSON(run.state)}, not ${migrationStateToJSON(expected)}`, { reason: 'UNEXPECTED_STATE' });
+    }
+    return { from: run.state, row: (await update(run.state))! };
   }
 
   /**
@@ -421,19 +424,9 @@ export class SqlPlanRunRepository implements PlanRunRepository {
             ],
           )
           .then((r) => r.rows[0]);
-      let from = input.from;
       // The end, the two events' sequence numbers and the row to return in one statement (issue 15 §4).
-      let row = from === undefined ? undefined : await finish(from);
-      if (row === undefined) {
-        const run = (await this.d.reuse(trx, 'runs.endOf', (db, p) => db.selectFrom('runs').select(['state', 'finished_at']).where('id', '=', p(0)), [runId])).rows[0];
-        if (run === undefined) throw new NotFoundError(`run ${runId} not found`);
-        if (run.finished_at !== null) {
-          throw new FailedPreconditionError(`run ${runId} has already finished (${migrationStateToJSON(run.state)})`, { reason: 'RUN_FINISHED' });
-        }
-        from = run.state;
-        row = (await finish(run.state))!;
-      }
-      const change: StateChange = { time: new Date(at), from: from!, to: input.state, reason: input.reason ?? '' };
+      const { from, row } = await this.updateFrom(trx, runId, input.from, undefined, finish);
+      const change: StateChange = { time: new Date(at), from, to: input.state, reason: input.reason ?? '' };
       await this.insertTransition(trx, runId, at, change.from, input.state, change.reason);
       const last = Number(row.last_sequence);
       const base = { runId, planId: row.plan_id ?? '', vmName: row.vm_name };

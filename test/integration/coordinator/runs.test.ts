@@ -16,7 +16,7 @@ import { MigrationPolicy, MigrationState as S, PolicyActionKind, PolicyKind, VmS
 import { PlanState, type Run } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import type { Event } from '../../../services/shared/gen/migd/v1/events.js';
 import { createLogger } from '../../../services/shared/log.js';
-import { FakeNode } from '../../helpers/coordinator-fakes.js';
+import { type FakeMigration, FakeNode } from '../../helpers/coordinator-fakes.js';
 import { FailedPreconditionError, UnavailableError } from '../../../services/shared/errors.js';
 import { removeDir, tempDir } from '../store/fixtures.js';
 import { until } from '../../helpers/until.js';
@@ -53,6 +53,13 @@ afterEach(async () => {
   await removeDir(dir);
 });
 
+/** What a real source does with a cancel: the abort action, CANCELLING, then the result. */
+function carryOutCancel(mig: FakeMigration, req: { actor: string; reason: string }): void {
+  mig.action(PolicyActionKind.POLICY_ACTION_KIND_ABORT, 0, req.actor, req.reason);
+  mig.state(S.MIGRATION_STATE_CANCELLING);
+  setTimeout(() => mig.finish(S.MIGRATION_STATE_CANCELLED, 'cancelled; the guest keeps running on the source'), 20);
+}
+
 function manager(extra: { nodeDownWaitMs?: number; heldPerLink?: number; holdMs?: number } = {}): RunManager {
   runs = new RunManager({ store, registry, log: quiet, limits: { perSource: 2, perDestination: 2, perLink: 1, perCluster: 5 }, callDeadlineMs: 1000, tickMs: 20, ...extra });
   return runs;
@@ -82,9 +89,7 @@ describe('run supervisor and manager', () => {
     // The node carries out a cancel like the real one: action, CANCELLING, then the result.
     nodes['a']!.onRequest = (method, mig, req) => {
       if (method !== 'cancelMigration') return;
-      mig.action(PolicyActionKind.POLICY_ACTION_KIND_ABORT, 0, req.actor, req.reason);
-      mig.state(S.MIGRATION_STATE_CANCELLING);
-      setTimeout(() => mig.finish(S.MIGRATION_STATE_CANCELLED, 'cancelled; the guest keeps running on the source'), 20);
+      carryOutCancel(mig, req);
     };
     m.enqueue([{ run: r!, order: 0 }]);
     await until(() => nodes['a']!.migrations.has(r!.id), 'StartMigration');
@@ -118,9 +123,7 @@ describe('run supervisor and manager', () => {
     nodes['a']!.onRequest = (method, mig, req) => {
       if (method !== 'cancelMigration') return;
       if (++cancels <= 2) throw new UnavailableError('source node a is not answering');
-      mig.action(PolicyActionKind.POLICY_ACTION_KIND_ABORT, 0, req.actor, req.reason);
-      mig.state(S.MIGRATION_STATE_CANCELLING);
-      setTimeout(() => mig.finish(S.MIGRATION_STATE_CANCELLED, 'cancelled; the guest keeps running on the source'), 20);
+      carryOutCancel(mig, req);
     };
     m.enqueue([{ run: r!, order: 0 }]);
     await until(() => nodes['a']!.migrations.has(r!.id), 'StartMigration');

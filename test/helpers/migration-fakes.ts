@@ -23,6 +23,14 @@ export type Cleanups = (() => Promise<void> | void)[];
 /** What `FakeQemu.onCommand` returns for a command QEMU never answers (its main loop held). */
 export const NO_REPLY = Symbol('no reply');
 
+/** What `FakeQemu.onCommand` returns for a command QEMU refuses (a QMP error reply). */
+export class FakeQmpError {
+  constructor(
+    readonly desc: string,
+    readonly errorClass = 'GenericError',
+  ) {}
+}
+
 /**
  * A fake QEMU behind the fake transport: answers `query-status` and `query-migrate` from its state,
  * follows `stop`/`cont`, records every command with its arguments, and lets the test emit events.
@@ -59,6 +67,10 @@ export class FakeQemu {
       this.sent.push(cmd);
       const scripted = this.onCommand?.(name, cmd.arguments);
       if (scripted === NO_REPLY) continue;
+      if (scripted instanceof FakeQmpError) {
+        this.stream.send({ error: { class: scripted.errorClass, desc: scripted.desc }, id: cmd.id });
+        continue;
+      }
       if (scripted !== undefined) {
         this.stream.reply(cmd, scripted);
         continue;

@@ -39,6 +39,7 @@ import { checkMigrationAddress, managementEndpointOf, streamUri } from './endpoi
 import { answers } from '../../shared/net.js';
 import { abandonMirrors, SourceStorage } from './storage.js';
 import { imageDigest } from '../host/digest.js';
+import { destroyTcpSockets } from '../host/sockets.js';
 import { DIGEST_MAX_BYTES, describeChecks, diskChecks } from './guest-checks.js';
 
 /** How long calc-dirty-rate samples before an adaptive migration starts (ms). */
@@ -71,6 +72,11 @@ export interface SourceOptions {
   readonly recoveryProbeMs?: number;
   /** The reachability check (a seam for tests). Default: a TCP connect (shared/net.ts answers). */
   readonly answers?: (host: string, port: number, timeoutMs: number) => Promise<boolean>;
+  /**
+   * Aborts the source QEMU's TCP connections to the destination (a seam for tests). Default:
+   * `ss -K` on the sockets process `pid` holds to one of `peers` (host/sockets.ts).
+   */
+  readonly destroySockets?: (pid: number, peers: readonly string[]) => Promise<number>;
   /** Deadline of calls to the destination node (ms). Default 30 000. */
   readonly peerDeadlineMs?: number;
   /**
@@ -251,6 +257,7 @@ export class SourceMigration {
       recoveryOverManagement: true,
       recoveryProbeMs: 1500,
       answers,
+      destroySockets: async (pid, peers) => (await destroyTcpSockets(pid, { peers })).length,
       peerDeadlineMs: 30_000,
       handoverTimeoutMs: 300_000,
       cancelStuckMs: 5000,
@@ -925,6 +932,29 @@ export class SourceMigration {
     await vm.qmp.execute('yank', { instances: [{ type: 'migration' }] }, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('yank of the migration channels failed', { err: (err as Error).message }));
   }
 
+  /**
+   * Ends a stream that is blocked on a dead link for good: yank, then abort QEMU's TCP
+   * connections to the destination in the kernel (`ss -K`). yank alone does not reach a channel
+   * QEMU has not registered yet: with post-copy preempt over TLS the switch opens the preempt
+   * channel and runs its TLS handshake in QEMU's main loop on a blocking socket, so a link that
+   * dies between that channel's connect and the destination's answer holds the main loop, the
+   * monitor and the vCPUs in a read until TCP gives up, many minutes later (QEMU 10.0.2; seen
+   * in gdb). A connect still in SYN-SENT on the dead link (about a minute of retries) ends the
+   * same way. Either channel's error fails the switch before the guest stopped, and QEMU resumes
+   * it on the source; the yank fails the main stream as before.
+   */
+  private async abortMigrationStream(): Promise<void> {
+    const { vm, log, destination } = this.p;
+    await this.yankMigrationChannels();
+    // The switch streams over the migration network (recovery alone may use the management one).
+    const peers = [destination.migrationAddress];
+    const n = await this.opts.destroySockets(vm.pid, peers).catch((err: unknown) => {
+      log.warn("could not abort QEMU's migration connections (ss -K)", { err: (err as Error).message });
+      return 0;
+    });
+    log.warn("aborted QEMU's migration connections to the destination (ss -K)", { sockets: n, peers });
+  }
+
   private requireRunning(what: string): void {
     if (isTerminal(this.state) || this.state === MigrationState.MIGRATION_STATE_VERIFYING || this.state === MigrationState.MIGRATION_STATE_CANCELLING) {
       throw new FailedPreconditionError(`cannot ${what}: migration ${this.runId} is ${MigrationState[this.state]}`, { reason: 'NOT_RUNNING' });
@@ -946,8 +976,8 @@ export class SourceMigration {
     this.switchUnstuck = true;
     log.warn("QEMU's monitor has not answered since post-copy was asked for: the switch is blocked on the stream; shutting it down (migrate-pause, out of band)", { silentMs });
     await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch(async (err: unknown) => {
-      log.warn('migrate-pause refused; yanking the migration channels', { err: (err as Error).message });
-      await this.yankMigrationChannels();
+      log.warn('migrate-pause refused; yanking the migration channels and aborting their connections', { err: (err as Error).message });
+      await this.abortMigrationStream();
     });
   }
 
@@ -969,7 +999,7 @@ export class SourceMigration {
     this.p.log.warn('post-copy was asked for, but QEMU is still in pre-copy and has sent nothing since: its stream is blocked on the link; yanking the migration channels', {
       stuckMs: this.opts.postcopySwitchStuckMs,
     });
-    await this.yankMigrationChannels();
+    await this.abortMigrationStream();
   }
 
   /**

@@ -151,6 +151,61 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     console.log(`blocked switch ended after ${Date.now() - askedAt} ms: ${trace.result.error?.message}`);
   });
 
+  it('post-copy asked for while the destination QEMU hangs (the switch held in the preempt channel TLS handshake): the run ends FAILED within seconds, the guest running on the source, nothing left on the destination', async () => {
+    // QEMU 10.0.2 opens the preempt channel as the switch begins and runs its TLS handshake in its
+    // main loop on a blocking socket. A destination whose kernel accepts the connection but whose
+    // QEMU never answers (hung here; in the field also a link that dies right after the connect)
+    // holds the source's main loop, monitor and vCPUs in that read until TCP gives up; migrate-pause
+    // is refused (not in post-copy yet) and yank does not know the channel. The source aborts its
+    // connections to the destination (ss -K) after postcopySwitchStuckMs; before, the guest stayed
+    // stopped on both ends for minutes (chaos seed 7701568 step 4).
+    const vm = 'pc4';
+    const runId = 'run-switch-handshake';
+    vmNames = [vm];
+    const a = c.clients['a']!;
+    await a.createVm({ spec: guestSpec(vm, { memoryMib: 256, workers: 1, bytesPerWorker: 96 << 20 }) });
+    const before = (await waitForGuest(a, vm, 2, 30_000, (s) => s.pagesVerified > 0)).at(-1)!;
+    await c.tb.shape('a', { rateMbit: 160 });
+    await startMigration(c, 'a', { runId, vmName: vm, destination: dest(), policy: policy({ tls: true, postcopy: { enabled: true, afterPasses: 0, afterMs: 0, onDemandOnly: true, preempt: true } }) });
+    let askedAt = 0;
+    let hung: number | undefined;
+    try {
+      const trace = await followMigration(
+        a,
+        runId,
+        async (u) => {
+          if (askedAt === 0 && u.update?.$case === 'progress' && u.update.value.transferredBytes > 24 << 20) {
+            askedAt = Date.now();
+            const incoming = (await c.clients['b']!.listVms({})).vms.find((v) => v.spec?.name === vm);
+            hung = incoming?.pid;
+            if (hung) process.kill(hung, 'SIGSTOP');
+            await a.startPostcopy({ runId, actor: 'test', reason: 'post-copy after the first pass' });
+          }
+        },
+        90_000,
+      );
+      if (trace.result.state !== MigrationState.MIGRATION_STATE_FAILED) console.log(timeline(trace), trace.result.error ?? '');
+      expect(hung).toBeGreaterThan(0);
+      expect(trace.states).not.toContain(MigrationState.MIGRATION_STATE_POSTCOPY);
+      expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+      expect(trace.result.error?.message).toMatch(/QEMU failed the switch to post-copy before the destination could run the guest, and resumed it on the source/);
+      // postcopySwitchStuckMs (10 s) and the failure's settling; before the fix, minutes.
+      expect(Date.now() - askedAt).toBeLessThan(40_000);
+      expect(names((await c.clients['b']!.listVms({})).vms, [vm])).toEqual([]);
+      const after = await waitForGuest(a, vm, 2, 30_000, (s) => s.pagesVerified > before.pagesVerified);
+      expect(after.at(-1)!.integrityErrors).toBe(0);
+      console.log(`switch held by a hung destination ended after ${Date.now() - askedAt} ms: ${trace.result.error?.message}`);
+    } finally {
+      if (hung) {
+        try {
+          process.kill(hung, 'SIGCONT');
+        } catch {
+          // removed meanwhile
+        }
+      }
+    }
+  });
+
   it('a node daemon killed and restarted reattaches to its running VMs', async () => {
     vmNames = ['keep1'];
     const a = c.clients['a']!;

@@ -13,7 +13,7 @@ import { createLogger } from '../../../services/shared/log.js';
 import { resolveMigrationConfig } from '../../../services/shared/policy/index.js';
 import { SourceMigration, type SourceOptions } from '../../../services/node/migration/source.js';
 import type { MigrationEndpoint } from '../../../services/shared/gen/migd/v1/node.js';
-import { FakeQemu, NO_REPLY, fakeHost, fakePeer, fakeVm, tempRecords, type Cleanups, type FakeHost, type FakePeer, type PeerScript } from '../../helpers/migration-fakes.js';
+import { FakeQemu, FakeQmpError, NO_REPLY, fakeHost, fakePeer, fakeVm, tempRecords, type Cleanups, type FakeHost, type FakePeer, type PeerScript } from '../../helpers/migration-fakes.js';
 import { until } from '../../helpers/until.js';
 
 const quiet = createLogger('source-failures-test', {}, () => undefined, 'error');
@@ -31,14 +31,17 @@ interface Started {
   host: FakeHost;
   /** Every state change the migration published, in order. */
   changes: StateChange[];
+  /** The calls to abort QEMU's connections (`ss -K` in production): the pid and the peers. */
+  aborted: { pid: number; peers: readonly string[] }[];
 }
 
 /** A source migration started against a scripted destination, its QEMU streaming. */
-async function started(script: PeerScript, o: { postcopy?: boolean; tls?: boolean; options?: SourceOptions; destination?: MigrationEndpoint } = {}): Promise<Started> {
+async function started(script: PeerScript, o: { postcopy?: boolean; tls?: boolean; options?: SourceOptions; destination?: MigrationEndpoint; onAbort?: () => void } = {}): Promise<Started> {
   const q = new FakeQemu({ running: true, migration: 'none', logger: quiet, cleanups });
   await q.connect();
   const host = fakeHost();
   const peer = fakePeer(script);
+  const aborted: Started['aborted'] = [];
   const policy = MigrationPolicy.fromPartial({ ...(o.postcopy ? { postcopy: { enabled: true, onDemandOnly: true } } : {}), tls: o.tls ?? false });
   const m = new SourceMigration({
     runId: 'run-1',
@@ -52,7 +55,8 @@ async function started(script: PeerScript, o: { postcopy?: boolean; tls?: boolea
     supportedCapabilities: SUPPORTED,
     log: quiet,
     // No stall detection (the fake moves no bytes) and quick calls to the destination.
-    options: { postcopyStallMs: 600_000, progressIntervalMs: 50, peerDeadlineMs: 300, handoverTimeoutMs: 600, ...o.options },
+    // Never the real `ss -K`: the fake VM's pid is not a QEMU of this test.
+    options: { postcopyStallMs: 600_000, progressIntervalMs: 50, peerDeadlineMs: 300, handoverTimeoutMs: 600, destroySockets: async (pid, peers) => (aborted.push({ pid, peers }), o.onAbort?.(), 0), ...o.options },
     records: tempRecords(cleanups),
   });
   cleanups.push(() => m.detach());
@@ -62,7 +66,7 @@ async function started(script: PeerScript, o: { postcopy?: boolean; tls?: boolea
   })();
   await m.start();
   q.emit('active');
-  return { q, m, peer, host, changes };
+  return { q, m, peer, host, changes, aborted };
 }
 
 async function inPostcopy(s: Started): Promise<void> {
@@ -158,10 +162,54 @@ describe('a switch to post-copy on a dead link', () => {
     expect(Date.now() - t0).toBeLessThan(5000);
     const pause = s.q.sent.find((c) => (c.execute ?? c['exec-oob']) === 'migrate-pause');
     expect(pause?.['exec-oob']).toBe('migrate-pause');
+    // migrate-pause was enough: QEMU's connections are left to it.
+    expect(s.aborted).toEqual([]);
     expect(s.peer.calls).toContain('abort');
     expect(s.host.destroyed).toEqual([]);
     expect(s.q.running).toBe(true);
     expect(s.q.commands).not.toContain('stop');
+  });
+
+  it('aborts the connections when the switch is held where yank does not reach (the preempt channel TLS handshake), and ends FAILED with the guest running on the source', async () => {
+    // QEMU 10.0.2, post-copy preempt over TLS: the switch connects the preempt channel and runs its
+    // handshake in the main loop on a blocking socket; the link dies before the destination
+    // answers. The main loop (monitor, vCPUs) is held in a read; migrate-pause is refused (not yet
+    // in post-copy) and yank does not know the channel. Only aborting the socket ends the read:
+    // the handshake fails, the switch fails before the guest stopped, and QEMU resumes it.
+    let held = false;
+    const s = await started({}, {
+      postcopy: true,
+      tls: true,
+      options: { postcopySwitchStuckMs: 600 },
+      onAbort: () => {
+        held = false;
+        s.q.running = true;
+        setTimeout(() => s.q.emit('failed'), 10);
+      },
+    });
+    s.q.onCommand = (name) => {
+      if (name === 'migrate-start-postcopy') {
+        held = true;
+        s.q.running = false; // the vCPUs wait for the main lock
+        return undefined;
+      }
+      if (held && name === 'migrate-pause') return new FakeQmpError('migrate-pause is currently only supported during postcopy-active or postcopy-recover state');
+      if (held && name === 'yank') return {};
+      if (held && name === 'query-migrate') return NO_REPLY;
+      return undefined;
+    };
+    const t0 = Date.now();
+    await s.m.startPostcopy('policy', 'post-copy after 1 pass(es)');
+    const info = await s.m.finished();
+    expect(info.state).toBe(S.MIGRATION_STATE_FAILED);
+    expect(info.error?.message).toMatch(/QEMU failed the switch to post-copy before the destination could run the guest, and resumed it on the source/);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(s.q.commands).toContain('yank');
+    // QEMU's own connections to the destination's migration address, nothing else.
+    expect(s.aborted).toEqual([{ pid: 4242, peers: ['127.0.0.1'] }]);
+    expect(s.peer.calls).toContain('abort');
+    expect(s.host.destroyed).toEqual([]);
+    expect(s.q.running).toBe(true);
   });
 
   it('pauses the source copy when the destination says the guest runs there (never two running copies)', async () => {
@@ -223,6 +271,7 @@ describe('a switch to post-copy that never begins: QEMU blocked in pre-copy on a
     expect(info.error?.message).toMatch(/QEMU failed the switch to post-copy before the destination could run the guest, and resumed it on the source: the guest keeps running on the source/);
     expect(Date.now() - t0).toBeLessThan(4000);
     expect(s.q.commands).toContain('yank');
+    expect(s.aborted).toEqual([{ pid: 4242, peers: ['127.0.0.1'] }]);
     expect(s.peer.calls).toContain('abort');
     expect(s.host.destroyed).toEqual([]);
     expect(s.q.running).toBe(true);
@@ -236,6 +285,7 @@ describe('a switch to post-copy that never begins: QEMU blocked in pre-copy on a
     await s.m.startPostcopy('policy', 'post-copy after 1 pass(es)');
     expect(await endOrStuck(s.m, 1500)).toBe('stuck');
     expect(s.q.commands).not.toContain('yank');
+    expect(s.aborted).toEqual([]);
     expect(s.m.currentState).toBe(S.MIGRATION_STATE_PRECOPY);
   });
 });

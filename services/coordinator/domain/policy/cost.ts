@@ -30,8 +30,8 @@
  * stores at a run's end), so the figures are those a VM's own history would hold:
  *  - h = 0.064 s/s: the median over the 18 unthrottled pre-copy phases of the busy workloads,
  *    whose guests dirty as fast as the link sends or faster (hot-small 0.04–0.41, median 0.07;
- *    load A 0.04–0.22, 0.06; heavy 0.02–0.40, 0.06; adaptive and post-copy after one pass, and
- *    multifd zstd's 120 s of pre-copy; auto-converge's left out: it slows the guest on purpose).
+ *    load A 0.04–0.22, 0.06; heavy 0.02–0.40, 0.06: the succeeded runs under adaptive and under
+ *    post-copy after one pass, 3 + 3 each; auto-converge's left out: it slows the guest on purpose).
  *    The rate-limited writers lose more than × min(1, r) says: moderate 0.14–0.51 (median 0.38,
  *    9 runs) and compressible 0.28–0.47 at r ≈ 0.5–0.8 — every write of theirs is a first write to
  *    a page since the sync (a trap), where an unlimited writer's hot set traps once per page per

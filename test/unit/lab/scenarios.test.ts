@@ -139,6 +139,23 @@ describe('scenario table', () => {
     expect(c.scenarios.find((s) => s.name === 'pol-s-idle-adaptive')?.guest.memoryMib).toBe(1024);
   });
 
+  it('the criterion comparison: every strategy carries the lab\'s scaled downtime limit T(300), adaptive as its starting limit', () => {
+    const c = COMPARISONS.find((x) => x.name === 'policies-720-criterion')!;
+    const t300 = scaledMs(300, SEED_001_SCALE);
+    expect(t300).toBe(104);
+    expect(c.scenarios).toHaveLength(28);
+    for (const s of c.scenarios) {
+      const p = policyFor(s.policy, s.guest.memoryMib * MiB);
+      expect(p.effective.downtimeLimitMs, s.name).toBe(t300);
+      expect(p.effective.kind === PolicyKind.POLICY_KIND_ADAPTIVE ? p.effective.maxDowntimeMs : t300, s.name).toBe(p.effective.kind === PolicyKind.POLICY_KIND_ADAPTIVE ? 2000 : t300);
+    }
+    const adaptive = policyFor(c.scenarios.find((s) => s.name === 'pol-crit-idle-adaptive')!.policy, 1024 * MiB);
+    expect((adaptive as { initialState(): { downtimeMs: number } }).initialState().downtimeMs).toBe(t300);
+    // The other comparisons keep their policies as recorded (QEMU's 300 ms for adaptive and post-copy after one pass).
+    const short = COMPARISONS.find((x) => x.name === 'policies-720')!;
+    expect(short.scenarios.find((s) => s.name === 'pol-s-idle-seed-pc')?.policy.downtimeLimitMs).toBe(300);
+  });
+
   it('comparisons vary one thing within a group', () => {
     for (const name of ['downtime', 'auto-converge-step', 'post-copy-iters', 'bandwidth']) {
       const c = COMPARISONS.find((x) => x.name === name)!;

@@ -109,21 +109,25 @@
  * auto-converge alone cost 28–172 s. Among the three live steps the policy no longer assumes an
  * order: at each verdict it predicts the guest time each would cost and takes the least (within
  * 5 % of each other: the one that completes sooner). The model, fitted to the guest time lost of
- * 37 stored lab runs at 720 Mbit/s (policies-720-v3, -v4, the heavy re-run, two hot-small runs;
- * the fit and its spreads are in cost.ts):
- *  - more pre-copy costs h = 0.74 guest seconds per second of pre-copy (× min(1, r): a guest that
+ * the 84 runs of issue 14's criterion at 720 Mbit/s (docs/lab/policies-720-criterion, replayed
+ * through the production cost track; the fit, its spreads and the script that reproduces it are in
+ * cost.ts):
+ *  - more pre-copy costs h = 0.064 guest seconds per second of pre-copy (× min(1, r): a guest that
  *    hardly writes is hardly slowed), for every pass still to run, plus the stop in full;
- *  - post-copy now costs c + s·b = 1.07 s + 0.74 × the backlog's transfer time.
- * Under TCG pre-copy is dear (the migration competes with the vCPU for the CPU), so a raise that
- * needs passes, or a stop of more than about a second, loses to post-copy: at r ≈ 1 a raise pays
- * only below ≈1.07 s of backlog ((h + 1)·b < c + s·b). These are the defaults: the VM's earlier
+ *  - post-copy now costs c + s·b = 156 ms + 0.695 × the backlog's transfer time.
+ * A raise's stop is a full stop of the guest, where post-copy's switch stops it for milliseconds
+ * and its faults cost 0.7 of the backlog: at r ≈ 1 a raise pays only below ≈0.42 s of backlog
+ * ((1 + h)·b < c + s·b), e.g. not for hot-small's ≈0.6–0.7 s working set at 720 Mbit/s. These
+ * are the defaults: the VM's earlier
  * runs replace them (measured.ts priorFromHistory), whatever policy those ran under — a fixed
  * post-copy after one pass teaches c and s, a run that raised once what its raise cost — so the
  * step follows what the VM's own runs lost (unit tests: policy-learn.test.ts; lab:
  * docs/lab/policies-720-learn).
- *  0. Nothing, while pre-copy converges within K passes at the limit in force — and is predicted
- *     to harm the guest least. A limit raised by a user (AdjustRun) is respected while pre-copy
- *     converges at it.
+ *  0. Nothing where pre-copy is predicted to converge within the current or the next pass at the
+ *     limit in force (the gate, `nothingWithinPasses`): no other step is weighed. Where it
+ *     converges only later (within K passes) nothing is one of the options, taken where it is
+ *     predicted to harm the guest least. A limit raised by a user (AdjustRun) is respected while
+ *     pre-copy converges at it.
  *  1. Raise the downtime limit to L' ≤ max_downtime_ms: one full stop of ≤ L', once. The operator
  *     declared that much acceptable, the source stays a safe fallback, and nothing slows the
  *     guest before it. We raise straight to the predicted need (+25 %, rounded up to 50 ms), not
@@ -168,6 +172,12 @@ export interface AdaptiveTuning {
   readonly settlePasses: number;
   /** "Converges on its own" means within this many more passes (K). */
   readonly convergeWithinPasses: number;
+  /**
+   * Pre-copy predicted to converge within this many more passes (0: the current pass's boundary
+   * finds a backlog within the limit; 1: the next one's) takes no step, whatever the costs say:
+   * steps are weighed only where it does not.
+   */
+  readonly nothingWithinPasses: number;
   /** Headroom on a raised downtime limit. */
   readonly downtimeMargin: number;
   /** Downtime limits are rounded up to a multiple of this. */
@@ -190,6 +200,7 @@ export const DEFAULT_ADAPTIVE_TUNING: AdaptiveTuning = Object.freeze({
   windowSamples: 3,
   settlePasses: 1,
   convergeWithinPasses: 5,
+  nothingWithinPasses: 1,
   downtimeMargin: 1.25,
   downtimeQuantumMs: 50,
   autoConvergeGracePasses: 4,
@@ -644,6 +655,8 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
         : '';
     const costs = `predicted guest time lost: nothing ${lost(c.nothing)}, raise to ${target} ms ${lost(c.raise)}, post-copy ${lost(c.postcopy)}; ${source}, c ${formatDuration(model.postcopyFixedMs)}, s ${model.postcopyHarmRate.toFixed(2)}${raiseMeasured}${prior}`;
 
+    // The gate: pre-copy converges on its own within the current or the next pass — nothing.
+    if (p.convergesSoon && p.passesToConverge <= t.nothingWithinPasses) return undefined;
     if ((chosen !== undefined && chosen === c.nothing) || (c.nothing && st.userLimit === true)) return undefined;
 
     // 1. A bounded downtime raise, straight to the predicted need.

@@ -56,6 +56,36 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     return { trace, reasons, before };
   }
 
+  /**
+   * What the blocked-switch cases share: a 256 MiB guest on a (96 MiB rewritten, verified once),
+   * a's link at `rateMbit`, and a migration to b with post-copy (preempt) on demand only, so the
+   * test asks for it at the moment it chooses. Returns a's client and the guest's last sample.
+   */
+  async function onDemandPostcopy(vm: string, runId: string, o: { rateMbit: number; tls: boolean }) {
+    vmNames = [vm];
+    const a = c.clients['a']!;
+    await a.createVm({ spec: guestSpec(vm, { memoryMib: 256, workers: 1, bytesPerWorker: 96 << 20 }) });
+    const before = (await waitForGuest(a, vm, 2, 30_000, (s) => s.pagesVerified > 0)).at(-1)!;
+    await c.tb.shape('a', { rateMbit: o.rateMbit });
+    await startMigration(c, 'a', { runId, vmName: vm, destination: dest(), policy: policy({ tls: o.tls, postcopy: { enabled: true, afterPasses: 0, afterMs: 0, onDemandOnly: true, preempt: true } }) });
+    return { a, before };
+  }
+
+  /**
+   * A switch that could not begin ended the run FAILED within 40 s of the ask (postcopySwitchStuckMs,
+   * 10 s, and the settling; before the fixes, minutes), never in post-copy: the guest runs once, on
+   * a, and lost nothing; b keeps no copy.
+   */
+  async function expectSwitchFailedOnSource(trace: MigrationTrace, vm: string, before: { pagesVerified: number }, askedAt: number) {
+    expect(trace.states).not.toContain(MigrationState.MIGRATION_STATE_POSTCOPY);
+    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
+    expect(trace.result.error?.message).toMatch(/QEMU failed the switch to post-copy before the destination could run the guest, and resumed it on the source/);
+    expect(Date.now() - askedAt).toBeLessThan(40_000);
+    expect(names((await c.clients['b']!.listVms({})).vms, [vm])).toEqual([]);
+    const after = await waitForGuest(c.clients['a']!, vm, 2, 30_000, (s) => s.pagesVerified > before.pagesVerified);
+    expect(after.at(-1)!.integrityErrors).toBe(0);
+  }
+
   /** The guest runs once, on b, and lost nothing: no copy left on a, b's verifier went on without an error. */
   async function expectGuestWhole(vm: string, before: { pagesVerified: number }) {
     expect(names((await c.clients['a']!.listVms({})).vms, [vm])).toEqual([]);
@@ -111,12 +141,7 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     // after postcopySwitchStuckMs (10 s); before, the run stayed in pre-copy until TCP gave up.
     const vm = 'pc3';
     const runId = 'run-switch-blocked';
-    vmNames = [vm];
-    const a = c.clients['a']!;
-    await a.createVm({ spec: guestSpec(vm, { memoryMib: 256, workers: 1, bytesPerWorker: 96 << 20 }) });
-    const before = (await waitForGuest(a, vm, 2, 30_000, (s) => s.pagesVerified > 0)).at(-1)!;
-    await c.tb.shape('a', { rateMbit: 80 });
-    await startMigration(c, 'a', { runId, vmName: vm, destination: dest(), policy: policy({ postcopy: { enabled: true, afterPasses: 0, afterMs: 0, onDemandOnly: true, preempt: true } }) });
+    const { a, before } = await onDemandPostcopy(vm, runId, { rateMbit: 80, tls: false });
     let askedAt = 0;
     let refused: unknown;
     const trace = await followMigration(
@@ -140,14 +165,7 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     if (trace.result.state !== MigrationState.MIGRATION_STATE_FAILED) console.log(timeline(trace), trace.result.error ?? '');
     expect(askedAt).toBeGreaterThan(0);
     expect(refused).toMatchObject({ reason: 'POSTCOPY_NOT_CANCELLABLE' });
-    expect(trace.states).not.toContain(MigrationState.MIGRATION_STATE_POSTCOPY);
-    expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
-    expect(trace.result.error?.message).toMatch(/QEMU failed the switch to post-copy before the destination could run the guest, and resumed it on the source/);
-    expect(Date.now() - askedAt).toBeLessThan(40_000);
-    // The guest runs once, on a, and lost nothing; b keeps no copy.
-    expect(names((await c.clients['b']!.listVms({})).vms, [vm])).toEqual([]);
-    const after = await waitForGuest(a, vm, 2, 30_000, (s) => s.pagesVerified > before.pagesVerified);
-    expect(after.at(-1)!.integrityErrors).toBe(0);
+    await expectSwitchFailedOnSource(trace, vm, before, askedAt);
     console.log(`blocked switch ended after ${Date.now() - askedAt} ms: ${trace.result.error?.message}`);
   });
 
@@ -161,12 +179,7 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
     // stopped on both ends for minutes (chaos seed 7701568 step 4).
     const vm = 'pc4';
     const runId = 'run-switch-handshake';
-    vmNames = [vm];
-    const a = c.clients['a']!;
-    await a.createVm({ spec: guestSpec(vm, { memoryMib: 256, workers: 1, bytesPerWorker: 96 << 20 }) });
-    const before = (await waitForGuest(a, vm, 2, 30_000, (s) => s.pagesVerified > 0)).at(-1)!;
-    await c.tb.shape('a', { rateMbit: 160 });
-    await startMigration(c, 'a', { runId, vmName: vm, destination: dest(), policy: policy({ tls: true, postcopy: { enabled: true, afterPasses: 0, afterMs: 0, onDemandOnly: true, preempt: true } }) });
+    const { a, before } = await onDemandPostcopy(vm, runId, { rateMbit: 160, tls: true });
     let askedAt = 0;
     let hung: number | undefined;
     try {
@@ -186,14 +199,7 @@ describe('node daemons: post-copy recovery, restart, bad input', () => {
       );
       if (trace.result.state !== MigrationState.MIGRATION_STATE_FAILED) console.log(timeline(trace), trace.result.error ?? '');
       expect(hung).toBeGreaterThan(0);
-      expect(trace.states).not.toContain(MigrationState.MIGRATION_STATE_POSTCOPY);
-      expect(trace.result.state).toBe(MigrationState.MIGRATION_STATE_FAILED);
-      expect(trace.result.error?.message).toMatch(/QEMU failed the switch to post-copy before the destination could run the guest, and resumed it on the source/);
-      // postcopySwitchStuckMs (10 s) and the failure's settling; before the fix, minutes.
-      expect(Date.now() - askedAt).toBeLessThan(40_000);
-      expect(names((await c.clients['b']!.listVms({})).vms, [vm])).toEqual([]);
-      const after = await waitForGuest(a, vm, 2, 30_000, (s) => s.pagesVerified > before.pagesVerified);
-      expect(after.at(-1)!.integrityErrors).toBe(0);
+      await expectSwitchFailedOnSource(trace, vm, before, askedAt);
       console.log(`switch held by a hung destination ended after ${Date.now() - askedAt} ms: ${trace.result.error?.message}`);
     } finally {
       if (hung) {

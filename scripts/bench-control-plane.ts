@@ -582,7 +582,16 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
       const prep = n.states['PREPARING'] ?? NaN;
       out(`      ${i}→${i + 1}: ${fmt(p.finishedMs - p.streamToMs, 0).padStart(6)} | ${fmt(prep - p.finishedMs, 0).padStart(6)} | ${fmt(n.streamFromMs - prep, 0).padStart(6)} | ${fmt(n.streamFromMs - p.streamToMs, 0).padStart(6)}`);
     }
-    if (opts['drain-json']) await writeFile(opts['drain-json'], JSON.stringify({ makespanMs: makespan, boundMs: bound, bytes, runs }, null, 1));
+    // The daemons' log lines around the drain's two fixed ends (the first run's preparation, the
+    // last run's handover and verification), ms after SubmitPlan (--log-level debug adds QMP).
+    const first = runs[0];
+    const last = runs.reduce((a, b) => (b.streamToMs > a.streamToMs ? b : a), runs[0]!);
+    const linesOf = (runId: string | undefined, from: number, to: number): { offMs: number; who: string; msg: string; rec: Record<string, unknown> }[] =>
+      logLines
+        .filter((l) => l.atMs - wall0 >= from && l.atMs - wall0 <= to && (runId === undefined || l.rec['runId'] === undefined || l.rec['runId'] === runId))
+        .map((l) => ({ offMs: l.atMs - wall0, who: l.who, msg: l.msg, rec: l.rec }));
+    const ends = { firstPreparation: linesOf(first?.runId, -5, (first?.streamFromMs ?? 0) + 50), lastEnd: linesOf(last?.runId, (last?.streamToMs ?? 0) - 50, makespan + 50) };
+    if (opts['drain-json']) await writeFile(opts['drain-json'], JSON.stringify({ makespanMs: makespan, boundMs: bound, bytes, runs, ends }, null, 1));
   } finally {
     for (const n of names) await cb.destroyVm(n).catch(() => undefined);
   }

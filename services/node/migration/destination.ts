@@ -138,20 +138,27 @@ export class IncomingMigration {
   /**
    * Applies capabilities and parameters and listens on a port QEMU picks itself (port 0, read back
    * with query-migrate: no window in which another process can take the port).
+   * @param before steps already under way that must succeed before QEMU listens — the TLS
+   *   objects the parameters name (their commands already sent, so QEMU runs them first: it runs
+   *   a monitor's commands in order), the record of the incoming phase. Capabilities and
+   *   parameters go out in the same round trip; every step settles before anything else happens,
+   *   and the first failure is thrown (then nothing listens).
    * @throws FailedPreconditionError (reason NO_LISTEN_PORT) when QEMU does not report its port
    */
-  async listen(): Promise<{ uri: string; port: number }> {
+  async listen(before: readonly (Promise<unknown> | undefined)[] = []): Promise<{ uri: string; port: number }> {
     const { vm, config } = this.p;
     const params: Record<string, unknown> = { ...config.destinationParameters };
     if (config.tls && this.p.tlsCredsId) {
       params['tls-creds'] = this.p.tlsCredsId;
       if (this.p.tlsAuthzId) params['tls-authz'] = this.p.tlsAuthzId;
     }
-    // Capabilities and parameters in one round trip (QEMU runs a monitor's commands in order).
-    await Promise.all([
+    const settled = await Promise.allSettled([
+      ...before,
       vm.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(config.capabilities, this.p.supportedCapabilities) }),
       Object.keys(params).length > 0 ? vm.qmp.execute('migrate-set-parameters', params) : undefined,
     ]);
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
     void this.follow();
     await vm.qmp.execute('migrate-incoming', { uri: tcpUri(this.p.migrationAddress, 0) });
     const port = listeningPort(await vm.qmp.execute('query-migrate'));

@@ -33,7 +33,7 @@ import { IncomingMigration } from './destination.js';
 import { MigrationRecords, type DestinationRecord, type SourceRecord } from './record.js';
 import { SourceMigration, type SourceOptions } from './source.js';
 import { checkMigrationAddress, managementEndpointOf } from './endpoint.js';
-import { addTlsAuthz, addTlsCreds, tlsCredsIdOf, tlsDistinguishedNameOf, tlsHostnameOf } from './tls.js';
+import { TLS_AUTHZ_ID, addTlsAuthz, addTlsCreds, tlsCredsIdOf, tlsDistinguishedNameOf, tlsHostnameOf } from './tls.js';
 import type { NodePeer, VmHost } from './types.js';
 import { exportTargets } from './storage.js';
 import { diskNodeName } from '../vm/cmdline.js';
@@ -543,11 +543,9 @@ export class MigrationManager {
     }
     const log = this.d.log.child({ runId: req.runId, vm: req.spec.name, role: 'destination', ...(sourceNodeId ? { source: sourceNodeId } : {}) });
     try {
-      // Both objects in one round trip (QEMU runs a monitor's commands in order).
-      const [tlsCredsId, tlsAuthzId] = await Promise.all([
-        tlsDir ? addTlsCreds(vm.qmp, tlsDir, 'server') : undefined,
-        tlsDir && sourceNodeId ? addTlsAuthz(vm.qmp, tlsDistinguishedNameOf(sourceNodeId)) : undefined,
-      ]);
+      // The TLS objects' ids are fixed: the objects themselves are added in listen()'s round trip.
+      const tlsCredsId = tlsDir ? tlsCredsIdOf('server') : undefined;
+      const tlsAuthzId = tlsDir && sourceNodeId ? TLS_AUTHZ_ID : undefined;
       const inc = new IncomingMigration({
         runId: req.runId,
         vm,
@@ -564,8 +562,14 @@ export class MigrationManager {
         ...(sourceNodeId ? { sourceNodeId } : {}),
       });
       record.phase = 'incoming';
-      await this.records.write(record);
-      const { uri, port } = await inc.listen();
+      // One round trip (issue 15: the first migration of a drain waits for this): the TLS
+      // objects (this QEMU was just started: no authz object to replace), capabilities and
+      // parameters, while the incoming phase is recorded; QEMU listens only once all succeeded.
+      const { uri, port } = await inc.listen([
+        tlsDir ? addTlsCreds(vm.qmp, tlsDir, 'server') : undefined,
+        tlsDir && sourceNodeId ? addTlsAuthz(vm.qmp, tlsDistinguishedNameOf(sourceNodeId), { fresh: true }) : undefined,
+        this.records.write(record),
+      ]);
       // The storage copy's way in: the targets over NBD on the migration address, with the
       // stream's TLS (and the same source-only authz).
       const nbdPort = targets.length > 0 ? await exportTargets(vm.qmp, this.d.migrationAddress, targets.map((t) => t.id), { ...(tlsCredsId ? { credsId: tlsCredsId } : {}), ...(tlsAuthzId ? { authzId: tlsAuthzId } : {}) }, () => freePort(this.d.migrationAddress)) : undefined;

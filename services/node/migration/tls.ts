@@ -85,9 +85,11 @@ export async function addTlsCreds(qmp: QmpClient, dir: string, endpoint: 'client
 /**
  * Adds (or replaces) the authz object that admits only `distinguishedName` as TLS client.
  * Replaced each time: an incoming QEMU serves one run, but a retry may name another source.
+ * `fresh`: the QEMU was just started by this node (no such object yet), so nothing is deleted
+ * first and the `object-add` goes out at once, in the caller's round trip.
  */
-export async function addTlsAuthz(qmp: QmpClient, distinguishedName: string): Promise<string> {
-  await qmp.execute('object-del', { id: TLS_AUTHZ_ID }).catch(() => undefined);
+export async function addTlsAuthz(qmp: QmpClient, distinguishedName: string, opts: { fresh?: boolean } = {}): Promise<string> {
+  if (!opts.fresh) await qmp.execute('object-del', { id: TLS_AUTHZ_ID }).catch(() => undefined);
   await qmp.execute('object-add', { 'qom-type': 'authz-simple', id: TLS_AUTHZ_ID, identity: distinguishedName });
   return TLS_AUTHZ_ID;
 }

@@ -257,7 +257,10 @@ export class SourceMigration {
       recoveryOverManagement: true,
       recoveryProbeMs: 1500,
       answers,
-      destroySockets: async (pid, peers) => (await destroyTcpSockets(pid, { peers })).length,
+      destroySockets: async (pid, peers) => {
+        const onError = (sock: { local: string; peer: string }, err: Error): void => p.log.warn("ss -K could not abort one of QEMU's migration connections", { local: sock.local, peer: sock.peer, err: err.message });
+        return (await destroyTcpSockets(pid, { peers, onError })).length;
+      },
       peerDeadlineMs: 30_000,
       handoverTimeoutMs: 300_000,
       cancelStuckMs: 5000,
@@ -948,11 +951,12 @@ export class SourceMigration {
     await this.yankMigrationChannels();
     // The switch streams over the migration network (recovery alone may use the management one).
     const peers = [destination.migrationAddress];
-    const n = await this.opts.destroySockets(vm.pid, peers).catch((err: unknown) => {
-      log.warn("could not abort QEMU's migration connections (ss -K)", { err: (err as Error).message });
-      return 0;
-    });
-    log.warn("aborted QEMU's migration connections to the destination (ss -K)", { sockets: n, peers });
+    try {
+      const sockets = await this.opts.destroySockets(vm.pid, peers);
+      log.warn("aborted QEMU's migration connections to the destination (ss -K)", { sockets, peers });
+    } catch (err) {
+      log.warn("could not abort QEMU's migration connections (ss -K)", { err: (err as Error).message, peers });
+    }
   }
 
   private requireRunning(what: string): void {

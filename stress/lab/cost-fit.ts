@@ -14,6 +14,7 @@ import { MigrationState, PolicyKind } from '../../services/shared/gen/migd/v1/co
 import { GetRunTimelineResponse } from '../../services/shared/gen/migd/v1/coordinator.js';
 import { type RunCostFigures, replayCostTrack, trackedCostFigures } from '../../services/coordinator/domain/policy/measured.js';
 import { median } from '../../services/coordinator/domain/policy/signals.js';
+import { LAB_WORKLOADS } from './scenarios.js';
 
 /** One recorded run's cost figures, as the coordinator would have stored them. */
 export interface FittedRun {
@@ -29,10 +30,8 @@ export interface FittedRun {
 /** The lab's busy workloads whose guests dirty about as fast as the link sends or faster (r ≳ 1): h is "at r ≥ 1". */
 export const BUSY_WORKLOADS: readonly string[] = ['hot-small', 'load-a', 'heavy'];
 
-const WORKLOADS = ['hot-small', 'moderate', 'load-a', 'heavy', 'compressible', 'phase', 'idle'];
-
 function workloadOf(vmName: string): string {
-  return WORKLOADS.find((w) => vmName.includes(`-${w}-`)) ?? 'unknown';
+  return Object.keys(LAB_WORKLOADS).find((w) => vmName.includes(`-${w}-`)) ?? 'unknown';
 }
 
 /** The files of an ustar archive (regular files only). */
@@ -115,7 +114,7 @@ export function fitCostModel(runs: readonly FittedRun[]): CostFit {
   const busy = hs((r) => BUSY_WORKLOADS.includes(r.workload));
   if (busy.length === 0) throw new Error('no busy run with a measured pre-copy harm rate');
   const byWorkload: Record<string, { median: number; runs: number }> = {};
-  for (const w of WORKLOADS) {
+  for (const w of Object.keys(LAB_WORKLOADS)) {
     const x = hs((r) => r.workload === w);
     if (x.length > 0) byWorkload[w] = { median: median(x), runs: x.length };
   }

@@ -2,7 +2,7 @@
  * Plans, their runs, state transitions and policy actions. Every change writes its rows and its
  * events (RunStateChanged, RunAction, RunCompleted, PlanStateChanged) in one transaction.
  */
-import { sql } from 'kysely';
+import { CompiledQuery, sql } from 'kysely';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
 import {
   ErrorInfo,
@@ -39,10 +39,20 @@ export interface RunSamples {
 }
 
 export class SqlPlanRunRepository implements PlanRunRepository {
+  /**
+   * Postgres: a transition's (or an end's) row in run_transitions is written by the run's UPDATE
+   * itself, in a data-modifying WITH, only when the UPDATE matched: one statement, so one round
+   * trip of the one write connection, instead of two (issue 15 §4). SQLite has no such WITH, and
+   * its statements are no round trips: two statements there.
+   */
+  private readonly transitionWithUpdate: boolean;
+
   constructor(
     private readonly d: StoreDatabase,
     private readonly samples: RunSamples,
-  ) {}
+  ) {
+    this.transitionWithUpdate = d.dialect.name === 'postgres';
+  }
 
   async createPlan(input: CreatePlanInput): Promise<CreatePlanResult> {
     if (input.idempotencyKey === '') throw new InvalidArgumentError('idempotency_key is required');
@@ -295,9 +305,11 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       // checks it, so a right guess needs no read first (issue 15 §4: on Postgres each statement
       // is a round trip of the one write connection, and a run's transitions are on its slot's
       // critical path). A wrong guess, or none, reads the run and updates from what it holds.
-      const { from, row: updated } = await this.updateFrom(trx, runId, input.expectedFrom ?? input.from, input.expectedFrom, (f) => this.setState(trx, runId, f, to, startedAt));
-      const change: StateChange = { time: new Date(at), from, to, reason: input.reason ?? '' };
-      await this.insertTransition(trx, runId, at, change.from, to, change.reason);
+      const reason = input.reason ?? '';
+      const { from, row: updated } = await this.updateFrom(trx, runId, input.expectedFrom ?? input.from, input.expectedFrom, (f) => this.setState(trx, runId, f, to, startedAt, at, reason));
+      const change: StateChange = { time: new Date(at), from, to, reason };
+      // On Postgres the UPDATE wrote the transition's row too (one round trip, see setState).
+      if (!this.transitionWithUpdate) await this.insertTransition(trx, runId, at, change.from, to, change.reason);
       await this.d.enqueue(
         trx,
         tx,
@@ -335,7 +347,11 @@ export class SqlPlanRunRepository implements PlanRunRepository {
    * statement (a query compiled once); `startedAt` is kept when the run has started already.
    * Undefined when the run does not exist, has finished or is not in `from`.
    */
-  private async setState(trx: Db, runId: string, from: MigrationState, to: MigrationState, startedAt: number | null): Promise<{ plan_id: string | null; vm_name: string; last_sequence: number } | undefined> {
+  private async setState(trx: Db, runId: string, from: MigrationState, to: MigrationState, startedAt: number | null, at: number, reason: string): Promise<{ plan_id: string | null; vm_name: string; last_sequence: number } | undefined> {
+    if (this.transitionWithUpdate) {
+      const r = await trx.executeQuery<{ plan_id: string | null; vm_name: string; last_sequence: number }>(CompiledQuery.raw(PG_SET_STATE, [to, startedAt, runId, from, at, reason]));
+      return r.rows[0];
+    }
     const r = await this.d.reuse(
       trx,
       'runs.setState',
@@ -380,8 +396,27 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     const { finished, ended } = await this.samples.writeAfterSamples(() => this.d.write(async (trx, tx) => {
       // As in transitionRun: the state the caller last recorded is checked by the update itself;
       // without it, or when it is wrong, the run is read first.
+      const reason = input.reason ?? '';
+      const finishArgs = (from: MigrationState): unknown[] => [
+        input.state,
+        at,
+        stats === undefined ? null : JSON.stringify(MigrationStats.toJSON(stats)),
+        stats?.totalTimeMs ?? null,
+        stats?.downtimeMs ?? null,
+        stats?.transferredBytes ?? null,
+        stats === undefined ? null : stats.sourceCpuSeconds + stats.destinationCpuSeconds,
+        stats?.integrityErrors ?? null,
+        error?.reason ?? null,
+        error?.message ?? null,
+        error?.code ?? null,
+        2,
+        runId,
+        from,
+      ];
       const finish = (from: MigrationState): Promise<RunRow | undefined> =>
-        this.d
+        this.transitionWithUpdate
+          ? trx.executeQuery<RunRow>(CompiledQuery.raw(PG_FINISH, [...finishArgs(from), reason])).then((r) => r.rows[0])
+          : this.d
           .reuse(
             trx,
             'runs.finish',
@@ -406,38 +441,26 @@ export class SqlPlanRunRepository implements PlanRunRepository {
                 .where('state', '=', p(13))
                 .where('finished_at', 'is', null)
                 .returningAll(),
-            [
-              input.state,
-              at,
-              stats === undefined ? null : JSON.stringify(MigrationStats.toJSON(stats)),
-              stats?.totalTimeMs ?? null,
-              stats?.downtimeMs ?? null,
-              stats?.transferredBytes ?? null,
-              stats === undefined ? null : stats.sourceCpuSeconds + stats.destinationCpuSeconds,
-              stats?.integrityErrors ?? null,
-              error?.reason ?? null,
-              error?.message ?? null,
-              error?.code ?? null,
-              2,
-              runId,
-              from,
-            ],
+            finishArgs(from),
           )
           .then((r) => r.rows[0]);
       // The end, the two events' sequence numbers and the row to return in one statement (issue 15 §4).
       const { from, row } = await this.updateFrom(trx, runId, input.from, undefined, finish);
-      const change: StateChange = { time: new Date(at), from, to: input.state, reason: input.reason ?? '' };
-      await this.insertTransition(trx, runId, at, change.from, input.state, change.reason);
+      const change: StateChange = { time: new Date(at), from, to: input.state, reason };
+      if (!this.transitionWithUpdate) await this.insertTransition(trx, runId, at, change.from, input.state, change.reason);
       const last = Number(row.last_sequence);
       const base = { runId, planId: row.plan_id ?? '', vmName: row.vm_name };
       await this.d.enqueueAll(trx, tx, [
         { payload: { $case: 'runState', value: { ...base, change } }, time: change.time!, run: { runId, sequence: last - 1 } },
         { payload: { $case: 'runCompleted', value: { ...base, state: input.state, stats, error } }, time: change.time!, run: { runId, sequence: last } },
       ]);
-      // The row came back from the UPDATE; its transitions and actions are read in the same
-      // transaction (no read transaction of its own per run's end).
-      return { finished: row, ended: await this.loadRunOf(trx, row) };
+      // The row came back from the UPDATE; on SQLite its transitions and actions are read in the
+      // same transaction (no read transaction of its own per run's end). On Postgres they are read
+      // after the commit on a connection of the pool: two round trips fewer held on the one write
+      // connection, which every other write waits for (the run has ended: nothing changes them).
+      return { finished: row, ended: this.transitionWithUpdate ? undefined : await this.loadRunOf(trx, row) };
     }));
+    const run = ended ?? (await this.d.read((conn) => this.loadRunOf(conn, finished)));
     this.samples.forgetRun(runId);
     if (this.d.o.metrics !== undefined) {
       const total = stats !== undefined && stats.totalTimeMs > 0 ? stats.totalTimeMs : finished.started_at === null ? null : at - finished.started_at;
@@ -448,7 +471,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         downtimeMs: stats?.downtimeMs ?? null,
       });
     }
-    return ended;
+    return run;
   }
 
   async recordNetworkBlackout(runId: string, blackout: NetworkBlackout): Promise<Run> {
@@ -562,6 +585,34 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     return row === undefined ? undefined : planToProto(row);
   }
 }
+
+/**
+ * Postgres: runs.setState and the transition's row in one statement. $1 to, $2 started_at, $3 run
+ * id, $4 from, $5 at, $6 reason (typed: parameters only in a SELECT list would be taken as text).
+ */
+const PG_SET_STATE = `with u as (
+  update runs set state = $1, started_at = coalesce(started_at, $2), last_sequence = last_sequence + 1
+  where id = $3 and state = $4 and finished_at is null
+  returning plan_id, vm_name, last_sequence
+), t as (
+  insert into run_transitions (run_id, at, from_state, to_state, reason) select $3, $5::bigint, $4, $1, $6::text from u
+)
+select plan_id, vm_name, last_sequence from u`;
+
+/**
+ * Postgres: runs.finish and the end's transition row in one statement. $1–$14 as runs.finish
+ * (state, finished_at, stats…, sequence step, run id, from), $15 the transition's reason.
+ */
+const PG_FINISH = `with u as (
+  update runs set state = $1, finished_at = $2, stats_json = $3, total_time_ms = $4, downtime_ms = $5,
+    transferred_bytes = $6, host_cpu_seconds = $7, integrity_errors = $8, error_reason = $9,
+    error_message = $10, error_code = $11, last_sequence = last_sequence + $12
+  where id = $13 and state = $14 and finished_at is null
+  returning *
+), t as (
+  insert into run_transitions (run_id, at, from_state, to_state, reason) select $13, $2, $14, $1, $15::text from u
+)
+select * from u`;
 
 /** Attaches transitions and actions to run rows (two queries for the whole list). */
 /**

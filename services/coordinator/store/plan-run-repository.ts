@@ -83,11 +83,11 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         if (this.d.dialect.isConstraintViolation(err, 'primary-key')) throw new AlreadyExistsError(`plan ${id} already exists`, { cause: err });
         throw err;
       }
-      const { events } = await this.insertRuns(trx, (input.runs ?? []).map((r) => ({ ...r, planId: id })), now, true);
+      const { events, runs: created } = await this.insertRuns(trx, (input.runs ?? []).map((r) => ({ ...r, planId: id })), now, true);
       const runs = input.runs?.length ?? 0;
       // The runs' events, then the plan's, as few statements as the runs' rows.
       await this.d.enqueueAll(trx, tx, [...events, { payload: { $case: 'planState', value: { planId: id, state: planStateToJSON(state), runsTotal: runs, runsFinished: 0 } }, time: new Date(now) }]);
-      return { plan: planToProto(row), existing: false };
+      return { plan: planToProto(row), existing: false, runs: created };
     }, { first: true });
     return result;
   }
@@ -172,11 +172,12 @@ export class SqlPlanRunRepository implements PlanRunRepository {
    * were a network round trip each on Postgres, behind which every other write waited). `planKnown`:
    * the plan was inserted in this transaction (createPlan), so it is not looked up again.
    */
-  private async insertRuns(trx: Db, inputs: readonly CreateRunInput[], now: number, planKnown = false): Promise<{ ids: string[]; events: OutboxEvent[] }> {
+  private async insertRuns(trx: Db, inputs: readonly CreateRunInput[], now: number, planKnown = false): Promise<{ ids: string[]; events: OutboxEvent[]; runs: Run[] }> {
     const checked = new Set<string>();
     const rows: unknown[][] = [];
     const changes: { id: string; at: number; change: StateChange }[] = [];
     const events: OutboxEvent[] = [];
+    const runs: Run[] = [];
     for (const input of inputs) {
       const id = input.id ?? this.d.newId();
       const planId = input.planId === undefined || input.planId === '' ? null : input.planId;
@@ -208,6 +209,26 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       ]);
       const change: StateChange = { time: new Date(createdAt), from: MigrationState.MIGRATION_STATE_UNSPECIFIED, to: state, reason: input.reason ?? 'created' };
       changes.push({ id, at: createdAt, change });
+      // The run as a read of its rows would return it (runToProto of what is inserted below).
+      runs.push({
+        id,
+        planId: planId ?? '',
+        vmName: input.vmName,
+        sourceNodeId: input.sourceNodeId,
+        destinationNodeId: input.destinationNodeId,
+        policy: MigrationPolicy.fromJSON(JSON.parse(rows[rows.length - 1]![5] as string)),
+        state,
+        transitions: [{ ...change, time: new Date(createdAt) }],
+        createdAt: new Date(createdAt),
+        startedAt: state === MigrationState.MIGRATION_STATE_QUEUED ? undefined : new Date(createdAt),
+        finishedAt: undefined,
+        stats: undefined,
+        error: undefined,
+        actions: [],
+        memoryMib: input.memoryMib ?? 0,
+        priority: input.priority ?? 0,
+        networkBlackout: undefined,
+      });
       events.push({ payload: { $case: 'runState', value: { runId: id, planId: planId ?? '', vmName: input.vmName, change } }, time: change.time!, run: { runId: id, sequence: 1 } });
     }
     for (let i = 0; i < rows.length; i += REUSE_CHUNK) {
@@ -254,7 +275,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         first.flatMap((c) => [c.id, c.at, c.change.from, c.change.to, c.change.reason]),
       );
     }
-    return { ids: changes.map((c) => c.id), events };
+    return { ids: changes.map((c) => c.id), events, runs };
   }
 
   /** One row of a run's state history (a query compiled once: every migration writes several). */
@@ -397,6 +418,9 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       // As in transitionRun: the state the caller last recorded is checked by the update itself;
       // without it, or when it is wrong, the run is read first.
       const reason = input.reason ?? '';
+      // A succeeded run's measured costs (RunCostFigures) in the same UPDATE; a figure not given
+      // leaves its column as it is (recordRunCosts).
+      const costs = costColumns(input.costs ?? {});
       const finishArgs = (from: MigrationState): unknown[] => [
         input.state,
         at,
@@ -412,6 +436,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         2,
         runId,
         from,
+        ...COST_COLUMNS.map((c) => costs[c]),
       ];
       const finish = (from: MigrationState): Promise<RunRow | undefined> =>
         this.transitionWithUpdate
@@ -436,6 +461,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
                   error_message: p(9),
                   error_code: p(10),
                   last_sequence: eb('last_sequence', '+', p(11)),
+                  ...Object.fromEntries(COST_COLUMNS.map((c, k) => [c, eb.fn.coalesce(eb.val(p(14 + k)), eb.ref(c))])),
                 }))
                 .where('id', '=', p(12))
                 .where('state', '=', p(13))
@@ -493,16 +519,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
   }
 
   async recordRunCosts(runId: string, f: RunCostFigures): Promise<void> {
-    const num = (x: number | undefined): number | undefined => (x !== undefined && Number.isFinite(x) ? x : undefined);
-    const set = {
-      ...(num(f.precopyHarmRate) !== undefined ? { cost_precopy_harm_rate: f.precopyHarmRate } : {}),
-      ...(num(f.precopyMs) !== undefined ? { cost_precopy_ms: f.precopyMs } : {}),
-      ...(num(f.postcopyLostMs) !== undefined ? { cost_postcopy_lost_ms: f.postcopyLostMs } : {}),
-      ...(num(f.postcopyBacklogMs) !== undefined ? { cost_postcopy_backlog_ms: f.postcopyBacklogMs } : {}),
-      ...(num(f.workingSetBytes) !== undefined ? { cost_working_set_bytes: f.workingSetBytes } : {}),
-      ...(num(f.firstBoundaryBytes) !== undefined ? { cost_first_boundary_bytes: f.firstBoundaryBytes } : {}),
-      ...(num(f.raiseLostMs) !== undefined && num(f.raiseBacklogMs) !== undefined ? { cost_raise_lost_ms: f.raiseLostMs, cost_raise_backlog_ms: f.raiseBacklogMs } : {}),
-    };
+    const set = Object.fromEntries(Object.entries(costColumns(f)).filter(([, v]) => v !== null));
     await this.d.write(async (trx) => {
       const q = Object.keys(set).length > 0 ? trx.updateTable('runs').set(set).where('id', '=', runId) : undefined;
       const r = q ? await q.executeTakeFirst() : undefined;
@@ -603,14 +620,43 @@ select plan_id, vm_name, last_sequence from u`;
  * Postgres: runs.finish and the end's transition row in one statement. $1–$14 as runs.finish
  * (state, finished_at, stats…, sequence step, run id, from), $15 the transition's reason.
  */
+/** The runs columns of RunCostFigures, in the order of runs.finish's arguments. */
+const COST_COLUMNS = [
+  'cost_precopy_harm_rate',
+  'cost_precopy_ms',
+  'cost_postcopy_lost_ms',
+  'cost_postcopy_backlog_ms',
+  'cost_working_set_bytes',
+  'cost_first_boundary_bytes',
+  'cost_raise_lost_ms',
+  'cost_raise_backlog_ms',
+] as const;
+
+/** Each cost column's value: null for a figure not given or not finite (the raise's two only together). */
+function costColumns(f: RunCostFigures): Record<(typeof COST_COLUMNS)[number], number | null> {
+  const num = (x: number | undefined): number | null => (x !== undefined && Number.isFinite(x) ? x : null);
+  const raise = num(f.raiseLostMs) !== null && num(f.raiseBacklogMs) !== null;
+  return {
+    cost_precopy_harm_rate: num(f.precopyHarmRate),
+    cost_precopy_ms: num(f.precopyMs),
+    cost_postcopy_lost_ms: num(f.postcopyLostMs),
+    cost_postcopy_backlog_ms: num(f.postcopyBacklogMs),
+    cost_working_set_bytes: num(f.workingSetBytes),
+    cost_first_boundary_bytes: num(f.firstBoundaryBytes),
+    cost_raise_lost_ms: raise ? num(f.raiseLostMs) : null,
+    cost_raise_backlog_ms: raise ? num(f.raiseBacklogMs) : null,
+  };
+}
+
 const PG_FINISH = `with u as (
   update runs set state = $1, finished_at = $2, stats_json = $3, total_time_ms = $4, downtime_ms = $5,
     transferred_bytes = $6, host_cpu_seconds = $7, integrity_errors = $8, error_reason = $9,
-    error_message = $10, error_code = $11, last_sequence = last_sequence + $12
+    error_message = $10, error_code = $11, last_sequence = last_sequence + $12,
+    ${COST_COLUMNS.map((c, k) => `${c} = coalesce($${15 + k}, ${c})`).join(', ')}
   where id = $13 and state = $14 and finished_at is null
   returning *
 ), t as (
-  insert into run_transitions (run_id, at, from_state, to_state, reason) select $13, $2, $14, $1, $15::text from u
+  insert into run_transitions (run_id, at, from_state, to_state, reason) select $13, $2, $14, $1, $${15 + COST_COLUMNS.length}::text from u
 )
 select * from u`;
 

@@ -19,7 +19,7 @@ import { observeRunFinished } from '../../shared/metrics/metrics.js';
 import { isTerminalState } from '../../shared/policy/states.js';
 import { INSERT_CHUNK, REUSE_CHUNK, type Db, type OutboxEvent, type StoreDatabase } from './database.js';
 import { actionToProto, ms, normalizePolicyKind, planToProto, policyToJson, runToProto, scopedIdempotencyKey, transitionToProto } from './mapping.js';
-import type { RunRow } from './schema.js';
+import type { ActionRow, RunRow, TransitionRow } from './schema.js';
 import type { RunCostFigures } from '../domain/policy/measured.js';
 import type { ActiveMove, CreatePlanInput, PlanProgress, CreatePlanResult, CreateRunInput, FinishRunInput, PlanRunRepository, TransitionRunInput } from './types.js';
 
@@ -438,9 +438,9 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         from,
         ...COST_COLUMNS.map((c) => costs[c]),
       ];
-      const finish = (from: MigrationState): Promise<RunRow | undefined> =>
+      const finish = (from: MigrationState): Promise<FinishedRow | undefined> =>
         this.transitionWithUpdate
-          ? trx.executeQuery<RunRow>(CompiledQuery.raw(PG_FINISH, [...finishArgs(from), reason])).then((r) => r.rows[0])
+          ? trx.executeQuery<FinishedRow>(CompiledQuery.raw(PG_FINISH, [...finishArgs(from), reason])).then((r) => r.rows[0])
           : this.d
           .reuse(
             trx,
@@ -481,12 +481,14 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         { payload: { $case: 'runCompleted', value: { ...base, state: input.state, stats, error } }, time: change.time!, run: { runId, sequence: last } },
       ]);
       // The row came back from the UPDATE; on SQLite its transitions and actions are read in the
-      // same transaction (no read transaction of its own per run's end). On Postgres they are read
-      // after the commit on a connection of the pool: two round trips fewer held on the one write
-      // connection, which every other write waits for (the run has ended: nothing changes them).
-      return { finished: row, ended: this.transitionWithUpdate ? undefined : await this.loadRunOf(trx, row) };
+      // same transaction (no read transaction of its own per run's end). On Postgres the UPDATE
+      // returned them (as they were before it) with the row: the end's transition is added here.
+      const ended =
+        row.transitions_json !== undefined && row.actions_json !== undefined
+          ? runToProto(row, [...row.transitions_json.map(transitionToProto), change], row.actions_json.map(actionToProto))
+          : await this.loadRunOf(trx, row);
+      return { finished: row, ended };
     }));
-    const run = ended ?? (await this.d.read((conn) => this.loadRunOf(conn, finished)));
     this.samples.forgetRun(runId);
     if (this.d.o.metrics !== undefined) {
       const total = stats !== undefined && stats.totalTimeMs > 0 ? stats.totalTimeMs : finished.started_at === null ? null : at - finished.started_at;
@@ -497,7 +499,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         downtimeMs: stats?.downtimeMs ?? null,
       });
     }
-    return run;
+    return ended;
   }
 
   async recordNetworkBlackout(runId: string, blackout: NetworkBlackout): Promise<Run> {
@@ -617,8 +619,9 @@ const PG_SET_STATE = `with u as (
 select plan_id, vm_name, last_sequence from u`;
 
 /**
- * Postgres: runs.finish and the end's transition row in one statement. $1–$14 as runs.finish
- * (state, finished_at, stats…, sequence step, run id, from), $15 the transition's reason.
+ * Postgres: runs.finish, the end's transition row and the reads of the run's transitions and
+ * actions in one statement. $1–$14 as runs.finish (state, finished_at, stats…, sequence step, run
+ * id, from), $15–$22 the cost columns, $23 the transition's reason.
  */
 /** The runs columns of RunCostFigures, in the order of runs.finish's arguments. */
 const COST_COLUMNS = [
@@ -658,7 +661,16 @@ const PG_FINISH = `with u as (
 ), t as (
   insert into run_transitions (run_id, at, from_state, to_state, reason) select $13, $2, $14, $1, $${15 + COST_COLUMNS.length}::text from u
 )
-select * from u`;
+select u.*,
+  (select coalesce(json_agg(r order by r.id), '[]'::json) from run_transitions r where r.run_id = $13) as transitions_json,
+  (select coalesce(json_agg(a order by a.id), '[]'::json) from policy_actions a where a.run_id = $13) as actions_json
+from u`;
+
+/**
+ * What PG_FINISH returns: the run's row and its transitions and actions before this statement (its
+ * own transition row is not visible to it: one snapshot for the whole statement).
+ */
+type FinishedRow = RunRow & { transitions_json?: TransitionRow[]; actions_json?: ActionRow[] };
 
 /** Attaches transitions and actions to run rows (two queries for the whole list). */
 /**

@@ -339,8 +339,9 @@ export function historyStoreSuite(backend: StoreBackend): void {
       const a = await s.createRun(runInput({ vmName: 'vm-f' }));
       await s.transitionRun(a.id, { to: S.MIGRATION_STATE_PRECOPY, from: S.MIGRATION_STATE_QUEUED });
       clock.advance(1000);
+      await s.recordAction(a.id, { kind: 1, value: 400, reason: 'slow', actor: 'policy:adaptive', elapsedMs: 900 } as never);
       // Not finite, or half a raise: left out; the hint (from) right.
-      await s.finishRun(a.id, { state: S.MIGRATION_STATE_SUCCEEDED, from: S.MIGRATION_STATE_PRECOPY, costs: { precopyHarmRate: 0.25, precopyMs: 4000, postcopyLostMs: Number.NaN, workingSetBytes: 1_048_576, raiseLostMs: 10 } });
+      const endedA = await s.finishRun(a.id, { state: S.MIGRATION_STATE_SUCCEEDED, from: S.MIGRATION_STATE_PRECOPY, costs: { precopyHarmRate: 0.25, precopyMs: 4000, postcopyLostMs: Number.NaN, workingSetBytes: 1_048_576, raiseLostMs: 10 } });
       const b = await s.createRun(runInput({ vmName: 'vm-f' }));
       clock.advance(1000);
       // The hint wrong (the run is QUEUED): read and finished from what it holds, costs the same way.
@@ -350,7 +351,11 @@ export function historyStoreSuite(backend: StoreBackend): void {
         { precopyHarmRate: undefined, precopyMs: undefined, postcopyLostMs: undefined, postcopyBacklogMs: undefined, workingSetBytes: undefined, raiseLostMs: 500, raiseBacklogMs: 200, firstBoundaryBytes: 4096 },
         { precopyHarmRate: 0.25, precopyMs: 4000, postcopyLostMs: undefined, postcopyBacklogMs: undefined, workingSetBytes: 1_048_576, raiseLostMs: undefined, raiseBacklogMs: undefined, firstBoundaryBytes: undefined },
       ]);
-      expect((await s.getRun(a.id)).transitions.map((t) => t.to)).toEqual([S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_PRECOPY, S.MIGRATION_STATE_SUCCEEDED]);
+      // The run finishRun returns is the stored one (its transitions, the end's last, and actions).
+      expect(endedA.transitions.map((t) => t.to)).toEqual([S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_PRECOPY, S.MIGRATION_STATE_SUCCEEDED]);
+      expect(endedA.actions).toHaveLength(1);
+      expect(endedA).toEqual(await s.getRun(a.id));
+      expect(ended).toEqual(await s.getRun(b.id));
     });
 
     it('keeps the working set a run found (alone or with its harm figures) in the VM\'s history', async () => {

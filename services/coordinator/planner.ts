@@ -214,15 +214,19 @@ export class Planner {
       laps?.lap('write');
       if (created.existing) return { plan: sameRequest(created.plan, req), existing: true };
       this.o.log.info('plan submitted', { planId, key, target: target.$case, runs: runs.length, order: draft.orderingReason });
-      const stored = new Map((await this.o.store.plans.listPlanRuns(planId)).map((s) => [s.id, s]));
+      const stored = new Map((created.runs ?? (await this.o.store.plans.listPlanRuns(planId))).map((s) => [s.id, s]));
       laps?.lap('read-runs');
       this.o.runs.enqueue(runs.flatMap((r) => {
         const run = stored.get(r.id);
         return run ? [{ run, order: r.order, policy: r.convergence }] : [];
       }));
       laps?.lap('enqueue');
-      if (runs.length === 0) await this.o.runs.updatePlan(planId);
-      const plan = await this.o.store.plans.getPlan(planId);
+      // The plan as written, unless an empty plan has just ended (then read again).
+      let plan = created.plan;
+      if (runs.length === 0) {
+        await this.o.runs.updatePlan(planId);
+        plan = await this.o.store.plans.getPlan(planId);
+      }
       if (laps) {
         laps.lap('read-plan');
         turns.keep(`SubmitPlan ${key}`, { startedAt: laps.startedAtEpoch(), handlerMs: laps.total(), phasesMs: laps.ms, size: runs.length });

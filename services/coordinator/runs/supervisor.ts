@@ -739,13 +739,16 @@ export class RunSupervisor {
     this.signal.throwIfAborted();
     if (state !== MigrationState.MIGRATION_STATE_SUCCEEDED) await this.cleanDestination(input.error);
     this.signal.throwIfAborted();
-    // Asked for beside the end's write, not after it: the run's slots are freed once this method
-    // returns, and a write of its own after the end would hold them for one more group commit.
-    const costs = state === MigrationState.MIGRATION_STATE_SUCCEEDED ? this.recordCosts() : undefined;
+    // Written by the end's own UPDATE, not after it (the run's slots are freed once this method
+    // returns, and a write of its own after the end would hold them for one more group commit) nor
+    // beside it (one statement more on the write connection per migration; issue 15 §4).
+    const costs = state === MigrationState.MIGRATION_STATE_SUCCEEDED ? this.costFigures() : undefined;
     const t0 = turns.enabled ? turns.now() : 0;
     if (this.resultAt > 0) turns.record('run.end: result to its write', this.resultAt);
+    let costsWritten = false;
     try {
-      this.run = await this.storeWrite('record the end of the run', () => this.d.store.plans.finishRun(this.runId, { state, from: this.state, reason: input.reason, ...(input.stats ? { stats: input.stats } : {}), ...(input.error ? { error: input.error } : {}), ...(input.at ? { at: input.at } : {}) }));
+      this.run = await this.storeWrite('record the end of the run', () => this.d.store.plans.finishRun(this.runId, { state, from: this.state, reason: input.reason, ...(input.stats ? { stats: input.stats } : {}), ...(input.error ? { error: input.error } : {}), ...(input.at ? { at: input.at } : {}), ...(costs ? { costs } : {}) }));
+      costsWritten = costs !== undefined;
     } catch (err) {
       if (!(err instanceof FailedPreconditionError)) throw err;
       this.run = await this.storeWrite('read the run', () => this.d.store.plans.getRun(this.runId));
@@ -753,22 +756,23 @@ export class RunSupervisor {
     this.finished = true;
     this.state = this.run.state;
     turns.record('run.end: end written', t0);
-    await costs;
+    if (costsWritten) this.log.info('measured guest harm recorded', { ...costs });
     this.log.info('run finished', { state: migrationStateToJSON(this.run.state), totalTimeMs: this.run.stats?.totalTimeMs, downtimeMs: this.run.stats?.downtimeMs, error: this.run.error?.message });
   }
 
   /**
    * What the run measured of the guest's harm (the cost track, whatever the policy) and what its
-   * policy found (the adaptive policy's working set), stored with a succeeded run for the VM's
-   * next runs. Best effort.
+   * policy found (the adaptive policy's working set), stored with a succeeded run's end for the
+   * VM's next runs (FinishRunInput.costs). Best effort: undefined when there is none to store.
    */
-  private async recordCosts(): Promise<void> {
-    const figures: RunCostFigures = { ...this.policy.costFigures?.(this.policyState), ...trackedCostFigures(this.costTrack) };
-    if (Object.keys(figures).length === 0) return;
-    await this.d.store.plans.recordRunCosts(this.runId, figures).then(
-      () => this.log.info('measured guest harm recorded', { ...figures }),
-      (err: unknown) => this.log.warn('could not record the measured guest harm', { err: (err as Error).message }),
-    );
+  private costFigures(): RunCostFigures | undefined {
+    try {
+      const figures: RunCostFigures = { ...this.policy.costFigures?.(this.policyState), ...trackedCostFigures(this.costTrack) };
+      return Object.keys(figures).length === 0 ? undefined : figures;
+    } catch (err) {
+      this.log.warn('could not work out the measured guest harm', { err: (err as Error).message });
+      return undefined;
+    }
   }
 
   // --- user requests -------------------------------------------------------------------------

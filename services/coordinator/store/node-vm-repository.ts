@@ -2,7 +2,7 @@
 import { InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
 import { HostInfo, MigrationState, VmInfo } from '../../shared/gen/migd/v1/common.js';
 import { NodeStatus, type Node } from '../../shared/gen/migd/v1/coordinator.js';
-import { INSERT_CHUNK, type StoreDatabase } from './database.js';
+import { INSERT_CHUNK, type Db, type StoreDatabase, type TxState } from './database.js';
 import { date, hostFromJson, ms, vmToProto } from './mapping.js';
 import type { NodeRow } from './schema.js';
 import type { NodeVmRepository, UpsertNodeInput } from './types.js';
@@ -125,6 +125,10 @@ export class SqlNodeVmRepository implements NodeVmRepository {
     });
     if (infos.length === 0) return;
     const now = this.d.now();
+    if (infos.length === 1) {
+      await this.d.write((trx, tx) => this.upsertOne(trx, tx, infos[0]!, now));
+      return;
+    }
     await this.d.write(async (trx, tx) => {
       // Where each VM was before this transaction (then as this batch leaves it).
       const names = [...new Set(infos.map((i) => i.spec!.name))];
@@ -156,6 +160,52 @@ export class SqlNodeVmRepository implements NodeVmRepository {
         }
       }
     });
+  }
+
+  /**
+   * One VM (a run's end settling its VM, a VM created through the coordinator): its row is written
+   * with no read first. The registry writes a VM only when its node or state changed, so the first
+   * statement, an UPDATE of a row that differs in either, is nearly always the only one before the
+   * event; a VM not stored yet is inserted, one whose node and state are unchanged gets its other
+   * columns. Same rows and VmChanged events as the batch path; statements compiled once (on
+   * Postgres each is a round trip of the one write connection; issue 15 §4).
+   */
+  private async upsertOne(trx: Db, tx: TxState, info: VmInfo, now: number): Promise<void> {
+    const name = info.spec!.name;
+    const nodeId = info.nodeId === '' ? null : info.nodeId;
+    const memory = info.spec?.memoryMib ?? 0;
+    const json = JSON.stringify(VmInfo.toJSON(info));
+    const moved = await this.d.reuse(
+      trx,
+      'vms.updateChanged',
+      (db, p) =>
+        db
+          .updateTable('vms')
+          .set({ node_id: p(0), state: p(1), memory_mib: p(2), info_json: p(3), updated_at: p(4) })
+          .where('name', '=', p(5))
+          .where((eb) => eb.or([eb('node_id', 'is distinct from', p(6)), eb('state', '<>', p(7))]))
+          .returning('name'),
+      [nodeId, info.state, memory, json, now, name, nodeId, info.state],
+    );
+    let changed = moved.rows.length > 0;
+    if (!changed) {
+      const inserted = await this.d.reuse(
+        trx,
+        'vms.insertNew',
+        (db, p) =>
+          db
+            .insertInto('vms')
+            .values({ name: p(0), node_id: p(1), state: p(2), memory_mib: p(3), info_json: p(4), updated_at: p(5) })
+            .onConflict((oc) => oc.column('name').doNothing())
+            .returning('name'),
+        [name, nodeId, info.state, memory, json, now],
+      );
+      changed = inserted.rows.length > 0;
+      if (!changed) {
+        await this.d.reuse(trx, 'vms.refresh', (db, p) => db.updateTable('vms').set({ memory_mib: p(0), info_json: p(1), updated_at: p(2) }).where('name', '=', p(3)), [memory, json, now, name]);
+      }
+    }
+    if (changed && nodeId !== null) await this.d.enqueue(trx, tx, { $case: 'vmChanged', value: { vm: info } }, new Date(now));
   }
 
   async getVm(name: string): Promise<VmInfo> {

@@ -2,7 +2,7 @@
  * Plans, their runs, state transitions and policy actions. Every change writes its rows and its
  * events (RunStateChanged, RunAction, RunCompleted, PlanStateChanged) in one transaction.
  */
-import { sql } from 'kysely';
+import { CompiledQuery, sql } from 'kysely';
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
 import {
   ErrorInfo,
@@ -19,7 +19,7 @@ import { observeRunFinished } from '../../shared/metrics/metrics.js';
 import { isTerminalState } from '../../shared/policy/states.js';
 import { INSERT_CHUNK, REUSE_CHUNK, type Db, type OutboxEvent, type StoreDatabase } from './database.js';
 import { actionToProto, ms, normalizePolicyKind, planToProto, policyToJson, runToProto, scopedIdempotencyKey, transitionToProto } from './mapping.js';
-import type { RunRow } from './schema.js';
+import type { ActionRow, RunRow, TransitionRow } from './schema.js';
 import type { RunCostFigures } from '../domain/policy/measured.js';
 import type { ActiveMove, CreatePlanInput, PlanProgress, CreatePlanResult, CreateRunInput, FinishRunInput, PlanRunRepository, TransitionRunInput } from './types.js';
 
@@ -39,10 +39,20 @@ export interface RunSamples {
 }
 
 export class SqlPlanRunRepository implements PlanRunRepository {
+  /**
+   * Postgres: a transition's (or an end's) row in run_transitions is written by the run's UPDATE
+   * itself, in a data-modifying WITH, only when the UPDATE matched: one statement, so one round
+   * trip of the one write connection, instead of two (issue 15 §4). SQLite has no such WITH, and
+   * its statements are no round trips: two statements there.
+   */
+  private readonly transitionWithUpdate: boolean;
+
   constructor(
     private readonly d: StoreDatabase,
     private readonly samples: RunSamples,
-  ) {}
+  ) {
+    this.transitionWithUpdate = d.dialect.name === 'postgres';
+  }
 
   async createPlan(input: CreatePlanInput): Promise<CreatePlanResult> {
     if (input.idempotencyKey === '') throw new InvalidArgumentError('idempotency_key is required');
@@ -73,11 +83,11 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         if (this.d.dialect.isConstraintViolation(err, 'primary-key')) throw new AlreadyExistsError(`plan ${id} already exists`, { cause: err });
         throw err;
       }
-      const { events } = await this.insertRuns(trx, (input.runs ?? []).map((r) => ({ ...r, planId: id })), now, true);
+      const { events, runs: created } = await this.insertRuns(trx, (input.runs ?? []).map((r) => ({ ...r, planId: id })), now, true);
       const runs = input.runs?.length ?? 0;
       // The runs' events, then the plan's, as few statements as the runs' rows.
       await this.d.enqueueAll(trx, tx, [...events, { payload: { $case: 'planState', value: { planId: id, state: planStateToJSON(state), runsTotal: runs, runsFinished: 0 } }, time: new Date(now) }]);
-      return { plan: planToProto(row), existing: false };
+      return { plan: planToProto(row), existing: false, runs: created };
     }, { first: true });
     return result;
   }
@@ -162,11 +172,12 @@ export class SqlPlanRunRepository implements PlanRunRepository {
    * were a network round trip each on Postgres, behind which every other write waited). `planKnown`:
    * the plan was inserted in this transaction (createPlan), so it is not looked up again.
    */
-  private async insertRuns(trx: Db, inputs: readonly CreateRunInput[], now: number, planKnown = false): Promise<{ ids: string[]; events: OutboxEvent[] }> {
+  private async insertRuns(trx: Db, inputs: readonly CreateRunInput[], now: number, planKnown = false): Promise<{ ids: string[]; events: OutboxEvent[]; runs: Run[] }> {
     const checked = new Set<string>();
     const rows: unknown[][] = [];
     const changes: { id: string; at: number; change: StateChange }[] = [];
     const events: OutboxEvent[] = [];
+    const runs: Run[] = [];
     for (const input of inputs) {
       const id = input.id ?? this.d.newId();
       const planId = input.planId === undefined || input.planId === '' ? null : input.planId;
@@ -198,6 +209,26 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       ]);
       const change: StateChange = { time: new Date(createdAt), from: MigrationState.MIGRATION_STATE_UNSPECIFIED, to: state, reason: input.reason ?? 'created' };
       changes.push({ id, at: createdAt, change });
+      // The run as a read of its rows would return it (runToProto of what is inserted below).
+      runs.push({
+        id,
+        planId: planId ?? '',
+        vmName: input.vmName,
+        sourceNodeId: input.sourceNodeId,
+        destinationNodeId: input.destinationNodeId,
+        policy: MigrationPolicy.fromJSON(JSON.parse(rows[rows.length - 1]![5] as string)),
+        state,
+        transitions: [{ ...change, time: new Date(createdAt) }],
+        createdAt: new Date(createdAt),
+        startedAt: state === MigrationState.MIGRATION_STATE_QUEUED ? undefined : new Date(createdAt),
+        finishedAt: undefined,
+        stats: undefined,
+        error: undefined,
+        actions: [],
+        memoryMib: input.memoryMib ?? 0,
+        priority: input.priority ?? 0,
+        networkBlackout: undefined,
+      });
       events.push({ payload: { $case: 'runState', value: { runId: id, planId: planId ?? '', vmName: input.vmName, change } }, time: change.time!, run: { runId: id, sequence: 1 } });
     }
     for (let i = 0; i < rows.length; i += REUSE_CHUNK) {
@@ -244,7 +275,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         first.flatMap((c) => [c.id, c.at, c.change.from, c.change.to, c.change.reason]),
       );
     }
-    return { ids: changes.map((c) => c.id), events };
+    return { ids: changes.map((c) => c.id), events, runs };
   }
 
   /** One row of a run's state history (a query compiled once: every migration writes several). */
@@ -295,9 +326,11 @@ export class SqlPlanRunRepository implements PlanRunRepository {
       // checks it, so a right guess needs no read first (issue 15 §4: on Postgres each statement
       // is a round trip of the one write connection, and a run's transitions are on its slot's
       // critical path). A wrong guess, or none, reads the run and updates from what it holds.
-      const { from, row: updated } = await this.updateFrom(trx, runId, input.expectedFrom ?? input.from, input.expectedFrom, (f) => this.setState(trx, runId, f, to, startedAt));
-      const change: StateChange = { time: new Date(at), from, to, reason: input.reason ?? '' };
-      await this.insertTransition(trx, runId, at, change.from, to, change.reason);
+      const reason = input.reason ?? '';
+      const { from, row: updated } = await this.updateFrom(trx, runId, input.expectedFrom ?? input.from, input.expectedFrom, (f) => this.setState(trx, runId, f, to, startedAt, at, reason));
+      const change: StateChange = { time: new Date(at), from, to, reason };
+      // On Postgres the UPDATE wrote the transition's row too (one round trip, see setState).
+      if (!this.transitionWithUpdate) await this.insertTransition(trx, runId, at, change.from, to, change.reason);
       await this.d.enqueue(
         trx,
         tx,
@@ -335,7 +368,11 @@ export class SqlPlanRunRepository implements PlanRunRepository {
    * statement (a query compiled once); `startedAt` is kept when the run has started already.
    * Undefined when the run does not exist, has finished or is not in `from`.
    */
-  private async setState(trx: Db, runId: string, from: MigrationState, to: MigrationState, startedAt: number | null): Promise<{ plan_id: string | null; vm_name: string; last_sequence: number } | undefined> {
+  private async setState(trx: Db, runId: string, from: MigrationState, to: MigrationState, startedAt: number | null, at: number, reason: string): Promise<{ plan_id: string | null; vm_name: string; last_sequence: number } | undefined> {
+    if (this.transitionWithUpdate) {
+      const r = await trx.executeQuery<{ plan_id: string | null; vm_name: string; last_sequence: number }>(CompiledQuery.raw(PG_SET_STATE, [to, startedAt, runId, from, at, reason]));
+      return r.rows[0];
+    }
     const r = await this.d.reuse(
       trx,
       'runs.setState',
@@ -380,8 +417,31 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     const { finished, ended } = await this.samples.writeAfterSamples(() => this.d.write(async (trx, tx) => {
       // As in transitionRun: the state the caller last recorded is checked by the update itself;
       // without it, or when it is wrong, the run is read first.
-      const finish = (from: MigrationState): Promise<RunRow | undefined> =>
-        this.d
+      const reason = input.reason ?? '';
+      // A succeeded run's measured costs (RunCostFigures) in the same UPDATE; a figure not given
+      // leaves its column as it is (recordRunCosts).
+      const costs = costColumns(input.costs ?? {});
+      const finishArgs = (from: MigrationState): unknown[] => [
+        input.state,
+        at,
+        stats === undefined ? null : JSON.stringify(MigrationStats.toJSON(stats)),
+        stats?.totalTimeMs ?? null,
+        stats?.downtimeMs ?? null,
+        stats?.transferredBytes ?? null,
+        stats === undefined ? null : stats.sourceCpuSeconds + stats.destinationCpuSeconds,
+        stats?.integrityErrors ?? null,
+        error?.reason ?? null,
+        error?.message ?? null,
+        error?.code ?? null,
+        2,
+        runId,
+        from,
+        ...COST_COLUMNS.map((c) => costs[c]),
+      ];
+      const finish = (from: MigrationState): Promise<FinishedRow | undefined> =>
+        this.transitionWithUpdate
+          ? trx.executeQuery<FinishedRow>(CompiledQuery.raw(PG_FINISH, [...finishArgs(from), reason])).then((r) => r.rows[0])
+          : this.d
           .reuse(
             trx,
             'runs.finish',
@@ -401,42 +461,33 @@ export class SqlPlanRunRepository implements PlanRunRepository {
                   error_message: p(9),
                   error_code: p(10),
                   last_sequence: eb('last_sequence', '+', p(11)),
+                  ...Object.fromEntries(COST_COLUMNS.map((c, k) => [c, eb.fn.coalesce(eb.val(p(14 + k)), eb.ref(c))])),
                 }))
                 .where('id', '=', p(12))
                 .where('state', '=', p(13))
                 .where('finished_at', 'is', null)
                 .returningAll(),
-            [
-              input.state,
-              at,
-              stats === undefined ? null : JSON.stringify(MigrationStats.toJSON(stats)),
-              stats?.totalTimeMs ?? null,
-              stats?.downtimeMs ?? null,
-              stats?.transferredBytes ?? null,
-              stats === undefined ? null : stats.sourceCpuSeconds + stats.destinationCpuSeconds,
-              stats?.integrityErrors ?? null,
-              error?.reason ?? null,
-              error?.message ?? null,
-              error?.code ?? null,
-              2,
-              runId,
-              from,
-            ],
+            finishArgs(from),
           )
           .then((r) => r.rows[0]);
       // The end, the two events' sequence numbers and the row to return in one statement (issue 15 §4).
       const { from, row } = await this.updateFrom(trx, runId, input.from, undefined, finish);
-      const change: StateChange = { time: new Date(at), from, to: input.state, reason: input.reason ?? '' };
-      await this.insertTransition(trx, runId, at, change.from, input.state, change.reason);
+      const change: StateChange = { time: new Date(at), from, to: input.state, reason };
+      if (!this.transitionWithUpdate) await this.insertTransition(trx, runId, at, change.from, input.state, change.reason);
       const last = Number(row.last_sequence);
       const base = { runId, planId: row.plan_id ?? '', vmName: row.vm_name };
       await this.d.enqueueAll(trx, tx, [
         { payload: { $case: 'runState', value: { ...base, change } }, time: change.time!, run: { runId, sequence: last - 1 } },
         { payload: { $case: 'runCompleted', value: { ...base, state: input.state, stats, error } }, time: change.time!, run: { runId, sequence: last } },
       ]);
-      // The row came back from the UPDATE; its transitions and actions are read in the same
-      // transaction (no read transaction of its own per run's end).
-      return { finished: row, ended: await this.loadRunOf(trx, row) };
+      // The row came back from the UPDATE; on SQLite its transitions and actions are read in the
+      // same transaction (no read transaction of its own per run's end). On Postgres the UPDATE
+      // returned them (as they were before it) with the row: the end's transition is added here.
+      const ended =
+        row.transitions_json !== undefined && row.actions_json !== undefined
+          ? runToProto(row, [...row.transitions_json.map(transitionToProto), change], row.actions_json.map(actionToProto))
+          : await this.loadRunOf(trx, row);
+      return { finished: row, ended };
     }));
     this.samples.forgetRun(runId);
     if (this.d.o.metrics !== undefined) {
@@ -470,16 +521,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
   }
 
   async recordRunCosts(runId: string, f: RunCostFigures): Promise<void> {
-    const num = (x: number | undefined): number | undefined => (x !== undefined && Number.isFinite(x) ? x : undefined);
-    const set = {
-      ...(num(f.precopyHarmRate) !== undefined ? { cost_precopy_harm_rate: f.precopyHarmRate } : {}),
-      ...(num(f.precopyMs) !== undefined ? { cost_precopy_ms: f.precopyMs } : {}),
-      ...(num(f.postcopyLostMs) !== undefined ? { cost_postcopy_lost_ms: f.postcopyLostMs } : {}),
-      ...(num(f.postcopyBacklogMs) !== undefined ? { cost_postcopy_backlog_ms: f.postcopyBacklogMs } : {}),
-      ...(num(f.workingSetBytes) !== undefined ? { cost_working_set_bytes: f.workingSetBytes } : {}),
-      ...(num(f.firstBoundaryBytes) !== undefined ? { cost_first_boundary_bytes: f.firstBoundaryBytes } : {}),
-      ...(num(f.raiseLostMs) !== undefined && num(f.raiseBacklogMs) !== undefined ? { cost_raise_lost_ms: f.raiseLostMs, cost_raise_backlog_ms: f.raiseBacklogMs } : {}),
-    };
+    const set = Object.fromEntries(Object.entries(costColumns(f)).filter(([, v]) => v !== null));
     await this.d.write(async (trx) => {
       const q = Object.keys(set).length > 0 ? trx.updateTable('runs').set(set).where('id', '=', runId) : undefined;
       const r = q ? await q.executeTakeFirst() : undefined;
@@ -562,6 +604,73 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     return row === undefined ? undefined : planToProto(row);
   }
 }
+
+/**
+ * Postgres: runs.setState and the transition's row in one statement. $1 to, $2 started_at, $3 run
+ * id, $4 from, $5 at, $6 reason (typed: parameters only in a SELECT list would be taken as text).
+ */
+const PG_SET_STATE = `with u as (
+  update runs set state = $1, started_at = coalesce(started_at, $2), last_sequence = last_sequence + 1
+  where id = $3 and state = $4 and finished_at is null
+  returning plan_id, vm_name, last_sequence
+), t as (
+  insert into run_transitions (run_id, at, from_state, to_state, reason) select $3, $5::bigint, $4, $1, $6::text from u
+)
+select plan_id, vm_name, last_sequence from u`;
+
+/**
+ * Postgres: runs.finish, the end's transition row and the reads of the run's transitions and
+ * actions in one statement. $1–$14 as runs.finish (state, finished_at, stats…, sequence step, run
+ * id, from), $15–$22 the cost columns, $23 the transition's reason.
+ */
+/** The runs columns of RunCostFigures, in the order of runs.finish's arguments. */
+const COST_COLUMNS = [
+  'cost_precopy_harm_rate',
+  'cost_precopy_ms',
+  'cost_postcopy_lost_ms',
+  'cost_postcopy_backlog_ms',
+  'cost_working_set_bytes',
+  'cost_first_boundary_bytes',
+  'cost_raise_lost_ms',
+  'cost_raise_backlog_ms',
+] as const;
+
+/** Each cost column's value: null for a figure not given or not finite (the raise's two only together). */
+function costColumns(f: RunCostFigures): Record<(typeof COST_COLUMNS)[number], number | null> {
+  const num = (x: number | undefined): number | null => (x !== undefined && Number.isFinite(x) ? x : null);
+  const raise = num(f.raiseLostMs) !== null && num(f.raiseBacklogMs) !== null;
+  return {
+    cost_precopy_harm_rate: num(f.precopyHarmRate),
+    cost_precopy_ms: num(f.precopyMs),
+    cost_postcopy_lost_ms: num(f.postcopyLostMs),
+    cost_postcopy_backlog_ms: num(f.postcopyBacklogMs),
+    cost_working_set_bytes: num(f.workingSetBytes),
+    cost_first_boundary_bytes: num(f.firstBoundaryBytes),
+    cost_raise_lost_ms: raise ? num(f.raiseLostMs) : null,
+    cost_raise_backlog_ms: raise ? num(f.raiseBacklogMs) : null,
+  };
+}
+
+const PG_FINISH = `with u as (
+  update runs set state = $1, finished_at = $2, stats_json = $3, total_time_ms = $4, downtime_ms = $5,
+    transferred_bytes = $6, host_cpu_seconds = $7, integrity_errors = $8, error_reason = $9,
+    error_message = $10, error_code = $11, last_sequence = last_sequence + $12,
+    ${COST_COLUMNS.map((c, k) => `${c} = coalesce($${15 + k}, ${c})`).join(', ')}
+  where id = $13 and state = $14 and finished_at is null
+  returning *
+), t as (
+  insert into run_transitions (run_id, at, from_state, to_state, reason) select $13, $2, $14, $1, $${15 + COST_COLUMNS.length}::text from u
+)
+select u.*,
+  (select coalesce(json_agg(r order by r.id), '[]'::json) from run_transitions r where r.run_id = $13) as transitions_json,
+  (select coalesce(json_agg(a order by a.id), '[]'::json) from policy_actions a where a.run_id = $13) as actions_json
+from u`;
+
+/**
+ * What PG_FINISH returns: the run's row and its transitions and actions before this statement (its
+ * own transition row is not visible to it: one snapshot for the whole statement).
+ */
+type FinishedRow = RunRow & { transitions_json?: TransitionRow[]; actions_json?: ActionRow[] };
 
 /** Attaches transitions and actions to run rows (two queries for the whole list). */
 /**

@@ -102,6 +102,12 @@ export interface CreatePlanResult {
   plan: Plan;
   /** True when the idempotency key was known and nothing was created. */
   existing: boolean;
+  /**
+   * The runs created, as {@link PlanRunRepository.listPlanRuns} would return them right after (in
+   * the order given); absent when `existing`. SubmitPlan hands them to the run manager without
+   * reading them back (issue 15 §4).
+   */
+  runs?: Run[];
 }
 
 /** A state change of a run that is not its end. */
@@ -132,6 +138,11 @@ export interface FinishRunInput {
   at?: Date;
   /** The state the caller last recorded for the run, a hint (see TransitionRunInput.from). */
   from?: MigrationState;
+  /**
+   * A succeeded run's measured costs, written with its end (as {@link PlanRunRepository.recordRunCosts}
+   * would, without a write of their own): a figure not given, or not finite, leaves its column as it is.
+   */
+  costs?: RunCostFigures;
 }
 
 /** Options of {@link AnalyticsRepository.comparePolicies}. */

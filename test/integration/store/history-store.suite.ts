@@ -128,6 +128,10 @@ export function historyStoreSuite(backend: StoreBackend): void {
 
       const runs = await s.listPlanRuns(first.plan.id);
       expect(runs.map((r) => r.vmName)).toEqual(['vm-a', 'vm-b']);
+      // What createPlan returns is what a read returns (SubmitPlan does not read them back).
+      expect(first.runs).toEqual(runs);
+      expect(first.plan).toEqual(await s.getPlan(first.plan.id));
+      expect(second.runs).toBeUndefined();
       expect(runs.every((r) => r.planId === first.plan.id)).toBe(true);
 
       expect((await s.getPlan(first.plan.id)).orderingReason).toBe('shortest first');
@@ -148,9 +152,10 @@ export function historyStoreSuite(backend: StoreBackend): void {
       const s = await open();
       // More runs than one statement takes (REUSE_CHUNK 64), with an explicit state and reason.
       const inputs = Array.from({ length: 70 }, (_, i) => runInput({ id: `run-${String(i).padStart(3, '0')}`, vmName: `vm-${i}`, ...(i === 69 ? { state: S.MIGRATION_STATE_PREPARING, reason: 'resumed' } : {}) }));
-      const { plan } = await s.createPlan({ idempotencyKey: 'k-big', request: {} as never, runs: inputs });
+      const { plan, runs: created } = await s.createPlan({ idempotencyKey: 'k-big', request: {} as never, runs: inputs });
       const runs = await s.listPlanRuns(plan.id);
       expect(runs.map((r) => r.id)).toEqual(inputs.map((r) => r.id));
+      expect(created).toEqual(runs);
       expect(runs.every((r) => r.planId === plan.id && r.transitions.length === 1)).toBe(true);
       expect(runs[0]!.state).toBe(S.MIGRATION_STATE_QUEUED);
       expect(runs[0]!.startedAt).toBeUndefined();
@@ -327,6 +332,30 @@ export function historyStoreSuite(backend: StoreBackend): void {
       expect(await s.vmCostHistory('vm-none', 5)).toEqual([]);
       await expect(s.recordRunCosts('nope', { precopyHarmRate: 0.1 })).rejects.toBeInstanceOf(NotFoundError);
       await expect(s.recordRunCosts('nope', {})).rejects.toBeInstanceOf(NotFoundError);
+    });
+
+    it('writes a run\'s measured costs with its end (finishRun costs), as recordRunCosts does', async () => {
+      const s = await open();
+      const a = await s.createRun(runInput({ vmName: 'vm-f' }));
+      await s.transitionRun(a.id, { to: S.MIGRATION_STATE_PRECOPY, from: S.MIGRATION_STATE_QUEUED });
+      clock.advance(1000);
+      await s.recordAction(a.id, { kind: 1, value: 400, reason: 'slow', actor: 'policy:adaptive', elapsedMs: 900 } as never);
+      // Not finite, or half a raise: left out; the hint (from) right.
+      const endedA = await s.finishRun(a.id, { state: S.MIGRATION_STATE_SUCCEEDED, from: S.MIGRATION_STATE_PRECOPY, costs: { precopyHarmRate: 0.25, precopyMs: 4000, postcopyLostMs: Number.NaN, workingSetBytes: 1_048_576, raiseLostMs: 10 } });
+      const b = await s.createRun(runInput({ vmName: 'vm-f' }));
+      clock.advance(1000);
+      // The hint wrong (the run is QUEUED): read and finished from what it holds, costs the same way.
+      const ended = await s.finishRun(b.id, { state: S.MIGRATION_STATE_SUCCEEDED, from: S.MIGRATION_STATE_PRECOPY, costs: { raiseLostMs: 500, raiseBacklogMs: 200, firstBoundaryBytes: 4096 } });
+      expect(ended.transitions.map((t) => [t.from, t.to])).toEqual([[S.MIGRATION_STATE_UNSPECIFIED, S.MIGRATION_STATE_QUEUED], [S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_SUCCEEDED]]);
+      expect(await s.vmCostHistory('vm-f', 10)).toEqual([
+        { precopyHarmRate: undefined, precopyMs: undefined, postcopyLostMs: undefined, postcopyBacklogMs: undefined, workingSetBytes: undefined, raiseLostMs: 500, raiseBacklogMs: 200, firstBoundaryBytes: 4096 },
+        { precopyHarmRate: 0.25, precopyMs: 4000, postcopyLostMs: undefined, postcopyBacklogMs: undefined, workingSetBytes: 1_048_576, raiseLostMs: undefined, raiseBacklogMs: undefined, firstBoundaryBytes: undefined },
+      ]);
+      // The run finishRun returns is the stored one (its transitions, the end's last, and actions).
+      expect(endedA.transitions.map((t) => t.to)).toEqual([S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_PRECOPY, S.MIGRATION_STATE_SUCCEEDED]);
+      expect(endedA.actions).toHaveLength(1);
+      expect(endedA).toEqual(await s.getRun(a.id));
+      expect(ended).toEqual(await s.getRun(b.id));
     });
 
     it('keeps the working set a run found (alone or with its harm figures) in the VM\'s history', async () => {

@@ -14,6 +14,7 @@ import * as m0007 from './2026_12_03_0007_run_cost_figures.js';
 import * as m0008 from './2026_12_03_0008_run_working_set.js';
 import * as m0009 from './2026_12_04_0009_run_raise_cost.js';
 import * as m0010 from './2026_12_04_0010_run_first_boundary.js';
+import * as m0011 from './2026_12_05_0011_progress_dirty_set.js';
 
 /** Every migration by name, oldest first. */
 export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
@@ -27,6 +28,7 @@ export const migrations: Readonly<Record<string, Migration>> = Object.freeze({
   '2026_12_03_0008_run_working_set': m0008,
   '2026_12_04_0009_run_raise_cost': m0009,
   '2026_12_04_0010_run_first_boundary': m0010,
+  '2026_12_05_0011_progress_dirty_set': m0011,
 });
 
 /** A `MigrationProvider` serving {@link migrations}. */

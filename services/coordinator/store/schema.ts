@@ -123,6 +123,8 @@ export interface ProgressSamplesTable {
   xbzrle_cache_miss: number;
   duplicate_pages: number;
   estimated_dirty_bytes_per_sec: Generated<number>;
+  dirty_set_bytes: Generated<number>;
+  dirty_set_window_ms: Generated<number>;
   /** The storage copy's figures (NULL: none in the sample). storage_phase is 0/1. */
   disk_transferred_bytes: number | null;
   disk_total_bytes: number | null;

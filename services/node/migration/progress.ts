@@ -87,6 +87,9 @@ export interface SampleContext {
   readonly destinationCpuSeconds: number;
   /** The source's pre-migration dirty-rate estimate (bytes/s), 0 when not measured. */
   readonly estimatedDirtyBytesPerSec?: number;
+  /** Unique bytes dirtied within `dirtySetWindowMs`, measured during pre-copy (absent: not yet). */
+  readonly dirtySetBytes?: number;
+  readonly dirtySetWindowMs?: number;
 }
 
 /** Builds a ProgressSample from a `query-migrate` reply. */
@@ -113,6 +116,8 @@ export function progressSample(info: QmpMigrationInfo, ctx: SampleContext): Prog
     destinationCpuSeconds: ctx.destinationCpuSeconds,
     xbzrleCacheMiss: info['xbzrle-cache']?.['cache-miss'] ?? 0,
     estimatedDirtyBytesPerSec: Math.round(ctx.estimatedDirtyBytesPerSec ?? 0),
+    dirtySetBytes: Math.round(ctx.dirtySetBytes ?? 0),
+    dirtySetWindowMs: ctx.dirtySetBytes ? (ctx.dirtySetWindowMs ?? 0) : 0,
     duplicatePages: ram.duplicate ?? 0,
   };
 }

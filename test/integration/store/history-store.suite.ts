@@ -775,6 +775,22 @@ export function historyStoreSuite(backend: StoreBackend): void {
       expect(onlyNova.summaries.map((x) => x.kind)).toEqual([PolicyKind.POLICY_KIND_NOVA]);
     });
 
+    it("keeps a sample's dirty set (issue 14): written, read back in the timeline; absent reads 0", async () => {
+      const s = await open();
+      const run = await s.createRun(runInput({ vmName: 'vm-set' }));
+      const big = 3 * 2 ** 30 + 4096; // beyond 31 bits
+      s.appendProgress(run.id, { pass: 1, qemuStatus: 'active', dirtySetBytes: 45 * 2 ** 20, dirtySetWindowMs: 100 } as never);
+      s.appendProgress(run.id, { pass: 2, qemuStatus: 'active', dirtySetBytes: big, dirtySetWindowMs: 100 } as never);
+      s.appendProgress(run.id, { pass: 3, qemuStatus: 'active' } as never);
+      await s.finishRun(run.id, { state: S.MIGRATION_STATE_SUCCEEDED });
+      const tl = await s.getRunTimeline(run.id);
+      expect(tl.progress.map((p) => [p.dirtySetBytes, p.dirtySetWindowMs])).toEqual([
+        [45 * 2 ** 20, 100],
+        [big, 100],
+        [0, 0],
+      ]);
+    });
+
     it("keeps a sample's storage-copy figures (issue 13): written, read back in the timeline, exported; absent stays absent", async () => {
       const s = await open();
       const run = await s.createRun(runInput({ vmName: 'vm-disk' }));

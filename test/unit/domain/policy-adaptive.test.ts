@@ -89,6 +89,34 @@ describe('backlogPlateau (the working-set bound)', () => {
   });
 });
 
+describe('backlogPlateau from one boundary and the dirty set', () => {
+  const MiB_ = 1 << 20;
+  const bw = 86 * MiB_; // 720 Mbit/s
+  const at = (backlog: number, set: number, windowMs = 100, r = 0.5) => backlogPlateau([[2, backlog * MiB_]], r, 0.6, 1.5, undefined, 0, { bytes: set * MiB_, windowMs }, bw);
+  it('a set rewritten within 100 ms that is most of the backlog: it holds, W the larger (hot-small: 45 of 48 MiB)', () => {
+    const p = at(48, 45);
+    expect(p?.workingSetBytes).toBe(48 * MiB_);
+    expect(p?.rewrittenWithin).toEqual({ bytes: 45 * MiB_, windowMs: 100 });
+    expect(at(40, 45)?.workingSetBytes).toBe(45 * MiB_);
+  });
+  it('none for a steady writer (moderate: 5 MiB in 100 ms against a 100 MiB backlog), or under 60 % of the backlog', () => {
+    expect(at(100, 5)).toBeUndefined();
+    expect(at(48, 28)).toBeUndefined();
+  });
+  it('none where the window is longer than the next pass (a 4 MiB backlog goes in 47 ms), or r ≥ 1, or no set', () => {
+    expect(at(4, 4)).toBeUndefined();
+    expect(at(4, 4, 40)?.workingSetBytes).toBe(4 * MiB_);
+    expect(at(48, 45, 100, 1)).toBeUndefined();
+    expect(backlogPlateau([[2, 48 * MiB_]], 0.5, 0.6, 1.5, undefined, 0, undefined, bw)).toBeUndefined();
+    expect(backlogPlateau([[2, 48 * MiB_]], 0.5, 0.6, 1.5, undefined, 0, { bytes: 45 * MiB_, windowMs: 100 }, 0)).toBeUndefined();
+  });
+  it('two boundaries that show the bound come first', () => {
+    const p = backlogPlateau([[2, 50 * MiB_], [3, 48 * MiB_]], 0.5, 0.6, 1.5, undefined, 0, { bytes: 45 * MiB_, windowMs: 100 }, bw);
+    expect(p?.from).toEqual([2, 50 * MiB_]);
+    expect(p?.rewrittenWithin).toBeUndefined();
+  });
+});
+
 describe('adaptive policy on recorded traces', () => {
   it('leaves a converging migration alone, a one-sample dirty-rate spike included', () => {
     // 512 MiB at 100 Mbit with a 2 MiB/s writer: r ≈ 0.17, predicted to converge in 2 passes.

@@ -96,6 +96,32 @@ describe('adaptive policy on the criterion\'s recorded runs (policies-720-criter
     });
   }
 
+  // The source's dirty set (unique pages dirtied within 100 ms, 4096 sample pages per GiB, measured
+  // during pre-copy from ≈0.6 s on): what calc-dirty-rate read here for each workload's guest under
+  // TCG (5 Dec, four readings each; MiB): hot-small 43–48 of its 48 MiB set, moderate 4–7 (a steady
+  // 48 MiB/s), load A 171–191 of 256, heavy 169–181 of 384, compressible 3–5, idle 0–0.2; phase (before the
+  // burst) writes 4 MiB/s. The recorded runs had none; injected, only hot-small's step moves: post-copy
+  // at the first boundary (pass 2), where its backlog alone needed a second to show it holds.
+  const SET_MIB: Readonly<Record<string, number>> = { idle: 0.2, 'hot-small': 45, moderate: 5, 'load-a': 180, heavy: 175, compressible: 4, phase: 0.4 };
+  const AT_104_SET: Readonly<Record<string, readonly [string, number | undefined][]>> = { ...AT_104, 'hot-small': [['START_POSTCOPY', 2], ['START_POSTCOPY', 2], ['START_POSTCOPY', 2]] };
+  for (const t of [...timelines].sort((a, b) => a.run!.vmName.localeCompare(b.run!.vmName))) {
+    const vm = t.run!.vmName;
+    const w = workloadOf(vm);
+    const [step, pass] = AT_104_SET[w]![repOf(vm)]!;
+    it(`${w} #${repOf(vm)}: ${step === 'NOTHING' ? 'nothing' : `${step} at pass ${pass}`} (at 104 ms, with the source's dirty set)`, () => {
+      const set = Math.round(SET_MIB[w]! * MiB);
+      const withSet = { ...t, progress: t.progress.map((s) => (s.elapsedMs >= 600 ? { ...s, dirtySetBytes: set, dirtySetWindowMs: 100 } : s)) };
+      const got = firstStep(withSet, 104);
+      expect([got.step, got.pass], got.reason).toEqual([step, pass]);
+      if (w === 'hot-small') {
+        expect(got.reason).toMatch(/^predicted not to converge at 104 ms/);
+        expect(got.reason).toContain('within 100 ms (its dirty set)');
+        // Not recorded as a working set seen to hold (one boundary).
+        expect(got.state.workingSetBytes).toBeUndefined();
+      }
+    });
+  }
+
   it('the cost comparison behind hot-small\'s post-copy: the raise\'s full stop of W against c + s·b', () => {
     for (const t of timelines.filter((x) => workloadOf(x.run!.vmName) === 'hot-small' && repOf(x.run!.vmName) > 0)) {
       const a = firstStep(t).state.assessment!;

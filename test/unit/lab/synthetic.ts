@@ -70,6 +70,8 @@ function progress(at: number, start: number, o: Required<Pick<SyntheticRun, 'dur
     xbzrleCacheMiss: 0,
     duplicatePages: 0,
     estimatedDirtyBytesPerSec: 0,
+    dirtySetBytes: 0,
+    dirtySetWindowMs: 0,
   };
 }
 

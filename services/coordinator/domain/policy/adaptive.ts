@@ -63,12 +63,19 @@
  *    faults its whole set in every pass: the regime h was fitted in), if within max_downtime_ms;
  *  - post-copy as before, c + s·b; the cheapest of them is taken (cost.ts).
  * This needs two boundaries, so it acts at the first sample after the second sync seen (v3-a:
- * pass 3, 0.27 s after the first verdict; it switched at pass 7 before). What was tried and not
- * used: at pass 2 the pre-migration estimate E (unique pages over ~1 s) against the pass-1 rate does
- * show the pass-1 rate is saturated (E × pass-1 time ≫ the backlog: 42 MiB/s × 4.2 s against
- * 48 MiB), but not whether W is rewritten within the next, short pass (W ÷ B ≈ 0.55 s < the
- * estimate's 1 s: the unique pages of 0.55 s lie anywhere in [E × 0.55 s, W]), so it is no
- * evidence that the backlog holds; the second boundary is — or the VM's history: a run that saw
+ * pass 3, 0.27 s after the first verdict; it switched at pass 7 before). The 1 s estimate E alone
+ * cannot do it at pass 2: it shows the pass-1 rate is saturated (E × pass-1 time ≫ the backlog:
+ * 42 MiB/s × 4.2 s against 48 MiB), but not whether W is rewritten within the next, short pass
+ * (W ÷ B ≈ 0.55 s < the estimate's 1 s: the unique pages of 0.55 s lie anywhere in [E × 0.55 s, W]).
+ * **The dirty set does**: during pre-copy the source also measures the unique pages dirtied within
+ * 100 ms (ProgressSample.dirty_set_bytes). Unique pages only grow with the window, so where that set
+ * is ≥ 60 % of the first boundary's backlog and the next pass takes longer than 100 ms, the next
+ * boundary finds at least as much: the backlog holds, from the first boundary on (hot-small under
+ * TCG: 43–48 MiB of its 48 MiB set within 100 ms; moderate, a steady 48 MiB/s writer: 4–7 MiB,
+ * against ≈100 MiB; recorded criterion runs with the set injected: hot-small's post-copy at pass 2
+ * instead of 3, every other workload's step unchanged, policy-criterion.test.ts). Such a bound
+ * (one boundary) is not stored as the run's W. Where the source has no set yet (its first reading
+ * comes ≈0.6 s into pass 1), the second boundary is the evidence — or the VM's history: a run that saw
  * the bound stores its W (runs.cost_working_set_bytes, measured.ts RunCostFigures), and a later run
  * whose first boundary finds a backlog within the same noise of the earlier runs' median W
  * (≥ 60 % of it and ≤ W ÷ 0.6) takes the bound at once, at pass 2 (v3-b after v3-a and v3-a after
@@ -241,6 +248,9 @@ export interface AdaptiveReading {
   readonly remaining?: number;
   /** The backlog at the last pass boundary in bytes (the larger of QEMU's figure and what remained at the pass's first sample). Optional in stored states. */
   readonly backlogBytes?: number;
+  /** The source's dirty set: unique bytes dirtied within `setWindowMs` during pre-copy (absent: not measured). */
+  readonly setBytes?: number;
+  readonly setWindowMs?: number;
 }
 
 /** Plain-data state of the {@link AdaptivePolicy}; its guest tally fields (guest, precopyAtMs, remainingMs) are measured.ts's GuestCostTrack. */
@@ -335,6 +345,17 @@ export interface BacklogPlateau {
   readonly historyRuns?: number;
   /** Those runs saw one boundary each (post-copy after it): confirmed by this run's dirty-rate estimate (bytes/s). */
   readonly confirmedByEstimate?: number;
+  /**
+   * From this run's one boundary and its dirty set: the guest rewrote `bytes` (≥ shrink × the
+   * backlog) within `windowMs`, less than the next pass takes (absent: other evidence).
+   */
+  readonly rewrittenWithin?: { readonly bytes: number; readonly windowMs: number };
+}
+
+/** The source's dirty-set measurement (AdaptiveReading.setBytes): unique bytes dirtied within windowMs. */
+export interface DirtySet {
+  readonly bytes: number;
+  readonly windowMs: number;
 }
 
 /**
@@ -356,6 +377,8 @@ export function backlogPlateau(
   vsPredicted: number,
   prior?: { readonly bytes: number; readonly runs: number; readonly firstBoundaryOnly?: true },
   estimateBytesPerSec = 0,
+  set?: DirtySet,
+  bytesPerSec = 0,
 ): BacklogPlateau | undefined {
   const last = boundaries[boundaries.length - 1];
   if (!last || !(ratio >= 0) || ratio >= 1) return undefined;
@@ -365,6 +388,15 @@ export function backlogPlateau(
     const predictedBytes = a[1] * ratio ** passes;
     const perPass = (last[1] / a[1]) ** (1 / passes);
     if (last[1] >= shrink * a[1] && perPass >= vsPredicted * ratio) return { from: a, to: last, predictedBytes, workingSetBytes: Math.max(a[1], last[1]) };
+  }
+  // This run's dirty set: the guest rewrote at least `shrink` of this boundary's backlog within a
+  // window shorter than the next pass (which sends that backlog at bytesPerSec). Unique pages only
+  // grow with the window, so the next boundary finds at least that much again: the backlog holds.
+  // A steady writer's set over a short window is a fraction of a pass's backlog (moderate: 4–7 MiB
+  // in 100 ms against ≈100 MiB), a bounded set rewritten faster than that is nearly all of it
+  // (hot-small: 43–48 MiB of 48).
+  if (set && set.bytes > 0 && set.windowMs > 0 && last[1] > 0 && bytesPerSec > 0 && set.bytes >= shrink * last[1] && (last[1] / bytesPerSec) * 1000 >= set.windowMs) {
+    return { from: last, to: last, predictedBytes: last[1] * ratio, workingSetBytes: Math.max(last[1], set.bytes), rewrittenWithin: { bytes: set.bytes, windowMs: set.windowMs } };
   }
   // The VM's earlier runs saw the backlog hold at W, and this boundary finds the same set (within
   // the readings' noise either way): expect it to hold again, from the first boundary on.
@@ -383,6 +415,17 @@ export function backlogPlateau(
 }
 
 const pct = (x: number): string => `${Math.round(x * 100)}%`;
+
+/**
+ * The window's dirty set, `pick` (median, min) of the readings that carry one, at the longest
+ * window among them (a longer window's set is the larger: the conservative side for the bound);
+ * undefined when none does.
+ */
+function windowSet(window: readonly AdaptiveReading[], pick: (xs: number[]) => number): DirtySet | undefined {
+  const withSet = window.filter((r) => (r.setBytes ?? 0) > 0 && (r.setWindowMs ?? 0) > 0);
+  if (withSet.length === 0) return undefined;
+  return { bytes: pick(withSet.map((r) => r.setBytes!)), windowMs: Math.max(...withSet.map((r) => r.setWindowMs!)) };
+}
 
 /** See the module comment. */
 export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
@@ -423,6 +466,8 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     priorWorkingSet?: { readonly bytes: number; readonly runs: number; readonly firstBoundaryOnly?: true },
     // The estimate that confirms a set from post-copy runs' one boundary (backlogPlateau): the window's median.
     boundEstimate: number = median(window.map((r) => r.estimate ?? 0)),
+    // This run's dirty set (backlogPlateau): the window's median of the readings that carry one.
+    boundSet: DirtySet | undefined = windowSet(window, median),
   ): AdaptivePrediction {
     const { convergeWithinPasses: k } = this.tuning;
     // Dirty rate and backlog come from readings after a sync (pass ≥ 2); throughput and the
@@ -447,7 +492,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const base = { dirtyBytesPerSec: dirty, estimateUsed: estimate > qemuDirty ? estimate : 0, throughputBytesPerSec: bw, ratio, backlogMs, limitMs };
     // Saturation: the backlog holds at the working set W, so more pre-copy at L converges only if
     // W's transfer time fits L (then at the next boundary), and needs ≈ W otherwise.
-    const plateau = bw > 0 ? backlogPlateau(boundaries, ratio, this.tuning.plateauShrink, this.tuning.plateauVsPredicted, priorWorkingSet, boundEstimate) : undefined;
+    const plateau = bw > 0 ? backlogPlateau(boundaries, ratio, this.tuning.plateauShrink, this.tuning.plateauVsPredicted, priorWorkingSet, boundEstimate, boundSet, bw) : undefined;
     if (plateau && Number.isFinite(backlogMs)) {
       const workingSetMs = (plateau.workingSetBytes / bw) * 1000;
       const fits = workingSetMs <= limitMs;
@@ -531,13 +576,15 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     // (The favourable reading drops the estimate as a dirty rate; as the evidence that a set seen at
     // one boundary holds, the window's lowest estimate is the favourable case.)
     const lowestEstimate = Math.min(...window.map((r) => r.estimate ?? 0));
-    if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs, base.boundaries, base.priorWorkingSet, lowestEstimate).convergesSoon) return { actions: [], state: base };
+    const smallestSet = windowSet(window, (xs) => Math.min(...xs));
+    if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs, base.boundaries, base.priorWorkingSet, lowestEstimate, smallestSet).convergesSoon) return { actions: [], state: base };
     let st = base;
     // What this run saw of the bound, for the VM's next runs: its own boundaries' W, or (matched to
     // the earlier runs' W) this boundary's own reading — not the larger of the two, which would ratchet.
     // A set only the post-copy runs' one boundary and this run's estimate showed is not recorded as
     // one seen to hold (the run's first boundary is, where it switches there: measured.ts).
-    if (p.plateau && p.plateau.confirmedByEstimate === undefined) st = { ...st, workingSetBytes: p.plateau.historyRuns === undefined ? p.plateau.workingSetBytes : p.plateau.to[1] };
+    // Nor one only its dirty set showed (one boundary: not yet seen to hold).
+    if (p.plateau && p.plateau.confirmedByEstimate === undefined && p.plateau.rewrittenWithin === undefined) st = { ...st, workingSetBytes: p.plateau.historyRuns === undefined ? p.plateau.workingSetBytes : p.plateau.to[1] };
     if (st.autoConverge && st.autoConvergeAt === null) st = { ...st, autoConvergeAt: { passes, backlogMs: p.backlogMs } };
     // Rates measured over the first pass are biased low (see module comment): a verdict of "not
     // converging" from them stands (the truth is worse), but the switch-over need they give is too
@@ -624,7 +671,9 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const pl = p.plateau;
     const held = !pl
       ? ''
-      : pl.historyRuns !== undefined
+      : pl.rewrittenWithin !== undefined
+        ? `; the backlog holds at a working set: ≈${formatBytes(pl.to[1])} at pass ${pl.to[0]}, of which the guest rewrote ≈${formatBytes(pl.rewrittenWithin.bytes)} within ${pl.rewrittenWithin.windowMs} ms (its dirty set), less than the next pass takes, where r predicts ≈${formatBytes(pl.predictedBytes)}; W ≈${formatBytes(pl.workingSetBytes)} = ≈${formatDuration(p.workingSetMs ?? 0)}`
+        : pl.historyRuns !== undefined
         ? `; the backlog holds at the working set this VM's earlier runs found: ≈${formatBytes(pl.from[1])} (${pl.historyRuns} run${pl.historyRuns === 1 ? '' : 's'}${pl.confirmedByEstimate !== undefined ? `, at the one boundary before their post-copy; dirtied ≥${formatRate(pl.confirmedByEstimate)} now` : ''}), ≈${formatBytes(pl.to[1])} at pass ${pl.to[0]} where r predicts ≈${formatBytes(pl.predictedBytes)} next, W ≈${formatBytes(pl.workingSetBytes)} = ≈${formatDuration(p.workingSetMs ?? 0)}`
         : `; the backlog holds at a working set: ≈${formatBytes(pl.from[1])} at pass ${pl.from[0]}, ≈${formatBytes(pl.to[1])} at pass ${pl.to[0]} where r predicted ≈${formatBytes(pl.predictedBytes)}, W ≈${formatBytes(pl.workingSetBytes)} = ≈${formatDuration(p.workingSetMs ?? 0)}`;
     const verdict = p.convergesSoon
@@ -769,7 +818,8 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
   private observe(window: readonly AdaptiveReading[], marks: AdaptiveState['passMarks'], sample: ProgressSample): readonly AdaptiveReading[] {
     const bw = this.pageThroughput(window, sample);
     if (bw <= 0) return window;
-    const reading = (dirty: number, backlogMs: number, backlogBytes?: number): AdaptiveReading => ({ t: sample.elapsedMs, pass: sample.pass, dirty, bw, backlogMs, estimate: sample.estimatedDirtyBytesPerSec, remaining: sample.remainingBytes, ...(backlogBytes !== undefined ? { backlogBytes } : {}) });
+    const set = sample.dirtySetBytes > 0 && sample.dirtySetWindowMs > 0 ? { setBytes: sample.dirtySetBytes, setWindowMs: sample.dirtySetWindowMs } : {};
+    const reading = (dirty: number, backlogMs: number, backlogBytes?: number): AdaptiveReading => ({ t: sample.elapsedMs, pass: sample.pass, dirty, bw, backlogMs, estimate: sample.estimatedDirtyBytesPerSec, remaining: sample.remainingBytes, ...(backlogBytes !== undefined ? { backlogBytes } : {}), ...set });
     if (completedPasses(sample) < 1) return [...window, reading(0, NaN)].slice(-this.tuning.windowSamples);
     const dirty = dirtyBytesPerSec(sample);
     // QEMU's expected-downtime is backlog-at-last-sync ÷ bandwidth, but it starts out as the

@@ -1359,6 +1359,16 @@ export interface ProgressSample {
    * sampling counts unique pages per period, so it underestimates a fast dirtier.
    */
   estimatedDirtyBytesPerSec: number;
+  /**
+   * Bytes of guest memory the source's calc-dirty-rate (page sampling) found dirtied within
+   * dirty_set_window_ms, measured during pre-copy: a lower bound of the set the guest rewrites
+   * within that time. A guest that rewrites a bounded working set faster than a pass shows it
+   * here (unique pages saturate at the set), where a rate over 1 s cannot tell a bounded set
+   * from a steady writer. 0 when not measured.
+   */
+  dirtySetBytes: number;
+  /** The window of dirty_set_bytes in milliseconds (0 when not measured). */
+  dirtySetWindowMs: number;
 }
 
 /**
@@ -4056,6 +4066,8 @@ function createBaseProgressSample(): ProgressSample {
     diskRateBytesPerSec: undefined,
     storagePhase: undefined,
     estimatedDirtyBytesPerSec: 0,
+    dirtySetBytes: 0,
+    dirtySetWindowMs: 0,
   };
 }
 
@@ -4135,6 +4147,12 @@ export const ProgressSample: MessageFns<ProgressSample> = {
     }
     if (message.estimatedDirtyBytesPerSec !== 0) {
       writer.uint32(200).uint64(message.estimatedDirtyBytesPerSec);
+    }
+    if (message.dirtySetBytes !== 0) {
+      writer.uint32(208).uint64(message.dirtySetBytes);
+    }
+    if (message.dirtySetWindowMs !== 0) {
+      writer.uint32(216).uint32(message.dirtySetWindowMs);
     }
     return writer;
   },
@@ -4352,6 +4370,22 @@ export const ProgressSample: MessageFns<ProgressSample> = {
             message.estimatedDirtyBytesPerSec = longToNumber(reader.uint64());
             continue;
           }
+          case 26: {
+            if (tag !== 208) {
+              break;
+            }
+
+            message.dirtySetBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 27: {
+            if (tag !== 216) {
+              break;
+            }
+
+            message.dirtySetWindowMs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4479,6 +4513,16 @@ export const ProgressSample: MessageFns<ProgressSample> = {
         : isSet(object.estimated_dirty_bytes_per_sec)
         ? globalThis.Number(object.estimated_dirty_bytes_per_sec)
         : 0,
+      dirtySetBytes: isSet(object.dirtySetBytes)
+        ? globalThis.Number(object.dirtySetBytes)
+        : isSet(object.dirty_set_bytes)
+        ? globalThis.Number(object.dirty_set_bytes)
+        : 0,
+      dirtySetWindowMs: isSet(object.dirtySetWindowMs)
+        ? globalThis.Number(object.dirtySetWindowMs)
+        : isSet(object.dirty_set_window_ms)
+        ? globalThis.Number(object.dirty_set_window_ms)
+        : 0,
     };
   },
 
@@ -4559,6 +4603,12 @@ export const ProgressSample: MessageFns<ProgressSample> = {
     if (message.estimatedDirtyBytesPerSec !== 0) {
       obj.estimatedDirtyBytesPerSec = Math.round(message.estimatedDirtyBytesPerSec);
     }
+    if (message.dirtySetBytes !== 0) {
+      obj.dirtySetBytes = Math.round(message.dirtySetBytes);
+    }
+    if (message.dirtySetWindowMs !== 0) {
+      obj.dirtySetWindowMs = Math.round(message.dirtySetWindowMs);
+    }
     return obj;
   },
 
@@ -4592,6 +4642,8 @@ export const ProgressSample: MessageFns<ProgressSample> = {
     message.diskRateBytesPerSec = object.diskRateBytesPerSec ?? undefined;
     message.storagePhase = object.storagePhase ?? undefined;
     message.estimatedDirtyBytesPerSec = object.estimatedDirtyBytesPerSec ?? 0;
+    message.dirtySetBytes = object.dirtySetBytes ?? 0;
+    message.dirtySetWindowMs = object.dirtySetWindowMs ?? 0;
     return message;
   },
 };

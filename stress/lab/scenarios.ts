@@ -630,6 +630,26 @@ export const POLICY_SCENARIOS_720_CRITERION: readonly Scenario[] = Object.entrie
   ].map((s) => ({ ...s, repetitions: 3 }));
 });
 
+/**
+ * Issue 14's other links (`node dist/scripts/lab.js policies-links`): the seven workloads over
+ * 300 and 2000 Mbit/s, one repetition each, adaptive (no history) against the two fixed strategies
+ * closest to it at 720 Mbit/s (post-copy after one pass, multifd zstd), every strategy at T(300) as
+ * in the criterion; multifd zstd cut at 60 s (at 720 Mbit/s it never completed the three busy
+ * loads in 120 s), the others at 120 s. An indication of how the policy's steps carry over to
+ * other links, not the criterion: one repetition, no auto-converge.
+ */
+export const POLICY_SCENARIOS_LINKS: readonly Scenario[] = [300, 2000].flatMap((rateMbit) =>
+  Object.entries(LAB_WORKLOADS).flatMap(([tag, w]) => {
+    const memory = w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {};
+    const group = `${w.group}, ${rateMbit} Mbit/s`;
+    const link = { rateMbit };
+    return [
+      ...policySet(`l${rateMbit}-${tag}`, group, w.load, link, ['adaptive', 'seed-pc'], { ...memory, limits: { migrationMs: 120_000 }, downtimeLimitMs: T(300) }),
+      ...policySet(`l${rateMbit}-${tag}`, group, w.load, link, ['multifd-zstd'], { ...memory, limits: { migrationMs: 60_000 }, downtimeLimitMs: T(300) }),
+    ];
+  }),
+);
+
 /** The two workloads of the first policies comparison (docs/lab/policies before issue 14). */
 export const POLICY_SCENARIOS_V1: readonly Scenario[] = [
   ...policySet('a', 'seed 001 load A (dirty/link ~23)', LOAD_A, LINK_1GBE, ALL_BASELINES),
@@ -813,6 +833,12 @@ export const COMPARISONS: readonly Comparison[] = Object.freeze([
     title: "Issue 14's criterion at 720 Mbit/s: migd adaptive against post-copy after one pass, multifd zstd and auto-converge on all seven workloads",
     description: 'The seven workloads over 720 Mbit/s, 3 repetitions each, interleaved: adaptive (no history), post-copy after one pass, multifd zstd and auto-converge 20/10 (cut at 60 s); the others cut at 120 s.',
     scenarios: POLICY_SCENARIOS_720_CRITERION,
+  },
+  {
+    name: 'policies-links',
+    title: "Issue 14 over other links: migd adaptive against post-copy after one pass and multifd zstd on all seven workloads at 300 and 2000 Mbit/s",
+    description: 'The seven workloads over 300 and 2000 Mbit/s, one repetition each, interleaved: adaptive (no history), post-copy after one pass (cut at 120 s) and multifd zstd (cut at 60 s), all at the scaled downtime limit T(300).',
+    scenarios: POLICY_SCENARIOS_LINKS,
   },
   {
     name: 'policies-v1',

@@ -156,6 +156,18 @@ describe('scenario table', () => {
     expect(short.scenarios.find((s) => s.name === 'pol-s-idle-seed-pc')?.policy.downtimeLimitMs).toBe(300);
   });
 
+  it('the links comparison: the seven workloads at 300 and 2000 Mbit/s, three strategies, T(300), multifd zstd cut at 60 s', () => {
+    const c = COMPARISONS.find((x) => x.name === 'policies-links')!;
+    expect(c.scenarios).toHaveLength(42);
+    expect(new Set(c.scenarios.map((s) => s.link.rateMbit))).toEqual(new Set([300, 2000]));
+    expect(new Set(c.scenarios.map((s) => s.group)).size).toBe(14);
+    for (const s of c.scenarios) {
+      expect(s.policy.downtimeLimitMs, s.name).toBe(scaledMs(300, SEED_001_SCALE));
+      expect(s.limits.migrationMs, s.name).toBe(s.name.endsWith('-multifd-zstd') ? 60_000 : 120_000);
+    }
+    expect(c.scenarios.find((s) => s.name === 'pol-l2000-idle-adaptive')?.guest.memoryMib).toBe(1024);
+  });
+
   it('comparisons vary one thing within a group', () => {
     for (const name of ['downtime', 'auto-converge-step', 'post-copy-iters', 'bandwidth']) {
       const c = COMPARISONS.find((x) => x.name === name)!;

@@ -177,7 +177,7 @@ export function progressToProto(r: ProgressRow): ProgressSample {
     xbzrleCacheMiss: r.xbzrle_cache_miss,
     duplicatePages: r.duplicate_pages,
     estimatedDirtyBytesPerSec: r.estimated_dirty_bytes_per_sec,
-    dirtySetBytes: Number(r.dirty_set_bytes),
+    dirtySetBytes: r.dirty_set_bytes,
     dirtySetWindowMs: r.dirty_set_window_ms,
     ...(r.disk_transferred_bytes !== null ? { diskTransferredBytes: Number(r.disk_transferred_bytes) } : {}),
     ...(r.disk_total_bytes !== null ? { diskTotalBytes: Number(r.disk_total_bytes) } : {}),

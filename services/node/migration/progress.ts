@@ -87,7 +87,7 @@ export interface SampleContext {
   readonly destinationCpuSeconds: number;
   /** The source's pre-migration dirty-rate estimate (bytes/s), 0 when not measured. */
   readonly estimatedDirtyBytesPerSec?: number;
-  /** Unique bytes dirtied within `dirtySetWindowMs`, measured during pre-copy (absent: not yet). */
+  /** Unique bytes dirtied within `dirtySetWindowMs`, measured during pre-copy (0 or absent: not yet; the window is then reported as 0). */
   readonly dirtySetBytes?: number;
   readonly dirtySetWindowMs?: number;
 }

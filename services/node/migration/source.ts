@@ -785,7 +785,8 @@ export class SourceMigration {
           sourceCpuSeconds: Math.max(0, (await this.p.vm.cpuSeconds()) - this.sourceCpuStart),
           destinationCpuSeconds: this.destinationCpu,
           estimatedDirtyBytesPerSec: this.estimatedDirty,
-          ...(this.dirtySetBytes > 0 ? { dirtySetBytes: this.dirtySetBytes, dirtySetWindowMs: DIRTY_SET_WINDOW_MS } : {}),
+          dirtySetBytes: this.dirtySetBytes,
+          dirtySetWindowMs: DIRTY_SET_WINDOW_MS,
         });
         if (this.storage && !this.storageEnded) {
           // The mirrors keep the targets in sync with the guest's writes during the memory stream.

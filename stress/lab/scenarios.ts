@@ -394,7 +394,7 @@ const MODERATE = workload(WorkloadPattern.WORKLOAD_PATTERN_RANDOM, 2, 64 * MiB, 
 const MODERATE_LINK = Object.freeze({ rateMbit: 300 });
 
 /** The named strategies a workload is compared under; `reduced` are the ones of the short sweep. */
-type StrategyName = 'adaptive' | 'nova' | 'ovirt-min' | 'ovirt-suspend' | 'ovirt-postcopy' | 'kubevirt' | 'kubevirt-pc' | 'kubevirt-stall' | 'seed-ac' | 'seed-pc' | 'seed-ac-pc' | 'multifd-zstd' | 'xbzrle';
+type StrategyName = 'adaptive' | 'nova' | 'ovirt-min' | 'ovirt-suspend' | 'ovirt-postcopy' | 'kubevirt' | 'kubevirt-pc' | 'kubevirt-stall' | 'seed-ac' | 'seed-pc' | 'seed-ac-pc' | 'multifd' | 'multifd-zstd' | 'xbzrle';
 
 const STRATEGIES: Readonly<Record<StrategyName, { label: string; policy: () => MigrationPolicy; source: string }>> = {
   adaptive: { label: 'migd adaptive', policy: () => presetPolicy(PolicyKind.POLICY_KIND_ADAPTIVE), source: 'migd ADAPTIVE preset' },
@@ -419,6 +419,11 @@ const STRATEGIES: Readonly<Record<StrategyName, { label: string; policy: () => M
     label: 'seed: auto-converge, post-copy after timeout',
     policy: () => policy({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: T(300), autoConverge: { enabled: true, ...QEMU_THROTTLE }, postcopy: { enabled: true, afterMs: T(60_000), preempt: true } }),
     source: 'seed 001 #4 (with preempt)',
+  },
+  multifd: {
+    label: 'multifd',
+    policy: () => policy({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: T(300), multifd: { enabled: true, channels: 2, compression: MultifdCompression.MULTIFD_COMPRESSION_NONE } }),
+    source: 'multifd, 2 channels, no compression (what migd adaptive chooses for a guest predicted quiet)',
   },
   'multifd-zstd': {
     label: 'multifd zstd',
@@ -631,6 +636,16 @@ export const POLICY_SCENARIOS_720_CRITERION: readonly Scenario[] = Object.entrie
 });
 
 /**
+ * The quiet guest's transport (`node dist/scripts/lab.js policies-720-idle`): the idle workload
+ * over 720 Mbit/s, 3 repetitions, interleaved: migd adaptive (which now chooses plain multifd for
+ * a guest predicted quiet) against plain multifd and multifd zstd, every strategy at T(300).
+ */
+export const POLICY_SCENARIOS_720_IDLE: readonly Scenario[] = (() => {
+  const w = LAB_WORKLOADS['idle']!;
+  return policySet('idle720', `${w.group}, 720 Mbit/s`, w.load, { rateMbit: 720 }, ['adaptive', 'multifd', 'multifd-zstd'], { memoryMib: w.memoryMib ?? MEM_SEED, limits: { migrationMs: 120_000 }, downtimeLimitMs: T(300) }).map((s) => ({ ...s, repetitions: 3 }));
+})();
+
+/**
  * Issue 14's other links (`node dist/scripts/lab.js policies-links`): the seven workloads over
  * 300 and 2000 Mbit/s, one repetition each, adaptive (no history) against the two fixed strategies
  * closest to it at 720 Mbit/s (post-copy after one pass, multifd zstd), every strategy at T(300) as
@@ -833,6 +848,12 @@ export const COMPARISONS: readonly Comparison[] = Object.freeze([
     title: "Issue 14's criterion at 720 Mbit/s: migd adaptive against post-copy after one pass, multifd zstd and auto-converge on all seven workloads",
     description: 'The seven workloads over 720 Mbit/s, 3 repetitions each, interleaved: adaptive (no history), post-copy after one pass, multifd zstd and auto-converge 20/10 (cut at 60 s); the others cut at 120 s.',
     scenarios: POLICY_SCENARIOS_720_CRITERION,
+  },
+  {
+    name: 'policies-720-idle',
+    title: "The quiet guest's transport at 720 Mbit/s: migd adaptive against plain multifd and multifd zstd on the idle workload",
+    description: 'The idle workload (1 GiB, 512 MiB written once) over 720 Mbit/s, 3 repetitions each, interleaved: adaptive (no history), multifd and multifd zstd, all at T(300), cut at 120 s.',
+    scenarios: POLICY_SCENARIOS_720_IDLE,
   },
   {
     name: 'policies-links',

@@ -1,22 +1,36 @@
 /**
- * The adaptive policy's one decision before the start: compress the stream (multifd + zstd) or
- * keep post-copy available. QEMU fixes capabilities before the migration starts and refuses
- * multifd together with post-copy (FACTS.md), so the choice cannot wait for the first pass.
+ * The adaptive policy's one decision before the start: the multifd channels (compressed with zstd
+ * or not) or post-copy kept available. QEMU fixes capabilities before the migration starts and
+ * refuses multifd together with post-copy (FACTS.md), so the choice cannot wait for the first pass.
  *
  * ## Model
  * With dirty rate D, the fraction c of a page's bytes that zstd leaves on the wire, and link rate
  * B, compressed pre-copy behaves like plain pre-copy with D·c against B: r = D·c / B. Its first
  * pass sends the guest's memory M in ≈ M·c / B (zero pages cost nothing, so this is an upper
- * bound); the backlog at its end is ≈ D·c·T1 / B of transfer, shrinking by r per pass. It is
- * chosen when, at the link rate:
+ * bound); the backlog at its end is ≈ D·c·T1 / B of transfer, shrinking by r per pass.
+ *
+ * **Compressed** (multifd zstd) is chosen when the memory is known to compress (c < 0.8) and, at
+ * the link rate:
  *  - r ≤ `maxRatio` (0.5: the backlog halves each pass at least, so noise in the estimates does
  *    not turn a convergence into a stall);
  *  - the backlog fits the downtime limit within `convergeWithinPasses` passes (as the adaptive
  *    policy itself predicts);
  *  - the whole pre-copy (T1 / (1 − r)) fits the completion budget;
  *  - the channels can compress D (zstd throughput per channel, conservative for a shared host).
- * Otherwise post-copy stays available (the adaptive policy's usual steps). An unknown figure
- * means "do not compress": post-copy is the safe default where the guest's writes are unknown.
+ *
+ * **Uncompressed multifd** is chosen for a guest predicted quiet whose memory does not compress or
+ * whose compressibility is unknown (c = 1): r ≤ `quietMaxRatio` (0.2) and the backlog fits the
+ * limit at the end of the first pass or the next (`quietWithinPasses`), within the budget. Such a
+ * migration is one long bulk pass, and the channels move it with less host CPU than the single
+ * migration thread: zero pages are found in the channel threads, pages leave without being copied
+ * into the stream's buffer (idle, 1 GiB at 720 Mbit/s in docs/lab/policies-720-criterion-dirtyset:
+ * plain pre-copy 7.2 s and 4.1–4.2 s of host CPU, multifd zstd 6.5 s and 3.6 s). What it gives up
+ * is post-copy, so the bar is much tighter than for compression, whose gain is the bytes
+ * themselves: a guest that turns busy mid-migration meets the steps the adaptive policy has
+ * without post-copy (a bounded raise, auto-converge, the timeout action).
+ *
+ * Otherwise post-copy stays available (the adaptive policy's usual steps). An unknown dirty rate
+ * means neither: post-copy is the safe default where the guest's writes are unknown.
  *
  * ## Evidence (the caller gathers it, most specific first)
  * - dirty rate: the largest of the source's calc-dirty-rate estimates (page sampling, recorded in
@@ -27,7 +41,7 @@
  *   the wire for 313 MiB of pages, docs/lab/policies-720-v2, taken as 0.1; random bytes: 1);
  * - link rate: the policy's bandwidth cap, else the median pre-copy throughput of earlier
  *   migrations of the VM, else `assumedLinkBytesPerSec` (100 Mbit/s: the slowest link migd is run
- *   on; a faster link only makes a compressed pre-copy converge sooner).
+ *   on; a faster link only makes pre-copy converge sooner).
  */
 import { MigrationPolicy, MultifdCompression, PolicyKind, WorkloadPattern, type ProgressSample, type WorkloadSpec } from '../../../shared/gen/migd/v1/common.js';
 import { formatBytes, formatDuration, formatRate } from '../units.js';
@@ -59,6 +73,10 @@ export interface TransportTuning {
   readonly zstdBytesPerSecPerChannel: number;
   /** The link rate assumed when nothing is known. */
   readonly assumedLinkBytesPerSec: number;
+  /** Uncompressed multifd: the largest r = D / B of a guest predicted quiet. */
+  readonly quietMaxRatio: number;
+  /** Uncompressed multifd: the backlog fits the limit at the end of pass 1 or within this many more. */
+  readonly quietWithinPasses: number;
 }
 
 export const DEFAULT_TRANSPORT_TUNING: TransportTuning = Object.freeze({
@@ -66,40 +84,70 @@ export const DEFAULT_TRANSPORT_TUNING: TransportTuning = Object.freeze({
   convergeWithinPasses: 5,
   zstdBytesPerSecPerChannel: 100 * 1024 * 1024,
   assumedLinkBytesPerSec: 12_500_000,
+  quietMaxRatio: 0.2,
+  quietWithinPasses: 1,
 });
 
+/** The stream chosen before the start. */
+export type Transport = 'postcopy' | 'multifd' | 'multifd-zstd';
+
 export interface TransportChoice {
+  readonly transport: Transport;
+  /** multifd zstd (transport 'multifd-zstd'). */
   readonly compress: boolean;
   readonly reason: string;
   /** The predicted compressed pre-copy (when the figures were known). */
   readonly predicted?: { readonly ratio: number; readonly firstPassMs: number; readonly backlogMs: number; readonly passes: number; readonly totalMs: number };
 }
 
-/** See the module comment. */
-export function chooseTransport(e: TransportEvidence, tuning: Partial<TransportTuning> = {}): TransportChoice {
-  const t = { ...DEFAULT_TRANSPORT_TUNING, ...tuning };
-  const keep = (why: string): TransportChoice => ({ compress: false, reason: `post-copy kept available: ${why}` });
-  if (!e.dirtyBytesPerSec || !(e.dirtyBytesPerSec.value >= 0) || !Number.isFinite(e.dirtyBytesPerSec.value)) return keep('the dirty rate is not known before the start');
-  if (!e.compressedFraction || !(e.compressedFraction.value > 0)) return keep('the memory\'s compressibility is not known');
-  const c = Math.min(1, e.compressedFraction.value);
-  if (c >= 0.8) return keep(`the memory does not compress (${Math.round(c * 100)}% left on the wire, ${e.compressedFraction.source})`);
-  const link = e.linkBytesPerSec ?? { value: t.assumedLinkBytesPerSec, source: `assumed: ${formatRate(t.assumedLinkBytesPerSec)}, nothing measured` };
-  const d = e.dirtyBytesPerSec.value;
-  const b = link.value;
-  const figures = `dirty ${formatRate(d)} (${e.dirtyBytesPerSec.source}), ${Math.round(c * 100)}% of it on the wire after zstd (${e.compressedFraction.source}), link ${formatRate(b)} (${link.source})`;
-  const cpu = Math.max(1, e.channels) * t.zstdBytesPerSecPerChannel;
-  if (d > cpu) return keep(`${figures}: ${e.channels} channel(s) cannot compress ${formatRate(d)}`);
+/** Pre-copy over the link with D·c against B (see the module comment). */
+function predictPrecopy(e: TransportEvidence, d: number, c: number, b: number) {
   const ratio = (d * c) / b;
   const firstPassMs = ((e.memoryBytes * c) / b) * 1000;
   const backlogMs = firstPassMs * ratio;
   const passes = backlogMs <= e.downtimeLimitMs ? 0 : ratio > 0 && ratio < 1 ? Math.ceil(Math.log(e.downtimeLimitMs / backlogMs) / Math.log(ratio)) : Infinity;
   const totalMs = ratio < 1 ? firstPassMs / (1 - ratio) : Infinity;
-  const predicted = { ratio, firstPassMs, backlogMs, passes, totalMs };
-  const sums = `r = ${ratio.toFixed(2)}, first pass ≈${formatDuration(firstPassMs)}, then a backlog of ≈${formatDuration(backlogMs)}`;
+  return { ratio, firstPassMs, backlogMs, passes, totalMs };
+}
+
+/** See the module comment. */
+export function chooseTransport(e: TransportEvidence, tuning: Partial<TransportTuning> = {}): TransportChoice {
+  const t = { ...DEFAULT_TRANSPORT_TUNING, ...tuning };
+  const keep = (why: string): TransportChoice => ({ transport: 'postcopy', compress: false, reason: `post-copy kept available: ${why}` });
+  if (!e.dirtyBytesPerSec || !(e.dirtyBytesPerSec.value >= 0) || !Number.isFinite(e.dirtyBytesPerSec.value)) return keep('the dirty rate is not known before the start');
+  const link = e.linkBytesPerSec ?? { value: t.assumedLinkBytesPerSec, source: `assumed: ${formatRate(t.assumedLinkBytesPerSec)}, nothing measured` };
+  const d = e.dirtyBytesPerSec.value;
+  const b = link.value;
+  const known = e.compressedFraction !== undefined && e.compressedFraction.value > 0;
+  const c = known ? Math.min(1, e.compressedFraction!.value) : 1;
+  const budget = (totalMs: number) => e.completionBudgetMs !== undefined && totalMs > e.completionBudgetMs;
+  if (!known || c >= 0.8) {
+    // The memory does not compress (or nobody knows): the uncompressed channels, for a quiet guest.
+    const content = known ? `the memory does not compress (${Math.round(c * 100)}% left on the wire, ${e.compressedFraction!.source})` : 'the memory\'s compressibility is not known';
+    const figures = `dirty ${formatRate(d)} (${e.dirtyBytesPerSec.source}), link ${formatRate(b)} (${link.source})`;
+    const predicted = predictPrecopy(e, d, 1, b);
+    const sums = `r = ${predicted.ratio.toFixed(2)}, first pass ≈${formatDuration(predicted.firstPassMs)}, then a backlog of ≈${formatDuration(predicted.backlogMs)}`;
+    if (predicted.ratio > t.quietMaxRatio) return { ...keep(`${content}, and the guest is not quiet: ${figures}, ${sums} (multifd without post-copy needs r ≤ ${t.quietMaxRatio})`), predicted };
+    if (predicted.passes > t.quietWithinPasses) return { ...keep(`${content}; ${figures}: ${sums} needs ${predicted.passes} passes to fit ${e.downtimeLimitMs} ms`), predicted };
+    if (budget(predicted.totalMs)) return { ...keep(`${content}; ${figures}: ≈${formatDuration(predicted.totalMs)} of pre-copy exceeds the ${formatDuration(e.completionBudgetMs!)} budget`), predicted };
+    return {
+      transport: 'multifd',
+      compress: false,
+      predicted,
+      reason: `multifd without compression (${e.channels} channels), post-copy off: a quiet guest, ${figures}; ${sums}, within ${e.downtimeLimitMs} ms after ${predicted.passes} more pass(es), ≈${formatDuration(predicted.totalMs)} in all for ${formatBytes(e.memoryBytes)}; ${content}`,
+    };
+  }
+  const figures = `dirty ${formatRate(d)} (${e.dirtyBytesPerSec.source}), ${Math.round(c * 100)}% of it on the wire after zstd (${e.compressedFraction!.source}), link ${formatRate(b)} (${link.source})`;
+  const cpu = Math.max(1, e.channels) * t.zstdBytesPerSecPerChannel;
+  if (d > cpu) return keep(`${figures}: ${e.channels} channel(s) cannot compress ${formatRate(d)}`);
+  const predicted = predictPrecopy(e, d, c, b);
+  const { ratio, passes, totalMs } = predicted;
+  const sums = `r = ${ratio.toFixed(2)}, first pass ≈${formatDuration(predicted.firstPassMs)}, then a backlog of ≈${formatDuration(predicted.backlogMs)}`;
   if (ratio > t.maxRatio) return { ...keep(`${figures}: compressed pre-copy would not converge safely (${sums}; needs r ≤ ${t.maxRatio})`), predicted };
   if (passes > t.convergeWithinPasses) return { ...keep(`${figures}: ${sums} needs ${passes} passes to fit ${e.downtimeLimitMs} ms`), predicted };
-  if (e.completionBudgetMs !== undefined && totalMs > e.completionBudgetMs) return { ...keep(`${figures}: ≈${formatDuration(totalMs)} of compressed pre-copy exceeds the ${formatDuration(e.completionBudgetMs)} budget`), predicted };
+  if (budget(totalMs)) return { ...keep(`${figures}: ≈${formatDuration(totalMs)} of compressed pre-copy exceeds the ${formatDuration(e.completionBudgetMs!)} budget`), predicted };
   return {
+    transport: 'multifd-zstd',
     compress: true,
     predicted,
     reason: `multifd with zstd (${e.channels} channels), post-copy off: ${figures}; ${sums}, within ${e.downtimeLimitMs} ms after ${passes} more pass(es), ≈${formatDuration(totalMs)} in all for ${formatBytes(e.memoryBytes)}`,
@@ -177,7 +225,19 @@ export function transportEvidence(o: { memoryBytes: number; policy: MigrationPol
 
 /** The request's policy with multifd zstd on (the factory then leaves post-copy out). */
 export function withCompression(p: MigrationPolicy, channels = 2): MigrationPolicy {
-  return MigrationPolicy.fromPartial({ ...p, multifd: { enabled: true, channels, compression: MultifdCompression.MULTIFD_COMPRESSION_ZSTD }, postcopy: undefined });
+  return withMultifd(p, MultifdCompression.MULTIFD_COMPRESSION_ZSTD, channels);
+}
+
+/** The request's policy with multifd on, compressed or not (the factory then leaves post-copy out). */
+export function withMultifd(p: MigrationPolicy, compression: MultifdCompression, channels = 2): MigrationPolicy {
+  return MigrationPolicy.fromPartial({ ...p, multifd: { enabled: true, channels, compression }, postcopy: undefined });
+}
+
+/** The request's policy for a chosen transport (undefined: the request's own, post-copy available). */
+export function policyForTransport(p: MigrationPolicy, t: Transport, channels = 2): MigrationPolicy | undefined {
+  if (t === 'multifd-zstd') return withCompression(p, channels);
+  if (t === 'multifd') return withMultifd(p, MultifdCompression.MULTIFD_COMPRESSION_NONE, channels);
+  return undefined;
 }
 
 /** Whether the pre-start choice applies: an adaptive policy that may still choose its transport. */

@@ -15,7 +15,7 @@ import { turns } from '../shared/metrics/turns.js';
 import { type ClusterModel, clusterFromProto, createdDiskSpace, findVm } from './domain/cluster.js';
 import { draftPlan } from './domain/plan.js';
 import { policyFor, policyResolution } from './domain/policy/factory.js';
-import { chooseTransport, policyForTransport, transportChoosable, transportEvidence, type PastMigration } from './domain/policy/transport.js';
+import { chooseTransport, transportChoosable, transportEvidence, withCompression, type PastMigration } from './domain/policy/transport.js';
 import { evaluateDestinations, storageWords } from './domain/placement.js';
 import type { ConvergencePolicy } from './domain/policy/types.js';
 import type { ConcurrencyLimits } from './domain/scheduler.js';
@@ -104,9 +104,8 @@ export class Planner {
   /**
    * The adaptive policy's choice before the start (domain/policy/transport.ts): for each VM whose
    * evidence — its workload as configured, the calc-dirty-rate estimates, throughput and
-   * compression of its earlier migrations in the history — says compressed pre-copy converges, or
-   * that the guest is quiet, the policy with multifd zstd or plain multifd (and without post-copy).
-   * VMs not in the map keep the request's.
+   * compression of its earlier migrations in the history — says compressed pre-copy converges,
+   * the policy with multifd zstd (and without post-copy). VMs not in the map keep the request's.
    */
   private async chooseTransports(policy: MigrationPolicy | undefined, vms: readonly { vmName: string; memoryMib: number }[]): Promise<Map<string, MigrationPolicy>> {
     const out = new Map<string, MigrationPolicy>();
@@ -121,9 +120,8 @@ export class Planner {
       const effective = policyFor(policy, memoryBytes).effective;
       const budget = effective.completionTimeoutSecPerGib > 0 ? (effective.completionTimeoutSecPerGib * memoryBytes * 1000) / GiB : undefined;
       const choice = chooseTransport(transportEvidence({ memoryBytes, policy: effective, workload: specs.get(vmName)?.workload, history, completionBudgetMs: budget }));
-      this.o.log.info('adaptive transport chosen before the start', { vm: vmName, transport: choice.transport, reason: choice.reason });
-      const chosen = policyForTransport(policy, choice.transport);
-      if (chosen) out.set(vmName, chosen);
+      this.o.log.info('adaptive transport chosen before the start', { vm: vmName, compress: choice.compress, reason: choice.reason });
+      if (choice.compress) out.set(vmName, withCompression(policy));
     }
     return out;
   }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { MigrationPolicy, MigrationState, MultifdCompression, PolicyActionKind, PolicyKind, ProgressSample, WorkloadPattern, WorkloadSpec } from '../../../services/shared/gen/migd/v1/common.js';
 import { type AdaptivePolicy, policyFor } from '../../../services/coordinator/domain/policy/index.js';
-import { chooseTransport, policyForTransport, transportChoosable, transportEvidence, withCompression, type PastMigration } from '../../../services/coordinator/domain/policy/transport.js';
+import { chooseTransport, transportChoosable, transportEvidence, withCompression, type PastMigration } from '../../../services/coordinator/domain/policy/transport.js';
 import { MiB } from '../../../services/coordinator/domain/units.js';
 import { loadTrace, replay } from './traces.js';
 
@@ -61,43 +61,38 @@ describe('adaptive: compression or post-copy, decided before the start', () => {
     expect(c.reason).toContain('exceeds the');
   });
 
-  it('chooses plain multifd for a guest predicted quiet whose memory does not compress or is not known to', () => {
+  it('chooses multifd zstd for a guest predicted quiet, whether or not its memory is known to compress', () => {
     // The lab's idle guest: 1 GiB, its region written once and then only read (dirty 0).
     const idle = chooseTransport(evidence({ memoryBytes: 1024 * MiB, workload: workload({ pattern: WorkloadPattern.WORKLOAD_PATTERN_IDLE, workers: 1, bytesPerWorker: 512 * MiB }) }));
-    expect(idle.transport).toBe('multifd');
-    expect(idle.compress).toBe(false);
+    expect(idle.compress).toBe(true);
     expect(idle.predicted).toMatchObject({ ratio: 0, passes: 0 });
-    expect(idle.reason).toMatch(/^multifd without compression \(2 channels\), post-copy off: a quiet guest, dirty 0 B\/s/);
-    expect(idle.reason).toContain("the memory's compressibility is not known");
+    expect(idle.reason).toMatch(/^multifd with zstd \(2 channels\), post-copy off: a quiet guest, dirty 0 B\/s/);
+    expect(idle.reason).toContain("the memory's compressibility is not known: its bulk pass takes what compresses");
     // A slow writer of random pages over a measured 90 MiB/s link: r ≈ 0.02, the backlog after the
     // first pass (≈ 5.7 s) ≈ 0.13 s fits 300 ms at once.
     const slow = chooseTransport({ memoryBytes: 512 * MiB, dirtyBytesPerSec: { value: 2 * MiB, source: 'x' }, compressedFraction: { value: 1, source: 'random' }, linkBytesPerSec: { value: 90 * MiB, source: 'y' }, downtimeLimitMs: 300, channels: 2 });
-    expect(slow.transport).toBe('multifd');
+    expect(slow.compress).toBe(true);
     expect(slow.reason).toContain('the memory does not compress (100% left on the wire, random)');
   });
 
-  it('keeps post-copy for an incompressible guest that is not quiet, or whose backlog needs more than one more pass', () => {
+  it('keeps post-copy for an incompressible guest that is not quiet, whose backlog needs more than one more pass, or whose link outruns the channels', () => {
+    const incompressible = { memoryBytes: 512 * MiB, compressedFraction: { value: 1, source: 'random' }, downtimeLimitMs: 104, channels: 2 };
     // The moderate load over 720 Mbit/s: r ≈ 0.56.
-    const moderate = chooseTransport({ memoryBytes: 512 * MiB, dirtyBytesPerSec: { value: 48 * MiB, source: 'x' }, compressedFraction: { value: 1, source: 'random' }, linkBytesPerSec: { value: 90_000_000, source: 'y' }, downtimeLimitMs: 104, channels: 2 });
-    expect(moderate.transport).toBe('postcopy');
-    expect(moderate.reason).toMatch(/the guest is not quiet: .*r = 0\.56.*needs r ≤ 0\.2/);
+    const moderate = chooseTransport({ ...incompressible, dirtyBytesPerSec: { value: 48 * MiB, source: 'x' }, linkBytesPerSec: { value: 90_000_000, source: 'y' } });
+    expect(moderate.compress).toBe(false);
+    expect(moderate.reason).toMatch(/the guest is not quiet: .*r = 0\.56 uncompressed.*a quiet guest has r ≤ 0\.2/);
     // r ≈ 0.08 at the assumed 100 Mbit/s, but 43 s of first pass leave ≈ 3.6 s of backlog: two more passes.
     const slowLink = chooseTransport(evidence({ workload: workload({ pattern: WorkloadPattern.WORKLOAD_PATTERN_RANDOM, rateBytesPerSec: MiB / 2 }) }));
-    expect(slowLink.transport).toBe('postcopy');
+    expect(slowLink.compress).toBe(false);
     expect(slowLink.reason).toMatch(/needs 2 passes to fit 300 ms/);
     // A quiet guest that would outlast the completion budget.
     const big = chooseTransport({ memoryBytes: 64 * 1024 * MiB, dirtyBytesPerSec: { value: 0, source: 'x' }, linkBytesPerSec: { value: 12_500_000, source: 'y' }, downtimeLimitMs: 300, channels: 2, completionBudgetMs: 60_000 });
-    expect(big.transport).toBe('postcopy');
+    expect(big.compress).toBe(false);
     expect(big.reason).toContain('exceeds the');
-  });
-
-  it('the chosen transport becomes the run\'s policy: plain multifd without post-copy, or the request\'s own', () => {
-    const p = policyFor(policyForTransport(adaptive, 'multifd')!, 1024 * MiB) as AdaptivePolicy;
-    expect(p.requirements.postcopy).toBe(false);
-    expect(p.requirements.capabilities).toContain('multifd');
-    expect(p.effective.multifd).toMatchObject({ enabled: true, channels: 2, compression: MultifdCompression.MULTIFD_COMPRESSION_NONE });
-    expect(policyForTransport(adaptive, 'multifd-zstd')!.multifd!.compression).toBe(MultifdCompression.MULTIFD_COMPRESSION_ZSTD);
-    expect(policyForTransport(adaptive, 'postcopy')).toBeUndefined();
+    // A quiet guest over a 10 Gbit/s link: two channels cannot compress at its rate.
+    const fast = chooseTransport({ ...incompressible, dirtyBytesPerSec: { value: 0, source: 'x' }, linkBytesPerSec: { value: 1_250_000_000, source: 'y' } });
+    expect(fast.compress).toBe(false);
+    expect(fast.reason).toContain("2 channel(s) cannot compress at the link's rate");
   });
 
   it('reads the history of the same VM: the calc-dirty-rate estimate, the link it got and how well its pages compressed', () => {

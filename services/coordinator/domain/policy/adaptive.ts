@@ -100,17 +100,16 @@
  * action, the policy decides again at once instead of waiting out its hysteresis: a raise sized
  * for a quiet guest is no answer to a busy one.
  *
- * ## Before the start: multifd or post-copy (transport.ts)
+ * ## Before the start: compression or post-copy (transport.ts)
  * QEMU fixes capabilities at the start and refuses multifd with post-copy, so one choice is made
  * before it, by the planner: where the evidence (the VM's workload as configured, the
  * calc-dirty-rate estimates, throughput and compression of its earlier migrations in the history)
  * says pre-copy with multifd zstd converges within the budget at the link rate (compressed dirty
- * rate ≤ half the link, the backlog within the limit in ≤ 5 passes), the run's policy gets multifd
- * zstd and no post-copy; where it says the guest is quiet (dirty rate ≤ a fifth of the link, the
- * backlog within the limit after the first pass or the next), plain multifd, which moves one long
- * bulk pass with less host CPU than the single migration thread. This policy then steers either
- * with steps 0, 1, 3 and 4 below. Otherwise, or when the dirty rate is unknown, post-copy stays
- * available.
+ * rate ≤ half the link, the backlog within the limit in ≤ 5 passes), or that the guest is quiet
+ * (dirty rate ≤ a fifth of the link uncompressed, the backlog within the limit after the first
+ * pass or the next: one bulk pass of the whole memory, of which some compresses), the run's
+ * policy gets multifd zstd and no post-copy, and this policy then steers it with steps 0, 1, 3
+ * and 4 below. Otherwise, or when the dirty rate is unknown, post-copy stays available.
  *
  * ## The steps, chosen by predicted guest harm (cost.ts)
  * Measured in the lab (docs/lab/policies, guest time lost from the guest's own clock): post-copy

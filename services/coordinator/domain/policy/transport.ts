@@ -1,6 +1,6 @@
 /**
- * The adaptive policy's one decision before the start: the multifd channels (compressed with zstd
- * or not) or post-copy kept available. QEMU fixes capabilities before the migration starts and
+ * The adaptive policy's one decision before the start: compress the stream (multifd + zstd) or
+ * keep post-copy available. QEMU fixes capabilities before the migration starts and
  * refuses multifd together with post-copy (FACTS.md), so the choice cannot wait for the first pass.
  *
  * ## Model
@@ -18,19 +18,20 @@
  *  - the whole pre-copy (T1 / (1 − r)) fits the completion budget;
  *  - the channels can compress D (zstd throughput per channel, conservative for a shared host).
  *
- * **Uncompressed multifd** is chosen for a guest predicted quiet whose memory does not compress or
- * whose compressibility is unknown (c = 1): r ≤ `quietMaxRatio` (0.2) and the backlog fits the
- * limit at the end of the first pass or the next (`quietWithinPasses`), within the budget. Such a
- * migration is one long bulk pass, and the channels move it with less host CPU than the single
- * migration thread: zero pages are found in the channel threads, pages leave without being copied
- * into the stream's buffer (idle, 1 GiB at 720 Mbit/s in docs/lab/policies-720-criterion-dirtyset:
- * plain pre-copy 7.2 s and 4.1–4.2 s of host CPU, multifd zstd 6.5 s and 3.6 s). What it gives up
- * is post-copy, so the bar is much tighter than for compression, whose gain is the bytes
- * themselves: a guest that turns busy mid-migration meets the steps the adaptive policy has
- * without post-copy (a bounded raise, auto-converge, the timeout action).
+ * **A quiet guest** gets multifd zstd too, whatever its memory's compressibility: r ≤
+ * `quietMaxRatio` (0.2) at c = 1 (as if nothing compressed) and the backlog fits the limit at the
+ * end of the first pass or the next (`quietWithinPasses`), within the budget, where the channels
+ * can compress at the link's rate. Its migration is one long bulk pass of the whole memory, and
+ * the whole memory (kernel, page cache, free pages not yet zero) compresses in part even where
+ * the guest's own data does not: idle, 1 GiB whose 512 MiB workload region is random, at 720
+ * Mbit/s (docs/lab/policies-720-idle): multifd zstd 555 MB on the wire and 6.6 s, plain multifd
+ * 611 MB and 7.2 s, plain pre-copy (post-copy kept available) 611 MB and 7.2 s. What it gives up
+ * is post-copy, so the bar is much tighter than for a compressible guest: one that turns busy
+ * mid-migration meets the steps the adaptive policy has without post-copy (a bounded raise,
+ * auto-converge, the timeout action).
  *
  * Otherwise post-copy stays available (the adaptive policy's usual steps). An unknown dirty rate
- * means neither: post-copy is the safe default where the guest's writes are unknown.
+ * means post-copy: it is the safe default where the guest's writes are unknown.
  *
  * ## Evidence (the caller gathers it, most specific first)
  * - dirty rate: the largest of the source's calc-dirty-rate estimates (page sampling, recorded in
@@ -73,9 +74,9 @@ export interface TransportTuning {
   readonly zstdBytesPerSecPerChannel: number;
   /** The link rate assumed when nothing is known. */
   readonly assumedLinkBytesPerSec: number;
-  /** Uncompressed multifd: the largest r = D / B of a guest predicted quiet. */
+  /** A quiet guest: the largest r = D / B (nothing compressed). */
   readonly quietMaxRatio: number;
-  /** Uncompressed multifd: the backlog fits the limit at the end of pass 1 or within this many more. */
+  /** A quiet guest: the backlog fits the limit at the end of pass 1 or within this many more. */
   readonly quietWithinPasses: number;
 }
 
@@ -88,12 +89,8 @@ export const DEFAULT_TRANSPORT_TUNING: TransportTuning = Object.freeze({
   quietWithinPasses: 1,
 });
 
-/** The stream chosen before the start. */
-export type Transport = 'postcopy' | 'multifd' | 'multifd-zstd';
 
 export interface TransportChoice {
-  readonly transport: Transport;
-  /** multifd zstd (transport 'multifd-zstd'). */
   readonly compress: boolean;
   readonly reason: string;
   /** The predicted compressed pre-copy (when the figures were known). */
@@ -113,41 +110,40 @@ function predictPrecopy(e: TransportEvidence, d: number, c: number, b: number) {
 /** See the module comment. */
 export function chooseTransport(e: TransportEvidence, tuning: Partial<TransportTuning> = {}): TransportChoice {
   const t = { ...DEFAULT_TRANSPORT_TUNING, ...tuning };
-  const keep = (why: string): TransportChoice => ({ transport: 'postcopy', compress: false, reason: `post-copy kept available: ${why}` });
+  const keep = (why: string): TransportChoice => ({ compress: false, reason: `post-copy kept available: ${why}` });
   if (!e.dirtyBytesPerSec || !(e.dirtyBytesPerSec.value >= 0) || !Number.isFinite(e.dirtyBytesPerSec.value)) return keep('the dirty rate is not known before the start');
   const link = e.linkBytesPerSec ?? { value: t.assumedLinkBytesPerSec, source: `assumed: ${formatRate(t.assumedLinkBytesPerSec)}, nothing measured` };
   const d = e.dirtyBytesPerSec.value;
   const b = link.value;
+  const cpu = Math.max(1, e.channels) * t.zstdBytesPerSecPerChannel;
+  const exceeds = (totalMs: number) => e.completionBudgetMs !== undefined && totalMs > e.completionBudgetMs;
   const known = e.compressedFraction !== undefined && e.compressedFraction.value > 0;
   const c = known ? Math.min(1, e.compressedFraction!.value) : 1;
-  const budget = (totalMs: number) => e.completionBudgetMs !== undefined && totalMs > e.completionBudgetMs;
   if (!known || c >= 0.8) {
-    // The memory does not compress (or nobody knows): the uncompressed channels, for a quiet guest.
+    // Nothing is known to compress: compression only for a quiet guest (see the module comment).
     const content = known ? `the memory does not compress (${Math.round(c * 100)}% left on the wire, ${e.compressedFraction!.source})` : 'the memory\'s compressibility is not known';
     const figures = `dirty ${formatRate(d)} (${e.dirtyBytesPerSec.source}), link ${formatRate(b)} (${link.source})`;
     const predicted = predictPrecopy(e, d, 1, b);
-    const sums = `r = ${predicted.ratio.toFixed(2)}, first pass ≈${formatDuration(predicted.firstPassMs)}, then a backlog of ≈${formatDuration(predicted.backlogMs)}`;
-    if (predicted.ratio > t.quietMaxRatio) return { ...keep(`${content}, and the guest is not quiet: ${figures}, ${sums} (multifd without post-copy needs r ≤ ${t.quietMaxRatio})`), predicted };
+    const sums = `r = ${predicted.ratio.toFixed(2)} uncompressed, first pass ≈${formatDuration(predicted.firstPassMs)}, then a backlog of ≈${formatDuration(predicted.backlogMs)}`;
+    if (predicted.ratio > t.quietMaxRatio) return { ...keep(`${content}, and the guest is not quiet: ${figures}, ${sums} (a quiet guest has r ≤ ${t.quietMaxRatio})`), predicted };
     if (predicted.passes > t.quietWithinPasses) return { ...keep(`${content}; ${figures}: ${sums} needs ${predicted.passes} passes to fit ${e.downtimeLimitMs} ms`), predicted };
-    if (budget(predicted.totalMs)) return { ...keep(`${content}; ${figures}: ≈${formatDuration(predicted.totalMs)} of pre-copy exceeds the ${formatDuration(e.completionBudgetMs!)} budget`), predicted };
+    if (exceeds(predicted.totalMs)) return { ...keep(`${content}; ${figures}: ≈${formatDuration(predicted.totalMs)} of pre-copy exceeds the ${formatDuration(e.completionBudgetMs!)} budget`), predicted };
+    if (b > cpu) return { ...keep(`${content}; ${figures}: ${e.channels} channel(s) cannot compress at the link's rate`), predicted };
     return {
-      transport: 'multifd',
-      compress: false,
+      compress: true,
       predicted,
-      reason: `multifd without compression (${e.channels} channels), post-copy off: a quiet guest, ${figures}; ${sums}, within ${e.downtimeLimitMs} ms after ${predicted.passes} more pass(es), ≈${formatDuration(predicted.totalMs)} in all for ${formatBytes(e.memoryBytes)}; ${content}`,
+      reason: `multifd with zstd (${e.channels} channels), post-copy off: a quiet guest, ${figures}; ${sums}, within ${e.downtimeLimitMs} ms after ${predicted.passes} more pass(es), ≈${formatDuration(predicted.totalMs)} in all for ${formatBytes(e.memoryBytes)} at most (${content}: its bulk pass takes what compresses)`,
     };
   }
   const figures = `dirty ${formatRate(d)} (${e.dirtyBytesPerSec.source}), ${Math.round(c * 100)}% of it on the wire after zstd (${e.compressedFraction!.source}), link ${formatRate(b)} (${link.source})`;
-  const cpu = Math.max(1, e.channels) * t.zstdBytesPerSecPerChannel;
   if (d > cpu) return keep(`${figures}: ${e.channels} channel(s) cannot compress ${formatRate(d)}`);
   const predicted = predictPrecopy(e, d, c, b);
   const { ratio, passes, totalMs } = predicted;
   const sums = `r = ${ratio.toFixed(2)}, first pass ≈${formatDuration(predicted.firstPassMs)}, then a backlog of ≈${formatDuration(predicted.backlogMs)}`;
   if (ratio > t.maxRatio) return { ...keep(`${figures}: compressed pre-copy would not converge safely (${sums}; needs r ≤ ${t.maxRatio})`), predicted };
   if (passes > t.convergeWithinPasses) return { ...keep(`${figures}: ${sums} needs ${passes} passes to fit ${e.downtimeLimitMs} ms`), predicted };
-  if (budget(totalMs)) return { ...keep(`${figures}: ≈${formatDuration(totalMs)} of compressed pre-copy exceeds the ${formatDuration(e.completionBudgetMs!)} budget`), predicted };
+  if (exceeds(totalMs)) return { ...keep(`${figures}: ≈${formatDuration(totalMs)} of compressed pre-copy exceeds the ${formatDuration(e.completionBudgetMs!)} budget`), predicted };
   return {
-    transport: 'multifd-zstd',
     compress: true,
     predicted,
     reason: `multifd with zstd (${e.channels} channels), post-copy off: ${figures}; ${sums}, within ${e.downtimeLimitMs} ms after ${passes} more pass(es), ≈${formatDuration(totalMs)} in all for ${formatBytes(e.memoryBytes)}`,
@@ -225,19 +221,7 @@ export function transportEvidence(o: { memoryBytes: number; policy: MigrationPol
 
 /** The request's policy with multifd zstd on (the factory then leaves post-copy out). */
 export function withCompression(p: MigrationPolicy, channels = 2): MigrationPolicy {
-  return withMultifd(p, MultifdCompression.MULTIFD_COMPRESSION_ZSTD, channels);
-}
-
-/** The request's policy with multifd on, compressed or not (the factory then leaves post-copy out). */
-export function withMultifd(p: MigrationPolicy, compression: MultifdCompression, channels = 2): MigrationPolicy {
-  return MigrationPolicy.fromPartial({ ...p, multifd: { enabled: true, channels, compression }, postcopy: undefined });
-}
-
-/** The request's policy for a chosen transport (undefined: the request's own, post-copy available). */
-export function policyForTransport(p: MigrationPolicy, t: Transport, channels = 2): MigrationPolicy | undefined {
-  if (t === 'multifd-zstd') return withCompression(p, channels);
-  if (t === 'multifd') return withMultifd(p, MultifdCompression.MULTIFD_COMPRESSION_NONE, channels);
-  return undefined;
+  return MigrationPolicy.fromPartial({ ...p, multifd: { enabled: true, channels, compression: MultifdCompression.MULTIFD_COMPRESSION_ZSTD }, postcopy: undefined });
 }
 
 /** Whether the pre-start choice applies: an adaptive policy that may still choose its transport. */

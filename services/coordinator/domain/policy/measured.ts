@@ -455,11 +455,19 @@ function leastSquares(points: readonly (readonly [number, number])[]): { interce
 
 const shrink = (fitted: number, n: number, prior: number): number => (n * fitted + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT);
 
+/** The working set (bytes) the VM's earlier runs found, and how many runs found it. */
+export interface WorkingSetHistory {
+  readonly bytes: number;
+  readonly runs: number;
+  /** Only from runs that switched to post-copy at their first boundary (one boundary each). */
+  readonly firstBoundaryOnly?: true;
+}
+
 /**
  * The working set the VM's earlier runs found the backlog held at: the median of those that saw one
  * (bytes), and how many did; undefined when none did.
  */
-export function workingSetFromHistory(runs: readonly RunCostFigures[]): { bytes: number; runs: number; firstBoundaryOnly?: true } | undefined {
+export function workingSetFromHistory(runs: readonly RunCostFigures[]): WorkingSetHistory | undefined {
   const ok = (x: number | undefined): x is number => x !== undefined && Number.isFinite(x) && x > 0;
   const ws = runs.map((r) => r.workingSetBytes).filter(ok);
   if (ws.length > 0) return { bytes: median(ws), runs: ws.length };

@@ -181,6 +181,23 @@ function addPace(p: PhaseTally, f: number, lostMs: number): PhaseTally {
   return f <= 0 ? p : { ...p, slowedMs: p.slowedMs + f * lostMs, paced: p.paced + 1 };
 }
 
+/** The phase tallies an interval is shared out over (`raised` only while a raise is tallied). */
+type TalliedPhases = Pick<GuestTally, 'precopy' | 'postcopy' | 'raised'>;
+
+/**
+ * Shares the host interval [a, b] out over the phases' windows — pre-copy: its start to the
+ * switch-over; post-copy: the switch-over to arrival; the raise: it to arrival — and adds to each
+ * its share `f` by `add`.
+ */
+function shareOut(t: GuestTally, phases: TalliedPhases, a: number, b: number, add: (p: PhaseTally, f: number) => PhaseTally): TalliedPhases {
+  const { precopy, postcopy, raised } = phases;
+  return {
+    precopy: add(precopy, share(a, b, t.precopyAtMs, t.switchAtMs)),
+    postcopy: add(postcopy, share(a, b, t.switchAtMs, t.arrivedAtMs)),
+    ...(raised ? { raised: add(raised, share(a, b, t.raiseAtMs ?? -1, t.arrivedAtMs)) } : {}),
+  };
+}
+
 /** Folds one guest sample into the tally (samples out of the guest clock's order are dropped). */
 export function tallyGuestSample(t: GuestTally, s: GuestPaceSample): GuestTally {
   if (!Number.isFinite(s.hostMs) || !Number.isFinite(s.guestMonoMs)) return t;
@@ -197,25 +214,20 @@ export function tallyGuestSample(t: GuestTally, s: GuestPaceSample): GuestTally 
       lastPaced: newPace ? [s.hostMs, s.guestMonoMs] : t.lastPaced,
     };
   }
-  let { precopy, postcopy, raised } = t;
-  const raiseAt = raised ? (t.raiseAtMs ?? -1) : -1;
+  let phases: TalliedPhases = { precopy: t.precopy, postcopy: t.postcopy, ...(t.raised ? { raised: t.raised } : {}) };
   if (newClock && t.last) {
     const [a, ga] = t.last;
     const dh = s.hostMs - a;
     const dg = s.guestMonoMs - ga;
-    precopy = addInterval(precopy, share(a, s.hostMs, t.precopyAtMs, t.switchAtMs), dh, dg);
-    postcopy = addInterval(postcopy, share(a, s.hostMs, t.switchAtMs, t.arrivedAtMs), dh, dg);
-    if (raised) raised = addInterval(raised, share(a, s.hostMs, raiseAt, t.arrivedAtMs), dh, dg);
+    phases = shareOut(t, phases, a, s.hostMs, (p, f) => addInterval(p, f, dh, dg));
   }
   if (newPace && t.lastPaced && t.baselineMsPerGib > 0) {
     const [a, ga] = t.lastPaced;
     const dg = s.guestMonoMs - ga;
     const lost = dg * Math.max(0, 1 - t.baselineMsPerGib / s.msPerGib);
-    precopy = addPace(precopy, share(a, s.hostMs, t.precopyAtMs, t.switchAtMs), lost);
-    postcopy = addPace(postcopy, share(a, s.hostMs, t.switchAtMs, t.arrivedAtMs), lost);
-    if (raised) raised = addPace(raised, share(a, s.hostMs, raiseAt, t.arrivedAtMs), lost);
+    phases = shareOut(t, phases, a, s.hostMs, (p, f) => addPace(p, f, lost));
   }
-  return { ...t, precopy, postcopy, ...(raised ? { raised } : {}), last: newClock ? [s.hostMs, s.guestMonoMs] : t.last, lastPaced: newPace ? [s.hostMs, s.guestMonoMs] : t.lastPaced };
+  return { ...t, ...phases, last: newClock ? [s.hostMs, s.guestMonoMs] : t.last, lastPaced: newPace ? [s.hostMs, s.guestMonoMs] : t.lastPaced };
 }
 
 /**

@@ -347,7 +347,43 @@ export function trackAction<S extends GuestCostTrack>(state: S, kind: PolicyActi
   return guest === state.guest ? state : { ...state, guest };
 }
 
+/** The host time of a sample, transition or action (epoch ms; 0 without one): what a replay orders by. The store hands samples back in this order already (by time, then as stored). */
 const timeOf = (x: { readonly time?: Date | undefined }): number => x.time?.getTime() ?? 0;
+
+/** A run's recorded timeline as the store keeps it: progress and guest samples, the run's transitions and actions. */
+export interface RecordedTimeline {
+  readonly progress: readonly ProgressSample[];
+  readonly guest: readonly GuestPerfSample[];
+  readonly transitions: readonly { readonly time?: Date | undefined; readonly to: MigrationState }[];
+  readonly actions: readonly { readonly time?: Date | undefined; readonly kind: PolicyActionKind }[];
+}
+
+/** How a replay moves its state with each kind of event (host times in epoch ms, 0 without one); a kind without a fold is left out. */
+export interface TimelineFolds<S> {
+  readonly progress?: ((state: S, sample: ProgressSample) => S) | undefined;
+  readonly guest?: ((state: S, sample: GuestPerfSample) => S) | undefined;
+  readonly transition?: ((state: S, to: MigrationState, atMs: number) => S) | undefined;
+  readonly action?: ((state: S, kind: PolicyActionKind, atMs: number) => S) | undefined;
+}
+
+/**
+ * Folds a run's recorded timeline into `init` through `folds`, in the order of the events' host
+ * times, as they came in (equal times: progress, guest samples, transitions, actions, each as
+ * stored). `order` 'merge': progress replayed alone (no other event to merge in) keeps its stored
+ * order rather than being sorted by time.
+ */
+export function replayTimeline<S>(init: S, timeline: RecordedTimeline, folds: TimelineFolds<S>, order: 'time' | 'merge' = 'time'): S {
+  const events: { t: number; o: number; apply: (s: S) => S }[] = [];
+  const add = (t: number, apply: (s: S) => S): void => void events.push({ t, o: events.length, apply });
+  const { progress, guest, transition, action } = folds;
+  if (progress) for (const p of timeline.progress) add(timeOf(p), (s) => progress(s, p));
+  const progressOnly = events.length;
+  if (guest) for (const g of timeline.guest) add(timeOf(g), (s) => guest(s, g));
+  if (transition) for (const c of timeline.transitions) add(timeOf(c), (s) => transition(s, c.to, timeOf(c)));
+  if (action) for (const a of timeline.actions) add(timeOf(a), (s) => action(s, a.kind, timeOf(a)));
+  if (order === 'time' || events.length > progressOnly) events.sort((a, b) => a.t - b.t || a.o - b.o);
+  return events.reduce((s, e) => e.apply(s), init);
+}
 
 /**
  * A run's cost track from its recorded timeline (a restarted coordinator, the tests): guest
@@ -357,17 +393,10 @@ const timeOf = (x: { readonly time?: Date | undefined }): number => x.time?.getT
 export function replayCostTrack(
   progress: readonly ProgressSample[],
   guest: readonly GuestPerfSample[],
-  transitions: readonly { readonly time?: Date | undefined; readonly to: MigrationState }[],
-  actions: readonly { readonly time?: Date | undefined; readonly kind: PolicyActionKind }[],
+  transitions: RecordedTimeline['transitions'],
+  actions: RecordedTimeline['actions'],
 ): GuestCostTrack {
-  const events: { t: number; o: number; apply: (s: GuestCostTrack) => GuestCostTrack }[] = [
-    ...progress.map((p) => ({ t: timeOf(p), apply: (s: GuestCostTrack) => trackProgressSample(s, p) })),
-    ...guest.map((g) => ({ t: timeOf(g), apply: (s: GuestCostTrack) => trackGuestSample(s, g) })),
-    ...transitions.map((c) => ({ t: timeOf(c), apply: (s: GuestCostTrack) => trackTransition(s, c.to, timeOf(c)) })),
-    ...actions.map((a) => ({ t: timeOf(a), apply: (s: GuestCostTrack) => trackAction(s, a.kind, timeOf(a)) })),
-  ].map((e, o) => ({ ...e, o }));
-  events.sort((a, b) => a.t - b.t || a.o - b.o);
-  return events.reduce<GuestCostTrack>((s, e) => e.apply(s), {});
+  return replayTimeline<GuestCostTrack>({}, { progress, guest, transitions, actions }, { progress: trackProgressSample, guest: trackGuestSample, transition: trackTransition, action: trackAction });
 }
 
 /** The figures a run's track leaves for the VM's next runs (undefined: nothing measured). */

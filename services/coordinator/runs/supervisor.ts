@@ -25,6 +25,7 @@ import {
   ProgressSample,
   migrationStateToJSON,
   type ErrorInfo,
+  type GuestPerfSample,
   type PolicyAction,
 } from '../../shared/gen/migd/v1/common.js';
 import type { Run } from '../../shared/gen/migd/v1/coordinator.js';
@@ -401,15 +402,18 @@ export class RunSupervisor {
       if (mode === 'start') {
         // Oldest first, as the policy would have received them (the cost track's baseline too).
         const guest = await this.d.store.analytics.guestSamplesBeforeRun(this.runId);
-        for (const g of guest) {
-          this.costTrack = trackGuestSample(this.costTrack, g);
-          if (this.policy.observeGuest) this.policyState = this.policy.observeGuest(this.policyState, g);
-        }
+        for (const g of guest) this.foldGuestSample(g);
       }
     } catch (err) {
       if (isAbortError(err)) throw err;
       this.log.warn('could not load the VM\'s earlier measurements for the policy; it keeps its defaults', { err: (err as Error).message });
     }
+  }
+
+  /** One guest sample into the run's cost track and, for a policy that measures the guest itself, its state. */
+  private foldGuestSample(g: GuestPerfSample): void {
+    this.costTrack = trackGuestSample(this.costTrack, g);
+    if (this.policy.observeGuest) this.policyState = this.policy.observeGuest(this.policyState, g);
   }
 
   /** A migration the node already has: finished → record it; running → rebuild the policy. */
@@ -545,8 +549,7 @@ export class RunSupervisor {
       }
       case 'guest':
         this.d.store.samples.appendGuestSample({ ...up.value, vmName: up.value.vmName || this.run.vmName }, this.runId);
-        this.costTrack = trackGuestSample(this.costTrack, up.value);
-        if (this.policy.observeGuest) this.policyState = this.policy.observeGuest(this.policyState, up.value);
+        this.foldGuestSample(up.value);
         return;
       case 'action':
         await this.reconcileActions([up.value]);

@@ -383,12 +383,6 @@ export interface PlateauEvidence extends BoundEvidence {
 }
 
 /**
- * @deprecated The evidence as positional arguments (prior, estimate, set, throughput), for existing
- * callers of {@link backlogPlateau}: pass a {@link PlateauEvidence}.
- */
-type PositionalEvidence = [prior: WorkingSetHistory | undefined, estimateBytesPerSec: number, set?: DirtySet, bytesPerSec?: number];
-
-/**
  * The working-set bound from the backlogs found at pass boundaries (pure; see the module comment,
  * "Saturation"). For each earlier boundary a and the latest c (c > a): where b_c ≥ `shrink` × b_a
  * (it did not shrink beyond the readings' noise, however many passes apart) and the shrink per pass
@@ -408,9 +402,8 @@ export function backlogPlateau(
   ratio: number,
   shrink: number,
   vsPredicted: number,
-  ...given: [evidence?: PlateauEvidence] | PositionalEvidence
+  evidence: PlateauEvidence = {},
 ): BacklogPlateau | undefined {
-  const evidence: PlateauEvidence = given.length > 1 ? { prior: given[0] as WorkingSetHistory | undefined, estimateBytesPerSec: given[1], set: given[2], bytesPerSec: given[3] } : ((given[0] as PlateauEvidence | undefined) ?? {});
   const { prior, estimateBytesPerSec = 0, set, bytesPerSec = 0 } = evidence;
   const last = boundaries[boundaries.length - 1];
   if (!last || !(ratio >= 0) || ratio >= 1) return undefined;

@@ -7,7 +7,7 @@
  * queries are plain Kysely, written to run on SQLite and Postgres alike.
  */
 import { performance } from 'node:perf_hooks';
-import { CompiledQuery, type Compilable, type Kysely, type QueryResult } from 'kysely';
+import { CompiledQuery, type Compilable, type Kysely, type KyselyPlugin, type QueryResult } from 'kysely';
 import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
 import { buildEvent, encodeEvent } from '../../shared/events/codec.js';
 import { createIdFactory } from '../../shared/events/ids.js';
@@ -41,6 +41,20 @@ export interface StoreDialect {
 /** Counts the events a write transaction enqueued (listeners are told after its commit). */
 export interface TxState {
   enqueued: number;
+}
+
+/**
+ * What the write connection has run (issue 15 §4: on Postgres each statement is a round trip of
+ * the one write connection, so statements per migration bound a drain's rate). Deterministic:
+ * tests count the statements of each write without timing.
+ */
+export interface WriteStats {
+  /** Group commits (transactions) begun, redos included. */
+  groups: number;
+  /** Writes taken into a group (a write of a redone group once). */
+  writes: number;
+  /** Statements the writes themselves ran (a redone group's both attempts), without the groups' own begin, lock, fencing check and commit. */
+  statements: number;
 }
 
 /** Writes of one group commit at most (see StoreDatabase.write). */
@@ -170,6 +184,16 @@ export class StoreDatabase {
   private flushing: Promise<void> | undefined;
   /** Groups written again with savepoints because one of their writes failed (see writeGroup). */
   groupRedos = 0;
+  /** See {@link WriteStats}. */
+  readonly writeStats: WriteStats = { groups: 0, writes: 0, statements: 0 };
+  /** Counts the statements of the writes (a plugin sees every query's result on the connection it is added to). */
+  private readonly countStatements: KyselyPlugin = {
+    transformQuery: (args) => args.node,
+    transformResult: (args) => {
+      this.writeStats.statements++;
+      return Promise.resolve(args.result);
+    },
+  };
   /** Hot queries compiled once for this database's dialect: SQL text and where each argument goes. */
   private readonly reusable = new Map<string, { compiled: CompiledQuery<unknown>; slots: number[] }>();
 
@@ -253,8 +277,11 @@ export class StoreDatabase {
     const tx: TxState = { enqueued: 0 };
     const outcomes: Outcome<unknown>[] = [];
     try {
-      await this.db.connection().execute(async (conn) => {
-        await this.dialect.beginWrite(conn);
+      await this.db.connection().execute(async (control) => {
+        await this.dialect.beginWrite(control);
+        this.writeStats.groups++;
+        // The writes' statements are counted (writeStats), the group's own are not.
+        const conn = control.withPlugin(this.countStatements);
         const started = performance.now();
         try {
           if (available === 1) {
@@ -278,17 +305,18 @@ export class StoreDatabase {
               // Postgres refuses any further statement after a failed one): the group is undone
               // and written again, each write in its own savepoint, so only the failing one fails.
               this.groupRedos++;
-              await conn.executeQuery(TX.rollback);
+              await control.executeQuery(TX.rollback);
               outcomes.length = 0;
               tx.enqueued = 0;
-              await this.dialect.beginWrite(conn);
-              for (const w of group) outcomes.push(await inSavepoint(conn, tx, () => w.fn(conn, tx)));
+              await this.dialect.beginWrite(control);
+              this.writeStats.groups++;
+              for (const w of group) outcomes.push(await inSavepoint(control, tx, () => w.fn(conn, tx)));
             }
           }
-          await conn.executeQuery(TX.commit);
+          await control.executeQuery(TX.commit);
         } catch (err) {
           try {
-            await conn.executeQuery(TX.rollback);
+            await control.executeQuery(TX.rollback);
           } catch {
             // The database already rolled back (e.g. SQLite after SQLITE_FULL); nothing to undo.
           }
@@ -318,6 +346,7 @@ export class StoreDatabase {
   /** The next write in line, its wait in the queue recorded (turn profiler: `store.write-wait`, `first` ones apart). */
   private takeNext(): PendingWrite {
     const w = this.pending.shift()!;
+    this.writeStats.writes++;
     if (w.askedAt > 0) turns.record(w.first ? 'store.write-wait first' : 'store.write-wait', w.askedAt);
     return w;
   }

@@ -86,6 +86,20 @@ export class WriteQueue<T> {
     return this.firsts.length > 0 ? this.firsts.shift() : this.rest.shift();
   }
 
+  /** Items asked for `first` still waiting. */
+  get firstWaiting(): number {
+    return this.firsts.length;
+  }
+
+  /**
+   * How many items the next group may take, at most `max`: the `first` ones alone while any wait
+   * (a client waits for each: they commit without waiting for up to a budget's worth of the
+   * others), else the others.
+   */
+  nextGroup(max: number): number {
+    return Math.min(this.firsts.length > 0 ? this.firsts.length : this.rest.length, max);
+  }
+
   /** Takes up to `n` items in line. */
   take(n: number): T[] {
     const out: T[] = [];
@@ -168,6 +182,8 @@ export class StoreDatabase {
   /** Writes waiting for the next group (see {@link write}). */
   private readonly pending = new WriteQueue<PendingWrite>();
   private flushing: Promise<void> | undefined;
+  /** Ends the flush's wait for the event loop's check phase at once (see {@link nextTurn}). */
+  private wake: (() => void) | undefined;
   /** Groups written again with savepoints because one of their writes failed (see writeGroup). */
   groupRedos = 0;
   /** Hot queries compiled once for this database's dialect: SQL text and where each argument goes. */
@@ -204,7 +220,10 @@ export class StoreDatabase {
    *
    * Writes go in the order asked, except that one asked with `first` (a client's request waiting
    * on it, e.g. SubmitPlan's plan) goes before the writes still waiting: it did not wait behind a
-   * drain's backlog of run updates. Queued writes are concurrent (none has been acknowledged), so
+   * drain's backlog of run updates. Such writes commit in groups of their own, begun at once (or
+   * right after the group being written): a group of the others held a SubmitPlan up to a budget's
+   * worth of writes, and one begun after the turn's I/O callbacks had its response written a turn
+   * of the event loop later (issue 15). Queued writes are concurrent (none has been acknowledged), so
    * any order of them is a serial order; each run's own writes are made one after the other by
    * its supervisor, so its events keep their order.
    */
@@ -217,7 +236,26 @@ export class StoreDatabase {
       // after the current microtasks: a drain's run updates arrive one gRPC message per callback,
       // and a group begun at once held one write each (SQLite's writes are synchronous, so the
       // group was written before the next message was read): 4–5 commits per migration.
-      this.flushing ??= new Promise<void>((r) => setImmediate(r)).then(() => this.flush());
+      // A `first` write (a client waits for it) does not wait for the I/O callbacks: its group
+      // (of `first` writes only) begins now, or as soon as the group being written has committed,
+      // so the client's response is written in this turn of the event loop, not the next one.
+      if (first) this.wake?.();
+      this.flushing ??= (first ? Promise.resolve() : this.nextTurn()).then(() => this.flush());
+    });
+  }
+
+  /** Resolves after the I/O callbacks of this turn of the event loop (setImmediate), or when woken. */
+  private nextTurn(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const immediate = setImmediate(() => {
+        this.wake = undefined;
+        resolve();
+      });
+      this.wake = () => {
+        clearImmediate(immediate);
+        this.wake = undefined;
+        resolve();
+      };
     });
   }
 
@@ -229,8 +267,9 @@ export class StoreDatabase {
         const written = await this.writeGroup();
         turns.record('store.group-commit', t, written);
         if (this.pending.length === 0) break;
-        // The rest after the I/O callbacks (requests, node messages) that waited for this group.
-        await new Promise<void>((r) => setImmediate(r));
+        // The rest after the I/O callbacks (requests, node messages) that waited for this group;
+        // `first` writes at once.
+        if (this.pending.firstWaiting === 0) await this.nextTurn();
       }
     } finally {
       this.flushing = undefined;
@@ -248,7 +287,7 @@ export class StoreDatabase {
    * number of writes taken.
    */
   private async writeGroup(): Promise<number> {
-    const available = Math.min(this.pending.length, WRITE_GROUP_MAX);
+    const available = this.pending.nextGroup(WRITE_GROUP_MAX);
     const group: PendingWrite[] = [];
     const tx: TxState = { enqueued: 0 };
     const outcomes: Outcome<unknown>[] = [];

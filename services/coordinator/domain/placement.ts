@@ -121,9 +121,8 @@ export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: P
     if (node.id === vm.nodeId) problems.push('is the source');
     if (allowed && !allowed.has(node.id)) problems.push('is not among the requested destinations');
     if (!node.up) problems.push('is down');
-    if (required.length > 0) {
-      const missing = required.filter((c) => !node.capabilities.includes(c));
-      if (missing.length > 0) problems.push(`lacks ${missing.join(', ')}`);
+    if (required.length > 0 && !required.every((c) => node.capabilities.includes(c))) {
+      problems.push(`lacks ${required.filter((c) => !node.capabilities.includes(c)).join(', ')}`);
     }
     if (availableBytes < need) {
       const reservedNote = reserved.bytes > 0 ? ` after ${formatBytes(reserved.bytes)} reserved by ${reserved.count} planned migration(s)` : '';
@@ -134,17 +133,18 @@ export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: P
       storageShort = { neededBytes: diskNeed, freeBytes: node.storageFreeBytes, promisedBytes: reserved.diskBytes, promisedTo: reserved.count };
       problems.push(`has too little storage: ${storageWords(vm, storageShort)}`);
     }
-    const shared = new Set<string>();
+    // Allocated only for a VM with a group: a drain judges every node for each of its VMs.
+    const shared = vm.antiAffinityGroup ? new Set<string>() : undefined;
     if (vm.antiAffinityGroup) {
       for (const other of index.groupOn(vm.antiAffinityGroup, node.id)) {
         if (other === vm.name) continue;
-        shared.add(other);
+        shared?.add(other);
         problems.push(`would share the node with "${other}" (anti-affinity group "${vm.antiAffinityGroup}")`);
       }
     }
     const apart = apartOn.size > 0 ? apartOn.get(node.id) : undefined;
     for (const other of apart ?? []) {
-      if (!shared.has(other)) problems.push(`would share the node with "${other}" (requested to be kept apart)`);
+      if (!shared?.has(other)) problems.push(`would share the node with "${other}" (requested to be kept apart)`);
     }
     const verdict: { -readonly [K in keyof NodeVerdict]: NodeVerdict[K] } = { nodeId: node.id, eligible: problems.length === 0, problems, availableBytes, inbound: reserved.count };
     if (storageShort) verdict.storageShort = storageShort;

@@ -21,11 +21,13 @@ export function sortVms(vms: readonly VmInfo[]): VmInfo[] {
     .map((e) => e.v);
 }
 
-/** Node ids in the order their VMs' keys sort (the id and the separator: a prefix sorts first). */
-function byNodeKey(a: string, b: string): number {
-  const ka = `${a}\u0000`;
-  const kb = `${b}\u0000`;
-  return ka < kb ? -1 : ka > kb ? 1 : 0;
+const incoming = (v: VmInfo): number => (v.state === VmState.VM_STATE_INCOMING ? 1 : 0);
+
+/** One node's VMs (names without the separator) in the order of their keys. */
+function byNameThenIncoming(a: VmInfo, b: VmInfo): number {
+  const na = a.spec?.name ?? '';
+  const nb = b.spec?.name ?? '';
+  return na < nb ? -1 : na > nb ? 1 : incoming(a) - incoming(b);
 }
 
 export class VmOrder {
@@ -63,14 +65,19 @@ export class VmOrder {
       return sortVms(all).filter(keep);
     }
     const out: VmInfo[] = [];
-    for (const node of [...groups.keys()].sort(byNodeKey)) for (const v of groups.get(node)!) if (keep(v)) out.push(v);
+    // Node ids without the separator sort as their VMs' keys do (a prefix first either way).
+    for (const node of [...groups.keys()].sort()) for (const v of groups.get(node)!) if (keep(v)) out.push(v);
     return out;
   }
 
   private sortedList(node: string, list: readonly VmInfo[]): readonly VmInfo[] | undefined {
     let s = this.sorted.get(list);
     if (s === undefined) {
-      s = list.every((v) => v.nodeId === node) ? { vms: sortVms(list) } : { vms: undefined };
+      if (!list.every((v) => v.nodeId === node)) s = { vms: undefined };
+      // Names without the separator compare as their keys do: no key built (a node's list is
+      // sorted again after each of its heartbeats).
+      else if (list.every((v) => !(v.spec?.name ?? '').includes('\u0000'))) s = { vms: [...list].sort(byNameThenIncoming) };
+      else s = { vms: sortVms(list) };
       this.sorted.set(list, s);
     }
     return s.vms;

@@ -24,7 +24,8 @@ function rng(seed: number): () => number {
 }
 
 const NODES = ['n1', 'n10', 'n1.a', 'n1-', 'N1', 'n2', 'a', 'a_b', 'z9', 'n100'];
-const NAMES = ['vm', 'vm-1', 'vm-10', 'vm-2', 'VM', 'x', 'vm.1', 'a', 'b0'];
+// A name with the separator in it takes the keyed sort (the others the name comparison).
+const NAMES = ['vm', 'vm-1', 'vm-10', 'vm-2', 'VM', 'x', 'vm.1', 'a', 'b0', 'v', 'v\u0000a'];
 const STATES = [VmState.VM_STATE_RUNNING, VmState.VM_STATE_INCOMING, VmState.VM_STATE_STOPPED, VmState.VM_STATE_MIGRATING];
 const notStopped = (v: VmInfo): boolean => v.state !== VmState.VM_STATE_STOPPED;
 

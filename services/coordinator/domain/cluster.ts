@@ -146,6 +146,16 @@ export function allMoves(cluster: ClusterModel, extra: readonly PlannedMove[] = 
   return [...(cluster.plannedMoves ?? []), ...extra];
 }
 
+/**
+ * The model of each VM report without dirty rates and planned moves (see clusterFromProto). A
+ * report must not change once modelled (the registry's never do: it replaces them); the models
+ * are shared between the clusters built from it and must not change either (VmModel is readonly).
+ */
+const reportModels = new WeakMap<VmInfo, VmModel>();
+
+/** A move that promises no LOCAL-disk storage (see clusterFromProto). */
+const NO_DISK_BYTES: { diskBytes?: number } = Object.freeze({});
+
 /** A node's reservations when no planned move goes there. */
 const NO_RESERVATION = Object.freeze({ bytes: 0, count: 0, diskBytes: 0 });
 
@@ -228,9 +238,12 @@ export class ClusterIndex {
   /** Places the VM on `nodeId`: moved there (`move`), or where the cluster has it. */
   private place(vmName: string, nodeId: string, move = false): void {
     const group = this.vms.get(vmName)?.antiAffinityGroup;
+    if (!group) {
+      if (move) this.at.set(vmName, nodeId);
+      return;
+    }
     const was = this.location(vmName);
     if (move) this.at.set(vmName, nodeId);
-    if (!group) return;
     let byNode = this.groups.get(group);
     if (!byNode) this.groups.set(group, (byNode = new Map()));
     if (was !== undefined) byNode.get(was)?.delete(vmName);
@@ -257,21 +270,25 @@ export function clusterFromProto(
   const residents: VmInfo[] = [];
   const incoming: VmInfo[] = [];
   for (const v of vms) (v.state === VmState.VM_STATE_INCOMING ? incoming : residents).push(v);
-  // The names whose first resident's node and LOCAL disks the moves need (diskBytesOf).
-  const asked = new Set<string>();
-  for (const m of opts.plannedMoves ?? []) if (m.diskBytes === undefined) asked.add(m.vmName);
-  for (const v of incoming) asked.add(v.spec?.name ?? '');
-  const residentNode = new Map<string, string>();
-  const residentDisks = new Map<string, number>();
   const disksOf = new Map<VmInfo, { spaceBytes: number; transferBytes: number }>();
   for (const r of residents) {
     const disks = localDiskSpace(r);
     if (disks.spaceBytes > 0) disksOf.set(r, disks);
-    if (asked.size === 0) continue;
-    const name = r.spec?.name ?? '';
-    if (asked.has(name) && !residentNode.has(name)) {
+  }
+  // The names whose first resident's node and LOCAL disks are asked for: the incoming VMs' (their
+  // source), and the moves' when any VM has LOCAL disks (diskBytesOf; else every move promises 0).
+  const asked = new Set<string>();
+  if (disksOf.size > 0) for (const m of opts.plannedMoves ?? []) if (m.diskBytes === undefined) asked.add(m.vmName);
+  for (const v of incoming) asked.add(v.spec?.name ?? '');
+  const residentNode = new Map<string, string>();
+  const residentDisks = new Map<string, number>();
+  if (asked.size > 0) {
+    for (const r of residents) {
+      const name = r.spec?.name ?? '';
+      if (!asked.has(name) || residentNode.has(name)) continue;
       residentNode.set(name, r.nodeId);
-      if (disks.spaceBytes > 0) residentDisks.set(name, disks.spaceBytes);
+      const disks = disksOf.get(r);
+      if (disks) residentDisks.set(name, disks.spaceBytes);
     }
   }
   // What the incoming copy of a VM already occupies on its destination (its target images, as
@@ -283,11 +300,16 @@ export function clusterFromProto(
   // copy is under way, what has arrived is already out of the destination's reported free
   // storage: only the rest is still promised (counting both would refuse space that exists).
   const diskBytesOf = (vmName: string, to: string): { diskBytes?: number } => {
+    if (residentDisks.size === 0) return NO_DISK_BYTES;
     const promised = residentNode.get(vmName) === to ? 0 : (residentDisks.get(vmName) ?? 0);
     const bytes = Math.max(0, promised - (arrived.get(`${to}\u0000${vmName}`) ?? 0));
-    return bytes > 0 ? { diskBytes: bytes } : {};
+    return bytes > 0 ? { diskBytes: bytes } : NO_DISK_BYTES;
   };
-  const moves: PlannedMove[] = (opts.plannedMoves ?? []).map((m) => (m.diskBytes !== undefined ? m : { ...m, ...diskBytesOf(m.vmName, m.to) }));
+  const moves: PlannedMove[] = (opts.plannedMoves ?? []).map((m) => {
+    if (m.diskBytes !== undefined) return m;
+    const promised = diskBytesOf(m.vmName, m.to);
+    return promised === NO_DISK_BYTES ? m : { ...m, ...promised };
+  });
   const moved = new Set(moves.map((m) => m.vmName));
   for (const v of incoming) {
     const name = v.spec?.name ?? '';
@@ -307,16 +329,18 @@ export function clusterFromProto(
     })),
     vms: residents.map((v) => {
       const name = v.spec?.name ?? '';
-      const model: VmModel = {
-        name,
-        nodeId: v.nodeId,
-        memoryMib: v.spec?.memoryMib ?? 0,
-        antiAffinityGroup: v.spec?.antiAffinityGroup || undefined,
-        dirtyRateBytesPerSec: dirtyRates?.get(name),
-        migrating: v.state === VmState.VM_STATE_MIGRATING || v.migrationRunId !== '' || moved.has(name),
-      };
-      const disks = disksOf.get(v);
-      return disks ? { ...model, diskTransferBytes: disks.transferBytes, diskSpaceBytes: disks.spaceBytes } : model;
+      const own = v.state === VmState.VM_STATE_MIGRATING || v.migrationRunId !== '';
+      // Without dirty rates a VM's model is its report's alone, but for a planned move: kept per
+      // report (the registry replaces a node's reports, never changes one), so a plan builds the
+      // models of the VMs reported since the last one only.
+      let model = dirtyRates === undefined ? reportModels.get(v) : undefined;
+      if (model === undefined) {
+        model = { name, nodeId: v.nodeId, memoryMib: v.spec?.memoryMib ?? 0, antiAffinityGroup: v.spec?.antiAffinityGroup || undefined, dirtyRateBytesPerSec: dirtyRates?.get(name), migrating: own };
+        const disks = disksOf.get(v);
+        if (disks) model = { ...model, diskTransferBytes: disks.transferBytes, diskSpaceBytes: disks.spaceBytes };
+        if (dirtyRates === undefined) reportModels.set(v, model);
+      }
+      return !own && moved.has(name) ? { ...model, migrating: true } : model;
     }),
     links: opts.links,
     plannedMoves: moves,

@@ -19,8 +19,11 @@ import { formatBytes } from './units.js';
 export interface PlacementOptions {
   /** The requested destination; omitted lets placement choose. */
   readonly destination?: string | undefined;
-  /** Restrict choices to these nodes (a drain's destination_node_ids); empty or omitted: any. */
-  readonly allowedDestinations?: readonly string[] | undefined;
+  /**
+   * Restrict choices to these nodes (a drain's destination_node_ids); empty or omitted: any. A set
+   * when one is placing many VMs (a drain builds it once rather than once per VM).
+   */
+  readonly allowedDestinations?: readonly string[] | ReadonlySet<string> | undefined;
   /** Capabilities both ends must support (see policy `requirements.capabilities`). */
   readonly requiredCapabilities?: readonly string[] | undefined;
   /** VM names whose destinations must be kept apart (SubmitPlanRequest.anti_affinity_vm_names). */
@@ -37,6 +40,17 @@ export interface PlacementOptions {
 
 function indexFor(cluster: ClusterModel, opts: PlacementOptions): ClusterIndex {
   return opts.index ?? new ClusterIndex(cluster, opts.plannedMoves);
+}
+
+/** The allowed destinations as a set; undefined when any node is allowed (none given). */
+export function allowedSet(nodes: readonly string[] | ReadonlySet<string> | undefined): ReadonlySet<string> | undefined {
+  if (nodes === undefined) return undefined;
+  if (isSet(nodes)) return nodes.size > 0 ? nodes : undefined;
+  return nodes.length > 0 ? new Set(nodes) : undefined;
+}
+
+function isSet(nodes: readonly string[] | ReadonlySet<string>): nodes is ReadonlySet<string> {
+  return !Array.isArray(nodes);
 }
 
 /** The verdict on one candidate node. */
@@ -100,7 +114,7 @@ export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: P
   const index = indexFor(cluster, opts);
   const need = vmMemoryBytes(vm);
   const diskNeed = (vm.diskSpaceBytes ?? 0) > 0 ? vm.diskSpaceBytes! + storageMargin(vm.diskSpaceBytes!) : 0;
-  const allowed = opts.allowedDestinations && opts.allowedDestinations.length > 0 ? new Set(opts.allowedDestinations) : undefined;
+  const allowed = allowedSet(opts.allowedDestinations);
   const required = opts.requiredCapabilities ?? [];
   // The other kept-apart VMs, by where they are (or will be).
   const apartOn = new Map<string, string[]>();

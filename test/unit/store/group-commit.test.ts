@@ -206,6 +206,17 @@ describe('groupTakesMore', () => {
   });
 });
 
+describe('groupTakesMore after a first write', () => {
+  const at = (taken: number, lastFirst: boolean, firstWaiting: number, available = 10) => groupTakesMore({ taken, available, elapsedMs: 0, max: 8, budgetMs: 10, lastFirst, firstWaiting });
+
+  it('commits after a write a client waits for, unless another such write waits', () => {
+    expect(at(3, true, 0)).toBe(false);
+    expect(at(3, true, 1)).toBe(true);
+    expect(at(3, false, 0)).toBe(true);
+    expect(at(1, true, 2, 1)).toBe(false);
+  });
+});
+
 describe('WriteQueue', () => {
   it('hands out the writes asked for first before the others, each kind in the order asked', () => {
     const q = new WriteQueue<string>();

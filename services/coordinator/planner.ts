@@ -90,12 +90,11 @@ export class Planner {
   async model(): Promise<ClusterModel> {
     const vms = await this.o.registry.vms();
     // The run manager holds every unfinished run (queued or running): no read of them all per plan.
-    const active = this.o.runs.activeMoves();
+    const plannedMoves = this.o.runs.plannedMoves();
     // The registry's live view (host, up/down) is all placement reads of a node.
     const nodes = this.o.registry.liveNodes();
-    const plannedMoves = active.map((r) => ({ vmName: r.vmName, from: r.sourceNodeId, to: r.destinationNodeId, memoryBytes: r.memoryMib * MiB }));
     const creating = [...this.creating.values()];
-    const cluster = clusterFromProto(nodes, vms, { plannedMoves: [...plannedMoves, ...creating.map((c) => ({ vmName: c.name, from: '', to: c.nodeId, memoryBytes: c.memoryMib * MiB, diskBytes: c.diskBytes }))] });
+    const cluster = clusterFromProto(nodes, vms, { plannedMoves: creating.length === 0 ? plannedMoves : [...plannedMoves, ...creating.map((c) => ({ vmName: c.name, from: '', to: c.nodeId, memoryBytes: c.memoryMib * MiB, diskBytes: c.diskBytes }))] });
     // Built on every SubmitPlan over every VM: the names are only looked up when a VM is being created.
     if (creating.length === 0) return cluster;
     const known = new Set(cluster.vms.map((v) => v.name));

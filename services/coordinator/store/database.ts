@@ -63,10 +63,13 @@ export const WRITE_GROUP_MAX = 256;
 /**
  * Whether a group commit takes one more write: while writes that were waiting when it began are
  * left, fewer than `max` are taken and the group has run less than `budgetMs`. The first write is
- * always taken.
+ * always taken. A group whose last write was asked for `first` (a client waits for it; taken
+ * before the others, also into a group already under way) commits unless another such write
+ * waits: it does not wait for the rest of the budget (Postgres: 100 ms of other writes).
  */
-export function groupTakesMore(s: { taken: number; available: number; elapsedMs: number; max: number; budgetMs: number }): boolean {
+export function groupTakesMore(s: { taken: number; available: number; elapsedMs: number; max: number; budgetMs: number; lastFirst?: boolean; firstWaiting?: number }): boolean {
   if (s.taken >= s.available || s.taken >= s.max) return false;
+  if (s.lastFirst === true && (s.firstWaiting ?? 0) === 0) return false;
   return s.taken === 0 || s.elapsedMs < s.budgetMs;
 }
 
@@ -98,6 +101,20 @@ export class WriteQueue<T> {
   /** The next item in line (undefined when empty). */
   shift(): T | undefined {
     return this.firsts.length > 0 ? this.firsts.shift() : this.rest.shift();
+  }
+
+  /** Items asked for `first` still waiting. */
+  get firstWaiting(): number {
+    return this.firsts.length;
+  }
+
+  /**
+   * How many items the next group may take, at most `max`: the `first` ones alone while any wait
+   * (a client waits for each: they commit without waiting for up to a budget's worth of the
+   * others), else the others.
+   */
+  nextGroup(max: number): number {
+    return Math.min(this.firsts.length > 0 ? this.firsts.length : this.rest.length, max);
   }
 
   /** Takes up to `n` items in line. */
@@ -182,6 +199,8 @@ export class StoreDatabase {
   /** Writes waiting for the next group (see {@link write}). */
   private readonly pending = new WriteQueue<PendingWrite>();
   private flushing: Promise<void> | undefined;
+  /** Ends the flush's wait for the event loop's check phase at once (see {@link nextTurn}). */
+  private wake: (() => void) | undefined;
   /** Groups written again with savepoints because one of their writes failed (see writeGroup). */
   groupRedos = 0;
   /** See {@link WriteStats}. */
@@ -228,7 +247,10 @@ export class StoreDatabase {
    *
    * Writes go in the order asked, except that one asked with `first` (a client's request waiting
    * on it, e.g. SubmitPlan's plan) goes before the writes still waiting: it did not wait behind a
-   * drain's backlog of run updates. Queued writes are concurrent (none has been acknowledged), so
+   * drain's backlog of run updates. Such writes commit in groups of their own, begun at once (or
+   * right after the group being written): a group of the others held a SubmitPlan up to a budget's
+   * worth of writes, and one begun after the turn's I/O callbacks had its response written a turn
+   * of the event loop later (issue 15). Queued writes are concurrent (none has been acknowledged), so
    * any order of them is a serial order; each run's own writes are made one after the other by
    * its supervisor, so its events keep their order.
    */
@@ -241,7 +263,26 @@ export class StoreDatabase {
       // after the current microtasks: a drain's run updates arrive one gRPC message per callback,
       // and a group begun at once held one write each (SQLite's writes are synchronous, so the
       // group was written before the next message was read): 4–5 commits per migration.
-      this.flushing ??= new Promise<void>((r) => setImmediate(r)).then(() => this.flush());
+      // A `first` write (a client waits for it) does not wait for the I/O callbacks: its group
+      // (of `first` writes only) begins now, or as soon as the group being written has committed,
+      // so the client's response is written in this turn of the event loop, not the next one.
+      if (first) this.wake?.();
+      this.flushing ??= (first ? Promise.resolve() : this.nextTurn()).then(() => this.flush());
+    });
+  }
+
+  /** Resolves after the I/O callbacks of this turn of the event loop (setImmediate), or when woken. */
+  private nextTurn(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const immediate = setImmediate(() => {
+        this.wake = undefined;
+        resolve();
+      });
+      this.wake = () => {
+        clearImmediate(immediate);
+        this.wake = undefined;
+        resolve();
+      };
     });
   }
 
@@ -256,8 +297,9 @@ export class StoreDatabase {
         // The same groups, sized by their writes' statements on the write connection (bench d: statements per migration; a group's own begin/lock/commit not counted).
         turns.record('store.group-commit statements', t, this.writeStats.statements - statements);
         if (this.pending.length === 0) break;
-        // The rest after the I/O callbacks (requests, node messages) that waited for this group.
-        await new Promise<void>((r) => setImmediate(r));
+        // The rest after the I/O callbacks (requests, node messages) that waited for this group;
+        // `first` writes at once.
+        if (this.pending.firstWaiting === 0) await this.nextTurn();
       }
     } finally {
       this.flushing = undefined;
@@ -275,7 +317,7 @@ export class StoreDatabase {
    * number of writes taken.
    */
   private async writeGroup(): Promise<number> {
-    const available = Math.min(this.pending.length, WRITE_GROUP_MAX);
+    const available = this.pending.nextGroup(WRITE_GROUP_MAX);
     const group: PendingWrite[] = [];
     const tx: TxState = { enqueued: 0 };
     const outcomes: Outcome<unknown>[] = [];
@@ -294,7 +336,7 @@ export class StoreDatabase {
             // Optimistic: the writes one after another without savepoints (two statements fewer
             // each: on Postgres two network round trips of a group's four to six per write).
             let failed = false;
-            while (!failed && groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs })) {
+            while (!failed && groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs, lastFirst: group[group.length - 1]?.first, firstWaiting: this.pending.firstWaiting })) {
               const w = this.takeNext();
               group.push(w);
               try {

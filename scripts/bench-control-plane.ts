@@ -770,6 +770,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       const report = await turnReport(`http://${metricsAddr}/debug/turns`);
       printSubmitSplit(latByKey, sentAt, report);
       printTurns(report, benchLoop, submitted?.loopDelay);
+      printWriteStatements(report, planned);
       printScaleGoals(`${n} nodes, ${dialect}`, [bound / makespan, quantile(lat, 0.99), planned > 0 ? cpu / planned : NaN]);
     } catch (err) {
       out(`  ${String(n).padStart(5)}: failed: ${err instanceof Error ? err.message : String(err)}${downs > 0 ? ` (the coordinator marked nodes down ${downs} times)` : ''}`);
@@ -859,6 +860,20 @@ function printTurns(report: TurnReport | undefined, benchLoop: IntervalHistogram
   for (const c of report.causes) {
     out(`      ${c.cause.padEnd(28)} ${String(c.count).padStart(7)} ${fmt(c.totalMs / 1000, 1).padStart(9)} ${fmt(c.p50Ms, 1).padStart(8)} ${fmt(c.p99Ms, 1).padStart(8)} ${fmt(c.maxMs, 1).padStart(8)}   ${fmt(c.sizeMean, 1)}/${fmt(c.sizeMax, 0)}`);
   }
+}
+
+/**
+ * The statements the coordinator's writes ran on its store's write connection (the group commits'
+ * own begin/lock/commit not counted; turn cause `store.group-commit statements`), per planned migration: on
+ * Postgres each is a round trip of the one write connection (issue 15 §4).
+ */
+function printWriteStatements(report: TurnReport | undefined, migrations: number): void {
+  const c = report?.causes.find((x) => x.cause === 'store.group-commit statements');
+  const g = report?.causes.find((x) => x.cause === 'store.group-commit');
+  if (!c || !g || migrations === 0) return;
+  const statements = c.sizeMean * c.count;
+  const writes = g.sizeMean * g.count;
+  out(`    write connection: ${fmt(statements, 0)} statements in ${c.count} group commits (${fmt(writes, 0)} writes): ${fmt(statements / migrations, 2)} statements and ${fmt(c.count / migrations, 3)} groups per migration`);
 }
 
 /** utime + stime of a process, in seconds (Linux /proc). */

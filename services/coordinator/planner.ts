@@ -90,12 +90,13 @@ export class Planner {
   async model(): Promise<ClusterModel> {
     const vms = await this.o.registry.vms();
     // The run manager holds every unfinished run (queued or running): no read of them all per plan.
-    const active = this.o.runs.activeMoves();
+    const plannedMoves = this.o.runs.plannedMoves();
     // The registry's live view (host, up/down) is all placement reads of a node.
     const nodes = this.o.registry.liveNodes();
-    const plannedMoves = active.map((r) => ({ vmName: r.vmName, from: r.sourceNodeId, to: r.destinationNodeId, memoryBytes: r.memoryMib * MiB }));
     const creating = [...this.creating.values()];
-    const cluster = clusterFromProto(nodes, vms, { plannedMoves: [...plannedMoves, ...creating.map((c) => ({ vmName: c.name, from: '', to: c.nodeId, memoryBytes: c.memoryMib * MiB, diskBytes: c.diskBytes }))] });
+    const cluster = clusterFromProto(nodes, vms, { plannedMoves: creating.length === 0 ? plannedMoves : [...plannedMoves, ...creating.map((c) => ({ vmName: c.name, from: '', to: c.nodeId, memoryBytes: c.memoryMib * MiB, diskBytes: c.diskBytes }))] });
+    // Built on every SubmitPlan over every VM: the names are only looked up when a VM is being created.
+    if (creating.length === 0) return cluster;
     const known = new Set(cluster.vms.map((v) => v.name));
     const pending = creating.filter((c) => !known.has(c.name)).map((c) => ({ name: c.name, nodeId: c.nodeId, memoryMib: c.memoryMib, antiAffinityGroup: c.antiAffinityGroup, dirtyRateBytesPerSec: undefined, migrating: true }));
     return { ...cluster, vms: [...cluster.vms, ...pending] };
@@ -179,7 +180,11 @@ export class Planner {
       }
       const draft = draftPlan(cluster, req, { limits: this.o.limits, policyAt });
       const planId = this.newId();
-      const memoryOf = new Map(cluster.vms.map((v) => [v.name, v.memoryMib]));
+      // The planned VMs' memory (the last VM of a name, as a map of every VM gave it): not a map of
+      // every VM of the cluster per plan.
+      const planned = new Set(draft.migrations.map((m) => m.vmName));
+      const memoryOf = new Map<string, number>();
+      for (const v of cluster.vms) if (planned.has(v.name)) memoryOf.set(v.name, v.memoryMib);
       const transport = await this.chooseTransports(req.policy, draft.migrations.map((m) => ({ vmName: m.vmName, memoryMib: memoryOf.get(m.vmName) ?? 0 })));
       const runs: (Omit<CreateRunInput, 'planId'> & { id: string; order: number; convergence: ConvergencePolicy })[] = draft.migrations.map((m) => {
         const memoryMib = memoryOf.get(m.vmName) ?? 0;

@@ -16,6 +16,7 @@ import { createClient, type RpcClient } from '../shared/rpc/client.js';
 import { nodeIdentity } from '../shared/pki.js';
 import { splitHostPort, type TransportSecurity } from '../shared/rpc/tls.js';
 import type { NodeVmRepository, PlanRunRepository, SampleRepository } from './store/types.js';
+import { VmOrder } from './vm-order.js';
 
 export type NodeClient = RpcClient<typeof NodeServiceService>;
 
@@ -68,6 +69,8 @@ export class NodeRegistry {
   private readonly reported = new Map<string, VmInfo[]>();
   /** VM name → the nodes whose latest report (in `reported`) lists it: run ends look VMs up by name. */
   private readonly reportedOn = new Map<string, Set<string>>();
+  /** Lists VMs in order, each node's reported list sorted once (see vm-order.ts). */
+  private readonly order = new VmOrder();
   /** VM name → where and in what state it was last written to the store (to write only changes). */
   private readonly written = new Map<string, { node: string; state: VmState }>();
   /** Node → names of the VMs last written as being on it. */
@@ -513,18 +516,15 @@ export class NodeRegistry {
    * started. Stopped VMs are left out.
    */
   async vms(nodeId?: string, opts: { includeStopped?: boolean } = {}): Promise<VmInfo[]> {
-    const out: VmInfo[] = [];
+    const stored: VmInfo[] = [];
     const unreported = nodeId ? !this.reported.has(nodeId) : [...this.hosts.keys()].some((id) => !this.reported.has(id));
     if (unreported) {
-      for (const v of await this.o.store.nodes.listVms(nodeId)) if (!this.reported.has(v.nodeId) && v.state !== VmState.VM_STATE_STOPPED) out.push(v);
+      for (const v of await this.o.store.nodes.listVms(nodeId)) if (!this.reported.has(v.nodeId) && v.state !== VmState.VM_STATE_STOPPED) stored.push(v);
     }
     // A node reports a VM stopped through StopVm (kept to be started again) as STOPPED; the store's
     // STOPPED also marks VMs gone from their node, so only the nodes' own reports are shown.
-    for (const [node, list] of this.reported) if (!nodeId || node === nodeId) for (const v of list) if (opts.includeStopped || v.state !== VmState.VM_STATE_STOPPED) out.push(v);
-    return out
-      .map((v) => ({ v, k: `${v.nodeId}\u0000${v.spec?.name ?? ''}\u0000${v.state === VmState.VM_STATE_INCOMING ? 1 : 0}` }))
-      .sort((a, b) => (a.k < b.k ? -1 : a.k > b.k ? 1 : 0))
-      .map((e) => e.v);
+    const lists = nodeId ? new Map(this.reported.has(nodeId) ? [[nodeId, this.reported.get(nodeId)!]] : []) : this.reported;
+    return this.order.list(lists, stored, (v) => opts.includeStopped === true || v.state !== VmState.VM_STATE_STOPPED);
   }
 
   /** Stops down-detection and closes the node clients. */

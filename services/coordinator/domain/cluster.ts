@@ -147,6 +147,19 @@ export function allMoves(cluster: ClusterModel, extra: readonly PlannedMove[] = 
 }
 
 /**
+ * The model of each VM report without dirty rates and planned moves (see clusterFromProto). A
+ * report must not change once modelled (the registry's never do: it replaces them); the models
+ * are shared between the clusters built from it and must not change either (VmModel is readonly).
+ */
+const reportModels = new WeakMap<VmInfo, VmModel>();
+
+/** A move that promises no LOCAL-disk storage (see clusterFromProto). */
+const NO_DISK_BYTES: { diskBytes?: number } = Object.freeze({});
+
+/** A node's reservations when no planned move goes there. */
+const NO_RESERVATION = Object.freeze({ bytes: 0, count: 0, diskBytes: 0 });
+
+/**
  * Lookups over one snapshot for placement, built once per plan and kept current as the plan adds
  * moves, so placing each VM of a large drain costs O(nodes) instead of O(nodes × (VMs + moves)):
  * nodes and VMs by name, inbound reservations per node, where each VM is (or will be once the
@@ -156,6 +169,7 @@ export class ClusterIndex {
   private readonly nodes = new Map<string, NodeModel>();
   private readonly vms = new Map<string, VmModel>();
   private readonly reserved = new Map<string, { bytes: number; count: number; diskBytes: number }>();
+  /** Where a VM with a planned move will be (the others are where the cluster has them). */
   private readonly at = new Map<string, string>();
   /** group → node → VM names, in insertion order. */
   private readonly groups = new Map<string, Map<string, Set<string>>>();
@@ -164,10 +178,16 @@ export class ClusterIndex {
   /** Indexes `cluster` with its own planned moves, then `extra` (see {@link allMoves}). */
   constructor(cluster: ClusterModel, extra: readonly PlannedMove[] = []) {
     for (const n of cluster.nodes) if (!this.nodes.has(n.id)) this.nodes.set(n.id, n);
-    for (const v of cluster.vms) {
-      if (this.vms.has(v.name)) continue;
-      this.vms.set(v.name, v);
-      this.place(v.name, v.nodeId);
+    // Per VM only its name (a 500-node cluster's 10 000 VMs are indexed on every SubmitPlan):
+    // where it is comes from the VM itself until a move places it elsewhere.
+    // The first VM of a name wins: set from the last to the first, one map operation each.
+    const vms = cluster.vms;
+    for (let i = vms.length - 1; i >= 0; i--) this.vms.set(vms[i]!.name, vms[i]!);
+    const grouped = new Set<string>();
+    for (const v of vms) {
+      if (!v.antiAffinityGroup || grouped.has(v.name)) continue;
+      grouped.add(v.name);
+      if (this.vms.get(v.name) === v) this.place(v.name, v.nodeId);
     }
     for (const m of allMoves(cluster, extra)) this.addMove(m);
   }
@@ -186,8 +206,8 @@ export class ClusterIndex {
   }
 
   /** Memory, LOCAL-disk storage and count of planned moves into `nodeId`. */
-  reservations(nodeId: string): { bytes: number; count: number; diskBytes: number } {
-    return this.reserved.get(nodeId) ?? { bytes: 0, count: 0, diskBytes: 0 };
+  reservations(nodeId: string): { readonly bytes: number; readonly count: number; readonly diskBytes: number } {
+    return this.reserved.get(nodeId) ?? NO_RESERVATION;
   }
 
   /**
@@ -195,7 +215,7 @@ export class ClusterIndex {
    * this, so two VMs of one group planned onto the same node in the same plan are caught too.
    */
   location(vmName: string): string | undefined {
-    return this.at.get(vmName);
+    return this.at.get(vmName) ?? this.vms.get(vmName)?.nodeId;
   }
 
   /** The VMs of `group` on `nodeId`, counting planned moves. */
@@ -212,14 +232,18 @@ export class ClusterIndex {
       r.diskBytes += m.diskBytes ?? 0;
       r.count++;
     } else this.reserved.set(m.to, { bytes: m.memoryBytes, count: 1, diskBytes: m.diskBytes ?? 0 });
-    this.place(m.vmName, m.to);
+    this.place(m.vmName, m.to, true);
   }
 
-  private place(vmName: string, nodeId: string): void {
+  /** Places the VM on `nodeId`: moved there (`move`), or where the cluster has it. */
+  private place(vmName: string, nodeId: string, move = false): void {
     const group = this.vms.get(vmName)?.antiAffinityGroup;
-    const was = this.at.get(vmName);
-    this.at.set(vmName, nodeId);
-    if (!group) return;
+    if (!group) {
+      if (move) this.at.set(vmName, nodeId);
+      return;
+    }
+    const was = this.location(vmName);
+    if (move) this.at.set(vmName, nodeId);
     let byNode = this.groups.get(group);
     if (!byNode) this.groups.set(group, (byNode = new Map()));
     if (was !== undefined) byNode.get(was)?.delete(vmName);
@@ -241,40 +265,59 @@ export function clusterFromProto(
   vms: readonly VmInfo[],
   opts: { links?: readonly LinkEstimate[]; plannedMoves?: readonly PlannedMove[]; dirtyRates?: ReadonlyMap<string, number> } = {},
 ): ClusterModel {
-  const residents = vms.filter((v) => v.state !== VmState.VM_STATE_INCOMING);
-  const residentNode = new Map<string, string>();
-  const residentDisks = new Map<string, number>();
+  // Built for every plan over every VM (10 000 on a 500-node cluster): one pass, no per-VM map
+  // entries but for the VMs with LOCAL disks and the names the planned moves ask about.
+  const residents: VmInfo[] = [];
+  const incoming: VmInfo[] = [];
+  for (const v of vms) (v.state === VmState.VM_STATE_INCOMING ? incoming : residents).push(v);
   const disksOf = new Map<VmInfo, { spaceBytes: number; transferBytes: number }>();
   for (const r of residents) {
-    const name = r.spec?.name ?? '';
     const disks = localDiskSpace(r);
     if (disks.spaceBytes > 0) disksOf.set(r, disks);
-    if (!residentNode.has(name)) {
+  }
+  // The names whose first resident's node and LOCAL disks are asked for: the incoming VMs' (their
+  // source), and the moves' when any VM has LOCAL disks (diskBytesOf; else every move promises 0).
+  const asked = new Set<string>();
+  if (disksOf.size > 0) for (const m of opts.plannedMoves ?? []) if (m.diskBytes === undefined) asked.add(m.vmName);
+  for (const v of incoming) asked.add(v.spec?.name ?? '');
+  const residentNode = new Map<string, string>();
+  const residentDisks = new Map<string, number>();
+  if (asked.size > 0) {
+    for (const r of residents) {
+      const name = r.spec?.name ?? '';
+      if (!asked.has(name) || residentNode.has(name)) continue;
       residentNode.set(name, r.nodeId);
-      if (disks.spaceBytes > 0) residentDisks.set(name, disks.spaceBytes);
+      const disks = disksOf.get(r);
+      if (disks) residentDisks.set(name, disks.spaceBytes);
     }
   }
   // What the incoming copy of a VM already occupies on its destination (its target images, as
   // that node reports them with the free storage they have taken from).
   const arrived = new Map<string, number>();
-  for (const v of vms) if (v.state === VmState.VM_STATE_INCOMING) arrived.set(`${v.nodeId}\u0000${v.spec?.name ?? ''}`, localDiskSpace(v).transferBytes);
+  for (const v of incoming) arrived.set(`${v.nodeId}\u0000${v.spec?.name ?? ''}`, localDiskSpace(v).transferBytes);
   // A run's LOCAL disks take their space on its destination until they are there (a VM already
   // reported by its destination has its disks counted in that node's free storage). While the
   // copy is under way, what has arrived is already out of the destination's reported free
   // storage: only the rest is still promised (counting both would refuse space that exists).
   const diskBytesOf = (vmName: string, to: string): { diskBytes?: number } => {
+    if (residentDisks.size === 0) return NO_DISK_BYTES;
     const promised = residentNode.get(vmName) === to ? 0 : (residentDisks.get(vmName) ?? 0);
     const bytes = Math.max(0, promised - (arrived.get(`${to}\u0000${vmName}`) ?? 0));
-    return bytes > 0 ? { diskBytes: bytes } : {};
+    return bytes > 0 ? { diskBytes: bytes } : NO_DISK_BYTES;
   };
-  const moves: PlannedMove[] = (opts.plannedMoves ?? []).map((m) => (m.diskBytes !== undefined ? m : { ...m, ...diskBytesOf(m.vmName, m.to) }));
+  const moves: PlannedMove[] = (opts.plannedMoves ?? []).map((m) => {
+    if (m.diskBytes !== undefined) return m;
+    const promised = diskBytesOf(m.vmName, m.to);
+    return promised === NO_DISK_BYTES ? m : { ...m, ...promised };
+  });
   const moved = new Set(moves.map((m) => m.vmName));
-  for (const v of vms) {
+  for (const v of incoming) {
     const name = v.spec?.name ?? '';
-    if (v.state !== VmState.VM_STATE_INCOMING || moved.has(name)) continue;
+    if (moved.has(name)) continue;
     moves.push({ vmName: name, from: residentNode.get(name) ?? '', to: v.nodeId, memoryBytes: (v.spec?.memoryMib ?? 0) * MiB, ...diskBytesOf(name, v.nodeId) });
     moved.add(name);
   }
+  const dirtyRates = opts.dirtyRates;
   return {
     nodes: nodes.map((n) => ({
       id: n.host?.nodeId ?? '',
@@ -286,16 +329,18 @@ export function clusterFromProto(
     })),
     vms: residents.map((v) => {
       const name = v.spec?.name ?? '';
-      const disks = disksOf.get(v) ?? NO_DISK_SPACE;
-      return {
-        name,
-        nodeId: v.nodeId,
-        memoryMib: v.spec?.memoryMib ?? 0,
-        antiAffinityGroup: v.spec?.antiAffinityGroup || undefined,
-        dirtyRateBytesPerSec: opts.dirtyRates?.get(name),
-        migrating: v.state === VmState.VM_STATE_MIGRATING || v.migrationRunId !== '' || moved.has(name),
-        ...(disks.spaceBytes > 0 ? { diskTransferBytes: disks.transferBytes, diskSpaceBytes: disks.spaceBytes } : {}),
-      };
+      const own = v.state === VmState.VM_STATE_MIGRATING || v.migrationRunId !== '';
+      // Without dirty rates a VM's model is its report's alone, but for a planned move: kept per
+      // report (the registry replaces a node's reports, never changes one), so a plan builds the
+      // models of the VMs reported since the last one only.
+      let model = dirtyRates === undefined ? reportModels.get(v) : undefined;
+      if (model === undefined) {
+        model = { name, nodeId: v.nodeId, memoryMib: v.spec?.memoryMib ?? 0, antiAffinityGroup: v.spec?.antiAffinityGroup || undefined, dirtyRateBytesPerSec: dirtyRates?.get(name), migrating: own };
+        const disks = disksOf.get(v);
+        if (disks) model = { ...model, diskTransferBytes: disks.transferBytes, diskSpaceBytes: disks.spaceBytes };
+        if (dirtyRates === undefined) reportModels.set(v, model);
+      }
+      return !own && moved.has(name) ? { ...model, migrating: true } : model;
     }),
     links: opts.links,
     plannedMoves: moves,

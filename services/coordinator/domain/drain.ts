@@ -36,7 +36,7 @@
 import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
 import { MigrationPolicy, PolicyKind } from '../../shared/gen/migd/v1/common.js';
 import { type ClusterModel, ClusterIndex, findNode, linkBandwidth, vmMemoryBytes } from './cluster.js';
-import { placeVm } from './placement.js';
+import { allowedSet, placeVm } from './placement.js';
 import { policyResolution, type PolicyResolution } from './policy/factory.js';
 import { completionBudgetMs } from './policy/timeouts.js';
 import type { ConvergencePolicy } from './policy/types.js';
@@ -272,18 +272,19 @@ export function planDrain(cluster: ClusterModel, request: DrainRequest): DrainPl
   const model = { ...DEFAULT_TRANSFER_MODEL, ...request.model };
   const objective = request.objective ?? 'makespan';
   const policyAt = request.policyAt ?? policyResolution(request.policy ?? MigrationPolicy.fromPartial({}));
-  const leaving = new Set((cluster.plannedMoves ?? []).map((m) => m.vmName));
-  const vms = cluster.vms.filter((v) => v.nodeId === source.id && !v.migrating && !leaving.has(v.name));
+  // One index for the whole drain, each placement's move added to it, so placing n VMs over N
+  // nodes costs O(n·N) rather than O(n·N·(VMs + moves)). Before any is added, the VMs it knows
+  // as moving are those of the cluster's planned moves.
+  const index = new ClusterIndex(cluster);
+  const vms = cluster.vms.filter((v) => v.nodeId === source.id && !v.migrating && !index.isMoving(v.name));
 
   // Placement, first-fit-decreasing: the biggest VMs are the hardest to fit.
-  // One index for the whole drain, each placement's move added to it, so placing n VMs over N
-  // nodes costs O(n·N) rather than O(n·N·(VMs + moves)).
-  const index = new ClusterIndex(cluster);
   const placed = new Map<string, { destination: string; reason: string; capability: PolicyCapability }>();
+  const allowed = allowedSet(request.destinationNodeIds);
   for (const vm of [...vms].sort((a, b) => b.memoryMib - a.memoryMib || (a.name < b.name ? -1 : 1))) {
     const convergence = policyAt(vmMemoryBytes(vm));
     const p = placeVm(cluster, vm.name, {
-      allowedDestinations: request.destinationNodeIds,
+      allowedDestinations: allowed,
       requiredCapabilities: convergence.requirements.capabilities,
       keepApart: request.keepApart,
       index,

@@ -19,8 +19,11 @@ import { formatBytes } from './units.js';
 export interface PlacementOptions {
   /** The requested destination; omitted lets placement choose. */
   readonly destination?: string | undefined;
-  /** Restrict choices to these nodes (a drain's destination_node_ids); empty or omitted: any. */
-  readonly allowedDestinations?: readonly string[] | undefined;
+  /**
+   * Restrict choices to these nodes (a drain's destination_node_ids); empty or omitted: any. A set
+   * when one is placing many VMs (a drain builds it once rather than once per VM).
+   */
+  readonly allowedDestinations?: readonly string[] | ReadonlySet<string> | undefined;
   /** Capabilities both ends must support (see policy `requirements.capabilities`). */
   readonly requiredCapabilities?: readonly string[] | undefined;
   /** VM names whose destinations must be kept apart (SubmitPlanRequest.anti_affinity_vm_names). */
@@ -37,6 +40,17 @@ export interface PlacementOptions {
 
 function indexFor(cluster: ClusterModel, opts: PlacementOptions): ClusterIndex {
   return opts.index ?? new ClusterIndex(cluster, opts.plannedMoves);
+}
+
+/** The allowed destinations as a set; undefined when any node is allowed (none given). */
+export function allowedSet(nodes: readonly string[] | ReadonlySet<string> | undefined): ReadonlySet<string> | undefined {
+  if (nodes === undefined) return undefined;
+  if (isSet(nodes)) return nodes.size > 0 ? nodes : undefined;
+  return nodes.length > 0 ? new Set(nodes) : undefined;
+}
+
+function isSet(nodes: readonly string[] | ReadonlySet<string>): nodes is ReadonlySet<string> {
+  return !Array.isArray(nodes);
 }
 
 /** The verdict on one candidate node. */
@@ -100,7 +114,7 @@ export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: P
   const index = indexFor(cluster, opts);
   const need = vmMemoryBytes(vm);
   const diskNeed = (vm.diskSpaceBytes ?? 0) > 0 ? vm.diskSpaceBytes! + storageMargin(vm.diskSpaceBytes!) : 0;
-  const allowed = opts.allowedDestinations && opts.allowedDestinations.length > 0 ? new Set(opts.allowedDestinations) : undefined;
+  const allowed = allowedSet(opts.allowedDestinations);
   const required = opts.requiredCapabilities ?? [];
   // The other kept-apart VMs, by where they are (or will be).
   const apartOn = new Map<string, string[]>();
@@ -121,9 +135,8 @@ export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: P
     if (node.id === vm.nodeId) problems.push('is the source');
     if (allowed && !allowed.has(node.id)) problems.push('is not among the requested destinations');
     if (!node.up) problems.push('is down');
-    if (required.length > 0) {
-      const missing = required.filter((c) => !node.capabilities.includes(c));
-      if (missing.length > 0) problems.push(`lacks ${missing.join(', ')}`);
+    if (required.length > 0 && !required.every((c) => node.capabilities.includes(c))) {
+      problems.push(`lacks ${required.filter((c) => !node.capabilities.includes(c)).join(', ')}`);
     }
     if (availableBytes < need) {
       const reservedNote = reserved.bytes > 0 ? ` after ${formatBytes(reserved.bytes)} reserved by ${reserved.count} planned migration(s)` : '';
@@ -134,17 +147,18 @@ export function evaluateDestinations(cluster: ClusterModel, vm: VmModel, opts: P
       storageShort = { neededBytes: diskNeed, freeBytes: node.storageFreeBytes, promisedBytes: reserved.diskBytes, promisedTo: reserved.count };
       problems.push(`has too little storage: ${storageWords(vm, storageShort)}`);
     }
-    const shared = new Set<string>();
+    // Allocated only for a VM with a group: a drain judges every node for each of its VMs.
+    const shared = vm.antiAffinityGroup ? new Set<string>() : undefined;
     if (vm.antiAffinityGroup) {
       for (const other of index.groupOn(vm.antiAffinityGroup, node.id)) {
         if (other === vm.name) continue;
-        shared.add(other);
+        shared?.add(other);
         problems.push(`would share the node with "${other}" (anti-affinity group "${vm.antiAffinityGroup}")`);
       }
     }
     const apart = apartOn.size > 0 ? apartOn.get(node.id) : undefined;
     for (const other of apart ?? []) {
-      if (!shared.has(other)) problems.push(`would share the node with "${other}" (requested to be kept apart)`);
+      if (!shared?.has(other)) problems.push(`would share the node with "${other}" (requested to be kept apart)`);
     }
     const verdict: { -readonly [K in keyof NodeVerdict]: NodeVerdict[K] } = { nodeId: node.id, eligible: problems.length === 0, problems, availableBytes, inbound: reserved.count };
     if (storageShort) verdict.storageShort = storageShort;

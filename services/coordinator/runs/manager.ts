@@ -29,6 +29,8 @@ import { errorInfo } from '../../shared/policy/error-info.js';
 import { QEMU_MAX_DOWNTIME_MS, isValidDowntimeLimit } from '../../shared/policy/limits.js';
 import type { ConvergencePolicy } from '../domain/policy/types.js';
 import type { ActiveMove } from '../store/types.js';
+import type { PlannedMove } from '../domain/cluster.js';
+import { MiB } from '../domain/units.js';
 
 export interface RunManagerOptions {
   /** Plans and runs; what its supervisors need besides (samples, timelines). */
@@ -69,6 +71,8 @@ export class RunManager {
   private readonly active = new Map<string, Run>();
   /** VM name → the runs of `active` that move it (one, unless the store holds two unfinished runs of a VM). */
   private readonly activeByVm = new Map<string, Run[]>();
+  /** The move of each run of `active` as planning models it, in the same order (see plannedMoves). */
+  private readonly moveOf = new Map<string, PlannedMove>();
   /** Policies the planner resolved for queued runs, until their supervisors take them. */
   private readonly resolved = new Map<string, ConvergencePolicy>();
   private readonly running = new Set<Promise<unknown>>();
@@ -475,6 +479,14 @@ export class RunManager {
   }
 
   /**
+   * The moves of {@link activeMoves} as planning models them, in the same order: each built once
+   * per run (SubmitPlan models every queued and running run: thousands during a large drain).
+   */
+  plannedMoves(): PlannedMove[] {
+    return [...this.moveOf.values()];
+  }
+
+  /**
    * Where the runs whose end is not recorded yet move their VMs: what the store's listActiveMoves
    * returns (in the order the runs were queued or recovered, not by priority), without reading it.
    */
@@ -504,6 +516,7 @@ export class RunManager {
   private hold(run: Run): void {
     this.unhold(run.id);
     this.active.set(run.id, run);
+    this.moveOf.set(run.id, { vmName: run.vmName, from: run.sourceNodeId, to: run.destinationNodeId, memoryBytes: run.memoryMib * MiB });
     const of = this.activeByVm.get(run.vmName);
     if (of === undefined) this.activeByVm.set(run.vmName, [run]);
     else of.push(run);
@@ -514,6 +527,7 @@ export class RunManager {
     const run = this.active.get(runId);
     if (run === undefined) return;
     this.active.delete(runId);
+    this.moveOf.delete(runId);
     const rest = (this.activeByVm.get(run.vmName) ?? []).filter((r) => r.id !== runId);
     if (rest.length > 0) this.activeByVm.set(run.vmName, rest);
     else this.activeByVm.delete(run.vmName);

@@ -25,13 +25,14 @@ import {
   ProgressSample,
   migrationStateToJSON,
   type ErrorInfo,
+  type GuestPerfSample,
   type PolicyAction,
 } from '../../shared/gen/migd/v1/common.js';
 import type { Run } from '../../shared/gen/migd/v1/coordinator.js';
 import type { MigrationInfo, WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
 import { policyFor } from '../domain/policy/factory.js';
-import { type GuestCostTrack, type RunCostFigures, replayCostTrack, trackAction, trackGuestSample, trackProgressSample, trackTransition, trackedCostFigures } from '../domain/policy/measured.js';
+import { type GuestCostTrack, type RunCostFigures, replayCostTrack, replayTimeline, trackAction, trackGuestSample, trackProgressSample, trackTransition, trackedCostFigures } from '../domain/policy/measured.js';
 import { type ConvergencePolicy, type PolicyDecision, isTerminalAction } from '../domain/policy/types.js';
 import type { NodeClient } from '../registry.js';
 import type { AnalyticsRepository, PlanRunRepository, SampleRepository } from '../store/types.js';
@@ -94,14 +95,6 @@ export interface SupervisorDeps {
   /** StartMigrationRequest.hold_ms of a held start (ms). Default 600 000. */
   readonly holdMs?: number;
   readonly now?: () => number;
-}
-
-/**
- * The host time of a sample or transition (epoch ms; 0 without one): what a replay to the policy
- * orders by. The store hands samples back in this order already (by time, then as stored).
- */
-function timeOf(x: { readonly time?: Date | undefined }): number {
-  return x.time?.getTime() ?? 0;
 }
 
 /** Back-off of re-attaching to the source node (its daemon restarting, a broken watch). */
@@ -409,15 +402,18 @@ export class RunSupervisor {
       if (mode === 'start') {
         // Oldest first, as the policy would have received them (the cost track's baseline too).
         const guest = await this.d.store.analytics.guestSamplesBeforeRun(this.runId);
-        for (const g of guest) {
-          this.costTrack = trackGuestSample(this.costTrack, g);
-          if (this.policy.observeGuest) this.policyState = this.policy.observeGuest(this.policyState, g);
-        }
+        for (const g of guest) this.foldGuestSample(g);
       }
     } catch (err) {
       if (isAbortError(err)) throw err;
       this.log.warn('could not load the VM\'s earlier measurements for the policy; it keeps its defaults', { err: (err as Error).message });
     }
+  }
+
+  /** One guest sample into the run's cost track and, for a policy that measures the guest itself, its state. */
+  private foldGuestSample(g: GuestPerfSample): void {
+    this.costTrack = trackGuestSample(this.costTrack, g);
+    if (this.policy.observeGuest) this.policyState = this.policy.observeGuest(this.policyState, g);
   }
 
   /** A migration the node already has: finished → record it; running → rebuild the policy. */
@@ -441,29 +437,25 @@ export class RunSupervisor {
   private async rebuildPolicy(info: MigrationInfo): Promise<void> {
     const { progress, guest, run } = await this.d.store.analytics.getRunTimeline(this.runId);
     const decided: PolicyDecision[] = [];
-    // Progress, guest samples and transitions in the order of their times, as they came in.
-    type Ev = { t: number; o: number; apply: () => void };
-    const events: Ev[] = progress.map((s, o) => ({
-      t: timeOf(s),
-      o,
-      apply: () => {
-        const d = this.policy.decide(this.policyState, s, s.elapsedMs);
-        this.policyState = d.state;
-        decided.push(...d.actions);
-      },
-    }));
+    const timeline = { progress, guest, transitions: run?.transitions ?? [], actions: run?.actions ?? this.run.actions };
+    // Progress, guest samples and transitions in the order of their times, as they came in; only a
+    // policy that observes more than progress needs the merge (the progress keeps its stored order otherwise).
     const { observeGuest, observeState } = this.policy;
-    if (observeGuest) for (const g of guest) events.push({ t: timeOf(g), o: events.length, apply: () => (this.policyState = observeGuest.call(this.policy, this.policyState, g)) });
-    if (observeState) {
-      for (const c of run?.transitions ?? []) {
-        const at = timeOf(c);
-        events.push({ t: at, o: events.length, apply: () => (this.policyState = observeState.call(this.policy, this.policyState, c.to, at)) });
-      }
-    }
-    // Only a policy that observes more than progress needs the merge (the progress keeps its stored order otherwise).
-    if (events.length > progress.length) events.sort((a, b) => a.t - b.t || a.o - b.o);
-    for (const e of events) e.apply();
-    this.costTrack = replayCostTrack(progress, guest, run?.transitions ?? [], run?.actions ?? this.run.actions);
+    this.policyState = replayTimeline(
+      this.policyState,
+      timeline,
+      {
+        progress: (st, s) => {
+          const d = this.policy.decide(st, s, s.elapsedMs);
+          decided.push(...d.actions);
+          return d.state;
+        },
+        guest: observeGuest && ((st, g) => observeGuest.call(this.policy, st, g)),
+        transition: observeState && ((st, to, at) => observeState.call(this.policy, st, to, at)),
+      },
+      'merge',
+    );
+    this.costTrack = replayCostTrack(timeline.progress, timeline.guest, timeline.transitions, timeline.actions);
     const mine = [...info.actions, ...this.run.actions].filter((a) => a.actor === `policy:${this.policy.name}`);
     const missed = decided.filter((d) => !mine.some((a) => a.kind === d.kind && a.value === d.value));
     this.lastSample = info.lastProgress ?? progress.at(-1);
@@ -557,8 +549,7 @@ export class RunSupervisor {
       }
       case 'guest':
         this.d.store.samples.appendGuestSample({ ...up.value, vmName: up.value.vmName || this.run.vmName }, this.runId);
-        this.costTrack = trackGuestSample(this.costTrack, up.value);
-        if (this.policy.observeGuest) this.policyState = this.policy.observeGuest(this.policyState, up.value);
+        this.foldGuestSample(up.value);
         return;
       case 'action':
         await this.reconcileActions([up.value]);

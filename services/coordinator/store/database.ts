@@ -7,7 +7,7 @@
  * queries are plain Kysely, written to run on SQLite and Postgres alike.
  */
 import { performance } from 'node:perf_hooks';
-import { CompiledQuery, type Compilable, type Kysely, type QueryResult } from 'kysely';
+import { CompiledQuery, type Compilable, type Kysely, type KyselyPlugin, type QueryResult } from 'kysely';
 import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
 import { buildEvent, encodeEvent } from '../../shared/events/codec.js';
 import { createIdFactory } from '../../shared/events/ids.js';
@@ -43,16 +43,33 @@ export interface TxState {
   enqueued: number;
 }
 
+/**
+ * What the write connection has run (issue 15 §4: on Postgres each statement is a round trip of
+ * the one write connection, so statements per migration bound a drain's rate). Deterministic:
+ * tests count the statements of each write without timing.
+ */
+export interface WriteStats {
+  /** Group commits (transactions) begun, redos included. */
+  groups: number;
+  /** Writes taken into a group (a write of a redone group once). */
+  writes: number;
+  /** Statements the writes themselves ran (a redone group's both attempts), without the groups' own begin, lock, fencing check and commit. */
+  statements: number;
+}
+
 /** Writes of one group commit at most (see StoreDatabase.write). */
 export const WRITE_GROUP_MAX = 256;
 
 /**
  * Whether a group commit takes one more write: while writes that were waiting when it began are
  * left, fewer than `max` are taken and the group has run less than `budgetMs`. The first write is
- * always taken.
+ * always taken. A group whose last write was asked for `first` (a client waits for it; taken
+ * before the others, also into a group already under way) commits unless another such write
+ * waits: it does not wait for the rest of the budget (Postgres: 100 ms of other writes).
  */
-export function groupTakesMore(s: { taken: number; available: number; elapsedMs: number; max: number; budgetMs: number }): boolean {
+export function groupTakesMore(s: { taken: number; available: number; elapsedMs: number; max: number; budgetMs: number; lastFirst?: boolean; firstWaiting?: number }): boolean {
   if (s.taken >= s.available || s.taken >= s.max) return false;
+  if (s.lastFirst === true && (s.firstWaiting ?? 0) === 0) return false;
   return s.taken === 0 || s.elapsedMs < s.budgetMs;
 }
 
@@ -84,6 +101,20 @@ export class WriteQueue<T> {
   /** The next item in line (undefined when empty). */
   shift(): T | undefined {
     return this.firsts.length > 0 ? this.firsts.shift() : this.rest.shift();
+  }
+
+  /** Items asked for `first` still waiting. */
+  get firstWaiting(): number {
+    return this.firsts.length;
+  }
+
+  /**
+   * How many items the next group may take, at most `max`: the `first` ones alone while any wait
+   * (a client waits for each: they commit without waiting for up to a budget's worth of the
+   * others), else the others.
+   */
+  nextGroup(max: number): number {
+    return Math.min(this.firsts.length > 0 ? this.firsts.length : this.rest.length, max);
   }
 
   /** Takes up to `n` items in line. */
@@ -168,8 +199,20 @@ export class StoreDatabase {
   /** Writes waiting for the next group (see {@link write}). */
   private readonly pending = new WriteQueue<PendingWrite>();
   private flushing: Promise<void> | undefined;
+  /** Ends the flush's wait for the event loop's check phase at once (see {@link nextTurn}). */
+  private wake: (() => void) | undefined;
   /** Groups written again with savepoints because one of their writes failed (see writeGroup). */
   groupRedos = 0;
+  /** See {@link WriteStats}. */
+  readonly writeStats: WriteStats = { groups: 0, writes: 0, statements: 0 };
+  /** Counts the statements of the writes (a plugin sees every query's result on the connection it is added to). */
+  private readonly countStatements: KyselyPlugin = {
+    transformQuery: (args) => args.node,
+    transformResult: (args) => {
+      this.writeStats.statements++;
+      return Promise.resolve(args.result);
+    },
+  };
   /** Hot queries compiled once for this database's dialect: SQL text and where each argument goes. */
   private readonly reusable = new Map<string, { compiled: CompiledQuery<unknown>; slots: number[] }>();
 
@@ -204,7 +247,10 @@ export class StoreDatabase {
    *
    * Writes go in the order asked, except that one asked with `first` (a client's request waiting
    * on it, e.g. SubmitPlan's plan) goes before the writes still waiting: it did not wait behind a
-   * drain's backlog of run updates. Queued writes are concurrent (none has been acknowledged), so
+   * drain's backlog of run updates. Such writes commit in groups of their own, begun at once (or
+   * right after the group being written): a group of the others held a SubmitPlan up to a budget's
+   * worth of writes, and one begun after the turn's I/O callbacks had its response written a turn
+   * of the event loop later (issue 15). Queued writes are concurrent (none has been acknowledged), so
    * any order of them is a serial order; each run's own writes are made one after the other by
    * its supervisor, so its events keep their order.
    */
@@ -217,7 +263,26 @@ export class StoreDatabase {
       // after the current microtasks: a drain's run updates arrive one gRPC message per callback,
       // and a group begun at once held one write each (SQLite's writes are synchronous, so the
       // group was written before the next message was read): 4–5 commits per migration.
-      this.flushing ??= new Promise<void>((r) => setImmediate(r)).then(() => this.flush());
+      // A `first` write (a client waits for it) does not wait for the I/O callbacks: its group
+      // (of `first` writes only) begins now, or as soon as the group being written has committed,
+      // so the client's response is written in this turn of the event loop, not the next one.
+      if (first) this.wake?.();
+      this.flushing ??= (first ? Promise.resolve() : this.nextTurn()).then(() => this.flush());
+    });
+  }
+
+  /** Resolves after the I/O callbacks of this turn of the event loop (setImmediate), or when woken. */
+  private nextTurn(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const immediate = setImmediate(() => {
+        this.wake = undefined;
+        resolve();
+      });
+      this.wake = () => {
+        clearImmediate(immediate);
+        this.wake = undefined;
+        resolve();
+      };
     });
   }
 
@@ -226,11 +291,15 @@ export class StoreDatabase {
     try {
       for (;;) {
         const t = turns.enabled ? turns.now() : 0;
+        const statements = this.writeStats.statements;
         const written = await this.writeGroup();
         turns.record('store.group-commit', t, written);
+        // The same groups, sized by their writes' statements on the write connection (bench d: statements per migration; a group's own begin/lock/commit not counted).
+        turns.record('store.group-commit statements', t, this.writeStats.statements - statements);
         if (this.pending.length === 0) break;
-        // The rest after the I/O callbacks (requests, node messages) that waited for this group.
-        await new Promise<void>((r) => setImmediate(r));
+        // The rest after the I/O callbacks (requests, node messages) that waited for this group;
+        // `first` writes at once.
+        if (this.pending.firstWaiting === 0) await this.nextTurn();
       }
     } finally {
       this.flushing = undefined;
@@ -248,13 +317,16 @@ export class StoreDatabase {
    * number of writes taken.
    */
   private async writeGroup(): Promise<number> {
-    const available = Math.min(this.pending.length, WRITE_GROUP_MAX);
+    const available = this.pending.nextGroup(WRITE_GROUP_MAX);
     const group: PendingWrite[] = [];
     const tx: TxState = { enqueued: 0 };
     const outcomes: Outcome<unknown>[] = [];
     try {
-      await this.db.connection().execute(async (conn) => {
-        await this.dialect.beginWrite(conn);
+      await this.db.connection().execute(async (control) => {
+        await this.dialect.beginWrite(control);
+        this.writeStats.groups++;
+        // The writes' statements are counted (writeStats), the group's own are not.
+        const conn = control.withPlugin(this.countStatements);
         const started = performance.now();
         try {
           if (available === 1) {
@@ -264,7 +336,7 @@ export class StoreDatabase {
             // Optimistic: the writes one after another without savepoints (two statements fewer
             // each: on Postgres two network round trips of a group's four to six per write).
             let failed = false;
-            while (!failed && groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs })) {
+            while (!failed && groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs, lastFirst: group[group.length - 1]?.first, firstWaiting: this.pending.firstWaiting })) {
               const w = this.takeNext();
               group.push(w);
               try {
@@ -278,17 +350,18 @@ export class StoreDatabase {
               // Postgres refuses any further statement after a failed one): the group is undone
               // and written again, each write in its own savepoint, so only the failing one fails.
               this.groupRedos++;
-              await conn.executeQuery(TX.rollback);
+              await control.executeQuery(TX.rollback);
               outcomes.length = 0;
               tx.enqueued = 0;
-              await this.dialect.beginWrite(conn);
-              for (const w of group) outcomes.push(await inSavepoint(conn, tx, () => w.fn(conn, tx)));
+              await this.dialect.beginWrite(control);
+              this.writeStats.groups++;
+              for (const w of group) outcomes.push(await inSavepoint(control, tx, () => w.fn(conn, tx)));
             }
           }
-          await conn.executeQuery(TX.commit);
+          await control.executeQuery(TX.commit);
         } catch (err) {
           try {
-            await conn.executeQuery(TX.rollback);
+            await control.executeQuery(TX.rollback);
           } catch {
             // The database already rolled back (e.g. SQLite after SQLITE_FULL); nothing to undo.
           }
@@ -318,6 +391,7 @@ export class StoreDatabase {
   /** The next write in line, its wait in the queue recorded (turn profiler: `store.write-wait`, `first` ones apart). */
   private takeNext(): PendingWrite {
     const w = this.pending.shift()!;
+    this.writeStats.writes++;
     if (w.askedAt > 0) turns.record(w.first ? 'store.write-wait first' : 'store.write-wait', w.askedAt);
     return w;
   }

@@ -22,7 +22,7 @@ import type {
 } from '../../shared/gen/migd/v1/coordinator.js';
 import type { StateChange } from '../../shared/gen/migd/v1/node.js';
 import { SqlAnalyticsRepository } from './analytics-repository.js';
-import { StoreDatabase, type Db, type StoreDialect } from './database.js';
+import { StoreDatabase, type Db, type StoreDialect, type WriteStats } from './database.js';
 import { SqlNodeVmRepository } from './node-vm-repository.js';
 import type { ResolvedHistoryStoreOptions } from './options.js';
 import { SqlOutboxRepository } from './outbox-repository.js';
@@ -80,6 +80,11 @@ export class RepositoryHistoryStore implements HistoryStore {
   /** Sample writer counters (written, dropped, failed flushes). */
   sampleStats(): SampleWriterStats {
     return this.samples.stats();
+  }
+
+  /** What the write connection has run so far (group commits, writes, their statements): a copy. */
+  writeStats(): WriteStats {
+    return { ...this.database.writeStats };
   }
 
   /** Writes the buffered samples, then closes the database. Idempotent. */

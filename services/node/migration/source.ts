@@ -453,16 +453,22 @@ export class SourceMigration {
    * goes (it then holds instead of shrinking as the rate says).
    */
   private async refreshDirtyEstimate(signal: AbortSignal): Promise<void> {
+    // One measurement during pre-copy (bytes/s), undefined where it does not count: 0 = not
+    // measured (or a stopped guest), and the last figure is kept rather than "quiet" reported; nor
+    // does one that ended after the run was aborted or left pre-copy.
+    const measure = async (windowMs?: number, samplePages?: number): Promise<number | undefined> => {
+      const bps = await this.estimateDirtyRate(true, signal, windowMs, samplePages);
+      return bps > 0 && !signal.aborted && this.qemuStatus === 'active' ? bps : undefined;
+    };
     while (!signal.aborted && !this.postcopyStarted) {
       await sleep(DIRTY_RATE_REFRESH_GAP_MS, undefined, { signal }).catch(() => undefined);
       if (signal.aborted || this.postcopyStarted) return;
       if (this.qemuStatus !== 'active') continue;
-      const setBps = await this.estimateDirtyRate(true, signal, DIRTY_SET_WINDOW_MS, DIRTY_SET_SAMPLE_PAGES);
-      if (setBps > 0 && !signal.aborted && this.qemuStatus === 'active') this.dirtySetBytes = Math.round((setBps * DIRTY_SET_WINDOW_MS) / 1000);
+      const setBps = await measure(DIRTY_SET_WINDOW_MS, DIRTY_SET_SAMPLE_PAGES);
+      if (setBps !== undefined) this.dirtySetBytes = Math.round((setBps * DIRTY_SET_WINDOW_MS) / 1000);
       if (signal.aborted || this.postcopyStarted || this.qemuStatus !== 'active') continue;
-      const bps = await this.estimateDirtyRate(true, signal);
-      // 0 = not measured (or a stopped guest): keep the last figure rather than report "quiet".
-      if (bps > 0 && !signal.aborted && this.qemuStatus === 'active') this.estimatedDirty = bps;
+      const bps = await measure();
+      if (bps !== undefined) this.estimatedDirty = bps;
     }
   }
 

@@ -464,6 +464,8 @@ describe('run supervisor and manager', () => {
     const same = async (mgr: RunManager, n: number): Promise<void> => {
       expect(sorted(mgr.activeMoves())).toEqual(sorted(await store.listActiveMoves()));
       expect(mgr.activeMoves()).toHaveLength(n);
+      // What planning models: the same moves, in the same order.
+      expect(mgr.plannedMoves()).toEqual(mgr.activeMoves().map((a) => ({ vmName: a.vmName, from: a.sourceNodeId, to: a.destinationNodeId, memoryBytes: a.memoryMib * 1024 * 1024 })));
     };
     await same(m, 0);
     const { runs: rs } = await plan(['vm1', 'vm2', 'vm3']);

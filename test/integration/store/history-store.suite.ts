@@ -10,7 +10,7 @@ import {
   NotFoundError,
   AlreadyExistsError,
 } from '../../../services/shared/errors.js';
-import { MigrationState as S, PolicyKind, PolicyActionKind } from '../../../services/shared/gen/migd/v1/common.js';
+import { MigrationState as S, PolicyKind, PolicyActionKind, VmState } from '../../../services/shared/gen/migd/v1/common.js';
 import { ExportFormat, NodeStatus, PlanState } from '../../../services/shared/gen/migd/v1/coordinator.js';
 import type { RepositoryHistoryStore } from '../../../services/coordinator/store/history-store.js';
 import type { HistoryStoreOptions } from '../../../services/coordinator/store/options.js';
@@ -282,6 +282,61 @@ export function historyStoreSuite(backend: StoreBackend): void {
       const cancelled = await s.finishRun(other.id, { state: S.MIGRATION_STATE_CANCELLED, from: S.MIGRATION_STATE_QUEUED });
       expect(cancelled.transitions.map((t) => [t.from, t.to]).at(-1)).toEqual([S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_CANCELLED]);
       expect(cancelled.startedAt).toBeUndefined();
+    });
+
+    it('writes a migration as the supervisor does in few statements on the write connection, counted per write (issue 15 §4)', async () => {
+      const s = await open();
+      const vmInfo = (nodeId: string) => ({ spec: { name: 'vm-a', memoryMib: 512 }, nodeId, state: VmState.VM_STATE_RUNNING, pid: 1, migrationRunId: '', qemuCpuSeconds: 0, localDisks: [] }) as never;
+      await s.upsertVm(vmInfo('node-1'));
+      const { runs } = await s.createPlan({ idempotencyKey: 'k', request: {} as never, runs: [runInput()] });
+      const id = runs![0]!.id;
+      /** Statements the write connection ran for `write` (one write: one group). */
+      const cost = async (write: () => Promise<unknown>): Promise<number> => {
+        const before = s.writeStats();
+        await write();
+        const after = s.writeStats();
+        expect([after.groups - before.groups, after.writes - before.writes]).toEqual([1, 1]);
+        return after.statements - before.statements;
+      };
+      const counted = {
+        preparing: await cost(() => s.transitionRun(id, { to: S.MIGRATION_STATE_PREPARING, from: S.MIGRATION_STATE_QUEUED, reason: 'slot free' })),
+        precopy: await cost(() => s.transitionRun(id, { to: S.MIGRATION_STATE_PRECOPY, from: S.MIGRATION_STATE_PREPARING })),
+        end: await cost(() =>
+          s.finishRun(id, { state: S.MIGRATION_STATE_SUCCEEDED, from: S.MIGRATION_STATE_PRECOPY, stats: { totalTimeMs: 1000, downtimeMs: 20 } as never, costs: { precopyHarmRate: 0.1, precopyMs: 900 } }),
+        ),
+        vmSettled: await cost(() => s.upsertVm(vmInfo('node-2'))),
+      };
+      // Postgres: the change, then its event; SQLite: its statements are no round trips.
+      const expected = backend.name === 'postgres' ? { preparing: 2, precopy: 2, end: 2, vmSettled: 2 } : { preparing: 3, precopy: 3, end: 5, vmSettled: 2 };
+      expect(counted).toEqual(expected);
+      // The same rows and events as ever.
+      const events = (await outboxEvents(s)).filter((e) => e.subject.includes(id) || e.payload?.$case === 'vmChanged');
+      expect(events.map((e) => [e.payload?.$case, e.runSequence])).toEqual([
+        ['vmChanged', 0],
+        ['runState', 1],
+        ['runState', 2],
+        ['runState', 3],
+        ['runState', 4],
+        ['runCompleted', 5],
+        ['vmChanged', 0],
+      ]);
+      expect(events.map((e) => (e.payload?.$case === 'runState' ? [e.payload.value.planId, e.payload.value.vmName, e.payload.value.change?.from, e.payload.value.change?.to] : undefined))).toEqual([
+        undefined,
+        [runs![0]!.planId, 'vm-a', S.MIGRATION_STATE_UNSPECIFIED, S.MIGRATION_STATE_QUEUED],
+        [runs![0]!.planId, 'vm-a', S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_PREPARING],
+        [runs![0]!.planId, 'vm-a', S.MIGRATION_STATE_PREPARING, S.MIGRATION_STATE_PRECOPY],
+        [runs![0]!.planId, 'vm-a', S.MIGRATION_STATE_PRECOPY, S.MIGRATION_STATE_SUCCEEDED],
+        undefined,
+        undefined,
+      ]);
+      const completed = events[5]!.payload;
+      expect(completed?.$case === 'runCompleted' && [completed.value.planId, completed.value.vmName, completed.value.stats?.downtimeMs]).toEqual([runs![0]!.planId, 'vm-a', 20]);
+      const vm = events[6]!.payload;
+      expect(vm?.$case === 'vmChanged' && vm.value.vm?.nodeId).toBe('node-2');
+      expect((await s.getVm('vm-a')).nodeId).toBe('node-2');
+      const run = await s.getRun(id);
+      expect(run.transitions.map((t) => t.to)).toEqual([S.MIGRATION_STATE_QUEUED, S.MIGRATION_STATE_PREPARING, S.MIGRATION_STATE_PRECOPY, S.MIGRATION_STATE_SUCCEEDED]);
+      expect(await s.vmCostHistory('vm-a', 5)).toMatchObject([{ precopyMs: 900 }]);
     });
 
     it('refuses bad transitions without writing anything', async () => {

@@ -92,7 +92,7 @@ describe('backlogPlateau (the working-set bound)', () => {
 describe('backlogPlateau from one boundary and the dirty set', () => {
   const MiB_ = 1 << 20;
   const bw = 86 * MiB_; // 720 Mbit/s
-  const at = (backlog: number, set: number, windowMs = 100, r = 0.5) => backlogPlateau([[2, backlog * MiB_]], r, 0.6, 1.5, undefined, 0, { bytes: set * MiB_, windowMs }, bw);
+  const at = (backlog: number, set: number, windowMs = 100, r = 0.5) => backlogPlateau([[2, backlog * MiB_]], r, 0.6, 1.5, { set: { bytes: set * MiB_, windowMs }, bytesPerSec: bw });
   it('a set rewritten within 100 ms that is most of the backlog: it holds, W the larger (hot-small: 45 of 48 MiB)', () => {
     const p = at(48, 45);
     expect(p?.workingSetBytes).toBe(48 * MiB_);
@@ -107,11 +107,11 @@ describe('backlogPlateau from one boundary and the dirty set', () => {
     expect(at(4, 4)).toBeUndefined();
     expect(at(4, 4, 40)?.workingSetBytes).toBe(4 * MiB_);
     expect(at(48, 45, 100, 1)).toBeUndefined();
-    expect(backlogPlateau([[2, 48 * MiB_]], 0.5, 0.6, 1.5, undefined, 0, undefined, bw)).toBeUndefined();
-    expect(backlogPlateau([[2, 48 * MiB_]], 0.5, 0.6, 1.5, undefined, 0, { bytes: 45 * MiB_, windowMs: 100 }, 0)).toBeUndefined();
+    expect(backlogPlateau([[2, 48 * MiB_]], 0.5, 0.6, 1.5, { bytesPerSec: bw })).toBeUndefined();
+    expect(backlogPlateau([[2, 48 * MiB_]], 0.5, 0.6, 1.5, { set: { bytes: 45 * MiB_, windowMs: 100 }, bytesPerSec: 0 })).toBeUndefined();
   });
   it('two boundaries that show the bound come first', () => {
-    const p = backlogPlateau([[2, 50 * MiB_], [3, 48 * MiB_]], 0.5, 0.6, 1.5, undefined, 0, { bytes: 45 * MiB_, windowMs: 100 }, bw);
+    const p = backlogPlateau([[2, 50 * MiB_], [3, 48 * MiB_]], 0.5, 0.6, 1.5, { set: { bytes: 45 * MiB_, windowMs: 100 }, bytesPerSec: bw });
     expect(p?.from).toEqual([2, 50 * MiB_]);
     expect(p?.rewrittenWithin).toBeUndefined();
   });

@@ -168,7 +168,7 @@
 import { type GuestPerfSample, type MigrationState, MultifdCompression, PolicyActionKind, PolicyKind, type MigrationPolicy, type ProgressSample } from '../../../shared/gen/migd/v1/common.js';
 import { formatBytes, formatDuration, formatRate } from '../units.js';
 import { type CostModel, DEFAULT_COST_MODEL, type StepCost, cheapest, likeForLike, postcopyCost, precopyCost, withMeasuredRaise } from './cost.js';
-import { type GuestCostTrack, PRIOR_WEIGHT, type RunCostFigures, blendedCostModel, priorFromHistory, trackGuestSample, trackProgressSample, trackTransition, trackedCostFigures, workingSetFromHistory } from './measured.js';
+import { type GuestCostTrack, PRIOR_WEIGHT, type RunCostFigures, type WorkingSetHistory, blendedCostModel, priorFromHistory, trackGuestSample, trackProgressSample, trackTransition, trackedCostFigures, workingSetFromHistory } from './measured.js';
 import { completedPasses, dirtyBytesPerSec, isPostcopy, isPrecopy, isStarting, median, throughputBytesPerSec } from './signals.js';
 import { type TimeoutRules, type TimeoutState, checkTimeouts, initialTimeoutState, trackProgress } from './timeouts.js';
 import type { ConvergencePolicy, Decision, PolicyDecision, PolicyRequirements } from './types.js';
@@ -286,7 +286,7 @@ export interface AdaptiveState extends GuestCostTrack {
   /** The working set (bytes) this run's own boundaries showed the backlog held at (for the VM's next runs). */
   readonly workingSetBytes?: number;
   /** The working set the VM's earlier runs found (measured.ts workingSetFromHistory; firstBoundaryOnly: from post-copy runs' one boundary). */
-  readonly priorWorkingSet?: { readonly bytes: number; readonly runs: number; readonly firstBoundaryOnly?: true };
+  readonly priorWorkingSet?: WorkingSetHistory;
   /** [pass, first seen at ms, remaining bytes then] of the last few passes (older states: no third element). */
   readonly passMarks: readonly (readonly [number, number, number?])[];
   readonly timeouts: TimeoutState;
@@ -361,27 +361,50 @@ export interface DirtySet {
 }
 
 /**
+ * What besides two pass boundaries can show a working-set bound from one ({@link backlogPlateau}):
+ * the VM's history, this run's dirty-rate estimate and its dirty set. Absent members: no such evidence.
+ */
+export interface BoundEvidence {
+  /** The working set the VM's earlier runs found (measured.ts workingSetFromHistory). */
+  readonly prior?: WorkingSetHistory | undefined;
+  /**
+   * This run's dirty-rate estimate (bytes/s; calc-dirty-rate over ≈1 s, a lower bound): what
+   * confirms a set from post-copy runs' one boundary (`prior.firstBoundaryOnly`); 0: none.
+   */
+  readonly estimateBytesPerSec?: number | undefined;
+  /** This run's dirty set. */
+  readonly set?: DirtySet | undefined;
+}
+
+/** {@link BoundEvidence} and the throughput the dirty set is weighed against. */
+export interface PlateauEvidence extends BoundEvidence {
+  /** The rate the next pass sends the backlog at (bytes/s): the set counts where that pass outlasts its window; 0: unknown. */
+  readonly bytesPerSec?: number | undefined;
+}
+
+/**
  * The working-set bound from the backlogs found at pass boundaries (pure; see the module comment,
  * "Saturation"). For each earlier boundary a and the latest c (c > a): where b_c ≥ `shrink` × b_a
  * (it did not shrink beyond the readings' noise, however many passes apart) and the shrink per pass
  * s = (b_c / b_a)^(1/(c−a)) ≥ `vsPredicted` × r (much less than the rates said), the guest rewrites
  * a bounded set within a pass: W = max(b_a, b_c), both being lower bounds of what a sync found.
- * Only for r < 1 (at r ≥ 1 the model already says the backlog holds). With `prior` (the VM's
- * earlier runs' W, measured.ts workingSetFromHistory) one boundary suffices when its backlog is
+ * Only for r < 1 (at r ≥ 1 the model already says the backlog holds). With `evidence.set` (this
+ * run's dirty set, against the next pass at `evidence.bytesPerSec`) or `evidence.prior` (the VM's
+ * earlier runs' W, measured.ts workingSetFromHistory) one boundary suffices: the set when it is
+ * most of the backlog and rewritten faster than the next pass goes; the prior when the backlog is
  * within the same noise of it (≥ shrink × W and ≤ W ÷ shrink), whatever r says (that early it is
- * the saturated pass-1 rate, no evidence against the bound): W = the larger. Undefined without
- * such evidence.
+ * the saturated pass-1 rate, no evidence against the bound), a prior from post-copy runs' one
+ * boundary only with `evidence.estimateBytesPerSec` covering it: W = the larger. Undefined
+ * without such evidence.
  */
 export function backlogPlateau(
   boundaries: readonly (readonly [number, number])[],
   ratio: number,
   shrink: number,
   vsPredicted: number,
-  prior?: { readonly bytes: number; readonly runs: number; readonly firstBoundaryOnly?: true },
-  estimateBytesPerSec = 0,
-  set?: DirtySet,
-  bytesPerSec = 0,
+  evidence: PlateauEvidence = {},
 ): BacklogPlateau | undefined {
+  const { prior, estimateBytesPerSec = 0, set, bytesPerSec = 0 } = evidence;
   const last = boundaries[boundaries.length - 1];
   if (!last || !(ratio >= 0) || ratio >= 1) return undefined;
   for (const a of boundaries.slice(0, -1)) {
@@ -460,17 +483,12 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     };
   }
 
-  /** Median figures of a full window and what they predict. */
-  predict(
-    window: readonly AdaptiveReading[],
-    limitMs: number,
-    boundaries: readonly (readonly [number, number])[] = [],
-    priorWorkingSet?: { readonly bytes: number; readonly runs: number; readonly firstBoundaryOnly?: true },
-    // The estimate that confirms a set from post-copy runs' one boundary (backlogPlateau): the window's median.
-    boundEstimate: number = median(window.map((r) => r.estimate ?? 0)),
-    // This run's dirty set (backlogPlateau): the window's median of the readings that carry one.
-    boundSet: DirtySet | undefined = windowSet(window, median),
-  ): AdaptivePrediction {
+  /**
+   * Median figures of a full window and what they predict. The evidence of a working-set bound
+   * besides `boundaries` (backlogPlateau): the VM's history as given, and, where `evidence` leaves
+   * them out, the window's median estimate and the median of its readings' dirty sets.
+   */
+  predict(window: readonly AdaptiveReading[], limitMs: number, boundaries: readonly (readonly [number, number])[] = [], evidence: BoundEvidence = {}): AdaptivePrediction {
     const { convergeWithinPasses: k } = this.tuning;
     // Dirty rate and backlog come from readings after a sync (pass ≥ 2); throughput and the
     // source's estimate from the whole window (pass-1 samples included).
@@ -494,7 +512,15 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const base = { dirtyBytesPerSec: dirty, estimateUsed: estimate > qemuDirty ? estimate : 0, throughputBytesPerSec: bw, ratio, backlogMs, limitMs };
     // Saturation: the backlog holds at the working set W, so more pre-copy at L converges only if
     // W's transfer time fits L (then at the next boundary), and needs ≈ W otherwise.
-    const plateau = bw > 0 ? backlogPlateau(boundaries, ratio, this.tuning.plateauShrink, this.tuning.plateauVsPredicted, priorWorkingSet, boundEstimate, boundSet, bw) : undefined;
+    const plateau =
+      bw > 0
+        ? backlogPlateau(boundaries, ratio, this.tuning.plateauShrink, this.tuning.plateauVsPredicted, {
+            prior: evidence.prior,
+            estimateBytesPerSec: evidence.estimateBytesPerSec ?? median(window.map((r) => r.estimate ?? 0)),
+            set: evidence.set ?? windowSet(window, median),
+            bytesPerSec: bw,
+          })
+        : undefined;
     if (plateau && Number.isFinite(backlogMs)) {
       const workingSetMs = (plateau.workingSetBytes / bw) * 1000;
       const fits = workingSetMs <= limitMs;
@@ -566,7 +592,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     // (transport.ts), and QEMU's figures mix wire bytes (throughput) with page bytes (dirty rate,
     // remaining): give it the passes that prediction allowed before second-guessing it.
     if (this.compressed() && passes < this.tuning.convergeWithinPasses) return { actions: [], state: base };
-    const p = this.predict(window, base.downtimeMs, base.boundaries, base.priorWorkingSet);
+    const p = this.predict(window, base.downtimeMs, base.boundaries, { prior: base.priorWorkingSet });
     // The cheapest pass for a step: while the backlog grows or holds (r ≥ 1) every further pass
     // costs its whole length in dirty tracking and buys nothing, so one reading after the sync is
     // enough to act on. While it shrinks (r < 1) a full window of readings after the sync first —
@@ -577,9 +603,8 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const synced = window.filter((r) => r.pass >= 2).length;
     // (The favourable reading drops the estimate as a dirty rate; as the evidence that a set seen at
     // one boundary holds, the window's lowest estimate is the favourable case.)
-    const lowestEstimate = Math.min(...window.map((r) => r.estimate ?? 0));
-    const smallestSet = windowSet(window, (xs) => Math.min(...xs));
-    if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs, base.boundaries, base.priorWorkingSet, lowestEstimate, smallestSet).convergesSoon) return { actions: [], state: base };
+    const favourableEvidence: BoundEvidence = { prior: base.priorWorkingSet, estimateBytesPerSec: Math.min(...window.map((r) => r.estimate ?? 0)), set: windowSet(window, (xs) => Math.min(...xs)) };
+    if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs, base.boundaries, favourableEvidence).convergesSoon) return { actions: [], state: base };
     let st = base;
     // What this run saw of the bound, for the VM's next runs: its own boundaries' W, or (matched to
     // the earlier runs' W) this boundary's own reading — not the larger of the two, which would ratchet.

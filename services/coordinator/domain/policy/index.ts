@@ -4,7 +4,7 @@
  */
 export type { ConvergencePolicy, Decision, PolicyDecision, PolicyRequirements, TimeoutRules } from './types.js';
 export { isTerminalAction, toPolicyAction } from './types.js';
-export { type AdaptiveAssessment, type AdaptiveConfig, type AdaptivePrediction, type AdaptiveReading, type AdaptiveState, type AdaptiveTuning, AdaptivePolicy, type BacklogPlateau, DEFAULT_ADAPTIVE_TUNING, backlogPlateau } from './adaptive.js';
+export { type AdaptiveAssessment, type AdaptiveConfig, type AdaptivePrediction, type AdaptiveReading, type AdaptiveState, type AdaptiveTuning, AdaptivePolicy, type BacklogPlateau, type BoundEvidence, type DirtySet, type PlateauEvidence, DEFAULT_ADAPTIVE_TUNING, backlogPlateau } from './adaptive.js';
 export { type ScheduleConfig, type ScheduleEffect, type ScheduleEntry, type ScheduleTrigger, type ScheduledState, type StepMode, ScheduledPolicy } from './scheduled.js';
 export { KUBEVIRT_STALL_DEFAULTS, KUBEVIRT_STALL_MAX_DOWNTIME_MS, type StallDetectorConfig, type StallDetectorState, type StallDetectorTuning, StallDetectorPolicy } from './stall-detector.js';
 export { type TimeoutState, checkTimeouts, completionBudgetMs, forceCompleteKind, resolveTimeouts, timeoutActionKind, trackProgress } from './timeouts.js';
@@ -51,6 +51,7 @@ export {
   phaseLostMs,
   priorFromHistory,
   workingSetFromHistory,
+  type WorkingSetHistory,
   runCostFigures,
   tallyGuestSample,
 } from './measured.js';

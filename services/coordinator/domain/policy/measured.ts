@@ -181,6 +181,23 @@ function addPace(p: PhaseTally, f: number, lostMs: number): PhaseTally {
   return f <= 0 ? p : { ...p, slowedMs: p.slowedMs + f * lostMs, paced: p.paced + 1 };
 }
 
+/** The phase tallies an interval is shared out over (`raised` only while a raise is tallied). */
+type TalliedPhases = Pick<GuestTally, 'precopy' | 'postcopy' | 'raised'>;
+
+/**
+ * Shares the host interval [a, b] out over the phases' windows — pre-copy: its start to the
+ * switch-over; post-copy: the switch-over to arrival; the raise: it to arrival — and adds to each
+ * its share `f` by `add`.
+ */
+function shareOut(t: GuestTally, phases: TalliedPhases, a: number, b: number, add: (p: PhaseTally, f: number) => PhaseTally): TalliedPhases {
+  const { precopy, postcopy, raised } = phases;
+  return {
+    precopy: add(precopy, share(a, b, t.precopyAtMs, t.switchAtMs)),
+    postcopy: add(postcopy, share(a, b, t.switchAtMs, t.arrivedAtMs)),
+    ...(raised ? { raised: add(raised, share(a, b, t.raiseAtMs ?? -1, t.arrivedAtMs)) } : {}),
+  };
+}
+
 /** Folds one guest sample into the tally (samples out of the guest clock's order are dropped). */
 export function tallyGuestSample(t: GuestTally, s: GuestPaceSample): GuestTally {
   if (!Number.isFinite(s.hostMs) || !Number.isFinite(s.guestMonoMs)) return t;
@@ -197,25 +214,20 @@ export function tallyGuestSample(t: GuestTally, s: GuestPaceSample): GuestTally 
       lastPaced: newPace ? [s.hostMs, s.guestMonoMs] : t.lastPaced,
     };
   }
-  let { precopy, postcopy, raised } = t;
-  const raiseAt = raised ? (t.raiseAtMs ?? -1) : -1;
+  let phases: TalliedPhases = { precopy: t.precopy, postcopy: t.postcopy, ...(t.raised ? { raised: t.raised } : {}) };
   if (newClock && t.last) {
     const [a, ga] = t.last;
     const dh = s.hostMs - a;
     const dg = s.guestMonoMs - ga;
-    precopy = addInterval(precopy, share(a, s.hostMs, t.precopyAtMs, t.switchAtMs), dh, dg);
-    postcopy = addInterval(postcopy, share(a, s.hostMs, t.switchAtMs, t.arrivedAtMs), dh, dg);
-    if (raised) raised = addInterval(raised, share(a, s.hostMs, raiseAt, t.arrivedAtMs), dh, dg);
+    phases = shareOut(t, phases, a, s.hostMs, (p, f) => addInterval(p, f, dh, dg));
   }
   if (newPace && t.lastPaced && t.baselineMsPerGib > 0) {
     const [a, ga] = t.lastPaced;
     const dg = s.guestMonoMs - ga;
     const lost = dg * Math.max(0, 1 - t.baselineMsPerGib / s.msPerGib);
-    precopy = addPace(precopy, share(a, s.hostMs, t.precopyAtMs, t.switchAtMs), lost);
-    postcopy = addPace(postcopy, share(a, s.hostMs, t.switchAtMs, t.arrivedAtMs), lost);
-    if (raised) raised = addPace(raised, share(a, s.hostMs, raiseAt, t.arrivedAtMs), lost);
+    phases = shareOut(t, phases, a, s.hostMs, (p, f) => addPace(p, f, lost));
   }
-  return { ...t, precopy, postcopy, ...(raised ? { raised } : {}), last: newClock ? [s.hostMs, s.guestMonoMs] : t.last, lastPaced: newPace ? [s.hostMs, s.guestMonoMs] : t.lastPaced };
+  return { ...t, ...phases, last: newClock ? [s.hostMs, s.guestMonoMs] : t.last, lastPaced: newPace ? [s.hostMs, s.guestMonoMs] : t.lastPaced };
 }
 
 /**
@@ -335,7 +347,43 @@ export function trackAction<S extends GuestCostTrack>(state: S, kind: PolicyActi
   return guest === state.guest ? state : { ...state, guest };
 }
 
+/** The host time of a sample, transition or action (epoch ms; 0 without one): what a replay orders by. The store hands samples back in this order already (by time, then as stored). */
 const timeOf = (x: { readonly time?: Date | undefined }): number => x.time?.getTime() ?? 0;
+
+/** A run's recorded timeline as the store keeps it: progress and guest samples, the run's transitions and actions. */
+export interface RecordedTimeline {
+  readonly progress: readonly ProgressSample[];
+  readonly guest: readonly GuestPerfSample[];
+  readonly transitions: readonly { readonly time?: Date | undefined; readonly to: MigrationState }[];
+  readonly actions: readonly { readonly time?: Date | undefined; readonly kind: PolicyActionKind }[];
+}
+
+/** How a replay moves its state with each kind of event (host times in epoch ms, 0 without one); a kind without a fold is left out. */
+export interface TimelineFolds<S> {
+  readonly progress?: ((state: S, sample: ProgressSample) => S) | undefined;
+  readonly guest?: ((state: S, sample: GuestPerfSample) => S) | undefined;
+  readonly transition?: ((state: S, to: MigrationState, atMs: number) => S) | undefined;
+  readonly action?: ((state: S, kind: PolicyActionKind, atMs: number) => S) | undefined;
+}
+
+/**
+ * Folds a run's recorded timeline into `init` through `folds`, in the order of the events' host
+ * times, as they came in (equal times: progress, guest samples, transitions, actions, each as
+ * stored). `order` 'merge': progress replayed alone (no other event to merge in) keeps its stored
+ * order rather than being sorted by time.
+ */
+export function replayTimeline<S>(init: S, timeline: RecordedTimeline, folds: TimelineFolds<S>, order: 'time' | 'merge' = 'time'): S {
+  const events: { t: number; o: number; apply: (s: S) => S }[] = [];
+  const add = (t: number, apply: (s: S) => S): void => void events.push({ t, o: events.length, apply });
+  const { progress, guest, transition, action } = folds;
+  if (progress) for (const p of timeline.progress) add(timeOf(p), (s) => progress(s, p));
+  const progressOnly = events.length;
+  if (guest) for (const g of timeline.guest) add(timeOf(g), (s) => guest(s, g));
+  if (transition) for (const c of timeline.transitions) add(timeOf(c), (s) => transition(s, c.to, timeOf(c)));
+  if (action) for (const a of timeline.actions) add(timeOf(a), (s) => action(s, a.kind, timeOf(a)));
+  if (order === 'time' || events.length > progressOnly) events.sort((a, b) => a.t - b.t || a.o - b.o);
+  return events.reduce((s, e) => e.apply(s), init);
+}
 
 /**
  * A run's cost track from its recorded timeline (a restarted coordinator, the tests): guest
@@ -345,17 +393,10 @@ const timeOf = (x: { readonly time?: Date | undefined }): number => x.time?.getT
 export function replayCostTrack(
   progress: readonly ProgressSample[],
   guest: readonly GuestPerfSample[],
-  transitions: readonly { readonly time?: Date | undefined; readonly to: MigrationState }[],
-  actions: readonly { readonly time?: Date | undefined; readonly kind: PolicyActionKind }[],
+  transitions: RecordedTimeline['transitions'],
+  actions: RecordedTimeline['actions'],
 ): GuestCostTrack {
-  const events: { t: number; o: number; apply: (s: GuestCostTrack) => GuestCostTrack }[] = [
-    ...progress.map((p) => ({ t: timeOf(p), apply: (s: GuestCostTrack) => trackProgressSample(s, p) })),
-    ...guest.map((g) => ({ t: timeOf(g), apply: (s: GuestCostTrack) => trackGuestSample(s, g) })),
-    ...transitions.map((c) => ({ t: timeOf(c), apply: (s: GuestCostTrack) => trackTransition(s, c.to, timeOf(c)) })),
-    ...actions.map((a) => ({ t: timeOf(a), apply: (s: GuestCostTrack) => trackAction(s, a.kind, timeOf(a)) })),
-  ].map((e, o) => ({ ...e, o }));
-  events.sort((a, b) => a.t - b.t || a.o - b.o);
-  return events.reduce<GuestCostTrack>((s, e) => e.apply(s), {});
+  return replayTimeline<GuestCostTrack>({}, { progress, guest, transitions, actions }, { progress: trackProgressSample, guest: trackGuestSample, transition: trackTransition, action: trackAction });
 }
 
 /** The figures a run's track leaves for the VM's next runs (undefined: nothing measured). */
@@ -455,11 +496,19 @@ function leastSquares(points: readonly (readonly [number, number])[]): { interce
 
 const shrink = (fitted: number, n: number, prior: number): number => (n * fitted + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT);
 
+/** The working set (bytes) the VM's earlier runs found, and how many runs found it. */
+export interface WorkingSetHistory {
+  readonly bytes: number;
+  readonly runs: number;
+  /** Only from runs that switched to post-copy at their first boundary (one boundary each). */
+  readonly firstBoundaryOnly?: true;
+}
+
 /**
  * The working set the VM's earlier runs found the backlog held at: the median of those that saw one
  * (bytes), and how many did; undefined when none did.
  */
-export function workingSetFromHistory(runs: readonly RunCostFigures[]): { bytes: number; runs: number; firstBoundaryOnly?: true } | undefined {
+export function workingSetFromHistory(runs: readonly RunCostFigures[]): WorkingSetHistory | undefined {
   const ok = (x: number | undefined): x is number => x !== undefined && Number.isFinite(x) && x > 0;
   const ws = runs.map((r) => r.workingSetBytes).filter(ok);
   if (ws.length > 0) return { bytes: median(ws), runs: ws.length };

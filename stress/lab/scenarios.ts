@@ -648,6 +648,17 @@ export const POLICY_SCENARIOS_720_IDLE: readonly Scenario[] = (() => {
 })();
 
 /**
+ * The boundary's latency (`node dist/scripts/lab.js policies-720-boundary`): load A and heavy over
+ * 720 Mbit/s, 2 repetitions, adaptive against post-copy after one pass (which switches on the node
+ * at QEMU's MIGRATION_PASS event), every strategy at T(300): with the source reading progress at
+ * the event, adaptive's switch at the first boundary should no longer come one sample later.
+ */
+export const POLICY_SCENARIOS_720_BOUNDARY: readonly Scenario[] = ['load-a', 'heavy'].flatMap((tag) => {
+  const w = LAB_WORKLOADS[tag]!;
+  return policySet(`b720-${tag}`, `${w.group}, 720 Mbit/s`, w.load, { rateMbit: 720 }, ['adaptive', 'seed-pc'], { limits: { migrationMs: 120_000 }, downtimeLimitMs: T(300) }).map((s) => ({ ...s, repetitions: 2 }));
+});
+
+/**
  * Issue 14's other links (`node dist/scripts/lab.js policies-links`): the seven workloads over
  * 300 and 2000 Mbit/s, one repetition each, adaptive (no history) against the two fixed strategies
  * closest to it at 720 Mbit/s (post-copy after one pass, multifd zstd), every strategy at T(300) as
@@ -856,6 +867,12 @@ export const COMPARISONS: readonly Comparison[] = Object.freeze([
     title: "The quiet guest's transport at 720 Mbit/s: migd adaptive against plain multifd and multifd zstd on the idle workload",
     description: 'The idle workload (1 GiB, 512 MiB written once) over 720 Mbit/s, 3 repetitions each, interleaved: adaptive (no history), multifd and multifd zstd, all at T(300), cut at 120 s.',
     scenarios: POLICY_SCENARIOS_720_IDLE,
+  },
+  {
+    name: 'policies-720-boundary',
+    title: "The boundary's latency at 720 Mbit/s: migd adaptive against post-copy after one pass on load A and heavy",
+    description: 'load A and heavy over 720 Mbit/s, 2 repetitions each, interleaved: adaptive (no history) and post-copy after one pass, both at T(300), cut at 120 s.',
+    scenarios: POLICY_SCENARIOS_720_BOUNDARY,
   },
   {
     name: 'policies-links',

@@ -93,6 +93,11 @@ export class FakeQemu {
     this.stream.send({ event: 'MIGRATION', data: { status }, timestamp: { seconds: 1, microseconds: 0 } });
   }
 
+  /** QEMU emits MIGRATION_PASS: pass `pass` began (its bitmap sync is done). */
+  emitPass(pass: number): void {
+    this.stream.send({ event: 'MIGRATION_PASS', data: { pass }, timestamp: { seconds: 1, microseconds: 0 } });
+  }
+
   /** The arguments of every `name` command sent so far. */
   argsOf(name: string): (Record<string, unknown> | undefined)[] {
     return this.sent.filter((c) => (c.execute ?? c['exec-oob']) === name).map((c) => c.arguments);

@@ -186,6 +186,10 @@ export class SourceMigration {
   private downtimeLimitMs: number;
   private maxBandwidth: number;
   private pass = 0;
+  /** Ends the progress poll's wait early: a pass began (see pollProgress). */
+  private pollWake: (() => void) | undefined;
+  /** A pass began while the poll was querying: its next wait is skipped. */
+  private pollWakePending = false;
   private postcopyStarted = false;
   /** QEMU clock (µs) of the source's last STOP event and of the `completed` event. */
   private stoppedAtUs: number | undefined;
@@ -716,6 +720,7 @@ export class SourceMigration {
       for await (const ev of events) {
         if (ev.event === 'MIGRATION_PASS') {
           this.pass = Number((ev.data as { pass?: number }).pass ?? this.pass);
+          this.wakePoll();
           const n = this.p.config.postcopy.afterPasses;
           // MIGRATION_PASS announces the start of pass `pass`: N passes are complete at N+1.
           if (n !== undefined && this.pass >= n + 1 && !this.postcopyStarted) {
@@ -822,8 +827,40 @@ export class SourceMigration {
           await this.unstickPostcopySwitch(silentMs);
         }
       }
-      await sleep(this.opts.progressIntervalMs, undefined, { signal }).catch(() => undefined);
+      await this.pollWait(signal);
     }
+  }
+
+  /**
+   * Progress is read every `progressIntervalMs`, and at once when a pass begins (QEMU's
+   * MIGRATION_PASS event follows its bitmap sync, so query-migrate then already reports the new
+   * backlog and dirty rate). A policy deciding on the coordinator sees a pass boundary when it
+   * happens, not up to one interval later: post-copy after one pass, run on this node, switches
+   * on the event itself, and the adaptive policy's verdict at the same boundary came one sample
+   * (250 ms) behind it in every lab run on load A (docs/lab/policies-720-criterion-dirtyset).
+   */
+  private async pollWait(signal: AbortSignal): Promise<void> {
+    if (this.pollWakePending) {
+      this.pollWakePending = false;
+      return;
+    }
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        this.pollWake = undefined;
+        resolve();
+      };
+      const timer = setTimeout(done, this.opts.progressIntervalMs);
+      signal.addEventListener('abort', done, { once: true });
+      this.pollWake = done;
+    });
+  }
+
+  /** See pollWait. */
+  private wakePoll(): void {
+    if (this.pollWake) this.pollWake();
+    else this.pollWakePending = true;
   }
 
   private async forwardGuest(signal: AbortSignal): Promise<void> {

@@ -43,7 +43,7 @@ async function eventually(check: () => boolean, what: string, ms = 5000): Promis
   }
 }
 
-async function source(o: { peer: NodePeer; localSetup?: Promise<unknown>; tls?: boolean }): Promise<{ q: FakeQemu; m: SourceMigration; host: ReturnType<typeof fakeHost> }> {
+async function source(o: { peer: NodePeer; localSetup?: Promise<unknown>; tls?: boolean; progressIntervalMs?: number }): Promise<{ q: FakeQemu; m: SourceMigration; host: ReturnType<typeof fakeHost> }> {
   const q = new FakeQemu({ running: true, migration: 'none', logger: quiet, cleanups });
   await q.connect();
   const host = fakeHost();
@@ -59,7 +59,7 @@ async function source(o: { peer: NodePeer; localSetup?: Promise<unknown>; tls?: 
     config: resolveMigrationConfig(policy, SUPPORTED),
     supportedCapabilities: SUPPORTED,
     log: quiet,
-    options: { progressIntervalMs: 20, peerDeadlineMs: 2000, handoverTimeoutMs: 2000, ...(o.tls ? { tlsCredsId: 'creds-client', tlsHostname: 'migd-node.b' } : {}) },
+    options: { progressIntervalMs: o.progressIntervalMs ?? 20, peerDeadlineMs: 2000, handoverTimeoutMs: 2000, ...(o.tls ? { tlsCredsId: 'creds-client', tlsHostname: 'migd-node.b' } : {}) },
     records: tempRecords(cleanups),
     ...(o.localSetup ? { localSetup: o.localSetup } : {}),
   });
@@ -175,3 +175,30 @@ describe('after the handover', () => {
     expect(s.q.commands).not.toContain('cont');
   });
 });
+
+describe('progress at a pass boundary', () => {
+  it('reads and sends progress as soon as a pass begins, not one interval later', async () => {
+    // An interval far longer than the test: only the pass event can bring the sample.
+    const s = await source({ peer: fakePeer({}), progressIntervalMs: 60_000 });
+    const passes: number[] = [];
+    let pass = 1;
+    s.q.onCommand = (name) => (name === 'query-migrate' ? { status: s.q.migration, ram: { 'dirty-sync-count': pass, remaining: 4096, total: 8192, transferred: 4096 } } : undefined);
+    await s.m.start();
+    const seen = (async () => {
+      for await (const u of s.m.watch()) if (u.update?.$case === 'progress') passes.push(u.update.value.pass);
+    })();
+    s.q.emit('active');
+    await eventually(() => passes.length >= 1, 'the first progress sample');
+    const queries = s.q.commands.filter((c) => c === 'query-migrate').length;
+    pass = 2;
+    const at = Date.now();
+    s.q.emitPass(2);
+    await eventually(() => passes.includes(2), 'the sample of pass 2', 2000);
+    expect(Date.now() - at).toBeLessThan(1000);
+    expect(s.q.commands.filter((c) => c === 'query-migrate').length).toBe(queries + 1);
+    s.q.emit('completed');
+    await s.m.finished();
+    await seen;
+  });
+});
+

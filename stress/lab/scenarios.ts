@@ -423,7 +423,7 @@ const STRATEGIES: Readonly<Record<StrategyName, { label: string; policy: () => M
   multifd: {
     label: 'multifd',
     policy: () => policy({ kind: PolicyKind.POLICY_KIND_FIXED, downtimeLimitMs: T(300), multifd: { enabled: true, channels: 2, compression: MultifdCompression.MULTIFD_COMPRESSION_NONE } }),
-    source: 'multifd, 2 channels, no compression (what migd adaptive chooses for a guest predicted quiet)',
+    source: 'multifd, 2 channels, no compression (the baseline docs/lab/policies-720-idle measured against multifd zstd for a quiet guest)',
   },
   'multifd-zstd': {
     label: 'multifd zstd',

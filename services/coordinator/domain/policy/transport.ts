@@ -1,7 +1,7 @@
 /**
  * The adaptive policy's one decision before the start: compress the stream (multifd + zstd) or
- * keep post-copy available. QEMU fixes capabilities before the migration starts and
- * refuses multifd together with post-copy (FACTS.md), so the choice cannot wait for the first pass.
+ * keep post-copy available. QEMU fixes capabilities before the migration starts and refuses
+ * multifd together with post-copy (FACTS.md), so the choice cannot wait for the first pass.
  *
  * ## Model
  * With dirty rate D, the fraction c of a page's bytes that zstd leaves on the wire, and link rate
@@ -88,7 +88,6 @@ export const DEFAULT_TRANSPORT_TUNING: TransportTuning = Object.freeze({
   quietMaxRatio: 0.2,
   quietWithinPasses: 1,
 });
-
 
 export interface TransportChoice {
   readonly compress: boolean;

@@ -55,6 +55,8 @@ const DIRTY_RATE_REFRESH_GAP_MS = 500;
  * (16 MiB per GiB read twice).
  */
 const DIRTY_SET_WINDOW_MS = 100;
+/** Guest samples kept for a run nobody watches yet (≈25 s of a guest reporting every 100 ms). */
+const MAX_UNWATCHED_GUEST = 256;
 const DIRTY_SET_SAMPLE_PAGES = 4096;
 
 export interface SourceOptions {
@@ -181,6 +183,14 @@ export class SourceMigration {
   // A WatchMigration client that stops reading is ended (RESOURCE_EXHAUSTED), not buffered for.
   private readonly updates = new Broadcast<WatchMigrationResponse>({ limit: 4096, overflow: 'fail' });
   private readonly stop = new AbortController();
+  /**
+   * The guest's samples from the start of the run (its set-up, the dirty-rate estimate an adaptive
+   * policy starts from, QEMU's `migrate`) until the first watcher came: the coordinator watches
+   * only once StartMigration answered, and without them the run's record had no guest sample from
+   * its dispatch to its first progress sample (issue 14: the lab then charged that second at the
+   * first in-migration sample's pace). Handed to the first watcher, then undefined.
+   */
+  private unwatchedGuest: GuestPerfSample[] | undefined = [];
   private readonly done: Promise<MigrationInfo>;
   private resolveDone!: (info: MigrationInfo) => void;
   private downtimeLimitMs: number;
@@ -322,6 +332,10 @@ export class SourceMigration {
       { update: { $case: 'stateChange', value: { time: new Date(this.now()), from: this.state, to: this.state, reason: 'current state' } } },
     ];
     if (this.lastProgress) initial.push({ update: { $case: 'progress', value: this.lastProgress } });
+    if (this.unwatchedGuest) {
+      for (const g of this.unwatchedGuest) initial.push({ update: { $case: 'guest', value: g } });
+      this.unwatchedGuest = undefined;
+    }
     if (isTerminal(this.state)) initial.push({ update: { $case: 'result', value: this.info() } });
     return this.updates.subscribe(initial, signal);
   }
@@ -337,6 +351,7 @@ export class SourceMigration {
     // Set once PrepareIncoming went out: from then on the destination may hold a copy, even when
     // the call failed (a lost answer, a timeout, a cut link), so a failed start removes it.
     let asked = false;
+    void this.forwardLocalGuest(this.stop.signal);
     try {
       await this.persist('starting');
       const transfers = await this.p.host.diskTransfers(vm.name);
@@ -863,18 +878,37 @@ export class SourceMigration {
     else this.pollWakePending = true;
   }
 
-  private async forwardGuest(signal: AbortSignal): Promise<void> {
-    const forward = async (src: AsyncIterable<GuestPerfSample>): Promise<void> => {
-      try {
-        for await (const s of src) this.updates.publish({ update: { $case: 'guest', value: s } });
-      } catch {
-        // the stream ends with the migration or with the VM
+  /**
+   * The source guest's samples, from the start of the run: kept for the first watcher until one
+   * comes (see unwatchedGuest), published after; none while the run is held (its guest is not
+   * migrating: those are no run's samples), at most MAX_UNWATCHED_GUEST kept (the newest).
+   */
+  private async forwardLocalGuest(signal: AbortSignal): Promise<void> {
+    try {
+      for await (const s of this.p.vm.guestSamples(signal)) {
+        if (this.endHold) continue;
+        const pending = this.unwatchedGuest;
+        if (!pending) {
+          this.updates.publish({ update: { $case: 'guest', value: s } });
+          continue;
+        }
+        pending.push(s);
+        if (pending.length > MAX_UNWATCHED_GUEST) pending.shift();
       }
-    };
-    const fromDest = async function* (peer: NodePeer, name: string): AsyncIterable<GuestPerfSample> {
-      for await (const m of peer.watchGuest({ name, includeConsole: false }, { signal })) if (m.item?.$case === 'sample') yield m.item.value;
-    };
-    await Promise.all([forward(this.p.vm.guestSamples(signal)), forward(fromDest(this.p.peer, this.p.vm.name))]);
+    } catch {
+      // the stream ends with the migration or with the VM
+    }
+  }
+
+  /** The guest's samples on the destination, once it runs there (the stream has begun). */
+  private async forwardGuest(signal: AbortSignal): Promise<void> {
+    try {
+      for await (const m of this.p.peer.watchGuest({ name: this.p.vm.name, includeConsole: false }, { signal })) {
+        if (m.item?.$case === 'sample') this.updates.publish({ update: { $case: 'guest', value: m.item.value } });
+      }
+    } catch {
+      // the stream ends with the migration or with the VM
+    }
   }
 
   private async pollDestinationCpu(signal: AbortSignal): Promise<void> {
@@ -1254,6 +1288,7 @@ export class SourceMigration {
       default: {
         const st = stateFromQemuStatus(status);
         if (st !== undefined) this.transition(st, adopted);
+        void this.forwardLocalGuest(this.stop.signal);
         void this.run(events);
         if (status === 'postcopy-paused') void this.recover('adopted a paused post-copy migration after a daemon restart');
       }

@@ -8,7 +8,8 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { UnavailableError } from '../../../services/shared/errors.js';
-import { MigrationPolicy, MigrationState as S } from '../../../services/shared/gen/migd/v1/common.js';
+import { Broadcast } from '../../../services/shared/broadcast.js';
+import { GuestPerfSample, MigrationPolicy, MigrationState as S } from '../../../services/shared/gen/migd/v1/common.js';
 import { ConfirmIncomingResponse } from '../../../services/shared/gen/migd/v1/node.js';
 import { createLogger } from '../../../services/shared/log.js';
 import { resolveMigrationConfig } from '../../../services/shared/policy/index.js';
@@ -43,7 +44,7 @@ async function eventually(check: () => boolean, what: string, ms = 5000): Promis
   }
 }
 
-async function source(o: { peer: NodePeer; localSetup?: Promise<unknown>; tls?: boolean; progressIntervalMs?: number }): Promise<{ q: FakeQemu; m: SourceMigration; host: ReturnType<typeof fakeHost> }> {
+async function source(o: { peer: NodePeer; localSetup?: Promise<unknown>; tls?: boolean; progressIntervalMs?: number; samples?: Broadcast<GuestPerfSample> }): Promise<{ q: FakeQemu; m: SourceMigration; host: ReturnType<typeof fakeHost> }> {
   const q = new FakeQemu({ running: true, migration: 'none', logger: quiet, cleanups });
   await q.connect();
   const host = fakeHost();
@@ -51,7 +52,7 @@ async function source(o: { peer: NodePeer; localSetup?: Promise<unknown>; tls?: 
   const m = new SourceMigration({
     runId: 'run-1',
     nodeId: 'a',
-    vm: fakeVm(q),
+    vm: fakeVm(q, o.samples),
     host,
     peer: o.peer,
     destination: { nodeId: 'b', managementAddress: 'b:1', migrationAddress: '127.0.0.1' },
@@ -202,3 +203,43 @@ describe('progress at a pass boundary', () => {
   });
 });
 
+
+describe('the guest during the set-up', () => {
+  it('keeps the guest samples of the set-up (before QEMU streams, before anyone watches) for the first watcher, then sends them live', async () => {
+    const samples = new Broadcast<GuestPerfSample>();
+    const setUp = gate();
+    const s = await source({ peer: fakePeer({}), localSetup: setUp.promise, samples });
+    const sample = (mono: number): GuestPerfSample => GuestPerfSample.fromPartial({ time: new Date(1_000_000 + mono), guestMonoMs: mono, worker: -1, msPerGib: 300 });
+    const starting = s.m.start();
+    // The set-up waits for the node's local preparation: the guest reports meanwhile.
+    await new Promise((r) => setTimeout(r, 20));
+    samples.publish(sample(100));
+    samples.publish(sample(200));
+    setUp.open();
+    await starting;
+    samples.publish(sample(300));
+    await new Promise((r) => setTimeout(r, 20));
+    const first: number[] = [];
+    const watcher = new AbortController();
+    const seen = (async () => {
+      for await (const u of s.m.watch(watcher.signal)) if (u.update?.$case === 'guest') first.push(u.update.value.guestMonoMs);
+    })();
+    await eventually(() => first.length >= 3, 'the samples kept for the first watcher');
+    expect(first).toEqual([100, 200, 300]);
+    samples.publish(sample(400));
+    await eventually(() => first.length >= 4, 'a live sample');
+    expect(first).toEqual([100, 200, 300, 400]);
+    // A second watcher (a coordinator re-attaching) gets live samples only: none recorded twice.
+    const second: number[] = [];
+    const again = (async () => {
+      for await (const u of s.m.watch(watcher.signal)) if (u.update?.$case === 'guest') second.push(u.update.value.guestMonoMs);
+    })();
+    await new Promise((r) => setTimeout(r, 20));
+    samples.publish(sample(500));
+    await eventually(() => second.length >= 1 && first.length >= 5, 'the next live sample at both watchers');
+    expect(second).toEqual([500]);
+    expect(first).toEqual([100, 200, 300, 400, 500]);
+    watcher.abort();
+    await Promise.all([seen, again]);
+  });
+});

@@ -498,7 +498,7 @@ export class NodeDaemon {
       spec: this.vmService.spec(name) ?? ProtoVmSpec.fromPartial({ name, memoryMib: v.spec.memoryMiB, vcpus: v.spec.vcpus, machineType: v.spec.machine, uuid: v.spec.uuid }),
       pid: v.pid,
       qmp: vms.qmp(name),
-      guestSamples: (signal) => feed.samples.subscribe([], signal),
+      guestSamples: (signal, recentMs) => feed.samples.subscribe(recentMs ? feed.recent(recentMs) : [], signal),
       lastGuestSample: () => feed.latest(),
       cpuSeconds: async () => (await vms.cpu(name).catch(() => undefined))?.totalSeconds ?? 0,
     };

@@ -11,6 +11,10 @@ import type { SerialSubscription } from './vm/serial.js';
 
 /** Guest workers whose pass count is tracked at most. */
 const MAX_WORKERS = 256;
+/** How far back the feed keeps the guest's samples for a late subscriber (see recent). */
+const RECENT_KEEP_MS = 10_000;
+/** …and at most this many (a guest reports every 100 ms by default; several lines each). */
+const RECENT_KEEP_MAX = 1024;
 
 export class GuestFeed {
   readonly samples = new Broadcast<GuestPerfSample>({ limit: 1024 });
@@ -20,6 +24,8 @@ export class GuestFeed {
   private lastCombined: { sample: GuestPerfSample; hostMs: number } | undefined;
   private readonly stop = new AbortController();
   private passes = new Map<number, number>();
+  /** The samples of the last RECENT_KEEP_MS, oldest first, with the host time they arrived. */
+  private readonly kept: { sample: GuestPerfSample; hostMs: number }[] = [];
 
   constructor(
     readonly vmName: string,
@@ -78,7 +84,19 @@ export class GuestFeed {
     };
     this.last = { sample, hostMs: Date.now() };
     if (sample.worker === -1 && sample.msPerGib > 0) this.lastCombined = this.last;
+    this.kept.push(this.last);
+    const old = this.last.hostMs - RECENT_KEEP_MS;
+    while (this.kept.length > RECENT_KEEP_MAX || (this.kept.length > 0 && this.kept[0]!.hostMs < old)) this.kept.shift();
     this.samples.publish(sample);
+  }
+
+  /**
+   * The samples that arrived within the last `ms` (at most RECENT_KEEP_MS), oldest first: the
+   * guest's pace just before a migration began, which its harm is measured against.
+   */
+  recent(ms: number): GuestPerfSample[] {
+    const from = Date.now() - Math.min(Math.max(0, ms), RECENT_KEEP_MS);
+    return this.kept.filter((k) => k.hostMs >= from).map((k) => k.sample);
   }
 
   /** The latest sample and when it arrived (host ms). */

@@ -55,8 +55,15 @@ const DIRTY_RATE_REFRESH_GAP_MS = 500;
  * (16 MiB per GiB read twice).
  */
 const DIRTY_SET_WINDOW_MS = 100;
-/** Guest samples kept for a run nobody watches yet (≈25 s of a guest reporting every 100 ms). */
-const MAX_UNWATCHED_GUEST = 256;
+/** Guest samples kept for a run nobody watches yet (≈15 s of a two-worker guest reporting every 100 ms). */
+const MAX_UNWATCHED_GUEST = 512;
+/**
+ * The guest's samples from just before the run that go into its record: its pace then is what the
+ * harm of the migration is measured against (the coordinator's cost track, the lab). Between runs
+ * the store keeps only one sample per heartbeat; a baseline of two such samples (one of them
+ * possibly the workload's first fill) misread an unharmed guest as slowed by a quarter.
+ */
+const BASELINE_BEFORE_MS = 3000;
 const DIRTY_SET_SAMPLE_PAGES = 4096;
 
 export interface SourceOptions {
@@ -351,7 +358,7 @@ export class SourceMigration {
     // Set once PrepareIncoming went out: from then on the destination may hold a copy, even when
     // the call failed (a lost answer, a timeout, a cut link), so a failed start removes it.
     let asked = false;
-    void this.forwardLocalGuest(this.stop.signal);
+    void this.forwardLocalGuest(this.stop.signal, BASELINE_BEFORE_MS);
     try {
       await this.persist('starting');
       const transfers = await this.p.host.diskTransfers(vm.name);
@@ -879,13 +886,14 @@ export class SourceMigration {
   }
 
   /**
-   * The source guest's samples, from the start of the run: kept for the first watcher until one
-   * comes (see unwatchedGuest), published after; none while the run is held (its guest is not
-   * migrating: those are no run's samples), at most MAX_UNWATCHED_GUEST kept (the newest).
+   * The source guest's samples, from `recentMs` before the start of the run (its baseline): kept
+   * for the first watcher until one comes (see unwatchedGuest), published after; none while the
+   * run is held (its guest is not migrating: those are no run's samples), at most
+   * MAX_UNWATCHED_GUEST kept (the newest).
    */
-  private async forwardLocalGuest(signal: AbortSignal): Promise<void> {
+  private async forwardLocalGuest(signal: AbortSignal, recentMs = 0): Promise<void> {
     try {
-      for await (const s of this.p.vm.guestSamples(signal)) {
+      for await (const s of this.p.vm.guestSamples(signal, recentMs)) {
         if (this.endHold) continue;
         const pending = this.unwatchedGuest;
         if (!pending) {

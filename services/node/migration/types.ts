@@ -34,8 +34,11 @@ export interface MigratableVm {
   readonly spec: VmSpec;
   readonly pid: number;
   readonly qmp: QmpClient;
-  /** Parsed guest-performance samples from now on, until `signal` fires or the VM goes away. */
-  guestSamples(signal: AbortSignal): AsyncIterable<GuestPerfSample>;
+  /**
+   * Parsed guest-performance samples from now on, until `signal` fires or the VM goes away; with
+   * `recentMs`, first those of the last `recentMs` ms (what the node kept of them).
+   */
+  guestSamples(signal: AbortSignal, recentMs?: number): AsyncIterable<GuestPerfSample>;
   /** The most recent sample and the host time (ms) it arrived, if any. */
   lastGuestSample(): { sample: GuestPerfSample; hostMs: number } | undefined;
   /** CPU seconds (user + system) the QEMU process has used (0 once it is gone). */

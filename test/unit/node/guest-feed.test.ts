@@ -44,4 +44,24 @@ describe('guest feed', () => {
       feed.close();
     }
   });
+
+  it('keeps the samples of the last seconds for a run that begins (its baseline), oldest first', async () => {
+    const lines =
+      formatGuestLine(10, 'start', { workers: 1, bytes: 4096, pattern: 'random' }) +
+      formatGuestLine(20, 'pass', { w: 0, n: 1, bytes: 4096, ms_per_gib: 900 }) +
+      formatGuestLine(30, 'pass', { w: 0, n: 2, bytes: 4096, ms_per_gib: 800 });
+    const feed = new GuestFeed('vm3', consoleOf(lines), quiet);
+    try {
+      await until(() => feed.latest()?.sample.guestMonoMs === 30, 'the latest sample (guest ms 30)', 1000, 5);
+      const kept = feed.recent(5000);
+      expect(kept.map((s) => s.guestMonoMs)).toEqual([...kept.map((s) => s.guestMonoMs)].sort((a, b) => a - b));
+      expect(kept.filter((s) => s.worker === 0).map((s) => s.msPerGib)).toEqual([900, 800]);
+      await new Promise((r) => setTimeout(r, 60));
+      // Only what arrived within the window asked for.
+      expect(feed.recent(30)).toEqual([]);
+      expect(feed.recent(5000)).toEqual(kept);
+    } finally {
+      feed.close();
+    }
+  });
 });

@@ -14,7 +14,7 @@ import { ConfirmIncomingResponse } from '../../../services/shared/gen/migd/v1/no
 import { createLogger } from '../../../services/shared/log.js';
 import { resolveMigrationConfig } from '../../../services/shared/policy/index.js';
 import { SourceMigration } from '../../../services/node/migration/source.js';
-import type { NodePeer } from '../../../services/node/migration/types.js';
+import type { MigratableVm, NodePeer } from '../../../services/node/migration/types.js';
 import { FakeQemu, fakeHost, fakePeer, fakeVm, tempRecords, type Cleanups, type FakePeer } from '../../helpers/migration-fakes.js';
 
 const quiet = createLogger('source-overlap-test', {}, () => undefined, 'error');
@@ -44,7 +44,7 @@ async function eventually(check: () => boolean, what: string, ms = 5000): Promis
   }
 }
 
-async function source(o: { peer: NodePeer; localSetup?: Promise<unknown>; tls?: boolean; progressIntervalMs?: number; samples?: Broadcast<GuestPerfSample> }): Promise<{ q: FakeQemu; m: SourceMigration; host: ReturnType<typeof fakeHost> }> {
+async function source(o: { peer: NodePeer; localSetup?: Promise<unknown>; tls?: boolean; progressIntervalMs?: number; samples?: Broadcast<GuestPerfSample>; before?: readonly GuestPerfSample[] }): Promise<{ q: FakeQemu; m: SourceMigration; host: ReturnType<typeof fakeHost> }> {
   const q = new FakeQemu({ running: true, migration: 'none', logger: quiet, cleanups });
   await q.connect();
   const host = fakeHost();
@@ -52,7 +52,7 @@ async function source(o: { peer: NodePeer; localSetup?: Promise<unknown>; tls?: 
   const m = new SourceMigration({
     runId: 'run-1',
     nodeId: 'a',
-    vm: fakeVm(q, o.samples),
+    vm: withBefore(fakeVm(q, o.samples), o.samples, o.before),
     host,
     peer: o.peer,
     destination: { nodeId: 'b', managementAddress: 'b:1', migrationAddress: '127.0.0.1' },
@@ -66,6 +66,12 @@ async function source(o: { peer: NodePeer; localSetup?: Promise<unknown>; tls?: 
   });
   cleanups.push(() => m.detach());
   return { q, m, host };
+}
+
+/** The VM, whose feed kept `before` (samples from before the run) for a subscriber that asks for recent ones. */
+function withBefore(vm: MigratableVm, samples: Broadcast<GuestPerfSample> | undefined, before: readonly GuestPerfSample[] | undefined): MigratableVm {
+  if (!samples || !before) return vm;
+  return { ...vm, guestSamples: (signal, recentMs) => samples.subscribe(recentMs ? [...before] : [], signal) };
 }
 
 /** fakePeer, with PrepareIncoming answering only once `prepared` resolves. */
@@ -205,11 +211,11 @@ describe('progress at a pass boundary', () => {
 
 
 describe('the guest during the set-up', () => {
-  it('keeps the guest samples of the set-up (before QEMU streams, before anyone watches) for the first watcher, then sends them live', async () => {
+  it('keeps the guest samples of the last seconds before the run and of its set-up (before QEMU streams, before anyone watches) for the first watcher, then sends them live', async () => {
     const samples = new Broadcast<GuestPerfSample>();
     const setUp = gate();
-    const s = await source({ peer: fakePeer({}), localSetup: setUp.promise, samples });
     const sample = (mono: number): GuestPerfSample => GuestPerfSample.fromPartial({ time: new Date(1_000_000 + mono), guestMonoMs: mono, worker: -1, msPerGib: 300 });
+    const s = await source({ peer: fakePeer({}), localSetup: setUp.promise, samples, before: [sample(50)] });
     const starting = s.m.start();
     // The set-up waits for the node's local preparation: the guest reports meanwhile.
     await new Promise((r) => setTimeout(r, 20));
@@ -224,11 +230,11 @@ describe('the guest during the set-up', () => {
     const seen = (async () => {
       for await (const u of s.m.watch(watcher.signal)) if (u.update?.$case === 'guest') first.push(u.update.value.guestMonoMs);
     })();
-    await eventually(() => first.length >= 3, 'the samples kept for the first watcher');
-    expect(first).toEqual([100, 200, 300]);
+    await eventually(() => first.length >= 4, 'the samples kept for the first watcher');
+    expect(first).toEqual([50, 100, 200, 300]);
     samples.publish(sample(400));
-    await eventually(() => first.length >= 4, 'a live sample');
-    expect(first).toEqual([100, 200, 300, 400]);
+    await eventually(() => first.length >= 5, 'a live sample');
+    expect(first).toEqual([50, 100, 200, 300, 400]);
     // A second watcher (a coordinator re-attaching) gets live samples only: none recorded twice.
     const second: number[] = [];
     const again = (async () => {
@@ -236,9 +242,9 @@ describe('the guest during the set-up', () => {
     })();
     await new Promise((r) => setTimeout(r, 20));
     samples.publish(sample(500));
-    await eventually(() => second.length >= 1 && first.length >= 5, 'the next live sample at both watchers');
+    await eventually(() => second.length >= 1 && first.length >= 6, 'the next live sample at both watchers');
     expect(second).toEqual([500]);
-    expect(first).toEqual([100, 200, 300, 400, 500]);
+    expect(first).toEqual([50, 100, 200, 300, 400, 500]);
     watcher.abort();
     await Promise.all([seen, again]);
   });

@@ -181,6 +181,8 @@ export interface SourceMigrationParams {
 export class SourceMigration {
   readonly runId: string;
   private state = MigrationState.MIGRATION_STATE_PREPARING;
+  /** When `state` was entered (the run's creation for the first). */
+  private stateSinceMs: number;
   private readonly startedAt: Date;
   private finishedAt: Date | undefined;
   private lastProgress: ProgressSample | undefined;
@@ -269,6 +271,7 @@ export class SourceMigration {
     p.localSetup?.catch(() => undefined); // awaited by start(), which reports its failure
     this.now = p.now ?? Date.now;
     this.startedAt = new Date(p.record ? Date.parse(p.record.startedAt) : this.now());
+    this.stateSinceMs = this.startedAt.getTime();
     this.record = p.record ?? {
       format: 1,
       runId: p.runId,
@@ -333,16 +336,22 @@ export class SourceMigration {
     };
   }
 
-  /** Updates from now on; a late joiner first gets the current state and last progress sample. */
+  /**
+   * Updates from now on; a late joiner first gets the current state (with the time it was entered)
+   * and the last progress sample. The first watcher also gets the guest's samples kept for it (see
+   * unwatchedGuest): those from before the current state ahead of it, so that the coordinator's
+   * cost track takes them as the guest's baseline before it learns that pre-copy began (as a
+   * replay of the stored run, in time order, does), the later ones after it.
+   */
   watch(signal?: AbortSignal): AsyncIterable<WatchMigrationResponse> {
-    const initial: WatchMigrationResponse[] = [
-      { update: { $case: 'stateChange', value: { time: new Date(this.now()), from: this.state, to: this.state, reason: 'current state' } } },
-    ];
+    const kept = this.unwatchedGuest ?? [];
+    this.unwatchedGuest = undefined;
+    const since = this.stateSinceMs;
+    const before = (g: GuestPerfSample): boolean => (g.time?.getTime() ?? 0) <= since;
+    const initial: WatchMigrationResponse[] = kept.filter(before).map((g) => ({ update: { $case: 'guest', value: g } }));
+    initial.push({ update: { $case: 'stateChange', value: { time: new Date(since), from: this.state, to: this.state, reason: 'current state' } } });
     if (this.lastProgress) initial.push({ update: { $case: 'progress', value: this.lastProgress } });
-    if (this.unwatchedGuest) {
-      for (const g of this.unwatchedGuest) initial.push({ update: { $case: 'guest', value: g } });
-      this.unwatchedGuest = undefined;
-    }
+    for (const g of kept) if (!before(g)) initial.push({ update: { $case: 'guest', value: g } });
     if (isTerminal(this.state)) initial.push({ update: { $case: 'result', value: this.info() } });
     return this.updates.subscribe(initial, signal);
   }
@@ -1546,6 +1555,7 @@ export class SourceMigration {
     const change: StateChange = { time: new Date(this.now()), from: this.state, to, reason };
     this.p.log.info('migration state', { from: MigrationState[this.state], to: MigrationState[to], reason });
     this.state = to;
+    this.stateSinceMs = change.time!.getTime();
     this.updates.publish({ update: { $case: 'stateChange', value: change } });
   }
 

@@ -214,7 +214,7 @@ describe('the guest during the set-up', () => {
   it('keeps the guest samples of the last seconds before the run and of its set-up (before QEMU streams, before anyone watches) for the first watcher, then sends them live', async () => {
     const samples = new Broadcast<GuestPerfSample>();
     const setUp = gate();
-    const sample = (mono: number): GuestPerfSample => GuestPerfSample.fromPartial({ time: new Date(1_000_000 + mono), guestMonoMs: mono, worker: -1, msPerGib: 300 });
+    const sample = (mono: number): GuestPerfSample => GuestPerfSample.fromPartial({ time: new Date(), guestMonoMs: mono, worker: -1, msPerGib: 300 });
     const s = await source({ peer: fakePeer({}), localSetup: setUp.promise, samples, before: [sample(50)] });
     const starting = s.m.start();
     // The set-up waits for the node's local preparation: the guest reports meanwhile.
@@ -223,15 +223,26 @@ describe('the guest during the set-up', () => {
     samples.publish(sample(200));
     setUp.open();
     await starting;
+    // QEMU streams: pre-copy begins; the guest reports once more before anyone watches.
+    await new Promise((r) => setTimeout(r, 20));
+    s.q.emit('active');
+    await new Promise((r) => setTimeout(r, 20));
     samples.publish(sample(300));
     await new Promise((r) => setTimeout(r, 20));
     const first: number[] = [];
+    const order: string[] = [];
     const watcher = new AbortController();
     const seen = (async () => {
-      for await (const u of s.m.watch(watcher.signal)) if (u.update?.$case === 'guest') first.push(u.update.value.guestMonoMs);
+      for await (const u of s.m.watch(watcher.signal)) {
+        if (u.update?.$case === 'guest') first.push(u.update.value.guestMonoMs);
+        if (u.update?.$case === 'guest') order.push(`guest ${u.update.value.guestMonoMs}`);
+        if (u.update?.$case === 'stateChange' && u.update.value.reason === 'current state') order.push(`state ${S[u.update.value.to]} at ${u.update.value.time!.getTime() < Date.now() - 30 ? 'entry' : 'now'}`);
+      }
     })();
     await eventually(() => first.length >= 4, 'the samples kept for the first watcher');
     expect(first).toEqual([50, 100, 200, 300]);
+    // Those from before pre-copy began ahead of the state, the state with the time it was entered.
+    expect(order).toEqual(['guest 50', 'guest 100', 'guest 200', 'state MIGRATION_STATE_PRECOPY at entry', 'guest 300']);
     samples.publish(sample(400));
     await eventually(() => first.length >= 5, 'a live sample');
     expect(first).toEqual([50, 100, 200, 300, 400]);

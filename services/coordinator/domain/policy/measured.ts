@@ -256,6 +256,11 @@ export interface GuestCostTrack {
   readonly firstBoundaryBytes?: number;
   /** The run went into post-copy (a transition or a sample said so). */
   readonly postcopy?: boolean;
+  /**
+   * Host time (epoch ms) of the first progress sample of a LOCAL disk copy: the guest's pace from
+   * then on is not its baseline (a write-blocking mirror slows it before pre-copy begins).
+   */
+  readonly storageAtMs?: number;
 }
 
 /** Folds one guest sample (forwarded by the source node, or stored from before the run) into the tally. */
@@ -264,8 +269,10 @@ export function trackGuestSample<S extends GuestCostTrack>(state: S, sample: Gue
   if (host === undefined) return state;
   let guest = state.guest ?? initialGuestTally();
   if (state.guest === undefined && state.precopyAtMs !== undefined) guest = enterPhase(guest, 'precopy', state.precopyAtMs);
-  // Whole-guest pace only (worker -1); a worker's own line counts for the clock.
-  const next = tallyGuestSample(guest, { hostMs: host, guestMonoMs: sample.guestMonoMs, msPerGib: sample.worker === -1 ? sample.msPerGib : 0 });
+  // Whole-guest pace only (worker -1); a worker's own line counts for the clock. Nor is a pace
+  // taken during a disk copy the baseline.
+  const copying = guest.phase === 'before' && state.storageAtMs !== undefined && host >= state.storageAtMs;
+  const next = tallyGuestSample(guest, { hostMs: host, guestMonoMs: sample.guestMonoMs, msPerGib: sample.worker === -1 && !copying ? sample.msPerGib : 0 });
   return next === state.guest ? state : { ...state, guest: next };
 }
 
@@ -311,6 +318,7 @@ function switchBacklog(state: GuestCostTrack): number | undefined {
 /** Moves the tally's phase with a progress sample's (pre-copy: its start and what remains; post-copy: the switch). */
 export function trackProgressSample<S extends GuestCostTrack>(state: S, sample: ProgressSample): S {
   const at = sample.time?.getTime();
+  if (sample.storagePhase === true && at !== undefined && state.storageAtMs === undefined) state = { ...state, storageAtMs: at };
   const bw = throughputBytesPerSec(sample);
   if (isPrecopy(sample)) {
     const remainingMs = bw > 0 ? (sample.remainingBytes / bw) * 1000 : state.remainingMs;

@@ -156,6 +156,15 @@ describe('scenario table', () => {
     expect(short.scenarios.find((s) => s.name === 'pol-s-idle-seed-pc')?.policy.downtimeLimitMs).toBe(300);
   });
 
+  it('the front comparison: the criterion at 720 Mbit/s without auto-converge', () => {
+    const crit = COMPARISONS.find((x) => x.name === 'policies-720-criterion')!;
+    const c = COMPARISONS.find((x) => x.name === 'policies-720-front')!;
+    expect(c.scenarios).toHaveLength(21);
+    expect(c.scenarios.map((s) => s.label)).not.toContain(crit.scenarios.find((s) => s.name === 'pol-crit-idle-seed-ac')!.label);
+    expect(new Set(c.scenarios.map((s) => s.name.replace(/^pol-crit-[a-z-]+?-(adaptive|seed-pc|multifd-zstd)$/, '$1')))).toEqual(new Set(['adaptive', 'seed-pc', 'multifd-zstd']));
+    for (const s of c.scenarios) expect(crit.scenarios).toContainEqual(s);
+  });
+
   it('the links comparison: the seven workloads at 300 and 2000 Mbit/s, three strategies, T(300), multifd zstd cut at 60 s', () => {
     const c = COMPARISONS.find((x) => x.name === 'policies-links')!;
     expect(c.scenarios).toHaveLength(42);

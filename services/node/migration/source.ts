@@ -55,6 +55,7 @@ const DIRTY_RATE_REFRESH_GAP_MS = 500;
  * (16 MiB per GiB read twice).
  */
 const DIRTY_SET_WINDOW_MS = 100;
+const DIRTY_SET_SAMPLE_PAGES = 4096;
 /** Guest samples kept for a run nobody watches yet (≈15 s of a two-worker guest reporting every 100 ms). */
 const MAX_UNWATCHED_GUEST = 512;
 /**
@@ -64,7 +65,6 @@ const MAX_UNWATCHED_GUEST = 512;
  * possibly the workload's first fill) misread an unharmed guest as slowed by a quarter.
  */
 const BASELINE_BEFORE_MS = 3000;
-const DIRTY_SET_SAMPLE_PAGES = 4096;
 
 export interface SourceOptions {
   /** query-migrate polling interval for progress figures (ms). Default 250. */
@@ -902,16 +902,7 @@ export class SourceMigration {
    */
   private async forwardLocalGuest(signal: AbortSignal, recentMs = 0): Promise<void> {
     try {
-      for await (const s of this.p.vm.guestSamples(signal, recentMs)) {
-        if (this.endHold) continue;
-        const pending = this.unwatchedGuest;
-        if (!pending) {
-          this.updates.publish({ update: { $case: 'guest', value: s } });
-          continue;
-        }
-        pending.push(s);
-        if (pending.length > MAX_UNWATCHED_GUEST) pending.shift();
-      }
+      for await (const s of this.p.vm.guestSamples(signal, recentMs)) if (!this.endHold) this.publishGuest(s);
     } catch {
       // the stream ends with the migration or with the VM
     }
@@ -921,11 +912,22 @@ export class SourceMigration {
   private async forwardGuest(signal: AbortSignal): Promise<void> {
     try {
       for await (const m of this.p.peer.watchGuest({ name: this.p.vm.name, includeConsole: false }, { signal })) {
-        if (m.item?.$case === 'sample') this.updates.publish({ update: { $case: 'guest', value: m.item.value } });
+        if (m.item?.$case === 'sample') this.publishGuest(m.item.value);
       }
     } catch {
       // the stream ends with the migration or with the VM
     }
+  }
+
+  /** One guest sample to the watchers, or kept for the first one while none came (see unwatchedGuest). */
+  private publishGuest(s: GuestPerfSample): void {
+    const pending = this.unwatchedGuest;
+    if (!pending) {
+      this.updates.publish({ update: { $case: 'guest', value: s } });
+      return;
+    }
+    pending.push(s);
+    if (pending.length > MAX_UNWATCHED_GUEST) pending.shift();
   }
 
   private async pollDestinationCpu(signal: AbortSignal): Promise<void> {

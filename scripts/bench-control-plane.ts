@@ -59,6 +59,7 @@ const { values: opts } = loadConfig(
     'timelines-json': { type: 'string', default: '', doc: "write part a's per-run timelines (every migd log line and the bare script's steps, ms from the start) to this JSON file" },
     'drain-vms': { type: 'integer', default: 4, min: 2, max: 16, doc: "part c's guests (256 MiB each) drained a → b (default 4)" },
     'drain-json': { type: 'string', default: '', doc: "write part c's per-migration timelines (recorded states, ms after SubmitPlan) to this JSON file" },
+    'pg-statements': { type: 'integer', default: 0, min: 0, max: 100, doc: "part d on postgres: print the N statements that took the server longest (pg_stat_statements: calls, total and mean execution time), beside the write connection's wall time (default 0: off)" },
     'submit-client': { type: 'string', default: 'process', doc: "where part d's SubmitPlan client runs: process (a child process of its own) or inline (this process, with the simulated nodes, as before 3 Dec 15:00) (default process)" },
   },
   process.argv.slice(2),
@@ -675,7 +676,9 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
     let submitter: SubmitChild | undefined;
     let pg: PostgresServer | undefined;
     try {
-      if (dialect === 'postgres') pg = await startPostgres();
+      if (dialect === 'postgres') pg = await startPostgres(opts['pg-statements'] > 0 ? { settings: { shared_preload_libraries: 'pg_stat_statements', 'pg_stat_statements.track': 'all' } } : {});
+      const dbUrl = pg ? await pg.createDatabase() : undefined;
+      if (dbUrl && opts['pg-statements'] > 0) await pgQuery(dbUrl, 'CREATE EXTENSION pg_stat_statements');
       const natsProc = await startNatsProcess(join(work, 'nats'));
       nats = natsProc.process;
       started.add(nats);
@@ -685,7 +688,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       const metricsAddr = `127.0.0.1:${await freePort('127.0.0.1')}`;
       coord = await startCoordinatorProcess({
         listen: addr,
-        db: pg ? await pg.createDatabase() : join(work, 'history.sqlite'),
+        db: dbUrl ?? join(work, 'history.sqlite'),
         nats: natsProc.url,
         certDir,
         nodeArgs: opts['cpu-prof-dir'] ? ['--cpu-prof', '--cpu-prof-dir', opts['cpu-prof-dir']] : [],
@@ -771,6 +774,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       printSubmitSplit(latByKey, sentAt, report);
       printTurns(report, benchLoop, submitted?.loopDelay);
       printWriteStatements(report, planned);
+      if (dbUrl && opts['pg-statements'] > 0) await printPgStatements(dbUrl, opts['pg-statements'], planned);
       printScaleGoals(`${n} nodes, ${dialect}`, [bound / makespan, quantile(lat, 0.99), planned > 0 ? cpu / planned : NaN]);
     } catch (err) {
       out(`  ${String(n).padStart(5)}: failed: ${err instanceof Error ? err.message : String(err)}${downs > 0 ? ` (the coordinator marked nodes down ${downs} times)` : ''}`);
@@ -788,6 +792,37 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       await pg?.dispose();
       await rm(work, { recursive: true, force: true });
     }
+  }
+}
+
+/** One query on a fresh connection (the bench's own, not the coordinator's). */
+async function pgQuery<R extends Record<string, unknown>>(url: string, text: string): Promise<R[]> {
+  const { default: pg } = await import('pg');
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return (await client.query<R>(text)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * Where the server's time went (pg_stat_statements): the `top` statements by total execution
+ * time, and the sum over all, per migration. Set against the write connection's wall time
+ * (store.group-commit above), it says how much of a write is the server's work and how much the
+ * round trips and the coordinator's own turn.
+ */
+async function printPgStatements(url: string, top: number, migrations: number): Promise<void> {
+  try {
+    const all = await pgQuery<{ calls: number; total: number }>(url, "SELECT sum(calls)::float8 AS calls, sum(total_exec_time)::float8 AS total FROM pg_stat_statements WHERE query NOT ILIKE '%pg_stat_statements%'");
+    const rows = await pgQuery<{ calls: string; total: number; mean: number; query: string }>(url, `SELECT calls::text, total_exec_time::float8 AS total, mean_exec_time::float8 AS mean, query FROM pg_stat_statements WHERE query NOT ILIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT ${Math.floor(top)}`);
+    const a = all[0];
+    out(`    postgres server (pg_stat_statements): ${fmt(Number(a?.calls ?? 0), 0)} statements, ${fmt(Number(a?.total ?? 0) / 1000, 1)} s executing (${fmt(Number(a?.calls ?? 0) / Math.max(1, migrations), 1)} statements and ${fmt(Number(a?.total ?? 0) / Math.max(1, migrations), 3)} ms per migration); the longest:`);
+    out('        calls   total s  mean ms  statement');
+    for (const r of rows) out(`      ${r.calls.padStart(7)} ${fmt(r.total / 1000, 2).padStart(9)} ${fmt(r.mean, 3).padStart(8)}  ${r.query.replace(/\s+/g, ' ').slice(0, 110)}`);
+  } catch (err) {
+    out(`    (pg_stat_statements: ${(err as Error).message})`);
   }
 }
 

@@ -339,6 +339,26 @@ export function historyStoreSuite(backend: StoreBackend): void {
       expect(await s.vmCostHistory('vm-a', 5)).toMatchObject([{ precopyMs: 900 }]);
     });
 
+    it("a group's writes put their events into the outbox with one statement before the commit, in the order of the writes (issue 15 §4)", async () => {
+      const s = await open();
+      const { runs } = await s.createPlan({ idempotencyKey: 'k', request: {} as never, runs: ['vm-a', 'vm-b', 'vm-c', 'vm-d'].map((vmName) => runInput({ vmName })) });
+      const ids = runs!.map((r) => r.id);
+      // One transition alone: its change, then its event (Postgres) — the baseline per write.
+      let before = s.writeStats();
+      await s.transitionRun(ids[0]!, { to: S.MIGRATION_STATE_PREPARING, from: S.MIGRATION_STATE_QUEUED });
+      let after = s.writeStats();
+      const alone = after.statements - before.statements;
+      // Three asked for together: one group, each write its change, and the three events in one INSERT.
+      before = s.writeStats();
+      await Promise.all(ids.slice(1).map((id) => s.transitionRun(id, { to: S.MIGRATION_STATE_PREPARING, from: S.MIGRATION_STATE_QUEUED })));
+      after = s.writeStats();
+      expect([after.groups - before.groups, after.writes - before.writes]).toEqual([1, 3]);
+      expect(after.statements - before.statements).toBe(3 * (alone - 1) + 1);
+      // The events as if each write had inserted its own: outbox order = the order of the writes.
+      const preparing = (await outboxEvents(s)).flatMap((e) => (e.payload?.$case === 'runState' && e.payload.value.change?.to === S.MIGRATION_STATE_PREPARING ? [[e.payload.value.runId, e.runSequence]] : []));
+      expect(preparing).toEqual(ids.map((id) => [id, 2]));
+    });
+
     it('refuses bad transitions without writing anything', async () => {
       const s = await open();
       const run = await s.createRun(runInput());

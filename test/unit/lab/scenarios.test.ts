@@ -177,6 +177,24 @@ describe('scenario table', () => {
     expect(c.scenarios.find((s) => s.name === 'pol-l2000-idle-adaptive')?.guest.memoryMib).toBe(1024);
   });
 
+  it("the criterion over three links: the seven workloads at 300, 720 and 2000 Mbit/s, three strategies, 3 repetitions, T(300), multifd zstd cut at 60 s", () => {
+    const c = COMPARISONS.find((x) => x.name === 'policies-front')!;
+    expect(c.scenarios).toHaveLength(63);
+    expect(new Set(c.scenarios.map((s) => s.link.rateMbit))).toEqual(new Set([300, 720, 2000]));
+    expect(new Set(c.scenarios.map((s) => s.group)).size).toBe(21);
+    for (const s of c.scenarios) {
+      expect(s.repetitions, s.name).toBe(3);
+      expect(s.policy.downtimeLimitMs, s.name).toBe(scaledMs(300, SEED_001_SCALE));
+      expect(s.limits.migrationMs, s.name).toBe(s.name.endsWith('-multifd-zstd') ? 60_000 : 120_000);
+    }
+    expect(new Set(c.scenarios.map((s) => s.name.replace(/^.*-(adaptive|seed-pc|multifd-zstd)$/, '$1')))).toEqual(new Set(['adaptive', 'seed-pc', 'multifd-zstd']));
+    // The same runs as the links comparison at 300 and 2000, and as the 720 front at 720 (names aside).
+    const links = COMPARISONS.find((x) => x.name === 'policies-links')!;
+    const strip = (s: { name: string; repetitions: number }) => ({ ...s, name: s.name.replace(/^pol-[a-z]+\d*-/, ''), repetitions: 0 });
+    for (const s of links.scenarios) expect(c.scenarios.map(strip)).toContainEqual(strip(s));
+    expect(c.scenarios.find((s) => s.name === 'pol-f720-idle-adaptive')?.guest.memoryMib).toBe(1024);
+  });
+
   it('comparisons vary one thing within a group', () => {
     for (const name of ['downtime', 'auto-converge-step', 'post-copy-iters', 'bandwidth']) {
       const c = COMPARISONS.find((x) => x.name === name)!;

@@ -4,6 +4,7 @@
  *
  *   npm run build && node dist/scripts/bench-control-plane.js [--parts a,b,c,d] [--reps 3]
  *                                                            [--nodes 50,100,500] [--vms-per-node 20]
+ *                                                            [--drain-vms 4] [--mtu 1500]
  *
  *  a. control-plane overhead: one migration of the same idle guest through migd (SubmitPlan →
  *     RunCompleted: plan, dispatch, destination QEMU, capabilities, migration, guest verification,
@@ -15,7 +16,8 @@
  *     coordinator, fake NodeService endpoints at the gRPC seam, see stress/lab/sim-nodes.ts) —
  *     SubmitPlan cost, plans per second, dispatch throughput against the concurrency bound.
  *
- * a–c run a real cluster in network namespaces (root, QEMU, nats-server, built dist/); d needs only
+ * a–c run a real cluster in network namespaces (root, QEMU, nats-server, built dist/), one testbed
+ * shared by the three, its migration network at `--mtu` (9000 models jumbo frames); d needs only
  * the coordinator and nats-server. Everything started is stopped at the end, also on failure.
  */
 import type { ChildProcess } from 'node:child_process';
@@ -35,6 +37,7 @@ import { ensureGuestImage } from '../stress/image/build.js';
 import { sleep } from '../stress/lab/backend.js';
 import { configError, loadConfig } from '../services/shared/config.js';
 import { startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
+import { DEFAULT_MIGRATION_MTU, MAX_MIGRATION_MTU, MIN_MIGRATION_MTU } from '../services/testbed/addressing.js';
 import { startPostgres, type PostgresServer } from '../services/testbed/postgres.js';
 import { CoordinatorBackend } from '../stress/lab/coordinator-backend.js';
 import { quantile, slotUse } from '../stress/lab/metrics.js';
@@ -58,6 +61,7 @@ const { values: opts } = loadConfig(
     'log-level': { type: 'string', default: 'info', doc: "the daemons' MIGD_LOG_LEVEL in parts a–c (default info: part a's verification figure and phase table come from their log lines; debug adds every QMP command)" },
     'timelines-json': { type: 'string', default: '', doc: "write part a's per-run timelines (every migd log line and the bare script's steps, ms from the start) to this JSON file" },
     'drain-vms': { type: 'integer', default: 4, min: 2, max: 16, doc: "part c's guests (256 MiB each) drained a → b (default 4)" },
+    mtu: { type: 'integer', default: DEFAULT_MIGRATION_MTU, min: MIN_MIGRATION_MTU, max: MAX_MIGRATION_MTU, doc: `MTU of the lab testbed's migration network (mig0, the switch ports, br-mig) that parts a–c share: ${MIN_MIGRATION_MTU}..${MAX_MIGRATION_MTU}, 9000 for jumbo frames (default ${DEFAULT_MIGRATION_MTU})` },
     'drain-json': { type: 'string', default: '', doc: "write part c's per-migration timelines (recorded states, ms after SubmitPlan) to this JSON file" },
     'submit-client': { type: 'string', default: 'process', doc: "where part d's SubmitPlan client runs: process (a child process of its own) or inline (this process, with the simulated nodes, as before 3 Dec 15:00) (default process)" },
   },
@@ -500,7 +504,12 @@ function watchPlanEnds(cb: CoordinatorBackend): { ended: (planId: string) => Pro
 async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void> {
   const k = opts['drain-vms'];
   const mbit = 300;
-  out(`\n== c. drain makespan vs total bytes ÷ bandwidth (${k} idle guests of 256 MiB, 128 MiB written, ${mbit} Mbit/s)`);
+  // The MTU as the kernel reports it on the source's migration interface, not just the option:
+  // the shaper counts whole frames, so the figure below depends on it.
+  const mig = cluster.tb.host('a');
+  const link = await mig.exec('ip', ['-j', 'link', 'show', 'dev', mig.migrationInterface]);
+  const kernelMtu = (JSON.parse(link.stdout) as { mtu?: number }[])[0]?.mtu;
+  out(`\n== c. drain makespan vs total bytes ÷ bandwidth (${k} idle guests of 256 MiB, 128 MiB written, ${mbit} Mbit/s, migration MTU ${cluster.tb.migrationMtu}; ${mig.migrationInterface} on a reports ${kernelMtu ?? '?'})`);
   await cluster.tb.shape('a', { rateMbit: mbit });
   await cluster.tb.shape('b', { rateMbit: mbit });
   const names = Array.from({ length: k }, (_, i) => `bench-c-${i}-${process.pid}`);
@@ -884,10 +893,10 @@ function cpuSeconds(pid: number): number {
 }
 
 async function main(): Promise<void> {
-  out(`migd control-plane benchmarks (parts ${[...PARTS].join(',')}, ${REPS} reps)`);
+  out(`migd control-plane benchmarks (parts ${[...PARTS].join(',')}, ${REPS} reps${PARTS.has('a') || PARTS.has('b') || PARTS.has('c') ? `, migration MTU ${opts.mtu}` : ''})`);
   if (PARTS.has('a') || PARTS.has('b') || PARTS.has('c')) {
     process.env['MIGD_LOG_LEVEL'] = opts['log-level'];
-    const cluster = await startLabCluster({ mode: 'coordinator', onLog: tapLog });
+    const cluster = await startLabCluster({ mode: 'coordinator', onLog: tapLog, migrationMtu: opts.mtu });
     try {
       const cb = cluster.backend as CoordinatorBackend;
       if (PARTS.has('a')) await partA(cluster, cb);

@@ -501,6 +501,20 @@ function watchPlanEnds(cb: CoordinatorBackend): { ended: (planId: string) => Pro
   };
 }
 
+/**
+ * What the shaper has sent on a host's migration egress so far: the root HTB qdisc's byte and
+ * packet counters on mig0. They count whole frames as the rate limit does (Ethernet header
+ * included, GSO super-packets as their segments), so a drain's difference is the wire volume its
+ * streams cost, against QEMU's payload bytes.
+ */
+async function wireCount(cluster: LabCluster, host: string): Promise<{ bytes: number; frames: number }> {
+  const h = cluster.tb.host(host);
+  const r = await h.exec('tc', ['-s', '-j', 'qdisc', 'show', 'dev', h.migrationInterface]);
+  const root = (JSON.parse(r.stdout) as { root?: boolean; bytes?: number; packets?: number }[]).find((q) => q.root);
+  if (root?.bytes === undefined || root.packets === undefined) throw new Error(`no root qdisc counters on ${host}'s ${h.migrationInterface}: ${r.stdout}`);
+  return { bytes: root.bytes, frames: root.packets };
+}
+
 async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void> {
   const k = opts['drain-vms'];
   const mbit = 300;
@@ -520,6 +534,7 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
     // second stays as the fallback should the stream break.
     const planEnds = watchPlanEnds(cb);
     await sleep(200); // the stream's subscription is in place long before any plan of ours ends; this only keeps its setup out of the timed part
+    const wire0 = await wireCount(cluster, 'a');
     const wall0 = Date.now();
     const t0 = performance.now();
     const { plan } = await cb.client.submitPlan({ idempotencyKey: `bench-c-${process.pid}`, target: { $case: 'drain', value: { nodeId: 'a', destinationNodeIds: ['b'] } }, policy: FIXED_PRECOPY, priority: 0, antiAffinityVmNames: [], label: 'bench-drain' });
@@ -548,6 +563,8 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
     } else endAt = performance.now();
     planEnds.close();
     const makespan = endAt! - t0;
+    const wire1 = await wireCount(cluster, 'a');
+    const wire = { bytes: wire1.bytes - wire0.bytes, frames: wire1.frames - wire0.frames };
     let bytes = 0;
     let qemu = 0;
     const runs: DrainRunTimeline[] = [];
@@ -577,6 +594,10 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
     out(`  ${plan!.migrations.length} migrations (${plan!.orderingReason}); ${fmt(bytes / MiB, 1)} MiB sent`);
     out(`  makespan ${fmt(makespan / 1000, 2)} s vs bytes÷bandwidth ${fmt(bound / 1000, 2)} s → ratio ${fmt(makespan / bound)} (sum of QEMU migration times ${fmt(qemu / 1000, 2)} s)`);
     out(`    (SubmitPlan sent → the plan's end seen through ${seenBy}${endEvent?.time ? `; the end was recorded at ${fmt(endEvent.time.getTime() - wall0, 0)} ms` : ''})`);
+    // The bound counts QEMU's payload; the shaper counts frames (TCP/IP/Ethernet headers, TLS
+    // records). Wire bytes ÷ bandwidth is the least time the link itself needs for this drain.
+    const wireBound = (wire.bytes / ((mbit * 1e6) / 8)) * 1000;
+    out(`  on the wire (HTB's count on a's ${cluster.tb.host('a').migrationInterface}, MTU ${cluster.tb.migrationMtu}): ${fmt(wire.bytes / MiB, 1)} MiB in ${wire.frames} frames (mean ${fmt(wire.bytes / Math.max(1, wire.frames), 0)} B) = ${fmt(wire.bytes / bytes, 4)} × the payload bytes; wire bytes ÷ bandwidth ${fmt(wireBound / 1000, 2)} s → makespan ÷ that ${fmt(makespan / wireBound)}`);
     // Per-migration timelines (the coordinator's recorded transitions, with the node's times).
     const cols = ['PREPARING', 'SETUP', 'PRECOPY', 'SWITCHOVER', 'VERIFYING'];
     out(`  per migration, ms after SubmitPlan: ${cols.join(' / ')} / ended; MiB sent`);
@@ -600,7 +621,7 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
         .filter((l) => l.atMs - wall0 >= from && l.atMs - wall0 <= to && (runId === undefined || l.rec['runId'] === undefined || l.rec['runId'] === runId))
         .map((l) => ({ offMs: l.atMs - wall0, who: l.who, msg: l.msg, rec: l.rec }));
     const ends = { firstPreparation: linesOf(first?.runId, -5, (first?.streamFromMs ?? 0) + 50), lastEnd: linesOf(last?.runId, (last?.streamToMs ?? 0) - 50, makespan + 50) };
-    if (opts['drain-json']) await writeFile(opts['drain-json'], JSON.stringify({ makespanMs: makespan, boundMs: bound, bytes, runs, ends }, null, 1));
+    if (opts['drain-json']) await writeFile(opts['drain-json'], JSON.stringify({ makespanMs: makespan, boundMs: bound, bytes, migrationMtu: cluster.tb.migrationMtu, wireBytes: wire.bytes, wireFrames: wire.frames, runs, ends }, null, 1));
   } finally {
     for (const n of names) await cb.destroyVm(n).catch(() => undefined);
   }

@@ -4,6 +4,7 @@
  *
  *   npm run build && node dist/scripts/bench-control-plane.js [--parts a,b,c,d] [--reps 3]
  *                                                            [--nodes 50,100,500] [--vms-per-node 20]
+ *                                                            [--drain-vms 4] [--mtu 1500]
  *
  *  a. control-plane overhead: one migration of the same idle guest through migd (SubmitPlan →
  *     RunCompleted: plan, dispatch, destination QEMU, capabilities, migration, guest verification,
@@ -15,7 +16,8 @@
  *     coordinator, fake NodeService endpoints at the gRPC seam, see stress/lab/sim-nodes.ts) —
  *     SubmitPlan cost, plans per second, dispatch throughput against the concurrency bound.
  *
- * a–c run a real cluster in network namespaces (root, QEMU, nats-server, built dist/); d needs only
+ * a–c run a real cluster in network namespaces (root, QEMU, nats-server, built dist/), one testbed
+ * shared by the three, its migration network at `--mtu` (9000 models jumbo frames); d needs only
  * the coordinator and nats-server. Everything started is stopped at the end, also on failure.
  */
 import type { ChildProcess } from 'node:child_process';
@@ -35,6 +37,7 @@ import { ensureGuestImage } from '../stress/image/build.js';
 import { sleep } from '../stress/lab/backend.js';
 import { configError, loadConfig } from '../services/shared/config.js';
 import { startLabCluster, type LabCluster } from '../stress/lab/cluster.js';
+import { DEFAULT_MIGRATION_MTU, MAX_MIGRATION_MTU, MIN_MIGRATION_MTU } from '../services/testbed/addressing.js';
 import { startPostgres, type PostgresServer } from '../services/testbed/postgres.js';
 import { CoordinatorBackend } from '../stress/lab/coordinator-backend.js';
 import { quantile, slotUse } from '../stress/lab/metrics.js';
@@ -58,6 +61,7 @@ const { values: opts } = loadConfig(
     'log-level': { type: 'string', default: 'info', doc: "the daemons' MIGD_LOG_LEVEL in parts a–c (default info: part a's verification figure and phase table come from their log lines; debug adds every QMP command)" },
     'timelines-json': { type: 'string', default: '', doc: "write part a's per-run timelines (every migd log line and the bare script's steps, ms from the start) to this JSON file" },
     'drain-vms': { type: 'integer', default: 4, min: 2, max: 16, doc: "part c's guests (256 MiB each) drained a → b (default 4)" },
+    mtu: { type: 'integer', default: DEFAULT_MIGRATION_MTU, min: MIN_MIGRATION_MTU, max: MAX_MIGRATION_MTU, doc: `MTU of the lab testbed's migration network (mig0, the switch ports, br-mig) that parts a–c share: ${MIN_MIGRATION_MTU}..${MAX_MIGRATION_MTU}, 9000 for jumbo frames (default ${DEFAULT_MIGRATION_MTU})` },
     'drain-json': { type: 'string', default: '', doc: "write part c's per-migration timelines (recorded states, ms after SubmitPlan) to this JSON file" },
     'pg-statements': { type: 'integer', default: 0, min: 0, max: 100, doc: "part d on postgres: print the N statements that took the server longest (pg_stat_statements: calls, total and mean execution time), beside the write connection's wall time (default 0: off)" },
     'submit-client': { type: 'string', default: 'process', doc: "where part d's SubmitPlan client runs: process (a child process of its own) or inline (this process, with the simulated nodes, as before 3 Dec 15:00) (default process)" },
@@ -498,10 +502,29 @@ function watchPlanEnds(cb: CoordinatorBackend): { ended: (planId: string) => Pro
   };
 }
 
+/**
+ * What the shaper has sent on a host's migration egress so far: the root HTB qdisc's byte and
+ * packet counters on mig0. They count whole frames as the rate limit does (Ethernet header
+ * included, GSO super-packets as their segments), so a drain's difference is the wire volume its
+ * streams cost, against QEMU's payload bytes.
+ */
+async function wireCount(cluster: LabCluster, host: string): Promise<{ bytes: number; frames: number }> {
+  const h = cluster.tb.host(host);
+  const r = await h.exec('tc', ['-s', '-j', 'qdisc', 'show', 'dev', h.migrationInterface]);
+  const root = (JSON.parse(r.stdout) as { root?: boolean; bytes?: number; packets?: number }[]).find((q) => q.root);
+  if (root?.bytes === undefined || root.packets === undefined) throw new Error(`no root qdisc counters on ${host}'s ${h.migrationInterface}: ${r.stdout}`);
+  return { bytes: root.bytes, frames: root.packets };
+}
+
 async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void> {
   const k = opts['drain-vms'];
   const mbit = 300;
-  out(`\n== c. drain makespan vs total bytes ÷ bandwidth (${k} idle guests of 256 MiB, 128 MiB written, ${mbit} Mbit/s)`);
+  // The MTU as the kernel reports it on the source's migration interface, not just the option:
+  // the shaper counts whole frames, so the figure below depends on it.
+  const mig = cluster.tb.host('a');
+  const link = await mig.exec('ip', ['-j', 'link', 'show', 'dev', mig.migrationInterface]);
+  const kernelMtu = (JSON.parse(link.stdout) as { mtu?: number }[])[0]?.mtu;
+  out(`\n== c. drain makespan vs total bytes ÷ bandwidth (${k} idle guests of 256 MiB, 128 MiB written, ${mbit} Mbit/s, migration MTU ${cluster.tb.migrationMtu}; ${mig.migrationInterface} on a reports ${kernelMtu ?? '?'})`);
   await cluster.tb.shape('a', { rateMbit: mbit });
   await cluster.tb.shape('b', { rateMbit: mbit });
   const names = Array.from({ length: k }, (_, i) => `bench-c-${i}-${process.pid}`);
@@ -512,6 +535,7 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
     // second stays as the fallback should the stream break.
     const planEnds = watchPlanEnds(cb);
     await sleep(200); // the stream's subscription is in place long before any plan of ours ends; this only keeps its setup out of the timed part
+    const wire0 = await wireCount(cluster, 'a');
     const wall0 = Date.now();
     const t0 = performance.now();
     const { plan } = await cb.client.submitPlan({ idempotencyKey: `bench-c-${process.pid}`, target: { $case: 'drain', value: { nodeId: 'a', destinationNodeIds: ['b'] } }, policy: FIXED_PRECOPY, priority: 0, antiAffinityVmNames: [], label: 'bench-drain' });
@@ -540,6 +564,8 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
     } else endAt = performance.now();
     planEnds.close();
     const makespan = endAt! - t0;
+    const wire1 = await wireCount(cluster, 'a');
+    const wire = { bytes: wire1.bytes - wire0.bytes, frames: wire1.frames - wire0.frames };
     let bytes = 0;
     let qemu = 0;
     const runs: DrainRunTimeline[] = [];
@@ -569,6 +595,10 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
     out(`  ${plan!.migrations.length} migrations (${plan!.orderingReason}); ${fmt(bytes / MiB, 1)} MiB sent`);
     out(`  makespan ${fmt(makespan / 1000, 2)} s vs bytes÷bandwidth ${fmt(bound / 1000, 2)} s → ratio ${fmt(makespan / bound)} (sum of QEMU migration times ${fmt(qemu / 1000, 2)} s)`);
     out(`    (SubmitPlan sent → the plan's end seen through ${seenBy}${endEvent?.time ? `; the end was recorded at ${fmt(endEvent.time.getTime() - wall0, 0)} ms` : ''})`);
+    // The bound counts QEMU's payload; the shaper counts frames (TCP/IP/Ethernet headers, TLS
+    // records). Wire bytes ÷ bandwidth is the least time the link itself needs for this drain.
+    const wireBound = (wire.bytes / ((mbit * 1e6) / 8)) * 1000;
+    out(`  on the wire (HTB's count on a's ${cluster.tb.host('a').migrationInterface}, MTU ${cluster.tb.migrationMtu}): ${fmt(wire.bytes / MiB, 1)} MiB in ${wire.frames} frames (mean ${fmt(wire.bytes / Math.max(1, wire.frames), 0)} B) = ${fmt(wire.bytes / bytes, 4)} × the payload bytes; wire bytes ÷ bandwidth ${fmt(wireBound / 1000, 2)} s → makespan ÷ that ${fmt(makespan / wireBound)}`);
     // Per-migration timelines (the coordinator's recorded transitions, with the node's times).
     const cols = ['PREPARING', 'SETUP', 'PRECOPY', 'SWITCHOVER', 'VERIFYING'];
     out(`  per migration, ms after SubmitPlan: ${cols.join(' / ')} / ended; MiB sent`);
@@ -592,7 +622,7 @@ async function partC(cluster: LabCluster, cb: CoordinatorBackend): Promise<void>
         .filter((l) => l.atMs - wall0 >= from && l.atMs - wall0 <= to && (runId === undefined || l.rec['runId'] === undefined || l.rec['runId'] === runId))
         .map((l) => ({ offMs: l.atMs - wall0, who: l.who, msg: l.msg, rec: l.rec }));
     const ends = { firstPreparation: linesOf(first?.runId, -5, (first?.streamFromMs ?? 0) + 50), lastEnd: linesOf(last?.runId, (last?.streamToMs ?? 0) - 50, makespan + 50) };
-    if (opts['drain-json']) await writeFile(opts['drain-json'], JSON.stringify({ makespanMs: makespan, boundMs: bound, bytes, runs, ends }, null, 1));
+    if (opts['drain-json']) await writeFile(opts['drain-json'], JSON.stringify({ makespanMs: makespan, boundMs: bound, bytes, migrationMtu: cluster.tb.migrationMtu, wireBytes: wire.bytes, wireFrames: wire.frames, runs, ends }, null, 1));
   } finally {
     for (const n of names) await cb.destroyVm(n).catch(() => undefined);
   }
@@ -919,10 +949,10 @@ function cpuSeconds(pid: number): number {
 }
 
 async function main(): Promise<void> {
-  out(`migd control-plane benchmarks (parts ${[...PARTS].join(',')}, ${REPS} reps)`);
+  out(`migd control-plane benchmarks (parts ${[...PARTS].join(',')}, ${REPS} reps${PARTS.has('a') || PARTS.has('b') || PARTS.has('c') ? `, migration MTU ${opts.mtu}` : ''})`);
   if (PARTS.has('a') || PARTS.has('b') || PARTS.has('c')) {
     process.env['MIGD_LOG_LEVEL'] = opts['log-level'];
-    const cluster = await startLabCluster({ mode: 'coordinator', onLog: tapLog });
+    const cluster = await startLabCluster({ mode: 'coordinator', onLog: tapLog, migrationMtu: opts.mtu });
     try {
       const cb = cluster.backend as CoordinatorBackend;
       if (PARTS.has('a')) await partA(cluster, cb);

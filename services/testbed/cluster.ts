@@ -55,6 +55,8 @@ export interface LocalClusterOptions {
    * node as network {@link LOCAL_VM_NETWORK} (`--network vm=br-vm`). Default true.
    */
   readonly vmNetwork?: boolean;
+  /** MTU of the testbed's migration network (Testbed option `migrationMtu`, 1280..9000). Default 1500. */
+  readonly migrationMtu?: number;
 }
 
 /** The network name under which the local cluster's nodes map the testbed's VM network. */
@@ -287,7 +289,7 @@ export async function startLocalCluster(opts: LocalClusterOptions): Promise<Loca
     coordinatorEntry();
     natsServerBinary();
     const vmNetwork = opts.vmNetwork ?? true;
-    tb = await Testbed.create({ hosts: [...hosts], vmNetwork });
+    tb = await Testbed.create({ hosts: [...hosts], vmNetwork, migrationMtu: opts.migrationMtu });
     // The servers' certificates name the addresses they listen on (known only now), so stock
     // gRPC clients (grpcurl, Python grpcio) accept the printed address as it is.
     ensurePki(opts.certDir, [serverIdentity('migd-coordinator', [tb.rootAddress]), serverIdentity('migd-node', hosts.map((h) => tb!.host(h).mgmtAddress))]);

@@ -27,6 +27,9 @@
  * - No default routes anywhere and the root namespace does not forward, so nothing created here
  *   can send traffic off the machine; the root namespace only gains `mgd<id>` and its /24 route.
  * - Impairments (see shaping.ts): rate on each host's mig0 egress, the rest in the switch.
+ * - MTU (option `migrationMtu`, default 1500): set on everything the migration traffic crosses —
+ *   each host's mig0, its switch port g-<host> and br-mig — so jumbo-frame migration networks
+ *   (9000) can be modelled; the management and VM networks keep 1500.
  * - VM network (option `vmNetwork`, issue 13) 198.19.S.128/25: `br-vm` in the switch namespace
  *   with a veth `v-<host>` to each host's `vm0`, itself a port of the host's own `br-vm`, where
  *   guests' tap devices join (`addTap`); plus a client namespace `<name>-vmc` (198.19.S.129 on its
@@ -44,7 +47,9 @@ import {
 } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/log.js';
 import {
+  DEFAULT_MIGRATION_MTU,
   DEFAULT_PREFIX,
+  ETHERNET_MTU,
   MGMT_BRIDGE,
   MGMT_IF,
   MIGRATION_BRIDGE,
@@ -62,6 +67,7 @@ import {
   randomId,
   slotsInUse,
   validateHostNames,
+  validateMigrationMtu,
   validatePrefix,
   type HostLayout,
   type Layout,
@@ -112,6 +118,11 @@ export interface TestbedOptions {
   readonly python?: string;
   /** Add the VM network (guests' L2 across all hosts, and a client namespace). Default false. */
   readonly vmNetwork?: boolean;
+  /**
+   * MTU of the migration network (hosts' mig0, the switch ports and br-mig), 1280..9000.
+   * Default 1500; 9000 models a jumbo-frame migration network.
+   */
+  readonly migrationMtu?: number;
   /** Runs ip/tc/nft/iptables. Default: the real system; tests may wrap it. */
   readonly runner?: CommandRunner;
   readonly logger?: Logger;
@@ -336,6 +347,8 @@ export class Testbed {
   readonly hosts: readonly TestbedHost[];
   /** The VM network, when created with `vmNetwork: true`. */
   readonly vm: TestbedVmNetwork | undefined;
+  /** MTU of the migration network's interfaces and bridge (option `migrationMtu`). */
+  readonly migrationMtu: number;
 
   private readonly hostByName: Map<string, TestbedHost>;
   private readonly layoutByName: Map<string, HostLayout>;
@@ -365,6 +378,7 @@ export class Testbed {
     this.mgmtSubnet = layout.mgmtSubnet;
     this.migrationSubnet = layout.migrationSubnet;
     this.switchNetns = layout.switchNs;
+    this.migrationMtu = layout.migrationMtu;
     this.layoutByName = new Map(layout.hosts.map((h) => [h.name, h]));
     this.hosts = layout.hosts.map((h) => this.makeHost(h));
     this.hostByName = new Map(this.hosts.map((h) => [h.name, h]));
@@ -404,6 +418,9 @@ export class Testbed {
       if (!opts.hosts.includes(h)) throw new InvalidArgumentError(`testbed links: unknown host ${JSON.stringify(h)}`);
       validateShape(s);
     }
+    // Checked here, before preflight and before any state is claimed, so a bad value names the
+    // option and leaves nothing behind.
+    const migrationMtu = validateMigrationMtu(opts.migrationMtu ?? DEFAULT_MIGRATION_MTU);
     const runner = opts.runner ?? systemRunner;
     const log = opts.logger ?? createLogger('testbed');
     const stateDir = opts.stateDir ?? DEFAULT_STATE_DIR;
@@ -414,7 +431,7 @@ export class Testbed {
     const existing = await listNamespaces(runner);
     let state: TestbedState | undefined;
     for (let attempt = 0; attempt < 32 && !state; attempt++) {
-      const plan = planLayout(prefix, randomId(), 0, opts.hosts, { vmNetwork: opts.vmNetwork ?? false });
+      const plan = planLayout(prefix, randomId(), 0, opts.hosts, { vmNetwork: opts.vmNetwork ?? false, migrationMtu });
       if (existing.some((n) => n.startsWith(`${plan.name}-`))) continue;
       if ((await runner.run('ip', ['link', 'show', 'dev', plan.rootLink])).code === 0) continue;
       const candidate: TestbedState = {
@@ -460,7 +477,7 @@ export class Testbed {
       throw e;
     }
 
-    const layout = planLayout(prefix, state.id, slot, opts.hosts, { vmNetwork: opts.vmNetwork ?? false });
+    const layout = planLayout(prefix, state.id, slot, opts.hosts, { vmNetwork: opts.vmNetwork ?? false, migrationMtu });
     const tb = new Testbed(layout, state, stateDir, runner, log, opts.python ?? 'python3');
     live.add(tb);
     hook();
@@ -471,7 +488,7 @@ export class Testbed {
       await tb.destroy().catch((d: unknown) => log.error('testbed cleanup after failed create failed', { testbed: tb.name, err: d }));
       throw e;
     }
-    log.info('testbed created', { testbed: tb.name, hosts: opts.hosts, rootAddress: tb.rootAddress });
+    log.info('testbed created', { testbed: tb.name, hosts: opts.hosts, rootAddress: tb.rootAddress, migrationMtu });
     return tb;
   }
 
@@ -683,8 +700,15 @@ export class Testbed {
       await ip('-n', ns, 'link', 'set', 'lo', 'up');
     }
     const sw = L.switchNs;
-    for (const br of [MGMT_BRIDGE, MIGRATION_BRIDGE]) {
-      await ip('-n', sw, 'link', 'add', br, 'type', 'bridge', 'stp_state', '0', 'forward_delay', '0', 'mcast_snooping', '0');
+    // The migration network's MTU goes on both ends of every veth and on br-mig itself: a bridge
+    // given an MTU keeps it (it no longer follows its ports), and a frame crossing it must fit
+    // the sender's mig0, both veth ends and the receiver's mig0 alike. Management keeps 1500.
+    const bridges = [
+      { br: MGMT_BRIDGE, mtu: String(ETHERNET_MTU) },
+      { br: MIGRATION_BRIDGE, mtu: String(L.migrationMtu) },
+    ];
+    for (const { br, mtu } of bridges) {
+      await ip('-n', sw, 'link', 'add', br, 'mtu', mtu, 'type', 'bridge', 'stp_state', '0', 'forward_delay', '0', 'mcast_snooping', '0');
       await ip('-n', sw, 'link', 'set', br, 'up');
     }
     await ip('link', 'add', L.rootLink, 'type', 'veth', 'peer', 'name', ROOT_PORT, 'netns', sw);
@@ -698,11 +722,11 @@ export class Testbed {
     await ip('-n', sw, 'link', 'set', ROOT_PORT, 'master', MGMT_BRIDGE, 'up');
     for (const h of L.hosts) {
       const wires = [
-        { port: h.mgmtPort, bridge: MGMT_BRIDGE, dev: MGMT_IF, addr: h.mgmtAddress },
-        { port: h.migrationPort, bridge: MIGRATION_BRIDGE, dev: MIGRATION_IF, addr: h.migrationAddress },
+        { port: h.mgmtPort, bridge: MGMT_BRIDGE, dev: MGMT_IF, addr: h.mgmtAddress, mtu: String(ETHERNET_MTU) },
+        { port: h.migrationPort, bridge: MIGRATION_BRIDGE, dev: MIGRATION_IF, addr: h.migrationAddress, mtu: String(L.migrationMtu) },
       ];
       for (const w of wires) {
-        await ip('-n', sw, 'link', 'add', w.port, 'type', 'veth', 'peer', 'name', w.dev, 'netns', h.netns);
+        await ip('-n', sw, 'link', 'add', w.port, 'mtu', w.mtu, 'type', 'veth', 'peer', 'name', w.dev, 'netns', h.netns, 'mtu', w.mtu);
         await ip('-n', sw, 'link', 'set', w.port, 'master', w.bridge, 'up');
         await ip('-n', h.netns, 'addr', 'add', `${w.addr}/24`, 'dev', w.dev);
         await ip('-n', h.netns, 'link', 'set', w.dev, 'up');

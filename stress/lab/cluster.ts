@@ -42,6 +42,8 @@ export interface LabClusterOptions {
   readonly certDir?: string;
   /** Daemon log lines (default: dropped). */
   readonly onLog?: (line: string) => void;
+  /** MTU of the testbed's migration network (Testbed option `migrationMtu`, 1280..9000). Default 1500. */
+  readonly migrationMtu?: number;
 }
 
 /**
@@ -70,13 +72,13 @@ export async function startLabCluster(opts: LabClusterOptions = {}): Promise<Lab
   try {
     const guestImage = await ensureGuestImageDir(join(work, 'guest'));
     if (mode === 'coordinator') {
-      local = await startLocalCluster({ workDir: join(work, 'cluster'), certDir, guestImage, onLog });
+      local = await startLocalCluster({ workDir: join(work, 'cluster'), certDir, guestImage, onLog, migrationMtu: opts.migrationMtu });
       backend = new CoordinatorBackend({ address: local.coordinatorAddress, certDir, nodeIdentity: 'migd-coordinator' });
       // The nodes' storage root is their state dir (<workDir>/<host>).
       const storage = labStorage(local.tb, (h) => join(work, 'cluster', h));
       return { mode, tb: local.tb, nodes: local.nodes, backend, certDir, source: 'a', destination: 'b', storage, close, coordinatorAddress: local.coordinatorAddress };
     }
-    tb = await Testbed.create({ hosts: ['a', 'b'], vmNetwork: true });
+    tb = await Testbed.create({ hosts: ['a', 'b'], vmNetwork: true, migrationMtu: opts.migrationMtu });
     for (const h of ['a', 'b']) {
       nodes.push(
         await startNodeDaemon(tb.host(h), {

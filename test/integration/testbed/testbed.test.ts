@@ -31,6 +31,12 @@ async function rootLinks(): Promise<string[]> {
   return (await sh('ip', ['-o', 'link', 'show'])).split('\n').map((l) => (l.split(': ')[1] ?? '').split('@')[0] ?? '').filter(Boolean);
 }
 
+/** The MTU `ip -n NS link show` reports for each device, in order. */
+async function linkMtus(ns: string, devs: readonly string[]): Promise<(number | undefined)[]> {
+  const links = JSON.parse(await sh('ip', ['-n', ns, '-j', 'link', 'show'])) as { ifname: string; mtu: number }[];
+  return devs.map((d) => links.find((l) => l.ifname === d)?.mtu);
+}
+
 function hex(n: number): string {
   return Math.floor(Math.random() * 16 ** n).toString(16).padStart(n, '0');
 }
@@ -80,6 +86,10 @@ describe('Testbed on real namespaces', () => {
     expect(bed().rootAddress).toMatch(/^198\.18\.\d+\.1$/);
     expect(bed().host('a').migrationAddress).toMatch(/^198\.19\.\d+\.10$/);
     expect(bed().hosts.map((h) => h.name)).toEqual(['a', 'b', 'c']);
+    // Without `migrationMtu` every network keeps Ethernet's 1500.
+    expect(bed().migrationMtu).toBe(1500);
+    for (const h of bed().hosts) expect(await linkMtus(h.netns, ['mig0', 'mgmt0'])).toEqual([1500, 1500]);
+    expect(await linkMtus(bed().switchNetns, ['br-mig', 'g-a', 'br-mgmt', 'm-a'])).toEqual([1500, 1500, 1500, 1500]);
   });
 
   it('lets host a reach host b over the migration network', async () => {
@@ -237,6 +247,44 @@ describe('Testbed on real namespaces', () => {
     await expect(bed().cut('a', { network: 'storage' as never })).rejects.toBeInstanceOf(InvalidArgumentError);
     expect(() => bed().host('nope')).toThrow(InvalidArgumentError);
     expect((await bed().host('a').exec('tc', ['qdisc', 'show', 'dev', 'mig0'])).stdout).not.toContain('htb');
+  });
+});
+
+describe('Testbed with a jumbo-frame migration network', () => {
+  it('sets migrationMtu on every device the migration traffic crosses, only there, and TCP uses it', async () => {
+    const tb = await Testbed.create({ prefix: PREFIX, hosts: ['j', 'k'], migrationMtu: 9000 });
+    const mine: Probe[] = [];
+    try {
+      expect(tb.migrationMtu).toBe(9000);
+      for (const h of tb.hosts) expect(await linkMtus(h.netns, ['mig0', 'mgmt0'])).toEqual([9000, 1500]);
+      expect(await linkMtus(tb.switchNetns, ['br-mig', 'g-j', 'g-k', 'br-mgmt', 'm-j', 'm-k', 'mgmt-root'])).toEqual([9000, 9000, 9000, 1500, 1500, 1500, 1500]);
+      expect((JSON.parse(await sh('ip', ['-j', 'link', 'show', 'dev', tb.rootInterface])) as { mtu: number }[])[0]?.mtu).toBe(1500);
+      // Jumbo frames really cross the bridge: a 20 kB line comes back whole, and the connection's
+      // MSS is 9000 − 20 (IP) − 20 (TCP) − 12 (timestamps) = 8948 (1448 at MTU 1500).
+      const j = tb.host('j');
+      const k = tb.host('k');
+      const { probe, port } = await echoServer(k, k.migrationAddress);
+      mine.push(probe);
+      const client = await echoClient(j, k.migrationAddress, port);
+      mine.push(client);
+      const line = 'x'.repeat(20_000);
+      client.send(line);
+      expect((await client.expect(5000))['echo']).toBe(line);
+      const ss = (await j.exec('ss', ['-tin', 'dst', k.migrationAddress])).stdout;
+      expect(ss).toMatch(/\bmss:8948\b/);
+    } finally {
+      for (const p of mine) p.kill();
+      await tb.destroy();
+    }
+    expect((await namespaces()).filter((n) => n.startsWith(tb.name))).toEqual([]);
+  });
+
+  it('refuses an MTU outside 1280..9000 before creating anything', async () => {
+    const prefix = newPrefix('m');
+    for (const migrationMtu of [1279, 9001, 1500.5]) {
+      await expect(Testbed.create({ prefix, hosts: ['a'], migrationMtu })).rejects.toThrow(/migrationMtu: must be a whole number of bytes in 1280\.\.9000/);
+    }
+    expect((await namespaces()).filter((n) => n.startsWith(prefix))).toEqual([]);
   });
 });
 

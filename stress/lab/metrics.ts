@@ -355,6 +355,32 @@ export function runDecisions(t: GetRunTimelineResponse): RunDecision[] {
 // ---------------------------------------------------------------------------------------------
 // Per run and per strategy
 
+/** The states in which QEMU streams the migration (or has streamed it): the first one entered ends the set-up. */
+const STREAMING: ReadonlySet<MigrationState> = new Set([
+  MigrationState.MIGRATION_STATE_SETUP,
+  MigrationState.MIGRATION_STATE_PRECOPY,
+  MigrationState.MIGRATION_STATE_SWITCHOVER,
+  MigrationState.MIGRATION_STATE_POSTCOPY,
+  MigrationState.MIGRATION_STATE_VERIFYING,
+]);
+
+/**
+ * The run's start delay (ms): from its dispatch (the coordinator's transition to PREPARING, else
+ * the run's start) to the first streaming state recorded (SETUP, or PRECOPY where the node's first
+ * report was already that). QEMU's total-time counts from `migrate`, so whatever a strategy does
+ * before it — an adaptive run's dirty-rate estimate took 1.1 s there until issue 14's start-delay
+ * fix — is in no other figure; the earliest transition counts, as the coordinator can record a
+ * node's SETUP after the PRECOPY that QEMU's event brought. A run with LOCAL disks includes its
+ * storage phase (the memory stream starts after it). NaN for a run that never streamed.
+ */
+export function startDelayMs(t: GetRunTimelineResponse): number {
+  const transitions = t.run?.transitions ?? [];
+  const dispatched = ms(transitions.find((c) => c.to === MigrationState.MIGRATION_STATE_PREPARING)?.time) ?? ms(t.run?.startedAt);
+  const streamed = transitions.filter((c) => STREAMING.has(c.to) && c.time).map((c) => c.time!.getTime());
+  if (dispatched === undefined || streamed.length === 0) return NaN;
+  return Math.max(0, Math.min(...streamed) - dispatched);
+}
+
 /** How the lab saw a run end; 'timed-out' = the lab's own time limit cancelled it. */
 export type LabOutcome = 'succeeded' | 'failed' | 'cancelled' | 'timed-out';
 
@@ -364,6 +390,8 @@ export interface RunFigures {
   readonly state: MigrationState;
   readonly succeeded: boolean;
   readonly totalTimeMs: number;
+  /** Dispatch to the first streaming state (ms), see {@link startDelayMs}; NaN when it never streamed. */
+  readonly startDelayMs: number;
   readonly downtimeMs: number;
   readonly passes: number;
   readonly maxThrottlePct: number;
@@ -433,6 +461,7 @@ export function runFigures(t: GetRunTimelineResponse, opts: { baselineWindowMs?:
     state,
     succeeded,
     totalTimeMs: stats?.totalTimeMs ? Number(stats.totalTimeMs) : end !== undefined ? end - start : NaN,
+    startDelayMs: startDelayMs(t),
     downtimeMs: succeeded && stats ? Number(stats.downtimeMs) : NaN,
     passes: stats?.passes ?? Math.max(0, (lastProgress?.pass ?? 1) - 1),
     maxThrottlePct: Math.max(stats?.maxThrottlePct ?? 0, ...t.progress.map((p) => p.throttlePct)),
@@ -493,6 +522,8 @@ export interface StrategySummary {
   readonly succeeded: number;
   readonly completionRate: number;
   readonly totalTimeMsP50: number;
+  /** Start delay p50 over every run that streamed (a failed run's set-up took its time too). */
+  readonly startDelayMsP50: number;
   readonly downtimeMsP50: number;
   readonly downtimeMsP99: number;
   readonly extraMsPerGibSecP50: number;
@@ -554,6 +585,7 @@ export function summarize(runs: readonly { group: string; label: string; figures
       succeeded: ok.length,
       completionRate: f.length === 0 ? 0 : ok.length / f.length,
       totalTimeMsP50: quantile(ok.map((x) => x.totalTimeMs), 0.5),
+      startDelayMsP50: quantile(f.map((x) => x.startDelayMs), 0.5),
       downtimeMsP50: quantile(ok.map((x) => x.downtimeMs), 0.5),
       downtimeMsP99: quantile(ok.map((x) => x.downtimeMs), 0.99),
       extraMsPerGibSecP50: quantile(f.map((x) => x.extraMsPerGibSec), 0.5),

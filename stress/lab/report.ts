@@ -192,7 +192,7 @@ function summaryTable(summaries: readonly StrategySummary[], group: string): str
     .map(
       (s) => `<tr>
   <td class="l">${esc(s.label)}</td><td>${s.runs}</td><td>${s.succeeded}/${s.runs} (${Math.round(s.completionRate * 100)} %)</td>
-  <td>${fmtMs(s.totalTimeMsP50)}</td><td>${fmtMs(s.downtimeMsP50)}</td><td>${fmtMs(s.downtimeMsP99)}</td>
+  <td>${fmtMs(s.totalTimeMsP50)}</td><td>${fmtMs(s.startDelayMsP50)}</td><td>${fmtMs(s.downtimeMsP50)}</td><td>${fmtMs(s.downtimeMsP99)}</td>
   <td>${fmtSpread(s.totalTimeMsMin / 1000, s.totalTimeMsMax / 1000)}</td>
   <td>${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)}</td><td>${fmtNum(s.extraMsPerGibSecP50, 0)}</td><td>${fmtNum(s.guestSecondsLostP50, 2)}<br><small>${fmtSpread(s.guestSecondsLostMin, s.guestSecondsLostMax)}</small></td>
   <td>${fmtNum(s.guestStoppedSecP50, 2)} / ${fmtNum(s.longestPauseMsP50 / 1000, 2)}</td><td>${fmtNum(s.postcopyBlocktimeMsP50, 0)}</td>
@@ -201,7 +201,7 @@ function summaryTable(summaries: readonly StrategySummary[], group: string): str
     )
     .join('\n');
   return `<table class="summary">
-<thead><tr><th class="l">strategy</th><th>runs</th><th>completed</th><th>total time p50</th><th>downtime p50</th><th>downtime p99</th>
+<thead><tr><th class="l">strategy</th><th>runs</th><th>completed</th><th>total time p50</th><th>start delay p50<br><small>dispatch → streaming</small></th><th>downtime p50</th><th>downtime p99</th>
 <th>total min–max<br><small>s</small></th>
 <th>guest ms/GiB before → during</th><th>harm p50<br><small>extra ms/GiB·s</small></th><th>guest time lost p50<br><small>s (min–max)</small></th><th>paused p50 / longest<br><small>s</small></th><th>post-copy blocktime p50<br><small>ms</small></th><th>host CPU<br><small>s, mean</small></th><th>integrity errors</th>${blackout ? '<th>network blackout p50 / max</th>' : ''}<th class="l">Pareto<br><small>total time × guest time lost, 10 % slack</small></th></tr></thead>
 <tbody>
@@ -235,6 +235,7 @@ function runFacts(r: ReportData['runs'][number]): string {
   const parts = [
     `<b class="${r.outcome === 'succeeded' ? 'ok' : 'bad'}">${esc(r.outcome)}</b>${state && state !== r.outcome ? ` (${esc(state)})` : ''}`,
     `total ${fmtMs(f.totalTimeMs)}`,
+    `start delay ${fmtMs(f.startDelayMs)}`,
     `downtime ${fmtMs(f.downtimeMs)}`,
     `${f.passes} passes`,
     f.postcopy ? 'post-copy' : '',
@@ -398,7 +399,7 @@ ${summaryTable(data.summaries, g)}
 <p class="desc">${esc(data.comparison.description)}</p>
 <p class="env">comparison ${esc(data.comparison.name)} · ${data.runs.length} runs · generated ${esc(data.generatedAt)}${env ? ' · ' + env : ''}</p>
 ${criterionHtml(data)}<h2>Summary per strategy</h2>
-<p class="desc">Times and downtimes of completed runs; harm = guest ms/GiB above the baseline (median of the samples before the migration) integrated over the migration; guest time lost = every interval the guest's own clock stood still (switch-over, forced pauses, a paused destination) in full, plus the work not done while it ran slowed or stalled (throttling, post-copy faults), from the guest's clock and pace; host CPU = source + destination QEMU during the migration. Spreads are min–max over the repetitions.</p>
+<p class="desc">Times and downtimes of completed runs; total time = QEMU's own, from its <code>migrate</code>; start delay = the run's dispatch to its first streaming state (set-up before <code>migrate</code>, which total time does not count), over every run that streamed; harm = guest ms/GiB above the baseline (median of the samples before the migration) integrated over the migration; guest time lost = every interval the guest's own clock stood still (switch-over, forced pauses, a paused destination) in full, plus the work not done while it ran slowed or stalled (throttling, post-copy faults), from the guest's clock and pace; host CPU = source + destination QEMU during the migration. Spreads are min–max over the repetitions.</p>
 ${groups}
 ${seriesHtml(data)}<h2>Runs</h2>
 ${runs}
@@ -483,7 +484,7 @@ ${rows}
  */
 export function summaryMarkdown(data: ReportData): string {
   const out: string[] = [`# ${data.comparison.title}`, '', `${data.runs.length} runs, generated ${data.generatedAt}${Object.keys(data.environment).length > 0 ? ` (${Object.entries(data.environment).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}.`];
-  out.push('Times and downtimes: completed runs only. Harm: guest ms/GiB above its baseline integrated over the migration. Guest time lost: every interval the guest did not run (its own clock stood still: switch-over, forced pauses, a paused destination) in full, plus work not done while it ran slowed or stalled (throttle, post-copy faults). Spreads: min–max over repetitions. Host CPU: source + destination QEMU. Pareto: completed every run and no other such strategy better on both total time p50 and guest time lost p50.');
+  out.push('Times and downtimes: completed runs only. Total: QEMU\'s own total-time, from its `migrate`. Start delay: the run\'s dispatch to its first streaming state (what a strategy spends before `migrate`, which total time does not count), every run that streamed. Harm: guest ms/GiB above its baseline integrated over the migration. Guest time lost: every interval the guest did not run (its own clock stood still: switch-over, forced pauses, a paused destination) in full, plus work not done while it ran slowed or stalled (throttle, post-copy faults). Spreads: min–max over repetitions. Host CPU: source + destination QEMU. Pareto: completed every run and no other such strategy better on both total time p50 and guest time lost p50.');
   const criterion = criterionOf(data);
   if (criterion) {
     out.push('', '## Criterion', '', CRITERION_TEXT, '', '| what | verdict | met? |', '|---|---|---|');
@@ -509,12 +510,12 @@ export function summaryMarkdown(data: ReportData): string {
       '',
       `## ${group}`,
       '',
-      `| strategy | completed | outcomes | total p50 (min–max) | downtime p50 | downtime p99 |${blackout ? ' network blackout p50 / max |' : ''} guest ms/GiB before → during | harm p50 (ms/GiB·s) | guest time lost p50 (min–max, s) | paused p50 / longest (s) | post-copy blocktime p50 (ms) | host CPU (s, mean) | integrity errors | Pareto |`,
-      `|---|---|---|---|---|---|${blackout ? '---|' : ''}---|---|---|---|---|---|---|---|`,
+      `| strategy | completed | outcomes | total p50 (min–max) | start delay p50 | downtime p50 | downtime p99 |${blackout ? ' network blackout p50 / max |' : ''} guest ms/GiB before → during | harm p50 (ms/GiB·s) | guest time lost p50 (min–max, s) | paused p50 / longest (s) | post-copy blocktime p50 (ms) | host CPU (s, mean) | integrity errors | Pareto |`,
+      `|---|---|---|---|---|---|---|${blackout ? '---|' : ''}---|---|---|---|---|---|---|---|`,
     );
     for (const s of data.summaries.filter((x) => x.group === group)) {
       out.push(
-        `| ${s.label} | ${s.succeeded}/${s.runs} | ${outcomesOf(data, group, s.label)} | ${fmtMs(s.totalTimeMsP50)} (${fmtSpread(s.totalTimeMsMin / 1000, s.totalTimeMsMax / 1000)}) | ${fmtMs(s.downtimeMsP50)} | ${fmtMs(s.downtimeMsP99)} |${blackout ? ` ${fmtMs(s.blackoutMsP50)} / ${fmtMs(s.blackoutMsMax)} |` : ''} ${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)} | ${fmtNum(s.extraMsPerGibSecP50, 0)} | ${fmtNum(s.guestSecondsLostP50, 2)} (${fmtSpread(s.guestSecondsLostMin, s.guestSecondsLostMax)}) | ${fmtNum(s.guestStoppedSecP50, 2)} / ${fmtNum(s.longestPauseMsP50 / 1000, 2)} | ${fmtNum(s.postcopyBlocktimeMsP50, 0)} | ${fmtNum(s.hostCpuSecondsMean, 1)} | ${s.integrityErrors} | ${front.get(s.label) ?? ''} |`,
+        `| ${s.label} | ${s.succeeded}/${s.runs} | ${outcomesOf(data, group, s.label)} | ${fmtMs(s.totalTimeMsP50)} (${fmtSpread(s.totalTimeMsMin / 1000, s.totalTimeMsMax / 1000)}) | ${fmtMs(s.startDelayMsP50)} | ${fmtMs(s.downtimeMsP50)} | ${fmtMs(s.downtimeMsP99)} |${blackout ? ` ${fmtMs(s.blackoutMsP50)} / ${fmtMs(s.blackoutMsMax)} |` : ''} ${fmtNum(s.baselineMsPerGib, 0)} → ${fmtNum(s.duringMsPerGib, 0)} | ${fmtNum(s.extraMsPerGibSecP50, 0)} | ${fmtNum(s.guestSecondsLostP50, 2)} (${fmtSpread(s.guestSecondsLostMin, s.guestSecondsLostMax)}) | ${fmtNum(s.guestStoppedSecP50, 2)} / ${fmtNum(s.longestPauseMsP50 / 1000, 2)} | ${fmtNum(s.postcopyBlocktimeMsP50, 0)} | ${fmtNum(s.hostCpuSecondsMean, 1)} | ${s.integrityErrors} | ${front.get(s.label) ?? ''} |`,
       );
     }
   }

@@ -710,6 +710,29 @@ export const POLICY_SCENARIOS_FRONT: readonly Scenario[] = [300, 720, 2000].flat
   }),
 );
 
+/**
+ * Issue 14's start delay (`node dist/scripts/lab.js policies-start`): adaptive issues QEMU's
+ * `migrate` at once since its dirty-rate estimate moved into pre-copy (it measured for 1 s before
+ * `migrate`, time QEMU's total-time does not count). Adaptive against post-copy after one pass on
+ * the pairs that showed it: phase at 300 Mbit/s (its first pass ran into the guest's burst,
+ * docs/lab/policies-links-3), moderate at 2000 Mbit/s (its first pass ends before the first
+ * estimate is in), hot-small and load A at 720 Mbit/s (docs/lab/policies-720-front); every
+ * strategy at T(300), cut at 120 s, 2 repetitions, interleaved. The report's start delay (dispatch
+ * to the first streaming state) shows what each strategy spends before QEMU streams.
+ */
+export const POLICY_SCENARIOS_START: readonly Scenario[] = (
+  [
+    ['phase', 300],
+    ['moderate', 2000],
+    ['hot-small', 720],
+    ['load-a', 720],
+  ] as const
+).flatMap(([tag, rateMbit]) => {
+  const w = LAB_WORKLOADS[tag]!;
+  const memory = w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {};
+  return policySet(`start-${tag}-${rateMbit}`, `${w.group}, ${rateMbit} Mbit/s`, w.load, { rateMbit }, ['adaptive', 'seed-pc'], { ...memory, limits: { migrationMs: 120_000 }, downtimeLimitMs: T(300) }).map((s) => ({ ...s, repetitions: 2 }));
+});
+
 /** The two workloads of the first policies comparison (docs/lab/policies before issue 14). */
 export const POLICY_SCENARIOS_V1: readonly Scenario[] = [
   ...policySet('a', 'seed 001 load A (dirty/link ~23)', LOAD_A, LINK_1GBE, ALL_BASELINES),
@@ -923,6 +946,12 @@ export const COMPARISONS: readonly Comparison[] = Object.freeze([
     title: "Issue 14's criterion over three links in one session: migd adaptive against post-copy after one pass and multifd zstd on all seven workloads at 300, 720 and 2000 Mbit/s",
     description: 'The seven workloads over 300, 720 and 2000 Mbit/s, 3 repetitions each, interleaved: adaptive (no history), post-copy after one pass (cut at 120 s) and multifd zstd (cut at 60 s), all at the scaled downtime limit T(300). About 1 h 45 min on this machine.',
     scenarios: POLICY_SCENARIOS_FRONT,
+  },
+  {
+    name: 'policies-start',
+    title: "Issue 14's start delay: migd adaptive (migrate at once, its dirty-rate estimate during pre-copy) against post-copy after one pass",
+    description: 'phase at 300 Mbit/s, moderate at 2000 Mbit/s, hot-small and load A at 720 Mbit/s, 2 repetitions each, interleaved: adaptive (no history) and post-copy after one pass, both at T(300), cut at 120 s.',
+    scenarios: POLICY_SCENARIOS_START,
   },
   {
     name: 'policies-v1',

@@ -85,7 +85,7 @@ export interface SampleContext {
   readonly maxBandwidthBytesPerSec: number;
   readonly sourceCpuSeconds: number;
   readonly destinationCpuSeconds: number;
-  /** The source's pre-migration dirty-rate estimate (bytes/s), 0 when not measured. */
+  /** The source's latest dirty-rate estimate, measured during pre-copy (bytes/s), 0 until the first. */
   readonly estimatedDirtyBytesPerSec?: number;
   /** Unique bytes dirtied within `dirtySetWindowMs`, measured during pre-copy (0 or absent: not yet; the window is then reported as 0). */
   readonly dirtySetBytes?: number;

@@ -42,9 +42,9 @@ import { imageDigest } from '../host/digest.js';
 import { destroyTcpSockets } from '../host/sockets.js';
 import { DIGEST_MAX_BYTES, describeChecks, diskChecks } from './guest-checks.js';
 
-/** How long calc-dirty-rate samples before an adaptive migration starts (ms). */
+/** How long one calc-dirty-rate estimate of an adaptive migration's pre-copy samples (ms). */
 const DIRTY_RATE_CALC_MS = 1000;
-/** Pause between two re-estimates of the dirty rate during pre-copy (ms). */
+/** Pause between two rounds of dirty-rate measurements during pre-copy (ms); none before the first. */
 const DIRTY_RATE_REFRESH_GAP_MS = 500;
 /**
  * The short window of the dirty-set measurement during pre-copy (ms) and its sample pages per GiB.
@@ -193,11 +193,11 @@ export class SourceMigration {
   private readonly updates = new Broadcast<WatchMigrationResponse>({ limit: 4096, overflow: 'fail' });
   private readonly stop = new AbortController();
   /**
-   * The guest's samples from the start of the run (its set-up, the dirty-rate estimate an adaptive
-   * policy starts from, QEMU's `migrate`) until the first watcher came: the coordinator watches
-   * only once StartMigration answered, and without them the run's record had no guest sample from
-   * its dispatch to its first progress sample (issue 14: the lab then charged that second at the
-   * first in-migration sample's pace). Handed to the first watcher, then undefined.
+   * The guest's samples from the start of the run (its set-up, QEMU's `migrate`) until the first
+   * watcher came: the coordinator watches only once StartMigration answered, and without them the
+   * run's record had no guest sample from its dispatch to its first progress sample (issue 14: the
+   * lab then charged that time at the first in-migration sample's pace). Handed to the first
+   * watcher, then undefined.
    */
   private unwatchedGuest: GuestPerfSample[] | undefined = [];
   private readonly done: Promise<MigrationInfo>;
@@ -209,12 +209,14 @@ export class SourceMigration {
   private pollWake: (() => void) | undefined;
   /** A pass began while the poll was querying: its next wait is skipped. */
   private pollWakePending = false;
+  /** Woken at every MIGRATION status event (the dirty-rate loop waits for `active` on it). */
+  private readonly statusWaiters = new Set<() => void>();
   private postcopyStarted = false;
   /** QEMU clock (µs) of the source's last STOP event and of the `completed` event. */
   private stoppedAtUs: number | undefined;
   private completedAtUs: number | undefined;
   private pausedGuest = false;
-  /** calc-dirty-rate's estimate before the migration (bytes/s), 0 when not taken. */
+  /** calc-dirty-rate's latest estimate during pre-copy (bytes/s), 0 until the first one is measured. */
   private estimatedDirty = 0;
   /** Unique bytes dirtied within DIRTY_SET_WINDOW_MS, measured during pre-copy (0: not yet). */
   private dirtySetBytes = 0;
@@ -425,7 +427,10 @@ export class SourceMigration {
 
   /**
    * The source QEMU's side of the set-up: capabilities and parameters (they take effect only with
-   * `migrate`), the dirty-rate estimate an adaptive policy starts from, the CPU baseline.
+   * `migrate`), the CPU baseline. No dirty-rate estimate here: an adaptive migration measured one
+   * for 1 s before `migrate` until issue 14 found that second real to a user draining a host and
+   * invisible in QEMU's total-time (and, on phase at 300 Mbit/s, pushing the first pass into the
+   * guest's burst). Its measurements start with pre-copy instead (refreshDirtyEstimate).
    */
   private async setUpSource(): Promise<void> {
     const { vm, config } = this.p;
@@ -439,23 +444,22 @@ export class SourceMigration {
       params['tls-creds'] = '';
     }
     await vm.qmp.execute('migrate-set-parameters', params);
-    if (this.p.policy.kind === PolicyKind.POLICY_KIND_ADAPTIVE) this.estimatedDirty = await this.estimateDirtyRate();
     this.sourceCpuStart = await vm.cpuSeconds();
   }
 
   /**
-   * The guest's dirty rate before the migration starts, for a policy that predicts from the first
-   * sample: QEMU's calc-dirty-rate in page-sampling mode (dirty-bitmap mode reports 0 under TCG,
-   * FACTS.md) over DIRTY_RATE_CALC_MS. Page sampling counts unique pages dirtied per period, so a
-   * guest rewriting a small set fast reads low (a lower bound). Bytes/s; 0 when QEMU cannot say.
+   * The guest's dirty rate during pre-copy, for the adaptive policy: QEMU's calc-dirty-rate in
+   * page-sampling mode (dirty-bitmap mode reports 0 under TCG, FACTS.md) over `windowMs`. Page
+   * sampling counts unique pages dirtied per period, so a guest rewriting a small set fast reads
+   * low (a lower bound). Bytes/s; 0 when QEMU cannot say.
    */
-  private async estimateDirtyRate(during = false, signal?: AbortSignal, windowMs = DIRTY_RATE_CALC_MS, samplePages = 512): Promise<number> {
+  private async estimateDirtyRate(signal: AbortSignal, windowMs = DIRTY_RATE_CALC_MS, samplePages = 512): Promise<number> {
     const { vm, log } = this.p;
-    const when = `${during ? 'during pre-copy' : 'before the migration'}${windowMs === DIRTY_RATE_CALC_MS ? '' : ` over ${windowMs} ms`}`;
+    const when = `during pre-copy${windowMs === DIRTY_RATE_CALC_MS ? '' : ` over ${windowMs} ms`}`;
     try {
       await vm.qmp.execute('calc-dirty-rate', { 'calc-time': windowMs, 'calc-time-unit': 'millisecond', 'sample-pages': samplePages, mode: 'page-sampling' }, { timeoutMs: 3000 });
       const until = this.now() + windowMs + 2000;
-      await sleep(windowMs, undefined, signal ? { signal } : undefined);
+      await sleep(windowMs, undefined, { signal });
       for (;;) {
         const r = (await vm.qmp.execute('query-dirty-rate', undefined, { timeoutMs: 3000 })) as { status?: string; 'dirty-rate'?: number };
         if (r.status === 'measured') {
@@ -464,43 +468,70 @@ export class SourceMigration {
           return bps;
         }
         if (this.now() > until) return 0;
-        await sleep(100, undefined, signal ? { signal } : undefined);
+        await sleep(100, undefined, { signal });
       }
     } catch (err) {
-      if (!signal?.aborted) log.info(`no dirty-rate estimate ${when}`, { err: (err as Error).message });
+      if (!signal.aborted) log.info(`no dirty-rate estimate ${when}`, { err: (err as Error).message });
       return 0;
     }
   }
 
   /**
-   * Issue 14 (phase changes): the estimate taken before the migration goes stale when the guest
-   * changes pace during pass 1, and QEMU's own dirty-pages-rate says nothing until the first
-   * bitmap sync (and reads low after a long first pass). So while pre-copy runs, the estimate is
-   * taken again and again (page sampling hashes a few hundred pages per GiB: cheap, and it does not
-   * touch migration's dirty log); every progress sample carries the latest, and the adaptive
-   * policy re-decides when it changes materially. Each round first measures the unique pages
-   * dirtied within a short window (DIRTY_SET_WINDOW_MS): the adaptive policy's evidence, at the
-   * first pass boundary, that the backlog is a set the guest rewrites faster than the next pass
-   * goes (it then holds instead of shrinking as the rate says).
+   * Issue 14: the adaptive policy's dirty-rate evidence, measured while pre-copy runs. QEMU's own
+   * dirty-pages-rate says nothing until the first bitmap sync and reads low after a long first
+   * pass; a guest that changes pace during pass 1 (a phase change) makes any one earlier figure
+   * stale. So the first round starts as soon as QEMU reports `active` (no estimate before
+   * `migrate`: see setUpSource) and rounds repeat every DIRTY_RATE_REFRESH_GAP_MS after (page
+   * sampling hashes a few hundred pages per GiB: cheap, and it does not touch migration's dirty
+   * log); every progress sample carries the latest figures, and the adaptive policy re-decides
+   * when the estimate changes materially. Each round first measures the unique pages dirtied
+   * within a short window (DIRTY_SET_WINDOW_MS): the adaptive policy's evidence, at the first pass
+   * boundary, that the backlog is a set the guest rewrites faster than the next pass goes (it then
+   * holds instead of shrinking as the rate says); then the 1 s estimate. Until the first estimate
+   * is in (≈1.2 s into pre-copy) samples carry 0: the policy then reads QEMU's own rate alone.
    */
   private async refreshDirtyEstimate(signal: AbortSignal): Promise<void> {
     // One measurement during pre-copy (bytes/s), undefined where it does not count: 0 = not
     // measured (or a stopped guest), and the last figure is kept rather than "quiet" reported; nor
     // does one that ended after the run was aborted or left pre-copy.
     const measure = async (windowMs?: number, samplePages?: number): Promise<number | undefined> => {
-      const bps = await this.estimateDirtyRate(true, signal, windowMs, samplePages);
+      const bps = await this.estimateDirtyRate(signal, windowMs, samplePages);
       return bps > 0 && !signal.aborted && this.qemuStatus === 'active' ? bps : undefined;
     };
     while (!signal.aborted && !this.postcopyStarted) {
-      await sleep(DIRTY_RATE_REFRESH_GAP_MS, undefined, { signal }).catch(() => undefined);
-      if (signal.aborted || this.postcopyStarted) return;
-      if (this.qemuStatus !== 'active') continue;
+      // Not streaming pre-copy (set-up, switch-over, a pause): wait for QEMU's next status rather
+      // than a gap, so the first round begins the moment pre-copy does.
+      if (this.qemuStatus !== 'active') {
+        await this.nextStatus(signal);
+        continue;
+      }
       const setBps = await measure(DIRTY_SET_WINDOW_MS, DIRTY_SET_SAMPLE_PAGES);
       if (setBps !== undefined) this.dirtySetBytes = Math.round((setBps * DIRTY_SET_WINDOW_MS) / 1000);
       if (signal.aborted || this.postcopyStarted || this.qemuStatus !== 'active') continue;
       const bps = await measure();
       if (bps !== undefined) this.estimatedDirty = bps;
+      await sleep(DIRTY_RATE_REFRESH_GAP_MS, undefined, { signal }).catch(() => undefined);
     }
+  }
+
+  /** Resolves at QEMU's next MIGRATION status event or when `signal` aborts. */
+  private nextStatus(signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (signal.aborted) return resolve();
+      const done = (): void => {
+        this.statusWaiters.delete(done);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      this.statusWaiters.add(done);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+
+  /** Records QEMU's migration status and wakes whoever waits for it to change. */
+  private setQemuStatus(status: string): void {
+    this.qemuStatus = status;
+    for (const wake of [...this.statusWaiters]) wake();
   }
 
   /**
@@ -765,7 +796,7 @@ export class SourceMigration {
           continue;
         }
         const status = String((ev.data as { status?: string }).status ?? '');
-        this.qemuStatus = status;
+        this.setQemuStatus(status);
         if (status === 'completed') {
           this.completedAtUs = ev.timestampUs;
           await this.complete();
@@ -1278,7 +1309,7 @@ export class SourceMigration {
       return;
     }
     const status = String(info.status ?? 'none');
-    this.qemuStatus = status;
+    this.setQemuStatus(status);
     this.streamIssued = status !== 'none';
     if (status.startsWith('postcopy')) this.postcopyStarted = true;
     log.info('adopted migration after a daemon restart', { phase: this.record.phase, qemu: status });

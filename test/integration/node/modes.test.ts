@@ -67,15 +67,25 @@ describe('node daemons: migration modes', () => {
     await c.tb.shape('a', { rateMbit: 80 });
     const runId = `run-set-${n}`;
     await startMigration(c, 'a', { runId, vmName: name, destination: dest(), policy: policy({ kind: PolicyKind.POLICY_KIND_ADAPTIVE, downtimeLimitMs: 300 }) });
-    let seen: { set: number; windowMs: number; estimate: number } | undefined;
+    // The source measures during pre-copy only (issue 14's start delay: QEMU's migrate goes out at
+    // once): the 100 ms set first, then the 1 s estimate. Followed until both are in.
+    let seen: { set: number; windowMs: number; elapsedMs: number } | undefined;
+    let estimated: { bps: number; elapsedMs: number } | undefined;
     const trace = await followMigration(c.clients['a']!, runId, async (u) => {
-      if (u.update?.$case !== 'progress' || seen || u.update.value.dirtySetBytes === 0) return;
+      if (u.update?.$case !== 'progress' || estimated) return;
       const s = u.update.value;
-      seen = { set: s.dirtySetBytes, windowMs: s.dirtySetWindowMs, estimate: s.estimatedDirtyBytesPerSec };
-      await c.clients['a']!.cancelMigration({ runId, actor: 'test', reason: 'dirty set seen' }).catch(() => undefined);
+      if (!seen && s.dirtySetBytes > 0) seen = { set: s.dirtySetBytes, windowMs: s.dirtySetWindowMs, elapsedMs: s.elapsedMs };
+      if (s.estimatedDirtyBytesPerSec > 0) {
+        estimated = { bps: s.estimatedDirtyBytesPerSec, elapsedMs: s.elapsedMs };
+        await c.clients['a']!.cancelMigration({ runId, actor: 'test', reason: 'dirty set and estimate seen' }).catch(() => undefined);
+      }
     });
     expect(seen, 'no progress sample carried a dirty set').toBeDefined();
-    console.log(`dirty set: ${(seen!.set / 2 ** 20).toFixed(1)} MiB within ${seen!.windowMs} ms; 1 s estimate ${(seen!.estimate / 2 ** 20).toFixed(1)} MiB/s`);
+    expect(estimated, 'no progress sample carried a dirty-rate estimate').toBeDefined();
+    // The figures, not timed assertions (a shared machine): when each first came, since the dispatch.
+    console.log(`dirty set: ${(seen!.set / 2 ** 20).toFixed(1)} MiB within ${seen!.windowMs} ms, first at ${seen!.elapsedMs} ms; 1 s estimate ${(estimated!.bps / 2 ** 20).toFixed(1)} MiB/s, first at ${estimated!.elapsedMs} ms`);
+    // The set is measured first in each round: no sample carries the estimate before one carries the set.
+    expect(seen!.elapsedMs).toBeLessThanOrEqual(estimated!.elapsedMs);
     expect(seen!.windowMs).toBe(100);
     // Page sampling reads a lower bound; the hot set is rewritten many times within 100 ms under TCG.
     expect(seen!.set).toBeGreaterThanOrEqual(0.6 * (16 << 20));

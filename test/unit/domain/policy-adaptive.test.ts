@@ -11,6 +11,7 @@ import {
 } from '../../../services/shared/gen/migd/v1/common.js';
 import {
   type AdaptiveAssessment,
+  type AdaptiveReading,
   type AdaptivePolicy,
   type AdaptiveState,
   type CostModel,
@@ -286,7 +287,7 @@ describe('adaptive policy on recorded traces', () => {
 /**
  * Synthetic traces on a fake clock: one progress sample per second, as QEMU reports them — the
  * dirty rate of the previous pass (0 during the first), expected downtime = backlog at the last
- * sync ÷ bandwidth — plus the source's pre-migration estimate on every sample.
+ * sync ÷ bandwidth — plus the source's calc-dirty-rate estimate on every sample.
  */
 function synth(o: { memoryMib: number; linkMiBps: number; estimateMiBps?: number; phases: { untilMs: number; dirtyMiBps: number; workingSetMib: number }[]; endMs: number; qemuRatePeriod?: boolean }): ProgressSample[] {
   const out: ProgressSample[] = [];
@@ -345,12 +346,12 @@ describe('adaptive policy: the right step at once (synthetic traces, fake clock)
   const moderate = (estimateMiBps?: number) =>
     synth({ memoryMib: 512, linkMiBps: 34, ...(estimateMiBps !== undefined ? { estimateMiBps } : {}), phases: [{ untilMs: Infinity, dirtyMiBps: 48, workingSetMib: 128 }], endMs: 40_000 });
 
-  it('predicts from the pre-migration estimate: post-copy at the first verdict after pass 1', () => {
+  it("predicts from the source's estimate: post-copy at the first verdict after pass 1", () => {
     const { actions } = replay(adaptive(512 * MiB), moderate(40));
     // Pass 2 starts at 16.1 s: the verdict comes at its first sample (17 s), the window's
     // throughput taken from pass 1 (before: 19 s, once three pass-2 samples were in).
     expect(summary(actions)).toEqual([[17_000, 'START_POSTCOPY', 0]]);
-    expect(actions[0]?.reason).toContain('the pre-migration estimate');
+    expect(actions[0]?.reason).toContain("the source's calc-dirty-rate estimate");
   });
 
   it('without the estimate it is misled by the first pass and acts a pass later', () => {
@@ -528,6 +529,28 @@ function synthMidPass(o: { memoryMib: number; linkMiBps: number; phases: { fromM
   return out;
 }
 
+describe("adaptive policy: readings before the source's first estimate (issue 14's start delay)", () => {
+  // The source measures only during pre-copy: the first estimate is in ≈1.2 s into pass 1, and the
+  // readings before it carry 0. A short first pass (moderate at 2000 Mbit/s: 0.8–0.9 s) puts such
+  // readings in the first verdict's window. 34 MiB/s link; QEMU's rate after pass 1: 8 MiB/s.
+  const reading = (t: number, pass: number, estimateMiBps: number): AdaptiveReading => ({ t, pass, dirty: pass >= 2 ? 8 * MiB : 0, bw: 34 * MiB, backlogMs: pass >= 2 ? 3000 : NaN, estimate: estimateMiBps * MiB });
+
+  it('readings without an estimate do not outvote the one that carries it', () => {
+    const p = adaptive(512 * MiB).predict([reading(1000, 1, 0), reading(1250, 2, 0), reading(1500, 2, 40)], 300);
+    // A median over [0, 0, 40] said 0: QEMU's first-pass rate alone, r ≈ 0.24, "converging".
+    expect(p.estimateUsed).toBe(40 * MiB);
+    expect(p.dirtyBytesPerSec).toBe(40 * MiB);
+    expect(p.ratio).toBeGreaterThan(1);
+  });
+
+  it('with no estimate yet it reads QEMU\'s own rate, not a quiet guest', () => {
+    const p = adaptive(512 * MiB).predict([reading(1000, 1, 0), reading(1250, 2, 0), reading(1500, 2, 0)], 300);
+    expect(p.estimateUsed).toBe(0);
+    expect(p.dirtyBytesPerSec).toBe(8 * MiB);
+    expect(p.ratio).toBeCloseTo(8 / 34, 5);
+  });
+});
+
 describe('adaptive policy: phase change during pass 1 (re-estimated dirty rate, fake clock)', () => {
   // 512 MiB over 34 MiB/s: pass 1 runs 1–16 s. The guest writes 1 MiB/s until 14 s, then 48 MiB/s
   // over a 128 MiB working set (1.4× the link). The first sync sees only ≈62 MiB dirtied over 15 s
@@ -541,7 +564,7 @@ describe('adaptive policy: phase change during pass 1 (re-estimated dirty rate, 
   // the change, as a lower bound (40 of 48 MiB/s).
   const refreshed = (t: number) => (t >= 16_000 ? 40 : 1);
 
-  it('with only the pre-migration estimate (quiet) it waits for QEMU\'s second sync', () => {
+  it('with only a quiet estimate from early in pass 1 it waits for QEMU\'s second sync', () => {
     const { actions } = replay(adaptive(512 * MiB), trace(() => 1));
     expect(actions).toHaveLength(1);
     expect(actions[0]?.kind).toBe(PolicyActionKindEnum.POLICY_ACTION_KIND_START_POSTCOPY);
@@ -552,7 +575,7 @@ describe('adaptive policy: phase change during pass 1 (re-estimated dirty rate, 
   it('with the estimate re-taken during pass 1 it switches to post-copy at the first verdict', () => {
     const { actions } = replay(adaptive(512 * MiB), trace(refreshed));
     expect(summary(actions)).toEqual([[17_000, 'START_POSTCOPY', 0]]);
-    expect(actions[0]?.reason).toContain('the pre-migration estimate');
+    expect(actions[0]?.reason).toContain("the source's calc-dirty-rate estimate");
     expect(actions[0]?.reason).toMatch(/dirty 40\.0 MiB\/s/);
   });
 
@@ -610,7 +633,7 @@ describe('adaptive policy on lab timelines (hot-small)', () => {
     expect(passAt(trace, 12_125)).toBe(2);
     // The page-sampling estimate (54 MiB/s) against the ≈23 MiB/s the link gave at the end of
     // pass 1: r ≥ 1, the backlog holds, so every further pass is waste — the cheapest pass is now.
-    expect(actions[0]?.reason).toContain('the pre-migration estimate');
+    expect(actions[0]?.reason).toContain("the source's calc-dirty-rate estimate");
     expect(actions[0]?.reason).toMatch(/= [1-9]\.\d\d× the/);
     expect(actions[0]?.reason).toContain('switching to post-copy with preempt now');
   });
@@ -749,7 +772,7 @@ describe('adaptive policy on lab timelines (phase)', () => {
     const { actions } = replay(adaptive(512 * MiB), trace);
     expect(summary(actions)).toEqual([[4106, 'START_POSTCOPY', 0]]);
     expect(passAt(trace, 4106)).toBe(2);
-    expect(actions[0]?.reason).toContain('the pre-migration estimate');
+    expect(actions[0]?.reason).toContain("the source's calc-dirty-rate estimate");
   });
 
   it('when the estimate reads below QEMU\'s rate (r < 1) it waits for a window of pass-2 readings, then post-copy as the link slows', () => {

@@ -14,6 +14,7 @@ import {
   runFigures,
   runSeries,
   slotUse,
+  startDelayMs,
   type StrategySummary,
   summarize,
   timelineBaseline,
@@ -109,6 +110,23 @@ describe('run figures', () => {
     expect(f.error).toBe('completion timeout');
   });
 
+  it("reads the start delay: dispatch (PREPARING) to the first streaming state, which QEMU's total time does not count", () => {
+    const S = MigrationState;
+    const t = syntheticTimeline({ id: 'r1', start: 1_000_000, durationMs: 10_000 });
+    // PREPARING 500 ms before PRECOPY (syntheticTimeline): the set-up the total time leaves out.
+    expect(runFigures(t).startDelayMs).toBe(500);
+    expect(runFigures(t).totalTimeMs).toBe(10_000);
+    const at = (ms: number, to: MigrationState) => ({ time: new Date(1_000_000 + ms), from: S.MIGRATION_STATE_UNSPECIFIED, to, reason: '' });
+    const withTransitions = (...transitions: ReturnType<typeof at>[]) => ({ ...t, run: { ...t.run!, transitions } });
+    // An adaptive run before issue 14's fix: 1.13 s of dirty-rate estimate before `migrate`; the
+    // node's SETUP recorded after the PRECOPY its QEMU event brought: the earliest counts.
+    expect(startDelayMs(withTransitions(at(0, S.MIGRATION_STATE_QUEUED), at(11, S.MIGRATION_STATE_PREPARING), at(1141, S.MIGRATION_STATE_SETUP), at(1123, S.MIGRATION_STATE_PRECOPY), at(9000, S.MIGRATION_STATE_POSTCOPY)))).toBe(1112);
+    // No PREPARING recorded: from the run's start (startedAt = 1 000 000).
+    expect(startDelayMs(withTransitions(at(40, S.MIGRATION_STATE_SETUP), at(60, S.MIGRATION_STATE_PRECOPY)))).toBe(40);
+    // A run that failed before QEMU streamed has no start delay.
+    expect(startDelayMs(withTransitions(at(0, S.MIGRATION_STATE_PREPARING), at(300, S.MIGRATION_STATE_FAILED)))).toBeNaN();
+  });
+
   it('reads the storage figures: disk copied, storage phase, run time, blackout, bytes on the wire; none without a disk', () => {
     const t = syntheticTimeline({ id: 'r-disk', start: 0, durationMs: 6000, downtimeMs: 30 });
     const plain = runFigures(t);
@@ -169,6 +187,8 @@ describe('summaries per strategy', () => {
     expect(ac.downtimeMsP50).toBe(200);
     expect(ac.downtimeMsP99).toBeCloseTo(298, 6);
     expect(ac.guestSecondsLostP50).toBeGreaterThan(0);
+    // Over every run that streamed, the failed one included (its set-up took its time too).
+    expect(ac.startDelayMsP50).toBe(500);
     expect(rows[1]!.downtimeMsP99).toBe(5);
   });
 });

@@ -50,9 +50,15 @@ describe('lab report', () => {
     expect(html).toContain('Seed 001 &lt;test&gt;');
     for (let i = 0; i < 4; i++) for (const c of ['mig', 'guest', 'cpu']) expect(html).toContain(`id="${c}-${i}"`);
     expect(html).toContain('id="sum-0"');
-    // Summary row of the post-copy strategy: 1/2 completed, 8.00 s median, 4 ms downtime.
+    // Summary row of the post-copy strategy: 1/2 completed, 8.00 s median, 500 ms from dispatch to
+    // streaming (syntheticTimeline's PREPARING), 4 ms downtime.
     const row = html.slice(html.indexOf(`>${pc.label}<`));
-    expect(row).toMatch(/1\/2 \(50 %\)<\/td>\s*<td>8\.00 s<\/td><td>4 ms<\/td><td>4 ms<\/td>/);
+    expect(row).toMatch(/1\/2 \(50 %\)<\/td>\s*<td>8\.00 s<\/td><td>500 ms<\/td><td>4 ms<\/td><td>4 ms<\/td>/);
+    expect(html).toContain('<th>start delay p50<br><small>dispatch → streaming</small></th>');
+    expect(html).toContain('start delay 500 ms');
+    const md = summaryMarkdown(d);
+    expect(md).toContain('| total p50 (min–max) | start delay p50 | downtime p50 |');
+    expect(md.split('\n').find((l) => l.startsWith(`| ${pc.label} |`))).toMatch(/\| 8\.00 s \(8\.0–8\.0\) \| 500 ms \| 4 ms \|/);
     expect(html).toContain('cancelled by the lab after 240 s');
     const data = JSON.parse(html.slice(html.indexOf('id="lab-data">') + 'id="lab-data">'.length, html.indexOf('</script>', html.indexOf('id="lab-data">'))));
     expect(data.runs).toHaveLength(4);
@@ -141,7 +147,7 @@ describe('lab report', () => {
       // The Markdown summary: a row per strategy with its outcomes spelled out.
       const md = readFileSync(markdown, 'utf8');
       const pcRow = md.split('\n').find((l) => l.startsWith(`| ${pc.label} |`));
-      expect(pcRow).toMatch(/^\| [^|]+ \| 1\/2 \| 1 succeeded, 1 timed-out \| 8\.00 s \(8\.0–8\.0\) \| 4 ms \| 4 ms \|/);
+      expect(pcRow).toMatch(/^\| [^|]+ \| 1\/2 \| 1 succeeded, 1 timed-out \| 8\.00 s \(8\.0–8\.0\) \| 500 ms \| 4 ms \| 4 ms \|/);
       expect(md.split('\n').filter((l) => l.startsWith('| ')).length).toBe(3); // header + 2 strategies
     } finally {
       rmSync(dir, { recursive: true, force: true });

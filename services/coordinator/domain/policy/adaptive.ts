@@ -38,9 +38,15 @@
  * The first pass's bias is worst for a guest that rewrites its working set W many times during
  * the (long) first pass: QEMU's rate after it is at most W ÷ pass time, so a dirtier at 1.4× the
  * link can read r ≈ 0.25 and be "predicted to converge" for passes. The source node therefore
- * measures the dirty rate before the migration starts (calc-dirty-rate, page sampling over 1 s:
- * unique pages per second, a lower bound of the true rate, see FACTS.md), and until the window's
- * rates come from pass ≥ 3 the policy takes the larger of the two.
+ * measures the dirty rate itself (calc-dirty-rate, page sampling over 1 s: unique pages per
+ * second, a lower bound of the true rate, see FACTS.md), and until the window's rates come from
+ * pass ≥ 3 the policy takes the larger of the two. It measures during pre-copy, from its first
+ * moment: QEMU's `migrate` goes out at once (until issue 14's start-delay fix the source took this
+ * estimate for 1 s before `migrate`, a second every adaptive run spent before its stream that
+ * QEMU's total-time does not count). The first estimate is in ≈1.2 s into pass 1 (after the
+ * 100 ms dirty set); readings before it carry 0, which means "not measured yet", never a quiet
+ * guest: the window's estimate is taken over the readings that carry one, and with none the
+ * prediction reads QEMU's own rate alone (a first pass that short is little biased).
  *
  * ## Saturation: the working-set bound
  * QEMU's dirty-pages-rate is the pages found newly dirty at the syncs of a period ÷ the period, and
@@ -75,8 +81,9 @@
  * against ≈100 MiB; recorded criterion runs with the set injected: hot-small's post-copy at pass 2
  * instead of 3, every other workload's step unchanged, policy-criterion.test.ts). Such a bound
  * (one boundary) is not stored as the run's W. Where the source has no set yet (its first reading
- * comes ≈0.6 s into pass 1), the second boundary is the evidence — or the VM's history: a run that saw
- * the bound stores its W (runs.cost_working_set_bytes, measured.ts RunCostFigures), and a later run
+ * comes ≈0.15 s into pass 1; ≈0.6 s before issue 14's start-delay fix), the second boundary is
+ * the evidence — or the VM's history: a run that saw the bound stores its W
+ * (runs.cost_working_set_bytes, measured.ts RunCostFigures), and a later run
  * whose first boundary finds a backlog within the same noise of the earlier runs' median W
  * (≥ 60 % of it and ≤ W ÷ 0.6) takes the bound at once, at pass 2 (v3-b after v3-a and v3-a after
  * v3-b: pass 2 instead of 5 and 3). A set of another size is not matched. A run that went into
@@ -92,19 +99,20 @@
  * backlog holds and sizes on it; a backlog that shrinks as r says (a converging guest) or much is
  * never taken for a bound; one that holds at a W within L changes nothing (pre-copy converges).
  *
- * A guest whose pace changes during the migration (a phase change) makes that one estimate stale,
+ * A guest whose pace changes during the migration (a phase change) makes any one estimate stale,
  * and QEMU's own rate says nothing until the first bitmap sync. So the source keeps re-estimating
- * while pre-copy runs (calc-dirty-rate again, every ~1.5 s) and every sample carries the latest
- * figure: a verdict at the end of pass 1 uses the guest's pace at that moment, not before the
- * migration. When the estimate changes materially (by `estimateChangeFactor` either way) after an
+ * while pre-copy runs (a round of the 100 ms set and the 1 s estimate, then 500 ms, ≈1.7 s per
+ * round) and every sample carries the latest figure: a verdict at the end of pass 1 uses the
+ * guest's pace during it. When the estimate changes materially (by `estimateChangeFactor` either way) after an
  * action, the policy decides again at once instead of waiting out its hysteresis: a raise sized
  * for a quiet guest is no answer to a busy one.
  *
  * ## Before the start: compression or post-copy (transport.ts)
  * QEMU fixes capabilities at the start and refuses multifd with post-copy, so one choice is made
- * before it, by the planner: where the evidence (the VM's workload as configured, the
- * calc-dirty-rate estimates, throughput and compression of its earlier migrations in the history)
- * says pre-copy with multifd zstd converges within the budget at the link rate (compressed dirty
+ * before it, by the planner: where the evidence (the VM's workload as configured and, from its
+ * earlier migrations in the history, the calc-dirty-rate estimates recorded during their
+ * pre-copy, throughput and compression — never this run's estimate, measured only once its
+ * stream runs) says pre-copy with multifd zstd converges within the budget at the link rate (compressed dirty
  * rate ≤ half the link, the backlog within the limit in ≤ 5 passes), or that the guest is quiet
  * (dirty rate ≤ a fifth of the link uncompressed, the backlog within the limit after the first
  * pass or the next: one bulk pass of the whole memory, of which some compresses), the run's
@@ -244,7 +252,7 @@ export interface AdaptiveReading {
   readonly bw: number;
   /** Backlog at the last pass boundary, as switch-over time in ms. */
   readonly backlogMs: number;
-  /** The source's dirty-rate estimate before the migration (bytes/s; 0 = none). Optional in stored states. */
+  /** The source's latest dirty-rate estimate, measured during pre-copy (bytes/s; 0 = none yet). Optional in stored states. */
   readonly estimate?: number;
   /** Remaining bytes when read (for the page rate of a compressed stream). Optional in stored states. */
   readonly remaining?: number;
@@ -316,7 +324,7 @@ export interface AdaptiveAssessment {
 /** The policy's reading of the window, exposed for tests and the run timeline. */
 export interface AdaptivePrediction {
   readonly dirtyBytesPerSec: number;
-  /** Of it, the pre-migration estimate when that was larger than QEMU's own early figure (else 0). */
+  /** Of it, the source's calc-dirty-rate estimate when that was larger than QEMU's own early figure (else 0). */
   readonly estimateUsed: number;
   readonly throughputBytesPerSec: number;
   readonly ratio: number;
@@ -452,6 +460,18 @@ function windowSet(window: readonly AdaptiveReading[], pick: (xs: number[]) => n
   return { bytes: pick(withSet.map((r) => r.setBytes!)), windowMs: Math.max(...withSet.map((r) => r.setWindowMs!)) };
 }
 
+/**
+ * The window's dirty-rate estimate, `pick` (median, min) of the readings that carry one; 0 when
+ * none does. The source measures during pre-copy only, so the first readings of a run carry 0
+ * until its first estimate is in (≈1.2 s): taken as "no estimate" — the prediction then reads
+ * QEMU's own rate alone — never as a quiet guest, and a median over them would drop a real
+ * estimate for as long as they outnumber it in the window.
+ */
+function windowEstimate(window: readonly AdaptiveReading[], pick: (xs: number[]) => number): number {
+  const known = window.map((r) => r.estimate ?? 0).filter((e) => e > 0);
+  return known.length === 0 ? 0 : pick(known);
+}
+
 /** See the module comment. */
 export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
   readonly name = 'adaptive';
@@ -494,10 +514,11 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     // source's estimate from the whole window (pass-1 samples included).
     const synced = window.filter((r) => r.pass >= 2);
     const qemuDirty = synced.length > 0 ? median(synced.map((r) => r.dirty)) : 0;
-    // Early (rates from pass < 3, biased low by the long first pass), the pre-migration estimate
-    // — a lower bound of the rate — when it is the larger (see the module comment).
+    // Early (rates from pass < 3, biased low by the long first pass), the source's estimate — a
+    // lower bound of the rate — when it is the larger (see the module comment). Readings taken
+    // before the first estimate came carry 0: no figure, not a quiet guest (windowEstimate).
     const early = window.some((r) => r.pass < 3);
-    const estimate = early ? median(window.map((r) => r.estimate ?? 0)) : 0;
+    const estimate = early ? windowEstimate(window, median) : 0;
     const dirty = Math.max(qemuDirty, estimate);
     const bw = median(window.map((r) => r.bw));
     const backlogMs = synced.length > 0 ? median(synced.map((r) => r.backlogMs)) : NaN;
@@ -516,7 +537,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
       bw > 0
         ? backlogPlateau(boundaries, ratio, this.tuning.plateauShrink, this.tuning.plateauVsPredicted, {
             prior: evidence.prior,
-            estimateBytesPerSec: evidence.estimateBytesPerSec ?? median(window.map((r) => r.estimate ?? 0)),
+            estimateBytesPerSec: evidence.estimateBytesPerSec ?? windowEstimate(window, median),
             set: evidence.set ?? windowSet(window, median),
             bytesPerSec: bw,
           })
@@ -603,7 +624,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
     const synced = window.filter((r) => r.pass >= 2).length;
     // (The favourable reading drops the estimate as a dirty rate; as the evidence that a set seen at
     // one boundary holds, the window's lowest estimate is the favourable case.)
-    const favourableEvidence: BoundEvidence = { prior: base.priorWorkingSet, estimateBytesPerSec: Math.min(...window.map((r) => r.estimate ?? 0)), set: windowSet(window, (xs) => Math.min(...xs)) };
+    const favourableEvidence: BoundEvidence = { prior: base.priorWorkingSet, estimateBytesPerSec: windowEstimate(window, (xs) => Math.min(...xs)), set: windowSet(window, (xs) => Math.min(...xs)) };
     if (synced < this.tuning.windowSamples && p.ratio < 1 && this.predict(this.favourable(window), base.downtimeMs, base.boundaries, favourableEvidence).convergesSoon) return { actions: [], state: base };
     let st = base;
     // What this run saw of the bound, for the VM's next runs: its own boundaries' W, or (matched to
@@ -636,7 +657,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
 
   /**
    * One reading with the window's most favourable figures for convergence: QEMU's lowest dirty rate
-   * and backlog read after a sync (not the pre-migration estimate), the highest throughput (the
+   * and backlog read after a sync (not the source's estimate), the highest throughput (the
    * backlog's transfer time rescaled to it).
    */
   private favourable(window: readonly AdaptiveReading[]): AdaptiveReading[] {
@@ -652,7 +673,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
         dirty: Math.min(...synced.map((r) => r.dirty)),
         bw,
         backlogMs: (Math.min(...synced.map((r) => r.backlogMs)) * bwMedian) / bw,
-        // QEMU's own rate: the pre-migration estimate stands in for it only because the first
+        // QEMU's own rate: the source's estimate stands in for it only because the first
         // pass biases it low, so the favourable case is the one where QEMU is right.
         estimate: 0,
       },
@@ -692,7 +713,7 @@ export class AdaptivePolicy implements ConvergencePolicy<AdaptiveState> {
   private escalate(st: AdaptiveState, p: AdaptivePrediction, early: boolean, target: number, sample: ProgressSample, nowMs: number): PolicyDecision | undefined {
     const t = this.tuning;
     const max = this.config.maxDowntimeMs;
-    const estimated = p.estimateUsed > 0 ? ' (the pre-migration estimate; QEMU\'s rate over the long first pass reads lower)' : '';
+    const estimated = p.estimateUsed > 0 ? ' (the source\'s calc-dirty-rate estimate; QEMU\'s rate over the long first pass reads lower)' : '';
     const figures = `backlog ≈${formatDuration(p.backlogMs)} of transfer, dirty ${formatRate(p.dirtyBytesPerSec)}${estimated} = ${p.ratio.toFixed(2)}× the ${formatRate(p.throughputBytesPerSec)} link`;
     const horizon = p.ratio < 1 ? ` even after ${t.convergeWithinPasses} more passes` : '';
     const pl = p.plateau;

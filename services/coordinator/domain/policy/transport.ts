@@ -34,9 +34,11 @@
  * means post-copy: it is the safe default where the guest's writes are unknown.
  *
  * ## Evidence (the caller gathers it, most specific first)
- * - dirty rate: the largest of the source's calc-dirty-rate estimates (page sampling, recorded in
- *   the samples of earlier migrations of the same VM), QEMU's own rate from their later passes, and
- *   the rate the VM's migd workload is configured to write (workers × rate; unlimited = unknown);
+ * - dirty rate: the largest of the source's calc-dirty-rate estimates (page sampling during the
+ *   pre-copy of earlier adaptive migrations of the same VM, recorded in their samples: this run's
+ *   own are measured only once its stream runs, after this choice), QEMU's own rate from their
+ *   later passes, and the rate the VM's migd workload is configured to write (workers × rate;
+ *   unlimited = unknown);
  * - compressibility: the wire bytes ÷ page bytes of an earlier multifd-compressed migration of the
  *   same VM, else the workload's known content (migd's compressible pattern: measured 20 MiB on
  *   the wire for 313 MiB of pages, docs/lab/policies-720-v2, taken as 0.1; random bytes: 1);

@@ -1355,8 +1355,9 @@ export interface ProgressSample {
     | undefined;
   /**
    * The guest's dirty rate in bytes per second estimated by QEMU's calc-dirty-rate (page
-   * sampling) on the source just before the migration started; 0 when not measured. Page
-   * sampling counts unique pages per period, so it underestimates a fast dirtier.
+   * sampling) on the source: the latest estimate, re-taken during pre-copy (an adaptive policy's
+   * run only); 0 until the first is measured (≈1.2 s into pre-copy). Page sampling counts unique
+   * pages per period, so it underestimates a fast dirtier.
    */
   estimatedDirtyBytesPerSec: number;
   /**

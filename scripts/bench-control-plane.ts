@@ -656,6 +656,26 @@ function printSlotUse(intervals: readonly (readonly [number, number])[], from: n
   );
 }
 
+/**
+ * The ramp second by second: plans answered, runs announced to their destination (ExpectIncoming,
+ * sent as the run's dispatch write begins) and migrations started (StartMigration, after that write
+ * committed), and the slots in use at the end of each second. A dispatch decided in time but started
+ * late is the write queue; one announced late is the run manager or the coordinator's loop.
+ */
+function printRamp(from: number, fullAtMs: number, answeredAt: readonly number[], announcedAt: readonly number[], intervals: readonly (readonly [number, number])[]): void {
+  const secs = Math.min(20, Math.ceil(fullAtMs / 1000) + 1);
+  const bin = (ts: readonly number[], k: number): number => ts.filter((t) => t - from >= k * 1000 && t - from < (k + 1) * 1000).length;
+  const starts = intervals.map(([a]) => a);
+  const rows: string[] = [];
+  for (let k = 0; k < secs; k++) {
+    const at = from + (k + 1) * 1000;
+    const inUse = intervals.filter(([a, b]) => a <= at && (b < 0 || b > at)).length;
+    rows.push(`${String(k).padStart(3)}–${String(k + 1).padEnd(3)} ${String(bin(answeredAt, k)).padStart(6)} ${String(bin(announcedAt, k)).padStart(10)} ${String(bin(starts, k)).padStart(8)} ${String(inUse).padStart(8)}`);
+  }
+  out('    ramp, per second since the first SubmitPlan:   s  plans  announced  started  in use (at its end)');
+  for (const r of rows) out(`      ${r}`);
+}
+
 /** Prints this run's figures beside issue 15's "today" and its goal. */
 function printScaleGoals(label: string, measured: readonly number[]): void {
   out(`    ${label}: issue 15 today vs this run vs goal`);
@@ -795,6 +815,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
         `  ${String(n).padStart(5)} ${String(total).padStart(5)} ${String(planIds.length).padStart(6)}  ${fmt(quantile(lat, 0.5), 1).padStart(10)} / ${fmt(quantile(lat, 0.99), 1).padEnd(9)} ${fmt(planIds.length / (submitMs / 1000), 1).padStart(8)}  ${fmt(planned / (submitMs / 1000), 0).padStart(20)}  ${fmt(makespan / 1000, 1).padStart(10)}  ${fmt(bound / 1000, 1).padStart(7)}  ${fmt(bound / makespan, 3).padStart(14)}  ${fmt(cpu, 1).padStart(17)}`,
       );
       printSlotUse(sim.intervals, firstSent, sim.lastCompletedAt, concurrency, firstSent + submitMs);
+      printRamp(firstSent, slotUse(sim.intervals, firstSent, sim.lastCompletedAt, concurrency).fullAtMs, timings.map((t) => t.sentAt + t.latencyMs), sim.announcedAt, sim.intervals);
       if (sim.completed < planned) out(`    (only ${sim.completed}/${planned} migrations completed before the deadline)`);
       if (failed > 0) out(`    (${failed} plan(s) failed)`);
       if (downs > 0) out(`    (the coordinator marked nodes down ${downs} times: heartbeats were not served in time)`);

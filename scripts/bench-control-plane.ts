@@ -656,6 +656,68 @@ function printSlotUse(intervals: readonly (readonly [number, number])[], from: n
   );
 }
 
+/** Cumulative turn figures of the coordinator's write connection, polled at `at` (epoch ms). */
+interface PolledTurns {
+  at: number;
+  groups: number;
+  writes: number;
+  statements: number;
+  busyMs: number;
+  firstWrites: number;
+  gcMs: number;
+}
+
+/** Polls the coordinator's /debug/turns every second until stopped (the ramp's write-connection figures). */
+function pollTurns(url: string): { stop: () => PolledTurns[] } {
+  const polled: PolledTurns[] = [];
+  let stopped = false;
+  void (async () => {
+    while (!stopped) {
+      const at = Date.now();
+      const r = await turnReport(url);
+      if (r) {
+        const c = (name: string) => r.causes.find((x) => x.cause === name);
+        const g = c('store.group-commit');
+        polled.push({ at, groups: g?.count ?? 0, writes: (g?.sizeMean ?? 0) * (g?.count ?? 0), statements: (c('store.group-commit statements')?.sizeMean ?? 0) * (c('store.group-commit statements')?.count ?? 0), busyMs: g?.totalMs ?? 0, firstWrites: c('store.write-wait first')?.count ?? 0, gcMs: c('gc')?.totalMs ?? 0 });
+      }
+      await sleep(Math.max(0, 1000 - (Date.now() - at)));
+    }
+  })();
+  return {
+    stop: () => {
+      stopped = true;
+      return polled;
+    },
+  };
+}
+
+/**
+ * The ramp second by second: plans answered, runs announced to their destination (ExpectIncoming,
+ * sent as the run's dispatch write begins) and migrations started (StartMigration, after that write
+ * committed), and the slots in use at the end of each second. A dispatch decided in time but started
+ * late is the write queue; one announced late is the run manager or the coordinator's loop.
+ */
+function printRamp(from: number, fullAtMs: number, answeredAt: readonly number[], announcedAt: readonly number[], intervals: readonly (readonly [number, number])[], polled: readonly PolledTurns[]): void {
+  const secs = Math.min(20, Math.ceil(fullAtMs / 1000) + 1);
+  const bin = (ts: readonly number[], k: number): number => ts.filter((t) => t - from >= k * 1000 && t - from < (k + 1) * 1000).length;
+  const starts = intervals.map(([a]) => a);
+  const rows: string[] = [];
+  for (let k = 0; k < secs; k++) {
+    const at = from + (k + 1) * 1000;
+    const inUse = intervals.filter(([a, b]) => a <= at && (b < 0 || b > at)).length;
+    // The write connection in this second: the polled turn figures nearest to its start and end.
+    const near = (t: number): PolledTurns | undefined => polled.reduce<PolledTurns | undefined>((b, p) => (b === undefined || Math.abs(p.at - t) < Math.abs(b.at - t) ? p : b), undefined);
+    const a = near(at - 1000);
+    const b = near(at);
+    const d = (f: (p: PolledTurns) => number): string => (a && b && b !== a ? fmt(f(b) - f(a), 0) : '–');
+    rows.push(
+      `${String(k).padStart(3)}–${String(k + 1).padEnd(3)} ${String(bin(answeredAt, k)).padStart(6)} ${String(bin(announcedAt, k)).padStart(10)} ${String(bin(starts, k)).padStart(8)} ${String(inUse).padStart(8)}   ${d((p) => p.groups).padStart(6)} ${d((p) => p.writes).padStart(6)} ${d((p) => p.statements).padStart(6)} ${d((p) => p.busyMs).padStart(7)} ${d((p) => p.firstWrites).padStart(6)} ${d((p) => p.gcMs).padStart(6)}`,
+    );
+  }
+  out('    ramp, per second since the first SubmitPlan:   s  plans  announced  started  in use (at its end)   groups writes  stmts busy ms firsts  gc ms');
+  for (const r of rows) out(`      ${r}`);
+}
+
 /** Prints this run's figures beside issue 15's "today" and its goal. */
 function printScaleGoals(label: string, measured: readonly number[]): void {
   out(`    ${label}: issue 15 today vs this run vs goal`);
@@ -756,6 +818,9 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
         antiAffinityVmNames: [],
         label: 'scale',
       }));
+      // The write connection second by second through the ramp (stopped once the slots are full).
+      const poller = pollTurns(`http://${metricsAddr}/debug/turns`);
+      setTimeout(() => poller.stop(), 15_000).unref();
       const t0 = performance.now();
       submitted = submitter ? await submitter.submit(requests, 60_000) : { timings: await submitPlans(cb.client, requests, 60_000) };
       const timings = submitted.timings;
@@ -795,6 +860,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
         `  ${String(n).padStart(5)} ${String(total).padStart(5)} ${String(planIds.length).padStart(6)}  ${fmt(quantile(lat, 0.5), 1).padStart(10)} / ${fmt(quantile(lat, 0.99), 1).padEnd(9)} ${fmt(planIds.length / (submitMs / 1000), 1).padStart(8)}  ${fmt(planned / (submitMs / 1000), 0).padStart(20)}  ${fmt(makespan / 1000, 1).padStart(10)}  ${fmt(bound / 1000, 1).padStart(7)}  ${fmt(bound / makespan, 3).padStart(14)}  ${fmt(cpu, 1).padStart(17)}`,
       );
       printSlotUse(sim.intervals, firstSent, sim.lastCompletedAt, concurrency, firstSent + submitMs);
+      printRamp(firstSent, slotUse(sim.intervals, firstSent, sim.lastCompletedAt, concurrency).fullAtMs, timings.map((t) => t.sentAt + t.latencyMs), sim.announcedAt, sim.intervals, poller.stop());
       if (sim.completed < planned) out(`    (only ${sim.completed}/${planned} migrations completed before the deadline)`);
       if (failed > 0) out(`    (${failed} plan(s) failed)`);
       if (downs > 0) out(`    (the coordinator marked nodes down ${downs} times: heartbeats were not served in time)`);

@@ -75,6 +75,12 @@ export class SimCluster {
   lastCompletedAt = 0;
   /** Each simulated migration's [start, end] (epoch ms; end -1 while it runs), in start order. */
   readonly intervals: [number, number][] = [];
+  /**
+   * When each ExpectIncoming reached a destination (epoch ms): the coordinator announces a run while
+   * it writes the run's PREPARING, and calls StartMigration after both, so the gap between the two
+   * is the dispatch write's wait (bench-control-plane d's ramp timeline).
+   */
+  readonly announcedAt: number[] = [];
 
   private constructor(private readonly o: SimClusterOptions) {
     this.nodeIds = Array.from({ length: o.nodes }, (_, i) => `n${String(i).padStart(4, '0')}`);
@@ -303,7 +309,10 @@ export class SimCluster {
       cb(null, { migration: m.info });
     };
     for (const k of ['adjustMigration', 'startPostcopy', 'forceComplete', 'cancelMigration', 'releaseMigration']) h[k] = ack;
-    h['expectIncoming'] = (_call: unknown, cb: sendUnaryData<unknown>): void => cb(null, { expiresAt: new Date(Date.now() + 600_000) });
+    h['expectIncoming'] = (_call: unknown, cb: sendUnaryData<unknown>): void => {
+      this.announcedAt.push(Date.now());
+      cb(null, { expiresAt: new Date(Date.now() + 600_000) });
+    };
     h['getHostInfo'] = (_call: unknown, cb: sendUnaryData<unknown>): void => cb(null, { host: this.hostInfo(this.nodeIds[0]!) });
     return h;
   }

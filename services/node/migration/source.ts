@@ -130,6 +130,14 @@ export interface SourceOptions {
    */
   readonly recoverySourcePauseGraceMs?: number;
   /**
+   * After QEMU failed the switch to post-copy, how long the source waits for QEMU to finish with
+   * the failure (ms) before it settles the guest. QEMU emits `failed` from its switch
+   * (postcopy_start) with the guest still stopped here, and resumes it by itself only later, once
+   * its migration thread has ended the migration (migration_iteration_finish: the block devices
+   * re-activated, then vm_start); the runstate says finish-migrate until then. Default 10 000.
+   */
+  readonly switchFailureSettleMs?: number;
+  /**
    * After a run ended with its ownership unresolved (the source copy paused, the destination
    * neither took the guest over nor proved its copy gone), the source keeps asking in the
    * background for this long (ms), then resumes or removes its copy by the answer. Default
@@ -177,6 +185,12 @@ export interface SourceMigrationParams {
   readonly holdMs?: number;
 }
 
+
+/** QMP `query-status`: whether the guest runs, and QEMU's runstate (finish-migrate, paused…). */
+interface QemuRunStatus {
+  running?: boolean;
+  status?: string;
+}
 
 export class SourceMigration {
   readonly runId: string;
@@ -304,6 +318,7 @@ export class SourceMigration {
       cancelStuckMs: 5000,
       postcopySwitchStuckMs: 10_000,
       recoverySourcePauseGraceMs: 15_000,
+      switchFailureSettleMs: 10_000,
       resolveTimeoutMs: 3_600_000,
       storageStallMs: 15_000,
       ...p.options,
@@ -1498,9 +1513,18 @@ export class SourceMigration {
     const { vm, log } = this.p;
     // Mirrors that did not end in sync are cancelled first (their NBD nodes go with them).
     if (this.storage && !this.storageEnded && !this.postcopyStarted) await this.storage.abort();
-    const st = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as { running?: boolean; status?: string } | undefined;
-    // QEMU failed the stream itself and runs the guest again: the switch to post-copy failed.
-    if (this.postcopyStarted && st?.running && this.qemuStatus === 'failed') return this.settleFailedSwitch();
+    let st = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as QemuRunStatus | undefined;
+    // After post-copy was asked for, a `failed` comes from QEMU's switch (a stream that breaks
+    // once post-copy runs pauses it instead), and QEMU then resumes the guest here by itself —
+    // but only once its migration thread has finished with the failure, a moment after the
+    // `failed` event (see switchFailureSettleMs). A status read before that said "not running",
+    // and the source then neither asked the destination, whose copy may already run the guest
+    // from the device-state package, nor paused its own copy, which QEMU resumed right after:
+    // the guest ran on the source while the destination claimed it (chaos seed 7701568, step 4).
+    if (this.postcopyStarted && this.qemuStatus === 'failed') {
+      if (!st?.running) st = await this.awaitSwitchFailureHandled(st);
+      if (st?.running) return this.settleFailedSwitch();
+    }
     if (this.postcopyStarted) return 'post-copy had started: the guest continues on the destination, or is lost with it';
     const lost = 'the source QEMU is gone: the guest, which had not been handed over, is lost with it';
     if (st?.running) {
@@ -1555,6 +1579,30 @@ export class SourceMigration {
     this.postcopyStarted = false; // the destination never ran it unless it says so: a proof of its copy gone resumes the source
     this.unresolved = 'abort';
     return `QEMU failed the switch to post-copy; the destination did not confirm its copy gone: the source copy is paused, and the source node keeps asking for up to ${Math.round(this.opts.resolveTimeoutMs / 60_000)} min`;
+  }
+
+  /**
+   * Waits (up to switchFailureSettleMs) until QEMU has finished with a failed switch to post-copy:
+   * the guest resumed here, or a runstate other than the switch's finish-migrate (QEMU restores a
+   * guest that was paused before the migration as paused, and leaves one whose block devices it
+   * could not re-activate stopped). Settling earlier is undone by QEMU: a `stop` sent while the
+   * runstate is finish-migrate changes nothing, and QEMU's vm_start follows.
+   * @returns the last status read (undefined: none answered, or the source QEMU is gone)
+   */
+  private async awaitSwitchFailureHandled(first: QemuRunStatus | undefined): Promise<QemuRunStatus | undefined> {
+    const { vm, log } = this.p;
+    const deadline = this.now() + this.opts.switchFailureSettleMs;
+    let st = first;
+    while (!st?.running && (st?.status === undefined || st.status === 'finish-migrate')) {
+      if (!this.p.host.attach(vm.name)) return undefined;
+      if (this.now() >= deadline) {
+        log.warn('QEMU has not finished with the failed switch to post-copy; the guest is left as post-copy leaves it', { waitedMs: this.opts.switchFailureSettleMs, qemu: st?.status ?? null });
+        return st;
+      }
+      await sleep(Math.min(100, Math.max(1, deadline - this.now())));
+      st = ((await vm.qmp.execute('query-status', undefined, { timeoutMs: 2000 }).catch(() => undefined)) as QemuRunStatus | undefined) ?? st;
+    }
+    return st;
   }
 
   /** The source QEMU still answers and its process is alive (asked a moment later). */

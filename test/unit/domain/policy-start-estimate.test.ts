@@ -1,9 +1,10 @@
 /**
  * Issue 14's start delay: the source no longer measures the dirty rate for 1 s before QEMU's
- * `migrate`; its first estimate comes ≈1.2 s into pre-copy (after the 100 ms dirty set), and the
+ * `migrate`; its first estimate comes ≈1.7 s into pre-copy (500 ms, the 100 ms dirty set, the 1 s
+ * estimate), and the
  * samples before it carry 0. The recorded adaptive runs of docs/lab/policies-links-3 (300 and 2000
  * Mbit/s: first passes from 0.25 s to 13 s) and docs/lab/policies-720-front carried the pre-start
- * estimate from their first sample. Replayed with it taken away before 1.25 s into pre-copy, each
+ * estimate from their first sample. Replayed with it taken away before 1.75 s into pre-copy, each
  * must take the same first step at the same pass: where pass 1 ends before the first estimate
  * (moderate and phase at 2000 Mbit/s, compressible) the verdict reads QEMU's own rate, and the
  * runs whose verdict comes later have an estimate by then.
@@ -17,8 +18,8 @@ import { MiB } from '../../../services/coordinator/domain/units.js';
 import { loadTimelines } from '../../../stress/lab/cost-fit.js';
 import { replayWithGuest, summary } from './traces.js';
 
-/** When the new source's first estimate is in, after pre-copy began (100 ms set + 1 s estimate + QMP). */
-const FIRST_ESTIMATE_MS = 1250;
+/** When the new source's first estimate is in, after pre-copy began (500 ms + 100 ms set + 1 s estimate + QMP). */
+const FIRST_ESTIMATE_MS = 1750;
 
 /** The run's first step and its pass; with `withoutEarlyEstimate`, the estimate zeroed before FIRST_ESTIMATE_MS into pre-copy. */
 function firstStep(t: GetRunTimelineResponse, withoutEarlyEstimate: boolean): [string, number | undefined] {

@@ -40,10 +40,10 @@
  * link can read r ≈ 0.25 and be "predicted to converge" for passes. The source node therefore
  * measures the dirty rate itself (calc-dirty-rate, page sampling over 1 s: unique pages per
  * second, a lower bound of the true rate, see FACTS.md), and until the window's rates come from
- * pass ≥ 3 the policy takes the larger of the two. It measures during pre-copy, from its first
- * moment: QEMU's `migrate` goes out at once (until issue 14's start-delay fix the source took this
+ * pass ≥ 3 the policy takes the larger of the two. It measures during pre-copy, from 500 ms into
+ * it: QEMU's `migrate` goes out at once (until issue 14's start-delay fix the source took this
  * estimate for 1 s before `migrate`, a second every adaptive run spent before its stream that
- * QEMU's total-time does not count). The first estimate is in ≈1.2 s into pass 1 (after the
+ * QEMU's total-time does not count). The first estimate is in ≈1.7 s into pass 1 (500 ms, then the
  * 100 ms dirty set); readings before it carry 0, which means "not measured yet", never a quiet
  * guest: the window's estimate is taken over the readings that carry one, and with none the
  * prediction reads QEMU's own rate alone (a first pass that short is little biased).
@@ -81,7 +81,8 @@
  * against ≈100 MiB; recorded criterion runs with the set injected: hot-small's post-copy at pass 2
  * instead of 3, every other workload's step unchanged, policy-criterion.test.ts). Such a bound
  * (one boundary) is not stored as the run's W. Where the source has no set yet (its first reading
- * comes ≈0.15 s into pass 1; ≈0.6 s before issue 14's start-delay fix), the second boundary is
+ * comes ≈0.6 s into pass 1: the source measures nothing in the first 500 ms, a first pass that
+ * short needs no estimate and the measurement would slow it), the second boundary is
  * the evidence — or the VM's history: a run that saw the bound stores its W
  * (runs.cost_working_set_bytes, measured.ts RunCostFigures), and a later run
  * whose first boundary finds a backlog within the same noise of the earlier runs' median W

@@ -68,15 +68,13 @@ export const WRITE_GROUP_MAX = 256;
 /**
  * Whether a group commit takes one more write: while writes that were waiting when it began are
  * left, fewer than `max` are taken and the group has run less than `budgetMs`. The first write is
- * always taken. A group holding a write asked for `first` (a client waits for it; taken before the
- * others, also into a group already under way; `firstAtMs`: when the group took the first such
- * write, in ms of the group) commits `firstShareMs` after it unless another such write waits: it
- * does not wait for the rest of the budget (Postgres: 100 ms of other writes), but the others get
- * that much of the write connection per first write (see StoreDatabase.write).
+ * always taken. A group whose last write was asked for `first` (a client waits for it; taken
+ * before the others, also into a group already under way) commits unless another such write
+ * waits: it does not wait for the rest of the budget (Postgres: 100 ms of other writes).
  */
-export function groupTakesMore(s: { taken: number; available: number; elapsedMs: number; max: number; budgetMs: number; firstAtMs?: number; firstWaiting?: number; firstShareMs?: number }): boolean {
+export function groupTakesMore(s: { taken: number; available: number; elapsedMs: number; max: number; budgetMs: number; lastFirst?: boolean; firstWaiting?: number }): boolean {
   if (s.taken >= s.available || s.taken >= s.max) return false;
-  if (s.firstAtMs !== undefined && (s.firstWaiting ?? 0) === 0 && s.elapsedMs - s.firstAtMs >= (s.firstShareMs ?? 0)) return false;
+  if (s.lastFirst === true && (s.firstWaiting ?? 0) === 0) return false;
   return s.taken === 0 || s.elapsedMs < s.budgetMs;
 }
 
@@ -116,13 +114,12 @@ export class WriteQueue<T> {
   }
 
   /**
-   * How many items the next group may take, at most `max`: while `first` ones wait, those alone
+   * How many items the next group may take, at most `max`: the `first` ones alone while any wait
    * (a client waits for each: they commit without waiting for up to a budget's worth of the
-   * others), or with `others` the others after them too (the group then commits a share's time
-   * after its first ones: see groupTakesMore); else the others.
+   * others), else the others.
    */
-  nextGroup(max: number, others = false): number {
-    return Math.min(this.firsts.length > 0 ? this.firsts.length + (others ? this.rest.length : 0) : this.rest.length, max);
+  nextGroup(max: number): number {
+    return Math.min(this.firsts.length > 0 ? this.firsts.length : this.rest.length, max);
   }
 
   /** Takes up to `n` items in line. */
@@ -258,9 +255,7 @@ export class StoreDatabase {
    * drain's backlog of run updates. Such writes commit in groups of their own, begun at once (or
    * right after the group being written): a group of the others held a SubmitPlan up to a budget's
    * worth of writes, and one begun after the turn's I/O callbacks had its response written a turn
-   * of the event loop later (issue 15). With `firstWriteShareMs` (Postgres) such a group goes on
-   * taking the other waiting writes for that long after its first ones: committed right after them,
-   * a stream of plans left the others one or two writes per plan (bench d's ramp). Queued writes are concurrent (none has been acknowledged), so
+   * of the event loop later (issue 15). Queued writes are concurrent (none has been acknowledged), so
    * any order of them is a serial order; each run's own writes are made one after the other by
    * its supervisor, so its events keep their order.
    */
@@ -327,7 +322,7 @@ export class StoreDatabase {
    * number of writes taken.
    */
   private async writeGroup(): Promise<number> {
-    const available = this.pending.nextGroup(WRITE_GROUP_MAX, this.o.firstWriteShareMs > 0);
+    const available = this.pending.nextGroup(WRITE_GROUP_MAX);
     const group: PendingWrite[] = [];
     const tx: TxState = { enqueued: 0 };
     const outcomes: Outcome<unknown>[] = [];
@@ -352,13 +347,8 @@ export class StoreDatabase {
             // Optimistic: the writes one after another without savepoints (two statements fewer
             // each: on Postgres two network round trips of a group's four to six per write).
             let failed = false;
-            /** When the group took its first `first` write (ms of the group). */
-            let firstAtMs: number | undefined;
-            for (;;) {
-              const elapsedMs = performance.now() - started;
-              if (failed || !groupTakesMore({ taken: group.length, available, elapsedMs, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs, firstAtMs, firstWaiting: this.pending.firstWaiting, firstShareMs: this.o.firstWriteShareMs })) break;
+            while (!failed && groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs, lastFirst: group[group.length - 1]?.first, firstWaiting: this.pending.firstWaiting })) {
               const w = this.takeNext();
-              if (w.first) firstAtMs ??= elapsedMs;
               group.push(w);
               try {
                 outcomes.push({ ok: true, value: await w.fn(conn, tx) });

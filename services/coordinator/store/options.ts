@@ -34,14 +34,6 @@ export interface HistoryStoreOptions {
    * per transaction. Default 10 (Postgres: POSTGRES_WRITE_GROUP_BUDGET_MS, 100).
    */
   writeGroupBudgetMs?: number;
-  /**
-   * How long a group commit holding a write a client waits for (`first`, SubmitPlan's plan) goes on
-   * taking the other waiting writes after it before it commits, in ms (see StoreDatabase.write):
-   * the client's wait grows by up to this much, and while plans stream in, the others are not left
-   * one or two writes per plan. Default 0 (commit right after it; Postgres:
-   * POSTGRES_FIRST_WRITE_SHARE_MS, 10).
-   */
-  firstWriteShareMs?: number;
   /** Clock in ms since the epoch. Default `Date.now`. */
   now?: () => number;
   logger?: Logger;
@@ -75,7 +67,6 @@ export function resolveHistoryStoreOptions(o: HistoryStoreOptions): ResolvedHist
     guestWindowMs: o.guestWindowMs ?? 60_000,
     maxExportRuns: o.maxExportRuns ?? 10_000,
     writeGroupBudgetMs: o.writeGroupBudgetMs ?? 10,
-    firstWriteShareMs: o.firstWriteShareMs ?? 0,
     now: o.now ?? Date.now,
     logger: o.logger ?? createLogger('history-store'),
     metrics: o.metrics,
@@ -90,6 +81,5 @@ export function resolveHistoryStoreOptions(o: HistoryStoreOptions): ResolvedHist
   checkMin('guestWindowMs', r.guestWindowMs, 0);
   checkMin('maxExportRuns', r.maxExportRuns, 1);
   checkMin('writeGroupBudgetMs', r.writeGroupBudgetMs, 0);
-  checkMin('firstWriteShareMs', r.firstWriteShareMs, 0);
   return r;
 }

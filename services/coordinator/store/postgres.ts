@@ -63,19 +63,6 @@ export type ResolvedPostgresHistoryStoreOptions = ResolvedHistoryStoreOptions &
  */
 export const POSTGRES_WRITE_GROUP_BUDGET_MS = 100;
 
-/**
- * The default share of the write connection the other writes get after a SubmitPlan's plan write
- * (ms; HistoryStoreOptions.firstWriteShareMs; SQLite's is 0). A plan's write committed right after
- * it was taken, so while the 250 plans of bench d streamed in (one every ≈ 18 ms, each planned on
- * the event loop for ≈ 7 ms first), every group was a plan and the one or two writes taken before
- * it: on a loaded machine (21:50, 5 Dec) 19 groups a second held 34 writes of which 19 plans, no
- * migration started for seconds, runs' ends and dispatches waited up to 9 s in the queue; on a
- * calmer one the slots emptied between 2 and 5 s (5.2 s of makespan lost in the ramp). 10 ms
- * gives the others ≈ 10 writes per plan and adds at most ≈ 10 ms (one write's overrun more) to
- * SubmitPlan, whose p99 was 62–69 ms of the 100 ms goal.
- */
-export const POSTGRES_FIRST_WRITE_SHARE_MS = 10;
-
 /** Whether `s` names a Postgres database (postgres:// or postgresql://). */
 export function isPostgresUrl(s: string): boolean {
   return /^postgres(?:ql)?:\/\//.test(s);
@@ -86,7 +73,7 @@ export function resolvePostgresStoreOptions(o: PostgresHistoryStoreOptions): Res
   if (typeof o.url !== 'string' || !isPostgresUrl(o.url)) throw new ConfigError('store.url', 'must be a postgres:// URL');
   const poolSize = o.poolSize ?? 10;
   checkMin('poolSize', poolSize, 1);
-  return Object.freeze({ url: o.url, poolSize, migrate: o.migrate ?? true, namedStatements: o.namedStatements ?? true, fence: o.fence, ...resolveHistoryStoreOptions({ ...o, writeGroupBudgetMs: o.writeGroupBudgetMs ?? POSTGRES_WRITE_GROUP_BUDGET_MS, firstWriteShareMs: o.firstWriteShareMs ?? POSTGRES_FIRST_WRITE_SHARE_MS }) });
+  return Object.freeze({ url: o.url, poolSize, migrate: o.migrate ?? true, namedStatements: o.namedStatements ?? true, fence: o.fence, ...resolveHistoryStoreOptions({ ...o, writeGroupBudgetMs: o.writeGroupBudgetMs ?? POSTGRES_WRITE_GROUP_BUDGET_MS }) });
 }
 
 /** int8 (20) and numeric (1700) as numbers; every other type as pg parses it. */

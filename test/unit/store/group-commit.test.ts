@@ -153,29 +153,6 @@ describe('store group commit', () => {
     expect((await store.plans.planProgress('p1')).runs).toBe(1);
   });
 
-  it('with a share for the others (firstWriteShareMs), a write asked for first commits with the writes waiting after it, itself first', async () => {
-    await store.close();
-    const db = new Kysely<HistoryDatabase>({ dialect: new SqliteDialect({ database: new Database(':memory:') }) });
-    await migrateToLatest(db);
-    transactions = 0;
-    const counting: StoreDialect = {
-      ...sqliteStoreDialect,
-      beginWrite: async (conn) => {
-        transactions++;
-        await sqliteStoreDialect.beginWrite(conn);
-      },
-    };
-    store = createHistoryStore(db, counting, resolveHistoryStoreOptions({ logger: log, writeGroupBudgetMs: 60_000, firstWriteShareMs: 60_000 }));
-    const order: string[] = [];
-    const others = ['o1', 'o2', 'o3'].map((n) => store.nodes.upsertVm(vm(n)).then(() => order.push(n)));
-    const plan = store.plans.createPlan({ id: 'p1', idempotencyKey: 'k1', request: {} as never, runs: [runOf('r1')] }).then(() => order.push('plan'));
-    await Promise.all([plan, ...others]);
-    // One group, begun at once for the plan: the plan, then the three others (each settles at the commit).
-    expect(transactions).toBe(1);
-    expect(order).toEqual(['plan', 'o1', 'o2', 'o3']);
-    expect(await events()).toEqual(['runState', 'planState', 'vm:o1', 'vm:o2', 'vm:o3']);
-  });
-
   it('first writes asked for while a group is waiting for its turn wake it; the others keep waiting for the next turn', async () => {
     const other = store.nodes.upsertVm(vm('o1'));
     const plans = [1, 2].map((i) => store.plans.createPlan({ id: `p${i}`, idempotencyKey: `k${i}`, request: {} as never, runs: [runOf(`r${i}`)] }));
@@ -230,21 +207,13 @@ describe('groupTakesMore', () => {
 });
 
 describe('groupTakesMore after a first write', () => {
-  const at = (taken: number, firstAtMs: number | undefined, firstWaiting: number, available = 10, elapsedMs = 0, firstShareMs = 0) =>
-    groupTakesMore({ taken, available, elapsedMs, max: 8, budgetMs: 10, firstAtMs, firstWaiting, firstShareMs });
+  const at = (taken: number, lastFirst: boolean, firstWaiting: number, available = 10) => groupTakesMore({ taken, available, elapsedMs: 0, max: 8, budgetMs: 10, lastFirst, firstWaiting });
 
   it('commits after a write a client waits for, unless another such write waits', () => {
-    expect(at(3, 0, 0)).toBe(false);
-    expect(at(3, 0, 1)).toBe(true);
-    expect(at(3, undefined, 0)).toBe(true);
-    expect(at(1, 0, 2, 1)).toBe(false);
-  });
-
-  it('with a share, takes the others for that long after the first such write, within the budget', () => {
-    expect(at(3, 2, 0, 10, 5, 4)).toBe(true);
-    expect(at(3, 2, 0, 10, 6, 4)).toBe(false);
-    expect(at(3, 2, 0, 10, 10, 60)).toBe(false);
-    expect(at(3, 2, 0, 3, 3, 4)).toBe(false);
+    expect(at(3, true, 0)).toBe(false);
+    expect(at(3, true, 1)).toBe(true);
+    expect(at(3, false, 0)).toBe(true);
+    expect(at(1, true, 2, 1)).toBe(false);
   });
 });
 
@@ -277,12 +246,8 @@ describe('WriteQueue.nextGroup', () => {
     expect(q.firstWaiting).toBe(2);
     expect(q.nextGroup(4)).toBe(2);
     expect(q.nextGroup(1)).toBe(1);
-    // With the others after them (a share of the group for them: firstWriteShareMs).
-    expect(q.nextGroup(4, true)).toBe(4);
-    expect(q.nextGroup(10, true)).toBe(7);
     expect(q.take(q.nextGroup(4))).toEqual(['plan-1', 'plan-2']);
     expect(q.firstWaiting).toBe(0);
     expect(q.nextGroup(4)).toBe(4);
-    expect(q.nextGroup(4, true)).toBe(4);
   });
 });

@@ -18,7 +18,6 @@ import { LEADER_TABLE_SQL, SCHEMA_LOCK } from '../leadership/postgres.js';
 import { TX, type StoreDialect } from './database.js';
 import { RepositoryHistoryStore } from './history-store.js';
 import { migrateToLatest } from './migrate.js';
-import { storePool, StatementNames, type PoolStats } from './postgres-statements.js';
 import { checkMin, resolveHistoryStoreOptions, type HistoryStoreOptions, type ResolvedHistoryStoreOptions } from './options.js';
 import type { HistoryDatabase } from './schema.js';
 
@@ -42,15 +41,10 @@ export interface PostgresHistoryStoreOptions extends HistoryStoreOptions {
   migrate?: boolean;
   /** When given, every write carries and checks this coordinator's term (see the file comment). */
   fence?: WriteFence;
-  /**
-   * Run repeated statements as named prepared statements, parsed and planned once per connection
-   * (postgres-statements.ts). Default true; false sends every statement unnamed (as Kysely does).
-   */
-  namedStatements?: boolean;
 }
 
 export type ResolvedPostgresHistoryStoreOptions = ResolvedHistoryStoreOptions &
-  Readonly<Required<Pick<PostgresHistoryStoreOptions, 'url' | 'poolSize' | 'migrate' | 'namedStatements'>>> &
+  Readonly<Required<Pick<PostgresHistoryStoreOptions, 'url' | 'poolSize' | 'migrate'>>> &
   Readonly<Pick<PostgresHistoryStoreOptions, 'fence'>>;
 
 /**
@@ -73,7 +67,7 @@ export function resolvePostgresStoreOptions(o: PostgresHistoryStoreOptions): Res
   if (typeof o.url !== 'string' || !isPostgresUrl(o.url)) throw new ConfigError('store.url', 'must be a postgres:// URL');
   const poolSize = o.poolSize ?? 10;
   checkMin('poolSize', poolSize, 1);
-  return Object.freeze({ url: o.url, poolSize, migrate: o.migrate ?? true, namedStatements: o.namedStatements ?? true, fence: o.fence, ...resolveHistoryStoreOptions({ ...o, writeGroupBudgetMs: o.writeGroupBudgetMs ?? POSTGRES_WRITE_GROUP_BUDGET_MS }) });
+  return Object.freeze({ url: o.url, poolSize, migrate: o.migrate ?? true, fence: o.fence, ...resolveHistoryStoreOptions({ ...o, writeGroupBudgetMs: o.writeGroupBudgetMs ?? POSTGRES_WRITE_GROUP_BUDGET_MS }) });
 }
 
 /** int8 (20) and numeric (1700) as numbers; every other type as pg parses it. */
@@ -87,16 +81,6 @@ const types = {
 /** Compiled once, as the shared transaction statements (database.ts TX): every read begins with it. */
 const BEGIN_READ = CompiledQuery.raw('begin isolation level repeatable read read only');
 
-/**
- * A write transaction's first round trip: begin, the write lock and, fenced, the term row FOR
- * SHARE, as one simple query (its answer is the last statement's; see postgres-statements.ts).
- * Three round trips of the one write connection were one group's four (begin, lock, check, commit;
- * ≈ 0.6 groups per migration in bench d). The lock's keys are constants, written as literals.
- */
-const BEGIN_WRITE = `begin; select pg_advisory_xact_lock(${WRITE_LOCK[0]}, ${WRITE_LOCK[1]})`;
-const BEGIN_WRITE_UNFENCED = CompiledQuery.raw(BEGIN_WRITE);
-const BEGIN_WRITE_FENCED = CompiledQuery.raw(`${BEGIN_WRITE}; select term from migd_leader where id = 1 for share`);
-
 /** The Postgres dialect object; `fence` makes every write check the term. */
 export function postgresStoreDialect(fence?: WriteFence): StoreDialect {
   return {
@@ -104,9 +88,13 @@ export function postgresStoreDialect(fence?: WriteFence): StoreDialect {
     beginWrite: async (conn) => {
       // Refuse before touching the database when we know we do not lead.
       const term = fence?.token();
+      await conn.executeQuery(TX.begin);
       try {
-        const r = await conn.executeQuery<{ term: number }>(term === undefined ? BEGIN_WRITE_UNFENCED : BEGIN_WRITE_FENCED);
-        if (term !== undefined && Number(r.rows[0]?.term) !== term) throw fence!.notLeader();
+        await sql`select pg_advisory_xact_lock(${WRITE_LOCK[0]}::int4, ${WRITE_LOCK[1]}::int4)`.execute(conn);
+        if (term !== undefined) {
+          const r = await sql<{ term: number }>`select term from migd_leader where id = 1 for share`.execute(conn);
+          if (Number(r.rows[0]?.term) !== term) throw fence!.notLeader();
+        }
       } catch (err) {
         // The caller only rolls back what it began: end this transaction before the connection
         // goes back to the pool.
@@ -138,12 +126,9 @@ export function postgresStoreDialect(fence?: WriteFence): StoreDialect {
 /** The history store on a Postgres database. */
 export class PostgresHistoryStore extends RepositoryHistoryStore {
   readonly options: ResolvedPostgresHistoryStoreOptions;
-  /** Queries its pool has sent (round trips; see postgres-statements.ts). */
-  readonly poolStats: Readonly<PoolStats>;
-  constructor(db: Kysely<HistoryDatabase>, o: ResolvedPostgresHistoryStoreOptions, stats: PoolStats) {
+  constructor(db: Kysely<HistoryDatabase>, o: ResolvedPostgresHistoryStoreOptions) {
     super(db, postgresStoreDialect(o.fence), o);
     this.options = o;
-    this.poolStats = stats;
   }
 }
 
@@ -158,8 +143,7 @@ export async function openPostgresHistoryStore(opts: PostgresHistoryStoreOptions
   const pool = new pg.Pool({ connectionString: o.url, max: o.poolSize, types, application_name: 'migd-coordinator', keepAlive: true, connectionTimeoutMillis: 5000 });
   // An idle connection that breaks (server restart) is dropped by the pool; not a crash.
   pool.on('error', (err) => o.logger.warn('history store: idle database connection failed', { err: err.message }));
-  const stats: PoolStats = { queries: 0 };
-  const db = new Kysely<HistoryDatabase>({ dialect: new PostgresDialect({ pool: storePool(pool, o.namedStatements ? new StatementNames() : undefined, stats) }) });
+  const db = new Kysely<HistoryDatabase>({ dialect: new PostgresDialect({ pool }) });
   try {
     if (o.migrate) await migrateToLatest(db);
     await db.transaction().execute(async (trx) => {
@@ -170,5 +154,5 @@ export async function openPostgresHistoryStore(opts: PostgresHistoryStoreOptions
     await db.destroy();
     throw err;
   }
-  return new PostgresHistoryStore(db, o, stats);
+  return new PostgresHistoryStore(db, o);
 }

@@ -356,7 +356,13 @@ export class StoreDatabase {
                 failed = true;
               }
             }
-            if (!failed) failed = !(await this.flushDeferred(conn, tx));
+            if (!failed) {
+              try {
+                await this.flushDeferred(conn, tx);
+              } catch {
+                failed = true;
+              }
+            }
             if (failed) {
               // One failed, perhaps half-way (its statements so far are in the transaction, and
               // Postgres refuses any further statement after a failed one), or the deferred outbox
@@ -373,7 +379,7 @@ export class StoreDatabase {
             }
           }
           // A single write's rows (its failure to insert them is its own).
-          if (tx.deferred) await this.flushDeferred(conn, tx, true);
+          if (tx.deferred) await this.flushDeferred(conn, tx);
           await control.executeQuery(TX.commit);
         } catch (err) {
           try {
@@ -404,22 +410,11 @@ export class StoreDatabase {
     return group.length;
   }
 
-  /**
-   * Inserts the outbox rows the group's writes deferred (see {@link TxState.deferred}) and stops
-   * deferring. Returns false when the insert failed (the caller redoes the group), or throws the
-   * error when `strict`.
-   */
-  private async flushDeferred(conn: Db, tx: TxState, strict = false): Promise<boolean> {
+  /** Inserts the outbox rows the group's writes deferred (see {@link TxState.deferred}) and stops deferring. */
+  private async flushDeferred(conn: Db, tx: TxState): Promise<void> {
     const rows = tx.deferred ?? [];
     tx.deferred = undefined;
-    if (rows.length === 0) return true;
-    try {
-      await this.insertOutbox(conn, rows);
-      return true;
-    } catch (err) {
-      if (strict) throw err;
-      return false;
-    }
+    if (rows.length > 0) await this.insertOutbox(conn, rows);
   }
 
   /** The next write in line, its wait in the queue recorded (turn profiler: `store.write-wait`, `first` ones apart). */

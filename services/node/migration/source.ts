@@ -28,6 +28,7 @@ import {
 import { ConfirmIncomingResponse, MigrationInfo as MigrationInfoCodec, type DiskDigest, type DiskTransfer, type PrepareIncomingResponse, type MigrationEndpoint, type MigrationInfo, type StateChange, type WatchMigrationResponse } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
 import type { QmpEvent } from '../qmp/protocol.js';
+import type { StatusInfo } from '../qmp/commands.js';
 import { errorInfo, errorInfoOf } from '../../shared/policy/error-info.js';
 import { publicMessage } from '../public-error.js';
 import type { MigrationConfig } from '../../shared/policy/resolve.js';
@@ -194,12 +195,6 @@ export interface SourceMigrationParams {
   readonly holdMs?: number;
 }
 
-
-/** QMP `query-status`: whether the guest runs, and QEMU's runstate (finish-migrate, paused…). */
-interface QemuRunStatus {
-  running?: boolean;
-  status?: string;
-}
 
 export class SourceMigration {
   readonly runId: string;
@@ -1528,7 +1523,7 @@ export class SourceMigration {
     const { vm, log } = this.p;
     // Mirrors that did not end in sync are cancelled first (their NBD nodes go with them).
     if (this.storage && !this.storageEnded && !this.postcopyStarted) await this.storage.abort();
-    let st = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 }).catch(() => undefined)) as QemuRunStatus | undefined;
+    let st: StatusInfo | undefined = await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 }).catch(() => undefined);
     // After post-copy was asked for, a `failed` comes from QEMU's switch (a stream that breaks
     // once post-copy runs pauses it instead), and QEMU then resumes the guest here by itself —
     // but only once its migration thread has finished with the failure, a moment after the
@@ -1604,7 +1599,7 @@ export class SourceMigration {
    * runstate is finish-migrate changes nothing, and QEMU's vm_start follows.
    * @returns the last status read (undefined: none answered, or the source QEMU is gone)
    */
-  private async awaitSwitchFailureHandled(first: QemuRunStatus | undefined): Promise<QemuRunStatus | undefined> {
+  private async awaitSwitchFailureHandled(first: StatusInfo | undefined): Promise<StatusInfo | undefined> {
     const { vm, log } = this.p;
     const deadline = this.now() + this.opts.switchFailureSettleMs;
     let st = first;
@@ -1615,7 +1610,7 @@ export class SourceMigration {
         return st;
       }
       await sleep(Math.min(100, Math.max(1, deadline - this.now())));
-      st = ((await vm.qmp.execute('query-status', undefined, { timeoutMs: 2000 }).catch(() => undefined)) as QemuRunStatus | undefined) ?? st;
+      st = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 2000 }).catch(() => undefined)) ?? st;
     }
     return st;
   }

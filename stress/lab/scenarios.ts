@@ -668,6 +668,24 @@ export const POLICY_SCENARIOS_720_BOUNDARY: readonly Scenario[] = ['load-a', 'he
 });
 
 /**
+ * The seven workloads over each link in `links`: adaptive and post-copy after one pass cut at
+ * 120 s, multifd zstd cut at 60 s, all at T(300); scenario names `pol-<prefix><rate>-<workload>-…`.
+ */
+function frontOverLinks(prefix: string, links: readonly number[]): Scenario[] {
+  return links.flatMap((rateMbit) =>
+    Object.entries(LAB_WORKLOADS).flatMap(([tag, w]) => {
+      const memory = w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {};
+      const group = `${w.group}, ${rateMbit} Mbit/s`;
+      const link = { rateMbit };
+      return [
+        ...policySet(`${prefix}${rateMbit}-${tag}`, group, w.load, link, ['adaptive', 'seed-pc'], { ...memory, limits: { migrationMs: 120_000 }, downtimeLimitMs: T(300) }),
+        ...policySet(`${prefix}${rateMbit}-${tag}`, group, w.load, link, ['multifd-zstd'], { ...memory, limits: { migrationMs: 60_000 }, downtimeLimitMs: T(300) }),
+      ];
+    }),
+  );
+}
+
+/**
  * Issue 14's other links (`node dist/scripts/lab.js policies-links`): the seven workloads over
  * 300 and 2000 Mbit/s, one repetition each, adaptive (no history) against the two fixed strategies
  * closest to it at 720 Mbit/s (post-copy after one pass, multifd zstd), every strategy at T(300) as
@@ -675,17 +693,7 @@ export const POLICY_SCENARIOS_720_BOUNDARY: readonly Scenario[] = ['load-a', 'he
  * loads in 120 s), the others at 120 s. An indication of how the policy's steps carry over to
  * other links, not the criterion: one repetition, no auto-converge.
  */
-export const POLICY_SCENARIOS_LINKS: readonly Scenario[] = [300, 2000].flatMap((rateMbit) =>
-  Object.entries(LAB_WORKLOADS).flatMap(([tag, w]) => {
-    const memory = w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {};
-    const group = `${w.group}, ${rateMbit} Mbit/s`;
-    const link = { rateMbit };
-    return [
-      ...policySet(`l${rateMbit}-${tag}`, group, w.load, link, ['adaptive', 'seed-pc'], { ...memory, limits: { migrationMs: 120_000 }, downtimeLimitMs: T(300) }),
-      ...policySet(`l${rateMbit}-${tag}`, group, w.load, link, ['multifd-zstd'], { ...memory, limits: { migrationMs: 60_000 }, downtimeLimitMs: T(300) }),
-    ];
-  }),
-);
+export const POLICY_SCENARIOS_LINKS: readonly Scenario[] = frontOverLinks('l', [300, 2000]);
 
 /**
  * Issue 14's criterion over the three links in one session (`node dist/scripts/lab.js
@@ -698,17 +706,7 @@ export const POLICY_SCENARIOS_LINKS: readonly Scenario[] = [300, 2000].flatMap((
  * Auto-converge is left out as in policies-720-front (off the front or incomplete on six of seven
  * workloads in every criterion run).
  */
-export const POLICY_SCENARIOS_FRONT: readonly Scenario[] = [300, 720, 2000].flatMap((rateMbit) =>
-  Object.entries(LAB_WORKLOADS).flatMap(([tag, w]) => {
-    const memory = w.memoryMib !== undefined ? { memoryMib: w.memoryMib } : {};
-    const group = `${w.group}, ${rateMbit} Mbit/s`;
-    const link = { rateMbit };
-    return [
-      ...policySet(`f${rateMbit}-${tag}`, group, w.load, link, ['adaptive', 'seed-pc'], { ...memory, limits: { migrationMs: 120_000 }, downtimeLimitMs: T(300) }),
-      ...policySet(`f${rateMbit}-${tag}`, group, w.load, link, ['multifd-zstd'], { ...memory, limits: { migrationMs: 60_000 }, downtimeLimitMs: T(300) }),
-    ].map((s) => ({ ...s, repetitions: 3 }));
-  }),
-);
+export const POLICY_SCENARIOS_FRONT: readonly Scenario[] = frontOverLinks('f', [300, 720, 2000]).map((s) => ({ ...s, repetitions: 3 }));
 
 /**
  * Issue 14's start delay (`node dist/scripts/lab.js policies-start`): adaptive issues QEMU's

@@ -93,6 +93,11 @@ export class FakeQemu {
     this.stream.send({ event: 'MIGRATION', data: { status }, timestamp: { seconds: 1, microseconds: 0 } });
   }
 
+  /** QEMU emits another event (RESUME, STOP…), with `data` when given. */
+  emitEvent(event: string, data?: Record<string, unknown>): void {
+    this.stream.send({ event, ...(data ? { data } : {}), timestamp: { seconds: 1, microseconds: 0 } });
+  }
+
   /** QEMU emits MIGRATION_PASS: pass `pass` began (its bitmap sync is done). */
   emitPass(pass: number): void {
     this.stream.send({ event: 'MIGRATION_PASS', data: { pass }, timestamp: { seconds: 1, microseconds: 0 } });

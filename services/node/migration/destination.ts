@@ -11,6 +11,21 @@
  *   as libvirt does: otherwise it would run nowhere until post-copy ends.
  * Each step is recorded (record.ts) before it is taken; a restarted daemon adopts the incoming
  * QEMU from its record and QEMU's own `query-status` / `query-migrate` (adopt()).
+ *
+ * In post-copy, QEMU's in-band monitor here answers only while the pages the guest touches arrive.
+ * A TCG vCPU delivers interrupts and exceptions with the BQL held (accel/tcg/cpu-exec.c
+ * cpu_handle_interrupt / cpu_handle_exception → x86 do_interrupt_all reads the IDT, the page
+ * tables and the stack in guest memory); a page that has not arrived blocks it in userfaultfd
+ * (handle_userfault) until the page comes, and the main loop, which runs every in-band command,
+ * waits for the BQL meanwhile (read with gdb on QEMU 10.0.2, docs/chaos/README.md). On a cut link
+ * that lasts until the recovery: `cont` itself can stay unanswered although QEMU has started the
+ * guest (it emits RESUME from vm_start, then writes the reply only after the main loop has
+ * dropped and retaken the BQL), and so does any later query. Out-of-band commands run in the
+ * monitor's own thread and still answer: migrate-pause and migrate-recover, which is all the
+ * recovery needs here. QEMU reads no command at all (out-of-band neither) once 8 in-band ones
+ * wait (QMP_REQ_QUEUE_LEN_MAX, monitor/qmp.c handle_qmp_command), and a command whose wait timed
+ * out here still waits there: a copy whose monitor does not answer is not asked again in band
+ * (adopt()), or its recovery could be locked out.
  */
 import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
 import { DiskFormat, type GuestCheck } from '../../shared/gen/migd/v1/common.js';
@@ -27,6 +42,7 @@ import { stopExports } from './storage.js';
 import { imageDigest } from '../host/digest.js';
 import { diskNodeName } from '../vm/cmdline.js';
 import { DIGEST_MAX_BYTES, ioErrorCheck, runningCheck, vcpuCheck, vcpuRunNs, vcpusRan } from './guest-checks.js';
+import { QmpCommandError, QmpTimeoutError } from '../qmp/errors.js';
 
 /**
  * How long the vCPU threads are watched after the resume at most (the `vcpus` check): it passes
@@ -75,6 +91,12 @@ export class IncomingMigration {
   /** MIGRATION events seen so far: a polled status is stale when one arrived while the poll was out. */
   private migrationEvents = 0;
   private resumedHere = false;
+  /**
+   * adopt() could not read QEMU's status: its in-band monitor did not answer (see the header). Until
+   * a MIGRATION event says where it stands, pause() leaves the check to QEMU (migrate-pause out of
+   * band, which QEMU refuses outside post-copy itself).
+   */
+  private statusUnread = false;
   /** The incoming QEMU reported post-copy (so blocktime figures are expected at the end). */
   private sawPostcopy = false;
   private exited = false;
@@ -170,12 +192,33 @@ export class IncomingMigration {
    * A restarted daemon takes the incoming QEMU back: follows its events again and reads where it
    * stands. A guest found running stays (it was resumed here by a post-copy start or a handover);
    * one found in post-copy but paused (the daemon died between the two) is resumed now.
+   *
+   * An in-band monitor that does not answer is a post-copy destination waiting for pages (see the
+   * header): the copy is kept as recorded (one recorded 'running' was resumed here and may not be
+   * destroyed) and the MIGRATION events, which QEMU emits from its migration threads all the same,
+   * tell where it stands from then on. Nothing is asked again in band meanwhile (each unanswered
+   * command stays in QEMU's queue, and a full queue stops the out-of-band commands too), and
+   * pause() and recover() work out of band. Earlier this threw, and left the status at `none`:
+   * PauseIncoming then refused (NOT_IN_POSTCOPY) a destination in post-copy, and the recovery of a
+   * guest that could still be recovered waited for the link to return, or failed.
    */
   async adopt(): Promise<void> {
     const { vm, log } = this.p;
     void this.follow();
-    const run = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 })) as { running?: boolean; status?: string };
-    const mig = (await vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 })) as { status?: string };
+    const read = await Promise.all([
+      vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 }) as Promise<{ running?: boolean; status?: string }>,
+      vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 }) as Promise<{ status?: string }>,
+    ]).catch((err: unknown) => {
+      if (err instanceof QmpTimeoutError) return undefined;
+      throw err;
+    });
+    if (read === undefined) {
+      // An event may have come meanwhile: it is newer than anything this read could have said.
+      if (this.status === 'none') this.statusUnread = true;
+      log.warn('adopted an incoming migration whose QEMU does not answer in band: in post-copy its main loop waits for pages that have not arrived (the recovery brings them); pause and recover work out of band', { phase: this.p.record.phase, migration: this.status });
+      return;
+    }
+    const [run, mig] = read;
     this.setStatus(mig.status ?? 'none');
     log.info('adopted incoming migration after restart', { phase: this.p.record.phase, qemu: run.status, migration: this.status });
     if (run.running) {
@@ -194,6 +237,7 @@ export class IncomingMigration {
   }
 
   private setStatus(s: string): void {
+    this.statusUnread = false;
     if (s !== this.status) this.lastChangeMs = Date.now();
     if (s.startsWith('postcopy')) this.sawPostcopy = true;
     this.status = s;
@@ -280,12 +324,40 @@ export class IncomingMigration {
       const run = (await vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 })) as { running?: boolean };
       if (!run.running) {
         log.info('resuming the guest here', { why });
-        await vm.qmp.execute('cont');
+        await this.cont();
       }
       this.markResumed();
     })();
     this.resuming.catch(() => (this.resuming = undefined));
     return this.resuming;
+  }
+
+  /**
+   * `cont`, done when QEMU answers it or reports RESUME, whichever comes first. RESUME is QEMU's
+   * own word that the guest runs here (vm_start emits it, system/cpus.c vm_prepare_start); the
+   * answer to `cont` comes later and, in post-copy, may not come until the recovery (see the
+   * header): `cont` runs in a bottom half (qapi/qmp-dispatch.c do_qmp_dispatch_bh) and its reply
+   * is written only once the main loop has dropped and retaken the BQL, which a vCPU blocked on a
+   * missing page holds in between. Waiting for that answer kept the resume pending, and then
+   * failed it, while the guest ran here (chaos seed 7701568 step 4 in CI on 5 Dec: `cont`
+   * unanswered until the campaign killed QEMU; a handover would have waited on it as well).
+   * @throws what `cont` throws before RESUME came (QEMU refused it, or is gone)
+   */
+  private async cont(): Promise<void> {
+    const { vm, log } = this.p;
+    let answered = false;
+    const reply = vm.qmp.execute('cont').then(() => {
+      answered = true;
+    });
+    while (!answered && !this.resumedHere) {
+      if (this.exited) break;
+      await Promise.race([reply, this.changed(1000)]);
+    }
+    if (answered || !this.resumedHere) return reply;
+    // Resumed: a late failure of the reply (its timeout, QEMU exiting) says nothing new.
+    const settled = reply.catch(() => undefined);
+    await Promise.race([settled, new Promise((r) => setTimeout(r, 1000).unref())]);
+    if (!answered) log.warn('QEMU reported RESUME but has not answered cont: its main loop waits for a page that has not arrived (the recovery brings it); out-of-band commands still answer');
   }
 
   /**
@@ -391,6 +463,7 @@ export class IncomingMigration {
 
   private async doPause(): Promise<string> {
     const { vm, log } = this.p;
+    if (this.statusUnread) return this.pauseUnread();
     if (!this.status.startsWith('postcopy') && this.status !== 'completed') {
       // The switch to post-copy has not reached this node (its package may still be in flight
       // on a cut link): pausing the stream now would end it here for good (see recover() in
@@ -400,9 +473,39 @@ export class IncomingMigration {
     if (this.status === 'postcopy-active' || this.status === 'postcopy-recover') {
       await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 }).catch((err: unknown) => log.warn('migrate-pause on destination', { err: (err as Error).message }));
     }
-    const deadline = Date.now() + 5000;
+    return this.pausedWithin(5000);
+  }
+
+  /** Waits (up to `ms`) for QEMU's postcopy-paused, from the MIGRATION events this object follows. */
+  private async pausedWithin(ms: number): Promise<string> {
+    const deadline = Date.now() + ms;
     while (this.status !== 'postcopy-paused' && !this.exited && Date.now() < deadline) await this.changed(deadline - Date.now());
     return this.status;
+  }
+
+  /**
+   * pause() when QEMU's status could not be read (see adopt()): migrate-pause out of band, and QEMU
+   * checks the state itself — it pauses an incoming migration in postcopy-active or
+   * postcopy-recover only, and refuses anything else (migration.c qmp_migrate_pause), so a stream
+   * still in pre-copy is left alone as above. A refusal from a copy recorded as resumed here means
+   * it is past postcopy-active: paused already (a completed migration would have answered in band).
+   * @throws FailedPreconditionError (NOT_IN_POSTCOPY) when QEMU refuses and post-copy never
+   *   started here as far as the record knows
+   */
+  private async pauseUnread(): Promise<string> {
+    const { vm, log } = this.p;
+    try {
+      await vm.qmp.execute('migrate-pause', undefined, { oob: vm.qmp.oobEnabled, timeoutMs: 5000 });
+    } catch (err) {
+      if (!(err instanceof QmpCommandError)) throw err;
+      if (this.p.record.phase !== 'running') {
+        throw new FailedPreconditionError(`run ${this.runId}: QEMU refused to pause its stream (${err.desc}); post-copy has not started on this node as far as it recorded`, { reason: 'NOT_IN_POSTCOPY' });
+      }
+      log.info('QEMU refused migrate-pause on a copy resumed here whose status it does not answer in band: paused already', { desc: err.desc });
+      if (this.statusUnread) this.setStatus('postcopy-paused');
+      return this.status;
+    }
+    return this.pausedWithin(5000);
   }
 
   /**

@@ -27,7 +27,7 @@
  * out here still waits there: a copy whose monitor does not answer is not asked again in band
  * (adopt()), or its recovery could be locked out.
  */
-import { FailedPreconditionError, NotFoundError } from '../../shared/errors.js';
+import { FailedPreconditionError, NotFoundError, UnavailableError } from '../../shared/errors.js';
 import { DiskFormat, type GuestCheck } from '../../shared/gen/migd/v1/common.js';
 import { ConfirmIncomingResponse, type DiskDigest } from '../../shared/gen/migd/v1/node.js';
 import type { Logger } from '../../shared/log.js';
@@ -205,6 +205,13 @@ export class IncomingMigration {
   async adopt(): Promise<void> {
     const { vm, log } = this.p;
     void this.follow();
+    if (vm.qmp.state !== 'running') {
+      // No session: QEMU negotiates a new one in band (qmp_capabilities), so a post-copy copy
+      // whose main loop waits for pages takes none until they come (measured: no answer in 5 s).
+      // Its events reach this object once the VM manager's reconnect succeeds.
+      log.warn('adopted an incoming migration without a QMP session to its QEMU: in post-copy its main loop may wait for pages that have not arrived; its stream is left as it is', { phase: this.p.record.phase });
+      return;
+    }
     const read = await Promise.all([
       vm.qmp.execute('query-status', undefined, { timeoutMs: 5000 }) as Promise<{ running?: boolean; status?: string }>,
       vm.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 }) as Promise<{ status?: string }>,
@@ -447,12 +454,28 @@ export class IncomingMigration {
   }
 
   /**
+   * @throws UnavailableError (reason INCOMING_QMP_UNREACHABLE) while this daemon has no QMP session
+   *   with the incoming QEMU: after a daemon restart QEMU negotiates the new session in band
+   *   (qmp_capabilities), which a post-copy copy waiting for pages does not run, and a monitor
+   *   without out-of-band reads nothing more while that one command waits (monitor/qmp.c
+   *   handle_qmp_command; measured on QEMU 10.0.2, docs/chaos/README.md). Neither a
+   *   pause nor a recovery can reach that QEMU; its stream, left open, still resumes by itself
+   *   when the link returns (TCP carries on) — which a pause of the source's stream would end for
+   *   good: QEMU then needs migrate-recover here. The source keeps its stream open on this reason.
+   */
+  private requireSession(): void {
+    if (this.p.vm.qmp.state === 'running') return;
+    throw new UnavailableError(`run ${this.runId}: this node has no QMP session with its incoming QEMU (a post-copy copy waiting for pages does not take a new one until they come); its stream is left open`, { reason: 'INCOMING_QMP_UNREACHABLE' });
+  }
+
+  /**
    * migrate-pause, out of band: an in-band command to a stalled post-copy destination can hang,
    * and query-migrate has no out-of-band form, so the status comes from the MIGRATION events this
    * object follows.
    */
   async pause(): Promise<string> {
     this.requireRecoverable();
+    this.requireSession();
     // One pause at a time: a PauseIncoming that outlived its caller's deadline on a cut link
     // arrives together with the retry once the link is back. A second migrate-pause while QEMU
     // is pausing crashes it (QEMU 10.0: the listen thread frees from_src_file before it sets
@@ -522,6 +545,7 @@ export class IncomingMigration {
   async recover(network: 'migration' | 'management' = 'migration'): Promise<{ uri: string; port: number }> {
     const { vm } = this.p;
     this.requireRecoverable();
+    this.requireSession();
     let address = this.p.migrationAddress;
     if (network === 'management') {
       if (!this.p.config.tls) {

@@ -1218,8 +1218,14 @@ export class SourceMigration {
           await peer.pauseIncoming({ runId: this.runId }, { deadlineMs: 5000 });
         } catch (err) {
           // The destination could not be paused: past the grace its switch is not coming (the
-          // link is down for good), so the source stops streaming into it (see the option).
-          if (!(err instanceof MigdError && err.reason === 'INCOMING_QEMU_GONE') && this.now() - recoveryStart >= this.opts.recoverySourcePauseGraceMs) {
+          // link is down for good), so the source stops streaming into it (see the option) —
+          // unless its node cannot reach its QEMU at all (INCOMING_QMP_UNREACHABLE: a restarted
+          // daemon whose QEMU, held by a page wait, takes no new QMP session). Nothing can pause
+          // or recover that copy then, and the open stream is its one way out: TCP carries on
+          // when the link returns. A source pause would leave it waiting for a migrate-recover
+          // that can never be sent.
+          const reason = err instanceof MigdError ? err.reason : undefined;
+          if (reason !== 'INCOMING_QEMU_GONE' && reason !== 'INCOMING_QMP_UNREACHABLE' && this.now() - recoveryStart >= this.opts.recoverySourcePauseGraceMs) {
             log.warn('the destination could not be paused within the grace; pausing the source', { attempt, err: (err as Error).message });
             await pauseSource().catch(() => undefined);
           }

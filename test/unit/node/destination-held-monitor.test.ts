@@ -5,7 +5,9 @@
  * fake QMP transport: in-band commands get no reply (NO_REPLY), out-of-band ones still answer.
  * - `cont` is done when QEMU reports RESUME, whether or not its answer follows;
  * - a restarted daemon adopts such a copy without reading its status, keeps it, and pauses and
- *   recovers it out of band (QEMU itself refuses migrate-pause outside post-copy).
+ *   recovers it out of band (QEMU itself refuses migrate-pause outside post-copy);
+ * - one that has no QMP session at all (QEMU negotiates a new session in band, so it takes none
+ *   while held) says so (INCOMING_QMP_UNREACHABLE), for the source to keep its stream open.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { MigrationPolicy } from '../../../services/shared/gen/migd/v1/common.js';
@@ -26,10 +28,10 @@ const SUPPORTED = new Set(['events', 'postcopy-ram', 'postcopy-preempt', 'return
 /** QEMU 10.0's refusal of migrate-pause outside postcopy-active / postcopy-recover (migration.c). */
 const PAUSE_REFUSED = 'migrate-pause is currently only supported during postcopy-active or postcopy-recover state';
 
-async function incoming(phase: DestinationRecord['phase']): Promise<{ q: FakeQemu; m: IncomingMigration; host: FakeHost }> {
+async function incoming(phase: DestinationRecord['phase'], o: { connected?: boolean } = {}): Promise<{ q: FakeQemu; m: IncomingMigration; host: FakeHost }> {
   const q = new FakeQemu({ running: false, migration: 'none', logger: quiet, cleanups });
   q.listenPort = 4444;
-  await q.connect();
+  if (o.connected ?? true) await q.connect();
   const policy = MigrationPolicy.fromPartial({ postcopy: { enabled: true, onDemandOnly: true } });
   const now = new Date().toISOString();
   const host = fakeHost();
@@ -142,4 +144,25 @@ describe('a post-copy destination whose in-band monitor does not answer', () => 
     await expect(m.pause()).resolves.toBe('postcopy-paused');
     expect(q.commands).not.toContain('migrate-pause');
   }, 15_000);
+
+  it('a restarted daemon without a QMP session (a held QEMU takes no new one) keeps the copy and answers pause and recover INCOMING_QMP_UNREACHABLE, then pauses once the session is back', async () => {
+    const { q, m } = await incoming('running', { connected: false });
+    // Earlier adopt() threw (not connected) and pause() said NOT_IN_POSTCOPY, which the source
+    // takes as "pause your own stream past the grace": the one stream that could still resume.
+    await expect(m.adopt()).resolves.toBeUndefined();
+    expect(m.gone).toBe(false);
+    expect(m.guestRunsHere).toBe(true);
+    await expect(m.abort()).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', reason: 'GUEST_RUNS_HERE' });
+    await expect(m.pause()).rejects.toMatchObject({ code: 'UNAVAILABLE', reason: 'INCOMING_QMP_UNREACHABLE' });
+    await expect(m.recover()).rejects.toMatchObject({ code: 'UNAVAILABLE', reason: 'INCOMING_QMP_UNREACHABLE' });
+    // The pages came (the link returned): the VM manager's reconnect succeeds, events flow again.
+    await q.connect();
+    q.onCommand = (name) => {
+      if (name === 'migrate-pause') setTimeout(() => q.emit('postcopy-paused'), 10);
+      return undefined;
+    };
+    q.emit('postcopy-active');
+    await until(() => m.qemuStatus === 'postcopy-active', 'postcopy-active');
+    await expect(m.pause()).resolves.toBe('postcopy-paused');
+  });
 });

@@ -478,6 +478,30 @@ describe('post-copy recovery', () => {
     expect((await s.m.finished()).state).toBe(S.MIGRATION_STATE_SUCCEEDED);
   }, 20_000);
 
+  it('keeps its stream open past the pause grace while the destination node has no QMP session with its QEMU (a restarted daemon, the QEMU held by a page wait), and pauses it past the grace otherwise', async () => {
+    const sourcePauses = (s: Started): number => s.q.sent.filter((c) => (c.execute ?? c['exec-oob']) === 'migrate-pause').length;
+    // The stall detector sees no bytes moving (the fake moves none) and starts the recovery, QEMU
+    // still postcopy-active here: a pause of the source's stream is the grace's to decide.
+    const options = { postcopyStallMs: 300, recoverySourcePauseGraceMs: 300 };
+    const unreachable = () => new UnavailableError('this node has no QMP session with its incoming QEMU; its stream is left open', { reason: 'INCOMING_QMP_UNREACHABLE' });
+    const held = await started({ pause: unreachable }, { postcopy: true, options });
+    await inPostcopy(held);
+    await until(() => held.peer.calls.filter((c) => c === 'pause').length >= 3, 'three attempts past the grace', 10_000);
+    expect(held.m.currentState).toBe(S.MIGRATION_STATE_POSTCOPY_PAUSED);
+    // Past the grace, and no migrate-pause on the source: the open stream is the destination's
+    // one way out (TCP carries on when the link returns).
+    expect(sourcePauses(held)).toBe(0);
+    expect(held.q.migration).toBe('postcopy-active');
+    expect(held.peer.calls).not.toContain('recover');
+    held.m.detach();
+
+    const notYet = () => new FailedPreconditionError('post-copy has not started on this node (QEMU status active); not paused', { reason: 'NOT_IN_POSTCOPY' });
+    const other = await started({ pause: notYet }, { postcopy: true, options });
+    await inPostcopy(other);
+    await until(() => sourcePauses(other) >= 1, 'the source paused past the grace', 10_000);
+    other.m.detach();
+  }, 30_000);
+
   it("ends at once when the destination's incoming QEMU is gone (QEMU exits when its stream breaks before post-copy runs there), never resuming the source", async () => {
     const gone = () => new FailedPreconditionError('the incoming QEMU on this node is gone; the stream cannot be resumed', { reason: 'INCOMING_QEMU_GONE' });
     const s = await started({ pause: gone, recover: gone }, { postcopy: true });

@@ -210,6 +210,7 @@ export class IncomingMigration {
       // whose main loop waits for pages takes none until they come (measured: no answer in 5 s).
       // Its events reach this object once the VM manager's reconnect succeeds.
       log.warn('adopted an incoming migration without a QMP session to its QEMU: in post-copy its main loop may wait for pages that have not arrived; its stream is left as it is', { phase: this.p.record.phase });
+      if (this.status === 'none') this.statusUnread = true;
       return;
     }
     const read = await Promise.all([

@@ -641,12 +641,20 @@ export class MigrationManager {
     return m;
   }
 
-  /** @throws NotFoundError, PermissionDeniedError (a peer that is not the run's source) */
+  /**
+   * @throws NotFoundError, PermissionDeniedError (a peer that is not the run's source),
+   *   FailedPreconditionError (NOT_IN_POSTCOPY, INCOMING_QEMU_GONE), UnavailableError
+   *   (INCOMING_QMP_UNREACHABLE: no QMP session with the incoming QEMU, see destination.ts)
+   */
   async pauseIncoming(runId: string, caller: NodeCaller = { kind: 'anonymous' }): Promise<string> {
     return this.incFor(runId, caller).pause();
   }
 
-  /** @throws NotFoundError, PermissionDeniedError (a peer that is not the run's source) */
+  /**
+   * @throws NotFoundError, PermissionDeniedError (a peer that is not the run's source),
+   *   FailedPreconditionError (INCOMING_QEMU_GONE, RECOVERY_NETWORK_REFUSED), UnavailableError
+   *   (INCOMING_QMP_UNREACHABLE)
+   */
   async recoverIncoming(runId: string, caller: NodeCaller = { kind: 'anonymous' }, network: 'migration' | 'management' = 'migration'): Promise<{ uri: string; port: number }> {
     return this.incFor(runId, caller).recover(network);
   }

@@ -18,6 +18,7 @@ import { LEADER_TABLE_SQL, SCHEMA_LOCK } from '../leadership/postgres.js';
 import { TX, type StoreDialect } from './database.js';
 import { RepositoryHistoryStore } from './history-store.js';
 import { migrateToLatest } from './migrate.js';
+import { timeWriteStatements } from './pg-timing.js';
 import { checkMin, resolveHistoryStoreOptions, type HistoryStoreOptions, type ResolvedHistoryStoreOptions } from './options.js';
 import type { HistoryDatabase } from './schema.js';
 
@@ -143,6 +144,8 @@ export async function openPostgresHistoryStore(opts: PostgresHistoryStoreOptions
   const pool = new pg.Pool({ connectionString: o.url, max: o.poolSize, types, application_name: 'migd-coordinator', keepAlive: true, connectionTimeoutMillis: 5000 });
   // An idle connection that breaks (server restart) is dropped by the pool; not a crash.
   pool.on('error', (err) => o.logger.warn('history store: idle database connection failed', { err: err.message }));
+  // The write transactions' statements timed while the turn profiler is on (bench d, issue 15).
+  timeWriteStatements(pool, (text, values) => values?.[0] === WRITE_LOCK[0] && values[1] === WRITE_LOCK[1] && text.startsWith('select pg_advisory_xact_lock('));
   const db = new Kysely<HistoryDatabase>({ dialect: new PostgresDialect({ pool }) });
   try {
     if (o.migrate) await migrateToLatest(db);

@@ -1,0 +1,107 @@
+/**
+ * Where a Postgres write transaction's time goes, statement by statement, as the coordinator sees
+ * it (issue 15 §4: the one write connection spent ≈ 0.9 ms per write whatever the statements per
+ * write, while the server executes one in 0.03–0.07 ms). Each statement of a write transaction is
+ * split into:
+ *
+ * - `pg.write send→answer`: from the `query` call (node-pg writes it to the socket at once) to the
+ *   socket read that brought its answer; of which `pg.write send→answer idle` is the time the
+ *   event loop sat blocked waiting for I/O (perf_hooks eventLoopUtilization's idle time): that part
+ *   is the server, the network and the scheduling of both processes; the rest, the loop running
+ *   other callbacks while the answer may already have been waiting in the socket;
+ * - `pg.write answer→resolved`: node-pg's parsing and the promise reaching the caller;
+ * - `pg.write resolved→send`: from one statement's result to the next statement's send in the same
+ *   transaction: the writes' own JavaScript, Kysely's compiling and the group commit's code.
+ *
+ * `pg.write transaction` is one write transaction from its `begin` to its `commit`'s answer (size:
+ * its statements). Only while the turn profiler is on (services/shared/metrics/turns.ts); off, each
+ * statement costs one boolean test. A write transaction is recognised by the write lock it takes
+ * (postgres.ts), so reads and the leadership's connection are not counted.
+ */
+import { performance } from 'node:perf_hooks';
+import type pg from 'pg';
+import { turns } from '../../shared/metrics/turns.js';
+
+/** What the timing needs of a pool client (node-pg's Client). */
+interface TimedClient {
+  query: (...args: unknown[]) => unknown;
+  connection?: { stream?: { prependListener?: (ev: string, fn: () => void) => unknown } };
+}
+
+/** One client's timing state. */
+interface ClientTiming {
+  /** Inside a write transaction (from its begin, known once its write lock is sent). */
+  inWrite: boolean;
+  /** A `begin` sent and not yet known to be a write's: its send time. */
+  beginAt: number;
+  /** When the latest socket read began, and the loop's idle time then. */
+  dataAt: number;
+  dataIdle: number;
+  /** When the previous statement of this write transaction resolved (0: none yet). */
+  resolvedAt: number;
+  /** The transaction's first send and its statements so far. */
+  txStart: number;
+  txStatements: number;
+}
+
+const idleMs = (): number => performance.eventLoopUtilization().idle;
+
+/**
+ * Times the statements of write transactions on every client `pool` connects from now on (see the
+ * file comment). `isWriteLock(text, values)` says whether a statement is the write lock that marks
+ * a write transaction.
+ */
+export function timeWriteStatements(pool: pg.Pool, isWriteLock: (text: string, values: readonly unknown[] | undefined) => boolean): void {
+  pool.on('connect', (client) => instrument(client as unknown as TimedClient, isWriteLock));
+}
+
+function instrument(client: TimedClient, isWriteLock: (text: string, values: readonly unknown[] | undefined) => boolean): void {
+  const stream = client.connection?.stream;
+  if (typeof stream?.prependListener !== 'function') return;
+  const s: ClientTiming = { inWrite: false, beginAt: 0, dataAt: 0, dataIdle: 0, resolvedAt: 0, txStart: 0, txStatements: 0 };
+  // First among the socket's 'data' listeners: the time the answer was read, before node-pg parses it.
+  stream.prependListener('data', () => {
+    if (!turns.enabled) return;
+    s.dataAt = performance.now();
+    s.dataIdle = idleMs();
+  });
+  const query = client.query.bind(client);
+  client.query = (...args: unknown[]): unknown => {
+    const text = args[0];
+    // Only the promise form with a text (Kysely's: text, values) is timed.
+    if (!turns.enabled || typeof text !== 'string' || typeof args[2] === 'function') return query(...args);
+    const values = Array.isArray(args[1]) ? (args[1] as unknown[]) : undefined;
+    const sentAt = performance.now();
+    const sentIdle = idleMs();
+    if (text === 'begin') {
+      s.beginAt = sentAt;
+    } else if (!s.inWrite && s.beginAt > 0 && isWriteLock(text, values)) {
+      s.inWrite = true;
+      s.txStart = s.beginAt;
+      s.txStatements = 1;
+      s.resolvedAt = 0;
+    }
+    if (!s.inWrite) return query(...args);
+    s.txStatements++;
+    if (s.resolvedAt > 0) turns.recordMs('pg.write resolved→send', sentAt - s.resolvedAt);
+    const ends = text === 'commit' || text === 'rollback';
+    const done = (): void => {
+      const now = performance.now();
+      // The read that brought this answer (node-pg settles the query while parsing it).
+      const answerAt = s.dataAt >= sentAt ? s.dataAt : now;
+      turns.recordMs('pg.write send→answer', answerAt - sentAt);
+      turns.recordMs('pg.write send→answer idle', s.dataAt >= sentAt ? s.dataIdle - sentIdle : 0);
+      turns.recordMs('pg.write answer→resolved', now - answerAt);
+      s.resolvedAt = now;
+      if (ends) {
+        turns.recordMs('pg.write transaction', now - s.txStart, s.txStatements);
+        s.inWrite = false;
+        s.beginAt = 0;
+        s.resolvedAt = 0;
+      }
+    };
+    const p = query(...args) as Promise<unknown>;
+    p.then(done, done);
+    return p;
+  };
+}

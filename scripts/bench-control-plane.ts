@@ -64,6 +64,7 @@ const { values: opts } = loadConfig(
     mtu: { type: 'integer', default: DEFAULT_MIGRATION_MTU, min: MIN_MIGRATION_MTU, max: MAX_MIGRATION_MTU, doc: `MTU of the lab testbed's migration network (mig0, the switch ports, br-mig) that parts a–c share: ${MIN_MIGRATION_MTU}..${MAX_MIGRATION_MTU}, 9000 for jumbo frames (default ${DEFAULT_MIGRATION_MTU})` },
     'drain-json': { type: 'string', default: '', doc: "write part c's per-migration timelines (recorded states, ms after SubmitPlan) to this JSON file" },
     'pg-statements': { type: 'integer', default: 0, min: 0, max: 100, doc: "part d on postgres: print the N statements that took the server longest (pg_stat_statements: calls, total and mean execution time), beside the write connection's wall time (default 0: off)" },
+    'pg-pipeline-writes': { type: 'string', default: 'on', doc: "part d on postgres: the coordinator's --db-pipeline-writes, on (a write group's independent writes together on the write connection) or off (default on)" },
     'submit-client': { type: 'string', default: 'process', doc: "where part d's SubmitPlan client runs: process (a child process of its own) or inline (this process, with the simulated nodes, as before 3 Dec 15:00) (default process)" },
   },
   process.argv.slice(2),
@@ -83,6 +84,7 @@ const HEARTBEAT_MISSES = opts['heartbeat-misses'];
 /** Part a's bare script uses TLS like migd's lab nodes. */
 if (!['tls', 'clear'].includes(opts['bare-stream'])) throw configError('bare-stream', 'must be tls or clear');
 const BARE_TLS = opts['bare-stream'] === 'tls';
+if (!['on', 'off'].includes(opts['pg-pipeline-writes'])) throw configError('pg-pipeline-writes', 'must be on or off');
 if (!['process', 'inline'].includes(opts['submit-client'])) throw configError('submit-client', 'must be process or inline');
 /** Part d's SubmitPlan client runs in a child process of its own (not on the simulated nodes' event loop). */
 const SUBMIT_IN_CHILD = opts['submit-client'] === 'process';
@@ -742,7 +744,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
   coordinatorEntry(); // throws when not built
   const limits = { cluster: 200, source: 4, destination: 4 };
   const migrationMs = 1000;
-  out(`\n== d. control-plane scale on ${dialect}: drains over simulated nodes (${VMS_PER_NODE} VMs per node: ${VMS_PER_NODE * 2} on each of the first half, drained to the second half; simulated migrations of ${migrationMs} ms; limits cluster ${limits.cluster}, per source ${limits.source}, per destination ${limits.destination})`);
+  out(`\n== d. control-plane scale on ${dialect}${dialect === 'postgres' ? ` (write pipeline ${opts['pg-pipeline-writes']})` : ''}: drains over simulated nodes (${VMS_PER_NODE} VMs per node: ${VMS_PER_NODE * 2} on each of the first half, drained to the second half; simulated migrations of ${migrationMs} ms; limits cluster ${limits.cluster}, per source ${limits.source}, per destination ${limits.destination})`);
   out(`  (heartbeats every 2 s, a node is down after ${HEARTBEAT_MISSES} misses)`);
   out(`  (${MAX_PLANS > 0 ? `at most ${MAX_PLANS} drain plans per size` : 'every populated node drained'}; bound = ceil(migrations ÷ concurrency) × migration time)`);
   out('  nodes   VMs  plans  SubmitPlan p50/p99 ms  plans/s  migrations planned/s  makespan s  bound s  bound/makespan  coordinator CPU s');
@@ -789,7 +791,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
         nats: natsProc.url,
         certDir,
         nodeArgs: opts['cpu-prof-dir'] ? ['--cpu-prof', '--cpu-prof-dir', opts['cpu-prof-dir']] : [],
-        args: ['--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES), '--allow-shared-node-identity', '--metrics-listen', metricsAddr],
+        args: ['--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES), '--allow-shared-node-identity', '--metrics-listen', metricsAddr, ...(dbUrl && opts['pg-pipeline-writes'] === 'off' ? ['--db-pipeline-writes', 'off'] : [])],
         onLog: (l) => {
           if (l.includes('connection refused')) refused++;
           if (l.includes('node marked down')) {

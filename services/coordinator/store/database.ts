@@ -36,6 +36,24 @@ export interface StoreDialect {
   lastOutboxSeq(db: Db): Promise<number>;
   /** Best-effort maintenance before the connection closes. */
   optimize(db: Db): Promise<void>;
+  /**
+   * When the database can take a statement before it has answered the one before (Postgres's
+   * pipeline mode): the group commit then runs the writes that touch disjoint keys together (see
+   * StoreDatabase.write's `keys`). Absent, every write waits for the one before (SQLite: its
+   * statements are synchronous, nothing would overlap).
+   */
+  readonly pipeline?: WritePipeline;
+}
+
+/**
+ * Statements on the write group's connection that do not wait for the answers of those before
+ * them: each is sent at once, the answers come back in order.
+ */
+export interface WritePipeline {
+  /** A Db over `conn`'s connection (a group's, from `db.connection()`), usable until {@link end}. */
+  over(conn: Db): Promise<Db>;
+  /** The group is over: the Db refuses statements until the next {@link over}. */
+  end(): void;
 }
 
 /** Counts the events a write transaction enqueued (listeners are told after its commit). */
@@ -62,6 +80,28 @@ export interface WriteStats {
   statements: number;
 }
 
+/** How a write is to be run (see {@link StoreDatabase.write}). */
+export interface WriteOptions {
+  /** A client waits for it: it goes before the writes waiting (see StoreDatabase.write). */
+  readonly first?: boolean;
+  /**
+   * The rows the write reads or changes, as keys (`run:<id>`, `vm:<name>`, `node:<id>`), when it
+   * touches nothing else but rows it adds (outbox events, a run's transitions). Two writes with
+   * disjoint keys commute, so on a pipelined connection a group runs them together, their
+   * statements interleaved (issue 15: on Postgres a statement's answer waits for a turn of the
+   * coordinator's busy event loop, and one write after the other paid that wait for each
+   * statement). A write without keys runs alone, after the writes before it and before those after it.
+   */
+  readonly keys?: readonly string[];
+}
+
+/** The key of a run's row and its event sequence ({@link WriteOptions.keys}). */
+export const runKey = (runId: string): string => `run:${runId}`;
+/** The key of a VM's row. */
+export const vmKey = (name: string): string => `vm:${name}`;
+/** The key of a node's row. */
+export const nodeKey = (nodeId: string): string => `node:${nodeId}`;
+
 /** Writes of one group commit at most (see StoreDatabase.write). */
 export const WRITE_GROUP_MAX = 256;
 
@@ -80,6 +120,8 @@ export function groupTakesMore(s: { taken: number; available: number; elapsedMs:
 
 interface PendingWrite {
   readonly fn: (trx: Db, tx: TxState) => Promise<unknown>;
+  /** What the write touches (see {@link WriteOptions.keys}); undefined: anything. */
+  readonly keys: readonly string[] | undefined;
   /** When it was asked for (turns.now(); 0 when the turn profiler is off). */
   readonly askedAt: number;
   readonly first: boolean;
@@ -258,12 +300,20 @@ export class StoreDatabase {
    * of the event loop later (issue 15). Queued writes are concurrent (none has been acknowledged), so
    * any order of them is a serial order; each run's own writes are made one after the other by
    * its supervisor, so its events keep their order.
+   *
+   * On a pipelined connection (Postgres, {@link StoreDialect.pipeline}) the writes of a group that
+   * name their keys ({@link WriteOptions.keys}) run together while their keys are disjoint: each
+   * one's statements still go one after the other, but a statement of one no longer waits for the
+   * answers of the others'. That is a serial order too (they commute), and a write sharing a key
+   * with one under way, or naming none, waits until those under way are done. When any fails,
+   * the group is redone one write after the other as above.
    */
-  write<T>(fn: (trx: Db, tx: TxState) => Promise<T>, opts: { first?: boolean } = {}): Promise<T> {
+  write<T>(fn: (trx: Db, tx: TxState) => Promise<T>, opts: WriteOptions = {}): Promise<T> {
     this.checkOpen();
     return new Promise<T>((resolve, reject) => {
       const first = opts.first === true;
-      this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject, askedAt: turns.enabled ? turns.now() : 0, first }, first);
+      const keys = opts.keys !== undefined && opts.keys.length > 0 ? opts.keys : undefined;
+      this.pending.push({ fn, keys, resolve: resolve as (v: unknown) => void, reject, askedAt: turns.enabled ? turns.now() : 0, first }, first);
       // The group starts after the I/O callbacks of this turn of the event loop (setImmediate), not
       // after the current microtasks: a drain's run updates arrive one gRPC message per callback,
       // and a group begun at once held one write each (SQLite's writes are synchronous, so the
@@ -345,16 +395,49 @@ export class StoreDatabase {
             outcomes.push({ ok: true, value: await group[0]!.fn(conn, tx) });
           } else {
             // Optimistic: the writes one after another without savepoints (two statements fewer
-            // each: on Postgres two network round trips of a group's four to six per write).
+            // each: on Postgres two network round trips of a group's four to six per write), and
+            // on a pipelined connection those with disjoint keys together (see write).
             let failed = false;
-            while (!failed && groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs, lastFirst: group[group.length - 1]?.first, firstWaiting: this.pending.firstWaiting })) {
-              const w = this.takeNext();
-              group.push(w);
-              try {
-                outcomes.push({ ok: true, value: await w.fn(conn, tx) });
-              } catch {
-                failed = true;
+            const pipelined = this.dialect.pipeline ? (await this.dialect.pipeline.over(control)).withPlugin(this.countStatements) : undefined;
+            /** Writes under way together, and the keys they hold. */
+            const running = new Set<Promise<void>>();
+            const held = new Set<string>();
+            const settle = async (): Promise<void> => {
+              while (running.size > 0) await Promise.all(running);
+            };
+            try {
+              while (!failed && groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs, lastFirst: group[group.length - 1]?.first, firstWaiting: this.pending.firstWaiting })) {
+                const w = this.takeNext();
+                const i = group.length;
+                group.push(w);
+                const keys = pipelined === undefined ? undefined : w.keys;
+                const together = keys !== undefined && !keys.some((k) => held.has(k));
+                if (!together) await settle();
+                // One under way failed: this one is redone with the others (below).
+                if (failed) break;
+                const run = w.fn(pipelined ?? conn, tx).then(
+                  (value) => {
+                    outcomes[i] = { ok: true, value };
+                  },
+                  () => {
+                    failed = true;
+                  },
+                );
+                if (!together) {
+                  await run;
+                  continue;
+                }
+                for (const k of keys) held.add(k);
+                const under: Promise<void> = run.then(() => {
+                  for (const k of keys) held.delete(k);
+                  running.delete(under);
+                });
+                running.add(under);
               }
+            } finally {
+              // Every statement answered before the group's next one (or its rollback) is sent.
+              await settle();
+              this.dialect.pipeline?.end();
             }
             if (!failed) {
               try {

@@ -2,7 +2,7 @@
 import { InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
 import { HostInfo, MigrationState, VmInfo } from '../../shared/gen/migd/v1/common.js';
 import { NodeStatus, type Node } from '../../shared/gen/migd/v1/coordinator.js';
-import { INSERT_CHUNK, type Db, type StoreDatabase, type TxState } from './database.js';
+import { INSERT_CHUNK, nodeKey, vmKey, type Db, type StoreDatabase, type TxState } from './database.js';
 import { date, hostFromJson, ms, vmToProto } from './mapping.js';
 import type { NodeRow } from './schema.js';
 import type { NodeVmRepository, UpsertNodeInput } from './types.js';
@@ -45,7 +45,7 @@ export class SqlNodeVmRepository implements NodeVmRepository {
           new Date(now),
         );
       }
-    });
+    }, { keys: [nodeKey(id)] });
   }
 
   async setNodeStatus(nodeId: string, status: NodeStatus, reason = ''): Promise<Node> {
@@ -126,7 +126,7 @@ export class SqlNodeVmRepository implements NodeVmRepository {
     if (infos.length === 0) return;
     const now = this.d.now();
     if (infos.length === 1) {
-      await this.d.write((trx, tx) => this.upsertOne(trx, tx, infos[0]!, now));
+      await this.d.write((trx, tx) => this.upsertOne(trx, tx, infos[0]!, now), { keys: [vmKey(infos[0]!.spec!.name)] });
       return;
     }
     await this.d.write(async (trx, tx) => {

@@ -5,7 +5,8 @@
  * split into:
  *
  * - `pg.write send→answer`: from the `query` call (node-pg writes it to the socket at once) to the
- *   socket read that brought its answer; of which `pg.write send→answer idle` is the time the
+ *   socket read that brought its answer (size: the statements in flight when it was sent, itself
+ *   included: more than 1 when a group's writes are pipelined); of which `pg.write send→answer idle` is the time the
  *   event loop sat blocked waiting for I/O (perf_hooks eventLoopUtilization's idle time): that part
  *   is the server, the network and the scheduling of both processes; the rest, the loop running
  *   other callbacks while the answer may already have been waiting in the socket;
@@ -15,8 +16,9 @@
  *
  * `pg.write transaction` is one write transaction from its `begin` to its `commit`'s answer (size:
  * its statements). Only while the turn profiler is on (services/shared/metrics/turns.ts); off, each
- * statement costs one boolean test. A write transaction is recognised by the write lock it takes
- * (postgres.ts), so reads and the leadership's connection are not counted.
+ * statement costs one boolean test. A write transaction is recognised by its first statement (the
+ * begin that takes the write lock, postgres.ts), so reads and the leadership's connection are not
+ * counted.
  */
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
@@ -30,10 +32,8 @@ interface TimedClient {
 
 /** One client's timing state. */
 interface ClientTiming {
-  /** Inside a write transaction (from its begin, known once its write lock is sent). */
+  /** Inside a write transaction (from its begin to its commit's or rollback's answer). */
   inWrite: boolean;
-  /** A `begin` sent and not yet known to be a write's: its send time. */
-  beginAt: number;
   /** When the latest socket read began, and the loop's idle time then. */
   dataAt: number;
   dataIdle: number;
@@ -42,23 +42,24 @@ interface ClientTiming {
   /** The transaction's first send and its statements so far. */
   txStart: number;
   txStatements: number;
+  /** Statements of the write transaction sent and not yet answered. */
+  inFlight: number;
 }
 
 const idleMs = (): number => performance.eventLoopUtilization().idle;
 
 /**
  * Times the statements of write transactions on every client `pool` connects from now on (see the
- * file comment). `isWriteLock(text, values)` says whether a statement is the write lock that marks
- * a write transaction.
+ * file comment). `isWriteBegin(text)` says whether a statement begins a write transaction.
  */
-export function timeWriteStatements(pool: pg.Pool, isWriteLock: (text: string, values: readonly unknown[] | undefined) => boolean): void {
-  pool.on('connect', (client) => instrument(client as unknown as TimedClient, isWriteLock));
+export function timeWriteStatements(pool: pg.Pool, isWriteBegin: (text: string) => boolean): void {
+  pool.on('connect', (client) => instrument(client as unknown as TimedClient, isWriteBegin));
 }
 
-function instrument(client: TimedClient, isWriteLock: (text: string, values: readonly unknown[] | undefined) => boolean): void {
+function instrument(client: TimedClient, isWriteBegin: (text: string) => boolean): void {
   const stream = client.connection?.stream;
   if (typeof stream?.prependListener !== 'function') return;
-  const s: ClientTiming = { inWrite: false, beginAt: 0, dataAt: 0, dataIdle: 0, resolvedAt: 0, txStart: 0, txStatements: 0 };
+  const s: ClientTiming = { inWrite: false, dataAt: 0, dataIdle: 0, resolvedAt: 0, txStart: 0, txStatements: 0, inFlight: 0 };
   // First among the socket's 'data' listeners: the time the answer was read, before node-pg parses it.
   stream.prependListener('data', () => {
     if (!turns.enabled) return;
@@ -70,33 +71,33 @@ function instrument(client: TimedClient, isWriteLock: (text: string, values: rea
     const text = args[0];
     // Only the promise form with a text (Kysely's: text, values) is timed.
     if (!turns.enabled || typeof text !== 'string' || typeof args[2] === 'function') return query(...args);
-    const values = Array.isArray(args[1]) ? (args[1] as unknown[]) : undefined;
     const sentAt = performance.now();
     const sentIdle = idleMs();
-    if (text === 'begin') {
-      s.beginAt = sentAt;
-    } else if (!s.inWrite && s.beginAt > 0 && isWriteLock(text, values)) {
+    if (!s.inWrite && isWriteBegin(text)) {
       s.inWrite = true;
-      s.txStart = s.beginAt;
-      s.txStatements = 1;
+      s.txStart = sentAt;
+      s.txStatements = 0;
+      s.inFlight = 0;
       s.resolvedAt = 0;
     }
     if (!s.inWrite) return query(...args);
     s.txStatements++;
+    // Its size: the statements in flight with it (1 when each waits for the answer before).
+    const inFlight = ++s.inFlight;
     if (s.resolvedAt > 0) turns.recordMs('pg.write resolved→send', sentAt - s.resolvedAt);
     const ends = text === 'commit' || text === 'rollback';
     const done = (): void => {
       const now = performance.now();
       // The read that brought this answer (node-pg settles the query while parsing it).
       const answerAt = s.dataAt >= sentAt ? s.dataAt : now;
-      turns.recordMs('pg.write send→answer', answerAt - sentAt);
+      s.inFlight--;
+      turns.recordMs('pg.write send→answer', answerAt - sentAt, inFlight);
       turns.recordMs('pg.write send→answer idle', s.dataAt >= sentAt ? s.dataIdle - sentIdle : 0);
       turns.recordMs('pg.write answer→resolved', now - answerAt);
       s.resolvedAt = now;
       if (ends) {
         turns.recordMs('pg.write transaction', now - s.txStart, s.txStatements);
         s.inWrite = false;
-        s.beginAt = 0;
         s.resolvedAt = 0;
       }
     };

@@ -17,7 +17,7 @@ import { PlannedMigration, PlanState, planStateToJSON, SubmitPlanRequest, type P
 import type { StateChange } from '../../shared/gen/migd/v1/node.js';
 import { observeRunFinished } from '../../shared/metrics/metrics.js';
 import { isTerminalState } from '../../shared/policy/states.js';
-import { INSERT_CHUNK, REUSE_CHUNK, type Db, type OutboxEvent, type StoreDatabase } from './database.js';
+import { INSERT_CHUNK, REUSE_CHUNK, runKey, type Db, type OutboxEvent, type StoreDatabase } from './database.js';
 import { actionToProto, ms, normalizePolicyKind, planToProto, policyToJson, runToProto, scopedIdempotencyKey, transitionToProto } from './mapping.js';
 import type { ActionRow, RunRow, TransitionRow } from './schema.js';
 import type { RunCostFigures } from '../domain/policy/measured.js';
@@ -339,7 +339,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         { runId, sequence: Number(updated.last_sequence) },
       );
       return change;
-    });
+    }, { keys: [runKey(runId)] });
   }
 
   /**
@@ -488,7 +488,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
           ? runToProto(row, [...row.transitions_json.map(transitionToProto), change], row.actions_json.map(actionToProto))
           : await this.loadRunOf(trx, row);
       return { finished: row, ended };
-    }));
+    }, { keys: [runKey(runId)] }));
     this.samples.forgetRun(runId);
     if (this.d.o.metrics !== undefined) {
       const total = stats !== undefined && stats.totalTimeMs > 0 ? stats.totalTimeMs : finished.started_at === null ? null : at - finished.started_at;

@@ -5,7 +5,7 @@
 import { InvalidArgumentError } from '../../shared/errors.js';
 import { GuestPerfSample, ProgressSample } from '../../shared/gen/migd/v1/common.js';
 import type { HostCpuSample } from '../../shared/gen/migd/v1/coordinator.js';
-import { type Db, INSERT_CHUNK, type OutboxEvent, type StoreDatabase, type TxState } from './database.js';
+import { type Db, INSERT_CHUNK, runKey, type OutboxEvent, type StoreDatabase, type TxState } from './database.js';
 import { guestToRow, hostCpuToRow, ms, progressToRow } from './mapping.js';
 import type { RunSamples } from './plan-run-repository.js';
 import { SampleWriter, type SampleBatch, type SampleWriterStats } from './sample-writer.js';
@@ -90,7 +90,7 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
     const taken = this.writer.take();
     const samples = taken === undefined
       ? undefined
-      : this.d.write((trx, tx) => this.writeBatch(trx, tx, taken.batch)).then(
+      : this.d.write((trx, tx) => this.writeBatch(trx, tx, taken.batch), { keys: batchKeys(taken.batch) }).then(
           () => this.writer.written(taken),
           (err: unknown) => {
             this.d.log.warn('writing buffered samples before a run\'s end failed; will retry', { err, buffered: taken.rows });
@@ -105,7 +105,7 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
   }
 
   private async persistSamples(b: SampleBatch): Promise<void> {
-    await this.d.write((trx, tx) => this.writeBatch(trx, tx, b));
+    await this.d.write((trx, tx) => this.writeBatch(trx, tx, b), { keys: batchKeys(b) });
   }
 
   /** One batch's rows and events, in the caller's transaction. */
@@ -158,4 +158,16 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
       this.d.log.error('samples lost at close: the final write failed', { err, lost: this.writer.size });
     }
   }
+}
+
+/**
+ * What a batch's write touches besides the rows it adds (StoreDatabase.write's keys): its runs'
+ * event sequence numbers. A run's end waits for a batch holding its samples (its progress events
+ * before its RunCompleted).
+ */
+function batchKeys(b: SampleBatch): string[] {
+  const runs = new Set<string>();
+  for (const r of [...b.progress, ...b.guest, ...b.hostCpu]) if (typeof r.run_id === 'string') runs.add(r.run_id);
+  for (const e of b.events) runs.add(e.runId);
+  return [...runs].map(runKey);
 }

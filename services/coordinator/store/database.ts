@@ -52,6 +52,8 @@ export interface StoreDialect {
 export interface WritePipeline {
   /** A Db over `conn`'s connection (a group's, from `db.connection()`), usable until {@link end}. */
   over(conn: Db): Promise<Db>;
+  /** Sends `query` on that connection now (queries sent one after the other arrive in that order). */
+  send<R>(query: CompiledQuery<R>): Promise<QueryResult<R>>;
   /** The group is over: the Db refuses statements until the next {@link over}. */
   end(): void;
 }
@@ -90,7 +92,8 @@ export interface WriteOptions {
    * disjoint keys commute, so on a pipelined connection a group runs them together, their
    * statements interleaved (issue 15: on Postgres a statement's answer waits for a turn of the
    * coordinator's busy event loop, and one write after the other paid that wait for each
-   * statement). A write without keys runs alone, after the writes before it and before those after it.
+   * statement). None (an empty list): it only adds rows. A write without this option runs alone,
+   * after the writes before it and before those after it.
    */
   readonly keys?: readonly string[];
 }
@@ -101,6 +104,9 @@ export const runKey = (runId: string): string => `run:${runId}`;
 export const vmKey = (name: string): string => `vm:${name}`;
 /** The key of a node's row. */
 export const nodeKey = (nodeId: string): string => `node:${nodeId}`;
+
+/** The key of the relay's marks of published outbox rows. */
+export const PUBLISHED_MARKS = 'outbox:published';
 
 /** Writes of one group commit at most (see StoreDatabase.write). */
 export const WRITE_GROUP_MAX = 256;
@@ -312,8 +318,7 @@ export class StoreDatabase {
     this.checkOpen();
     return new Promise<T>((resolve, reject) => {
       const first = opts.first === true;
-      const keys = opts.keys !== undefined && opts.keys.length > 0 ? opts.keys : undefined;
-      this.pending.push({ fn, keys, resolve: resolve as (v: unknown) => void, reject, askedAt: turns.enabled ? turns.now() : 0, first }, first);
+      this.pending.push({ fn, keys: opts.keys, resolve: resolve as (v: unknown) => void, reject, askedAt: turns.enabled ? turns.now() : 0, first }, first);
       // The group starts after the I/O callbacks of this turn of the event loop (setImmediate), not
       // after the current microtasks: a drain's run updates arrive one gRPC message per callback,
       // and a group begun at once held one write each (SQLite's writes are synchronous, so the
@@ -383,6 +388,11 @@ export class StoreDatabase {
         // The writes' statements are counted (writeStats), the group's own are not.
         const conn = control.withPlugin(this.countStatements);
         const started = performance.now();
+        const pipeline = this.dialect.pipeline;
+        /** On a pipelined connection: the group's statements sent without waiting for the answers before. */
+        const pipelined = pipeline ? (await pipeline.over(control)).withPlugin(this.countStatements) : undefined;
+        /** The optimistic pass committed along with its outbox rows (pipelined). */
+        let committed = false;
         try {
           // The optimistic pass defers its writes' outbox rows and inserts them all before the
           // commit: the same rows in the same order in the same transaction, in one statement per
@@ -393,12 +403,16 @@ export class StoreDatabase {
           if (available === 1) {
             group.push(this.takeNext());
             outcomes.push({ ok: true, value: await group[0]!.fn(conn, tx) });
+            // Its rows and the commit in one round trip; its failure to insert them is its own.
+            if (pipeline) {
+              await this.commitWithDeferred(pipeline, tx);
+              committed = true;
+            }
           } else {
             // Optimistic: the writes one after another without savepoints (two statements fewer
             // each: on Postgres two network round trips of a group's four to six per write), and
             // on a pipelined connection those with disjoint keys together (see write).
             let failed = false;
-            const pipelined = this.dialect.pipeline ? (await this.dialect.pipeline.over(control)).withPlugin(this.countStatements) : undefined;
             /** Writes under way together, and the keys they hold. */
             const running = new Set<Promise<void>>();
             const held = new Set<string>();
@@ -437,12 +451,17 @@ export class StoreDatabase {
             } finally {
               // Every statement answered before the group's next one (or its rollback) is sent.
               await settle();
-              this.dialect.pipeline?.end();
             }
             if (!failed) {
               try {
-                await this.flushDeferred(conn, tx);
+                if (pipeline) {
+                  await this.commitWithDeferred(pipeline, tx);
+                  committed = true;
+                } else {
+                  await this.flushDeferred(conn, tx);
+                }
               } catch {
+                // (Pipelined, the transaction has ended: its commit rolled it back.)
                 failed = true;
               }
             }
@@ -461,9 +480,11 @@ export class StoreDatabase {
               for (const w of group) outcomes.push(await inSavepoint(control, tx, () => w.fn(conn, tx)));
             }
           }
-          // A single write's rows (its failure to insert them is its own).
-          if (tx.deferred) await this.flushDeferred(conn, tx);
-          await control.executeQuery(TX.commit);
+          if (!committed) {
+            // A single write's rows (its failure to insert them is its own).
+            if (tx.deferred) await this.flushDeferred(conn, tx);
+            await control.executeQuery(TX.commit);
+          }
         } catch (err) {
           try {
             await control.executeQuery(TX.rollback);
@@ -471,6 +492,8 @@ export class StoreDatabase {
             // The database already rolled back (e.g. SQLite after SQLITE_FULL); nothing to undo.
           }
           throw err;
+        } finally {
+          pipeline?.end();
         }
       });
     } catch (err) {
@@ -491,6 +514,22 @@ export class StoreDatabase {
       else w.reject(o.err);
     });
     return group.length;
+  }
+
+  /**
+   * Pipelined: the outbox rows the writes deferred and the commit, sent together (one round trip
+   * instead of two; the group's own round trips are most of a pipelined group's time).
+   * @throws the first INSERT's failure, after the commit's answer: Postgres then ended the failed
+   *   transaction with a rollback
+   */
+  private async commitWithDeferred(pipeline: WritePipeline, tx: TxState): Promise<void> {
+    const rows = tx.deferred ?? [];
+    tx.deferred = undefined;
+    const inserts = this.outboxQueries(rows).map((q) => pipeline.send(q));
+    this.writeStats.statements += inserts.length;
+    const [settled] = await Promise.all([Promise.allSettled(inserts), pipeline.send(TX.commit)]);
+    const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure) throw failure.reason;
   }
 
   /** Inserts the outbox rows the group's writes deferred (see {@link TxState.deferred}) and stops deferring. */
@@ -557,9 +596,14 @@ export class StoreDatabase {
    * built once under `key` by `build`, whose `p(i)` marks where argument i goes.
    */
   reuse<R>(conn: Db, key: string, build: ReusableQueryBuilder<R>, args: readonly unknown[]): Promise<QueryResult<R>> {
+    return conn.executeQuery<R>(this.reused(key, build, args));
+  }
+
+  /** The query {@link reuse} runs, compiled once under `key`, with `args`. */
+  private reused<R>(key: string, build: ReusableQueryBuilder<R>, args: readonly unknown[]): CompiledQuery<R> {
     let q = this.reusable.get(key);
     if (q === undefined) {
-      const compiled = build(conn, param as (i: number) => never).compile() as CompiledQuery<unknown>;
+      const compiled = build(this.db, param as (i: number) => never).compile() as CompiledQuery<unknown>;
       const slots = compiled.parameters.map((v) => {
         const m = typeof v === 'string' ? PARAM.exec(v) : null;
         if (m === null) throw new Error(`reusable query ${key}: parameter ${String(v)} is not an argument placeholder`);
@@ -568,7 +612,7 @@ export class StoreDatabase {
       this.reusable.set(key, (q = { compiled, slots }));
     }
     const { compiled, slots } = q;
-    return conn.executeQuery<R>({ ...(compiled as CompiledQuery<R>), parameters: slots.map((i) => args[i]) });
+    return { ...(compiled as CompiledQuery<R>), parameters: slots.map((i) => args[i]) };
   }
 
   /** Hands out the run's next event sequence number; null when the run does not exist. */
@@ -630,19 +674,27 @@ export class StoreDatabase {
 
   /** Inserts outbox rows (as {@link enqueueAll} builds them) in this order, one INSERT per {@link REUSE_CHUNK}. */
   private async insertOutbox(trx: Db, rows: readonly unknown[][]): Promise<void> {
+    for (const q of this.outboxQueries(rows)) await trx.executeQuery(q);
+  }
+
+  /** The INSERTs of outbox rows (as {@link enqueueAll} builds them), in this order, one per {@link REUSE_CHUNK}. */
+  private outboxQueries(rows: readonly unknown[][]): CompiledQuery<unknown>[] {
+    const out: CompiledQuery<unknown>[] = [];
     for (let i = 0; i < rows.length; i += REUSE_CHUNK) {
       const chunk = rows.slice(i, i + REUSE_CHUNK);
       const n = chunk.length;
-      await this.reuse(
-        trx,
-        n === 1 ? 'enqueue' : `enqueue×${n}`,
-        (db, p) =>
-          db.insertInto('outbox').values(
-            chunk.map((_, k) => ({ event_id: p(6 * k), subject: p(6 * k + 1), payload: p(6 * k + 2), run_id: p(6 * k + 3), run_sequence: p(6 * k + 4), created_at: p(6 * k + 5) })),
-          ),
-        chunk.flat(),
+      out.push(
+        this.reused(
+          n === 1 ? 'enqueue' : `enqueue×${n}`,
+          (db, p) =>
+            db.insertInto('outbox').values(
+              chunk.map((_, k) => ({ event_id: p(6 * k), subject: p(6 * k + 1), payload: p(6 * k + 2), run_id: p(6 * k + 3), run_sequence: p(6 * k + 4), created_at: p(6 * k + 5) })),
+            ),
+          chunk.flat(),
+        ),
       );
     }
+    return out;
   }
 
   /** Enqueues a run event with the run's next sequence number. @throws NotFoundError */

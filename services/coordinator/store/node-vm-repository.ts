@@ -129,9 +129,9 @@ export class SqlNodeVmRepository implements NodeVmRepository {
       await this.d.write((trx, tx) => this.upsertOne(trx, tx, infos[0]!, now), { keys: [vmKey(infos[0]!.spec!.name)] });
       return;
     }
+    const names = [...new Set(infos.map((i) => i.spec!.name))];
     await this.d.write(async (trx, tx) => {
       // Where each VM was before this transaction (then as this batch leaves it).
-      const names = [...new Set(infos.map((i) => i.spec!.name))];
       const existing = new Map<string, { node_id: string | null; state: number }>();
       for (let i = 0; i < names.length; i += INSERT_CHUNK) {
         const rows = await trx.selectFrom('vms').select(['name', 'node_id', 'state']).where('name', 'in', names.slice(i, i + INSERT_CHUNK)).execute();
@@ -159,7 +159,7 @@ export class SqlNodeVmRepository implements NodeVmRepository {
           await this.d.enqueue(trx, tx, { $case: 'vmChanged', value: { vm: info } }, new Date(now));
         }
       }
-    });
+    }, { keys: names.map(vmKey) });
   }
 
   /**

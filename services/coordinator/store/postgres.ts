@@ -139,6 +139,11 @@ export function writePipeline(): WritePipeline {
       current = await conn.getExecutor().provideConnection((c) => Promise.resolve(c));
       return db;
     },
+    send: (query) => {
+      if (current === undefined) return Promise.reject(new Error('history store: a pipelined statement outside a write group'));
+      // node-pg writes it to the socket within this call (pipeline mode).
+      return current.executeQuery(query);
+    },
     end: () => {
       current = undefined;
     },

@@ -172,6 +172,49 @@ describe('pipelined write groups on Postgres', () => {
     expect(moves.filter((m) => m.startsWith('a@'))).toEqual(['a@n1', 'a@n2', 'a@n3']);
   });
 
+  it("sends a group's outbox rows with its commit", async () => {
+    const s = await open();
+    turns.enable();
+    // One write of two statements one after the other (a new VM: UPDATE, INSERT), then its
+    // VmChanged row and the commit together.
+    await s.nodes.upsertVm(vm('a'));
+    expect(s.writeStats()).toMatchObject({ groups: 1, statements: 3 });
+    expect(cause('pg.write send→answer')?.count).toBe(5);
+    expect(cause('pg.write send→answer')?.sizeMax).toBe(2);
+  });
+
+  describe('when the outbox rows cannot be inserted', () => {
+    /** Refuses the outbox rows of node events (a trigger), as a full disk or a bad row would. */
+    const refuseNodeEvents = (s: PostgresHistoryStore) =>
+      sql
+        .raw(
+          `create function refuse_node_events() returns trigger language plpgsql as $$ begin if new.subject like 'migd.v1.node.%.state' then raise exception 'refused by the test'; end if; return new; end $$;
+           create trigger refuse_node_events before insert on outbox for each row execute function refuse_node_events()`,
+        )
+        .execute(database(s).db);
+
+    it('fails the write whose rows they are, writes the others, and the commit that rolled back is noticed', async () => {
+      const s = await open();
+      await refuseNodeEvents(s);
+      const d = database(s);
+      const results = await Promise.allSettled([s.nodes.upsertVm(vm('a')), s.nodes.writeNode({ host: { nodeId: 'n1' } as never }), s.nodes.upsertVm(vm('b'))]);
+      expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+      expect(String((results[1] as PromiseRejectedResult).reason)).toMatch(/refused by the test/);
+      expect(d.groupRedos).toBe(1);
+      expect(await vmRows(s)).toEqual(['a@a', 'b@a']);
+      expect(await s.nodes.listNodes()).toEqual([]);
+    });
+
+    it('fails a write alone in its group, and the connection writes again after it', async () => {
+      const s = await open();
+      await refuseNodeEvents(s);
+      await expect(s.nodes.writeNode({ host: { nodeId: 'n1' } as never })).rejects.toThrow(/refused by the test/);
+      await s.nodes.upsertVm(vm('a'));
+      expect(await vmRows(s)).toEqual(['a@a']);
+      expect(await s.nodes.listNodes()).toEqual([]);
+    });
+  });
+
   it("keeps each run's events in order when many runs end together with their samples", async () => {
     const s = await open({ progressEventIntervalMs: 0 });
     const runs = [];

@@ -402,7 +402,8 @@ export class StoreDatabase {
           tx.deferred = [];
           if (available === 1) {
             group.push(this.takeNext());
-            outcomes.push({ ok: true, value: await group[0]!.fn(conn, tx) });
+            // On a pipelined connection too: statements a write asks for together go together.
+            outcomes.push({ ok: true, value: await group[0]!.fn(pipelined ?? conn, tx) });
             // Its rows and the commit in one round trip; its failure to insert them is its own.
             if (pipeline) {
               await this.commitWithDeferred(pipeline, tx);

@@ -183,6 +183,19 @@ describe('pipelined write groups on Postgres', () => {
     expect(cause('pg.write send→answer')?.sizeMax).toBe(2);
   });
 
+  it("sends a plan's row, its runs' and their transitions' together, in the order their references need", async () => {
+    const s = await open();
+    turns.enable();
+    const runs = Array.from({ length: 70 }, (_, i) => runInput({ vmName: `vm-${i}` }));
+    const { plan, runs: created } = await s.createPlan({ idempotencyKey: 'k', request: {} as never, runs });
+    // The idempotency check, then the plan, 2 × 2 chunks of runs and transitions (64 + 6) in one
+    // flight: a reference sent ahead of its row would fail the group and redo it.
+    expect(cause('pg.write send→answer')?.sizeMax).toBe(5);
+    expect(database(s).groupRedos).toBe(0);
+    expect((await s.listPlanRuns(plan.id)).map((r) => r.id)).toEqual(created!.map((r) => r.id));
+    expect((await s.getRun(created![69]!.id)).transitions).toHaveLength(1);
+  });
+
   describe('when the outbox rows cannot be inserted', () => {
     /** Refuses the outbox rows of node events (a trigger), as a full disk or a bad row would. */
     const refuseNodeEvents = (s: PostgresHistoryStore) =>

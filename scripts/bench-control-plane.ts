@@ -1092,6 +1092,8 @@ function printWriteBreakdown(report: TurnReport | undefined, polled: readonly Po
   const per = (f: { totalMs: number } | undefined, n: number): string => fmt((f?.totalMs ?? 0) / n, 3);
   out(`    write connection per write (${fmt(writes, 0)} writes, ${rt.count} statements timed, ${tx?.count ?? 0} transactions): group commit ${per(g, writes)} ms, of it in transactions ${per(tx, writes)} ms; statements per write ${fmt(rt.count / writes, 2)}, per migration ${fmt(rt.count / Math.max(1, migrations), 2)}`);
   out(`      per write, ms: send → answer ${per(rt, writes)} (event loop idle ${per(idle, writes)}, busy ${fmt(((rt.totalMs ?? 0) - (idle?.totalMs ?? 0)) / writes, 3)}); answer → resolved ${per(parse, writes)}; resolved → next send ${per(js, writes)}`);
+  const compile = c('kysely compile');
+  if (compile) out(`      Kysely compiles (every query built with its builders, reads included): ${compile.count}, ${fmt(compile.totalMs / 1000, 2)} s in all, ${fmt((compile.totalMs * 1000) / Math.max(1, compile.count), 0)} µs each`);
   out(`      per statement, ms: send → answer ${per(rt, rt.count)} (p50 ${fmt(rt.p50Ms, 3)}, p99 ${fmt(rt.p99Ms, 2)}; loop idle ${per(idle, rt.count)}; statements in flight at its send, itself included: mean ${fmt(rt.sizeMean, 2)}, max ${fmt(rt.sizeMax, 0)}: above 1, pipelined, the per-write sums overlap); answer → resolved ${per(parse, rt.count)}; resolved → next send ${per(js, js?.count ?? 1)} (p50 ${fmt(js?.p50Ms ?? NaN, 3)}, p99 ${fmt(js?.p99Ms ?? NaN, 2)})`);
 }
 

@@ -21,8 +21,26 @@
  * counted.
  */
 import { performance } from 'node:perf_hooks';
+import type { QueryCompiler } from 'kysely';
 import type pg from 'pg';
 import { turns } from '../../shared/metrics/turns.js';
+
+/**
+ * `compiler` with its compiles timed as `kysely compile` while the profiler is on (every query
+ * built with Kysely's builders, reads included; the queries compiled once, StoreDatabase.reuse,
+ * are not compiled again).
+ */
+export function timedCompiler(compiler: QueryCompiler): QueryCompiler {
+  return {
+    compileQuery: (node, queryId) => {
+      if (!turns.enabled) return compiler.compileQuery(node, queryId);
+      const t = performance.now();
+      const q = compiler.compileQuery(node, queryId);
+      turns.recordMs('kysely compile', performance.now() - t);
+      return q;
+    },
+  };
+}
 
 /** What the timing needs of a pool client (node-pg's Client). */
 interface TimedClient {

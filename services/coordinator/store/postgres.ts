@@ -11,14 +11,14 @@
  * - 64-bit integers and numerics come back as JavaScript numbers (ms times and byte counts are
  *   far below 2^53).
  */
-import { CompiledQuery, Kysely, PostgresAdapter, PostgresDialect, PostgresIntrospector, PostgresQueryCompiler, sql, type DatabaseConnection, type Driver } from 'kysely';
+import { CompiledQuery, Kysely, PostgresAdapter, PostgresDialect, PostgresIntrospector, PostgresQueryCompiler, sql, type DatabaseConnection, type Driver, type QueryCompiler } from 'kysely';
 import pg from 'pg';
 import { ConfigError, type NotLeaderError } from '../../shared/errors.js';
 import { LEADER_TABLE_SQL, SCHEMA_LOCK } from '../leadership/postgres.js';
 import { TX, type Db, type StoreDialect, type WritePipeline } from './database.js';
 import { RepositoryHistoryStore } from './history-store.js';
 import { migrateToLatest } from './migrate.js';
-import { timeWriteStatements } from './pg-timing.js';
+import { timedCompiler, timeWriteStatements } from './pg-timing.js';
 import { checkMin, resolveHistoryStoreOptions, type HistoryStoreOptions, type ResolvedHistoryStoreOptions } from './options.js';
 import type { HistoryDatabase } from './schema.js';
 
@@ -130,7 +130,7 @@ export function writePipeline(): WritePipeline {
       createAdapter: () => new PostgresAdapter(),
       createDriver: () => driver,
       createIntrospector: (k) => new PostgresIntrospector(k),
-      createQueryCompiler: () => new PostgresQueryCompiler(),
+      createQueryCompiler: () => timedCompiler(new PostgresQueryCompiler()),
     },
   });
   return {
@@ -203,6 +203,13 @@ export function postgresStoreDialect(fence?: WriteFence, pipeline?: WritePipelin
   };
 }
 
+/** Kysely's Postgres dialect, its compiles timed while the turn profiler is on (bench d, issue 15). */
+class TimedPostgresDialect extends PostgresDialect {
+  override createQueryCompiler(): QueryCompiler {
+    return timedCompiler(super.createQueryCompiler());
+  }
+}
+
 /** The history store on a Postgres database. */
 export class PostgresHistoryStore extends RepositoryHistoryStore {
   readonly options: ResolvedPostgresHistoryStoreOptions;
@@ -229,7 +236,7 @@ export async function openPostgresHistoryStore(opts: PostgresHistoryStoreOptions
   // The write transactions' statements timed while the turn profiler is on (bench d, issue 15).
   timeWriteStatements(pool, (text) => text.startsWith(BEGIN_WRITE));
   pool.on('connect', lastResultOfMany);
-  const db = new Kysely<HistoryDatabase>({ dialect: new PostgresDialect({ pool }) });
+  const db = new Kysely<HistoryDatabase>({ dialect: new TimedPostgresDialect({ pool }) });
   try {
     if (o.migrate) await migrateToLatest(db);
     await db.transaction().execute(async (trx) => {

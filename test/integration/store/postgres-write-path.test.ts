@@ -80,6 +80,8 @@ describe('write statement timing on Postgres', () => {
     expect(cause('pg.write send→answer')?.count).toBe(statements);
     expect(cause('pg.write send→answer idle')?.count).toBe(statements);
     expect(cause('pg.write answer→resolved')?.count).toBe(statements);
+    // The read's query was built with Kysely's builders (the writes' here are compiled once).
+    expect(cause('kysely compile')?.count).toBeGreaterThan(0);
     // From each statement's result to the next one's send, within a transaction.
     expect(cause('pg.write resolved→send')?.count).toBe(statements - stats.groups);
   });
@@ -87,8 +89,10 @@ describe('write statement timing on Postgres', () => {
   it('records nothing while the profiler is off', async () => {
     store = await openPostgresHistoryStore({ url: await server.createDatabase(), logger: quietLogger });
     await store.nodes.upsertVm(vm('a'));
+    await store.nodes.listVms();
     turns.enable();
     expect(cause('pg.write transaction')).toBeUndefined();
+    expect(cause('kysely compile')).toBeUndefined();
   });
 });
 

@@ -427,7 +427,14 @@ export class StoreDatabase {
                 group.push(w);
                 const keys = pipelined === undefined ? undefined : w.keys;
                 const together = keys !== undefined && !keys.some((k) => held.has(k));
-                if (!together) await settle();
+                if (!together && pipelined !== undefined) {
+                  // How often, and how long, a pipelined group waits for the writes under way (bench d).
+                  const t = turns.enabled ? turns.now() : 0;
+                  await settle();
+                  turns.record(keys === undefined ? 'store.pipeline waits: no keys' : 'store.pipeline waits: a key in use', t);
+                } else if (!together) {
+                  await settle();
+                }
                 // One under way failed: this one is redone with the others (below).
                 if (failed) break;
                 const run = w.fn(pipelined ?? conn, tx).then(

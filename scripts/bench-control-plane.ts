@@ -21,7 +21,7 @@
  * the coordinator and nats-server. Everything started is stopped at the end, also on failure.
  */
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -64,6 +64,7 @@ const { values: opts } = loadConfig(
     mtu: { type: 'integer', default: DEFAULT_MIGRATION_MTU, min: MIN_MIGRATION_MTU, max: MAX_MIGRATION_MTU, doc: `MTU of the lab testbed's migration network (mig0, the switch ports, br-mig) that parts a–c share: ${MIN_MIGRATION_MTU}..${MAX_MIGRATION_MTU}, 9000 for jumbo frames (default ${DEFAULT_MIGRATION_MTU})` },
     'drain-json': { type: 'string', default: '', doc: "write part c's per-migration timelines (recorded states, ms after SubmitPlan) to this JSON file" },
     'pg-statements': { type: 'integer', default: 0, min: 0, max: 100, doc: "part d on postgres: print the N statements that took the server longest (pg_stat_statements: calls, total and mean execution time), beside the write connection's wall time (default 0: off)" },
+    'pg-pipeline-writes': { type: 'string', default: 'on', doc: "part d on postgres: the coordinator's --db-pipeline-writes, on (a write group's independent writes together on the write connection) or off (default on)" },
     'submit-client': { type: 'string', default: 'process', doc: "where part d's SubmitPlan client runs: process (a child process of its own) or inline (this process, with the simulated nodes, as before 3 Dec 15:00) (default process)" },
   },
   process.argv.slice(2),
@@ -83,6 +84,7 @@ const HEARTBEAT_MISSES = opts['heartbeat-misses'];
 /** Part a's bare script uses TLS like migd's lab nodes. */
 if (!['tls', 'clear'].includes(opts['bare-stream'])) throw configError('bare-stream', 'must be tls or clear');
 const BARE_TLS = opts['bare-stream'] === 'tls';
+if (!['on', 'off'].includes(opts['pg-pipeline-writes'])) throw configError('pg-pipeline-writes', 'must be on or off');
 if (!['process', 'inline'].includes(opts['submit-client'])) throw configError('submit-client', 'must be process or inline');
 /** Part d's SubmitPlan client runs in a child process of its own (not on the simulated nodes' event loop). */
 const SUBMIT_IN_CHILD = opts['submit-client'] === 'process';
@@ -665,6 +667,9 @@ interface PolledTurns {
   busyMs: number;
   firstWrites: number;
   gcMs: number;
+  /** The coordinator's event loop busy and idle so far (ms; 0 from a coordinator without them). */
+  loopActiveMs: number;
+  loopIdleMs: number;
 }
 
 /** Polls the coordinator's /debug/turns every second until stopped (the ramp's write-connection figures). */
@@ -678,7 +683,7 @@ function pollTurns(url: string): { stop: () => PolledTurns[] } {
       if (r) {
         const c = (name: string) => r.causes.find((x) => x.cause === name);
         const g = c('store.group-commit');
-        polled.push({ at, groups: g?.count ?? 0, writes: (g?.sizeMean ?? 0) * (g?.count ?? 0), statements: (c('store.group-commit statements')?.sizeMean ?? 0) * (c('store.group-commit statements')?.count ?? 0), busyMs: g?.totalMs ?? 0, firstWrites: c('store.write-wait first')?.count ?? 0, gcMs: c('gc')?.totalMs ?? 0 });
+        polled.push({ at, groups: g?.count ?? 0, writes: (g?.sizeMean ?? 0) * (g?.count ?? 0), statements: (c('store.group-commit statements')?.sizeMean ?? 0) * (c('store.group-commit statements')?.count ?? 0), busyMs: g?.totalMs ?? 0, firstWrites: c('store.write-wait first')?.count ?? 0, gcMs: c('gc')?.totalMs ?? 0, loopActiveMs: r.loopUse?.activeMs ?? 0, loopIdleMs: r.loopUse?.idleMs ?? 0 });
       }
       await sleep(Math.max(0, 1000 - (Date.now() - at)));
     }
@@ -710,11 +715,13 @@ function printRamp(from: number, fullAtMs: number, answeredAt: readonly number[]
     const a = near(at - 1000);
     const b = near(at);
     const d = (f: (p: PolledTurns) => number): string => (a && b && b !== a ? fmt(f(b) - f(a), 0) : '–');
+    // The coordinator's event loop busy in this second (eventLoopUtilization), %.
+    const loop = a && b && b !== a && b.loopActiveMs + b.loopIdleMs > a.loopActiveMs + a.loopIdleMs ? fmt((100 * (b.loopActiveMs - a.loopActiveMs)) / (b.loopActiveMs + b.loopIdleMs - a.loopActiveMs - a.loopIdleMs), 0) : '–';
     rows.push(
-      `${String(k).padStart(3)}–${String(k + 1).padEnd(3)} ${String(bin(answeredAt, k)).padStart(6)} ${String(bin(announcedAt, k)).padStart(10)} ${String(bin(starts, k)).padStart(8)} ${String(inUse).padStart(8)}   ${d((p) => p.groups).padStart(6)} ${d((p) => p.writes).padStart(6)} ${d((p) => p.statements).padStart(6)} ${d((p) => p.busyMs).padStart(7)} ${d((p) => p.firstWrites).padStart(6)} ${d((p) => p.gcMs).padStart(6)}`,
+      `${String(k).padStart(3)}–${String(k + 1).padEnd(3)} ${String(bin(answeredAt, k)).padStart(6)} ${String(bin(announcedAt, k)).padStart(10)} ${String(bin(starts, k)).padStart(8)} ${String(inUse).padStart(8)}   ${d((p) => p.groups).padStart(6)} ${d((p) => p.writes).padStart(6)} ${d((p) => p.statements).padStart(6)} ${d((p) => p.busyMs).padStart(7)} ${d((p) => p.firstWrites).padStart(6)} ${d((p) => p.gcMs).padStart(6)} ${loop.padStart(6)}`,
     );
   }
-  out('    ramp, per second since the first SubmitPlan:   s  plans  announced  started  in use (at its end)   groups writes  stmts busy ms firsts  gc ms');
+  out('    ramp, per second since the first SubmitPlan:   s  plans  announced  started  in use (at its end)   groups writes  stmts busy ms firsts  gc ms loop %');
   for (const r of rows) out(`      ${r}`);
 }
 
@@ -737,7 +744,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
   coordinatorEntry(); // throws when not built
   const limits = { cluster: 200, source: 4, destination: 4 };
   const migrationMs = 1000;
-  out(`\n== d. control-plane scale on ${dialect}: drains over simulated nodes (${VMS_PER_NODE} VMs per node: ${VMS_PER_NODE * 2} on each of the first half, drained to the second half; simulated migrations of ${migrationMs} ms; limits cluster ${limits.cluster}, per source ${limits.source}, per destination ${limits.destination})`);
+  out(`\n== d. control-plane scale on ${dialect}${dialect === 'postgres' ? ` (write pipeline ${opts['pg-pipeline-writes']})` : ''}: drains over simulated nodes (${VMS_PER_NODE} VMs per node: ${VMS_PER_NODE * 2} on each of the first half, drained to the second half; simulated migrations of ${migrationMs} ms; limits cluster ${limits.cluster}, per source ${limits.source}, per destination ${limits.destination})`);
   out(`  (heartbeats every 2 s, a node is down after ${HEARTBEAT_MISSES} misses)`);
   out(`  (${MAX_PLANS > 0 ? `at most ${MAX_PLANS} drain plans per size` : 'every populated node drained'}; bound = ceil(migrations ÷ concurrency) × migration time)`);
   out('  nodes   VMs  plans  SubmitPlan p50/p99 ms  plans/s  migrations planned/s  makespan s  bound s  bound/makespan  coordinator CPU s');
@@ -784,7 +791,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
         nats: natsProc.url,
         certDir,
         nodeArgs: opts['cpu-prof-dir'] ? ['--cpu-prof', '--cpu-prof-dir', opts['cpu-prof-dir']] : [],
-        args: ['--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES), '--allow-shared-node-identity', '--metrics-listen', metricsAddr],
+        args: ['--limit-per-cluster', String(limits.cluster), '--limit-per-source', String(limits.source), '--limit-per-destination', String(limits.destination), '--heartbeat-misses', String(HEARTBEAT_MISSES), '--allow-shared-node-identity', '--metrics-listen', metricsAddr, ...(dbUrl && opts['pg-pipeline-writes'] === 'off' ? ['--db-pipeline-writes', 'off'] : [])],
         onLog: (l) => {
           if (l.includes('connection refused')) refused++;
           if (l.includes('node marked down')) {
@@ -805,6 +812,8 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       // Started and connected before the CPU count starts, as the in-process client was.
       submitter = SUBMIT_IN_CHILD ? await SubmitChild.start(addr, certDir) : undefined;
       const cpu0 = cpuSeconds(coord.process.pid!);
+      // CPU and run-queue waits of the coordinator's main thread, Postgres's processes and this one, over the drain.
+      const sched0 = schedFigures(coord.process.pid!, pg?.pid);
       // The simulated nodes run in this process: its own event-loop delay is part of every
       // heartbeat's and migration's figure here (and of SubmitPlan's with --submit-client inline).
       benchLoop = monitorEventLoopDelay({ resolution: 10 });
@@ -854,6 +863,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       }
       const makespan = sim.lastCompletedAt - firstSent;
       const cpu = cpuSeconds(coord.process.pid!) - cpu0;
+      const sched1 = schedFigures(coord.process.pid!, pg?.pid);
       const concurrency = Math.min(limits.cluster, planIds.length * limits.source, newNodes.length * limits.destination);
       const bound = Math.ceil(planned / concurrency) * migrationMs;
       out(
@@ -870,6 +880,7 @@ async function partDOn(dialect: 'sqlite' | 'postgres'): Promise<void> {
       printSubmitSplit(latByKey, sentAt, report);
       printTurns(report, benchLoop, submitted?.loopDelay);
       printWriteStatements(report, planned);
+      printWriteBreakdown(report, poller.stop(), planned, sched0, sched1);
       if (dbUrl && opts['pg-statements'] > 0) await printPgStatements(dbUrl, opts['pg-statements'], planned);
       printScaleGoals(`${n} nodes, ${dialect}`, [bound / makespan, quantile(lat, 0.99), planned > 0 ? cpu / planned : NaN]);
     } catch (err) {
@@ -1005,6 +1016,85 @@ function printWriteStatements(report: TurnReport | undefined, migrations: number
   const statements = c.sizeMean * c.count;
   const writes = g.sizeMean * g.count;
   out(`    write connection: ${fmt(statements, 0)} statements in ${c.count} group commits (${fmt(writes, 0)} writes): ${fmt(statements / migrations, 2)} statements and ${fmt(c.count / migrations, 3)} groups per migration`);
+}
+
+/** CPU and run-queue wait (s) of the coordinator's main thread, of Postgres's processes (the postmaster's children), and of this process. */
+interface SchedFigures {
+  readonly coordinatorRun: number;
+  readonly coordinatorWait: number;
+  /** Per process id: CPU (utime + stime) and run-queue wait. */
+  readonly postgres: ReadonlyMap<number, { readonly cpu: number; readonly wait: number }>;
+  readonly benchRun: number;
+  readonly benchWait: number;
+}
+
+/** /proc/…/schedstat: time on a CPU and time waiting on a run queue (ns), as seconds; zeros when unreadable. */
+function schedstat(path: string): { run: number; wait: number } {
+  try {
+    const [run, wait] = readFileSync(path, 'utf8').trim().split(/\s+/).map(Number);
+    return { run: (run ?? 0) / 1e9, wait: (wait ?? 0) / 1e9 };
+  } catch {
+    return { run: 0, wait: 0 };
+  }
+}
+
+function schedFigures(coordinatorPid: number, postmasterPid: number | undefined): SchedFigures {
+  const c = schedstat(`/proc/${coordinatorPid}/task/${coordinatorPid}/schedstat`);
+  const b = schedstat(`/proc/${process.pid}/task/${process.pid}/schedstat`);
+  const postgres = new Map<number, { cpu: number; wait: number }>();
+  if (postmasterPid !== undefined) {
+    for (const e of readdirSync('/proc')) {
+      if (!/^\d+$/.test(e)) continue;
+      try {
+        const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+        const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        const pid = Number(e);
+        if (Number(rest[1]) !== postmasterPid && pid !== postmasterPid) continue;
+        postgres.set(pid, { cpu: (Number(rest[11]) + Number(rest[12])) / 100, wait: schedstat(`/proc/${e}/schedstat`).wait });
+      } catch {
+        // gone meanwhile
+      }
+    }
+  }
+  return { coordinatorRun: c.run, coordinatorWait: c.wait, postgres, benchRun: b.run, benchWait: b.wait };
+}
+
+/**
+ * Where the write connection's time per write went (issue 15): the Postgres write transactions'
+ * statements as the coordinator saw them (store/pg-timing.ts: send → answer, of it the event loop
+ * idle, answer → resolved, resolved → next send), the coordinator's event-loop use, and the CPU and
+ * run-queue waits of the coordinator's main thread and of Postgres over the drain.
+ */
+function printWriteBreakdown(report: TurnReport | undefined, polled: readonly PolledTurns[], migrations: number, s0: SchedFigures, s1: SchedFigures): void {
+  if (!report) return;
+  const c = (name: string) => report.causes.find((x) => x.cause === name);
+  const g = c('store.group-commit');
+  const writes = g ? g.sizeMean * g.count : 0;
+  const u = report.loopUse;
+  if (u) {
+    // After the ramp's last poll (≈ 15 s in) to the end: the steady part of the drain.
+    const last = polled[polled.length - 1];
+    const steady = last && last.loopActiveMs + last.loopIdleMs > 0 && u.activeMs + u.idleMs > last.loopActiveMs + last.loopIdleMs ? (u.activeMs - last.loopActiveMs) / (u.activeMs + u.idleMs - last.loopActiveMs - last.loopIdleMs) : NaN;
+    out(`    coordinator event loop busy (eventLoopUtilization): ${fmt((100 * u.activeMs) / Math.max(1, u.activeMs + u.idleMs), 0)} % since start${Number.isFinite(steady) ? `, ${fmt(100 * steady, 0)} % after the ramp's last poll` : ''}`);
+  }
+  const pgCpu = (s: SchedFigures, f: 'cpu' | 'wait'): number => [...s.postgres.values()].reduce((a, p) => a + p[f], 0);
+  // Processes that ended during the drain are not counted; new ones from zero.
+  const pgDelta = (f: 'cpu' | 'wait'): number => [...s1.postgres].reduce((a, [pid, p]) => a + p[f] - (s0.postgres.get(pid)?.[f] ?? 0), 0);
+  out(
+    `    over the drain: coordinator main thread on a CPU ${fmt(s1.coordinatorRun - s0.coordinatorRun, 1)} s, waiting for one ${fmt(s1.coordinatorWait - s0.coordinatorWait, 1)} s; this process ${fmt(s1.benchRun - s0.benchRun, 1)} s / ${fmt(s1.benchWait - s0.benchWait, 1)} s${s1.postgres.size > 0 ? `; Postgres (${s1.postgres.size} processes) CPU ${fmt(pgDelta('cpu'), 1)} s, waiting for one ${fmt(pgDelta('wait'), 1)} s (${fmt(pgCpu(s1, 'cpu'), 1)} s CPU since start)` : ''}`,
+  );
+  const rt = c('pg.write send→answer');
+  if (!rt || rt.count === 0 || writes === 0) return;
+  const idle = c('pg.write send→answer idle');
+  const parse = c('pg.write answer→resolved');
+  const js = c('pg.write resolved→send');
+  const tx = c('pg.write transaction');
+  const per = (f: { totalMs: number } | undefined, n: number): string => fmt((f?.totalMs ?? 0) / n, 3);
+  out(`    write connection per write (${fmt(writes, 0)} writes, ${rt.count} statements timed, ${tx?.count ?? 0} transactions): group commit ${per(g, writes)} ms, of it in transactions ${per(tx, writes)} ms; statements per write ${fmt(rt.count / writes, 2)}, per migration ${fmt(rt.count / Math.max(1, migrations), 2)}`);
+  out(`      per write, ms: send → answer ${per(rt, writes)} (event loop idle ${per(idle, writes)}, busy ${fmt(((rt.totalMs ?? 0) - (idle?.totalMs ?? 0)) / writes, 3)}); answer → resolved ${per(parse, writes)}; resolved → next send ${per(js, writes)}`);
+  const compile = c('kysely compile');
+  if (compile) out(`      Kysely compiles (every query built with its builders, reads included): ${compile.count}, ${fmt(compile.totalMs / 1000, 2)} s in all, ${fmt((compile.totalMs * 1000) / Math.max(1, compile.count), 0)} µs each`);
+  out(`      per statement, ms: send → answer ${per(rt, rt.count)} (p50 ${fmt(rt.p50Ms, 3)}, p99 ${fmt(rt.p99Ms, 2)}; loop idle ${per(idle, rt.count)}; statements in flight at its send, itself included: mean ${fmt(rt.sizeMean, 2)}, max ${fmt(rt.sizeMax, 0)}: above 1, pipelined, the per-write sums overlap); answer → resolved ${per(parse, rt.count)}; resolved → next send ${per(js, js?.count ?? 1)} (p50 ${fmt(js?.p50Ms ?? NaN, 3)}, p99 ${fmt(js?.p99Ms ?? NaN, 2)})`);
 }
 
 /** utime + stime of a process, in seconds (Linux /proc). */

@@ -34,7 +34,7 @@ export interface CoordinatorConfig {
    */
   readonly db: string;
   /** {@link db} resolved: a SQLite file, or a Postgres URL. */
-  readonly store: { readonly kind: 'sqlite'; readonly filename: string } | { readonly kind: 'postgres'; readonly url: string };
+  readonly store: { readonly kind: 'sqlite'; readonly filename: string } | { readonly kind: 'postgres'; readonly url: string; readonly pipelineWrites: boolean };
   /** How often the leader prunes samples and published outbox rows past their retention, in ms (default 3 600 000). */
   readonly pruneEveryMs: number;
   /**
@@ -93,6 +93,7 @@ export const COORDINATOR_OPTIONS = {
   identity: { type: 'string', default: 'migd-coordinator', env: 'MIGD_COORDINATOR_IDENTITY', doc: 'TLS identity (certificate name) (default migd-coordinator)' },
   insecure: { type: 'boolean', env: 'MIGD_INSECURE', doc: 'plain-text gRPC on loopback; callers without a certificate get every role (default off)' },
   db: { type: 'string', env: 'MIGD_COORDINATOR_DB', doc: 'history database: sqlite:PATH or PATH (default .state/coordinator/history.sqlite), or postgres://user@host:port/db for replicated coordinators (one leader, elected on that database)' },
+  'db-pipeline-writes': { type: 'string', default: 'on', doc: "postgres: run a write group's independent writes together on the write connection, each statement sent without waiting for the others' answers: on or off (default on)" },
   'prune-every-ms': { type: 'integer', default: 3_600_000, min: 100, max: 86_400_000, doc: 'how often the leader prunes samples and published outbox rows past their retention, in ms (default 3600000)' },
   nats: { type: 'string', default: '', env: 'MIGD_NATS_URL', doc: 'NATS server URL(s), comma-separated; tls:// for TLS (default none: events wait in the outbox)' },
   'nats-user': { type: 'string', default: '', env: 'MIGD_NATS_USER', doc: 'NATS user, with --nats-password-file (default none)' },
@@ -116,6 +117,12 @@ export const COORDINATOR_OPTIONS = {
 } as const satisfies ConfigSchema;
 
 type Raw = RawOptions<typeof COORDINATOR_OPTIONS>;
+
+/** --db-pipeline-writes. @throws ConfigError naming the option */
+function pipelineWrites(v: string): boolean {
+  if (v !== 'on' && v !== 'off') throw configError('db-pipeline-writes', `must be on or off, not "${v}"`);
+  return v === 'on';
+}
 
 /** The database option for logs: a password in a postgres:// URL is masked. */
 export function redactDb(db: string): string {
@@ -205,7 +212,7 @@ export function resolveCoordinatorConfig(raw: Raw): CoordinatorConfig {
   });
   const db = str('db', join(repoRoot(), '.state', 'coordinator', 'history.sqlite'));
   const store: CoordinatorConfig['store'] = /^postgres(?:ql)?:\/\//.test(db)
-    ? { kind: 'postgres', url: db }
+    ? { kind: 'postgres', url: db, pipelineWrites: pipelineWrites(str('dbPipelineWrites')) }
     : { kind: 'sqlite', filename: db.startsWith('sqlite:') ? db.slice('sqlite:'.length) : db };
   if (store.kind === 'sqlite' && store.filename === '') throw configError('db', 'sqlite: needs a file name (sqlite:PATH)');
   if (store.kind === 'postgres') {

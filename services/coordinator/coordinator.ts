@@ -128,7 +128,7 @@ export class Coordinator {
       const election = new PostgresElection({ url: config.store.url });
       leadership = new Leadership({ backend: election, me: config.advertise, log: log.child({ component: 'leadership' }), ...(tuning.leaderIntervalMs ? { intervalMs: tuning.leaderIntervalMs } : {}) });
       // Every write carries this coordinator's term; a deposed leader's writes are refused.
-      store = await openPostgresHistoryStore({ url: config.store.url, logger: storeLog, metrics, fence: leadership });
+      store = await openPostgresHistoryStore({ url: config.store.url, logger: storeLog, metrics, fence: leadership, pipelineWrites: config.store.pipelineWrites });
     } else {
       store = await openSqliteHistoryStore({ filename: config.store.filename, logger: storeLog, metrics });
     }

@@ -36,6 +36,26 @@ export interface StoreDialect {
   lastOutboxSeq(db: Db): Promise<number>;
   /** Best-effort maintenance before the connection closes. */
   optimize(db: Db): Promise<void>;
+  /**
+   * When the database can take a statement before it has answered the one before (Postgres's
+   * pipeline mode): the group commit then runs the writes that touch disjoint keys together (see
+   * StoreDatabase.write's `keys`). Absent, every write waits for the one before (SQLite: its
+   * statements are synchronous, nothing would overlap).
+   */
+  readonly pipeline?: WritePipeline;
+}
+
+/**
+ * Statements on the write group's connection that do not wait for the answers of those before
+ * them: each is sent at once, the answers come back in order.
+ */
+export interface WritePipeline {
+  /** A Db over `conn`'s connection (a group's, from `db.connection()`), usable until {@link end}. */
+  over(conn: Db): Promise<Db>;
+  /** Sends `query` on that connection now (queries sent one after the other arrive in that order). */
+  send<R>(query: CompiledQuery<R>): Promise<QueryResult<R>>;
+  /** The group is over: the Db refuses statements until the next {@link over}. */
+  end(): void;
 }
 
 /** Counts the events a write transaction enqueued (listeners are told after its commit). */
@@ -62,6 +82,32 @@ export interface WriteStats {
   statements: number;
 }
 
+/** How a write is to be run (see {@link StoreDatabase.write}). */
+export interface WriteOptions {
+  /** A client waits for it: it goes before the writes waiting (see StoreDatabase.write). */
+  readonly first?: boolean;
+  /**
+   * The rows the write reads or changes, as keys (`run:<id>`, `vm:<name>`, `node:<id>`), when it
+   * touches nothing else but rows it adds (outbox events, a run's transitions). Two writes with
+   * disjoint keys commute, so on a pipelined connection a group runs them together, their
+   * statements interleaved (issue 15: on Postgres a statement's answer waits for a turn of the
+   * coordinator's busy event loop, and one write after the other paid that wait for each
+   * statement). None (an empty list): it only adds rows. A write without this option runs alone,
+   * after the writes before it and before those after it.
+   */
+  readonly keys?: readonly string[];
+}
+
+/** The key of a run's row and its event sequence ({@link WriteOptions.keys}). */
+export const runKey = (runId: string): string => `run:${runId}`;
+/** The key of a VM's row. */
+export const vmKey = (name: string): string => `vm:${name}`;
+/** The key of a node's row. */
+export const nodeKey = (nodeId: string): string => `node:${nodeId}`;
+
+/** The key of the relay's marks of published outbox rows. */
+export const PUBLISHED_MARKS = 'outbox:published';
+
 /** Writes of one group commit at most (see StoreDatabase.write). */
 export const WRITE_GROUP_MAX = 256;
 
@@ -80,6 +126,8 @@ export function groupTakesMore(s: { taken: number; available: number; elapsedMs:
 
 interface PendingWrite {
   readonly fn: (trx: Db, tx: TxState) => Promise<unknown>;
+  /** What the write touches (see {@link WriteOptions.keys}); undefined: anything. */
+  readonly keys: readonly string[] | undefined;
   /** When it was asked for (turns.now(); 0 when the turn profiler is off). */
   readonly askedAt: number;
   readonly first: boolean;
@@ -258,12 +306,19 @@ export class StoreDatabase {
    * of the event loop later (issue 15). Queued writes are concurrent (none has been acknowledged), so
    * any order of them is a serial order; each run's own writes are made one after the other by
    * its supervisor, so its events keep their order.
+   *
+   * On a pipelined connection (Postgres, {@link StoreDialect.pipeline}) the writes of a group that
+   * name their keys ({@link WriteOptions.keys}) run together while their keys are disjoint: each
+   * one's statements still go one after the other, but a statement of one no longer waits for the
+   * answers of the others'. That is a serial order too (they commute), and a write sharing a key
+   * with one under way, or naming none, waits until those under way are done. When any fails,
+   * the group is redone one write after the other as above.
    */
-  write<T>(fn: (trx: Db, tx: TxState) => Promise<T>, opts: { first?: boolean } = {}): Promise<T> {
+  write<T>(fn: (trx: Db, tx: TxState) => Promise<T>, opts: WriteOptions = {}): Promise<T> {
     this.checkOpen();
     return new Promise<T>((resolve, reject) => {
       const first = opts.first === true;
-      this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject, askedAt: turns.enabled ? turns.now() : 0, first }, first);
+      this.pending.push({ fn, keys: opts.keys, resolve: resolve as (v: unknown) => void, reject, askedAt: turns.enabled ? turns.now() : 0, first }, first);
       // The group starts after the I/O callbacks of this turn of the event loop (setImmediate), not
       // after the current microtasks: a drain's run updates arrive one gRPC message per callback,
       // and a group begun at once held one write each (SQLite's writes are synchronous, so the
@@ -333,6 +388,11 @@ export class StoreDatabase {
         // The writes' statements are counted (writeStats), the group's own are not.
         const conn = control.withPlugin(this.countStatements);
         const started = performance.now();
+        const pipeline = this.dialect.pipeline;
+        /** On a pipelined connection: the group's statements sent without waiting for the answers before. */
+        const pipelined = pipeline ? (await pipeline.over(control)).withPlugin(this.countStatements) : undefined;
+        /** The optimistic pass committed along with its outbox rows (pipelined). */
+        let committed = false;
         try {
           // The optimistic pass defers its writes' outbox rows and inserts them all before the
           // commit: the same rows in the same order in the same transaction, in one statement per
@@ -342,24 +402,74 @@ export class StoreDatabase {
           tx.deferred = [];
           if (available === 1) {
             group.push(this.takeNext());
-            outcomes.push({ ok: true, value: await group[0]!.fn(conn, tx) });
+            // On a pipelined connection too: statements a write asks for together go together.
+            outcomes.push({ ok: true, value: await group[0]!.fn(pipelined ?? conn, tx) });
+            // Its rows and the commit in one round trip; its failure to insert them is its own.
+            if (pipeline) {
+              await this.commitWithDeferred(pipeline, tx);
+              committed = true;
+            }
           } else {
             // Optimistic: the writes one after another without savepoints (two statements fewer
-            // each: on Postgres two network round trips of a group's four to six per write).
+            // each: on Postgres two network round trips of a group's four to six per write), and
+            // on a pipelined connection those with disjoint keys together (see write).
             let failed = false;
-            while (!failed && groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs, lastFirst: group[group.length - 1]?.first, firstWaiting: this.pending.firstWaiting })) {
-              const w = this.takeNext();
-              group.push(w);
-              try {
-                outcomes.push({ ok: true, value: await w.fn(conn, tx) });
-              } catch {
-                failed = true;
+            /** Writes under way together, and the keys they hold. */
+            const running = new Set<Promise<void>>();
+            const held = new Set<string>();
+            const settle = async (): Promise<void> => {
+              while (running.size > 0) await Promise.all(running);
+            };
+            try {
+              while (!failed && groupTakesMore({ taken: group.length, available, elapsedMs: performance.now() - started, max: WRITE_GROUP_MAX, budgetMs: this.o.writeGroupBudgetMs, lastFirst: group[group.length - 1]?.first, firstWaiting: this.pending.firstWaiting })) {
+                const w = this.takeNext();
+                const i = group.length;
+                group.push(w);
+                const keys = pipelined === undefined ? undefined : w.keys;
+                const together = keys !== undefined && !keys.some((k) => held.has(k));
+                if (!together && pipelined !== undefined) {
+                  // How often, and how long, a pipelined group waits for the writes under way (bench d).
+                  const t = turns.enabled ? turns.now() : 0;
+                  await settle();
+                  turns.record(keys === undefined ? 'store.pipeline waits: no keys' : 'store.pipeline waits: a key in use', t);
+                } else if (!together) {
+                  await settle();
+                }
+                // One under way failed: this one is redone with the others (below).
+                if (failed) break;
+                const run = w.fn(pipelined ?? conn, tx).then(
+                  (value) => {
+                    outcomes[i] = { ok: true, value };
+                  },
+                  () => {
+                    failed = true;
+                  },
+                );
+                if (!together) {
+                  await run;
+                  continue;
+                }
+                for (const k of keys) held.add(k);
+                const under: Promise<void> = run.then(() => {
+                  for (const k of keys) held.delete(k);
+                  running.delete(under);
+                });
+                running.add(under);
               }
+            } finally {
+              // Every statement answered before the group's next one (or its rollback) is sent.
+              await settle();
             }
             if (!failed) {
               try {
-                await this.flushDeferred(conn, tx);
+                if (pipeline) {
+                  await this.commitWithDeferred(pipeline, tx);
+                  committed = true;
+                } else {
+                  await this.flushDeferred(conn, tx);
+                }
               } catch {
+                // (Pipelined, the transaction has ended: its commit rolled it back.)
                 failed = true;
               }
             }
@@ -378,9 +488,11 @@ export class StoreDatabase {
               for (const w of group) outcomes.push(await inSavepoint(control, tx, () => w.fn(conn, tx)));
             }
           }
-          // A single write's rows (its failure to insert them is its own).
-          if (tx.deferred) await this.flushDeferred(conn, tx);
-          await control.executeQuery(TX.commit);
+          if (!committed) {
+            // A single write's rows (its failure to insert them is its own).
+            if (tx.deferred) await this.flushDeferred(conn, tx);
+            await control.executeQuery(TX.commit);
+          }
         } catch (err) {
           try {
             await control.executeQuery(TX.rollback);
@@ -388,6 +500,8 @@ export class StoreDatabase {
             // The database already rolled back (e.g. SQLite after SQLITE_FULL); nothing to undo.
           }
           throw err;
+        } finally {
+          pipeline?.end();
         }
       });
     } catch (err) {
@@ -408,6 +522,22 @@ export class StoreDatabase {
       else w.reject(o.err);
     });
     return group.length;
+  }
+
+  /**
+   * Pipelined: the outbox rows the writes deferred and the commit, sent together (one round trip
+   * instead of two; the group's own round trips are most of a pipelined group's time).
+   * @throws the first INSERT's failure, after the commit's answer: Postgres then ended the failed
+   *   transaction with a rollback
+   */
+  private async commitWithDeferred(pipeline: WritePipeline, tx: TxState): Promise<void> {
+    const rows = tx.deferred ?? [];
+    tx.deferred = undefined;
+    const inserts = this.outboxQueries(rows).map((q) => pipeline.send(q));
+    this.writeStats.statements += inserts.length;
+    const [settled] = await Promise.all([Promise.allSettled(inserts), pipeline.send(TX.commit)]);
+    const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure) throw failure.reason;
   }
 
   /** Inserts the outbox rows the group's writes deferred (see {@link TxState.deferred}) and stops deferring. */
@@ -474,9 +604,14 @@ export class StoreDatabase {
    * built once under `key` by `build`, whose `p(i)` marks where argument i goes.
    */
   reuse<R>(conn: Db, key: string, build: ReusableQueryBuilder<R>, args: readonly unknown[]): Promise<QueryResult<R>> {
+    return conn.executeQuery<R>(this.reused(key, build, args));
+  }
+
+  /** The query {@link reuse} runs, compiled once under `key`, with `args`. */
+  private reused<R>(key: string, build: ReusableQueryBuilder<R>, args: readonly unknown[]): CompiledQuery<R> {
     let q = this.reusable.get(key);
     if (q === undefined) {
-      const compiled = build(conn, param as (i: number) => never).compile() as CompiledQuery<unknown>;
+      const compiled = build(this.db, param as (i: number) => never).compile() as CompiledQuery<unknown>;
       const slots = compiled.parameters.map((v) => {
         const m = typeof v === 'string' ? PARAM.exec(v) : null;
         if (m === null) throw new Error(`reusable query ${key}: parameter ${String(v)} is not an argument placeholder`);
@@ -485,7 +620,7 @@ export class StoreDatabase {
       this.reusable.set(key, (q = { compiled, slots }));
     }
     const { compiled, slots } = q;
-    return conn.executeQuery<R>({ ...(compiled as CompiledQuery<R>), parameters: slots.map((i) => args[i]) });
+    return { ...(compiled as CompiledQuery<R>), parameters: slots.map((i) => args[i]) };
   }
 
   /** Hands out the run's next event sequence number; null when the run does not exist. */
@@ -547,19 +682,27 @@ export class StoreDatabase {
 
   /** Inserts outbox rows (as {@link enqueueAll} builds them) in this order, one INSERT per {@link REUSE_CHUNK}. */
   private async insertOutbox(trx: Db, rows: readonly unknown[][]): Promise<void> {
+    for (const q of this.outboxQueries(rows)) await trx.executeQuery(q);
+  }
+
+  /** The INSERTs of outbox rows (as {@link enqueueAll} builds them), in this order, one per {@link REUSE_CHUNK}. */
+  private outboxQueries(rows: readonly unknown[][]): CompiledQuery<unknown>[] {
+    const out: CompiledQuery<unknown>[] = [];
     for (let i = 0; i < rows.length; i += REUSE_CHUNK) {
       const chunk = rows.slice(i, i + REUSE_CHUNK);
       const n = chunk.length;
-      await this.reuse(
-        trx,
-        n === 1 ? 'enqueue' : `enqueue×${n}`,
-        (db, p) =>
-          db.insertInto('outbox').values(
-            chunk.map((_, k) => ({ event_id: p(6 * k), subject: p(6 * k + 1), payload: p(6 * k + 2), run_id: p(6 * k + 3), run_sequence: p(6 * k + 4), created_at: p(6 * k + 5) })),
-          ),
-        chunk.flat(),
+      out.push(
+        this.reused(
+          n === 1 ? 'enqueue' : `enqueue×${n}`,
+          (db, p) =>
+            db.insertInto('outbox').values(
+              chunk.map((_, k) => ({ event_id: p(6 * k), subject: p(6 * k + 1), payload: p(6 * k + 2), run_id: p(6 * k + 3), run_sequence: p(6 * k + 4), created_at: p(6 * k + 5) })),
+            ),
+          chunk.flat(),
+        ),
       );
     }
+    return out;
   }
 
   /** Enqueues a run event with the run's next sequence number. @throws NotFoundError */

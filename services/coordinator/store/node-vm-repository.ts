@@ -2,7 +2,7 @@
 import { InvalidArgumentError, NotFoundError } from '../../shared/errors.js';
 import { HostInfo, MigrationState, VmInfo } from '../../shared/gen/migd/v1/common.js';
 import { NodeStatus, type Node } from '../../shared/gen/migd/v1/coordinator.js';
-import { INSERT_CHUNK, type Db, type StoreDatabase, type TxState } from './database.js';
+import { INSERT_CHUNK, nodeKey, vmKey, type Db, type StoreDatabase, type TxState } from './database.js';
 import { date, hostFromJson, ms, vmToProto } from './mapping.js';
 import type { NodeRow } from './schema.js';
 import type { NodeVmRepository, UpsertNodeInput } from './types.js';
@@ -45,7 +45,7 @@ export class SqlNodeVmRepository implements NodeVmRepository {
           new Date(now),
         );
       }
-    });
+    }, { keys: [nodeKey(id)] });
   }
 
   async setNodeStatus(nodeId: string, status: NodeStatus, reason = ''): Promise<Node> {
@@ -126,12 +126,12 @@ export class SqlNodeVmRepository implements NodeVmRepository {
     if (infos.length === 0) return;
     const now = this.d.now();
     if (infos.length === 1) {
-      await this.d.write((trx, tx) => this.upsertOne(trx, tx, infos[0]!, now));
+      await this.d.write((trx, tx) => this.upsertOne(trx, tx, infos[0]!, now), { keys: [vmKey(infos[0]!.spec!.name)] });
       return;
     }
+    const names = [...new Set(infos.map((i) => i.spec!.name))];
     await this.d.write(async (trx, tx) => {
       // Where each VM was before this transaction (then as this batch leaves it).
-      const names = [...new Set(infos.map((i) => i.spec!.name))];
       const existing = new Map<string, { node_id: string | null; state: number }>();
       for (let i = 0; i < names.length; i += INSERT_CHUNK) {
         const rows = await trx.selectFrom('vms').select(['name', 'node_id', 'state']).where('name', 'in', names.slice(i, i + INSERT_CHUNK)).execute();
@@ -159,7 +159,7 @@ export class SqlNodeVmRepository implements NodeVmRepository {
           await this.d.enqueue(trx, tx, { $case: 'vmChanged', value: { vm: info } }, new Date(now));
         }
       }
-    });
+    }, { keys: names.map(vmKey) });
   }
 
   /**

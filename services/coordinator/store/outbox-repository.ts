@@ -3,7 +3,7 @@
  * into it, inside their own transactions, through {@link StoreDatabase.enqueue}.
  */
 import type { OutboxLag, OutboxRecord } from '../../shared/events/outbox.js';
-import { INSERT_CHUNK, type StoreDatabase } from './database.js';
+import { INSERT_CHUNK, PUBLISHED_MARKS, type StoreDatabase } from './database.js';
 import type { OutboxRepository } from './types.js';
 
 export class SqlOutboxRepository implements OutboxRepository {
@@ -32,7 +32,9 @@ export class SqlOutboxRepository implements OutboxRepository {
           .where('published_at', 'is', null)
           .execute();
       }
-    });
+      // Rows committed before (the group inserts its own after all of its writes): it commutes with
+      // every write but another mark (StoreDatabase.write's keys).
+    }, { keys: [PUBLISHED_MARKS] });
   }
 
   async outboxLag(): Promise<OutboxLag> {

@@ -17,7 +17,7 @@ import { PlannedMigration, PlanState, planStateToJSON, SubmitPlanRequest, type P
 import type { StateChange } from '../../shared/gen/migd/v1/node.js';
 import { observeRunFinished } from '../../shared/metrics/metrics.js';
 import { isTerminalState } from '../../shared/policy/states.js';
-import { INSERT_CHUNK, REUSE_CHUNK, type Db, type OutboxEvent, type StoreDatabase } from './database.js';
+import { INSERT_CHUNK, REUSE_CHUNK, runKey, type Db, type OutboxEvent, type StoreDatabase } from './database.js';
 import { actionToProto, ms, normalizePolicyKind, planToProto, policyToJson, runToProto, scopedIdempotencyKey, transitionToProto } from './mapping.js';
 import type { ActionRow, RunRow, TransitionRow } from './schema.js';
 import type { RunCostFigures } from '../domain/policy/measured.js';
@@ -77,13 +77,17 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         request_json: JSON.stringify(SubmitPlanRequest.toJSON(SubmitPlanRequest.fromPartial(input.request))),
         migrations_json: JSON.stringify((input.migrations ?? []).map((m) => PlannedMigration.toJSON(PlannedMigration.fromPartial(m)))),
       };
-      try {
-        await trx.insertInto('plans').values(row).execute();
-      } catch (err) {
-        if (this.d.dialect.isConstraintViolation(err, 'primary-key')) throw new AlreadyExistsError(`plan ${id} already exists`, { cause: err });
-        throw err;
-      }
-      const { events, runs: created } = await this.insertRuns(trx, (input.runs ?? []).map((r) => ({ ...r, planId: id })), now, true);
+      // The plan's row and its runs' asked for together (insertRuns): on a pipelined write
+      // connection (Postgres) one round trip, not one each; they are sent in the order asked.
+      const plan = trx
+        .insertInto('plans')
+        .values(row)
+        .execute()
+        .catch((err: unknown) => {
+          if (this.d.dialect.isConstraintViolation(err, 'primary-key')) throw new AlreadyExistsError(`plan ${id} already exists`, { cause: err });
+          throw err;
+        });
+      const { events, runs: created } = await this.insertRuns(trx, (input.runs ?? []).map((r) => ({ ...r, planId: id })), now, true, [plan]);
       const runs = input.runs?.length ?? 0;
       // The runs' events, then the plan's, as few statements as the runs' rows.
       await this.d.enqueueAll(trx, tx, [...events, { payload: { $case: 'planState', value: { planId: id, state: planStateToJSON(state), runsTotal: runs, runsFinished: 0 } }, time: new Date(now) }]);
@@ -170,9 +174,13 @@ export class SqlPlanRunRepository implements PlanRunRepository {
    * for the caller to enqueue with its own. One statement per {@link REUSE_CHUNK} runs for each
    * table, compiled once per row count (a drain plan inserts one run per VM: 3 statements a run
    * were a network round trip each on Postgres, behind which every other write waited). `planKnown`:
-   * the plan was inserted in this transaction (createPlan), so it is not looked up again.
+   * the plan was inserted in this transaction (createPlan), so it is not looked up again. The
+   * statements are asked for all at once (after `before`, statements the caller asked for first),
+   * so that on a pipelined write connection they take one round trip; they are sent in the order
+   * asked, which the rows' references need (plan, runs, transitions).
    */
-  private async insertRuns(trx: Db, inputs: readonly CreateRunInput[], now: number, planKnown = false): Promise<{ ids: string[]; events: OutboxEvent[]; runs: Run[] }> {
+  private async insertRuns(trx: Db, inputs: readonly CreateRunInput[], now: number, planKnown = false, before: Promise<unknown>[] = []): Promise<{ ids: string[]; events: OutboxEvent[]; runs: Run[] }> {
+    const statements = [...before];
     const checked = new Set<string>();
     const rows: unknown[][] = [];
     const changes: { id: string; at: number; change: StateChange }[] = [];
@@ -234,8 +242,9 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     for (let i = 0; i < rows.length; i += REUSE_CHUNK) {
       const chunk = rows.slice(i, i + REUSE_CHUNK);
       const n = chunk.length;
-      try {
-        await this.d.reuse(
+      statements.push(
+        this.d
+          .reuse(
           trx,
           `runs.insert×${n}`,
           (db, p) =>
@@ -259,22 +268,29 @@ export class SqlPlanRunRepository implements PlanRunRepository {
               })),
             ),
           chunk.flat(),
-        );
-      } catch (err) {
-        if (this.d.dialect.isConstraintViolation(err, 'primary-key')) {
-          const ids = chunk.map((r) => String(r[0]));
-          throw new AlreadyExistsError(n === 1 ? `run ${ids[0]} already exists` : `one of runs ${ids.join(', ')} already exists`, { cause: err });
-        }
-        throw err;
-      }
+        )
+          .catch((err: unknown) => {
+            if (this.d.dialect.isConstraintViolation(err, 'primary-key')) {
+              const ids = chunk.map((r) => String(r[0]));
+              throw new AlreadyExistsError(n === 1 ? `run ${ids[0]} already exists` : `one of runs ${ids.join(', ')} already exists`, { cause: err });
+            }
+            throw err;
+          }),
+      );
       const first = changes.slice(i, i + n);
-      await this.d.reuse(
-        trx,
-        `runTransitions.insert×${n}`,
-        (db, p) => db.insertInto('run_transitions').values(first.map((_, k) => ({ run_id: p(5 * k), at: p(5 * k + 1), from_state: p(5 * k + 2), to_state: p(5 * k + 3), reason: p(5 * k + 4) }))),
-        first.flatMap((c) => [c.id, c.at, c.change.from, c.change.to, c.change.reason]),
+      statements.push(
+        this.d.reuse(
+          trx,
+          `runTransitions.insert×${n}`,
+          (db, p) => db.insertInto('run_transitions').values(first.map((_, k) => ({ run_id: p(5 * k), at: p(5 * k + 1), from_state: p(5 * k + 2), to_state: p(5 * k + 3), reason: p(5 * k + 4) }))),
+          first.flatMap((c) => [c.id, c.at, c.change.from, c.change.to, c.change.reason]),
+        ),
       );
     }
+    // Every one answered before the write ends (none left in flight behind a rollback), then the
+    // first failure (in the order asked: a run's after its plan's).
+    const failure = (await Promise.allSettled(statements)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure) throw failure.reason;
     return { ids: changes.map((c) => c.id), events, runs };
   }
 
@@ -339,7 +355,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
         { runId, sequence: Number(updated.last_sequence) },
       );
       return change;
-    });
+    }, { keys: [runKey(runId)] });
   }
 
   /**
@@ -488,7 +504,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
           ? runToProto(row, [...row.transitions_json.map(transitionToProto), change], row.actions_json.map(actionToProto))
           : await this.loadRunOf(trx, row);
       return { finished: row, ended };
-    }));
+    }, { keys: [runKey(runId)] }));
     this.samples.forgetRun(runId);
     if (this.d.o.metrics !== undefined) {
       const total = stats !== undefined && stats.totalTimeMs > 0 ? stats.totalTimeMs : finished.started_at === null ? null : at - finished.started_at;

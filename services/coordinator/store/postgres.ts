@@ -11,13 +11,14 @@
  * - 64-bit integers and numerics come back as JavaScript numbers (ms times and byte counts are
  *   far below 2^53).
  */
-import { CompiledQuery, Kysely, PostgresDialect, sql } from 'kysely';
+import { CompiledQuery, Kysely, PostgresAdapter, PostgresDialect, PostgresIntrospector, PostgresQueryCompiler, sql, type DatabaseConnection, type Driver, type QueryCompiler } from 'kysely';
 import pg from 'pg';
 import { ConfigError, type NotLeaderError } from '../../shared/errors.js';
 import { LEADER_TABLE_SQL, SCHEMA_LOCK } from '../leadership/postgres.js';
-import { TX, type StoreDialect } from './database.js';
+import { TX, type Db, type StoreDialect, type WritePipeline } from './database.js';
 import { RepositoryHistoryStore } from './history-store.js';
 import { migrateToLatest } from './migrate.js';
+import { timedCompiler, timeWriteStatements } from './pg-timing.js';
 import { checkMin, resolveHistoryStoreOptions, type HistoryStoreOptions, type ResolvedHistoryStoreOptions } from './options.js';
 import type { HistoryDatabase } from './schema.js';
 
@@ -41,10 +42,16 @@ export interface PostgresHistoryStoreOptions extends HistoryStoreOptions {
   migrate?: boolean;
   /** When given, every write carries and checks this coordinator's term (see the file comment). */
   fence?: WriteFence;
+  /**
+   * Run the independent writes of a group commit together on the write connection, each statement
+   * sent without waiting for the answers of the others' (node-pg's pipeline mode; see
+   * StoreDatabase.write). Default true; false: one write after the other, as on SQLite.
+   */
+  pipelineWrites?: boolean;
 }
 
 export type ResolvedPostgresHistoryStoreOptions = ResolvedHistoryStoreOptions &
-  Readonly<Required<Pick<PostgresHistoryStoreOptions, 'url' | 'poolSize' | 'migrate'>>> &
+  Readonly<Required<Pick<PostgresHistoryStoreOptions, 'url' | 'poolSize' | 'migrate' | 'pipelineWrites'>>> &
   Readonly<Pick<PostgresHistoryStoreOptions, 'fence'>>;
 
 /**
@@ -67,7 +74,8 @@ export function resolvePostgresStoreOptions(o: PostgresHistoryStoreOptions): Res
   if (typeof o.url !== 'string' || !isPostgresUrl(o.url)) throw new ConfigError('store.url', 'must be a postgres:// URL');
   const poolSize = o.poolSize ?? 10;
   checkMin('poolSize', poolSize, 1);
-  return Object.freeze({ url: o.url, poolSize, migrate: o.migrate ?? true, fence: o.fence, ...resolveHistoryStoreOptions({ ...o, writeGroupBudgetMs: o.writeGroupBudgetMs ?? POSTGRES_WRITE_GROUP_BUDGET_MS }) });
+  if (o.pipelineWrites !== undefined && typeof o.pipelineWrites !== 'boolean') throw new ConfigError('store.pipelineWrites', 'must be true or false');
+  return Object.freeze({ url: o.url, poolSize, migrate: o.migrate ?? true, pipelineWrites: o.pipelineWrites ?? true, fence: o.fence, ...resolveHistoryStoreOptions({ ...o, writeGroupBudgetMs: o.writeGroupBudgetMs ?? POSTGRES_WRITE_GROUP_BUDGET_MS }) });
 }
 
 /** int8 (20) and numeric (1700) as numbers; every other type as pg parses it. */
@@ -78,23 +86,95 @@ const types = {
   }) as typeof pg.types.getTypeParser,
 };
 
+/**
+ * node-pg answers a simple query of several statements (BEGIN_WRITE) with an array of results,
+ * one per statement, which Kysely would read as an empty result: its client gives the last one.
+ */
+function lastResultOfMany(client: pg.PoolClient): void {
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  (client as { query: unknown }).query = (...args: unknown[]): unknown => {
+    const r = query(...args);
+    if (typeof args[0] !== 'string' || !args[0].includes(';') || !(r instanceof Promise)) return r;
+    return r.then((v: unknown) => (Array.isArray(v) ? v[v.length - 1] : v));
+  };
+}
+
 /** Compiled once, as the shared transaction statements (database.ts TX): every read begins with it. */
 const BEGIN_READ = CompiledQuery.raw('begin isolation level repeatable read read only');
 
-/** The Postgres dialect object; `fence` makes every write check the term. */
-export function postgresStoreDialect(fence?: WriteFence): StoreDialect {
+/**
+ * The write group's connection without Kysely's one-query-at-a-time (its `connection()` waits for
+ * each query's answer before it passes on the next): a Kysely whose driver hands out the group's
+ * connection to every query at once, so that node-pg, in pipeline mode, sends each when it is
+ * asked for. Kysely's own Postgres compiler and adapter; no transactions of its own (the group's
+ * is begun and ended on the connection itself).
+ */
+export function writePipeline(): WritePipeline {
+  let current: DatabaseConnection | undefined;
+  const connection = async (): Promise<DatabaseConnection> => {
+    if (current === undefined) throw new Error('history store: a pipelined statement outside a write group');
+    return current;
+  };
+  const noTransactions = (): Promise<never> => Promise.reject(new Error('history store: the write pipeline has no transactions of its own'));
+  const driver: Driver = {
+    init: async () => undefined,
+    acquireConnection: connection,
+    beginTransaction: noTransactions,
+    commitTransaction: noTransactions,
+    rollbackTransaction: noTransactions,
+    releaseConnection: async () => undefined,
+    destroy: async () => undefined,
+  };
+  const db: Db = new Kysely<HistoryDatabase>({
+    dialect: {
+      createAdapter: () => new PostgresAdapter(),
+      createDriver: () => driver,
+      createIntrospector: (k) => new PostgresIntrospector(k),
+      createQueryCompiler: () => timedCompiler(new PostgresQueryCompiler()),
+    },
+  });
+  return {
+    over: async (conn) => {
+      // The connection the group holds (its single-connection provider hands it out at once).
+      current = await conn.getExecutor().provideConnection((c) => Promise.resolve(c));
+      return db;
+    },
+    send: (query) => {
+      if (current === undefined) return Promise.reject(new Error('history store: a pipelined statement outside a write group'));
+      // node-pg writes it to the socket within this call (pipeline mode).
+      return current.executeQuery(query);
+    },
+    end: () => {
+      current = undefined;
+    },
+  };
+}
+
+/**
+ * A write transaction's first round trip: begin, the write lock and, fenced, the term row FOR
+ * SHARE, as one simple query (its answer is the last statement's). Three round trips were a
+ * group's own four with the commit; with the writes of a group pipelined (writePipeline), a
+ * group's own round trips are most of its time on the connection. The lock's keys are constants,
+ * written as literals.
+ */
+export const BEGIN_WRITE = `begin; select pg_advisory_xact_lock(${WRITE_LOCK[0]}, ${WRITE_LOCK[1]})`;
+const BEGIN_WRITE_UNFENCED = CompiledQuery.raw(BEGIN_WRITE);
+const BEGIN_WRITE_FENCED = CompiledQuery.raw(`${BEGIN_WRITE}; select term from migd_leader where id = 1 for share`);
+
+/**
+ * The Postgres dialect object; `fence` makes every write check the term; with `pipeline` (its pool
+ * in node-pg's pipeline mode) a group's independent writes run together.
+ */
+export function postgresStoreDialect(fence?: WriteFence, pipeline?: WritePipeline): StoreDialect {
   return {
     name: 'postgres',
+    ...(pipeline ? { pipeline } : {}),
     beginWrite: async (conn) => {
       // Refuse before touching the database when we know we do not lead.
       const term = fence?.token();
-      await conn.executeQuery(TX.begin);
       try {
-        await sql`select pg_advisory_xact_lock(${WRITE_LOCK[0]}::int4, ${WRITE_LOCK[1]}::int4)`.execute(conn);
-        if (term !== undefined) {
-          const r = await sql<{ term: number }>`select term from migd_leader where id = 1 for share`.execute(conn);
-          if (Number(r.rows[0]?.term) !== term) throw fence!.notLeader();
-        }
+        const r = await conn.executeQuery<{ term: number }>(term === undefined ? BEGIN_WRITE_UNFENCED : BEGIN_WRITE_FENCED);
+        if (term !== undefined && Number(r.rows[0]?.term) !== term) throw fence!.notLeader();
       } catch (err) {
         // The caller only rolls back what it began: end this transaction before the connection
         // goes back to the pool.
@@ -123,11 +203,18 @@ export function postgresStoreDialect(fence?: WriteFence): StoreDialect {
   };
 }
 
+/** Kysely's Postgres dialect, its compiles timed while the turn profiler is on (bench d, issue 15). */
+class TimedPostgresDialect extends PostgresDialect {
+  override createQueryCompiler(): QueryCompiler {
+    return timedCompiler(super.createQueryCompiler());
+  }
+}
+
 /** The history store on a Postgres database. */
 export class PostgresHistoryStore extends RepositoryHistoryStore {
   readonly options: ResolvedPostgresHistoryStoreOptions;
   constructor(db: Kysely<HistoryDatabase>, o: ResolvedPostgresHistoryStoreOptions) {
-    super(db, postgresStoreDialect(o.fence), o);
+    super(db, postgresStoreDialect(o.fence, o.pipelineWrites ? writePipeline() : undefined), o);
     this.options = o;
   }
 }
@@ -140,10 +227,16 @@ export class PostgresHistoryStore extends RepositoryHistoryStore {
  */
 export async function openPostgresHistoryStore(opts: PostgresHistoryStoreOptions): Promise<PostgresHistoryStore> {
   const o = resolvePostgresStoreOptions(opts);
-  const pool = new pg.Pool({ connectionString: o.url, max: o.poolSize, types, application_name: 'migd-coordinator', keepAlive: true, connectionTimeoutMillis: 5000 });
+  // Pipeline mode: a query is sent when asked for, not after the answer to the one before. Kysely
+  // still waits for each answer on a connection it hands out (reads, migrations), so only the
+  // write group's pipelined writes (writePipeline) have several statements in flight.
+  const pool = new pg.Pool({ connectionString: o.url, max: o.poolSize, types, application_name: 'migd-coordinator', keepAlive: true, connectionTimeoutMillis: 5000, pipeline: o.pipelineWrites });
   // An idle connection that breaks (server restart) is dropped by the pool; not a crash.
   pool.on('error', (err) => o.logger.warn('history store: idle database connection failed', { err: err.message }));
-  const db = new Kysely<HistoryDatabase>({ dialect: new PostgresDialect({ pool }) });
+  // The write transactions' statements timed while the turn profiler is on (bench d, issue 15).
+  timeWriteStatements(pool, (text) => text.startsWith(BEGIN_WRITE));
+  pool.on('connect', lastResultOfMany);
+  const db = new Kysely<HistoryDatabase>({ dialect: new TimedPostgresDialect({ pool }) });
   try {
     if (o.migrate) await migrateToLatest(db);
     await db.transaction().execute(async (trx) => {

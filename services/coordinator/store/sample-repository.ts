@@ -5,7 +5,7 @@
 import { InvalidArgumentError } from '../../shared/errors.js';
 import { GuestPerfSample, ProgressSample } from '../../shared/gen/migd/v1/common.js';
 import type { HostCpuSample } from '../../shared/gen/migd/v1/coordinator.js';
-import { type Db, INSERT_CHUNK, type OutboxEvent, type StoreDatabase, type TxState } from './database.js';
+import { type Db, INSERT_CHUNK, runKey, type OutboxEvent, type StoreDatabase, type TxState } from './database.js';
 import { guestToRow, hostCpuToRow, ms, progressToRow } from './mapping.js';
 import type { RunSamples } from './plan-run-repository.js';
 import { SampleWriter, type SampleBatch, type SampleWriterStats } from './sample-writer.js';
@@ -90,7 +90,7 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
     const taken = this.writer.take();
     const samples = taken === undefined
       ? undefined
-      : this.d.write((trx, tx) => this.writeBatch(trx, tx, taken.batch)).then(
+      : this.d.write((trx, tx) => this.writeBatch(trx, tx, taken.batch), { keys: batchKeys(taken.batch) }).then(
           () => this.writer.written(taken),
           (err: unknown) => {
             this.d.log.warn('writing buffered samples before a run\'s end failed; will retry', { err, buffered: taken.rows });
@@ -105,19 +105,23 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
   }
 
   private async persistSamples(b: SampleBatch): Promise<void> {
-    await this.d.write((trx, tx) => this.writeBatch(trx, tx, b));
+    await this.d.write((trx, tx) => this.writeBatch(trx, tx, b), { keys: batchKeys(b) });
   }
 
   /** One batch's rows and events, in the caller's transaction. */
   private async writeBatch(trx: Db, tx: TxState, b: SampleBatch): Promise<void> {
+    // The statements are independent of one another: asked for all at once, so that on a
+    // pipelined write connection (Postgres) they take one round trip, not one each (issue 15; on
+    // SQLite and outside a pipelined group they still run one after the other, in this order).
+    const statements: Promise<unknown>[] = [];
     for (let i = 0; i < b.progress.length; i += INSERT_CHUNK) {
-      await trx.insertInto('progress_samples').values(b.progress.slice(i, i + INSERT_CHUNK)).execute();
+      statements.push(trx.insertInto('progress_samples').values(b.progress.slice(i, i + INSERT_CHUNK)).execute());
     }
     for (let i = 0; i < b.guest.length; i += INSERT_CHUNK) {
-      await trx.insertInto('guest_samples').values(b.guest.slice(i, i + INSERT_CHUNK)).execute();
+      statements.push(trx.insertInto('guest_samples').values(b.guest.slice(i, i + INSERT_CHUNK)).execute());
     }
     for (let i = 0; i < b.hostCpu.length; i += INSERT_CHUNK) {
-      await trx.insertInto('host_cpu_samples').values(b.hostCpu.slice(i, i + INSERT_CHUNK)).execute();
+      statements.push(trx.insertInto('host_cpu_samples').values(b.hostCpu.slice(i, i + INSERT_CHUNK)).execute());
     }
     // The events' sequence numbers: one UPDATE for the runs with the same number of events in
     // this batch (usually all of them), then one INSERT for the events, in the batch's order.
@@ -132,8 +136,17 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
     /** Each run's next sequence number to hand out. */
     const next = new Map<string, number>();
     for (const [n, ids] of byCount) {
-      for (const [runId, last] of await this.d.takeSequences(trx, ids, n)) next.set(runId, last - n + 1);
+      statements.push(
+        this.d.takeSequences(trx, ids, n).then((last) => {
+          for (const [runId, l] of last) next.set(runId, l - n + 1);
+        }),
+      );
     }
+    // Every one settled before the write ends (a failing one must not leave others in flight
+    // behind the group's rollback), then the first failure.
+    const settled = await Promise.allSettled(statements);
+    const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure) throw failure.reason;
     const events: OutboxEvent[] = [];
     for (const e of b.events) {
       // Samples of an unknown (or already deleted) run are kept; they just get no event.
@@ -158,4 +171,15 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
       this.d.log.error('samples lost at close: the final write failed', { err, lost: this.writer.size });
     }
   }
+}
+
+/**
+ * What a batch's write touches besides the rows it adds (StoreDatabase.write's keys): the event
+ * sequence numbers of the runs it has events for. A run's end waits for a batch holding its events
+ * (its progress events before its RunCompleted); the sample rows alone are new rows, which no
+ * other write reads, so a run's transitions need not wait for a batch holding only its samples
+ * (most runs: progress events go out at a reduced rate).
+ */
+function batchKeys(b: SampleBatch): string[] {
+  return [...new Set(b.events.map((e) => e.runId))].map(runKey);
 }

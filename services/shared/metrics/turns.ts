@@ -9,7 +9,7 @@
  * it on with its metrics endpoint (--metrics-listen) and serves the figures there
  * (`migd_event_loop_delay_milliseconds{stat}`, `migd_turn_milliseconds{cause,stat}`).
  */
-import { createHistogram, monitorEventLoopDelay, performance, PerformanceObserver, type IntervalHistogram, type RecordableHistogram } from 'node:perf_hooks';
+import { createHistogram, monitorEventLoopDelay, performance, PerformanceObserver, type EventLoopUtilization, type IntervalHistogram, type RecordableHistogram } from 'node:perf_hooks';
 import { Gauge, type Registry } from 'prom-client';
 
 /** One cause's figures, durations in ms. */
@@ -42,9 +42,17 @@ export interface RequestTiming {
   readonly size: number;
 }
 
+/** The event loop's busy and idle time since recording began (perf_hooks eventLoopUtilization), ms. */
+export interface LoopUseFigures {
+  readonly activeMs: number;
+  readonly idleMs: number;
+}
+
 /** What `/debug/turns` serves. */
 export interface TurnReport {
   readonly loopDelay: LoopDelayFigures | null;
+  /** Absent from coordinators built before it. */
+  readonly loopUse?: LoopUseFigures | null;
   readonly causes: readonly TurnFigures[];
   readonly requests: Readonly<Record<string, RequestTiming>>;
 }
@@ -66,6 +74,8 @@ export class TurnProfiler {
   private on = false;
   private loop: IntervalHistogram | undefined;
   private gc: PerformanceObserver | undefined;
+  /** The loop's utilization when recording began (see {@link loopUse}). */
+  private elu: EventLoopUtilization | undefined;
   private readonly causes = new Map<string, Cause>();
   /** The latest requests' phases by request key (see {@link keep}), oldest first. */
   private readonly requests = new Map<string, RequestTiming>();
@@ -81,6 +91,7 @@ export class TurnProfiler {
     this.on = true;
     this.loop = monitorEventLoopDelay({ resolution: resolutionMs });
     this.loop.enable();
+    this.elu = performance.eventLoopUtilization();
     // Garbage collection pauses are turns of their own.
     this.gc = new PerformanceObserver((list) => {
       for (const e of list.getEntries()) this.recordMs('gc', e.duration);
@@ -95,6 +106,7 @@ export class TurnProfiler {
     this.loop = undefined;
     this.gc?.disconnect();
     this.gc = undefined;
+    this.elu = undefined;
     this.causes.clear();
     this.requests.clear();
   }
@@ -132,7 +144,7 @@ export class TurnProfiler {
 
   /** Everything so far, as `/debug/turns` serves it. */
   report(): TurnReport {
-    return { loopDelay: this.loopDelay() ?? null, causes: this.causesSnapshot(), requests: Object.fromEntries(this.requests) };
+    return { loopDelay: this.loopDelay() ?? null, loopUse: this.loopUse() ?? null, causes: this.causesSnapshot(), requests: Object.fromEntries(this.requests) };
   }
 
   /** A stopwatch over one request's phases (undefined while off): see {@link Laps}. */
@@ -154,6 +166,16 @@ export class TurnProfiler {
         sizeMean: c.h.count > 0 ? c.sizeTotal / c.h.count : 0,
       }))
       .sort((a, b) => b.totalMs - a.totalMs);
+  }
+
+  /**
+   * The event loop's busy (running callbacks) and idle (waiting for I/O) time since recording began
+   * (undefined while off): a reader polling it takes differences for a period's utilization.
+   */
+  loopUse(): LoopUseFigures | undefined {
+    if (!this.elu) return undefined;
+    const u = performance.eventLoopUtilization(this.elu);
+    return { activeMs: u.active, idleMs: u.idle };
   }
 
   /** Event-loop delay so far (undefined while off). */

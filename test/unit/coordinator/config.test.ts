@@ -17,6 +17,13 @@ function configError(fn: () => unknown): ConfigError {
 }
 
 describe('coordinator config', () => {
+  it('pipelines a Postgres store\'s writes unless --db-pipeline-writes off, and names the option for a bad value', () => {
+    const url = 'postgres://migd@127.0.0.1:5432/migd';
+    expect(loadCoordinatorConfig(['--db', url], {}).store).toEqual({ kind: 'postgres', url, pipelineWrites: true });
+    expect(loadCoordinatorConfig(['--db', url, '--db-pipeline-writes', 'off'], {}).store).toEqual({ kind: 'postgres', url, pipelineWrites: false });
+    expect(configError(() => loadCoordinatorConfig(['--db', url, '--db-pipeline-writes', 'no'], {})).message).toMatch(/db-pipeline-writes/);
+  });
+
   it('is fully defaulted and frozen', () => {
     const c = loadCoordinatorConfig([], {});
     expect(c.listen).toBe('127.0.0.1:7000');

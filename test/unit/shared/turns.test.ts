@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { afterEach, describe, expect, it } from 'vitest';
 import { KEPT_REQUESTS, TurnProfiler } from '../../../services/shared/metrics/turns.js';
 
@@ -9,7 +10,19 @@ describe('turn profiler', () => {
     p.recordMs('store.group-commit', 5, 10);
     p.keep('SubmitPlan k', { handlerMs: 1, phasesMs: {}, size: 1 });
     expect(p.laps('submit')).toBeUndefined();
-    expect(p.report()).toEqual({ loopDelay: null, causes: [], requests: {} });
+    expect(p.report()).toEqual({ loopDelay: null, loopUse: null, causes: [], requests: {} });
+  });
+
+  it("reports the event loop's busy and idle time since it was turned on", async () => {
+    p.enable();
+    const until = performance.now() + 30;
+    while (performance.now() < until) {
+      // busy: this turn holds the loop
+    }
+    await new Promise((r) => setTimeout(r, 30));
+    const u = p.report().loopUse!;
+    expect(u.activeMs).toBeGreaterThanOrEqual(25);
+    expect(u.idleMs).toBeGreaterThan(0);
   });
 
   it('keeps count, total, max and sizes per cause, the largest total first', () => {

@@ -225,6 +225,38 @@ describe('a switch to post-copy on a dead link', () => {
   });
 
   /**
+   * QEMU on the source failing the switch to post-copy: the switch hangs (the monitor answers
+   * nothing but migrate-start-postcopy) until the source's migrate-pause; then `failed`, and QEMU's
+   * own resume of the guest 400 ms later, with query-status saying finish-migrate meanwhile. A
+   * `stop` sent before that resume is undone by it (QEMU's stop leaves a finish-migrate runstate as
+   * it is). Returns whether QEMU has resumed the guest yet.
+   */
+  function failSwitchThenResume(s: Started, errorDesc: string): () => boolean {
+    let held = true;
+    let resumedByQemu = false;
+    s.q.onCommand = (name) => {
+      if (name === 'migrate-pause') {
+        held = false;
+        setTimeout(() => s.q.emit('failed'), 10);
+        setTimeout(() => {
+          resumedByQemu = true;
+          s.q.running = true;
+        }, 400);
+        return undefined;
+      }
+      if (held && name === 'migrate-start-postcopy') {
+        s.q.running = false;
+        setTimeout(() => s.q.emit('postcopy-active'), 10);
+        return undefined;
+      }
+      if (!held && !resumedByQemu && name === 'query-status') return { running: false, status: 'finish-migrate' };
+      if (!held && name === 'query-migrate' && s.q.migration === 'failed') return { status: 'failed', 'error-desc': errorDesc };
+      return held && name !== 'migrate-start-postcopy' ? NO_REPLY : undefined;
+    };
+    return () => resumedByQemu;
+  }
+
+  /**
    * The chaos campaign's seed 7701568, step 4 (CI, 5 Dec): QEMU emits `failed` from its switch
    * (postcopy_start) while the guest is still stopped here, and resumes it itself only once its
    * migration thread has finished with the failure (migration_iteration_finish: block devices
@@ -235,29 +267,7 @@ describe('a switch to post-copy on a dead link', () => {
    */
   it('waits for QEMU to resume the source after a failed switch, then asks the destination, and pauses the source when the guest runs there', async () => {
     const s = await started({ abort: () => new FailedPreconditionError('the guest runs here', { reason: 'GUEST_RUNS_HERE' }) }, { postcopy: true, options: { postcopySwitchStuckMs: 600 } });
-    let held = true;
-    let resumedByQemu = false;
-    s.q.onCommand = (name) => {
-      if (name === 'migrate-pause') {
-        held = false;
-        setTimeout(() => s.q.emit('failed'), 10);
-        // QEMU's own resume of the source, a while after its `failed` event. A `stop` sent before
-        // it is undone by it (QEMU's stop leaves a finish-migrate runstate as it is).
-        setTimeout(() => {
-          resumedByQemu = true;
-          s.q.running = true;
-        }, 400);
-        return undefined;
-      }
-      if (held && name === 'migrate-start-postcopy') {
-        s.q.running = false;
-        setTimeout(() => s.q.emit('postcopy-active'), 10);
-        return undefined;
-      }
-      if (!held && !resumedByQemu && name === 'query-status') return { running: false, status: 'finish-migrate' };
-      if (!held && name === 'query-migrate' && s.q.migration === 'failed') return { status: 'failed', 'error-desc': 'postcopy_start: Migration stream error' };
-      return held && name !== 'migrate-start-postcopy' ? NO_REPLY : undefined;
-    };
+    const resumedByQemu = failSwitchThenResume(s, 'postcopy_start: Migration stream error');
     await s.m.startPostcopy('test', 'after one pass');
     const info = await s.m.finished();
     expect(info.state).toBe(S.MIGRATION_STATE_FAILED);
@@ -266,34 +276,14 @@ describe('a switch to post-copy on a dead link', () => {
     expect(info.error?.message).not.toMatch(/post-copy had started/);
     // Never two running copies: the source's pause came after QEMU's own resume, and holds.
     await new Promise((r) => setTimeout(r, 500));
-    expect(resumedByQemu).toBe(true);
+    expect(resumedByQemu()).toBe(true);
     expect(s.q.running).toBe(false);
     expect(s.host.destroyed).toEqual([]);
   });
 
   it('after a failed switch, removes the destination copy once QEMU resumed the source, and leaves the guest running there', async () => {
     const s = await started({}, { postcopy: true, options: { postcopySwitchStuckMs: 600 } });
-    let held = true;
-    let resumedByQemu = false;
-    s.q.onCommand = (name) => {
-      if (name === 'migrate-pause') {
-        held = false;
-        setTimeout(() => s.q.emit('failed'), 10);
-        setTimeout(() => {
-          resumedByQemu = true;
-          s.q.running = true;
-        }, 400);
-        return undefined;
-      }
-      if (held && name === 'migrate-start-postcopy') {
-        s.q.running = false;
-        setTimeout(() => s.q.emit('postcopy-active'), 10);
-        return undefined;
-      }
-      if (!held && !resumedByQemu && name === 'query-status') return { running: false, status: 'finish-migrate' };
-      if (!held && name === 'query-migrate' && s.q.migration === 'failed') return { status: 'failed', 'error-desc': 'postcopy_start: Migration stream errored (pre package)' };
-      return held && name !== 'migrate-start-postcopy' ? NO_REPLY : undefined;
-    };
+    failSwitchThenResume(s, 'postcopy_start: Migration stream errored (pre package)');
     await s.m.startPostcopy('test', 'after one pass');
     const info = await s.m.finished();
     expect(info.state).toBe(S.MIGRATION_STATE_FAILED);

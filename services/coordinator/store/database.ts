@@ -108,6 +108,16 @@ export const nodeKey = (nodeId: string): string => `node:${nodeId}`;
 /** The key of the relay's marks of published outbox rows. */
 export const PUBLISHED_MARKS = 'outbox:published';
 
+/**
+ * Throws the first failure among a write's statements asked for together, in the order they were
+ * asked (a row's before the rows that reference it). The caller waits for all of them first
+ * (Promise.allSettled): none may be left in flight behind the group's rollback.
+ */
+export function throwFirstFailure(settled: readonly PromiseSettledResult<unknown>[]): void {
+  const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failure) throw failure.reason;
+}
+
 /** Writes of one group commit at most (see StoreDatabase.write). */
 export const WRITE_GROUP_MAX = 256;
 
@@ -536,8 +546,7 @@ export class StoreDatabase {
     const inserts = this.outboxQueries(rows).map((q) => pipeline.send(q));
     this.writeStats.statements += inserts.length;
     const [settled] = await Promise.all([Promise.allSettled(inserts), pipeline.send(TX.commit)]);
-    const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failure) throw failure.reason;
+    throwFirstFailure(settled);
   }
 
   /** Inserts the outbox rows the group's writes deferred (see {@link TxState.deferred}) and stops deferring. */

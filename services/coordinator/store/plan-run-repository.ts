@@ -17,7 +17,7 @@ import { PlannedMigration, PlanState, planStateToJSON, SubmitPlanRequest, type P
 import type { StateChange } from '../../shared/gen/migd/v1/node.js';
 import { observeRunFinished } from '../../shared/metrics/metrics.js';
 import { isTerminalState } from '../../shared/policy/states.js';
-import { INSERT_CHUNK, REUSE_CHUNK, runKey, type Db, type OutboxEvent, type StoreDatabase } from './database.js';
+import { INSERT_CHUNK, REUSE_CHUNK, runKey, throwFirstFailure, type Db, type OutboxEvent, type StoreDatabase } from './database.js';
 import { actionToProto, ms, normalizePolicyKind, planToProto, policyToJson, runToProto, scopedIdempotencyKey, transitionToProto } from './mapping.js';
 import type { ActionRow, RunRow, TransitionRow } from './schema.js';
 import type { RunCostFigures } from '../domain/policy/measured.js';
@@ -289,8 +289,7 @@ export class SqlPlanRunRepository implements PlanRunRepository {
     }
     // Every one answered before the write ends (none left in flight behind a rollback), then the
     // first failure (in the order asked: a run's after its plan's).
-    const failure = (await Promise.allSettled(statements)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failure) throw failure.reason;
+    throwFirstFailure(await Promise.allSettled(statements));
     return { ids: changes.map((c) => c.id), events, runs };
   }
 

@@ -5,7 +5,7 @@
 import { InvalidArgumentError } from '../../shared/errors.js';
 import { GuestPerfSample, ProgressSample } from '../../shared/gen/migd/v1/common.js';
 import type { HostCpuSample } from '../../shared/gen/migd/v1/coordinator.js';
-import { type Db, INSERT_CHUNK, runKey, type OutboxEvent, type StoreDatabase, type TxState } from './database.js';
+import { type Db, INSERT_CHUNK, runKey, throwFirstFailure, type OutboxEvent, type StoreDatabase, type TxState } from './database.js';
 import { guestToRow, hostCpuToRow, ms, progressToRow } from './mapping.js';
 import type { RunSamples } from './plan-run-repository.js';
 import { SampleWriter, type SampleBatch, type SampleWriterStats } from './sample-writer.js';
@@ -144,9 +144,7 @@ export class SqlSampleRepository implements SampleRepository, RunSamples {
     }
     // Every one settled before the write ends (a failing one must not leave others in flight
     // behind the group's rollback), then the first failure.
-    const settled = await Promise.allSettled(statements);
-    const failure = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failure) throw failure.reason;
+    throwFirstFailure(await Promise.allSettled(statements));
     const events: OutboxEvent[] = [];
     for (const e of b.events) {
       // Samples of an unknown (or already deleted) run are kept; they just get no event.
